@@ -1,0 +1,216 @@
+"""The configuration file: one YAML document, validated at start.
+
+Errors name the key and the reason (``connections.prod.port: Input should be a valid
+integer``).  The keys documented in docs/configuration.md are a contract that the other
+parts of dbsentry rely on.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the key and the reason."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _split_hostport(value: str, key: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"{key} must look like HOST:PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class ListenConfig(_Model):
+    postgres: str = "127.0.0.1:6432"
+    http: str | None = "127.0.0.1:8080"
+
+    @field_validator("postgres", "http")
+    @classmethod
+    def _hostport(cls, v: str | None) -> str | None:
+        if v is not None:
+            _split_hostport(v, "address")
+        return v
+
+    @property
+    def postgres_addr(self) -> tuple[str, int]:
+        return _split_hostport(self.postgres, "listen.postgres")
+
+
+class TLSConfig(_Model):
+    cert: Path | None = None
+    key: Path | None = None
+    require_client_tls: bool = True
+
+    @model_validator(mode="after")
+    def _pair(self) -> TLSConfig:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("tls.cert and tls.key go together: give both or neither")
+        return self
+
+
+class OIDCConfig(_Model):
+    issuer: str
+    audience: str | list[str]
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    groups_claim: str = "groups"
+    identity_claim: str = "email"
+    # The claim that marks a token as an AI agent's: its value is compared with agent_value
+    # (a boolean claim set to true also counts).
+    kind_claim: str = "dbsentry_kind"
+    agent_value: str = "agent"
+    algorithms: list[Literal["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "EdDSA"]] = Field(
+        default_factory=lambda: ["RS256", "ES256", "EdDSA"]
+    )
+    leeway_seconds: int = Field(default=30, ge=0, le=300)
+    jwks_cache_seconds: int = Field(default=3600, ge=10)
+
+    @model_validator(mode="after")
+    def _source(self) -> OIDCConfig:
+        if (self.jwks_file is None) == (self.jwks_url is None):
+            raise ValueError("give exactly one of identity.oidc.jwks_file and identity.oidc.jwks_url")
+        return self
+
+
+class IdentityConfig(_Model):
+    oidc: OIDCConfig | None = None
+    max_failures: int = Field(default=5, ge=1, description="failed logins per source address per window")
+    failure_window_seconds: int = Field(default=60, ge=1)
+
+
+class ConnectionConfig(_Model):
+    engine: Literal["postgres"] = "postgres"
+    host: str = "127.0.0.1"
+    port: int = Field(default=5432, ge=1, le=65535)
+    database: str
+    user: str
+    password: str | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+    environment: str = "development"
+    allow_groups: list[str] | None = None
+    upstream_tls: Literal["disable", "require", "verify-full"] = "disable"
+    upstream_ca: Path | None = None
+    connect_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_password(self) -> ConnectionConfig:
+        given = [k for k in ("password", "password_env", "password_file") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of password, password_env, password_file (got {', '.join(given)})")
+        return self
+
+    def resolve_password(self) -> str | None:
+        """The upstream password, read at connect time so rotation needs no restart."""
+        if self.password is not None:
+            return self.password
+        if self.password_env is not None:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(f"environment variable {self.password_env} (password_env) is not set")
+            return value
+        if self.password_file is not None:
+            return self.password_file.read_text().rstrip("\r\n")
+        return None
+
+
+class LimitsConfig(_Model):
+    max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    startup_timeout_seconds: float = Field(default=10.0, gt=0)
+    max_statement_bytes: int = Field(default=1024 * 1024, ge=64)
+
+
+class Config(_Model):
+    state_dir: Path = Path("./.dbsentry")
+    listen: ListenConfig = ListenConfig()
+    tls: TLSConfig = TLSConfig()
+    identity: IdentityConfig = IdentityConfig()
+    connections: dict[str, ConnectionConfig] = Field(default_factory=dict)
+    policy: Path | None = None
+    limits: LimitsConfig = LimitsConfig()
+    workers: int = Field(default=1, ge=1, le=64)
+
+    @field_validator("connections")
+    @classmethod
+    def _names(cls, v: dict[str, ConnectionConfig]) -> dict[str, ConnectionConfig]:
+        for name in v:
+            if not name or len(name) > 63:
+                raise ValueError(f"connection name {name!r} must be 1 to 63 characters")
+        return v
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    """A validated config and the file it came from (relative paths resolve against it)."""
+
+    config: Config
+    path: Path
+
+
+def _format_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}")
+    return "\n".join(lines)
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    def fix(container: dict[str, Any], key: str) -> None:
+        value = container.get(key)
+        if isinstance(value, str) and value and not os.path.isabs(value) and "://" not in value:
+            container[key] = str(base / value)
+
+    fix(data, "state_dir")
+    fix(data, "policy")
+    tls = data.get("tls")
+    if isinstance(tls, dict):
+        fix(tls, "cert")
+        fix(tls, "key")
+    ident = data.get("identity")
+    if isinstance(ident, dict) and isinstance(ident.get("oidc"), dict):
+        fix(ident["oidc"], "jwks_file")
+    conns = data.get("connections")
+    if isinstance(conns, dict):
+        for c in conns.values():
+            if isinstance(c, dict):
+                fix(c, "password_file")
+                fix(c, "upstream_ca")
+
+
+def parse_config(data: Any, base_dir: Path) -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("(top level): the configuration must be a mapping")
+    data = dict(data)
+    _resolve_paths(data, base_dir)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read {p}: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p}: not valid YAML: {err}") from None
+    return LoadedConfig(parse_config(data, p.resolve().parent), p.resolve())
