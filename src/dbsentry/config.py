@@ -59,6 +59,10 @@ class TLSConfig(_Model):
         return self
 
 
+JWTAlgorithm = Literal["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "EdDSA"]
+_DEFAULT_ALGORITHMS: tuple[JWTAlgorithm, ...] = ("RS256", "ES256", "EdDSA")
+
+
 class OIDCConfig(_Model):
     issuer: str
     audience: str | list[str]
@@ -70,9 +74,7 @@ class OIDCConfig(_Model):
     # (a boolean claim set to true also counts).
     kind_claim: str = "dbsentry_kind"
     agent_value: str = "agent"
-    algorithms: list[Literal["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "EdDSA"]] = Field(
-        default_factory=lambda: ["RS256", "ES256", "EdDSA"]
-    )
+    algorithms: list[JWTAlgorithm] = Field(default_factory=lambda: list(_DEFAULT_ALGORITHMS))
     leeway_seconds: int = Field(default=30, ge=0, le=300)
     jwks_cache_seconds: int = Field(default=3600, ge=10)
 

@@ -1,0 +1,82 @@
+"""The ``audit:`` section of the configuration file."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class AuditConfig(BaseModel):
+    """Where the audit trail is stored and how strongly writes are made durable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    store: Literal["sqlite", "postgres"] = "sqlite"
+    # sqlite: the database file; default <state_dir>/audit.db
+    path: Path | None = None
+    # postgres: a libpq connection string or URI (give dsn or dsn_env)
+    dsn: str | None = None
+    dsn_env: str | None = None
+    pg_schema: str = "dbsentry_audit"
+    # sync: a statement is forwarded only after its record is committed (fsync'd).
+    # async: records are committed at least every async_flush_ms; a crash can lose that much.
+    durability: Literal["sync", "async"] = "sync"
+    async_flush_ms: int = Field(default=200, ge=1, le=10_000)
+    # Give up on a commit (and refuse the statement) after this long.
+    sync_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
+    redact_literals: bool = False
+    max_statement_chars: int = Field(default=65_536, ge=256)
+    max_param_chars: int = Field(default=1024, ge=16)
+    max_params_chars: int = Field(default=16_384, ge=64)
+    checkpoint_every: int = Field(default=1000, ge=1)
+    checkpoint_seconds: float = Field(default=60.0, gt=0)
+    max_batch: int = Field(default=1000, ge=1, le=100_000)
+    max_queue: int = Field(default=100_000, ge=100)
+    # default <state_dir>/audit_signing.key (public key next to it, .pub)
+    signing_key: Path | None = None
+    # more public keys (PEM) whose checkpoints verify accepts: other proxy nodes' keys
+    trusted_public_keys: list[Path] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> AuditConfig:
+        if self.store == "postgres" and (self.dsn is None) == (self.dsn_env is None):
+            raise ValueError("audit.store postgres needs exactly one of audit.dsn and audit.dsn_env")
+        if not _SCHEMA_NAME.match(self.pg_schema):
+            raise ValueError("audit.pg_schema must be a lower-case SQL identifier")
+        return self
+
+    def resolve_dsn(self) -> str:
+        if self.dsn is not None:
+            return self.dsn
+        if self.dsn_env is not None:
+            value = os.environ.get(self.dsn_env)
+            if value is None:
+                raise ValueError(f"environment variable {self.dsn_env} (audit.dsn_env) is not set")
+            return value
+        raise ValueError("audit.dsn is not set")
+
+    def sqlite_path(self, state_dir: Path) -> Path:
+        return self.path if self.path is not None else state_dir / "audit.db"
+
+    def signing_key_path(self, state_dir: Path) -> Path:
+        return self.signing_key if self.signing_key is not None else state_dir / "audit_signing.key"
+
+    def with_base_dir(self, base: Path) -> AuditConfig:
+        """Relative paths resolved against ``base`` (the configuration file's directory)."""
+
+        def fix(p: Path | None) -> Path | None:
+            return p if p is None or p.is_absolute() else base / p
+
+        return self.model_copy(
+            update={
+                "path": fix(self.path),
+                "signing_key": fix(self.signing_key),
+                "trusted_public_keys": [base / p if not p.is_absolute() else p for p in self.trusted_public_keys],
+            }
+        )

@@ -1,0 +1,134 @@
+"""The Ed25519 key that signs checkpoints of the audit chain.
+
+The private key lives in the state directory (``audit_signing.key``, mode 0600, created on
+first use); its public half is written next to it (``audit_signing.pub``) so it can be
+copied to wherever verification happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from dbsentry.audit.records import canonical_json
+
+CheckpointKind = Literal["periodic", "archive", "close"]
+_DOMAIN = b"dbsentry-audit-checkpoint-v1\n"
+
+
+def key_id(public_key: Ed25519PublicKey) -> str:
+    """A short stable name for a public key: the first 16 hex digits of its SHA-256."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def public_key_path(private_path: Path) -> Path:
+    return private_path.with_suffix(".pub")
+
+
+def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
+    """Load the private key at ``path``, creating it (0600) and its ``.pub`` on first use."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first: use theirs
+            return load_or_create_signing_key(path)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+            f.flush()
+            os.fsync(f.fileno())
+        _write_public(key, path)
+        return key
+    key = serialization.load_pem_private_key(data, password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path} is not an Ed25519 private key")
+    if not public_key_path(path).exists():
+        _write_public(key, path)
+    return key
+
+
+def _write_public(key: Ed25519PrivateKey, private_path: Path) -> None:
+    pub = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    tmp = public_key_path(private_path).with_suffix(".pub.tmp")
+    tmp.write_bytes(pub)
+    with contextlib.suppress(OSError):
+        os.chmod(tmp, 0o644)
+    tmp.replace(public_key_path(private_path))
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    key = serialization.load_pem_public_key(path.read_bytes())
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError(f"{path} is not an Ed25519 public key")
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A signed statement that the chain had record ``seq`` with hash ``hash`` at ``time``."""
+
+    seq: int
+    hash: str
+    time: float
+    kind: str
+    key_id: str
+    signature: str  # hex
+
+
+def checkpoint_message(seq: int, hash_hex: str, time: float, kind: str) -> bytes:
+    body = canonical_json({"seq": seq, "hash": hash_hex, "time": time, "kind": kind})
+    return _DOMAIN + body
+
+
+class Signer:
+    """Signs checkpoints with one private key."""
+
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        self._key = private_key
+        self.public_key = private_key.public_key()
+        self.key_id = key_id(self.public_key)
+
+    @classmethod
+    def from_path(cls, path: Path) -> Signer:
+        return cls(load_or_create_signing_key(path))
+
+    def sign(self, seq: int, hash_hex: str, time: float, kind: str) -> Checkpoint:
+        sig = self._key.sign(checkpoint_message(seq, hash_hex, time, kind))
+        return Checkpoint(seq, hash_hex, time, kind, self.key_id, sig.hex())
+
+
+class KeyRing:
+    """The public keys whose checkpoint signatures are trusted, by key id."""
+
+    def __init__(self, keys: Iterable[Ed25519PublicKey]) -> None:
+        self.keys: Mapping[str, Ed25519PublicKey] = {key_id(k): k for k in keys}
+
+    def check(self, cp: Checkpoint) -> Literal["ok", "bad_signature", "unknown_key"]:
+        key = self.keys.get(cp.key_id)
+        if key is None:
+            return "unknown_key"
+        try:
+            key.verify(bytes.fromhex(cp.signature), checkpoint_message(cp.seq, cp.hash, cp.time, cp.kind))
+        except (InvalidSignature, ValueError):
+            return "bad_signature"
+        return "ok"

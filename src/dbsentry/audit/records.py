@@ -1,0 +1,381 @@
+"""What the audit trail records: sessions, statements, completions, approvals, system events.
+
+Records are frozen dataclasses.  ``to_dict()`` gives their JSON form and ``canonical()`` the
+exact bytes that are stored and hashed: orjson with sorted keys, so the same record always
+serialises to the same bytes.
+
+Helpers for building statement records: ``redact_literals`` (constants become ``?``),
+``extract_correlation`` (W3C ``traceparent`` and sqlcommenter pairs from SQL comments) and
+``prepare_params`` (extended-protocol parameters, size-capped and optionally redacted).
+"""
+
+from __future__ import annotations
+
+import re
+import time as _time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Literal
+from urllib.parse import unquote
+
+import orjson
+from pglast import parser as _pg
+
+from dbsentry.identity.model import Identity
+
+REDACTED_STATEMENT = "<statement redacted: could not be tokenized>"
+"""Stored instead of the text when redaction is on and the statement cannot be tokenized."""
+
+_LITERAL_TOKENS = frozenset({"SCONST", "USCONST", "ICONST", "FCONST", "BCONST", "XCONST"})
+_COMMENT_TOKENS = frozenset({"C_COMMENT", "SQL_COMMENT"})
+
+
+def new_record_id() -> str:
+    """A random 128-bit id (hex) naming one record, assigned when the record is made."""
+    return uuid.uuid4().hex
+
+
+def _tuple(values: Iterable[str] | None) -> tuple[str, ...]:
+    return tuple(values) if values is not None else ()
+
+
+class _Record:
+    """Shared serialisation for the record dataclasses."""
+
+    __slots__ = ()
+    TYPE: ClassVar[str]
+    # Python attribute name -> JSON key, for keys that are not valid or clear as identifiers.
+    _RENAMES: ClassVar[Mapping[str, str]] = {}
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.TYPE}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, Mapping):
+                value = dict(value)
+            out[self._RENAMES.get(f.name, f.name)] = value
+        return out
+
+    def canonical(self) -> bytes:
+        """The stored and hashed form: compact JSON with sorted keys."""
+        return canonical_json(self.to_dict())
+
+
+def canonical_json(data: Mapping[str, Any]) -> bytes:
+    return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionEvent(_Record):
+    """A client session was opened (after authentication) or closed."""
+
+    TYPE: ClassVar[str] = "session"
+
+    event: Literal["opened", "closed"]
+    session_id: str
+    identity: str
+    identity_kind: str
+    groups: tuple[str, ...] = ()
+    token_id: str | None = None
+    client_addr: str | None = None
+    application_name: str | None = None
+    tls: bool = False
+    tls_version: str | None = None
+    connection: str | None = None
+    environment: str | None = None
+    database: str | None = None
+    duration_ms: float | None = None  # closed only
+    end_reason: str | None = None  # closed only: "client_terminate", "idle_timeout", "error: ..."
+    time: float = field(default_factory=_time.time)
+    id: str = field(default_factory=new_record_id)
+
+    @classmethod
+    def for_identity(
+        cls,
+        event: Literal["opened", "closed"],
+        identity: Identity,
+        *,
+        session_id: str,
+        **kwargs: Any,
+    ) -> SessionEvent:
+        """A session event whose identity fields come from an ``Identity``."""
+        return cls(
+            event=event,
+            session_id=session_id,
+            identity=identity.name,
+            identity_kind=identity.kind,
+            groups=tuple(sorted(identity.groups)),
+            token_id=identity.token_id,
+            **kwargs,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatementRecord(_Record):
+    """One statement a client sent, with the facts and the decision governance made on it.
+
+    It is written before the statement is forwarded (``decision`` is what the proxy did:
+    ``allow``, ``deny``, ``mask``, ``pending_approval`` ...); a ``CompletionRecord`` follows
+    with the outcome.
+    """
+
+    TYPE: ClassVar[str] = "statement"
+    _RENAMES: ClassVar[Mapping[str, str]] = {"statement_class": "class"}
+
+    session_id: str
+    identity: str
+    identity_kind: str
+    statement: str
+    decision: str
+    connection: str | None = None
+    environment: str | None = None
+    database: str | None = None
+    statement_redacted: bool = False
+    statement_truncated: bool = False
+    params: tuple[str | None, ...] | None = None
+    params_truncated: bool = False
+    fingerprint: str | None = None
+    command: str | None = None
+    statement_class: str | None = None  # "read", "write", "ddl", "dcl", "role", "admin", ...
+    risk: str | None = None  # "low", "medium", "high"
+    tables: tuple[str, ...] = ()
+    columns_read: tuple[str, ...] = ()
+    columns_written: tuple[str, ...] = ()
+    data_classes: tuple[str, ...] = ()  # classes of the columns touched (masked or not)
+    rules: tuple[str, ...] = ()
+    approval_id: str | None = None
+    masked_columns: tuple[str, ...] = ()
+    masked_classes: tuple[str, ...] = ()
+    correlation: Mapping[str, str] = field(default_factory=dict)
+    application_name: str | None = None
+    time: float = field(default_factory=_time.time)
+    id: str = field(default_factory=new_record_id)
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        sql: str,
+        params: Sequence[str | bytes | None] | None = None,
+        redact: bool = False,
+        max_statement_chars: int = 65536,
+        max_param_chars: int = 1024,
+        max_params_chars: int = 16384,
+        **kwargs: Any,
+    ) -> StatementRecord:
+        """Build a record from the raw statement text and parameters.
+
+        Correlation ids are taken from the raw text before redaction; the text is redacted
+        (``redact_literals``) and capped, and the parameters prepared with ``prepare_params``.
+        """
+        correlation = kwargs.pop("correlation", None)
+        if correlation is None:
+            correlation = extract_correlation(sql)
+        text = redact_literals(sql) if redact else sql
+        truncated = len(text) > max_statement_chars
+        if truncated:
+            text = text[:max_statement_chars]
+        prepared, params_truncated = (
+            prepare_params(params, redact=redact, max_value=max_param_chars, max_total=max_params_chars)
+            if params is not None
+            else (None, False)
+        )
+        return cls(
+            statement=text,
+            statement_redacted=redact,
+            statement_truncated=truncated,
+            params=prepared,
+            params_truncated=params_truncated,
+            correlation=correlation,
+            **kwargs,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompletionRecord(_Record):
+    """The outcome of a statement: rows, time taken, error.  Follows its ``StatementRecord``."""
+
+    TYPE: ClassVar[str] = "completion"
+
+    statement_id: str
+    session_id: str
+    rows: int | None = None
+    duration_ms: float | None = None
+    sqlstate: str | None = None
+    error: str | None = None
+    time: float = field(default_factory=_time.time)
+    id: str = field(default_factory=new_record_id)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApprovalRecord(_Record):
+    """A step in an approval's life, written by the approvals feature.
+
+    ``event`` is ``requested``, ``approved``, ``denied``, ``expired`` or ``revoked``;
+    ``decision`` repeats the outcome once there is one.
+    """
+
+    TYPE: ClassVar[str] = "approval"
+
+    approval_id: str
+    event: Literal["requested", "approved", "denied", "expired", "revoked"]
+    requester: str
+    requester_kind: str = "human"
+    reviewer: str | None = None
+    requested_at: float | None = None
+    decided_at: float | None = None
+    expires_at: float | None = None
+    decision: str | None = None
+    reason: str | None = None  # the requester's justification
+    review_comment: str | None = None
+    connection: str | None = None
+    environment: str | None = None
+    statement: str | None = None
+    fingerprint: str | None = None
+    session_id: str | None = None
+    time: float = field(default_factory=_time.time)
+    id: str = field(default_factory=new_record_id)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SystemEvent(_Record):
+    """Something that happened to the audit trail itself (an outage, a recovery, a start)."""
+
+    TYPE: ClassVar[str] = "system"
+
+    event: str
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    node: str | None = None
+    time: float = field(default_factory=_time.time)
+    id: str = field(default_factory=new_record_id)
+
+
+Record = SessionEvent | StatementRecord | CompletionRecord | ApprovalRecord | SystemEvent
+
+
+# --- redaction -----------------------------------------------------------------------------
+
+
+def redact_literals(sql: str) -> str:
+    """Replace every string, numeric, bit and hex constant with ``?`` and drop comments.
+
+    Uses PostgreSQL's own scanner (pglast), so quoting (``E'..'``, ``$tag$..$tag$``,
+    ``U&'..'``, doubled quotes) is handled exactly.  Comments are removed because they are
+    free text; correlation ids should be extracted first with ``extract_correlation``.
+    When the text cannot be tokenized (an unterminated quote, say) nothing of it is kept:
+    ``REDACTED_STATEMENT`` is returned.
+    """
+    try:
+        tokens = _pg.scan(sql)
+    except Exception:
+        return REDACTED_STATEMENT
+    out: list[str] = []
+    pos = 0
+    for tok in tokens:
+        name = tok.name
+        if name in _LITERAL_TOKENS:
+            out.append(sql[pos : tok.start])
+            out.append("?")
+            pos = tok.end + 1
+        elif name in _COMMENT_TOKENS:
+            out.append(sql[pos : tok.start])
+            out.append(" ")
+            pos = tok.end + 1
+    out.append(sql[pos:])
+    text = "".join(out)
+    # A literal the scanner did not see would be a scanner bug; quotes left over mean that.
+    if "'" in text or "$$" in text:
+        return REDACTED_STATEMENT
+    return text.strip()
+
+
+def prepare_params(
+    params: Sequence[str | bytes | None],
+    *,
+    redact: bool = False,
+    max_value: int = 1024,
+    max_total: int = 16384,
+) -> tuple[tuple[str | None, ...], bool]:
+    """Extended-protocol parameter values as text, each and all together size-capped.
+
+    Bytes that are valid UTF-8 are decoded, others are shown as ``\\x`` + hex.  A value over
+    ``max_value`` characters is cut and marked with its full length; once ``max_total``
+    characters have been kept the remaining values become ``"…"``.  With ``redact`` every
+    non-NULL value is ``?``.  Returns the values and whether anything was cut.
+    """
+    out: list[str | None] = []
+    total = 0
+    truncated = False
+    for value in params:
+        if value is None:
+            out.append(None)
+            continue
+        if redact:
+            out.append("?")
+            continue
+        if isinstance(value, bytes):
+            try:
+                text = value.decode("utf-8")
+            except UnicodeDecodeError:
+                text = "\\x" + value[: max_value // 2 + 1].hex()
+        else:
+            text = value
+        if total >= max_total:
+            out.append("…")
+            truncated = True
+            continue
+        limit = min(max_value, max_total - total)
+        if len(text) > limit:
+            full = len(value)
+            text = f"{text[:limit]}…(+{full - limit})"
+            truncated = True
+        total += len(text)
+        out.append(text)
+    return tuple(out), truncated
+
+
+# --- correlation ---------------------------------------------------------------------------
+
+_PAIR = re.compile(r"([A-Za-z0-9_.\-%]{1,64})\s*=\s*'((?:[^'\\]|\\.){0,512})'")
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
+_COMMENT_FALLBACK = re.compile(r"/\*(.*?)\*/|--([^\n]*)", re.S)
+_MAX_PAIRS = 16
+_MAX_VALUE = 256
+
+
+def _comments(sql: str) -> list[str]:
+    try:
+        return [sql[t.start : t.end + 1] for t in _pg.scan(sql) if t.name in _COMMENT_TOKENS]
+    except Exception:
+        return [m.group(0) for m in _COMMENT_FALLBACK.finditer(sql)]
+
+
+def extract_correlation(sql: str) -> dict[str, str]:
+    """Correlation ids carried in the statement's comments.
+
+    Reads sqlcommenter ``key='value'`` pairs (URL-encoded, ``\\'`` escapes) from ``/* */``
+    and ``--`` comments.  A ``traceparent`` is kept only if it is a valid W3C trace context,
+    and then ``trace_id`` and ``span_id`` are added.  At most 16 pairs, values cut to 256
+    characters.  No comments, no pairs: ``{}``.
+    """
+    if "/*" not in sql and "--" not in sql:
+        return {}
+    found: dict[str, str] = {}
+    for comment in _comments(sql):
+        for m in _PAIR.finditer(comment):
+            if len(found) >= _MAX_PAIRS:
+                break
+            key = unquote(m.group(1)).lower()
+            value = unquote(m.group(2).replace("\\'", "'"))[:_MAX_VALUE]
+            found.setdefault(key, value)
+    tp = found.get("traceparent")
+    if tp is not None:
+        tm = _TRACEPARENT.match(tp.strip().lower())
+        if tm is None or tm.group(1) == "0" * 32 or tm.group(2) == "0" * 16:
+            del found["traceparent"]
+        else:
+            found["traceparent"] = tp.strip().lower()
+            found["trace_id"] = tm.group(1)
+            found["span_id"] = tm.group(2)
+    return found

@@ -1,0 +1,349 @@
+"""The embedded audit store: one SQLite file in WAL mode with ``synchronous=FULL``.
+
+A commit returns only after the WAL is fsync'd, so a committed record survives a crash or
+power loss.  One process appends (the proxy's writer thread); readers open their own
+connections and never block it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time as _time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from dbsentry.audit.keys import Checkpoint, Signer
+from dbsentry.audit.store import (
+    GENESIS_HASH,
+    AuditStore,
+    AuditStoreError,
+    ChainPoint,
+    EncodedRecord,
+    SearchFilter,
+    StoredRecord,
+    link,
+)
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,
+    time REAL NOT NULL,
+    type TEXT NOT NULL,
+    session_id TEXT,
+    identity TEXT,
+    identity_kind TEXT,
+    connection TEXT,
+    environment TEXT,
+    decision TEXT,
+    command TEXT,
+    ref TEXT,
+    tables TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS records_id ON records (id);
+CREATE INDEX IF NOT EXISTS records_time ON records (time);
+CREATE INDEX IF NOT EXISTS records_type_time ON records (type, time);
+CREATE INDEX IF NOT EXISTS records_identity ON records (identity, time);
+CREATE INDEX IF NOT EXISTS records_session ON records (session_id);
+CREATE INDEX IF NOT EXISTS records_ref ON records (ref) WHERE ref IS NOT NULL;
+CREATE TABLE IF NOT EXISTS chain_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL
+);
+INSERT OR IGNORE INTO chain_head VALUES (1, 0, '{GENESIS_HASH}');
+INSERT OR IGNORE INTO meta VALUES ('anchor_seq', '0'), ('anchor_hash', '{GENESIS_HASH}'),
+    ('schema_version', '1');
+CREATE TABLE IF NOT EXISTS checkpoints (
+    id INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    time REAL NOT NULL,
+    kind TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    signature TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS checkpoints_seq ON checkpoints (seq);
+CREATE TRIGGER IF NOT EXISTS records_append_only BEFORE UPDATE ON records
+BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+"""
+
+_COLUMNS = (
+    "seq, prev_hash, hash, id, time, type, session_id, identity, identity_kind, connection, "
+    "environment, decision, command, ref, tables, payload"
+)
+
+
+def _row_to_stored(row: Sequence[Any]) -> StoredRecord:
+    tables = orjson.loads(row[14])
+    return StoredRecord(
+        seq=row[0],
+        prev_hash=row[1],
+        hash=row[2],
+        record=EncodedRecord(
+            payload=row[15].encode("utf-8"),
+            id=row[3],
+            time=row[4],
+            type=row[5],
+            session_id=row[6],
+            identity=row[7],
+            identity_kind=row[8],
+            connection=row[9],
+            environment=row[10],
+            decision=row[11],
+            command=row[12],
+            ref=row[13],
+            tables=tuple(tables) if isinstance(tables, list) else (),
+        ),
+    )
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class SQLiteStore(AuditStore):
+    def __init__(self, path: Path, *, busy_timeout_ms: int = 5000) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._lock = threading.Lock()
+        try:
+            self._conn = self._connect()
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.executescript(_SCHEMA)
+        except sqlite3.Error as err:
+            raise AuditStoreError(f"cannot open audit database {self.path}: {err}") from err
+
+    def _connect(self, *, read_only: bool = False) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self._busy_timeout_ms / 1000,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+        if read_only:
+            conn.execute("PRAGMA query_only=1")
+        return conn
+
+    def describe(self) -> str:
+        return f"sqlite:{self.path}"
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def append_batch(self, records: Sequence[EncodedRecord]) -> list[int]:
+        if not records:
+            return []
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    row = conn.execute("SELECT seq, hash FROM chain_head WHERE id = 1").fetchone()
+                    linked = link(ChainPoint(row[0], row[1]), records)
+                    conn.executemany(
+                        "INSERT INTO records (seq, prev_hash, hash, id, time, type, session_id, "
+                        "identity, identity_kind, connection, environment, decision, command, ref, "
+                        "tables, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        [
+                            (seq, prev, h, r.id, r.time, r.type, r.session_id, r.identity,
+                             r.identity_kind, r.connection, r.environment, r.decision, r.command,
+                             r.ref, orjson.dumps(list(r.tables)).decode(), r.payload.decode("utf-8"))
+                            for seq, prev, h, r in linked
+                        ],  # fmt: skip
+                    )
+                    last = linked[-1]
+                    conn.execute("UPDATE chain_head SET seq = ?, hash = ? WHERE id = 1", (last[0], last[2]))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as err:
+                raise AuditStoreError(f"audit append failed ({self.describe()}): {err}") from err
+        return [x[0] for x in linked]
+
+    def add_checkpoint(self, signer: Signer, kind: str = "periodic") -> Checkpoint | None:
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    seq, h = conn.execute("SELECT seq, hash FROM chain_head WHERE id = 1").fetchone()
+                    last = conn.execute("SELECT max(seq) FROM checkpoints").fetchone()[0]
+                    if seq == 0 or (last is not None and last >= seq and kind == "periodic"):
+                        conn.execute("ROLLBACK")
+                        return None
+                    cp = signer.sign(seq, h, _time.time(), kind)
+                    self._insert_checkpoint(conn, cp)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as err:
+                raise AuditStoreError(f"audit checkpoint failed: {err}") from err
+        return cp
+
+    @staticmethod
+    def _insert_checkpoint(conn: sqlite3.Connection, cp: Checkpoint) -> None:
+        conn.execute(
+            "INSERT INTO checkpoints (seq, hash, time, kind, key_id, signature) VALUES (?,?,?,?,?,?)",
+            (cp.seq, cp.hash, cp.time, cp.kind, cp.key_id, cp.signature),
+        )
+
+    def truncate_prefix(self, checkpoint: Checkpoint) -> int:
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    row = conn.execute("SELECT hash FROM records WHERE seq = ?", (checkpoint.seq,)).fetchone()
+                    if row is None or row[0] != checkpoint.hash:
+                        raise AuditStoreError(f"record {checkpoint.seq} is not the archived one")
+                    self._insert_checkpoint(conn, checkpoint)
+                    conn.execute("UPDATE meta SET value = ? WHERE key = 'anchor_seq'", (str(checkpoint.seq),))
+                    conn.execute("UPDATE meta SET value = ? WHERE key = 'anchor_hash'", (checkpoint.hash,))
+                    n = conn.execute("DELETE FROM records WHERE seq <= ?", (checkpoint.seq,)).rowcount
+                    conn.execute("DELETE FROM checkpoints WHERE seq < ?", (checkpoint.seq,))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as err:
+                raise AuditStoreError(f"audit archive failed: {err}") from err
+        return int(n)
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> Iterator[Sequence[Any]]:
+        conn = self._connect(read_only=True)
+        try:
+            cur = conn.execute(sql, params)
+            while True:
+                rows = cur.fetchmany(500)
+                if not rows:
+                    break
+                yield from rows
+        except sqlite3.Error as err:
+            raise AuditStoreError(f"audit read failed ({self.describe()}): {err}") from err
+        finally:
+            conn.close()
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> Sequence[Any] | None:
+        return next(iter(self._query(sql, params)), None)
+
+    def head(self) -> ChainPoint:
+        row = self._one("SELECT seq, hash FROM chain_head WHERE id = 1")
+        assert row is not None
+        return ChainPoint(row[0], row[1])
+
+    def anchor(self) -> ChainPoint:
+        rows = dict(self._query("SELECT key, value FROM meta WHERE key IN ('anchor_seq', 'anchor_hash')"))
+        return ChainPoint(int(rows.get("anchor_seq", 0)), rows.get("anchor_hash", GENESIS_HASH))
+
+    def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for i in range(0, len(ids), 500):
+            chunk = list(ids[i : i + 500])
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in self._query(f"SELECT id FROM records WHERE id IN ({marks})", chunk))
+        return found
+
+    def iter_records(
+        self,
+        *,
+        after_seq: int = 0,
+        through_seq: int | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        types: Sequence[str] | None = None,
+        descending: bool = False,
+        limit: int | None = None,
+    ) -> Iterator[StoredRecord]:
+        where = ["seq > ?"]
+        params: list[Any] = [after_seq]
+        if through_seq is not None:
+            where.append("seq <= ?")
+            params.append(through_seq)
+        if since is not None:
+            where.append("time >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("time < ?")
+            params.append(until)
+        if types:
+            where.append(f"type IN ({','.join('?' * len(types))})")
+            params.extend(types)
+        sql = f"SELECT {_COLUMNS} FROM records WHERE {' AND '.join(where)} ORDER BY seq"
+        if descending:
+            sql += " DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        for row in self._query(sql, params):
+            yield _row_to_stored(row)
+
+    def search_statements(
+        self, flt: SearchFilter, *, descending: bool = True, limit: int | None = None
+    ) -> Iterator[tuple[StoredRecord, bytes | None]]:
+        where = ["s.type = 'statement'"]
+        params: list[Any] = []
+        for col in ("identity", "identity_kind", "connection", "environment", "decision", "session_id"):
+            value = getattr(flt, col)
+            if value is not None:
+                where.append(f"s.{col} = ?")
+                params.append(value)
+        if flt.since is not None:
+            where.append("s.time >= ?")
+            params.append(flt.since)
+        if flt.until is not None:
+            where.append("s.time < ?")
+            params.append(flt.until)
+        if flt.table is not None:
+            where.append(
+                "EXISTS (SELECT 1 FROM json_each(s.tables) t "
+                "WHERE t.value = ? OR t.value LIKE ? ESCAPE '\\')"
+            )
+            params += [flt.table, "%." + _like_escape(flt.table)]
+        if flt.text is not None:
+            where.append("json_extract(s.payload, '$.statement') LIKE ? ESCAPE '\\'")
+            params.append("%" + _like_escape(flt.text) + "%")
+        cols = ", ".join("s." + c.strip() for c in _COLUMNS.split(","))
+        sql = (
+            f"SELECT {cols}, (SELECT c.payload FROM records c WHERE c.ref = s.id "
+            f"AND c.type = 'completion' ORDER BY c.seq LIMIT 1) "
+            f"FROM records s WHERE {' AND '.join(where)} ORDER BY s.seq{' DESC' if descending else ''}"
+        )
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        for row in self._query(sql, params):
+            completion = row[16]
+            yield _row_to_stored(row), completion.encode("utf-8") if completion is not None else None
+
+    def last_seq_before(self, time: float) -> int:
+        row = self._one("SELECT min(seq) FROM records WHERE time >= ?", (time,))
+        anchor = self.anchor().seq
+        if row is None or row[0] is None:
+            return max(self.head().seq, anchor)
+        return max(int(row[0]) - 1, anchor)
+
+    def iter_checkpoints(self) -> Iterator[Checkpoint]:
+        for row in self._query(
+            "SELECT seq, hash, time, kind, key_id, signature FROM checkpoints ORDER BY seq, id"
+        ):
+            yield Checkpoint(*row)

@@ -1,0 +1,249 @@
+"""The audit store interface and the hash chain both implementations share.
+
+Every record is stored once, in order, with
+
+    seq        1, 2, 3 ... without gaps (after an archive, counting on from the anchor)
+    prev_hash  the hash of record seq-1 (the anchor's hash for the first; 64 zeros at genesis)
+    hash       SHA-256(prev_hash (32 bytes) || seq (8 bytes, big-endian) || payload)
+
+where ``payload`` is the record's canonical JSON (``records.canonical``).  A few fields are
+copied out of the payload into indexed columns for searching; ``verify`` checks they agree
+with the payload.  ``chain_head`` holds the last (seq, hash) and is updated in the same
+transaction as every append, so it also serialises appenders.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from dbsentry.audit.keys import Checkpoint, Signer
+from dbsentry.audit.records import Record
+
+if TYPE_CHECKING:
+    from dbsentry.audit.config import AuditConfig
+
+GENESIS_HASH = "0" * 64
+
+
+class AuditStoreError(Exception):
+    """The store could not do what was asked (I/O error, database down, locked)."""
+
+
+def chain_hash(prev_hash: str, seq: int, payload: bytes) -> str:
+    h = hashlib.sha256(bytes.fromhex(prev_hash))
+    h.update(seq.to_bytes(8, "big"))
+    h.update(payload)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ChainPoint:
+    seq: int
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedRecord:
+    """A record's canonical payload and the fields copied into indexed columns."""
+
+    payload: bytes
+    id: str
+    time: float
+    type: str
+    session_id: str | None
+    identity: str | None
+    identity_kind: str | None
+    connection: str | None
+    environment: str | None
+    decision: str | None
+    command: str | None
+    ref: str | None  # completion: statement_id; approval: approval_id
+    tables: tuple[str, ...]
+
+    def index_tuple(self) -> tuple[Any, ...]:
+        return (
+            self.id, self.time, self.type, self.session_id, self.identity, self.identity_kind,
+            self.connection, self.environment, self.decision, self.command, self.ref, self.tables,
+        )  # fmt: skip
+
+
+def _opt_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def index_fields(data: dict[str, Any], payload: bytes) -> EncodedRecord:
+    rtype = str(data.get("type", ""))
+    if rtype == "completion":
+        ref = data.get("statement_id")
+    elif rtype == "approval":
+        ref = data.get("approval_id")
+    else:
+        ref = None
+    identity = data.get("identity") if rtype != "approval" else data.get("requester")
+    kind = data.get("identity_kind") if rtype != "approval" else data.get("requester_kind")
+    tables = data.get("tables") or ()
+    return EncodedRecord(
+        payload=payload,
+        id=str(data.get("id", "")),
+        time=float(data.get("time", 0.0)),
+        type=rtype,
+        session_id=_opt_str(data.get("session_id")),
+        identity=_opt_str(identity),
+        identity_kind=_opt_str(kind),
+        connection=_opt_str(data.get("connection")),
+        environment=_opt_str(data.get("environment")),
+        decision=_opt_str(data.get("decision")),
+        command=_opt_str(data.get("command")),
+        ref=_opt_str(ref),
+        tables=tuple(str(t) for t in tables),
+    )
+
+
+def encode(record: Record) -> EncodedRecord:
+    data = record.to_dict()
+    return index_fields(data, orjson.dumps(data, option=orjson.OPT_SORT_KEYS))
+
+
+def index_from_payload(payload: bytes) -> EncodedRecord:
+    """The indexed columns a payload should have (``verify`` compares them)."""
+    data = orjson.loads(payload)
+    if not isinstance(data, dict):
+        raise ValueError("payload is not a JSON object")
+    return index_fields(data, payload)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    seq: int
+    prev_hash: str
+    hash: str
+    record: EncodedRecord
+
+    @property
+    def payload(self) -> bytes:
+        return self.record.payload
+
+    def data(self) -> dict[str, Any]:
+        value = orjson.loads(self.record.payload)
+        assert isinstance(value, dict)
+        return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SearchFilter:
+    """Which statement records to return; every given field must match."""
+
+    identity: str | None = None
+    identity_kind: str | None = None
+    connection: str | None = None
+    environment: str | None = None
+    table: str | None = None  # "users" matches "users" and "public.users"
+    decision: str | None = None
+    session_id: str | None = None
+    since: float | None = None  # unix time, inclusive
+    until: float | None = None  # unix time, exclusive
+    text: str | None = None  # substring of the statement, case-insensitive
+
+
+def link(prev: ChainPoint, records: Sequence[EncodedRecord]) -> list[tuple[int, str, str, EncodedRecord]]:
+    """Number and hash ``records`` after ``prev``: (seq, prev_hash, hash, record) each."""
+    out = []
+    seq, prev_hash = prev.seq, prev.hash
+    for r in records:
+        seq += 1
+        h = chain_hash(prev_hash, seq, r.payload)
+        out.append((seq, prev_hash, h, r))
+        prev_hash = h
+    return out
+
+
+class AuditStore(abc.ABC):
+    """Append-only, hash-chained storage of audit records and signed checkpoints.
+
+    Implementations are used from the writer thread and from readers (CLI, console) at the
+    same time; the iterators stream (constant memory) from their own connection.
+    """
+
+    @abc.abstractmethod
+    def append_batch(self, records: Sequence[EncodedRecord]) -> list[int]:
+        """Append ``records`` in one durable transaction; return their seqs.
+
+        Raises ``AuditStoreError`` if nothing was committed (or it cannot be known)."""
+
+    @abc.abstractmethod
+    def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of these record ids are stored (to retry a batch whose commit is uncertain)."""
+
+    @abc.abstractmethod
+    def head(self) -> ChainPoint:
+        """The last record's (seq, hash) as recorded in ``chain_head``."""
+
+    @abc.abstractmethod
+    def anchor(self) -> ChainPoint:
+        """Where the stored chain starts: (0, genesis) or the last archived record."""
+
+    @abc.abstractmethod
+    def iter_records(
+        self,
+        *,
+        after_seq: int = 0,
+        through_seq: int | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        types: Sequence[str] | None = None,
+        descending: bool = False,
+        limit: int | None = None,
+    ) -> Iterator[StoredRecord]:
+        """Records in seq order, streamed."""
+
+    @abc.abstractmethod
+    def search_statements(
+        self, flt: SearchFilter, *, descending: bool = True, limit: int | None = None
+    ) -> Iterator[tuple[StoredRecord, bytes | None]]:
+        """Statement records matching ``flt`` with the payload of their first completion."""
+
+    @abc.abstractmethod
+    def last_seq_before(self, time: float) -> int:
+        """The largest seq such that it and every earlier stored record are older than ``time``
+        (the anchor's seq if there is none)."""
+
+    @abc.abstractmethod
+    def add_checkpoint(self, signer: Signer, kind: str = "periodic") -> Checkpoint | None:
+        """Sign the current head and store the checkpoint (None if the head is already signed)."""
+
+    @abc.abstractmethod
+    def iter_checkpoints(self) -> Iterator[Checkpoint]:
+        """All checkpoints, by seq."""
+
+    @abc.abstractmethod
+    def truncate_prefix(self, checkpoint: Checkpoint) -> int:
+        """Delete records through ``checkpoint.seq`` and make it the anchor, in one transaction,
+        storing the (archive) checkpoint.  Returns how many records were deleted."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """Where the store is, for messages (no secrets)."""
+
+
+def open_store(config: AuditConfig, state_dir: Path, *, create: bool = True) -> AuditStore:
+    """The store ``config`` names.  With ``create=False`` a missing SQLite file is an error."""
+    if config.store == "postgres":
+        from dbsentry.audit.pg_store import PostgresStore
+
+        return PostgresStore(config.resolve_dsn(), schema=config.pg_schema)
+    from dbsentry.audit.sqlite_store import SQLiteStore
+
+    path = config.sqlite_path(state_dir)
+    if not create and not path.exists():
+        raise AuditStoreError(f"no audit database at {path}")
+    return SQLiteStore(path)

@@ -1,0 +1,149 @@
+"""The ``dbsentry`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from dbsentry import __version__
+from dbsentry.config import ConfigError, LoadedConfig, load_config
+from dbsentry.logs import setup_logging
+
+config_option = click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="dbsentry.yaml",
+    show_default=True,
+    help="The dbsentry configuration file.",
+)
+
+
+def load_or_exit(path: Path) -> LoadedConfig:
+    try:
+        return load_config(path)
+    except ConfigError as err:
+        click.echo(f"dbsentry: invalid configuration {path}:\n{err}", err=True)
+        sys.exit(2)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="dbsentry")
+def main() -> None:
+    """dbsentry: an identity-aware database proxy."""
+
+
+@main.command()
+@config_option
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+def serve(config_path: Path, log_format: str, log_level: str) -> None:
+    """Run the proxy."""
+    setup_logging(log_format, log_level)
+    loaded = load_or_exit(config_path)
+    from dbsentry.server.proxy import install_uvloop
+    from dbsentry.server.runner import run_server
+
+    install_uvloop()
+    asyncio.run(run_server(loaded))
+
+
+@main.group()
+def token() -> None:
+    """Create, list and revoke dbsentry access tokens."""
+
+
+@token.command("create")
+@config_option
+@click.option("--identity", required=True, help="Who the token proves: a person's e-mail or an agent's name.")
+@click.option("--group", "groups", multiple=True, help="A group of the identity (repeatable).")
+@click.option("--agent", is_flag=True, help="The identity is an AI agent or automated job, not a person.")
+@click.option("--ttl", default="8h", show_default=True, help="Lifetime: 30m, 8h, 7d, 1h30m, or 'never'.")
+def token_create(config_path: Path, identity: str, groups: tuple[str, ...], agent: bool, ttl: str) -> None:
+    """Create a token; prints only the token on stdout (it is not stored)."""
+    from dbsentry.identity import TokenStore, parse_duration
+
+    loaded = load_or_exit(config_path)
+    try:
+        seconds = None if ttl == "never" else parse_duration(ttl)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--ttl") from None
+    with TokenStore(loaded.config.state_dir) as store:
+        plaintext, info = store.create(identity, list(groups), "agent" if agent else "human", seconds)
+    click.echo(plaintext)
+    click.echo(f"created token {info.id} for {identity}", err=True)
+
+
+@token.command("list")
+@config_option
+@click.option("--all", "include_revoked", is_flag=True, help="Include revoked tokens.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def token_list(config_path: Path, include_revoked: bool, as_json: bool) -> None:
+    """List tokens (never their secrets)."""
+    from dbsentry.identity import TokenStore
+
+    loaded = load_or_exit(config_path)
+    with TokenStore(loaded.config.state_dir) as store:
+        infos = store.list(include_revoked=include_revoked)
+    now = time.time()
+
+    def when(t: float | None) -> str:
+        return "-" if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+    if as_json:
+        for i in infos:
+            click.echo(
+                json.dumps(
+                    {
+                        "id": i.id,
+                        "identity": i.identity,
+                        "groups": sorted(i.groups),
+                        "kind": i.kind,
+                        "created_at": when(i.created_at),
+                        "expires_at": when(i.expires_at),
+                        "revoked_at": when(i.revoked_at),
+                        "active": i.active(now),
+                    }
+                )
+            )
+        return
+    click.echo(f"{'ID':<14} {'IDENTITY':<28} {'KIND':<6} {'GROUPS':<24} {'EXPIRES':<21} STATUS")
+    for i in infos:
+        status = "revoked" if i.revoked_at else ("expired" if not i.active(now) else "active")
+        click.echo(
+            f"{i.id:<14} {i.identity:<28} {i.kind:<6} {','.join(sorted(i.groups)) or '-':<24} "
+            f"{when(i.expires_at):<21} {status}"
+        )
+
+
+@token.command("revoke")
+@config_option
+@click.argument("token_id")
+def token_revoke(config_path: Path, token_id: str) -> None:
+    """Revoke a token by its id; sessions using it cannot log in again."""
+    from dbsentry.identity import TokenStore
+
+    loaded = load_or_exit(config_path)
+    with TokenStore(loaded.config.state_dir) as store:
+        if not store.revoke(token_id):
+            click.echo(f"dbsentry: no active token {token_id}", err=True)
+            sys.exit(1)
+    click.echo(f"revoked {token_id}", err=True)
+
+
+@main.command("check-config")
+@config_option
+def check_config(config_path: Path) -> None:
+    """Validate the configuration file and exit."""
+    loaded = load_or_exit(config_path)
+    click.echo(f"{loaded.path.name}: ok ({len(loaded.config.connections)} connections)")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,383 @@
+"""The thin asyncio shell: sockets, TLS and timers around the session state machines.
+
+No protocol rule lives here.  Bytes go into a :class:`~dbsentry.session.pg.Session`,
+commands come out and are carried out in order.  Forwarding uses asyncio protocols (not
+streams) so a chunk read from one socket is written to the other without extra copies
+or task switches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import secrets
+import ssl
+from collections.abc import Callable
+from typing import Any, Protocol, cast
+
+from dbsentry.config import Config, ConfigError, ConnectionConfig
+from dbsentry.identity.model import Identity
+from dbsentry.server import tls
+from dbsentry.server.tasks import spawn
+from dbsentry.session import commands as c
+from dbsentry.session.pg import ClientInfo, Session
+from dbsentry.session.upstream import UpstreamHandshake, UpstreamReady
+from dbsentry.wire.pg import codec
+from dbsentry.wire.pg.auth import tls_server_end_point_hash
+
+log = logging.getLogger("dbsentry.proxy")
+
+
+class Authenticator(Protocol):
+    def authenticate(self, user: str, password: str, source: str) -> Identity | None: ...
+
+
+class ProxyServer:
+    """Listens for PostgreSQL clients and runs one session per connection."""
+
+    def __init__(self, config: Config, authenticator: Authenticator, *, auth_needs_io: bool = False) -> None:
+        self.config = config
+        self.authenticator = authenticator
+        self.auth_needs_io = auth_needs_io
+        self.server_ssl = tls.server_context(config)
+        self.sessions: dict[int, ClientConnection] = {}
+        self._server: asyncio.Server | None = None
+        if not config.tls.require_client_tls:
+            log.warning(
+                "tls.require_client_tls is false: tokens may cross the network in plaintext",
+                extra={"fields": {"setting": "tls.require_client_tls"}},
+            )
+
+    async def start(self) -> tuple[str, int]:
+        host, port = self.config.listen.postgres_addr
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: ClientConnection(self), host, port, reuse_address=True, backlog=2048
+        )
+        sock = self._server.sockets[0].getsockname()
+        log.info("listening", extra={"fields": {"postgres": f"{sock[0]}:{sock[1]}"}})
+        return sock[0], sock[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.sessions.values()):
+            conn.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def new_backend_key(self) -> tuple[int, bytes]:
+        while True:
+            pid = secrets.randbelow(2**31 - 1) + 1
+            if pid not in self.sessions:
+                return pid, secrets.token_bytes(4)
+
+    async def send_cancel(self, conn: ConnectionConfig, pid: int, secret: bytes) -> None:
+        """Open a fresh connection to the upstream and send a CancelRequest with its real key."""
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(conn.host, conn.port), conn.connect_timeout_seconds
+            )
+            ctx = tls.upstream_context(conn)
+            if ctx is not None:
+                writer.write(codec.encode_ssl_request())
+                if await reader.readexactly(1) == b"S":
+                    await writer.start_tls(ctx, server_hostname=conn.host if conn.upstream_tls == "verify-full" else None)
+            writer.write(codec.encode_cancel_request(pid, secret))
+            await writer.drain()
+            # The server closes the connection once it has read the request.
+            await asyncio.wait_for(reader.read(1), 5)
+            writer.close()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ssl.SSLError) as err:
+            log.warning("cancel could not reach the upstream", extra={"fields": {"error": str(err)}})
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client socket and, once logged in, its upstream socket."""
+
+    def __init__(self, proxy: ProxyServer) -> None:
+        self.proxy = proxy
+        self.transport: asyncio.Transport | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.closed = False
+        self.address = "?"
+        self._timer: asyncio.TimerHandle | None = None
+        self.session: Session
+
+    # ------------------------------------------------------------------ asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        peer = transport.get_extra_info("peername")
+        self.address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        pid, secret = self.proxy.new_backend_key()
+        self.session = Session(self.proxy.config, ClientInfo(self.address), pid, secret)
+        self.proxy.sessions[pid] = self
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.proxy.config.limits.startup_timeout_seconds, self._startup_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        self.run(self.session.client_data(data))
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.closed = True
+        self.proxy.sessions.pop(self.session.proxy_pid, None)
+        self.run(self.session.client_closed())
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.resume_reading()
+
+    # ------------------------------------------------------------------ commands
+
+    def run(self, commands: list[c.Command]) -> None:
+        for cmd in commands:
+            t = type(cmd)
+            if t is c.SendUpstream:
+                up = self.upstream
+                if up is not None and up.transport is not None:
+                    up.transport.write(cmd.data)  # type: ignore[union-attr]
+            elif t is c.SendClient:
+                if not self.closed and self.transport is not None:
+                    self.transport.write(cmd.data)  # type: ignore[union-attr]
+            elif t is c.Log:
+                assert isinstance(cmd, c.Log)
+                log.log(cmd.level, cmd.event, extra={"fields": {"session": self.session.proxy_pid, **cmd.fields}})
+            elif t is c.CloseClient:
+                self._close_client()
+            elif t is c.CloseUpstream:
+                self._close_upstream()
+            elif t is c.StartClientTLS:
+                spawn(self._start_tls(), name="client-tls")
+            elif t is c.VerifyPassword:
+                assert isinstance(cmd, c.VerifyPassword)
+                self._verify(cmd)
+            elif t is c.OpenUpstream:
+                assert isinstance(cmd, c.OpenUpstream)
+                spawn(self._open_upstream(cmd), name="upstream-connect")
+            elif t is c.CancelUpstream:
+                self.cancel_upstream()
+            elif t is c.ForwardCancel:
+                assert isinstance(cmd, c.ForwardCancel)
+                target = self.proxy.sessions.get(cmd.pid)
+                if target is not None and hmac.compare_digest(target.session.proxy_secret, cmd.secret):
+                    target.cancel_upstream()
+                else:
+                    log.info("cancel request with an unknown key ignored", extra={"fields": {"client": self.address}})
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        self._close_upstream()
+
+    def _close_client(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def _close_upstream(self) -> None:
+        up = self.upstream
+        if up is not None and up.transport is not None and not up.transport.is_closing():
+            if up.ready:
+                up.transport.write(codec.TERMINATE)
+            up.transport.close()
+
+    def _startup_timeout(self) -> None:
+        self.run(self.session.startup_timeout())
+
+    def cancel_upstream(self) -> None:
+        up = self.upstream
+        if up is None or up.backend_pid is None or self.session.connection is None:
+            return
+        spawn(self.proxy.send_cancel(self.session.connection, up.backend_pid, up.backend_secret), name="cancel")
+
+    async def _start_tls(self) -> None:
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        try:
+            new = await loop.start_tls(
+                self.transport, self, self.proxy.server_ssl, server_side=True, ssl_handshake_timeout=10
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as err:
+            log.info("client TLS handshake failed", extra={"fields": {"client": self.address, "error": str(err)}})
+            self.abort()
+            return
+        if new is None:
+            return
+        self.transport = new
+        ssl_obj = new.get_extra_info("ssl_object")
+        self.run(self.session.client_tls_started(ssl_obj.version() if ssl_obj is not None else None))
+
+    def _verify(self, cmd: c.VerifyPassword) -> None:
+        auth = self.proxy.authenticator
+        source = self.address.rsplit(":", 1)[0]
+        if not self.proxy.auth_needs_io:
+            self.run(self.session.password_verified(auth.authenticate(cmd.user, cmd.password, source)))
+            return
+
+        async def verify() -> None:
+            loop = asyncio.get_running_loop()
+            identity = await loop.run_in_executor(None, auth.authenticate, cmd.user, cmd.password, source)
+            if not self.closed:
+                self.run(self.session.password_verified(identity))
+
+        spawn(verify(), name="verify")
+
+    async def _open_upstream(self, cmd: c.OpenUpstream) -> None:
+        conn = self.proxy.config.connections[cmd.connection]
+        loop = asyncio.get_running_loop()
+        try:
+            password = conn.resolve_password()
+        except (ConfigError, OSError) as err:
+            self.run(self.session.upstream_failed("08004", f"dbsentry: connection {cmd.connection!r} is misconfigured: {err}"))
+            return
+        where = f'the upstream of connection "{cmd.connection}"'
+        try:
+            transport, proto = await asyncio.wait_for(
+                loop.create_connection(lambda: UpstreamConnection(self), conn.host, conn.port),
+                conn.connect_timeout_seconds,
+            )
+        except (OSError, TimeoutError) as err:
+            reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+            self.run(self.session.upstream_failed("08001", f"dbsentry: could not connect to {where}: {reason}"))
+            return
+        self.upstream = proto
+        if self.closed:
+            transport.close()
+            return
+        binding: bytes | None = None
+        ctx = tls.upstream_context(conn)
+        if ctx is not None:
+            try:
+                proto.tls_answer = loop.create_future()
+                transport.write(codec.encode_ssl_request())
+                answer = await asyncio.wait_for(proto.tls_answer, conn.connect_timeout_seconds)
+                if answer != b"S":
+                    raise ConnectionError("the upstream server does not accept TLS connections")
+                hostname = conn.host if conn.upstream_tls == "verify-full" else None
+                new = await loop.start_tls(transport, proto, ctx, server_hostname=hostname)
+                if new is None:
+                    raise ConnectionError("TLS setup failed")
+                transport = new
+                proto.transport = new
+                ssl_obj = new.get_extra_info("ssl_object")
+                der = ssl_obj.getpeercert(binary_form=True) if ssl_obj is not None else None
+                if der:
+                    binding = tls_server_end_point_hash(der)
+            except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as err:
+                transport.close()
+                self.run(self.session.upstream_failed("08001", f"dbsentry: TLS to {where} failed: {err}"))
+                return
+        proto.start_handshake(
+            UpstreamHandshake(conn.user, password, cmd.params, binding, self.proxy.config.limits.max_message_bytes)
+        )
+
+    # ------------------------------------------------------------------ from the upstream
+
+    def on_upstream_ready(self, ready: UpstreamReady) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.run(self.session.upstream_ready(ready))
+
+    def on_upstream_failed(self, sqlstate: str, message: str, from_server: bool) -> None:
+        name = self.session.connection_name
+        if from_server and sqlstate.startswith("28"):
+            # The upstream refused the proxy's own credentials: the client's token was fine.
+            sqlstate, message = "08004", f'dbsentry: the upstream of connection "{name}" rejected the proxy\'s credentials'
+        elif from_server:
+            message = f"dbsentry: upstream refused the connection: {message}"
+        self.run(self.session.upstream_failed(sqlstate, message))
+
+
+class UpstreamConnection(asyncio.Protocol):
+    def __init__(self, client: ClientConnection) -> None:
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+        self.tls_answer: asyncio.Future[bytes] | None = None
+        self.handshake: UpstreamHandshake | None = None
+        self.ready = False
+        self.backend_pid: int | None = None
+        self.backend_secret = b""
+        self._on_data: Callable[[bytes], Any] = self._ignore
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def start_handshake(self, hs: UpstreamHandshake) -> None:
+        self.handshake = hs
+        self._on_data = self._handshake_data
+        assert self.transport is not None
+        self.transport.write(hs.startup_message())
+
+    def data_received(self, data: bytes) -> None:
+        if self.ready:
+            self.client.run(self.client.session.upstream_data(data))
+            return
+        if self.tls_answer is not None and not self.tls_answer.done():
+            if len(data) != 1:
+                self.tls_answer.set_exception(ConnectionError("unexpected data after SSLRequest"))
+            else:
+                self.tls_answer.set_result(data)
+            return
+        self._on_data(data)
+
+    def _ignore(self, data: bytes) -> None:
+        pass
+
+    def _handshake_data(self, data: bytes) -> None:
+        assert self.handshake is not None and self.transport is not None
+        step = self.handshake.receive(data)
+        if step.send:
+            self.transport.write(step.send)
+        if step.refused is not None:
+            self.handshake = None
+            self._on_data = self._ignore
+            self.transport.close()
+            r = step.refused
+            self.client.on_upstream_failed(r.sqlstate, r.message, r.from_server)
+        elif step.ready is not None:
+            self.handshake = None
+            self.ready = True
+            self.backend_pid = step.ready.backend_pid
+            self.backend_secret = step.ready.backend_secret
+            self.client.on_upstream_ready(step.ready)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.tls_answer is not None and not self.tls_answer.done():
+            self.tls_answer.set_exception(ConnectionError("connection closed during TLS negotiation"))
+        if self.ready:
+            self.ready = False
+            self.client.run(self.client.session.upstream_closed())
+        elif self.handshake is not None:
+            self.handshake = None
+            self.client.on_upstream_failed("08006", "dbsentry: the upstream closed the connection during login", False)
+
+    def pause_writing(self) -> None:
+        if self.client.transport is not None:
+            self.client.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.client.transport is not None:
+            self.client.transport.resume_reading()
+
+
+def install_uvloop() -> bool:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+__all__ = ["ClientConnection", "ProxyServer", "install_uvloop"]

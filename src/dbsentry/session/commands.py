@@ -1,0 +1,85 @@
+"""What a session asks its I/O shell to do.
+
+The session state machines never perform I/O: they return these commands, and the
+asyncio shell (``dbsentry.server``) carries them out in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class SendClient:
+    data: bytes
+
+
+@dataclass(slots=True)
+class SendUpstream:
+    data: bytes
+
+
+@dataclass(slots=True)
+class StartClientTLS:
+    """Answer 'S' was queued; upgrade the client socket to TLS (server side)."""
+
+
+@dataclass(slots=True)
+class VerifyPassword:
+    """Check the token the client sent; answer with ``Session.password_verified``."""
+
+    user: str
+    password: str
+
+
+@dataclass(slots=True)
+class OpenUpstream:
+    """Connect and log in to the upstream; answer with ``upstream_ready`` or ``upstream_failed``."""
+
+    connection: str
+    params: tuple[tuple[str, str], ...]
+
+
+@dataclass(slots=True)
+class CancelUpstream:
+    """Send a CancelRequest for this session's upstream backend (with its real key)."""
+
+
+@dataclass(slots=True)
+class ForwardCancel:
+    """A client asked to cancel the session holding proxy backend key (pid, secret)."""
+
+    pid: int
+    secret: bytes
+
+
+@dataclass(slots=True)
+class CloseClient:
+    """Close the client connection once what was queued for it has been written."""
+
+
+@dataclass(slots=True)
+class CloseUpstream:
+    pass
+
+
+@dataclass(slots=True)
+class Log:
+    level: int
+    event: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+Command = (
+    SendClient
+    | SendUpstream
+    | StartClientTLS
+    | VerifyPassword
+    | OpenUpstream
+    | CancelUpstream
+    | ForwardCancel
+    | CloseClient
+    | CloseUpstream
+    | Log
+)
