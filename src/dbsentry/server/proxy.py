@@ -24,7 +24,7 @@ from dbsentry.session import commands as c
 from dbsentry.session.pg import ClientInfo, Session
 from dbsentry.session.upstream import UpstreamHandshake, UpstreamReady
 from dbsentry.wire.pg import codec
-from dbsentry.wire.pg.auth import tls_server_end_point_hash
+from dbsentry.wire.pg.auth import AuthError, tls_server_end_point_hash
 
 log = logging.getLogger("dbsentry.proxy")
 
@@ -272,7 +272,10 @@ class ClientConnection(asyncio.Protocol):
                 ssl_obj = new.get_extra_info("ssl_object")
                 der = ssl_obj.getpeercert(binary_form=True) if ssl_obj is not None else None
                 if der:
-                    binding = tls_server_end_point_hash(der)
+                    try:
+                        binding = tls_server_end_point_hash(der)
+                    except AuthError:
+                        binding = None  # a certificate type channel binding cannot use (Ed25519)
             except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as err:
                 transport.close()
                 self.run(self.session.upstream_failed("08001", f"dbsentry: TLS to {where} failed: {err}"))

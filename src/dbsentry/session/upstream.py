@@ -113,6 +113,9 @@ class UpstreamHandshake:
     def _answer(self, auth: m.Authentication) -> bytes | UpstreamRefused | None:
         code = auth.code
         if code == m.AUTH_OK:
+            if self._scram is not None and not self._scram.done:
+                # A server that skips SASLFinal never proved it knows the password.
+                raise AuthError("the upstream sent AuthenticationOk before completing SCRAM")
             return None
         if code in _UNSUPPORTED_AUTH:
             return UpstreamRefused("08004", f"upstream demands {_UNSUPPORTED_AUTH[code]} authentication, which dbsentry does not support", False)

@@ -1,0 +1,3 @@
+from dbsentry.cli import main
+
+main()
