@@ -21,6 +21,7 @@ from dbsentry.identity.model import Identity
 from dbsentry.server import tls
 from dbsentry.server.tasks import spawn
 from dbsentry.session import commands as c
+from dbsentry.session.governance import Governor
 from dbsentry.session.pg import ClientInfo, Session
 from dbsentry.session.upstream import UpstreamHandshake, UpstreamReady
 from dbsentry.wire.pg import codec
@@ -36,8 +37,16 @@ class Authenticator(Protocol):
 class ProxyServer:
     """Listens for PostgreSQL clients and runs one session per connection."""
 
-    def __init__(self, config: Config, authenticator: Authenticator, *, auth_needs_io: bool = False) -> None:
+    def __init__(
+        self,
+        config: Config,
+        authenticator: Authenticator,
+        governor: Governor | None = None,
+        *,
+        auth_needs_io: bool = False,
+    ) -> None:
         self.config = config
+        self.governor = governor
         self.authenticator = authenticator
         self.auth_needs_io = auth_needs_io
         self.server_ssl = tls.server_context(config)
@@ -112,7 +121,7 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         pid, secret = self.proxy.new_backend_key()
-        self.session = Session(self.proxy.config, ClientInfo(self.address), pid, secret)
+        self.session = Session(self.proxy.config, ClientInfo(self.address), pid, secret, governor=self.proxy.governor)
         self.proxy.sessions[pid] = self
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.proxy.config.limits.startup_timeout_seconds, self._startup_timeout)

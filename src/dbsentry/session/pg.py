@@ -14,6 +14,7 @@ States::
 from __future__ import annotations
 
 import logging
+import secrets
 import shlex
 from dataclasses import dataclass, field
 from enum import Enum
@@ -21,6 +22,7 @@ from enum import Enum
 from dbsentry.config import Config, ConnectionConfig
 from dbsentry.identity.model import Identity
 from dbsentry.session import commands as c
+from dbsentry.session.governance import Check, Governor, denial_message
 from dbsentry.session.upstream import UpstreamReady
 from dbsentry.wire.pg import codec
 from dbsentry.wire.pg import messages as m
@@ -114,6 +116,14 @@ class Session:
     _upstream_frames: codec.FrameSplitter = field(init=False)
     _upstream_fatal: bool = False
     _forward_options: str = ""
+    governor: Governor | None = None
+    _environment: str = ""
+    # Prepared statement name -> (SQL, policy version it was checked under).
+    _prepared: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # Marker -> the ErrorResponse that replaces the upstream's error for a refused statement.
+    _refusals: dict[str, bytes] = field(default_factory=dict)
+    _marker_prefix: str = field(default_factory=lambda: secrets.token_hex(4))
+    _marker_seq: int = 0
 
     def __post_init__(self) -> None:
         self._client_frames = codec.FrameSplitter(MAX_AUTH_MESSAGE)
@@ -283,6 +293,8 @@ class Session:
         if self.state is not State.CONNECTING:
             return [c.CloseUpstream()]
         self.state = State.READY
+        conn = self.connection
+        self._environment = conn.environment if conn is not None else ""
         self.upstream_params = dict(ready.params)
         self.txn_status = ready.status
         self._client_frames = codec.FrameSplitter(self.config.limits.max_message_bytes)
@@ -308,18 +320,158 @@ class Session:
 
     def _client_ready(self, data: bytes) -> list[c.Command]:
         buf, spans = self._client_frames.split(data)
+        gov = self.governor
         syncs = 0
-        for t, start, _end in spans:
+        pieces: list[bytes] | None = None  # set once a frame is replaced
+        last = 0
+        extra: list[c.Command] = []
+        for t, start, end in spans:
             if t == m.Q_QUERY or t == m.Q_SYNC or t == m.Q_FUNCTION_CALL:
                 syncs += 1
             elif t == m.Q_TERMINATE:
                 # CloseUpstream says goodbye to the upstream with its own Terminate.
                 self.pending_syncs += syncs
                 self.state = State.CLOSED
-                before = buf[: start - 5]
-                return [*([c.SendUpstream(before)] if before else []), c.CloseUpstream(), c.CloseClient()]
+                before = self._assemble(pieces, buf, last, start - 5)
+                return [*extra, *([c.SendUpstream(before)] if before else []), c.CloseUpstream(), c.CloseClient()]
+            if gov is None:
+                continue
+            replacement: bytes | None = None
+            if t == m.Q_QUERY:
+                replacement = self._govern_query(gov, buf, start, end, extra)
+            elif t == m.Q_PARSE:
+                replacement = self._govern_parse(gov, buf, start, end, extra)
+            elif t == m.Q_BIND:
+                replacement = self._govern_bind(gov, buf, start, end, extra)
+            elif t == m.Q_FUNCTION_CALL:
+                replacement = self._govern_function_call(gov, extra)
+            elif t == m.Q_CLOSE:
+                kind, name = codec.decode_describe_or_close(buf, start, end)
+                if kind == "S":
+                    self._prepared.pop(name, None)
+            if replacement is not None:
+                if pieces is None:
+                    pieces = []
+                pieces.append(buf[last : start - 5])
+                pieces.append(replacement)
+                last = end
         self.pending_syncs += syncs
-        return [c.SendUpstream(buf)] if buf else []
+        out = self._assemble(pieces, buf, last, len(buf))
+        if out:
+            extra.append(c.SendUpstream(out))
+        return extra
+
+    @staticmethod
+    def _assemble(pieces: list[bytes] | None, buf: bytes, last: int, stop: int) -> bytes:
+        if pieces is None:
+            return buf[:stop] if stop != len(buf) else buf
+        return b"".join([*pieces, buf[last:stop]])
+
+    # ------------------------------------------------------------------ governance
+
+    def _check(self, gov: Governor, sql: str) -> Check:
+        assert self.identity is not None and self.connection_name is not None
+        return gov.check(sql, self.identity, self.connection_name, self._environment)
+
+    def _too_long(self, sql_bytes: int) -> str | None:
+        limit = self.config.limits.max_statement_bytes
+        if sql_bytes > limit:
+            return (
+                f"dbsentry: statement of {sql_bytes} bytes exceeds the limit of {limit} bytes "
+                "(limits.max_statement_bytes)"
+            )
+        return None
+
+    def _govern_query(self, gov: Governor, buf: bytes, start: int, end: int, extra: list[c.Command]) -> bytes | None:
+        too_long = self._too_long(end - start - 1)
+        if too_long:
+            return codec.encode_query(self._marker_sql(self._refuse(too_long, "54000", extra)))
+        sql = codec.decode_query(buf, start, end).sql
+        check = self._check(gov, sql)
+        if check.allowed:
+            return None
+        return codec.encode_query(self._marker_sql(self._deny(check, sql, extra)))
+
+    def _govern_parse(self, gov: Governor, buf: bytes, start: int, end: int, extra: list[c.Command]) -> bytes | None:
+        parse = codec.decode_parse(buf, start, end)
+        too_long = self._too_long(len(parse.sql))
+        if too_long:
+            self._prepared.pop(parse.name, None)
+            marker = self._refuse(too_long, "54000", extra)
+            return codec.encode_parse(m.Parse(parse.name, self._marker_sql(marker)))
+        check = self._check(gov, parse.sql)
+        if check.allowed:
+            self._prepared[parse.name] = (parse.sql, gov.version)
+            return None
+        self._prepared.pop(parse.name, None)
+        return codec.encode_parse(m.Parse(parse.name, self._marker_sql(self._deny(check, parse.sql, extra))))
+
+    def _govern_bind(self, gov: Governor, buf: bytes, start: int, end: int, extra: list[c.Command]) -> bytes | None:
+        # Re-check a prepared statement when the policy changed since its Parse.
+        portal, pos = codec.read_cstr(buf, start, end)
+        name, _ = codec.read_cstr(buf, pos, end)
+        known = self._prepared.get(name)
+        if known is None or known[1] == gov.version:
+            return None
+        sql = known[0]
+        check = self._check(gov, sql)
+        if check.allowed:
+            self._prepared[name] = (sql, gov.version)
+            return None
+        self._prepared.pop(name, None)
+        # Binding a statement that does not exist fails upstream, in order, with the marker.
+        return codec.encode_bind(m.Bind(portal, self._deny(check, sql, extra)))
+
+    def _govern_function_call(self, gov: Governor, extra: list[c.Command]) -> bytes | None:
+        # A FunctionCall names a function by OID only, so governance cannot check it:
+        # where the baseline applies (production), it is refused (fail closed).
+        if self._environment not in gov.policy.production_environments:
+            return None
+        marker = self._refuse(
+            "dbsentry: the FunctionCall protocol message is not allowed here; call the function with SQL "
+            "(rule: baseline.function_call)",
+            "42501",
+            extra,
+        )
+        return codec.encode_query(self._marker_sql(marker))
+
+    def _deny(self, check: Check, sql: str, extra: list[c.Command]) -> str:
+        decision = check.decision
+        marker = self._refuse(denial_message(decision), "42501", extra, log=False)
+        extra.append(
+            c.Log(
+                logging.WARNING,
+                "statement.denied",
+                {
+                    "identity": self.identity.name if self.identity else None,
+                    "connection": self.connection_name,
+                    "action": decision.action,
+                    "rules": list(decision.rules),
+                    "statement": sql[:200],
+                },
+            )
+        )
+        return marker
+
+    def _refuse(self, message: str, sqlstate: str, extra: list[c.Command], log: bool = True) -> str:
+        """Arrange for the statement to fail upstream, in order, and for its error to become ours.
+
+        The statement is replaced by one that names a relation (or prepared statement)
+        called after a fresh marker, which cannot exist: PostgreSQL itself fails it at the
+        right point of the pipeline, moves the transaction to the failed state exactly as
+        for any error, and skips to the next Sync.  Its ErrorResponse carries the marker,
+        and :meth:`upstream_data` replaces it with this message.
+        """
+        self._marker_seq += 1
+        marker = f"dbsentry_refused_{self._marker_prefix}_{self._marker_seq}"
+        self._refusals[marker] = codec.error_response(sqlstate, message)
+        if log:
+            extra.append(c.Log(logging.WARNING, "statement.refused", {"reason": message}))
+        return marker
+
+    @staticmethod
+    def _marker_sql(marker: str) -> str:
+        return f'SELECT * FROM "{marker}"'
 
     def upstream_data(self, data: bytes) -> list[c.Command]:
         if self.state is not State.READY:
@@ -328,14 +480,38 @@ class Session:
             buf, spans = self._upstream_frames.split(data)
         except codec.ProtocolError as err:
             return self._fail("08P01", f"dbsentry: upstream protocol error: {err}")
-        for t, start, _end in spans:
+        pieces: list[bytes] | None = None
+        last = 0
+        for t, start, end in spans:
             if t == m.R_READY:
                 self.txn_status = chr(buf[start])
                 if self.pending_syncs:
                     self.pending_syncs -= 1
-            elif t == m.R_ERROR and buf[start + 1 : start + 6] == b"FATAL":
-                self._upstream_fatal = True
-        return [c.SendClient(buf)] if buf else []
+                if not self.pending_syncs and self._refusals:
+                    # A refused statement skipped by an earlier error never reports.
+                    self._refusals.clear()
+            elif t == m.R_ERROR:
+                if buf[start + 1 : start + 6] == b"FATAL":
+                    self._upstream_fatal = True
+                if self._refusals:
+                    ours = self._our_error(buf, start, end)
+                    if ours is not None:
+                        if pieces is None:
+                            pieces = []
+                        pieces.append(buf[last : start - 5])
+                        pieces.append(ours)
+                        last = end
+        out = self._assemble(pieces, buf, last, len(buf))
+        return [c.SendClient(out)] if out else []
+
+    def _our_error(self, buf: bytes, start: int, end: int) -> bytes | None:
+        text = bytes(buf[start:end])
+        if b"dbsentry_refused_" not in text:
+            return None
+        for marker in list(self._refusals):
+            if marker.encode() in text:
+                return self._refusals.pop(marker)
+        return None
 
     # ------------------------------------------------------------------ endings
 

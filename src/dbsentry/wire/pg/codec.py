@@ -159,6 +159,11 @@ def frame(type_byte: bytes, body: bytes = b"") -> bytes:
     return type_byte + _U32.pack(len(body) + 4) + body
 
 
+def read_cstr(buf: bytes, pos: int, end: int) -> tuple[str, int]:
+    """A null-terminated UTF-8 string at ``pos``, and the position after it."""
+    return _cstr(buf, pos, end)
+
+
 def _cstr(buf: bytes, pos: int, end: int) -> tuple[str, int]:
     z = buf.find(b"\x00", pos, end)
     if z < 0:

@@ -1,0 +1,106 @@
+"""The governance point shared by all sessions: the current policy and its caches.
+
+Sessions ask :meth:`Governor.check` about every statement; the answer is pure and
+synchronous (facts in, decision out).  A policy reload swaps :attr:`Governor.policy`
+atomically: sessions keep running and the next statement is judged by the new policy
+(the policy version is part of every cache key).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from dbsentry.identity.model import Identity
+from dbsentry.policy import (
+    DecisionCache,
+    EvalContext,
+    FactsCache,
+    Policy,
+    PolicyError,
+    Verdict,
+    default_policy,
+    evaluate_sql,
+    load_policy,
+)
+from dbsentry.policy.engine import Decision
+
+log = logging.getLogger("dbsentry.policy")
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """What a session needs to know about one query string."""
+
+    verdict: Verdict
+
+    @property
+    def decision(self) -> Decision:
+        return self.verdict.decision
+
+    @property
+    def allowed(self) -> bool:
+        return self.verdict.decision.allowed
+
+
+class Governor:
+    def __init__(self, policy: Policy, path: Path | None = None) -> None:
+        self.policy = policy
+        self.path = path
+        self.facts_cache = FactsCache()
+        self.decision_cache = DecisionCache()
+        self._mtime = self._stat()
+
+    @classmethod
+    def from_path(cls, path: Path | None) -> Governor:
+        """Load the policy file (or the baseline alone); raises PolicyError when invalid."""
+        return cls(load_policy(path) if path is not None else default_policy(), path)
+
+    @property
+    def version(self) -> str:
+        return self.policy.version
+
+    def check(self, sql: str, identity: Identity, connection: str, environment: str) -> Check:
+        ctx = EvalContext(identity, connection, environment, datetime.now(UTC))
+        return Check(evaluate_sql(self.policy, sql, ctx, self.facts_cache, self.decision_cache))
+
+    def reload(self) -> bool:
+        """Re-read the policy file; an invalid one is rejected and the old policy stays."""
+        if self.path is None:
+            return False
+        self._mtime = self._stat()
+        try:
+            new = load_policy(self.path)
+        except PolicyError as err:
+            log.error("policy reload rejected; keeping the previous policy", extra={"fields": {"reason": str(err)}})
+            return False
+        if new.version != self.policy.version:
+            self.policy = new
+            log.info("policy reloaded", extra={"fields": {"version": new.version, "source": str(self.path)}})
+        return True
+
+    def reload_if_changed(self) -> bool:
+        if self.path is None or self._stat() == self._mtime:
+            return False
+        return self.reload()
+
+    def _stat(self) -> tuple[float, int] | None:
+        if self.path is None:
+            return None
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime, st.st_size)
+
+
+def denial_message(decision: Decision) -> str:
+    rules = ", ".join(decision.rules) or "policy"
+    if decision.action == "require_approval":
+        who = ", ".join(decision.approvers) or "an approver"
+        text = decision.message or f"this statement requires approval by {who}"
+    else:
+        text = decision.message or "statement denied by policy"
+    return f"dbsentry: {text} (rule: {rules})"
