@@ -145,5 +145,13 @@ def check_config(config_path: Path) -> None:
     click.echo(f"{loaded.path.name}: ok ({len(loaded.config.connections)} connections)")
 
 
+def _register() -> None:
+    from dbsentry.policy.cli import policy
+
+    main.add_command(policy)
+
+
+_register()
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -9,8 +9,11 @@ action, so that a broad fact never widens access:
 
 - for ``deny``, ``require_approval`` and ``mask`` a condition holds when *any* element
   matches (a data-modifying CTE makes a SELECT also a DELETE);
-- for ``allow`` it holds when *every* element matches (an allow for SELECT on
-  ``reports`` does not allow a statement that also touches ``salaries``).
+- for ``allow`` it holds when there is at least one element and *every* element
+  matches (an allow for ``reports`` neither covers a statement that also touches
+  ``salaries`` nor one that touches no table at all).
+
+A rule's ``unless`` uses the opposite semantics to its rule, for the same reason.
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ def _globs(patterns: Iterable[str], fold: bool = True) -> re.Pattern[str]:
 
 def _elements(values: Sequence[str], test: Callable[[str], bool], every: bool) -> bool:
     if every:
-        return all(test(v) for v in values)
+        return bool(values) and all(test(v) for v in values)
     return any(test(v) for v in values)
 
 
@@ -100,7 +103,7 @@ def _table_test(patterns: list[str], every: bool) -> Callable[[str], bool]:
     def test(table: str) -> bool:
         if full.fullmatch(table):
             return True
-        schema, dot, rel = table.rpartition(".")
+        _, dot, rel = table.rpartition(".")
         for rel_re, schema_re in by_relname:
             if schema_re is None:
                 # pattern without schema: matches the relation in any schema
@@ -183,9 +186,8 @@ def compile_match(m: Match, every: bool) -> list[Pred]:
 
         def tables(f: StatementFacts, c: EvalContext) -> bool:
             if every:
-                return all(ttest(t) for t in f.tables_read) and all(
-                    ttest(t) for t in f.tables_written
-                )
+                touched = (*f.tables_read, *f.tables_written)
+                return bool(touched) and all(ttest(t) for t in touched)
             return any(ttest(t) for t in f.tables_read) or any(ttest(t) for t in f.tables_written)
 
         preds.append(tables)
@@ -195,13 +197,13 @@ def compile_match(m: Match, every: bool) -> list[Pred]:
     if m.flags is not None:
         wanted = frozenset(m.flags)
         if every:
-            preds.append(lambda f, c: f.flags <= wanted)
+            preds.append(lambda f, c: bool(f.flags) and f.flags <= wanted)
         else:
             preds.append(lambda f, c: not wanted.isdisjoint(f.flags))
     if m.data_classes is not None:
         dcs = frozenset(m.data_classes)
         if every:
-            preds.append(lambda f, c: c.data_classes <= dcs)
+            preds.append(lambda f, c: bool(c.data_classes) and c.data_classes <= dcs)
         else:
             preds.append(lambda f, c: not dcs.isdisjoint(c.data_classes))
     if m.risk is not None:

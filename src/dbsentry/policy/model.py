@@ -1,11 +1,13 @@
 """The policy file: named rules in YAML, validated by these models.
 
 ``policy.schema.json`` next to this module is generated from :class:`PolicyFile`
-(``python -m dbsentry.policy.model`` rewrites it) and a test keeps the two in step.
+(``dbsentry policy schema > src/dbsentry/policy/policy.schema.json`` rewrites it) and a
+test keeps the two in step.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -150,16 +152,13 @@ class PolicyFile(_Model):
         return self
 
 
+def json_schema_text() -> str:
+    """The JSON Schema as published in policy.schema.json."""
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+
+
 def json_schema() -> dict[str, Any]:
     schema = PolicyFile.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "dbsentry policy file"
     return schema
-
-
-if __name__ == "__main__":  # regenerate policy.schema.json
-    import json
-    from pathlib import Path
-
-    out = Path(__file__).with_name("policy.schema.json")
-    out.write_text(json.dumps(json_schema(), indent=2, sort_keys=True) + "\n")

