@@ -146,9 +146,12 @@ def check_config(config_path: Path) -> None:
 
 
 def _register() -> None:
+    from dbsentry.audit.cli import audit, report
     from dbsentry.policy.cli import policy
 
     main.add_command(policy)
+    main.add_command(audit)
+    main.add_command(report)
 
 
 _register()

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dbsentry.audit.config import AuditConfig
+
 
 class ConfigError(Exception):
     """The configuration is invalid; the message names the key and the reason."""
@@ -141,7 +143,9 @@ class Config(_Model):
     connections: dict[str, ConnectionConfig] = Field(default_factory=dict)
     policy: Path | None = None
     limits: LimitsConfig = LimitsConfig()
-    workers: int = Field(default=1, ge=1, le=64)
+    audit: AuditConfig = AuditConfig()
+    # Forward without policy or audit: for measuring the proxy itself, never for real use.
+    passthrough: bool = False
 
     @field_validator("connections")
     @classmethod
@@ -184,6 +188,15 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
     ident = data.get("identity")
     if isinstance(ident, dict) and isinstance(ident.get("oidc"), dict):
         fix(ident["oidc"], "jwks_file")
+    audit = data.get("audit")
+    if isinstance(audit, dict):
+        fix(audit, "path")
+        fix(audit, "signing_key")
+        keys = audit.get("trusted_public_keys")
+        if isinstance(keys, list):
+            audit["trusted_public_keys"] = [
+                str(base / k) if isinstance(k, str) and not os.path.isabs(k) else k for k in keys
+            ]
     conns = data.get("connections")
     if isinstance(conns, dict):
         for c in conns.values():

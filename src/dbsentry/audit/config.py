@@ -46,7 +46,9 @@ class AuditConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> AuditConfig:
         if self.store == "postgres" and (self.dsn is None) == (self.dsn_env is None):
-            raise ValueError("audit.store postgres needs exactly one of audit.dsn and audit.dsn_env")
+            raise ValueError(
+                "audit.store postgres needs exactly one of audit.dsn and audit.dsn_env"
+            )
         if not _SCHEMA_NAME.match(self.pg_schema):
             raise ValueError("audit.pg_schema must be a lower-case SQL identifier")
         return self
@@ -77,6 +79,8 @@ class AuditConfig(BaseModel):
             update={
                 "path": fix(self.path),
                 "signing_key": fix(self.signing_key),
-                "trusted_public_keys": [base / p if not p.is_absolute() else p for p in self.trusted_public_keys],
+                "trusted_public_keys": [
+                    base / p if not p.is_absolute() else p for p in self.trusted_public_keys
+                ],
             }
         )

@@ -23,6 +23,7 @@ from dbsentry.audit.records import canonical_json
 
 CheckpointKind = Literal["periodic", "archive", "close"]
 _DOMAIN = b"dbsentry-audit-checkpoint-v1\n"
+MANIFEST_DOMAIN = b"dbsentry-report-manifest-v1\n"
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -57,12 +58,12 @@ def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
             os.fsync(f.fileno())
         _write_public(key, path)
         return key
-    key = serialization.load_pem_private_key(data, password=None)
-    if not isinstance(key, Ed25519PrivateKey):
+    loaded = serialization.load_pem_private_key(data, password=None)
+    if not isinstance(loaded, Ed25519PrivateKey):
         raise ValueError(f"{path} is not an Ed25519 private key")
     if not public_key_path(path).exists():
-        _write_public(key, path)
-    return key
+        _write_public(loaded, path)
+    return loaded
 
 
 def _write_public(key: Ed25519PrivateKey, private_path: Path) -> None:
@@ -116,6 +117,10 @@ class Signer:
         sig = self._key.sign(checkpoint_message(seq, hash_hex, time, kind))
         return Checkpoint(seq, hash_hex, time, kind, self.key_id, sig.hex())
 
+    def sign_bytes(self, data: bytes) -> str:
+        """A hex signature over ``data`` (report manifests), domain-separated from checkpoints."""
+        return self._key.sign(MANIFEST_DOMAIN + data).hex()
+
 
 class KeyRing:
     """The public keys whose checkpoint signatures are trusted, by key id."""
@@ -128,7 +133,9 @@ class KeyRing:
         if key is None:
             return "unknown_key"
         try:
-            key.verify(bytes.fromhex(cp.signature), checkpoint_message(cp.seq, cp.hash, cp.time, cp.kind))
+            key.verify(
+                bytes.fromhex(cp.signature), checkpoint_message(cp.seq, cp.hash, cp.time, cp.kind)
+            )
         except (InvalidSignature, ValueError):
             return "bad_signature"
         return "ok"

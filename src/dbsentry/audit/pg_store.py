@@ -9,6 +9,7 @@ do not race.  With the server's default ``synchronous_commit = on`` a commit is 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time as _time
 import uuid
@@ -147,8 +148,14 @@ class PostgresStore(AuditStore):
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key,))
             conn.execute(self._sql("CREATE SCHEMA IF NOT EXISTS @S"))
-            conn.execute(self._sql("CREATE TABLE IF NOT EXISTS @S.meta (key text PRIMARY KEY, value text NOT NULL)"))
-            row = conn.execute(self._sql("SELECT value FROM @S.meta WHERE key = 'schema_version'")).fetchone()
+            conn.execute(
+                self._sql(
+                    "CREATE TABLE IF NOT EXISTS @S.meta (key text PRIMARY KEY, value text NOT NULL)"
+                )
+            )
+            row = conn.execute(
+                self._sql("SELECT value FROM @S.meta WHERE key = 'schema_version'")
+            ).fetchone()
             version = int(row[0]) if row else 0
             if version > len(_MIGRATIONS):
                 raise AuditStoreError(
@@ -169,17 +176,19 @@ class PostgresStore(AuditStore):
         if self._conn is None or self._conn.closed:
             conn = self._connect()
             if not self._migrated:
-                self._migrate(conn)
+                try:
+                    self._migrate(conn)
+                except BaseException:
+                    conn.close()
+                    raise
                 self._migrated = True
             self._conn = conn
         return self._conn
 
     def _drop_writer(self) -> None:
         if self._conn is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self._conn.close()
-            except Exception:
-                pass
             self._conn = None
 
     def migrate(self) -> None:
@@ -189,7 +198,9 @@ class PostgresStore(AuditStore):
                 self._writer()
             except psycopg.Error as err:
                 self._drop_writer()
-                raise AuditStoreError(f"audit store unavailable ({self.describe()}): {err}") from err
+                raise AuditStoreError(
+                    f"audit store unavailable ({self.describe()}): {err}"
+                ) from err
 
     def close(self) -> None:
         with self._lock:
@@ -204,7 +215,9 @@ class PostgresStore(AuditStore):
             try:
                 conn = self._writer()
                 with conn.transaction(), conn.cursor() as cur:
-                    cur.execute(self._sql("SELECT seq, hash FROM @S.chain_head WHERE id = 1 FOR UPDATE"))
+                    cur.execute(
+                        self._sql("SELECT seq, hash FROM @S.chain_head WHERE id = 1 FOR UPDATE")
+                    )
                     row = cur.fetchone()
                     assert row is not None
                     linked = link(ChainPoint(int(row[0]), row[1]), records)
@@ -216,11 +229,26 @@ class PostgresStore(AuditStore):
                             "(%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s::text[],%s)"
                         ),
                         [
-                            (seq, prev, h, r.id, r.time, r.type, r.session_id, r.identity,
-                             r.identity_kind, r.connection, r.environment, r.decision, r.command,
-                             r.ref, list(r.tables), r.payload.decode("utf-8"))
+                            (
+                                seq,
+                                prev,
+                                h,
+                                r.id,
+                                r.time,
+                                r.type,
+                                r.session_id,
+                                r.identity,
+                                r.identity_kind,
+                                r.connection,
+                                r.environment,
+                                r.decision,
+                                r.command,
+                                r.ref,
+                                list(r.tables),
+                                r.payload.decode("utf-8"),
+                            )
                             for seq, prev, h, r in linked
-                        ],  # fmt: skip
+                        ],
                     )
                     last = linked[-1]
                     cur.execute(
@@ -237,13 +265,17 @@ class PostgresStore(AuditStore):
             try:
                 conn = self._writer()
                 with conn.transaction(), conn.cursor() as cur:
-                    cur.execute(self._sql("SELECT seq, hash FROM @S.chain_head WHERE id = 1 FOR UPDATE"))
+                    cur.execute(
+                        self._sql("SELECT seq, hash FROM @S.chain_head WHERE id = 1 FOR UPDATE")
+                    )
                     row = cur.fetchone()
                     assert row is not None
                     seq, h = int(row[0]), str(row[1])
                     cur.execute(self._sql("SELECT max(seq) FROM @S.checkpoints"))
                     last = cur.fetchone()
-                    if seq == 0 or (last and last[0] is not None and last[0] >= seq and kind == "periodic"):
+                    if seq == 0 or (
+                        last and last[0] is not None and last[0] >= seq and kind == "periodic"
+                    ):
                         return None
                     cp = signer.sign(seq, h, _time.time(), kind)
                     self._insert_checkpoint(cur, cp)
@@ -267,20 +299,28 @@ class PostgresStore(AuditStore):
                 conn = self._writer()
                 with conn.transaction(), conn.cursor() as cur:
                     cur.execute(self._sql("SELECT 1 FROM @S.chain_head WHERE id = 1 FOR UPDATE"))
-                    cur.execute(self._sql("SELECT hash FROM @S.records WHERE seq = %s"), (checkpoint.seq,))
+                    cur.execute(
+                        self._sql("SELECT hash FROM @S.records WHERE seq = %s"), (checkpoint.seq,)
+                    )
                     row = cur.fetchone()
                     if row is None or row[0] != checkpoint.hash:
                         raise AuditStoreError(f"record {checkpoint.seq} is not the archived one")
                     self._insert_checkpoint(cur, checkpoint)
                     cur.execute(
-                        self._sql("UPDATE @S.meta SET value = %s WHERE key = 'anchor_seq'"), (str(checkpoint.seq),)
+                        self._sql("UPDATE @S.meta SET value = %s WHERE key = 'anchor_seq'"),
+                        (str(checkpoint.seq),),
                     )
                     cur.execute(
-                        self._sql("UPDATE @S.meta SET value = %s WHERE key = 'anchor_hash'"), (checkpoint.hash,)
+                        self._sql("UPDATE @S.meta SET value = %s WHERE key = 'anchor_hash'"),
+                        (checkpoint.hash,),
                     )
-                    cur.execute(self._sql("DELETE FROM @S.records WHERE seq <= %s"), (checkpoint.seq,))
+                    cur.execute(
+                        self._sql("DELETE FROM @S.records WHERE seq <= %s"), (checkpoint.seq,)
+                    )
                     n = cur.rowcount
-                    cur.execute(self._sql("DELETE FROM @S.checkpoints WHERE seq < %s"), (checkpoint.seq,))
+                    cur.execute(
+                        self._sql("DELETE FROM @S.checkpoints WHERE seq < %s"), (checkpoint.seq,)
+                    )
             except (psycopg.Error, OSError) as err:
                 self._drop_writer()
                 raise AuditStoreError(f"audit archive failed: {err}") from err
@@ -291,11 +331,13 @@ class PostgresStore(AuditStore):
     def _query(self, sql: str, params: Sequence[Any] = ()) -> Iterator[Sequence[Any]]:
         """Rows streamed through a server-side cursor on a connection of their own."""
         try:
-            with psycopg.connect(self._dsn, connect_timeout=self._connect_timeout) as conn:
-                with conn.cursor(name=f"dbsentry_audit_{uuid.uuid4().hex[:12]}") as cur:
-                    cur.itersize = 500
-                    cur.execute(self._sql(sql), params)
-                    yield from cur
+            with (
+                psycopg.connect(self._dsn, connect_timeout=self._connect_timeout) as conn,
+                conn.cursor(name=f"dbsentry_audit_{uuid.uuid4().hex[:12]}") as cur,
+            ):
+                cur.itersize = 500
+                cur.execute(self._sql(sql), params)
+                yield from cur
         except psycopg.errors.UndefinedTable as err:
             raise AuditStoreError(f"no audit schema {self.schema} in {self.describe()}") from err
         except psycopg.Error as err:
@@ -303,7 +345,9 @@ class PostgresStore(AuditStore):
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> Sequence[Any] | None:
         try:
-            with psycopg.connect(self._dsn, connect_timeout=self._connect_timeout, autocommit=True) as conn:
+            with psycopg.connect(
+                self._dsn, connect_timeout=self._connect_timeout, autocommit=True
+            ) as conn:
                 return conn.execute(self._sql(sql), params).fetchone()
         except psycopg.errors.UndefinedTable as err:
             raise AuditStoreError(f"no audit schema {self.schema} in {self.describe()}") from err
@@ -327,7 +371,9 @@ class PostgresStore(AuditStore):
     def existing_ids(self, ids: Sequence[str]) -> set[str]:
         if not ids:
             return set()
-        return {r[0] for r in self._query("SELECT id FROM @S.records WHERE id = ANY(%s)", (list(ids),))}
+        return {
+            r[0] for r in self._query("SELECT id FROM @S.records WHERE id = ANY(%s)", (list(ids),))
+        }
 
     def iter_records(
         self,
@@ -367,7 +413,14 @@ class PostgresStore(AuditStore):
     ) -> Iterator[tuple[StoredRecord, bytes | None]]:
         where = ["s.type = 'statement'"]
         params: list[Any] = []
-        for col in ("identity", "identity_kind", "connection", "environment", "decision", "session_id"):
+        for col in (
+            "identity",
+            "identity_kind",
+            "connection",
+            "environment",
+            "decision",
+            "session_id",
+        ):
             value = getattr(flt, col)
             if value is not None:
                 where.append(f"s.{col} = %s")
@@ -379,7 +432,9 @@ class PostgresStore(AuditStore):
             where.append("s.time < %s")
             params.append(flt.until)
         if flt.table is not None:
-            where.append("(s.tables @> ARRAY[%s]::text[] OR EXISTS (SELECT 1 FROM unnest(s.tables) t WHERE t LIKE %s))")
+            where.append(
+                "(s.tables @> ARRAY[%s]::text[] OR EXISTS (SELECT 1 FROM unnest(s.tables) t WHERE t LIKE %s))"
+            )
             params += [flt.table, "%." + _like_escape(flt.table)]
         if flt.text is not None:
             where.append("(s.payload::jsonb ->> 'statement') ILIKE %s")
@@ -394,7 +449,10 @@ class PostgresStore(AuditStore):
             sql += f" LIMIT {int(limit)}"
         for row in self._query(sql, params):
             completion = row[16]
-            yield _row_to_stored(row), completion.encode("utf-8") if completion is not None else None
+            yield (
+                _row_to_stored(row),
+                completion.encode("utf-8") if completion is not None else None,
+            )
 
     def last_seq_before(self, time: float) -> int:
         row = self._one("SELECT min(seq) FROM @S.records WHERE time >= %s", (time,))
@@ -404,12 +462,16 @@ class PostgresStore(AuditStore):
         return max(int(row[0]) - 1, anchor)
 
     def iter_checkpoints(self) -> Iterator[Checkpoint]:
-        for row in self._query("SELECT seq, hash, time, kind, key_id, signature FROM @S.checkpoints ORDER BY seq, id"):
+        for row in self._query(
+            "SELECT seq, hash, time, kind, key_id, signature FROM @S.checkpoints ORDER BY seq, id"
+        ):
             yield Checkpoint(int(row[0]), row[1], float(row[2]), row[3], row[4], row[5])
 
     def drop_schema(self) -> None:
         """Remove the schema and everything in it (tests)."""
         with self._lock:
             self._drop_writer()
-            with psycopg.connect(self._dsn, autocommit=True, connect_timeout=self._connect_timeout) as conn:
+            with psycopg.connect(
+                self._dsn, autocommit=True, connect_timeout=self._connect_timeout
+            ) as conn:
                 conn.execute(self._sql("DROP SCHEMA IF EXISTS @S CASCADE"))

@@ -40,6 +40,18 @@ def _tuple(values: Iterable[str] | None) -> tuple[str, ...]:
     return tuple(values) if values is not None else ()
 
 
+_FIELD_KEYS: dict[type, tuple[tuple[str, str], ...]] = {}
+
+
+def _field_keys(cls: type[_Record]) -> tuple[tuple[str, str], ...]:
+    """(attribute, JSON key) of a record class's fields, computed once per class."""
+    keys = _FIELD_KEYS.get(cls)
+    if keys is None:
+        keys = tuple((f.name, cls._RENAMES.get(f.name, f.name)) for f in fields(cls))  # type: ignore[arg-type]
+        _FIELD_KEYS[cls] = keys
+    return keys
+
+
 class _Record:
     """Shared serialisation for the record dataclasses."""
 
@@ -50,11 +62,13 @@ class _Record:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.TYPE}
-        for f in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if isinstance(value, Mapping):
+        for name, key in _field_keys(type(self)):
+            value = getattr(self, name)
+            if isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Mapping):
                 value = dict(value)
-            out[self._RENAMES.get(f.name, f.name)] = value
+            out[key] = value
         return out
 
     def canonical(self) -> bytes:
@@ -177,7 +191,9 @@ class StatementRecord(_Record):
         if truncated:
             text = text[:max_statement_chars]
         prepared, params_truncated = (
-            prepare_params(params, redact=redact, max_value=max_param_chars, max_total=max_params_chars)
+            prepare_params(
+                params, redact=redact, max_value=max_param_chars, max_total=max_params_chars
+            )
             if params is not None
             else (None, False)
         )

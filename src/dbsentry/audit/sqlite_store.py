@@ -160,14 +160,31 @@ class SQLiteStore(AuditStore):
                         "identity, identity_kind, connection, environment, decision, command, ref, "
                         "tables, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                         [
-                            (seq, prev, h, r.id, r.time, r.type, r.session_id, r.identity,
-                             r.identity_kind, r.connection, r.environment, r.decision, r.command,
-                             r.ref, orjson.dumps(list(r.tables)).decode(), r.payload.decode("utf-8"))
+                            (
+                                seq,
+                                prev,
+                                h,
+                                r.id,
+                                r.time,
+                                r.type,
+                                r.session_id,
+                                r.identity,
+                                r.identity_kind,
+                                r.connection,
+                                r.environment,
+                                r.decision,
+                                r.command,
+                                r.ref,
+                                orjson.dumps(list(r.tables)).decode(),
+                                r.payload.decode("utf-8"),
+                            )
                             for seq, prev, h, r in linked
-                        ],  # fmt: skip
+                        ],
                     )
                     last = linked[-1]
-                    conn.execute("UPDATE chain_head SET seq = ?, hash = ? WHERE id = 1", (last[0], last[2]))
+                    conn.execute(
+                        "UPDATE chain_head SET seq = ?, hash = ? WHERE id = 1", (last[0], last[2])
+                    )
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
@@ -183,7 +200,9 @@ class SQLiteStore(AuditStore):
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    seq, h = conn.execute("SELECT seq, hash FROM chain_head WHERE id = 1").fetchone()
+                    seq, h = conn.execute(
+                        "SELECT seq, hash FROM chain_head WHERE id = 1"
+                    ).fetchone()
                     last = conn.execute("SELECT max(seq) FROM checkpoints").fetchone()[0]
                     if seq == 0 or (last is not None and last >= seq and kind == "periodic"):
                         conn.execute("ROLLBACK")
@@ -212,13 +231,21 @@ class SQLiteStore(AuditStore):
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    row = conn.execute("SELECT hash FROM records WHERE seq = ?", (checkpoint.seq,)).fetchone()
+                    row = conn.execute(
+                        "SELECT hash FROM records WHERE seq = ?", (checkpoint.seq,)
+                    ).fetchone()
                     if row is None or row[0] != checkpoint.hash:
                         raise AuditStoreError(f"record {checkpoint.seq} is not the archived one")
                     self._insert_checkpoint(conn, checkpoint)
-                    conn.execute("UPDATE meta SET value = ? WHERE key = 'anchor_seq'", (str(checkpoint.seq),))
-                    conn.execute("UPDATE meta SET value = ? WHERE key = 'anchor_hash'", (checkpoint.hash,))
-                    n = conn.execute("DELETE FROM records WHERE seq <= ?", (checkpoint.seq,)).rowcount
+                    conn.execute(
+                        "UPDATE meta SET value = ? WHERE key = 'anchor_seq'", (str(checkpoint.seq),)
+                    )
+                    conn.execute(
+                        "UPDATE meta SET value = ? WHERE key = 'anchor_hash'", (checkpoint.hash,)
+                    )
+                    n = conn.execute(
+                        "DELETE FROM records WHERE seq <= ?", (checkpoint.seq,)
+                    ).rowcount
                     conn.execute("DELETE FROM checkpoints WHERE seq < ?", (checkpoint.seq,))
                     conn.execute("COMMIT")
                 except BaseException:
@@ -254,7 +281,12 @@ class SQLiteStore(AuditStore):
         return ChainPoint(row[0], row[1])
 
     def anchor(self) -> ChainPoint:
-        rows = dict(self._query("SELECT key, value FROM meta WHERE key IN ('anchor_seq', 'anchor_hash')"))
+        rows: dict[str, str] = {
+            r[0]: r[1]
+            for r in self._query(
+                "SELECT key, value FROM meta WHERE key IN ('anchor_seq', 'anchor_hash')"
+            )
+        }
         return ChainPoint(int(rows.get("anchor_seq", 0)), rows.get("anchor_hash", GENESIS_HASH))
 
     def existing_ids(self, ids: Sequence[str]) -> set[str]:
@@ -262,7 +294,9 @@ class SQLiteStore(AuditStore):
         for i in range(0, len(ids), 500):
             chunk = list(ids[i : i + 500])
             marks = ",".join("?" * len(chunk))
-            found.update(r[0] for r in self._query(f"SELECT id FROM records WHERE id IN ({marks})", chunk))
+            found.update(
+                r[0] for r in self._query(f"SELECT id FROM records WHERE id IN ({marks})", chunk)
+            )
         return found
 
     def iter_records(
@@ -303,7 +337,14 @@ class SQLiteStore(AuditStore):
     ) -> Iterator[tuple[StoredRecord, bytes | None]]:
         where = ["s.type = 'statement'"]
         params: list[Any] = []
-        for col in ("identity", "identity_kind", "connection", "environment", "decision", "session_id"):
+        for col in (
+            "identity",
+            "identity_kind",
+            "connection",
+            "environment",
+            "decision",
+            "session_id",
+        ):
             value = getattr(flt, col)
             if value is not None:
                 where.append(f"s.{col} = ?")
@@ -333,7 +374,10 @@ class SQLiteStore(AuditStore):
             sql += f" LIMIT {int(limit)}"
         for row in self._query(sql, params):
             completion = row[16]
-            yield _row_to_stored(row), completion.encode("utf-8") if completion is not None else None
+            yield (
+                _row_to_stored(row),
+                completion.encode("utf-8") if completion is not None else None,
+            )
 
     def last_seq_before(self, time: float) -> int:
         row = self._one("SELECT min(seq) FROM records WHERE time >= ?", (time,))

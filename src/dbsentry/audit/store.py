@@ -69,9 +69,19 @@ class EncodedRecord:
 
     def index_tuple(self) -> tuple[Any, ...]:
         return (
-            self.id, self.time, self.type, self.session_id, self.identity, self.identity_kind,
-            self.connection, self.environment, self.decision, self.command, self.ref, self.tables,
-        )  # fmt: skip
+            self.id,
+            self.time,
+            self.type,
+            self.session_id,
+            self.identity,
+            self.identity_kind,
+            self.connection,
+            self.environment,
+            self.decision,
+            self.command,
+            self.ref,
+            self.tables,
+        )
 
 
 def _opt_str(value: Any) -> str | None:
@@ -152,7 +162,9 @@ class SearchFilter:
     text: str | None = None  # substring of the statement, case-insensitive
 
 
-def link(prev: ChainPoint, records: Sequence[EncodedRecord]) -> list[tuple[int, str, str, EncodedRecord]]:
+def link(
+    prev: ChainPoint, records: Sequence[EncodedRecord]
+) -> list[tuple[int, str, str, EncodedRecord]]:
     """Number and hash ``records`` after ``prev``: (seq, prev_hash, hash, record) each."""
     out = []
     seq, prev_hash = prev.seq, prev.hash

@@ -15,12 +15,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from dbsentry.config import Config
 from dbsentry.identity.model import Identity, Kind
 from dbsentry.identity.oidc import OIDCVerifier
 from dbsentry.identity.ratelimit import FailureLimiter
 from dbsentry.identity.tokens import TOKEN_PREFIX, TokenInfo, TokenStore, parse_duration
+
+if TYPE_CHECKING:
+    from dbsentry.config import Config
 
 __all__ = [
     "Authenticator",

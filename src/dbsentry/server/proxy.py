@@ -13,9 +13,11 @@ import hmac
 import logging
 import secrets
 import ssl
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
+from dbsentry.audit.writer import AuditUnavailable, AuditWriter
 from dbsentry.config import Config, ConfigError, ConnectionConfig
 from dbsentry.identity.model import Identity
 from dbsentry.server import tls
@@ -42,11 +44,13 @@ class ProxyServer:
         config: Config,
         authenticator: Authenticator,
         governor: Governor | None = None,
+        audit_writer: AuditWriter | None = None,
         *,
         auth_needs_io: bool = False,
     ) -> None:
         self.config = config
         self.governor = governor
+        self.audit_writer = audit_writer
         self.authenticator = authenticator
         self.auth_needs_io = auth_needs_io
         self.server_ssl = tls.server_context(config)
@@ -102,6 +106,21 @@ class ProxyServer:
             log.warning("cancel could not reach the upstream", extra={"fields": {"error": str(err)}})
 
 
+MAX_GATED_CHUNKS = 64
+
+
+class _GateEntry:
+    """Client chunks waiting for their audit records to commit, in arrival order."""
+
+    __slots__ = ("after", "cmd", "done", "ok")
+
+    def __init__(self, cmd: c.AuditGate) -> None:
+        self.cmd = cmd
+        self.after: list[c.Command] = []
+        self.done = False
+        self.ok = False
+
+
 class ClientConnection(asyncio.Protocol):
     """One client socket and, once logged in, its upstream socket."""
 
@@ -112,6 +131,7 @@ class ClientConnection(asyncio.Protocol):
         self.closed = False
         self.address = "?"
         self._timer: asyncio.TimerHandle | None = None
+        self._gate: deque[_GateEntry] = deque()
         self.session: Session
 
     # ------------------------------------------------------------------ asyncio callbacks
@@ -121,7 +141,14 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         pid, secret = self.proxy.new_backend_key()
-        self.session = Session(self.proxy.config, ClientInfo(self.address), pid, secret, governor=self.proxy.governor)
+        self.session = Session(
+            self.proxy.config,
+            ClientInfo(self.address),
+            pid,
+            secret,
+            governor=self.proxy.governor,
+            audit_config=self.proxy.config.audit if self.proxy.audit_writer is not None else None,
+        )
         self.proxy.sessions[pid] = self
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.proxy.config.limits.startup_timeout_seconds, self._startup_timeout)
@@ -150,39 +177,93 @@ class ClientConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ commands
 
     def run(self, commands: list[c.Command]) -> None:
+        gate = self._gate
         for cmd in commands:
             t = type(cmd)
-            if t is c.SendUpstream:
-                up = self.upstream
-                if up is not None and up.transport is not None:
-                    up.transport.write(cmd.data)  # type: ignore[union-attr]
-            elif t is c.SendClient:
-                if not self.closed and self.transport is not None:
-                    self.transport.write(cmd.data)  # type: ignore[union-attr]
-            elif t is c.Log:
-                assert isinstance(cmd, c.Log)
-                log.log(cmd.level, cmd.event, extra={"fields": {"session": self.session.proxy_pid, **cmd.fields}})
-            elif t is c.CloseClient:
-                self._close_client()
-            elif t is c.CloseUpstream:
-                self._close_upstream()
-            elif t is c.StartClientTLS:
-                spawn(self._start_tls(), name="client-tls")
-            elif t is c.VerifyPassword:
-                assert isinstance(cmd, c.VerifyPassword)
-                self._verify(cmd)
-            elif t is c.OpenUpstream:
-                assert isinstance(cmd, c.OpenUpstream)
-                spawn(self._open_upstream(cmd), name="upstream-connect")
-            elif t is c.CancelUpstream:
-                self.cancel_upstream()
-            elif t is c.ForwardCancel:
-                assert isinstance(cmd, c.ForwardCancel)
-                target = self.proxy.sessions.get(cmd.pid)
-                if target is not None and hmac.compare_digest(target.session.proxy_secret, cmd.secret):
-                    target.cancel_upstream()
-                else:
-                    log.info("cancel request with an unknown key ignored", extra={"fields": {"client": self.address}})
+            if gate and (t is c.SendUpstream or t is c.CloseUpstream):
+                # Behind a statement whose audit record is not committed yet: keep the order.
+                gate[-1].after.append(cmd)
+            else:
+                self._execute(cmd, t)
+
+    def _execute(self, cmd: c.Command, t: type) -> None:
+        if t is c.SendUpstream:
+            up = self.upstream
+            if up is not None and up.transport is not None:
+                up.transport.write(cmd.data)  # type: ignore[union-attr]
+        elif t is c.SendClient:
+            if not self.closed and self.transport is not None:
+                self.transport.write(cmd.data)  # type: ignore[union-attr]
+        elif t is c.Log:
+            assert isinstance(cmd, c.Log)
+            log.log(cmd.level, cmd.event, extra={"fields": {"session": self.session.proxy_pid, **cmd.fields}})
+        elif t is c.CloseClient:
+            self._close_client()
+        elif t is c.CloseUpstream:
+            self._close_upstream()
+        elif t is c.StartClientTLS:
+            spawn(self._start_tls(), name="client-tls")
+        elif t is c.VerifyPassword:
+            assert isinstance(cmd, c.VerifyPassword)
+            self._verify(cmd)
+        elif t is c.OpenUpstream:
+            assert isinstance(cmd, c.OpenUpstream)
+            spawn(self._open_upstream(cmd), name="upstream-connect")
+        elif t is c.Audit:
+            assert isinstance(cmd, c.Audit)
+            self._audit_nowait(cmd)
+        elif t is c.AuditGate:
+            assert isinstance(cmd, c.AuditGate)
+            self._start_gate(cmd)
+        elif t is c.CancelUpstream:
+            self.cancel_upstream()
+        elif t is c.ForwardCancel:
+            assert isinstance(cmd, c.ForwardCancel)
+            target = self.proxy.sessions.get(cmd.pid)
+            if target is not None and hmac.compare_digest(target.session.proxy_secret, cmd.secret):
+                target.cancel_upstream()
+            else:
+                log.info("cancel request with an unknown key ignored", extra={"fields": {"client": self.address}})
+
+    # ------------------------------------------------------------------ audit
+
+    def _audit_nowait(self, cmd: c.Audit) -> None:
+        writer = self.proxy.audit_writer
+        if writer is None:
+            return
+        try:
+            writer.append_nowait(cmd.record)
+        except AuditUnavailable as err:
+            log.error("audit record dropped", extra={"fields": {"error": str(err), "type": cmd.record.TYPE}})
+
+    def _start_gate(self, cmd: c.AuditGate) -> None:
+        entry = _GateEntry(cmd)
+        self._gate.append(entry)
+        if len(self._gate) > MAX_GATED_CHUNKS and self.transport is not None:
+            self.transport.pause_reading()
+        spawn(self._commit(entry), name="audit-commit")
+
+    async def _commit(self, entry: _GateEntry) -> None:
+        writer = self.proxy.audit_writer
+        try:
+            if writer is None:
+                raise AuditUnavailable("audit is not configured")
+            await asyncio.gather(*(writer.append(r) for r in entry.cmd.records))
+            entry.ok = True
+        except AuditUnavailable as err:
+            log.error("statement refused: audit unavailable", extra={"fields": {"error": str(err)}})
+        entry.done = True
+        self._drain_gate()
+
+    def _drain_gate(self) -> None:
+        gate = self._gate
+        while gate and gate[0].done:
+            entry = gate.popleft()
+            todo = entry.cmd.then if entry.ok else self.session.audit_failed(entry.cmd.frames)
+            for cmd in [*todo, *entry.after]:
+                self._execute(cmd, type(cmd))
+        if len(gate) <= MAX_GATED_CHUNKS and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
 
     def abort(self) -> None:
         if self.transport is not None:

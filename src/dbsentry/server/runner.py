@@ -7,7 +7,8 @@ import logging
 import signal
 import sys
 
-from dbsentry.config import LoadedConfig
+from dbsentry.audit import AuditStoreError, AuditWriter, Signer, open_store
+from dbsentry.config import Config, LoadedConfig
 from dbsentry.identity import Authenticator
 from dbsentry.policy import PolicyError
 from dbsentry.server.proxy import ProxyServer
@@ -25,33 +26,68 @@ async def _watch_policy(governor: Governor, stop: asyncio.Event) -> None:
             governor.reload_if_changed()
 
 
+def open_writer(config: Config) -> AuditWriter:
+    """The audit store and its group-commit writer, started."""
+    acfg = config.audit
+    try:
+        store = open_store(acfg, config.state_dir)
+    except AuditStoreError as err:
+        log.error("cannot open the audit store; not starting", extra={"fields": {"reason": str(err)}})
+        sys.exit(2)
+    writer = AuditWriter(
+        store,
+        acfg.durability,
+        signer=Signer.from_path(acfg.signing_key_path(config.state_dir)),
+        checkpoint_every=acfg.checkpoint_every,
+        checkpoint_seconds=acfg.checkpoint_seconds,
+        async_flush_ms=acfg.async_flush_ms,
+        sync_timeout=acfg.sync_timeout_seconds,
+        max_batch=acfg.max_batch,
+        max_queue=acfg.max_queue,
+    )
+    writer.start()
+    return writer
+
+
 async def run_server(loaded: LoadedConfig) -> None:
     config = loaded.config
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        governor = Governor.from_path(config.policy)
-    except PolicyError as err:
-        log.error("invalid policy; not starting", extra={"fields": {"reason": str(err)}})
-        sys.exit(2)
+    governor: Governor | None = None
+    writer: AuditWriter | None = None
+    if config.passthrough:
+        log.warning("passthrough: statements are neither checked nor audited (benchmarking only)")
+    else:
+        try:
+            governor = Governor.from_path(config.policy)
+        except PolicyError as err:
+            log.error("invalid policy; not starting", extra={"fields": {"reason": str(err)}})
+            sys.exit(2)
+        writer = open_writer(config)
     authenticator = Authenticator(config)
-    proxy = ProxyServer(config, authenticator, governor, auth_needs_io=authenticator.needs_io)
+    proxy = ProxyServer(config, authenticator, governor, writer, auth_needs_io=authenticator.needs_io)
     await proxy.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, governor.reload)
+    if governor is not None:
+        loop.add_signal_handler(signal.SIGHUP, governor.reload)
     log.info(
         "dbsentry ready",
         extra={
             "fields": {
                 "config": loaded.path.name,
                 "connections": sorted(config.connections),
-                "policy": governor.version,
+                "policy": governor.version if governor else "passthrough",
+                "audit": f"{config.audit.store}/{config.audit.durability}" if writer else "off",
             }
         },
     )
-    watcher = asyncio.ensure_future(_watch_policy(governor, stop)) if config.policy else None  # noqa: TID251
+    watcher = (
+        asyncio.ensure_future(_watch_policy(governor, stop))  # noqa: TID251 - awaited below
+        if governor is not None and config.policy
+        else None
+    )
     try:
         await stop.wait()
     finally:
@@ -59,4 +95,6 @@ async def run_server(loaded: LoadedConfig) -> None:
         if watcher is not None:
             await watcher
         await proxy.close()
+        if writer is not None:
+            await writer.aclose()
         authenticator.close()

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from dbsentry.audit.records import Record
+
 
 @dataclass(slots=True)
 class SendClient:
@@ -65,6 +67,27 @@ class CloseUpstream:
 
 
 @dataclass(slots=True)
+class Audit:
+    """Append an audit record; do not wait for it."""
+
+    record: Record
+
+
+@dataclass(slots=True)
+class AuditGate:
+    """Commit ``records`` durably, then carry out ``then``.
+
+    Commands after this one that send to the upstream wait their turn behind it.  If the
+    store cannot commit, the shell calls ``Session.audit_failed(frames)`` instead of
+    carrying out ``then``, and carries out what that returns.
+    """
+
+    records: list[Record]
+    then: list[Command]
+    frames: tuple[bytes, list[tuple[int, int, int]]]
+
+
+@dataclass(slots=True)
 class Log:
     level: int
     event: str
@@ -81,5 +104,7 @@ Command = (
     | ForwardCancel
     | CloseClient
     | CloseUpstream
+    | Audit
+    | AuditGate
     | Log
 )

@@ -19,9 +19,13 @@ import shlex
 from dataclasses import dataclass, field
 from enum import Enum
 
+from dbsentry.audit.config import AuditConfig
+from dbsentry.audit.records import CompletionRecord, Record
 from dbsentry.config import Config, ConnectionConfig
 from dbsentry.identity.model import Identity
+from dbsentry.policy.engine import Decision
 from dbsentry.session import commands as c
+from dbsentry.session.auditing import SessionAudit
 from dbsentry.session.governance import Check, Governor, denial_message
 from dbsentry.session.upstream import UpstreamReady
 from dbsentry.wire.pg import codec
@@ -87,6 +91,54 @@ def _escape_option(word: str) -> str:
     return word.replace("\\", "\\\\").replace(" ", "\\ ")
 
 
+AUDIT_UNAVAILABLE = "dbsentry: the audit trail is unavailable, so the statement was not run; try again shortly"
+ALLOWED = Decision("allow", ())
+
+
+def _readable_params(bind: m.Bind) -> tuple[str | None, ...]:
+    """Bind parameters for the audit: text-format ones as text, binary ones as ``\\x`` hex."""
+    fmts = bind.param_formats
+    out: list[str | None] = []
+    for i, value in enumerate(bind.params):
+        if value is None:
+            out.append(None)
+            continue
+        binary = (fmts[i] if len(fmts) > 1 else fmts[0]) == 1 if fmts else False
+        out.append("\\x" + value.hex() if binary else value.decode("utf-8", "replace"))
+    return tuple(out)
+
+
+class _Chunk:
+    """One chunk of frames on its way through: replaced frames, commands, records to commit."""
+
+    __slots__ = ("_last", "_pieces", "_stop", "buf", "commands", "gated")
+
+    def __init__(self, buf: bytes) -> None:
+        self.buf = buf
+        self.commands: list[c.Command] = []
+        self.gated: list[Record] = []
+        self._pieces: list[bytes] | None = None
+        self._last = 0
+        self._stop = len(buf)
+
+    def replace(self, body_start: int, end: int, frame: bytes) -> None:
+        """Send ``frame`` instead of the frame whose body starts at ``body_start``."""
+        if self._pieces is None:
+            self._pieces = []
+        self._pieces.append(self.buf[self._last : body_start - 5])
+        self._pieces.append(frame)
+        self._last = end
+
+    def cut(self, stop: int) -> None:
+        """Forward nothing from ``stop`` on."""
+        self._stop = stop
+
+    def assemble(self) -> bytes:
+        if self._pieces is None:
+            return self.buf if self._stop == len(self.buf) else self.buf[: self._stop]
+        return b"".join([*self._pieces, self.buf[self._last : self._stop]])
+
+
 @dataclass(slots=True)
 class ClientInfo:
     address: str
@@ -109,8 +161,11 @@ class Session:
     settings: dict[str, str] = field(default_factory=dict)  # dbsentry.* startup options
     txn_status: str = "I"
     upstream_params: dict[str, str] = field(default_factory=dict)
-    # Responses the upstream still owes: one ReadyForQuery per Query, Sync and FunctionCall.
-    pending_syncs: int = 0
+    audit_config: AuditConfig | None = None
+    audit: SessionAudit | None = None
+    session_id: str = field(default_factory=lambda: secrets.token_hex(8))
+    _cycles_sent: int = 0
+    _cycles_done: int = 0
     _startup_buf: bytes = b""
     _client_frames: codec.FrameSplitter = field(init=False)
     _upstream_frames: codec.FrameSplitter = field(init=False)
@@ -118,8 +173,10 @@ class Session:
     _forward_options: str = ""
     governor: Governor | None = None
     _environment: str = ""
-    # Prepared statement name -> (SQL, policy version it was checked under).
-    _prepared: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # Prepared statement name -> (SQL, policy version it was checked under, the check).
+    _prepared: dict[str, tuple[str, str, Check]] = field(default_factory=dict)
+    # Portal name -> (statement name, parameters as audited), kept only when auditing.
+    _portals: dict[str, tuple[str, tuple[str | None, ...]]] = field(default_factory=dict)
     # Marker -> the ErrorResponse that replaces the upstream's error for a refused statement.
     _refusals: dict[str, bytes] = field(default_factory=dict)
     _marker_prefix: str = field(default_factory=lambda: secrets.token_hex(4))
@@ -140,6 +197,7 @@ class Session:
     def _fail(self, sqlstate: str, message: str, hint: str | None = None, **log: object) -> list[c.Command]:
         self.state = State.CLOSED
         return [
+            *self._closing(message),
             c.Log(logging.INFO, "session.refused", {"sqlstate": sqlstate, "reason": message, **log}),
             c.SendClient(fatal(sqlstate, message, hint)),
             c.CloseClient(),
@@ -295,6 +353,21 @@ class Session:
         self.state = State.READY
         conn = self.connection
         self._environment = conn.environment if conn is not None else ""
+        out: list[c.Command] = []
+        if self.audit_config is not None and self.identity is not None and conn is not None:
+            assert self.connection_name is not None and self.startup is not None
+            self.audit = SessionAudit(
+                self.audit_config,
+                self.session_id,
+                self.identity,
+                self.connection_name,
+                self._environment,
+                conn.database,
+                self.client.address,
+                self.client.tls_version,
+                ready.params.get("application_name") or self.startup.get("application_name"),
+            )
+            out.append(c.Audit(self.audit.session_event("opened")))
         self.upstream_params = dict(ready.params)
         self.txn_status = ready.status
         self._client_frames = codec.FrameSplitter(self.config.limits.max_message_bytes)
@@ -306,7 +379,7 @@ class Session:
                 codec.encode_ready(ready.status),
             )
         )
-        out: list[c.Command] = [c.SendClient(greeting)]
+        out.append(c.SendClient(greeting))
         if ready.leftover:
             out.extend(self.upstream_data(ready.leftover))
         return out
@@ -318,54 +391,87 @@ class Session:
 
     # ------------------------------------------------------------------ query cycles
 
+    @property
+    def pending_syncs(self) -> int:
+        """ReadyForQuery messages the upstream still owes (one per Query, Sync, FunctionCall)."""
+        return self._cycles_sent - self._cycles_done
+
     def _client_ready(self, data: bytes) -> list[c.Command]:
         buf, spans = self._client_frames.split(data)
+        return self._process(buf, spans, None) if spans else []
+
+    def audit_failed(self, frames: tuple[bytes, list[tuple[int, int, int]]]) -> list[c.Command]:
+        """The records of these frames could not be committed: none of their statements runs."""
+        if self.state is not State.READY:
+            return []
+        buf, spans = frames
+        return self._process(buf, spans, AUDIT_UNAVAILABLE)
+
+    def _process(self, buf: bytes, spans: list[tuple[int, int, int]], refuse: str | None) -> list[c.Command]:
+        """Forward one chunk of complete client frames, governed and audited.
+
+        With ``refuse`` (a second pass after the audit store failed), every statement in
+        the chunk is refused with that message instead; cycles were counted already.
+        """
         gov = self.governor
-        syncs = 0
-        pieces: list[bytes] | None = None  # set once a frame is replaced
-        last = 0
-        extra: list[c.Command] = []
+        chunk = _Chunk(buf)
+        terminate = False
         for t, start, end in spans:
             if t == m.Q_QUERY or t == m.Q_SYNC or t == m.Q_FUNCTION_CALL:
-                syncs += 1
+                if refuse is None:
+                    self._cycles_sent += 1
             elif t == m.Q_TERMINATE:
-                # CloseUpstream says goodbye to the upstream with its own Terminate.
-                self.pending_syncs += syncs
-                self.state = State.CLOSED
-                before = self._assemble(pieces, buf, last, start - 5)
-                return [*extra, *([c.SendUpstream(before)] if before else []), c.CloseUpstream(), c.CloseClient()]
-            if gov is None:
-                continue
-            replacement: bytes | None = None
-            if t == m.Q_QUERY:
-                replacement = self._govern_query(gov, buf, start, end, extra)
-            elif t == m.Q_PARSE:
-                replacement = self._govern_parse(gov, buf, start, end, extra)
-            elif t == m.Q_BIND:
-                replacement = self._govern_bind(gov, buf, start, end, extra)
-            elif t == m.Q_FUNCTION_CALL:
-                replacement = self._govern_function_call(gov, extra)
-            elif t == m.Q_CLOSE:
-                kind, name = codec.decode_describe_or_close(buf, start, end)
-                if kind == "S":
-                    self._prepared.pop(name, None)
-            if replacement is not None:
-                if pieces is None:
-                    pieces = []
-                pieces.append(buf[last : start - 5])
-                pieces.append(replacement)
-                last = end
-        self.pending_syncs += syncs
-        out = self._assemble(pieces, buf, last, len(buf))
+                chunk.cut(start - 5)
+                terminate = True
+                break
+            if refuse is not None:
+                self._refuse_frame(chunk, t, start, end, refuse)
+            elif gov is not None:
+                self._govern_frame(gov, chunk, t, start, end)
+        out = chunk.assemble()
+        cmds = chunk.commands
         if out:
-            extra.append(c.SendUpstream(out))
-        return extra
+            send = c.SendUpstream(out)
+            if chunk.gated and self.audit is not None and self.audit.wait:
+                cmds.append(c.AuditGate(chunk.gated, [send], (buf, spans)))
+            else:
+                cmds.extend(c.Audit(r) for r in chunk.gated)
+                cmds.append(send)
+        if terminate:
+            self.state = State.CLOSED
+            # CloseUpstream says goodbye to the upstream with its own Terminate.
+            cmds.extend(self._closing("client terminated"))
+            cmds.extend((c.CloseUpstream(), c.CloseClient()))
+        return cmds
 
-    @staticmethod
-    def _assemble(pieces: list[bytes] | None, buf: bytes, last: int, stop: int) -> bytes:
-        if pieces is None:
-            return buf[:stop] if stop != len(buf) else buf
-        return b"".join([*pieces, buf[last:stop]])
+    def _refuse_frame(self, chunk: _Chunk, t: int, start: int, end: int, message: str) -> None:
+        if t == m.Q_QUERY or t == m.Q_FUNCTION_CALL:
+            marker = self._refuse(message, "58000", chunk.commands)
+            chunk.replace(start, end, codec.encode_query(self._marker_sql(marker)))
+        elif t == m.Q_EXECUTE:
+            # Executing a portal that does not exist fails upstream, in order, with the marker.
+            marker = self._refuse(message, "58000", chunk.commands)
+            chunk.replace(start, end, codec.encode_execute(m.Execute(marker)))
+
+    def _govern_frame(self, gov: Governor, chunk: _Chunk, t: int, start: int, end: int) -> None:
+        buf = chunk.buf
+        if t == m.Q_QUERY:
+            self._govern_query(gov, chunk, start, end)
+        elif t == m.Q_PARSE:
+            self._govern_parse(gov, chunk, start, end)
+        elif t == m.Q_BIND:
+            self._govern_bind(gov, chunk, start, end)
+        elif t == m.Q_EXECUTE:
+            if self.audit is not None:
+                self._audit_execute(chunk, start, end)
+        elif t == m.Q_FUNCTION_CALL:
+            self._govern_function_call(gov, chunk, start, end)
+        elif t == m.Q_CLOSE:
+            kind, name = codec.decode_describe_or_close(buf, start, end)
+            if kind == "S":
+                self._prepared.pop(name, None)
+            else:
+                self._portals.pop(name, None)
 
     # ------------------------------------------------------------------ governance
 
@@ -382,63 +488,93 @@ class Session:
             )
         return None
 
-    def _govern_query(self, gov: Governor, buf: bytes, start: int, end: int, extra: list[c.Command]) -> bytes | None:
+    def _govern_query(self, gov: Governor, chunk: _Chunk, start: int, end: int) -> None:
+        buf = chunk.buf
         too_long = self._too_long(end - start - 1)
         if too_long:
-            return codec.encode_query(self._marker_sql(self._refuse(too_long, "54000", extra)))
+            marker = self._refuse(too_long, "54000", chunk.commands)
+            chunk.replace(start, end, codec.encode_query(self._marker_sql(marker)))
+            self._audit_refused(chunk, bytes(buf[start : min(end, start + 4096)]).decode("utf-8", "replace"), too_long)
+            return
         sql = codec.decode_query(buf, start, end).sql
         check = self._check(gov, sql)
+        audit = self.audit
         if check.allowed:
-            return None
-        return codec.encode_query(self._marker_sql(self._deny(check, sql, extra)))
+            if audit is not None:
+                verdict = check.verdict
+                for facts, decision in zip(verdict.facts, verdict.decisions, strict=True):
+                    rec = audit.statement(facts.text, facts, decision)
+                    chunk.gated.append(rec)
+                    audit.expect(rec, self._cycles_sent)
+            return
+        marker = self._deny(check, sql, chunk.commands)
+        chunk.replace(start, end, codec.encode_query(self._marker_sql(marker)))
+        self._audit_denied(chunk, sql, check)
 
-    def _govern_parse(self, gov: Governor, buf: bytes, start: int, end: int, extra: list[c.Command]) -> bytes | None:
-        parse = codec.decode_parse(buf, start, end)
+    def _govern_parse(self, gov: Governor, chunk: _Chunk, start: int, end: int) -> None:
+        parse = codec.decode_parse(chunk.buf, start, end)
         too_long = self._too_long(len(parse.sql))
         if too_long:
             self._prepared.pop(parse.name, None)
-            marker = self._refuse(too_long, "54000", extra)
-            return codec.encode_parse(m.Parse(parse.name, self._marker_sql(marker)))
+            marker = self._refuse(too_long, "54000", chunk.commands)
+            chunk.replace(start, end, codec.encode_parse(m.Parse(parse.name, self._marker_sql(marker))))
+            self._audit_refused(chunk, parse.sql[:4096], too_long)
+            return
         check = self._check(gov, parse.sql)
         if check.allowed:
-            self._prepared[parse.name] = (parse.sql, gov.version)
-            return None
+            self._prepared[parse.name] = (parse.sql, gov.version, check)
+            return
         self._prepared.pop(parse.name, None)
-        return codec.encode_parse(m.Parse(parse.name, self._marker_sql(self._deny(check, parse.sql, extra))))
+        marker = self._deny(check, parse.sql, chunk.commands)
+        chunk.replace(start, end, codec.encode_parse(m.Parse(parse.name, self._marker_sql(marker))))
+        self._audit_denied(chunk, parse.sql, check)
 
-    def _govern_bind(self, gov: Governor, buf: bytes, start: int, end: int, extra: list[c.Command]) -> bytes | None:
+    def _govern_bind(self, gov: Governor, chunk: _Chunk, start: int, end: int) -> None:
+        buf = chunk.buf
+        if self.audit is not None:
+            bind = codec.decode_bind(buf, start, end)
+            portal, name = bind.portal, bind.statement
+            self._portals[portal] = (name, _readable_params(bind))
+        else:
+            portal, pos = codec.read_cstr(buf, start, end)
+            name, _ = codec.read_cstr(buf, pos, end)
         # Re-check a prepared statement when the policy changed since its Parse.
-        portal, pos = codec.read_cstr(buf, start, end)
-        name, _ = codec.read_cstr(buf, pos, end)
         known = self._prepared.get(name)
         if known is None or known[1] == gov.version:
-            return None
+            return
         sql = known[0]
         check = self._check(gov, sql)
         if check.allowed:
-            self._prepared[name] = (sql, gov.version)
-            return None
+            self._prepared[name] = (sql, gov.version, check)
+            return
         self._prepared.pop(name, None)
         # Binding a statement that does not exist fails upstream, in order, with the marker.
-        return codec.encode_bind(m.Bind(portal, self._deny(check, sql, extra)))
+        marker = self._deny(check, sql, chunk.commands)
+        chunk.replace(start, end, codec.encode_bind(m.Bind(portal, marker)))
+        self._audit_denied(chunk, sql, check)
 
-    def _govern_function_call(self, gov: Governor, extra: list[c.Command]) -> bytes | None:
+    def _govern_function_call(self, gov: Governor, chunk: _Chunk, start: int, end: int) -> None:
         # A FunctionCall names a function by OID only, so governance cannot check it:
         # where the baseline applies (production), it is refused (fail closed).
-        if self._environment not in gov.policy.production_environments:
-            return None
-        marker = self._refuse(
-            "dbsentry: the FunctionCall protocol message is not allowed here; call the function with SQL "
-            "(rule: baseline.function_call)",
-            "42501",
-            extra,
-        )
-        return codec.encode_query(self._marker_sql(marker))
+        if self._environment in gov.policy.production_environments:
+            message = (
+                "dbsentry: the FunctionCall protocol message is not allowed here; call the function with SQL "
+                "(rule: baseline.function_call)"
+            )
+            marker = self._refuse(message, "42501", chunk.commands)
+            chunk.replace(start, end, codec.encode_query(self._marker_sql(marker)))
+            self._audit_refused(chunk, "<FunctionCall>", message)
+            return
+        if self.audit is not None:
+            oid = int.from_bytes(chunk.buf[start : start + 4], "big")
+            rec = self.audit.statement(f"<FunctionCall oid={oid}>", None, ALLOWED, command="FUNCTION CALL")
+            chunk.gated.append(rec)
+            self.audit.expect(rec, self._cycles_sent)
 
-    def _deny(self, check: Check, sql: str, extra: list[c.Command]) -> str:
+    def _deny(self, check: Check, sql: str, commands: list[c.Command]) -> str:
         decision = check.decision
-        marker = self._refuse(denial_message(decision), "42501", extra, log=False)
-        extra.append(
+        marker = self._refuse(denial_message(decision), "42501", commands, log=False)
+        commands.append(
             c.Log(
                 logging.WARNING,
                 "statement.denied",
@@ -453,25 +589,60 @@ class Session:
         )
         return marker
 
-    def _refuse(self, message: str, sqlstate: str, extra: list[c.Command], log: bool = True) -> str:
+    def _refuse(self, message: str, sqlstate: str, commands: list[c.Command], log: bool = True) -> str:
         """Arrange for the statement to fail upstream, in order, and for its error to become ours.
 
-        The statement is replaced by one that names a relation (or prepared statement)
-        called after a fresh marker, which cannot exist: PostgreSQL itself fails it at the
-        right point of the pipeline, moves the transaction to the failed state exactly as
-        for any error, and skips to the next Sync.  Its ErrorResponse carries the marker,
-        and :meth:`upstream_data` replaces it with this message.
+        The statement is replaced by one that names a relation (or prepared statement, or
+        portal) called after a fresh marker, which cannot exist: PostgreSQL itself fails it
+        at the right point of the pipeline, moves the transaction to the failed state
+        exactly as for any error, and skips to the next Sync.  Its ErrorResponse carries
+        the marker, and :meth:`upstream_data` replaces it with this message.
         """
         self._marker_seq += 1
         marker = f"dbsentry_refused_{self._marker_prefix}_{self._marker_seq}"
         self._refusals[marker] = codec.error_response(sqlstate, message)
         if log:
-            extra.append(c.Log(logging.WARNING, "statement.refused", {"reason": message}))
+            commands.append(c.Log(logging.WARNING, "statement.refused", {"reason": message}))
         return marker
 
     @staticmethod
     def _marker_sql(marker: str) -> str:
         return f'SELECT * FROM "{marker}"'
+
+    # ------------------------------------------------------------------ audit records
+
+    def _audit_denied(self, chunk: _Chunk, sql: str, check: Check) -> None:
+        audit = self.audit
+        if audit is None:
+            return
+        verdict = check.verdict
+        if not verdict.facts:
+            chunk.commands.append(c.Audit(audit.statement(sql, None, check.decision, command="UNPARSABLE")))
+            return
+        for facts in verdict.facts:
+            chunk.commands.append(c.Audit(audit.statement(facts.text, facts, check.decision)))
+
+    def _audit_refused(self, chunk: _Chunk, sql: str, reason: str) -> None:
+        if self.audit is not None:
+            decision = Decision("deny", (), reason)
+            chunk.commands.append(c.Audit(self.audit.statement(sql, None, decision)))
+
+    def _audit_execute(self, chunk: _Chunk, start: int, end: int) -> None:
+        assert self.audit is not None
+        portal = codec.decode_execute(chunk.buf, start, end).portal
+        bound = self._portals.get(portal)
+        if bound is None:
+            return
+        prepared = self._prepared.get(bound[0])
+        if prepared is None:
+            return  # its Parse was refused: the upstream fails the Bind, nothing runs
+        sql, _, check = prepared
+        facts = check.verdict.facts[0] if check.verdict.facts else None
+        rec = self.audit.statement(sql, facts, check.decision, params=bound[1])
+        chunk.gated.append(rec)
+        self.audit.expect(rec, self._cycles_sent + 1)  # answered before the next Sync's ReadyForQuery
+
+    # ------------------------------------------------------------------ from the upstream
 
     def upstream_data(self, data: bytes) -> list[c.Command]:
         if self.state is not State.READY:
@@ -480,29 +651,48 @@ class Session:
             buf, spans = self._upstream_frames.split(data)
         except codec.ProtocolError as err:
             return self._fail("08P01", f"dbsentry: upstream protocol error: {err}")
-        pieces: list[bytes] | None = None
-        last = 0
+        audit = self.audit
+        chunk = _Chunk(buf)
         for t, start, end in spans:
             if t == m.R_READY:
                 self.txn_status = chr(buf[start])
-                if self.pending_syncs:
-                    self.pending_syncs -= 1
-                if not self.pending_syncs and self._refusals:
-                    # A refused statement skipped by an earlier error never reports.
+                if self._cycles_done < self._cycles_sent:
+                    self._cycles_done += 1
+                if self._refusals and self._cycles_done == self._cycles_sent:
+                    # A refused statement skipped after an earlier error never reports.
                     self._refusals.clear()
+                if audit is not None:
+                    chunk.commands.extend(c.Audit(r) for r in audit.ready(self._cycles_done))
             elif t == m.R_ERROR:
                 if buf[start + 1 : start + 6] == b"FATAL":
                     self._upstream_fatal = True
                 if self._refusals:
                     ours = self._our_error(buf, start, end)
                     if ours is not None:
-                        if pieces is None:
-                            pieces = []
-                        pieces.append(buf[last : start - 5])
-                        pieces.append(ours)
-                        last = end
-        out = self._assemble(pieces, buf, last, len(buf))
-        return [c.SendClient(out)] if out else []
+                        chunk.replace(start, end, ours)
+                        continue
+                if audit is not None:
+                    fields = codec.decode_error_fields(buf, start, end)
+                    self._audit_done(chunk, audit.error(fields.sqlstate, fields.message))
+            elif audit is not None:
+                if t == m.R_COMMAND_COMPLETE:
+                    tag = codec.decode_command_complete(buf, start, end).tag
+                    self._audit_done(chunk, audit.command_complete(tag))
+                elif t == m.R_EMPTY_QUERY or t == m.R_PORTAL_SUSPENDED:
+                    self._audit_done(chunk, audit.empty_or_suspended())
+                elif t == m.R_PARAMETER_STATUS:
+                    ps = codec.decode_parameter_status(buf, start, end)
+                    if ps.name == "application_name":
+                        audit.application_name = ps.value
+        out = chunk.assemble()
+        if out:
+            chunk.commands.append(c.SendClient(out))
+        return chunk.commands
+
+    @staticmethod
+    def _audit_done(chunk: _Chunk, record: CompletionRecord | None) -> None:
+        if record is not None:
+            chunk.commands.append(c.Audit(record))
 
     def _our_error(self, buf: bytes, start: int, end: int) -> bytes | None:
         text = bytes(buf[start:end])
@@ -513,12 +703,21 @@ class Session:
                 return self._refusals.pop(marker)
         return None
 
+    def _closing(self, reason: str) -> list[c.Command]:
+        """Audit records for the end of the session (once)."""
+        audit = self.audit
+        if audit is None:
+            return []
+        self.audit = None
+        return [*(c.Audit(r) for r in audit.abandoned()), c.Audit(audit.session_event("closed", reason))]
+
     # ------------------------------------------------------------------ endings
 
     def client_closed(self) -> list[c.Command]:
         was_busy = self.state is State.READY and self.pending_syncs > 0
         self.state = State.CLOSED
         out: list[c.Command] = [c.Log(logging.DEBUG, "session.client_closed", {"busy": was_busy})]
+        out.extend(self._closing("client disconnected while a statement was running" if was_busy else "client disconnected"))
         if was_busy:
             # PostgreSQL would only notice the vanished client when it next writes; a
             # long query would run on.  Cancel it, then close.
@@ -531,6 +730,7 @@ class Session:
             return []
         self.state = State.CLOSED
         out: list[c.Command] = [c.Log(logging.INFO, "session.upstream_closed", {"connection": self.connection_name})]
+        out.extend(self._closing("upstream closed the connection"))
         if not self._upstream_fatal:
             out.append(c.SendClient(fatal("08006", "dbsentry: the upstream server closed the connection unexpectedly")))
         out.append(c.CloseClient())

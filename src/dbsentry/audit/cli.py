@@ -1,0 +1,351 @@
+"""``dbsentry audit ...`` and ``dbsentry report``: search, tail, export, verify, archive, report."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time as _time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from dbsentry.audit.config import AuditConfig
+from dbsentry.audit.keys import Signer, load_or_create_signing_key, load_public_key, public_key_path
+from dbsentry.audit.query import (
+    export_csv,
+    export_jsonl,
+    iso,
+    parse_when,
+    raw_row,
+    search,
+    summary_line,
+    tail,
+)
+from dbsentry.audit.store import AuditStore, AuditStoreError, SearchFilter, open_store
+from dbsentry.audit.verify import ArchiveError, archive, verify, verify_archive
+from dbsentry.config import ConfigError, load_config
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True, slots=True)
+class AuditContext:
+    audit: AuditConfig
+    state_dir: Path
+
+    @contextmanager
+    def store(self) -> Iterator[AuditStore]:
+        try:
+            store = open_store(self.audit, self.state_dir, create=False)
+        except (AuditStoreError, ValueError) as err:
+            raise click.ClickException(str(err)) from None
+        try:
+            yield store
+        except AuditStoreError as err:
+            raise click.ClickException(str(err)) from None
+        finally:
+            store.close()
+
+    def key_path(self) -> Path:
+        return self.audit.signing_key_path(self.state_dir)
+
+    def public_keys(self, extra: tuple[Path, ...] = ()) -> list[Ed25519PublicKey]:
+        keys: list[Ed25519PublicKey] = []
+        own = public_key_path(self.key_path())
+        try:
+            if own.exists():
+                keys.append(load_public_key(own))
+            elif self.key_path().exists():
+                keys.append(load_or_create_signing_key(self.key_path()).public_key())
+            for p in [*self.audit.trusted_public_keys, *extra]:
+                keys.append(load_public_key(p))
+        except (OSError, ValueError) as err:
+            raise click.ClickException(f"cannot load a public key: {err}") from None
+        return keys
+
+    def signer(self, *, create: bool) -> Signer | None:
+        path = self.key_path()
+        if not create and not path.exists():
+            return None
+        try:
+            return Signer(load_or_create_signing_key(path))
+        except (OSError, ValueError) as err:
+            raise click.ClickException(f"cannot load the audit signing key {path}: {err}") from None
+
+
+def load_audit_context(config_path: str) -> AuditContext:
+    """The audit settings and state directory of a configuration file."""
+    try:
+        loaded = load_config(config_path)
+    except ConfigError as err:
+        raise click.ClickException(str(err)) from None
+    audit = getattr(loaded.config, "audit", None)
+    if not isinstance(audit, AuditConfig):
+        audit = AuditConfig()
+    return AuditContext(audit.with_base_dir(loaded.path.parent), loaded.config.state_dir)
+
+
+def _when(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_when(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+
+
+def _filter_options(f: F) -> F:
+    options = [
+        click.option("--identity", help="Who (exact name)."),
+        click.option("--kind", type=click.Choice(["human", "agent"]), help="Identity kind."),
+        click.option("--connection", help="Connection name."),
+        click.option("--environment", help="Environment (production, staging, ...)."),
+        click.option("--table", help="Table touched (name or schema.name)."),
+        click.option("--decision", help="allow, deny, mask, pending_approval, ..."),
+        click.option("--session", "session_id", help="Session id."),
+        click.option("--since", help="ISO time or 30m / 12h / 7d ago."),
+        click.option("--until", help="ISO time or 30m / 12h / 7d ago."),
+        click.option("--text", help="Substring of the statement text (case-insensitive)."),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+def _make_filter(kw: dict[str, Any]) -> SearchFilter:
+    return SearchFilter(
+        identity=kw.get("identity"),
+        identity_kind=kw.get("kind"),
+        connection=kw.get("connection"),
+        environment=kw.get("environment"),
+        table=kw.get("table"),
+        decision=kw.get("decision"),
+        session_id=kw.get("session_id"),
+        since=_when(kw.get("since")),
+        until=_when(kw.get("until")),
+        text=kw.get("text"),
+    )
+
+
+def _with_audit(f: Callable[..., None]) -> Callable[..., None]:
+    """Give a subcommand ``-c/--config`` and call it with the loaded AuditContext first."""
+
+    @functools.wraps(f)
+    def wrapper(*, config_path: str, **kw: Any) -> None:
+        f(load_audit_context(config_path), **kw)
+
+    return click.option(
+        "-c",
+        "--config",
+        "config_path",
+        default="dbsentry.yaml",
+        show_default=True,
+        type=click.Path(dir_okay=False),
+        help="Configuration file.",
+    )(wrapper)
+
+
+@click.group("audit")
+def audit() -> None:
+    """Search, export and verify the audit trail."""
+
+
+@audit.command("search")
+@_filter_options
+@click.option("--limit", default=200, show_default=True, help="At most this many (0: no limit).")
+@click.option("--oldest-first", is_flag=True, help="Chronological order (default: newest first).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@_with_audit
+def search_cmd(
+    obj: AuditContext, /, limit: int, oldest_first: bool, as_json: bool, **kw: Any
+) -> None:
+    """Statements matching the filters, joined with their outcome."""
+    flt = _make_filter(kw)
+    out = sys.stdout
+    with obj.store() as store:
+        for row in search(store, flt, limit=limit or None, newest_first=not oldest_first):
+            if as_json:
+                out.write(orjson.dumps(row).decode() + "\n")
+                continue
+            text = " ".join(str(row["statement"] or "").split())
+            outcome = f"error {row['sqlstate']}" if row["error"] else f"rows={row['rows']}"
+            click.echo(
+                f"{row['time']} #{row['seq']} {row['identity']} ({row['identity_kind']}) "
+                f"{row['connection']}/{row['environment']} {row['decision']} {outcome}: {text[:160]}"
+            )
+
+
+@audit.command("tail")
+@click.option("-n", "--lines", default=20, show_default=True, help="Show the last N records first.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new records.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object per line (with chain fields)."
+)
+@_with_audit
+def tail_cmd(obj: AuditContext, lines: int, follow: bool, as_json: bool) -> None:
+    """The latest records (every type), and with -f new ones as they are written."""
+    with obj.store() as store:
+        try:
+            for r in tail(store, last=lines, follow=follow):
+                click.echo(orjson.dumps(raw_row(r)).decode() if as_json else summary_line(r))
+        except KeyboardInterrupt:
+            pass
+
+
+@audit.command("export")
+@_filter_options
+@click.option(
+    "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
+)
+@click.option(
+    "--raw", is_flag=True, help="jsonl only: every record with seq and hashes (verifiable)."
+)
+@click.option(
+    "-o", "--out", type=click.Path(dir_okay=False, writable=True), help="File (default: stdout)."
+)
+@_with_audit
+def export_cmd(obj: AuditContext, /, fmt: str, raw: bool, out: str | None, **kw: Any) -> None:
+    """Stream statements (or, --raw, all records) oldest first, in constant memory."""
+    flt = _make_filter(kw)
+    if raw and fmt != "jsonl":
+        raise click.BadParameter("--raw works with --format jsonl")
+    with obj.store() as store:
+        if fmt == "csv":
+            if out is None:
+                n = export_csv(store, flt, sys.stdout)
+            else:
+                with open(out, "w", newline="", encoding="utf-8") as f:
+                    n = export_csv(store, flt, f)
+        elif out is None:
+            n = export_jsonl(store, flt, sys.stdout.buffer, raw=raw)
+            sys.stdout.buffer.flush()
+        else:
+            with open(out, "wb") as fb:
+                n = export_jsonl(store, flt, fb, raw=raw)
+    click.echo(f"exported {n} {'records' if raw else 'statements'}", err=True)
+
+
+@audit.command("verify")
+@click.option(
+    "--public-key",
+    "public_keys",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="More trusted public keys (other nodes).",
+)
+@click.option(
+    "--archive",
+    "archive_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Verify this archive file instead of the store.",
+)
+@click.option("--json", "as_json", is_flag=True)
+@_with_audit
+def verify_cmd(
+    obj: AuditContext, public_keys: tuple[Path, ...], archive_file: Path | None, as_json: bool
+) -> None:
+    """Check the hash chain and signed checkpoints; exit 1 naming the first bad record."""
+    keys = obj.public_keys(public_keys)
+    if archive_file is not None:
+        try:
+            result = verify_archive(archive_file, keys)
+        except (OSError, ValueError, KeyError) as err:
+            raise click.ClickException(f"cannot read {archive_file}: {err}") from None
+    else:
+        with obj.store() as store:
+            result = verify(store, keys)
+    if as_json:
+        click.echo(orjson.dumps(result.to_dict()).decode())
+    else:
+        click.echo(result.describe())
+    if not result.ok:
+        click.echo(f"first bad: {result.first_problem}", err=True)
+        raise SystemExit(1)
+
+
+@audit.command("archive")
+@click.option("--before", required=True, help="Archive records older than this (ISO time or 90d).")
+@click.option(
+    "-o", "--out", type=click.Path(dir_okay=False, path_type=Path), help="Archive file (JSONL)."
+)
+@_with_audit
+def archive_cmd(obj: AuditContext, before: str, out: Path | None) -> None:
+    """Move old records to a JSONL file; the remaining chain stays verifiable."""
+    ts = _when(before)
+    assert ts is not None
+    signer = obj.signer(create=True)
+    assert signer is not None
+    if out is None:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        out = obj.state_dir / "archive" / f"audit-{stamp}.jsonl"
+        out.parent.mkdir(parents=True, exist_ok=True)
+    with obj.store() as store:
+        try:
+            res = archive(store, ts, out, signer, public_keys=obj.public_keys())
+        except ArchiveError as err:
+            raise click.ClickException(str(err)) from None
+    if res is None:
+        click.echo(f"nothing older than {iso(ts)} to archive")
+        return
+    click.echo(
+        f"archived {res.records} records (seq {res.first_seq}..{res.last_seq}) to {res.path}; "
+        f"new anchor {res.checkpoint.hash[:16]}… signed by key {res.checkpoint.key_id}"
+    )
+
+
+@click.command("report")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Configuration file.",
+)
+@click.option(
+    "--since", default="30d", show_default=True, help="Start of the period (ISO time or 30d)."
+)
+@click.option("--until", help="End of the period (default: now).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
+@click.option("--title", default="Database access review", show_default=True)
+@click.option("--organisation", help="Shown under the title.")
+def report(
+    config_path: str,
+    since: str,
+    until: str | None,
+    out: Path | None,
+    title: str,
+    organisation: str | None,
+) -> None:
+    """Write a compliance report (HTML and CSV) for a period of the audit trail."""
+    from dbsentry.audit.report import build_report
+
+    obj = load_audit_context(config_path)
+    start = _when(since)
+    assert start is not None
+    end = _when(until) if until else _time.time()
+    if out is None:
+        out = Path(f"dbsentry-report-{datetime.now(UTC).strftime('%Y%m%d')}")
+    with obj.store() as store:
+        result = verify(store, obj.public_keys())
+        rep = build_report(
+            store,
+            since=start,
+            until=end,
+            out_dir=out,
+            verification=result,
+            signer=obj.signer(create=False),
+            title=title,
+            organisation=organisation,
+        )
+    click.echo(
+        f"report for {iso(start)} .. {iso(end)}: {rep.statements} statements, chain {'intact' if rep.verification_ok else 'BROKEN'}"
+    )
+    click.echo(f"wrote {rep.out_dir / 'report.html'} and {len(rep.files) - 1} more files")

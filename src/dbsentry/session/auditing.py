@@ -1,0 +1,155 @@
+"""The audit side of one session: builds its records and follows each statement to its end.
+
+Pure bookkeeping, no I/O: the session hands records to its shell as commands.  A statement
+record is made when the statement is about to be forwarded (Query, Execute,
+FunctionCall); the server's answers (CommandComplete, ErrorResponse, EmptyQueryResponse,
+PortalSuspended) complete the statements in order, and ReadyForQuery closes every
+statement of its cycle that never ran (skipped after an earlier error).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from dbsentry.audit import AuditConfig, CompletionRecord, SessionEvent, StatementRecord
+from dbsentry.identity.model import Identity
+from dbsentry.policy.engine import Decision
+from dbsentry.sql.facts import StatementFacts
+
+
+def rows_from_tag(tag: str) -> int | None:
+    """The row count of a CommandComplete tag: ``SELECT 5``, ``INSERT 0 5``, ``UPDATE 3``."""
+    last = tag.rpartition(" ")[2]
+    return int(last) if last.isdigit() else None
+
+
+@dataclass(slots=True)
+class _Pending:
+    record_id: str
+    cycle: int
+    started: float
+
+
+@dataclass
+class SessionAudit:
+    config: AuditConfig
+    session_id: str
+    identity: Identity
+    connection: str
+    environment: str
+    database: str
+    client_addr: str
+    tls_version: str | None
+    application_name: str | None = None
+    opened_at: float = field(default_factory=time.monotonic)
+    _pending: deque[_Pending] = field(default_factory=deque)
+
+    @property
+    def wait(self) -> bool:
+        """Whether a statement waits for its record to be committed before it is forwarded."""
+        return self.config.durability == "sync"
+
+    def session_event(self, event: str, reason: str | None = None) -> SessionEvent:
+        closed = event == "closed"
+        return SessionEvent.for_identity(
+            "closed" if closed else "opened",
+            self.identity,
+            session_id=self.session_id,
+            client_addr=self.client_addr,
+            application_name=self.application_name,
+            tls=self.tls_version is not None,
+            tls_version=self.tls_version,
+            connection=self.connection,
+            environment=self.environment,
+            database=self.database,
+            duration_ms=round((time.monotonic() - self.opened_at) * 1000, 3) if closed else None,
+            end_reason=reason if closed else None,
+        )
+
+    def statement(
+        self,
+        sql: str,
+        facts: StatementFacts | None,
+        decision: Decision,
+        params: tuple[str | None, ...] | None = None,
+        command: str | None = None,
+    ) -> StatementRecord:
+        cfg = self.config
+        fields: dict[str, object] = {}
+        if facts is not None:
+            fields = {
+                "fingerprint": facts.fingerprint,
+                "command": facts.command,
+                "statement_class": facts.statement_class,
+                "risk": facts.risk,
+                "tables": tuple(sorted({*facts.tables_read, *facts.tables_written})),
+                "columns_read": tuple(sorted(facts.columns_read)),
+            }
+        elif command is not None:
+            fields = {"command": command}
+        return StatementRecord.create(
+            sql=sql,
+            params=params,
+            redact=cfg.redact_literals,
+            max_statement_chars=cfg.max_statement_chars,
+            max_param_chars=cfg.max_param_chars,
+            max_params_chars=cfg.max_params_chars,
+            session_id=self.session_id,
+            identity=self.identity.name,
+            identity_kind=self.identity.kind,
+            connection=self.connection,
+            environment=self.environment,
+            database=self.database,
+            decision=decision.action,
+            rules=decision.rules,
+            application_name=self.application_name,
+            **fields,
+        )
+
+    # ------------------------------------------------------------------ outcomes
+
+    def expect(self, record: StatementRecord, cycle: int) -> None:
+        """``record`` was forwarded; its outcome arrives before ReadyForQuery number ``cycle``."""
+        self._pending.append(_Pending(record.id, cycle, time.monotonic()))
+
+    def _complete(self, rows: int | None = None, sqlstate: str | None = None, error: str | None = None) -> CompletionRecord | None:
+        if not self._pending:
+            return None
+        p = self._pending.popleft()
+        return CompletionRecord(
+            statement_id=p.record_id,
+            session_id=self.session_id,
+            rows=rows,
+            duration_ms=round((time.monotonic() - p.started) * 1000, 3),
+            sqlstate=sqlstate,
+            error=error,
+        )
+
+    def command_complete(self, tag: str) -> CompletionRecord | None:
+        return self._complete(rows=rows_from_tag(tag))
+
+    def empty_or_suspended(self) -> CompletionRecord | None:
+        return self._complete(rows=0)
+
+    def error(self, sqlstate: str, message: str) -> CompletionRecord | None:
+        return self._complete(sqlstate=sqlstate, error=message[:1000])
+
+    def ready(self, cycle: int) -> list[CompletionRecord]:
+        """ReadyForQuery number ``cycle`` arrived: what is still pending from it never ran."""
+        out = []
+        while self._pending and self._pending[0].cycle <= cycle:
+            rec = self._complete(error="not executed: skipped after an earlier error")
+            if rec is not None:
+                out.append(rec)
+        return out
+
+    def abandoned(self) -> list[CompletionRecord]:
+        """The session ended with statements whose outcome never arrived."""
+        out = []
+        while self._pending:
+            rec = self._complete(error="session ended before the statement completed")
+            if rec is not None:
+                out.append(rec)
+        return out
