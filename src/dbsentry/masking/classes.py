@@ -51,7 +51,9 @@ class Classification:
     evidence: str
 
 
-def most_sensitive(classes: frozenset[DataClass] | set[DataClass] | list[DataClass]) -> DataClass | None:
+def most_sensitive(
+    classes: frozenset[DataClass] | set[DataClass] | list[DataClass],
+) -> DataClass | None:
     """The class to mask with when a value derives from several."""
     best: DataClass | None = None
     for c in classes:

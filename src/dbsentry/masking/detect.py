@@ -134,7 +134,9 @@ def _nir_ok(body: str, key: str) -> bool:
 
 # -- value detection ----------------------------------------------------------------------
 
-_EMAIL_RE = re.compile(r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,24}")
+_EMAIL_RE = re.compile(
+    r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,24}"
+)
 _SSN_RE = re.compile(r"(\d{3})([- ])(\d{2})\2(\d{4})")
 _SIN_RE = re.compile(r"([1-79]\d{2})([- ])(\d{3})\2(\d{3})")
 _CARD_SHAPE_RE = re.compile(r"\d{4}(?:[ -]?\d){9,15}")
@@ -143,8 +145,12 @@ _INTL_PHONE_RE = re.compile(r"\+[1-9][\d ().-]{6,20}\d")
 _NATIONAL_PHONE_RE = re.compile(r"0\d{1,4}[ -]\d{3,4}[ -]?\d{3,4}")
 _DNI_RE = re.compile(r"(\d{8})-?([A-Z])")
 _NIE_RE = re.compile(r"([XYZ])-?(\d{7})-?([A-Z])")
-_NINO_RE = re.compile(r"(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]")
-_NIR_RE = re.compile(r"([12] ?\d{2} ?(?:0[1-9]|1[0-2]|[2-9]\d) ?(?:\d{2}|2[AB]) ?\d{3} ?\d{3}) ?(\d{2})")
+_NINO_RE = re.compile(
+    r"(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]"
+)
+_NIR_RE = re.compile(
+    r"([12] ?\d{2} ?(?:0[1-9]|1[0-2]|[2-9]\d) ?(?:\d{2}|2[AB]) ?\d{3} ?\d{3}) ?(\d{2})"
+)
 _IBAN_SHAPE_RE = re.compile(r"[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]){11,30}")
 
 _AWS_KEY_ID_RE = re.compile(r"(?:AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA)[A-Z0-9]{16}")
@@ -160,7 +166,9 @@ _PEM_RE = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----")
 _DBS_RE = re.compile(r"dbs_[0-9a-f]{12}_[A-Za-z0-9_-]{43}")
 _HASH_RES = (
     re.compile(r"\$2[abxy]?\$\d{2}\$[./A-Za-z0-9]{53}"),  # bcrypt
-    re.compile(r"\$argon2(?:id|i|d)\$(?:v=\d+\$)?m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+"),
+    re.compile(
+        r"\$argon2(?:id|i|d)\$(?:v=\d+\$)?m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+"
+    ),
     re.compile(r"\$[56]\$(?:rounds=\d+\$)?[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{43,86}"),  # sha-crypt
     re.compile(r"\$1\$[./A-Za-z0-9]{1,8}\$[./A-Za-z0-9]{22}"),  # md5-crypt
     re.compile(r"\$y\$[./A-Za-z0-9]+\$[./A-Za-z0-9]*\$[./A-Za-z0-9]{43}"),  # yescrypt
@@ -197,7 +205,17 @@ def _secret(s: str) -> bool:
             return m is not None and _jwt_ok(m.group(1))
         return any(
             r.fullmatch(s)
-            for r in (_AWS_KEY_ID_RE, _GITHUB_RE, _SLACK_RE, _STRIPE_RE, _GOOGLE_RE, _PBKDF2_RE, _SCRAM_RE, _MD5_PG_RE, _DBS_RE)
+            for r in (
+                _AWS_KEY_ID_RE,
+                _GITHUB_RE,
+                _SLACK_RE,
+                _STRIPE_RE,
+                _GOOGLE_RE,
+                _PBKDF2_RE,
+                _SCRAM_RE,
+                _MD5_PG_RE,
+                _DBS_RE,
+            )
         )
     if ("ecret" in s or "ECRET" in s) and _AWS_SECRET_CTX_RE.search(s):
         return True
@@ -402,30 +420,51 @@ def _by_name(table_tokens: list[str], tokens: list[str]) -> DataClass | None:
     """The class a column's name points to, before type and negative checks."""
     compact = "".join(tokens)
     tset = set(tokens)
-    if tset & _SECRET_TOKENS or any(k in compact for k in _SECRET_COMPACT):
-        if "secretary" not in compact and "public" not in tset:
-            # a bare "pin" only where it cannot be something else ("pin_code" yes, "pinned" no)
-            if not (tset & _SECRET_TOKENS == {"pin"} and len(tokens) > 2):
-                return DataClass.SECRET
-    if any(k in compact for k in _CARD_COMPACT) or (tset & _CARD_TOKENS and (compact in _CARD_TOKENS or "card" in tset or "number" in tset)):
+    if (
+        (tset & _SECRET_TOKENS or any(k in compact for k in _SECRET_COMPACT))
+        and "secretary" not in compact
+        and "public" not in tset
+        # a bare "pin" only where it cannot be something else ("pin_code" yes, "pin_map_layer" no)
+        and not (tset & _SECRET_TOKENS == {"pin"} and len(tokens) > 2)
+    ):
+        return DataClass.SECRET
+    if any(k in compact for k in _CARD_COMPACT) or (
+        tset & _CARD_TOKENS and (compact in _CARD_TOKENS or "card" in tset or "number" in tset)
+    ):
         return DataClass.PAYMENT_CARD
-    if tset & _NATIONAL_TOKENS or any(k in compact for k in _NATIONAL_COMPACT):
-        if "sin" not in tset or compact in ("sin", "sinnumber", "sinno"):
-            return DataClass.NATIONAL_ID
+    if (tset & _NATIONAL_TOKENS or any(k in compact for k in _NATIONAL_COMPACT)) and (
+        "sin" not in tset or compact in ("sin", "sinnumber", "sinno")
+    ):
+        return DataClass.NATIONAL_ID
     if any(k in compact for k in _IBAN_COMPACT):
         return DataClass.IBAN
     if tset & _EMAIL_TOKENS or "email" in compact:
         return DataClass.EMAIL
     if tset & _IP_TOKENS or any(k in compact for k in _IP_COMPACT):
         return DataClass.IP_ADDRESS
-    if tset & _PHONE_TOKENS or any(k in compact for k in ("phonenumber", "mobilenumber", "telephone", "cellphone")):
+    if tset & _PHONE_TOKENS or any(
+        k in compact for k in ("phonenumber", "mobilenumber", "telephone", "cellphone")
+    ):
         return DataClass.PHONE
     if "dob" in tset or any(k in compact for k in _DOB_COMPACT[:-1]):
         return DataClass.DATE_OF_BIRTH
-    if (tset & _POSTAL_TOKENS or any(k in compact for k in _POSTAL_COMPACT)) and not tset & _NOT_POSTAL:
+    if (
+        tset & _POSTAL_TOKENS or any(k in compact for k in _POSTAL_COMPACT)
+    ) and not tset & _NOT_POSTAL:
         return DataClass.POSTAL_ADDRESS
     if compact.endswith("name") and (
-        compact in ("firstname", "lastname", "fullname", "surname", "givenname", "familyname", "middlename", "maidenname", "forename")
+        compact
+        in (
+            "firstname",
+            "lastname",
+            "fullname",
+            "surname",
+            "givenname",
+            "familyname",
+            "middlename",
+            "maidenname",
+            "forename",
+        )
         or any(compact == p.replace("_", "") + "name" for p in _NAME_PREFIXES)
     ):
         return DataClass.PERSON_NAME
@@ -494,18 +533,42 @@ def _type_kind(type_name: str | None) -> tuple[str, str]:
 
 # -- comments -------------------------------------------------------------------------------
 
-_TAG_RE = re.compile(r"(?i)\b(?:pii|sensitive|dbsentry|classification|data[_ -]?class)\s*[:=]\s*([a-z][a-z_-]*)")
+_TAG_RE = re.compile(
+    r"(?i)\b(?:pii|sensitive|dbsentry|classification|data[_ -]?class)\s*[:=]\s*([a-z][a-z_-]*)"
+)
 _NONE_WORDS = frozenset({"none", "no", "false", "off", "public", "nonsensitive", "non_sensitive", "not_sensitive"})  # fmt: skip
 _COMMENT_WORDS: tuple[tuple[re.Pattern[str], DataClass], ...] = (
-    (re.compile(r"(?i)\b(password|passphrase|api[ _-]?key|secret|access[ _-]?token|private[ _-]?key|credential)s?\b"), DataClass.SECRET),
-    (re.compile(r"(?i)\b(credit|debit|payment)[ _-]?card\b|\bcard[ _-]?number\b|\bPAN\b"), DataClass.PAYMENT_CARD),
-    (re.compile(r"(?i)\bsocial[ _-]?security\b|\bSSN\b|\bnational[ _-]?(id|identity|insurance)\b|\bpassport\b|\btax[ _-]?id\b"), DataClass.NATIONAL_ID),
+    (
+        re.compile(
+            r"(?i)\b(password|passphrase|api[ _-]?key|secret|access[ _-]?token|private[ _-]?key|credential)s?\b"
+        ),
+        DataClass.SECRET,
+    ),
+    (
+        re.compile(r"(?i)\b(credit|debit|payment)[ _-]?card\b|\bcard[ _-]?number\b|\bPAN\b"),
+        DataClass.PAYMENT_CARD,
+    ),
+    (
+        re.compile(
+            r"(?i)\bsocial[ _-]?security\b|\bSSN\b|\bnational[ _-]?(id|identity|insurance)\b|\bpassport\b|\btax[ _-]?id\b"
+        ),
+        DataClass.NATIONAL_ID,
+    ),
     (re.compile(r"(?i)\bIBAN\b|\bbank[ _-]?account\b"), DataClass.IBAN),
-    (re.compile(r"(?i)\bdate[ _-]?of[ _-]?birth\b|\bbirth[ _-]?date\b|\bDOB\b"), DataClass.DATE_OF_BIRTH),
+    (
+        re.compile(r"(?i)\bdate[ _-]?of[ _-]?birth\b|\bbirth[ _-]?date\b|\bDOB\b"),
+        DataClass.DATE_OF_BIRTH,
+    ),
     (re.compile(r"(?i)\be-?mail[ _-]?address\b|\bemail\b"), DataClass.EMAIL),
     (re.compile(r"(?i)\b(phone|mobile|telephone)[ _-]?(number)?\b"), DataClass.PHONE),
-    (re.compile(r"(?i)\b(postal|street|home|mailing|billing|shipping)[ _-]?address\b"), DataClass.POSTAL_ADDRESS),
-    (re.compile(r"(?i)\b(full|first|last|given|family|legal)[ _-]?name\b|\bsurname\b"), DataClass.PERSON_NAME),
+    (
+        re.compile(r"(?i)\b(postal|street|home|mailing|billing|shipping)[ _-]?address\b"),
+        DataClass.POSTAL_ADDRESS,
+    ),
+    (
+        re.compile(r"(?i)\b(full|first|last|given|family|legal)[ _-]?name\b|\bsurname\b"),
+        DataClass.PERSON_NAME,
+    ),
     (re.compile(r"(?i)\bIP[ _-]?address\b"), DataClass.IP_ADDRESS),
 )
 
@@ -545,7 +608,9 @@ def classify_column(
     if kind != _BOOL:
         tokens = _tokens(column)
         table_tokens = _tokens(table.rpartition(".")[2])
-        if tokens and not (tokens[0] in _NEG_FIRST or (len(tokens) > 1 and tokens[-1] in _NEG_LAST)):
+        if tokens and not (
+            tokens[0] in _NEG_FIRST or (len(tokens) > 1 and tokens[-1] in _NEG_LAST)
+        ):
             found = _by_name(table_tokens, tokens)
             if found is not None and kind in _ALLOWED_KINDS[found]:
                 return Classification(found, "schema-name", f"column name {column!r}")

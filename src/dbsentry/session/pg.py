@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import shlex
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -33,6 +32,7 @@ from dbsentry.wire.pg import messages as m
 
 # Startup parameters the proxy sets or refuses itself rather than forwarding.
 _NOT_FORWARDED = frozenset({"user", "database", "options", "replication"})
+_ROLE_SETTINGS = frozenset({"role", "session_authorization"})
 MAX_AUTH_MESSAGE = 64 * 1024
 
 
@@ -49,17 +49,44 @@ def fatal(sqlstate: str, message: str, hint: str | None = None) -> bytes:
     return codec.error_response(sqlstate, message, severity="FATAL", hint=hint)
 
 
+_PG_SPACE = " \t\n\r\f\v"  # C isspace(), what PostgreSQL splits options on
+
+
+def pg_split_opts(options: str) -> list[str]:
+    """Split an ``options`` string into words exactly as PostgreSQL's pg_split_opts does.
+
+    Words are separated by unescaped whitespace; a backslash makes the next character
+    literal.  Quotes have no special meaning.
+    """
+    words: list[str] = []
+    word: list[str] = []
+    in_word = escaped = False
+    for ch in options:
+        if escaped:
+            word.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = in_word = True
+        elif ch in _PG_SPACE:
+            if in_word:
+                words.append("".join(word))
+                word, in_word = [], False
+        else:
+            word.append(ch)
+            in_word = True
+    if in_word:
+        words.append("".join(word))
+    return words
+
+
 def split_options(options: str) -> tuple[dict[str, str], str]:
     """Split a libpq ``options`` string into dbsentry settings and the rest.
 
     ``-c dbsentry.approval=wait -c search_path=app`` gives
-    ``({"approval": "wait"}, "-c search_path=app")``.  PostgreSQL's own syntax escapes
-    spaces with backslashes; shlex in POSIX mode reads that the same way.
+    ``({"approval": "wait"}, "-c search_path=app")``.  Words are split the way the server
+    splits them (:func:`pg_split_opts`), and the rest is escaped again for it.
     """
-    try:
-        words = shlex.split(options, posix=True)
-    except ValueError:
-        return {}, options
+    words = pg_split_opts(options)
     ours: dict[str, str] = {}
     rest: list[str] = []
     i = 0
@@ -73,7 +100,9 @@ def split_options(options: str) -> tuple[dict[str, str], str]:
             setting = w[2:]
             i += 1
         elif w.startswith("--") and "=" in w:
-            setting = w[2:].replace("-", "_", w.index("=") - 2)
+            # ParseLongOption: '-' becomes '_' in the name only, never in the value.
+            long_name, _, long_value = w[2:].partition("=")
+            setting = long_name.replace("-", "_") + "=" + long_value
             i += 1
         else:
             rest.append(w)
@@ -88,7 +117,7 @@ def split_options(options: str) -> tuple[dict[str, str], str]:
 
 
 def _escape_option(word: str) -> str:
-    return word.replace("\\", "\\\\").replace(" ", "\\ ")
+    return "".join("\\" + ch if ch == "\\" or ch in _PG_SPACE else ch for ch in word)
 
 
 AUDIT_UNAVAILABLE = "dbsentry: the audit trail is unavailable, so the statement was not run; try again shortly"
@@ -327,6 +356,13 @@ class Session:
                 f'dbsentry: identity "{identity.name}" is not allowed to use connection "{self.connection_name}"',
                 user=user,
             )
+        switched = self._role_switch_requested()
+        if switched:
+            return self._fail(
+                "42501",
+                f"dbsentry: setting {switched} at connection start is not allowed; the proxy decides the upstream role",
+                user=user,
+            )
         self.state = State.CONNECTING
         params: list[tuple[str, str]] = [("database", conn.database)]
         for k, v in self.startup.params:
@@ -344,6 +380,17 @@ class Session:
             ),
             c.OpenUpstream(self.connection_name, tuple(params)),
         ]
+
+    def _role_switch_requested(self) -> str | None:
+        """A startup parameter or ``-c`` option that would change the upstream role."""
+        assert self.startup is not None
+        names = [k for k, _ in self.startup.params]
+        for word in pg_split_opts(self._forward_options):
+            names.append(word.removeprefix("-c").lstrip("-").partition("=")[0].replace("-", "_"))
+        for name in names:
+            if name.strip().lower() in _ROLE_SETTINGS:
+                return name.strip().lower()
+        return None
 
     # ------------------------------------------------------------------ upstream login
 
@@ -649,13 +696,16 @@ class Session:
             return []
         try:
             buf, spans = self._upstream_frames.split(data)
+            return self._upstream_frames_received(buf, spans)
         except codec.ProtocolError as err:
             return self._fail("08P01", f"dbsentry: upstream protocol error: {err}")
+
+    def _upstream_frames_received(self, buf: bytes, spans: list[tuple[int, int, int]]) -> list[c.Command]:
         audit = self.audit
         chunk = _Chunk(buf)
         for t, start, end in spans:
             if t == m.R_READY:
-                self.txn_status = chr(buf[start])
+                self.txn_status = codec.decode_ready(buf, start, end).status
                 if self._cycles_done < self._cycles_sent:
                     self._cycles_done += 1
                 if self._refusals and self._cycles_done == self._cycles_sent:
@@ -664,7 +714,7 @@ class Session:
                 if audit is not None:
                     chunk.commands.extend(c.Audit(r) for r in audit.ready(self._cycles_done))
             elif t == m.R_ERROR:
-                if buf[start + 1 : start + 6] == b"FATAL":
+                if b"VFATAL\x00" in buf[start:end] or b"VPANIC\x00" in buf[start:end]:
                     self._upstream_fatal = True
                 if self._refusals:
                     ours = self._our_error(buf, start, end)

@@ -113,12 +113,17 @@ class FrameSplitter:
     far (it *is* ``data`` when nothing was carried over and the chunk ends on a frame
     boundary: no copy), ``spans`` lists ``(type, body_start, end)`` for each of them.  A
     partial frame at the end is kept for the next call.
+
+    An incomplete frame is accumulated in a bytearray and only re-examined once enough
+    bytes for it have arrived, so a frame dribbled in many small chunks costs O(its size),
+    not O(size x chunks).
     """
 
-    __slots__ = ("_pending", "max_len")
+    __slots__ = ("_need", "_pending", "max_len")
 
     def __init__(self, max_len: int = DEFAULT_MAX_MESSAGE) -> None:
-        self._pending = b""
+        self._pending = bytearray()
+        self._need = 0  # bytes the pending frame needs before it can be split
         self.max_len = max_len
 
     @property
@@ -127,16 +132,26 @@ class FrameSplitter:
 
     def take_pending(self) -> bytes:
         """Hand over the bytes of an incomplete frame (when the stream changes hands)."""
-        pending, self._pending = self._pending, b""
+        pending = bytes(self._pending)
+        self._pending = bytearray()
+        self._need = 0
         return pending
 
     def split(self, data: bytes) -> tuple[bytes, list[tuple[int, int, int]]]:
-        buf = self._pending + data if self._pending else data
+        if self._pending:
+            self._pending += data
+            if len(self._pending) < self._need:
+                return b"", []
+            buf = bytes(self._pending)
+            self._pending = bytearray()
+        else:
+            buf = data
         n = len(buf)
         pos = 0
         spans: list[tuple[int, int, int]] = []
         append = spans.append
         max_len = self.max_len
+        need = 5
         while n - pos >= 5:
             t, length = _HDR.unpack_from(buf, pos)
             if length < 4:
@@ -145,13 +160,14 @@ class FrameSplitter:
                 raise MessageTooLarge(f"message of {length} bytes exceeds the limit of {max_len}")
             end = pos + 1 + length
             if end > n:
+                need = 1 + length
                 break
             append((t, pos + 5, end))
             pos = end
         if pos == n:
-            self._pending = b""
             return buf, spans
-        self._pending = buf[pos:]
+        self._pending = bytearray(memoryview(buf)[pos:])
+        self._need = need
         return buf[:pos], spans
 
 
@@ -264,7 +280,11 @@ def decode_describe_or_close(buf: bytes, start: int, end: int) -> tuple[str, str
 
 
 def decode_password(buf: bytes, start: int, end: int) -> m.PasswordMessage:
-    return m.PasswordMessage(bytes(buf[start:end]))
+    """A cleartext PasswordMessage: the password without its terminating NUL."""
+    data = bytes(buf[start:end])
+    if data.endswith(b"\x00"):
+        data = data[:-1]
+    return m.PasswordMessage(data)
 
 
 def encode_query(sql: str) -> bytes:

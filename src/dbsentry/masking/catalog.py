@@ -1,0 +1,399 @@
+"""What the upstream database holds: tables, columns, views and SQL functions.
+
+The proxy reads the catalog on a side connection with the SQL strings below and builds a
+:class:`Catalog` from the result rows; everything after the fetch is pure.  ``fetch_catalog``
+is a thin helper over a psycopg ``AsyncConnection`` for the CLI and tests.
+
+View definitions come from ``pg_get_viewdef``, which qualifies names only when they are not
+visible on the search path of the connection that reads them; that search path is kept in
+:attr:`Catalog.search_path` and views are analysed with it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from dbsentry.masking.classes import Classification, DataClass, parse_class
+from dbsentry.masking.detect import classify_column
+
+__all__ = [
+    "FUNCTIONS_SQL",
+    "FUNCTIONS_SQL_PRE14",
+    "RELATIONS_SQL",
+    "SEARCH_PATH_SQL",
+    "VIEWS_SQL",
+    "Catalog",
+    "ClassMap",
+    "Column",
+    "Function",
+    "Relation",
+    "SourceColumn",
+    "classify_catalog",
+    "fetch_catalog",
+    "functions_sql",
+]
+
+
+class SourceColumn(NamedTuple):
+    """A column of a relation in the database: where data comes from."""
+
+    schema: str
+    table: str
+    column: str
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.table}.{self.column}"
+
+
+# -- the SQL ---------------------------------------------------------------------------
+
+# System schemas are left out, except the few catalogs that hold credentials, so that
+# ``SELECT rolpassword FROM pg_authid`` is masked like any other secret.
+_SCHEMA_FILTER = """(n.nspname NOT IN ('pg_catalog', 'information_schema')
+         AND n.nspname !~ '^pg_(toast|temp_)'
+       OR n.nspname = 'pg_catalog'
+         AND c.relname IN ('pg_authid', 'pg_shadow', 'pg_user_mapping', 'pg_user_mappings'))"""
+
+#: One row per column: relation oid, schema, name, relkind, attnum, column name, type oid
+#: (a domain's base type, as RowDescription reports it), ``format_type`` spelling (a domain
+#: keeps its own name), type modifier, column comment.
+RELATIONS_SQL = f"""
+SELECT c.oid::int8, n.nspname::text, c.relname::text, c.relkind::text,
+       a.attnum::int4, a.attname::text,
+       (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END)::int8,
+       pg_catalog.format_type(a.atttypid, a.atttypmod),
+       a.atttypmod::int4,
+       pg_catalog.col_description(c.oid, a.attnum)
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+  AND {_SCHEMA_FILTER}
+ORDER BY 1, 5
+"""
+
+#: One row per view or materialized view: oid, definition (a SELECT, parse-able).
+VIEWS_SQL = f"""
+SELECT c.oid::int8, pg_catalog.pg_get_viewdef(c.oid, false)
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('v', 'm')
+  AND {_SCHEMA_FILTER}
+"""
+
+_FUNCTIONS_SELECT = """
+SELECT p.oid::int8, n.nspname::text, p.proname::text, l.lanname::text,
+       CASE WHEN l.lanname = 'sql' THEN {body} END,
+       p.proretset, p.pronargs::int4,
+       COALESCE(p.proargnames, '{{}}'::text[]),
+       COALESCE(p.proargmodes::text[], '{{}}'::text[]),
+       t.typrelid::int8,
+       p.prokind::text
+FROM pg_catalog.pg_proc p
+JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+JOIN pg_catalog.pg_type t ON t.oid = p.prorettype
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname !~ '^pg_(toast|temp_)'
+"""
+#: One row per function or procedure outside the system schemas: oid, schema, name,
+#: language, SQL body (LANGUAGE sql only; ``BEGIN ATOMIC``/``RETURN`` bodies through
+#: ``pg_get_function_sqlbody``), returns a set, argument count, argument names, argument
+#: modes, the relation oid of a composite return type (0 otherwise), kind (f/p/a/w).
+FUNCTIONS_SQL = _FUNCTIONS_SELECT.format(
+    body="CASE WHEN p.prosqlbody IS NOT NULL THEN pg_catalog.pg_get_function_sqlbody(p.oid) ELSE p.prosrc END"
+)
+#: The same for servers older than PostgreSQL 14 (no SQL-standard bodies).
+FUNCTIONS_SQL_PRE14 = _FUNCTIONS_SELECT.format(body="p.prosrc")
+
+#: The search path of the connection that read the catalog (for view definitions).
+SEARCH_PATH_SQL = "SELECT pg_catalog.current_schemas(false)::text[]"
+
+
+def functions_sql(server_version_num: int) -> str:
+    return FUNCTIONS_SQL if server_version_num >= 140000 else FUNCTIONS_SQL_PRE14
+
+
+# -- the model --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    attnum: int
+    name: str
+    type_oid: int
+    type_name: str
+    typmod: int
+    comment: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Relation:
+    oid: int
+    schema: str
+    name: str
+    kind: str  # r table, p partitioned table, v view, m materialized view, f foreign table
+    columns: tuple[Column, ...]
+    definition: str | None = None  # views and materialized views
+
+    @property
+    def is_view(self) -> bool:
+        return self.kind in ("v", "m")
+
+    def source(self, column: str) -> SourceColumn:
+        return SourceColumn(self.schema, self.name, column)
+
+
+@dataclass(frozen=True, slots=True)
+class Function:
+    oid: int
+    schema: str
+    name: str
+    language: str
+    body: str | None  # LANGUAGE sql only
+    returns_set: bool
+    nargs: int
+    arg_names: tuple[str, ...]
+    arg_modes: tuple[str, ...]  # empty when every argument is IN
+    result_relid: int  # the relation of a composite return type, 0 otherwise
+    kind: str = "f"
+
+    @property
+    def out_names(self) -> tuple[str, ...]:
+        """Names of the result columns declared by OUT/INOUT/TABLE arguments."""
+        if not self.arg_modes:
+            return ()
+        names = self.arg_names or ("",) * len(self.arg_modes)
+        return tuple(n for n, m in zip(names, self.arg_modes, strict=False) if m in ("o", "b", "t"))
+
+    @property
+    def in_names(self) -> tuple[str, ...]:
+        if not self.arg_modes:
+            return self.arg_names[: self.nargs]
+        return tuple(
+            n for n, m in zip(self.arg_names, self.arg_modes, strict=False) if m in ("i", "b", "v")
+        )
+
+
+def _effective_path(search_path: Iterable[str]) -> tuple[str, ...]:
+    path = tuple(search_path)
+    return path if "pg_catalog" in path else ("pg_catalog", *path)
+
+
+@dataclass(slots=True)
+class Catalog:
+    """Relations and functions of one database, looked up the way PostgreSQL does."""
+
+    relations: Mapping[int, Relation]
+    functions: Mapping[int, Function]
+    search_path: tuple[str, ...] = ("public",)
+    _by_name: dict[tuple[str, str], Relation] = field(default_factory=dict, repr=False)
+    _funcs_by_name: dict[tuple[str, str], list[Function]] = field(default_factory=dict, repr=False)
+    _columns: dict[tuple[int, int], Column] = field(default_factory=dict, repr=False)
+    #: Memo for analyses that depend only on the catalog (view expansions, function bodies).
+    cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for rel in self.relations.values():
+            self._by_name[(rel.schema, rel.name)] = rel
+            for col in rel.columns:
+                self._columns[(rel.oid, col.attnum)] = col
+        for fn in self.functions.values():
+            self._funcs_by_name.setdefault((fn.schema, fn.name), []).append(fn)
+
+    @classmethod
+    def from_rows(
+        cls,
+        relation_rows: Iterable[Sequence[Any]],
+        view_rows: Iterable[Sequence[Any]] = (),
+        function_rows: Iterable[Sequence[Any]] = (),
+        search_path: Iterable[str] = ("public",),
+    ) -> Catalog:
+        """Build from the rows of :data:`RELATIONS_SQL`, :data:`VIEWS_SQL` and
+        :data:`FUNCTIONS_SQL`, in the order those queries give their columns."""
+        defs = {int(r[0]): r[1] for r in view_rows}
+        heads: dict[int, tuple[str, str, str]] = {}
+        cols: dict[int, list[Column]] = {}
+        for (
+            oid,
+            schema,
+            name,
+            kind,
+            attnum,
+            attname,
+            type_oid,
+            type_name,
+            typmod,
+            comment,
+        ) in relation_rows:
+            heads[int(oid)] = (schema, name, kind)
+            cols.setdefault(int(oid), []).append(
+                Column(int(attnum), attname, int(type_oid), type_name or "", int(typmod), comment)
+            )
+        relations = {
+            oid: Relation(oid, s, n, k, tuple(cols[oid]), defs.get(oid))
+            for oid, (s, n, k) in heads.items()
+        }
+        functions = {}
+        for row in function_rows:
+            oid, schema, name, lang, body, retset, nargs, argnames, argmodes, relid, kind = row
+            functions[int(oid)] = Function(
+                int(oid), schema, name, lang, body, bool(retset), int(nargs),
+                tuple(a or "" for a in argnames or ()), tuple(argmodes or ()), int(relid or 0), kind or "f",
+            )  # fmt: skip
+        return cls(relations, functions, tuple(search_path))
+
+    def relation(
+        self, schema: str | None, name: str, search_path: Iterable[str] | None = None
+    ) -> Relation | None:
+        """The relation ``schema.name``, or the first ``name`` on the search path
+        (``pg_catalog`` first unless the path places it)."""
+        if schema is not None:
+            return self._by_name.get((schema, name))
+        for s in _effective_path(self.search_path if search_path is None else search_path):
+            rel = self._by_name.get((s, name))
+            if rel is not None:
+                return rel
+        return None
+
+    def functions_named(
+        self, schema: str | None, name: str, search_path: Iterable[str] | None = None
+    ) -> list[Function]:
+        """Every overload of ``name`` in the first schema on the path that has one.
+        An empty list means a built-in (or unknown) function."""
+        if schema is not None:
+            return self._funcs_by_name.get((schema, name), [])
+        for s in _effective_path(self.search_path if search_path is None else search_path):
+            found = self._funcs_by_name.get((s, name))
+            if found:
+                return found
+        return []
+
+    def column_at(self, table_oid: int, attnum: int) -> tuple[Relation, Column] | None:
+        """The column RowDescription names by table oid and attribute number."""
+        col = self._columns.get((table_oid, attnum))
+        if col is None:
+            return None
+        return self.relations[table_oid], col
+
+    def relation_by_oid(self, oid: int) -> Relation | None:
+        return self.relations.get(oid)
+
+
+async def fetch_catalog(conn: Any) -> Catalog:
+    """Read the catalog through a psycopg ``AsyncConnection`` (any object with the same
+    ``cursor()``/``info.server_version`` API)."""
+    version = int(conn.info.server_version)
+    async with conn.cursor() as cur:
+        await cur.execute(RELATIONS_SQL)
+        rel_rows = await cur.fetchall()
+        await cur.execute(VIEWS_SQL)
+        view_rows = await cur.fetchall()
+        await cur.execute(functions_sql(version))
+        fn_rows = await cur.fetchall()
+        await cur.execute(SEARCH_PATH_SQL)
+        row = await cur.fetchone()
+    path = tuple(row[0]) if row and row[0] else ("public",)
+    return Catalog.from_rows(rel_rows, view_rows, fn_rows, path)
+
+
+# -- classification -------------------------------------------------------------------------
+
+# Credentials in the system catalogs whose column names do not say so.
+_BUILTIN: dict[SourceColumn, Classification] = {
+    SourceColumn("pg_catalog", "pg_user_mapping", "umoptions"): Classification(
+        DataClass.SECRET, "policy", "built in: user mapping options hold passwords"
+    ),
+    SourceColumn("pg_catalog", "pg_user_mappings", "umoptions"): Classification(
+        DataClass.SECRET, "policy", "built in: user mapping options hold passwords"
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ClassMap:
+    """The data class of every sensitive column, by name and by (table oid, attnum)."""
+
+    columns: Mapping[SourceColumn, Classification]
+    attrs: Mapping[tuple[int, int], Classification] = field(default_factory=dict)
+
+    @property
+    def tables(self) -> frozenset[tuple[str, str]]:
+        return frozenset((s.schema, s.table) for s in self.columns)
+
+    def get(self, column: SourceColumn) -> Classification | None:
+        return self.columns.get(column)
+
+    def __len__(self) -> int:
+        return len(self.columns)
+
+
+def _override_value(key: str, value: str) -> DataClass | None:
+    if value.strip().lower() == "none":
+        return None
+    cls = parse_class(value)
+    if cls is None:
+        known = ", ".join(c.value for c in DataClass)
+        raise ValueError(
+            f"masking override {key!r}: unknown data class {value!r} (known: none, {known})"
+        )
+    return cls
+
+
+def compile_overrides(overrides: Mapping[str, str] | None) -> list[tuple[str, DataClass | None]]:
+    """Validate ``{"schema.table.column": "none" | "<class>"}``; keys may leave out the
+    schema (any schema) and use ``*``/``?`` globs.  Raises ValueError."""
+    out = []
+    for key, value in (overrides or {}).items():
+        if key.count(".") not in (1, 2):
+            raise ValueError(
+                f"masking override {key!r}: expected schema.table.column or table.column"
+            )
+        out.append((key, _override_value(key, value)))
+    return out
+
+
+def _override_for(
+    src: SourceColumn, compiled: list[tuple[str, DataClass | None]]
+) -> tuple[bool, DataClass | None, str]:
+    full = f"{src.schema}.{src.table}.{src.column}"
+    short = f"{src.table}.{src.column}"
+    for key, cls in compiled:  # exact names first
+        if key in (full, short):
+            return True, cls, key
+    for key, cls in compiled:
+        target = full if key.count(".") == 2 else short
+        if fnmatch.fnmatchcase(target, key):
+            return True, cls, key
+    return False, None, ""
+
+
+def classify_catalog(catalog: Catalog, overrides: Mapping[str, str] | None = None) -> ClassMap:
+    """Classify every column of every relation; ``overrides`` (policy) win."""
+    compiled = compile_overrides(overrides)
+    columns: dict[SourceColumn, Classification] = {}
+    attrs: dict[tuple[int, int], Classification] = {}
+    for rel in catalog.relations.values():
+        for col in rel.columns:
+            src = rel.source(col.name)
+            found: Classification | None = _BUILTIN.get(src)
+            if found is None:
+                found = classify_column(
+                    f"{rel.schema}.{rel.name}", col.name, col.type_name, col.comment
+                )
+            if compiled:
+                hit, cls, key = _override_for(src, compiled)
+                if hit:
+                    found = (
+                        Classification(cls, "policy", f"override {key}")
+                        if cls is not None
+                        else None
+                    )
+            if found is not None:
+                columns[src] = found
+                attrs[(rel.oid, col.attnum)] = found
+    return ClassMap(columns, attrs)

@@ -1,0 +1,1209 @@
+"""Column lineage: which source columns each output column of a statement derives from.
+
+The statement is parsed by PostgreSQL's own parser (pglast ``parse_sql_json``, loaded with
+orjson) and walked as plain dicts, like :mod:`dbsentry.sql.facts`.  The rules, in one place:
+
+- A column reference derives from the column it names, resolved through table aliases,
+  schema qualification and the search path, and through subqueries, CTEs (recursive ones to
+  a fixpoint), set operations (column *i* from column *i* of every branch) and views
+  (their definitions, expanded recursively up to :data:`MAX_DEPTH`).  A view's own column is
+  a source too, so a comment on it classifies it.
+- Any other expression derives from every column it mentions: casts, operators, function
+  arguments, ``CASE`` conditions and branches, scalar and array subqueries.  A bare table
+  alias (``row_to_json(c)``, ``to_jsonb(c.*)``, ``ROW(c.*)``) derives from all of its columns.
+- A LANGUAGE sql function derives from its arguments and from every output column of its
+  body; a function the walk cannot see into (PL/pgSQL, other procedural languages,
+  ``query_to_xml`` and other dynamic-SQL functions) makes the column ``unknown``.
+- Only ``IS [NOT] NULL``, ``IS [NOT] TRUE``..., ``EXISTS`` and ``count()`` derive from
+  nothing: they reveal presence, not content.  WHERE, GROUP BY, ORDER BY, JOIN conditions
+  and window definitions do not feed a column's value and are walked only to learn which
+  tables the statement reads (inference through them is a documented limit).
+- ``direct`` marks a column whose value *is* a source value (through aliases, casts,
+  COALESCE, min/max, views, unions): a partial mask is only meaningful for those.
+- A ``*`` over a relation whose columns are unknown makes the positions of the output
+  columns unknown: ``exact`` is False and the caller must treat every column as unresolved.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+
+import orjson
+from pglast import parser as _pg
+
+from dbsentry.masking.catalog import Catalog, ClassMap, Function, Relation, SourceColumn
+from dbsentry.masking.classes import DataClass, most_sensitive
+from dbsentry.masking.strategies import DEFAULT_STRATEGIES, STRATEGIES
+
+__all__ = [
+    "MAX_DEPTH",
+    "ColumnLineage",
+    "ColumnMask",
+    "CopyOptions",
+    "LineageError",
+    "MaskPlan",
+    "MaskSettings",
+    "StatementLineage",
+    "analyze_lineage",
+    "lineage_of_tree",
+    "plan_masks",
+]
+
+MAX_DEPTH = 12  # nested views and SQL functions
+_MAX_CTE_ROUNDS = 10
+
+TableName = tuple[str, str]  # (schema, relation); schema "" when the relation is not in the catalog
+
+
+class LineageError(ValueError):
+    """The SQL could not be parsed; the caller fails closed."""
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnLineage:
+    name: str
+    sources: frozenset[SourceColumn]
+    unknown: bool = False  # could not be resolved (opaque function, unknown relation...)
+    direct: bool = False  # the value is a source value as is (aliases, casts, views, unions)
+
+
+@dataclass(frozen=True, slots=True)
+class CopyOptions:
+    """How a ``COPY ... TO STDOUT`` formats its rows (for the COPY maskers)."""
+
+    format: Literal["text", "csv", "binary"] = "text"
+    delimiter: str = "\t"
+    null: str = "\\N"
+    quote: str = '"'
+    escape: str = '"'
+    header: bool = False
+    type_oids: tuple[int | None, ...] | None = None  # known for COPY table only
+
+
+@dataclass(frozen=True, slots=True)
+class StatementLineage:
+    command: str
+    columns: tuple[ColumnLineage, ...]
+    tables_read: frozenset[TableName]
+    returns_rows: bool
+    exact: bool = True  # the output columns' number and order are known
+    copy: CopyOptions | None = None
+    declares: str | None = None  # DECLARE name CURSOR FOR ...: the lineage is the cursor's
+    fetches: str | None = None  # FETCH ... FROM name: look up the cursor's lineage
+    prepares: str | None = None  # PREPARE name AS ...: the lineage is the statement's
+    executes: str | None = None  # EXECUTE name: look up the prepared statement's lineage
+
+
+class _L(NamedTuple):
+    """The lineage of one value while walking."""
+
+    sources: frozenset[SourceColumn]
+    unknown: bool
+    direct: bool
+
+
+_EMPTY = _L(frozenset(), False, False)
+_UNKNOWN = _L(frozenset(), True, False)
+
+
+def _union(items: Iterable[_L], transparent: bool = False) -> _L:
+    """Several values combined.  ``transparent``: the result is one of them (COALESCE,
+    UNION, CASE), so it stays ``direct`` when every contributor is."""
+    sources: set[SourceColumn] = set()
+    unknown = False
+    direct = True
+    contributed = False
+    for it in items:
+        if it.sources or it.unknown:
+            contributed = True
+            sources |= it.sources
+            unknown = unknown or it.unknown
+            direct = direct and it.direct
+    if not contributed:
+        return _EMPTY
+    return _L(frozenset(sources), unknown, transparent and direct)
+
+
+def _indirect(x: _L) -> _L:
+    return x._replace(direct=False) if x.direct else x
+
+
+Cols = list[tuple[str, _L]]
+
+
+@dataclass(slots=True)
+class _Entry:
+    """A relation in a FROM list, by the name queries use for it."""
+
+    name: str | None
+    rel: TableName | None
+    cols: Cols
+    opaque: bool = False  # columns unknown: any column name resolves to unknown
+
+    def whole(self) -> _L:
+        if self.opaque:
+            return _UNKNOWN
+        return _indirect(_union((c for _, c in self.cols), transparent=False))
+
+
+@dataclass(slots=True)
+class _Scope:
+    entries: list[_Entry]
+    star: Cols | None  # the expansion of an unqualified *; None: positions unknown
+    parent: _Scope | None
+    ctes: dict[str, Cols]
+    params: bool = False  # a function body: unresolved names are parameters
+
+
+# -- helpers over the JSON tree ------------------------------------------------------------
+
+
+def _unwrap(node: Any) -> tuple[str, Any]:
+    if isinstance(node, dict) and len(node) == 1:
+        ((k, v),) = node.items()
+        return k, v
+    return "", node
+
+
+def _strings(items: Any) -> list[str]:
+    out = []
+    for it in items or ():
+        s = it.get("String") if isinstance(it, dict) else None
+        if s is not None:
+            out.append(s.get("sval", ""))
+    return out
+
+
+def _func_name(funcname: Any) -> tuple[str | None, str]:
+    names = _strings(funcname)
+    if not names:
+        return None, ""
+    return (names[-2] if len(names) > 1 else None), names[-1]
+
+
+def _parse(sql: str) -> list[dict[str, Any]]:
+    try:
+        tree = orjson.loads(_pg.parse_sql_json(sql))
+    except _pg.ParseError as err:
+        raise LineageError(str(err.args[0])) from None
+    stmts: list[dict[str, Any]] = tree.get("stmts", [])
+    return stmts
+
+
+# Dynamic SQL: the statement is text the parser never sees.
+_DYNAMIC_RE = re.compile(
+    "|".join(
+        fnmatch.translate(p)
+        for p in (
+            "query_to_xml*", "cursor_to_xml*", "table_to_xml*", "schema_to_xml*", "database_to_xml*",
+            "dblink*", "ts_stat", "xpath_table", "crosstab*", "connectby", "pg_read_file", "pg_read_binary_file",
+            "lo_get", "loread", "lo_export", "pg_logical_slot_*_changes", "pg_logical_slot_*_binary_changes",
+        )
+    )
+)  # fmt: skip
+# Functions whose value reveals presence or size, not content.
+_NO_LINEAGE = frozenset({"count", "pg_typeof", "pg_column_size", "num_nulls", "num_nonnulls", "row_number", "rank", "dense_rank", "percent_rank", "cume_dist", "ntile", "grouping"})  # fmt: skip
+# Functions that return one of their arguments' values unchanged.
+_TRANSPARENT = frozenset({"min", "max", "any_value", "first_value", "last_value", "nth_value", "lag", "lead", "mode", "nullif", "coalesce", "greatest", "least"})  # fmt: skip
+# Set-returning built-ins and how many columns they yield.
+_SRF_WIDTH = {
+    "unnest": -1,  # one per argument
+    "generate_series": 1, "generate_subscripts": 1, "regexp_matches": 1, "regexp_split_to_table": 1,
+    "string_to_table": 1, "json_array_elements": 1, "jsonb_array_elements": 1,
+    "json_array_elements_text": 1, "jsonb_array_elements_text": 1, "json_object_keys": 1,
+    "jsonb_object_keys": 1, "jsonb_path_query": 1, "json_each": 2, "jsonb_each": 2,
+    "json_each_text": 2, "jsonb_each_text": 2, "upper": 1, "lower": 1, "substr": 1, "md5": 1,
+    "concat": 1, "concat_ws": 1, "format": 1, "to_json": 1, "to_jsonb": 1, "row_to_json": 1,
+}  # fmt: skip
+_SRF_NAMES = {"json_each": ("key", "value"), "jsonb_each": ("key", "value"), "json_each_text": ("key", "value"), "jsonb_each_text": ("key", "value")}  # fmt: skip
+_WALK_SKIP = frozenset({"location", "typeName", "over", "agg_filter", "agg_order", "funcname", "name", "stmt_location", "stmt_len"})  # fmt: skip
+
+
+def _effective_path(search_path: Iterable[str], user: str | None) -> tuple[str, ...]:
+    out = []
+    for s in search_path:
+        s = s.strip().strip('"')
+        if s == "$user":
+            if user:
+                out.append(user)
+            continue
+        if s:
+            out.append(s)
+    return tuple(out)
+
+
+# -- the walk -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Walk:
+    catalog: Catalog
+    search_path: tuple[str, ...]
+    depth: int = 0
+    reads: set[TableName] = field(default_factory=set)
+    exact: bool = True
+
+    # ---- statements
+
+    def statement(self, node: Any, scope: _Scope | None) -> Cols | None:
+        """Output columns of a row-returning statement (None: it returns no rows)."""
+        kind, body = _unwrap(node)
+        if kind == "SelectStmt":
+            return self.select(body, scope)
+        if kind in ("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"):
+            return self.dml(kind, body, scope)
+        return None
+
+    def _with(self, body: dict[str, Any], scope: _Scope | None) -> dict[str, Cols]:
+        ctes = dict(scope.ctes) if scope is not None else {}
+        wc = body.get("withClause")
+        if not wc:
+            return ctes
+        recursive = bool(wc.get("recursive"))
+        for item in wc.get("ctes", ()):
+            cte = item.get("CommonTableExpr", {})
+            name = cte.get("ctename", "")
+            aliases = _strings(cte.get("aliascolnames"))
+            query = cte.get("ctequery")
+            inner = _Scope([], [], scope, ctes, scope.params if scope else False)
+            if recursive:
+                cols = self._recursive_cte(name, aliases, query, inner)
+            else:
+                cols = self.statement(query, inner) or []
+                cols = _rename(cols, aliases)
+            ctes[name] = cols
+        return ctes
+
+    def _recursive_cte(self, name: str, aliases: list[str], query: Any, scope: _Scope) -> Cols:
+        kind, body = _unwrap(query)
+        seed: Cols = []
+        if (
+            kind == "SelectStmt"
+            and body.get("op", "SETOP_NONE") != "SETOP_NONE"
+            and body.get("larg")
+        ):
+            seed = self.select(body["larg"], scope)
+        current = _rename(seed, aliases)
+        for _ in range(_MAX_CTE_ROUNDS):
+            scope.ctes = {**scope.ctes, name: current}
+            result = _rename(self.statement(query, scope) or [], aliases)
+            merged = _merge_positional(current, result, transparent=True)
+            if merged == current:
+                return current
+            current = merged
+        return [(n, _UNKNOWN) for n, _ in current]
+
+    def select(self, body: dict[str, Any], parent: _Scope | None) -> Cols:
+        ctes = self._with(body, parent)
+        op = body.get("op", "SETOP_NONE")
+        if op != "SETOP_NONE":
+            sub = _Scope([], [], parent, ctes, parent.params if parent else False)
+            left = self.select(body.get("larg", {}), sub)
+            right = self.select(body.get("rarg", {}), sub)
+            if len(left) != len(right):
+                self.exact = False
+            self._side(body, sub, ("sortClause", "limitCount", "limitOffset"))
+            return _merge_positional(left, right, transparent=True)
+        scope = _Scope([], [], parent, ctes, parent.params if parent else False)
+        if "valuesLists" in body:
+            rows = [
+                self.exprs(lst.get("List", {}).get("items", []), scope)
+                for lst in body["valuesLists"]
+            ]
+            width = max((len(r) for r in rows), default=0)
+            return [
+                (f"column{i + 1}", _union((r[i] for r in rows if i < len(r)), transparent=True))
+                for i in range(width)
+            ]
+        for item in body.get("fromClause", ()):
+            entries, star = self.from_item(item, scope)
+            scope.entries.extend(entries)
+            if star is None or scope.star is None:
+                scope.star = None
+            else:
+                scope.star.extend(star)
+        out = self.targets(body.get("targetList", ()), scope)
+        self._side(
+            body,
+            scope,
+            (
+                "whereClause",
+                "havingClause",
+                "groupClause",
+                "sortClause",
+                "windowClause",
+                "distinctClause",
+                "limitCount",
+                "limitOffset",
+            ),
+        )
+        if body.get("intoClause"):
+            return []
+        return out
+
+    def _side(self, body: dict[str, Any], scope: _Scope, keys: Iterable[str]) -> None:
+        """Walk clauses that do not feed output values, for the tables they read."""
+        for k in keys:
+            v = body.get(k)
+            if v:
+                self.expr(v, scope)
+
+    def targets(self, targets: Iterable[Any], scope: _Scope) -> Cols:
+        out: Cols = []
+        for t in targets:
+            rt = t.get("ResTarget", t) if isinstance(t, dict) else {}
+            val = rt.get("val")
+            kind, body = _unwrap(val)
+            if kind == "ColumnRef":
+                fields = body.get("fields", [])
+                if fields and "A_Star" in fields[-1]:
+                    out.extend(self.star(_strings(fields[:-1]), scope))
+                    continue
+            out.append((rt.get("name") or _column_name(val), self.expr(val, scope)))
+        return out
+
+    def star(self, qual: list[str], scope: _Scope) -> Cols:
+        if not qual:
+            if scope.star is None:
+                self.exact = False
+                return [("*", _UNKNOWN)]
+            return list(scope.star)
+        entry = self.find_entry(qual, scope)
+        if entry is None or entry.opaque:
+            self.exact = False
+            return [("*", _UNKNOWN)]
+        return list(entry.cols)
+
+    # ---- FROM
+
+    def from_item(self, node: Any, scope: _Scope) -> tuple[list[_Entry], Cols | None]:
+        kind, body = _unwrap(node)
+        if kind == "RangeVar":
+            entry = self.range_var(body, scope)
+            return [entry], (None if entry.opaque else list(entry.cols))
+        if kind == "RangeSubselect":
+            cols = self.statement(body.get("subquery"), _lateral(scope)) or []
+            alias = body.get("alias") or {}
+            cols = _rename(cols, _strings(alias.get("colnames")))
+            entry = _Entry(alias.get("aliasname"), None, cols)
+            return [entry], list(cols)
+        if kind == "RangeFunction":
+            return self.range_function(body, scope)
+        if kind == "JoinExpr":
+            return self.join(body, scope)
+        if kind == "RangeTableSample":
+            return self.from_item(body.get("relation"), scope)
+        if kind == "RangeTableFunc":  # XMLTABLE
+            src = _indirect(
+                self.expr([body.get("docexpr"), body.get("rowexpr"), body.get("columns")], scope)
+            )
+            names = [
+                c.get("RangeTableFuncCol", {}).get("colname", "?column?")
+                for c in body.get("columns", ())
+            ]
+            alias = body.get("alias") or {}
+            cols = [(n, src) for n in names]
+            return [_Entry(alias.get("aliasname"), None, cols)], cols
+        # JSON_TABLE and anything newer: its columns are not known here
+        alias = (body.get("alias") or {}) if isinstance(body, dict) else {}
+        self.expr(body, scope)
+        return [_Entry(alias.get("aliasname"), None, [], opaque=True)], None
+
+    def range_var(self, rv: dict[str, Any], scope: _Scope) -> _Entry:
+        schema = rv.get("schemaname")
+        name = rv.get("relname", "")
+        alias = rv.get("alias") or {}
+        colnames = _strings(alias.get("colnames"))
+        entry_name = alias.get("aliasname") or name
+        if schema is None and name in scope.ctes:
+            return _Entry(entry_name, None, _rename(scope.ctes[name], colnames))
+        rel = self.catalog.relation(schema, name, self.search_path)
+        if rel is None:
+            self.reads.add((schema or "", name))
+            return _Entry(entry_name, (schema or "", name), [], opaque=True)
+        self.reads.add((rel.schema, rel.name))
+        cols = self.relation_cols(rel)
+        return _Entry(entry_name, (rel.schema, rel.name), _rename(cols, colnames))
+
+    def relation_cols(self, rel: Relation) -> Cols:
+        if not rel.is_view:
+            return [(c.name, _L(frozenset({rel.source(c.name)}), False, True)) for c in rel.columns]
+        key = ("view", rel.oid)
+        cached = self.catalog.cache.get(key)
+        if cached is None:
+            cached = self._expand_view(rel)
+            self.catalog.cache[key] = cached
+        cols, reads = cached
+        self.reads.update(reads)
+        return list(cols)
+
+    def _expand_view(self, rel: Relation) -> tuple[Cols, frozenset[TableName]]:
+        own = [(c.name, rel.source(c.name)) for c in rel.columns]
+        inner_cols: Cols | None = None
+        reads: set[TableName] = set()
+        if rel.definition and self.depth < MAX_DEPTH:
+            try:
+                stmts = _parse(rel.definition)
+            except LineageError:
+                stmts = []
+            if len(stmts) == 1:
+                # views resolve names with the search path they were read with
+                sub = _Walk(self.catalog, self.catalog.search_path, self.depth + 1)
+                inner_cols = sub.statement(stmts[0].get("stmt"), None)
+                reads = sub.reads
+                if not sub.exact:
+                    inner_cols = None
+        if inner_cols is None or len(inner_cols) != len(own):
+            return [(n, _L(frozenset({s}), True, True)) for n, s in own], frozenset(reads)
+        out = [
+            (n, _L(c.sources | {s}, c.unknown, c.direct))
+            for (n, s), (_, c) in zip(own, inner_cols, strict=True)
+        ]
+        return out, frozenset(reads)
+
+    def join(self, body: dict[str, Any], scope: _Scope) -> tuple[list[_Entry], Cols | None]:
+        le, ls = self.from_item(body.get("larg"), scope)
+        partial = _Scope([*scope.entries, *le], None, scope.parent, scope.ctes, scope.params)
+        re_, rs = self.from_item(body.get("rarg"), partial)
+        entries = [*le, *re_]
+        using = _strings(body.get("usingClause"))
+        if body.get("isNatural") and ls is not None and rs is not None:
+            right_names = {n for n, _ in rs}
+            using = [n for n, _ in ls if n in right_names]
+        star: Cols | None
+        if ls is None or rs is None:
+            star = None
+        elif using:
+            lmap = dict(ls)
+            rmap = dict(rs)
+            merged = [
+                (n, _union([lmap.get(n, _EMPTY), rmap.get(n, _EMPTY)], transparent=True))
+                for n in using
+            ]
+            star = (
+                merged + [c for c in ls if c[0] not in using] + [c for c in rs if c[0] not in using]
+            )
+            ua = body.get("join_using_alias")
+            if ua:
+                entries.append(_Entry(ua.get("aliasname"), None, merged))
+        else:
+            star = ls + rs
+        quals = body.get("quals")
+        if quals:
+            self.expr(
+                quals,
+                _Scope([*scope.entries, *entries], star, scope.parent, scope.ctes, scope.params),
+            )
+        alias = body.get("alias")
+        if alias:
+            cols = _rename(star or [], _strings(alias.get("colnames")))
+            entries = [_Entry(alias.get("aliasname"), None, cols, opaque=star is None)]
+        return entries, star
+
+    def range_function(
+        self, body: dict[str, Any], scope: _Scope
+    ) -> tuple[list[_Entry], Cols | None]:
+        inner = _lateral(scope)
+        cols: Cols | None = []
+        first_name = "?column?"
+        for item in body.get("functions", ()):
+            parts = item.get("List", {}).get("items", []) if isinstance(item, dict) else []
+            call = parts[0] if parts else None
+            coldef = parts[1].get("List", {}).get("items") if len(parts) > 1 and parts[1] else None
+            fcols = self.function_cols(call, coldef, inner)
+            kind, fbody = _unwrap(call)
+            if kind == "FuncCall":
+                first_name = (
+                    _func_name(fbody.get("funcname"))[1] if first_name == "?column?" else first_name
+                )
+            if fcols is None or cols is None:
+                cols = None
+            else:
+                cols.extend(fcols)
+        coldeflist = body.get("coldeflist")
+        alias = body.get("alias") or {}
+        colnames = _strings(alias.get("colnames"))
+        if cols is None and coldeflist:
+            union = self.expr(body.get("functions"), inner)
+            cols = [(_coldef_name(c), _indirect(union)) for c in coldeflist]
+        if cols is not None and body.get("ordinality"):
+            cols.append(("ordinality", _EMPTY))
+        name = alias.get("aliasname") or first_name
+        if cols is None:
+            self.expr(body.get("functions"), inner)
+            return [_Entry(name, None, [], opaque=True)], None
+        if len(cols) == 1 and not colnames and cols[0][0] != name and not alias.get("aliasname"):
+            cols = [(name, cols[0][1])]
+        cols = _rename(cols, colnames)
+        return [_Entry(name, None, cols)], list(cols)
+
+    def function_cols(self, call: Any, coldef: Any, scope: _Scope) -> Cols | None:
+        """The columns a function in FROM yields, or None when their number is unknown."""
+        kind, body = _unwrap(call)
+        if kind != "FuncCall":
+            return [(_column_name(call), self.expr(call, scope))]
+        schema, name = _func_name(body.get("funcname"))
+        args = body.get("args", [])
+        fns = self.catalog.functions_named(schema, name, self.search_path)
+        if fns:
+            per_col = self.user_function_cols(fns, args, scope)
+            if per_col is not None:
+                return per_col
+            if coldef:
+                union = _indirect(self.expr(call, scope))
+                return [(_coldef_name(c), union) for c in coldef]
+            return None
+        union = _indirect(self.expr(call, scope))
+        if coldef:
+            return [(_coldef_name(c), union) for c in coldef]
+        width = _SRF_WIDTH.get(name)
+        if width == -1:
+            return [(name, _indirect(self.expr(a, scope))) for a in args]
+        if width is None:
+            return None
+        names = _SRF_NAMES.get(name, (name,))
+        return [(names[i] if i < len(names) else name, union) for i in range(width)]
+
+    def user_function_cols(
+        self, fns: list[Function], args: list[Any], scope: _Scope
+    ) -> Cols | None:
+        arg_l = _indirect(self.exprs_union(args, scope))
+        if len(fns) != 1:
+            return None
+        fn = fns[0]
+        out_names = fn.out_names
+        width: int | None = len(out_names) if out_names else None
+        if width is None and fn.result_relid:
+            rel = self.catalog.relation_by_oid(fn.result_relid)
+            width = len(rel.columns) if rel is not None else None
+            out_names = tuple(c.name for c in rel.columns) if rel is not None else ()
+        if width is None:
+            if fn.returns_set and not fn.result_relid and fn.language == "sql":
+                body_cols = self.function_body(fn)
+                if body_cols is not None and len(body_cols) == 1:
+                    return [(fn.name, _indirect(_union([body_cols[0][1], arg_l])))]
+                return None
+            width = 1
+            out_names = (fn.name,)
+        if fn.language == "sql":
+            body_cols = self.function_body(fn)
+            if body_cols is not None and len(body_cols) == width:
+                return [
+                    (n, _union([_indirect(c), arg_l]))
+                    for n, (_, c) in zip(out_names, body_cols, strict=True)
+                ]
+            if body_cols is not None:
+                union = _union([_indirect(_union(c for _, c in body_cols)), arg_l])
+                return [(n, union) for n in out_names]
+            return [(n, _UNKNOWN) for n in out_names]
+        if fn.language in ("c", "internal"):
+            return [(n, arg_l) for n in out_names]
+        return [(n, _union([_UNKNOWN, arg_l])) for n in out_names]
+
+    def function_body(self, fn: Function) -> Cols | None:
+        """Output columns of a SQL function's last statement; None when not analysable."""
+        key = ("fn", fn.oid, self.search_path)
+        if key in self.catalog.cache:
+            cols, reads = self.catalog.cache[key]
+            self.reads.update(reads)
+            return cols  # type: ignore[no-any-return]
+        self.catalog.cache[key] = (None, frozenset())  # recursion guard
+        result: Cols | None = None
+        sub = _Walk(self.catalog, self.search_path, self.depth + 1)
+        if fn.body and self.depth < MAX_DEPTH:
+            text = fn.body.strip()
+            upper = text[:16].upper()
+            if upper.startswith("RETURN"):
+                text = "SELECT " + text[6:]
+            elif upper.startswith("BEGIN ATOMIC"):
+                text = text[12:].rstrip().removesuffix(";")
+                text = text.rstrip()[:-3] if text.rstrip().upper().endswith("END") else text
+            try:
+                stmts = _parse(text)
+            except LineageError:
+                stmts = []
+            if stmts:
+                fscope = _Scope([], [], None, {}, params=True)
+                # every statement runs; the last one gives the result
+                for st in stmts[:-1]:
+                    sub.statement(st.get("stmt"), fscope)
+                result = sub.statement(stmts[-1].get("stmt"), fscope)
+                if not sub.exact:
+                    result = None
+        self.catalog.cache[key] = (result, frozenset(sub.reads))
+        self.reads.update(sub.reads)
+        return result
+
+    # ---- DML
+
+    def dml(self, kind: str, body: dict[str, Any], parent: _Scope | None) -> Cols | None:
+        ctes = self._with(body, parent)
+        scope = _Scope([], [], parent, ctes, parent.params if parent else False)
+        rv = body.get("relation") or {}
+        target = self.range_var(rv, scope)
+        if kind == "InsertStmt":
+            cols = [r.get("ResTarget", {}).get("name") for r in body.get("cols", ())]
+            values = self.statement(body.get("selectStmt"), scope) if body.get("selectStmt") else []
+            values = values or []
+            names = [c for c in cols if c] or [n for n, _ in target.cols]
+            fed = {n: v for n, (_, v) in zip(names, values, strict=False)}
+            target.cols = [(n, _union([c, fed.get(n, _EMPTY)])) for n, c in target.cols]
+            scope.entries.append(target)
+            occ = body.get("onConflictClause") or {}
+            if occ.get("targetList"):
+                excluded = _Entry("excluded", None, list(target.cols))
+                cscope = _Scope([target, excluded], None, parent, ctes, scope.params)
+                self._apply_sets(target, occ["targetList"], cscope)
+        else:
+            scope.entries.append(target)
+            extra = body.get("fromClause") if kind == "UpdateStmt" else body.get("usingClause")
+            if kind == "MergeStmt":
+                extra = [body["sourceRelation"]] if body.get("sourceRelation") else []
+            for item in extra or ():
+                entries, _ = self.from_item(item, scope)
+                scope.entries.extend(entries)
+            if kind == "UpdateStmt":
+                self._apply_sets(target, body.get("targetList", ()), scope)
+            if kind == "MergeStmt":
+                merged = _indirect(_union(e.whole() for e in scope.entries[1:]))
+                target.cols = [(n, _union([c, merged])) for n, c in target.cols]
+                self.expr(body.get("mergeWhenClauses"), scope)
+                self.expr(body.get("joinCondition"), scope)
+            self._side(body, scope, ("whereClause",))
+        returning = body.get("returningList")
+        rc = body.get("returningClause")
+        if rc:
+            returning = rc.get("exprs")
+        if not returning:
+            return None
+        # PostgreSQL 18: RETURNING old.* / new.*
+        scope.entries.append(_Entry("old", target.rel, target.cols, target.opaque))
+        scope.entries.append(_Entry("new", target.rel, target.cols, target.opaque))
+        scope.star = None if target.opaque else list(target.cols)
+        return self.targets(returning, scope)
+
+    def _apply_sets(self, target: _Entry, targets: Iterable[Any], scope: _Scope) -> None:
+        assigned: dict[str, _L] = {}
+        for t in targets:
+            rt = t.get("ResTarget", {})
+            name = rt.get("name")
+            val = rt.get("val")
+            kind, body = _unwrap(val)
+            if kind == "MultiAssignRef":
+                val = body.get("source")
+            if name:
+                assigned[name] = _union([assigned.get(name, _EMPTY), self.expr(val, scope)])
+        target.cols = [(n, _union([c, assigned.get(n, _EMPTY)])) for n, c in target.cols]
+
+    # ---- expressions
+
+    def exprs(self, nodes: Iterable[Any], scope: _Scope) -> list[_L]:
+        return [self.expr(n, scope) for n in nodes]
+
+    def exprs_union(self, nodes: Iterable[Any], scope: _Scope) -> _L:
+        return _union(self.expr(n, scope) for n in nodes)
+
+    def expr(self, node: Any, scope: _Scope) -> _L:
+        if isinstance(node, list):
+            return _union(self.expr(n, scope) for n in node)
+        if not isinstance(node, dict):
+            return _EMPTY
+        if len(node) == 1:
+            ((kind, body),) = node.items()
+            if kind[:1].isupper():
+                handler = _EXPR.get(kind)
+                if handler is not None:
+                    result: _L = handler(self, body, scope)
+                    return result
+                return self.generic(body, scope)
+        return self.generic(node, scope)
+
+    def generic(self, body: Any, scope: _Scope, transparent: bool = False) -> _L:
+        if isinstance(body, list):
+            return _union((self.expr(n, scope) for n in body), transparent)
+        if not isinstance(body, dict):
+            return _EMPTY
+        return _union(
+            (
+                self.expr(v, scope)
+                for k, v in body.items()
+                if k not in _WALK_SKIP and isinstance(v, (dict, list))
+            ),
+            transparent,
+        )
+
+    def column_ref(self, body: dict[str, Any], scope: _Scope) -> _L:
+        fields = body.get("fields", [])
+        star = bool(fields) and "A_Star" in fields[-1]
+        names = _strings(fields[:-1] if star else fields)
+        if star:
+            entry = self.find_entry(names, scope) if names else None
+            if entry is not None:
+                return entry.whole()
+            if not names:
+                s: _Scope | None = scope
+                while s is not None:
+                    if s.entries:
+                        return _indirect(_union(e.whole() for e in s.entries))
+                    s = s.parent
+            return _EMPTY if scope.params else _UNKNOWN
+        if len(names) == 1:
+            return self.resolve_name(names[0], scope) or _UNKNOWN
+        qual, col = names[:-1], names[-1]
+        level: _Scope | None = scope
+        while level is not None:
+            entry = _entry_in(qual, level)
+            if entry is not None:
+                if entry.opaque:
+                    return _UNKNOWN
+                found = [c for n, c in entry.cols if n == col]
+                return _union(found, transparent=True) if found else _UNKNOWN
+            level = level.parent
+        # ``compositecol.field`` or ``function_name.param``
+        if len(names) == 2:
+            base = self.resolve_name(names[0], scope, quiet=True)
+            if base is not None:
+                return _indirect(base)
+        return _EMPTY if scope.params else _UNKNOWN
+
+    def resolve_name(self, name: str, scope: _Scope, quiet: bool = False) -> _L | None:
+        level: _Scope | None = scope
+        while level is not None:
+            found = [c for e in level.entries for n, c in e.cols if n == name]
+            if found:
+                return _union(found, transparent=True)
+            if any(e.opaque for e in level.entries):
+                return _UNKNOWN
+            for e in level.entries:
+                if e.name == name:
+                    return e.whole()  # a whole-row reference
+            level = level.parent
+        if quiet:
+            return None
+        return _EMPTY if scope.params else _UNKNOWN
+
+    def find_entry(self, qual: list[str], scope: _Scope) -> _Entry | None:
+        level: _Scope | None = scope
+        while level is not None:
+            e = _entry_in(qual, level)
+            if e is not None:
+                return e
+            level = level.parent
+        return None
+
+    def func_call(self, body: dict[str, Any], scope: _Scope) -> _L:
+        schema, name = _func_name(body.get("funcname"))
+        args = body.get("args", [])
+        if _DYNAMIC_RE.fullmatch(name):
+            return _union([_UNKNOWN, _indirect(self.exprs_union(args, scope))])
+        fns = self.catalog.functions_named(schema, name, self.search_path)
+        if fns:
+            arg_l = _indirect(self.exprs_union(args, scope))
+            parts = [arg_l]
+            for fn in fns:
+                if fn.language == "sql":
+                    cols = self.function_body(fn)
+                    parts.append(
+                        _UNKNOWN if cols is None else _indirect(_union(c for _, c in cols))
+                    )
+                elif fn.language not in ("c", "internal"):
+                    parts.append(_UNKNOWN)
+            return _union(parts)
+        if name in _NO_LINEAGE and schema in (None, "pg_catalog"):
+            self.exprs_union(args, scope)
+            self._side(body, scope, ("agg_filter", "over"))
+            return _EMPTY
+        self._side(body, scope, ("agg_filter", "agg_order", "over"))
+        transparent = name in _TRANSPARENT and schema in (None, "pg_catalog") and len(args) >= 1
+        if transparent and name in ("lag", "lead", "nth_value", "first_value", "last_value"):
+            return self.expr(args[0], scope)
+        return _union((self.expr(a, scope) for a in args), transparent)
+
+    def sublink(self, body: dict[str, Any], scope: _Scope) -> _L:
+        kind = body.get("subLinkType", "")
+        cols = self.statement(body.get("subselect"), scope) or []
+        if kind == "EXISTS_SUBLINK":
+            return _EMPTY
+        inner = _union((c for _, c in cols), transparent=kind == "EXPR_SUBLINK")
+        if kind in ("EXPR_SUBLINK", "ARRAY_SUBLINK", "MULTIEXPR_SUBLINK"):
+            return inner if kind == "EXPR_SUBLINK" else _indirect(inner)
+        return _indirect(_union([inner, self.expr(body.get("testexpr"), scope)]))
+
+
+def _presence(w: _Walk, body: Any, scope: _Scope) -> _L:
+    w.generic(body, scope)
+    return _EMPTY
+
+
+def _leaf(w: _Walk, body: Any, scope: _Scope) -> _L:
+    return _EMPTY
+
+
+def _transparent(w: _Walk, body: Any, scope: _Scope) -> _L:
+    return w.generic(body, scope, transparent=True)
+
+
+def _a_expr(w: _Walk, body: dict[str, Any], scope: _Scope) -> _L:
+    if body.get("kind") == "AEXPR_NULLIF":
+        left = w.expr(body.get("lexpr"), scope)
+        right = w.expr(body.get("rexpr"), scope)
+        return _union([left, _indirect(right)], transparent=True)
+    return _indirect(w.generic(body, scope))
+
+
+def _case(w: _Walk, body: dict[str, Any], scope: _Scope) -> _L:
+    parts = [_indirect(w.expr(body.get("arg"), scope))]
+    for when in body.get("args", ()):
+        cw = when.get("CaseWhen", {})
+        parts.append(_indirect(w.expr(cw.get("expr"), scope)))
+        parts.append(w.expr(cw.get("result"), scope))
+    parts.append(w.expr(body.get("defresult"), scope))
+    return _union(parts, transparent=True)
+
+
+_EXPR: dict[str, Any] = {
+    "ColumnRef": _Walk.column_ref,
+    "FuncCall": _Walk.func_call,
+    "SubLink": _Walk.sublink,
+    "A_Const": _leaf,
+    "ParamRef": _leaf,
+    "SQLValueFunction": _leaf,
+    "TypeName": _leaf,
+    "String": _leaf,
+    "Integer": _leaf,
+    "Float": _leaf,
+    "Boolean": _leaf,
+    "NullTest": _presence,
+    "BooleanTest": _presence,
+    "GroupingFunc": _presence,
+    "TypeCast": _transparent,
+    "CollateClause": _transparent,
+    "CoalesceExpr": _transparent,
+    "MinMaxExpr": _transparent,
+    "A_Expr": _a_expr,
+    "CaseExpr": _case,
+    "SortBy": lambda w, b, s: w.expr(b.get("node"), s),
+    "WindowDef": _presence,
+    "RangeSubselect": lambda w, b, s: _indirect(
+        _union(c for _, c in (w.statement(b.get("subquery"), s) or []))
+    ),
+    "SelectStmt": lambda w, b, s: _indirect(_union(c for _, c in w.select(b, s))),
+}
+
+
+def _entry_in(qual: list[str], scope: _Scope) -> _Entry | None:
+    if len(qual) > 2:
+        qual = qual[-2:]  # catalog.schema.table: the database name is the current one
+    if len(qual) == 1:
+        for e in scope.entries:
+            if e.name == qual[0]:
+                return e
+        return None
+    for e in scope.entries:
+        if e.rel is not None and e.rel == (qual[0], qual[1]) and e.name == qual[1]:
+            return e
+    return None
+
+
+def _lateral(scope: _Scope) -> _Scope:
+    """The scope a FROM-list subquery or function sees: the outer query's, plus (for
+    LATERAL) the FROM items before it.  Non-lateral references would be errors anyway."""
+    return _Scope(list(scope.entries), None, scope.parent, scope.ctes, scope.params)
+
+
+def _rename(cols: Cols, names: list[str]) -> Cols:
+    if not names:
+        return list(cols)
+    return [(names[i] if i < len(names) else n, c) for i, (n, c) in enumerate(cols)]
+
+
+def _merge_positional(left: Cols, right: Cols, transparent: bool) -> Cols:
+    out: Cols = []
+    for i in range(max(len(left), len(right))):
+        parts = [c[i][1] for c in (left, right) if i < len(c)]
+        name = left[i][0] if i < len(left) else right[i][0]
+        out.append((name, _union(parts, transparent)))
+    return out
+
+
+def _coldef_name(node: Any) -> str:
+    _, body = _unwrap(node)
+    return str(body.get("colname", "?column?")) if isinstance(body, dict) else "?column?"
+
+
+def _column_name(node: Any) -> str:
+    """The name PostgreSQL gives an unnamed output column (roughly FigureColname)."""
+    kind, body = _unwrap(node)
+    if kind == "ColumnRef":
+        names = _strings(body.get("fields"))
+        return names[-1] if names else "?column?"
+    if kind == "FuncCall":
+        return _func_name(body.get("funcname"))[1] or "?column?"
+    if kind == "TypeCast":
+        inner = _column_name(body.get("arg"))
+        if inner != "?column?":
+            return inner
+        names = _strings(body.get("typeName", {}).get("names"))
+        return names[-1] if names else "?column?"
+    if kind == "CoalesceExpr":
+        return "coalesce"
+    if kind == "CaseExpr":
+        return "case"
+    if kind == "SubLink" and body.get("subLinkType") == "EXPR_SUBLINK":
+        sub = body.get("subselect", {}).get("SelectStmt", {})
+        tl = sub.get("targetList") or []
+        if tl:
+            rt = tl[0].get("ResTarget", {})
+            return str(rt.get("name") or _column_name(rt.get("val")))
+    return "?column?"
+
+
+# -- statements -------------------------------------------------------------------------------
+
+
+def _copy_options(body: dict[str, Any]) -> CopyOptions:
+    opts: dict[str, Any] = {}
+    for o in body.get("options", ()):
+        d = o.get("DefElem", {})
+        name = d.get("defname", "")
+        _, arg = _unwrap(d.get("arg"))
+        value = arg.get("sval") if isinstance(arg, dict) else None
+        if name == "format" and value in ("text", "csv", "binary"):
+            opts["format"] = value
+        elif name in ("delimiter", "null", "quote", "escape") and isinstance(value, str):
+            opts[name] = value
+        elif name == "header":
+            ival = arg.get("ival") if isinstance(arg, dict) else None
+            bval = arg.get("boolval") if isinstance(arg, dict) else None
+            opts["header"] = (
+                d.get("arg") is None
+                or bool(bval)
+                or bool(ival)
+                or (isinstance(value, str) and value.lower() not in ("false", "off", "0", "no"))
+            )
+    fmt = opts.get("format", "text")
+    if fmt == "csv":
+        opts.setdefault("delimiter", ",")
+        opts.setdefault("null", "")
+        opts.setdefault("escape", opts.get("quote", '"'))
+    return CopyOptions(**opts)
+
+
+def lineage_of_tree(
+    stmt: Any, catalog: Catalog, search_path: Iterable[str] = ("public",), user: str | None = None
+) -> StatementLineage:
+    """Lineage of one parsed statement (a ``{"SelectStmt": ...}`` node from the JSON tree)."""
+    path = _effective_path(search_path, user)
+    w = _Walk(catalog, path)
+    kind, body = _unwrap(stmt)
+    body = body if isinstance(body, dict) else {}
+
+    def done(command: str, cols: Cols | None, **kw: Any) -> StatementLineage:
+        columns = tuple(ColumnLineage(n, c.sources, c.unknown, c.direct) for n, c in cols or ())
+        return StatementLineage(
+            command, columns, frozenset(w.reads), cols is not None or kw.pop("rows", False),
+            exact=w.exact and kw.pop("exact", True), **kw,
+        )  # fmt: skip
+
+    if kind in ("SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"):
+        command = {"SelectStmt": "SELECT", "InsertStmt": "INSERT", "UpdateStmt": "UPDATE", "DeleteStmt": "DELETE", "MergeStmt": "MERGE"}[kind]  # fmt: skip
+        cols = w.statement(stmt, None)
+        if kind == "SelectStmt" and body.get("intoClause"):
+            return done("SELECT INTO", None)
+        return done(command, cols)
+    if kind == "CopyStmt":
+        if body.get("is_from") or body.get("filename") is not None or body.get("is_program"):
+            return done("COPY", None)
+        opts = _copy_options(body)
+        if body.get("query"):
+            cols = w.statement(body["query"], None)
+            return done("COPY", cols, copy=opts)
+        rv = body.get("relation") or {}
+        scope = _Scope([], [], None, {})
+        entry = w.range_var(rv, scope)
+        attlist = _strings(body.get("attlist"))
+        rel = catalog.relation(rv.get("schemaname"), rv.get("relname", ""), path)
+        if entry.opaque or rel is None:
+            w.exact = False
+            return done("COPY", [("*", _UNKNOWN)], copy=opts)
+        by_name = dict(entry.cols)
+        names = attlist or [n for n, _ in entry.cols]
+        types = {c.name: c.type_oid for c in rel.columns}
+        cols = [(n, by_name.get(n, _UNKNOWN)) for n in names]
+        opts = CopyOptions(**{**_asdict(opts), "type_oids": tuple(types.get(n) for n in names)})
+        return done("COPY", cols, copy=opts)
+    if kind == "ExplainStmt":
+        return done("EXPLAIN", [("QUERY PLAN", _EMPTY)])
+    if kind == "DeclareCursorStmt":
+        inner = lineage_of_tree(body.get("query"), catalog, search_path, user)
+        return StatementLineage(
+            "DECLARE CURSOR",
+            inner.columns,
+            inner.tables_read,
+            False,
+            inner.exact,
+            declares=body.get("portalname"),
+        )
+    if kind == "PrepareStmt":
+        inner = lineage_of_tree(body.get("query"), catalog, search_path, user)
+        return StatementLineage(
+            "PREPARE",
+            inner.columns,
+            inner.tables_read,
+            False,
+            inner.exact,
+            prepares=body.get("name"),
+        )
+    if kind == "FetchStmt":
+        if body.get("ismove"):
+            return done("MOVE", None)
+        return done("FETCH", None, rows=True, exact=False, fetches=body.get("portalname"))
+    if kind == "ExecuteStmt":
+        w.expr(body.get("params"), _Scope([], [], None, {}))
+        return done("EXECUTE", None, rows=True, exact=False, executes=body.get("name"))
+    if kind == "VariableShowStmt":
+        return done("SHOW", [(body.get("name", "setting"), _EMPTY)])
+    if kind == "CallStmt":
+        call = body.get("funccall", {})
+        lin = w.expr({"FuncCall": call}, _Scope([], [], None, {}))
+        # a procedure with OUT parameters returns one row; its width is not known here
+        return done("CALL", [("*", _union([lin, _UNKNOWN]))], exact=False)
+    if kind == "CreateTableAsStmt":
+        w.statement(body.get("query"), None)
+        return done("CREATE TABLE AS", None)
+    return done(kind.removesuffix("Stmt").upper() or "EMPTY", None)
+
+
+def _asdict(opts: CopyOptions) -> dict[str, Any]:
+    return {f: getattr(opts, f) for f in CopyOptions.__slots__}
+
+
+def analyze_lineage(
+    sql: str, catalog: Catalog, search_path: Iterable[str] = ("public",), user: str | None = None
+) -> list[StatementLineage]:
+    """Lineage of every statement in ``sql``.  ``search_path`` is the session's (``$user``
+    is replaced by ``user``).  Raises :class:`LineageError` when the SQL does not parse."""
+    path = tuple(search_path)
+    return [lineage_of_tree(s.get("stmt"), catalog, path, user) for s in _parse(sql)]
+
+
+# -- mask plans --------------------------------------------------------------------------------
+
+Unresolved = Literal["detect", "deny"]
+
+
+@dataclass(frozen=True, slots=True)
+class MaskSettings:
+    """What to do with what lineage found.
+
+    ``strategies`` gives the strategy per data class (defaults: :data:`DEFAULT_STRATEGIES`);
+    ``column_strategies`` one per source column (``"schema.table.column"``: strategy),
+    e.g. from a policy's mask rule.  ``unresolved`` is the conservative choice for a column
+    whose lineage is unknown in a statement that reads a table with sensitive columns:
+    ``"detect"`` masks its values by value detection, ``"deny"`` refuses the statement.
+    """
+
+    strategies: Mapping[DataClass, str] = field(default_factory=lambda: dict(DEFAULT_STRATEGIES))
+    column_strategies: Mapping[str, str] = field(default_factory=dict)
+    unresolved: Unresolved = "detect"
+
+    def __post_init__(self) -> None:
+        for s in (*self.strategies.values(), *self.column_strategies.values()):
+            if s not in STRATEGIES:
+                raise ValueError(f"unknown masking strategy {s!r} (known: {', '.join(STRATEGIES)})")
+
+    def strategy_for(self, data_class: DataClass, sources: Iterable[SourceColumn]) -> str:
+        chosen: str | None = None
+        for src in sources:
+            s = self.column_strategies.get(str(src))
+            if s is not None and (chosen is None or STRATEGIES.index(s) > STRATEGIES.index(chosen)):
+                chosen = s  # the strictest of several
+        return chosen or self.strategies.get(data_class, DEFAULT_STRATEGIES[data_class])
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnMask:
+    """How to mask one output column.  ``data_class`` None with strategy ``"detect"``: find
+    sensitive values by value detection and mask those."""
+
+    index: int
+    data_class: DataClass | None
+    strategy: str
+    sources: frozenset[SourceColumn]
+    reason: Literal["lineage", "unresolved", "row-description"]
+
+
+@dataclass(frozen=True, slots=True)
+class MaskPlan:
+    columns: tuple[ColumnMask | None, ...]
+    reads_sensitive: bool = False
+    deny: bool = False
+    reason: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.deny or any(c is not None for c in self.columns)
+
+    @property
+    def data_classes(self) -> frozenset[DataClass]:
+        return frozenset(
+            c.data_class for c in self.columns if c is not None and c.data_class is not None
+        )
+
+
+NO_MASKS = MaskPlan(())
+
+
+def plan_masks(
+    lineage: StatementLineage, classmap: ClassMap, settings: MaskSettings | None = None
+) -> MaskPlan:
+    """Per output column: the class and strategy to mask with, ``detect`` when its lineage
+    is unknown and the statement reads a table with sensitive columns, or nothing."""
+    settings = settings or MaskSettings()
+    sensitive_tables = classmap.tables
+    reads_sensitive = not sensitive_tables.isdisjoint(lineage.tables_read)
+    if not lineage.returns_rows:
+        return MaskPlan((), reads_sensitive)
+    if reads_sensitive and not lineage.exact:
+        if settings.unresolved == "deny":
+            return MaskPlan(
+                (),
+                True,
+                True,
+                "the result columns of a statement that reads sensitive data could not be resolved",
+            )
+        return MaskPlan(
+            tuple(
+                ColumnMask(i, None, "detect", c.sources, "unresolved")
+                for i, c in enumerate(lineage.columns)
+            ),
+            True,
+        )
+    out: list[ColumnMask | None] = []
+    unresolved: list[str] = []
+    for i, col in enumerate(lineage.columns):
+        classes = {c.data_class for s in col.sources if (c := classmap.columns.get(s)) is not None}
+        if classes:
+            cls = most_sensitive(classes)
+            assert cls is not None
+            hits = [s for s in col.sources if s in classmap.columns]
+            strategy = settings.strategy_for(cls, hits)
+            if strategy == "partial" and not (col.direct and len(classes) == 1):
+                strategy = (
+                    "redact"  # a partial view of a composite value can show another value's part
+                )
+            out.append(ColumnMask(i, cls, strategy, frozenset(hits), "lineage"))
+        elif col.unknown and reads_sensitive:
+            unresolved.append(col.name)
+            out.append(ColumnMask(i, None, "detect", col.sources, "unresolved"))
+        else:
+            out.append(None)
+    if unresolved and settings.unresolved == "deny":
+        return MaskPlan(
+            (), True, True, f"cannot tell what column(s) {', '.join(unresolved)} derive from"
+        )
+    return MaskPlan(tuple(out), reads_sensitive)

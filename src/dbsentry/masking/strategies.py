@@ -1,0 +1,476 @@
+"""Masking strategies, and masked values that stay valid for the column's type.
+
+Strategies (from least to most destructive, :data:`STRATEGIES`):
+
+- ``partial``: keep what identifies the record to a human without revealing the value:
+  the last 4 digits of a card or national id with its format (``**** **** **** 4242``,
+  ``***-**-6789``), the domain of an email (``****@example.com``), the last digits of a
+  phone, the country and last 4 of an IBAN, the network half of an IPv4 address, initials
+  of a name, the year of a date of birth.  Secrets and addresses fall back to ``redact``.
+- ``hash``: keyed HMAC-SHA256 of the value, deterministic per key so joins, ``GROUP BY``
+  and ``DISTINCT`` still work; format-preserving where the format is simple (digits stay
+  digits, separators stay, emails stay emails, IPv4 stays a private IPv4), otherwise 16
+  hex characters.
+- ``redact``: a fixed placeholder per class (:data:`PLACEHOLDERS`, e.g. ``<email>``).
+- ``null``: SQL NULL.
+
+A masked value must decode as the type the client was told in RowDescription, in text and
+binary format: see :func:`make_masker`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import re
+from collections.abc import Callable
+
+import orjson
+
+from dbsentry.masking.classes import DataClass
+from dbsentry.masking.detect import detect_value, find_sensitive
+
+__all__ = [
+    "DEFAULT_STRATEGIES",
+    "PLACEHOLDERS",
+    "STRATEGIES",
+    "Masker",
+    "make_detect_masker",
+    "make_masker",
+    "mask_text",
+    "scan_text",
+]
+
+STRATEGIES: tuple[str, ...] = ("partial", "hash", "redact", "null")
+
+DEFAULT_STRATEGIES: dict[DataClass, str] = {
+    DataClass.EMAIL: "partial",
+    DataClass.PHONE: "partial",
+    DataClass.PERSON_NAME: "redact",
+    DataClass.POSTAL_ADDRESS: "redact",
+    DataClass.DATE_OF_BIRTH: "redact",
+    DataClass.NATIONAL_ID: "partial",
+    DataClass.PAYMENT_CARD: "partial",
+    DataClass.IBAN: "partial",
+    DataClass.IP_ADDRESS: "partial",
+    DataClass.SECRET: "redact",
+}
+
+PLACEHOLDERS: dict[DataClass | None, str] = {
+    DataClass.EMAIL: "<email>",
+    DataClass.PHONE: "<phone>",
+    DataClass.PERSON_NAME: "<name>",
+    DataClass.POSTAL_ADDRESS: "<address>",
+    DataClass.DATE_OF_BIRTH: "<dob>",
+    DataClass.NATIONAL_ID: "<national_id>",
+    DataClass.PAYMENT_CARD: "<card>",
+    DataClass.IBAN: "<iban>",
+    DataClass.IP_ADDRESS: "<ip>",
+    DataClass.SECRET: "<secret>",
+    None: "<redacted>",
+}
+
+# -- on strings -------------------------------------------------------------------------------
+
+
+def _mask_alnum_keep_last(s: str, keep: int, alnum: bool) -> str:
+    """Replace digits (and letters when ``alnum``) with ``*`` except the last ``keep`` of them."""
+    test = str.isalnum if alnum else str.isdigit
+    total = sum(1 for ch in s if test(ch))
+    if total <= keep:
+        keep = 0
+    seen = 0
+    out = []
+    for ch in s:
+        if test(ch):
+            seen += 1
+            out.append(ch if seen > total - keep else "*")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+_DATE_RE = re.compile(r"(\d{4})([-/.])\d{1,2}\2\d{1,2}(.*)", re.DOTALL)
+
+
+def _partial(value: str, cls: DataClass | None) -> str:
+    if cls is DataClass.PAYMENT_CARD:
+        return _mask_alnum_keep_last(value, 4, alnum=False)
+    if cls is DataClass.NATIONAL_ID:
+        n = sum(ch.isalnum() for ch in value)
+        return _mask_alnum_keep_last(value, 4 if n >= 9 else 2 if n >= 6 else 0, alnum=True)
+    if cls is DataClass.EMAIL:
+        local, at, domain = value.rpartition("@")
+        return f"****@{domain}" if at and local else PLACEHOLDERS[cls]
+    if cls is DataClass.PHONE:
+        n = sum(ch.isdigit() for ch in value)
+        return _mask_alnum_keep_last(value, 4 if n >= 10 else 2, alnum=False)
+    if cls is DataClass.IBAN:
+        s = value.strip()
+        if len(s) < 8:
+            return PLACEHOLDERS[cls]
+        return s[:2] + _mask_alnum_keep_last(s[2:], 4, alnum=True)
+    if cls is DataClass.IP_ADDRESS:
+        try:
+            ip = ipaddress.ip_address(value.strip())
+        except ValueError:
+            return PLACEHOLDERS[cls]
+        if ip.version == 4:
+            a, b, _, _ = str(ip).split(".")
+            return f"{a}.{b}.0.0"
+        return str(ipaddress.ip_network(f"{ip}/48", strict=False).network_address)
+    if cls is DataClass.PERSON_NAME:
+        return " ".join(w[0] + "*" * (len(w) - 1) if w else w for w in value.split(" "))
+    if cls is DataClass.DATE_OF_BIRTH:
+        m = _DATE_RE.fullmatch(value.strip())
+        if m:
+            return f"{m.group(1)}{m.group(2)}**{m.group(2)}**"
+        return PLACEHOLDERS[cls]
+    return PLACEHOLDERS[cls]
+
+
+def _digest(key: bytes, data: bytes, n: int = 32) -> bytes:
+    out = b""
+    counter = 0
+    while len(out) < n:
+        out += hmac.new(
+            key, data + (counter.to_bytes(4, "big") if counter else b""), hashlib.sha256
+        ).digest()
+        counter += 1
+    return out[:n]
+
+
+def _hash_shape(value: str, digest: bytes) -> str:
+    """Digits become digits and letters letters (case kept), from the digest; the rest stays."""
+    out = []
+    i = 0
+    for ch in value:
+        if ch.isascii() and ch.isdigit():
+            out.append(chr(48 + digest[i % len(digest)] % 10))
+            i += 1
+        elif ch.isascii() and ch.isalpha():
+            base = 65 if ch.isupper() else 97
+            out.append(chr(base + digest[i % len(digest)] % 26))
+            i += 1
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _hash(value: str, cls: DataClass | None, key: bytes) -> str:
+    raw = value.encode("utf-8", "surrogateescape")
+    d = _digest(key, raw, 64 if len(value) > 32 else 32)
+    if cls is DataClass.EMAIL and "@" in value:
+        domain = value.rpartition("@")[2]
+        dd = _digest(key, b"domain:" + domain.lower().encode("utf-8", "surrogateescape"), 8)
+        return f"{d[:5].hex()}@{dd[:4].hex()}.invalid"
+    if (
+        cls in (DataClass.PAYMENT_CARD, DataClass.PHONE, DataClass.NATIONAL_ID, DataClass.IBAN)
+        and len(value) <= 64
+    ):
+        return _hash_shape(value, d)
+    if cls is DataClass.IP_ADDRESS:
+        try:
+            ip = ipaddress.ip_address(value.strip())
+        except ValueError:
+            return d[:8].hex()
+        if ip.version == 4:
+            return f"10.{d[0]}.{d[1]}.{d[2]}"
+        return str(ipaddress.IPv6Address(b"\xfd" + d[:15]))
+    return d[:8].hex()
+
+
+def mask_text(value: str, cls: DataClass | None, strategy: str, key: bytes = b"") -> str | None:
+    """The masked form of a text value (None for SQL NULL)."""
+    if strategy == "null":
+        return None
+    if strategy == "redact":
+        return PLACEHOLDERS[cls]
+    if strategy == "hash":
+        return _hash(value, cls, key)
+    if strategy == "partial":
+        return _partial(value, cls)
+    raise ValueError(f"unknown masking strategy {strategy!r}")
+
+
+def scan_text(value: str, strategies: dict[DataClass, str], key: bytes = b"") -> str | None:
+    """``value`` with every sensitive value detected in it masked.  A value that is
+    sensitive as a whole is masked as a whole (NULL if its strategy says so); sensitive
+    parts of a longer text are replaced in place (``null`` parts are redacted)."""
+    whole = detect_value(value)
+    if whole is not None:
+        return mask_text(value, whole, strategies.get(whole, DEFAULT_STRATEGIES[whole]), key)
+    if len(value) < 16:
+        return value
+    spans = find_sensitive(value)
+    if not spans:
+        return value
+    out = []
+    pos = 0
+    for sp in spans:
+        if sp.start < pos:
+            continue
+        out.append(value[pos : sp.start])
+        strategy = strategies.get(sp.data_class, DEFAULT_STRATEGIES[sp.data_class])
+        part = mask_text(
+            value[sp.start : sp.end],
+            sp.data_class,
+            "redact" if strategy == "null" else strategy,
+            key,
+        )
+        out.append(part or "")
+        pos = sp.end
+    out.append(value[pos:])
+    return "".join(out)
+
+
+# -- on wire values -----------------------------------------------------------------------------
+
+#: Takes a field's bytes as the server sent them (never NULL), returns the masked bytes or
+#: None for NULL.
+Masker = Callable[[bytes], bytes | None]
+
+OID_BYTEA = 17
+OID_CHAR = 18
+OID_NAME = 19
+OID_INT8 = 20
+OID_INT2 = 21
+OID_INT4 = 23
+OID_TEXT = 25
+OID_JSON = 114
+OID_XML = 142
+OID_UNKNOWN = 705
+OID_BPCHAR = 1042
+OID_VARCHAR = 1043
+OID_NUMERIC = 1700
+OID_UUID = 2950
+OID_JSONB = 3802
+FIRST_USER_OID = 16384
+
+_TEXT_OIDS = frozenset({OID_TEXT, OID_VARCHAR, OID_BPCHAR, OID_NAME, OID_UNKNOWN, OID_CHAR})
+# whose text form is all digits, so value detection can look at them in text format
+_DIGIT_OIDS = frozenset({OID_INT8, OID_INT4, OID_INT2, OID_NUMERIC})
+# text[], varchar[], bpchar[], json[], jsonb[], record
+_ARRAY_TEXT_OIDS = frozenset({1009, 1015, 1014, 199, 3807, 2249})
+
+
+def _kind(type_oid: int, fmt: int) -> str:
+    """How masked values of this type are written: text, json, jsonb, bytea, uuid or null."""
+    if type_oid in _TEXT_OIDS:
+        return "text"
+    if type_oid == OID_JSON:
+        return "json"
+    if type_oid == OID_JSONB:
+        return "jsonb"
+    if type_oid == OID_BYTEA:
+        return "bytea"
+    if type_oid == OID_UUID:
+        return "uuid"
+    if type_oid >= FIRST_USER_OID and fmt == 0:
+        return "text"  # citext and other extension types read as text; binary formats are unknown
+    return "null"
+
+
+def _fit(s: str, type_oid: int, typmod: int) -> str:
+    """Pad or cut a masked text to the declared length of ``char(n)``/``varchar(n)``/``name``."""
+    if type_oid in (OID_BPCHAR, OID_VARCHAR) and typmod >= 4:
+        n = typmod - 4
+        s = s[:n]
+        return s.ljust(n) if type_oid == OID_BPCHAR else s
+    if type_oid == OID_CHAR:
+        return s[:1]
+    if type_oid == OID_NAME:
+        b = s.encode()[:63]
+        return b.decode("utf-8", "ignore")
+    return s
+
+
+def _decode(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _encode(s: str) -> bytes:
+    return s.encode("utf-8", "surrogateescape")
+
+
+def _bytea_value(raw: bytes, fmt: int) -> bytes:
+    if fmt == 1:
+        return raw
+    if raw.startswith(b"\\x"):
+        try:
+            return bytes.fromhex(raw[2:].decode("ascii"))
+        except ValueError:
+            return raw
+    return raw
+
+
+def _json_inner(text: str) -> str | None:
+    """The string a JSON document is, when it is a JSON string."""
+    t = text.strip()
+    if t.startswith('"'):
+        try:
+            v = orjson.loads(t)
+        except orjson.JSONDecodeError:
+            return None
+        return v if isinstance(v, str) else None
+    return None
+
+
+def make_masker(
+    strategy: str,
+    cls: DataClass | None,
+    type_oid: int,
+    typmod: int = -1,
+    fmt: int = 0,
+    key: bytes = b"",
+) -> Masker:
+    """A function that masks one field of a column of type ``type_oid`` in format ``fmt``
+    (0 text, 1 binary) with ``strategy``.
+
+    - text types (text, varchar, bpchar, name, "char", unknown; extension types such as
+      citext in text format): masked text, fitted to the declared length;
+    - json/jsonb: a JSON string (binary jsonb gets its version byte); a JSON document that is
+      a string is masked inside, any other document is replaced whole (``partial`` of a
+      document is ``redact``);
+    - bytea: ``\\x`` hex in text format, raw bytes in binary; ``partial`` is ``redact``,
+      ``hash`` gives 16 digest bytes;
+    - uuid with ``hash``: a UUID from the digest, so joins keep working;
+    - every other type (numbers, dates, inet, arrays, composites...): NULL.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown masking strategy {strategy!r}")
+    kind = _kind(type_oid, fmt)
+    if strategy == "null" or kind == "null" or (kind == "uuid" and strategy != "hash"):
+        return _null
+    if kind == "uuid":
+        return lambda raw: _uuid_hash(raw, fmt, key)
+    if kind == "text":
+        if strategy == "redact":
+            const = _encode(_fit(PLACEHOLDERS[cls], type_oid, typmod))
+            return lambda raw: const
+
+        def text_masker(raw: bytes) -> bytes | None:
+            out = mask_text(_decode(raw), cls, strategy, key)
+            return None if out is None else _encode(_fit(out, type_oid, typmod))
+
+        return text_masker
+    if kind in ("json", "jsonb"):
+        prefix = b"\x01" if kind == "jsonb" and fmt == 1 else b""
+        if strategy == "redact":
+            const = prefix + orjson.dumps(PLACEHOLDERS[cls])
+            return lambda raw: const
+
+        def json_masker(raw: bytes) -> bytes | None:
+            body = raw[1:] if prefix and raw[:1] == b"\x01" else raw
+            text = _decode(body)
+            inner = _json_inner(text)
+            if inner is None:
+                out = mask_text(text, cls, "redact" if strategy == "partial" else strategy, key)
+            else:
+                out = mask_text(inner, cls, strategy, key)
+            return None if out is None else prefix + orjson.dumps(out)
+
+        return json_masker
+    # bytea
+    if strategy in ("redact", "partial"):
+        placeholder = _encode(PLACEHOLDERS[cls])
+        const = placeholder if fmt == 1 else b"\\x" + placeholder.hex().encode()
+        return lambda raw: const
+
+    def bytea_masker(raw: bytes) -> bytes | None:
+        d = _digest(key, _bytea_value(raw, fmt), 16)
+        return d if fmt == 1 else b"\\x" + d.hex().encode()
+
+    return bytea_masker
+
+
+def _null(raw: bytes) -> bytes | None:
+    return None
+
+
+def _uuid_hash(raw: bytes, fmt: int, key: bytes) -> bytes:
+    d = _digest(key, raw if fmt == 1 else bytes.fromhex(_decode(raw).replace("-", "")), 16)
+    if fmt == 1:
+        return d
+    h = d.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()
+
+
+def _scan_json(value: object, strategies: dict[DataClass, str], key: bytes) -> object:
+    if isinstance(value, str):
+        return scan_text(value, strategies, key)
+    if isinstance(value, dict):
+        return {k: _scan_json(v, strategies, key) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scan_json(v, strategies, key) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**8:
+        found = detect_value(str(value))
+        if found is not None:
+            return mask_text(
+                str(value), found, strategies.get(found, DEFAULT_STRATEGIES[found]), key
+            )
+    return value
+
+
+def make_detect_masker(
+    type_oid: int,
+    typmod: int = -1,
+    fmt: int = 0,
+    key: bytes = b"",
+    strategies: dict[DataClass, str] | None = None,
+) -> Masker | None:
+    """A masker that looks at each value and masks what :func:`detect_value` and
+    :func:`find_sensitive` recognise (the conservative fallback for unresolved columns).
+    Text values are scanned (whole values and parts of longer texts); JSON documents are
+    walked and their string leaves scanned; digit-only types (integers, numeric) in text
+    format are checked as a whole and become NULL on a hit.  None when the column's
+    type cannot carry what the detectors find (binary numbers, dates, booleans...)."""
+    strat = dict(DEFAULT_STRATEGIES)
+    if strategies:
+        strat.update(strategies)
+    kind = _kind(type_oid, fmt)
+    if kind == "text":
+
+        def text_scan(raw: bytes) -> bytes | None:
+            text = _decode(raw)
+            out = scan_text(text, strat, key)
+            if out is text:
+                return raw
+            return None if out is None else _encode(_fit(out, type_oid, typmod))
+
+        return text_scan
+    if kind in ("json", "jsonb"):
+        binary = kind == "jsonb" and fmt == 1
+
+        def json_scan(raw: bytes) -> bytes | None:
+            body = raw[1:] if binary else raw
+            try:
+                doc = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                return (b"\x01" if binary else b"") + orjson.dumps(PLACEHOLDERS[None])
+            masked = _scan_json(doc, strat, key)
+            if masked == doc:
+                return raw
+            return (b"\x01" if binary else b"") + orjson.dumps(masked)
+
+        return json_scan
+    if type_oid in _DIGIT_OIDS and fmt == 0:
+
+        def digits_scan(raw: bytes) -> bytes | None:
+            return None if len(raw) >= 9 and detect_value(_decode(raw)) is not None else raw
+
+        return digits_scan
+    if kind == "bytea" or (
+        fmt == 0 and (type_oid >= FIRST_USER_OID or type_oid in _ARRAY_TEXT_OIDS)
+    ):
+        # bytea, text and json arrays, composites and extension types: a hit anywhere in
+        # the value makes it NULL
+        bytea = kind == "bytea"
+
+        def any_scan(raw: bytes) -> bytes | None:
+            text = _decode(_bytea_value(raw, fmt) if bytea else raw)
+            return None if detect_value(text) is not None or find_sensitive(text, limit=1) else raw
+
+        return any_scan
+    return None
