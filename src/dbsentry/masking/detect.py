@@ -138,7 +138,7 @@ _EMAIL_RE = re.compile(
     r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,24}"
 )
 _SSN_RE = re.compile(r"(\d{3})([- ])(\d{2})\2(\d{4})")
-_SIN_RE = re.compile(r"([1-79]\d{2})([- ])(\d{3})\2(\d{3})")
+_SIN_RE = re.compile(r"([0-79]\d{2})([- ])(\d{3})\2(\d{3})")  # 8xx is never issued
 _CARD_SHAPE_RE = re.compile(r"\d{4}(?:[ -]?\d){9,15}")
 _NANP_RE = re.compile(r"(?:\+?1[ .-]?)?(?:\([2-9]\d{2}\) ?|[2-9]\d{2}[ .-])[2-9]\d{2}[ .-]\d{4}")
 _INTL_PHONE_RE = re.compile(r"\+[1-9][\d ().-]{6,20}\d")
@@ -238,7 +238,10 @@ def _digits_class(s: str) -> DataClass | None:
             return DataClass.NATIONAL_ID
     if n >= 13 and _CARD_SHAPE_RE.fullmatch(s) and _card_ok(s):
         return DataClass.PAYMENT_CARD
-    if n >= 10 and (_NANP_RE.fullmatch(s) or _NATIONAL_PHONE_RE.fullmatch(s)):
+    if n >= 10 and (
+        _NANP_RE.fullmatch(s)
+        or (_NATIONAL_PHONE_RE.fullmatch(s) and sum(ch.isdigit() for ch in s) >= 10)
+    ):
         return DataClass.PHONE
     return None
 
@@ -318,32 +321,35 @@ class Span:
     data_class: DataClass
 
 
-_CANDIDATES_RE = re.compile(
-    r"(?P<pem>-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----.*?(?:-----END [A-Z0-9 ]*-----|\Z))"
-    r"|(?P<email>[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24})"
-    r"|(?P<iban>(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?(?![A-Za-z0-9]))"
-    r"|(?P<tok>(?<![A-Za-z0-9_$./+=:-])[A-Za-z0-9_$./+=:,-]{16,}(?![A-Za-z0-9_$./+=:-]))"
-    r"|(?P<num>(?<![\w.+-])(?:\+|\()?\d[\d ().-]{5,22}\d(?![\w]))"
-    r"|(?P<word>(?<![\w])[A-Z0-9][A-Z0-9 -]{6,14}[A-Z0-9](?![\w]))",
-    re.DOTALL,
+# Candidate patterns, each searched on its own so that a failed candidate of one kind
+# cannot swallow a real value of another.
+_CANDIDATES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("pem", re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----.*?(?:-----END [A-Z0-9 ]*-----|\Z)", re.DOTALL)),
+    ("email", re.compile(r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}")),
+    ("iban", re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?(?![A-Za-z0-9])")),
+    ("tok", re.compile(r"(?<![A-Za-z0-9_$./+=:-])[A-Za-z0-9_$./+=:,-]{16,}(?![A-Za-z0-9_$./+=:-])")),
+    ("num", re.compile(r"(?<![\w.+-])(?:\+|\()?\d[\d ().-]{5,22}\d(?![\w])")),
+    ("word", re.compile(r"(?<![\w])[A-Z0-9]{2}[A-Z0-9 -]{5,12}[A-Z0-9](?![\w])")),
+)  # fmt: skip
+
+
+# Everything the candidates can match contains one of these; most text contains none.
+_MAYBE_RE = re.compile(
+    r"@|\d\d|\d\.\d|::|[0-9a-fA-F]:[0-9a-fA-F]|-----BEGIN|[A-Za-z0-9_$./+=:-]{16}"
 )
 
 
-def find_sensitive(text: str, limit: int = 64) -> list[Span]:
-    """Sensitive values inside ``text`` (emails, cards, national ids, IBANs, IPs, secrets),
-    in order, at most ``limit`` of them.  The AWS secret-key-in-context rule reports the
-    key itself."""
+def _candidate_spans(text: str) -> list[Span]:
     out: list[Span] = []
-    if len(text) < 7:
-        return out
-    for m in _CANDIDATES_RE.finditer(text):
-        kind = m.lastgroup
-        start, end = m.span()
-        if kind == "pem":
-            out.append(Span(start, end, DataClass.SECRET))
-        elif kind == "email":
-            out.append(Span(start, end, DataClass.EMAIL))
-        else:
+    for kind, pattern in _CANDIDATES:
+        for m in pattern.finditer(text):
+            start, end = m.span()
+            if kind == "pem":
+                out.append(Span(start, end, DataClass.SECRET))
+                continue
+            if kind == "email":
+                out.append(Span(start, end, DataClass.EMAIL))
+                continue
             cand = m.group()
             found = detect_value(cand)
             if found is None and kind == "tok":
@@ -355,15 +361,29 @@ def find_sensitive(text: str, limit: int = 64) -> list[Span]:
                         break
             if found is not None:
                 out.append(Span(start, end, found))
-        if len(out) >= limit:
-            return out
-    if ("ecret" in text or "ECRET" in text) and len(out) < limit:
+    if "ecret" in text or "ECRET" in text:
         for m in _AWS_SECRET_CTX_RE.finditer(text):
             s, e = m.span(1)
-            if not any(sp.start <= s < sp.end for sp in out):
-                out.append(Span(s, e, DataClass.SECRET))
-        out.sort(key=lambda sp: sp.start)
-    return out[:limit]
+            out.append(Span(s, e, DataClass.SECRET))
+    return out
+
+
+def find_sensitive(text: str, limit: int = 64) -> list[Span]:
+    """Sensitive values inside ``text`` (emails, cards, national ids, IBANs, IPs, phones,
+    secrets), in order and not overlapping, at most ``limit`` of them.  The AWS
+    secret-key-in-context rule reports the key itself."""
+    if len(text) < 7 or not _MAYBE_RE.search(text):
+        return []
+    spans = sorted(_candidate_spans(text), key=lambda sp: (sp.start, -sp.end))
+    out: list[Span] = []
+    pos = 0
+    for sp in spans:
+        if sp.start >= pos:
+            out.append(sp)
+            pos = sp.end
+            if len(out) >= limit:
+                break
+    return out
 
 
 # -- columns -------------------------------------------------------------------------------
@@ -608,12 +628,14 @@ def classify_column(
     if kind != _BOOL:
         tokens = _tokens(column)
         table_tokens = _tokens(table.rpartition(".")[2])
-        if tokens and not (
+        found = _by_name(table_tokens, tokens) if tokens else None
+        negative = bool(tokens) and (
             tokens[0] in _NEG_FIRST or (len(tokens) > 1 and tokens[-1] in _NEG_LAST)
-        ):
-            found = _by_name(table_tokens, tokens)
-            if found is not None and kind in _ALLOWED_KINDS[found]:
-                return Classification(found, "schema-name", f"column name {column!r}")
+        )
+        if negative and found is DataClass.NATIONAL_ID and tokens[-1] == "id":
+            negative = False  # national_id, tax_id: the id is the value
+        if found is not None and not negative and kind in _ALLOWED_KINDS[found]:
+            return Classification(found, "schema-name", f"column name {column!r}")
         if kind == _INET:
             return Classification(DataClass.IP_ADDRESS, "schema-type", f"type {bare_type}")
         if bare_type and bare_type not in _TYPE_KIND:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple
 
 import orjson
@@ -91,6 +91,9 @@ class StatementLineage:
     tables_read: frozenset[TableName]
     returns_rows: bool
     exact: bool = True  # the output columns' number and order are known
+    reads_unknown: bool = (
+        False  # may read tables not in tables_read (dynamic SQL, PL/pgSQL, FETCH...)
+    )
     copy: CopyOptions | None = None
     declares: str | None = None  # DECLARE name CURSOR FOR ...: the lineage is the cursor's
     fetches: str | None = None  # FETCH ... FROM name: look up the cursor's lineage
@@ -246,6 +249,7 @@ class _Walk:
     depth: int = 0
     reads: set[TableName] = field(default_factory=set)
     exact: bool = True
+    opaque_reads: bool = False  # ran code that may read any table (dynamic SQL, PL/pgSQL)
 
     # ---- statements
 
@@ -602,6 +606,7 @@ class _Walk:
             return [(n, _UNKNOWN) for n in out_names]
         if fn.language in ("c", "internal"):
             return [(n, arg_l) for n in out_names]
+        self.opaque_reads = True
         return [(n, _union([_UNKNOWN, arg_l])) for n in out_names]
 
     def function_body(self, fn: Function) -> Cols | None:
@@ -610,6 +615,8 @@ class _Walk:
         if key in self.catalog.cache:
             cols, reads = self.catalog.cache[key]
             self.reads.update(reads)
+            if cols is None:
+                self.opaque_reads = True
             return cols  # type: ignore[no-any-return]
         self.catalog.cache[key] = (None, frozenset())  # recursion guard
         result: Cols | None = None
@@ -634,6 +641,8 @@ class _Walk:
                 result = sub.statement(stmts[-1].get("stmt"), fscope)
                 if not sub.exact:
                     result = None
+        if sub.opaque_reads or result is None:
+            self.opaque_reads = True
         self.catalog.cache[key] = (result, frozenset(sub.reads))
         self.reads.update(sub.reads)
         return result
@@ -651,7 +660,9 @@ class _Walk:
             values = values or []
             names = [c for c in cols if c] or [n for n, _ in target.cols]
             fed = {n: v for n, (_, v) in zip(names, values, strict=False)}
-            target.cols = [(n, _union([c, fed.get(n, _EMPTY)])) for n, c in target.cols]
+            target.cols = [
+                (n, _union([c, fed.get(n, _EMPTY)], transparent=True)) for n, c in target.cols
+            ]
             scope.entries.append(target)
             occ = body.get("onConflictClause") or {}
             if occ.get("targetList"):
@@ -696,8 +707,10 @@ class _Walk:
             if kind == "MultiAssignRef":
                 val = body.get("source")
             if name:
-                assigned[name] = _union([assigned.get(name, _EMPTY), self.expr(val, scope)])
-        target.cols = [(n, _union([c, assigned.get(n, _EMPTY)])) for n, c in target.cols]
+                assigned[name] = _union([assigned.get(name, _EMPTY), self.expr(val, scope)], True)
+        target.cols = [
+            (n, _union([c, assigned.get(n, _EMPTY)], transparent=True)) for n, c in target.cols
+        ]
 
     # ---- expressions
 
@@ -727,14 +740,15 @@ class _Walk:
             return _union((self.expr(n, scope) for n in body), transparent)
         if not isinstance(body, dict):
             return _EMPTY
-        return _union(
-            (
-                self.expr(v, scope)
-                for k, v in body.items()
-                if k not in _WALK_SKIP and isinstance(v, (dict, list))
-            ),
-            transparent,
-        )
+        parts: list[_L] = []
+        for k, v in body.items():
+            if k in _WALK_SKIP:
+                continue
+            if isinstance(v, list):
+                parts.extend(self.expr(item, scope) for item in v)
+            elif isinstance(v, dict):
+                parts.append(self.expr(v, scope))
+        return _union(parts, transparent)
 
     def column_ref(self, body: dict[str, Any], scope: _Scope) -> _L:
         fields = body.get("fields", [])
@@ -799,6 +813,7 @@ class _Walk:
         schema, name = _func_name(body.get("funcname"))
         args = body.get("args", [])
         if _DYNAMIC_RE.fullmatch(name):
+            self.opaque_reads = True
             return _union([_UNKNOWN, _indirect(self.exprs_union(args, scope))])
         fns = self.catalog.functions_named(schema, name, self.search_path)
         if fns:
@@ -811,6 +826,7 @@ class _Walk:
                         _UNKNOWN if cols is None else _indirect(_union(c for _, c in cols))
                     )
                 elif fn.language not in ("c", "internal"):
+                    self.opaque_reads = True
                     parts.append(_UNKNOWN)
             return _union(parts)
         if name in _NO_LINEAGE and schema in (None, "pg_catalog"):
@@ -1006,7 +1022,8 @@ def lineage_of_tree(
         columns = tuple(ColumnLineage(n, c.sources, c.unknown, c.direct) for n, c in cols or ())
         return StatementLineage(
             command, columns, frozenset(w.reads), cols is not None or kw.pop("rows", False),
-            exact=w.exact and kw.pop("exact", True), **kw,
+            exact=w.exact and kw.pop("exact", True),
+            reads_unknown=w.opaque_reads or kw.pop("reads_unknown", False), **kw,
         )  # fmt: skip
 
     if kind in ("SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"):
@@ -1040,31 +1057,28 @@ def lineage_of_tree(
         return done("EXPLAIN", [("QUERY PLAN", _EMPTY)])
     if kind == "DeclareCursorStmt":
         inner = lineage_of_tree(body.get("query"), catalog, search_path, user)
-        return StatementLineage(
-            "DECLARE CURSOR",
-            inner.columns,
-            inner.tables_read,
-            False,
-            inner.exact,
-            declares=body.get("portalname"),
+        return replace(
+            inner, command="DECLARE CURSOR", returns_rows=False, declares=body.get("portalname")
         )
     if kind == "PrepareStmt":
         inner = lineage_of_tree(body.get("query"), catalog, search_path, user)
-        return StatementLineage(
-            "PREPARE",
-            inner.columns,
-            inner.tables_read,
-            False,
-            inner.exact,
-            prepares=body.get("name"),
-        )
+        return replace(inner, command="PREPARE", returns_rows=False, prepares=body.get("name"))
     if kind == "FetchStmt":
         if body.get("ismove"):
             return done("MOVE", None)
-        return done("FETCH", None, rows=True, exact=False, fetches=body.get("portalname"))
+        return done(
+            "FETCH",
+            None,
+            rows=True,
+            exact=False,
+            reads_unknown=True,
+            fetches=body.get("portalname"),
+        )
     if kind == "ExecuteStmt":
         w.expr(body.get("params"), _Scope([], [], None, {}))
-        return done("EXECUTE", None, rows=True, exact=False, executes=body.get("name"))
+        return done(
+            "EXECUTE", None, rows=True, exact=False, reads_unknown=True, executes=body.get("name")
+        )
     if kind == "VariableShowStmt":
         return done("SHOW", [(body.get("name", "setting"), _EMPTY)])
     if kind == "CallStmt":
@@ -1165,7 +1179,9 @@ def plan_masks(
     is unknown and the statement reads a table with sensitive columns, or nothing."""
     settings = settings or MaskSettings()
     sensitive_tables = classmap.tables
-    reads_sensitive = not sensitive_tables.isdisjoint(lineage.tables_read)
+    reads_sensitive = bool(sensitive_tables) and (
+        lineage.reads_unknown or not sensitive_tables.isdisjoint(lineage.tables_read)
+    )
     if not lineage.returns_rows:
         return MaskPlan((), reads_sensitive)
     if reads_sensitive and not lineage.exact:

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from dbsentry.masking.catalog import ClassMap
 from dbsentry.masking.classes import DataClass
 from dbsentry.masking.lineage import ColumnMask, CopyOptions, MaskPlan
-from dbsentry.masking.strategies import DEFAULT_STRATEGIES, Masker, make_detect_masker, make_masker
+from dbsentry.masking.strategies import (
+    DEFAULT_STRATEGIES,
+    Constant,
+    Masker,
+    make_detect_masker,
+    make_masker,
+)
 from dbsentry.wire.pg.codec import ProtocolError, read_cstr
 
 __all__ = [
@@ -133,12 +139,22 @@ class RowMasker:
     width: int
     last: int  # index of the last masked column
     masks: tuple[ColumnMask | None, ...]  # what was decided, for audit
+    # per column: None (leave), bytes (a constant: length prefix and value, spliced in as
+    # is), or the masker to call
+    ops: tuple[bytes | Masker | None, ...] = ()
 
     @property
     def data_classes(self) -> frozenset[DataClass]:
         return frozenset(
             m.data_class for m in self.masks if m is not None and m.data_class is not None
         )
+
+
+def _op(masker: Masker | None) -> bytes | Masker | None:
+    if isinstance(masker, Constant):
+        v = masker.value
+        return _NULL if v is None else _pack_i32(len(v)) + v
+    return masker
 
 
 def _formats(n: int, result_formats: Sequence[int] | None, fields: Sequence[Field]) -> list[int]:
@@ -185,7 +201,8 @@ def compile_row_masker(
         masks = [None] * n
     if classmap is not None:
         for i, f in enumerate(fields):
-            if f.table_oid and (masks[i] is None or masks[i].data_class is None):  # type: ignore[union-attr]
+            current = masks[i]
+            if f.table_oid and (current is None or current.data_class is None):
                 c = classmap.attrs.get((f.table_oid, f.attnum))
                 if c is not None:
                     masks[i] = ColumnMask(
@@ -204,40 +221,47 @@ def compile_row_masker(
     last = max((i for i, mk in enumerate(maskers) if mk is not None), default=-1)
     if last < 0:
         return None
-    return RowMasker(tuple(maskers), n, last, tuple(masks))
+    return RowMasker(tuple(maskers), n, last, tuple(masks), tuple(_op(m) for m in maskers))
 
 
 def mask_data_row(body: bytes, masker: RowMasker) -> bytes:
-    """The DataRow body with the masked columns rewritten."""
-    maskers = masker.maskers
+    """The DataRow body with the masked columns rewritten (``body`` itself when nothing
+    changed)."""
+    ops = masker.ops
     end = len(body)
-    if end < 2 or int.from_bytes(body[:2], "big", signed=True) != masker.width:
+    if end < 2 or (body[0] << 8 | body[1]) != masker.width:
         raise ProtocolError("DataRow does not match its RowDescription")
     parts: list[bytes] = []
+    append = parts.append
     start = 0
     pos = 2
     try:
         for i in range(masker.last + 1):
             (ln,) = _unpack_i32(body, pos)
-            fn = maskers[i]
-            if fn is None or ln < 0:
+            op = ops[i]
+            if op is None or ln < 0:
                 pos += 4 if ln < 0 else 4 + ln
                 continue
             value_end = pos + 4 + ln
             if value_end > end:
                 raise ProtocolError("invalid field length in DataRow")
-            raw = body[pos + 4 : value_end]
-            new = fn(raw)
-            if new is not raw:
-                parts.append(body[start:pos])
-                parts.append(_NULL if new is None else _pack_i32(len(new)) + new)
+            if isinstance(op, bytes):
+                append(body[start:pos])
+                append(op)
                 start = value_end
+            else:
+                raw = body[pos + 4 : value_end]
+                new = op(raw)
+                if new is not raw:
+                    append(body[start:pos])
+                    append(_NULL if new is None else _pack_i32(len(new)) + new)
+                    start = value_end
             pos = value_end
     except struct.error:
         raise ProtocolError("DataRow is shorter than its columns") from None
     if not parts:
         return body
-    parts.append(body[start:])
+    append(body[start:])
     return b"".join(parts)
 
 

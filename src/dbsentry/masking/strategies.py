@@ -20,7 +20,6 @@ binary format: see :func:`make_masker`.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
 import re
@@ -35,6 +34,7 @@ __all__ = [
     "DEFAULT_STRATEGIES",
     "PLACEHOLDERS",
     "STRATEGIES",
+    "Constant",
     "Masker",
     "make_detect_masker",
     "make_masker",
@@ -131,12 +131,11 @@ def _partial(value: str, cls: DataClass | None) -> str:
 
 
 def _digest(key: bytes, data: bytes, n: int = 32) -> bytes:
-    out = b""
-    counter = 0
+    """``n`` bytes of HMAC-SHA256(key, data), extended by counter blocks when n > 32."""
+    out = hmac.digest(key, data, "sha256")
+    counter = 1
     while len(out) < n:
-        out += hmac.new(
-            key, data + (counter.to_bytes(4, "big") if counter else b""), hashlib.sha256
-        ).digest()
+        out += hmac.digest(key, data + counter.to_bytes(4, "big"), "sha256")
         counter += 1
     return out[:n]
 
@@ -201,7 +200,7 @@ def scan_text(value: str, strategies: dict[DataClass, str], key: bytes = b"") ->
     whole = detect_value(value)
     if whole is not None:
         return mask_text(value, whole, strategies.get(whole, DEFAULT_STRATEGIES[whole]), key)
-    if len(value) < 16:
+    if len(value) < 8:
         return value
     spans = find_sensitive(value)
     if not spans:
@@ -224,6 +223,10 @@ def scan_text(value: str, strategies: dict[DataClass, str], key: bytes = b"") ->
     out.append(value[pos:])
     return "".join(out)
 
+
+_BYTE_PARTIAL = frozenset(
+    {DataClass.PAYMENT_CARD, DataClass.NATIONAL_ID, DataClass.PHONE, DataClass.EMAIL}
+)
 
 # -- on wire values -----------------------------------------------------------------------------
 
@@ -317,6 +320,61 @@ def _json_inner(text: str) -> str | None:
     return None
 
 
+class Constant:
+    """A masker whose output does not depend on the value (row rewriting splices it in
+    without calling it)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bytes | None) -> None:
+        self.value = value
+
+    def __call__(self, raw: bytes) -> bytes | None:
+        return self.value
+
+
+_NULL_MASKER = Constant(None)
+
+# Byte-level partial masks for the hot classes: ASCII digits (and letters) become ``*``
+# through bytes.translate, without decoding.
+_DIGITS = b"0123456789"
+_ALNUM = _DIGITS + b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_STAR_DIGITS = bytes.maketrans(_DIGITS, b"*" * len(_DIGITS))
+_STAR_ALNUM = bytes.maketrans(_ALNUM, b"*" * len(_ALNUM))
+_DIGIT_SET = frozenset(_DIGITS)
+_ALNUM_SET = frozenset(_ALNUM)
+
+
+def _keep_last_bytes(raw: bytes, keep: int, alnum: bool) -> bytes:
+    table, members = (_STAR_ALNUM, _ALNUM_SET) if alnum else (_STAR_DIGITS, _DIGIT_SET)
+    seen = 0
+    i = len(raw)
+    while i > 0 and seen < keep:
+        i -= 1
+        if raw[i] in members:
+            seen += 1
+    if seen < keep:
+        return raw.translate(table)
+    return raw[:i].translate(table) + raw[i:]
+
+
+def _partial_bytes(raw: bytes, cls: DataClass | None) -> bytes | None:
+    """The partial mask of ``raw`` for the classes that have a byte-level form, else None."""
+    if cls is DataClass.PAYMENT_CARD:
+        n = len(raw) - len(raw.translate(None, _DIGITS))
+        return _keep_last_bytes(raw, 4 if n > 4 else 0, alnum=False)
+    if cls is DataClass.NATIONAL_ID:
+        n = len(raw) - len(raw.translate(None, _ALNUM))
+        return _keep_last_bytes(raw, 4 if n >= 9 else 2 if n >= 6 else 0, alnum=True)
+    if cls is DataClass.PHONE:
+        n = len(raw) - len(raw.translate(None, _DIGITS))
+        return _keep_last_bytes(raw, 4 if n >= 10 else 2 if n > 2 else 0, alnum=False)
+    if cls is DataClass.EMAIL:
+        local, at, domain = raw.rpartition(b"@")
+        return b"****@" + domain if at and local else _encode(PLACEHOLDERS[cls])
+    return None
+
+
 def make_masker(
     strategy: str,
     cls: DataClass | None,
@@ -342,13 +400,21 @@ def make_masker(
         raise ValueError(f"unknown masking strategy {strategy!r}")
     kind = _kind(type_oid, fmt)
     if strategy == "null" or kind == "null" or (kind == "uuid" and strategy != "hash"):
-        return _null
+        return _NULL_MASKER
     if kind == "uuid":
         return lambda raw: _uuid_hash(raw, fmt, key)
     if kind == "text":
         if strategy == "redact":
-            const = _encode(_fit(PLACEHOLDERS[cls], type_oid, typmod))
-            return lambda raw: const
+            return Constant(_encode(_fit(PLACEHOLDERS[cls], type_oid, typmod)))
+        fits = type_oid in (OID_BPCHAR, OID_VARCHAR, OID_CHAR, OID_NAME)
+        if strategy == "partial" and cls in _BYTE_PARTIAL:
+
+            def partial_masker(raw: bytes) -> bytes | None:
+                out = _partial_bytes(raw, cls)
+                assert out is not None
+                return _encode(_fit(_decode(out), type_oid, typmod)) if fits else out
+
+            return partial_masker
 
         def text_masker(raw: bytes) -> bytes | None:
             out = mask_text(_decode(raw), cls, strategy, key)
@@ -358,8 +424,7 @@ def make_masker(
     if kind in ("json", "jsonb"):
         prefix = b"\x01" if kind == "jsonb" and fmt == 1 else b""
         if strategy == "redact":
-            const = prefix + orjson.dumps(PLACEHOLDERS[cls])
-            return lambda raw: const
+            return Constant(prefix + orjson.dumps(PLACEHOLDERS[cls]))
 
         def json_masker(raw: bytes) -> bytes | None:
             body = raw[1:] if prefix and raw[:1] == b"\x01" else raw
@@ -375,8 +440,7 @@ def make_masker(
     # bytea
     if strategy in ("redact", "partial"):
         placeholder = _encode(PLACEHOLDERS[cls])
-        const = placeholder if fmt == 1 else b"\\x" + placeholder.hex().encode()
-        return lambda raw: const
+        return Constant(placeholder if fmt == 1 else b"\\x" + placeholder.hex().encode())
 
     def bytea_masker(raw: bytes) -> bytes | None:
         d = _digest(key, _bytea_value(raw, fmt), 16)
@@ -385,12 +449,14 @@ def make_masker(
     return bytea_masker
 
 
-def _null(raw: bytes) -> bytes | None:
-    return None
-
-
 def _uuid_hash(raw: bytes, fmt: int, key: bytes) -> bytes:
-    d = _digest(key, raw if fmt == 1 else bytes.fromhex(_decode(raw).replace("-", "")), 16)
+    value = raw
+    if fmt == 0:
+        try:  # hash the 16 bytes, so text and binary results agree
+            value = bytes.fromhex(_decode(raw).replace("-", "").strip("{}"))
+        except ValueError:
+            value = raw
+    d = _digest(key, value, 16)
     if fmt == 1:
         return d
     h = d.hex()
