@@ -257,7 +257,7 @@ def test_error_response_helper_fields() -> None:
     assert codec.decode_error_fields(buf, start, end).sqlstate == "01000"
 
 
-@given(minor=st.integers(0, 2**31 - 1), options=st.lists(wire_name, max_size=8))
+@given(minor=st.integers(0, 0xFFFF), options=st.lists(wire_name, max_size=8))
 def test_negotiate_protocol_version_round_trip(minor: int, options: list[str]) -> None:
     t, buf, start, end = one_frame(codec.encode_negotiate_protocol_version(minor, options))
     assert t == m.R_NEGOTIATE_VERSION
@@ -541,3 +541,9 @@ def test_plausible_startup_headers_with_random_bodies_never_crash(code: int, bod
     data = struct.pack("!II", len(body) + 8, code) + body
     with contextlib.suppress(codec.ProtocolError):
         codec.read_startup_packet(data)
+
+
+def test_negotiate_protocol_version_carries_the_full_version_code() -> None:
+    # libpq reads the whole 32-bit version: 3.0 is 0x00030000, never a bare minor number.
+    body = codec.encode_negotiate_protocol_version(0, [])[5:9]
+    assert body == b"\x00\x03\x00\x00"

@@ -373,6 +373,7 @@ class ClientConnection(asyncio.Protocol):
         proto.start_handshake(
             UpstreamHandshake(conn.user, password, cmd.params, binding, self.proxy.config.limits.max_message_bytes)
         )
+        proto.login_timer = loop.call_later(conn.connect_timeout_seconds, proto.login_timed_out, where, conn.connect_timeout_seconds)
 
     # ------------------------------------------------------------------ from the upstream
 
@@ -402,6 +403,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.backend_pid: int | None = None
         self.backend_secret = b""
         self._on_data: Callable[[bytes], Any] = self._ignore
+        self.login_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -427,11 +429,27 @@ class UpstreamConnection(asyncio.Protocol):
     def _ignore(self, data: bytes) -> None:
         pass
 
+    def login_timed_out(self, where: str, seconds: float) -> None:
+        if self.handshake is None or self.ready:
+            return
+        self.handshake = None
+        self._on_data = self._ignore
+        if self.transport is not None:
+            self.transport.close()
+        self.client.on_upstream_failed("08001", f"dbsentry: {where} did not complete login within {seconds:g}s", False)
+
+    def _stop_login_timer(self) -> None:
+        if self.login_timer is not None:
+            self.login_timer.cancel()
+            self.login_timer = None
+
     def _handshake_data(self, data: bytes) -> None:
         assert self.handshake is not None and self.transport is not None
         step = self.handshake.receive(data)
         if step.send:
             self.transport.write(step.send)
+        if step.refused is not None or step.ready is not None:
+            self._stop_login_timer()
         if step.refused is not None:
             self.handshake = None
             self._on_data = self._ignore
@@ -446,6 +464,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.client.on_upstream_ready(step.ready)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_login_timer()
         if self.tls_answer is not None and not self.tls_answer.done():
             self.tls_answer.set_exception(ConnectionError("connection closed during TLS negotiation"))
         if self.ready:

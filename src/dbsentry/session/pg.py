@@ -200,6 +200,8 @@ class Session:
     _upstream_frames: codec.FrameSplitter = field(init=False)
     _upstream_fatal: bool = False
     _forward_options: str = ""
+    _early: bytes = b""  # client bytes that arrived before the session was ready
+    _busy: bool = False  # forwarded something the upstream has not answered with an idle Z
     governor: Governor | None = None
     _environment: str = ""
     # Prepared statement name -> (SQL, policy version it was checked under, the check).
@@ -328,14 +330,18 @@ class Session:
                 password = ""
             self.state = State.VERIFYING
             assert self.startup is not None
+            # A client may pipeline its first queries behind the password: keep them for later.
+            self._early = bytes(buf[end:]) + self._client_frames.take_pending()
             return [c.VerifyPassword(self.startup.get("user") or "", password)]
         return []
 
     def _client_early(self, data: bytes) -> list[c.Command]:
-        # Before AuthenticationOk a well-behaved client sends nothing; Terminate is allowed.
-        if data[:1] == b"X":
-            return self._fail("08P01", "dbsentry: client terminated during login")
-        raise codec.ProtocolError("unexpected data before authentication completed")
+        # Queries pipelined before AuthenticationOk run once the session is ready, as with
+        # PostgreSQL itself; they are kept (within the message cap) until then.
+        self._early += data
+        if len(self._early) > self.config.limits.max_message_bytes:
+            raise codec.MessageTooLarge("too much data sent before authentication completed")
+        return []
 
     def password_verified(self, identity: Identity | None) -> list[c.Command]:
         if self.state is not State.VERIFYING:
@@ -429,6 +435,9 @@ class Session:
         out.append(c.SendClient(greeting))
         if ready.leftover:
             out.extend(self.upstream_data(ready.leftover))
+        if self._early:
+            early, self._early = self._early, b""
+            out.extend(self.client_data(early))
         return out
 
     def upstream_failed(self, sqlstate: str, message: str) -> list[c.Command]:
@@ -478,6 +487,7 @@ class Session:
         out = chunk.assemble()
         cmds = chunk.commands
         if out:
+            self._busy = True
             send = c.SendUpstream(out)
             if chunk.gated and self.audit is not None and self.audit.wait:
                 cmds.append(c.AuditGate(chunk.gated, [send], (buf, spans)))
@@ -545,6 +555,8 @@ class Session:
             return
         sql = codec.decode_query(buf, start, end).sql
         check = self._check(gov, sql)
+        if check.allowed:
+            check = self._check_sql_prepared(gov, check)
         audit = self.audit
         if check.allowed:
             if audit is not None:
@@ -557,6 +569,28 @@ class Session:
         marker = self._deny(check, sql, chunk.commands)
         chunk.replace(start, end, codec.encode_query(self._marker_sql(marker)))
         self._audit_denied(chunk, sql, check)
+
+    def _check_sql_prepared(self, gov: Governor, check: Check) -> Check:
+        """Track SQL PREPARE, and judge SQL EXECUTE by the statement it runs, now.
+
+        Protocol-level and SQL prepared statements share one namespace upstream.
+        """
+        for facts in check.verdict.facts:
+            name = facts.prepared_name
+            if facts.command == "PREPARE" and name is not None:
+                self._prepared[name] = (facts.text, gov.version, check)
+            elif facts.command == "DEALLOCATE":
+                if name is None:
+                    self._prepared.clear()
+                else:
+                    self._prepared.pop(name, None)
+            elif facts.command == "DISCARD ALL":
+                self._prepared.clear()
+            elif facts.command == "EXECUTE" and name is not None and name in self._prepared:
+                inner = self._check(gov, self._prepared[name][0])
+                if not inner.allowed:
+                    return inner
+        return check
 
     def _govern_parse(self, gov: Governor, chunk: _Chunk, start: int, end: int) -> None:
         parse = codec.decode_parse(chunk.buf, start, end)
@@ -585,9 +619,10 @@ class Session:
         else:
             portal, pos = codec.read_cstr(buf, start, end)
             name, _ = codec.read_cstr(buf, pos, end)
-        # Re-check a prepared statement when the policy changed since its Parse.
+        # Re-check when the policy changed since its Parse, and at every Bind when a rule
+        # has a time window (decisions then change by the minute; the check is cached).
         known = self._prepared.get(name)
-        if known is None or known[1] == gov.version:
+        if known is None or (known[1] == gov.version and not gov.policy.uses_time):
             return
         sql = known[0]
         check = self._check(gov, sql)
@@ -697,6 +732,8 @@ class Session:
         try:
             buf, spans = self._upstream_frames.split(data)
             return self._upstream_frames_received(buf, spans)
+        except codec.MessageTooLarge as err:
+            return self._fail("54000", f"dbsentry: a message from the upstream exceeds limits.max_message_bytes: {err}")
         except codec.ProtocolError as err:
             return self._fail("08P01", f"dbsentry: upstream protocol error: {err}")
 
@@ -708,6 +745,8 @@ class Session:
                 self.txn_status = codec.decode_ready(buf, start, end).status
                 if self._cycles_done < self._cycles_sent:
                     self._cycles_done += 1
+                if self._cycles_done == self._cycles_sent:
+                    self._busy = False
                 if self._refusals and self._cycles_done == self._cycles_sent:
                     # A refused statement skipped after an earlier error never reports.
                     self._refusals.clear()
@@ -764,7 +803,8 @@ class Session:
     # ------------------------------------------------------------------ endings
 
     def client_closed(self) -> list[c.Command]:
-        was_busy = self.state is State.READY and self.pending_syncs > 0
+        # Busy: a query may be running (a Flush without Sync leaves no ReadyForQuery owed).
+        was_busy = self.state is State.READY and (self.pending_syncs > 0 or self._busy)
         self.state = State.CLOSED
         out: list[c.Command] = [c.Log(logging.DEBUG, "session.client_closed", {"busy": was_busy})]
         out.extend(self._closing("client disconnected while a statement was running" if was_busy else "client disconnected"))

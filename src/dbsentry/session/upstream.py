@@ -118,9 +118,9 @@ class UpstreamHandshake:
                 raise AuthError("the upstream sent AuthenticationOk before completing SCRAM")
             return None
         if code in _UNSUPPORTED_AUTH:
-            return UpstreamRefused("08004", f"upstream demands {_UNSUPPORTED_AUTH[code]} authentication, which dbsentry does not support", False)
+            return UpstreamRefused("08004", f"dbsentry: the upstream demands {_UNSUPPORTED_AUTH[code]} authentication, which dbsentry does not support", False)
         if self.password is None:
-            return UpstreamRefused("08004", "upstream demands a password and the connection has none configured", False)
+            return UpstreamRefused("08004", "dbsentry: the upstream demands a password and the connection has none configured", False)
         if code == m.AUTH_CLEARTEXT:
             return codec.encode_password(self.password)
         if code == m.AUTH_MD5:
@@ -140,4 +140,4 @@ class UpstreamHandshake:
                 raise codec.ProtocolError("SASLFinal before SASL")
             self._scram.verify_server_final(auth.data)
             return None
-        return UpstreamRefused("08004", f"upstream demands unknown authentication method {code}", False)
+        return UpstreamRefused("08004", f"dbsentry: the upstream demands unknown authentication method {code}", False)

@@ -440,14 +440,16 @@ def encode_command_complete(tag: str) -> bytes:
 
 
 def encode_negotiate_protocol_version(newest_minor: int, unsupported: Iterable[str]) -> bytes:
+    """The newest 3.x protocol the sender speaks; on the wire it is the full version code."""
     opts = list(unsupported)
-    body = _I32.pack(newest_minor) + _I32.pack(len(opts)) + b"".join(o.encode() + b"\x00" for o in opts)
+    body = _I32.pack((3 << 16) | newest_minor) + _I32.pack(len(opts)) + b"".join(o.encode() + b"\x00" for o in opts)
     return frame(b"v", body)
 
 
 def decode_negotiate_protocol_version(buf: bytes, start: int, end: int) -> m.NegotiateProtocolVersion:
     _need(start, 8, end)
-    (minor,) = _unpack_i32(buf, start)
+    (version,) = _unpack_i32(buf, start)
+    minor = version & 0xFFFF
     (n,) = _unpack_i32(buf, start + 4)
     pos = start + 8
     opts = []

@@ -1,0 +1,208 @@
+"""``dbsentry token create|list|revoke`` and config validation, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+import yaml
+
+from support.pg import PgServer
+from support.proxy import RunningProxy, dbsentry_cli, write_config
+
+pytestmark = pytest.mark.e2e
+
+TOKEN_RE = re.compile(r"dbs_([0-9a-f]{12})_[A-Za-z0-9_-]{43}")
+
+
+def create(proxy: RunningProxy, identity: str, *args: str) -> tuple[str, str]:
+    done = dbsentry_cli("token", "create", "--identity", identity, *args, config=proxy.config_path)
+    return done.stdout, done.stderr
+
+
+def test_create_prints_only_the_token(proxy: RunningProxy) -> None:
+    stdout, stderr = create(
+        proxy, "carol@example.com", "--group", "eng", "--group", "oncall", "--ttl", "30m"
+    )
+    assert stdout.endswith("\n") and stdout.count("\n") == 1
+    token = stdout.strip()
+    match = TOKEN_RE.fullmatch(token)
+    assert match is not None, stdout
+    assert token.startswith("dbs_")
+    # The token itself never goes to stderr, only its public id.
+    assert stderr.strip() == f"created token {match.group(1)} for carol@example.com"
+    with psycopg.connect(proxy.dsn("carol@example.com", token=token)) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_list_shows_token_and_json(proxy: RunningProxy) -> None:
+    stdout, _ = create(
+        proxy, "list-me@example.com", "--group", "b", "--group", "a", "--agent", "--ttl", "2h"
+    )
+    token_id = TOKEN_RE.fullmatch(stdout.strip()).group(1)  # type: ignore[union-attr]
+
+    listing = dbsentry_cli("token", "list", config=proxy.config_path).stdout
+    lines = listing.splitlines()
+    assert lines[0].split() == ["ID", "IDENTITY", "KIND", "GROUPS", "EXPIRES", "STATUS"]
+    mine = [line for line in lines if line.startswith(token_id)]
+    assert len(mine) == 1
+    assert mine[0].split()[:4] == [token_id, "list-me@example.com", "agent", "a,b"]
+    assert mine[0].split()[-1] == "active"
+    assert "dbs_" not in listing  # never the secret
+
+    objects = [
+        json.loads(line)
+        for line in dbsentry_cli(
+            "token", "list", "--json", config=proxy.config_path
+        ).stdout.splitlines()
+    ]
+    entry = next(o for o in objects if o["id"] == token_id)
+    assert entry["identity"] == "list-me@example.com"
+    assert entry["groups"] == ["a", "b"]
+    assert entry["kind"] == "agent"
+    assert entry["active"] is True
+    assert entry["revoked_at"] == "-"
+    expires = time.mktime(time.strptime(entry["expires_at"], "%Y-%m-%dT%H:%M:%SZ")) - time.mktime(
+        time.strptime(entry["created_at"], "%Y-%m-%dT%H:%M:%SZ")
+    )
+    assert abs(expires - 7200) <= 1
+
+
+def test_revoke_makes_login_fail(fresh_proxy: RunningProxy) -> None:
+    stdout, _ = create(fresh_proxy, "rev@example.com")
+    token = stdout.strip()
+    token_id = TOKEN_RE.fullmatch(token).group(1)  # type: ignore[union-attr]
+    with psycopg.connect(
+        fresh_proxy.dsn("rev@example.com", token=token), autocommit=True
+    ) as open_before:
+        done = dbsentry_cli("token", "revoke", token_id, config=fresh_proxy.config_path)
+        assert done.stderr.strip() == f"revoked {token_id}"
+        with pytest.raises(
+            psycopg.OperationalError,
+            match=re.escape('password authentication failed for user "rev@example.com"'),
+        ):
+            psycopg.connect(fresh_proxy.dsn("rev@example.com", token=token))
+        # Revocation stops new logins; it does not cut a session already open.
+        assert open_before.execute("select 1").fetchone() == (1,)
+
+    listing = dbsentry_cli("token", "list", config=fresh_proxy.config_path).stdout
+    assert token_id not in listing
+    all_listing = dbsentry_cli("token", "list", "--all", config=fresh_proxy.config_path).stdout
+    assert [line.split()[-1] for line in all_listing.splitlines() if line.startswith(token_id)] == [
+        "revoked"
+    ]
+
+    again = dbsentry_cli("token", "revoke", token_id, config=fresh_proxy.config_path, check=False)
+    assert again.returncode == 1
+    assert again.stderr.strip() == f"dbsentry: no active token {token_id}"
+
+
+def test_expired_token_listed_as_expired(proxy: RunningProxy) -> None:
+    stdout, _ = create(proxy, "short@example.com", "--ttl", "1s")
+    token_id = TOKEN_RE.fullmatch(stdout.strip()).group(1)  # type: ignore[union-attr]
+    time.sleep(1.1)
+    listing = dbsentry_cli("token", "list", config=proxy.config_path).stdout
+    assert [line.split()[-1] for line in listing.splitlines() if line.startswith(token_id)] == [
+        "expired"
+    ]
+
+
+@pytest.mark.parametrize("ttl", ["10", "0s", "soon", "-1h"])
+def test_create_with_bad_ttl(proxy: RunningProxy, ttl: str) -> None:
+    done = dbsentry_cli(
+        "token",
+        "create",
+        "--identity",
+        "x@example.com",
+        "--ttl",
+        ttl,
+        config=proxy.config_path,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert "--ttl" in done.stderr and "invalid duration" in done.stderr
+
+
+def _config_with(tmp_path: Path, pg_server: PgServer, mutate: dict[str, object]) -> Path:
+    path = write_config(tmp_path, pg_server)
+    data = yaml.safe_load(path.read_text())
+    for dotted, value in mutate.items():
+        *parents, leaf = dotted.split(".")
+        node = data
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("mutate", "key"),
+    [
+        ({"connections.prod.port": "not-a-port"}, "connections.prod.port"),
+        ({"connections.prod.port": 70000}, "connections.prod.port"),
+        ({"connections.prod.upstream_tls": "maybe"}, "connections.prod.upstream_tls"),
+        ({"listen.postgres": "nowhere"}, "listen.postgres"),
+        ({"limits.max_message_bytes": 10}, "limits.max_message_bytes"),
+        ({"limits.bogus": 1}, "limits.bogus"),
+        (
+            {"connections.prod.password_env": "X", "connections.prod.password": "y"},
+            "connections.prod",
+        ),
+    ],
+)
+def test_invalid_config_names_the_key(
+    tmp_path: Path, pg_server: PgServer, mutate: dict[str, object], key: str
+) -> None:
+    config = _config_with(tmp_path, pg_server, mutate)
+    done = dbsentry_cli("check-config", config=config, check=False)
+    assert done.returncode == 2, done
+    assert done.stdout == ""
+    assert done.stderr.startswith("dbsentry: invalid configuration ")
+    assert re.search(rf"^{re.escape(key)}: ", done.stderr, re.MULTILINE), done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("token", "create", "--identity", "x@example.com"),
+        ("token", "list"),
+        ("token", "revoke", "0123456789ab"),
+    ],
+)
+def test_token_commands_refuse_invalid_config(
+    tmp_path: Path, pg_server: PgServer, command: tuple[str, ...]
+) -> None:
+    config = _config_with(tmp_path, pg_server, {"connections.prod.port": "not-a-port"})
+    done = dbsentry_cli(*command, config=config, check=False)
+    assert done.returncode == 2, done
+    assert done.stdout == ""
+    assert done.stderr.startswith("dbsentry: invalid configuration ")
+    assert re.search(r"^connections\.prod\.port: ", done.stderr, re.MULTILINE), done.stderr
+    assert "Traceback" not in done.stderr
+    # Nothing was created from a config that does not validate.
+    assert not (tmp_path / "state" / "tokens.db").exists()
+
+
+def test_serve_with_invalid_config_exits_2(tmp_path: Path, pg_server: PgServer) -> None:
+    config = _config_with(tmp_path, pg_server, {"connections.prod.port": "not-a-port"})
+    done = dbsentry_cli("serve", config=config, check=False)
+    assert done.returncode == 2
+    assert "connections.prod.port: " in done.stderr
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    done = dbsentry_cli("token", "list", config=tmp_path / "absent.yaml", check=False)
+    assert done.returncode == 2
+    assert "cannot read" in done.stderr and "absent.yaml" in done.stderr
+
+
+def test_check_config_ok(proxy: RunningProxy) -> None:
+    done = dbsentry_cli("check-config", config=proxy.config_path)
+    assert done.stdout.strip() == "dbsentry.yaml: ok (3 connections)"
