@@ -171,7 +171,7 @@ def test_stalled_store_times_out_then_recovers(store: FlakyStore) -> None:
             await w.append(stmt(2))
         store.delay = 0
         await asyncio.to_thread(wait_for, lambda: w.healthy)
-        assert await w.append(stmt(3)) == 2  # the stalled record did land, as seq 1
+        assert await w.append(stmt(3)) == 3  # seq 1 the stalled record, seq 2 the outage record
         await w.aclose()
 
     asyncio.run(main())

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from dbsentry.audit.keys import Signer
-from dbsentry.audit.records import Record, SystemEvent
+from dbsentry.audit.records import CompletionRecord, Record, SystemEvent
 from dbsentry.audit.store import AuditStore, EncodedRecord, encode
 
 log = logging.getLogger("dbsentry.audit")
@@ -113,6 +113,9 @@ class AuditWriter:
         self._last_error: str | None = None
         self._outage_start: float | None = None
         self._refused_in_outage = 0
+        # Ids of statement records known not to be stored (refused, or their commit failed):
+        # completions naming them are not written.  Bounded; oldest forgotten first.
+        self._unrecorded: dict[str, None] = {}
         self._closing = False
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
@@ -135,7 +138,14 @@ class AuditWriter:
     def last_error(self) -> str | None:
         return self._last_error
 
-    def _unavailable(self) -> AuditUnavailable:
+    def _forget(self, record: Record) -> None:
+        self._unrecorded[record.id] = None
+        while len(self._unrecorded) > self._max_queue:
+            del self._unrecorded[next(iter(self._unrecorded))]
+
+    def _unavailable(self, record: Record | None = None) -> AuditUnavailable:
+        if record is not None:
+            self._forget(record)
         self.stats.refused += 1
         self._refused_in_outage += 1
         return AuditUnavailable(f"audit store unavailable: {self._last_error or 'not started'}")
@@ -156,9 +166,9 @@ class AuditWriter:
         fut: asyncio.Future[int] = loop.create_future()
         with self._cond:
             if not self._healthy or self._closing or not self._started:
-                raise self._unavailable()
+                raise self._unavailable(record)
             if len(self._queue) >= self._max_queue:
-                raise self._unavailable()
+                raise self._unavailable(record)
             self._queue.append(_Item(record, future=fut))
             self._cond.notify()
         try:
@@ -172,6 +182,7 @@ class AuditWriter:
                     self._outage_start = time.time()
                     log.error("audit store stalled: %s", self._last_error)
                 self.stats.refused += 1
+                self._refused_in_outage += 1
             raise AuditUnavailable(f"audit store unavailable: {self._last_error}") from None
 
     def append_nowait(self, record: Record) -> None:
@@ -181,6 +192,9 @@ class AuditWriter:
         beyond that, or after ``close``, this raises ``AuditUnavailable``.
         """
         with self._cond:
+            if isinstance(record, CompletionRecord) and record.statement_id in self._unrecorded:
+                del self._unrecorded[record.statement_id]  # its statement was never stored
+                return
             if self._closing or not self._started:
                 raise self._unavailable()
             if len(self._queue) + len(self._retained) >= self._max_queue:
@@ -333,7 +347,10 @@ class AuditWriter:
             self._inflight = 0
             self._committed(len(items))
             if not self._healthy:  # a stalled commit finished after all
+                kept = len(self._retained)
+                outage = _Item(self._outage_event(kept=kept))
                 self._recovered()
+                self._queue.insert(kept, outage)  # after the kept records, before new work
             self._cond.notify_all()
 
     def _committed(self, n: int) -> None:
@@ -381,6 +398,8 @@ class AuditWriter:
             for i in items + queued:
                 if i.future is None:
                     self._retained.append(i)
+                else:
+                    self._forget(i.record)
             self._inflight = 0
             self.stats.refused += len(waiting)
             self._refused_in_outage += len(waiting)
@@ -403,19 +422,8 @@ class AuditWriter:
             present = self.store.existing_ids(ids) if ids else set()
             todo = [i for i in items if i.encoded is not None and i.encoded.id not in present]
             records = [i.encoded for i in todo if i.encoded is not None]
-            outage: SystemEvent | None = None
             if last_batch:
-                outage = SystemEvent(
-                    event="audit_store_recovered",
-                    node=self._node,
-                    detail={
-                        "outage_started": self._outage_start,
-                        "error": self._last_error,
-                        "refused_appends": self._refused_in_outage,
-                        "kept_records": len(records),
-                    },
-                )
-                records.append(encode(outage))
+                records.append(encode(self._outage_event(kept=len(records))))
             self.store.append_batch(records)
         except Exception as err:
             with self._cond:
@@ -434,6 +442,19 @@ class AuditWriter:
             self._cond.notify_all()
         self._deliver(results)
         return True
+
+    def _outage_event(self, kept: int) -> SystemEvent:
+        """The record that documents the outage now ending."""
+        return SystemEvent(
+            event="audit_store_recovered",
+            node=self._node,
+            detail={
+                "outage_started": self._outage_start,
+                "error": self._last_error,
+                "refused_appends": self._refused_in_outage,
+                "kept_records": kept,
+            },
+        )
 
     def _recovered(self) -> None:
         log.warning("audit store recovered after %s", self._last_error)

@@ -259,7 +259,7 @@ class ClientConnection(asyncio.Protocol):
         gate = self._gate
         while gate and gate[0].done:
             entry = gate.popleft()
-            todo = entry.cmd.then if entry.ok else self.session.audit_failed(entry.cmd.frames)
+            todo = entry.cmd.then if entry.ok else self.session.audit_failed(entry.cmd.frames, entry.cmd.records)
             for cmd in [*todo, *entry.after]:
                 self._execute(cmd, type(cmd))
         if len(gate) <= MAX_GATED_CHUNKS and self.transport is not None and not self.closed:

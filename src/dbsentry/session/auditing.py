@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from dbsentry.audit import AuditConfig, CompletionRecord, SessionEvent, StatementRecord
@@ -75,7 +76,11 @@ class SessionAudit:
         decision: Decision,
         params: tuple[str | None, ...] | None = None,
         command: str | None = None,
+        correlation: Mapping[str, str] | None = None,
     ) -> StatementRecord:
+        """``correlation``: ids read from the whole message the statement came in (a comment
+        before the first statement of a Query is not part of its text); by default read
+        from ``sql``."""
         cfg = self.config
         fields: dict[str, object] = {}
         if facts is not None:
@@ -89,6 +94,8 @@ class SessionAudit:
             }
         elif command is not None:
             fields = {"command": command}
+        if correlation is not None:
+            fields["correlation"] = correlation
         return StatementRecord.create(
             sql=sql,
             params=params,
@@ -143,6 +150,27 @@ class SessionAudit:
             rec = self._complete(error="not executed: skipped after an earlier error")
             if rec is not None:
                 out.append(rec)
+        return out
+
+    def refused(self, record_ids: Iterable[str], sqlstate: str, message: str) -> list[CompletionRecord]:
+        """These statements were refused after all (their records could not be committed)."""
+        ids = set(record_ids)
+        out = []
+        keep: deque[_Pending] = deque()
+        for p in self._pending:
+            if p.record_id in ids:
+                out.append(
+                    CompletionRecord(
+                        statement_id=p.record_id,
+                        session_id=self.session_id,
+                        duration_ms=round((time.monotonic() - p.started) * 1000, 3),
+                        sqlstate=sqlstate,
+                        error=f"not executed: {message}"[:1000],
+                    )
+                )
+            else:
+                keep.append(p)
+        self._pending = keep
         return out
 
     def abandoned(self) -> list[CompletionRecord]:

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
 from dbsentry.audit.config import AuditConfig
-from dbsentry.audit.records import CompletionRecord, Record
+from dbsentry.audit.records import CompletionRecord, Record, extract_correlation
 from dbsentry.config import Config, ConnectionConfig
 from dbsentry.identity.model import Identity
 from dbsentry.policy.engine import Decision
@@ -456,12 +457,18 @@ class Session:
         buf, spans = self._client_frames.split(data)
         return self._process(buf, spans, None) if spans else []
 
-    def audit_failed(self, frames: tuple[bytes, list[tuple[int, int, int]]]) -> list[c.Command]:
+    def audit_failed(
+        self, frames: tuple[bytes, list[tuple[int, int, int]]], records: Sequence[Record] = ()
+    ) -> list[c.Command]:
         """The records of these frames could not be committed: none of their statements runs."""
         if self.state is not State.READY:
             return []
+        out: list[c.Command] = []
+        if self.audit is not None and records:
+            done = self.audit.refused((r.id for r in records), "58000", AUDIT_UNAVAILABLE)
+            out.extend(c.Audit(r) for r in done)
         buf, spans = frames
-        return self._process(buf, spans, AUDIT_UNAVAILABLE)
+        return out + self._process(buf, spans, AUDIT_UNAVAILABLE)
 
     def _process(self, buf: bytes, spans: list[tuple[int, int, int]], refuse: str | None) -> list[c.Command]:
         """Forward one chunk of complete client frames, governed and audited.
@@ -561,8 +568,9 @@ class Session:
         if check.allowed:
             if audit is not None:
                 verdict = check.verdict
+                correlation = extract_correlation(sql)
                 for facts, decision in zip(verdict.facts, verdict.decisions, strict=True):
-                    rec = audit.statement(facts.text, facts, decision)
+                    rec = audit.statement(facts.text, facts, decision, correlation=correlation)
                     chunk.gated.append(rec)
                     audit.expect(rec, self._cycles_sent)
             return
@@ -701,8 +709,11 @@ class Session:
         if not verdict.facts:
             chunk.commands.append(c.Audit(audit.statement(sql, None, check.decision, command="UNPARSABLE")))
             return
+        correlation = extract_correlation(sql)
         for facts in verdict.facts:
-            chunk.commands.append(c.Audit(audit.statement(facts.text, facts, check.decision)))
+            chunk.commands.append(
+                c.Audit(audit.statement(facts.text, facts, check.decision, correlation=correlation))
+            )
 
     def _audit_refused(self, chunk: _Chunk, sql: str, reason: str) -> None:
         if self.audit is not None:
