@@ -129,6 +129,23 @@ class ConnectionConfig(_Model):
         return None
 
 
+class MaskingConfig(_Model):
+    enabled: bool = True
+    # Members of these groups see real values (the baseline masks everyone else).
+    exempt_groups: list[str] = Field(default_factory=lambda: ["pii-readers"])
+    # A column whose lineage cannot be resolved, in a statement reading sensitive tables:
+    # mask by value detection, or refuse the statement.
+    unresolved: Literal["detect", "deny"] = "detect"
+    # Strategy per data class (redact, partial, hash, null), over the built-in defaults.
+    strategies: dict[str, str] = Field(default_factory=dict)
+    # "schema.table.column" (globs) -> a data class, or "none" for not sensitive.
+    overrides: dict[str, str] = Field(default_factory=dict)
+    # How old the cached catalog of a connection may get before it is read again.
+    refresh_seconds: float = Field(default=300.0, gt=0)
+    # Key of the hash strategy (HMAC); generated in the state directory when absent.
+    hash_key_file: Path | None = None
+
+
 class LimitsConfig(_Model):
     max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     startup_timeout_seconds: float = Field(default=10.0, gt=0)
@@ -144,6 +161,7 @@ class Config(_Model):
     policy: Path | None = None
     limits: LimitsConfig = LimitsConfig()
     audit: AuditConfig = AuditConfig()
+    masking: MaskingConfig = MaskingConfig()
     # Forward without policy or audit: for measuring the proxy itself, never for real use.
     passthrough: bool = False
 

@@ -21,6 +21,7 @@ from dbsentry.audit.writer import AuditUnavailable, AuditWriter
 from dbsentry.config import Config, ConfigError, ConnectionConfig
 from dbsentry.identity.model import Identity
 from dbsentry.server import tls
+from dbsentry.server.catalogs import CatalogError, CatalogLoader
 from dbsentry.server.tasks import spawn
 from dbsentry.session import commands as c
 from dbsentry.session.governance import Governor
@@ -45,12 +46,14 @@ class ProxyServer:
         authenticator: Authenticator,
         governor: Governor | None = None,
         audit_writer: AuditWriter | None = None,
+        catalogs: CatalogLoader | None = None,
         *,
         auth_needs_io: bool = False,
     ) -> None:
         self.config = config
         self.governor = governor
         self.audit_writer = audit_writer
+        self.catalogs = catalogs
         self.authenticator = authenticator
         self.auth_needs_io = auth_needs_io
         self.server_ssl = tls.server_context(config)
@@ -148,6 +151,7 @@ class ClientConnection(asyncio.Protocol):
             secret,
             governor=self.proxy.governor,
             audit_config=self.proxy.config.audit if self.proxy.audit_writer is not None else None,
+            masking_service=self.proxy.catalogs.service if self.proxy.catalogs is not None else None,
         )
         self.proxy.sessions[pid] = self
         loop = asyncio.get_running_loop()
@@ -215,6 +219,10 @@ class ClientConnection(asyncio.Protocol):
         elif t is c.AuditGate:
             assert isinstance(cmd, c.AuditGate)
             self._start_gate(cmd)
+        elif t is c.SchemaChanged:
+            assert isinstance(cmd, c.SchemaChanged)
+            if self.proxy.catalogs is not None:
+                self.proxy.catalogs.refresh(cmd.connection)
         elif t is c.CancelUpstream:
             self.cancel_upstream()
         elif t is c.ForwardCancel:
@@ -378,6 +386,28 @@ class ClientConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ from the upstream
 
     def on_upstream_ready(self, ready: UpstreamReady) -> None:
+        catalogs = self.proxy.catalogs
+        name = self.session.connection_name
+        if catalogs is not None and name is not None:
+            # Masking must know the schema before the first statement: fail closed otherwise.
+            spawn(self._ready_with_catalog(catalogs, name, ready), name="catalog")
+            return
+        self._ready(ready)
+
+    async def _ready_with_catalog(self, catalogs: CatalogLoader, name: str, ready: UpstreamReady) -> None:
+        try:
+            await catalogs.ensure(name)
+        except CatalogError as err:
+            self.run(
+                self.session.upstream_failed(
+                    "08004", f'dbsentry: cannot read the schema of connection "{name}" to classify sensitive data: {err}'
+                )
+            )
+            return
+        if not self.closed:
+            self._ready(ready)
+
+    def _ready(self, ready: UpstreamReady) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -11,8 +11,10 @@ from dbsentry.audit import AuditStoreError, AuditWriter, Signer, open_store
 from dbsentry.config import Config, LoadedConfig
 from dbsentry.identity import Authenticator
 from dbsentry.policy import PolicyError
+from dbsentry.server.catalogs import CatalogLoader
 from dbsentry.server.proxy import ProxyServer
 from dbsentry.session.governance import Governor
+from dbsentry.session.masking import MaskingService, load_or_create_key
 
 log = logging.getLogger("dbsentry")
 POLICY_POLL_SECONDS = 2.0
@@ -63,8 +65,12 @@ async def run_server(loaded: LoadedConfig) -> None:
             log.error("invalid policy; not starting", extra={"fields": {"reason": str(err)}})
             sys.exit(2)
         writer = open_writer(config)
+    catalogs: CatalogLoader | None = None
+    if not config.passthrough and config.masking.enabled:
+        key_path = config.masking.hash_key_file or config.state_dir / "masking.key"
+        catalogs = CatalogLoader(config, MaskingService(config.masking, load_or_create_key(key_path)))
     authenticator = Authenticator(config)
-    proxy = ProxyServer(config, authenticator, governor, writer, auth_needs_io=authenticator.needs_io)
+    proxy = ProxyServer(config, authenticator, governor, writer, catalogs, auth_needs_io=authenticator.needs_io)
     await proxy.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -80,6 +86,7 @@ async def run_server(loaded: LoadedConfig) -> None:
                 "connections": sorted(config.connections),
                 "policy": governor.version if governor else "passthrough",
                 "audit": f"{config.audit.store}/{config.audit.durability}" if writer else "off",
+                "masking": "on" if catalogs else "off",
             }
         },
     )

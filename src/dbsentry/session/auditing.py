@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from dbsentry.audit import AuditConfig, CompletionRecord, SessionEvent, StatementRecord
 from dbsentry.identity.model import Identity
 from dbsentry.policy.engine import Decision
+from dbsentry.session.masking import StatementPlan
 from dbsentry.sql.facts import StatementFacts
 
 
@@ -77,6 +78,7 @@ class SessionAudit:
         params: tuple[str | None, ...] | None = None,
         command: str | None = None,
         correlation: Mapping[str, str] | None = None,
+        masks: StatementPlan | None = None,
     ) -> StatementRecord:
         """``correlation``: ids read from the whole message the statement came in (a comment
         before the first statement of a Query is not part of its text); by default read
@@ -96,6 +98,10 @@ class SessionAudit:
             fields = {"command": command}
         if correlation is not None:
             fields["correlation"] = correlation
+        if masks is not None:
+            fields["masked_columns"] = masks.masked_columns
+            fields["masked_classes"] = masks.masked_classes
+            fields["data_classes"] = masks.masked_classes
         return StatementRecord.create(
             sql=sql,
             params=params,

@@ -88,6 +88,13 @@ class AuditGate:
 
 
 @dataclass(slots=True)
+class SchemaChanged:
+    """DDL ran on this connection: its catalog (masking) must be read again."""
+
+    connection: str
+
+
+@dataclass(slots=True)
 class Log:
     level: int
     event: str
@@ -106,5 +113,6 @@ Command = (
     | CloseUpstream
     | Audit
     | AuditGate
+    | SchemaChanged
     | Log
 )

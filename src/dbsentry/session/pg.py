@@ -24,9 +24,11 @@ from dbsentry.audit.records import CompletionRecord, Record, extract_correlation
 from dbsentry.config import Config, ConnectionConfig
 from dbsentry.identity.model import Identity
 from dbsentry.policy.engine import Decision
+from dbsentry.policy.verdict import Verdict
 from dbsentry.session import commands as c
 from dbsentry.session.auditing import SessionAudit
 from dbsentry.session.governance import Check, Governor, denial_message
+from dbsentry.session.masking import MaskingService, SessionMasking, StatementPlan, looks_masked
 from dbsentry.session.upstream import UpstreamReady
 from dbsentry.wire.pg import codec
 from dbsentry.wire.pg import messages as m
@@ -121,8 +123,17 @@ def _escape_option(word: str) -> str:
     return "".join("\\" + ch if ch == "\\" or ch in _PG_SPACE else ch for ch in word)
 
 
+# CommandComplete tags after which a connection's catalog is read again (masking).
+_SCHEMA_TAGS = frozenset({b"CREATE", b"ALTER ", b"DROP T", b"DROP V", b"DROP F", b"DROP S", b"COMMEN"})
 AUDIT_UNAVAILABLE = "dbsentry: the audit trail is unavailable, so the statement was not run; try again shortly"
 ALLOWED = Decision("allow", ())
+
+
+def _refusal(check: Check, rule: str, message: str) -> Check:
+    """A deny decision made by the masking layer, in the shape the policy gives."""
+    decision = Decision("deny", (rule,), f"{message} ({rule})")
+    verdict = check.verdict
+    return Check(Verdict(verdict.facts, tuple(decision for _ in verdict.facts), decision, verdict.parse_error))
 
 
 def _readable_params(bind: m.Bind) -> tuple[str | None, ...]:
@@ -141,12 +152,13 @@ def _readable_params(bind: m.Bind) -> tuple[str | None, ...]:
 class _Chunk:
     """One chunk of frames on its way through: replaced frames, commands, records to commit."""
 
-    __slots__ = ("_last", "_pieces", "_stop", "buf", "commands", "gated")
+    __slots__ = ("_last", "_pieces", "_stop", "buf", "commands", "gated", "plans")
 
     def __init__(self, buf: bytes) -> None:
         self.buf = buf
         self.commands: list[c.Command] = []
         self.gated: list[Record] = []
+        self.plans: tuple[StatementPlan | None, ...] = ()  # of the Query being handled
         self._pieces: list[bytes] | None = None
         self._last = 0
         self._stop = len(buf)
@@ -204,6 +216,8 @@ class Session:
     _early: bytes = b""  # client bytes that arrived before the session was ready
     _busy: bool = False  # forwarded something the upstream has not answered with an idle Z
     governor: Governor | None = None
+    masking_service: MaskingService | None = None
+    masking: SessionMasking | None = None
     _environment: str = ""
     # Prepared statement name -> (SQL, policy version it was checked under, the check).
     _prepared: dict[str, tuple[str, str, Check]] = field(default_factory=dict)
@@ -433,6 +447,10 @@ class Session:
                 codec.encode_ready(ready.status),
             )
         )
+        svc = self.masking_service
+        if svc is not None and self.identity is not None and not (self.identity.groups & svc.exempt_groups):
+            assert self.connection_name is not None
+            self.masking = SessionMasking(svc, self.connection_name)
         out.append(c.SendClient(greeting))
         if ready.leftover:
             out.extend(self.upstream_data(ready.leftover))
@@ -489,8 +507,12 @@ class Session:
                 break
             if refuse is not None:
                 self._refuse_frame(chunk, t, start, end, refuse)
-            elif gov is not None:
+                continue
+            if gov is not None:
                 self._govern_frame(gov, chunk, t, start, end)
+            if self.masking is not None:
+                self.masking.sent(t, buf, start, end, chunk.plans)
+                chunk.plans = ()
         out = chunk.assemble()
         cmds = chunk.commands
         if out:
@@ -564,19 +586,43 @@ class Session:
         check = self._check(gov, sql)
         if check.allowed:
             check = self._check_sql_prepared(gov, check)
+        plans: tuple[StatementPlan | None, ...] = ()
+        if check.allowed:
+            check, plans = self._mask_plans(sql, check)
         audit = self.audit
         if check.allowed:
+            chunk.plans = plans
             if audit is not None:
                 verdict = check.verdict
                 correlation = extract_correlation(sql)
-                for facts, decision in zip(verdict.facts, verdict.decisions, strict=True):
-                    rec = audit.statement(facts.text, facts, decision, correlation=correlation)
+                for i, (facts, decision) in enumerate(zip(verdict.facts, verdict.decisions, strict=True)):
+                    plan = plans[i] if i < len(plans) else None
+                    rec = audit.statement(facts.text, facts, decision, correlation=correlation, masks=plan)
                     chunk.gated.append(rec)
                     audit.expect(rec, self._cycles_sent)
             return
         marker = self._deny(check, sql, chunk.commands)
         chunk.replace(start, end, codec.encode_query(self._marker_sql(marker)))
         self._audit_denied(chunk, sql, check)
+
+    def _mask_plans(self, sql: str, check: Check) -> tuple[Check, tuple[StatementPlan | None, ...]]:
+        """The mask plan of each statement, or a refusal when masking cannot be guaranteed."""
+        verdict = check.verdict
+        if any(f.statement_class == "WRITE" for f in verdict.facts) and looks_masked(sql):
+            return _refusal(check, "masking.write_back", "writing a masked value back is refused"), ()
+        masking = self.masking
+        if masking is None:
+            return check, ()
+        plans = masking.plan(sql, verdict.facts, check.decision)
+        for plan in plans:
+            if plan is None:
+                continue
+            if plan.plan.deny:
+                return _refusal(check, "masking.unresolved", "masking cannot follow the data of this statement"), ()
+            copy = plan.lineage.copy
+            if copy is not None and copy.format == "binary":
+                return _refusal(check, "masking.binary_copy", "binary COPY of sensitive columns is refused; use text or csv"), ()
+        return check, plans
 
     def _check_sql_prepared(self, gov: Governor, check: Check) -> Check:
         """Track SQL PREPARE, and judge SQL EXECUTE by the statement it runs, now.
@@ -610,10 +656,17 @@ class Session:
             self._audit_refused(chunk, parse.sql[:4096], too_long)
             return
         check = self._check(gov, parse.sql)
+        plans: tuple[StatementPlan | None, ...] = ()
+        if check.allowed:
+            check, plans = self._mask_plans(parse.sql, check)
         if check.allowed:
             self._prepared[parse.name] = (parse.sql, gov.version, check)
+            if self.masking is not None:
+                self.masking.parsed(parse.name, plans[0] if plans else None)
             return
         self._prepared.pop(parse.name, None)
+        if self.masking is not None:
+            self.masking.parsed(parse.name, None)
         marker = self._deny(check, parse.sql, chunk.commands)
         chunk.replace(start, end, codec.encode_parse(m.Parse(parse.name, self._marker_sql(marker))))
         self._audit_denied(chunk, parse.sql, check)
@@ -731,7 +784,8 @@ class Session:
             return  # its Parse was refused: the upstream fails the Bind, nothing runs
         sql, _, check = prepared
         facts = check.verdict.facts[0] if check.verdict.facts else None
-        rec = self.audit.statement(sql, facts, check.decision, params=bound[1])
+        plan = self.masking.statements.get(bound[0]) if self.masking is not None else None
+        rec = self.audit.statement(sql, facts, check.decision, params=bound[1], masks=plan)
         chunk.gated.append(rec)
         self.audit.expect(rec, self._cycles_sent + 1)  # answered before the next Sync's ReadyForQuery
 
@@ -750,8 +804,13 @@ class Session:
 
     def _upstream_frames_received(self, buf: bytes, spans: list[tuple[int, int, int]]) -> list[c.Command]:
         audit = self.audit
+        masking = self.masking
         chunk = _Chunk(buf)
         for t, start, end in spans:
+            if masking is not None:
+                masked = masking.received(t, buf, start, end)
+                if masked is not None and not (t == m.R_ERROR and self._refusals and self._is_ours(buf, start, end)):
+                    chunk.replace(start, end, masked)
             if t == m.R_READY:
                 self.txn_status = codec.decode_ready(buf, start, end).status
                 if self._cycles_done < self._cycles_sent:
@@ -774,11 +833,15 @@ class Session:
                 if audit is not None:
                     fields = codec.decode_error_fields(buf, start, end)
                     self._audit_done(chunk, audit.error(fields.sqlstate, fields.message))
-            elif audit is not None:
-                if t == m.R_COMMAND_COMPLETE:
+            elif t == m.R_COMMAND_COMPLETE:
+                if self.masking_service is not None and buf[start : start + 6] in _SCHEMA_TAGS:
+                    assert self.connection_name is not None
+                    chunk.commands.append(c.SchemaChanged(self.connection_name))
+                if audit is not None:
                     tag = codec.decode_command_complete(buf, start, end).tag
                     self._audit_done(chunk, audit.command_complete(tag))
-                elif t == m.R_EMPTY_QUERY or t == m.R_PORTAL_SUSPENDED:
+            elif audit is not None:
+                if t == m.R_EMPTY_QUERY or t == m.R_PORTAL_SUSPENDED:
                     self._audit_done(chunk, audit.empty_or_suspended())
                 elif t == m.R_PARAMETER_STATUS:
                     ps = codec.decode_parameter_status(buf, start, end)
@@ -793,6 +856,9 @@ class Session:
     def _audit_done(chunk: _Chunk, record: CompletionRecord | None) -> None:
         if record is not None:
             chunk.commands.append(c.Audit(record))
+
+    def _is_ours(self, buf: bytes, start: int, end: int) -> bool:
+        return b"dbsentry_refused_" in buf[start:end]
 
     def _our_error(self, buf: bytes, start: int, end: int) -> bytes | None:
         text = bytes(buf[start:end])

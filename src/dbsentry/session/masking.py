@@ -1,0 +1,424 @@
+"""Masking in a session: which result columns to mask, and masking them on the wire.
+
+Two parts, both free of I/O:
+
+- :class:`MaskingService` is shared by all sessions.  It holds, per connection, the
+  classified catalog (a :class:`MaskingView`, loaded by the shell) and caches the mask
+  plan of each statement text.
+- :class:`SessionMasking` follows one session's protocol exchange.  Every message the
+  proxy forwards upstream that the server answers is queued as an expectation; every
+  server message is matched against the head of that queue, so each RowDescription,
+  DataRow and CopyData is tied to the statement that produced it, in the simple and
+  the extended protocol (Describe before or after Bind, pipelines, errors that skip to
+  Sync).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dbsentry.config import MaskingConfig
+from dbsentry.masking import (
+    Catalog,
+    ClassMap,
+    CopyMasker,
+    DataClass,
+    MaskPlan,
+    MaskSettings,
+    RowMasker,
+    StatementLineage,
+    analyze_lineage,
+    compile_copy_masker,
+    compile_row_masker,
+    decode_row_description,
+    mask_data_row,
+    plan_masks,
+)
+from dbsentry.masking.classes import parse_class
+from dbsentry.masking.lineage import LineageError
+from dbsentry.masking.rows import Field, UnsupportedCopy
+from dbsentry.masking.strategies import PLACEHOLDERS
+from dbsentry.policy.cache import LRU
+from dbsentry.policy.engine import Decision
+from dbsentry.sql.facts import StatementFacts
+from dbsentry.wire.pg import codec
+from dbsentry.wire.pg import messages as m
+
+
+@dataclass(frozen=True, slots=True)
+class StatementPlan:
+    lineage: StatementLineage
+    plan: MaskPlan
+
+    @property
+    def active(self) -> bool:
+        return self.plan.active
+
+    @property
+    def masked_columns(self) -> tuple[str, ...]:
+        return tuple(sorted({str(s) for c in self.plan.columns if c is not None for s in c.sources}))
+
+    @property
+    def masked_classes(self) -> tuple[str, ...]:
+        return tuple(sorted(str(d.value) for d in self.plan.data_classes))
+
+
+@dataclass(frozen=True, slots=True)
+class MaskingView:
+    """A connection's catalog and what in it is sensitive."""
+
+    catalog: Catalog
+    classmap: ClassMap
+    version: int
+    # Relation names (unqualified, lower case) whose reading may yield sensitive data:
+    # tables with sensitive columns and every view.  User-defined function names.
+    sensitive_relnames: frozenset[str]
+    user_functions: frozenset[str]
+
+    @classmethod
+    def build(cls, catalog: Catalog, classmap: ClassMap, version: int) -> MaskingView:
+        relnames = {t for _, t in classmap.tables}
+        for rel in catalog.relations.values():
+            if rel.is_view:
+                relnames.add(rel.name)
+        functions = {f.name for f in catalog.functions.values() if f.schema != "pg_catalog"}
+        return cls(catalog, classmap, version, frozenset(n.lower() for n in relnames), frozenset(functions))
+
+    def may_read_sensitive(self, facts: StatementFacts) -> bool:
+        """A cheap test: could this statement read sensitive data at all?"""
+        if not self.classmap.columns:
+            return False
+        if facts.command in _ALWAYS_ANALYSE:
+            return True
+        for table in facts.tables_read:
+            if table.rpartition(".")[2].strip('"').lower() in self.sensitive_relnames:
+                return True
+        return any(fn.rpartition(".")[2] in self.user_functions for fn in facts.functions)
+
+
+# Statements whose results come from elsewhere: a cursor, a prepared statement, a table copy.
+_ALWAYS_ANALYSE = frozenset({"EXECUTE", "FETCH", "COPY", "MOVE"})
+_MASK_MARKERS = (*tuple(v for v in PLACEHOLDERS.values()), "****")
+
+
+def looks_masked(text: str) -> bool:
+    """Whether ``text`` carries a mask placeholder (writing one back would corrupt data)."""
+    return any(marker in text for marker in _MASK_MARKERS)
+
+
+def load_or_create_key(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = secrets.token_bytes(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+        return key
+
+
+class MaskingService:
+    """Shared by all sessions: the classified catalog of each connection, and plans."""
+
+    def __init__(self, config: MaskingConfig, key: bytes) -> None:
+        self.config = config
+        self.key = key
+        self.exempt_groups = frozenset(config.exempt_groups)
+        strategies: dict[DataClass, str] = {}
+        for name, strategy in config.strategies.items():
+            cls = parse_class(name)
+            if cls is not None:
+                strategies[cls] = strategy
+        self.settings = MaskSettings(unresolved=config.unresolved)
+        if strategies:
+            self.settings = MaskSettings(
+                strategies={**self.settings.strategies, **strategies}, unresolved=config.unresolved
+            )
+        self.views: dict[str, MaskingView] = {}
+        self._plans: LRU[tuple[int, str, tuple[object, ...]], tuple[StatementPlan, ...] | None] = LRU(4096)
+
+    def current(self, connection: str) -> MaskingView | None:
+        return self.views.get(connection)
+
+    def install(self, connection: str, catalog: Catalog, classmap: ClassMap) -> MaskingView:
+        old = self.views.get(connection)
+        view = MaskingView.build(catalog, classmap, (old.version + 1) if old else 1)
+        self.views[connection] = view
+        return view
+
+    def plans(
+        self, view: MaskingView, sql: str, facts: Sequence[StatementFacts], decision: Decision
+    ) -> tuple[StatementPlan | None, ...]:
+        """One plan per statement (None where nothing can be sensitive)."""
+        if not any(view.may_read_sensitive(f) for f in facts):
+            return tuple(None for _ in facts)
+        key = (view.version, sql, decision.masks)
+        cached = self._plans.get(key)
+        if cached is None:
+            settings = self._settings_for(decision)
+            try:
+                lineages = analyze_lineage(sql, view.catalog, view.catalog.search_path)
+            except LineageError:
+                lineages = []
+            if len(lineages) != len(facts):
+                # Cannot tie lineage to statements: judge every result by its values.
+                cached = tuple(
+                    StatementPlan(_UNKNOWN_LINEAGE, MaskPlan((), reads_sensitive=True, deny=self.config.unresolved == "deny", reason="lineage unavailable"))
+                    for _ in facts
+                )
+            else:
+                cached = tuple(StatementPlan(lin, plan_masks(lin, view.classmap, settings)) for lin in lineages)
+            self._plans.put(key, cached)
+        return tuple(p if p.active else None for p in cached)
+
+    def _settings_for(self, decision: Decision) -> MaskSettings:
+        columns: dict[str, str] = {}
+        for spec in decision.masks:
+            for col in spec.columns or ():
+                columns[col] = spec.strategy
+        if not columns:
+            return self.settings
+        return MaskSettings(self.settings.strategies, columns, self.settings.unresolved)
+
+
+_UNKNOWN_LINEAGE = StatementLineage("UNKNOWN", (), frozenset(), True, exact=False, reads_unknown=True)
+
+
+# ---------------------------------------------------------------------- per session
+
+
+@dataclass(slots=True)
+class _Query:
+    """A simple Query (or FunctionCall): answered statement by statement, then ReadyForQuery."""
+
+    plans: tuple[StatementPlan | None, ...]
+    index: int = 0
+    rows: RowMasker | None = None
+    copy: CopyMasker | None = None
+
+    @property
+    def plan(self) -> StatementPlan | None:
+        return self.plans[self.index] if self.index < len(self.plans) else None
+
+    def next_statement(self) -> None:
+        self.index += 1
+        self.rows = None
+        self.copy = None
+
+
+@dataclass(slots=True)
+class _Simple:
+    """Parse, Bind or Close: answered by one ParseComplete / BindComplete / CloseComplete."""
+
+
+@dataclass(slots=True)
+class _Describe:
+    kind: str
+    name: str
+
+
+@dataclass(slots=True)
+class _Execute:
+    portal: str
+    plan: StatementPlan | None
+    fields: tuple[Field, ...] | None
+    formats: tuple[int, ...]
+    rows: RowMasker | None = None
+    compiled: bool = False
+
+
+@dataclass(slots=True)
+class _Sync:
+    pass
+
+
+_Item = _Query | _Simple | _Describe | _Execute | _Sync
+_SIMPLE = _Simple()
+_SYNC = _Sync()
+WITHHELD = "dbsentry: the error message was withheld because the statement reads masked data"
+
+
+@dataclass
+class SessionMasking:
+    service: MaskingService
+    connection: str
+    expect: deque[_Item] = field(default_factory=deque)
+    statements: dict[str, StatementPlan | None] = field(default_factory=dict)
+    statement_fields: dict[str, tuple[Field, ...] | None] = field(default_factory=dict)
+    portals: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)
+    portal_fields: dict[str, tuple[Field, ...] | None] = field(default_factory=dict)
+
+    # -------------------------------------------------------------- client side
+
+    def plan(self, sql: str, facts: Sequence[StatementFacts], decision: Decision) -> tuple[StatementPlan | None, ...]:
+        view = self.service.current(self.connection)
+        if view is None:
+            return tuple(None for _ in facts)
+        return self.service.plans(view, sql, facts, decision)
+
+    def sent(self, t: int, buf: bytes, start: int, end: int, plans: tuple[StatementPlan | None, ...] = ()) -> None:
+        """A frame of type ``t`` went upstream; queue what the server will answer."""
+        if t == m.Q_QUERY or t == m.Q_FUNCTION_CALL:
+            self.expect.append(_Query(plans))
+        elif t == m.Q_PARSE:
+            self.expect.append(_SIMPLE)
+        elif t == m.Q_BIND:
+            bind = codec.decode_bind(buf, start, end)
+            self.portals[bind.portal] = (bind.statement, bind.result_formats)
+            self.portal_fields.pop(bind.portal, None)
+            self.expect.append(_SIMPLE)
+        elif t == m.Q_DESCRIBE:
+            kind, name = codec.decode_describe_or_close(buf, start, end)
+            self.expect.append(_Describe(kind, name))
+        elif t == m.Q_EXECUTE:
+            portal = codec.decode_execute(buf, start, end).portal
+            stmt, formats = self.portals.get(portal, ("", ()))
+            fields = self.portal_fields.get(portal) or self.statement_fields.get(stmt)
+            self.expect.append(_Execute(portal, self.statements.get(stmt), fields, formats))
+        elif t == m.Q_CLOSE:
+            kind, name = codec.decode_describe_or_close(buf, start, end)
+            if kind == "S":
+                self.statements.pop(name, None)
+                self.statement_fields.pop(name, None)
+            else:
+                self.portals.pop(name, None)
+                self.portal_fields.pop(name, None)
+            self.expect.append(_SIMPLE)
+        elif t == m.Q_SYNC:
+            self.expect.append(_SYNC)
+
+    def parsed(self, name: str, plan: StatementPlan | None) -> None:
+        self.statements[name] = plan
+        self.statement_fields.pop(name, None)
+
+    # -------------------------------------------------------------- server side
+
+    def received(self, t: int, buf: bytes, start: int, end: int) -> bytes | None:
+        """A server frame; returns the frame to send instead, or None to pass it as is."""
+        expect = self.expect
+        head = expect[0] if expect else None
+        if t == m.R_DATA_ROW:
+            rows = self._rows(head)
+            if rows is None:
+                return None
+            body = bytes(buf[start:end])
+            masked = mask_data_row(body, rows)
+            return None if masked is body else codec.frame(b"D", masked)
+        if t == COPY_DATA:
+            if isinstance(head, _Query) and head.copy is not None:
+                return codec.frame(b"d", head.copy.mask(bytes(buf[start:end])))
+            return None
+        if t == m.R_ROW_DESCRIPTION:
+            fields = decode_row_description(bytes(buf[start:end]))
+            if isinstance(head, _Query):
+                plan = head.plan
+                head.rows = self._compile(plan, fields, None) if plan is not None else None
+            elif isinstance(head, _Describe):
+                self._described(head, fields)
+                expect.popleft()
+            return None
+        if t == m.R_COMMAND_COMPLETE or t == m.R_EMPTY_QUERY:
+            if isinstance(head, _Query):
+                head.next_statement()
+            elif isinstance(head, _Execute):
+                expect.popleft()
+            return None
+        if t == m.R_PORTAL_SUSPENDED:
+            if isinstance(head, _Execute):
+                expect.popleft()
+            return None
+        if t == m.R_ERROR:
+            sensitive = self._current_plan(head) is not None
+            if isinstance(head, _Query):
+                head.plans = head.plans[: head.index]  # the rest of the string is skipped
+            else:
+                while expect and not isinstance(expect[0], _Sync):
+                    expect.popleft()  # the server skips to the next Sync
+            if sensitive:
+                err = codec.decode_error_fields(buf, start, end)
+                return codec.error_response(err.sqlstate, WITHHELD, severity=err.severity or "ERROR")
+            return None
+        if t == m.R_READY:
+            while expect and not isinstance(expect[0], _Query | _Sync):
+                expect.popleft()
+            if expect:
+                expect.popleft()
+            return None
+        if t in _ONE_ANSWER:
+            if expect and isinstance(head, _Simple):
+                expect.popleft()
+            return None
+        if t == m.R_NO_DATA:
+            if isinstance(head, _Describe):
+                self._described(head, None)
+                expect.popleft()
+            return None
+        if t == m.R_COPY_OUT:
+            if isinstance(head, _Query) and head.plan is not None:
+                plan = head.plan
+                copy = plan.lineage.copy
+                if copy is not None:
+                    try:
+                        head.copy = compile_copy_masker(plan.plan, copy, key=self.service.key)
+                    except UnsupportedCopy:
+                        head.copy = None  # refused before forwarding; see Session
+            return None
+        return None
+
+    def _current_plan(self, head: _Item | None) -> StatementPlan | None:
+        if isinstance(head, _Query):
+            return head.plan
+        if isinstance(head, _Execute):
+            return head.plan
+        return None
+
+    def _described(self, item: _Describe, fields: tuple[Field, ...] | None) -> None:
+        if item.kind == "S":
+            self.statement_fields[item.name] = fields
+        else:
+            self.portal_fields[item.name] = fields
+            for pending in self.expect:
+                if isinstance(pending, _Execute) and pending.portal == item.name and not pending.compiled:
+                    pending.fields = fields
+
+    def _rows(self, head: _Item | None) -> RowMasker | None:
+        if isinstance(head, _Query):
+            return head.rows
+        if isinstance(head, _Execute):
+            if not head.compiled:
+                head.compiled = True
+                if head.plan is not None:
+                    fields = head.fields or self.portal_fields.get(head.portal)
+                    if fields is not None:
+                        head.rows = self._compile(head.plan, fields, head.formats)
+                    else:
+                        head.rows = self._compile(head.plan, None, head.formats)
+            return head.rows
+        return None
+
+    def _compile(self, plan: StatementPlan, fields: Sequence[Field] | None, formats: Sequence[int] | None) -> RowMasker | None:
+        svc = self.service
+        view = svc.current(self.connection)
+        if fields is None:
+            # No RowDescription was seen for this result (the client never asked): the
+            # planned columns are masked as text-typed values.
+            n = len(plan.plan.columns)
+            fields = tuple(Field("", 0, 0, 25, -1, -1, 0) for _ in range(n))
+        return compile_row_masker(
+            plan.plan,
+            fields,
+            key=svc.key,
+            result_formats=formats or None,
+            classmap=view.classmap if view is not None else None,
+            strategies=dict(svc.settings.strategies),
+        )
+
+
+COPY_DATA = m.COPY_DATA
+_ONE_ANSWER = frozenset({ord("1"), ord("2"), ord("3")})
