@@ -146,10 +146,15 @@ def check_config(config_path: Path) -> None:
 
 
 def _register() -> None:
+    from dbsentry.approvals.cli import access, approvals
     from dbsentry.audit.cli import audit, report
+    from dbsentry.masking.cli import classify
     from dbsentry.policy.cli import policy
 
     main.add_command(policy)
+    main.add_command(approvals)
+    main.add_command(access)
+    main.add_command(classify)
     main.add_command(audit)
     main.add_command(report)
 

@@ -15,7 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dbsentry.approvals.config import ApprovalsConfig
 from dbsentry.audit.config import AuditConfig
+from dbsentry.web.config import WebConfig
 
 
 class ConfigError(Exception):
@@ -47,6 +49,10 @@ class ListenConfig(_Model):
     @property
     def postgres_addr(self) -> tuple[str, int]:
         return _split_hostport(self.postgres, "listen.postgres")
+
+    @property
+    def http_addr(self) -> tuple[str, int] | None:
+        return None if self.http is None else _split_hostport(self.http, "listen.http")
 
 
 class TLSConfig(_Model):
@@ -162,6 +168,8 @@ class Config(_Model):
     limits: LimitsConfig = LimitsConfig()
     audit: AuditConfig = AuditConfig()
     masking: MaskingConfig = MaskingConfig()
+    approvals: ApprovalsConfig = ApprovalsConfig()
+    web: WebConfig = WebConfig()
     # Forward without policy or audit: for measuring the proxy itself, never for real use.
     passthrough: bool = False
 

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from dbsentry import metrics
 from dbsentry.audit.keys import Signer
 from dbsentry.audit.records import CompletionRecord, Record, SystemEvent
 from dbsentry.audit.store import AuditStore, EncodedRecord, encode
@@ -334,11 +335,14 @@ class AuditWriter:
 
     def _write(self, batch: list[_Item]) -> None:
         items, results = self._encode(batch)
+        started = time.monotonic()
         try:
             seqs = self.store.append_batch([i.encoded for i in items if i.encoded is not None])
         except Exception as err:
+            metrics.audit_error("commit")
             self._on_failure(items, results, err)
             return
+        metrics.audit_commit(time.monotonic() - started, len(items))
         for item, seq in zip(items, seqs, strict=True):
             if item.future is not None:
                 results.append((item.future, seq))

@@ -9,6 +9,8 @@ or task switches.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import hmac
 import logging
 import secrets
@@ -17,6 +19,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
+from dbsentry import metrics
+from dbsentry.approvals import Approvals, ApprovalStoreError
+from dbsentry.approvals.model import ApprovalRequest
+from dbsentry.approvals.service import Gate
+from dbsentry.audit.records import CompletionRecord, Record, SessionEvent, StatementRecord
 from dbsentry.audit.writer import AuditUnavailable, AuditWriter
 from dbsentry.config import Config, ConfigError, ConnectionConfig
 from dbsentry.identity.model import Identity
@@ -47,9 +54,11 @@ class ProxyServer:
         governor: Governor | None = None,
         audit_writer: AuditWriter | None = None,
         catalogs: CatalogLoader | None = None,
+        approvals: Approvals | None = None,
         *,
         auth_needs_io: bool = False,
     ) -> None:
+        self.approvals = approvals
         self.config = config
         self.governor = governor
         self.audit_writer = audit_writer
@@ -74,6 +83,9 @@ class ProxyServer:
         sock = self._server.sockets[0].getsockname()
         log.info("listening", extra={"fields": {"postgres": f"{sock[0]}:{sock[1]}"}})
         return sock[0], sock[1]
+
+    def listening(self) -> bool:
+        return self._server is not None and self._server.is_serving()
 
     async def close(self) -> None:
         if self._server is not None:
@@ -115,13 +127,15 @@ MAX_GATED_CHUNKS = 64
 class _GateEntry:
     """Client chunks waiting for their audit records to commit, in arrival order."""
 
-    __slots__ = ("after", "cmd", "done", "ok")
+    __slots__ = ("after", "cancel", "cmd", "done", "ok", "refusal")
 
     def __init__(self, cmd: c.AuditGate) -> None:
         self.cmd = cmd
         self.after: list[c.Command] = []
         self.done = False
         self.ok = False
+        self.refusal: tuple[str, str] | None = None  # (sqlstate, message): not approved
+        self.cancel: asyncio.Future[None] | None = None  # set while waiting for an approval
 
 
 class ClientConnection(asyncio.Protocol):
@@ -135,6 +149,7 @@ class ClientConnection(asyncio.Protocol):
         self.address = "?"
         self._timer: asyncio.TimerHandle | None = None
         self._gate: deque[_GateEntry] = deque()
+        self._grants_for: str | None = None
         self.session: Session
 
     # ------------------------------------------------------------------ asyncio callbacks
@@ -152,6 +167,7 @@ class ClientConnection(asyncio.Protocol):
             governor=self.proxy.governor,
             audit_config=self.proxy.config.audit if self.proxy.audit_writer is not None else None,
             masking_service=self.proxy.catalogs.service if self.proxy.catalogs is not None else None,
+            approvals=self.proxy.approvals,
         )
         self.proxy.sessions[pid] = self
         loop = asyncio.get_running_loop()
@@ -168,6 +184,9 @@ class ClientConnection(asyncio.Protocol):
             self._timer.cancel()
         self.closed = True
         self.proxy.sessions.pop(self.session.proxy_pid, None)
+        if self._grants_for is not None and self.proxy.approvals is not None:
+            self.proxy.approvals.release_grants(self._grants_for)
+            self._grants_for = None
         self.run(self.session.client_closed())
 
     def pause_writing(self) -> None:
@@ -235,7 +254,23 @@ class ClientConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ audit
 
+    def _observe(self, record: Record) -> None:
+        """Prometheus metrics, read off the audit records as they pass."""
+        if isinstance(record, StatementRecord):
+            metrics.statement(record.decision, record.statement_class, record.connection)
+            for cls in record.masked_classes:
+                metrics.masked(1, cls)
+        elif isinstance(record, CompletionRecord):
+            if record.duration_ms is not None:
+                metrics.statement_duration(record.duration_ms / 1000, self.session.connection_name)
+        elif isinstance(record, SessionEvent):
+            if record.event == "opened":
+                metrics.session_opened(record.connection)
+            else:
+                metrics.session_closed(record.connection)
+
     def _audit_nowait(self, cmd: c.Audit) -> None:
+        self._observe(cmd.record)
         writer = self.proxy.audit_writer
         if writer is None:
             return
@@ -245,6 +280,8 @@ class ClientConnection(asyncio.Protocol):
             log.error("audit record dropped", extra={"fields": {"error": str(err), "type": cmd.record.TYPE}})
 
     def _start_gate(self, cmd: c.AuditGate) -> None:
+        for record in cmd.records:
+            self._observe(record)
         entry = _GateEntry(cmd)
         self._gate.append(entry)
         if len(self._gate) > MAX_GATED_CHUNKS and self.transport is not None:
@@ -253,21 +290,112 @@ class ClientConnection(asyncio.Protocol):
 
     async def _commit(self, entry: _GateEntry) -> None:
         writer = self.proxy.audit_writer
+        records = entry.cmd.records
         try:
-            if writer is None:
-                raise AuditUnavailable("audit is not configured")
-            await asyncio.gather(*(writer.append(r) for r in entry.cmd.records))
+            if entry.cmd.approvals:
+                approval_id = await self._approve(entry)
+                if approval_id is None:
+                    if writer is not None:
+                        for r in records:
+                            self._audit_nowait(c.Audit(r))
+                    return
+                records = [
+                    dataclasses.replace(r, approval_id=approval_id) if isinstance(r, StatementRecord) else r
+                    for r in records
+                ]
+                entry.cmd.records = records
+            if records:
+                if writer is None:
+                    raise AuditUnavailable("audit is not configured")
+                await asyncio.gather(*(writer.append(r) for r in records))
             entry.ok = True
         except AuditUnavailable as err:
             log.error("statement refused: audit unavailable", extra={"fields": {"error": str(err)}})
-        entry.done = True
-        self._drain_gate()
+        finally:
+            entry.done = True
+            self._drain_gate()
+
+    async def _approve(self, entry: _GateEntry) -> str | None:
+        """Resolve the approvals a held chunk needs; the approval id, or None when refused."""
+        svc = self.proxy.approvals
+        session = self.session
+        loop = asyncio.get_running_loop()
+        approval_id: str | None = None
+        for ask in entry.cmd.approvals:
+            if svc is None or session.identity is None or session.connection_name is None:
+                entry.refusal = ("42501", "dbsentry: this statement requires approval")
+                return None
+            identity, connection = session.identity, session.connection_name
+            try:
+                gate = await loop.run_in_executor(
+                    None,
+                    functools.partial(
+                        svc.statement_gate,
+                        identity=identity,
+                        connection=connection,
+                        environment=session.connection.environment if session.connection else None,
+                        sql=ask.sql,
+                        params=ask.params,
+                        decision=ask.decision,
+                        facts=ask.facts,
+                        session_id=session.session_id,
+                        client_mode=session.settings.get("approval"),
+                    ),
+                )
+                if gate.outcome == "refuse":
+                    entry.refusal = ("42501", gate.message)
+                    return None
+                if gate.outcome == "wait":
+                    request = await self._wait_for_approval(entry, svc, gate)
+                    if request is None:
+                        return None
+                    approval_id = request.id
+                else:
+                    approval_id = gate.request.id
+            except (ApprovalStoreError, OSError) as err:
+                log.error("approvals unavailable", extra={"fields": {"error": str(err)}})
+                entry.refusal = ("58000", "dbsentry: approvals are unavailable, so the statement was not run")
+                return None
+        return approval_id
+
+    async def _wait_for_approval(self, entry: _GateEntry, svc: Approvals, gate: Gate) -> ApprovalRequest | None:
+        loop = asyncio.get_running_loop()
+        request = gate.request
+        if not self.closed and self.transport is not None:
+            self.transport.write(codec.notice_response(gate.message))
+        fut = svc.watch(request.id)
+        entry.cancel = loop.create_future()
+        watched = asyncio.wrap_future(fut)
+        timeout = svc.config.wait_timeout_seconds
+        waits: set[asyncio.Future[Any]] = {watched, entry.cancel}
+        done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        who = self.session.identity.name if self.session.identity else None
+        if watched not in done:
+            svc.unwatch(request.id, fut)
+            await loop.run_in_executor(None, svc.withdraw, request.id, who)
+            if entry.cancel in done:
+                entry.refusal = ("57014", f"dbsentry: approval request {request.id} withdrawn: canceled by the client")
+            else:
+                entry.refusal = ("57014", svc.timeout_message(request))
+            return None
+        decided = watched.result()
+        if decided.status == "approved":
+            used = await loop.run_in_executor(None, svc.consume_request, decided)
+            if used is not None:
+                return used
+        entry.refusal = ("42501", svc.outcome_message(decided))
+        return None
 
     def _drain_gate(self) -> None:
         gate = self._gate
         while gate and gate[0].done:
             entry = gate.popleft()
-            todo = entry.cmd.then if entry.ok else self.session.audit_failed(entry.cmd.frames, entry.cmd.records)
+            if entry.ok:
+                todo = entry.cmd.then
+            elif entry.refusal is not None:
+                todo = self.session.refuse_held(entry.cmd.frames, entry.cmd.records, *entry.refusal)
+            else:
+                todo = self.session.audit_failed(entry.cmd.frames, entry.cmd.records)
             for cmd in [*todo, *entry.after]:
                 self._execute(cmd, type(cmd))
         if len(gate) <= MAX_GATED_CHUNKS and self.transport is not None and not self.closed:
@@ -293,6 +421,10 @@ class ClientConnection(asyncio.Protocol):
         self.run(self.session.startup_timeout())
 
     def cancel_upstream(self) -> None:
+        for entry in self._gate:
+            if entry.cancel is not None and not entry.cancel.done():
+                entry.cancel.set_result(None)  # a client cancel withdraws the approval request
+                return
         up = self.upstream
         if up is None or up.backend_pid is None or self.session.connection is None:
             return
@@ -318,13 +450,20 @@ class ClientConnection(asyncio.Protocol):
     def _verify(self, cmd: c.VerifyPassword) -> None:
         auth = self.proxy.authenticator
         source = self.address.rsplit(":", 1)[0]
-        if not self.proxy.auth_needs_io:
+        if not self.proxy.auth_needs_io and self.proxy.approvals is None:
             self.run(self.session.password_verified(auth.authenticate(cmd.user, cmd.password, source)))
             return
 
         async def verify() -> None:
             loop = asyncio.get_running_loop()
             identity = await loop.run_in_executor(None, auth.authenticate, cmd.user, cmd.password, source)
+            svc = self.proxy.approvals
+            if identity is not None and svc is not None:
+                try:
+                    await loop.run_in_executor(None, svc.load_grants, identity.name)
+                    self._grants_for = identity.name
+                except (ApprovalStoreError, OSError) as err:
+                    log.error("cannot read access grants", extra={"fields": {"error": str(err)}})
             if not self.closed:
                 self.run(self.session.password_verified(identity))
 

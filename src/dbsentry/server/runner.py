@@ -7,14 +7,17 @@ import logging
 import signal
 import sys
 
+from dbsentry.approvals import Approvals, ApprovalStoreError, Notifier, open_approval_store
 from dbsentry.audit import AuditStoreError, AuditWriter, Signer, open_store
 from dbsentry.config import Config, LoadedConfig
 from dbsentry.identity import Authenticator
 from dbsentry.policy import PolicyError
 from dbsentry.server.catalogs import CatalogLoader
 from dbsentry.server.proxy import ProxyServer
+from dbsentry.server.tasks import spawn
 from dbsentry.session.governance import Governor
 from dbsentry.session.masking import MaskingService, load_or_create_key
+from dbsentry.web import WebContext, bind_http, create_app, serve_http
 
 log = logging.getLogger("dbsentry")
 POLICY_POLL_SECONDS = 2.0
@@ -69,10 +72,49 @@ async def run_server(loaded: LoadedConfig) -> None:
     if not config.passthrough and config.masking.enabled:
         key_path = config.masking.hash_key_file or config.state_dir / "masking.key"
         catalogs = CatalogLoader(config, MaskingService(config.masking, load_or_create_key(key_path)))
+    approvals: Approvals | None = None
+    if writer is not None:
+        try:
+            store = open_approval_store(config.audit, config.state_dir)
+        except ApprovalStoreError as err:
+            log.error("cannot open the approvals store; not starting", extra={"fields": {"reason": str(err)}})
+            sys.exit(2)
+        acfg = config.approvals
+        if "console_url" not in acfg.model_fields_set and config.listen.http is not None:
+            # Links in approval messages point at this proxy's own console by default.
+            acfg = acfg.model_copy(update={"console_url": f"http://{config.listen.http}"})
+        approvals = Approvals(acfg, store, notifier=Notifier(acfg), audit=writer.append_nowait)
+        approvals.start()
     authenticator = Authenticator(config)
-    proxy = ProxyServer(config, authenticator, governor, writer, catalogs, auth_needs_io=authenticator.needs_io)
+    proxy = ProxyServer(
+        config, authenticator, governor, writer, catalogs, approvals, auth_needs_io=authenticator.needs_io
+    )
     await proxy.start()
     stop = asyncio.Event()
+    http_task = None
+    http_addr = config.listen.http_addr
+    if http_addr is not None:
+        try:
+            sock = bind_http(*http_addr)
+        except OSError as err:
+            log.error("cannot listen for HTTP; not starting", extra={"fields": {"address": config.listen.http, "error": str(err)}})
+            sys.exit(2)
+        ctx = WebContext(
+            config=config,
+            authenticator=authenticator,
+            audit_store=lambda: open_store(config.audit, config.state_dir),
+            governor=governor,
+            audit_writer=writer,
+            approvals=approvals,
+            live_sessions=lambda: list(proxy.sessions.values()),
+            listener_up=proxy.listening,
+            classification=(
+                (lambda: {name: view.classmap for name, view in catalogs.service.views.items()})
+                if catalogs is not None
+                else None
+            ),
+        )
+        http_task = spawn(serve_http(create_app(ctx), *http_addr, stop, sock=sock), name="http")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -87,6 +129,7 @@ async def run_server(loaded: LoadedConfig) -> None:
                 "policy": governor.version if governor else "passthrough",
                 "audit": f"{config.audit.store}/{config.audit.durability}" if writer else "off",
                 "masking": "on" if catalogs else "off",
+                "http": config.listen.http or "off",
             }
         },
     )
@@ -101,7 +144,11 @@ async def run_server(loaded: LoadedConfig) -> None:
         log.info("shutting down")
         if watcher is not None:
             await watcher
+        if http_task is not None:
+            await http_task
         await proxy.close()
+        if approvals is not None:
+            approvals.close()
         if writer is not None:
             await writer.aclose()
         authenticator.close()

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dbsentry.audit.records import Record
+from dbsentry.policy.engine import Decision
+from dbsentry.sql.facts import StatementFacts
 
 
 @dataclass(slots=True)
@@ -85,6 +87,18 @@ class AuditGate:
     records: list[Record]
     then: list[Command]
     frames: tuple[bytes, list[tuple[int, int, int]]]
+    # Statements that need an approval first (the shell resolves them before committing).
+    approvals: list[ApprovalAsk] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalAsk:
+    """A statement whose decision is ``require_approval``: ask the approvals service."""
+
+    sql: str
+    params: tuple[str | None, ...] | None
+    decision: Decision
+    facts: tuple[StatementFacts, ...]
 
 
 @dataclass(slots=True)

@@ -18,6 +18,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Protocol
 
 from dbsentry.audit.config import AuditConfig
 from dbsentry.audit.records import CompletionRecord, Record, extract_correlation
@@ -129,6 +130,14 @@ AUDIT_UNAVAILABLE = "dbsentry: the audit trail is unavailable, so the statement 
 ALLOWED = Decision("allow", ())
 
 
+class GrantSource(Protocol):
+    """What a session needs of the approvals service: just-in-time grants."""
+
+    def effective_identity(self, identity: Identity) -> Identity: ...
+
+    def connection_granted(self, identity: str, connection: str) -> bool: ...
+
+
 def _refusal(check: Check, rule: str, message: str) -> Check:
     """A deny decision made by the masking layer, in the shape the policy gives."""
     decision = Decision("deny", (rule,), f"{message} ({rule})")
@@ -152,13 +161,14 @@ def _readable_params(bind: m.Bind) -> tuple[str | None, ...]:
 class _Chunk:
     """One chunk of frames on its way through: replaced frames, commands, records to commit."""
 
-    __slots__ = ("_last", "_pieces", "_stop", "buf", "commands", "gated", "plans")
+    __slots__ = ("_last", "_pieces", "_stop", "approvals", "buf", "commands", "gated", "plans")
 
     def __init__(self, buf: bytes) -> None:
         self.buf = buf
         self.commands: list[c.Command] = []
         self.gated: list[Record] = []
         self.plans: tuple[StatementPlan | None, ...] = ()  # of the Query being handled
+        self.approvals: list[c.ApprovalAsk] = []
         self._pieces: list[bytes] | None = None
         self._last = 0
         self._stop = len(buf)
@@ -218,6 +228,8 @@ class Session:
     governor: Governor | None = None
     masking_service: MaskingService | None = None
     masking: SessionMasking | None = None
+    # The approvals service (JIT grants, approval requests), when approvals are on.
+    approvals: GrantSource | None = None
     _environment: str = ""
     # Prepared statement name -> (SQL, policy version it was checked under, the check).
     _prepared: dict[str, tuple[str, str, Check]] = field(default_factory=dict)
@@ -371,7 +383,9 @@ class Session:
         conn = self.connection
         if conn is None:
             return self._fail("3D000", f'dbsentry: connection "{self.connection_name}" does not exist', user=user)
-        if conn.allow_groups is not None and not (identity.groups & set(conn.allow_groups)):
+        effective = self.approvals.effective_identity(identity) if self.approvals is not None else identity
+        granted = self.approvals is not None and self.approvals.connection_granted(identity.name, self.connection_name or "")
+        if conn.allow_groups is not None and not (effective.groups & set(conn.allow_groups)) and not granted:
             return self._fail(
                 "42501",
                 f'dbsentry: identity "{identity.name}" is not allowed to use connection "{self.connection_name}"',
@@ -479,16 +493,28 @@ class Session:
         self, frames: tuple[bytes, list[tuple[int, int, int]]], records: Sequence[Record] = ()
     ) -> list[c.Command]:
         """The records of these frames could not be committed: none of their statements runs."""
+        return self.refuse_held(frames, records, "58000", AUDIT_UNAVAILABLE)
+
+    def refuse_held(
+        self,
+        frames: tuple[bytes, list[tuple[int, int, int]]],
+        records: Sequence[Record],
+        sqlstate: str,
+        message: str,
+    ) -> list[c.Command]:
+        """Held frames will not run after all (audit unavailable, approval refused)."""
         if self.state is not State.READY:
             return []
         out: list[c.Command] = []
         if self.audit is not None and records:
-            done = self.audit.refused((r.id for r in records), "58000", AUDIT_UNAVAILABLE)
+            done = self.audit.refused((r.id for r in records), sqlstate, message)
             out.extend(c.Audit(r) for r in done)
         buf, spans = frames
-        return out + self._process(buf, spans, AUDIT_UNAVAILABLE)
+        return out + self._process(buf, spans, message, sqlstate)
 
-    def _process(self, buf: bytes, spans: list[tuple[int, int, int]], refuse: str | None) -> list[c.Command]:
+    def _process(
+        self, buf: bytes, spans: list[tuple[int, int, int]], refuse: str | None, refuse_state: str = "58000"
+    ) -> list[c.Command]:
         """Forward one chunk of complete client frames, governed and audited.
 
         With ``refuse`` (a second pass after the audit store failed), every statement in
@@ -506,7 +532,7 @@ class Session:
                 terminate = True
                 break
             if refuse is not None:
-                self._refuse_frame(chunk, t, start, end, refuse)
+                self._refuse_frame(chunk, t, start, end, refuse, refuse_state)
                 continue
             if gov is not None:
                 self._govern_frame(gov, chunk, t, start, end)
@@ -518,8 +544,8 @@ class Session:
         if out:
             self._busy = True
             send = c.SendUpstream(out)
-            if chunk.gated and self.audit is not None and self.audit.wait:
-                cmds.append(c.AuditGate(chunk.gated, [send], (buf, spans)))
+            if chunk.approvals or (chunk.gated and self.audit is not None and self.audit.wait):
+                cmds.append(c.AuditGate(chunk.gated, [send], (buf, spans), chunk.approvals))
             else:
                 cmds.extend(c.Audit(r) for r in chunk.gated)
                 cmds.append(send)
@@ -530,13 +556,13 @@ class Session:
             cmds.extend((c.CloseUpstream(), c.CloseClient()))
         return cmds
 
-    def _refuse_frame(self, chunk: _Chunk, t: int, start: int, end: int, message: str) -> None:
+    def _refuse_frame(self, chunk: _Chunk, t: int, start: int, end: int, message: str, sqlstate: str) -> None:
         if t == m.Q_QUERY or t == m.Q_FUNCTION_CALL:
-            marker = self._refuse(message, "58000", chunk.commands)
+            marker = self._refuse(message, sqlstate, chunk.commands)
             chunk.replace(start, end, codec.encode_query(self._marker_sql(marker)))
         elif t == m.Q_EXECUTE:
             # Executing a portal that does not exist fails upstream, in order, with the marker.
-            marker = self._refuse(message, "58000", chunk.commands)
+            marker = self._refuse(message, sqlstate, chunk.commands)
             chunk.replace(start, end, codec.encode_execute(m.Execute(marker)))
 
     def _govern_frame(self, gov: Governor, chunk: _Chunk, t: int, start: int, end: int) -> None:
@@ -548,8 +574,8 @@ class Session:
         elif t == m.Q_BIND:
             self._govern_bind(gov, chunk, start, end)
         elif t == m.Q_EXECUTE:
-            if self.audit is not None:
-                self._audit_execute(chunk, start, end)
+            if self.audit is not None or self.approvals is not None:
+                self._execute_frame(chunk, start, end)
         elif t == m.Q_FUNCTION_CALL:
             self._govern_function_call(gov, chunk, start, end)
         elif t == m.Q_CLOSE:
@@ -563,7 +589,16 @@ class Session:
 
     def _check(self, gov: Governor, sql: str) -> Check:
         assert self.identity is not None and self.connection_name is not None
-        return gov.check(sql, self.identity, self.connection_name, self._environment)
+        identity = self.identity
+        if self.approvals is not None:
+            # Just-in-time grants count while they last; after expiry the next statement
+            # is judged without them.
+            identity = self.approvals.effective_identity(identity)
+        return gov.check(sql, identity, self.connection_name, self._environment)
+
+    def _approvable(self, check: Check) -> bool:
+        """Whether the statement may run once approved (rather than being refused now)."""
+        return self.approvals is not None and check.decision.action == "require_approval"
 
     def _too_long(self, sql_bytes: int) -> str | None:
         limit = self.config.limits.max_statement_bytes
@@ -587,10 +622,14 @@ class Session:
         if check.allowed:
             check = self._check_sql_prepared(gov, check)
         plans: tuple[StatementPlan | None, ...] = ()
-        if check.allowed:
+        approvable = self._approvable(check)
+        if check.allowed or approvable:
             check, plans = self._mask_plans(sql, check)
+            approvable = self._approvable(check)
         audit = self.audit
-        if check.allowed:
+        if check.allowed or approvable:
+            if approvable:
+                chunk.approvals.append(c.ApprovalAsk(sql, None, check.decision, check.verdict.facts))
             chunk.plans = plans
             if audit is not None:
                 verdict = check.verdict
@@ -657,9 +696,9 @@ class Session:
             return
         check = self._check(gov, parse.sql)
         plans: tuple[StatementPlan | None, ...] = ()
-        if check.allowed:
+        if check.allowed or self._approvable(check):
             check, plans = self._mask_plans(parse.sql, check)
-        if check.allowed:
+        if check.allowed or self._approvable(check):
             self._prepared[parse.name] = (parse.sql, gov.version, check)
             if self.masking is not None:
                 self.masking.parsed(parse.name, plans[0] if plans else None)
@@ -673,7 +712,7 @@ class Session:
 
     def _govern_bind(self, gov: Governor, chunk: _Chunk, start: int, end: int) -> None:
         buf = chunk.buf
-        if self.audit is not None:
+        if self.audit is not None or self.approvals is not None:
             bind = codec.decode_bind(buf, start, end)
             portal, name = bind.portal, bind.statement
             self._portals[portal] = (name, _readable_params(bind))
@@ -687,7 +726,7 @@ class Session:
             return
         sql = known[0]
         check = self._check(gov, sql)
-        if check.allowed:
+        if check.allowed or self._approvable(check):
             self._prepared[name] = (sql, gov.version, check)
             return
         self._prepared.pop(name, None)
@@ -773,8 +812,7 @@ class Session:
             decision = Decision("deny", (), reason)
             chunk.commands.append(c.Audit(self.audit.statement(sql, None, decision)))
 
-    def _audit_execute(self, chunk: _Chunk, start: int, end: int) -> None:
-        assert self.audit is not None
+    def _execute_frame(self, chunk: _Chunk, start: int, end: int) -> None:
         portal = codec.decode_execute(chunk.buf, start, end).portal
         bound = self._portals.get(portal)
         if bound is None:
@@ -783,6 +821,10 @@ class Session:
         if prepared is None:
             return  # its Parse was refused: the upstream fails the Bind, nothing runs
         sql, _, check = prepared
+        if self._approvable(check):
+            chunk.approvals.append(c.ApprovalAsk(sql, bound[1], check.decision, check.verdict.facts))
+        if self.audit is None:
+            return
         facts = check.verdict.facts[0] if check.verdict.facts else None
         plan = self.masking.statements.get(bound[0]) if self.masking is not None else None
         rec = self.audit.statement(sql, facts, check.decision, params=bound[1], masks=plan)

@@ -1,0 +1,190 @@
+"""Prometheus metrics: the objects, and one small function per thing that happened.
+
+The proxy calls these on its hot path, so each is a dictionary lookup (the labelled child
+is cached) and an increment under prometheus_client's own lock; none allocates once its
+labels have been seen.  Label values are bounded: decisions and statement classes are small
+fixed sets, connections come from the configuration, data classes from the masking module.
+
+    from dbsentry import metrics
+    metrics.session_opened("prod")
+    metrics.statement("deny", "ddl", "prod")
+    metrics.statement_duration(0.0042, "prod")
+
+``render()`` gives the exposition text served at ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Final, TypeVar, cast
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+REGISTRY: Final = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+_COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+
+SESSIONS_ACTIVE: Final = Gauge(
+    "dbsentry_sessions_active",
+    "Client sessions currently open (authenticated and connected upstream)",
+    ["connection"],
+    registry=REGISTRY,
+)
+SESSIONS_TOTAL: Final = Counter(
+    "dbsentry_sessions",
+    "Client sessions opened",
+    ["connection"],
+    registry=REGISTRY,
+)
+LOGIN_FAILURES: Final = Counter(
+    "dbsentry_login_failures",
+    "Failed logins (bad, expired or revoked token; rate limited; not allowed)",
+    ["reason"],
+    registry=REGISTRY,
+)
+STATEMENTS: Final = Counter(
+    "dbsentry_statements",
+    "Statements judged by policy, by decision, statement class and connection",
+    ["decision", "class", "connection"],
+    registry=REGISTRY,
+)
+STATEMENT_SECONDS: Final = Histogram(
+    "dbsentry_statement_duration_seconds",
+    "Time from forwarding a statement to its completion",
+    ["connection"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+MASKED_VALUES: Final = Counter(
+    "dbsentry_masked_values",
+    "Values masked in result rows, by data class",
+    ["data_class"],
+    registry=REGISTRY,
+)
+PENDING_APPROVALS: Final = Gauge(
+    "dbsentry_pending_approvals",
+    "Approval requests waiting for a reviewer",
+    registry=REGISTRY,
+)
+AUDIT_COMMIT_SECONDS: Final = Histogram(
+    "dbsentry_audit_commit_seconds",
+    "Time to commit one batch of audit records (fsync included)",
+    buckets=_COMMIT_BUCKETS,
+    registry=REGISTRY,
+)
+AUDIT_RECORDS: Final = Counter(
+    "dbsentry_audit_records",
+    "Audit records committed",
+    registry=REGISTRY,
+)
+AUDIT_HEALTHY: Final = Gauge(
+    "dbsentry_audit_healthy",
+    "1 while the audit trail accepts records, 0 during an outage (statements are refused)",
+    registry=REGISTRY,
+)
+AUDIT_ERRORS: Final = Counter(
+    "dbsentry_audit_errors",
+    "Audit failures: failed commits, and statements refused because the audit was down",
+    ["kind"],
+    registry=REGISTRY,
+)
+API_REQUESTS: Final = Counter(
+    "dbsentry_api_requests",
+    "HTTP API requests, by outcome",
+    ["status"],
+    registry=REGISTRY,
+)
+
+_lock = threading.Lock()
+# Labelled children by label values: ``labels()`` validates and locks on every call, a
+# plain dict lookup does not.  Filled under _lock; read without it (dict reads are atomic).
+_children: dict[tuple[object, ...], Any] = {}
+
+_M = TypeVar("_M", Counter, Gauge, Histogram)
+
+
+def _child(metric: _M, *values: str) -> _M:
+    key = (id(metric), *values)
+    child = _children.get(key)
+    if child is None:
+        with _lock:
+            child = _children.get(key)
+            if child is None:
+                child = metric.labels(*values)
+                _children[key] = child
+    return cast(_M, child)
+
+
+def _label(value: str | None) -> str:
+    return value if value else "none"
+
+
+def session_opened(connection: str | None) -> None:
+    """A session finished its handshake; pair it with exactly one ``session_closed``."""
+    c = _label(connection)
+    _child(SESSIONS_TOTAL, c).inc()
+    _child(SESSIONS_ACTIVE, c).inc()
+
+
+def session_closed(connection: str | None) -> None:
+    _child(SESSIONS_ACTIVE, _label(connection)).dec()
+
+
+def login_failed(reason: str = "invalid") -> None:
+    _child(LOGIN_FAILURES, reason).inc()
+
+
+def statement(decision: str | None, klass: str | None, connection: str | None) -> None:
+    """A statement was judged: ``allow``, ``deny``, ``mask``, ``require_approval`` ..."""
+    _child(STATEMENTS, _label(decision), _label(klass), _label(connection)).inc()
+
+
+def statement_duration(seconds: float, connection: str | None) -> None:
+    _child(STATEMENT_SECONDS, _label(connection)).observe(seconds)
+
+
+def masked(count: int, data_class: str | None) -> None:
+    """``count`` values of ``data_class`` were masked in a result."""
+    if count > 0:
+        _child(MASKED_VALUES, _label(data_class)).inc(count)
+
+
+def set_pending_approvals(count: int) -> None:
+    PENDING_APPROVALS.set(count)
+
+
+def audit_commit(seconds: float, records: int = 1) -> None:
+    """One audit batch of ``records`` records was committed in ``seconds``."""
+    AUDIT_COMMIT_SECONDS.observe(seconds)
+    AUDIT_RECORDS.inc(records)
+
+
+def set_audit_healthy(healthy: bool) -> None:
+    AUDIT_HEALTHY.set(1 if healthy else 0)
+
+
+def audit_error(kind: str = "commit") -> None:
+    """``commit``: a batch failed; ``refused``: a statement was refused, audit down."""
+    _child(AUDIT_ERRORS, kind).inc()
+
+
+def api_request(status: int) -> None:
+    _child(API_REQUESTS, str(status)).inc()
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text of every dbsentry metric and its content type."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

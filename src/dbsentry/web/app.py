@@ -1,0 +1,174 @@
+"""The ASGI app: the API, the console's static files, health, readiness and metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dbsentry import __version__ as _version
+from dbsentry import metrics
+from dbsentry.web.api import auth_error_body, build_router
+from dbsentry.web.auth import AuthError
+from dbsentry.web.context import WebContext
+from dbsentry.web.service import WebServices
+
+log = logging.getLogger("dbsentry.web")
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+    "form-action 'none'; object-src 'none'"
+)
+_SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"content-security-policy", _CSP.encode()),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
+]
+
+
+class _Headers:
+    """Security headers on every response, ``no-store`` on the API, and request metrics.
+
+    Plain ASGI rather than BaseHTTPMiddleware so the live feed streams unbuffered."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        api = path.startswith("/api/")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.extend(_SECURITY_HEADERS)
+                if api:
+                    if not any(k == b"cache-control" for k, _ in headers):
+                        headers.append((b"cache-control", b"no-store"))
+                    metrics.api_request(int(message["status"]))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def create_app(ctx: WebContext) -> FastAPI:
+    """The console and API over ``ctx``; serve it with :func:`serve_http`."""
+    svc = WebServices(ctx)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            svc.stopping.set()
+            await anyio.to_thread.run_sync(svc.close)
+
+    app = FastAPI(
+        title="dbsentry",
+        version=_version,
+        summary="Identity-aware PostgreSQL proxy: sessions, audit, approvals, policy",
+        openapi_url="/api/v1/openapi.json",
+        docs_url=None,  # Swagger UI loads from a CDN; the console links the JSON instead
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.web_services = svc
+    app.include_router(build_router(svc))
+
+    @app.exception_handler(AuthError)
+    async def _auth_error(request: Request, err: AuthError) -> JSONResponse:
+        status, body, headers = auth_error_body(err)
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    @app.get("/healthz", tags=["health"], summary="Liveness: the process answers")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], summary="Readiness: the audit trail and the listener work")
+    def readyz() -> JSONResponse:
+        checks: dict[str, Any] = {}
+        writer = ctx.audit_writer
+        if writer is not None:
+            checks["audit_writer"] = writer.healthy
+        else:
+            try:
+                svc.store.head()
+                checks["audit_store"] = True
+            except Exception as err:
+                log.warning("readiness: audit store unreadable: %s", err)
+                checks["audit_store"] = False
+        if ctx.listener_up is not None:
+            checks["listener"] = bool(ctx.listener_up())
+        ready = all(checks.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "checks": checks},
+            status_code=200 if ready else 503,
+        )
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
+    def prometheus() -> Response:
+        if ctx.audit_writer is not None:
+            metrics.set_audit_healthy(ctx.audit_writer.healthy)
+        try:
+            pending = svc.approvals.pending_count()
+        except Exception as err:  # the approvals store failing must not break scraping
+            log.warning("metrics: pending approvals unknown: %s", err)
+            pending = None
+        if pending is not None:
+            metrics.set_pending_approvals(pending)
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    @app.get("/", include_in_schema=False)
+    async def console() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/approvals/{request_id}", include_in_schema=False)
+    async def approval_link(request_id: str) -> FileResponse:
+        # Approval notifications link here; the console shows the request.
+        return await console()
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "a dbsentry token (dbs_...) or an OIDC JWT",
+                }
+            }
+            for path, ops in schema.get("paths", {}).items():
+                if path.startswith("/api/"):
+                    for op in ops.values():
+                        op["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(_Headers)
+    return app

@@ -1,0 +1,56 @@
+"""What the web app needs from the running proxy, handed to :func:`create_app`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from dbsentry.web.config import WebConfig
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from dbsentry.audit import AuditStore, AuditWriter
+    from dbsentry.config import Config
+    from dbsentry.identity import Authenticator
+    from dbsentry.session.governance import Governor
+
+
+def _no_sessions() -> Iterable[Any]:
+    return ()
+
+
+@dataclass(slots=True)
+class WebContext:
+    """The proxy's parts the console reads and acts through.
+
+    ``audit_store`` is called once, when the app starts, for a store used only for reading
+    (it opens its own connections; the writer keeps its own).  ``live_sessions`` returns the
+    proxy's open client connections (objects with a ``.session``) or the sessions
+    themselves.  ``approvals`` is the approvals store when that feature is present;
+    ``classification`` returns each connection's classification map when masking is.
+    ``listener_up`` says whether the PostgreSQL listener accepts connections (readiness).
+    """
+
+    config: Config
+    authenticator: Authenticator
+    audit_store: Callable[[], AuditStore]
+    governor: Governor | None = None
+    audit_writer: AuditWriter | None = None
+    approvals: Any | None = None
+    live_sessions: Callable[[], Iterable[Any]] = _no_sessions
+    web: WebConfig | None = None
+    listener_up: Callable[[], bool] | None = None
+    classification: Callable[[], Mapping[str, Any]] | None = None
+    public_keys: Callable[[], Sequence[Ed25519PublicKey]] | None = None
+    clock: Callable[[], float] = field(default=time.time)
+
+    @property
+    def web_config(self) -> WebConfig:
+        """``web`` if given, else the configuration's ``web:`` section, else the defaults."""
+        if self.web is not None:
+            return self.web
+        section = getattr(self.config, "web", None)
+        return section if isinstance(section, WebConfig) else WebConfig()

@@ -1,0 +1,151 @@
+"""The web app's state: the read store, approvals, the verify cache and API auditing."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from dbsentry.audit.records import SystemEvent
+from dbsentry.web.approvals import Approvals
+from dbsentry.web.auth import Principal
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from dbsentry.audit import AuditStore, VerifyResult
+    from dbsentry.web.context import WebContext
+
+log = logging.getLogger("dbsentry.web")
+
+# A read repeated by the same caller with the same parameters within this many seconds is
+# audited once: a console tab refreshing a list must not flood the trail.
+READ_AUDIT_COALESCE_SECONDS = 60.0
+VERIFY_CACHE_SECONDS = 30.0
+
+
+class AuditRequired(Exception):
+    """A change was refused because the audit trail cannot record it."""
+
+
+class WebServices:
+    def __init__(self, ctx: WebContext) -> None:
+        self.ctx = ctx
+        self.web = ctx.web_config
+        self.approvals = Approvals(ctx.approvals, ctx.clock)
+        self.stopping = threading.Event()
+        self._store: AuditStore | None = None
+        self._store_lock = threading.Lock()
+        self._recent_reads: dict[str, float] = {}
+        self._reads_lock = threading.Lock()
+        self._verify: tuple[float, VerifyResult] | None = None
+        self._verify_lock = threading.Lock()
+
+    # --- the read store ------------------------------------------------------------------
+
+    @property
+    def store(self) -> AuditStore:
+        if self._store is None:
+            with self._store_lock:
+                if self._store is None:
+                    self._store = self.ctx.audit_store()
+        return self._store
+
+    def close(self) -> None:
+        with self._store_lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+    # --- auditing API actions --------------------------------------------------------------
+
+    def audit(
+        self,
+        who: Principal,
+        action: str,
+        client: str | None,
+        detail: dict[str, Any] | None = None,
+        *,
+        change: bool = False,
+    ) -> None:
+        """Record ``action`` in the audit trail as a ``system`` event ``api``.
+
+        A change (``change=True``) is refused with AuditRequired when the trail cannot take
+        the record; a read is served anyway and the failure logged.
+        """
+        writer = self.ctx.audit_writer
+        if writer is None:
+            return
+        detail = {k: v for k, v in (detail or {}).items() if v is not None}
+        if not change:
+            key = hashlib.sha256(
+                orjson.dumps([who.identity.token_id, action, detail], option=orjson.OPT_SORT_KEYS)
+            ).hexdigest()
+            now = time.monotonic()
+            with self._reads_lock:
+                last = self._recent_reads.get(key)
+                if last is not None and now - last < READ_AUDIT_COALESCE_SECONDS:
+                    return
+                if len(self._recent_reads) > 10_000:
+                    self._recent_reads = {
+                        k: t
+                        for k, t in self._recent_reads.items()
+                        if now - t < READ_AUDIT_COALESCE_SECONDS
+                    }
+                self._recent_reads[key] = now
+        event = SystemEvent(
+            event="api",
+            detail={
+                "action": action,
+                "identity": who.name,
+                "identity_kind": who.identity.kind,
+                "token_id": who.identity.token_id,
+                "roles": sorted(who.roles),
+                "client_addr": client,
+                **detail,
+            },
+        )
+        if change and not writer.healthy:
+            raise AuditRequired(
+                "the audit trail is unavailable; changes are refused until it recovers"
+            )
+        try:
+            writer.append_nowait(event)
+        except Exception as err:  # AuditUnavailable: queue full or closing
+            if change:
+                raise AuditRequired(f"the audit trail is unavailable: {err}") from err
+            log.warning("API read not audited: %s", err)
+
+    # --- chain verification ----------------------------------------------------------------
+
+    def public_keys(self) -> Sequence[Ed25519PublicKey]:
+        if self.ctx.public_keys is not None:
+            return self.ctx.public_keys()
+        from dbsentry.audit.keys import load_public_key, public_key_path
+
+        cfg = self.ctx.config.audit
+        own = public_key_path(cfg.signing_key_path(Path(self.ctx.config.state_dir)))
+        paths = [own, *cfg.trusted_public_keys] if own.exists() else list(cfg.trusted_public_keys)
+        return [load_public_key(p) for p in paths]
+
+    def verify(self, *, fresh: bool = False) -> tuple[float, VerifyResult]:
+        """The chain's verification, at most VERIFY_CACHE_SECONDS old unless ``fresh``."""
+        from dbsentry.audit.verify import verify
+
+        with self._verify_lock:
+            now = self.ctx.clock()
+            if (
+                not fresh
+                and self._verify is not None
+                and now - self._verify[0] < VERIFY_CACHE_SECONDS
+            ):
+                return self._verify
+            result = verify(self.store, list(self.public_keys()))
+            self._verify = (now, result)
+            return self._verify
