@@ -6,6 +6,8 @@ import asyncio
 import logging
 import signal
 import sys
+import threading
+from collections.abc import Callable
 
 from dbsentry.approvals import Approvals, ApprovalStoreError, Notifier, open_approval_store
 from dbsentry.audit import AuditStoreError, AuditWriter, Signer, open_store
@@ -54,7 +56,16 @@ def open_writer(config: Config) -> AuditWriter:
     return writer
 
 
-async def run_server(loaded: LoadedConfig) -> None:
+async def run_server(
+    loaded: LoadedConfig,
+    *,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    """Run until SIGINT/SIGTERM (or ``stop`` is set); ``on_ready`` is called once serving.
+
+    Signal handlers are installed only in the main thread.
+    """
     config = loaded.config
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     governor: Governor | None = None
@@ -90,7 +101,7 @@ async def run_server(loaded: LoadedConfig) -> None:
         config, authenticator, governor, writer, catalogs, approvals, auth_needs_io=authenticator.needs_io
     )
     await proxy.start()
-    stop = asyncio.Event()
+    stop = stop if stop is not None else asyncio.Event()
     http_task = None
     http_addr = config.listen.http_addr
     if http_addr is not None:
@@ -116,10 +127,11 @@ async def run_server(loaded: LoadedConfig) -> None:
         )
         http_task = spawn(serve_http(create_app(ctx), *http_addr, stop, sock=sock), name="http")
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    if governor is not None:
-        loop.add_signal_handler(signal.SIGHUP, governor.reload)
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if governor is not None:
+            loop.add_signal_handler(signal.SIGHUP, governor.reload)
     log.info(
         "dbsentry ready",
         extra={
@@ -138,6 +150,8 @@ async def run_server(loaded: LoadedConfig) -> None:
         if governor is not None and config.policy
         else None
     )
+    if on_ready is not None:
+        on_ready()
     try:
         await stop.wait()
     finally:
