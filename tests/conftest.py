@@ -8,8 +8,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support.pg import PgServer  # noqa: E402
-from support.proxy import RunningProxy, run_proxy, write_config  # noqa: E402
+from support.pg import PgServer
+from support.proxy import RunningProxy, run_proxy, write_config
 
 pytest_plugins = ["support.fixtures"]
 

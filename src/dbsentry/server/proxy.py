@@ -300,7 +300,9 @@ class ClientConnection(asyncio.Protocol):
                             self._audit_nowait(c.Audit(r))
                     return
                 records = [
-                    dataclasses.replace(r, approval_id=approval_id) if isinstance(r, StatementRecord) else r
+                    dataclasses.replace(r, approval_id=approval_id, decision="approved")
+                    if isinstance(r, StatementRecord) and r.decision == "require_approval"
+                    else r
                     for r in records
                 ]
                 entry.cmd.records = records
