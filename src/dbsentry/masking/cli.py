@@ -98,7 +98,7 @@ def classify(config_path: Path, connection: str, as_json: bool) -> None:
         _fail(f"dbsentry: {err}", 2)
     except Exception as err:  # psycopg's errors, OSError: say why and exit non-zero
         _fail(f"dbsentry: cannot read the catalog of {connection!r}: {str(err).strip()}")
-    table = rows(classify_catalog(catalog))
+    table = rows(classify_catalog(catalog, loaded.config.masking.overrides))
     if as_json:
         for r in table:
             click.echo(orjson.dumps(r).decode())

@@ -19,8 +19,12 @@ import os
 import secrets
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
+
+import orjson
+from pglast import parser as pg_parser
 
 from dbsentry.config import MaskingConfig
 from dbsentry.masking import (
@@ -89,6 +93,38 @@ class MaskingView:
         functions = {f.name for f in catalog.functions.values() if f.schema != "pg_catalog"}
         return cls(catalog, classmap, version, frozenset(n.lower() for n in relnames), frozenset(functions))
 
+    def copies_sensitive_columns(self, facts: StatementFacts) -> bool:
+        """Whether the values a write (or CREATE ... AS) stores come from a sensitive column.
+
+        Columns only filtered on (WHERE, JOIN ... ON) or returned (RETURNING, masked like
+        any result) do not count.
+        """
+        names = copied_column_names(facts.text)
+        if names is None:
+            return True  # cannot tell: assume the worst
+        if not names:
+            return False
+        sensitive = self._sensitive_pairs
+        tables: set[str] = set()
+        for f in (facts, facts.inner) if facts.inner is not None else (facts,):
+            for t in (*f.tables_read, *f.tables_written):
+                tables.add(t.rpartition(".")[2].strip('"').lower())
+        for name in names:
+            if name == "*":
+                if any(t in self._sensitive_tables for t in tables):
+                    return True
+            elif any((t, name) in sensitive for t in tables):
+                return True
+        return False
+
+    @property
+    def _sensitive_pairs(self) -> frozenset[tuple[str, str]]:
+        return frozenset((c.table.lower(), c.column.lower()) for c in self.classmap.columns)
+
+    @property
+    def _sensitive_tables(self) -> frozenset[str]:
+        return frozenset(c.table.lower() for c in self.classmap.columns)
+
     def may_read_sensitive(self, facts: StatementFacts) -> bool:
         """A cheap test: could this statement read sensitive data at all?"""
         if not self.classmap.columns:
@@ -104,6 +140,52 @@ class MaskingView:
 # Statements whose results come from elsewhere: a cursor, a prepared statement, a table copy.
 _ALWAYS_ANALYSE = frozenset({"EXECUTE", "FETCH", "COPY", "MOVE"})
 _MASK_MARKERS = (*tuple(v for v in PLACEHOLDERS.values()), "****")
+
+
+# Parts of a statement whose column references filter, order or return rows rather than
+# store values elsewhere.
+_NOT_COPIED = frozenset(
+    {
+        "whereClause",
+        "returningList",
+        "returningClause",
+        "havingClause",
+        "quals",
+        "sortClause",
+        "groupClause",
+        "joinCondition",
+    }
+)
+
+
+def copied_column_names(sql: str) -> set[str] | None:
+    """Column names (lower case; ``*`` for a star) whose values the statement stores."""
+    try:
+        tree = orjson.loads(pg_parser.parse_sql_json(sql))
+    except pg_parser.ParseError:
+        return None
+    out: set[str] = set()
+    stack: list[Any] = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in _NOT_COPIED:
+                    continue
+                if key == "ColumnRef":
+                    fields = value.get("fields", ())
+                    if fields:
+                        last = fields[-1]
+                        if "A_Star" in last:
+                            out.add("*")
+                        elif "String" in last:
+                            out.add(str(last["String"].get("sval", "")).lower())
+                    continue
+                if isinstance(value, dict | list):
+                    stack.append(value)
+        elif isinstance(node, list):
+            stack.extend(node)
+    return out
 
 
 def looks_masked(text: str) -> bool:
@@ -173,9 +255,9 @@ class MaskingService:
                     for _ in facts
                 )
             else:
-                cached = tuple(StatementPlan(lin, plan_masks(lin, view.classmap, settings)) for lin in lineages)
+                cached = tuple(StatementPlan(lin, _plan(lin, view.classmap, settings)) for lin in lineages)
             self._plans.put(key, cached)
-        return tuple(p if p.active else None for p in cached)
+        return tuple(p if _matters(p) else None for p in cached)
 
     def _settings_for(self, decision: Decision) -> MaskSettings:
         columns: dict[str, str] = {}
@@ -185,6 +267,21 @@ class MaskingService:
         if not columns:
             return self.settings
         return MaskSettings(self.settings.strategies, columns, self.settings.unresolved)
+
+
+def _plan(lin: StatementLineage, classmap: ClassMap, settings: MaskSettings) -> MaskPlan:
+    if lin.prepares is not None or lin.declares is not None:
+        # PREPARE / DECLARE CURSOR return nothing themselves: plan the rows that EXECUTE /
+        # FETCH will return, so that the session can use it for them.
+        return plan_masks(replace(lin, returns_rows=True), classmap, settings)
+    return plan_masks(lin, classmap, settings)
+
+
+def _matters(p: StatementPlan) -> bool:
+    """A plan the session needs: it masks or refuses something, or its result has columns
+    nobody can name (EXECUTE, FETCH, inexact ``*``) while sensitive data may be read."""
+    lin = p.lineage
+    return p.active or (p.plan.reads_sensitive and lin.returns_rows and not lin.exact)
 
 
 _UNKNOWN_LINEAGE = StatementLineage("UNKNOWN", (), frozenset(), True, exact=False, reads_unknown=True)
@@ -253,6 +350,7 @@ class SessionMasking:
     statement_fields: dict[str, tuple[Field, ...] | None] = field(default_factory=dict)
     portals: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)
     portal_fields: dict[str, tuple[Field, ...] | None] = field(default_factory=dict)
+    cursors: dict[str, StatementPlan | None] = field(default_factory=dict)  # DECLARE name -> plan
 
     # -------------------------------------------------------------- client side
 
@@ -260,7 +358,20 @@ class SessionMasking:
         view = self.service.current(self.connection)
         if view is None:
             return tuple(None for _ in facts)
-        return self.service.plans(view, sql, facts, decision)
+        plans = list(self.service.plans(view, sql, facts, decision))
+        for i, p in enumerate(plans):
+            if p is None:
+                continue
+            lin = p.lineage
+            if lin.prepares is not None:
+                self.statements[lin.prepares] = p  # SQL and protocol names share one namespace
+            elif lin.declares is not None:
+                self.cursors[lin.declares] = p
+            elif lin.executes is not None and lin.executes in self.statements:
+                plans[i] = self.statements[lin.executes]
+            elif lin.fetches is not None and lin.fetches in self.cursors:
+                plans[i] = self.cursors[lin.fetches]
+        return tuple(plans)
 
     def sent(self, t: int, buf: bytes, start: int, end: int, plans: tuple[StatementPlan | None, ...] = ()) -> None:
         """A frame of type ``t`` went upstream; queue what the server will answer."""

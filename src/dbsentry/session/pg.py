@@ -31,6 +31,7 @@ from dbsentry.session.auditing import SessionAudit
 from dbsentry.session.governance import Check, Governor, denial_message
 from dbsentry.session.masking import MaskingService, SessionMasking, StatementPlan, looks_masked
 from dbsentry.session.upstream import UpstreamReady
+from dbsentry.sql.facts import StatementFacts
 from dbsentry.wire.pg import codec
 from dbsentry.wire.pg import messages as m
 
@@ -138,11 +139,29 @@ class GrantSource(Protocol):
     def connection_granted(self, identity: str, connection: str) -> bool: ...
 
 
+_COPYING = frozenset(
+    {"CREATE TABLE AS", "SELECT INTO", "CREATE VIEW", "CREATE MATERIALIZED VIEW", "INSERT", "UPDATE", "MERGE"}
+)
+
+
+def _copies_data(facts: StatementFacts) -> bool:
+    return facts.command in _COPYING or any(cmd in _COPYING for cmd in facts.commands)
+
+
 def _refusal(check: Check, rule: str, message: str) -> Check:
     """A deny decision made by the masking layer, in the shape the policy gives."""
     decision = Decision("deny", (rule,), f"{message} ({rule})")
     verdict = check.verdict
     return Check(Verdict(verdict.facts, tuple(decision for _ in verdict.facts), decision, verdict.parse_error))
+
+
+def _binds_masked_value(check: Check, buf: bytes, start: int, end: int) -> bool:
+    """Whether a Bind of a writing statement carries a mask placeholder as a parameter."""
+    if not any(f.statement_class == "WRITE" for f in check.verdict.facts):
+        return False
+    bind = codec.decode_bind(buf, start, end)
+    # Text travels as UTF-8 in both formats; other binary values cannot hold a placeholder.
+    return any(v is not None and looks_masked(v.decode("utf-8", "replace")) for v in bind.params)
 
 
 def _readable_params(bind: m.Bind) -> tuple[str | None, ...]:
@@ -652,6 +671,13 @@ class Session:
         masking = self.masking
         if masking is None:
             return check, ()
+        view = masking.service.current(masking.connection)
+        if view is not None and any(
+            _copies_data(f) and view.copies_sensitive_columns(f) for f in verdict.facts
+        ):
+            # Copying sensitive columns elsewhere (a table, a view, another column) would
+            # let a masked identity read them unmasked from there.
+            return _refusal(check, "masking.copy_out", "a masked identity may not copy sensitive columns"), ()
         plans = masking.plan(sql, verdict.facts, check.decision)
         for plan in plans:
             if plan is None:
@@ -719,9 +745,16 @@ class Session:
         else:
             portal, pos = codec.read_cstr(buf, start, end)
             name, _ = codec.read_cstr(buf, pos, end)
+        known = self._prepared.get(name)
+        if known is not None and self.masking_service is not None and _binds_masked_value(known[2], buf, start, end):
+            # The SQL text was checked at Parse; a masked value can also come as a parameter.
+            check = _refusal(known[2], "masking.write_back", "writing a masked value back is refused")
+            marker = self._deny(check, known[0], chunk.commands)
+            chunk.replace(start, end, codec.encode_bind(m.Bind(portal, marker)))
+            self._audit_denied(chunk, known[0], check)
+            return
         # Re-check when the policy changed since its Parse, and at every Bind when a rule
         # has a time window (decisions then change by the minute; the check is cached).
-        known = self._prepared.get(name)
         if known is None or (known[1] == gov.version and not gov.policy.uses_time):
             return
         sql = known[0]
