@@ -148,6 +148,7 @@ def check_config(config_path: Path) -> None:
 def _register() -> None:
     from dbsentry.approvals.cli import access, approvals
     from dbsentry.audit.cli import audit, report
+    from dbsentry.demo.cli import demo
     from dbsentry.masking.cli import classify
     from dbsentry.policy.cli import policy
 
@@ -157,6 +158,7 @@ def _register() -> None:
     main.add_command(classify)
     main.add_command(audit)
     main.add_command(report)
+    main.add_command(demo)
 
 
 _register()

@@ -1,0 +1,339 @@
+"""``dbsentry demo --tour``: a scripted scenario through the running proxy, checked step by step.
+
+The tour talks to dbsentry with psycopg exactly as a client would, and checks each outcome
+against the embedded PostgreSQL directly (which the tour can reach without the proxy).  It
+runs in a worker thread while the proxy serves in the main thread's event loop.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from dbsentry.approvals import Approvals, open_approval_store
+from dbsentry.approvals.audit import append_records
+from dbsentry.audit import ApprovalRecord, VerifyResult, open_store, verify
+from dbsentry.audit.keys import (
+    Signer,
+    load_or_create_signing_key,
+    load_public_key,
+    public_key_path,
+)
+from dbsentry.audit.report import build_report
+from dbsentry.config import LoadedConfig
+from dbsentry.demo.embedded import EmbeddedPostgres
+from dbsentry.demo.output import Printer
+from dbsentry.demo.workspace import PROD_DATABASE, IssuedToken, Workspace
+from dbsentry.identity import Authenticator
+
+__all__ = ["STEPS", "Tour", "TourFailed"]
+
+MASKED_SELECT = "SELECT full_name, email, ssn, card_number FROM customers LIMIT 3"
+AGENT_DROP = "DROP TABLE orders"
+ANALYST_ALTER = "ALTER TABLE customers ADD COLUMN loyalty_tier text"
+NOTICE_TIMEOUT = 30.0
+APPROVED_RUN_TIMEOUT = 60.0
+_REQUEST_ID = re.compile(r"approval request (apr_[0-9a-z]+)")
+
+STEPS: tuple[str, ...] = (
+    "the agent's SELECT returns masked PII",
+    "the agent's DROP TABLE is blocked",
+    "the analyst's ALTER TABLE waits for approval and runs after the DBA approves",
+    "the audit chain verifies",
+    "the compliance report is written",
+)
+
+
+class TourFailed(Exception):
+    """A step did not behave; the message says how."""
+
+
+@dataclass
+class Tour:
+    """The scenario; ``run()`` prints each step and returns the numbers of the failed ones."""
+
+    workspace: Workspace
+    loaded: LoadedConfig
+    pg: EmbeddedPostgres
+    tokens: dict[str, IssuedToken]
+    proxy_host: str
+    proxy_port: int
+    out: Printer
+    cancelled: threading.Event
+
+    # --- connections ---------------------------------------------------------------------
+
+    def proxy_connect(
+        self, who: str, dbname: str = "prod", **extra: Any
+    ) -> psycopg.Connection[Any]:
+        issued = self.tokens[who]
+        return psycopg.connect(
+            host=self.proxy_host,
+            port=self.proxy_port,
+            dbname=dbname,
+            user=issued.identity.name,
+            password=issued.token,
+            sslmode="require",
+            connect_timeout=10,
+            autocommit=True,
+            **extra,
+        )
+
+    def direct(self, dbname: str = PROD_DATABASE) -> psycopg.Connection[Any]:
+        """Straight to PostgreSQL, bypassing dbsentry (to check what really happened)."""
+        return self.workspace.upstream_connect(self.pg, dbname)
+
+    # --- the steps -----------------------------------------------------------------------
+
+    def step_masked_select(self) -> list[str]:
+        with self.direct() as conn:
+            real = conn.execute(MASKED_SELECT).fetchall()
+        with self.proxy_connect("agent") as conn:
+            seen = conn.execute(MASKED_SELECT).fetchall()
+        if len(seen) != len(real) or len(seen) != 3:
+            raise TourFailed(f"expected 3 rows, got {len(seen)}")
+        for got, want in zip(seen, real, strict=True):
+            for value, truth in zip(got, want, strict=True):
+                if value == truth:
+                    raise TourFailed(f"the agent saw a real value: {value!r}")
+                if not isinstance(value, str) or not ("*" in value or value.startswith("<")):
+                    raise TourFailed(
+                        f"{value!r} does not look masked (the real value is {truth!r})"
+                    )
+        return [
+            f"in PostgreSQL:      {' | '.join(str(v) for v in real[0])}",
+            f"the agent receives: {' | '.join(str(v) for v in seen[0])}",
+        ]
+
+    def step_blocked_drop(self) -> list[str]:
+        with self.proxy_connect("agent") as conn:
+            try:
+                conn.execute(AGENT_DROP)
+            except psycopg.Error as err:
+                sqlstate, message = err.sqlstate, err.diag.message_primary or str(err)
+            else:
+                raise TourFailed("DROP TABLE orders was not refused")
+            # The session stays usable after a refusal.
+            conn.execute("SELECT 1")
+        if sqlstate != "42501":
+            raise TourFailed(f"refused with SQLSTATE {sqlstate}, expected 42501: {message}")
+        with self.direct() as conn:
+            row = conn.execute("SELECT to_regclass('public.orders') IS NOT NULL").fetchone()
+            if not row or not row[0]:
+                raise TourFailed("the orders table is gone")
+            count = conn.execute("SELECT count(*) FROM orders").fetchone()
+        return [
+            f"ERROR {sqlstate}: {message}",
+            f"orders is still there ({count[0] if count else '?':,} rows)",
+        ]
+
+    def _column_exists(self) -> bool:
+        with self.direct() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM information_schema.columns "
+                "WHERE table_schema = 'public' AND table_name = 'customers' AND column_name = 'loyalty_tier'"
+            ).fetchone()
+        return row is not None
+
+    def step_approval(self) -> list[str]:
+        # Idempotent: a column left by an earlier tour goes first, directly on the database.
+        with self.direct() as conn:
+            conn.execute("ALTER TABLE customers DROP COLUMN IF EXISTS loyalty_tier")
+            conn.commit()
+        notices: queue.Queue[str] = queue.Queue()
+        outcome: list[BaseException | None] = []
+
+        def analyst() -> None:
+            try:
+                with self.proxy_connect("analyst", options="-c dbsentry.approval=wait") as conn:
+                    conn.add_notice_handler(lambda diag: notices.put(diag.message_primary or ""))
+                    conn.execute(ANALYST_ALTER)
+                outcome.append(None)
+            except BaseException as err:
+                outcome.append(err)
+
+        worker = threading.Thread(target=analyst, name="demo-analyst", daemon=True)
+        started = time.monotonic()
+        worker.start()
+        try:
+            notice = notices.get(timeout=NOTICE_TIMEOUT)
+        except queue.Empty:
+            worker.join(timeout=1)
+            if outcome and outcome[0] is not None:
+                raise TourFailed(
+                    f"the ALTER TABLE failed instead of waiting: {outcome[0]}"
+                ) from None
+            raise TourFailed(
+                f"no notice of a pending approval within {NOTICE_TIMEOUT:.0f}s"
+            ) from None
+        match = _REQUEST_ID.search(notice)
+        if match is None:
+            raise TourFailed(f"the notice names no approval request: {notice!r}")
+        request_id = match.group(1)
+        if not worker.is_alive() or self._column_exists():
+            raise TourFailed("the ALTER TABLE did not wait for the approval")
+        lines = [f"NOTICE: {notice}"]
+        lines.append(
+            f"the DBA approves {request_id} (as `dbsentry approvals approve {request_id}` would)"
+        )
+        self._approve_as_dba(request_id)
+        worker.join(timeout=APPROVED_RUN_TIMEOUT)
+        if worker.is_alive():
+            raise TourFailed(
+                f"the ALTER TABLE did not finish within {APPROVED_RUN_TIMEOUT:.0f}s of the approval"
+            )
+        if outcome and outcome[0] is not None:
+            raise TourFailed(f"the approved ALTER TABLE failed: {outcome[0]}")
+        if not self._column_exists():
+            raise TourFailed("the ALTER TABLE completed but customers has no loyalty_tier column")
+        lines.append(
+            f"the ALTER TABLE ran after {time.monotonic() - started:.1f}s; customers.loyalty_tier exists"
+        )
+        return lines
+
+    def _approve_as_dba(self, request_id: str) -> None:
+        """What ``dbsentry approvals approve`` does: review as the identity the DBA's token proves."""
+        config = self.loaded.config
+        auth = Authenticator(config)
+        try:
+            reviewer = auth.tokens.verify(self.tokens["dba"].token)
+        finally:
+            auth.close()
+        if reviewer is None:
+            raise TourFailed("the DBA's token is not valid")
+        store = open_approval_store(config.audit, config.state_dir)
+        audit_store = open_store(config.audit, config.state_dir)
+
+        def sink(record: ApprovalRecord) -> None:
+            append_records(audit_store, [record])
+
+        try:
+            service = Approvals(config.approvals, store, audit=sink)
+            result = service.review(
+                request_id, reviewer, True, "approved during the dbsentry demo tour"
+            )
+        finally:
+            store.close()
+            audit_store.close()
+        if result.request.status != "approved":
+            raise TourFailed(f"{request_id} is {result.request.status} after the DBA's approval")
+
+    def _public_keys(self) -> list[Any]:
+        acfg = self.loaded.config.audit
+        key_path = acfg.signing_key_path(self.loaded.config.state_dir)
+        own = public_key_path(key_path)
+        keys = [
+            load_public_key(own)
+            if own.exists()
+            else load_or_create_signing_key(key_path).public_key()
+        ]
+        keys.extend(load_public_key(p) for p in acfg.trusted_public_keys)
+        return keys
+
+    def _verify(self) -> VerifyResult:
+        config = self.loaded.config
+        store = open_store(config.audit, config.state_dir, create=False)
+        try:
+            return verify(store, self._public_keys())
+        finally:
+            store.close()
+
+    def step_verify(self) -> list[str]:
+        result = self._verify()
+        if not result.ok:
+            raise TourFailed(f"the audit chain is broken: {result.first_problem}")
+        acfg = self.loaded.config.audit
+        signed = (
+            f"{result.valid_checkpoints} of {result.checkpoints} signed checkpoints valid"
+            if result.checkpoints
+            else (
+                f"no signed checkpoint yet (one is signed every {acfg.checkpoint_every} records "
+                f"or {acfg.checkpoint_seconds:g}s)"
+            )
+        )
+        return [
+            f"{result.records} records, chain intact; {signed}",
+            f"(what `dbsentry audit verify -c {_display(self.workspace.config_path)}` checks)",
+        ]
+
+    def step_report(self) -> list[str]:
+        config = self.loaded.config
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        out_dir = self.workspace.reports_dir / f"tour-{stamp}"
+        result = self._verify()
+        key_path = config.audit.signing_key_path(config.state_dir)
+        signer = Signer(load_or_create_signing_key(key_path)) if key_path.exists() else None
+        until = time.time()
+        store = open_store(config.audit, config.state_dir, create=False)
+        try:
+            report = build_report(
+                store,
+                since=until - 30 * 86_400,
+                until=until,
+                out_dir=out_dir,
+                verification=result,
+                signer=signer,
+                title="Database access review (dbsentry demo)",
+                organisation="Demo Shop Ltd.",
+            )
+        finally:
+            store.close()
+        html = report.out_dir / "report.html"
+        if not html.is_file():
+            raise TourFailed(f"{html} was not written")
+        denied = (report.out_dir / "denied.csv").read_text(encoding="utf-8")
+        if "DROP" not in denied:
+            raise TourFailed("the report does not list the blocked DROP TABLE")
+        return [
+            f"{report.statements} statements, chain {'intact' if report.verification_ok else 'BROKEN'}",
+            f"report: {_display(html)}",
+        ]
+
+    # --- running -------------------------------------------------------------------------
+
+    def run(self) -> list[int]:
+        steps: Sequence[Callable[[], list[str]]] = (
+            self.step_masked_select,
+            self.step_blocked_drop,
+            self.step_approval,
+            self.step_verify,
+            self.step_report,
+        )
+        failed: list[int] = []
+        total = len(steps)
+        for number, (title, step) in enumerate(zip(STEPS, steps, strict=True), start=1):
+            if self.cancelled.is_set():
+                break
+            label = f"{number}/{total} {title}"
+            started = time.monotonic()
+            try:
+                details = step()
+            except (TourFailed, psycopg.Error, OSError) as err:
+                self.out.fail(f"{label}: {err}")
+                failed.append(number)
+                continue
+            except Exception as err:  # a bug or an unexpected outcome: name the step, go on
+                self.out.fail(f"{label}: {type(err).__name__}: {err}")
+                failed.append(number)
+                continue
+            self.out.ok(f"{label} {self.out.dim(f'({time.monotonic() - started:.1f}s)')}")
+            for detail in details:
+                self.out.line(f"    {detail}")
+        return failed
+
+
+def _display(path: Path) -> str:
+    """``path`` relative to the working directory when it is below it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
