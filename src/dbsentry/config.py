@@ -238,6 +238,13 @@ def parse_config(data: Any, base_dir: Path) -> Config:
         raise ConfigError("(top level): the configuration must be a mapping")
     data = dict(data)
     _resolve_paths(data, base_dir)
+    listen = data.get("listen")
+    approvals = data.get("approvals")
+    if isinstance(listen, dict) and isinstance(listen.get("http"), str) and (approvals is None or isinstance(approvals, dict)):
+        # Approval messages link to this proxy's own console unless told otherwise.
+        approvals = dict(approvals or {})
+        approvals.setdefault("console_url", f"http://{listen['http']}")
+        data["approvals"] = approvals
     try:
         return Config.model_validate(data)
     except ValidationError as err:

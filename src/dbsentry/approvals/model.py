@@ -284,6 +284,7 @@ def statement_request(
     message: str | None = None,
     session_id: str | None = None,
     display_sql: str | None = None,
+    request_key: str | None = None,
 ) -> ApprovalRequest:
     """A new pending request for one statement.
 
@@ -297,7 +298,9 @@ def statement_request(
         requester=identity.name,
         requester_kind=identity.kind,
         requester_groups=tuple(sorted(identity.groups)),
-        request_key=statement_key(identity.name, connection, sql, params_tuple),
+        request_key=request_key
+        if request_key is not None
+        else statement_key(identity.name, connection, sql, params_tuple),
         created_at=now,
         expires_at=now + ttl_seconds,
         validity_seconds=validity_seconds,

@@ -125,14 +125,18 @@ class Approvals:
         session_id: str | None = None,
         client_mode: str | None = None,
         display_sql: str | None = None,
+        key_params: Sequence[str | None] | None = None,
     ) -> Gate:
         """For a ``require_approval`` decision: use an approval, or make (or find) a request.
 
         ``params`` are the bound values as the audit trail shows them (``prepare_params``
-        without redaction), None for the simple protocol.  Blocking.
+        without redaction), None for the simple protocol; ``key_params``, when given, are
+        the exact values the approval is bound to (see ``ApprovalAsk``).  Blocking.
         """
         now = self._clock()
-        key = statement_key(identity.name, connection, sql, params)
+        key = statement_key(
+            identity.name, connection, sql, key_params if key_params is not None else params
+        )
         used = self.store.consume(identity.name, connection, key, now)
         if used is not None:
             return Gate("run", used)
@@ -152,6 +156,7 @@ class Approvals:
             message=decision.message,
             session_id=session_id,
             display_sql=display_sql,
+            request_key=key,
         )
         stored, created = self.store.create_or_get_pending(request, now)
         if created:
@@ -184,7 +189,8 @@ class Approvals:
     def refusal_message(self, request: ApprovalRequest) -> str:
         """The fail-mode error text: names the request and the console link."""
         why = request.message or "this statement requires approval"
-        rules = f" (rule: {', '.join(request.rules)})" if request.rules else ""
+        named = all(r in why for r in request.rules)  # the rule's own message names it already
+        rules = f" (rule: {', '.join(request.rules)})" if request.rules and not named else ""
         return (
             f"dbsentry: {why}{rules}. Approval request {request.id} is pending review by "
             f"{self._who(request)}: {self.config.console_link(request.id)} -- once approved, "

@@ -338,6 +338,7 @@ class ClientConnection(asyncio.Protocol):
                         environment=session.connection.environment if session.connection else None,
                         sql=ask.sql,
                         params=ask.params,
+                        key_params=ask.key_params,
                         decision=ask.decision,
                         facts=ask.facts,
                         session_id=session.session_id,

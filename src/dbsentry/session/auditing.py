@@ -98,10 +98,13 @@ class SessionAudit:
             fields = {"command": command}
         if correlation is not None:
             fields["correlation"] = correlation
+        action = decision.action
         if masks is not None:
             fields["masked_columns"] = masks.masked_columns
             fields["masked_classes"] = masks.masked_classes
             fields["data_classes"] = masks.masked_classes
+            if action == "allow" and masks.masked_columns:
+                action = "mask"  # allowed by policy, its results masked
         return StatementRecord.create(
             sql=sql,
             params=params,
@@ -115,7 +118,7 @@ class SessionAudit:
             connection=self.connection,
             environment=self.environment,
             database=self.database,
-            decision=decision.action,
+            decision=action,
             rules=decision.rules,
             application_name=self.application_name,
             **fields,

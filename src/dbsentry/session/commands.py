@@ -99,6 +99,10 @@ class ApprovalAsk:
     params: tuple[str | None, ...] | None
     decision: Decision
     facts: tuple[StatementFacts, ...]
+    # What the approval is keyed on: the exact format and bytes of each bound value.
+    # ``params`` (the audit trail's text) is for people and may show different values
+    # the same way (invalid UTF-8 replaced, binary values as hex).
+    key_params: tuple[str | None, ...] | None = None
 
 
 @dataclass(slots=True)

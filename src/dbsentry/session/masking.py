@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -341,10 +341,16 @@ _SYNC = _Sync()
 WITHHELD = "dbsentry: the error message was withheld because the statement reads masked data"
 
 
+def _never() -> bool:
+    return False
+
+
 @dataclass
 class SessionMasking:
     service: MaskingService
     connection: str
+    # Whether the identity sees real values right now (exempt groups, live grants).
+    exempt: Callable[[], bool] = _never
     expect: deque[_Item] = field(default_factory=deque)
     statements: dict[str, StatementPlan | None] = field(default_factory=dict)
     statement_fields: dict[str, tuple[Field, ...] | None] = field(default_factory=dict)
@@ -445,7 +451,7 @@ class SessionMasking:
                 expect.popleft()
             return None
         if t == m.R_ERROR:
-            sensitive = self._current_plan(head) is not None
+            sensitive = self._current_plan(head) is not None and not self.exempt()
             if isinstance(head, _Query):
                 head.plans = head.plans[: head.index]  # the rest of the string is skipped
             else:
@@ -471,7 +477,7 @@ class SessionMasking:
                 expect.popleft()
             return None
         if t == m.R_COPY_OUT:
-            if isinstance(head, _Query) and head.plan is not None:
+            if isinstance(head, _Query) and head.plan is not None and not self.exempt():
                 plan = head.plan
                 copy = plan.lineage.copy
                 if copy is not None:
@@ -514,6 +520,8 @@ class SessionMasking:
         return None
 
     def _compile(self, plan: StatementPlan, fields: Sequence[Field] | None, formats: Sequence[int] | None) -> RowMasker | None:
+        if self.exempt():
+            return None
         svc = self.service
         view = svc.current(self.connection)
         if fields is None:

@@ -177,6 +177,19 @@ def _readable_params(bind: m.Bind) -> tuple[str | None, ...]:
     return tuple(out)
 
 
+def _exact_params(bind: m.Bind) -> tuple[str | None, ...]:
+    """Bind parameters exactly (format code and bytes): different values never compare equal."""
+    fmts = bind.param_formats
+    out: list[str | None] = []
+    for i, value in enumerate(bind.params):
+        if value is None:
+            out.append(None)
+            continue
+        binary = (fmts[i] if len(fmts) > 1 else fmts[0]) == 1 if fmts else False
+        out.append(("b:" if binary else "t:") + value.hex())
+    return tuple(out)
+
+
 class _Chunk:
     """One chunk of frames on its way through: replaced frames, commands, records to commit."""
 
@@ -253,7 +266,7 @@ class Session:
     # Prepared statement name -> (SQL, policy version it was checked under, the check).
     _prepared: dict[str, tuple[str, str, Check]] = field(default_factory=dict)
     # Portal name -> (statement name, parameters as audited), kept only when auditing.
-    _portals: dict[str, tuple[str, tuple[str | None, ...]]] = field(default_factory=dict)
+    _portals: dict[str, tuple[str, tuple[str | None, ...], tuple[str | None, ...]]] = field(default_factory=dict)
     # Marker -> the ErrorResponse that replaces the upstream's error for a refused statement.
     _refusals: dict[str, bytes] = field(default_factory=dict)
     _marker_prefix: str = field(default_factory=lambda: secrets.token_hex(4))
@@ -480,10 +493,11 @@ class Session:
                 codec.encode_ready(ready.status),
             )
         )
-        svc = self.masking_service
-        if svc is not None and self.identity is not None and not (self.identity.groups & svc.exempt_groups):
+        if self.masking_service is not None:
             assert self.connection_name is not None
-            self.masking = SessionMasking(svc, self.connection_name)
+            # Results are followed for every session; who is exempt is decided per
+            # statement, so a just-in-time grant counts only while it lasts.
+            self.masking = SessionMasking(self.masking_service, self.connection_name, self._masking_exempt)
         out.append(c.SendClient(greeting))
         if ready.leftover:
             out.extend(self.upstream_data(ready.leftover))
@@ -653,8 +667,9 @@ class Session:
             if audit is not None:
                 verdict = check.verdict
                 correlation = extract_correlation(sql)
+                masked = self.masking is not None and not self.masking.exempt()
                 for i, (facts, decision) in enumerate(zip(verdict.facts, verdict.decisions, strict=True)):
-                    plan = plans[i] if i < len(plans) else None
+                    plan = plans[i] if masked and i < len(plans) else None
                     rec = audit.statement(facts.text, facts, decision, correlation=correlation, masks=plan)
                     chunk.gated.append(rec)
                     audit.expect(rec, self._cycles_sent)
@@ -671,6 +686,10 @@ class Session:
         masking = self.masking
         if masking is None:
             return check, ()
+        if masking.exempt():
+            # Plans are still made (and kept for prepared statements and cursors): whether
+            # results are masked is decided when they arrive, grants may expire meanwhile.
+            return check, masking.plan(sql, verdict.facts, check.decision)
         view = masking.service.current(masking.connection)
         if view is not None and any(
             _copies_data(f) and view.copies_sensitive_columns(f) for f in verdict.facts
@@ -688,6 +707,15 @@ class Session:
             if copy is not None and copy.format == "binary":
                 return _refusal(check, "masking.binary_copy", "binary COPY of sensitive columns is refused; use text or csv"), ()
         return check, plans
+
+    def _masking_exempt(self) -> bool:
+        """Whether the identity sees real values now (its groups, with live grants)."""
+        identity = self.identity
+        if identity is None or self.masking_service is None:
+            return False
+        if self.approvals is not None:
+            identity = self.approvals.effective_identity(identity)
+        return bool(identity.groups & self.masking_service.exempt_groups)
 
     def _check_sql_prepared(self, gov: Governor, check: Check) -> Check:
         """Track SQL PREPARE, and judge SQL EXECUTE by the statement it runs, now.
@@ -741,7 +769,7 @@ class Session:
         if self.audit is not None or self.approvals is not None:
             bind = codec.decode_bind(buf, start, end)
             portal, name = bind.portal, bind.statement
-            self._portals[portal] = (name, _readable_params(bind))
+            self._portals[portal] = (name, _readable_params(bind), _exact_params(bind))
         else:
             portal, pos = codec.read_cstr(buf, start, end)
             name, _ = codec.read_cstr(buf, pos, end)
@@ -855,11 +883,14 @@ class Session:
             return  # its Parse was refused: the upstream fails the Bind, nothing runs
         sql, _, check = prepared
         if self._approvable(check):
-            chunk.approvals.append(c.ApprovalAsk(sql, bound[1], check.decision, check.verdict.facts))
+            chunk.approvals.append(
+                c.ApprovalAsk(sql, bound[1], check.decision, check.verdict.facts, key_params=bound[2])
+            )
         if self.audit is None:
             return
         facts = check.verdict.facts[0] if check.verdict.facts else None
-        plan = self.masking.statements.get(bound[0]) if self.masking is not None else None
+        masking = self.masking
+        plan = masking.statements.get(bound[0]) if masking is not None and not masking.exempt() else None
         rec = self.audit.statement(sql, facts, check.decision, params=bound[1], masks=plan)
         chunk.gated.append(rec)
         self.audit.expect(rec, self._cycles_sent + 1)  # answered before the next Sync's ReadyForQuery

@@ -161,6 +161,8 @@ class _Identity:
     masked_classes: Counter[str] = field(default_factory=Counter)
     refused_classes: Counter[str] = field(default_factory=Counter)
     refused: int = 0
+    # allowed statements whose results the masking layer masked (decision stays "allow")
+    masked_statements: int = 0
     connections: dict[str, dict[str, _Table]] = field(
         default_factory=lambda: defaultdict(lambda: defaultdict(_Table))
     )
@@ -186,6 +188,9 @@ class DataAccess:
         self._lookup = lookup
         self._ids: dict[str, _Identity] = defaultdict(_Identity)
         self.statements = 0
+        # distinct statements (not statement x class) that read classified data / were masked
+        self.classified_statements = 0
+        self.masked_statements = 0
 
     def add(self, row: Mapping[str, Any]) -> None:
         self.statements += 1
@@ -210,6 +215,12 @@ class DataAccess:
             return
         for c in classes:
             ident.classes[c] += 1
+        if classes:
+            self.classified_statements += 1
+        if masked_cols or masked_cls:
+            self.masked_statements += 1
+            if decision != "mask":
+                ident.masked_statements += 1
         for c in set(masked_cls):
             ident.masked_classes[c] += 1
         connection = str(row.get("connection") or "?")
@@ -274,6 +285,7 @@ class DataAccess:
                     "classes": dict(ident.classes.most_common()),
                     "masked_classes": dict(ident.masked_classes),
                     "refused": ident.refused,
+                    "masked_statements": ident.masked_statements,
                     "refused_classes": dict(ident.refused_classes),
                     "first_seen": ident.first,
                     "last_seen": ident.last,
@@ -312,6 +324,8 @@ class DataAccess:
         )
         return {
             "statements": self.statements,
+            "classified_statements": self.classified_statements,
+            "masked_statements": self.masked_statements,
             "identities": identities,
             "classes": classes,
             "links": links,

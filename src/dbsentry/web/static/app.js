@@ -121,6 +121,9 @@
     used: ["allow", "Approved, used"],
   };
 
+  // The policy may allow a read that the masking layer then masks: show it as masked.
+  const shownDecision = (r) => (r.decision === "allow" && (r.masked_columns || []).length ? "mask" : r.decision);
+
   function badge(decision) {
     const [cls, label] = DECISIONS[decision] || ["", decision || "unknown"];
     return h("span", { class: `badge ${cls}`, title: decision || "" }, label);
@@ -237,7 +240,7 @@
     const fill = (row) => {
       outcome.replaceChildren();
       if (row.error) outcome.append(h("span", { class: "badge deny plain", title: row.error }, row.sqlstate || "error"));
-      else if (row.rows !== null && row.rows !== undefined) outcome.append(`${fmtNum(row.rows)} rows`);
+      else if (row.rows !== null && row.rows !== undefined) outcome.append(`${fmtNum(row.rows)} ${row.rows === 1 ? "row" : "rows"}`);
       if (row.duration_ms !== null && row.duration_ms !== undefined) outcome.append(h("div", { class: "sub-line" }, fmtMs(row.duration_ms)));
     };
     fill(r);
@@ -248,7 +251,7 @@
       opts.noIdentity ? null : h("td", { class: "nowrap" }, who(r.identity, r.identity_kind),
         h("div", { class: "sub-line" }, h("a", { href: `#/session/${encodeURIComponent(r.session_id)}`, title: "Open session" }, `session ${String(r.session_id || "").slice(0, 8)}`))),
       h("td", { class: "nowrap" }, r.connection || "–", h("div", { class: "sub-line" }, r.environment || "")),
-      h("td", { class: "nowrap" }, badge(r.decision),
+      h("td", { class: "nowrap" }, badge(shownDecision(r)),
         (r.rules || []).length ? h("div", { class: "sub-line", title: r.rules.join(", ") }, r.rules.join(", ")) : null),
       h("td", {}, sqlCell(r.statement, opts.full), masked,
         (r.tables || []).length ? h("div", { class: "sub-line" }, chips(r.tables)) : null),
@@ -313,7 +316,8 @@
     const counts = { total: 0, allow: 0, mask: 0, deny: 0, pending: 0 };
     const count = (decision) => {
       counts.total += 1;
-      const key = decision === "require_approval" || decision === "pending_approval" ? "pending" : decision;
+      const key = decision === "require_approval" || decision === "pending_approval" ? "pending"
+        : decision === "approved" ? "allow" : decision;
       if (key in counts) counts[key] += 1;
       for (const k of Object.keys(counts)) stats[k].set(counts[k]);
     };
@@ -337,7 +341,7 @@
         const tr = statementRow(r);
         byId.set(r.id, tr);
         tbody.append(tr);
-        count(r.decision);
+        count(shownDecision(r));
       }
       if (page.items.length) after = page.items[0].seq;
     } catch (err) {
@@ -352,7 +356,7 @@
         tr.classList.add("row-new");
         byId.set(data.id, tr);
         tbody.prepend(tr);
-        count(data.decision);
+        count(shownDecision(data));
         while (tbody.rows.length > FEED_MAX_ROWS) {
           const lastRow = tbody.rows[tbody.rows.length - 1];
           byId.delete(lastRow.dataset.id);
@@ -575,10 +579,10 @@
     const controls = h("div", { class: "actions" },
       segmented(["", "human", "agent"], kind, (v) => go({ kind: v }), ["Everyone", "People", "Agents"]),
       segmented(["24h", "7d", "30d", "90d"], since, (v) => go({ since: v })));
-    const touched = d.classes.reduce((n, c) => n + c.statements, 0);
-    const masked = d.classes.reduce((n, c) => n + c.masked, 0);
+    const touched = d.classified_statements ?? d.classes.reduce((n, c) => n + c.statements, 0);
+    const masked = d.masked_statements ?? d.classes.reduce((n, c) => n + c.masked, 0);
     view.append(h("div", { class: "stats" },
-      stat("Statements read", d.statements, "accent"),
+      stat("Statements", d.statements, "accent"),
       stat("Identities", d.identities.length),
       stat("Reads of classified data", touched, "mask"),
       stat("Of which masked", masked, "allow"),
@@ -667,14 +671,16 @@
   }
 
   function hbars(rows, segmentsOf, legend) {
-    const W = 560, rowH = 30, labelW = 150, barW = W - labelW - 60;
+    const W = 560, rowH = 30, labelW = 190, barW = W - labelW - 60;
     const max = Math.max(1, ...rows.map((r) => segmentsOf(r).reduce((a, x) => a + x.value, 0)));
     const svgEl = s("svg", { viewBox: `0 0 ${W} ${rows.length * rowH + 6}`, role: "img" });
     rows.forEach((r, i) => {
       const y = i * rowH + 4;
       const segs = segmentsOf(r);
       const sum = segs.reduce((a, x) => a + x.value, 0);
-      svgEl.append(s("text", { x: labelW - 10, y: y + 15, "text-anchor": "end", class: "strong" }, r.label));
+      const label = String(r.label);
+      const shown = label.length > 24 ? `${label.slice(0, 23)}…` : label;
+      svgEl.append(s("text", { x: labelW - 10, y: y + 15, "text-anchor": "end", class: "strong" }, shown, s("title", {}, label)));
       svgEl.append(s("rect", { x: labelW, y: y + 3, width: barW, height: 16, rx: 4, class: "bar-bg" }));
       let x = labelW;
       for (const seg of segs) {
@@ -707,8 +713,8 @@
     const col = (v) => css.getPropertyValue(v).trim();
     const seg = (i, keys) => keys.reduce((n, k) => n + (i.decisions[k] || 0), 0);
     return hbars(ids.slice(0, 12).map((i) => ({ label: i.identity, i })), (r) => [
-      { label: "allowed", value: seg(r.i, ["allow"]), color: col("--allow") },
-      { label: "masked", value: seg(r.i, ["mask"]), color: col("--mask") },
+      { label: "allowed", value: seg(r.i, ["allow", "approved"]) - (r.i.masked_statements || 0), color: col("--allow") },
+      { label: "masked", value: seg(r.i, ["mask"]) + (r.i.masked_statements || 0), color: col("--mask") },
       { label: "approval", value: seg(r.i, ["require_approval", "pending_approval"]), color: col("--pending") },
       { label: "denied", value: seg(r.i, ["deny"]), color: col("--deny") },
     ], [["allowed", col("--allow")], ["masked", col("--mask")], ["approval", col("--pending")], ["denied", col("--deny")]]);
