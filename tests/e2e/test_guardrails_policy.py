@@ -58,7 +58,7 @@ def direct(pg_server: PgServer) -> Iterator[psycopg.Connection[Any]]:
 @pytest.fixture
 def secrets(direct: psycopg.Connection[Any]) -> Iterator[str]:
     name = f"secrets_tbl_{uuid.uuid4().hex[:10]}"
-    direct.execute(f"create table {name} (id int primary key, secret text)")
+    direct.execute(f"create table {name} (id int primary key, codename text)")
     direct.execute(f"insert into {name} values (1, 'hunter2')")
     yield name
     direct.execute(f"drop table if exists {name}")
@@ -86,7 +86,7 @@ def connect(proxy: RunningProxy, who: tuple[str, tuple[str, ...]]) -> psycopg.Co
 def read_secret(conn: psycopg.Connection[Any], table: str) -> str | None:
     """The secret, or None when dbsentry refused (and the session is still usable)."""
     try:
-        row = conn.execute(f"select secret from {table} where id = 1").fetchone()
+        row = conn.execute(f"select codename from {table} where id = 1").fetchone()
     except errors.InsufficientPrivilege as err:
         assert (err.diag.message_primary or "").startswith("dbsentry:")
         assert conn.execute("select 1").fetchone() == (1,)
@@ -127,15 +127,15 @@ def test_custom_rule_enforced(policy_proxy: RunningProxy, secrets: str) -> None:
         )
         # Disguises do not help: the facts come from PostgreSQL's parser.
         for disguised in (
-            f'select/**/secret from public."{secrets}"',
+            f'select/**/codename from public."{secrets}"',
             f"select 1; select * from {secrets.upper()}",
             f"with s as (select * from {secrets}) select count(*) from s",
-            f"select (select secret from {secrets} limit 1)",
+            f"select (select codename from {secrets} limit 1)",
         ):
             with pytest.raises(errors.InsufficientPrivilege):
                 conn.execute(disguised)
         with pytest.raises(errors.InsufficientPrivilege):
-            conn.execute(f"select secret from {secrets} where id = %s", (1,))
+            conn.execute(f"select codename from {secrets} where id = %s", (1,))
         assert conn.execute("select 'other tables are fine'").fetchone() == (
             "other tables are fine",
         )
@@ -229,7 +229,7 @@ def test_extended_protocol_statement_rechecked_after_reload(
 ) -> None:
     """A statement prepared (Parse) under the old policy is judged by the new one at Bind."""
     with connect(policy_proxy, ENGINEER) as conn:
-        query = f"select secret from {secrets} where id = %s"
+        query = f"select codename from {secrets} where id = %s"
         for _ in range(3):
             assert conn.execute(query, (1,), prepare=True).fetchone() == ("hunter2",)
         policy_file.write_text(policy_yaml(secrets, "eng", "eng lost access"))
@@ -250,7 +250,7 @@ def test_sql_execute_rechecked_after_reload(
     statement it prepared."
     """
     with connect(policy_proxy, ENGINEER) as conn:
-        conn.execute(f"prepare g_secret as select secret from {secrets} where id = 1")
+        conn.execute(f"prepare g_secret as select codename from {secrets} where id = 1")
         assert conn.execute("execute g_secret").fetchone() == ("hunter2",)
         policy_file.write_text(policy_yaml(secrets, "eng", "eng lost access"))
         policy_proxy.process.send_signal(signal.SIGHUP)
@@ -412,13 +412,13 @@ def test_prepared_statements_rechecked_when_a_time_window_opens(
         "    action: deny\n"
         "    message: secrets are closed now\n"
     )
-    query = f"select secret from {secrets} where id = %s"
+    query = f"select codename from {secrets} where id = %s"
     with (
         run_proxy(write_config(tmp_path, pg_server, extra={"policy": str(path)})) as running,
         connect(running, ENGINEER) as conn,
     ):
         assert conn.execute(query, (1,), prepare=True).fetchone() == ("hunter2",)
-        conn.execute(f"prepare g_closed as select secret from {secrets} where id = 1")
+        conn.execute(f"prepare g_closed as select codename from {secrets} where id = 1")
         assert conn.execute("execute g_closed").fetchone() == ("hunter2",)
         time.sleep(max(0.0, (start - datetime.now(UTC)).total_seconds()) + 1)
         assert datetime.now(UTC) < end
@@ -434,7 +434,7 @@ def test_prepared_statements_rechecked_when_a_time_window_opens(
             return "allowed"
 
         got = {
-            "new statement": outcome(f"select secret from {secrets} where id = 1"),
+            "new statement": outcome(f"select codename from {secrets} where id = 1"),
             "extended protocol, prepared before": outcome(query, (1,), prepare=True),
             "SQL EXECUTE, prepared before": outcome("execute g_closed"),
         }

@@ -903,8 +903,8 @@ def test_result_row_over_cap_ends_session_cleanly(small_limits: RunningProxy) ->
         with pytest.raises(psycopg.OperationalError) as err:
             conn.execute("select repeat('x', 10000)")
         assert (
-            "dbsentry: upstream protocol error: message of 10010 bytes exceeds the limit of 4096"
-            in str(err.value)
+            "dbsentry: a message from the upstream exceeds limits.max_message_bytes: "
+            "message of 10010 bytes exceeds the limit of 4096" in str(err.value)
         )
     with psycopg.connect(small_limits.dsn(), autocommit=True) as conn:
         assert conn.execute("select 1").fetchone() == (1,)
@@ -972,4 +972,5 @@ def test_upstream_that_never_answers(hanging_upstream: RunningProxy) -> None:
     # The upstream's fault, within its connect_timeout_seconds, not the client's.
     assert fields["C"] == "08001", fields
     assert fields["M"].startswith("dbsentry: ") and '"hang"' in fields["M"], fields
-    assert elapsed < 2.5
+    # connect_timeout_seconds is 1; well under the 3 s startup timeout even on a loaded machine.
+    assert elapsed < 2.9

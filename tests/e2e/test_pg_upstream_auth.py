@@ -208,7 +208,7 @@ def test_password_env_not_set(upstreams: RunningProxy, auth_cluster: AuthCluster
 
 def test_upstream_demands_password_none_configured(upstreams: RunningProxy) -> None:
     message = refusal(upstreams, "no_password")
-    assert "FATAL:  upstream demands a password and the connection has none configured" in message
+    assert "FATAL:  dbsentry: the upstream demands a password and the connection has none configured" in message
 
 
 def test_password_file_is_reread(upstreams: RunningProxy, auth_cluster: AuthCluster) -> None:
