@@ -1,6 +1,6 @@
 """The approval store's contract against a real PostgreSQL, as several proxy nodes share it.
 
-Uses DBSENTRY_TEST_PG_DSN (default: host=127.0.0.1 port=5432 user=postgres dbname=test); each
+Uses DBSENTRY_TEST_PG_DSN (default: the suite's PostgreSQL, see tests/support/pg.py); each
 test gets a schema of its own, dropped afterwards.  The tests themselves are the
 ``StoreContract`` of tests/unit/test_approvals_store.py.
 """
@@ -22,7 +22,10 @@ from dbsentry.approvals.store import ApprovalStore, open_approval_store  # noqa:
 from dbsentry.audit.config import AuditConfig  # noqa: E402
 from dbsentry.audit.pg_store import PostgresStore  # noqa: E402
 
-DSN = os.environ.get("DBSENTRY_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test")
+# The suite's PostgreSQL: the machine's on 127.0.0.1:5432, or an embedded one (tests/support/pg.py).
+from support.pg import find_postgres  # noqa: E402
+
+DSN = os.environ.get("DBSENTRY_TEST_PG_DSN") or find_postgres().dsn()
 
 
 def _load_contract() -> type:

@@ -1,6 +1,6 @@
 """The PostgreSQL audit store against a real server: chain, tamper detection, many nodes.
 
-Uses DBSENTRY_TEST_PG_DSN (default: host=127.0.0.1 port=5432 user=postgres dbname=test); each
+Uses DBSENTRY_TEST_PG_DSN (default: the suite's PostgreSQL, see tests/support/pg.py); each
 test gets a schema of its own, dropped afterwards.
 """
 
@@ -26,7 +26,10 @@ from dbsentry.audit.store import GENESIS_HASH, SearchFilter, chain_hash, encode 
 from dbsentry.audit.verify import archive, verify, verify_archive  # noqa: E402
 from dbsentry.audit.writer import AuditUnavailable, AuditWriter  # noqa: E402
 
-DSN = os.environ.get("DBSENTRY_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test")
+# The suite's PostgreSQL: the machine's on 127.0.0.1:5432, or an embedded one (tests/support/pg.py).
+from support.pg import find_postgres  # noqa: E402
+
+DSN = os.environ.get("DBSENTRY_TEST_PG_DSN") or find_postgres().dsn()
 
 
 def _reachable() -> str | None:

@@ -1,7 +1,7 @@
 """Masking against a real catalog: classify and lineage on a schema created for the test,
 and masked values of real result rows (text and binary) read back with psycopg's loaders.
 
-Uses DBSENTRY_TEST_PG_DSN (default: host=127.0.0.1 port=5432 user=postgres dbname=test); the
+Uses DBSENTRY_TEST_PG_DSN (default: the suite's PostgreSQL, see tests/support/pg.py); the
 test schema is dropped afterwards.
 """
 
@@ -35,7 +35,10 @@ from dbsentry.masking.rows import (  # noqa: E402
     mask_data_row,
 )
 
-DSN = os.environ.get("DBSENTRY_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test")
+# The suite's PostgreSQL: the machine's on 127.0.0.1:5432, or an embedded one (tests/support/pg.py).
+from support.pg import find_postgres  # noqa: E402
+
+DSN = os.environ.get("DBSENTRY_TEST_PG_DSN") or find_postgres().dsn()
 D = DataClass
 
 
