@@ -257,17 +257,7 @@ class AuditWriter:
                 self._cond.wait(self._checkpoint_wait())
                 if not self._queue and self._checkpoint_due():
                     return []
-            if self.durability == "sync" and not self._closing:
-                # Records nobody waits for (completions, session events) ride along with the
-                # next commit somebody does wait for, instead of costing an fsync of their
-                # own in front of it; at the latest after the flush interval.
-                deadline = time.monotonic() + self._flush_s
-                while not any(i.future is not None for i in self._queue) and not self._closing:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0 or len(self._queue) >= self._max_batch or not self._healthy:
-                        break
-                    self._cond.wait(remaining)
-            elif self.durability == "async" and not self._closing:
+            if self.durability == "async" and not self._closing:
                 # Linger to batch more, but never past the flush interval.
                 deadline = time.monotonic() + self._flush_s
                 while len(self._queue) < self._max_batch and not self._closing:
