@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 
+from dbsentry import pgconn
 from dbsentry.approvals.store import ApprovalStore, ApprovalStoreError, DuplicatePending
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -112,24 +113,15 @@ class PostgresApprovalStore(ApprovalStore):
         self._migrated = False
 
     def describe(self) -> str:
-        info = psycopg.conninfo.conninfo_to_dict(self._dsn)
-        return (
-            f"postgres:{info.get('host', '')}:{info.get('port', '')}/{info.get('dbname', '')} "
-            f"schema {self.schema}"
-        )
+        return pgconn.describe(self._dsn, self.schema)
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            conn = psycopg.connect(
+            conn = pgconn.connect(
                 self._dsn,
-                autocommit=True,
+                "dbsentry-approvals",
                 connect_timeout=self._connect_timeout,
-                options=f"-c statement_timeout={int(self._statement_timeout_ms)}",
-                keepalives=1,
-                keepalives_idle=10,
-                keepalives_interval=5,
-                keepalives_count=3,
-                application_name="dbsentry-approvals",
+                statement_timeout_ms=self._statement_timeout_ms,
             )
             if not self._migrated:
                 try:

@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 
+from dbsentry import pgconn
 from dbsentry.audit.keys import Checkpoint, Signer
 from dbsentry.audit.store import (
     GENESIS_HASH,
@@ -127,20 +128,14 @@ class PostgresStore(AuditStore):
         return text.replace("@S", self.schema)
 
     def describe(self) -> str:
-        info = psycopg.conninfo.conninfo_to_dict(self._dsn)
-        return f"postgres:{info.get('host', '')}:{info.get('port', '')}/{info.get('dbname', '')} schema {self.schema}"
+        return pgconn.describe(self._dsn, self.schema)
 
     def _connect(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(
+        return pgconn.connect(
             self._dsn,
-            autocommit=True,
+            "dbsentry-audit",
             connect_timeout=self._connect_timeout,
-            options=f"-c statement_timeout={int(self._statement_timeout_ms)}",
-            keepalives=1,
-            keepalives_idle=10,
-            keepalives_interval=5,
-            keepalives_count=3,
-            application_name="dbsentry-audit",
+            statement_timeout_ms=self._statement_timeout_ms,
         )
 
     def _migrate(self, conn: psycopg.Connection[Any]) -> None:
