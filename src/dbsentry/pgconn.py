@@ -8,7 +8,7 @@ import psycopg
 
 
 def connect(
-    dsn: str, application_name: str, *, connect_timeout: float, statement_timeout_ms: float
+    dsn: str, application_name: str, *, connect_timeout: int, statement_timeout_ms: float
 ) -> psycopg.Connection[Any]:
     """An autocommit connection with a statement timeout and TCP keepalives, so that a
     store that stops answering is noticed instead of hanging the writer."""
