@@ -263,7 +263,7 @@ class Session:
     # The approvals service (JIT grants, approval requests), when approvals are on.
     approvals: GrantSource | None = None
     _environment: str = ""
-    # Prepared statement name -> (SQL, policy version it was checked under, the check).
+    # Prepared statement name -> (SQL, what it was judged under (policy version, grants), the check).
     _prepared: dict[str, tuple[str, str, Check]] = field(default_factory=dict)
     # Portal name -> (statement name, parameters as audited), kept only when auditing.
     _portals: dict[str, tuple[str, tuple[str | None, ...], tuple[str | None, ...]]] = field(default_factory=dict)
@@ -629,6 +629,14 @@ class Session:
             identity = self.approvals.effective_identity(identity)
         return gov.check(sql, identity, self.connection_name, self._environment)
 
+    def _judged_under(self, gov: Governor) -> str:
+        """What a prepared statement's decision depends on besides its text: the policy
+        version and, with just-in-time grants, the groups the identity has right now."""
+        if self.approvals is None or self.identity is None:
+            return gov.version
+        groups = self.approvals.effective_identity(self.identity).groups
+        return f"{gov.version}:{','.join(sorted(groups))}"
+
     def _approvable(self, check: Check) -> bool:
         """Whether the statement may run once approved (rather than being refused now)."""
         return self.approvals is not None and check.decision.action == "require_approval"
@@ -725,7 +733,7 @@ class Session:
         for facts in check.verdict.facts:
             name = facts.prepared_name
             if facts.command == "PREPARE" and name is not None:
-                self._prepared[name] = (facts.text, gov.version, check)
+                self._prepared[name] = (facts.text, self._judged_under(gov), check)
             elif facts.command == "DEALLOCATE":
                 if name is None:
                     self._prepared.clear()
@@ -753,7 +761,7 @@ class Session:
         if check.allowed or self._approvable(check):
             check, plans = self._mask_plans(parse.sql, check)
         if check.allowed or self._approvable(check):
-            self._prepared[parse.name] = (parse.sql, gov.version, check)
+            self._prepared[parse.name] = (parse.sql, self._judged_under(gov), check)
             if self.masking is not None:
                 self.masking.parsed(parse.name, plans[0] if plans else None)
             return
@@ -783,12 +791,12 @@ class Session:
             return
         # Re-check when the policy changed since its Parse, and at every Bind when a rule
         # has a time window (decisions then change by the minute; the check is cached).
-        if known is None or (known[1] == gov.version and not gov.policy.uses_time):
+        if known is None or (known[1] == self._judged_under(gov) and not gov.policy.uses_time):
             return
         sql = known[0]
         check = self._check(gov, sql)
         if check.allowed or self._approvable(check):
-            self._prepared[name] = (sql, gov.version, check)
+            self._prepared[name] = (sql, self._judged_under(gov), check)
             return
         self._prepared.pop(name, None)
         # Binding a statement that does not exist fails upstream, in order, with the marker.
