@@ -12,8 +12,8 @@ Helpers for building statement records: ``redact_literals`` (constants become ``
 from __future__ import annotations
 
 import re
+import secrets
 import time as _time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
@@ -32,8 +32,13 @@ _COMMENT_TOKENS = frozenset({"C_COMMENT", "SQL_COMMENT"})
 
 
 def new_record_id() -> str:
-    """A random 128-bit id (hex) naming one record, assigned when the record is made."""
-    return uuid.uuid4().hex
+    """A 128-bit id (32 hex digits) naming one record, assigned when the record is made.
+
+    The first 64 bits are the time in nanoseconds and the rest are random: ids stay unique
+    and unguessable, and new ones land at the end of the store's id index instead of at
+    random places in it (much cheaper to insert once the index outgrows the cache).
+    """
+    return f"{_time.time_ns():016x}{secrets.token_hex(8)}"
 
 
 def _tuple(values: Iterable[str] | None) -> tuple[str, ...]:
