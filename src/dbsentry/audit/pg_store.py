@@ -29,6 +29,7 @@ from dbsentry.audit.store import (
     EncodedRecord,
     SearchFilter,
     StoredRecord,
+    filter_clauses,
     link,
 )
 
@@ -406,26 +407,7 @@ class PostgresStore(AuditStore):
     def search_statements(
         self, flt: SearchFilter, *, descending: bool = True, limit: int | None = None
     ) -> Iterator[tuple[StoredRecord, bytes | None]]:
-        where = ["s.type = 'statement'"]
-        params: list[Any] = []
-        for col in (
-            "identity",
-            "identity_kind",
-            "connection",
-            "environment",
-            "decision",
-            "session_id",
-        ):
-            value = getattr(flt, col)
-            if value is not None:
-                where.append(f"s.{col} = %s")
-                params.append(value)
-        if flt.since is not None:
-            where.append("s.time >= %s")
-            params.append(flt.since)
-        if flt.until is not None:
-            where.append("s.time < %s")
-            params.append(flt.until)
+        where, params = filter_clauses(flt, "%s")
         if flt.table is not None:
             where.append(
                 "(s.tables @> ARRAY[%s]::text[] OR EXISTS (SELECT 1 FROM unnest(s.tables) t WHERE t LIKE %s))"

@@ -25,6 +25,7 @@ from dbsentry.audit.store import (
     EncodedRecord,
     SearchFilter,
     StoredRecord,
+    filter_clauses,
     link,
 )
 
@@ -335,26 +336,7 @@ class SQLiteStore(AuditStore):
     def search_statements(
         self, flt: SearchFilter, *, descending: bool = True, limit: int | None = None
     ) -> Iterator[tuple[StoredRecord, bytes | None]]:
-        where = ["s.type = 'statement'"]
-        params: list[Any] = []
-        for col in (
-            "identity",
-            "identity_kind",
-            "connection",
-            "environment",
-            "decision",
-            "session_id",
-        ):
-            value = getattr(flt, col)
-            if value is not None:
-                where.append(f"s.{col} = ?")
-                params.append(value)
-        if flt.since is not None:
-            where.append("s.time >= ?")
-            params.append(flt.since)
-        if flt.until is not None:
-            where.append("s.time < ?")
-            params.append(flt.until)
+        where, params = filter_clauses(flt, "?")
         if flt.table is not None:
             where.append(
                 "EXISTS (SELECT 1 FROM json_each(s.tables) t "

@@ -162,6 +162,28 @@ class SearchFilter:
     text: str | None = None  # substring of the statement, case-insensitive
 
 
+_EQUAL_COLUMNS = ("identity", "identity_kind", "connection", "environment", "decision", "session_id")
+
+
+def filter_clauses(flt: SearchFilter, mark: str) -> tuple[list[str], list[Any]]:
+    """The WHERE clauses every store shares for ``flt`` (on alias ``s``), with ``mark`` as
+    the parameter placeholder; table and text matching are left to each store's dialect."""
+    where = ["s.type = 'statement'"]
+    params: list[Any] = []
+    for col in _EQUAL_COLUMNS:
+        value = getattr(flt, col)
+        if value is not None:
+            where.append(f"s.{col} = {mark}")
+            params.append(value)
+    if flt.since is not None:
+        where.append(f"s.time >= {mark}")
+        params.append(flt.since)
+    if flt.until is not None:
+        where.append(f"s.time < {mark}")
+        params.append(flt.until)
+    return where, params
+
+
 def link(
     prev: ChainPoint, records: Sequence[EncodedRecord]
 ) -> list[tuple[int, str, str, EncodedRecord]]:
