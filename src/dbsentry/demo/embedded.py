@@ -157,6 +157,61 @@ def _reachable_by(user: pwd.struct_passwd, directory: Path) -> bool:
     return proc.returncode == 0
 
 
+def _runnable_by(user: pwd.struct_passwd, program: Path) -> bool:
+    try:
+        proc = subprocess.run(
+            ["runuser", "-u", user.pw_name, "--", "test", "-x", str(program)],
+            capture_output=True,
+            timeout=30,
+            env=_clean_env(),
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return proc.returncode == 0
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst, symlinks=True)
+    for root, dirs, _files in os.walk(dst):
+        for d in dirs:
+            (Path(root) / d).chmod(0o755)
+    dst.chmod(0o755)
+
+
+def _usable_bindir(bindir: Path, user: pwd.struct_passwd | None) -> Path:
+    """``bindir``, or a copy of its installation the server's OS user can run.
+
+    When we are root and the binaries sit under a directory that user cannot enter (a
+    virtualenv in a 0700 directory, say), the installation is copied once to a
+    world-readable directory and run from there.  Wheels keep their shared libraries in a
+    ``<package>.libs`` directory found through a relative rpath, so the copy keeps the
+    package layout: ``<copy>/<package>/<install>/bin`` next to ``<copy>/<package>.libs``.
+    """
+    if user is None or _runnable_by(user, bindir / "initdb"):
+        return bindir
+    install = bindir.parent
+    package = install.parent
+    digest = hashlib.sha256(str(install).encode()).hexdigest()[:12]
+    copy = Path(tempfile.gettempdir()) / f"dbsentry-pginstall-{digest}"
+    target = copy / package.name / install.name / bindir.name
+    if not _has_binaries(target):
+        staging = copy.with_name(copy.name + f".{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        (staging / package.name).mkdir(parents=True)
+        _copy_tree(install, staging / package.name / install.name)
+        for libs in package.parent.glob(f"{package.name}.libs"):
+            _copy_tree(libs, staging / libs.name)
+        for d in (staging, staging / package.name):
+            d.chmod(0o755)
+        shutil.rmtree(copy, ignore_errors=True)
+        staging.rename(copy)
+    if not _runnable_by(user, target / "initdb"):
+        raise EmbeddedPostgresError(
+            f"user {user.pw_name} cannot run the PostgreSQL binaries in {copy}"
+        )
+    return target
+
+
 def _private_dir(path: Path, user: pwd.struct_passwd | None) -> None:
     """Create ``path`` (mode 0700) owned by ``user``; refuse a symlink or a stranger's directory."""
     try:
@@ -209,8 +264,8 @@ class EmbeddedPostgres:
                 "no PostgreSQL binaries found: install the pgserver package "
                 f"(pip install pgserver) or set ${ENV_BINDIR} to a directory with initdb, pg_ctl and postgres"
             )
-        self.bindir = found
         self._user = _server_user()
+        self.bindir = _usable_bindir(found, self._user)
         self.demo_dir = demo_dir.resolve()
         self._layout = _Layout(self._choose_root())
         # True when the cluster lives outside the demo directory (see _choose_root).
