@@ -40,6 +40,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from dbsentry.demo import embedded
+
 __all__ = [
     "AuthCluster",
     "PgServer",
@@ -336,6 +338,8 @@ def _start_embedded() -> PgServer:
     bindir = _pgserver_bindir() or find_bindir()
     if bindir is None:
         pytest.skip("no PostgreSQL reachable on 127.0.0.1:5432 and no binaries to start one")
+    # As root the server runs as another user, who may not reach a venv's binaries.
+    bindir = embedded.usable_bindir(bindir, embedded.server_user())
     cluster = _TempCluster(
         bindir=bindir,
         hba_lines=[

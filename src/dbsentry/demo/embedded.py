@@ -112,7 +112,7 @@ def find_bindir() -> Path | None:
     return next((c for c in candidates if _has_binaries(c)), None)
 
 
-def _server_user() -> pwd.struct_passwd | None:
+def server_user() -> pwd.struct_passwd | None:
     """The OS user to run the server as when we are root, or None to run as ourselves."""
     if os.geteuid() != 0:
         return None
@@ -178,7 +178,7 @@ def _copy_tree(src: Path, dst: Path) -> None:
     dst.chmod(0o755)
 
 
-def _usable_bindir(bindir: Path, user: pwd.struct_passwd | None) -> Path:
+def usable_bindir(bindir: Path, user: pwd.struct_passwd | None) -> Path:
     """``bindir``, or a copy of its installation the server's OS user can run.
 
     When we are root and the binaries sit under a directory that user cannot enter (a
@@ -264,8 +264,8 @@ class EmbeddedPostgres:
                 "no PostgreSQL binaries found: install the pgserver package "
                 f"(pip install pgserver) or set ${ENV_BINDIR} to a directory with initdb, pg_ctl and postgres"
             )
-        self._user = _server_user()
-        self.bindir = _usable_bindir(found, self._user)
+        self._user = server_user()
+        self.bindir = usable_bindir(found, self._user)
         self.demo_dir = demo_dir.resolve()
         self._layout = _Layout(self._choose_root())
         # True when the cluster lives outside the demo directory (see _choose_root).
