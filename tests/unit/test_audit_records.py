@@ -186,3 +186,41 @@ def test_other_record_types_serialise() -> None:
         ),
     ):
         assert orjson.loads(rec.canonical())["type"] == rec.TYPE
+
+
+def test_canonical_form_is_the_json_of_to_dict_for_every_record_type() -> None:
+    from dbsentry.audit.records import (
+        ApprovalRecord,
+        CompletionRecord,
+        SessionEvent,
+        StatementRecord,
+        SystemEvent,
+        canonical_json,
+    )
+
+    records = [
+        StatementRecord.create(
+            sql="SELECT 1 /* traceparent='00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01' */",
+            params=["1", None, b"\x00"],
+            session_id="s",
+            identity="alice",
+            identity_kind="human",
+            decision="allow",
+            tables=("public.t",),
+        ),
+        CompletionRecord(statement_id="x", session_id="s", rows=3, duration_ms=1.5),
+        SessionEvent(event="opened", session_id="s", identity="alice", identity_kind="agent", groups=("a", "b")),
+        ApprovalRecord(approval_id="a1", event="requested", requester="bob"),
+        SystemEvent(event="audit_store_recovered", detail={"kept_records": 3}),
+    ]
+    for record in records:
+        assert record.canonical() == canonical_json(record.to_dict()), type(record).__name__
+
+
+def test_record_ids_are_unique_and_increase_within_a_process() -> None:
+    from dbsentry.audit.records import new_record_id
+
+    ids = [new_record_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert ids == sorted(ids)

@@ -281,3 +281,89 @@ def test_appends_from_several_event_loops(store: FlakyStore) -> None:
         t.join()
     w.close()
     assert sorted(out) == list(range(1, 201))
+
+
+# --- submit(): the proxy's callback API ------------------------------------------------------
+
+
+def _submit_all(w: AuditWriter, batches: list[list[StatementRecord]]) -> list[AuditUnavailable | None]:
+    """Submit every batch from one loop iteration; return each callback's argument."""
+
+    async def main() -> list[AuditUnavailable | None]:
+        loop = asyncio.get_running_loop()
+        futs: list[asyncio.Future[AuditUnavailable | None]] = [loop.create_future() for _ in batches]
+        for fut, records in zip(futs, batches, strict=True):
+            w.submit(records, fut.set_result)
+        return list(await asyncio.gather(*futs))
+
+    return asyncio.run(main())
+
+
+def test_submit_calls_back_once_every_record_is_committed(store: FlakyStore, signer: Signer) -> None:
+    w = AuditWriter(store, "sync", signer=signer)
+    w.start()
+    batches = [[stmt(i), stmt(100 + i)] for i in range(20)]
+    assert _submit_all(w, batches) == [None] * 20
+    w.close()
+    # Submitted in one loop iteration: handed to the writer together, in few transactions.
+    assert sum(store.sizes) == 40 and len(store.sizes) <= 3
+    ids = {r.id for b in batches for r in b}
+    assert store.existing_ids(list(ids)) == ids
+    assert verify(store, signer.public_key).ok
+
+
+def test_submit_reports_a_failed_commit_and_later_completions_are_not_written(
+    store: FlakyStore, signer: Signer
+) -> None:
+    w = AuditWriter(store, "sync", signer=signer, retry_min=10)
+    w.start()
+    store.fail = True
+    first = stmt(1)
+    [err] = _submit_all(w, [[first]])
+    assert isinstance(err, AuditUnavailable) and "disk full" in str(err)
+    assert not w.healthy
+    # While the store is down a new submit is refused at once.
+    [again] = _submit_all(w, [[stmt(2)]])
+    assert isinstance(again, AuditUnavailable)
+
+    async def complete() -> None:
+        w.append_soon(CompletionRecord(statement_id=first.id, session_id="s1", rows=1))
+
+    store.fail = False
+    asyncio.run(complete())
+    w.close()
+    assert store.existing_ids([first.id]) == set()
+    rows = list(store.iter_records())
+    assert all(r.record.ref != first.id for r in rows)  # no completion of an unrecorded statement
+
+
+def test_submit_refuses_when_the_store_stalls(store: FlakyStore, signer: Signer) -> None:
+    store.delay = 2.0
+    w = AuditWriter(store, "sync", signer=signer, sync_timeout=0.3)
+    w.start()
+    started = time.monotonic()
+    [err] = _submit_all(w, [[stmt(1)]])
+    assert isinstance(err, AuditUnavailable) and "no commit within" in str(err)
+    assert time.monotonic() - started < 1.9  # refused by the watchdog, not by the commit ending
+    assert not w.healthy
+    w.close()
+
+
+def test_write_durability_waits_for_the_commit_but_not_for_fsync(tmp_path: Path, signer: Signer) -> None:
+    from dbsentry.audit.config import AuditConfig
+    from dbsentry.audit.store import open_store
+
+    st = open_store(AuditConfig(durability="write"), tmp_path)
+    assert isinstance(st, SQLiteStore)
+    assert st._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    w = AuditWriter(st, "write", signer=signer)
+    w.start()
+    r = stmt(1)
+    assert _submit_all(w, [[r]]) == [None]
+    assert st.existing_ids([r.id]) == {r.id}  # committed before the callback ran
+    w.close()
+    st.close()
+    full = open_store(AuditConfig(), tmp_path)
+    assert isinstance(full, SQLiteStore)
+    assert full._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    full.close()

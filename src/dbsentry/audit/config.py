@@ -24,9 +24,13 @@ class AuditConfig(BaseModel):
     dsn: str | None = None
     dsn_env: str | None = None
     pg_schema: str = "dbsentry_audit"
-    # sync: a statement is forwarded only after its record is committed (fsync'd).
+    # sync: a statement is forwarded only after its record is committed and fsync'd
+    #   (survives a crash of the proxy, of the OS, and power loss).
+    # write: forwarded only after its record is committed to the operating system (SQLite
+    #   WAL with synchronous=NORMAL; PostgreSQL store with synchronous_commit=off): survives
+    #   a crash or kill -9 of the proxy, not an OS crash or power loss.
     # async: records are committed at least every async_flush_ms; a crash can lose that much.
-    durability: Literal["sync", "async"] = "sync"
+    durability: Literal["sync", "write", "async"] = "sync"
     async_flush_ms: int = Field(default=200, ge=1, le=10_000)
     # Give up on a commit (and refuse the statement) after this long.
     sync_timeout_seconds: float = Field(default=5.0, gt=0, le=300)

@@ -116,8 +116,10 @@ class PostgresStore(AuditStore):
         schema: str = "dbsentry_audit",
         connect_timeout: int = 5,
         statement_timeout_ms: int = 10_000,
+        fsync: bool = True,
     ) -> None:
         self._dsn = dsn
+        self._fsync = fsync
         self.schema = schema
         self._connect_timeout = connect_timeout
         self._statement_timeout_ms = statement_timeout_ms
@@ -132,12 +134,17 @@ class PostgresStore(AuditStore):
         return pgconn.describe(self._dsn, self.schema)
 
     def _connect(self) -> psycopg.Connection[Any]:
-        return pgconn.connect(
+        conn = pgconn.connect(
             self._dsn,
             "dbsentry-audit",
             connect_timeout=self._connect_timeout,
             statement_timeout_ms=self._statement_timeout_ms,
         )
+        if not self._fsync:
+            # durability "write": a commit returns once the server has it, before its WAL
+            # is flushed (a crash of the audit database itself can lose the last ones).
+            conn.execute("SET synchronous_commit = off")
+        return conn
 
     def _migrate(self, conn: psycopg.Connection[Any]) -> None:
         lock_key = zlib.crc32(f"dbsentry.audit.migrate:{self.schema}".encode())

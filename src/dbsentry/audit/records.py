@@ -11,6 +11,8 @@ Helpers for building statement records: ``redact_literals`` (constants become ``
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 import secrets
 import time as _time
@@ -31,14 +33,30 @@ _LITERAL_TOKENS = frozenset({"SCONST", "USCONST", "ICONST", "FCONST", "BCONST", 
 _COMMENT_TOKENS = frozenset({"C_COMMENT", "SQL_COMMENT"})
 
 
+_id_prefix = secrets.token_hex(4)
+_id_counter = itertools.count()
+
+
+def _new_id_source() -> None:
+    """A forked process gets its own id prefix and counter (ids stay unique across workers)."""
+    global _id_prefix, _id_counter
+    _id_prefix = secrets.token_hex(4)
+    _id_counter = itertools.count()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_id_source)
+
+
 def new_record_id() -> str:
     """A 128-bit id (32 hex digits) naming one record, assigned when the record is made.
 
-    The first 64 bits are the time in nanoseconds and the rest are random: ids stay unique
-    and unguessable, and new ones land at the end of the store's id index instead of at
-    random places in it (much cheaper to insert once the index outgrows the cache).
+    64 bits of time in nanoseconds, 32 random bits drawn once per process, and a 32-bit
+    counter: unique across processes and nodes without a system call per record, and new
+    ids land at the end of the store's id index instead of at random places in it (much
+    cheaper to insert once the index outgrows the cache).
     """
-    return f"{_time.time_ns():016x}{secrets.token_hex(8)}"
+    return f"{_time.time_ns():016x}{_id_prefix}{next(_id_counter) & 0xFFFFFFFF:08x}"
 
 
 def _tuple(values: Iterable[str] | None) -> tuple[str, ...]:
@@ -55,6 +73,32 @@ def _field_keys(cls: type[_Record]) -> tuple[tuple[str, str], ...]:
         keys = tuple((f.name, cls._RENAMES.get(f.name, f.name)) for f in fields(cls))  # type: ignore[arg-type]
         _FIELD_KEYS[cls] = keys
     return keys
+
+
+_BUILDERS: dict[type, Any] = {}
+
+
+def _builder(cls: type[_Record]) -> Any:
+    """A function giving a record's canonical mapping, generated once per class: the hot
+    path (every statement makes a record) without the generic loop of ``to_dict``.
+    Tuples stay tuples (orjson writes them as arrays, exactly like lists)."""
+    fn = _BUILDERS.get(cls)
+    if fn is None:
+        items = [f"'type': {cls.TYPE!r}"]
+        for f in fields(cls):  # type: ignore[arg-type]
+            key = cls._RENAMES.get(f.name, f.name)
+            if "Mapping" in str(f.type):
+                items.append(f"{key!r}: _as_dict(r.{f.name})")
+            else:
+                items.append(f"{key!r}: r.{f.name}")
+        namespace: dict[str, Any] = {"_as_dict": _as_dict}
+        exec(f"def build(r):\n    return {{{', '.join(items)}}}\n", namespace)
+        fn = _BUILDERS[cls] = namespace["build"]
+    return fn
+
+
+def _as_dict(value: Any) -> Any:
+    return value if value is None or type(value) is dict else dict(value)
 
 
 class _Record:
@@ -76,9 +120,14 @@ class _Record:
             out[key] = value
         return out
 
+    def canonical_mapping(self) -> dict[str, Any]:
+        """``to_dict()``'s content, faster, with tuples left as tuples."""
+        result: dict[str, Any] = _builder(type(self))(self)
+        return result
+
     def canonical(self) -> bytes:
         """The stored and hashed form: compact JSON with sorted keys."""
-        return canonical_json(self.to_dict())
+        return canonical_json(self.canonical_mapping())
 
 
 def canonical_json(data: Mapping[str, Any]) -> bytes:

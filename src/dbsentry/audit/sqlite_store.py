@@ -1,7 +1,9 @@
 """The embedded audit store: one SQLite file in WAL mode with ``synchronous=FULL``.
 
 A commit returns only after the WAL is fsync'd, so a committed record survives a crash or
-power loss.  One process appends (the proxy's writer thread); readers open their own
+power loss.  With ``fsync=False`` (``audit.durability: write``) it is ``synchronous=NORMAL``:
+a commit returns once the WAL is written to the operating system, which survives a crash
+of the proxy but not of the OS.  One process appends (the proxy's writer thread); readers open their own
 connections and never block it.
 """
 
@@ -112,8 +114,9 @@ def _like_escape(text: str) -> str:
 
 
 class SQLiteStore(AuditStore):
-    def __init__(self, path: Path, *, busy_timeout_ms: int = 5000) -> None:
+    def __init__(self, path: Path, *, busy_timeout_ms: int = 5000, fsync: bool = True) -> None:
         self.path = Path(path)
+        self._synchronous = "FULL" if fsync else "NORMAL"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._busy_timeout_ms = busy_timeout_ms
         self._lock = threading.Lock()
@@ -131,7 +134,7 @@ class SQLiteStore(AuditStore):
             isolation_level=None,
             check_same_thread=False,
         )
-        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
         if read_only:
             conn.execute("PRAGMA query_only=1")

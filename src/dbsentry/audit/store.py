@@ -117,7 +117,7 @@ def index_fields(data: dict[str, Any], payload: bytes) -> EncodedRecord:
 
 
 def encode(record: Record) -> EncodedRecord:
-    data = record.to_dict()
+    data = record.canonical_mapping()
     return index_fields(data, orjson.dumps(data, option=orjson.OPT_SORT_KEYS))
 
 
@@ -274,10 +274,12 @@ def open_store(config: AuditConfig, state_dir: Path, *, create: bool = True) -> 
     if config.store == "postgres":
         from dbsentry.audit.pg_store import PostgresStore
 
-        return PostgresStore(config.resolve_dsn(), schema=config.pg_schema)
+        return PostgresStore(
+            config.resolve_dsn(), schema=config.pg_schema, fsync=config.durability != "write"
+        )
     from dbsentry.audit.sqlite_store import SQLiteStore
 
     path = config.sqlite_path(state_dir)
     if not create and not path.exists():
         raise AuditStoreError(f"no audit database at {path}")
-    return SQLiteStore(path)
+    return SQLiteStore(path, fsync=config.durability != "write")

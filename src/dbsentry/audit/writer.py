@@ -19,18 +19,26 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from dbsentry import metrics
-from dbsentry.audit.keys import Signer
+from dbsentry.audit.keys import Checkpoint, Signer
 from dbsentry.audit.records import CompletionRecord, Record, SystemEvent
-from dbsentry.audit.store import AuditStore, EncodedRecord, encode
+from dbsentry.audit.store import EncodedRecord, encode
 
 log = logging.getLogger("dbsentry.audit")
 
-Durability = Literal["sync", "async"]
+Durability = Literal["sync", "write", "async"]
+
+
+class RecordSink(Protocol):
+    """What the writer needs of its store (an ``AuditStore`` has it)."""
+
+    def append_batch(self, records: Sequence[EncodedRecord], /) -> list[int]: ...
+    def existing_ids(self, ids: Sequence[str], /) -> set[str]: ...
+    def add_checkpoint(self, signer: Signer, kind: str = "periodic", /) -> Checkpoint | None: ...
 
 
 class AuditUnavailable(Exception):
@@ -48,14 +56,67 @@ class WriterStats:
     checkpoints: int = 0
 
 
+class _Waiter(Protocol):
+    """Who waits for a record's commit: an ``asyncio.Future`` or a :class:`Ticket`."""
+
+    def get_loop(self) -> asyncio.AbstractEventLoop: ...
+    def done(self) -> bool: ...
+    def set_result(self, result: int, /) -> None: ...
+    def set_exception(self, exception: type | BaseException, /) -> None: ...
+
+
+class Ticket:
+    """Several records committed for one caller, who is called back once on its loop.
+
+    The proxy's hot path: no task, coroutine or future per statement.  ``callback(None)``
+    once every record is committed, ``callback(error)`` as soon as one cannot be.
+    Resolved only on the loop's thread (results arrive via ``call_soon_threadsafe``).
+    """
+
+    __slots__ = ("_done", "_loop", "callback", "remaining", "submitted")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        count: int,
+        callback: Callable[[AuditUnavailable | None], None],
+    ) -> None:
+        self._loop = loop
+        self.remaining = count
+        self.callback = callback
+        self.submitted = time.monotonic()
+        self._done = False
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, result: int, /) -> None:
+        self.remaining -= 1
+        if self.remaining <= 0 and not self._done:
+            self._done = True
+            self.callback(None)
+
+    def set_exception(self, exception: type | BaseException, /) -> None:
+        if self._done:
+            return
+        self._done = True
+        if isinstance(exception, AuditUnavailable):
+            self.callback(exception)
+        else:
+            self.callback(AuditUnavailable(f"audit record not written: {exception!r}"))
+
+
 @dataclass(slots=True)
 class _Item:
     record: Record
     encoded: EncodedRecord | None = None
-    future: asyncio.Future[int] | None = None
+    future: _Waiter | None = None
 
 
-def _resolve(results: list[tuple[asyncio.Future[int], int | BaseException]]) -> None:
+def _resolve(results: list[tuple[_Waiter, int | BaseException]]) -> None:
     for fut, value in results:
         if fut.done():
             continue
@@ -76,7 +137,7 @@ class AuditWriter:
 
     def __init__(
         self,
-        store: AuditStore,
+        store: RecordSink,
         durability: Durability = "sync",
         *,
         signer: Signer | None = None,
@@ -90,8 +151,8 @@ class AuditWriter:
         retry_max: float = 5.0,
         node: str | None = None,
     ) -> None:
-        if durability not in ("sync", "async"):
-            raise ValueError(f"durability must be 'sync' or 'async', not {durability!r}")
+        if durability not in ("sync", "write", "async"):
+            raise ValueError(f"durability must be 'sync', 'write' or 'async', not {durability!r}")
         self.store = store
         self.durability: Durability = durability
         self._signer = signer
@@ -122,6 +183,14 @@ class AuditWriter:
         self._last_checkpoint = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="dbsentry-audit-writer", daemon=True)
         self._started = False
+        # Tickets waiting for their commit, oldest first (event loop side), and the
+        # watchdog that refuses them when the store stalls.
+        self._tickets: deque[Ticket] = deque()
+        self._watchdog: asyncio.TimerHandle | None = None
+        # Records appended on an event loop, handed to the writer thread once per loop
+        # iteration: one lock and one wake-up for all the statements of an iteration.
+        self._batches: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
+        self._queued_since = time.monotonic()  # (async) the oldest queued record is younger
 
     # --- the asyncio side --------------------------------------------------------------------
 
@@ -186,6 +255,112 @@ class AuditWriter:
                 self._refused_in_outage += 1
             raise AuditUnavailable(f"audit store unavailable: {self._last_error}") from None
 
+    def submit(
+        self, records: Sequence[Record], callback: Callable[[AuditUnavailable | None], None]
+    ) -> None:
+        """Commit ``records`` and then call ``callback(None)`` on this event loop, or
+        ``callback(error)`` when they cannot be committed (store down, stalled past
+        ``sync_timeout``).  In ``async`` durability the records are queued and the callback
+        runs at once.  The callback never runs before ``submit`` returns.
+        """
+        loop = asyncio.get_running_loop()
+        if self.durability == "async":
+            try:
+                with self._cond:
+                    if not self._healthy:
+                        raise self._unavailable()
+                for record in records:
+                    self.append_nowait(record)
+            except AuditUnavailable as refused:
+                loop.call_soon(callback, refused)
+                return
+            loop.call_soon(callback, None)
+            return
+        ticket = Ticket(loop, len(records), callback)
+        if not self._healthy or self._closing or not self._started:
+            with self._cond:
+                down = self._unavailable()
+                for record in records:
+                    self._forget(record)
+            loop.call_soon(ticket.set_exception, down)
+            return
+        self._local(loop).extend(_Item(r, future=ticket) for r in records)
+        self._tickets.append(ticket)
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(min(self._sync_timeout, 0.5), self._watch, loop)
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Refuse tickets whose commit takes longer than ``sync_timeout`` (a stalled store)."""
+        self._watchdog = None
+        tickets = self._tickets
+        while tickets and tickets[0].done():
+            tickets.popleft()
+        if not tickets:
+            return
+        if time.monotonic() - tickets[0].submitted >= self._sync_timeout:
+            with self._cond:
+                if self._healthy:
+                    self._healthy = False
+                    self._last_error = f"no commit within {self._sync_timeout:g}s"
+                    self._outage_start = time.time()
+                    log.error("audit store stalled: %s", self._last_error)
+                err = AuditUnavailable(f"audit store unavailable: {self._last_error}")
+                stalled = [t for t in tickets if not t.done()]
+                tickets.clear()
+                self.stats.refused += len(stalled)
+                self._refused_in_outage += len(stalled)
+            for ticket in stalled:
+                ticket.set_exception(err)
+            return
+        self._watchdog = loop.call_later(min(self._sync_timeout, 0.5), self._watch, loop)
+
+    def append_soon(self, record: Record) -> None:
+        """``append_nowait`` for code running on an event loop (the proxy's sessions): the
+        record is handed to the writer thread with the others of this loop iteration."""
+        if self._closing or not self._started:
+            with self._cond:
+                raise self._unavailable()
+        self._local(asyncio.get_running_loop()).append(_Item(record))
+
+    def _local(self, loop: asyncio.AbstractEventLoop) -> list[_Item]:
+        items = self._batches.get(loop)
+        if items is None:
+            items = self._batches[loop] = []
+            loop.call_soon(self._handoff, loop)
+        return items
+
+    def _handoff(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Move this loop's records to the writer thread's queue (on the loop's thread)."""
+        items = self._batches.pop(loop, None)
+        if not items:
+            return
+        refused: list[_Waiter] = []
+        with self._cond:
+            for item in items:
+                waiter = item.future
+                if waiter is None:
+                    record = item.record
+                    if isinstance(record, CompletionRecord) and record.statement_id in self._unrecorded:
+                        del self._unrecorded[record.statement_id]  # its statement was never stored
+                    elif self._closing or len(self._queue) + len(self._retained) >= self._max_queue:
+                        self.stats.dropped += 1
+                        log.error("audit record dropped: writer closing or queue full (%s)", record.TYPE)
+                    else:
+                        (self._queue if self._healthy else self._retained).append(item)
+                elif waiter.done():
+                    self._forget(item.record)  # refused meanwhile (stalled store)
+                elif not self._healthy or self._closing:
+                    self._forget(item.record)
+                    refused.append(waiter)
+                else:
+                    self._queue.append(item)
+            if refused:
+                err = self._unavailable()
+            if self.durability != "async" or len(self._queue) >= self._max_batch:
+                self._cond.notify()  # async: the writer wakes by itself every async_flush_ms
+        for waiter in dict.fromkeys(refused):
+            waiter.set_exception(err)
+
     def append_nowait(self, record: Record) -> None:
         """Queue ``record`` without waiting (completion records; everything in async mode).
 
@@ -221,6 +396,7 @@ class AuditWriter:
 
     async def drain(self, wait_seconds: float | None = None) -> bool:
         """``flush`` without blocking the event loop."""
+        self._handoff(asyncio.get_running_loop())
         return await asyncio.to_thread(self.flush, wait_seconds)
 
     def close(self, timeout: float = 10.0) -> None:
@@ -240,6 +416,7 @@ class AuditWriter:
 
     async def aclose(self, wait_seconds: float = 10.0) -> None:
         """``close`` without blocking the event loop."""
+        self._handoff(asyncio.get_running_loop())
         await asyncio.to_thread(self.close, wait_seconds)
 
     # --- the writer thread ------------------------------------------------------------------
@@ -254,12 +431,15 @@ class AuditWriter:
                     break
                 if self._closing:
                     return None
-                self._cond.wait(self._checkpoint_wait())
+                wait = self._checkpoint_wait()
+                if self.durability == "async":
+                    wait = min(wait, self._flush_s)  # records arrive without a wake-up
+                self._cond.wait(wait)
                 if not self._queue and self._checkpoint_due():
                     return []
             if self.durability == "async" and not self._closing:
                 # Linger to batch more, but never past the flush interval.
-                deadline = time.monotonic() + self._flush_s
+                deadline = self._queued_since + self._flush_s
                 while len(self._queue) < self._max_batch and not self._closing:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -267,6 +447,7 @@ class AuditWriter:
                     self._cond.wait(remaining)
             n = min(len(self._queue), self._max_batch)
             batch = [self._queue.popleft() for _ in range(n)]
+            self._queued_since = time.monotonic()
             self._inflight = n
             return batch
 
@@ -316,9 +497,9 @@ class AuditWriter:
 
     def _encode(
         self, batch: list[_Item]
-    ) -> tuple[list[_Item], list[tuple[asyncio.Future[int], int | BaseException]]]:
+    ) -> tuple[list[_Item], list[tuple[_Waiter, int | BaseException]]]:
         ok: list[_Item] = []
-        failed: list[tuple[asyncio.Future[int], int | BaseException]] = []
+        failed: list[tuple[_Waiter, int | BaseException]] = []
         for item in batch:
             if item.encoded is None:
                 try:
@@ -365,9 +546,9 @@ class AuditWriter:
             self._since_checkpoint += n
 
     @staticmethod
-    def _deliver(results: list[tuple[asyncio.Future[int], int | BaseException]]) -> None:
+    def _deliver(results: list[tuple[_Waiter, int | BaseException]]) -> None:
         by_loop: dict[
-            asyncio.AbstractEventLoop, list[tuple[asyncio.Future[int], int | BaseException]]
+            asyncio.AbstractEventLoop, list[tuple[_Waiter, int | BaseException]]
         ] = {}
         for fut, value in results:
             by_loop.setdefault(fut.get_loop(), []).append((fut, value))
@@ -376,7 +557,7 @@ class AuditWriter:
                 loop.call_soon_threadsafe(_resolve, group)
 
     def _fail_sync_items(self, items: Iterable[_Item], exc: AuditUnavailable) -> None:
-        results: list[tuple[asyncio.Future[int], int | BaseException]] = [
+        results: list[tuple[_Waiter, int | BaseException]] = [
             (i.future, exc) for i in items if i.future is not None
         ]
         self._deliver(results)
@@ -384,7 +565,7 @@ class AuditWriter:
     def _on_failure(
         self,
         items: list[_Item],
-        results: list[tuple[asyncio.Future[int], int | BaseException]],
+        results: list[tuple[_Waiter, int | BaseException]],
         err: Exception,
     ) -> None:
         exc = AuditUnavailable(f"audit store unavailable: {err}")

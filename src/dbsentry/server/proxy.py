@@ -275,7 +275,7 @@ class ClientConnection(asyncio.Protocol):
         if writer is None:
             return
         try:
-            writer.append_nowait(cmd.record)
+            writer.append_soon(cmd.record)
         except AuditUnavailable as err:
             log.error("audit record dropped", extra={"fields": {"error": str(err), "type": cmd.record.TYPE}})
 
@@ -286,7 +286,20 @@ class ClientConnection(asyncio.Protocol):
         self._gate.append(entry)
         if len(self._gate) > MAX_GATED_CHUNKS and self.transport is not None:
             self.transport.pause_reading()
-        spawn(self._commit(entry), name="audit-commit")
+        writer = self.proxy.audit_writer
+        if cmd.approvals or writer is None:
+            spawn(self._commit(entry), name="audit-commit")
+            return
+        # The hot path: no task per statement; the writer calls back once committed.
+        writer.submit(cmd.records, functools.partial(self._committed, entry))
+
+    def _committed(self, entry: _GateEntry, error: AuditUnavailable | None) -> None:
+        if error is None:
+            entry.ok = True
+        else:
+            log.error("statement refused: audit unavailable", extra={"fields": {"error": str(error)}})
+        entry.done = True
+        self._drain_gate()
 
     async def _commit(self, entry: _GateEntry) -> None:
         writer = self.proxy.audit_writer

@@ -36,6 +36,8 @@ async def _watch_policy(governor: Governor, stop: asyncio.Event) -> None:
 def open_writer(config: Config) -> AuditWriter:
     """The audit store and its group-commit writer, started."""
     acfg = config.audit
+    key = acfg.signing_key_path(config.state_dir)
+    signer = Signer.from_path(key)
     try:
         store = open_store(acfg, config.state_dir)
     except AuditStoreError as err:
@@ -44,7 +46,7 @@ def open_writer(config: Config) -> AuditWriter:
     writer = AuditWriter(
         store,
         acfg.durability,
-        signer=Signer.from_path(acfg.signing_key_path(config.state_dir)),
+        signer=signer,
         checkpoint_every=acfg.checkpoint_every,
         checkpoint_seconds=acfg.checkpoint_seconds,
         async_flush_ms=acfg.async_flush_ms,

@@ -51,7 +51,7 @@ class SessionAudit:
     @property
     def wait(self) -> bool:
         """Whether a statement waits for its record to be committed before it is forwarded."""
-        return self.config.durability == "sync"
+        return self.config.durability != "async"
 
     def session_event(self, event: str, reason: str | None = None) -> SessionEvent:
         closed = event == "closed"
