@@ -59,8 +59,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import compare
-from compare import BenchError, RunResult, Service, Target, Upstream, Workload, say
+import common
+import targets as bench_targets
+from common import BenchError, Upstream, say
+from targets import Service, Target
+from workloads import ALL_MODES, RunResult, Workload
 
 TARGETS = ("direct", "sync", "async", "noaudit")
 SCRIPTS = {"select": ["-S"], "tpcb": [], "simple-update": ["-N"]}
@@ -73,7 +76,7 @@ PROXY_CONFIG: dict[str, dict[str, Any]] = {
 
 @dataclass
 class ScriptWorkload(Workload):
-    """compare.Workload with another pgbench script than ``-S``."""
+    """workloads.Workload with another pgbench script than ``-S``."""
 
     script: str = "select"
 
@@ -142,9 +145,9 @@ class Proxy:
 def start_proxy(up: Upstream, workdir: Path, name: str, extra: dict[str, Any]) -> Proxy:
     directory = workdir / name
     directory.mkdir()
-    http_port = compare.free_port()
-    extra = compare.merge(extra, {"listen": {"http": f"127.0.0.1:{http_port}"}})
-    service, target, used = compare.start_dbsentry(up, directory, None, extra)
+    http_port = common.free_port()
+    extra = bench_targets.merge(extra, {"listen": {"http": f"127.0.0.1:{http_port}"}})
+    service, target, used = bench_targets.start_dbsentry(up, directory, None, extra)
     service.name = f"dbsentry-{name}"
     target.name = name
     used["config"]["listen"]["http"] = "127.0.0.1:<free port> (for /metrics)"
@@ -152,7 +155,7 @@ def start_proxy(up: Upstream, workdir: Path, name: str, extra: dict[str, Any]) -
 
 
 def check(t: Target) -> None:
-    compare.check_target(t)
+    bench_targets.check_target(t)
 
 
 def one_run(
@@ -301,7 +304,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for script in scripts:
         modes = args.select_modes if script == "select" else args.write_modes
         for mode in (m.strip() for m in modes.split(",") if m.strip()):
-            if mode not in compare.ALL_MODES:
+            if mode not in ALL_MODES:
                 p.error(f"unknown mode {mode}")
             args.combos.append((script, mode))
     return args
@@ -310,15 +313,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def bench(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     started = datetime.datetime.now(datetime.UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
-    machine = compare.machine_facts()
-    pgbench = compare.find_binary("pgbench")
+    machine = common.machine_facts()
+    pgbench = common.find_binary("pgbench")
     if pgbench is None:
         raise BenchError("pgbench not found (apt-get install postgresql-client)")
-    up = compare.find_upstream()
-    facts = compare.server_facts(up)
+    up = common.find_upstream()
+    facts = common.server_facts(up)
     say(f"PostgreSQL {facts['server_version']} at {up.host}:{up.port} ({up.source})")
-    up = compare.bench_database(up, args.database)
-    compare.ensure_pgbench_tables(up, pgbench, args.scale)
+    up = common.bench_database(up, args.database)
+    common.ensure_pgbench_tables(up, pgbench, args.scale)
 
     workdir = Path(tempfile.mkdtemp(prefix="dbsentry-audit-cost-"))
     stack.callback(shutil.rmtree, workdir, ignore_errors=True)
@@ -363,7 +366,7 @@ def bench(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
             for t in order:
                 proxy = proxies.get(t.name)
                 if proxy and not proxy.service.alive():
-                    raise BenchError(f"{proxy.service.name} exited:\n{compare.tail(proxy.service.log)}")
+                    raise BenchError(f"{proxy.service.name} exited:\n{common.tail(proxy.service.log)}")
                 r = one_run(workloads[script], mode, t, proxy, round_no)
                 runs.append(r)
                 batch = f" batch {r.batch:.1f}" if r.batch else ""
@@ -394,20 +397,20 @@ def bench(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
         say(f"audit verify {name}: {v.get('status')} "
             + json.dumps({k: v[k] for k in v if k in ('ok', 'records', 'checkpoints', 'valid_checkpoints', 'unsigned_tail', 'error')})[:300])
 
-    out_path: Path = args.json or compare.DEFAULT_RESULTS_DIR / f"audit-cost-{stamp}.json"
+    out_path: Path = args.json or common.DEFAULT_RESULTS_DIR / f"audit-cost-{stamp}.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     document = {
         "schema": 1,
         "benchmark": "audit_cost",
         "date": started.isoformat(timespec="seconds"),
         "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {**machine, "loadavg_at_end": compare.loadavg()},
+        "machine": {**machine, "loadavg_at_end": common.loadavg()},
         "versions": {
-            "dbsentry": compare._dbsentry_version(),
-            "git": compare.git_revision(),
+            "dbsentry": common.dbsentry_version(),
+            "git": common.git_revision(),
             "python": platform.python_version(),
             "postgresql": facts["server_version"],
-            "pgbench": compare.first_line([pgbench, "--version"]),
+            "pgbench": common.first_line([pgbench, "--version"]),
         },
         "settings": {
             "rounds": args.rounds,
@@ -429,14 +432,14 @@ def bench(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
         "runs": [{**asdict(r), "mean_batch": r.batch} for r in runs],
     }
     out_path.write_text(json.dumps(document, indent=2) + "\n")
-    say(f"results written to {compare._display_path(out_path)}")
+    say(f"results written to {common.display_path(out_path)}")
     return 1 if any(r.error for r in runs) else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, compare._raise_interrupt)
+        signal.signal(signum, common.raise_interrupt)
     try:
         with contextlib.ExitStack() as stack:
             return bench(args, stack)

@@ -62,16 +62,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import compare
+import common
+import profiling
 import psycopg
 import psycopg.sql
-from compare import (
-    BenchError,
-    Service,
-    Target,
-    Upstream,
-    say,
-)
+import targets as bench_targets
+from common import BenchError, Upstream, say
+from targets import Service, Target
 
 TARGETS = ("direct", "masked", "passthrough")
 WORKLOADS = ("copy", "select")
@@ -153,7 +150,7 @@ def start_proxy(
 ) -> tuple[Service, Target, dict[str, Any]]:
     directory = workdir / name
     directory.mkdir()
-    service, target, used = compare.start_dbsentry(up, directory, None, extra)
+    service, target, used = bench_targets.start_dbsentry(up, directory, None, extra)
     service.name = f"dbsentry-{name}"
     target.name = name
     return service, target, used
@@ -263,18 +260,22 @@ class Client:
         n_bytes = n_lines = 0
         last = b""
         deadline = time.monotonic() + self.timeout
-        while True:
-            block = proc.stdout.read(1 << 20)
-            if not block:
-                break
-            n_bytes += len(block)
-            n_lines += block.count(b"\n")
-            last = (last + block)[-4096:]
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise BenchError(f"psql took longer than {self.timeout:.0f} s")
-        err = proc.stderr.read() if proc.stderr else b""
-        status = proc.wait()
+        try:
+            while True:
+                block = proc.stdout.read(1 << 20)
+                if not block:
+                    break
+                n_bytes += len(block)
+                n_lines += block.count(b"\n")
+                last = (last + block)[-4096:]
+                if time.monotonic() > deadline:
+                    raise BenchError(f"psql took longer than {self.timeout:.0f} s")
+            err = proc.stderr.read() if proc.stderr else b""
+            status = proc.wait()
+        except BaseException:  # a timeout, Ctrl-C, SIGTERM: psql goes too
+            proc.kill()
+            proc.wait()
+            raise
         wall = time.perf_counter() - started
         if status != 0:
             raise BenchError(f"psql failed ({status}): {err.decode(errors='replace').strip()}")
@@ -328,7 +329,7 @@ def run_rounds(
             for t in order:
                 service = services.get(t.name)
                 if service is not None and not service.alive():
-                    raise BenchError(f"{service.name} exited:\n{compare.tail(service.log)}")
+                    raise BenchError(f"{service.name} exited:\n{common.tail(service.log)}")
                 r = client.run(t, workload, round_no)
                 runs.append(r)
                 shown = f"{r.rows_per_s:>10,.0f} rows/s ({r.seconds:.2f} s)" if r.rows_per_s else "-"
@@ -479,7 +480,7 @@ def profile_select(
             _, err = spy.communicate()
     if not out.exists():
         return {"error": (err or "py-spy wrote no output").strip()[-500:]}
-    summary = compare.summarise_collapsed(out, top=25)
+    summary = profiling.summarise_collapsed(out, top=25)
     summary.update(summarise_by_function(out))
     summary["raw_file"] = out.name
     summary["run"] = asdict(r)
@@ -533,15 +534,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def bench(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     started = datetime.datetime.now(datetime.UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
-    machine = compare.machine_facts()
-    psql = compare.find_binary("psql")
+    machine = common.machine_facts()
+    psql = common.find_binary("psql")
     if args.client == "psql" and psql is None:
         raise BenchError("psql not found (apt-get install postgresql-client), or use --client psycopg")
 
-    up = compare.find_upstream()
-    facts = compare.server_facts(up)
+    up = common.find_upstream()
+    facts = common.server_facts(up)
     say(f"PostgreSQL {facts['server_version']} at {up.host}:{up.port} ({up.source})")
-    up = compare.bench_database(up, args.database)
+    up = common.bench_database(up, args.database)
     ensure_table(up, args.table, args.rows)
     size = table_size(up, args.table)
 
@@ -592,11 +593,11 @@ def bench(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
         print("psql connect + login + 'SELECT 1' (in the wall time, not in rows/s), median ms: "
               + ", ".join(f"{k} {fmt(v, '.0f')}" for k, v in conn_median.items()))
 
-    out_path: Path = args.json or compare.DEFAULT_RESULTS_DIR / f"masked-export-{stamp}.json"
+    out_path: Path = args.json or common.DEFAULT_RESULTS_DIR / f"masked-export-{stamp}.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     profiles: dict[str, Any] = {}
     if not args.no_profile:
-        py_spy = compare.find_py_spy()
+        py_spy = profiling.find_py_spy()
         if py_spy is None:
             say("py-spy not found (pip install py-spy); no profile")
         for workload in args.profile_workloads if py_spy else []:
@@ -621,13 +622,13 @@ def bench(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
         "benchmark": "masked_export",
         "date": started.isoformat(timespec="seconds"),
         "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {**machine, "loadavg_at_end": compare.loadavg()},
+        "machine": {**machine, "loadavg_at_end": common.loadavg()},
         "versions": {
-            "dbsentry": compare._dbsentry_version(),
-            "git": compare.git_revision(),
+            "dbsentry": common.dbsentry_version(),
+            "git": common.git_revision(),
             "python": platform.python_version(),
             "postgresql": facts["server_version"],
-            "psql": compare.first_line([psql, "--version"]) if psql else None,
+            "psql": common.first_line([psql, "--version"]) if psql else None,
         },
         "settings": {
             "rows": args.rows,
@@ -647,14 +648,14 @@ def bench(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
         "profiles": profiles,
     }
     out_path.write_text(json.dumps(document, indent=2) + "\n")
-    say(f"results written to {compare._display_path(out_path)}")
+    say(f"results written to {common.display_path(out_path)}")
     return 1 if any(r.error for r in runs) else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, compare._raise_interrupt)
+        signal.signal(signum, common.raise_interrupt)
     try:
         with contextlib.ExitStack() as stack:
             return bench(args, stack)
