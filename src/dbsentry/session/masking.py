@@ -386,9 +386,13 @@ class SessionMasking:
         elif t == m.Q_PARSE:
             self.expect.append(_SIMPLE)
         elif t == m.Q_BIND:
-            bind = codec.decode_bind(buf, start, end)
-            self.portals[bind.portal] = (bind.statement, bind.result_formats)
-            self.portal_fields.pop(bind.portal, None)
+            portal, pos = codec.read_cstr(buf, start, end)
+            stmt, _ = codec.read_cstr(buf, pos, end)
+            # Result formats matter only where something may be masked: skip the decode
+            # for statements with nothing sensitive (the usual case).
+            formats = codec.decode_bind(buf, start, end).result_formats if self.statements.get(stmt) else ()
+            self.portals[portal] = (stmt, formats)
+            self.portal_fields.pop(portal, None)
             self.expect.append(_SIMPLE)
         elif t == m.Q_DESCRIBE:
             kind, name = codec.decode_describe_or_close(buf, start, end)
@@ -432,12 +436,17 @@ class SessionMasking:
                 return codec.frame(b"d", head.copy.mask(bytes(buf[start:end])))
             return None
         if t == m.R_ROW_DESCRIPTION:
-            fields = decode_row_description(bytes(buf[start:end]))
+            # Decoded only for results that may need masking (a statement with a plan).
             if isinstance(head, _Query):
                 plan = head.plan
-                head.rows = self._compile(plan, fields, None) if plan is not None else None
+                head.rows = (
+                    self._compile(plan, decode_row_description(bytes(buf[start:end])), None)
+                    if plan is not None
+                    else None
+                )
             elif isinstance(head, _Describe):
-                self._described(head, fields)
+                needed = self._describes_plan(head)
+                self._described(head, decode_row_description(bytes(buf[start:end])) if needed else None)
                 expect.popleft()
             return None
         if t == m.R_COMMAND_COMPLETE or t == m.R_EMPTY_QUERY:
@@ -494,6 +503,13 @@ class SessionMasking:
         if isinstance(head, _Execute):
             return head.plan
         return None
+
+    def _describes_plan(self, item: _Describe) -> bool:
+        """Whether the described statement or portal has a mask plan (its fields matter)."""
+        if item.kind == "S":
+            return self.statements.get(item.name) is not None
+        portal = self.portals.get(item.name)
+        return portal is None or self.statements.get(portal[0]) is not None
 
     def _described(self, item: _Describe, fields: tuple[Field, ...] | None) -> None:
         if item.kind == "S":
