@@ -113,6 +113,8 @@ class ConnectionConfig(_Model):
     upstream_tls: Literal["disable", "require", "verify-full"] = "disable"
     upstream_ca: Path | None = None
     connect_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Log in upstream only when a client first needs the database (None: limits.lazy_upstream).
+    lazy_upstream: bool | None = None
 
     @model_validator(mode="after")
     def _one_password(self) -> ConnectionConfig:
@@ -156,6 +158,9 @@ class LimitsConfig(_Model):
     max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     startup_timeout_seconds: float = Field(default=10.0, gt=0)
     max_statement_bytes: int = Field(default=1024 * 1024, ge=64)
+    # A logged-in client gets its upstream connection at its first statement, not at login
+    # (once the connection's server parameters are known); connections may override it.
+    lazy_upstream: bool = True
 
 
 class Config(_Model):
@@ -172,6 +177,13 @@ class Config(_Model):
     web: WebConfig = WebConfig()
     # Forward without policy or audit: for measuring the proxy itself, never for real use.
     passthrough: bool = False
+
+    def lazy_upstream(self, connection: str) -> bool:
+        """Whether sessions of ``connection`` open their upstream at their first statement."""
+        conn = self.connections.get(connection)
+        if conn is not None and conn.lazy_upstream is not None:
+            return conn.lazy_upstream
+        return self.limits.lazy_upstream
 
     @field_validator("connections")
     @classmethod

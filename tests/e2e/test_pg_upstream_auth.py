@@ -137,8 +137,10 @@ def test_cancel_through_tls_upstream(upstreams: RunningProxy) -> None:
 
 
 def refusal(proxy: RunningProxy, name: str) -> str:
-    with pytest.raises(psycopg.OperationalError) as err:
-        connect(proxy, name)
+    """The error a client gets at login, or at its first query once the proxy greets
+    clients of this connection without an upstream (limits.lazy_upstream)."""
+    with pytest.raises(psycopg.OperationalError) as err, connect(proxy, name) as conn:
+        conn.execute("select 1")
     return str(err.value)
 
 

@@ -84,7 +84,7 @@ def logged_in(session: Session | None = None) -> Playbook:
     pb.client(ALICE_APP).expect(c.SendClient(codec.AUTH_CLEARTEXT_FRAME))
     pb.client(codec.encode_password("tok")).expect(c.VerifyPassword("alice", "tok"))
     pb.event("password_verified", ALICE).expect(open_upstream())
-    pb.event("upstream_ready", UPSTREAM_READY).expect(c.SendClient(GREETING))
+    pb.event("upstream_ready", UPSTREAM_READY).expect(c.LoginComplete(), c.SendClient(GREETING))
     assert pb.session.state is State.READY
     return pb
 
@@ -379,7 +379,7 @@ def test_protocol_3_0_gets_no_negotiation() -> None:
 
 def test_greeting_uses_the_proxy_backend_key() -> None:
     pb = logged_in()
-    assert pb.history[-1][1] == [c.SendClient(GREETING)]
+    assert pb.history[-1][1] == [c.LoginComplete(), c.SendClient(GREETING)]
     got = frames(GREETING)
     assert [t for t, _ in got] == ["R", "S", "S", "K", "Z"]
     key = got[3][1]
@@ -396,6 +396,7 @@ def test_greeting_reports_the_upstream_transaction_status() -> None:
     pb.event("password_verified", ALICE).take()
     ready = UpstreamReady(b"", {}, UPSTREAM_PID, UPSTREAM_SECRET, "I")
     pb.event("upstream_ready", ready).expect(
+        c.LoginComplete(),
         c.SendClient(
             codec.AUTH_OK_FRAME
             + codec.encode_backend_key(PROXY_PID, PROXY_SECRET)
@@ -410,7 +411,7 @@ def test_leftover_upstream_bytes_follow_the_greeting() -> None:
     pb.event("password_verified", ALICE).take()
     notice = codec.notice_response("hello")
     ready = UpstreamReady(PARAM_FRAMES, {}, UPSTREAM_PID, UPSTREAM_SECRET, "I", leftover=notice)
-    pb.event("upstream_ready", ready).expect(c.SendClient(GREETING), c.SendClient(notice))
+    pb.event("upstream_ready", ready).expect(c.LoginComplete(), c.SendClient(GREETING), c.SendClient(notice))
 
 
 def test_upstream_ready_in_the_wrong_state_closes_that_upstream() -> None:

@@ -33,6 +33,7 @@ from dbsentry.server.tasks import spawn
 from dbsentry.session import commands as c
 from dbsentry.session.governance import Governor
 from dbsentry.session.pg import ClientInfo, Session
+from dbsentry.session.server_params import ServerParams
 from dbsentry.session.upstream import UpstreamHandshake, UpstreamReady
 from dbsentry.wire.pg import codec
 from dbsentry.wire.pg.auth import AuthError, tls_server_end_point_hash
@@ -67,6 +68,9 @@ class ProxyServer:
         self.auth_needs_io = auth_needs_io
         self.server_ssl = tls.server_context(config)
         self.sessions: dict[int, ClientConnection] = {}
+        # What each connection's server reports at login, for clients greeted before
+        # their upstream connection exists (limits.lazy_upstream).
+        self.server_params = ServerParams()
         self._server: asyncio.Server | None = None
         if not config.tls.require_client_tls:
             log.warning(
@@ -122,6 +126,8 @@ class ProxyServer:
 
 
 MAX_GATED_CHUNKS = 64
+# Most connections never hold a statement back: they share this empty queue until one does.
+_NO_GATE: deque[_GateEntry] = deque(maxlen=0)
 
 
 class _GateEntry:
@@ -139,7 +145,10 @@ class _GateEntry:
 
 
 class ClientConnection(asyncio.Protocol):
-    """One client socket and, once logged in, its upstream socket."""
+    """One client socket and, once it needs one, its upstream socket."""
+
+    # Thousands may idle at once: no instance dict, and nothing created before it is needed.
+    __slots__ = ("_gate", "_grants_for", "_timer", "address", "closed", "proxy", "session", "transport", "upstream")
 
     def __init__(self, proxy: ProxyServer) -> None:
         self.proxy = proxy
@@ -148,7 +157,7 @@ class ClientConnection(asyncio.Protocol):
         self.closed = False
         self.address = "?"
         self._timer: asyncio.TimerHandle | None = None
-        self._gate: deque[_GateEntry] = deque()
+        self._gate: deque[_GateEntry] = _NO_GATE
         self._grants_for: str | None = None
         self.session: Session
 
@@ -168,6 +177,7 @@ class ClientConnection(asyncio.Protocol):
             audit_config=self.proxy.config.audit if self.proxy.audit_writer is not None else None,
             masking_service=self.proxy.catalogs.service if self.proxy.catalogs is not None else None,
             approvals=self.proxy.approvals,
+            server_params=self.proxy.server_params,
         )
         self.proxy.sessions[pid] = self
         loop = asyncio.get_running_loop()
@@ -232,6 +242,10 @@ class ClientConnection(asyncio.Protocol):
         elif t is c.OpenUpstream:
             assert isinstance(cmd, c.OpenUpstream)
             spawn(self._open_upstream(cmd), name="upstream-connect")
+        elif t is c.LoginComplete:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
         elif t is c.Audit:
             assert isinstance(cmd, c.Audit)
             self._audit_nowait(cmd)
@@ -283,6 +297,8 @@ class ClientConnection(asyncio.Protocol):
         for record in cmd.records:
             self._observe(record)
         entry = _GateEntry(cmd)
+        if self._gate is _NO_GATE:
+            self._gate = deque()
         self._gate.append(entry)
         if len(self._gate) > MAX_GATED_CHUNKS and self.transport is not None:
             self.transport.pause_reading()
@@ -563,9 +579,6 @@ class ClientConnection(asyncio.Protocol):
             self._ready(ready)
 
     def _ready(self, ready: UpstreamReady) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         self.run(self.session.upstream_ready(ready))
 
     def on_upstream_failed(self, sqlstate: str, message: str, from_server: bool) -> None:
@@ -579,6 +592,18 @@ class ClientConnection(asyncio.Protocol):
 
 
 class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "_on_data",
+        "backend_pid",
+        "backend_secret",
+        "client",
+        "handshake",
+        "login_timer",
+        "ready",
+        "tls_answer",
+        "transport",
+    )
+
     def __init__(self, client: ClientConnection) -> None:
         self.client = client
         self.transport: asyncio.Transport | None = None

@@ -34,7 +34,15 @@ class _Pending:
     started: float
 
 
-@dataclass
+# Sessions that have nothing pending share this empty queue (an idle one never has).
+_NOTHING_PENDING: deque[_Pending] = deque(maxlen=0)
+
+
+def _nothing_pending() -> deque[_Pending]:
+    return _NOTHING_PENDING
+
+
+@dataclass(slots=True)
 class SessionAudit:
     config: AuditConfig
     session_id: str
@@ -46,7 +54,7 @@ class SessionAudit:
     tls_version: str | None
     application_name: str | None = None
     opened_at: float = field(default_factory=time.monotonic)
-    _pending: deque[_Pending] = field(default_factory=deque)
+    _pending: deque[_Pending] = field(default_factory=_nothing_pending)
 
     @property
     def wait(self) -> bool:
@@ -128,6 +136,8 @@ class SessionAudit:
 
     def expect(self, record: StatementRecord, cycle: int) -> None:
         """``record`` was forwarded; its outcome arrives before ReadyForQuery number ``cycle``."""
+        if self._pending is _NOTHING_PENDING:
+            self._pending = deque()
         self._pending.append(_Pending(record.id, cycle, time.monotonic()))
 
     def _complete(self, rows: int | None = None, sqlstate: str | None = None, error: str | None = None) -> CompletionRecord | None:

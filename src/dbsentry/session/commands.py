@@ -38,6 +38,11 @@ class VerifyPassword:
 
 
 @dataclass(slots=True)
+class LoginComplete:
+    """The client is logged in: the startup timeout no longer applies."""
+
+
+@dataclass(slots=True)
 class OpenUpstream:
     """Connect and log in to the upstream; answer with ``upstream_ready`` or ``upstream_failed``."""
 
@@ -124,6 +129,7 @@ Command = (
     | SendUpstream
     | StartClientTLS
     | VerifyPassword
+    | LoginComplete
     | OpenUpstream
     | CancelUpstream
     | ForwardCancel

@@ -345,7 +345,7 @@ def _never() -> bool:
     return False
 
 
-@dataclass
+@dataclass(slots=True)
 class SessionMasking:
     service: MaskingService
     connection: str

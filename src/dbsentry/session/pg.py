@@ -9,15 +9,24 @@ States::
 
     STARTUP --SSLRequest--> (TLS) --StartupMessage--> AUTH --password--> VERIFYING
       --identity ok--> CONNECTING --upstream ready--> READY <--> (query cycles) --> CLOSED
+
+With a lazy upstream (``limits.lazy_upstream``), once the connection's server parameters
+are known (:mod:`dbsentry.session.server_params`), the client is logged in without one::
+
+    VERIFYING --identity ok--> GREETED --first message that needs the database--> OPENING
+      --upstream ready--> READY
+
+A GREETED session answers Sync itself and ends on Terminate without any upstream.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from types import MappingProxyType
 from typing import Protocol
 
 from dbsentry.audit.config import AuditConfig
@@ -30,6 +39,7 @@ from dbsentry.session import commands as c
 from dbsentry.session.auditing import SessionAudit
 from dbsentry.session.governance import Check, Governor, denial_message
 from dbsentry.session.masking import MaskingService, SessionMasking, StatementPlan, looks_masked
+from dbsentry.session.server_params import Greeting, ServerParams, Setting, given_application_name
 from dbsentry.session.upstream import UpstreamReady
 from dbsentry.sql.facts import StatementFacts
 from dbsentry.wire.pg import codec
@@ -39,6 +49,16 @@ from dbsentry.wire.pg import messages as m
 _NOT_FORWARDED = frozenset({"user", "database", "options", "replication"})
 _ROLE_SETTINGS = frozenset({"role", "session_authorization"})
 MAX_AUTH_MESSAGE = 64 * 1024
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+def _empty() -> Mapping[str, str]:
+    return _EMPTY  # shared: most sessions have nothing to keep here
+
+
+# What PostgreSQL does with these outside a query needs no database: it ignores COPY
+# messages outside COPY, and Flush with nothing to flush.  (Sync is answered.)
+_NO_DATABASE_NEEDED = frozenset({m.Q_FLUSH, m.COPY_DATA, m.COPY_DONE, m.Q_COPY_FAIL})
 
 
 class State(Enum):
@@ -46,6 +66,8 @@ class State(Enum):
     AUTH = "auth"
     VERIFYING = "verifying"
     CONNECTING = "connecting"
+    GREETED = "greeted"  # logged in from known server parameters, no upstream yet
+    OPENING = "opening"  # logged in, the upstream is being opened for its first statement
     READY = "ready"
     CLOSED = "closed"
 
@@ -230,9 +252,13 @@ class ClientInfo:
     tls_version: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Session:
-    """One client connection, from its first byte to its last."""
+    """One client connection, from its first byte to its last.
+
+    Thousands of idle sessions may be held at once: what a session needs only once it
+    talks to the upstream is created then.
+    """
 
     config: Config
     client: ClientInfo
@@ -242,9 +268,9 @@ class Session:
     identity: Identity | None = None
     connection_name: str | None = None
     startup: m.StartupMessage | None = None
-    settings: dict[str, str] = field(default_factory=dict)  # dbsentry.* startup options
+    settings: Mapping[str, str] = field(default_factory=_empty)  # dbsentry.* startup options
     txn_status: str = "I"
-    upstream_params: dict[str, str] = field(default_factory=dict)
+    upstream_params: Mapping[str, str] = field(default_factory=_empty)  # from the upstream's login
     audit_config: AuditConfig | None = None
     audit: SessionAudit | None = None
     session_id: str = field(default_factory=lambda: secrets.token_hex(8))
@@ -269,12 +295,14 @@ class Session:
     _portals: dict[str, tuple[str, tuple[str | None, ...], tuple[str | None, ...]]] = field(default_factory=dict)
     # Marker -> the ErrorResponse that replaces the upstream's error for a refused statement.
     _refusals: dict[str, bytes] = field(default_factory=dict)
-    _marker_prefix: str = field(default_factory=lambda: secrets.token_hex(4))
+    _marker_prefix: str = ""  # drawn at the first refusal
     _marker_seq: int = 0
+    # Known server parameters per connection, for greeting clients without an upstream.
+    server_params: ServerParams | None = None
+    _told: Greeting | None = None  # what a lazily greeted client was told
 
     def __post_init__(self) -> None:
         self._client_frames = codec.FrameSplitter(MAX_AUTH_MESSAGE)
-        self._upstream_frames = codec.FrameSplitter(self.config.limits.max_message_bytes)
 
     # ------------------------------------------------------------------ helpers
 
@@ -302,11 +330,14 @@ class Session:
                 return self._client_ready(data)
             if self.state is State.STARTUP:
                 return self._client_startup(data)
+            if self.state is State.GREETED:
+                return self._client_greeted(data)
             if self.state is State.AUTH:
                 return self._client_auth(data)
             if self.state is State.CLOSED:
                 return []
-            # VERIFYING / CONNECTING: the client must wait for us; it may only pipeline.
+            # VERIFYING / CONNECTING / OPENING: the client must wait for us; it may only
+            # pipeline.
             return self._client_early(data)
         except codec.ProtocolError as err:
             return self._fail(err.sqlstate, f"dbsentry: {err}", client=self.client.address)
@@ -363,7 +394,8 @@ class Session:
         for k, v in msg.params:
             if k.lower().startswith("dbsentry."):
                 ours[k.lower()[len("dbsentry.") :]] = v
-        self.settings = ours
+        if ours:
+            self.settings = ours
         self._forward_options = rest_options
         self.connection_name = msg.get("database") or user
         self.state = State.AUTH
@@ -430,23 +462,20 @@ class Session:
                 f"dbsentry: setting {switched} at connection start is not allowed; the proxy decides the upstream role",
                 user=user,
             )
-        self.state = State.CONNECTING
-        params: list[tuple[str, str]] = [("database", conn.database)]
-        for k, v in self.startup.params:
-            if k in _NOT_FORWARDED or k.startswith("_pq_.") or k.lower().startswith("dbsentry."):
-                continue
-            params.append((k, v))
-        if self._forward_options:
-            params.append(("options", self._forward_options))
         assert self.connection_name is not None
-        return [
+        out: list[c.Command] = [
             c.Log(
                 logging.INFO,
                 "session.authenticated",
                 {"identity": identity.name, "kind": identity.kind, "connection": self.connection_name},
-            ),
-            c.OpenUpstream(self.connection_name, tuple(params)),
+            )
         ]
+        greeting = self._known_greeting()
+        if greeting is not None:
+            return out + self._greet_without_upstream(greeting)
+        self.state = State.CONNECTING
+        out.append(c.OpenUpstream(self.connection_name, self._upstream_startup()))
+        return out
 
     def _role_switch_requested(self) -> str | None:
         """A startup parameter or ``-c`` option that would change the upstream role."""
@@ -459,12 +488,49 @@ class Session:
                 return name.strip().lower()
         return None
 
-    # ------------------------------------------------------------------ upstream login
+    def _upstream_startup(self) -> tuple[tuple[str, str], ...]:
+        """The startup parameters of the upstream login: the client's, but for ours."""
+        conn = self.connection
+        assert conn is not None and self.startup is not None
+        params: list[tuple[str, str]] = [("database", conn.database)]
+        for k, v in self.startup.params:
+            if k in _NOT_FORWARDED or k.startswith("_pq_.") or k.lower().startswith("dbsentry."):
+                continue
+            params.append((k, v))
+        if self._forward_options:
+            params.append(("options", self._forward_options))
+        return tuple(params)
 
-    def upstream_ready(self, ready: UpstreamReady) -> list[c.Command]:
-        if self.state is not State.CONNECTING:
-            return [c.CloseUpstream()]
-        self.state = State.READY
+    def _startup_settings(self) -> list[Setting] | None:
+        """The settings the upstream login applies, in its order (``options`` first, then the
+        startup parameters), names in lower case; None when ``options`` holds a switch other
+        than ``-c name=value`` (its effect on the server's parameters is not known)."""
+        assert self.startup is not None
+        out: list[Setting] = []
+        words = pg_split_opts(self._forward_options) if self._forward_options else []
+        for i in range(0, len(words), 2):
+            # split_options leaves dbsentry's own out and every other setting as "-c name=value".
+            if words[i] != "-c" or i + 1 >= len(words) or "=" not in words[i + 1]:
+                return None
+            name, _, value = words[i + 1].partition("=")
+            out.append((name.replace("-", "_").lower(), value))
+        for k, v in self.startup.params:
+            if k in _NOT_FORWARDED or k.startswith("_pq_.") or k.lower().startswith("dbsentry."):
+                continue
+            out.append((k.lower(), v))
+        return out
+
+    def _known_greeting(self) -> Greeting | None:
+        """How to greet the client without an upstream, when lazy and the server is known."""
+        cache, name = self.server_params, self.connection_name
+        if cache is None or name is None or not self.config.lazy_upstream(name):
+            return None
+        settings = self._startup_settings()
+        return None if settings is None else cache.greeting(name, settings)
+
+    def _logged_in(self, application_name: str | None) -> list[c.Command]:
+        """The client is logged in (with or without an upstream yet): audit it, and take
+        full-size messages from now on."""
         conn = self.connection
         self._environment = conn.environment if conn is not None else ""
         out: list[c.Command] = []
@@ -479,32 +545,120 @@ class Session:
                 conn.database,
                 self.client.address,
                 self.client.tls_version,
-                ready.params.get("application_name") or self.startup.get("application_name"),
+                application_name or self.startup.get("application_name"),
             )
             out.append(c.Audit(self.audit.session_event("opened")))
+        self._client_frames = codec.FrameSplitter(self.config.limits.max_message_bytes)
+        out.append(c.LoginComplete())
+        return out
+
+    def _greet_without_upstream(self, greeting: Greeting) -> list[c.Command]:
+        assert self.startup is not None
+        self.state = State.GREETED
+        self._told = greeting
+        self.txn_status = greeting.status
+        settings = self._startup_settings() or ()
+        told = list(greeting.told(given_application_name(settings)))
+        out = self._logged_in(dict(told).get("application_name"))
+        frames = [codec.AUTH_OK_FRAME]
+        frames.extend(codec.encode_parameter_status(k, v) for k, v in told)
+        frames.append(codec.encode_backend_key(self.proxy_pid, self.proxy_secret))
+        frames.append(codec.encode_ready(greeting.status))
+        out.append(c.SendClient(b"".join(frames)))
+        if self._early:
+            early, self._early = self._early, b""
+            out.extend(self._client_greeted(early))
+        return out
+
+    def _client_greeted(self, data: bytes) -> list[c.Command]:
+        """Logged in without an upstream: open it for the first message that needs it."""
+        buf, spans = self._client_frames.split(data)
+        replies: list[bytes] = []
+        out: list[c.Command] = []
+        for t, start, _end in spans:
+            if t == m.Q_SYNC:
+                replies.append(codec.encode_ready(self.txn_status))
+            elif t in _NO_DATABASE_NEEDED:
+                continue
+            elif t == m.Q_TERMINATE:
+                if replies:
+                    out.append(c.SendClient(b"".join(replies)))
+                self.state = State.CLOSED
+                return [*out, *self._closing("client terminated"), c.CloseClient()]
+            else:
+                # Kept as it came; processed exactly as in a ready session once it is.
+                self._early = bytes(buf[start - 5 :]) + self._client_frames.take_pending()
+                self.state = State.OPENING
+                assert self.connection_name is not None
+                if replies:
+                    out.append(c.SendClient(b"".join(replies)))
+                out.append(c.Log(logging.DEBUG, "session.upstream_opening", {"connection": self.connection_name}))
+                out.append(c.OpenUpstream(self.connection_name, self._upstream_startup()))
+                return out
+        if replies:
+            out.append(c.SendClient(b"".join(replies)))
+        return out
+
+    # ------------------------------------------------------------------ upstream login
+
+    def upstream_ready(self, ready: UpstreamReady) -> list[c.Command]:
+        if self.state is State.CONNECTING:
+            out = self._logged_in(ready.params.get("application_name"))
+            out.append(
+                c.SendClient(
+                    b"".join(
+                        (
+                            codec.AUTH_OK_FRAME,
+                            ready.parameter_frames,
+                            codec.encode_backend_key(self.proxy_pid, self.proxy_secret),
+                            codec.encode_ready(ready.status),
+                        )
+                    )
+                )
+            )
+        elif self.state is State.OPENING:
+            out = []
+            news = self._news_since_greeting(ready)
+            if news:
+                out.append(c.SendClient(news))
+        else:
+            return [c.CloseUpstream()]
+        self.state = State.READY
+        if self.server_params is not None and self.connection_name is not None:
+            settings = self._startup_settings()
+            if settings is not None:
+                self.server_params.learn(self.connection_name, settings, ready.params, ready.status)
         self.upstream_params = dict(ready.params)
         self.txn_status = ready.status
-        self._client_frames = codec.FrameSplitter(self.config.limits.max_message_bytes)
-        greeting = b"".join(
-            (
-                codec.AUTH_OK_FRAME,
-                ready.parameter_frames,
-                codec.encode_backend_key(self.proxy_pid, self.proxy_secret),
-                codec.encode_ready(ready.status),
-            )
-        )
+        self._upstream_frames = codec.FrameSplitter(self.config.limits.max_message_bytes)
         if self.masking_service is not None:
             assert self.connection_name is not None
             # Results are followed for every session; who is exempt is decided per
             # statement, so a just-in-time grant counts only while it lasts.
             self.masking = SessionMasking(self.masking_service, self.connection_name, self._masking_exempt)
-        out.append(c.SendClient(greeting))
         if ready.leftover:
             out.extend(self.upstream_data(ready.leftover))
         if self._early:
             early, self._early = self._early, b""
             out.extend(self.client_data(early))
         return out
+
+    def _news_since_greeting(self, ready: UpstreamReady) -> bytes:
+        """What the upstream's login said that the client was not told when greeted:
+        ParameterStatus values that differ (they may come at any time), and notices."""
+        assert self._told is not None
+        told = dict(self._told.told(given_application_name(self._startup_settings() or ())))
+        self._told = None
+        buf = ready.parameter_frames
+        _, spans = codec.FrameSplitter().split(buf)
+        news: list[bytes] = []
+        for t, start, end in spans:
+            if t == m.R_PARAMETER_STATUS:
+                ps = codec.decode_parameter_status(buf, start, end)
+                if told.get(ps.name) == ps.value:
+                    continue
+            news.append(buf[start - 5 : end])
+        return b"".join(news)
 
     def upstream_failed(self, sqlstate: str, message: str) -> list[c.Command]:
         if self.state is State.CLOSED:
@@ -850,6 +1004,8 @@ class Session:
         the marker, and :meth:`upstream_data` replaces it with this message.
         """
         self._marker_seq += 1
+        if not self._marker_prefix:
+            self._marker_prefix = secrets.token_hex(4)
         marker = f"dbsentry_refused_{self._marker_prefix}_{self._marker_seq}"
         self._refusals[marker] = codec.error_response(sqlstate, message)
         if log:
@@ -1018,6 +1174,6 @@ class Session:
         return out
 
     def startup_timeout(self) -> list[c.Command]:
-        if self.state in (State.READY, State.CLOSED):
+        if self.state in (State.READY, State.GREETED, State.OPENING, State.CLOSED):
             return []
         return self._fail("08P01", "dbsentry: timeout waiting for startup and authentication", client=self.client.address)
