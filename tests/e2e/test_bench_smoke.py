@@ -24,10 +24,6 @@ WORKLOADS = ("select", "tpcb", "rows100", "export", "connect", "idle")
 DBSENTRY = ("passthrough", "governed")
 # Until dbsentry opens the upstream connection lazily (at the first query), every idle client
 # holds a PostgreSQL connection, and the benchmark's connection-limited role runs out.
-UPSTREAM_PER_CLIENT = (
-    "dbsentry opens one upstream PostgreSQL connection per client at login, so it cannot hold "
-    "the idle connections (lazy upstream connections pending)"
-)
 
 
 def _binary(name: str) -> str | None:
@@ -66,18 +62,6 @@ def smoke(
     return done, document
 
 
-def _known_idle_failure(row: dict[str, Any]) -> bool:
-    """The idle row of a dbsentry target that ran out of upstream connections."""
-    details = row.get("details") or {}
-    return (
-        row["workload"] == "idle"
-        and row["target"] in DBSENTRY
-        and details.get("first_sqlstate") == "53300"
-        and details.get("opened", 0) > 0
-        and details.get("sample_ok") == details.get("sample")
-    )
-
-
 def _problems(row: dict[str, Any]) -> list[str]:
     where = f"{row['workload']}/{row['mode']}/c{row['clients']}/{row['target']}"
     problems = []
@@ -91,11 +75,7 @@ def _problems(row: dict[str, Any]) -> list[str]:
 
 
 def test_exits_zero(smoke: tuple[subprocess.CompletedProcess[str], dict[str, Any]]) -> None:
-    done, document = smoke
-    if done.returncode == 1:
-        failing = [r for r in document["summary"] if not r["not_applicable"] and _problems(r)]
-        if failing and all(_known_idle_failure(r) for r in failing):
-            pytest.xfail(UPSTREAM_PER_CLIENT)
+    done, _ = smoke
     assert done.returncode == 0, done.stderr[-4000:]
 
 
@@ -107,18 +87,13 @@ def test_every_target_has_a_result(
     rows = [r for r in document["summary"] if r["workload"] == workload]
     assert {r["target"] for r in rows} == set(TARGETS), rows
     problems: list[str] = []
-    known: list[str] = []
     for row in rows:
         if row["not_applicable"]:
             # PostgreSQL itself cannot hold thousands of idle connections: that row says why
             assert (workload, row["target"]) == ("idle", "direct"), row
             assert row["not_applicable"].startswith("n/a: ")
             continue
-        found = _problems(row)
-        if found and _known_idle_failure(row):
-            known.append(row["details"]["summary"])
-            continue
-        problems += found
+        problems += _problems(row)
         if workload in ("select", "tpcb", "rows100", "connect"):
             run = [
                 r
@@ -128,5 +103,3 @@ def test_every_target_has_a_result(
             ]
             assert run and all(r["transactions"] and r["failed"] == 0 for r in run), run
     assert not problems, "\n".join(problems)
-    if known:
-        pytest.xfail(f"{UPSTREAM_PER_CLIENT}: {'; '.join(known)}")
