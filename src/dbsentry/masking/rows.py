@@ -1,29 +1,49 @@
 """Rewriting result rows on the wire: RowDescription, DataRow and COPY data.
 
 Sans-IO like the codec: message *bodies* in, bodies out (wrap them with
-``codec.frame(b"D", body)``).  The hot path is :func:`mask_data_row`: it walks the field
-lengths of a DataRow up to the last masked column, calls the column's masker on the
-fields it must change and splices the result, copying nothing else.  A
-:class:`RowMasker` is compiled once per result (RowDescription + result formats + plan).
+``codec.frame(b"D", body)``).  :func:`mask_data_row` masks one DataRow: it walks the field
+lengths up to the last masked column, calls the column's masker on the fields it must
+change and splices the result, copying nothing else.  A :class:`RowMasker` is compiled
+once per result (RowDescription + result formats + plan).
+
+The proxy's hot path is :func:`mask_data_rows` (and :meth:`CopyMasker.mask_frames` for
+COPY): every DataRow of a received chunk in one call, against a per-column plan of simple
+operations compiled with the result.  It runs in C when the optional extension
+``_fastmask`` is built, else in the Python loops here; both give the bytes
+:func:`mask_data_row` gives.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import ModuleType
 
 from dbsentry.masking.catalog import ClassMap
 from dbsentry.masking.classes import DataClass
 from dbsentry.masking.lineage import ColumnMask, CopyOptions, MaskPlan
 from dbsentry.masking.strategies import (
     DEFAULT_STRATEGIES,
+    OP_EMAIL,
+    OP_KEEP_LAST,
+    BytePartial,
     Constant,
     Masker,
     make_detect_masker,
     make_masker,
 )
 from dbsentry.wire.pg.codec import ProtocolError, read_cstr
+
+_fastmask: ModuleType | None
+if os.environ.get("DBSENTRY_MASKING_NO_EXTENSION"):
+    _fastmask = None
+else:
+    try:
+        from dbsentry.masking import _fastmask
+    except ImportError:  # not built (no compiler at install): the Python loops below
+        _fastmask = None
 
 __all__ = [
     "CopyMasker",
@@ -37,13 +57,17 @@ __all__ = [
     "encode_data_row",
     "encode_row_description",
     "mask_data_row",
+    "mask_data_rows",
 ]
 
 _I16 = struct.Struct("!h")
 _I32 = struct.Struct("!i")
+_U32 = struct.Struct("!I")
 _FIELD_TAIL = struct.Struct("!IhIhih")
 _unpack_i32 = _I32.unpack_from
+_unpack_u32 = _U32.unpack_from
 _pack_i32 = _I32.pack
+_pack_u32 = _U32.pack
 _NULL = b"\xff\xff\xff\xff"
 
 
@@ -142,6 +166,9 @@ class RowMasker:
     # per column: None (leave), bytes (a constant: length prefix and value, spliced in as
     # is), or the masker to call
     ops: tuple[bytes | Masker | None, ...] = ()
+    # per column up to ``last``: what the batch walkers (:func:`mask_data_rows`) do, see
+    # :func:`_row_op`; it holds this result's caches
+    plan: tuple[Op | None, ...] = ()
 
     @property
     def data_classes(self) -> frozenset[DataClass]:
@@ -155,6 +182,81 @@ def _op(masker: Masker | None) -> bytes | Masker | None:
         v = masker.value
         return _NULL if v is None else _pack_i32(len(v)) + v
     return masker
+
+
+# -- batch plans ---------------------------------------------------------------------------------
+#
+# An op is a tuple whose first item says what to do with a column's (non-NULL) values:
+#
+#   (OP_CONST, value)                        the value is replaced by ``value``
+#   (OP_EMAIL, placeholder, ...)             b"****@" + the text after the last "@" when
+#                                            something precedes it, else ``placeholder``
+#   (OP_KEEP_LAST, alnum, t1, k1, t2, k2, ...)  digits (letters and digits when alnum) become
+#                                            "*" but the last k1 when there are >= t1 of
+#                                            them, else the last k2 when >= t2, else all
+#   (OP_CALL, masker, cache)                 the masker is called; ``cache`` (a dict, raw ->
+#                                            what to write) is filled up to CACHE_SIZE
+#
+# For DataRows ``value``, ``placeholder`` and what the cache holds are fields (length
+# prefix and bytes, or the NULL marker); for COPY text they are the escaped text.  The
+# items after the ones listed are for the Python loops only (format caches, tables).  The C
+# extension ``_fastmask`` reads the same tuples.
+
+OP_CONST = 1
+OP_CALL = 4
+Op = tuple[object, ...]
+CACHE_SIZE = 4096  # masked values remembered per column and result (values that repeat)
+_FORMAT_CACHE_SIZE = 1024  # value shapes remembered per OP_KEEP_LAST column (Python loops)
+_FORMAT_CACHE_MAX_LEN = 64
+
+_DIGITS = b"0123456789"
+_ALNUM = _DIGITS + b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# digits -> "0", or letters and digits -> "a"; the rest unchanged: a value's shape
+_SHAPE_DIGITS = bytes.maketrans(_DIGITS, b"0" * len(_DIGITS))
+_SHAPE_ALNUM = bytes.maketrans(_ALNUM, b"a" * len(_ALNUM))
+
+
+def _keep_last_op(native: tuple[object, ...]) -> Op:
+    alnum = bool(native[1])
+    if alnum:
+        return (*native, _SHAPE_ALNUM, b"a", {})
+    return (*native, _SHAPE_DIGITS, b"0", {})
+
+
+def _keep_last_split(
+    shape: bytes, marker: bytes, t1: int, k1: int, t2: int, k2: int
+) -> tuple[bytes, int]:
+    """For a value of this shape: the masked head and where the kept tail starts (the
+    result of strategies._keep_last_bytes is ``head + value[start:]``)."""
+    n = shape.count(marker)
+    keep = k1 if n >= t1 else k2 if n >= t2 else 0
+    mark = marker[0]
+    i = len(shape)
+    seen = 0
+    while i > 0 and seen < keep:
+        i -= 1
+        if shape[i] == mark:
+            seen += 1
+    if seen < keep:
+        i = len(shape)
+    return shape[:i].replace(marker, b"*"), i
+
+
+def _row_op(masker: Masker | None) -> Op | None:
+    if masker is None:
+        return None
+    if isinstance(masker, Constant):
+        v = masker.value
+        return (OP_CONST, _NULL if v is None else _pack_i32(len(v)) + v)
+    if isinstance(masker, BytePartial) and masker.native is not None:
+        native = masker.native
+        if native[0] == OP_EMAIL:
+            placeholder = native[1]
+            assert isinstance(placeholder, bytes)
+            return (OP_EMAIL, _pack_i32(len(placeholder)) + placeholder)
+        if native[0] == OP_KEEP_LAST:
+            return _keep_last_op(native)
+    return (OP_CALL, masker, {})
 
 
 def _formats(n: int, result_formats: Sequence[int] | None, fields: Sequence[Field]) -> list[int]:
@@ -221,7 +323,14 @@ def compile_row_masker(
     last = max((i for i, mk in enumerate(maskers) if mk is not None), default=-1)
     if last < 0:
         return None
-    return RowMasker(tuple(maskers), n, last, tuple(masks), tuple(_op(m) for m in maskers))
+    return RowMasker(
+        tuple(maskers),
+        n,
+        last,
+        tuple(masks),
+        tuple(_op(m) for m in maskers),
+        tuple(_row_op(m) for m in maskers[: last + 1]),
+    )
 
 
 def mask_data_row(body: bytes, masker: RowMasker) -> bytes:
@@ -239,6 +348,8 @@ def mask_data_row(body: bytes, masker: RowMasker) -> bytes:
         for i in range(masker.last + 1):
             (ln,) = _unpack_i32(body, pos)
             op = ops[i]
+            if ln < -1:
+                raise ProtocolError("invalid field length in DataRow")
             if op is None or ln < 0:
                 pos += 4 if ln < 0 else 4 + ln
                 continue
@@ -263,6 +374,119 @@ def mask_data_row(body: bytes, masker: RowMasker) -> bytes:
         return body
     append(body[start:])
     return b"".join(parts)
+
+
+_EMAIL_HEADS = tuple(_pack_i32(5 + n) + b"****@" for n in range(256))
+
+
+def mask_data_rows(buf: bytes, pos: int, masker: RowMasker) -> tuple[bytes | None, int, int]:
+    """Mask the DataRow frames that follow each other in ``buf`` from ``pos`` (where the
+    first one starts; ``buf`` ends with a whole frame, as FrameSplitter hands it over).
+
+    Returns the frames to send in their place (None when none changed), how many frames
+    were read and where the first frame that is not a DataRow starts.  Every row goes
+    through the same checks as :func:`mask_data_row`, and gives the same bytes.
+    """
+    if _fastmask is not None:
+        return _fastmask.mask_data_rows(buf, pos, masker.width, masker.plan)  # type: ignore[no-any-return]
+    return _py_mask_data_rows(buf, pos, masker.width, masker.plan)
+
+
+def _py_mask_data_rows(
+    buf: bytes, pos: int, width: int, plan: tuple[Op | None, ...]
+) -> tuple[bytes | None, int, int]:
+    limit = len(buf)
+    pieces: list[bytes] = []
+    append = pieces.append
+    unpack_i32 = _unpack_i32
+    seg = pos  # the bytes of buf from seg on are not in pieces yet
+    count = 0
+    try:
+        while pos < limit and buf[pos] == 68:  # "D"
+            (flen,) = _unpack_u32(buf, pos + 1)
+            fend = pos + 1 + flen
+            if flen < 4 or fend > limit:
+                raise ProtocolError("invalid message length")
+            row = buf[pos + 5 : fend]
+            if len(row) < 2 or (row[0] << 8 | row[1]) != width:
+                raise ProtocolError("DataRow does not match its RowDescription")
+            end = len(row)
+            parts: list[bytes] | None = None  # the row's new body, when a value changed
+            rseg = 0  # the bytes of row from rseg on are not in parts yet
+            p = 2
+            for op in plan:
+                (ln,) = unpack_i32(row, p)  # struct.error past the end
+                p += 4
+                if ln < 0:
+                    if ln != -1:
+                        raise ProtocolError("invalid field length in DataRow")
+                    continue
+                ve = p + ln
+                if ve > end:
+                    raise ProtocolError("invalid field length in DataRow")
+                if op is None:
+                    p = ve
+                    continue
+                if parts is None:
+                    parts = []
+                kind = op[0]
+                if kind == OP_KEEP_LAST:
+                    # same length: the head of the value changes, its tail stays in place
+                    raw = row[p:ve]
+                    shape = raw.translate(op[6])  # type: ignore[arg-type]
+                    cache: dict[bytes, tuple[bytes, int]] = op[8]  # type: ignore[assignment]
+                    hit = cache.get(shape)
+                    if hit is None:
+                        hit = _keep_last_split(shape, op[7], op[2], op[3], op[4], op[5])  # type: ignore[arg-type]
+                        if ln <= _FORMAT_CACHE_MAX_LEN and len(cache) < _FORMAT_CACHE_SIZE:
+                            cache[shape] = hit
+                    head, keep_from = hit
+                    if keep_from:
+                        parts.append(row[rseg:p])
+                        parts.append(head)
+                        rseg = p + keep_from
+                elif kind == OP_CONST:
+                    parts.append(row[rseg : p - 4])
+                    parts.append(op[1])  # type: ignore[arg-type]
+                    rseg = ve
+                elif kind == OP_EMAIL:
+                    parts.append(row[rseg : p - 4])
+                    at = row.rfind(b"@", p, ve)
+                    if at > p:
+                        n = ve - at - 1
+                        parts.append(_EMAIL_HEADS[n] if n < 256 else _pack_i32(5 + n) + b"****@")
+                        rseg = at + 1
+                    else:
+                        parts.append(op[1])  # type: ignore[arg-type]
+                        rseg = ve
+                else:
+                    raw = row[p:ve]
+                    values: dict[bytes, bytes] = op[2]  # type: ignore[assignment]
+                    new = values.get(raw)
+                    if new is None:
+                        out = op[1](raw)  # type: ignore[operator]
+                        new = _NULL if out is None else _pack_i32(len(out)) + out
+                        if len(values) < CACHE_SIZE:
+                            values[raw] = new
+                    parts.append(row[rseg : p - 4])
+                    parts.append(new)
+                    rseg = ve
+                p = ve
+            if parts is not None:
+                parts.append(row[rseg:])
+                new_row = b"".join(parts)
+                append(buf[seg:pos])
+                append(b"D" + _pack_u32(len(new_row) + 4))
+                append(new_row)
+                seg = fend
+            pos = fend
+            count += 1
+    except struct.error:
+        raise ProtocolError("DataRow is shorter than its columns") from None
+    if not pieces:
+        return None, count, pos
+    append(buf[seg:pos])
+    return b"".join(pieces), count, pos
 
 
 # -- COPY ---------------------------------------------------------------------------------------
@@ -320,6 +544,13 @@ def _copy_text_encode(value: str, delimiter: str) -> str:
     return out.replace("\t", "\\t")
 
 
+# Delimiters with which a text COPY line without backslashes splits on the delimiter byte
+# and a value's escaping is one replacement per byte (PostgreSQL refuses the others).
+_PLAIN_DELIMITERS = frozenset(
+    b for b in range(1, 128) if b not in b"\\.\r\nabcdefghijklmnopqrstuvwxyz0123456789"
+)
+
+
 @dataclass(slots=True)
 class CopyMasker:
     """Masks the rows of a ``COPY ... TO STDOUT`` in text or CSV format.  Each CopyData
@@ -330,15 +561,169 @@ class CopyMasker:
     options: CopyOptions
     maskers: tuple[Masker | None, ...]
     header_pending: bool
+    # text format with a plain delimiter: (delimiter byte, NULL string, op per column), for
+    # the lines that need no unescaping (see mask_frames)
+    plan: tuple[int, bytes, tuple[Op | None, ...]] | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.plan = self._compile_text_plan()
+
+    def _compile_text_plan(self) -> tuple[int, bytes, tuple[Op | None, ...]] | None:
+        opts = self.options
+        if opts.format != "text" or len(opts.delimiter) != 1:
+            return None
+        delim = ord(opts.delimiter)
+        if delim not in _PLAIN_DELIMITERS:
+            return None
+        try:
+            null = opts.null.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+        ops: list[Op | None] = []
+        for m in self.maskers:
+            if m is None:
+                ops.append(None)
+            elif isinstance(m, Constant):
+                v = m.value
+                ops.append((OP_CONST, null if v is None else self._escape(v)))
+            elif isinstance(m, BytePartial) and m.native is not None and m.native[0] == OP_EMAIL:
+                placeholder = m.native[1]
+                assert isinstance(placeholder, bytes)
+                ops.append((OP_EMAIL, self._escape(placeholder)))
+            elif isinstance(m, BytePartial) and m.native is not None:
+                ops.append(_keep_last_op(m.native))
+            else:
+                ops.append((OP_CALL, m, {}))
+        return delim, null, tuple(ops)
+
+    def _escape(self, value: bytes) -> bytes:
+        """_copy_text_encode on bytes."""
+        delimiter = self.options.delimiter.encode()
+        out = value.replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\r", b"\\r")
+        if delimiter != b"\t":
+            out = out.replace(delimiter, b"\\" + delimiter)
+        return out.replace(b"\t", b"\\t")
 
     def mask(self, data: bytes) -> bytes:
         if self.header_pending:
             self.header_pending = False
             return data
+        return self._mask_message(data)
+
+    def _mask_message(self, data: bytes) -> bytes:
         if self.options.format == "csv":
             return self._mask_csv(data)
         lines = data.split(b"\n")
         return b"\n".join(self._mask_text_line(line) if line else line for line in lines)
+
+    def mask_frames(self, buf: bytes, pos: int) -> tuple[bytes | None, int, int]:
+        """Mask the CopyData frames that follow each other in ``buf`` from ``pos``, like
+        :func:`mask_data_rows` (the bytes :meth:`mask` gives message by message, the same
+        checks).  A text line without a backslash, ending in its only newline, is masked by
+        splitting its bytes; any other line (escapes, CSV) goes through the decoding path of
+        :meth:`mask`."""
+        pieces: list[bytes] = []
+        count = 0
+        if self.header_pending and pos < len(buf) and buf[pos] == 100:
+            # the header line passes as it is
+            self.header_pending = False
+            _, count, next_pos = _copy_frames(buf, pos, 1)
+            if next_pos == pos:
+                return None, 0, pos
+            pieces.append(buf[pos:next_pos])
+            pos = next_pos
+        plan = self.plan
+        if plan is not None and _fastmask is not None:
+            out, n, end = _fastmask.mask_copy_rows(
+                buf, pos, plan[0], plan[1], plan[2], self._mask_message
+            )
+        else:
+            out, n, end = self._py_mask_frames(buf, pos)
+        if not pieces:
+            return out, n, end
+        pieces.append(buf[pos:end] if out is None else out)
+        return b"".join(pieces), count + n, end
+
+    def _py_mask_frames(self, buf: bytes, pos: int) -> tuple[bytes | None, int, int]:
+        plan = self.plan
+        line_masker = self._py_text_line if plan is not None else None
+        limit = len(buf)
+        pieces: list[bytes] = []
+        append = pieces.append
+        seg = pos
+        count = 0
+        while pos < limit and buf[pos] == 100:  # "d"
+            if limit - pos < 5:
+                raise ProtocolError("truncated message")
+            (flen,) = _unpack_u32(buf, pos + 1)
+            fend = pos + 1 + flen
+            if flen < 4 or fend > limit:
+                raise ProtocolError("invalid message length")
+            data = buf[pos + 5 : fend]
+            if (
+                line_masker is not None
+                and len(data) > 1
+                and data.find(b"\n") == len(data) - 1
+                and data[-2] != 13  # "\r"
+                and b"\\" not in data
+            ):
+                new = line_masker(data)
+            else:
+                new = self._mask_message(data)
+            append(buf[seg:pos])
+            append(b"d" + _pack_u32(len(new) + 4))
+            append(new)
+            seg = fend
+            pos = fend
+            count += 1
+        if not pieces:
+            return None, count, pos
+        append(buf[seg:pos])
+        return b"".join(pieces), count, pos
+
+    def _py_text_line(self, data: bytes) -> bytes:
+        """A text COPY line without backslashes, ending in its only newline: fields split
+        on the delimiter byte, values need no unescaping."""
+        assert self.plan is not None
+        delim, null, ops = self.plan
+        fields = data[:-1].split(bytes((delim,)))
+        for i, op in enumerate(ops[: len(fields)]):
+            if op is None:
+                continue
+            f = fields[i]
+            if f == null:
+                continue
+            kind = op[0]
+            if kind == OP_CONST:
+                fields[i] = op[1]  # type: ignore[call-overload]
+                continue
+            if kind == OP_KEEP_LAST:
+                shape = f.translate(op[6])  # type: ignore[arg-type]
+                cache: dict[bytes, tuple[bytes, int]] = op[8]  # type: ignore[assignment]
+                hit = cache.get(shape)
+                if hit is None:
+                    hit = _keep_last_split(shape, op[7], op[2], op[3], op[4], op[5])  # type: ignore[arg-type]
+                    if len(f) <= _FORMAT_CACHE_MAX_LEN and len(cache) < _FORMAT_CACHE_SIZE:
+                        cache[shape] = hit
+                new = hit[0] + f[hit[1] :]
+            elif kind == OP_EMAIL:
+                at = f.rfind(b"@")
+                if at <= 0:
+                    fields[i] = op[1]  # type: ignore[call-overload]
+                    continue
+                new = b"****@" + f[at + 1 :]
+            else:
+                values: dict[bytes, bytes] = op[2]  # type: ignore[assignment]
+                cached = values.get(f)
+                if cached is None:
+                    out = op[1](f)  # type: ignore[operator]
+                    cached = null if out is None else self._escape(out)
+                    if len(values) < CACHE_SIZE:
+                        values[f] = cached
+                fields[i] = cached
+                continue
+            fields[i] = self._escape(new)
+        return bytes((delim,)).join(fields) + b"\n"
 
     def _apply(self, i: int, value: str) -> str | None:
         fn = self.maskers[i] if i < len(self.maskers) else None
@@ -390,6 +775,21 @@ class CopyMasker:
                 body = masked.replace(esc, esc + esc) if esc != q else masked
                 out.append(q + body.replace(q, esc + q) + q)
         return (opts.delimiter.join(out) + eol).encode("utf-8", "surrogateescape")
+
+
+def _copy_frames(buf: bytes, pos: int, most: int) -> tuple[None, int, int]:
+    """Step over up to ``most`` CopyData frames from ``pos``, checking their lengths."""
+    limit = len(buf)
+    count = 0
+    while count < most and pos < limit and buf[pos] == 100:
+        if limit - pos < 5:
+            raise ProtocolError("truncated message")
+        (flen,) = _unpack_u32(buf, pos + 1)
+        if flen < 4 or pos + 1 + flen > limit:
+            raise ProtocolError("invalid message length")
+        pos += 1 + flen
+        count += 1
+    return None, count, pos
 
 
 def _split_text(text: str, delimiter: str) -> list[str]:

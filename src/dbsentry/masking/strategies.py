@@ -32,8 +32,11 @@ from dbsentry.masking.detect import detect_value, find_sensitive
 
 __all__ = [
     "DEFAULT_STRATEGIES",
+    "OP_EMAIL",
+    "OP_KEEP_LAST",
     "PLACEHOLDERS",
     "STRATEGIES",
+    "BytePartial",
     "Constant",
     "Masker",
     "make_detect_masker",
@@ -284,7 +287,7 @@ def _fit(s: str, type_oid: int, typmod: int) -> str:
     if type_oid == OID_CHAR:
         return s[:1]
     if type_oid == OID_NAME:
-        b = s.encode()[:63]
+        b = s.encode("utf-8", "surrogateescape")[:63]  # bytes that were not UTF-8 are kept
         return b.decode("utf-8", "ignore")
     return s
 
@@ -358,6 +361,52 @@ def _keep_last_bytes(raw: bytes, keep: int, alnum: bool) -> bytes:
     return raw[:i].translate(table) + raw[i:]
 
 
+# Operations that the row walkers of rows.py (and their C twin, ``_fastmask``) apply
+# themselves instead of calling a masker; a masker that can be one says so in ``native``.
+OP_EMAIL = 2  # (OP_EMAIL, placeholder): b"****@" + what follows the last "@", if any precedes it
+OP_KEEP_LAST = 3  # (OP_KEEP_LAST, alnum, t1, k1, t2, k2): see BytePartial
+
+# Per class, (alnum, t1, k1, t2, k2): of n digits (or letters and digits, when alnum) all
+# but the last k1 become "*" when n >= t1, else all but the last k2 when n >= t2, else all
+# (the thresholds of _partial_bytes).
+_KEEP_LAST: dict[DataClass, tuple[bool, int, int, int, int]] = {
+    DataClass.PAYMENT_CARD: (False, 5, 4, 5, 0),
+    DataClass.NATIONAL_ID: (True, 9, 4, 6, 2),
+    DataClass.PHONE: (False, 10, 4, 3, 2),
+}
+
+
+class BytePartial:
+    """The ``partial`` strategy of a class with a byte-level form (card, national id, phone,
+    email) on a text column: :func:`_partial_bytes`, fitted to the declared length of
+    ``char(n)``/``varchar(n)``/``name``.  ``native`` describes the same operation for the
+    row walkers when no fitting is needed (None when it is)."""
+
+    __slots__ = ("cls", "fit", "native", "type_oid", "typmod")
+
+    def __init__(self, cls: DataClass, type_oid: int, typmod: int) -> None:
+        self.cls = cls
+        self.type_oid = type_oid
+        self.typmod = typmod
+        self.fit = type_oid in (OID_CHAR, OID_NAME) or (
+            type_oid in (OID_BPCHAR, OID_VARCHAR) and typmod >= 4
+        )
+        native: tuple[object, ...] | None = None
+        if not self.fit:
+            if cls is DataClass.EMAIL:
+                native = (OP_EMAIL, _encode(PLACEHOLDERS[cls]))
+            else:
+                native = (OP_KEEP_LAST, *_KEEP_LAST[cls])
+        self.native = native
+
+    def __call__(self, raw: bytes) -> bytes | None:
+        out = _partial_bytes(raw, self.cls)
+        assert out is not None
+        if self.fit:
+            return _encode(_fit(_decode(out), self.type_oid, self.typmod))
+        return out
+
+
 def _partial_bytes(raw: bytes, cls: DataClass | None) -> bytes | None:
     """The partial mask of ``raw`` for the classes that have a byte-level form, else None."""
     if cls is DataClass.PAYMENT_CARD:
@@ -406,15 +455,8 @@ def make_masker(
     if kind == "text":
         if strategy == "redact":
             return Constant(_encode(_fit(PLACEHOLDERS[cls], type_oid, typmod)))
-        fits = type_oid in (OID_BPCHAR, OID_VARCHAR, OID_CHAR, OID_NAME)
-        if strategy == "partial" and cls in _BYTE_PARTIAL:
-
-            def partial_masker(raw: bytes) -> bytes | None:
-                out = _partial_bytes(raw, cls)
-                assert out is not None
-                return _encode(_fit(_decode(out), type_oid, typmod)) if fits else out
-
-            return partial_masker
+        if strategy == "partial" and cls is not None and cls in _BYTE_PARTIAL:
+            return BytePartial(cls, type_oid, typmod)
 
         def text_masker(raw: bytes) -> bytes | None:
             out = mask_text(_decode(raw), cls, strategy, key)

@@ -45,7 +45,7 @@ from dbsentry.masking import (
 )
 from dbsentry.masking.classes import parse_class
 from dbsentry.masking.lineage import LineageError
-from dbsentry.masking.rows import Field, UnsupportedCopy
+from dbsentry.masking.rows import Field, UnsupportedCopy, mask_data_rows
 from dbsentry.masking.strategies import PLACEHOLDERS
 from dbsentry.policy.cache import LRU
 from dbsentry.policy.engine import Decision
@@ -496,6 +496,33 @@ class SessionMasking:
                         head.copy = None  # refused before forwarding; see Session
             return None
         return None
+
+    def received_rows(self, buf: bytes, spans: Sequence[tuple[int, int, int]], i: int) -> tuple[bytes | None, int, int]:
+        """The DataRow or CopyData frames from ``spans[i]`` on, all of that frame's type, in
+        one go (they change nothing in the exchange, so the masking of a result is the
+        same for all of them).  Returns the frames to send in their place (None to pass them
+        as they are), how many frames that covers, and where the last of them ends."""
+        t, start, _ = spans[i]
+        expect = self.expect
+        head = expect[0] if expect else None
+        if t == m.R_DATA_ROW:
+            rows = self._rows(head)
+            if rows is not None:
+                return self._checked(spans, i, mask_data_rows(buf, start - 5, rows))
+        elif t == COPY_DATA and isinstance(head, _Query) and head.copy is not None:
+            return self._checked(spans, i, head.copy.mask_frames(buf, start - 5))
+        j = i + 1
+        n = len(spans)
+        while j < n and spans[j][0] == t:
+            j += 1
+        return None, j - i, spans[j - 1][2]
+
+    @staticmethod
+    def _checked(spans: Sequence[tuple[int, int, int]], i: int, result: tuple[bytes | None, int, int]) -> tuple[bytes | None, int, int]:
+        _, count, end = result
+        if count < 1 or i + count > len(spans) or spans[i + count - 1][2] != end:
+            raise codec.ProtocolError("result rows do not follow the message boundaries")
+        return result
 
     def _current_plan(self, head: _Item | None) -> StatementPlan | None:
         if isinstance(head, _Query):

@@ -1076,8 +1076,19 @@ class Session:
         audit = self.audit
         masking = self.masking
         chunk = _Chunk(buf)
-        for t, start, end in spans:
+        i = 0
+        n = len(spans)
+        while i < n:
+            t, start, end = spans[i]
+            i += 1
             if masking is not None:
+                if t == m.R_DATA_ROW or t == m.COPY_DATA:
+                    # A run of result rows is masked in one call; nothing below looks at them.
+                    rows, count, run_end = masking.received_rows(buf, spans, i - 1)
+                    if rows is not None:
+                        chunk.replace(start, run_end, rows)
+                    i += count - 1
+                    continue
                 masked = masking.received(t, buf, start, end)
                 if masked is not None and not (t == m.R_ERROR and self._refusals and self._is_ours(buf, start, end)):
                     chunk.replace(start, end, masked)
