@@ -292,3 +292,16 @@ def test_maskers_never_crash_on_any_bytes(raw: bytes, strategy: str, oid: int, f
     det = make_detect_masker(oid, -1, fmt, KEY)
     if det is not None:
         det(raw)
+
+
+def test_json_values_that_are_not_utf8_are_masked_not_crashed_on() -> None:
+    """A non-UTF-8 client_encoding can bring bytes no JSON string can hold: keep none of them."""
+    from dbsentry.masking.classes import DataClass
+    from dbsentry.masking.strategies import make_masker
+
+    for cls in (DataClass.EMAIL, DataClass.PHONE, DataClass.PERSON_NAME):
+        for strategy in ("partial", "redact", "hash"):
+            masker = make_masker(strategy, cls, 3802)  # jsonb, text format
+            for raw in (b'"ab\xffcd@example.com"', b"\xff\xfe", b'"\xc3"'):
+                out = masker(raw)
+                assert out is not None and b"\xff" not in out and b"cd@example" not in out

@@ -476,7 +476,12 @@ def make_masker(
                 out = mask_text(text, cls, "redact" if strategy == "partial" else strategy, key)
             else:
                 out = mask_text(inner, cls, strategy, key)
-            return None if out is None else prefix + orjson.dumps(out)
+            if out is None:
+                return None
+            try:
+                return prefix + orjson.dumps(out)
+            except TypeError:  # not valid UTF-8 (another client_encoding): keep none of it
+                return prefix + orjson.dumps(PLACEHOLDERS[cls])
 
         return json_masker
     # bytea
