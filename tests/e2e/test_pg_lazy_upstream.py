@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import ssl
 import struct
 import subprocess
@@ -16,6 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from support.pg import PgServer
 from support.proxy import RunningProxy, run_proxy, write_config
@@ -173,7 +175,7 @@ class RawClient:
         self.writer = writer
 
     @classmethod
-    async def login(cls, proxy: RunningProxy, token: str, application_name: str) -> RawClient:
+    async def login(cls, proxy: RunningProxy, token: str, application_name: str, database: str = "staging") -> RawClient:
         reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
         writer.write(struct.pack("!II", 8, 80877103))
         assert await reader.readexactly(1) == b"S"
@@ -181,7 +183,7 @@ class RawClient:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
         await writer.start_tls(ctx)
-        params = {"user": "alice@example.com", "database": "staging", "application_name": application_name}
+        params = {"user": "alice@example.com", "database": database, "application_name": application_name}
         body = b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items()) + b"\0"
         writer.write(struct.pack("!II", len(body) + 8, 196608) + body)
         client = cls(reader, writer)
@@ -246,6 +248,116 @@ def test_more_idle_clients_than_the_server_has_connections(fresh_proxy: RunningP
 
     asyncio.run(main())
     assert fresh_proxy.alive()
+
+
+# ---------------------------------------------------------------------------------------
+# a burst of clients before anything is known about the server
+
+
+@pytest.fixture
+def limited(pg_server: PgServer, tmp_path: Path) -> Iterator[tuple[RunningProxy, str]]:
+    """A fresh proxy whose connection "limited" logs in as a role allowed 5 connections."""
+    role = f"flight_{uuid.uuid4().hex[:10]}"
+    password = uuid.uuid4().hex
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("create role {} login connection limit 5 password {}").format(
+                sql.Identifier(role), sql.Literal(password)
+            )
+        )
+    try:
+        conn = {
+            "host": pg_server.host,
+            "port": pg_server.port,
+            "database": pg_server.dbname,
+            "user": role,
+            "password": password,
+            "environment": "staging",
+        }
+        config = write_config(tmp_path, pg_server, connections={"limited": conn})
+        with run_proxy(config) as proxy:
+            yield proxy, role
+    finally:
+        with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
+            admin.execute("select pg_terminate_backend(pid) from pg_stat_activity where usename = %s", (role,))
+            admin.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(role)))
+
+
+def role_backends(pg: PgServer, role: str) -> list[str]:
+    """The application_name of each backend of ``role``."""
+    with psycopg.connect(pg.dsn()) as direct:
+        rows = direct.execute(
+            "select application_name from pg_stat_activity where usename = %s and backend_type = 'client backend'",
+            (role,),
+        ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def test_a_burst_of_first_clients_waits_for_one_login(
+    limited: tuple[RunningProxy, str], pg_server: PgServer
+) -> None:
+    proxy, role = limited
+    token = proxy.token("alice@example.com", ("eng",))
+    prefix = app_name("flight")
+    n = 100
+
+    async def main() -> None:
+        async with asyncio.timeout(60):
+            # All at once, right after the proxy started: nothing is known of the server yet.
+            clients = await asyncio.gather(
+                *(RawClient.login(proxy, token, f"{prefix}-{i}", database="limited") for i in range(n))
+            )
+        try:
+            assert len(clients) == n  # every one logged in, with a role allowed 5 connections
+            # One of them logged in upstream; the others waited for it and were greeted.
+            (first,) = await asyncio.to_thread(role_backends, pg_server, role)
+            leader = int(first.rsplit("-", 1)[1])
+            sample = [clients[leader], *(c for i, c in enumerate(clients) if i != leader)][:5]
+            async with asyncio.timeout(30):
+                assert await asyncio.gather(*(c.select_1() for c in sample)) == [b"1"] * 5
+            assert len(await asyncio.to_thread(role_backends, pg_server, role)) == 5
+        finally:
+            await asyncio.gather(*(c.close() for c in clients))
+
+    asyncio.run(main())
+    assert proxy.alive()
+    log = proxy.log_text()
+    assert "session.waiting_for_login" in log
+    assert "session.login_wait_timed_out" not in log
+
+
+@pytest.fixture
+def silent(pg_server: PgServer, tmp_path: Path) -> Iterator[RunningProxy]:
+    """A fresh proxy whose connection "silent" reaches a server that accepts connections
+    and never answers, with a connect timeout of 1 s."""
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as listener:
+        conn = {
+            "host": "127.0.0.1",
+            "port": listener.getsockname()[1],
+            "database": "nothing",
+            "user": "nobody",
+            "connect_timeout_seconds": 1,
+        }
+        with run_proxy(write_config(tmp_path, pg_server, connections={"silent": conn})) as proxy:
+            yield proxy
+
+
+def test_clients_waiting_for_a_login_that_hangs_give_up_after_the_connect_timeout(silent: RunningProxy) -> None:
+    async def one() -> str:
+        with pytest.raises(psycopg.OperationalError) as err:
+            await psycopg.AsyncConnection.connect(silent.dsn(dbname="silent"))
+        return str(err.value)
+
+    async def main() -> list[str]:
+        async with asyncio.timeout(8):  # 1 s waiting at most, then 1 s for a login of its own
+            return await asyncio.gather(*(one() for _ in range(10)))
+
+    for message in asyncio.run(main()):
+        assert 'dbsentry: the upstream of connection "silent" did not complete login within 1s' in message
+    log = silent.log_text()
+    assert "session.waiting_for_login" in log
+    assert "session.login_wait_timed_out" in log
+    assert silent.alive()
 
 
 # ---------------------------------------------------------------------------------------

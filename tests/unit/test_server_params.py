@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from dbsentry.session.server_params import (
     MAX_SETTINGS,
     ServerParams,
@@ -129,3 +132,91 @@ def test_remembered_settings_are_bounded() -> None:
         cache.learn("app", [("search_path", f"s{i}")], SERVER, "I")
     assert told(cache, [("search_path", "s0")]) is None  # the oldest went first
     assert told(cache, [("search_path", f"s{MAX_SETTINGS + 9}")]) == SERVER
+
+
+# ---------------------------------------------------------------------------------------
+# single flight: the logins under way that will teach a greeting
+
+
+def test_the_first_client_of_a_key_logs_in_and_the_others_wait_for_it() -> None:
+    cache = ServerParams()
+    key = cache.login_key("app", [])
+    assert cache.join_login(key, 1) is None  # none in flight: this one is
+    assert cache.join_login(key, 2) == key
+    assert cache.join_login(key, 3) == key
+    assert cache.logins_in_flight() == 1
+    assert cache.login_ended(key) == (2, 3)  # in the order they came
+    assert cache.logins_in_flight() == 0
+    assert cache.login_ended(key) == ()
+    # The next client without a greeting starts a login of its own again.
+    assert cache.join_login(key, 4) is None
+
+
+def test_a_waiting_client_can_leave() -> None:
+    cache = ServerParams()
+    key = cache.login_key("app", [])
+    cache.join_login(key, 1)
+    cache.join_login(key, 2)
+    cache.join_login(key, 3)
+    cache.leave_login(key, 2)
+    cache.leave_login(key, 99)  # not waiting: nothing happens
+    assert cache.login_ended(key) == (3,)
+    cache.leave_login(key, 3)  # the login is over: nothing happens
+    assert cache.logins_in_flight() == 0
+
+
+def test_logins_are_keyed_like_greetings() -> None:
+    key = ServerParams.login_key
+    # A printable application_name is the client's own: it shares the login of the others.
+    assert key("app", [("application_name", "a")]) == key("app", [("application_name", "b")])
+    # ... but not with clients that set none (their greeting needs the default).
+    assert key("app", [("application_name", "a")]) != key("app", [])
+    # An escaped one is a setting like any other.
+    assert key("app", [("application_name", "caf\u00e9")]) != key("app", [("application_name", "a")])
+    assert key("app", [("client_encoding", "latin1")]) != key("app", [])
+    assert key("app", [("client_encoding", "utf8"), ("client_encoding", "latin1")]) == key(
+        "app", [("client_encoding", "latin1")]
+    )
+    assert key("app", []) != key("other", [])
+    cache = ServerParams()
+    assert cache.join_login(key("app", []), 1) is None
+    assert cache.join_login(key("app", [("client_encoding", "latin1")]), 2) is None  # a login of its own
+    assert cache.join_login(key("other", []), 3) is None
+
+
+def test_a_login_without_application_name_is_waited_for_by_the_clients_that_set_one() -> None:
+    cache = ServerParams()
+    plain, named = cache.login_key("app", []), cache.login_key("app", [("application_name", "a")])
+    assert cache.join_login(plain, 1) is None
+    # It teaches the default application_name, so the greeting of a client with its own.
+    assert cache.join_login(named, 2) == plain
+    assert cache.login_ended(plain) == (2,)
+    # The other way round, it would not: a client that sets none needs the default.
+    assert cache.join_login(named, 3) is None
+    assert cache.join_login(plain, 4) is None
+    assert cache.join_login(named, 5) == named
+    cache.learn("app", [], SERVER, "I")
+    assert cache.greeting("app", [("application_name", "a")]) is not None
+
+
+_NAMES = st.sampled_from(["application_name", "client_encoding", "datestyle", "search_path"])
+_VALUES = st.sampled_from(["a", "b", "latin1", "caf\u00e9"])
+_REPORTED_AS = {"application_name": "application_name", "client_encoding": "client_encoding", "datestyle": "DateStyle"}
+
+
+@given(first=st.lists(st.tuples(_NAMES, _VALUES), max_size=4), app=st.sampled_from(["x", "y"]), known=st.booleans())
+def test_a_successful_login_teaches_the_greeting_of_every_client_that_waited_for_it(
+    first: list[tuple[str, str]], app: str, known: bool
+) -> None:
+    # A later client with the same key: the same settings, but maybe its own application_name.
+    later = [(n, app if n == "application_name" and reported_as_given(n, v) else v) for n, v in first]
+    assert ServerParams.login_key("app", later) == ServerParams.login_key("app", first)
+    cache = ServerParams()
+    if known:
+        cache.learn("app", [], SERVER, "I")
+    reported = dict(SERVER)
+    for name, value in dict(first).items():
+        if name in _REPORTED_AS:
+            reported[_REPORTED_AS[name]] = value if name == "application_name" else value.upper()
+    cache.learn("app", first, reported, "I")
+    assert cache.greeting("app", later) is not None

@@ -148,7 +148,18 @@ class ClientConnection(asyncio.Protocol):
     """One client socket and, once it needs one, its upstream socket."""
 
     # Thousands may idle at once: no instance dict, and nothing created before it is needed.
-    __slots__ = ("_gate", "_grants_for", "_timer", "address", "closed", "proxy", "session", "transport", "upstream")
+    __slots__ = (
+        "_gate",
+        "_grants_for",
+        "_timer",
+        "_wait",
+        "address",
+        "closed",
+        "proxy",
+        "session",
+        "transport",
+        "upstream",
+    )
 
     def __init__(self, proxy: ProxyServer) -> None:
         self.proxy = proxy
@@ -157,6 +168,7 @@ class ClientConnection(asyncio.Protocol):
         self.closed = False
         self.address = "?"
         self._timer: asyncio.TimerHandle | None = None
+        self._wait: asyncio.TimerHandle | None = None  # waiting for another session's login
         self._gate: deque[_GateEntry] = _NO_GATE
         self._grants_for: str | None = None
         self.session: Session
@@ -192,6 +204,9 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._wait is not None:
+            self._wait.cancel()
+            self._wait = None
         self.closed = True
         self.proxy.sessions.pop(self.session.proxy_pid, None)
         if self._grants_for is not None and self.proxy.approvals is not None:
@@ -246,6 +261,9 @@ class ClientConnection(asyncio.Protocol):
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
+            if self._wait is not None:
+                self._wait.cancel()
+                self._wait = None
         elif t is c.Audit:
             assert isinstance(cmd, c.Audit)
             self._audit_nowait(cmd)
@@ -265,6 +283,16 @@ class ClientConnection(asyncio.Protocol):
                 target.cancel_upstream()
             else:
                 log.info("cancel request with an unknown key ignored", extra={"fields": {"client": self.address}})
+        elif t is c.WaitForLogin:
+            assert isinstance(cmd, c.WaitForLogin)
+            self._wait = asyncio.get_running_loop().call_later(cmd.seconds, self._login_wait_timed_out)
+        elif t is c.WakeWaiting:
+            assert isinstance(cmd, c.WakeWaiting)
+            sessions = self.proxy.sessions
+            for pid in cmd.sessions:
+                waiting = sessions.get(pid)
+                if waiting is not None:
+                    waiting.run(waiting.session.waited_login_ended())
 
     # ------------------------------------------------------------------ audit
 
@@ -451,6 +479,10 @@ class ClientConnection(asyncio.Protocol):
 
     def _startup_timeout(self) -> None:
         self.run(self.session.startup_timeout())
+
+    def _login_wait_timed_out(self) -> None:
+        self._wait = None
+        self.run(self.session.login_wait_timed_out())
 
     def cancel_upstream(self) -> None:
         for entry in self._gate:

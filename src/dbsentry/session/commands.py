@@ -51,6 +51,26 @@ class OpenUpstream:
 
 
 @dataclass(slots=True)
+class WaitForLogin:
+    """Another session's upstream login will tell how to greet this client: it waits.
+
+    Call ``Session.login_wait_timed_out`` after ``seconds`` unless the client is logged in
+    (``LoginComplete``) or gone by then.  Sent once per session.
+    """
+
+    connection: str
+    seconds: float
+
+
+@dataclass(slots=True)
+class WakeWaiting:
+    """This session's upstream login ended (in success or failure): call
+    ``Session.waited_login_ended`` of each session that waited for it (proxy backend pids)."""
+
+    sessions: tuple[int, ...]
+
+
+@dataclass(slots=True)
 class CancelUpstream:
     """Send a CancelRequest for this session's upstream backend (with its real key)."""
 
@@ -131,6 +151,8 @@ Command = (
     | VerifyPassword
     | LoginComplete
     | OpenUpstream
+    | WaitForLogin
+    | WakeWaiting
     | CancelUpstream
     | ForwardCancel
     | CloseClient

@@ -17,6 +17,15 @@ are known (:mod:`dbsentry.session.server_params`), the client is logged in witho
       --upstream ready--> READY
 
 A GREETED session answers Sync itself and ends on Terminate without any upstream.
+
+While they are not known for a client's startup settings, one session logs in upstream
+for every client with those settings (single flight, see ``ServerParams.join_login``);
+the others wait for its login to end, then are greeted from what it taught, or (it
+failed) log in upstream themselves; at most ``connect_timeout_seconds``::
+
+    VERIFYING --another session's login will tell--> WAITING --it ended--> GREETED
+                                                       |   (or CONNECTING, or WAITING again)
+                                                       +--connect_timeout_seconds--> CONNECTING
 """
 
 from __future__ import annotations
@@ -39,7 +48,13 @@ from dbsentry.session import commands as c
 from dbsentry.session.auditing import SessionAudit
 from dbsentry.session.governance import Check, Governor, denial_message
 from dbsentry.session.masking import MaskingService, SessionMasking, StatementPlan, looks_masked
-from dbsentry.session.server_params import Greeting, ServerParams, Setting, given_application_name
+from dbsentry.session.server_params import (
+    Greeting,
+    LoginKey,
+    ServerParams,
+    Setting,
+    given_application_name,
+)
 from dbsentry.session.upstream import UpstreamReady
 from dbsentry.sql.facts import StatementFacts
 from dbsentry.wire.pg import codec
@@ -66,6 +81,7 @@ class State(Enum):
     AUTH = "auth"
     VERIFYING = "verifying"
     CONNECTING = "connecting"
+    WAITING = "waiting"  # identity verified; waits for another session's upstream login
     GREETED = "greeted"  # logged in from known server parameters, no upstream yet
     OPENING = "opening"  # logged in, the upstream is being opened for its first statement
     READY = "ready"
@@ -300,6 +316,8 @@ class Session:
     # Known server parameters per connection, for greeting clients without an upstream.
     server_params: ServerParams | None = None
     _told: Greeting | None = None  # what a lazily greeted client was told
+    # The login key this session logs in upstream for (CONNECTING) or waits for (WAITING).
+    _flight: LoginKey | None = None
 
     def __post_init__(self) -> None:
         self._client_frames = codec.FrameSplitter(MAX_AUTH_MESSAGE)
@@ -313,8 +331,10 @@ class Session:
         return self.config.connections.get(self.connection_name)
 
     def _fail(self, sqlstate: str, message: str, hint: str | None = None, **log: object) -> list[c.Command]:
+        flight = self._leave_flight()
         self.state = State.CLOSED
         return [
+            *flight,
             *self._closing(message),
             c.Log(logging.INFO, "session.refused", {"sqlstate": sqlstate, "reason": message, **log}),
             c.SendClient(fatal(sqlstate, message, hint)),
@@ -470,12 +490,69 @@ class Session:
                 {"identity": identity.name, "kind": identity.kind, "connection": self.connection_name},
             )
         ]
-        greeting = self._known_greeting()
-        if greeting is not None:
-            return out + self._greet_without_upstream(greeting)
+        return out + self._log_in(wait=True)
+
+    def _log_in(self, wait: bool) -> list[c.Command]:
+        """Greet the client from what is known of the server, or wait for another session's
+        login that will tell (when ``wait``), or log in upstream."""
+        name = self.connection_name
+        assert name is not None
+        cache = self.server_params
+        settings = self._startup_settings() if cache is not None and self.config.lazy_upstream(name) else None
+        if cache is not None and settings is not None:
+            greeting = cache.greeting(name, settings)
+            if greeting is not None:
+                return self._greet_without_upstream(greeting)
+            if wait:
+                key = cache.login_key(name, settings)
+                joined = cache.join_login(key, self.proxy_pid)
+                self._flight = joined or key
+                if joined is not None:
+                    return self._wait_for_login()
+                # No greeting is known and no login is under way to learn it: this one is,
+                # and the clients with the same settings wait for it.
         self.state = State.CONNECTING
-        out.append(c.OpenUpstream(self.connection_name, self._upstream_startup()))
+        return [c.OpenUpstream(name, self._upstream_startup())]
+
+    def _wait_for_login(self) -> list[c.Command]:
+        out: list[c.Command] = [c.Log(logging.DEBUG, "session.waiting_for_login", {"connection": self.connection_name})]
+        if self.state is not State.WAITING:
+            # Once per session: waking to wait for another login keeps the first deadline.
+            conn = self.connection
+            assert conn is not None and self.connection_name is not None
+            out.append(c.WaitForLogin(self.connection_name, conn.connect_timeout_seconds))
+        self.state = State.WAITING
         return out
+
+    def waited_login_ended(self) -> list[c.Command]:
+        """The login this session waited for ended (:class:`~dbsentry.session.commands.WakeWaiting`):
+        greet the client from what it taught; else (it failed) log in upstream, or wait
+        again when another woken session already does."""
+        if self.state is not State.WAITING:
+            return []
+        self._flight = None  # it left the registry with the login that ended
+        return self._log_in(wait=True)
+
+    def login_wait_timed_out(self) -> list[c.Command]:
+        """Waited ``connect_timeout_seconds`` for another session's login: log in upstream."""
+        if self.state is not State.WAITING:
+            return []
+        out = self._leave_flight()
+        out.append(c.Log(logging.INFO, "session.login_wait_timed_out", {"connection": self.connection_name}))
+        return out + self._log_in(wait=False)
+
+    def _leave_flight(self) -> list[c.Command]:
+        """Out of the single flight of logins (before the state changes): a waiting session
+        stops waiting; the session that logged in for others wakes them."""
+        key, cache = self._flight, self.server_params
+        if key is None or cache is None:
+            return []
+        self._flight = None
+        if self.state is State.WAITING:
+            cache.leave_login(key, self.proxy_pid)
+            return []
+        waiting = cache.login_ended(key)
+        return [c.WakeWaiting(waiting)] if waiting else []
 
     def _role_switch_requested(self) -> str | None:
         """A startup parameter or ``-c`` option that would change the upstream role."""
@@ -519,14 +596,6 @@ class Session:
                 continue
             out.append((k.lower(), v))
         return out
-
-    def _known_greeting(self) -> Greeting | None:
-        """How to greet the client without an upstream, when lazy and the server is known."""
-        cache, name = self.server_params, self.connection_name
-        if cache is None or name is None or not self.config.lazy_upstream(name):
-            return None
-        settings = self._startup_settings()
-        return None if settings is None else cache.greeting(name, settings)
 
     def _logged_in(self, application_name: str | None) -> list[c.Command]:
         """The client is logged in (with or without an upstream yet): audit it, and take
@@ -628,6 +697,8 @@ class Session:
             settings = self._startup_settings()
             if settings is not None:
                 self.server_params.learn(self.connection_name, settings, ready.params, ready.status)
+        # The clients that waited for this login can be greeted from what it taught now.
+        out.extend(self._leave_flight())
         self.upstream_params = dict(ready.params)
         self.txn_status = ready.status
         self._upstream_frames = codec.FrameSplitter(self.config.limits.max_message_bytes)
@@ -1163,8 +1234,9 @@ class Session:
     def client_closed(self) -> list[c.Command]:
         # Busy: a query may be running (a Flush without Sync leaves no ReadyForQuery owed).
         was_busy = self.state is State.READY and (self.pending_syncs > 0 or self._busy)
-        self.state = State.CLOSED
         out: list[c.Command] = [c.Log(logging.DEBUG, "session.client_closed", {"busy": was_busy})]
+        out.extend(self._leave_flight())
+        self.state = State.CLOSED
         out.extend(self._closing("client disconnected while a statement was running" if was_busy else "client disconnected"))
         if was_busy:
             # PostgreSQL would only notice the vanished client when it next writes; a
@@ -1176,8 +1248,9 @@ class Session:
     def upstream_closed(self) -> list[c.Command]:
         if self.state is State.CLOSED:
             return []
-        self.state = State.CLOSED
         out: list[c.Command] = [c.Log(logging.INFO, "session.upstream_closed", {"connection": self.connection_name})]
+        out.extend(self._leave_flight())
+        self.state = State.CLOSED
         out.extend(self._closing("upstream closed the connection"))
         if not self._upstream_fatal:
             out.append(c.SendClient(fatal("08006", "dbsentry: the upstream server closed the connection unexpectedly")))

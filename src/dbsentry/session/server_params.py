@@ -18,6 +18,11 @@ else (a setting never seen, a default not known yet, an ``options`` switch other
 teaches the cache.  Should the server report something else when the upstream is opened
 after all (an upgrade, a failover), the session forwards the differences then.
 
+Single flight: while such a login is under way, the clients that would be greeted once it
+completes (same connection, same settings but for a printable ``application_name``) wait
+for it rather than each logging in upstream too (:meth:`ServerParams.join_login`), so a
+burst of clients right after the proxy starts opens one backend, not one each.
+
 Pure bookkeeping: no I/O, shared by the sessions of one proxy process.
 """
 
@@ -80,13 +85,30 @@ class _Known:
     greetings: dict[tuple[tuple[Setting, ...], bool], Greeting] = field(default_factory=dict)
 
 
-class ServerParams:
-    """Per connection name: the server's ParameterStatus values and startup settings seen."""
+# What a login is learned for: the connection, the final settings but a printable
+# application_name, and whether one was set (the greetings it makes known).
+LoginKey = tuple[str, tuple[Setting, ...], bool]
 
-    __slots__ = ("_known",)
+
+def _greeting_key(settings: Iterable[Setting]) -> tuple[tuple[Setting, ...], bool]:
+    final = dict(settings)  # the server applies them in order: the last one counts
+    app = final.get("application_name")
+    own_app = app is not None and reported_as_given("application_name", app)
+    if own_app:
+        del final["application_name"]
+    return tuple(final.items()), own_app
+
+
+class ServerParams:
+    """Per connection name: the server's ParameterStatus values and startup settings seen,
+    and the logins under way that will teach more."""
+
+    __slots__ = ("_known", "_logins")
 
     def __init__(self) -> None:
         self._known: dict[str, _Known] = {}
+        # Logins in flight -> the sessions (proxy backend pids) waiting for them, in order.
+        self._logins: dict[LoginKey, dict[int, None]] = {}
 
     def known(self, connection: str) -> bool:
         return connection in self._known
@@ -132,15 +154,10 @@ class ServerParams:
         known = self._known.get(connection)
         if known is None:
             return None
-        final = dict(settings)
-        app = final.get("application_name")
-        own_app = app is not None and reported_as_given("application_name", app)
-        if own_app:
-            del final["application_name"]
-        key = (tuple(final.items()), own_app)
+        key = _greeting_key(settings)
         greeting = known.greetings.get(key)
         if greeting is None:
-            greeting = self._greeting(known, key[0], own_app)
+            greeting = self._greeting(known, *key)
             if greeting is None:
                 return None
             if len(known.greetings) >= MAX_GREETINGS:
@@ -171,3 +188,45 @@ class ServerParams:
                 got = ""  # the session's own name replaces it
             out.append((shown, got))
         return Greeting(tuple(out), known.status)
+
+    # ------------------------------------------------------------------ logins in flight
+
+    @staticmethod
+    def login_key(connection: str, settings: Iterable[Setting]) -> LoginKey:
+        """What a login with these settings teaches: the greeting of every client of
+        ``connection`` with the same key (see :meth:`join_login`)."""
+        final, own_app = _greeting_key(settings)
+        return connection, final, own_app
+
+    def join_login(self, key: LoginKey, waiter: int) -> LoginKey | None:
+        """A client of ``key`` has no greeting yet.  When another session's login that will
+        teach it is in flight, ``waiter`` is to be woken when it ends (:meth:`login_ended`):
+        that login's key.  Otherwise None: the caller's own login is the one for ``key``
+        from now on, until it ends."""
+        waiting = self._logins.get(key)
+        if waiting is None and key[2]:
+            # A login that sets no application_name teaches its default too, so the
+            # greeting of the clients that set one.
+            joined = (key[0], key[1], False)
+            waiting = self._logins.get(joined)
+        else:
+            joined = key
+        if waiting is None:
+            self._logins[key] = {}
+            return None
+        waiting[waiter] = None
+        return joined
+
+    def leave_login(self, key: LoginKey, waiter: int) -> None:
+        """``waiter`` no longer waits (it left, or gave up waiting)."""
+        waiting = self._logins.get(key)
+        if waiting is not None:
+            waiting.pop(waiter, None)
+
+    def login_ended(self, key: LoginKey) -> tuple[int, ...]:
+        """The login in flight for ``key`` ended, whether it taught the greeting or failed:
+        the sessions that waited for it, in the order they came."""
+        return tuple(self._logins.pop(key, ()))
+
+    def logins_in_flight(self) -> int:
+        return len(self._logins)
