@@ -22,8 +22,6 @@ REPO = Path(__file__).resolve().parents[2]
 TARGETS = ("direct", "pgbouncer", "passthrough", "governed")
 WORKLOADS = ("select", "tpcb", "rows100", "export", "connect", "idle")
 DBSENTRY = ("passthrough", "governed")
-# Until dbsentry opens the upstream connection lazily (at the first query), every idle client
-# holds a PostgreSQL connection, and the benchmark's connection-limited role runs out.
 
 
 def _binary(name: str) -> str | None:
