@@ -21,7 +21,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 REPO = Path(__file__).resolve().parents[2]
 TARGETS = ("direct", "pgbouncer", "passthrough", "governed")
 WORKLOADS = ("select", "tpcb", "rows100", "export", "connect", "idle")
-DBSENTRY = ("passthrough", "governed")
 
 
 def _binary(name: str) -> str | None:
