@@ -190,7 +190,8 @@ class AuditWriter:
         # Records appended on an event loop, handed to the writer thread once per loop
         # iteration: one lock and one wake-up for all the statements of an iteration.
         self._batches: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
-        self._queued_since = time.monotonic()  # (async) the oldest queued record is younger
+        self._queued_since = time.monotonic()  # the oldest queued record is younger
+        self._urgent = False  # somebody waits for a queued record: commit without lingering
 
     # --- the asyncio side --------------------------------------------------------------------
 
@@ -240,6 +241,7 @@ class AuditWriter:
             if len(self._queue) >= self._max_queue:
                 raise self._unavailable(record)
             self._queue.append(_Item(record, future=fut))
+            self._urgent = True
             self._cond.notify()
         try:
             async with asyncio.timeout(self._sync_timeout):
@@ -354,10 +356,12 @@ class AuditWriter:
                     refused.append(waiter)
                 else:
                     self._queue.append(item)
+                    self._urgent = True
             if refused:
                 err = self._unavailable()
-            if self.durability != "async" or len(self._queue) >= self._max_batch:
-                self._cond.notify()  # async: the writer wakes by itself every async_flush_ms
+            if self._urgent or len(self._queue) >= self._max_batch:
+                # Otherwise (completions, async) the writer looks by itself every async_flush_ms.
+                self._cond.notify()
         for waiter in dict.fromkeys(refused):
             waiter.set_exception(err)
 
@@ -384,6 +388,7 @@ class AuditWriter:
         """Block until everything queued so far is committed; False on timeout or outage."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
+            self._urgent = True
             self._cond.notify()
             while self._queue or self._retained or self._inflight:
                 if not self._healthy and not self._inflight and not self._queue:
@@ -422,32 +427,34 @@ class AuditWriter:
     # --- the writer thread ------------------------------------------------------------------
 
     def _take_batch(self) -> list[_Item] | None:
-        """Wait for work; return the next batch (may be empty: checkpoint due), None to stop."""
+        """Wait for work; return the next batch (may be empty: checkpoint due), None to stop.
+
+        A batch goes as soon as someone waits for one of its records (sync and write
+        durability); records nobody waits for (completions, everything in async) linger
+        to share a commit, but never longer than ``async_flush_ms``.
+        """
         with self._cond:
             while True:
                 if not self._healthy:
                     return []  # retry path
                 if self._queue:
-                    break
-                if self._closing:
-                    return None
-                wait = self._checkpoint_wait()
-                if self.durability == "async":
-                    wait = min(wait, self._flush_s)  # records arrive without a wake-up
-                self._cond.wait(wait)
-                if not self._queue and self._checkpoint_due():
-                    return []
-            if self.durability == "async" and not self._closing:
-                # Linger to batch more, but never past the flush interval.
-                deadline = self._queued_since + self._flush_s
-                while len(self._queue) < self._max_batch and not self._closing:
-                    remaining = deadline - time.monotonic()
+                    if self._urgent or self._closing or len(self._queue) >= self._max_batch:
+                        break
+                    remaining = self._queued_since + self._flush_s - time.monotonic()
                     if remaining <= 0:
                         break
                     self._cond.wait(remaining)
+                    continue
+                if self._closing:
+                    return None
+                # Records may arrive without a wake-up: look again every async_flush_ms.
+                self._cond.wait(min(self._checkpoint_wait(), self._flush_s))
+                if not self._queue and self._checkpoint_due():
+                    return []
             n = min(len(self._queue), self._max_batch)
             batch = [self._queue.popleft() for _ in range(n)]
             self._queued_since = time.monotonic()
+            self._urgent = any(i.future is not None for i in self._queue)
             self._inflight = n
             return batch
 
