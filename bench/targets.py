@@ -17,7 +17,6 @@ PostgreSQL leg stays plaintext).
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import os
 import pwd
@@ -142,43 +141,11 @@ def check_target(t: Target) -> None:
 
 
 def write_self_signed(directory: Path) -> tuple[Path, Path]:
-    import ipaddress
+    from dbsentry.server.tls import write_self_signed as generate
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
     cert_path, key_path = directory / "bench.crt", directory / "bench.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    cert_path.chmod(0o644)
-    key_path.chmod(0o600)
+    generate(cert_path, key_path, "localhost", days=2)
+    cert_path.chmod(0o644)  # PgBouncer may run as another user
     return cert_path, key_path
 
 

@@ -248,11 +248,7 @@ class AuditWriter:
                 return await fut
         except TimeoutError:
             with self._cond:
-                if self._healthy:
-                    self._healthy = False
-                    self._last_error = f"no commit within {self._sync_timeout:g}s"
-                    self._outage_start = time.time()
-                    log.error("audit store stalled: %s", self._last_error)
+                self._stalled()
                 self.stats.refused += 1
                 self._refused_in_outage += 1
             raise AuditUnavailable(f"audit store unavailable: {self._last_error}") from None
@@ -301,11 +297,7 @@ class AuditWriter:
             return
         if time.monotonic() - tickets[0].submitted >= self._sync_timeout:
             with self._cond:
-                if self._healthy:
-                    self._healthy = False
-                    self._last_error = f"no commit within {self._sync_timeout:g}s"
-                    self._outage_start = time.time()
-                    log.error("audit store stalled: %s", self._last_error)
+                self._stalled()
                 err = AuditUnavailable(f"audit store unavailable: {self._last_error}")
                 stalled = [t for t in tickets if not t.done()]
                 tickets.clear()
@@ -315,6 +307,15 @@ class AuditWriter:
                 ticket.set_exception(err)
             return
         self._watchdog = loop.call_later(min(self._sync_timeout, 0.5), self._watch, loop)
+
+    def _stalled(self) -> None:
+        """A commit takes longer than ``sync_timeout``: refuse statements until it recovers
+        (call with the lock held)."""
+        if self._healthy:
+            self._healthy = False
+            self._last_error = f"no commit within {self._sync_timeout:g}s"
+            self._outage_start = time.time()
+            log.error("audit store stalled: %s", self._last_error)
 
     def append_soon(self, record: Record) -> None:
         """``append_nowait`` for code running on an event loop (the proxy's sessions): the

@@ -26,8 +26,14 @@ def ensure_certificate(config: Config) -> tuple[Path, Path]:
     if cert_path.exists() and key_path.exists():
         return cert_path, key_path
     tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_self_signed(cert_path, key_path, "dbsentry", days=825)
+    return cert_path, key_path
+
+
+def write_self_signed(cert_path: Path, key_path: Path, common_name: str, *, days: int) -> None:
+    """A self-signed EC P-256 certificate for localhost and 127.0.0.1; the key mode 0600."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dbsentry")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
@@ -36,7 +42,7 @@ def ensure_certificate(config: Config) -> tuple[Path, Path]:
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=825))
+        .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(
             x509.SubjectAlternativeName(
                 [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
@@ -53,7 +59,6 @@ def ensure_certificate(config: Config) -> tuple[Path, Path]:
             )
         )
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return cert_path, key_path
 
 
 def server_context(config: Config) -> ssl.SSLContext:
