@@ -191,7 +191,9 @@ class AuditWriter:
         # iteration: one lock and one wake-up for all the statements of an iteration.
         self._batches: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
         self._queued_since = time.monotonic()  # the oldest queued record is younger
-        self._urgent = False  # somebody waits for a queued record: commit without lingering
+        # Commit without lingering: somebody waits for a queued record, or (sync and write
+        # durability) every record is to be searchable at once.
+        self._urgent = False
 
     # --- the asyncio side --------------------------------------------------------------------
 
@@ -360,8 +362,10 @@ class AuditWriter:
                     self._urgent = True
             if refused:
                 err = self._unavailable()
+            if self._queue and self.durability != "async":
+                self._urgent = True  # a denied statement shows up in search at once
             if self._urgent or len(self._queue) >= self._max_batch:
-                # Otherwise (completions, async) the writer looks by itself every async_flush_ms.
+                # Otherwise (async) the writer looks by itself every async_flush_ms.
                 self._cond.notify()
         for waiter in dict.fromkeys(refused):
             waiter.set_exception(err)
@@ -383,6 +387,8 @@ class AuditWriter:
                 raise self._unavailable()
             target = self._queue if self._healthy else self._retained
             target.append(_Item(record))
+            if self.durability != "async":
+                self._urgent = True
             self._cond.notify()
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -430,8 +436,8 @@ class AuditWriter:
     def _take_batch(self) -> list[_Item] | None:
         """Wait for work; return the next batch (may be empty: checkpoint due), None to stop.
 
-        A batch goes as soon as someone waits for one of its records (sync and write
-        durability); records nobody waits for (completions, everything in async) linger
+        With sync and write durability a batch goes at once (a statement waits for it, and
+        records are searchable as soon as they exist); in async durability records linger
         to share a commit, but never longer than ``async_flush_ms``.
         """
         with self._cond:
@@ -455,7 +461,9 @@ class AuditWriter:
             n = min(len(self._queue), self._max_batch)
             batch = [self._queue.popleft() for _ in range(n)]
             self._queued_since = time.monotonic()
-            self._urgent = any(i.future is not None for i in self._queue)
+            self._urgent = bool(self._queue) and (
+                self.durability != "async" or any(i.future is not None for i in self._queue)
+            )
             self._inflight = n
             return batch
 
