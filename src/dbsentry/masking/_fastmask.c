@@ -299,10 +299,13 @@ finish(Out *out, int changed, Py_ssize_t count, Py_ssize_t pos)
 
 /* ------------------------------------------------------------------ DataRow */
 
-/* What an OP_CALL column becomes: the masker's result as a field (length and
-   bytes, or NULL), from the cache when the value was seen.  New reference. */
+/* An OP_CALL column: the masker's result (None or bytes) encoded by `encode`,
+   from the column's cache when the value was seen, and remembered there while
+   it has room.  New reference, or NULL with an exception set. */
+typedef PyObject *(*Encoder)(PyObject *res, const void *ctx);
+
 static PyObject *
-call_row_masker(const Op *op, const unsigned char *v, Py_ssize_t n)
+call_masker(const Op *op, const unsigned char *v, Py_ssize_t n, Encoder encode, const void *ctx)
 {
     PyObject *raw = PyBytes_FromStringAndSize((const char *)v, n);
     if (raw == NULL)
@@ -331,22 +334,8 @@ call_row_masker(const Op *op, const unsigned char *v, Py_ssize_t n)
         Py_DECREF(raw);
         return NULL;
     }
-    if (res == Py_None) {
-        enc = PyBytes_FromStringAndSize("\xff\xff\xff\xff", 4);
-    }
-    else if (PyBytes_Check(res)) {
-        Py_ssize_t rl = PyBytes_GET_SIZE(res);
-        if (rl > INT32_MAX - 4) {
-            protocol_error("masked value is too long");
-        }
-        else {
-            enc = PyBytes_FromStringAndSize(NULL, rl + 4);
-            if (enc != NULL) {
-                unsigned char *e = (unsigned char *)PyBytes_AS_STRING(enc);
-                set_be32(e, (uint32_t)rl);
-                memcpy(e + 4, PyBytes_AS_STRING(res), (size_t)rl);
-            }
-        }
+    if (res == Py_None || PyBytes_Check(res)) {
+        enc = encode(res, ctx);
     }
     else {
         PyErr_SetString(PyExc_TypeError, "a masker must return bytes or None");
@@ -358,6 +347,27 @@ call_row_masker(const Op *op, const unsigned char *v, Py_ssize_t n)
         }
     }
     Py_DECREF(raw);
+    return enc;
+}
+
+/* A DataRow field: length and bytes, or the NULL length. */
+static PyObject *
+encode_row_field(PyObject *res, const void *ctx)
+{
+    (void)ctx;
+    if (res == Py_None)
+        return PyBytes_FromStringAndSize("\xff\xff\xff\xff", 4);
+    Py_ssize_t rl = PyBytes_GET_SIZE(res);
+    if (rl > INT32_MAX - 4) {
+        protocol_error("masked value is too long");
+        return NULL;
+    }
+    PyObject *enc = PyBytes_FromStringAndSize(NULL, rl + 4);
+    if (enc != NULL) {
+        unsigned char *e = (unsigned char *)PyBytes_AS_STRING(enc);
+        set_be32(e, (uint32_t)rl);
+        memcpy(e + 4, PyBytes_AS_STRING(res), (size_t)rl);
+    }
     return enc;
 }
 
@@ -471,7 +481,7 @@ mask_data_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 break;
             }
             default: { /* OP_CALL */
-                PyObject *enc = call_row_masker(op, b + vs, ln);
+                PyObject *enc = call_masker(op, b + vs, ln, encode_row_field, NULL);
                 if (enc == NULL)
                     goto error;
                 int r = out_put(&out, (const unsigned char *)PyBytes_AS_STRING(enc),
@@ -554,60 +564,25 @@ put_escaped(Out *o, const unsigned char *s, Py_ssize_t n, unsigned char delim)
     return 0;
 }
 
-/* An OP_CALL column of a COPY line: the masker's result as escaped text (or
-   the NULL string), from the cache when the value was seen.  New reference. */
+/* A COPY text field: the value escaped for the delimiter, or the NULL string. */
+typedef struct {
+    PyObject *null;
+    unsigned char delim;
+} CopyText;
+
 static PyObject *
-call_copy_masker(const Op *op, const unsigned char *v, Py_ssize_t n, PyObject *null,
-                 unsigned char delim)
+encode_copy_field(PyObject *res, const void *ctx)
 {
-    PyObject *raw = PyBytes_FromStringAndSize((const char *)v, n);
-    if (raw == NULL)
-        return NULL;
+    const CopyText *c = (const CopyText *)ctx;
+    if (res == Py_None)
+        return Py_NewRef(c->null);
+    Out tmp = {NULL, 0, 0};
     PyObject *enc = NULL;
-    if (op->cache != NULL) {
-        enc = PyDict_GetItemWithError(op->cache, raw);
-        if (enc != NULL) {
-            if (!PyBytes_Check(enc)) {
-                PyErr_SetString(PyExc_TypeError, "masking cache holds a non-bytes value");
-                enc = NULL;
-            }
-            else {
-                Py_INCREF(enc);
-            }
-            Py_DECREF(raw);
-            return enc;
-        }
-        if (PyErr_Occurred()) {
-            Py_DECREF(raw);
-            return NULL;
-        }
-    }
-    PyObject *res = PyObject_CallOneArg(op->fn, raw);
-    if (res == NULL) {
-        Py_DECREF(raw);
-        return NULL;
-    }
-    if (res == Py_None) {
-        enc = Py_NewRef(null);
-    }
-    else if (PyBytes_Check(res)) {
-        Out tmp = {NULL, 0, 0};
-        if (put_escaped(&tmp, (const unsigned char *)PyBytes_AS_STRING(res),
-                        PyBytes_GET_SIZE(res), delim) == 0)
-            enc = PyBytes_FromStringAndSize((const char *)(tmp.p ? tmp.p : (unsigned char *)""),
-                                            tmp.len);
-        PyMem_Free(tmp.p);
-    }
-    else {
-        PyErr_SetString(PyExc_TypeError, "a masker must return bytes or None");
-    }
-    Py_DECREF(res);
-    if (enc != NULL && op->cache != NULL && PyDict_GET_SIZE(op->cache) < CACHE_SIZE) {
-        if (PyDict_SetItem(op->cache, raw, enc) < 0) {
-            Py_CLEAR(enc);
-        }
-    }
-    Py_DECREF(raw);
+    if (put_escaped(&tmp, (const unsigned char *)PyBytes_AS_STRING(res), PyBytes_GET_SIZE(res),
+                    c->delim) == 0)
+        enc = PyBytes_FromStringAndSize((const char *)(tmp.p ? tmp.p : (unsigned char *)""),
+                                        tmp.len);
+    PyMem_Free(tmp.p);
     return enc;
 }
 
@@ -645,7 +620,8 @@ copy_field(Out *out, const Op *op, const unsigned char *b, Py_ssize_t fs, Py_ssi
         return 0;
     }
     default: { /* OP_CALL */
-        PyObject *enc = call_copy_masker(op, b + fs, n, null, delim);
+        const CopyText text = {null, delim};
+        PyObject *enc = call_masker(op, b + fs, n, encode_copy_field, &text);
         if (enc == NULL)
             return -1;
         int r = out_put(out, (const unsigned char *)PyBytes_AS_STRING(enc), PyBytes_GET_SIZE(enc));
