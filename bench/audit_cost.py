@@ -45,7 +45,6 @@ import json
 import platform
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -437,18 +436,7 @@ def bench(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, common.raise_interrupt)
-    try:
-        with contextlib.ExitStack() as stack:
-            return bench(args, stack)
-    except BenchError as exc:
-        say(f"error: {exc}")
-        return 2
-    except KeyboardInterrupt:
-        say("interrupted; stopped the proxies")
-        return 130
+    return common.run_main(parse_args(argv), bench)
 
 
 if __name__ == "__main__":

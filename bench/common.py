@@ -8,11 +8,12 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,25 @@ class BenchError(Exception):
 def raise_interrupt(signum: int, frame: Any) -> None:
     """Signal handler: SIGTERM and SIGHUP unwind like Ctrl-C, so that cleanup runs."""
     raise KeyboardInterrupt
+
+
+def run_main(
+    args: Any, bench: Callable[[Any, contextlib.ExitStack], int]
+) -> int:
+    """Run ``bench(args, stack)`` the way every benchmark script does: every process it
+    starts goes on ``stack`` and is stopped on exit, error, Ctrl-C, kill or a closed
+    terminal. Exit status: bench's own, 2 on a setup error, 130 when interrupted."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, raise_interrupt)
+    try:
+        with contextlib.ExitStack() as stack:
+            return bench(args, stack)
+    except BenchError as exc:
+        say(f"error: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        say("interrupted; stopped the proxies")
+        return 130
 
 
 # --------------------------------------------------------------------------------------

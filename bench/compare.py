@@ -47,7 +47,6 @@ import datetime
 import json
 import platform
 import shutil
-import signal
 import sys
 import tempfile
 import textwrap
@@ -76,8 +75,8 @@ from common import (
     git_revision,
     loadavg,
     machine_facts,
-    raise_interrupt,
     raise_nofile_limit,
+    run_main,
     say,
     server_facts,
 )
@@ -710,18 +709,7 @@ def print_report(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, raise_interrupt)  # clean up on Ctrl-C, kill, closed terminal
-    try:
-        with contextlib.ExitStack() as stack:
-            return bench(args, stack)
-    except BenchError as exc:
-        say(f"error: {exc}")
-        return 2
-    except KeyboardInterrupt:
-        say("interrupted; stopped the proxies")
-        return 130
+    return run_main(parse_args(argv), bench)
 
 
 if __name__ == "__main__":
