@@ -24,21 +24,13 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from dbsentry import metrics
-from dbsentry.audit.keys import Checkpoint, Signer
+from dbsentry.audit.keys import Signer
 from dbsentry.audit.records import CompletionRecord, Record, SystemEvent
-from dbsentry.audit.store import EncodedRecord, encode
+from dbsentry.audit.store import AuditStore, EncodedRecord, encode
 
 log = logging.getLogger("dbsentry.audit")
 
 Durability = Literal["sync", "write", "async"]
-
-
-class RecordSink(Protocol):
-    """What the writer needs of its store (an ``AuditStore`` has it)."""
-
-    def append_batch(self, records: Sequence[EncodedRecord], /) -> list[int]: ...
-    def existing_ids(self, ids: Sequence[str], /) -> set[str]: ...
-    def add_checkpoint(self, signer: Signer, kind: str = "periodic", /) -> Checkpoint | None: ...
 
 
 class AuditUnavailable(Exception):
@@ -137,7 +129,7 @@ class AuditWriter:
 
     def __init__(
         self,
-        store: RecordSink,
+        store: AuditStore,
         durability: Durability = "sync",
         *,
         signer: Signer | None = None,
