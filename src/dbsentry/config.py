@@ -8,6 +8,8 @@ parts of dbsentry rely on.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -99,6 +101,106 @@ class IdentityConfig(_Model):
     failure_window_seconds: int = Field(default=60, ge=1)
 
 
+#: The environment names a connection may carry without a policy declaring them.
+KNOWN_ENVIRONMENTS: tuple[str, ...] = ("production", "staging", "development", "test")
+_TIMEOUT = re.compile(r"^[0-9]+(us|ms|s|min|h|d)?$")
+
+
+class GuardLimits(_Model):
+    """Limits on what one statement may change (the blast radius); unset fields inherit."""
+
+    max_rows_changed: int | None = Field(default=None, ge=0, description="rows updated or deleted by one statement")
+    max_fraction_changed: float | None = Field(
+        default=None, gt=0, le=1, description="share of a table's rows one statement may update or delete"
+    )
+
+
+class ConnectionGuardrails(GuardLimits):
+    """A connection's own limits: over ``guardrails``, by identity kind and by group."""
+
+    kinds: dict[Literal["human", "agent"], GuardLimits] = Field(default_factory=dict)
+    groups: dict[str, GuardLimits] = Field(default_factory=dict)
+
+
+class GuardrailsConfig(ConnectionGuardrails):
+    """Limits on real effect in production environments (see docs/policy.md)."""
+
+    max_rows_changed: int | None = Field(default=1000, ge=0)
+    max_fraction_changed: float | None = Field(default=0.5, gt=0, le=1)
+    # The share limit applies to statements that change at least this many rows of a table.
+    min_rows_for_fraction: int = Field(default=10, ge=1)
+    # Tables up to this size are counted exactly inside the guard; larger ones are estimated.
+    exact_count_max_bytes: int = Field(default=8 * 1024 * 1024, ge=0)
+    # Agents in production: a statement timeout set upstream, and a cap on result rows.
+    agent_statement_timeout: str | None = "30s"
+    agent_max_rows: int | None = Field(default=10_000, ge=1)
+
+    @field_validator("agent_statement_timeout")
+    @classmethod
+    def _timeout(cls, v: str | None) -> str | None:
+        if v is not None and not _TIMEOUT.match(v.strip()):
+            raise ValueError(f"a PostgreSQL duration like 30s, 500ms or 2min is expected, got {v!r}")
+        return v.strip() if v is not None else None
+
+    def limits_for(self, conn: ConnectionGuardrails | None, kind: str, groups: frozenset[str]) -> GuardLimits:
+        """The limits for an identity on a connection: the global ones, then its kind's, then
+        its groups' (the most permissive of them), then the same three from the connection."""
+        rows: int | None = self.max_rows_changed
+        fraction: float | None = self.max_fraction_changed
+        for layer in (self, conn):
+            if layer is None:
+                continue
+            if layer is conn:
+                rows, fraction = _over(rows, fraction, layer)
+            by_kind = layer.kinds.get(kind)  # type: ignore[call-overload]
+            if by_kind is not None:
+                rows, fraction = _over(rows, fraction, by_kind)
+            matched = [lim for g, lim in layer.groups.items() if g in groups]
+            if matched:
+                rows, fraction = _over(rows, fraction, _most_permissive(matched))
+        return GuardLimits(max_rows_changed=rows, max_fraction_changed=fraction)
+
+
+def _over(rows: int | None, fraction: float | None, layer: GuardLimits) -> tuple[int | None, float | None]:
+    fields = layer.model_fields_set
+    return (
+        layer.max_rows_changed if "max_rows_changed" in fields else rows,
+        layer.max_fraction_changed if "max_fraction_changed" in fields else fraction,
+    )
+
+
+def _most_permissive(limits: list[GuardLimits]) -> GuardLimits:
+    """One limit per field from several groups': none (no limit) beats any number."""
+    out: dict[str, object] = {}
+    for name in ("max_rows_changed", "max_fraction_changed"):
+        given = [getattr(lim, name) for lim in limits if name in lim.model_fields_set]
+        if given:
+            out[name] = None if any(v is None for v in given) else max(given)
+    return GuardLimits.model_validate(out)
+
+
+class RolesConfig(_Model):
+    """Upstream roles by who connects; the proxy sets ``role`` at login and clients cannot
+    change it.  The first group (in this order) the identity has wins, then its kind, then
+    ``default``; with none of them the connection's ``user`` is used as is."""
+
+    default: str | None = None
+    human: str | None = None
+    agent: str | None = None
+    groups: dict[str, str] = Field(default_factory=dict)
+
+    def role_for(self, kind: str, groups: frozenset[str]) -> str | None:
+        for group, role in self.groups.items():
+            if group in groups:
+                return role
+        by_kind = self.agent if kind == "agent" else self.human
+        return by_kind or self.default
+
+    def all_roles(self) -> list[str]:
+        named = [self.default, self.human, self.agent, *self.groups.values()]
+        return sorted({r for r in named if r})
+
+
 class ConnectionConfig(_Model):
     engine: Literal["postgres"] = "postgres"
     host: str = "127.0.0.1"
@@ -108,13 +210,23 @@ class ConnectionConfig(_Model):
     password: str | None = None
     password_env: str | None = None
     password_file: Path | None = None
-    environment: str = "development"
+    # Fail closed: a connection that does not say gets the production baseline.
+    environment: str = "production"
     allow_groups: list[str] | None = None
     upstream_tls: Literal["disable", "require", "verify-full"] = "disable"
     upstream_ca: Path | None = None
     connect_timeout_seconds: float = Field(default=10.0, gt=0)
     # Log in upstream only when a client first needs the database (None: limits.lazy_upstream).
     lazy_upstream: bool | None = None
+    roles: RolesConfig | None = None
+    guardrails: ConnectionGuardrails | None = None
+
+    @field_validator("environment")
+    @classmethod
+    def _environment(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("environment must not be empty")
+        return v
 
     @model_validator(mode="after")
     def _one_password(self) -> ConnectionConfig:
@@ -174,6 +286,7 @@ class Config(_Model):
     audit: AuditConfig = AuditConfig()
     masking: MaskingConfig = MaskingConfig()
     approvals: ApprovalsConfig = ApprovalsConfig()
+    guardrails: GuardrailsConfig = GuardrailsConfig()
     web: WebConfig = WebConfig()
     # Forward without policy or audit: for measuring the proxy itself, never for real use.
     passthrough: bool = False
@@ -192,6 +305,20 @@ class Config(_Model):
             if not name or len(name) > 63:
                 raise ValueError(f"connection name {name!r} must be 1 to 63 characters")
         return v
+
+
+def check_environments(config: Config, declared: Iterable[str] = ()) -> None:
+    """Every connection's environment is a known name or one the policy declares (its
+    ``environments`` and ``production_environments``); raises ConfigError naming the key."""
+    allowed = {*KNOWN_ENVIRONMENTS, *declared}
+    bad = [
+        f"connections.{name}.environment: unknown environment {conn.environment!r} "
+        f"(known: {', '.join(sorted(allowed))}; a policy declares others with environments: [...])"
+        for name, conn in config.connections.items()
+        if conn.environment not in allowed
+    ]
+    if bad:
+        raise ConfigError("\n".join(bad))
 
 
 @dataclass(frozen=True, slots=True)

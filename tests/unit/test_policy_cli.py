@@ -18,6 +18,7 @@ connections:
   dev:
     database: app
     user: app
+    environment: development
 """
 
 POLICY = """

@@ -27,6 +27,7 @@ from dbsentry.audit.records import CompletionRecord, Record, SessionEvent, State
 from dbsentry.audit.writer import AuditUnavailable, AuditWriter
 from dbsentry.config import Config, ConfigError, ConnectionConfig
 from dbsentry.identity.model import Identity
+from dbsentry.policy.engine import Decision
 from dbsentry.server import tls
 from dbsentry.server.catalogs import CatalogError, CatalogLoader
 from dbsentry.server.tasks import spawn
@@ -270,6 +271,9 @@ class ClientConnection(asyncio.Protocol):
         elif t is c.AuditGate:
             assert isinstance(cmd, c.AuditGate)
             self._start_gate(cmd)
+        elif t is c.GuardApproval:
+            assert isinstance(cmd, c.GuardApproval)
+            self._guard_approval(cmd)
         elif t is c.SchemaChanged:
             assert isinstance(cmd, c.SchemaChanged)
             if self.proxy.catalogs is not None:
@@ -417,6 +421,45 @@ class ClientConnection(asyncio.Protocol):
                 entry.refusal = ("58000", "dbsentry: approvals are unavailable, so the statement was not run")
                 return None
         return approval_id
+
+    def _guard_approval(self, cmd: c.GuardApproval) -> None:
+        """A statement over the row limit: commit it only with an approved request for it."""
+        svc = self.proxy.approvals
+        session = self.session
+        if svc is None or session.identity is None or session.connection_name is None:
+            self.run(session.guard_approval(False, None))
+            return
+        identity, connection = session.identity, session.connection_name
+        decision = Decision("require_approval", (cmd.rule,), cmd.message, min_approvals=1)
+
+        async def ask() -> None:
+            loop = asyncio.get_running_loop()
+            try:
+                gate = await loop.run_in_executor(
+                    None,
+                    functools.partial(
+                        svc.statement_gate,
+                        identity=identity,
+                        connection=connection,
+                        environment=session.connection.environment if session.connection else None,
+                        sql=cmd.sql,
+                        params=cmd.params,
+                        key_params=cmd.key_params,
+                        decision=decision,
+                        facts=cmd.facts,
+                        session_id=session.session_id,
+                        client_mode="fail",  # the transaction is open: never wait for a person
+                    ),
+                )
+            except (ApprovalStoreError, OSError) as err:
+                log.error("approvals unavailable", extra={"fields": {"error": str(err)}})
+                if not self.closed:
+                    self.run(session.guard_approval(False, None))
+                return
+            if not self.closed:
+                self.run(session.guard_approval(gate.outcome == "run", gate.message or None))
+
+        spawn(ask(), name="guard-approval")
 
     async def _wait_for_approval(self, entry: _GateEntry, svc: Approvals, gate: Gate) -> ApprovalRequest | None:
         loop = asyncio.get_running_loop()

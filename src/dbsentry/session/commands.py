@@ -130,6 +130,24 @@ class ApprovalAsk:
     key_params: tuple[str | None, ...] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class GuardApproval:
+    """A statement changed more rows than the guard allows: may an approval let it commit?
+
+    Ask the approvals service as for ``ApprovalAsk`` (an approved request for the same
+    statement is used up), then answer with ``Session.guard_approval(approved, message)``;
+    without approvals, answer ``(False, None)`` at once.  The statement's transaction stays
+    open meanwhile, so the shell never waits for a person here.
+    """
+
+    sql: str
+    params: tuple[str | None, ...] | None
+    key_params: tuple[str | None, ...] | None
+    facts: tuple[StatementFacts, ...]
+    message: str
+    rule: str
+
+
 @dataclass(slots=True)
 class SchemaChanged:
     """DDL ran on this connection: its catalog (masking) must be read again."""
@@ -159,6 +177,7 @@ Command = (
     | CloseUpstream
     | Audit
     | AuditGate
+    | GuardApproval
     | SchemaChanged
     | Log
 )

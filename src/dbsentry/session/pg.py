@@ -47,6 +47,8 @@ from dbsentry.policy.verdict import Verdict
 from dbsentry.session import commands as c
 from dbsentry.session.auditing import SessionAudit
 from dbsentry.session.governance import Check, Governor, denial_message
+from dbsentry.session.guard import Guard, Limits, Mode, Out
+from dbsentry.session.guard import Statement as GuardedStatement
 from dbsentry.session.masking import MaskingService, SessionMasking, StatementPlan, looks_masked
 from dbsentry.session.server_params import (
     Greeting,
@@ -231,7 +233,7 @@ def _exact_params(bind: m.Bind) -> tuple[str | None, ...]:
 class _Chunk:
     """One chunk of frames on its way through: replaced frames, commands, records to commit."""
 
-    __slots__ = ("_last", "_pieces", "_stop", "approvals", "buf", "commands", "gated", "plans")
+    __slots__ = ("_last", "_pieces", "_stop", "approvals", "buf", "commands", "gated", "guarded", "plans")
 
     def __init__(self, buf: bytes) -> None:
         self.buf = buf
@@ -239,6 +241,8 @@ class _Chunk:
         self.gated: list[Record] = []
         self.plans: tuple[StatementPlan | None, ...] = ()  # of the Query being handled
         self.approvals: list[c.ApprovalAsk] = []
+        # The frame being handled runs under the row guard: how (see Session._wrap_guarded).
+        self.guarded: _Guarded | None = None
         self._pieces: list[bytes] | None = None
         self._last = 0
         self._stop = len(buf)
@@ -259,6 +263,38 @@ class _Chunk:
         if self._pieces is None:
             return self.buf if self._stop == len(self.buf) else self.buf[: self._stop]
         return b"".join([*self._pieces, self.buf[self._last : self._stop]])
+
+
+@dataclass(frozen=True, slots=True)
+class _Guarded:
+    """A frame that runs under the row guard (see :mod:`dbsentry.session.guard`)."""
+
+    mode: Mode
+    statement: GuardedStatement
+    hold_from: int = 0  # the index of the first guarded statement of a Query
+
+
+# Statements that end or begin transactions: around a guarded statement in one Query string,
+# they would commit (or move) the guard's block before it could decide.
+_TRANSACTION_CONTROL = frozenset(
+    {
+        "BEGIN",
+        "START TRANSACTION",
+        "COMMIT",
+        "ROLLBACK",
+        "SAVEPOINT",
+        "RELEASE",
+        "ROLLBACK TO SAVEPOINT",
+        "PREPARE TRANSACTION",
+        "COMMIT PREPARED",
+        "ROLLBACK PREPARED",
+    }
+)
+# Commands that change rows (anywhere in a statement: CTEs, EXPLAIN ANALYZE, upserts) or run
+# code that may (CALL): in production they run under the row guard.
+_CHANGES_ROWS = frozenset({"UPDATE", "DELETE", "MERGE", "CALL"})
+# Statements that only define or describe a statement, without running it.
+_DEFINES_ONLY = frozenset({"PREPARE", "EXPLAIN", "CREATE RULE", "CREATE FUNCTION", "CREATE PROCEDURE", "CREATE TRIGGER"})
 
 
 @dataclass(slots=True)
@@ -318,6 +354,13 @@ class Session:
     _told: Greeting | None = None  # what a lazily greeted client was told
     # The login key this session logs in upstream for (CONNECTING) or waits for (WAITING).
     _flight: LoginKey | None = None
+    # The row guard (production sessions): follows the exchange, runs guarded statements.
+    guard: Guard | None = None
+    _limits: Limits | None = None
+    # Client bytes held while a guarded statement runs (or waits for the upstream to be idle).
+    _held: bytes | None = None
+    _await_idle: bool = False
+    _armed: bytes | None = None  # the client chunk whose guarded statement the guard runs
 
     def __post_init__(self) -> None:
         self._client_frames = codec.FrameSplitter(MAX_AUTH_MESSAGE)
@@ -702,6 +745,7 @@ class Session:
         self.upstream_params = dict(ready.params)
         self.txn_status = ready.status
         self._upstream_frames = codec.FrameSplitter(self.config.limits.max_message_bytes)
+        self._start_guard()
         if self.masking_service is not None:
             assert self.connection_name is not None
             # Results are followed for every session; who is exempt is decided per
@@ -713,6 +757,23 @@ class Session:
             early, self._early = self._early, b""
             out.extend(self.client_data(early))
         return out
+
+    def _start_guard(self) -> None:
+        """Production sessions of people run data-changing statements under the row guard
+        (agents change nothing: their sessions are read-only upstream)."""
+        gov, conn, identity = self.governor, self.connection, self.identity
+        if gov is None or conn is None or identity is None or identity.kind == "agent":
+            return
+        if self._environment not in gov.policy.production_environments:
+            return
+        cfg = self.config.guardrails
+        limits = cfg.limits_for(conn.guardrails, identity.kind, identity.groups)
+        if limits.max_rows_changed is None and limits.max_fraction_changed is None:
+            return
+        self._limits = Limits(
+            limits.max_rows_changed, limits.max_fraction_changed, cfg.min_rows_for_fraction, cfg.exact_count_max_bytes
+        )
+        self.guard = Guard(self.config.limits.max_message_bytes)
 
     def _news_since_greeting(self, ready: UpstreamReady) -> bytes:
         """What the upstream's login said that the client was not told when greeted:
@@ -744,7 +805,27 @@ class Session:
         return self._cycles_sent - self._cycles_done
 
     def _client_ready(self, data: bytes) -> list[c.Command]:
+        if self._held is not None:
+            # A guarded statement is running: what comes after it waits (see _hold_rest).
+            self._held += data
+            if len(self._held) > self.config.limits.max_message_bytes:
+                raise codec.MessageTooLarge("too much data sent while a guarded statement was running")
+            return []
         buf, spans = self._client_frames.split(data)
+        return self._process(buf, spans, None) if spans else []
+
+    def _hold_rest(self, chunk: _Chunk, buf: bytes, stop: int) -> None:
+        """Forward nothing from ``stop`` on: keep it (and what follows) for later."""
+        chunk.cut(stop)
+        self._held = bytes(buf[stop:]) + self._client_frames.take_pending()
+
+    def _release_held(self) -> list[c.Command]:
+        """The guarded statement is over (or the upstream idle): go on with what was held."""
+        held, self._held = self._held, None
+        self._await_idle = False
+        if not held or self.state is not State.READY:
+            return []
+        buf, spans = self._client_frames.split(held)
         return self._process(buf, spans, None) if spans else []
 
     def audit_failed(
@@ -768,7 +849,14 @@ class Session:
             done = self.audit.refused((r.id for r in records), sqlstate, message)
             out.extend(c.Audit(r) for r in done)
         buf, spans = frames
-        return out + self._process(buf, spans, message, sqlstate)
+        out.extend(self._process(buf, spans, message, sqlstate))
+        guard = self.guard
+        if guard is not None and guard.active and buf is self._armed:
+            # The guarded statement was among them: it is refused like the others, and
+            # what the client sent after it goes on.
+            guard.cancel()
+            out.extend(self._release_held())
+        return out
 
     def _process(
         self, buf: bytes, spans: list[tuple[int, int, int]], refuse: str | None, refuse_state: str = "58000"
@@ -779,9 +867,17 @@ class Session:
         the chunk is refused with that message instead; cycles were counted already.
         """
         gov = self.governor
+        guard = self.guard if refuse is None else None
         chunk = _Chunk(buf)
         terminate = False
-        for t, start, end in spans:
+        sent = spans
+        for i, (t, start, end) in enumerate(spans):
+            if guard is not None and t == m.Q_QUERY and not guard.exchange.idle and self._guards_query(buf, start, end):
+                # Its mode depends on the transaction state: wait until earlier requests are answered.
+                self._hold_rest(chunk, buf, start - 5)
+                self._await_idle = True
+                sent = spans[:i]
+                break
             if t == m.Q_QUERY or t == m.Q_SYNC or t == m.Q_FUNCTION_CALL:
                 if refuse is None:
                     self._cycles_sent += 1
@@ -797,13 +893,23 @@ class Session:
             if self.masking is not None:
                 self.masking.sent(t, buf, start, end, chunk.plans)
                 chunk.plans = ()
+            if guard is not None:
+                guarded = chunk.guarded
+                if guarded is None:
+                    guard.exchange.sent(t)
+                    continue
+                chunk.guarded = None
+                self._wrap_guarded(guard, chunk, guarded, start, end)
+                self._hold_rest(chunk, buf, end)
+                sent = spans[: i + 1]
+                break
         out = chunk.assemble()
         cmds = chunk.commands
         if out:
             self._busy = True
             send = c.SendUpstream(out)
             if chunk.approvals or (chunk.gated and self.audit is not None and self.audit.wait):
-                cmds.append(c.AuditGate(chunk.gated, [send], (buf, spans), chunk.approvals))
+                cmds.append(c.AuditGate(chunk.gated, [send], (buf, sent), chunk.approvals))
             else:
                 cmds.extend(c.Audit(r) for r in chunk.gated)
                 cmds.append(send)
@@ -834,6 +940,8 @@ class Session:
         elif t == m.Q_EXECUTE:
             if self.audit is not None or self.approvals is not None:
                 self._execute_frame(chunk, start, end)
+            if self.guard is not None:
+                self._guard_execute(chunk, codec.decode_execute(buf, start, end).portal)
         elif t == m.Q_FUNCTION_CALL:
             self._govern_function_call(gov, chunk, start, end)
         elif t == m.Q_CLOSE:
@@ -892,6 +1000,13 @@ class Session:
         if check.allowed or approvable:
             check, plans = self._mask_plans(sql, check)
             approvable = self._approvable(check)
+        if check.allowed and self.guard is not None:
+            problem = self._guard_query(chunk, check, sql)
+            if problem is not None:
+                marker = self._refuse(problem, "42501", chunk.commands)
+                chunk.replace(start, end, codec.encode_query(self._marker_sql(marker)))
+                self._audit_refused(chunk, sql, problem)
+                return
         audit = self.audit
         if check.allowed or approvable:
             if approvable:
@@ -910,6 +1025,105 @@ class Session:
         marker = self._deny(check, sql, chunk.commands)
         chunk.replace(start, end, codec.encode_query(self._marker_sql(marker)))
         self._audit_denied(chunk, sql, check)
+
+    # ------------------------------------------------------------------ the row guard
+
+    def _changes_rows(self, facts: StatementFacts, depth: int = 0) -> bool:
+        """Whether running the statement may change rows (then it runs under the guard)."""
+        if facts.command == "EXECUTE":
+            prepared = self._prepared.get(facts.prepared_name or "")
+            if prepared is None or depth > 2:
+                return False  # nothing runs: PostgreSQL fails it
+            return any(
+                self._changes_rows(f.inner if f.command == "PREPARE" and f.inner is not None else f, depth + 1)
+                for f in prepared[2].verdict.facts
+            )
+        if facts.command in _DEFINES_ONLY or facts.statement_class == "DDL":
+            return False
+        return not _CHANGES_ROWS.isdisjoint(facts.commands)
+
+    def _guards_query(self, buf: bytes, start: int, end: int) -> bool:
+        """Whether a Query would run under the guard (a cached check; no side effects)."""
+        gov = self.governor
+        if gov is None or end - start - 1 > self.config.limits.max_statement_bytes:
+            return False
+        check = self._check(gov, codec.decode_query(buf, start, end).sql)
+        return check.allowed and any(self._changes_rows(f) for f in check.verdict.facts)
+
+    def _guard_query(self, chunk: _Chunk, check: Check, sql: str) -> str | None:
+        """Arrange for an allowed Query to run under the guard when it changes rows; a
+        refusal message when the guard cannot hold it."""
+        facts = check.verdict.facts
+        first = next((i for i, f in enumerate(facts) if self._changes_rows(f)), None)
+        if first is None or self.txn_status == "E":
+            return None  # nothing to limit, or it fails anyway (the transaction has failed)
+        problem: str | None = None
+        if any(f.command in _TRANSACTION_CONTROL for f in facts[first + 1 :]):
+            problem = "transaction control after it"
+        elif any(f.command in _TRANSACTION_CONTROL for f in facts[:first]):
+            problem = "transaction control before it"
+        elif any(f.copy is not None and f.copy.direction == "from" and f.copy.target is None for f in facts):
+            problem = "COPY FROM STDIN"
+        if problem is not None:
+            return (
+                "dbsentry: in production a statement that changes rows runs under a row limit "
+                f"(guardrails.max_rows_changed), which cannot hold it with {problem} in the same query "
+                "string; send them as separate queries"
+            )
+        mode = Mode.AUTOCOMMIT if self.txn_status == "I" else Mode.BLOCK
+        chunk.guarded = _Guarded(mode, GuardedStatement(sql, facts=facts), first)
+        return None
+
+    def _guard_execute(self, chunk: _Chunk, portal: str) -> None:
+        bound = self._portals.get(portal)
+        prepared = self._prepared.get(bound[0]) if bound is not None else None
+        if bound is None or prepared is None:
+            return
+        sql, _, check = prepared
+        if self._approvable(check) or not check.allowed:
+            return  # an approval, once given, covers it; a refusal runs nothing
+        if any(self._changes_rows(f) for f in check.verdict.facts):
+            chunk.guarded = _Guarded(Mode.EXTENDED, GuardedStatement(sql, bound[1], bound[2], check.verdict.facts))
+
+    def _wrap_guarded(self, guard: Guard, chunk: _Chunk, guarded: _Guarded, start: int, end: int) -> None:
+        limits = self._limits
+        assert limits is not None
+        frame = bytes(chunk.buf[start - 5 : end])
+        if guarded.mode is Mode.EXTENDED:
+            wrapped = guard.wrap_execute(frame, guarded.statement, limits)
+        else:
+            wrapped = guard.wrap_query(frame, guarded.mode, guarded.hold_from, guarded.statement, limits)
+        chunk.replace(start, end, wrapped)
+        self._armed = chunk.buf
+
+    def _guard_out(self, out: Out) -> list[c.Command]:
+        cmds: list[c.Command] = []
+        if out.upstream:
+            cmds.append(c.SendUpstream(b"".join(out.upstream)))
+        if out.client:
+            frames = b"".join(out.client)
+            _, spans = codec.FrameSplitter().split(frames)
+            cmds.extend(self._upstream_frames_received(frames, spans, tracked=True))
+        if out.ask is not None:
+            ask = out.ask
+            st = ask.statement
+            cmds.append(
+                c.GuardApproval(st.sql, st.params, st.key_params, tuple(st.facts), ask.message, ask.rule)
+            )
+        if out.finished:
+            self._armed = None
+            cmds.extend(self._release_held())
+        return cmds
+
+    def guard_approval(self, approved: bool, message: str | None) -> list[c.Command]:
+        """The answer to :class:`~dbsentry.session.commands.GuardApproval`."""
+        guard = self.guard
+        if guard is None or self.state is not State.READY:
+            return []
+        if approved:
+            log = c.Log(logging.WARNING, "guard.approved", {"identity": self.identity.name if self.identity else None})
+            return [log, *self._guard_out(guard.approval(True, None))]
+        return self._guard_out(guard.approval(False, message))
 
     def _mask_plans(self, sql: str, check: Check) -> tuple[Check, tuple[StatementPlan | None, ...]]:
         """The mask plan of each statement, or a refusal when masking cannot be guaranteed."""
@@ -999,7 +1213,7 @@ class Session:
 
     def _govern_bind(self, gov: Governor, chunk: _Chunk, start: int, end: int) -> None:
         buf = chunk.buf
-        if self.audit is not None or self.approvals is not None:
+        if self.audit is not None or self.approvals is not None or self.guard is not None:
             bind = codec.decode_bind(buf, start, end)
             portal, name = bind.portal, bind.statement
             self._portals[portal] = (name, _readable_params(bind), _exact_params(bind))
@@ -1137,21 +1351,38 @@ class Session:
             return []
         try:
             buf, spans = self._upstream_frames.split(data)
-            return self._upstream_frames_received(buf, spans)
+            guard = self.guard
+            if guard is None:
+                return self._upstream_frames_received(buf, spans)
+            if not (guard.active or guard.exchange.proxy_requests):
+                cmds = self._upstream_frames_received(buf, spans, tracked=False)
+            else:
+                buf, spans, out = guard.received(buf, spans)
+                cmds = self._upstream_frames_received(buf, spans, tracked=True) if spans else []
+                cmds.extend(self._guard_out(out))
+            if self._await_idle and guard.exchange.idle and not guard.active:
+                cmds.extend(self._release_held())
+            return cmds
         except codec.MessageTooLarge as err:
             return self._fail("54000", f"dbsentry: a message from the upstream exceeds limits.max_message_bytes: {err}")
         except codec.ProtocolError as err:
             return self._fail("08P01", f"dbsentry: upstream protocol error: {err}")
 
-    def _upstream_frames_received(self, buf: bytes, spans: list[tuple[int, int, int]]) -> list[c.Command]:
+    def _upstream_frames_received(
+        self, buf: bytes, spans: list[tuple[int, int, int]], tracked: bool = True
+    ) -> list[c.Command]:
+        """``tracked``: the guard has followed these frames already (or there is none)."""
         audit = self.audit
         masking = self.masking
+        exchange = None if tracked or self.guard is None else self.guard.exchange
         chunk = _Chunk(buf)
         i = 0
         n = len(spans)
         while i < n:
             t, start, end = spans[i]
             i += 1
+            if exchange is not None and t != m.R_DATA_ROW and t != m.COPY_DATA:
+                exchange.received(t)
             if masking is not None:
                 if t == m.R_DATA_ROW or t == m.COPY_DATA:
                     # A run of result rows is masked in one call; nothing below looks at them.

@@ -1,0 +1,587 @@
+"""Limits on real effect: a data-changing statement runs under a guard that counts what it
+actually changed and undoes it when that is too much.
+
+No syntactic check can decide whether ``WHERE id > -1`` matches every row, or what a
+function called from a SELECT deletes.  The database can: in production the session runs
+such a statement (the *guarded request*: a Query, or an extended-protocol Execute) inside a
+bracket of its own requests:
+
+- the simple protocol outside a transaction block: ``BEGIN``, a snapshot of the
+  transaction's per-table row counters, the statement, the counters again, then ``COMMIT``
+  or ``ROLLBACK``; the client sees its statement's own answers and ReadyForQuery ``I``;
+- the simple protocol inside a block: the counters before and after; a refused statement
+  fails the block (state ``E``), so nothing it changed can be committed;
+- the extended protocol: the counters before and after the Execute and a Flush; the
+  client's following messages (its Sync, which would commit) are held until the decision;
+  a refused statement fails the transaction before its Sync.
+
+The counters are PostgreSQL's own (``pg_stat_get_xact_tuples_updated/deleted/inserted``),
+which count every row a statement changed: through CTEs, functions, triggers and foreign
+key cascades.  Only their change across the statement counts (they are not reset between
+transactions until the backend reports its statistics, which it never does inside one).
+A statement is refused when it updated or deleted more than ``max_rows_changed`` rows, or
+at least ``min_rows_for_fraction`` rows and at least ``max_fraction_changed`` of a table's
+rows: counted exactly inside the guard when the table is small (``exact_count_max_bytes``),
+estimated from the statistics otherwise.  A measurement that fails refuses the statement.
+
+Every request of the bracket is sent in one write with the statement, so a guarded
+statement costs no extra round trip inside a transaction; outside one, ``COMMIT`` is one.
+:class:`~dbsentry.session.exchange.Exchange` tells which upstream message answers which
+request, so the bracket's own answers never reach the client, and the statement's answers
+are held until the decision (a refused statement's ``RETURNING`` rows never leave).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from dbsentry.masking.rows import decode_data_row
+from dbsentry.session.exchange import CLIENT, Exchange
+from dbsentry.wire.pg import codec
+from dbsentry.wire.pg import messages as m
+
+RULE_ROWS = "guardrails.max_rows_changed"
+RULE_FRACTION = "guardrails.max_fraction_changed"
+
+# Everything is qualified with pg_catalog (operators too), so that no search_path and no
+# object of the client's can change what these statements do.
+STATS_SQL = """SELECT c.oid::pg_catalog.int8,
+  pg_catalog.pg_stat_get_xact_tuples_updated(c.oid),
+  pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid),
+  pg_catalog.pg_stat_get_xact_tuples_inserted(c.oid),
+  pg_catalog.pg_relation_size(c.oid),
+  c.reltuples::pg_catalog.float8,
+  pg_catalog.pg_stat_get_live_tuples(c.oid),
+  pg_catalog.has_table_privilege(c.oid, 'SELECT'),
+  n.nspname::pg_catalog.text, c.relname::pg_catalog.text
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+WHERE c.relkind OPERATOR(pg_catalog.=) ANY ('{r,f}'::pg_catalog."char"[])
+  AND c.relpersistence OPERATOR(pg_catalog.<>) 't'::pg_catalog."char"
+  AND n.nspname OPERATOR(pg_catalog.<>) ALL ('{pg_catalog,pg_toast,information_schema}'::pg_catalog.name[])
+  AND pg_catalog.pg_stat_get_xact_tuples_updated(c.oid) OPERATOR(pg_catalog.+)
+      pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid) OPERATOR(pg_catalog.+)
+      pg_catalog.pg_stat_get_xact_tuples_inserted(c.oid) OPERATOR(pg_catalog.>) 0"""
+# Always fails, whatever the client created: fails the transaction of a refused statement.
+FAIL_SQL = "SELECT 'dbsentry: refused by the row limit'::pg_catalog.int4"
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_rows: int | None
+    max_fraction: float | None
+    min_rows_for_fraction: int = 10
+    exact_count_max_bytes: int = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class TableCounts:
+    """One row of :data:`STATS_SQL`."""
+
+    oid: int
+    updated: int
+    deleted: int
+    inserted: int
+    size: int
+    reltuples: float
+    live: int
+    can_count: bool
+    schema: str
+    name: str
+
+    @property
+    def display(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def qualified(self) -> str:
+        return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
+
+
+def parse_counts(rows: list[list[bytes | None]]) -> dict[int, TableCounts]:
+    out: dict[int, TableCounts] = {}
+    for r in rows:
+        if len(r) != 10 or any(v is None for v in r[:8]):
+            raise ValueError("unexpected row from the statistics query")
+        text = [v.decode() if v is not None else "" for v in r]
+        t = TableCounts(
+            int(text[0]), int(text[1]), int(text[2]), int(text[3]), int(text[4]),
+            float(text[5]), int(text[6]), text[7] == "t", text[8], text[9],
+        )  # fmt: skip
+        out[t.oid] = t
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Effect:
+    """What the statement changed in one table, and how many rows that table had."""
+
+    table: TableCounts
+    changed: int  # rows updated or deleted
+    inserted: int
+    deleted: int
+
+
+def effects(before: dict[int, TableCounts], after: dict[int, TableCounts]) -> list[Effect]:
+    out = []
+    for oid, a in after.items():
+        b = before.get(oid)
+        upd = a.updated - (b.updated if b else 0)
+        dele = a.deleted - (b.deleted if b else 0)
+        ins = a.inserted - (b.inserted if b else 0)
+        if upd < 0 or dele < 0 or ins < 0:
+            # The counters only grow inside a transaction; anything else means the
+            # measurement cannot be trusted.
+            raise ValueError(f"the row counters of {a.display} went backwards")
+        if upd or dele or ins:
+            out.append(Effect(a, upd + dele, ins, dele))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    ok: bool
+    message: str = ""  # for a refusal: what the client is told (without "dbsentry: ")
+    rule: str = RULE_ROWS
+    counts_needed: tuple[Effect, ...] = ()  # count these tables exactly first
+
+
+def judge(limits: Limits, found: list[Effect], exact: dict[int, int] | None = None) -> Verdict:
+    """The decision on a statement's effect; asks for exact counts it lacks (once)."""
+    total = sum(e.changed for e in found)
+    rows_word = "row" if total == 1 else "rows"
+    if limits.max_rows is not None and total > limits.max_rows:
+        return Verdict(
+            False,
+            f"this statement would have changed {total} {rows_word} (limit {limits.max_rows}, "
+            f"{RULE_ROWS}); it was rolled back",
+            RULE_ROWS,
+        )
+    if limits.max_fraction is None:
+        return Verdict(True)
+    candidates = [e for e in found if e.changed >= limits.min_rows_for_fraction]
+    if exact is None:
+        need = tuple(
+            e for e in candidates if e.table.can_count and e.table.size <= limits.exact_count_max_bytes
+        )
+        if need:
+            return Verdict(True, counts_needed=need)
+        exact = {}
+    for e in candidates:
+        if e.table.oid in exact:
+            had = exact[e.table.oid] - e.inserted + e.deleted
+        else:
+            had = int(max(e.table.reltuples, e.table.live, 0))
+        pct = round(limits.max_fraction * 100)
+        if had <= 0:
+            return Verdict(
+                False,
+                f"this statement would have changed {e.changed} rows of {e.table.display}, a table whose "
+                f"size could not be measured (limit {pct}% of a table, {RULE_FRACTION}); it was rolled back",
+                RULE_FRACTION,
+            )
+        if e.changed >= limits.max_fraction * had:
+            return Verdict(
+                False,
+                f"this statement would have changed {e.changed} rows, {min(100, round(100 * e.changed / had))}% "
+                f"of the {had} rows of {e.table.display} (limit {pct}% of a table, {RULE_FRACTION}); "
+                "it was rolled back",
+                RULE_FRACTION,
+            )
+    return Verdict(True)
+
+
+class Mode(Enum):
+    AUTOCOMMIT = "autocommit"  # simple protocol, no transaction block: the guard opens one
+    BLOCK = "block"  # simple protocol inside the client's transaction block
+    EXTENDED = "extended"  # an Execute; the client's Sync is held until the decision
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """The guarded statement as the audit and approvals know it."""
+
+    sql: str
+    params: tuple[str | None, ...] | None = None
+    key_params: tuple[str | None, ...] | None = None
+    facts: tuple[Any, ...] = ()  # its statement facts, for the approval request
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalNeeded:
+    """The statement exceeded a limit: may an approval let it commit?"""
+
+    statement: Statement
+    message: str
+    rule: str
+
+
+@dataclass(slots=True)
+class Out:
+    """What a step of the guard produced."""
+
+    client: list[bytes] = field(default_factory=list)  # frames for the client path, in order
+    upstream: list[bytes] = field(default_factory=list)
+    ask: ApprovalNeeded | None = None
+    finished: bool = False  # the bracket is over: held client messages may go on
+
+
+class _Phase(Enum):
+    RUNNING = 1
+    COUNTING = 2
+    APPROVAL = 3
+    ENDING = 4
+
+
+# Owner offsets of a bracket's requests (its base owner number plus these).
+_BEFORE, _STMT, _AFTER, _COUNT, _END, _FAIL = range(1, 7)
+_STEP = 8
+
+
+@dataclass(slots=True)
+class _Bracket:
+    base: int
+    mode: Mode
+    statement: Statement
+    limits: Limits
+    hold_from: int  # simple protocol: answers of statements from this index on are held
+    phase: _Phase = _Phase.RUNNING
+    held: list[bytes] = field(default_factory=list)
+    held_bytes: int = 0
+    overflow: bool = False
+    completions: int = 0  # statements of the guarded Query answered so far
+    stmt_failed: bool = False
+    stmt_done: bool = False
+    last_complete: int | None = None  # index in held of the last CommandComplete
+    stmt_ready: bytes | None = None  # the guarded Query's ReadyForQuery, held
+    rows: dict[int, list[list[bytes | None]]] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)  # our request -> error message
+    errors: dict[int, bytes] = field(default_factory=dict)  # our request -> its ErrorResponse
+    before: dict[int, TableCounts] | None = None
+    found: list[Effect] | None = None
+    verdict: Verdict | None = None
+    end_frames: list[bytes] = field(default_factory=list)  # answers to COMMIT/ROLLBACK
+
+    def owner(self, offset: int) -> int:
+        return self.base + offset
+
+
+class Guard:
+    """The guard of one session: follows the exchange, runs at most one bracket at a time."""
+
+    __slots__ = ("_names", "_seq", "bracket", "exchange", "max_held")
+
+    def __init__(self, max_held: int) -> None:
+        self.exchange = Exchange()
+        self.bracket: _Bracket | None = None
+        self.max_held = max_held
+        self._seq = 0
+        self._names = f"dbsentry_guard_{secrets.token_hex(4)}"
+
+    @property
+    def active(self) -> bool:
+        return self.bracket is not None
+
+    # ------------------------------------------------------------------ client side
+
+    def _new(self, mode: Mode, statement: Statement, limits: Limits, hold_from: int) -> _Bracket:
+        assert self.bracket is None
+        self._seq += 1
+        b = _Bracket(self._seq * _STEP, mode, statement, limits, hold_from)
+        self.bracket = b
+        return b
+
+    def _query(self, sql: str, owner: int) -> bytes:
+        self.exchange.sent(m.Q_QUERY, owner)
+        return codec.encode_query(sql)
+
+    def _extended(self, sql: str, owner: int) -> bytes:
+        """Parse, Bind, Execute and Close of a statement of the guard's own (named, so the
+        client's unnamed statement and portal are left alone)."""
+        name = f"{self._names}_{owner}"
+        for t in (m.Q_PARSE, m.Q_BIND, m.Q_EXECUTE, m.Q_CLOSE, m.Q_CLOSE):
+            self.exchange.sent(t, owner)
+        return b"".join(
+            (
+                codec.encode_parse(m.Parse(name, sql)),
+                codec.encode_bind(m.Bind(name, name)),
+                codec.encode_execute(m.Execute(name)),
+                codec.encode_close("P", name),
+                codec.encode_close("S", name),
+            )
+        )
+
+    def wrap_query(self, frame: bytes, mode: Mode, hold_from: int, statement: Statement, limits: Limits) -> bytes:
+        """The bytes to send instead of the guarded Query ``frame``."""
+        b = self._new(mode, statement, limits, hold_from)
+        parts = []
+        if mode is Mode.AUTOCOMMIT:
+            parts.append(self._query("BEGIN", b.owner(_BEFORE)))
+        parts.append(self._query(STATS_SQL, b.owner(_BEFORE)))
+        self.exchange.sent(m.Q_QUERY, b.owner(_STMT))
+        parts.append(frame)
+        parts.append(self._query(STATS_SQL, b.owner(_AFTER)))
+        return b"".join(parts)
+
+    def wrap_execute(self, frame: bytes, statement: Statement, limits: Limits) -> bytes:
+        """The bytes to send instead of the guarded Execute ``frame`` (and a Flush, so the
+        answers come now; the client's next messages wait for :attr:`Out.finished`)."""
+        b = self._new(Mode.EXTENDED, statement, limits, 0)
+        before = self._extended(STATS_SQL, b.owner(_BEFORE))
+        self.exchange.sent(m.Q_EXECUTE, b.owner(_STMT))
+        after = self._extended(STATS_SQL, b.owner(_AFTER))
+        return before + frame + after + codec.FLUSH
+
+    def cancel(self) -> None:
+        """The bracket's requests were never sent (the client's chunk was refused as a whole)."""
+        b = self.bracket
+        if b is None:
+            return
+        for offset in range(1, _STEP):
+            if offset == _STMT:
+                self.exchange.reown(b.owner(offset))  # sent all the same, refused by a marker
+            else:
+                self.exchange.forget(b.owner(offset))
+        self.bracket = None
+
+    # ------------------------------------------------------------------ upstream side
+
+    def received(self, buf: bytes, spans: list[tuple[int, int, int]]) -> tuple[bytes, list[tuple[int, int, int]], Out]:
+        """Take the bracket's answers out of a chunk from the upstream.
+
+        Returns the frames to pass on to the client path (a new buffer and its spans) and
+        what the bracket produced.  Frames that answer the client's other requests pass
+        through in place; the bracket's results are added where it finishes.
+        """
+        exchange = self.exchange
+        out = Out()
+        pieces: list[bytes] = []
+        for t, start, end in spans:
+            frame = buf[start - 5 : end]
+            owner, ends = exchange.received(t)
+            b = self.bracket
+            if owner == CLIENT:
+                pieces.append(frame)
+            elif t == m.R_NOTIFICATION or (t == m.R_PARAMETER_STATUS and (b is None or owner != b.owner(_STMT))):
+                pieces.append(frame)  # not an answer to anything: the client's
+            elif b is not None and b.base < owner < b.base + _STEP:
+                pieces.extend(self._frame(b, owner - b.base, t, frame, ends, out))
+            # else: an answer to a request of a bracket that is over (its failing statement)
+            if b is not None and self.bracket is b:
+                pieces.extend(self._advance(b, out))
+        frames = b"".join(pieces)
+        _, new_spans = codec.FrameSplitter().split(frames) if frames else (b"", [])
+        return frames, new_spans, out
+
+    def _frame(self, b: _Bracket, offset: int, t: int, frame: bytes, ends: bool, out: Out) -> list[bytes]:
+        """One answer to a request of the bracket; returns frames to pass on now."""
+        if offset == _STMT:
+            return self._statement_frame(b, t, frame, ends)
+        if t == m.R_DATA_ROW:
+            b.rows.setdefault(offset, []).append(decode_data_row(frame[5:]))
+        elif t == m.R_ERROR:
+            fields = codec.decode_error_fields(frame, 5, len(frame))
+            if offset not in b.failed:
+                b.failed[offset] = f"{fields.sqlstate}: {fields.message}"
+                b.errors[offset] = frame
+        if offset == _END and t in (m.R_ERROR, m.R_READY):
+            b.end_frames.append(frame)
+        return []
+
+    def _hold(self, b: _Bracket, frame: bytes) -> None:
+        if b.overflow:
+            return
+        b.held_bytes += len(frame)
+        if b.held_bytes > self.max_held:
+            b.overflow = True
+            b.held.clear()
+            return
+        b.held.append(frame)
+
+    def _statement_frame(self, b: _Bracket, t: int, frame: bytes, ends: bool) -> list[bytes]:
+        live: list[bytes] = []
+        if b.mode is Mode.EXTENDED:
+            if t == m.R_ERROR:
+                b.stmt_failed = True
+            if t in (m.R_COMMAND_COMPLETE, m.R_EMPTY_QUERY, m.R_PORTAL_SUSPENDED, m.R_ERROR) and ends:
+                b.stmt_done = True
+            self._hold(b, frame)
+        else:
+            if t == m.R_READY:
+                b.stmt_ready = frame
+                b.stmt_done = True
+                b.stmt_failed = b.stmt_failed or frame[5:6] == b"E"
+            elif b.completions < b.hold_from:
+                live.append(frame)
+                if t in (m.R_COMMAND_COMPLETE, m.R_EMPTY_QUERY, m.R_ERROR):
+                    b.completions += 1
+                    b.stmt_failed = b.stmt_failed or t == m.R_ERROR
+            else:
+                if t in (m.R_COMMAND_COMPLETE, m.R_EMPTY_QUERY, m.R_ERROR):
+                    b.completions += 1
+                    b.stmt_failed = b.stmt_failed or t == m.R_ERROR
+                    if t == m.R_COMMAND_COMPLETE and not b.overflow:
+                        b.last_complete = len(b.held)
+                self._hold(b, frame)
+        return live
+
+    def _answered(self, b: _Bracket, offset: int) -> bool:
+        return self.exchange.outstanding(b.owner(offset)) == 0
+
+    def _advance(self, b: _Bracket, out: Out) -> list[bytes]:
+        """Move the bracket on once what it waits for has arrived."""
+        if b.phase is _Phase.RUNNING:
+            if not (self._answered(b, _BEFORE) and self._answered(b, _STMT) and self._answered(b, _AFTER)):
+                return []
+            if b.mode is not Mode.EXTENDED and not b.stmt_done:
+                return []
+            return self._measured(b, out)
+        if b.phase is _Phase.COUNTING:
+            if not self._answered(b, _COUNT):
+                return []
+            if _COUNT in b.failed:
+                return self._refuse(b, f"the effect of this statement could not be measured ({b.failed[_COUNT]}); it was rolled back", RULE_ROWS, out)
+            exact: dict[int, int] = {}
+            assert b.verdict is not None and b.found is not None
+            rows = b.rows.get(_COUNT, [])
+            if len(rows) != 1 or len(rows[0]) != len(b.verdict.counts_needed):
+                return self._refuse(b, "the effect of this statement could not be measured; it was rolled back", RULE_ROWS, out)
+            for e, value in zip(b.verdict.counts_needed, rows[0], strict=True):
+                exact[e.table.oid] = int(value or b"0")
+            return self._decided(b, judge(b.limits, b.found, exact), out)
+        if b.phase is _Phase.ENDING:
+            if not self._answered(b, _END):
+                return []
+            return self._ended(b, out)
+        return []
+
+    def _measured(self, b: _Bracket, out: Out) -> list[bytes]:
+        if b.mode is Mode.EXTENDED and not b.stmt_done:
+            # Skipped after an earlier error.  If that error was the snapshot's (the client's
+            # transaction had failed already), it is the one the Execute would have had.
+            if _BEFORE in b.errors:
+                b.held = [b.errors[_BEFORE]]
+            return self._pass(b, out)
+        if b.stmt_failed:
+            return self._pass(b, out)  # it failed by itself: nothing to limit
+        if _BEFORE in b.failed or _AFTER in b.failed:
+            reason = b.failed.get(_AFTER) or b.failed.get(_BEFORE, "")
+            return self._refuse(b, f"the effect of this statement could not be measured ({reason}); it was rolled back", RULE_ROWS, out)
+        try:
+            b.before = parse_counts(b.rows.get(_BEFORE, []))
+            b.found = effects(b.before, parse_counts(b.rows.get(_AFTER, [])))
+        except (ValueError, codec.ProtocolError) as err:
+            return self._refuse(b, f"the effect of this statement could not be measured ({err}); it was rolled back", RULE_ROWS, out)
+        return self._decided(b, judge(b.limits, b.found), out)
+
+    def _decided(self, b: _Bracket, verdict: Verdict, out: Out) -> list[bytes]:
+        b.verdict = verdict
+        if b.overflow:
+            return self._refuse(
+                b,
+                f"the answer of this statement exceeds {self.max_held} bytes, more than the proxy holds while it "
+                "checks what the statement changed; it was rolled back",
+                RULE_ROWS,
+                out,
+                ask=False,
+            )
+        if verdict.counts_needed:
+            b.phase = _Phase.COUNTING
+            sql = "SELECT " + ", ".join(f"(SELECT pg_catalog.count(*) FROM {e.table.qualified})" for e in verdict.counts_needed)
+            if b.mode is Mode.EXTENDED:
+                out.upstream.append(self._extended(sql, b.owner(_COUNT)) + codec.FLUSH)
+            else:
+                out.upstream.append(self._query(sql, b.owner(_COUNT)))
+            return []
+        if verdict.ok:
+            return self._commit(b, out)
+        return self._refuse(b, verdict.message, verdict.rule, out)
+
+    def _refuse(self, b: _Bracket, message: str, rule: str, out: Out, ask: bool = True) -> list[bytes]:
+        if ask and not b.stmt_failed:
+            b.phase = _Phase.APPROVAL
+            b.verdict = Verdict(False, message, rule)
+            out.ask = ApprovalNeeded(b.statement, message, rule)
+            return []
+        return self._rollback(b, f"dbsentry: {message}", out)
+
+    def approval(self, approved: bool, message: str | None) -> Out:
+        """The answer to :attr:`Out.ask`: commit after all, or refuse with ``message``."""
+        out = Out()
+        b = self.bracket
+        if b is None or b.phase is not _Phase.APPROVAL:
+            return out
+        if approved:
+            out.client.extend(self._commit(b, out))
+        else:
+            assert b.verdict is not None
+            out.client.extend(self._rollback(b, message or f"dbsentry: {b.verdict.message}", out))
+        return out
+
+    # ------------------------------------------------------------------ endings
+
+    def _pass(self, b: _Bracket, out: Out) -> list[bytes]:
+        """The statement failed by itself: its answers go as they are."""
+        if b.mode is Mode.AUTOCOMMIT:
+            b.phase = _Phase.ENDING
+            b.verdict = Verdict(True)
+            out.upstream.append(self._query("ROLLBACK", b.owner(_END)))
+            return []
+        return self._finish(b, out, self._held_answers(b))
+
+    def _commit(self, b: _Bracket, out: Out) -> list[bytes]:
+        if b.mode is Mode.AUTOCOMMIT:
+            b.phase = _Phase.ENDING
+            b.verdict = Verdict(True)
+            out.upstream.append(self._query("COMMIT", b.owner(_END)))
+            return []
+        return self._finish(b, out, self._held_answers(b))
+
+    def _rollback(self, b: _Bracket, message: str, out: Out) -> list[bytes]:
+        error = codec.error_response("42501", message)
+        b.verdict = Verdict(False, message)
+        if b.mode is Mode.AUTOCOMMIT:
+            b.phase = _Phase.ENDING
+            b.held = [error]
+            b.last_complete = None
+            b.stmt_failed = True
+            out.upstream.append(self._query("ROLLBACK", b.owner(_END)))
+            return []
+        if b.mode is Mode.BLOCK:
+            # Fail the client's block: what the statement changed can only be rolled back.
+            out.upstream.append(self._query(FAIL_SQL, b.owner(_FAIL)))
+            return self._finish(b, out, [error, codec.encode_ready("E")])
+        out.upstream.append(codec.encode_execute(m.Execute(f"{self._names}_{b.owner(_FAIL)}")))
+        self.exchange.sent(m.Q_EXECUTE, b.owner(_FAIL))
+        return self._finish(b, out, [error])
+
+    def _held_answers(self, b: _Bracket) -> list[bytes]:
+        frames = list(b.held)
+        if b.stmt_ready is not None:
+            frames.append(b.stmt_ready)
+        return frames
+
+    def _ended(self, b: _Bracket, out: Out) -> list[bytes]:
+        """COMMIT or ROLLBACK of the guard's own block answered."""
+        ready = next((f for f in b.end_frames if f[:1] == b"Z"), codec.encode_ready("I"))
+        error = next((f for f in b.end_frames if f[:1] == b"E"), None)
+        frames = list(b.held)
+        if error is not None and not b.stmt_failed:
+            # COMMIT failed (a deferred constraint): the statement's error, as PostgreSQL
+            # reports it outside a block.
+            if b.last_complete is not None and b.last_complete < len(frames):
+                del frames[b.last_complete]
+            frames.append(error)
+        frames.append(ready)
+        return self._finish(b, out, frames)
+
+    def _finish(self, b: _Bracket, out: Out, frames: list[bytes]) -> list[bytes]:
+        self.bracket = None
+        out.finished = True
+        return frames
