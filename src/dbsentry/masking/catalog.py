@@ -20,6 +20,7 @@ from dbsentry.masking.classes import Classification, DataClass, parse_class
 from dbsentry.masking.detect import classify_column
 
 __all__ = [
+    "BUILTIN_FUNCTIONS_SQL",
     "FUNCTIONS_SQL",
     "FUNCTIONS_SQL_PRE14",
     "RELATIONS_SQL",
@@ -92,7 +93,8 @@ SELECT p.oid::int8, n.nspname::text, p.proname::text, l.lanname::text,
        COALESCE(p.proargnames, '{{}}'::text[]),
        COALESCE(p.proargmodes::text[], '{{}}'::text[]),
        t.typrelid::int8,
-       p.prokind::text
+       p.prokind::text,
+       p.provolatile::text
 FROM pg_catalog.pg_proc p
 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 JOIN pg_catalog.pg_language l ON l.oid = p.prolang
@@ -103,12 +105,20 @@ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
 #: One row per function or procedure outside the system schemas: oid, schema, name,
 #: language, SQL body (LANGUAGE sql only; ``BEGIN ATOMIC``/``RETURN`` bodies through
 #: ``pg_get_function_sqlbody``), returns a set, argument count, argument names, argument
-#: modes, the relation oid of a composite return type (0 otherwise), kind (f/p/a/w).
+#: modes, the relation oid of a composite return type (0 otherwise), kind (f/p/a/w),
+#: volatility (i/s/v).
 FUNCTIONS_SQL = _FUNCTIONS_SELECT.format(
     body="CASE WHEN p.prosqlbody IS NOT NULL THEN pg_catalog.pg_get_function_sqlbody(p.oid) ELSE p.prosrc END"
 )
 #: The same for servers older than PostgreSQL 14 (no SQL-standard bodies).
 FUNCTIONS_SQL_PRE14 = _FUNCTIONS_SELECT.format(body="p.prosrc")
+
+#: The names of the built-in functions: any other name a statement calls is user-defined,
+#: or unknown to this catalog (created since it was read).
+BUILTIN_FUNCTIONS_SQL = """
+SELECT DISTINCT p.proname::text FROM pg_catalog.pg_proc p
+WHERE p.pronamespace = 'pg_catalog'::pg_catalog.regnamespace
+"""
 
 #: The search path of the connection that read the catalog (for view definitions).
 SEARCH_PATH_SQL = "SELECT pg_catalog.current_schemas(false)::text[]"
@@ -161,6 +171,7 @@ class Function:
     arg_modes: tuple[str, ...]  # empty when every argument is IN
     result_relid: int  # the relation of a composite return type, 0 otherwise
     kind: str = "f"
+    volatility: str = "v"  # i immutable, s stable, v volatile (the worst when unknown)
 
     @property
     def out_names(self) -> tuple[str, ...]:
@@ -191,6 +202,8 @@ class Catalog:
     relations: Mapping[int, Relation]
     functions: Mapping[int, Function]
     search_path: tuple[str, ...] = ("public",)
+    #: Names of pg_catalog's functions (empty: not read, nothing is known to be built in).
+    builtin_functions: frozenset[str] = frozenset()
     _by_name: dict[tuple[str, str], Relation] = field(default_factory=dict, repr=False)
     _funcs_by_name: dict[tuple[str, str], list[Function]] = field(default_factory=dict, repr=False)
     _columns: dict[tuple[int, int], Column] = field(default_factory=dict, repr=False)
@@ -212,6 +225,7 @@ class Catalog:
         view_rows: Iterable[Sequence[Any]] = (),
         function_rows: Iterable[Sequence[Any]] = (),
         search_path: Iterable[str] = ("public",),
+        builtin_functions: Iterable[str] = (),
     ) -> Catalog:
         """Build from the rows of :data:`RELATIONS_SQL`, :data:`VIEWS_SQL` and
         :data:`FUNCTIONS_SQL`, in the order those queries give their columns."""
@@ -240,12 +254,14 @@ class Catalog:
         }
         functions = {}
         for row in function_rows:
-            oid, schema, name, lang, body, retset, nargs, argnames, argmodes, relid, kind = row
+            oid, schema, name, lang, body, retset, nargs, argnames, argmodes, relid, kind = row[:11]
+            volatility = row[11] if len(row) > 11 and row[11] else "v"
             functions[int(oid)] = Function(
                 int(oid), schema, name, lang, body, bool(retset), int(nargs),
                 tuple(a or "" for a in argnames or ()), tuple(argmodes or ()), int(relid or 0), kind or "f",
+                volatility,
             )  # fmt: skip
-        return cls(relations, functions, tuple(search_path))
+        return cls(relations, functions, tuple(search_path), frozenset(builtin_functions))
 
     def relation(
         self, schema: str | None, name: str, search_path: Iterable[str] | None = None
@@ -295,10 +311,12 @@ async def fetch_catalog(conn: Any) -> Catalog:
         view_rows = await cur.fetchall()
         await cur.execute(functions_sql(version))
         fn_rows = await cur.fetchall()
+        await cur.execute(BUILTIN_FUNCTIONS_SQL)
+        builtins = [r[0] for r in await cur.fetchall()]
         await cur.execute(SEARCH_PATH_SQL)
         row = await cur.fetchone()
     path = tuple(row[0]) if row and row[0] else ("public",)
-    return Catalog.from_rows(rel_rows, view_rows, fn_rows, path)
+    return Catalog.from_rows(rel_rows, view_rows, fn_rows, path, builtins)
 
 
 # -- classification -------------------------------------------------------------------------

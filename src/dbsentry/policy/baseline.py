@@ -9,10 +9,84 @@ disabling is the only way past one.  docs/policy.md has the same list as a table
 
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Iterable
 from typing import Any
 
 from dbsentry.policy.engine import UNPARSABLE_RULE, CompiledRule, compile_rule
 from dbsentry.policy.model import BaselineSettings, Match, Rule
+
+#: Run-time settings a session may change in production (SET, RESET, set_config, startup
+#: options); a policy adds names (globs) with ``baseline: {allow_settings: [...]}``.  The
+#: rest can load code (session_preload_libraries), switch off triggers and foreign keys
+#: (session_replication_role), write the catalogs (allow_system_table_mods), hide
+#: statements (log_statement) or weaken the row guard (track_counts).
+ALLOWED_SETTINGS: tuple[str, ...] = (
+    "application_name",
+    "search_path",
+    "timezone",
+    "datestyle",
+    "intervalstyle",
+    "client_encoding",
+    "client_min_messages",
+    "extra_float_digits",
+    "bytea_output",
+    "standard_conforming_strings",
+    "escape_string_warning",
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+    "idle_session_timeout",
+    "transaction_timeout",
+    "work_mem",
+    "maintenance_work_mem",
+    "temp_buffers",
+    "hash_mem_multiplier",
+    "default_transaction_isolation",
+    "transaction_isolation",
+    "default_transaction_read_only",
+    "transaction_read_only",
+    "default_transaction_deferrable",
+    "transaction_deferrable",
+    "lc_monetary",
+    "lc_numeric",
+    "lc_time",
+    "xmlbinary",
+    "xmloption",
+    "default_text_search_config",
+    "row_security",
+    "check_function_bodies",
+    "synchronize_seqscans",
+    "quote_all_identifiers",
+    "plan_cache_mode",
+    "jit",
+    "enable_*",
+    "random_page_cost",
+    "seq_page_cost",
+    "cpu_*_cost",
+    "effective_cache_size",
+    "effective_io_concurrency",
+    "from_collapse_limit",
+    "join_collapse_limit",
+    "geqo",
+    "geqo_*",
+    "max_parallel_workers_per_gather",
+    "parallel_*_cost",
+    "min_parallel_*_scan_size",
+    "default_statistics_target",
+    "cursor_tuple_fraction",
+    "constraint_exclusion",
+    "gin_fuzzy_search_limit",
+    "array_nulls",
+    "backslash_quote",
+)
+
+
+def setting_allowed(name: str, extra: Iterable[str] = ()) -> bool:
+    """Whether a run-time setting is on the production allow-list (names are case-blind)."""
+    folded = name.strip().lower()
+    return any(fnmatch.fnmatchcase(folded, p.lower()) for p in (*ALLOWED_SETTINGS, *extra))
+
 
 # name -> (what it stops, match, action); approvers are filled in from the settings.
 _DENY: list[tuple[str, str, dict[str, Any]]] = [

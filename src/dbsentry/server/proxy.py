@@ -188,7 +188,12 @@ class ClientConnection(asyncio.Protocol):
             secret,
             governor=self.proxy.governor,
             audit_config=self.proxy.config.audit if self.proxy.audit_writer is not None else None,
-            masking_service=self.proxy.catalogs.service if self.proxy.catalogs is not None else None,
+            masking_service=(
+                self.proxy.catalogs.service
+                if self.proxy.catalogs is not None and self.proxy.config.masking.enabled
+                else None
+            ),
+            catalog_service=self.proxy.catalogs.service if self.proxy.catalogs is not None else None,
             approvals=self.proxy.approvals,
             server_params=self.proxy.server_params,
         )
@@ -644,6 +649,13 @@ class ClientConnection(asyncio.Protocol):
         try:
             await catalogs.ensure(name)
         except CatalogError as err:
+            if not self.proxy.config.masking.enabled:
+                # Without masking the catalog only refines guardrails; the database's own
+                # read-only agents and the row guard hold without it.
+                log.warning("cannot read the catalog", extra={"fields": {"connection": name, "error": str(err)}})
+                if not self.closed:
+                    self._ready(ready)
+                return
             self.run(
                 self.session.upstream_failed(
                     "08004", f'dbsentry: cannot read the schema of connection "{name}" to classify sensitive data: {err}'

@@ -82,7 +82,8 @@ async def run_server(
             sys.exit(2)
         writer = open_writer(config)
     catalogs: CatalogLoader | None = None
-    if not config.passthrough and config.masking.enabled:
+    if not config.passthrough:
+        # The catalog serves masking and tells which functions may change data.
         key_path = config.masking.hash_key_file or config.state_dir / "masking.key"
         catalogs = CatalogLoader(config, MaskingService(config.masking, load_or_create_key(key_path)))
     approvals: Approvals | None = None

@@ -9,7 +9,7 @@ atomically: sessions keep running and the next statement is judged by the new po
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,11 +21,14 @@ from dbsentry.policy import (
     Policy,
     PolicyError,
     Verdict,
+    combine,
     default_policy,
     evaluate_sql,
     load_policy,
 )
+from dbsentry.policy.baseline import setting_allowed
 from dbsentry.policy.engine import Decision
+from dbsentry.session.functions import FunctionSafety
 
 log = logging.getLogger("dbsentry.policy")
 
@@ -62,9 +65,24 @@ class Governor:
     def version(self) -> str:
         return self.policy.version
 
-    def check(self, sql: str, identity: Identity, connection: str, environment: str) -> Check:
+    def check(
+        self, sql: str, identity: Identity, connection: str, environment: str, functions: FunctionSafety | None = None
+    ) -> Check:
+        """``functions``: the connection's catalog, to mark calls of functions that may
+        change data (``volatile_function``)."""
         ctx = EvalContext(identity, connection, environment, datetime.now(UTC))
-        return Check(evaluate_sql(self.policy, sql, ctx, self.facts_cache, self.decision_cache))
+        verdict = evaluate_sql(self.policy, sql, ctx, self.facts_cache, self.decision_cache)
+        if functions is not None and verdict.facts:
+            marked = tuple(functions.mark(f) for f in verdict.facts)
+            if any(a is not b for a, b in zip(marked, verdict.facts, strict=True)):
+                decisions = tuple(self.decision_cache.evaluate(self.policy, f, ctx) for f in marked)
+                verdict = replace(verdict, facts=marked, decisions=decisions, decision=combine(decisions))
+        return Check(verdict)
+
+    def setting_allowed(self, name: str) -> bool:
+        """Whether a run-time setting is on the production allow-list (the baseline's and
+        the policy's ``baseline.allow_settings``)."""
+        return setting_allowed(name, getattr(self.policy, "allowed_settings", ()))
 
     def reload(self) -> bool:
         """Re-read the policy file; an invalid one is rejected and the old policy stays."""

@@ -49,6 +49,7 @@ from dbsentry.masking.rows import Field, UnsupportedCopy, mask_data_rows
 from dbsentry.masking.strategies import PLACEHOLDERS
 from dbsentry.policy.cache import LRU
 from dbsentry.policy.engine import Decision
+from dbsentry.session.functions import FunctionSafety
 from dbsentry.sql.facts import StatementFacts
 from dbsentry.wire.pg import codec
 from dbsentry.wire.pg import messages as m
@@ -83,6 +84,7 @@ class MaskingView:
     # tables with sensitive columns and every view.  User-defined function names.
     sensitive_relnames: frozenset[str]
     user_functions: frozenset[str]
+    functions: FunctionSafety  # which of its functions may change data
 
     @classmethod
     def build(cls, catalog: Catalog, classmap: ClassMap, version: int) -> MaskingView:
@@ -91,7 +93,14 @@ class MaskingView:
             if rel.is_view:
                 relnames.add(rel.name)
         functions = {f.name for f in catalog.functions.values() if f.schema != "pg_catalog"}
-        return cls(catalog, classmap, version, frozenset(n.lower() for n in relnames), frozenset(functions))
+        return cls(
+            catalog,
+            classmap,
+            version,
+            frozenset(n.lower() for n in relnames),
+            frozenset(functions),
+            FunctionSafety(catalog),
+        )
 
     def copies_sensitive_columns(self, facts: StatementFacts) -> bool:
         """Whether the values a write (or CREATE ... AS) stores come from a sensitive column.

@@ -65,6 +65,10 @@ from dbsentry.wire.pg import messages as m
 # Startup parameters the proxy sets or refuses itself rather than forwarding.
 _NOT_FORWARDED = frozenset({"user", "database", "options", "replication"})
 _ROLE_SETTINGS = frozenset({"role", "session_authorization"})
+# Startup settings an agent may not give in production: the proxy sets them.
+_AGENT_FORCED = frozenset({"default_transaction_read_only", "transaction_read_only", "statement_timeout"})
+# Startup parameters every client sends that the allow-list need not name.
+_ALWAYS_ALLOWED = frozenset({"application_name", "client_encoding"})
 MAX_AUTH_MESSAGE = 64 * 1024
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
@@ -337,6 +341,8 @@ class Session:
     _busy: bool = False  # forwarded something the upstream has not answered with an idle Z
     governor: Governor | None = None
     masking_service: MaskingService | None = None
+    # Each connection's catalog (functions that may change data), with or without masking.
+    catalog_service: MaskingService | None = None
     masking: SessionMasking | None = None
     # The approvals service (JIT grants, approval requests), when approvals are on.
     approvals: GrantSource | None = None
@@ -525,6 +531,9 @@ class Session:
                 f"dbsentry: setting {switched} at connection start is not allowed; the proxy decides the upstream role",
                 user=user,
             )
+        refused = self._startup_settings_refused()
+        if refused is not None:
+            return self._fail("42501", refused, user=user)
         assert self.connection_name is not None
         out: list[c.Command] = [
             c.Log(
@@ -609,7 +618,9 @@ class Session:
         return None
 
     def _upstream_startup(self) -> tuple[tuple[str, str], ...]:
-        """The startup parameters of the upstream login: the client's, but for ours."""
+        """The startup parameters of the upstream login: the client's, but for ours, then the
+        proxy's own settings (PostgreSQL applies startup parameters after ``options``, in
+        order, so these win)."""
         conn = self.connection
         assert conn is not None and self.startup is not None
         params: list[tuple[str, str]] = [("database", conn.database)]
@@ -619,12 +630,65 @@ class Session:
             params.append((k, v))
         if self._forward_options:
             params.append(("options", self._forward_options))
+        params.extend(self._forced_settings())
         return tuple(params)
+
+    def _production(self) -> bool:
+        conn, gov = self.connection, self.governor
+        return conn is not None and gov is not None and conn.environment in gov.policy.production_environments
+
+    def _forced_settings(self) -> list[tuple[str, str]]:
+        """What the proxy sets upstream for this identity: the connection's role for it
+        (``roles``), and for agents in production a read-only session with a statement
+        timeout (least privilege at the database, whatever the parser missed)."""
+        conn, identity = self.connection, self.identity
+        if conn is None or identity is None:
+            return []
+        if self.approvals is not None:
+            identity = self.approvals.effective_identity(identity)
+        out: list[tuple[str, str]] = []
+        if conn.roles is not None:
+            role = conn.roles.role_for(identity.kind, identity.groups)
+            if role:
+                out.append(("role", role))
+        if identity.kind == "agent" and self._production():
+            out.append(("default_transaction_read_only", "on"))
+            timeout = self.config.guardrails.agent_statement_timeout
+            if timeout:
+                out.append(("statement_timeout", timeout))
+        return out
+
+    def _startup_settings_refused(self) -> str | None:
+        """Why the client's own startup settings are not allowed here (production only)."""
+        gov = self.governor
+        if gov is None or not self._production():
+            return None
+        settings = self._client_settings()
+        if settings is None:
+            return "dbsentry: connection options other than -c name=value are not allowed in production"
+        agent = self.identity is not None and self.identity.kind == "agent"
+        for name, _ in settings:
+            if agent and name in _AGENT_FORCED:
+                return f"dbsentry: setting {name} at connection start is not allowed for agents; the proxy sets it"
+            if name not in _ALWAYS_ALLOWED and not gov.setting_allowed(name):
+                return (
+                    f"dbsentry: setting {name} at connection start is not allowed in production; it is not on the "
+                    "allow-list of settings (a policy adds names with baseline.allow_settings)"
+                )
+        return None
 
     def _startup_settings(self) -> list[Setting] | None:
         """The settings the upstream login applies, in its order (``options`` first, then the
-        startup parameters), names in lower case; None when ``options`` holds a switch other
-        than ``-c name=value`` (its effect on the server's parameters is not known)."""
+        startup parameters, then the proxy's own), names in lower case; None when
+        ``options`` holds a switch other than ``-c name=value`` (its effect on the server's
+        parameters is not known)."""
+        settings = self._client_settings()
+        if settings is None:
+            return None
+        return settings + [(k, v) for k, v in self._forced_settings()]
+
+    def _client_settings(self) -> list[Setting] | None:
+        """The client's own settings of :meth:`_startup_settings`."""
         assert self.startup is not None
         out: list[Setting] = []
         words = pg_split_opts(self._forward_options) if self._forward_options else []
@@ -889,7 +953,11 @@ class Session:
                 self._refuse_frame(chunk, t, start, end, refuse, refuse_state)
                 continue
             if gov is not None:
-                self._govern_frame(gov, chunk, t, start, end)
+                gated = len(chunk.gated)
+                try:
+                    self._govern_frame(gov, chunk, t, start, end)
+                except Exception as err:  # fail closed, and keep the session
+                    self._analysis_failed(chunk, t, start, end, err, gated)
             if self.masking is not None:
                 self.masking.sent(t, buf, start, end, chunk.plans)
                 chunk.plans = ()
@@ -919,6 +987,37 @@ class Session:
             cmds.extend(self._closing("client terminated"))
             cmds.extend((c.CloseUpstream(), c.CloseClient()))
         return cmds
+
+    def _analysis_failed(self, chunk: _Chunk, t: int, start: int, end: int, err: Exception, gated: int) -> None:
+        """Analysing the frame's statement raised: refuse it (fail closed), keep the session."""
+        if isinstance(err, RecursionError) or getattr(err, "sqlstate", None) == "54001":
+            sqlstate, message = "54001", "dbsentry: statement too complex to analyse; it was not run"
+        else:
+            sqlstate, message = "XX000", f"dbsentry: the statement could not be analysed ({type(err).__name__}); it was not run"
+        chunk.guarded = None
+        chunk.plans = ()
+        records = chunk.gated[gated:]
+        del chunk.gated[gated:]
+        if self.audit is not None and records:
+            chunk.commands.extend(c.Audit(r) for r in records)
+            chunk.commands.extend(c.Audit(r) for r in self.audit.refused((r.id for r in records), sqlstate, message))
+        chunk.commands.append(
+            c.Log(logging.ERROR, "statement.analysis_failed", {"error": repr(err)[:500], "sqlstate": sqlstate})
+        )
+        if t == m.Q_PARSE:
+            name = codec.decode_parse(chunk.buf, start, end).name
+            self._prepared.pop(name, None)
+            marker = self._refuse(message, sqlstate, chunk.commands, log=False)
+            chunk.replace(start, end, codec.encode_parse(m.Parse(name, self._marker_sql(marker))))
+        elif t == m.Q_BIND:
+            bind = codec.decode_bind(chunk.buf, start, end)
+            marker = self._refuse(message, sqlstate, chunk.commands, log=False)
+            chunk.replace(start, end, codec.encode_bind(m.Bind(bind.portal, marker)))
+        else:
+            self._refuse_frame(chunk, t, start, end, message, sqlstate)
+        if not records and t in (m.Q_QUERY, m.Q_PARSE):
+            raw = codec.decode_query(chunk.buf, start, end).sql if t == m.Q_QUERY else codec.decode_parse(chunk.buf, start, end).sql
+            self._audit_refused(chunk, raw[:4096], message)
 
     def _refuse_frame(self, chunk: _Chunk, t: int, start: int, end: int, message: str, sqlstate: str) -> None:
         if t == m.Q_QUERY or t == m.Q_FUNCTION_CALL:
@@ -960,7 +1059,16 @@ class Session:
             # Just-in-time grants count while they last; after expiry the next statement
             # is judged without them.
             identity = self.approvals.effective_identity(identity)
-        return gov.check(sql, identity, self.connection_name, self._environment)
+        view = self.catalog_service.current(self.connection_name) if self.catalog_service is not None else None
+        check = gov.check(sql, identity, self.connection_name, self._environment, view.functions if view else None)
+        conn = self.connection
+        if conn is not None and conn.roles is not None and any("role_switch" in f.flags for f in check.verdict.facts):
+            return _refusal(
+                check,
+                "connection.roles",
+                f"the upstream role is set by the proxy (connections.{self.connection_name}.roles) and cannot be changed",
+            )
+        return check
 
     def _judged_under(self, gov: Governor) -> str:
         """What a prepared statement's decision depends on besides its text: the policy
@@ -1040,7 +1148,7 @@ class Session:
             )
         if facts.command in _DEFINES_ONLY or facts.statement_class == "DDL":
             return False
-        return not _CHANGES_ROWS.isdisjoint(facts.commands)
+        return "volatile_function" in facts.flags or not _CHANGES_ROWS.isdisjoint(facts.commands)
 
     def _guards_query(self, buf: bytes, start: int, end: int) -> bool:
         """Whether a Query would run under the guard (a cached check; no side effects)."""
@@ -1417,7 +1525,7 @@ class Session:
                     fields = codec.decode_error_fields(buf, start, end)
                     self._audit_done(chunk, audit.error(fields.sqlstate, fields.message))
             elif t == m.R_COMMAND_COMPLETE:
-                if self.masking_service is not None and buf[start : start + 6] in _SCHEMA_TAGS:
+                if self.catalog_service is not None and buf[start : start + 6] in _SCHEMA_TAGS:
                     assert self.connection_name is not None
                     chunk.commands.append(c.SchemaChanged(self.connection_name))
                 if audit is not None:
