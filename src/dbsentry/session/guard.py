@@ -34,6 +34,7 @@ are held until the decision (a refused statement's ``RETURNING`` rows never leav
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -45,6 +46,8 @@ from dbsentry.wire.pg import messages as m
 
 RULE_ROWS = "guardrails.max_rows_changed"
 RULE_FRACTION = "guardrails.max_fraction_changed"
+RULE_CATALOG = "guardrails.catalog_changes"
+_CATALOG_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
 
 # Everything is qualified with pg_catalog (operators too), so that no search_path and no
 # object of the client's can change what these statements do.
@@ -60,7 +63,7 @@ STATS_SQL = """SELECT c.oid::pg_catalog.int8,
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
 WHERE c.relkind OPERATOR(pg_catalog.=) ANY ('{r,f}'::pg_catalog."char"[])
   AND c.relpersistence OPERATOR(pg_catalog.<>) 't'::pg_catalog."char"
-  AND n.nspname OPERATOR(pg_catalog.<>) ALL ('{pg_catalog,pg_toast,information_schema}'::pg_catalog.name[])
+  AND n.nspname OPERATOR(pg_catalog.<>) 'pg_toast'::pg_catalog.name
   AND pg_catalog.pg_stat_get_xact_tuples_updated(c.oid) OPERATOR(pg_catalog.+)
       pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid) OPERATOR(pg_catalog.+)
       pg_catalog.pg_stat_get_xact_tuples_inserted(c.oid) OPERATOR(pg_catalog.>) 0"""
@@ -98,6 +101,10 @@ class TableCounts:
     @property
     def display(self) -> str:
         return f"{self.schema}.{self.name}"
+
+    @property
+    def catalog(self) -> bool:
+        return self.schema in _CATALOG_SCHEMAS
 
     @property
     def qualified(self) -> str:
@@ -153,7 +160,21 @@ class Verdict:
 
 
 def judge(limits: Limits, found: list[Effect], exact: dict[int, int] | None = None) -> Verdict:
-    """The decision on a statement's effect; asks for exact counts it lacks (once)."""
+    """The decision on a statement's effect; asks for exact counts it lacks (once).
+
+    Changed rows of the system catalogs mean DDL (TRUNCATE, DROP, ALTER, GRANT...) or
+    catalog writes ran inside the statement, typically in a function: refused, as DDL
+    needs an approval in production (creating temporary tables only inserts)."""
+    catalog = [e for e in found if e.table.catalog and e.changed]
+    if catalog:
+        names = ", ".join(sorted(e.table.display for e in catalog))
+        return Verdict(
+            False,
+            f"this statement changed the system catalogs ({names}): DDL or catalog writes ran inside it, "
+            f"which need an approval in production ({RULE_CATALOG}); it was rolled back",
+            RULE_CATALOG,
+        )
+    found = [e for e in found if not e.table.catalog]
     total = sum(e.changed for e in found)
     rows_word = "row" if total == 1 else "rows"
     if limits.max_rows is not None and total > limits.max_rows:
@@ -275,12 +296,15 @@ class _Bracket:
 class Guard:
     """The guard of one session: follows the exchange, runs at most one bracket at a time."""
 
-    __slots__ = ("_names", "_seq", "bracket", "exchange", "max_held")
+    __slots__ = ("_error", "_names", "_seq", "bracket", "exchange", "max_held")
 
-    def __init__(self, max_held: int) -> None:
+    def __init__(self, max_held: int, error: Callable[[str], bytes] | None = None) -> None:
+        """``error``: the ErrorResponse frame that refuses a statement with a message (the
+        session marks its own, so that nothing downstream mistakes it for the server's)."""
         self.exchange = Exchange()
         self.bracket: _Bracket | None = None
         self.max_held = max_held
+        self._error = error or (lambda message: codec.error_response("42501", message))
         self._seq = 0
         self._names = f"dbsentry_guard_{secrets.token_hex(4)}"
 
@@ -544,7 +568,7 @@ class Guard:
         return self._finish(b, out, self._held_answers(b))
 
     def _rollback(self, b: _Bracket, message: str, out: Out) -> list[bytes]:
-        error = codec.error_response("42501", message)
+        error = self._error(message)
         b.verdict = Verdict(False, message)
         if b.mode is Mode.AUTOCOMMIT:
             b.phase = _Phase.ENDING

@@ -837,7 +837,13 @@ class Session:
         self._limits = Limits(
             limits.max_rows_changed, limits.max_fraction_changed, cfg.min_rows_for_fraction, cfg.exact_count_max_bytes
         )
-        self.guard = Guard(self.config.limits.max_message_bytes)
+        self.guard = Guard(self.config.limits.max_message_bytes, self._guard_error)
+
+    def _guard_error(self, message: str) -> bytes:
+        """A refusal of the guard's, carrying a marker that becomes ``message`` on its way out
+        (see :meth:`_refuse`): masking never mistakes it for the server's error."""
+        marker = self._refuse(message, "42501", [], log=False)
+        return codec.error_response("42501", marker)
 
     def _news_since_greeting(self, ready: UpstreamReady) -> bytes:
         """What the upstream's login said that the client was not told when greeted:

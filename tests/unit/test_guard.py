@@ -1,0 +1,344 @@
+"""The row guard without sockets: the exchange tracker, the verdict on a statement's effect,
+and whole brackets driven message by message."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dbsentry.masking.rows import decode_data_row
+from dbsentry.session.exchange import CLIENT, Exchange
+from dbsentry.session.guard import (
+    FAIL_SQL,
+    STATS_SQL,
+    Effect,
+    Guard,
+    Limits,
+    Mode,
+    Statement,
+    TableCounts,
+    effects,
+    judge,
+    parse_counts,
+)
+from dbsentry.wire.pg import codec
+from dbsentry.wire.pg import messages as m
+from support.playbook import frames
+
+LIMITS = Limits(max_rows=1000, max_fraction=0.5, min_rows_for_fraction=10, exact_count_max_bytes=8192)
+
+
+def data_row(*values: str | None) -> bytes:
+    body = struct.pack("!h", len(values))
+    for v in values:
+        if v is None:
+            body += struct.pack("!i", -1)
+        else:
+            raw = v.encode()
+            body += struct.pack("!i", len(raw)) + raw
+    return codec.frame(b"D", body)
+
+
+def stats_row(oid: int, upd: int, dele: int, ins: int, size: int = 8192, reltuples: float = -1, live: int = 0, can: bool = True, name: str = "acc") -> bytes:
+    return data_row(str(oid), str(upd), str(dele), str(ins), str(size), str(reltuples), str(live), "t" if can else "f", "public", name)
+
+
+ROW_DESC = codec.frame(b"T", struct.pack("!h", 0))
+READY_I = codec.encode_ready("I")
+READY_T = codec.encode_ready("T")
+READY_E = codec.encode_ready("E")
+
+
+def cc(tag: str) -> bytes:
+    return codec.encode_command_complete(tag)
+
+
+def stats_answer(*rows: bytes, ready: bytes = READY_T) -> bytes:
+    return ROW_DESC + b"".join(rows) + cc(f"SELECT {len(rows)}") + ready
+
+
+def feed(guard: Guard, data: bytes) -> tuple[list[tuple[str, bytes]], list[bytes], object]:
+    _, spans = codec.FrameSplitter().split(data)
+    out_buf, _, out = guard.received(data, spans)
+    return (frames(out_buf) if out_buf else []), out.upstream, out
+
+
+def sent_queries(data: bytes) -> list[str]:
+    return [body[:-1].decode() for t, body in frames(data) if t == "Q"]
+
+
+# ---------------------------------------------------------------------------- the exchange
+
+
+def test_exchange_follows_a_simple_query_to_its_ready() -> None:
+    ex = Exchange()
+    ex.sent(m.Q_QUERY, 7)
+    assert ex.outstanding(7) == 1
+    for t in (m.R_ROW_DESCRIPTION, m.R_DATA_ROW, m.R_COMMAND_COMPLETE, m.R_ERROR):
+        assert ex.received(t) == (7, False)
+    assert ex.received(m.R_READY) == (7, True)
+    assert ex.idle and ex.outstanding(7) == 0
+
+
+def test_exchange_extended_error_skips_to_sync() -> None:
+    ex = Exchange()
+    for t in (m.Q_PARSE, m.Q_BIND, m.Q_DESCRIBE, m.Q_EXECUTE):
+        ex.sent(t)
+    for t in (m.Q_PARSE, m.Q_BIND, m.Q_EXECUTE):
+        ex.sent(t, 9)  # the proxy's own, skipped with the rest
+    ex.sent(m.Q_SYNC)
+    assert ex.received(ord("1")) == (CLIENT, True)
+    assert ex.received(m.R_ERROR) == (CLIENT, True)  # the Bind failed
+    assert ex.outstanding(9) == 0
+    assert ex.received(m.R_READY) == (CLIENT, True)
+    assert ex.idle
+
+
+def test_exchange_describe_execute_and_notices() -> None:
+    ex = Exchange()
+    for t in (m.Q_PARSE, m.Q_DESCRIBE, m.Q_EXECUTE, m.Q_CLOSE, m.Q_SYNC):
+        ex.sent(t, 3)
+    assert ex.received(m.R_NOTICE) == (3, False)
+    assert ex.received(ord("1"))[1]
+    assert ex.received(ord("t")) == (3, False)  # ParameterDescription, then
+    assert ex.received(m.R_ROW_DESCRIPTION) == (3, True)
+    assert ex.received(m.R_DATA_ROW) == (3, False)
+    assert ex.received(m.R_PORTAL_SUSPENDED) == (3, True)
+    assert ex.received(ord("3")) == (3, True)
+    assert ex.received(m.R_READY) == (3, True)
+    assert ex.received(m.R_NOTIFICATION) == (CLIENT, False)
+
+
+def test_exchange_reown_and_forget() -> None:
+    ex = Exchange()
+    ex.sent(m.Q_QUERY, 5)
+    ex.sent(m.Q_QUERY, 6)
+    ex.reown(5)
+    ex.forget(6)
+    assert ex.outstanding(5) == 0 and ex.outstanding(6) == 0 and not ex.proxy_requests
+    assert ex.received(m.R_READY) == (CLIENT, True)
+    assert ex.idle
+
+
+@given(st.lists(st.sampled_from([m.Q_QUERY, m.Q_PARSE, m.Q_BIND, m.Q_DESCRIBE, m.Q_EXECUTE, m.Q_CLOSE, m.Q_SYNC, m.Q_FLUSH]), max_size=30),
+       st.lists(st.sampled_from([m.R_READY, m.R_ERROR, m.R_COMMAND_COMPLETE, m.R_DATA_ROW, ord("1"), ord("2"), ord("3"), m.R_ROW_DESCRIPTION, m.R_NO_DATA, m.R_NOTICE]), max_size=60))  # fmt: skip
+def test_exchange_never_fails_on_any_sequence(requests: list[int], answers: list[int]) -> None:
+    ex = Exchange()
+    for i, t in enumerate(requests):
+        ex.sent(t, i % 3)
+    for t in answers:
+        owner, _ = ex.received(t)
+        assert owner in (0, 1, 2)
+    assert all(ex.outstanding(o) >= 0 for o in (1, 2))
+
+
+# ---------------------------------------------------------------------------- the verdict
+
+
+def decode(row: bytes) -> list[bytes | None]:
+    return decode_data_row(frames(row)[0][1])
+
+
+def table(oid: int, upd: int, dele: int, ins: int, **kw: object) -> dict[int, TableCounts]:
+    return parse_counts([decode(stats_row(oid, upd, dele, ins, **kw))])  # type: ignore[arg-type]
+
+
+def test_effects_are_the_change_of_the_counters() -> None:
+    before = table(1, 5, 10, 0)
+    after = {**table(1, 5, 50, 2), **table(2, 3, 0, 0, name="other")}
+    got = {e.table.oid: (e.changed, e.inserted, e.deleted) for e in effects(before, after)}
+    assert got == {1: (40, 2, 40), 2: (3, 0, 0)}
+    with pytest.raises(ValueError, match="backwards"):
+        effects(table(1, 9, 9, 9), table(1, 1, 1, 1))
+
+
+def test_judge_absolute_limit() -> None:
+    found = effects({}, table(1, 0, 1001, 0, size=10**9, reltuples=1e9))
+    v = judge(LIMITS, found)
+    assert not v.ok and "would have changed 1001 rows (limit 1000" in v.message and v.rule.endswith("max_rows_changed")
+    assert judge(Limits(None, None), found).ok
+
+
+def test_judge_small_table_is_counted_exactly_then_refused() -> None:
+    found = effects({}, table(1, 0, 40, 0, size=8192, reltuples=-1))
+    v = judge(LIMITS, found)
+    assert v.ok and [e.table.oid for e in v.counts_needed] == [1]
+    v = judge(LIMITS, found, {1: 0})  # nothing left after deleting 40: it had 40
+    assert not v.ok and "100% of the 40 rows of public.acc" in v.message
+
+
+def test_judge_fraction_from_estimate_and_unknown_size() -> None:
+    big = effects({}, table(1, 600, 0, 0, size=10**8, reltuples=1000))
+    assert not judge(LIMITS, big).ok
+    fine = effects({}, table(1, 400, 0, 0, size=10**8, reltuples=1000))
+    assert judge(LIMITS, fine).ok
+    unknown = effects({}, table(1, 20, 0, 0, size=10**8, reltuples=-1, live=0))
+    v = judge(LIMITS, unknown)
+    assert not v.ok and "could not be measured" in v.message
+    nopriv = effects({}, table(1, 20, 0, 0, size=100, reltuples=30, can=False))
+    assert not judge(LIMITS, nopriv).counts_needed and not judge(LIMITS, nopriv).ok
+    few = effects({}, table(1, 9, 0, 0, size=100, reltuples=9))
+    assert judge(LIMITS, few).ok  # under min_rows_for_fraction
+
+
+# ---------------------------------------------------------------------------- brackets
+
+
+def begin_autocommit(guard: Guard, sql: str = "DELETE FROM acc WHERE id > -1") -> bytes:
+    sent = guard.wrap_query(codec.encode_query(sql), Mode.AUTOCOMMIT, 0, Statement(sql), LIMITS)
+    assert sent_queries(sent) == ["BEGIN", STATS_SQL, sql, STATS_SQL]
+    return sent
+
+
+def test_autocommit_over_the_limit_rolls_back_and_tells_the_client() -> None:
+    guard = Guard(1 << 20)
+    begin_autocommit(guard)
+    answer = cc("BEGIN") + READY_T + stats_answer() + cc("DELETE 40") + READY_T
+    answer += stats_answer(stats_row(1, 0, 40, 0, size=8192))
+    to_client, upstream, out = feed(guard, answer)
+    assert to_client == [] and sent_queries(b"".join(upstream)) == ["SELECT (SELECT pg_catalog.count(*) FROM \"public\".\"acc\")"]
+    to_client, upstream, out = feed(guard, ROW_DESC + data_row("0") + cc("SELECT 1") + READY_T)
+    assert to_client == [] and out.ask is not None and "100% of the 40 rows" in out.ask.message  # type: ignore[attr-defined]
+    result = guard.approval(False, None)
+    assert sent_queries(b"".join(result.upstream)) == ["ROLLBACK"] and not result.finished
+    to_client, upstream, out = feed(guard, cc("ROLLBACK") + READY_I)
+    assert [t for t, _ in to_client] == ["E", "Z"] and to_client[1][1] == b"I"
+    assert out.finished and not guard.active  # type: ignore[attr-defined]
+    err = codec.decode_error_fields(to_client[0][1], 0, len(to_client[0][1]))
+    assert err.sqlstate == "42501" and err.message.endswith("it was rolled back")
+
+
+def test_autocommit_within_limits_commits_and_reports_idle() -> None:
+    guard = Guard(1 << 20)
+    begin_autocommit(guard, "DELETE FROM acc WHERE id = 1")
+    answer = cc("BEGIN") + READY_T + stats_answer(stats_row(1, 0, 3, 0)) + cc("DELETE 1") + READY_T
+    to_client, upstream, _ = feed(guard, answer + stats_answer(stats_row(1, 0, 4, 0)))
+    assert to_client == [] and sent_queries(b"".join(upstream)) == ["COMMIT"]
+    to_client, _, out = feed(guard, cc("COMMIT") + READY_I)
+    assert to_client == [("C", b"DELETE 1\x00"), ("Z", b"I")] and out.finished  # type: ignore[attr-defined]
+
+
+def test_autocommit_commit_failure_replaces_the_statement_result() -> None:
+    guard = Guard(1 << 20)
+    begin_autocommit(guard, "UPDATE acc SET v = 1 WHERE id = 1")
+    answer = cc("BEGIN") + READY_T + stats_answer() + cc("UPDATE 1") + READY_T + stats_answer(stats_row(1, 1, 0, 0))
+    feed(guard, answer)
+    commit_error = codec.error_response("23503", "deferred constraint")
+    to_client, _, _ = feed(guard, commit_error + READY_I)
+    assert [t for t, _ in to_client] == ["E", "Z"] and to_client[1][1] == b"I"
+
+
+def test_statement_error_passes_and_autocommit_block_is_rolled_back() -> None:
+    guard = Guard(1 << 20)
+    begin_autocommit(guard)
+    err = codec.error_response("23503", "violates foreign key")
+    answer = cc("BEGIN") + READY_T + stats_answer() + err + READY_E + codec.error_response("25P02", "aborted") + READY_E
+    to_client, upstream, out = feed(guard, answer)
+    assert to_client == [] and sent_queries(b"".join(upstream)) == ["ROLLBACK"] and out.ask is None  # type: ignore[attr-defined]
+    to_client, _, _ = feed(guard, cc("ROLLBACK") + READY_I)
+    assert [t for t, _ in to_client] == ["E", "Z"] and b"violates foreign key" in to_client[0][1] and to_client[1][1] == b"I"
+
+
+def test_block_refusal_fails_the_block() -> None:
+    guard = Guard(1 << 20)
+    sql = "SELECT 1; DELETE FROM acc"
+    sent = guard.wrap_query(codec.encode_query(sql), Mode.BLOCK, 1, Statement(sql), LIMITS)
+    assert sent_queries(sent) == [STATS_SQL, sql, STATS_SQL]
+    answer = stats_answer() + ROW_DESC + data_row("1") + cc("SELECT 1") + data_row("x") + cc("DELETE 5000") + READY_T
+    to_client, _, _ = feed(guard, answer)
+    # the SELECT's answers pass at once; the DELETE's RETURNING row is held
+    assert [t for t, _ in to_client] == ["T", "D", "C"]
+    to_client, _, out = feed(guard, stats_answer(stats_row(1, 0, 5000, 0, size=10**9, reltuples=10**6)))
+    assert out.ask is not None  # type: ignore[attr-defined]
+    result = guard.approval(False, "dbsentry: refused, request apr_1")
+    assert sent_queries(b"".join(result.upstream)) == [FAIL_SQL]
+    assert [f[:1] for f in result.client] == [b"E", b"Z"] and result.client[1][5:] == b"E" and result.finished
+    assert b"apr_1" in result.client[0]
+    # the failing statement's answers never reach the client
+    to_client, _, _ = feed(guard, codec.error_response("22P02", "invalid input") + READY_E)
+    assert to_client == []
+
+
+def test_block_approved_statement_goes_through() -> None:
+    guard = Guard(1 << 20)
+    sql = "DELETE FROM acc"
+    guard.wrap_query(codec.encode_query(sql), Mode.BLOCK, 0, Statement(sql), LIMITS)
+    feed(guard, stats_answer() + cc("DELETE 5000") + READY_T)
+    _, _, out = feed(guard, stats_answer(stats_row(1, 0, 5000, 0, size=10**9, reltuples=10**6)))
+    assert out.ask is not None  # type: ignore[attr-defined]
+    result = guard.approval(True, None)
+    assert result.upstream == [] and [f[:1] for f in result.client] == [b"C", b"Z"] and result.finished
+
+
+def test_extended_refusal_fails_the_batch_before_its_sync() -> None:
+    guard = Guard(1 << 20)
+    execute = codec.encode_execute(m.Execute(""))
+    for t in (m.Q_PARSE, m.Q_BIND):
+        guard.exchange.sent(t)
+    sent = guard.wrap_execute(execute, Statement("DELETE FROM acc WHERE id > $1", ("-1",)), LIMITS)
+    kinds = [t for t, _ in frames(sent)]
+    assert kinds == ["P", "B", "E", "C", "C", "E", "P", "B", "E", "C", "C", "H"]
+    answer = codec.frame(b"1") + codec.frame(b"2")  # the client's Parse and Bind
+    answer += codec.frame(b"1") + codec.frame(b"2") + stats_row(1, 0, 2, 0) + cc("SELECT 1") + codec.frame(b"3") + codec.frame(b"3")
+    answer += data_row("7") + cc("DELETE 1500")
+    answer += codec.frame(b"1") + codec.frame(b"2") + stats_row(1, 0, 1502, 0, size=10**9, reltuples=10**7) + cc("SELECT 1") + codec.frame(b"3") + codec.frame(b"3")
+    to_client, _, out = feed(guard, answer)
+    assert [t for t, _ in to_client] == ["1", "2"] and out.ask is not None  # type: ignore[attr-defined]
+    result = guard.approval(False, None)
+    assert [t for t, _ in frames(b"".join(result.upstream))] == ["E"]  # a portal that does not exist
+    assert [f[:1] for f in result.client] == [b"E"] and result.finished
+    # the failing Execute's error is not the client's
+    to_client, _, _ = feed(guard, codec.error_response("34000", "portal does not exist") + READY_I)
+    assert to_client == [("Z", b"I")]
+
+
+def test_extended_statement_skipped_after_an_earlier_error() -> None:
+    guard = Guard(1 << 20)
+    guard.exchange.sent(m.Q_PARSE)
+    guard.wrap_execute(codec.encode_execute(m.Execute("")), Statement("DELETE FROM acc"), LIMITS)
+    to_client, _, out = feed(guard, codec.error_response("42601", "syntax error"))
+    assert [t for t, _ in to_client] == ["E"] and out.finished and not guard.active  # type: ignore[attr-defined]
+
+
+def test_failed_measurement_refuses() -> None:
+    guard = Guard(1 << 20)
+    sql = "UPDATE acc SET v = 2 WHERE id = 3"
+    guard.wrap_query(codec.encode_query(sql), Mode.BLOCK, 0, Statement(sql), LIMITS)
+    answer = stats_answer() + cc("UPDATE 1") + READY_T + codec.error_response("57014", "canceling statement") + READY_E
+    _, _, out = feed(guard, answer)
+    assert out.ask is not None and "could not be measured" in out.ask.message  # type: ignore[attr-defined]
+
+
+def test_held_answers_over_the_cap_refuse_without_asking() -> None:
+    guard = Guard(100)
+    sql = "UPDATE acc SET v = v RETURNING *"
+    guard.wrap_query(codec.encode_query(sql), Mode.BLOCK, 0, Statement(sql), LIMITS)
+    rows = b"".join(data_row("x" * 40) for _ in range(5))
+    to_client, upstream, out = feed(guard, stats_answer() + rows + cc("UPDATE 5") + READY_T + stats_answer(stats_row(1, 5, 0, 0)))
+    assert out.ask is None and out.finished  # type: ignore[attr-defined]
+    assert [t for t, _ in to_client] == ["E", "Z"] and b"more than the proxy holds" in to_client[0][1]
+    assert sent_queries(b"".join(upstream)) == [FAIL_SQL]
+
+
+def test_cancel_forgets_the_bracket_but_not_the_statement() -> None:
+    guard = Guard(1 << 20)
+    guard.wrap_query(codec.encode_query("DELETE FROM acc"), Mode.AUTOCOMMIT, 0, Statement("DELETE FROM acc"), LIMITS)
+    guard.cancel()
+    assert not guard.active and not guard.exchange.proxy_requests
+    assert guard.exchange.received(m.R_READY) == (CLIENT, True) and guard.exchange.idle
+
+
+def test_effect_dataclass_is_plain() -> None:
+    e = Effect(next(iter(table(1, 1, 0, 0).values())), 1, 0, 0)
+    assert e.table.qualified == '"public"."acc"'
+
+
+def test_judge_refuses_catalog_changes_but_not_temporary_tables() -> None:
+    truncate = [Effect(parse_counts([decode(data_row("1259", "1", "0", "0", "0", "0", "0", "t", "pg_catalog", "pg_class"))])[1259], 1, 0, 0)]
+    v = judge(LIMITS, truncate)
+    assert not v.ok and v.rule == "guardrails.catalog_changes" and "pg_catalog.pg_class" in v.message
+    created = [Effect(parse_counts([decode(data_row("1259", "0", "0", "3", "0", "0", "0", "t", "pg_catalog", "pg_class"))])[1259], 0, 3, 0)]
+    assert judge(LIMITS, created).ok
