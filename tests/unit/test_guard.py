@@ -24,6 +24,7 @@ from dbsentry.session.guard import (
     judge,
     parse_counts,
 )
+from dbsentry.session.rowcap import RowCap
 from dbsentry.wire.pg import codec
 from dbsentry.wire.pg import messages as m
 from support.playbook import frames
@@ -342,3 +343,41 @@ def test_judge_refuses_catalog_changes_but_not_temporary_tables() -> None:
     assert not v.ok and v.rule == "guardrails.catalog_changes" and "pg_catalog.pg_class" in v.message
     created = [Effect(parse_counts([decode(data_row("1259", "0", "0", "3", "0", "0", "0", "t", "pg_catalog", "pg_class"))])[1259], 0, 3, 0)]
     assert judge(LIMITS, created).ok
+
+
+# ---------------------------------------------------------------------------- the agent row cap
+
+
+def _cap(cap: RowCap, data: bytes) -> list[tuple[str, bytes]]:
+    _, spans = codec.FrameSplitter().split(data)
+    out, _ = cap.filter(data, spans)
+    return frames(out) if out else []
+
+
+def test_row_cap_passes_small_results_untouched() -> None:
+    cap = RowCap(3)
+    data = ROW_DESC + data_row("1") + data_row("2") + data_row("3") + cc("SELECT 3") + READY_I
+    _, spans = codec.FrameSplitter().split(data)
+    assert cap.filter(data, spans)[0] is data
+
+
+def test_row_cap_cuts_the_result_and_skips_to_ready() -> None:
+    cap = RowCap(2)
+    data = ROW_DESC + data_row("1") + data_row("2") + data_row("3") + data_row("4") + cc("SELECT 4")
+    data += ROW_DESC + data_row("later statement") + cc("SELECT 1")  # skipped, as after an error
+    cut = len(ROW_DESC + data_row("1") + data_row("2"))  # chunks end at frame boundaries
+    got = _cap(cap, data[:cut]) + _cap(cap, data[cut:] + READY_T)
+    assert [t for t, _ in got] == ["T", "D", "D", "E", "Z"]
+    err = next(body for t, body in got if t == "E")
+    assert b"54000" in err and b"guardrails.agent_max_rows" in err
+    again = _cap(cap, ROW_DESC + data_row("1") + cc("SELECT 1") + READY_I)
+    assert [t for t, _ in again] == ["T", "D", "C", "Z"]
+
+
+def test_row_cap_counts_copy_rows_and_portal_pages() -> None:
+    cap = RowCap(2)
+    copy = codec.frame(b"H", b"\x00\x00\x00") + b"".join(codec.frame(b"d", b"%d\n" % i) for i in range(4))
+    got = _cap(cap, copy + codec.frame(b"c") + cc("COPY 4") + READY_I)
+    assert [t for t, _ in got] == ["H", "d", "d", "E", "Z"]
+    pages = data_row("1") + data_row("2") + codec.frame(b"s") + data_row("3") + cc("SELECT 3") + READY_I
+    assert [t for t, _ in _cap(RowCap(2), pages)] == ["D", "D", "s", "E", "Z"]
