@@ -49,8 +49,8 @@ from dbsentry.session.auditing import SessionAudit
 from dbsentry.session.governance import Check, Governor, denial_message
 from dbsentry.session.guard import Guard, Limits, Mode, Out
 from dbsentry.session.guard import Statement as GuardedStatement
-from dbsentry.session.rowcap import RowCap
 from dbsentry.session.masking import MaskingService, SessionMasking, StatementPlan, looks_masked
+from dbsentry.session.rowcap import RowCap
 from dbsentry.session.server_params import (
     Greeting,
     LoginKey,
