@@ -1293,13 +1293,17 @@ class Session:
             name = facts.prepared_name
             if facts.command == "PREPARE" and name is not None:
                 self._prepared[name] = (facts.text, self._judged_under(gov), check)
-            elif facts.command == "DEALLOCATE":
+            elif facts.command in ("DEALLOCATE", "DEALLOCATE ALL"):
                 if name is None:
                     self._prepared.clear()
+                    if self.guard is not None:
+                        self.guard.statements_dropped()
                 else:
                     self._prepared.pop(name, None)
             elif facts.command == "DISCARD ALL":
                 self._prepared.clear()
+                if self.guard is not None:
+                    self.guard.statements_dropped()
             elif facts.command == "EXECUTE" and name is not None and name in self._prepared:
                 inner = self._check(gov, self._prepared[name][0])
                 if not inner.allowed:
