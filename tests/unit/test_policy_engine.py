@@ -230,6 +230,7 @@ _FULL_MATCH = """match:
   classes: [READ]
   tables: [t]
   functions: [f]
+  settings: [search_path]
   flags: [drop]
   data_classes: [pii]
   risk: [high]
