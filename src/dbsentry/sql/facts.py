@@ -371,6 +371,13 @@ _ACCESS_EXCLUSIVE = 8  # LOCKMODE AccessExclusiveLock, also the mode of a bare L
 _SET_CONFIG_ARGS = ("setting_name", "new_value", "is_local")
 
 
+def _name(value: Any) -> str | None:
+    """A name field (prepared statement, file): a string or absent."""
+    if value is None or isinstance(value, str):
+        return value
+    raise SQLAnalysisError("unexpected parse tree shape: a name that is not a string")
+
+
 def _object_name(objtype: str | None) -> str:
     return (objtype or "OBJECT_UNKNOWN").removeprefix("OBJECT_").replace("_", " ")
 
@@ -1087,7 +1094,7 @@ def _t_explain(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
 
 def _t_prepare(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
     inner = _facts(body.get("query"), w.text, w.span, w.has_params)
-    return _Top("PREPARE", "MISC", prepared=body.get("name"), inner=inner, merge_inner=True)
+    return _Top("PREPARE", "MISC", prepared=_name(body.get("name")), inner=inner, merge_inner=True)
 
 
 def _t_declare(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
@@ -1125,7 +1132,7 @@ def _t_view(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
 
 def _t_copy(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
     is_from = bool(body.get("is_from"))
-    filename = body.get("filename")
+    filename = _name(body.get("filename"))
     program = bool(body.get("is_program"))
     copy = CopyFacts(
         "from" if is_from else "to", program, filename is not None and not program, filename
@@ -1182,13 +1189,13 @@ def _t_execute(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
     params = body.get("params") or []
     w.visit(params)
     values = tuple(_param_text(p) for p in params)
-    return _Top("EXECUTE", "MISC", prepared=body.get("name"), execute_params=values)
+    return _Top("EXECUTE", "MISC", prepared=_name(body.get("name")), execute_params=values)
 
 
 def _t_deallocate(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
     if body.get("isall") or body.get("name") is None:
         return _Top("DEALLOCATE ALL", "MISC")
-    return _Top("DEALLOCATE", "MISC", prepared=body.get("name"))
+    return _Top("DEALLOCATE", "MISC", prepared=_name(body.get("name")))
 
 
 def _t_discard(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:

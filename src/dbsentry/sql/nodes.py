@@ -267,7 +267,6 @@ CLAUSES: dict[str, str] = {
     "PartitionElem": _DDL,
     "PartitionSpec": _DDL,
     "PartitionBoundSpec": _DDL,
-    "PartitionRangeDatum": _DDL,
     "PartitionCmd": _DDL,
     "AlterTableCmd": _DDL,
     "ATAlterConstraint": _DDL,
@@ -292,6 +291,7 @@ REFUSED: dict[str, str] = {
     # never in a raw parse tree
     "PLAssignStmt": "a PL/pgSQL assignment",
     "SetOperationStmt": _PLANNER,
+    "PartitionRangeDatum": _PLANNER,  # made from the bound expressions by parse analysis
     "Query": _PLANNER,
     "Var": _PLANNER,
     "Param": _PLANNER,
