@@ -647,6 +647,10 @@ def test_not_a_catalog_write(sql: str) -> None:
         "alter database d set default_transaction_read_only to false",
         "alter system set default_transaction_read_only = off",
         "alter role r reset default_transaction_read_only",
+        "alter role r reset all",
+        "alter role r in database d reset all",
+        "alter database d reset all",
+        "alter system reset all",
         "update pg_settings set setting = 'off' where name = 'transaction_read_only'",
     ],
 )
@@ -674,6 +678,8 @@ def test_read_write_transaction(sql: str) -> None:
         "explain select set_config('transaction_read_only', 'off', true)",
         "commit",
         "discard all",
+        "reset all",
+        "alter role r reset work_mem",
     ],
 )
 def test_not_read_write_transaction(sql: str) -> None:

@@ -495,10 +495,15 @@ def _defelems(items: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _turns_read_only_off(body: dict[str, Any]) -> bool:
-    """Whether a SET/RESET (VariableSetStmt) may make transactions read-write."""
+def _turns_read_only_off(body: dict[str, Any], stored: bool = False) -> bool:
+    """Whether a SET/RESET (VariableSetStmt) may make transactions read-write.  ``stored``:
+    the SET of ALTER ROLE/DATABASE/SYSTEM, where RESET ALL also drops a stored
+    ``default_transaction_read_only = on`` (a session's RESET ALL only undoes its own
+    SETs, like DISCARD ALL, and is not flagged)."""
     kind = body.get("kind", "")
     name = str(body.get("name", "")).lower()
+    if kind == "VAR_RESET_ALL":
+        return stored
     if kind == "VAR_SET_MULTI":
         # SET TRANSACTION / SET SESSION CHARACTERISTICS AS TRANSACTION ... READ WRITE
         return any(
@@ -687,7 +692,7 @@ class _Walk:
         """A SET that is part of another statement (ALTER SYSTEM/ROLE/DATABASE ... SET,
         CREATE FUNCTION ... SET): it changes nothing in this session now, but may still
         turn read-only off for later transactions."""
-        if _turns_read_only_off(body):
+        if _turns_read_only_off(body, stored=True):
             self.flags.add("read_write_transaction")
         self.visit(body.get("args"))
 

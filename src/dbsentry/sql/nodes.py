@@ -1,4 +1,4 @@
-'''The allow-list: every node tag of PostgreSQL's raw parse tree, and what dbsentry does
+"""The allow-list: every node tag of PostgreSQL's raw parse tree, and what dbsentry does
 with it.
 
 "Enforce by construction, not by enumeration": :func:`dbsentry.sql.facts.analyze` reads
@@ -20,7 +20,7 @@ struct is written without the tag (:data:`STRUCT_FIELDS` names those, for the wa
 need a node's type).  :data:`RANGEVAR_PLACES` is every place a table reference
 (``RangeVar``) can stand, and what the reference does there; a table reference anywhere
 else is refused.
-'''
+"""
 
 from __future__ import annotations
 
