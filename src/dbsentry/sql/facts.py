@@ -273,8 +273,8 @@ def where_true_with(facts: StatementFacts, params: Sequence[object]) -> bool:
     each a ``str`` (the text value), ``None`` (NULL) or :data:`UNKNOWN_PARAM`.
 
     ``DELETE FROM t WHERE $1 = $2`` is always true with ``("1", "1")``, not with
-    ``("1", "2")``; ``WHERE id > $1`` never is.  A predicate too deep to fold counts as
-    always true (fail closed)."""
+    ``("1", "2")``; ``WHERE id > $1`` never is.  A predicate that cannot be folded (too
+    deep, or anything unexpected) counts as always true: the answer fails closed."""
     if not facts.where_predicates:
         return False
     bound = bind(params)
@@ -288,7 +288,7 @@ def where_true_with(facts: StatementFacts, params: Sequence[object]) -> bool:
 
     try:
         return any(all(holds(part) for part in pred) for pred in facts.where_predicates)
-    except RecursionError:
+    except Exception:  # RecursionError included
         return True
 
 
