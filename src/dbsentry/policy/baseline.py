@@ -122,6 +122,11 @@ _DENY: list[tuple[str, str, dict[str, Any]]] = [
     ),
     ("baseline.prod.load", "LOAD of a shared library", {"flags": ["load"]}),
     (
+        "baseline.prod.catalog-write",
+        "INSERT/UPDATE/DELETE/MERGE/TRUNCATE/COPY into the system catalogs (pg_catalog, information_schema)",
+        {"flags": ["catalog_write"]},
+    ),
+    (
         "baseline.prod.agent-read-only",
         "writes, DDL (incl. SELECT INTO, CREATE TABLE AS, temp tables), GRANT/REVOKE/roles, CALL and DO by agents",
         {"kind": "agent", "classes": ["WRITE", "DDL", "ROLE", "FUNCTION"]},
@@ -139,7 +144,26 @@ _DENY: list[tuple[str, str, dict[str, Any]]] = [
             "commands": ["VACUUM", "ANALYZE", "CLUSTER", "REINDEX", "CHECKPOINT", "LOCK TABLE", "NOTIFY"],
         },
     ),
+    (
+        "baseline.prod.agent-read-write",
+        "agents making a transaction read-write (BEGIN READ WRITE, SET [default_]transaction_read_only = off...)",
+        {"kind": "agent", "flags": ["read_write_transaction"]},
+    ),
 ]
+
+#: Server administration functions that act on other sessions or the whole server.
+SERVER_ADMIN_FUNCTIONS: tuple[str, ...] = (
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    "pg_reload_conf",
+    "pg_rotate_logfile",
+    "pg_switch_wal",
+    "pg_create_restore_point",
+    "pg_promote",
+    "pg_wal_replay_*",
+    "pg_stat_reset*",
+    "pg_log_backend_memory_contexts",
+)
 
 _APPROVAL: list[tuple[str, str, dict[str, Any], dict[str, Any] | None]] = [
     (
@@ -154,11 +178,33 @@ _APPROVAL: list[tuple[str, str, dict[str, Any], dict[str, Any] | None]] = [
         {"classes": ["ROLE"]},
         None,
     ),
+    (
+        "baseline.prod.server-admin",
+        "ending or cancelling sessions, reloading the configuration, switching WAL, resetting statistics "
+        "(pg_terminate_backend, pg_cancel_backend, pg_reload_conf, pg_switch_wal, pg_stat_reset*...)",
+        {"functions": list(SERVER_ADMIN_FUNCTIONS)},
+        None,
+    ),
+    (
+        "baseline.prod.disruptive-maintenance",
+        "LOCK ... ACCESS EXCLUSIVE (and LOCK without a mode), VACUUM FULL, CLUSTER, REINDEX DATABASE/SYSTEM",
+        {"flags": ["disruptive_maintenance"]},
+        None,
+    ),
 ]
+
+SETTINGS_RULE = "baseline.prod.settings"
+CATALOG_APPROVAL_RULE = "baseline.catalog-write"
 
 
 def baseline_rule_names() -> list[str]:
-    return [UNPARSABLE_RULE, *(n for n, _, _ in _DENY), *(n for n, _, _, _ in _APPROVAL)]
+    return [
+        UNPARSABLE_RULE,
+        *(n for n, _, _ in _DENY),
+        SETTINGS_RULE,
+        *(n for n, _, _, _ in _APPROVAL),
+        CATALOG_APPROVAL_RULE,
+    ]
 
 
 def baseline_rules(settings: BaselineSettings, production_environments: list[str]) -> list[Rule]:
@@ -177,6 +223,23 @@ def baseline_rules(settings: BaselineSettings, production_environments: list[str
                 message=f"{what} is not allowed in production ({name})",
             )
         )
+    # Settings by allow-list: a statement that changes any setting off the list is denied.
+    # (Role switches have a rule of their own.)
+    rules.append(
+        Rule(
+            name=SETTINGS_RULE,
+            description="changing a run-time setting that is not on the allow-list (SET, RESET, set_config)",
+            match=Match.model_validate({"settings": ["*"], "environments": envs}),
+            unless=Match.model_validate(
+                {"settings": [*ALLOWED_SETTINGS, "role", "session_authorization", *settings.allow_settings]}
+            ),
+            action="deny",
+            message=(
+                "changing setting {settings} is not allowed in production: only settings on the allow-list "
+                f"may change (a policy adds names with baseline.allow_settings) ({SETTINGS_RULE})"
+            ),
+        )
+    )
     for name, what, match, unless in _APPROVAL:
         rules.append(
             Rule(
@@ -190,6 +253,22 @@ def baseline_rules(settings: BaselineSettings, production_environments: list[str
                 message=f"{what} in production needs approval by {settings.approver_group} ({name})",
             )
         )
+    # Catalog writes are DDL by another spelling: outside production they need an approval.
+    rules.append(
+        Rule(
+            name=CATALOG_APPROVAL_RULE,
+            description="writes to the system catalogs outside production",
+            match=Match.model_validate({"flags": ["catalog_write"]}),
+            unless=Match.model_validate({"environments": envs}),
+            action="require_approval",
+            approvers=[settings.approver_group],
+            min_approvals=settings.min_approvals,
+            message=(
+                f"writing the system catalogs (pg_catalog, information_schema) needs approval by "
+                f"{settings.approver_group} ({CATALOG_APPROVAL_RULE})"
+            ),
+        )
+    )
     disabled = set(settings.disable)
     return [r for r in rules if r.name not in disabled]
 

@@ -260,6 +260,8 @@ class Policy:
     version: str = ""
     source: str = "<baseline>"
     production_environments: frozenset[str] = frozenset({"production"})
+    environments: frozenset[str] = frozenset()  # other environment names the policy declares
+    allowed_settings: tuple[str, ...] = ()  # beyond the baseline's allow-list (globs)
     uses_identity_names: bool = False
     uses_time: bool = False
     uses_data_classes: bool = False
@@ -274,6 +276,8 @@ class Policy:
         content: bytes = b"",
         source: str = "<baseline>",
         production_environments: Iterable[str] = ("production",),
+        environments: Iterable[str] = (),
+        allowed_settings: Iterable[str] = (),
     ) -> Policy:
         digest = hashlib.sha256(ENGINE_REVISION.encode() + b"\0" + content).hexdigest()[:16]
         return cls(
@@ -282,6 +286,8 @@ class Policy:
             version=digest,
             source=source,
             production_environments=frozenset(production_environments),
+            environments=frozenset(environments),
+            allowed_settings=tuple(allowed_settings),
             uses_identity_names=any(_uses(r, "identities") for r in rules),
             uses_time=any(_uses(r, "time") for r in rules),
             uses_data_classes=any(_uses(r, "data_classes") for r in rules),
@@ -293,6 +299,20 @@ class Policy:
 
     def evaluate(self, facts: StatementFacts, ctx: EvalContext) -> Decision:
         return evaluate(self, facts, ctx)
+
+
+def _fill(rule: Rule, facts: StatementFacts) -> str:
+    """A rule message may name the settings the statement changes: ``{settings}`` (those
+    the rule's ``unless`` does not excuse)."""
+    message = rule.message or ""
+    if "{settings}" not in message:
+        return message
+    names = facts.settings
+    excused = rule.unless.settings if rule.unless is not None else None
+    if excused:
+        pattern = _globs(excused)
+        names = tuple(n for n in names if not pattern.fullmatch(n)) or names
+    return message.replace("{settings}", ", ".join(names) or "?")
 
 
 def _uses(rule: CompiledRule, attr: str) -> bool:
@@ -324,12 +344,12 @@ def evaluate(policy: Policy, facts: StatementFacts, ctx: EvalContext) -> Decisio
     min_approvals = 0
     if action == "deny":
         message = "; ".join(
-            w.message or f"denied by policy rule {w.name}" for w in winners
+            _fill(w, facts) if w.message else f"denied by policy rule {w.name}" for w in winners
         )
     elif action == "require_approval":
         approvers = tuple(dict.fromkeys(g for w in winners for g in (w.approvers or ())))
         min_approvals = max(w.min_approvals for w in winners)
-        message = "; ".join(w.message for w in winners if w.message) or (
+        message = "; ".join(_fill(w, facts) for w in winners if w.message) or (
             f"needs approval by {', '.join(approvers)}"
         )
     return Decision(

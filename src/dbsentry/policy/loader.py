@@ -105,6 +105,8 @@ def parse_policy(text: str, source: str = "<string>") -> Policy:
         content=content,
         source=source,
         production_environments=model.production_environments,
+        environments=model.environments,
+        allowed_settings=model.baseline.allow_settings,
     )
 
 
@@ -126,4 +128,4 @@ def default_policy() -> Policy:
 
 def declared_environments(policy: Policy) -> frozenset[str]:
     """Environment names a policy declares: its production ones and ``environments``."""
-    return frozenset(policy.production_environments) | frozenset(getattr(policy, "environments", ()))
+    return policy.production_environments | policy.environments

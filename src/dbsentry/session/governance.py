@@ -82,7 +82,7 @@ class Governor:
     def setting_allowed(self, name: str) -> bool:
         """Whether a run-time setting is on the production allow-list (the baseline's and
         the policy's ``baseline.allow_settings``)."""
-        return setting_allowed(name, getattr(self.policy, "allowed_settings", ()))
+        return setting_allowed(name, self.policy.allowed_settings)
 
     def reload(self) -> bool:
         """Re-read the policy file; an invalid one is rejected and the old policy stays."""

@@ -31,6 +31,7 @@ failed) log in upstream themselves; at most ``connect_timeout_seconds``::
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -59,7 +60,7 @@ from dbsentry.session.server_params import (
     given_application_name,
 )
 from dbsentry.session.upstream import UpstreamReady
-from dbsentry.sql.facts import StatementFacts
+from dbsentry.sql.facts import StatementFacts, setting_values, where_true_with
 from dbsentry.wire.pg import codec
 from dbsentry.wire.pg import messages as m
 
@@ -174,6 +175,7 @@ def _escape_option(word: str) -> str:
 _SCHEMA_TAGS = frozenset({b"CREATE", b"ALTER ", b"DROP T", b"DROP V", b"DROP F", b"DROP S", b"COMMEN"})
 AUDIT_UNAVAILABLE = "dbsentry: the audit trail is unavailable, so the statement was not run; try again shortly"
 ALLOWED = Decision("allow", ())
+_UNBOUNDED_RULE = "baseline.prod.unbounded-write"
 
 
 class GrantSource(Protocol):
@@ -220,6 +222,42 @@ def _readable_params(bind: m.Bind) -> tuple[str | None, ...]:
         binary = (fmts[i] if len(fmts) > 1 else fmts[0]) == 1 if fmts else False
         out.append("\\x" + value.hex() if binary else value.decode("utf-8", "replace"))
     return tuple(out)
+
+
+def _param_values(bind: m.Bind) -> tuple[str | None, ...]:
+    """Bind parameters as the WHERE folding reads them: text-format ones as text, binary
+    ones as their bytes in hex (equal bytes compare equal)."""
+    fmts = bind.param_formats
+    out: list[str | None] = []
+    for i, value in enumerate(bind.params):
+        binary = (fmts[i] if len(fmts) > 1 else fmts[0]) == 1 if fmts else False
+        if value is None:
+            out.append(None)
+        else:
+            out.append("\\x" + value.hex() if binary else value.decode("utf-8", "replace"))
+    return tuple(out)
+
+
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(us|ms|s|min|h|d)?\s*$")
+_UNIT_MS = {"us": 0.001, "ms": 1.0, None: 1.0, "s": 1000.0, "min": 60_000.0, "h": 3_600_000.0, "d": 86_400_000.0}
+
+
+def _duration_ms(text: str) -> float | None:
+    """A PostgreSQL time setting's value in milliseconds (no unit: milliseconds)."""
+    match = _DURATION.match(text)
+    if match is None:
+        return None
+    return float(match.group(1)) * _UNIT_MS[match.group(2)]
+
+
+def _executed(facts: StatementFacts) -> StatementFacts | None:
+    """The ``EXECUTE name(...)`` a statement runs: itself, or under EXPLAIN ANALYZE."""
+    if facts.command == "EXECUTE":
+        return facts
+    inner = facts.inner
+    if facts.command == "EXPLAIN ANALYZE" and inner is not None and inner.command == "EXECUTE":
+        return inner
+    return None
 
 
 def _exact_params(bind: m.Bind) -> tuple[str | None, ...]:
@@ -1073,6 +1111,10 @@ class Session:
             identity = self.approvals.effective_identity(identity)
         view = self.catalog_service.current(self.connection_name) if self.catalog_service is not None else None
         check = gov.check(sql, identity, self.connection_name, self._environment, view.functions if view else None)
+        if identity.kind == "agent" and check.allowed and self._production():
+            refused = self._agent_timeout_raised(check)
+            if refused is not None:
+                return refused
         conn = self.connection
         if conn is not None and conn.roles is not None and any("role_switch" in f.flags for f in check.verdict.facts):
             return _refusal(
@@ -1081,6 +1123,27 @@ class Session:
                 f"the upstream role is set by the proxy (connections.{self.connection_name}.roles) and cannot be changed",
             )
         return check
+
+    def _agent_timeout_raised(self, check: Check) -> Check | None:
+        """An agent may lower the statement timeout the proxy set, never raise or remove it."""
+        limit = _duration_ms(self.config.guardrails.agent_statement_timeout or "")
+        if limit is None:
+            return None
+        for facts in check.verdict.facts:
+            if "statement_timeout" not in facts.settings:
+                continue
+            for value in setting_values(facts.text, "statement_timeout"):
+                if value is None:
+                    continue  # RESET / DEFAULT: back to the proxy's value
+                ms = _duration_ms(value) if isinstance(value, str) else None
+                if ms is None or ms <= 0 or ms > limit:
+                    return _refusal(
+                        check,
+                        "guardrails.agent_statement_timeout",
+                        f"agents may lower statement_timeout, not raise it above "
+                        f"{self.config.guardrails.agent_statement_timeout} or turn it off",
+                    )
+        return None
 
     def _judged_under(self, gov: Governor) -> str:
         """What a prepared statement's decision depends on besides its text: the policy
@@ -1150,8 +1213,9 @@ class Session:
 
     def _changes_rows(self, facts: StatementFacts, depth: int = 0) -> bool:
         """Whether running the statement may change rows (then it runs under the guard)."""
-        if facts.command == "EXECUTE":
-            prepared = self._prepared.get(facts.prepared_name or "")
+        executed = _executed(facts)
+        if executed is not None:
+            prepared = self._prepared.get(executed.prepared_name or "")
             if prepared is None or depth > 2:
                 return False  # nothing runs: PostgreSQL fails it
             return any(
@@ -1304,11 +1368,33 @@ class Session:
                 self._prepared.clear()
                 if self.guard is not None:
                     self.guard.statements_dropped()
-            elif facts.command == "EXECUTE" and name is not None and name in self._prepared:
-                inner = self._check(gov, self._prepared[name][0])
+            else:
+                executed = _executed(facts)
+                if executed is None or executed.prepared_name not in self._prepared:
+                    continue
+                inner = self._check(gov, self._prepared[executed.prepared_name][0])
                 if not inner.allowed:
                     return inner
+                if executed.execute_params is not None:
+                    bound = self._bound_always_true(gov, inner, executed.execute_params)
+                    if bound is not None:
+                        return bound
         return check
+
+    def _bound_always_true(self, gov: Governor, check: Check, params: Sequence[object]) -> Check | None:
+        """A refusal when an UPDATE/DELETE's WHERE is always true with the values bound to
+        it (``WHERE $1 = $2`` with 1 and 1), where the baseline's unbounded-write rule applies."""
+        rule = gov.policy.rule(_UNBOUNDED_RULE)
+        if rule is None or self._environment not in gov.policy.production_environments:
+            return None
+        for facts in check.verdict.facts:
+            if facts.where_params and where_true_with(facts, params):
+                return _refusal(
+                    check,
+                    _UNBOUNDED_RULE,
+                    "an UPDATE/DELETE whose WHERE is always true with the values bound to it is not allowed in production",
+                )
+        return None
 
     def _govern_parse(self, gov: Governor, chunk: _Chunk, start: int, end: int) -> None:
         parse = codec.decode_parse(chunk.buf, start, end)
@@ -1345,6 +1431,13 @@ class Session:
             portal, pos = codec.read_cstr(buf, start, end)
             name, _ = codec.read_cstr(buf, pos, end)
         known = self._prepared.get(name)
+        if known is not None and any(f.where_params for f in known[2].verdict.facts):
+            bound = self._bound_always_true(gov, known[2], _param_values(codec.decode_bind(buf, start, end)))
+            if bound is not None:
+                marker = self._deny(bound, known[0], chunk.commands)
+                chunk.replace(start, end, codec.encode_bind(m.Bind(portal, marker)))
+                self._audit_denied(chunk, known[0], bound)
+                return
         if known is not None and self.masking_service is not None and _binds_masked_value(known[2], buf, start, end):
             # The SQL text was checked at Parse; a masked value can also come as a parameter.
             check = _refusal(known[2], "masking.write_back", "writing a masked value back is refused")
@@ -1387,7 +1480,7 @@ class Session:
 
     def _deny(self, check: Check, sql: str, commands: list[c.Command]) -> str:
         decision = check.decision
-        marker = self._refuse(denial_message(decision), "42501", commands, log=False)
+        marker = self._refuse(denial_message(decision), decision.sqlstate, commands, log=False)
         commands.append(
             c.Log(
                 logging.WARNING,

@@ -92,6 +92,8 @@ FLAGS: dict[str, str] = {
     "catalog_write": "INSERT/UPDATE/DELETE/MERGE/TRUNCATE/COPY FROM into a system catalog (pg_catalog, information_schema, pg_toast*, an unqualified pg_* relation)",
     "read_write_transaction": "makes a transaction read-write or turns read-only off (BEGIN/SET TRANSACTION ... READ WRITE, SET [default_]transaction_read_only = off, set_config of those or of a setting whose name is not a constant)",
     "disruptive_maintenance": "LOCK in ACCESS EXCLUSIVE mode, VACUUM FULL, CLUSTER, REINDEX DATABASE/SYSTEM",
+    "hold_cursor": "DECLARE ... WITH HOLD: a cursor that outlives its transaction",
+    "volatile_function": "runs code that may change data: a VOLATILE or writing user function (or one the catalog does not know), a view over one, a trigger, rule, default or check of a written table (set from the connection's catalog)",
 }
 
 # Functions that read or write files on the database server or move large objects.
@@ -1102,9 +1104,14 @@ def _t_prepare(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
     return _Top("PREPARE", "MISC", prepared=_name(body.get("name")), inner=inner, merge_inner=True)
 
 
+_CURSOR_OPT_HOLD = 0x0020
+
+
 def _t_declare(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
     inner = _facts(body.get("query"), w.text, w.span, w.has_params)
-    return _Top("DECLARE CURSOR", "READ", inner=inner, merge_inner=True)
+    if int(body.get("options") or 0) & _CURSOR_OPT_HOLD:
+        w.flags.add("hold_cursor")
+    return _Top("DECLARE CURSOR", "READ", prepared=_name(body.get("portalname")), inner=inner, merge_inner=True)
 
 
 def _t_create_table_as(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
@@ -1132,7 +1139,8 @@ def _t_view(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
         w.flags.add("temporary")
     inner = _facts(body.get("query"), w.text, w.span, w.has_params)
     w.ddl("ViewStmt", {k: v for k, v in body.items() if k not in ("view", "query")})
-    return _Top("CREATE VIEW", "DDL", inner=inner)
+    # What the view's query calls runs whenever the view is read: its facts are the view's.
+    return _Top("CREATE VIEW", "DDL", inner=inner, merge_inner=True)
 
 
 def _t_copy(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
@@ -1511,6 +1519,66 @@ def _analyze_tree(sql: str, body: str, shift: int, tree_json: str) -> list[State
         raise SQLAnalysisError(
             f"dbsentry could not analyse the statement ({type(err).__name__}: {err})"
         ) from err
+
+
+def _tree_nodes(sql: str) -> list[Any]:
+    """Every dict of ``sql``'s parse tree (for the rare questions the facts do not answer)."""
+    body, _ = _prepare(sql)
+    stack: list[Any] = list(_load(_parse_json(body)))
+    out: list[Any] = []
+    while stack:
+        n = stack.pop()
+        if type(n) is dict:
+            out.append(n)
+            stack.extend(v for v in n.values() if type(v) in (dict, list))
+        elif type(n) is list:
+            stack.extend(n)
+    return out
+
+
+def operators_and_types(sql: str) -> tuple[frozenset[str], frozenset[str]]:
+    """The operators (``=``, ``s.###``) and the type names (``int4``, ``s.dom``) that
+    ``sql`` names anywhere: casts, ``OPERATOR()``, column definitions.  Raises
+    :class:`SQLParseError`."""
+    operators: set[str] = set()
+    types: set[str] = set()
+    for node in _tree_nodes(sql):
+        expr = node.get("A_Expr")
+        if type(expr) is dict:
+            operators.add(".".join(_strings(expr.get("name"))))
+        for key in ("TypeName", "typeName"):
+            tn = node.get(key)
+            if type(tn) is dict:
+                types.add(".".join(_strings(tn.get("names"))))
+    return frozenset(operators), frozenset(types)
+
+
+def setting_values(sql: str, name: str) -> list[object]:
+    """The values ``sql`` gives setting ``name`` (lower case): the text of each ``SET``
+    value or ``set_config`` argument, None for RESET / DEFAULT (the session's default), and
+    :data:`UNKNOWN_PARAM` for anything not a constant (a set_config whose name is not a
+    constant counts as setting every name)."""
+    out: list[object] = []
+    for node in _tree_nodes(sql):
+        vs = node.get("VariableSetStmt")
+        if type(vs) is dict and name in _setting_names(vs):
+            kind = vs.get("kind", "")
+            if kind in ("VAR_RESET", "VAR_SET_DEFAULT"):
+                out.append(None)
+            else:
+                args = vs.get("args") or []
+                values = [const(a) for a in args]
+                out.append(
+                    str(values[0]) if len(values) == 1 and values[0] is not UNKNOWN and values[0] is not None else UNKNOWN_PARAM
+                )
+        fc = node.get("FuncCall")
+        if type(fc) is dict and _strings(fc.get("funcname"))[-1:] == ["set_config"]:
+            setting, value, _ = _call_args(list(fc.get("args") or []), _SET_CONFIG_ARGS)
+            target = const(setting) if setting is not None else UNKNOWN
+            if target is UNKNOWN or not isinstance(target, str) or target.lower() == name:
+                folded = const(value) if value is not None else UNKNOWN
+                out.append(str(folded) if folded is not UNKNOWN and folded is not None else UNKNOWN_PARAM)
+    return out
 
 
 def split_statement_spans(sql: str) -> list[tuple[int, int]]:
