@@ -129,8 +129,6 @@ class GuardrailsConfig(ConnectionGuardrails):
     max_fraction_changed: float | None = Field(default=0.5, gt=0, le=1)
     # The share limit applies to statements that change at least this many rows of a table.
     min_rows_for_fraction: int = Field(default=10, ge=1)
-    # Tables up to this size are counted exactly inside the guard; larger ones are estimated.
-    exact_count_max_bytes: int = Field(default=8 * 1024 * 1024, ge=0)
     # Agents in production: a statement timeout set upstream, and a cap on result rows.
     agent_statement_timeout: str | None = "30s"
     agent_max_rows: int | None = Field(default=10_000, ge=1)

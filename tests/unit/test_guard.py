@@ -29,7 +29,7 @@ from dbsentry.wire.pg import codec
 from dbsentry.wire.pg import messages as m
 from support.playbook import frames
 
-LIMITS = Limits(max_rows=1000, max_fraction=0.5, min_rows_for_fraction=10, exact_count_max_bytes=8192)
+LIMITS = Limits(max_rows=1000, max_fraction=0.5, min_rows_for_fraction=10)
 
 
 def data_row(*values: str | None) -> bytes:
@@ -43,8 +43,16 @@ def data_row(*values: str | None) -> bytes:
     return codec.frame(b"D", body)
 
 
-def stats_row(oid: int, upd: int, dele: int, ins: int, size: int = 8192, reltuples: float = -1, live: int = 0, can: bool = True, name: str = "acc") -> bytes:
-    return data_row(str(oid), str(upd), str(dele), str(ins), str(size), str(reltuples), str(live), "t" if can else "f", "public", name)
+def stats_row(
+    oid: int, upd: int, dele: int, ins: int, size: int = 8192, reltuples: float = -1, live: int = 0,
+    can: bool = True, name: str = "acc", root: int | None = None, root_name: str = "",
+) -> bytes:  # fmt: skip
+    root = oid if root is None else root
+    flag = "t" if can else "f"
+    return data_row(
+        str(oid), str(upd), str(dele), str(ins), str(size), str(reltuples), str(live), flag, "public", name,
+        str(root), "public", root_name or name, flag,
+    )  # fmt: skip
 
 
 ROW_DESC = codec.frame(b"T", struct.pack("!h", 0))
@@ -170,28 +178,46 @@ def test_judge_absolute_limit() -> None:
     v = judge(LIMITS, found)
     assert not v.ok and "would have changed 1001 rows (limit 1000" in v.message and v.rule.endswith("max_rows_changed")
     assert judge(Limits(None, None), found).ok
+    # what the statement reported counts too (a foreign table's rows change on another server)
+    assert not judge(LIMITS, [], reported=5000, written=("ft",)).ok
 
 
-def test_judge_small_table_is_counted_exactly_then_refused() -> None:
-    found = effects({}, table(1, 0, 40, 0, size=8192, reltuples=-1))
+def test_judge_counts_a_bounded_number_of_rows() -> None:
+    found = effects({}, table(1, 0, 40, 0, reltuples=-1))
     v = judge(LIMITS, found)
-    assert v.ok and [e.table.oid for e in v.counts_needed] == [1]
-    v = judge(LIMITS, found, {1: 0})  # nothing left after deleting 40: it had 40
+    assert v.ok and [u.key for u in v.counts_needed] == ["t1"]
+    # 40 deleted at 50%: the table must have kept more than 40 rows
+    assert v.counts_needed[0].count_sql(0.5) == '(SELECT pg_catalog.count(*) FROM (SELECT 1 FROM ONLY "public"."acc" LIMIT 41) s)'
+    v = judge(LIMITS, found, {"t1": 0})  # nothing left after deleting 40: it had 40
     assert not v.ok and "100% of the 40 rows of public.acc" in v.message
+    assert judge(LIMITS, found, {"t1": 41}).ok
+    # statistics that say the table is large do not matter when it can be counted
+    inflated = effects({}, table(1, 0, 40, 0, reltuples=200_000, live=200_000))
+    assert judge(LIMITS, inflated).counts_needed and not judge(LIMITS, inflated, {"t1": 3}).ok
 
 
 def test_judge_fraction_from_estimate_and_unknown_size() -> None:
-    big = effects({}, table(1, 600, 0, 0, size=10**8, reltuples=1000))
+    big = effects({}, table(1, 600, 0, 0, reltuples=1000, can=False))
     assert not judge(LIMITS, big).ok
-    fine = effects({}, table(1, 400, 0, 0, size=10**8, reltuples=1000))
+    fine = effects({}, table(1, 400, 0, 0, reltuples=1000, can=False))
     assert judge(LIMITS, fine).ok
-    unknown = effects({}, table(1, 20, 0, 0, size=10**8, reltuples=-1, live=0))
+    unknown = effects({}, table(1, 20, 0, 0, reltuples=-1, live=0, can=False))
     v = judge(LIMITS, unknown)
     assert not v.ok and "could not be measured" in v.message
-    nopriv = effects({}, table(1, 20, 0, 0, size=100, reltuples=30, can=False))
-    assert not judge(LIMITS, nopriv).counts_needed and not judge(LIMITS, nopriv).ok
-    few = effects({}, table(1, 9, 0, 0, size=100, reltuples=9))
+    few = effects({}, table(1, 9, 0, 0, reltuples=9))
     assert judge(LIMITS, few).ok  # under min_rows_for_fraction
+
+
+def test_judge_partitions_count_together() -> None:
+    parts = {}
+    for i in range(10):  # 9 rows deleted in each of 10 partitions of 9 rows
+        parts |= table(100 + i, 0, 9, 0, name=f"p{i}", root=99, root_name="parted")
+    found = effects({}, parts)
+    v = judge(LIMITS, found)
+    assert [u.key for u in v.counts_needed] == ["r99"]
+    assert v.counts_needed[0].count_sql(0.5).startswith('(SELECT pg_catalog.count(*) FROM (SELECT 1 FROM "public"."parted" LIMIT')
+    v = judge(LIMITS, found, {"r99": 0})
+    assert not v.ok and "public.parted (all partitions)" in v.message
 
 
 # ---------------------------------------------------------------------------- brackets
@@ -212,7 +238,9 @@ def test_autocommit_over_the_limit_rolls_back_and_tells_the_client() -> None:
     answer = cc("BEGIN") + READY_T + stats_answer(first=True) + cc("DELETE 40") + READY_T
     answer += stats_answer(stats_row(1, 0, 40, 0, size=8192))
     to_client, upstream, out = feed(guard, answer)
-    assert to_client == [] and sent_queries(b"".join(upstream)) == ["SELECT (SELECT pg_catalog.count(*) FROM \"public\".\"acc\")"]
+    assert to_client == [] and sent_queries(b"".join(upstream)) == [
+        'SELECT (SELECT pg_catalog.count(*) FROM (SELECT 1 FROM ONLY "public"."acc" LIMIT 41) s)'
+    ]
     to_client, upstream, out = feed(guard, ROW_DESC + data_row("0") + cc("SELECT 1") + READY_T)
     assert to_client == [] and out.ask is not None and "100% of the 40 rows" in out.ask.message  # type: ignore[attr-defined]
     result = guard.approval(False, None)
@@ -350,10 +378,11 @@ def test_effect_dataclass_is_plain() -> None:
 
 
 def test_judge_refuses_catalog_changes_but_not_temporary_tables() -> None:
-    truncate = [Effect(parse_counts([decode(data_row("1259", "1", "0", "0", "0", "0", "0", "t", "pg_catalog", "pg_class"))])[1259], 1, 0, 0)]
+    row = data_row("1259", "1", "0", "0", "0", "0", "0", "t", "pg_catalog", "pg_class", "1259", "pg_catalog", "pg_class", "t")
+    truncate = [Effect(parse_counts([decode(row)])[1259], 1, 0, 0)]
     v = judge(LIMITS, truncate)
     assert not v.ok and v.rule == "guardrails.catalog_changes" and "pg_catalog.pg_class" in v.message
-    created = [Effect(parse_counts([decode(data_row("1259", "0", "0", "3", "0", "0", "0", "t", "pg_catalog", "pg_class"))])[1259], 0, 3, 0)]
+    created = [Effect(parse_counts([decode(row)])[1259], 0, 3, 0)]
     assert judge(LIMITS, created).ok
 
 

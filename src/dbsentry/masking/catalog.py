@@ -21,10 +21,13 @@ from dbsentry.masking.detect import classify_column
 
 __all__ = [
     "BUILTIN_FUNCTIONS_SQL",
+    "CODE_SQL",
     "FUNCTIONS_SQL",
     "FUNCTIONS_SQL_PRE14",
+    "OPERATORS_SQL",
     "RELATIONS_SQL",
     "SEARCH_PATH_SQL",
+    "TYPES_SQL",
     "VIEWS_SQL",
     "Catalog",
     "ClassMap",
@@ -60,16 +63,14 @@ _SCHEMA_FILTER = """(n.nspname NOT IN ('pg_catalog', 'information_schema')
 
 #: One row per column: relation oid, schema, name, relkind, attnum, column name, type oid
 #: (a domain's base type, as RowDescription reports it), ``format_type`` spelling (a domain
-#: keeps its own name), type modifier, column comment, whether writing the relation runs
-#: code (triggers or rules).
+#: keeps its own name), type modifier, column comment.
 RELATIONS_SQL = f"""
 SELECT c.oid::int8, n.nspname::text, c.relname::text, c.relkind::text,
        a.attnum::int4, a.attname::text,
        (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END)::int8,
        pg_catalog.format_type(a.atttypid, a.atttypmod),
        a.atttypmod::int4,
-       pg_catalog.col_description(c.oid, a.attnum),
-       c.relhastriggers OR c.relhasrules
+       pg_catalog.col_description(c.oid, a.attnum)
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -122,6 +123,76 @@ SELECT DISTINCT p.proname::text FROM pg_catalog.pg_proc p
 WHERE p.pronamespace = 'pg_catalog'::pg_catalog.regnamespace
 """
 
+_USER_FUNCTION = "p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace"
+
+#: Code that runs when a relation is written: one row per (relation, user function) for
+#: its user triggers, its columns' defaults and checks, its columns' domain constraints and
+#: defaults, and function 0 for a rule; a partitioned or inheritance parent gets its
+#: descendants' rows too (a write to it may land in them).
+CODE_SQL = f"""
+WITH RECURSIVE tree(root, rel) AS (
+  SELECT c.oid, c.oid FROM pg_catalog.pg_class c WHERE c.relkind IN ('r', 'p', 'f', 'v')
+  UNION
+  SELECT t.root, i.inhrelid FROM tree t JOIN pg_catalog.pg_inherits i ON i.inhparent = t.rel
+), code(rel, fn) AS (
+  SELECT tg.tgrelid, tg.tgfoid FROM pg_catalog.pg_trigger tg WHERE NOT tg.tgisinternal
+  UNION ALL
+  SELECT r.ev_class, 0::oid FROM pg_catalog.pg_rewrite r WHERE r.rulename <> '_RETURN'
+  UNION ALL
+  SELECT ad.adrelid, d.refobjid FROM pg_catalog.pg_attrdef ad
+  JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND d.objid = ad.oid
+   AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+  UNION ALL
+  SELECT co.conrelid, d.refobjid FROM pg_catalog.pg_constraint co
+  JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid = co.oid
+   AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+  WHERE co.conrelid <> 0
+  UNION ALL
+  SELECT a.attrelid, d.refobjid FROM pg_catalog.pg_attribute a
+  JOIN pg_catalog.pg_constraint co ON co.contypid = a.atttypid
+  JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid = co.oid
+   AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+  WHERE a.attnum > 0 AND NOT a.attisdropped
+  UNION ALL
+  SELECT a.attrelid, d.refobjid FROM pg_catalog.pg_attribute a
+  JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.objid = a.atttypid
+   AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+  WHERE a.attnum > 0 AND NOT a.attisdropped
+)
+SELECT DISTINCT t.root::int8, code.fn::int8
+FROM tree t JOIN code ON code.rel = t.rel
+LEFT JOIN pg_catalog.pg_proc p ON p.oid = code.fn
+WHERE code.fn = 0 OR {_USER_FUNCTION}
+"""
+
+#: User functions that run where a statement names a type or an operator: one row per
+#: (schema, name, function oid) of domain constraints and defaults, casts to the type, and
+#: user-defined operators.
+TYPES_SQL = f"""
+SELECT n.nspname::text, t.typname::text, d.refobjid::int8
+FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+JOIN pg_catalog.pg_constraint co ON co.contypid = t.oid
+JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid = co.oid
+ AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid WHERE {_USER_FUNCTION}
+UNION
+SELECT n.nspname::text, t.typname::text, d.refobjid::int8
+FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.objid = t.oid
+ AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid WHERE {_USER_FUNCTION}
+UNION
+SELECT n.nspname::text, t.typname::text, ca.castfunc::int8
+FROM pg_catalog.pg_cast ca JOIN pg_catalog.pg_type t ON t.oid = ca.casttarget
+JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+JOIN pg_catalog.pg_proc p ON p.oid = ca.castfunc WHERE {_USER_FUNCTION}
+"""
+OPERATORS_SQL = f"""
+SELECT n.nspname::text, o.oprname::text, o.oprcode::oid::int8
+FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
+JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode WHERE {_USER_FUNCTION}
+"""
+
 #: The search path of the connection that read the catalog (for view definitions).
 SEARCH_PATH_SQL = "SELECT pg_catalog.current_schemas(false)::text[]"
 
@@ -151,7 +222,6 @@ class Relation:
     kind: str  # r table, p partitioned table, v view, m materialized view, f foreign table
     columns: tuple[Column, ...]
     definition: str | None = None  # views and materialized views
-    runs_code: bool = False  # has triggers or rules: writing it runs code
 
     @property
     def is_view(self) -> bool:
@@ -207,6 +277,12 @@ class Catalog:
     search_path: tuple[str, ...] = ("public",)
     #: Names of pg_catalog's functions (empty: not read, nothing is known to be built in).
     builtin_functions: frozenset[str] = frozenset()
+    #: Relation oid -> user functions that run when it is written (0: a rule); see CODE_SQL.
+    code: Mapping[int, frozenset[int]] = field(default_factory=dict)
+    #: (schema, type name) -> user functions that run where a statement names the type.
+    type_code: Mapping[tuple[str, str], frozenset[int]] = field(default_factory=dict)
+    #: (schema, operator) -> the user function behind it.
+    operator_code: Mapping[tuple[str, str], frozenset[int]] = field(default_factory=dict)
     _by_name: dict[tuple[str, str], Relation] = field(default_factory=dict, repr=False)
     _funcs_by_name: dict[tuple[str, str], list[Function]] = field(default_factory=dict, repr=False)
     _columns: dict[tuple[int, int], Column] = field(default_factory=dict, repr=False)
@@ -233,17 +309,17 @@ class Catalog:
         """Build from the rows of :data:`RELATIONS_SQL`, :data:`VIEWS_SQL` and
         :data:`FUNCTIONS_SQL`, in the order those queries give their columns."""
         defs = {int(r[0]): r[1] for r in view_rows}
-        heads: dict[int, tuple[str, str, str, bool]] = {}
+        heads: dict[int, tuple[str, str, str]] = {}
         cols: dict[int, list[Column]] = {}
         for row in relation_rows:
             oid, schema, name, kind, attnum, attname, type_oid, type_name, typmod, comment = row[:10]
-            heads[int(oid)] = (schema, name, kind, bool(row[10]) if len(row) > 10 else False)
+            heads[int(oid)] = (schema, name, kind)
             cols.setdefault(int(oid), []).append(
                 Column(int(attnum), attname, int(type_oid), type_name or "", int(typmod), comment)
             )
         relations = {
-            oid: Relation(oid, s, n, k, tuple(cols[oid]), defs.get(oid), code)
-            for oid, (s, n, k, code) in heads.items()
+            oid: Relation(oid, s, n, k, tuple(cols[oid]), defs.get(oid))
+            for oid, (s, n, k) in heads.items()
         }
         functions = {}
         for row in function_rows:
@@ -255,6 +331,31 @@ class Catalog:
                 volatility,
             )  # fmt: skip
         return cls(relations, functions, tuple(search_path), frozenset(builtin_functions))
+
+    def with_code(
+        self,
+        code_rows: Iterable[Sequence[Any]],
+        type_rows: Iterable[Sequence[Any]] = (),
+        operator_rows: Iterable[Sequence[Any]] = (),
+    ) -> Catalog:
+        """This catalog with the rows of :data:`CODE_SQL`, :data:`TYPES_SQL` and
+        :data:`OPERATORS_SQL`."""
+
+        def grouped(rows: Iterable[Sequence[Any]], key: Any) -> dict[Any, frozenset[int]]:
+            out: dict[Any, set[int]] = {}
+            for r in rows:
+                out.setdefault(key(r), set()).add(int(r[-1]))
+            return {k: frozenset(v) for k, v in out.items()}
+
+        return Catalog(
+            self.relations,
+            self.functions,
+            self.search_path,
+            self.builtin_functions,
+            grouped(code_rows, lambda r: int(r[0])),
+            grouped(type_rows, lambda r: (str(r[0]), str(r[1]))),
+            grouped(operator_rows, lambda r: (str(r[0]), str(r[1]))),
+        )
 
     def relation(
         self, schema: str | None, name: str, search_path: Iterable[str] | None = None
@@ -306,10 +407,17 @@ async def fetch_catalog(conn: Any) -> Catalog:
         fn_rows = await cur.fetchall()
         await cur.execute(BUILTIN_FUNCTIONS_SQL)
         builtins = [r[0] for r in await cur.fetchall()]
+        await cur.execute(CODE_SQL)
+        code_rows = await cur.fetchall()
+        await cur.execute(TYPES_SQL)
+        type_rows = await cur.fetchall()
+        await cur.execute(OPERATORS_SQL)
+        operator_rows = await cur.fetchall()
         await cur.execute(SEARCH_PATH_SQL)
         row = await cur.fetchone()
     path = tuple(row[0]) if row and row[0] else ("public",)
-    return Catalog.from_rows(rel_rows, view_rows, fn_rows, path, builtins)
+    catalog = Catalog.from_rows(rel_rows, view_rows, fn_rows, path, builtins)
+    return catalog.with_code(code_rows, type_rows, operator_rows)
 
 
 # -- classification -------------------------------------------------------------------------

@@ -145,6 +145,17 @@ _DENY: list[tuple[str, str, dict[str, Any]]] = [
         },
     ),
     (
+        "baseline.prod.agent-hold-cursor",
+        "agents declaring cursors WITH HOLD (they outlive the transaction and its row cap)",
+        {"kind": "agent", "flags": ["hold_cursor"]},
+    ),
+    (
+        "baseline.prod.code-in-views-and-cursors",
+        "views and cursors over queries that run code which may change data (it would run later, where no "
+        "limit on its effect applies)",
+        {"commands": ["CREATE VIEW", "CREATE MATERIALIZED VIEW", "DECLARE CURSOR"], "flags": ["volatile_function"]},
+    ),
+    (
         "baseline.prod.agent-read-write",
         "agents making a transaction read-write (BEGIN READ WRITE, SET [default_]transaction_read_only = off...)",
         {"kind": "agent", "flags": ["read_write_transaction"]},

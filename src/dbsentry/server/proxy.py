@@ -449,7 +449,8 @@ class ClientConnection(asyncio.Protocol):
                         environment=session.connection.environment if session.connection else None,
                         sql=cmd.sql,
                         params=cmd.params,
-                        key_params=cmd.key_params,
+                        # bound to the exact values and to the effect seen now
+                        key_params=(*(cmd.key_params or ()), f"effect:{cmd.effect}"),
                         decision=decision,
                         facts=cmd.facts,
                         session_id=session.session_id,
@@ -462,7 +463,10 @@ class ClientConnection(asyncio.Protocol):
                     self.run(session.guard_approval(False, None))
                 return
             if not self.closed:
-                self.run(session.guard_approval(gate.outcome == "run", gate.message or None))
+                # A pending request for the same text may carry an older message: say what
+                # this run would have done.
+                message = svc.refusal_message(dataclasses.replace(gate.request, message=cmd.message))
+                self.run(session.guard_approval(gate.outcome == "run", message))
 
         spawn(ask(), name="guard-approval")
 

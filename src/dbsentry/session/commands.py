@@ -146,6 +146,7 @@ class GuardApproval:
     facts: tuple[StatementFacts, ...]
     message: str
     rule: str
+    effect: str = ""  # what it changed: the approval is bound to it as well
 
 
 @dataclass(slots=True)

@@ -22,13 +22,14 @@ ONE = 1  # Parse, Bind, Close: ParseComplete / BindComplete / CloseComplete
 DESCRIBE = 2  # Describe: [ParameterDescription] RowDescription or NoData
 EXECUTE = 3  # Execute: rows, then CommandComplete, EmptyQueryResponse or PortalSuspended
 SYNC = 4  # Sync: ReadyForQuery
+PARSE = 5  # Parse: ParseComplete (its outcome is reported, see Exchange.parse_outcomes)
 
 CLIENT = 0
 
 _KIND_OF_REQUEST = {
     m.Q_QUERY: QUERY,
     m.Q_FUNCTION_CALL: QUERY,
-    m.Q_PARSE: ONE,
+    m.Q_PARSE: PARSE,
     m.Q_BIND: ONE,
     m.Q_CLOSE: ONE,
     m.Q_DESCRIBE: DESCRIBE,
@@ -48,11 +49,17 @@ def request_kind(t: int) -> int | None:
 class Exchange:
     """The requests sent upstream and not answered yet, oldest first."""
 
-    __slots__ = ("_items", "_open")
+    __slots__ = ("_items", "_open", "parse_outcomes", "skipping")
 
     def __init__(self) -> None:
         self._items: deque[tuple[int, int]] = deque()  # (kind, owner)
         self._open: dict[int, int] = {}  # owner -> unanswered requests (proxy owners only)
+        # Whether each of the client's Parse messages took effect, in order: False when it
+        # failed or was skipped (the server then still has the statement it had before).
+        self.parse_outcomes: deque[bool] = deque()
+        # An extended-protocol request failed: the server ignores everything (Flush too)
+        # up to the next Sync, so nothing sent before that Sync will run or be answered.
+        self.skipping = False
 
     def sent(self, t: int, owner: int = CLIENT) -> None:
         """A message of type ``t`` went upstream (after every one sent before it)."""
@@ -79,8 +86,10 @@ class Exchange:
     def head_owner(self) -> int:
         return self._items[0][1] if self._items else CLIENT
 
-    def _pop(self) -> tuple[int, int]:
+    def _pop(self, done: bool = False) -> tuple[int, int]:
         kind, owner = self._items.popleft()
+        if kind == PARSE and owner == CLIENT:
+            self.parse_outcomes.append(done)
         if owner != CLIENT:
             left = self._open[owner] - 1
             if left:
@@ -100,6 +109,7 @@ class Exchange:
             return CLIENT, False
         kind, owner = items[0]
         if t == m.R_READY:
+            self.skipping = False
             # Ends the first Query/FunctionCall/Sync; anything before it went unanswered.
             while items:
                 kind, owner = self._pop()
@@ -110,13 +120,14 @@ class Exchange:
             return owner, False  # everything up to its ReadyForQuery
         if t == m.R_ERROR:
             # The request failed; the server skips everything up to the next Sync.
+            self.skipping = True
             self._pop()
             while items and items[0][0] != SYNC:
                 self._pop()
             return owner, True
-        if kind == ONE:
+        if kind in (ONE, PARSE):
             if t in _ONE_DONE:
-                self._pop()
+                self._pop(done=True)
                 return owner, True
         elif kind == EXECUTE:
             if t in _EXECUTE_DONE:
@@ -126,6 +137,12 @@ class Exchange:
             self._pop()
             return owner, True
         return owner, False
+
+    @property
+    def runs_pending(self) -> bool:
+        """Whether a request that runs statements (and may change the transaction state)
+        is waiting for its answer."""
+        return any(kind in (QUERY, EXECUTE) for kind, _ in self._items)
 
     def reown(self, owner: int, new: int = CLIENT) -> None:
         """``owner``'s requests are someone else's after all (sent in another form)."""

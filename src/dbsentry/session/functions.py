@@ -1,14 +1,23 @@
-"""Which statements run code that may change data: functions (PostgreSQL's own volatility,
-what SQL bodies do), views over such functions, and triggers or rules on written tables.
+"""Which statements run code that may change data, from the connection's catalog.
 
-A function is *safe* when the catalog says it is IMMUTABLE or STABLE (PostgreSQL runs such
-functions read-only) and, for LANGUAGE sql, its body only reads (and calls safe functions).
-Built-in functions are known by name and judged by their own flags (``nextval``, file access
-and the like are flagged by the statement facts).  Everything else may change data:
-VOLATILE user-defined functions, procedures, and names the catalog does not know (created
-since it was read).  A statement that calls one, reads a view that does, or writes a
-table with triggers or rules is marked ``volatile_function``, which keeps agents from
-running it and runs it under the row guard for people.
+Code runs where a statement does not show it: in functions it calls (and the functions
+those call), in views it reads, in the triggers, rules, defaults and checks of the tables
+it writes (and of their partitions), in domain constraints and casts of the types it names,
+in the functions behind user-defined operators.  Two verdicts, for two uses:
+
+- **changes data** (for agents; the issue's rule): a user function that is VOLATILE, a
+  procedure, an aggregate or window function (its transition functions are not judged), a
+  LANGUAGE sql function whose body writes or calls such a function, or a name the catalog
+  does not know (created since it was read).  A statement with one is marked
+  ``side_effect_function``, which the production baseline denies to agents.
+- **opaque** (for the row guard): the above, and any function in a procedural language
+  (PL/pgSQL, PL/Python...) even when STABLE, since it may call a volatile one.  A statement
+  with one is marked ``volatile_function`` and runs under the row guard for people; views
+  and cursors over such queries are refused in production.
+
+Built-in functions are judged by the statement facts' own flags (``nextval``, file access...);
+C functions of extensions are trusted to be what their volatility says.  A write to a table
+the catalog does not know (created since it was read, or temporary) counts as opaque.
 """
 
 from __future__ import annotations
@@ -17,18 +26,28 @@ from dataclasses import replace
 
 from dbsentry.masking.catalog import Catalog, Function, Relation
 from dbsentry.policy.cache import LRU
-from dbsentry.sql.facts import SQLParseError, StatementFacts, analyze
+from dbsentry.sql.facts import SQLParseError, StatementFacts, analyze, operators_and_types
 
 FLAG = "volatile_function"
+SIDE_EFFECT = "side_effect_function"
 _MAX_DEPTH = 5
-_READ_ONLY_CLASSES = frozenset({"READ"})
-_UNSAFE_FLAGS = frozenset({"side_effect_function", "dynamic_sql", "file_access", "remote_connection", "row_lock", FLAG})
+_TRUSTED_LANGUAGES = frozenset({"sql", "c", "internal"})
+_WRITING_FLAGS = frozenset({SIDE_EFFECT, "dynamic_sql", "file_access", "remote_connection", "row_lock"})
+
+# A verdict: (changes data, opaque); opaque includes changes data.
+_SAFE = (False, False)
+_OPAQUE = (False, True)
+_CHANGES = (True, True)
+
+
+def _worst(a: tuple[bool, bool], b: tuple[bool, bool]) -> tuple[bool, bool]:
+    return (a[0] or b[0], a[1] or b[1])
 
 
 class FunctionSafety:
-    """Judges the functions of one catalog; memoized, so build one per catalog."""
+    """Judges what the statements of one catalog run; memoized, so build one per catalog."""
 
-    __slots__ = ("_by_name", "_catalog", "_marked", "_memo", "_relations", "_views")
+    __slots__ = ("_by_name", "_catalog", "_fn_memo", "_marked", "_name_memo", "_relations", "_views")
 
     def __init__(self, catalog: Catalog) -> None:
         self._catalog = catalog
@@ -38,9 +57,10 @@ class FunctionSafety:
         self._relations: dict[str, list[Relation]] = {}
         for rel in catalog.relations.values():
             self._relations.setdefault(rel.name, []).append(rel)
-        self._memo: dict[str, bool] = {}
-        self._views: dict[int, bool] = {}
-        # Statement text -> marked facts (the text decides the facts).
+        self._name_memo: dict[str, tuple[bool, bool]] = {}
+        self._fn_memo: dict[int, tuple[bool, bool]] = {}
+        self._views: dict[int, tuple[bool, bool]] = {}
+        # Statement text -> (facts, marked facts): the text decides the facts.
         self._marked: LRU[str, tuple[StatementFacts, StatementFacts]] = LRU(4096)
 
     @property
@@ -48,89 +68,150 @@ class FunctionSafety:
         """Whether the catalog names the built-in functions (else nothing is judged)."""
         return bool(self._catalog.builtin_functions)
 
-    def may_change_data(self, name: str, depth: int = 0) -> bool:
+    # ------------------------------------------------------------------ functions
+
+    def function(self, name: str, depth: int = 0) -> tuple[bool, bool]:
         """``name`` as a statement calls it: ``fn``, ``schema.fn`` or ``db.schema.fn``."""
-        hit = self._memo.get(name)
+        hit = self._name_memo.get(name)
         if hit is not None:
             return hit
         parts = name.split(".")
         base = parts[-1]
         schema = parts[-2] if len(parts) >= 2 else None
         if schema == "pg_catalog":
-            verdict = False
+            verdict = _SAFE
         else:
             candidates = [f for f in self._by_name.get(base, ()) if schema is None or f.schema == schema]
             if candidates:
-                # Any overload or same-named function on some schema could be the one called.
-                verdict = any(self._unsafe(f, depth) for f in candidates)
+                # Any overload, or a same-named function in any schema, could be the one called.
+                verdict = _SAFE
+                for fn in candidates:
+                    verdict = _worst(verdict, self._function(fn, depth))
+            elif schema is None and base in self._catalog.builtin_functions:
+                verdict = _SAFE
             else:
-                verdict = not (schema is None and base in self._catalog.builtin_functions)
-        self._memo[name] = verdict
+                verdict = _CHANGES  # not known: created since the catalog was read
+        self._name_memo[name] = verdict
         return verdict
 
-    def _unsafe(self, fn: Function, depth: int) -> bool:
-        if fn.kind == "p" or fn.volatility not in ("i", "s"):
-            return True
+    def _by_oid(self, oid: int, depth: int) -> tuple[bool, bool]:
+        fn = self._catalog.functions.get(oid)
+        return _CHANGES if fn is None else self._function(fn, depth)
+
+    def _function(self, fn: Function, depth: int) -> tuple[bool, bool]:
+        hit = self._fn_memo.get(fn.oid)
+        if hit is not None:
+            return hit
+        self._fn_memo[fn.oid] = _CHANGES  # recursion through itself: the worst
+        verdict = self._judge(fn, depth)
+        self._fn_memo[fn.oid] = verdict
+        return verdict
+
+    def _judge(self, fn: Function, depth: int) -> tuple[bool, bool]:
+        if fn.kind in ("p", "a", "w") or fn.volatility not in ("i", "s"):
+            return _CHANGES
+        if fn.language not in _TRUSTED_LANGUAGES:
+            return _OPAQUE  # PostgreSQL runs it read-only, but it may call a volatile one
         if fn.language != "sql":
-            return False  # PostgreSQL runs non-volatile functions read-only
+            return _SAFE
         if fn.body is None or depth >= _MAX_DEPTH:
-            return True
+            return _CHANGES
         try:
             statements = analyze(fn.body)
         except (SQLParseError, RecursionError):
-            return True
+            return _CHANGES
+        verdict = _SAFE
         for facts in statements:
-            if not _READ_ONLY_CLASSES.issuperset(facts.classes) or facts.flags & _UNSAFE_FLAGS:
-                return True
-            if any(self.may_change_data(called, depth + 1) for called in facts.functions):
-                return True
-        return False
+            if not frozenset(facts.classes) <= {"READ"} or facts.flags & _WRITING_FLAGS:
+                return _CHANGES
+            verdict = _worst(verdict, self._runs(facts, depth + 1))
+        return verdict
+
+    # ------------------------------------------------------------------ statements
 
     def _relations_named(self, table: str) -> list[Relation]:
         parts = table.split(".")
         schema = parts[-2] if len(parts) >= 2 else None
         return [r for r in self._relations.get(parts[-1], ()) if schema is None or r.schema == schema]
 
-    def _view_may_change_data(self, view: Relation, depth: int) -> bool:
-        """A view whose definition calls such a function (reading it runs the function)."""
+    def _view(self, view: Relation, depth: int) -> tuple[bool, bool]:
+        """A view whose definition runs such code (reading it runs it)."""
         hit = self._views.get(view.oid)
         if hit is not None:
             return hit
-        self._views[view.oid] = True  # a cycle, or a definition that cannot be read: unsafe
-        verdict = True
+        self._views[view.oid] = _CHANGES  # a cycle, or a definition that cannot be read
+        verdict = _CHANGES
         if view.definition is not None and depth < _MAX_DEPTH:
             try:
                 statements = analyze(view.definition)
             except (SQLParseError, RecursionError):
                 statements = []
-            verdict = not statements or any(self._runs_unsafe_code(f, depth + 1) for f in statements)
+            if statements:
+                verdict = _SAFE
+                for f in statements:
+                    verdict = _worst(verdict, self._runs(f, depth + 1))
         self._views[view.oid] = verdict
         return verdict
 
-    def _runs_unsafe_code(self, facts: StatementFacts, depth: int = 0) -> bool:
-        if any(self.may_change_data(name, depth) for name in facts.functions):
-            return True
+    def _code(self, functions: frozenset[int], depth: int) -> tuple[bool, bool]:
+        verdict = _SAFE
+        for oid in functions:
+            verdict = _worst(verdict, _CHANGES if oid == 0 else self._by_oid(oid, depth))  # 0: a rule
+        return verdict
+
+    def _runs(self, facts: StatementFacts, depth: int = 0) -> tuple[bool, bool]:
+        verdict = _SAFE
+        for name in facts.functions:
+            verdict = _worst(verdict, self.function(name, depth))
+        catalog = self._catalog
+        creates = "DDL" in facts.classes  # the relation it writes may be the one it creates
         for table in facts.tables_written:
-            if any(r.runs_code for r in self._relations_named(table)):
-                return True  # triggers or rules run on the write
+            rels = self._relations_named(table)
+            if not rels and not creates and not table.startswith(("pg_catalog.", "information_schema.")):
+                verdict = _worst(verdict, _OPAQUE)  # created since the catalog was read
+            for rel in rels:
+                verdict = _worst(verdict, self._code(catalog.code.get(rel.oid, frozenset()), depth))
         for table in facts.tables_read:
-            if any(r.is_view and self._view_may_change_data(r, depth) for r in self._relations_named(table)):
-                return True
-        return False
+            for rel in self._relations_named(table):
+                if rel.is_view:
+                    verdict = _worst(verdict, self._view(rel, depth))
+        if (catalog.type_code or catalog.operator_code) and verdict != _CHANGES:
+            verdict = _worst(verdict, self._types_and_operators(facts.text, depth))
+        return verdict
+
+    def _types_and_operators(self, text: str, depth: int) -> tuple[bool, bool]:
+        """Domain constraints, casts and user operators the statement names."""
+        try:
+            operators, types = operators_and_types(text)
+        except (SQLParseError, RecursionError):
+            return _CHANGES
+        verdict = _SAFE
+        for names, table in ((types, self._catalog.type_code), (operators, self._catalog.operator_code)):
+            for name in names:
+                schema, _, base = name.rpartition(".")
+                for (s, n), functions in table.items():
+                    if n == base and (not schema or schema.split(".")[-1] == s):
+                        verdict = _worst(verdict, self._code(functions, depth))
+        return verdict
 
     def mark(self, facts: StatementFacts) -> StatementFacts:
-        """``facts`` with :data:`FLAG` (and ``side_effect_function``) when running it runs
-        code that may change data: a function, a view over one, a trigger or rule."""
-        if FLAG in facts.flags or not self.known:
+        """``facts`` with :data:`FLAG` when running it runs opaque code, and
+        ``side_effect_function`` as well when that code may change data."""
+        if FLAG in facts.flags or not self.known or not facts.text:
             return facts
-        if not (facts.functions or facts.tables_read or facts.tables_written):
+        catalog = self._catalog
+        if not (facts.functions or facts.tables_read or facts.tables_written or catalog.type_code or catalog.operator_code):
             return facts
         hit = self._marked.get(facts.text)
         if hit is not None and (hit[0] is facts or hit[0] == facts):
             return hit[1]
+        changes, opaque = self._runs(facts)
         marked = facts
-        if self._runs_unsafe_code(facts):
-            flags = facts.flags | {FLAG, "side_effect_function"}
+        if opaque:
+            flags = set(facts.flags)
+            flags.add(FLAG)
+            if changes:
+                flags.add(SIDE_EFFECT)
             risk = facts.risk if facts.risk == "high" else "moderate"
             marked = replace(facts, flags=frozenset(flags), risk=risk)
         self._marked.put(facts.text, (facts, marked))

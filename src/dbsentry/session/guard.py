@@ -33,6 +33,7 @@ are held until the decision (a refused statement's ``RETURNING`` rows never leav
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,8 +60,12 @@ STATS_SQL = """SELECT c.oid::pg_catalog.int8,
   c.reltuples::pg_catalog.float8,
   pg_catalog.pg_stat_get_live_tuples(c.oid),
   pg_catalog.has_table_privilege(c.oid, 'SELECT'),
-  n.nspname::pg_catalog.text, c.relname::pg_catalog.text
+  n.nspname::pg_catalog.text, c.relname::pg_catalog.text,
+  r.oid::pg_catalog.int8, rn.nspname::pg_catalog.text, r.relname::pg_catalog.text,
+  pg_catalog.has_table_privilege(r.oid, 'SELECT')
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) COALESCE(pg_catalog.pg_partition_root(c.oid), c.oid)
+JOIN pg_catalog.pg_namespace rn ON rn.oid OPERATOR(pg_catalog.=) r.relnamespace
 WHERE c.relkind OPERATOR(pg_catalog.=) ANY ('{r,f}'::pg_catalog."char"[])
   AND c.relpersistence OPERATOR(pg_catalog.<>) 't'::pg_catalog."char"
   AND n.nspname OPERATOR(pg_catalog.<>) 'pg_toast'::pg_catalog.name
@@ -80,12 +85,12 @@ class Limits:
     max_rows: int | None
     max_fraction: float | None
     min_rows_for_fraction: int = 10
-    exact_count_max_bytes: int = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
 class TableCounts:
-    """One row of :data:`STATS_SQL`."""
+    """One row of :data:`STATS_SQL`: a table's counters and what the guard may need to
+    know about it and about the root of its partition tree (itself when it is none)."""
 
     oid: int
     updated: int
@@ -97,10 +102,14 @@ class TableCounts:
     can_count: bool
     schema: str
     name: str
+    root: int = 0
+    root_schema: str = ""
+    root_name: str = ""
+    root_can_count: bool = False
 
     @property
     def display(self) -> str:
-        return f"{self.schema}.{self.name}"
+        return f"{self.schema}.{self.name}" if self.schema else self.name
 
     @property
     def catalog(self) -> bool:
@@ -108,18 +117,23 @@ class TableCounts:
 
     @property
     def qualified(self) -> str:
-        return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
+        return f"{quote_ident(self.schema)}.{quote_ident(self.name)}" if self.schema else quote_ident(self.name)
+
+    @property
+    def partition(self) -> bool:
+        return self.root not in (0, self.oid)
 
 
 def parse_counts(rows: list[list[bytes | None]]) -> dict[int, TableCounts]:
     out: dict[int, TableCounts] = {}
     for r in rows:
-        if len(r) != 10 or any(v is None for v in r[:8]):
+        if len(r) != 14 or any(v is None for v in r[:8]) or any(v is None for v in r[10:]):
             raise ValueError("unexpected row from the statistics query")
         text = [v.decode() if v is not None else "" for v in r]
         t = TableCounts(
             int(text[0]), int(text[1]), int(text[2]), int(text[3]), int(text[4]),
             float(text[5]), int(text[6]), text[7] == "t", text[8], text[9],
+            int(text[10]), text[11], text[12], text[13] == "t",
         )  # fmt: skip
         out[t.oid] = t
     return out
@@ -127,7 +141,7 @@ def parse_counts(rows: list[list[bytes | None]]) -> dict[int, TableCounts]:
 
 @dataclass(frozen=True, slots=True)
 class Effect:
-    """What the statement changed in one table, and how many rows that table had."""
+    """What the statement changed in one table."""
 
     table: TableCounts
     changed: int  # rows updated or deleted
@@ -152,19 +166,92 @@ def effects(before: dict[int, TableCounts], after: dict[int, TableCounts]) -> li
 
 
 @dataclass(frozen=True, slots=True)
+class Unit:
+    """What the share limit is checked on: one table (its own rows), or a partitioned
+    table with all its partitions (a statement that empties many small partitions empties
+    the table)."""
+
+    key: str
+    display: str
+    qualified: str  # for COUNT
+    only: bool  # count the table's own rows (ONLY), not its partitions' or children's
+    can_count: bool
+    estimate: float  # rows, from the statistics, when it cannot be counted
+    changed: int
+    inserted: int
+    deleted: int
+
+    def need(self, fraction: float) -> int:
+        """How many rows must remain for the change to stay under ``fraction`` of the
+        rows the table had (had = remaining + deleted - inserted)."""
+        return math.floor(self.changed / fraction - self.deleted + self.inserted) + 1
+
+    def count_sql(self, fraction: float) -> str:
+        only = "ONLY " if self.only else ""
+        return f"(SELECT pg_catalog.count(*) FROM (SELECT 1 FROM {only}{self.qualified} LIMIT {self.need(fraction)}) s)"
+
+
+def _own_unit(e: Effect) -> Unit:
+    t = e.table
+    return Unit(
+        f"t{t.oid}", t.display, t.qualified, True, t.can_count, max(t.reltuples, t.live, 0), e.changed, e.inserted, e.deleted
+    )
+
+
+def units(found: list[Effect], reported: int = 0, written: tuple[str, ...] = ()) -> list[Unit]:
+    """The units the statement changed (see :class:`Unit`).  ``reported``: the rows its
+    CommandComplete reported; beyond what the counters saw (a foreign table's rows are
+    changed by another server), they are the written table's."""
+    out = [_own_unit(e) for e in found]
+    roots: dict[int, list[Effect]] = {}
+    for e in found:
+        if e.table.partition:
+            roots.setdefault(e.table.root, []).append(e)
+    for root, members in roots.items():
+        t = members[0].table
+        out.append(
+            Unit(
+                f"r{root}",
+                f"{t.root_schema}.{t.root_name} (all partitions)",
+                f"{quote_ident(t.root_schema)}.{quote_ident(t.root_name)}",
+                False,
+                t.root_can_count,
+                -1,
+                sum(e.changed for e in members),
+                sum(e.inserted for e in members),
+                sum(e.deleted for e in members),
+            )
+        )
+    seen = sum(e.changed for e in found)
+    if reported > seen and len(written) == 1:
+        name = written[0]
+        quoted = ".".join(quote_ident(p) for p in name.split("."))
+        out.append(Unit(f"w{name}", name, quoted, True, True, -1, reported - seen, 0, reported - seen))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
     ok: bool
     message: str = ""  # for a refusal: what the client is told (without "dbsentry: ")
     rule: str = RULE_ROWS
-    counts_needed: tuple[Effect, ...] = ()  # count these tables exactly first
+    counts_needed: tuple[Unit, ...] = ()  # count these first (see Unit.count_sql)
 
 
-def judge(limits: Limits, found: list[Effect], exact: dict[int, int] | None = None) -> Verdict:
-    """The decision on a statement's effect; asks for exact counts it lacks (once).
+def judge(
+    limits: Limits,
+    found: list[Effect],
+    counted: dict[str, int] | None = None,
+    reported: int = 0,
+    written: tuple[str, ...] = (),
+) -> Verdict:
+    """The decision on a statement's effect; asks for the counts it lacks (once).
 
     Changed rows of the system catalogs mean DDL (TRUNCATE, DROP, ALTER, GRANT...) or
     catalog writes ran inside the statement, typically in a function: refused, as DDL
-    needs an approval in production (creating temporary tables only inserts)."""
+    needs an approval in production (creating temporary tables only inserts).  Counts are
+    bounded (``LIMIT``): a large table answers as soon as it shows enough rows, so the
+    statistics, which can be made to lie, are used only when the table cannot be read."""
     catalog = [e for e in found if e.table.catalog and e.changed]
     if catalog:
         names = ", ".join(sorted(e.table.display for e in catalog))
@@ -175,7 +262,7 @@ def judge(limits: Limits, found: list[Effect], exact: dict[int, int] | None = No
             RULE_CATALOG,
         )
     found = [e for e in found if not e.table.catalog]
-    total = sum(e.changed for e in found)
+    total = max(sum(e.changed for e in found), reported)
     rows_word = "row" if total == 1 else "rows"
     if limits.max_rows is not None and total > limits.max_rows:
         return Verdict(
@@ -184,37 +271,42 @@ def judge(limits: Limits, found: list[Effect], exact: dict[int, int] | None = No
             f"{RULE_ROWS}); it was rolled back",
             RULE_ROWS,
         )
-    if limits.max_fraction is None:
+    fraction = limits.max_fraction
+    if fraction is None:
         return Verdict(True)
-    candidates = [e for e in found if e.changed >= limits.min_rows_for_fraction]
-    if exact is None:
-        need = tuple(
-            e for e in candidates if e.table.can_count and e.table.size <= limits.exact_count_max_bytes
-        )
+    candidates = [
+        u for u in units(found, reported, written) if u.changed >= limits.min_rows_for_fraction and u.need(fraction) > 0
+    ]
+    if counted is None:
+        need = tuple(u for u in candidates if u.can_count)
         if need:
             return Verdict(True, counts_needed=need)
-        exact = {}
-    for e in candidates:
-        if e.table.oid in exact:
-            had = exact[e.table.oid] - e.inserted + e.deleted
+        counted = {}
+    pct = round(fraction * 100)
+    for u in candidates:
+        if u.key in counted:
+            remaining = counted[u.key]
+            if remaining >= u.need(fraction):
+                continue  # it has enough rows left
+            had = remaining + u.deleted - u.inserted
         else:
-            had = int(max(e.table.reltuples, e.table.live, 0))
-        pct = round(limits.max_fraction * 100)
-        if had <= 0:
-            return Verdict(
-                False,
-                f"this statement would have changed {e.changed} rows of {e.table.display}, a table whose "
-                f"size could not be measured (limit {pct}% of a table, {RULE_FRACTION}); it was rolled back",
-                RULE_FRACTION,
-            )
-        if e.changed >= limits.max_fraction * had:
-            return Verdict(
-                False,
-                f"this statement would have changed {e.changed} rows, {min(100, round(100 * e.changed / had))}% "
-                f"of the {had} rows of {e.table.display} (limit {pct}% of a table, {RULE_FRACTION}); "
-                "it was rolled back",
-                RULE_FRACTION,
-            )
+            had = int(u.estimate)
+            if had <= 0:
+                return Verdict(
+                    False,
+                    f"this statement would have changed {u.changed} rows of {u.display}, a table whose size "
+                    f"could not be measured (limit {pct}% of a table, {RULE_FRACTION}); it was rolled back",
+                    RULE_FRACTION,
+                )
+            if u.changed < fraction * had:
+                continue
+        share = min(100, round(100 * u.changed / had)) if had > 0 else 100
+        return Verdict(
+            False,
+            f"this statement would have changed {u.changed} rows, {share}% of the {max(had, u.changed)} rows "
+            f"of {u.display} (limit {pct}% of a table, {RULE_FRACTION}); it was rolled back",
+            RULE_FRACTION,
+        )
     return Verdict(True)
 
 
@@ -241,6 +333,9 @@ class ApprovalNeeded:
     statement: Statement
     message: str
     rule: str
+    # What the statement did, as the approval is bound to it: an approval of one effect
+    # does not cover a larger one of the same text.
+    effect: str = ""
 
 
 @dataclass(slots=True)
@@ -290,9 +385,26 @@ class _Bracket:
     found: list[Effect] | None = None
     verdict: Verdict | None = None
     end_frames: list[bytes] = field(default_factory=list)  # answers to COMMIT/ROLLBACK
+    reported: int = 0  # rows changed as the statement's CommandComplete reports them
 
     def owner(self, offset: int) -> int:
         return self.base + offset
+
+
+_CHANGE_TAGS = (b"UPDATE ", b"DELETE ", b"MERGE ")
+
+
+def _reported_rows(frame: bytes) -> int:
+    """The rows an UPDATE/DELETE/MERGE CommandComplete reports (0 for other tags)."""
+    tag = frame[5:].rstrip(b"\x00")
+    if not tag.startswith(_CHANGE_TAGS):
+        return 0
+    last = tag.rpartition(b" ")[2]
+    return int(last) if last.isdigit() else 0
+
+
+def _written(b: _Bracket) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(t for f in b.statement.facts for t in getattr(f, "tables_written", ())))
 
 
 class Guard:
@@ -478,6 +590,8 @@ class Guard:
                 b.stmt_failed = True
             if t in (m.R_COMMAND_COMPLETE, m.R_EMPTY_QUERY, m.R_PORTAL_SUSPENDED, m.R_ERROR) and ends:
                 b.stmt_done = True
+            if t == m.R_COMMAND_COMPLETE:
+                b.reported = max(b.reported, _reported_rows(frame))
             self._hold(b, frame)
         else:
             if t == m.R_READY:
@@ -495,6 +609,8 @@ class Guard:
                     b.stmt_failed = b.stmt_failed or t == m.R_ERROR
                     if t == m.R_COMMAND_COMPLETE and not b.overflow:
                         b.last_complete = len(b.held)
+                if t == m.R_COMMAND_COMPLETE:
+                    b.reported = max(b.reported, _reported_rows(frame))
                 self._hold(b, frame)
         return live
 
@@ -514,14 +630,14 @@ class Guard:
                 return []
             if _COUNT in b.failed:
                 return self._refuse(b, f"the effect of this statement could not be measured ({b.failed[_COUNT]}); it was rolled back", RULE_ROWS, out)
-            exact: dict[int, int] = {}
+            counted: dict[str, int] = {}
             assert b.verdict is not None and b.found is not None
             rows = b.rows.get(_COUNT, [])
             if len(rows) != 1 or len(rows[0]) != len(b.verdict.counts_needed):
                 return self._refuse(b, "the effect of this statement could not be measured; it was rolled back", RULE_ROWS, out)
-            for e, value in zip(b.verdict.counts_needed, rows[0], strict=True):
-                exact[e.table.oid] = int(value or b"0")
-            return self._decided(b, judge(b.limits, b.found, exact), out)
+            for u, value in zip(b.verdict.counts_needed, rows[0], strict=True):
+                counted[u.key] = int(value or b"0")
+            return self._decided(b, judge(b.limits, b.found, counted, b.reported, _written(b)), out)
         if b.phase is _Phase.ENDING:
             if not self._answered(b, _END):
                 return []
@@ -545,7 +661,7 @@ class Guard:
             b.found = effects(b.before, parse_counts(b.rows.get(_AFTER, [])))
         except (ValueError, codec.ProtocolError) as err:
             return self._refuse(b, f"the effect of this statement could not be measured ({err}); it was rolled back", RULE_ROWS, out)
-        return self._decided(b, judge(b.limits, b.found), out)
+        return self._decided(b, judge(b.limits, b.found, None, b.reported, _written(b)), out)
 
     def _decided(self, b: _Bracket, verdict: Verdict, out: Out) -> list[bytes]:
         b.verdict = verdict
@@ -560,7 +676,8 @@ class Guard:
             )
         if verdict.counts_needed:
             b.phase = _Phase.COUNTING
-            sql = "SELECT " + ", ".join(f"(SELECT pg_catalog.count(*) FROM {e.table.qualified})" for e in verdict.counts_needed)
+            fraction = b.limits.max_fraction or 1.0
+            sql = "SELECT " + ", ".join(u.count_sql(fraction) for u in verdict.counts_needed)
             if b.mode is Mode.EXTENDED:
                 out.upstream.append(self._extended(sql, b.owner(_COUNT)) + codec.FLUSH)
             else:
@@ -574,7 +691,8 @@ class Guard:
         if ask and not b.stmt_failed:
             b.phase = _Phase.APPROVAL
             b.verdict = Verdict(False, message, rule)
-            out.ask = ApprovalNeeded(b.statement, message, rule)
+            changed = sorted(f"{e.table.display}={e.changed}" for e in b.found or () if e.changed)
+            out.ask = ApprovalNeeded(b.statement, message, rule, f"{rule}:{','.join(changed)}")
             return []
         return self._rollback(b, f"dbsentry: {message}", out)
 

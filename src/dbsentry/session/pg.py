@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -308,6 +309,10 @@ class _Chunk:
         return b"".join([*self._pieces, self.buf[self._last : self._stop]])
 
 
+# A prepared statement as the session knows it: SQL, what it was judged under, the check.
+_Prepared = tuple[str, str, Check]
+
+
 @dataclass(frozen=True, slots=True)
 class _Guarded:
     """A frame that runs under the row guard (see :mod:`dbsentry.session.guard`)."""
@@ -387,7 +392,7 @@ class Session:
     approvals: GrantSource | None = None
     _environment: str = ""
     # Prepared statement name -> (SQL, what it was judged under (policy version, grants), the check).
-    _prepared: dict[str, tuple[str, str, Check]] = field(default_factory=dict)
+    _prepared: dict[str, _Prepared] = field(default_factory=dict)
     # Portal name -> (statement name, parameters as audited), kept only when auditing.
     _portals: dict[str, tuple[str, tuple[str | None, ...], tuple[str | None, ...]]] = field(default_factory=dict)
     # Marker -> the ErrorResponse that replaces the upstream's error for a refused statement.
@@ -406,7 +411,12 @@ class Session:
     _held: bytes | None = None
     _await_idle: bool = False
     _armed: bytes | None = None  # the client chunk whose guarded statement the guard runs
+    # Parse messages sent, oldest first: (name, the entry before, the entry it made), so a
+    # Parse the server did not carry out (failed, skipped) is undone here too.
+    _parse_log: deque[tuple[str, _Prepared | None, _Prepared | None]] | None = None
     _row_cap: RowCap | None = None  # agents in production: rows one result may return
+    # SQL prepared statement names once prepared for a statement that changes rows.
+    _risky_sql: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._client_frames = codec.FrameSplitter(MAX_AUTH_MESSAGE)
@@ -879,7 +889,7 @@ class Session:
         if limits.max_rows_changed is None and limits.max_fraction_changed is None:
             return
         self._limits = Limits(
-            limits.max_rows_changed, limits.max_fraction_changed, cfg.min_rows_for_fraction, cfg.exact_count_max_bytes
+            limits.max_rows_changed, limits.max_fraction_changed, cfg.min_rows_for_fraction
         )
         self.guard = Guard(self.config.limits.max_message_bytes, self._guard_error)
 
@@ -986,7 +996,13 @@ class Session:
         terminate = False
         sent = spans
         for i, (t, start, end) in enumerate(spans):
-            if guard is not None and t == m.Q_QUERY and not guard.exchange.idle and self._guards_query(buf, start, end):
+            if (
+                guard is not None
+                and t == m.Q_QUERY
+                and not guard.exchange.idle
+                and not guard.exchange.skipping
+                and self._guards_query(buf, start, end)
+            ):
                 # Its mode depends on the transaction state: wait until earlier requests are answered.
                 self._hold_rest(chunk, buf, start - 5)
                 self._await_idle = True
@@ -1002,6 +1018,10 @@ class Session:
             if refuse is not None:
                 self._refuse_frame(chunk, t, start, end, refuse, refuse_state)
                 continue
+            parse_name: str | None = None
+            if guard is not None and t == m.Q_PARSE:
+                parse_name, _ = codec.read_cstr(buf, start, end)
+                before = self._prepared.get(parse_name)
             if gov is not None:
                 gated = len(chunk.gated)
                 try:
@@ -1012,6 +1032,10 @@ class Session:
                 self.masking.sent(t, buf, start, end, chunk.plans)
                 chunk.plans = ()
             if guard is not None:
+                if parse_name is not None:
+                    if self._parse_log is None:
+                        self._parse_log = deque()
+                    self._parse_log.append((parse_name, before, self._prepared.get(parse_name)))
                 guarded = chunk.guarded
                 if guarded is None:
                     guard.exchange.sent(t)
@@ -1090,7 +1114,9 @@ class Session:
             if self.audit is not None or self.approvals is not None:
                 self._execute_frame(chunk, start, end)
             if self.guard is not None:
-                self._guard_execute(chunk, codec.decode_execute(buf, start, end).portal)
+                refused = self._guard_execute(chunk, codec.decode_execute(buf, start, end).portal)
+                if refused is not None:
+                    self._refuse_frame(chunk, t, start, end, refused, "42501")
         elif t == m.Q_FUNCTION_CALL:
             self._govern_function_call(gov, chunk, start, end)
         elif t == m.Q_CLOSE:
@@ -1211,20 +1237,43 @@ class Session:
 
     # ------------------------------------------------------------------ the row guard
 
-    def _changes_rows(self, facts: StatementFacts, depth: int = 0) -> bool:
-        """Whether running the statement may change rows (then it runs under the guard)."""
-        executed = _executed(facts)
-        if executed is not None:
-            prepared = self._prepared.get(executed.prepared_name or "")
-            if prepared is None or depth > 2:
-                return False  # nothing runs: PostgreSQL fails it
-            return any(
-                self._changes_rows(f.inner if f.command == "PREPARE" and f.inner is not None else f, depth + 1)
-                for f in prepared[2].verdict.facts
-            )
-        if facts.command in _DEFINES_ONLY or facts.statement_class == "DDL":
+    def _changes_rows(self, facts: StatementFacts) -> bool:
+        """Whether running the statement may change rows (then it runs under the guard).
+
+        SQL EXECUTE always does: what the server prepared under a name is not always what
+        the session saw (a PREPARE that failed, another protocol)."""
+        if facts.command in _DEFINES_ONLY:
             return False
+        step: StatementFacts | None = facts
+        while step is not None:
+            if step.command == "EXECUTE":
+                return self._executes_changes(step)
+            step = step.inner
+        if facts.copy is not None and facts.copy.direction == "from":
+            return False  # rows come in; COPY FROM STDIN cannot be held (see docs/security.md)
         return "volatile_function" in facts.flags or not _CHANGES_ROWS.isdisjoint(facts.commands)
+
+    def _executes_changes(self, execute: StatementFacts) -> bool:
+        """Whether an SQL EXECUTE may change rows: unless its statement is known and reads
+        only.  A name once prepared for a statement that changes rows stays suspect: a
+        later PREPARE of it may have failed upstream."""
+        name = execute.prepared_name or ""
+        known = self._prepared.get(name)
+        if known is None or name in self._risky_sql:
+            return True
+        facts = known[2].verdict.facts
+        # An SQL PREPARE is known by the check of its whole query string; a protocol-level
+        # statement (the same namespace) by its own.
+        prepares = [f.inner for f in facts if f.command == "PREPARE" and f.prepared_name == name]
+        if prepares:
+            return any(inner is None or self._changes_rows(inner) for inner in prepares)
+        return any(self._changes_rows(f) for f in facts if f.command != "EXECUTE")
+
+    def _note_prepare(self, facts: StatementFacts) -> None:
+        """An SQL PREPARE: remember its name when what it prepares changes rows."""
+        inner = facts.inner
+        if self.guard is not None and facts.prepared_name and inner is not None and self._changes_rows(inner):
+            self._risky_sql.add(facts.prepared_name)
 
     def _guards_query(self, buf: bytes, start: int, end: int) -> bool:
         """Whether a Query would run under the guard (a cached check; no side effects)."""
@@ -1238,9 +1287,22 @@ class Session:
         """Arrange for an allowed Query to run under the guard when it changes rows; a
         refusal message when the guard cannot hold it."""
         facts = check.verdict.facts
-        first = next((i for i, f in enumerate(facts) if self._changes_rows(f)), None)
-        if first is None or self.txn_status == "E":
-            return None  # nothing to limit, or it fails anyway (the transaction has failed)
+        first = None
+        prepared_here: dict[str, StatementFacts | None] = {}  # PREPAREs earlier in this string
+        for i, f in enumerate(facts):
+            executed = _executed(f)
+            if executed is not None and executed.prepared_name in prepared_here:
+                inner = prepared_here[executed.prepared_name]
+                changes = inner is None or self._changes_rows(inner)
+            else:
+                changes = self._changes_rows(f)
+            if changes:
+                first = i
+                break
+            if f.command == "PREPARE" and f.prepared_name:
+                prepared_here[f.prepared_name] = f.inner
+        if first is None:
+            return None
         problem: str | None = None
         if any(f.command in _TRANSACTION_CONTROL for f in facts[first + 1 :]):
             problem = "transaction control after it"
@@ -1258,16 +1320,37 @@ class Session:
         chunk.guarded = _Guarded(mode, GuardedStatement(sql, facts=facts), first)
         return None
 
-    def _guard_execute(self, chunk: _Chunk, portal: str) -> None:
+    def _guard_execute(self, chunk: _Chunk, portal: str) -> str | None:
+        """Arrange for an Execute to run under the guard when its statement may change rows
+        (or is not known: the server may hold one the session never saw); a refusal message
+        when the guard cannot hold it."""
+        if self.guard is not None and self.guard.exchange.skipping:
+            return None  # the server skips it (an earlier request of the batch failed)
         bound = self._portals.get(portal)
         prepared = self._prepared.get(bound[0]) if bound is not None else None
-        if bound is None or prepared is None:
-            return
-        sql, _, check = prepared
-        if self._approvable(check) or not check.allowed:
-            return  # an approval, once given, covers it; a refusal runs nothing
-        if any(self._changes_rows(f) for f in check.verdict.facts):
-            chunk.guarded = _Guarded(Mode.EXTENDED, GuardedStatement(sql, bound[1], bound[2], check.verdict.facts))
+        facts: tuple[StatementFacts, ...] = ()
+        if prepared is None:
+            sql = "<a prepared statement dbsentry does not know>"
+        else:
+            sql, _, check = prepared
+            if self._approvable(check) or not check.allowed:
+                return None  # an approval, once given, covers it; a refusal runs nothing
+            facts = check.verdict.facts
+            if not any(self._changes_rows(f) for f in facts):
+                return None
+        if any("CALL" in f.commands for f in facts) and (
+            self.txn_status != "T" or (self.guard is not None and self.guard.exchange.runs_pending)
+        ):
+            # Outside a transaction block a procedure may COMMIT by itself: nothing could
+            # undo it.  In a block it cannot.
+            return (
+                "dbsentry: in production CALL runs under a row limit (guardrails.max_rows_changed), which "
+                "cannot undo a procedure's own COMMIT: run it inside BEGIN ... COMMIT"
+            )
+        params = bound[1] if bound is not None else None
+        key = bound[2] if bound is not None else None
+        chunk.guarded = _Guarded(Mode.EXTENDED, GuardedStatement(sql, params, key, facts))
+        return None
 
     def _wrap_guarded(self, guard: Guard, chunk: _Chunk, guarded: _Guarded, start: int, end: int) -> None:
         limits = self._limits
@@ -1279,6 +1362,29 @@ class Session:
             wrapped = guard.wrap_query(frame, guarded.mode, guarded.hold_from, guarded.statement, limits)
         chunk.replace(start, end, wrapped)
         self._armed = chunk.buf
+
+    def _confirm_parses(self, guard: Guard) -> None:
+        """Undo what Parse messages the server did not carry out changed in ``_prepared``:
+        it still has the statement it had before (whatever the client meant to replace)."""
+        log = self._parse_log
+        outcomes = guard.exchange.parse_outcomes
+        while outcomes and log:
+            ok = outcomes.popleft()
+            name, before, made = log.popleft()
+            if ok:
+                continue
+            if self._prepared.get(name) is made:
+                if before is None:
+                    self._prepared.pop(name, None)
+                else:
+                    self._prepared[name] = before
+            else:
+                # A later Parse of the name replaced ours: it replaced what was before.
+                for i, (n, b, later) in enumerate(log):
+                    if n == name and b is made:
+                        log[i] = (n, before, later)
+                        break
+        outcomes.clear()
 
     def _guard_out(self, out: Out) -> list[c.Command]:
         cmds: list[c.Command] = []
@@ -1292,7 +1398,7 @@ class Session:
             ask = out.ask
             st = ask.statement
             cmds.append(
-                c.GuardApproval(st.sql, st.params, st.key_params, tuple(st.facts), ask.message, ask.rule)
+                c.GuardApproval(st.sql, st.params, st.key_params, tuple(st.facts), ask.message, ask.rule, ask.effect)
             )
         if out.finished:
             self._armed = None
@@ -1357,6 +1463,7 @@ class Session:
             name = facts.prepared_name
             if facts.command == "PREPARE" and name is not None:
                 self._prepared[name] = (facts.text, self._judged_under(gov), check)
+                self._note_prepare(facts)
             elif facts.command in ("DEALLOCATE", "DEALLOCATE ALL"):
                 if name is None:
                     self._prepared.clear()
@@ -1411,6 +1518,9 @@ class Session:
             check, plans = self._mask_plans(parse.sql, check)
         if check.allowed or self._approvable(check):
             self._prepared[parse.name] = (parse.sql, self._judged_under(gov), check)
+            for facts in check.verdict.facts:
+                if facts.command == "PREPARE":
+                    self._note_prepare(facts)  # SQL PREPARE sent with the extended protocol
             if self.masking is not None:
                 self.masking.parsed(parse.name, plans[0] if plans else None)
             return
@@ -1579,6 +1689,8 @@ class Session:
                 buf, spans, out = guard.received(buf, spans)
                 cmds = self._upstream_frames_received(buf, spans, tracked=True) if spans else []
                 cmds.extend(self._guard_out(out))
+            if guard.exchange.parse_outcomes:
+                self._confirm_parses(guard)
             if self._await_idle and guard.exchange.idle and not guard.active:
                 cmds.extend(self._release_held())
             return cmds

@@ -5,7 +5,8 @@ a model's context or a pipeline nobody watches.  Past the cap the proxy drops th
 the result and answers the statement with an error instead of its CommandComplete (a
 truncated result that looks complete would be worse), then drops every further answer up
 to the next ReadyForQuery, as PostgreSQL skips to the end of the query or the next Sync
-after an error.
+after an error.  The pages of one cursor (FETCH) or portal (Execute with a row limit) count
+together until the transaction ends (agents may not declare cursors WITH HOLD).
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ from dbsentry.wire.pg import messages as m
 
 _ROW = frozenset({m.R_DATA_ROW, m.COPY_DATA})
 _END_OF_RESULT = frozenset({m.R_COMMAND_COMPLETE, m.R_EMPTY_QUERY, m.R_ERROR, m.R_PORTAL_SUSPENDED})
+
+
+def _cursor_page(t: int, buf: bytes, start: int) -> bool:
+    """The end of a page of a cursor (FETCH, MOVE): its rows count with the cursor's others."""
+    return t == m.R_COMMAND_COMPLETE and buf[start : start + 5] in (b"FETCH", b"MOVE ")
 
 
 class RowCap:
@@ -58,8 +64,11 @@ class RowCap:
                     replace = self.error()
                     self._tripped = False
                     self._skipping = True
-            elif t in _END_OF_RESULT or t == m.R_READY:
-                self._count = 0 if t != m.R_PORTAL_SUSPENDED else self._count
+            elif t == m.R_READY:
+                if buf[start : start + 1] == b"I":
+                    self._count = 0  # cursors and portals end with the transaction
+            elif t in _END_OF_RESULT and t != m.R_PORTAL_SUSPENDED and not _cursor_page(t, buf, start):
+                self._count = 0
             if drop or replace is not None:
                 if pieces is None:
                     pieces = []
