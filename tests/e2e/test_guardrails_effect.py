@@ -139,7 +139,12 @@ def env(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
         c.execute(_objects(s))
         c.execute(f"insert into {s}.big select g, 'b' from generate_series(1, {BIG_ROWS}) g")
-    base = {"host": pg_server.host, "port": pg_server.port, "database": pg_server.dbname, "user": pg_server.user}
+    base = {
+        "host": pg_server.host,
+        "port": pg_server.port,
+        "database": pg_server.dbname,
+        "user": pg_server.user,
+    }
     if pg_server.password:
         base["password"] = pg_server.password
     config = write_config(
@@ -191,7 +196,10 @@ WIPES: list[tuple[str, str]] = [
     ("using", "delete from {v} t using {v} u where t.id = u.id"),
     ("update-from", "update {v} t set note = 'x' from {v} u where t.id = u.id"),
     ("merge-delete", "merge into {v} t using {v} u on t.id = u.id when matched then delete"),
-    ("merge-update", "merge into {v} t using (select id from {v}) u on t.id = u.id when matched then update set note = 'm'"),
+    (
+        "merge-update",
+        "merge into {v} t using (select id from {v}) u on t.id = u.id when matched then update set note = 'm'",
+    ),
     ("coalesce", "delete from {v} where coalesce(id, 0) >= -1"),
     ("regex-empty", "delete from {v} where id::text ~ ''"),
     ("not-lt", "delete from {v} where not (id < -5)"),
@@ -202,15 +210,36 @@ WIPES: list[tuple[str, str]] = [
     ("or-tautology", "update {v} set note = 'x' where id = 1 or id <> 1"),
     ("returning", "delete from {v} where id > 0 returning *"),
     ("cte-delete", "with d as (delete from {v} where id > 0 returning id) select count(*) from d"),
-    ("cte-update", "with u as (update {v} set note = 'x' where id > 0 returning 1) select count(*) from u"),
-    ("nested-cte", "with a as (select 1), d as (delete from {v} where id in (select id from {v}) returning id) select * from d"),
+    (
+        "cte-update",
+        "with u as (update {v} set note = 'x' where id > 0 returning 1) select count(*) from u",
+    ),
+    (
+        "nested-cte",
+        "with a as (select 1), d as (delete from {v} where id in (select id from {v}) returning id) select * from d",
+    ),
     ("explain-analyze", "explain analyze delete from {v} where id > 0"),
-    ("explain-analyze-json", "explain (analyze, costs off, format json) update {v} set note = 'x' where id > 0"),
+    (
+        "explain-analyze-json",
+        "explain (analyze, costs off, format json) update {v} set note = 'x' where id > 0",
+    ),
     ("copy-returning", "copy (delete from {v} where id > 0 returning id) to stdout"),
-    ("copy-cte", "copy (with d as (delete from {v} where id > 0 returning id) select * from d) to stdout"),
-    ("upsert", "insert into {v} select id, 'x' from {v} on conflict (id) do update set note = excluded.note"),
-    ("upsert-constraint", "insert into {v} select id, 'x' from {v} on conflict on constraint victim_pkey do update set note = 'y'"),
-    ("upsert-in-cte", "with i as (insert into {v} select id, 'x' from {v} on conflict (id) do update set note = 'z' returning 1) select count(*) from i"),
+    (
+        "copy-cte",
+        "copy (with d as (delete from {v} where id > 0 returning id) select * from d) to stdout",
+    ),
+    (
+        "upsert",
+        "insert into {v} select id, 'x' from {v} on conflict (id) do update set note = excluded.note",
+    ),
+    (
+        "upsert-constraint",
+        "insert into {v} select id, 'x' from {v} on conflict on constraint victim_pkey do update set note = 'y'",
+    ),
+    (
+        "upsert-in-cte",
+        "with i as (insert into {v} select id, 'x' from {v} on conflict (id) do update set note = 'z' returning 1) select count(*) from i",
+    ),
     ("call", "call {s}.wipe_proc(-1)"),
     ("fn-select-list", "select {s}.wipe()"),
     ("fn-sql", "select {s}.wipe_sql()"),
@@ -260,7 +289,9 @@ def test_wipe_is_rolled_back(env: Env, victim: str, mode: str, template: str) ->
     ],
     ids=["delete", "update", "function", "cte"],
 )
-def test_wipe_message_and_state_in_every_client(env: Env, victim: str, mode: str, template: str) -> None:
+def test_wipe_message_and_state_in_every_client(
+    env: Env, victim: str, mode: str, template: str
+) -> None:
     o = run_one(mode, env.proxy, template.format(v=env.v, s=env.s))
     row_guard_refused(o, VICTIM_ROWS)
     assert "guardrails.max_fraction_changed" in o.message, str(o)
@@ -303,6 +334,21 @@ def test_sql_prepare_execute_is_guarded(env: Env, victim: str, mode: str) -> Non
     assert prepare.ok, str(prepare)
     row_guard_refused(execute, VICTIM_ROWS)
     row_guard_refused(again, VICTIM_ROWS)
+    intact(env)
+
+
+def test_sql_prepare_in_one_protocol_execute_in_the_other(env: Env, victim: str) -> None:
+    """Protocol-level and SQL prepared statements share one namespace upstream: a PREPARE
+    sent with the extended protocol is run by an EXECUTE sent with the simple one, and the
+    other way round."""
+    with psycopg.connect(env.proxy.dsn(), autocommit=True) as conn:
+        conn.cursor(binary=True).execute(f"prepare wipe_x as delete from {env.v} where id > -1")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("execute wipe_x")
+        conn.execute(f"prepare wipe_y as update {env.v} set note = 'y' where id > -1")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.cursor(binary=True).execute("execute wipe_y")
+        assert conn.execute("select 1").fetchone() == (1,)
     intact(env)
 
 
@@ -463,7 +509,9 @@ def test_refusal_reports_this_statements_count(env: Env, victim: str) -> None:
     first = run_one("psycopg", env.proxy, sql)
     row_guard_refused(first, VICTIM_ROWS)
     with env.direct() as c:
-        c.execute(f"insert into {env.v} select g, 'n' || g from generate_series({VICTIM_ROWS + 1}, 60) g")
+        c.execute(
+            f"insert into {env.v} select g, 'n' || g from generate_series({VICTIM_ROWS + 1}, 60) g"
+        )
     second = run_one("psycopg", env.proxy, sql)
     row_guard_refused(second, 60)
     intact(env, n=60)
@@ -505,9 +553,9 @@ def test_always_true_with_bound_parameters(env: Env, small: str, mode: str) -> N
         mode,
         env.proxy,
         [
-            (f"delete from {small} where %s = %s", (1, 1)),
+            (f"delete from {small} where %s = %s", ("1", "1")),
             (f"update {small} set note = 'x' where %s::text = %s::text", ("a", "a")),
-            (f"delete from {small} where id = %s or %s = %s", (1, 7, 7)),
+            (f"delete from {small} where id = %s or %s::int = %s::int", (1, 7, 7)),
         ],
     )
     for o in out:
@@ -539,7 +587,9 @@ def test_refusal_files_an_approval_request(env: Env, victim: str) -> None:
     o = run_one("psycopg", env.proxy, sql)
     row_guard_refused(o, VICTIM_ROWS)
     (request_id,) = o.request_ids
-    listed = dbsentry_cli("approvals", "list", "--status", "all", "--json", config=env.proxy.config_path).stdout
+    listed = dbsentry_cli(
+        "approvals", "list", "--status", "all", "--json", config=env.proxy.config_path
+    ).stdout
     assert request_id in listed and "pending" in listed, listed
     intact(env)
 
@@ -550,7 +600,9 @@ def test_refusal_files_an_approval_request(env: Env, victim: str) -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_connection_without_environment_is_production(env: Env, victim: str, mode: str) -> None:
     login = Login(dbname="noenv")
-    wipe, bare = run(mode, env.proxy, [f"delete from {env.v} where id > -1", f"delete from {env.v}"], login)
+    wipe, bare = run(
+        mode, env.proxy, [f"delete from {env.v} where id > -1", f"delete from {env.v}"], login
+    )
     row_guard_refused(wipe, VICTIM_ROWS)
     refused(bare, "baseline.prod.unbounded-write")
     intact(env)
@@ -573,21 +625,34 @@ BYPASSES: list[tuple[str, list[str]]] = [
     ("column-default", ["insert into {s}.with_default (id) values (1)"]),
     ("insert-trigger", ["insert into {s}.log (msg) values ('hello')"]),
     # A temporary view hides the function call from the next statement.
-    ("temp-view", ["create temp view laundered as select {s}.wipe() as w", "select * from laundered"]),
+    (
+        "temp-view",
+        ["create temp view laundered as select {s}.wipe() as w", "select * from laundered"],
+    ),
     # Temporary CREATE TABLE AS / SELECT INTO are not guarded, but their query may delete.
     (
         "ctas-temp-dml-cte",
-        ["create temp table loot as with d as (delete from {v} where id > -1 returning *) select * from d"],
+        [
+            "create temp table loot as with d as (delete from {v} where id > -1 returning *) select * from d"
+        ],
     ),
     (
         "select-into-temp-dml-cte",
-        ["with d as (update {v} set note = 'x' where id > -1 returning *) select * into temp loot from d"],
+        [
+            "with d as (update {v} set note = 'x' where id > -1 returning *) select * into temp loot from d"
+        ],
     ),
     # EXECUTE is looked up only at the top level.
-    ("explain-analyze-execute", ["prepare p as delete from {v} where id > -1", "explain analyze execute p"]),
+    (
+        "explain-analyze-execute",
+        ["prepare p as delete from {v} where id > -1", "explain analyze execute p"],
+    ),
     ("ctas-execute", ["prepare p as select {s}.wipe()", "create temp table loot as execute p"]),
     # The cursor's query runs at FETCH (or, WITH HOLD, at the commit after the guard measured).
-    ("cursor-fetch", ["begin", "declare c cursor for select {s}.wipe()", "fetch all from c", "commit"]),
+    (
+        "cursor-fetch",
+        ["begin", "declare c cursor for select {s}.wipe()", "fetch all from c", "commit"],
+    ),
     ("cursor-with-hold", ["declare c cursor with hold for select {s}.wipe()", "close c"]),
 ]
 

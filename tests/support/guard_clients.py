@@ -20,6 +20,7 @@ Statements are plain SQL or ``(sql, params)`` with psycopg's ``%s`` placeholders
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import re
 import ssl
@@ -43,6 +44,8 @@ EXTENDED_MODES: tuple[str, ...] = ("psycopg-binary", "psycopg-pipeline", "asyncp
 Statement = str | tuple[str, Sequence[Any]]
 _ENV = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
 _APR = re.compile(r"\bapr_[0-9a-z]{10}\b")
+# ``COPY (query) TO STDOUT``: psycopg and asyncpg run it with their COPY APIs.
+_COPY_OUT = re.compile(r"(?is)^\s*copy\s*\((.*)\)\s*to\s+stdout\s*$")
 
 
 @dataclass
@@ -110,7 +113,9 @@ def _dsn(proxy: RunningProxy, login: Login) -> str:
     extra: dict[str, Any] = {}
     if login.options is not None:
         extra["options"] = login.options
-    return proxy.dsn(login.identity, groups=login.groups, agent=login.agent, dbname=login.dbname, **extra)
+    return proxy.dsn(
+        login.identity, groups=login.groups, agent=login.agent, dbname=login.dbname, **extra
+    )
 
 
 def _as_dollar(sql: str) -> str:
@@ -124,7 +129,9 @@ def _as_dollar(sql: str) -> str:
     return re.sub(r"%s", repl, sql).replace("%%", "%")
 
 
-def run(mode: str, proxy: RunningProxy, statements: Sequence[Statement], login: Login = HUMAN) -> list[Outcome]:
+def run(
+    mode: str, proxy: RunningProxy, statements: Sequence[Statement], login: Login = HUMAN
+) -> list[Outcome]:
     """Run ``statements`` in one session (autocommit, as the client's own defaults) and
     return one :class:`Outcome` per statement, in order."""
     if mode == "psql":
@@ -156,7 +163,8 @@ def _run_psql(proxy: RunningProxy, statements: Sequence[Statement], login: Login
             raise ValueError("psql has no bound parameters; use PARAM_MODES")
         sql = st.strip()
         texts.append(sql)
-        lines.append(sql if sql.endswith(";") else sql + ";")
+        # A meta-command (\\d ...) takes no semicolon.
+        lines.append(sql if sql.endswith(";") or sql.startswith("\\") else sql + ";")
         lines.append(f"\\echo {_END} :SQLSTATE")
         lines.append(f"\\if :ERROR\n\\echo {_MSG} :LAST_ERROR_MESSAGE\n\\endif")
     done = subprocess.run(
@@ -180,7 +188,7 @@ def _run_psql(proxy: RunningProxy, statements: Sequence[Statement], login: Login
                 pending = None
             o = Outcome(texts[len(out)])
             state = line[len(_END) :].strip()
-            if state not in ("00000", ""):
+            if state not in ("00000", "") and not state.startswith(":"):  # unset: no query ran
                 o.sqlstate = state
             o.rows = [tuple(x.split("|")) for x in current if x != ""]
             o.tag = current[-1] if current else None
@@ -212,7 +220,9 @@ _STATUS = {
 }
 
 
-def _run_psycopg(mode: str, proxy: RunningProxy, statements: Sequence[Statement], login: Login) -> list[Outcome]:
+def _run_psycopg(
+    mode: str, proxy: RunningProxy, statements: Sequence[Statement], login: Login
+) -> list[Outcome]:
     if login.startup:
         raise ValueError("libpq cannot send arbitrary startup parameters; use asyncpg")
     try:
@@ -227,7 +237,12 @@ def _run_psycopg(mode: str, proxy: RunningProxy, statements: Sequence[Statement]
             sql, params = (st, None) if isinstance(st, str) else (st[0], tuple(st[1]))
             o = Outcome(sql)
             try:
-                if mode == "psycopg-pipeline":
+                if _COPY_OUT.match(sql):
+                    cur = conn.cursor()
+                    with cur.copy(sql, params) as copy:
+                        data = b"".join(bytes(chunk) for chunk in copy)
+                    rows = [tuple(line.split("\t")) for line in data.decode().splitlines()]
+                elif mode == "psycopg-pipeline":
                     with conn.pipeline() as p:
                         cur = conn.cursor()
                         cur.execute(sql, params)
@@ -257,7 +272,9 @@ def _tls() -> ssl.SSLContext:
     return ctx
 
 
-async def _run_asyncpg(proxy: RunningProxy, statements: Sequence[Statement], login: Login) -> list[Outcome]:
+async def _run_asyncpg(
+    proxy: RunningProxy, statements: Sequence[Statement], login: Login
+) -> list[Outcome]:
     settings = dict(login.startup)
     if login.options is not None:
         settings["options"] = login.options
@@ -281,10 +298,21 @@ async def _run_asyncpg(proxy: RunningProxy, statements: Sequence[Statement], log
             sql, params = (st, ()) if isinstance(st, str) else (st[0], tuple(st[1]))
             o = Outcome(sql)
             try:
-                stmt = await conn.prepare(_as_dollar(sql) if params else sql)
-                rows = await stmt.fetch(*params)
-                o.rows = [tuple(_text(v) for v in r.values()) for r in rows]
-                o.tag = stmt.get_statusmsg()
+                copy_out = _COPY_OUT.match(sql)
+                if copy_out:
+                    buf = io.BytesIO()
+                    query = copy_out.group(1)
+                    o.tag = await conn.copy_from_query(
+                        _as_dollar(query) if params else query, *params, output=buf
+                    )
+                    o.rows = [
+                        tuple(line.split("\t")) for line in buf.getvalue().decode().splitlines()
+                    ]
+                else:
+                    stmt = await conn.prepare(_as_dollar(sql) if params else sql)
+                    rows = await stmt.fetch(*params)
+                    o.rows = [tuple(_text(v) for v in r.values()) for r in rows]
+                    o.tag = stmt.get_statusmsg()
             except asyncpg.PostgresError as err:
                 o.sqlstate = err.sqlstate
                 o.message = str(err)
@@ -309,7 +337,10 @@ def refused(o: Outcome, *needles: str, sqlstate: str = "42501") -> None:
 def row_guard_refused(o: Outcome, changed: int | None = None) -> None:
     """``o`` is the row guard's refusal: the statement ran, was measured and rolled back."""
     refused(o, "rolled back")
-    assert "this statement would have changed" in o.message or "changed the system catalogs" in o.message, str(o)
+    assert (
+        "this statement would have changed" in o.message
+        or "changed the system catalogs" in o.message
+    ), str(o)
     if changed is not None:
         assert f"would have changed {changed} row" in o.message, str(o)
 
