@@ -20,7 +20,6 @@ import pytest
 
 from support.guard_clients import (
     AGENT,
-    HUMAN,
     MODES,
     ConnectFailed,
     Login,
@@ -431,9 +430,8 @@ def test_agent_copy_from_stdin(env: Env, victim: str) -> None:
     with psycopg.connect(
         env.proxy.dsn(AGENT.identity, groups=AGENT.groups, agent=True), autocommit=True
     ) as conn:
-        with pytest.raises(psycopg.Error):
-            with conn.cursor().copy(f"copy {env.v} from stdin") as copy:
-                copy.write_row((500, "copied"))
+        with pytest.raises(psycopg.Error), conn.cursor().copy(f"copy {env.v} from stdin") as copy:
+            copy.write_row((500, "copied"))
         assert conn.execute("select 1").fetchone() == (1,)
     assert state(env) == before
 
