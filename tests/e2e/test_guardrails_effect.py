@@ -51,6 +51,7 @@ class Env:
     proxy: RunningProxy
     pg: PgServer
     s: str  # the module's schema
+    fdw: bool  # {s}.remote is a postgres_fdw foreign table
 
     @property
     def v(self) -> str:
@@ -139,6 +140,7 @@ def env(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
         c.execute(_objects(s))
         c.execute(f"insert into {s}.big select g, 'b' from generate_series(1, {BIG_ROWS}) g")
+        fdw = _foreign_table(c, s, pg_server)
     base = {
         "host": pg_server.host,
         "port": pg_server.port,
@@ -152,10 +154,33 @@ def env(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     )
     try:
         with run_proxy(config) as proxy:
-            yield Env(proxy, pg_server, s)
+            yield Env(proxy, pg_server, s, fdw)
     finally:
         with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
+            c.execute(f"drop server if exists {s}_loop cascade")
             c.execute(f"drop schema if exists {s} cascade")
+
+
+def _foreign_table(c: psycopg.Connection[Any], s: str, pg: PgServer) -> bool:
+    """A postgres_fdw foreign table {s}.remote over {s}.remote_rows, through a loopback
+    server; False when postgres_fdw is not installed with this PostgreSQL."""
+    if c.execute(
+        "select count(*) from pg_available_extensions where name = 'postgres_fdw'"
+    ).fetchone() != (1,):
+        return False
+    c.execute(f"create extension if not exists postgres_fdw schema {s}")
+    opts = f"host '{pg.host}', port '{pg.port}', dbname '{pg.dbname}'"
+    c.execute(f"create server {s}_loop foreign data wrapper postgres_fdw options ({opts})")
+    password = f", password '{pg.password}'" if pg.password else ""
+    c.execute(
+        f"create user mapping for current_user server {s}_loop options (user '{pg.user}'{password})"
+    )
+    c.execute(f"create table {s}.remote_rows (id int primary key, note text)")
+    c.execute(
+        f"create foreign table {s}.remote (id int, note text) server {s}_loop "
+        f"options (schema_name '{s}', table_name 'remote_rows')"
+    )
+    return True
 
 
 def _fill(c: psycopg.Connection[Any], table: str, n: int) -> None:
@@ -648,6 +673,34 @@ BYPASSES: list[tuple[str, list[str]]] = [
         ["prepare p as delete from {v} where id > -1", "explain analyze execute p"],
     ),
     ("ctas-execute", ["prepare p as select {s}.wipe()", "create temp table loot as execute p"]),
+    # The proxy's idea of what a prepared statement is drifts from PostgreSQL's when a
+    # PREPARE or DEALLOCATE fails upstream (a duplicate name, a failed block).
+    (
+        "duplicate-prepare",
+        ["prepare p as delete from {v} where id > -1", "prepare p as select 1", "execute p"],
+    ),
+    (
+        "deallocate-in-failed-block",
+        [
+            "prepare p as delete from {v} where id > -1",
+            "begin",
+            "select 1/0",
+            "deallocate p",
+            "rollback",
+            "execute p",
+        ],
+    ),
+    (
+        "prepare-in-failed-block",
+        [
+            "prepare p as update {v} set note = 'x' where id > -1",
+            "begin",
+            "select 1/0",
+            "prepare p as select 1",
+            "rollback",
+            "execute p",
+        ],
+    ),
     # The cursor's query runs at FETCH (or, WITH HOLD, at the commit after the guard measured).
     (
         "cursor-fetch",
@@ -664,6 +717,25 @@ def test_guard_bypass_attempt(env: Env, victim: str, mode: str, steps: list[str]
     assert any(o.sqlstate is not None and o.message.startswith("dbsentry:") for o in out), (
         "no step was refused: " + " | ".join(str(o) for o in out)
     )
+    intact(env)
+
+
+@pytest.mark.parametrize("mode", ["psql", "psycopg"])
+@pytest.mark.parametrize("end", ["rollback", "commit", "abort"])
+def test_wipe_after_ending_a_failed_block_in_one_query(
+    env: Env, victim: str, mode: str, end: str
+) -> None:
+    """From a failed block, one query string ends it and wipes the table: the wipe runs
+    outside any block, so it must be guarded as any other."""
+    sep = " \\; " if mode == "psql" else "; "  # psql sends "a \\; b" as one query
+    out = run(
+        mode,
+        env.proxy,
+        ["begin", "select 1/0", f"{end}{sep}delete from {env.v} where id > -1", "select 'after'"],
+    )
+    assert out[1].sqlstate == "22012", str(out[1])
+    refused(out[2])
+    assert out[3].rows == [("after",)], str(out[3])
     intact(env)
 
 
@@ -731,3 +803,17 @@ def test_inflated_statistics_hide_a_wipe(env: Env) -> None:
     assert out[-1].sqlstate is not None, f"900 of 900 rows deleted: {out[-1]}"
     with env.direct() as c:
         assert c.execute(f"select count(*) from {table}").fetchone() == (900,)
+
+
+@pytest.mark.parametrize("mode", ["psycopg", "asyncpg"])
+def test_foreign_table_wiped(env: Env, mode: str) -> None:
+    """Rows deleted through postgres_fdw are deleted by another backend: this session's
+    row counters never see them."""
+    if not env.fdw:
+        pytest.skip("postgres_fdw is not available with this PostgreSQL")
+    table = f"{env.s}.remote_rows"
+    with env.direct() as c:
+        _fill(c, table, VICTIM_ROWS)
+    o = run_one(mode, env.proxy, f"delete from {env.s}.remote where id > -1")
+    assert o.sqlstate is not None, f"a foreign table was wiped: {o}"
+    intact(env, table)

@@ -84,6 +84,8 @@ def _objects(s: str, app: str, agent: str, dba: str, nobody: str) -> str:
       $$ begin delete from {v}; return true; end $$;
     create operator {s}.### (leftarg = int, rightarg = int, function = {s}.op_fn);
     create view {s}.wipe_view as select {s}.wipe() as w;
+    create function {s}.volatile_reader() returns bigint language sql as $$ select count(*) from {v} $$;
+    create function {s}.stable_reader() returns bigint stable language sql as $$ select count(*) from {v} $$;
     create procedure {s}.wipe_proc(x int) language plpgsql as
       $$ begin delete from {v} where id > x; end $$;
     grant execute on all functions in schema {s} to {app}, {agent}, {dba};
@@ -425,6 +427,26 @@ def test_agent_changes_nothing_in_every_client(env: Env, victim: str, mode: str)
     assert state(env) == before
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_agent_user_functions_by_volatility(env: Env, victim: str, mode: str) -> None:
+    """A user-defined function is a side effect for an agent unless it is IMMUTABLE or
+    STABLE with a read-only body; VOLATILE counts even when its body only reads."""
+    wipe, volatile, stable = run(
+        mode,
+        env.proxy,
+        [
+            f"select {env.s}.wipe()",
+            f"select {env.s}.volatile_reader()",
+            f"select {env.s}.stable_reader()",
+        ],
+        AGENT,
+    )
+    refused(wipe, "baseline.prod.agent-side-effects")
+    refused(volatile, "baseline.prod.agent-side-effects")
+    assert stable.ok and stable.rows == [(str(ROWS),)], str(stable)
+    intact(env)
+
+
 def test_agent_copy_from_stdin(env: Env, victim: str) -> None:
     before = state(env)
     with psycopg.connect(
@@ -438,15 +460,28 @@ def test_agent_copy_from_stdin(env: Env, victim: str) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_agent_result_rows_are_capped(env: Env, mode: str) -> None:
-    """guardrails.agent_max_rows (default 10,000): an agent never receives more rows."""
-    small, large = run(
+    """guardrails.agent_max_rows (default 10,000): an agent never receives more rows, as a
+    result set, through COPY TO STDOUT or from a cursor."""
+    out = run(
         mode,
         env.proxy,
-        ["select g from generate_series(1, 5000) g", "select g from generate_series(1, 20000) g"],
+        [
+            "select g from generate_series(1, 5000) g",
+            "select g from generate_series(1, 20000) g",
+            "copy (select g from generate_series(1, 20000) g) to stdout",
+            "begin",
+            "declare big cursor for select g from generate_series(1, 20000) g",
+            "fetch all from big",
+            "rollback",
+        ],
         AGENT,
     )
+    small = out[0]
     assert small.ok and len(small.rows) == 5000, str(small)
-    assert not (large.ok and len(large.rows) > 10_000), f"an agent received {len(large.rows)} rows"
+    for large in (out[1], out[2], out[5]):
+        assert not (large.ok and len(large.rows) > 10_000), (
+            f"an agent received {len(large.rows)} rows: {large.sql}"
+        )
 
 
 # ================================================================ upstream roles
