@@ -139,10 +139,40 @@ def token_revoke(config_path: Path, token_id: str) -> None:
 
 @main.command("check-config")
 @config_option
-def check_config(config_path: Path) -> None:
-    """Validate the configuration file and exit."""
+@click.option("--offline", is_flag=True, help="Do not connect upstream to check the roles of production connections.")
+@click.option("--strict", is_flag=True, help="Exit with status 1 when there are warnings.")
+def check_config(config_path: Path, offline: bool, strict: bool) -> None:
+    """Validate the configuration file and its policy; warn about powerful upstream roles."""
+    from dbsentry.config import check_environments
+    from dbsentry.policy import PolicyError, default_policy, load_policy
+    from dbsentry.policy.loader import declared_environments
+
     loaded = load_or_exit(config_path)
-    click.echo(f"{loaded.path.name}: ok ({len(loaded.config.connections)} connections)")
+    config = loaded.config
+    try:
+        pol = load_policy(config.policy) if config.policy is not None else default_policy()
+    except PolicyError as err:
+        click.echo(f"dbsentry: invalid policy: {err}", err=True)
+        sys.exit(2)
+    try:
+        check_environments(config, declared_environments(pol))
+    except ConfigError as err:
+        click.echo(f"dbsentry: invalid configuration {config_path}:\n{err}", err=True)
+        sys.exit(2)
+    warnings = 0
+    if not offline and not config.passthrough:
+        from dbsentry.server.roles import check_production_roles
+
+        for level, message in asyncio.run(check_production_roles(config, pol.production_environments)):
+            warnings += level == "warning"
+            click.echo(f"{level.upper()}: {message}", err=True)
+    production = sorted(n for n, c in config.connections.items() if c.environment in pol.production_environments)
+    click.echo(
+        f"{loaded.path.name}: ok ({len(config.connections)} connections; production: {', '.join(production) or 'none'})"
+        + (f"; {warnings} warning{'s' if warnings != 1 else ''}" if warnings else "")
+    )
+    if strict and warnings:
+        sys.exit(1)
 
 
 def _register() -> None:

@@ -235,6 +235,24 @@ class ConnectionConfig(_Model):
             raise ValueError(f"give at most one of password, password_env, password_file (got {', '.join(given)})")
         return self
 
+    def libpq_kwargs(self, application_name: str) -> dict[str, object]:
+        """Connection arguments for a side connection of the proxy's own (psycopg)."""
+        kwargs: dict[str, object] = {
+            "host": self.host,
+            "port": self.port,
+            "dbname": self.database,
+            "user": self.user,
+            "sslmode": self.upstream_tls,
+            "connect_timeout": max(1, int(self.connect_timeout_seconds)),
+            "application_name": application_name,
+        }
+        password = self.resolve_password()
+        if password is not None:
+            kwargs["password"] = password
+        if self.upstream_ca is not None:
+            kwargs["sslrootcert"] = str(self.upstream_ca)
+        return kwargs
+
     def resolve_password(self) -> str | None:
         """The upstream password, read at connect time so rotation needs no restart."""
         if self.password is not None:

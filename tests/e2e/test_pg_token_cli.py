@@ -154,6 +154,11 @@ def _config_with(tmp_path: Path, pg_server: PgServer, mutate: dict[str, object])
             {"connections.prod.password_env": "X", "connections.prod.password": "y"},
             "connections.prod",
         ),
+        # fail closed: an environment nobody declared would silently get no production rules
+        ({"connections.prod.environment": "prod"}, "connections.prod.environment"),
+        ({"connections.staging.environment": "PRODUCTION"}, "connections.staging.environment"),
+        ({"guardrails.max_fraction_changed": 2}, "guardrails.max_fraction_changed"),
+        ({"guardrails.agent_statement_timeout": "soon"}, "guardrails.agent_statement_timeout"),
     ],
 )
 def test_invalid_config_names_the_key(
@@ -190,11 +195,36 @@ def test_token_commands_refuse_invalid_config(
     assert not (tmp_path / "state" / "tokens.db").exists()
 
 
-def test_serve_with_invalid_config_exits_2(tmp_path: Path, pg_server: PgServer) -> None:
-    config = _config_with(tmp_path, pg_server, {"connections.prod.port": "not-a-port"})
+@pytest.mark.parametrize(
+    ("mutate", "key"),
+    [
+        ({"connections.prod.port": "not-a-port"}, "connections.prod.port"),
+        ({"connections.prod.environment": "prod"}, "connections.prod.environment"),
+    ],
+)
+def test_serve_with_invalid_config_exits_2(tmp_path: Path, pg_server: PgServer, mutate: dict[str, object], key: str) -> None:
+    config = _config_with(tmp_path, pg_server, mutate)
     done = dbsentry_cli("serve", config=config, check=False)
     assert done.returncode == 2
-    assert "connections.prod.port: " in done.stderr
+    assert f"{key}: " in done.stderr
+
+
+def test_environment_declared_by_the_policy_is_accepted(tmp_path: Path, pg_server: PgServer) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("production_environments: [production, prod-eu]\n")
+    config = _config_with(tmp_path, pg_server, {"connections.prod.environment": "prod-eu", "policy": str(policy)})
+    done = dbsentry_cli("check-config", "--offline", config=config, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "production: prod" in done.stdout
+
+
+def test_connection_without_environment_is_production(tmp_path: Path, pg_server: PgServer) -> None:
+    path = write_config(tmp_path, pg_server)
+    data = yaml.safe_load(path.read_text())
+    del data["connections"]["staging"]["environment"]
+    path.write_text(yaml.safe_dump(data))
+    done = dbsentry_cli("check-config", "--offline", config=path)
+    assert "production: prod, staging" in done.stdout
 
 
 def test_missing_config_file(tmp_path: Path) -> None:
@@ -204,5 +234,20 @@ def test_missing_config_file(tmp_path: Path) -> None:
 
 
 def test_check_config_ok(proxy: RunningProxy) -> None:
-    done = dbsentry_cli("check-config", config=proxy.config_path)
-    assert done.stdout.strip() == "dbsentry.yaml: ok (3 connections)"
+    done = dbsentry_cli("check-config", "--offline", config=proxy.config_path)
+    assert done.stdout.strip() == "dbsentry.yaml: ok (3 connections; production: prod)"
+    assert done.stderr == ""
+
+
+def test_check_config_warns_about_a_superuser_upstream(proxy: RunningProxy, pg_server: PgServer) -> None:
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        powerful = conn.execute("select rolsuper or rolbypassrls from pg_roles where rolname = current_user").fetchone()
+    done = dbsentry_cli("check-config", config=proxy.config_path, check=False)
+    strict = dbsentry_cli("check-config", "--strict", config=proxy.config_path, check=False)
+    if powerful and powerful[0]:
+        assert done.returncode == 0 and "; 1 warning" in done.stdout
+        assert re.search(r"^WARNING: production connection 'prod' logs in upstream as \S+, which is (a superuser|BYPASSRLS)", done.stderr, re.M), done.stderr
+        assert "least-privilege role" in done.stderr
+        assert strict.returncode == 1
+    else:
+        assert done.returncode == 0 and "WARNING" not in done.stderr and strict.returncode == 0

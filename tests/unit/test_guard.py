@@ -24,6 +24,7 @@ from dbsentry.session.guard import (
     judge,
     parse_counts,
 )
+from dbsentry.session.rowcap import RowCap
 from dbsentry.wire.pg import codec
 from dbsentry.wire.pg import messages as m
 from support.playbook import frames
@@ -56,8 +57,17 @@ def cc(tag: str) -> bytes:
     return codec.encode_command_complete(tag)
 
 
-def stats_answer(*rows: bytes, ready: bytes = READY_T) -> bytes:
-    return ROW_DESC + b"".join(rows) + cc(f"SELECT {len(rows)}") + ready
+CLOSE_DONE = codec.frame(b"3")
+PARSE_DONE = codec.frame(b"1")
+BIND_DONE = codec.frame(b"2")
+
+
+def stats_answer(*rows: bytes, ready: bytes | None = READY_T, first: bool = False) -> bytes:
+    """The answers to the statistics query: its Close and Parse the first time, then Bind,
+    rows, Execute, Close of the portal, and ReadyForQuery for its Sync (simple protocol)."""
+    head = CLOSE_DONE + PARSE_DONE if first else b""
+    tail = ready if ready is not None else b""
+    return head + BIND_DONE + b"".join(rows) + cc(f"SELECT {len(rows)}") + CLOSE_DONE + tail
 
 
 def feed(guard: Guard, data: bytes) -> tuple[list[tuple[str, bytes]], list[bytes], object]:
@@ -189,14 +199,17 @@ def test_judge_fraction_from_estimate_and_unknown_size() -> None:
 
 def begin_autocommit(guard: Guard, sql: str = "DELETE FROM acc WHERE id > -1") -> bytes:
     sent = guard.wrap_query(codec.encode_query(sql), Mode.AUTOCOMMIT, 0, Statement(sql), LIMITS)
-    assert sent_queries(sent) == ["BEGIN", STATS_SQL, sql, STATS_SQL]
+    assert sent_queries(sent) == ["BEGIN", sql]
+    kinds = "".join(t for t, _ in frames(sent))
+    assert kinds == "QCPBECSQBECS"  # BEGIN, statistics (prepared first), the statement, statistics
+    assert any(t == "P" and STATS_SQL.encode() in body for t, body in frames(sent))
     return sent
 
 
 def test_autocommit_over_the_limit_rolls_back_and_tells_the_client() -> None:
     guard = Guard(1 << 20)
     begin_autocommit(guard)
-    answer = cc("BEGIN") + READY_T + stats_answer() + cc("DELETE 40") + READY_T
+    answer = cc("BEGIN") + READY_T + stats_answer(first=True) + cc("DELETE 40") + READY_T
     answer += stats_answer(stats_row(1, 0, 40, 0, size=8192))
     to_client, upstream, out = feed(guard, answer)
     assert to_client == [] and sent_queries(b"".join(upstream)) == ["SELECT (SELECT pg_catalog.count(*) FROM \"public\".\"acc\")"]
@@ -214,7 +227,7 @@ def test_autocommit_over_the_limit_rolls_back_and_tells_the_client() -> None:
 def test_autocommit_within_limits_commits_and_reports_idle() -> None:
     guard = Guard(1 << 20)
     begin_autocommit(guard, "DELETE FROM acc WHERE id = 1")
-    answer = cc("BEGIN") + READY_T + stats_answer(stats_row(1, 0, 3, 0)) + cc("DELETE 1") + READY_T
+    answer = cc("BEGIN") + READY_T + stats_answer(stats_row(1, 0, 3, 0), first=True) + cc("DELETE 1") + READY_T
     to_client, upstream, _ = feed(guard, answer + stats_answer(stats_row(1, 0, 4, 0)))
     assert to_client == [] and sent_queries(b"".join(upstream)) == ["COMMIT"]
     to_client, _, out = feed(guard, cc("COMMIT") + READY_I)
@@ -224,7 +237,7 @@ def test_autocommit_within_limits_commits_and_reports_idle() -> None:
 def test_autocommit_commit_failure_replaces_the_statement_result() -> None:
     guard = Guard(1 << 20)
     begin_autocommit(guard, "UPDATE acc SET v = 1 WHERE id = 1")
-    answer = cc("BEGIN") + READY_T + stats_answer() + cc("UPDATE 1") + READY_T + stats_answer(stats_row(1, 1, 0, 0))
+    answer = cc("BEGIN") + READY_T + stats_answer(first=True) + cc("UPDATE 1") + READY_T + stats_answer(stats_row(1, 1, 0, 0))
     feed(guard, answer)
     commit_error = codec.error_response("23503", "deferred constraint")
     to_client, _, _ = feed(guard, commit_error + READY_I)
@@ -235,7 +248,7 @@ def test_statement_error_passes_and_autocommit_block_is_rolled_back() -> None:
     guard = Guard(1 << 20)
     begin_autocommit(guard)
     err = codec.error_response("23503", "violates foreign key")
-    answer = cc("BEGIN") + READY_T + stats_answer() + err + READY_E + codec.error_response("25P02", "aborted") + READY_E
+    answer = cc("BEGIN") + READY_T + stats_answer(first=True) + err + READY_E + codec.error_response("25P02", "aborted") + READY_E
     to_client, upstream, out = feed(guard, answer)
     assert to_client == [] and sent_queries(b"".join(upstream)) == ["ROLLBACK"] and out.ask is None  # type: ignore[attr-defined]
     to_client, _, _ = feed(guard, cc("ROLLBACK") + READY_I)
@@ -246,8 +259,8 @@ def test_block_refusal_fails_the_block() -> None:
     guard = Guard(1 << 20)
     sql = "SELECT 1; DELETE FROM acc"
     sent = guard.wrap_query(codec.encode_query(sql), Mode.BLOCK, 1, Statement(sql), LIMITS)
-    assert sent_queries(sent) == [STATS_SQL, sql, STATS_SQL]
-    answer = stats_answer() + ROW_DESC + data_row("1") + cc("SELECT 1") + data_row("x") + cc("DELETE 5000") + READY_T
+    assert sent_queries(sent) == [sql]
+    answer = stats_answer(first=True) + ROW_DESC + data_row("1") + cc("SELECT 1") + data_row("x") + cc("DELETE 5000") + READY_T
     to_client, _, _ = feed(guard, answer)
     # the SELECT's answers pass at once; the DELETE's RETURNING row is held
     assert [t for t, _ in to_client] == ["T", "D", "C"]
@@ -266,7 +279,7 @@ def test_block_approved_statement_goes_through() -> None:
     guard = Guard(1 << 20)
     sql = "DELETE FROM acc"
     guard.wrap_query(codec.encode_query(sql), Mode.BLOCK, 0, Statement(sql), LIMITS)
-    feed(guard, stats_answer() + cc("DELETE 5000") + READY_T)
+    feed(guard, stats_answer(first=True) + cc("DELETE 5000") + READY_T)
     _, _, out = feed(guard, stats_answer(stats_row(1, 0, 5000, 0, size=10**9, reltuples=10**6)))
     assert out.ask is not None  # type: ignore[attr-defined]
     result = guard.approval(True, None)
@@ -280,11 +293,11 @@ def test_extended_refusal_fails_the_batch_before_its_sync() -> None:
         guard.exchange.sent(t)
     sent = guard.wrap_execute(execute, Statement("DELETE FROM acc WHERE id > $1", ("-1",)), LIMITS)
     kinds = [t for t, _ in frames(sent)]
-    assert kinds == ["P", "B", "E", "C", "C", "E", "P", "B", "E", "C", "C", "H"]
+    assert kinds == ["C", "P", "B", "E", "C", "E", "B", "E", "C", "H"]
     answer = codec.frame(b"1") + codec.frame(b"2")  # the client's Parse and Bind
-    answer += codec.frame(b"1") + codec.frame(b"2") + stats_row(1, 0, 2, 0) + cc("SELECT 1") + codec.frame(b"3") + codec.frame(b"3")
+    answer += stats_answer(stats_row(1, 0, 2, 0), ready=None, first=True)
     answer += data_row("7") + cc("DELETE 1500")
-    answer += codec.frame(b"1") + codec.frame(b"2") + stats_row(1, 0, 1502, 0, size=10**9, reltuples=10**7) + cc("SELECT 1") + codec.frame(b"3") + codec.frame(b"3")
+    answer += stats_answer(stats_row(1, 0, 1502, 0, size=10**9, reltuples=10**7), ready=None)
     to_client, _, out = feed(guard, answer)
     assert [t for t, _ in to_client] == ["1", "2"] and out.ask is not None  # type: ignore[attr-defined]
     result = guard.approval(False, None)
@@ -307,7 +320,7 @@ def test_failed_measurement_refuses() -> None:
     guard = Guard(1 << 20)
     sql = "UPDATE acc SET v = 2 WHERE id = 3"
     guard.wrap_query(codec.encode_query(sql), Mode.BLOCK, 0, Statement(sql), LIMITS)
-    answer = stats_answer() + cc("UPDATE 1") + READY_T + codec.error_response("57014", "canceling statement") + READY_E
+    answer = stats_answer(first=True) + cc("UPDATE 1") + READY_T + BIND_DONE + codec.error_response("57014", "canceling statement") + READY_E
     _, _, out = feed(guard, answer)
     assert out.ask is not None and "could not be measured" in out.ask.message  # type: ignore[attr-defined]
 
@@ -317,7 +330,7 @@ def test_held_answers_over_the_cap_refuse_without_asking() -> None:
     sql = "UPDATE acc SET v = v RETURNING *"
     guard.wrap_query(codec.encode_query(sql), Mode.BLOCK, 0, Statement(sql), LIMITS)
     rows = b"".join(data_row("x" * 40) for _ in range(5))
-    to_client, upstream, out = feed(guard, stats_answer() + rows + cc("UPDATE 5") + READY_T + stats_answer(stats_row(1, 5, 0, 0)))
+    to_client, upstream, out = feed(guard, stats_answer(first=True) + rows + cc("UPDATE 5") + READY_T + stats_answer(stats_row(1, 5, 0, 0)))
     assert out.ask is None and out.finished  # type: ignore[attr-defined]
     assert [t for t, _ in to_client] == ["E", "Z"] and b"more than the proxy holds" in to_client[0][1]
     assert sent_queries(b"".join(upstream)) == [FAIL_SQL]
@@ -342,3 +355,63 @@ def test_judge_refuses_catalog_changes_but_not_temporary_tables() -> None:
     assert not v.ok and v.rule == "guardrails.catalog_changes" and "pg_catalog.pg_class" in v.message
     created = [Effect(parse_counts([decode(data_row("1259", "0", "0", "3", "0", "0", "0", "t", "pg_catalog", "pg_class"))])[1259], 0, 3, 0)]
     assert judge(LIMITS, created).ok
+
+
+# ---------------------------------------------------------------------------- the agent row cap
+
+
+def _cap(cap: RowCap, data: bytes) -> list[tuple[str, bytes]]:
+    _, spans = codec.FrameSplitter().split(data)
+    out, _ = cap.filter(data, spans)
+    return frames(out) if out else []
+
+
+def test_row_cap_passes_small_results_untouched() -> None:
+    cap = RowCap(3)
+    data = ROW_DESC + data_row("1") + data_row("2") + data_row("3") + cc("SELECT 3") + READY_I
+    _, spans = codec.FrameSplitter().split(data)
+    assert cap.filter(data, spans)[0] is data
+
+
+def test_row_cap_cuts_the_result_and_skips_to_ready() -> None:
+    cap = RowCap(2)
+    data = ROW_DESC + data_row("1") + data_row("2") + data_row("3") + data_row("4") + cc("SELECT 4")
+    data += ROW_DESC + data_row("later statement") + cc("SELECT 1")  # skipped, as after an error
+    cut = len(ROW_DESC + data_row("1") + data_row("2"))  # chunks end at frame boundaries
+    got = _cap(cap, data[:cut]) + _cap(cap, data[cut:] + READY_T)
+    assert [t for t, _ in got] == ["T", "D", "D", "E", "Z"]
+    err = next(body for t, body in got if t == "E")
+    assert b"54000" in err and b"guardrails.agent_max_rows" in err
+    again = _cap(cap, ROW_DESC + data_row("1") + cc("SELECT 1") + READY_I)
+    assert [t for t, _ in again] == ["T", "D", "C", "Z"]
+
+
+def test_row_cap_counts_copy_rows_and_portal_pages() -> None:
+    cap = RowCap(2)
+    copy = codec.frame(b"H", b"\x00\x00\x00") + b"".join(codec.frame(b"d", b"%d\n" % i) for i in range(4))
+    got = _cap(cap, copy + codec.frame(b"c") + cc("COPY 4") + READY_I)
+    assert [t for t, _ in got] == ["H", "d", "d", "E", "Z"]
+    pages = data_row("1") + data_row("2") + codec.frame(b"s") + data_row("3") + cc("SELECT 3") + READY_I
+    assert [t for t, _ in _cap(RowCap(2), pages)] == ["D", "D", "s", "E", "Z"]
+
+
+def test_statistics_query_is_prepared_once_and_again_after_deallocate() -> None:
+    guard = Guard(1 << 20)
+    sql = "UPDATE acc SET v = 2 WHERE id = 3"
+
+    def run() -> str:
+        sent = guard.wrap_query(codec.encode_query(sql), Mode.BLOCK, 0, Statement(sql), LIMITS)
+        return "".join(t for t, _ in frames(sent))
+
+    assert run() == "CPBECSQBECS"
+    feed(guard, stats_answer(first=True) + cc("UPDATE 1") + READY_T + stats_answer(stats_row(1, 1, 0, 0)))
+    assert not guard.active
+    assert run() == "BECSQBECS"
+    feed(guard, stats_answer() + cc("UPDATE 1") + READY_T + stats_answer(stats_row(1, 1, 0, 0)))
+    guard.statements_dropped()
+    assert run() == "CPBECSQBECS"
+    # its Parse fails (the transaction had failed): the next bracket parses again
+    feed(guard, CLOSE_DONE + codec.error_response("25P02", "aborted") + READY_E)
+    feed(guard, codec.error_response("25P02", "aborted") + READY_E + codec.error_response("25P02", "aborted") + READY_E)
+    assert not guard.active
+    assert run() == "CPBECSQBECS"

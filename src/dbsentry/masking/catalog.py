@@ -60,14 +60,16 @@ _SCHEMA_FILTER = """(n.nspname NOT IN ('pg_catalog', 'information_schema')
 
 #: One row per column: relation oid, schema, name, relkind, attnum, column name, type oid
 #: (a domain's base type, as RowDescription reports it), ``format_type`` spelling (a domain
-#: keeps its own name), type modifier, column comment.
+#: keeps its own name), type modifier, column comment, whether writing the relation runs
+#: code (triggers or rules).
 RELATIONS_SQL = f"""
 SELECT c.oid::int8, n.nspname::text, c.relname::text, c.relkind::text,
        a.attnum::int4, a.attname::text,
        (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END)::int8,
        pg_catalog.format_type(a.atttypid, a.atttypmod),
        a.atttypmod::int4,
-       pg_catalog.col_description(c.oid, a.attnum)
+       pg_catalog.col_description(c.oid, a.attnum),
+       c.relhastriggers OR c.relhasrules
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -149,6 +151,7 @@ class Relation:
     kind: str  # r table, p partitioned table, v view, m materialized view, f foreign table
     columns: tuple[Column, ...]
     definition: str | None = None  # views and materialized views
+    runs_code: bool = False  # has triggers or rules: writing it runs code
 
     @property
     def is_view(self) -> bool:
@@ -230,27 +233,17 @@ class Catalog:
         """Build from the rows of :data:`RELATIONS_SQL`, :data:`VIEWS_SQL` and
         :data:`FUNCTIONS_SQL`, in the order those queries give their columns."""
         defs = {int(r[0]): r[1] for r in view_rows}
-        heads: dict[int, tuple[str, str, str]] = {}
+        heads: dict[int, tuple[str, str, str, bool]] = {}
         cols: dict[int, list[Column]] = {}
-        for (
-            oid,
-            schema,
-            name,
-            kind,
-            attnum,
-            attname,
-            type_oid,
-            type_name,
-            typmod,
-            comment,
-        ) in relation_rows:
-            heads[int(oid)] = (schema, name, kind)
+        for row in relation_rows:
+            oid, schema, name, kind, attnum, attname, type_oid, type_name, typmod, comment = row[:10]
+            heads[int(oid)] = (schema, name, kind, bool(row[10]) if len(row) > 10 else False)
             cols.setdefault(int(oid), []).append(
                 Column(int(attnum), attname, int(type_oid), type_name or "", int(typmod), comment)
             )
         relations = {
-            oid: Relation(oid, s, n, k, tuple(cols[oid]), defs.get(oid))
-            for oid, (s, n, k) in heads.items()
+            oid: Relation(oid, s, n, k, tuple(cols[oid]), defs.get(oid), code)
+            for oid, (s, n, k, code) in heads.items()
         }
         functions = {}
         for row in function_rows:

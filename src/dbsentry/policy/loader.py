@@ -122,3 +122,8 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
 def default_policy() -> Policy:
     """The baseline alone: what runs when the configuration names no policy file."""
     return parse_policy("", "<baseline>")
+
+
+def declared_environments(policy: Policy) -> frozenset[str]:
+    """Environment names a policy declares: its production ones and ``environments``."""
+    return frozenset(policy.production_environments) | frozenset(getattr(policy, "environments", ()))

@@ -15,8 +15,6 @@ from dbsentry.session.masking import MaskingService
 
 log = logging.getLogger("dbsentry.masking")
 
-_SSLMODE = {"disable": "disable", "require": "require", "verify-full": "verify-full"}
-
 
 class CatalogError(Exception):
     pass
@@ -73,19 +71,6 @@ class CatalogLoader:
 
 
 async def _read(conn: ConnectionConfig) -> Catalog:
-    kwargs: dict[str, object] = {
-        "host": conn.host,
-        "port": conn.port,
-        "dbname": conn.database,
-        "user": conn.user,
-        "sslmode": _SSLMODE[conn.upstream_tls],
-        "connect_timeout": max(1, int(conn.connect_timeout_seconds)),
-        "application_name": "dbsentry-catalog",
-    }
-    password = conn.resolve_password()
-    if password is not None:
-        kwargs["password"] = password
-    if conn.upstream_ca is not None:
-        kwargs["sslrootcert"] = str(conn.upstream_ca)
+    kwargs = conn.libpq_kwargs("dbsentry-catalog")
     async with await psycopg.AsyncConnection.connect(autocommit=True, **kwargs) as aconn:  # type: ignore[arg-type]
         return await fetch_catalog(aconn)

@@ -11,11 +11,13 @@ from collections.abc import Callable
 
 from dbsentry.approvals import Approvals, ApprovalStoreError, Notifier, open_approval_store
 from dbsentry.audit import AuditStoreError, AuditWriter, Signer, open_store
-from dbsentry.config import Config, LoadedConfig
+from dbsentry.config import Config, ConfigError, LoadedConfig, check_environments
 from dbsentry.identity import Authenticator
 from dbsentry.policy import PolicyError
+from dbsentry.policy.loader import declared_environments
 from dbsentry.server.catalogs import CatalogLoader
 from dbsentry.server.proxy import ProxyServer
+from dbsentry.server.roles import log_production_roles
 from dbsentry.server.tasks import spawn
 from dbsentry.session.governance import Governor
 from dbsentry.session.masking import MaskingService, load_or_create_key
@@ -79,6 +81,11 @@ async def run_server(
             governor = Governor.from_path(config.policy)
         except PolicyError as err:
             log.error("invalid policy; not starting", extra={"fields": {"reason": str(err)}})
+            sys.exit(2)
+        try:
+            check_environments(config, declared_environments(governor.policy))
+        except ConfigError as err:
+            log.error("invalid configuration; not starting", extra={"fields": {"reason": str(err)}})
             sys.exit(2)
         writer = open_writer(config)
     catalogs: CatalogLoader | None = None
@@ -153,6 +160,11 @@ async def run_server(
         if governor is not None and config.policy
         else None
     )
+    roles_check = (
+        spawn(log_production_roles(config, governor.policy.production_environments), name="role-check")
+        if governor is not None
+        else None
+    )
     if on_ready is not None:
         on_ready()
     try:
@@ -161,6 +173,8 @@ async def run_server(
         log.info("shutting down")
         if watcher is not None:
             await watcher
+        if roles_check is not None and not roles_check.done():
+            roles_check.cancel()
         if http_task is not None:
             await http_task
         await proxy.close()

@@ -260,6 +260,8 @@ class _Phase(Enum):
     ENDING = 4
 
 
+_PARSE_COMPLETE = ord("1")
+
 # Owner offsets of a bracket's requests (its base owner number plus these).
 _BEFORE, _STMT, _AFTER, _COUNT, _END, _FAIL = range(1, 7)
 _STEP = 8
@@ -296,7 +298,7 @@ class _Bracket:
 class Guard:
     """The guard of one session: follows the exchange, runs at most one bracket at a time."""
 
-    __slots__ = ("_error", "_names", "_seq", "bracket", "exchange", "max_held")
+    __slots__ = ("_error", "_names", "_parse_owner", "_prepared", "_seq", "bracket", "exchange", "max_held")
 
     def __init__(self, max_held: int, error: Callable[[str], bytes] | None = None) -> None:
         """``error``: the ErrorResponse frame that refuses a statement with a message (the
@@ -307,6 +309,10 @@ class Guard:
         self._error = error or (lambda message: codec.error_response("42501", message))
         self._seq = 0
         self._names = f"dbsentry_guard_{secrets.token_hex(4)}"
+        # The statistics query is prepared once per session (a named statement): planning
+        # it costs more than running it.
+        self._prepared = False
+        self._parse_owner: int | None = None  # the owner whose request carries its Parse
 
     @property
     def active(self) -> bool:
@@ -341,25 +347,57 @@ class Guard:
             )
         )
 
+    def _stats(self, owner: int, sync: bool) -> bytes:
+        """Run the statistics query: the prepared statement (parsed first if it is not yet),
+        in a portal of the guard's own; ``sync`` ends it as a cycle of its own."""
+        name = f"{self._names}_stats"
+        portal = f"{self._names}_p"
+        parts = []
+        if self._parse_owner is not None and self.exchange.outstanding(self._parse_owner) == 0:
+            self._parse_owner = None  # that Parse failed or was skipped
+        if not self._prepared and self._parse_owner is None:
+            # Closing a statement that does not exist is no error: whatever the client did
+            # to the session's prepared statements, the Parse then succeeds.
+            self._parse_owner = owner
+            self.exchange.sent(m.Q_CLOSE, owner)
+            self.exchange.sent(m.Q_PARSE, owner)
+            parts.append(codec.encode_close("S", name))
+            parts.append(codec.encode_parse(m.Parse(name, STATS_SQL)))
+        for t in (m.Q_BIND, m.Q_EXECUTE, m.Q_CLOSE):
+            self.exchange.sent(t, owner)
+        parts.append(codec.encode_bind(m.Bind(portal, name)))
+        parts.append(codec.encode_execute(m.Execute(portal)))
+        parts.append(codec.encode_close("P", portal))
+        if sync:
+            self.exchange.sent(m.Q_SYNC, owner)
+            parts.append(codec.SYNC)
+        return b"".join(parts)
+
+    def statements_dropped(self) -> None:
+        """The client ran DEALLOCATE ALL or DISCARD ALL: the statistics query is gone too."""
+        self._prepared = False
+
     def wrap_query(self, frame: bytes, mode: Mode, hold_from: int, statement: Statement, limits: Limits) -> bytes:
         """The bytes to send instead of the guarded Query ``frame``."""
         b = self._new(mode, statement, limits, hold_from)
         parts = []
         if mode is Mode.AUTOCOMMIT:
+            # The snapshot is taken inside the block: statistics are only reported (and the
+            # counters reset) between transactions.
             parts.append(self._query("BEGIN", b.owner(_BEFORE)))
-        parts.append(self._query(STATS_SQL, b.owner(_BEFORE)))
+        parts.append(self._stats(b.owner(_BEFORE), sync=True))
         self.exchange.sent(m.Q_QUERY, b.owner(_STMT))
         parts.append(frame)
-        parts.append(self._query(STATS_SQL, b.owner(_AFTER)))
+        parts.append(self._stats(b.owner(_AFTER), sync=True))
         return b"".join(parts)
 
     def wrap_execute(self, frame: bytes, statement: Statement, limits: Limits) -> bytes:
         """The bytes to send instead of the guarded Execute ``frame`` (and a Flush, so the
         answers come now; the client's next messages wait for :attr:`Out.finished`)."""
         b = self._new(Mode.EXTENDED, statement, limits, 0)
-        before = self._extended(STATS_SQL, b.owner(_BEFORE))
+        before = self._stats(b.owner(_BEFORE), sync=False)
         self.exchange.sent(m.Q_EXECUTE, b.owner(_STMT))
-        after = self._extended(STATS_SQL, b.owner(_AFTER))
+        after = self._stats(b.owner(_AFTER), sync=False)
         return before + frame + after + codec.FLUSH
 
     def cancel(self) -> None:
@@ -367,6 +405,8 @@ class Guard:
         b = self.bracket
         if b is None:
             return
+        if self._parse_owner is not None and b.base < self._parse_owner < b.base + _STEP:
+            self._parse_owner = None
         for offset in range(1, _STEP):
             if offset == _STMT:
                 self.exchange.reown(b.owner(offset))  # sent all the same, refused by a marker
@@ -409,6 +449,9 @@ class Guard:
             return self._statement_frame(b, t, frame, ends)
         if t == m.R_DATA_ROW:
             b.rows.setdefault(offset, []).append(decode_data_row(frame[5:]))
+        elif t == _PARSE_COMPLETE and b.owner(offset) == self._parse_owner:
+            self._prepared = True
+            self._parse_owner = None
         elif t == m.R_ERROR:
             fields = codec.decode_error_fields(frame, 5, len(frame))
             if offset not in b.failed:

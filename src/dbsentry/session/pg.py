@@ -50,6 +50,7 @@ from dbsentry.session.governance import Check, Governor, denial_message
 from dbsentry.session.guard import Guard, Limits, Mode, Out
 from dbsentry.session.guard import Statement as GuardedStatement
 from dbsentry.session.masking import MaskingService, SessionMasking, StatementPlan, looks_masked
+from dbsentry.session.rowcap import RowCap
 from dbsentry.session.server_params import (
     Greeting,
     LoginKey,
@@ -367,6 +368,7 @@ class Session:
     _held: bytes | None = None
     _await_idle: bool = False
     _armed: bytes | None = None  # the client chunk whose guarded statement the guard runs
+    _row_cap: RowCap | None = None  # agents in production: rows one result may return
 
     def __post_init__(self) -> None:
         self._client_frames = codec.FrameSplitter(MAX_AUTH_MESSAGE)
@@ -826,11 +828,15 @@ class Session:
         """Production sessions of people run data-changing statements under the row guard
         (agents change nothing: their sessions are read-only upstream)."""
         gov, conn, identity = self.governor, self.connection, self.identity
-        if gov is None or conn is None or identity is None or identity.kind == "agent":
+        if gov is None or conn is None or identity is None:
             return
         if self._environment not in gov.policy.production_environments:
             return
         cfg = self.config.guardrails
+        if identity.kind == "agent":
+            if cfg.agent_max_rows is not None:
+                self._row_cap = RowCap(cfg.agent_max_rows)
+            return
         limits = cfg.limits_for(conn.guardrails, identity.kind, identity.groups)
         if limits.max_rows_changed is None and limits.max_fraction_changed is None:
             return
@@ -1287,13 +1293,17 @@ class Session:
             name = facts.prepared_name
             if facts.command == "PREPARE" and name is not None:
                 self._prepared[name] = (facts.text, self._judged_under(gov), check)
-            elif facts.command == "DEALLOCATE":
+            elif facts.command in ("DEALLOCATE", "DEALLOCATE ALL"):
                 if name is None:
                     self._prepared.clear()
+                    if self.guard is not None:
+                        self.guard.statements_dropped()
                 else:
                     self._prepared.pop(name, None)
             elif facts.command == "DISCARD ALL":
                 self._prepared.clear()
+                if self.guard is not None:
+                    self.guard.statements_dropped()
             elif facts.command == "EXECUTE" and name is not None and name in self._prepared:
                 inner = self._check(gov, self._prepared[name][0])
                 if not inner.allowed:
@@ -1465,6 +1475,8 @@ class Session:
             return []
         try:
             buf, spans = self._upstream_frames.split(data)
+            if self._row_cap is not None:
+                buf, spans = self._row_cap.filter(buf, spans)
             guard = self.guard
             if guard is None:
                 return self._upstream_frames_received(buf, spans)
