@@ -112,6 +112,13 @@ def _objects(s: str) -> str:
     create table {s}.log (id serial primary key, msg text);
     create trigger log_wipe after insert on {s}.log for each row execute function {s}.trg_wipe();
 
+    -- A trigger on a partition only: its partitioned parent has none.
+    create table {s}.events (id int, kind text) partition by list (kind);
+    create table {s}.events_audit partition of {s}.events for values in ('audit');
+    create trigger events_wipe after insert on {s}.events_audit for each row execute function {s}.trg_wipe();
+    -- A CHECK constraint may call any function.
+    create table {s}.checked (id int check ({s}.op_fn(id, 1)));
+
     create procedure {s}.wipe_proc(x int) language plpgsql as
       $$ begin delete from {v} where id > x; end $$;
     create procedure {s}.wipe_commit(x int) language plpgsql as
@@ -649,6 +656,8 @@ BYPASSES: list[tuple[str, list[str]]] = [
     ("view", ["select * from {s}.wipe_view"]),
     ("column-default", ["insert into {s}.with_default (id) values (1)"]),
     ("insert-trigger", ["insert into {s}.log (msg) values ('hello')"]),
+    ("partition-trigger", ["insert into {s}.events values (1, 'audit')"]),
+    ("check-constraint", ["insert into {s}.checked values (1)"]),
     # A temporary view hides the function call from the next statement.
     (
         "temp-view",

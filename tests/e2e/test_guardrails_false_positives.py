@@ -617,6 +617,41 @@ def test_copy_in_and_out(env: Env, accounts: str) -> None:
     assert q(env, f"select count(*) from {env.acct} where owner like 'copied%'") == [(100,)]
 
 
+def test_asyncpg_copy_records(env: Env, accounts: str) -> None:
+    """asyncpg's copy_records_to_table (binary COPY FROM STDIN) into tables that take part in
+    a foreign key (PostgreSQL's own RI triggers are on both)."""
+
+    async def main() -> None:
+        conn = await asyncpg.connect(
+            host=env.proxy.host,
+            port=env.proxy.port,
+            user="alice@example.com",
+            password=env.proxy.token("alice@example.com", ("eng",)),
+            database="prod",
+            ssl=_tls(),
+            timeout=10,
+        )
+        try:
+            await conn.copy_records_to_table(
+                "accounts",
+                schema_name=env.s,
+                columns=["id", "owner"],
+                records=[(i, f"rec{i}") for i in range(8001, 8051)],
+            )
+            await conn.copy_records_to_table(
+                "orders",
+                schema_name=env.s,
+                columns=["account", "amount"],
+                records=[(8001, 1), (8002, 2)],
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
+    assert q(env, f"select count(*) from {env.acct} where owner like 'rec%'") == [(50,)]
+    assert q(env, f"select count(*) from {env.s}.orders where account > 8000") == [(2,)]
+
+
 def test_staging_is_not_limited(env: Env, accounts: str) -> None:
     all_ok(
         run(
