@@ -10,11 +10,14 @@ checks the database directly.
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import psycopg
 import pytest
 
@@ -482,6 +485,54 @@ def test_agent_result_rows_are_capped(env: Env, mode: str) -> None:
         assert not (large.ok and len(large.rows) > 10_000), (
             f"an agent received {len(large.rows)} rows: {large.sql}"
         )
+
+
+def test_agent_row_cap_holds_for_cursors(env: Env) -> None:
+    """One query's result read in pieces (psycopg's server-side cursor: DECLARE and FETCH;
+    asyncpg's cursor: Execute with a row limit, portal suspended) is still one result."""
+    query = "select g from generate_series(1, 20000) g"
+    with psycopg.connect(env.proxy.dsn(AGENT.identity, groups=AGENT.groups, agent=True)) as conn:
+        got = 0
+        try:
+            with conn.cursor(name="agent_cursor") as cur:
+                cur.itersize = 2000
+                cur.execute(query)
+                for _ in cur:
+                    got += 1
+        except psycopg.Error:
+            pass
+        assert got <= 10_000, f"an agent read {got} rows of one result through a server-side cursor"
+
+    async def by_asyncpg() -> int:
+        conn = await asyncpg.connect(
+            host=env.proxy.host,
+            port=env.proxy.port,
+            user=AGENT.identity,
+            password=env.proxy.token(AGENT.identity, AGENT.groups, True),
+            database="prod",
+            ssl=_tls(),
+            timeout=10,
+        )
+        n = 0
+        try:
+            async with conn.transaction():
+                async for _ in conn.cursor(query, prefetch=1000):
+                    n += 1
+        except asyncpg.PostgresError:
+            pass
+        finally:
+            await conn.close()
+        return n
+
+    got = asyncio.run(by_asyncpg())
+    assert got <= 10_000, f"an agent read {got} rows of one result through an asyncpg cursor"
+
+
+def _tls() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 # ================================================================ upstream roles
