@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from dbsentry.masking.lineage import (
     MaskSettings,
     StatementLineage,
     analyze_lineage,
+    lineage_of_tree,
     plan_masks,
 )
 
@@ -492,3 +494,77 @@ def test_catalog_lookups() -> None:
 def test_empty_classmap_masks_nothing() -> None:
     plan = plan_masks(lin("SELECT plpg(1)"), ClassMap({}))
     assert not plan.active
+
+
+# -- unknown nodes and hostile trees -------------------------------------------------------------
+
+
+def _tree(val: Any) -> dict[str, Any]:
+    return {
+        "SelectStmt": {
+            "targetList": [{"ResTarget": {"val": val}}],
+            "fromClause": [{"RangeVar": {"relname": "customers", "inh": True}}],
+        }
+    }
+
+
+_EMAIL = {"ColumnRef": {"fields": [{"String": {"sval": "email"}}]}}
+
+
+def test_an_unknown_node_gives_an_unknown_lineage_not_a_guess() -> None:
+    out = lineage_of_tree(_tree({"SomeFutureExpr": {"arg": _EMAIL}}), CATALOG)
+    (col,) = out.columns
+    assert col.unknown and not col.direct
+    assert CUSTOMERS in out.tables_read  # still walked for what it reads
+    plan = plan_masks(out, CLASSMAP)
+    assert plan.columns[0] is not None and plan.columns[0].strategy == "detect"
+
+
+def test_known_derived_nodes_still_derive() -> None:
+    for sql in ("select row(email) from customers", "select json_object('k': email) from customers", "select xmlelement(name x, email) from customers"):  # fmt: skip
+        (col,) = lin(sql).columns
+        assert not col.unknown, sql
+        assert {s.column for s in col.sources} == {"email"}, sql
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select " + "not " * 2001 + "true",
+        "select " + "(select " * 300 + "1" + ")" * 300,
+        "select * from customers where " + " and ".join(["id = 1"] * 100_000),
+        "select " + "(" * 10_000 + "1" + ")" * 10_000,
+    ],
+)
+def test_too_deep_or_large_raises_lineage_error(sql: str) -> None:
+    with pytest.raises(LineageError, match=r"too complex|memory exhausted"):
+        analyze_lineage(sql, CATALOG)
+
+
+def test_recursion_in_the_walk_raises_lineage_error() -> None:
+    import sys
+
+    frame, depth = sys._getframe(), 0
+    while frame is not None:
+        frame, depth = frame.f_back, depth + 1
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(depth + 80)
+    try:
+        with pytest.raises(LineageError, match="too complex"):
+            analyze_lineage("select " + "lower(" * 150 + "email" + ")" * 150 + " from customers", CATALOG)
+    finally:
+        sys.setrecursionlimit(old)
+
+
+@pytest.mark.parametrize(
+    "tree",
+    [
+        {"SelectStmt": {"targetList": 5}},
+        {"SelectStmt": {"fromClause": [{"RangeVar": []}]}},
+        {"InsertStmt": {"relation": {"relname": 3}, "cols": "x"}},
+        {"SelectStmt": {"targetList": [{"ResTarget": {"val": {"FuncCall": {"funcname": 1}}}}]}},
+    ],
+)
+def test_malformed_trees_raise_lineage_error(tree: Any) -> None:
+    with contextlib.suppress(LineageError):
+        lineage_of_tree(tree, CATALOG)

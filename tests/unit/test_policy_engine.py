@@ -230,6 +230,7 @@ _FULL_MATCH = """match:
   classes: [READ]
   tables: [t]
   functions: [f]
+  settings: [search_path]
   flags: [drop]
   data_classes: [pii]
   risk: [high]
@@ -281,3 +282,76 @@ def test_facts_cache_returns_the_same_facts() -> None:
     fc = FactsCache(maxsize=2)
     first = fc.analyze("select 1; select 2")
     assert fc.analyze("select 1; select 2") is first
+
+
+def test_settings_match_any_for_restrictions_and_every_for_allow() -> None:
+    pol = parse_policy(
+        """
+default: deny
+rules:
+  - name: no-role-games
+    match: {settings: [role, "session_*"]}
+    action: deny
+  - name: tuning
+    match: {settings: ["work_mem", "statement_timeout", "search_path"]}
+    action: allow
+"""
+    )
+    assert evaluate_sql(pol, "set work_mem = '1MB'", ctx()).decision.rules == ("tuning",)
+    assert evaluate_sql(pol, "SET Search_Path TO app", ctx()).decision.action == "allow"
+    assert evaluate_sql(pol, "select set_config('role', 'x', false)", ctx()).decision.rules == ("no-role-games",)
+    assert evaluate_sql(pol, "set session authorization bob", ctx()).decision.action == "deny"
+    # every setting must be allowed, and a statement that changes none is not covered
+    both = "select set_config('work_mem', '1', false), set_config('jit', 'off', false)"
+    assert evaluate_sql(pol, both, ctx()).decision.rules == ("default",)
+    assert evaluate_sql(pol, "select 1", ctx()).decision.rules == ("default",)
+    # a setting whose name is not a constant is not "work_mem"
+    assert evaluate_sql(pol, "select set_config(n, '1', false) from t", ctx()).decision.action == "deny"
+
+
+def test_unsupported_and_too_complex_are_denied_with_their_reason() -> None:
+    pol = parse_policy("")
+    v = evaluate_sql(pol, "select * from json_table('[1]', '$[*]' columns (a int path '$')) j", ctx())
+    assert v.decision.action == "deny" and v.decision.rules == ("baseline.unparsable",)
+    assert v.decision.message == "statement rejected: dbsentry cannot analyse JSON_TABLE (JsonTable)"
+    assert v.decision.sqlstate == "42501" and v.sqlstate == "42501"
+    assert v.parse_error is not None
+    v = evaluate_sql(pol, "select " + "not " * 3000 + "true", ctx())
+    assert v.decision.action == "deny" and v.decision.rules == ("baseline.unparsable",)
+    assert v.decision.message is not None and v.decision.message.startswith("statement too complex (")
+    assert v.decision.sqlstate == "54001" and v.sqlstate == "54001"
+    v = evaluate_sql(pol, "selec 1", ctx())
+    assert v.decision.message is not None
+    assert v.decision.message.startswith("statement rejected: PostgreSQL's parser cannot read it")
+    assert v.decision.sqlstate == "42501"
+
+
+def test_decision_sqlstate_defaults_and_combines() -> None:
+    from dbsentry.policy.engine import Decision, too_complex_decision
+
+    assert Decision("deny", ("x",)).sqlstate == "42501"
+    deep = too_complex_decision("nesting too deep")
+    assert combine([Decision("allow", ()), deep]).sqlstate == "54001"
+    assert combine([deep, Decision("deny", ("x",), "no")]).sqlstate == "54001"
+
+
+def test_new_policy_settings_fields() -> None:
+    pol = PolicyFile.model_validate(
+        {"environments": ["staging", "qa"], "baseline": {"allow_settings": ["Work_Mem", "jit"]}}
+    )
+    assert pol.environments == ["staging", "qa"]
+    assert pol.baseline.allow_settings == ["work_mem", "jit"]
+    assert PolicyFile().environments == [] and PolicyFile().baseline.allow_settings == []
+
+
+def test_new_flags_are_known_to_policies() -> None:
+    pol = parse_policy(
+        """
+rules:
+  - name: guard
+    match: {flags: [catalog_write, read_write_transaction, disruptive_maintenance]}
+    action: deny
+"""
+    )
+    for sql in ("update pg_class set relname = 'x' where oid = 1", "begin read write", "vacuum full t"):
+        assert evaluate_sql(pol, sql, ctx()).decision.rules == ("guard",), sql

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dbsentry.sql.facts import SQLParseError, StatementFacts, analyze, split_statement_spans
+from dbsentry.sql.facts import FLAGS, SQLParseError, StatementFacts, analyze, split_statement_spans
 
 
 def one(sql: str) -> StatementFacts:
@@ -452,3 +452,388 @@ _SQL_PIECES = st.sampled_from(
 def test_sqlish_token_soup_never_crashes(pieces: list[str]) -> None:
     with contextlib.suppress(SQLParseError):
         analyze(" ".join(pieces))
+
+
+# -- TABLESAMPLE, XMLTABLE: reads, not writes ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select * from t tablesample system(100)",
+        "SELECT * FROM T TABLESAMPLE BERNOULLI (50) REPEATABLE (1)",
+        'select * from "t" as x tablesample system (1) where x.a > 0',
+        "select * from (select * from t tablesample system(10)) s",
+        "with c as (select * from t tablesample system(10)) select * from c",
+        "select * from u join t tablesample system(10) on true",
+    ],
+)
+def test_tablesample_reads_its_relation(sql: str) -> None:
+    f = one(sql)
+    assert "t" in f.tables_read
+    assert f.tables_written == ()
+    assert f.statement_class == "READ"
+
+
+def test_tablesample_arguments_are_walked() -> None:
+    f = one("select * from t tablesample bernoulli (nextval('s')) repeatable (setseed(1))")
+    assert "side_effect_function" in f.flags
+    assert {"nextval", "setseed"} <= set(f.functions)
+
+
+def test_xmltable_reads_its_document() -> None:
+    f = one("select x.* from docs d, xmltable('/a' passing d.body columns x int path 'b') x")
+    assert f.tables_read == ("docs",) and f.tables_written == ()
+    assert "docs.body" in f.columns_read
+
+
+# -- settings --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sql", "settings"),
+    [
+        ("set search_path = app, public", ("search_path",)),
+        ("SET LOCAL Work_Mem TO '1MB'", ("work_mem",)),
+        ('set "Work_Mem" = 1', ("work_mem",)),
+        ("set /* timeout */ session statement_timeout = 0", ("statement_timeout",)),
+        ('set U&"\\0077ork_mem" = 1', ("work_mem",)),
+        ("set my.custom to default", ("my.custom",)),
+        ("reset work_mem", ("work_mem",)),
+        ("RESET ALL", ()),
+        ("discard all", ()),
+        ("set time zone 'UTC'", ("timezone",)),
+        ("set time zone local", ("timezone",)),
+        ("set names 'utf8'", ("client_encoding",)),
+        ("set schema 'app'", ("search_path",)),
+        ("set xml option document", ("xmloption",)),
+        ("set role admin", ("role",)),
+        ("reset role", ("role",)),
+        ("set session authorization bob", ("session_authorization",)),
+        ("set transaction isolation level serializable, read only", ("transaction_isolation", "transaction_read_only")),
+        ("set transaction deferrable", ("transaction_deferrable",)),
+        ("set transaction snapshot '00000003-0000001B-1'", ("transaction_snapshot",)),
+        ("set session characteristics as transaction isolation level read committed", ("default_transaction_isolation",)),
+        ("set session characteristics as transaction read only, not deferrable", ("default_transaction_deferrable", "default_transaction_read_only")),
+        ("select set_config('work_mem', '1MB', false)", ("work_mem",)),
+        ("SELECT PG_CATALOG.SET_CONFIG('Search_Path', 'x', true)", ("search_path",)),
+        ("select set_config($$statement_timeout$$, '0', false)", ("statement_timeout",)),
+        ("select set_config($q$statement_timeout$q$, '0', false)", ("statement_timeout",)),
+        ("select set_config('work' || '_mem', '1', false)", ("work_mem",)),
+        ("select set_config(E'\\x77ork_mem', '1', false)", ("work_mem",)),
+        ("select set_config(U&'\\0077ork_mem', '1', false)", ("work_mem",)),
+        ("select set_config('work_mem'::text, '1', false)", ("work_mem",)),
+        ("select set_config(new_value => '1', is_local => false, setting_name => 'work_mem')", ("work_mem",)),
+        ("select set_config(name, '1', false) from t", ("?",)),
+        ("select set_config(lower('WORK_MEM'), '1', false)", ("?",)),
+        ("select set_config($1, $2, false)", ("?",)),
+        ("select * from set_config('work_mem', '1', false)", ("work_mem",)),
+        ("with c as (select set_config('work_mem', '1', false)) select * from c", ("work_mem",)),
+        ("select 1 where set_config('work_mem', '1', false) is not null", ("work_mem",)),
+        ("explain analyze select set_config('work_mem', '1', false)", ("work_mem",)),
+        ("explain select set_config('work_mem', '1', false)", ()),  # not run
+        ("prepare p as select set_config('work_mem', '1', false)", ("work_mem",)),
+        ("declare c cursor for select set_config('work_mem', '1', false)", ("work_mem",)),
+        ("copy (select set_config('work_mem', '1', false)) to stdout", ("work_mem",)),
+        ("execute p(set_config('work_mem', '1', false))", ("work_mem",)),
+        ("update pg_settings set setting = '1' where name = 'work_mem'", ("?",)),
+        ("select set_config('a', '1', false), set_config('b', '2', false)", ("a", "b")),
+        ("select current_setting('work_mem')", ()),
+        ("show work_mem", ()),
+        ("alter role bob set work_mem = '1MB'", ()),  # stored for later sessions, not run now
+        ("select 1", ()),
+    ],
+)  # fmt: skip
+def test_settings(sql: str, settings: tuple[str, ...]) -> None:
+    assert one(sql).settings == settings
+
+
+def test_settings_are_part_of_equality() -> None:
+    a, b = one("set work_mem = 1"), one("set search_path = a")
+    assert a.command == b.command and a != b
+    assert one("set work_mem = 1") == one("SET WORK_MEM = 2")
+
+
+def test_role_switch_still_flags_with_the_setting() -> None:
+    for sql in ("set role admin", "select set_config('ROLE', 'admin', false)", "reset session authorization"):
+        f = one(sql)
+        assert "role_switch" in f.flags, sql
+        assert {"role", "session_authorization"} & set(f.settings), sql
+
+
+# -- new flags -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "insert into pg_catalog.pg_class values (1)",
+        "UPDATE PG_CATALOG.PG_AUTHID SET rolsuper = true WHERE rolname = 'me'",
+        'delete from "pg_catalog"."pg_proc" where oid = 1',
+        "delete from pg_depend where objid = 1",
+        'update U&"\\0070g_class" set relname = \'x\' where oid = 2',
+        "delete /* pg_catalog */ from information_schema.sql_features where true",
+        "merge into pg_catalog.pg_class c using s on c.oid = s.oid when matched then delete",
+        "truncate pg_toast.pg_toast_123",
+        "truncate table ok, pg_catalog.pg_statistic",
+        "copy pg_catalog.pg_class from stdin",
+        "COPY pg_statistic FROM '/tmp/x'",
+        "with d as (delete from pg_catalog.pg_class where oid = 1 returning 1) select * from d",
+        "explain analyze update pg_class set relname = 'x' where oid = 1",
+        "prepare p as delete from pg_shdepend where objid = $1",
+        "insert into pg_toast_temp_1.x values (1)",
+        "update pg_settings set setting = 'x' where name = 'work_mem'",
+    ],
+)
+def test_catalog_write(sql: str) -> None:
+    f = analyze(sql)[-1]
+    assert "catalog_write" in f.flags
+    assert f.statement_class == "DDL" and "DDL" in f.classes
+    assert f.risk == "high"
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select * from pg_catalog.pg_class",
+        "insert into pg_temp.t values (1)",
+        "insert into mypg_table values (1)",
+        "update public.pg_things set a = 1 where id = 2",
+        "explain update pg_class set relname = 'x' where oid = 1",
+        "copy pg_class to stdout",
+        "insert into t select * from pg_catalog.pg_class",
+        "lock pg_class in access share mode",
+    ],
+)
+def test_not_a_catalog_write(sql: str) -> None:
+    assert "catalog_write" not in one(sql).flags
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "begin read write",
+        "BEGIN ISOLATION LEVEL SERIALIZABLE, READ WRITE",
+        "start transaction read write",
+        "set transaction read write",
+        "SET LOCAL TRANSACTION ISOLATION LEVEL READ COMMITTED READ WRITE",
+        "set session characteristics as transaction read write",
+        "set transaction_read_only = off",
+        "set transaction_read_only to false",
+        "SET transaction_read_only = 0",
+        "set transaction_read_only = 'no'",
+        "set transaction_read_only = 'OF'",
+        "set transaction_read_only = ' off '",
+        "set transaction_read_only = on, off",
+        "set default_transaction_read_only = off",
+        'set "default_transaction_read_only" = FALSE',
+        "set /* x */ session default_transaction_read_only to 'f'",
+        'set U&"default_transaction_read_\\006Fnly" = off',
+        "set default_transaction_read_only to default",
+        "reset default_transaction_read_only",
+        "reset transaction_read_only",
+        "select set_config('transaction_read_only', 'off', false)",
+        "select set_config('default_transaction_read_only', 'false', true)",
+        "select set_config('DEFAULT_TRANSACTION_READ_ONLY', $$of$$, false)",
+        "select set_config('transaction_read_only', null, false)",
+        "select set_config('transaction_read_only', x, false) from t",
+        "select set_config('transaction_read_only', '2', false)",
+        "select set_config(x, 'on', false) from t",
+        "select set_config('default_' || 'transaction_read_only', 'off', false)",
+        "with c as (select set_config('transaction_read_only', 'off', true)) select 1",
+        "explain analyze select set_config('transaction_read_only', 'off', true)",
+        "prepare p as select set_config('transaction_read_only', 'off', true)",
+        "alter role r set default_transaction_read_only = off",
+        "alter database d set default_transaction_read_only to false",
+        "alter system set default_transaction_read_only = off",
+        "alter role r reset default_transaction_read_only",
+        "alter role r reset all",
+        "alter role r in database d reset all",
+        "alter database d reset all",
+        "alter system reset all",
+        "update pg_settings set setting = 'off' where name = 'transaction_read_only'",
+    ],
+)
+def test_read_write_transaction(sql: str) -> None:
+    assert "read_write_transaction" in one(sql).flags
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "begin",
+        "begin read only",
+        "begin isolation level read committed",
+        "start transaction isolation level serializable, read only, deferrable",
+        "set transaction read only",
+        "set session characteristics as transaction read only",
+        "set transaction_read_only = on",
+        "set transaction_read_only = true",
+        "set default_transaction_read_only = 'yes'",
+        "set default_transaction_read_only to 1",
+        "select set_config('transaction_read_only', 'on', false)",
+        "select set_config('default_transaction_read_only', 'true', false)",
+        "select set_config('work_mem', '1MB', false)",
+        "set work_mem = 0",
+        "explain select set_config('transaction_read_only', 'off', true)",
+        "commit",
+        "discard all",
+        "reset all",
+        "alter role r reset work_mem",
+    ],
+)
+def test_not_read_write_transaction(sql: str) -> None:
+    assert "read_write_transaction" not in one(sql).flags
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "lock t",
+        "LOCK TABLE t IN ACCESS EXCLUSIVE MODE",
+        "lock table only t, u nowait",
+        "vacuum full t",
+        "VACUUM (FULL) t",
+        "vacuum (full true, verbose)",
+        "vacuum (full 1) t",
+        "vacuum (full 'yes') t",
+        "cluster t",
+        "cluster",
+        "cluster t using i",
+        "reindex database d",
+        "reindex system",
+        "REINDEX (VERBOSE) DATABASE",
+    ],
+)
+def test_disruptive_maintenance(sql: str) -> None:
+    f = one(sql)
+    assert "disruptive_maintenance" in f.flags
+    assert f.risk in ("moderate", "high")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "lock t in share mode",
+        "lock t in row exclusive mode",
+        "lock t in share row exclusive mode",
+        "vacuum t",
+        "vacuum (full false) t",
+        "vacuum (full off, analyze) t",
+        "vacuum analyze t",
+        "analyze t",
+        "reindex table t",
+        "reindex index i",
+        "reindex schema s",
+    ],
+)
+def test_not_disruptive_maintenance(sql: str) -> None:
+    assert "disruptive_maintenance" not in one(sql).flags
+
+
+def test_maintenance_targets_are_recorded() -> None:
+    assert one("vacuum full hr.salaries").tables_written == ("hr.salaries",)
+    assert one("cluster hr.salaries using i").tables_written == ("hr.salaries",)
+    assert one("lock hr.salaries").tables_read == ("hr.salaries",)
+
+
+def test_flags_have_descriptions() -> None:
+    for flag in ("catalog_write", "read_write_transaction", "disruptive_maintenance"):
+        assert FLAGS[flag]
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def test_on_conflict_do_update_is_also_an_update() -> None:
+    f = one("insert into t values (1) on conflict (a) do update set b = excluded.b")
+    assert f.command == "INSERT" and set(f.commands) == {"INSERT", "UPDATE"}
+    f = one("insert into t values (1) on conflict do nothing")
+    assert f.commands == ("INSERT",)
+    f = one("with i as (insert into t values (1) on conflict (a) do update set b = 1 returning *) select * from i")
+    assert {"SELECT", "INSERT", "UPDATE"} == set(f.commands)
+
+
+@pytest.mark.parametrize(
+    ("sql", "command", "klass"),
+    [
+        ("alter operator family f using btree add operator 1 < (int, int)", "ALTER OPERATOR FAMILY", "DDL"),
+        ("create operator family f using btree", "CREATE OPERATOR FAMILY", "DDL"),
+        ("alter foreign data wrapper w options (add x '1')", "ALTER FOREIGN DATA WRAPPER", "DDL"),
+        ("alter event trigger et disable", "ALTER EVENT TRIGGER", "DDL"),
+        ("alter text search dictionary d (x = 1)", "ALTER TEXT SEARCH DICTIONARY", "DDL"),
+        ("alter statistics s set statistics 1", "ALTER STATISTICS", "DDL"),
+        ("alter tablespace ts set (seq_page_cost = 1)", "ALTER TABLESPACE", "DDL"),
+        ("alter index all in tablespace a set tablespace b", "ALTER INDEX", "DDL"),
+        ("alter function f() depends on extension e", "ALTER FUNCTION DEPENDS ON EXTENSION", "DDL"),
+        ("create schema s create table t (a int) create view v as select 1", "CREATE SCHEMA", "DDL"),
+        ("alter default privileges grant select on tables to bob", "ALTER DEFAULT PRIVILEGES", "ROLE"),
+        ("create foreign table ft (a int) server s", "CREATE FOREIGN TABLE", "DDL"),
+    ],
+)
+def test_every_statement_kind_has_a_real_command(sql: str, command: str, klass: str) -> None:
+    f = one(sql)
+    assert (f.command, f.statement_class) == (command, klass)
+
+
+def test_create_schema_elements_count_as_part_of_it() -> None:
+    f = one("create schema s create table t (a int) grant select on t to bob")
+    assert {"CREATE SCHEMA", "CREATE TABLE", "GRANT"} <= set(f.commands)
+    assert "ROLE" in f.classes and f.risk == "high"
+    f = one("create schema s create temp view v as select 1")
+    assert "temporary" not in f.flags  # the schema is not temporary
+
+
+def test_function_bodies_are_defined_not_run() -> None:
+    f = one("create function f() returns int begin atomic delete from t; select nextval('s'); end")
+    assert f.commands == ("CREATE FUNCTION",)
+    assert not f.flags
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "merge into t using s on false when not matched by source then delete",
+        "merge into t using s on 1 = 2 when not matched by source then update set a = 1",
+        "merge into t using s on null when not matched by source then delete",
+        "merge into t using s on true when matched and true then delete",
+        "merge into t using s on t.id = t.id when matched then update set a = 1",
+    ],
+)
+def test_merge_unbounded(sql: str) -> None:
+    assert "always_true_where" in one(sql).flags
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "merge into t using s on t.id = s.id when not matched by source then delete",
+        "merge into t using s on false when not matched by source and t.keep then delete",
+        "merge into t using s on true when matched and s.x then delete",
+        "merge into t using s on false when not matched then insert values (1)",
+    ],
+)
+def test_merge_bounded(sql: str) -> None:
+    assert "always_true_where" not in one(sql).flags
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["'1' = 1", "1 = '1'", "'t'", "'true'", "' yes '", "'on'", "true = 't'", "'1'::int = '01'::int", "'a' || 'b' = 'ab'", "not 'f'", "'t' is true"],
+)  # fmt: skip
+def test_untyped_literals_fold_like_postgresql(where: str) -> None:
+    assert "always_true_where" in one("delete from t where " + where).flags
+
+
+@pytest.mark.parametrize("where", ["'1' = '01'", "'abc' = 1", "'x'", "'1'::text = '01'"])
+def test_untyped_literals_that_are_not_true(where: str) -> None:
+    assert "always_true_where" not in one("delete from t where " + where).flags
+
+
+def test_like_is_linear() -> None:
+    import time
+
+    start = time.perf_counter()
+    f = one("delete from t where '" + "a" * 3000 + "' like '" + "%a" * 300 + "%b'")
+    assert time.perf_counter() - start < 1
+    assert "always_true_where" not in f.flags

@@ -26,9 +26,10 @@ orjson) and walked as plain dicts, like :mod:`dbsentry.sql.facts`.  The rules, i
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple
 
@@ -60,7 +61,11 @@ TableName = tuple[str, str]  # (schema, relation); schema "" when the relation i
 
 
 class LineageError(ValueError):
-    """The SQL could not be parsed; the caller fails closed."""
+    """The SQL could not be parsed or analysed (too deep, too large, an unexpected tree);
+    the caller fails closed."""
+
+
+MAX_TREE_NODES = 250_000  # like dbsentry.sql.facts: larger trees are not analysed
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,10 +195,15 @@ def _func_name(funcname: Any) -> tuple[str | None, str]:
 
 def _parse(sql: str) -> list[dict[str, Any]]:
     try:
-        tree = orjson.loads(_pg.parse_sql_json(sql))
+        tree_json = _pg.parse_sql_json(sql)
+        if len(tree_json) > MAX_TREE_NODES and tree_json.count("{") > MAX_TREE_NODES:
+            raise LineageError("statement too complex to analyse (too many parse tree nodes)")
+        tree = orjson.loads(tree_json)
     except _pg.ParseError as err:
-        raise LineageError(str(err.args[0])) from None
-    stmts: list[dict[str, Any]] = tree.get("stmts", [])
+        raise LineageError(str(err.args[0]) if err.args else "parse error") from None
+    except (orjson.JSONDecodeError, RecursionError):
+        raise LineageError("statement too complex to analyse (nesting too deep)") from None
+    stmts: list[dict[str, Any]] = tree.get("stmts", []) if isinstance(tree, dict) else []
     return stmts
 
 
@@ -732,7 +742,12 @@ class _Walk:
                 if handler is not None:
                     result: _L = handler(self, body, scope)
                     return result
-                return self.generic(body, scope)
+                if kind in _DERIVED:
+                    return _indirect(self.generic(body, scope))
+                # a node this walk does not know: walked for the tables it reads, but what
+                # its value derives from is not guessed
+                self.generic(body, scope)
+                return _UNKNOWN
         return self.generic(node, scope)
 
     def generic(self, body: Any, scope: _Scope, transparent: bool = False) -> _L:
@@ -893,6 +908,15 @@ _EXPR: dict[str, Any] = {
     "Integer": _leaf,
     "Float": _leaf,
     "Boolean": _leaf,
+    "BitString": _leaf,
+    "A_Star": _leaf,
+    "SetToDefault": _leaf,
+    "CurrentOfExpr": _leaf,
+    "MergeSupportFunc": _leaf,
+    "ColumnDef": _leaf,  # a column definition list declares types, it holds no values
+    "JsonFormat": _leaf,
+    "JsonOutput": _leaf,
+    "JsonReturning": _leaf,
     "NullTest": _presence,
     "BooleanTest": _presence,
     "GroupingFunc": _presence,
@@ -909,6 +933,18 @@ _EXPR: dict[str, Any] = {
     ),
     "SelectStmt": lambda w, b, s: _indirect(_union(c for _, c in w.select(b, s))),
 }
+
+
+# Expressions whose value is computed from all of their operands (and nothing else).
+_DERIVED = frozenset({
+    "BoolExpr", "A_ArrayExpr", "A_Indirection", "A_Indices", "RowExpr", "NamedArgExpr",
+    "GroupingSet", "XmlExpr", "XmlSerialize", "ResTarget", "MultiAssignRef", "List",
+    "CaseWhen", "RangeTableFuncCol", "MergeWhenClause", "OnConflictClause", "InferClause",
+    "IndexElem", "ReturningClause", "JsonObjectConstructor", "JsonArrayConstructor",
+    "JsonArrayQueryConstructor", "JsonObjectAgg", "JsonArrayAgg", "JsonAggConstructor",
+    "JsonKeyValue", "JsonValueExpr", "JsonFuncExpr", "JsonParseExpr", "JsonScalarExpr",
+    "JsonSerializeExpr", "JsonArgument", "JsonBehavior", "JsonIsPredicate",
+})  # fmt: skip
 
 
 def _entry_in(qual: list[str], scope: _Scope) -> _Entry | None:
@@ -1009,7 +1045,7 @@ def _copy_options(body: dict[str, Any]) -> CopyOptions:
     return CopyOptions(**opts)
 
 
-def lineage_of_tree(
+def _lineage_of_tree(
     stmt: Any, catalog: Catalog, search_path: Iterable[str] = ("public",), user: str | None = None
 ) -> StatementLineage:
     """Lineage of one parsed statement (a ``{"SelectStmt": ...}`` node from the JSON tree)."""
@@ -1056,12 +1092,12 @@ def lineage_of_tree(
     if kind == "ExplainStmt":
         return done("EXPLAIN", [("QUERY PLAN", _EMPTY)])
     if kind == "DeclareCursorStmt":
-        inner = lineage_of_tree(body.get("query"), catalog, search_path, user)
+        inner = _lineage_of_tree(body.get("query"), catalog, search_path, user)
         return replace(
             inner, command="DECLARE CURSOR", returns_rows=False, declares=body.get("portalname")
         )
     if kind == "PrepareStmt":
-        inner = lineage_of_tree(body.get("query"), catalog, search_path, user)
+        inner = _lineage_of_tree(body.get("query"), catalog, search_path, user)
         return replace(inner, command="PREPARE", returns_rows=False, prepares=body.get("name"))
     if kind == "FetchStmt":
         if body.get("ismove"):
@@ -1102,7 +1138,31 @@ def analyze_lineage(
     """Lineage of every statement in ``sql``.  ``search_path`` is the session's (``$user``
     is replaced by ``user``).  Raises :class:`LineageError` when the SQL does not parse."""
     path = tuple(search_path)
-    return [lineage_of_tree(s.get("stmt"), catalog, path, user) for s in _parse(sql)]
+    with _failing_closed():
+        return [_lineage_of_tree(s.get("stmt"), catalog, path, user) for s in _parse(sql)]
+
+
+def lineage_of_tree(
+    stmt: Any, catalog: Catalog, search_path: Iterable[str] = ("public",), user: str | None = None
+) -> StatementLineage:
+    """Lineage of one parsed statement (a ``{"SelectStmt": ...}`` node from the JSON tree).
+    Raises :class:`LineageError` when the tree cannot be analysed."""
+    with _failing_closed():
+        return _lineage_of_tree(stmt, catalog, search_path, user)
+
+
+@contextlib.contextmanager
+def _failing_closed() -> Iterator[None]:
+    """Only :class:`LineageError` leaves the analysis: a tree too deep for the walk, or one
+    it did not expect, fails closed like an unparsable statement."""
+    try:
+        yield
+    except LineageError:
+        raise
+    except (RecursionError, MemoryError):
+        raise LineageError("statement too complex to analyse (nesting too deep)") from None
+    except Exception as err:
+        raise LineageError(f"could not analyse the statement ({type(err).__name__}: {err})") from err
 
 
 # -- mask plans --------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from dbsentry.policy.model import Action, Match, Rule, TimeWindow
 from dbsentry.sql.facts import StatementFacts
 
 # Bump when the baseline or matching semantics change, so cached decisions expire.
-ENGINE_REVISION = "1"
+ENGINE_REVISION = "2"
 
 PRECEDENCE: dict[str, int] = {"allow": 0, "mask": 1, "require_approval": 2, "deny": 3}
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -68,6 +68,7 @@ class Decision:
     min_approvals: int = 0
     masks: tuple[MaskSpec, ...] = ()  # apply when action is mask or (once approved) require_approval
     matched: tuple[str, ...] = ()  # every rule that matched, whatever its action
+    sqlstate: str = "42501"  # the SQLSTATE a refusal carries (insufficient_privilege)
 
     @property
     def allowed(self) -> bool:
@@ -194,6 +195,11 @@ def compile_match(m: Match, every: bool) -> list[Pred]:
     if m.functions is not None:
         ftest = _function_test(m.functions)
         preds.append(lambda f, c: _elements(f.functions, ftest, every))
+    if m.settings is not None:
+        # setting names are case-insensitive; "?" (a name that is not a constant) is matched
+        # only by a pattern that matches "?", e.g. "*"
+        setting = _globs(m.settings)
+        preds.append(lambda f, c: _elements(f.settings, lambda v: bool(setting.fullmatch(v)), every))
     if m.flags is not None:
         wanted = frozenset(m.flags)
         if every:
@@ -338,6 +344,8 @@ def evaluate(policy: Policy, facts: StatementFacts, ctx: EvalContext) -> Decisio
 
 
 UNPARSABLE_RULE = "baseline.unparsable"
+#: statement_too_complex: the SQLSTATE of a statement too deep or too large to analyse
+TOO_COMPLEX_SQLSTATE = "54001"
 
 
 def unparsable_decision(reason: str) -> Decision:
@@ -348,6 +356,24 @@ def unparsable_decision(reason: str) -> Decision:
         (UNPARSABLE_RULE,),
         f"statement rejected: PostgreSQL's parser cannot read it ({reason})",
         matched=(UNPARSABLE_RULE,),
+    )
+
+
+def unsupported_decision(reason: str) -> Decision:
+    """Fail closed on a construct dbsentry does not analyse; ``reason`` names it
+    (``dbsentry cannot analyse JSON_TABLE (JsonTable)``).  Part of ``baseline.unparsable``."""
+    return Decision("deny", (UNPARSABLE_RULE,), f"statement rejected: {reason}", matched=(UNPARSABLE_RULE,))
+
+
+def too_complex_decision(detail: str) -> Decision:
+    """Fail closed on a statement nested too deeply or too large to analyse, with SQLSTATE
+    54001 (statement_too_complex).  Part of ``baseline.unparsable``."""
+    return Decision(
+        "deny",
+        (UNPARSABLE_RULE,),
+        f"statement too complex ({detail})",
+        matched=(UNPARSABLE_RULE,),
+        sqlstate=TOO_COMPLEX_SQLSTATE,
     )
 
 
@@ -362,6 +388,7 @@ def combine(decisions: Sequence[Decision]) -> Decision:
         return same[0]
     messages = [d.message for d in same if d.message]
     return Decision(
+        sqlstate=same[0].sqlstate,
         action=action,
         rules=tuple(dict.fromkeys(r for d in same for r in d.rules)),
         message="; ".join(dict.fromkeys(messages)) or None,

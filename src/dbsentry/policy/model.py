@@ -73,6 +73,10 @@ class Match(_Model):
     classes: list[ClassName] | None = None
     tables: list[str] | None = Field(default=None, description='"schema.table" or "table" globs')
     functions: list[str] | None = Field(default=None, description='"name" or "schema.name" globs')
+    settings: list[str] | None = Field(
+        default=None,
+        description='run-time settings the statement changes (SET, RESET, set_config()...), globs: "search_path", "work_*"; "?" is a setting whose name is not a constant',
+    )
     flags: list[str] | None = Field(default=None, description="statement flags, any of")
     data_classes: list[str] | None = None
     risk: list[RiskName] | None = None
@@ -129,6 +133,15 @@ class BaselineSettings(_Model):
     approver_group: str = "dba"
     min_approvals: int = Field(default=1, ge=1, le=10)
     disable: list[str] = Field(default_factory=list, description="baseline rule names to turn off")
+    allow_settings: list[str] = Field(
+        default_factory=list,
+        description="setting names the policy allows to be changed, beyond the built-in allow-list",
+    )
+
+    @field_validator("allow_settings")
+    @classmethod
+    def _settings(cls, v: list[str]) -> list[str]:
+        return [s.lower() for s in v]
 
 
 class PolicyFile(_Model):
@@ -137,6 +150,10 @@ class PolicyFile(_Model):
         default="allow", description="the action when no rule matches"
     )
     production_environments: list[str] = Field(default_factory=lambda: ["production"])
+    environments: list[str] = Field(
+        default_factory=list,
+        description="extra environment names the policy declares, beyond the built-in ones",
+    )
     baseline: BaselineSettings = BaselineSettings()
     rules: list[Rule] = Field(default_factory=list)
 

@@ -11,9 +11,17 @@ from dbsentry.policy.engine import (
     Policy,
     combine,
     evaluate,
+    too_complex_decision,
     unparsable_decision,
+    unsupported_decision,
 )
-from dbsentry.sql.facts import SQLParseError, StatementFacts, analyze
+from dbsentry.sql.facts import (
+    SQLParseError,
+    SQLTooComplex,
+    SQLUnsupported,
+    StatementFacts,
+    analyze,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +33,21 @@ class Verdict:
     decision: Decision
     parse_error: str | None = None
 
+    @property
+    def sqlstate(self) -> str:
+        """The SQLSTATE a refusal of this string carries (54001 for a statement too
+        complex to analyse, 42501 otherwise)."""
+        return self.decision.sqlstate
+
+
+def parse_error_decision(err: SQLParseError) -> Decision:
+    """The ``baseline.unparsable`` deny for an error of :func:`dbsentry.sql.facts.analyze`."""
+    if isinstance(err, SQLTooComplex):
+        return too_complex_decision(err.detail)
+    if isinstance(err, SQLUnsupported):
+        return unsupported_decision(str(err))
+    return unparsable_decision(str(err))
+
 
 def evaluate_sql(
     policy: Policy,
@@ -33,12 +56,12 @@ def evaluate_sql(
     facts_cache: FactsCache | None = None,
     decision_cache: DecisionCache | None = None,
 ) -> Verdict:
-    """Unparsable text is denied by ``baseline.unparsable`` (fail closed)."""
+    """Unparsable text is denied by ``baseline.unparsable`` (fail closed), and so is text
+    with a construct dbsentry does not analyse or too complex to analyse (SQLSTATE 54001)."""
     try:
         facts = facts_cache.analyze(sql) if facts_cache is not None else tuple(analyze(sql))
     except SQLParseError as err:
-        decision = unparsable_decision(str(err))
-        return Verdict((), (), decision, str(err))
+        return Verdict((), (), parse_error_decision(err), str(err))
     if decision_cache is not None:
         decisions = tuple(decision_cache.evaluate(policy, f, ctx) for f in facts)
     else:

@@ -9,30 +9,67 @@ identifiers, dollar quoting and stacked statements are already resolved when the
 walk starts: obfuscation has nothing to hide behind.  Anything the parser rejects
 raises :class:`SQLParseError`, and callers deny it (fail closed).
 
+Unknown means no: the walk is built on an allow-list (:mod:`dbsentry.sql.nodes`).  A
+statement holding any node the allow-list does not name, anywhere in its tree, raises
+:class:`SQLUnsupported`; a tree too deep or too large to analyse quickly raises
+:class:`SQLTooComplex`; any other failure inside the analysis raises
+:class:`SQLAnalysisError`.  All three are :class:`SQLParseError`, so a caller that denies
+parse errors denies them too.
+
 The facts are a fixed vocabulary so that policy rules can match on them:
 
 - ``command``: the statement's command tag (``"DELETE"``, ``"DROP TABLE"``,
   ``"EXPLAIN ANALYZE"``...); ``commands`` adds every command that runs *inside* it
   (data-modifying CTEs, the statement under ``EXPLAIN ANALYZE``, ``PREPARE``,
-  ``CREATE TABLE AS``, ``COPY (query)``, ``DECLARE CURSOR``).
+  ``CREATE TABLE AS``, ``COPY (query)``, ``DECLARE CURSOR``, ``CREATE SCHEMA``
+  elements, the UPDATE of ``INSERT ... ON CONFLICT DO UPDATE``).
 - ``statement_class``: the pgAudit class (READ, WRITE, FUNCTION, ROLE, DDL, MISC,
-  MISC_SET); ``classes`` again includes what runs inside.
+  MISC_SET); ``classes`` again includes what runs inside.  A write into the system
+  catalogs is DDL.
+- ``settings``: the run-time settings the statement changes (``SET``, ``RESET``,
+  ``set_config()``...).
 - ``flags``: risk markers, see :data:`FLAGS`.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import operator
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
 from pglast import parser as _pg
 
-StatementClass = Literal["READ", "WRITE", "FUNCTION", "ROLE", "DDL", "MISC", "MISC_SET"]
+from dbsentry.sql.fold import UNKNOWN, UNKNOWN_PARAM, as_bool, bind, const, parse_bool, truth
+from dbsentry.sql.nodes import (
+    ALLOWED,
+    RANGEVAR_PLACES,
+    STATEMENTS,
+    STRUCT_FIELDS,
+    StatementClass,
+    construct_name,
+    first_unsupported,
+    tags_of,
+)
+
+__all__ = [
+    "FLAGS",
+    "MAX_TREE_NODES",
+    "UNKNOWN_PARAM",
+    "CopyFacts",
+    "SQLAnalysisError",
+    "SQLParseError",
+    "SQLTooComplex",
+    "SQLUnsupported",
+    "StatementClass",
+    "StatementFacts",
+    "analyze",
+    "split_statement_spans",
+    "where_true_with",
+]
+
 Risk = Literal["low", "moderate", "high"]
 
 #: Every flag ``analyze`` can set, and what it means.
@@ -52,6 +89,9 @@ FLAGS: dict[str, str] = {
     "row_lock": "SELECT ... FOR UPDATE/SHARE, or LOCK TABLE",
     "temporary": "creates only temporary objects (CREATE TEMP TABLE, SELECT INTO TEMP)",
     "load": "LOAD of a shared library",
+    "catalog_write": "INSERT/UPDATE/DELETE/MERGE/TRUNCATE/COPY FROM into a system catalog (pg_catalog, information_schema, pg_toast*, an unqualified pg_* relation)",
+    "read_write_transaction": "makes a transaction read-write or turns read-only off (BEGIN/SET TRANSACTION ... READ WRITE, SET [default_]transaction_read_only = off, set_config of those or of a setting whose name is not a constant)",
+    "disruptive_maintenance": "LOCK in ACCESS EXCLUSIVE mode, VACUUM FULL, CLUSTER, REINDEX DATABASE/SYSTEM",
 }
 
 # Functions that read or write files on the database server or move large objects.
@@ -128,12 +168,47 @@ _REMOTE_RE = _glob_re(REMOTE_CONNECTION_FUNCTIONS)
 _SIDE_RE = _glob_re(SIDE_EFFECT_FUNCTIONS)
 
 
+#: Trees with more nodes than this are not analysed (:class:`SQLTooComplex`): loading and
+#: walking them would take longer than a statement may wait (about 2 microseconds a node).
+MAX_TREE_NODES = 250_000
+
+
 class SQLParseError(ValueError):
-    """PostgreSQL's parser rejected the text; the caller must deny it."""
+    """PostgreSQL's parser rejected the text, or dbsentry cannot analyse it; the caller
+    must deny it."""
+
+    sqlstate = "42601"
 
     def __init__(self, message: str, position: int | None = None) -> None:
         super().__init__(message)
         self.position = position
+
+
+class SQLUnsupported(SQLParseError):
+    """The statement holds a construct dbsentry does not analyse (not on the allow-list,
+    or where it cannot stand); ``construct`` is its node tag, e.g. ``"JsonTable"``."""
+
+    sqlstate = "0A000"
+
+    def __init__(self, construct: str, what: str | None = None) -> None:
+        super().__init__(f"dbsentry cannot analyse {what or construct_name(construct)} ({construct})")
+        self.construct = construct
+
+
+class SQLTooComplex(SQLParseError):
+    """The statement is nested too deeply or too large to analyse."""
+
+    sqlstate = "54001"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"statement too complex to analyse ({detail})")
+        self.detail = detail
+
+
+class SQLAnalysisError(SQLParseError):
+    """Something unexpected went wrong while analysing a statement that did parse."""
+
+    sqlstate = "XX000"
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +223,9 @@ class CopyFacts:
 
 @dataclass(frozen=True, slots=True)
 class StatementFacts:
-    """What one SQL statement does.  Hash and equality ignore the text and its span,
-    so two statements with equal facts get the same policy decision."""
+    """What one SQL statement does.  Hash and equality ignore the text, its span and the
+    predicate trees kept for :func:`where_true_with`, so two statements with equal facts
+    get the same policy decision."""
 
     command: str
     statement_class: StatementClass
@@ -166,8 +242,17 @@ class StatementFacts:
     copy: CopyFacts | None = None
     prepared_name: str | None = None  # PREPARE / EXECUTE / DEALLOCATE name
     inner: StatementFacts | None = None  # EXPLAIN, PREPARE, CREATE TABLE AS, COPY (query)...
+    # lower-case names of the settings the statement changes, "?" for a name not known
+    settings: tuple[str, ...] = ()
+    # an UPDATE/DELETE WHERE (or a destructive MERGE condition) that mentions $n and is
+    # not always true as written: bind the parameters and ask where_true_with()
+    where_params: bool = False
+    # EXECUTE name(args): each argument as text, None for NULL, UNKNOWN_PARAM if not constant
+    execute_params: tuple[object, ...] | None = None
     span: tuple[int, int] = field(default=(0, 0), compare=False)  # [start, end) in the input
     text: str = field(default="", compare=False, repr=False)
+    # the conditions behind where_params: each a tuple of parse trees that must all be true
+    where_predicates: tuple[tuple[Any, ...], ...] = field(default=(), compare=False, repr=False)
     _fingerprint: list[str] = field(default_factory=list, compare=False, repr=False)
 
     @property
@@ -182,86 +267,37 @@ class StatementFacts:
         return self._fingerprint[0]
 
 
-# -- command names and classes -------------------------------------------------------
+def where_true_with(facts: StatementFacts, params: Sequence[object]) -> bool:
+    """Whether an UPDATE/DELETE WHERE (or destructive MERGE condition) of ``facts`` that
+    mentions ``$n`` is always true once ``params`` are bound: ``params[0]`` is ``$1``,
+    each a ``str`` (the text value), ``None`` (NULL) or :data:`UNKNOWN_PARAM`.
 
-_SIMPLE: dict[str, tuple[str, StatementClass]] = {
-    "InsertStmt": ("INSERT", "WRITE"),
-    "UpdateStmt": ("UPDATE", "WRITE"),
-    "DeleteStmt": ("DELETE", "WRITE"),
-    "MergeStmt": ("MERGE", "WRITE"),
-    "TruncateStmt": ("TRUNCATE", "WRITE"),
-    "CreateStmt": ("CREATE TABLE", "DDL"),
-    "IndexStmt": ("CREATE INDEX", "DDL"),
-    "ViewStmt": ("CREATE VIEW", "DDL"),
-    "CreateSeqStmt": ("CREATE SEQUENCE", "DDL"),
-    "AlterSeqStmt": ("ALTER SEQUENCE", "DDL"),
-    "CreateSchemaStmt": ("CREATE SCHEMA", "DDL"),
-    "CreatedbStmt": ("CREATE DATABASE", "DDL"),
-    "DropdbStmt": ("DROP DATABASE", "DDL"),
-    "AlterDatabaseStmt": ("ALTER DATABASE", "DDL"),
-    "AlterDatabaseSetStmt": ("ALTER DATABASE", "DDL"),
-    "CreateTrigStmt": ("CREATE TRIGGER", "DDL"),
-    "CreateEventTrigStmt": ("CREATE EVENT TRIGGER", "DDL"),
-    "RuleStmt": ("CREATE RULE", "DDL"),
-    "CommentStmt": ("COMMENT", "DDL"),
-    "SecLabelStmt": ("SECURITY LABEL", "DDL"),
-    "CompositeTypeStmt": ("CREATE TYPE", "DDL"),
-    "CreateEnumStmt": ("CREATE TYPE", "DDL"),
-    "CreateRangeStmt": ("CREATE TYPE", "DDL"),
-    "AlterEnumStmt": ("ALTER TYPE", "DDL"),
-    "CreateDomainStmt": ("CREATE DOMAIN", "DDL"),
-    "CreateExtensionStmt": ("CREATE EXTENSION", "DDL"),
-    "AlterExtensionStmt": ("ALTER EXTENSION", "DDL"),
-    "CreatePolicyStmt": ("CREATE POLICY", "DDL"),
-    "AlterPolicyStmt": ("ALTER POLICY", "DDL"),
-    "CreateForeignServerStmt": ("CREATE SERVER", "DDL"),
-    "AlterForeignServerStmt": ("ALTER SERVER", "DDL"),
-    "CreateUserMappingStmt": ("CREATE USER MAPPING", "DDL"),
-    "AlterUserMappingStmt": ("ALTER USER MAPPING", "DDL"),
-    "DropUserMappingStmt": ("DROP USER MAPPING", "DDL"),
-    "CreateForeignTableStmt": ("CREATE FOREIGN TABLE", "DDL"),
-    "ImportForeignSchemaStmt": ("IMPORT FOREIGN SCHEMA", "DDL"),
-    "CreateFdwStmt": ("CREATE FOREIGN DATA WRAPPER", "DDL"),
-    "CreateSubscriptionStmt": ("CREATE SUBSCRIPTION", "DDL"),
-    "AlterSubscriptionStmt": ("ALTER SUBSCRIPTION", "DDL"),
-    "DropSubscriptionStmt": ("DROP SUBSCRIPTION", "DDL"),
-    "CreatePublicationStmt": ("CREATE PUBLICATION", "DDL"),
-    "AlterPublicationStmt": ("ALTER PUBLICATION", "DDL"),
-    "CreateTableSpaceStmt": ("CREATE TABLESPACE", "DDL"),
-    "DropTableSpaceStmt": ("DROP TABLESPACE", "DDL"),
-    "RefreshMatViewStmt": ("REFRESH MATERIALIZED VIEW", "DDL"),
-    "AlterSystemStmt": ("ALTER SYSTEM", "DDL"),
-    "DropOwnedStmt": ("DROP OWNED", "DDL"),
-    "ReassignOwnedStmt": ("REASSIGN OWNED", "DDL"),
-    "CreateStatsStmt": ("CREATE STATISTICS", "DDL"),
-    "CreateCastStmt": ("CREATE CAST", "DDL"),
-    "CreateConversionStmt": ("CREATE CONVERSION", "DDL"),
-    "CreateOpClassStmt": ("CREATE OPERATOR CLASS", "DDL"),
-    "CreatePLangStmt": ("CREATE LANGUAGE", "DDL"),
-    "CreateTransformStmt": ("CREATE TRANSFORM", "DDL"),
-    "CreateAmStmt": ("CREATE ACCESS METHOD", "DDL"),
-    "AlterFunctionStmt": ("ALTER FUNCTION", "DDL"),
-    "AlterDefaultPrivilegesStmt": ("ALTER DEFAULT PRIVILEGES", "ROLE"),
-    "AlterRoleStmt": ("ALTER ROLE", "ROLE"),
-    "AlterRoleSetStmt": ("ALTER ROLE", "ROLE"),
-    "DropRoleStmt": ("DROP ROLE", "ROLE"),
-    "DoStmt": ("DO", "FUNCTION"),
-    "CallStmt": ("CALL", "FUNCTION"),
-    "VariableShowStmt": ("SHOW", "MISC"),
-    "ListenStmt": ("LISTEN", "MISC"),
-    "UnlistenStmt": ("UNLISTEN", "MISC"),
-    "NotifyStmt": ("NOTIFY", "MISC"),
-    "DeclareCursorStmt": ("DECLARE CURSOR", "READ"),
-    "ClosePortalStmt": ("CLOSE", "MISC"),
-    "LockStmt": ("LOCK TABLE", "MISC"),
-    "ClusterStmt": ("CLUSTER", "MISC"),
-    "ReindexStmt": ("REINDEX", "MISC"),
-    "CheckPointStmt": ("CHECKPOINT", "MISC"),
-    "LoadStmt": ("LOAD", "MISC"),
-    "ExecuteStmt": ("EXECUTE", "MISC"),
-    "PrepareStmt": ("PREPARE", "MISC"),
-    "ConstraintsSetStmt": ("SET CONSTRAINTS", "MISC"),
-}
+    ``DELETE FROM t WHERE $1 = $2`` is always true with ``("1", "1")``, not with
+    ``("1", "2")``; ``WHERE id > $1`` never is.  A predicate that cannot be folded (too
+    deep, or anything unexpected) counts as always true: the answer fails closed."""
+    if not facts.where_predicates:
+        return False
+    bound = bind(params)
+    folded: dict[int, bool] = {}  # a condition shared by several predicates is folded once
+
+    def holds(part: Any) -> bool:
+        key = id(part)
+        if key not in folded:
+            folded[key] = as_bool(truth(part, bound)) is True
+        return folded[key]
+
+    try:
+        return any(all(holds(part) for part in pred) for pred in facts.where_predicates)
+    except Exception:  # RecursionError included
+        return True
+
+
+# -- names ------------------------------------------------------------------------------
+
+_DML = ("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt")
+_FROM_ITEMS = frozenset({"RangeVar", "JoinExpr", "RangeSubselect", "RangeFunction", "RangeTableSample", "RangeTableFunc"})  # fmt: skip
+_DDL_LEAVES = frozenset({"A_Const", "String", "Integer", "Float", "Boolean", "BitString", "A_Star", "ParamRef", "SQLValueFunction", "SetToDefault", "CurrentOfExpr", "MergeSupportFunc"})  # fmt: skip
+_LEAVES = frozenset({"A_Const", "String", "Integer", "Float", "Boolean", "BitString", "A_Star", "ParamRef", "SQLValueFunction", "SetToDefault", "CurrentOfExpr", "MergeSupportFunc", "TypeName", "typeName", "RoleSpec", "Alias", "alias"})  # fmt: skip
 
 _TRANSACTION = {
     "TRANS_STMT_BEGIN": "BEGIN",
@@ -300,23 +336,56 @@ _HIGH_FLAGS = frozenset(
         "role_switch",
         "dynamic_sql",
         "load",
+        "catalog_write",
     }
 )
-_SPLIT_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
+_MODERATE_FLAGS = frozenset({"side_effect_function", "read_write_transaction", "disruptive_maintenance"})
+# Flags a statement kind always has.
+_STATEMENT_FLAGS: dict[str, frozenset[str]] = {
+    **{
+        k: frozenset({"drop"})
+        for k in STATEMENTS
+        if k.startswith("Drop")  # DropStmt, DropRoleStmt, DropOwnedStmt, DropdbStmt...
+    },
+    **{
+        k: frozenset({"remote_connection"})
+        for k in (
+            "CreateForeignServerStmt",
+            "AlterForeignServerStmt",
+            "CreateUserMappingStmt",
+            "AlterUserMappingStmt",
+            "CreateSubscriptionStmt",
+            "AlterSubscriptionStmt",
+            "ImportForeignSchemaStmt",
+        )
+    },
+    "AlterSystemStmt": frozenset({"alter_system"}),
+    "DoStmt": frozenset({"dynamic_sql"}),
+    "LoadStmt": frozenset({"load"}),
+    "TruncateStmt": frozenset({"truncate"}),
+    "LockStmt": frozenset({"row_lock"}),
+    "ClusterStmt": frozenset({"disruptive_maintenance"}),
+}
+_READ_ONLY_SETTINGS = frozenset({"transaction_read_only", "default_transaction_read_only"})
+_ACCESS_EXCLUSIVE = 8  # LOCKMODE AccessExclusiveLock, also the mode of a bare LOCK t
+_SET_CONFIG_ARGS = ("setting_name", "new_value", "is_local")
+
+
+def _name(value: Any) -> str | None:
+    """A name field (prepared statement, file): a string or absent."""
+    if value is None or isinstance(value, str):
+        return value
+    raise SQLAnalysisError("unexpected parse tree shape: a name that is not a string")
 
 
 def _object_name(objtype: str | None) -> str:
     return (objtype or "OBJECT_UNKNOWN").removeprefix("OBJECT_").replace("_", " ")
 
 
-def _generic_command(node_type: str) -> str:
-    return " ".join(_SPLIT_CAMEL.split(node_type.removesuffix("Stmt"))).upper()
-
-
 def _strings(items: Any) -> list[str]:
     out = []
     for it in items or ():
-        s = it.get("String") if isinstance(it, dict) else None
+        s = it.get("String") if type(it) is dict else None
         if s is not None:
             out.append(s.get("sval", ""))
     return out
@@ -330,262 +399,180 @@ def _range_name(rv: dict[str, Any]) -> str:
 
 def _unwrap(node: Any) -> tuple[str, Any]:
     """``{"SelectStmt": {...}}`` -> ``("SelectStmt", {...})``."""
-    if isinstance(node, dict) and len(node) == 1:
+    if type(node) is dict and len(node) == 1:
         ((k, v),) = node.items()
         return k, v
     return "", node
 
 
-# -- constant folding for WHERE clauses ------------------------------------------------
+def _alias(body: Any) -> str | None:
+    alias = body.get("alias") if type(body) is dict else None
+    return alias.get("aliasname") if type(alias) is dict else None
 
 
-class _Unknown:
-    pass
+def _is_catalog(rv: dict[str, Any]) -> bool:
+    """A relation in the system catalogs: pg_catalog, information_schema, pg_toast*, or an
+    unqualified pg_* name (pg_catalog comes first on every search path)."""
+    schema = rv.get("schemaname")
+    if schema:
+        s = str(schema).lower()
+        return s in ("pg_catalog", "information_schema") or s.startswith("pg_toast")
+    return str(rv.get("relname", "")).lower().startswith("pg_")
 
 
-_UNKNOWN = _Unknown()
-_TRUE_STRINGS = {"t", "true", "y", "yes", "on", "1"}
-_FALSE_STRINGS = {"f", "false", "n", "no", "off", "0"}
-_INT_TYPES = {"int2", "int4", "int8", "int", "integer", "smallint", "bigint", "numeric"}
+def _is_pg_settings(rv: dict[str, Any]) -> bool:
+    """UPDATE pg_settings SET setting = ... is set_config() in disguise."""
+    schema = rv.get("schemaname")
+    return str(rv.get("relname", "")).lower() == "pg_settings" and (
+        not schema or str(schema).lower() == "pg_catalog"
+    )
 
 
-def _const(node: Any) -> Any:
-    """The value of a constant expression, or ``_UNKNOWN``.  NULL is ``None``."""
-    kind, body = _unwrap(node)
+def _defelem_true(arg: Any) -> bool:
+    """An option's boolean value; a bare option (no value) is true, and anything not
+    clearly false counts as true so that an odd spelling cannot hide an ANALYZE."""
+    if arg is None:
+        return True
+    kind, body = _unwrap(arg)
+    if kind == "String":
+        return parse_bool(str(body.get("sval", ""))) is not False
+    if kind == "Integer":
+        return int(body.get("ival", 0)) != 0
+    if kind == "Boolean":
+        return bool(body.get("boolval", False))
     if kind == "A_Const":
-        if body.get("isnull"):
-            return None
-        if "ival" in body:
-            return int(body["ival"].get("ival", 0))
-        if "fval" in body:
-            try:
-                return float(body["fval"].get("fval", "0"))
-            except ValueError:
-                return _UNKNOWN
-        if "sval" in body:
-            return str(body["sval"].get("sval", ""))
-        if "boolval" in body:
-            return bool(body["boolval"].get("boolval", False))
-        if "bsval" in body:
-            return str(body["bsval"].get("bsval", ""))
-        return _UNKNOWN
-    if kind == "TypeCast":
-        value = _const(body.get("arg"))
-        if value is _UNKNOWN or value is None:
-            return value
-        names = _strings(body.get("typeName", {}).get("names"))
-        tname = names[-1] if names else ""
-        if tname in ("bool", "boolean"):
-            text = str(value).strip().lower()
-            if text in _TRUE_STRINGS:
+        value = const(arg)
+        if isinstance(value, str):
+            return parse_bool(value) is not False
+        return value is not False and value != 0
+    return True
+
+
+def _clearly_on(node: Any) -> bool:
+    """A setting value that is certainly boolean true (``on``, ``true``, ``1``, ``'yes'``...)."""
+    value = const(node)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value == 1
+    if isinstance(value, str):
+        return parse_bool(value) is True
+    return False
+
+
+def _option(opts: Any, name: str) -> tuple[bool, Any]:
+    """(given, value) of DefElem ``name`` in an options list."""
+    found, value = False, None
+    for opt in opts or ():
+        d = opt.get("DefElem") if type(opt) is dict else None
+        if type(d) is dict and d.get("defname") == name:
+            found, value = True, d.get("arg")
+    return found, value
+
+
+def _setting_names(body: dict[str, Any]) -> list[str]:
+    """The settings a SET/RESET changes (VariableSetStmt)."""
+    kind = body.get("kind", "")
+    name = str(body.get("name", ""))
+    if kind == "VAR_RESET_ALL":
+        return []
+    if kind == "VAR_SET_MULTI":
+        if name == "TRANSACTION":
+            return [str(d.get("defname", "?")).lower() for d in _defelems(body.get("args"))]
+        if name == "SESSION CHARACTERISTICS":
+            return ["default_" + str(d.get("defname", "?")).lower() for d in _defelems(body.get("args"))]
+        if name == "TRANSACTION SNAPSHOT":
+            return ["transaction_snapshot"]
+    return [name.lower() or "?"]
+
+
+def _defelems(items: Any) -> list[dict[str, Any]]:
+    out = []
+    for it in items or ():
+        d = it.get("DefElem") if type(it) is dict else None
+        if type(d) is dict:
+            out.append(d)
+    return out
+
+
+def _turns_read_only_off(body: dict[str, Any], stored: bool = False) -> bool:
+    """Whether a SET/RESET (VariableSetStmt) may make transactions read-write.  ``stored``:
+    the SET of ALTER ROLE/DATABASE/SYSTEM, where RESET ALL also drops a stored
+    ``default_transaction_read_only = on`` (a session's RESET ALL only undoes its own
+    SETs, like DISCARD ALL, and is not flagged)."""
+    kind = body.get("kind", "")
+    name = str(body.get("name", "")).lower()
+    if kind == "VAR_RESET_ALL":
+        return stored
+    if kind == "VAR_SET_MULTI":
+        # SET TRANSACTION / SET SESSION CHARACTERISTICS AS TRANSACTION ... READ WRITE
+        return any(
+            d.get("defname") == "transaction_read_only" and not _clearly_on(d.get("arg"))
+            for d in _defelems(body.get("args"))
+        )
+    if name not in _READ_ONLY_SETTINGS:
+        return False
+    if kind == "VAR_SET_VALUE":
+        args = body.get("args") or []
+        return not args or not all(_clearly_on(a) for a in args)
+    return True  # DEFAULT, RESET, FROM CURRENT: back to a value that may be off
+
+
+def _call_args(args: list[Any], names: tuple[str, ...]) -> list[Any]:
+    """A function call's arguments by position, named ones (``name => value``) moved to
+    their place; a missing one is None."""
+    out: list[Any] = [None] * len(names)
+    for i, a in enumerate(args):
+        kind, body = _unwrap(a)
+        if kind == "NamedArgExpr":
+            name = body.get("name")
+            if name in names:
+                out[names.index(name)] = body.get("arg")
+        elif i < len(out):
+            out[i] = a
+    return out
+
+
+def _mentions_param(node: Any) -> bool:
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if type(n) is dict:
+            if "ParamRef" in n:
                 return True
-            if text in _FALSE_STRINGS:
-                return False
-            return _UNKNOWN
-        if tname in _INT_TYPES:
-            try:
-                return int(str(value).strip())
-            except ValueError:
-                return _UNKNOWN
-        if tname in ("text", "varchar", "bpchar", "name"):
-            return value if isinstance(value, str) else _UNKNOWN
-        return _UNKNOWN
-    if kind == "BoolExpr" or kind in ("A_Expr", "NullTest", "BooleanTest", "SubLink"):
-        return _truth(node)
-    if kind == "CoalesceExpr":
-        for arg in body.get("args", ()):
-            value = _const(arg)
-            if value is _UNKNOWN or value is not None:
-                return value
-        return None
-    return _UNKNOWN
+            stack.extend(v for v in n.values() if type(v) in (dict, list))
+        elif type(n) is list:
+            stack.extend(n)
+    return False
 
 
-def _strip_locations(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: _strip_locations(v) for k, v in node.items() if k != "location"}
-    if isinstance(node, list):
-        return [_strip_locations(v) for v in node]
-    return node
-
-
-def _same_column(a: Any, b: Any) -> bool:
-    ka, _ = _unwrap(a)
-    kb, _ = _unwrap(b)
-    return ka == kb == "ColumnRef" and _strip_locations(a) == _strip_locations(b)
-
-
-_COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
-    "=": operator.eq,
-    "<>": operator.ne,
-    "!=": operator.ne,
-    "<": operator.lt,
-    ">": operator.gt,
-    "<=": operator.le,
-    ">=": operator.ge,
-}
-
-
-def _compare(op: str, a: Any, b: Any) -> Any:
-    """``a op b`` for constants of one kind (numbers, strings, booleans); NULL gives None."""
-    if a is None or b is None:
-        return None
-    fn = _COMPARISONS.get(op)
-    if fn is None or isinstance(a, bool) != isinstance(b, bool):
-        return _UNKNOWN
-    numeric = (int, float)
-    if (isinstance(a, numeric) and isinstance(b, numeric)) or (
-        isinstance(a, str) and isinstance(b, str)
-    ):
-        return fn(a, b)
-    return _UNKNOWN
-
-
-def _like(value: str, pattern: str) -> bool:
-    regex = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
-    return re.fullmatch(regex, value, re.DOTALL) is not None
-
-
-def _select_is_constant_true(sel: Any) -> Any:
-    """``(SELECT true)``: a FROM-less SELECT of one constant, else unknown."""
-    kind, body = _unwrap(sel)
-    if kind != "SelectStmt" or body.get("fromClause") or body.get("whereClause"):
-        return _UNKNOWN
-    targets: list[Any] = body.get("targetList") or []
-    if len(targets) != 1 or "limitCount" in body or "havingClause" in body:
-        return _UNKNOWN
-    return _const(targets[0].get("ResTarget", {}).get("val"))
-
-
-def _truth(node: Any) -> Any:
-    """True/False when ``node`` is a boolean expression that does not depend on the row,
-    ``None`` for NULL, ``_UNKNOWN`` otherwise.  ``col = col`` counts as true."""
+def _param_text(node: Any) -> object:
+    """An EXECUTE argument as a parameter value: its text, None for NULL, or UNKNOWN_PARAM."""
     kind, body = _unwrap(node)
-    if kind == "BoolExpr":
-        op = body.get("boolop")
-        values = [_truth(a) for a in body.get("args", ())]
-        if op == "NOT_EXPR":
-            v = values[0] if values else _UNKNOWN
-            return (not v) if isinstance(v, bool) else v
-        if op == "AND_EXPR":
-            if any(v is False for v in values):
-                return False
-            return True if all(v is True for v in values) else _UNKNOWN
-        if op == "OR_EXPR":
-            if any(v is True for v in values):
-                return True
-            return False if all(v is False for v in values) else _UNKNOWN
-        return _UNKNOWN
-    if kind == "A_Expr":
-        akind = body.get("kind")
-        names = _strings(body.get("name"))
-        op = names[-1] if names else ""
-        lexpr, rexpr = body.get("lexpr"), body.get("rexpr")
-        if akind == "AEXPR_OP":
-            if lexpr is None:  # prefix operator, e.g. unary minus
-                value = _const(rexpr)
-                if op == "-" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    return -value
-                return _UNKNOWN
-            if op in ("=", "<=", ">=") and _same_column(lexpr, rexpr):
-                return True
-            a, b = _const(lexpr), _const(rexpr)
-            if a is _UNKNOWN or b is _UNKNOWN:
-                return _UNKNOWN
-            if op in ("+", "-", "*") and type(a) in (int, float) and type(b) in (int, float):
-                return a + b if op == "+" else a - b if op == "-" else a * b
-            if op == "||" and isinstance(a, str) and isinstance(b, str):
-                return a + b
-            return _compare(op, a, b)
-        if akind in ("AEXPR_NOT_DISTINCT", "AEXPR_DISTINCT"):
-            if _same_column(lexpr, rexpr):
-                return akind == "AEXPR_NOT_DISTINCT"
-            a, b = _const(lexpr), _const(rexpr)
-            if a is _UNKNOWN or b is _UNKNOWN:
-                return _UNKNOWN
-            same = a == b if (a is not None and b is not None) else (a is None and b is None)
-            return same if akind == "AEXPR_NOT_DISTINCT" else not same
-        if akind in ("AEXPR_IN", "AEXPR_OP_ANY"):
-            _, rbody = _unwrap(rexpr)
-            items = rbody.get("items") or rbody.get("elements") if isinstance(rbody, dict) else None
-            if items is None:
-                return _UNKNOWN
-            positive = op == "="
-            if not positive and op not in ("<>", "!="):
-                return _UNKNOWN
-            if positive and any(_same_column(lexpr, it) for it in items):
-                return True
-            a = _const(lexpr)
-            values = [_const(it) for it in items]
-            if a is _UNKNOWN or any(v is _UNKNOWN for v in values):
-                return _UNKNOWN
-            hit = any(_compare("=", a, v) is True for v in values)
-            return hit if positive else (not hit and all(_compare("=", a, v) is False for v in values))
-        if akind in ("AEXPR_BETWEEN", "AEXPR_NOT_BETWEEN"):
-            _, rbody = _unwrap(rexpr)
-            items = rbody.get("items", []) if isinstance(rbody, dict) else []
-            if len(items) != 2:
-                return _UNKNOWN
-            a, lo, hi = _const(lexpr), _const(items[0]), _const(items[1])
-            ge, le = _compare(">=", a, lo), _compare("<=", a, hi)
-            if not isinstance(ge, bool) or not isinstance(le, bool):
-                return _UNKNOWN
-            return (ge and le) if akind == "AEXPR_BETWEEN" else not (ge and le)
-        if akind in ("AEXPR_LIKE", "AEXPR_ILIKE"):
-            a, b = _const(lexpr), _const(rexpr)
-            if not isinstance(a, str) or not isinstance(b, str):
-                return _UNKNOWN
-            if akind == "AEXPR_ILIKE":
-                a, b = a.lower(), b.lower()
-            hit = _like(a, b)
-            return hit if op in ("~~", "~~*") else not hit
-        return _UNKNOWN
-    if kind == "NullTest":
-        arg = body.get("arg")
-        value = _const(arg)
-        if value is _UNKNOWN:
-            return _UNKNOWN
-        is_null = value is None
-        return is_null if body.get("nulltesttype") == "IS_NULL" else not is_null
-    if kind == "BooleanTest":
-        value = _const(body.get("arg"))
-        if value is _UNKNOWN or not (value is None or isinstance(value, bool)):
-            return _UNKNOWN
-        test = body.get("booltesttype")
-        return {
-            "IS_TRUE": value is True,
-            "IS_NOT_TRUE": value is not True,
-            "IS_FALSE": value is False,
-            "IS_NOT_FALSE": value is not False,
-            "IS_UNKNOWN": value is None,
-            "IS_NOT_UNKNOWN": value is not None,
-        }.get(test or "", _UNKNOWN)
-    if kind == "SubLink":
-        link = body.get("subLinkType")
-        if link == "EXISTS_SUBLINK":
-            _, sel = _unwrap(body.get("subselect"))
-            if not isinstance(sel, dict) or sel.get("fromClause") or "limitCount" in sel:
-                return _UNKNOWN
-            if "havingClause" in sel or "larg" in sel or "valuesLists" in sel:
-                return _UNKNOWN
-            where = sel.get("whereClause")
-            return True if where is None else (True if _truth(where) is True else _UNKNOWN)
-        if link == "EXPR_SUBLINK":
-            return _select_is_constant_true(body.get("subselect"))
-        return _UNKNOWN
-    value = _const(node) if kind in ("A_Const", "TypeCast", "CoalesceExpr") else _UNKNOWN
-    return value
+    if kind == "A_Const" and "fval" in body:
+        return str(body["fval"].get("fval", "0"))  # exactly as written
+    value = const(node)
+    if value is UNKNOWN:
+        return UNKNOWN_PARAM
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    return UNKNOWN_PARAM
 
 
-def _always_true(where: Any) -> bool:
-    return _truth(where) is True
-
-
-# -- the walk --------------------------------------------------------------------------
+# -- the walk ----------------------------------------------------------------------------
 
 
 class _Walk:
-    """Collects facts from one statement's tree (and the statements inside it)."""
+    """Collects facts from one statement's tree (and the statements inside it).
+
+    Two walks share the collected state: the query walk (:meth:`select`, :meth:`dml`,
+    :meth:`visit` for expressions) knows the shape of queries and scopes names; the DDL
+    walk (:meth:`ddl`) goes through every field of a node of known type, so that each
+    table reference it meets has a place in :data:`RANGEVAR_PLACES`."""
 
     __slots__ = (
         "classes",
@@ -594,23 +581,33 @@ class _Walk:
         "ctes",
         "flags",
         "functions",
+        "has_params",
         "reads",
         "scopes",
+        "settings",
+        "span",
+        "text",
+        "where_preds",
         "writes",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, text: str, span: tuple[int, int], has_params: bool) -> None:
         self.reads: set[str] = set()
         self.writes: set[str] = set()
         self.columns: set[str] = set()
         self.functions: set[str] = set()
         self.flags: set[str] = set()
+        self.settings: set[str] = set()
         self.commands: list[str] = []
         self.classes: list[StatementClass] = []
         self.ctes: list[frozenset[str]] = []
         self.scopes: list[dict[str, str | None]] = []
+        self.where_preds: list[tuple[Any, ...]] = []
+        self.text = text
+        self.span = span
+        self.has_params = has_params
 
-    # generic traversal: dispatch wrapped nodes, descend through everything else.
+    # -- expressions: dispatch tagged nodes, descend through everything else.
     # Iterative and type()-based because this loop is most of the cost of analyze().
     def visit(self, node: Any) -> None:
         handlers = _HANDLERS
@@ -640,44 +637,78 @@ class _Walk:
     def _with(self, with_clause: Any) -> bool:
         if not with_clause:
             return False
-        ctes = [c.get("CommonTableExpr", {}) for c in with_clause.get("ctes", ())]
+        ctes = [c.get("CommonTableExpr") or {} for c in with_clause.get("ctes", ())]
         if with_clause.get("recursive"):
             self.ctes.append(frozenset(c.get("ctename", "") for c in ctes))
             for cte in ctes:
-                self.nested(cte.get("ctequery"))
+                self._cte(cte)
             return True
         # Without RECURSIVE a CTE sees only the CTEs before it: in
         # ``WITH t AS (SELECT * FROM t)`` the inner ``t`` is the real table.
         self.ctes.append(frozenset())
         for cte in ctes:
-            self.nested(cte.get("ctequery"))
+            self._cte(cte)
             self.ctes[-1] = self.ctes[-1] | {cte.get("ctename", "")}
         return True
 
+    def _cte(self, cte: dict[str, Any]) -> None:
+        self.nested(cte.get("ctequery"))
+        cycle = cte.get("cycle_clause")
+        if cycle:
+            self.visit(cycle)
+
     def nested(self, stmt: Any) -> None:
-        """A statement that runs inside the current one (CTE, subquery, COPY query)."""
+        """A statement that runs inside the current one (CTE, subquery, rule action, CREATE
+        SCHEMA element, SQL function body): its facts join this statement's."""
         kind, body = _unwrap(stmt)
         if kind == "SelectStmt":
             self.select(body)
-        elif kind in ("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"):
-            command, klass = _SIMPLE[kind]
+        elif kind in _DML:
+            command, klass = STATEMENTS[kind]
             self.commands.append(command)
             self.classes.append(klass)
-            _STATEMENT_HANDLERS[kind](self, body)
-        elif kind:
-            self.visit(stmt)
+            self.dml(body, kind)
+        elif kind == "VariableSetStmt":
+            self.attached_set(body)
+        elif kind in STATEMENTS:
+            inner = _facts(stmt, self.text, self.span, self.has_params)
+            # CREATE SCHEMA s CREATE TEMP VIEW ... does not create only temporary objects
+            self.merge(inner, temporary=False)
+        else:
+            raise _unexpected(kind, "a statement")
+
+    def merge(self, inner: StatementFacts, temporary: bool = True) -> None:
+        self.commands.extend(inner.commands)
+        self.classes.extend(inner.classes)
+        self.reads.update(inner.tables_read)
+        self.writes.update(inner.tables_written)
+        self.columns.update(inner.columns_read)
+        self.functions.update(inner.functions)
+        self.flags.update(inner.flags if temporary else inner.flags - {"temporary"})
+        self.settings.update(inner.settings)
+        self.where_preds.extend(inner.where_predicates)
+
+    def attached_set(self, body: dict[str, Any]) -> None:
+        """A SET that is part of another statement (ALTER SYSTEM/ROLE/DATABASE ... SET,
+        CREATE FUNCTION ... SET): it changes nothing in this session now, but may still
+        turn read-only off for later transactions."""
+        if _turns_read_only_off(body, stored=True):
+            self.flags.add("read_write_transaction")
+        self.visit(body.get("args"))
 
     def target(self, rv: dict[str, Any], scope: dict[str, str | None]) -> str:
         name = _range_name(rv)
         self.writes.add(name)
-        alias = rv.get("alias", {}).get("aliasname")
+        if _is_catalog(rv):
+            self.flags.add("catalog_write")
+        alias = _alias(rv)
         scope[alias or rv.get("relname", "")] = name
         return name
 
     def from_item(self, item: Any, scope: dict[str, str | None]) -> None:
         kind, body = _unwrap(item)
         if kind == "RangeVar":
-            alias = body.get("alias", {}).get("aliasname") or body.get("relname", "")
+            alias = _alias(body) or body.get("relname", "")
             if self._is_cte(body):
                 scope[alias] = None
             else:
@@ -688,25 +719,41 @@ class _Walk:
             self.from_item(body.get("larg"), scope)
             self.from_item(body.get("rarg"), scope)
             self.visit(body.get("quals"))
-            self.visit(body.get("usingClause"))
         elif kind == "RangeSubselect":
             self.nested(body.get("subquery"))
-            alias = body.get("alias", {}).get("aliasname")
-            if alias:
-                scope[alias] = None
+            self._scope_alias(body, scope)
+        elif kind == "RangeFunction":
+            self.visit(body.get("functions"))
+            self.visit(body.get("coldeflist"))
+            self._scope_alias(body, scope)
+        elif kind == "RangeTableSample":
+            # TABLESAMPLE reads its relation; the method is a name, its arguments expressions
+            self.from_item(body.get("relation"), scope)
+            self.visit(body.get("args"))
+            self.visit(body.get("repeatable"))
+        elif kind == "RangeTableFunc":
+            # XMLTABLE: the document, row and column expressions are read like any others
+            for key in ("docexpr", "rowexpr", "namespaces", "columns"):
+                self.visit(body.get(key))
+            self._scope_alias(body, scope)
         else:
-            self.visit(item)
-            alias = body.get("alias", {}).get("aliasname") if isinstance(body, dict) else None
-            if alias:
-                scope[alias] = None
+            raise _unexpected(kind, "a FROM list")
+
+    @staticmethod
+    def _scope_alias(body: dict[str, Any], scope: dict[str, str | None]) -> None:
+        alias = _alias(body)
+        if alias:
+            scope[alias] = None
 
     def select(self, s: dict[str, Any]) -> None:
         pushed = self._with(s.get("withClause"))
-        if "larg" in s:
-            self.select(s["larg"].get("SelectStmt", s["larg"]))
-            self.select(s["rarg"].get("SelectStmt", s["rarg"]))
+        if s.get("larg") is not None or s.get("rarg") is not None:
+            self.select(s.get("larg") or {})
+            self.select(s.get("rarg") or {})
             for key in ("sortClause", "limitCount", "limitOffset"):
-                self.visit(s.get(key))
+                value = s.get(key)
+                if value is not None:
+                    self.visit(value)
         else:
             scope: dict[str, str | None] = {}
             self.scopes.append(scope)
@@ -729,36 +776,46 @@ class _Walk:
                     self.visit(value)
             into = s.get("intoClause")
             if into:
-                self.writes.add(_range_name(into.get("rel", {})))
-            if s.get("lockingClause"):
-                self.flags.add("row_lock")
+                self.writes.add(_range_name(into.get("rel") or {}))
             self.scopes.pop()
+        # FOR UPDATE OF names FROM items that are already read
+        if s.get("lockingClause"):
+            self.flags.add("row_lock")
         if pushed:
             self.ctes.pop()
 
-    def dml(self, s: dict[str, Any], kind: str) -> None:
+    def dml(self, s: dict[str, Any], kind: str) -> bool:
+        """An INSERT/UPDATE/DELETE/MERGE; True when its own WHERE is always true."""
         pushed = self._with(s.get("withClause"))
         scope: dict[str, str | None] = {}
         self.scopes.append(scope)
-        name = self.target(s.get("relation", {}), scope)
+        rel = s.get("relation") or {}
+        name = self.target(rel, scope)
+        if _is_pg_settings(rel):
+            # UPDATE pg_settings SET setting = ... changes settings like set_config()
+            self.settings.add("?")
+            self.flags.add("read_write_transaction")
         for key in ("fromClause", "usingClause"):
             for item in s.get(key, ()):
                 self.from_item(item, scope)
+        where_true = False
         if kind == "MergeStmt":
             self.from_item(s.get("sourceRelation"), scope)
-            self.visit(s.get("joinCondition"))
-            self.visit(s.get("mergeWhenClauses"))
-            destructive = any(
-                w.get("MergeWhenClause", {}).get("commandType") in ("CMD_DELETE", "CMD_UPDATE")
-                and w.get("MergeWhenClause", {}).get("matchKind") == "MERGE_WHEN_MATCHED"
-                and w.get("MergeWhenClause", {}).get("condition") is None
-                for w in s.get("mergeWhenClauses", ())
-            )
-            if destructive and _always_true(s.get("joinCondition")):
-                self.flags.add("always_true_where")
+            join = s.get("joinCondition")
+            self.visit(join)
+            whens = s.get("mergeWhenClauses") or []
+            self.visit(whens)
+            self._merge_bounds(join, whens)
         if kind == "InsertStmt":
-            self.nested(s.get("selectStmt"))
-            self.visit(s.get("onConflictClause"))
+            self.visit(s.get("cols"))
+            if s.get("selectStmt") is not None:
+                self.nested(s.get("selectStmt"))
+            occ = s.get("onConflictClause")
+            if occ:
+                self.visit(occ)
+                if occ.get("action") == "ONCONFLICT_UPDATE":
+                    self.commands.append("UPDATE")
+                    self.classes.append("WRITE")
         else:
             self.visit(s.get("targetList"))
         if kind in ("UpdateStmt", "DeleteStmt"):
@@ -767,15 +824,57 @@ class _Walk:
                 self.flags.add("no_where")
             else:
                 self.visit(where)
-                if _always_true(where):
-                    self.flags.add("always_true_where")
-        returning = s.get("returningClause") or s.get("returningList")
+                where_true = self._bound(where)
+        rc = s.get("returningClause")
+        returning = (rc.get("exprs") if type(rc) is dict else None) or s.get("returningList")
         if returning:
             self.reads.add(name)
             self.visit(returning)
         self.scopes.pop()
         if pushed:
             self.ctes.pop()
+        return where_true
+
+    def _bound(self, where: Any) -> bool:
+        """Check the WHERE that bounds an UPDATE/DELETE: always true -> flag; mentions $n
+        -> keep it for where_true_with()."""
+        if as_bool(truth(where)) is True:
+            self.flags.add("always_true_where")
+            return True
+        if self.has_params and _mentions_param(where):
+            self.where_preds.append((where,))
+        return False
+
+    def _merge_bounds(self, join: Any, whens: list[Any]) -> None:
+        """A MERGE updates or deletes every target row when a WHEN MATCHED action runs for
+        every row (ON always true) or a WHEN NOT MATCHED BY SOURCE action does (ON never
+        true); an always-true AND condition does not narrow it.  Each condition is folded
+        once, however many WHEN clauses share it."""
+        join_truth = as_bool(truth(join))
+        join_params = self.has_params and _mentions_param(join)
+        # ON is not true for the row: IS NOT TRUE, so that NULL counts as well
+        not_join = {"BooleanTest": {"arg": join, "booltesttype": "IS_NOT_TRUE"}}
+        kept: set[tuple[str, int]] = set()
+        for w in whens:
+            c = w.get("MergeWhenClause") if type(w) is dict else None
+            if type(c) is not dict or c.get("commandType") not in ("CMD_DELETE", "CMD_UPDATE"):
+                continue
+            match = c.get("matchKind")
+            if match == "MERGE_WHEN_MATCHED":
+                on_true, on_part = join_truth is True, join
+            elif match == "MERGE_WHEN_NOT_MATCHED_BY_SOURCE":
+                on_true, on_part = join_truth is False or join_truth is None, not_join
+            else:
+                continue
+            cond = c.get("condition")
+            cond_true = cond is None or as_bool(truth(cond)) is True
+            if on_true and cond_true:
+                self.flags.add("always_true_where")
+                continue
+            cond_params = cond is not None and self.has_params and _mentions_param(cond)
+            if (join_params or cond_params) and (match, id(cond)) not in kept:
+                kept.add((match, id(cond)))
+                self.where_preds.append((on_part,) if cond is None else (on_part, cond))
 
     def column(self, body: dict[str, Any]) -> None:
         parts: list[str] = []
@@ -819,79 +918,126 @@ class _Walk:
         if _SIDE_RE.match(base):
             self.flags.add("side_effect_function")
         if base == "set_config":
-            args = body.get("args") or ()
-            setting = _const(args[0]) if args else _UNKNOWN
-            if not isinstance(setting, str) or setting.lower() in (
-                "role",
-                "session_authorization",
-            ):
-                self.flags.add("role_switch")
+            self.set_config(body.get("args") or [])
         for key in ("args", "agg_order", "agg_filter", "over"):
             value = body.get(key)
             if value is not None:
                 self.visit(value)
+
+    def set_config(self, args: list[Any]) -> None:
+        name_arg, value_arg, _ = _call_args(args, _SET_CONFIG_ARGS)
+        setting = const(name_arg)
+        if not isinstance(setting, str):
+            # the name is not a constant: it could be any setting
+            self.settings.add("?")
+            self.flags.update(("role_switch", "read_write_transaction"))
+            return
+        name = setting.lower()
+        self.settings.add(name)
+        if name in ("role", "session_authorization"):
+            self.flags.add("role_switch")
+        if name in _READ_ONLY_SETTINGS and not _clearly_on(value_arg):
+            self.flags.add("read_write_transaction")
+
+    # -- DDL: a typed walk through every field of a node.
+    def ddl(self, tag: str, body: Any) -> None:
+        if type(body) is not dict:
+            return
+        for key, value in body.items():
+            struct = STRUCT_FIELDS.get((tag, key))
+            if struct is not None:
+                if type(value) is not dict:
+                    continue
+                if struct == "VariableSetStmt":  # ALTER SYSTEM/ROLE/DATABASE ... SET
+                    self.attached_set(value)
+                elif struct in STATEMENTS:
+                    # part of this statement (CREATE FOREIGN TABLE's table, ALTER DEFAULT
+                    # PRIVILEGES' grant), not a statement of its own
+                    self.ddl(struct, value)
+                else:
+                    self.ddl_node(struct, value, tag, key)
+                continue
+            tv = type(value)
+            if tv is dict:
+                self.ddl_item(value, tag, key)
+            elif tv is list:
+                for item in value:
+                    self.ddl_item(item, tag, key)
+
+    def ddl_item(self, node: Any, parent: str, field: str) -> None:
+        """A tagged node standing in ``field`` of a ``parent`` node."""
+        kind, body = _unwrap(node)
+        if kind == "List":
+            for item in (body or {}).get("items", ()):
+                self.ddl_item(item, parent, field)
+        elif kind[:1].isupper():
+            self.ddl_node(kind, body, parent, field)
+        elif node is not None and node != {}:  # {} is a NULL entry of a list
+            raise SQLAnalysisError(f"unexpected parse tree shape in {parent}.{field}")
+
+    def ddl_node(self, kind: str, body: Any, parent: str, field: str) -> None:
+        if type(body) is not dict:
+            raise SQLAnalysisError(f"unexpected parse tree shape in {parent}.{field}")
+        if kind in _DDL_LEAVES:
+            return
+        if kind == "RangeVar":
+            place = RANGEVAR_PLACES.get((parent, field))
+            if place == "write":
+                self.writes.add(_range_name(body))
+            elif place in ("read", "from"):
+                self.reads.add(_range_name(body))
+            elif place not in ("locked", "name"):
+                raise _unexpected(kind, f"{parent}.{field}")
+        elif kind in _FROM_ITEMS:
+            self.from_item({kind: body}, {})
+        elif kind in STATEMENTS:
+            self.nested({kind: body})
+        elif kind == "ColumnRef":
+            self.column(body)
+        elif kind == "FuncCall":
+            self.func(body)
+        elif kind in ALLOWED:
+            self.ddl(kind, body)
+        else:
+            raise SQLUnsupported(kind)
+
+
+def _unexpected(kind: str, place: str) -> SQLParseError:
+    if not kind:
+        return SQLAnalysisError(f"unexpected parse tree shape in {place}")
+    if kind == "RangeVar":
+        return SQLUnsupported(kind, f"a table reference in {place}")
+    if kind in ALLOWED:
+        return SQLUnsupported(kind, f"{kind} in {place}")
+    return SQLUnsupported(kind)
 
 
 def _skip(w: _Walk, body: Any) -> None:
     """Leaves with nothing to collect: constants, type names, parameters."""
 
 
-def _h_select(w: _Walk, body: Any) -> None:
-    w.select(body)
-
-
-def _h_column(w: _Walk, body: Any) -> None:
-    w.column(body)
-
-
-def _h_func(w: _Walk, body: Any) -> None:
-    w.func(body)
-
-
-def _h_rangevar(w: _Walk, body: Any) -> None:
-    # a RangeVar met outside a FROM list (e.g. in DDL): the relation is acted upon
-    if not w._is_cte(body):
-        w.writes.add(_range_name(body))
-
-
-def _h_nested_dml(kind: str) -> Any:
+def _h_nested(kind: str) -> Callable[[_Walk, Any], None]:
     def handler(w: _Walk, body: Any) -> None:
         w.nested({kind: body})
 
     return handler
 
 
-_HANDLERS: dict[str, Any] = {
-    "A_Const": _skip,
-    "String": _skip,
-    "Integer": _skip,
-    "Float": _skip,
-    "Boolean": _skip,
-    "TypeName": _skip,
-    "typeName": _skip,
-    "ParamRef": _skip,
-    "SQLValueFunction": _skip,
-    "A_Star": _skip,
-    "SelectStmt": _h_select,
-    "ColumnRef": _h_column,
-    "FuncCall": _h_func,
-    "RangeVar": _h_rangevar,
-    "InsertStmt": _h_nested_dml("InsertStmt"),
-    "UpdateStmt": _h_nested_dml("UpdateStmt"),
-    "DeleteStmt": _h_nested_dml("DeleteStmt"),
-    "MergeStmt": _h_nested_dml("MergeStmt"),
-}
-
-
-def _dml_handler(kind: str) -> Any:
+def _h_unexpected(kind: str) -> Callable[[_Walk, Any], None]:
     def handler(w: _Walk, body: Any) -> None:
-        w.dml(body, kind)
+        # a table reference, FROM item or statement inside an expression: no place for it
+        raise _unexpected(kind, "an expression")
 
     return handler
 
 
-_STATEMENT_HANDLERS: dict[str, Any] = {
-    k: _dml_handler(k) for k in ("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt")
+_HANDLERS: dict[str, Callable[[_Walk, Any], None]] = {
+    **dict.fromkeys(_LEAVES, _skip),
+    **{k: _h_unexpected(k) for k in (*STATEMENTS, *_FROM_ITEMS)},
+    **{k: _h_nested(k) for k in _DML},
+    "SelectStmt": _Walk.select,
+    "ColumnRef": _Walk.column,
+    "FuncCall": _Walk.func,
 }
 
 
@@ -908,247 +1054,340 @@ class _Top:
     prepared: str | None = None
     inner: StatementFacts | None = None
     merge_inner: bool = False
+    execute_params: tuple[object, ...] | None = None
 
 
-def _relation_walk(w: _Walk, body: dict[str, Any]) -> None:
-    rel = body.get("relation")
-    if isinstance(rel, dict) and "relname" in rel:
-        w.writes.add(_range_name(rel))
-    w.visit({k: v for k, v in body.items() if k != "relation"})
+_Handler = Callable[[_Walk, str, dict[str, Any]], _Top]
 
 
-def _top(w: _Walk, kind: str, body: dict[str, Any], text: str, span: tuple[int, int]) -> _Top:
-    """Classify one top-level statement and walk it into ``w``."""
-    if kind == "SelectStmt":
-        into = body.get("intoClause")
-        top = _Top("SELECT INTO" if into else "SELECT", "DDL" if into else "READ")
-        if into and into.get("rel", {}).get("relpersistence") == "t":
-            w.flags.add("temporary")
-        w.select(body)
-        return top
-    if kind in ("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"):
-        command, klass = _SIMPLE[kind]
-        w.dml(body, kind)
-        return _Top(
-            command,
-            klass,
-            has_where=kind not in ("UpdateStmt", "DeleteStmt") or "whereClause" in body,
-            where_true=kind in ("UpdateStmt", "DeleteStmt")
-            and _always_true(body.get("whereClause")),
-        )
-    if kind in ("ExplainStmt", "PrepareStmt", "CreateTableAsStmt", "DeclareCursorStmt"):
-        inner = _facts(body.get("query"), text, span)
-        if kind == "ExplainStmt":
-            analyze = False
-            for opt in body.get("options", ()):
-                d = opt.get("DefElem", {})
-                if d.get("defname") == "analyze":
-                    analyze = _defelem_true(d.get("arg"))
-            if analyze:
-                return _Top("EXPLAIN ANALYZE", inner.statement_class, inner=inner, merge_inner=True)
-            return _Top("EXPLAIN", "MISC", inner=inner)
-        if kind == "PrepareStmt":
-            return _Top("PREPARE", "MISC", prepared=body.get("name"), inner=inner, merge_inner=True)
-        if kind == "DeclareCursorStmt":
-            return _Top("DECLARE CURSOR", "READ", inner=inner, merge_inner=True)
-        into = body.get("into", {})
-        rel = into.get("rel", {})
-        w.writes.add(_range_name(rel))
-        if rel.get("relpersistence") == "t":
-            w.flags.add("temporary")
-        command = (
-            "CREATE MATERIALIZED VIEW"
-            if body.get("objtype") == "OBJECT_MATVIEW"
-            else "SELECT INTO"
-            if body.get("is_select_into")
-            else "CREATE TABLE AS"
-        )
-        return _Top(command, "DDL", inner=inner, merge_inner=True)
-    if kind == "CopyStmt":
-        is_from = bool(body.get("is_from"))
-        filename = body.get("filename")
-        program = bool(body.get("is_program"))
-        copy = CopyFacts(
-            "from" if is_from else "to", program, filename is not None and not program, filename
-        )
-        if program:
-            w.flags.add("copy_program")
-        elif filename is not None:
-            w.flags.add("copy_server_file")
-        rel = body.get("relation")
-        if rel:
-            name = _range_name(rel)
-            (w.writes if is_from else w.reads).add(name)
-            for col in _strings(body.get("attlist")):
-                if not is_from:
-                    w.columns.add(f"{name}.{col}")
-            w.visit(body.get("whereClause"))
-        query = _facts(body["query"], text, span) if body.get("query") else None
-        return _Top("COPY", "WRITE" if is_from else "READ", copy=copy, inner=query, merge_inner=True)
-    if kind == "TransactionStmt":
-        return _Top(_TRANSACTION.get(body.get("kind", ""), "TRANSACTION"), "MISC")
-    if kind == "VariableSetStmt":
-        name = body.get("name", "")
-        vkind = body.get("kind", "")
-        reset = vkind in ("VAR_RESET", "VAR_RESET_ALL")
-        if name in ("role", "session_authorization"):
-            w.flags.add("role_switch")
-            label = "ROLE" if name == "role" else "SESSION AUTHORIZATION"
-            return _Top(f"{'RESET' if reset else 'SET'} {label}", "MISC_SET")
-        if vkind == "VAR_RESET_ALL":
-            return _Top("RESET ALL", "MISC_SET")
-        if vkind == "VAR_SET_MULTI":
-            return _Top(f"SET {name.upper()}", "MISC_SET")
-        w.visit(body.get("args"))
-        return _Top("RESET" if reset else "SET", "MISC_SET")
-    if kind == "ExecuteStmt":
-        w.visit(body.get("params"))
-        return _Top("EXECUTE", "MISC", prepared=body.get("name"))
-    if kind == "DeallocateStmt":
-        if body.get("isall") or body.get("name") is None:
-            return _Top("DEALLOCATE ALL", "MISC")
-        return _Top("DEALLOCATE", "MISC", prepared=body.get("name"))
-    if kind == "DiscardStmt":
-        target = body.get("target", "DISCARD_ALL").removeprefix("DISCARD_")
-        return _Top(f"DISCARD {target}", "MISC")
-    if kind == "FetchStmt":
-        return _Top("MOVE" if body.get("ismove") else "FETCH", "MISC")
-    if kind == "VacuumStmt":
-        w.visit(body.get("rels"))
-        return _Top("VACUUM" if body.get("is_vacuumcmd") else "ANALYZE", "MISC")
-    if kind == "DoStmt":
-        w.flags.add("dynamic_sql")
-        return _Top("DO", "FUNCTION")
-    if kind == "CallStmt":
-        w.func(body.get("funccall", {}))
-        return _Top("CALL", "FUNCTION")
-    if kind == "LoadStmt":
-        w.flags.add("load")
-        return _Top("LOAD", "MISC")
-    if kind == "LockStmt":
-        w.flags.add("row_lock")
-        for rv in body.get("relations", ()):
-            w.reads.add(_range_name(rv.get("RangeVar", rv)))
-        return _Top("LOCK TABLE", "MISC")
-    if kind == "TruncateStmt":
-        w.flags.add("truncate")
-        for rv in body.get("relations", ()):
-            w.writes.add(_range_name(rv.get("RangeVar", rv)))
-        return _Top("TRUNCATE", "WRITE")
-    if kind == "DropStmt":
-        w.flags.add("drop")
-        obj = body.get("removeType")
-        if obj in _RELATION_OBJECTS:
-            for o in body.get("objects", ()):
-                names = _strings(o.get("List", {}).get("items"))
-                if names:
-                    w.writes.add(".".join(names[-2:]))
-        return _Top(f"DROP {_object_name(obj)}", "DDL")
-    if kind in ("GrantStmt", "GrantRoleStmt"):
-        command = "GRANT" if body.get("is_grant") else "REVOKE"
-        if kind == "GrantStmt" and body.get("objtype") == "OBJECT_TABLE":
-            for o in body.get("objects", ()):
-                rv = o.get("RangeVar")
-                if rv:
-                    w.writes.add(_range_name(rv))
-        return _Top(command, "ROLE")
-    if kind == "CreateRoleStmt":
-        sub = body.get("stmt_type", "ROLESTMT_ROLE").removeprefix("ROLESTMT_")
-        return _Top(f"CREATE {sub}", "ROLE")
-    if kind == "AlterTableStmt":
-        if any(
-            c.get("AlterTableCmd", {}).get("subtype") in _DROP_SUBTYPES for c in body.get("cmds", ())
-        ):
-            w.flags.add("drop")
-        _relation_walk(w, body)
-        return _Top(f"ALTER {_object_name(body.get('objtype'))}", "DDL")
-    if kind in ("RenameStmt", "AlterOwnerStmt", "AlterObjectSchemaStmt"):
-        obj = body.get("renameType") or body.get("objectType")
-        suffix = {"RenameStmt": "RENAME", "AlterOwnerStmt": "OWNER", "AlterObjectSchemaStmt": "SET SCHEMA"}
-        _relation_walk(w, body)
-        return _Top(f"ALTER {_object_name(obj)} {suffix[kind]}", "DDL")
-    if kind == "CreateFunctionStmt":
-        return _Top("CREATE PROCEDURE" if body.get("is_procedure") else "CREATE FUNCTION", "DDL")
-    if kind == "DefineStmt":
-        return _Top(f"CREATE {_object_name(body.get('kind'))}", "DDL")
-    if kind == "CreateStmt":
-        if body.get("relation", {}).get("relpersistence") == "t":
-            w.flags.add("temporary")
-        _relation_walk(w, body)
-        return _Top("CREATE TABLE", "DDL")
-    if kind == "ViewStmt":
-        w.writes.add(_range_name(body.get("view", {})))
-        if body.get("view", {}).get("relpersistence") == "t":
-            w.flags.add("temporary")
-        inner = _facts(body.get("query"), text, span)
-        return _Top("CREATE VIEW", "DDL", inner=inner)
-    if kind in (
-        "CreateForeignServerStmt",
-        "AlterForeignServerStmt",
-        "CreateUserMappingStmt",
-        "AlterUserMappingStmt",
-        "CreateSubscriptionStmt",
-        "AlterSubscriptionStmt",
-        "ImportForeignSchemaStmt",
-    ):
-        w.flags.add("remote_connection")
-    if kind == "CreateExtensionStmt" and body.get("extname") in ("dblink", "postgres_fdw"):
-        w.flags.add("remote_connection")
-    if kind == "AlterSystemStmt":
-        w.flags.add("alter_system")
-    if kind.startswith("Drop"):
-        w.flags.add("drop")
-    command, klass = _SIMPLE.get(kind, (_generic_command(kind), "DDL"))
-    _relation_walk(w, body)
+def _t_ddl(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
+    """Any statement without a handler of its own: its command and class from
+    :data:`STATEMENTS`, every field walked by the typed DDL walk."""
+    command, klass = STATEMENTS[kind]
+    w.ddl(kind, body)
     return _Top(command, klass)
 
 
-def _defelem_true(arg: Any) -> bool:
-    """An option's boolean value; a bare option (no value) is true, and anything not
-    clearly false counts as true so that an odd spelling cannot hide an ANALYZE."""
-    if arg is None:
-        return True
-    kind, body = _unwrap(arg)
-    if kind == "String":
-        return str(body.get("sval", "")).lower() not in _FALSE_STRINGS
-    if kind == "Integer":
-        return int(body.get("ival", 0)) != 0
-    if kind == "Boolean":
-        return bool(body.get("boolval", False))
-    return True
+def _t_select(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
+    into = body.get("intoClause")
+    top = _Top("SELECT INTO" if into else "SELECT", "DDL" if into else "READ")
+    if into and (into.get("rel") or {}).get("relpersistence") == "t":
+        w.flags.add("temporary")
+    w.select(body)
+    return top
 
 
-def _risk(klass: StatementClass, classes: Iterable[str], flags: frozenset[str]) -> Risk:
+def _t_dml(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
+    command, klass = STATEMENTS[kind]
+    where_true = w.dml(body, kind)
+    bounded = kind in ("UpdateStmt", "DeleteStmt")
+    return _Top(
+        command,
+        klass,
+        has_where=not bounded or "whereClause" in body,
+        where_true=bounded and where_true,
+    )
+
+
+def _t_explain(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
+    inner = _facts(body.get("query"), w.text, w.span, w.has_params)
+    given, arg = _option(body.get("options"), "analyze")
+    if given and _defelem_true(arg):
+        return _Top("EXPLAIN ANALYZE", inner.statement_class, inner=inner, merge_inner=True)
+    return _Top("EXPLAIN", "MISC", inner=inner)
+
+
+def _t_prepare(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
+    inner = _facts(body.get("query"), w.text, w.span, w.has_params)
+    return _Top("PREPARE", "MISC", prepared=_name(body.get("name")), inner=inner, merge_inner=True)
+
+
+def _t_declare(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
+    inner = _facts(body.get("query"), w.text, w.span, w.has_params)
+    return _Top("DECLARE CURSOR", "READ", inner=inner, merge_inner=True)
+
+
+def _t_create_table_as(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
+    inner = _facts(body.get("query"), w.text, w.span, w.has_params)
+    into = body.get("into") or {}
+    rel = into.get("rel") or {}
+    w.writes.add(_range_name(rel))
+    if rel.get("relpersistence") == "t":
+        w.flags.add("temporary")
+    w.ddl("IntoClause", {k: v for k, v in into.items() if k != "rel"})
+    command = (
+        "CREATE MATERIALIZED VIEW"
+        if body.get("objtype") == "OBJECT_MATVIEW"
+        else "SELECT INTO"
+        if body.get("is_select_into")
+        else "CREATE TABLE AS"
+    )
+    return _Top(command, "DDL", inner=inner, merge_inner=True)
+
+
+def _t_view(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
+    view = body.get("view") or {}
+    w.writes.add(_range_name(view))
+    if view.get("relpersistence") == "t":
+        w.flags.add("temporary")
+    inner = _facts(body.get("query"), w.text, w.span, w.has_params)
+    w.ddl("ViewStmt", {k: v for k, v in body.items() if k not in ("view", "query")})
+    return _Top("CREATE VIEW", "DDL", inner=inner)
+
+
+def _t_copy(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
+    is_from = bool(body.get("is_from"))
+    filename = _name(body.get("filename"))
+    program = bool(body.get("is_program"))
+    copy = CopyFacts(
+        "from" if is_from else "to", program, filename is not None and not program, filename
+    )
+    if program:
+        w.flags.add("copy_program")
+    elif filename is not None:
+        w.flags.add("copy_server_file")
+    rel = body.get("relation")
+    if rel:
+        name = _range_name(rel)
+        (w.writes if is_from else w.reads).add(name)
+        if is_from and _is_catalog(rel):
+            w.flags.add("catalog_write")
+        if not is_from:
+            for col in _strings(body.get("attlist")):
+                w.columns.add(f"{name}.{col}")
+        scope: dict[str, str | None] = {rel.get("relname", ""): name}
+        w.scopes.append(scope)
+        w.visit(body.get("whereClause"))
+        w.scopes.pop()
+    w.visit(body.get("options"))
+    query = _facts(body["query"], w.text, w.span, w.has_params) if body.get("query") else None
+    return _Top("COPY", "WRITE" if is_from else "READ", copy=copy, inner=query, merge_inner=True)
+
+
+def _t_transaction(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
+    for d in _defelems(body.get("options")):
+        if d.get("defname") == "transaction_read_only" and not _clearly_on(d.get("arg")):
+            w.flags.add("read_write_transaction")  # BEGIN / START TRANSACTION ... READ WRITE
+    return _Top(_TRANSACTION.get(body.get("kind", ""), "TRANSACTION"), "MISC")
+
+
+def _t_set(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
+    name = str(body.get("name", ""))
+    vkind = body.get("kind", "")
+    reset = vkind in ("VAR_RESET", "VAR_RESET_ALL")
+    w.settings.update(_setting_names(body))
+    if _turns_read_only_off(body):
+        w.flags.add("read_write_transaction")
+    w.visit(body.get("args"))
+    if name in ("role", "session_authorization"):
+        w.flags.add("role_switch")
+        label = "ROLE" if name == "role" else "SESSION AUTHORIZATION"
+        return _Top(f"{'RESET' if reset else 'SET'} {label}", "MISC_SET")
+    if vkind == "VAR_RESET_ALL":
+        return _Top("RESET ALL", "MISC_SET")
+    if vkind == "VAR_SET_MULTI":
+        return _Top(f"SET {name.upper()}", "MISC_SET")
+    return _Top("RESET" if reset else "SET", "MISC_SET")
+
+
+def _t_execute(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
+    params = body.get("params") or []
+    w.visit(params)
+    values = tuple(_param_text(p) for p in params)
+    return _Top("EXECUTE", "MISC", prepared=_name(body.get("name")), execute_params=values)
+
+
+def _t_deallocate(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
+    if body.get("isall") or body.get("name") is None:
+        return _Top("DEALLOCATE ALL", "MISC")
+    return _Top("DEALLOCATE", "MISC", prepared=_name(body.get("name")))
+
+
+def _t_discard(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
+    target = str(body.get("target", "DISCARD_ALL")).removeprefix("DISCARD_")
+    return _Top(f"DISCARD {target}", "MISC")
+
+
+def _t_fetch(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
+    return _Top("MOVE" if body.get("ismove") else "FETCH", "MISC")
+
+
+def _t_vacuum(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
+    given, arg = _option(body.get("options"), "full")
+    if given and _defelem_true(arg):
+        w.flags.add("disruptive_maintenance")
+    w.ddl(kind, body)
+    return _Top("VACUUM" if body.get("is_vacuumcmd") else "ANALYZE", "MISC")
+
+
+def _t_reindex(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
+    if body.get("kind") in ("REINDEX_OBJECT_DATABASE", "REINDEX_OBJECT_SYSTEM"):
+        w.flags.add("disruptive_maintenance")
+    w.ddl(kind, body)
+    return _Top("REINDEX", "MISC")
+
+
+def _t_call(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
+    w.func(body.get("funccall") or {})
+    return _Top("CALL", "FUNCTION")
+
+
+def _t_lock(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
+    if body.get("mode", _ACCESS_EXCLUSIVE) == _ACCESS_EXCLUSIVE:
+        w.flags.add("disruptive_maintenance")
+    w.ddl(kind, body)
+    return _Top("LOCK TABLE", "MISC")
+
+
+def _t_truncate(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
+    for rv in body.get("relations", ()):
+        _, rel = _unwrap(rv)
+        if type(rel) is dict and _is_catalog(rel):
+            w.flags.add("catalog_write")
+    w.ddl(kind, body)
+    return _Top("TRUNCATE", "WRITE")
+
+
+def _t_drop(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
+    obj = body.get("removeType")
+    if obj in _RELATION_OBJECTS:
+        for o in body.get("objects", ()):
+            names = _strings((o.get("List") or {}).get("items"))
+            if names:
+                w.writes.add(".".join(names[-2:]))
+    w.ddl(kind, body)
+    return _Top(f"DROP {_object_name(obj)}", "DDL")
+
+
+def _t_grant(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
+    w.ddl(kind, body)
+    return _Top("GRANT" if body.get("is_grant") else "REVOKE", "ROLE")
+
+
+def _t_create_role(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
+    w.ddl(kind, body)
+    sub = str(body.get("stmt_type", "ROLESTMT_ROLE")).removeprefix("ROLESTMT_")
+    return _Top(f"CREATE {sub}", "ROLE")
+
+
+def _t_alter_table(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
+    for c in body.get("cmds", ()):
+        if (c.get("AlterTableCmd") or {}).get("subtype") in _DROP_SUBTYPES:
+            w.flags.add("drop")
+    w.ddl(kind, body)
+    return _Top(f"ALTER {_object_name(body.get('objtype'))}", "DDL")
+
+
+def _t_alter_object(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
+    obj = body.get("renameType") or body.get("objectType") or body.get("objtype")
+    suffix = {
+        "RenameStmt": " RENAME",
+        "AlterOwnerStmt": " OWNER",
+        "AlterObjectSchemaStmt": " SET SCHEMA",
+        "AlterObjectDependsStmt": " DEPENDS ON EXTENSION",
+    }.get(kind, "")
+    w.ddl(kind, body)
+    return _Top(f"ALTER {_object_name(obj)}{suffix}", "DDL")
+
+
+def _t_create_function(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
+    # The body and the parameter defaults are defined now and run later, when the function
+    # is called: walked (so they are checked like everything else) but not counted.
+    defined = ("sql_body", "parameters")
+    w.ddl(kind, {k: v for k, v in body.items() if k not in defined})
+    _Walk(w.text, w.span, w.has_params).ddl(kind, {k: v for k, v in body.items() if k in defined})
+    return _Top("CREATE PROCEDURE" if body.get("is_procedure") else "CREATE FUNCTION", "DDL")
+
+
+def _t_define(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
+    w.ddl(kind, body)
+    return _Top(f"CREATE {_object_name(body.get('kind'))}", "DDL")
+
+
+def _t_create(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
+    if (body.get("relation") or {}).get("relpersistence") == "t":
+        w.flags.add("temporary")
+    w.ddl(kind, body)
+    return _Top("CREATE TABLE", "DDL")
+
+
+def _t_create_extension(w: _Walk, kind: str, body: dict[str, Any]) -> _Top:
+    if body.get("extname") in ("dblink", "postgres_fdw"):
+        w.flags.add("remote_connection")
+    return _t_ddl(w, kind, body)
+
+
+_TOP: dict[str, _Handler] = {
+    "SelectStmt": _t_select,
+    **dict.fromkeys(_DML, _t_dml),
+    "ExplainStmt": _t_explain,
+    "PrepareStmt": _t_prepare,
+    "DeclareCursorStmt": _t_declare,
+    "CreateTableAsStmt": _t_create_table_as,
+    "ViewStmt": _t_view,
+    "CopyStmt": _t_copy,
+    "TransactionStmt": _t_transaction,
+    "VariableSetStmt": _t_set,
+    "ExecuteStmt": _t_execute,
+    "DeallocateStmt": _t_deallocate,
+    "DiscardStmt": _t_discard,
+    "FetchStmt": _t_fetch,
+    "VacuumStmt": _t_vacuum,
+    "ReindexStmt": _t_reindex,
+    "CallStmt": _t_call,
+    "LockStmt": _t_lock,
+    "TruncateStmt": _t_truncate,
+    "DropStmt": _t_drop,
+    "GrantStmt": _t_grant,
+    "GrantRoleStmt": _t_grant,
+    "CreateRoleStmt": _t_create_role,
+    "AlterTableStmt": _t_alter_table,
+    "AlterTableMoveAllStmt": _t_alter_table,
+    "RenameStmt": _t_alter_object,
+    "AlterOwnerStmt": _t_alter_object,
+    "AlterObjectSchemaStmt": _t_alter_object,
+    "AlterObjectDependsStmt": _t_alter_object,
+    "CreateFunctionStmt": _t_create_function,
+    "DefineStmt": _t_define,
+    "CreateStmt": _t_create,
+    "CreateExtensionStmt": _t_create_extension,
+}
+
+
+def _risk(classes: Iterable[str], flags: frozenset[str]) -> Risk:
     if flags & _HIGH_FLAGS or "ROLE" in classes:
         return "high"
-    if any(c in ("WRITE", "DDL", "FUNCTION") for c in classes) or "side_effect_function" in flags:
+    if any(c in ("WRITE", "DDL", "FUNCTION") for c in classes) or flags & _MODERATE_FLAGS:
         return "moderate"
     return "low"
 
 
-def _facts(stmt: Any, text: str, span: tuple[int, int]) -> StatementFacts:
+def _facts(stmt: Any, text: str, span: tuple[int, int], has_params: bool) -> StatementFacts:
     kind, body = _unwrap(stmt)
-    if not isinstance(body, dict):
-        body = {}
-    w = _Walk()
-    top = _top(w, kind, body, text, span)
+    if kind not in STATEMENTS:
+        raise _unexpected(kind, "a statement")
+    if type(body) is not dict:
+        raise SQLAnalysisError(f"unexpected parse tree shape in {kind}")
+    w = _Walk(text, span, has_params)
+    w.flags.update(_STATEMENT_FLAGS.get(kind, ()))
+    top = _TOP.get(kind, _t_ddl)(w, kind, body)
+    klass = top.klass
     commands = [top.command, *w.commands]
-    classes: list[StatementClass] = [top.klass, *w.classes]
-    flags = set(w.flags)
+    classes: list[StatementClass] = [klass, *w.classes]
     if top.inner is not None and top.merge_inner:
-        inner = top.inner
-        commands.extend(inner.commands)
-        classes.extend(inner.classes)
-        w.reads.update(inner.tables_read)
-        w.writes.update(inner.tables_written)
-        w.columns.update(inner.columns_read)
-        w.functions.update(inner.functions)
-        flags.update(inner.flags)
-    frozen_flags = frozenset(flags)
+        w.merge(top.inner)
+        commands.extend(top.inner.commands)
+        classes.extend(top.inner.classes)
+    flags = frozenset(w.flags)
+    if "catalog_write" in flags:
+        # writing the system catalogs changes the schema, whatever the verb
+        klass = "DDL"
+        classes.append("DDL")
     unique_classes = tuple(dict.fromkeys(classes))
+    preds = tuple(w.where_preds)
     return StatementFacts(
         command=top.command,
-        statement_class=top.klass,
+        statement_class=klass,
         commands=tuple(dict.fromkeys(commands)),
         classes=unique_classes,
         tables_read=tuple(sorted(w.reads)),
@@ -1157,14 +1396,21 @@ def _facts(stmt: Any, text: str, span: tuple[int, int]) -> StatementFacts:
         functions=tuple(sorted(w.functions)),
         has_where=top.has_where,
         where_trivially_true=top.where_true,
-        flags=frozen_flags,
-        risk=_risk(top.klass, unique_classes, frozen_flags),
+        flags=flags,
+        risk=_risk(unique_classes, flags),
         copy=top.copy,
         prepared_name=top.prepared,
         inner=top.inner,
+        settings=tuple(sorted(w.settings)),
+        where_params=bool(preds),
+        execute_params=top.execute_params,
         span=span,
         text=text,
+        where_predicates=preds,
     )
+
+
+# -- parsing -----------------------------------------------------------------------------
 
 
 def _prepare(sql: str) -> tuple[str, int]:
@@ -1172,13 +1418,40 @@ def _prepare(sql: str) -> tuple[str, int]:
     return (sql[1:], 1) if sql.startswith("\ufeff") else (sql, 0)
 
 
-def _parse(sql: str) -> list[dict[str, Any]]:
+_TOO_DEEP = ("stack depth limit exceeded", "memory exhausted")
+
+
+def _parse_json(sql: str) -> str:
+    """pglast's JSON text for ``sql``; raises SQLParseError (SQLTooComplex for depth and
+    size problems)."""
     try:
-        tree = orjson.loads(_pg.parse_sql_json(sql))
+        tree_json = _pg.parse_sql_json(sql)
     except _pg.ParseError as err:
+        message = str(err.args[0]) if err.args else "parse error"
         location = err.args[1] if len(err.args) > 1 else None
-        raise SQLParseError(str(err.args[0]), location if isinstance(location, int) else None) from None
-    stmts: list[dict[str, Any]] = tree.get("stmts", [])
+        if any(m in message for m in _TOO_DEEP):
+            raise SQLTooComplex(message) from None
+        raise SQLParseError(message, location if isinstance(location, int) else None) from None
+    except RecursionError:
+        raise SQLTooComplex("nesting too deep") from None
+    # every node is at least one "{"; count them only when there can be too many
+    if len(tree_json) > MAX_TREE_NODES:
+        nodes = tree_json.count("{")
+        if nodes > MAX_TREE_NODES:
+            raise SQLTooComplex(f"{nodes} parse tree nodes, more than {MAX_TREE_NODES}")
+    return tree_json
+
+
+def _load(tree_json: str) -> list[dict[str, Any]]:
+    try:
+        tree = orjson.loads(tree_json)
+    except orjson.JSONDecodeError as err:
+        if "depth" in str(err) or "recursion" in str(err):
+            raise SQLTooComplex("nesting too deep") from None
+        raise SQLAnalysisError(f"unreadable parse tree: {err}") from None
+    except RecursionError:
+        raise SQLTooComplex("nesting too deep") from None
+    stmts: list[dict[str, Any]] = tree.get("stmts", []) if type(tree) is dict else []
     return stmts
 
 
@@ -1206,20 +1479,42 @@ def analyze(sql: str) -> list[StatementFacts]:
     """Facts for every statement in ``sql``, in order.  Empty input gives ``[]``.
 
     Spans index into ``sql`` as given (a leading U+FEFF is skipped, not removed).
-    Raises :class:`SQLParseError` if PostgreSQL would reject the text.
+    Raises :class:`SQLParseError` if PostgreSQL would reject the text, and its subclasses
+    :class:`SQLUnsupported` (a construct not on the allow-list), :class:`SQLTooComplex`
+    (too deep or too large) and :class:`SQLAnalysisError` (anything else unexpected).
     """
     body, shift = _prepare(sql)
-    stmts = _parse(body)
-    spans = _spans(body, stmts, shift)
-    out = []
-    for raw_stmt, span in zip(stmts, spans, strict=True):
-        text = sql[span[0] : span[1]].strip()
-        out.append(_facts(raw_stmt.get("stmt"), text, span))
-    return out
+    tree_json = _parse_json(body)
+    return _analyze_tree(sql, body, shift, tree_json)
+
+
+def _analyze_tree(sql: str, body: str, shift: int, tree_json: str) -> list[StatementFacts]:
+    """The facts of an already parsed ``tree_json`` (pglast's JSON for ``body``)."""
+    tags = tags_of(tree_json)
+    bad = first_unsupported(tree_json, tags)
+    if bad is not None:
+        raise SQLUnsupported(bad)
+    stmts = _load(tree_json)
+    has_params = "ParamRef" in tags
+    try:
+        spans = _spans(body, stmts, shift)
+        out = []
+        for raw_stmt, span in zip(stmts, spans, strict=True):
+            text = sql[span[0] : span[1]].strip()
+            out.append(_facts(raw_stmt.get("stmt"), text, span, has_params))
+        return out
+    except SQLParseError:
+        raise
+    except (RecursionError, MemoryError):
+        raise SQLTooComplex("nesting too deep") from None
+    except Exception as err:
+        raise SQLAnalysisError(
+            f"dbsentry could not analyse the statement ({type(err).__name__}: {err})"
+        ) from err
 
 
 def split_statement_spans(sql: str) -> list[tuple[int, int]]:
     """``[start, end)`` character spans of each statement of ``sql``, without the
     separating semicolons (a leading U+FEFF is skipped).  Raises :class:`SQLParseError`."""
     body, shift = _prepare(sql)
-    return _spans(body, _parse(body), shift)
+    return _spans(body, _load(_parse_json(body)), shift)
