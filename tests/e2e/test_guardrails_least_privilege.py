@@ -669,6 +669,27 @@ def test_startup_role_is_refused(
 # ================================================================ catalog writes are DDL
 
 
+@pytest.fixture
+def scratch(env: Env) -> Iterator[None]:
+    """A fresh {s}.scratch, whatever an earlier test's catalog write did to it."""
+
+    def reset(c: psycopg.Connection[Any]) -> None:
+        for (name,) in c.execute(
+            "select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+            "where n.nspname = %s and c.relkind = 'r' and c.relname <> all(%s)",
+            (env.s, ["victim", "secret"]),
+        ).fetchall():
+            c.execute(f'drop table {env.s}."{name}"')
+        c.execute(f"create table {env.s}.scratch (id int)")
+        c.execute("update pg_authid set rolsuper = false where rolname = %s", (env.nobody,))
+
+    with env.direct() as c:
+        reset(c)
+    yield
+    with env.direct() as c:
+        reset(c)
+
+
 CATALOG_DML: list[tuple[str, str, str]] = [
     (
         "update-pg-class",
@@ -713,6 +734,7 @@ CATALOG_DML: list[tuple[str, str, str]] = [
     ("template", "unchanged"), [c[1:] for c in CATALOG_DML], ids=[c[0] for c in CATALOG_DML]
 )
 @pytest.mark.parametrize("dbname", ["prod", "staging"])
+@pytest.mark.usefixtures("scratch")
 def test_catalog_dml_is_ddl(env: Env, dbname: str, template: str, unchanged: str) -> None:
     sql = template.format(s=env.s, nobody=env.nobody)
     try:
@@ -729,6 +751,7 @@ def test_catalog_dml_is_ddl(env: Env, dbname: str, template: str, unchanged: str
     assert ok == (True,), f"the catalog changed: {sql}"
 
 
+@pytest.mark.usefixtures("scratch")
 @pytest.mark.parametrize("mode", MODES)
 def test_catalog_insert_refused_in_every_client(env: Env, mode: str) -> None:
     marker = f"marker-{env.s}-{mode}"

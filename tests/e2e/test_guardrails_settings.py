@@ -439,6 +439,34 @@ def test_deep_nesting_is_refused_fast(env: Env, victim: str, mode: str, sql: str
     intact(env)
 
 
+# ================================================================ constructs the analysis does not know
+
+JSON_TABLE = "json_table('[1, 2]'::jsonb, '$[*]' columns (a int path '$'))"
+
+
+@pytest.mark.parametrize("dbname", ["prod", "staging"])
+@pytest.mark.parametrize("mode", MODES)
+def test_unknown_construct_is_refused_everywhere(
+    env: Env, victim: str, mode: str, dbname: str
+) -> None:
+    """A construct on no allow-list (JSON_TABLE) is refused, named, in every environment,
+    also deep inside a statement that would change data."""
+    out = run(
+        mode,
+        env.proxy,
+        [
+            f"select * from {JSON_TABLE}",
+            f"delete from {env.v} where id in (select a from {JSON_TABLE}) or id > -1",
+            "select 'alive'",
+        ],
+        Login(dbname=dbname),
+    )
+    refused(out[0], "JSON_TABLE")
+    refused(out[1], "JSON_TABLE")
+    assert out[2].rows == [("alive",)], str(out[2])
+    intact(env)
+
+
 # ================================================================ constructs: TABLESAMPLE is a read
 
 
