@@ -433,7 +433,11 @@ def test_deep_nesting_is_refused_fast(env: Env, victim: str, mode: str, sql: str
     started = time.monotonic()
     o, after = run(mode, env.proxy, [sql.format(v=env.v), "select 'alive'"])
     took = time.monotonic() - started
-    refused(o, "too complex", sqlstate="54001")
+    if sql.startswith("select lower("):
+        # PostgreSQL itself takes 300 nested calls: an answer or a 54001, fast either way.
+        assert (o.ok and o.rows == [("x",)]) or o.sqlstate == "54001", str(o)
+    else:
+        refused(o, "too complex", sqlstate="54001")
     assert after.rows == [("alive",)], str(after)
     assert took < 10, f"took {took:.1f}s"
     intact(env)
