@@ -346,9 +346,16 @@ def test_wipe_with_bound_parameters(env: Env, victim: str, mode: str) -> None:
             (f"call {env.s}.wipe_proc(%s)", (0,)),
         ],
     )
-    for o in outcomes:
+    *statements, call = outcomes
+    for o in statements:
         row_guard_refused(o, VICTIM_ROWS)
         idle(o)
+    # Outside a block a procedure may COMMIT by itself, which nothing could undo: on the
+    # extended protocol CALL is refused before it runs (the simple protocol runs it in the
+    # guard's own block, where it cannot commit).
+    refused(call, "CALL")
+    assert "BEGIN ... COMMIT" in call.message, str(call)
+    idle(call)
     intact(env)
 
 
@@ -740,11 +747,14 @@ def test_wipe_after_ending_a_failed_block_in_one_query(
     out = run(
         mode,
         env.proxy,
-        ["begin", "select 1/0", f"{end}{sep}delete from {env.v} where id > -1", "select 'after'"],
+        ["begin", "select 1/0", f"{end}{sep}delete from {env.v} where id > -1", "rollback", "select 'after'"],
     )
     assert out[1].sqlstate == "22012", str(out[1])
+    # Refused as a whole string (nothing of it runs, its ROLLBACK neither): the block is
+    # still the failed one, and a ROLLBACK of its own ends it.
     refused(out[2])
-    assert out[3].rows == [("after",)], str(out[3])
+    assert out[3].ok, str(out[3])
+    assert out[4].rows == [("after",)], str(out[4])
     intact(env)
 
 

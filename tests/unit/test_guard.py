@@ -51,7 +51,7 @@ def stats_row(
     flag = "t" if can else "f"
     return data_row(
         str(oid), str(upd), str(dele), str(ins), str(size), str(reltuples), str(live), flag, "public", name,
-        str(root), "public", root_name or name, flag,
+        str(root), "public", root_name or name, flag, "f",
     )  # fmt: skip
 
 
@@ -378,7 +378,7 @@ def test_effect_dataclass_is_plain() -> None:
 
 
 def test_judge_refuses_catalog_changes_but_not_temporary_tables() -> None:
-    row = data_row("1259", "1", "0", "0", "0", "0", "0", "t", "pg_catalog", "pg_class", "1259", "pg_catalog", "pg_class", "t")
+    row = data_row("1259", "1", "0", "0", "0", "0", "0", "t", "pg_catalog", "pg_class", "1259", "pg_catalog", "pg_class", "t", "f")
     truncate = [Effect(parse_counts([decode(row)])[1259], 1, 0, 0)]
     v = judge(LIMITS, truncate)
     assert not v.ok and v.rule == "guardrails.catalog_changes" and "pg_catalog.pg_class" in v.message

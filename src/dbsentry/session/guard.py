@@ -62,12 +62,12 @@ STATS_SQL = """SELECT c.oid::pg_catalog.int8,
   pg_catalog.has_table_privilege(c.oid, 'SELECT'),
   n.nspname::pg_catalog.text, c.relname::pg_catalog.text,
   r.oid::pg_catalog.int8, rn.nspname::pg_catalog.text, r.relname::pg_catalog.text,
-  pg_catalog.has_table_privilege(r.oid, 'SELECT')
+  pg_catalog.has_table_privilege(r.oid, 'SELECT'),
+  c.relpersistence OPERATOR(pg_catalog.=) 't'::pg_catalog."char"
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
 JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) COALESCE(pg_catalog.pg_partition_root(c.oid), c.oid)
 JOIN pg_catalog.pg_namespace rn ON rn.oid OPERATOR(pg_catalog.=) r.relnamespace
 WHERE c.relkind OPERATOR(pg_catalog.=) ANY ('{r,f}'::pg_catalog."char"[])
-  AND c.relpersistence OPERATOR(pg_catalog.<>) 't'::pg_catalog."char"
   AND n.nspname OPERATOR(pg_catalog.<>) 'pg_toast'::pg_catalog.name
   AND pg_catalog.pg_stat_get_xact_tuples_updated(c.oid) OPERATOR(pg_catalog.+)
       pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid) OPERATOR(pg_catalog.+)
@@ -106,6 +106,7 @@ class TableCounts:
     root_schema: str = ""
     root_name: str = ""
     root_can_count: bool = False
+    temporary: bool = False  # the session's own scratch space: no limit applies
 
     @property
     def display(self) -> str:
@@ -127,13 +128,13 @@ class TableCounts:
 def parse_counts(rows: list[list[bytes | None]]) -> dict[int, TableCounts]:
     out: dict[int, TableCounts] = {}
     for r in rows:
-        if len(r) != 14 or any(v is None for v in r[:8]) or any(v is None for v in r[10:]):
+        if len(r) != 15 or any(v is None for v in r[:8]) or any(v is None for v in r[10:]):
             raise ValueError("unexpected row from the statistics query")
         text = [v.decode() if v is not None else "" for v in r]
         t = TableCounts(
             int(text[0]), int(text[1]), int(text[2]), int(text[3]), int(text[4]),
             float(text[5]), int(text[6]), text[7] == "t", text[8], text[9],
-            int(text[10]), text[11], text[12], text[13] == "t",
+            int(text[10]), text[11], text[12], text[13] == "t", text[14] == "t",
         )  # fmt: skip
         out[t.oid] = t
     return out
@@ -198,10 +199,10 @@ def _own_unit(e: Effect) -> Unit:
     )
 
 
-def units(found: list[Effect], reported: int = 0, written: tuple[str, ...] = ()) -> list[Unit]:
-    """The units the statement changed (see :class:`Unit`).  ``reported``: the rows its
-    CommandComplete reported; beyond what the counters saw (a foreign table's rows are
-    changed by another server), they are the written table's."""
+def units(found: list[Effect], unseen: int = 0, written: tuple[str, ...] = ()) -> list[Unit]:
+    """The units the statement changed (see :class:`Unit`).  ``unseen``: rows its
+    CommandComplete reported beyond what the counters saw (a foreign table's rows are
+    changed by another server): they are the written table's."""
     out = [_own_unit(e) for e in found]
     roots: dict[int, list[Effect]] = {}
     for e in found:
@@ -222,11 +223,10 @@ def units(found: list[Effect], reported: int = 0, written: tuple[str, ...] = ())
                 sum(e.deleted for e in members),
             )
         )
-    seen = sum(e.changed for e in found)
-    if reported > seen and len(written) == 1:
+    if unseen > 0 and len(written) == 1:
         name = written[0]
         quoted = ".".join(quote_ident(p) for p in name.split("."))
-        out.append(Unit(f"w{name}", name, quoted, True, True, -1, reported - seen, 0, reported - seen))
+        out.append(Unit(f"w{name}", name, quoted, True, True, -1, unseen, 0, unseen))
     return out
 
 
@@ -261,8 +261,11 @@ def judge(
             f"which need an approval in production ({RULE_CATALOG}); it was rolled back",
             RULE_CATALOG,
         )
-    found = [e for e in found if not e.table.catalog]
-    total = max(sum(e.changed for e in found), reported)
+    # What the counters did not see (a foreign table's rows change on another server), as
+    # the statement's CommandComplete reports it.
+    unseen = max(reported - sum(e.changed for e in found), 0)
+    found = [e for e in found if not e.table.catalog and not e.table.temporary]
+    total = sum(e.changed for e in found) + unseen
     rows_word = "row" if total == 1 else "rows"
     if limits.max_rows is not None and total > limits.max_rows:
         return Verdict(
@@ -275,7 +278,7 @@ def judge(
     if fraction is None:
         return Verdict(True)
     candidates = [
-        u for u in units(found, reported, written) if u.changed >= limits.min_rows_for_fraction and u.need(fraction) > 0
+        u for u in units(found, unseen, written) if u.changed >= limits.min_rows_for_fraction and u.need(fraction) > 0
     ]
     if counted is None:
         need = tuple(u for u in candidates if u.can_count)
@@ -503,12 +506,13 @@ class Guard:
         parts.append(self._stats(b.owner(_AFTER), sync=True))
         return b"".join(parts)
 
-    def wrap_execute(self, frame: bytes, statement: Statement, limits: Limits) -> bytes:
+    def wrap_execute(self, frame: bytes, statement: Statement, limits: Limits, t: int = m.Q_EXECUTE) -> bytes:
         """The bytes to send instead of the guarded Execute ``frame`` (and a Flush, so the
-        answers come now; the client's next messages wait for :attr:`Out.finished`)."""
+        answers come now; the client's next messages wait for :attr:`Out.finished`).  A
+        Bind can be guarded the same way (``t``): planning runs non-volatile functions."""
         b = self._new(Mode.EXTENDED, statement, limits, 0)
         before = self._stats(b.owner(_BEFORE), sync=False)
-        self.exchange.sent(m.Q_EXECUTE, b.owner(_STMT))
+        self.exchange.sent(t, b.owner(_STMT))
         after = self._stats(b.owner(_AFTER), sync=False)
         return before + frame + after + codec.FLUSH
 
@@ -588,7 +592,7 @@ class Guard:
         if b.mode is Mode.EXTENDED:
             if t == m.R_ERROR:
                 b.stmt_failed = True
-            if t in (m.R_COMMAND_COMPLETE, m.R_EMPTY_QUERY, m.R_PORTAL_SUSPENDED, m.R_ERROR) and ends:
+            if ends:
                 b.stmt_done = True
             if t == m.R_COMMAND_COMPLETE:
                 b.reported = max(b.reported, _reported_rows(frame))

@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import struct
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -225,17 +226,48 @@ def _readable_params(bind: m.Bind) -> tuple[str | None, ...]:
     return tuple(out)
 
 
-def _param_values(bind: m.Bind) -> tuple[str | None, ...]:
+_BINARY_INTS = {21: "!h", 23: "!i", 20: "!q", 26: "!I"}  # int2, int4, int8, oid
+_BINARY_FLOATS = {700: "!f", 701: "!d"}
+_BINARY_TEXTS = frozenset({25, 1043, 1042, 19, 705})  # text, varchar, bpchar, name, unknown
+
+
+_INT_BY_SIZE = {2: 21, 4: 23, 8: 20}
+
+
+def _binary_text(value: bytes, oid: int) -> str:
+    """A binary parameter as PostgreSQL would print it, where the type is a simple one;
+    else its bytes in hex (equal bytes still compare equal).  An undeclared type (0: the
+    server inferred it) of 2, 4 or 8 bytes reads as an integer: the folding only ever
+    learns from it that a WHERE is always true, and equal bytes still read alike."""
+    if oid == 0:
+        oid = _INT_BY_SIZE.get(len(value), 0)
+    try:
+        if oid in _BINARY_INTS and len(value) == struct.calcsize(_BINARY_INTS[oid]):
+            return str(struct.unpack(_BINARY_INTS[oid], value)[0])
+        if oid in _BINARY_FLOATS and len(value) == struct.calcsize(_BINARY_FLOATS[oid]):
+            return repr(struct.unpack(_BINARY_FLOATS[oid], value)[0])
+        if oid == 16 and len(value) == 1:
+            return "true" if value != b"\x00" else "false"
+        if oid in _BINARY_TEXTS:
+            return value.decode("utf-8")
+    except (struct.error, UnicodeDecodeError):
+        pass
+    return "\\x" + value.hex()
+
+
+def _param_values(bind: m.Bind, types: tuple[int, ...] = ()) -> tuple[str | None, ...]:
     """Bind parameters as the WHERE folding reads them: text-format ones as text, binary
-    ones as their bytes in hex (equal bytes compare equal)."""
+    ones decoded by the types the Parse declared (see :func:`_binary_text`)."""
     fmts = bind.param_formats
     out: list[str | None] = []
     for i, value in enumerate(bind.params):
         binary = (fmts[i] if len(fmts) > 1 else fmts[0]) == 1 if fmts else False
         if value is None:
             out.append(None)
+        elif binary:
+            out.append(_binary_text(value, types[i] if i < len(types) else 0))
         else:
-            out.append("\\x" + value.hex() if binary else value.decode("utf-8", "replace"))
+            out.append(value.decode("utf-8", "replace"))
     return tuple(out)
 
 
@@ -320,6 +352,7 @@ class _Guarded:
     mode: Mode
     statement: GuardedStatement
     hold_from: int = 0  # the index of the first guarded statement of a Query
+    frame: int = m.Q_EXECUTE  # the extended-protocol message guarded (Execute, or Bind)
 
 
 # Statements that end or begin transactions: around a guarded statement in one Query string,
@@ -397,6 +430,8 @@ class Session:
     _portals: dict[str, tuple[str, tuple[str | None, ...], tuple[str | None, ...]]] = field(default_factory=dict)
     # Marker -> the ErrorResponse that replaces the upstream's error for a refused statement.
     _refusals: dict[str, bytes] = field(default_factory=dict)
+    # Cycle number -> the marker of the refused Query that is that cycle.
+    _marker_cycles: dict[int, str] = field(default_factory=dict)
     _marker_prefix: str = ""  # drawn at the first refusal
     _marker_seq: int = 0
     # Known server parameters per connection, for greeting clients without an upstream.
@@ -417,6 +452,8 @@ class Session:
     _row_cap: RowCap | None = None  # agents in production: rows one result may return
     # SQL prepared statement names once prepared for a statement that changes rows.
     _risky_sql: set[str] = field(default_factory=set)
+    # Prepared statement name -> the parameter types its Parse declared (binary values).
+    _param_types: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._client_frames = codec.FrameSplitter(MAX_AUTH_MESSAGE)
@@ -1088,15 +1125,17 @@ class Session:
             marker = self._refuse(message, sqlstate, chunk.commands, log=False)
             chunk.replace(start, end, codec.encode_bind(m.Bind(bind.portal, marker)))
         else:
-            self._refuse_frame(chunk, t, start, end, message, sqlstate)
+            self._refuse_frame(chunk, t, start, end, message, sqlstate, first_pass=True)
         if not records and t in (m.Q_QUERY, m.Q_PARSE):
             raw = codec.decode_query(chunk.buf, start, end).sql if t == m.Q_QUERY else codec.decode_parse(chunk.buf, start, end).sql
             self._audit_refused(chunk, raw[:4096], message)
 
-    def _refuse_frame(self, chunk: _Chunk, t: int, start: int, end: int, message: str, sqlstate: str) -> None:
+    def _refuse_frame(
+        self, chunk: _Chunk, t: int, start: int, end: int, message: str, sqlstate: str, first_pass: bool = False
+    ) -> None:
         if t == m.Q_QUERY or t == m.Q_FUNCTION_CALL:
             marker = self._refuse(message, sqlstate, chunk.commands)
-            chunk.replace(start, end, codec.encode_query(self._marker_sql(marker)))
+            chunk.replace(start, end, self._marker_query(marker) if first_pass else codec.encode_query(self._marker_sql(marker)))
         elif t == m.Q_EXECUTE:
             # Executing a portal that does not exist fails upstream, in order, with the marker.
             marker = self._refuse(message, sqlstate, chunk.commands)
@@ -1109,7 +1148,10 @@ class Session:
         elif t == m.Q_PARSE:
             self._govern_parse(gov, chunk, start, end)
         elif t == m.Q_BIND:
+            refusals = self._marker_seq
             self._govern_bind(gov, chunk, start, end)
+            if self.guard is not None and self._marker_seq == refusals:
+                self._guard_bind(chunk, buf, start, end)
         elif t == m.Q_EXECUTE:
             if self.audit is not None or self.approvals is not None:
                 self._execute_frame(chunk, start, end)
@@ -1197,7 +1239,7 @@ class Session:
         too_long = self._too_long(end - start - 1)
         if too_long:
             marker = self._refuse(too_long, "54000", chunk.commands)
-            chunk.replace(start, end, codec.encode_query(self._marker_sql(marker)))
+            chunk.replace(start, end, self._marker_query(marker))
             self._audit_refused(chunk, bytes(buf[start : min(end, start + 4096)]).decode("utf-8", "replace"), too_long)
             return
         sql = codec.decode_query(buf, start, end).sql
@@ -1213,7 +1255,7 @@ class Session:
             problem = self._guard_query(chunk, check, sql)
             if problem is not None:
                 marker = self._refuse(problem, "42501", chunk.commands)
-                chunk.replace(start, end, codec.encode_query(self._marker_sql(marker)))
+                chunk.replace(start, end, self._marker_query(marker))
                 self._audit_refused(chunk, sql, problem)
                 return
         audit = self.audit
@@ -1232,7 +1274,7 @@ class Session:
                     audit.expect(rec, self._cycles_sent)
             return
         marker = self._deny(check, sql, chunk.commands)
-        chunk.replace(start, end, codec.encode_query(self._marker_sql(marker)))
+        chunk.replace(start, end, self._marker_query(marker))
         self._audit_denied(chunk, sql, check)
 
     # ------------------------------------------------------------------ the row guard
@@ -1264,15 +1306,20 @@ class Session:
         facts = known[2].verdict.facts
         # An SQL PREPARE is known by the check of its whole query string; a protocol-level
         # statement (the same namespace) by its own.
-        prepares = [f.inner for f in facts if f.command == "PREPARE" and f.prepared_name == name]
+        prepares = [f for f in facts if f.command == "PREPARE" and f.prepared_name == name]
         if prepares:
-            return any(inner is None or self._changes_rows(inner) for inner in prepares)
+            return any(self._prepare_changes(p) for p in prepares)
         return any(self._changes_rows(f) for f in facts if f.command != "EXECUTE")
+
+    def _prepare_changes(self, prepare: StatementFacts) -> bool:
+        """Whether what an SQL PREPARE prepares may change rows (its own facts carry the
+        catalog's marks for what it calls)."""
+        inner = prepare.inner
+        return inner is None or "volatile_function" in prepare.flags or self._changes_rows(inner)
 
     def _note_prepare(self, facts: StatementFacts) -> None:
         """An SQL PREPARE: remember its name when what it prepares changes rows."""
-        inner = facts.inner
-        if self.guard is not None and facts.prepared_name and inner is not None and self._changes_rows(inner):
+        if self.guard is not None and facts.prepared_name and self._prepare_changes(facts):
             self._risky_sql.add(facts.prepared_name)
 
     def _guards_query(self, buf: bytes, start: int, end: int) -> bool:
@@ -1288,19 +1335,18 @@ class Session:
         refusal message when the guard cannot hold it."""
         facts = check.verdict.facts
         first = None
-        prepared_here: dict[str, StatementFacts | None] = {}  # PREPAREs earlier in this string
+        prepared_here: dict[str, StatementFacts] = {}  # PREPAREs earlier in this string
         for i, f in enumerate(facts):
             executed = _executed(f)
             if executed is not None and executed.prepared_name in prepared_here:
-                inner = prepared_here[executed.prepared_name]
-                changes = inner is None or self._changes_rows(inner)
+                changes = self._prepare_changes(prepared_here[executed.prepared_name])
             else:
                 changes = self._changes_rows(f)
             if changes:
                 first = i
                 break
             if f.command == "PREPARE" and f.prepared_name:
-                prepared_here[f.prepared_name] = f.inner
+                prepared_here[f.prepared_name] = f
         if first is None:
             return None
         problem: str | None = None
@@ -1352,12 +1398,35 @@ class Session:
         chunk.guarded = _Guarded(Mode.EXTENDED, GuardedStatement(sql, params, key, facts))
         return None
 
+    def _guard_bind(self, chunk: _Chunk, buf: bytes, start: int, end: int) -> None:
+        """Planning runs non-volatile functions (constant folding, estimates) at Bind: a
+        Bind of a statement that calls opaque code runs under the guard too."""
+        if self.guard is None or self.guard.exchange.skipping:
+            return
+        portal, pos = codec.read_cstr(buf, start, end)
+        name, _ = codec.read_cstr(buf, pos, end)
+        prepared = self._prepared.get(name)
+        if prepared is not None and not any(
+            "volatile_function" in f.flags and (f.functions or f.tables_read) for f in prepared[2].verdict.facts
+        ):
+            return  # only what it calls (or the views it reads call) can run at planning
+        if prepared is not None and (self._approvable(prepared[2]) or not prepared[2].allowed):
+            return
+        sql = prepared[0] if prepared is not None else "<a prepared statement dbsentry does not know>"
+        facts = prepared[2].verdict.facts if prepared is not None else ()
+        bound = self._portals.get(portal)
+        chunk.guarded = _Guarded(
+            Mode.EXTENDED,
+            GuardedStatement(sql, bound[1] if bound else None, bound[2] if bound else None, facts),
+            frame=m.Q_BIND,
+        )
+
     def _wrap_guarded(self, guard: Guard, chunk: _Chunk, guarded: _Guarded, start: int, end: int) -> None:
         limits = self._limits
         assert limits is not None
         frame = bytes(chunk.buf[start - 5 : end])
         if guarded.mode is Mode.EXTENDED:
-            wrapped = guard.wrap_execute(frame, guarded.statement, limits)
+            wrapped = guard.wrap_execute(frame, guarded.statement, limits, guarded.frame)
         else:
             wrapped = guard.wrap_query(frame, guarded.mode, guarded.hold_from, guarded.statement, limits)
         chunk.replace(start, end, wrapped)
@@ -1513,14 +1582,18 @@ class Session:
             self._audit_refused(chunk, parse.sql[:4096], too_long)
             return
         check = self._check(gov, parse.sql)
+        if check.allowed:
+            # SQL PREPARE / EXECUTE sent with the extended protocol, as in a Query.
+            check = self._check_sql_prepared(gov, check)
         plans: tuple[StatementPlan | None, ...] = ()
         if check.allowed or self._approvable(check):
             check, plans = self._mask_plans(parse.sql, check)
         if check.allowed or self._approvable(check):
             self._prepared[parse.name] = (parse.sql, self._judged_under(gov), check)
-            for facts in check.verdict.facts:
-                if facts.command == "PREPARE":
-                    self._note_prepare(facts)  # SQL PREPARE sent with the extended protocol
+            if parse.param_types:
+                self._param_types[parse.name] = parse.param_types
+            else:
+                self._param_types.pop(parse.name, None)
             if self.masking is not None:
                 self.masking.parsed(parse.name, plans[0] if plans else None)
             return
@@ -1542,7 +1615,8 @@ class Session:
             name, _ = codec.read_cstr(buf, pos, end)
         known = self._prepared.get(name)
         if known is not None and any(f.where_params for f in known[2].verdict.facts):
-            bound = self._bound_always_true(gov, known[2], _param_values(codec.decode_bind(buf, start, end)))
+            values = _param_values(codec.decode_bind(buf, start, end), self._param_types.get(name, ()))
+            bound = self._bound_always_true(gov, known[2], values)
             if bound is not None:
                 marker = self._deny(bound, known[0], chunk.commands)
                 chunk.replace(start, end, codec.encode_bind(m.Bind(portal, marker)))
@@ -1579,7 +1653,7 @@ class Session:
                 "(rule: baseline.function_call)"
             )
             marker = self._refuse(message, "42501", chunk.commands)
-            chunk.replace(start, end, codec.encode_query(self._marker_sql(marker)))
+            chunk.replace(start, end, self._marker_query(marker))
             self._audit_refused(chunk, "<FunctionCall>", message)
             return
         if self.audit is not None:
@@ -1623,6 +1697,12 @@ class Session:
         if log:
             commands.append(c.Log(logging.WARNING, "statement.refused", {"reason": message}))
         return marker
+
+    def _marker_query(self, marker: str) -> bytes:
+        """The Query that stands for a refused one, as the current cycle: its error is ours
+        whatever it says (in a failed transaction PostgreSQL answers 25P02 first)."""
+        self._marker_cycles[self._cycles_sent] = marker
+        return codec.encode_query(self._marker_sql(marker))
 
     @staticmethod
     def _marker_sql(marker: str) -> str:
@@ -1734,6 +1814,7 @@ class Session:
                 if self._refusals and self._cycles_done == self._cycles_sent:
                     # A refused statement skipped after an earlier error never reports.
                     self._refusals.clear()
+                    self._marker_cycles.clear()
                 if audit is not None:
                     chunk.commands.extend(c.Audit(r) for r in audit.ready(self._cycles_done))
             elif t == m.R_ERROR:
@@ -1775,6 +1856,9 @@ class Session:
         return b"dbsentry_refused_" in buf[start:end]
 
     def _our_error(self, buf: bytes, start: int, end: int) -> bytes | None:
+        cycle_marker = self._marker_cycles.pop(self._cycles_done + 1, None) if self._marker_cycles else None
+        if cycle_marker is not None and cycle_marker in self._refusals:
+            return self._refusals.pop(cycle_marker)
         text = bytes(buf[start:end])
         if b"dbsentry_refused_" not in text:
             return None
