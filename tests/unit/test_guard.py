@@ -444,3 +444,13 @@ def test_statistics_query_is_prepared_once_and_again_after_deallocate() -> None:
     feed(guard, codec.error_response("25P02", "aborted") + READY_E + codec.error_response("25P02", "aborted") + READY_E)
     assert not guard.active
     assert run() == "CPBECSQBECS"
+
+
+def test_row_cap_counts_the_pages_of_a_cursor_until_the_transaction_ends() -> None:
+    cap = RowCap(3)
+    page = data_row("1") + data_row("2") + cc("FETCH 2") + READY_T
+    assert [t for t, _ in _cap(cap, page)] == ["D", "D", "C", "Z"]
+    assert [t for t, _ in _cap(cap, page)] == ["D", "E", "Z"]  # the 4th row of the cursor
+    # a new transaction starts counting again
+    _cap(cap, cc("COMMIT") + READY_I)
+    assert [t for t, _ in _cap(cap, page)] == ["D", "D", "C", "Z"]

@@ -36,6 +36,7 @@ from dbsentry.session.governance import Governor
 from dbsentry.session.pg import ClientInfo, Session
 from dbsentry.session.server_params import ServerParams
 from dbsentry.session.upstream import UpstreamHandshake, UpstreamReady
+from dbsentry.sql.facts import StatementFacts
 from dbsentry.wire.pg import codec
 from dbsentry.wire.pg.auth import AuthError, tls_server_end_point_hash
 
@@ -387,29 +388,14 @@ class ClientConnection(asyncio.Protocol):
         """Resolve the approvals a held chunk needs; the approval id, or None when refused."""
         svc = self.proxy.approvals
         session = self.session
-        loop = asyncio.get_running_loop()
         approval_id: str | None = None
         for ask in entry.cmd.approvals:
             if svc is None or session.identity is None or session.connection_name is None:
                 entry.refusal = ("42501", "dbsentry: this statement requires approval")
                 return None
-            identity, connection = session.identity, session.connection_name
             try:
-                gate = await loop.run_in_executor(
-                    None,
-                    functools.partial(
-                        svc.statement_gate,
-                        identity=identity,
-                        connection=connection,
-                        environment=session.connection.environment if session.connection else None,
-                        sql=ask.sql,
-                        params=ask.params,
-                        key_params=ask.key_params,
-                        decision=ask.decision,
-                        facts=ask.facts,
-                        session_id=session.session_id,
-                        client_mode=session.settings.get("approval"),
-                    ),
+                gate = await self._statement_gate(
+                    svc, ask.sql, ask.params, ask.key_params, ask.decision, ask.facts, session.settings.get("approval")
                 )
                 if gate.outcome == "refuse":
                     entry.refusal = ("42501", gate.message)
@@ -427,6 +413,36 @@ class ClientConnection(asyncio.Protocol):
                 return None
         return approval_id
 
+    async def _statement_gate(
+        self,
+        svc: Approvals,
+        sql: str,
+        params: tuple[str | None, ...] | None,
+        key_params: tuple[str | None, ...] | None,
+        decision: Decision,
+        facts: tuple[StatementFacts, ...],
+        client_mode: str | None,
+    ) -> Gate:
+        """``Approvals.statement_gate`` for this session, off the event loop."""
+        session = self.session
+        assert session.identity is not None and session.connection_name is not None
+        return await asyncio.get_running_loop().run_in_executor(
+            None,
+            functools.partial(
+                svc.statement_gate,
+                identity=session.identity,
+                connection=session.connection_name,
+                environment=session.connection.environment if session.connection else None,
+                sql=sql,
+                params=params,
+                key_params=key_params,
+                decision=decision,
+                facts=facts,
+                session_id=session.session_id,
+                client_mode=client_mode,
+            ),
+        )
+
     def _guard_approval(self, cmd: c.GuardApproval) -> None:
         """A statement over the row limit: commit it only with an approved request for it."""
         svc = self.proxy.approvals
@@ -434,29 +450,14 @@ class ClientConnection(asyncio.Protocol):
         if svc is None or session.identity is None or session.connection_name is None:
             self.run(session.guard_approval(False, None))
             return
-        identity, connection = session.identity, session.connection_name
         decision = Decision("require_approval", (cmd.rule,), cmd.message, min_approvals=1)
 
         async def ask() -> None:
-            loop = asyncio.get_running_loop()
             try:
-                gate = await loop.run_in_executor(
-                    None,
-                    functools.partial(
-                        svc.statement_gate,
-                        identity=identity,
-                        connection=connection,
-                        environment=session.connection.environment if session.connection else None,
-                        sql=cmd.sql,
-                        params=cmd.params,
-                        # bound to the exact values and to the effect seen now
-                        key_params=(*(cmd.key_params or ()), f"effect:{cmd.effect}"),
-                        decision=decision,
-                        facts=cmd.facts,
-                        session_id=session.session_id,
-                        client_mode="fail",  # the transaction is open: never wait for a person
-                    ),
-                )
+                # bound to the exact values and to the effect seen now; the transaction is
+                # open, so never wait for a person
+                key = (*(cmd.key_params or ()), f"effect:{cmd.effect}")
+                gate = await self._statement_gate(svc, cmd.sql, cmd.params, key, decision, cmd.facts, "fail")
             except (ApprovalStoreError, OSError) as err:
                 log.error("approvals unavailable", extra={"fields": {"error": str(err)}})
                 if not self.closed:

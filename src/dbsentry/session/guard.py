@@ -717,18 +717,18 @@ class Guard:
 
     def _pass(self, b: _Bracket, out: Out) -> list[bytes]:
         """The statement failed by itself: its answers go as they are."""
-        if b.mode is Mode.AUTOCOMMIT:
-            b.phase = _Phase.ENDING
-            b.verdict = Verdict(True)
-            out.upstream.append(self._query("ROLLBACK", b.owner(_END)))
-            return []
-        return self._finish(b, out, self._held_answers(b))
+        return self._end_as_is(b, out, "ROLLBACK")
 
     def _commit(self, b: _Bracket, out: Out) -> list[bytes]:
+        return self._end_as_is(b, out, "COMMIT")
+
+    def _end_as_is(self, b: _Bracket, out: Out, ending: str) -> list[bytes]:
+        """The statement's answers go as they are; the guard's own block (outside the
+        client's) ends with ``ending`` first."""
         if b.mode is Mode.AUTOCOMMIT:
             b.phase = _Phase.ENDING
             b.verdict = Verdict(True)
-            out.upstream.append(self._query("COMMIT", b.owner(_END)))
+            out.upstream.append(self._query(ending, b.owner(_END)))
             return []
         return self._finish(b, out, self._held_answers(b))
 

@@ -43,6 +43,8 @@ import orjson
 from pglast import parser as _pg
 
 from dbsentry.sql.fold import UNKNOWN, UNKNOWN_PARAM, as_bool, bind, const, parse_bool, truth
+from dbsentry.sql.fold import strings as _strings
+from dbsentry.sql.fold import unwrap as _unwrap
 from dbsentry.sql.nodes import (
     ALLOWED,
     RANGEVAR_PLACES,
@@ -384,27 +386,12 @@ def _object_name(objtype: str | None) -> str:
     return (objtype or "OBJECT_UNKNOWN").removeprefix("OBJECT_").replace("_", " ")
 
 
-def _strings(items: Any) -> list[str]:
-    out = []
-    for it in items or ():
-        s = it.get("String") if type(it) is dict else None
-        if s is not None:
-            out.append(s.get("sval", ""))
-    return out
-
 
 def _range_name(rv: dict[str, Any]) -> str:
     schema = rv.get("schemaname")
     rel: str = rv.get("relname", "")
     return f"{schema}.{rel}" if schema else rel
 
-
-def _unwrap(node: Any) -> tuple[str, Any]:
-    """``{"SelectStmt": {...}}`` -> ``("SelectStmt", {...})``."""
-    if type(node) is dict and len(node) == 1:
-        ((k, v),) = node.items()
-        return k, v
-    return "", node
 
 
 def _alias(body: Any) -> str | None:

@@ -116,7 +116,8 @@ def _number(text: str) -> int | float | None:
     return value if math.isfinite(value) else None  # NaN and infinities: not folded
 
 
-def _strings(items: Any) -> list[str]:
+def strings(items: Any) -> list[str]:
+    """The ``sval`` of each String node of a list (names, operators)."""
     out = []
     for it in items or ():
         s = it.get("String") if type(it) is dict else None
@@ -125,7 +126,8 @@ def _strings(items: Any) -> list[str]:
     return out
 
 
-def _unwrap(node: Any) -> tuple[str, Any]:
+def unwrap(node: Any) -> tuple[str, Any]:
+    """``{"SelectStmt": {...}}`` -> ``("SelectStmt", {...})``."""
     if type(node) is dict and len(node) == 1:
         ((k, v),) = node.items()
         return k, v
@@ -189,7 +191,7 @@ def _cast(value: Any, tname: str) -> Any:
 
 def const(node: Any, params: Params = None) -> Any:
     """The value of a constant expression, or :data:`UNKNOWN`.  NULL is ``None``."""
-    kind, body = _unwrap(node)
+    kind, body = unwrap(node)
     if kind == "A_Const":
         if body.get("isnull"):
             return None
@@ -212,7 +214,7 @@ def const(node: Any, params: Params = None) -> Any:
         return UNKNOWN
     if kind == "TypeCast":
         value = const(body.get("arg"), params)
-        names = _strings((body.get("typeName") or {}).get("names"))
+        names = strings((body.get("typeName") or {}).get("names"))
         tname = names[-1] if names else ""
         if (body.get("typeName") or {}).get("arrayBounds"):
             return UNKNOWN
@@ -248,8 +250,8 @@ def _strip_locations(node: Any) -> Any:
 
 
 def _same_column(a: Any, b: Any) -> bool:
-    ka, _ = _unwrap(a)
-    kb, _ = _unwrap(b)
+    ka, _ = unwrap(a)
+    kb, _ = unwrap(b)
     return ka == kb == "ColumnRef" and _strip_locations(a) == _strip_locations(b)
 
 
@@ -373,7 +375,7 @@ def _like(value: str, pattern: str) -> bool | None:
 
 def _select_is_constant(sel: Any, params: Params) -> Any:
     """``(SELECT true)``: a FROM-less SELECT of one constant, else unknown."""
-    kind, body = _unwrap(sel)
+    kind, body = unwrap(sel)
     if kind != "SelectStmt" or body.get("fromClause") or body.get("whereClause"):
         return UNKNOWN
     targets: list[Any] = body.get("targetList") or []
@@ -405,7 +407,7 @@ def _arith(op: str, a: Any, b: Any) -> Any:
 def truth(node: Any, params: Params = None) -> Any:
     """True/False when ``node`` is a boolean expression that does not depend on the row,
     ``None`` for NULL, :data:`UNKNOWN` otherwise.  ``col = col`` counts as true."""
-    kind, body = _unwrap(node)
+    kind, body = unwrap(node)
     if kind == "BoolExpr":
         op = body.get("boolop")
         args = body.get("args", ())
@@ -431,7 +433,7 @@ def truth(node: Any, params: Params = None) -> Any:
         return UNKNOWN
     if kind == "A_Expr":
         akind = body.get("kind")
-        names = _strings(body.get("name"))
+        names = strings(body.get("name"))
         op = names[-1] if names else ""
         lexpr, rexpr = body.get("lexpr"), body.get("rexpr")
         if akind == "AEXPR_OP":
@@ -464,7 +466,7 @@ def truth(node: Any, params: Params = None) -> Any:
                     return UNKNOWN
             return same if akind == "AEXPR_NOT_DISTINCT" else not same
         if akind in ("AEXPR_IN", "AEXPR_OP_ANY"):
-            _, rbody = _unwrap(rexpr)
+            _, rbody = unwrap(rexpr)
             items = (rbody.get("items") or rbody.get("elements")) if type(rbody) is dict else None
             if items is None:
                 return UNKNOWN
@@ -484,7 +486,7 @@ def truth(node: Any, params: Params = None) -> Any:
                 return True if any(r is True for r in results) else (False if all(r is False for r in results) else None)
             return False if any(r is True for r in results) else (True if all(r is False for r in results) else None)
         if akind in ("AEXPR_BETWEEN", "AEXPR_NOT_BETWEEN"):
-            _, rbody = _unwrap(rexpr)
+            _, rbody = unwrap(rexpr)
             items = rbody.get("items", []) if type(rbody) is dict else []
             if len(items) != 2:
                 return UNKNOWN
@@ -525,7 +527,7 @@ def truth(node: Any, params: Params = None) -> Any:
     if kind == "SubLink":
         link = body.get("subLinkType")
         if link == "EXISTS_SUBLINK":
-            _, sel = _unwrap(body.get("subselect"))
+            _, sel = unwrap(body.get("subselect"))
             if type(sel) is not dict or sel.get("fromClause") or "limitCount" in sel:
                 return UNKNOWN
             if "havingClause" in sel or "larg" in sel or "valuesLists" in sel or "groupClause" in sel:
