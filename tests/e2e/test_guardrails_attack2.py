@@ -731,7 +731,11 @@ def test_information_schema_insert_through_search_path(env: Env) -> None:
                 f"insert into sql_sizing values ({marker}, 'dbsentry attack', 1, 'x')",
             ],
         )
-        refused(out[1])
+        # the search path is refused (it names information_schema), so the insert finds no table
+        refused(out[0], "information_schema")
+        assert not out[1].ok, str(out[1])
+        with env.direct() as c:
+            assert c.execute("select count(*) from information_schema.sql_sizing where sizing_id = %s", (marker,)).fetchone() == (0,)
     finally:
         with env.direct() as c:
             c.execute("delete from information_schema.sql_sizing where sizing_id = %s", (marker,))

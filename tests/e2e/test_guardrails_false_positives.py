@@ -22,7 +22,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from support.guard_clients import AGENT, MODES, PARAM_MODES, Login, run
+from support.guard_clients import AGENT, MODES, PARAM_MODES, Login, refused, run
 from support.pg import PgServer
 from support.proxy import RunningProxy, run_proxy, write_config
 
@@ -497,7 +497,6 @@ AGENT_READS = [
     ("json-agg", "select json_agg(json_build_object('id', id)) from {s}.accounts where id <= 2"),
     ("stable-sql-function", "select {s}.balance_of(7)"),
     ("immutable-function", "select {s}.double(21)"),
-    ("stable-plpgsql-reader", "select {s}.order_count(1)"),
     ("view", "select count(*) from {s}.rich"),
     ("explain", "explain select * from {s}.accounts where id = 1"),
     ("explain-analyze-select", "explain analyze select count(*) from {s}.accounts"),
@@ -530,13 +529,21 @@ def test_agent_reads(env: Env, accounts: str, mode: str, sql: str) -> None:
     )
 
 
+@pytest.mark.parametrize("mode", ["psycopg", "asyncpg"])
+def test_agents_may_not_call_procedural_functions(env: Env, accounts: str, mode: str) -> None:
+    """A STABLE PL/pgSQL function may still EXECUTE a volatile one or run set_config (which
+    a read-only session allows): agents get only functions whose SQL dbsentry can read."""
+    (o,) = run(mode, env.proxy, [f"select {env.s}.order_count(1)"], AGENT)
+    refused(o, "baseline.prod.agent-side-effects")
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_agent_reads_in_every_client(env: Env, accounts: str, mode: str) -> None:
     out = run(
         mode,
         env.proxy,
         [
-            f"select {env.s}.balance_of(7), {env.s}.double(21), {env.s}.order_count(1)",
+            f"select {env.s}.balance_of(7), {env.s}.double(21), 4",
             f"select json_agg(id order by id) from {env.s}.accounts where id <= 3",
             f"copy (select id from {env.s}.accounts where id <= 2 order by id) to stdout",
         ],

@@ -217,7 +217,7 @@ def test_judge_partitions_count_together() -> None:
     assert [u.key for u in v.counts_needed] == ["r99"]
     assert v.counts_needed[0].count_sql(0.5).startswith('(SELECT pg_catalog.count(*) FROM (SELECT 1 FROM "public"."parted" LIMIT')
     v = judge(LIMITS, found, {"r99": 0})
-    assert not v.ok and "public.parted (all partitions)" in v.message
+    assert not v.ok and "public.parted (with its partitions or children)" in v.message
 
 
 # ---------------------------------------------------------------------------- brackets

@@ -125,41 +125,48 @@ WHERE p.pronamespace = 'pg_catalog'::pg_catalog.regnamespace
 
 _USER_FUNCTION = "p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace"
 
-#: Code that runs when a relation is written: one row per (relation, user function) for
-#: its user triggers, its columns' defaults and checks, its columns' domain constraints and
-#: defaults, and function 0 for a rule; a partitioned or inheritance parent gets its
-#: descendants' rows too (a write to it may land in them).
+#: Code that runs when a relation is written: one row per (relation, kind, user function)
+#: for its user triggers (kind ``d`` when deferrable: they fire at COMMIT), its columns'
+#: defaults and checks, its columns' domain constraints and defaults, the functions of its
+#: expression indexes (kind ``i``: they run on writes and on ANALYZE, REINDEX, CLUSTER) and
+#: function 0 for a rule; a partitioned or inheritance parent gets its descendants' rows
+#: too (a write to it may land in them).
 CODE_SQL = f"""
 WITH RECURSIVE tree(root, rel) AS (
   SELECT c.oid, c.oid FROM pg_catalog.pg_class c WHERE c.relkind IN ('r', 'p', 'f', 'v')
   UNION
   SELECT t.root, i.inhrelid FROM tree t JOIN pg_catalog.pg_inherits i ON i.inhparent = t.rel
-), code(rel, fn) AS (
-  SELECT tg.tgrelid, tg.tgfoid FROM pg_catalog.pg_trigger tg WHERE NOT tg.tgisinternal
+), code(rel, fn, kind) AS (
+  SELECT tg.tgrelid, tg.tgfoid, CASE WHEN tg.tgdeferrable THEN 'd' ELSE 'c' END
+  FROM pg_catalog.pg_trigger tg WHERE NOT tg.tgisinternal
   UNION ALL
-  SELECT r.ev_class, 0::oid FROM pg_catalog.pg_rewrite r WHERE r.rulename <> '_RETURN'
+  SELECT r.ev_class, 0::oid, 'c' FROM pg_catalog.pg_rewrite r WHERE r.rulename <> '_RETURN'
   UNION ALL
-  SELECT ad.adrelid, d.refobjid FROM pg_catalog.pg_attrdef ad
+  SELECT ix.indrelid, d.refobjid, 'i' FROM pg_catalog.pg_index ix
+  JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = ix.indexrelid
+   AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+  UNION ALL
+  SELECT ad.adrelid, d.refobjid, 'c' FROM pg_catalog.pg_attrdef ad
   JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND d.objid = ad.oid
    AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
   UNION ALL
-  SELECT co.conrelid, d.refobjid FROM pg_catalog.pg_constraint co
+  SELECT co.conrelid, d.refobjid, 'c' FROM pg_catalog.pg_constraint co
   JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid = co.oid
    AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
   WHERE co.conrelid <> 0
   UNION ALL
-  SELECT a.attrelid, d.refobjid FROM pg_catalog.pg_attribute a
+  SELECT a.attrelid, d.refobjid, 'c' FROM pg_catalog.pg_attribute a
   JOIN pg_catalog.pg_constraint co ON co.contypid = a.atttypid
   JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid = co.oid
    AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
   WHERE a.attnum > 0 AND NOT a.attisdropped
   UNION ALL
-  SELECT a.attrelid, d.refobjid FROM pg_catalog.pg_attribute a
+  SELECT a.attrelid, d.refobjid, 'c' FROM pg_catalog.pg_attribute a
   JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.objid = a.atttypid
    AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
   WHERE a.attnum > 0 AND NOT a.attisdropped
 )
-SELECT DISTINCT t.root::int8, code.fn::int8
+SELECT DISTINCT t.root::int8, code.kind::text, code.fn::int8
 FROM tree t JOIN code ON code.rel = t.rel
 LEFT JOIN pg_catalog.pg_proc p ON p.oid = code.fn
 WHERE code.fn = 0 OR {_USER_FUNCTION}
@@ -279,6 +286,10 @@ class Catalog:
     builtin_functions: frozenset[str] = frozenset()
     #: Relation oid -> user functions that run when it is written (0: a rule); see CODE_SQL.
     code: Mapping[int, frozenset[int]] = field(default_factory=dict)
+    #: Relation oid -> user functions of its expression indexes.
+    index_code: Mapping[int, frozenset[int]] = field(default_factory=dict)
+    #: Relations with deferrable user triggers (they fire at COMMIT).
+    deferred: frozenset[int] = frozenset()
     #: (schema, type name) -> user functions that run where a statement names the type.
     type_code: Mapping[tuple[str, str], frozenset[int]] = field(default_factory=dict)
     #: (schema, operator) -> the user function behind it.
@@ -347,14 +358,17 @@ class Catalog:
                 out.setdefault(key(r), set()).add(int(r[-1]))
             return {k: frozenset(v) for k, v in out.items()}
 
+        code_rows = list(code_rows)
         return Catalog(
             self.relations,
             self.functions,
             self.search_path,
             self.builtin_functions,
-            grouped(code_rows, lambda r: int(r[0])),
-            grouped(type_rows, lambda r: (str(r[0]), str(r[1]))),
-            grouped(operator_rows, lambda r: (str(r[0]), str(r[1]))),
+            code=grouped((r for r in code_rows if r[1] != "i"), lambda r: int(r[0])),
+            index_code=grouped((r for r in code_rows if r[1] == "i"), lambda r: int(r[0])),
+            deferred=frozenset(int(r[0]) for r in code_rows if r[1] == "d"),
+            type_code=grouped(type_rows, lambda r: (str(r[0]), str(r[1]))),
+            operator_code=grouped(operator_rows, lambda r: (str(r[0]), str(r[1]))),
         )
 
     def relation(

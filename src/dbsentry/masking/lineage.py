@@ -213,7 +213,7 @@ _DYNAMIC_RE = re.compile(
         fnmatch.translate(p)
         for p in (
             "query_to_xml*", "cursor_to_xml*", "table_to_xml*", "schema_to_xml*", "database_to_xml*",
-            "dblink*", "ts_stat", "xpath_table", "crosstab*", "connectby", "pg_read_file", "pg_read_binary_file",
+            "dblink*", "ts_stat", "ts_rewrite", "xpath_table", "crosstab*", "connectby", "pg_read_file", "pg_read_binary_file",
             "lo_get", "loread", "lo_export", "pg_logical_slot_*_changes", "pg_logical_slot_*_binary_changes",
         )
     )

@@ -57,8 +57,8 @@ class Exchange:
         # Whether each of the client's Parse messages took effect, in order: False when it
         # failed or was skipped (the server then still has the statement it had before).
         self.parse_outcomes: deque[bool] = deque()
-        # An extended-protocol request failed: the server ignores everything (Flush too)
-        # up to the next Sync, so nothing sent before that Sync will run or be answered.
+        # An extended-protocol request failed and no Sync was sent after it: the server
+        # ignores what is sent now (Flush too) until it reads a Sync.
         self.skipping = False
 
     def sent(self, t: int, owner: int = CLIENT) -> None:
@@ -66,6 +66,8 @@ class Exchange:
         kind = _KIND_OF_REQUEST.get(t)
         if kind is None:
             return
+        if kind == SYNC:
+            self.skipping = False  # what comes after this Sync runs again
         self._items.append((kind, owner))
         if owner != CLIENT:
             self._open[owner] = self._open.get(owner, 0) + 1
@@ -119,11 +121,12 @@ class Exchange:
         if kind in (QUERY, SYNC):
             return owner, False  # everything up to its ReadyForQuery
         if t == m.R_ERROR:
-            # The request failed; the server skips everything up to the next Sync.
-            self.skipping = True
+            # The request failed; the server skips everything up to the next Sync (and
+            # requests sent from now on, if that Sync is not sent yet).
             self._pop()
             while items and items[0][0] != SYNC:
                 self._pop()
+            self.skipping = not items
             return owner, True
         if kind in (ONE, PARSE):
             if t in _ONE_DONE:

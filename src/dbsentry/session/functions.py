@@ -5,15 +5,17 @@ those call), in views it reads, in the triggers, rules, defaults and checks of t
 it writes (and of their partitions), in domain constraints and casts of the types it names,
 in the functions behind user-defined operators.  Two verdicts, for two uses:
 
-- **changes data** (for agents; the issue's rule): a user function that is VOLATILE, a
-  procedure, an aggregate or window function (its transition functions are not judged), a
-  LANGUAGE sql function whose body writes or calls such a function, or a name the catalog
-  does not know (created since it was read).  A statement with one is marked
-  ``side_effect_function``, which the production baseline denies to agents.
-- **opaque** (for the row guard): the above, and any function in a procedural language
-  (PL/pgSQL, PL/Python...) even when STABLE, since it may call a volatile one.  A statement
-  with one is marked ``volatile_function`` and runs under the row guard for people; views
-  and cursors over such queries are refused in production.
+- **changes data**: a user function that is VOLATILE, a procedure, an aggregate or window
+  function (its transition functions are not judged), a LANGUAGE sql function whose body
+  writes, changes settings or calls such a function, or a name the catalog does not know
+  (created since it was read);
+- **opaque**: the above, and any function in a procedural language (PL/pgSQL, PL/Python...)
+  even when STABLE: it may call a volatile one, or ``set_config`` (which a read-only session
+  allows).
+
+A statement that runs opaque code is marked ``volatile_function`` and
+``side_effect_function``: the production baseline denies it to agents, it runs under the
+row guard for people, and views and cursors over it are refused in production.
 
 Built-in functions are judged by the statement facts' own flags (``nextval``, file access...);
 C functions of extensions are trusted to be what their volatility says.  A write to a table
@@ -32,7 +34,14 @@ FLAG = "volatile_function"
 SIDE_EFFECT = "side_effect_function"
 _MAX_DEPTH = 5
 _TRUSTED_LANGUAGES = frozenset({"sql", "c", "internal"})
-_WRITING_FLAGS = frozenset({SIDE_EFFECT, "dynamic_sql", "file_access", "remote_connection", "row_lock"})
+_WRITING_FLAGS = frozenset(
+    {SIDE_EFFECT, "dynamic_sql", "file_access", "remote_connection", "row_lock", "read_write_transaction", "role_switch"}
+)
+
+# Maintenance runs the code of a table's indexes, not its triggers.
+_MAINTENANCE = frozenset({"VACUUM", "ANALYZE", "REINDEX", "CLUSTER"})
+# Statements whose CommandComplete reports the rows they changed.
+_REPORTING = frozenset({"UPDATE", "DELETE", "MERGE", "INSERT"})
 
 # A verdict: (changes data, opaque); opaque includes changes data.
 _SAFE = (False, False)
@@ -122,8 +131,8 @@ class FunctionSafety:
             return _CHANGES
         verdict = _SAFE
         for facts in statements:
-            if not frozenset(facts.classes) <= {"READ"} or facts.flags & _WRITING_FLAGS:
-                return _CHANGES
+            if not frozenset(facts.classes) <= {"READ"} or facts.flags & _WRITING_FLAGS or facts.settings:
+                return _CHANGES  # writes, or changes the session (set_config: read-only off)
             verdict = _worst(verdict, self._runs(facts, depth + 1))
         return verdict
 
@@ -165,12 +174,15 @@ class FunctionSafety:
             verdict = _worst(verdict, self.function(name, depth))
         catalog = self._catalog
         creates = "DDL" in facts.classes  # the relation it writes may be the one it creates
+        maintains = facts.command in _MAINTENANCE  # triggers do not run, index expressions do
         for table in facts.tables_written:
             rels = self._relations_named(table)
-            if not rels and not creates and not table.startswith(("pg_catalog.", "information_schema.")):
+            if not rels and not creates and not maintains and not table.startswith(("pg_catalog.", "information_schema.")):
                 verdict = _worst(verdict, _OPAQUE)  # created since the catalog was read
             for rel in rels:
-                verdict = _worst(verdict, self._code(catalog.code.get(rel.oid, frozenset()), depth))
+                if not maintains:
+                    verdict = _worst(verdict, self._code(catalog.code.get(rel.oid, frozenset()), depth))
+                verdict = _worst(verdict, self._code(catalog.index_code.get(rel.oid, frozenset()), depth))
         for table in facts.tables_read:
             for rel in self._relations_named(table):
                 if rel.is_view:
@@ -194,6 +206,44 @@ class FunctionSafety:
                         verdict = _worst(verdict, self._code(functions, depth))
         return verdict
 
+    def calls_user_code(self, facts: StatementFacts) -> bool:
+        """Whether the statement calls a function that is not built in, whatever the catalog
+        last said of it (a direct connection may have replaced it since)."""
+        builtins = self._catalog.builtin_functions
+        for name in facts.functions:
+            parts = name.split(".")
+            schema = parts[-2] if len(parts) >= 2 else None
+            if schema == "pg_catalog":
+                continue
+            if schema is not None or parts[-1] not in builtins:
+                return True
+        return False
+
+    def unguardable(self, facts: StatementFacts) -> str | None:
+        """Why the row guard could not hold this statement (it is then refused), or None."""
+        written = [r for t in facts.tables_written for r in self._relations_named(t)]
+        if any(r.oid in self._catalog.deferred for r in written):
+            return "it writes a table with deferrable triggers, which fire at COMMIT, out of the row limit's reach"
+        if facts.copy is not None and facts.copy.direction == "from":
+            # Known code only: a table created since the catalog was read runs none yet
+            # (a trigger added by a direct connection since is a documented limit).
+            code = _SAFE
+            for r in written:
+                known = self._catalog.code.get(r.oid, frozenset()) | self._catalog.index_code.get(r.oid, frozenset())
+                code = _worst(code, self._code(known, 0))
+            for name in facts.functions:
+                code = _worst(code, self.function(name))
+            if code[1]:
+                return "COPY FROM into a table whose triggers, defaults or checks run code cannot be held under the row limit; use INSERT"
+        elif facts.command in _MAINTENANCE and (FLAG in facts.flags or self._runs(facts)[1]):
+            return f"{facts.command} of a table whose indexes run code that may change data cannot run under the row limit"
+        foreign = [r for r in written if r.kind == "f"]
+        if foreign and (facts.command not in _REPORTING or len(facts.tables_written) > 1):
+            # The rows of a foreign table change on another server: only the statement's own
+            # CommandComplete can tell how many.
+            return "it changes a foreign table in a way the row limit cannot count (inside a CTE or with other tables)"
+        return None
+
     def mark(self, facts: StatementFacts) -> StatementFacts:
         """``facts`` with :data:`FLAG` when running it runs opaque code, and
         ``side_effect_function`` as well when that code may change data."""
@@ -205,13 +255,14 @@ class FunctionSafety:
         hit = self._marked.get(facts.text)
         if hit is not None and (hit[0] is facts or hit[0] == facts):
             return hit[1]
-        changes, opaque = self._runs(facts)
+        _, opaque = self._runs(facts)
         marked = facts
         if opaque:
+            # Agents get neither: a STABLE PL/pgSQL function can still run set_config or
+            # EXECUTE a volatile one, and a read-only session does not stop set_config.
             flags = set(facts.flags)
             flags.add(FLAG)
-            if changes:
-                flags.add(SIDE_EFFECT)
+            flags.add(SIDE_EFFECT)
             risk = facts.risk if facts.risk == "high" else "moderate"
             marked = replace(facts, flags=frozenset(flags), risk=risk)
         self._marked.put(facts.text, (facts, marked))

@@ -65,7 +65,14 @@ STATS_SQL = """SELECT c.oid::pg_catalog.int8,
   pg_catalog.has_table_privilege(r.oid, 'SELECT'),
   c.relpersistence OPERATOR(pg_catalog.=) 't'::pg_catalog."char"
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
-JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) COALESCE(pg_catalog.pg_partition_root(c.oid), c.oid)
+JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) (
+  WITH RECURSIVE up(rel, depth) AS (
+    SELECT c.oid, 0
+    UNION ALL
+    SELECT i.inhparent, up.depth OPERATOR(pg_catalog.+) 1
+    FROM up JOIN pg_catalog.pg_inherits i ON i.inhrelid OPERATOR(pg_catalog.=) up.rel
+    WHERE up.depth OPERATOR(pg_catalog.<) 64
+  ) SELECT rel FROM up ORDER BY depth DESC LIMIT 1)
 JOIN pg_catalog.pg_namespace rn ON rn.oid OPERATOR(pg_catalog.=) r.relnamespace
 WHERE c.relkind OPERATOR(pg_catalog.=) ANY ('{r,f}'::pg_catalog."char"[])
   AND n.nspname OPERATOR(pg_catalog.<>) 'pg_toast'::pg_catalog.name
@@ -168,9 +175,9 @@ def effects(before: dict[int, TableCounts], after: dict[int, TableCounts]) -> li
 
 @dataclass(frozen=True, slots=True)
 class Unit:
-    """What the share limit is checked on: one table (its own rows), or a partitioned
-    table with all its partitions (a statement that empties many small partitions empties
-    the table)."""
+    """What the share limit is checked on: one table (its own rows), or the top of an
+    inheritance or partition tree with all of it (a statement that empties many small
+    partitions or children empties the table)."""
 
     key: str
     display: str
@@ -213,7 +220,7 @@ def units(found: list[Effect], unseen: int = 0, written: tuple[str, ...] = ()) -
         out.append(
             Unit(
                 f"r{root}",
-                f"{t.root_schema}.{t.root_name} (all partitions)",
+                f"{t.root_schema}.{t.root_name} (with its partitions or children)",
                 f"{quote_ident(t.root_schema)}.{quote_ident(t.root_name)}",
                 False,
                 t.root_can_count,

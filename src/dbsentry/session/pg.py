@@ -52,7 +52,13 @@ from dbsentry.session.auditing import SessionAudit
 from dbsentry.session.governance import Check, Governor, denial_message
 from dbsentry.session.guard import Guard, Limits, Mode, Out
 from dbsentry.session.guard import Statement as GuardedStatement
-from dbsentry.session.masking import MaskingService, SessionMasking, StatementPlan, looks_masked
+from dbsentry.session.masking import (
+    MaskingService,
+    MaskingView,
+    SessionMasking,
+    StatementPlan,
+    looks_masked,
+)
 from dbsentry.session.rowcap import RowCap
 from dbsentry.session.server_params import (
     Greeting,
@@ -177,6 +183,10 @@ def _escape_option(word: str) -> str:
 _SCHEMA_TAGS = frozenset({b"CREATE", b"ALTER ", b"DROP T", b"DROP V", b"DROP F", b"DROP S", b"COMMEN"})
 AUDIT_UNAVAILABLE = "dbsentry: the audit trail is unavailable, so the statement was not run; try again shortly"
 ALLOWED = Decision("allow", ())
+# Statement, portal and cursor names the proxy keeps for itself.
+_RESERVED_PREFIX = "dbsentry_"
+_RESERVED_MESSAGE = "dbsentry: names starting with dbsentry_ are the proxy's own; use another name"
+_NAMED_FRAMES = frozenset({m.Q_PARSE, m.Q_BIND, m.Q_DESCRIBE, m.Q_CLOSE, m.Q_EXECUTE})
 _UNBOUNDED_RULE = "baseline.prod.unbounded-write"
 
 
@@ -283,6 +293,15 @@ def _duration_ms(text: str) -> float | None:
     return float(match.group(1)) * _UNIT_MS[match.group(2)]
 
 
+def _catalog_schemas_in(search_path: str) -> bool:
+    """Whether a search_path value names a catalog schema whose tables lack a ``pg_`` prefix."""
+    for item in search_path.split(","):
+        name = item.strip().strip('"').lower()
+        if name == "information_schema" or name.startswith("pg_toast"):
+            return True
+    return False
+
+
 def _executed(facts: StatementFacts) -> StatementFacts | None:
     """The ``EXECUTE name(...)`` a statement runs: itself, or under EXPLAIN ANALYZE."""
     if facts.command == "EXECUTE":
@@ -309,7 +328,7 @@ def _exact_params(bind: m.Bind) -> tuple[str | None, ...]:
 class _Chunk:
     """One chunk of frames on its way through: replaced frames, commands, records to commit."""
 
-    __slots__ = ("_last", "_pieces", "_stop", "approvals", "buf", "commands", "gated", "guarded", "plans")
+    __slots__ = ("_last", "_pieces", "_stop", "approvals", "buf", "commands", "extra", "gated", "guarded", "plans")
 
     def __init__(self, buf: bytes) -> None:
         self.buf = buf
@@ -319,6 +338,7 @@ class _Chunk:
         self.approvals: list[c.ApprovalAsk] = []
         # The frame being handled runs under the row guard: how (see Session._wrap_guarded).
         self.guarded: _Guarded | None = None
+        self.extra = b""  # frames of the proxy's own, sent after what is forwarded
         self._pieces: list[bytes] | None = None
         self._last = 0
         self._stop = len(buf)
@@ -337,8 +357,10 @@ class _Chunk:
 
     def assemble(self) -> bytes:
         if self._pieces is None:
-            return self.buf if self._stop == len(self.buf) else self.buf[: self._stop]
-        return b"".join([*self._pieces, self.buf[self._last : self._stop]])
+            out = self.buf if self._stop == len(self.buf) else self.buf[: self._stop]
+        else:
+            out = b"".join([*self._pieces, self.buf[self._last : self._stop]])
+        return out + self.extra if self.extra else out
 
 
 # A prepared statement as the session knows it: SQL, what it was judged under, the check.
@@ -427,7 +449,11 @@ class Session:
     # Prepared statement name -> (SQL, what it was judged under (policy version, grants), the check).
     _prepared: dict[str, _Prepared] = field(default_factory=dict)
     # Portal name -> (statement name, parameters as audited), kept only when auditing.
-    _portals: dict[str, tuple[str, tuple[str | None, ...], tuple[str | None, ...]]] = field(default_factory=dict)
+    # Portal name -> (statement name, parameters as audited, exactly, the statement it was
+    # bound to: an Execute runs that one, whatever the name means by then).
+    _portals: dict[str, tuple[str, tuple[str | None, ...], tuple[str | None, ...], _Prepared | None]] = field(
+        default_factory=dict
+    )
     # Marker -> the ErrorResponse that replaces the upstream's error for a refused statement.
     _refusals: dict[str, bytes] = field(default_factory=dict)
     # Cycle number -> the marker of the refused Query that is that cycle.
@@ -754,9 +780,11 @@ class Session:
         if settings is None:
             return "dbsentry: connection options other than -c name=value are not allowed in production"
         agent = self.identity is not None and self.identity.kind == "agent"
-        for name, _ in settings:
+        for name, value in settings:
             if agent and name in _AGENT_FORCED:
                 return f"dbsentry: setting {name} at connection start is not allowed for agents; the proxy sets it"
+            if name == "search_path" and _catalog_schemas_in(value):
+                return "dbsentry: search_path at connection start may not name information_schema or pg_toast in production"
             if name not in _ALWAYS_ALLOWED and not gov.setting_allowed(name):
                 return (
                     f"dbsentry: setting {name} at connection start is not allowed in production; it is not on the "
@@ -920,7 +948,7 @@ class Session:
         cfg = self.config.guardrails
         if identity.kind == "agent":
             if cfg.agent_max_rows is not None:
-                self._row_cap = RowCap(cfg.agent_max_rows)
+                self._row_cap = RowCap(cfg.agent_max_rows, self._marked_error)
             return
         limits = cfg.limits_for(conn.guardrails, identity.kind, identity.groups)
         if limits.max_rows_changed is None and limits.max_fraction_changed is None:
@@ -931,10 +959,13 @@ class Session:
         self.guard = Guard(self.config.limits.max_message_bytes, self._guard_error)
 
     def _guard_error(self, message: str) -> bytes:
-        """A refusal of the guard's, carrying a marker that becomes ``message`` on its way out
-        (see :meth:`_refuse`): masking never mistakes it for the server's error."""
-        marker = self._refuse(message, "42501", [], log=False)
-        return codec.error_response("42501", marker)
+        return self._marked_error("42501", message)
+
+    def _marked_error(self, sqlstate: str, message: str) -> bytes:
+        """An error of the proxy's own, carrying a marker that becomes ``message`` on its way
+        out (see :meth:`_refuse`): masking never mistakes it for the server's error."""
+        marker = self._refuse(message, sqlstate, [], log=False)
+        return codec.error_response(sqlstate, marker)
 
     def _news_since_greeting(self, ready: UpstreamReady) -> bytes:
         """What the upstream's login said that the client was not told when greeted:
@@ -1030,6 +1061,8 @@ class Session:
         gov = self.governor
         guard = self.guard if refuse is None else None
         chunk = _Chunk(buf)
+        if spans and spans[-1][2] < len(buf):
+            chunk.cut(spans[-1][2])  # a second pass over the frames a held chunk sent
         terminate = False
         sent = spans
         for i, (t, start, end) in enumerate(spans):
@@ -1040,13 +1073,17 @@ class Session:
                 and not guard.exchange.skipping
                 and self._guards_query(buf, start, end)
             ):
-                # Its mode depends on the transaction state: wait until earlier requests are answered.
+                # Its mode depends on the transaction state: wait until earlier requests are
+                # answered (a Flush makes the server answer a batch that has no Sync yet).
                 self._hold_rest(chunk, buf, start - 5)
                 self._await_idle = True
+                chunk.extra = codec.FLUSH
                 sent = spans[:i]
                 break
+            # A Query sent while the server skips to Sync is discarded unanswered: it is no cycle.
+            discarded = guard is not None and t == m.Q_QUERY and guard.exchange.skipping
             if t == m.Q_QUERY or t == m.Q_SYNC or t == m.Q_FUNCTION_CALL:
-                if refuse is None:
+                if refuse is None and not discarded:
                     self._cycles_sent += 1
             elif t == m.Q_TERMINATE:
                 chunk.cut(start - 5)
@@ -1075,7 +1112,8 @@ class Session:
                     self._parse_log.append((parse_name, before, self._prepared.get(parse_name)))
                 guarded = chunk.guarded
                 if guarded is None:
-                    guard.exchange.sent(t)
+                    if not discarded:
+                        guard.exchange.sent(t)
                     continue
                 chunk.guarded = None
                 self._wrap_guarded(guard, chunk, guarded, start, end)
@@ -1143,6 +1181,12 @@ class Session:
 
     def _govern_frame(self, gov: Governor, chunk: _Chunk, t: int, start: int, end: int) -> None:
         buf = chunk.buf
+        if t in _NAMED_FRAMES and self._names_reserved(t, buf, start, end):
+            marker = self._refuse(_RESERVED_MESSAGE, "42501", chunk.commands)
+            chunk.replace(start, end, codec.encode_execute(m.Execute(marker)))  # fails like any error
+            if t == m.Q_EXECUTE and (self.audit is not None or self.approvals is not None):
+                self._execute_frame(chunk, start, end)
+            return
         if t == m.Q_QUERY:
             self._govern_query(gov, chunk, start, end)
         elif t == m.Q_PARSE:
@@ -1168,6 +1212,21 @@ class Session:
             else:
                 self._portals.pop(name, None)
 
+    @staticmethod
+    def _names_reserved(t: int, buf: bytes, start: int, end: int) -> bool:
+        """Whether an extended-protocol message names a statement or portal in the proxy's
+        own namespace (``dbsentry_*``): the guard's statements live there."""
+        names: tuple[str, ...]
+        if t == m.Q_BIND:
+            portal, pos = codec.read_cstr(buf, start, end)
+            name, _ = codec.read_cstr(buf, pos, end)
+            names = (portal, name)
+        elif t in (m.Q_DESCRIBE, m.Q_CLOSE):
+            names = (codec.decode_describe_or_close(buf, start, end)[1],)
+        else:  # Parse, Execute: the name comes first
+            names = (codec.read_cstr(buf, start, end)[0],)
+        return any(n.startswith(_RESERVED_PREFIX) for n in names)
+
     # ------------------------------------------------------------------ governance
 
     def _check(self, gov: Governor, sql: str) -> Check:
@@ -1179,10 +1238,13 @@ class Session:
             identity = self.approvals.effective_identity(identity)
         view = self.catalog_service.current(self.connection_name) if self.catalog_service is not None else None
         check = gov.check(sql, identity, self.connection_name, self._environment, view.functions if view else None)
-        if identity.kind == "agent" and check.allowed and self._production():
-            refused = self._agent_timeout_raised(check)
+        if check.allowed and self._production():
+            refused = self._agent_timeout_raised(check) if identity.kind == "agent" else None
+            refused = refused or self._search_path_refused(check)
             if refused is not None:
                 return refused
+        if any((f.prepared_name or "").startswith(_RESERVED_PREFIX) for f in check.verdict.facts):
+            return _refusal(check, "dbsentry.reserved_names", _RESERVED_MESSAGE.removeprefix("dbsentry: "))
         conn = self.connection
         if conn is not None and conn.roles is not None and any("role_switch" in f.flags for f in check.verdict.facts):
             return _refusal(
@@ -1191,6 +1253,22 @@ class Session:
                 f"the upstream role is set by the proxy (connections.{self.connection_name}.roles) and cannot be changed",
             )
         return check
+
+    def _search_path_refused(self, check: Check) -> Check | None:
+        """A search path that puts information_schema or pg_toast before the user's schemas
+        would make unqualified writes land in the catalogs."""
+        for facts in check.verdict.facts:
+            if "search_path" not in facts.settings:
+                continue
+            for value in setting_values(facts.text, "search_path"):
+                if value is not None and not (isinstance(value, str) and not _catalog_schemas_in(value)):
+                    return _refusal(
+                        check,
+                        "baseline.prod.settings",
+                        "in production search_path may not name information_schema or pg_toast, nor be set from "
+                        "something that is not a constant",
+                    )
+        return None
 
     def _agent_timeout_raised(self, check: Check) -> Check | None:
         """An agent may lower the statement timeout the proxy set, never raise or remove it."""
@@ -1293,7 +1371,16 @@ class Session:
             step = step.inner
         if facts.copy is not None and facts.copy.direction == "from":
             return False  # rows come in; COPY FROM STDIN cannot be held (see docs/security.md)
-        return "volatile_function" in facts.flags or not _CHANGES_ROWS.isdisjoint(facts.commands)
+        if "volatile_function" in facts.flags or not _CHANGES_ROWS.isdisjoint(facts.commands):
+            return True
+        # What the catalog last said cannot exempt: a trigger added to a table, or a user
+        # function replaced, by a direct connection since the catalog was read.
+        if "INSERT" in facts.commands:
+            return True
+        if facts.functions:
+            view = self._catalog_view()
+            return view is None or view.functions.calls_user_code(facts)
+        return False
 
     def _executes_changes(self, execute: StatementFacts) -> bool:
         """Whether an SQL EXECUTE may change rows: unless its statement is known and reads
@@ -1333,7 +1420,12 @@ class Session:
     def _guard_query(self, chunk: _Chunk, check: Check, sql: str) -> str | None:
         """Arrange for an allowed Query to run under the guard when it changes rows; a
         refusal message when the guard cannot hold it."""
+        if self.guard is not None and self.guard.exchange.skipping:
+            return None  # the server discards it (an earlier request of the batch failed)
         facts = check.verdict.facts
+        unguardable = self._unguardable(facts)
+        if unguardable is not None:
+            return f"dbsentry: in production {unguardable} (guardrails.max_rows_changed)"
         first = None
         prepared_here: dict[str, StatementFacts] = {}  # PREPAREs earlier in this string
         for i, f in enumerate(facts):
@@ -1366,6 +1458,22 @@ class Session:
         chunk.guarded = _Guarded(mode, GuardedStatement(sql, facts=facts), first)
         return None
 
+    def _catalog_view(self) -> MaskingView | None:
+        if self.catalog_service is None or self.connection_name is None:
+            return None
+        return self.catalog_service.current(self.connection_name)
+
+    def _unguardable(self, facts: Sequence[StatementFacts]) -> str | None:
+        """What the catalog says the row guard could not hold in these statements."""
+        view = self._catalog_view()
+        if view is None:
+            return None
+        for f in facts:
+            problem = view.functions.unguardable(f)
+            if problem is not None:
+                return problem
+        return None
+
     def _guard_execute(self, chunk: _Chunk, portal: str) -> str | None:
         """Arrange for an Execute to run under the guard when its statement may change rows
         (or is not known: the server may hold one the session never saw); a refusal message
@@ -1373,7 +1481,7 @@ class Session:
         if self.guard is not None and self.guard.exchange.skipping:
             return None  # the server skips it (an earlier request of the batch failed)
         bound = self._portals.get(portal)
-        prepared = self._prepared.get(bound[0]) if bound is not None else None
+        prepared = bound[3] if bound is not None else None
         facts: tuple[StatementFacts, ...] = ()
         if prepared is None:
             sql = "<a prepared statement dbsentry does not know>"
@@ -1382,8 +1490,11 @@ class Session:
             if self._approvable(check) or not check.allowed:
                 return None  # an approval, once given, covers it; a refusal runs nothing
             facts = check.verdict.facts
-            if not any(self._changes_rows(f) for f in facts):
-                return None
+        problem = self._unguardable(facts)
+        if problem is not None:
+            return f"dbsentry: in production {problem} (guardrails.max_rows_changed)"
+        if prepared is not None and not any(self._changes_rows(f) for f in facts):
+            return None
         if any("CALL" in f.commands for f in facts) and (
             self.txn_status != "T" or (self.guard is not None and self.guard.exchange.runs_pending)
         ):
@@ -1609,7 +1720,7 @@ class Session:
         if self.audit is not None or self.approvals is not None or self.guard is not None:
             bind = codec.decode_bind(buf, start, end)
             portal, name = bind.portal, bind.statement
-            self._portals[portal] = (name, _readable_params(bind), _exact_params(bind))
+            self._portals[portal] = (name, _readable_params(bind), _exact_params(bind), self._prepared.get(name))
         else:
             portal, pos = codec.read_cstr(buf, start, end)
             name, _ = codec.read_cstr(buf, pos, end)
@@ -1734,7 +1845,7 @@ class Session:
         bound = self._portals.get(portal)
         if bound is None:
             return
-        prepared = self._prepared.get(bound[0])
+        prepared = bound[3]
         if prepared is None:
             return  # its Parse was refused: the upstream fails the Bind, nothing runs
         sql, _, check = prepared

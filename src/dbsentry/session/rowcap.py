@@ -5,11 +5,13 @@ a model's context or a pipeline nobody watches.  Past the cap the proxy drops th
 the result and answers the statement with an error instead of its CommandComplete (a
 truncated result that looks complete would be worse), then drops every further answer up
 to the next ReadyForQuery, as PostgreSQL skips to the end of the query or the next Sync
-after an error.  The pages of one cursor (FETCH) or portal (Execute with a row limit) count
+after an error.  The pages of cursors (FETCH) and portals (Execute with a row limit) count
 together until the transaction ends (agents may not declare cursors WITH HOLD).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from dbsentry.wire.pg import codec
 from dbsentry.wire.pg import messages as m
@@ -24,16 +26,20 @@ def _cursor_page(t: int, buf: bytes, start: int) -> bool:
 
 
 class RowCap:
-    __slots__ = ("_count", "_skipping", "_tripped", "limit")
+    __slots__ = ("_count", "_error", "_pages", "_skipping", "_tripped", "limit")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, error: Callable[[str, str], bytes] | None = None) -> None:
+        """``error``: the ErrorResponse for (sqlstate, message); the session marks its own
+        so that masking never withholds it."""
         self.limit = limit
-        self._count = 0
+        self._count = 0  # rows of the current result
+        self._pages = 0  # rows of earlier pages of cursors and portals in this transaction
         self._tripped = False  # this result passed the cap: its rows are dropped
         self._skipping = False  # answered with the cap's error: drop up to ReadyForQuery
+        self._error = error or (lambda sqlstate, message: codec.error_response(sqlstate, message))
 
     def error(self) -> bytes:
-        return codec.error_response(
+        return self._error(
             "54000",
             f"dbsentry: the result has more than {self.limit} rows, the cap for agents "
             "(guardrails.agent_max_rows); ask for fewer rows (LIMIT, filters or aggregates)",
@@ -50,11 +56,13 @@ class RowCap:
                 if t == m.R_READY:
                     self._skipping = False
                     self._count = 0
+                    if buf[start : start + 1] == b"I":
+                        self._pages = 0
                 elif t != m.R_NOTIFICATION and t != m.R_PARAMETER_STATUS:
                     drop = True
             elif t in _ROW:
                 self._count += 1
-                if self._count > self.limit:
+                if self._count + self._pages > self.limit:
                     self._tripped = True
                     drop = True
             elif self._tripped and (t in _END_OF_RESULT or t == m.COPY_DONE):
@@ -66,8 +74,12 @@ class RowCap:
                     self._skipping = True
             elif t == m.R_READY:
                 if buf[start : start + 1] == b"I":
-                    self._count = 0  # cursors and portals end with the transaction
-            elif t in _END_OF_RESULT and t != m.R_PORTAL_SUSPENDED and not _cursor_page(t, buf, start):
+                    self._count = self._pages = 0  # cursors and portals end with the transaction
+            elif t == m.R_PORTAL_SUSPENDED or _cursor_page(t, buf, start):
+                # A page of a cursor or portal: its rows count with the transaction's other pages.
+                self._pages += self._count
+                self._count = 0
+            elif t in _END_OF_RESULT:
                 self._count = 0
             if drop or replace is not None:
                 if pieces is None:

@@ -118,6 +118,10 @@ DYNAMIC_SQL_FUNCTIONS: tuple[str, ...] = (
     "schema_to_xml*",
     "database_to_xml*",
     "ts_stat",
+    "ts_rewrite",  # its second argument is a query it runs
+    "xpath_table",  # xml2: a query built from its arguments
+    "crosstab*",  # tablefunc
+    "connectby",
     "dblink",
     "dblink_exec",
     "dblink_open",
@@ -1555,9 +1559,9 @@ def setting_values(sql: str, name: str) -> list[object]:
             else:
                 args = vs.get("args") or []
                 values = [const(a) for a in args]
-                out.append(
-                    str(values[0]) if len(values) == 1 and values[0] is not UNKNOWN and values[0] is not None else UNKNOWN_PARAM
-                )
+                known = bool(values) and all(v is not UNKNOWN and v is not None for v in values)
+                # a list setting (search_path = a, b) reads as PostgreSQL prints it
+                out.append(", ".join(str(v) for v in values) if known else UNKNOWN_PARAM)
         fc = node.get("FuncCall")
         if type(fc) is dict and _strings(fc.get("funcname"))[-1:] == ["set_config"]:
             setting, value, _ = _call_args(list(fc.get("args") or []), _SET_CONFIG_ARGS)
