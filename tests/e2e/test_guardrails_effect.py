@@ -156,8 +156,21 @@ def env(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     }
     if pg_server.password:
         base["password"] = pg_server.password
+    # "tight": a connection with its own limits, and a group that may change more on it.
+    tight = {
+        **base,
+        "environment": "production",
+        "guardrails": {
+            "max_rows_changed": 3,
+            "max_fraction_changed": None,
+            "groups": {"ops": {"max_rows_changed": 20}},
+        },
+    }
     config = write_config(
-        tmp_path_factory.mktemp("guard_effect"), pg_server, connections={"noenv": dict(base)}
+        tmp_path_factory.mktemp("guard_effect"),
+        pg_server,
+        connections={"noenv": dict(base), "tight": tight},
+        extra={"approvals": {"poll_interval_seconds": 0.2}},
     )
     try:
         with run_proxy(config) as proxy:
@@ -630,6 +643,76 @@ def test_refusal_files_an_approval_request(env: Env, victim: str) -> None:
         "approvals", "list", "--status", "all", "--json", config=env.proxy.config_path
     ).stdout
     assert request_id in listed and "pending" in listed, listed
+    intact(env)
+
+
+def _approve(env: Env, request_id: str) -> None:
+    token = env.proxy.token("dana@example.com", ("dba",), False)
+    done = dbsentry_cli(
+        "approvals", "approve", request_id, "--token", token, "--reason", "ticket 12",
+        config=env.proxy.config_path, check=False,
+    )
+    assert done.returncode == 0 and f"{request_id}: approved" in done.stdout, done.stderr
+
+
+@pytest.mark.parametrize("mode", ["psql", "psycopg", "asyncpg"])
+def test_approved_effect_commits_once(env: Env, victim: str, mode: str) -> None:
+    """Refused, approved by a DBA, the same statement commits once; an approval of one
+    effect does not cover a larger one, and is not reused."""
+    sql = f"update {env.v} set note = 'approved' where id > 0"
+    first = run_one(mode, env.proxy, sql)
+    row_guard_refused(first, VICTIM_ROWS)
+    (request_id,) = first.request_ids
+    _approve(env, request_id)
+
+    # The table grew: the same text would now change 60 rows, which nobody approved.
+    with env.direct() as c:
+        c.execute(f"insert into {env.v} select g, 'n' || g from generate_series(41, 60) g")
+    larger = run_one(mode, env.proxy, sql)
+    row_guard_refused(larger, 60)
+    assert request_id not in larger.request_ids, str(larger)
+    with env.direct() as c:
+        c.execute(f"delete from {env.v} where id > {VICTIM_ROWS}")
+    intact(env)
+
+    approved = run_one(mode, env.proxy, sql)
+    assert approved.ok, str(approved)
+    assert snapshot(env) == [(i, "approved") for i in range(1, VICTIM_ROWS + 1)]
+
+    with env.direct() as c:
+        _fill(c, env.v, VICTIM_ROWS)
+    again = run_one(mode, env.proxy, sql)
+    row_guard_refused(again, VICTIM_ROWS)
+    intact(env)
+
+
+# ================================================================ limits per connection and group
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_connection_and_group_limits(env: Env, victim: str, mode: str) -> None:
+    """The connection's own limit (3 rows, no share limit) holds for everybody on it; a
+    group's entry raises it for its members only; other connections keep the defaults."""
+    five = f"update {env.v} set note = 'five' where id <= 5"
+    fifteen = f"update {env.v} set note = 'fifteen' where id <= 15"
+    thirty = f"update {env.v} set note = 'thirty' where id <= 30"
+    plain = Login(dbname="tight")
+    ops = Login("olga@example.com", ("eng", "ops"), dbname="tight")
+
+    row_guard_refused(run_one(mode, env.proxy, five, plain), 5)
+    intact(env)
+    o = run_one(mode, env.proxy, five)  # prod: 5 rows is under every default limit
+    assert o.ok, str(o)
+    with env.direct() as c:
+        _fill(c, env.v, VICTIM_ROWS)
+
+    o = run_one(mode, env.proxy, fifteen, ops)
+    assert o.ok, str(o)
+    with env.direct() as c:
+        assert c.execute(f"select count(*) from {env.v} where note = 'fifteen'").fetchone() == (15,)
+        _fill(c, env.v, VICTIM_ROWS)
+    # 30 of 40 rows: over the group's 20, and no share limit on this connection either way.
+    row_guard_refused(run_one(mode, env.proxy, thirty, ops), 30)
     intact(env)
 
 
