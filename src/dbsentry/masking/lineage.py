@@ -1208,7 +1208,7 @@ class ColumnMask:
     data_class: DataClass | None
     strategy: str
     sources: frozenset[SourceColumn]
-    reason: Literal["lineage", "unresolved", "row-description"]
+    reason: Literal["lineage", "unresolved", "row-description", "values"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -1236,7 +1236,9 @@ def plan_masks(
     lineage: StatementLineage, classmap: ClassMap, settings: MaskSettings | None = None
 ) -> MaskPlan:
     """Per output column: the class and strategy to mask with, ``detect`` when its lineage
-    is unknown and the statement reads a table with sensitive columns, or nothing."""
+    is unknown and the statement reads a table with sensitive columns, ``detect`` (reason
+    ``values``) when it derives from a column whose values must be scanned
+    (:attr:`ClassMap.scan`: free text that holds sensitive data), or nothing."""
     settings = settings or MaskSettings()
     sensitive_tables = classmap.tables
     reads_sensitive = bool(sensitive_tables) and (
@@ -1276,6 +1278,9 @@ def plan_masks(
         elif col.unknown and reads_sensitive:
             unresolved.append(col.name)
             out.append(ColumnMask(i, None, "detect", col.sources, "unresolved"))
+        elif classmap.scan and not classmap.scan.isdisjoint(col.sources):
+            scanned = frozenset(s for s in col.sources if s in classmap.scan)
+            out.append(ColumnMask(i, None, "detect", scanned, "values"))
         else:
             out.append(None)
     if unresolved and settings.unresolved == "deny":

@@ -286,8 +286,10 @@ def classify_values(
 ) -> ValueFinding | None:
     """Judge one column from its sampled values (None and anything the sample could not
     read count as absent).  ``table`` (schema-qualified or not) is used by the name rules
-    of JSON keys, as for columns (a bare ``name`` key in a ``customers`` table)."""
-    classes = classify_fields(table, column.fields)
+    of JSON keys, as for columns (a bare ``name`` key in a ``customers`` table).  The
+    fields of a composite column are classified from the catalog
+    (:func:`classify_fields`, by the caller); here their values are judged."""
+    classes: list[tuple[DataClass, str]] = []
     if column.kind != "json":
         stats = _Stats()
         for v in values:
