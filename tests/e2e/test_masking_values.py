@@ -275,9 +275,12 @@ COPIES = [
 
 
 def _copy(dsn: str, sql: str) -> str:
-    with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
-        with cur.copy(sql) as copy:
-            return b"".join(bytes(chunk) for chunk in copy).decode()
+    with (
+        psycopg.connect(dsn, autocommit=True) as conn,
+        conn.cursor() as cur,
+        cur.copy(sql) as copy,
+    ):
+        return b"".join(bytes(chunk) for chunk in copy).decode()
 
 
 @pytest.mark.parametrize("sql", COPIES)
@@ -367,7 +370,7 @@ def test_tables_filled_later_are_sampled_at_refresh(pg_server: PgServer, tmp_pat
         extra = {"masking": {"refresh_seconds": 1, "sample_timeout_ms": 300}}
         with run_proxy(write_config(tmp_path, pg_server, extra=extra)) as proxy:
             started = time.monotonic()
-            (o,) = _ok(run("psycopg", proxy, [f"select info from {n}"], MASKED))
+            _ok(run("psycopg", proxy, [f"select info from {n}"], MASKED))
             assert time.monotonic() - started < 10
             assert "table not sampled" in proxy.log_text()
             holder.rollback()  # the lock goes; the next refresh reads the table
