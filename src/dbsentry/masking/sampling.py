@@ -129,19 +129,20 @@ class _Stats:
     span_classes: set[DataClass] = field(default_factory=set)
     leaf_kind: str = ""  # JSON paths: "text", "numeric", "boolean", "document"
 
-    def add(self, text: str) -> None:
-        self.values += 1
+    def add(self, text: str, times: int = 1) -> None:
+        """Judge a value seen ``times`` times."""
+        self.values += times
         text = text[:MAX_VALUE_CHARS]
         found = detect_value(text)
         if found is not None:
-            self.hits[found] += 1
+            self.hits[found] += times
             self.hit_shapes.setdefault(found, set()).add(_shape(text))
             return
         if len(text) <= 64:
-            self.miss_shapes[_shape(text)] += 1
+            self.miss_shapes[_shape(text)] += times
         spans = find_sensitive(text, limit=8)
         if spans:
-            self.span_values += 1
+            self.span_values += times
             self.span_classes.update(sp.data_class for sp in spans)
 
     def chance(self, cls: DataClass) -> int:
@@ -292,10 +293,13 @@ def classify_values(
     classes: list[tuple[DataClass, str]] = []
     if column.kind != "json":
         stats = _Stats()
+        seen: Counter[str] = Counter()
         for v in values:
             text = _text(v)
             if text is not None:
-                stats.add(text)
+                seen[text] += 1
+        for text, times in seen.items():  # status codes and the like repeat: judge once
+            stats.add(text, times)
         if not stats.values:
             return _finding(classes, [])
         found, why = stats.judge()
