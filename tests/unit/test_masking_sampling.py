@@ -389,3 +389,125 @@ def test_a_class_wins_over_a_scan() -> None:
     (m,) = plan_masks(lin, cm).columns
     assert m is not None and m.reason == "lineage" and m.data_class is DataClass.EMAIL
 
+
+
+# ---------------------------------------------------------------------- fetch_samples
+
+
+class _FakeCursor:
+    def __init__(self, conn: _FakeConn) -> None:
+        self.conn = conn
+        self.rows: list[tuple[object, ...]] = []
+
+    async def __aenter__(self) -> _FakeCursor:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def execute(self, sql: str) -> None:
+        self.conn.executed.append(sql)
+        if "reltuples" in sql:
+            self.rows = [(oid, size) for oid, size in self.conn.sizes.items()]
+            return
+        if not sql.startswith("SELECT "):
+            return
+        for needle, outcome in self.conn.answers.items():
+            if needle in sql:
+                if isinstance(outcome, Exception):
+                    raise outcome
+                if callable(outcome):
+                    self.rows = outcome(sql)
+                else:
+                    self.rows = list(outcome)
+                return
+        self.rows = []
+
+    async def fetchall(self) -> list[tuple[object, ...]]:
+        return self.rows
+
+
+class _FakeTx:
+    def __init__(self, conn: _FakeConn) -> None:
+        self.conn = conn
+
+    async def __aenter__(self) -> None:
+        self.conn.transactions += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+class _FakeConn:
+    closed = False
+
+    def __init__(self, sizes: dict[int, float], answers: dict[str, object]) -> None:
+        self.sizes = sizes
+        self.answers = answers
+        self.executed: list[str] = []
+        self.transactions = 0
+
+    def cursor(self) -> _FakeCursor:
+        return _FakeCursor(self)
+
+    def transaction(self, force_rollback: bool = False) -> _FakeTx:
+        assert force_rollback
+        return _FakeTx(self)
+
+
+def _run(coro: object) -> object:
+    import asyncio
+
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def test_fetch_samples_reads_each_table_once_and_skips_failures() -> None:
+    from dbsentry.masking.catalog import fetch_samples
+
+    cat = _catalog()
+    emails = [(f"x{i}@example.com",) for i in range(5)]
+    conn = _FakeConn(
+        {1: 10, 2: 10, 3: 10, 5: 10, 99: 10},
+        {
+            '"hr"."staff"': [(e[0],) for e in emails],
+            '"public"."t"': RuntimeError("permission denied for table t\nDETAIL: x"),
+        },
+    )
+    report = _run(fetch_samples(conn, cat))
+    assert report.skipped == {3: "permission denied for table t"}  # type: ignore[attr-defined]
+    assert report.sampled == {1, 2, 5}  # type: ignore[attr-defined]
+    assert report.findings[2]["ref"].data_class is DataClass.EMAIL  # type: ignore[attr-defined]
+    # every sample query is read only, time-boxed, in a rolled-back transaction
+    assert "SET TRANSACTION READ ONLY" in conn.executed
+    assert "SET LOCAL statement_timeout = 2000" in conn.executed
+    assert "SET LOCAL lock_timeout = 2000" in conn.executed
+    assert conn.transactions == 4
+
+
+def test_fetch_samples_budget_and_priority() -> None:
+    from dbsentry.masking.catalog import fetch_samples
+
+    cat = _catalog()
+    conn = _FakeConn({1: 10, 2: 10, 3: 10, 5: 10}, {})
+    report = _run(fetch_samples(conn, cat, budget_seconds=0))
+    assert set(report.skipped) == {1, 2, 3, 5} and not report.sampled  # type: ignore[attr-defined]
+    assert all(v == "sampling budget spent" for v in report.skipped.values())  # type: ignore[attr-defined]
+    conn = _FakeConn({1: 10, 2: 10, 3: 10, 5: 10}, {})
+    _run(fetch_samples(conn, cat, priority={1: 50.0, 2: 10.0}))
+    order = [s for s in conn.executed if s.startswith("SELECT ") and "reltuples" not in s]
+    assert [("orders_2024" in s, '"t"' in s, '"hr"' in s, '"public"."staff"' in s) for s in order] == [
+        (False, True, False, False),  # never sampled first (by oid)
+        (True, False, False, False),
+        (False, False, True, False),  # then the oldest
+        (False, False, False, True),
+    ]
+
+
+def test_fetch_samples_falls_back_when_tablesample_finds_nothing() -> None:
+    from dbsentry.masking.catalog import fetch_samples
+
+    cat = _catalog()
+    rows = [("a1.b@example.com",), ("a2.b@example.com",)]
+    conn = _FakeConn({2: 1e9}, {"TABLESAMPLE": [], '"hr"."staff" LIMIT 200': rows})
+    report = _run(fetch_samples(conn, cat))
+    assert report.findings[2]["ref"].data_class is DataClass.EMAIL  # type: ignore[attr-defined]
