@@ -67,8 +67,10 @@ PUBLIC_REFS = ["R-0001", "R-0002", "R-0003", "R-0004"]
 _LUCKY = [_luhn_complete("4000"), _luhn_complete("5100")]
 ORDERS = [_LUCKY[0], _LUCKY[0][:-1] + str((int(_LUCKY[0][-1]) + 1) % 10), _LUCKY[1], _LUCKY[1][:-1] + str((int(_LUCKY[1][-1]) + 3) % 10)]  # fmt: skip
 
+WEIRD = ["aloysius.q@example.com", "drusilla.p@example.org", "eustace.n@example.net"]
+
 SECRETS = Secrets(
-    [*CARDS, *EMAILS, *C1, *SSNS, *JSON_EMAILS, *TAGS, *BLOBS, NOTE_EMAIL, NOTE_CARD, *HR_SSNS]
+    [*CARDS, *EMAILS, *C1, *SSNS, *JSON_EMAILS, *TAGS, *BLOBS, NOTE_EMAIL, NOTE_CARD, *HR_SSNS, *WEIRD]
 )
 
 
@@ -124,7 +126,15 @@ def _create(pg: PgServer) -> Names:
                         f"ref-{i}",
                     ),
                 )
+        conn.execute(n.sql("create view {T}_v as select id, notes, c1, data, tags from {T}"))
+        conn.execute(n.sql("create materialized view {T}_mv as select id, card, contact from {T}"))
         conn.execute(n.sql("create schema {HR}"))
+        # identifiers that need quoting: the sample query must quote them
+        conn.execute(n.sql('create table {HR}."we ""ird" (id int, "co""l" text, "Mixed Case" text)'))
+        for i in range(3):
+            conn.execute(
+                n.sql('insert into {HR}."we ""ird" values (%s, %s, %s)'), (i, WEIRD[i], f"ok {i}")
+            )
         conn.execute(n.sql("create table {HR}.{STAFF} (id int, ref text)"))
         conn.execute(n.sql("create table public.{STAFF} (id int, ref text)"))
         for i in range(4):
@@ -135,7 +145,7 @@ def _create(pg: PgServer) -> Names:
 
 def _drop(pg: PgServer, n: Names) -> None:
     with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-        conn.execute(n.sql("drop table if exists {T}"))
+        conn.execute(n.sql("drop table if exists {T} cascade"))
         conn.execute(n.sql("drop type if exists {PERSON}"))
         conn.execute(n.sql("drop schema if exists {HR} cascade"))
         conn.execute(n.sql("drop table if exists public.{STAFF}"))
@@ -184,6 +194,11 @@ READS = [
     "select string_agg(notes, ' | ') from {T}",
     "select ref from {HR}.{STAFF} order by id",
     "select s.ref, upper(s.ref) from {HR}.{STAFF} s order by id",
+    # through a view and a materialized view
+    "select notes, c1, data->>'email', tags[1] from {T}_v order by id",
+    "select * from {T}_mv order by id",
+    # identifiers that need quoting
+    'select "co""l", "Mixed Case" from {HR}."we ""ird" order by id',
 ]
 
 
@@ -243,9 +258,11 @@ def test_harmless_columns_are_unchanged(env: Env, mode: str) -> None:
         "select id, order_no, ref, data->>'plan', (p).nick from {T} order by id",
         "select ref from public.{STAFF} order by id",
         "select notes from {T} where id <> 3 order by id",
+        'select "Mixed Case" from {HR}."we ""ird" order by id',
     ]
     for login in (MASKED, READER):
-        o1, o2, o3 = _ok(run(mode, env.proxy, [n.sql(s) for s in statements], login))
+        o1, o2, o3, o4 = _ok(run(mode, env.proxy, [n.sql(s) for s in statements], login))
+        assert [r[0] for r in o4.rows] == ["ok 0", "ok 1", "ok 2"]
         # order numbers: some pass the card checks by chance, the column is not cards
         assert [r[:3] for r in o1.rows] == [(str(i + 1), ORDERS[i], f"ref-{i}") for i in range(4)]
         assert [r[0] for r in o2.rows] == PUBLIC_REFS
