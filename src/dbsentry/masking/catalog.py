@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from dbsentry.masking.classes import Classification, DataClass, most_sensitive, parse_class
-from dbsentry.masking.detect import classify_column, comment_says_none
+from dbsentry.masking.detect import IGNORED_NONE_NOTE, classify_column, comment_says_none
 from dbsentry.masking.sampling import (
     MAX_VALUE_CHARS,
     SampledColumn,
@@ -859,7 +859,7 @@ def classify_catalog(
                     scanned.append(f.evidence)
             found = _combine(evidence)
             if comment_says_none(col.comment) and (found is not None or scanned):
-                note = "the comment's 'none' tag is ignored (only masking.overrides can remove a class)"
+                note = IGNORED_NONE_NOTE
                 if found is not None and note not in found.evidence:
                     found = Classification(found.data_class, found.source, f"{found.evidence}; {note}")
                 scanned = [*scanned, note] if scanned else scanned

@@ -28,6 +28,7 @@ import orjson
 from dbsentry.masking.classes import Classification, DataClass, parse_class
 
 __all__ = [
+    "IGNORED_NONE_NOTE",
     "Span",
     "classify_column",
     "comment_says_none",
@@ -627,13 +628,13 @@ def classify_column(
         return Classification(
             found.data_class,
             found.source,
-            f"{found.evidence}; {_IGNORED_NONE}",
+            f"{found.evidence}; {IGNORED_NONE_NOTE}",
         )
     return found
 
 
 #: What the evidence says when a comment's ``pii:none`` did not declassify a column.
-_IGNORED_NONE = "the comment's 'none' tag is ignored (only masking.overrides can remove a class)"
+IGNORED_NONE_NOTE = "the comment's 'none' tag is ignored (only masking.overrides can remove a class)"
 
 
 def comment_says_none(comment: str | None) -> bool:
