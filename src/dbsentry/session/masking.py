@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,14 +43,15 @@ from dbsentry.masking import (
     mask_data_row,
     plan_masks,
 )
+from dbsentry.masking.catalog import Function
 from dbsentry.masking.classes import parse_class
-from dbsentry.masking.lineage import LineageError
+from dbsentry.masking.lineage import ANY_SCHEMA, LineageError
 from dbsentry.masking.rows import Field, UnsupportedCopy, mask_data_rows
 from dbsentry.masking.strategies import PLACEHOLDERS
 from dbsentry.policy.cache import LRU
 from dbsentry.policy.engine import Decision
 from dbsentry.session.functions import FunctionSafety
-from dbsentry.sql.facts import StatementFacts
+from dbsentry.sql.facts import StatementFacts, setting_values
 from dbsentry.wire.pg import codec
 from dbsentry.wire.pg import messages as m
 
@@ -197,6 +198,36 @@ def copied_column_names(sql: str) -> set[str] | None:
     return out
 
 
+def parse_search_path(value: str) -> tuple[str, ...]:
+    """A search_path value as PostgreSQL reads it: a comma-separated list of names, quoted
+    ones kept as written, others folded to lower case."""
+    out = []
+    for item in value.split(","):
+        item = item.strip()
+        if len(item) >= 2 and item[0] == item[-1] == '"':
+            out.append(item[1:-1].replace('""', '"'))
+        elif item:
+            out.append(item.lower())
+    return tuple(out)
+
+
+def _may_set_path(view: MaskingView, facts: StatementFacts) -> bool:
+    """Whether the statement runs user code that could change the session's search_path
+    (``set_config`` inside a PL/pgSQL function lasts beyond it)."""
+    for fn in facts.functions:
+        schema, _, name = fn.rpartition(".")
+        if name not in view.user_functions:
+            continue
+        found: list[Function] = (
+            view.catalog.functions_named(schema, name)
+            if schema
+            else [f for f in view.catalog.functions.values() if f.name == name]
+        )
+        if any(f.language not in ("sql", "c", "internal") for f in found):
+            return True
+    return False
+
+
 def looks_masked(text: str) -> bool:
     """Whether ``text`` carries a mask placeholder (writing one back would corrupt data)."""
     return any(marker in text for marker in _MASK_MARKERS)
@@ -232,7 +263,7 @@ class MaskingService:
                 strategies={**self.settings.strategies, **strategies}, unresolved=config.unresolved
             )
         self.views: dict[str, MaskingView] = {}
-        self._plans: LRU[tuple[int, str, tuple[object, ...]], tuple[StatementPlan, ...] | None] = LRU(4096)
+        self._plans: LRU[tuple[object, ...], tuple[StatementPlan, ...] | None] = LRU(4096)
 
     def current(self, connection: str) -> MaskingView | None:
         return self.views.get(connection)
@@ -244,25 +275,30 @@ class MaskingService:
         return view
 
     def plans(
-        self, view: MaskingView, sql: str, facts: Sequence[StatementFacts], decision: Decision
+        self,
+        view: MaskingView,
+        sql: str,
+        facts: Sequence[StatementFacts],
+        decision: Decision,
+        search_path: tuple[str, ...] | None = None,
+        candidates: frozenset[str] = frozenset(),
     ) -> tuple[StatementPlan | None, ...]:
-        """One plan per statement (None where nothing can be sensitive)."""
+        """One plan per statement (None where nothing can be sensitive), with unqualified
+        names resolved on ``search_path`` (default: the catalog's) and in ``candidates``."""
         if not any(view.may_read_sensitive(f) for f in facts):
             return tuple(None for _ in facts)
-        key = (view.version, sql, decision.masks)
+        path = search_path if search_path is not None else view.catalog.search_path
+        key = (view.version, sql, decision.masks, path, candidates)
         cached = self._plans.get(key)
         if cached is None:
             settings = self._settings_for(decision)
             try:
-                lineages = analyze_lineage(sql, view.catalog, view.catalog.search_path)
+                lineages = analyze_lineage(sql, view.catalog, path, candidates=candidates)
             except LineageError:
                 lineages = []
             if len(lineages) != len(facts):
                 # Cannot tie lineage to statements: judge every result by its values.
-                cached = tuple(
-                    StatementPlan(_UNKNOWN_LINEAGE, MaskPlan((), reads_sensitive=True, deny=self.config.unresolved == "deny", reason="lineage unavailable"))
-                    for _ in facts
-                )
+                cached = tuple(StatementPlan(_UNKNOWN_LINEAGE, _rescan_plan(self.config.unresolved)) for _ in facts)
             else:
                 cached = tuple(StatementPlan(lin, _plan(lin, view.classmap, settings)) for lin in lineages)
             self._plans.put(key, cached)
@@ -293,6 +329,11 @@ def _matters(p: StatementPlan) -> bool:
     return p.active or (p.plan.reads_sensitive and lin.returns_rows and not lin.exact)
 
 
+def _rescan_plan(unresolved: str) -> MaskPlan:
+    """Results whose lineage is not known: every column judged by its values (or refused)."""
+    return MaskPlan((), reads_sensitive=True, deny=unresolved == "deny", reason="lineage unavailable")
+
+
 _UNKNOWN_LINEAGE = StatementLineage("UNKNOWN", (), frozenset(), True, exact=False, reads_unknown=True)
 
 
@@ -307,6 +348,8 @@ class _Query:
     index: int = 0
     rows: RowMasker | None = None
     copy: CopyMasker | None = None
+    # Statement index -> (name, plan) of each SQL PREPARE: known once it completed.
+    prepares: dict[int, tuple[str, StatementPlan | None]] = field(default_factory=dict)
 
     @property
     def plan(self) -> StatementPlan | None:
@@ -324,6 +367,14 @@ class _Simple:
 
 
 @dataclass(slots=True)
+class _Parse:
+    """A Parse: its plan counts once ParseComplete says the statement exists."""
+
+    name: str
+    plan: StatementPlan | None
+
+
+@dataclass(slots=True)
 class _Describe:
     kind: str
     name: str
@@ -337,6 +388,7 @@ class _Execute:
     formats: tuple[int, ...]
     rows: RowMasker | None = None
     compiled: bool = False
+    prepares: tuple[str, StatementPlan | None] | None = None  # it runs a SQL PREPARE
 
 
 @dataclass(slots=True)
@@ -344,7 +396,7 @@ class _Sync:
     pass
 
 
-_Item = _Query | _Simple | _Describe | _Execute | _Sync
+_Item = _Query | _Simple | _Parse | _Describe | _Execute | _Sync
 _SIMPLE = _Simple()
 _SYNC = _Sync()
 WITHHELD = "dbsentry: the error message was withheld because the statement reads masked data"
@@ -366,40 +418,141 @@ class SessionMasking:
     portals: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)
     portal_fields: dict[str, tuple[Field, ...] | None] = field(default_factory=dict)
     cursors: dict[str, StatementPlan | None] = field(default_factory=dict)  # DECLARE name -> plan
+    # The session's search_path as far as the proxy can tell (None: the connection's
+    # default, the catalog's), and the other schemas it may hold: a SET that failed or
+    # was rolled back, a value that is not a constant (ANY_SCHEMA), a function that may
+    # have set it.  Unqualified names are masked by every candidate.
+    search_path: tuple[str, ...] | None = None
+    path_candidates: frozenset[str] = frozenset()
+    # What each prepared statement was planned from, to plan it again when the path
+    # changes: (sql, facts, decision, statement index).
+    sources: dict[str, tuple[str, tuple[StatementFacts, ...], Decision, int]] = field(default_factory=dict)
+    # Prepared statements sent but not confirmed yet (a PREPARE or Parse may fail, e.g. a
+    # duplicate name: the statement of that name stays what it was).
+    pending: dict[str, StatementPlan | None] = field(default_factory=dict)
+    _planned: tuple[tuple[StatementPlan | None, ...], dict[int, tuple[str, StatementPlan | None]]] | None = None
+    # Protocol statement name -> the SQL PREPARE it runs (name, plan).
+    sql_prepares: dict[str, tuple[str, StatementPlan | None]] = field(default_factory=dict)
+    _last_source: tuple[str, tuple[StatementFacts, ...], Decision] | None = None
 
     # -------------------------------------------------------------- client side
+
+    def start_search_path(self, settings: Sequence[tuple[str, str]] | None, users: Sequence[str] = ()) -> None:
+        """The search_path the session starts with: the client's startup setting (None:
+        options the proxy cannot read), and ``$user`` may be any of ``users``."""
+        self.path_candidates = frozenset(u for u in users if u)
+        if settings is None:
+            self.path_candidates |= {ANY_SCHEMA}
+            return
+        for name, value in settings:
+            if name == "search_path":
+                self._set_path(parse_search_path(value))
+
+    def follow_settings(self, facts: Sequence[StatementFacts]) -> None:
+        """Before statements run: what they may do to the session's search_path."""
+        view = self.service.current(self.connection)
+        for f in facts:
+            if f.command in ("RESET ALL", "DISCARD ALL"):
+                self._set_path(None)
+            elif "search_path" in f.settings or "?" in f.settings:
+                for value in setting_values(f.text, "search_path"):
+                    if value is None:
+                        self._set_path(None)
+                    elif isinstance(value, str):
+                        self._set_path(parse_search_path(value))
+                    else:
+                        self.path_candidates |= {ANY_SCHEMA}
+            if view is not None and ANY_SCHEMA not in self.path_candidates and _may_set_path(view, f):
+                self.path_candidates |= {ANY_SCHEMA}
+
+    def _set_path(self, path: tuple[str, ...] | None) -> None:
+        view = self.service.current(self.connection)
+        default = view.catalog.search_path if view is not None else ()
+        old = self.search_path if self.search_path is not None else default
+        new = path if path is not None else default
+        # Both stay candidates: the change may fail or be rolled back.
+        before = self.path_candidates
+        self.path_candidates |= {*old, *new, *(s.lower() for s in new)}
+        self.search_path = path
+        if new != old or self.path_candidates != before:
+            # PostgreSQL analyses a prepared statement again with the new path: so do we.
+            for name in self.statements:
+                self.statements[name] = self._replan(name)
+            for name in self.pending:
+                self.pending[name] = self._replan(name)
+
+    def _replan(self, name: str) -> StatementPlan | None:
+        view = self.service.current(self.connection)
+        source = self.sources.get(name)
+        if view is None or source is None:
+            # Not known how it was planned: judge its results by their values.
+            return StatementPlan(_UNKNOWN_LINEAGE, _rescan_plan(self.service.config.unresolved))
+        sql, facts, decision, index = source
+        return self._plans(view, sql, facts, decision)[index]
+
+    def _plans(
+        self, view: MaskingView, sql: str, facts: Sequence[StatementFacts], decision: Decision
+    ) -> tuple[StatementPlan | None, ...]:
+        path = self.search_path if self.search_path is not None else view.catalog.search_path
+        return self.service.plans(view, sql, facts, decision, path, self.path_candidates - set(path))
+
+    def statement(self, name: str) -> StatementPlan | None:
+        """The plan of prepared statement ``name`` as the server will run it next."""
+        if name in self.pending:
+            return self.pending[name]
+        return self.statements.get(name)
 
     def plan(self, sql: str, facts: Sequence[StatementFacts], decision: Decision) -> tuple[StatementPlan | None, ...]:
         view = self.service.current(self.connection)
         if view is None:
             return tuple(None for _ in facts)
-        plans = list(self.service.plans(view, sql, facts, decision))
-        for i, p in enumerate(plans):
+        self.follow_settings(facts)
+        plans = list(self._plans(view, sql, facts, decision))
+        self._last_source = (sql, tuple(facts), decision)
+        prepares: dict[int, tuple[str, StatementPlan | None]] = {}
+        local: dict[str, StatementPlan | None] = {}
+        for i, (f, p) in enumerate(zip(facts, plans, strict=False)):
+            if f.command == "PREPARE" and f.prepared_name is not None:
+                # SQL and protocol names share one namespace.  A plan of None replaces an
+                # older plan too, once the PREPARE succeeded.
+                prepares[i] = (f.prepared_name, p)
+                local[f.prepared_name] = p
+                self.sources[f.prepared_name] = (sql, tuple(facts), decision, i)
+                continue
             if p is None:
                 continue
             lin = p.lineage
-            if lin.prepares is not None:
-                self.statements[lin.prepares] = p  # SQL and protocol names share one namespace
-            elif lin.declares is not None:
+            if lin.declares is not None:
                 self.cursors[lin.declares] = p
-            elif lin.executes is not None and lin.executes in self.statements:
-                plans[i] = self.statements[lin.executes]
+            elif lin.executes is not None and (lin.executes in local or lin.executes in self.statements or lin.executes in self.pending):
+                plans[i] = local[lin.executes] if lin.executes in local else self.statement(lin.executes)
             elif lin.fetches is not None and lin.fetches in self.cursors:
                 plans[i] = self.cursors[lin.fetches]
-        return tuple(plans)
+        out = tuple(plans)
+        self._planned = (out, prepares) if prepares else None
+        return out
 
     def sent(self, t: int, buf: bytes, start: int, end: int, plans: tuple[StatementPlan | None, ...] = ()) -> None:
         """A frame of type ``t`` went upstream; queue what the server will answer."""
         if t == m.Q_QUERY or t == m.Q_FUNCTION_CALL:
-            self.expect.append(_Query(plans))
+            item = _Query(plans)
+            planned, self._planned = self._planned, None
+            if planned is not None and planned[0] is plans:
+                item.prepares = planned[1]
+                for name, plan in planned[1].values():
+                    self.pending[name] = plan
+            self.expect.append(item)
         elif t == m.Q_PARSE:
-            self.expect.append(_SIMPLE)
+            name, _ = codec.read_cstr(buf, start, end)
+            plan = self.statement(name)  # as parsed() planned it
+            self.pending[name] = plan
+            self.expect.append(_Parse(name, plan))
         elif t == m.Q_BIND:
             portal, pos = codec.read_cstr(buf, start, end)
             stmt, _ = codec.read_cstr(buf, pos, end)
             # Result formats matter only where something may be masked: skip the decode
             # for statements with nothing sensitive (the usual case).
-            formats = codec.decode_bind(buf, start, end).result_formats if self.statements.get(stmt) else ()
+            formats = codec.decode_bind(buf, start, end).result_formats if self.statement(stmt) else ()
             self.portals[portal] = (stmt, formats)
             self.portal_fields.pop(portal, None)
             self.expect.append(_SIMPLE)
@@ -410,11 +563,17 @@ class SessionMasking:
             portal = codec.decode_execute(buf, start, end).portal
             stmt, formats = self.portals.get(portal, ("", ()))
             fields = self.portal_fields.get(portal) or self.statement_fields.get(stmt)
-            self.expect.append(_Execute(portal, self.statements.get(stmt), fields, formats))
+            execute = _Execute(portal, self.statement(stmt), fields, formats)
+            execute.prepares = self.sql_prepares.get(stmt)
+            if execute.prepares is not None:
+                self.pending[execute.prepares[0]] = execute.prepares[1]
+            self.expect.append(execute)
         elif t == m.Q_CLOSE:
             kind, name = codec.decode_describe_or_close(buf, start, end)
             if kind == "S":
                 self.statements.pop(name, None)
+                self.pending.pop(name, None)
+                self.sources.pop(name, None)
                 self.statement_fields.pop(name, None)
             else:
                 self.portals.pop(name, None)
@@ -423,9 +582,26 @@ class SessionMasking:
         elif t == m.Q_SYNC:
             self.expect.append(_SYNC)
 
-    def parsed(self, name: str, plan: StatementPlan | None) -> None:
-        self.statements[name] = plan
+    def parsed(self, name: str, plan: StatementPlan | None, sql: str | None = None) -> None:
+        """A Parse of ``sql`` as statement ``name`` is about to be sent, planned by the last
+        :meth:`plan` of that text (None: refused, nothing to plan)."""
+        self.pending[name] = plan
+        last = self._last_source
+        self.sql_prepares.pop(name, None)
+        if sql is not None and last is not None and last[0] == sql:
+            self.sources[name] = (*last, 0)
+            facts = last[1]
+            if len(facts) == 1 and facts[0].command == "PREPARE" and facts[0].prepared_name is not None:
+                self.sql_prepares[name] = (facts[0].prepared_name, plan)
+        else:
+            self.sources.pop(name, None)
         self.statement_fields.pop(name, None)
+
+    def _confirm(self, name: str, plan: StatementPlan | None) -> None:
+        """The server created prepared statement ``name``."""
+        if self.pending.get(name, plan) is plan:
+            self.pending.pop(name, None)
+        self.statements[name] = plan
 
     # -------------------------------------------------------------- server side
 
@@ -460,9 +636,14 @@ class SessionMasking:
             return None
         if t == m.R_COMMAND_COMPLETE or t == m.R_EMPTY_QUERY:
             if isinstance(head, _Query):
+                prepared = head.prepares.pop(head.index, None)
+                if prepared is not None:
+                    self._confirm(*prepared)
                 head.next_statement()
             elif isinstance(head, _Execute):
                 expect.popleft()
+                if head.prepares is not None:
+                    self._confirm(*head.prepares)
             return None
         if t == m.R_PORTAL_SUSPENDED:
             if isinstance(head, _Execute):
@@ -472,9 +653,15 @@ class SessionMasking:
             sensitive = self._current_plan(head) is not None and not self.exempt()
             if isinstance(head, _Query):
                 head.plans = head.plans[: head.index]  # the rest of the string is skipped
+                self._unconfirmed(name for name, _ in head.prepares.values())
+                head.prepares.clear()
             else:
                 while expect and not isinstance(expect[0], _Sync):
-                    expect.popleft()  # the server skips to the next Sync
+                    item = expect.popleft()  # the server skips to the next Sync
+                    if isinstance(item, _Parse):
+                        self._unconfirmed((item.name,))
+                    elif isinstance(item, _Execute) and item.prepares is not None:
+                        self._unconfirmed((item.prepares[0],))
             if sensitive:
                 err = codec.decode_error_fields(buf, start, end)
                 return codec.error_response(err.sqlstate, WITHHELD, severity=err.severity or "ERROR")
@@ -486,7 +673,10 @@ class SessionMasking:
                 expect.popleft()
             return None
         if t in _ONE_ANSWER:
-            if expect and isinstance(head, _Simple):
+            if isinstance(head, _Parse):
+                self._confirm(head.name, head.plan)
+                expect.popleft()
+            elif expect and isinstance(head, _Simple):
                 expect.popleft()
             return None
         if t == m.R_NO_DATA:
@@ -505,6 +695,12 @@ class SessionMasking:
                         head.copy = None  # refused before forwarding; see Session
             return None
         return None
+
+    def _unconfirmed(self, names: Iterable[str]) -> None:
+        """PREPAREs or Parses that failed (or were skipped): those names keep the plan of
+        the statement the server still has, if any."""
+        for name in names:
+            self.pending.pop(name, None)
 
     def received_rows(self, buf: bytes, spans: Sequence[tuple[int, int, int]], i: int) -> tuple[bytes | None, int, int]:
         """The DataRow or CopyData frames from ``spans[i]`` on, all of that frame's type, in
@@ -543,9 +739,9 @@ class SessionMasking:
     def _describes_plan(self, item: _Describe) -> bool:
         """Whether the described statement or portal has a mask plan (its fields matter)."""
         if item.kind == "S":
-            return self.statements.get(item.name) is not None
+            return self.statement(item.name) is not None
         portal = self.portals.get(item.name)
-        return portal is None or self.statements.get(portal[0]) is not None
+        return portal is None or self.statement(portal[0]) is not None
 
     def _described(self, item: _Describe, fields: tuple[Field, ...] | None) -> None:
         if item.kind == "S":

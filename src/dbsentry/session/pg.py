@@ -930,6 +930,9 @@ class Session:
             # Results are followed for every session; who is exempt is decided per
             # statement, so a just-in-time grant counts only while it lasts.
             self.masking = SessionMasking(self.masking_service, self.connection_name, self._masking_exempt)
+            conn = self.connection
+            users = [conn.user, *(v for k, v in self._forced_settings() if k == "role")] if conn is not None else []
+            self.masking.start_search_path(self._client_settings(), users)
         if ready.leftover:
             out.extend(self.upstream_data(ready.leftover))
         if self._early:
@@ -1706,7 +1709,7 @@ class Session:
             else:
                 self._param_types.pop(parse.name, None)
             if self.masking is not None:
-                self.masking.parsed(parse.name, plans[0] if plans else None)
+                self.masking.parsed(parse.name, plans[0] if plans else None, parse.sql)
             return
         self._prepared.pop(parse.name, None)
         if self.masking is not None:
@@ -1857,7 +1860,7 @@ class Session:
             return
         facts = check.verdict.facts[0] if check.verdict.facts else None
         masking = self.masking
-        plan = masking.statements.get(bound[0]) if masking is not None and not masking.exempt() else None
+        plan = masking.statement(bound[0]) if masking is not None and not masking.exempt() else None
         rec = self.audit.statement(sql, facts, check.decision, params=bound[1], masks=plan)
         chunk.gated.append(rec)
         self.audit.expect(rec, self._cycles_sent + 1)  # answered before the next Sync's ReadyForQuery
