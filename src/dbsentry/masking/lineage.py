@@ -104,6 +104,9 @@ class StatementLineage:
     fetches: str | None = None  # FETCH ... FROM name: look up the cursor's lineage
     prepares: str | None = None  # PREPARE name AS ...: the lineage is the statement's
     executes: str | None = None  # EXECUTE name: look up the prepared statement's lineage
+    # What it stores in tables (INSERT, UPDATE, MERGE, CREATE TABLE AS, SELECT INTO): each
+    # (table, column lineage named after the target column) with what the value derives from.
+    writes: tuple[tuple[TableName, ColumnLineage], ...] = ()
 
 
 class _L(NamedTuple):
@@ -263,6 +266,8 @@ class _Walk:
     reads: set[TableName] = field(default_factory=set)
     exact: bool = True
     opaque_reads: bool = False  # ran code that may read any table (dynamic SQL, PL/pgSQL)
+    # What the statement stores: (table, column, the lineage of the value written).
+    writes: list[tuple[TableName, str, _L]] = field(default_factory=list)
 
     # ---- statements
 
@@ -359,8 +364,38 @@ class _Walk:
             ),
         )
         if body.get("intoClause"):
+            self.into(body["intoClause"], out)
             return []
         return out
+
+    def into(self, into: dict[str, Any], cols: Cols) -> None:
+        """CREATE TABLE AS / SELECT INTO: the new table's columns store ``cols``."""
+        rv = into.get("rel") or {}
+        names = _strings(into.get("colNames"))
+        cols = _rename(cols, names) if names else cols
+        schema = rv.get("schemaname")
+        if rv.get("relpersistence") == "t":
+            schemas: Iterable[str] = ("pg_temp",)  # the session's own
+        elif schema is not None:
+            schemas = (schema,)
+        else:
+            first = [p for p in self.search_path if p not in ("pg_catalog", "pg_temp")][:1]
+            schemas = {*first, *(c for c in self.candidates if c != ANY_SCHEMA)}
+        for sch in schemas:
+            for n, c in cols:
+                self.writes.append(((sch, rv.get("relname", "")), n, c))
+
+    def _wrote(self, target: _Entry, values: Mapping[str, _L]) -> None:
+        if target.rel is None:
+            return
+        rel = target.rel
+        if not rel[0]:
+            # Not in the catalog (a temporary table, or one created since): it is where the
+            # path says, as far as can be told.
+            first = [p for p in self.search_path if p != "pg_catalog"][:1]
+            rel = (first[0] if first else "pg_temp", rel[1])
+        for n, v in values.items():
+            self.writes.append((rel, n, v))
 
     def _side(self, body: dict[str, Any], scope: _Scope, keys: Iterable[str]) -> None:
         """Walk clauses that do not feed output values, for the tables they read."""
@@ -721,7 +756,10 @@ class _Walk:
             values = self.statement(body.get("selectStmt"), scope) if body.get("selectStmt") else []
             values = values or []
             names = [c for c in cols if c] or [n for n, _ in target.cols]
+            if not names:  # a relation the catalog does not know: its columns by position
+                names = [f"?column{i + 1}?" for i in range(len(values))]
             fed = {n: v for n, (_, v) in zip(names, values, strict=False)}
+            self._wrote(target, fed)
             target.cols = [
                 (n, _union([c, fed.get(n, _EMPTY)], transparent=True)) for n, c in target.cols
             ]
@@ -744,6 +782,7 @@ class _Walk:
             if kind == "MergeStmt":
                 merged = _indirect(_union(e.whole() for e in scope.entries[1:]))
                 target.cols = [(n, _union([c, merged])) for n, c in target.cols]
+                self._wrote(target, {n: merged for n, _ in target.cols})
                 self.expr(body.get("mergeWhenClauses"), scope)
                 self.expr(body.get("joinCondition"), scope)
             self._side(body, scope, ("whereClause",))
@@ -770,6 +809,7 @@ class _Walk:
                 val = body.get("source")
             if name:
                 assigned[name] = _union([assigned.get(name, _EMPTY), self.expr(val, scope)], True)
+        self._wrote(target, assigned)
         target.cols = [
             (n, _union([c, assigned.get(n, _EMPTY)], transparent=True)) for n, c in target.cols
         ]
@@ -1129,10 +1169,11 @@ def _lineage_of_tree(
 
     def done(command: str, cols: Cols | None, **kw: Any) -> StatementLineage:
         columns = tuple(ColumnLineage(n, c.sources, c.unknown, c.direct) for n, c in cols or ())
+        writes = tuple((t, ColumnLineage(n, c.sources, c.unknown, c.direct)) for t, n, c in w.writes)
         return StatementLineage(
             command, columns, frozenset(w.reads), cols is not None or kw.pop("rows", False),
             exact=w.exact and kw.pop("exact", True),
-            reads_unknown=w.opaque_reads or kw.pop("reads_unknown", False), **kw,
+            reads_unknown=w.opaque_reads or kw.pop("reads_unknown", False), writes=writes, **kw,
         )  # fmt: skip
 
     if kind in ("SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"):
@@ -1163,7 +1204,9 @@ def _lineage_of_tree(
         opts = CopyOptions(**{**_asdict(opts), "type_oids": tuple(types.get(n) for n in names)})
         return done("COPY", cols, copy=opts)
     if kind == "ExplainStmt":
-        return done("EXPLAIN", [("QUERY PLAN", _EMPTY)])
+        # EXPLAIN ANALYZE runs the statement: what it stores counts
+        inner = _lineage_of_tree(body.get("query"), catalog, search_path, user, candidates)
+        return replace(done("EXPLAIN", [("QUERY PLAN", _EMPTY)]), writes=inner.writes)
     if kind == "DeclareCursorStmt":
         inner = _lineage_of_tree(body.get("query"), catalog, search_path, user, candidates)
         return replace(
@@ -1196,7 +1239,9 @@ def _lineage_of_tree(
         # a procedure with OUT parameters returns one row; its width is not known here
         return done("CALL", [("*", _union([lin, _UNKNOWN]))], exact=False)
     if kind == "CreateTableAsStmt":
-        w.statement(body.get("query"), None)
+        cols = w.statement(body.get("query"), None)
+        if body.get("objtype") != "OBJECT_MATVIEW" and cols is not None:
+            w.into(body.get("into") or {}, cols)  # a materialized view is read through its definition
         return done("CREATE TABLE AS", None)
     return done(kind.removesuffix("Stmt").upper() or "EMPTY", None)
 

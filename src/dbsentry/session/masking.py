@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,8 +43,9 @@ from dbsentry.masking import (
     mask_data_row,
     plan_masks,
 )
-from dbsentry.masking.catalog import Function
-from dbsentry.masking.classes import parse_class
+from dbsentry.masking.catalog import Function, SourceColumn
+from dbsentry.masking.classes import Classification, most_sensitive, parse_class
+from dbsentry.masking.copies import copied_classes, with_derived, with_new_tables
 from dbsentry.masking.lineage import ANY_SCHEMA, LineageError
 from dbsentry.masking.rows import Field, UnsupportedCopy, mask_data_rows
 from dbsentry.masking.strategies import PLACEHOLDERS
@@ -248,9 +249,20 @@ def load_or_create_key(path: Path) -> bytes:
 class MaskingService:
     """Shared by all sessions: the classified catalog of each connection, and plans."""
 
-    def __init__(self, config: MaskingConfig, key: bytes) -> None:
+    def __init__(
+        self,
+        config: MaskingConfig,
+        key: bytes,
+        derived: Mapping[str, Mapping[SourceColumn, Classification]] | None = None,
+        save_derived: Callable[[Mapping[str, Mapping[SourceColumn, Classification]]], None] | None = None,
+    ) -> None:
         self.config = config
         self.key = key
+        # Classes columns inherited from copies of classified data, per connection; kept by
+        # ``save_derived`` (the shell's file) across restarts.
+        self.derived: dict[str, dict[SourceColumn, Classification]] = {k: dict(v) for k, v in (derived or {}).items()}
+        self._save_derived = save_derived
+        self._base: dict[str, tuple[Catalog, ClassMap]] = {}
         self.exempt_groups = frozenset(config.exempt_groups)
         strategies: dict[DataClass, str] = {}
         for name, strategy in config.strategies.items():
@@ -269,10 +281,48 @@ class MaskingService:
         return self.views.get(connection)
 
     def install(self, connection: str, catalog: Catalog, classmap: ClassMap) -> MaskingView:
+        self._base[connection] = (catalog, classmap)
         old = self.views.get(connection)
-        view = MaskingView.build(catalog, classmap, (old.version + 1) if old else 1)
+        merged = with_derived(catalog, classmap, self.derived.get(connection, {}), self.config.overrides)
+        view = MaskingView.build(catalog, merged, (old.version + 1) if old else 1)
         self.views[connection] = view
         return view
+
+    def copies(
+        self,
+        view: MaskingView,
+        sql: str,
+        search_path: tuple[str, ...] | None = None,
+        candidates: frozenset[str] = frozenset(),
+    ) -> dict[SourceColumn, Classification] | None:
+        """The columns ``sql`` stores classified values in, with the class each would
+        inherit; None when the statement cannot be analysed."""
+        path = search_path if search_path is not None else view.catalog.search_path
+        try:
+            lineages = analyze_lineage(sql, view.catalog, path, candidates=candidates)
+        except LineageError:
+            return None
+        return copied_classes(lineages, view.classmap)
+
+    def inherit(self, connection: str, copies: Mapping[SourceColumn, Classification]) -> None:
+        """Columns that now hold copies of classified data keep their class, for every
+        session from now on and after a restart."""
+        known = self.derived.setdefault(connection, {})
+        changed = False
+        for src, found in copies.items():
+            if src.schema in ("pg_temp", "") or src.schema.startswith("pg_temp_"):
+                continue  # the session's own, gone with it
+            old = known.get(src)
+            if old is None or most_sensitive({old.data_class, found.data_class}) != old.data_class:
+                known[src] = found
+                changed = True
+        if not changed:
+            return
+        if self._save_derived is not None:
+            self._save_derived(self.derived)
+        base = self._base.get(connection)
+        if base is not None:
+            self.install(connection, with_new_tables(base[0], copies), base[1])
 
     def plans(
         self,
@@ -501,6 +551,14 @@ class SessionMasking:
         if name in self.pending:
             return self.pending[name]
         return self.statements.get(name)
+
+    def copies(self, sql: str) -> dict[SourceColumn, Classification] | None:
+        """See :meth:`MaskingService.copies`, with this session's search_path."""
+        view = self.service.current(self.connection)
+        if view is None:
+            return {}
+        path = self.search_path if self.search_path is not None else view.catalog.search_path
+        return self.service.copies(view, sql, path, self.path_candidates - set(path))
 
     def plan(self, sql: str, facts: Sequence[StatementFacts], decision: Decision) -> tuple[StatementPlan | None, ...]:
         view = self.service.current(self.connection)

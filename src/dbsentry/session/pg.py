@@ -203,6 +203,9 @@ _COPYING = frozenset(
 )
 
 
+_VIEWS = frozenset({"CREATE VIEW", "CREATE MATERIALIZED VIEW"})
+
+
 def _copies_data(facts: StatementFacts) -> bool:
     return facts.command in _COPYING or any(cmd in _COPYING for cmd in facts.commands)
 
@@ -1606,17 +1609,23 @@ class Session:
         masking = self.masking
         if masking is None:
             return check, ()
-        if masking.exempt():
+        exempt = masking.exempt()
+        view = masking.service.current(masking.connection)
+        if view is not None and any(_copies_data(f) for f in verdict.facts):
+            copies = masking.copies(sql)
+            if not exempt and (
+                copies is None or copies or any(f.command in _VIEWS and view.copies_sensitive_columns(f) for f in verdict.facts)
+            ):
+                # Copying classified values elsewhere (a table, a view, another column)
+                # would let a masked identity read them unmasked from there.
+                return _refusal(check, "masking.copy_out", "a masked identity may not copy sensitive columns"), ()
+            if copies:
+                # Whoever reads the copies later sees them masked like the originals.
+                masking.service.inherit(masking.connection, copies)
+        if exempt:
             # Plans are still made (and kept for prepared statements and cursors): whether
             # results are masked is decided when they arrive, grants may expire meanwhile.
             return check, masking.plan(sql, verdict.facts, check.decision)
-        view = masking.service.current(masking.connection)
-        if view is not None and any(
-            _copies_data(f) and view.copies_sensitive_columns(f) for f in verdict.facts
-        ):
-            # Copying sensitive columns elsewhere (a table, a view, another column) would
-            # let a masked identity read them unmasked from there.
-            return _refusal(check, "masking.copy_out", "a masked identity may not copy sensitive columns"), ()
         plans = masking.plan(sql, verdict.facts, check.decision)
         for plan in plans:
             if plan is None:
