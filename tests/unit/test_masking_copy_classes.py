@@ -11,6 +11,7 @@ from dbsentry.masking.catalog import Catalog, SourceColumn, classify_catalog
 from dbsentry.masking.classes import Classification, DataClass
 from dbsentry.masking.copies import DerivedClassFile, copied_classes, with_derived
 from dbsentry.masking.lineage import analyze_lineage
+from dbsentry.session.masking import looks_masked, writes_masked_literal
 
 T = 25
 CATALOG = Catalog.from_rows(
@@ -95,3 +96,39 @@ def test_the_file_keeps_them(tmp_path: Path) -> None:
     f.save(data)
     assert f.load() == data
     assert (tmp_path / "state" / "derived.json").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "****@example.com",
+        "<email>",
+        " <card> ",
+        "**** **** **** 6467",
+        "************6467",
+        "+* *** *** 0132",
+        "(***) ***-0199",
+        "***-**-8714",
+        "* ** ** ** *** *84 36",
+        "DE** **** **** **** **30 00",
+        "A** L*******",
+        "1985-**-**",
+        "48c7baaa99@b5fbeae0.invalid",
+    ],
+)
+def test_what_the_proxy_emits_looks_masked(value: str) -> None:
+    assert looks_masked(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["note: ****", "see <email> field", "Password: ****", "a*b", "**** 1234 5678 9012", "<em>", "5 * 3 = 15", "*important*", "Total: **42**", "x@y.com"],
+)
+def test_text_that_only_contains_a_marker_is_not_masked(value: str) -> None:
+    assert not looks_masked(value)
+
+
+def test_masked_literals_in_sql() -> None:
+    assert writes_masked_literal("insert into t values ('****@example.com')")
+    assert writes_masked_literal("update t set a = '<card>' where b = 1")
+    assert not writes_masked_literal("insert into t values ('note: ****', 'see <email>')")

@@ -16,6 +16,7 @@ Two parts, both free of I/O:
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -150,7 +151,6 @@ class MaskingView:
 
 # Statements whose results come from elsewhere: a cursor, a prepared statement, a table copy.
 _ALWAYS_ANALYSE = frozenset({"EXECUTE", "FETCH", "COPY", "MOVE"})
-_MASK_MARKERS = (*tuple(v for v in PLACEHOLDERS.values()), "****")
 
 
 # Parts of a statement whose column references filter, order or return rows rather than
@@ -229,9 +229,55 @@ def _may_set_path(view: MaskingView, facts: StatementFacts) -> bool:
     return False
 
 
-def looks_masked(text: str) -> bool:
-    """Whether ``text`` carries a mask placeholder (writing one back would corrupt data)."""
-    return any(marker in text for marker in _MASK_MARKERS)
+# The shapes the proxy's masks have (strategies.py), whole values only: a placeholder, a
+# partial email, card, phone or id (stars, separators, at most the last four digits), a
+# partial IBAN, name or date of birth, a hashed email.  Hashes of other classes look like
+# real values on purpose and cannot be told apart.
+_MASK_SHAPES = re.compile(
+    r"(?:"
+    + "|".join(re.escape(v) for v in PLACEHOLDERS.values())
+    + r"|\*+@\S+"
+    + r"|[0-9a-f]{10}@[0-9a-f]{8}\.invalid"
+    + r"|[+(]?[*\s()-]*\*[*\s()-]*\*[\d\s-]*"
+    + r"|[A-Z]{2}\*\*[*\s]*[\d\s]*"
+    + r"|[^\W\d_]\*+(?:\s[^\W\d_]\*+)*"
+    + r"|\d{4}-\*\*-\*\*"
+    + r")"
+)
+
+
+def looks_masked(value: str) -> bool:
+    """Whether ``value`` is, as a whole, what the proxy emits for a masked value (writing
+    one back would corrupt data); text that merely contains ``****`` or ``<email>`` is not."""
+    value = value.strip()
+    if "*" not in value and "<" not in value and not value.endswith(".invalid"):
+        return False
+    if _MASK_SHAPES.fullmatch(value) is None:
+        return False
+    return sum(c.isdigit() for c in value) <= 4 or value.endswith(".invalid")
+
+
+def writes_masked_literal(sql: str) -> bool:
+    """Whether a string constant of ``sql`` is a masked value (see :func:`looks_masked`)."""
+    if "*" not in sql and "<" not in sql and ".invalid" not in sql:
+        return False
+    try:
+        tree = orjson.loads(pg_parser.parse_sql_json(sql))
+    except pg_parser.ParseError:
+        return True  # cannot tell: the statement is refused elsewhere anyway
+    stack: list[Any] = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            const = node.get("A_Const")
+            if isinstance(const, dict):
+                sval = const.get("sval")
+                if isinstance(sval, dict) and looks_masked(str(sval.get("sval", ""))):
+                    return True
+            stack.extend(v for v in node.values() if isinstance(v, dict | list))
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
 
 
 def load_or_create_key(path: Path) -> bytes:

@@ -58,6 +58,7 @@ from dbsentry.session.masking import (
     SessionMasking,
     StatementPlan,
     looks_masked,
+    writes_masked_literal,
 )
 from dbsentry.session.rowcap import RowCap
 from dbsentry.session.server_params import (
@@ -1604,7 +1605,7 @@ class Session:
     def _mask_plans(self, sql: str, check: Check) -> tuple[Check, tuple[StatementPlan | None, ...]]:
         """The mask plan of each statement, or a refusal when masking cannot be guaranteed."""
         verdict = check.verdict
-        if any(f.statement_class == "WRITE" for f in verdict.facts) and looks_masked(sql):
+        if any(f.statement_class == "WRITE" for f in verdict.facts) and writes_masked_literal(sql):
             return _refusal(check, "masking.write_back", "writing a masked value back is refused"), ()
         masking = self.masking
         if masking is None:
