@@ -167,3 +167,26 @@ def test_a_table_created_from_a_copy_stays_masked(env: Env, tmp_path: Path) -> N
             (seen,) = run(mode, proxy, [f"select who || '' as w, city from {table}"], Login(MASKED.identity, MASKED.groups, dbname="staging"))
             assert seen.ok and seen.rows and seen.rows[0][1] == "London", str(seen)
             SECRETS.assert_no_leak(seen.rows, context=mode)
+
+
+@pytest.mark.parametrize("change", ["rename", "comment"])
+def test_a_renamed_or_recommented_column_keeps_its_class(env: Env, tmp_path: Path, change: str) -> None:
+    table = f"{env.s}.people_{uuid.uuid4().hex[:6]}"
+    env.direct(f"create table {table} (id int, email text, full_name text)")
+    env.direct(f"insert into {table} values (1, '{EMAIL}', '{NAME}')")
+    ddl = {
+        "rename": [f"alter table {table} rename column email to c1", f"alter table {table} rename column full_name to c2"],
+        "comment": [f"comment on column {table}.email is 'pii:none'", f"comment on column {table}.full_name is 'pii:none'"],
+    }[change]
+    cols = "c1, c2" if change == "rename" else "email, full_name"
+    with run_proxy(write_config(tmp_path, env.pg)) as proxy:
+        staging = Login(READER.identity, READER.groups, dbname="staging")
+        before = run("psycopg", proxy, [f"select email, full_name from {table}"], Login(MASKED.identity, MASKED.groups, dbname="staging"))
+        SECRETS.assert_no_leak(before[0].rows)
+        for o in run("psycopg", proxy, ddl, staging):
+            assert o.ok, str(o)
+        # The catalog is read again in the background after DDL: before and after that.
+        for mode in ("psql", "psycopg", "asyncpg") * 2:
+            (seen,) = run(mode, proxy, [f"select {cols} from {table}"], Login(MASKED.identity, MASKED.groups, dbname="staging"))
+            assert seen.ok, str(seen)
+            SECRETS.assert_no_leak(seen.rows, context=f"{change}, {mode}")

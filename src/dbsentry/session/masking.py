@@ -329,10 +329,29 @@ class MaskingService:
     def install(self, connection: str, catalog: Catalog, classmap: ClassMap) -> MaskingView:
         self._base[connection] = (catalog, classmap)
         old = self.views.get(connection)
+        if old is not None:
+            self._keep_lost_classes(connection, old, catalog, classmap)
         merged = with_derived(catalog, classmap, self.derived.get(connection, {}), self.config.overrides)
         view = MaskingView.build(catalog, merged, (old.version + 1) if old else 1)
         self.views[connection] = view
         return view
+
+    def _keep_lost_classes(self, connection: str, old: MaskingView, catalog: Catalog, classmap: ClassMap) -> None:
+        """A column keeps its class when a rename or a new comment would take it away
+        (columns are the same by table oid and attribute number); only the policy removes
+        one (an override wins in :func:`with_derived`)."""
+        lost: dict[SourceColumn, Classification] = {}
+        for (oid, attnum), found in old.classmap.attrs.items():
+            if (oid, attnum) in classmap.attrs:
+                continue
+            hit = catalog.column_at(oid, attnum)
+            if hit is None:
+                continue  # dropped
+            rel, col = hit
+            src = rel.source(col.name)
+            lost[src] = Classification(found.data_class, "copy", f"kept from before a change of name or comment: {found.evidence}")
+        if lost:
+            self.inherit(connection, lost, reinstall=False)
 
     def copies(
         self,
@@ -350,7 +369,7 @@ class MaskingService:
             return None
         return copied_classes(lineages, view.classmap)
 
-    def inherit(self, connection: str, copies: Mapping[SourceColumn, Classification]) -> None:
+    def inherit(self, connection: str, copies: Mapping[SourceColumn, Classification], reinstall: bool = True) -> None:
         """Columns that now hold copies of classified data keep their class, for every
         session from now on and after a restart."""
         known = self.derived.setdefault(connection, {})
@@ -367,7 +386,7 @@ class MaskingService:
         if self._save_derived is not None:
             self._save_derived(self.derived)
         base = self._base.get(connection)
-        if base is not None:
+        if base is not None and reinstall:
             self.install(connection, with_new_tables(base[0], copies), base[1])
 
     def plans(
