@@ -44,7 +44,7 @@ from dbsentry.masking import (
     mask_data_row,
     plan_masks,
 )
-from dbsentry.masking.catalog import Function, SourceColumn
+from dbsentry.masking.catalog import SourceColumn
 from dbsentry.masking.classes import Classification, most_sensitive, parse_class
 from dbsentry.masking.copies import copied_classes, with_derived, with_new_tables
 from dbsentry.masking.lineage import ANY_SCHEMA, LineageError
@@ -214,17 +214,10 @@ def parse_search_path(value: str) -> tuple[str, ...]:
 
 def _may_set_path(view: MaskingView, facts: StatementFacts) -> bool:
     """Whether the statement runs user code that could change the session's search_path
-    (``set_config`` inside a PL/pgSQL function lasts beyond it)."""
+    (``set_config`` in a function lasts beyond it): code the catalog cannot vouch for, or
+    that changes something."""
     for fn in facts.functions:
-        schema, _, name = fn.rpartition(".")
-        if name not in view.user_functions:
-            continue
-        found: list[Function] = (
-            view.catalog.functions_named(schema, name)
-            if schema
-            else [f for f in view.catalog.functions.values() if f.name == name]
-        )
-        if any(f.language not in ("sql", "c", "internal") for f in found):
+        if fn.rpartition(".")[2] in view.user_functions and view.functions.function(fn)[1]:
             return True
     return False
 
@@ -576,9 +569,22 @@ class SessionMasking:
                     elif isinstance(value, str):
                         self._set_path(parse_search_path(value))
                     else:
-                        self.path_candidates |= {ANY_SCHEMA}
-            if view is not None and ANY_SCHEMA not in self.path_candidates and _may_set_path(view, f):
-                self.path_candidates |= {ANY_SCHEMA}
+                        self._any_schema()
+                if "?" in f.settings:  # a setting not named (UPDATE pg_settings ...)
+                    self._any_schema()
+            if ANY_SCHEMA not in self.path_candidates and (
+                f.dynamic_sql or (view is not None and _may_set_path(view, f))
+            ):
+                self._any_schema()
+
+    def _any_schema(self) -> None:
+        """The path may now be anything: every schema is a candidate."""
+        if ANY_SCHEMA not in self.path_candidates:
+            self.path_candidates |= {ANY_SCHEMA}
+            for name in self.statements:
+                self.statements[name] = self._replan(name)
+            for name in self.pending:
+                self.pending[name] = self._replan(name)
 
     def _set_path(self, path: tuple[str, ...] | None) -> None:
         view = self.service.current(self.connection)
