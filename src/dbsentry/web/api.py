@@ -814,7 +814,7 @@ def build_router(svc: WebServices) -> APIRouter:
             who,
             "data_access.summary",
             filter={
-                k: (redactor.text(v) if k == "text" else v)  # a search term may be a value
+                k: (current_redactor().text(v) if k == "text" else v)  # a term may be a value
                 for k, v in dataclasses.asdict(flt).items()
                 if v is not None and v != ()
             },
