@@ -198,6 +198,7 @@ def test_statement_and_params() -> None:
         "UPDATE customers SET nickname = 'Ada'\n' Lovelace'",
         "SELEC * FROM customers WHERE nickname = 'Ada Lovelace'",
         "SELECT 'é', 'ada@example.com' FROM customers WHERE ssn = '536-22-8726'",
+        'SELECT 1 AS "ada@example.com", 2 AS "x""4111111111111111"',
     ],
 )
 def test_no_value_survives(sql: str) -> None:

@@ -56,6 +56,7 @@ RedactMode = Literal["off", "sensitive", "all"]
 
 TOKEN_RE = re.compile(r"<([a-z_]+):hmac:([0-9a-f]{12})>")
 _DOMAIN = b"dbsentry-audit-value-v1\x00"
+_CACHE_MAX_CHARS = 8192  # longer texts are analysed each time, never kept
 _DIGEST_HEX = 12  # 48 bits: tokens of distinct values practically never collide
 
 _LITERAL_TOKENS = frozenset({"SCONST", "USCONST", "ICONST", "FCONST", "BCONST", "XCONST"})
@@ -123,20 +124,23 @@ class Redacted:
     changed: bool  # whether anything was replaced
 
 
+_Analysed = tuple[LiteralMeets, str, bool]  # what meets what, the text as shown, changed
+
+
 class _LRU:
     def __init__(self, size: int) -> None:
         self.size = size
-        self.data: OrderedDict[Any, LiteralMeets] = OrderedDict()
+        self.data: OrderedDict[Any, _Analysed] = OrderedDict()
         self.lock = threading.Lock()
 
-    def get(self, key: Any) -> LiteralMeets | None:
+    def get(self, key: Any) -> _Analysed | None:
         with self.lock:
             hit = self.data.get(key)
             if hit is not None:
                 self.data.move_to_end(key)
             return hit
 
-    def put(self, key: Any, value: LiteralMeets) -> None:
+    def put(self, key: Any, value: _Analysed) -> None:
         with self.lock:
             self.data[key] = value
             self.data.move_to_end(key)
@@ -268,17 +272,26 @@ class LiteralRedactor:
 
     # -- statements -------------------------------------------------------------------------
 
-    def meets(self, sql: str, connection: str | None) -> LiteralMeets:
+    def _analysed(self, sql: str, connection: str | None) -> _Analysed:
+        """What meets what in ``sql`` and its text as shown, cached by text and catalog."""
         view = self.views(connection) if self.views is not None and connection is not None else None
         key = (connection, view.version if view is not None else 0, sql)
         hit = self._cache.get(key)
         if hit is None:
             if view is not None:
-                hit = find_literal_meets(sql, view.catalog, view.classmap, view.catalog.search_path)
+                meets = find_literal_meets(
+                    sql, view.catalog, view.classmap, view.catalog.search_path
+                )
             else:
-                hit = find_literal_meets(sql)
-            self._cache.put(key, hit)
+                meets = find_literal_meets(sql)
+            text, changed = self._statement(sql, meets)
+            hit = (meets, text, changed)
+            if len(sql) <= _CACHE_MAX_CHARS:
+                self._cache.put(key, hit)
         return hit
+
+    def meets(self, sql: str, connection: str | None) -> LiteralMeets:
+        return self._analysed(sql, connection)[0]
 
     def redact(
         self,
@@ -296,8 +309,7 @@ class LiteralRedactor:
             text = redact_literals(sql)
             shown = None if plist is None else tuple(None if p is None else "?" for p in plist)
             return Redacted(text, shown, True)
-        meets = self.meets(sql, connection)
-        text, changed = self._statement(sql, meets)
+        meets, text, changed = self._analysed(sql, connection)
         if plist is not None:
             shown_params, pchanged = self._params(plist, meets)
             return Redacted(text, shown_params, changed or pchanged)
@@ -356,6 +368,17 @@ class LiteralRedactor:
                 if scanned != comment:
                     out.append(sql[pos:start])
                     out.append(scanned)
+                    pos = tok.end + 1
+                    changed = True
+                i += 1
+                continue
+            if name == "IDENT" and sql[start] == '"':
+                # a quoted identifier is free text too ("ada@example.com" as a name)
+                inner = sql[start + 1 : tok.end].replace('""', '"')
+                scanned = self.text(inner)
+                if scanned != inner:
+                    out.append(sql[pos:start])
+                    out.append('"' + scanned.replace('"', '""') + '"')
                     pos = tok.end + 1
                     changed = True
                 i += 1

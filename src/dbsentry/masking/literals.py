@@ -19,7 +19,9 @@ a statement prepared elsewhere, so they all count as meeting an unknown class (`
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import functools
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +58,9 @@ class LiteralMeets:
     parsed: bool = True
 
 
+_NOTHING = LiteralMeets()
+
+
 def _byte_to_char(sql: str) -> Any:
     """A function mapping libpg_query's byte offsets to ``sql``'s character offsets."""
     if sql.isascii():
@@ -85,6 +90,12 @@ def _strings(fields: Any) -> list[str] | None:
     return out
 
 
+@functools.lru_cache(maxsize=4096)
+def _class_by_name(table: str, column: str) -> DataClass | None:
+    found = classify_column(table, column)
+    return found.data_class if found is not None else None
+
+
 class _Resolver:
     """Column name -> class, within the relations one statement names."""
 
@@ -101,7 +112,7 @@ class _Resolver:
         # alias or relation name (lower case) -> [(schema or None, relname)]
         self.names: dict[str, list[tuple[str | None, str]]] = {}
         self.relations: list[tuple[str | None, str]] = []
-        for rv in _range_vars(tree, 0):
+        for rv in _range_vars(tree, 0, []):
             rel = (rv.get("schemaname"), str(rv.get("relname", "")))
             if rel not in self.relations:
                 self.relations.append(rel)
@@ -154,27 +165,30 @@ class _Resolver:
             unknown.append("")
         if not classes:
             for table in unknown:  # not in the catalog: judge the name
-                guess = classify_column(table, column)
+                guess = _class_by_name(table, column)
                 if guess is not None:
-                    classes.add(guess.data_class)
+                    classes.add(guess)
         result = most_sensitive(classes)
         self._cache[key] = result
         return result
 
 
-def _range_vars(node: Any, depth: int) -> Iterator[dict[str, Any]]:
+def _range_vars(node: Any, depth: int, out: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if depth > _MAX_DEPTH:
-        return
-    if isinstance(node, dict):
+        return out
+    if type(node) is dict:
         for k, v in node.items():
-            if k == "RangeVar" and isinstance(v, dict):
-                yield v
-            elif k in ("relation",) and isinstance(v, dict) and "relname" in v:
-                yield v  # InsertStmt/UpdateStmt/DeleteStmt/MergeStmt targets (no wrapper)
-            yield from _range_vars(v, depth + 1)
-    elif isinstance(node, list):
+            if type(v) is dict:
+                if k == "RangeVar" or (k == "relation" and "relname" in v):
+                    out.append(v)  # RangeVar, or the target of INSERT/UPDATE/DELETE/MERGE
+                _range_vars(v, depth + 1, out)
+            elif type(v) is list:
+                _range_vars(v, depth + 1, out)
+    elif type(node) is list:
         for item in node:
-            yield from _range_vars(item, depth + 1)
+            if type(item) is dict or type(item) is list:
+                _range_vars(item, depth + 1, out)
+    return out
 
 
 class _Finder:
@@ -183,6 +197,7 @@ class _Finder:
         self.to_char = to_char
         self.literals: dict[int, Meets] = {}
         self.params: dict[int, Meets] = {}
+        self.values: dict[int, str] = {}
 
     # -- marking --------------------------------------------------------------------------
 
@@ -226,7 +241,7 @@ class _Finder:
                     self._mark_param(n, cls)
             elif k in ("SubLink", "SelectStmt"):
                 continue
-            else:
+            elif type(v) is dict or type(v) is list:
                 self.mark(v, cls, strings_only, depth + 1)
 
     # -- what meets what ------------------------------------------------------------------
@@ -250,7 +265,7 @@ class _Finder:
                     cls = self.r.column(qualifier, names[-1])
                     if cls is not None:
                         out.add(cls)
-            else:
+            elif type(v) is dict or type(v) is list:
                 out |= self.classes(v, depth + 1)
         return out
 
@@ -264,8 +279,16 @@ class _Finder:
         if not isinstance(node, dict):
             return
         for k, v in node.items():
-            if not isinstance(v, dict):
+            if type(v) is list:
                 self.walk(v, depth + 1)
+                continue
+            if type(v) is not dict:
+                continue
+            if k == "A_Const":
+                loc = v.get("location")
+                value = _const_value(v)
+                if isinstance(loc, int) and loc >= 0 and value is not None:
+                    self.values[self.to_char(loc)] = value
                 continue
             if k == "A_Expr":
                 self._compare(v.get("lexpr"), v.get("rexpr"))
@@ -321,8 +344,7 @@ class _Finder:
         known, cls = self.r.in_relation(rel, column)
         if known:
             return cls
-        guess = classify_column(rel[1], column)
-        return guess.data_class if guess is not None else None
+        return _class_by_name(rel[1], column)
 
     def _assignments(self, relation: Any, targets: list[Any]) -> None:
         for t in targets:
@@ -420,20 +442,55 @@ def _const_value(node: dict[str, Any]) -> str | None:
     return None
 
 
+_COLUMN_REF_RE = re.compile(r'"ColumnRef":\{"fields":\[([^\]]*)\]')
+_SVAL_RE = re.compile(r'"sval":"((?:[^"\\]|\\.)*)"')
+_TARGET_NAME_RE = re.compile(r'"ResTarget":\{"name":"((?:[^"\\]|\\.)*)"')
+# Statements whose values meet columns the text does not name (INSERT without a column
+# list, MERGE ... INSERT VALUES) or any column at all (EXECUTE).
+_ALWAYS_WALK = ('"InsertStmt"', '"MergeStmt"', '"ExecuteStmt"')
+_SENSITIVE_NAMES: dict[int, frozenset[str]] = {}
+
+
+def _sensitive_names(classmap: ClassMap | None) -> frozenset[str]:
+    if classmap is None:
+        return frozenset()
+    key = id(classmap)
+    names = _SENSITIVE_NAMES.get(key)
+    if names is None:
+        if len(_SENSITIVE_NAMES) > 64:
+            _SENSITIVE_NAMES.clear()
+        names = _SENSITIVE_NAMES[key] = frozenset(c.column for c in classmap.columns)
+    return names
+
+
+def _may_meet(raw: str, classmap: ClassMap | None) -> bool:
+    """Whether any column the parse names may be sensitive (the catalog's classified
+    names, or a name that classifies by itself), read from the JSON text: a cheap test
+    that lets most statements skip the walk."""
+    if any(marker in raw for marker in _ALWAYS_WALK):
+        return True
+    known = _sensitive_names(classmap)
+    names = set(_TARGET_NAME_RE.findall(raw))
+    for fields in _COLUMN_REF_RE.findall(raw):
+        names.update(_SVAL_RE.findall(fields))
+    # "customers": a people-ish table, so that a bare ``name`` counts too
+    return any("\\" in n or n in known or _class_by_name("customers", n) is not None for n in names)
+
+
 def _const_values(node: Any, to_char: Any, out: dict[int, str], depth: int = 0) -> None:
     if depth > _MAX_DEPTH:
         return
-    if isinstance(node, list):
+    if type(node) is list:
         for item in node:
             _const_values(item, to_char, out, depth + 1)
-    elif isinstance(node, dict):
+    elif type(node) is dict:
         for k, v in node.items():
-            if k == "A_Const" and isinstance(v, dict):
+            if k == "A_Const" and type(v) is dict:
                 loc = v.get("location")
                 value = _const_value(v)
                 if isinstance(loc, int) and loc >= 0 and value is not None:
                     out[to_char(loc)] = value
-            else:
+            elif type(v) is dict or type(v) is list:
                 _const_values(v, to_char, out, depth + 1)
 
 
@@ -471,15 +528,21 @@ def find_literal_meets(
     ``LiteralMeets(parsed=False)``.
     """
     try:
-        tree = orjson.loads(_pg.parse_sql_json(sql))
+        raw = _pg.parse_sql_json(sql)
     except Exception:
         return LiteralMeets(parsed=False)
+    if '"A_Const"' not in raw and '"ParamRef"' not in raw:
+        return _NOTHING  # nothing that could carry a value
+    tree = orjson.loads(raw)
+    if not _may_meet(raw, classmap):
+        # no column it names can be sensitive: only the constants' values are needed
+        values: dict[int, str] = {}
+        _const_values(tree, _byte_to_char(sql), values)
+        return LiteralMeets(values=values)
     try:
         to_char = _byte_to_char(sql)
         finder = _Finder(_Resolver(tree, catalog, classmap, search_path), to_char)
         finder.walk(tree.get("stmts") or [])
-        values: dict[int, str] = {}
-        _const_values(tree, to_char, values)
     except RecursionError:
         return LiteralMeets(parsed=False)
-    return LiteralMeets(finder.literals, finder.params, values)
+    return LiteralMeets(finder.literals, finder.params, finder.values)
