@@ -15,6 +15,7 @@ Two parts, both free of I/O:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections import deque
@@ -43,9 +44,10 @@ from dbsentry.masking import (
     mask_data_row,
     plan_masks,
 )
+from dbsentry.masking.channels import ChannelMasker, TouchedValues, classified_columns
 from dbsentry.masking.classes import parse_class
 from dbsentry.masking.lineage import LineageError
-from dbsentry.masking.rows import Field, UnsupportedCopy, mask_data_rows
+from dbsentry.masking.rows import Field, UnsupportedCopy, decode_data_row, mask_data_rows
 from dbsentry.masking.strategies import PLACEHOLDERS
 from dbsentry.policy.cache import LRU
 from dbsentry.policy.engine import Decision
@@ -133,6 +135,14 @@ class MaskingView:
     @property
     def _sensitive_tables(self) -> frozenset[str]:
         return frozenset(c.table.lower() for c in self.classmap.columns)
+
+    def reads_classified(self, facts: StatementFacts) -> bool:
+        """Whether the statement itself reads a relation with classified columns (or a
+        view): then text its errors quote, and notices raised meanwhile, may be their
+        values.  Calling a function that reads them does not count (it is opaque)."""
+        if not self.classmap.columns:
+            return False
+        return any(t.rpartition(".")[2].strip('"').lower() in self.sensitive_relnames for t in facts.tables_read)
 
     def may_read_sensitive(self, facts: StatementFacts) -> bool:
         """A cheap test: could this statement read sensitive data at all?"""
@@ -304,18 +314,28 @@ class _Query:
     """A simple Query (or FunctionCall): answered statement by statement, then ReadyForQuery."""
 
     plans: tuple[StatementPlan | None, ...]
+    # per statement: it reads classified columns (see MaskingView.reads_classified)
+    strict: tuple[bool, ...] = ()
     index: int = 0
     rows: RowMasker | None = None
     copy: CopyMasker | None = None
+    touch: tuple[tuple[int, DataClass], ...] = ()  # columns whose raw values are remembered
+    touched_rows: int = 0
 
     @property
     def plan(self) -> StatementPlan | None:
         return self.plans[self.index] if self.index < len(self.plans) else None
 
+    @property
+    def reads_classified(self) -> bool:
+        return self.index < len(self.strict) and self.strict[self.index]
+
     def next_statement(self) -> None:
         self.index += 1
         self.rows = None
         self.copy = None
+        self.touch = ()
+        self.touched_rows = 0
 
 
 @dataclass(slots=True)
@@ -335,8 +355,11 @@ class _Execute:
     plan: StatementPlan | None
     fields: tuple[Field, ...] | None
     formats: tuple[int, ...]
+    reads_classified: bool = False
     rows: RowMasker | None = None
     compiled: bool = False
+    touch: tuple[tuple[int, DataClass], ...] = ()
+    touched_rows: int = 0
 
 
 @dataclass(slots=True)
@@ -347,7 +370,11 @@ class _Sync:
 _Item = _Query | _Simple | _Describe | _Execute | _Sync
 _SIMPLE = _Simple()
 _SYNC = _Sync()
-WITHHELD = "dbsentry: the error message was withheld because the statement reads masked data"
+# Rows of each result whose classified values are remembered (TouchedValues): decoding
+# rows a second time costs, and a bulk export would fill the set with its first rows anyway.
+TOUCH_ROWS = 1000
+# Functions that carry a value out of the statement by another channel than its result.
+SIDE_CHANNEL_FUNCTIONS = frozenset({"pg_notify", "set_config"})
 
 
 def _never() -> bool:
@@ -366,6 +393,12 @@ class SessionMasking:
     portals: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)
     portal_fields: dict[str, tuple[Field, ...] | None] = field(default_factory=dict)
     cursors: dict[str, StatementPlan | None] = field(default_factory=dict)  # DECLARE name -> plan
+    # statement name -> whether it reads classified columns
+    statement_strict: dict[str, bool] = field(default_factory=dict)
+    # raw values of classified columns this session's masked results contained
+    touched: TouchedValues = field(default_factory=TouchedValues)
+    _pending_strict: tuple[bool, ...] = ()  # of the last plan(), for the frame sent next
+    _channels: tuple[int, ChannelMasker] | None = None
 
     # -------------------------------------------------------------- client side
 
@@ -374,6 +407,7 @@ class SessionMasking:
         if view is None:
             return tuple(None for _ in facts)
         plans = list(self.service.plans(view, sql, facts, decision))
+        self._pending_strict = tuple(view.reads_classified(f) for f in facts)
         for i, p in enumerate(plans):
             if p is None:
                 continue
@@ -390,8 +424,9 @@ class SessionMasking:
 
     def sent(self, t: int, buf: bytes, start: int, end: int, plans: tuple[StatementPlan | None, ...] = ()) -> None:
         """A frame of type ``t`` went upstream; queue what the server will answer."""
+        strict, self._pending_strict = self._pending_strict, ()
         if t == m.Q_QUERY or t == m.Q_FUNCTION_CALL:
-            self.expect.append(_Query(plans))
+            self.expect.append(_Query(plans, strict if t == m.Q_QUERY else ()))
         elif t == m.Q_PARSE:
             self.expect.append(_SIMPLE)
         elif t == m.Q_BIND:
@@ -410,12 +445,15 @@ class SessionMasking:
             portal = codec.decode_execute(buf, start, end).portal
             stmt, formats = self.portals.get(portal, ("", ()))
             fields = self.portal_fields.get(portal) or self.statement_fields.get(stmt)
-            self.expect.append(_Execute(portal, self.statements.get(stmt), fields, formats))
+            plan = self.statements.get(stmt)
+            reads = self.statement_strict.get(stmt, False) or (plan is not None and plan.active)
+            self.expect.append(_Execute(portal, plan, fields, formats, reads))
         elif t == m.Q_CLOSE:
             kind, name = codec.decode_describe_or_close(buf, start, end)
             if kind == "S":
                 self.statements.pop(name, None)
                 self.statement_fields.pop(name, None)
+                self.statement_strict.pop(name, None)
             else:
                 self.portals.pop(name, None)
                 self.portal_fields.pop(name, None)
@@ -426,6 +464,24 @@ class SessionMasking:
     def parsed(self, name: str, plan: StatementPlan | None) -> None:
         self.statements[name] = plan
         self.statement_fields.pop(name, None)
+        strict, self._pending_strict = self._pending_strict, ()
+        self.statement_strict[name] = bool(strict and strict[0])
+
+    def side_channel(self, facts: Sequence[StatementFacts]) -> str | None:
+        """Why a statement of an identity under masking is refused for sending a value
+        out by another channel than its result (``pg_notify``, ``set_config``) while it
+        may read sensitive data; None when it is not.  Literal values (``NOTIFY ch,
+        'x'``, ``SET application_name = 'x'``) and statements that read nothing
+        sensitive pass."""
+        view = self.service.current(self.connection)
+        if view is None:
+            return None
+        for f in facts:
+            called = {fn.rpartition(".")[2].lower() for fn in f.functions} & SIDE_CHANNEL_FUNCTIONS
+            if called and view.may_read_sensitive(f):
+                name = sorted(called)[0]
+                return f"{name}() may not carry data of a statement that reads sensitive columns"
+        return None
 
     # -------------------------------------------------------------- server side
 
@@ -439,6 +495,7 @@ class SessionMasking:
                 return None
             body = bytes(buf[start:end])
             masked = mask_data_row(body, rows)
+            self._remember(head, buf, ((t, start, end),))
             return None if masked is body else codec.frame(b"D", masked)
         if t == COPY_DATA:
             if isinstance(head, _Query) and head.copy is not None:
@@ -448,11 +505,12 @@ class SessionMasking:
             # Decoded only for results that may need masking (a statement with a plan).
             if isinstance(head, _Query):
                 plan = head.plan
-                head.rows = (
-                    self._compile(plan, decode_row_description(bytes(buf[start:end])), None)
-                    if plan is not None
-                    else None
-                )
+                if plan is not None:
+                    fields = decode_row_description(bytes(buf[start:end]))
+                    head.rows = self._compile(plan, fields, None)
+                    head.touch = _touch_columns(head.rows, fields, None)
+                else:
+                    head.rows = None
             elif isinstance(head, _Describe):
                 needed = self._describes_plan(head)
                 self._described(head, decode_row_description(bytes(buf[start:end])) if needed else None)
@@ -469,16 +527,31 @@ class SessionMasking:
                 expect.popleft()
             return None
         if t == m.R_ERROR:
-            sensitive = self._current_plan(head) is not None and not self.exempt()
+            strict = self._reads_classified(head)
             if isinstance(head, _Query):
                 head.plans = head.plans[: head.index]  # the rest of the string is skipped
             else:
                 while expect and not isinstance(expect[0], _Sync):
                     expect.popleft()  # the server skips to the next Sync
-            if sensitive:
-                err = codec.decode_error_fields(buf, start, end)
-                return codec.error_response(err.sqlstate, WITHHELD, severity=err.severity or "ERROR")
-            return None
+            return self._masked_fields(b"E", buf, start, end, strict)
+        if t == m.R_NOTICE:
+            return self._masked_fields(b"N", buf, start, end, self._reads_classified(head))
+        if t == m.R_NOTIFICATION:
+            if self.exempt():
+                return None
+            note = codec.decode_notification(buf, start, end)
+            payload = self.channels().notification(note.channel, note.payload)
+            return None if payload is None else codec.encode_notification(replace(note, payload=payload))
+        if t == m.R_PARAMETER_STATUS:
+            if self.exempt():
+                return None
+            ps = codec.decode_raw_parameter_status(buf, start, end)
+            value = self.channels().parameter(ps.name, ps.value)
+            return None if value is None else codec.encode_raw_parameter_status(ps.name, value)
+        if t == m.R_FUNCTION_CALL_RESPONSE:
+            # FunctionCall is refused for identities under masking (see Session); should
+            # one be answered anyway (a grant that ended meanwhile), its value is NULL.
+            return None if self.exempt() else codec.frame(b"V", b"\xff\xff\xff\xff")
         if t == m.R_READY:
             while expect and not isinstance(expect[0], _Query | _Sync):
                 expect.popleft()
@@ -517,7 +590,9 @@ class SessionMasking:
         if t == m.R_DATA_ROW:
             rows = self._rows(head)
             if rows is not None:
-                return self._checked(spans, i, mask_data_rows(buf, start - 5, rows))
+                result = self._checked(spans, i, mask_data_rows(buf, start - 5, rows))
+                self._remember(head, buf, spans[i : i + result[1]])
+                return result
         elif t == COPY_DATA and isinstance(head, _Query) and head.copy is not None:
             return self._checked(spans, i, head.copy.mask_frames(buf, start - 5))
         j = i + 1
@@ -532,6 +607,50 @@ class SessionMasking:
         if count < 1 or i + count > len(spans) or spans[i + count - 1][2] != end:
             raise codec.ProtocolError("result rows do not follow the message boundaries")
         return result
+
+    # -------------------------------------------------------------- other channels
+
+    def channels(self) -> ChannelMasker:
+        """The masker of notices, errors, notifications and parameters (per catalog)."""
+        view = self.service.current(self.connection)
+        version = view.version if view is not None else 0
+        cached = self._channels
+        if cached is None or cached[0] != version:
+            svc = self.service
+            tables = classified_columns(view.classmap) if view is not None else {}
+            cached = (version, ChannelMasker(dict(svc.settings.strategies), svc.key, self.touched, tables))
+            self._channels = cached
+        return cached[1]
+
+    def _reads_classified(self, head: _Item | None) -> bool:
+        if isinstance(head, _Query):
+            plan = head.plan
+            return head.reads_classified or (plan is not None and plan.active)
+        if isinstance(head, _Execute):
+            return head.reads_classified
+        return False
+
+    def _masked_fields(self, t: bytes, buf: bytes, start: int, end: int, strict: bool) -> bytes | None:
+        if self.exempt():
+            return None
+        fields = self.channels().fields(codec.decode_raw_fields(buf, start, end), notice=t == b"N", strict=strict)
+        return None if fields is None else codec.encode_raw_fields(t, fields)
+
+    def _remember(self, head: _Item | None, buf: bytes, spans: Sequence[tuple[int, int, int]]) -> None:
+        """Remember the raw values of classified columns in these rows of a masked result."""
+        if not isinstance(head, _Query | _Execute) or not head.touch or head.touched_rows >= TOUCH_ROWS:
+            return
+        touched = self.touched
+        take = spans[: TOUCH_ROWS - head.touched_rows]
+        head.touched_rows += len(take)
+        for _, start, end in take:
+            values = decode_data_row(bytes(buf[start:end]))
+            for index, cls in head.touch:
+                if index < len(values):
+                    raw = values[index]
+                    if raw is not None and len(raw) <= 1024:
+                        with contextlib.suppress(UnicodeDecodeError):
+                            touched.add(raw.decode("utf-8"), cls)
 
     def _current_plan(self, head: _Item | None) -> StatementPlan | None:
         if isinstance(head, _Query):
@@ -564,10 +683,8 @@ class SessionMasking:
                 head.compiled = True
                 if head.plan is not None:
                     fields = head.fields or self.portal_fields.get(head.portal)
-                    if fields is not None:
-                        head.rows = self._compile(head.plan, fields, head.formats)
-                    else:
-                        head.rows = self._compile(head.plan, None, head.formats)
+                    head.rows = self._compile(head.plan, fields, head.formats)
+                    head.touch = _touch_columns(head.rows, fields, head.formats)
             return head.rows
         return None
 
@@ -591,5 +708,27 @@ class SessionMasking:
         )
 
 
+def _touch_columns(
+    rows: RowMasker | None, fields: Sequence[Field] | None, formats: Sequence[int] | None
+) -> tuple[tuple[int, DataClass], ...]:
+    """The columns of a masked result whose raw values are text of a classified column."""
+    if rows is None:
+        return ()
+    out: list[tuple[int, DataClass]] = []
+    for i, mask in enumerate(rows.masks):
+        if mask is None or mask.data_class is None or mask.strategy == "detect":
+            continue
+        if formats:
+            fmt = formats[0] if len(formats) == 1 else (formats[i] if i < len(formats) else 0)
+        else:
+            fmt = fields[i].format if fields is not None and i < len(fields) else 0
+        oid = fields[i].type_oid if fields is not None and i < len(fields) else 25
+        # text format, or a text type (whose binary form is its text)
+        if fmt == 0 or oid in _TEXT_OIDS:
+            out.append((i, mask.data_class))
+    return tuple(out)
+
+
+_TEXT_OIDS = frozenset({25, 1043, 1042, 19, 705, 18})
 COPY_DATA = m.COPY_DATA
 _ONE_ANSWER = frozenset({ord("1"), ord("2"), ord("3")})

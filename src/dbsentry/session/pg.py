@@ -1614,6 +1614,10 @@ class Session:
             # Copying sensitive columns elsewhere (a table, a view, another column) would
             # let a masked identity read them unmasked from there.
             return _refusal(check, "masking.copy_out", "a masked identity may not copy sensitive columns"), ()
+        side = masking.side_channel(verdict.facts)
+        if side is not None:
+            # The value would leave by a notification or a setting, where no plan masks it.
+            return _refusal(check, "masking.side_channel", side), ()
         plans = masking.plan(sql, verdict.facts, check.decision)
         for plan in plans:
             if plan is None:
@@ -1757,11 +1761,14 @@ class Session:
 
     def _govern_function_call(self, gov: Governor, chunk: _Chunk, start: int, end: int) -> None:
         # A FunctionCall names a function by OID only, so governance cannot check it:
-        # where the baseline applies (production), it is refused (fail closed).
-        if self._environment in gov.policy.production_environments:
+        # where the baseline applies (production), it is refused (fail closed); so it is
+        # for identities under masking, whose FunctionCallResponse no plan could mask.
+        masked = self.masking is not None and not self.masking.exempt()
+        if self._environment in gov.policy.production_environments or masked:
+            rule = "baseline.function_call" if self._environment in gov.policy.production_environments else "masking.function_call"
             message = (
                 "dbsentry: the FunctionCall protocol message is not allowed here; call the function with SQL "
-                "(rule: baseline.function_call)"
+                f"(rule: {rule})"
             )
             marker = self._refuse(message, "42501", chunk.commands)
             chunk.replace(start, end, self._marker_query(marker))
