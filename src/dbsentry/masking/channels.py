@@ -243,9 +243,27 @@ class ChannelMasker:
     tables: Mapping[tuple[str, str], frozenset[str]] = field(default_factory=dict)
 
     def text(self, text: str) -> str:
-        """``text`` with remembered values and detected values masked, the rest kept."""
+        """``text`` with detected values and remembered values masked, the rest kept.
+        Detection goes first, so an email keeps its domain as it does in rows."""
         if not text:
             return text
+        spans = find_sensitive(text)
+        if spans:
+            out: list[str] = []
+            pos = 0
+            for sp in spans:
+                out.append(text[pos : sp.start])
+                strategy = self.strategies.get(sp.data_class, DEFAULT_STRATEGIES[sp.data_class])
+                masked = mask_text(
+                    text[sp.start : sp.end],
+                    sp.data_class,
+                    "redact" if strategy == "null" else strategy,
+                    self.key,
+                )
+                out.append(masked or PLACEHOLDERS.get(sp.data_class, REDACTED))
+                pos = sp.end
+            out.append(text[pos:])
+            text = "".join(out)
         found = self.touched.find(text)
         if found:
             parts: list[str] = []
@@ -256,24 +274,7 @@ class ChannelMasker:
                 pos = end
             parts.append(text[pos:])
             text = "".join(parts)
-        spans = find_sensitive(text)
-        if not spans:
-            return text
-        out: list[str] = []
-        pos = 0
-        for sp in spans:
-            out.append(text[pos : sp.start])
-            strategy = self.strategies.get(sp.data_class, DEFAULT_STRATEGIES[sp.data_class])
-            masked = mask_text(
-                text[sp.start : sp.end],
-                sp.data_class,
-                "redact" if strategy == "null" else strategy,
-                self.key,
-            )
-            out.append(masked or PLACEHOLDERS.get(sp.data_class, REDACTED))
-            pos = sp.end
-        out.append(text[pos:])
-        return "".join(out)
+        return text
 
     def fields(
         self, fields: Iterable[tuple[str, str]], *, notice: bool, strict: bool

@@ -47,7 +47,13 @@ from dbsentry.masking import (
 from dbsentry.masking.channels import ChannelMasker, TouchedValues, classified_columns
 from dbsentry.masking.classes import parse_class
 from dbsentry.masking.lineage import LineageError
-from dbsentry.masking.rows import Field, UnsupportedCopy, decode_data_row, mask_data_rows
+from dbsentry.masking.rows import (
+    Field,
+    UnsupportedCopy,
+    decode_data_row,
+    encode_data_row,
+    mask_data_rows,
+)
 from dbsentry.masking.strategies import PLACEHOLDERS
 from dbsentry.policy.cache import LRU
 from dbsentry.policy.engine import Decision
@@ -316,11 +322,13 @@ class _Query:
     plans: tuple[StatementPlan | None, ...]
     # per statement: it reads classified columns (see MaskingView.reads_classified)
     strict: tuple[bool, ...] = ()
+    settings: tuple[bool, ...] = ()  # per statement: its result shows settings
     index: int = 0
     rows: RowMasker | None = None
     copy: CopyMasker | None = None
     touch: tuple[tuple[int, DataClass], ...] = ()  # columns whose raw values are remembered
     touched_rows: int = 0
+    fields: tuple[Field, ...] | None = None  # of the current result, when it shows settings
 
     @property
     def plan(self) -> StatementPlan | None:
@@ -329,6 +337,10 @@ class _Query:
     @property
     def reads_classified(self) -> bool:
         return self.index < len(self.strict) and self.strict[self.index]
+
+    @property
+    def shows_settings(self) -> bool:
+        return self.index < len(self.settings) and self.settings[self.index]
 
     def next_statement(self) -> None:
         self.index += 1
@@ -356,6 +368,7 @@ class _Execute:
     fields: tuple[Field, ...] | None
     formats: tuple[int, ...]
     reads_classified: bool = False
+    shows_settings: bool = False
     rows: RowMasker | None = None
     compiled: bool = False
     touch: tuple[tuple[int, DataClass], ...] = ()
@@ -398,6 +411,8 @@ class SessionMasking:
     # raw values of classified columns this session's masked results contained
     touched: TouchedValues = field(default_factory=TouchedValues)
     _pending_strict: tuple[bool, ...] = ()  # of the last plan(), for the frame sent next
+    _pending_settings: tuple[bool, ...] = ()
+    statement_settings: dict[str, bool] = field(default_factory=dict)
     _channels: tuple[int, ChannelMasker] | None = None
 
     # -------------------------------------------------------------- client side
@@ -408,6 +423,7 @@ class SessionMasking:
             return tuple(None for _ in facts)
         plans = list(self.service.plans(view, sql, facts, decision))
         self._pending_strict = tuple(view.reads_classified(f) for f in facts)
+        self._pending_settings = tuple(shows_settings(f) for f in facts)
         for i, p in enumerate(plans):
             if p is None:
                 continue
@@ -425,8 +441,9 @@ class SessionMasking:
     def sent(self, t: int, buf: bytes, start: int, end: int, plans: tuple[StatementPlan | None, ...] = ()) -> None:
         """A frame of type ``t`` went upstream; queue what the server will answer."""
         strict, self._pending_strict = self._pending_strict, ()
+        settings, self._pending_settings = self._pending_settings, ()
         if t == m.Q_QUERY or t == m.Q_FUNCTION_CALL:
-            self.expect.append(_Query(plans, strict if t == m.Q_QUERY else ()))
+            self.expect.append(_Query(plans, strict, settings) if t == m.Q_QUERY else _Query(plans))
         elif t == m.Q_PARSE:
             self.expect.append(_SIMPLE)
         elif t == m.Q_BIND:
@@ -434,7 +451,11 @@ class SessionMasking:
             stmt, _ = codec.read_cstr(buf, pos, end)
             # Result formats matter only where something may be masked: skip the decode
             # for statements with nothing sensitive (the usual case).
-            formats = codec.decode_bind(buf, start, end).result_formats if self.statements.get(stmt) else ()
+            formats = (
+                codec.decode_bind(buf, start, end).result_formats
+                if self.statements.get(stmt) or self.statement_settings.get(stmt)
+                else ()
+            )
             self.portals[portal] = (stmt, formats)
             self.portal_fields.pop(portal, None)
             self.expect.append(_SIMPLE)
@@ -446,14 +467,16 @@ class SessionMasking:
             stmt, formats = self.portals.get(portal, ("", ()))
             fields = self.portal_fields.get(portal) or self.statement_fields.get(stmt)
             plan = self.statements.get(stmt)
-            reads = self.statement_strict.get(stmt, False) or (plan is not None and plan.active)
-            self.expect.append(_Execute(portal, plan, fields, formats, reads))
+            reads = self.statement_strict.get(stmt, False) or _classified(plan)
+            shows = self.statement_settings.get(stmt, False)
+            self.expect.append(_Execute(portal, plan, fields, formats, reads, shows))
         elif t == m.Q_CLOSE:
             kind, name = codec.decode_describe_or_close(buf, start, end)
             if kind == "S":
                 self.statements.pop(name, None)
                 self.statement_fields.pop(name, None)
                 self.statement_strict.pop(name, None)
+                self.statement_settings.pop(name, None)
             else:
                 self.portals.pop(name, None)
                 self.portal_fields.pop(name, None)
@@ -465,7 +488,9 @@ class SessionMasking:
         self.statements[name] = plan
         self.statement_fields.pop(name, None)
         strict, self._pending_strict = self._pending_strict, ()
+        settings, self._pending_settings = self._pending_settings, ()
         self.statement_strict[name] = bool(strict and strict[0])
+        self.statement_settings[name] = bool(settings and settings[0])
 
     def side_channel(self, facts: Sequence[StatementFacts]) -> str | None:
         """Why a statement of an identity under masking is refused for sending a value
@@ -491,6 +516,8 @@ class SessionMasking:
         head = expect[0] if expect else None
         if t == m.R_DATA_ROW:
             rows = self._rows(head)
+            if self._shows_settings(head):
+                return self._settings_row(head, buf, start, end, rows)
             if rows is None:
                 return None
             body = bytes(buf[start:end])
@@ -505,6 +532,7 @@ class SessionMasking:
             # Decoded only for results that may need masking (a statement with a plan).
             if isinstance(head, _Query):
                 plan = head.plan
+                head.fields = decode_row_description(bytes(buf[start:end])) if head.shows_settings else None
                 if plan is not None:
                     fields = decode_row_description(bytes(buf[start:end]))
                     head.rows = self._compile(plan, fields, None)
@@ -587,6 +615,13 @@ class SessionMasking:
         t, start, _ = spans[i]
         expect = self.expect
         head = expect[0] if expect else None
+        if t == m.R_DATA_ROW and self._shows_settings(head):
+            # Settings are free text that procedural code may have filled with anything;
+            # their results are small: masked row by row, like notices.
+            rows = self._rows(head)
+            _, s, e = spans[i]
+            frame = self._settings_row(head, buf, s, e, rows)
+            return frame, 1, e
         if t == m.R_DATA_ROW:
             rows = self._rows(head)
             if rows is not None:
@@ -622,10 +657,47 @@ class SessionMasking:
             self._channels = cached
         return cached[1]
 
+    def _shows_settings(self, head: _Item | None) -> bool:
+        if isinstance(head, _Query):
+            return head.shows_settings and not self.exempt()
+        if isinstance(head, _Execute):
+            return head.shows_settings and not self.exempt()
+        return False
+
+    def _settings_row(
+        self, head: _Item | None, buf: bytes, start: int, end: int, rows: RowMasker | None
+    ) -> bytes | None:
+        """A DataRow of a result that shows settings: masked by its plan, then its text
+        values masked like a notice."""
+        body = bytes(buf[start:end])
+        if rows is not None:
+            self._remember(head, buf, ((m.R_DATA_ROW, start, end),))
+            body = mask_data_row(body, rows)
+        fields: Sequence[Field] | None = None
+        formats: tuple[int, ...] = ()
+        if isinstance(head, _Query):
+            fields = head.fields
+        elif isinstance(head, _Execute):
+            fields = head.fields or self.portal_fields.get(head.portal)
+            formats = head.formats
+        values = decode_data_row(body)
+        channels = self.channels()
+        changed = False
+        for i, raw in enumerate(values):
+            if raw is None or not _text_field(i, fields, formats):
+                continue
+            text = raw.decode("utf-8", "surrogateescape")
+            masked = channels.text(text)
+            if masked != text:
+                values[i] = masked.encode("utf-8", "surrogateescape")
+                changed = True
+        if not changed:
+            return None if body == bytes(buf[start:end]) else codec.frame(b"D", body)
+        return codec.frame(b"D", encode_data_row(values))
+
     def _reads_classified(self, head: _Item | None) -> bool:
         if isinstance(head, _Query):
-            plan = head.plan
-            return head.reads_classified or (plan is not None and plan.active)
+            return head.reads_classified or _classified(head.plan)
         if isinstance(head, _Execute):
             return head.reads_classified
         return False
@@ -662,9 +734,13 @@ class SessionMasking:
     def _describes_plan(self, item: _Describe) -> bool:
         """Whether the described statement or portal has a mask plan (its fields matter)."""
         if item.kind == "S":
-            return self.statements.get(item.name) is not None
+            return self.statements.get(item.name) is not None or self.statement_settings.get(item.name, False)
         portal = self.portals.get(item.name)
-        return portal is None or self.statements.get(portal[0]) is not None
+        return (
+            portal is None
+            or self.statements.get(portal[0]) is not None
+            or self.statement_settings.get(portal[0], False)
+        )
 
     def _described(self, item: _Describe, fields: tuple[Field, ...] | None) -> None:
         if item.kind == "S":
@@ -708,6 +784,11 @@ class SessionMasking:
         )
 
 
+def _classified(plan: StatementPlan | None) -> bool:
+    """Whether a plan masks classified columns (not only columns judged by their values)."""
+    return plan is not None and bool(plan.plan.data_classes)
+
+
 def _touch_columns(
     rows: RowMasker | None, fields: Sequence[Field] | None, formats: Sequence[int] | None
 ) -> tuple[tuple[int, DataClass], ...]:
@@ -730,5 +811,34 @@ def _touch_columns(
 
 
 _TEXT_OIDS = frozenset({25, 1043, 1042, 19, 705, 18})
+# Functions and relations whose results show settings' values.
+_SETTINGS_FUNCTIONS = frozenset({"current_setting", "pg_show_all_settings", "current_setting_text"})
+_SETTINGS_RELATIONS = frozenset({"pg_settings", "pg_file_settings", "pg_db_role_setting"})
+
+
+def shows_settings(facts: StatementFacts) -> bool:
+    """Whether the statement's result may show settings' values (``SHOW``,
+    ``current_setting()``, ``pg_settings``)."""
+    for f in (facts, facts.inner) if facts.inner is not None else (facts,):
+        if f.command == "SHOW":
+            return True
+        if any(fn.rpartition(".")[2].lower() in _SETTINGS_FUNCTIONS for fn in f.functions):
+            return True
+        if any(t.rpartition(".")[2].strip('"').lower() in _SETTINGS_RELATIONS for t in f.tables_read):
+            return True
+    return False
+
+
+def _text_field(i: int, fields: Sequence[Field] | None, formats: Sequence[int]) -> bool:
+    """Whether column ``i`` is text on the wire (text format, or a text type)."""
+    if formats:
+        fmt = formats[0] if len(formats) == 1 else (formats[i] if i < len(formats) else 0)
+    elif fields is not None and i < len(fields):
+        fmt = fields[i].format
+    else:
+        fmt = 0
+    if fmt == 0:
+        return True
+    return fields is not None and i < len(fields) and fields[i].type_oid in _TEXT_OIDS
 COPY_DATA = m.COPY_DATA
 _ONE_ANSWER = frozenset({ord("1"), ord("2"), ord("3")})

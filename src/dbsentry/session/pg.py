@@ -1912,6 +1912,7 @@ class Session:
             i += 1
             if exchange is not None and t != m.R_DATA_ROW and t != m.COPY_DATA:
                 exchange.received(t)
+            masked: bytes | None = None
             if masking is not None:
                 if t == m.R_DATA_ROW or t == m.COPY_DATA:
                     # A run of result rows is masked in one call; nothing below looks at them.
@@ -1921,8 +1922,9 @@ class Session:
                     i += count - 1
                     continue
                 masked = masking.received(t, buf, start, end)
-                if masked is not None and not (t == m.R_ERROR and self._refusals and self._is_ours(buf, start, end)):
+                if masked is not None and not (t == m.R_ERROR and self._refusals):
                     chunk.replace(start, end, masked)
+                    masked = None
             if t == m.R_READY:
                 self.txn_status = codec.decode_ready(buf, start, end).status
                 if self._cycles_done < self._cycles_sent:
@@ -1943,6 +1945,8 @@ class Session:
                     if ours is not None:
                         chunk.replace(start, end, ours)
                         continue
+                    if masked is not None:  # the server's own error, masked
+                        chunk.replace(start, end, masked)
                 if audit is not None:
                     fields = codec.decode_error_fields(buf, start, end)
                     self._audit_done(chunk, audit.error(fields.sqlstate, fields.message))
