@@ -518,3 +518,78 @@ def test_application_name_parameter_status(env: Env, client: str) -> None:
     assert real.parameters["application_name"] == EMAIL
     plain = session(client, env, ["set application_name = 'nightly report'"], reader=False)
     assert plain.parameters["application_name"] == "nightly report"
+
+
+# ---------------------------------------------------------------------- FunctionCall
+
+
+def _function_call(
+    env: Env, reader: bool, dbname: str, oid: int, arg: str
+) -> list[tuple[bytes, bytes]]:
+    """Log in with the raw protocol (TLS, token as password), send one FunctionCall and
+    return the messages that answer it, up to ReadyForQuery."""
+    import socket
+    import struct
+
+    identity, groups = READER if reader else MASKED
+    raw = socket.create_connection((env.proxy.host, env.proxy.port), timeout=10)
+    raw.sendall(struct.pack("!II", 8, 80877103))
+    assert raw.recv(1) == b"S"
+    sock = _tls().wrap_socket(raw)
+    buf = b""
+
+    def read() -> tuple[bytes, bytes]:
+        nonlocal buf
+        while len(buf) < 5 or len(buf) < 1 + struct.unpack("!I", buf[1:5])[0]:
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed"
+            buf += chunk
+        n = struct.unpack("!I", buf[1:5])[0]
+        t, body, buf = buf[:1], buf[5 : 1 + n], buf[1 + n :]
+        return t, body
+
+    def send(t: bytes, body: bytes) -> None:
+        sock.sendall(t + struct.pack("!I", len(body) + 4) + body)
+
+    params = b"user\x00" + identity.encode() + b"\x00database\x00" + dbname.encode() + b"\x00\x00"
+    sock.sendall(struct.pack("!II", len(params) + 8, 196608) + params)
+    while True:
+        t, body = read()
+        if t == b"R" and struct.unpack("!I", body[:4])[0] == 3:
+            send(b"p", env.proxy.token(identity, groups).encode() + b"\x00")
+        elif t == b"Z":
+            break
+        assert t != b"E", body
+    value = arg.encode()
+    send(
+        b"F",
+        struct.pack("!Ihhh", oid, 1, 0, 1)  # one text argument
+        + struct.pack("!I", len(value))
+        + value
+        + struct.pack("!h", 0),
+    )
+    out: list[tuple[bytes, bytes]] = []
+    while True:
+        t, body = read()
+        out.append((t, body))
+        if t == b"Z":
+            break
+    send(b"X", b"")
+    sock.close()
+    return out
+
+
+def test_function_call_is_refused_for_masked_identities(env: Env) -> None:
+    with psycopg.connect(env.pg.dsn(), autocommit=True) as conn:
+        row = conn.execute("select 'pg_catalog.quote_literal(text)'::regprocedure::oid").fetchone()
+    assert row is not None
+    oid = int(row[0])
+    masked = _function_call(env, False, "staging", oid, EMAIL)
+    assert [t for t, _ in masked] == [b"E", b"Z"], masked
+    assert b"masking.function_call" in masked[0][1] and b"C42501\x00" in masked[0][1]
+    SECRETS.assert_no_leak(repr(masked))
+    real = _function_call(env, True, "staging", oid, EMAIL)
+    assert [t for t, _ in real] == [b"V", b"Z"], real
+    assert f"'{EMAIL}'".encode() in real[0][1]
+    prod = _function_call(env, True, "prod", oid, EMAIL)
+    assert b"baseline.function_call" in prod[0][1]
