@@ -593,3 +593,35 @@ def test_function_call_is_refused_for_masked_identities(env: Env) -> None:
     assert f"'{EMAIL}'".encode() in real[0][1]
     prod = _function_call(env, True, "prod", oid, EMAIL)
     assert b"baseline.function_call" in prod[0][1]
+
+
+# ---------------------------------------------------------------------- attack variants
+
+
+@pytest.mark.parametrize("client", ["psql", "psycopg", "asyncpg"])
+def test_attack_variants_in_staging(env: Env, client: str) -> None:
+    channel = f"chan_{env.schema.suffix}"
+    statements = [
+        "select full_name from {T} order by id",
+        # side channels hidden in other statements
+        "explain analyze select set_config('app.v_{S}', email, false) from {T}",
+        f"select (select pg_notify('{channel}', email) from {{T}} limit 1)",
+        f"prepare chan_p_{{S}} as select pg_notify('{channel}', full_name) from {{T}}",
+        f"select pg_notify('{channel}', chan_notice_{{S}}(1)::text)",
+        # dynamic SQL that quotes data in a class-42 error, an internal query, a context
+        "do $$ begin execute format('select %I', (select email from {T} where id = 1)); end $$",
+        "do $$ begin execute format('select %I', (select full_name from {T} where id = 2)); end $$",
+        "do $$ begin execute 'select ' || quote_literal((select full_name from {T} where id = 1)) || '::int'; end $$",
+        # a transformed value in a cast error
+        "select upper(replace(full_name, ' ', '-'))::int from {T} where id = 1",
+        "select encode(convert_to(full_name, 'UTF8'), 'base64')::int from {T} where id = 1",
+    ]
+    masked = session(client, env, statements, reader=False, dbname="staging", listen=channel)
+    SECRETS.assert_no_leak(masked.blob(), context=client)
+    assert masked.notifications == []
+    if client != "psql":
+        states = _states(masked)
+        assert states[1:5] == ["42501"] * 4, states
+        assert states[5:] == ["42703", "42703", "22P02", "22P02", "22P02"], states
+    real = session(client, env, statements, reader=True, dbname="staging", listen=channel)
+    assert NAME2 in real.blob() and EMAIL in real.blob()
