@@ -688,6 +688,22 @@ def test_writing_a_masked_value_back_is_refused(env: Env, value: str, who: str) 
     ]
 
 
+@pytest.mark.parametrize("value", ["note: ****", "see the <email> field", "Password: ****", "*important*"])
+def test_text_that_merely_contains_a_marker_is_written(env: Env, value: str) -> None:
+    """Only a value that is, as a whole, what the proxy emits is refused; prose that
+    contains ``****`` or ``<email>`` is ordinary data, as a literal and as a parameter."""
+    t = env.schema.table
+    try:
+        with psycopg.connect(_dsn(env.proxy, False), autocommit=True) as conn:
+            conn.execute(f"update {t} set notes = '{value}' where id = 1")
+            assert _direct(env.pg, f"select notes from {t} where id = 1") == [(value,)]
+            conn.execute(f"update {t} set notes = %s where id = 1", (value + "!",))
+            assert _direct(env.pg, f"select notes from {t} where id = 1") == [(value + "!",)]
+    finally:
+        with psycopg.connect(env.pg.dsn(), autocommit=True) as direct:
+            direct.execute(f"update {t} set notes = 'prefers morning calls' where id = 1")
+
+
 @pytest.mark.parametrize("client", ["psycopg", "asyncpg"])
 def test_writing_a_masked_value_back_through_a_parameter_is_refused(env: Env, client: str) -> None:
     """What an application or ORM does: read a row, change a field, save it with bind

@@ -13,6 +13,7 @@ from dbsentry.approvals import Approvals, ApprovalStoreError, Notifier, open_app
 from dbsentry.audit import AuditStoreError, AuditWriter, Signer, open_store
 from dbsentry.config import Config, ConfigError, LoadedConfig, check_environments
 from dbsentry.identity import Authenticator
+from dbsentry.masking.copies import DerivedClassFile
 from dbsentry.policy import PolicyError
 from dbsentry.policy.loader import declared_environments
 from dbsentry.server.catalogs import CatalogLoader
@@ -92,7 +93,9 @@ async def run_server(
     if not config.passthrough:
         # The catalog serves masking and tells which functions may change data.
         key_path = config.masking.hash_key_file or config.state_dir / "masking.key"
-        catalogs = CatalogLoader(config, MaskingService(config.masking, load_or_create_key(key_path)))
+        derived = DerivedClassFile(config.state_dir / "masking-derived-classes.json")
+        service = MaskingService(config.masking, load_or_create_key(key_path), derived.load(), derived.save)
+        catalogs = CatalogLoader(config, service)
     approvals: Approvals | None = None
     if writer is not None:
         try:
