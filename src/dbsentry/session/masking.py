@@ -15,6 +15,7 @@ Two parts, both free of I/O:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -45,10 +46,17 @@ from dbsentry.masking import (
     plan_masks,
 )
 from dbsentry.masking.catalog import SourceColumn
+from dbsentry.masking.channels import ChannelMasker, TouchedValues, classified_columns
 from dbsentry.masking.classes import Classification, most_sensitive, parse_class
 from dbsentry.masking.copies import copied_classes, with_derived, with_new_tables
 from dbsentry.masking.lineage import ANY_SCHEMA, LineageError
-from dbsentry.masking.rows import Field, UnsupportedCopy, mask_data_rows
+from dbsentry.masking.rows import (
+    Field,
+    UnsupportedCopy,
+    decode_data_row,
+    encode_data_row,
+    mask_data_rows,
+)
 from dbsentry.masking.strategies import PLACEHOLDERS
 from dbsentry.policy.cache import LRU
 from dbsentry.policy.engine import Decision
@@ -136,6 +144,14 @@ class MaskingView:
     @property
     def _sensitive_tables(self) -> frozenset[str]:
         return frozenset(c.table.lower() for c in self.classmap.columns)
+
+    def reads_classified(self, facts: StatementFacts) -> bool:
+        """Whether the statement itself reads a relation with classified columns (or a
+        view): then text its errors quote, and notices raised meanwhile, may be their
+        values.  Calling a function that reads them does not count (it is opaque)."""
+        if not self.classmap.columns:
+            return False
+        return any(t.rpartition(".")[2].strip('"').lower() in self.sensitive_relnames for t in facts.tables_read)
 
     def may_read_sensitive(self, facts: StatementFacts) -> bool:
         """A cheap test: could this statement read sensitive data at all?"""
@@ -453,9 +469,15 @@ class _Query:
     """A simple Query (or FunctionCall): answered statement by statement, then ReadyForQuery."""
 
     plans: tuple[StatementPlan | None, ...]
+    # per statement: it reads classified columns (see MaskingView.reads_classified)
+    strict: tuple[bool, ...] = ()
+    settings: tuple[bool, ...] = ()  # per statement: its result shows settings
     index: int = 0
     rows: RowMasker | None = None
     copy: CopyMasker | None = None
+    touch: tuple[tuple[int, DataClass], ...] = ()  # columns whose raw values are remembered
+    touched_rows: int = 0
+    fields: tuple[Field, ...] | None = None  # of the current result, when it shows settings
     # Statement index -> (name, plan) of each SQL PREPARE: known once it completed.
     prepares: dict[int, tuple[str, StatementPlan | None]] = field(default_factory=dict)
 
@@ -463,10 +485,20 @@ class _Query:
     def plan(self) -> StatementPlan | None:
         return self.plans[self.index] if self.index < len(self.plans) else None
 
+    @property
+    def reads_classified(self) -> bool:
+        return self.index < len(self.strict) and self.strict[self.index]
+
+    @property
+    def shows_settings(self) -> bool:
+        return self.index < len(self.settings) and self.settings[self.index]
+
     def next_statement(self) -> None:
         self.index += 1
         self.rows = None
         self.copy = None
+        self.touch = ()
+        self.touched_rows = 0
 
 
 @dataclass(slots=True)
@@ -494,8 +526,12 @@ class _Execute:
     plan: StatementPlan | None
     fields: tuple[Field, ...] | None
     formats: tuple[int, ...]
+    reads_classified: bool = False
+    shows_settings: bool = False
     rows: RowMasker | None = None
     compiled: bool = False
+    touch: tuple[tuple[int, DataClass], ...] = ()
+    touched_rows: int = 0
     prepares: tuple[str, StatementPlan | None] | None = None  # it runs a SQL PREPARE
 
 
@@ -507,7 +543,11 @@ class _Sync:
 _Item = _Query | _Simple | _Parse | _Describe | _Execute | _Sync
 _SIMPLE = _Simple()
 _SYNC = _Sync()
-WITHHELD = "dbsentry: the error message was withheld because the statement reads masked data"
+# Rows of each result whose classified values are remembered (TouchedValues): decoding
+# rows a second time costs, and a bulk export would fill the set with its first rows anyway.
+TOUCH_ROWS = 1000
+# Functions that carry a value out of the statement by another channel than its result.
+SIDE_CHANNEL_FUNCTIONS = frozenset({"pg_notify", "set_config"})
 
 
 def _never() -> bool:
@@ -526,6 +566,14 @@ class SessionMasking:
     portals: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)
     portal_fields: dict[str, tuple[Field, ...] | None] = field(default_factory=dict)
     cursors: dict[str, StatementPlan | None] = field(default_factory=dict)  # DECLARE name -> plan
+    # statement name -> whether it reads classified columns
+    statement_strict: dict[str, bool] = field(default_factory=dict)
+    # raw values of classified columns this session's masked results contained
+    touched: TouchedValues = field(default_factory=TouchedValues)
+    _pending_strict: tuple[bool, ...] = ()  # of the last plan(), for the frame sent next
+    _pending_settings: tuple[bool, ...] = ()
+    statement_settings: dict[str, bool] = field(default_factory=dict)
+    _channels: tuple[int, ChannelMasker] | None = None
     # The session's search_path as far as the proxy can tell (None: the connection's
     # default, the catalog's), and the other schemas it may hold: a SET that failed or
     # was rolled back, a value that is not a constant (ANY_SCHEMA), a function that may
@@ -637,6 +685,8 @@ class SessionMasking:
             return tuple(None for _ in facts)
         self.follow_settings(facts)
         plans = list(self._plans(view, sql, facts, decision))
+        self._pending_strict = tuple(view.reads_classified(f) for f in facts)
+        self._pending_settings = tuple(shows_settings(f) for f in facts)
         self._last_source = (sql, tuple(facts), decision)
         prepares: dict[int, tuple[str, StatementPlan | None]] = {}
         local: dict[str, StatementPlan | None] = {}
@@ -663,8 +713,10 @@ class SessionMasking:
 
     def sent(self, t: int, buf: bytes, start: int, end: int, plans: tuple[StatementPlan | None, ...] = ()) -> None:
         """A frame of type ``t`` went upstream; queue what the server will answer."""
+        strict, self._pending_strict = self._pending_strict, ()
+        settings, self._pending_settings = self._pending_settings, ()
         if t == m.Q_QUERY or t == m.Q_FUNCTION_CALL:
-            item = _Query(plans)
+            item = _Query(plans, strict, settings) if t == m.Q_QUERY else _Query(plans)
             planned, self._planned = self._planned, None
             if planned is not None and planned[0] is plans:
                 item.prepares = planned[1]
@@ -681,7 +733,7 @@ class SessionMasking:
             stmt, _ = codec.read_cstr(buf, pos, end)
             # Result formats matter only where something may be masked: skip the decode
             # for statements with nothing sensitive (the usual case).
-            formats = codec.decode_bind(buf, start, end).result_formats if self.statement(stmt) else ()
+            formats = codec.decode_bind(buf, start, end).result_formats if self.statement(stmt) or self.statement_settings.get(stmt) else ()
             self.portals[portal] = (stmt, formats)
             self.portal_fields.pop(portal, None)
             self.expect.append(_SIMPLE)
@@ -694,6 +746,8 @@ class SessionMasking:
             fields = self.portal_fields.get(portal) or self.statement_fields.get(stmt)
             execute = _Execute(portal, self.statement(stmt), fields, formats)
             execute.prepares = self.sql_prepares.get(stmt)
+            execute.reads_classified = self.statement_strict.get(stmt, False) or _classified(execute.plan)
+            execute.shows_settings = self.statement_settings.get(stmt, False)
             if execute.prepares is not None:
                 self.pending[execute.prepares[0]] = execute.prepares[1]
             self.expect.append(execute)
@@ -704,6 +758,8 @@ class SessionMasking:
                 self.pending.pop(name, None)
                 self.sources.pop(name, None)
                 self.statement_fields.pop(name, None)
+                self.statement_strict.pop(name, None)
+                self.statement_settings.pop(name, None)
             else:
                 self.portals.pop(name, None)
                 self.portal_fields.pop(name, None)
@@ -725,6 +781,26 @@ class SessionMasking:
         else:
             self.sources.pop(name, None)
         self.statement_fields.pop(name, None)
+        strict, self._pending_strict = self._pending_strict, ()
+        settings, self._pending_settings = self._pending_settings, ()
+        self.statement_strict[name] = bool(strict and strict[0])
+        self.statement_settings[name] = bool(settings and settings[0])
+
+    def side_channel(self, facts: Sequence[StatementFacts]) -> str | None:
+        """Why a statement of an identity under masking is refused for sending a value
+        out by another channel than its result (``pg_notify``, ``set_config``) while it
+        may read sensitive data; None when it is not.  Literal values (``NOTIFY ch,
+        'x'``, ``SET application_name = 'x'``) and statements that read nothing
+        sensitive pass."""
+        view = self.service.current(self.connection)
+        if view is None:
+            return None
+        for f in facts:
+            called = {fn.rpartition(".")[2].lower() for fn in f.functions} & SIDE_CHANNEL_FUNCTIONS
+            if called and view.may_read_sensitive(f):
+                name = sorted(called)[0]
+                return f"{name}() may not carry data of a statement that reads sensitive columns"
+        return None
 
     def _confirm(self, name: str, plan: StatementPlan | None) -> None:
         """The server created prepared statement ``name``."""
@@ -740,10 +816,13 @@ class SessionMasking:
         head = expect[0] if expect else None
         if t == m.R_DATA_ROW:
             rows = self._rows(head)
+            if self._shows_settings(head):
+                return self._settings_row(head, buf, start, end, rows)
             if rows is None:
                 return None
             body = bytes(buf[start:end])
             masked = mask_data_row(body, rows)
+            self._remember(head, buf, ((t, start, end),))
             return None if masked is body else codec.frame(b"D", masked)
         if t == COPY_DATA:
             if isinstance(head, _Query) and head.copy is not None:
@@ -753,11 +832,13 @@ class SessionMasking:
             # Decoded only for results that may need masking (a statement with a plan).
             if isinstance(head, _Query):
                 plan = head.plan
-                head.rows = (
-                    self._compile(plan, decode_row_description(bytes(buf[start:end])), None)
-                    if plan is not None
-                    else None
-                )
+                head.fields = decode_row_description(bytes(buf[start:end])) if head.shows_settings else None
+                if plan is not None:
+                    fields = decode_row_description(bytes(buf[start:end]))
+                    head.rows = self._compile(plan, fields, None)
+                    head.touch = _touch_columns(head.rows, fields, None)
+                else:
+                    head.rows = None
             elif isinstance(head, _Describe):
                 needed = self._describes_plan(head)
                 self._described(head, decode_row_description(bytes(buf[start:end])) if needed else None)
@@ -779,7 +860,7 @@ class SessionMasking:
                 expect.popleft()
             return None
         if t == m.R_ERROR:
-            sensitive = self._current_plan(head) is not None and not self.exempt()
+            strict = self._reads_classified(head)
             if isinstance(head, _Query):
                 head.plans = head.plans[: head.index]  # the rest of the string is skipped
                 self._unconfirmed(name for name, _ in head.prepares.values())
@@ -791,10 +872,25 @@ class SessionMasking:
                         self._unconfirmed((item.name,))
                     elif isinstance(item, _Execute) and item.prepares is not None:
                         self._unconfirmed((item.prepares[0],))
-            if sensitive:
-                err = codec.decode_error_fields(buf, start, end)
-                return codec.error_response(err.sqlstate, WITHHELD, severity=err.severity or "ERROR")
-            return None
+            return self._masked_fields(b"E", buf, start, end, strict)
+        if t == m.R_NOTICE:
+            return self._masked_fields(b"N", buf, start, end, self._reads_classified(head))
+        if t == m.R_NOTIFICATION:
+            if self.exempt():
+                return None
+            note = codec.decode_notification(buf, start, end)
+            payload = self.channels().notification(note.channel, note.payload)
+            return None if payload is None else codec.encode_notification(replace(note, payload=payload))
+        if t == m.R_PARAMETER_STATUS:
+            if self.exempt():
+                return None
+            ps = codec.decode_raw_parameter_status(buf, start, end)
+            value = self.channels().parameter(ps.name, ps.value)
+            return None if value is None else codec.encode_raw_parameter_status(ps.name, value)
+        if t == m.R_FUNCTION_CALL_RESPONSE:
+            # FunctionCall is refused for identities under masking (see Session); should
+            # one be answered anyway (a grant that ended meanwhile), its value is NULL.
+            return None if self.exempt() else codec.frame(b"V", b"\xff\xff\xff\xff")
         if t == m.R_READY:
             while expect and not isinstance(expect[0], _Query | _Sync):
                 expect.popleft()
@@ -839,10 +935,19 @@ class SessionMasking:
         t, start, _ = spans[i]
         expect = self.expect
         head = expect[0] if expect else None
+        if t == m.R_DATA_ROW and self._shows_settings(head):
+            # Settings are free text that procedural code may have filled with anything;
+            # their results are small: masked row by row, like notices.
+            rows = self._rows(head)
+            _, s, e = spans[i]
+            frame = self._settings_row(head, buf, s, e, rows)
+            return frame, 1, e
         if t == m.R_DATA_ROW:
             rows = self._rows(head)
             if rows is not None:
-                return self._checked(spans, i, mask_data_rows(buf, start - 5, rows))
+                result = self._checked(spans, i, mask_data_rows(buf, start - 5, rows))
+                self._remember(head, buf, spans[i : i + result[1]])
+                return result
         elif t == COPY_DATA and isinstance(head, _Query) and head.copy is not None:
             return self._checked(spans, i, head.copy.mask_frames(buf, start - 5))
         j = i + 1
@@ -858,6 +963,87 @@ class SessionMasking:
             raise codec.ProtocolError("result rows do not follow the message boundaries")
         return result
 
+    # -------------------------------------------------------------- other channels
+
+    def channels(self) -> ChannelMasker:
+        """The masker of notices, errors, notifications and parameters (per catalog)."""
+        view = self.service.current(self.connection)
+        version = view.version if view is not None else 0
+        cached = self._channels
+        if cached is None or cached[0] != version:
+            svc = self.service
+            tables = classified_columns(view.classmap) if view is not None else {}
+            cached = (version, ChannelMasker(dict(svc.settings.strategies), svc.key, self.touched, tables))
+            self._channels = cached
+        return cached[1]
+
+    def _shows_settings(self, head: _Item | None) -> bool:
+        if isinstance(head, _Query):
+            return head.shows_settings and not self.exempt()
+        if isinstance(head, _Execute):
+            return head.shows_settings and not self.exempt()
+        return False
+
+    def _settings_row(
+        self, head: _Item | None, buf: bytes, start: int, end: int, rows: RowMasker | None
+    ) -> bytes | None:
+        """A DataRow of a result that shows settings: masked by its plan, then its text
+        values masked like a notice."""
+        body = bytes(buf[start:end])
+        if rows is not None:
+            self._remember(head, buf, ((m.R_DATA_ROW, start, end),))
+            body = mask_data_row(body, rows)
+        fields: Sequence[Field] | None = None
+        formats: tuple[int, ...] = ()
+        if isinstance(head, _Query):
+            fields = head.fields
+        elif isinstance(head, _Execute):
+            fields = head.fields or self.portal_fields.get(head.portal)
+            formats = head.formats
+        values = decode_data_row(body)
+        channels = self.channels()
+        changed = False
+        for i, raw in enumerate(values):
+            if raw is None or not _text_field(i, fields, formats):
+                continue
+            text = raw.decode("utf-8", "surrogateescape")
+            masked = channels.text(text)
+            if masked != text:
+                values[i] = masked.encode("utf-8", "surrogateescape")
+                changed = True
+        if not changed:
+            return None if body == bytes(buf[start:end]) else codec.frame(b"D", body)
+        return codec.frame(b"D", encode_data_row(values))
+
+    def _reads_classified(self, head: _Item | None) -> bool:
+        if isinstance(head, _Query):
+            return head.reads_classified or _classified(head.plan)
+        if isinstance(head, _Execute):
+            return head.reads_classified
+        return False
+
+    def _masked_fields(self, t: bytes, buf: bytes, start: int, end: int, strict: bool) -> bytes | None:
+        if self.exempt():
+            return None
+        fields = self.channels().fields(codec.decode_raw_fields(buf, start, end), notice=t == b"N", strict=strict)
+        return None if fields is None else codec.encode_raw_fields(t, fields)
+
+    def _remember(self, head: _Item | None, buf: bytes, spans: Sequence[tuple[int, int, int]]) -> None:
+        """Remember the raw values of classified columns in these rows of a masked result."""
+        if not isinstance(head, _Query | _Execute) or not head.touch or head.touched_rows >= TOUCH_ROWS:
+            return
+        touched = self.touched
+        take = spans[: TOUCH_ROWS - head.touched_rows]
+        head.touched_rows += len(take)
+        for _, start, end in take:
+            values = decode_data_row(bytes(buf[start:end]))
+            for index, cls in head.touch:
+                if index < len(values):
+                    raw = values[index]
+                    if raw is not None and len(raw) <= 1024:
+                        with contextlib.suppress(UnicodeDecodeError):
+                            touched.add(raw.decode("utf-8"), cls)
+
     def _current_plan(self, head: _Item | None) -> StatementPlan | None:
         if isinstance(head, _Query):
             return head.plan
@@ -868,9 +1054,13 @@ class SessionMasking:
     def _describes_plan(self, item: _Describe) -> bool:
         """Whether the described statement or portal has a mask plan (its fields matter)."""
         if item.kind == "S":
-            return self.statement(item.name) is not None
+            return self.statement(item.name) is not None or self.statement_settings.get(item.name, False)
         portal = self.portals.get(item.name)
-        return portal is None or self.statement(portal[0]) is not None
+        return (
+            portal is None
+            or self.statement(portal[0]) is not None
+            or self.statement_settings.get(portal[0], False)
+        )
 
     def _described(self, item: _Describe, fields: tuple[Field, ...] | None) -> None:
         if item.kind == "S":
@@ -889,10 +1079,8 @@ class SessionMasking:
                 head.compiled = True
                 if head.plan is not None:
                     fields = head.fields or self.portal_fields.get(head.portal)
-                    if fields is not None:
-                        head.rows = self._compile(head.plan, fields, head.formats)
-                    else:
-                        head.rows = self._compile(head.plan, None, head.formats)
+                    head.rows = self._compile(head.plan, fields, head.formats)
+                    head.touch = _touch_columns(head.rows, fields, head.formats)
             return head.rows
         return None
 
@@ -916,5 +1104,61 @@ class SessionMasking:
         )
 
 
+def _classified(plan: StatementPlan | None) -> bool:
+    """Whether a plan masks classified columns (not only columns judged by their values)."""
+    return plan is not None and bool(plan.plan.data_classes)
+
+
+def _touch_columns(
+    rows: RowMasker | None, fields: Sequence[Field] | None, formats: Sequence[int] | None
+) -> tuple[tuple[int, DataClass], ...]:
+    """The columns of a masked result whose raw values are text of a classified column."""
+    if rows is None:
+        return ()
+    out: list[tuple[int, DataClass]] = []
+    for i, mask in enumerate(rows.masks):
+        if mask is None or mask.data_class is None or mask.strategy == "detect":
+            continue
+        if formats:
+            fmt = formats[0] if len(formats) == 1 else (formats[i] if i < len(formats) else 0)
+        else:
+            fmt = fields[i].format if fields is not None and i < len(fields) else 0
+        oid = fields[i].type_oid if fields is not None and i < len(fields) else 25
+        # text format, or a text type (whose binary form is its text)
+        if fmt == 0 or oid in _TEXT_OIDS:
+            out.append((i, mask.data_class))
+    return tuple(out)
+
+
+_TEXT_OIDS = frozenset({25, 1043, 1042, 19, 705, 18})
+# Functions and relations whose results show settings' values.
+_SETTINGS_FUNCTIONS = frozenset({"current_setting", "pg_show_all_settings", "current_setting_text"})
+_SETTINGS_RELATIONS = frozenset({"pg_settings", "pg_file_settings", "pg_db_role_setting"})
+
+
+def shows_settings(facts: StatementFacts) -> bool:
+    """Whether the statement's result may show settings' values (``SHOW``,
+    ``current_setting()``, ``pg_settings``)."""
+    for f in (facts, facts.inner) if facts.inner is not None else (facts,):
+        if f.command == "SHOW":
+            return True
+        if any(fn.rpartition(".")[2].lower() in _SETTINGS_FUNCTIONS for fn in f.functions):
+            return True
+        if any(t.rpartition(".")[2].strip('"').lower() in _SETTINGS_RELATIONS for t in f.tables_read):
+            return True
+    return False
+
+
+def _text_field(i: int, fields: Sequence[Field] | None, formats: Sequence[int]) -> bool:
+    """Whether column ``i`` is text on the wire (text format, or a text type)."""
+    if formats:
+        fmt = formats[0] if len(formats) == 1 else (formats[i] if i < len(formats) else 0)
+    elif fields is not None and i < len(fields):
+        fmt = fields[i].format
+    else:
+        fmt = 0
+    if fmt == 0:
+        return True
+    return fields is not None and i < len(fields) and fields[i].type_oid in _TEXT_OIDS
 COPY_DATA = m.COPY_DATA
 _ONE_ANSWER = frozenset({ord("1"), ord("2"), ord("3")})

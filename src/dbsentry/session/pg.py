@@ -1627,6 +1627,10 @@ class Session:
             # Plans are still made (and kept for prepared statements and cursors): whether
             # results are masked is decided when they arrive, grants may expire meanwhile.
             return check, masking.plan(sql, verdict.facts, check.decision)
+        side = masking.side_channel(verdict.facts)
+        if side is not None:
+            # The value would leave by a notification or a setting, where no plan masks it.
+            return _refusal(check, "masking.side_channel", side), ()
         plans = masking.plan(sql, verdict.facts, check.decision)
         for plan in plans:
             if plan is None:
@@ -1770,11 +1774,14 @@ class Session:
 
     def _govern_function_call(self, gov: Governor, chunk: _Chunk, start: int, end: int) -> None:
         # A FunctionCall names a function by OID only, so governance cannot check it:
-        # where the baseline applies (production), it is refused (fail closed).
-        if self._environment in gov.policy.production_environments:
+        # where the baseline applies (production), it is refused (fail closed); so it is
+        # for identities under masking, whose FunctionCallResponse no plan could mask.
+        masked = self.masking is not None and not self.masking.exempt()
+        if self._environment in gov.policy.production_environments or masked:
+            rule = "baseline.function_call" if self._environment in gov.policy.production_environments else "masking.function_call"
             message = (
                 "dbsentry: the FunctionCall protocol message is not allowed here; call the function with SQL "
-                "(rule: baseline.function_call)"
+                f"(rule: {rule})"
             )
             marker = self._refuse(message, "42501", chunk.commands)
             chunk.replace(start, end, self._marker_query(marker))
@@ -1918,6 +1925,7 @@ class Session:
             i += 1
             if exchange is not None and t != m.R_DATA_ROW and t != m.COPY_DATA:
                 exchange.received(t)
+            masked: bytes | None = None
             if masking is not None:
                 if t == m.R_DATA_ROW or t == m.COPY_DATA:
                     # A run of result rows is masked in one call; nothing below looks at them.
@@ -1927,8 +1935,9 @@ class Session:
                     i += count - 1
                     continue
                 masked = masking.received(t, buf, start, end)
-                if masked is not None and not (t == m.R_ERROR and self._refusals and self._is_ours(buf, start, end)):
+                if masked is not None and not (t == m.R_ERROR and self._refusals):
                     chunk.replace(start, end, masked)
+                    masked = None
             if t == m.R_READY:
                 self.txn_status = codec.decode_ready(buf, start, end).status
                 if self._cycles_done < self._cycles_sent:
@@ -1949,6 +1958,8 @@ class Session:
                     if ours is not None:
                         chunk.replace(start, end, ours)
                         continue
+                    if masked is not None:  # the server's own error, masked
+                        chunk.replace(start, end, masked)
                 if audit is not None:
                     fields = codec.decode_error_fields(buf, start, end)
                     self._audit_done(chunk, audit.error(fields.sqlstate, fields.message))
