@@ -70,11 +70,14 @@ class SourceColumn(NamedTuple):
 # -- the SQL ---------------------------------------------------------------------------
 
 # System schemas are left out, except the few catalogs that hold credentials, so that
-# ``SELECT rolpassword FROM pg_authid`` is masked like any other secret.
+# ``SELECT rolpassword FROM pg_authid`` is masked like any other secret, and the planner
+# statistics, which hold samples of every column's values.
 _SCHEMA_FILTER = """(n.nspname NOT IN ('pg_catalog', 'information_schema')
          AND n.nspname !~ '^pg_(toast|temp_)'
        OR n.nspname = 'pg_catalog'
-         AND c.relname IN ('pg_authid', 'pg_shadow', 'pg_user_mapping', 'pg_user_mappings'))"""
+         AND c.relname IN ('pg_authid', 'pg_shadow', 'pg_user_mapping', 'pg_user_mappings',
+                           'pg_statistic', 'pg_statistic_ext_data', 'pg_stats', 'pg_stats_ext',
+                           'pg_stats_ext_exprs'))"""
 
 #: One row per column: relation oid, schema, name, relkind, attnum, column name, type oid
 #: (a domain's base type, as RowDescription reports it), ``format_type`` spelling (a domain
@@ -696,6 +699,9 @@ async def _run_sample(conn: Any, sql: str, timeout_ms: int) -> list[Any]:
 # -- classification -------------------------------------------------------------------------
 
 # Credentials in the system catalogs whose column names do not say so.
+_SAMPLES = Classification(
+    DataClass.SECRET, "policy", "built in: planner statistics hold samples of any column's values"
+)
 _BUILTIN: dict[SourceColumn, Classification] = {
     SourceColumn("pg_catalog", "pg_user_mapping", "umoptions"): Classification(
         DataClass.SECRET, "policy", "built in: user mapping options hold passwords"
@@ -703,6 +709,17 @@ _BUILTIN: dict[SourceColumn, Classification] = {
     SourceColumn("pg_catalog", "pg_user_mappings", "umoptions"): Classification(
         DataClass.SECRET, "policy", "built in: user mapping options hold passwords"
     ),
+    **{
+        SourceColumn("pg_catalog", rel, col): _SAMPLES
+        for rel, cols in (
+            ("pg_stats", ("most_common_vals", "histogram_bounds", "most_common_elems")),
+            ("pg_stats_ext", ("most_common_vals",)),
+            ("pg_stats_ext_exprs", ("most_common_vals", "histogram_bounds", "most_common_elems")),
+            ("pg_statistic", tuple(f"stavalues{i}" for i in range(1, 6))),
+            ("pg_statistic_ext_data", ("stxdmcv", "stxdexpr")),
+        )
+        for col in cols
+    },
 }
 
 

@@ -104,6 +104,9 @@ class StatementLineage:
     fetches: str | None = None  # FETCH ... FROM name: look up the cursor's lineage
     prepares: str | None = None  # PREPARE name AS ...: the lineage is the statement's
     executes: str | None = None  # EXECUTE name: look up the prepared statement's lineage
+    # What it stores in tables (INSERT, UPDATE, MERGE, CREATE TABLE AS, SELECT INTO): each
+    # (table, column lineage named after the target column) with what the value derives from.
+    writes: tuple[tuple[TableName, ColumnLineage], ...] = ()
 
 
 class _L(NamedTuple):
@@ -257,9 +260,14 @@ class _Walk:
     catalog: Catalog
     search_path: tuple[str, ...]
     depth: int = 0
+    # Other schemas an unqualified name may resolve to (the session's path is not known
+    # for sure): a name is masked by every candidate.  ``ANY_SCHEMA`` among them: all.
+    candidates: frozenset[str] = frozenset()
     reads: set[TableName] = field(default_factory=set)
     exact: bool = True
     opaque_reads: bool = False  # ran code that may read any table (dynamic SQL, PL/pgSQL)
+    # What the statement stores: (table, column, the lineage of the value written).
+    writes: list[tuple[TableName, str, _L]] = field(default_factory=list)
 
     # ---- statements
 
@@ -356,8 +364,38 @@ class _Walk:
             ),
         )
         if body.get("intoClause"):
+            self.into(body["intoClause"], out)
             return []
         return out
+
+    def into(self, into: dict[str, Any], cols: Cols) -> None:
+        """CREATE TABLE AS / SELECT INTO: the new table's columns store ``cols``."""
+        rv = into.get("rel") or {}
+        names = _strings(into.get("colNames"))
+        cols = _rename(cols, names) if names else cols
+        schema = rv.get("schemaname")
+        if rv.get("relpersistence") == "t":
+            schemas: Iterable[str] = ("pg_temp",)  # the session's own
+        elif schema is not None:
+            schemas = (schema,)
+        else:
+            first = [p for p in self.search_path if p not in ("pg_catalog", "pg_temp")][:1]
+            schemas = {*first, *(c for c in self.candidates if c != ANY_SCHEMA)}
+        for sch in schemas:
+            for n, c in cols:
+                self.writes.append(((sch, rv.get("relname", "")), n, c))
+
+    def _wrote(self, target: _Entry, values: Mapping[str, _L]) -> None:
+        if target.rel is None:
+            return
+        rel = target.rel
+        if not rel[0]:
+            # Not in the catalog (a temporary table, or one created since): it is where the
+            # path says, as far as can be told.
+            first = [p for p in self.search_path if p != "pg_catalog"][:1]
+            rel = (first[0] if first else "pg_temp", rel[1])
+        for n, v in values.items():
+            self.writes.append((rel, n, v))
 
     def _side(self, body: dict[str, Any], scope: _Scope, keys: Iterable[str]) -> None:
         """Walk clauses that do not feed output values, for the tables they read."""
@@ -436,12 +474,61 @@ class _Walk:
         if schema is None and name in scope.ctes:
             return _Entry(entry_name, None, _rename(scope.ctes[name], colnames))
         rel = self.catalog.relation(schema, name, self.search_path)
+        others = self._other_candidates(schema, name, rel.schema if rel is not None else None)
+        if rel is None and others:
+            rel, others = others[0], others[1:]
         if rel is None:
             self.reads.add((schema or "", name))
             return _Entry(entry_name, (schema or "", name), [], opaque=True)
         self.reads.add((rel.schema, rel.name))
         cols = self.relation_cols(rel)
+        if others:
+            cols = self._merge_candidates(cols, others)
         return _Entry(entry_name, (rel.schema, rel.name), _rename(cols, colnames))
+
+    def _other_candidates(self, schema: str | None, name: str, found: str | None) -> list[Relation]:
+        """Relations named ``name`` in the candidate schemas other than ``found``."""
+        if schema is not None or not self.candidates:
+            return []
+        out = []
+        for s in _candidate_schemas(self.catalog, self.candidates):
+            if s != found and (rel := self.catalog.relation(s, name)) is not None:
+                out.append(rel)
+        return out
+
+    def _merge_candidates(self, cols: Cols, others: list[Relation]) -> Cols:
+        """The columns of one of several relations a name may mean: each derives from the
+        same-named column of every candidate; columns only some have are added, and the
+        output positions are no longer certain."""
+        merged = dict(cols)
+        order = [n for n, _ in cols]
+        for rel in others:
+            self.reads.add((rel.schema, rel.name))
+            other = self.relation_cols(rel)
+            if [n for n, _ in other] != order:
+                self.exact = False
+            for n, c in other:
+                if n in merged:
+                    merged[n] = _union([merged[n], c])
+                else:
+                    merged[n] = c
+                    order.append(n)
+        return [(n, merged[n]) for n in order]
+
+    def _functions(self, schema: str | None, name: str) -> list[Function]:
+        """The functions an unqualified call may mean: on the path, and in every candidate
+        schema."""
+        first = self.catalog.functions_named(schema, name, self.search_path)
+        if schema is not None or not self.candidates:
+            return first
+        seen = {f.oid for f in first}
+        out = list(first)
+        for s in _candidate_schemas(self.catalog, self.candidates):
+            for f in self.catalog.functions_named(s, name):
+                if f.oid not in seen:
+                    seen.add(f.oid)
+                    out.append(f)
+        return out
 
     def relation_cols(self, rel: Relation) -> Cols:
         if not rel.is_view:
@@ -562,7 +649,7 @@ class _Walk:
             return [(_column_name(call), self.expr(call, scope))]
         schema, name = _func_name(body.get("funcname"))
         args = body.get("args", [])
-        fns = self.catalog.functions_named(schema, name, self.search_path)
+        fns = self._functions(schema, name)
         if fns:
             per_col = self.user_function_cols(fns, args, scope)
             if per_col is not None:
@@ -621,7 +708,7 @@ class _Walk:
 
     def function_body(self, fn: Function) -> Cols | None:
         """Output columns of a SQL function's last statement; None when not analysable."""
-        key = ("fn", fn.oid, self.search_path)
+        key = ("fn", fn.oid, self.search_path, self.candidates)
         if key in self.catalog.cache:
             cols, reads = self.catalog.cache[key]
             self.reads.update(reads)
@@ -630,7 +717,7 @@ class _Walk:
             return cols  # type: ignore[no-any-return]
         self.catalog.cache[key] = (None, frozenset())  # recursion guard
         result: Cols | None = None
-        sub = _Walk(self.catalog, self.search_path, self.depth + 1)
+        sub = _Walk(self.catalog, self.search_path, self.depth + 1, candidates=self.candidates)
         if fn.body and self.depth < MAX_DEPTH:
             text = fn.body.strip()
             upper = text[:16].upper()
@@ -669,7 +756,10 @@ class _Walk:
             values = self.statement(body.get("selectStmt"), scope) if body.get("selectStmt") else []
             values = values or []
             names = [c for c in cols if c] or [n for n, _ in target.cols]
+            if not names:  # a relation the catalog does not know: its columns by position
+                names = [f"?column{i + 1}?" for i in range(len(values))]
             fed = {n: v for n, (_, v) in zip(names, values, strict=False)}
+            self._wrote(target, fed)
             target.cols = [
                 (n, _union([c, fed.get(n, _EMPTY)], transparent=True)) for n, c in target.cols
             ]
@@ -692,6 +782,7 @@ class _Walk:
             if kind == "MergeStmt":
                 merged = _indirect(_union(e.whole() for e in scope.entries[1:]))
                 target.cols = [(n, _union([c, merged])) for n, c in target.cols]
+                self._wrote(target, {n: merged for n, _ in target.cols})
                 self.expr(body.get("mergeWhenClauses"), scope)
                 self.expr(body.get("joinCondition"), scope)
             self._side(body, scope, ("whereClause",))
@@ -718,6 +809,7 @@ class _Walk:
                 val = body.get("source")
             if name:
                 assigned[name] = _union([assigned.get(name, _EMPTY), self.expr(val, scope)], True)
+        self._wrote(target, assigned)
         target.cols = [
             (n, _union([c, assigned.get(n, _EMPTY)], transparent=True)) for n, c in target.cols
         ]
@@ -830,7 +922,7 @@ class _Walk:
         if _DYNAMIC_RE.fullmatch(name):
             self.opaque_reads = True
             return _union([_UNKNOWN, _indirect(self.exprs_union(args, scope))])
-        fns = self.catalog.functions_named(schema, name, self.search_path)
+        fns = self._functions(schema, name)
         if fns:
             arg_l = _indirect(self.exprs_union(args, scope))
             parts = [arg_l]
@@ -1045,21 +1137,43 @@ def _copy_options(body: dict[str, Any]) -> CopyOptions:
     return CopyOptions(**opts)
 
 
+#: Among the candidate schemas: the session's path is not known at all (every schema).
+ANY_SCHEMA = "*"
+
+
+def _candidate_schemas(catalog: Catalog, candidates: frozenset[str]) -> tuple[str, ...]:
+    if ANY_SCHEMA not in candidates:
+        return tuple(sorted(candidates))
+    key = ("schemas",)
+    found = catalog.cache.get(key)
+    if found is None:
+        found = tuple(
+            sorted({r.schema for r in catalog.relations.values()} | {f.schema for f in catalog.functions.values()})
+        )
+        catalog.cache[key] = found
+    return tuple(found)
+
+
 def _lineage_of_tree(
-    stmt: Any, catalog: Catalog, search_path: Iterable[str] = ("public",), user: str | None = None
+    stmt: Any,
+    catalog: Catalog,
+    search_path: Iterable[str] = ("public",),
+    user: str | None = None,
+    candidates: frozenset[str] = frozenset(),
 ) -> StatementLineage:
     """Lineage of one parsed statement (a ``{"SelectStmt": ...}`` node from the JSON tree)."""
     path = _effective_path(search_path, user)
-    w = _Walk(catalog, path)
+    w = _Walk(catalog, path, candidates=candidates)
     kind, body = _unwrap(stmt)
     body = body if isinstance(body, dict) else {}
 
     def done(command: str, cols: Cols | None, **kw: Any) -> StatementLineage:
         columns = tuple(ColumnLineage(n, c.sources, c.unknown, c.direct) for n, c in cols or ())
+        writes = tuple((t, ColumnLineage(n, c.sources, c.unknown, c.direct)) for t, n, c in w.writes)
         return StatementLineage(
             command, columns, frozenset(w.reads), cols is not None or kw.pop("rows", False),
             exact=w.exact and kw.pop("exact", True),
-            reads_unknown=w.opaque_reads or kw.pop("reads_unknown", False), **kw,
+            reads_unknown=w.opaque_reads or kw.pop("reads_unknown", False), writes=writes, **kw,
         )  # fmt: skip
 
     if kind in ("SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"):
@@ -1090,14 +1204,16 @@ def _lineage_of_tree(
         opts = CopyOptions(**{**_asdict(opts), "type_oids": tuple(types.get(n) for n in names)})
         return done("COPY", cols, copy=opts)
     if kind == "ExplainStmt":
-        return done("EXPLAIN", [("QUERY PLAN", _EMPTY)])
+        # EXPLAIN ANALYZE runs the statement: what it stores counts
+        inner = _lineage_of_tree(body.get("query"), catalog, search_path, user, candidates)
+        return replace(done("EXPLAIN", [("QUERY PLAN", _EMPTY)]), writes=inner.writes)
     if kind == "DeclareCursorStmt":
-        inner = _lineage_of_tree(body.get("query"), catalog, search_path, user)
+        inner = _lineage_of_tree(body.get("query"), catalog, search_path, user, candidates)
         return replace(
             inner, command="DECLARE CURSOR", returns_rows=False, declares=body.get("portalname")
         )
     if kind == "PrepareStmt":
-        inner = _lineage_of_tree(body.get("query"), catalog, search_path, user)
+        inner = _lineage_of_tree(body.get("query"), catalog, search_path, user, candidates)
         return replace(inner, command="PREPARE", returns_rows=False, prepares=body.get("name"))
     if kind == "FetchStmt":
         if body.get("ismove"):
@@ -1123,7 +1239,9 @@ def _lineage_of_tree(
         # a procedure with OUT parameters returns one row; its width is not known here
         return done("CALL", [("*", _union([lin, _UNKNOWN]))], exact=False)
     if kind == "CreateTableAsStmt":
-        w.statement(body.get("query"), None)
+        cols = w.statement(body.get("query"), None)
+        if body.get("objtype") != "OBJECT_MATVIEW" and cols is not None:
+            w.into(body.get("into") or {}, cols)  # a materialized view is read through its definition
         return done("CREATE TABLE AS", None)
     return done(kind.removesuffix("Stmt").upper() or "EMPTY", None)
 
@@ -1133,13 +1251,20 @@ def _asdict(opts: CopyOptions) -> dict[str, Any]:
 
 
 def analyze_lineage(
-    sql: str, catalog: Catalog, search_path: Iterable[str] = ("public",), user: str | None = None
+    sql: str,
+    catalog: Catalog,
+    search_path: Iterable[str] = ("public",),
+    user: str | None = None,
+    candidates: frozenset[str] = frozenset(),
 ) -> list[StatementLineage]:
     """Lineage of every statement in ``sql``.  ``search_path`` is the session's (``$user``
-    is replaced by ``user``).  Raises :class:`LineageError` when the SQL does not parse."""
+    is replaced by ``user``); ``candidates`` are other schemas it may hold (the session's
+    path is not known for sure; :data:`ANY_SCHEMA`: any), and an unqualified name derives
+    from every relation or function it may mean there.  Raises :class:`LineageError` when
+    the SQL does not parse."""
     path = tuple(search_path)
     with _failing_closed():
-        return [_lineage_of_tree(s.get("stmt"), catalog, path, user) for s in _parse(sql)]
+        return [_lineage_of_tree(s.get("stmt"), catalog, path, user, candidates) for s in _parse(sql)]
 
 
 def lineage_of_tree(

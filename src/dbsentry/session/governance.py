@@ -73,6 +73,7 @@ class Governor:
         ctx = EvalContext(identity, connection, environment, datetime.now(UTC))
         verdict = evaluate_sql(self.policy, sql, ctx, self.facts_cache, self.decision_cache)
         if functions is not None and verdict.facts:
+            functions = functions.trusting(self.policy.safe_functions)
             marked = tuple(functions.mark(f) for f in verdict.facts)
             if any(a is not b for a, b in zip(marked, verdict.facts, strict=True)):
                 decisions = tuple(self.decision_cache.evaluate(self.policy, f, ctx) for f in marked)
