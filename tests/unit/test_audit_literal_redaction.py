@@ -23,6 +23,8 @@ from dbsentry.masking.classes import DataClass
 from dbsentry.masking.literals import find_literal_meets
 from support.leaks import Secrets
 
+# A comment's pii:none no longer declassifies a column; only the policy's overrides do.
+_OVERRIDES = {"customers.full_name": "none"}
 KEY = b"k" * 32
 
 
@@ -46,7 +48,7 @@ def _catalog() -> Catalog:
 
 def _meets(sql: str) -> dict[str, DataClass | None]:
     cat = _catalog()
-    m = find_literal_meets(sql, cat, classify_catalog(cat), ("public",))
+    m = find_literal_meets(sql, cat, classify_catalog(cat, _OVERRIDES), ("public",))
     out: dict[str, DataClass | None] = {}
     for pos, cls in m.literals.items():
         out[m.values[pos]] = cls
@@ -56,7 +58,7 @@ def _meets(sql: str) -> dict[str, DataClass | None]:
 
 
 def test_catalog_fixture() -> None:
-    cm = classify_catalog(_catalog())
+    cm = classify_catalog(_catalog(), _OVERRIDES)
     assert {s.column for s in cm.columns} == {"email", "card_number", "ssn", "nickname"}
 
 
@@ -98,7 +100,7 @@ def test_catalog_fixture() -> None:
             "WHEN NOT MATCHED THEN INSERT (id, ssn) VALUES (5, 'n')",
             {"m": DataClass.EMAIL, "n": DataClass.NATIONAL_ID},
         ),
-        (  # comment says it is not sensitive: full_name stays
+        (  # the policy says it is not sensitive: full_name stays
             "SELECT 1 FROM customers WHERE full_name = 'Ada' AND nickname = 'Grace'",
             {"Grace": DataClass.PERSON_NAME},
         ),
@@ -120,7 +122,7 @@ def test_literal_meets(sql: str, expected: dict[str, DataClass | None]) -> None:
 
 def test_offsets_are_characters_and_unparsable_is_unknown() -> None:
     sql = "SELECT 'é' FROM customers WHERE email = 'ä@b.io'"
-    m = find_literal_meets(sql, _catalog(), classify_catalog(_catalog()))
+    m = find_literal_meets(sql, _catalog(), classify_catalog(_catalog(), _OVERRIDES))
     (pos,) = m.literals
     assert sql[pos:].startswith("'ä@b.io'")
     assert not find_literal_meets("SELEC 1").parsed
@@ -131,7 +133,7 @@ def test_offsets_are_characters_and_unparsable_is_unknown() -> None:
 
 def _redactor() -> LiteralRedactor:
     cat = _catalog()
-    cm = classify_catalog(cat)
+    cm = classify_catalog(cat, _OVERRIDES)
 
     class View:
         catalog = cat
