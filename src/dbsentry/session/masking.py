@@ -155,7 +155,7 @@ class MaskingView:
 
     def may_read_sensitive(self, facts: StatementFacts) -> bool:
         """A cheap test: could this statement read sensitive data at all?"""
-        if not self.classmap.columns:
+        if not self.classmap.columns and not self.classmap.scan:
             return False
         if facts.command in _ALWAYS_ANALYSE:
             return True
