@@ -1208,7 +1208,7 @@ class ColumnMask:
     data_class: DataClass | None
     strategy: str
     sources: frozenset[SourceColumn]
-    reason: Literal["lineage", "unresolved", "row-description"]
+    reason: Literal["lineage", "unresolved", "row-description", "values", "safety-net"]
 
 
 @dataclass(frozen=True, slots=True)
