@@ -280,6 +280,10 @@ class MaskingConfig(_Model):
     refresh_seconds: float = Field(default=300.0, gt=0)
     # Key of the hash strategy (HMAC); generated in the state directory when absent.
     hash_key_file: Path | None = None
+    # The safety net: result columns nothing else masks whose type is text-like are
+    # scanned by the validated value detectors, and what they find is masked in place.
+    # production: on for connections in a production environment; always; off.
+    safety_net: Literal["production", "always", "off"] = "production"
 
 
 class LimitsConfig(_Model):

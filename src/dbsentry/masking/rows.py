@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 
-from dbsentry.masking.catalog import ClassMap
+from dbsentry.masking.catalog import Catalog, ClassMap
 from dbsentry.masking.classes import DataClass
 from dbsentry.masking.lineage import ColumnMask, CopyOptions, MaskPlan
 from dbsentry.masking.strategies import (
@@ -62,6 +62,7 @@ __all__ = [
     "encode_row_description",
     "mask_data_row",
     "mask_data_rows",
+    "text_type_oids",
 ]
 
 _I16 = struct.Struct("!h")
@@ -279,6 +280,28 @@ def _formats(n: int, result_formats: Sequence[int] | None, fields: Sequence[Fiel
     if len(result_formats) == 1:
         return [result_formats[0]] * n
     return list(result_formats) + [0] * (n - len(result_formats))
+
+
+# Extension types whose binary form is their text (so masked text stays valid in binary).
+_TEXT_IN_BINARY = frozenset({"citext"})
+
+
+def text_type_oids(catalog: Catalog) -> frozenset[int]:
+    """The oids of the catalog's column types that are text in binary format too (citext),
+    remembered with the catalog."""
+    found = catalog.cache.get("text_type_oids")
+    if isinstance(found, frozenset):
+        return found
+    oids = frozenset(
+        col.type_oid
+        for rel in catalog.relations.values()
+        for col in rel.columns
+        if col.type_oid >= 16384
+        and col.type_name.rpartition(".")[2].strip('"').split("(")[0].split("[")[0] in _TEXT_IN_BINARY
+        and not col.type_name.endswith("]")
+    )
+    catalog.cache["text_type_oids"] = oids
+    return oids
 
 
 def compile_row_masker(

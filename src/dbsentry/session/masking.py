@@ -45,7 +45,7 @@ from dbsentry.masking import (
 )
 from dbsentry.masking.classes import parse_class
 from dbsentry.masking.lineage import LineageError
-from dbsentry.masking.rows import Field, UnsupportedCopy, mask_data_rows
+from dbsentry.masking.rows import Field, UnsupportedCopy, mask_data_rows, text_type_oids
 from dbsentry.masking.strategies import PLACEHOLDERS
 from dbsentry.policy.cache import LRU
 from dbsentry.policy.engine import Decision
@@ -237,6 +237,11 @@ class MaskingService:
     def current(self, connection: str) -> MaskingView | None:
         return self.views.get(connection)
 
+    def safety_net_for(self, production: bool) -> bool:
+        """Whether a session's results get the safety net (``masking.safety_net``)."""
+        mode = self.config.safety_net
+        return mode == "always" or (mode == "production" and production)
+
     def install(self, connection: str, catalog: Catalog, classmap: ClassMap) -> MaskingView:
         old = self.views.get(connection)
         view = MaskingView.build(catalog, classmap, (old.version + 1) if old else 1)
@@ -244,10 +249,12 @@ class MaskingService:
         return view
 
     def plans(
-        self, view: MaskingView, sql: str, facts: Sequence[StatementFacts], decision: Decision
+        self, view: MaskingView, sql: str, facts: Sequence[StatementFacts], decision: Decision, safety_net: bool = False
     ) -> tuple[StatementPlan | None, ...]:
-        """One plan per statement (None where nothing can be sensitive)."""
-        if not any(view.may_read_sensitive(f) for f in facts):
+        """One plan per statement (None where nothing can be sensitive; with ``safety_net``
+        a COPY keeps its plan, for its format)."""
+        copies = safety_net and any(f.command == "COPY" for f in facts)
+        if not copies and not any(view.may_read_sensitive(f) for f in facts):
             return tuple(None for _ in facts)
         key = (view.version, sql, decision.masks)
         cached = self._plans.get(key)
@@ -266,7 +273,7 @@ class MaskingService:
             else:
                 cached = tuple(StatementPlan(lin, _plan(lin, view.classmap, settings)) for lin in lineages)
             self._plans.put(key, cached)
-        return tuple(p if _matters(p) else None for p in cached)
+        return tuple(p if _matters(p) or (copies and p.lineage.copy is not None) else None for p in cached)
 
     def _settings_for(self, decision: Decision) -> MaskSettings:
         columns: dict[str, str] = {}
@@ -294,6 +301,8 @@ def _matters(p: StatementPlan) -> bool:
 
 
 _UNKNOWN_LINEAGE = StatementLineage("UNKNOWN", (), frozenset(), True, exact=False, reads_unknown=True)
+# What a result without a plan is compiled against: the safety net alone.
+_NO_PLAN = StatementPlan(StatementLineage("SELECT", (), frozenset(), True), MaskPlan(()))
 
 
 # ---------------------------------------------------------------------- per session
@@ -366,6 +375,9 @@ class SessionMasking:
     portals: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)
     portal_fields: dict[str, tuple[Field, ...] | None] = field(default_factory=dict)
     cursors: dict[str, StatementPlan | None] = field(default_factory=dict)  # DECLARE name -> plan
+    # masking.safety_net for this session: results without a plan are scanned too.
+    safety_net: bool = False
+    _net_none: dict[tuple[bytes, tuple[int, ...] | None], None] = field(default_factory=dict)
 
     # -------------------------------------------------------------- client side
 
@@ -373,7 +385,7 @@ class SessionMasking:
         view = self.service.current(self.connection)
         if view is None:
             return tuple(None for _ in facts)
-        plans = list(self.service.plans(view, sql, facts, decision))
+        plans = list(self.service.plans(view, sql, facts, decision, self.safety_net))
         for i, p in enumerate(plans):
             if p is None:
                 continue
@@ -399,7 +411,7 @@ class SessionMasking:
             stmt, _ = codec.read_cstr(buf, pos, end)
             # Result formats matter only where something may be masked: skip the decode
             # for statements with nothing sensitive (the usual case).
-            formats = codec.decode_bind(buf, start, end).result_formats if self.statements.get(stmt) else ()
+            formats = codec.decode_bind(buf, start, end).result_formats if self.safety_net or self.statements.get(stmt) else ()
             self.portals[portal] = (stmt, formats)
             self.portal_fields.pop(portal, None)
             self.expect.append(_SIMPLE)
@@ -448,13 +460,14 @@ class SessionMasking:
             # Decoded only for results that may need masking (a statement with a plan).
             if isinstance(head, _Query):
                 plan = head.plan
-                head.rows = (
-                    self._compile(plan, decode_row_description(bytes(buf[start:end])), None)
-                    if plan is not None
-                    else None
-                )
+                if plan is not None:
+                    head.rows = self._compile(plan, decode_row_description(bytes(buf[start:end])), None)
+                elif self.safety_net:
+                    head.rows = self._net_only(bytes(buf[start:end]), None)
+                else:
+                    head.rows = None
             elif isinstance(head, _Describe):
-                needed = self._describes_plan(head)
+                needed = self.safety_net or self._describes_plan(head)
                 self._described(head, decode_row_description(bytes(buf[start:end])) if needed else None)
                 expect.popleft()
             return None
@@ -500,7 +513,9 @@ class SessionMasking:
                 copy = plan.lineage.copy
                 if copy is not None:
                     try:
-                        head.copy = compile_copy_masker(plan.plan, copy, key=self.service.key)
+                        head.copy = compile_copy_masker(
+                            plan.plan, copy, key=self.service.key, safety_net=self.safety_net
+                        )
                     except UnsupportedCopy:
                         head.copy = None  # refused before forwarding; see Session
             return None
@@ -568,6 +583,10 @@ class SessionMasking:
                         head.rows = self._compile(head.plan, fields, head.formats)
                     else:
                         head.rows = self._compile(head.plan, None, head.formats)
+                elif self.safety_net:
+                    fields = head.fields or self.portal_fields.get(head.portal)
+                    if fields is not None:
+                        head.rows = self._compile(_NO_PLAN, fields, head.formats)
             return head.rows
         return None
 
@@ -588,7 +607,21 @@ class SessionMasking:
             result_formats=formats or None,
             classmap=view.classmap if view is not None else None,
             strategies=dict(svc.settings.strategies),
+            safety_net=self.safety_net,
+            text_oids=text_type_oids(view.catalog) if view is not None else frozenset(),
         )
+
+    def _net_only(self, body: bytes, formats: tuple[int, ...] | None) -> RowMasker | None:
+        """The safety net of a result without a plan.  Most such results have no text
+        column (or the identity is exempt): remember those RowDescriptions, so that they
+        are not decoded again."""
+        key = (body, formats)
+        if key in self._net_none:
+            return None
+        rows = self._compile(_NO_PLAN, decode_row_description(body), formats)
+        if rows is None and not self.exempt() and len(self._net_none) < 256:
+            self._net_none[key] = None
+        return rows
 
 
 COPY_DATA = m.COPY_DATA

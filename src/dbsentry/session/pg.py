@@ -929,7 +929,12 @@ class Session:
             assert self.connection_name is not None
             # Results are followed for every session; who is exempt is decided per
             # statement, so a just-in-time grant counts only while it lasts.
-            self.masking = SessionMasking(self.masking_service, self.connection_name, self._masking_exempt)
+            self.masking = SessionMasking(
+                self.masking_service,
+                self.connection_name,
+                self._masking_exempt,
+                safety_net=self.masking_service.safety_net_for(self._production()),
+            )
         if ready.leftover:
             out.extend(self.upstream_data(ready.leftover))
         if self._early:
