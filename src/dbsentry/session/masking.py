@@ -378,6 +378,8 @@ class SessionMasking:
     # masking.safety_net for this session: results without a plan are scanned too.
     safety_net: bool = False
     _net_none: dict[tuple[bytes, tuple[int, ...] | None], None] = field(default_factory=dict)
+    _sources: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)
+    _described_sources: dict[tuple[str, tuple[int, ...]], tuple[Field, ...]] = field(default_factory=dict)
 
     # -------------------------------------------------------------- client side
 
@@ -428,6 +430,7 @@ class SessionMasking:
             if kind == "S":
                 self.statements.pop(name, None)
                 self.statement_fields.pop(name, None)
+                self._sources.pop(name, None)
             else:
                 self.portals.pop(name, None)
                 self.portal_fields.pop(name, None)
@@ -435,9 +438,21 @@ class SessionMasking:
         elif t == m.Q_SYNC:
             self.expect.append(_SYNC)
 
-    def parsed(self, name: str, plan: StatementPlan | None) -> None:
+    def parsed(self, name: str, plan: StatementPlan | None, source: tuple[str, tuple[int, ...]] | None = None) -> None:
+        """A Parse of ``name``; ``source`` is its text and parameter types.  A statement
+        parsed again gets the fields a Describe of the same source told (asyncpg re-parses
+        its unnamed statement before each Bind without another Describe, and may parse
+        its type queries in between)."""
         self.statements[name] = plan
-        self.statement_fields.pop(name, None)
+        fields = self._described_sources.get(source) if source is not None else None
+        if fields is not None:
+            self.statement_fields[name] = fields
+        else:
+            self.statement_fields.pop(name, None)
+        if source is None:
+            self._sources.pop(name, None)
+        else:
+            self._sources[name] = source
 
     # -------------------------------------------------------------- server side
 
@@ -565,6 +580,11 @@ class SessionMasking:
     def _described(self, item: _Describe, fields: tuple[Field, ...] | None) -> None:
         if item.kind == "S":
             self.statement_fields[item.name] = fields
+            source = self._sources.get(item.name)
+            if source is not None and fields is not None:
+                if len(self._described_sources) >= 256:
+                    self._described_sources.clear()
+                self._described_sources[source] = fields
         else:
             self.portal_fields[item.name] = fields
             for pending in self.expect:

@@ -1711,7 +1711,7 @@ class Session:
             else:
                 self._param_types.pop(parse.name, None)
             if self.masking is not None:
-                self.masking.parsed(parse.name, plans[0] if plans else None)
+                self.masking.parsed(parse.name, plans[0] if plans else None, (parse.sql, parse.param_types))
             return
         self._prepared.pop(parse.name, None)
         if self.masking is not None:
