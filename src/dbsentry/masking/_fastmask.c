@@ -250,12 +250,16 @@ keep_last_from(const Op *op, const unsigned char *v, Py_ssize_t n)
 
 /* What may_hold_sensitive() in strategies.py tests, in one pass; see the rules
    there.  1 when the detectors could find something in v[0:n], else 0. */
-#define C_COUNT 1    /* an ASCII digit or the first byte of a non-ASCII character */
-#define C_DIGITISH 2 /* an ASCII digit or any non-ASCII byte */
+#define C_COUNT 1 /* an ASCII digit or a UTF-8 lead byte of a Unicode digit (DIGIT_LEADS) */
+#define C_TAIL 2  /* an ASCII digit or any non-ASCII byte: may end a digit */
 #define C_UPPER 4
 #define C_LETTER 8
 #define C_HEX 16
 #define C_LOOK 32 /* a byte where a rule needs a closer look */
+#define C_END 64  /* an ASCII digit or a continuation byte: may end a digit */
+
+/* The UTF-8 lead bytes of the characters Python's \d matches (strategies._DIGIT_LEADS). */
+static const unsigned char DIGIT_LEADS[] = {0xd9, 0xdb, 0xdf, 0xe0, 0xe1, 0xea, 0xef, 0xf0};
 
 static inline int
 starts(const unsigned char *v, Py_ssize_t i, Py_ssize_t n, const char *lit, Py_ssize_t len)
@@ -279,17 +283,17 @@ prefilter_bytes(const unsigned char *v, Py_ssize_t n, int ip)
             continue;
         if (k & C_LETTER) {
             /* two letters, then two digits: an IBAN */
-            if (n - i >= 4 && (CLS[v[i + 1]] & C_LETTER) && (CLS[v[i + 2]] & C_DIGITISH)
-                && (CLS[v[i + 3]] & C_DIGITISH))
+            if (n - i >= 4 && (CLS[v[i + 1]] & C_LETTER) && (CLS[v[i + 2]] & C_COUNT)
+                && (CLS[v[i + 3]] & C_TAIL))
                 return 1;
             if ((k & C_UPPER) && !adjacent) {
                 /* an uppercase letter next to a digit, or one " " or "-" away */
-                if ((i + 1 < n && (CLS[v[i + 1]] & C_DIGITISH))
+                if ((i + 1 < n && (CLS[v[i + 1]] & C_COUNT))
                     || (i + 2 < n && (v[i + 1] == ' ' || v[i + 1] == '-')
-                        && (CLS[v[i + 2]] & C_DIGITISH))
-                    || (i >= 1 && (CLS[v[i - 1]] & C_DIGITISH))
+                        && (CLS[v[i + 2]] & C_COUNT))
+                    || (i >= 1 && (CLS[v[i - 1]] & C_END))
                     || (i >= 2 && (v[i - 1] == ' ' || v[i - 1] == '-')
-                        && (CLS[v[i - 2]] & C_DIGITISH)))
+                        && (CLS[v[i - 2]] & C_END)))
                     adjacent = 1;
             }
             switch (c) {
@@ -976,8 +980,12 @@ PyInit__fastmask(void)
         IS_DIGIT[c] = c >= '0' && c <= '9';
         IS_ALNUM[c] = IS_DIGIT[c] || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
         int upper = c >= 'A' && c <= 'Z', letter = upper || (c >= 'a' && c <= 'z');
-        CLS[c] = (unsigned char)((IS_DIGIT[c] || c >= 0xC0 ? C_COUNT : 0)
-                                 | (IS_DIGIT[c] || c >= 0x80 ? C_DIGITISH : 0)
+        int lead = 0;
+        for (size_t j = 0; j < sizeof DIGIT_LEADS; j++)
+            lead |= c == DIGIT_LEADS[j];
+        CLS[c] = (unsigned char)((IS_DIGIT[c] || lead ? C_COUNT : 0)
+                                 | (IS_DIGIT[c] || c >= 0x80 ? C_TAIL : 0)
+                                 | (IS_DIGIT[c] || (c >= 0x80 && c < 0xC0) ? C_END : 0)
                                  | (upper ? C_UPPER : 0) | (letter ? C_LETTER : 0)
                                  | (IS_DIGIT[c] || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')
                                         ? C_HEX

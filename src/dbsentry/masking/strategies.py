@@ -289,8 +289,11 @@ def scan_text(
 # the same test in C (prefilter()); a property test holds them equal byte for byte, and
 # another that nothing the detectors find is ever skipped.
 #
-# Why each rule is there (what the detectors need; "digits" counts ASCII digits and the
-# first byte of every non-ASCII character, since Python's \d matches any Unicode digit):
+# Why each rule is there (what the detectors need).  Python's \d matches any Unicode
+# digit, so "digits" counts ASCII digits and the first bytes of non-ASCII characters that
+# may be digits (_DIGIT_LEADS: the UTF-8 lead bytes of every character \d matches; a test
+# checks the list); "next to a digit" also takes those lead bytes after a letter, and any
+# continuation byte before one:
 #
 #   "@"                                 emails
 #   >= 9 digits                         cards (13+), SSN/SIN (9), NIR (13+), phones (10)
@@ -298,7 +301,8 @@ def scan_text(
 #   >= 6 digits and an uppercase letter
 #     next to a digit (or one " "/"-"
 #     away; non-ASCII counts as digit)  UK NINO (6 digits), Spanish NIE (7) and DNI (8)
-#   two letters then two digits         IBANs, whatever their digit count
+#   two letters then a digit and a
+#     digit or non-ASCII byte           IBANs, whatever their digit count
 #   three "$"                           password hashes (bcrypt, sha-crypt, argon2...)
 #   key prefixes                        AWS, GitHub, Slack, Stripe, Google, JWT, PBKDF2,
 #                                       SCRAM, md5 verifiers, dbsentry tokens, PEM keys,
@@ -307,12 +311,16 @@ def scan_text(
 #   with ``ip``: digit "." digit, or
 #     ":" next to a hex digit or ":"    IPv4, IPv6
 
-_COUNTED = b"0123456789" + bytes(range(0xC0, 0x100))
+_DIGIT_LEADS = b"\xd9\xdb\xdf\xe0\xe1\xea\xef\xf0"
+_COUNTED = b"0123456789" + _DIGIT_LEADS
 _PREFILTER_RE = re.compile(
-    rb"[A-Za-z]{2}[0-9\x80-\xff]{2}|-----BEGIN|ecret|ECRET|A(?:KIA|SIA|GPA|IDA|ROA|IPA|NPA|NVA|Iza)"
-    rb"|gh[pousr]_|github_pat_|xox|sk_|rk_|eyJ|pbkdf2_|SCRAM-|md5|dbs_|\\u"
+    rb"[A-Za-z]{2}[0-9\xd9\xdb\xdf\xe0\xe1\xea\xef\xf0][0-9\x80-\xff]|-----BEGIN|ecret|ECRET"
+    rb"|A(?:KIA|SIA|GPA|IDA|ROA|IPA|NPA|NVA|Iza)|gh[pousr]_|github_pat_|xox|sk_|rk_|eyJ|pbkdf2_"
+    rb"|SCRAM-|md5|dbs_|\\u"
 )
-_ADJACENT_RE = re.compile(rb"[A-Z][ -]?[0-9\x80-\xff]|[0-9\x80-\xff][ -]?[A-Z]")
+_ADJACENT_RE = re.compile(
+    rb"[A-Z][ -]?[0-9\xd9\xdb\xdf\xe0\xe1\xea\xef\xf0]|[0-9\x80-\xbf][ -]?[A-Z]"
+)
 _IP_RE = re.compile(rb"[0-9]\.[0-9]|[0-9A-Fa-f:]:|:[0-9A-Fa-f]")
 
 
