@@ -301,6 +301,22 @@ def _matters(p: StatementPlan) -> bool:
 
 
 _UNKNOWN_LINEAGE = StatementLineage("UNKNOWN", (), frozenset(), True, exact=False, reads_unknown=True)
+def _result_formats(formats: tuple[int, ...] | bytes) -> tuple[int, ...]:
+    """The result formats of a Bind kept whole (see SessionMasking.sent)."""
+    if isinstance(formats, bytes):
+        return codec.decode_bind(formats, 0, len(formats)).result_formats
+    return formats
+
+
+def _may_scan(fields: Sequence[Field] | None) -> bool:
+    """Whether the safety net may scan a column of these fields (unknown: it may), so
+    that their result formats matter."""
+    return fields is None or any(f.type_oid in _NET_OIDS or f.type_oid >= 16384 for f in fields)
+
+
+# text, varchar, bpchar, name, unknown, json, jsonb: what the safety net scans (with the
+# extension types); see strategies.make_safety_net_masker
+_NET_OIDS = frozenset({25, 1043, 1042, 19, 705, 114, 3802})
 # What a result without a plan is compiled against: the safety net alone.
 _NO_PLAN = StatementPlan(StatementLineage("SELECT", (), frozenset(), True), MaskPlan(()))
 
@@ -343,7 +359,7 @@ class _Execute:
     portal: str
     plan: StatementPlan | None
     fields: tuple[Field, ...] | None
-    formats: tuple[int, ...]
+    formats: tuple[int, ...] | bytes  # bytes: the Bind, decoded when the formats matter
     rows: RowMasker | None = None
     compiled: bool = False
 
@@ -372,13 +388,14 @@ class SessionMasking:
     expect: deque[_Item] = field(default_factory=deque)
     statements: dict[str, StatementPlan | None] = field(default_factory=dict)
     statement_fields: dict[str, tuple[Field, ...] | None] = field(default_factory=dict)
-    portals: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)
+    portals: dict[str, tuple[str, tuple[int, ...] | bytes]] = field(default_factory=dict)
     portal_fields: dict[str, tuple[Field, ...] | None] = field(default_factory=dict)
     cursors: dict[str, StatementPlan | None] = field(default_factory=dict)  # DECLARE name -> plan
     # masking.safety_net for this session: results without a plan are scanned too.
     safety_net: bool = False
-    _net_none: dict[tuple[bytes, tuple[int, ...] | None], None] = field(default_factory=dict)
+    _net_none: dict[tuple[bytes | tuple[Field, ...], tuple[int, ...] | None], None] = field(default_factory=dict)
     _sources: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)
+    _decoded: dict[bytes, tuple[Field, ...]] = field(default_factory=dict)
     _described_sources: dict[tuple[str, tuple[int, ...]], tuple[Field, ...]] = field(default_factory=dict)
 
     # -------------------------------------------------------------- client side
@@ -413,7 +430,11 @@ class SessionMasking:
             stmt, _ = codec.read_cstr(buf, pos, end)
             # Result formats matter only where something may be masked: skip the decode
             # for statements with nothing sensitive (the usual case).
-            formats = codec.decode_bind(buf, start, end).result_formats if self.safety_net or self.statements.get(stmt) else ()
+            formats: tuple[int, ...] | bytes = ()
+            if self.statements.get(stmt):
+                formats = codec.decode_bind(buf, start, end).result_formats
+            elif self.safety_net and _may_scan(self.statement_fields.get(stmt)):
+                formats = bytes(buf[start:end])  # the safety net may need them: decoded then
             self.portals[portal] = (stmt, formats)
             self.portal_fields.pop(portal, None)
             self.expect.append(_SIMPLE)
@@ -482,8 +503,12 @@ class SessionMasking:
                 else:
                     head.rows = None
             elif isinstance(head, _Describe):
-                needed = self.safety_net or self._describes_plan(head)
-                self._described(head, decode_row_description(bytes(buf[start:end])) if needed else None)
+                if self._describes_plan(head):
+                    self._described(head, decode_row_description(bytes(buf[start:end])))
+                elif self.safety_net:
+                    self._described(head, self._fields_of(bytes(buf[start:end])))
+                else:
+                    self._described(head, None)
                 expect.popleft()
             return None
         if t == m.R_COMMAND_COMPLETE or t == m.R_EMPTY_QUERY:
@@ -599,14 +624,15 @@ class SessionMasking:
                 head.compiled = True
                 if head.plan is not None:
                     fields = head.fields or self.portal_fields.get(head.portal)
+                    formats = _result_formats(head.formats)
                     if fields is not None:
-                        head.rows = self._compile(head.plan, fields, head.formats)
+                        head.rows = self._compile(head.plan, fields, formats)
                     else:
-                        head.rows = self._compile(head.plan, None, head.formats)
+                        head.rows = self._compile(head.plan, None, formats)
                 elif self.safety_net:
                     fields = head.fields or self.portal_fields.get(head.portal)
-                    if fields is not None:
-                        head.rows = self._compile(_NO_PLAN, fields, head.formats)
+                    if fields is not None and _may_scan(fields):
+                        head.rows = self._net_only(tuple(fields), _result_formats(head.formats))
             return head.rows
         return None
 
@@ -631,14 +657,26 @@ class SessionMasking:
             text_oids=text_type_oids(view.catalog) if view is not None else frozenset(),
         )
 
-    def _net_only(self, body: bytes, formats: tuple[int, ...] | None) -> RowMasker | None:
-        """The safety net of a result without a plan.  Most such results have no text
-        column (or the identity is exempt): remember those RowDescriptions, so that they
-        are not decoded again."""
-        key = (body, formats)
+    def _fields_of(self, body: bytes) -> tuple[Field, ...]:
+        """decode_row_description, remembered for the RowDescriptions the safety net sees
+        again and again (pgbench's Describe of every portal)."""
+        fields = self._decoded.get(body)
+        if fields is None:
+            fields = decode_row_description(body)
+            if len(self._decoded) >= 256:
+                self._decoded.clear()
+            self._decoded[body] = fields
+        return fields
+
+    def _net_only(self, result: bytes | tuple[Field, ...], formats: tuple[int, ...] | None) -> RowMasker | None:
+        """The safety net of a result without a plan (``result``: its RowDescription's body,
+        or its fields).  Most such results have no text column (or the identity is exempt):
+        remember those results, so that they are not decoded and compiled again."""
+        key = (result, formats)
         if key in self._net_none:
             return None
-        rows = self._compile(_NO_PLAN, decode_row_description(body), formats)
+        fields = self._fields_of(result) if isinstance(result, bytes) else result
+        rows = self._compile(_NO_PLAN, fields, formats)
         if rows is None and not self.exempt() and len(self._net_none) < 256:
             self._net_none[key] = None
         return rows
