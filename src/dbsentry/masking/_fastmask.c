@@ -35,6 +35,7 @@ static PyObject *ProtocolError; /* dbsentry.wire.pg.codec.ProtocolError */
 static unsigned char IS_DIGIT[256];
 static unsigned char IS_ALNUM[256];
 static unsigned char CLS[256]; /* prefilter classes, C_* below */
+static unsigned char IS_NEXT[256]; /* the second bytes of the key prefixes of prefilter() */
 
 typedef struct {
     int kind;
@@ -257,6 +258,7 @@ keep_last_from(const Op *op, const unsigned char *v, Py_ssize_t n)
 #define C_HEX 16
 #define C_LOOK 32 /* a byte where a rule needs a closer look */
 #define C_END 64  /* an ASCII digit or a continuation byte: may end a digit */
+#define C_RUN 128 /* one of " ().+-": keeps a run of digits going */
 
 /* The UTF-8 lead bytes of the characters Python's \d matches (strategies._DIGIT_LEADS). */
 static const unsigned char DIGIT_LEADS[] = {0xd9, 0xdb, 0xdf, 0xe0, 0xe1, 0xea, 0xef, 0xf0};
@@ -270,20 +272,27 @@ starts(const unsigned char *v, Py_ssize_t i, Py_ssize_t n, const char *lit, Py_s
 static int
 prefilter_bytes(const unsigned char *v, Py_ssize_t n, int ip)
 {
-    Py_ssize_t digits = 0, dollars = 0;
+    Py_ssize_t digits = 0, dollars = 0, run = 0;
     int plus = 0, adjacent = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         const unsigned char c = v[i];
         const unsigned char k = CLS[c];
-        if (k & C_COUNT) {
-            if (++digits >= 9)
+        if (IS_DIGIT[c]) {
+            /* ASCII digits in a run of " ().+-" */
+            if (++run >= 9 || (plus && run >= 8))
                 return 1;
         }
+        else if (!(k & C_RUN)) {
+            run = 0;
+            plus = 0;
+        }
+        if (k & C_COUNT)
+            digits++;
         if (!(k & C_LOOK))
             continue;
         if (k & C_LETTER) {
             /* two letters, then two digits: an IBAN */
-            if (n - i >= 4 && (CLS[v[i + 1]] & C_LETTER) && (CLS[v[i + 2]] & C_COUNT)
+            if (n - i >= 4 && (CLS[v[i + 2]] & C_COUNT) && (CLS[v[i + 1]] & C_LETTER)
                 && (CLS[v[i + 3]] & C_TAIL))
                 return 1;
             if ((k & C_UPPER) && !adjacent) {
@@ -296,6 +305,8 @@ prefilter_bytes(const unsigned char *v, Py_ssize_t n, int ip)
                         && (CLS[v[i - 2]] & C_END)))
                     adjacent = 1;
             }
+            if (i + 1 >= n || !IS_NEXT[v[i + 1]])
+                continue; /* no key prefix goes on with this byte */
             switch (c) {
             case 'A':
                 if (n - i >= 4) {
@@ -360,6 +371,8 @@ prefilter_bytes(const unsigned char *v, Py_ssize_t n, int ip)
             return 1;
         case '+':
             plus = 1;
+            if (run >= 8)
+                return 1;
             break;
         case '$':
             dollars++;
@@ -386,7 +399,7 @@ prefilter_bytes(const unsigned char *v, Py_ssize_t n, int ip)
             break;
         }
     }
-    return (digits >= 8 && plus) || dollars >= 3 || (digits >= 6 && adjacent);
+    return dollars >= 3 || (digits >= 6 && adjacent);
 }
 
 /* Position of the last "@" in v[0:n], or -1. */
@@ -993,7 +1006,12 @@ PyInit__fastmask(void)
                                  | (letter || c == '@' || c == '+' || c == '$' || c == '\\'
                                             || c == '-' || c == ':' || c == '.'
                                         ? C_LOOK
+                                        : 0)
+                                 | (c == ' ' || c == '(' || c == ')' || c == '.' || c == '+'
+                                            || c == '-'
+                                        ? C_RUN
                                         : 0));
+        IS_NEXT[c] = c != 0 && strchr("KSGIRNcyChiokbd", c) != NULL;
     }
     PyObject *codec = PyImport_ImportModule("dbsentry.wire.pg.codec");
     if (codec == NULL)

@@ -296,8 +296,11 @@ def scan_text(
 # continuation byte before one:
 #
 #   "@"                                 emails
-#   >= 9 digits                         cards (13+), SSN/SIN (9), NIR (13+), phones (10)
-#   >= 8 digits and "+"                 international phones ("+" and 8-15 digits)
+#   >= 9 ASCII digits in a run of
+#     digits and " ().+-" (8 when the
+#     run has a "+")                    cards (13+), SSN/SIN (9), NIR (13+), phones (10;
+#                                       international: "+" and 8-15): the detectors take
+#                                       these only as ASCII digits and those separators
 #   >= 6 digits and an uppercase letter
 #     next to a digit (or one " "/"-"
 #     away; non-ASCII counts as digit)  UK NINO (6 digits), Spanish NIE (7) and DNI (8)
@@ -321,6 +324,7 @@ _PREFILTER_RE = re.compile(
 _ADJACENT_RE = re.compile(
     rb"[A-Z][ -]?[0-9\xd9\xdb\xdf\xe0\xe1\xea\xef\xf0]|[0-9\x80-\xbf][ -]?[A-Z]"
 )
+_RUN_RE = re.compile(rb"[0-9 ().+-]+")
 _IP_RE = re.compile(rb"[0-9]\.[0-9]|[0-9A-Fa-f:]:|:[0-9A-Fa-f]")
 
 
@@ -329,9 +333,12 @@ def may_hold_sensitive(raw: bytes, ip: bool = False) -> bool:
     scanning it is skipped."""
     if b"@" in raw:
         return True
+    if len(raw) - len(raw.translate(None, b"0123456789")) >= 8:
+        for run in _RUN_RE.findall(raw):
+            n = len(run) - len(run.translate(None, b"0123456789"))
+            if n >= 9 or (n >= 8 and b"+" in run):
+                return True
     digits = len(raw) - len(raw.translate(None, _COUNTED))
-    if digits >= 9 or (digits >= 8 and b"+" in raw):
-        return True
     if raw.count(b"$") >= 3 or _PREFILTER_RE.search(raw) is not None:
         return True
     if digits >= 6 and _ADJACENT_RE.search(raw) is not None:
