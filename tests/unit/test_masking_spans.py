@@ -366,3 +366,25 @@ def test_digit_leads_are_those_of_every_unicode_digit() -> None:
         if digit.match(chr(cp))
     }
     assert bytes(sorted(leads)) == _DIGIT_LEADS
+
+
+def test_more_spans_than_find_sensitive_reports_are_all_masked() -> None:
+    """find_sensitive stops at 64 spans; the 65th and later must not leak."""
+    text = " ".join(f"user{i}@example.com" for i in range(150)).encode()
+    for m in (net(), make_detect_masker(TEXT, -1, 0, KEY)):
+        assert m is not None
+        out = m(text)
+        assert out is not None and b"user" not in out and out.count(b"****@example.com") == 150
+
+
+def test_escaped_copy_lines_are_scanned_too() -> None:
+    plan = MaskPlan((None, None))
+    masker = compile_copy_masker(plan, CopyOptions(type_oids=(TEXT, TEXT)), key=KEY, safety_net=True)
+    assert masker is not None
+    # a backslash escape sends the line through the decoding path
+    line = b"a\\tb ada@example.com\tx\\\\y 536-22-8714\n"
+    assert masker.mask(line) == b"a\\tb ****@example.com\tx\\\\y ***-**-8714\n"
+    from dbsentry.wire.pg import codec
+
+    out, count, _ = masker.mask_frames(codec.frame(b"d", line), 0)
+    assert count == 1 and out == codec.frame(b"d", b"a\\tb ****@example.com\tx\\\\y ***-**-8714\n")

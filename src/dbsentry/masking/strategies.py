@@ -218,6 +218,20 @@ SAFETY_NET_CLASSES: frozenset[DataClass] = frozenset(
 
 
 def _spans(text: str, classes: frozenset[DataClass] | None) -> list[Span]:
+    """Every sensitive span of ``text``: find_sensitive stops at 64, so the text after
+    the 64th is searched again, until none is left."""
+    out: list[Span] = []
+    base = 0
+    while True:
+        rest = text[base:] if base else text
+        found = _some_spans(rest, classes)
+        out.extend(Span(sp.start + base, sp.end + base, sp.data_class) for sp in found)
+        if len(found) < 64:
+            return out
+        base = out[-1].end
+
+
+def _some_spans(text: str, classes: frozenset[DataClass] | None) -> list[Span]:
     """find_sensitive, keeping only spans of ``classes`` (all when None).  A span of
     another class must not hide an overlapping one of these, so then the candidates are
     chosen again without it."""
