@@ -34,7 +34,7 @@
 static PyObject *ProtocolError; /* dbsentry.wire.pg.codec.ProtocolError */
 static unsigned char IS_DIGIT[256];
 static unsigned char IS_ALNUM[256];
-static unsigned char CLS[256]; /* prefilter classes, C_* below */
+static uint16_t CLS[256]; /* prefilter classes, C_* below */
 static unsigned char IS_NEXT[256]; /* the second bytes of the key prefixes of prefilter() */
 
 typedef struct {
@@ -259,6 +259,9 @@ keep_last_from(const Op *op, const unsigned char *v, Py_ssize_t n)
 #define C_LOOK 32 /* a byte where a rule needs a closer look */
 #define C_END 64  /* an ASCII digit or a continuation byte: may end a digit */
 #define C_RUN 128 /* one of " ().+-": keeps a run of digits going */
+#define C_DIGIT 256 /* an ASCII digit */
+/* a byte that is none of these (most letters) only ends a run of digits */
+#define C_SLOW (C_DIGIT | C_COUNT | C_RUN | C_LOOK)
 
 /* The UTF-8 lead bytes of the characters Python's \d matches (strategies._DIGIT_LEADS). */
 static const unsigned char DIGIT_LEADS[] = {0xd9, 0xdb, 0xdf, 0xe0, 0xe1, 0xea, 0xef, 0xf0};
@@ -276,8 +279,13 @@ prefilter_bytes(const unsigned char *v, Py_ssize_t n, int ip)
     int plus = 0, adjacent = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         const unsigned char c = v[i];
-        const unsigned char k = CLS[c];
-        if (IS_DIGIT[c]) {
+        const uint16_t k = CLS[c];
+        if (!(k & C_SLOW)) {
+            run = 0;
+            plus = 0;
+            continue;
+        }
+        if (k & C_DIGIT) {
             /* ASCII digits in a run of " ().+-" */
             if (++run >= 9 || (plus && run >= 8))
                 return 1;
@@ -286,15 +294,16 @@ prefilter_bytes(const unsigned char *v, Py_ssize_t n, int ip)
             run = 0;
             plus = 0;
         }
-        if (k & C_COUNT)
+        if (k & C_COUNT) {
             digits++;
+            /* two letters, then two digits: an IBAN (seen from its first digit) */
+            if (i >= 2 && i + 1 < n && (CLS[v[i - 1]] & C_LETTER) && (CLS[v[i - 2]] & C_LETTER)
+                && (CLS[v[i + 1]] & C_TAIL))
+                return 1;
+        }
         if (!(k & C_LOOK))
             continue;
         if (k & C_LETTER) {
-            /* two letters, then two digits: an IBAN */
-            if (n - i >= 4 && (CLS[v[i + 2]] & C_COUNT) && (CLS[v[i + 1]] & C_LETTER)
-                && (CLS[v[i + 3]] & C_TAIL))
-                return 1;
             if ((k & C_UPPER) && !adjacent) {
                 /* an uppercase letter next to a digit, or one " " or "-" away */
                 if ((i + 1 < n && (CLS[v[i + 1]] & C_COUNT))
@@ -996,14 +1005,16 @@ PyInit__fastmask(void)
         int lead = 0;
         for (size_t j = 0; j < sizeof DIGIT_LEADS; j++)
             lead |= c == DIGIT_LEADS[j];
-        CLS[c] = (unsigned char)((IS_DIGIT[c] || lead ? C_COUNT : 0)
+        /* letters that start a key prefix, and uppercase ones (next to a digit) */
+        int starts_key = upper || (c != 0 && strchr("egxsrpmd", c) != NULL);
+        CLS[c] = (uint16_t)((IS_DIGIT[c] ? C_DIGIT : 0) | (IS_DIGIT[c] || lead ? C_COUNT : 0)
                                  | (IS_DIGIT[c] || c >= 0x80 ? C_TAIL : 0)
                                  | (IS_DIGIT[c] || (c >= 0x80 && c < 0xC0) ? C_END : 0)
                                  | (upper ? C_UPPER : 0) | (letter ? C_LETTER : 0)
                                  | (IS_DIGIT[c] || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')
                                         ? C_HEX
                                         : 0)
-                                 | (letter || c == '@' || c == '+' || c == '$' || c == '\\'
+                                 | (starts_key || c == '@' || c == '+' || c == '$' || c == '\\'
                                             || c == '-' || c == ':' || c == '.'
                                         ? C_LOOK
                                         : 0)
