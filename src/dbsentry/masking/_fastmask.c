@@ -35,7 +35,6 @@ static PyObject *ProtocolError; /* dbsentry.wire.pg.codec.ProtocolError */
 static unsigned char IS_DIGIT[256];
 static unsigned char IS_ALNUM[256];
 static uint16_t CLS[256]; /* prefilter classes, C_* below */
-static unsigned char IS_NEXT[256]; /* the second bytes of the key prefixes of prefilter() */
 
 typedef struct {
     int kind;
@@ -296,6 +295,8 @@ prefilter_bytes(const unsigned char *v, Py_ssize_t n, int ip)
         }
         if (k & C_COUNT) {
             digits++;
+            if (c == '5' && i >= 2 && v[i - 2] == 'm' && v[i - 1] == 'd')
+                return 1; /* md5 */
             /* two letters, then two digits: an IBAN (seen from its first digit) */
             if (i >= 2 && i + 1 < n && (CLS[v[i - 1]] & C_LETTER) && (CLS[v[i - 2]] & C_LETTER)
                 && (CLS[v[i + 1]] & C_TAIL))
@@ -314,8 +315,7 @@ prefilter_bytes(const unsigned char *v, Py_ssize_t n, int ip)
                         && (CLS[v[i - 2]] & C_END)))
                     adjacent = 1;
             }
-            if (i + 1 >= n || !IS_NEXT[v[i + 1]])
-                continue; /* no key prefix goes on with this byte */
+            /* key prefixes, each found from its rarest byte */
             switch (c) {
             case 'A':
                 if (n - i >= 4) {
@@ -326,48 +326,24 @@ prefilter_bytes(const unsigned char *v, Py_ssize_t n, int ip)
                             return 1;
                 }
                 break;
-            case 'e':
-                if (starts(v, i, n, "ecret", 5) || starts(v, i, n, "eyJ", 3))
-                    return 1;
-                break;
             case 'E':
                 if (starts(v, i, n, "ECRET", 5))
-                    return 1;
-                break;
-            case 'g':
-                if (n - i >= 4 && v[i + 1] == 'h' && v[i + 3] == '_'
-                    && (v[i + 2] == 'p' || v[i + 2] == 'o' || v[i + 2] == 'u' || v[i + 2] == 's'
-                        || v[i + 2] == 'r'))
-                    return 1;
-                if (starts(v, i, n, "github_pat_", 11))
-                    return 1;
-                break;
-            case 'x':
-                if (starts(v, i, n, "xox", 3))
-                    return 1;
-                break;
-            case 's':
-                if (starts(v, i, n, "sk_", 3))
-                    return 1;
-                break;
-            case 'r':
-                if (starts(v, i, n, "rk_", 3))
-                    return 1;
-                break;
-            case 'p':
-                if (starts(v, i, n, "pbkdf2_", 7))
                     return 1;
                 break;
             case 'S':
                 if (starts(v, i, n, "SCRAM-", 6))
                     return 1;
                 break;
-            case 'm':
-                if (starts(v, i, n, "md5", 3))
+            case 'J': /* eyJ */
+                if (i >= 2 && v[i - 2] == 'e' && v[i - 1] == 'y')
                     return 1;
                 break;
-            case 'd':
-                if (starts(v, i, n, "dbs_", 4))
+            case 'c': /* ecret */
+                if (i >= 1 && v[i - 1] == 'e' && starts(v, i + 1, n, "ret", 3))
+                    return 1;
+                break;
+            case 'x':
+                if (starts(v, i, n, "xox", 3))
                     return 1;
                 break;
             default:
@@ -378,6 +354,20 @@ prefilter_bytes(const unsigned char *v, Py_ssize_t n, int ip)
         switch (c) {
         case '@':
             return 1;
+        case '_': /* sk_, rk_, gh[pousr]_, dbs_, pbkdf2_, github_pat_ */
+            if (i >= 2 && (v[i - 2] == 's' || v[i - 2] == 'r') && v[i - 1] == 'k')
+                return 1;
+            if (i >= 3 && v[i - 3] == 'g' && v[i - 2] == 'h'
+                && (v[i - 1] == 'p' || v[i - 1] == 'o' || v[i - 1] == 'u' || v[i - 1] == 's'
+                    || v[i - 1] == 'r'))
+                return 1;
+            if (i >= 3 && memcmp(v + i - 3, "dbs", 3) == 0)
+                return 1;
+            if (i >= 6 && memcmp(v + i - 6, "pbkdf2", 6) == 0)
+                return 1;
+            if (i >= 6 && memcmp(v + i - 6, "github", 6) == 0 && starts(v, i + 1, n, "pat_", 4))
+                return 1;
+            break;
         case '+':
             plus = 1;
             if (run >= 8)
@@ -745,10 +735,11 @@ put_escaped(Out *o, const unsigned char *s, Py_ssize_t n, unsigned char delim)
 }
 
 /* A COPY text field: the value escaped for the delimiter, or the NULL string;
-   a value the masker left is written as it came. */
+   a value a scan left (keep_same) is written as it came. */
 typedef struct {
     PyObject *null;
     unsigned char delim;
+    int keep_same; /* OP_SCAN: a value the scan returns as it was is written as it came */
 } CopyText;
 
 static PyObject *
@@ -757,7 +748,7 @@ encode_copy_field(PyObject *res, PyObject *raw, const void *ctx)
     const CopyText *c = (const CopyText *)ctx;
     if (res == Py_None)
         return Py_NewRef(c->null);
-    if (res == raw)
+    if (c->keep_same && res == raw)
         return Py_NewRef(raw);
     Out tmp = {NULL, 0, 0};
     PyObject *enc = NULL;
@@ -803,7 +794,7 @@ copy_field(Out *out, const Op *op, const unsigned char *b, Py_ssize_t fs, Py_ssi
         return 0;
     }
     default: { /* OP_CALL, OP_SCAN */
-        const CopyText text = {null, delim};
+        const CopyText text = {null, delim, op->kind == OP_SCAN};
         PyObject *enc = call_masker(op, b + fs, n, encode_copy_field, &text);
         if (enc == NULL)
             return -1;
@@ -1005,8 +996,8 @@ PyInit__fastmask(void)
         int lead = 0;
         for (size_t j = 0; j < sizeof DIGIT_LEADS; j++)
             lead |= c == DIGIT_LEADS[j];
-        /* letters that start a key prefix, and uppercase ones (next to a digit) */
-        int starts_key = upper || (c != 0 && strchr("egxsrpmd", c) != NULL);
+        /* uppercase letters (next to a digit?) and the bytes key prefixes are found from */
+        int starts_key = upper || c == 'c' || c == 'x' || c == '_';
         CLS[c] = (uint16_t)((IS_DIGIT[c] ? C_DIGIT : 0) | (IS_DIGIT[c] || lead ? C_COUNT : 0)
                                  | (IS_DIGIT[c] || c >= 0x80 ? C_TAIL : 0)
                                  | (IS_DIGIT[c] || (c >= 0x80 && c < 0xC0) ? C_END : 0)
@@ -1022,7 +1013,6 @@ PyInit__fastmask(void)
                                             || c == '-'
                                         ? C_RUN
                                         : 0));
-        IS_NEXT[c] = c != 0 && strchr("KSGIRNcyChiokbd", c) != NULL;
     }
     PyObject *codec = PyImport_ImportModule("dbsentry.wire.pg.codec");
     if (codec == NULL)

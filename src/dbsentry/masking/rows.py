@@ -594,6 +594,13 @@ def _copy_text_encode(value: str, delimiter: str) -> str:
     return out.replace("\t", "\\t")
 
 
+class _Left:
+    """What CopyMasker._apply returns for a value a scan left as it was."""
+
+
+LEFT = _Left()
+
+
 # Delimiters with which a text COPY line without backslashes splits on the delimiter byte
 # and a value's escaping is one replacement per byte (PostgreSQL refuses the others).
 _PLAIN_DELIMITERS = frozenset(
@@ -771,7 +778,12 @@ class CopyMasker:
                 cached = values.get(f)
                 if cached is None:
                     out = op[1](f)  # type: ignore[operator]
-                    cached = null if out is None else f if out is f else self._escape(out)
+                    if out is None:
+                        cached = null
+                    elif kind == OP_SCAN and out is f:
+                        cached = f  # a value the scan left is written as it came
+                    else:
+                        cached = self._escape(out)
                     if len(values) < CACHE_SIZE:
                         values[f] = cached
                 fields[i] = cached
@@ -779,16 +791,16 @@ class CopyMasker:
             fields[i] = self._escape(new)
         return bytes((delim,)).join(fields) + b"\n"
 
-    def _apply(self, i: int, value: str) -> str | None:
-        """The masked value; ``value`` itself when the masker left it (it returned its
-        input: the field is then written as it came, not re-escaped or re-quoted)."""
+    def _apply(self, i: int, value: str) -> str | _Left | None:
+        """The masked value, or LEFT when a value scan left it (it returned its input: the
+        field is then written as it came, not re-escaped or re-quoted)."""
         fn = self.maskers[i] if i < len(self.maskers) else None
         if fn is None:
-            return value
+            return LEFT
         raw = value.encode("utf-8", "surrogateescape")
         out = fn(raw)
-        if out is raw:
-            return value
+        if out is raw and isinstance(fn, Scan):
+            return LEFT
         return None if out is None else out.decode("utf-8", "surrogateescape")
 
     def _mask_text_line(self, line: bytes) -> bytes:
@@ -805,7 +817,7 @@ class CopyMasker:
                 continue
             value = _copy_text_decode(f)
             masked = self._apply(i, value)
-            if masked is value:
+            if isinstance(masked, _Left):
                 out.append(f)
                 continue
             out.append(opts.null if masked is None else _copy_text_encode(masked, opts.delimiter))
@@ -832,7 +844,7 @@ class CopyMasker:
                 out.append(raw)
                 continue
             masked = self._apply(i, value)
-            if masked is value:
+            if isinstance(masked, _Left):
                 out.append(raw)
                 continue
             if masked is None:
