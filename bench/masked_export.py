@@ -31,6 +31,7 @@ Usage::
     python bench/masked_export.py                       # 3 rounds, 1,000,000 rows
     python bench/masked_export.py --rounds 5 --rows 200000 --table bench_customers_200k
     python bench/masked_export.py --no-profile --json out.json
+    python bench/masked_export.py --compare-safety-net   # and masked with safety_net: off
 
 PostgreSQL is found as in bench/compare.py (``$BENCH_PG_DSN``, 127.0.0.1:5432, or an
 embedded server); the table lives in the database ``dbsentry_bench`` (``--database``).
@@ -505,6 +506,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--workloads", default="copy,select", help="comma separated: copy, select (default both)"
     )
     p.add_argument("--no-passthrough", action="store_true", help="leave the passthrough proxy out")
+    p.add_argument(
+        "--compare-safety-net",
+        action="store_true",
+        help="add a target masked-nonet: the masked proxy with masking.safety_net off",
+    )
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
     p.add_argument(
         "--profile-workloads", default="select,copy", help="what to profile (default select,copy)"
@@ -560,6 +566,13 @@ def bench(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     service, target, used = start_proxy(up, workdir, "masked", args.extra)
     services["masked"], settings["masked"] = service, used
     targets.append(target)
+    if args.compare_safety_net:
+        # the same masked proxy with the safety net off, in the same rounds
+        extra = dict(args.extra)
+        extra["masking"] = {**extra.get("masking", {}), "safety_net": "off"}
+        service, target, used = start_proxy(up, workdir, "masked-nonet", extra)
+        services["masked-nonet"], settings["masked-nonet"] = service, used
+        targets.append(target)
     if not args.no_passthrough:
         service, target, used = start_proxy(up, workdir, "passthrough", {"passthrough": True})
         services["passthrough"], settings["passthrough"] = service, used
@@ -586,8 +599,10 @@ def bench(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     for w in args.workloads:
         m = ratios.get(f"{w}/masked")
         pt = ratios.get(f"{w}/passthrough")
+        nonet = ratios.get(f"{w}/masked-nonet")
         print(f"{w:<6}: masked/direct {fmt(m, '.2f')}x (goal >= {args.target_ratio}x), "
-              f"passthrough/direct {fmt(pt, '.2f')}x")
+              f"passthrough/direct {fmt(pt, '.2f')}x"
+              + (f", safety net off/direct {fmt(nonet, '.2f')}x" if nonet is not None else ""))
     conn_median = {k: (statistics.median(v) if v else None) for k, v in connects.items()}
     if any(conn_median.values()):
         print("psql connect + login + 'SELECT 1' (in the wall time, not in rows/s), median ms: "

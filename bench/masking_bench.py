@@ -81,8 +81,8 @@ def _rate(label: str, fn: Callable[[], object], n: int, per: int = 1) -> None:
     print(f"{label:<44} {rows_done / elapsed:>12,.0f} /s {elapsed / rows_done * 1e6:>9.2f} us")
 
 
-def _masker(plan: MaskPlan) -> RowMasker:
-    m = compile_row_masker(plan, FIELDS, key=KEY)
+def _masker(plan: MaskPlan, safety_net: bool = False) -> RowMasker:
+    m = compile_row_masker(plan, FIELDS, key=KEY, safety_net=safety_net)
     assert m is not None
     return m
 
@@ -114,7 +114,7 @@ def _catalog() -> Catalog:
 def _forget(m: RowMasker) -> None:
     """Empty the value caches (the same chunk is masked again and again)."""
     for op in m.plan:
-        if op is not None and op[0] == rows.OP_CALL:
+        if op is not None and op[0] in (rows.OP_CALL, rows.OP_SCAN):
             op[2].clear()  # type: ignore[attr-defined]
 
 
@@ -153,16 +153,58 @@ def _batch(n: int) -> None:
                     return ext.mask_data_rows(row_frames, 0, m.width, m.plan)  # type: ignore[attr-defined]
 
             _rate(f"batch DataRow, 3 columns, {strategy} ({name})", run, reps, per=chunk)
-    copy = compile_copy_masker(_plan("partial"), CopyOptions(), key=KEY)
-    assert copy is not None
-    for name, ext in loops:
-        fn = copy.mask_frames if ext is not None else copy._py_mask_frames
-        _rate(
-            f"batch COPY text, 3 columns, partial ({name})",
-            lambda fn=fn: fn(copy_frames, 0),
-            reps,
-            per=chunk,
+    # The safety net on the 3 other text columns (names and free text, nothing found)
+    net = _masker(_plan("partial"), safety_net=True)
+    only = _masker(MaskPlan(tuple(None for _ in ROW)), safety_net=True)
+    for label, m in (("partial + safety net", net), ("safety net only", only)):
+        for name, ext in loops:
+            if ext is None:
+
+                def run(m: RowMasker = m) -> object:
+                    _forget(m)
+                    return rows._py_mask_data_rows(row_frames, 0, m.width, m.plan)
+            else:
+
+                def run(m: RowMasker = m, ext: object = ext) -> object:
+                    _forget(m)
+                    return ext.mask_data_rows(row_frames, 0, m.width, m.plan)  # type: ignore[attr-defined]
+
+            _rate(f"batch DataRow, {label} ({name})", run, reps, per=chunk)
+    for safety_net in (False, True):
+        copy = compile_copy_masker(
+            _plan("partial"),
+            CopyOptions(type_oids=tuple(f.type_oid for f in FIELDS)),
+            key=KEY,
+            safety_net=safety_net,
         )
+        assert copy is not None
+        for name, ext in loops:
+            fn = copy.mask_frames if ext is not None else copy._py_mask_frames
+            _rate(
+                f"batch COPY text, partial{' + safety net' if safety_net else ''} ({name})",
+                lambda fn=fn: fn(copy_frames, 0),
+                reps,
+                per=chunk,
+            )
+    # The prefilter alone, on values that pass and that do not
+    from dbsentry.masking.strategies import may_hold_sensitive
+
+    ordinary = b"some free text about the customer, nothing sensitive in here at all"
+    candidate = b"order 2024-01-15 10:11:12, ticket 55512345"
+    for label, value in (("ordinary text", ordinary), ("a candidate", candidate)):
+        _rate(f"prefilter, {label} (python)", lambda v=value: may_hold_sensitive(v), n)
+        if rows._fastmask is not None:
+            pf = rows._fastmask.prefilter
+            _rate(f"prefilter, {label} (C, with the call)", lambda v=value, pf=pf: pf(v, False), n)
+    scan = compile_row_masker(
+        MaskPlan((None,)), [Field("t", 0, 0, 25, -1, -1, 0)], key=KEY, safety_net=True
+    )
+    assert scan is not None and scan.maskers[0] is not None
+    _rate(
+        "safety net scan of a candidate (python detectors)",
+        lambda: scan.maskers[0](candidate),
+        max(1, n // 10),
+    )  # type: ignore[misc]
 
 
 def main() -> None:

@@ -6,7 +6,8 @@ Drives one :class:`~dbsentry.session.pg.Session` through the messages of pgbench
 ``-S`` transaction (``SELECT abalance FROM pgbench_accounts WHERE aid = $1``) and the
 server's answers, in one thread, and reports the process CPU time per statement in four
 set-ups: passthrough (no governance), policy only, policy + audit records (built and
-handed over, not written), and policy + audit + masking tracking.  The audit writer is
+handed over, not written), and policy + audit + masking tracking (with the safety net,
+on by default in production, and without it).  The audit writer is
 left out on purpose (its cost is measured by ``bench/audit_bench.py``): this is what the
 event loop's thread pays per statement.  CPU time of one thread is far steadier on a
 loaded machine than throughput.
@@ -70,11 +71,12 @@ def messages(mode: str, i: int, first: bool) -> tuple[bytes, bytes]:
     return client, server
 
 
-def new_session(governed: bool, audit: bool, masking: bool) -> Session:
+def new_session(governed: bool, audit: bool, masking: bool, safety_net: str = "production") -> Session:
     config = parse_config(
         {
             "tls": {"require_client_tls": False},
             "connections": {"bench": {"database": "bench", "user": "postgres", "environment": "production"}},
+            "masking": {"safety_net": safety_net},
         },
         Path("."),
     )
@@ -122,10 +124,11 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="runs per set-up; the fastest is shown")
     args = ap.parse_args()
     setups = {
-        "passthrough": (False, False, False),
-        "policy": (True, False, False),
-        "policy+audit": (True, True, False),
-        "policy+audit+masking": (True, True, True),
+        "passthrough": (False, False, False, "production"),
+        "policy": (True, False, False, "production"),
+        "policy+audit": (True, True, False, "production"),
+        "policy+audit+masking": (True, True, True, "production"),  # with the safety net
+        "...safety net off": (True, True, True, "off"),
     }
     print(f"session CPU per statement, pgbench -S -M {args.mode}, {args.statements} statements")
     for name, flags in setups.items():

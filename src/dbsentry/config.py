@@ -288,6 +288,10 @@ class MaskingConfig(_Model):
     sample_rows: int = Field(default=200, ge=1, le=100_000)
     sample_timeout_ms: int = Field(default=2000, ge=1)
     sample_budget_seconds: float = Field(default=20.0, gt=0)
+    # The safety net: result columns nothing else masks whose type is text-like are
+    # scanned by the validated value detectors, and what they find is masked in place.
+    # production: on for connections in a production environment; always; off.
+    safety_net: Literal["production", "always", "off"] = "production"
 
 
 class LimitsConfig(_Model):

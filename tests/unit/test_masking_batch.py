@@ -24,7 +24,13 @@ from dbsentry.masking.rows import (
     mask_data_row,
     mask_data_rows,
 )
-from dbsentry.masking.strategies import OP_EMAIL, OP_KEEP_LAST, BytePartial, _partial_bytes
+from dbsentry.masking.strategies import (
+    OP_EMAIL,
+    OP_KEEP_LAST,
+    OP_SCAN,
+    BytePartial,
+    _partial_bytes,
+)
 from dbsentry.session.masking import MaskingService, SessionMasking, StatementPlan, _Query
 from dbsentry.wire.pg import codec
 from dbsentry.wire.pg.codec import ProtocolError
@@ -98,10 +104,12 @@ def safe(fn: object, *args: object) -> object:
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=HEALTH)
-@given(st.lists(column, min_size=1, max_size=7), st.data())
-def test_batch_rows_match_message_by_message(specs: list, data: st.DataObject) -> None:
+@given(st.lists(column, min_size=1, max_size=7), st.booleans(), st.data())
+def test_batch_rows_match_message_by_message(
+    specs: list, safety_net: bool, data: st.DataObject
+) -> None:
     plan, fields = plan_and_fields(specs)
-    masker = compile_row_masker(plan, fields, key=KEY)
+    masker = compile_row_masker(plan, fields, key=KEY, safety_net=safety_net)
     if masker is None:
         return
     values = st.lists(value, min_size=len(specs), max_size=len(specs))
@@ -138,6 +146,10 @@ ops = st.one_of(
             lambda raw: b"",
         ]
     ).map(lambda fn: (OP_CALL, fn, {})),
+    st.tuples(
+        st.sampled_from([lambda raw: None, lambda raw: raw, lambda raw: raw[::-1] + b"!"]),
+        st.booleans(),
+    ).map(lambda a: (OP_SCAN, a[0], {}, a[1])),
 )
 
 
@@ -251,6 +263,7 @@ cell = st.one_of(
         min_size=1,
         max_size=6,
     ),
+    st.booleans(),
     st.sampled_from(["text", "text", "csv"]),
     st.sampled_from(["\t", ",", "|", ";", "*", "@"]),
     st.sampled_from(["\\N", "", "NULL", "N"]),
@@ -269,6 +282,7 @@ cell = st.one_of(
 )
 def test_copy_frames_match_message_by_message(
     specs: list,
+    safety_net: bool,
     fmt: str,
     delimiter: str,
     null: str,
@@ -292,7 +306,7 @@ def test_copy_frames_match_message_by_message(
             line += b"\n"
         messages.append(line)
     buf = b"".join(codec.frame(b"d", msg) for msg in messages)
-    reference = compile_copy_masker(MaskPlan(masks), opts, key=KEY)
+    reference = compile_copy_masker(MaskPlan(masks), opts, key=KEY, safety_net=safety_net)
     if reference is None:
         return
     try:
@@ -300,7 +314,7 @@ def test_copy_frames_match_message_by_message(
     except (UnicodeError, TypeError):
         return
     for use_extension in (True, False):
-        masker = compile_copy_masker(MaskPlan(masks), opts, key=KEY)
+        masker = compile_copy_masker(MaskPlan(masks), opts, key=KEY, safety_net=safety_net)
         assert masker is not None
         if not use_extension:
             if masker.header_pending:

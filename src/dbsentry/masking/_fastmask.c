@@ -7,7 +7,9 @@
  * them).  They read the same plans: a tuple with, per column, None or an op
  * tuple (kind, ...) described in rows.py.  Ops that need Python (hashing,
  * value detection, fitting to char(n)...) call back the masker; COPY lines
- * that need unescaping go back to Python whole.
+ * that need unescaping go back to Python whole.  Value detection (OP_SCAN)
+ * first runs prefilter(), the twin of strategies.may_hold_sensitive(): most
+ * values cannot hold anything the detectors find and are left without a call.
  *
  * The input comes from the database server and is not trusted: every length
  * read from it is checked against the end of its frame before it is used, and
@@ -23,6 +25,7 @@
 #define OP_EMAIL 2
 #define OP_KEEP_LAST 3
 #define OP_CALL 4
+#define OP_SCAN 5
 
 /* masked values remembered per column and result (rows.CACHE_SIZE) */
 #define CACHE_SIZE 4096
@@ -31,6 +34,7 @@
 static PyObject *ProtocolError; /* dbsentry.wire.pg.codec.ProtocolError */
 static unsigned char IS_DIGIT[256];
 static unsigned char IS_ALNUM[256];
+static uint16_t CLS[256]; /* prefilter classes, C_* below */
 
 typedef struct {
     int kind;
@@ -38,8 +42,9 @@ typedef struct {
     Py_ssize_t len;
     const unsigned char *cls; /* OP_KEEP_LAST: IS_DIGIT or IS_ALNUM */
     Py_ssize_t t1, k1, t2, k2;
-    PyObject *fn;    /* OP_CALL masker (borrowed from the plan) */
-    PyObject *cache; /* OP_CALL dict or NULL (borrowed from the plan) */
+    PyObject *fn;    /* OP_CALL/OP_SCAN masker (borrowed from the plan) */
+    PyObject *cache; /* OP_CALL/OP_SCAN dict or NULL (borrowed from the plan) */
+    int ip;          /* OP_SCAN: the prefilter lets IP-address shapes through too */
 } Op;
 
 typedef struct {
@@ -185,10 +190,17 @@ parse_plan(PyObject *plan, Py_ssize_t *n_out)
                 goto fail;
             break;
         }
-        case OP_CALL: {
-            if (PyTuple_GET_SIZE(item) < 3 || !PyCallable_Check(a)) {
+        case OP_CALL:
+        case OP_SCAN: {
+            if (PyTuple_GET_SIZE(item) < (kind == OP_SCAN ? 4 : 3) || !PyCallable_Check(a)) {
                 PyErr_SetString(PyExc_TypeError, "call op needs a masker and a cache");
                 goto fail;
+            }
+            if (kind == OP_SCAN) {
+                int ip = PyObject_IsTrue(PyTuple_GET_ITEM(item, 3));
+                if (ip < 0)
+                    goto fail;
+                op->ip = ip;
             }
             PyObject *cache = PyTuple_GET_ITEM(item, 2);
             if (cache != Py_None && !PyDict_Check(cache)) {
@@ -232,6 +244,161 @@ keep_last_from(const Op *op, const unsigned char *v, Py_ssize_t n)
     if (seen < keep)
         i = n;
     return i;
+}
+
+/* ------------------------------------------------------------------ prefilter */
+
+/* What may_hold_sensitive() in strategies.py tests, in one pass; see the rules
+   there.  1 when the detectors could find something in v[0:n], else 0. */
+#define C_COUNT 1 /* an ASCII digit or a UTF-8 lead byte of a Unicode digit (DIGIT_LEADS) */
+#define C_TAIL 2  /* an ASCII digit or any non-ASCII byte: may end a digit */
+#define C_UPPER 4
+#define C_LETTER 8
+#define C_HEX 16
+#define C_LOOK 32 /* a byte where a rule needs a closer look */
+#define C_END 64  /* an ASCII digit or a continuation byte: may end a digit */
+#define C_RUN 128 /* one of " ().+-": keeps a run of digits going */
+#define C_DIGIT 256 /* an ASCII digit */
+/* a byte that is none of these (most letters) only ends a run of digits */
+#define C_SLOW (C_DIGIT | C_COUNT | C_RUN | C_LOOK)
+
+/* The UTF-8 lead bytes of the characters Python's \d matches (strategies._DIGIT_LEADS). */
+static const unsigned char DIGIT_LEADS[] = {0xd9, 0xdb, 0xdf, 0xe0, 0xe1, 0xea, 0xef, 0xf0};
+
+static inline int
+starts(const unsigned char *v, Py_ssize_t i, Py_ssize_t n, const char *lit, Py_ssize_t len)
+{
+    return n - i >= len && memcmp(v + i, lit, (size_t)len) == 0;
+}
+
+static int
+prefilter_bytes(const unsigned char *v, Py_ssize_t n, int ip)
+{
+    Py_ssize_t digits = 0, dollars = 0, run = 0;
+    int plus = 0, adjacent = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const unsigned char c = v[i];
+        const uint16_t k = CLS[c];
+        if (!(k & C_SLOW)) {
+            run = 0;
+            plus = 0;
+            continue;
+        }
+        if (k & C_DIGIT) {
+            /* ASCII digits in a run of " ().+-" */
+            if (++run >= 9 || (plus && run >= 8))
+                return 1;
+        }
+        else if (!(k & C_RUN)) {
+            run = 0;
+            plus = 0;
+        }
+        if (k & C_COUNT) {
+            digits++;
+            if (c == '5' && i >= 2 && v[i - 2] == 'm' && v[i - 1] == 'd')
+                return 1; /* md5 */
+            /* two letters, then two digits: an IBAN (seen from its first digit) */
+            if (i >= 2 && i + 1 < n && (CLS[v[i - 1]] & C_LETTER) && (CLS[v[i - 2]] & C_LETTER)
+                && (CLS[v[i + 1]] & C_TAIL))
+                return 1;
+        }
+        if (!(k & C_LOOK))
+            continue;
+        if (k & C_LETTER) {
+            if ((k & C_UPPER) && !adjacent) {
+                /* an uppercase letter next to a digit, or one " " or "-" away */
+                if ((i + 1 < n && (CLS[v[i + 1]] & C_COUNT))
+                    || (i + 2 < n && (v[i + 1] == ' ' || v[i + 1] == '-')
+                        && (CLS[v[i + 2]] & C_COUNT))
+                    || (i >= 1 && (CLS[v[i - 1]] & C_END))
+                    || (i >= 2 && (v[i - 1] == ' ' || v[i - 1] == '-')
+                        && (CLS[v[i - 2]] & C_END)))
+                    adjacent = 1;
+            }
+            /* key prefixes, each found from its rarest byte */
+            switch (c) {
+            case 'A':
+                if (n - i >= 4) {
+                    static const char *const aws[] = {"AKIA", "ASIA", "AGPA", "AIDA", "AROA",
+                                                      "AIPA", "ANPA", "ANVA", "AIza"};
+                    for (size_t j = 0; j < sizeof aws / sizeof aws[0]; j++)
+                        if (memcmp(v + i, aws[j], 4) == 0)
+                            return 1;
+                }
+                break;
+            case 'E':
+                if (starts(v, i, n, "ECRET", 5))
+                    return 1;
+                break;
+            case 'S':
+                if (starts(v, i, n, "SCRAM-", 6))
+                    return 1;
+                break;
+            case 'J': /* eyJ */
+                if (i >= 2 && v[i - 2] == 'e' && v[i - 1] == 'y')
+                    return 1;
+                break;
+            case 'c': /* ecret */
+                if (i >= 1 && v[i - 1] == 'e' && starts(v, i + 1, n, "ret", 3))
+                    return 1;
+                break;
+            case 'x':
+                if (starts(v, i, n, "xox", 3))
+                    return 1;
+                break;
+            default:
+                break;
+            }
+            continue;
+        }
+        switch (c) {
+        case '@':
+            return 1;
+        case '_': /* sk_, rk_, gh[pousr]_, dbs_, pbkdf2_, github_pat_ */
+            if (i >= 2 && (v[i - 2] == 's' || v[i - 2] == 'r') && v[i - 1] == 'k')
+                return 1;
+            if (i >= 3 && v[i - 3] == 'g' && v[i - 2] == 'h'
+                && (v[i - 1] == 'p' || v[i - 1] == 'o' || v[i - 1] == 'u' || v[i - 1] == 's'
+                    || v[i - 1] == 'r'))
+                return 1;
+            if (i >= 3 && memcmp(v + i - 3, "dbs", 3) == 0)
+                return 1;
+            if (i >= 6 && memcmp(v + i - 6, "pbkdf2", 6) == 0)
+                return 1;
+            if (i >= 6 && memcmp(v + i - 6, "github", 6) == 0 && starts(v, i + 1, n, "pat_", 4))
+                return 1;
+            break;
+        case '+':
+            plus = 1;
+            if (run >= 8)
+                return 1;
+            break;
+        case '$':
+            dollars++;
+            break;
+        case '\\':
+            if (i + 1 < n && v[i + 1] == 'u')
+                return 1;
+            break;
+        case '-':
+            if (starts(v, i, n, "-----BEGIN", 10))
+                return 1;
+            break;
+        case ':':
+            if (ip
+                && ((i >= 1 && ((CLS[v[i - 1]] & C_HEX) || v[i - 1] == ':'))
+                    || (i + 1 < n && (CLS[v[i + 1]] & C_HEX))))
+                return 1;
+            break;
+        case '.':
+            if (ip && i >= 1 && i + 1 < n && IS_DIGIT[v[i - 1]] && IS_DIGIT[v[i + 1]])
+                return 1;
+            break;
+        default:
+            break;
+        }
+    }
+    return dollars >= 3 || (digits >= 6 && adjacent);
 }
 
 /* Position of the last "@" in v[0:n], or -1. */
@@ -301,8 +468,9 @@ finish(Out *out, int changed, Py_ssize_t count, Py_ssize_t pos)
 
 /* An OP_CALL column: the masker's result (None or bytes) encoded by `encode`,
    from the column's cache when the value was seen, and remembered there while
-   it has room.  New reference, or NULL with an exception set. */
-typedef PyObject *(*Encoder)(PyObject *res, const void *ctx);
+   it has room.  New reference, or NULL with an exception set.  `raw` is the
+   value the masker was given (a masker that leaves a value returns it). */
+typedef PyObject *(*Encoder)(PyObject *res, PyObject *raw, const void *ctx);
 
 static PyObject *
 call_masker(const Op *op, const unsigned char *v, Py_ssize_t n, Encoder encode, const void *ctx)
@@ -335,7 +503,7 @@ call_masker(const Op *op, const unsigned char *v, Py_ssize_t n, Encoder encode, 
         return NULL;
     }
     if (res == Py_None || PyBytes_Check(res)) {
-        enc = encode(res, ctx);
+        enc = encode(res, raw, ctx);
     }
     else {
         PyErr_SetString(PyExc_TypeError, "a masker must return bytes or None");
@@ -352,9 +520,10 @@ call_masker(const Op *op, const unsigned char *v, Py_ssize_t n, Encoder encode, 
 
 /* A DataRow field: length and bytes, or the NULL length. */
 static PyObject *
-encode_row_field(PyObject *res, const void *ctx)
+encode_row_field(PyObject *res, PyObject *raw, const void *ctx)
 {
     (void)ctx;
+    (void)raw;
     if (res == Py_None)
         return PyBytes_FromStringAndSize("\xff\xff\xff\xff", 4);
     Py_ssize_t rl = PyBytes_GET_SIZE(res);
@@ -438,7 +607,8 @@ mask_data_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
             const Py_ssize_t vs = p + 4, ve = vs + ln;
             const Op *op = &ops[c];
-            if (op->kind == OP_NONE) {
+            if (op->kind == OP_NONE
+                || (op->kind == OP_SCAN && !prefilter_bytes(b + vs, ln, op->ip))) {
                 p = ve;
                 continue;
             }
@@ -480,7 +650,7 @@ mask_data_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 out.len += 4 + (Py_ssize_t)ln;
                 break;
             }
-            default: { /* OP_CALL */
+            default: { /* OP_CALL, OP_SCAN */
                 PyObject *enc = call_masker(op, b + vs, ln, encode_row_field, NULL);
                 if (enc == NULL)
                     goto error;
@@ -564,18 +734,22 @@ put_escaped(Out *o, const unsigned char *s, Py_ssize_t n, unsigned char delim)
     return 0;
 }
 
-/* A COPY text field: the value escaped for the delimiter, or the NULL string. */
+/* A COPY text field: the value escaped for the delimiter, or the NULL string;
+   a value a scan left (keep_same) is written as it came. */
 typedef struct {
     PyObject *null;
     unsigned char delim;
+    int keep_same; /* OP_SCAN: a value the scan returns as it was is written as it came */
 } CopyText;
 
 static PyObject *
-encode_copy_field(PyObject *res, const void *ctx)
+encode_copy_field(PyObject *res, PyObject *raw, const void *ctx)
 {
     const CopyText *c = (const CopyText *)ctx;
     if (res == Py_None)
         return Py_NewRef(c->null);
+    if (c->keep_same && res == raw)
+        return Py_NewRef(raw);
     Out tmp = {NULL, 0, 0};
     PyObject *enc = NULL;
     if (put_escaped(&tmp, (const unsigned char *)PyBytes_AS_STRING(res), PyBytes_GET_SIZE(res),
@@ -619,8 +793,8 @@ copy_field(Out *out, const Op *op, const unsigned char *b, Py_ssize_t fs, Py_ssi
         out->len = w - out->p;
         return 0;
     }
-    default: { /* OP_CALL */
-        const CopyText text = {null, delim};
+    default: { /* OP_CALL, OP_SCAN */
+        const CopyText text = {null, delim, op->kind == OP_SCAN};
         PyObject *enc = call_masker(op, b + fs, n, encode_copy_field, &text);
         if (enc == NULL)
             return -1;
@@ -728,7 +902,8 @@ mask_copy_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 const Py_ssize_t fe = d ? (Py_ssize_t)(d - b) : lend;
                 const Op *op = &ops[c];
                 if (op->kind == OP_NONE
-                    || (fe - fs == null_n && memcmp(b + fs, null_s, (size_t)null_n) == 0)) {
+                    || (fe - fs == null_n && memcmp(b + fs, null_s, (size_t)null_n) == 0)
+                    || (op->kind == OP_SCAN && !prefilter_bytes(b + fs, fe - fs, op->ip))) {
                     if (out_put(&out, b + fs, fe - fs) < 0)
                         goto error;
                 }
@@ -764,6 +939,30 @@ error:
     return NULL;
 }
 
+PyDoc_STRVAR(prefilter_doc,
+"prefilter(value, ip) -> bool\n\n"
+"Whether value detection could find anything in value (bytes); the twin of\n"
+"dbsentry.masking.strategies.may_hold_sensitive.");
+
+static PyObject *
+prefilter(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "prefilter(value, ip)");
+        return NULL;
+    }
+    int ip = PyObject_IsTrue(args[1]);
+    if (ip < 0)
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int r = prefilter_bytes(view.buf, view.len, ip);
+    PyBuffer_Release(&view);
+    return PyBool_FromLong(r);
+}
+
 /* ------------------------------------------------------------------ module */
 
 static PyMethodDef methods[] = {
@@ -771,6 +970,7 @@ static PyMethodDef methods[] = {
      mask_data_rows_doc},
     {"mask_copy_rows", (PyCFunction)(void (*)(void))mask_copy_rows, METH_FASTCALL,
      mask_copy_rows_doc},
+    {"prefilter", (PyCFunction)(void (*)(void))prefilter, METH_FASTCALL, prefilter_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -792,6 +992,27 @@ PyInit__fastmask(void)
     for (int c = 0; c < 256; c++) {
         IS_DIGIT[c] = c >= '0' && c <= '9';
         IS_ALNUM[c] = IS_DIGIT[c] || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+        int upper = c >= 'A' && c <= 'Z', letter = upper || (c >= 'a' && c <= 'z');
+        int lead = 0;
+        for (size_t j = 0; j < sizeof DIGIT_LEADS; j++)
+            lead |= c == DIGIT_LEADS[j];
+        /* uppercase letters (next to a digit?) and the bytes key prefixes are found from */
+        int starts_key = upper || c == 'c' || c == 'x' || c == '_';
+        CLS[c] = (uint16_t)((IS_DIGIT[c] ? C_DIGIT : 0) | (IS_DIGIT[c] || lead ? C_COUNT : 0)
+                                 | (IS_DIGIT[c] || c >= 0x80 ? C_TAIL : 0)
+                                 | (IS_DIGIT[c] || (c >= 0x80 && c < 0xC0) ? C_END : 0)
+                                 | (upper ? C_UPPER : 0) | (letter ? C_LETTER : 0)
+                                 | (IS_DIGIT[c] || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')
+                                        ? C_HEX
+                                        : 0)
+                                 | (starts_key || c == '@' || c == '+' || c == '$' || c == '\\'
+                                            || c == '-' || c == ':' || c == '.'
+                                        ? C_LOOK
+                                        : 0)
+                                 | (c == ' ' || c == '(' || c == ')' || c == '.' || c == '+'
+                                            || c == '-'
+                                        ? C_RUN
+                                        : 0));
     }
     PyObject *codec = PyImport_ImportModule("dbsentry.wire.pg.codec");
     if (codec == NULL)

@@ -1339,7 +1339,7 @@ class ColumnMask:
     data_class: DataClass | None
     strategy: str
     sources: frozenset[SourceColumn]
-    reason: Literal["lineage", "unresolved", "row-description", "values"]
+    reason: Literal["lineage", "unresolved", "row-description", "values", "safety-net"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,18 +21,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 
-from dbsentry.masking.catalog import ClassMap
+from dbsentry.masking.catalog import Catalog, ClassMap
 from dbsentry.masking.classes import DataClass
 from dbsentry.masking.lineage import ColumnMask, CopyOptions, MaskPlan
 from dbsentry.masking.strategies import (
     DEFAULT_STRATEGIES,
     OP_EMAIL,
     OP_KEEP_LAST,
+    OP_SCAN,
     BytePartial,
     Constant,
     Masker,
+    Scan,
     make_detect_masker,
     make_masker,
+    make_safety_net_masker,
+    may_hold_sensitive,
 )
 from dbsentry.wire.pg.codec import ProtocolError, read_cstr
 
@@ -58,6 +62,7 @@ __all__ = [
     "encode_row_description",
     "mask_data_row",
     "mask_data_rows",
+    "text_type_oids",
 ]
 
 _I16 = struct.Struct("!h")
@@ -196,6 +201,10 @@ def _op(masker: Masker | None) -> bytes | Masker | None:
 #                                            them, else the last k2 when >= t2, else all
 #   (OP_CALL, masker, cache)                 the masker is called; ``cache`` (a dict, raw ->
 #                                            what to write) is filled up to CACHE_SIZE
+#   (OP_SCAN, scan, cache, ip)               value detection: a value that
+#                                            strategies.may_hold_sensitive(value, ip) rejects
+#                                            is left as it is (as if the column had no op);
+#                                            any other is an OP_CALL of ``scan``
 #
 # For DataRows ``value``, ``placeholder`` and what the cache holds are fields (length
 # prefix and bytes, or the NULL marker); for COPY text they are the escaped text.  The
@@ -256,6 +265,8 @@ def _row_op(masker: Masker | None) -> Op | None:
             return (OP_EMAIL, _pack_i32(len(placeholder)) + placeholder)
         if native[0] == OP_KEEP_LAST:
             return _keep_last_op(native)
+    if isinstance(masker, Scan):
+        return (OP_SCAN, masker.scan, {}, masker.ip)
     return (OP_CALL, masker, {})
 
 
@@ -271,6 +282,28 @@ def _formats(n: int, result_formats: Sequence[int] | None, fields: Sequence[Fiel
     return list(result_formats) + [0] * (n - len(result_formats))
 
 
+# Extension types whose binary form is their text (so masked text stays valid in binary).
+_TEXT_IN_BINARY = frozenset({"citext"})
+
+
+def text_type_oids(catalog: Catalog) -> frozenset[int]:
+    """The oids of the catalog's column types that are text in binary format too (citext),
+    remembered with the catalog."""
+    found = catalog.cache.get("text_type_oids")
+    if isinstance(found, frozenset):
+        return found
+    oids = frozenset(
+        col.type_oid
+        for rel in catalog.relations.values()
+        for col in rel.columns
+        if col.type_oid >= 16384
+        and col.type_name.rpartition(".")[2].strip('"').split("(")[0].split("[")[0] in _TEXT_IN_BINARY
+        and not col.type_name.endswith("]")
+    )
+    catalog.cache["text_type_oids"] = oids
+    return oids
+
+
 def compile_row_masker(
     plan: MaskPlan,
     fields: Sequence[Field],
@@ -279,6 +312,8 @@ def compile_row_masker(
     result_formats: Sequence[int] | None = None,
     classmap: ClassMap | None = None,
     strategies: dict[DataClass, str] | None = None,
+    safety_net: bool = False,
+    text_oids: frozenset[int] = frozenset(),
 ) -> RowMasker | None:
     """Bind ``plan`` to a result's RowDescription; None when nothing needs masking.
 
@@ -288,6 +323,12 @@ def compile_row_masker(
     (table oid + attnum) is masked even if lineage missed it (defence in depth).  When
     the plan's width does not match the result's, lineage was wrong about the statement,
     and every column that can carry sensitive data is value-scanned.
+
+    With ``safety_net``, every column left without a mask whose type is text-like (text,
+    varchar, bpchar, name, unknown, extension types in text format, json, jsonb) is
+    scanned by the validated detectors and what they find is masked in place (reason
+    ``"safety-net"``).  ``text_oids``: extension types that are text in binary format too
+    (citext).
     """
     n = len(fields)
     fmts = _formats(n, result_formats, fields)
@@ -313,9 +354,18 @@ def compile_row_masker(
     maskers: list[Masker | None] = []
     for i, (m, f) in enumerate(zip(masks, fields, strict=True)):
         if m is None:
-            maskers.append(None)
+            net = (
+                make_safety_net_masker(f.type_oid, f.typmod, fmts[i], key, strat, text_oids)
+                if safety_net
+                else None
+            )
+            if net is not None:
+                masks[i] = ColumnMask(i, None, "detect", frozenset(), "safety-net")
+            maskers.append(net)
         elif m.strategy == "detect":
-            maskers.append(make_detect_masker(f.type_oid, f.typmod, fmts[i], key, strat))
+            maskers.append(
+                make_detect_masker(f.type_oid, f.typmod, fmts[i], key, strat, text_oids)
+            )
         else:
             maskers.append(
                 make_masker(m.strategy, m.data_class, f.type_oid, f.typmod, fmts[i], key)
@@ -424,7 +474,7 @@ def _py_mask_data_rows(
                 ve = p + ln
                 if ve > end:
                     raise ProtocolError("invalid field length in DataRow")
-                if op is None:
+                if op is None or (op[0] == OP_SCAN and not may_hold_sensitive(row[p:ve], op[3])):  # type: ignore[arg-type]
                     p = ve
                     continue
                 if parts is None:
@@ -544,6 +594,13 @@ def _copy_text_encode(value: str, delimiter: str) -> str:
     return out.replace("\t", "\\t")
 
 
+class _Left:
+    """What CopyMasker._apply returns for a value a scan left as it was."""
+
+
+LEFT = _Left()
+
+
 # Delimiters with which a text COPY line without backslashes splits on the delimiter byte
 # and a value's escaping is one replacement per byte (PostgreSQL refuses the others).
 _PLAIN_DELIMITERS = frozenset(
@@ -592,6 +649,8 @@ class CopyMasker:
                 ops.append((OP_EMAIL, self._escape(placeholder)))
             elif isinstance(m, BytePartial) and m.native is not None:
                 ops.append(_keep_last_op(m.native))
+            elif isinstance(m, Scan):
+                ops.append((OP_SCAN, m.scan, {}, m.ip))
             else:
                 ops.append((OP_CALL, m, {}))
         return delim, null, tuple(ops)
@@ -694,6 +753,8 @@ class CopyMasker:
             if f == null:
                 continue
             kind = op[0]
+            if kind == OP_SCAN and not may_hold_sensitive(f, op[3]):  # type: ignore[arg-type]
+                continue
             if kind == OP_CONST:
                 fields[i] = op[1]  # type: ignore[call-overload]
                 continue
@@ -717,7 +778,12 @@ class CopyMasker:
                 cached = values.get(f)
                 if cached is None:
                     out = op[1](f)  # type: ignore[operator]
-                    cached = null if out is None else self._escape(out)
+                    if out is None:
+                        cached = null
+                    elif kind == OP_SCAN and out is f:
+                        cached = f  # a value the scan left is written as it came
+                    else:
+                        cached = self._escape(out)
                     if len(values) < CACHE_SIZE:
                         values[f] = cached
                 fields[i] = cached
@@ -725,11 +791,16 @@ class CopyMasker:
             fields[i] = self._escape(new)
         return bytes((delim,)).join(fields) + b"\n"
 
-    def _apply(self, i: int, value: str) -> str | None:
+    def _apply(self, i: int, value: str) -> str | _Left | None:
+        """The masked value, or LEFT when a value scan left it (it returned its input: the
+        field is then written as it came, not re-escaped or re-quoted)."""
         fn = self.maskers[i] if i < len(self.maskers) else None
         if fn is None:
-            return value
-        out = fn(value.encode("utf-8", "surrogateescape"))
+            return LEFT
+        raw = value.encode("utf-8", "surrogateescape")
+        out = fn(raw)
+        if out is raw and isinstance(fn, Scan):
+            return LEFT
         return None if out is None else out.decode("utf-8", "surrogateescape")
 
     def _mask_text_line(self, line: bytes) -> bytes:
@@ -744,7 +815,11 @@ class CopyMasker:
             if i >= len(self.maskers) or self.maskers[i] is None or f == opts.null:
                 out.append(f)
                 continue
-            masked = self._apply(i, _copy_text_decode(f))
+            value = _copy_text_decode(f)
+            masked = self._apply(i, value)
+            if isinstance(masked, _Left):
+                out.append(f)
+                continue
             out.append(opts.null if masked is None else _copy_text_encode(masked, opts.delimiter))
         return (opts.delimiter.join(out) + ("\r" if cr else "")).encode("utf-8", "surrogateescape")
 
@@ -769,6 +844,9 @@ class CopyMasker:
                 out.append(raw)
                 continue
             masked = self._apply(i, value)
+            if isinstance(masked, _Left):
+                out.append(raw)
+                continue
             if masked is None:
                 out.append(opts.null)
             else:
@@ -866,10 +944,16 @@ def compile_copy_masker(
     *,
     key: bytes,
     strategies: dict[DataClass, str] | None = None,
+    safety_net: bool = False,
 ) -> CopyMasker | None:
     """Bind ``plan`` to a COPY's format; None when nothing needs masking.  Raises
-    :class:`UnsupportedCopy` for binary COPY with columns to mask."""
-    if not plan.active:
+    :class:`UnsupportedCopy` for binary COPY with columns to mask.
+
+    With ``safety_net``, columns without a mask are scanned as in
+    :func:`compile_row_masker`: text-like ones for ``COPY table`` (whose column types are
+    known), every one for ``COPY (query)`` (values are text).  Binary COPY is left to
+    the plan (the safety net cannot read it, and does not refuse it)."""
+    if not plan.active and not (safety_net and options.format != "binary"):
         return None
     if options.format == "binary":
         raise UnsupportedCopy("binary COPY of sensitive columns cannot be masked; use text or CSV")
@@ -882,7 +966,9 @@ def compile_copy_masker(
         oid = types[i] if i < len(types) else None
         type_oid = 25 if oid is None or oid >= 16384 else oid
         if m is None:
-            maskers.append(None)
+            maskers.append(
+                make_safety_net_masker(type_oid, -1, 0, key, strat) if safety_net else None
+            )
         elif m.strategy == "detect":
             maskers.append(make_detect_masker(type_oid, -1, 0, key, strat))
         else:

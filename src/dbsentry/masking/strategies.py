@@ -28,20 +28,25 @@ from collections.abc import Callable
 import orjson
 
 from dbsentry.masking.classes import DataClass
-from dbsentry.masking.detect import detect_value, find_sensitive
+from dbsentry.masking.detect import Span, _candidate_spans, detect_value, find_sensitive
 
 __all__ = [
     "DEFAULT_STRATEGIES",
     "OP_EMAIL",
     "OP_KEEP_LAST",
+    "OP_SCAN",
     "PLACEHOLDERS",
+    "SAFETY_NET_CLASSES",
     "STRATEGIES",
     "BytePartial",
     "Constant",
     "Masker",
+    "Scan",
     "make_detect_masker",
     "make_masker",
+    "make_safety_net_masker",
     "mask_text",
+    "may_hold_sensitive",
     "scan_text",
 ]
 
@@ -196,16 +201,77 @@ def mask_text(value: str, cls: DataClass | None, strategy: str, key: bytes = b""
     raise ValueError(f"unknown masking strategy {strategy!r}")
 
 
-def scan_text(value: str, strategies: dict[DataClass, str], key: bytes = b"") -> str | None:
+#: What the safety net looks for in columns nothing else masks: the classes whose
+#: detectors validate what they find (checksums, issuer ranges, formats, key prefixes).
+#: IP addresses are left out: version numbers and server addresses in ordinary text would
+#: be masked with them.
+SAFETY_NET_CLASSES: frozenset[DataClass] = frozenset(
+    {
+        DataClass.EMAIL,
+        DataClass.PAYMENT_CARD,
+        DataClass.NATIONAL_ID,
+        DataClass.IBAN,
+        DataClass.SECRET,
+        DataClass.PHONE,
+    }
+)
+
+
+def _spans(text: str, classes: frozenset[DataClass] | None) -> list[Span]:
+    """Every sensitive span of ``text``: find_sensitive stops at 64, so the text after
+    the 64th is searched again, until none is left."""
+    out: list[Span] = []
+    base = 0
+    while True:
+        rest = text[base:] if base else text
+        found = _some_spans(rest, classes)
+        out.extend(Span(sp.start + base, sp.end + base, sp.data_class) for sp in found)
+        if len(found) < 64:
+            return out
+        base = out[-1].end
+
+
+def _some_spans(text: str, classes: frozenset[DataClass] | None) -> list[Span]:
+    """find_sensitive, keeping only spans of ``classes`` (all when None).  A span of
+    another class must not hide an overlapping one of these, so then the candidates are
+    chosen again without it."""
+    spans = find_sensitive(text)
+    if classes is None or all(sp.data_class in classes for sp in spans):
+        return spans
+    chosen = sorted(
+        (sp for sp in _candidate_spans(text) if sp.data_class in classes),
+        key=lambda sp: (sp.start, -sp.end),
+    )
+    out: list[Span] = []
+    pos = 0
+    for sp in chosen:
+        if sp.start >= pos:
+            out.append(sp)
+            pos = sp.end
+            if len(out) >= 64:
+                break
+    return out
+
+
+def scan_text(
+    value: str,
+    strategies: dict[DataClass, str],
+    key: bytes = b"",
+    classes: frozenset[DataClass] | None = None,
+) -> str | None:
     """``value`` with every sensitive value detected in it masked.  A value that is
     sensitive as a whole is masked as a whole (NULL if its strategy says so); sensitive
-    parts of a longer text are replaced in place (``null`` parts are redacted)."""
+    parts of a longer text are replaced in place, span by span, and the rest of the text
+    is kept (``null`` parts are redacted).  With ``classes``, only those classes are
+    masked.  Returns ``value`` itself when nothing was found."""
     whole = detect_value(value)
     if whole is not None:
-        return mask_text(value, whole, strategies.get(whole, DEFAULT_STRATEGIES[whole]), key)
+        if classes is None or whole in classes:
+            return mask_text(value, whole, strategies.get(whole, DEFAULT_STRATEGIES[whole]), key)
+        return value  # the whole value is of a class left alone: nothing else is in it
     if len(value) < 8:
         return value
-    spans = find_sensitive(value)
+    spans = _spans(value, classes)
     if not spans:
         return value
     out = []
@@ -225,6 +291,73 @@ def scan_text(value: str, strategies: dict[DataClass, str], key: bytes = b"") ->
         pos = sp.end
     out.append(value[pos:])
     return "".join(out)
+
+
+# -- the prefilter ---------------------------------------------------------------------------
+#
+# Value detection in Python costs microseconds per value; a bulk export scans millions.
+# may_hold_sensitive() is a cheap test on a value's bytes that is true for every value in
+# which the detectors can find something (of SAFETY_NET_CLASSES, or of every class with
+# ``ip``), and false for most ordinary text: no "@", few digits, no key prefix.  It is a
+# superset test, never a detector: what passes it goes to the detectors.  _fastmask.c has
+# the same test in C (prefilter()); a property test holds them equal byte for byte, and
+# another that nothing the detectors find is ever skipped.
+#
+# Why each rule is there (what the detectors need).  Python's \d matches any Unicode
+# digit, so "digits" counts ASCII digits and the first bytes of non-ASCII characters that
+# may be digits (_DIGIT_LEADS: the UTF-8 lead bytes of every character \d matches; a test
+# checks the list); "next to a digit" also takes those lead bytes after a letter, and any
+# continuation byte before one:
+#
+#   "@"                                 emails
+#   >= 9 ASCII digits in a run of
+#     digits and " ().+-" (8 when the
+#     run has a "+")                    cards (13+), SSN/SIN (9), NIR (13+), phones (10;
+#                                       international: "+" and 8-15): the detectors take
+#                                       these only as ASCII digits and those separators
+#   >= 6 digits and an uppercase letter
+#     next to a digit (or one " "/"-"
+#     away; non-ASCII counts as digit)  UK NINO (6 digits), Spanish NIE (7) and DNI (8)
+#   two letters then a digit and a
+#     digit or non-ASCII byte           IBANs, whatever their digit count
+#   three "$"                           password hashes (bcrypt, sha-crypt, argon2...)
+#   key prefixes                        AWS, GitHub, Slack, Stripe, Google, JWT, PBKDF2,
+#                                       SCRAM, md5 verifiers, dbsentry tokens, PEM keys,
+#                                       and "ecret"/"ECRET" (an AWS secret in context)
+#   "\u"                                a JSON escape can spell any of the above
+#   with ``ip``: digit "." digit, or
+#     ":" next to a hex digit or ":"    IPv4, IPv6
+
+_DIGIT_LEADS = b"\xd9\xdb\xdf\xe0\xe1\xea\xef\xf0"
+_COUNTED = b"0123456789" + _DIGIT_LEADS
+_PREFILTER_RE = re.compile(
+    rb"[A-Za-z]{2}[0-9\xd9\xdb\xdf\xe0\xe1\xea\xef\xf0][0-9\x80-\xff]|-----BEGIN|ecret|ECRET"
+    rb"|A(?:KIA|SIA|GPA|IDA|ROA|IPA|NPA|NVA|Iza)|gh[pousr]_|github_pat_|xox|sk_|rk_|eyJ|pbkdf2_"
+    rb"|SCRAM-|md5|dbs_|\\u"
+)
+_ADJACENT_RE = re.compile(
+    rb"[A-Z][ -]?[0-9\xd9\xdb\xdf\xe0\xe1\xea\xef\xf0]|[0-9\x80-\xbf][ -]?[A-Z]"
+)
+_RUN_RE = re.compile(rb"[0-9 ().+-]+")
+_IP_RE = re.compile(rb"[0-9]\.[0-9]|[0-9A-Fa-f:]:|:[0-9A-Fa-f]")
+
+
+def may_hold_sensitive(raw: bytes, ip: bool = False) -> bool:
+    """Whether the detectors could find anything in ``raw`` (see above); when false,
+    scanning it is skipped."""
+    if b"@" in raw:
+        return True
+    if len(raw) - len(raw.translate(None, b"0123456789")) >= 8:
+        for run in _RUN_RE.findall(raw):
+            n = len(run) - len(run.translate(None, b"0123456789"))
+            if n >= 9 or (n >= 8 and b"+" in run):
+                return True
+    digits = len(raw) - len(raw.translate(None, _COUNTED))
+    if raw.count(b"$") >= 3 or _PREFILTER_RE.search(raw) is not None:
+        return True
+    if digits >= 6 and _ADJACENT_RE.search(raw) is not None:
+        return True
+    return ip and _IP_RE.search(raw) is not None
 
 
 _BYTE_PARTIAL = frozenset(
@@ -510,20 +643,105 @@ def _uuid_hash(raw: bytes, fmt: int, key: bytes) -> bytes:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()
 
 
-def _scan_json(value: object, strategies: dict[DataClass, str], key: bytes) -> object:
-    if isinstance(value, str):
-        return scan_text(value, strategies, key)
-    if isinstance(value, dict):
-        return {k: _scan_json(v, strategies, key) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_scan_json(v, strategies, key) for v in value]
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**8:
-        found = detect_value(str(value))
-        if found is not None:
-            return mask_text(
-                str(value), found, strategies.get(found, DEFAULT_STRATEGIES[found]), key
-            )
-    return value
+# A JSON document's string tokens and long integers (outside strings: the tokenizer steps
+# over each string whole).  Documents come from PostgreSQL, so they are valid JSON.
+_JSON_TOKEN_RE = re.compile(r'"(?:[^"\\]|\\.)*"|(?<![\w.+-])-?\d{9,}(?![\w.])')
+
+
+def _scan_json_text(
+    text: str,
+    strategies: dict[DataClass, str],
+    key: bytes,
+    classes: frozenset[DataClass] | None,
+) -> str:
+    """``text`` (a JSON document) with what the detectors find in its strings (keys and
+    values) and in integers of 9 or more digits masked in place; everything else, spacing
+    and number spelling included, is kept.  ``text`` itself when nothing was found."""
+    out: list[str] = []
+    pos = 0
+    for m in _JSON_TOKEN_RE.finditer(text):
+        token = m.group()
+        if token[0] == '"':
+            if len(token) < 9:  # fewer than 7 characters: nothing to find
+                continue
+            try:
+                inner = orjson.loads(token)
+            except orjson.JSONDecodeError:  # lone surrogates, bytes that are not UTF-8
+                raw_inner = token[1:-1]
+                if scan_text(raw_inner, strategies, key, classes) is raw_inner:
+                    continue
+                new: str | None = PLACEHOLDERS[None]
+            else:
+                assert isinstance(inner, str)
+                masked = scan_text(inner, strategies, key, classes)
+                if masked is inner:
+                    continue
+                new = masked  # None (the null strategy): JSON null
+        else:
+            found = detect_value(token)
+            if found is None or (classes is not None and found not in classes):
+                continue
+            new = mask_text(token, found, strategies.get(found, DEFAULT_STRATEGIES[found]), key)
+        out.append(text[pos : m.start()])
+        out.append(orjson.dumps(new).decode())
+        pos = m.end()
+    if not out:
+        return text
+    out.append(text[pos:])
+    return "".join(out)
+
+
+#: (OP_SCAN, scan, cache, ip): like a call, but a value that may_hold_sensitive(value, ip)
+#: rejects is left as it is, without calling ``scan``.
+OP_SCAN = 5
+
+
+class Scan:
+    """A value-detection masker with the prefilter in front: ``scan`` is called only on
+    values that :func:`may_hold_sensitive` lets through (the row walkers, and the C
+    extension, run the prefilter themselves and call ``scan``)."""
+
+    __slots__ = ("ip", "scan")
+
+    def __init__(self, scan: Masker, ip: bool) -> None:
+        self.scan = scan
+        self.ip = ip
+
+    def __call__(self, raw: bytes) -> bytes | None:
+        if not may_hold_sensitive(raw, self.ip):
+            return raw
+        return self.scan(raw)
+
+
+def _text_scan(
+    type_oid: int,
+    typmod: int,
+    key: bytes,
+    strat: dict[DataClass, str],
+    classes: frozenset[DataClass] | None,
+) -> Masker:
+    def text_scan(raw: bytes) -> bytes | None:
+        text = _decode(raw)
+        out = scan_text(text, strat, key, classes)
+        if out is text:
+            return raw
+        return None if out is None else _encode(_fit(out, type_oid, typmod))
+
+    return text_scan
+
+
+def _json_scan(
+    binary: bool, key: bytes, strat: dict[DataClass, str], classes: frozenset[DataClass] | None
+) -> Masker:
+    def json_scan(raw: bytes) -> bytes | None:
+        body = raw[1:] if binary and raw[:1] == b"\x01" else raw
+        text = _decode(body)
+        out = _scan_json_text(text, strat, key, classes)
+        if out is text:
+            return raw
+        return (raw[: len(raw) - len(body)]) + _encode(out)
+
+    return json_scan
 
 
 def make_detect_masker(
@@ -532,42 +750,26 @@ def make_detect_masker(
     fmt: int = 0,
     key: bytes = b"",
     strategies: dict[DataClass, str] | None = None,
+    text_oids: frozenset[int] = frozenset(),
 ) -> Masker | None:
     """A masker that looks at each value and masks what :func:`detect_value` and
     :func:`find_sensitive` recognise (the conservative fallback for unresolved columns).
-    Text values are scanned (whole values and parts of longer texts); JSON documents are
-    walked and their string leaves scanned; digit-only types (integers, numeric) in text
-    format are checked as a whole and become NULL on a hit.  None when the column's
-    type cannot carry what the detectors find (binary numbers, dates, booleans...)."""
+    Text values are masked in place: a value that is sensitive as a whole is masked as a
+    whole, sensitive spans of a longer text span by span, the rest of the text kept (and
+    fitted to ``varchar(n)``/``char(n)``).  JSON documents likewise in their strings (keys
+    and values) and long integers; digit-only types (integers, numeric) in text format are
+    checked as a whole and become NULL on a hit; arrays, composites, extension types and
+    bytea, where spans cannot be kept, become NULL on any hit.  ``text_oids`` are extension
+    types known to be text in binary format too (citext).  None when the column's type
+    cannot carry what the detectors find (binary numbers, dates, booleans...)."""
     strat = dict(DEFAULT_STRATEGIES)
     if strategies:
         strat.update(strategies)
-    kind = _kind(type_oid, fmt)
+    kind = "text" if type_oid in text_oids else _kind(type_oid, fmt)
     if kind == "text":
-
-        def text_scan(raw: bytes) -> bytes | None:
-            text = _decode(raw)
-            out = scan_text(text, strat, key)
-            if out is text:
-                return raw
-            return None if out is None else _encode(_fit(out, type_oid, typmod))
-
-        return text_scan
+        return Scan(_text_scan(type_oid, typmod, key, strat, None), ip=True)
     if kind in ("json", "jsonb"):
-        binary = kind == "jsonb" and fmt == 1
-
-        def json_scan(raw: bytes) -> bytes | None:
-            body = raw[1:] if binary else raw
-            try:
-                doc = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                return (b"\x01" if binary else b"") + orjson.dumps(PLACEHOLDERS[None])
-            masked = _scan_json(doc, strat, key)
-            if masked == doc:
-                return raw
-            return (b"\x01" if binary else b"") + orjson.dumps(masked)
-
-        return json_scan
+        return Scan(_json_scan(kind == "jsonb" and fmt == 1, key, strat, None), ip=True)
     if type_oid in _DIGIT_OIDS and fmt == 0:
 
         def digits_scan(raw: bytes) -> bytes | None:
@@ -586,4 +788,36 @@ def make_detect_masker(
             return None if detect_value(text) is not None or find_sensitive(text, limit=1) else raw
 
         return any_scan
+    return None
+
+
+# The types the safety net scans: text-like, where masking a span keeps the value valid.
+_SAFETY_NET_TEXT_OIDS = frozenset({OID_TEXT, OID_VARCHAR, OID_BPCHAR, OID_NAME, OID_UNKNOWN})
+
+
+def make_safety_net_masker(
+    type_oid: int,
+    typmod: int = -1,
+    fmt: int = 0,
+    key: bytes = b"",
+    strategies: dict[DataClass, str] | None = None,
+    text_oids: frozenset[int] = frozenset(),
+) -> Scan | None:
+    """The safety net's masker for a result column nothing else masks: what the validated
+    detectors find (:data:`SAFETY_NET_CLASSES`) is masked in place, span by span, by its
+    class's strategy.  Only text-like types: text, varchar, bpchar, name, unknown,
+    extension types in text format (citext; in binary too when in ``text_oids``), json and
+    jsonb.  None for every other type (numbers, dates, booleans, arrays, bytea...)."""
+    strat = dict(DEFAULT_STRATEGIES)
+    if strategies:
+        strat.update(strategies)
+    if (
+        type_oid in _SAFETY_NET_TEXT_OIDS
+        or type_oid in text_oids
+        or (type_oid >= FIRST_USER_OID and fmt == 0)
+    ):
+        return Scan(_text_scan(type_oid, typmod, key, strat, SAFETY_NET_CLASSES), ip=False)
+    if type_oid in (OID_JSON, OID_JSONB):
+        binary = type_oid == OID_JSONB and fmt == 1
+        return Scan(_json_scan(binary, key, strat, SAFETY_NET_CLASSES), ip=False)
     return None

@@ -56,6 +56,7 @@ from dbsentry.masking.rows import (
     decode_data_row,
     encode_data_row,
     mask_data_rows,
+    text_type_oids,
 )
 from dbsentry.masking.strategies import PLACEHOLDERS
 from dbsentry.policy.cache import LRU
@@ -322,6 +323,11 @@ class MaskingService:
     def current(self, connection: str) -> MaskingView | None:
         return self.views.get(connection)
 
+    def safety_net_for(self, production: bool) -> bool:
+        """Whether a session's results get the safety net (``masking.safety_net``)."""
+        mode = self.config.safety_net
+        return mode == "always" or (mode == "production" and production)
+
     def install(self, connection: str, catalog: Catalog, classmap: ClassMap) -> MaskingView:
         self._base[connection] = (catalog, classmap)
         old = self.views.get(connection)
@@ -393,10 +399,13 @@ class MaskingService:
         decision: Decision,
         search_path: tuple[str, ...] | None = None,
         candidates: frozenset[str] = frozenset(),
+        safety_net: bool = False,
     ) -> tuple[StatementPlan | None, ...]:
         """One plan per statement (None where nothing can be sensitive), with unqualified
-        names resolved on ``search_path`` (default: the catalog's) and in ``candidates``."""
-        if not any(view.may_read_sensitive(f) for f in facts):
+        names resolved on ``search_path`` (default: the catalog's) and in ``candidates``;
+        with ``safety_net`` a COPY keeps its plan, for its format."""
+        copies = safety_net and any(f.command == "COPY" for f in facts)
+        if not copies and not any(view.may_read_sensitive(f) for f in facts):
             return tuple(None for _ in facts)
         path = search_path if search_path is not None else view.catalog.search_path
         key = (view.version, sql, decision.masks, path, candidates)
@@ -413,7 +422,7 @@ class MaskingService:
             else:
                 cached = tuple(StatementPlan(lin, _plan(lin, view.classmap, settings)) for lin in lineages)
             self._plans.put(key, cached)
-        return tuple(p if _matters(p) else None for p in cached)
+        return tuple(p if _matters(p) or (copies and p.lineage.copy is not None) else None for p in cached)
 
     def _settings_for(self, decision: Decision) -> MaskSettings:
         columns: dict[str, str] = {}
@@ -446,6 +455,24 @@ def _rescan_plan(unresolved: str) -> MaskPlan:
 
 
 _UNKNOWN_LINEAGE = StatementLineage("UNKNOWN", (), frozenset(), True, exact=False, reads_unknown=True)
+def _result_formats(formats: tuple[int, ...] | bytes) -> tuple[int, ...]:
+    """The result formats of a Bind kept whole (see SessionMasking.sent)."""
+    if isinstance(formats, bytes):
+        return codec.decode_bind(formats, 0, len(formats)).result_formats
+    return formats
+
+
+def _may_scan(fields: Sequence[Field] | None) -> bool:
+    """Whether the safety net may scan a column of these fields (unknown: it may), so
+    that their result formats matter."""
+    return fields is None or any(f.type_oid in _NET_OIDS or f.type_oid >= 16384 for f in fields)
+
+
+# text, varchar, bpchar, name, unknown, json, jsonb: what the safety net scans (with the
+# extension types); see strategies.make_safety_net_masker
+_NET_OIDS = frozenset({25, 1043, 1042, 19, 705, 114, 3802})
+# What a result without a plan is compiled against: the safety net alone.
+_NO_PLAN = StatementPlan(StatementLineage("SELECT", (), frozenset(), True), MaskPlan(()))
 
 
 # ---------------------------------------------------------------------- per session
@@ -512,7 +539,7 @@ class _Execute:
     portal: str
     plan: StatementPlan | None
     fields: tuple[Field, ...] | None
-    formats: tuple[int, ...]
+    formats: tuple[int, ...] | bytes  # bytes: the Bind, decoded when the formats matter
     reads_classified: bool = False
     shows_settings: bool = False
     rows: RowMasker | None = None
@@ -550,7 +577,7 @@ class SessionMasking:
     expect: deque[_Item] = field(default_factory=deque)
     statements: dict[str, StatementPlan | None] = field(default_factory=dict)
     statement_fields: dict[str, tuple[Field, ...] | None] = field(default_factory=dict)
-    portals: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)
+    portals: dict[str, tuple[str, tuple[int, ...] | bytes]] = field(default_factory=dict)
     portal_fields: dict[str, tuple[Field, ...] | None] = field(default_factory=dict)
     cursors: dict[str, StatementPlan | None] = field(default_factory=dict)  # DECLARE name -> plan
     # statement name -> whether it reads classified columns
@@ -577,6 +604,12 @@ class SessionMasking:
     # Protocol statement name -> the SQL PREPARE it runs (name, plan).
     sql_prepares: dict[str, tuple[str, StatementPlan | None]] = field(default_factory=dict)
     _last_source: tuple[str, tuple[StatementFacts, ...], Decision] | None = None
+    # masking.safety_net for this session: results without a plan are scanned too.
+    safety_net: bool = False
+    _net_none: dict[tuple[bytes | tuple[Field, ...], tuple[int, ...] | None], None] = field(default_factory=dict)
+    _sources: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)
+    _decoded: dict[bytes, tuple[Field, ...]] = field(default_factory=dict)
+    _described_sources: dict[tuple[str, tuple[int, ...]], tuple[Field, ...]] = field(default_factory=dict)
 
     # -------------------------------------------------------------- client side
 
@@ -650,7 +683,7 @@ class SessionMasking:
         self, view: MaskingView, sql: str, facts: Sequence[StatementFacts], decision: Decision
     ) -> tuple[StatementPlan | None, ...]:
         path = self.search_path if self.search_path is not None else view.catalog.search_path
-        return self.service.plans(view, sql, facts, decision, path, self.path_candidates - set(path))
+        return self.service.plans(view, sql, facts, decision, path, self.path_candidates - set(path), self.safety_net)
 
     def statement(self, name: str) -> StatementPlan | None:
         """The plan of prepared statement ``name`` as the server will run it next."""
@@ -720,7 +753,11 @@ class SessionMasking:
             stmt, _ = codec.read_cstr(buf, pos, end)
             # Result formats matter only where something may be masked: skip the decode
             # for statements with nothing sensitive (the usual case).
-            formats = codec.decode_bind(buf, start, end).result_formats if self.statement(stmt) or self.statement_settings.get(stmt) else ()
+            formats: tuple[int, ...] | bytes = ()
+            if self.statement(stmt) or self.statement_settings.get(stmt):
+                formats = codec.decode_bind(buf, start, end).result_formats
+            elif self.safety_net and _may_scan(self.statement_fields.get(stmt)):
+                formats = bytes(buf[start:end])  # the safety net may need them: decoded then
             self.portals[portal] = (stmt, formats)
             self.portal_fields.pop(portal, None)
             self.expect.append(_SIMPLE)
@@ -747,6 +784,7 @@ class SessionMasking:
                 self.statement_fields.pop(name, None)
                 self.statement_strict.pop(name, None)
                 self.statement_settings.pop(name, None)
+                self._sources.pop(name, None)
             else:
                 self.portals.pop(name, None)
                 self.portal_fields.pop(name, None)
@@ -754,10 +792,14 @@ class SessionMasking:
         elif t == m.Q_SYNC:
             self.expect.append(_SYNC)
 
-    def parsed(self, name: str, plan: StatementPlan | None, sql: str | None = None) -> None:
-        """A Parse of ``sql`` as statement ``name`` is about to be sent, planned by the last
-        :meth:`plan` of that text (None: refused, nothing to plan)."""
+    def parsed(self, name: str, plan: StatementPlan | None, source: tuple[str, tuple[int, ...]] | None = None) -> None:
+        """A Parse of ``name`` is about to be sent, planned by the last :meth:`plan` of its
+        text (None: refused, nothing to plan); ``source`` is its text and parameter types.
+        A statement parsed again gets the fields a Describe of the same source told
+        (asyncpg re-parses its unnamed statement before each Bind without another
+        Describe, and may parse its type queries in between)."""
         self.pending[name] = plan
+        sql = source[0] if source is not None else None
         last = self._last_source
         self.sql_prepares.pop(name, None)
         if sql is not None and last is not None and last[0] == sql:
@@ -767,7 +809,15 @@ class SessionMasking:
                 self.sql_prepares[name] = (facts[0].prepared_name, plan)
         else:
             self.sources.pop(name, None)
-        self.statement_fields.pop(name, None)
+        fields = self._described_sources.get(source) if source is not None else None
+        if fields is not None:
+            self.statement_fields[name] = fields
+        else:
+            self.statement_fields.pop(name, None)
+        if source is None:
+            self._sources.pop(name, None)
+        else:
+            self._sources[name] = source
         strict, self._pending_strict = self._pending_strict, ()
         settings, self._pending_settings = self._pending_settings, ()
         self.statement_strict[name] = bool(strict and strict[0])
@@ -824,11 +874,17 @@ class SessionMasking:
                     fields = decode_row_description(bytes(buf[start:end]))
                     head.rows = self._compile(plan, fields, None)
                     head.touch = _touch_columns(head.rows, fields, None)
+                elif self.safety_net:
+                    head.rows = self._net_only(bytes(buf[start:end]), None)
                 else:
                     head.rows = None
             elif isinstance(head, _Describe):
-                needed = self._describes_plan(head)
-                self._described(head, decode_row_description(bytes(buf[start:end])) if needed else None)
+                if self._describes_plan(head):
+                    self._described(head, decode_row_description(bytes(buf[start:end])))
+                elif self.safety_net:
+                    self._described(head, self._fields_of(bytes(buf[start:end])))
+                else:
+                    self._described(head, None)
                 expect.popleft()
             return None
         if t == m.R_COMMAND_COMPLETE or t == m.R_EMPTY_QUERY:
@@ -902,7 +958,9 @@ class SessionMasking:
                 copy = plan.lineage.copy
                 if copy is not None:
                     try:
-                        head.copy = compile_copy_masker(plan.plan, copy, key=self.service.key)
+                        head.copy = compile_copy_masker(
+                            plan.plan, copy, key=self.service.key, safety_net=self.safety_net
+                        )
                     except UnsupportedCopy:
                         head.copy = None  # refused before forwarding; see Session
             return None
@@ -986,7 +1044,7 @@ class SessionMasking:
             fields = head.fields
         elif isinstance(head, _Execute):
             fields = head.fields or self.portal_fields.get(head.portal)
-            formats = head.formats
+            formats = _result_formats(head.formats)
         values = decode_data_row(body)
         channels = self.channels()
         changed = False
@@ -1052,6 +1110,11 @@ class SessionMasking:
     def _described(self, item: _Describe, fields: tuple[Field, ...] | None) -> None:
         if item.kind == "S":
             self.statement_fields[item.name] = fields
+            source = self._sources.get(item.name)
+            if source is not None and fields is not None:
+                if len(self._described_sources) >= 256:
+                    self._described_sources.clear()
+                self._described_sources[source] = fields
         else:
             self.portal_fields[item.name] = fields
             for pending in self.expect:
@@ -1066,8 +1129,13 @@ class SessionMasking:
                 head.compiled = True
                 if head.plan is not None:
                     fields = head.fields or self.portal_fields.get(head.portal)
-                    head.rows = self._compile(head.plan, fields, head.formats)
-                    head.touch = _touch_columns(head.rows, fields, head.formats)
+                    formats = _result_formats(head.formats)
+                    head.rows = self._compile(head.plan, fields, formats)
+                    head.touch = _touch_columns(head.rows, fields, formats)
+                elif self.safety_net:
+                    fields = head.fields or self.portal_fields.get(head.portal)
+                    if fields is not None and _may_scan(fields):
+                        head.rows = self._net_only(tuple(fields), _result_formats(head.formats))
             return head.rows
         return None
 
@@ -1088,7 +1156,33 @@ class SessionMasking:
             result_formats=formats or None,
             classmap=view.classmap if view is not None else None,
             strategies=dict(svc.settings.strategies),
+            safety_net=self.safety_net,
+            text_oids=text_type_oids(view.catalog) if view is not None else frozenset(),
         )
+
+    def _fields_of(self, body: bytes) -> tuple[Field, ...]:
+        """decode_row_description, remembered for the RowDescriptions the safety net sees
+        again and again (pgbench's Describe of every portal)."""
+        fields = self._decoded.get(body)
+        if fields is None:
+            fields = decode_row_description(body)
+            if len(self._decoded) >= 256:
+                self._decoded.clear()
+            self._decoded[body] = fields
+        return fields
+
+    def _net_only(self, result: bytes | tuple[Field, ...], formats: tuple[int, ...] | None) -> RowMasker | None:
+        """The safety net of a result without a plan (``result``: its RowDescription's body,
+        or its fields).  Most such results have no text column (or the identity is exempt):
+        remember those results, so that they are not decoded and compiled again."""
+        key = (result, formats)
+        if key in self._net_none:
+            return None
+        fields = self._fields_of(result) if isinstance(result, bytes) else result
+        rows = self._compile(_NO_PLAN, fields, formats)
+        if rows is None and not self.exempt() and len(self._net_none) < 256:
+            self._net_none[key] = None
+        return rows
 
 
 def _classified(plan: StatementPlan | None) -> bool:

@@ -933,7 +933,12 @@ class Session:
             assert self.connection_name is not None
             # Results are followed for every session; who is exempt is decided per
             # statement, so a just-in-time grant counts only while it lasts.
-            self.masking = SessionMasking(self.masking_service, self.connection_name, self._masking_exempt)
+            self.masking = SessionMasking(
+                self.masking_service,
+                self.connection_name,
+                self._masking_exempt,
+                safety_net=self.masking_service.safety_net_for(self._production()),
+            )
             conn = self.connection
             users = [conn.user, *(v for k, v in self._forced_settings() if k == "role")] if conn is not None else []
             self.masking.start_search_path(self._client_settings(), users)
@@ -1723,7 +1728,7 @@ class Session:
             else:
                 self._param_types.pop(parse.name, None)
             if self.masking is not None:
-                self.masking.parsed(parse.name, plans[0] if plans else None, parse.sql)
+                self.masking.parsed(parse.name, plans[0] if plans else None, (parse.sql, parse.param_types))
             return
         self._prepared.pop(parse.name, None)
         if self.masking is not None:
