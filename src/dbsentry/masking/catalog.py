@@ -77,7 +77,7 @@ _SCHEMA_FILTER = """(n.nspname NOT IN ('pg_catalog', 'information_schema')
        OR n.nspname = 'pg_catalog'
          AND c.relname IN ('pg_authid', 'pg_shadow', 'pg_user_mapping', 'pg_user_mappings',
                            'pg_statistic', 'pg_statistic_ext_data', 'pg_stats', 'pg_stats_ext',
-                           'pg_stats_ext_exprs'))"""
+                           'pg_stats_ext_exprs', 'pg_stat_activity'))"""
 
 #: One row per column: relation oid, schema, name, relkind, attnum, column name, type oid
 #: (a domain's base type, as RowDescription reports it), ``format_type`` spelling (a domain
@@ -740,6 +740,10 @@ _BUILTIN: dict[SourceColumn, Classification] = {
         )
         for col in cols
     },
+    # Other sessions' statements, with the values they carry.
+    SourceColumn("pg_catalog", "pg_stat_activity", "query"): Classification(
+        DataClass.SECRET, "policy", "built in: the text of other sessions' statements"
+    ),
 }
 
 

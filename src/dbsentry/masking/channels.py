@@ -41,16 +41,17 @@ REDACTED = "<redacted>"
 WITHHELD_NOTICE = "dbsentry: the notice text was withheld because the statement reads masked data"
 WITHHELD_RAISE = "dbsentry: the message was withheld because the statement reads masked data"
 
+# SQLSTATE classes whose messages may quote values: data exceptions, integrity constraint
+# violations, PL/pgSQL RAISE, routine and trigger exceptions, check options, internal and
+# foreign-data errors, and the undefined-object errors of classes 42 and 3F, which quote a
+# name the statement may have computed from data (``current_setting(name)``,
+# ``name::regclass``, ``name::regoper``).
+DATA_CLASSES = frozenset({"22", "23", "P0", "2F", "38", "39", "09", "27", "44", "XX", "HV", "42", "3F"})
 # Fields of an ErrorResponse/NoticeResponse that carry free text: message, detail, hint,
 # context (where), internal query.  The others are codes, positions, identifiers, the
 # server's file and line.
 TEXT_FIELDS = frozenset("MDHWq")
 
-# SQLSTATE classes whose messages may quote values: data exceptions, integrity constraint
-# violations, PL/pgSQL RAISE, routine and trigger exceptions, check options, internal and
-# foreign-data errors.  Class 42 (syntax, undefined objects) quotes the statement's own
-# identifiers, unless dynamic SQL built them from data (value and touched masking apply).
-DATA_CLASSES = frozenset({"22", "23", "P0", "2F", "38", "39", "09", "27", "44", "XX", "HV"})
 # Constraint violations whose DETAIL quotes a key or a whole row of the table.
 _ROW_CLASSES = frozenset({"23", "44", "27"})
 
@@ -209,6 +210,15 @@ def redact_quoted(text: str, keep: frozenset[str] = frozenset()) -> str:
     return text
 
 
+def redact_tail(message: str) -> str:
+    """A message of the form ``what: value`` (``operator does not exist: <value>``) with
+    the value after its last ``": "`` redacted, unless it is redacted already."""
+    head, sep, tail = message.rpartition(": ")
+    if not sep or not tail or REDACTED in tail:
+        return message
+    return f"{head}{sep}{REDACTED}"
+
+
 def redact_detail(detail: str) -> str:
     """A constraint violation's DETAIL with the key values or the failing row redacted."""
     if detail.startswith(_FAILING_ROW):
@@ -307,7 +317,11 @@ class ChannelMasker:
                     ):
                         new = redact_detail(new)
                     elif quoted:
+                        # (a statement that was analysed parsed: a syntax error now comes
+                        # from text parsed at run time, such as a value cast to regtype)
                         new = redact_quoted(new, keep)
+                        if code == "M":
+                            new = redact_tail(new)
                     new = self.text(new)
                 if new != value:
                     changed = True

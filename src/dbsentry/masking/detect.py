@@ -341,6 +341,33 @@ _MAYBE_RE = re.compile(
 )
 
 
+_NUM_RUN_RE = re.compile(r"[\d ().+-]+")
+_GROUP_RE = re.compile(r"[^ ]+")
+
+
+def _numeric_windows(text: str, start: int) -> list[Span]:
+    """Valid values among consecutive groups of the digit run at ``start``."""
+    run = _NUM_RUN_RE.match(text, start)
+    if run is None:
+        return []
+    groups = [(start + m.start(), start + m.end()) for m in _GROUP_RE.finditer(run.group())][:24]
+    out: list[Span] = []
+    i = 0
+    while i < len(groups):
+        for j in range(len(groups) - 1, i - 1, -1):
+            s, e = groups[i][0], groups[j][1]
+            if e - s < 7 or (i == 0 and j == len(groups) - 1):
+                continue
+            found = detect_value(text[s:e])
+            # phones are not taken from a longer run: their check is too weak for that
+            if found is not None and found is not DataClass.PHONE:
+                out.append(Span(s, e, found))
+                i = j
+                break
+        i += 1
+    return out
+
+
 def _candidate_spans(text: str) -> list[Span]:
     out: list[Span] = []
     for kind, pattern in _CANDIDATES:
@@ -363,6 +390,10 @@ def _candidate_spans(text: str) -> list[Span]:
                         break
             if found is not None:
                 out.append(Span(start, end, found))
+            elif kind == "num":
+                # Values side by side (``4539 1488 0343 6467 536-22-8714``) read as one run:
+                # try the run's space-separated groups, longest windows first.
+                out.extend(_numeric_windows(text, start))
     if "ecret" in text or "ECRET" in text:
         for m in _AWS_SECRET_CTX_RE.finditer(text):
             s, e = m.span(1)

@@ -154,11 +154,18 @@ class _Entry:
     rel: TableName | None
     cols: Cols
     opaque: bool = False  # columns unknown: any column name resolves to unknown
+    # For an opaque entry made from expressions (a record-returning function in FROM):
+    # what every one of its columns may derive from, besides being unknown.
+    origin: _L | None = None
 
     def whole(self) -> _L:
         if self.opaque:
-            return _UNKNOWN
+            return self.any_column()
         return _indirect(_union((c for _, c in self.cols), transparent=False))
+
+    def any_column(self) -> _L:
+        """What a column of an opaque entry derives from."""
+        return _UNKNOWN if self.origin is None else _union([_UNKNOWN, self.origin])
 
 
 @dataclass(slots=True)
@@ -415,6 +422,11 @@ class _Walk:
                 if fields and "A_Star" in fields[-1]:
                     out.extend(self.star(_strings(fields[:-1]), scope))
                     continue
+            if kind == "A_Indirection" and any("A_Star" in i for i in body.get("indirection", ()) if isinstance(i, dict)):
+                # ``(row(...)::t).*``: as many columns as the type has, each from the value
+                self.exact = False
+                out.append(("*", _union([_UNKNOWN, _indirect(self.expr(val, scope))])))
+                continue
             out.append((rt.get("name") or _column_name(val), self.expr(val, scope)))
         return out
 
@@ -422,12 +434,13 @@ class _Walk:
         if not qual:
             if scope.star is None:
                 self.exact = False
-                return [("*", _UNKNOWN)]
+                opaque = [e.any_column() for e in scope.entries if e.opaque]
+                return [("*", _union([_UNKNOWN, *opaque]))]
             return list(scope.star)
         entry = self.find_entry(qual, scope)
         if entry is None or entry.opaque:
             self.exact = False
-            return [("*", _UNKNOWN)]
+            return [("*", _UNKNOWN if entry is None else entry.any_column())]
         return list(entry.cols)
 
     # ---- FROM
@@ -440,6 +453,10 @@ class _Walk:
         if kind == "RangeSubselect":
             cols = self.statement(body.get("subquery"), _lateral(scope)) or []
             alias = body.get("alias") or {}
+            if any(n == "*" for n, _ in cols):
+                # its columns cannot be told apart (``(row(...)::t).*``, a * over the unknown)
+                origin = _indirect(_union(c for _, c in cols))
+                return [_Entry(alias.get("aliasname"), None, [], opaque=True, origin=origin)], None
             cols = _rename(cols, _strings(alias.get("colnames")))
             entry = _Entry(alias.get("aliasname"), None, cols)
             return [entry], list(cols)
@@ -635,8 +652,10 @@ class _Walk:
             cols.append(("ordinality", _EMPTY))
         name = alias.get("aliasname") or first_name
         if cols is None:
-            self.expr(body.get("functions"), inner)
-            return [_Entry(name, None, [], opaque=True)], None
+            # ``json_populate_record(null::t, json_build_object('a', c.name))``: the record's
+            # columns come from the arguments, whatever the row type says.
+            origin = _indirect(self.expr(body.get("functions"), inner))
+            return [_Entry(name, None, [], opaque=True, origin=origin)], None
         if len(cols) == 1 and not colnames and cols[0][0] != name and not alias.get("aliasname"):
             cols = [(name, cols[0][1])]
         cols = _rename(cols, colnames)
@@ -886,7 +905,7 @@ class _Walk:
             entry = _entry_in(qual, level)
             if entry is not None:
                 if entry.opaque:
-                    return _UNKNOWN
+                    return entry.any_column()
                 found = [c for n, c in entry.cols if n == col]
                 return _union(found, transparent=True) if found else _UNKNOWN
             level = level.parent
@@ -903,8 +922,9 @@ class _Walk:
             found = [c for e in level.entries for n, c in e.cols if n == name]
             if found:
                 return _union(found, transparent=True)
-            if any(e.opaque for e in level.entries):
-                return _UNKNOWN
+            opaque = [e for e in level.entries if e.opaque]
+            if opaque:
+                return _union([_UNKNOWN, *(e.any_column() for e in opaque)])
             for e in level.entries:
                 if e.name == name:
                     return e.whole()  # a whole-row reference
@@ -1339,7 +1359,7 @@ class ColumnMask:
     data_class: DataClass | None
     strategy: str
     sources: frozenset[SourceColumn]
-    reason: Literal["lineage", "unresolved", "row-description", "values", "safety-net"]
+    reason: Literal["lineage", "unresolved", "row-description", "values", "safety-net", "inexact"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -1378,6 +1398,20 @@ def plan_masks(
     if not lineage.returns_rows:
         return MaskPlan((), reads_sensitive)
     if reads_sensitive and not lineage.exact:
+        # Columns that cannot be told apart: each may be any of them.  What they derive
+        # from together masks them all (redacted); without a class, value detection.
+        every = frozenset(s for c in lineage.columns for s in c.sources)
+        classes = {c.data_class for s in every if (c := classmap.columns.get(s)) is not None}
+        if classes:
+            cls = most_sensitive(classes)
+            assert cls is not None
+            found = frozenset(s for s in every if s in classmap.columns)
+            strategy = settings.strategy_for(cls, found)
+            strategy = "redact" if strategy == "partial" else strategy
+            return MaskPlan(
+                tuple(ColumnMask(i, cls, strategy, found, "inexact") for i in range(max(len(lineage.columns), 1))),
+                True,
+            )
         if settings.unresolved == "deny":
             return MaskPlan(
                 (),

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 
 from dbsentry.masking.catalog import Catalog, ClassMap
@@ -338,6 +338,11 @@ def compile_row_masker(
     masks: list[ColumnMask | None]
     if len(plan.columns) == n:
         masks = list(plan.columns)
+    elif plan.columns and all(c is not None and c.reason == "inexact" for c in plan.columns):
+        # Columns lineage could not tell apart, all masked alike: so are these.
+        first = plan.columns[0]
+        assert first is not None
+        masks = [replace(first, index=i) for i in range(n)]
     elif plan.active or plan.reads_sensitive:
         masks = [ColumnMask(i, None, "detect", frozenset(), "unresolved") for i in range(n)]
     else:

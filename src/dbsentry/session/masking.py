@@ -561,7 +561,21 @@ _SYNC = _Sync()
 # rows a second time costs, and a bulk export would fill the set with its first rows anyway.
 TOUCH_ROWS = 1000
 # Functions that carry a value out of the statement by another channel than its result.
-SIDE_CHANNEL_FUNCTIONS = frozenset({"pg_notify", "set_config"})
+SIDE_CHANNEL_FUNCTIONS = frozenset(
+    {
+        "pg_notify",
+        "set_config",
+        # state another statement reads back: locks in pg_locks, large objects, sequences
+        *(f"pg_{t}advisory_{x}lock{s}" for t in ("", "try_") for x in ("", "xact_") for s in ("", "_shared")),
+        "lo_from_bytea",
+        "lo_put",
+        "lo_create",
+        "lo_import",
+        "lowrite",
+        "setval",
+        "pg_logical_emit_message",
+    }
+)
 
 
 def _never() -> bool:
