@@ -27,6 +27,7 @@ import orjson
 from pglast import parser as pg_parser
 
 from dbsentry.config import MaskingConfig
+from dbsentry.identity.model import Identity
 from dbsentry.masking import (
     Catalog,
     ClassMap,
@@ -45,6 +46,8 @@ from dbsentry.masking import (
 )
 from dbsentry.masking.catalog import Function
 from dbsentry.masking.classes import parse_class
+from dbsentry.masking.inference import refusal_message as predicate_refusal
+from dbsentry.masking.inference import violation as predicate_violation
 from dbsentry.masking.lineage import ANY_SCHEMA, LineageError
 from dbsentry.masking.rows import Field, UnsupportedCopy, mask_data_rows
 from dbsentry.masking.strategies import PLACEHOLDERS
@@ -581,6 +584,26 @@ class SessionMasking:
             self.expect.append(_SIMPLE)
         elif t == m.Q_SYNC:
             self.expect.append(_SYNC)
+
+    def inference(
+        self, sql: str, facts: Sequence[StatementFacts], decision: Decision, identity: Identity, environment: str, production: bool
+    ) -> Decision | None:
+        """A refusal when the statement uses a masked column other than as an output value
+        in a way ``masking.predicates`` does not permit for this identity (its caller has
+        checked that the identity is not exempt), or None."""
+        view = self.service.current(self.connection)
+        mode = self.service.config.predicates.mode_for(identity.kind, identity.groups, environment, production)
+        if view is None or mode == "allow" or not any(view.may_read_sensitive(f) for f in facts):
+            return None
+        self.service.plans(view, sql, facts, decision)  # lineage, cached with the plans
+        cached = self.service._plans.get((view.version, sql, decision.masks)) or ()
+        if any(p.lineage is _UNKNOWN_LINEAGE for p in cached):
+            message = f"dbsentry cannot tell how this statement uses masked columns (masking.predicates = {mode})"
+            return Decision("deny", ("masking.predicates",), message)
+        use = predicate_violation((p.lineage for p in cached), view.classmap, mode)
+        if use is None:
+            return None
+        return Decision("deny", ("masking.predicates",), predicate_refusal(use, mode))
 
     def parsed(self, name: str, plan: StatementPlan | None, sql: str | None = None) -> None:
         """A Parse of ``sql`` as statement ``name`` is about to be sent, planned by the last
