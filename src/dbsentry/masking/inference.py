@@ -31,6 +31,7 @@ __all__ = [
     "FILTERS",
     "PredicateMode",
     "StatementClasses",
+    "lineages_of",
     "permitted",
     "refusal_message",
     "statement_classes",
@@ -132,7 +133,9 @@ _CACHE: OrderedDict[tuple[int, str], tuple[Catalog, tuple[StatementLineage, ...]
 _CACHE_SIZE = 2048
 
 
-def _lineages(sql: str, catalog: Catalog) -> tuple[StatementLineage, ...] | None:
+def lineages_of(sql: str, catalog: Catalog) -> tuple[StatementLineage, ...] | None:
+    """The lineage of every statement of ``sql`` (None when it cannot be analysed),
+    cached per catalog and text."""
     key = (id(catalog), sql)
     hit = _CACHE.get(key)
     if hit is not None and hit[0] is catalog:
@@ -161,7 +164,7 @@ def statement_classes(
     had, every class of those tables counts (a superset never widens a policy's reach)."""
     if not classmap.columns:
         return tuple(NONE for _ in tables)
-    lineages = _lineages(sql, catalog)
+    lineages = lineages_of(sql, catalog)
     if lineages is None or len(lineages) != len(tables):
         return tuple(
             StatementClasses(_of_tables((*read, *written), classmap), _of_tables(written, classmap))

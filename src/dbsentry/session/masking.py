@@ -46,6 +46,7 @@ from dbsentry.masking import (
 )
 from dbsentry.masking.catalog import Function
 from dbsentry.masking.classes import parse_class
+from dbsentry.masking.inference import lineages_of
 from dbsentry.masking.inference import refusal_message as predicate_refusal
 from dbsentry.masking.inference import violation as predicate_violation
 from dbsentry.masking.lineage import ANY_SCHEMA, LineageError
@@ -593,14 +594,16 @@ class SessionMasking:
         checked that the identity is not exempt), or None."""
         view = self.service.current(self.connection)
         mode = self.service.config.predicates.mode_for(identity.kind, identity.groups, environment, production)
-        if view is None or mode == "allow" or not any(view.may_read_sensitive(f) for f in facts):
+        if view is None or mode == "allow" or not any(
+            view.may_read_sensitive(f) or any(t.rpartition(".")[2].strip('"').lower() in view.sensitive_relnames for t in f.tables_written)
+            for f in facts
+        ):
             return None
-        self.service.plans(view, sql, facts, decision)  # lineage, cached with the plans
-        cached = self.service._plans.get((view.version, sql, decision.masks)) or ()
-        if any(p.lineage is _UNKNOWN_LINEAGE for p in cached):
+        lineages = lineages_of(sql, view.catalog)  # UPDATE and DELETE read what they change
+        if lineages is None:
             message = f"dbsentry cannot tell how this statement uses masked columns (masking.predicates = {mode})"
             return Decision("deny", ("masking.predicates",), message)
-        use = predicate_violation((p.lineage for p in cached), view.classmap, mode)
+        use = predicate_violation(lineages, view.classmap, mode)
         if use is None:
             return None
         return Decision("deny", ("masking.predicates",), predicate_refusal(use, mode))
