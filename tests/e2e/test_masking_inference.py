@@ -248,7 +248,7 @@ def test_a_person_may_look_rows_up_with_parameters(env: Env, client: str) -> Non
 @pytest.mark.parametrize("client", CLIENTS)
 def test_inference_is_refused_naming_the_column(env: Env, client: str) -> None:
     outcomes = _run(env, client, [sql for sql, _, _ in PROBES], PERSON)
-    for o, (sql, column, clause) in zip(outcomes, PROBES, strict=True):
+    for o, (_, column, clause) in zip(outcomes, PROBES, strict=True):
         refused(
             o,
             f"masked column public.{env.t}.{column} may not be used in {clause}",
