@@ -1183,6 +1183,8 @@ class _Walk:
                 elif fn.language not in ("c", "internal"):
                     self.opaque_reads = True
                     parts.append(_UNKNOWN)
+            for part in parts[1:]:
+                self.note(part)  # a SQL function's value compared: its body's columns count
             return _union(parts)
         if name in _NO_LINEAGE and schema in (None, "pg_catalog"):
             presence = name in _PRESENCE and not body.get("agg_distinct")
