@@ -11,6 +11,7 @@ by value (``email = $1``) and nothing more; an agent may not even do that; membe
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -435,3 +436,31 @@ def test_policy_requires_approval_for_copy_of_the_table(allowing: Env) -> None:
     refused(o, "card-exports-need-approval")
     (o,) = _run(allowing, "psql", ["copy {T} (id, city) to stdout"], PERSON)
     assert o.ok, str(o)
+
+
+def test_policy_explain_shows_the_classes_from_the_catalog(allowing: Env) -> None:
+    from click.testing import CliRunner
+
+    from dbsentry.policy.cli import policy
+
+    sql = allowing.sql(
+        "select id from {T} where ssn = '1'; copy (select card_number from {T}) to stdout"
+    )
+    args = [
+        "explain",
+        "-c",
+        str(allowing.proxy.config_path),
+        "--identity",
+        "bot",
+        "--agent",
+        "--connection",
+        "prod",
+    ]
+    result = CliRunner().invoke(policy, [*args, "--catalog", sql])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    first, second = out["statements"]
+    assert first["data_classes"] == {"reads": ["national_id"], "writes": []}
+    assert first["decision"]["rules"] == ["agents-no-national-ids"]
+    assert second["data_classes"] == {"reads": ["payment_card"], "writes": []}
+    assert "card-exports-need-approval" in second["decision"]["matched"]
