@@ -16,8 +16,9 @@ orjson) and walked as plain dicts, like :mod:`dbsentry.sql.facts`.  The rules, i
   ``query_to_xml`` and other dynamic-SQL functions) makes the column ``unknown``.
 - Only ``IS [NOT] NULL``, ``IS [NOT] TRUE``..., ``EXISTS`` and ``count()`` derive from
   nothing: they reveal presence, not content.  WHERE, GROUP BY, ORDER BY, JOIN conditions
-  and window definitions do not feed a column's value and are walked only to learn which
-  tables the statement reads (inference through them is a documented limit).
+  and window definitions do not feed a column's value; every column they use (and every
+  aggregate argument, CASE condition, set operation...) is recorded as a
+  :class:`PredicateUse`, for ``masking.predicates`` (see :mod:`dbsentry.masking.inference`).
 - ``direct`` marks a column whose value *is* a source value (through aliases, casts,
   COALESCE, min/max, views, unions): a partial mask is only meaningful for those.
 - A ``*`` over a relation whose columns are unknown makes the positions of the output
