@@ -72,7 +72,7 @@ LOOKUPS = [
     "SELECT mail FROM v_contacts WHERE mail = 'x'",
     "SELECT id FROM customers WHERE notes LIKE '%x%' ORDER BY notes",
     "SELECT email FROM customers UNION ALL SELECT 'x'",
-    "SELECT ssn IS NULL, email = 'x', upper(email) FROM customers",
+    "SELECT ssn IS NULL, num_nulls(phone), email = 'x', upper(email) FROM customers",
     "SELECT EXISTS (SELECT * FROM customers c WHERE c.id = 1)",
     "SELECT o.id FROM orders o WHERE EXISTS (SELECT * FROM customers c WHERE c.id = o.customer_id)",
     "SELECT o.id FROM orders o WHERE EXISTS (SELECT c.ssn FROM customers c WHERE c.id = o.customer_id)",
@@ -181,6 +181,14 @@ PROBES = [
         "email in LIMIT/OFFSET",
     ),
     ("SELECT pg_column_size(email) FROM customers", "email in pg_column_size()"),
+    # values that derive from nothing are not masked: only a column's presence may go in
+    ("SELECT nullif(substr(ssn, 1, 1), '5') IS NULL FROM customers", "ssn in IS NULL"),
+    ("SELECT num_nulls(nullif(substr(ssn, 1, 1), '5')) FROM customers", "ssn in num_nulls()"),
+    ("SELECT (ssn LIKE '5%') IS TRUE FROM customers", "ssn in IS TRUE / IS FALSE"),
+    ("WITH x AS (SELECT nullif(ssn, '1') s FROM customers) SELECT s IS NULL FROM x", "ssn in IS NULL"),
+    # a set-returning function among output values filters rows
+    ("SELECT regexp_matches(ssn, '^5') FROM customers", "ssn in a set-returning function"),
+    ("SELECT id, unnest(string_to_array(email, '@')) FROM customers", "email in a set-returning function"),
     ("SELECT (SELECT count(*) FROM customers c WHERE c.ssn LIKE '5%')", "ssn in WHERE"),
     (
         "SELECT o.id FROM orders o WHERE EXISTS (SELECT 1 FROM customers c WHERE c.ssn LIKE '5%' AND c.id = o.customer_id)",
@@ -251,8 +259,9 @@ def test_deny_refuses_even_lookups_and_presence() -> None:
     assert verdict("SELECT id FROM customers WHERE email = 'x'", "deny") == "email in WHERE"
     assert verdict("SELECT id FROM customers WHERE ssn IS NULL", "deny") == "ssn in WHERE"
     assert verdict("SELECT count(ssn) FROM customers", "deny") == "ssn in an aggregate"
+    assert verdict("SELECT ssn IS NULL FROM customers", "deny") == "ssn in IS NULL"
     # output values, masked, are always fine
-    assert verdict("SELECT id, email, ssn IS NULL, upper(ssn) FROM customers", "deny") is None
+    assert verdict("SELECT id, email, upper(ssn), ssn = 'x' FROM customers", "deny") is None
     assert verdict("SELECT id FROM customers WHERE id = 1 AND notes LIKE 'x%'", "deny") is None
     assert verdict("SELECT count(*) FROM customers", "deny") is None
 

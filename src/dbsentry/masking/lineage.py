@@ -273,8 +273,15 @@ _SRF_WIDTH = {
 }  # fmt: skip
 # Functions of _NO_LINEAGE whose argument's only revealed property is whether it is null.
 _PRESENCE = frozenset({"count", "num_nulls", "num_nonnulls", "pg_typeof", "grouping"})
-# Functions of _NO_LINEAGE that reveal something of their argument's value (its size).
-_REVEALING = frozenset({"pg_column_size"})
+# Set-returning built-ins: among output values, how many rows they yield depends on
+# their arguments' values (regexp_matches(ssn, '^5') is a filter).
+_SETOF = frozenset({
+    "unnest", "generate_series", "generate_subscripts", "regexp_matches", "regexp_split_to_table",
+    "string_to_table", "json_array_elements", "jsonb_array_elements", "json_array_elements_text",
+    "jsonb_array_elements_text", "json_object_keys", "jsonb_object_keys", "jsonb_path_query",
+    "json_each", "jsonb_each", "json_each_text", "jsonb_each_text", "json_populate_recordset",
+    "jsonb_populate_recordset", "json_to_recordset", "jsonb_to_recordset", "ts_parse", "ts_token_type",
+})  # fmt: skip
 # Built-in aggregates (a call with DISTINCT, ORDER BY, FILTER or * is one whatever its name).
 _AGGREGATES = frozenset({
     "count", "sum", "avg", "min", "max", "any_value", "string_agg", "array_agg", "json_agg",
@@ -1141,10 +1148,20 @@ class _Walk:
             # counted, and these functions reveal something of a value they do not return
             if self._aggregate(body, schema, name):
                 clause = "an aggregate"
-            elif name in _REVEALING and schema in (None, "pg_catalog"):
+            elif name in _NO_LINEAGE and schema in (None, "pg_catalog"):
+                # their value derives from nothing and is not masked: only a bare column's
+                # presence may go in (num_nulls(nullif(substr(ssn, 1, 1), '5')) may not)
                 clause = f"{name}()"
+            elif self._returns_set(schema, name):
+                clause = "a set-returning function"
         with self.within(clause):
             return self._func_call(body, scope, schema, name)
+
+    def _returns_set(self, schema: str | None, name: str) -> bool:
+        fns = self.catalog.functions_named(schema, name, self.search_path)
+        if fns:
+            return any(f.returns_set for f in fns)
+        return name in _SETOF and schema in (None, "pg_catalog")
 
     def _aggregate(self, body: dict[str, Any], schema: str | None, name: str) -> bool:
         if any(
@@ -1251,11 +1268,22 @@ def _case(w: _Walk, body: dict[str, Any], scope: _Scope) -> _L:
 
 
 def _null_test(w: _Walk, body: dict[str, Any], scope: _Scope) -> _L:
+    """Presence of a column; of anything else, a question about its value (its value
+    derives from nothing, so it is not masked: among output values it is a use too)."""
     arg = body.get("arg")
     if _kind(arg) == "ColumnRef":
-        w.shaped(arg, scope, "presence")
+        with w.within(w.clause or "IS NULL"):
+            w.shaped(arg, scope, "presence")
     else:
-        w.expr(arg, scope)
+        with w.within(w.clause or "IS NULL"):
+            w.expr(arg, scope)
+    return _EMPTY
+
+
+def _boolean_test(w: _Walk, body: dict[str, Any], scope: _Scope) -> _L:
+    """``x IS [NOT] TRUE``...: the value of ``x`` itself, unmasked."""
+    with w.within(w.clause or "IS TRUE / IS FALSE"):
+        w.expr(body.get("arg"), scope)
     return _EMPTY
 
 
@@ -1302,7 +1330,7 @@ _EXPR: dict[str, Any] = {
     "JsonOutput": _leaf,
     "JsonReturning": _leaf,
     "NullTest": _null_test,
-    "BooleanTest": _presence,
+    "BooleanTest": _boolean_test,
     "GroupingFunc": _presence,
     "TypeCast": _transparent,
     "CollateClause": _transparent,
@@ -1587,7 +1615,9 @@ def _failing_closed() -> Iterator[None]:
     except (RecursionError, MemoryError):
         raise LineageError("statement too complex to analyse (nesting too deep)") from None
     except Exception as err:
-        raise LineageError(f"could not analyse the statement ({type(err).__name__}: {err})") from err
+        raise LineageError(
+            f"could not analyse the statement ({type(err).__name__}: {err})"
+        ) from err
 
 
 # -- mask plans --------------------------------------------------------------------------------
