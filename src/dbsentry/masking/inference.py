@@ -127,23 +127,31 @@ def lineage_classes(lin: StatementLineage, classmap: ClassMap) -> StatementClass
 
 # Lineage of a statement text per catalog: the policy asks for classes before masking
 # computes its own plan, and the same text comes again and again.
-_CACHE: OrderedDict[tuple[int, str], tuple[Catalog, tuple[StatementLineage, ...] | None]] = (
-    OrderedDict()
-)
+_CACHE: OrderedDict[
+    tuple[int, str, tuple[str, ...], frozenset[str]],
+    tuple[Catalog, tuple[StatementLineage, ...] | None],
+] = OrderedDict()
 _CACHE_SIZE = 2048
 
 
-def lineages_of(sql: str, catalog: Catalog) -> tuple[StatementLineage, ...] | None:
-    """The lineage of every statement of ``sql`` (None when it cannot be analysed),
-    cached per catalog and text."""
-    key = (id(catalog), sql)
+def lineages_of(
+    sql: str,
+    catalog: Catalog,
+    search_path: tuple[str, ...] | None = None,
+    candidates: frozenset[str] = frozenset(),
+) -> tuple[StatementLineage, ...] | None:
+    """The lineage of every statement of ``sql`` (None when it cannot be analysed), with
+    unqualified names on ``search_path`` (default: the catalog's) and ``candidates``,
+    cached per catalog, text and path."""
+    path = search_path if search_path is not None else catalog.search_path
+    key = (id(catalog), sql, path, candidates)
     hit = _CACHE.get(key)
     if hit is not None and hit[0] is catalog:
         _CACHE.move_to_end(key)
         return hit[1]
     try:
         result: tuple[StatementLineage, ...] | None = tuple(
-            analyze_lineage(sql, catalog, catalog.search_path)
+            analyze_lineage(sql, catalog, path, candidates=candidates)
         )
     except LineageError:
         result = None

@@ -681,7 +681,7 @@ class _Walk:
                 self.exact = False
             for n, c in other:
                 if n in merged:
-                    merged[n] = _union([merged[n], c])
+                    merged[n] = _union([merged[n], c], bare=True)
                 else:
                     merged[n] = c
                     order.append(n)
@@ -1533,7 +1533,7 @@ def _lineage_of_tree(
     if kind == "ExplainStmt":
         # A plan's row counts (ANALYZE) and estimates (from the columns' statistics) answer
         # its predicates: they count; its output values are never returned.
-        sub = _Walk(catalog, path)
+        sub = _Walk(catalog, path, candidates=candidates)
         sub.statement(body.get("query"), None)
         w.uses.update(sub.uses)
         return done("EXPLAIN", [("QUERY PLAN", _EMPTY)])

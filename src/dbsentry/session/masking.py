@@ -599,7 +599,10 @@ class SessionMasking:
             for f in facts
         ):
             return None
-        lineages = lineages_of(sql, view.catalog)  # UPDATE and DELETE read what they change
+        # UPDATE and DELETE read what they change: lineage of every statement touching a
+        # sensitive table, with the session's search path as plan() followed it
+        path = self.search_path if self.search_path is not None else view.catalog.search_path
+        lineages = lineages_of(sql, view.catalog, path, self.path_candidates - set(path))
         if lineages is None:
             message = f"dbsentry cannot tell how this statement uses masked columns (masking.predicates = {mode})"
             return Decision("deny", ("masking.predicates",), message)
