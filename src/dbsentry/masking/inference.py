@@ -115,14 +115,14 @@ def _of_tables(tables: Iterable[str], classmap: ClassMap) -> frozenset[str]:
 def lineage_classes(lin: StatementLineage, classmap: ClassMap) -> StatementClasses:
     if lin.executes is not None or lin.fetches is not None:
         return NONE  # judged when the statement was prepared or the cursor declared
-    reads = _classes(lin.reads, classmap)
+    reads = _classes(lin.columns_read, classmap)
     if lin.reads_unknown:  # dynamic SQL, PL/pgSQL: may read anything
         reads = frozenset(c.data_class.value for c in classmap.columns.values())
     elif not lin.exact:  # a * over something unknown: whatever its tables hold
         reads = reads | _classes(
             (s for s in classmap.columns if (s.schema, s.table) in lin.tables_read), classmap
         )
-    return StatementClasses(reads, _classes(lin.writes, classmap))
+    return StatementClasses(reads, _classes(lin.columns_written, classmap))
 
 
 # Lineage of a statement text per catalog: the policy asks for classes before masking

@@ -127,10 +127,10 @@ class StatementLineage:
     predicates: tuple[PredicateUse, ...] = ()
     # Source columns whose stored values the statement changes (INSERT, UPDATE SET, every
     # column of the rows a DELETE or MERGE may remove or change, COPY FROM).
-    writes: frozenset[SourceColumn] = frozenset()
+    columns_written: frozenset[SourceColumn] = frozenset()
     # Source columns the statement reads: its output values, its predicates, the values it
     # writes elsewhere (views and function bodies count by their own output columns).
-    reads: frozenset[SourceColumn] = frozenset()
+    columns_read: frozenset[SourceColumn] = frozenset()
 
 
 class _L(NamedTuple):
@@ -327,7 +327,7 @@ class _Walk:
     opaque_reads: bool = False  # ran code that may read any table (dynamic SQL, PL/pgSQL)
     # Source columns used other than as output values, in order (see PredicateUse).
     uses: dict[PredicateUse, None] = field(default_factory=dict)
-    writes: set[SourceColumn] = field(default_factory=set)
+    written: set[SourceColumn] = field(default_factory=set)
     copied: set[SourceColumn] = field(default_factory=set)  # values written elsewhere
     # Where the walk is: None while walking output values, else the clause a column
     # reference would be used in; the shape of the next bare column reference.
@@ -1008,7 +1008,7 @@ class _Walk:
 
     def _written(self, stored: dict[str, _L], names: Iterable[str], values: Iterable[_L]) -> None:
         for n in names:
-            self.writes |= stored.get(n, _EMPTY).sources
+            self.written |= stored.get(n, _EMPTY).sources
         for v in values:
             self.copied |= v.sources
 
@@ -1494,7 +1494,8 @@ def _lineage_of_tree(
             command, columns, frozenset(w.reads), cols is not None or kw.pop("rows", False),
             exact=w.exact and kw.pop("exact", True),
             reads_unknown=w.opaque_reads or kw.pop("reads_unknown", False),
-            predicates=tuple(w.uses), writes=frozenset(w.writes), reads=frozenset(read), **kw,
+            predicates=tuple(w.uses), columns_written=frozenset(w.written),
+            columns_read=frozenset(read), **kw,
         )  # fmt: skip
 
     if kind in ("SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"):
