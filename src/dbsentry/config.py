@@ -322,6 +322,14 @@ class MaskingConfig(_Model):
     hash_key_file: Path | None = None
     # Masked columns in WHERE, ORDER BY, GROUP BY, aggregates...: see PredicatesConfig.
     predicates: PredicatesConfig = PredicatesConfig()
+    # Classification from values: sample the rows of every table when the catalog is
+    # read, one bounded query per table, each under a statement timeout, all within a
+    # total budget (a table that fails or times out is skipped, keeping what an earlier
+    # sample of it found).
+    sample: bool = True
+    sample_rows: int = Field(default=200, ge=1, le=100_000)
+    sample_timeout_ms: int = Field(default=2000, ge=1)
+    sample_budget_seconds: float = Field(default=20.0, gt=0)
 
 
 class LimitsConfig(_Model):

@@ -54,6 +54,10 @@ def env(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             f"create function {pub}.go_hr() returns int language plpgsql as "
             f"$$ begin perform set_config('search_path', '{hr}, {pub}', false); return 1; end $$"
         )
+        c.execute(
+            f"create function {pub}.go_hr_sql() returns text language sql as "
+            f"$$ select set_config('search_path', '{hr}, {pub}', false) $$"
+        )
         c.execute(f"create function {pub}.hr_name() returns text language sql as $$ select 'x'::text $$")
         c.execute(f"create function {hr}.hr_name() returns text language sql as $$ select name from {hr}.things $$")
     config = write_config(tmp_path_factory.mktemp("search_path"), pg_server)
@@ -86,17 +90,38 @@ def _ways(e: Env) -> dict[str, tuple[list[str], str | None]]:
         "block": (["begin", f"set local search_path = {path}"], None),
         "function": ([f"set search_path = {e.pub}", f"select {e.pub}.go_hr()"], None),
         "startup": ([], f"-c search_path={e.hr},{e.pub}"),
+        "sql-function": ([f"set search_path = {e.pub}", f"select {e.pub}.go_hr_sql()"], None),
+        # outside production: a DO block, an UPDATE of pg_settings
+        "do": ([f"do $$ begin perform set_config('search_path', '{path}', false); end $$"], None),
+        "pg-settings": ([f"update pg_settings set setting = '{path}' where name = 'search_path'"], None),
     }
 
 
-WAYS = ["set", "set-to", "set-quoted", "set-config", "set-config-computed", "set-config-subquery", "block", "function", "startup"]
+STAGING = {"do", "pg-settings"}
+
+
+WAYS = [
+    "set",
+    "set-to",
+    "set-quoted",
+    "set-config",
+    "set-config-computed",
+    "set-config-subquery",
+    "block",
+    "function",
+    "startup",
+    "sql-function",
+    "do",
+    "pg-settings",
+]
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("way", WAYS)
 def test_unqualified_names_follow_the_path(env: Env, mode: str, way: str) -> None:
     setup, options = _ways(env)[way]
-    masked = run(mode, env.proxy, [*setup, *READS], Login(MASKED.identity, MASKED.groups, options=options))
+    db = "staging" if way in STAGING else "prod"
+    masked = run(mode, env.proxy, [*setup, *READS], Login(MASKED.identity, MASKED.groups, dbname=db, options=options))
     if all(o.ok for o in masked[: len(setup)]):
         for o in masked[len(setup) :]:
             assert o.ok, str(o)
@@ -106,7 +131,7 @@ def test_unqualified_names_follow_the_path(env: Env, mode: str, way: str) -> Non
 
     if not all(o.ok for o in masked[: len(setup)]):
         return
-    real = run(mode, env.proxy, [*setup, *READS], Login(READER.identity, READER.groups, options=options))
+    real = run(mode, env.proxy, [*setup, *READS], Login(READER.identity, READER.groups, dbname=db, options=options))
     blob = _blob(real)
     assert "adalovelace" in blob.lower().replace(" ", ""), f"pii-readers see real values: {blob[:300]}"
 

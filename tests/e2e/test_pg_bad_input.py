@@ -972,5 +972,6 @@ def test_upstream_that_never_answers(hanging_upstream: RunningProxy) -> None:
     # The upstream's fault, within its connect_timeout_seconds, not the client's.
     assert fields["C"] == "08001", fields
     assert fields["M"].startswith("dbsentry: ") and '"hang"' in fields["M"], fields
-    # connect_timeout_seconds is 1; well under the 3 s startup timeout even on a loaded machine.
-    assert elapsed < 2.9
+    # connect_timeout_seconds is 1: the SQLSTATE says which timeout fired (the 3 s startup
+    # timeout answers otherwise); the bound only says it did not hang.
+    assert elapsed < 8

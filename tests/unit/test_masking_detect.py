@@ -10,7 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dbsentry.masking.classes import DataClass, most_sensitive, parse_class
-from dbsentry.masking.detect import classify_column, detect_value, find_sensitive, iban_ok, luhn_ok
+from dbsentry.masking.detect import (
+    classify_column,
+    comment_says_none,
+    detect_value,
+    find_sensitive,
+    iban_ok,
+    luhn_ok,
+)
 
 D = DataClass
 
@@ -313,8 +320,6 @@ NOT_SENSITIVE = [
     ("nodes", "mac_address", "text", None),
     ("wallets", "wallet_address", "text", None),
     ("t", "public_key", "text", None),
-    ("t", "email", "text", "pii:none"),
-    ("t", "email", "text", "sensitive: no"),
     ("t", "description", "text", "free text"),
     ("t", "dob", "integer", None),
     ("t", "zip", "integer", None),
@@ -324,3 +329,14 @@ NOT_SENSITIVE = [
 @pytest.mark.parametrize("args", NOT_SENSITIVE)
 def test_classify_column_negatives(args: tuple[str, str, str | None, str | None]) -> None:
     assert classify_column(*args) is None
+
+
+@pytest.mark.parametrize("comment", ["pii:none", "sensitive: no", "dbsentry=public"])
+def test_a_comment_cannot_remove_a_class(comment: str) -> None:
+    # only masking.overrides may declassify; the comment is noted in the evidence
+    found = classify_column("t", "email", "text", comment)
+    assert found is not None and found.data_class is DataClass.EMAIL
+    assert "ignored" in found.evidence
+    assert classify_column("t", "description", "text", comment) is None
+    assert comment_says_none(comment)
+    assert not comment_says_none("pii:email") and not comment_says_none(None)

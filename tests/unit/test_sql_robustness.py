@@ -31,13 +31,15 @@ SECOND = 1.0
 
 
 def timed(sql: str) -> list[StatementFacts] | SQLParseError:
-    start = time.perf_counter()
+    """Analyse ``sql``: it must take under a second of this process's CPU time (the
+    machine's load, e.g. other test processes, does not count)."""
+    start = time.process_time()
     try:
         result: list[StatementFacts] | SQLParseError = analyze(sql)
     except SQLParseError as err:
         result = err
-    elapsed = time.perf_counter() - start
-    assert elapsed < SECOND, f"{elapsed:.2f}s"
+    elapsed = time.process_time() - start
+    assert elapsed < SECOND, f"{elapsed:.2f}s of CPU"
     return result
 
 
@@ -264,7 +266,7 @@ def test_random_tree_mutations(which: int, mutations: list[tuple[int, Any]]) -> 
         container, key = positions[index % len(positions)]
         container[key] = node
     tree_json = orjson.dumps({"version": 180000, "stmts": [{"stmt": tree}]}).decode()
-    start = time.perf_counter()
+    start = time.process_time()
     try:
         facts = F._analyze_tree("x", "x", 0, tree_json)
     except SQLParseError as err:
@@ -272,7 +274,7 @@ def test_random_tree_mutations(which: int, mutations: list[tuple[int, Any]]) -> 
     else:
         for f in facts:
             hash(f)
-    assert time.perf_counter() - start < SECOND
+    assert time.process_time() - start < SECOND
 
 
 @settings(max_examples=200, deadline=None)

@@ -35,6 +35,7 @@ from dbsentry.approvals.model import (
 from dbsentry.approvals.notify import Notifier
 from dbsentry.approvals.store import ApprovalStore
 from dbsentry.audit.records import ApprovalRecord
+from dbsentry.audit.redaction import current as current_redactor
 from dbsentry.identity.model import Identity
 from dbsentry.policy.engine import Decision
 from dbsentry.sql.facts import StatementFacts
@@ -129,9 +130,11 @@ class Approvals:
     ) -> Gate:
         """For a ``require_approval`` decision: use an approval, or make (or find) a request.
 
-        ``params`` are the bound values as the audit trail shows them (``prepare_params``
-        without redaction), None for the simple protocol; ``key_params``, when given, are
-        the exact values the approval is bound to (see ``ApprovalAsk``).  Blocking.
+        ``params`` are the bound values as text, None for the simple protocol;
+        ``key_params``, when given, are the exact values the approval is bound to (see
+        ``ApprovalAsk``).  The request stores and shows ``display_sql`` or, by default, the
+        statement and parameters with sensitive values as tokens (the process's
+        ``LiteralRedactor``).  Blocking.
         """
         now = self._clock()
         key = statement_key(
@@ -140,12 +143,18 @@ class Approvals:
         used = self.store.consume(identity.name, connection, key, now)
         if used is not None:
             return Gate("run", used)
+        shown_params = params
+        if display_sql is None:
+            # Reviewers, the console, notifications and the audit trail see the statement
+            # as the audit trail shows it: sensitive values as tokens (audit.redact_literals).
+            shown = current_redactor().redact(sql, params, connection)
+            display_sql, shown_params = shown.text, shown.params
         request = statement_request(
             identity=identity,
             connection=connection,
             environment=environment,
             sql=sql,
-            params=params,
+            params=shown_params,
             approvers=decision.approvers or self.config.default_approvers,
             min_approvals=decision.min_approvals,
             now=now,

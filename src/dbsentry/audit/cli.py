@@ -28,9 +28,11 @@ from dbsentry.audit.query import (
     summary_line,
     tail,
 )
+from dbsentry.audit.redaction import LiteralRedactor, load_or_create_redaction_key
 from dbsentry.audit.store import AuditStore, AuditStoreError, SearchFilter, open_store
 from dbsentry.audit.verify import ArchiveError, archive, verify, verify_archive
 from dbsentry.config import ConfigError, load_config
+from dbsentry.masking.detect import detect_value
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -69,6 +71,20 @@ class AuditContext:
         except (OSError, ValueError) as err:
             raise click.ClickException(f"cannot load a public key: {err}") from None
         return keys
+
+    def redactor(self) -> LiteralRedactor:
+        """The proxy's token key, to compute the token of a value (never created here)."""
+        path = self.audit.redaction_key_path(self.state_dir)
+        if not path.exists():
+            raise click.ClickException(
+                f"no audit redaction key at {path}: the proxy creates it when it starts"
+            )
+        try:
+            return LiteralRedactor(load_or_create_redaction_key(path))
+        except (OSError, ValueError) as err:
+            raise click.ClickException(
+                f"cannot load the audit redaction key {path}: {err}"
+            ) from None
 
     def signer(self, *, create: bool) -> Signer | None:
         path = self.key_path()
@@ -113,14 +129,28 @@ def _filter_options(f: F) -> F:
         click.option("--since", help="ISO time or 30m / 12h / 7d ago."),
         click.option("--until", help="ISO time or 30m / 12h / 7d ago."),
         click.option("--text", help="Substring of the statement text (case-insensitive)."),
+        click.option(
+            "--value",
+            "values",
+            multiple=True,
+            help="A value, as sent: statements whose text or parameters hold its token.",
+        ),
     ]
     for opt in reversed(options):
         f = opt(f)
     return f
 
 
-def _make_filter(kw: dict[str, Any]) -> SearchFilter:
+def _make_filter(kw: dict[str, Any], obj: AuditContext | None = None) -> SearchFilter:
+    values: tuple[str, ...] = tuple(kw.get("values") or ())
+    digests: tuple[str, ...] = ()
+    if values:
+        if obj is None:
+            raise click.UsageError("--value needs the configuration")
+        r = obj.redactor()
+        digests = tuple(dict.fromkeys(d for v in values for d in r.search_digests(v)))
     return SearchFilter(
+        digests=digests,
         identity=kw.get("identity"),
         identity_kind=kw.get("kind"),
         connection=kw.get("connection"),
@@ -167,7 +197,7 @@ def search_cmd(
     obj: AuditContext, /, limit: int, oldest_first: bool, as_json: bool, **kw: Any
 ) -> None:
     """Statements matching the filters, joined with their outcome."""
-    flt = _make_filter(kw)
+    flt = _make_filter(kw, obj)
     out = sys.stdout
     with obj.store() as store:
         for row in search(store, flt, limit=limit or None, newest_first=not oldest_first):
@@ -213,7 +243,7 @@ def tail_cmd(obj: AuditContext, lines: int, follow: bool, as_json: bool) -> None
 @_with_audit
 def export_cmd(obj: AuditContext, /, fmt: str, raw: bool, out: str | None, **kw: Any) -> None:
     """Stream statements (or, --raw, all records) oldest first, in constant memory."""
-    flt = _make_filter(kw)
+    flt = _make_filter(kw, obj)
     if raw and fmt != "jsonl":
         raise click.BadParameter("--raw works with --format jsonl")
     with obj.store() as store:
@@ -230,6 +260,21 @@ def export_cmd(obj: AuditContext, /, fmt: str, raw: bool, out: str | None, **kw:
             with open(out, "wb") as fb:
                 n = export_jsonl(store, flt, fb, raw=raw)
     click.echo(f"exported {n} {'records' if raw else 'statements'}", err=True)
+
+
+@audit.command("token")
+@click.argument("values", nargs=-1, required=True)
+@_with_audit
+def token_cmd(obj: AuditContext, /, values: tuple[str, ...]) -> None:
+    """The token each VALUE (exactly as sent) is stored as: ``<class:hmac:...>``.
+
+    The class part comes from value detection (``value`` when it finds none); a value
+    that met a classified column is stored with that column's class, and the same digest.
+    """
+    r = obj.redactor()
+    for v in values:
+        cls = detect_value(v)
+        click.echo(r.token(v, cls))
 
 
 @audit.command("verify")

@@ -34,7 +34,15 @@ class AuditConfig(BaseModel):
     async_flush_ms: int = Field(default=200, ge=1, le=10_000)
     # Give up on a commit (and refuse the statement) after this long.
     sync_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
-    redact_literals: bool = False
+    # What statement texts, parameters and error texts keep of the values in them:
+    #   sensitive (default): values that meet a classified column, or that value detection
+    #     recognises, become <class:hmac:...> tokens (keyed hash: equal values, equal tokens)
+    #   true: every constant becomes ?, every parameter ?
+    #   false: everything is stored as sent
+    redact_literals: bool | Literal["sensitive"] = "sensitive"
+    # HMAC key of the tokens; default <state_dir>/audit_redaction.key (created, 0600).
+    # Give every node the same key so that equal values give equal tokens across nodes.
+    redaction_key_file: Path | None = None
     max_statement_chars: int = Field(default=65_536, ge=256)
     max_param_chars: int = Field(default=1024, ge=16)
     max_params_chars: int = Field(default=16_384, ge=64)
@@ -73,6 +81,13 @@ class AuditConfig(BaseModel):
     def signing_key_path(self, state_dir: Path) -> Path:
         return self.signing_key if self.signing_key is not None else state_dir / "audit_signing.key"
 
+    def redaction_key_path(self, state_dir: Path) -> Path:
+        return (
+            self.redaction_key_file
+            if self.redaction_key_file is not None
+            else state_dir / "audit_redaction.key"
+        )
+
     def with_base_dir(self, base: Path) -> AuditConfig:
         """Relative paths resolved against ``base`` (the configuration file's directory)."""
 
@@ -83,6 +98,7 @@ class AuditConfig(BaseModel):
             update={
                 "path": fix(self.path),
                 "signing_key": fix(self.signing_key),
+                "redaction_key_file": fix(self.redaction_key_file),
                 "trusted_public_keys": [
                     base / p if not p.is_absolute() else p for p in self.trusted_public_keys
                 ],

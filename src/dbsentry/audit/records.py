@@ -18,13 +18,16 @@ import secrets
 import time as _time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import unquote
 
 import orjson
 from pglast import parser as _pg
 
 from dbsentry.identity.model import Identity
+
+if TYPE_CHECKING:
+    from dbsentry.audit.redaction import LiteralRedactor
 
 REDACTED_STATEMENT = "<statement redacted: could not be tokenized>"
 """Stored instead of the text when redaction is on and the statement cannot be tokenized."""
@@ -226,34 +229,54 @@ class StatementRecord(_Record):
         *,
         sql: str,
         params: Sequence[str | bytes | None] | None = None,
-        redact: bool = False,
+        redact: bool | str = False,
         max_statement_chars: int = 65536,
         max_param_chars: int = 1024,
         max_params_chars: int = 16384,
+        redactor: LiteralRedactor | None = None,
         **kwargs: Any,
     ) -> StatementRecord:
         """Build a record from the raw statement text and parameters.
 
         Correlation ids are taken from the raw text before redaction; the text is redacted
-        (``redact_literals``) and capped, and the parameters prepared with ``prepare_params``.
+        and capped, and the parameters prepared with ``prepare_params``.  ``redact`` is the
+        ``audit.redact_literals`` setting: ``"sensitive"`` replaces sensitive values with
+        tokens of ``redactor`` (default: the process's, see ``dbsentry.audit.redaction``),
+        True every constant with ``?``, False nothing.
         """
         correlation = kwargs.pop("correlation", None)
         if correlation is None:
             correlation = extract_correlation(sql)
-        text = redact_literals(sql) if redact else sql
+        from dbsentry.audit.redaction import current, redaction_mode  # it imports this module
+
+        mode = redaction_mode(redact)
+        redacted = mode == "all"
+        if mode == "sensitive":
+            r = redactor if redactor is not None else current()
+            shown = r.redact(
+                sql,
+                None if params is None else [_param_text(p) for p in params],
+                kwargs.get("connection"),
+                mode="sensitive",
+            )
+            text, params, redacted = shown.text, shown.params, shown.changed
+            if correlation:
+                correlation = r.correlation(correlation)
+        else:
+            text = redact_literals(sql) if redacted else sql
         truncated = len(text) > max_statement_chars
         if truncated:
             text = text[:max_statement_chars]
         prepared, params_truncated = (
             prepare_params(
-                params, redact=redact, max_value=max_param_chars, max_total=max_params_chars
+                params, redact=mode == "all", max_value=max_param_chars, max_total=max_params_chars
             )
             if params is not None
             else (None, False)
         )
         return cls(
             statement=text,
-            statement_redacted=redact,
+            statement_redacted=redacted,
             statement_truncated=truncated,
             params=prepared,
             params_truncated=params_truncated,
@@ -358,6 +381,16 @@ def redact_literals(sql: str) -> str:
     if "'" in text or "$$" in text:
         return REDACTED_STATEMENT
     return text.strip()
+
+
+def _param_text(value: str | bytes | None) -> str | None:
+    """A parameter as text: UTF-8 bytes decoded, other bytes as ``\\x`` + hex."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return "\\x" + value.hex()
+    return value
 
 
 def prepare_params(

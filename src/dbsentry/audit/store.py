@@ -160,9 +160,19 @@ class SearchFilter:
     since: float | None = None  # unix time, inclusive
     until: float | None = None  # unix time, exclusive
     text: str | None = None  # substring of the statement, case-insensitive
+    # digests of redaction tokens (``<class:hmac:digest>``): the statement or its
+    # parameters hold one of them (see dbsentry.audit.redaction)
+    digests: tuple[str, ...] = ()
 
 
-_EQUAL_COLUMNS = ("identity", "identity_kind", "connection", "environment", "decision", "session_id")
+_EQUAL_COLUMNS = (
+    "identity",
+    "identity_kind",
+    "connection",
+    "environment",
+    "decision",
+    "session_id",
+)
 
 
 def filter_clauses(flt: SearchFilter, mark: str) -> tuple[list[str], list[Any]]:
@@ -181,6 +191,10 @@ def filter_clauses(flt: SearchFilter, mark: str) -> tuple[list[str], list[Any]]:
     if flt.until is not None:
         where.append(f"s.time < {mark}")
         params.append(flt.until)
+    if flt.digests:
+        # hex digits only: nothing to escape in the pattern
+        where.append("(" + " OR ".join(f"s.payload LIKE {mark}" for _ in flt.digests) + ")")
+        params.extend(f"%:hmac:{d}>%" for d in flt.digests)
     return where, params
 
 

@@ -39,7 +39,7 @@ SENSITIVITY: dict[DataClass, int] = {
 # The order ties break in, so that the choice never depends on set iteration order.
 _ORDER = {c: i for i, c in enumerate(DataClass)}
 
-Source = Literal["schema-name", "schema-type", "schema-comment", "value", "policy"]
+Source = Literal["schema-name", "schema-type", "schema-comment", "value", "policy", "copy"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,8 +28,10 @@ import orjson
 from dbsentry.masking.classes import Classification, DataClass, parse_class
 
 __all__ = [
+    "IGNORED_NONE_NOTE",
     "Span",
     "classify_column",
+    "comment_says_none",
     "detect_value",
     "find_sensitive",
     "iban_ok",
@@ -614,15 +616,38 @@ def classify_column(
 
     ``table`` may be schema-qualified; ``type_name`` is ``format_type()`` output (or None);
     ``comment`` is the column's comment.  In order: a ``pii:<class>`` tag in the comment
-    (``pii:none`` says "not sensitive" and wins over everything else), the column's name
+    (a ``pii:none`` tag is ignored: a comment may add a class, never remove one; only
+    the policy's ``masking.overrides`` can), the column's name
     (as long as its type can hold that class: ``email_verified boolean`` is not an email),
     the type (``inet``/``cidr``, or a domain named like a class), then words in the comment.
     """
+    found = _classify_column(table, column, type_name, comment)
+    if found is not None and comment and _comment_tag(comment) is _NO_CLASS:
+        # Only the policy file may declassify: a comment is written by whoever owns the
+        # table, so "pii:none" in it cannot take away a class the name or type gives.
+        return Classification(
+            found.data_class,
+            found.source,
+            f"{found.evidence}; {IGNORED_NONE_NOTE}",
+        )
+    return found
+
+
+#: What the evidence says when a comment's ``pii:none`` did not declassify a column.
+IGNORED_NONE_NOTE = "the comment's 'none' tag is ignored (only masking.overrides can remove a class)"
+
+
+def comment_says_none(comment: str | None) -> bool:
+    """Whether the comment carries a ``pii:none`` tag (which no longer declassifies)."""
+    return bool(comment) and _comment_tag(comment or "") is _NO_CLASS
+
+
+def _classify_column(
+    table: str, column: str, type_name: str | None, comment: str | None
+) -> Classification | None:
     kind, bare_type = _type_kind(type_name)
     if comment:
         tag = _comment_tag(comment)
-        if tag is _NO_CLASS:
-            return None
         if isinstance(tag, DataClass):
             return Classification(tag, "schema-comment", comment.strip()[:200])
     if kind != _BOOL:

@@ -123,6 +123,9 @@ class StatementLineage:
     fetches: str | None = None  # FETCH ... FROM name: look up the cursor's lineage
     prepares: str | None = None  # PREPARE name AS ...: the lineage is the statement's
     executes: str | None = None  # EXECUTE name: look up the prepared statement's lineage
+    # What it stores in tables (INSERT, UPDATE, MERGE, CREATE TABLE AS, SELECT INTO): each
+    # (table, column lineage named after the target column) with what the value derives from.
+    writes: tuple[tuple[TableName, ColumnLineage], ...] = ()
     # Where source columns are used other than as output values (in order of appearance).
     predicates: tuple[PredicateUse, ...] = ()
     # Source columns whose stored values the statement changes (INSERT, UPDATE SET, every
@@ -325,6 +328,8 @@ class _Walk:
     reads: set[TableName] = field(default_factory=set)
     exact: bool = True
     opaque_reads: bool = False  # ran code that may read any table (dynamic SQL, PL/pgSQL)
+    # What the statement stores: (table, column, the lineage of the value written).
+    writes: list[tuple[TableName, str, _L]] = field(default_factory=list)
     # Source columns used other than as output values, in order (see PredicateUse).
     uses: dict[PredicateUse, None] = field(default_factory=dict)
     written: set[SourceColumn] = field(default_factory=set)
@@ -564,8 +569,38 @@ class _Walk:
         out = self.targets(body.get("targetList", ()), scope)
         self.clauses(body, scope, out)
         if body.get("intoClause"):
+            self.into(body["intoClause"], out)
             return []
         return out
+
+    def into(self, into: dict[str, Any], cols: Cols) -> None:
+        """CREATE TABLE AS / SELECT INTO: the new table's columns store ``cols``."""
+        rv = into.get("rel") or {}
+        names = _strings(into.get("colNames"))
+        cols = _rename(cols, names) if names else cols
+        schema = rv.get("schemaname")
+        if rv.get("relpersistence") == "t":
+            schemas: Iterable[str] = ("pg_temp",)  # the session's own
+        elif schema is not None:
+            schemas = (schema,)
+        else:
+            first = [p for p in self.search_path if p not in ("pg_catalog", "pg_temp")][:1]
+            schemas = {*first, *(c for c in self.candidates if c != ANY_SCHEMA)}
+        for sch in schemas:
+            for n, c in cols:
+                self.writes.append(((sch, rv.get("relname", "")), n, c))
+
+    def _wrote(self, target: _Entry, values: Mapping[str, _L]) -> None:
+        if target.rel is None:
+            return
+        rel = target.rel
+        if not rel[0]:
+            # Not in the catalog (a temporary table, or one created since): it is where the
+            # path says, as far as can be told.
+            first = [p for p in self.search_path if p != "pg_catalog"][:1]
+            rel = (first[0] if first else "pg_temp", rel[1])
+        for n, v in values.items():
+            self.writes.append((rel, n, v))
 
     def targets(self, targets: Iterable[Any], scope: _Scope) -> Cols:
         out: Cols = []
@@ -939,8 +974,11 @@ class _Walk:
                 )
             values = values or []
             names = [c for c in cols if c] or [n for n, _ in target.cols]
+            if not names:  # a relation the catalog does not know: its columns by position
+                names = [f"?column{i + 1}?" for i in range(len(values))]
             fed = {n: v for n, (_, v) in zip(names, values, strict=False)}
             self._written(stored, names, fed.values())
+            self._wrote(target, fed)
             target.cols = [
                 (n, _union([c, fed.get(n, _EMPTY)], transparent=True, bare=True))
                 for n, c in target.cols
@@ -984,6 +1022,7 @@ class _Walk:
                 self._written(stored, list(stored), (e.whole() for e in scope.entries[1:]))
                 merged = _indirect(_union(e.whole() for e in scope.entries[1:]))
                 target.cols = [(n, _union([c, merged])) for n, c in target.cols]
+                self._wrote(target, {n: merged for n, _ in target.cols})
                 for clause in body.get("mergeWhenClauses") or ():
                     mw = _unwrap(clause)[1]
                     if isinstance(mw, dict) and mw.get("condition"):
@@ -1026,6 +1065,7 @@ class _Walk:
             if name:
                 assigned[name] = _union([assigned.get(name, _EMPTY), self.expr(val, scope)], True)
         self._written(stored, list(assigned), assigned.values())
+        self._wrote(target, assigned)
         target.cols = [
             (n, _union([c, assigned.get(n, _EMPTY)], transparent=True, bare=True))
             for n, c in target.cols
@@ -1490,10 +1530,11 @@ def _lineage_of_tree(
     def done(command: str, cols: Cols | None, **kw: Any) -> StatementLineage:
         columns = tuple(ColumnLineage(n, c.sources, c.unknown, c.direct) for n, c in cols or ())
         read = {s for c in columns for s in c.sources} | {u.column for u in w.uses} | w.copied
+        writes = tuple((t, ColumnLineage(n, c.sources, c.unknown, c.direct)) for t, n, c in w.writes)
         return StatementLineage(
             command, columns, frozenset(w.reads), cols is not None or kw.pop("rows", False),
             exact=w.exact and kw.pop("exact", True),
-            reads_unknown=w.opaque_reads or kw.pop("reads_unknown", False),
+            reads_unknown=w.opaque_reads or kw.pop("reads_unknown", False), writes=writes,
             predicates=tuple(w.uses), columns_written=frozenset(w.written),
             columns_read=frozenset(read), **kw,
         )  # fmt: skip
@@ -1532,12 +1573,13 @@ def _lineage_of_tree(
         opts = CopyOptions(**{**_asdict(opts), "type_oids": tuple(types.get(n) for n in names)})
         return done("COPY", cols, copy=opts)
     if kind == "ExplainStmt":
-        # A plan's row counts (ANALYZE) and estimates (from the columns' statistics) answer
-        # its predicates: they count; its output values are never returned.
-        sub = _Walk(catalog, path, candidates=candidates)
-        sub.statement(body.get("query"), None)
-        w.uses.update(sub.uses)
-        return done("EXPLAIN", [("QUERY PLAN", _EMPTY)])
+        # EXPLAIN ANALYZE runs the statement: what it stores counts.  A plan's row counts
+        # (ANALYZE) and estimates (from the columns' statistics) answer its predicates:
+        # they count too; its output values are never returned.
+        inner = _lineage_of_tree(body.get("query"), catalog, search_path, user, candidates)
+        return replace(
+            done("EXPLAIN", [("QUERY PLAN", _EMPTY)]), writes=inner.writes, predicates=inner.predicates
+        )
     if kind == "DeclareCursorStmt":
         inner = _lineage_of_tree(body.get("query"), catalog, search_path, user, candidates)
         return replace(
@@ -1570,7 +1612,9 @@ def _lineage_of_tree(
         # a procedure with OUT parameters returns one row; its width is not known here
         return done("CALL", [("*", _union([lin, _UNKNOWN]))], exact=False)
     if kind == "CreateTableAsStmt":
-        w.statement(body.get("query"), None)
+        cols = w.statement(body.get("query"), None)
+        if body.get("objtype") != "OBJECT_MATVIEW" and cols is not None:
+            w.into(body.get("into") or {}, cols)  # a materialized view is read through its definition
         return done("CREATE TABLE AS", None)
     return done(kind.removesuffix("Stmt").upper() or "EMPTY", None)
 
@@ -1664,7 +1708,7 @@ class ColumnMask:
     data_class: DataClass | None
     strategy: str
     sources: frozenset[SourceColumn]
-    reason: Literal["lineage", "unresolved", "row-description"]
+    reason: Literal["lineage", "unresolved", "row-description", "values"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -1692,7 +1736,9 @@ def plan_masks(
     lineage: StatementLineage, classmap: ClassMap, settings: MaskSettings | None = None
 ) -> MaskPlan:
     """Per output column: the class and strategy to mask with, ``detect`` when its lineage
-    is unknown and the statement reads a table with sensitive columns, or nothing."""
+    is unknown and the statement reads a table with sensitive columns, ``detect`` (reason
+    ``values``) when it derives from a column whose values must be scanned
+    (:attr:`ClassMap.scan`: free text that holds sensitive data), or nothing."""
     settings = settings or MaskSettings()
     sensitive_tables = classmap.tables
     reads_sensitive = bool(sensitive_tables) and (
@@ -1732,6 +1778,9 @@ def plan_masks(
         elif col.unknown and reads_sensitive:
             unresolved.append(col.name)
             out.append(ColumnMask(i, None, "detect", col.sources, "unresolved"))
+        elif classmap.scan and not classmap.scan.isdisjoint(col.sources):
+            scanned = frozenset(s for s in col.sources if s in classmap.scan)
+            out.append(ColumnMask(i, None, "detect", scanned, "values"))
         else:
             out.append(None)
     if unresolved and settings.unresolved == "deny":

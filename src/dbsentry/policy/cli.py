@@ -148,11 +148,13 @@ def _catalog_classes(loaded: LoadedConfig, connection: str, sql: str) -> list[Cl
     from dbsentry.sql.facts import SQLParseError, analyze
 
     conn = loaded.config.connections[connection]
-    try:
-        catalog = asyncio.run(load_catalog(conn))
+    masking = loaded.config.masking
+    try:  # classified as the proxy does: names, comments and (masking.sample) values
+        catalog, report = asyncio.run(load_catalog(conn, masking, masking.sample))
     except Exception as err:  # psycopg's errors, OSError: say why and exit non-zero
         _fail(f"dbsentry: cannot read the catalog of {connection!r}: {str(err).strip()}")
-    classmap = classify_catalog(catalog, loaded.config.masking.overrides)
+    values = report.findings if report is not None else None
+    classmap = classify_catalog(catalog, masking.overrides, values)
     try:
         facts = analyze(sql)
     except SQLParseError:

@@ -271,6 +271,7 @@ class Policy:
     production_environments: frozenset[str] = frozenset({"production"})
     environments: frozenset[str] = frozenset()  # other environment names the policy declares
     allowed_settings: tuple[str, ...] = ()  # beyond the baseline's allow-list (globs)
+    safe_functions: frozenset[str] = frozenset()  # user functions vouched for (schema.name globs)
     uses_identity_names: bool = False
     uses_time: bool = False
     uses_data_classes: bool = False
@@ -287,6 +288,7 @@ class Policy:
         production_environments: Iterable[str] = ("production",),
         environments: Iterable[str] = (),
         allowed_settings: Iterable[str] = (),
+        safe_functions: Iterable[str] = (),
     ) -> Policy:
         digest = hashlib.sha256(ENGINE_REVISION.encode() + b"\0" + content).hexdigest()[:16]
         return cls(
@@ -297,6 +299,7 @@ class Policy:
             production_environments=frozenset(production_environments),
             environments=frozenset(environments),
             allowed_settings=tuple(allowed_settings),
+            safe_functions=frozenset(safe_functions),
             uses_identity_names=any(_uses(r, "identities") for r in rules),
             uses_time=any(_uses(r, "time") for r in rules),
             uses_data_classes=any(_uses(r, "data_classes") or _uses(r, "writes_data_classes") for r in rules),

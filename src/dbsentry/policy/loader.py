@@ -107,6 +107,7 @@ def parse_policy(text: str, source: str = "<string>") -> Policy:
         production_environments=model.production_environments,
         environments=model.environments,
         allowed_settings=model.baseline.allow_settings,
+        safe_functions=model.baseline.safe_functions,
     )
 
 

@@ -152,7 +152,15 @@ class BaselineSettings(_Model):
         description="setting names the policy allows to be changed, beyond the built-in allow-list",
     )
 
-    @field_validator("allow_settings")
+    safe_functions: list[str] = Field(
+        default_factory=list,
+        description=(
+            "user-defined functions (schema.name, globs) the policy vouches for: read-only and "
+            "callable by agents, though the proxy cannot see into them (PL/pgSQL...)"
+        ),
+    )
+
+    @field_validator("allow_settings", "safe_functions")
     @classmethod
     def _settings(cls, v: list[str]) -> list[str]:
         return [s.lower() for s in v]

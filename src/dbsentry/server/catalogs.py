@@ -1,23 +1,85 @@
-"""Reads each connection's catalog for masking, on a side connection, and keeps it fresh."""
+"""Reads each connection's catalog for masking, on a side connection, and keeps it fresh.
+
+With ``masking.sample`` the same side connection then samples the rows of every table
+(:func:`dbsentry.masking.catalog.fetch_samples`) so that columns are classified from their
+values as well as their names.  Sampling is bounded: one query per table under
+``masking.sample_timeout_ms``, nothing started after ``masking.sample_budget_seconds``, the
+judgement of the values in a worker thread.  A table that errors, times out or is left out
+by the budget keeps what its last sample found, and is sampled first next time.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 
-from dbsentry.config import Config, ConnectionConfig
+from dbsentry.config import Config, ConnectionConfig, MaskingConfig
 from dbsentry.masking import Catalog, classify_catalog, fetch_catalog
+from dbsentry.masking.catalog import SampleReport, fetch_samples
+from dbsentry.masking.sampling import SampledColumn, ValueFinding, classify_table_sample
 from dbsentry.server.tasks import spawn
 from dbsentry.session.masking import MaskingService
 
 log = logging.getLogger("dbsentry.masking")
 
+# Beyond the budget, how long the last table may take before the run is abandoned.
+_GRACE_SECONDS = 5.0
+
 
 class CatalogError(Exception):
     pass
+
+
+@dataclass(slots=True)
+class _Sampled:
+    """What the samples of one relation found, and when they were taken."""
+
+    at: float
+    # column name -> (type oid, finding): a finding survives while the column's type does.
+    findings: dict[str, tuple[int, ValueFinding]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ValueMemory:
+    """The findings of a connection's samples, kept across catalog reads."""
+
+    relations: dict[int, _Sampled] = field(default_factory=dict)
+
+    def priority(self) -> dict[int, float]:
+        return {oid: s.at for oid, s in self.relations.items()}
+
+    def update(self, catalog: Catalog, report: SampleReport, now: float) -> None:
+        for oid in report.sampled:
+            rel = catalog.relations.get(oid)
+            if rel is None:
+                continue
+            types = {c.name: c.type_oid for c in rel.columns}
+            found = report.findings.get(oid, {})
+            self.relations[oid] = _Sampled(
+                now, {name: (types[name], f) for name, f in found.items() if name in types}
+            )
+        for oid in list(self.relations):
+            if oid not in catalog.relations:
+                del self.relations[oid]
+
+    def findings(self, catalog: Catalog) -> dict[int, dict[str, ValueFinding]]:
+        """Every relation's last findings, for the columns whose type has not changed."""
+        out: dict[int, dict[str, ValueFinding]] = {}
+        for oid, sampled in self.relations.items():
+            rel = catalog.relations.get(oid)
+            if rel is None:
+                continue
+            types = {c.name: c.type_oid for c in rel.columns}
+            kept = {n: f for n, (t, f) in sampled.findings.items() if types.get(n) == t}
+            if kept:
+                out[oid] = kept
+        return out
 
 
 class CatalogLoader:
@@ -27,6 +89,7 @@ class CatalogLoader:
         self._locks: dict[str, asyncio.Lock] = {}
         self._loaded_at: dict[str, float] = {}
         self._stale: set[str] = set()
+        self._values: dict[str, ValueMemory] = {}
 
     async def ensure(self, name: str) -> None:
         """The catalog of ``name`` is loaded (reading it now if it never was)."""
@@ -57,20 +120,73 @@ class CatalogLoader:
                 return
             self._stale.discard(name)
             conn = self.config.connections[name]
+            memory = self._values.setdefault(name, ValueMemory())
             try:
-                catalog = await _read(conn)
+                catalog = await _read(conn, self.config.masking, name, memory)
             except (psycopg.Error, OSError) as err:
                 raise CatalogError(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__) from None
-            classmap = classify_catalog(catalog, self.config.masking.overrides)
+            classmap = classify_catalog(catalog, self.config.masking.overrides, memory.findings(catalog))
             self.service.install(name, catalog, classmap)
             self._loaded_at[name] = time.monotonic()
             log.info(
                 "catalog loaded",
-                extra={"fields": {"connection": name, "relations": len(catalog.relations), "sensitive_columns": len(classmap.columns)}},
+                extra={"fields": {"connection": name, "relations": len(catalog.relations), "sensitive_columns": len(classmap.columns), "scanned_columns": len(classmap.scan)}},
             )
 
 
-async def _read(conn: ConnectionConfig) -> Catalog:
+async def _judge(table: str, columns: Sequence[SampledColumn], rows: list[Any]) -> dict[str, ValueFinding]:
+    # Detectors are regular expressions over up to rows x columns values: off the event loop.
+    return await asyncio.to_thread(classify_table_sample, table, columns, rows)
+
+
+async def sample(aconn: Any, catalog: Catalog, masking: MaskingConfig, name: str, memory: ValueMemory) -> None:
+    """Sample ``catalog``'s tables on ``aconn`` into ``memory``; never raises for what one
+    table does, and gives up (keeping what was read) when the budget is spent."""
+    report = SampleReport()
+    run = fetch_samples(
+        aconn,
+        catalog,
+        rows=masking.sample_rows,
+        timeout_ms=masking.sample_timeout_ms,
+        budget_seconds=masking.sample_budget_seconds,
+        priority=memory.priority(),
+        classify=_judge,
+        report=report,
+    )
+    limit = masking.sample_budget_seconds + masking.sample_timeout_ms / 1000 + _GRACE_SECONDS
+    failed: str | None = None
+    try:
+        await asyncio.wait_for(run, limit)
+    except TimeoutError:
+        failed = f"sampling took longer than {limit:g}s"
+    except (psycopg.Error, OSError) as err:
+        failed = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    memory.update(catalog, report, time.monotonic())
+    for oid, why in sorted(report.skipped.items()):
+        rel = catalog.relations.get(oid)
+        where = f"{rel.schema}.{rel.name}" if rel is not None else str(oid)
+        log.warning(
+            "table not sampled; keeping what its last sample found",
+            extra={"fields": {"connection": name, "table": where, "reason": why}},
+        )
+    fields: dict[str, Any] = {
+        "connection": name,
+        "sampled": len(report.sampled),
+        "skipped": len(report.skipped),
+        "with_findings": len(report.findings),
+        "seconds": round(report.seconds, 3),
+    }
+    if failed is not None:
+        fields["error"] = failed
+        log.warning("value sampling stopped early", extra={"fields": fields})
+    else:
+        log.info("values sampled", extra={"fields": fields})
+
+
+async def _read(conn: ConnectionConfig, masking: MaskingConfig, name: str, memory: ValueMemory) -> Catalog:
     kwargs = conn.libpq_kwargs("dbsentry-catalog")
     async with await psycopg.AsyncConnection.connect(autocommit=True, **kwargs) as aconn:  # type: ignore[arg-type]
-        return await fetch_catalog(aconn)
+        catalog = await fetch_catalog(aconn)
+        if masking.sample:
+            await sample(aconn, catalog, masking, name, memory)
+        return catalog

@@ -10,9 +10,11 @@ import threading
 from collections.abc import Callable
 
 from dbsentry.approvals import Approvals, ApprovalStoreError, Notifier, open_approval_store
-from dbsentry.audit import AuditStoreError, AuditWriter, Signer, open_store
+from dbsentry.audit import AuditStoreError, AuditWriter, Signer, open_store, redaction
+from dbsentry.audit.redaction import redactor_from_config
 from dbsentry.config import Config, ConfigError, LoadedConfig, check_environments
 from dbsentry.identity import Authenticator
+from dbsentry.masking.copies import DerivedClassFile
 from dbsentry.policy import PolicyError
 from dbsentry.policy.loader import declared_environments
 from dbsentry.server.catalogs import CatalogLoader
@@ -92,7 +94,14 @@ async def run_server(
     if not config.passthrough:
         # The catalog serves masking and tells which functions may change data.
         key_path = config.masking.hash_key_file or config.state_dir / "masking.key"
-        catalogs = CatalogLoader(config, MaskingService(config.masking, load_or_create_key(key_path)))
+        derived = DerivedClassFile(config.state_dir / "masking-derived-classes.json")
+        service = MaskingService(config.masking, load_or_create_key(key_path), derived.load(), derived.save)
+        catalogs = CatalogLoader(config, service)
+        try:  # sensitive values in audit records and approval requests become keyed tokens
+            redaction.install(redactor_from_config(config.audit, config.state_dir, catalogs.service.current))
+        except (OSError, ValueError) as err:
+            log.error("cannot load the audit redaction key; not starting", extra={"fields": {"reason": str(err)}})
+            sys.exit(2)
     approvals: Approvals | None = None
     if writer is not None:
         try:

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from dbsentry.audit import AuditConfig, CompletionRecord, SessionEvent, StatementRecord
+from dbsentry.audit.redaction import LiteralRedactor, current
 from dbsentry.identity.model import Identity
 from dbsentry.policy.engine import Decision
 from dbsentry.session.masking import StatementPlan
@@ -55,6 +56,18 @@ class SessionAudit:
     application_name: str | None = None
     opened_at: float = field(default_factory=time.monotonic)
     _pending: deque[_Pending] = field(default_factory=_nothing_pending)
+    # Turns sensitive values into tokens (audit.redact_literals); default: the process's.
+    redactor: LiteralRedactor | None = None
+
+    def _redactor(self) -> LiteralRedactor:
+        return self.redactor if self.redactor is not None else current()
+
+    def _error_text(self, message: str) -> str:
+        """An error text as stored: PostgreSQL quotes values in errors (``invalid input
+        syntax for type integer: "4111..."``), so detected values become tokens."""
+        if self.config.redact_literals is False:
+            return message[:1000]
+        return self._redactor().text(message[:4000])[:1000]
 
     @property
     def wait(self) -> bool:
@@ -117,6 +130,7 @@ class SessionAudit:
             sql=sql,
             params=params,
             redact=cfg.redact_literals,
+            redactor=self._redactor() if cfg.redact_literals == "sensitive" else None,
             max_statement_chars=cfg.max_statement_chars,
             max_param_chars=cfg.max_param_chars,
             max_params_chars=cfg.max_params_chars,
@@ -160,7 +174,7 @@ class SessionAudit:
         return self._complete(rows=0)
 
     def error(self, sqlstate: str, message: str) -> CompletionRecord | None:
-        return self._complete(sqlstate=sqlstate, error=message[:1000])
+        return self._complete(sqlstate=sqlstate, error=self._error_text(message))
 
     def ready(self, cycle: int) -> list[CompletionRecord]:
         """ReadyForQuery number ``cycle`` arrived: what is still pending from it never ran."""
@@ -184,7 +198,7 @@ class SessionAudit:
                         session_id=self.session_id,
                         duration_ms=round((time.monotonic() - p.started) * 1000, 3),
                         sqlstate=sqlstate,
-                        error=f"not executed: {message}"[:1000],
+                        error=self._error_text(f"not executed: {message}"),
                     )
                 )
             else:

@@ -24,6 +24,7 @@ the catalog does not know (created since it was read, or temporary) counts as op
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import replace
 
 from dbsentry.masking.catalog import Catalog, Function, Relation
@@ -56,10 +57,13 @@ def _worst(a: tuple[bool, bool], b: tuple[bool, bool]) -> tuple[bool, bool]:
 class FunctionSafety:
     """Judges what the statements of one catalog run; memoized, so build one per catalog."""
 
-    __slots__ = ("_by_name", "_catalog", "_fn_memo", "_marked", "_name_memo", "_relations", "_views")
+    __slots__ = ("_by_name", "_catalog", "_fn_memo", "_marked", "_name_memo", "_relations", "_trusted", "_trusting", "_views")
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, trusted: frozenset[str] = frozenset()) -> None:
         self._catalog = catalog
+        # Functions the policy vouches for (``baseline.safe_functions``: schema.name globs).
+        self._trusted = trusted
+        self._trusting: dict[frozenset[str], FunctionSafety] = {}
         self._by_name: dict[str, list[Function]] = {}
         for fn in catalog.functions.values():
             self._by_name.setdefault(fn.name, []).append(fn)
@@ -71,6 +75,20 @@ class FunctionSafety:
         self._views: dict[int, tuple[bool, bool]] = {}
         # Statement text -> (facts, marked facts): the text decides the facts.
         self._marked: LRU[str, tuple[StatementFacts, StatementFacts]] = LRU(4096)
+
+    def trusting(self, trusted: frozenset[str]) -> FunctionSafety:
+        """The same judge, vouching for the functions ``trusted`` names (kept per set, so
+        its memos survive between statements)."""
+        if trusted == self._trusted:
+            return self
+        found = self._trusting.get(trusted)
+        if found is None:
+            found = self._trusting[trusted] = FunctionSafety(self._catalog, trusted)
+        return found
+
+    def _vouched(self, fn: Function) -> bool:
+        name = f"{fn.schema}.{fn.name}".lower()
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self._trusted)
 
     @property
     def known(self) -> bool:
@@ -117,6 +135,8 @@ class FunctionSafety:
         return verdict
 
     def _judge(self, fn: Function, depth: int) -> tuple[bool, bool]:
+        if self._trusted and self._vouched(fn):
+            return _SAFE  # the policy vouches for it
         if fn.kind in ("p", "a", "w") or fn.volatility not in ("i", "s"):
             return _CHANGES
         if fn.language not in _TRUSTED_LANGUAGES:

@@ -58,6 +58,7 @@ from dbsentry.session.masking import (
     SessionMasking,
     StatementPlan,
     looks_masked,
+    writes_masked_literal,
 )
 from dbsentry.session.rowcap import RowCap
 from dbsentry.session.server_params import (
@@ -201,6 +202,9 @@ class GrantSource(Protocol):
 _COPYING = frozenset(
     {"CREATE TABLE AS", "SELECT INTO", "CREATE VIEW", "CREATE MATERIALIZED VIEW", "INSERT", "UPDATE", "MERGE"}
 )
+
+
+_VIEWS = frozenset({"CREATE VIEW", "CREATE MATERIALIZED VIEW"})
 
 
 def _copies_data(facts: StatementFacts) -> bool:
@@ -1608,22 +1612,32 @@ class Session:
     def _mask_plans(self, sql: str, check: Check) -> tuple[Check, tuple[StatementPlan | None, ...]]:
         """The mask plan of each statement, or a refusal when masking cannot be guaranteed."""
         verdict = check.verdict
-        if any(f.statement_class == "WRITE" for f in verdict.facts) and looks_masked(sql):
+        if any(f.statement_class == "WRITE" for f in verdict.facts) and writes_masked_literal(sql):
             return _refusal(check, "masking.write_back", "writing a masked value back is refused"), ()
         masking = self.masking
         if masking is None:
             return check, ()
-        if masking.exempt():
+        exempt = masking.exempt()
+        view = masking.service.current(masking.connection)
+        if view is not None and any(_copies_data(f) for f in verdict.facts):
+            copies = masking.copies(sql)
+            if not exempt and (
+                copies is None or copies or any(f.command in _VIEWS and view.copies_sensitive_columns(f) for f in verdict.facts)
+            ):
+                # Copying classified values elsewhere (a table, a view, another column)
+                # would let a masked identity read them unmasked from there.
+                return _refusal(check, "masking.copy_out", "a masked identity may not copy sensitive columns"), ()
+            if copies:
+                # Whoever reads the copies later sees them masked like the originals.
+                masking.service.inherit(masking.connection, copies)
+        if exempt:
             # Plans are still made (and kept for prepared statements and cursors): whether
             # results are masked is decided when they arrive, grants may expire meanwhile.
             return check, masking.plan(sql, verdict.facts, check.decision)
-        view = masking.service.current(masking.connection)
-        if view is not None and any(
-            _copies_data(f) and view.copies_sensitive_columns(f) for f in verdict.facts
-        ):
-            # Copying sensitive columns elsewhere (a table, a view, another column) would
-            # let a masked identity read them unmasked from there.
-            return _refusal(check, "masking.copy_out", "a masked identity may not copy sensitive columns"), ()
+        side = masking.side_channel(verdict.facts)
+        if side is not None:
+            # The value would leave by a notification or a setting, where no plan masks it.
+            return _refusal(check, "masking.side_channel", side), ()
         plans = masking.plan(sql, verdict.facts, check.decision)
         assert self.identity is not None
         identity = self.approvals.effective_identity(self.identity) if self.approvals is not None else self.identity
@@ -1772,11 +1786,14 @@ class Session:
 
     def _govern_function_call(self, gov: Governor, chunk: _Chunk, start: int, end: int) -> None:
         # A FunctionCall names a function by OID only, so governance cannot check it:
-        # where the baseline applies (production), it is refused (fail closed).
-        if self._environment in gov.policy.production_environments:
+        # where the baseline applies (production), it is refused (fail closed); so it is
+        # for identities under masking, whose FunctionCallResponse no plan could mask.
+        masked = self.masking is not None and not self.masking.exempt()
+        if self._environment in gov.policy.production_environments or masked:
+            rule = "baseline.function_call" if self._environment in gov.policy.production_environments else "masking.function_call"
             message = (
                 "dbsentry: the FunctionCall protocol message is not allowed here; call the function with SQL "
-                "(rule: baseline.function_call)"
+                f"(rule: {rule})"
             )
             marker = self._refuse(message, "42501", chunk.commands)
             chunk.replace(start, end, self._marker_query(marker))
@@ -1920,6 +1937,7 @@ class Session:
             i += 1
             if exchange is not None and t != m.R_DATA_ROW and t != m.COPY_DATA:
                 exchange.received(t)
+            masked: bytes | None = None
             if masking is not None:
                 if t == m.R_DATA_ROW or t == m.COPY_DATA:
                     # A run of result rows is masked in one call; nothing below looks at them.
@@ -1929,8 +1947,9 @@ class Session:
                     i += count - 1
                     continue
                 masked = masking.received(t, buf, start, end)
-                if masked is not None and not (t == m.R_ERROR and self._refusals and self._is_ours(buf, start, end)):
+                if masked is not None and not (t == m.R_ERROR and self._refusals):
                     chunk.replace(start, end, masked)
+                    masked = None
             if t == m.R_READY:
                 self.txn_status = codec.decode_ready(buf, start, end).status
                 if self._cycles_done < self._cycles_sent:
@@ -1951,6 +1970,8 @@ class Session:
                     if ours is not None:
                         chunk.replace(start, end, ours)
                         continue
+                    if masked is not None:  # the server's own error, masked
+                        chunk.replace(start, end, masked)
                 if audit is not None:
                     fields = codec.decode_error_fields(buf, start, end)
                     self._audit_done(chunk, audit.error(fields.sqlstate, fields.message))

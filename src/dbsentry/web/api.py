@@ -21,6 +21,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from dbsentry.audit.query import iso, parse_when, statement_row
+from dbsentry.audit.redaction import current as current_redactor
 from dbsentry.audit.store import SearchFilter, StoredRecord
 from dbsentry.identity.model import Identity
 from dbsentry.identity.tokens import TokenInfo, parse_duration
@@ -382,11 +383,17 @@ def build_router(svc: WebServices) -> APIRouter:
         ] = None,
         until: str | None = None,
         text: Annotated[str | None, Query(max_length=1000)] = None,
+        value: Annotated[
+            str | None,
+            Query(max_length=1000, description="a value as sent: records holding its token"),
+        ] = None,
         cursor: int | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
         order: Literal["newest", "oldest"] = "newest",
     ) -> StatementPage:
+        redactor = current_redactor()
         flt = SearchFilter(
+            digests=redactor.search_digests(value) if value else (),
             identity=identity or None,
             identity_kind=kind,
             connection=connection or None,
@@ -400,7 +407,11 @@ def build_router(svc: WebServices) -> APIRouter:
         )
         audit(
             request, who, "statements.search",
-            filter={k: v for k, v in dataclasses.asdict(flt).items() if v is not None},
+            filter={
+                k: (redactor.text(v) if k == "text" else v)  # a search term may be a value
+                for k, v in dataclasses.asdict(flt).items()
+                if v is not None and v != ()
+            },
             cursor=cursor,
         )  # fmt: skip
         return statement_page(svc, flt, cursor=cursor, limit=limit, newest_first=order == "newest")
@@ -802,7 +813,11 @@ def build_router(svc: WebServices) -> APIRouter:
             request,
             who,
             "data_access.summary",
-            filter={k: v for k, v in dataclasses.asdict(flt).items() if v is not None},
+            filter={
+                k: (current_redactor().text(v) if k == "text" else v)  # a term may be a value
+                for k, v in dataclasses.asdict(flt).items()
+                if v is not None and v != ()
+            },
         )
         return {
             "since": iso(flt.since),

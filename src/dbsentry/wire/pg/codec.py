@@ -389,6 +389,72 @@ def decode_error_fields(buf: bytes, start: int, end: int) -> m.ErrorFields:
     return m.ErrorFields(tuple(out))
 
 
+def decode_raw_fields(buf: bytes, start: int, end: int) -> tuple[tuple[str, str], ...]:
+    """The fields of an ErrorResponse or NoticeResponse, each value decoded so that it
+    encodes back to the same bytes (bytes that are not UTF-8 survive as surrogates):
+    for rewriting a message without changing what is not rewritten."""
+    out: list[tuple[str, str]] = []
+    pos = start
+    while pos < end and buf[pos] != 0:
+        code = chr(buf[pos])
+        z = buf.find(b"\x00", pos + 1, end)
+        if z < 0:
+            raise ProtocolError("unterminated error field")
+        out.append((code, bytes(buf[pos + 1 : z]).decode("utf-8", "surrogateescape")))
+        pos = z + 1
+    if pos >= end:
+        raise ProtocolError("error fields are not terminated")
+    return tuple(out)
+
+
+def encode_raw_fields(type_byte: bytes, fields: Iterable[tuple[str, str]]) -> bytes:
+    """The inverse of :func:`decode_raw_fields`; NUL bytes in a value are dropped."""
+    body = b"".join(
+        k.encode() + v.encode("utf-8", "surrogateescape").replace(b"\x00", b"") + b"\x00" for k, v in fields
+    )
+    return frame(type_byte, body + b"\x00")
+
+
+def decode_notification(buf: bytes, start: int, end: int) -> m.NotificationResponse:
+    _need(start, 4, end)
+    (pid,) = _unpack_u32(buf, start)
+    z = buf.find(b"\x00", start + 4, end)
+    if z < 0:
+        raise ProtocolError("unterminated string in message")
+    channel = bytes(buf[start + 4 : z]).decode("utf-8", "surrogateescape")
+    y = buf.find(b"\x00", z + 1, end)
+    if y < 0:
+        raise ProtocolError("unterminated string in message")
+    payload = bytes(buf[z + 1 : y]).decode("utf-8", "surrogateescape")
+    return m.NotificationResponse(pid, channel, payload)
+
+
+def encode_notification(n: m.NotificationResponse) -> bytes:
+    def enc(s: str) -> bytes:
+        return s.encode("utf-8", "surrogateescape").replace(b"\x00", b"") + b"\x00"
+
+    return frame(b"A", _U32.pack(n.pid) + enc(n.channel) + enc(n.payload))
+
+
+def decode_raw_parameter_status(buf: bytes, start: int, end: int) -> m.ParameterStatus:
+    """A ParameterStatus whose value re-encodes to the same bytes (see decode_raw_fields)."""
+    z = buf.find(b"\x00", start, end)
+    y = buf.find(b"\x00", z + 1, end) if z >= 0 else -1
+    if y < 0:
+        raise ProtocolError("unterminated string in message")
+    return m.ParameterStatus(
+        bytes(buf[start:z]).decode("utf-8", "surrogateescape"),
+        bytes(buf[z + 1 : y]).decode("utf-8", "surrogateescape"),
+    )
+
+
+def encode_raw_parameter_status(name: str, value: str) -> bytes:
+    return frame(
+        b"S",
+        name.encode("utf-8", "surrogateescape") + b"\x00" + value.encode("utf-8", "surrogateescape").replace(b"\x00", b"") + b"\x00",
+    )
+
+
 def decode_command_complete(buf: bytes, start: int, end: int) -> m.CommandComplete:
     tag, _ = _cstr(buf, start, end)
     return m.CommandComplete(tag)

@@ -48,6 +48,7 @@ R_NEGOTIATE_VERSION = ord("v")
 R_COPY_IN = ord("G")
 R_COPY_OUT = ord("H")
 R_COPY_BOTH = ord("W")
+R_FUNCTION_CALL_RESPONSE = ord("V")
 
 AUTH_OK = 0
 AUTH_CLEARTEXT = 3
@@ -159,6 +160,15 @@ class Authentication:
 class ParameterStatus:
     name: str
     value: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationResponse:
+    """A NOTIFY delivered to a listening session (``pid`` is the notifying backend's)."""
+
+    pid: int
+    channel: str
+    payload: str
 
 
 @dataclass(frozen=True, slots=True)

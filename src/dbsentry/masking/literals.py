@@ -1,0 +1,548 @@
+"""Which constants and bound parameters of a statement meet a sensitive column.
+
+A value *meets* a column when the statement compares it with the column (``WHERE email =
+'ada@example.com'``, ``ssn IN (...)``, ``lower(email) LIKE $1``), inserts it into the column
+(``INSERT INTO customers (email) VALUES ($1)``, ``INSERT ... SELECT 'x'``) or assigns it to
+the column (``UPDATE ... SET ssn = '...'``, ``ON CONFLICT DO UPDATE SET``, ``MERGE ...
+UPDATE SET``/``INSERT VALUES``).  The audit trail uses this to hash such values before
+they are stored (see ``dbsentry.audit.redaction``); value detection covers the rest.
+
+Pure: a parse (``parse_sql_json``), the catalog and its ``ClassMap`` go in, positions come
+out.  Column references are resolved against the relations the statement names (by alias
+or name, anywhere in the statement: a deliberately coarse scope that can only find more).
+A column of a relation the catalog does not know (a CTE, a temporary table, a catalog not
+loaded yet) is classified by its name, as ``classify_column`` would classify it.
+
+The result is conservative where it cannot see: the arguments of SQL ``EXECUTE`` go into
+a statement prepared elsewhere, so they all count as meeting an unknown class (``None``).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from pglast import parser as _pg
+
+from dbsentry.masking.catalog import Catalog, ClassMap
+from dbsentry.masking.classes import DataClass, most_sensitive
+from dbsentry.masking.detect import classify_column
+
+__all__ = ["LiteralMeets", "Meets", "find_literal_meets"]
+
+# A class, or None for "sensitive, class unknown" (the arguments of SQL EXECUTE).
+Meets = DataClass | None
+
+_MAX_DEPTH = 400  # the facts walk refuses deeper trees long before this
+
+
+@dataclass(frozen=True, slots=True)
+class LiteralMeets:
+    """What ``find_literal_meets`` found.
+
+    ``literals``: character offset in the text of each constant that meets a sensitive
+    column (the offset of its first token: a negative number's ``-``), with the class.
+    ``params``: ``$n`` -> class.  ``values``: the value of every constant (numbers as
+    written, strings unquoted), by the same offsets.  ``parsed`` is False when the text
+    could not be parsed: nothing is known then, and callers should treat every constant
+    as sensitive.
+    """
+
+    literals: Mapping[int, Meets] = field(default_factory=dict)
+    params: Mapping[int, Meets] = field(default_factory=dict)
+    values: Mapping[int, str] = field(default_factory=dict)
+    parsed: bool = True
+
+
+_NOTHING = LiteralMeets()
+
+
+def _byte_to_char(sql: str) -> Any:
+    """A function mapping libpg_query's byte offsets to ``sql``'s character offsets."""
+    if sql.isascii():
+        return lambda b: b
+    raw = sql.encode("utf-8")
+    table: list[int] = []
+    for i, ch in enumerate(sql):
+        table.extend([i] * len(ch.encode("utf-8")))
+    table.append(len(sql))
+
+    def conv(b: int) -> int:
+        return table[b] if 0 <= b < len(table) else len(raw)
+
+    return conv
+
+
+def _strings(fields: Any) -> list[str] | None:
+    """The names of a ColumnRef's fields, or None when it ends in ``*``."""
+    out: list[str] = []
+    for f in fields or ():
+        if not isinstance(f, dict):
+            return None
+        s = f.get("String")
+        if s is None:
+            return None
+        out.append(str(s.get("sval", "")))
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _class_by_name(table: str, column: str) -> DataClass | None:
+    found = classify_column(table, column)
+    return found.data_class if found is not None else None
+
+
+class _Resolver:
+    """Column name -> class, within the relations one statement names."""
+
+    def __init__(
+        self,
+        tree: Any,
+        catalog: Catalog | None,
+        classmap: ClassMap | None,
+        search_path: Iterable[str] | None,
+    ) -> None:
+        self.catalog = catalog
+        self.classmap = classmap
+        self.search_path = tuple(search_path) if search_path is not None else None
+        # alias or relation name (lower case) -> [(schema or None, relname)]
+        self.names: dict[str, list[tuple[str | None, str]]] = {}
+        self.relations: list[tuple[str | None, str]] = []
+        for rv in _range_vars(tree, 0, []):
+            rel = (rv.get("schemaname"), str(rv.get("relname", "")))
+            if rel not in self.relations:
+                self.relations.append(rel)
+            alias = (rv.get("alias") or {}).get("aliasname")
+            for key in {rel[1], str(alias or rel[1])}:
+                bucket = self.names.setdefault(key, [])
+                if rel not in bucket:
+                    bucket.append(rel)
+        self._cache: dict[tuple[str | None, str], DataClass | None] = {}
+
+    def relation_columns(self, rel: tuple[str | None, str]) -> list[str] | None:
+        if self.catalog is None:
+            return None
+        found = self.catalog.relation(rel[0], rel[1], self.search_path)
+        if found is None:
+            return None
+        return [c.name for c in sorted(found.columns, key=lambda c: c.attnum)]
+
+    def in_relation(
+        self, rel: tuple[str | None, str], column: str
+    ) -> tuple[bool, DataClass | None]:
+        """(whether the catalog knows the relation, the column's class there)."""
+        if self.catalog is None:
+            return False, None
+        found = self.catalog.relation(rel[0], rel[1], self.search_path)
+        if found is None:
+            return False, None
+        if not any(c.name == column for c in found.columns):
+            return True, None
+        cls = self.classmap.get(found.source(column)) if self.classmap is not None else None
+        return True, (cls.data_class if cls is not None else None)
+
+    def column(self, qualifier: str | None, column: str) -> DataClass | None:
+        key = (qualifier, column)
+        if key in self._cache:
+            return self._cache[key]
+        if qualifier is not None:
+            candidates = self.names.get(qualifier) or [(None, qualifier)]
+        else:
+            candidates = self.relations
+        classes: set[DataClass] = set()
+        unknown: list[str] = []
+        for rel in candidates:
+            known, cls = self.in_relation(rel, column)
+            if cls is not None:
+                classes.add(cls)
+            elif not known:
+                unknown.append(rel[1])
+        if not candidates:
+            unknown.append("")
+        if not classes:
+            for table in unknown:  # not in the catalog: judge the name
+                guess = _class_by_name(table, column)
+                if guess is not None:
+                    classes.add(guess)
+        result = most_sensitive(classes)
+        self._cache[key] = result
+        return result
+
+
+def _range_vars(node: Any, depth: int, out: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if depth > _MAX_DEPTH:
+        return out
+    if type(node) is dict:
+        for k, v in node.items():
+            if type(v) is dict:
+                if k == "RangeVar" or (k == "relation" and "relname" in v):
+                    out.append(v)  # RangeVar, or the target of INSERT/UPDATE/DELETE/MERGE
+                _range_vars(v, depth + 1, out)
+            elif type(v) is list:
+                _range_vars(v, depth + 1, out)
+    elif type(node) is list:
+        for item in node:
+            if type(item) is dict or type(item) is list:
+                _range_vars(item, depth + 1, out)
+    return out
+
+
+class _Finder:
+    def __init__(self, resolver: _Resolver, to_char: Any) -> None:
+        self.r = resolver
+        self.to_char = to_char
+        self.literals: dict[int, Meets] = {}
+        self.params: dict[int, Meets] = {}
+        self.values: dict[int, str] = {}
+
+    # -- marking --------------------------------------------------------------------------
+
+    @staticmethod
+    def _merge_into(found: dict[int, Meets], key: int, cls: Meets) -> None:
+        """The most sensitive class wins; a known class wins over an unknown one."""
+        if key not in found or found[key] is None:
+            found[key] = cls
+        elif cls is not None:
+            found[key] = most_sensitive([found[key], cls])  # type: ignore[list-item]
+
+    def _mark_literal(self, loc: int, cls: Meets) -> None:
+        self._merge_into(self.literals, self.to_char(loc), cls)
+
+    def _mark_param(self, number: int, cls: Meets) -> None:
+        self._merge_into(self.params, number, cls)
+
+    def mark(self, node: Any, cls: Meets, strings_only: bool = False, depth: int = 0) -> None:
+        """Every constant and parameter in ``node`` meets ``cls`` (subqueries excepted:
+        their own comparisons decide)."""
+        if depth > _MAX_DEPTH:
+            return
+        if isinstance(node, list):
+            for item in node:
+                self.mark(item, cls, strings_only, depth + 1)
+            return
+        if not isinstance(node, dict):
+            return
+        for k, v in node.items():
+            if k == "A_Const" and isinstance(v, dict):
+                if v.get("isnull") or "boolval" in v:
+                    continue
+                if strings_only and "sval" not in v:
+                    continue
+                loc = v.get("location")
+                if isinstance(loc, int) and loc >= 0:
+                    self._mark_literal(loc, cls)
+            elif k == "ParamRef" and isinstance(v, dict):
+                n = v.get("number")
+                if isinstance(n, int) and n > 0:
+                    self._mark_param(n, cls)
+            elif k in ("SubLink", "SelectStmt"):
+                continue
+            elif type(v) is dict or type(v) is list:
+                self.mark(v, cls, strings_only, depth + 1)
+
+    # -- what meets what ------------------------------------------------------------------
+
+    def classes(self, node: Any, depth: int = 0) -> set[DataClass]:
+        """The classes of the columns ``node`` mentions (subqueries included)."""
+        out: set[DataClass] = set()
+        if depth > _MAX_DEPTH:
+            return out
+        if isinstance(node, list):
+            for item in node:
+                out |= self.classes(item, depth + 1)
+            return out
+        if not isinstance(node, dict):
+            return out
+        for k, v in node.items():
+            if k == "ColumnRef" and isinstance(v, dict):
+                names = _strings(v.get("fields"))
+                if names:
+                    qualifier = names[-2] if len(names) >= 2 else None
+                    cls = self.r.column(qualifier, names[-1])
+                    if cls is not None:
+                        out.add(cls)
+            elif type(v) is dict or type(v) is list:
+                out |= self.classes(v, depth + 1)
+        return out
+
+    def walk(self, node: Any, depth: int = 0) -> None:
+        if depth > _MAX_DEPTH:
+            return
+        if isinstance(node, list):
+            for item in node:
+                self.walk(item, depth + 1)
+            return
+        if not isinstance(node, dict):
+            return
+        for k, v in node.items():
+            if type(v) is list:
+                self.walk(v, depth + 1)
+                continue
+            if type(v) is not dict:
+                continue
+            if k == "A_Const":
+                loc = v.get("location")
+                value = _const_value(v)
+                if isinstance(loc, int) and loc >= 0 and value is not None:
+                    self.values[self.to_char(loc)] = value
+                continue
+            if k == "A_Expr":
+                self._compare(v.get("lexpr"), v.get("rexpr"))
+            elif k == "SubLink":
+                test = v.get("testexpr")
+                if test is not None:
+                    self._compare(test, _target_values(v.get("subselect")))
+            elif k == "FuncCall":
+                self._siblings(v.get("args") or [])
+            elif k == "CoalesceExpr" or k == "MinMaxExpr":
+                self._siblings(v.get("args") or [], strings_only=False)
+            elif k == "CaseExpr":
+                arg = v.get("arg")
+                if arg is not None:  # CASE email WHEN 'x' THEN ...
+                    cls = most_sensitive(self.classes(arg))
+                    if cls is not None:
+                        for when in v.get("args") or []:
+                            self.mark((when.get("CaseWhen") or {}).get("expr"), cls)
+            elif k == "InsertStmt":
+                self._insert(v)
+            elif k == "UpdateStmt":
+                self._assignments(v.get("relation"), v.get("targetList") or [])
+            elif k == "OnConflictClause":
+                pass  # handled with its InsertStmt
+            elif k == "MergeStmt":
+                self._merge(v)
+            elif k == "ExecuteStmt":
+                self.mark(v.get("params"), None)
+            self.walk(v, depth + 1)
+
+    def _compare(self, left: Any, right: Any) -> None:
+        lcls = most_sensitive(self.classes(left)) if left is not None else None
+        rcls = most_sensitive(self.classes(right)) if right is not None else None
+        if lcls is not None and right is not None:
+            self.mark(right, lcls)
+        if rcls is not None and left is not None:
+            self.mark(left, rcls)
+
+    def _siblings(self, args: list[Any], strings_only: bool = True) -> None:
+        """In ``f(email, 'ada@...')`` the string meets the column it is handled with."""
+        if len(args) < 2:
+            return
+        per_arg = [most_sensitive(self.classes(a)) for a in args]
+        for i, arg in enumerate(args):
+            others = [c for j, c in enumerate(per_arg) if j != i and c is not None]
+            if others:
+                self.mark(arg, most_sensitive(others), strings_only=strings_only)
+
+    def _column_class(self, relation: Any, column: str) -> DataClass | None:
+        if not isinstance(relation, dict):
+            return None
+        rel = (relation.get("schemaname"), str(relation.get("relname", "")))
+        known, cls = self.r.in_relation(rel, column)
+        if known:
+            return cls
+        return _class_by_name(rel[1], column)
+
+    def _assignments(self, relation: Any, targets: list[Any]) -> None:
+        for t in targets:
+            rt = t.get("ResTarget") if isinstance(t, dict) else None
+            if not isinstance(rt, dict) or not rt.get("name"):
+                continue
+            cls = self._column_class(relation, str(rt["name"]))
+            if cls is None:
+                continue
+            val = rt.get("val")
+            multi = val.get("MultiAssignRef") if isinstance(val, dict) else None
+            if isinstance(multi, dict):  # SET (a, b) = ('x', 'y'): the colno-th value
+                source = multi.get("source") or {}
+                row = source.get("RowExpr") if isinstance(source, dict) else None
+                colno = multi.get("colno")
+                if isinstance(row, dict) and isinstance(colno, int):
+                    args = row.get("args") or []
+                    if 0 < colno <= len(args):
+                        self.mark(args[colno - 1], cls)
+                continue
+            self.mark(val, cls)
+
+    def _insert(self, stmt: dict[str, Any]) -> None:
+        relation = stmt.get("relation")
+        cols = [
+            str((c.get("ResTarget") or {}).get("name", ""))
+            for c in stmt.get("cols") or []
+            if isinstance(c, dict)
+        ]
+        if not cols and isinstance(relation, dict):
+            known = self.r.relation_columns(
+                (relation.get("schemaname"), str(relation.get("relname", "")))
+            )
+            cols = known or []
+        classes = [self._column_class(relation, c) for c in cols]
+        if any(c is not None for c in classes):
+            self._insert_values(stmt.get("selectStmt"), classes, 0)
+        conflict = stmt.get("onConflictClause")
+        if isinstance(conflict, dict):
+            self._assignments(relation, conflict.get("targetList") or [])
+
+    def _insert_values(self, select: Any, classes: list[DataClass | None], depth: int) -> None:
+        if not isinstance(select, dict) or depth > _MAX_DEPTH:
+            return
+        sel = select.get("SelectStmt")
+        if not isinstance(sel, dict):
+            return
+        if sel.get("op") not in (None, "SETOP_NONE"):
+            self._insert_values(sel.get("larg") and {"SelectStmt": sel["larg"]}, classes, depth + 1)
+            self._insert_values(sel.get("rarg") and {"SelectStmt": sel["rarg"]}, classes, depth + 1)
+            return
+        for row in sel.get("valuesLists") or []:
+            items = (row.get("List") or {}).get("items") if isinstance(row, dict) else None
+            for i, item in enumerate(items or []):
+                if i < len(classes) and classes[i] is not None:
+                    self.mark(item, classes[i])
+        for i, t in enumerate(sel.get("targetList") or []):
+            rt = t.get("ResTarget") if isinstance(t, dict) else None
+            if isinstance(rt, dict) and i < len(classes) and classes[i] is not None:
+                self.mark(rt.get("val"), classes[i])
+
+    def _merge(self, stmt: dict[str, Any]) -> None:
+        relation = stmt.get("relation")
+        for clause in stmt.get("mergeWhenClauses") or []:
+            w = clause.get("MergeWhenClause") if isinstance(clause, dict) else None
+            if not isinstance(w, dict):
+                continue
+            targets = w.get("targetList") or []
+            if w.get("commandType") == "CMD_INSERT":
+                cols = [str((t.get("ResTarget") or {}).get("name", "")) for t in targets]
+                if not cols and isinstance(relation, dict):
+                    cols = (
+                        self.r.relation_columns(
+                            (relation.get("schemaname"), str(relation.get("relname", "")))
+                        )
+                        or []
+                    )
+                for i, values in enumerate(w.get("values") or []):
+                    if i < len(cols):
+                        cls = self._column_class(relation, cols[i])
+                        if cls is not None:
+                            self.mark(values, cls)
+            else:
+                self._assignments(relation, targets)
+
+
+def _const_value(node: dict[str, Any]) -> str | None:
+    for kind, inner in (("sval", "sval"), ("ival", "ival"), ("fval", "fval"), ("bsval", "bsval")):
+        if kind in node:
+            v = node[kind]
+            got = v.get(inner) if isinstance(v, dict) else None
+            if got is None:  # protobuf JSON leaves out defaults: 0 and ''
+                return "0" if kind == "ival" else ""
+            return str(got)
+    return None
+
+
+_COLUMN_REF_RE = re.compile(r'"ColumnRef":\{"fields":\[([^\]]*)\]')
+_SVAL_RE = re.compile(r'"sval":"((?:[^"\\]|\\.)*)"')
+_TARGET_NAME_RE = re.compile(r'"ResTarget":\{"name":"((?:[^"\\]|\\.)*)"')
+# Statements whose values meet columns the text does not name (INSERT without a column
+# list, MERGE ... INSERT VALUES) or any column at all (EXECUTE).
+_ALWAYS_WALK = ('"InsertStmt"', '"MergeStmt"', '"ExecuteStmt"')
+_SENSITIVE_NAMES: dict[int, frozenset[str]] = {}
+
+
+def _sensitive_names(classmap: ClassMap | None) -> frozenset[str]:
+    if classmap is None:
+        return frozenset()
+    key = id(classmap)
+    names = _SENSITIVE_NAMES.get(key)
+    if names is None:
+        if len(_SENSITIVE_NAMES) > 64:
+            _SENSITIVE_NAMES.clear()
+        names = _SENSITIVE_NAMES[key] = frozenset(c.column for c in classmap.columns)
+    return names
+
+
+def _may_meet(raw: str, classmap: ClassMap | None) -> bool:
+    """Whether any column the parse names may be sensitive (the catalog's classified
+    names, or a name that classifies by itself), read from the JSON text: a cheap test
+    that lets most statements skip the walk."""
+    if any(marker in raw for marker in _ALWAYS_WALK):
+        return True
+    known = _sensitive_names(classmap)
+    names = set(_TARGET_NAME_RE.findall(raw))
+    for fields in _COLUMN_REF_RE.findall(raw):
+        names.update(_SVAL_RE.findall(fields))
+    # "customers": a people-ish table, so that a bare ``name`` counts too
+    return any("\\" in n or n in known or _class_by_name("customers", n) is not None for n in names)
+
+
+def _const_values(node: Any, to_char: Any, out: dict[int, str], depth: int = 0) -> None:
+    if depth > _MAX_DEPTH:
+        return
+    if type(node) is list:
+        for item in node:
+            _const_values(item, to_char, out, depth + 1)
+    elif type(node) is dict:
+        for k, v in node.items():
+            if k == "A_Const" and type(v) is dict:
+                loc = v.get("location")
+                value = _const_value(v)
+                if isinstance(loc, int) and loc >= 0 and value is not None:
+                    out[to_char(loc)] = value
+            elif type(v) is dict or type(v) is list:
+                _const_values(v, to_char, out, depth + 1)
+
+
+def _target_values(select: Any) -> Any:
+    """The output expressions of a subquery (``email IN (SELECT 'x' UNION SELECT $1)``)."""
+    out: list[Any] = []
+    stack = [select]
+    while stack:
+        node = stack.pop()
+        sel = node.get("SelectStmt") if isinstance(node, dict) else None
+        if not isinstance(sel, dict):
+            continue
+        if sel.get("op") not in (None, "SETOP_NONE"):
+            stack.extend({"SelectStmt": sel[k]} for k in ("larg", "rarg") if sel.get(k))
+            continue
+        for t in sel.get("targetList") or []:
+            rt = t.get("ResTarget") if isinstance(t, dict) else None
+            if isinstance(rt, dict):
+                out.append(rt.get("val"))
+        for row in sel.get("valuesLists") or []:
+            out.append(row)
+    return out
+
+
+def find_literal_meets(
+    sql: str,
+    catalog: Catalog | None = None,
+    classmap: ClassMap | None = None,
+    search_path: Iterable[str] | None = None,
+) -> LiteralMeets:
+    """The constants and ``$n`` parameters of ``sql`` that meet a sensitive column.
+
+    ``catalog`` and ``classmap`` are a connection's classified catalog; without them every
+    column is judged by its name.  Never raises: a text that cannot be parsed gives
+    ``LiteralMeets(parsed=False)``.
+    """
+    try:
+        raw = _pg.parse_sql_json(sql)
+    except Exception:
+        return LiteralMeets(parsed=False)
+    if '"A_Const"' not in raw and '"ParamRef"' not in raw:
+        return _NOTHING  # nothing that could carry a value
+    tree = orjson.loads(raw)
+    if not _may_meet(raw, classmap):
+        # no column it names can be sensitive: only the constants' values are needed
+        values: dict[int, str] = {}
+        _const_values(tree, _byte_to_char(sql), values)
+        return LiteralMeets(values=values)
+    try:
+        to_char = _byte_to_char(sql)
+        finder = _Finder(_Resolver(tree, catalog, classmap, search_path), to_char)
+        finder.walk(tree.get("stmts") or [])
+    except RecursionError:
+        return LiteralMeets(parsed=False)
+    return LiteralMeets(finder.literals, finder.params, finder.values)
