@@ -82,6 +82,10 @@ LOOKUPS = [
     "INSERT INTO customers (id, email) VALUES (1, 'x') ON CONFLICT (email) DO NOTHING",
     "SELECT id, row_number() OVER (ORDER BY id) FROM customers WHERE email = 'x'",
     "SELECT first_value(email) OVER (PARTITION BY id) FROM customers",
+    # expanding a stored value reveals its size, like count()
+    "SELECT e FROM customers c, unnest(ARRAY[c.id]) e",
+    "SELECT k FROM customers c, json_each_text(c.email) k",
+    "SELECT unnest(email) FROM customers",
 ]
 
 
@@ -168,6 +172,8 @@ PROBES = [
     ),
     ("SELECT id FROM customers c, LATERAL (SELECT 1 WHERE c.ssn LIKE '5%') x", "ssn in WHERE"),
     ("SELECT id FROM customers c, regexp_matches(c.ssn, '^5') m", "ssn in a function in FROM"),
+    ("SELECT k FROM customers c, jsonb_object_keys(c.email::jsonb) k", "email in a function in FROM"),
+    ("SELECT e FROM customers c, unnest(string_to_array(c.ssn, '5')) e", "ssn in a function in FROM"),
     (
         "SELECT id FROM customers c, generate_series(1, length(c.email)) g",
         "email in a function in FROM",

@@ -276,6 +276,12 @@ _SRF_WIDTH = {
 }  # fmt: skip
 # Functions of _NO_LINEAGE whose argument's only revealed property is whether it is null.
 _PRESENCE = frozenset({"count", "num_nulls", "num_nonnulls", "pg_typeof", "grouping"})
+# Set-returning built-ins that expand a value into its elements.
+_EXPANSIONS = frozenset({
+    "unnest", "json_array_elements", "jsonb_array_elements", "json_array_elements_text",
+    "jsonb_array_elements_text", "json_object_keys", "jsonb_object_keys", "json_each",
+    "jsonb_each", "json_each_text", "jsonb_each_text",
+})  # fmt: skip
 # Set-returning built-ins: among output values, how many rows they yield depends on
 # their arguments' values (regexp_matches(ssn, '^5') is a filter).
 _SETOF = frozenset({
@@ -359,13 +365,20 @@ class _Walk:
         for src in sorted(value.sources):
             self.uses.setdefault(PredicateUse(src, clause, shape), None)
 
-    def shaped(self, node: Any, scope: _Scope, shape: Shape) -> None:
+    def shaped(self, node: Any, scope: _Scope, shape: Shape) -> _L:
         """Walk a column reference whose use has ``shape`` if it is a stored value."""
         self.shape = shape
         try:
-            self.expr(node, scope)
+            return self.expr(node, scope)
         finally:
             self.shape = "other"
+
+    def argument(self, name: str, node: Any, scope: _Scope) -> _L:
+        """An argument of a set-returning function: expanding a stored value (its array
+        elements, its JSON keys) reveals its size, like count(); anything else counts."""
+        if name in _EXPANSIONS and _kind(node) == "ColumnRef":
+            return self.shaped(node, scope, "presence")
+        return self.expr(node, scope)
 
     def filter(self, node: Any, scope: _Scope, clause: str) -> None:
         """A condition that filters rows (WHERE, JOIN ... ON, FILTER): point lookups of a
@@ -877,7 +890,7 @@ class _Walk:
             return [(_coldef_name(c), union) for c in coldef]
         width = _SRF_WIDTH.get(name)
         if width == -1:
-            return [(name, _indirect(self.expr(a, scope))) for a in args]
+            return [(name, _indirect(self.argument(name, a, scope))) for a in args]
         if width is None:
             return None
         names = _SRF_NAMES.get(name, (name,))
@@ -1259,6 +1272,8 @@ class _Walk:
         transparent = name in _TRANSPARENT and schema in (None, "pg_catalog") and len(args) >= 1
         if transparent and name in ("lag", "lead", "nth_value", "first_value", "last_value"):
             return _computed(self.expr(args[0], scope))
+        if name in _EXPANSIONS and self.clause in ("a function in FROM", "a set-returning function"):
+            return _union((self.argument(name, a, scope) for a in args), transparent)
         return _union((self.expr(a, scope) for a in args), transparent)
 
     def sublink(self, body: dict[str, Any], scope: _Scope) -> _L:
