@@ -58,6 +58,10 @@ def env(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             f"create function {pub}.go_hr_sql() returns text language sql as "
             f"$$ select set_config('search_path', '{hr}, {pub}', false) $$"
         )
+        c.execute(
+            f"create function {pub}.staff_name() returns text language sql stable "
+            f"set search_path = {hr} as $$ select name from things limit 1 $$"
+        )
         c.execute(f"create function {pub}.hr_name() returns text language sql as $$ select 'x'::text $$")
         c.execute(f"create function {hr}.hr_name() returns text language sql as $$ select name from {hr}.things $$")
     config = write_config(tmp_path_factory.mktemp("search_path"), pg_server)
@@ -161,3 +165,14 @@ def test_the_harmless_table_is_not_altered(env: Env, mode: str) -> None:
     assert o.ok and o.rows == [("WIDGET PRO", "W-100")], str(o)
     out = run(mode, env.proxy, [f"set search_path = {env.pub}", "select upper(name) as n, code from things"], MASKED)
     assert out[1].ok and out[1].rows == [("WIDGET PRO", "W-100")], str(out[1])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_functions_own_search_path_resolves_its_body(env: Env, mode: str) -> None:
+    """``SET search_path`` on the function: its body reads <hr>.things, whatever the
+    caller's path says."""
+    out = run(mode, env.proxy, [f"set search_path = {env.pub}", f"select {env.pub}.staff_name() as n"], MASKED)
+    assert out[1].ok, str(out[1])
+    SECRETS.assert_no_leak(_blob(out), context=mode)
+    real = run(mode, env.proxy, [f"select {env.pub}.staff_name() as n"], READER)
+    assert real[0].rows == [(NAME,)], str(real[0])

@@ -119,7 +119,8 @@ SELECT p.oid::int8, n.nspname::text, p.proname::text, l.lanname::text,
        COALESCE(p.proargmodes::text[], '{{}}'::text[]),
        t.typrelid::int8,
        p.prokind::text,
-       p.provolatile::text
+       p.provolatile::text,
+       COALESCE(p.proconfig, '{{}}'::text[])
 FROM pg_catalog.pg_proc p
 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 JOIN pg_catalog.pg_language l ON l.oid = p.prolang
@@ -131,7 +132,7 @@ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
 #: language, SQL body (LANGUAGE sql only; ``BEGIN ATOMIC``/``RETURN`` bodies through
 #: ``pg_get_function_sqlbody``), returns a set, argument count, argument names, argument
 #: modes, the relation oid of a composite return type (0 otherwise), kind (f/p/a/w),
-#: volatility (i/s/v).
+#: volatility (i/s/v), its own settings (``SET search_path = ...`` clauses).
 FUNCTIONS_SQL = _FUNCTIONS_SELECT.format(
     body="CASE WHEN p.prosqlbody IS NOT NULL THEN pg_catalog.pg_get_function_sqlbody(p.oid) ELSE p.prosrc END"
 )
@@ -320,6 +321,7 @@ class Function:
     result_relid: int  # the relation of a composite return type, 0 otherwise
     kind: str = "f"
     volatility: str = "v"  # i immutable, s stable, v volatile (the worst when unknown)
+    search_path: tuple[str, ...] | None = None  # its own ``SET search_path`` clause
 
     @property
     def out_names(self) -> tuple[str, ...]:
@@ -336,6 +338,19 @@ class Function:
         return tuple(
             n for n, m in zip(self.arg_names, self.arg_modes, strict=False) if m in ("i", "b", "v")
         )
+
+
+def parse_search_path(value: str) -> tuple[str, ...]:
+    """A search_path value as PostgreSQL reads it: a comma-separated list of names, quoted
+    ones kept as written, others folded to lower case."""
+    out = []
+    for item in value.split(","):
+        item = item.strip()
+        if len(item) >= 2 and item[0] == item[-1] == '"':
+            out.append(item[1:-1].replace('""', '"'))
+        elif item:
+            out.append(item.lower())
+    return tuple(out)
 
 
 def _effective_path(search_path: Iterable[str]) -> tuple[str, ...]:
@@ -410,10 +425,15 @@ class Catalog:
         for row in function_rows:
             oid, schema, name, lang, body, retset, nargs, argnames, argmodes, relid, kind = row[:11]
             volatility = row[11] if len(row) > 11 and row[11] else "v"
+            path = None
+            for setting in (row[12] if len(row) > 12 and row[12] else ()):
+                key, _, value = str(setting).partition("=")
+                if key.lower() == "search_path":
+                    path = parse_search_path(value)
             functions[int(oid)] = Function(
                 int(oid), schema, name, lang, body, bool(retset), int(nargs),
                 tuple(a or "" for a in argnames or ()), tuple(argmodes or ()), int(relid or 0), kind or "f",
-                volatility,
+                volatility, path,
             )  # fmt: skip
         return cls(relations, functions, tuple(search_path), frozenset(builtin_functions))
 

@@ -935,7 +935,13 @@ class _Walk:
 
     def function_body(self, fn: Function) -> Cols | None:
         """Output columns of a SQL function's last statement; None when not analysable."""
-        key = ("fn", fn.oid, self.search_path, self.candidates)
+        # Its own SET search_path clause, else the caller's path, resolves its body's names.
+        path, candidates = (
+            (_effective_path(fn.search_path, None), frozenset[str]())
+            if fn.search_path is not None
+            else (self.search_path, self.candidates)
+        )
+        key = ("fn", fn.oid, path, candidates)
         if key in self.catalog.cache:
             cols, reads = self.catalog.cache[key]
             self.reads.update(reads)
@@ -944,7 +950,7 @@ class _Walk:
             return cols  # type: ignore[no-any-return]
         self.catalog.cache[key] = (None, frozenset())  # recursion guard
         result: Cols | None = None
-        sub = _Walk(self.catalog, self.search_path, self.depth + 1, candidates=self.candidates)
+        sub = _Walk(self.catalog, path, self.depth + 1, candidates=candidates)
         if fn.body and self.depth < MAX_DEPTH:
             text = fn.body.strip()
             upper = text[:16].upper()

@@ -46,7 +46,7 @@ from dbsentry.masking import (
     mask_data_row,
     plan_masks,
 )
-from dbsentry.masking.catalog import SourceColumn
+from dbsentry.masking.catalog import SourceColumn, parse_search_path
 from dbsentry.masking.channels import ChannelMasker, TouchedValues, classified_columns
 from dbsentry.masking.classes import Classification, most_sensitive, parse_class
 from dbsentry.masking.copies import copied_classes, with_derived, with_new_tables
@@ -217,19 +217,6 @@ def copied_column_names(sql: str) -> set[str] | None:
         elif isinstance(node, list):
             stack.extend(node)
     return out
-
-
-def parse_search_path(value: str) -> tuple[str, ...]:
-    """A search_path value as PostgreSQL reads it: a comma-separated list of names, quoted
-    ones kept as written, others folded to lower case."""
-    out = []
-    for item in value.split(","):
-        item = item.strip()
-        if len(item) >= 2 and item[0] == item[-1] == '"':
-            out.append(item[1:-1].replace('""', '"'))
-        elif item:
-            out.append(item.lower())
-    return tuple(out)
 
 
 def _may_set_path(view: MaskingView, facts: StatementFacts) -> bool:
