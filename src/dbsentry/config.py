@@ -7,6 +7,7 @@ parts of dbsentry rely on.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 from collections.abc import Iterable
@@ -265,6 +266,45 @@ class ConnectionConfig(_Model):
         return None
 
 
+PredicateMode = Literal["deny", "equality", "allow"]
+_PERMISSIVE: dict[str, int] = {"deny": 0, "equality": 1, "allow": 2}
+
+
+class PredicatesConfig(_Model):
+    """How masked columns may be used other than as output values (``masking.predicates``,
+    see docs/masking.md, "Inference").  ``deny``: never; ``equality``: point lookups
+    (``col = $1``, ``col IN (...)``) and ``IS NULL`` only; ``allow``: anywhere.  Given as
+    one word, it applies to everyone in every environment."""
+
+    human: PredicateMode = "equality"
+    agent: PredicateMode = "deny"
+    # Per group, over the kind's mode; of several groups the most permissive wins.
+    groups: dict[str, PredicateMode] = Field(default_factory=dict)
+    # Environments (globs) where these modes apply; elsewhere ``allow``.  None: the
+    # policy's production environments.
+    environments: list[str] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_word(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"human": data, "agent": data, "environments": ["*"]}
+        return data
+
+    def mode_for(self, kind: str, groups: Iterable[str], environment: str, production: bool) -> PredicateMode:
+        if self.environments is None:
+            applies = production
+        else:
+            applies = any(fnmatch.fnmatchcase(environment, p) for p in self.environments)
+        if not applies:
+            return "allow"
+        mode: PredicateMode = self.agent if kind == "agent" else self.human
+        matched = [m for g, m in self.groups.items() if g in set(groups)]
+        if matched:
+            mode = max(matched, key=_PERMISSIVE.__getitem__)
+        return mode
+
+
 class MaskingConfig(_Model):
     enabled: bool = True
     # Members of these groups see real values (the baseline masks everyone else).
@@ -280,6 +320,8 @@ class MaskingConfig(_Model):
     refresh_seconds: float = Field(default=300.0, gt=0)
     # Key of the hash strategy (HMAC); generated in the state directory when absent.
     hash_key_file: Path | None = None
+    # Masked columns in WHERE, ORDER BY, GROUP BY, aggregates...: see PredicatesConfig.
+    predicates: PredicatesConfig = PredicatesConfig()
     # Classification from values: sample the rows of every table when the catalog is
     # read, one bounded query per table, each under a statement timeout, all within a
     # total budget (a table that fails or times out is skipped, keeping what an earlier

@@ -162,8 +162,14 @@ class Env:
 def env(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     names = _create(pg_server)
     try:
-        # The safety net is off: what is masked here is classification's doing.
-        config = write_config(tmp_path_factory.mktemp("masking_values"), pg_server, extra={"masking": {"safety_net": "off"}})
+        # The safety net is off (what is masked here is classification's doing), and so is
+        # masking.predicates: what is returned must be masked whatever it refuses (ORDER BY
+        # a masked document's keys); test_masking_inference.py covers the refusals.
+        config = write_config(
+            tmp_path_factory.mktemp("masking_values"),
+            pg_server,
+            extra={"masking": {"safety_net": "off", "predicates": "allow"}},
+        )
         with run_proxy(config) as proxy:
             yield Env(proxy, names, pg_server)
     finally:

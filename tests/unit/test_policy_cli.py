@@ -103,7 +103,9 @@ def test_check_bad_config(tmp_path: Path) -> None:
 def test_explain_prints_facts_and_decision(tmp_path: Path) -> None:
     cfg = setup(tmp_path)
     args = ["explain", "-c", str(cfg), "--identity", "bot", "--agent", "--connection", "prod"]
-    result = CliRunner().invoke(policy, [*args, "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d"])
+    result = CliRunner().invoke(
+        policy, [*args, "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d"]
+    )
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert out["environment"] == "production"
@@ -162,3 +164,45 @@ def test_schema_command() -> None:
     result = CliRunner().invoke(policy, ["schema"])
     assert result.exit_code == 0
     assert json.loads(result.output)["title"] == "dbsentry policy file"
+
+
+CLASS_POLICY = """
+rules:
+  - name: agents-no-national-ids
+    match: {kind: agent, data_classes: [national_id]}
+    action: deny
+  - name: no-card-writes
+    match: {writes_data_classes: [payment_card]}
+    action: deny
+"""
+
+
+def test_explain_and_test_with_data_classes(tmp_path: Path) -> None:
+    cfg = setup(tmp_path, CLASS_POLICY)
+    args = ["explain", "-c", str(cfg), "--identity", "bot", "--agent", "--connection", "dev"]
+    result = CliRunner().invoke(
+        policy, [*args, "--data-class", "national_id", "select ssn from customers"]
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["decision"]["action"] == "deny"
+    assert out["decision"]["rules"] == ["agents-no-national-ids"]
+    assert out["statements"][0]["data_classes"] == {"reads": ["national_id"], "writes": []}
+    result = CliRunner().invoke(
+        policy, [*args, "--data-class", "email", "select email from customers"]
+    )
+    assert json.loads(result.output)["decision"]["action"] == "allow"
+    result = CliRunner().invoke(policy, [*args, "select ssn from customers"])
+    assert "data_classes" not in json.loads(result.output)["statements"][0]
+    cases = tmp_path / "cases.yaml"
+    cases.write_text(
+        """
+cases:
+  - {sql: select ssn from customers, identity: bot, agent: true, connection: dev, data_classes: [national_id], expect: deny}
+  - {sql: select ssn from customers, identity: eve, connection: dev, data_classes: [national_id], expect: allow}
+  - {sql: "update c set card = $1", identity: eve, connection: dev, writes_data_classes: [payment_card], expect: deny}
+"""
+    )
+    result = CliRunner().invoke(policy, ["test", "-c", str(cfg), str(cases)])
+    assert result.exit_code == 0, result.output
+    assert "3/3 passed" in result.output

@@ -232,7 +232,8 @@ _FULL_MATCH = """match:
   functions: [f]
   settings: [search_path]
   flags: [drop]
-  data_classes: [pii]
+  data_classes: [national_id]
+  writes_data_classes: [payment_card]
   risk: [high]
   time: {hours: "09:00-17:00", weekdays: [mon], timezone: UTC}
 """

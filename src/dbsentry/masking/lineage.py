@@ -16,8 +16,9 @@ orjson) and walked as plain dicts, like :mod:`dbsentry.sql.facts`.  The rules, i
   ``query_to_xml`` and other dynamic-SQL functions) makes the column ``unknown``.
 - Only ``IS [NOT] NULL``, ``IS [NOT] TRUE``..., ``EXISTS`` and ``count()`` derive from
   nothing: they reveal presence, not content.  WHERE, GROUP BY, ORDER BY, JOIN conditions
-  and window definitions do not feed a column's value and are walked only to learn which
-  tables the statement reads (inference through them is a documented limit).
+  and window definitions do not feed a column's value; every column they use (and every
+  aggregate argument, CASE condition, set operation...) is recorded as a
+  :class:`PredicateUse`, for ``masking.predicates`` (see :mod:`dbsentry.masking.inference`).
 - ``direct`` marks a column whose value *is* a source value (through aliases, casts,
   COALESCE, min/max, views, unions): a partial mask is only meaningful for those.
 - A ``*`` over a relation whose columns are unknown makes the positions of the output
@@ -48,6 +49,7 @@ __all__ = [
     "LineageError",
     "MaskPlan",
     "MaskSettings",
+    "PredicateUse",
     "StatementLineage",
     "analyze_lineage",
     "lineage_of_tree",
@@ -74,6 +76,23 @@ class ColumnLineage:
     sources: frozenset[SourceColumn]
     unknown: bool = False  # could not be resolved (opaque function, unknown relation...)
     direct: bool = False  # the value is a source value as is (aliases, casts, views, unions)
+
+
+Shape = Literal["equality", "presence", "other"]
+
+
+@dataclass(frozen=True, slots=True)
+class PredicateUse:
+    """A source column used other than as an output value: filtered, joined, grouped,
+    ordered, aggregated, deduplicated on.  ``clause`` says where, as a reader would name it
+    (``WHERE``, ``ORDER BY``, ``an aggregate``...).  ``shape`` is ``equality`` for a point
+    lookup (``col = constant | $n``, ``col IN (...)``, ``col = ANY($1)``, their negations,
+    ``IS [NOT] DISTINCT FROM``) of the stored value itself, ``presence`` for
+    ``col IS [NOT] NULL`` and ``count(col)``, ``other`` for everything else."""
+
+    column: SourceColumn
+    clause: str
+    shape: Shape = "other"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +126,14 @@ class StatementLineage:
     # What it stores in tables (INSERT, UPDATE, MERGE, CREATE TABLE AS, SELECT INTO): each
     # (table, column lineage named after the target column) with what the value derives from.
     writes: tuple[tuple[TableName, ColumnLineage], ...] = ()
+    # Where source columns are used other than as output values (in order of appearance).
+    predicates: tuple[PredicateUse, ...] = ()
+    # Source columns whose stored values the statement changes (INSERT, UPDATE SET, every
+    # column of the rows a DELETE or MERGE may remove or change, COPY FROM).
+    columns_written: frozenset[SourceColumn] = frozenset()
+    # Source columns the statement reads: its output values, its predicates, the values it
+    # writes elsewhere (views and function bodies count by their own output columns).
+    columns_read: frozenset[SourceColumn] = frozenset()
 
 
 class _L(NamedTuple):
@@ -115,18 +142,23 @@ class _L(NamedTuple):
     sources: frozenset[SourceColumn]
     unknown: bool
     direct: bool
+    # The value is a stored column value, unchanged (no cast, function, COALESCE...): what
+    # a predicate may compare as a point lookup (``ssn::varchar(1) = '5'`` is no lookup).
+    bare: bool = False
 
 
 _EMPTY = _L(frozenset(), False, False)
 _UNKNOWN = _L(frozenset(), True, False)
 
 
-def _union(items: Iterable[_L], transparent: bool = False) -> _L:
+def _union(items: Iterable[_L], transparent: bool = False, bare: bool = False) -> _L:
     """Several values combined.  ``transparent``: the result is one of them (COALESCE,
-    UNION, CASE), so it stays ``direct`` when every contributor is."""
+    UNION, CASE), so it stays ``direct`` when every contributor is.  ``bare``: the result
+    is one of them as stored (a name resolved, a set operation), so it stays ``bare``."""
     sources: set[SourceColumn] = set()
     unknown = False
     direct = True
+    all_bare = True
     contributed = False
     for it in items:
         if it.sources or it.unknown:
@@ -134,13 +166,20 @@ def _union(items: Iterable[_L], transparent: bool = False) -> _L:
             sources |= it.sources
             unknown = unknown or it.unknown
             direct = direct and it.direct
+            all_bare = all_bare and it.bare
     if not contributed:
         return _EMPTY
-    return _L(frozenset(sources), unknown, transparent and direct)
+    return _L(frozenset(sources), unknown, transparent and direct, bare and all_bare)
 
 
 def _indirect(x: _L) -> _L:
-    return x._replace(direct=False) if x.direct else x
+    return x._replace(direct=False, bare=False) if x.direct or x.bare else x
+
+
+def _computed(x: _L) -> _L:
+    """The value of an expression over ``x`` that may still be ``direct`` (a cast, lag()),
+    but is no longer the stored value."""
+    return x._replace(bare=False) if x.bare else x
 
 
 Cols = list[tuple[str, _L]]
@@ -242,6 +281,35 @@ _SRF_WIDTH = {
     "json_each_text": 2, "jsonb_each_text": 2, "upper": 1, "lower": 1, "substr": 1, "md5": 1,
     "concat": 1, "concat_ws": 1, "format": 1, "to_json": 1, "to_jsonb": 1, "row_to_json": 1,
 }  # fmt: skip
+# Functions of _NO_LINEAGE whose argument's only revealed property is whether it is null.
+_PRESENCE = frozenset({"count", "num_nulls", "num_nonnulls", "pg_typeof", "grouping"})
+# Set-returning built-ins that expand a value into its elements.
+_EXPANSIONS = frozenset({
+    "unnest", "json_array_elements", "jsonb_array_elements", "json_array_elements_text",
+    "jsonb_array_elements_text", "json_object_keys", "jsonb_object_keys", "json_each",
+    "jsonb_each", "json_each_text", "jsonb_each_text",
+})  # fmt: skip
+# Set-returning built-ins: among output values, how many rows they yield depends on
+# their arguments' values (regexp_matches(ssn, '^5') is a filter).
+_SETOF = frozenset({
+    "unnest", "generate_series", "generate_subscripts", "regexp_matches", "regexp_split_to_table",
+    "string_to_table", "json_array_elements", "jsonb_array_elements", "json_array_elements_text",
+    "jsonb_array_elements_text", "json_object_keys", "jsonb_object_keys", "jsonb_path_query",
+    "json_each", "jsonb_each", "json_each_text", "jsonb_each_text", "json_populate_recordset",
+    "jsonb_populate_recordset", "json_to_recordset", "jsonb_to_recordset", "ts_parse", "ts_token_type",
+})  # fmt: skip
+# Built-in aggregates (a call with DISTINCT, ORDER BY, FILTER or * is one whatever its name).
+_AGGREGATES = frozenset({
+    "count", "sum", "avg", "min", "max", "any_value", "string_agg", "array_agg", "json_agg",
+    "jsonb_agg", "json_object_agg", "jsonb_object_agg", "json_agg_strict", "jsonb_agg_strict",
+    "json_object_agg_strict", "jsonb_object_agg_strict", "json_object_agg_unique",
+    "jsonb_object_agg_unique", "json_object_agg_unique_strict", "jsonb_object_agg_unique_strict",
+    "xmlagg", "bool_and", "bool_or", "every", "bit_and", "bit_or", "bit_xor", "range_agg",
+    "range_intersect_agg", "stddev", "stddev_pop", "stddev_samp", "variance", "var_pop",
+    "var_samp", "corr", "covar_pop", "covar_samp", "regr_avgx", "regr_avgy", "regr_count",
+    "regr_intercept", "regr_r2", "regr_slope", "regr_sxx", "regr_sxy", "regr_syy", "mode",
+    "percentile_cont", "percentile_disc", "rank", "dense_rank", "percent_rank", "cume_dist",
+})  # fmt: skip
 _SRF_NAMES = {"json_each": ("key", "value"), "jsonb_each": ("key", "value"), "json_each_text": ("key", "value"), "jsonb_each_text": ("key", "value")}  # fmt: skip
 _WALK_SKIP = frozenset({"location", "typeName", "over", "agg_filter", "agg_order", "funcname", "name", "stmt_location", "stmt_len"})  # fmt: skip
 
@@ -275,6 +343,162 @@ class _Walk:
     opaque_reads: bool = False  # ran code that may read any table (dynamic SQL, PL/pgSQL)
     # What the statement stores: (table, column, the lineage of the value written).
     writes: list[tuple[TableName, str, _L]] = field(default_factory=list)
+    # Source columns used other than as output values, in order (see PredicateUse).
+    uses: dict[PredicateUse, None] = field(default_factory=dict)
+    written: set[SourceColumn] = field(default_factory=set)
+    copied: set[SourceColumn] = field(default_factory=set)  # values written elsewhere
+    # Where the walk is: None while walking output values, else the clause a column
+    # reference would be used in; the shape of the next bare column reference.
+    clause: str | None = None
+    shape: Shape = "other"
+
+    # ---- where columns are used
+
+    @contextlib.contextmanager
+    def within(self, clause: str | None) -> Iterator[None]:
+        saved = (self.clause, self.shape)
+        self.clause, self.shape = clause, "other"
+        try:
+            yield
+        finally:
+            self.clause, self.shape = saved
+
+    def note(self, value: _L, clause: str | None = None, shape: Shape = "other") -> None:
+        """Record that ``value``'s source columns are used in ``clause`` (default: the
+        current one; nothing while walking output values)."""
+        clause = clause or self.clause
+        if clause is None:
+            return
+        for src in sorted(value.sources):
+            self.uses.setdefault(PredicateUse(src, clause, shape), None)
+
+    def shaped(self, node: Any, scope: _Scope, shape: Shape) -> _L:
+        """Walk a column reference whose use has ``shape`` if it is a stored value."""
+        self.shape = shape
+        try:
+            return self.expr(node, scope)
+        finally:
+            self.shape = "other"
+
+    def argument(self, name: str, node: Any, scope: _Scope) -> _L:
+        """An argument of a set-returning function: expanding a stored value (its array
+        elements, its JSON keys) reveals its size, like count(); anything else counts."""
+        if name in _EXPANSIONS and _kind(node) == "ColumnRef":
+            return self.shaped(node, scope, "presence")
+        return self.expr(node, scope)
+
+    def filter(self, node: Any, scope: _Scope, clause: str) -> None:
+        """A condition that filters rows (WHERE, JOIN ... ON, FILTER): point lookups of a
+        column are told apart from every other use."""
+        with self.within(clause):
+            self._condition(node, scope)
+
+    def _condition(self, node: Any, scope: _Scope) -> None:
+        kind, body = _unwrap(node)
+        if kind == "BoolExpr":  # AND, OR, NOT of lookups are lookups
+            for arg in body.get("args", ()):
+                self._condition(arg, scope)
+            return
+        if kind == "A_Expr" and self._lookup(body, scope):
+            return
+        if kind == "NullTest":
+            _null_test(self, body, scope)
+            return
+        self.expr(node, scope)
+
+    def _lookup(self, body: dict[str, Any], scope: _Scope) -> bool:
+        """``col = c``, ``c = col``, ``col <> c``, ``col IN (c, ...)``, ``col NOT IN (...)``,
+        ``col = ANY(c)``, ``col <> ALL(c)``, ``col IS [NOT] DISTINCT FROM c``, where ``c``
+        is a constant or a parameter: walked as a lookup; False for anything else."""
+        schema, op = _func_name(body.get("name"))
+        if schema not in (None, "pg_catalog"):
+            return False
+        kind = body.get("kind")
+        left, right = body.get("lexpr"), body.get("rexpr")
+        if kind in ("AEXPR_OP", "AEXPR_DISTINCT", "AEXPR_NOT_DISTINCT") and op in ("=", "<>"):
+            if _kind(right) != "ColumnRef" and _kind(left) == "ColumnRef" and _constant(right):
+                col = left
+            elif _kind(left) != "ColumnRef" and _kind(right) == "ColumnRef" and _constant(left):
+                col = right
+            else:
+                return False
+        elif kind == "AEXPR_IN" and op in ("=", "<>"):
+            items = (
+                right
+                if isinstance(right, list)
+                else _unwrap(right)[1].get("items")
+                if _kind(right) == "List"
+                else None
+            )
+            if _kind(left) != "ColumnRef" or not items or not all(_constant(i) for i in items):
+                return False
+            col = left
+        elif (kind, op) in (("AEXPR_OP_ANY", "="), ("AEXPR_OP_ALL", "<>")):
+            if _kind(left) != "ColumnRef" or not _constant(right):
+                return False
+            col = left
+        else:
+            return False
+        self.shaped(col, scope, "equality")
+        return True
+
+    def ordering(self, items: Iterable[Any], scope: _Scope, out: Cols, clause: str) -> None:
+        """ORDER BY, GROUP BY, DISTINCT ON items: positions (``ORDER BY 1``) and output
+        names (``ORDER BY alias``) refer to the output columns."""
+        names: dict[str, list[_L]] = {}
+        for n, c in out:
+            names.setdefault(n, []).append(c)
+        with self.within(clause):
+            for item in items:
+                kind, body = _unwrap(item)
+                node = body.get("node") if kind == "SortBy" else item
+                nkind, nbody = _unwrap(node)
+                if nkind == "A_Const" and "ival" in nbody:
+                    pos = nbody["ival"].get("ival", 0)
+                    if isinstance(pos, int) and 1 <= pos <= len(out):
+                        self.note(out[pos - 1][1])
+                        continue
+                if nkind == "ColumnRef":
+                    fields = _strings(nbody.get("fields"))
+                    if len(fields) == 1 and fields[0] in names:
+                        for c in names[fields[0]]:
+                            self.note(c)
+                self.expr(node, scope)
+
+    def clauses(self, body: dict[str, Any], scope: _Scope, out: Cols) -> None:
+        """The clauses of a SELECT besides its output values."""
+        if body.get("whereClause"):
+            self.filter(body["whereClause"], scope, "WHERE")
+        if body.get("groupClause"):
+            self.ordering(body["groupClause"], scope, out, "GROUP BY")
+        if body.get("havingClause"):
+            with self.within("HAVING"):
+                self.expr(body["havingClause"], scope)
+        for wd in body.get("windowClause") or ():
+            self.window(_unwrap(wd)[1], scope)
+        distinct = body.get("distinctClause")
+        if distinct:
+            if all(not d for d in distinct):  # plain DISTINCT compares every output column
+                for _, c in out:
+                    self.note(c, "DISTINCT")
+            else:
+                self.ordering(distinct, scope, out, "DISTINCT ON")
+        if body.get("sortClause"):
+            self.ordering(body["sortClause"], scope, out, "ORDER BY")
+        for key in ("limitCount", "limitOffset"):
+            if body.get(key):
+                with self.within("LIMIT/OFFSET"):
+                    self.expr(body[key], scope)
+
+    def window(self, body: Any, scope: _Scope) -> None:
+        if not isinstance(body, dict):
+            return
+        with self.within("OVER (PARTITION BY)"):
+            self.expr(body.get("partitionClause"), scope)
+        with self.within("OVER (ORDER BY)"):
+            self.expr(body.get("orderClause"), scope)
+        with self.within("a window frame"):
+            self.expr([body.get("startOffset"), body.get("endOffset")], scope)
 
     # ---- statements
 
@@ -299,11 +523,12 @@ class _Walk:
             aliases = _strings(cte.get("aliascolnames"))
             query = cte.get("ctequery")
             inner = _Scope([], [], scope, ctes, scope.params if scope else False)
-            if recursive:
-                cols = self._recursive_cte(name, aliases, query, inner)
-            else:
-                cols = self.statement(query, inner) or []
-                cols = _rename(cols, aliases)
+            with self.within(None):
+                if recursive:
+                    cols = self._recursive_cte(name, aliases, query, inner)
+                else:
+                    cols = self.statement(query, inner) or []
+                    cols = _rename(cols, aliases)
             ctes[name] = cols
         return ctes
 
@@ -335,8 +560,14 @@ class _Walk:
             right = self.select(body.get("rarg", {}), sub)
             if len(left) != len(right):
                 self.exact = False
-            self._side(body, sub, ("sortClause", "limitCount", "limitOffset"))
-            return _merge_positional(left, right, transparent=True)
+            merged = _merge_positional(left, right, transparent=True)
+            if op != "SETOP_UNION" or not body.get("all"):
+                # UNION, INTERSECT and EXCEPT compare every column's values
+                clause = op.removeprefix("SETOP_")
+                for _, c in (*left, *right):
+                    self.note(c, clause)
+            self.clauses(body, sub, merged)
+            return merged
         scope = _Scope([], [], parent, ctes, parent.params if parent else False)
         if "valuesLists" in body:
             rows = [
@@ -356,20 +587,7 @@ class _Walk:
             else:
                 scope.star.extend(star)
         out = self.targets(body.get("targetList", ()), scope)
-        self._side(
-            body,
-            scope,
-            (
-                "whereClause",
-                "havingClause",
-                "groupClause",
-                "sortClause",
-                "windowClause",
-                "distinctClause",
-                "limitCount",
-                "limitOffset",
-            ),
-        )
+        self.clauses(body, scope, out)
         if body.get("intoClause"):
             self.into(body["intoClause"], out)
             return []
@@ -404,13 +622,6 @@ class _Walk:
         for n, v in values.items():
             self.writes.append((rel, n, v))
 
-    def _side(self, body: dict[str, Any], scope: _Scope, keys: Iterable[str]) -> None:
-        """Walk clauses that do not feed output values, for the tables they read."""
-        for k in keys:
-            v = body.get(k)
-            if v:
-                self.expr(v, scope)
-
     def targets(self, targets: Iterable[Any], scope: _Scope) -> Cols:
         out: Cols = []
         for t in targets:
@@ -420,7 +631,10 @@ class _Walk:
             if kind == "ColumnRef":
                 fields = body.get("fields", [])
                 if fields and "A_Star" in fields[-1]:
-                    out.extend(self.star(_strings(fields[:-1]), scope))
+                    expanded = self.star(_strings(fields[:-1]), scope)
+                    for _, c in expanded:
+                        self.note(c)  # inside a subquery of a clause
+                    out.extend(expanded)
                     continue
             if kind == "A_Indirection" and any("A_Star" in i for i in body.get("indirection", ()) if isinstance(i, dict)):
                 # ``(row(...)::t).*``: as many columns as the type has, each from the value
@@ -451,7 +665,8 @@ class _Walk:
             entry = self.range_var(body, scope)
             return [entry], (None if entry.opaque else list(entry.cols))
         if kind == "RangeSubselect":
-            cols = self.statement(body.get("subquery"), _lateral(scope)) or []
+            with self.within(None):
+                cols = self.statement(body.get("subquery"), _lateral(scope)) or []
             alias = body.get("alias") or {}
             if any(n == "*" for n, _ in cols):
                 # its columns cannot be told apart (``(row(...)::t).*``, a * over the unknown)
@@ -461,15 +676,20 @@ class _Walk:
             entry = _Entry(alias.get("aliasname"), None, cols)
             return [entry], list(cols)
         if kind == "RangeFunction":
-            return self.range_function(body, scope)
+            # how many rows a function yields may depend on its arguments' values
+            with self.within("a function in FROM"):
+                return self.range_function(body, scope)
         if kind == "JoinExpr":
             return self.join(body, scope)
         if kind == "RangeTableSample":
             return self.from_item(body.get("relation"), scope)
         if kind == "RangeTableFunc":  # XMLTABLE
-            src = _indirect(
-                self.expr([body.get("docexpr"), body.get("rowexpr"), body.get("columns")], scope)
-            )
+            with self.within("a function in FROM"):
+                src = _indirect(
+                    self.expr(
+                        [body.get("docexpr"), body.get("rowexpr"), body.get("columns")], scope
+                    )
+                )
             names = [
                 c.get("RangeTableFuncCol", {}).get("colname", "?column?")
                 for c in body.get("columns", ())
@@ -526,7 +746,7 @@ class _Walk:
                 self.exact = False
             for n, c in other:
                 if n in merged:
-                    merged[n] = _union([merged[n], c])
+                    merged[n] = _union([merged[n], c], bare=True)
                 else:
                     merged[n] = c
                     order.append(n)
@@ -549,7 +769,10 @@ class _Walk:
 
     def relation_cols(self, rel: Relation) -> Cols:
         if not rel.is_view:
-            return [(c.name, _L(frozenset({rel.source(c.name)}), False, True)) for c in rel.columns]
+            return [
+                (c.name, _L(frozenset({rel.source(c.name)}), False, True, True))
+                for c in rel.columns
+            ]
         key = ("view", rel.oid)
         cached = self.catalog.cache.get(key)
         if cached is None:
@@ -578,7 +801,7 @@ class _Walk:
         if inner_cols is None or len(inner_cols) != len(own):
             return [(n, _L(frozenset({s}), True, True)) for n, s in own], frozenset(reads)
         out = [
-            (n, _L(c.sources | {s}, c.unknown, c.direct))
+            (n, _L(c.sources | {s}, c.unknown, c.direct, c.bare))
             for (n, s), (_, c) in zip(own, inner_cols, strict=True)
         ]
         return out, frozenset(reads)
@@ -599,7 +822,7 @@ class _Walk:
             lmap = dict(ls)
             rmap = dict(rs)
             merged = [
-                (n, _union([lmap.get(n, _EMPTY), rmap.get(n, _EMPTY)], transparent=True))
+                (n, _union([lmap.get(n, _EMPTY), rmap.get(n, _EMPTY)], transparent=True, bare=True))
                 for n in using
             ]
             star = (
@@ -608,13 +831,17 @@ class _Walk:
             ua = body.get("join_using_alias")
             if ua:
                 entries.append(_Entry(ua.get("aliasname"), None, merged))
+            for n in using:
+                self.note(lmap.get(n, _EMPTY), "JOIN ... USING")
+                self.note(rmap.get(n, _EMPTY), "JOIN ... USING")
         else:
             star = ls + rs
         quals = body.get("quals")
         if quals:
-            self.expr(
+            self.filter(
                 quals,
                 _Scope([*scope.entries, *entries], star, scope.parent, scope.ctes, scope.params),
+                "JOIN ... ON",
             )
         alias = body.get("alias")
         if alias:
@@ -682,7 +909,7 @@ class _Walk:
             return [(_coldef_name(c), union) for c in coldef]
         width = _SRF_WIDTH.get(name)
         if width == -1:
-            return [(name, _indirect(self.expr(a, scope))) for a in args]
+            return [(name, _indirect(self.argument(name, a, scope))) for a in args]
         if width is None:
             return None
         names = _SRF_NAMES.get(name, (name,))
@@ -776,24 +1003,43 @@ class _Walk:
         scope = _Scope([], [], parent, ctes, parent.params if parent else False)
         rv = body.get("relation") or {}
         target = self.range_var(rv, scope)
+        stored = dict(target.cols)  # the target's columns as stored, before this statement
         if kind == "InsertStmt":
             cols = [r.get("ResTarget", {}).get("name") for r in body.get("cols", ())]
-            values = self.statement(body.get("selectStmt"), scope) if body.get("selectStmt") else []
+            with self.within(None):
+                values = (
+                    self.statement(body.get("selectStmt"), scope) if body.get("selectStmt") else []
+                )
             values = values or []
             names = [c for c in cols if c] or [n for n, _ in target.cols]
             if not names:  # a relation the catalog does not know: its columns by position
                 names = [f"?column{i + 1}?" for i in range(len(values))]
             fed = {n: v for n, (_, v) in zip(names, values, strict=False)}
+            self._written(stored, names, fed.values())
             self._wrote(target, fed)
             target.cols = [
-                (n, _union([c, fed.get(n, _EMPTY)], transparent=True)) for n, c in target.cols
+                (n, _union([c, fed.get(n, _EMPTY)], transparent=True, bare=True))
+                for n, c in target.cols
             ]
             scope.entries.append(target)
             occ = body.get("onConflictClause") or {}
+            excluded = _Entry("excluded", None, list(target.cols))
+            cscope = _Scope([target, excluded], None, parent, ctes, scope.params)
+            infer = occ.get("infer") or {}
+            for elem in infer.get("indexElems") or ():
+                # the inserted value is looked up among the stored ones
+                ie = _unwrap(elem)[1]
+                if isinstance(ie, dict) and ie.get("name"):
+                    self.note(stored.get(ie["name"], _EMPTY), "ON CONFLICT", "equality")
+                elif isinstance(ie, dict):
+                    with self.within("ON CONFLICT"):
+                        self.expr(ie.get("expr"), cscope)
+            if infer.get("whereClause"):
+                self.filter(infer["whereClause"], cscope, "ON CONFLICT")
+            if occ.get("whereClause"):
+                self.filter(occ["whereClause"], cscope, "WHERE")
             if occ.get("targetList"):
-                excluded = _Entry("excluded", None, list(target.cols))
-                cscope = _Scope([target, excluded], None, parent, ctes, scope.params)
-                self._apply_sets(target, occ["targetList"], cscope)
+                self._apply_sets(target, occ["targetList"], cscope, stored)
         else:
             scope.entries.append(target)
             extra = body.get("fromClause") if kind == "UpdateStmt" else body.get("usingClause")
@@ -802,15 +1048,29 @@ class _Walk:
             for item in extra or ():
                 entries, _ = self.from_item(item, scope)
                 scope.entries.extend(entries)
+            if body.get("whereClause"):  # it sees the rows as stored
+                self.filter(body["whereClause"], scope, "WHERE")
             if kind == "UpdateStmt":
-                self._apply_sets(target, body.get("targetList", ()), scope)
+                self._apply_sets(target, body.get("targetList", ()), scope, stored)
+            if kind == "DeleteStmt":
+                self._written(stored, list(stored), ())
             if kind == "MergeStmt":
+                if body.get("joinCondition"):
+                    self.filter(body["joinCondition"], scope, "MERGE ... ON")
+                self._written(stored, list(stored), (e.whole() for e in scope.entries[1:]))
                 merged = _indirect(_union(e.whole() for e in scope.entries[1:]))
                 target.cols = [(n, _union([c, merged])) for n, c in target.cols]
                 self._wrote(target, {n: merged for n, _ in target.cols})
-                self.expr(body.get("mergeWhenClauses"), scope)
-                self.expr(body.get("joinCondition"), scope)
-            self._side(body, scope, ("whereClause",))
+                for clause in body.get("mergeWhenClauses") or ():
+                    mw = _unwrap(clause)[1]
+                    if isinstance(mw, dict) and mw.get("condition"):
+                        self.filter(mw["condition"], scope, "MERGE ... WHEN")
+                    self.expr(
+                        {k: v for k, v in mw.items() if k != "condition"}
+                        if isinstance(mw, dict)
+                        else mw,
+                        scope,
+                    )
         returning = body.get("returningList")
         rc = body.get("returningClause")
         if rc:
@@ -823,7 +1083,15 @@ class _Walk:
         scope.star = None if target.opaque else list(target.cols)
         return self.targets(returning, scope)
 
-    def _apply_sets(self, target: _Entry, targets: Iterable[Any], scope: _Scope) -> None:
+    def _written(self, stored: dict[str, _L], names: Iterable[str], values: Iterable[_L]) -> None:
+        for n in names:
+            self.written |= stored.get(n, _EMPTY).sources
+        for v in values:
+            self.copied |= v.sources
+
+    def _apply_sets(
+        self, target: _Entry, targets: Iterable[Any], scope: _Scope, stored: dict[str, _L]
+    ) -> None:
         assigned: dict[str, _L] = {}
         for t in targets:
             rt = t.get("ResTarget", {})
@@ -834,9 +1102,11 @@ class _Walk:
                 val = body.get("source")
             if name:
                 assigned[name] = _union([assigned.get(name, _EMPTY), self.expr(val, scope)], True)
+        self._written(stored, list(assigned), assigned.values())
         self._wrote(target, assigned)
         target.cols = [
-            (n, _union([c, assigned.get(n, _EMPTY)], transparent=True)) for n, c in target.cols
+            (n, _union([c, assigned.get(n, _EMPTY)], transparent=True, bare=True))
+            for n, c in target.cols
         ]
 
     # ---- expressions
@@ -883,6 +1153,13 @@ class _Walk:
         return _union(parts, transparent)
 
     def column_ref(self, body: dict[str, Any], scope: _Scope) -> _L:
+        shape, self.shape = self.shape, "other"
+        value = self._column_ref(body, scope)
+        if self.clause is not None:
+            self.note(value, shape=shape if value.bare else "other")
+        return value
+
+    def _column_ref(self, body: dict[str, Any], scope: _Scope) -> _L:
         fields = body.get("fields", [])
         star = bool(fields) and "A_Star" in fields[-1]
         names = _strings(fields[:-1] if star else fields)
@@ -907,7 +1184,7 @@ class _Walk:
                 if entry.opaque:
                     return entry.any_column()
                 found = [c for n, c in entry.cols if n == col]
-                return _union(found, transparent=True) if found else _UNKNOWN
+                return _union(found, transparent=True, bare=True) if found else _UNKNOWN
             level = level.parent
         # ``compositecol.field`` or ``function_name.param``
         if len(names) == 2:
@@ -921,7 +1198,7 @@ class _Walk:
         while level is not None:
             found = [c for e in level.entries for n, c in e.cols if n == name]
             if found:
-                return _union(found, transparent=True)
+                return _union(found, transparent=True, bare=True)
             opaque = [e for e in level.entries if e.opaque]
             if opaque:
                 return _union([_UNKNOWN, *(e.any_column() for e in opaque)])
@@ -944,6 +1221,48 @@ class _Walk:
 
     def func_call(self, body: dict[str, Any], scope: _Scope) -> _L:
         schema, name = _func_name(body.get("funcname"))
+        clause = self.clause
+        if clause is None:
+            # among output values, an aggregate's arguments are compared, ordered or
+            # counted, and these functions reveal something of a value they do not return
+            if self._aggregate(body, schema, name):
+                clause = "an aggregate"
+            elif name in _NO_LINEAGE and schema in (None, "pg_catalog"):
+                # their value derives from nothing and is not masked: only a bare column's
+                # presence may go in (num_nulls(nullif(substr(ssn, 1, 1), '5')) may not)
+                clause = f"{name}()"
+            elif self._returns_set(schema, name):
+                clause = "a set-returning function"
+        with self.within(clause):
+            return self._func_call(body, scope, schema, name)
+
+    def _returns_set(self, schema: str | None, name: str) -> bool:
+        fns = self.catalog.functions_named(schema, name, self.search_path)
+        if fns:
+            return any(f.returns_set for f in fns)
+        return name in _SETOF and schema in (None, "pg_catalog")
+
+    def _aggregate(self, body: dict[str, Any], schema: str | None, name: str) -> bool:
+        if any(
+            body.get(k)
+            for k in ("agg_star", "agg_distinct", "agg_order", "agg_filter", "agg_within_group")
+        ):
+            return True
+        fns = self.catalog.functions_named(schema, name, self.search_path)
+        if fns:
+            return any(f.kind == "a" for f in fns)
+        return name in _AGGREGATES and schema in (None, "pg_catalog")
+
+    def _call_clauses(self, body: dict[str, Any], scope: _Scope, order: bool = True) -> None:
+        if body.get("agg_filter"):
+            self.filter(body["agg_filter"], scope, "FILTER")
+        if order and body.get("agg_order"):
+            with self.within("ORDER BY"):
+                self.expr(body["agg_order"], scope)
+        if isinstance(body.get("over"), dict):
+            self.window(body["over"], scope)
+
+    def _func_call(self, body: dict[str, Any], scope: _Scope, schema: str | None, name: str) -> _L:
         args = body.get("args", [])
         if _DYNAMIC_RE.fullmatch(name):
             self.opaque_reads = True
@@ -961,22 +1280,37 @@ class _Walk:
                 elif fn.language not in ("c", "internal"):
                     self.opaque_reads = True
                     parts.append(_UNKNOWN)
+            for part in parts[1:]:
+                self.note(part)  # a SQL function's value compared: its body's columns count
             return _union(parts)
         if name in _NO_LINEAGE and schema in (None, "pg_catalog"):
-            self.exprs_union(args, scope)
-            self._side(body, scope, ("agg_filter", "over"))
+            presence = name in _PRESENCE and not body.get("agg_distinct")
+            for a in args:
+                if presence and _kind(a) == "ColumnRef":
+                    self.shaped(a, scope, "presence")
+                else:
+                    self.expr(a, scope)
+            # the ordered-set rank('x') WITHIN GROUP (ORDER BY col) places a guess among
+            # the values: its ORDER BY counts
+            self._call_clauses(body, scope)
             return _EMPTY
-        self._side(body, scope, ("agg_filter", "agg_order", "over"))
+        self._call_clauses(body, scope)
         transparent = name in _TRANSPARENT and schema in (None, "pg_catalog") and len(args) >= 1
         if transparent and name in ("lag", "lead", "nth_value", "first_value", "last_value"):
-            return self.expr(args[0], scope)
+            return _computed(self.expr(args[0], scope))
+        if name in _EXPANSIONS and self.clause in ("a function in FROM", "a set-returning function"):
+            return _union((self.argument(name, a, scope) for a in args), transparent)
         return _union((self.expr(a, scope) for a in args), transparent)
 
     def sublink(self, body: dict[str, Any], scope: _Scope) -> _L:
         kind = body.get("subLinkType", "")
-        cols = self.statement(body.get("subselect"), scope) or []
         if kind == "EXISTS_SUBLINK":
+            # what EXISTS selects is never looked at; its own clauses count
+            with self.within(None):
+                self.statement(body.get("subselect"), scope)
             return _EMPTY
+        # the subquery's output values are used where the subquery is
+        cols = self.statement(body.get("subselect"), scope) or []
         inner = _union((c for _, c in cols), transparent=kind == "EXPR_SUBLINK")
         if kind in ("EXPR_SUBLINK", "ARRAY_SUBLINK", "MULTIEXPR_SUBLINK"):
             return inner if kind == "EXPR_SUBLINK" else _indirect(inner)
@@ -1005,13 +1339,54 @@ def _a_expr(w: _Walk, body: dict[str, Any], scope: _Scope) -> _L:
 
 
 def _case(w: _Walk, body: dict[str, Any], scope: _Scope) -> _L:
-    parts = [_indirect(w.expr(body.get("arg"), scope))]
-    for when in body.get("args", ()):
-        cw = when.get("CaseWhen", {})
-        parts.append(_indirect(w.expr(cw.get("expr"), scope)))
-        parts.append(w.expr(cw.get("result"), scope))
+    whens = [when.get("CaseWhen", {}) for when in body.get("args", ())]
+    with w.within(w.clause or "CASE"):  # conditions are predicates, even among outputs
+        parts = [_indirect(w.expr(body.get("arg"), scope))]
+        parts.extend(_indirect(w.expr(cw.get("expr"), scope)) for cw in whens)
+    parts.extend(w.expr(cw.get("result"), scope) for cw in whens)
     parts.append(w.expr(body.get("defresult"), scope))
     return _union(parts, transparent=True)
+
+
+def _null_test(w: _Walk, body: dict[str, Any], scope: _Scope) -> _L:
+    """Presence of a column; of anything else, a question about its value (its value
+    derives from nothing, so it is not masked: among output values it is a use too)."""
+    arg = body.get("arg")
+    if _kind(arg) == "ColumnRef":
+        with w.within(w.clause or "IS NULL"):
+            w.shaped(arg, scope, "presence")
+    else:
+        with w.within(w.clause or "IS NULL"):
+            w.expr(arg, scope)
+    return _EMPTY
+
+
+def _boolean_test(w: _Walk, body: dict[str, Any], scope: _Scope) -> _L:
+    """``x IS [NOT] TRUE``...: the value of ``x`` itself, unmasked."""
+    with w.within(w.clause or "IS TRUE / IS FALSE"):
+        w.expr(body.get("arg"), scope)
+    return _EMPTY
+
+
+def _window(w: _Walk, body: Any, scope: _Scope) -> _L:
+    w.window(body, scope)
+    return _EMPTY
+
+
+def _kind(node: Any) -> str:
+    return _unwrap(node)[0]
+
+
+def _constant(node: Any) -> bool:
+    """A constant or a parameter (cast or not), or an ARRAY[...] of them."""
+    kind, body = _unwrap(node)
+    if kind in ("A_Const", "ParamRef"):
+        return True
+    if kind == "TypeCast":
+        return _constant(body.get("arg"))
+    if kind == "A_ArrayExpr":
+        return all(_constant(e) for e in body.get("elements") or ())
+    return False
 
 
 _EXPR: dict[str, Any] = {
@@ -1035,8 +1410,8 @@ _EXPR: dict[str, Any] = {
     "JsonFormat": _leaf,
     "JsonOutput": _leaf,
     "JsonReturning": _leaf,
-    "NullTest": _presence,
-    "BooleanTest": _presence,
+    "NullTest": _null_test,
+    "BooleanTest": _boolean_test,
     "GroupingFunc": _presence,
     "TypeCast": _transparent,
     "CollateClause": _transparent,
@@ -1045,7 +1420,7 @@ _EXPR: dict[str, Any] = {
     "A_Expr": _a_expr,
     "CaseExpr": _case,
     "SortBy": lambda w, b, s: w.expr(b.get("node"), s),
-    "WindowDef": _presence,
+    "WindowDef": _window,
     "RangeSubselect": lambda w, b, s: _indirect(
         _union(c for _, c in (w.statement(b.get("subquery"), s) or []))
     ),
@@ -1096,7 +1471,7 @@ def _merge_positional(left: Cols, right: Cols, transparent: bool) -> Cols:
     for i in range(max(len(left), len(right))):
         parts = [c[i][1] for c in (left, right) if i < len(c)]
         name = left[i][0] if i < len(left) else right[i][0]
-        out.append((name, _union(parts, transparent)))
+        out.append((name, _union(parts, transparent, bare=True)))
     return out
 
 
@@ -1195,11 +1570,14 @@ def _lineage_of_tree(
 
     def done(command: str, cols: Cols | None, **kw: Any) -> StatementLineage:
         columns = tuple(ColumnLineage(n, c.sources, c.unknown, c.direct) for n, c in cols or ())
+        read = {s for c in columns for s in c.sources} | {u.column for u in w.uses} | w.copied
         writes = tuple((t, ColumnLineage(n, c.sources, c.unknown, c.direct)) for t, n, c in w.writes)
         return StatementLineage(
             command, columns, frozenset(w.reads), cols is not None or kw.pop("rows", False),
             exact=w.exact and kw.pop("exact", True),
-            reads_unknown=w.opaque_reads or kw.pop("reads_unknown", False), writes=writes, **kw,
+            reads_unknown=w.opaque_reads or kw.pop("reads_unknown", False), writes=writes,
+            predicates=tuple(w.uses), columns_written=frozenset(w.written),
+            columns_read=frozenset(read), **kw,
         )  # fmt: skip
 
     if kind in ("SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"):
@@ -1209,7 +1587,13 @@ def _lineage_of_tree(
             return done("SELECT INTO", None)
         return done(command, cols)
     if kind == "CopyStmt":
+        if body.get("is_from") and body.get("relation"):
+            target = w.range_var(body["relation"], _Scope([], [], None, {}))
+            stored = dict(target.cols)
+            w._written(stored, _strings(body.get("attlist")) or list(stored), ())
         if body.get("is_from") or body.get("filename") is not None or body.get("is_program"):
+            if body.get("query"):
+                w.statement(body["query"], None)  # COPY (query) TO a file or program
             return done("COPY", None)
         opts = _copy_options(body)
         if body.get("query"):
@@ -1230,9 +1614,13 @@ def _lineage_of_tree(
         opts = CopyOptions(**{**_asdict(opts), "type_oids": tuple(types.get(n) for n in names)})
         return done("COPY", cols, copy=opts)
     if kind == "ExplainStmt":
-        # EXPLAIN ANALYZE runs the statement: what it stores counts
+        # EXPLAIN ANALYZE runs the statement: what it stores counts.  A plan's row counts
+        # (ANALYZE) and estimates (from the columns' statistics) answer its predicates:
+        # they count too; its output values are never returned.
         inner = _lineage_of_tree(body.get("query"), catalog, search_path, user, candidates)
-        return replace(done("EXPLAIN", [("QUERY PLAN", _EMPTY)]), writes=inner.writes)
+        return replace(
+            done("EXPLAIN", [("QUERY PLAN", _EMPTY)]), writes=inner.writes, predicates=inner.predicates
+        )
     if kind == "DeclareCursorStmt":
         inner = _lineage_of_tree(body.get("query"), catalog, search_path, user, candidates)
         return replace(
@@ -1313,7 +1701,9 @@ def _failing_closed() -> Iterator[None]:
     except (RecursionError, MemoryError):
         raise LineageError("statement too complex to analyse (nesting too deep)") from None
     except Exception as err:
-        raise LineageError(f"could not analyse the statement ({type(err).__name__}: {err})") from err
+        raise LineageError(
+            f"could not analyse the statement ({type(err).__name__}: {err})"
+        ) from err
 
 
 # -- mask plans --------------------------------------------------------------------------------

@@ -96,7 +96,7 @@ def decision_key(policy: Policy, facts: StatementFacts, ctx: EvalContext) -> Dec
         ident.name if policy.uses_identity_names else None,
         ctx.connection,
         ctx.environment,
-        ctx.data_classes if policy.uses_data_classes else None,
+        (ctx.data_classes, ctx.written_data_classes) if policy.uses_data_classes else None,
         minute,
         facts,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import sys
 from datetime import UTC, datetime
@@ -14,11 +15,14 @@ import yaml
 
 from dbsentry.config import ConfigError, LoadedConfig, load_config
 from dbsentry.identity.model import Identity
-from dbsentry.policy.engine import Decision, EvalContext, Policy
+from dbsentry.policy.engine import Decision, EvalContext, Policy, combine, evaluate
 from dbsentry.policy.loader import PolicyError, default_policy, load_policy
 from dbsentry.policy.model import json_schema_text
 from dbsentry.policy.verdict import Verdict, evaluate_sql
 from dbsentry.sql.facts import StatementFacts
+
+#: Data classes per statement: (read, written).
+Classes = tuple[frozenset[str], frozenset[str]]
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -108,7 +112,7 @@ def decision_to_dict(d: Decision) -> dict[str, Any]:
     return out
 
 
-def verdict_to_dict(v: Verdict) -> dict[str, Any]:
+def verdict_to_dict(v: Verdict, classes: list[Classes] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"decision": decision_to_dict(v.decision)}
     if v.parse_error is not None:
         out["parse_error"] = v.parse_error
@@ -116,7 +120,47 @@ def verdict_to_dict(v: Verdict) -> dict[str, Any]:
         {"facts": facts_to_dict(f), "decision": decision_to_dict(d)}
         for f, d in zip(v.facts, v.decisions, strict=True)
     ]
+    if classes is not None:
+        for stmt, (reads, writes) in zip(out["statements"], classes, strict=False):
+            stmt["data_classes"] = {"reads": sorted(reads), "writes": sorted(writes)}
     return out
+
+
+def evaluate_with_classes(
+    pol: Policy, sql: str, ctx: EvalContext, classes: list[Classes] | None
+) -> Verdict:
+    """``evaluate_sql``, with the data classes each statement reads and writes."""
+    verdict = evaluate_sql(pol, sql, ctx)
+    if not classes or not verdict.facts:
+        return verdict
+    decisions = tuple(
+        evaluate(pol, f, dataclasses.replace(ctx, data_classes=r, written_data_classes=w))
+        for f, (r, w) in zip(verdict.facts, classes, strict=True)
+    )
+    return dataclasses.replace(verdict, decisions=decisions, decision=combine(decisions))
+
+
+def _catalog_classes(loaded: LoadedConfig, connection: str, sql: str) -> list[Classes]:
+    """The data classes of every statement, from the connection's live catalog."""
+    from dbsentry.masking.catalog import classify_catalog
+    from dbsentry.masking.cli import load_catalog
+    from dbsentry.masking.inference import statement_classes
+    from dbsentry.sql.facts import SQLParseError, analyze
+
+    conn = loaded.config.connections[connection]
+    masking = loaded.config.masking
+    try:  # classified as the proxy does: names, comments and (masking.sample) values
+        catalog, report = asyncio.run(load_catalog(conn, masking, masking.sample))
+    except Exception as err:  # psycopg's errors, OSError: say why and exit non-zero
+        _fail(f"dbsentry: cannot read the catalog of {connection!r}: {str(err).strip()}")
+    values = report.findings if report is not None else None
+    classmap = classify_catalog(catalog, masking.overrides, values)
+    try:
+        facts = analyze(sql)
+    except SQLParseError:
+        return []
+    tables = [(f.tables_read, f.tables_written) for f in facts]
+    return [(c.reads, c.writes) for c in statement_classes(sql, tables, catalog, classmap)]
 
 
 def _parse_at(value: str | None) -> datetime | None:
@@ -135,7 +179,11 @@ def policy() -> None:
 
 
 _config_option = click.option(
-    "-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False),
+    "-c",
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
     help="the dbsentry configuration file",
 )
 
@@ -159,6 +207,21 @@ def check(config_path: str) -> None:
 @click.option("--agent", is_flag=True, help="the identity is an AI agent")
 @click.option("--connection", required=True, help="connection name from the configuration")
 @click.option("--at", "at", default=None, help="evaluate at this ISO 8601 time (default: now)")
+@click.option(
+    "--catalog",
+    "use_catalog",
+    is_flag=True,
+    help="read the connection's catalog for the data classes each statement reads and writes",
+)
+@click.option(
+    "--data-class", "reads", multiple=True, help="a data class the statement reads (repeatable)"
+)
+@click.option(
+    "--writes-data-class",
+    "writes",
+    multiple=True,
+    help="a data class the statement writes (repeatable)",
+)
 @click.argument("sql")
 def explain(
     config_path: str,
@@ -167,13 +230,29 @@ def explain(
     agent: bool,
     connection: str,
     at: str | None,
+    use_catalog: bool,
+    reads: tuple[str, ...],
+    writes: tuple[str, ...],
     sql: str,
 ) -> None:
-    """Print the facts of SQL and the decision, with the rules that fired, as JSON."""
+    """Print the facts of SQL and the decision, with the rules that fired, as JSON.
+
+    Data classes come from the connection's catalog with --catalog, else from
+    --data-class / --writes-data-class (for every statement)."""
     loaded, pol = _load(config_path)
     ctx = _context(loaded, connection, identity, list(groups), agent, _parse_at(at))
-    verdict = evaluate_sql(pol, sql, ctx)
-    out = {"policy_version": pol.version, "environment": ctx.environment, **verdict_to_dict(verdict)}
+    classes: list[Classes] | None = None
+    if use_catalog:
+        classes = _catalog_classes(loaded, connection, sql)
+    elif reads or writes:
+        n = max(1, len(evaluate_sql(pol, sql, ctx).facts))
+        classes = [(frozenset(reads), frozenset(writes))] * n
+    verdict = evaluate_with_classes(pol, sql, ctx, classes)
+    out = {
+        "policy_version": pol.version,
+        "environment": ctx.environment,
+        **verdict_to_dict(verdict, classes),
+    }
     click.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
 
 
@@ -200,7 +279,8 @@ def test(config_path: str, cases_path: str) -> None:
 
     Each case: sql, identity, groups, agent, connection, expect (allow, deny,
     require_approval or mask), optional expect_rules (each must be among the rules that
-    decided), optional at (ISO 8601 time) and name.
+    decided), optional at (ISO 8601 time), data_classes and writes_data_classes (what
+    the statement reads and writes), and name.
     """
     loaded, pol = _load(config_path)
     cases = _cases(cases_path)
@@ -219,7 +299,15 @@ def test(config_path: str, cases_path: str) -> None:
                 bool(case.get("agent", False)),
                 _parse_at(case.get("at")),
             )
-            verdict = evaluate_sql(pol, str(case["sql"]), ctx)
+            case_classes: list[Classes] | None = None
+            if case.get("data_classes") or case.get("writes_data_classes"):
+                n = max(1, len(evaluate_sql(pol, str(case["sql"]), ctx).facts))
+                given = (
+                    frozenset(str(c) for c in case.get("data_classes") or ()),
+                    frozenset(str(c) for c in case.get("writes_data_classes") or ()),
+                )
+                case_classes = [given] * n
+            verdict = evaluate_with_classes(pol, str(case["sql"]), ctx, case_classes)
         except (KeyError, click.BadParameter) as err:
             failed += 1
             reason = f"missing key {err}" if isinstance(err, KeyError) else err.format_message()

@@ -32,7 +32,7 @@ from dbsentry.policy.model import Action, Match, Rule, TimeWindow
 from dbsentry.sql.facts import StatementFacts
 
 # Bump when the baseline or matching semantics change, so cached decisions expire.
-ENGINE_REVISION = "2"
+ENGINE_REVISION = "3"
 
 PRECEDENCE: dict[str, int] = {"allow": 0, "mask": 1, "require_approval": 2, "deny": 3}
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -46,7 +46,10 @@ class EvalContext:
     connection: str
     environment: str
     now: datetime  # timezone-aware
-    data_classes: frozenset[str] = frozenset()  # from the classifier, when there is one
+    # From lineage and the classifier, when the connection's catalog is known: the data
+    # classes of the columns the statement reads, and of those it writes.
+    data_classes: frozenset[str] = frozenset()
+    written_data_classes: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +215,12 @@ def compile_match(m: Match, every: bool) -> list[Pred]:
             preds.append(lambda f, c: bool(c.data_classes) and c.data_classes <= dcs)
         else:
             preds.append(lambda f, c: not dcs.isdisjoint(c.data_classes))
+    if m.writes_data_classes is not None:
+        wdcs = frozenset(m.writes_data_classes)
+        if every:
+            preds.append(lambda f, c: bool(c.written_data_classes) and c.written_data_classes <= wdcs)
+        else:
+            preds.append(lambda f, c: not wdcs.isdisjoint(c.written_data_classes))
     if m.risk is not None:
         risks = frozenset(m.risk)
         preds.append(lambda f, c: f.risk in risks)
@@ -293,7 +302,7 @@ class Policy:
             safe_functions=frozenset(safe_functions),
             uses_identity_names=any(_uses(r, "identities") for r in rules),
             uses_time=any(_uses(r, "time") for r in rules),
-            uses_data_classes=any(_uses(r, "data_classes") for r in rules),
+            uses_data_classes=any(_uses(r, "data_classes") or _uses(r, "writes_data_classes") for r in rules),
             _by_name={r.name: r for r in rules},
         )
 

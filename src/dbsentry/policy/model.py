@@ -20,6 +20,11 @@ Action = Literal["allow", "deny", "require_approval", "mask"]
 ClassName = Literal["READ", "WRITE", "FUNCTION", "ROLE", "DDL", "MISC", "MISC_SET"]
 RiskName = Literal["low", "moderate", "high"]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+# The data classes of dbsentry.masking.classes.DataClass (a test keeps the two in step).
+DataClassName = Literal[
+    "email", "phone", "person_name", "postal_address", "date_of_birth", "national_id",
+    "payment_card", "iban", "ip_address", "secret",
+]  # fmt: skip
 
 _HOURS = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
 _RULE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
@@ -78,7 +83,16 @@ class Match(_Model):
         description='run-time settings the statement changes (SET, RESET, set_config()...), globs: "search_path", "work_*"; "?" is a setting whose name is not a constant',
     )
     flags: list[str] | None = Field(default=None, description="statement flags, any of")
-    data_classes: list[str] | None = None
+    data_classes: list[DataClassName] | None = Field(
+        default=None,
+        description="data classes of the columns the statement reads: the values it returns, "
+        "the columns it filters, joins, groups or orders on, the values it copies",
+    )
+    writes_data_classes: list[DataClassName] | None = Field(
+        default=None,
+        description="data classes of the columns the statement writes: INSERT, UPDATE SET, "
+        "every column of the rows a DELETE or MERGE may change, COPY FROM",
+    )
     risk: list[RiskName] | None = None
     time: TimeWindow | None = None
 

@@ -9,11 +9,14 @@ atomically: sessions keep running and the next statement is judged by the new po
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from dbsentry.identity.model import Identity
+from dbsentry.masking.catalog import Catalog, ClassMap
+from dbsentry.masking.inference import StatementClasses, statement_classes
 from dbsentry.policy import (
     DecisionCache,
     EvalContext,
@@ -29,6 +32,21 @@ from dbsentry.policy import (
 from dbsentry.policy.baseline import setting_allowed
 from dbsentry.policy.engine import Decision
 from dbsentry.session.functions import FunctionSafety
+from dbsentry.sql.facts import StatementFacts
+
+#: The data classes each statement of a query string reads and writes (one per facts).
+ClassSource = Callable[[str, Sequence[StatementFacts]], Sequence[StatementClasses]]
+
+
+def classes_from(catalog: Catalog, classmap: ClassMap) -> ClassSource:
+    """Data classes from a connection's catalog: lineage of the statement text, and the
+    tables of its facts when lineage cannot be had."""
+
+    def source(sql: str, facts: Sequence[StatementFacts]) -> Sequence[StatementClasses]:
+        tables = [(f.tables_read, f.tables_written) for f in facts]
+        return statement_classes(sql, tables, catalog, classmap)
+
+    return source
 
 log = logging.getLogger("dbsentry.policy")
 
@@ -66,18 +84,34 @@ class Governor:
         return self.policy.version
 
     def check(
-        self, sql: str, identity: Identity, connection: str, environment: str, functions: FunctionSafety | None = None
+        self,
+        sql: str,
+        identity: Identity,
+        connection: str,
+        environment: str,
+        functions: FunctionSafety | None = None,
+        classes: ClassSource | None = None,
     ) -> Check:
         """``functions``: the connection's catalog, to mark calls of functions that may
-        change data (``volatile_function``)."""
+        change data (``volatile_function``).  ``classes``: the data classes each statement
+        reads and writes, asked only when a rule matches on them."""
         ctx = EvalContext(identity, connection, environment, datetime.now(UTC))
         verdict = evaluate_sql(self.policy, sql, ctx, self.facts_cache, self.decision_cache)
-        if functions is not None and verdict.facts:
+        if not verdict.facts:
+            return Check(verdict)
+        facts = verdict.facts
+        if functions is not None:
             functions = functions.trusting(self.policy.safe_functions)
-            marked = tuple(functions.mark(f) for f in verdict.facts)
-            if any(a is not b for a, b in zip(marked, verdict.facts, strict=True)):
-                decisions = tuple(self.decision_cache.evaluate(self.policy, f, ctx) for f in marked)
-                verdict = replace(verdict, facts=marked, decisions=decisions, decision=combine(decisions))
+            facts = tuple(functions.mark(f) for f in verdict.facts)
+        ctxs = [ctx for _ in facts]
+        if classes is not None and self.policy.uses_data_classes:
+            ctxs = [
+                replace(ctx, data_classes=c.reads, written_data_classes=c.writes)
+                for c in classes(sql, facts)
+            ]
+        if any(a is not b for a, b in zip(facts, verdict.facts, strict=True)) or any(c is not ctx for c in ctxs):
+            decisions = tuple(self.decision_cache.evaluate(self.policy, f, c) for f, c in zip(facts, ctxs, strict=True))
+            verdict = replace(verdict, facts=facts, decisions=decisions, decision=combine(decisions))
         return Check(verdict)
 
     def setting_allowed(self, name: str) -> bool:

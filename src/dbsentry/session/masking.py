@@ -29,6 +29,7 @@ import orjson
 from pglast import parser as pg_parser
 
 from dbsentry.config import MaskingConfig
+from dbsentry.identity.model import Identity
 from dbsentry.masking import (
     Catalog,
     ClassMap,
@@ -49,6 +50,9 @@ from dbsentry.masking.catalog import SourceColumn, parse_search_path
 from dbsentry.masking.channels import ChannelMasker, TouchedValues, classified_columns
 from dbsentry.masking.classes import Classification, most_sensitive, parse_class
 from dbsentry.masking.copies import copied_classes, with_derived, with_new_tables
+from dbsentry.masking.inference import lineages_of
+from dbsentry.masking.inference import refusal_message as predicate_refusal
+from dbsentry.masking.inference import violation as predicate_violation
 from dbsentry.masking.lineage import ANY_SCHEMA, LineageError
 from dbsentry.masking.rows import (
     Field,
@@ -805,6 +809,31 @@ class SessionMasking:
             self.expect.append(_SIMPLE)
         elif t == m.Q_SYNC:
             self.expect.append(_SYNC)
+
+    def inference(
+        self, sql: str, facts: Sequence[StatementFacts], decision: Decision, identity: Identity, environment: str, production: bool
+    ) -> Decision | None:
+        """A refusal when the statement uses a masked column other than as an output value
+        in a way ``masking.predicates`` does not permit for this identity (its caller has
+        checked that the identity is not exempt), or None."""
+        view = self.service.current(self.connection)
+        mode = self.service.config.predicates.mode_for(identity.kind, identity.groups, environment, production)
+        if view is None or mode == "allow" or not any(
+            view.may_read_sensitive(f) or any(t.rpartition(".")[2].strip('"').lower() in view.sensitive_relnames for t in f.tables_written)
+            for f in facts
+        ):
+            return None
+        # UPDATE and DELETE read what they change: lineage of every statement touching a
+        # sensitive table, with the session's search path as plan() followed it
+        path = self.search_path if self.search_path is not None else view.catalog.search_path
+        lineages = lineages_of(sql, view.catalog, path, self.path_candidates - set(path))
+        if lineages is None:
+            message = f"dbsentry cannot tell how this statement uses masked columns (masking.predicates = {mode})"
+            return Decision("deny", ("masking.predicates",), message)
+        use = predicate_violation(lineages, view.classmap, mode)
+        if use is None:
+            return None
+        return Decision("deny", ("masking.predicates",), predicate_refusal(use, mode))
 
     def parsed(self, name: str, plan: StatementPlan | None, source: tuple[str, tuple[int, ...]] | None = None) -> None:
         """A Parse of ``name`` is about to be sent, planned by the last :meth:`plan` of its

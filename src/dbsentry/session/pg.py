@@ -49,7 +49,7 @@ from dbsentry.policy.engine import Decision
 from dbsentry.policy.verdict import Verdict
 from dbsentry.session import commands as c
 from dbsentry.session.auditing import SessionAudit
-from dbsentry.session.governance import Check, Governor, denial_message
+from dbsentry.session.governance import Check, Governor, classes_from, denial_message
 from dbsentry.session.guard import Guard, Limits, Mode, Out
 from dbsentry.session.guard import Statement as GuardedStatement
 from dbsentry.session.masking import (
@@ -1249,7 +1249,14 @@ class Session:
             # is judged without them.
             identity = self.approvals.effective_identity(identity)
         view = self.catalog_service.current(self.connection_name) if self.catalog_service is not None else None
-        check = gov.check(sql, identity, self.connection_name, self._environment, view.functions if view else None)
+        check = gov.check(
+            sql,
+            identity,
+            self.connection_name,
+            self._environment,
+            view.functions if view else None,
+            classes_from(view.catalog, view.classmap) if view else None,
+        )
         if check.allowed and self._production():
             refused = self._agent_timeout_raised(check) if identity.kind == "agent" else None
             refused = refused or self._search_path_refused(check)
@@ -1637,6 +1644,11 @@ class Session:
             # The value would leave by a notification or a setting, where no plan masks it.
             return _refusal(check, "masking.side_channel", side), ()
         plans = masking.plan(sql, verdict.facts, check.decision)
+        assert self.identity is not None
+        identity = self.approvals.effective_identity(self.identity) if self.approvals is not None else self.identity
+        denied = masking.inference(sql, verdict.facts, check.decision, identity, self._environment, self._production())
+        if denied is not None:  # masked columns in WHERE, ORDER BY...: masking.predicates
+            return Check(Verdict(verdict.facts, tuple(denied for _ in verdict.facts), denied, verdict.parse_error)), ()
         for plan in plans:
             if plan is None:
                 continue
