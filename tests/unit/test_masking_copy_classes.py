@@ -132,3 +132,24 @@ def test_masked_literals_in_sql() -> None:
     assert writes_masked_literal("insert into t values ('****@example.com')")
     assert writes_masked_literal("update t set a = '<card>' where b = 1")
     assert not writes_masked_literal("insert into t values ('note: ****', 'see <email>')")
+
+
+def test_plans_are_not_shared_between_connections() -> None:
+    """Two connections whose catalogs differ: the same text gets each one's plan."""
+    from dbsentry.config import MaskingConfig
+    from dbsentry.policy.engine import Decision
+    from dbsentry.session.masking import MaskingService
+    from dbsentry.sql.facts import analyze
+
+    service = MaskingService(MaskingConfig(), b"k" * 32)
+    other = Catalog.from_rows(_rel(100, "public", "customers", "r", [("id", 23, "integer"), ("email", T, "text")]), (), (), ("public",))
+    harmless = Catalog.from_rows(_rel(100, "public", "customers", "r", [("id", 23, "integer"), ("email", 16, "boolean")]), (), (), ("public",))
+    a = service.install("a", other, classify_catalog(other))
+    b = service.install("b", harmless, classify_catalog(harmless))
+    assert a.version != b.version
+    sql = "select email from customers"
+    facts = analyze(sql)
+    decision = Decision("allow", (), "")
+    (plan_a,) = service.plans(a, sql, facts, decision)
+    assert plan_a is not None and plan_a.active
+    assert service.plans(b, sql, facts, decision) == (None,)

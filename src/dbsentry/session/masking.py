@@ -310,6 +310,7 @@ class MaskingService:
         self.derived: dict[str, dict[SourceColumn, Classification]] = {k: dict(v) for k, v in (derived or {}).items()}
         self._save_derived = save_derived
         self._base: dict[str, tuple[Catalog, ClassMap]] = {}
+        self._version = 0
         self.exempt_groups = frozenset(config.exempt_groups)
         strategies: dict[DataClass, str] = {}
         for name, strategy in config.strategies.items():
@@ -338,7 +339,9 @@ class MaskingService:
         if old is not None:
             self._keep_lost_classes(connection, old, catalog, classmap)
         merged = with_derived(catalog, classmap, self.derived.get(connection, {}), self.config.overrides)
-        view = MaskingView.build(catalog, merged, (old.version + 1) if old else 1)
+        # Versions are unique across connections: plans are cached by version and text.
+        self._version += 1
+        view = MaskingView.build(catalog, merged, self._version)
         self.views[connection] = view
         return view
 
