@@ -376,7 +376,8 @@ def decode_ready(buf: bytes, start: int, end: int) -> m.ReadyForQuery:
     return m.ReadyForQuery(chr(buf[start]))
 
 
-def decode_error_fields(buf: bytes, start: int, end: int) -> m.ErrorFields:
+def _error_fields(buf: bytes, start: int, end: int, errors: str) -> tuple[list[tuple[str, str]], int]:
+    """The (code, value) fields of an ErrorResponse or NoticeResponse, and where they end."""
     out: list[tuple[str, str]] = []
     pos = start
     while pos < end and buf[pos] != 0:
@@ -384,24 +385,20 @@ def decode_error_fields(buf: bytes, start: int, end: int) -> m.ErrorFields:
         z = buf.find(b"\x00", pos + 1, end)
         if z < 0:
             raise ProtocolError("unterminated error field")
-        out.append((code, bytes(buf[pos + 1 : z]).decode("utf-8", "replace")))
+        out.append((code, bytes(buf[pos + 1 : z]).decode("utf-8", errors)))
         pos = z + 1
-    return m.ErrorFields(tuple(out))
+    return out, pos
+
+
+def decode_error_fields(buf: bytes, start: int, end: int) -> m.ErrorFields:
+    return m.ErrorFields(tuple(_error_fields(buf, start, end, "replace")[0]))
 
 
 def decode_raw_fields(buf: bytes, start: int, end: int) -> tuple[tuple[str, str], ...]:
     """The fields of an ErrorResponse or NoticeResponse, each value decoded so that it
     encodes back to the same bytes (bytes that are not UTF-8 survive as surrogates):
     for rewriting a message without changing what is not rewritten."""
-    out: list[tuple[str, str]] = []
-    pos = start
-    while pos < end and buf[pos] != 0:
-        code = chr(buf[pos])
-        z = buf.find(b"\x00", pos + 1, end)
-        if z < 0:
-            raise ProtocolError("unterminated error field")
-        out.append((code, bytes(buf[pos + 1 : z]).decode("utf-8", "surrogateescape")))
-        pos = z + 1
+    out, pos = _error_fields(buf, start, end, "surrogateescape")
     if pos >= end:
         raise ProtocolError("error fields are not terminated")
     return tuple(out)
