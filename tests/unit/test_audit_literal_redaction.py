@@ -279,3 +279,10 @@ def test_search_filter_by_digest() -> None:
     assert where[-1] == "(s.payload LIKE ?)" and params == ["%:hmac:0123456789ab>%"]
     r = _redactor()
     assert r.search_digests(" x ") == (r.digest(" x "), r.digest("x"))
+
+
+def test_a_tree_too_deep_to_read_redacts_every_constant() -> None:
+    """2,001 NOTs parse, but their JSON tree is nested too deep to load: the finder does
+    not raise, and says it could not read the statement (every constant is then redacted)."""
+    meets = find_literal_meets("select " + "not " * 2001 + "true and 'ada@example.com' = 'x'")
+    assert not meets.parsed

@@ -533,7 +533,10 @@ def find_literal_meets(
         return LiteralMeets(parsed=False)
     if '"A_Const"' not in raw and '"ParamRef"' not in raw:
         return _NOTHING  # nothing that could carry a value
-    tree = orjson.loads(raw)
+    try:
+        tree = orjson.loads(raw)
+    except (orjson.JSONDecodeError, RecursionError):
+        return LiteralMeets(parsed=False)  # nested too deep to read: every constant goes
     if not _may_meet(raw, classmap):
         # no column it names can be sensitive: only the constants' values are needed
         values: dict[int, str] = {}

@@ -194,7 +194,7 @@ def copied_column_names(sql: str) -> set[str] | None:
     """Column names (lower case; ``*`` for a star) whose values the statement stores."""
     try:
         tree = orjson.loads(pg_parser.parse_sql_json(sql))
-    except pg_parser.ParseError:
+    except (pg_parser.ParseError, orjson.JSONDecodeError, RecursionError):
         return None
     out: set[str] = set()
     stack: list[Any] = [tree]
@@ -264,7 +264,7 @@ def writes_masked_literal(sql: str) -> bool:
         return False
     try:
         tree = orjson.loads(pg_parser.parse_sql_json(sql))
-    except pg_parser.ParseError:
+    except (pg_parser.ParseError, orjson.JSONDecodeError, RecursionError):
         return True  # cannot tell: the statement is refused elsewhere anyway
     stack: list[Any] = [tree]
     while stack:
