@@ -300,7 +300,8 @@ class ChannelMasker:
         row_detail = cls in _ROW_CLASSES and self._classified_detail(values)
         # A notice or RAISE: free text that code wrote, possibly a value read by the statement.
         withhold = strict and (notice or cls == "P0")
-        quoted = strict and cls in DATA_CLASSES
+        # (an undefined column is named by the statement's own text: no run-time value)
+        quoted = strict and cls in DATA_CLASSES and sqlstate != "42703"
         out: list[tuple[str, str]] = []
         changed = False
         for code, value in fields:
