@@ -310,6 +310,8 @@ class MaskingService:
         self.derived: dict[str, dict[SourceColumn, Classification]] = {k: dict(v) for k, v in (derived or {}).items()}
         self._save_derived = save_derived
         self._base: dict[str, tuple[Catalog, ClassMap]] = {}
+        # (found,): None is a result too (the statement cannot be analysed)
+        self._copies: LRU[tuple[object, ...], tuple[dict[SourceColumn, Classification] | None]] = LRU(4096)
         self._version = 0
         self.exempt_groups = frozenset(config.exempt_groups)
         strategies: dict[DataClass, str] = {}
@@ -370,13 +372,20 @@ class MaskingService:
         candidates: frozenset[str] = frozenset(),
     ) -> dict[SourceColumn, Classification] | None:
         """The columns ``sql`` stores classified values in, with the class each would
-        inherit; None when the statement cannot be analysed."""
+        inherit; None when the statement cannot be analysed.  Cached like plans: a write
+        is analysed once per text, not at every run."""
         path = search_path if search_path is not None else view.catalog.search_path
+        key = (view.version, sql, path, candidates)
+        cached = self._copies.get(key)
+        if cached is not None:
+            return cached[0]
+        found: dict[SourceColumn, Classification] | None
         try:
-            lineages = analyze_lineage(sql, view.catalog, path, candidates=candidates)
+            found = copied_classes(analyze_lineage(sql, view.catalog, path, candidates=candidates), view.classmap)
         except LineageError:
-            return None
-        return copied_classes(lineages, view.classmap)
+            found = None
+        self._copies.put(key, (found,))
+        return found
 
     def inherit(self, connection: str, copies: Mapping[SourceColumn, Classification], reinstall: bool = True) -> None:
         """Columns that now hold copies of classified data keep their class, for every
