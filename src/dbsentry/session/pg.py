@@ -525,6 +525,15 @@ class Session:
             # VERIFYING / CONNECTING / OPENING: the client must wait for us; it may only
             # pipeline.
             return self._client_early(data)
+        except codec.NotAStartupPacket as err:
+            # PostgreSQL logs these and closes: the peer does not speak the protocol yet.
+            self.state = State.CLOSED
+            return [
+                *self._closing(str(err)),
+                c.Log(logging.INFO, "session.invalid_startup", {"reason": str(err), "client": self.client.address}),
+                c.CloseClient(),
+                c.CloseUpstream(),
+            ]
         except codec.ProtocolError as err:
             return self._fail(err.sqlstate, f"dbsentry: {err}", client=self.client.address)
 

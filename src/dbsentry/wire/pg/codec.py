@@ -39,6 +39,17 @@ class MessageTooLarge(ProtocolError):
     sqlstate = "54000"
 
 
+class NotAStartupPacket(ProtocolError):
+    """The first bytes of a connection are not a start-up packet (a Terminate where the
+    start-up packet belongs, another protocol, noise): like PostgreSQL, close without an
+    answer, since the peer is not speaking the protocol yet."""
+
+
+# An oversized length is only answered when it may belong to a real start-up packet: at
+# most this long, and followed by protocol 3.x.
+_PLAUSIBLE_STARTUP = 1 << 20
+
+
 # ----------------------------------------------------------------- startup packets
 
 
@@ -51,8 +62,14 @@ def read_startup_packet(buf: bytes | bytearray, max_len: int = MAX_STARTUP_PACKE
         return None
     (length,) = _unpack_u32(buf, 0)
     if length < 8:
-        raise ProtocolError(f"invalid startup packet length {length}")
+        raise NotAStartupPacket(f"invalid length of startup packet ({length})")
     if length > max_len:
+        if length > _PLAUSIBLE_STARTUP:
+            raise NotAStartupPacket(f"invalid length of startup packet ({length})")
+        if len(buf) < 8:
+            return None
+        if _unpack_u32(buf, 4)[0] >> 16 != 3:
+            raise NotAStartupPacket(f"invalid length of startup packet ({length})")
         raise MessageTooLarge(f"startup packet of {length} bytes exceeds the limit of {max_len}")
     if len(buf) < length:
         return None
