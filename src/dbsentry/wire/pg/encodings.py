@@ -13,6 +13,7 @@ ignoring everything but letters and digits, with its aliases (``Unicode``, ``WIN
 
 from __future__ import annotations
 
+import codecs
 import re
 
 UTF8 = "UTF8"
@@ -56,7 +57,7 @@ CODECS: dict[str, str | None] = {
     "EUC_TW": None,
     "MULE_INTERNAL": None,
     "SJIS": "cp932",
-    "SHIFT_JIS_2004": "shift_jis_2004",
+    "SHIFT_JIS_2004": "dbsentry-shift-jis-2004",  # see _sjis2004 below
     "BIG5": "cp950",
     "GBK": "gbk",
     "GB18030": "gb18030",
@@ -178,3 +179,31 @@ def codec_for(client_encoding: str, server_encoding: str = UTF8) -> str | None:
 def ascii_safe(client_encoding: str) -> bool:
     """Whether every byte below 0x80 is the ASCII character it looks like."""
     return (canonical(client_encoding) or client_encoding.upper()) not in NOT_ASCII_SAFE
+
+
+# Python's shift_jis_2004 reads the single bytes 0x5C and 0x7E as YEN SIGN and OVERLINE;
+# PostgreSQL reads them as the backslash and the tilde they are in ASCII (and its parser
+# acts on them), so this codec does too.  No two-byte character of the encoding reads as
+# either sign, so the translation is exact.
+_FROM_SJIS2004 = str.maketrans({"\u00a5": "\\", "\u203e": "~"})
+_TO_SJIS2004 = str.maketrans({"\\": "\u00a5", "~": "\u203e"})
+_SJIS2004 = codecs.lookup("shift_jis_2004")
+
+
+def _sjis2004_decode(data: bytes, errors: str = "strict") -> tuple[str, int]:
+    text, n = _SJIS2004.decode(data, errors)
+    return text.translate(_FROM_SJIS2004), n
+
+
+def _sjis2004_encode(text: str, errors: str = "strict") -> tuple[bytes, int]:
+    data, _ = _SJIS2004.encode(text.translate(_TO_SJIS2004), errors)
+    return data, len(text)
+
+
+def _search(name: str) -> codecs.CodecInfo | None:
+    if name.replace("_", "-") != "dbsentry-shift-jis-2004":
+        return None
+    return codecs.CodecInfo(_sjis2004_encode, _sjis2004_decode, name="dbsentry-shift-jis-2004")
+
+
+codecs.register(_search)
