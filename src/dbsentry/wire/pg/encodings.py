@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import codecs
 import re
+from collections.abc import Buffer
 
 UTF8 = "UTF8"
 
@@ -190,12 +191,12 @@ _TO_SJIS2004 = str.maketrans({"\\": "\u00a5", "~": "\u203e"})
 _SJIS2004 = codecs.lookup("shift_jis_2004")
 
 
-def _sjis2004_decode(data: bytes, errors: str = "strict") -> tuple[str, int]:
-    text, n = _SJIS2004.decode(data, errors)
+def _sjis2004_decode(data: Buffer, errors: str = "strict", /) -> tuple[str, int]:
+    text, n = _SJIS2004.decode(bytes(data), errors)
     return text.translate(_FROM_SJIS2004), n
 
 
-def _sjis2004_encode(text: str, errors: str = "strict") -> tuple[bytes, int]:
+def _sjis2004_encode(text: str, errors: str = "strict", /) -> tuple[bytes, int]:
     data, _ = _SJIS2004.encode(text.translate(_TO_SJIS2004), errors)
     return data, len(text)
 
