@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import codecs
 import re
-from collections.abc import Buffer
+from typing import Any, cast
 
 UTF8 = "UTF8"
 
@@ -191,7 +191,7 @@ _TO_SJIS2004 = str.maketrans({"\\": "\u00a5", "~": "\u203e"})
 _SJIS2004 = codecs.lookup("shift_jis_2004")
 
 
-def _sjis2004_decode(data: Buffer, errors: str = "strict", /) -> tuple[str, int]:
+def _sjis2004_decode(data: bytes, errors: str = "strict", /) -> tuple[str, int]:
     text, n = _SJIS2004.decode(bytes(data), errors)
     return text.translate(_FROM_SJIS2004), n
 
@@ -204,7 +204,7 @@ def _sjis2004_encode(text: str, errors: str = "strict", /) -> tuple[bytes, int]:
 def _search(name: str) -> codecs.CodecInfo | None:
     if name.replace("_", "-") != "dbsentry-shift-jis-2004":
         return None
-    return codecs.CodecInfo(_sjis2004_encode, _sjis2004_decode, name="dbsentry-shift-jis-2004")
+    return codecs.CodecInfo(_sjis2004_encode, cast(Any, _sjis2004_decode), name="dbsentry-shift-jis-2004")
 
 
 codecs.register(_search)
