@@ -178,11 +178,6 @@ class ApprovalStore(abc.ABC):
             rows = tx.rows("SELECT version FROM @Tapproval_meta WHERE id = 1")
         return int(rows[0][0]) if rows else 0
 
-    def changes_since(self, version: int) -> int | None:
-        """The current version if it differs from ``version``, else None."""
-        current = self.version()
-        return None if current == version else current
-
     def active_grants(self, identity: str, now: float | None = None) -> builtins.list[Grant]:
         at = self._now(now)
         with self._transaction(write=False) as tx:

@@ -259,6 +259,8 @@ class ClientConnection(asyncio.Protocol):
         elif t is c.Log:
             assert isinstance(cmd, c.Log)
             log.log(cmd.level, cmd.event, extra={"fields": {"session": self.session.proxy_pid, **cmd.fields}})
+            if cmd.event == "session.refused" and str(cmd.fields.get("sqlstate", "")).startswith("28"):
+                metrics.login_failed("password" if cmd.fields["sqlstate"] == "28P01" else "refused")
         elif t is c.CloseClient:
             self._close_client()
         elif t is c.CloseUpstream:
