@@ -276,7 +276,6 @@ async def _answer(send: Send, status: int, detail: str, headers: dict[str, str] 
         (b"content-length", str(len(body)).encode()),
         *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()),
     ]
-    if status in (400, 408, 413):
-        raw.append((b"connection", b"close"))  # what is left of the request is not read
+    raw.append((b"connection", b"close"))  # what is left of the request is never read
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,137 @@
+"""Every route of the OpenAPI document, called by every kind of caller, answers as the
+tables in docs/console.md ("Who may do what" and "The API") say: 401 or 403 where the
+capability is missing, and never where it is present."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+from test_web_api import POLICY, FakeApprovals, make_config  # type: ignore[import-not-found]
+
+from dbsentry.audit import AuditWriter
+from dbsentry.audit.sqlite_store import SQLiteStore
+from dbsentry.identity import Authenticator, TokenStore
+from dbsentry.policy import parse_policy
+from dbsentry.session.governance import Governor
+from dbsentry.web import WebConfig, WebContext, create_app
+from dbsentry.web.access import Capability, Require
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "console.md"
+
+#: The callers of the table's columns: (identity kind, groups); None is no token at all.
+CALLERS: dict[str, tuple[str, list[str]] | None] = {
+    "anonymous": None,
+    "no role": ("human", ["analysts"]),
+    "auditor": ("human", ["security"]),
+    "reviewer": ("human", ["dba"]),
+    "admin": ("human", ["dbsentry-admins"]),
+    "agent auditor": ("agent", ["security"]),
+    "agent reviewer": ("agent", ["dba"]),
+    "agent admin": ("agent", ["dbsentry-admins"]),
+}
+
+
+def _rows(text: str, header: str) -> list[list[str]]:
+    """The rows of the markdown table whose header line starts with ``header``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def documented() -> tuple[dict[str, dict[str, bool]], dict[tuple[str, str], str]]:
+    text = DOCS.read_text(encoding="utf-8")
+    header_line = next(line for line in text.splitlines() if line.startswith("| Capability |"))
+    head = [c.strip() for c in header_line.strip("|").split("|")][1:]
+    table = {
+        row[0]: {who: cell == "yes" for who, cell in zip(head, row[1:], strict=True)}
+        for row in _rows(text, "| Capability |")
+    }
+    routes = {}
+    for row in _rows(text, "| Method and path | Capability |"):
+        method, path = re.fullmatch(r"`(\w+) (\S+)`", row[0]).groups()  # type: ignore[union-attr]
+        routes[(method, "/api/v1" + path)] = row[1]
+    return table, routes
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, str | None]]]:
+    config = make_config(tmp_path)
+    store_path = tmp_path / "audit.db"
+    SQLiteStore(store_path).close()
+    token_store = TokenStore(config.state_dir)
+    tokens: dict[str, str | None] = {}
+    for name, caller in CALLERS.items():
+        if caller is None:
+            tokens[name] = None
+        else:
+            kind, groups = caller
+            who = name.replace(" ", "-") + "@example.com"
+            tokens[name] = token_store.create(who, groups, kind, None)[0]
+    writer = AuditWriter(SQLiteStore(store_path), "sync")
+    writer.start()
+    ctx = WebContext(
+        config=config,
+        authenticator=Authenticator(config, tokens=token_store),
+        audit_store=lambda: SQLiteStore(store_path),
+        governor=Governor(parse_policy(POLICY, "policy.yaml")),
+        audit_writer=writer,
+        approvals=FakeApprovals({"ap-1": {"id": "ap-1", "status": "pending", "requester": "x"}}),
+        web=WebConfig(),
+    )
+    app = create_app(ctx)
+    app.state.web_services.stopping.set()  # the live feed ends at once
+    with TestClient(app, base_url="http://localhost", client=("127.0.0.1", 50000)) as client:
+        yield client, tokens
+    writer.close()
+    token_store.close()
+
+
+def test_every_route_declares_exactly_one_capability(
+    world: tuple[TestClient, dict[str, str | None]],
+) -> None:
+    client, _ = world
+    table, routes = documented()
+    assert set(table) == {c.value for c in Capability}
+    for route in client.app.routes:  # type: ignore[attr-defined]
+        if isinstance(route, APIRoute):
+            declared = [d.call for d in route.dependant.dependencies if isinstance(d.call, Require)]
+            assert len(declared) == 1, route.path
+            for method in route.methods:
+                if route.path.startswith("/api/"):
+                    assert routes[(method, route.path)] == declared[0].capability.value, route.path
+
+
+def test_every_route_for_every_caller(world: tuple[TestClient, dict[str, str | None]]) -> None:
+    client, tokens = world
+    table, routes = documented()
+    spec = client.get("/api/v1/openapi.json").json()
+    seen = set()
+    for path, ops in spec["paths"].items():
+        for method, _ in ops.items():
+            key = (method.upper(), path)
+            capability = routes.get(key, "public" if not path.startswith("/api/") else None)
+            assert capability is not None, f"{key} is not in docs/console.md"
+            seen.add(key)
+            url = re.sub(r"\{[^}]+\}", "no-such-thing", path)
+            for caller, token in tokens.items():
+                headers = {"Authorization": f"Bearer {token}"} if token else {}
+                kw: dict[str, Any] = {"headers": headers}
+                if method in ("post", "put", "patch"):
+                    kw["json"] = {}
+                status = client.request(method.upper(), url, **kw).status_code
+                if table[capability][caller]:
+                    assert status not in (401, 403), (key, caller, status)
+                else:
+                    assert status == (401 if token is None else 403), (key, caller, status)
+    assert {k for k in routes if k not in seen} == set(), "documented routes that do not exist"
