@@ -21,6 +21,7 @@ from dbsentry.policy import parse_policy
 from dbsentry.session.governance import Governor
 from dbsentry.web import WebConfig, WebContext, create_app
 from dbsentry.web.access import Capability, Require
+from dbsentry.web.gate import Gate
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "console.md"
 
@@ -103,13 +104,20 @@ def test_every_route_declares_exactly_one_capability(
     client, _ = world
     table, routes = documented()
     assert set(table) == {c.value for c in Capability}
-    for route in client.app.routes:  # type: ignore[attr-defined]
+    api_routes = 0
+    gate = Gate(client.app, svc=client.app.state.web_services, routes=client.app.state.routes)  # type: ignore[attr-defined]
+    for route in client.app.state.routes():  # type: ignore[attr-defined]
         if isinstance(route, APIRoute):
+            api_routes += route.path.startswith("/api/")
             declared = [d.call for d in route.dependant.dependencies if isinstance(d.call, Require)]
             assert len(declared) == 1, route.path
             for method in route.methods:
+                url = re.sub(r"\{[^}]+\}", "x", route.path)
+                scope = {"type": "http", "path": url, "method": method, "root_path": ""}
+                assert gate.requirement(scope)[0] == declared[0], route.path  # before the body
                 if route.path.startswith("/api/"):
                     assert routes[(method, route.path)] == declared[0].capability.value, route.path
+    assert api_routes == len(routes)
 
 
 def test_every_route_for_every_caller(world: tuple[TestClient, dict[str, str | None]]) -> None:

@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dbsentry import __version__ as _version
@@ -98,7 +99,8 @@ def create_app(ctx: WebContext) -> FastAPI:
         redirect_slashes=False,
     )
     app.state.web_services = svc
-    app.include_router(build_router(svc))
+    api = build_router(svc)
+    app.include_router(api)
     public = [Depends(require(Capability.PUBLIC))]
 
     @app.exception_handler(AuthError)
@@ -238,6 +240,10 @@ def create_app(ctx: WebContext) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     # The gate runs inside _Headers, so its own answers carry the security headers too.
-    app.add_middleware(Gate, svc=svc, routes=lambda: app.router.routes)
+    app.state.routes = lambda: [
+        *api.routes,
+        *(r for r in app.router.routes if isinstance(r, Route | Mount)),  # APIRoute is a Route
+    ]
+    app.add_middleware(Gate, svc=svc, routes=app.state.routes)
     app.add_middleware(_Headers)
     return app
