@@ -54,6 +54,21 @@ MAX_TOKEN_TTL = 10 * 366 * 86400.0
 _SSE_TYPES = ("statement", "completion", "session", "approval")
 _SEQ = re.compile(r"[0-9]{1,19}")
 
+#: since/until: unix seconds, ISO 8601, or an age like 30m, 12h, 7d, 2w.
+TIME_PATTERN = (
+    r"^([0-9]{1,12}(\.[0-9]{1,20})?|[0-9]{1,6}[smhdw]"
+    r"|[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}(:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?)?"
+    r"(Z|[+-][0-9]{2}(:?[0-9]{2})?)?)?)?$"
+)
+When = Annotated[
+    str | None,
+    Query(
+        pattern=TIME_PATTERN,
+        max_length=40,
+        description="unix seconds, ISO 8601 (UTC unless it says), or 30m/12h/7d/2w ago",
+    ),
+]
+
 Cursor = Annotated[
     int | None,
     Query(ge=0, le=MAX_SEQ, description="the next_cursor of the previous page"),
@@ -108,9 +123,12 @@ class ReviewBody(BaseModel):
     comment: str | None = Field(default=None, max_length=4000)
 
 
+Name = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f]+$")]
+
+
 class TokenCreate(BaseModel):
-    identity: str = Field(min_length=1, max_length=256)
-    groups: list[str] = Field(default_factory=list, max_length=100)
+    identity: Name
+    groups: list[Name] = Field(default_factory=list, max_length=100)
     kind: Literal["human", "agent"] = "human"
     ttl: str | None = Field(default="90d", description="like 8h, 30d; null for no expiry")
 
@@ -398,10 +416,8 @@ def build_router(svc: WebServices) -> APIRouter:
         table: str | None = None,
         decision: str | None = None,
         session_id: str | None = None,
-        since: Annotated[
-            str | None, Query(description="ISO 8601, unix seconds or 30m/12h/7d ago")
-        ] = None,
-        until: str | None = None,
+        since: When = None,
+        until: When = None,
         text: Annotated[str | None, Query(max_length=1000)] = None,
         value: Annotated[
             str | None,
@@ -448,7 +464,7 @@ def build_router(svc: WebServices) -> APIRouter:
         after: Annotated[
             int | None, Query(ge=0, le=MAX_SEQ, description="start after this seq (default: now)")
         ] = None,
-        last_event_id: Annotated[str | None, Header(max_length=100)] = None,
+        last_event_id: Annotated[str | None, Header(pattern=r"^[0-9]{1,18}$")] = None,
     ) -> StreamingResponse:
         start = after
         if start is None and last_event_id:
@@ -853,8 +869,8 @@ def build_router(svc: WebServices) -> APIRouter:
     def data_access(
         request: Request,
         who: Auditor,
-        since: str | None = "7d",
-        until: str | None = None,
+        since: When = "7d",
+        until: When = None,
         identity: str | None = None,
         kind: Literal["human", "agent"] | None = None,
         connection: str | None = None,
@@ -898,7 +914,7 @@ def build_router(svc: WebServices) -> APIRouter:
 
     @r.get("/agents", tags=["data"], summary="What AI agents (identity kind agent) have been doing")
     def agents(
-        request: Request, who: Auditor, since: str | None = "7d", until: str | None = None
+        request: Request, who: Auditor, since: When = "7d", until: When = None
     ) -> dict[str, Any]:
         flt = SearchFilter(
             identity_kind="agent", since=_when(since, "since"), until=_when(until, "until")

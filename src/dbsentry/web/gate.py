@@ -103,29 +103,29 @@ class Gate:
         self.routes = routes
         self._declared: dict[int, Require | None] = {}
 
-    def requirement(self, scope: Scope) -> tuple[Require | None, str | None]:
-        """The capability the request's route declares, and the route's path template.
+    def requirement(self, scope: Scope) -> tuple[Require | None, str | None, set[str]]:
+        """The capability the request's route declares, the route's path template, and
+        (when only the method is wrong) the methods the path takes.
 
         An API path that matches no route still needs a signed-in caller (it gets its 404 or
         405 after that); an API route that declares nothing is refused to everyone."""
         api = scope["path"].startswith("/api/")
-        partial = None
+        template = None
+        allow: set[str] = set()
         for route in self.routes():
             match, _ = route.matches(scope)
             if match is Match.FULL:
                 declared = self._declaration(route)
                 template = getattr(route, "path", None)
                 if declared is not None:
-                    return declared, template
+                    return declared, template, set()
                 if hasattr(route, "dependant") and api:
-                    return None, template  # declares no capability: refused to everyone
-                return Require(Capability.PUBLIC), template
-            if match is Match.PARTIAL and partial is None:
-                partial = route
-        if api:
-            template = getattr(partial, "path", None) if partial is not None else None
-            return Require(Capability.SIGNED_IN), template
-        return Require(Capability.PUBLIC), None
+                    return None, template, set()  # declares no capability: refused to all
+                return Require(Capability.PUBLIC), template, set()
+            if match is Match.PARTIAL:
+                template = template or getattr(route, "path", None)
+                allow.update(getattr(route, "methods", None) or ())
+        return Require(Capability.SIGNED_IN if api else Capability.PUBLIC), template, allow
 
     def _declaration(self, route: BaseRoute) -> Require | None:
         key = id(route)
@@ -157,10 +157,12 @@ class Gate:
         template: str | None = None
         try:
             try:
-                required, template = self.requirement(scope)
+                required, template, allow = self.requirement(scope)
                 if required is None:
                     raise Refused(403, "this route declares no capability")
                 receive = await self._admit(scope, receive, required)
+                if allow:  # every method the path takes, not only the first route's
+                    raise Refused(405, "Method Not Allowed", {"Allow": ", ".join(sorted(allow))})
             except Refused as err:
                 await _answer(tracking_send, err.status, err.detail, err.headers)
                 return
