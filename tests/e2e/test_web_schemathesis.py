@@ -94,6 +94,12 @@ def test_schemathesis_finds_nothing(console: tuple[str, str], tmp_path: Path) ->
         f"{url}/api/v1/openapi.json",
         "--checks",
         "all",
+        # Every check but one: "schema-valid request rejected" (positive_data_acceptance)
+        # expects any value the schema allows to be accepted, but a schema cannot say that
+        # a time must be on the calendar, a connection must exist or a ttl must parse; those
+        # are 422s by design.  500s, schema violations and undeclared statuses all count.
+        "--exclude-checks",
+        "positive_data_acceptance",
         "--header",
         f"Authorization: Bearer {admin}",
         "--max-examples",
