@@ -4,54 +4,33 @@ without a token is answered 401 before any of it is sent."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from test_web_console import _ServerThread  # type: ignore[import-not-found]
 
 from dbsentry.audit.sqlite_store import SQLiteStore
 from dbsentry.config import parse_config
 from dbsentry.identity import Authenticator
-from dbsentry.web import WebConfig, WebContext, bind_http, create_app, serve_http
+from dbsentry.web import WebConfig, WebContext, create_app
 
 pytestmark = pytest.mark.e2e
 
 HEADER_TIMEOUT = 1.0
 
 
-class Server:
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.sock = bind_http("127.0.0.1", 0)
-        self.port = self.sock.getsockname()[1]
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.stop_event: asyncio.Event | None = None
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self.loop = asyncio.get_running_loop()
-            self.stop_event = asyncio.Event()
-            self.ready.set()
-            await serve_http(self.app, "127.0.0.1", self.port, self.stop_event, sock=self.sock)
-
-        asyncio.run(main())
+class Server(_ServerThread):  # type: ignore[misc]
+    """The console's test server as a context manager."""
 
     def __enter__(self) -> Server:
-        self.thread.start()
-        self.ready.wait(10)
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        assert self.loop is not None and self.stop_event is not None
-        self.loop.call_soon_threadsafe(self.stop_event.set)
-        self.thread.join(15)
+        self.stop()
 
 
 @pytest.fixture

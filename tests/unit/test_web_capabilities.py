@@ -2,24 +2,19 @@
 tables in docs/console.md ("Who may do what" and "The API") say: 401 or 403 where the
 capability is missing, and never where it is present."""
 
+# ruff: noqa: F811  (the env fixture is imported from test_web_api)
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
-from test_web_api import POLICY, FakeApprovals, make_config  # type: ignore[import-not-found]
+from test_web_api import Env, env  # type: ignore[import-not-found]  # noqa: F401
 
-from dbsentry.audit import AuditWriter
-from dbsentry.audit.sqlite_store import SQLiteStore
-from dbsentry.identity import Authenticator, TokenStore
-from dbsentry.policy import parse_policy
-from dbsentry.session.governance import Governor
-from dbsentry.web import WebConfig, WebContext, create_app
+from dbsentry.identity import TokenStore
 from dbsentry.web.access import Capability, Require
 from dbsentry.web.gate import Gate
 
@@ -66,36 +61,20 @@ def documented() -> tuple[dict[str, dict[str, bool]], dict[tuple[str, str], str]
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, str | None]]]:
-    config = make_config(tmp_path)
-    store_path = tmp_path / "audit.db"
-    SQLiteStore(store_path).close()
-    token_store = TokenStore(config.state_dir)
-    tokens: dict[str, str | None] = {}
+def world(env: Env) -> tuple[TestClient, dict[str, str | None]]:
+    """test_web_api's app and its callers, and agents with each role."""
+    store = TokenStore(env.config.state_dir)
+    tokens: dict[str, str | None] = {
+        "anonymous": None,
+        "no role": env.tokens["nobody"],
+        **{role: env.tokens[role] for role in ("auditor", "reviewer", "admin")},
+    }
     for name, caller in CALLERS.items():
-        if caller is None:
-            tokens[name] = None
-        else:
-            kind, groups = caller
-            who = name.replace(" ", "-") + "@example.com"
-            tokens[name] = token_store.create(who, groups, kind, None)[0]
-    writer = AuditWriter(SQLiteStore(store_path), "sync")
-    writer.start()
-    ctx = WebContext(
-        config=config,
-        authenticator=Authenticator(config, tokens=token_store),
-        audit_store=lambda: SQLiteStore(store_path),
-        governor=Governor(parse_policy(POLICY, "policy.yaml")),
-        audit_writer=writer,
-        approvals=FakeApprovals({"ap-1": {"id": "ap-1", "status": "pending", "requester": "x"}}),
-        web=WebConfig(),
-    )
-    app = create_app(ctx)
-    app.state.web_services.stopping.set()  # the live feed ends at once
-    with TestClient(app, base_url="http://localhost", client=("127.0.0.1", 50000)) as client:
-        yield client, tokens
-    writer.close()
-    token_store.close()
+        if name.startswith("agent") and caller is not None:
+            tokens[name] = store.create(name.replace(" ", "-"), caller[1], "agent", None)[0]
+    store.close()
+    env.client.app.state.web_services.stopping.set()  # type: ignore[attr-defined]  # feeds end
+    return env.client, tokens
 
 
 def test_every_route_declares_exactly_one_capability(
