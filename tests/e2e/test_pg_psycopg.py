@@ -147,9 +147,13 @@ def test_listen_notify_between_sessions(proxy: RunningProxy) -> None:
     ):
         listener.execute("LISTEN dbs_events")
         sender.execute("NOTIFY dbs_events, 'payload-1'")
-        sender_pid = upstream_pid(sender)
         got = list(listener.notifies(timeout=5, stop_after=1))
-    assert [(n.channel, n.payload, n.pid) for n in got] == [("dbs_events", "payload-1", sender_pid)]
+        # The sender is named by the pid its client was given (BackendKeyData), not by
+        # its upstream backend's, so a client can tell which session notified it.
+        assert [(n.channel, n.payload, n.pid) for n in got] == [
+            ("dbs_events", "payload-1", sender.info.backend_pid)
+        ]
+        assert sender.info.backend_pid != upstream_pid(sender)
 
 
 @pytest.mark.parametrize("how", ["cancel", "cancel_safe"])

@@ -15,8 +15,11 @@ from .pg import free_port
 
 
 class TcpForwarder:
-    def __init__(self, target_host: str, target_port: int, host: str = "127.0.0.1") -> None:
+    def __init__(self, target_host: str, target_port: int, host: str = "127.0.0.1", *, record: bool = False) -> None:
         self.target = (target_host, target_port)
+        # With ``record``: every byte sent towards the target, in order per connection.
+        self.sent = bytearray()
+        self._record = record
         self.host = host
         self.port = free_port(host)
         self._listener: socket.socket | None = None
@@ -66,12 +69,15 @@ class TcpForwarder:
             server.settimeout(None)
             with self._lock:
                 self._open.update((client, server))
-            threading.Thread(target=self._pipe, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(client, server, self._record), daemon=True).start()
             threading.Thread(target=self._pipe, args=(server, client), daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, record: bool = False) -> None:
         try:
             while data := src.recv(65536):
+                if record:
+                    with self._lock:
+                        self.sent += data
                 dst.sendall(data)
         except OSError:
             pass

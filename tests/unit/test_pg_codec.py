@@ -399,11 +399,28 @@ def test_startup_length_below_eight_is_a_protocol_error(length: int) -> None:
         codec.read_startup_packet(struct.pack("!II", length, m.PROTOCOL_3_0))
 
 
-def test_startup_too_large_is_refused_from_its_length_alone() -> None:
+def test_startup_too_large_is_refused_from_its_length_and_version() -> None:
+    # A plausible length waits for the protocol version: protocol 3 gets the clear error.
+    assert codec.read_startup_packet(struct.pack("!I", 10_001)) is None
     with pytest.raises(codec.MessageTooLarge):
-        codec.read_startup_packet(struct.pack("!I", 10_001))
+        codec.read_startup_packet(struct.pack("!II", 10_001, m.PROTOCOL_3_0))
     # The limit itself is accepted (and waits for the body).
     assert codec.read_startup_packet(struct.pack("!I", 10_000)) is None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"X\x00\x00\x00\x04",  # Terminate: a length of 1476395008
+        b"GET / HTTP/1.1\r\n",
+        struct.pack("!II", 10_001, 1234),  # plausible length, not protocol 3
+        struct.pack("!I", 3),
+    ],
+)
+def test_not_a_startup_packet_is_told_apart(data: bytes) -> None:
+    # The session closes these silently, as PostgreSQL does, instead of answering FATAL.
+    with pytest.raises(codec.NotAStartupPacket):
+        codec.read_startup_packet(data)
 
 
 def test_partial_startup_packet_needs_more() -> None:

@@ -161,7 +161,13 @@ def test_garbage_protocol_version_is_refused() -> None:
 
 
 def test_oversized_startup_packet_is_refused() -> None:
-    Playbook(new_session()).client(struct.pack("!I", 100_000)).expect(Fatal("54000"), *CLOSE)
+    Playbook(new_session()).client(struct.pack("!II", 100_000, 196608)).expect(Fatal("54000"), *CLOSE)
+
+
+def test_early_terminate_is_closed_without_a_word() -> None:
+    # A Terminate where the start-up packet belongs: no FATAL frame, as PostgreSQL does.
+    got = Playbook(new_session()).client(b"X\0\0\0\x04").take()
+    assert got == [*CLOSE]
 
 
 # ---------------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ def test_prepared_statement_is_judged_again_when_a_grant_expires() -> None:
 
     grants.active = False  # the grant expired
     out = sent_upstream(session.client_data(bind))
-    assert b"dbsentry_refused_" in out  # the Bind now names a statement that cannot exist
+    assert b"dbsentry refused statement " in out  # the Bind now names a statement that cannot exist
     assert out != bind
 
 
@@ -90,4 +90,4 @@ def test_simple_query_follows_the_grant() -> None:
     assert sent_upstream(session.client_data(query)) == query
     session.upstream_data(codec.encode_command_complete("SELECT 0") + codec.encode_ready("I"))
     grants.active = False
-    assert b"dbsentry_refused_" in sent_upstream(session.client_data(query))
+    assert b"dbsentry refused statement " in sent_upstream(session.client_data(query))

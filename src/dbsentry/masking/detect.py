@@ -136,8 +136,10 @@ def _nir_ok(body: str, key: str) -> bool:
 
 # -- value detection ----------------------------------------------------------------------
 
+# Letters and digits of any script: internationalized addresses (RFC 6531, IDN domains)
+# are as personal as ASCII ones.
 _EMAIL_RE = re.compile(
-    r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,24}"
+    r"[\w.%+'-]+@[^\W_](?:[\w-]*[^\W_])?(?:\.[^\W_](?:[\w-]*[^\W_])?)*\.[^\W\d_]{2,24}"
 )
 _SSN_RE = re.compile(r"(\d{3})([- ])(\d{2})\2(\d{4})")
 _SIN_RE = re.compile(r"([0-79]\d{2})([- ])(\d{3})\2(\d{3})")  # 8xx is never issued
@@ -327,7 +329,7 @@ class Span:
 # cannot swallow a real value of another.
 _CANDIDATES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("pem", re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----.*?(?:-----END [A-Z0-9 ]*-----|\Z)", re.DOTALL)),
-    ("email", re.compile(r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}")),
+    ("email", re.compile(r"[\w.%+'-]+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,24}")),
     ("iban", re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?(?![A-Za-z0-9])")),
     ("tok", re.compile(r"(?<![A-Za-z0-9_$./+=:-])[A-Za-z0-9_$./+=:,-]{16,}(?![A-Za-z0-9_$./+=:-])")),
     ("num", re.compile(r"(?<![\w.+-])(?:\+|\()?\d[\d ().-]{5,22}\d(?![\w])")),

@@ -106,6 +106,7 @@ class CopyOptions:
     escape: str = '"'
     header: bool = False
     type_oids: tuple[int | None, ...] | None = None  # known for COPY table only
+    encoding: str | None = None  # COPY's ENCODING option: the data's, not the session's
 
 
 @dataclass(frozen=True, slots=True)
@@ -1521,6 +1522,8 @@ def _copy_options(body: dict[str, Any]) -> CopyOptions:
             opts["format"] = value
         elif name in ("delimiter", "null", "quote", "escape") and isinstance(value, str):
             opts[name] = value
+        elif name == "encoding" and isinstance(value, str):
+            opts["encoding"] = value
         elif name == "header":
             ival = arg.get("ival") if isinstance(arg, dict) else None
             bval = arg.get("boolval") if isinstance(arg, dict) else None

@@ -174,6 +174,9 @@ class RowMasker:
     # per column up to ``last``: what the batch walkers (:func:`mask_data_rows`) do, see
     # :func:`_row_op`; it holds this result's caches
     plan: tuple[Op | None, ...] = ()
+    # the masked columns whose values are text in the client encoding (text format, or a
+    # text type in binary): what a session in another encoding than UTF-8 transcodes
+    text: tuple[int, ...] = ()
 
     @property
     def data_classes(self) -> frozenset[DataClass]:
@@ -282,6 +285,10 @@ def _formats(n: int, result_formats: Sequence[int] | None, fields: Sequence[Fiel
     return list(result_formats) + [0] * (n - len(result_formats))
 
 
+# Built-in types whose binary form is their text in the client encoding (jsonb after its
+# version byte): text, varchar, bpchar, name, unknown, "char", json, xml, jsonb.
+_BINARY_TEXT = frozenset({25, 1043, 1042, 19, 705, 18, 114, 142, 3802})
+
 # Extension types whose binary form is their text (so masked text stays valid in binary).
 _TEXT_IN_BINARY = frozenset({"citext"})
 
@@ -385,6 +392,11 @@ def compile_row_masker(
         tuple(masks),
         tuple(_op(m) for m in maskers),
         tuple(_row_op(m) for m in maskers[: last + 1]),
+        tuple(
+            i
+            for i, mk in enumerate(maskers)
+            if mk is not None and (fmts[i] == 0 or fields[i].type_oid in _BINARY_TEXT or fields[i].type_oid in text_oids)
+        ),
     )
 
 

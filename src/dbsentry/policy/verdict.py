@@ -32,6 +32,10 @@ class Verdict:
     decisions: tuple[Decision, ...]
     decision: Decision
     parse_error: str | None = None
+    # PostgreSQL's parser rejected the text itself (not a construct dbsentry refuses): the
+    # client is answered as PostgreSQL would, 42601 at this character (from 0; None: the end)
+    syntax_error: bool = False
+    error_position: int | None = None
 
     @property
     def sqlstate(self) -> str:
@@ -61,7 +65,8 @@ def evaluate_sql(
     try:
         facts = facts_cache.analyze(sql) if facts_cache is not None else tuple(analyze(sql))
     except SQLParseError as err:
-        return Verdict((), (), parse_error_decision(err), str(err))
+        syntax = type(err) is SQLParseError
+        return Verdict((), (), parse_error_decision(err), str(err), syntax, err.position if syntax else None)
     if decision_cache is not None:
         decisions = tuple(decision_cache.evaluate(policy, f, ctx) for f in facts)
     else:

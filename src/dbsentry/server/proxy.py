@@ -71,6 +71,9 @@ class ProxyServer:
         self.auth_needs_io = auth_needs_io
         self.server_ssl = tls.server_context(config)
         self.sessions: dict[int, ClientConnection] = {}
+        # (connection, upstream backend pid) -> the pid its client was given, so that
+        # notifications name the sessions their clients know.
+        self.backend_pids: dict[tuple[str, int], int] = {}
         # What each connection's server reports at login, for clients greeted before
         # their upstream connection exists (limits.lazy_upstream).
         self.server_params = ServerParams()
@@ -152,6 +155,7 @@ class ClientConnection(asyncio.Protocol):
 
     # Thousands may idle at once: no instance dict, and nothing created before it is needed.
     __slots__ = (
+        "_backend",
         "_gate",
         "_grants_for",
         "_timer",
@@ -174,6 +178,7 @@ class ClientConnection(asyncio.Protocol):
         self._wait: asyncio.TimerHandle | None = None  # waiting for another session's login
         self._gate: deque[_GateEntry] = _NO_GATE
         self._grants_for: str | None = None
+        self._backend: tuple[str, int] | None = None  # (connection, upstream backend pid)
         self.session: Session
 
     # ------------------------------------------------------------------ asyncio callbacks
@@ -198,6 +203,7 @@ class ClientConnection(asyncio.Protocol):
             catalog_service=self.proxy.catalogs.service if self.proxy.catalogs is not None else None,
             approvals=self.proxy.approvals,
             server_params=self.proxy.server_params,
+            backend_pids=self.proxy.backend_pids,
         )
         self.proxy.sessions[pid] = self
         loop = asyncio.get_running_loop()
@@ -217,6 +223,7 @@ class ClientConnection(asyncio.Protocol):
             self._wait = None
         self.closed = True
         self.proxy.sessions.pop(self.session.proxy_pid, None)
+        self._forget_backend()
         if self._grants_for is not None and self.proxy.approvals is not None:
             self.proxy.approvals.release_grants(self._grants_for)
             self._grants_for = None
@@ -672,7 +679,17 @@ class ClientConnection(asyncio.Protocol):
             self._ready(ready)
 
     def _ready(self, ready: UpstreamReady) -> None:
+        name = self.session.connection_name
+        if name is not None and ready.backend_pid:
+            self._backend = (name, ready.backend_pid)
+            self.proxy.backend_pids[self._backend] = self.session.proxy_pid
         self.run(self.session.upstream_ready(ready))
+
+    def _forget_backend(self) -> None:
+        if self._backend is not None:
+            if self.proxy.backend_pids.get(self._backend) == self.session.proxy_pid:
+                del self.proxy.backend_pids[self._backend]
+            self._backend = None
 
     def on_upstream_failed(self, sqlstate: str, message: str, from_server: bool) -> None:
         name = self.session.connection_name

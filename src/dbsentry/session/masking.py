@@ -19,6 +19,7 @@ import contextlib
 import os
 import re
 import secrets
+import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -67,7 +68,7 @@ from dbsentry.policy.cache import LRU
 from dbsentry.policy.engine import Decision
 from dbsentry.session.functions import FunctionSafety
 from dbsentry.sql.facts import StatementFacts, setting_values
-from dbsentry.wire.pg import codec
+from dbsentry.wire.pg import codec, encodings
 from dbsentry.wire.pg import messages as m
 
 
@@ -636,6 +637,8 @@ class SessionMasking:
     _last_source: tuple[str, tuple[StatementFacts, ...], Decision] | None = None
     # masking.safety_net for this session: results without a plan are scanned too.
     safety_net: bool = False
+    # The Python codec of the session's client_encoding (names, values, notices are in it).
+    enc: str = "utf-8"
     _net_none: dict[tuple[bytes | tuple[Field, ...], tuple[int, ...] | None], None] = field(default_factory=dict)
     _sources: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)
     _decoded: dict[bytes, tuple[Field, ...]] = field(default_factory=dict)
@@ -774,28 +777,28 @@ class SessionMasking:
                     self.pending[name] = plan
             self.expect.append(item)
         elif t == m.Q_PARSE:
-            name, _ = codec.read_cstr(buf, start, end)
+            name, _ = codec.read_cstr(buf, start, end, self.enc)
             plan = self.statement(name)  # as parsed() planned it
             self.pending[name] = plan
             self.expect.append(_Parse(name, plan))
         elif t == m.Q_BIND:
-            portal, pos = codec.read_cstr(buf, start, end)
-            stmt, _ = codec.read_cstr(buf, pos, end)
+            portal, pos = codec.read_cstr(buf, start, end, self.enc)
+            stmt, _ = codec.read_cstr(buf, pos, end, self.enc)
             # Result formats matter only where something may be masked: skip the decode
             # for statements with nothing sensitive (the usual case).
             formats: tuple[int, ...] | bytes = ()
             if self.statement(stmt) or self.statement_settings.get(stmt):
-                formats = codec.decode_bind(buf, start, end).result_formats
+                formats = codec.decode_bind(buf, start, end, self.enc).result_formats
             elif self.safety_net and _may_scan(self.statement_fields.get(stmt)):
                 formats = bytes(buf[start:end])  # the safety net may need them: decoded then
             self.portals[portal] = (stmt, formats)
             self.portal_fields.pop(portal, None)
             self.expect.append(_SIMPLE)
         elif t == m.Q_DESCRIBE:
-            kind, name = codec.decode_describe_or_close(buf, start, end)
+            kind, name = codec.decode_describe_or_close(buf, start, end, self.enc)
             self.expect.append(_Describe(kind, name))
         elif t == m.Q_EXECUTE:
-            portal = codec.decode_execute(buf, start, end).portal
+            portal = codec.decode_execute(buf, start, end, self.enc).portal
             stmt, formats = self.portals.get(portal, ("", ()))
             fields = self.portal_fields.get(portal) or self.statement_fields.get(stmt)
             execute = _Execute(portal, self.statement(stmt), fields, formats)
@@ -806,7 +809,7 @@ class SessionMasking:
                 self.pending[execute.prepares[0]] = execute.prepares[1]
             self.expect.append(execute)
         elif t == m.Q_CLOSE:
-            kind, name = codec.decode_describe_or_close(buf, start, end)
+            kind, name = codec.decode_describe_or_close(buf, start, end, self.enc)
             if kind == "S":
                 self.statements.pop(name, None)
                 self.pending.pop(name, None)
@@ -976,15 +979,15 @@ class SessionMasking:
         if t == m.R_NOTIFICATION:
             if self.exempt():
                 return None
-            note = codec.decode_notification(buf, start, end)
+            note = codec.decode_notification(buf, start, end, self.enc)
             payload = self.channels().notification(note.channel, note.payload)
-            return None if payload is None else codec.encode_notification(replace(note, payload=payload))
+            return None if payload is None else codec.encode_notification(replace(note, payload=payload), self.enc)
         if t == m.R_PARAMETER_STATUS:
             if self.exempt():
                 return None
-            ps = codec.decode_raw_parameter_status(buf, start, end)
+            ps = codec.decode_raw_parameter_status(buf, start, end, self.enc)
             value = self.channels().parameter(ps.name, ps.value)
-            return None if value is None else codec.encode_raw_parameter_status(ps.name, value)
+            return None if value is None else codec.encode_raw_parameter_status(ps.name, value, self.enc)
         if t == m.R_FUNCTION_CALL_RESPONSE:
             # FunctionCall is refused for identities under masking (see Session); should
             # one be answered anyway (a grant that ended meanwhile), its value is NULL.
@@ -1045,11 +1048,18 @@ class SessionMasking:
         if t == m.R_DATA_ROW:
             rows = self._rows(head)
             if rows is not None:
-                result = self._checked(spans, i, mask_data_rows(buf, start - 5, rows))
+                if self.enc == "utf-8" or not rows.text:
+                    result = self._checked(spans, i, mask_data_rows(buf, start - 5, rows))
+                else:
+                    result = self._checked(spans, i, _mask_rows_in_utf8(buf, spans, i, rows, self.enc))
                 self._remember(head, buf, spans[i : i + result[1]])
                 return result
         elif t == COPY_DATA and isinstance(head, _Query) and head.copy is not None:
-            return self._checked(spans, i, head.copy.mask_frames(buf, start - 5))
+            copy = head.copy
+            enc = encodings.codec_for(copy.options.encoding) or "ascii" if copy.options.encoding else self.enc
+            if enc == "utf-8" or copy.options.format == "binary":
+                return self._checked(spans, i, copy.mask_frames(buf, start - 5))
+            return self._checked(spans, i, _mask_copy_in_utf8(buf, spans, i, copy, enc))
         j = i + 1
         n = len(spans)
         while j < n and spans[j][0] == t:
@@ -1092,7 +1102,11 @@ class SessionMasking:
         body = bytes(buf[start:end])
         if rows is not None:
             self._remember(head, buf, ((m.R_DATA_ROW, start, end),))
-            body = mask_data_row(body, rows)
+            if self.enc == "utf-8" or not rows.text:
+                body = mask_data_row(body, rows)
+            else:
+                frame, _, _ = _mask_rows_in_utf8(buf, ((m.R_DATA_ROW, start, end),), 0, rows, self.enc)
+                body = body if frame is None else frame[5:]
         fields: Sequence[Field] | None = None
         formats: tuple[int, ...] = ()
         if isinstance(head, _Query):
@@ -1106,10 +1120,10 @@ class SessionMasking:
         for i, raw in enumerate(values):
             if raw is None or not _text_field(i, fields, formats):
                 continue
-            text = raw.decode("utf-8", "surrogateescape")
+            text = raw.decode(self.enc, "surrogateescape")
             masked = channels.text(text)
             if masked != text:
-                values[i] = masked.encode("utf-8", "surrogateescape")
+                values[i] = codec.encode_text(masked, self.enc)
                 changed = True
         if not changed:
             return None if body == bytes(buf[start:end]) else codec.frame(b"D", body)
@@ -1125,8 +1139,8 @@ class SessionMasking:
     def _masked_fields(self, t: bytes, buf: bytes, start: int, end: int, strict: bool) -> bytes | None:
         if self.exempt():
             return None
-        fields = self.channels().fields(codec.decode_raw_fields(buf, start, end), notice=t == b"N", strict=strict)
-        return None if fields is None else codec.encode_raw_fields(t, fields)
+        fields = self.channels().fields(codec.decode_raw_fields(buf, start, end, self.enc), notice=t == b"N", strict=strict)
+        return None if fields is None else codec.encode_raw_fields(t, fields, self.enc)
 
     def _remember(self, head: _Item | None, buf: bytes, spans: Sequence[tuple[int, int, int]]) -> None:
         """Remember the raw values of classified columns in these rows of a masked result."""
@@ -1142,7 +1156,7 @@ class SessionMasking:
                     raw = values[index]
                     if raw is not None and len(raw) <= 1024:
                         with contextlib.suppress(UnicodeDecodeError):
-                            touched.add(raw.decode("utf-8"), cls)
+                            touched.add(raw.decode(self.enc), cls)
 
     def _current_plan(self, head: _Item | None) -> StatementPlan | None:
         if isinstance(head, _Query):
@@ -1238,6 +1252,80 @@ class SessionMasking:
         if rows is None and not self.exempt() and len(self._net_none) < 256:
             self._net_none[key] = None
         return rows
+
+
+# -- sessions in another client encoding than UTF-8 ---------------------------------------------
+#
+# The maskers read and write UTF-8.  A session in another encoding has its text values
+# transcoded to UTF-8 before masking and back after; a value masking left alone is sent as
+# the server sent it, byte for byte.
+
+
+def _run_end(spans: Sequence[tuple[int, int, int]], i: int) -> int:
+    t = spans[i][0]
+    j = i
+    while j < len(spans) and spans[j][0] == t:
+        j += 1
+    return j
+
+
+def _frames(data: bytes) -> Iterable[bytes]:
+    """The bodies of the frames in ``data`` (frames the proxy built itself)."""
+    pos = 0
+    while pos < len(data):
+        (length,) = struct.unpack_from("!I", data, pos + 1)
+        yield data[pos + 5 : pos + 1 + length]
+        pos += 1 + length
+
+
+def _mask_rows_in_utf8(
+    buf: bytes, spans: Sequence[tuple[int, int, int]], i: int, rows: RowMasker, enc: str
+) -> tuple[bytes | None, int, int]:
+    j = _run_end(spans, i)
+    cols = rows.text
+    originals: list[list[bytes | None]] = []
+    converted: list[list[bytes | None]] = []
+    for _, s, e in spans[i:j]:
+        values = decode_data_row(bytes(buf[s:e]))
+        conv = list(values)
+        for k in cols:
+            v = conv[k] if k < len(conv) else None
+            if v is not None:
+                conv[k] = v.decode(enc, "surrogateescape").encode("utf-8", "surrogateescape")
+        originals.append(values)
+        converted.append(conv)
+    utf8 = b"".join(codec.frame(b"D", encode_data_row(conv)) for conv in converted)
+    out, count, _ = mask_data_rows(utf8, 0, rows)
+    if out is None:
+        return None, j - i, spans[j - 1][2]
+    if count != j - i:
+        raise codec.ProtocolError("result rows do not follow the message boundaries")
+    back = []
+    for r, body in enumerate(_frames(out)):
+        values = decode_data_row(body)
+        for k in cols:
+            v = values[k] if k < len(values) else None
+            if v is None:
+                continue
+            # what masking did not change goes out as the server sent it
+            values[k] = originals[r][k] if v == converted[r][k] else codec.encode_text(v.decode("utf-8", "surrogateescape"), enc)
+        back.append(codec.frame(b"D", encode_data_row(values)))
+    return b"".join(back), j - i, spans[j - 1][2]
+
+
+def _mask_copy_in_utf8(
+    buf: bytes, spans: Sequence[tuple[int, int, int]], i: int, copy: CopyMasker, enc: str
+) -> tuple[bytes | None, int, int]:
+    j = _run_end(spans, i)
+    payloads = [bytes(buf[s:e]) for _, s, e in spans[i:j]]
+    utf8 = b"".join(codec.frame(b"d", p.decode(enc, "surrogateescape").encode("utf-8", "surrogateescape")) for p in payloads)
+    out, count, _ = copy.mask_frames(utf8, 0)
+    if out is None:
+        return None, j - i, spans[j - 1][2]
+    if count != j - i:
+        raise codec.ProtocolError("COPY data does not follow the message boundaries")
+    back = b"".join(codec.frame(b"d", codec.encode_text(p.decode("utf-8", "surrogateescape"), enc)) for p in _frames(out))
+    return back, j - i, spans[j - 1][2]
 
 
 def _classified(plan: StatementPlan | None) -> bool:

@@ -71,7 +71,7 @@ from dbsentry.session.server_params import (
 )
 from dbsentry.session.upstream import UpstreamReady
 from dbsentry.sql.facts import StatementFacts, setting_values, where_true_with
-from dbsentry.wire.pg import codec
+from dbsentry.wire.pg import codec, encodings
 from dbsentry.wire.pg import messages as m
 
 # Startup parameters the proxy sets or refuses itself rather than forwarding.
@@ -186,8 +186,17 @@ _SCHEMA_TAGS = frozenset({b"CREATE", b"ALTER ", b"DROP T", b"DROP V", b"DROP F",
 AUDIT_UNAVAILABLE = "dbsentry: the audit trail is unavailable, so the statement was not run; try again shortly"
 ALLOWED = Decision("allow", ())
 # Statement, portal and cursor names the proxy keeps for itself.
-_RESERVED_PREFIX = "dbsentry_"
-_RESERVED_MESSAGE = "dbsentry: names starting with dbsentry_ are the proxy's own; use another name"
+_NOT_SENT_HINT = "dbsentry: the statement was not sent to the database"
+# Statements after which client_encoding may differ (besides SET and set_config).
+_MAY_CHANGE_ENCODING = frozenset(
+    {"RESET ALL", "DISCARD ALL", "COMMIT", "ROLLBACK", "ROLLBACK TO SAVEPOINT", "PREPARE TRANSACTION", "DO", "CALL"}
+)
+_OPAQUE_FLAGS = frozenset({"volatile_function", "side_effect_function", "dynamic_sql"})
+# A refused statement is replaced by one that fails upstream in order and names this.
+_MARKER = "dbsentry refused statement "
+_MARKER_BYTES = _MARKER.encode()
+_RESERVED_PREFIX = ("dbsentry_", "dbsentry ")
+_RESERVED_MESSAGE = 'dbsentry: names starting with "dbsentry_" or "dbsentry " are the proxy\'s own; use another name'
 _NAMED_FRAMES = frozenset({m.Q_PARSE, m.Q_BIND, m.Q_DESCRIBE, m.Q_CLOSE, m.Q_EXECUTE})
 _UNBOUNDED_RULE = "baseline.prod.unbounded-write"
 
@@ -219,16 +228,17 @@ def _refusal(check: Check, rule: str, message: str) -> Check:
     return Check(Verdict(verdict.facts, tuple(decision for _ in verdict.facts), decision, verdict.parse_error))
 
 
-def _binds_masked_value(check: Check, buf: bytes, start: int, end: int) -> bool:
+def _binds_masked_value(check: Check, buf: bytes, start: int, end: int, enc: str) -> bool:
     """Whether a Bind of a writing statement carries a mask placeholder as a parameter."""
     if not any(f.statement_class == "WRITE" for f in check.verdict.facts):
         return False
-    bind = codec.decode_bind(buf, start, end)
-    # Text travels as UTF-8 in both formats; other binary values cannot hold a placeholder.
-    return any(v is not None and looks_masked(v.decode("utf-8", "replace")) for v in bind.params)
+    bind = codec.decode_bind(buf, start, end, enc)
+    # Text travels in the client encoding in both formats; other binary values cannot
+    # hold a placeholder.
+    return any(v is not None and looks_masked(v.decode(enc, "replace")) for v in bind.params)
 
 
-def _readable_params(bind: m.Bind) -> tuple[str | None, ...]:
+def _readable_params(bind: m.Bind, enc: str) -> tuple[str | None, ...]:
     """Bind parameters for the audit: text-format ones as text, binary ones as ``\\x`` hex."""
     fmts = bind.param_formats
     out: list[str | None] = []
@@ -237,7 +247,7 @@ def _readable_params(bind: m.Bind) -> tuple[str | None, ...]:
             out.append(None)
             continue
         binary = (fmts[i] if len(fmts) > 1 else fmts[0]) == 1 if fmts else False
-        out.append("\\x" + value.hex() if binary else value.decode("utf-8", "replace"))
+        out.append("\\x" + value.hex() if binary else value.decode(enc, "replace"))
     return tuple(out)
 
 
@@ -249,7 +259,7 @@ _BINARY_TEXTS = frozenset({25, 1043, 1042, 19, 705})  # text, varchar, bpchar, n
 _INT_BY_SIZE = {2: 21, 4: 23, 8: 20}
 
 
-def _binary_text(value: bytes, oid: int) -> str:
+def _binary_text(value: bytes, oid: int, enc: str) -> str:
     """A binary parameter as PostgreSQL would print it, where the type is a simple one;
     else its bytes in hex (equal bytes still compare equal).  An undeclared type (0: the
     server inferred it) of 2, 4 or 8 bytes reads as an integer: the folding only ever
@@ -264,13 +274,13 @@ def _binary_text(value: bytes, oid: int) -> str:
         if oid == 16 and len(value) == 1:
             return "true" if value != b"\x00" else "false"
         if oid in _BINARY_TEXTS:
-            return value.decode("utf-8")
+            return value.decode(enc)
     except (struct.error, UnicodeDecodeError):
         pass
     return "\\x" + value.hex()
 
 
-def _param_values(bind: m.Bind, types: tuple[int, ...] = ()) -> tuple[str | None, ...]:
+def _param_values(bind: m.Bind, enc: str, types: tuple[int, ...] = ()) -> tuple[str | None, ...]:
     """Bind parameters as the WHERE folding reads them: text-format ones as text, binary
     ones decoded by the types the Parse declared (see :func:`_binary_text`)."""
     fmts = bind.param_formats
@@ -280,9 +290,9 @@ def _param_values(bind: m.Bind, types: tuple[int, ...] = ()) -> tuple[str | None
         if value is None:
             out.append(None)
         elif binary:
-            out.append(_binary_text(value, types[i] if i < len(types) else 0))
+            out.append(_binary_text(value, types[i] if i < len(types) else 0, enc))
         else:
-            out.append(value.decode("utf-8", "replace"))
+            out.append(value.decode(enc, "replace"))
     return tuple(out)
 
 
@@ -485,6 +495,16 @@ class Session:
     _risky_sql: set[str] = field(default_factory=set)
     # Prepared statement name -> the parameter types its Parse declared (binary values).
     _param_types: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # (connection, upstream backend pid) -> the pid its client was given (the shell keeps
+    # it for every session), and this session's own backend pid.
+    backend_pids: Mapping[tuple[str, int], int] | None = None
+    backend_pid: int = 0
+    # The session's client_encoding as the server reports it, and the Python codec that
+    # reads its text as the server does; until the cycle numbered _enc_settled is answered,
+    # a statement sent earlier may be changing it.
+    client_encoding: str = encodings.UTF8
+    enc: str = "utf-8"
+    _enc_settled: int = 0
 
     def __post_init__(self) -> None:
         self._client_frames = codec.FrameSplitter(MAX_AUTH_MESSAGE)
@@ -526,6 +546,15 @@ class Session:
             # VERIFYING / CONNECTING / OPENING: the client must wait for us; it may only
             # pipeline.
             return self._client_early(data)
+        except codec.NotAStartupPacket as err:
+            # PostgreSQL logs these and closes: the peer does not speak the protocol yet.
+            self.state = State.CLOSED
+            return [
+                *self._closing(str(err)),
+                c.Log(logging.INFO, "session.invalid_startup", {"reason": str(err), "client": self.client.address}),
+                c.CloseClient(),
+                c.CloseUpstream(),
+            ]
         except codec.ProtocolError as err:
             return self._fail(err.sqlstate, f"dbsentry: {err}", client=self.client.address)
 
@@ -929,6 +958,8 @@ class Session:
         # The clients that waited for this login can be greeted from what it taught now.
         out.extend(self._leave_flight())
         self.upstream_params = dict(ready.params)
+        self.backend_pid = ready.backend_pid
+        self._set_encoding(ready.params.get("client_encoding", encodings.UTF8))
         self.txn_status = ready.status
         self._upstream_frames = codec.FrameSplitter(self.config.limits.max_message_bytes)
         self._start_guard()
@@ -941,6 +972,7 @@ class Session:
                 self.connection_name,
                 self._masking_exempt,
                 safety_net=self.masking_service.safety_net_for(self._production()),
+                enc=self.enc,
             )
             conn = self.connection
             users = [conn.user, *(v for k, v in self._forced_settings() if k == "role")] if conn is not None else []
@@ -1109,7 +1141,7 @@ class Session:
                 continue
             parse_name: str | None = None
             if guard is not None and t == m.Q_PARSE:
-                parse_name, _ = codec.read_cstr(buf, start, end)
+                parse_name, _ = codec.read_cstr(buf, start, end, self.enc)
                 before = self._prepared.get(parse_name)
             if gov is not None:
                 gated = len(chunk.gated)
@@ -1154,7 +1186,15 @@ class Session:
 
     def _analysis_failed(self, chunk: _Chunk, t: int, start: int, end: int, err: Exception, gated: int) -> None:
         """Analysing the frame's statement raised: refuse it (fail closed), keep the session."""
-        if isinstance(err, RecursionError) or getattr(err, "sqlstate", None) == "54001":
+        error: bytes | None = None
+        if isinstance(err, codec.BadEncoding):
+            # As PostgreSQL answers text its client encoding cannot read.
+            sqlstate = "22021"
+            message = f'invalid byte sequence for encoding "{self.client_encoding}": ' + " ".join(
+                f"0x{b:02x}" for b in err.raw
+            )
+            error = codec.error_response(sqlstate, message, hint=_NOT_SENT_HINT)
+        elif isinstance(err, RecursionError) or getattr(err, "sqlstate", None) == "54001":
             sqlstate, message = "54001", "dbsentry: statement too complex to analyse; it was not run"
         else:
             sqlstate, message = "XX000", f"dbsentry: the statement could not be analysed ({type(err).__name__}); it was not run"
@@ -1165,22 +1205,26 @@ class Session:
         if self.audit is not None and records:
             chunk.commands.extend(c.Audit(r) for r in records)
             chunk.commands.extend(c.Audit(r) for r in self.audit.refused((r.id for r in records), sqlstate, message))
-        chunk.commands.append(
-            c.Log(logging.ERROR, "statement.analysis_failed", {"error": repr(err)[:500], "sqlstate": sqlstate})
-        )
+        level = logging.WARNING if error is not None else logging.ERROR
+        chunk.commands.append(c.Log(level, "statement.analysis_failed", {"error": repr(err)[:500], "sqlstate": sqlstate}))
         if t == m.Q_PARSE:
-            name = codec.decode_parse(chunk.buf, start, end).name
+            name, _ = codec.read_cstr(chunk.buf, start, end, self.enc)
             self._prepared.pop(name, None)
-            marker = self._refuse(message, sqlstate, chunk.commands, log=False)
-            chunk.replace(start, end, codec.encode_parse(m.Parse(name, self._marker_sql(marker))))
+            marker = self._refuse(message, sqlstate, chunk.commands, log=False, error=error)
+            chunk.replace(start, end, codec.encode_parse(m.Parse(name, self._marker_sql(marker)), self.enc))
         elif t == m.Q_BIND:
-            bind = codec.decode_bind(chunk.buf, start, end)
-            marker = self._refuse(message, sqlstate, chunk.commands, log=False)
-            chunk.replace(start, end, codec.encode_bind(m.Bind(bind.portal, marker)))
+            bind = codec.decode_bind(chunk.buf, start, end, self.enc)
+            marker = self._refuse(message, sqlstate, chunk.commands, log=False, error=error)
+            chunk.replace(start, end, codec.encode_bind(m.Bind(bind.portal, marker), self.enc))
+        elif t == m.Q_QUERY and error is not None:
+            marker = self._refuse(message, sqlstate, chunk.commands, log=False, error=error)
+            chunk.replace(start, end, self._marker_query(marker))
         else:
             self._refuse_frame(chunk, t, start, end, message, sqlstate, first_pass=True)
         if not records and t in (m.Q_QUERY, m.Q_PARSE):
-            raw = codec.decode_query(chunk.buf, start, end).sql if t == m.Q_QUERY else codec.decode_parse(chunk.buf, start, end).sql
+            pos = start if t == m.Q_QUERY else codec.read_cstr(chunk.buf, start, end, self.enc)[1]
+            z = chunk.buf.find(b"\x00", pos, end)
+            raw = bytes(chunk.buf[pos : min(z if z >= 0 else end, pos + 16384)]).decode(self.enc, "replace")
             self._audit_refused(chunk, raw[:4096], message)
 
     def _refuse_frame(
@@ -1192,13 +1236,13 @@ class Session:
         elif t == m.Q_EXECUTE:
             # Executing a portal that does not exist fails upstream, in order, with the marker.
             marker = self._refuse(message, sqlstate, chunk.commands)
-            chunk.replace(start, end, codec.encode_execute(m.Execute(marker)))
+            chunk.replace(start, end, codec.encode_execute(m.Execute(marker), self.enc))
 
     def _govern_frame(self, gov: Governor, chunk: _Chunk, t: int, start: int, end: int) -> None:
         buf = chunk.buf
         if t in _NAMED_FRAMES and self._names_reserved(t, buf, start, end):
             marker = self._refuse(_RESERVED_MESSAGE, "42501", chunk.commands)
-            chunk.replace(start, end, codec.encode_execute(m.Execute(marker)))  # fails like any error
+            chunk.replace(start, end, codec.encode_execute(m.Execute(marker), self.enc))  # fails like any error
             if t == m.Q_EXECUTE and (self.audit is not None or self.approvals is not None):
                 self._execute_frame(chunk, start, end)
             return
@@ -1215,13 +1259,13 @@ class Session:
             if self.audit is not None or self.approvals is not None:
                 self._execute_frame(chunk, start, end)
             if self.guard is not None:
-                refused = self._guard_execute(chunk, codec.decode_execute(buf, start, end).portal)
+                refused = self._guard_execute(chunk, codec.decode_execute(buf, start, end, self.enc).portal)
                 if refused is not None:
                     self._refuse_frame(chunk, t, start, end, refused, "42501")
         elif t == m.Q_FUNCTION_CALL:
             self._govern_function_call(gov, chunk, start, end)
         elif t == m.Q_CLOSE:
-            kind, name = codec.decode_describe_or_close(buf, start, end)
+            kind, name = codec.decode_describe_or_close(buf, start, end, self.enc)
             if kind == "S":
                 self._prepared.pop(name, None)
             else:
@@ -1340,10 +1384,17 @@ class Session:
         if too_long:
             marker = self._refuse(too_long, "54000", chunk.commands)
             chunk.replace(start, end, self._marker_query(marker))
-            self._audit_refused(chunk, bytes(buf[start : min(end, start + 4096)]).decode("utf-8", "replace"), too_long)
+            self._audit_refused(chunk, bytes(buf[start : min(end, start + 4096)]).decode(self.enc, "replace"), too_long)
             return
-        sql = codec.decode_query(buf, start, end).sql
+        unsure = self._encoding_unsure(buf, start, end)
+        if unsure:
+            marker = self._refuse(unsure, "55000", chunk.commands)
+            chunk.replace(start, end, self._marker_query(marker))
+            self._audit_refused(chunk, bytes(buf[start : min(end, start + 4096)]).decode(self.enc, "replace"), unsure)
+            return
+        sql = codec.decode_query(buf, start, end, self.enc).sql
         check = self._check(gov, sql)
+        self._note_encoding_change(check.verdict.facts, self._cycles_sent)
         if check.allowed:
             check = self._check_sql_prepared(gov, check)
         plans: tuple[StatementPlan | None, ...] = ()
@@ -1436,7 +1487,7 @@ class Session:
         gov = self.governor
         if gov is None or end - start - 1 > self.config.limits.max_statement_bytes:
             return False
-        check = self._check(gov, codec.decode_query(buf, start, end).sql)
+        check = self._check(gov, codec.decode_query(buf, start, end, self.enc).sql)
         return check.allowed and any(self._changes_rows(f) for f in check.verdict.facts)
 
     def _guard_query(self, chunk: _Chunk, check: Check, sql: str) -> str | None:
@@ -1536,8 +1587,8 @@ class Session:
         Bind of a statement that calls opaque code runs under the guard too."""
         if self.guard is None or self.guard.exchange.skipping:
             return
-        portal, pos = codec.read_cstr(buf, start, end)
-        name, _ = codec.read_cstr(buf, pos, end)
+        portal, pos = codec.read_cstr(buf, start, end, self.enc)
+        name, _ = codec.read_cstr(buf, pos, end, self.enc)
         prepared = self._prepared.get(name)
         if prepared is not None and not any(
             "volatile_function" in f.flags and (f.functions or f.tables_read) for f in prepared[2].verdict.facts
@@ -1721,15 +1772,24 @@ class Session:
         return None
 
     def _govern_parse(self, gov: Governor, chunk: _Chunk, start: int, end: int) -> None:
-        parse = codec.decode_parse(chunk.buf, start, end)
+        unsure = self._encoding_unsure(chunk.buf, start, end)
+        if unsure:
+            name, _ = codec.read_cstr(chunk.buf, start, end, self.enc)
+            self._prepared.pop(name, None)
+            marker = self._refuse(unsure, "55000", chunk.commands)
+            chunk.replace(start, end, codec.encode_parse(m.Parse(name, self._marker_sql(marker)), self.enc))
+            self._audit_refused(chunk, bytes(chunk.buf[start : min(end, start + 4096)]).decode(self.enc, "replace"), unsure)
+            return
+        parse = codec.decode_parse(chunk.buf, start, end, self.enc)
         too_long = self._too_long(len(parse.sql))
         if too_long:
             self._prepared.pop(parse.name, None)
             marker = self._refuse(too_long, "54000", chunk.commands)
-            chunk.replace(start, end, codec.encode_parse(m.Parse(parse.name, self._marker_sql(marker))))
+            chunk.replace(start, end, codec.encode_parse(m.Parse(parse.name, self._marker_sql(marker)), self.enc))
             self._audit_refused(chunk, parse.sql[:4096], too_long)
             return
         check = self._check(gov, parse.sql)
+        self._note_encoding_change(check.verdict.facts, self._cycles_sent + 1)
         if check.allowed:
             # SQL PREPARE / EXECUTE sent with the extended protocol, as in a Query.
             check = self._check_sql_prepared(gov, check)
@@ -1749,32 +1809,34 @@ class Session:
         if self.masking is not None:
             self.masking.parsed(parse.name, None)
         marker = self._deny(check, parse.sql, chunk.commands)
-        chunk.replace(start, end, codec.encode_parse(m.Parse(parse.name, self._marker_sql(marker))))
+        chunk.replace(start, end, codec.encode_parse(m.Parse(parse.name, self._marker_sql(marker)), self.enc))
         self._audit_denied(chunk, parse.sql, check)
 
     def _govern_bind(self, gov: Governor, chunk: _Chunk, start: int, end: int) -> None:
         buf = chunk.buf
         if self.audit is not None or self.approvals is not None or self.guard is not None:
-            bind = codec.decode_bind(buf, start, end)
+            bind = codec.decode_bind(buf, start, end, self.enc)
             portal, name = bind.portal, bind.statement
-            self._portals[portal] = (name, _readable_params(bind), _exact_params(bind), self._prepared.get(name))
+            self._portals[portal] = (name, _readable_params(bind, self.enc), _exact_params(bind), self._prepared.get(name))
         else:
-            portal, pos = codec.read_cstr(buf, start, end)
-            name, _ = codec.read_cstr(buf, pos, end)
+            portal, pos = codec.read_cstr(buf, start, end, self.enc)
+            name, _ = codec.read_cstr(buf, pos, end, self.enc)
         known = self._prepared.get(name)
+        if known is not None:
+            self._note_encoding_change(known[2].verdict.facts, self._cycles_sent + 1)
         if known is not None and any(f.where_params for f in known[2].verdict.facts):
-            values = _param_values(codec.decode_bind(buf, start, end), self._param_types.get(name, ()))
+            values = _param_values(codec.decode_bind(buf, start, end, self.enc), self.enc, self._param_types.get(name, ()))
             bound = self._bound_always_true(gov, known[2], values)
             if bound is not None:
                 marker = self._deny(bound, known[0], chunk.commands)
-                chunk.replace(start, end, codec.encode_bind(m.Bind(portal, marker)))
+                chunk.replace(start, end, codec.encode_bind(m.Bind(portal, marker), self.enc))
                 self._audit_denied(chunk, known[0], bound)
                 return
-        if known is not None and self.masking_service is not None and _binds_masked_value(known[2], buf, start, end):
+        if known is not None and self.masking_service is not None and _binds_masked_value(known[2], buf, start, end, self.enc):
             # The SQL text was checked at Parse; a masked value can also come as a parameter.
             check = _refusal(known[2], "masking.write_back", "writing a masked value back is refused")
             marker = self._deny(check, known[0], chunk.commands)
-            chunk.replace(start, end, codec.encode_bind(m.Bind(portal, marker)))
+            chunk.replace(start, end, codec.encode_bind(m.Bind(portal, marker), self.enc))
             self._audit_denied(chunk, known[0], check)
             return
         # Re-check when the policy changed since its Parse, and at every Bind when a rule
@@ -1789,13 +1851,14 @@ class Session:
         self._prepared.pop(name, None)
         # Binding a statement that does not exist fails upstream, in order, with the marker.
         marker = self._deny(check, sql, chunk.commands)
-        chunk.replace(start, end, codec.encode_bind(m.Bind(portal, marker)))
+        chunk.replace(start, end, codec.encode_bind(m.Bind(portal, marker), self.enc))
         self._audit_denied(chunk, sql, check)
 
     def _govern_function_call(self, gov: Governor, chunk: _Chunk, start: int, end: int) -> None:
         # A FunctionCall names a function by OID only, so governance cannot check it:
         # where the baseline applies (production), it is refused (fail closed); so it is
         # for identities under masking, whose FunctionCallResponse no plan could mask.
+        self._enc_settled = max(self._enc_settled, self._cycles_sent)  # it may be set_config
         masked = self.masking is not None and not self.masking.exempt()
         if self._environment in gov.policy.production_environments or masked:
             rule = "baseline.function_call" if self._environment in gov.policy.production_environments else "masking.function_call"
@@ -1815,7 +1878,25 @@ class Session:
 
     def _deny(self, check: Check, sql: str, commands: list[c.Command]) -> str:
         decision = check.decision
-        marker = self._refuse(denial_message(decision), decision.sqlstate, commands, log=False)
+        verdict = check.verdict
+        if verdict.syntax_error and verdict.parse_error is not None:
+            # Answered as PostgreSQL answers it (clients, ORMs and editors act on 42601 and
+            # its position), with a hint that it never reached the database.
+            position = verdict.error_position if verdict.error_position is not None else len(sql)
+            error = codec.encode_error_fields(
+                b"E",
+                [
+                    ("S", "ERROR"),
+                    ("V", "ERROR"),
+                    ("C", "42601"),
+                    ("M", verdict.parse_error),
+                    ("H", _NOT_SENT_HINT),
+                    ("P", str(position + 1)),
+                ],
+            )
+            marker = self._refuse(verdict.parse_error, "42601", commands, log=False, error=error)
+        else:
+            marker = self._refuse(denial_message(decision), decision.sqlstate, commands, log=False)
         commands.append(
             c.Log(
                 logging.WARNING,
@@ -1831,7 +1912,9 @@ class Session:
         )
         return marker
 
-    def _refuse(self, message: str, sqlstate: str, commands: list[c.Command], log: bool = True) -> str:
+    def _refuse(
+        self, message: str, sqlstate: str, commands: list[c.Command], log: bool = True, error: bytes | None = None
+    ) -> str:
         """Arrange for the statement to fail upstream, in order, and for its error to become ours.
 
         The statement is replaced by one that names a relation (or prepared statement, or
@@ -1843,8 +1926,8 @@ class Session:
         self._marker_seq += 1
         if not self._marker_prefix:
             self._marker_prefix = secrets.token_hex(4)
-        marker = f"dbsentry_refused_{self._marker_prefix}_{self._marker_seq}"
-        self._refusals[marker] = codec.error_response(sqlstate, message)
+        marker = f"{_MARKER}{self._marker_prefix}-{self._marker_seq}"
+        self._refusals[marker] = error if error is not None else codec.error_response(sqlstate, message)
         if log:
             commands.append(c.Log(logging.WARNING, "statement.refused", {"reason": message}))
         return marker
@@ -1857,7 +1940,9 @@ class Session:
 
     @staticmethod
     def _marker_sql(marker: str) -> str:
-        return f'SELECT * FROM "{marker}"'
+        # Fails when parsed (so a Parse fails too), and the server's log says plainly what
+        # happened: invalid input syntax for type integer: "dbsentry refused statement ..."
+        return f"SELECT '{marker}'::pg_catalog.int4"
 
     # ------------------------------------------------------------------ audit records
 
@@ -1881,7 +1966,7 @@ class Session:
             chunk.commands.append(c.Audit(self.audit.statement(sql, None, decision)))
 
     def _execute_frame(self, chunk: _Chunk, start: int, end: int) -> None:
-        portal = codec.decode_execute(chunk.buf, start, end).portal
+        portal = codec.decode_execute(chunk.buf, start, end, self.enc).portal
         bound = self._portals.get(portal)
         if bound is None:
             return
@@ -1955,9 +2040,12 @@ class Session:
                     i += count - 1
                     continue
                 masked = masking.received(t, buf, start, end)
-                if masked is not None and not (t == m.R_ERROR and self._refusals):
+                if masked is not None and not (t == m.R_ERROR and self._refusals) and t != m.R_NOTIFICATION:
                     chunk.replace(start, end, masked)
                     masked = None
+            if t == m.R_NOTIFICATION:
+                chunk.replace(start, end, self._client_pid(buf[start - 5 : end] if masked is None else masked))
+                continue
             if t == m.R_READY:
                 self.txn_status = codec.decode_ready(buf, start, end).status
                 if self._cycles_done < self._cycles_sent:
@@ -1981,8 +2069,14 @@ class Session:
                     if masked is not None:  # the server's own error, masked
                         chunk.replace(start, end, masked)
                 if audit is not None:
-                    fields = codec.decode_error_fields(buf, start, end)
+                    fields = codec.decode_error_fields(buf, start, end, self.enc)
                     self._audit_done(chunk, audit.error(fields.sqlstate, fields.message))
+            elif t == m.R_PARAMETER_STATUS:
+                ps = codec.decode_parameter_status(buf, start, end, self.enc)
+                if ps.name == "client_encoding":
+                    self._set_encoding(ps.value)
+                elif ps.name == "application_name" and audit is not None:
+                    audit.application_name = ps.value
             elif t == m.R_COMMAND_COMPLETE:
                 if self.catalog_service is not None and buf[start : start + 6] in _SCHEMA_TAGS:
                     assert self.connection_name is not None
@@ -1990,32 +2084,78 @@ class Session:
                 if audit is not None:
                     tag = codec.decode_command_complete(buf, start, end).tag
                     self._audit_done(chunk, audit.command_complete(tag))
-            elif audit is not None:
-                if t == m.R_EMPTY_QUERY or t == m.R_PORTAL_SUSPENDED:
-                    self._audit_done(chunk, audit.empty_or_suspended())
-                elif t == m.R_PARAMETER_STATUS:
-                    ps = codec.decode_parameter_status(buf, start, end)
-                    if ps.name == "application_name":
-                        audit.application_name = ps.value
+            elif audit is not None and (t == m.R_EMPTY_QUERY or t == m.R_PORTAL_SUSPENDED):
+                self._audit_done(chunk, audit.empty_or_suspended())
         out = chunk.assemble()
         if out:
             chunk.commands.append(c.SendClient(out))
         return chunk.commands
+
+    def _set_encoding(self, name: str) -> None:
+        """The server reported the session's client_encoding (at login, or after a SET,
+        a RESET or a rollback changed it)."""
+        self.client_encoding = name
+        self.enc = encodings.codec_for(name, self.upstream_params.get("server_encoding", encodings.UTF8)) or "ascii"
+        if self.masking is not None:
+            self.masking.enc = self.enc
+
+    def _note_encoding_change(self, facts: Sequence[StatementFacts], cycle: int) -> None:
+        """A statement that may change client_encoding was sent (SET, set_config, RESET
+        ALL, DISCARD ALL, the end of a transaction that may have set it, code the catalog
+        cannot vouch for): until its cycle is answered, the encoding is not known."""
+        view = self._catalog_view()
+        for f in facts:
+            executed = _executed(f)
+            if executed is not None and executed.prepared_name in self._prepared:
+                self._note_encoding_change(self._prepared[executed.prepared_name][2].verdict.facts, cycle)
+            if (
+                f.command in _MAY_CHANGE_ENCODING
+                or "client_encoding" in f.settings
+                or "?" in f.settings
+                or (f.flags & _OPAQUE_FLAGS if view is not None else bool(f.functions))
+            ):
+                self._enc_settled = max(self._enc_settled, cycle)
+                return
+
+    def _encoding_unsure(self, buf: bytes, start: int, end: int) -> str | None:
+        """A refusal for text that is not ASCII while the client encoding may be changing,
+        or that the encoding cannot be read in at all (EUC_TW, MULE_INTERNAL)."""
+        if self._cycles_done >= self._enc_settled and self.enc != "ascii":
+            return None
+        if buf[start:end].isascii():
+            return None
+        if self.enc == "ascii":
+            return f"dbsentry: text in client_encoding {self.client_encoding} can only be read as ASCII"
+        return (
+            "dbsentry: client_encoding may be changing; send text that is not ASCII once the "
+            "statement that changes it has completed"
+        )
+
+    def _client_pid(self, frame: bytes) -> bytes:
+        """A NotificationResponse names the backend that sent it: the pid that backend's
+        client was given, when dbsentry knows it (its own sessions on this connection)."""
+        if len(frame) < 9:
+            return frame
+        (pid,) = struct.unpack_from("!I", frame, 5)
+        if pid == self.backend_pid:
+            ours = self.proxy_pid
+        elif self.backend_pids is not None and self.connection_name is not None:
+            ours = self.backend_pids.get((self.connection_name, pid), pid)
+        else:
+            return frame
+        return frame[:5] + struct.pack("!I", ours) + frame[9:]
 
     @staticmethod
     def _audit_done(chunk: _Chunk, record: CompletionRecord | None) -> None:
         if record is not None:
             chunk.commands.append(c.Audit(record))
 
-    def _is_ours(self, buf: bytes, start: int, end: int) -> bool:
-        return b"dbsentry_refused_" in buf[start:end]
-
     def _our_error(self, buf: bytes, start: int, end: int) -> bytes | None:
         cycle_marker = self._marker_cycles.pop(self._cycles_done + 1, None) if self._marker_cycles else None
         if cycle_marker is not None and cycle_marker in self._refusals:
             return self._refusals.pop(cycle_marker)
         text = bytes(buf[start:end])
-        if b"dbsentry_refused_" not in text:
+        if _MARKER_BYTES not in text:
             return None
         for marker in list(self._refusals):
             if marker.encode() in text:

@@ -189,7 +189,7 @@ class SQLParseError(ValueError):
 
     def __init__(self, message: str, position: int | None = None) -> None:
         super().__init__(message)
-        self.position = position
+        self.position = position  # of the error, in characters from 0 (None: at the end)
 
 
 class SQLUnsupported(SQLParseError):
@@ -1483,7 +1483,12 @@ def analyze(sql: str) -> list[StatementFacts]:
     (too deep or too large) and :class:`SQLAnalysisError` (anything else unexpected).
     """
     body, shift = _prepare(sql)
-    tree_json = _parse_json(body)
+    try:
+        tree_json = _parse_json(body)
+    except SQLParseError as err:
+        if shift and err.position is not None:
+            err.position += shift
+        raise
     return _analyze_tree(sql, body, shift, tree_json)
 
 

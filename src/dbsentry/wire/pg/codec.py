@@ -39,6 +39,17 @@ class MessageTooLarge(ProtocolError):
     sqlstate = "54000"
 
 
+class NotAStartupPacket(ProtocolError):
+    """The first bytes of a connection are not a start-up packet (a Terminate where the
+    start-up packet belongs, another protocol, noise): like PostgreSQL, close without an
+    answer, since the peer is not speaking the protocol yet."""
+
+
+# An oversized length is only answered when it may belong to a real start-up packet: at
+# most this long, and followed by protocol 3.x.
+_PLAUSIBLE_STARTUP = 1 << 20
+
+
 # ----------------------------------------------------------------- startup packets
 
 
@@ -51,8 +62,14 @@ def read_startup_packet(buf: bytes | bytearray, max_len: int = MAX_STARTUP_PACKE
         return None
     (length,) = _unpack_u32(buf, 0)
     if length < 8:
-        raise ProtocolError(f"invalid startup packet length {length}")
+        raise NotAStartupPacket(f"invalid length of startup packet ({length})")
     if length > max_len:
+        if length > _PLAUSIBLE_STARTUP:
+            raise NotAStartupPacket(f"invalid length of startup packet ({length})")
+        if len(buf) < 8:
+            return None
+        if _unpack_u32(buf, 4)[0] >> 16 != 3:
+            raise NotAStartupPacket(f"invalid length of startup packet ({length})")
         raise MessageTooLarge(f"startup packet of {length} bytes exceeds the limit of {max_len}")
     if len(buf) < length:
         return None
@@ -175,19 +192,47 @@ def frame(type_byte: bytes, body: bytes = b"") -> bytes:
     return type_byte + _U32.pack(len(body) + 4) + body
 
 
-def read_cstr(buf: bytes, pos: int, end: int) -> tuple[str, int]:
-    """A null-terminated UTF-8 string at ``pos``, and the position after it."""
-    return _cstr(buf, pos, end)
+def read_cstr(buf: bytes, pos: int, end: int, enc: str = "utf-8") -> tuple[str, int]:
+    """A null-terminated string at ``pos`` in the session's encoding, and the position
+    after it.  Bytes the encoding cannot read survive as surrogates (see :func:`_cstr`)."""
+    return _cstr(buf, pos, end, enc)
 
 
-def _cstr(buf: bytes, pos: int, end: int) -> tuple[str, int]:
+def _cstr(buf: bytes, pos: int, end: int, enc: str = "utf-8") -> tuple[str, int]:
+    """Names and values: compared and sent back, never parsed, so bytes that are not
+    valid in ``enc`` survive as surrogates and encode back to the same bytes
+    (:func:`encode_name`); the server answers them as it would."""
+    z = buf.find(b"\x00", pos, end)
+    if z < 0:
+        raise ProtocolError("unterminated string in message")
+    return buf[pos:z].decode(enc, "surrogateescape"), z + 1
+
+
+class BadEncoding(ProtocolError):
+    """SQL text that is not valid in the session's client encoding: refused like
+    PostgreSQL refuses it (22021), the session goes on."""
+
+    sqlstate = "22021"
+
+    def __init__(self, raw: bytes) -> None:
+        super().__init__("invalid byte sequence " + " ".join(f"0x{b:02x}" for b in raw))
+        self.raw = raw
+
+
+def _sql(buf: bytes, pos: int, end: int, enc: str) -> tuple[str, int]:
+    """SQL text, read strictly in ``enc`` (what the server parses is what is judged)."""
     z = buf.find(b"\x00", pos, end)
     if z < 0:
         raise ProtocolError("unterminated string in message")
     try:
-        return buf[pos:z].decode("utf-8"), z + 1
-    except UnicodeDecodeError:
-        raise ProtocolError("invalid UTF-8 in message") from None
+        return buf[pos:z].decode(enc), z + 1
+    except UnicodeDecodeError as err:
+        raise BadEncoding(bytes(buf[pos + err.start : pos + min(err.end, err.start + 3)])) from None
+
+
+def encode_name(name: str, enc: str = "utf-8") -> bytes:
+    """A name read by :func:`_cstr`, back to its bytes."""
+    return name.encode(enc, "surrogateescape")
 
 
 def _need(pos: int, size: int, end: int) -> None:
@@ -198,16 +243,16 @@ def _need(pos: int, size: int, end: int) -> None:
 # ----------------------------------------------------------------- client message bodies
 
 
-def decode_query(buf: bytes, start: int, end: int) -> m.Query:
-    sql, pos = _cstr(buf, start, end)
+def decode_query(buf: bytes, start: int, end: int, enc: str = "utf-8") -> m.Query:
+    sql, pos = _sql(buf, start, end, enc)
     if pos != end:
         raise ProtocolError("trailing bytes in Query")
     return m.Query(sql)
 
 
-def decode_parse(buf: bytes, start: int, end: int) -> m.Parse:
-    name, pos = _cstr(buf, start, end)
-    sql, pos = _cstr(buf, pos, end)
+def decode_parse(buf: bytes, start: int, end: int, enc: str = "utf-8") -> m.Parse:
+    name, pos = _cstr(buf, start, end, enc)
+    sql, pos = _sql(buf, pos, end, enc)
     _need(pos, 2, end)
     (n,) = _unpack_i16(buf, pos)
     pos += 2
@@ -221,9 +266,9 @@ def decode_parse(buf: bytes, start: int, end: int) -> m.Parse:
     return m.Parse(name, sql, tuple(types))
 
 
-def decode_bind(buf: bytes, start: int, end: int) -> m.Bind:
-    portal, pos = _cstr(buf, start, end)
-    stmt, pos = _cstr(buf, pos, end)
+def decode_bind(buf: bytes, start: int, end: int, enc: str = "utf-8") -> m.Bind:
+    portal, pos = _cstr(buf, start, end, enc)
+    stmt, pos = _cstr(buf, pos, end, enc)
     _need(pos, 2, end)
     (nf,) = _unpack_i16(buf, pos)
     pos += 2
@@ -263,19 +308,19 @@ def decode_bind(buf: bytes, start: int, end: int) -> m.Bind:
     return m.Bind(portal, stmt, tuple(fmts), tuple(params), tuple(rfmts))
 
 
-def decode_execute(buf: bytes, start: int, end: int) -> m.Execute:
-    portal, pos = _cstr(buf, start, end)
+def decode_execute(buf: bytes, start: int, end: int, enc: str = "utf-8") -> m.Execute:
+    portal, pos = _cstr(buf, start, end, enc)
     _need(pos, 4, end)
     (rows,) = _unpack_i32(buf, pos)
     return m.Execute(portal, rows)
 
 
-def decode_describe_or_close(buf: bytes, start: int, end: int) -> tuple[str, str]:
+def decode_describe_or_close(buf: bytes, start: int, end: int, enc: str = "utf-8") -> tuple[str, str]:
     _need(start, 1, end)
     kind = chr(buf[start])
     if kind not in "SP":
         raise ProtocolError(f"invalid Describe/Close target {kind!r}")
-    name, _pos = _cstr(buf, start + 1, end)
+    name, _pos = _cstr(buf, start + 1, end, enc)
     return kind, name
 
 
@@ -291,15 +336,16 @@ def encode_query(sql: str) -> bytes:
     return frame(b"Q", sql.encode() + b"\x00")
 
 
-def encode_parse(p: m.Parse) -> bytes:
-    body = p.name.encode() + b"\x00" + p.sql.encode() + b"\x00" + _I16.pack(len(p.param_types))
+def encode_parse(p: m.Parse, enc: str = "utf-8") -> bytes:
+    """``enc``: the encoding the name was read in (the SQL is the proxy's own, ASCII)."""
+    body = encode_name(p.name, enc) + b"\x00" + p.sql.encode(enc) + b"\x00" + _I16.pack(len(p.param_types))
     if p.param_types:
         body += struct.pack(f"!{len(p.param_types)}I", *p.param_types)
     return frame(b"P", body)
 
 
-def encode_bind(b: m.Bind) -> bytes:
-    parts = [b.portal.encode(), b"\x00", b.statement.encode(), b"\x00", _I16.pack(len(b.param_formats))]
+def encode_bind(b: m.Bind, enc: str = "utf-8") -> bytes:
+    parts = [encode_name(b.portal, enc), b"\x00", encode_name(b.statement, enc), b"\x00", _I16.pack(len(b.param_formats))]
     if b.param_formats:
         parts.append(struct.pack(f"!{len(b.param_formats)}h", *b.param_formats))
     parts.append(_I16.pack(len(b.params)))
@@ -315,8 +361,8 @@ def encode_bind(b: m.Bind) -> bytes:
     return frame(b"B", b"".join(parts))
 
 
-def encode_execute(e: m.Execute) -> bytes:
-    return frame(b"E", e.portal.encode() + b"\x00" + _I32.pack(e.max_rows))
+def encode_execute(e: m.Execute, enc: str = "utf-8") -> bytes:
+    return frame(b"E", encode_name(e.portal, enc) + b"\x00" + _I32.pack(e.max_rows))
 
 
 def encode_describe(kind: str, name: str) -> bytes:
@@ -358,9 +404,9 @@ def decode_sasl_mechanisms(data: bytes) -> list[str]:
     return [p.decode("utf-8", "replace") for p in data.split(b"\x00") if p]
 
 
-def decode_parameter_status(buf: bytes, start: int, end: int) -> m.ParameterStatus:
-    name, pos = _cstr(buf, start, end)
-    value, pos = _cstr(buf, pos, end)
+def decode_parameter_status(buf: bytes, start: int, end: int, enc: str = "utf-8") -> m.ParameterStatus:
+    name, pos = _cstr(buf, start, end, enc)
+    value, pos = _cstr(buf, pos, end, enc)
     return m.ParameterStatus(name, value)
 
 
@@ -376,7 +422,7 @@ def decode_ready(buf: bytes, start: int, end: int) -> m.ReadyForQuery:
     return m.ReadyForQuery(chr(buf[start]))
 
 
-def _error_fields(buf: bytes, start: int, end: int, errors: str) -> tuple[list[tuple[str, str]], int]:
+def _error_fields(buf: bytes, start: int, end: int, errors: str, enc: str = "utf-8") -> tuple[list[tuple[str, str]], int]:
     """The (code, value) fields of an ErrorResponse or NoticeResponse, and where they end."""
     out: list[tuple[str, str]] = []
     pos = start
@@ -385,71 +431,80 @@ def _error_fields(buf: bytes, start: int, end: int, errors: str) -> tuple[list[t
         z = buf.find(b"\x00", pos + 1, end)
         if z < 0:
             raise ProtocolError("unterminated error field")
-        out.append((code, bytes(buf[pos + 1 : z]).decode("utf-8", errors)))
+        out.append((code, bytes(buf[pos + 1 : z]).decode(enc, errors)))
         pos = z + 1
     return out, pos
 
 
-def decode_error_fields(buf: bytes, start: int, end: int) -> m.ErrorFields:
-    return m.ErrorFields(tuple(_error_fields(buf, start, end, "replace")[0]))
+def decode_error_fields(buf: bytes, start: int, end: int, enc: str = "utf-8") -> m.ErrorFields:
+    return m.ErrorFields(tuple(_error_fields(buf, start, end, "replace", enc)[0]))
 
 
-def decode_raw_fields(buf: bytes, start: int, end: int) -> tuple[tuple[str, str], ...]:
+def encode_text(text: str, enc: str = "utf-8") -> bytes:
+    """Text read with surrogateescape, back to bytes in ``enc``; a character ``enc`` has
+    no byte for (only text the proxy wrote itself) becomes ``?``.  NUL bytes are dropped."""
+    try:
+        data = text.encode(enc, "surrogateescape")
+    except UnicodeEncodeError:
+        data = b"".join(_encode_char(ch, enc) for ch in text)
+    return data.replace(b"\x00", b"")
+
+
+def _encode_char(ch: str, enc: str) -> bytes:
+    try:
+        return ch.encode(enc, "surrogateescape")
+    except UnicodeEncodeError:
+        return b"?"
+
+
+def decode_raw_fields(buf: bytes, start: int, end: int, enc: str = "utf-8") -> tuple[tuple[str, str], ...]:
     """The fields of an ErrorResponse or NoticeResponse, each value decoded so that it
-    encodes back to the same bytes (bytes that are not UTF-8 survive as surrogates):
-    for rewriting a message without changing what is not rewritten."""
-    out, pos = _error_fields(buf, start, end, "surrogateescape")
+    encodes back to the same bytes (bytes that are not valid in ``enc`` survive as
+    surrogates): for rewriting a message without changing what is not rewritten."""
+    out, pos = _error_fields(buf, start, end, "surrogateescape", enc)
     if pos >= end:
         raise ProtocolError("error fields are not terminated")
     return tuple(out)
 
 
-def encode_raw_fields(type_byte: bytes, fields: Iterable[tuple[str, str]]) -> bytes:
+def encode_raw_fields(type_byte: bytes, fields: Iterable[tuple[str, str]], enc: str = "utf-8") -> bytes:
     """The inverse of :func:`decode_raw_fields`; NUL bytes in a value are dropped."""
-    body = b"".join(
-        k.encode() + v.encode("utf-8", "surrogateescape").replace(b"\x00", b"") + b"\x00" for k, v in fields
-    )
+    body = b"".join(k.encode() + encode_text(v, enc) + b"\x00" for k, v in fields)
     return frame(type_byte, body + b"\x00")
 
 
-def decode_notification(buf: bytes, start: int, end: int) -> m.NotificationResponse:
+def decode_notification(buf: bytes, start: int, end: int, enc: str = "utf-8") -> m.NotificationResponse:
     _need(start, 4, end)
     (pid,) = _unpack_u32(buf, start)
     z = buf.find(b"\x00", start + 4, end)
     if z < 0:
         raise ProtocolError("unterminated string in message")
-    channel = bytes(buf[start + 4 : z]).decode("utf-8", "surrogateescape")
+    channel = bytes(buf[start + 4 : z]).decode(enc, "surrogateescape")
     y = buf.find(b"\x00", z + 1, end)
     if y < 0:
         raise ProtocolError("unterminated string in message")
-    payload = bytes(buf[z + 1 : y]).decode("utf-8", "surrogateescape")
+    payload = bytes(buf[z + 1 : y]).decode(enc, "surrogateescape")
     return m.NotificationResponse(pid, channel, payload)
 
 
-def encode_notification(n: m.NotificationResponse) -> bytes:
-    def enc(s: str) -> bytes:
-        return s.encode("utf-8", "surrogateescape").replace(b"\x00", b"") + b"\x00"
-
-    return frame(b"A", _U32.pack(n.pid) + enc(n.channel) + enc(n.payload))
+def encode_notification(n: m.NotificationResponse, enc: str = "utf-8") -> bytes:
+    return frame(b"A", _U32.pack(n.pid) + encode_text(n.channel, enc) + b"\x00" + encode_text(n.payload, enc) + b"\x00")
 
 
-def decode_raw_parameter_status(buf: bytes, start: int, end: int) -> m.ParameterStatus:
+def decode_raw_parameter_status(buf: bytes, start: int, end: int, enc: str = "utf-8") -> m.ParameterStatus:
     """A ParameterStatus whose value re-encodes to the same bytes (see decode_raw_fields)."""
     z = buf.find(b"\x00", start, end)
     y = buf.find(b"\x00", z + 1, end) if z >= 0 else -1
     if y < 0:
         raise ProtocolError("unterminated string in message")
     return m.ParameterStatus(
-        bytes(buf[start:z]).decode("utf-8", "surrogateescape"),
-        bytes(buf[z + 1 : y]).decode("utf-8", "surrogateescape"),
+        bytes(buf[start:z]).decode(enc, "surrogateescape"),
+        bytes(buf[z + 1 : y]).decode(enc, "surrogateescape"),
     )
 
 
-def encode_raw_parameter_status(name: str, value: str) -> bytes:
-    return frame(
-        b"S",
-        name.encode("utf-8", "surrogateescape") + b"\x00" + value.encode("utf-8", "surrogateescape").replace(b"\x00", b"") + b"\x00",
-    )
+def encode_raw_parameter_status(name: str, value: str, enc: str = "utf-8") -> bytes:
+    return frame(b"S", encode_text(name, enc) + b"\x00" + encode_text(value, enc) + b"\x00")
 
 
 def decode_command_complete(buf: bytes, start: int, end: int) -> m.CommandComplete:
