@@ -27,6 +27,7 @@ from dbsentry.audit.records import CompletionRecord, Record, SessionEvent, State
 from dbsentry.audit.writer import AuditUnavailable, AuditWriter
 from dbsentry.config import Config, ConfigError, ConnectionConfig
 from dbsentry.identity.model import Identity
+from dbsentry.identity.ratelimit import login
 from dbsentry.policy.engine import Decision
 from dbsentry.server import tls
 from dbsentry.server.catalogs import CatalogError, CatalogLoader
@@ -577,14 +578,14 @@ class ClientConnection(asyncio.Protocol):
         auth = self.proxy.authenticator
         source = self.address.rsplit(":", 1)[0]
         if not self.proxy.auth_needs_io and self.proxy.approvals is None:
-            self.run(self.session.password_verified(auth.authenticate(cmd.user, cmd.password, source)))
+            self.run(self.session.password_verified(login(auth.authenticate, cmd.user, cmd.password, source)))
             return
 
         async def verify() -> None:
             loop = asyncio.get_running_loop()
-            identity = await loop.run_in_executor(None, auth.authenticate, cmd.user, cmd.password, source)
+            identity = await loop.run_in_executor(None, login, auth.authenticate, cmd.user, cmd.password, source)
             svc = self.proxy.approvals
-            if identity is not None and svc is not None:
+            if isinstance(identity, Identity) and svc is not None:
                 try:
                     await loop.run_in_executor(None, svc.load_grants, identity.name)
                     self._grants_for = identity.name

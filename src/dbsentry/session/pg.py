@@ -45,6 +45,7 @@ from dbsentry.audit.config import AuditConfig
 from dbsentry.audit.records import CompletionRecord, Record, extract_correlation
 from dbsentry.config import Config, ConnectionConfig
 from dbsentry.identity.model import Identity
+from dbsentry.identity.ratelimit import LoginThrottled
 from dbsentry.policy.engine import Decision
 from dbsentry.policy.verdict import Verdict
 from dbsentry.session import commands as c
@@ -649,11 +650,13 @@ class Session:
             raise codec.MessageTooLarge("too much data sent before authentication completed")
         return []
 
-    def password_verified(self, identity: Identity | None) -> list[c.Command]:
+    def password_verified(self, identity: Identity | LoginThrottled | None) -> list[c.Command]:
         if self.state is not State.VERIFYING:
             return []
         assert self.startup is not None
         user = self.startup.get("user") or ""
+        if isinstance(identity, LoginThrottled):
+            return self._fail("28000", identity.message, client=self.client.address, user=user)
         if identity is None:
             return self._fail(
                 "28P01", f'password authentication failed for user "{user}"', client=self.client.address, user=user
