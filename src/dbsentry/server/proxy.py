@@ -32,13 +32,13 @@ from dbsentry.identity.ratelimit import login
 from dbsentry.policy.engine import Decision
 from dbsentry.server import tls
 from dbsentry.server.catalogs import CatalogError, CatalogLoader
-from dbsentry.server.tasks import spawn
 from dbsentry.session import commands as c
 from dbsentry.session.governance import Governor
 from dbsentry.session.pg import ClientInfo, Session
 from dbsentry.session.server_params import ServerParams
 from dbsentry.session.upstream import UpstreamHandshake, UpstreamReady
 from dbsentry.sql.facts import StatementFacts
+from dbsentry.tasks import spawn
 from dbsentry.wire.pg import codec
 from dbsentry.wire.pg.auth import AuthError, tls_server_end_point_hash
 
