@@ -525,6 +525,11 @@ class ClientConnection(asyncio.Protocol):
             else:
                 todo = self.session.audit_failed(entry.cmd.frames, entry.cmd.records)
             for cmd in [*todo, *entry.after]:
+                if self.closed and type(cmd) is c.SendUpstream:
+                    # The client left while its statement waited for its audit record (or
+                    # an approval): it is not sent now (the cancel sent when the client
+                    # left would have come before it, and nobody reads its result).
+                    continue
                 self._execute(cmd)
         if len(gate) <= MAX_GATED_CHUNKS and self.transport is not None and not self.closed:
             self.transport.resume_reading()
