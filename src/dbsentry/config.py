@@ -461,7 +461,7 @@ def parse_config(data: Any, base_dir: Path) -> Config:
 
 
 def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
-    p = Path(path)
+    p = Path(path).expanduser().resolve()  # messages name the file in full
     try:
         text = p.read_text()
     except OSError as err:
@@ -470,4 +470,4 @@ def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{p}: not valid YAML: {err}") from None
-    return LoadedConfig(parse_config(data, p.resolve().parent), p.resolve())
+    return LoadedConfig(parse_config(data, p.parent), p)
