@@ -343,6 +343,9 @@ class LimitsConfig(_Model):
     # A logged-in client gets its upstream connection at its first statement, not at login
     # (once the connection's server parameters are known); connections may override it.
     lazy_upstream: bool = True
+    # How often every connection's upstream is probed (a TCP connect) for /readyz and the
+    # log; 0 turns the probe off.
+    upstream_check_seconds: float = Field(default=10.0, ge=0)
 
 
 class Config(_Model):

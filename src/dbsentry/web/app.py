@@ -102,7 +102,11 @@ def create_app(ctx: WebContext) -> FastAPI:
     async def healthz() -> dict[str, Any]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], summary="Readiness: the audit trail and the listener work")
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        summary="Readiness: the audit trail, the listener and every upstream work",
+    )
     def readyz() -> JSONResponse:
         checks: dict[str, Any] = {}
         writer = ctx.audit_writer
@@ -117,9 +121,15 @@ def create_app(ctx: WebContext) -> FastAPI:
                 checks["audit_store"] = False
         if ctx.listener_up is not None:
             checks["listener"] = bool(ctx.listener_up())
+        body: dict[str, Any] = {"checks": checks}
+        if ctx.upstreams is not None:
+            upstreams = ctx.upstreams()
+            for name, up in upstreams.items():
+                checks[f"upstream:{name}"] = up.reachable is not False  # unknown until probed
+            body["upstreams"] = {name: up.to_dict() for name, up in upstreams.items()}
         ready = all(checks.values())
         return JSONResponse(
-            {"status": "ready" if ready else "not ready", "checks": checks},
+            {"status": "ready" if ready else "not ready", **body},
             status_code=200 if ready else 503,
         )
 

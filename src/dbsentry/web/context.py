@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from dbsentry.audit import AuditStore, AuditWriter
     from dbsentry.config import Config
     from dbsentry.identity import Authenticator
+    from dbsentry.server.upstream_health import UpstreamStatus
     from dbsentry.session.governance import Governor
 
 
@@ -31,7 +32,8 @@ class WebContext:
     proxy's open client connections (objects with a ``.session``) or the sessions
     themselves.  ``approvals`` is the approvals store when that feature is present;
     ``classification`` returns each connection's classification map when masking is.
-    ``listener_up`` says whether the PostgreSQL listener accepts connections (readiness).
+    ``listener_up`` says whether the PostgreSQL listener accepts connections and
+    ``upstreams`` what the last probe of each connection's upstream found (readiness).
     """
 
     config: Config
@@ -43,6 +45,7 @@ class WebContext:
     live_sessions: Callable[[], Iterable[Any]] = _no_sessions
     web: WebConfig | None = None
     listener_up: Callable[[], bool] | None = None
+    upstreams: Callable[[], Mapping[str, UpstreamStatus]] | None = None
     classification: Callable[[], Mapping[str, Any]] | None = None
     public_keys: Callable[[], Sequence[Ed25519PublicKey]] | None = None
     clock: Callable[[], float] = field(default=time.time)
