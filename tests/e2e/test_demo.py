@@ -204,7 +204,12 @@ def test_demo_prints_connection_strings_serves_psql_and_stops_on_sigint(
             banner,
         )
         strings = {user: conninfo for conninfo, user in found}
-        assert set(strings) == {"analyst@example.com", "dba@example.com", "ai-agent"}, banner
+        assert set(strings) == {
+            "analyst@example.com",
+            "dba@example.com",
+            "lead@example.com",
+            "ai-agent",
+        }, banner
         console = re.search(r"console +(http://127\.0\.0\.1:\d+/)", banner)
         assert console is not None, banner
         assert "dbsentry approvals approve <request id>" in banner
@@ -235,7 +240,8 @@ def test_demo_prints_connection_strings_serves_psql_and_stops_on_sigint(
             _demo_cmd(directory), cwd=tmp_path, env=_ENV, capture_output=True, text=True, timeout=60
         )
         assert again.returncode == 2
-        assert "another dbsentry demo is running" in again.stdout
+        assert re.search(r"another dbsentry demo \(pid \d+\) is running", again.stdout)
+        assert "To tour the running demo:" in again.stdout
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
