@@ -117,7 +117,8 @@ def test_pii_readers_get_the_real_values(env: Env, mode: str) -> None:
 
 
 def test_copy_of_the_table_writes_the_same_masked_values(env: Env) -> None:
-    with psycopg.connect(env.proxy.dsn(MASKED.identity, groups=MASKED.groups)) as conn:
-        with conn.cursor().copy(f"copy {env.table} (born, ip, card, phone) to stdout") as copy:
-            data = b"".join(bytes(chunk) for chunk in copy)
+    dsn = env.proxy.dsn(MASKED.identity, groups=MASKED.groups)
+    sql = f"copy {env.table} (born, ip, card, phone) to stdout"
+    with psycopg.connect(dsn) as conn, conn.cursor().copy(sql) as copy:
+        data = b"".join(bytes(chunk) for chunk in copy)
     assert data == b"1900-01-01\t203.0.0.0\t0\t\\N\n"
