@@ -18,17 +18,17 @@ from typing import Any
 
 import pytest
 
-from dbsentry.approvals import Approvals, open_approval_store, statement_request
+from dbsentry.approvals import Approvals, open_approval_store
 from dbsentry.approvals.config import ApprovalsConfig
 from dbsentry.approvals.model import FactsSummary, access_request
-from dbsentry.audit import AuditWriter, StatementRecord
+from dbsentry.audit import StatementRecord
 from dbsentry.audit.sqlite_store import SQLiteStore
 from dbsentry.audit.store import encode
 from dbsentry.config import parse_config
-from dbsentry.identity import Authenticator, Identity, TokenStore
+from dbsentry.identity import Identity, TokenStore
 from dbsentry.session.governance import Governor
-from dbsentry.web import WebConfig, WebContext, create_app
-from support.console import CHROMIUM, ServerThread, launch_chromium
+from support.approvals import add_pending
+from support.console import CHROMIUM, launch_chromium, serve_console
 
 pytestmark = [
     pytest.mark.e2e,
@@ -133,32 +133,26 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     store = open_approval_store(config.audit, config.state_dir)
     service = Approvals(ApprovalsConfig(), store)
     now = time.time()
-    bob = Identity("bob@acme.io", frozenset({"analysts"}), "human", "t", "token")
     carol = Identity("carol@acme.io", frozenset({"analysts"}), "human", "t", "token")
     ids: dict[str, str] = {}
     for key, who, sql, risk in (
-        ("ddl", bob, DDL, "high"),
-        ("update", carol, "UPDATE customers SET tier = 'gold' WHERE id IN (17, 18)", "moderate"),
+        ("ddl", "bob@acme.io", DDL, "high"),
+        (
+            "update",
+            "carol@acme.io",
+            "UPDATE customers SET tier = 'gold' WHERE id IN (17, 18)",
+            "moderate",
+        ),
     ):
-        created, _ = store.create_or_get_pending(
-            statement_request(
-                identity=who,
-                connection="prod",
-                environment="production",
-                sql=sql,
-                params=None,
-                approvers=["dba"],
-                min_approvals=1,
-                now=now - 120,
-                ttl_seconds=3600,
-                validity_seconds=3600,
-                summary=FactsSummary(command=sql.split()[0], tables=("customers",), risk=risk),
-                rules=("baseline.prod.ddl-approval",),
-                message="schema changes in production need a DBA's approval",
-            ),
-            now - 120,
-        )
-        ids[key] = created.id
+        ids[key] = add_pending(
+            store,
+            who,
+            sql,
+            age_seconds=120,
+            summary=FactsSummary(command=sql.split()[0], tables=("customers",), risk=risk),
+            rules=("baseline.prod.ddl-approval",),
+            message="schema changes in production need a DBA's approval",
+        ).id
     access, _ = store.create_or_get_pending(
         access_request(
             identity=carol,
@@ -176,27 +170,15 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     ids["access"] = access.id
     reviewer = Identity("rita@acme.io", frozenset({"dba"}), "human", "t", "token")
     service.review(ids["update"], reviewer, True, "checked the ids with support, OPS-81")
-    writer = AuditWriter(SQLiteStore(store_path), "sync")
-    writer.start()
-    ctx = WebContext(
-        config=config,
-        authenticator=Authenticator(config, tokens=tokens),
-        audit_store=lambda: SQLiteStore(store_path),
-        governor=Governor.from_path(None),
-        audit_writer=writer,
-        approvals=service,
-        web=WebConfig(stream_poll_seconds=0.3),
-    )
-    server = ServerThread(create_app(ctx))
-    server.start()
     if ARTIFACTS.exists():
         shutil.rmtree(ARTIFACTS)
     ARTIFACTS.mkdir(parents=True)
     try:
-        yield Console(f"http://127.0.0.1:{server.port}", issued, service, ids)
+        with serve_console(
+            config, store_path, tokens, governor=Governor.from_path(None), approvals=service
+        ) as url:
+            yield Console(url, issued, service, ids)
     finally:
-        server.stop()
-        writer.close()
         store.close()
         tokens.close()
 
@@ -227,6 +209,12 @@ def _page(browser: Any, console: Console, token: str, route: str = "") -> Any:
     page.click("#login-form button[type=submit]")
     page.wait_for_selector("#who-name")
     return page
+
+
+def _done(page: Any, screenshot: str, *, full_page: bool = False) -> None:
+    page.screenshot(path=str(ARTIFACTS / screenshot), full_page=full_page)
+    assert not page.errors, page.errors
+    page.close()
 
 
 def _number(text: str) -> int:
@@ -280,9 +268,7 @@ def test_agents_and_data_access_leave_catalog_queries_out(
     expect(details).to_contain_text("customers")
     expect(details).not_to_contain_text("pg_catalog")
     expect(page.locator(".stat", has_text="Statements").first.locator(".value")).to_have_text("4")
-    page.screenshot(path=str(ARTIFACTS / "03-data-access.png"))
-    assert not page.errors, page.errors
-    page.close()
+    _done(page, "03-data-access.png")
 
 
 def test_an_identity_without_a_role_is_told_which_groups_give_one(
@@ -295,9 +281,7 @@ def test_an_identity_without_a_role_is_told_which_groups_give_one(
     expect(box.locator("li", has_text="admin")).to_contain_text("dbsentry-admins")
     expect(box.locator("li", has_text="reviewer")).to_contain_text("dba")
     expect(box.locator("li", has_text="auditor")).to_contain_text("security")
-    page.screenshot(path=str(ARTIFACTS / "04-no-role.png"))
-    assert not page.errors, page.errors
-    page.close()
+    _done(page, "04-no-role.png")
 
 
 def test_approval_cards_show_risk_tables_statement_reason_and_comments(
@@ -341,6 +325,4 @@ def test_audit_chain_page_numbers_agree(browser: Any, console: Console, expect: 
         expect(page.locator(".chain")).to_contain_text(
             f"{head_seq - last} record{'s' if head_seq - last != 1 else ''} written since the check"
         )
-    page.screenshot(path=str(ARTIFACTS / "06-audit-chain.png"))
-    assert not page.errors, page.errors
-    page.close()
+    _done(page, "06-audit-chain.png")

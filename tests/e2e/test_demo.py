@@ -20,6 +20,7 @@ import pytest
 
 from dbsentry.demo.embedded import find_bindir
 from dbsentry.demo.tour import STEPS
+from support.processes import interrupt
 
 pytestmark = [
     pytest.mark.e2e,
@@ -250,11 +251,5 @@ def test_demo_prints_connection_strings_serves_psql_and_stops_on_sigint(
         assert "PostgreSQL stopped" in out.text
         assert _cluster_stopped(out.text, tmp_path)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        interrupt(proc, timeout=30)
         proc.stdout.close()

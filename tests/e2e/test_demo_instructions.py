@@ -14,7 +14,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ import pytest
 
 from dbsentry.demo.embedded import find_bindir
 from support.pg import free_port
+from support.processes import interrupt
 
 pytestmark = [
     pytest.mark.e2e,
@@ -186,12 +186,7 @@ def test_every_printed_instruction_works_as_printed(tmp_path: Path) -> None:
         banner = Banner.parse(out.wait_for("Press Ctrl-C to stop.", timeout=400))
         _follow(banner, Shell(elsewhere), home)
     finally:
-        demo.send_signal(signal.SIGINT)
-        try:
-            demo.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            demo.kill()
-            demo.wait()
+        interrupt(demo, timeout=90)
         out.join()
     assert "PostgreSQL stopped" in "".join(out.lines)
 

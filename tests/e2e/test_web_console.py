@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-from dbsentry.audit import AuditWriter, CompletionRecord, SessionEvent, StatementRecord
+from dbsentry.audit import CompletionRecord, SessionEvent, StatementRecord
 from dbsentry.audit.sqlite_store import SQLiteStore
 from dbsentry.audit.store import encode
 from dbsentry.config import Config, parse_config
-from dbsentry.identity import Authenticator, Identity, TokenStore
+from dbsentry.identity import TokenStore
 from dbsentry.session.governance import Governor
-from dbsentry.web import WebConfig, WebContext, create_app
-from support.console import CHROMIUM, ServerThread, launch_chromium
+from support.approvals import add_pending
+from support.console import CHROMIUM, launch_chromium, serve_console
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"
 
@@ -297,49 +297,28 @@ def console(tmp_path: Path) -> Iterator[Console]:
         tokens.create(name, groups, "human" if kind == "human" else "agent", 30 * 86400)
     approvals: Any = None
     try:
-        from dbsentry.approvals import open_approval_store, statement_request
+        from dbsentry.approvals import open_approval_store
 
         approvals = open_approval_store(config.audit, config.state_dir)
-        now = time.time()
         for who, sql in (
             ("bob@acme.io", "DELETE FROM orders WHERE status = 'stale'"),
             ("carol@acme.io", "UPDATE customers SET tier = 'gold' WHERE id IN (17, 18, 19)"),
         ):
-            approvals.create_or_get_pending(
-                statement_request(
-                    identity=Identity(who, frozenset({"analysts"}), "human", "t", "token"),
-                    connection="prod",
-                    environment="production",
-                    sql=sql,
-                    params=None,
-                    approvers=["dba"],
-                    min_approvals=1,
-                    now=now - 300,
-                    ttl_seconds=3600,
-                    validity_seconds=3600,
-                    rules=("bulk-delete-needs-approval",),
-                )
+            add_pending(
+                approvals, who, sql, age_seconds=300, rules=("bulk-delete-needs-approval",)
             )
     except ImportError:
         approvals = None
-    writer = AuditWriter(SQLiteStore(store_path), "sync")
-    writer.start()
-    ctx = WebContext(
-        config=config,
-        authenticator=Authenticator(config, tokens=tokens),
-        audit_store=lambda: SQLiteStore(store_path),
-        governor=Governor.from_path(config.policy),
-        audit_writer=writer,
-        approvals=approvals,
-        web=WebConfig(stream_poll_seconds=0.3),
-    )
-    server = ServerThread(create_app(ctx))
-    server.start()
     try:
-        yield Console(f"http://127.0.0.1:{server.port}", issued, store_path, approvals)
+        with serve_console(
+            config,
+            store_path,
+            tokens,
+            governor=Governor.from_path(config.policy),
+            approvals=approvals,
+        ) as url:
+            yield Console(url, issued, store_path, approvals)
     finally:
-        server.stop()
-        writer.close()
         if approvals is not None:
             approvals.close()
         tokens.close()

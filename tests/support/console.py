@@ -10,10 +10,17 @@ import asyncio
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from dbsentry.web import bind_http, serve_http
+from dbsentry.audit import AuditWriter
+from dbsentry.audit.sqlite_store import SQLiteStore
+from dbsentry.config import Config
+from dbsentry.identity import Authenticator, TokenStore
+from dbsentry.session.governance import Governor
+from dbsentry.web import WebConfig, WebContext, bind_http, create_app, serve_http
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -67,3 +74,34 @@ class ServerThread:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(15)
         assert not self._thread.is_alive(), "the HTTP server did not stop"
+
+
+@contextmanager
+def serve_console(
+    config: Config,
+    store_path: Path,
+    tokens: TokenStore,
+    *,
+    governor: Governor | None,
+    approvals: Any | None,
+) -> Iterator[str]:
+    """The console and API over an audit trail in SQLite (with a writer, as the proxy
+    runs it), served on a free port; yields the base URL."""
+    writer = AuditWriter(SQLiteStore(store_path), "sync")
+    writer.start()
+    ctx = WebContext(
+        config=config,
+        authenticator=Authenticator(config, tokens=tokens),
+        audit_store=lambda: SQLiteStore(store_path),
+        governor=governor,
+        audit_writer=writer,
+        approvals=approvals,
+        web=WebConfig(stream_poll_seconds=0.3),
+    )
+    server = ServerThread(create_app(ctx))
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        server.stop()
+        writer.close()

@@ -4,29 +4,21 @@ word; ``--reason`` still works), outcomes read as words, and messages name files
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from dbsentry.approvals.model import statement_request
 from dbsentry.approvals.sqlite_store import SQLiteApprovalStore
 from dbsentry.audit import CompletionRecord, StatementRecord
 from dbsentry.audit.config import AuditConfig
 from dbsentry.audit.sqlite_store import SQLiteStore
 from dbsentry.audit.store import encode
 from dbsentry.cli import main
-from dbsentry.identity import Identity, TokenStore
+from dbsentry.identity import TokenStore
+from support.approvals import add_pending
 
-CONFIG = """
-state_dir: state
-connections:
-  prod:
-    database: app
-    user: app
-    environment: production
-"""
+CONFIG = "{state_dir: state, connections: {prod: {database: app, user: app}}}\n"
 
 
 @pytest.fixture
@@ -121,24 +113,9 @@ def test_reviews_take_a_comment_and_the_old_reason_still_works(here: Path) -> No
     dba, _ = tokens.create("dba@example.com", ["dba"], "human", 3600)
     tokens.close()
     store = SQLiteApprovalStore(AuditConfig().sqlite_path(here / "state"))
-    alice = Identity("alice@example.com", frozenset({"dev"}), "human", "t", "token")
-    ids = []
-    for n in (1, 2):
-        r, _ = store.create_or_get_pending(
-            statement_request(
-                identity=alice,
-                connection="prod",
-                environment="production",
-                sql=f"DELETE FROM orders WHERE id = {n}",
-                params=None,
-                approvers=["dba"],
-                min_approvals=1,
-                now=time.time(),
-                ttl_seconds=3600,
-                validity_seconds=3600,
-            )
-        )
-        ids.append(r.id)
+    ids = [
+        add_pending(store, "alice@example.com", f"DELETE FROM t WHERE id = {n}").id for n in (1, 2)
+    ]
     code, out = _run("approvals", "approve", ids[0], "--token", dba, "--comment", "ticket 7")
     assert code == 0, out
     code, out = _run("approvals", "deny", ids[1], "--token", dba, "--reason", "not today")

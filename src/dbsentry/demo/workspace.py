@@ -27,7 +27,7 @@ from psycopg import sql
 
 from dbsentry.config import LoadedConfig, load_config
 from dbsentry.demo.dataset import Shop, load_shop, shop_is_loaded
-from dbsentry.demo.embedded import EmbeddedPostgres
+from dbsentry.demo.embedded import EmbeddedPostgres, UpstreamAddress
 from dbsentry.identity import TokenStore
 
 __all__ = [
@@ -97,32 +97,11 @@ DEMO_IDENTITIES: tuple[DemoIdentity, ...] = (
 
 class Upstream(Protocol):
     """Where the demo's PostgreSQL listens: :class:`EmbeddedPostgres`, or the address a
-    running demo wrote in its configuration."""
+    running demo wrote in its configuration (:class:`UpstreamAddress`)."""
 
     def conninfo(
         self, dbname: str = "postgres", *, user: str | None = None, password: str | None = None
     ) -> dict[str, Any]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamAddress:
-    """The PostgreSQL of a demo running in another process (a tour of it connects there)."""
-
-    host: str
-    port: int
-
-    def conninfo(
-        self, dbname: str = "postgres", *, user: str | None = None, password: str | None = None
-    ) -> dict[str, Any]:
-        return {
-            "host": self.host,
-            "port": self.port,
-            "user": user,
-            "password": password,
-            "dbname": dbname,
-            "connect_timeout": 10,
-            "sslmode": "disable",
-        }
 
 
 @dataclass(frozen=True, slots=True)
