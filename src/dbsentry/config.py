@@ -98,8 +98,18 @@ class OIDCConfig(_Model):
 
 class IdentityConfig(_Model):
     oidc: OIDCConfig | None = None
-    max_failures: int = Field(default=5, ge=1, description="failed logins per source address per window")
-    failure_window_seconds: int = Field(default=60, ge=1)
+    max_failures: int = Field(default=5, ge=1, description="failed logins per address and identity before a wait")
+    failure_window_seconds: int = Field(default=60, ge=1, description="the first wait, and the counting window")
+    max_failures_per_address: int = Field(
+        default=100, ge=1, description="failed logins per address per window, whatever the identity"
+    )
+    max_backoff_seconds: int = Field(default=900, ge=1, description="the longest wait; waits double up to it")
+
+    @model_validator(mode="after")
+    def _backoff(self) -> IdentityConfig:
+        if self.max_backoff_seconds < self.failure_window_seconds:
+            raise ValueError("identity.max_backoff_seconds must be at least identity.failure_window_seconds")
+        return self
 
 
 #: The environment names a connection may carry without a policy declaring them.

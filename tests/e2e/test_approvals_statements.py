@@ -732,3 +732,45 @@ def test_extended_protocol_binary_parameters(
         conn.execute(sql, (7, 2))
         assert balances(direct, acct) == {1: 100, 2: 193}
         assert get_request(cfg, rid)["status"] == "used"
+
+
+def test_a_batch_is_admitted_all_or_none_and_each_statement_names_its_approval(
+    proxy: RunningProxy, direct: psycopg.Connection[Any], acct: str
+) -> None:
+    """Two statements needing approval in one pipeline: each runs under its own approval
+    (the audit names it), and when one lacks its approval the other's is not used up."""
+    cfg = proxy.config_path
+    first, second = (
+        f"UPDATE {acct} SET balance = balance + 1 WHERE id = 1",
+        f"UPDATE {acct} SET balance = balance + 2 WHERE id = 2",
+    )
+    dsn = proxy.dsn(ALICE[0], groups=ALICE[1])
+
+    def pipeline(conn: psycopg.Connection[Any]) -> None:
+        with conn.pipeline():
+            conn.execute(first)
+            conn.execute(second)
+
+    with psycopg.connect(dsn, autocommit=True) as conn, pytest.raises(errors.InsufficientPrivilege):
+        pipeline(conn)
+    ids = {r["statement"]: r["id"] for r in list_requests(cfg) if r["statement"] in (first, second)}
+    assert set(ids) == {first, second}, "both statements' requests are made"
+    approve(proxy, ids[first])
+
+    # Only the first is approved: the batch is refused, and the first approval stays.
+    with psycopg.connect(dsn, autocommit=True) as conn, pytest.raises(errors.InsufficientPrivilege):
+        pipeline(conn)
+    assert balances(direct, acct) == {1: 100, 2: 200}
+    assert get_request(cfg, ids[first])["status"] == "approved"
+
+    approve(proxy, ids[second])
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        pipeline(conn)
+    assert balances(direct, acct) == {1: 101, 2: 202}
+    assert {get_request(cfg, i)["status"] for i in ids.values()} == {"used"}
+    recs = records_until(
+        cfg,
+        lambda rs: sum(1 for r in rs if r.get("decision") == "approved" and r.get("statement") in ids) >= 2,
+    )
+    approved = {r["statement"]: r["approval_id"] for r in recs if r.get("decision") == "approved" and r.get("statement") in ids}
+    assert approved == ids

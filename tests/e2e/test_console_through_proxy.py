@@ -255,3 +255,12 @@ def run(
     page.click("#nav a[data-route=live]")
     expect(page.locator("#feed tbody tr").first).to_contain_text(drop)
     shot(page, "09-live-feed-after")
+
+
+def test_failed_database_logins_are_counted(console_proxy: ConsoleProxy) -> None:
+    proxy = console_proxy.proxy
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(proxy.dsn(token="not-a-token"), autocommit=True)
+    with urllib.request.urlopen(f"{console_proxy.url}/metrics", timeout=5) as res:
+        text = res.read().decode()
+    assert 'dbsentry_login_failures_total{reason="password"} 1.0' in text

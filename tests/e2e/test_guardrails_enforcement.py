@@ -452,13 +452,16 @@ def test_unparsable_is_denied_everywhere(
     proxy: RunningProxy, direct: psycopg.Connection[Any], table: str, dbname: str, sql: str
 ) -> None:
     text = sql.format(t=table)
+    # PostgreSQL's own answer (42601, with its position), never sent: nothing of the string
+    # runs, not even the statements before the error.
     with psycopg.connect(proxy.dsn(dbname=dbname), autocommit=True) as conn:
-        with pytest.raises(errors.InsufficientPrivilege) as caught:
+        with pytest.raises(errors.SyntaxError) as caught:
             conn.execute(text)
-        assert_refusal(caught.value, "baseline.unparsable")
+        assert caught.value.diag.message_hint == "dbsentry: the statement was not sent to the database"
+        assert caught.value.diag.statement_position is not None
         assert conn.execute("select 1").fetchone() == (1,)
     done = psql(proxy.dsn(dbname=dbname), "-c", text, "-c", "select 'alive'")
-    assert "ERROR:  42501: dbsentry: " in done.stderr and "baseline.unparsable" in done.stderr
-    assert "42601" not in done.stderr
+    assert "ERROR:  42601: syntax error" in done.stderr, done.stderr
+    assert "HINT:  dbsentry: the statement was not sent to the database" in done.stderr
     assert done.stdout == "alive\n"
     assert rows(direct, table) == ROWS

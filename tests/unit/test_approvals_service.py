@@ -123,9 +123,25 @@ def test_wait_mode_resolves_when_decided(h: Harness) -> None:
     h.svc.review(gate.request.id, BOB, True)
     decided = fut.result(timeout=5)
     assert decided.status == "approved"
-    used = h.svc.consume_request(decided)
-    assert used is not None and used.status == "used"
-    assert h.svc.consume_request(decided) is None
+    assert decided.connection is not None
+    used = h.svc.consume_all(decided.requester, decided.connection, [decided.request_key])
+    assert used is not None and [u.status for u in used] == ["used"]
+    assert h.svc.consume_all(decided.requester, decided.connection, [decided.request_key]) is None
+
+
+def test_consume_all_is_all_or_none(h: Harness) -> None:
+    a = h.gate()
+    b = h.gate(sql="update t set x = 2 where id = 2")
+    h.svc.review(a.request.id, BOB, True)
+    assert a.request.connection is not None
+    keys = [a.request.request_key, b.request.request_key]
+    assert h.svc.consume_all(a.request.requester, a.request.connection, keys) is None
+    # the approved one was not used up by the failed attempt
+    again = h.store.get(a.request.id)
+    assert again is not None and again.status == "approved"
+    h.svc.review(b.request.id, BOB, True)
+    used = h.svc.consume_all(a.request.requester, a.request.connection, keys)
+    assert used is not None and [u.id for u in used] == [a.request.id, b.request.id]
 
 
 def test_wait_mode_denied_and_withdrawn(h: Harness) -> None:

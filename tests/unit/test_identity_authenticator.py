@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 from dbsentry.config import Config
-from dbsentry.identity import Authenticator, Identity
+from dbsentry.identity import Authenticator, Identity, LoginThrottled
 
 ISSUER = "https://idp.example.com/"
 URL = "https://idp.example.com/jwks.json"
@@ -96,10 +97,10 @@ def test_needs_io(auth: Authenticator) -> None:
 @pytest.mark.parametrize("password", ["", "hunter2", "a.b", "x" * 70_000, "dbs_" + "x" * 70_000])
 def test_other_passwords_rejected(auth: Authenticator, password: str) -> None:
     assert auth.authenticate("alice@example.com", password, "10.0.0.1") is None
-    assert auth.limiter._failures["10.0.0.1"]  # counted as a failure
+    assert auth.limiter._pairs[("10.0.0.1", "alice@example.com")].failures == 1
 
 
-def test_blocked_source_not_checked(auth: Authenticator, clock: Clock) -> None:
+def test_throttled_login_not_checked(auth: Authenticator, clock: Clock) -> None:
     token, _ = auth.tokens.create("alice", [], "human", None)
     for _ in range(3):
         assert auth.authenticate("alice", "dbs_wrong", "10.0.0.9") is None
@@ -111,28 +112,62 @@ def test_blocked_source_not_checked(auth: Authenticator, clock: Clock) -> None:
         return real_verify(t)
 
     auth.tokens.verify = spy  # type: ignore[method-assign, assignment]
-    assert auth.authenticate("alice", token, "10.0.0.9") is None  # right token, but blocked
+    with pytest.raises(LoginThrottled) as err:
+        auth.authenticate("alice", token, "10.0.0.9")  # right token, but throttled
+    assert err.value.message == "too many failed logins from this address; retry in 60 s"
     assert calls == []
-    assert auth.authenticate("alice", token, "10.0.0.10") is not None  # other sources are fine
+    assert auth.authenticate("alice", token, "10.0.0.10") is not None  # other addresses are fine
     clock.now += 60
     assert auth.authenticate("alice", token, "10.0.0.9") is not None
+
+
+def test_another_identity_still_logs_in_from_the_address(auth: Authenticator) -> None:
+    token, _ = auth.tokens.create("bob", [], "human", None)
+    for _ in range(5):
+        with contextlib.suppress(LoginThrottled):
+            auth.authenticate("alice", "dbs_wrong", "10.0.0.9")
+    assert auth.authenticate("bob", token, "10.0.0.9") is not None
 
 
 def test_wrong_user_counts_as_failure(auth: Authenticator) -> None:
     token, _ = auth.tokens.create("alice", [], "human", None)
     for _ in range(3):
         assert auth.authenticate("root", token, "10.0.0.7") is None
-    assert auth.limiter.blocked("10.0.0.7")
+    assert auth.limiter.retry_after("10.0.0.7", "root") == 60
 
 
-def test_success_clears_failures(auth: Authenticator) -> None:
+def test_success_of_another_identity_does_not_reset(auth: Authenticator) -> None:
+    mine, _ = auth.tokens.create("mallory", [], "human", None)
+    for _ in range(2):
+        auth.authenticate("alice", "dbs_guess", "10.0.0.8")
+        assert auth.authenticate("mallory", mine, "10.0.0.8") is not None
+    auth.authenticate("alice", "dbs_guess", "10.0.0.8")
+    with pytest.raises(LoginThrottled):
+        auth.authenticate("alice", "dbs_guess", "10.0.0.8")
+
+
+def test_success_clears_own_failures(auth: Authenticator) -> None:
     token, _ = auth.tokens.create("alice", [], "human", None)
     for _ in range(2):
         auth.authenticate("alice", "nope", "10.0.0.8")
     assert auth.authenticate("alice", token, "10.0.0.8") is not None
     for _ in range(2):
         auth.authenticate("alice", "nope", "10.0.0.8")
-    assert not auth.limiter.blocked("10.0.0.8")
+    assert auth.limiter.retry_after("10.0.0.8", "alice") is None
+
+
+def test_api_tokens_count_by_the_identity_they_claim(auth: Authenticator) -> None:
+    good, info = auth.tokens.create("alice", [], "human", None)
+    assert auth.claimed_identity(good) == f"token:{info.id}"
+    assert auth.claimed_identity(make_jwt("carol@example.com")) == "jwt:carol@example.com"
+    assert auth.claimed_identity("garbage") == "?"
+    forged = f"dbs_{info.id}_" + "A" * 43
+    for _ in range(3):
+        assert auth.authenticate_token(forged, "10.0.0.3") is None
+    with pytest.raises(LoginThrottled):
+        auth.authenticate_token(good, "10.0.0.3")  # that token id is throttled here
+    other, _ = auth.tokens.create("bob", [], "human", None)
+    assert auth.authenticate_token(other, "10.0.0.3") is not None
 
 
 def test_state_dir_from_config(tmp_path: Path) -> None:

@@ -249,7 +249,9 @@ def env(tmp_path: Path) -> Iterator[Env]:
         live_sessions=lambda: live,
         web=WebConfig(),
     )
-    with TestClient(create_app(ctx), client=("127.0.0.1", 50000)) as client:
+    with TestClient(
+        create_app(ctx), base_url="http://localhost", client=("127.0.0.1", 50000)
+    ) as client:
         yield Env(client, config, tokens, store_path, writer, records, approvals, live)
     writer.close()
     token_store.close()
@@ -273,11 +275,20 @@ def test_bad_token_is_401(env: Env) -> None:
 
 
 def test_repeated_failures_are_rate_limited(env: Env) -> None:
+    admin = env.tokens["admin"]
+    token_id = admin.split("_")[1]
+    forged = f"dbs_{token_id}_" + "A" * 43  # guessing the secret of the admin's token
     for _ in range(5):
-        env.client.get("/api/v1/me", headers={"Authorization": "Bearer dbs_nope"})
-    r = env.client.get("/api/v1/me", headers={"Authorization": f"Bearer {env.tokens['admin']}"})
+        r = env.client.get("/api/v1/me", headers={"Authorization": f"Bearer {forged}"})
+        assert r.status_code == 401
+    r = env.client.get("/api/v1/me", headers={"Authorization": f"Bearer {admin}"})
     assert r.status_code == 429
-    assert r.headers["retry-after"]
+    assert r.json()["detail"] == "too many failed logins from this address; retry in 60 s"
+    assert r.headers["retry-after"] == "60"
+    # someone else behind the same address still gets in, and their success resets nothing
+    assert env.get("/api/v1/me", "auditor").status_code == 200
+    r = env.client.get("/api/v1/me", headers={"Authorization": f"Bearer {admin}"})
+    assert r.status_code == 429
 
 
 def test_me_reports_roles_and_features(env: Env) -> None:
@@ -458,7 +469,7 @@ def test_approvals_absent(tmp_path: Path) -> None:
         authenticator=Authenticator(config, tokens=tokens),
         audit_store=lambda: SQLiteStore(tmp_path / "a.db"),
     )
-    with TestClient(create_app(ctx)) as client:
+    with TestClient(create_app(ctx), base_url="http://localhost") as client:
         h = {"Authorization": f"Bearer {token}"}
         assert client.get("/api/v1/me", headers=h).json()["features"]["approvals"] is False
         assert client.get("/api/v1/approvals", headers=h).status_code == 404
@@ -584,7 +595,7 @@ def test_health_and_readiness(env: Env, tmp_path: Path) -> None:
         audit_store=lambda: SQLiteStore(tmp_path / "b.db"),
         listener_up=lambda: False,
     )
-    with TestClient(create_app(ctx)) as client:
+    with TestClient(create_app(ctx), base_url="http://localhost") as client:
         r = client.get("/readyz")
         assert r.status_code == 503
         assert r.json()["checks"] == {"audit_store": True, "listener": False}
@@ -720,7 +731,7 @@ def test_with_the_approvals_store(tmp_path: Path) -> None:
         audit_store=lambda: SQLiteStore(config.audit.sqlite_path(config.state_dir)),
         approvals=store,
     )
-    with TestClient(create_app(ctx)) as client:
+    with TestClient(create_app(ctx), base_url="http://localhost") as client:
         h = {"Authorization": f"Bearer {reviewer}"}
         features = client.get("/api/v1/me", headers=h).json()["features"]
         assert features["approvals"] and features["review"] and features["access_requests"]

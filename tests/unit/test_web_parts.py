@@ -257,7 +257,7 @@ def test_serve_http_runs_in_the_loop_and_leaves_signals_alone(tmp_path: Path) ->
                 break
             except OSError:
                 await asyncio.sleep(0.02)
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         answer = await reader.read()
         writer.close()
         assert signal.getsignal(signal.SIGINT) == before

@@ -169,11 +169,3 @@ class PostgresApprovalStore(ApprovalStore):
             except (psycopg.Error, OSError) as err:
                 self._drop()
                 raise ApprovalStoreError(f"approvals ({self.describe()}): {err}") from err
-
-    def drop_tables(self) -> None:
-        """Remove the approval tables (tests)."""
-        with self._lock:
-            conn = self._connection()
-            for table in ("approval_reviews", "grants", "approval_meta", "approval_requests"):
-                conn.execute(f"DROP TABLE IF EXISTS {self.schema}.{table}")
-            self._migrated = False

@@ -1,7 +1,7 @@
 """What a proxy node does with approvals: the hooks its sessions call.
 
 :class:`Approvals` joins the store, the configuration, notifications and the audit trail.
-Its blocking methods (``statement_gate``, ``consume_request``, ``withdraw``, ``review``,
+Its blocking methods (``statement_gate``, ``consume_all``, ``withdraw``, ``review``,
 ``load_grants``, ``expire_due``) touch the database: call them in a thread executor.
 ``watch`` and ``effective_identity`` never block.  One background thread (``start``) polls
 the store's change counter for the requests sessions wait on and the grants of connected
@@ -127,6 +127,7 @@ class Approvals:
         client_mode: str | None = None,
         display_sql: str | None = None,
         key_params: Sequence[str | None] | None = None,
+        consume: bool = True,
     ) -> Gate:
         """For a ``require_approval`` decision: use an approval, or make (or find) a request.
 
@@ -140,7 +141,10 @@ class Approvals:
         key = statement_key(
             identity.name, connection, sql, key_params if key_params is not None else params
         )
-        used = self.store.consume(identity.name, connection, key, now)
+        if consume:
+            used = self.store.consume(identity.name, connection, key, now)
+        else:  # several statements: consume_all uses their approvals together
+            used = self.store.find_approved(identity.name, connection, key, now)
         if used is not None:
             return Gate("run", used)
         shown_params = params
@@ -181,13 +185,11 @@ class Approvals:
             "Once it is approved, send the same statement again: it runs once.",
         )
 
-    def consume_request(self, request: ApprovalRequest) -> ApprovalRequest | None:
-        """Use the approval of a request a session waited on (blocking); None if it is gone."""
-        if request.connection is None:
-            return None
-        return self.store.consume(
-            request.requester, request.connection, request.request_key, self._clock()
-        )
+    def consume_all(
+        self, identity: str, connection: str, keys: Sequence[str]
+    ) -> list[ApprovalRequest] | None:
+        """Use one approval per statement key, all or none (blocking)."""
+        return self.store.consume_all(identity, connection, keys, self._clock())
 
     def _who(self, request: ApprovalRequest) -> str:
         # A requester who is an approver too cannot review their own request: say so.

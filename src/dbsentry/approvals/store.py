@@ -178,11 +178,6 @@ class ApprovalStore(abc.ABC):
             rows = tx.rows("SELECT version FROM @Tapproval_meta WHERE id = 1")
         return int(rows[0][0]) if rows else 0
 
-    def changes_since(self, version: int) -> int | None:
-        """The current version if it differs from ``version``, else None."""
-        current = self.version()
-        return None if current == version else current
-
     def active_grants(self, identity: str, now: float | None = None) -> builtins.list[Grant]:
         at = self._now(now)
         with self._transaction(write=False) as tx:
@@ -349,23 +344,51 @@ class ApprovalStore(abc.ABC):
 
         Exactly once: of several sessions or nodes trying at the same time, one gets it.
         """
+        used = self.consume_all(identity, connection, (key,), now)
+        return used[0] if used else None
+
+    def consume_all(
+        self, identity: str, connection: str, keys: Sequence[str], now: float | None = None
+    ) -> builtins.list[ApprovalRequest] | None:
+        """Use one approval per key, all or none (in one transaction): a string of
+        statements runs only when each has its approval, and none is used up otherwise."""
         at = self._now(now)
         with self._transaction(write=True) as tx:
-            candidates = self._select(
-                tx,
-                "request_key = ? AND status = 'approved' AND kind = 'statement' "
-                "AND requester = ? AND connection = ? AND approved_until > ?",
-                (key, identity, connection, at),
-                lock=True,
-                order="decided_at, id",
-                limit=1,
-            )
-            for request in candidates:
-                if rules.can_consume(request, identity, connection, key, at):
-                    used = rules.consume(request, at)
-                    self._save_state(tx, used)
-                    self._bump(tx)
-                    return used
+            found: builtins.list[ApprovalRequest] = []
+            for key in keys:
+                request = self._usable(tx, identity, connection, key, at, lock=True, skip={r.id for r in found})
+                if request is None:
+                    return None
+                found.append(request)
+            used = [rules.consume(r, at) for r in found]
+            for r in used:
+                self._save_state(tx, r)
+            if used:
+                self._bump(tx)
+            return used
+
+    def find_approved(
+        self, identity: str, connection: str, key: str, now: float | None = None
+    ) -> ApprovalRequest | None:
+        """An approval that :meth:`consume` would use now, without using it."""
+        at = self._now(now)
+        with self._transaction(write=False) as tx:
+            return self._usable(tx, identity, connection, key, at, lock=False, skip=set())
+
+    def _usable(
+        self, tx: _Tx, identity: str, connection: str, key: str, at: float, *, lock: bool, skip: set[str]
+    ) -> ApprovalRequest | None:
+        candidates = self._select(
+            tx,
+            "request_key = ? AND status = 'approved' AND kind = 'statement' "
+            "AND requester = ? AND connection = ? AND approved_until > ?",
+            (key, identity, connection, at),
+            lock=lock,
+            order="decided_at, id",
+        )
+        for request in candidates:
+            if request.id not in skip and rules.can_consume(request, identity, connection, key, at):
+                return request
         return None
 
     def withdraw(

@@ -204,12 +204,25 @@ def tail(
             _time.sleep(poll_seconds)
 
 
+# A spreadsheet opening a CSV runs a cell starting with one of these as a formula
+# (OWASP "CSV injection"); statements and identities come from clients.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: Any) -> Any:
+    """``value`` for a CSV cell: text that a spreadsheet would take for a formula gets a
+    leading single quote; numbers are left as they are."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def _csv_cell(value: Any) -> Any:
     if isinstance(value, list):
-        return ";".join("" if v is None else str(v) for v in value)
+        return csv_safe(";".join("" if v is None else str(v) for v in value))
     if isinstance(value, dict):
-        return ";".join(f"{k}={v}" for k, v in value.items())
-    return "" if value is None else value
+        return csv_safe(";".join(f"{k}={v}" for k, v in value.items()))
+    return "" if value is None else csv_safe(value)
 
 
 def export_jsonl(store: AuditStore, flt: SearchFilter, out: IO[bytes], *, raw: bool = False) -> int:

@@ -16,7 +16,7 @@ import os
 import re
 import secrets
 import time as _time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import unquote
@@ -60,10 +60,6 @@ def new_record_id() -> str:
     cheaper to insert once the index outgrows the cache).
     """
     return f"{_time.time_ns():016x}{_id_prefix}{next(_id_counter) & 0xFFFFFFFF:08x}"
-
-
-def _tuple(values: Iterable[str] | None) -> tuple[str, ...]:
-    return tuple(values) if values is not None else ()
 
 
 _FIELD_KEYS: dict[type, tuple[tuple[str, str], ...]] = {}

@@ -23,7 +23,7 @@ import orjson
 
 import dbsentry
 from dbsentry.audit.keys import Signer
-from dbsentry.audit.query import iso
+from dbsentry.audit.query import csv_safe, iso
 from dbsentry.audit.store import AuditStore
 from dbsentry.audit.verify import VerifyResult
 
@@ -118,7 +118,10 @@ class _Table:
 
     def add(self, row: Sequence[Any]) -> None:
         cells = [_cell(v) for v in row]
-        self._w.writerow(cells)
+        # the HTML shows the text as it is (escaped); the CSV defuses formulas
+        self._w.writerow(
+            [c if isinstance(v, int | float) else csv_safe(c) for v, c in zip(row, cells, strict=True)]
+        )
         self.count += 1
         if len(self.rows) < HTML_ROW_LIMIT:
             self.rows.append(cells)
@@ -470,7 +473,7 @@ def build_report(
     with open(out_dir / "summary.csv", "w", newline="", encoding="utf-8") as f:
         sw = csv.writer(f)
         sw.writerow(["key", "value"])
-        sw.writerows([(k, _cell(v)) for k, v in summary_rows])
+        sw.writerows([(k, csv_safe(_cell(v))) for k, v in summary_rows])
 
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     html = env.from_string(_TEMPLATE).render(

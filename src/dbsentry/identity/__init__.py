@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from dbsentry.identity.model import Identity, Kind
 from dbsentry.identity.oidc import OIDCVerifier
-from dbsentry.identity.ratelimit import FailureLimiter
+from dbsentry.identity.ratelimit import LoginLimiter, LoginThrottled
 from dbsentry.identity.tokens import TOKEN_PREFIX, TokenInfo, TokenStore, parse_duration
 
 if TYPE_CHECKING:
@@ -27,9 +27,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Authenticator",
-    "FailureLimiter",
     "Identity",
     "Kind",
+    "LoginLimiter",
+    "LoginThrottled",
     "OIDCVerifier",
     "TokenInfo",
     "TokenStore",
@@ -56,7 +57,7 @@ class Authenticator:
         *,
         tokens: TokenStore | None = None,
         oidc: OIDCVerifier | None = None,
-        limiter: FailureLimiter | None = None,
+        limiter: LoginLimiter | None = None,
         fetch: Callable[[str], bytes] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -72,7 +73,13 @@ class Authenticator:
         self.limiter = (
             limiter
             if limiter is not None
-            else FailureLimiter(ident.max_failures, ident.failure_window_seconds, clock)
+            else LoginLimiter(
+                ident.max_failures,
+                ident.failure_window_seconds,
+                max_failures_per_address=ident.max_failures_per_address,
+                max_backoff_seconds=ident.max_backoff_seconds,
+                clock=clock,
+            )
         )
 
     @property
@@ -86,23 +93,49 @@ class Authenticator:
     def authenticate(self, user: str, password: str, source: str) -> Identity | None:
         """The identity proved by ``password`` if its name is exactly ``user``, else None.
 
-        ``source`` is the client's address (without the port); too many failures from it
-        within the configured window block it, without checking the password.
+        ``source`` is the client's address (without the port).  Raises
+        :class:`LoginThrottled`, without checking the password, after too many failures for
+        ``user`` from ``source`` or from ``source`` as a whole.
         """
-        if self.limiter.blocked(source):
-            log.info("login as %r from %s refused: too many failed logins", user, source)
-            return None
-        identity = self._check(password)
-        if identity is not None and identity.name != user:
-            log.debug(
-                "login from %s: token for %r presented with user %r", source, identity.name, user
-            )
+        identity = self._attempt(source, user, password, user)
+        if identity is None:
+            log.info("login as %r from %s failed", user, source)
+        return identity
+
+    def authenticate_token(self, token: str, source: str) -> Identity | None:
+        """The identity ``token`` proves by itself (the HTTP API: no user name is sent).
+
+        Failures count against the identity the token claims (see :func:`claimed_identity`);
+        raises :class:`LoginThrottled` like :meth:`authenticate`.
+        """
+        identity = self._attempt(source, self.claimed_identity(token), token, None)
+        if identity is None:
+            log.info("API login from %s failed", source)
+        return identity
+
+    def claimed_identity(self, token: str) -> str:
+        """Who ``token`` says it is, unverified: the key its failures count under."""
+        if len(token) > MAX_PASSWORD_CHARS:
+            return "?"
+        if token.startswith(TOKEN_PREFIX):
+            return "token:" + token[len(TOKEN_PREFIX) :].partition("_")[0][:64]
+        if self.oidc is not None and _looks_like_jwt(token):
+            return "jwt:" + self.oidc.claimed_name(token)[:256]
+        return "?"
+
+    def _attempt(
+        self, source: str, claimed: str, secret: str, user: str | None
+    ) -> Identity | None:
+        """Check ``secret`` (and that it names ``user``, when given) unless throttled."""
+        self.limiter.check(source, claimed)
+        identity = self._check(secret)
+        if identity is not None and user is not None and identity.name != user:
+            log.debug("login from %s: token for %r presented with user %r", source, identity.name, user)
             identity = None
         if identity is None:
-            self.limiter.record_failure(source)
-            log.info("login as %r from %s failed", user, source)
-            return None
-        self.limiter.record_success(source)
+            self.limiter.failure(source, claimed)
+        else:
+            self.limiter.success(source, claimed)
         return identity
 
     def _check(self, password: str) -> Identity | None:

@@ -219,6 +219,16 @@ class OIDCVerifier:
             log.debug("OIDC token rejected: %s: %s", type(err).__name__, err)
         return None
 
+    def claimed_name(self, token: str) -> str:
+        """The identity claim of ``token`` without checking anything ("" if unreadable):
+        only to count failed logins by the identity they claim."""
+        try:
+            claims = jwt.decode(token, options={"verify_signature": False})
+        except Exception:
+            return ""
+        name = claims.get(self._config.identity_claim) if isinstance(claims, dict) else None
+        return name if isinstance(name, str) else ""
+
     def _verify(self, token: str) -> Identity:
         if len(token) > MAX_TOKEN_CHARS:
             raise _Rejected(f"longer than {MAX_TOKEN_CHARS} characters")

@@ -40,6 +40,7 @@ from pglast import parser as _pg
 from dbsentry.masking.catalog import Catalog, ClassMap, Function, Relation, SourceColumn
 from dbsentry.masking.classes import DataClass, most_sensitive
 from dbsentry.masking.strategies import DEFAULT_STRATEGIES, STRATEGIES
+from dbsentry.sql.facts import DYNAMIC_SQL_FUNCTIONS, OUTSIDE_DATA_FUNCTIONS
 
 __all__ = [
     "MAX_DEPTH",
@@ -257,17 +258,9 @@ def _parse(sql: str) -> list[dict[str, Any]]:
     return stmts
 
 
-# Dynamic SQL: the statement is text the parser never sees.
-_DYNAMIC_RE = re.compile(
-    "|".join(
-        fnmatch.translate(p)
-        for p in (
-            "query_to_xml*", "cursor_to_xml*", "table_to_xml*", "schema_to_xml*", "database_to_xml*",
-            "dblink*", "ts_stat", "ts_rewrite", "xpath_table", "crosstab*", "connectby", "pg_read_file", "pg_read_binary_file",
-            "lo_get", "loread", "lo_export", "pg_logical_slot_*_changes", "pg_logical_slot_*_binary_changes",
-        )
-    )
-)  # fmt: skip
+# Dynamic SQL (the statement is text the parser never sees) and data from outside the
+# statement's tables: what such a function returns cannot be traced to columns.
+_DYNAMIC_RE = re.compile("|".join(fnmatch.translate(p) for p in (*DYNAMIC_SQL_FUNCTIONS, *OUTSIDE_DATA_FUNCTIONS)))
 # Functions whose value reveals presence or size, not content.
 _NO_LINEAGE = frozenset({"count", "pg_typeof", "pg_column_size", "num_nulls", "num_nonnulls", "row_number", "rank", "dense_rank", "percent_rank", "cume_dist", "ntile", "grouping"})  # fmt: skip
 # Functions that return one of their arguments' values unchanged.

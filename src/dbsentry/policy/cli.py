@@ -20,6 +20,7 @@ from dbsentry.policy.engine import Decision, EvalContext, Policy, combine, evalu
 from dbsentry.policy.loader import PolicyError, default_policy, load_policy
 from dbsentry.policy.model import DataClassName, json_schema_text
 from dbsentry.policy.verdict import Verdict, evaluate_sql
+from dbsentry.policy.yamlsafe import load_bounded
 from dbsentry.sql.facts import StatementFacts
 
 #: Data classes per statement: (read, written).
@@ -257,7 +258,7 @@ def explain(
 
 def _cases(path: str) -> list[dict[str, Any]]:
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = load_bounded(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as err:
         _fail(f"{path}: cannot load cases: {err}")
     if isinstance(data, dict):

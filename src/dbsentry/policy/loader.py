@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from dbsentry.policy.baseline import baseline_rule_names, compiled_baseline
 from dbsentry.policy.engine import Policy, compile_rule
 from dbsentry.policy.model import PolicyFile
+from dbsentry.policy.yamlsafe import YAMLLimitError, compose_bounded
 
 
 class PolicyError(Exception):
@@ -58,15 +59,11 @@ def parse_policy(text: str, source: str = "<string>") -> Policy:
     """A policy from YAML text; ``source`` names it in errors."""
     content = text.encode()
     try:
-        loader = yaml.SafeLoader(text)
-        try:
-            node = loader.get_single_node()
-            data = loader.construct_document(node) if node is not None else None
-        finally:
-            loader.dispose()
+        node, data = compose_bounded(text)
     except yaml.MarkedYAMLError as err:
         line = err.problem_mark.line + 1 if err.problem_mark is not None else None
-        raise PolicyError(source, line, f"not valid YAML: {err.problem}") from None
+        what = "refused" if isinstance(err, YAMLLimitError) else "not valid YAML"
+        raise PolicyError(source, line, f"{what}: {err.problem}") from None
     except yaml.YAMLError as err:
         raise PolicyError(source, None, f"not valid YAML: {err}") from None
     marks: dict[Path_, int] = {}

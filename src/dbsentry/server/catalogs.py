@@ -121,10 +121,17 @@ class CatalogLoader:
             self._stale.discard(name)
             conn = self.config.connections[name]
             memory = self._values.setdefault(name, ValueMemory())
-            try:
-                catalog = await _read(conn, self.config.masking, name, memory)
-            except (psycopg.Error, OSError) as err:
-                raise CatalogError(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__) from None
+            for attempt in range(_CONCURRENT_DDL_RETRIES + 1):
+                try:
+                    catalog = await _read(conn, self.config.masking, name, memory)
+                    break
+                except psycopg.Error as err:
+                    if attempt < _CONCURRENT_DDL_RETRIES and _dropped_meanwhile(err):
+                        await asyncio.sleep(0.05 * (attempt + 1))
+                        continue
+                    raise CatalogError(_first_line(err)) from None
+                except OSError as err:
+                    raise CatalogError(_first_line(err)) from None
             classmap = classify_catalog(catalog, self.config.masking.overrides, memory.findings(catalog))
             self.service.install(name, catalog, classmap)
             self._loaded_at[name] = time.monotonic()
@@ -132,6 +139,21 @@ class CatalogLoader:
                 "catalog loaded",
                 extra={"fields": {"connection": name, "relations": len(catalog.relations), "sensitive_columns": len(classmap.columns), "scanned_columns": len(classmap.scan)}},
             )
+
+
+# Reading the catalog while another session drops a table can fail on the vanished object
+# ("could not open relation with OID", "cache lookup failed"): read it again.
+_CONCURRENT_DDL_RETRIES = 3
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _dropped_meanwhile(err: psycopg.Error) -> bool:
+    text = str(err)
+    return "could not open relation with OID" in text or "cache lookup failed" in text
 
 
 async def _judge(table: str, columns: Sequence[SampledColumn], rows: list[Any]) -> dict[str, ValueFinding]:
@@ -160,7 +182,7 @@ async def sample(aconn: Any, catalog: Catalog, masking: MaskingConfig, name: str
     except TimeoutError:
         failed = f"sampling took longer than {limit:g}s"
     except (psycopg.Error, OSError) as err:
-        failed = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        failed = _first_line(err)
     memory.update(catalog, report, time.monotonic())
     for oid, why in sorted(report.skipped.items()):
         rel = catalog.relations.get(oid)

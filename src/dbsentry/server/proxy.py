@@ -21,12 +21,14 @@ from typing import Any, Protocol, cast
 
 from dbsentry import metrics
 from dbsentry.approvals import Approvals, ApprovalStoreError
-from dbsentry.approvals.model import ApprovalRequest
+from dbsentry.approvals.model import ApprovalRequest, statement_key
 from dbsentry.approvals.service import Gate
 from dbsentry.audit.records import CompletionRecord, Record, SessionEvent, StatementRecord
 from dbsentry.audit.writer import AuditUnavailable, AuditWriter
 from dbsentry.config import Config, ConfigError, ConnectionConfig
+from dbsentry.governance.admission import approvals_by_record, stamp_approved
 from dbsentry.identity.model import Identity
+from dbsentry.identity.ratelimit import login
 from dbsentry.policy.engine import Decision
 from dbsentry.server import tls
 from dbsentry.server.catalogs import CatalogError, CatalogLoader
@@ -259,6 +261,8 @@ class ClientConnection(asyncio.Protocol):
         elif t is c.Log:
             assert isinstance(cmd, c.Log)
             log.log(cmd.level, cmd.event, extra={"fields": {"session": self.session.session_id, **cmd.fields}})
+            if cmd.event == "session.refused" and str(cmd.fields.get("sqlstate", "")).startswith("28"):
+                metrics.login_failed("password" if cmd.fields["sqlstate"] == "28P01" else "refused")
         elif t is c.CloseClient:
             self._close_client()
         elif t is c.CloseUpstream:
@@ -367,18 +371,13 @@ class ClientConnection(asyncio.Protocol):
         records = entry.cmd.records
         try:
             if entry.cmd.approvals:
-                approval_id = await self._approve(entry)
-                if approval_id is None:
+                approvals = await self._approve(entry)
+                if approvals is None:
                     if writer is not None:
                         for r in records:
                             self._audit_nowait(c.Audit(r))
                     return
-                records = [
-                    dataclasses.replace(r, approval_id=approval_id, decision="approved")
-                    if isinstance(r, StatementRecord) and r.decision == "require_approval"
-                    else r
-                    for r in records
-                ]
+                records = stamp_approved(records, approvals)
                 entry.cmd.records = records
             if records:
                 if writer is None:
@@ -391,34 +390,47 @@ class ClientConnection(asyncio.Protocol):
             entry.done = True
             self._drain_gate()
 
-    async def _approve(self, entry: _GateEntry) -> str | None:
-        """Resolve the approvals a held chunk needs; the approval id, or None when refused."""
+    async def _approve(self, entry: _GateEntry) -> dict[str, str] | None:
+        """Admit a held chunk's statements that need approval, all or none (see
+        governance.admission): record id -> the approval it runs under, or None when the
+        chunk is refused (``entry.refusal`` says why; no approval was used)."""
         svc = self.proxy.approvals
         session = self.session
-        approval_id: str | None = None
-        for ask in entry.cmd.approvals:
-            if svc is None or session.identity is None or session.connection_name is None:
-                entry.refusal = ("42501", "dbsentry: this statement requires approval")
-                return None
-            try:
-                gate = await self._statement_gate(
-                    svc, ask.sql, ask.params, ask.key_params, ask.decision, ask.facts, session.settings.get("approval")
-                )
-                if gate.outcome == "refuse":
-                    entry.refusal = ("42501", gate.message)
-                    return None
-                if gate.outcome == "wait":
-                    request = await self._wait_for_approval(entry, svc, gate)
-                    if request is None:
+        asks = entry.cmd.approvals
+        if svc is None or session.identity is None or session.connection_name is None:
+            entry.refusal = ("42501", "dbsentry: this statement requires approval")
+            return None
+        identity, connection = session.identity.name, session.connection_name
+        keys = [statement_key(identity, connection, a.sql, a.key_params if a.key_params is not None else a.params) for a in asks]
+        loop = asyncio.get_running_loop()
+        try:
+            used = await loop.run_in_executor(None, svc.consume_all, identity, connection, keys)
+            if used is None:
+                # Some statement has no approval yet: its request is made (or found), and in
+                # wait mode the session waits for each; nothing is used up before all are there.
+                refused: list[Gate] = []
+                for ask in asks:
+                    gate = await self._statement_gate(
+                        svc, ask.sql, ask.params, ask.key_params, ask.decision, ask.facts, session.settings.get("approval"), consume=False
+                    )
+                    if gate.outcome == "refuse":
+                        refused.append(gate)  # every statement's request is made, for one review
+                    elif gate.outcome == "wait" and await self._wait_for_approval(entry, svc, gate) is None:
                         return None
-                    approval_id = request.id
-                else:
-                    approval_id = gate.request.id
-            except (ApprovalStoreError, OSError) as err:
-                log.error("approvals unavailable", extra={"fields": {"error": str(err)}})
-                entry.refusal = ("58000", "dbsentry: approvals are unavailable, so the statement was not run")
-                return None
-        return approval_id
+                if refused:
+                    more = [g.request.id for g in refused[1:] if g.request.id != refused[0].request.id]
+                    also = f" (this batch also waits for {', '.join(more)})" if more else ""
+                    entry.refusal = ("42501", refused[0].message + also)
+                    return None
+                used = await loop.run_in_executor(None, svc.consume_all, identity, connection, keys)
+                if used is None:
+                    entry.refusal = ("42501", "dbsentry: an approval this statement needs was used meanwhile; send it again")
+                    return None
+        except (ApprovalStoreError, OSError) as err:
+            log.error("approvals unavailable", extra={"fields": {"error": str(err)}})
+            entry.refusal = ("58000", "dbsentry: approvals are unavailable, so the statement was not run")
+            return None
+        return approvals_by_record([a.records for a in asks], [r.id for r in used])
 
     async def _statement_gate(
         self,
@@ -429,6 +441,8 @@ class ClientConnection(asyncio.Protocol):
         decision: Decision,
         facts: tuple[StatementFacts, ...],
         client_mode: str | None,
+        *,
+        consume: bool = True,
     ) -> Gate:
         """``Approvals.statement_gate`` for this session, off the event loop."""
         session = self.session
@@ -447,6 +461,7 @@ class ClientConnection(asyncio.Protocol):
                 facts=facts,
                 session_id=session.session_id,
                 client_mode=client_mode,
+                consume=consume,
             ),
         )
 
@@ -500,9 +515,7 @@ class ClientConnection(asyncio.Protocol):
             return None
         decided = watched.result()
         if decided.status == "approved":
-            used = await loop.run_in_executor(None, svc.consume_request, decided)
-            if used is not None:
-                return used
+            return decided  # used by the caller, with the chunk's other approvals
         entry.refusal = ("42501", svc.outcome_message(decided))
         return None
 
@@ -575,14 +588,14 @@ class ClientConnection(asyncio.Protocol):
         auth = self.proxy.authenticator
         source = self.address.rsplit(":", 1)[0]
         if not self.proxy.auth_needs_io and self.proxy.approvals is None:
-            self.run(self.session.password_verified(auth.authenticate(cmd.user, cmd.password, source)))
+            self.run(self.session.password_verified(login(auth.authenticate, cmd.user, cmd.password, source)))
             return
 
         async def verify() -> None:
             loop = asyncio.get_running_loop()
-            identity = await loop.run_in_executor(None, auth.authenticate, cmd.user, cmd.password, source)
+            identity = await loop.run_in_executor(None, login, auth.authenticate, cmd.user, cmd.password, source)
             svc = self.proxy.approvals
-            if identity is not None and svc is not None:
+            if isinstance(identity, Identity) and svc is not None:
                 try:
                     await loop.run_in_executor(None, svc.load_grants, identity.name)
                     self._grants_for = identity.name

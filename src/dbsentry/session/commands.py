@@ -128,6 +128,8 @@ class ApprovalAsk:
     # ``params`` (the audit trail's text) is for people and may show different values
     # the same way (invalid UTF-8 replaced, binary values as hex).
     key_params: tuple[str | None, ...] | None = None
+    # the ids of the audit records of this statement (they name the approval it runs under)
+    records: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

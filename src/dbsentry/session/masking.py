@@ -909,20 +909,7 @@ class SessionMasking:
         """A server frame; returns the frame to send instead, or None to pass it as is."""
         expect = self.expect
         head = expect[0] if expect else None
-        if t == m.R_DATA_ROW:
-            rows = self._rows(head)
-            if self._shows_settings(head):
-                return self._settings_row(head, buf, start, end, rows)
-            if rows is None:
-                return None
-            body = bytes(buf[start:end])
-            masked = mask_data_row(body, rows)
-            self._remember(head, buf, ((t, start, end),))
-            return None if masked is body else codec.frame(b"D", masked)
-        if t == COPY_DATA:
-            if isinstance(head, _Query) and head.copy is not None:
-                return codec.frame(b"d", head.copy.mask(bytes(buf[start:end])))
-            return None
+        # DataRow and CopyData frames come through received_rows, in runs.
         if t == m.R_ROW_DESCRIPTION:
             # Decoded only for results that may need masking (a statement with a plan).
             if isinstance(head, _Query):

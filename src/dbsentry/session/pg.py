@@ -45,6 +45,7 @@ from dbsentry.audit.config import AuditConfig
 from dbsentry.audit.records import CompletionRecord, Record, extract_correlation
 from dbsentry.config import Config, ConnectionConfig
 from dbsentry.identity.model import Identity
+from dbsentry.identity.ratelimit import LoginThrottled
 from dbsentry.policy.engine import Decision
 from dbsentry.policy.verdict import Verdict
 from dbsentry.session import commands as c
@@ -649,11 +650,13 @@ class Session:
             raise codec.MessageTooLarge("too much data sent before authentication completed")
         return []
 
-    def password_verified(self, identity: Identity | None) -> list[c.Command]:
+    def password_verified(self, identity: Identity | LoginThrottled | None) -> list[c.Command]:
         if self.state is not State.VERIFYING:
             return []
         assert self.startup is not None
         user = self.startup.get("user") or ""
+        if isinstance(identity, LoginThrottled):
+            return self._fail("28000", identity.message, client=self.client.address, user=user)
         if identity is None:
             return self._fail(
                 "28P01", f'password authentication failed for user "{user}"', client=self.client.address, user=user
@@ -1421,9 +1424,8 @@ class Session:
                 return
         audit = self.audit
         if check.allowed or approvable:
-            if approvable:
-                chunk.approvals.append(c.ApprovalAsk(sql, None, check.decision, check.verdict.facts))
             chunk.plans = plans
+            ids: list[str] = []
             if audit is not None:
                 verdict = check.verdict
                 correlation = extract_correlation(sql)
@@ -1433,6 +1435,9 @@ class Session:
                     rec = audit.statement(facts.text, facts, decision, correlation=correlation, masks=plan)
                     chunk.gated.append(rec)
                     audit.expect(rec, self._cycles_sent)
+                    ids.append(rec.id)
+            if approvable:
+                chunk.approvals.append(c.ApprovalAsk(sql, None, check.decision, check.verdict.facts, records=tuple(ids)))
             return
         marker = self._deny(check, sql, chunk.commands)
         chunk.replace(start, end, self._marker_query(marker))
@@ -1984,18 +1989,19 @@ class Session:
         if prepared is None:
             return  # its Parse was refused: the upstream fails the Bind, nothing runs
         sql, _, check = prepared
+        ids: tuple[str, ...] = ()
+        if self.audit is not None:
+            facts = check.verdict.facts[0] if check.verdict.facts else None
+            masking = self.masking
+            plan = masking.statement(bound[0]) if masking is not None and not masking.exempt() else None
+            rec = self.audit.statement(sql, facts, check.decision, params=bound[1], masks=plan)
+            chunk.gated.append(rec)
+            self.audit.expect(rec, self._cycles_sent + 1)  # answered before the next Sync's ReadyForQuery
+            ids = (rec.id,)
         if self._approvable(check):
             chunk.approvals.append(
-                c.ApprovalAsk(sql, bound[1], check.decision, check.verdict.facts, key_params=bound[2])
+                c.ApprovalAsk(sql, bound[1], check.decision, check.verdict.facts, key_params=bound[2], records=ids)
             )
-        if self.audit is None:
-            return
-        facts = check.verdict.facts[0] if check.verdict.facts else None
-        masking = self.masking
-        plan = masking.statement(bound[0]) if masking is not None and not masking.exempt() else None
-        rec = self.audit.statement(sql, facts, check.decision, params=bound[1], masks=plan)
-        chunk.gated.append(rec)
-        self.audit.expect(rec, self._cycles_sent + 1)  # answered before the next Sync's ReadyForQuery
 
     # ------------------------------------------------------------------ from the upstream
 

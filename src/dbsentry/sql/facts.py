@@ -108,12 +108,12 @@ FILE_ACCESS_FUNCTIONS: tuple[str, ...] = (
     "lo_*",
     "pg_logdir_ls",
 )
-# Functions that run SQL given as text, so the parser cannot see the statement.
+# Functions that run SQL given as text (or fetch what such SQL returned), so the parser
+# cannot see the statement.  The one list: facts flag them ``dynamic_sql``, and column
+# lineage cannot follow what they return (masking.lineage).
 DYNAMIC_SQL_FUNCTIONS: tuple[str, ...] = (
-    "query_to_xml",
-    "query_to_xml_and_xmlschema",
-    "query_to_xmlschema",
-    "cursor_to_xml",
+    "query_to_xml*",
+    "cursor_to_xml*",
     "table_to_xml*",
     "schema_to_xml*",
     "database_to_xml*",
@@ -122,10 +122,18 @@ DYNAMIC_SQL_FUNCTIONS: tuple[str, ...] = (
     "xpath_table",  # xml2: a query built from its arguments
     "crosstab*",  # tablefunc
     "connectby",
-    "dblink",
-    "dblink_exec",
-    "dblink_open",
-    "dblink_send_query",
+    "dblink*",
+)
+# Functions whose result is data from outside the statement's tables: files, large
+# objects, logical decoding.  Lineage cannot follow it either.
+OUTSIDE_DATA_FUNCTIONS: tuple[str, ...] = (
+    "pg_read_file",
+    "pg_read_binary_file",
+    "lo_get",
+    "loread",
+    "lo_export",
+    "pg_logical_slot_*_changes",
+    "pg_logical_slot_*_binary_changes",
 )
 REMOTE_CONNECTION_FUNCTIONS: tuple[str, ...] = ("dblink*",)
 # Functions that change state beyond the statement: sequences, settings, other sessions,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -25,9 +26,9 @@ from dbsentry.audit.redaction import current as current_redactor
 from dbsentry.audit.store import SearchFilter, StoredRecord
 from dbsentry.identity.model import Identity
 from dbsentry.identity.tokens import TokenInfo, parse_duration
+from dbsentry.web.access import Capability, require
 from dbsentry.web.approvals import ApprovalsUnavailable, ReviewRefused, to_jsonable
-from dbsentry.web.auth import AuthError, Principal, bearer_token, identify, principal_for
-from dbsentry.web.config import Role
+from dbsentry.web.auth import Principal
 from dbsentry.web.service import AuditRequired, WebServices
 from dbsentry.web.views import (
     DataAccess,
@@ -40,18 +41,75 @@ from dbsentry.web.views import (
 
 log = logging.getLogger("dbsentry.web")
 
-ANY_ROLE: tuple[Role, ...] = ("admin", "auditor", "reviewer")
-AUDIT_READERS: tuple[Role, ...] = ("admin", "auditor")
-REVIEWERS: tuple[Role, ...] = ("admin", "reviewer")
-ADMINS: tuple[Role, ...] = ("admin",)
-
 MAX_PAGE = 1000
 MAX_POLICY_CHARS = 1024 * 1024
 MAX_SQL_CHARS = 256 * 1024
+# A body carrying a policy text or SQL, JSON-escaped (a newline takes two bytes).
+POLICY_BODY_BYTES = 4 * MAX_POLICY_CHARS
+# Audit sequence numbers are SQLite/PostgreSQL bigints.
+MAX_SEQ = 2**63 - 1
+# Times are between the epoch and the end of year 9999.
+MAX_UNIX_TIME = 253_402_300_799.0
+MAX_TOKEN_TTL = 10 * 366 * 86400.0
 _SSE_TYPES = ("statement", "completion", "session", "approval")
+_SEQ = re.compile(r"[0-9]{1,19}")
+
+#: since/until: unix seconds, ISO 8601, or an age like 30m, 12h, 7d, 2w.
+TIME_PATTERN = (
+    r"^([0-9]{1,12}(\.[0-9]{1,20})?|[0-9]{1,6}[smhdw]"
+    r"|[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}(:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?)?"
+    r"(Z|[+-][0-9]{2}(:?[0-9]{2})?)?)?)?$"
+)
+When = Annotated[
+    str | None,
+    Query(
+        pattern=TIME_PATTERN,
+        max_length=40,
+        description="unix seconds, ISO 8601 (UTC unless it says), or 30m/12h/7d/2w ago",
+    ),
+]
+
+Cursor = Annotated[
+    int | None,
+    Query(ge=0, le=MAX_SEQ, description="the next_cursor of the previous page"),
+]
 
 
 # --- request and response bodies ---------------------------------------------------------------
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: what went wrong, and for a 422 the fields at fault."""
+
+    detail: str
+    errors: list[dict[str, Any]] | None = Field(
+        default=None, description="for a 422: each invalid field's location and message"
+    )
+
+
+_ERROR_MEANING = {
+    400: "bad request: a Host not allowed, an unreadable Content-Length",
+    401: "no valid token",
+    403: "the caller lacks the capability",
+    404: "absent, or the feature is not configured",
+    408: "the body did not arrive in time",
+    409: "the review is refused (already decided, expired)",
+    413: "the body is larger than the route allows",
+    422: "invalid input",
+    429: "too many failed logins from this address",
+    503: "the audit trail cannot record the change, or the proxy is not ready",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, each with the ErrorBody schema."""
+    return {c: {"model": ErrorBody, "description": _ERROR_MEANING[c]} for c in codes}
+
+
+#: What any route may answer before its handler runs (the gate: Host, token, body).
+GATE_ERRORS = (400, 408, 413, 422)
+API_ERRORS = (*GATE_ERRORS, 401, 403, 429)
+
 
 
 class StatementPage(BaseModel):
@@ -65,9 +123,12 @@ class ReviewBody(BaseModel):
     comment: str | None = Field(default=None, max_length=4000)
 
 
+Name = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f]+$")]
+
+
 class TokenCreate(BaseModel):
-    identity: str = Field(min_length=1, max_length=256)
-    groups: list[str] = Field(default_factory=list, max_length=100)
+    identity: Name
+    groups: list[Name] = Field(default_factory=list, max_length=100)
     kind: Literal["human", "agent"] = "human"
     ttl: str | None = Field(default="90d", description="like 8h, 30d; null for no expiry")
 
@@ -89,16 +150,22 @@ class ExplainBody(BaseModel):
 
 
 def _when(value: str | None, what: str) -> float | None:
+    """``since``/``until``: unix seconds, ISO 8601 or ``30m``-style; 422 unless it names a
+    time between 1970 and 9999."""
     if value is None or value == "":
         return None
     try:
-        return float(value)
+        when = float(value)
     except ValueError:
-        pass
-    try:
-        return parse_when(value)
-    except ValueError as err:
-        raise HTTPException(422, f"{what}: {err}") from None
+        try:
+            when = parse_when(value)
+        except (ValueError, OverflowError) as err:
+            raise HTTPException(422, f"{what}: {err}") from None
+    if not 0.0 <= when <= MAX_UNIX_TIME:  # also false for nan
+        raise HTTPException(
+            422, f"{what}: {value!r} is not a time between 1970 and 9999"
+        )
+    return when
 
 
 def _client(request: Request) -> str:
@@ -171,47 +238,16 @@ def _record_event(r: StoredRecord) -> tuple[str, dict[str, Any]]:
     return kind, d
 
 
-# --- authentication dependencies ------------------------------------------------------------
+# --- who may call: one capability per route (see access.py) -----------------------------------
 
-
-def services(request: Request) -> WebServices:
-    svc = request.app.state.web_services
-    assert isinstance(svc, WebServices)
-    return svc
-
-
-def principal(request: Request) -> Principal:
-    """The caller, from its bearer token (cached on the request)."""
-    cached = getattr(request.state, "principal", None)
-    if isinstance(cached, Principal):
-        return cached
-    svc = services(request)
-    token = bearer_token(request.headers.get("authorization"))
-    if token is None:
-        raise AuthError(401, "send Authorization: Bearer <dbsentry token or OIDC JWT>")
-    identity = identify(svc.ctx.authenticator, token, _client(request))
-    if identity is None:
-        raise AuthError(401, "the token is invalid, expired or revoked")
-    who = principal_for(identity, svc.web)
-    request.state.principal = who
-    return who
-
-
-def role(*roles: Role) -> Callable[[Request], Principal]:
-    def check(request: Request) -> Principal:
-        who = principal(request)
-        if not who.has(roles):
-            raise AuthError(403, f"this needs the role {' or '.join(roles)}")
-        return who
-
-    return check
-
-
-Authenticated = Annotated[Principal, Depends(principal)]
-AnyRole = Annotated[Principal, Depends(role(*ANY_ROLE))]
-Auditor = Annotated[Principal, Depends(role(*AUDIT_READERS))]
-Reviewer = Annotated[Principal, Depends(role(*REVIEWERS))]
-Admin = Annotated[Principal, Depends(role(*ADMINS))]
+Authenticated = Annotated[Principal, Depends(require(Capability.SIGNED_IN))]
+AnyRole = Annotated[Principal, Depends(require(Capability.READ))]
+PolicyReader = Annotated[
+    Principal, Depends(require(Capability.READ, max_body=POLICY_BODY_BYTES))
+]
+Auditor = Annotated[Principal, Depends(require(Capability.AUDIT))]
+Reviewer = Annotated[Principal, Depends(require(Capability.REVIEW))]
+Admin = Annotated[Principal, Depends(require(Capability.TOKENS))]
 
 
 # --- the router --------------------------------------------------------------------------------
@@ -223,12 +259,14 @@ def build_router(svc: WebServices) -> APIRouter:
     def audit(
         request: Request, who: Principal, action: str, change: bool = False, **detail: Any
     ) -> None:
+        request.state.action = action
+        request.state.audited = True  # the gate adds a record only if this one fails
         try:
             svc.audit(who, action, _client(request), detail, change=change)
         except AuditRequired as err:
             raise HTTPException(503, str(err)) from None
 
-    r = APIRouter(prefix="/api/v1")
+    r = APIRouter(prefix="/api/v1", responses=errors(*API_ERRORS))
 
     # --- who am I --------------------------------------------------------------------------
 
@@ -334,7 +372,7 @@ def build_router(svc: WebServices) -> APIRouter:
             },
         }
 
-    @r.get("/sessions/{session_id}", tags=["sessions"], summary="One session")
+    @r.get("/sessions/{session_id}", tags=["sessions"], summary="One session", responses=errors(404))
     def session(request: Request, who: AnyRole, session_id: str) -> dict[str, Any]:
         row = find_session(session_id)
         audit(request, who, "sessions.get", session_id=session_id)
@@ -352,7 +390,7 @@ def build_router(svc: WebServices) -> APIRouter:
         request: Request,
         who: AnyRole,
         session_id: str,
-        cursor: int | None = None,
+        cursor: Cursor = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 200,
     ) -> StatementPage:
         audit(request, who, "sessions.statements", session_id=session_id, cursor=cursor)
@@ -380,16 +418,14 @@ def build_router(svc: WebServices) -> APIRouter:
         table: str | None = None,
         decision: str | None = None,
         session_id: str | None = None,
-        since: Annotated[
-            str | None, Query(description="ISO 8601, unix seconds or 30m/12h/7d ago")
-        ] = None,
-        until: str | None = None,
+        since: When = None,
+        until: When = None,
         text: Annotated[str | None, Query(max_length=1000)] = None,
         value: Annotated[
             str | None,
             Query(max_length=1000, description="a value as sent: records holding its token"),
         ] = None,
-        cursor: int | None = None,
+        cursor: Cursor = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
         order: Literal["newest", "oldest"] = "newest",
     ) -> StatementPage:
@@ -428,12 +464,14 @@ def build_router(svc: WebServices) -> APIRouter:
         request: Request,
         who: AnyRole,
         after: Annotated[
-            int | None, Query(description="start after this seq (default: now)")
+            int | None, Query(ge=0, le=MAX_SEQ, description="start after this seq (default: now)")
         ] = None,
-        last_event_id: Annotated[str | None, Header()] = None,
+        last_event_id: Annotated[str | None, Header(pattern=r"^[0-9]{1,18}$")] = None,
     ) -> StreamingResponse:
         start = after
-        if start is None and last_event_id and last_event_id.isdigit():
+        if start is None and last_event_id:
+            if not _SEQ.fullmatch(last_event_id) or int(last_event_id) > MAX_SEQ:
+                raise HTTPException(422, "Last-Event-ID: not a sequence number")
             start = int(last_event_id)
         if start is None:
             start = (await anyio.to_thread.run_sync(svc.store.head)).seq
@@ -487,7 +525,12 @@ def build_router(svc: WebServices) -> APIRouter:
         except ApprovalsUnavailable as err:
             raise HTTPException(404, str(err)) from None
 
-    @r.get("/approvals", tags=["approvals"], summary="Approval requests (pending first by default)")
+    @r.get(
+        "/approvals",
+        tags=["approvals"],
+        summary="Approval requests (pending first by default)",
+        responses=errors(404),
+    )
     def approvals(
         request: Request,
         who: AnyRole,
@@ -500,7 +543,12 @@ def build_router(svc: WebServices) -> APIRouter:
         audit(request, who, "approvals.list", status=status)
         return {"items": items}
 
-    @r.get("/approvals/{approval_id}", tags=["approvals"], summary="One approval request")
+    @r.get(
+        "/approvals/{approval_id}",
+        tags=["approvals"],
+        summary="One approval request",
+        responses=errors(404),
+    )
     def approval(request: Request, who: AnyRole, approval_id: str) -> dict[str, Any]:
         found = approvals_call(lambda: svc.approvals.get(approval_id))
         audit(request, who, "approvals.get", approval_id=approval_id)
@@ -512,8 +560,6 @@ def build_router(svc: WebServices) -> APIRouter:
         request: Request, who: Principal, approval_id: str, approve: bool, body: ReviewBody
     ) -> dict[str, Any]:
         action = "approvals.approve" if approve else "approvals.deny"
-        if who.identity.is_agent and not svc.web.agents_may_review:
-            raise HTTPException(403, "agents cannot review approval requests")
         found = approvals_call(lambda: svc.approvals.get(approval_id))
         if found is None:
             raise HTTPException(404, f"no approval request {approval_id!r}")
@@ -541,19 +587,34 @@ def build_router(svc: WebServices) -> APIRouter:
             else (svc.approvals.get(approval_id) or {"id": approval_id})
         )
 
-    @r.post("/approvals/{approval_id}/approve", tags=["approvals"], summary="Approve a request")
+    @r.post(
+        "/approvals/{approval_id}/approve",
+        tags=["approvals"],
+        summary="Approve a request",
+        responses=errors(404, 409, 503),
+    )
     def approve(
         request: Request, who: Reviewer, approval_id: str, body: ReviewBody | None = None
     ) -> dict[str, Any]:
         return review(request, who, approval_id, True, body or ReviewBody())
 
-    @r.post("/approvals/{approval_id}/deny", tags=["approvals"], summary="Deny a request")
+    @r.post(
+        "/approvals/{approval_id}/deny",
+        tags=["approvals"],
+        summary="Deny a request",
+        responses=errors(404, 409, 503),
+    )
     def deny(
         request: Request, who: Reviewer, approval_id: str, body: ReviewBody | None = None
     ) -> dict[str, Any]:
         return review(request, who, approval_id, False, body or ReviewBody())
 
-    @r.get("/access-requests", tags=["approvals"], summary="Requests for temporary access")
+    @r.get(
+        "/access-requests",
+        tags=["approvals"],
+        summary="Requests for temporary access",
+        responses=errors(404),
+    )
     def access_requests(
         request: Request,
         who: AnyRole,
@@ -564,7 +625,9 @@ def build_router(svc: WebServices) -> APIRouter:
         audit(request, who, "access_requests.list", status=status)
         return {"items": items}
 
-    @r.get("/grants", tags=["approvals"], summary="Temporary access grants")
+    @r.get(
+        "/grants", tags=["approvals"], summary="Temporary access grants", responses=errors(404)
+    )
     def grants(request: Request, who: AnyRole, active: bool = True) -> dict[str, Any]:
         items = approvals_call(lambda: svc.approvals.grants(active=active))
         audit(request, who, "grants.list", active=active)
@@ -578,7 +641,12 @@ def build_router(svc: WebServices) -> APIRouter:
             raise HTTPException(404, "no token store")
         return tokens
 
-    @r.get("/identities", tags=["identities"], summary="Identities that hold dbsentry tokens")
+    @r.get(
+        "/identities",
+        tags=["identities"],
+        summary="Identities that hold dbsentry tokens",
+        responses=errors(404),
+    )
     def identities(request: Request, who: Auditor) -> dict[str, Any]:
         now = ctx.clock()
         by_name: dict[str, dict[str, Any]] = {}
@@ -603,7 +671,12 @@ def build_router(svc: WebServices) -> APIRouter:
         items = [{**row, "groups": sorted(row["groups"])} for row in by_name.values()]
         return {"items": sorted(items, key=lambda x: x["identity"])}
 
-    @r.get("/tokens", tags=["identities"], summary="Tokens (never their secrets)")
+    @r.get(
+        "/tokens",
+        tags=["identities"],
+        summary="Tokens (never their secrets)",
+        responses=errors(404),
+    )
     def tokens(request: Request, who: Admin, include_revoked: bool = False) -> dict[str, Any]:
         now = ctx.clock()
         items = [_token_row(i, now) for i in token_store().list(include_revoked=include_revoked)]
@@ -615,14 +688,15 @@ def build_router(svc: WebServices) -> APIRouter:
         tags=["identities"],
         status_code=201,
         summary="Create a token; its secret is shown once",
+        responses=errors(404, 503),
     )
     def create_token(request: Request, who: Admin, body: TokenCreate) -> dict[str, Any]:
-        if who.identity.is_agent and not svc.web.agents_may_review:
-            raise HTTPException(403, "agents cannot create tokens")
         try:
             ttl = parse_duration(body.ttl) if body.ttl else None
         except ValueError as err:
             raise HTTPException(422, str(err)) from None
+        if ttl is not None and ttl > MAX_TOKEN_TTL:
+            raise HTTPException(422, "ttl: at most ten years")
         audit(
             request, who, "tokens.create", change=True,
             subject=body.identity, groups=sorted(body.groups), kind=body.kind, ttl=body.ttl,
@@ -641,7 +715,12 @@ def build_router(svc: WebServices) -> APIRouter:
         )
         return {"token": plaintext, "info": _token_row(info, ctx.clock())}
 
-    @r.delete("/tokens/{token_id}", tags=["identities"], summary="Revoke a token")
+    @r.delete(
+        "/tokens/{token_id}",
+        tags=["identities"],
+        summary="Revoke a token",
+        responses=errors(404, 503),
+    )
     def revoke_token(request: Request, who: Admin, token_id: str) -> dict[str, Any]:
         audit(request, who, "tokens.revoke", change=True, revoked_token_id=token_id)
         if not token_store().revoke(token_id):
@@ -655,7 +734,12 @@ def build_router(svc: WebServices) -> APIRouter:
             raise HTTPException(404, "no policy: the proxy runs in passthrough mode")
         return ctx.governor
 
-    @r.get("/policy", tags=["policy"], summary="The policy in force: its source text and rules")
+    @r.get(
+        "/policy",
+        tags=["policy"],
+        summary="The policy in force: its source text and rules",
+        responses=errors(404),
+    )
     def policy(request: Request, who: AnyRole) -> dict[str, Any]:
         gov = governor()
         pol = gov.policy
@@ -696,7 +780,7 @@ def build_router(svc: WebServices) -> APIRouter:
         }
 
     @r.post("/policy/check", tags=["policy"], summary="Validate a policy text without applying it")
-    def policy_check(request: Request, who: AnyRole, body: PolicyText) -> dict[str, Any]:
+    def policy_check(request: Request, who: PolicyReader, body: PolicyText) -> dict[str, Any]:
         from dbsentry.policy import PolicyError, parse_policy
 
         audit(request, who, "policy.check", chars=len(body.text))
@@ -716,8 +800,9 @@ def build_router(svc: WebServices) -> APIRouter:
         "/policy/explain",
         tags=["policy"],
         summary="The facts of SQL and the decision for an identity",
+        responses=errors(404),
     )
-    def policy_explain(request: Request, who: AnyRole, body: ExplainBody) -> dict[str, Any]:
+    def policy_explain(request: Request, who: PolicyReader, body: ExplainBody) -> dict[str, Any]:
         from dbsentry.policy import EvalContext, evaluate_sql
         from dbsentry.policy.cli import verdict_to_dict
 
@@ -763,6 +848,7 @@ def build_router(svc: WebServices) -> APIRouter:
         "/classification",
         tags=["data"],
         summary="The data classes of sensitive columns, per connection",
+        responses=errors(404),
     )
     def classification(request: Request, who: Auditor) -> dict[str, Any]:
         if ctx.classification is None:
@@ -785,8 +871,8 @@ def build_router(svc: WebServices) -> APIRouter:
     def data_access(
         request: Request,
         who: Auditor,
-        since: str | None = "7d",
-        until: str | None = None,
+        since: When = "7d",
+        until: When = None,
         identity: str | None = None,
         kind: Literal["human", "agent"] | None = None,
         connection: str | None = None,
@@ -835,8 +921,8 @@ def build_router(svc: WebServices) -> APIRouter:
     def agents(
         request: Request,
         who: Auditor,
-        since: str | None = "7d",
-        until: str | None = None,
+        since: When = "7d",
+        until: When = None,
         include_catalog: Annotated[
             bool, Query(description="count reads of pg_catalog and information_schema too")
         ] = False,
@@ -884,11 +970,4 @@ def build_router(svc: WebServices) -> APIRouter:
     return r
 
 
-def auth_error_body(err: AuthError) -> tuple[int, dict[str, Any], dict[str, str]]:
-    headers = {"WWW-Authenticate": 'Bearer realm="dbsentry"'} if err.status == 401 else {}
-    if err.status == 429:
-        headers["Retry-After"] = "60"
-    return err.status, {"detail": err.message}, headers
-
-
-__all__ = ["StatementPage", "auth_error_body", "build_router", "statement_page", "to_jsonable"]
+__all__ = ["ErrorBody", "StatementPage", "build_router", "errors", "statement_page", "to_jsonable"]

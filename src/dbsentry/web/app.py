@@ -9,16 +9,21 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dbsentry import __version__ as _version
 from dbsentry import metrics
-from dbsentry.web.api import auth_error_body, build_router
+from dbsentry.web.access import Capability, require
+from dbsentry.web.api import GATE_ERRORS, ErrorBody, build_router, errors
 from dbsentry.web.auth import AuthError
 from dbsentry.web.context import WebContext
+from dbsentry.web.gate import Gate, error_headers
 from dbsentry.web.service import WebServices
 
 log = logging.getLogger("dbsentry.web")
@@ -89,16 +94,50 @@ def create_app(ctx: WebContext) -> FastAPI:
         docs_url=None,  # Swagger UI loads from a CDN; the console links the JSON instead
         redoc_url=None,
         lifespan=lifespan,
+        # Starlette would answer /static or /api/v1/me/ with a redirect to an absolute URL
+        # built from the Host header; a wrong path is a 404 instead.
+        redirect_slashes=False,
     )
     app.state.web_services = svc
-    app.include_router(build_router(svc))
+    api = build_router(svc)
+    app.include_router(api)
+    public = [Depends(require(Capability.PUBLIC))]
 
     @app.exception_handler(AuthError)
     async def _auth_error(request: Request, err: AuthError) -> JSONResponse:
-        status, body, headers = auth_error_body(err)
-        return JSONResponse(body, status_code=status, headers=headers)
+        return JSONResponse(
+            {"detail": err.message}, status_code=err.status, headers=error_headers(err)
+        )
 
-    @app.get("/healthz", tags=["health"], summary="Liveness: the process answers")
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        problems = [
+            {
+                "loc": [str(p) for p in e.get("loc", ())],
+                "msg": str(e.get("msg", "")),
+                "type": str(e.get("type", "")),
+            }
+            for e in err.errors()
+        ]
+        first = problems[0] if problems else {"loc": [], "msg": "invalid input"}
+        where = ".".join(first["loc"])
+        detail = f"{where}: {first['msg']}" if where else str(first["msg"])
+        body = ErrorBody(detail=detail, errors=problems)
+        return JSONResponse(body.model_dump(), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(err.detail)}, status_code=err.status_code, headers=err.headers
+        )
+
+    @app.get(
+        "/healthz",
+        tags=["health"],
+        summary="Liveness: the process answers",
+        dependencies=public,
+        responses=errors(*GATE_ERRORS),
+    )
     async def healthz() -> dict[str, Any]:
         return {"status": "ok"}
 
@@ -106,6 +145,11 @@ def create_app(ctx: WebContext) -> FastAPI:
         "/readyz",
         tags=["health"],
         summary="Readiness: the audit trail, the listener and every upstream work",
+        dependencies=public,
+        responses={
+            **errors(*GATE_ERRORS),
+            503: {"description": "not ready: the failing checks, and which upstream fails"},
+        },
     )
     def readyz() -> JSONResponse:
         checks: dict[str, Any] = {}
@@ -133,7 +177,17 @@ def create_app(ctx: WebContext) -> FastAPI:
             status_code=200 if ready else 503,
         )
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        dependencies=public,
+        responses={
+            **errors(*GATE_ERRORS),
+            200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+        },
+    )
     def prometheus() -> Response:
         if ctx.audit_writer is not None:
             metrics.set_audit_healthy(ctx.audit_writer.healthy)
@@ -147,11 +201,11 @@ def create_app(ctx: WebContext) -> FastAPI:
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
-    @app.get("/", include_in_schema=False)
+    @app.get("/", include_in_schema=False, dependencies=public)
     async def console() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
-    @app.get("/approvals/{request_id}", include_in_schema=False)
+    @app.get("/approvals/{request_id}", include_in_schema=False, dependencies=public)
     async def approval_link(request_id: str) -> FileResponse:
         # Approval notifications link here; the console shows the request.
         return await console()
@@ -173,12 +227,29 @@ def create_app(ctx: WebContext) -> FastAPI:
                 }
             }
             for path, ops in schema.get("paths", {}).items():
-                if path.startswith("/api/"):
-                    for op in ops.values():
+                for op in ops.values():
+                    if path.startswith("/api/"):
                         op["security"] = [{"bearer": []}]
+                    # one error shape everywhere, 422 included (not FastAPI's default)
+                    bad = op.get("responses", {}).get("422")
+                    if bad is not None:
+                        bad["content"] = {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/ErrorBody"}
+                            }
+                        }
+            components = schema.get("components", {}).get("schemas", {})
+            for unused in ("HTTPValidationError", "ValidationError"):
+                components.pop(unused, None)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    # The gate runs inside _Headers, so its own answers carry the security headers too.
+    app.state.routes = lambda: [
+        *api.routes,
+        *(r for r in app.router.routes if isinstance(r, Route | Mount)),  # APIRoute is a Route
+    ]
+    app.add_middleware(Gate, svc=svc, routes=app.state.routes)
     app.add_middleware(_Headers)
     return app

@@ -1,8 +1,8 @@
 """Who is calling the API: a bearer token (dbsentry token or OIDC JWT) and its roles.
 
 The token proves the identity by itself, so unlike a database login no user name is
-given.  Failures count against the caller's address in the authenticator's failure
-limiter, the same one database logins use, so the API is no easier to guess tokens at.
+given.  Failures count in the authenticator's login limiter, the one database logins use,
+by address and by the identity the token claims, so the API is no easier to guess at.
 """
 
 from __future__ import annotations
@@ -10,10 +10,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from dbsentry.identity.model import Identity
-from dbsentry.identity.tokens import TOKEN_PREFIX
+from dbsentry.identity.ratelimit import LoginThrottled
 from dbsentry.web.config import Role, WebConfig
+
+if TYPE_CHECKING:
+    from dbsentry.identity import Authenticator
 
 log = logging.getLogger("dbsentry.web")
 
@@ -21,12 +25,13 @@ MAX_TOKEN_CHARS = 64 * 1024
 
 
 class AuthError(Exception):
-    """The request is not authenticated (401), is rate limited (429) or lacks a role (403)."""
+    """The request is not authenticated (401), is rate limited (429) or may not (403)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,30 +58,26 @@ def bearer_token(header: str | None) -> str | None:
     return value.strip()
 
 
-def identify(authenticator: object, token: str, source: str) -> Identity | None:
-    """The identity ``token`` proves, or None; counts failures against ``source``.
+def authenticate(
+    authenticator: Authenticator, web: WebConfig, header: str | None, source: str
+) -> Principal:
+    """The caller an ``Authorization`` header proves, or AuthError (401, or 429 when the
+    login limiter refuses the attempt unchecked).
 
     Blocking (SQLite, maybe the OIDC provider's keys): call it from a worker thread.
     """
-    limiter = getattr(authenticator, "limiter", None)
-    if limiter is not None and limiter.blocked(source):
-        raise AuthError(429, "too many failed logins from this address; try again later")
-    identity: Identity | None = None
-    if len(token) <= MAX_TOKEN_CHARS:
-        if token.startswith(TOKEN_PREFIX):
-            tokens = getattr(authenticator, "tokens", None)
-            identity = tokens.verify(token) if tokens is not None else None
-        elif token.count(".") == 2:
-            oidc = getattr(authenticator, "oidc", None)
-            identity = oidc.verify(token) if oidc is not None else None
-    if limiter is not None:
-        if identity is None:
-            limiter.record_failure(source)
-        else:
-            limiter.record_success(source)
+    token = bearer_token(header)
+    if token is None:
+        raise AuthError(401, "send Authorization: Bearer <dbsentry token or OIDC JWT>")
+    if len(token) > MAX_TOKEN_CHARS:
+        raise AuthError(401, "the token is invalid, expired or revoked")
+    try:
+        identity = authenticator.authenticate_token(token, source)
+    except LoginThrottled as refused:
+        raise AuthError(429, refused.message, refused.retry_after) from None
     if identity is None:
-        log.info("API login from %s failed", source)
-    return identity
+        raise AuthError(401, "the token is invalid, expired or revoked")
+    return principal_for(identity, web)
 
 
 def principal_for(identity: Identity, web: WebConfig) -> Principal:

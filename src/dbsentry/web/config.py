@@ -34,6 +34,26 @@ class WebConfig(BaseModel):
     # Agents (identity kind "agent") may read through the API but never review requests or
     # manage tokens, whatever their groups say.
     agents_may_review: bool = False
+    # Host header values the console answers to ("name" or "name:port"; "*" for any).  None:
+    # IP addresses, localhost and the host of public_url only, so a DNS name pointed at the
+    # listener (DNS rebinding) gets 400.
+    allowed_hosts: list[str] | None = None
+    # The largest request body; routes that take policy texts or SQL allow more.
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # A client must send its request headers within this many seconds of connecting (or of
+    # its previous response), and a body within body_timeout_seconds.
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    body_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        out = [h.strip().lower().rstrip(".") for h in v]
+        if not all(out) or any("/" in h or " " in h for h in out):
+            raise ValueError("web.allowed_hosts: give host names or addresses, like dbsentry.example.com")
+        return out
 
     @field_validator("public_url")
     @classmethod

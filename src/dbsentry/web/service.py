@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from dbsentry.audit.records import SystemEvent
+from dbsentry.web.access import Capability, Require, refusal
 from dbsentry.web.approvals import Approvals
-from dbsentry.web.auth import Principal
+from dbsentry.web.auth import Principal, authenticate
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from starlette.types import Scope
 
     from dbsentry.audit import AuditStore, VerifyResult
     from dbsentry.web.context import WebContext
@@ -63,11 +65,33 @@ class WebServices:
                 self._store.close()
                 self._store = None
 
+    # --- who may do what -------------------------------------------------------------------
+
+    def admit(self, scope: Scope, required: Require) -> Principal | None:
+        """The caller of the request in ``scope`` if it may use ``required``'s capability;
+        AuthError if not.  The caller is cached in the request's state.  Blocking."""
+        state = scope.setdefault("state", {})
+        who: Principal | None = state.get("principal")
+        if who is None and required.capability is not Capability.PUBLIC:
+            header = next(
+                (v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"authorization"),
+                None,
+            )
+            client = scope.get("client")
+            who = authenticate(
+                self.ctx.authenticator, self.web, header, client[0] if client else "unknown"
+            )
+            state["principal"] = who
+        refused = refusal(who, required.capability, self.web)
+        if refused is not None:
+            raise refused
+        return who
+
     # --- auditing API actions --------------------------------------------------------------
 
     def audit(
         self,
-        who: Principal,
+        who: Principal | None,
         action: str,
         client: str | None,
         detail: dict[str, Any] | None = None,
@@ -84,8 +108,9 @@ class WebServices:
             return
         detail = {k: v for k, v in (detail or {}).items() if v is not None}
         if not change:
+            caller = who.identity.token_id if who is not None else client
             key = hashlib.sha256(
-                orjson.dumps([who.identity.token_id, action, detail], option=orjson.OPT_SORT_KEYS)
+                orjson.dumps([caller, action, detail], option=orjson.OPT_SORT_KEYS)
             ).hexdigest()
             now = time.monotonic()
             with self._reads_lock:
@@ -103,10 +128,10 @@ class WebServices:
             event="api",
             detail={
                 "action": action,
-                "identity": who.name,
-                "identity_kind": who.identity.kind,
-                "token_id": who.identity.token_id,
-                "roles": sorted(who.roles),
+                "identity": who.name if who is not None else None,
+                "identity_kind": who.identity.kind if who is not None else None,
+                "token_id": who.identity.token_id if who is not None else None,
+                "roles": sorted(who.roles) if who is not None else [],
                 "client_addr": client,
                 **detail,
             },

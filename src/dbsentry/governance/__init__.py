@@ -1,0 +1,1 @@
+"""Engine-neutral governance: what happens to a statement, decided without I/O."""
