@@ -31,7 +31,7 @@ def _client(tmp_path: Path, **kw: object) -> tuple[TestClient, TokenStore]:
         audit_store=lambda: SQLiteStore(tmp_path / "audit.db"),
         **kw,  # type: ignore[arg-type]
     )
-    return TestClient(create_app(ctx)), tokens
+    return TestClient(create_app(ctx), base_url="http://localhost"), tokens
 
 
 def test_readyz_names_the_upstream_that_does_not_answer(tmp_path: Path) -> None:
