@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from dbsentry.demo.embedded import find_bindir
+from support.demo import Clusters
 from support.pg import free_port
 from support.processes import interrupt
 
@@ -167,7 +168,7 @@ class _Output:
 
 
 @pytest.mark.timeout(900)
-def test_every_printed_instruction_works_as_printed(tmp_path: Path) -> None:
+def test_every_printed_instruction_works_as_printed(tmp_path: Path, clusters: Clusters) -> None:
     assert SCRIPT.is_file()
     home = tmp_path / "checkout"
     elsewhere = tmp_path / "another-terminal"
@@ -188,6 +189,7 @@ def test_every_printed_instruction_works_as_printed(tmp_path: Path) -> None:
     finally:
         interrupt(demo, timeout=90)
         out.join()
+        clusters.note("".join(out.lines))
     assert "PostgreSQL stopped" in "".join(out.lines)
 
 
