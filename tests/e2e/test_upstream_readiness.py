@@ -28,7 +28,8 @@ def _get(url: str) -> tuple[int, dict[str, Any]]:
         with urllib.request.urlopen(url, timeout=10) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+        with err:  # it holds the response, and its socket
+            return err.code, json.loads(err.read())
 
 
 def _wait(predicate: Any, timeout: float = 20.0) -> None:
