@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dbsentry.approvals.config import ApprovalsConfig
 from dbsentry.audit.config import AuditConfig
-from dbsentry.web.config import WebConfig
+from dbsentry.webconfig import WebConfig
 
 
 class ConfigError(Exception):

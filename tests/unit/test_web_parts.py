@@ -17,8 +17,8 @@ from dbsentry.identity import Authenticator, Identity, TokenStore
 from dbsentry.web import WebContext, bind_http, create_app, serve_http
 from dbsentry.web.approvals import Approvals, ApprovalsUnavailable, ReviewRefused
 from dbsentry.web.auth import bearer_token
-from dbsentry.web.config import WebConfig
 from dbsentry.web.views import DataAccess, sessions_from_events, split_column
+from dbsentry.webconfig import WebConfig
 
 
 def test_split_column() -> None:

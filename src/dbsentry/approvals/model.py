@@ -16,9 +16,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import orjson
-from pglast import parser as _pg
 
 from dbsentry.identity.model import Identity
+from dbsentry.sql import parse as sqlparse
 
 RequestKind = Literal["statement", "access"]
 Status = Literal["pending", "approved", "denied", "expired", "withdrawn", "used"]
@@ -53,7 +53,7 @@ def normalize_statement(sql: str) -> str:
     scanner rejects falls back to collapsing whitespace runs.
     """
     try:
-        tokens = _pg.scan(sql)
+        tokens = sqlparse.scan(sql)
     except Exception:
         return _WS.sub(" ", sql).strip().rstrip("; ").strip()
     parts = [sql[t.start : t.end + 1] for t in tokens if t.name not in _COMMENTS]

@@ -26,11 +26,13 @@ from dbsentry.audit.store import (
     AuditStore,
     AuditStoreError,
     ChainPoint,
+    Dialect,
     EncodedRecord,
     SearchFilter,
     StoredRecord,
-    filter_clauses,
     link,
+    records_query,
+    statements_query,
 )
 
 # Each entry migrates from version i to i+1.  "@S" is the schema name (validated identifier).
@@ -104,8 +106,14 @@ def _row_to_stored(row: Sequence[Any]) -> StoredRecord:
     )
 
 
-def _like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+_DIALECT = Dialect(
+    mark="%s",
+    records="@S.records",
+    columns=_COLUMNS,
+    table_clause="(s.tables @> ARRAY[%s]::text[] OR EXISTS (SELECT 1 FROM unnest(s.tables) t WHERE t LIKE %s))",
+    text_clause="(s.payload::jsonb ->> 'statement') ILIKE %s",
+    types_clause=lambda types: ("type = ANY(%s)", [list(types)]),
+)
 
 
 class PostgresStore(AuditStore):
@@ -389,48 +397,23 @@ class PostgresStore(AuditStore):
         descending: bool = False,
         limit: int | None = None,
     ) -> Iterator[StoredRecord]:
-        where = ["seq > %s"]
-        params: list[Any] = [after_seq]
-        if through_seq is not None:
-            where.append("seq <= %s")
-            params.append(through_seq)
-        if since is not None:
-            where.append("time >= %s")
-            params.append(since)
-        if until is not None:
-            where.append("time < %s")
-            params.append(until)
-        if types:
-            where.append("type = ANY(%s)")
-            params.append(list(types))
-        sql = f"SELECT {_COLUMNS} FROM @S.records WHERE {' AND '.join(where)} ORDER BY seq"
-        if descending:
-            sql += " DESC"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
+        sql, params = records_query(
+            _DIALECT,
+            after_seq=after_seq,
+            through_seq=through_seq,
+            since=since,
+            until=until,
+            types=types,
+            descending=descending,
+            limit=limit,
+        )
         for row in self._query(sql, params):
             yield _row_to_stored(row)
 
     def search_statements(
         self, flt: SearchFilter, *, descending: bool = True, limit: int | None = None
     ) -> Iterator[tuple[StoredRecord, bytes | None]]:
-        where, params = filter_clauses(flt, "%s")
-        if flt.table is not None:
-            where.append(
-                "(s.tables @> ARRAY[%s]::text[] OR EXISTS (SELECT 1 FROM unnest(s.tables) t WHERE t LIKE %s))"
-            )
-            params += [flt.table, "%." + _like_escape(flt.table)]
-        if flt.text is not None:
-            where.append("(s.payload::jsonb ->> 'statement') ILIKE %s")
-            params.append("%" + _like_escape(flt.text) + "%")
-        cols = ", ".join("s." + c.strip() for c in _COLUMNS.split(","))
-        sql = (
-            f"SELECT {cols}, (SELECT c.payload FROM @S.records c WHERE c.ref = s.id "
-            f"AND c.type = 'completion' ORDER BY c.seq LIMIT 1) "
-            f"FROM @S.records s WHERE {' AND '.join(where)} ORDER BY s.seq{' DESC' if descending else ''}"
-        )
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
+        sql, params = statements_query(_DIALECT, flt, descending=descending, limit=limit)
         for row in self._query(sql, params):
             completion = row[16]
             yield (

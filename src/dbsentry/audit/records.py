@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import unquote
 
 import orjson
-from pglast import parser as _pg
 
 from dbsentry.identity.model import Identity
+from dbsentry.sql import parse as sqlparse
 
 if TYPE_CHECKING:
     from dbsentry.audit.redaction import LiteralRedactor
@@ -360,7 +360,7 @@ def redact_literals(sql: str) -> str:
     ``REDACTED_STATEMENT`` is returned.
     """
     try:
-        tokens = _pg.scan(sql)
+        tokens = sqlparse.scan(sql)
     except Exception:
         return REDACTED_STATEMENT
     out: list[str] = []
@@ -449,7 +449,7 @@ _MAX_VALUE = 256
 
 def _comments(sql: str) -> list[str]:
     try:
-        return [sql[t.start : t.end + 1] for t in _pg.scan(sql) if t.name in _COMMENT_TOKENS]
+        return [sql[t.start : t.end + 1] for t in sqlparse.scan(sql) if t.name in _COMMENT_TOKENS]
     except Exception:
         return [m.group(0) for m in _COMMENT_FALLBACK.finditer(sql)]
 

@@ -32,13 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pglast import parser as _pg
-
 from dbsentry.audit.records import redact_literals
 from dbsentry.masking.catalog import Catalog, ClassMap
 from dbsentry.masking.classes import DataClass
 from dbsentry.masking.detect import detect_value, find_sensitive
 from dbsentry.masking.literals import LiteralMeets, Meets, find_literal_meets
+from dbsentry.sql import parse as sqlparse
 
 __all__ = [
     "TOKEN_RE",
@@ -350,7 +349,7 @@ class LiteralRedactor:
 
     def _statement(self, sql: str, meets: LiteralMeets) -> tuple[str, bool]:
         try:
-            tokens = _pg.scan(sql)
+            tokens = sqlparse.scan(sql)
         except Exception:
             return _UNREDACTABLE, True
         out: list[str] = []

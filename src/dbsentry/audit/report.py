@@ -158,304 +158,170 @@ def _short(text: Any, n: int = 300) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
-def build_report(
-    store: AuditStore,
-    *,
-    since: float,
-    until: float | None = None,
-    out_dir: Path,
-    verification: VerifyResult | None = None,
-    signer: Signer | None = None,
-    title: str = "Database access review",
-    organisation: str | None = None,
-) -> ReportResult:
-    """Write ``report.html``, the CSV tables and ``manifest.json`` into ``out_dir``."""
-    until = _time.time() if until is None else until
-    out_dir.mkdir(parents=True, exist_ok=True)
-    totals = _Totals()
-    people: dict[str, _Who] = {}
-    access: dict[tuple[str, str, str], _ClassAccess] = {}
+_DENIED_COLUMNS = ["time", "identity", "kind", "connection", "environment", "command", "tables", "rules", "statement", "seq"]
+_APPROVAL_COLUMNS = [
+    "time", "approval_id", "event", "requester", "reviewer", "requested_at", "decided_at", "decision",
+    "reason", "review_comment", "connection", "environment", "statement", "seq",
+]  # fmt: skip
+_PRIVILEGED_COLUMNS = [
+    "time", "identity", "kind", "connection", "environment", "command", "class", "risk", "decision",
+    "approval_id", "statement", "seq",
+]  # fmt: skip
+_IDENTITY_COLUMNS = [
+    "identity", "kind", "sessions", "statements", "denied", "masked", "privileged", "connections",
+    "data_classes", "first_seen", "last_seen",
+]  # fmt: skip
+_AGENT_COLUMNS = [
+    "agent", "sessions", "statements", "denied", "masked", "privileged", "connections", "tables",
+    "data_classes", "first_seen", "last_seen",
+]  # fmt: skip
+_SENSITIVE_COLUMNS = ["identity", "kind", "data_class", "statements", "masked", "unmasked", "connections", "first", "last"]
+_FILES = [
+    "report.html", "summary.csv", "identities.csv", "sensitive_access.csv", "denied.csv", "approvals.csv",
+    "agents.csv", "privileged.csv", "audit_events.csv",
+]  # fmt: skip
+_DENIED_DECISIONS = ("deny", "denied", "block", "blocked")
 
-    denied = _Table(
-        out_dir / "denied.csv",
-        [
-            "time",
-            "identity",
-            "kind",
-            "connection",
-            "environment",
-            "command",
-            "tables",
-            "rules",
-            "statement",
-            "seq",
-        ],
-    )
-    approvals = _Table(
-        out_dir / "approvals.csv",
-        [
-            "time",
-            "approval_id",
-            "event",
-            "requester",
-            "reviewer",
-            "requested_at",
-            "decided_at",
-            "decision",
-            "reason",
-            "review_comment",
-            "connection",
-            "environment",
-            "statement",
-            "seq",
-        ],
-    )
-    privileged = _Table(
-        out_dir / "privileged.csv",
-        [
-            "time",
-            "identity",
-            "kind",
-            "connection",
-            "environment",
-            "command",
-            "class",
-            "risk",
-            "decision",
-            "approval_id",
-            "statement",
-            "seq",
-        ],
-    )
-    system = _Table(out_dir / "audit_events.csv", ["time", "event", "detail", "seq"])
-    tables = [denied, approvals, privileged, system]
-    try:
-        for r in store.iter_records(since=since, until=until):
-            d = r.data()
-            t = d.get("type")
-            when = float(d.get("time", 0.0))
-            if t == "session" and d.get("event") == "opened":
-                totals.sessions += 1
-                who = people.setdefault(d["identity"], _Who(d.get("identity_kind") or "human"))
-                who.sessions += 1
-                who.seen(when)
-                if d.get("connection"):
-                    who.connections.add(d["connection"])
-            elif t == "statement":
-                totals.statements += 1
-                ident = d.get("identity") or "?"
-                kind = d.get("identity_kind") or "human"
-                who = people.setdefault(ident, _Who(kind))
-                who.statements += 1
-                who.seen(when)
-                conn = d.get("connection") or ""
-                if conn:
-                    who.connections.add(conn)
-                who.tables.update(d.get("tables") or ())
-                masked = set(d.get("masked_classes") or ())
-                classes = set(d.get("data_classes") or ()) | masked
-                who.classes.update(classes)
-                if d.get("masked_columns") or masked:
-                    totals.masked += 1
-                    who.masked += 1
-                for cls in classes:
-                    a = access.setdefault((ident, kind, cls), _ClassAccess())
-                    a.statements += 1
-                    if cls in masked:
-                        a.masked += 1
-                    else:
-                        a.unmasked += 1
-                    if conn:
-                        a.connections.add(conn)
-                    a.first = when if a.first is None else min(a.first, when)
-                    a.last = when if a.last is None else max(a.last, when)
-                decision = (d.get("decision") or "").lower()
-                if decision in ("deny", "denied", "block", "blocked"):
-                    totals.denied += 1
-                    who.denied += 1
-                    denied.add(
-                        [
-                            iso(when),
-                            ident,
-                            kind,
-                            conn,
-                            d.get("environment"),
-                            d.get("command"),
-                            d.get("tables"),
-                            d.get("rules"),
-                            _short(d.get("statement")),
-                            r.seq,
-                        ]
-                    )
-                if _is_privileged(d):
-                    totals.privileged += 1
-                    who.privileged += 1
-                    privileged.add(
-                        [
-                            iso(when),
-                            ident,
-                            kind,
-                            conn,
-                            d.get("environment"),
-                            d.get("command"),
-                            d.get("class"),
-                            d.get("risk"),
-                            d.get("decision"),
-                            d.get("approval_id"),
-                            _short(d.get("statement")),
-                            r.seq,
-                        ]
-                    )
-            elif t == "completion":
-                if d.get("error") or d.get("sqlstate"):
-                    totals.errors += 1
-            elif t == "approval":
-                ev = d.get("event")
-                if ev == "requested":
-                    totals.approvals_requested += 1
-                elif ev == "approved":
-                    totals.approvals_granted += 1
-                elif ev == "denied":
-                    totals.approvals_denied += 1
-                approvals.add(
-                    [
-                        iso(when),
-                        d.get("approval_id"),
-                        ev,
-                        d.get("requester"),
-                        d.get("reviewer"),
-                        iso(d.get("requested_at")),
-                        iso(d.get("decided_at")),
-                        d.get("decision"),
-                        d.get("reason"),
-                        d.get("review_comment"),
-                        d.get("connection"),
-                        d.get("environment"),
-                        _short(d.get("statement")),
-                        r.seq,
-                    ]
-                )
-            elif t == "system":
-                if d.get("event") == "audit_store_recovered":
-                    totals.outages += 1
-                system.add(
-                    [iso(when), d.get("event"), orjson.dumps(d.get("detail", {})).decode(), r.seq]
-                )
-    finally:
-        for tbl in tables:
+
+class _Collector:
+    """One pass over the period's records: the totals, who did what, and the event tables."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.totals = _Totals()
+        self.people: dict[str, _Who] = {}
+        self.access: dict[tuple[str, str, str], _ClassAccess] = {}
+        self.denied = _Table(out_dir / "denied.csv", _DENIED_COLUMNS)
+        self.approvals = _Table(out_dir / "approvals.csv", _APPROVAL_COLUMNS)
+        self.privileged = _Table(out_dir / "privileged.csv", _PRIVILEGED_COLUMNS)
+        self.system = _Table(out_dir / "audit_events.csv", ["time", "event", "detail", "seq"])
+
+    def close(self) -> None:
+        for tbl in (self.denied, self.approvals, self.privileged, self.system):
             tbl.close()
 
-    identities = _Table(
-        out_dir / "identities.csv",
-        [
-            "identity",
-            "kind",
-            "sessions",
-            "statements",
-            "denied",
-            "masked",
-            "privileged",
-            "connections",
-            "data_classes",
-            "first_seen",
-            "last_seen",
-        ],
-    )
-    for name, w in sorted(people.items()):
+    def add(self, seq: int, d: dict[str, Any]) -> None:
+        t = d.get("type")
+        when = float(d.get("time", 0.0))
+        if t == "session" and d.get("event") == "opened":
+            self._session(d, when)
+        elif t == "statement":
+            self._statement(seq, d, when)
+        elif t == "completion":
+            if d.get("error") or d.get("sqlstate"):
+                self.totals.errors += 1
+        elif t == "approval":
+            self._approval(seq, d, when)
+        elif t == "system":
+            if d.get("event") == "audit_store_recovered":
+                self.totals.outages += 1
+            self.system.add([iso(when), d.get("event"), orjson.dumps(d.get("detail", {})).decode(), seq])
+
+    def _session(self, d: dict[str, Any], when: float) -> None:
+        self.totals.sessions += 1
+        who = self.people.setdefault(d["identity"], _Who(d.get("identity_kind") or "human"))
+        who.sessions += 1
+        who.seen(when)
+        if d.get("connection"):
+            who.connections.add(d["connection"])
+
+    def _statement(self, seq: int, d: dict[str, Any], when: float) -> None:
+        totals = self.totals
+        totals.statements += 1
+        ident = d.get("identity") or "?"
+        kind = d.get("identity_kind") or "human"
+        who = self.people.setdefault(ident, _Who(kind))
+        who.statements += 1
+        who.seen(when)
+        conn = d.get("connection") or ""
+        if conn:
+            who.connections.add(conn)
+        who.tables.update(d.get("tables") or ())
+        masked = set(d.get("masked_classes") or ())
+        classes = set(d.get("data_classes") or ()) | masked
+        who.classes.update(classes)
+        if d.get("masked_columns") or masked:
+            totals.masked += 1
+            who.masked += 1
+        for cls in classes:
+            self._class_access(ident, kind, cls, cls in masked, conn, when)
+        if (d.get("decision") or "").lower() in _DENIED_DECISIONS:
+            totals.denied += 1
+            who.denied += 1
+            self.denied.add(
+                [iso(when), ident, kind, conn, d.get("environment"), d.get("command"), d.get("tables"),
+                 d.get("rules"), _short(d.get("statement")), seq]
+            )  # fmt: skip
+        if _is_privileged(d):
+            totals.privileged += 1
+            who.privileged += 1
+            self.privileged.add(
+                [iso(when), ident, kind, conn, d.get("environment"), d.get("command"), d.get("class"),
+                 d.get("risk"), d.get("decision"), d.get("approval_id"), _short(d.get("statement")), seq]
+            )  # fmt: skip
+
+    def _class_access(self, ident: str, kind: str, cls: str, masked: bool, conn: str, when: float) -> None:
+        a = self.access.setdefault((ident, kind, cls), _ClassAccess())
+        a.statements += 1
+        if masked:
+            a.masked += 1
+        else:
+            a.unmasked += 1
+        if conn:
+            a.connections.add(conn)
+        a.first = when if a.first is None else min(a.first, when)
+        a.last = when if a.last is None else max(a.last, when)
+
+    def _approval(self, seq: int, d: dict[str, Any], when: float) -> None:
+        ev = d.get("event")
+        if ev == "requested":
+            self.totals.approvals_requested += 1
+        elif ev == "approved":
+            self.totals.approvals_granted += 1
+        elif ev == "denied":
+            self.totals.approvals_denied += 1
+        self.approvals.add(
+            [iso(when), d.get("approval_id"), ev, d.get("requester"), d.get("reviewer"), iso(d.get("requested_at")),
+             iso(d.get("decided_at")), d.get("decision"), d.get("reason"), d.get("review_comment"),
+             d.get("connection"), d.get("environment"), _short(d.get("statement")), seq]
+        )  # fmt: skip
+
+
+def _people_tables(out_dir: Path, c: _Collector) -> tuple[_Table, _Table, _Table]:
+    """identities.csv, agents.csv and sensitive_access.csv, from what the pass collected."""
+    identities = _Table(out_dir / "identities.csv", _IDENTITY_COLUMNS)
+    agents = _Table(out_dir / "agents.csv", _AGENT_COLUMNS)
+    for name, w in sorted(c.people.items()):
         identities.add(
-            [
-                name,
-                w.kind,
-                w.sessions,
-                w.statements,
-                w.denied,
-                w.masked,
-                w.privileged,
-                w.connections,
-                w.classes,
-                iso(w.first),
-                iso(w.last),
-            ]
-        )
-    identities.close()
-    agents = _Table(
-        out_dir / "agents.csv",
-        [
-            "agent",
-            "sessions",
-            "statements",
-            "denied",
-            "masked",
-            "privileged",
-            "connections",
-            "tables",
-            "data_classes",
-            "first_seen",
-            "last_seen",
-        ],
-    )
-    for name, w in sorted(people.items()):
+            [name, w.kind, w.sessions, w.statements, w.denied, w.masked, w.privileged, w.connections, w.classes,
+             iso(w.first), iso(w.last)]
+        )  # fmt: skip
         if w.kind == "agent":
             agents.add(
-                [
-                    name,
-                    w.sessions,
-                    w.statements,
-                    w.denied,
-                    w.masked,
-                    w.privileged,
-                    w.connections,
-                    sorted(w.tables)[:50],
-                    w.classes,
-                    iso(w.first),
-                    iso(w.last),
-                ]
-            )
-    agents.close()
-    sensitive = _Table(
-        out_dir / "sensitive_access.csv",
-        [
-            "identity",
-            "kind",
-            "data_class",
-            "statements",
-            "masked",
-            "unmasked",
-            "connections",
-            "first",
-            "last",
-        ],
-    )
-    for (ident, kind, cls), a in sorted(access.items()):
+                [name, w.sessions, w.statements, w.denied, w.masked, w.privileged, w.connections,
+                 sorted(w.tables)[:50], w.classes, iso(w.first), iso(w.last)]
+            )  # fmt: skip
+    sensitive = _Table(out_dir / "sensitive_access.csv", _SENSITIVE_COLUMNS)
+    for (ident, kind, cls), a in sorted(c.access.items()):
         sensitive.add(
-            [
-                ident,
-                kind,
-                cls,
-                a.statements,
-                a.masked,
-                a.unmasked,
-                a.connections,
-                iso(a.first),
-                iso(a.last),
-            ]
+            [ident, kind, cls, a.statements, a.masked, a.unmasked, a.connections, iso(a.first), iso(a.last)]
         )
-    sensitive.close()
+    for tbl in (identities, agents, sensitive):
+        tbl.close()
+    return identities, agents, sensitive
 
-    generated = _time.time()
-    verification_text = verification.describe() if verification is not None else "not run"
-    summary_rows: list[tuple[str, Any]] = [
+
+def _summary_rows(
+    store: AuditStore, since: float, until: float, generated: float, verification: VerifyResult | None, c: _Collector
+) -> list[tuple[str, Any]]:
+    totals, people = c.totals, c.people
+    chain = "intact" if verification and verification.ok else ("BROKEN" if verification else "not run")
+    return [
         ("period_start", iso(since)),
         ("period_end", iso(until)),
         ("generated_at", iso(generated)),
         ("generated_by", f"dbsentry {dbsentry.__version__}"),
         ("audit_store", store.describe()),
-        (
-            "chain_verification",
-            "intact"
-            if verification and verification.ok
-            else ("BROKEN" if verification else "not run"),
-        ),
+        ("chain_verification", chain),
         ("identities", len(people)),
         ("human_identities", sum(1 for w in people.values() if w.kind != "agent")),
         ("agent_identities", sum(1 for w in people.values() if w.kind == "agent")),
@@ -470,6 +336,53 @@ def build_report(
         ("approvals_denied", totals.approvals_denied),
         ("audit_store_outages", totals.outages),
     ]
+
+
+def _write_manifest(
+    out_dir: Path, since: float, until: float, generated: float, verification: VerifyResult | None, signer: Signer | None
+) -> list[Path]:
+    """manifest.json (a SHA-256 per file, the chain's verification), signed when a key is
+    given; the files of the report."""
+    manifest: dict[str, Any] = {
+        "generated_at": iso(generated),
+        "period": {"start": iso(since), "end": iso(until)},
+        "files": {n: hashlib.sha256((out_dir / n).read_bytes()).hexdigest() for n in _FILES},
+        "chain": verification.to_dict() if verification is not None else None,
+    }
+    body = orjson.dumps(manifest, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
+    (out_dir / "manifest.json").write_bytes(body)
+    files = [out_dir / n for n in [*_FILES, "manifest.json"]]
+    if signer is not None:
+        sig = signer.sign_bytes(body)
+        (out_dir / "manifest.sig").write_text(f"{signer.key_id} {sig}\n")
+        files.append(out_dir / "manifest.sig")
+    return files
+
+
+def build_report(
+    store: AuditStore,
+    *,
+    since: float,
+    until: float | None = None,
+    out_dir: Path,
+    verification: VerifyResult | None = None,
+    signer: Signer | None = None,
+    title: str = "Database access review",
+    organisation: str | None = None,
+) -> ReportResult:
+    """Write ``report.html``, the CSV tables and ``manifest.json`` into ``out_dir``."""
+    until = _time.time() if until is None else until
+    out_dir.mkdir(parents=True, exist_ok=True)
+    c = _Collector(out_dir)
+    try:
+        for r in store.iter_records(since=since, until=until):
+            c.add(r.seq, r.data())
+    finally:
+        c.close()
+    identities, agents, sensitive = _people_tables(out_dir, c)
+
+    generated = _time.time()
+    summary_rows = _summary_rows(store, since, until, generated, verification, c)
     with open(out_dir / "summary.csv", "w", newline="", encoding="utf-8") as f:
         sw = csv.writer(f)
         sw.writerow(["key", "value"])
@@ -480,72 +393,26 @@ def build_report(
         title=title,
         organisation=organisation,
         summary=summary_rows,
-        totals=totals,
+        totals=c.totals,
         verification=verification,
-        verification_text=verification_text,
+        verification_text=verification.describe() if verification is not None else "not run",
         period=(iso(since), iso(until)),
         generated=iso(generated),
         sections=[
-            (
-                "identities",
-                "Access by identity",
-                "Every identity that opened a session or ran a statement in the period.",
-                identities,
-            ),
-            (
-                "sensitive",
-                "Sensitive data access",
-                "Who touched which data classes, and whether the values were masked.",
-                sensitive,
-            ),
-            ("denied", "Denied attempts", "Every statement the policy refused.", denied),
-            ("approvals", "Approvals", "Every approval request and decision.", approvals),
+            ("identities", "Access by identity", "Every identity that opened a session or ran a statement in the period.", identities),
+            ("sensitive", "Sensitive data access", "Who touched which data classes, and whether the values were masked.", sensitive),
+            ("denied", "Denied attempts", "Every statement the policy refused.", c.denied),
+            ("approvals", "Approvals", "Every approval request and decision.", c.approvals),
             ("agents", "AI agent activity", "What identities of kind agent did.", agents),
-            (
-                "privileged",
-                "Privileged statements",
-                "DDL, role and grant changes, and statements rated high risk.",
-                privileged,
-            ),
-            (
-                "events",
-                "Audit trail events",
-                "Outages and recoveries of the audit store itself.",
-                system,
-            ),
+            ("privileged", "Privileged statements", "DDL, role and grant changes, and statements rated high risk.", c.privileged),
+            ("events", "Audit trail events", "Outages and recoveries of the audit store itself.", c.system),
         ],
         limit=HTML_ROW_LIMIT,
         version=dbsentry.__version__,
     )
     (out_dir / "report.html").write_text(html, encoding="utf-8")
-
-    names = [
-        "report.html",
-        "summary.csv",
-        "identities.csv",
-        "sensitive_access.csv",
-        "denied.csv",
-        "approvals.csv",
-        "agents.csv",
-        "privileged.csv",
-        "audit_events.csv",
-    ]
-    manifest: dict[str, Any] = {
-        "generated_at": iso(generated),
-        "period": {"start": iso(since), "end": iso(until)},
-        "files": {n: hashlib.sha256((out_dir / n).read_bytes()).hexdigest() for n in names},
-        "chain": verification.to_dict() if verification is not None else None,
-    }
-    body = orjson.dumps(manifest, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
-    (out_dir / "manifest.json").write_bytes(body)
-    files = [out_dir / n for n in [*names, "manifest.json"]]
-    if signer is not None:
-        sig = signer.sign_bytes(body)
-        (out_dir / "manifest.sig").write_text(f"{signer.key_id} {sig}\n")
-        files.append(out_dir / "manifest.sig")
-    return ReportResult(
-        out_dir, tuple(files), totals.statements, bool(verification and verification.ok)
-    )
+    files = _write_manifest(out_dir, since, until, generated, verification, signer)
+    return ReportResult(out_dir, tuple(files), c.totals.statements, bool(verification and verification.ok))
 
 
 _TEMPLATE = """<!doctype html>

@@ -24,11 +24,13 @@ from dbsentry.audit.store import (
     AuditStore,
     AuditStoreError,
     ChainPoint,
+    Dialect,
     EncodedRecord,
     SearchFilter,
     StoredRecord,
-    filter_clauses,
     link,
+    records_query,
+    statements_query,
 )
 
 _SCHEMA = f"""
@@ -109,8 +111,14 @@ def _row_to_stored(row: Sequence[Any]) -> StoredRecord:
     )
 
 
-def _like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+_DIALECT = Dialect(
+    mark="?",
+    records="records",
+    columns=_COLUMNS,
+    table_clause="EXISTS (SELECT 1 FROM json_each(s.tables) t WHERE t.value = ? OR t.value LIKE ? ESCAPE '\\')",
+    text_clause="json_extract(s.payload, '$.statement') LIKE ? ESCAPE '\\'",
+    types_clause=lambda types: (f"type IN ({','.join('?' * len(types))})", list(types)),
+)
 
 
 class SQLiteStore(AuditStore):
@@ -314,49 +322,23 @@ class SQLiteStore(AuditStore):
         descending: bool = False,
         limit: int | None = None,
     ) -> Iterator[StoredRecord]:
-        where = ["seq > ?"]
-        params: list[Any] = [after_seq]
-        if through_seq is not None:
-            where.append("seq <= ?")
-            params.append(through_seq)
-        if since is not None:
-            where.append("time >= ?")
-            params.append(since)
-        if until is not None:
-            where.append("time < ?")
-            params.append(until)
-        if types:
-            where.append(f"type IN ({','.join('?' * len(types))})")
-            params.extend(types)
-        sql = f"SELECT {_COLUMNS} FROM records WHERE {' AND '.join(where)} ORDER BY seq"
-        if descending:
-            sql += " DESC"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
+        sql, params = records_query(
+            _DIALECT,
+            after_seq=after_seq,
+            through_seq=through_seq,
+            since=since,
+            until=until,
+            types=types,
+            descending=descending,
+            limit=limit,
+        )
         for row in self._query(sql, params):
             yield _row_to_stored(row)
 
     def search_statements(
         self, flt: SearchFilter, *, descending: bool = True, limit: int | None = None
     ) -> Iterator[tuple[StoredRecord, bytes | None]]:
-        where, params = filter_clauses(flt, "?")
-        if flt.table is not None:
-            where.append(
-                "EXISTS (SELECT 1 FROM json_each(s.tables) t "
-                "WHERE t.value = ? OR t.value LIKE ? ESCAPE '\\')"
-            )
-            params += [flt.table, "%." + _like_escape(flt.table)]
-        if flt.text is not None:
-            where.append("json_extract(s.payload, '$.statement') LIKE ? ESCAPE '\\'")
-            params.append("%" + _like_escape(flt.text) + "%")
-        cols = ", ".join("s." + c.strip() for c in _COLUMNS.split(","))
-        sql = (
-            f"SELECT {cols}, (SELECT c.payload FROM records c WHERE c.ref = s.id "
-            f"AND c.type = 'completion' ORDER BY c.seq LIMIT 1) "
-            f"FROM records s WHERE {' AND '.join(where)} ORDER BY s.seq{' DESC' if descending else ''}"
-        )
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
+        sql, params = statements_query(_DIALECT, flt, descending=descending, limit=limit)
         for row in self._query(sql, params):
             completion = row[16]
             yield (

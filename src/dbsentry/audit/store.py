@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -196,6 +196,76 @@ def filter_clauses(flt: SearchFilter, mark: str) -> tuple[list[str], list[Any]]:
         where.append("(" + " OR ".join(f"s.payload LIKE {mark}" for _ in flt.digests) + ")")
         params.extend(f"%:hmac:{d}>%" for d in flt.digests)
     return where, params
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """What the SQLite and PostgreSQL stores spell differently in the queries they share."""
+
+    mark: str  # the parameter placeholder
+    records: str  # the records table, as written in a query
+    columns: str  # the stored columns, in the order rows are read
+    # (table name, LIKE pattern for "schema.table") -> the clause on alias ``s``
+    table_clause: str
+    text_clause: str  # statement text LIKE/ILIKE the parameter
+    types_clause: Callable[[Sequence[str]], tuple[str, list[Any]]]
+
+
+def records_query(
+    d: Dialect,
+    *,
+    after_seq: int,
+    through_seq: int | None,
+    since: float | None,
+    until: float | None,
+    types: Sequence[str] | None,
+    descending: bool,
+    limit: int | None,
+) -> tuple[str, list[Any]]:
+    """The query of :meth:`AuditStore.iter_records`, in dialect ``d``."""
+    m = d.mark
+    where = [f"seq > {m}"]
+    params: list[Any] = [after_seq]
+    for clause, value in ((f"seq <= {m}", through_seq), (f"time >= {m}", since), (f"time < {m}", until)):
+        if value is not None:
+            where.append(clause)
+            params.append(value)
+    if types:
+        clause, more = d.types_clause(types)
+        where.append(clause)
+        params.extend(more)
+    sql = f"SELECT {d.columns} FROM {d.records} WHERE {' AND '.join(where)} ORDER BY seq"
+    if descending:
+        sql += " DESC"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    return sql, params
+
+
+def statements_query(d: Dialect, flt: SearchFilter, *, descending: bool, limit: int | None) -> tuple[str, list[Any]]:
+    """The query of :meth:`AuditStore.search_statements` (each statement with its first
+    completion's payload as the last column), in dialect ``d``."""
+    where, params = filter_clauses(flt, d.mark)
+    if flt.table is not None:
+        where.append(d.table_clause)
+        params += [flt.table, "%." + like_escape(flt.table)]
+    if flt.text is not None:
+        where.append(d.text_clause)
+        params.append("%" + like_escape(flt.text) + "%")
+    cols = ", ".join("s." + c.strip() for c in d.columns.split(","))
+    sql = (
+        f"SELECT {cols}, (SELECT c.payload FROM {d.records} c WHERE c.ref = s.id "
+        f"AND c.type = 'completion' ORDER BY c.seq LIMIT 1) "
+        f"FROM {d.records} s WHERE {' AND '.join(where)} ORDER BY s.seq{' DESC' if descending else ''}"
+    )
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    return sql, params
+
+
+def like_escape(text: str) -> str:
+    """``text`` as a literal part of a LIKE pattern (backslash escapes)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def link(

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
 
-from dbsentry.audit.records import Record, StatementRecord
+R = TypeVar("R")
 
 
 def approvals_by_record(records_per_ask: Sequence[Sequence[str]], approval_ids: Sequence[str]) -> dict[str, str]:
@@ -22,12 +23,14 @@ def approvals_by_record(records_per_ask: Sequence[Sequence[str]], approval_ids: 
     return {rid: aid for rids, aid in zip(records_per_ask, approval_ids, strict=True) for rid in rids}
 
 
-def stamp_approved(records: Sequence[Record], approvals: Mapping[str, str]) -> list[Record]:
-    """The statement records of approved statements, marked ``approved`` with their own
-    approval; every other record as it is."""
-    out: list[Record] = []
+def stamp_approved(records: Sequence[R], approvals: Mapping[str, str]) -> list[R]:
+    """The statement records of approved statements (those that waited for approval:
+    ``decision == "require_approval"``), marked ``approved`` with their own approval;
+    every other record as it is."""
+    out: list[R] = []
     for r in records:
-        if isinstance(r, StatementRecord) and r.id in approvals and r.decision == "require_approval":
-            r = dataclasses.replace(r, approval_id=approvals[r.id], decision="approved")
+        rec: Any = r
+        if getattr(rec, "decision", None) == "require_approval" and getattr(rec, "id", None) in approvals:
+            r = dataclasses.replace(rec, approval_id=approvals[rec.id], decision="approved")
         out.append(r)
     return out

@@ -51,6 +51,11 @@ DATA_CLASSES = frozenset({"22", "23", "P0", "2F", "38", "39", "09", "27", "44", 
 # context (where), internal query.  The others are codes, positions, identifiers, the
 # server's file and line.
 TEXT_FIELDS = frozenset("MDHWq")
+# untranslatable_character, character_not_in_repertoire: "character with byte sequence
+# 0xd0 0x96 in encoding ..." / "invalid byte sequence for encoding ...: 0xd0 0x96"
+_ENCODING_ERRORS = frozenset({"22P05", "22021"})
+_BYTE_SEQUENCE = re.compile(r"0x[0-9a-fA-F]{2}(?: 0x[0-9a-fA-F]{2})*")
+_WITHHELD_BYTES = "(bytes withheld by dbsentry)"
 
 # Constraint violations whose DETAIL quotes a key or a whole row of the table.
 _ROW_CLASSES = frozenset({"23", "44", "27"})
@@ -304,9 +309,12 @@ class ChannelMasker:
         quoted = strict and cls in DATA_CLASSES and sqlstate != "42703"
         out: list[tuple[str, str]] = []
         changed = False
+        # An encoding error names the bytes of the character it could not convert: of a
+        # value, a masked one as likely as not (and one character at a time, all of it).
+        bytes_named = sqlstate in _ENCODING_ERRORS
         for code, value in fields:
             if code in TEXT_FIELDS:
-                new = value
+                new = _BYTE_SEQUENCE.sub(_WITHHELD_BYTES, value) if bytes_named else value
                 if withhold and code in "MDH":
                     new = "" if code != "M" else (WITHHELD_NOTICE if notice else WITHHELD_RAISE)
                 else:

@@ -40,6 +40,7 @@ from pglast import parser as _pg
 from dbsentry.masking.catalog import Catalog, ClassMap, Function, Relation, SourceColumn
 from dbsentry.masking.classes import DataClass, most_sensitive
 from dbsentry.masking.strategies import DEFAULT_STRATEGIES, STRATEGIES
+from dbsentry.sql import parse as sqlparse
 from dbsentry.sql.facts import DYNAMIC_SQL_FUNCTIONS, OUTSIDE_DATA_FUNCTIONS
 
 __all__ = [
@@ -246,7 +247,7 @@ def _func_name(funcname: Any) -> tuple[str | None, str]:
 
 def _parse(sql: str) -> list[dict[str, Any]]:
     try:
-        tree_json = _pg.parse_sql_json(sql)
+        tree_json = sqlparse.parse_json(sql)
         if len(tree_json) > MAX_TREE_NODES and tree_json.count("{") > MAX_TREE_NODES:
             raise LineageError("statement too complex to analyse (too many parse tree nodes)")
         tree = orjson.loads(tree_json)

@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from pglast import parser as _pg
 
 from dbsentry.masking.catalog import Catalog, ClassMap
 from dbsentry.masking.classes import DataClass, most_sensitive
 from dbsentry.masking.detect import classify_column
+from dbsentry.sql import parse as sqlparse
 
 __all__ = ["LiteralMeets", "Meets", "find_literal_meets"]
 
@@ -38,6 +38,7 @@ __all__ = ["LiteralMeets", "Meets", "find_literal_meets"]
 Meets = DataClass | None
 
 _MAX_DEPTH = 400  # the facts walk refuses deeper trees long before this
+_SHORT_TREE = 8192  # characters of JSON: too few for a tree too deep to load
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,21 +478,16 @@ def _may_meet(raw: str, classmap: ClassMap | None) -> bool:
     return any("\\" in n or n in known or _class_by_name("customers", n) is not None for n in names)
 
 
-def _const_values(node: Any, to_char: Any, out: dict[int, str], depth: int = 0) -> None:
-    if depth > _MAX_DEPTH:
-        return
-    if type(node) is list:
-        for item in node:
-            _const_values(item, to_char, out, depth + 1)
-    elif type(node) is dict:
-        for k, v in node.items():
-            if k == "A_Const" and type(v) is dict:
-                loc = v.get("location")
-                value = _const_value(v)
-                if isinstance(loc, int) and loc >= 0 and value is not None:
-                    out[to_char(loc)] = value
-            elif type(v) is dict or type(v) is list:
-                _const_values(v, to_char, out, depth + 1)
+def _const_values(raw: str, to_char: Any) -> dict[int, str]:
+    """The value of every constant in a parse tree's JSON text, by character position."""
+    out: dict[int, str] = {}
+    for match in sqlparse.A_CONST_RE.finditer(raw):
+        node = orjson.loads(match.group(1))
+        loc = node.get("location")
+        value = _const_value(node)
+        if isinstance(loc, int) and loc >= 0 and value is not None:
+            out[to_char(loc)] = value
+    return out
 
 
 def _target_values(select: Any) -> Any:
@@ -528,20 +524,25 @@ def find_literal_meets(
     ``LiteralMeets(parsed=False)``.
     """
     try:
-        raw = _pg.parse_sql_json(sql)
+        raw = sqlparse.parse_json(sql)
     except Exception:
         return LiteralMeets(parsed=False)
     if '"A_Const"' not in raw and '"ParamRef"' not in raw:
         return _NOTHING  # nothing that could carry a value
+    if not _may_meet(raw, classmap):
+        # no column it names can be sensitive: only the constants' values are needed,
+        # read from the JSON text (no walk of the tree).  A tree too deep to load (its
+        # text is long: each level takes several characters) is not read at all.
+        if len(raw) > _SHORT_TREE:
+            try:
+                orjson.loads(raw)
+            except (orjson.JSONDecodeError, RecursionError):
+                return LiteralMeets(parsed=False)
+        return LiteralMeets(values=_const_values(raw, _byte_to_char(sql)))
     try:
         tree = orjson.loads(raw)
     except (orjson.JSONDecodeError, RecursionError):
         return LiteralMeets(parsed=False)  # nested too deep to read: every constant goes
-    if not _may_meet(raw, classmap):
-        # no column it names can be sensitive: only the constants' values are needed
-        values: dict[int, str] = {}
-        _const_values(tree, _byte_to_char(sql), values)
-        return LiteralMeets(values=values)
     try:
         to_char = _byte_to_char(sql)
         finder = _Finder(_Resolver(tree, catalog, classmap, search_path), to_char)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from types import ModuleType
 
+from dbsentry.errors import ProtocolError
 from dbsentry.masking.catalog import Catalog, ClassMap
 from dbsentry.masking.classes import DataClass
 from dbsentry.masking.lineage import ColumnMask, CopyOptions, MaskPlan
@@ -38,7 +39,6 @@ from dbsentry.masking.strategies import (
     make_safety_net_masker,
     may_hold_sensitive,
 )
-from dbsentry.wire.pg.codec import ProtocolError, read_cstr
 
 _fastmask: ModuleType | None
 if os.environ.get("DBSENTRY_MASKING_NO_EXTENSION"):
@@ -89,6 +89,13 @@ class Field:
     format: int
 
 
+def _cstr(buf: bytes, pos: int, end: int) -> tuple[str, int]:
+    z = buf.find(b"\x00", pos, end)
+    if z < 0:
+        raise ProtocolError("unterminated string in message")
+    return buf[pos:z].decode("utf-8", "surrogateescape"), z + 1
+
+
 def decode_row_description(body: bytes) -> tuple[Field, ...]:
     end = len(body)
     if end < 2:
@@ -99,7 +106,7 @@ def decode_row_description(body: bytes) -> tuple[Field, ...]:
     pos = 2
     out = []
     for _ in range(n):
-        name, pos = read_cstr(body, pos, end)
+        name, pos = _cstr(body, pos, end)
         if pos + 18 > end:
             raise ProtocolError("RowDescription is shorter than its fields")
         table, attnum, type_oid, typlen, typmod, fmt = _FIELD_TAIL.unpack_from(body, pos)

@@ -23,8 +23,8 @@ from dbsentry.config import Config, ConnectionConfig, MaskingConfig
 from dbsentry.masking import Catalog, classify_catalog, fetch_catalog
 from dbsentry.masking.catalog import SampleReport, fetch_samples
 from dbsentry.masking.sampling import SampledColumn, ValueFinding, classify_table_sample
-from dbsentry.server.tasks import spawn
 from dbsentry.session.masking import MaskingService
+from dbsentry.tasks import spawn
 
 log = logging.getLogger("dbsentry.masking")
 

@@ -17,7 +17,7 @@ import secrets
 import ssl
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, assert_never, cast
 
 from dbsentry import metrics
 from dbsentry.approvals import Approvals, ApprovalStoreError
@@ -32,13 +32,13 @@ from dbsentry.identity.ratelimit import login
 from dbsentry.policy.engine import Decision
 from dbsentry.server import tls
 from dbsentry.server.catalogs import CatalogError, CatalogLoader
-from dbsentry.server.tasks import spawn
 from dbsentry.session import commands as c
 from dbsentry.session.governance import Governor
 from dbsentry.session.pg import ClientInfo, Session
 from dbsentry.session.server_params import ServerParams
 from dbsentry.session.upstream import UpstreamHandshake, UpstreamReady
 from dbsentry.sql.facts import StatementFacts
+from dbsentry.tasks import spawn
 from dbsentry.wire.pg import codec
 from dbsentry.wire.pg.auth import AuthError, tls_server_end_point_hash
 
@@ -248,72 +248,67 @@ class ClientConnection(asyncio.Protocol):
                 # Behind a statement whose audit record is not committed yet: keep the order.
                 gate[-1].after.append(cmd)
             else:
-                self._execute(cmd, t)
+                self._execute(cmd)
 
-    def _execute(self, cmd: c.Command, t: type) -> None:
-        if t is c.SendUpstream:
-            up = self.upstream
-            if up is not None and up.transport is not None:
-                up.transport.write(cmd.data)  # type: ignore[union-attr]
-        elif t is c.SendClient:
-            if not self.closed and self.transport is not None:
-                self.transport.write(cmd.data)  # type: ignore[union-attr]
-        elif t is c.Log:
-            assert isinstance(cmd, c.Log)
-            log.log(cmd.level, cmd.event, extra={"fields": {"session": self.session.session_id, **cmd.fields}})
-            if cmd.event == "session.refused" and str(cmd.fields.get("sqlstate", "")).startswith("28"):
-                metrics.login_failed("password" if cmd.fields["sqlstate"] == "28P01" else "refused")
-        elif t is c.CloseClient:
-            self._close_client()
-        elif t is c.CloseUpstream:
-            self._close_upstream()
-        elif t is c.StartClientTLS:
-            spawn(self._start_tls(), name="client-tls")
-        elif t is c.VerifyPassword:
-            assert isinstance(cmd, c.VerifyPassword)
-            self._verify(cmd)
-        elif t is c.OpenUpstream:
-            assert isinstance(cmd, c.OpenUpstream)
-            spawn(self._open_upstream(cmd), name="upstream-connect")
-        elif t is c.LoginComplete:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            if self._wait is not None:
-                self._wait.cancel()
-                self._wait = None
-        elif t is c.Audit:
-            assert isinstance(cmd, c.Audit)
-            self._audit_nowait(cmd)
-        elif t is c.AuditGate:
-            assert isinstance(cmd, c.AuditGate)
-            self._start_gate(cmd)
-        elif t is c.GuardApproval:
-            assert isinstance(cmd, c.GuardApproval)
-            self._guard_approval(cmd)
-        elif t is c.SchemaChanged:
-            assert isinstance(cmd, c.SchemaChanged)
-            if self.proxy.catalogs is not None:
-                self.proxy.catalogs.refresh(cmd.connection)
-        elif t is c.CancelUpstream:
-            self.cancel_upstream()
-        elif t is c.ForwardCancel:
-            assert isinstance(cmd, c.ForwardCancel)
-            target = self.proxy.sessions.get(cmd.pid)
-            if target is not None and hmac.compare_digest(target.session.proxy_secret, cmd.secret):
-                target.cancel_upstream()
-            else:
-                log.info("cancel request with an unknown key ignored", extra={"fields": {"client": self.address}})
-        elif t is c.WaitForLogin:
-            assert isinstance(cmd, c.WaitForLogin)
-            self._wait = asyncio.get_running_loop().call_later(cmd.seconds, self._login_wait_timed_out)
-        elif t is c.WakeWaiting:
-            assert isinstance(cmd, c.WakeWaiting)
-            sessions = self.proxy.sessions
-            for pid in cmd.sessions:
-                waiting = sessions.get(pid)
-                if waiting is not None:
-                    waiting.run(waiting.session.waited_login_ended())
+    def _execute(self, cmd: c.Command) -> None:
+        """Carry out one command.  The match is exhaustive (mypy checks ``assert_never``):
+        a new command the shell does not carry out is a type error, not a silent drop."""
+        match cmd:
+            case c.SendUpstream(data=data):
+                up = self.upstream
+                if up is not None and up.transport is not None:
+                    up.transport.write(data)
+            case c.SendClient(data=data):
+                if not self.closed and self.transport is not None:
+                    self.transport.write(data)
+            case c.Log():
+                log.log(cmd.level, cmd.event, extra={"fields": {"session": self.session.session_id, **cmd.fields}})
+                if cmd.event == "session.refused" and str(cmd.fields.get("sqlstate", "")).startswith("28"):
+                    metrics.login_failed("password" if cmd.fields["sqlstate"] == "28P01" else "refused")
+            case c.CloseClient():
+                self._close_client()
+            case c.CloseUpstream():
+                self._close_upstream()
+            case c.StartClientTLS():
+                spawn(self._start_tls(), name="client-tls")
+            case c.VerifyPassword():
+                self._verify(cmd)
+            case c.OpenUpstream():
+                spawn(self._open_upstream(cmd), name="upstream-connect")
+            case c.LoginComplete():
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+                if self._wait is not None:
+                    self._wait.cancel()
+                    self._wait = None
+            case c.Audit():
+                self._audit_nowait(cmd)
+            case c.AuditGate():
+                self._start_gate(cmd)
+            case c.GuardApproval():
+                self._guard_approval(cmd)
+            case c.SchemaChanged():
+                if self.proxy.catalogs is not None:
+                    self.proxy.catalogs.refresh(cmd.connection)
+            case c.CancelUpstream():
+                self.cancel_upstream()
+            case c.ForwardCancel():
+                target = self.proxy.sessions.get(cmd.pid)
+                if target is not None and hmac.compare_digest(target.session.proxy_secret, cmd.secret):
+                    target.cancel_upstream()
+                else:
+                    log.info("cancel request with an unknown key ignored", extra={"fields": {"client": self.address}})
+            case c.WaitForLogin():
+                self._wait = asyncio.get_running_loop().call_later(cmd.seconds, self._login_wait_timed_out)
+            case c.WakeWaiting():
+                sessions = self.proxy.sessions
+                for pid in cmd.sessions:
+                    waiting = sessions.get(pid)
+                    if waiting is not None:
+                        waiting.run(waiting.session.waited_login_ended())
+            case _:
+                assert_never(cmd)
 
     # ------------------------------------------------------------------ audit
 
@@ -530,7 +525,7 @@ class ClientConnection(asyncio.Protocol):
             else:
                 todo = self.session.audit_failed(entry.cmd.frames, entry.cmd.records)
             for cmd in [*todo, *entry.after]:
-                self._execute(cmd, type(cmd))
+                self._execute(cmd)
         if len(gate) <= MAX_GATED_CHUNKS and self.transport is not None and not self.closed:
             self.transport.resume_reading()
 

@@ -20,10 +20,10 @@ from dbsentry.policy.loader import declared_environments
 from dbsentry.server.catalogs import CatalogLoader
 from dbsentry.server.proxy import ProxyServer
 from dbsentry.server.roles import log_production_roles
-from dbsentry.server.tasks import spawn
 from dbsentry.server.upstream_health import UpstreamHealth
 from dbsentry.session.governance import Governor
 from dbsentry.session.masking import MaskingService, load_or_create_key
+from dbsentry.tasks import spawn
 from dbsentry.web import WebContext, bind_http, create_app, serve_http
 
 log = logging.getLogger("dbsentry")

@@ -14,7 +14,8 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from dbsentry.audit import AuditConfig, CompletionRecord, SessionEvent, StatementRecord
+from dbsentry.audit.config import AuditConfig
+from dbsentry.audit.records import CompletionRecord, SessionEvent, StatementRecord
 from dbsentry.audit.redaction import LiteralRedactor, current
 from dbsentry.identity.model import Identity
 from dbsentry.policy.engine import Decision

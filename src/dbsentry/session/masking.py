@@ -67,6 +67,7 @@ from dbsentry.masking.strategies import PLACEHOLDERS
 from dbsentry.policy.cache import LRU
 from dbsentry.policy.engine import Decision
 from dbsentry.session.functions import FunctionSafety
+from dbsentry.sql import parse as sqlparse
 from dbsentry.sql.facts import StatementFacts, setting_values
 from dbsentry.wire.pg import codec, encodings
 from dbsentry.wire.pg import messages as m
@@ -194,7 +195,7 @@ _NOT_COPIED = frozenset(
 def copied_column_names(sql: str) -> set[str] | None:
     """Column names (lower case; ``*`` for a star) whose values the statement stores."""
     try:
-        tree = orjson.loads(pg_parser.parse_sql_json(sql))
+        tree = orjson.loads(sqlparse.parse_json(sql))
     except (pg_parser.ParseError, orjson.JSONDecodeError, RecursionError):
         return None
     out: set[str] = set()
@@ -264,7 +265,7 @@ def writes_masked_literal(sql: str) -> bool:
     if "*" not in sql and "<" not in sql and ".invalid" not in sql:
         return False
     try:
-        tree = orjson.loads(pg_parser.parse_sql_json(sql))
+        tree = orjson.loads(sqlparse.parse_json(sql))
     except (pg_parser.ParseError, orjson.JSONDecodeError, RecursionError):
         return True  # cannot tell: the statement is refused elsewhere anyway
     stack: list[Any] = [tree]

@@ -70,7 +70,7 @@ from dbsentry.session.server_params import (
     given_application_name,
 )
 from dbsentry.session.upstream import UpstreamReady
-from dbsentry.sql.facts import StatementFacts, setting_values, where_true_with
+from dbsentry.sql.facts import SQLParseError, StatementFacts, setting_values, where_true_with
 from dbsentry.wire.pg import codec, encodings
 from dbsentry.wire.pg import messages as m
 
@@ -187,11 +187,6 @@ AUDIT_UNAVAILABLE = "dbsentry: the audit trail is unavailable, so the statement 
 ALLOWED = Decision("allow", ())
 # Statement, portal and cursor names the proxy keeps for itself.
 _NOT_SENT_HINT = "dbsentry: the statement was not sent to the database"
-# Statements after which client_encoding may differ (besides SET and set_config).
-_MAY_CHANGE_ENCODING = frozenset(
-    {"RESET ALL", "DISCARD ALL", "COMMIT", "ROLLBACK", "ROLLBACK TO SAVEPOINT", "PREPARE TRANSACTION", "DO", "CALL"}
-)
-_OPAQUE_FLAGS = frozenset({"volatile_function", "side_effect_function", "dynamic_sql"})
 # A refused statement is replaced by one that fails upstream in order and names this.
 _MARKER = "dbsentry refused statement "
 _MARKER_BYTES = _MARKER.encode()
@@ -500,11 +495,11 @@ class Session:
     backend_pids: Mapping[tuple[str, int], int] | None = None
     backend_pid: int = 0
     # The session's client_encoding as the server reports it, and the Python codec that
-    # reads its text as the server does; until the cycle numbered _enc_settled is answered,
-    # a statement sent earlier may be changing it.
+    # reads its text as the server does (a statement not yet answered may be changing it).
     client_encoding: str = encodings.UTF8
     enc: str = "utf-8"
-    _enc_settled: int = 0
+    # earlier frames of this chunk, or of one before, are not answered yet
+    _in_flight: bool = False
 
     def __post_init__(self) -> None:
         self._client_frames = codec.FrameSplitter(MAX_AUTH_MESSAGE)
@@ -1158,6 +1153,7 @@ class Session:
                 before = self._prepared.get(parse_name)
             if gov is not None:
                 gated = len(chunk.gated)
+                self._in_flight = self._busy or i > 0
                 try:
                     self._govern_frame(gov, chunk, t, start, end)
                 except Exception as err:  # fail closed, and keep the session
@@ -1399,15 +1395,16 @@ class Session:
             chunk.replace(start, end, self._marker_query(marker))
             self._audit_refused(chunk, bytes(buf[start : min(end, start + 4096)]).decode(self.enc, "replace"), too_long)
             return
-        unsure = self._encoding_unsure(buf, start, end)
+        unsure = self._unreadable(buf, start, end)
+        sql = codec.decode_query(buf, start, end, self.enc).sql
+        if unsure is None and self._in_flight and not buf[start:end].isascii():
+            unsure = self._reads_alike(gov, bytes(buf[start : end - 1]), sql)
         if unsure:
             marker = self._refuse(unsure, "55000", chunk.commands)
             chunk.replace(start, end, self._marker_query(marker))
-            self._audit_refused(chunk, bytes(buf[start : min(end, start + 4096)]).decode(self.enc, "replace"), unsure)
+            self._audit_refused(chunk, sql[:4096], unsure)
             return
-        sql = codec.decode_query(buf, start, end, self.enc).sql
         check = self._check(gov, sql)
-        self._note_encoding_change(check.verdict.facts, self._cycles_sent)
         if check.allowed:
             check = self._check_sql_prepared(gov, check)
         plans: tuple[StatementPlan | None, ...] = ()
@@ -1787,15 +1784,17 @@ class Session:
         return None
 
     def _govern_parse(self, gov: Governor, chunk: _Chunk, start: int, end: int) -> None:
-        unsure = self._encoding_unsure(chunk.buf, start, end)
-        if unsure:
-            name, _ = codec.read_cstr(chunk.buf, start, end, self.enc)
-            self._prepared.pop(name, None)
-            marker = self._refuse(unsure, "55000", chunk.commands)
-            chunk.replace(start, end, codec.encode_parse(m.Parse(name, self._marker_sql(marker)), self.enc))
-            self._audit_refused(chunk, bytes(chunk.buf[start : min(end, start + 4096)]).decode(self.enc, "replace"), unsure)
-            return
+        unsure = self._unreadable(chunk.buf, start, end)
         parse = codec.decode_parse(chunk.buf, start, end, self.enc)
+        if unsure is None and self._in_flight and not chunk.buf[start:end].isascii():
+            at = chunk.buf.find(b"\x00", start, end) + 1
+            unsure = self._reads_alike(gov, bytes(chunk.buf[at : chunk.buf.find(b"\x00", at, end)]), parse.sql)
+        if unsure:
+            self._prepared.pop(parse.name, None)
+            marker = self._refuse(unsure, "55000", chunk.commands)
+            chunk.replace(start, end, codec.encode_parse(m.Parse(parse.name, self._marker_sql(marker)), self.enc))
+            self._audit_refused(chunk, parse.sql[:4096], unsure)
+            return
         too_long = self._too_long(len(parse.sql))
         if too_long:
             self._prepared.pop(parse.name, None)
@@ -1804,7 +1803,6 @@ class Session:
             self._audit_refused(chunk, parse.sql[:4096], too_long)
             return
         check = self._check(gov, parse.sql)
-        self._note_encoding_change(check.verdict.facts, self._cycles_sent + 1)
         if check.allowed:
             # SQL PREPARE / EXECUTE sent with the extended protocol, as in a Query.
             check = self._check_sql_prepared(gov, check)
@@ -1837,8 +1835,6 @@ class Session:
             portal, pos = codec.read_cstr(buf, start, end, self.enc)
             name, _ = codec.read_cstr(buf, pos, end, self.enc)
         known = self._prepared.get(name)
-        if known is not None:
-            self._note_encoding_change(known[2].verdict.facts, self._cycles_sent + 1)
         if known is not None and any(f.where_params for f in known[2].verdict.facts):
             values = _param_values(codec.decode_bind(buf, start, end, self.enc), self.enc, self._param_types.get(name, ()))
             bound = self._bound_always_true(gov, known[2], values)
@@ -1873,7 +1869,6 @@ class Session:
         # A FunctionCall names a function by OID only, so governance cannot check it:
         # where the baseline applies (production), it is refused (fail closed); so it is
         # for identities under masking, whose FunctionCallResponse no plan could mask.
-        self._enc_settled = max(self._enc_settled, self._cycles_sent)  # it may be set_config
         masked = self.masking is not None and not self.masking.exempt()
         if self._environment in gov.policy.production_environments or masked:
             rule = "baseline.function_call" if self._environment in gov.policy.production_environments else "masking.function_call"
@@ -2115,37 +2110,41 @@ class Session:
         if self.masking is not None:
             self.masking.enc = self.enc
 
-    def _note_encoding_change(self, facts: Sequence[StatementFacts], cycle: int) -> None:
-        """A statement that may change client_encoding was sent (SET, set_config, RESET
-        ALL, DISCARD ALL, the end of a transaction that may have set it, code the catalog
-        cannot vouch for): until its cycle is answered, the encoding is not known."""
-        view = self._catalog_view()
-        for f in facts:
-            executed = _executed(f)
-            if executed is not None and executed.prepared_name in self._prepared:
-                self._note_encoding_change(self._prepared[executed.prepared_name][2].verdict.facts, cycle)
-            if (
-                f.command in _MAY_CHANGE_ENCODING
-                or "client_encoding" in f.settings
-                or "?" in f.settings
-                or (f.flags & _OPAQUE_FLAGS if view is not None else bool(f.functions))
-            ):
-                self._enc_settled = max(self._enc_settled, cycle)
-                return
+    def _unreadable(self, buf: bytes, start: int, end: int) -> str | None:
+        """Text in EUC_TW or MULE_INTERNAL, which only read as ASCII here: refused."""
+        if self.enc != "ascii" or buf[start:end].isascii():
+            return None
+        return f"dbsentry: text in client_encoding {self.client_encoding} can only be read as ASCII"
 
-    def _encoding_unsure(self, buf: bytes, start: int, end: int) -> str | None:
-        """A refusal for text that is not ASCII while the client encoding may be changing,
-        or that the encoding cannot be read in at all (EUC_TW, MULE_INTERNAL)."""
-        if self._cycles_done >= self._enc_settled and self.enc != "ascii":
-            return None
-        if buf[start:end].isascii():
-            return None
-        if self.enc == "ascii":
-            return f"dbsentry: text in client_encoding {self.client_encoding} can only be read as ASCII"
-        return (
-            "dbsentry: client_encoding may be changing; send text that is not ASCII once the "
-            "statement that changes it has completed"
-        )
+    def _reads_alike(self, gov: Governor, raw: bytes, sql: str) -> str | None:
+        """A refusal when text that is not ASCII is sent while earlier statements are
+        unanswered (any of them may change client_encoding: a SET, but as well a view, a
+        cursor, an operator or a domain calling set_config) and it would be a different
+        statement in another client encoding; None when it reads as the same statement
+        in every encoding that can read it (ASCII reads the same in all of them)."""
+        try:
+            ours = gov.facts_cache.analyze(sql)
+        except SQLParseError:
+            return None  # refused as unparsable anyway
+        for enc in encodings.ALTERNATIVES:
+            if enc == self.enc:
+                continue
+            try:
+                other = raw.decode(enc)
+            except UnicodeDecodeError:
+                continue  # the server would refuse it in that encoding (22021)
+            if other == sql:
+                continue
+            try:
+                theirs = gov.facts_cache.analyze(other)
+            except SQLParseError:
+                continue  # and there it would not parse
+            if tuple(theirs) != tuple(ours):
+                return (
+                    "dbsentry: this statement reads differently in another client encoding, and a statement "
+                    "sent before it and not yet answered may change the encoding; send it once they are answered"
+                )
+        return None
 
     def _client_pid(self, frame: bytes) -> bytes:
         """A NotificationResponse names the backend that sent it: the pid that backend's

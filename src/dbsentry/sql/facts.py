@@ -42,6 +42,7 @@ from typing import Any, Literal
 import orjson
 from pglast import parser as _pg
 
+from dbsentry.sql import parse
 from dbsentry.sql.fold import UNKNOWN, UNKNOWN_PARAM, as_bool, bind, const, parse_bool, truth
 from dbsentry.sql.fold import strings as _strings
 from dbsentry.sql.fold import unwrap as _unwrap
@@ -279,7 +280,7 @@ class StatementFacts:
     def fingerprint(self) -> str:
         """libpg_query's fingerprint (constants ignored), computed on first use."""
         if not self._fingerprint:
-            self._fingerprint.append(_pg.fingerprint(self.text))
+            self._fingerprint.append(parse.fingerprint(self.text))
         return self._fingerprint[0]
 
 
@@ -1432,7 +1433,7 @@ def _parse_json(sql: str) -> str:
     """pglast's JSON text for ``sql``; raises SQLParseError (SQLTooComplex for depth and
     size problems)."""
     try:
-        tree_json = _pg.parse_sql_json(sql)
+        tree_json = parse.parse_json(sql)
     except _pg.ParseError as err:
         message = str(err.args[0]) if err.args else "parse error"
         location = err.args[1] if len(err.args) > 1 else None
@@ -1460,6 +1461,18 @@ def _load(tree_json: str) -> list[dict[str, Any]]:
         raise SQLTooComplex("nesting too deep") from None
     stmts: list[dict[str, Any]] = tree.get("stmts", []) if type(tree) is dict else []
     return stmts
+
+
+def _share_parse(
+    sql: str, body: str, shift: int, tree_json: str, index: int, alone: bool, span: tuple[int, int], text: str
+) -> None:
+    """Hand the parse of one statement to what reads its text next (redaction, the
+    fingerprint, lineage: sql.parse), so it is not parsed again on its own."""
+    if text == body:
+        return  # parse_json(body) is kept already
+    start = span[0] + (len(sql[span[0] : span[1]]) - len(sql[span[0] : span[1]].lstrip())) - shift
+    offset = start if body.isascii() else len(body[:start].encode())
+    parse.seed(text, tree_json, index, offset, alone)
 
 
 def _spans(sql: str, stmts: list[dict[str, Any]], shift: int) -> list[tuple[int, int]]:
@@ -1511,9 +1524,10 @@ def _analyze_tree(sql: str, body: str, shift: int, tree_json: str) -> list[State
     try:
         spans = _spans(body, stmts, shift)
         out = []
-        for raw_stmt, span in zip(stmts, spans, strict=True):
+        for index, (raw_stmt, span) in enumerate(zip(stmts, spans, strict=True)):
             text = sql[span[0] : span[1]].strip()
             out.append(_facts(raw_stmt.get("stmt"), text, span, has_params))
+            _share_parse(sql, body, shift, tree_json, index, len(stmts) == 1, span, text)
         return out
     except SQLParseError:
         raise

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dbsentry.web.app import create_app
-    from dbsentry.web.config import WebConfig
     from dbsentry.web.context import WebContext
     from dbsentry.web.serve import bind_http, serve_http
+    from dbsentry.webconfig import WebConfig
 
 _WHERE = {
     "create_app": "dbsentry.web.app",
-    "WebConfig": "dbsentry.web.config",
+    "WebConfig": "dbsentry.webconfig",
     "WebContext": "dbsentry.web.context",
     "bind_http": "dbsentry.web.serve",
     "serve_http": "dbsentry.web.serve",

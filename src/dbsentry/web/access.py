@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.types import Scope
 
 from dbsentry.web.auth import AuthError, Principal
-from dbsentry.web.config import Role, WebConfig
+from dbsentry.webconfig import Role, WebConfig
 
 
 class Capability(StrEnum):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from dbsentry.identity.model import Identity
 from dbsentry.identity.ratelimit import LoginThrottled
-from dbsentry.web.config import Role, WebConfig
+from dbsentry.webconfig import Role, WebConfig
 
 if TYPE_CHECKING:
     from dbsentry.identity import Authenticator

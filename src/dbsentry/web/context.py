@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from dbsentry.web.config import WebConfig
+from dbsentry.webconfig import WebConfig
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -15,8 +15,17 @@ if TYPE_CHECKING:
     from dbsentry.audit import AuditStore, AuditWriter
     from dbsentry.config import Config
     from dbsentry.identity import Authenticator
-    from dbsentry.server.upstream_health import UpstreamStatus
     from dbsentry.session.governance import Governor
+
+
+class UpstreamState(Protocol):
+    """What the last probe of a connection's upstream found (the proxy's
+    ``server.upstream_health.UpstreamStatus``): None before the first probe."""
+
+    @property
+    def reachable(self) -> bool | None: ...
+
+    def to_dict(self) -> dict[str, object]: ...
 
 
 def _no_sessions() -> Iterable[Any]:
@@ -45,7 +54,7 @@ class WebContext:
     live_sessions: Callable[[], Iterable[Any]] = _no_sessions
     web: WebConfig | None = None
     listener_up: Callable[[], bool] | None = None
-    upstreams: Callable[[], Mapping[str, UpstreamStatus]] | None = None
+    upstreams: Callable[[], Mapping[str, UpstreamState]] | None = None
     classification: Callable[[], Mapping[str, Any]] | None = None
     public_keys: Callable[[], Sequence[Ed25519PublicKey]] | None = None
     clock: Callable[[], float] = field(default=time.time)

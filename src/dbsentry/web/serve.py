@@ -13,7 +13,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from dbsentry.server.tasks import spawn
+from dbsentry.tasks import spawn
 
 log = logging.getLogger("dbsentry.web")
 

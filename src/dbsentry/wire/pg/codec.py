@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 
+from dbsentry.errors import ProtocolError as ProtocolError  # the codec raises it (re-exported)
 from dbsentry.wire.pg import messages as m
 
 MAX_STARTUP_PACKET = 10_000
@@ -27,12 +28,6 @@ _HDR = struct.Struct("!BI")
 _unpack_u32 = _U32.unpack_from
 _unpack_i32 = _I32.unpack_from
 _unpack_i16 = _I16.unpack_from
-
-
-class ProtocolError(Exception):
-    """The peer broke the protocol; the connection cannot continue."""
-
-    sqlstate = "08P01"
 
 
 class MessageTooLarge(ProtocolError):

@@ -66,6 +66,12 @@ CODECS: dict[str, str | None] = {
     "JOHAB": "johab",
 }
 
+#: What a statement's bytes may mean if the encoding changed before the server reads
+#: them: UTF-8, Latin-1 (standing for every encoding where ASCII is ASCII: they differ from
+#: one another only in characters above it) and each encoding whose second bytes may look
+#: like ASCII.
+ALTERNATIVES = ("utf-8", "latin-1", "cp932", "dbsentry-shift-jis-2004", "cp950", "gbk", "gb18030", "cp949", "johab")
+
 #: Encodings in which a byte below 0x80 may be the second byte of a character: reading
 #: them byte-wise (or in another encoding) would see quotes and backslashes that are not.
 NOT_ASCII_SAFE = frozenset({"SJIS", "SHIFT_JIS_2004", "BIG5", "GBK", "GB18030", "UHC", "JOHAB"})
