@@ -11,25 +11,16 @@ from pathlib import Path
 import click
 
 from dbsentry import __version__
+from dbsentry.cli_options import config_option, full_path
 from dbsentry.config import ConfigError, LoadedConfig, load_config
 from dbsentry.logs import setup_logging
-
-config_option = click.option(
-    "-c",
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default="dbsentry.yaml",
-    show_default=True,
-    help="The dbsentry configuration file.",
-)
 
 
 def load_or_exit(path: Path) -> LoadedConfig:
     try:
         return load_config(path)
     except ConfigError as err:
-        click.echo(f"dbsentry: invalid configuration {path}:\n{err}", err=True)
+        click.echo(f"dbsentry: invalid configuration {full_path(path)}:\n{err}", err=True)
         sys.exit(2)
 
 
@@ -157,7 +148,7 @@ def check_config(config_path: Path, offline: bool, strict: bool) -> None:
     try:
         check_environments(config, declared_environments(pol))
     except ConfigError as err:
-        click.echo(f"dbsentry: invalid configuration {config_path}:\n{err}", err=True)
+        click.echo(f"dbsentry: invalid configuration {loaded.path}:\n{err}", err=True)
         sys.exit(2)
     warnings = 0
     if not offline and not config.passthrough:
@@ -168,7 +159,7 @@ def check_config(config_path: Path, offline: bool, strict: bool) -> None:
             click.echo(f"{level.upper()}: {message}", err=True)
     production = sorted(n for n, c in config.connections.items() if c.environment in pol.production_environments)
     click.echo(
-        f"{loaded.path.name}: ok ({len(config.connections)} connections; production: {', '.join(production) or 'none'})"
+        f"{loaded.path}: ok ({len(config.connections)} connections; production: {', '.join(production) or 'none'})"
         + (f"; {warnings} warning{'s' if warnings != 1 else ''}" if warnings else "")
     )
     if strict and warnings:

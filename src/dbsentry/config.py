@@ -353,6 +353,9 @@ class LimitsConfig(_Model):
     # A logged-in client gets its upstream connection at its first statement, not at login
     # (once the connection's server parameters are known); connections may override it.
     lazy_upstream: bool = True
+    # How often every connection's upstream is probed (a TCP connect) for /readyz and the
+    # log; 0 turns the probe off.
+    upstream_check_seconds: float = Field(default=10.0, ge=0)
 
 
 class Config(_Model):
@@ -471,7 +474,7 @@ def parse_config(data: Any, base_dir: Path) -> Config:
 
 
 def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
-    p = Path(path)
+    p = Path(path).expanduser().resolve()  # messages name the file in full
     try:
         text = p.read_text()
     except OSError as err:
@@ -480,4 +483,4 @@ def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{p}: not valid YAML: {err}") from None
-    return LoadedConfig(parse_config(data, p.resolve().parent), p.resolve())
+    return LoadedConfig(parse_config(data, p.parent), p)

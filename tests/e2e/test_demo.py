@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -20,6 +19,8 @@ import pytest
 
 from dbsentry.demo.embedded import find_bindir
 from dbsentry.demo.tour import STEPS
+from support.demo import CLUSTER, Clusters
+from support.processes import interrupt
 
 pytestmark = [
     pytest.mark.e2e,
@@ -33,7 +34,6 @@ _ENV = {
     "PYTHONIOENCODING": "utf-8",
     "NO_COLOR": "1",
 }
-_CLUSTER = re.compile(r"PostgreSQL: (?:created a new cluster|reusing the cluster) in (\S+)")
 
 
 def _free_port() -> int:
@@ -50,35 +50,8 @@ def _demo_cmd(directory: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-class _Clusters:
-    """Clusters the demo placed outside its directory (as root, when the server's OS user
-    cannot reach a pytest temporary directory): removed after the test."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.paths: set[Path] = set()
-
-    def note(self, output: str) -> None:
-        for match in _CLUSTER.finditer(output):
-            path = Path(match.group(1))
-            if path.is_absolute() and not path.is_relative_to(self.base):
-                self.paths.add(path)
-
-    def remove(self) -> None:
-        for path in self.paths:
-            if path.name.startswith("dbsentry-demo-pg-"):
-                shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def clusters(tmp_path: Path) -> Iterator[_Clusters]:
-    found = _Clusters(tmp_path)
-    yield found
-    found.remove()
-
-
 def _run_tour(
-    directory: Path, cwd: Path, clusters: _Clusters
+    directory: Path, cwd: Path, clusters: Clusters
 ) -> tuple[subprocess.CompletedProcess[str], float]:
     started = time.monotonic()
     proc = subprocess.run(
@@ -104,7 +77,7 @@ def _assert_tour_passed(proc: subprocess.CompletedProcess[str]) -> None:
 
 
 def _cluster_stopped(output: str, cwd: Path) -> bool:
-    match = _CLUSTER.search(output)
+    match = CLUSTER.search(output)
     assert match is not None, output
     root = Path(match.group(1))
     root = root if root.is_absolute() else cwd / root
@@ -113,7 +86,7 @@ def _cluster_stopped(output: str, cwd: Path) -> bool:
 
 @pytest.mark.timeout(600)
 def test_tour_passes_and_passes_again_reusing_the_directory(
-    tmp_path: Path, clusters: _Clusters
+    tmp_path: Path, clusters: Clusters
 ) -> None:
     directory = tmp_path / "demo"
 
@@ -183,7 +156,7 @@ class _Lines:
 
 @pytest.mark.timeout(300)
 def test_demo_prints_connection_strings_serves_psql_and_stops_on_sigint(
-    tmp_path: Path, clusters: _Clusters
+    tmp_path: Path, clusters: Clusters
 ) -> None:
     directory = tmp_path / "demo"
     proc = subprocess.Popen(
@@ -204,7 +177,12 @@ def test_demo_prints_connection_strings_serves_psql_and_stops_on_sigint(
             banner,
         )
         strings = {user: conninfo for conninfo, user in found}
-        assert set(strings) == {"analyst@example.com", "dba@example.com", "ai-agent"}, banner
+        assert set(strings) == {
+            "analyst@example.com",
+            "dba@example.com",
+            "lead@example.com",
+            "ai-agent",
+        }, banner
         console = re.search(r"console +(http://127\.0\.0\.1:\d+/)", banner)
         assert console is not None, banner
         assert "dbsentry approvals approve <request id>" in banner
@@ -235,7 +213,8 @@ def test_demo_prints_connection_strings_serves_psql_and_stops_on_sigint(
             _demo_cmd(directory), cwd=tmp_path, env=_ENV, capture_output=True, text=True, timeout=60
         )
         assert again.returncode == 2
-        assert "another dbsentry demo is running" in again.stdout
+        assert re.search(r"another dbsentry demo \(pid \d+\) is running", again.stdout)
+        assert "To tour the running demo:" in again.stdout
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
@@ -244,11 +223,5 @@ def test_demo_prints_connection_strings_serves_psql_and_stops_on_sigint(
         assert "PostgreSQL stopped" in out.text
         assert _cluster_stopped(out.text, tmp_path)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        interrupt(proc, timeout=30)
         proc.stdout.close()

@@ -328,7 +328,19 @@ def test_unknown_connection(lenient: RunningProxy, before: psycopg.Connection[An
         client.read_message()
         client.send(typed(b"p", lenient.token(ALICE, ("eng",)).encode() + b"\0"))
         fields = client.expect_fatal()
-    assert fatal(fields) == ("FATAL", "3D000", 'dbsentry: connection "nope" does not exist')
+    # The identity is told which connections it can use ("restricted" is for dba only).
+    assert fatal(fields) == (
+        "FATAL",
+        "3D000",
+        'dbsentry: connection "nope" does not exist; connections you can use: down, prod, staging',
+    )
+    assert fields["H"] == "The database name picks the connection, e.g. dbname=down"
+    with tls_client(lenient) as client:
+        client.send(startup_packet(user="dora@example.com", database="nope"))
+        client.read_message()
+        client.send(typed(b"p", lenient.token("dora@example.com", ("dba",)).encode() + b"\0"))
+        fields = client.expect_fatal()
+    assert fields["M"].endswith("connections you can use: down, prod, restricted, staging")
     assert_serving(lenient, before)
 
 

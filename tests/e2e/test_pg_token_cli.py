@@ -235,7 +235,7 @@ def test_missing_config_file(tmp_path: Path) -> None:
 
 def test_check_config_ok(proxy: RunningProxy) -> None:
     done = dbsentry_cli("check-config", "--offline", config=proxy.config_path)
-    assert done.stdout.strip() == "dbsentry.yaml: ok (3 connections; production: prod)"
+    assert done.stdout.strip() == f"{proxy.config_path}: ok (3 connections; production: prod)"
     assert done.stderr == ""
 
 

@@ -6,12 +6,9 @@ browser download is never used).  Screenshots land in ``test-artifacts/console/`
 
 from __future__ import annotations
 
-import asyncio
 import random
 import shutil
-import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +16,15 @@ from typing import Any
 
 import pytest
 
-from dbsentry.audit import AuditWriter, CompletionRecord, SessionEvent, StatementRecord
+from dbsentry.audit import CompletionRecord, SessionEvent, StatementRecord
 from dbsentry.audit.sqlite_store import SQLiteStore
 from dbsentry.audit.store import encode
 from dbsentry.config import Config, parse_config
-from dbsentry.identity import Authenticator, Identity, TokenStore
+from dbsentry.identity import TokenStore
 from dbsentry.session.governance import Governor
-from dbsentry.web import WebConfig, WebContext, bind_http, create_app, serve_http
+from support.approvals import add_pending
+from support.console import CHROMIUM, launch_chromium, serve_console
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"
 
 pytestmark = [
@@ -269,45 +266,6 @@ class Console:
     approvals: Any
 
 
-class _ServerThread:
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.sock = bind_http("127.0.0.1", 0)
-        self.port = self.sock.getsockname()[1]
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, name="console", daemon=True)
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            self._ready.set()
-            await serve_http(self.app, "127.0.0.1", self.port, self._stop, sock=self.sock)
-
-        asyncio.run(main())
-
-    def start(self) -> None:
-        self._thread.start()
-        self._ready.wait(10)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1):
-                    return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(15)
-        assert not self._thread.is_alive(), "the HTTP server did not stop"
-
-
 def _config(tmp_path: Path) -> Config:
     (tmp_path / "policy.yaml").write_text(POLICY)
     return parse_config(
@@ -339,49 +297,28 @@ def console(tmp_path: Path) -> Iterator[Console]:
         tokens.create(name, groups, "human" if kind == "human" else "agent", 30 * 86400)
     approvals: Any = None
     try:
-        from dbsentry.approvals import open_approval_store, statement_request
+        from dbsentry.approvals import open_approval_store
 
         approvals = open_approval_store(config.audit, config.state_dir)
-        now = time.time()
         for who, sql in (
             ("bob@acme.io", "DELETE FROM orders WHERE status = 'stale'"),
             ("carol@acme.io", "UPDATE customers SET tier = 'gold' WHERE id IN (17, 18, 19)"),
         ):
-            approvals.create_or_get_pending(
-                statement_request(
-                    identity=Identity(who, frozenset({"analysts"}), "human", "t", "token"),
-                    connection="prod",
-                    environment="production",
-                    sql=sql,
-                    params=None,
-                    approvers=["dba"],
-                    min_approvals=1,
-                    now=now - 300,
-                    ttl_seconds=3600,
-                    validity_seconds=3600,
-                    rules=("bulk-delete-needs-approval",),
-                )
+            add_pending(
+                approvals, who, sql, age_seconds=300, rules=("bulk-delete-needs-approval",)
             )
     except ImportError:
         approvals = None
-    writer = AuditWriter(SQLiteStore(store_path), "sync")
-    writer.start()
-    ctx = WebContext(
-        config=config,
-        authenticator=Authenticator(config, tokens=tokens),
-        audit_store=lambda: SQLiteStore(store_path),
-        governor=Governor.from_path(config.policy),
-        audit_writer=writer,
-        approvals=approvals,
-        web=WebConfig(stream_poll_seconds=0.3),
-    )
-    server = _ServerThread(create_app(ctx))
-    server.start()
     try:
-        yield Console(f"http://127.0.0.1:{server.port}", issued, store_path, approvals)
+        with serve_console(
+            config,
+            store_path,
+            tokens,
+            governor=Governor.from_path(config.policy),
+            approvals=approvals,
+        ) as url:
+            yield Console(url, issued, store_path, approvals)
     finally:
-        server.stop()
-        writer.close()
         if approvals is not None:
             approvals.close()
         tokens.close()
@@ -393,15 +330,7 @@ def test_console(console: Console) -> None:
         shutil.rmtree(ARTIFACTS)
     ARTIFACTS.mkdir(parents=True)
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-            ],
-        )
+        browser = launch_chromium(pw)
         try:
             page = browser.new_page(viewport={"width": 1440, "height": 900})
             errors: list[str] = []

@@ -10,19 +10,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_web_console import _ServerThread  # type: ignore[import-not-found]
 
 from dbsentry.audit.sqlite_store import SQLiteStore
 from dbsentry.config import parse_config
 from dbsentry.identity import Authenticator
 from dbsentry.web import WebConfig, WebContext, create_app
+from support.console import ServerThread
 
 pytestmark = pytest.mark.e2e
 
 HEADER_TIMEOUT = 1.0
 
 
-class Server(_ServerThread):  # type: ignore[misc]
+class Server(ServerThread):
     """The console's test server as a context manager."""
 
     def __enter__(self) -> Server:

@@ -3,6 +3,8 @@ own loaders (the type rules a real client applies)."""
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import ipaddress
 import uuid
 
@@ -18,6 +20,7 @@ from dbsentry.masking.strategies import (
     DEFAULT_STRATEGIES,
     PLACEHOLDERS,
     STRATEGIES,
+    TYPED_MASKS,
     make_detect_masker,
     make_masker,
     mask_text,
@@ -182,11 +185,81 @@ def test_uuid_hash_is_a_uuid(fmt: int) -> None:
         u.bytes if fmt == 0 else str(u).encode()
     )
     assert load(UUID, 1 - fmt, other) == value  # text and binary hash alike
-    assert make_masker("redact", None, UUID, -1, fmt, KEY)(raw) is None
+    assert load(UUID, fmt, make_masker("redact", None, UUID, -1, fmt, KEY)(raw)) == uuid.UUID(int=0)
+
+
+# What psycopg reads for the masked value of each type, in both formats (the types the
+# docs list in docs/masking.md, "Types without a placeholder").
+TYPED = {
+    DATE: datetime.date(1900, 1, 1),
+    1114: datetime.datetime(1900, 1, 1),
+    1184: datetime.datetime(1900, 1, 1, tzinfo=datetime.UTC),
+    1083: datetime.time(0, 0),
+    1266: datetime.time(0, 0, tzinfo=datetime.UTC),
+    1186: datetime.timedelta(0),
+    INET: ipaddress.ip_address("0.0.0.0"),
+    650: ipaddress.ip_network("0.0.0.0/32"),
+    21: 0,
+    INT4: 0,
+    INT8: 0,
+    700: 0.0,
+    701: 0.0,
+    1700: decimal.Decimal(0),
+    UUID: uuid.UUID(int=0),
+}
 
 
 @pytest.mark.parametrize("fmt", [0, 1])
-@pytest.mark.parametrize("oid", [INT4, INT8, DATE, INET, TEXT_ARRAY, 1700, 16])
+@pytest.mark.parametrize("oid", sorted(TYPED))
+def test_types_without_a_placeholder_get_a_typed_masked_value(oid: int, fmt: int) -> None:
+    raw = TYPED_MASKS[oid][fmt]  # any value of the type: the masked one is fixed
+    for strategy in ("redact", "partial"):
+        masked = make_masker(strategy, D.DATE_OF_BIRTH, oid, -1, fmt, KEY)(raw)
+        assert load(oid, fmt, masked) == TYPED[oid]
+        assert masked == TYPED_MASKS[oid][fmt]
+    assert make_masker("null", D.DATE_OF_BIRTH, oid, -1, fmt, KEY)(raw) is None
+
+
+@pytest.mark.parametrize("fmt", [0, 1])
+def test_mac_addresses_are_zero(fmt: int) -> None:
+    assert make_masker("redact", D.SECRET, 829, -1, fmt)(b"x") == (
+        b"00:00:00:00:00:00" if fmt == 0 else bytes(6)
+    )
+
+
+@pytest.mark.parametrize("fmt", [0, 1])
+@pytest.mark.parametrize(
+    ("value", "partial"),
+    [
+        ("203.0.113.77", "203.0.0.0"),
+        ("198.51.100.9/24", "198.51.0.0/24"),
+        ("2001:db8:1:2::1", "2001:db8:1::"),
+    ],
+)
+def test_inet_partial_keeps_the_network_half_and_hash_is_an_address(
+    value: str, partial: str, fmt: int
+) -> None:
+    iface = ipaddress.ip_interface(value)
+    if fmt == 0:
+        raw = value.encode()
+    else:
+        family = 2 if iface.version == 4 else 3
+        packed = iface.ip.packed
+        raw = bytes((family, iface.network.prefixlen, 0, len(packed))) + packed
+    got = load(INET, fmt, make_masker("partial", D.IP_ADDRESS, INET, -1, fmt, KEY)(raw))
+    want = ipaddress.ip_interface(partial) if "/" in partial else ipaddress.ip_address(partial)
+    assert got == want
+    hashed = load(INET, fmt, make_masker("hash", D.IP_ADDRESS, INET, -1, fmt, KEY)(raw))
+    address = getattr(hashed, "ip", hashed)
+    assert isinstance(address, ipaddress.IPv4Address | ipaddress.IPv6Address)
+    assert address != iface.ip
+    assert address in ipaddress.ip_network("10.0.0.0/8" if iface.version == 4 else "fd00::/8")
+    unreadable = make_masker("hash", D.IP_ADDRESS, INET, -1, fmt, KEY)(b"\x00garbage")
+    assert load(INET, fmt, unreadable) == ipaddress.ip_address("0.0.0.0")
+
+
+@pytest.mark.parametrize("fmt", [0, 1])
+@pytest.mark.parametrize("oid", [TEXT_ARRAY, 16, 790])
 def test_other_types_become_null(oid: int, fmt: int) -> None:
     for strategy in STRATEGIES:
         assert make_masker(strategy, D.PHONE, oid, -1, fmt, KEY)(b"whatever") is None
@@ -243,7 +316,7 @@ def test_detect_masker_json(fmt: int) -> None:
 
 def test_detect_masker_other_types() -> None:
     digits = make_detect_masker(INT8, -1, 0, KEY)
-    assert digits is not None and digits(b"4242424242424242") is None and digits(b"42") == b"42"
+    assert digits is not None and digits(b"4242424242424242") == b"0" and digits(b"42") == b"42"
     assert make_detect_masker(INT8, -1, 1, KEY) is None
     assert make_detect_masker(DATE, -1, 0, KEY) is None
     arr = make_detect_masker(TEXT_ARRAY, -1, 0, KEY)
@@ -284,7 +357,7 @@ def test_masked_values_stay_loadable(
 @given(
     st.binary(max_size=64),
     st.sampled_from(STRATEGIES),
-    st.sampled_from([TEXT, VARCHAR, BPCHAR, JSON, JSONB, BYTEA, UUID, INT8]),
+    st.sampled_from([TEXT, VARCHAR, BPCHAR, JSON, JSONB, BYTEA, UUID, INT8, INET, 650, DATE]),
     st.sampled_from([0, 1]),
 )
 def test_maskers_never_crash_on_any_bytes(raw: bytes, strategy: str, oid: int, fmt: int) -> None:

@@ -36,6 +36,7 @@ from dbsentry.audit.config import AuditConfig
 from dbsentry.audit.query import iso
 from dbsentry.audit.records import ApprovalRecord
 from dbsentry.audit.store import AuditStoreError, open_store
+from dbsentry.cli_options import comment_option, config_option, full_path
 from dbsentry.config import Config, ConfigError, load_config
 from dbsentry.identity import Authenticator, Identity, parse_duration
 from dbsentry.identity.tokens import TOKEN_PREFIX
@@ -43,15 +44,6 @@ from dbsentry.identity.tokens import TOKEN_PREFIX
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
 
-_config_option = click.option(
-    "-c",
-    "--config",
-    "config_path",
-    default="dbsentry.yaml",
-    show_default=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The dbsentry configuration file.",
-)
 _token_option = click.option(
     "--token",
     envvar="DBSENTRY_TOKEN",
@@ -76,7 +68,7 @@ def _load(path: Path) -> _Context:
     try:
         loaded = load_config(path)
     except ConfigError as err:
-        _fail(f"invalid configuration {path}:\n{err}", EXIT_USAGE)
+        _fail(f"invalid configuration {full_path(path)}:\n{err}", EXIT_USAGE)
     config = loaded.config
     approvals = getattr(config, "approvals", None)
     if not isinstance(approvals, ApprovalsConfig):
@@ -204,7 +196,7 @@ def approvals() -> None:
 
 
 @approvals.command("list")
-@_config_option
+@config_option
 @_status_option
 @click.option("--kind", type=click.Choice(["statement", "access"]), help="Only this kind.")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000))
@@ -222,7 +214,7 @@ def list_cmd(config_path: Path, status: str, kind: str | None, limit: int, as_js
 
 
 @approvals.command("show")
-@_config_option
+@config_option
 @click.argument("request_id")
 @click.option("--json", "as_json", is_flag=True, help="The request as JSON.")
 def show_cmd(config_path: Path, request_id: str, as_json: bool) -> None:
@@ -273,8 +265,16 @@ def show_cmd(config_path: Path, request_id: str, as_json: bool) -> None:
 
 
 def _review(
-    config_path: Path, request_id: str, token: str, reason: str | None, approve: bool
+    config_path: Path,
+    request_id: str,
+    token: str,
+    comment: str | None,
+    reason_alias: str | None,
+    approve: bool,
 ) -> None:
+    if comment is not None and reason_alias is not None:
+        raise click.UsageError("give --comment once (--reason is its old name)")
+    reason = comment if comment is not None else reason_alias
     ctx = _load(config_path)
     reviewer = _who(ctx, token)
     with _service(ctx, audited=True) as svc:
@@ -301,23 +301,27 @@ def _review(
 
 
 @approvals.command("approve")
-@_config_option
+@config_option
 @click.argument("request_id")
 @_token_option
-@click.option("--reason", help="Why (recorded in the audit trail).")
-def approve_cmd(config_path: Path, request_id: str, token: str, reason: str | None) -> None:
+@comment_option("Why, for the audit trail (the console's comment).")
+def approve_cmd(
+    config_path: Path, request_id: str, token: str, comment: str | None, reason_alias: str | None
+) -> None:
     """Approve a pending request as the identity your token proves."""
-    _review(config_path, request_id, token, reason, True)
+    _review(config_path, request_id, token, comment, reason_alias, True)
 
 
 @approvals.command("deny")
-@_config_option
+@config_option
 @click.argument("request_id")
 @_token_option
-@click.option("--reason", help="Why (shown to the requester, recorded in the audit trail).")
-def deny_cmd(config_path: Path, request_id: str, token: str, reason: str | None) -> None:
+@comment_option("Why, shown to the requester and kept in the audit trail (the console's comment).")
+def deny_cmd(
+    config_path: Path, request_id: str, token: str, comment: str | None, reason_alias: str | None
+) -> None:
     """Deny a pending request as the identity your token proves."""
-    _review(config_path, request_id, token, reason, False)
+    _review(config_path, request_id, token, comment, reason_alias, False)
 
 
 # --- dbsentry access ---------------------------------------------------------------------------
@@ -329,7 +333,7 @@ def access() -> None:
 
 
 @access.command("request")
-@_config_option
+@config_option
 @_token_option
 @click.option("--group", help="The group to be added to.")
 @click.option("--connection", help="The connection to be allowed on.")
@@ -364,7 +368,9 @@ def request_cmd(
         conn = ctx.config.connections.get(connection)
         if conn is None:
             raise click.BadParameter(
-                f"no connection {connection!r} in {config_path}", param_hint="--connection"
+                f"no connection {connection!r} in {full_path(config_path)} "
+                f"(known: {', '.join(sorted(ctx.config.connections)) or 'none'})",
+                param_hint="--connection",
             )
         environment = conn.environment
     if not cfg.enabled:
@@ -400,7 +406,7 @@ def request_cmd(
 
 
 @access.command("list")
-@_config_option
+@config_option
 @_status_option
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
@@ -417,7 +423,7 @@ def access_list_cmd(config_path: Path, status: str, limit: int, as_json: bool) -
 
 
 @access.command("grants")
-@_config_option
+@config_option
 @click.option("--identity", help="Only this identity's grants.")
 @click.option("--all", "show_all", is_flag=True, help="Expired grants too.")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000))

@@ -55,7 +55,9 @@ def review_refusal(
         return ReviewRefused("expired", f"request {request.id} expired before it was reviewed")
     if _same_name(reviewer.name, request.requester):
         return ReviewRefused(
-            "self_review", f"{reviewer.name} made request {request.id} and cannot review it"
+            "self_review",
+            f"{reviewer.name} made request {request.id} and cannot review it; another member "
+            f"of {' or '.join(request.approvers) or 'the approver groups'} must",
         )
     if reviewer.is_agent:
         return ReviewRefused("agent", f"{reviewer.name} is an agent; only people review requests")

@@ -192,9 +192,12 @@ class Approvals:
         return self.store.consume_all(identity, connection, keys, self._clock())
 
     def _who(self, request: ApprovalRequest) -> str:
+        # A requester who is an approver too cannot review their own request: say so.
+        own = set(request.requester_groups) & set(request.approvers)
+        other = f", by someone other than {request.requester}" if own else ""
         return (
             f"{', '.join(request.approvers)} "
-            f"({_plural(request.required_approvals, 'approval')} needed)"
+            f"({_plural(request.required_approvals, 'approval')} needed{other})"
         )
 
     def refusal_message(self, request: ApprovalRequest) -> str:

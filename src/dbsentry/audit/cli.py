@@ -22,15 +22,18 @@ from dbsentry.audit.query import (
     export_csv,
     export_jsonl,
     iso,
+    outcome_text,
     parse_when,
     raw_row,
     search,
     summary_line,
     tail,
 )
+from dbsentry.audit.records import STATEMENT_DECISIONS
 from dbsentry.audit.redaction import LiteralRedactor, load_or_create_redaction_key
 from dbsentry.audit.store import AuditStore, AuditStoreError, SearchFilter, open_store
 from dbsentry.audit.verify import ArchiveError, archive, verify, verify_archive
+from dbsentry.cli_options import config_option, full_path
 from dbsentry.config import ConfigError, load_config
 from dbsentry.masking.detect import detect_value
 
@@ -96,12 +99,12 @@ class AuditContext:
             raise click.ClickException(f"cannot load the audit signing key {path}: {err}") from None
 
 
-def load_audit_context(config_path: str) -> AuditContext:
+def load_audit_context(config_path: str | Path) -> AuditContext:
     """The audit settings and state directory of a configuration file."""
     try:
         loaded = load_config(config_path)
     except ConfigError as err:
-        raise click.ClickException(str(err)) from None
+        raise click.ClickException(f"invalid configuration {full_path(config_path)}:\n{err}") from None
     audit = getattr(loaded.config, "audit", None)
     if not isinstance(audit, AuditConfig):
         audit = AuditConfig()
@@ -124,7 +127,11 @@ def _filter_options(f: F) -> F:
         click.option("--connection", help="Connection name."),
         click.option("--environment", help="Environment (production, staging, ...)."),
         click.option("--table", help="Table touched (name or schema.name)."),
-        click.option("--decision", help="allow, deny, mask, pending_approval, ..."),
+        click.option(
+            "--decision",
+            type=click.Choice(STATEMENT_DECISIONS),
+            help="What the proxy did with the statement.",
+        ),
         click.option("--session", "session_id", help="Session id."),
         click.option("--since", help="ISO time or 30m / 12h / 7d ago."),
         click.option("--until", help="ISO time or 30m / 12h / 7d ago."),
@@ -168,18 +175,10 @@ def _with_audit(f: Callable[..., None]) -> Callable[..., None]:
     """Give a subcommand ``-c/--config`` and call it with the loaded AuditContext first."""
 
     @functools.wraps(f)
-    def wrapper(*, config_path: str, **kw: Any) -> None:
+    def wrapper(*, config_path: Path, **kw: Any) -> None:
         f(load_audit_context(config_path), **kw)
 
-    return click.option(
-        "-c",
-        "--config",
-        "config_path",
-        default="dbsentry.yaml",
-        show_default=True,
-        type=click.Path(dir_okay=False),
-        help="Configuration file.",
-    )(wrapper)
+    return config_option(wrapper)
 
 
 @click.group("audit")
@@ -205,7 +204,8 @@ def search_cmd(
                 out.write(orjson.dumps(row).decode() + "\n")
                 continue
             text = " ".join(str(row["statement"] or "").split())
-            outcome = f"error {row['sqlstate']}" if row["error"] else f"rows={row['rows']}"
+            failed = row["sqlstate"] or ("?" if row["error"] else None)
+            outcome = outcome_text(row["rows"], row["duration_ms"], failed, row["decision"])
             click.echo(
                 f"{row['time']} #{row['seq']} {row['identity']} ({row['identity_kind']}) "
                 f"{row['connection']}/{row['environment']} {row['decision']} {outcome}: {text[:160]}"
@@ -346,23 +346,20 @@ def archive_cmd(obj: AuditContext, before: str, out: Path | None) -> None:
 
 
 @click.command("report")
-@click.option(
-    "-c",
-    "--config",
-    "config_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Configuration file.",
-)
+@config_option
 @click.option(
     "--since", default="30d", show_default=True, help="Start of the period (ISO time or 30d)."
 )
 @click.option("--until", help="End of the period (default: now).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output directory [default: reports/report-<time> in the state directory].",
+)
 @click.option("--title", default="Database access review", show_default=True)
 @click.option("--organisation", help="Shown under the title.")
 def report(
-    config_path: str,
+    config_path: Path,
     since: str,
     until: str | None,
     out: Path | None,
@@ -377,7 +374,9 @@ def report(
     assert start is not None
     end = _when(until) if until else _time.time()
     if out is None:
-        out = Path(f"dbsentry-report-{datetime.now(UTC).strftime('%Y%m%d')}")
+        # Next to the audit trail it reports on, never in the working directory (a checkout).
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        out = obj.state_dir / "reports" / f"report-{stamp}"
     with obj.store() as store:
         result = verify(store, obj.public_keys())
         rep = build_report(
@@ -393,4 +392,6 @@ def report(
     click.echo(
         f"report for {iso(start)} .. {iso(end)}: {rep.statements} statements, chain {'intact' if rep.verification_ok else 'BROKEN'}"
     )
-    click.echo(f"wrote {rep.out_dir / 'report.html'} and {len(rep.files) - 1} more files")
+    click.echo(
+        f"wrote {full_path(rep.out_dir / 'report.html')} and {len(rep.files) - 1} more files"
+    )

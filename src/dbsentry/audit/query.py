@@ -134,6 +134,25 @@ def raw_row(r: StoredRecord) -> dict[str, Any]:
     }
 
 
+def outcome_text(
+    rows: int | None,
+    duration_ms: float | None,
+    sqlstate: str | None,
+    decision: str | None = None,
+) -> str:
+    """What became of a statement, in words: ``error 42501``, ``3 rows``, ``ok`` (done, no
+    row count: DDL, SET...), ``not run`` (refused, no outcome) or ``no outcome yet``."""
+    if sqlstate:
+        return f"error {sqlstate}"
+    if rows is not None:
+        return f"{rows} row{'' if rows == 1 else 's'}"
+    if duration_ms is not None:
+        return "ok"
+    if decision in ("deny", "require_approval"):
+        return "not run"
+    return "no outcome yet"
+
+
 def summary_line(r: StoredRecord) -> str:
     """One human-readable line for ``audit tail``."""
     d = r.data()
@@ -148,8 +167,10 @@ def summary_line(r: StoredRecord) -> str:
         where = f"{d.get('connection') or '-'}/{d.get('environment') or '-'}"
         return f"{head} {where} {d.get('decision')}: {text}"
     if t == "completion":
-        err = f" error {d.get('sqlstate')}: {d.get('error')}" if d.get("error") else ""
-        return f"{head} rows={d.get('rows')} {d.get('duration_ms')}ms{err}"
+        outcome = outcome_text(d.get("rows"), d.get("duration_ms"), d.get("sqlstate"))
+        err = f": {d.get('error')}" if d.get("error") else ""
+        took = f" in {d.get('duration_ms')} ms" if d.get("duration_ms") is not None else ""
+        return f"{head} {outcome}{took}{err}"
     if t == "session":
         extra = f" {d.get('end_reason')}" if d.get("end_reason") else ""
         return f"{head} {d.get('event')} {d.get('connection') or '-'} from {d.get('client_addr') or '-'}{extra}"

@@ -178,13 +178,17 @@ class SessionEvent(_Record):
         )
 
 
+#: Every ``decision`` a statement record holds: allowed, allowed with its results masked,
+#: denied, held for approval, run after an approval.
+STATEMENT_DECISIONS: tuple[str, ...] = ("allow", "mask", "deny", "require_approval", "approved")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StatementRecord(_Record):
     """One statement a client sent, with the facts and the decision governance made on it.
 
-    It is written before the statement is forwarded (``decision`` is what the proxy did:
-    ``allow``, ``deny``, ``mask``, ``pending_approval`` ...); a ``CompletionRecord`` follows
-    with the outcome.
+    It is written before the statement is forwarded (``decision`` is what the proxy did, one
+    of :data:`STATEMENT_DECISIONS`); a ``CompletionRecord`` follows with the outcome.
     """
 
     TYPE: ClassVar[str] = "statement"

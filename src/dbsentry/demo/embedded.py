@@ -38,6 +38,7 @@ import psycopg
 __all__ = [
     "EmbeddedPostgres",
     "EmbeddedPostgresError",
+    "UpstreamAddress",
     "find_bindir",
     "free_port",
     "port_is_free",
@@ -82,6 +83,29 @@ def _pgserver_bindir() -> Path | None:
         return None
     path = Path(spec.origin).parent / "pginstall" / "bin"
     return path if _has_binaries(path) else None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamAddress:
+    """Where a demo's PostgreSQL listens; a tour of a demo that runs in another process
+    connects there."""
+
+    host: str
+    port: int
+
+    def conninfo(
+        self, dbname: str = "postgres", *, user: str | None = None, password: str | None = None
+    ) -> dict[str, Any]:
+        """Keyword arguments for ``psycopg.connect``."""
+        return {
+            "host": self.host,
+            "port": self.port,
+            "user": user,
+            "password": password,
+            "dbname": dbname,
+            "connect_timeout": 10,
+            "sslmode": "disable",
+        }
 
 
 def find_bindir() -> Path | None:
@@ -470,15 +494,11 @@ class EmbeddedPostgres:
         self, dbname: str = "postgres", *, user: str | None = None, password: str | None = None
     ) -> dict[str, Any]:
         """Keyword arguments for ``psycopg.connect`` (the superuser's by default)."""
-        return {
-            "host": self.host,
-            "port": self.port,
-            "user": user or self.superuser,
-            "password": password if password is not None else self.password,
-            "dbname": dbname,
-            "connect_timeout": 10,
-            "sslmode": "disable",
-        }
+        return UpstreamAddress(self.host, self.port).conninfo(
+            dbname,
+            user=user or self.superuser,
+            password=password if password is not None else self.password,
+        )
 
     def connect(
         self, dbname: str = "postgres", *, user: str | None = None, password: str | None = None

@@ -10,28 +10,36 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from dbsentry.config import ConfigError, LoadedConfig
+from dbsentry.demo.banner import dbsentry_command, path_arg, print_banner
 from dbsentry.demo.embedded import EmbeddedPostgres, EmbeddedPostgresError, free_port, port_is_free
 from dbsentry.demo.output import Printer
 from dbsentry.demo.workspace import (
-    PROD_DATABASE,
-    STAGING_DATABASE,
     DemoLocked,
     IssuedToken,
+    Upstream,
+    UpstreamAddress,
     Workspace,
 )
+
+if TYPE_CHECKING:
+    from dbsentry.demo.tour import Tour
 
 __all__ = ["DemoOptions", "run_demo"]
 
 DEFAULT_PROXY_PORT = 6432
 DEFAULT_HTTP_PORT = 8080
 HOST = "127.0.0.1"
+# How long a tour waits for a demo that is still starting in another process.
+ATTACH_WAIT_SECONDS = 120.0
 EXIT_FAILED = 1
 EXIT_SETUP = 2
 EXIT_INTERRUPTED = 130
@@ -64,72 +72,6 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-def _psql(port: int, dbname: str, issued: IssuedToken) -> str:
-    return (
-        f'psql "host={HOST} port={port} dbname={dbname} user={issued.identity.name} '
-        f'password={issued.token} sslmode=require"'
-    )
-
-
-def _print_banner(
-    out: Printer,
-    ws: Workspace,
-    pg: EmbeddedPostgres,
-    loaded: LoadedConfig,
-    tokens: dict[str, IssuedToken],
-    setup_seconds: float,
-) -> None:
-    config = loaded.config
-    proxy_host, proxy_port = config.listen.postgres_addr
-    console = f"http://{config.listen.http}/"
-    cfg = _display(ws.config_path)
-    dba = tokens["dba"].token
-    out.line()
-    out.line(out.bold(f"dbsentry demo is running (ready in {setup_seconds:.1f}s)"))
-    out.line(f"  proxy     {proxy_host}:{proxy_port}  (PostgreSQL protocol, TLS required)")
-    out.line(f"  console   {console}")
-    out.line(
-        f"  upstream  embedded PostgreSQL {pg.version} on {pg.host}:{pg.port}: "
-        f"connection prod -> database {PROD_DATABASE} (production), "
-        f"staging -> {STAGING_DATABASE} (staging)"
-    )
-    out.line(f"  config    {cfg}")
-    out.line()
-    out.line(out.bold("Connect with psql as one of the demo identities:"))
-    for issued in tokens.values():
-        ident = issued.identity
-        groups = ", ".join(ident.groups)
-        out.line(f"  {out.cyan(ident.name)}  {ident.kind}, groups {groups}: {ident.description}")
-        out.line(f"    {_psql(proxy_port, 'prod', issued)}")
-    out.line(
-        f"  (dbname=staging reaches the staging copy; tokens are kept in {_display(ws.tokens_path)})"
-    )
-    out.line()
-    out.line(out.bold("Console:") + f" {console}  sign in with the DBA's token:")
-    out.line(f"    {dba}")
-    out.line()
-    out.line(out.bold("Things to try:"))
-    out.line("  as ai-agent (masked personal data, read-only in production):")
-    out.line("    SELECT full_name, email, ssn, card_number, iban FROM customers LIMIT 5;")
-    out.line("    SELECT * FROM customer_contacts LIMIT 3;   SELECT customer_email(42);")
-    out.line("    DROP TABLE orders;                          -- blocked (42501)")
-    out.line("  as analyst@example.com (schema changes in production need a DBA's approval):")
-    out.line("    ALTER TABLE customers ADD COLUMN segment text;   -- refused, names a request id")
-    out.line("    DELETE FROM orders WHERE 1=1;                   -- blocked: unbounded write")
-    out.line("  as the DBA, approve it (or click Approve in the console):")
-    out.line(f"    dbsentry approvals list -c {cfg}")
-    out.line(f"    dbsentry approvals approve <request id> -c {cfg} --token {dba}")
-    out.line("  then the analyst sends the ALTER TABLE again: it runs, once. To wait instead of")
-    out.line("  failing, connect with options='-c dbsentry.approval=wait'.")
-    out.line("  The audit trail:")
-    out.line(f"    dbsentry audit tail -c {cfg}")
-    out.line(f"    dbsentry audit verify -c {cfg}")
-    out.line(f"    dbsentry report -c {cfg} --out {_display(ws.reports_dir / 'latest')}")
-    out.line()
-    out.line(f"A scripted tour of all this: dbsentry demo --tour --dir {_display(ws.dir)}")
-    out.line(out.bold("Press Ctrl-C to stop."))
-
-
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -142,7 +84,9 @@ def run_demo(options: DemoOptions, out: Printer | None = None) -> int:
         ws.create()
         ws.lock()
     except DemoLocked as err:
-        out.fail(f"dbsentry demo: {err}")
+        if options.tour:
+            return _tour_running_demo(out, ws, err)
+        _explain_locked(out, ws, err)
         return EXIT_SETUP
     except OSError as err:
         out.fail(f"dbsentry demo: cannot use {options.directory}: {err}")
@@ -215,11 +159,109 @@ def _run_foreground(
     from dbsentry.server.runner import run_server
 
     def ready() -> None:
-        _print_banner(out, ws, pg, loaded, tokens, time.monotonic() - started)
+        upstream = f"embedded PostgreSQL {pg.version} on {pg.host}:{pg.port}"
+        print_banner(out, ws, upstream, loaded, tokens, time.monotonic() - started)
 
     install_uvloop()
     asyncio.run(run_server(loaded, on_ready=ready))
     out.line("dbsentry stopped")
+    return 0
+
+
+def _explain_locked(out: Printer, ws: Workspace, err: DemoLocked) -> None:
+    """What to do when another demo holds the directory."""
+    out.fail(f"dbsentry demo: {err}")
+    cmd = dbsentry_command()
+    try:
+        loaded, _ = ws.load_running()
+        listen = loaded.config.listen
+        out.line(
+            f"  console http://{listen.http}/, proxy {listen.postgres}, tokens in {ws.tokens_path}"
+        )
+    except (ConfigError, OSError, ValueError):
+        pass
+    stop = f" (or: kill {err.pid})" if err.pid is not None else ""
+    out.line(f"  Stop it with Ctrl-C in its terminal{stop}. To tour the running demo:")
+    out.line(f"    {cmd} demo --tour --dir {path_arg(ws.dir)}")
+    out.line("  To run a second, separate demo, give it a directory of its own:")
+    out.line(f"    {cmd} demo --dir {path_arg(ws.dir.with_name(ws.dir.name + '-2'))}")
+
+
+def _proxy_answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _tour_running_demo(out: Printer, ws: Workspace, err: DemoLocked) -> int:
+    """The tour, against the demo another process runs with this directory."""
+    out.line(f"dbsentry demo: {err}; the tour runs against it")
+    deadline = time.monotonic() + ATTACH_WAIT_SECONDS
+    while True:
+        try:
+            loaded, tokens = ws.load_running()
+        except (ConfigError, OSError, ValueError):
+            loaded = None
+        if loaded is not None and _proxy_answers(*loaded.config.listen.postgres_addr):
+            break
+        if time.monotonic() > deadline:
+            out.fail(
+                f"dbsentry demo: the demo running with {ws.dir} did not start serving within "
+                f"{ATTACH_WAIT_SECONDS:.0f}s; see its terminal"
+            )
+            return EXIT_SETUP
+        time.sleep(0.5)
+    prod = loaded.config.connections["prod"]
+    host, port = loaded.config.listen.postgres_addr
+    out.line(f"dbsentry listening on {host}:{port}, console http://{loaded.config.listen.http}/")
+    out.line()
+    out.line(out.bold("The tour:"))
+    cancelled = threading.Event()
+    return _tour_outcome(
+        out, _make_tour(out, ws, UpstreamAddress(prod.host, prod.port), loaded, tokens, cancelled)
+    )
+
+
+def _make_tour(
+    out: Printer,
+    ws: Workspace,
+    pg: Upstream,
+    loaded: LoadedConfig,
+    tokens: dict[str, IssuedToken],
+    cancelled: threading.Event,
+) -> Tour:
+    from dbsentry.demo.tour import Tour
+
+    host, port = loaded.config.listen.postgres_addr
+    return Tour(ws, loaded, pg, tokens, host, port, out, cancelled)
+
+
+def _tour_outcome(out: Printer, tour: Tour) -> int:
+    """Run ``tour`` here and now; the exit code."""
+    try:
+        failed = tour.run()
+    except KeyboardInterrupt:
+        tour.cancelled.set()
+        out.line("tour interrupted")
+        return EXIT_INTERRUPTED
+    return _verdict(out, failed, None)
+
+
+def _verdict(out: Printer, failed: list[int], crashed: BaseException | None) -> int:
+    """Say how the tour went; the exit code."""
+    from dbsentry.demo.tour import STEPS
+
+    out.line()
+    if crashed is not None:
+        out.fail(f"the tour crashed: {type(crashed).__name__}: {crashed}")
+        return EXIT_FAILED
+    if failed:
+        names = "; ".join(f"step {n} ({STEPS[n - 1]})" for n in failed)
+        out.fail(f"tour failed: {names}")
+        return EXIT_FAILED
+    out.ok(out.bold(f"tour passed: all {len(STEPS)} steps behaved"))
     return 0
 
 
@@ -231,7 +273,6 @@ def _run_tour(
     tokens: dict[str, IssuedToken],
     setup_seconds: float,
 ) -> int:
-    from dbsentry.demo.tour import STEPS, Tour
     from dbsentry.server.proxy import install_uvloop
     from dbsentry.server.runner import run_server
 
@@ -240,7 +281,7 @@ def _run_tour(
     failed: list[int] = []
     crashed: list[BaseException] = []
     finished = threading.Event()
-    tour = Tour(ws, loaded, pg, tokens, host, port, out, cancelled)
+    tour = _make_tour(out, ws, pg, loaded, tokens, cancelled)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -273,13 +314,4 @@ def _run_tour(
         finished.wait(5)
         out.line("tour interrupted")
         return EXIT_INTERRUPTED
-    out.line()
-    if crashed:
-        out.fail(f"the tour crashed: {type(crashed[0]).__name__}: {crashed[0]}")
-        return EXIT_FAILED
-    if failed:
-        names = "; ".join(f"step {n} ({STEPS[n - 1]})" for n in failed)
-        out.fail(f"tour failed: {names}")
-        return EXIT_FAILED
-    out.ok(out.bold(f"tour passed: all {len(STEPS)} steps behaved"))
-    return 0
+    return _verdict(out, failed, crashed[0] if crashed else None)

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -30,9 +29,9 @@ from dbsentry.audit.keys import (
 )
 from dbsentry.audit.report import build_report
 from dbsentry.config import LoadedConfig
-from dbsentry.demo.embedded import EmbeddedPostgres
+from dbsentry.demo.banner import dbsentry_command, path_arg
 from dbsentry.demo.output import Printer
-from dbsentry.demo.workspace import PROD_DATABASE, IssuedToken, Workspace
+from dbsentry.demo.workspace import PROD_DATABASE, IssuedToken, Upstream, Workspace
 from dbsentry.identity import Authenticator
 
 __all__ = ["STEPS", "Tour", "TourFailed"]
@@ -63,7 +62,7 @@ class Tour:
 
     workspace: Workspace
     loaded: LoadedConfig
-    pg: EmbeddedPostgres
+    pg: Upstream
     tokens: dict[str, IssuedToken]
     proxy_host: str
     proxy_port: int
@@ -182,8 +181,10 @@ class Tour:
         if not worker.is_alive() or self._column_exists():
             raise TourFailed("the ALTER TABLE did not wait for the approval")
         lines = [f"NOTICE: {notice}"]
+        cfg = path_arg(self.workspace.config_path)
         lines.append(
-            f"the DBA approves {request_id} (as `dbsentry approvals approve {request_id}` would)"
+            f"the DBA approves {request_id}, as `{dbsentry_command()} approvals approve "
+            f"{request_id} -c {cfg} --token <the DBA's token>` does"
         )
         self._approve_as_dba(request_id)
         worker.join(timeout=APPROVED_RUN_TIMEOUT)
@@ -262,7 +263,8 @@ class Tour:
         )
         return [
             f"{result.records} records, chain intact; {signed}",
-            f"(what `dbsentry audit verify -c {_display(self.workspace.config_path)}` checks)",
+            f"(what `{dbsentry_command()} audit verify -c {path_arg(self.workspace.config_path)}`"
+            " checks)",
         ]
 
     def step_report(self) -> list[str]:
@@ -295,7 +297,7 @@ class Tour:
             raise TourFailed("the report does not list the blocked DROP TABLE")
         return [
             f"{report.statements} statements, chain {'intact' if report.verification_ok else 'BROKEN'}",
-            f"report: {_display(html)}",
+            f"report: {html}",
         ]
 
     # --- running -------------------------------------------------------------------------
@@ -330,10 +332,3 @@ class Tour:
                 self.out.line(f"    {detail}")
         return failed
 
-
-def _display(path: Path) -> str:
-    """``path`` relative to the working directory when it is below it."""
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)

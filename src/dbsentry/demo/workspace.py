@@ -18,7 +18,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import orjson
 import psycopg
@@ -27,7 +27,7 @@ from psycopg import sql
 
 from dbsentry.config import LoadedConfig, load_config
 from dbsentry.demo.dataset import Shop, load_shop, shop_is_loaded
-from dbsentry.demo.embedded import EmbeddedPostgres
+from dbsentry.demo.embedded import EmbeddedPostgres, UpstreamAddress
 from dbsentry.identity import TokenStore
 
 __all__ = [
@@ -37,6 +37,8 @@ __all__ = [
     "DemoIdentity",
     "DemoLocked",
     "IssuedToken",
+    "Upstream",
+    "UpstreamAddress",
     "Workspace",
 ]
 
@@ -50,7 +52,13 @@ _TOKEN_MIN_REMAINING = 86_400
 
 
 class DemoLocked(Exception):
-    """Another ``dbsentry demo`` is using the directory."""
+    """Another ``dbsentry demo`` is using the directory (``pid``: its process, if known)."""
+
+    def __init__(self, directory: Path, pid: int | None) -> None:
+        who = f" (pid {pid})" if pid is not None else ""
+        super().__init__(f"another dbsentry demo{who} is running with {directory}")
+        self.directory = directory
+        self.pid = pid
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,14 +77,31 @@ DEMO_IDENTITIES: tuple[DemoIdentity, ...] = (
     DemoIdentity(
         "dba",
         "dba@example.com",
-        ("dba", "dbsentry-admins", "security"),
+        ("dba", "dbsentry-admins", "security", "pii-readers"),
         "human",
-        "the DBA: reviews approvals; console admin, reviewer and auditor",
+        "the DBA: sees real values, reviews requests; console admin, reviewer and auditor",
+    ),
+    # Nobody reviews their own request: the DBA's own schema changes need a second reviewer.
+    DemoIdentity(
+        "lead",
+        "lead@example.com",
+        ("dba",),
+        "human",
+        "the engineering lead: the second reviewer, who approves the DBA's own requests",
     ),
     DemoIdentity(
         "agent", "ai-agent", ("agents",), "agent", "an AI agent (read-only in production)"
     ),
 )
+
+
+class Upstream(Protocol):
+    """Where the demo's PostgreSQL listens: :class:`EmbeddedPostgres`, or the address a
+    running demo wrote in its configuration (:class:`UpstreamAddress`)."""
+
+    def conninfo(
+        self, dbname: str = "postgres", *, user: str | None = None, password: str | None = None
+    ) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +135,23 @@ class Workspace:
         self.upstream_password_path = self.dir / "upstream.password"
         self.state_dir = self.dir / "state"
         self.reports_dir = self.dir / "reports"
+        self.lock_path = self.dir / "demo.lock"
         self._lock_fd: int | None = None
+
+    def load_running(self) -> tuple[LoadedConfig, dict[str, IssuedToken]]:
+        """The configuration and tokens the demo holding this directory wrote (for a tour
+        of it); raises ConfigError, OSError or ValueError when they cannot be read."""
+        loaded = load_config(self.config_path)
+        saved: dict[str, Any] = orjson.loads(self.tokens_path.read_bytes())
+        issued: dict[str, IssuedToken] = {}
+        for ident in DEMO_IDENTITIES:
+            entry = saved.get(ident.name)
+            if not isinstance(entry, dict) or not isinstance(entry.get("token"), str):
+                raise ValueError(f"{self.tokens_path} has no token for {ident.name}")
+            issued[ident.key] = IssuedToken(
+                ident, entry["token"], str(entry.get("id")), entry.get("expires_at")
+            )
+        return loaded, issued
 
     def create(self) -> None:
         # Secrets inside are 0600 and dbsentry's state directory 0700.
@@ -122,13 +163,24 @@ class Workspace:
         """Take the directory's lock; raises DemoLocked if another demo holds it."""
         import fcntl
 
-        fd = os.open(self.dir / "demo.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        fd = os.open(self.lock_path, os.O_CREAT | os.O_RDWR, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise DemoLocked(f"another dbsentry demo is running with {self.dir}") from None
+            raise DemoLocked(self.dir, self.holder()) from None
+        # Who holds it, for the message a second demo prints.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
+
+    def holder(self) -> int | None:
+        """The process id the lock file names (the demo that holds it), if any."""
+        try:
+            text = self.lock_path.read_text().strip()
+        except OSError:
+            return None
+        return int(text) if text.isdigit() else None
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
@@ -143,7 +195,7 @@ class Workspace:
             _write_private(self.upstream_password_path, (secrets.token_urlsafe(24) + "\n").encode())
         return self.upstream_password_path.read_text().strip()
 
-    def upstream_connect(self, pg: EmbeddedPostgres, dbname: str) -> psycopg.Connection[Any]:
+    def upstream_connect(self, pg: Upstream, dbname: str) -> psycopg.Connection[Any]:
         """A direct connection to ``dbname`` as the shop's owner role (not autocommit)."""
         return psycopg.connect(
             **pg.conninfo(dbname, user=UPSTREAM_ROLE, password=self.upstream_password())

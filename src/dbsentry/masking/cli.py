@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 import click
 import orjson
 
+from dbsentry.cli_options import config_option, full_path
 from dbsentry.config import ConfigError, ConnectionConfig, MaskingConfig, load_config
 from dbsentry.masking.catalog import (
     Catalog,
@@ -91,15 +92,7 @@ def rows(classmap: ClassMap) -> list[dict[str, Any]]:
 
 
 @click.command("classify")
-@click.option(
-    "-c",
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default="dbsentry.yaml",
-    show_default=True,
-    help="The configuration file.",
-)
+@config_option
 @click.option(
     "--connection", "connection", required=True, help="The connection whose upstream to read."
 )
@@ -122,7 +115,7 @@ def classify(config_path: Path, connection: str, as_json: bool, no_sample: bool)
     try:
         loaded = load_config(config_path)
     except ConfigError as err:
-        _fail(f"dbsentry: invalid configuration {config_path}:\n{err}", 2)
+        _fail(f"dbsentry: invalid configuration {full_path(config_path)}:\n{err}", 2)
     conn = loaded.config.connections.get(connection)
     if conn is None:
         known = ", ".join(sorted(loaded.config.connections)) or "none"

@@ -15,7 +15,10 @@ Strategies (from least to most destructive, :data:`STRATEGIES`):
 - ``null``: SQL NULL.
 
 A masked value must decode as the type the client was told in RowDescription, in text and
-binary format: see :func:`make_masker`.
+binary format: see :func:`make_masker`.  Types that cannot hold a placeholder (dates,
+numbers, network addresses...) get a fixed, documented value of their own type instead
+(:data:`TYPED_MASKS`, e.g. ``1900-01-01``), so a masked value never reads as missing data;
+only the ``null`` strategy gives NULL.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import re
+import struct
 from collections.abc import Callable
 
 import orjson
@@ -38,6 +42,7 @@ __all__ = [
     "PLACEHOLDERS",
     "SAFETY_NET_CLASSES",
     "STRATEGIES",
+    "TYPED_MASKS",
     "BytePartial",
     "Constant",
     "Masker",
@@ -379,13 +384,56 @@ OID_INT4 = 23
 OID_TEXT = 25
 OID_JSON = 114
 OID_XML = 142
+OID_CIDR = 650
+OID_FLOAT4 = 700
+OID_FLOAT8 = 701
 OID_UNKNOWN = 705
+OID_MACADDR8 = 774
+OID_MACADDR = 829
+OID_INET = 869
 OID_BPCHAR = 1042
 OID_VARCHAR = 1043
+OID_DATE = 1082
+OID_TIME = 1083
+OID_TIMESTAMP = 1114
+OID_TIMESTAMPTZ = 1184
+OID_INTERVAL = 1186
+OID_TIMETZ = 1266
 OID_NUMERIC = 1700
 OID_UUID = 2950
 OID_JSONB = 3802
 FIRST_USER_OID = 16384
+
+# 1900-01-01 counted from PostgreSQL's epoch, 2000-01-01: in days, and in microseconds.
+_SENTINEL_DAYS = -36524
+_SENTINEL_USECS = _SENTINEL_DAYS * 86_400 * 1_000_000
+
+#: The masked value of each type that cannot hold a placeholder, as (text, binary): a
+#: valid value of the type that stands out as masked.  Text forms are PostgreSQL's output
+#: with the default DateStyle (ISO) and IntervalStyle (postgres).  Every other type that
+#: is neither text-like, JSON, bytea nor one of these (booleans, money, arrays,
+#: composites, ranges, geometry, extension types in binary format) is masked to NULL.
+TYPED_MASKS: dict[int, tuple[bytes, bytes]] = {
+    OID_DATE: (b"1900-01-01", struct.pack("!i", _SENTINEL_DAYS)),
+    OID_TIMESTAMP: (b"1900-01-01 00:00:00", struct.pack("!q", _SENTINEL_USECS)),
+    OID_TIMESTAMPTZ: (b"1900-01-01 00:00:00+00", struct.pack("!q", _SENTINEL_USECS)),
+    OID_TIME: (b"00:00:00", struct.pack("!q", 0)),
+    OID_TIMETZ: (b"00:00:00+00", struct.pack("!qi", 0, 0)),
+    OID_INTERVAL: (b"00:00:00", struct.pack("!qii", 0, 0, 0)),
+    # family (PGSQL_AF_INET 2), prefix bits, is_cidr, address length, address
+    OID_INET: (b"0.0.0.0", bytes((2, 32, 0, 4, 0, 0, 0, 0))),
+    OID_CIDR: (b"0.0.0.0/32", bytes((2, 32, 1, 4, 0, 0, 0, 0))),
+    OID_MACADDR: (b"00:00:00:00:00:00", bytes(6)),
+    OID_MACADDR8: (b"00:00:00:00:00:00:00:00", bytes(8)),
+    OID_INT2: (b"0", struct.pack("!h", 0)),
+    OID_INT4: (b"0", struct.pack("!i", 0)),
+    OID_INT8: (b"0", struct.pack("!q", 0)),
+    OID_FLOAT4: (b"0", struct.pack("!f", 0.0)),
+    OID_FLOAT8: (b"0", struct.pack("!d", 0.0)),
+    # ndigits 0, weight 0, sign positive, dscale 0
+    OID_NUMERIC: (b"0", struct.pack("!hhHh", 0, 0, 0, 0)),
+    OID_UUID: (b"00000000-0000-0000-0000-000000000000", bytes(16)),
+}
 
 _TEXT_OIDS = frozenset({OID_TEXT, OID_VARCHAR, OID_BPCHAR, OID_NAME, OID_UNKNOWN, OID_CHAR})
 # whose text form is all digits, so value detection can look at them in text format
@@ -395,7 +443,8 @@ _ARRAY_TEXT_OIDS = frozenset({1009, 1015, 1014, 199, 3807, 2249})
 
 
 def _kind(type_oid: int, fmt: int) -> str:
-    """How masked values of this type are written: text, json, jsonb, bytea, uuid or null."""
+    """How masked values of this type are written: text, json, jsonb, bytea, uuid, inet,
+    typed (a value of :data:`TYPED_MASKS`) or null."""
     if type_oid in _TEXT_OIDS:
         return "text"
     if type_oid == OID_JSON:
@@ -406,6 +455,10 @@ def _kind(type_oid: int, fmt: int) -> str:
         return "bytea"
     if type_oid == OID_UUID:
         return "uuid"
+    if type_oid in (OID_INET, OID_CIDR):
+        return "inet"
+    if type_oid in TYPED_MASKS:
+        return "typed"
     if type_oid >= FIRST_USER_OID and fmt == 0:
         return "text"  # citext and other extension types read as text; binary formats are unknown
     return "null"
@@ -576,15 +629,23 @@ def make_masker(
     - bytea: ``\\x`` hex in text format, raw bytes in binary; ``partial`` is ``redact``,
       ``hash`` gives 16 digest bytes;
     - uuid with ``hash``: a UUID from the digest, so joins keep working;
-    - every other type (numbers, dates, inet, arrays, composites...): NULL.
+    - inet and cidr: ``partial`` keeps the network half (as on text), ``hash`` gives an
+      address in 10.0.0.0/8 or fd00::/8 from the digest, ``redact`` is ``0.0.0.0``;
+    - dates, times, numbers, MAC addresses, uuid (other than ``hash``): the type's value in
+      :data:`TYPED_MASKS` (``1900-01-01``, ``0``...), whatever the strategy but ``null``;
+    - every other type (booleans, arrays, composites...): NULL.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown masking strategy {strategy!r}")
     kind = _kind(type_oid, fmt)
-    if strategy == "null" or kind == "null" or (kind == "uuid" and strategy != "hash"):
+    if strategy == "null" or kind == "null":
         return _NULL_MASKER
-    if kind == "uuid":
+    if kind == "uuid" and strategy == "hash":
         return lambda raw: _uuid_hash(raw, fmt, key)
+    if kind == "inet" and strategy in ("partial", "hash"):
+        return _InetMasker(strategy, type_oid == OID_CIDR, fmt, key)
+    if kind in ("typed", "uuid", "inet"):
+        return Constant(TYPED_MASKS[type_oid][fmt])
     if kind == "text":
         if strategy == "redact":
             return Constant(_encode(_fit(PLACEHOLDERS[cls], type_oid, typmod)))
@@ -627,6 +688,62 @@ def make_masker(
         return d if fmt == 1 else b"\\x" + d.hex().encode()
 
     return bytea_masker
+
+
+class _InetMasker:
+    """``partial`` or ``hash`` of an inet or cidr value, in text or binary format, with the
+    strategies' text forms (:func:`_partial`, :func:`_hash`); the prefix length is kept
+    (for cidr, no wider than what the masked address leaves), and a value that cannot be
+    read becomes ``0.0.0.0``."""
+
+    __slots__ = ("cidr", "fmt", "key", "strategy")
+
+    def __init__(self, strategy: str, cidr: bool, fmt: int, key: bytes) -> None:
+        self.strategy = strategy
+        self.cidr = cidr
+        self.fmt = fmt
+        self.key = key
+
+    def __call__(self, raw: bytes) -> bytes | None:
+        sentinel = TYPED_MASKS[OID_CIDR if self.cidr else OID_INET][self.fmt]
+        try:
+            iface = self._read(raw)
+        except ValueError:
+            return sentinel
+        address = str(iface.ip)
+        if self.strategy == "partial":
+            masked = _partial(address, DataClass.IP_ADDRESS)
+        else:
+            masked = _hash(address, DataClass.IP_ADDRESS, self.key)
+        try:
+            ip = ipaddress.ip_address(masked)
+        except ValueError:
+            return sentinel
+        bits = iface.network.prefixlen if ip.version == iface.version else ip.max_prefixlen
+        if self.cidr:
+            # A cidr value may not have bits set right of its prefix.
+            net = ipaddress.ip_network(f"{ip}/{bits}", strict=False)
+            ip, bits = net.network_address, net.prefixlen
+        return self._write(ip, bits)
+
+    def _read(self, raw: bytes) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+        if self.fmt == 0:
+            return ipaddress.ip_interface(raw.decode("ascii").strip())
+        if len(raw) < 4 or raw[0] not in (2, 3) or len(raw) != 4 + raw[3]:
+            raise ValueError("not an inet value")
+        packed = raw[4:]
+        if len(packed) not in (4, 16):
+            raise ValueError("not an inet value")
+        return ipaddress.ip_interface((packed, raw[1]))
+
+    def _write(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, bits: int) -> bytes:
+        if self.fmt == 1:
+            packed = ip.packed
+            family = 2 if ip.version == 4 else 3
+            return bytes((family, bits, 1 if self.cidr else 0, len(packed))) + packed
+        if self.cidr or bits != ip.max_prefixlen:
+            return f"{ip}/{bits}".encode()
+        return str(ip).encode()
 
 
 def _uuid_hash(raw: bytes, fmt: int, key: bytes) -> bytes:
@@ -758,7 +875,7 @@ def make_detect_masker(
     whole, sensitive spans of a longer text span by span, the rest of the text kept (and
     fitted to ``varchar(n)``/``char(n)``).  JSON documents likewise in their strings (keys
     and values) and long integers; digit-only types (integers, numeric) in text format are
-    checked as a whole and become NULL on a hit; arrays, composites, extension types and
+    checked as a whole and become ``0`` on a hit; arrays, composites, extension types and
     bytea, where spans cannot be kept, become NULL on any hit.  ``text_oids`` are extension
     types known to be text in binary format too (citext).  None when the column's type
     cannot carry what the detectors find (binary numbers, dates, booleans...)."""
@@ -771,9 +888,10 @@ def make_detect_masker(
     if kind in ("json", "jsonb"):
         return Scan(_json_scan(kind == "jsonb" and fmt == 1, key, strat, None), ip=True)
     if type_oid in _DIGIT_OIDS and fmt == 0:
+        zero = TYPED_MASKS[type_oid][0]
 
         def digits_scan(raw: bytes) -> bytes | None:
-            return None if len(raw) >= 9 and detect_value(_decode(raw)) is not None else raw
+            return zero if len(raw) >= 9 and detect_value(_decode(raw)) is not None else raw
 
         return digits_scan
     if kind == "bytea" or (

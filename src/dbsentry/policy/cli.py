@@ -7,17 +7,18 @@ import dataclasses
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, get_args
 
 import click
 import orjson
 import yaml
 
+from dbsentry.cli_options import config_option, full_path
 from dbsentry.config import ConfigError, LoadedConfig, load_config
 from dbsentry.identity.model import Identity
 from dbsentry.policy.engine import Decision, EvalContext, Policy, combine, evaluate
 from dbsentry.policy.loader import PolicyError, default_policy, load_policy
-from dbsentry.policy.model import json_schema_text
+from dbsentry.policy.model import DataClassName, json_schema_text
 from dbsentry.policy.verdict import Verdict, evaluate_sql
 from dbsentry.policy.yamlsafe import load_bounded
 from dbsentry.sql.facts import StatementFacts
@@ -31,11 +32,11 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
-def _load(config_path: str) -> tuple[LoadedConfig, Policy]:
+def _load(config_path: str | Path) -> tuple[LoadedConfig, Policy]:
     try:
         loaded = load_config(config_path)
     except ConfigError as err:
-        _fail(f"{config_path}: {err}")
+        _fail(f"dbsentry: invalid configuration {full_path(config_path)}:\n{err}")
     path = loaded.config.policy
     if path is None:
         return loaded, default_policy()
@@ -179,19 +180,12 @@ def policy() -> None:
     """Check policies, explain decisions, and test rules against cases."""
 
 
-_config_option = click.option(
-    "-c",
-    "--config",
-    "config_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="the dbsentry configuration file",
-)
+_DATA_CLASS = click.Choice(get_args(DataClassName))
 
 
 @policy.command("check")
-@_config_option
-def check(config_path: str) -> None:
+@config_option
+def check(config_path: Path) -> None:
     """Validate the policy file the configuration names."""
     _, pol = _load(config_path)
     rules = [r for r in pol.rules if not r.baseline]
@@ -202,7 +196,7 @@ def check(config_path: str) -> None:
 
 
 @policy.command("explain")
-@_config_option
+@config_option
 @click.option("--identity", required=True, help="identity name")
 @click.option("--group", "groups", multiple=True, help="a group of the identity (repeatable)")
 @click.option("--agent", is_flag=True, help="the identity is an AI agent")
@@ -215,17 +209,22 @@ def check(config_path: str) -> None:
     help="read the connection's catalog for the data classes each statement reads and writes",
 )
 @click.option(
-    "--data-class", "reads", multiple=True, help="a data class the statement reads (repeatable)"
+    "--data-class",
+    "reads",
+    multiple=True,
+    type=_DATA_CLASS,
+    help="a data class the statement reads (repeatable)",
 )
 @click.option(
     "--writes-data-class",
     "writes",
     multiple=True,
+    type=_DATA_CLASS,
     help="a data class the statement writes (repeatable)",
 )
 @click.argument("sql")
 def explain(
-    config_path: str,
+    config_path: Path,
     identity: str,
     groups: tuple[str, ...],
     agent: bool,
@@ -273,9 +272,9 @@ _EXPECT = ("allow", "deny", "require_approval", "mask")
 
 
 @policy.command("test")
-@_config_option
+@config_option
 @click.argument("cases_path", metavar="CASES.yaml", type=click.Path(dir_okay=False))
-def test(config_path: str, cases_path: str) -> None:
+def test(config_path: Path, cases_path: str) -> None:
     """Run a table of cases; exit non-zero if any decision differs from its expectation.
 
     Each case: sql, identity, groups, agent, connection, expect (allow, deny,

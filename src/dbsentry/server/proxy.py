@@ -262,7 +262,7 @@ class ClientConnection(asyncio.Protocol):
                 if not self.closed and self.transport is not None:
                     self.transport.write(data)
             case c.Log():
-                log.log(cmd.level, cmd.event, extra={"fields": {"session": self.session.proxy_pid, **cmd.fields}})
+                log.log(cmd.level, cmd.event, extra={"fields": {"session": self.session.session_id, **cmd.fields}})
                 if cmd.event == "session.refused" and str(cmd.fields.get("sqlstate", "")).startswith("28"):
                     metrics.login_failed("password" if cmd.fields["sqlstate"] == "28P01" else "refused")
             case c.CloseClient():
@@ -622,6 +622,7 @@ class ClientConnection(asyncio.Protocol):
             )
         except (OSError, TimeoutError) as err:
             reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+            self._log_upstream_failure(cmd.connection, conn, f"could not connect: {reason}")
             self.run(self.session.upstream_failed("08001", f"dbsentry: could not connect to {where}: {reason}"))
             return
         self.upstream = proto
@@ -652,12 +653,20 @@ class ClientConnection(asyncio.Protocol):
                         binding = None  # a certificate type channel binding cannot use (Ed25519)
             except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as err:
                 transport.close()
+                self._log_upstream_failure(cmd.connection, conn, f"TLS failed: {err}")
                 self.run(self.session.upstream_failed("08001", f"dbsentry: TLS to {where} failed: {err}"))
                 return
         proto.start_handshake(
             UpstreamHandshake(conn.user, password, cmd.params, binding, self.proxy.config.limits.max_message_bytes)
         )
         proto.login_timer = loop.call_later(conn.connect_timeout_seconds, proto.login_timed_out, where, conn.connect_timeout_seconds)
+
+    def _log_upstream_failure(self, name: str, conn: ConnectionConfig, reason: str) -> None:
+        # The operator's view, with the address the client is not told.
+        log.warning(
+            "upstream failed",
+            extra={"fields": {"session": self.session.session_id, "connection": name, "address": f"{conn.host}:{conn.port}", "error": reason}},
+        )
 
     # ------------------------------------------------------------------ from the upstream
 
@@ -707,6 +716,9 @@ class ClientConnection(asyncio.Protocol):
         name = self.session.connection_name
         if from_server and sqlstate.startswith("28"):
             # The upstream refused the proxy's own credentials: the client's token was fine.
+            conn = self.proxy.config.connections.get(name or "")
+            if conn is not None and name is not None:
+                self._log_upstream_failure(name, conn, f"the upstream rejected the proxy's credentials: {message}")
             sqlstate, message = "08004", f'dbsentry: the upstream of connection "{name}" rejected the proxy\'s credentials'
         elif from_server:
             message = f"dbsentry: upstream refused the connection: {message}"

@@ -20,6 +20,7 @@ from dbsentry.policy.loader import declared_environments
 from dbsentry.server.catalogs import CatalogLoader
 from dbsentry.server.proxy import ProxyServer
 from dbsentry.server.roles import log_production_roles
+from dbsentry.server.upstream_health import UpstreamHealth
 from dbsentry.session.governance import Governor
 from dbsentry.session.masking import MaskingService, load_or_create_key
 from dbsentry.tasks import spawn
@@ -121,6 +122,10 @@ async def run_server(
     )
     await proxy.start()
     stop = stop if stop is not None else asyncio.Event()
+    health: UpstreamHealth | None = None
+    if config.limits.upstream_check_seconds > 0 and config.connections:
+        health = UpstreamHealth(config.connections, config.limits.upstream_check_seconds)
+        await health.check_all()  # so "ready" says whether the upstreams answer
     http_task = None
     http_addr = config.listen.http_addr
     if http_addr is not None:
@@ -138,6 +143,7 @@ async def run_server(
             approvals=approvals,
             live_sessions=lambda: list(proxy.sessions.values()),
             listener_up=proxy.listening,
+            upstreams=health.snapshot if health is not None else None,
             classification=(
                 (lambda: {name: view.classmap for name, view in catalogs.service.views.items()})
                 if catalogs is not None
@@ -151,11 +157,14 @@ async def run_server(
             loop.add_signal_handler(sig, stop.set)
         if governor is not None:
             loop.add_signal_handler(signal.SIGHUP, governor.reload)
-    log.info(
-        "dbsentry ready",
+    down = health.unreachable() if health is not None else []
+    log.log(
+        logging.WARNING if down else logging.INFO,
+        "dbsentry ready, but upstreams do not answer" if down else "dbsentry ready",
         extra={
             "fields": {
-                "config": loaded.path.name,
+                **({"unreachable": [f"{s.connection} ({s.address}): {s.error}" for s in down]} if down else {}),
+                "config": str(loaded.path),
                 "connections": sorted(config.connections),
                 "policy": governor.version if governor else "passthrough",
                 "audit": f"{config.audit.store}/{config.audit.durability}" if writer else "off",
@@ -174,6 +183,7 @@ async def run_server(
         if governor is not None
         else None
     )
+    health_task = spawn(health.run(stop), name="upstream-health") if health is not None else None
     if on_ready is not None:
         on_ready()
     try:
@@ -184,6 +194,8 @@ async def run_server(
             await watcher
         if roles_check is not None and not roles_check.done():
             roles_check.cancel()
+        if health_task is not None and not health_task.done():
+            health_task.cancel()
         if http_task is not None:
             await http_task
         await proxy.close()

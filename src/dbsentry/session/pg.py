@@ -658,9 +658,22 @@ class Session:
             )
         self.identity = identity
         conn = self.connection
-        if conn is None:
-            return self._fail("3D000", f'dbsentry: connection "{self.connection_name}" does not exist', user=user)
         effective = self.approvals.effective_identity(identity) if self.approvals is not None else identity
+        if conn is None:
+            usable = [
+                name
+                for name, known in sorted(self.config.connections.items())
+                if known.allow_groups is None
+                or effective.groups & set(known.allow_groups)
+                or (self.approvals is not None and self.approvals.connection_granted(identity.name, name))
+            ]
+            return self._fail(
+                "3D000",
+                f'dbsentry: connection "{self.connection_name}" does not exist; '
+                + (f"connections you can use: {', '.join(usable)}" if usable else "no connection is open to you"),
+                "The database name picks the connection, e.g. dbname=" + usable[0] if usable else None,
+                user=user,
+            )
         granted = self.approvals is not None and self.approvals.connection_granted(identity.name, self.connection_name or "")
         if conn.allow_groups is not None and not (effective.groups & set(conn.allow_groups)) and not granted:
             return self._fail(

@@ -281,6 +281,8 @@ def build_router(svc: WebServices) -> APIRouter:
             "token_id": who.identity.token_id,
             "expires_at": iso(who.identity.expires_at),
             "roles": sorted(who.roles),
+            # which groups give which role: what to ask for when a role is missing
+            "role_groups": {role: list(groups) for role, groups in svc.web.roles.items()},
             "features": {
                 "approvals": svc.approvals.available,
                 "review": svc.approvals.can_review,
@@ -874,6 +876,9 @@ def build_router(svc: WebServices) -> APIRouter:
         identity: str | None = None,
         kind: Literal["human", "agent"] | None = None,
         connection: str | None = None,
+        include_catalog: Annotated[
+            bool, Query(description="count reads of pg_catalog and information_schema too")
+        ] = False,
     ) -> dict[str, Any]:
         flt = SearchFilter(
             identity=identity or None,
@@ -883,7 +888,7 @@ def build_router(svc: WebServices) -> APIRouter:
             until=_when(until, "until"),
         )
         maps = class_maps()
-        agg = DataAccess(class_lookup(maps) if maps else None)
+        agg = DataAccess(class_lookup(maps) if maps else None, include_catalog=include_catalog)
         cap = svc.web.summary_max_statements
         truncated = False
         for n, (stored, _) in enumerate(
@@ -914,7 +919,13 @@ def build_router(svc: WebServices) -> APIRouter:
 
     @r.get("/agents", tags=["data"], summary="What AI agents (identity kind agent) have been doing")
     def agents(
-        request: Request, who: Auditor, since: When = "7d", until: When = None
+        request: Request,
+        who: Auditor,
+        since: When = "7d",
+        until: When = None,
+        include_catalog: Annotated[
+            bool, Query(description="count reads of pg_catalog and information_schema too")
+        ] = False,
     ) -> dict[str, Any]:
         flt = SearchFilter(
             identity_kind="agent", since=_when(since, "since"), until=_when(until, "until")
@@ -924,7 +935,7 @@ def build_router(svc: WebServices) -> APIRouter:
             statement_row(s, c)
             for s, c in svc.store.search_statements(flt, descending=True, limit=cap)
         )
-        items = agent_summary(rows)
+        items = agent_summary(rows, include_catalog=include_catalog)
         live = [s for s in live_rows() if s["identity_kind"] == "agent"]
         audit(request, who, "agents.summary", since=since, until=until)
         return {"items": items, "live": live}

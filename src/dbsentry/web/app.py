@@ -144,11 +144,11 @@ def create_app(ctx: WebContext) -> FastAPI:
     @app.get(
         "/readyz",
         tags=["health"],
-        summary="Readiness: the audit trail and the listener work",
+        summary="Readiness: the audit trail, the listener and every upstream work",
         dependencies=public,
         responses={
             **errors(*GATE_ERRORS),
-            503: {"description": "not ready: the failing checks"},
+            503: {"description": "not ready: the failing checks, and which upstream fails"},
         },
     )
     def readyz() -> JSONResponse:
@@ -165,9 +165,15 @@ def create_app(ctx: WebContext) -> FastAPI:
                 checks["audit_store"] = False
         if ctx.listener_up is not None:
             checks["listener"] = bool(ctx.listener_up())
+        body: dict[str, Any] = {"checks": checks}
+        if ctx.upstreams is not None:
+            upstreams = ctx.upstreams()
+            for name, up in upstreams.items():
+                checks[f"upstream:{name}"] = up.reachable is not False  # unknown until probed
+            body["upstreams"] = {name: up.to_dict() for name, up in upstreams.items()}
         ready = all(checks.values())
         return JSONResponse(
-            {"status": "ready" if ready else "not ready", "checks": checks},
+            {"status": "ready" if ready else "not ready", **body},
             status_code=200 if ready else 503,
         )
 

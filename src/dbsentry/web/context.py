@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dbsentry.webconfig import WebConfig
 
@@ -16,6 +16,16 @@ if TYPE_CHECKING:
     from dbsentry.config import Config
     from dbsentry.identity import Authenticator
     from dbsentry.session.governance import Governor
+
+
+class UpstreamState(Protocol):
+    """What the last probe of a connection's upstream found (the proxy's
+    ``server.upstream_health.UpstreamStatus``): None before the first probe."""
+
+    @property
+    def reachable(self) -> bool | None: ...
+
+    def to_dict(self) -> dict[str, object]: ...
 
 
 def _no_sessions() -> Iterable[Any]:
@@ -31,7 +41,8 @@ class WebContext:
     proxy's open client connections (objects with a ``.session``) or the sessions
     themselves.  ``approvals`` is the approvals store when that feature is present;
     ``classification`` returns each connection's classification map when masking is.
-    ``listener_up`` says whether the PostgreSQL listener accepts connections (readiness).
+    ``listener_up`` says whether the PostgreSQL listener accepts connections and
+    ``upstreams`` what the last probe of each connection's upstream found (readiness).
     """
 
     config: Config
@@ -43,6 +54,7 @@ class WebContext:
     live_sessions: Callable[[], Iterable[Any]] = _no_sessions
     web: WebConfig | None = None
     listener_up: Callable[[], bool] | None = None
+    upstreams: Callable[[], Mapping[str, UpstreamState]] | None = None
     classification: Callable[[], Mapping[str, Any]] | None = None
     public_keys: Callable[[], Sequence[Ed25519PublicKey]] | None = None
     clock: Callable[[], float] = field(default=time.time)

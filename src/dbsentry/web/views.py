@@ -14,6 +14,28 @@ from typing import Any
 from dbsentry.audit.query import iso
 
 _REFUSED = frozenset({"deny", "require_approval", "pending_approval", "refused"})
+_CATALOG_SCHEMAS = ("pg_catalog.", "information_schema.", "pg_toast.")
+
+
+def is_catalog_table(table: str) -> bool:
+    """A system catalog or information_schema view: what psql's ``\\d``, drivers and ORMs
+    read to learn the schema.  Unqualified ``pg_*`` names are PostgreSQL's catalogs too
+    (pg_catalog comes first on every search_path)."""
+    name = table.replace('"', "").lower()
+    return name.startswith(_CATALOG_SCHEMAS) or ("." not in name and name.startswith("pg_"))
+
+
+def _user_tables(row: Mapping[str, Any], include_catalog: bool) -> tuple[str, ...] | None:
+    """The tables of a statement record worth showing in data-access views: all of them
+    with ``include_catalog``, else the non-catalog ones; None when the statement read
+    catalogs only (and no classified data), so it is left out."""
+    tables = tuple(str(t) for t in row.get("tables") or ())
+    if include_catalog:
+        return tables
+    kept = tuple(t for t in tables if not is_catalog_table(t))
+    if tables and not kept and not row.get("data_classes") and not row.get("masked_classes"):
+        return None
+    return kept
 
 
 def _attr(obj: Any, *path: str) -> Any:
@@ -184,15 +206,22 @@ class DataAccess:
     attempts (``refused``, ``refused_classes``), never as data touched.
     """
 
-    def __init__(self, lookup: ClassLookup | None = None) -> None:
+    def __init__(self, lookup: ClassLookup | None = None, *, include_catalog: bool = False) -> None:
         self._lookup = lookup
+        self._include_catalog = include_catalog
         self._ids: dict[str, _Identity] = defaultdict(_Identity)
         self.statements = 0
+        # statements that read only system catalogs, left out unless include_catalog
+        self.catalog_statements = 0
         # distinct statements (not statement x class) that read classified data / were masked
         self.classified_statements = 0
         self.masked_statements = 0
 
     def add(self, row: Mapping[str, Any]) -> None:
+        tables = _user_tables(row, self._include_catalog)
+        if tables is None:
+            self.catalog_statements += 1
+            return
         self.statements += 1
         name = str(row.get("identity") or "?")
         ident = self._ids[name]
@@ -224,7 +253,6 @@ class DataAccess:
         for c in set(masked_cls):
             ident.masked_classes[c] += 1
         connection = str(row.get("connection") or "?")
-        tables = tuple(str(t) for t in row.get("tables") or ())
         per_table = ident.connections[connection]
         for t in tables:
             per_table[t].statements += 1
@@ -234,6 +262,8 @@ class DataAccess:
                 paired[split_column(str(col), tables)] = str(cls)
         for col in row.get("columns_read") or ():
             table, column = split_column(str(col), tables)
+            if not self._include_catalog and is_catalog_table(table):
+                continue
             entry = per_table[table].columns[column]
             entry.reads += 1
             cls = paired.get((table, column))
@@ -324,6 +354,7 @@ class DataAccess:
         )
         return {
             "statements": self.statements,
+            "catalog_statements": self.catalog_statements,
             "classified_statements": self.classified_statements,
             "masked_statements": self.masked_statements,
             "identities": identities,
@@ -332,8 +363,12 @@ class DataAccess:
         }
 
 
-def agent_summary(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per agent: statements by decision, connections, tables, data classes, last seen."""
+def agent_summary(
+    rows: Iterable[Mapping[str, Any]], *, include_catalog: bool = False
+) -> list[dict[str, Any]]:
+    """Per agent: statements by decision, connections, tables, data classes, last seen.
+    Statements that read only system catalogs are counted apart (``catalog_statements``)
+    unless ``include_catalog``."""
     agents: dict[str, dict[str, Any]] = {}
     for row in rows:
         name = str(row.get("identity") or "?")
@@ -350,25 +385,30 @@ def agent_summary(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "last_seen": None,
                 "first_seen": None,
                 "errors": 0,
+                "catalog_statements": 0,
             },
         )
-        a["statements"] += 1
-        a["decisions"][str(row.get("decision") or "unknown")] += 1
-        a["connections"][str(row.get("connection") or "?")] += 1
-        for t in row.get("tables") or ():
-            a["tables"][str(t)] += 1
-        for c in {*(row.get("data_classes") or ()), *(row.get("masked_classes") or ())}:
-            a["classes"][str(c)] += 1
+        tables = _user_tables(row, include_catalog)
         if row.get("session_id"):
             a["sessions"].add(row["session_id"])
-        if row.get("error"):
-            a["errors"] += 1
         when = row.get("time")
         if isinstance(when, str):
             if a["last_seen"] is None or when > a["last_seen"]:
                 a["last_seen"] = when
             if a["first_seen"] is None or when < a["first_seen"]:
                 a["first_seen"] = when
+        if tables is None:
+            a["catalog_statements"] += 1
+            continue
+        a["statements"] += 1
+        a["decisions"][str(row.get("decision") or "unknown")] += 1
+        a["connections"][str(row.get("connection") or "?")] += 1
+        for t in tables:
+            a["tables"][t] += 1
+        for c in {*(row.get("data_classes") or ()), *(row.get("masked_classes") or ())}:
+            a["classes"][str(c)] += 1
+        if row.get("error"):
+            a["errors"] += 1
     out = []
     for a in agents.values():
         decisions: Counter[str] = a["decisions"]

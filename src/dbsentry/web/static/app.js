@@ -9,7 +9,7 @@
   const SVG_NS = "http://www.w3.org/2000/svg";
   const FEED_MAX_ROWS = 300;
 
-  const state = { token: null, me: null, cleanups: [], pending: null };
+  const state = { token: null, me: null, cleanups: [], pending: null, pendingListeners: new Set() };
 
   // --- DOM helpers ----------------------------------------------------------------------
 
@@ -304,22 +304,35 @@
   const pages = {};
 
   pages.live = async (view) => {
+    const queue = state.me.features.approvals;
     const stats = {
       total: stat("Statements", 0, "accent"),
       allow: stat("Allowed", 0, "allow"),
       mask: stat("Masked", 0, "mask"),
       deny: stat("Denied", 0, "deny"),
-      pending: stat("Awaiting approval", 0, "pending"),
+      // With an approvals queue, the same number as the Approvals badge (one source: the
+      // queue; a statement sent three times is one request); without one, the feed's count.
+      held: queue ? stat("Awaiting review", state.pending ?? 0, "pending") : stat("Held for approval", 0, "pending"),
       sessions: stat("Live sessions", 0),
     };
-    view.append(h("div", { class: "stats" }, Object.values(stats)));
-    const counts = { total: 0, allow: 0, mask: 0, deny: 0, pending: 0 };
+    if (queue) {
+      stats.held.id = "pending-requests";
+      const onPending = (n) => stats.held.set(n);
+      state.pendingListeners.add(onPending);
+      state.cleanups.push(() => state.pendingListeners.delete(onPending));
+    }
+    view.append(
+      h("div", { class: "stats-caption muted" }, queue
+        ? "Statements in the feed below, by decision; requests awaiting review in the approvals queue."
+        : "Statements in the feed below, by decision."),
+      h("div", { class: "stats" }, Object.values(stats)));
+    const counts = { total: 0, allow: 0, mask: 0, deny: 0, held: 0 };
     const count = (decision) => {
       counts.total += 1;
-      const key = decision === "require_approval" || decision === "pending_approval" ? "pending"
+      const key = decision === "require_approval" || decision === "pending_approval" ? "held"
         : decision === "approved" ? "allow" : decision;
       if (key in counts) counts[key] += 1;
-      for (const k of Object.keys(counts)) stats[k].set(counts[k]);
+      for (const k of Object.keys(counts)) if (k !== "held" || !queue) stats[k].set(counts[k]);
     };
     const { el, tbody } = statementTable();
     const feedCard = card("Live activity", "Every statement as the proxy records it; new ones appear at the top.", h("div", { class: "card-body flush", id: "feed" }, el));
@@ -492,7 +505,8 @@
     const canReview = hasRole("admin", "reviewer") && state.me.features.review;
     const seg = segmented(["pending", "approved", "denied", ""], status,
       (v) => { location.hash = `#/approvals${query({ status: v || "all" })}`; }, ["Pending", "Approved", "Denied", "All"]);
-    const data = await api(`/approvals${query({ status: status === "all" ? "" : status })}`);
+    // An empty status asks for every request (query() would drop it, and the API's default is pending).
+    const data = await api(`/approvals?status=${status === "all" ? "" : encodeURIComponent(status)}`);
     const queue = h("div", { class: "queue" });
     for (const r of data.items) queue.append(requestCard(r, canReview));
     view.append(card("Approval requests", "Statements held until a reviewer decides",
@@ -538,6 +552,9 @@
     ];
     const pendingNow = status === "pending" || status === "requested";
     const requester = pick(r, "requester", "identity");
+    const own = requester === state.me.identity;
+    const reason = pick(r, "reason", "justification");
+    const reviews = r.reviews || [];
     return h("article", { class: "card request", dataset: { id } },
       h("div", {},
         h("div", { class: "actions" }, badge(status), who(requester, pick(r, "requester_kind", "identity_kind")),
@@ -545,20 +562,27 @@
         h("div", { class: "meta" },
           h("span", {}, "Connection ", h("b", {}, pick(r, "connection") || "–")),
           h("span", {}, "Environment ", h("b", {}, pick(r, "environment") || "–")),
+          r.kind !== "access" ? h("span", { class: "risk" }, "Risk ", h("b", { class: `risk-${r.risk || "unknown"}` }, r.risk || "unknown")) : null,
+          r.kind !== "access" ? h("span", { class: "tables" }, "Tables ", (r.tables || []).length ? chips(r.tables) : h("b", {}, "none")) : null,
           pick(r, "approvers") ? h("span", {}, "Approvers ", h("b", {}, [].concat(pick(r, "approvers")).join(", "))) : null,
           pick(r, "expires_at") ? h("span", {}, "Expires ", h("b", {}, fmtTime(isoOf(pick(r, "expires_at")), true))) : null,
-          pick(r, "reviewer") ? h("span", {}, "Reviewed by ", h("b", {}, pick(r, "reviewer"))) : null,
-          (r.reviews || []).length ? h("span", {}, "Reviews ", h("b", {}, r.reviews.map((v) => `${v.reviewer} ${v.approve ? "✓" : "✗"}`).join(", "))) : null,
           r.min_approvals > 1 ? h("span", {}, "Needs ", h("b", {}, `${r.min_approvals} approvals`)) : null,
           (r.rules || []).length ? h("span", {}, "Rule ", h("b", {}, r.rules.join(", "))) : null,
           h("span", { class: "mono muted" }, id)),
-        pick(r, "reason", "justification") ? h("p", { class: "reason" }, `“${pick(r, "reason", "justification")}”`) : null),
-      pendingNow && canReview && requester !== state.me.identity
+        r.message ? h("p", { class: "why muted" }, r.message) : null,
+        reason || r.kind === "access" ? h("p", { class: "reason" }, reason ? `Requester's reason: “${reason}”` : "The requester gave no reason.") : null,
+        reviews.length ? h("ul", { class: "reviews" }, reviews.map((v) => h("li", {},
+          h("span", { class: v.approve ? "approved" : "denied" }, v.approve ? "✓ approved" : "✗ denied"),
+          " by ", h("b", {}, v.reviewer), ` ${fmtAgo(isoOf(v.time))}`,
+          v.reason ? h("span", { class: "comment" }, `: “${v.reason}”`) : h("span", { class: "muted" }, " (no comment)")))) : null),
+      pendingNow && canReview && !own
         ? h("div", { class: "decide" }, comment, h("div", { class: "actions" }, buttons))
-        : h("div", {}),
+        : pendingNow && canReview && own
+          ? h("div", { class: "muted own" }, `Your own request: another member of ${[].concat(pick(r, "approvers") || []).join(" or ")} reviews it.`)
+          : h("div", {}),
       r.kind === "access"
         ? h("pre", { class: "mono" }, `access to ${r.access_group ? `group ${r.access_group}` : `connection ${r.connection}`}`)
-        : h("pre", { class: "mono" }, pick(r, "statement", "sql") || "(no statement)"));
+        : h("pre", { class: "mono statement" }, pick(r, "statement", "sql") || "(no statement)"));
   }
 
   pages.approval = async (view, id) => {
@@ -571,12 +595,26 @@
 
   // --- data access ------------------------------------------------------------------------
 
+  // Reads of pg_catalog and information_schema (psql's \d, drivers) are left out unless asked for.
+  function catalogToggle(route, params, hidden) {
+    const on = params.get("catalog") === "1";
+    const box = h("input", { type: "checkbox", id: "show-catalog", checked: on, onchange: () => {
+      const q = new URLSearchParams(params);
+      if (box.checked) q.set("catalog", "1"); else q.delete("catalog");
+      location.hash = `#/${route}${q.toString() ? `?${q}` : ""}`;
+    } });
+    return h("div", { class: "field check catalog-toggle" }, box,
+      h("label", { for: "show-catalog" }, on ? "Catalog queries shown" : `Show catalog queries${hidden ? ` (${fmtNum(hidden)} hidden)` : ""}`));
+  }
+
   pages.data = async (view, _arg, params) => {
     const since = params.get("since") || "7d";
     const kind = params.get("kind") || "";
-    const go = (q) => { location.hash = `#/data${query({ since, kind, ...q })}`; };
-    const d = await api(`/data-access${query({ since, kind })}`);
+    const catalog = params.get("catalog") === "1" ? "1" : "";
+    const go = (q) => { location.hash = `#/data${query({ since, kind, catalog, ...q })}`; };
+    const d = await api(`/data-access${query({ since, kind, include_catalog: catalog ? "true" : "" })}`);
     const controls = h("div", { class: "actions" },
+      catalogToggle("data", params, d.catalog_statements),
       segmented(["", "human", "agent"], kind, (v) => go({ kind: v }), ["Everyone", "People", "Agents"]),
       segmented(["24h", "7d", "30d", "90d"], since, (v) => go({ since: v })));
     const touched = d.classified_statements ?? d.classes.reduce((n, c) => n + c.statements, 0);
@@ -724,7 +762,9 @@
 
   pages.agents = async (view, _arg, params) => {
     const since = params.get("since") || "7d";
-    const data = await api(`/agents${query({ since })}`);
+    const catalog = params.get("catalog") === "1" ? "1" : "";
+    const data = await api(`/agents${query({ since, include_catalog: catalog ? "true" : "" })}`);
+    const hidden = data.items.reduce((n, a) => n + (a.catalog_statements || 0), 0);
     const liveBy = new Set(data.live.map((s) => s.identity));
     view.append(h("div", { class: "notice" },
       "AI agents connect with identities of kind ", h("b", {}, "agent"),
@@ -745,7 +785,8 @@
         h("a", { href: `#/search${query({ identity: a.identity })}` }, "All statements →"))));
     view.append(card("Agents", `Activity in the last ${since}`,
       h("div", { class: "card-body" }, cards.length ? h("div", { class: "grid-3" }, cards) : empty("No agent activity", "Create an agent token with dbsentry token create --agent.")),
-      segmented(["24h", "7d", "30d"], since, (v) => { location.hash = `#/agents${query({ since: v })}`; })));
+      h("div", { class: "actions" }, catalogToggle("agents", params, hidden),
+        segmented(["24h", "7d", "30d"], since, (v) => { location.hash = `#/agents${query({ since: v, catalog })}`; }))));
     view.append(card("Recent agent statements", null, h("div", { class: "card-body flush" },
       pagedStatements((c) => `/statements${query({ kind: "agent", cursor: c, limit: 25 })}`, { withDate: true, emptyTitle: "No agent statements" }))));
   };
@@ -845,12 +886,16 @@
   // --- audit chain ------------------------------------------------------------------------
 
   pages.audit = async (view, _arg, params) => {
-    const [status, v] = await Promise.all([api("/audit/status"), api(`/audit/verify${query({ fresh: params.get("fresh") ? "true" : "" })}`)]);
+    // The head is read after the verification, so it is never behind what was verified.
+    const v = await api(`/audit/verify${query({ fresh: params.get("fresh") ? "true" : "" })}`);
+    const status = await api("/audit/status");
+    const newer = v.last_seq !== null ? Math.max(0, status.head.seq - v.last_seq) : 0;
     view.append(h("section", { class: `card chain ${v.ok ? "ok" : "bad"}` },
       h("div", { class: "seal" }, v.ok ? "✓" : "!"),
       h("div", {},
         h("div", { class: "title" }, v.ok ? "Chain intact" : "Chain broken"),
-        h("div", { class: "muted" }, `${fmtNum(v.records)} records verified · ${v.valid_checkpoints} of ${v.checkpoints} signed checkpoints valid · checked ${fmtAgo(v.checked_at)}`),
+        h("div", { class: "muted", id: "chain-summary" }, `${fmtNum(v.records)} records verified${v.last_seq !== null ? `, up to #${v.last_seq}` : ""} · ${v.valid_checkpoints} of ${v.checkpoints} signed checkpoints valid · checked ${fmtAgo(v.checked_at)}`),
+        newer ? h("div", { class: "muted" }, `${fmtNum(newer)} ${newer === 1 ? "record" : "records"} written since the check (Verify now includes them)`) : null,
         v.unsigned_tail ? h("div", { class: "muted" }, `${fmtNum(v.unsigned_tail)} records after the last signed checkpoint (chained, signed at the next checkpoint)`) : null),
       h("span", { class: "spacer" }),
       h("button", { class: "btn", type: "button", onclick: () => { location.hash = `#/audit?fresh=${Date.now()}`; } }, "Verify now")));
@@ -861,9 +906,9 @@
     const w = status.writer;
     view.append(h("div", { class: "grid-2" },
       card("Chain", null, h("div", { class: "card-body" }, h("dl", { class: "kv" },
-        h("dt", {}, "Head"), h("dd", { class: "mono" }, `#${status.head.seq} ${status.head.hash.slice(0, 24)}…`),
+        h("dt", {}, "Verified"), h("dd", { class: "mono", id: "chain-verified" }, v.last_seq !== null ? `#${v.first_seq} … #${v.last_seq} (${fmtNum(v.records)} records)` : "no records"),
+        h("dt", {}, "Head now"), h("dd", { class: "mono", id: "chain-head" }, `#${status.head.seq} ${status.head.hash.slice(0, 24)}…`),
         h("dt", {}, "Anchor"), h("dd", { class: "mono" }, `#${status.anchor.seq}`),
-        h("dt", {}, "Records"), h("dd", {}, `${v.first_seq ?? "–"} … ${v.last_seq ?? "–"}`),
         h("dt", {}, "Last signed"), h("dd", {}, v.last_checkpoint_seq !== null ? `#${v.last_checkpoint_seq}` : "none yet")))),
       card("Writer", null, h("div", { class: "card-body" }, w ? h("dl", { class: "kv" },
         h("dt", {}, "Status"), h("dd", {}, w.healthy ? h("span", { class: "badge allow" }, "healthy") : h("span", { class: "badge deny" }, "failing")),
@@ -1000,15 +1045,30 @@
     if (!state.pendingBadge || !state.me.features.approvals) return;
     try {
       const data = await api("/approvals?status=pending");
-      state.pendingBadge.textContent = data.items.length;
-      state.pendingBadge.hidden = data.items.length === 0;
+      state.pending = data.items.length;
+      state.pendingBadge.textContent = state.pending;
+      state.pendingBadge.hidden = state.pending === 0;
+      for (const fn of state.pendingListeners) fn(state.pending);
     } catch { /* the badge stays as it was */ }
+  }
+
+  // Signed in, but no console role: say which groups give which role.
+  function noRole() {
+    const groups = state.me.role_groups || {};
+    const what = { admin: "everything, tokens included", reviewer: "approvals; sessions, statements, policy", auditor: "the audit trail, data access, agents" };
+    return h("div", { class: "empty", id: "no-role" },
+      h("strong", {}, "Your identity has no console role"),
+      h("p", {}, `${state.me.identity} is in ${state.me.groups.length ? `the groups ${state.me.groups.join(", ")}` : "no group"}; roles come from these groups (web.roles in the configuration):`),
+      h("ul", { class: "role-groups" }, Object.entries(groups).map(([role, names]) => h("li", {},
+        h("b", {}, role), ` (${what[role] || role}): `, names.length ? names.join(", ") : "no group"))),
+      h("p", {}, "Ask an admin for a token with one of these groups."));
   }
 
   function setTitle(text) { $("page-title").textContent = text; document.title = `${text} · dbsentry`; }
 
   async function navigate() {
     for (const fn of state.cleanups.splice(0)) fn();
+    refreshPending(); // every page and the badge see the same queue
     const hash = location.hash.replace(/^#\/?/, "");
     const [path, qs] = hash.split("?");
     const [route, ...rest] = path.split("/");
@@ -1021,8 +1081,10 @@
     const page = pages[name];
     const item = NAV.find((n) => n.route === (ROUTE_ALIASES[name] || name));
     if (!page || (item && !allowed(item))) {
-      setTitle("Not available");
-      view.append(empty("This page is not available", state.me.roles.length ? "Your roles do not include it, or the feature is not configured." : "Your identity has none of the console roles (admin, reviewer, auditor)."));
+      setTitle(state.me.roles.length ? "Not available" : "No console role");
+      view.append(state.me.roles.length
+        ? empty("This page is not available", "Your roles do not include it, or the feature is not configured.")
+        : noRole());
       return;
     }
     setTitle(TITLES[name] || name);
@@ -1048,7 +1110,6 @@
     $("who-roles").textContent = me.roles.length ? me.roles.join(" · ") : "no console role";
     $("policy-version").textContent = me.policy_version ? `policy ${me.policy_version}` : "";
     renderNav();
-    refreshPending();
     const timer = setInterval(refreshPending, 30000);
     state.signOutHooks = [() => clearInterval(timer)];
     await navigate();
