@@ -146,7 +146,7 @@ def people(direct: psycopg.Connection[Any]) -> Iterator[str]:
 
 
 def smuggled_select(table: str) -> bytes:
-    # UTF-8 reader: SELECT of one string constant.  SJIS reader: SELECT '<kanji><＼>' AS a, email, card FROM table
+    # UTF-8 reader: SELECT of one string constant.  SJIS reader: SELECT '<kanji><fullwidth backslash>' AS a, email, card FROM table
     return b"SELECT E'" + HIRAGANA_A + b"\\' AS a, email, card FROM " + table.encode() + b" --'"
 
 
