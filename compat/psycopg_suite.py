@@ -45,7 +45,6 @@ import tempfile
 import time
 import urllib.request
 import venv
-import xml.etree.ElementTree as ET
 import zipfile
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -383,7 +382,7 @@ def create_token(config: Path) -> str:
 
 def pytest_command(python: Path, args: argparse.Namespace, junit: Path, cache_dir: Path, nodeids: list[str] | None = None) -> list[str]:
     cmd = [
-        str(python), "-m", "pytest", "-q", "-p", "no:randomly",
+        str(python), "-m", "pytest", "-q", "-p", "no:randomly", "-p", "_suite_progress",
         f"--timeout={args.timeout}",
         f"--junitxml={junit}", "-o", "junit_family=xunit1",
         "-o", f"cache_dir={cache_dir}",
@@ -406,47 +405,14 @@ def _is_test_path(arg: str) -> bool:
     return arg == "tests" or arg.startswith("tests/")
 
 
-def run_pytest(label: str, cmd: list[str], suite: Path, dsn: str, env_extra: dict[str, str], log_path: Path, run_timeout: float) -> tuple[int, float]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "PSYCOPG_", "PYTEST_"))}
-    env.update(env_extra)
-    env["PSYCOPG_TEST_DSN"] = dsn  # in the environment, not on the command line: it holds a token
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    log(f"{label}: running psycopg's suite (log: {log_path.name})")
-    start = time.monotonic()
-    with open(log_path, "wb") as out:
-        out.write((" ".join(cmd) + "\n\n").encode())
-        out.flush()
-        proc = subprocess.Popen(cmd, cwd=suite, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            rc = proc.wait(run_timeout)
-        except subprocess.TimeoutExpired:
-            log(f"{label}: the run exceeded {run_timeout:.0f}s, stopping it")
-            rc = _stop(proc)
-        except BaseException:  # ^C or SIGTERM of the harness: do not leave pytest running
-            _stop(proc)
-            raise
-    elapsed = time.monotonic() - start
-    tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
-    log(f"{label}: pytest exited {rc} after {elapsed:.0f}s: {tail[0] if tail else ''}")
-    return rc, elapsed
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> int:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGINT)  # pytest still writes its junit report on ^C
-    try:
-        return proc.wait(60)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        return proc.wait()
-
-
 @dataclass
 class Outcome:
     nodeid: str
-    status: str  # passed, failed, error, skipped, xfailed
+    status: str  # passed, failed, error, skipped, xfailed, crashed
     message: str = ""
+
+
+BAD = ("failed", "error", "crashed")
 
 
 def _first_line(text: str | None) -> str:
@@ -456,43 +422,133 @@ def _first_line(text: str | None) -> str:
     return ""
 
 
-def read_junit(path: Path) -> dict[str, Outcome]:
+def read_progress(path: Path) -> tuple[dict[str, Outcome], str | None]:
+    """Outcomes from the progress plugin's file, and the test that started and never
+    finished (the one running when the process died), if any."""
+    reports: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    order: list[str] = []
+    running: str | None = None
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a crash
+            nodeid = rec["nodeid"]
+            if rec["event"] == "start":
+                running = nodeid
+                reports.pop(nodeid, None)  # started again (a resumed run): the new result counts
+                if nodeid not in order:
+                    order.append(nodeid)
+            elif rec["event"] == "report":
+                reports[nodeid][rec["when"]] = rec
+            elif rec["event"] == "finish" and running == nodeid:
+                running = None
     out: dict[str, Outcome] = {}
-    if not path.is_file():
-        return out
-    root = ET.parse(path).getroot()
-    for case in root.iter("testcase"):
-        file = case.get("file") or ""
-        classname = case.get("classname") or ""
-        name = case.get("name") or ""
-        module = file[:-3].replace("/", ".") if file.endswith(".py") else ""
-        if file and classname.startswith(module):
-            rest = classname[len(module):].lstrip(".")
-            nodeid = "::".join(p for p in (file, *(rest.split(".") if rest else []), name) if p)
-        else:
-            nodeid = f"{classname}::{name}"
+    for nodeid in order:
+        phases = reports.get(nodeid, {})
+        if "teardown" not in phases:
+            continue  # not run to its end: the process died during it
+        setup, call, teardown = phases.get("setup"), phases.get("call"), phases.get("teardown")
         status, message = "passed", ""
-        failure, error, skipped = case.find("failure"), case.find("error"), case.find("skipped")
-        if failure is not None:
-            status, message = "failed", _first_line(failure.get("message") or failure.text)
-        elif error is not None:
-            status, message = "error", _first_line(error.get("message") or error.text)
-        elif skipped is not None:
-            kind = skipped.get("type") or ""
-            status = "xfailed" if kind == "pytest.xfail" else "skipped"
-            message = _first_line(skipped.get("message"))
-        # A teardown error after a failure is a second element of the same test case.
-        if error is not None and failure is not None:
-            message += " | teardown: " + _first_line(error.get("message") or error.text)
-        prev = out.get(nodeid)
-        if prev is None or prev.status in ("passed", "skipped"):
-            out[nodeid] = Outcome(nodeid, status, message)
-    return out
+        if setup and setup["outcome"] == "failed":
+            status, message = "error", "setup: " + _first_line(setup["message"])
+        elif setup and setup["outcome"] == "skipped":
+            status, message = ("xfailed" if setup["xfail"] else "skipped"), _first_line(setup["message"])
+        elif call:
+            if call["outcome"] == "failed":
+                status, message = "failed", _first_line(call["message"])
+            elif call["outcome"] == "skipped":
+                status, message = ("xfailed" if call["xfail"] else "skipped"), _first_line(call["message"])
+        if teardown and teardown["outcome"] == "failed":
+            td = "teardown: " + _first_line(teardown["message"])
+            if status in ("passed", "skipped", "xfailed"):
+                status, message = "error", td
+            else:
+                message += " | " + td
+        out[nodeid] = Outcome(nodeid, status, message)
+    return out, running
+
+
+def run_suite(
+    label: str, python: Path, args: argparse.Namespace, suite: Path, dsn: str, env_extra: dict[str, str],
+    results: Path, name: str, nodeids: list[str] | None = None,
+) -> tuple[dict[str, Outcome], float]:
+    """Run the suite (or ``nodeids``) with pytest; should the test process die (a crash
+    of the driver, say), record the test it was running as crashed and resume after it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "PSYCOPG_", "PYTEST_", "COMPAT_"))}
+    env.update(env_extra)
+    env["PSYCOPG_TEST_DSN"] = dsn  # in the environment, not on the command line: it holds a token
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent)  # the progress plugin
+    progress, skip = results / f"{name}.progress.jsonl", results / f"{name}.skip"
+    env["COMPAT_PROGRESS_FILE"], env["COMPAT_SKIP_FILE"] = str(progress), str(skip)
+    for f in (progress, skip):
+        f.unlink(missing_ok=True)
+    for old in results.glob(f"{name}*.log"):
+        if re.fullmatch(rf"{re.escape(name)}(-\d+)?\.log", old.name):
+            old.unlink()
+    crashed: dict[str, Outcome] = {}
+    start = time.monotonic()
+    for attempt in range(1, args.max_crashes + 2):
+        suffix = "" if attempt == 1 else f"-{attempt}"
+        log_path, cache = results / f"{name}{suffix}.log", results / f"cache-{name}"
+        shutil.rmtree(cache, ignore_errors=True)  # psycopg's conftest refuses to run after a crash it recorded there
+        cmd = pytest_command(python, args, results / f"{name}{suffix}.xml", cache, nodeids)
+        remaining = args.run_timeout - (time.monotonic() - start)
+        log(f"{label}: running psycopg's suite{' again, after the crash' if attempt > 1 else ''} (log: {log_path.name})")
+        with open(log_path, "wb") as out:
+            out.write((" ".join(cmd) + "\n\n").encode())
+            out.flush()
+            proc = subprocess.Popen(cmd, cwd=suite, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                rc = proc.wait(max(remaining, 1))
+            except subprocess.TimeoutExpired:
+                log(f"{label}: the run exceeded {args.run_timeout}s, stopping it")
+                rc = _stop(proc)
+            except BaseException:  # ^C or SIGTERM of the harness: do not leave pytest running
+                _stop(proc)
+                raise
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
+        log(f"{label}: pytest exited {rc} after {time.monotonic() - start:.0f}s: {tail[0] if tail else ''}")
+        outcomes, running = read_progress(progress)
+        if running is None or rc in (0, 1, 2, 3, 4, 5) or time.monotonic() - start >= args.run_timeout:
+            break
+        why = f"signal {-rc}" if rc < 0 else f"exit status {rc}"
+        log(f"{label}: the test process died ({why}) in {running}")
+        crashed[running] = Outcome(running, "crashed", f"the test process died ({why}) during this test")
+        skip.write_text("\n".join([*outcomes, *crashed]) + "\n")
+    else:
+        log(f"{label}: stopped after {args.max_crashes} crashes")
+    outcomes, _ = read_progress(progress)
+    outcomes.update(crashed)
+    return outcomes, time.monotonic() - start
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT)  # pytest still writes its reports on ^C
+    try:
+        return proc.wait(60)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return proc.wait()
+
+
+def save_outcomes(path: Path, outcomes: dict[str, Outcome]) -> None:
+    path.write_text(json.dumps([asdict(o) for o in outcomes.values()], indent=1))
+
+
+def load_outcomes(path: Path) -> dict[str, Outcome]:
+    if not path.is_file():
+        raise HarnessError(f"no earlier results in {path.name}: run both sides first")
+    return {o["nodeid"]: Outcome(**o) for o in json.loads(path.read_text())}
 
 
 def totals(results: dict[str, Outcome]) -> dict[str, int]:
     c = Counter(o.status for o in results.values())
-    return {k: c.get(k, 0) for k in ("passed", "failed", "error", "skipped", "xfailed")} | {"total": len(results)}
+    return {k: c.get(k, 0) for k in ("passed", "failed", "error", "crashed", "skipped", "xfailed")} | {"total": len(results)}
 
 
 _NORMALISE = [
@@ -521,8 +577,6 @@ class Comparison:
     missing_dbsentry: list[str] = field(default_factory=list)
     both_failed: int = 0
 
-
-BAD = ("failed", "error")
 
 
 def compare(direct: dict[str, Outcome], proxied: dict[str, Outcome], recheck: dict[str, Outcome] | None) -> Comparison:
@@ -558,15 +612,15 @@ def render(cmp: Comparison, meta: dict[str, Any]) -> str:
         f"- pytest options: `{meta['pytest_options']}`",
         f"- run time: directly {meta['elapsed_direct']:.0f}s, through dbsentry {meta['elapsed_dbsentry']:.0f}s",
         "",
-        "| | passed | failed | error | skipped | xfailed | total |",
-        "|---|---|---|---|---|---|---|",
+        "| | passed | failed | error | crashed | skipped | xfailed | total |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for label, t in (("directly", cmp.direct), ("through dbsentry", cmp.dbsentry)):
-        lines.append(f"| {label} | {t['passed']} | {t['failed']} | {t['error']} | {t['skipped']} | {t['xfailed']} | {t['total']} |")
+        lines.append(f"| {label} | {t['passed']} | {t['failed']} | {t['error']} | {t['crashed']} | {t['skipped']} | {t['xfailed']} | {t['total']} |")
     lines += ["", f"## Pass directly, fail through dbsentry: {len(cmp.only_dbsentry)}", ""]
     if cmp.only_dbsentry and "recheck" in cmp.only_dbsentry[0]:
         flaky = [e for e in cmp.only_dbsentry if e["recheck"] == "passed"]
-        lines.append(f"(rerun through dbsentry: {len(cmp.only_dbsentry) - len(flaky)} failed again, {len(flaky)} passed: flaky)")
+        lines.append(f"Rerun through dbsentry: {len(cmp.only_dbsentry) - len(flaky)} failed again, {len(flaky)} passed (flaky).")
         lines.append("")
     groups: dict[str, list[dict[str, str]]] = defaultdict(list)
     for e in cmp.only_dbsentry:
@@ -610,6 +664,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", choices=["both", "direct", "dbsentry"], default="both", help="run one side only (the other side's previous results are reused for the comparison)")
     p.add_argument("--timeout", type=int, default=180, help="per-test timeout in seconds (pytest-timeout; default: %(default)s)")
     p.add_argument("--run-timeout", type=int, default=4 * 3600, help="timeout of one whole pytest run in seconds (default: %(default)s)")
+    p.add_argument("--max-crashes", type=int, default=20, help="resume a run after at most this many crashes of the test process (default: %(default)s)")
     p.add_argument("--not-markers", default=",".join(DEFAULT_NOT_MARKERS), help="comma-separated pytest markers to deselect (default: %(default)s)")
     p.add_argument("--no-recheck", dest="recheck", action="store_false", help="do not rerun the tests that failed only through dbsentry")
     p.add_argument("--require-client-tls", action="store_true", help="keep dbsentry's default of refusing plaintext clients (the suite's pproxy tests connect with sslmode=disable)")
@@ -659,12 +714,12 @@ def main(argv: list[str] | None = None) -> int:
         direct_dsn = conninfo(host=up["host"], port=port, user=up["user"], password=up.get("password"), dbname=args.database)
 
         elapsed_direct = elapsed_proxy = 0.0
-        direct_xml, proxy_xml, recheck_xml = results / "direct.xml", results / "dbsentry.xml", results / "dbsentry-recheck.xml"
         if args.only in ("both", "direct"):
             recreate_database(args.pg, args.database, up["user"])
-            cmd = pytest_command(python, args, direct_xml, results / "cache-direct")
-            shutil.rmtree(results / "cache-direct", ignore_errors=True)
-            _, elapsed_direct = run_pytest("direct", cmd, suite, direct_dsn, env_extra, results / "direct.log", args.run_timeout)
+            direct, elapsed_direct = run_suite("direct", python, args, suite, direct_dsn, env_extra, results, "direct")
+            save_outcomes(results / "direct.outcomes.json", direct)
+        else:
+            direct = load_outcomes(results / "direct.outcomes.json")
         recheck: dict[str, Outcome] | None = None
         if args.only in ("both", "dbsentry"):
             recreate_database(args.pg, args.database, up["user"])
@@ -673,22 +728,21 @@ def main(argv: list[str] | None = None) -> int:
                 proxy_dsn = conninfo(
                     host="127.0.0.1", port=proxy.port, user=IDENTITY, password=token, dbname=args.database, sslmode=args.sslmode
                 )
-                cmd = pytest_command(python, args, proxy_xml, results / "cache-dbsentry")
-                shutil.rmtree(results / "cache-dbsentry", ignore_errors=True)
-                _, elapsed_proxy = run_pytest("dbsentry", cmd, suite, proxy_dsn, env_extra, results / "dbsentry.log", args.run_timeout)
+                proxied, elapsed_proxy = run_suite("dbsentry", python, args, suite, proxy_dsn, env_extra, results, "dbsentry")
+                save_outcomes(results / "dbsentry.outcomes.json", proxied)
                 if not proxy.alive():
                     log(f"dbsentry died during the run (exit {proxy.process.returncode}); see {proxy.log_path}")
                 elif args.recheck:
-                    first = compare(read_junit(direct_xml), read_junit(proxy_xml), None)
-                    ids = [e["test"] for e in first.only_dbsentry]
+                    ids = [e["test"] for e in compare(direct, proxied, None).only_dbsentry]
                     if ids:
-                        cmd = pytest_command(python, args, recheck_xml, results / "cache-recheck", ids)
-                        shutil.rmtree(results / "cache-recheck", ignore_errors=True)
-                        run_pytest(f"dbsentry recheck of {len(ids)}", cmd, suite, proxy_dsn, env_extra, results / "dbsentry-recheck.log", args.run_timeout)
-                        recheck = read_junit(recheck_xml)
-        direct, proxied = read_junit(direct_xml), read_junit(proxy_xml)
+                        recheck, _ = run_suite(
+                            f"dbsentry, rerun of {len(ids)}", python, args, suite, proxy_dsn, env_extra, results, "dbsentry-recheck", ids
+                        )
+                        save_outcomes(results / "dbsentry-recheck.outcomes.json", recheck)
+        else:
+            proxied = load_outcomes(results / "dbsentry.outcomes.json")
         if not direct or not proxied:
-            raise HarnessError(f"no results to compare (missing {direct_xml.name if not direct else proxy_xml.name})")
+            raise HarnessError("no results to compare (" + ("direct run" if not direct else "run through dbsentry") + " has none)")
         cmp = compare(direct, proxied, recheck)
         meta = {
             "suite": origin,

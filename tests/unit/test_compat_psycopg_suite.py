@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -22,30 +23,44 @@ def harness() -> ModuleType:
     return module
 
 
-def junit(path: Path, cases: str) -> Path:
-    path.write_text(f'<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest">{cases}</testsuite></testsuites>')
+def progress(path: Path, records: list[dict[str, object]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"event": "rep')  # a line cut by a crash
     return path
 
 
-CASES_DIRECT = """
-<testcase classname="tests.test_a" name="test_ok" file="tests/test_a.py" line="1"/>
-<testcase classname="tests.test_a.TestX" name="test_m[p=1]" file="tests/test_a.py" line="9"/>
-<testcase classname="tests.types.test_b" name="test_skip" file="tests/types/test_b.py" line="3"><skipped type="pytest.skip" message="no hstore"/></testcase>
-<testcase classname="tests.test_a" name="test_broken" file="tests/test_a.py" line="5"><failure message="AssertionError: 1 != 2">long text</failure></testcase>
-<testcase classname="tests.test_a" name="test_xf" file="tests/test_a.py" line="7"><skipped type="pytest.xfail" message="expected"/></testcase>
-<testcase classname="tests.test_a" name="test_gone" file="tests/test_a.py" line="8"/>
-"""
-CASES_PROXY = """
-<testcase classname="tests.test_a" name="test_ok" file="tests/test_a.py" line="1"><failure message="psycopg.errors.SyntaxError: syntax error at or near &quot;foo&quot;&#10;LINE 1: foo">tb</failure><error message="failed on teardown with &quot;boom&quot;">tb</error></testcase>
-<testcase classname="tests.test_a.TestX" name="test_m[p=1]" file="tests/test_a.py" line="9"><error message="failed on setup with &quot;OperationalError: 42 refused&quot;">tb</error></testcase>
-<testcase classname="tests.types.test_b" name="test_skip" file="tests/types/test_b.py" line="3"/>
-<testcase classname="tests.test_a" name="test_broken" file="tests/test_a.py" line="5"/>
-<testcase classname="tests.test_a" name="test_xf" file="tests/test_a.py" line="7"><skipped type="pytest.xfail" message="expected"/></testcase>
-"""
+def ran(nodeid: str, *phases: tuple[str, str, str], xfail: bool = False, finish: bool = True) -> list[dict[str, object]]:
+    recs: list[dict[str, object]] = [{"event": "start", "nodeid": nodeid}]
+    recs += [{"event": "report", "nodeid": nodeid, "when": w, "outcome": o, "xfail": xfail, "message": m} for w, o, m in phases]
+    return recs + ([{"event": "finish", "nodeid": nodeid}] if finish else [])
 
 
-def test_read_junit_gives_node_ids_statuses_and_first_lines(harness: ModuleType, tmp_path: Path) -> None:
-    results = harness.read_junit(junit(tmp_path / "d.xml", CASES_DIRECT))
+OK = (("setup", "passed", ""), ("call", "passed", ""), ("teardown", "passed", ""))
+DIRECT = [
+    *ran("tests/test_a.py::test_ok", *OK),
+    *ran("tests/test_a.py::TestX::test_m[p=1]", *OK),
+    *ran("tests/types/test_b.py::test_skip", ("setup", "skipped", "no hstore"), ("teardown", "passed", "")),
+    *ran("tests/test_a.py::test_broken", ("setup", "passed", ""), ("call", "failed", "AssertionError: 1 != 2\nmore"), ("teardown", "passed", "")),
+    *ran("tests/test_a.py::test_xf", ("setup", "passed", ""), ("call", "skipped", "expected"), ("teardown", "passed", ""), xfail=True),
+    *ran("tests/test_a.py::test_gone", *OK),
+]
+PROXY = [
+    *ran(
+        "tests/test_a.py::test_ok",
+        ("setup", "passed", ""),
+        ("call", "failed", 'psycopg.errors.SyntaxError: syntax error at or near "foo"\nLINE 1: foo'),
+        ("teardown", "failed", "boom"),
+    ),
+    *ran("tests/test_a.py::TestX::test_m[p=1]", ("setup", "failed", "OperationalError: 42 refused"), ("teardown", "passed", "")),
+    *ran("tests/types/test_b.py::test_skip", *OK),
+    *ran("tests/test_a.py::test_broken", *OK),
+    *ran("tests/test_a.py::test_xf", ("setup", "passed", ""), ("call", "skipped", "expected"), ("teardown", "passed", ""), xfail=True),
+    *ran("tests/test_a.py::test_gone", ("setup", "passed", ""), finish=False),
+]
+
+
+def test_read_progress_gives_statuses_first_lines_and_the_test_running_at_a_crash(harness: ModuleType, tmp_path: Path) -> None:
+    results, running = harness.read_progress(progress(tmp_path / "d.jsonl", DIRECT))
+    assert running is None
     assert {k: v.status for k, v in results.items()} == {
         "tests/test_a.py::test_ok": "passed",
         "tests/test_a.py::TestX::test_m[p=1]": "passed",
@@ -54,27 +69,67 @@ def test_read_junit_gives_node_ids_statuses_and_first_lines(harness: ModuleType,
         "tests/test_a.py::test_xf": "xfailed",
         "tests/test_a.py::test_gone": "passed",
     }
-    proxied = harness.read_junit(junit(tmp_path / "p.xml", CASES_PROXY))
-    ok = proxied["tests/test_a.py::test_ok"]
-    assert ok.status == "failed"
-    assert ok.message == 'psycopg.errors.SyntaxError: syntax error at or near "foo" | teardown: failed on teardown with "boom"'
+    assert results["tests/test_a.py::test_broken"].message == "AssertionError: 1 != 2"
+    proxied, running = harness.read_progress(progress(tmp_path / "p.jsonl", PROXY))
+    assert running == "tests/test_a.py::test_gone"
+    assert proxied["tests/test_a.py::test_ok"].message == 'psycopg.errors.SyntaxError: syntax error at or near "foo" | teardown: boom'
+    assert proxied["tests/test_a.py::TestX::test_m[p=1]"].status == "error"
 
 
 def test_compare_lists_what_fails_only_through_dbsentry(harness: ModuleType, tmp_path: Path) -> None:
-    direct = harness.read_junit(junit(tmp_path / "d.xml", CASES_DIRECT))
-    proxied = harness.read_junit(junit(tmp_path / "p.xml", CASES_PROXY))
+    direct, _ = harness.read_progress(progress(tmp_path / "d.jsonl", DIRECT))
+    proxied, _ = harness.read_progress(progress(tmp_path / "p.jsonl", PROXY))
+    proxied["tests/test_a.py::test_gone"] = harness.Outcome("tests/test_a.py::test_gone", "crashed", "died")
     recheck = {"tests/test_a.py::test_ok": harness.Outcome("tests/test_a.py::test_ok", "passed")}
     cmp = harness.compare(direct, proxied, recheck)
     assert [(e["test"], e["status"], e["recheck"]) for e in cmp.only_dbsentry] == [
         ("tests/test_a.py::TestX::test_m[p=1]", "error", "not run"),
+        ("tests/test_a.py::test_gone", "crashed", "not run"),
         ("tests/test_a.py::test_ok", "failed", "passed"),
     ]
     assert [e["test"] for e in cmp.only_direct] == ["tests/test_a.py::test_broken"]
-    assert cmp.missing_dbsentry == ["tests/test_a.py::test_gone"]
-    assert cmp.direct == {"passed": 3, "failed": 1, "error": 0, "skipped": 1, "xfailed": 1, "total": 6}
+    assert cmp.direct == {"passed": 3, "failed": 1, "error": 0, "crashed": 0, "skipped": 1, "xfailed": 1, "total": 6}
     report = harness.render(cmp, {"suite": "s", "version": "v", "impl": "i", "server": "15", "pytest_options": "-q", "elapsed_direct": 1.0, "elapsed_dbsentry": 2.0})
-    assert "## Pass directly, fail through dbsentry: 2" in report
-    assert "### 1 x failed on setup with \"…\"" in report
+    assert "## Pass directly, fail through dbsentry: 3" in report
+    assert "### 1 x setup: OperationalError: N refused" in report
+
+
+CRASHING_SUITE = {
+    "tests/__init__.py": "",
+    "tests/test_x.py": """
+import os
+
+def test_one():
+    pass
+
+def test_crash():
+    os.abort()
+
+def test_after():
+    assert False, "after the crash"
+
+def test_last():
+    pass
+""",
+}
+
+
+def test_a_crash_is_recorded_and_the_run_resumes_after_it(harness: ModuleType, tmp_path: Path) -> None:
+    suite, results = tmp_path / "suite", tmp_path / "results"
+    for name, text in CRASHING_SUITE.items():
+        (suite / name).parent.mkdir(parents=True, exist_ok=True)
+        (suite / name).write_text(text)
+    results.mkdir()
+    args = harness.parse_args(["--not-markers", "", "--timeout", "60"])
+    outcomes, _ = harness.run_suite("t", Path(sys.executable), args, suite, "dbname=none", {}, results, "direct")
+    assert {k: v.status for k, v in outcomes.items()} == {
+        "tests/test_x.py::test_one": "passed",
+        "tests/test_x.py::test_crash": "crashed",
+        "tests/test_x.py::test_after": "failed",
+        "tests/test_x.py::test_last": "passed",
+    }
+    assert outcomes["tests/test_x.py::test_crash"].message == "the test process died (signal 6) during this test"
+    assert (results / "direct.log").is_file() and (results / "direct-2.log").is_file()
 
 
 def test_signature_blurs_numbers_and_names(harness: ModuleType) -> None:
