@@ -408,11 +408,11 @@ def _is_test_path(arg: str) -> bool:
 @dataclass
 class Outcome:
     nodeid: str
-    status: str  # passed, failed, error, skipped, xfailed, crashed
+    status: str  # passed, failed, error, skipped, xfailed, crashed, hung
     message: str = ""
 
 
-BAD = ("failed", "error", "crashed")
+BAD = ("failed", "error", "crashed", "hung")
 
 
 def _first_line(text: str | None) -> str:
@@ -502,27 +502,60 @@ def run_suite(
             out.flush()
             proc = subprocess.Popen(cmd, cwd=suite, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
             try:
-                rc = proc.wait(max(remaining, 1))
-            except subprocess.TimeoutExpired:
-                log(f"{label}: the run exceeded {args.run_timeout}s, stopping it")
-                rc = _stop(proc)
+                rc, hung = _watch(proc, progress, time.monotonic() + max(remaining, 1), args.hang_timeout)
             except BaseException:  # ^C or SIGTERM of the harness: do not leave pytest running
                 _stop(proc)
                 raise
+            if rc is None:
+                log(f"{label}: the run exceeded {args.run_timeout}s, stopping it")
+                rc = _stop(proc)
         tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
         log(f"{label}: pytest exited {rc} after {time.monotonic() - start:.0f}s: {tail[0] if tail else ''}")
         outcomes, running = read_progress(progress)
         if running is None or rc in (0, 1, 2, 3, 4, 5) or time.monotonic() - start >= args.run_timeout:
             break
-        why = f"signal {-rc}" if rc < 0 else f"exit status {rc}"
-        log(f"{label}: the test process died ({why}) in {running}")
-        crashed[running] = Outcome(running, "crashed", f"the test process died ({why}) during this test")
+        if hung:
+            log(f"{label}: no test finished for {args.hang_timeout}s; stopped the test process (SIGABRT: stacks in the log) in {running}")
+            crashed[running] = Outcome(running, "hung", f"hung: nothing finished for {args.hang_timeout}s although pytest-timeout is {args.timeout}s; stopped")
+        else:
+            why = f"signal {-rc}" if rc < 0 else f"exit status {rc}"
+            log(f"{label}: the test process died ({why}) in {running}")
+            crashed[running] = Outcome(running, "crashed", f"the test process died ({why}) during this test")
         skip.write_text("\n".join([*outcomes, *crashed]) + "\n")
     else:
         log(f"{label}: stopped after {args.max_crashes} crashes")
     outcomes, _ = read_progress(progress)
     outcomes.update(crashed)
     return outcomes, time.monotonic() - start
+
+
+def _watch(proc: subprocess.Popen[bytes], progress: Path, deadline: float, hang_timeout: float) -> tuple[int | None, bool]:
+    """Wait for pytest to exit: (exit status, hung), or (None, False) at the deadline. A test
+    can hang past pytest-timeout (its exception swallowed by an event loop that then waits
+    forever for tasks to finish): when the progress file has not changed for
+    ``hang_timeout`` seconds, SIGABRT the test process (faulthandler prints its stacks)."""
+    last, last_change = -1.0, time.monotonic()
+    while True:
+        rc = proc.poll()
+        if rc is not None:
+            return rc, False
+        now = time.monotonic()
+        if now >= deadline:
+            return None, False
+        with contextlib.suppress(OSError):
+            mtime = progress.stat().st_mtime
+            if mtime != last:
+                last, last_change = mtime, now
+        if now - last_change > hang_timeout:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGABRT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            return proc.wait(), True
+        time.sleep(min(2.0, max(hang_timeout / 10, 0.1)))
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> int:
@@ -548,7 +581,7 @@ def load_outcomes(path: Path) -> dict[str, Outcome]:
 
 def totals(results: dict[str, Outcome]) -> dict[str, int]:
     c = Counter(o.status for o in results.values())
-    return {k: c.get(k, 0) for k in ("passed", "failed", "error", "crashed", "skipped", "xfailed")} | {"total": len(results)}
+    return {k: c.get(k, 0) for k in ("passed", "failed", "error", "crashed", "hung", "skipped", "xfailed")} | {"total": len(results)}
 
 
 _NORMALISE = [
@@ -612,11 +645,11 @@ def render(cmp: Comparison, meta: dict[str, Any]) -> str:
         f"- pytest options: `{meta['pytest_options']}`",
         f"- run time: directly {meta['elapsed_direct']:.0f}s, through dbsentry {meta['elapsed_dbsentry']:.0f}s",
         "",
-        "| | passed | failed | error | crashed | skipped | xfailed | total |",
-        "|---|---|---|---|---|---|---|---|",
+        "| | passed | failed | error | crashed | hung | skipped | xfailed | total |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, t in (("directly", cmp.direct), ("through dbsentry", cmp.dbsentry)):
-        lines.append(f"| {label} | {t['passed']} | {t['failed']} | {t['error']} | {t['crashed']} | {t['skipped']} | {t['xfailed']} | {t['total']} |")
+        lines.append(f"| {label} | {t['passed']} | {t['failed']} | {t['error']} | {t['crashed']} | {t['hung']} | {t['skipped']} | {t['xfailed']} | {t['total']} |")
     lines += ["", f"## Pass directly, fail through dbsentry: {len(cmp.only_dbsentry)}", ""]
     if cmp.only_dbsentry and "recheck" in cmp.only_dbsentry[0]:
         flaky = [e for e in cmp.only_dbsentry if e["recheck"] == "passed"]
@@ -664,7 +697,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", choices=["both", "direct", "dbsentry"], default="both", help="run one side only (the other side's previous results are reused for the comparison)")
     p.add_argument("--timeout", type=int, default=180, help="per-test timeout in seconds (pytest-timeout; default: %(default)s)")
     p.add_argument("--run-timeout", type=int, default=4 * 3600, help="timeout of one whole pytest run in seconds (default: %(default)s)")
-    p.add_argument("--max-crashes", type=int, default=20, help="resume a run after at most this many crashes of the test process (default: %(default)s)")
+    p.add_argument("--hang-timeout", type=int, default=600, help="stop the test process when no test finished for this many seconds (default: %(default)s)")
+    p.add_argument("--max-crashes", type=int, default=20, help="resume a run after at most this many crashes or hangs of the test process (default: %(default)s)")
     p.add_argument("--not-markers", default=",".join(DEFAULT_NOT_MARKERS), help="comma-separated pytest markers to deselect (default: %(default)s)")
     p.add_argument("--no-recheck", dest="recheck", action="store_false", help="do not rerun the tests that failed only through dbsentry")
     p.add_argument("--require-client-tls", action="store_true", help="keep dbsentry's default of refusing plaintext clients (the suite's pproxy tests connect with sslmode=disable)")

@@ -88,7 +88,7 @@ def test_compare_lists_what_fails_only_through_dbsentry(harness: ModuleType, tmp
         ("tests/test_a.py::test_ok", "failed", "passed"),
     ]
     assert [e["test"] for e in cmp.only_direct] == ["tests/test_a.py::test_broken"]
-    assert cmp.direct == {"passed": 3, "failed": 1, "error": 0, "crashed": 0, "skipped": 1, "xfailed": 1, "total": 6}
+    assert cmp.direct == {"passed": 3, "failed": 1, "error": 0, "crashed": 0, "hung": 0, "skipped": 1, "xfailed": 1, "total": 6}
     report = harness.render(cmp, {"suite": "s", "version": "v", "impl": "i", "server": "15", "pytest_options": "-q", "elapsed_direct": 1.0, "elapsed_dbsentry": 2.0})
     assert "## Pass directly, fail through dbsentry: 3" in report
     assert "### 1 x setup: OperationalError: N refused" in report
@@ -146,3 +146,15 @@ def test_test_paths_in_extra_arguments_replace_the_whole_suite(harness: ModuleTy
     rerun = harness.pytest_command(Path("py"), args, tmp_path / "j.xml", tmp_path / "c", ["tests/test_a.py::test_ok"])
     assert rerun[-2:] == ["-x", "tests/test_a.py::test_ok"]
     assert harness.pytest_command(Path("py"), harness.parse_args([]), tmp_path / "j.xml", tmp_path / "c")[-1] == "tests"
+
+
+def test_a_hung_test_process_is_stopped_and_the_run_resumes_after_it(harness: ModuleType, tmp_path: Path) -> None:
+    suite, results = tmp_path / "suite", tmp_path / "results"
+    (suite / "tests").mkdir(parents=True)
+    (suite / "tests" / "__init__.py").write_text("")
+    (suite / "tests" / "test_y.py").write_text("import time\n\ndef test_hang():\n    time.sleep(600)\n\ndef test_next():\n    pass\n")
+    results.mkdir()
+    args = harness.parse_args(["--not-markers", "", "--timeout", "0", "--hang-timeout", "3"])
+    outcomes, _ = harness.run_suite("t", Path(sys.executable), args, suite, "dbname=none", {}, results, "direct")
+    assert {k: v.status for k, v in outcomes.items()} == {"tests/test_y.py::test_hang": "hung", "tests/test_y.py::test_next": "passed"}
+    assert "in test_hang" in (results / "direct.log").read_text()  # faulthandler's stacks
