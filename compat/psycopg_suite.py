@@ -472,7 +472,7 @@ def read_progress(path: Path) -> tuple[dict[str, Outcome], str | None]:
 
 def run_suite(
     label: str, python: Path, args: argparse.Namespace, suite: Path, dsn: str, env_extra: dict[str, str],
-    results: Path, name: str, nodeids: list[str] | None = None,
+    results: Path, name: str, nodeids: list[str] | None = None, resume: bool = False,
 ) -> tuple[dict[str, Outcome], float]:
     """Run the suite (or ``nodeids``) with pytest; should the test process die (a crash
     of the driver, say), record the test it was running as crashed and resume after it."""
@@ -481,16 +481,24 @@ def run_suite(
     env["PSYCOPG_TEST_DSN"] = dsn  # in the environment, not on the command line: it holds a token
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent)  # the progress plugin
-    progress, skip = results / f"{name}.progress.jsonl", results / f"{name}.skip"
+    progress, skip, crashes = results / f"{name}.progress.jsonl", results / f"{name}.skip", results / f"{name}.crashed.json"
     env["COMPAT_PROGRESS_FILE"], env["COMPAT_SKIP_FILE"] = str(progress), str(skip)
-    for f in (progress, skip):
-        f.unlink(missing_ok=True)
-    for old in results.glob(f"{name}*.log"):
-        if re.fullmatch(rf"{re.escape(name)}(-\d+)?\.log", old.name):
-            old.unlink()
+    logs = [f for f in results.glob(f"{name}*.log") if re.fullmatch(rf"{re.escape(name)}(-\d+)?\.log", f.name)]
     crashed: dict[str, Outcome] = {}
+    first = 1
+    if resume and progress.is_file():
+        # Go on from an interrupted run: skip what finished (or crashed) then.
+        if crashes.is_file():
+            crashed = {o["nodeid"]: Outcome(**o) for o in json.loads(crashes.read_text())}
+        done, _ = read_progress(progress)
+        skip.write_text("\n".join([*done, *crashed]) + "\n")
+        first = len(logs) + 1
+        log(f"{label}: resuming after {len(done)} finished and {len(crashed)} crashed tests")
+    else:
+        for f in (progress, skip, crashes, *logs):
+            f.unlink(missing_ok=True)
     start = time.monotonic()
-    for attempt in range(1, args.max_crashes + 2):
+    for attempt in range(first, first + args.max_crashes + 1):
         suffix = "" if attempt == 1 else f"-{attempt}"
         log_path, cache = results / f"{name}{suffix}.log", results / f"cache-{name}"
         shutil.rmtree(cache, ignore_errors=True)  # psycopg's conftest refuses to run after a crash it recorded there
@@ -521,6 +529,7 @@ def run_suite(
             why = f"signal {-rc}" if rc < 0 else f"exit status {rc}"
             log(f"{label}: the test process died ({why}) in {running}")
             crashed[running] = Outcome(running, "crashed", f"the test process died ({why}) during this test")
+        crashes.write_text(json.dumps([asdict(o) for o in crashed.values()], indent=1))
         skip.write_text("\n".join([*outcomes, *crashed]) + "\n")
     else:
         log(f"{label}: stopped after {args.max_crashes} crashes")
@@ -700,6 +709,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hang-timeout", type=int, default=600, help="stop the test process when no test finished for this many seconds (default: %(default)s)")
     p.add_argument("--max-crashes", type=int, default=20, help="resume a run after at most this many crashes or hangs of the test process (default: %(default)s)")
     p.add_argument("--not-markers", default=",".join(DEFAULT_NOT_MARKERS), help="comma-separated pytest markers to deselect (default: %(default)s)")
+    p.add_argument("--resume", action="store_true", help="go on with an interrupted run (with --only: that side's), skipping the tests it finished; the database is not recreated")
     p.add_argument("--no-recheck", dest="recheck", action="store_false", help="do not rerun the tests that failed only through dbsentry")
     p.add_argument("--require-client-tls", action="store_true", help="keep dbsentry's default of refusing plaintext clients (the suite's pproxy tests connect with sslmode=disable)")
     p.add_argument("--sslmode", default="require", help="sslmode of the suite's connections to dbsentry (default: %(default)s)")
@@ -749,20 +759,24 @@ def main(argv: list[str] | None = None) -> int:
 
         elapsed_direct = elapsed_proxy = 0.0
         if args.only in ("both", "direct"):
-            recreate_database(args.pg, args.database, up["user"])
-            direct, elapsed_direct = run_suite("direct", python, args, suite, direct_dsn, env_extra, results, "direct")
+            if not args.resume:
+                recreate_database(args.pg, args.database, up["user"])
+            direct, elapsed_direct = run_suite("direct", python, args, suite, direct_dsn, env_extra, results, "direct", resume=args.resume)
             save_outcomes(results / "direct.outcomes.json", direct)
         else:
             direct = load_outcomes(results / "direct.outcomes.json")
         recheck: dict[str, Outcome] | None = None
         if args.only in ("both", "dbsentry"):
-            recreate_database(args.pg, args.database, up["user"])
+            if not args.resume:
+                recreate_database(args.pg, args.database, up["user"])
             with run_dbsentry(args, up, results) as proxy:
                 token = create_token(proxy.config)
                 proxy_dsn = conninfo(
                     host="127.0.0.1", port=proxy.port, user=IDENTITY, password=token, dbname=args.database, sslmode=args.sslmode
                 )
-                proxied, elapsed_proxy = run_suite("dbsentry", python, args, suite, proxy_dsn, env_extra, results, "dbsentry")
+                proxied, elapsed_proxy = run_suite(
+                    "dbsentry", python, args, suite, proxy_dsn, env_extra, results, "dbsentry", resume=args.resume
+                )
                 save_outcomes(results / "dbsentry.outcomes.json", proxied)
                 if not proxy.alive():
                     log(f"dbsentry died during the run (exit {proxy.process.returncode}); see {proxy.log_path}")
