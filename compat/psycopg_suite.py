@@ -334,7 +334,7 @@ def run_dbsentry(args: argparse.Namespace, up: dict[str, Any], results: Path) ->
         config = Path(tmp) / "dbsentry.yaml"
         config.write_text(yaml.safe_dump(data))
         log_path = results / "dbsentry-serve.log"
-        with open(log_path, "wb") as logf:
+        with open(log_path, "ab" if args.resume else "wb") as logf:
             proc = subprocess.Popen(
                 [*dbsentry_cmd(), "serve", "-c", str(config), "--log-level", args.dbsentry_log_level],
                 stdout=logf,
