@@ -504,7 +504,8 @@ def run_suite(
         shutil.rmtree(cache, ignore_errors=True)  # psycopg's conftest refuses to run after a crash it recorded there
         cmd = pytest_command(python, args, results / f"{name}{suffix}.xml", cache, nodeids)
         remaining = args.run_timeout - (time.monotonic() - start)
-        log(f"{label}: running psycopg's suite{' again, after the crash' if attempt > 1 else ''} (log: {log_path.name})")
+        again = " (resumed)" if attempt == first and resume else " again, after the crash" if attempt > 1 else ""
+        log(f"{label}: running psycopg's suite{again} (log: {log_path.name})")
         with open(log_path, "wb") as out:
             out.write((" ".join(cmd) + "\n\n").encode())
             out.flush()
