@@ -256,10 +256,11 @@ class ClientConnection(asyncio.Protocol):
         match cmd:
             case c.SendUpstream(data=data):
                 up = self.upstream
-                if up is not None and up.transport is not None:
+                if up is not None and up.transport is not None and not up.transport.is_closing():
                     up.transport.write(data)
             case c.SendClient(data=data):
-                if not self.closed and self.transport is not None:
+                # (a transport closing already, say after a start-up timeout, refuses writes)
+                if not self.closed and self.transport is not None and not self.transport.is_closing():
                     self.transport.write(data)
             case c.Log():
                 log.log(cmd.level, cmd.event, extra={"fields": {"session": self.session.session_id, **cmd.fields}})
