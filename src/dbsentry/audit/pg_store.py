@@ -28,11 +28,8 @@ from dbsentry.audit.store import (
     ChainPoint,
     Dialect,
     EncodedRecord,
-    SearchFilter,
     StoredRecord,
     link,
-    records_query,
-    statements_query,
 )
 
 # Each entry migrates from version i to i+1.  "@S" is the schema name (validated identifier).
@@ -117,6 +114,8 @@ _DIALECT = Dialect(
 
 
 class PostgresStore(AuditStore):
+    dialect = _DIALECT
+
     def __init__(
         self,
         dsn: str,
@@ -386,40 +385,9 @@ class PostgresStore(AuditStore):
             r[0] for r in self._query("SELECT id FROM @S.records WHERE id = ANY(%s)", (list(ids),))
         }
 
-    def iter_records(
-        self,
-        *,
-        after_seq: int = 0,
-        through_seq: int | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        types: Sequence[str] | None = None,
-        descending: bool = False,
-        limit: int | None = None,
-    ) -> Iterator[StoredRecord]:
-        sql, params = records_query(
-            _DIALECT,
-            after_seq=after_seq,
-            through_seq=through_seq,
-            since=since,
-            until=until,
-            types=types,
-            descending=descending,
-            limit=limit,
-        )
-        for row in self._query(sql, params):
-            yield _row_to_stored(row)
-
-    def search_statements(
-        self, flt: SearchFilter, *, descending: bool = True, limit: int | None = None
-    ) -> Iterator[tuple[StoredRecord, bytes | None]]:
-        sql, params = statements_query(_DIALECT, flt, descending=descending, limit=limit)
-        for row in self._query(sql, params):
-            completion = row[16]
-            yield (
-                _row_to_stored(row),
-                completion.encode("utf-8") if completion is not None else None,
-            )
+    @staticmethod
+    def _stored(row: Sequence[Any]) -> StoredRecord:
+        return _row_to_stored(row)
 
     def last_seq_before(self, time: float) -> int:
         row = self._one("SELECT min(seq) FROM @S.records WHERE time >= %s", (time,))

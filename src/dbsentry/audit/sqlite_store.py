@@ -26,11 +26,8 @@ from dbsentry.audit.store import (
     ChainPoint,
     Dialect,
     EncodedRecord,
-    SearchFilter,
     StoredRecord,
     link,
-    records_query,
-    statements_query,
 )
 
 _SCHEMA = f"""
@@ -122,6 +119,8 @@ _DIALECT = Dialect(
 
 
 class SQLiteStore(AuditStore):
+    dialect = _DIALECT
+
     def __init__(self, path: Path, *, busy_timeout_ms: int = 5000, fsync: bool = True) -> None:
         self.path = Path(path)
         self._synchronous = "FULL" if fsync else "NORMAL"
@@ -311,40 +310,9 @@ class SQLiteStore(AuditStore):
             )
         return found
 
-    def iter_records(
-        self,
-        *,
-        after_seq: int = 0,
-        through_seq: int | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        types: Sequence[str] | None = None,
-        descending: bool = False,
-        limit: int | None = None,
-    ) -> Iterator[StoredRecord]:
-        sql, params = records_query(
-            _DIALECT,
-            after_seq=after_seq,
-            through_seq=through_seq,
-            since=since,
-            until=until,
-            types=types,
-            descending=descending,
-            limit=limit,
-        )
-        for row in self._query(sql, params):
-            yield _row_to_stored(row)
-
-    def search_statements(
-        self, flt: SearchFilter, *, descending: bool = True, limit: int | None = None
-    ) -> Iterator[tuple[StoredRecord, bytes | None]]:
-        sql, params = statements_query(_DIALECT, flt, descending=descending, limit=limit)
-        for row in self._query(sql, params):
-            completion = row[16]
-            yield (
-                _row_to_stored(row),
-                completion.encode("utf-8") if completion is not None else None,
-            )
+    @staticmethod
+    def _stored(row: Sequence[Any]) -> StoredRecord:
+        return _row_to_stored(row)
 
     def last_seq_before(self, time: float) -> int:
         row = self._one("SELECT min(seq) FROM records WHERE time >= ?", (time,))

@@ -307,7 +307,17 @@ class AuditStore(abc.ABC):
     def anchor(self) -> ChainPoint:
         """Where the stored chain starts: (0, genesis) or the last archived record."""
 
+    dialect: Dialect  # how the store spells the queries it shares with the others
+
     @abc.abstractmethod
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> Iterator[Sequence[Any]]:
+        """Rows of a read-only query, streamed."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def _stored(row: Sequence[Any]) -> StoredRecord:
+        """A row of ``dialect.columns`` as a stored record."""
+
     def iter_records(
         self,
         *,
@@ -320,12 +330,28 @@ class AuditStore(abc.ABC):
         limit: int | None = None,
     ) -> Iterator[StoredRecord]:
         """Records in seq order, streamed."""
+        sql, params = records_query(
+            self.dialect,
+            after_seq=after_seq,
+            through_seq=through_seq,
+            since=since,
+            until=until,
+            types=types,
+            descending=descending,
+            limit=limit,
+        )
+        for row in self._query(sql, params):
+            yield self._stored(row)
 
-    @abc.abstractmethod
     def search_statements(
         self, flt: SearchFilter, *, descending: bool = True, limit: int | None = None
     ) -> Iterator[tuple[StoredRecord, bytes | None]]:
         """Statement records matching ``flt`` with the payload of their first completion."""
+        sql, params = statements_query(self.dialect, flt, descending=descending, limit=limit)
+        width = len(self.dialect.columns.split(","))
+        for row in self._query(sql, params):
+            completion = row[width]
+            yield self._stored(row), completion.encode("utf-8") if completion is not None else None
 
     @abc.abstractmethod
     def last_seq_before(self, time: float) -> int:
