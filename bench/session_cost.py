@@ -6,7 +6,8 @@ Drives one :class:`~dbsentry.session.pg.Session` through the messages of pgbench
 ``-S`` transaction (``SELECT abalance FROM pgbench_accounts WHERE aid = $1``) and the
 server's answers, in one thread, and reports the process CPU time per statement in four
 set-ups: passthrough (no governance), policy only, policy + audit records (built and
-handed over, not written), and policy + audit + masking tracking (with the safety net,
+encoded with ``payload_bytes``, as the audit log encodes them, not written), and policy +
+audit + masking tracking (with the safety net,
 on by default in production, and without it).  The audit writer is
 left out on purpose (its cost is measured by ``bench/audit_bench.py``): this is what the
 event loop's thread pays per statement.  CPU time of one thread is far steadier on a
@@ -23,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from dbsentry.audit.config import AuditConfig
+from dbsentry.audit.records import payload_bytes
 from dbsentry.config import parse_config
 from dbsentry.identity.model import Identity
 from dbsentry.masking.catalog import Catalog, ClassMap
@@ -103,16 +105,26 @@ def new_session(governed: bool, audit: bool, masking: bool, safety_net: str = "p
 
 
 def run(session: Session, mode: str, n: int) -> float:
+    """CPU per statement; every audit record is encoded as the audit log encodes it
+    (``payload_bytes``), on this thread, as the shell would."""
     traffic = [messages(mode, i, i == 0) for i in range(n)]
     sink: list[c.Command] = []
+    encoded = 0
     started = time.process_time()
     for client, server in traffic:
         sink.extend(session.client_data(client))
         for cmd in sink:
             if type(cmd) is c.AuditGate:
+                for record in cmd.records:
+                    encoded += len(payload_bytes(record))
                 sink.extend(cmd.then)  # as if committed at once
+            elif type(cmd) is c.Audit:
+                encoded += len(payload_bytes(cmd.record))
         sink.clear()
         sink.extend(session.upstream_data(server))
+        for cmd in sink:
+            if type(cmd) is c.Audit:
+                encoded += len(payload_bytes(cmd.record))
         sink.clear()
     return (time.process_time() - started) / n * 1e6
 

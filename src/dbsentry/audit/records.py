@@ -293,22 +293,20 @@ def statement_parts(
     statement_truncated, params, params_truncated, correlation)."""
     if correlation is None:
         correlation = extract_correlation(sql)
-    from dbsentry.audit.redaction import current, redaction_mode  # it imports this module
+    if redact is not True and redact is not False:  # "sensitive" (see redaction_mode)
+        if redactor is None:
+            from dbsentry.audit.redaction import current  # it imports this module
 
-    mode = redaction_mode(redact)
-    redacted = mode == "all"
-    if mode == "sensitive":
-        r = redactor if redactor is not None else current()
-        shown = r.redact(
-            sql,
-            None if params is None else [_param_text(p) for p in params],
-            connection,
-            mode="sensitive",
+            redactor = current()
+        text, params, redacted = redactor.redact_sensitive(
+            sql, None if params is None else [_param_text(p) for p in params], connection
         )
-        text, params, redacted = shown.text, shown.params, shown.changed
         if correlation:
-            correlation = r.correlation(correlation)
+            correlation = redactor.correlation(correlation)
+        mode = "sensitive"
     else:
+        mode = "all" if redact is True else "off"
+        redacted = mode == "all"
         text = redact_literals(sql) if redacted else sql
     truncated = len(text) > max_statement_chars
     if truncated:

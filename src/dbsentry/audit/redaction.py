@@ -36,7 +36,7 @@ from dbsentry.audit.records import redact_literals
 from dbsentry.masking.catalog import Catalog, ClassMap
 from dbsentry.masking.classes import DataClass
 from dbsentry.masking.detect import detect_value, find_sensitive
-from dbsentry.masking.literals import LiteralMeets, Meets, find_literal_meets
+from dbsentry.masking.literals import LiteralMeets, Meets, find_literal_meets, meets_values_only
 from dbsentry.sql import parse as sqlparse
 
 __all__ = [
@@ -289,6 +289,31 @@ class LiteralRedactor:
                 self._cache.put(key, hit)
         return hit
 
+    def catalog_version(self, connection: str | None) -> int:
+        """The version of the classified catalog ``connection``'s statements are redacted by."""
+        view = self.views(connection) if self.views is not None and connection is not None else None
+        return view.version if view is not None else 0
+
+    def values_only(self, sql: str, connection: str | None) -> int | None:
+        """When every constant of ``sql`` is redacted by its value alone (it meets no
+        column: :func:`~dbsentry.masking.literals.meets_values_only`), the catalog
+        version that holds for; else None.  Then :meth:`constant` redacts each constant
+        as :meth:`redact` would."""
+        view = self.views(connection) if self.views is not None and connection is not None else None
+        if not meets_values_only(sql, view.classmap if view is not None else None):
+            return None
+        return view.version if view is not None else 0
+
+    def constant(self, value: str) -> str | None:
+        """The replacement of a constant (its value as the parse tree gives it) that meets
+        no classified column: a token when value detection knows it, the value with what
+        it finds inside replaced, or None to keep it."""
+        cls = _detect_constant(value)
+        if cls is not None:
+            return _quote(self.token(value, cls))
+        scanned = self.text(value)
+        return _quote(scanned) if scanned != value else None
+
     def meets(self, sql: str, connection: str | None) -> LiteralMeets:
         return self._analysed(sql, connection)[0]
 
@@ -308,14 +333,20 @@ class LiteralRedactor:
             text = redact_literals(sql)
             shown = None if plist is None else tuple(None if p is None else "?" for p in plist)
             return Redacted(text, shown, True)
+        return Redacted(*self.redact_sensitive(sql, plist, connection))
+
+    def redact_sensitive(
+        self, sql: str, params: Sequence[str | None] | None = None, connection: str | None = None
+    ) -> tuple[str, tuple[str | None, ...] | None, bool]:
+        """:meth:`redact` in mode ``"sensitive"``, as (text, params, changed)."""
         meets, text, changed = self._analysed(sql, connection)
-        if plist is not None:
-            shown_params, pchanged = self._params(plist, meets)
-            return Redacted(text, shown_params, changed or pchanged)
-        return Redacted(text, None, changed)
+        if params is not None:
+            shown_params, pchanged = self._params(params, meets)
+            return text, shown_params, changed or pchanged
+        return text, None, changed
 
     def _params(
-        self, params: tuple[str | None, ...], meets: LiteralMeets
+        self, params: Sequence[str | None], meets: LiteralMeets
     ) -> tuple[tuple[str | None, ...], bool]:
         out: list[str | None] = []
         changed = False
@@ -419,13 +450,7 @@ class LiteralRedactor:
                     cls = _detect_constant(value)
                 replacement = _quote(self.token(value, cls))
             else:
-                cls = _detect_constant(value)
-                if cls is not None:
-                    replacement = _quote(self.token(value, cls))
-                else:
-                    scanned = self.text(value)
-                    if scanned != value:
-                        replacement = _quote(scanned)
+                replacement = self.constant(value)
             if replacement is not None:
                 out.append(sql[pos:start])
                 out.append(replacement)
@@ -458,6 +483,8 @@ def current() -> LiteralRedactor:
     global _fallback
     if _installed is not None:
         return _installed
+    if _fallback is not None:
+        return _fallback
     with _lock:
         if _fallback is None:
             _fallback = LiteralRedactor(secrets.token_bytes(32))

@@ -511,6 +511,26 @@ def _target_values(select: Any) -> Any:
     return out
 
 
+def meets_values_only(sql: str, classmap: ClassMap | None = None) -> bool:
+    """Whether :func:`find_literal_meets` of ``sql`` (with ``classmap``) finds no constant
+    meeting a column: it reads only the constants' values, because no column the
+    statement names may be sensitive (the names are all it looks at to decide)."""
+    try:
+        raw = sqlparse.parse_json(sql)
+    except Exception:
+        return False
+    if '"A_Const"' not in raw and '"ParamRef"' not in raw:
+        return True
+    if _may_meet(raw, classmap):
+        return False
+    if len(raw) > _SHORT_TREE:
+        try:
+            orjson.loads(raw)
+        except (orjson.JSONDecodeError, RecursionError):
+            return False
+    return True
+
+
 def find_literal_meets(
     sql: str,
     catalog: Catalog | None = None,

@@ -11,15 +11,24 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from dbsentry.audit.config import AuditConfig
-from dbsentry.audit.records import CompletionRecord, SessionEvent, StatementRecord
+from dbsentry.audit.records import (
+    CompletionRecord,
+    RecordTemplate,
+    SessionEvent,
+    StatementRecord,
+    extract_correlation,
+    statement_parts,
+)
 from dbsentry.audit.redaction import LiteralRedactor, current
 from dbsentry.identity.model import Identity
 from dbsentry.policy.engine import Decision
 from dbsentry.session.masking import StatementPlan
+from dbsentry.sql import shape
 from dbsentry.sql.facts import StatementFacts
 
 
@@ -29,8 +38,12 @@ def rows_from_tag(tag: str) -> int | None:
     return int(last) if last.isdigit() else None
 
 
-@dataclass(slots=True)
-class _Pending:
+# What varies between the records of one statement (see SessionAudit.statement).
+_VARYING = ("statement", "statement_redacted", "statement_truncated", "params", "params_truncated", "correlation")
+_MAX_TEMPLATES = 256
+
+
+class _Pending(NamedTuple):
     record_id: str
     cycle: int
     started: float
@@ -59,6 +72,11 @@ class SessionAudit:
     _pending: deque[_Pending] = field(default_factory=_nothing_pending)
     # Turns sensitive values into tokens (audit.redact_literals); default: the process's.
     redactor: LiteralRedactor | None = None
+    # Statement records share the session's values and their statement's (facts, decision,
+    # masks): made from a template per statement (see RecordTemplate), kept by the ids of
+    # what they were made from (the entry holds those objects, so the ids stay theirs).
+    _templates: dict[tuple[object, ...], tuple[object, object, object, RecordTemplate[StatementRecord]]] | None = None
+    _completions: RecordTemplate[CompletionRecord] | None = None
 
     def _redactor(self) -> LiteralRedactor:
         return self.redactor if self.redactor is not None else current()
@@ -106,6 +124,97 @@ class SessionAudit:
         before the first statement of a Query is not part of its text); by default read
         from ``sql``."""
         cfg = self.config
+        redact = cfg.redact_literals
+        record: StatementRecord = self._template(facts, decision, command, masks).make(
+            *statement_parts(
+                sql,
+                params,
+                redact,
+                correlation,
+                self.connection,
+                cfg.max_statement_chars,
+                cfg.max_param_chars,
+                cfg.max_params_chars,
+                self._redactor() if redact == "sensitive" else None,
+            )
+        )
+        return record
+
+    def values_only(self, text: str) -> int | None:
+        """See :meth:`LiteralRedactor.values_only` (None unless redaction is ``sensitive``)."""
+        if self.config.redact_literals != "sensitive":
+            return None
+        return self._redactor().values_only(text, self.connection)
+
+    def shape_statement(
+        self,
+        sql: str,
+        parts: Sequence[str],
+        constants: Sequence[str],
+        span: tuple[int, int],
+        facts: StatementFacts,
+        decision: Decision,
+        masks: StatementPlan | None,
+        redaction: int | None,
+    ) -> StatementRecord | None:
+        """The record :meth:`statement` makes of the statement ``sql[start:len(sql) -
+        tail].strip()`` (``span`` is ``(start, tail)``), a text of a shape (``parts``
+        between its ``constants``, see :mod:`dbsentry.sql.shape`) whose every constant is
+        redacted by its value alone (``redaction``: the catalog version for which
+        :meth:`values_only` said so).  None when that does not hold now, or redaction is
+        ``true`` (every constant ``?``): then :meth:`statement`."""
+        cfg = self.config
+        redact = cfg.redact_literals
+        start, tail = span
+        if redact is False:
+            shown, changed = sql, False
+        elif redact == "sensitive":
+            r = self._redactor()
+            if redaction is None or r.catalog_version(self.connection) != redaction:
+                return None
+            out = [parts[0]]
+            changed = False
+            for constant, part in zip(constants, parts[1:], strict=True):
+                replacement = r.constant(shape.value(constant))
+                if replacement is None:
+                    out.append(constant)
+                else:
+                    out.append(replacement)
+                    changed = True
+                out.append(part)
+            shown = "".join(out) if changed else sql
+        else:
+            return None
+        if extract_correlation(sql):
+            return None
+        text = shown[start : len(shown) - tail].strip()
+        truncated = len(text) > cfg.max_statement_chars
+        if truncated:
+            text = text[: cfg.max_statement_chars]
+        record: StatementRecord = self._template(facts, decision, None, masks).make(
+            text, changed, truncated, None, False, {}
+        )
+        return record
+
+    def _template(
+        self, facts: StatementFacts | None, decision: Decision, command: str | None, masks: StatementPlan | None
+    ) -> RecordTemplate[StatementRecord]:
+        templates = self._templates
+        if templates is None:
+            templates = self._templates = {}
+        key = (id(facts), id(decision), id(masks), command, self.application_name)
+        entry = templates.get(key)
+        if entry is None or entry[0] is not facts or entry[1] is not decision or entry[2] is not masks:
+            if len(templates) >= _MAX_TEMPLATES:
+                templates.clear()
+            entry = templates[key] = (facts, decision, masks, self._statement_template(facts, decision, command, masks))
+        return entry[3]
+
+    def _statement_template(
+        self, facts: StatementFacts | None, decision: Decision, command: str | None, masks: StatementPlan | None
+    ) -> RecordTemplate[StatementRecord]:
+        """What every record of this statement shares: the session's values, the facts,
+        the decision and the masks."""
         fields: dict[str, object] = {}
         if facts is not None:
             fields = {
@@ -118,8 +227,6 @@ class SessionAudit:
             }
         elif command is not None:
             fields = {"command": command}
-        if correlation is not None:
-            fields["correlation"] = correlation
         action = decision.action
         if masks is not None:
             fields["masked_columns"] = masks.masked_columns
@@ -127,24 +234,21 @@ class SessionAudit:
             fields["data_classes"] = masks.masked_classes
             if action == "allow" and masks.masked_columns:
                 action = "mask"  # allowed by policy, its results masked
-        return StatementRecord.create(
-            sql=sql,
-            params=params,
-            redact=cfg.redact_literals,
-            redactor=self._redactor() if cfg.redact_literals == "sensitive" else None,
-            max_statement_chars=cfg.max_statement_chars,
-            max_param_chars=cfg.max_param_chars,
-            max_params_chars=cfg.max_params_chars,
-            session_id=self.session_id,
-            identity=self.identity.name,
-            identity_kind=self.identity.kind,
-            connection=self.connection,
-            environment=self.environment,
-            database=self.database,
-            decision=action,
-            rules=decision.rules,
-            application_name=self.application_name,
-            **fields,
+        return RecordTemplate(
+            StatementRecord,
+            {
+                "session_id": self.session_id,
+                "identity": self.identity.name,
+                "identity_kind": self.identity.kind,
+                "connection": self.connection,
+                "environment": self.environment,
+                "database": self.database,
+                "decision": action,
+                "rules": decision.rules,
+                "application_name": self.application_name,
+                **fields,
+            },
+            _VARYING,
         )
 
     # ------------------------------------------------------------------ outcomes
@@ -159,11 +263,22 @@ class SessionAudit:
         if not self._pending:
             return None
         p = self._pending.popleft()
+        duration = round((time.monotonic() - p.started) * 1000, 3)
+        if sqlstate is None and error is None:
+            completions = self._completions
+            if completions is None:
+                completions = self._completions = RecordTemplate(
+                    CompletionRecord,
+                    {"session_id": self.session_id, "sqlstate": None, "error": None},
+                    ("statement_id", "rows", "duration_ms"),
+                )
+            record: CompletionRecord = completions.make(p.record_id, rows, duration)
+            return record
         return CompletionRecord(
             statement_id=p.record_id,
             session_id=self.session_id,
             rows=rows,
-            duration_ms=round((time.monotonic() - p.started) * 1000, 3),
+            duration_ms=duration,
             sqlstate=sqlstate,
             error=error,
         )

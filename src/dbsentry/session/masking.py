@@ -765,6 +765,26 @@ class SessionMasking:
         self._planned = (out, prepares) if prepares else None
         return out
 
+    def path_state(self) -> tuple[object, ...]:
+        """What plans depend on besides the statement: the view, the search path as far
+        as it is known, whether the identity is exempt now."""
+        return (self.service.current(self.connection), self.search_path, self.path_candidates, self.exempt())
+
+    def planned_state(self) -> tuple[tuple[bool, ...], tuple[bool, ...], object]:
+        """What :meth:`plan` left for the frame sent next and for :meth:`parsed`."""
+        return self._pending_strict, self._pending_settings, self._last_source
+
+    def replay_planned(
+        self, strict: tuple[bool, ...], settings: tuple[bool, ...], source: tuple[str, tuple[StatementFacts, ...], Decision] | None
+    ) -> None:
+        """Leave what :meth:`plan` left for a statement of the same shape (see
+        ``Session._shape_ruling``): ``source`` None when it left no source."""
+        self._pending_strict = strict
+        self._pending_settings = settings
+        if source is not None:
+            self._last_source = source
+        self._planned = None
+
     def sent(self, t: int, buf: bytes, start: int, end: int, plans: tuple[StatementPlan | None, ...] = ()) -> None:
         """A frame of type ``t`` went upstream; queue what the server will answer."""
         strict, self._pending_strict = self._pending_strict, ()

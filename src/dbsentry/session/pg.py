@@ -70,6 +70,7 @@ from dbsentry.session.server_params import (
     given_application_name,
 )
 from dbsentry.session.upstream import UpstreamReady
+from dbsentry.sql import shape as _shape
 from dbsentry.sql.facts import SQLParseError, StatementFacts, setting_values, where_true_with
 from dbsentry.wire.pg import codec, encodings
 from dbsentry.wire.pg import messages as m
@@ -410,6 +411,43 @@ _CHANGES_ROWS = frozenset({"UPDATE", "DELETE", "MERGE", "CALL"})
 _DEFINES_ONLY = frozenset({"PREPARE", "EXPLAIN", "CREATE RULE", "CREATE FUNCTION", "CREATE PROCEDURE", "CREATE TRIGGER"})
 
 
+class _ShapeRuling:
+    """The ruling of an allowed Query, kept for every text of its shape (see
+    :mod:`dbsentry.sql.shape`): a text of the shape with constants of the same kinds gets
+    the same check and masking plans, while nothing it depends on in the session has
+    changed (``stamp``: see ``Session._shape_stamp``).  Only rulings that leave nothing
+    behind but what is replayed here are kept: one plain SELECT, allowed, no approval, not
+    under the row guard, no change to the session's search path."""
+
+    __slots__ = ("check", "kinds", "masks", "parts", "plans", "redaction", "settings", "source", "span", "stamp", "strict")
+
+    def __init__(
+        self,
+        kinds: tuple[str, ...],
+        parts: list[str],
+        stamp: tuple[object, ...],
+        check: Check,
+        plans: tuple[StatementPlan | None, ...],
+        masks: StatementPlan | None,
+        span: tuple[int, int],
+        planned: tuple[tuple[bool, ...], tuple[bool, ...], bool] | None,
+        redaction: int | None,
+    ) -> None:
+        self.kinds = kinds
+        self.parts = parts  # the text between the constants
+        self.stamp = stamp
+        self.check = check
+        self.plans = plans
+        self.masks = masks  # the plan the audit record names (None: exempt, or no masking)
+        self.span = span  # (start, characters after the end): the statement's text in the Query's
+        # what SessionMasking.plan left: (strict, settings, whether it left its source)
+        self.strict, self.settings, self.source = planned if planned is not None else ((), (), False)
+        self.redaction = redaction  # see SessionAudit.shape_statement
+
+
+_MAX_SHAPES = 128
+
+
 @dataclass(slots=True)
 class ClientInfo:
     address: str
@@ -500,6 +538,8 @@ class Session:
     enc: str = "utf-8"
     # earlier frames of this chunk, or of one before, are not answered yet
     _in_flight: bool = False
+    # Rulings of allowed Queries by the key of their shape (see _ShapeRuling).
+    _shapes: dict[str, _ShapeRuling] | None = None
 
     def __post_init__(self) -> None:
         self._client_frames = codec.FrameSplitter(MAX_AUTH_MESSAGE)
@@ -1404,6 +1444,16 @@ class Session:
             chunk.replace(start, end, self._marker_query(marker))
             self._audit_refused(chunk, sql[:4096], unsure)
             return
+        shaped = _shape.split(sql) if not gov.policy.uses_time and buf[start:end].isascii() else None
+        stamp: tuple[object, ...] = ()
+        source: object = None
+        if shaped is not None:
+            stamp = self._shape_stamp(gov)
+            ruling = self._shapes.get(shaped[0]) if self._shapes is not None else None
+            if ruling is not None and ruling.stamp == stamp and _shape.same_kinds(shaped[1], ruling.kinds):
+                self._apply_shape(chunk, sql, shaped[1], ruling)
+                return
+            source = self.masking.planned_state()[2] if self.masking is not None else None
         check = self._check(gov, sql)
         if check.allowed:
             check = self._check_sql_prepared(gov, check)
@@ -1435,10 +1485,91 @@ class Session:
                     ids.append(rec.id)
             if approvable:
                 chunk.approvals.append(c.ApprovalAsk(sql, None, check.decision, check.verdict.facts, records=tuple(ids)))
+            elif shaped is not None and check.allowed and chunk.guarded is None:
+                self._remember_shape(gov, sql, shaped, stamp, source, check, plans)
             return
         marker = self._deny(check, sql, chunk.commands)
         chunk.replace(start, end, self._marker_query(marker))
         self._audit_denied(chunk, sql, check)
+
+    # ------------------------------------------------------------------ shapes
+
+    def _shape_stamp(self, gov: Governor) -> tuple[object, ...]:
+        """Everything in the session a Query's ruling depends on besides its text: the
+        policy, the identity's groups with live grants, the connection's catalog, and the
+        masking state (view, search path, exemption).  A kept ruling is used only while
+        the stamp is the same."""
+        groups = (
+            self.approvals.effective_identity(self.identity).groups
+            if self.approvals is not None and self.identity is not None
+            else None
+        )
+        catalog = self.catalog_service.current(self.connection_name or "") if self.catalog_service is not None else None
+        masking = self.masking.path_state() if self.masking is not None else None
+        return (gov.policy, groups, catalog, masking)
+
+    def _remember_shape(
+        self,
+        gov: Governor,
+        sql: str,
+        shaped: tuple[str, list[str]],
+        stamp: tuple[object, ...],
+        source: object,
+        check: Check,
+        plans: tuple[StatementPlan | None, ...],
+    ) -> None:
+        """Keep the ruling of an allowed Query for its shape, when it may be (see
+        _ShapeRuling and dbsentry.sql.shape)."""
+        facts = check.verdict.facts
+        if len(facts) != 1 or len(check.verdict.decisions) != 1 or self._shape_stamp(gov) != stamp:
+            return
+        found = _shape.shape_of(sql, facts)
+        if found is None or found[0] != shaped[0]:
+            return
+        f = facts[0]
+        masking = self.masking
+        masked = masking is not None and not masking.exempt()
+        planned = None
+        if masking is not None:
+            strict, settings, after = masking.planned_state()
+            planned = (strict, settings, after is not source)
+        redaction = self.audit.values_only(f.text) if self.audit is not None else None
+        shapes = self._shapes
+        if shapes is None:
+            shapes = self._shapes = {}
+        elif len(shapes) >= _MAX_SHAPES:
+            shapes.clear()
+        shapes[found[0]] = _ShapeRuling(
+            found[1],
+            found[0].split("\x00"),
+            stamp,
+            check,
+            plans,
+            plans[0] if masked and plans else None,
+            (f.span[0], len(sql) - f.span[1]),
+            planned,
+            redaction,
+        )
+
+    def _apply_shape(self, chunk: _Chunk, sql: str, constants: list[str], ruling: _ShapeRuling) -> None:
+        """What _govern_query does for an allowed Query, from the ruling of its shape."""
+        check = ruling.check
+        verdict = check.verdict
+        chunk.plans = ruling.plans
+        masking = self.masking
+        if masking is not None:
+            source = (sql, verdict.facts, check.decision) if ruling.source else None
+            masking.replay_planned(ruling.strict, ruling.settings, source)
+        audit = self.audit
+        if audit is not None:
+            facts, decision = verdict.facts[0], verdict.decisions[0]
+            rec = audit.shape_statement(sql, ruling.parts, constants, ruling.span, facts, decision, ruling.masks, ruling.redaction)
+            if rec is None:
+                start, tail = ruling.span
+                text = sql[start : len(sql) - tail].strip()
+                rec = audit.statement(text, facts, decision, correlation=extract_correlation(sql), masks=ruling.masks)
+            chunk.gated.append(rec)
+            audit.expect(rec, self._cycles_sent)
 
     # ------------------------------------------------------------------ the row guard
 
