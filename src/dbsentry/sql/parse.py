@@ -127,8 +127,13 @@ _BODY = r'\{(?:[^{}"]|' + _STRING + "|" + _FLAT + r")*\}"
 _VALUE_RE = re.compile(r'\{"(?:A_Const|ParamRef)":' + _BODY + r"\}")
 #: Every constant of a parse tree's JSON: group 1 is its A_Const object (value, location).
 A_CONST_RE = re.compile(r'\{"A_Const":(' + _BODY + r")\}")
-# (a comma left behind is harmless: the text is hashed, not read)
-_LOCATION_RE = re.compile(r'"(?:location|stmt_location|stmt_len)":-?\d+,?')
+# (a comma left behind is harmless: the text is hashed, not read).  Every field that holds
+# an offset in the text (PostgreSQL 18 added the bounds of IN lists): they move with the
+# lengths of the constants.
+_LOCATION_RE = re.compile(
+    r'"(?:location|stmt_location|stmt_len|arg_location|name_location|payload_location|conninfo_location'
+    r'|list_start|list_end|rexpr_list_start|rexpr_list_end)":-?\d+,?'
+)
 
 
 def fingerprint(sql: str) -> str:

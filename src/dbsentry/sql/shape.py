@@ -117,6 +117,8 @@ def kinds(key: str, constants: list[str]) -> tuple[str, ...] | None:
         found = kind(constant)
         if found is None:
             return None
+        if found == STRING and i and out[-1] == STRING and not parts[i].strip(_SPACE):
+            return None  # 'a' <newline> 'b' is one constant
         out.append(found)
     return tuple(out)
 
@@ -141,12 +143,13 @@ def value(constant: str) -> str:
 
 
 def probe(constant: str, kind_: str) -> str:
-    """Another constant of the same kind (to check that nothing depends on the value)."""
+    """Another constant of the same kind, of another value and another length (to check
+    that nothing depends on either)."""
     if kind_ == STRING:
-        return "'x'" if constant != "'x'" else "'y'"
+        return "'x'" if len(constant) != 3 else "'xy'"
     if kind_ == INT:
-        return "1" if constant != "1" else "2"
-    return "1.5" if constant != "1.5" else "2.5"
+        return "1" if len(constant) != 1 else "12"
+    return "1.5" if len(constant) != 3 else "12.5"
 
 
 _ORDINAL_CLAUSES = ("sortClause", "groupClause", "distinctClause")
@@ -236,9 +239,11 @@ def shape_of(sql: str, facts: tuple[StatementFacts, ...]) -> tuple[str, tuple[st
         other = text_of(key, [probe(c, k) for c, k in zip(constants, kinds_, strict=True)])
         if not constants:
             return key, kinds_
-        probed = analyze(other)
+        probed = tuple(analyze(other))
         if not certified(other, key, split(other)[1], kinds_):  # type: ignore[index]
+            return None
+        if probed != facts or probed[0].fingerprint != facts[0].fingerprint:
             return None
     except Exception:  # the parser or the analysis refused it: judged by its text
         return None
-    return (key, kinds_) if tuple(probed) == facts else None
+    return key, kinds_

@@ -1,0 +1,18 @@
+"""A session logged in and connected upstream, as the shell would leave it."""
+
+from __future__ import annotations
+
+from dbsentry.identity.model import Identity
+from dbsentry.session.pg import Session
+from dbsentry.session.upstream import UpstreamReady
+from dbsentry.wire.pg import codec
+
+
+def logged_in(session: Session, identity: Identity, database: str) -> Session:
+    """``session`` after a startup for ``database``, a password, ``identity`` verified
+    and the upstream ready (idle)."""
+    session.client_data(codec.encode_startup((("user", identity.name), ("database", database))))
+    session.client_data(codec.encode_password("token"))
+    session.password_verified(identity)
+    session.upstream_ready(UpstreamReady(b"", {}, 42, b"abcd", "I"))
+    return session
