@@ -785,8 +785,18 @@ class SessionMasking:
             self._last_source = source
         self._planned = None
 
-    def sent(self, t: int, buf: bytes, start: int, end: int, plans: tuple[StatementPlan | None, ...] = ()) -> None:
-        """A frame of type ``t`` went upstream; queue what the server will answer."""
+    def sent(
+        self,
+        t: int,
+        buf: bytes,
+        start: int,
+        end: int,
+        plans: tuple[StatementPlan | None, ...] = (),
+        names: tuple[str, str] | None = None,
+    ) -> None:
+        """A frame of type ``t`` went upstream; queue what the server will answer.
+        ``names``: what the session read of the frame's names already (see
+        ``Session._frame_names``), in this session's encoding."""
         strict, self._pending_strict = self._pending_strict, ()
         settings, self._pending_settings = self._pending_settings, ()
         if t == m.Q_QUERY or t == m.Q_FUNCTION_CALL:
@@ -798,13 +808,16 @@ class SessionMasking:
                     self.pending[name] = plan
             self.expect.append(item)
         elif t == m.Q_PARSE:
-            name, _ = codec.read_cstr(buf, start, end, self.enc)
+            name = names[0] if names is not None else codec.read_cstr(buf, start, end, self.enc)[0]
             plan = self.statement(name)  # as parsed() planned it
             self.pending[name] = plan
             self.expect.append(_Parse(name, plan))
         elif t == m.Q_BIND:
-            portal, pos = codec.read_cstr(buf, start, end, self.enc)
-            stmt, _ = codec.read_cstr(buf, pos, end, self.enc)
+            if names is not None:
+                portal, stmt = names
+            else:
+                portal, pos = codec.read_cstr(buf, start, end, self.enc)
+                stmt, _ = codec.read_cstr(buf, pos, end, self.enc)
             # Result formats matter only where something may be masked: skip the decode
             # for statements with nothing sensitive (the usual case).
             formats: tuple[int, ...] | bytes = ()
@@ -816,7 +829,7 @@ class SessionMasking:
             self.portal_fields.pop(portal, None)
             self.expect.append(_SIMPLE)
         elif t == m.Q_DESCRIBE:
-            kind, name = codec.decode_describe_or_close(buf, start, end, self.enc)
+            kind, name = names if names is not None else codec.decode_describe_or_close(buf, start, end, self.enc)
             self.expect.append(_Describe(kind, name))
         elif t == m.Q_EXECUTE:
             portal = codec.decode_execute(buf, start, end, self.enc).portal
@@ -830,7 +843,7 @@ class SessionMasking:
                 self.pending[execute.prepares[0]] = execute.prepares[1]
             self.expect.append(execute)
         elif t == m.Q_CLOSE:
-            kind, name = codec.decode_describe_or_close(buf, start, end, self.enc)
+            kind, name = names if names is not None else codec.decode_describe_or_close(buf, start, end, self.enc)
             if kind == "S":
                 self.statements.pop(name, None)
                 self.pending.pop(name, None)
