@@ -1375,6 +1375,7 @@ class Session:
 
     def _govern_frame(self, gov: Governor, chunk: _Chunk, t: int, start: int, end: int) -> None:
         buf = chunk.buf
+        names = ("", "")
         if t in _NAMED_FRAMES:
             names = self._frame_names(t, buf, start, end)
             chunk.names = names
@@ -1390,7 +1391,7 @@ class Session:
             self._govern_parse(gov, chunk, start, end)
         elif t == m.Q_BIND:
             refusals = self._marker_seq
-            portal, name = chunk.names
+            portal, name = names
             self._govern_bind(gov, chunk, start, end, portal, name)
             if self.guard is not None and self._marker_seq == refusals:
                 self._guard_bind(chunk, portal, name)
@@ -1406,7 +1407,7 @@ class Session:
         elif t == m.Q_FUNCTION_CALL:
             self._govern_function_call(gov, chunk, start, end)
         elif t == m.Q_CLOSE:
-            kind, name = chunk.names
+            kind, name = names
             if kind == "S":
                 self._prepared.pop(name, None)
             else:
