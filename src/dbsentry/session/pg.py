@@ -625,6 +625,9 @@ class Session:
     _in_flight: bool = False
     # Rulings of allowed Queries by the key of their shape (see _ShapeRuling).
     _shapes: dict[str, _ShapeRuling] | None = None
+    # Checks whose statements run without the guard, by id, with the catalog view (see
+    # _runs_quietly).
+    _quiet: dict[int, tuple[Check, MaskingView | None]] | None = None
 
     def __post_init__(self) -> None:
         self._client_frames = codec.FrameSplitter(MAX_AUTH_MESSAGE)
@@ -1376,8 +1379,16 @@ class Session:
     def _govern_frame(self, gov: Governor, chunk: _Chunk, t: int, start: int, end: int) -> None:
         buf = chunk.buf
         names = ("", "")
+        bind: m.Bind | None = None
         if t in _NAMED_FRAMES:
-            names = self._frame_names(t, buf, start, end)
+            if t == m.Q_BIND and (self.audit is not None or self.approvals is not None or self.guard is not None):
+                try:
+                    bind = _decode_bind(buf, start, end, self.enc)  # needed below: read once
+                    names = (bind.portal, bind.statement)
+                except codec.ProtocolError:
+                    names = self._frame_names(t, buf, start, end)  # the names first, as always
+            else:
+                names = self._frame_names(t, buf, start, end)
             chunk.names = names
             if names[0].startswith(_RESERVED_PREFIX) or names[-1].startswith(_RESERVED_PREFIX):
                 marker = self._refuse(_RESERVED_MESSAGE, "42501", chunk.commands)
@@ -1392,12 +1403,14 @@ class Session:
         elif t == m.Q_BIND:
             refusals = self._marker_seq
             portal, name = names
-            self._govern_bind(gov, chunk, start, end, portal, name)
+            self._govern_bind(gov, chunk, start, end, portal, name, bind)
             if self.guard is not None and self._marker_seq == refusals:
                 self._guard_bind(chunk, portal, name)
         elif t == m.Q_EXECUTE:
             if self.audit is not None or self.approvals is not None or self.guard is not None:
-                portal = codec.decode_execute(buf, start, end, self.enc).portal
+                portal = names[0]
+                if buf.find(b"\x00", start, end) + 5 > end:
+                    codec.decode_execute(buf, start, end, self.enc)  # too short: raises as it would
                 if self.audit is not None or self.approvals is not None:
                     self._execute_frame(chunk, portal)
                 if self.guard is not None:
@@ -1795,6 +1808,8 @@ class Session:
             if self._approvable(check) or not check.allowed:
                 return None  # an approval, once given, covers it; a refusal runs nothing
             facts = check.verdict.facts
+            if self._runs_quietly(check):
+                return None
         problem = self._unguardable(facts)
         if problem is not None:
             return f"dbsentry: in production {problem} (guardrails.max_rows_changed)"
@@ -1813,6 +1828,33 @@ class Session:
         key = bound.exact if bound is not None else None
         chunk.guarded = _Guarded(Mode.EXTENDED, GuardedStatement(sql, params, key, facts))
         return None
+
+    def _runs_quietly(self, check: Check) -> bool:
+        """Whether the statement of ``check`` neither changes rows nor holds what the guard
+        cannot hold, by the connection's current catalog: an Execute of it runs without
+        the guard.  Kept per check and catalog, for statements that execute no prepared
+        statement (what those run is the session's to know at the time)."""
+        view = self._catalog_view()
+        quiet = self._quiet
+        got = quiet.get(id(check)) if quiet is not None else None
+        if got is not None and got[0] is check and got[1] is view:
+            return True
+        facts = check.verdict.facts
+        if self._unguardable(facts) is not None or any(self._changes_rows(f) for f in facts):
+            return False
+        step: StatementFacts | None
+        for f in facts:
+            step = f
+            while step is not None:
+                if step.command == "EXECUTE":
+                    return True  # quiet now; not kept
+                step = step.inner
+        if quiet is None:
+            quiet = self._quiet = {}
+        elif len(quiet) >= _MAX_SHAPES:
+            quiet.clear()
+        quiet[id(check)] = (check, view)
+        return True
 
     def _guard_bind(self, chunk: _Chunk, portal: str, name: str) -> None:
         """Planning runs non-volatile functions (constant folding, estimates) at Bind: a
@@ -2043,12 +2085,15 @@ class Session:
         chunk.replace(start, end, codec.encode_parse(m.Parse(parse.name, self._marker_sql(marker)), self.enc))
         self._audit_denied(chunk, parse.sql, check)
 
-    def _govern_bind(self, gov: Governor, chunk: _Chunk, start: int, end: int, portal: str, name: str) -> None:
+    def _govern_bind(
+        self, gov: Governor, chunk: _Chunk, start: int, end: int, portal: str, name: str, bind: m.Bind | None
+    ) -> None:
+        """``bind``: the Bind, when read already."""
         buf = chunk.buf
         known = self._prepared.get(name)
-        bind: m.Bind | None = None
         if self.audit is not None or self.approvals is not None or self.guard is not None:
-            bind = _decode_bind(buf, start, end, self.enc)
+            if bind is None:
+                bind = _decode_bind(buf, start, end, self.enc)
             self._portals[portal] = _Portal(name, bind, self.enc, known)
         if known is not None and any(f.where_params for f in known[2].verdict.facts):
             if bind is None:
