@@ -13,7 +13,6 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from dbsentry.audit.config import AuditConfig
 from dbsentry.audit.records import (
@@ -43,10 +42,9 @@ _VARYING = ("statement", "statement_redacted", "statement_truncated", "params", 
 _MAX_TEMPLATES = 256
 
 
-class _Pending(NamedTuple):
-    record_id: str
-    cycle: int
-    started: float
+# A statement forwarded and not answered yet: (its record's id, the cycle whose
+# ReadyForQuery ends it, when it was forwarded).
+_Pending = tuple[str, int, float]
 
 
 # Sessions that have nothing pending share this empty queue (an idle one never has).
@@ -257,13 +255,13 @@ class SessionAudit:
         """``record`` was forwarded; its outcome arrives before ReadyForQuery number ``cycle``."""
         if self._pending is _NOTHING_PENDING:
             self._pending = deque()
-        self._pending.append(_Pending(record.id, cycle, time.monotonic()))
+        self._pending.append((record.id, cycle, time.monotonic()))
 
     def _complete(self, rows: int | None = None, sqlstate: str | None = None, error: str | None = None) -> CompletionRecord | None:
         if not self._pending:
             return None
         p = self._pending.popleft()
-        duration = round((time.monotonic() - p.started) * 1000, 3)
+        duration = round((time.monotonic() - p[2]) * 1000, 3)
         if sqlstate is None and error is None:
             completions = self._completions
             if completions is None:
@@ -272,10 +270,10 @@ class SessionAudit:
                     {"session_id": self.session_id, "sqlstate": None, "error": None},
                     ("statement_id", "rows", "duration_ms"),
                 )
-            record: CompletionRecord = completions.make(p.record_id, rows, duration)
+            record: CompletionRecord = completions.make(p[0], rows, duration)
             return record
         return CompletionRecord(
-            statement_id=p.record_id,
+            statement_id=p[0],
             session_id=self.session_id,
             rows=rows,
             duration_ms=duration,
@@ -295,7 +293,7 @@ class SessionAudit:
     def ready(self, cycle: int) -> list[CompletionRecord]:
         """ReadyForQuery number ``cycle`` arrived: what is still pending from it never ran."""
         out = []
-        while self._pending and self._pending[0].cycle <= cycle:
+        while self._pending and self._pending[0][1] <= cycle:
             rec = self._complete(error="not executed: skipped after an earlier error")
             if rec is not None:
                 out.append(rec)
@@ -307,12 +305,12 @@ class SessionAudit:
         out = []
         keep: deque[_Pending] = deque()
         for p in self._pending:
-            if p.record_id in ids:
+            if p[0] in ids:
                 out.append(
                     CompletionRecord(
-                        statement_id=p.record_id,
+                        statement_id=p[0],
                         session_id=self.session_id,
-                        duration_ms=round((time.monotonic() - p.started) * 1000, 3),
+                        duration_ms=round((time.monotonic() - p[2]) * 1000, 3),
                         sqlstate=sqlstate,
                         error=self._error_text(f"not executed: {message}"),
                     )

@@ -2319,7 +2319,7 @@ class Session:
                 chunk.replace(start, end, self._client_pid(buf[start - 5 : end] if masked is None else masked))
                 continue
             if t == m.R_READY:
-                self.txn_status = codec.decode_ready(buf, start, end).status
+                self.txn_status = chr(buf[start]) if end - start == 1 else codec.decode_ready(buf, start, end).status
                 if self._cycles_done < self._cycles_sent:
                     self._cycles_done += 1
                 if self._cycles_done == self._cycles_sent:
@@ -2354,7 +2354,7 @@ class Session:
                     assert self.connection_name is not None
                     chunk.commands.append(c.SchemaChanged(self.connection_name))
                 if audit is not None:
-                    tag = codec.decode_command_complete(buf, start, end).tag
+                    tag = codec.read_cstr(buf, start, end)[0]  # what decode_command_complete reads
                     self._audit_done(chunk, audit.command_complete(tag))
             elif audit is not None and (t == m.R_EMPTY_QUERY or t == m.R_PORTAL_SUSPENDED):
                 self._audit_done(chunk, audit.empty_or_suspended())
