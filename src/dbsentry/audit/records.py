@@ -37,13 +37,16 @@ _COMMENT_TOKENS = frozenset({"C_COMMENT", "SQL_COMMENT"})
 
 
 _id_prefix = secrets.token_hex(4)
+_id_number = int(_id_prefix, 16)
 _id_counter = itertools.count()
+_U64 = (1 << 64) - 1
 
 
 def _new_id_source() -> None:
     """A forked process gets its own id prefix and counter (ids stay unique across workers)."""
-    global _id_prefix, _id_counter
+    global _id_prefix, _id_number, _id_counter
     _id_prefix = secrets.token_hex(4)
+    _id_number = int(_id_prefix, 16)
     _id_counter = itertools.count()
 
 
@@ -64,8 +67,8 @@ def new_record_id() -> str:
 
 def _record_id(ns: int) -> str:
     """:func:`new_record_id` for a time already read (in nanoseconds)."""
-    # %-formatting: about twice as fast as an f-string with format specs here
-    return "%016x%s%08x" % (ns, _id_prefix, next(_id_counter) & 0xFFFFFFFF)  # noqa: UP031
+    # the same 32 hex digits as "%016x%s%08x" (time, prefix, counter), a third faster
+    return ((ns & _U64) << 64 | _id_number << 32 | (next(_id_counter) & 0xFFFFFFFF)).to_bytes(16, "big").hex()
 
 
 _FIELD_KEYS: dict[type, tuple[tuple[str, str], ...]] = {}

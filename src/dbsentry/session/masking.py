@@ -832,7 +832,10 @@ class SessionMasking:
             kind, name = names if names is not None else codec.decode_describe_or_close(buf, start, end, self.enc)
             self.expect.append(_Describe(kind, name))
         elif t == m.Q_EXECUTE:
-            portal = codec.decode_execute(buf, start, end, self.enc).portal
+            if names is not None and buf.find(b"\x00", start, end) + 5 <= end:
+                portal = names[0]  # what decode_execute reads of a whole Execute
+            else:
+                portal = codec.decode_execute(buf, start, end, self.enc).portal
             stmt, formats = self.portals.get(portal, ("", ()))
             fields = self.portal_fields.get(portal) or self.statement_fields.get(stmt)
             execute = _Execute(portal, self.statement(stmt), fields, formats)
