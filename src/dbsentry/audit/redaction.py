@@ -224,6 +224,7 @@ class LiteralRedactor:
         self.mode = mode
         self.views = views
         self._cache = _LRU(cache_size)
+        self._last: tuple[tuple[str | None, int, str], _Analysed] | None = None
 
     # -- tokens -----------------------------------------------------------------------------
 
@@ -275,6 +276,9 @@ class LiteralRedactor:
         """What meets what in ``sql`` and its text as shown, cached by text and catalog."""
         view = self.views(connection) if self.views is not None and connection is not None else None
         key = (connection, view.version if view is not None else 0, sql)
+        last = self._last  # one read: the pair is replaced whole, never changed
+        if last is not None and last[0] == key:
+            return last[1]  # the same statement again (a prepared statement's executions)
         hit = self._cache.get(key)
         if hit is None:
             if view is not None:
@@ -287,6 +291,8 @@ class LiteralRedactor:
             hit = (meets, text, changed)
             if len(sql) <= _CACHE_MAX_CHARS:
                 self._cache.put(key, hit)
+        if len(sql) <= _CACHE_MAX_CHARS:
+            self._last = (key, hit)
         return hit
 
     def catalog_version(self, connection: str | None) -> int:
