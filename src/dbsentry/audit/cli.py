@@ -17,6 +17,7 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from dbsentry.audit.config import AuditConfig
+from dbsentry.audit.index import catch_up_all
 from dbsentry.audit.keys import Signer, load_or_create_signing_key, load_public_key, public_key_path
 from dbsentry.audit.query import (
     export_csv,
@@ -47,10 +48,17 @@ class AuditContext:
 
     @contextmanager
     def store(self) -> Iterator[AuditStore]:
+        """The search index, brought up to date with every node's log first (so what a
+        client has seen is found, even while the proxy's own indexer is a moment behind)."""
+        log_dir = self.audit.log_path(self.state_dir)
         try:
-            store = open_store(self.audit, self.state_dir, create=False)
+            store = open_store(self.audit, self.state_dir, create=log_dir.is_dir())
         except (AuditStoreError, ValueError) as err:
             raise click.ClickException(str(err)) from None
+        try:
+            catch_up_all(store, log_dir)
+        except (AuditStoreError, OSError) as err:
+            click.echo(f"warning: the audit index may be behind the log: {err}", err=True)
         try:
             yield store
         except AuditStoreError as err:

@@ -24,16 +24,29 @@ class AuditConfig(BaseModel):
     dsn: str | None = None
     dsn_env: str | None = None
     pg_schema: str = "dbsentry_audit"
-    # sync: a statement is forwarded only after its record is committed and fsync'd
-    #   (survives a crash of the proxy, of the OS, and power loss).
-    # write: forwarded only after its record is committed to the operating system (SQLite
-    #   WAL with synchronous=NORMAL; PostgreSQL store with synchronous_commit=off): survives
-    #   a crash or kill -9 of the proxy, not an OS crash or power loss.
-    # async: records are committed at least every async_flush_ms; a crash can lose that much.
-    durability: Literal["sync", "write", "async"] = "sync"
+    # Every record goes first to this node's append-only log (log_dir/<node>/); the store
+    # above is the search index built from the logs.  What a statement waits for:
+    # effect: its record is written to the OS before it is forwarded (survives kill -9 of
+    #   the proxy); nothing it produces reaches the client until the record is fsync'd, and
+    #   statements that may change data (and COMMITs) are forwarded only once it is: no
+    #   client sees a result, and no change is committed, without a durable record.
+    # sync: forwarded only once its record is fsync'd.
+    # write: forwarded once written to the OS; fsync at least every fsync_interval_ms
+    #   (survives a proxy crash; an OS crash or power loss can lose that much).
+    # async: records are written every async_flush_ms; a crash can lose that much.
+    durability: Literal["effect", "sync", "write", "async"] = "effect"
     async_flush_ms: int = Field(default=200, ge=1, le=10_000)
-    # Give up on a commit (and refuse the statement) after this long.
+    fsync_interval_ms: int = Field(default=20, ge=1, le=10_000)
+    # Kept for old configuration files; the log does not time out (a slow disk slows the
+    # clients down instead: backpressure).
     sync_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
+    # default <state_dir>/audit-log; each node writes <log_dir>/<node>/ only
+    log_dir: Path | None = None
+    # this node's id (letters, digits, - _ .); default: made once and kept in
+    # <state_dir>/audit-node
+    node: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+    segment_mb: int = Field(default=64, ge=1, le=4096)
+    segment_seconds: float = Field(default=3600.0, gt=0)
     # What statement texts, parameters and error texts keep of the values in them:
     #   sensitive (default): values that meet a classified column, or that value detection
     #     recognises, become <class:hmac:...> tokens (keyed hash: equal values, equal tokens)
@@ -75,6 +88,29 @@ class AuditConfig(BaseModel):
             return value
         raise ValueError("audit.dsn is not set")
 
+    def log_path(self, state_dir: Path) -> Path:
+        return self.log_dir if self.log_dir is not None else state_dir / "audit-log"
+
+    def node_id(self, state_dir: Path) -> str:
+        """This node's id: ``node``, or one made on first use and kept in the state dir."""
+        if self.node is not None:
+            return self.node
+        path = state_dir / "audit-node"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        import secrets
+        import socket
+
+        host = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in socket.gethostname())[:40] or "node"
+        node = f"{host}-{secrets.token_hex(3)}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(node + "\n")
+        tmp.replace(path)
+        return node
+
     def sqlite_path(self, state_dir: Path) -> Path:
         return self.path if self.path is not None else state_dir / "audit.db"
 
@@ -97,6 +133,7 @@ class AuditConfig(BaseModel):
         return self.model_copy(
             update={
                 "path": fix(self.path),
+                "log_dir": fix(self.log_dir),
                 "signing_key": fix(self.signing_key),
                 "redaction_key_file": fix(self.redaction_key_file),
                 "trusted_public_keys": [

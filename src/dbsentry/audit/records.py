@@ -133,6 +133,11 @@ def canonical_json(data: Mapping[str, Any]) -> bytes:
     return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
 
 
+def payload_bytes(record: _Record) -> bytes:
+    """A record's stored and hashed form (what the audit log appends)."""
+    return orjson.dumps(record.canonical_mapping(), option=orjson.OPT_SORT_KEYS)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SessionEvent(_Record):
     """A client session was opened (after authentication) or closed."""

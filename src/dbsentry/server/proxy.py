@@ -23,8 +23,8 @@ from dbsentry import metrics
 from dbsentry.approvals import Approvals, ApprovalStoreError
 from dbsentry.approvals.model import ApprovalRequest, statement_key
 from dbsentry.approvals.service import Gate
+from dbsentry.audit.appender import AuditLog, AuditUnavailable, resolves
 from dbsentry.audit.records import CompletionRecord, Record, SessionEvent, StatementRecord
-from dbsentry.audit.writer import AuditUnavailable, AuditWriter
 from dbsentry.config import Config, ConfigError, ConnectionConfig
 from dbsentry.governance.admission import approvals_by_record, stamp_approved
 from dbsentry.identity.model import Identity
@@ -57,7 +57,7 @@ class ProxyServer:
         config: Config,
         authenticator: Authenticator,
         governor: Governor | None = None,
-        audit_writer: AuditWriter | None = None,
+        audit_writer: AuditLog | None = None,
         catalogs: CatalogLoader | None = None,
         approvals: Approvals | None = None,
         *,
@@ -67,6 +67,8 @@ class ProxyServer:
         self.config = config
         self.governor = governor
         self.audit_writer = audit_writer
+        # audit.durability "effect": what a statement produces waits for its record
+        self.hold_results = audit_writer is not None and audit_writer.durability == "effect"
         self.catalogs = catalogs
         self.authenticator = authenticator
         self.auth_needs_io = auth_needs_io
@@ -159,6 +161,8 @@ class ClientConnection(asyncio.Protocol):
         "_backend",
         "_gate",
         "_grants_for",
+        "_held",
+        "_hold_seq",
         "_timer",
         "_wait",
         "address",
@@ -178,6 +182,10 @@ class ClientConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._wait: asyncio.TimerHandle | None = None  # waiting for another session's login
         self._gate: deque[_GateEntry] = _NO_GATE
+        # audit.durability "effect": the last seq of this session's statement records, and
+        # what goes to the client once the log is durable up to the seq it waits for
+        self._hold_seq = 0
+        self._held: deque[tuple[int, c.SendClient | c.CloseClient]] | None = None
         self._grants_for: str | None = None
         self._backend: tuple[str, int] | None = None  # (connection, upstream backend pid)
         self.session: Session
@@ -235,7 +243,7 @@ class ClientConnection(asyncio.Protocol):
             self.upstream.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.upstream is not None and self.upstream.transport is not None:
+        if self.upstream is not None and self.upstream.transport is not None and self._held is None:
             self.upstream.transport.resume_reading()
 
     # ------------------------------------------------------------------ commands
@@ -259,15 +267,20 @@ class ClientConnection(asyncio.Protocol):
                 if up is not None and up.transport is not None and not up.transport.is_closing():
                     up.transport.write(data)
             case c.SendClient(data=data):
+                if self._held is not None or (self._hold_seq and self._not_durable()):
+                    self._hold(cmd)
                 # (a transport closing already, say after a start-up timeout, refuses writes)
-                if not self.closed and self.transport is not None and not self.transport.is_closing():
+                elif not self.closed and self.transport is not None and not self.transport.is_closing():
                     self.transport.write(data)
             case c.Log():
                 log.log(cmd.level, cmd.event, extra={"fields": {"session": self.session.session_id, **cmd.fields}})
                 if cmd.event == "session.refused" and str(cmd.fields.get("sqlstate", "")).startswith("28"):
                     metrics.login_failed("password" if cmd.fields["sqlstate"] == "28P01" else "refused")
             case c.CloseClient():
-                self._close_client()
+                if self._held is not None:
+                    self._hold(cmd)
+                else:
+                    self._close_client()
             case c.CloseUpstream():
                 self._close_upstream()
             case c.StartClientTLS():
@@ -351,8 +364,59 @@ class ClientConnection(asyncio.Protocol):
         if cmd.approvals or writer is None:
             spawn(self._commit(entry), name="audit-commit")
             return
-        # The hot path: no task per statement; the writer calls back once committed.
-        writer.submit(cmd.records, functools.partial(self._committed, entry))
+        # The hot path: no task per statement; the log calls back once written (or durable).
+        last = writer.submit(cmd.records, functools.partial(self._committed, entry), durable=cmd.durable)
+        if self.proxy.hold_results:
+            self._hold_seq = last if last > self._hold_seq else self._hold_seq
+
+    # ------------------------------------------------------------------ effect durability
+
+    def _not_durable(self) -> bool:
+        writer = self.proxy.audit_writer
+        return writer is not None and self._hold_seq > writer.durable_seq
+
+    def _hold(self, cmd: c.SendClient | c.CloseClient) -> None:
+        """Keep ``cmd`` until the log is durable up to this session's last statement record
+        (nothing a statement produced leaves before its record is durable)."""
+        writer = self.proxy.audit_writer
+        assert writer is not None
+        if self._held is None:
+            self._held = deque()
+            writer.when_durable(self._hold_seq, self._release)
+            up = self.upstream
+            if up is not None and up.transport is not None:
+                up.transport.pause_reading()  # backpressure: the server waits, not our memory
+        self._held.append((self._hold_seq, cmd))
+
+    def _release(self, error: AuditUnavailable | None) -> None:
+        held = self._held
+        writer = self.proxy.audit_writer
+        if held is None or writer is None:
+            return
+        if error is not None:
+            # The statement ran but its record may not be durable: its results never leave.
+            log.error("results withheld: audit log unavailable", extra={"fields": {"error": str(error)}})
+            self._held = None
+            if not self.closed and self.transport is not None and not self.transport.is_closing():
+                self.transport.write(codec.error_response("58000", f"dbsentry: {error}; the results were withheld", severity="FATAL"))
+            self.abort()
+            return
+        durable = writer.durable_seq
+        while held and held[0][0] <= durable:
+            self._send_held(held.popleft()[1])
+        if held:
+            writer.when_durable(held[0][0], self._release)
+            return
+        self._held = None
+        up = self.upstream
+        if up is not None and up.transport is not None and not self.closed:
+            up.transport.resume_reading()
+
+    def _send_held(self, cmd: c.SendClient | c.CloseClient) -> None:
+        if isinstance(cmd, c.CloseClient):
+            self._close_client()
+        elif not self.closed and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(cmd.data)
 
     def _committed(self, entry: _GateEntry, error: AuditUnavailable | None) -> None:
         if error is None:
@@ -378,7 +442,13 @@ class ClientConnection(asyncio.Protocol):
             if records:
                 if writer is None:
                     raise AuditUnavailable("audit is not configured")
-                await asyncio.gather(*(writer.append(r) for r in records))
+                done: asyncio.Future[AuditUnavailable | None] = asyncio.get_running_loop().create_future()
+                last = writer.submit(records, resolves(done), durable=entry.cmd.durable)
+                if self.proxy.hold_results:
+                    self._hold_seq = max(self._hold_seq, last)
+                failed = await done
+                if failed is not None:
+                    raise failed
             entry.ok = True
         except AuditUnavailable as err:
             log.error("statement refused: audit unavailable", extra={"fields": {"error": str(err)}})

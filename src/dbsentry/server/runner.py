@@ -10,7 +10,10 @@ import threading
 from collections.abc import Callable
 
 from dbsentry.approvals import Approvals, ApprovalStoreError, Notifier, open_approval_store
-from dbsentry.audit import AuditStoreError, AuditWriter, Signer, open_store, redaction
+from dbsentry.audit import AuditStoreError, Signer, open_store, redaction
+from dbsentry.audit.appender import AuditLog
+from dbsentry.audit.index import IndexFollower
+from dbsentry.audit.logwriter import LogFile
 from dbsentry.audit.redaction import redactor_from_config
 from dbsentry.config import Config, ConfigError, LoadedConfig, check_environments
 from dbsentry.identity import Authenticator
@@ -38,29 +41,36 @@ async def _watch_policy(governor: Governor, stop: asyncio.Event) -> None:
             governor.reload_if_changed()
 
 
-def open_writer(config: Config) -> AuditWriter:
-    """The audit store and its group-commit writer, started."""
+def open_audit(config: Config) -> tuple[AuditLog, IndexFollower]:
+    """This node's audit log, open, and the thread that indexes it into the audit store."""
     acfg = config.audit
-    key = acfg.signing_key_path(config.state_dir)
-    signer = Signer.from_path(key)
+    state = config.state_dir
     try:
-        store = open_store(acfg, config.state_dir)
-    except AuditStoreError as err:
-        log.error("cannot open the audit store; not starting", extra={"fields": {"reason": str(err)}})
+        signer = Signer.from_path(acfg.signing_key_path(state))
+        node = acfg.node_id(state)
+        file = LogFile(
+            acfg.log_path(state),
+            node,
+            signer=signer,
+            segment_bytes=acfg.segment_mb * 1024 * 1024,
+            segment_seconds=acfg.segment_seconds,
+            checkpoint_every=acfg.checkpoint_every,
+            checkpoint_seconds=acfg.checkpoint_seconds,
+            fsync_interval=acfg.fsync_interval_ms / 1000 if acfg.durability in ("write", "async") else 0.0,
+        )
+        writer = AuditLog(file, acfg.durability, async_flush_ms=acfg.async_flush_ms, max_queue=acfg.max_queue)
+        writer.start()
+    except (OSError, ValueError) as err:
+        log.error("cannot open the audit log; not starting", extra={"fields": {"reason": str(err)}})
         sys.exit(2)
-    writer = AuditWriter(
-        store,
-        acfg.durability,
-        signer=signer,
-        checkpoint_every=acfg.checkpoint_every,
-        checkpoint_seconds=acfg.checkpoint_seconds,
-        async_flush_ms=acfg.async_flush_ms,
-        sync_timeout=acfg.sync_timeout_seconds,
-        max_batch=acfg.max_batch,
-        max_queue=acfg.max_queue,
-    )
-    writer.start()
-    return writer
+    try:
+        store = open_store(acfg, state)
+    except AuditStoreError as err:
+        log.error("cannot open the audit index; not starting", extra={"fields": {"reason": str(err)}})
+        sys.exit(2)
+    follower = IndexFollower(store, acfg.log_path(state), node, lambda: writer.durable_seq, writer.index_wakeup)
+    follower.start()
+    return writer, follower
 
 
 async def run_server(
@@ -76,7 +86,8 @@ async def run_server(
     config = loaded.config
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     governor: Governor | None = None
-    writer: AuditWriter | None = None
+    writer: AuditLog | None = None
+    follower: IndexFollower | None = None
     if config.passthrough:
         log.warning("passthrough: statements are neither checked nor audited (benchmarking only)")
     else:
@@ -90,7 +101,7 @@ async def run_server(
         except ConfigError as err:
             log.error("invalid configuration; not starting", extra={"fields": {"reason": str(err)}})
             sys.exit(2)
-        writer = open_writer(config)
+        writer, follower = open_audit(config)
     catalogs: CatalogLoader | None = None
     if not config.passthrough:
         # The catalog serves masking and tells which functions may change data.
@@ -203,4 +214,7 @@ async def run_server(
             approvals.close()
         if writer is not None:
             await writer.aclose()
+        if follower is not None:
+            await asyncio.to_thread(follower.stop)
+            follower.store.close()
         authenticator.close()

@@ -44,6 +44,7 @@ from typing import Protocol
 from dbsentry.audit.config import AuditConfig
 from dbsentry.audit.records import CompletionRecord, Record, extract_correlation
 from dbsentry.config import Config, ConnectionConfig
+from dbsentry.governance.durability import changes_data
 from dbsentry.identity.model import Identity
 from dbsentry.identity.ratelimit import LoginThrottled
 from dbsentry.policy.engine import Decision
@@ -338,12 +339,14 @@ def _exact_params(bind: m.Bind) -> tuple[str | None, ...]:
 class _Chunk:
     """One chunk of frames on its way through: replaced frames, commands, records to commit."""
 
-    __slots__ = ("_last", "_pieces", "_stop", "approvals", "buf", "commands", "extra", "gated", "guarded", "plans")
+    __slots__ = ("_last", "_pieces", "_stop", "approvals", "buf", "commands", "durable", "extra", "gated", "guarded", "plans")
 
     def __init__(self, buf: bytes) -> None:
         self.buf = buf
         self.commands: list[c.Command] = []
         self.gated: list[Record] = []
+        # A gated statement may change data: forward only once its record is durable.
+        self.durable = False
         self.plans: tuple[StatementPlan | None, ...] = ()  # of the Query being handled
         self.approvals: list[c.ApprovalAsk] = []
         # The frame being handled runs under the row guard: how (see Session._wrap_guarded).
@@ -1182,7 +1185,7 @@ class Session:
             self._busy = True
             send = c.SendUpstream(out)
             if chunk.approvals or (chunk.gated and self.audit is not None and self.audit.wait):
-                cmds.append(c.AuditGate(chunk.gated, [send], (buf, sent), chunk.approvals))
+                cmds.append(c.AuditGate(chunk.gated, [send], (buf, sent), chunk.approvals, chunk.durable))
             else:
                 cmds.extend(c.Audit(r) for r in chunk.gated)
                 cmds.append(send)
@@ -1431,6 +1434,7 @@ class Session:
                     plan = plans[i] if masked and i < len(plans) else None
                     rec = audit.statement(facts.text, facts, decision, correlation=correlation, masks=plan)
                     chunk.gated.append(rec)
+                    chunk.durable = chunk.durable or changes_data(facts.command, facts.classes, facts.flags)
                     audit.expect(rec, self._cycles_sent)
                     ids.append(rec.id)
             if approvable:
@@ -1884,6 +1888,7 @@ class Session:
             oid = int.from_bytes(chunk.buf[start : start + 4], "big")
             rec = self.audit.statement(f"<FunctionCall oid={oid}>", None, ALLOWED, command="FUNCTION CALL")
             chunk.gated.append(rec)
+            chunk.durable = True
             self.audit.expect(rec, self._cycles_sent)
 
     def _deny(self, check: Check, sql: str, commands: list[c.Command]) -> str:
@@ -1991,6 +1996,7 @@ class Session:
             plan = masking.statement(bound[0]) if masking is not None and not masking.exempt() else None
             rec = self.audit.statement(sql, facts, check.decision, params=bound[1], masks=plan)
             chunk.gated.append(rec)
+            chunk.durable = chunk.durable or facts is None or changes_data(facts.command, facts.classes, facts.flags)
             self.audit.expect(rec, self._cycles_sent + 1)  # answered before the next Sync's ReadyForQuery
             ids = (rec.id,)
         if self._approvable(check):

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from dbsentry.audit import AuditStore, AuditWriter
+    from dbsentry.audit.appender import AuditLog
     from dbsentry.config import Config
     from dbsentry.identity import Authenticator
     from dbsentry.session.governance import Governor
@@ -49,7 +50,7 @@ class WebContext:
     authenticator: Authenticator
     audit_store: Callable[[], AuditStore]
     governor: Governor | None = None
-    audit_writer: AuditWriter | None = None
+    audit_writer: AuditLog | AuditWriter | None = None
     approvals: Any | None = None
     live_sessions: Callable[[], Iterable[Any]] = _no_sessions
     web: WebConfig | None = None

@@ -1,0 +1,113 @@
+"""The search index: the nodes' audit logs copied into an ``AuditStore`` for searching.
+
+The index is derived data.  ``catch_up`` copies what a node's log holds beyond the
+index's cursor for that node, in batches, each batch and the cursor in one transaction;
+several indexers (the proxy's follower thread, a CLI command that reads the index) may
+run at once: what one has indexed the others skip.  ``reindex`` rebuilds it from the
+logs.  ``audit verify`` checks every index row against the log (``verify_index``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dbsentry.audit.log import LogRecord, LogTailer, list_nodes
+from dbsentry.audit.store import AuditStore, AuditStoreError, IndexRow, index_from_payload
+
+log = logging.getLogger("dbsentry.audit")
+BATCH = 1000
+
+
+def _rows(records: Iterator[LogRecord]) -> Iterator[list[IndexRow]]:
+    batch: list[IndexRow] = []
+    for r in records:
+        try:
+            encoded = index_from_payload(r.payload)
+        except ValueError as err:  # verify reports it; the index cannot show it
+            log.error("audit log record %s/%d cannot be indexed: %s", r.node, r.seq, err)
+            continue
+        batch.append(IndexRow(r.seq, r.prev_hash, r.hash, encoded))
+        if len(batch) >= BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def catch_up(
+    store: AuditStore, log_dir: Path, node: str, upto: int | None = None, tailer: LogTailer | None = None
+) -> int:
+    """Index ``node``'s log up to seq ``upto`` (all of it: None); how many records."""
+    cursor = store.index_cursor(node)
+    if upto is not None and upto <= cursor:
+        return 0
+    reader = tailer if tailer is not None else LogTailer(Path(log_dir) / node)
+    n = 0
+    for batch in _rows(reader.read(cursor, upto)):
+        store.index_batch(node, batch)
+        n += len(batch)
+    return n
+
+
+def catch_up_all(store: AuditStore, log_dir: Path) -> int:
+    """Index every node's log under ``log_dir``; how many records."""
+    return sum(catch_up(store, log_dir, node) for node in list_nodes(Path(log_dir)))
+
+
+def reindex(store: AuditStore, log_dir: Path, node: str | None = None) -> tuple[int, int]:
+    """Rebuild the index of ``node``'s log (every log under ``log_dir``: None): (rows
+    deleted, records indexed)."""
+    dropped = store.drop_index(node)
+    nodes = [node] if node is not None else list_nodes(Path(log_dir))
+    return dropped, sum(catch_up(store, log_dir, n) for n in nodes)
+
+
+@dataclass(slots=True)
+class IndexFollower:
+    """A thread that keeps the index up to date with this node's log while the proxy runs:
+    woken whenever more of the log is durable, and at least every ``interval`` seconds."""
+
+    store: AuditStore
+    log_dir: Path
+    node: str
+    durable_seq: Callable[[], int]
+    wakeup: threading.Event
+    interval: float = 0.5
+    indexed: int = 0
+    errors: int = 0
+    _stop: bool = False
+    _thread: threading.Thread | None = None
+    last_error: str | None = field(default=None)
+    _tailer: LogTailer | None = None
+
+    def start(self) -> None:
+        self._tailer = LogTailer(Path(self.log_dir) / self.node)
+        self._thread = threading.Thread(target=self._run, name="dbsentry-audit-index", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            self.wakeup.wait(self.interval)
+            self.wakeup.clear()
+            self.step()
+
+    def step(self) -> None:
+        try:
+            self.indexed += catch_up(self.store, self.log_dir, self.node, self.durable_seq(), self._tailer)
+            self.last_error = None
+        except (AuditStoreError, OSError) as err:
+            self.errors += 1
+            if self.last_error is None:
+                log.warning("audit index not updated (retrying): %s", err)
+            self.last_error = str(err)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop = True
+        self.wakeup.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.step()  # what became durable last
