@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import threading
 import time
@@ -98,8 +100,10 @@ class AuditLog:
         self._thread_id: int | None = None
         self._flush_pending = False
         # (last seq, callback), oldest first: resolved when written / when durable
-        self._written_waiters: deque[tuple[int, int, Callback]] = deque()
-        self._durable_waiters: deque[tuple[int, int, Callback]] = deque()
+        self._written_waiters: deque[tuple[int, int, Callback, Sequence[Record]]] = deque()
+        # a heap: sessions wait for older seqs than others have appended since
+        self._durable_waiters: list[tuple[int, int, int, Callback, Sequence[Record]]] = []
+        self._tie = itertools.count()
         self._healthy = True
         self._last_error: str | None = None
         self._outage_start: float | None = None
@@ -220,9 +224,9 @@ class AuditLog:
         if self.durability == "async" or last < first:
             loop.call_soon(callback, None)
         elif durable or self.durability == "sync":
-            self._durable_waiters.append((first, last, callback))
+            heapq.heappush(self._durable_waiters, (last, next(self._tie), first, callback, records))
         else:
-            self._written_waiters.append((first, last, callback))
+            self._written_waiters.append((first, last, callback, records))
         self._schedule(loop)
         return last
 
@@ -263,7 +267,7 @@ class AuditLog:
         elif not self._healthy:
             loop.call_soon(callback, AuditUnavailable(f"audit log unavailable: {self._last_error}"))
         else:
-            self._durable_waiters.append((seq, seq, callback))
+            heapq.heappush(self._durable_waiters, (seq, next(self._tie), seq, callback, ()))
 
     def _loop_for_call(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
@@ -313,8 +317,8 @@ class AuditLog:
 
     def _durable(self, seq: int) -> None:
         waiters = self._durable_waiters
-        while waiters and waiters[0][1] <= seq:
-            waiters.popleft()[2](None)
+        while waiters and waiters[0][0] <= seq:
+            heapq.heappop(waiters)[3](None)
 
     # ---------------------------------------------------------------- outages
 
@@ -338,17 +342,27 @@ class AuditLog:
         exc = AuditUnavailable(f"audit log unavailable: {self._last_error}")
         waited: set[int] = set()
         failed: list[Callback] = []
-        for queue in (self._written_waiters, self._durable_waiters):
-            keep: deque[tuple[int, int, Callback]] = deque()
-            for first, last, cb in queue:
-                if last <= good_seq:
-                    keep.append((first, last, cb))
-                    continue
-                waited.update(range(first, last + 1))
-                failed.append(cb)
-            queue.clear()
-            queue.extend(keep)
-        first_lost = self.file.written_seq + 1 - len(unwritten)
+        keep: deque[tuple[int, int, Callback, Sequence[Record]]] = deque()
+        for entry in self._written_waiters:
+            if entry[1] <= good_seq:
+                keep.append(entry)
+            else:
+                waited.update(range(entry[0], entry[1] + 1))
+                failed.append(entry[2])
+                self._forget(entry[3])  # their statements do not run: no completion follows
+        self._written_waiters = keep
+        kept: list[tuple[int, int, int, Callback, Sequence[Record]]] = []
+        for e in self._durable_waiters:
+            if e[0] <= good_seq:
+                kept.append(e)
+            else:
+                if e[4]:
+                    waited.update(range(e[2], e[0] + 1))
+                    self._forget(e[4])
+                failed.append(e[3])
+        heapq.heapify(kept)
+        self._durable_waiters = kept
+        first_lost = self.file.written_seq + 1  # the failed write held the seqs after it
         for i, payload in enumerate(unwritten):
             if first_lost + i not in waited:
                 self._keep(payload)
@@ -436,10 +450,13 @@ class AuditLog:
     def _closed_waiters(self) -> None:
         self.index_wakeup.set()
         exc = AuditUnavailable("audit log closed")
-        for queue in (self._written_waiters, self._durable_waiters):
-            while queue:
-                _, last, cb = queue.popleft()
-                cb(None if last <= self.file.durable_seq else exc)
+        durable = self.file.durable_seq
+        callbacks = [(e[1], e[2]) for e in self._written_waiters]
+        callbacks += [(e[0], e[3]) for e in sorted(self._durable_waiters, key=lambda e: (e[0], e[1]))]
+        self._written_waiters.clear()
+        self._durable_waiters = []
+        for last, cb in callbacks:
+            cb(None if last <= durable else exc)
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is buffered, sign a ``close`` checkpoint, fsync, stop (on the loop's

@@ -176,6 +176,8 @@ class LogFile:
         except OSError:
             with contextlib.suppress(OSError):
                 self._ops.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()  # so that the next attempt can make it again
             raise
         self._fd = fd
         self._segment = number

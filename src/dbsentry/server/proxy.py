@@ -34,6 +34,7 @@ from dbsentry.server import tls
 from dbsentry.server.catalogs import CatalogError, CatalogLoader
 from dbsentry.session import commands as c
 from dbsentry.session.governance import Governor
+from dbsentry.session.hold import ResultHold
 from dbsentry.session.pg import ClientInfo, Session
 from dbsentry.session.server_params import ServerParams
 from dbsentry.session.upstream import UpstreamHandshake, UpstreamReady
@@ -142,10 +143,11 @@ _NO_GATE: deque[_GateEntry] = deque(maxlen=0)
 class _GateEntry:
     """Client chunks waiting for their audit records to commit, in arrival order."""
 
-    __slots__ = ("after", "cancel", "cmd", "done", "ok", "refusal")
+    __slots__ = ("after", "cancel", "cmd", "done", "last", "ok", "refusal")
 
     def __init__(self, cmd: c.AuditGate) -> None:
         self.cmd = cmd
+        self.last = 0  # the seq of its last record in the audit log
         self.after: list[c.Command] = []
         self.done = False
         self.ok = False
@@ -161,8 +163,7 @@ class ClientConnection(asyncio.Protocol):
         "_backend",
         "_gate",
         "_grants_for",
-        "_held",
-        "_hold_seq",
+        "_hold_results",
         "_timer",
         "_wait",
         "address",
@@ -182,10 +183,8 @@ class ClientConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._wait: asyncio.TimerHandle | None = None  # waiting for another session's login
         self._gate: deque[_GateEntry] = _NO_GATE
-        # audit.durability "effect": the last seq of this session's statement records, and
-        # what goes to the client once the log is durable up to the seq it waits for
-        self._hold_seq = 0
-        self._held: deque[tuple[int, c.SendClient | c.CloseClient]] | None = None
+        # audit.durability "effect": client-bound commands wait for the session's records
+        self._hold_results: ResultHold[c.SendClient | c.CloseClient] | None = None
         self._grants_for: str | None = None
         self._backend: tuple[str, int] | None = None  # (connection, upstream backend pid)
         self.session: Session
@@ -243,7 +242,8 @@ class ClientConnection(asyncio.Protocol):
             self.upstream.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.upstream is not None and self.upstream.transport is not None and self._held is None:
+        held = self._hold_results is not None and self._hold_results.held is not None
+        if self.upstream is not None and self.upstream.transport is not None and not held:
             self.upstream.transport.resume_reading()
 
     # ------------------------------------------------------------------ commands
@@ -267,7 +267,8 @@ class ClientConnection(asyncio.Protocol):
                 if up is not None and up.transport is not None and not up.transport.is_closing():
                     up.transport.write(data)
             case c.SendClient(data=data):
-                if self._held is not None or (self._hold_seq and self._not_durable()):
+                hold = self._hold_results
+                if hold is not None and hold.must_hold(self._durable_seq()):
                     self._hold(cmd)
                 # (a transport closing already, say after a start-up timeout, refuses writes)
                 elif not self.closed and self.transport is not None and not self.transport.is_closing():
@@ -277,7 +278,7 @@ class ClientConnection(asyncio.Protocol):
                 if cmd.event == "session.refused" and str(cmd.fields.get("sqlstate", "")).startswith("28"):
                     metrics.login_failed("password" if cmd.fields["sqlstate"] == "28P01" else "refused")
             case c.CloseClient():
-                if self._held is not None:
+                if self._hold_results is not None and self._hold_results.held is not None:
                     self._hold(cmd)
                 else:
                     self._close_client()
@@ -365,62 +366,63 @@ class ClientConnection(asyncio.Protocol):
             spawn(self._commit(entry), name="audit-commit")
             return
         # The hot path: no task per statement; the log calls back once written (or durable).
-        last = writer.submit(cmd.records, functools.partial(self._committed, entry), durable=cmd.durable)
-        if self.proxy.hold_results:
-            self._hold_seq = last if last > self._hold_seq else self._hold_seq
+        entry.last = writer.submit(cmd.records, functools.partial(self._committed, entry), durable=cmd.durable)
+
+    def _held_by(self, seq: int) -> None:
+        hold = self._hold_results
+        if hold is None:
+            hold = self._hold_results = ResultHold()
+        hold.statement(seq)
 
     # ------------------------------------------------------------------ effect durability
 
-    def _not_durable(self) -> bool:
+    def _durable_seq(self) -> int:
         writer = self.proxy.audit_writer
-        return writer is not None and self._hold_seq > writer.durable_seq
+        return writer.durable_seq if writer is not None else 0
 
     def _hold(self, cmd: c.SendClient | c.CloseClient) -> None:
         """Keep ``cmd`` until the log is durable up to this session's last statement record
         (nothing a statement produced leaves before its record is durable)."""
+        hold = self._hold_results
         writer = self.proxy.audit_writer
-        assert writer is not None
-        if self._held is None:
-            self._held = deque()
-            writer.when_durable(self._hold_seq, self._release)
+        assert hold is not None and writer is not None
+        if hold.hold(cmd):
+            writer.when_durable(hold.seq, self._release)
             up = self.upstream
             if up is not None and up.transport is not None:
                 up.transport.pause_reading()  # backpressure: the server waits, not our memory
-        self._held.append((self._hold_seq, cmd))
 
     def _release(self, error: AuditUnavailable | None) -> None:
-        held = self._held
+        hold = self._hold_results
         writer = self.proxy.audit_writer
-        if held is None or writer is None:
+        if hold is None or writer is None or hold.held is None:
             return
         if error is not None:
             # The statement ran but its record may not be durable: its results never leave.
             log.error("results withheld: audit log unavailable", extra={"fields": {"error": str(error)}})
-            self._held = None
+            hold.drop()
             if not self.closed and self.transport is not None and not self.transport.is_closing():
                 self.transport.write(codec.error_response("58000", f"dbsentry: {error}; the results were withheld", severity="FATAL"))
             self.abort()
             return
-        durable = writer.durable_seq
-        while held and held[0][0] <= durable:
-            self._send_held(held.popleft()[1])
-        if held:
-            writer.when_durable(held[0][0], self._release)
+        for cmd in hold.release(writer.durable_seq):
+            if isinstance(cmd, c.CloseClient):
+                self._close_client()
+            elif not self.closed and self.transport is not None and not self.transport.is_closing():
+                self.transport.write(cmd.data)
+        waiting = hold.waiting_for()
+        if waiting is not None:
+            writer.when_durable(waiting, self._release)
             return
-        self._held = None
         up = self.upstream
         if up is not None and up.transport is not None and not self.closed:
             up.transport.resume_reading()
 
-    def _send_held(self, cmd: c.SendClient | c.CloseClient) -> None:
-        if isinstance(cmd, c.CloseClient):
-            self._close_client()
-        elif not self.closed and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(cmd.data)
-
     def _committed(self, entry: _GateEntry, error: AuditUnavailable | None) -> None:
         if error is None:
             entry.ok = True
+            if self.proxy.hold_results:
+                self._held_by(entry.last)  # what the statements produce waits for these records
         else:
             log.error("statement refused: audit unavailable", extra={"fields": {"error": str(error)}})
         entry.done = True
@@ -444,11 +446,11 @@ class ClientConnection(asyncio.Protocol):
                     raise AuditUnavailable("audit is not configured")
                 done: asyncio.Future[AuditUnavailable | None] = asyncio.get_running_loop().create_future()
                 last = writer.submit(records, resolves(done), durable=entry.cmd.durable)
-                if self.proxy.hold_results:
-                    self._hold_seq = max(self._hold_seq, last)
                 failed = await done
                 if failed is not None:
                     raise failed
+                if self.proxy.hold_results:
+                    self._held_by(last)
             entry.ok = True
         except AuditUnavailable as err:
             log.error("statement refused: audit unavailable", extra={"fields": {"error": str(err)}})
