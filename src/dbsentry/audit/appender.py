@@ -115,7 +115,7 @@ class AuditLog:
         self._tick: asyncio.TimerHandle | None = None
         self._closed = False
         self._lock = threading.Lock()  # appends from other threads
-        self.index_wakeup = threading.Event()  # set whenever more is durable
+        self.index_wakeup = threading.Event()  # set when closing: index the rest now
         file.on_durable = self._durable_from_thread
         file.on_sync_error = self._sync_failed_from_thread
 
@@ -309,7 +309,6 @@ class AuditLog:
 
     def _durable_from_thread(self, seq: int) -> None:
         self.stats.fsyncs += 1
-        self.index_wakeup.set()
         loop = self._loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):

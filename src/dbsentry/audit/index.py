@@ -39,45 +39,53 @@ def _rows(records: Iterator[LogRecord]) -> Iterator[list[IndexRow]]:
 
 
 def catch_up(
-    store: AuditStore, log_dir: Path, node: str, upto: int | None = None, tailer: LogTailer | None = None
+    store: AuditStore,
+    log_dir: Path,
+    node: str,
+    upto: int | None = None,
+    tailer: LogTailer | None = None,
+    after: int | None = None,
 ) -> int:
-    """Index ``node``'s log up to seq ``upto`` (all of it: None); how many records."""
-    cursor = store.index_cursor(node)
+    """Index ``node``'s log up to seq ``upto`` (all of it: None) from ``after`` (default:
+    the index's cursor); returns the cursor after."""
+    cursor = store.index_cursor(node) if after is None else after
     if upto is not None and upto <= cursor:
-        return 0
+        return cursor
     reader = tailer if tailer is not None else LogTailer(Path(log_dir) / node)
-    n = 0
     for batch in _rows(reader.read(cursor, upto)):
-        store.index_batch(node, batch)
-        n += len(batch)
-    return n
+        cursor = store.index_batch(node, batch)
+    return cursor
 
 
-def catch_up_all(store: AuditStore, log_dir: Path) -> int:
-    """Index every node's log under ``log_dir``; how many records."""
-    return sum(catch_up(store, log_dir, node) for node in list_nodes(Path(log_dir)))
+def catch_up_all(store: AuditStore, log_dir: Path) -> None:
+    """Index every node's log under ``log_dir``."""
+    for node in list_nodes(Path(log_dir)):
+        catch_up(store, log_dir, node)
 
 
 def reindex(store: AuditStore, log_dir: Path, node: str | None = None) -> tuple[int, int]:
     """Rebuild the index of ``node``'s log (every log under ``log_dir``: None): (rows
-    deleted, records indexed)."""
+    deleted, rows indexed)."""
     dropped = store.drop_index(node)
     nodes = [node] if node is not None else list_nodes(Path(log_dir))
-    return dropped, sum(catch_up(store, log_dir, n) for n in nodes)
+    for n in nodes:
+        catch_up(store, log_dir, n)
+    return dropped, sum(1 for n in nodes for _ in store.iter_index(n))
 
 
 @dataclass(slots=True)
 class IndexFollower:
     """A thread that keeps the index up to date with this node's log while the proxy runs:
-    woken whenever more of the log is durable, and at least every ``interval`` seconds."""
+    every ``interval`` seconds (records are searchable within about that long; a search
+    from the CLI catches up by itself), and at once when woken (closing)."""
 
     store: AuditStore
     log_dir: Path
     node: str
     durable_seq: Callable[[], int]
     wakeup: threading.Event
-    interval: float = 0.5
-    indexed: int = 0
+    interval: float = 0.25
+    cursor: int | None = None
     errors: int = 0
     _stop: bool = False
     _thread: threading.Thread | None = None
@@ -92,15 +100,15 @@ class IndexFollower:
     def _run(self) -> None:
         while not self._stop:
             self.wakeup.wait(self.interval)
-            self.wakeup.clear()
             self.step()
 
     def step(self) -> None:
         try:
-            self.indexed += catch_up(self.store, self.log_dir, self.node, self.durable_seq(), self._tailer)
+            self.cursor = catch_up(self.store, self.log_dir, self.node, self.durable_seq(), self._tailer, self.cursor)
             self.last_error = None
         except (AuditStoreError, OSError) as err:
             self.errors += 1
+            self.cursor = None  # read it again
             if self.last_error is None:
                 log.warning("audit index not updated (retrying): %s", err)
             self.last_error = str(err)
