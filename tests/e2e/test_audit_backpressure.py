@@ -38,6 +38,7 @@ def table(pg_server: PgServer) -> Iterator[str]:
         direct.execute(f"drop table if exists {name}")
 
 
+@pytest.mark.timeout(3600)
 def test_pipelined_inserts_all_run_and_all_are_recorded(pg_server: PgServer, tmp_path: Path, table: str) -> None:
     config = write_config(tmp_path, pg_server)
     errors: list[BaseException] = []

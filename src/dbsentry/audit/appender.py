@@ -118,6 +118,9 @@ class AuditLog:
         self.index_wakeup = threading.Event()  # set when closing: index the rest now
         file.on_durable = self._durable_from_thread
         file.on_sync_error = self._sync_failed_from_thread
+        if file.syncer is not None:  # a helper process: its answers arrive on the loop
+            file.syncer.on_durable = self._durable_now
+            file.syncer.on_error = self._sync_failed_now
 
     # ---------------------------------------------------------------- state
 
@@ -314,6 +317,15 @@ class AuditLog:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._durable, seq)
 
+    def _durable_now(self, seq: int) -> None:
+        self.stats.fsyncs += 1
+        if seq > self.file.durable_seq:
+            self.file.durable_seq = seq
+        self._durable(seq)
+
+    def _sync_failed_now(self, err: OSError) -> None:
+        self._failed(err, [], self.file.durable_seq)
+
     def _durable(self, seq: int) -> None:
         waiters = self._durable_waiters
         while waiters and waiters[0][0] <= seq:
@@ -342,13 +354,15 @@ class AuditLog:
         waited: set[int] = set()
         failed: list[Callback] = []
         keep: deque[tuple[int, int, Callback, Sequence[Record]]] = deque()
+        written = self.file.written_seq
         for entry in self._written_waiters:
             if entry[1] <= good_seq:
                 keep.append(entry)
             else:
                 waited.update(range(entry[0], entry[1] + 1))
                 failed.append(entry[2])
-                self._forget(entry[3])  # their statements do not run: no completion follows
+                if entry[0] > written:
+                    self._forget(entry[3])  # never written, never run: no completion follows
         self._written_waiters = keep
         kept: list[tuple[int, int, int, Callback, Sequence[Record]]] = []
         for e in self._durable_waiters:
@@ -357,7 +371,8 @@ class AuditLog:
             else:
                 if e[4]:
                     waited.update(range(e[2], e[0] + 1))
-                    self._forget(e[4])
+                    if e[2] > written:
+                        self._forget(e[4])
                 failed.append(e[3])
         heapq.heapify(kept)
         self._durable_waiters = kept

@@ -91,6 +91,18 @@ class _Sync:
     new_dir_entry: bool = False
 
 
+class Syncer(Protocol):
+    """Makes segments durable elsewhere (another process: see ``audit.helper``) and
+    reports it, on the event loop, through ``on_durable`` (or ``on_error``)."""
+
+    on_durable: Callable[[int], None]
+    on_error: Callable[[OSError], None]
+
+    def start(self) -> None: ...
+    def request(self, segment: int, seq: int) -> None: ...
+    def close(self) -> None: ...
+
+
 class LogFile:
     """This node's log, open for appending.  Not for several processes at once: each node
     (and, with several workers, each worker) has its own node id and directory."""
@@ -109,6 +121,7 @@ class LogFile:
         ops: FileOps | None = None,
         on_durable: Callable[[int], None] | None = None,
         on_sync_error: Callable[[OSError], None] | None = None,
+        syncer: Syncer | None = None,
     ) -> None:
         self.node = check_node_id(node)
         self.dir = Path(log_dir) / node
@@ -142,6 +155,9 @@ class LogFile:
         self._thread: threading.Thread | None = None
         self.tail: Tail | None = None
         self.sync_error: OSError | None = None
+        # None: a thread of this process fsyncs (tools, tests); the proxy hands fsync to a
+        # helper process, so that no thread of its own competes for the interpreter lock
+        self.syncer = syncer
 
     # ---------------------------------------------------------------- opening
 
@@ -152,10 +168,24 @@ class LogFile:
         self.tail = tail
         self.seq = self.written_seq = self.durable_seq = tail.seq
         self._hash = self._written_hash = tail.hash
+        if self.syncer is not None:
+            self.syncer.start()
+        else:
+            self._thread = threading.Thread(target=self._sync_loop, name="dbsentry-audit-fsync", daemon=True)
+            self._thread.start()
         self._open_segment(tail.next_segment)
-        self._thread = threading.Thread(target=self._sync_loop, name="dbsentry-audit-fsync", daemon=True)
-        self._thread.start()
         return tail
+
+    def _queue_sync(self, fd: int, *, close: bool = False, new: bool = False) -> None:
+        """Have what is written to ``fd`` (the open segment's) made durable."""
+        if self.syncer is not None:
+            self.syncer.request(self._segment, self.written_seq)
+            if close:
+                self._ops.close(fd)  # the helper syncs the file by its name
+            return
+        with self._cond:
+            self._syncs.append(_Sync(fd, self.written_seq, close=close, new_dir_entry=new))
+            self._cond.notify()
 
     def _open_segment(self, number: int) -> None:
         path = self.dir / segment_name(number)
@@ -184,9 +214,7 @@ class LogFile:
         self._segment_size = len(header)
         self._segment_opened = time.monotonic()
         self._segment_first = self.written_seq + 1
-        with self._cond:
-            self._syncs.append(_Sync(fd, self.written_seq, new_dir_entry=True))
-            self._cond.notify()
+        self._queue_sync(fd, new=True)
 
     # ---------------------------------------------------------------- appending
 
@@ -233,10 +261,10 @@ class LogFile:
             self.written_seq = entries[-1][0]
             self._written_hash = self._hash
             self._since_checkpoint += len(entries)
+            fd = self._fd
             self._maybe_checkpoint_locked()
-            with self._cond:
-                self._syncs.append(_Sync(self._fd, self.written_seq))
-                self._cond.notify()
+            if fd == self._fd:  # (a roll-over has queued the old segment's sync)
+                self._queue_sync(fd)
             return self.written_seq
 
     def _rollback_locked(self, entries: list[tuple[int, bytes]]) -> None:
@@ -301,9 +329,7 @@ class LogFile:
         self._write_checkpoint_locked("seal")
         old = self._fd
         self._fd = -1
-        with self._cond:
-            self._syncs.append(_Sync(old, self.written_seq, close=True))
-            self._cond.notify()
+        self._queue_sync(old, close=True)
         try:
             self._open_segment(self._segment + 1)
         except OSError as err:
@@ -316,9 +342,7 @@ class LogFile:
             old = self._fd
             self._fd = -1
             if old >= 0:
-                with self._cond:
-                    self._syncs.append(_Sync(old, self.written_seq, close=True))
-                    self._cond.notify()
+                self._queue_sync(old, close=True)
             self.sync_error = None
             self._open_segment(self._segment + 1)
 
@@ -374,9 +398,11 @@ class LogFile:
             if self._signer is not None and self._fd >= 0:
                 self._write_checkpoint_locked("close")
             fd, self._fd = self._fd, -1
-        with self._cond:
             if fd >= 0:
-                self._syncs.append(_Sync(fd, self.written_seq, close=True))
+                self._queue_sync(fd, close=True)
+        if self.syncer is not None:
+            self.syncer.close()
+        with self._cond:
             self._closing = True
             self._cond.notify_all()
         if self._thread is not None:

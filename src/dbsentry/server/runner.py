@@ -9,10 +9,12 @@ import sys
 import threading
 from collections.abc import Callable
 
+import orjson
+
 from dbsentry.approvals import Approvals, ApprovalStoreError, Notifier, open_approval_store
 from dbsentry.audit import AuditStoreError, Signer, open_store, redaction
 from dbsentry.audit.appender import AuditLog
-from dbsentry.audit.index import IndexFollower
+from dbsentry.audit.helper import ProcessSyncer
 from dbsentry.audit.logwriter import LogFile
 from dbsentry.audit.redaction import redactor_from_config
 from dbsentry.config import Config, ConfigError, LoadedConfig, check_environments
@@ -41,13 +43,20 @@ async def _watch_policy(governor: Governor, stop: asyncio.Event) -> None:
             governor.reload_if_changed()
 
 
-def open_audit(config: Config) -> tuple[AuditLog, IndexFollower]:
-    """This node's audit log, open, and the thread that indexes it into the audit store."""
+def open_audit(config: Config) -> AuditLog:
+    """This node's audit log, open, with its helper process (fsync and the search index)."""
     acfg = config.audit
     state = config.state_dir
     try:
+        open_store(acfg, state).close()  # the index opens (and its schema is made) now
+    except AuditStoreError as err:
+        log.error("cannot open the audit index; not starting", extra={"fields": {"reason": str(err)}})
+        sys.exit(2)
+    try:
         signer = Signer.from_path(acfg.signing_key_path(state))
         node = acfg.node_id(state)
+        index = orjson.dumps({"audit": acfg.model_dump(mode="json"), "state_dir": str(state)}).decode()
+        syncer = ProcessSyncer(acfg.log_path(state) / node, _unset, _unset, index=index)
         file = LogFile(
             acfg.log_path(state),
             node,
@@ -57,20 +66,18 @@ def open_audit(config: Config) -> tuple[AuditLog, IndexFollower]:
             checkpoint_every=acfg.checkpoint_every,
             checkpoint_seconds=acfg.checkpoint_seconds,
             fsync_interval=acfg.fsync_interval_ms / 1000 if acfg.durability in ("write", "async") else 0.0,
+            syncer=syncer,
         )
         writer = AuditLog(file, acfg.durability, async_flush_ms=acfg.async_flush_ms, max_queue=acfg.max_queue)
         writer.start()
     except (OSError, ValueError) as err:
         log.error("cannot open the audit log; not starting", extra={"fields": {"reason": str(err)}})
         sys.exit(2)
-    try:
-        store = open_store(acfg, state)
-    except AuditStoreError as err:
-        log.error("cannot open the audit index; not starting", extra={"fields": {"reason": str(err)}})
-        sys.exit(2)
-    follower = IndexFollower(store, acfg.log_path(state), node, lambda: writer.durable_seq, writer.index_wakeup)
-    follower.start()
-    return writer, follower
+    return writer
+
+
+def _unset(_: object) -> None:
+    raise AssertionError("set by AuditLog")
 
 
 async def run_server(
@@ -87,7 +94,6 @@ async def run_server(
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     governor: Governor | None = None
     writer: AuditLog | None = None
-    follower: IndexFollower | None = None
     if config.passthrough:
         log.warning("passthrough: statements are neither checked nor audited (benchmarking only)")
     else:
@@ -101,7 +107,7 @@ async def run_server(
         except ConfigError as err:
             log.error("invalid configuration; not starting", extra={"fields": {"reason": str(err)}})
             sys.exit(2)
-        writer, follower = open_audit(config)
+        writer = open_audit(config)
     catalogs: CatalogLoader | None = None
     if not config.passthrough:
         # The catalog serves masking and tells which functions may change data.
@@ -214,7 +220,4 @@ async def run_server(
             approvals.close()
         if writer is not None:
             await writer.aclose()
-        if follower is not None:
-            await asyncio.to_thread(follower.stop)
-            follower.store.close()
         authenticator.close()
