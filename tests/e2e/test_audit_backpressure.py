@@ -51,7 +51,7 @@ def test_pipelined_inserts_all_run_and_all_are_recorded(pg_server: PgServer, tmp
                         f"insert into {table} (id, worker, note) values (%s, %s, %s)",
                         (w * 10_000_000 + n, w, f"row {n} of worker {w}"),
                     )
-        except BaseException as err:  # noqa: BLE001 - reported below
+        except BaseException as err:
             errors.append(err)
 
     with run_proxy(config) as proxy:

@@ -17,7 +17,15 @@ from hypothesis import strategies as st
 from dbsentry.audit.appender import AuditLog, AuditUnavailable
 from dbsentry.audit.index import catch_up, reindex
 from dbsentry.audit.keys import Signer
-from dbsentry.audit.log import KIND_CHECKPOINT, LogTailer, genesis, link_hash, list_segments, recover, scan_segment
+from dbsentry.audit.log import (
+    KIND_CHECKPOINT,
+    LogTailer,
+    genesis,
+    link_hash,
+    list_segments,
+    recover,
+    scan_segment,
+)
 from dbsentry.audit.logwriter import LogFile, OsFileOps
 from dbsentry.audit.records import CompletionRecord, StatementRecord, payload_bytes
 from dbsentry.audit.sqlite_store import SQLiteStore
