@@ -14,6 +14,7 @@ and is fsync'd and closed by the fsync thread; periodic checkpoints are written 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import threading
@@ -34,6 +35,7 @@ from dbsentry.audit.log import (
     link_hash,
     record_frame,
     recover,
+    scan_segment,
     segment_name,
 )
 
@@ -161,8 +163,9 @@ class LogFile:
 
     # ---------------------------------------------------------------- opening
 
-    def open(self) -> Tail:
-        """Recover the log's end, open a new segment, start the fsync thread."""
+    def open(self, *, continue_last: bool = False) -> Tail:
+        """Recover the log's end, open a new segment (``continue_last``: append to the last
+        one if it is not sealed), start the fsync thread."""
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         tail = recover(self.dir, self.node)
         self.tail = tail
@@ -173,8 +176,29 @@ class LogFile:
         else:
             self._thread = threading.Thread(target=self._sync_loop, name="dbsentry-audit-fsync", daemon=True)
             self._thread.start()
-        self._open_segment(tail.next_segment)
+        if not (continue_last and self._reopen_last(tail)):
+            self._open_segment(tail.next_segment)
         return tail
+
+    def _reopen_last(self, tail: Tail) -> bool:
+        """Append to the last segment if it ends cleanly and is not sealed."""
+        number = tail.next_segment - 1
+        path = self.dir / segment_name(number)
+        if number < 1 or not path.exists():
+            return False
+        scan = scan_segment(path, number)
+        if scan.error is not None or scan.header is None:
+            return False
+        last = scan.frames[-1]
+        if last.kind == KIND_CHECKPOINT and last.meta.get("kind") in ("seal", "close"):
+            return False
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
+        self._fd = fd
+        self._segment = number
+        self._segment_size = scan.valid_end
+        self._segment_opened = time.monotonic()
+        self._segment_first = int(scan.header.get("first_seq", 1))
+        return True
 
     def _queue_sync(self, fd: int, *, close: bool = False, new: bool = False) -> None:
         """Have what is written to ``fd`` (the open segment's) made durable."""
@@ -390,6 +414,29 @@ class LogFile:
 
     # ---------------------------------------------------------------- closing
 
+    def close_open(self) -> None:
+        """Flush, sign a ``periodic`` checkpoint, fsync and stop, leaving the segment open
+        for the next writer of this node (tools that append a few records at a time)."""
+        self.flush()
+        with self._lock:
+            if self._signer is not None and self._fd >= 0 and self._since_checkpoint:
+                self._write_checkpoint_locked("periodic")
+            fd, self._fd = self._fd, -1
+            if fd >= 0:
+                self._queue_sync(fd, close=True)
+        self._stop_syncing()
+        if self.durable_seq < self.written_seq:
+            raise OSError(errno.EIO, "the audit log could not be made durable")
+
+    def _stop_syncing(self) -> None:
+        if self.syncer is not None:
+            self.syncer.close()
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(10)
+
     def close(self) -> None:
         """Flush, sign a ``close`` checkpoint, fsync, and stop the thread."""
         with contextlib.suppress(OSError):
@@ -400,10 +447,26 @@ class LogFile:
             fd, self._fd = self._fd, -1
             if fd >= 0:
                 self._queue_sync(fd, close=True)
-        if self.syncer is not None:
-            self.syncer.close()
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(10)
+        self._stop_syncing()
+
+
+def append_from_tool(log_dir: Path, node: str, payloads: list[bytes], signer: Signer | None = None) -> int:
+    """Append records from a command-line tool (not the proxy, which owns ``node``'s log):
+    to the log of node ``<node>-tools``, under an exclusive lock, continuing its last
+    segment; durable when this returns.  The last seq."""
+    import fcntl
+
+    tools = f"{node}-tools"[:64]
+    node_dir = Path(log_dir) / tools
+    node_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(node_dir / ".lock", "a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        log = LogFile(log_dir, tools, signer=signer, checkpoint_every=1)
+        log.open(continue_last=True)
+        try:
+            for p in payloads:
+                log.append(p)
+            seq = log.flush()
+        finally:
+            log.close_open()
+    return seq

@@ -212,10 +212,9 @@ class Tour:
         if reviewer is None:
             raise TourFailed("the DBA's token is not valid")
         store = open_approval_store(config.audit, config.state_dir)
-        audit_store = open_store(config.audit, config.state_dir)
 
         def sink(record: ApprovalRecord) -> None:
-            append_records(audit_store, [record])
+            append_records(config.audit, config.state_dir, [record])
 
         try:
             service = Approvals(config.approvals, store, audit=sink)
@@ -224,7 +223,6 @@ class Tour:
             )
         finally:
             store.close()
-            audit_store.close()
         if result.request.status != "approved":
             raise TourFailed(f"{request_id} is {result.request.status} after the DBA's approval")
 
