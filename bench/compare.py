@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Throughput, latency, CPU and memory of dbsentry against PgBouncer and a direct connection.
 
-One run starts (or reuses) PostgreSQL, starts PgBouncer and two dbsentry processes, and
+One run starts (or reuses) PostgreSQL, starts PgBouncer and four dbsentry processes, and
 measures the same workloads against each of these targets, all reaching one database:
 
-* ``direct``       client -> PostgreSQL
-* ``pgbouncer``    client -> PgBouncer (session pooling) -> PostgreSQL
-* ``passthrough``  client -> dbsentry, ``passthrough: true`` (governance off) -> PostgreSQL
-* ``governed``     client -> dbsentry, default settings (baseline policy, audit with
-                   ``durability: sync``, masking on) -> PostgreSQL
+* ``direct``          client -> PostgreSQL
+* ``pgbouncer``       client -> PgBouncer (session pooling) -> PostgreSQL
+* ``passthrough``     client -> dbsentry, ``passthrough: true`` (governance off) -> PostgreSQL
+* ``governed``        client -> dbsentry, default settings (baseline policy, audit with
+                      ``durability: effect``, masking on) -> PostgreSQL
+* ``governed-write``  the same with ``audit.durability: write``
+* ``governed-sync``   the same with ``audit.durability: sync``
 
 Workloads (``--workloads``; see bench/workloads.py): ``select`` (``pgbench -S`` in each
 ``--modes`` protocol), ``tpcb`` (pgbench's TPC-B-like writes), ``rows100`` (100 rows with
@@ -443,7 +445,7 @@ def run_profiles(ctx: Context, out_dir: Path, stamp: str) -> dict[str, Any]:
     )
     profiles: dict[str, Any] = {}
     for t in ctx.setup.targets:
-        if t.name not in ("passthrough", "governed") or t.service is None:
+        if t.name not in ("passthrough", "governed", "governed-write") or t.service is None:
             continue
         for mode in ctx.args.modes:
             revive(ctx.setup, f"before profiling {t.label} {mode}")

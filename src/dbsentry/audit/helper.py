@@ -51,8 +51,13 @@ class ProcessSyncer:
         on_error: Callable[[OSError], None],
         *,
         index: str | None = None,
+        min_interval: float = 0.0,
     ) -> None:
         self.node_dir = Path(node_dir)
+        # durability write/async: fsync at most this often (the helper's fsyncs cost CPU)
+        self._min_interval = min_interval
+        self._last_sent = 0.0
+        self._timer: asyncio.TimerHandle | None = None
         self.on_durable = on_durable
         self.on_error = on_error
         self._index = index
@@ -88,6 +93,21 @@ class ProcessSyncer:
         pending = self._pending
         if seq > pending.get(segment, -1):
             pending[segment] = seq
+        if self._writing or self._timer is not None:
+            return
+        if self._min_interval:
+            assert self._loop is not None
+            wait = self._last_sent + self._min_interval - self._loop.time()
+            if wait > 0:
+                self._timer = self._loop.call_later(wait, self._send_later)
+                return
+            self._last_sent = self._loop.time()
+        self._send()
+
+    def _send_later(self) -> None:
+        self._timer = None
+        assert self._loop is not None
+        self._last_sent = self._loop.time()
         if not self._writing:
             self._send()
 
@@ -167,6 +187,9 @@ class ProcessSyncer:
     def close(self) -> None:
         """Stop the helper after it has answered what was asked (blocking, at shutdown)."""
         self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         proc = self._proc
         if proc is None or proc.stdin is None or proc.stdout is None:
             return

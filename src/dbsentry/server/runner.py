@@ -56,7 +56,10 @@ def open_audit(config: Config) -> AuditLog:
         signer = Signer.from_path(acfg.signing_key_path(state))
         node = acfg.node_id(state)
         index = orjson.dumps({"audit": acfg.model_dump(mode="json"), "state_dir": str(state)}).decode()
-        syncer = ProcessSyncer(acfg.log_path(state) / node, _unset, _unset, index=index)
+        lazy = acfg.durability in ("write", "async")
+        syncer = ProcessSyncer(
+            acfg.log_path(state) / node, _unset, _unset, index=index, min_interval=acfg.fsync_interval_ms / 1000 if lazy else 0.0
+        )
         file = LogFile(
             acfg.log_path(state),
             node,
@@ -65,7 +68,6 @@ def open_audit(config: Config) -> AuditLog:
             segment_seconds=acfg.segment_seconds,
             checkpoint_every=acfg.checkpoint_every,
             checkpoint_seconds=acfg.checkpoint_seconds,
-            fsync_interval=acfg.fsync_interval_ms / 1000 if acfg.durability in ("write", "async") else 0.0,
             syncer=syncer,
         )
         writer = AuditLog(file, acfg.durability, async_flush_ms=acfg.async_flush_ms, max_queue=acfg.max_queue)
