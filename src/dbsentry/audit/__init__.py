@@ -1,9 +1,11 @@
 """The tamper-evident audit trail: records, hash-chained stores, group commit, verify, query.
 
-The proxy uses ``AuditWriter`` with a store from ``open_store``; the CLI uses ``audit`` and
+The proxy appends to this node's log with ``AuditLog`` (``audit.appender``); the store from
+``open_store`` is the search index built from the logs; the CLI uses ``audit`` and
 ``report`` from ``dbsentry.audit.cli``.
 """
 
+from dbsentry.audit.appender import AuditLog, AuditUnavailable
 from dbsentry.audit.config import AuditConfig
 from dbsentry.audit.keys import (
     Checkpoint,
@@ -32,16 +34,15 @@ from dbsentry.audit.verify import (
     verify,
     verify_archive,
 )
-from dbsentry.audit.writer import AuditUnavailable, AuditWriter
 
 __all__ = [
     "ApprovalRecord",
     "ArchiveResult",
     "AuditConfig",
+    "AuditLog",
     "AuditStore",
     "AuditStoreError",
     "AuditUnavailable",
-    "AuditWriter",
     "Checkpoint",
     "CompletionRecord",
     "KeyRing",

@@ -12,8 +12,7 @@ from dbsentry.webconfig import WebConfig
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    from dbsentry.audit import AuditStore, AuditWriter
-    from dbsentry.audit.appender import AuditLog
+    from dbsentry.audit import AuditLog, AuditStore
     from dbsentry.config import Config
     from dbsentry.identity import Authenticator
     from dbsentry.session.governance import Governor
@@ -50,7 +49,7 @@ class WebContext:
     authenticator: Authenticator
     audit_store: Callable[[], AuditStore]
     governor: Governor | None = None
-    audit_writer: AuditLog | AuditWriter | None = None
+    audit_writer: AuditLog | None = None
     approvals: Any | None = None
     live_sessions: Callable[[], Iterable[Any]] = _no_sessions
     web: WebConfig | None = None
