@@ -510,6 +510,25 @@ def test_archived_segments_leave_a_verifiable_log(log_dir: Path, signer: Signer,
     assert len(segs(log_dir)) == 1  # the last segment always stays
 
 
+def test_interrupted_archive_is_finished_by_the_next(
+    log_dir: Path, signer: Signer, tmp_path: Path
+) -> None:
+    """Copied and listed, but the process died before removing the segments: verify reads
+    the log from the manifest on, and the next archive removes them."""
+    arch = tmp_path / "a"
+    keep = {p.name: p.read_bytes() for p in segs(log_dir)}
+    res = archive_log(log_dir, NODE, T0 + 10, arch, signer)
+    assert res is not None
+    for s in res.segments:  # as if never removed
+        name = f"{s.segment:010d}.seg"
+        (log_dir / NODE / name).write_bytes(keep[name])
+    result = check(log_dir, signer)
+    assert result.ok, result.describe()
+    assert any("archived but still in the log directory" in n for n in result.nodes[0].info)
+    archive_log(log_dir, NODE, T0 + 10, arch, signer)
+    assert segs(log_dir)[0].name == f"{res.manifest.last_segment + 1:010d}.seg"
+
+
 def test_nothing_to_archive(log_dir: Path, signer: Signer, tmp_path: Path) -> None:
     assert archive_log(log_dir, NODE, T0 - 1, tmp_path / "a", signer) is None
     assert not (log_dir / NODE / MANIFEST_NAME).exists()

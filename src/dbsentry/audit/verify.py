@@ -1382,6 +1382,8 @@ def archive_log(
         raise ArchiveError(f"node {node}'s log does not verify, nothing archived: {checked.chain.first_problem}")
     manifest = read_manifest(node_dir)
     done_through = manifest.last_segment if manifest is not None else 0
+    if manifest is not None:
+        _remove_leftovers(node_dir, manifest)
     live = [(n, p) for n, p in list_segments(node_dir) if n > done_through]
     seq = manifest.last_seq if manifest is not None else 0
     last_hash = manifest.last_hash if manifest is not None else genesis(node)
@@ -1423,6 +1425,18 @@ def archive_log(
         path.unlink()
     _fsync_dir(node_dir)
     return LogArchiveResult(node, target, tuple(a for _, a in chosen), new)
+
+
+def _remove_leftovers(node_dir: Path, manifest: LogManifest) -> None:
+    """Segments an interrupted archive listed and copied but did not remove yet."""
+    listed = {a.segment: a for a in manifest.segments}
+    for number, path in list_segments(node_dir):
+        entry = listed.get(number)
+        copy = Path(manifest.archive_dir) / path.name
+        if entry is None or not copy.is_file():
+            continue
+        if _sha256_file(copy) == entry.sha256 == _sha256_file(path):
+            path.unlink()
 
 
 def _record_time(payload: bytes) -> float:
