@@ -136,7 +136,7 @@ def check(log_dir: Path, signer: Signer, store: SQLiteStore | None = None) -> Au
 
 
 def test_clean_multi_segment_log_verifies_with_its_index(log_dir: Path, signer: Signer, store: SQLiteStore) -> None:
-    assert catch_up_all(store, log_dir) == N
+    catch_up_all(store, log_dir)
     result = check(log_dir, signer, store)
     assert result.ok, result.describe()
     node = result.nodes[0]
