@@ -1,6 +1,13 @@
-"""Checking the chain, and moving old records to an archive file without breaking it.
+"""Checking the chains, and moving old records to an archive without breaking them.
 
-``verify`` walks every stored record in seq order and every checkpoint:
+``verify_all`` (``audit verify``) checks the store's own chain (``verify``: the records
+written before the audit log existed), every node's log (``verify_log``: frames, segments,
+the chain from the node's genesis or its archive manifest, checkpoints signed for that
+node) and that the store's index rows agree with the logs.  ``archive`` moves the oldest
+records of the store's own chain to a JSONL file; ``archive_log`` moves a log's oldest
+sealed segments to an archive directory under a signed manifest.
+
+Each chain is walked in seq order with its checkpoints (``_Walk``):
 
 - a record whose payload does not give its hash was **changed** (if it gives it under a
   neighbouring seq, records were **removed** or **inserted** before it and the rest renumbered);
