@@ -174,6 +174,20 @@ def test_a_log_after_a_kill_continues_in_a_new_segment(tmp_path: Path, signer: S
     assert any("ends without a checkpoint" in n for n in result.nodes[0].info)
 
 
+def test_a_tools_log_verifies(tmp_path: Path, signer: Signer) -> None:
+    """Records a command-line tool appended, a few at a time, to ``<node>-tools``."""
+    from dbsentry.audit.logwriter import append_from_tool
+
+    d = tmp_path / "log"
+    for i in range(3):
+        append_from_tool(d, NODE, [stmt(2 * i + 1), stmt(2 * i + 2)], signer)
+    result = check(d, signer)
+    assert result.ok, result.describe()
+    (node,) = result.nodes
+    assert (node.node, node.chain.records, node.chain.unsigned_tail) == (f"{NODE}-tools", 6, 0)
+    assert not node.info
+
+
 # --- tampering with the log ------------------------------------------------------------------------
 
 
@@ -281,7 +295,7 @@ def test_truncated_tail_is_named_by_the_index(log_dir: Path, signer: Signer, sto
     cut = where(path, seqs[-2])
     path.write_bytes(path.read_bytes()[: cut.offset])
     alone = check(log_dir, signer)
-    assert alone.ok and any("does not end with the checkpoint" in n for n in alone.nodes[0].info)
+    assert alone.ok and any("does not end with a checkpoint" in n for n in alone.nodes[0].info)
     p = first(check(log_dir, signer, store))
     assert (p.kind, p.node, p.seq) == ("removed", NODE, seqs[-2])
     assert "the log's tail was cut" in p.message
