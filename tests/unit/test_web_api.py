@@ -582,6 +582,7 @@ def test_audit_status_and_verify(env: Env) -> None:
     assert status["head"]["seq"] >= len(env.records) and status["writer"]["healthy"] is True
     v = env.get("/api/v1/audit/verify", "auditor", params={"fresh": True}).json()
     assert v["ok"] is True and v["records"] >= len(env.records)
+    assert v["chains"][0]["name"] == "store (before the log)"
 
 
 def test_health_and_readiness(env: Env, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from typing import Literal
 from dbsentry.approvals.model import ApprovalRequest, Review
 from dbsentry.audit.config import AuditConfig
 from dbsentry.audit.keys import Signer
+from dbsentry.audit.log import node_id
 from dbsentry.audit.logwriter import append_from_tool
 from dbsentry.audit.records import ApprovalRecord, payload_bytes
 from dbsentry.audit.store import AuditStoreError
@@ -62,7 +63,7 @@ def append_records(config: AuditConfig, state_dir: Path, records: Sequence[Appro
     try:
         signer = Signer.from_path(config.signing_key_path(state_dir))
         return append_from_tool(
-            config.log_path(state_dir), config.node_id(state_dir), [payload_bytes(r) for r in records], signer
+            config.log_path(state_dir), node_id(config.node, state_dir), [payload_bytes(r) for r in records], signer
         )
     except (OSError, ValueError) as err:
         raise AuditStoreError(f"audit log not written: {err}") from err

@@ -28,11 +28,15 @@ from dbsentry.audit.records import (
 from dbsentry.audit.store import AuditStore, AuditStoreError, SearchFilter, open_store
 from dbsentry.audit.verify import (
     ArchiveResult,
+    AuditVerification,
     Problem,
     VerifyResult,
     archive,
+    archive_log,
     verify,
+    verify_all,
     verify_archive,
+    verify_log,
 )
 
 __all__ = [
@@ -43,6 +47,7 @@ __all__ = [
     "AuditStore",
     "AuditStoreError",
     "AuditUnavailable",
+    "AuditVerification",
     "Checkpoint",
     "CompletionRecord",
     "KeyRing",
@@ -55,6 +60,7 @@ __all__ = [
     "SystemEvent",
     "VerifyResult",
     "archive",
+    "archive_log",
     "extract_correlation",
     "load_or_create_signing_key",
     "load_public_key",
@@ -62,5 +68,7 @@ __all__ = [
     "prepare_params",
     "redact_literals",
     "verify",
+    "verify_all",
     "verify_archive",
+    "verify_log",
 ]

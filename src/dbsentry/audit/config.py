@@ -91,26 +91,6 @@ class AuditConfig(BaseModel):
     def log_path(self, state_dir: Path) -> Path:
         return self.log_dir if self.log_dir is not None else state_dir / "audit-log"
 
-    def node_id(self, state_dir: Path) -> str:
-        """This node's id: ``node``, or one made on first use and kept in the state dir."""
-        if self.node is not None:
-            return self.node
-        path = state_dir / "audit-node"
-        try:
-            return path.read_text().strip()
-        except FileNotFoundError:
-            pass
-        import secrets
-        import socket
-
-        host = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in socket.gethostname())[:40] or "node"
-        node = f"{host}-{secrets.token_hex(3)}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(node + "\n")
-        tmp.replace(path)
-        return node
-
     def sqlite_path(self, state_dir: Path) -> Path:
         return self.path if self.path is not None else state_dir / "audit.db"
 

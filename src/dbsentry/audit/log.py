@@ -60,6 +60,28 @@ def check_node_id(node: str) -> str:
     return node
 
 
+def node_id(configured: str | None, state_dir: Path) -> str:
+    """This node's id: ``audit.node``, or one made on first use (host name and a random
+    suffix) and kept in ``<state_dir>/audit-node``."""
+    if configured is not None:
+        return check_node_id(configured)
+    path = Path(state_dir) / "audit-node"
+    try:
+        return check_node_id(path.read_text().strip())
+    except FileNotFoundError:
+        pass
+    import secrets
+    import socket
+
+    host = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in socket.gethostname())[:40] or "node"
+    node = f"{host}-{secrets.token_hex(3)}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(node + "\n")
+    tmp.replace(path)
+    return node
+
+
 def genesis(node: str) -> str:
     """The ``prev_hash`` of a node's first record (hex)."""
     return hashlib.sha256(b"dbsentry-audit-log-genesis\x00" + node.encode()).hexdigest()

@@ -1267,10 +1267,34 @@ class AuditVerification:
             blocks.append("index rows that cannot be checked:\n" + "\n".join(f"  {p}" for p in self.unverifiable))
         return "\n".join(blocks)
 
+    def chains(self) -> list[tuple[str, VerifyResult]]:
+        """(name, result) of every chain: the store's own (if it has records), each node's."""
+        out = [(f"node {n.node}", n.chain) for n in self.nodes]
+        lg = self.legacy
+        if lg is not None and (lg.records or lg.anchor_seq or not lg.ok):
+            out.insert(0, ("store (before the log)", lg))
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         first = self.first_problem
+        chains = self.chains()
         return {
             "ok": self.ok,
+            "records": sum(c.records for _, c in chains),
+            "checkpoints": sum(c.checkpoints for _, c in chains),
+            "valid_checkpoints": sum(c.valid_checkpoints for _, c in chains),
+            "unsigned_tail": sum(c.unsigned_tail for _, c in chains),
+            "chains": [
+                {
+                    "name": name,
+                    "ok": c.ok,
+                    "records": c.records,
+                    "first_seq": c.first_seq,
+                    "last_seq": c.last_seq,
+                    "last_checkpoint_seq": c.last_checkpoint_seq,
+                }
+                for name, c in chains
+            ],
             "legacy": self.legacy.to_dict() if self.legacy is not None else None,
             "nodes": [n.to_dict() for n in self.nodes],
             "unverifiable": [p.to_dict() for p in self.unverifiable],

@@ -15,6 +15,7 @@ from dbsentry.approvals import Approvals, ApprovalStoreError, Notifier, open_app
 from dbsentry.audit import AuditStoreError, Signer, open_store, redaction
 from dbsentry.audit.appender import AuditLog
 from dbsentry.audit.helper import ProcessSyncer
+from dbsentry.audit.log import node_id
 from dbsentry.audit.logwriter import LogFile
 from dbsentry.audit.redaction import redactor_from_config
 from dbsentry.config import Config, ConfigError, LoadedConfig, check_environments
@@ -54,7 +55,7 @@ def open_audit(config: Config) -> AuditLog:
         sys.exit(2)
     try:
         signer = Signer.from_path(acfg.signing_key_path(state))
-        node = acfg.node_id(state)
+        node = node_id(acfg.node, state)
         index = orjson.dumps({"audit": acfg.model_dump(mode="json"), "state_dir": str(state)}).decode()
         lazy = acfg.durability in ("write", "async")
         syncer = ProcessSyncer(
