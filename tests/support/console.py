@@ -20,7 +20,7 @@ from dbsentry.identity import Authenticator, TokenStore
 from dbsentry.session.governance import Governor
 from dbsentry.web import WebConfig, WebContext, bind_http, create_app, serve_http
 
-from .auditlog import fresh_store, open_log
+from .auditlog import Indexer, fresh_store, open_log
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -100,7 +100,8 @@ def serve_console(
     server = ServerThread(create_app(ctx))
     server.start()
     try:
-        yield f"http://127.0.0.1:{server.port}"
+        with Indexer(store_path, config.state_dir):
+            yield f"http://127.0.0.1:{server.port}"
     finally:
         server.stop()
         writer.close()
