@@ -33,6 +33,7 @@ from pathlib import Path
 
 from dbsentry.audit.index import IndexFollower
 from dbsentry.audit.log import segment_name
+from dbsentry.audit.nats_sink import PublisherProcess, start_publisher
 
 log = logging.getLogger("dbsentry.audit")
 INDEX_ENV = "DBSENTRY_AUDIT_INDEX"
@@ -224,6 +225,7 @@ class _Helper:
         self.durable = 0
         self.index_wake = threading.Event()
         self.index: IndexFollower | None = None
+        self.nats: PublisherProcess | None = None  # audit.nats: records to NATS JetStream
         if index is not None:
             self._start_index(index)
 
@@ -239,6 +241,8 @@ class _Helper:
         follower = IndexFollower(store, self.dir.parent, self.dir.name, lambda: self.durable, self.index_wake)
         follower.start()
         self.index = follower
+        if config.nats is not None:
+            self.nats = start_publisher(config.nats, self.dir, lambda: self.durable)
 
     def sync(self, requests: dict[int, int]) -> int:
         """fdatasync every segment asked for; the highest seq asked."""
@@ -285,6 +289,8 @@ class _Helper:
             os.write(1, b"D %d\n" % self.durable)
         if self.index is not None:
             self.index.stop()
+        if self.nats is not None:
+            self.nats.stop()  # publishes what is left while NATS answers (5 s at most)
 
 
 def main(argv: list[str] | None = None) -> None:
