@@ -87,14 +87,20 @@ class TestStream:
         """How many messages the stream holds."""
         return int(self.info().state.messages)
 
-    def messages(self) -> list[Message]:
-        """Every message of the stream, in stream order, read by an ephemeral pull consumer."""
+    def messages(self, *, missing_ok: bool = False) -> list[Message]:
+        """Every message of the stream, in stream order, read by an ephemeral pull consumer
+        (none, with ``missing_ok``, while the stream is not created yet)."""
 
         async def read() -> list[Message]:
             nc = await nats.connect(NATS_URL, allow_reconnect=False)
             try:
                 js = nc.jetstream()
-                total = (await js.stream_info(self.name)).state.messages
+                try:
+                    total = (await js.stream_info(self.name)).state.messages
+                except nats.js.errors.NotFoundError:
+                    if missing_ok:
+                        return []
+                    raise
                 sub = await js.pull_subscribe(f"{self.prefix}.>", stream=self.name)
                 out: list[Message] = []
                 while len(out) < total:
