@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,3 +120,38 @@ class IndexFollower:
         if self._thread is not None:
             self._thread.join(timeout)
         self.step()  # what became durable last
+
+
+class CatchUp:
+    """Brings the index up to date with the logs before a reader in the proxy's process
+    (the console, the API) reads it, so that a statement is found as soon as its client
+    has its result; the helper process's indexer does the rest within 250 ms.  This node's
+    log is indexed up to what is durable, other logs (the tools log, other nodes' on a
+    shared directory) up to their end.  At most every ``min_interval`` seconds; thread-safe."""
+
+    def __init__(self, log_dir: Path, node: str, durable_seq: Callable[[], int], min_interval: float = 0.05) -> None:
+        self.log_dir = Path(log_dir)
+        self.node = node
+        self.durable_seq = durable_seq
+        self.min_interval = min_interval
+        self._tailers: dict[str, LogTailer] = {}
+        self._lock = threading.Lock()
+        self._last = 0.0
+
+    def __call__(self, store: AuditStore) -> None:
+        now = time.monotonic()
+        if now - self._last < self.min_interval:
+            return
+        with self._lock:
+            if now - self._last < self.min_interval:
+                return
+            self._last = now
+            try:
+                for node in list_nodes(self.log_dir):
+                    tailer = self._tailers.get(node)
+                    if tailer is None:
+                        tailer = self._tailers[node] = LogTailer(self.log_dir / node)
+                    upto = self.durable_seq() if node == self.node else None
+                    catch_up(store, self.log_dir, node, upto, tailer)
+            except (AuditStoreError, OSError) as err:
+                log.warning("audit index not brought up to date before a read: %s", err)

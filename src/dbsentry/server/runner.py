@@ -15,6 +15,7 @@ from dbsentry.approvals import Approvals, ApprovalStoreError, Notifier, open_app
 from dbsentry.audit import AuditStoreError, Signer, open_store, redaction
 from dbsentry.audit.appender import AuditLog
 from dbsentry.audit.helper import ProcessSyncer
+from dbsentry.audit.index import CatchUp
 from dbsentry.audit.log import node_id
 from dbsentry.audit.logwriter import LogFile
 from dbsentry.audit.redaction import redactor_from_config
@@ -160,6 +161,11 @@ async def run_server(
             audit_store=lambda: open_store(config.audit, config.state_dir),
             governor=governor,
             audit_writer=writer,
+            index_catch_up=(
+                CatchUp(config.audit.log_path(config.state_dir), writer.node, lambda: writer.durable_seq)
+                if writer is not None
+                else None
+            ),
             approvals=approvals,
             live_sessions=lambda: list(proxy.sessions.values()),
             listener_up=proxy.listening,

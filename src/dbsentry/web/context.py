@@ -57,6 +57,8 @@ class WebContext:
     upstreams: Callable[[], Mapping[str, UpstreamState]] | None = None
     classification: Callable[[], Mapping[str, Any]] | None = None
     public_keys: Callable[[], Sequence[Ed25519PublicKey]] | None = None
+    # brings the index up to date with the logs before a read (the proxy passes one)
+    index_catch_up: Callable[[AuditStore], None] | None = None
     clock: Callable[[], float] = field(default=time.time)
 
     @property

@@ -58,6 +58,8 @@ class WebServices:
             with self._store_lock:
                 if self._store is None:
                     self._store = self.ctx.audit_store()
+        if self.ctx.index_catch_up is not None:
+            self.ctx.index_catch_up(self._store)  # what clients have seen is found
         return self._store
 
     def close(self) -> None:
