@@ -224,14 +224,34 @@ def _refusal(check: Check, rule: str, message: str) -> Check:
     return Check(Verdict(verdict.facts, tuple(decision for _ in verdict.facts), decision, verdict.parse_error))
 
 
-def _binds_masked_value(check: Check, buf: bytes, start: int, end: int, enc: str) -> bool:
-    """Whether a Bind of a writing statement carries a mask placeholder as a parameter."""
+def _binds_masked_value(check: Check, buf: bytes, start: int, end: int, enc: str, types: Sequence[int] = ()) -> bool:
+    """Whether a Bind of a writing statement carries a mask placeholder as a parameter
+    (``types``: the parameter type OIDs its Parse declared)."""
     if not any(f.statement_class == "WRITE" for f in check.verdict.facts):
         return False
     bind = codec.decode_bind(buf, start, end, enc)
-    # Text travels in the client encoding in both formats; other binary values cannot
-    # hold a placeholder.
-    return any(v is not None and looks_masked(v.decode(enc, "replace")) for v in bind.params)
+    fmts = bind.param_formats
+    for i, v in enumerate(bind.params):
+        if v is None:
+            continue
+        if (fmts[i] if len(fmts) > 1 else fmts[0]) == 1 if fmts else False:
+            # Binary: text travels in the client encoding; a number's bytes can look like
+            # ``**`` or ``<..>`` (the int2 10794 is 0x2a2a), so only values declared as
+            # text (or undeclared), and readable, count.
+            oid = types[i] if i < len(types) else 0
+            if oid and oid not in _BINARY_TEXTS:
+                continue
+            try:
+                text = v.decode(enc)
+            except UnicodeDecodeError:
+                continue
+            if not text.isprintable():
+                continue
+        else:
+            text = v.decode(enc, "replace")
+        if looks_masked(text):
+            return True
+    return False
 
 
 def _readable_params(bind: m.Bind, enc: str) -> tuple[str | None, ...]:
@@ -1847,7 +1867,9 @@ class Session:
                 chunk.replace(start, end, codec.encode_bind(m.Bind(portal, marker), self.enc))
                 self._audit_denied(chunk, known[0], bound)
                 return
-        if known is not None and self.masking_service is not None and _binds_masked_value(known[2], buf, start, end, self.enc):
+        if known is not None and self.masking_service is not None and _binds_masked_value(
+            known[2], buf, start, end, self.enc, self._param_types.get(name, ())
+        ):
             # The SQL text was checked at Parse; a masked value can also come as a parameter.
             check = _refusal(known[2], "masking.write_back", "writing a masked value back is refused")
             marker = self._deny(check, known[0], chunk.commands)
