@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Throughput, latency, CPU and memory of dbsentry against PgBouncer and a direct connection.
 
-One run starts (or reuses) PostgreSQL, starts PgBouncer and two dbsentry processes, and
+One run starts (or reuses) PostgreSQL, starts PgBouncer and the dbsentry processes, and
 measures the same workloads against each of these targets, all reaching one database:
 
-* ``direct``       client -> PostgreSQL
-* ``pgbouncer``    client -> PgBouncer (session pooling) -> PostgreSQL
-* ``passthrough``  client -> dbsentry, ``passthrough: true`` (governance off) -> PostgreSQL
-* ``governed``     client -> dbsentry, default settings (baseline policy, audit with
-                   ``durability: sync``, masking on) -> PostgreSQL
+* ``direct``          client -> PostgreSQL
+* ``pgbouncer``       client -> PgBouncer (session pooling) -> PostgreSQL
+* ``passthrough``     client -> dbsentry, ``passthrough: true`` (governance off) -> PostgreSQL
+* ``governed``        client -> dbsentry, default settings (baseline policy, audit with
+                      ``durability: effect``, masking on) -> PostgreSQL
+* ``governed-write``  the same with ``audit.durability: write`` (``--targets all``)
+* ``governed-sync``   the same with ``audit.durability: sync`` (``--targets all``)
 
 Workloads (``--workloads``; see bench/workloads.py): ``select`` (``pgbench -S`` in each
 ``--modes`` protocol), ``tpcb`` (pgbench's TPC-B-like writes), ``rows100`` (100 rows with
@@ -133,8 +135,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--targets",
-        default=",".join(KINDS),
-        help=f"comma separated, of {', '.join(KINDS)} (default all)",
+        default="direct,pgbouncer,passthrough,governed",
+        help=f"comma separated, of {', '.join(KINDS)}, or 'all' (default direct,pgbouncer,passthrough,governed)",
     )
     p.add_argument(
         "--workloads",
@@ -241,7 +243,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             p.error(f"{option} is empty")
         return [x for x in allowed if x in chosen]  # canonical order
 
-    args.targets = choose("--targets", args.targets, KINDS)
+    args.targets = choose("--targets", ",".join(KINDS) if args.targets == "all" else args.targets, KINDS)
     args.workloads = choose("--workloads", args.workloads, ALL_WORKLOADS)
     args.modes = choose("--modes", args.modes, ALL_MODES)
     try:
@@ -443,7 +445,7 @@ def run_profiles(ctx: Context, out_dir: Path, stamp: str) -> dict[str, Any]:
     )
     profiles: dict[str, Any] = {}
     for t in ctx.setup.targets:
-        if t.name not in ("passthrough", "governed") or t.service is None:
+        if t.name not in ("passthrough", "governed", "governed-write") or t.service is None:
             continue
         for mode in ctx.args.modes:
             revive(ctx.setup, f"before profiling {t.label} {mode}")

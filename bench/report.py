@@ -8,7 +8,7 @@ from typing import Any
 
 from workloads import UNITS, Cell, RunResult
 
-DBSENTRY_KINDS = ("passthrough", "governed")
+DBSENTRY_KINDS = ("passthrough", "governed", "governed-write", "governed-sync")
 ROUGH_CPU_S = 0.1  # /proc/<pid>/stat counts clock ticks (10 ms): below this, a rough figure
 
 

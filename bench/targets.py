@@ -41,9 +41,15 @@ CONNECTION_NAME = "bench"  # the dbsentry connection and the PgBouncer database 
 IDLE_CONNECTION_NAME = "bench_idle"  # the same database as the idle-connections role
 IDLE_ROLE_PREFIX = "dbsentry_bench_idle_"
 IDENTITY = "bench@example.com"  # token group "bench": not exempt from masking
-KINDS = ("direct", "pgbouncer", "passthrough", "governed")
-DBSENTRY_KINDS = ("passthrough", "governed")
-KIND_CONFIG: dict[str, dict[str, Any]] = {"passthrough": {"passthrough": True}, "governed": {}}
+KINDS = ("direct", "pgbouncer", "passthrough", "governed", "governed-write", "governed-sync")
+DBSENTRY_KINDS = ("passthrough", "governed", "governed-write", "governed-sync")
+# governed: the defaults (audit.durability effect); the others differ in durability only
+KIND_CONFIG: dict[str, dict[str, Any]] = {
+    "passthrough": {"passthrough": True},
+    "governed": {},
+    "governed-write": {"audit": {"durability": "write"}},
+    "governed-sync": {"audit": {"durability": "sync"}},
+}
 
 
 # --------------------------------------------------------------------------------------

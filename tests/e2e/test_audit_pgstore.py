@@ -6,10 +6,8 @@ test gets a schema of its own, dropped afterwards.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +22,6 @@ from dbsentry.audit.query import search  # noqa: E402
 from dbsentry.audit.records import CompletionRecord, StatementRecord  # noqa: E402
 from dbsentry.audit.store import GENESIS_HASH, SearchFilter, chain_hash, encode  # noqa: E402
 from dbsentry.audit.verify import archive, verify, verify_archive  # noqa: E402
-from dbsentry.audit.writer import AuditUnavailable, AuditWriter  # noqa: E402
 
 # The suite's PostgreSQL: the machine's on 127.0.0.1:5432, or an embedded one (tests/support/pg.py).
 from support.pg import find_postgres  # noqa: E402
@@ -220,22 +217,16 @@ def test_several_nodes_keep_one_chain(schema: str, signer: Signer) -> None:
         n.close()
 
 
-def test_writer_search_and_archive(store: PostgresStore, signer: Signer, tmp_path: Path) -> None:
-    async def main() -> None:
-        w = AuditWriter(store, "sync", signer=signer, checkpoint_every=10)
-        w.start()
-        recs = [
-            stmt(i, t=1_700_000_000 + i, identity="bob" if i % 2 else "alice") for i in range(40)
-        ]
-        seqs = await asyncio.gather(*(w.append(r) for r in recs))
-        for r in recs:
-            w.append_nowait(
-                CompletionRecord(statement_id=r.id, session_id="s1", rows=1, duration_ms=0.1)
-            )
-        await w.aclose()
-        assert sorted(seqs) == list(range(1, 41))
-
-    asyncio.run(main())
+def test_legacy_chain_search_and_archive(store: PostgresStore, signer: Signer, tmp_path: Path) -> None:
+    """The store's own chain (written before the audit log existed) is searched, archived
+    and verified as before."""
+    recs = [stmt(i, t=1_700_000_000 + i, identity="bob" if i % 2 else "alice") for i in range(40)]
+    seqs = store.append_batch([encode(r) for r in recs])
+    store.append_batch(
+        [encode(CompletionRecord(statement_id=r.id, session_id="s1", rows=1, duration_ms=0.1)) for r in recs]
+    )
+    store.add_checkpoint(signer)
+    assert sorted(seqs) == list(range(1, 41))
     rows = list(
         search(store, SearchFilter(identity="bob", table="users", text="ID = 3"), limit=None)
     )
@@ -252,35 +243,3 @@ def test_writer_search_and_archive(store: PostgresStore, signer: Signer, tmp_pat
     assert res is not None and res.records == 20
     assert verify(store, signer.public_key).ok
     assert verify_archive(tmp_path / "a.jsonl", signer.public_key).ok
-
-
-def test_database_down_fails_closed_then_recovers(schema: str, signer: Signer) -> None:
-    first = PostgresStore(DSN, schema=schema)
-    first.migrate()
-    first.close()
-    store = PostgresStore(
-        "host=127.0.0.1 port=1 user=postgres dbname=test", schema=schema, connect_timeout=2
-    )
-
-    async def main() -> None:
-        w = AuditWriter(store, "sync", signer=signer, retry_min=0.05, retry_max=0.2)
-        w.start()
-        t0 = time.monotonic()
-        with pytest.raises(AuditUnavailable):
-            await w.append(stmt(1))
-        assert time.monotonic() - t0 < 3
-        assert not w.healthy
-        store._dsn = DSN  # the database is back
-        for _ in range(200):
-            if w.healthy:
-                break
-            await asyncio.sleep(0.05)
-        assert w.healthy
-        assert await w.append(stmt(2)) == 2  # seq 1 is the outage record
-        await w.aclose()
-
-    asyncio.run(main())
-    types = [r.record.type for r in store.iter_records()]
-    assert types == ["system", "statement"]
-    assert verify(store, signer.public_key).ok
-    store.close()

@@ -363,9 +363,14 @@ def test_completions_link_to_their_statements(traffic: Traffic) -> None:
 
 
 def test_chain_verifies(traffic: Traffic) -> None:
+    """The proxy's log (one node) verifies, and every index row agrees with it."""
     done = verify(traffic.config)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "chain: INTACT" in done.stdout
+    blocks = [line for line in done.stdout.splitlines() if line.startswith("node ")]
+    assert len(blocks) == 1 and blocks[0].endswith(" chain: INTACT"), done.stdout
+    n = len(traffic.raw)
+    assert f"records: {n} (seq 1..{n}, anchor 0)" in done.stdout
+    assert f"index: {n} of {n} rows agree with the log" in done.stdout
 
 
 def test_redact_literals(pg_server: PgServer, tmp_path: Path) -> None:

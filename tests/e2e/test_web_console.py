@@ -23,6 +23,7 @@ from dbsentry.config import Config, parse_config
 from dbsentry.identity import TokenStore
 from dbsentry.session.governance import Governor
 from support.approvals import add_pending
+from support.auditlog import append
 from support.console import CHROMIUM, launch_chromium, serve_console
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"
@@ -264,6 +265,7 @@ class Console:
     tokens: dict[str, str]
     store_path: Path
     approvals: Any
+    state_dir: Path
 
 
 def _config(tmp_path: Path) -> Config:
@@ -317,7 +319,7 @@ def console(tmp_path: Path) -> Iterator[Console]:
             governor=Governor.from_path(config.policy),
             approvals=approvals,
         ) as url:
-            yield Console(url, issued, store_path, approvals)
+            yield Console(url, issued, store_path, approvals, config.state_dir)
     finally:
         if approvals is not None:
             approvals.close()
@@ -375,12 +377,7 @@ def run_console(sync_api: Any, page: Any, console: Console) -> None:
 
     # A record committed now shows up in the open page without a reload.
     page.evaluate("window.__noReload = true")
-    store = SQLiteStore(console.store_path)
-    try:
-        store.append_batch(
-            [
-                encode(
-                    StatementRecord(
+    append(console.state_dir, StatementRecord(
                         session_id="live0000feedbeef",
                         identity="etl-agent",
                         identity_kind="agent",
@@ -391,12 +388,7 @@ def run_console(sync_api: Any, page: Any, console: Console) -> None:
                         statement_class="READ",
                         tables=("inventory",),
                         decision="allow",
-                    )
-                )
-            ]
-        )
-    finally:
-        store.close()
+                    ))
     new_row = page.locator("#feed tbody tr", has_text="live-marker")
     expect(new_row).to_be_visible(timeout=5000)
     assert page.evaluate("window.__noReload") is True

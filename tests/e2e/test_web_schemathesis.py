@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from test_web_listener_abuse import Server  # type: ignore[import-not-found]
 
-from dbsentry.audit import AuditWriter, StatementRecord
+from dbsentry.audit import StatementRecord
 from dbsentry.audit.sqlite_store import SQLiteStore
 from dbsentry.audit.store import encode
 from dbsentry.config import parse_config
@@ -23,6 +23,7 @@ from dbsentry.identity import Authenticator, TokenStore
 from dbsentry.policy import parse_policy
 from dbsentry.session.governance import Governor
 from dbsentry.web import WebConfig, WebContext, create_app
+from support.auditlog import fresh_store, open_log
 
 pytestmark = pytest.mark.e2e
 
@@ -65,13 +66,12 @@ def console(tmp_path: Path) -> Iterator[tuple[str, str]]:
     seed.close()
     tokens = TokenStore(config.state_dir)
     admin = tokens.create("root@example.com", ["dbsentry-admins"], "human", None)[0]
-    writer = AuditWriter(SQLiteStore(store_path), "sync")
-    writer.start()
+    writer = open_log(config.state_dir)
     auth = Authenticator(config, tokens=tokens)
     ctx = WebContext(
         config=config,
         authenticator=auth,
-        audit_store=lambda: SQLiteStore(store_path),
+        audit_store=lambda: fresh_store(store_path, config.state_dir),
         governor=Governor(parse_policy("version: 1\nrules: []\n", "policy.yaml")),
         audit_writer=writer,
         web=WebConfig(stream_poll_seconds=0.1),

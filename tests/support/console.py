@@ -15,12 +15,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from dbsentry.audit import AuditWriter
-from dbsentry.audit.sqlite_store import SQLiteStore
 from dbsentry.config import Config
 from dbsentry.identity import Authenticator, TokenStore
 from dbsentry.session.governance import Governor
 from dbsentry.web import WebConfig, WebContext, bind_http, create_app, serve_http
+
+from .auditlog import Indexer, fresh_store, open_log
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -87,12 +87,11 @@ def serve_console(
 ) -> Iterator[str]:
     """The console and API over an audit trail in SQLite (with a writer, as the proxy
     runs it), served on a free port; yields the base URL."""
-    writer = AuditWriter(SQLiteStore(store_path), "sync")
-    writer.start()
+    writer = open_log(config.state_dir)
     ctx = WebContext(
         config=config,
         authenticator=Authenticator(config, tokens=tokens),
-        audit_store=lambda: SQLiteStore(store_path),
+        audit_store=lambda: fresh_store(store_path, config.state_dir),
         governor=governor,
         audit_writer=writer,
         approvals=approvals,
@@ -101,7 +100,8 @@ def serve_console(
     server = ServerThread(create_app(ctx))
     server.start()
     try:
-        yield f"http://127.0.0.1:{server.port}"
+        with Indexer(store_path, config.state_dir):
+            yield f"http://127.0.0.1:{server.port}"
     finally:
         server.stop()
         writer.close()

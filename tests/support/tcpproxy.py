@@ -68,7 +68,13 @@ class TcpForwarder:
                 continue
             server.settimeout(None)
             with self._lock:
-                self._open.update((client, server))
+                stale = self._listener is not listener  # down() ran meanwhile: it would miss these
+                if not stale:
+                    self._open.update((client, server))
+            if stale:
+                client.close()
+                server.close()
+                return
             threading.Thread(target=self._pipe, args=(client, server, self._record), daemon=True).start()
             threading.Thread(target=self._pipe, args=(server, client), daemon=True).start()
 

@@ -110,7 +110,7 @@ def test_report_manifest_is_signed(tmp_path: Path) -> None:
 
 
 def test_report_escapes_and_shows_broken_chain(tmp_path: Path) -> None:
-    store, _ = make(tmp_path)
+    store, signer = make(tmp_path)
     store.append_batch(
         [
             encode(
@@ -125,6 +125,15 @@ def test_report_escapes_and_shows_broken_chain(tmp_path: Path) -> None:
             )
         ]
     )
+    out = tmp_path / "ok"
+    res = build_report(
+        store, since=T0 - 60, until=T0 + 60, out_dir=out, verification=verify(store, signer.public_key)
+    )
+    assert res.verification_ok and res.left_out == 0
+    html = (out / "report.html").read_text()
+    assert "<script>alert" not in html and "&lt;script&gt;" in html
+    # Checked with a key that did not sign the checkpoints: the chain does not verify
+    # from the first checkpoint on, and what comes after it is left out of the report.
     other = Signer(load_or_create_signing_key(tmp_path / "other.key"))
     out = tmp_path / "r"
     res = build_report(
@@ -135,9 +144,10 @@ def test_report_escapes_and_shows_broken_chain(tmp_path: Path) -> None:
         verification=verify(store, other.public_key),
     )
     assert not res.verification_ok
+    assert res.left_out > 0
     html = (out / "report.html").read_text()
-    assert "<script>alert" not in html and "&lt;script&gt;" in html
-    assert "BROKEN" in html
+    assert "BROKEN" in html and "NOT COMPLETE" in html
+    assert "&lt;script&gt;" not in html  # after the break: not presented as evidence
     assert not (out / "manifest.sig").exists()
 
 

@@ -13,7 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from dbsentry import metrics
-from dbsentry.audit import AuditWriter, SessionEvent, StatementRecord
+from dbsentry.audit import SessionEvent, StatementRecord
+from dbsentry.audit.appender import AuditLog
 from dbsentry.audit.records import CompletionRecord
 from dbsentry.audit.sqlite_store import SQLiteStore
 from dbsentry.audit.store import encode
@@ -22,6 +23,7 @@ from dbsentry.identity import Authenticator, Identity, TokenStore
 from dbsentry.policy import parse_policy
 from dbsentry.session.governance import Governor
 from dbsentry.web import WebConfig, WebContext, create_app
+from support.auditlog import fresh_store, open_log
 
 T0 = time.time() - 3600
 
@@ -165,7 +167,7 @@ class Env:
     config: Config
     tokens: dict[str, str]
     store_path: Path
-    writer: AuditWriter
+    writer: AuditLog
     records: list[StatementRecord]
     approvals: FakeApprovals
     live: list[Any]
@@ -183,7 +185,7 @@ class Env:
 
     def api_events(self) -> list[dict[str, Any]]:
         assert self.writer.flush(5)
-        store = SQLiteStore(self.store_path)
+        store = fresh_store(self.store_path, self.config.state_dir)
         try:
             return [
                 r.data()["detail"]
@@ -222,8 +224,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
         "alice": token_store.create("alice@example.com", ["dba"], "human", None)[0],
         "nobody": token_store.create("bob@example.com", ["analysts"], "human", None)[0],
     }
-    writer = AuditWriter(SQLiteStore(store_path), "sync")
-    writer.start()
+    writer = open_log(config.state_dir)
     approvals = FakeApprovals(
         {
             "ap-1": {
@@ -242,7 +243,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
     ctx = WebContext(
         config=config,
         authenticator=Authenticator(config, tokens=token_store),
-        audit_store=lambda: SQLiteStore(store_path),
+        audit_store=lambda: fresh_store(store_path, config.state_dir),
         governor=Governor(parse_policy(POLICY, "policy.yaml")),
         audit_writer=writer,
         approvals=approvals,
@@ -581,6 +582,7 @@ def test_audit_status_and_verify(env: Env) -> None:
     assert status["head"]["seq"] >= len(env.records) and status["writer"]["healthy"] is True
     v = env.get("/api/v1/audit/verify", "auditor", params={"fresh": True}).json()
     assert v["ok"] is True and v["records"] >= len(env.records)
+    assert v["chains"][0]["name"] == "store (before the log)"
 
 
 def test_health_and_readiness(env: Env, tmp_path: Path) -> None:
@@ -654,7 +656,7 @@ def test_reads_are_audited_once_per_minute(env: Env) -> None:
 
 
 def test_changes_refused_while_audit_is_down(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(AuditWriter, "healthy", property(lambda self: False))
+    monkeypatch.setattr(AuditLog, "healthy", property(lambda self: False))
     r = env.post("/api/v1/tokens", json={"identity": "x", "ttl": "1h"})
     assert r.status_code == 503
     assert env.client.get("/readyz").status_code == 503

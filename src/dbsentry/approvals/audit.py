@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 from dbsentry.approvals.model import ApprovalRequest, Review
-from dbsentry.audit.records import ApprovalRecord
-from dbsentry.audit.store import AuditStore, encode
+from dbsentry.audit.config import AuditConfig
+from dbsentry.audit.keys import Signer
+from dbsentry.audit.log import node_id
+from dbsentry.audit.logwriter import append_from_tool
+from dbsentry.audit.records import ApprovalRecord, payload_bytes
+from dbsentry.audit.store import AuditStoreError
 
 AuditEvent = Literal["requested", "approved", "denied", "expired", "revoked"]
 
@@ -51,9 +56,14 @@ def approval_record(
     )
 
 
-def append_records(store: AuditStore, records: Sequence[ApprovalRecord]) -> list[int]:
-    """Append records in one transaction, continuing the hash chain (as the writer does).
-
-    For processes without an ``AuditWriter``; raises ``AuditStoreError`` on failure.
-    """
-    return store.append_batch([encode(r) for r in records])
+def append_records(config: AuditConfig, state_dir: Path, records: Sequence[ApprovalRecord]) -> int:
+    """Append records from a process that is not the proxy (the CLI, the demo) to the
+    audit trail: this tool's own log (the proxy owns its node's), durable when this returns;
+    the last seq.  Raises ``AuditStoreError`` on failure."""
+    try:
+        signer = Signer.from_path(config.signing_key_path(state_dir))
+        return append_from_tool(
+            config.log_path(state_dir), node_id(config.node, state_dir), [payload_bytes(r) for r in records], signer
+        )
+    except (OSError, ValueError) as err:
+        raise AuditStoreError(f"audit log not written: {err}") from err

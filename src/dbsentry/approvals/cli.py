@@ -35,7 +35,7 @@ from dbsentry.approvals.store import ApprovalStoreError, open_approval_store
 from dbsentry.audit.config import AuditConfig
 from dbsentry.audit.query import iso
 from dbsentry.audit.records import ApprovalRecord
-from dbsentry.audit.store import AuditStoreError, open_store
+from dbsentry.audit.store import AuditStoreError
 from dbsentry.cli_options import comment_option, config_option, full_path
 from dbsentry.config import Config, ConfigError, load_config
 from dbsentry.identity import Authenticator, Identity, parse_duration
@@ -103,22 +103,12 @@ def _service(ctx: _Context, *, audited: bool) -> Iterator[Approvals]:
         store = open_approval_store(ctx.audit, ctx.config.state_dir)
     except (ApprovalStoreError, ValueError) as err:
         _fail(str(err))
-    audit_store = None
-    if audited:
-        try:
-            audit_store = open_store(ctx.audit, ctx.config.state_dir)
-        except (AuditStoreError, ValueError) as err:
-            store.close()
-            _fail(f"cannot open the audit trail: {err}")
 
     def sink(record: ApprovalRecord) -> None:
-        assert audit_store is not None
-        append_records(audit_store, [record])
+        append_records(ctx.audit, ctx.config.state_dir, [record])
 
     notifier = Notifier(ctx.approvals) if audited else None
-    service = Approvals(
-        ctx.approvals, store, notifier=notifier, audit=sink if audit_store is not None else None
-    )
+    service = Approvals(ctx.approvals, store, notifier=notifier, audit=sink if audited else None)
     try:
         yield service
     except ApprovalStoreError as err:
@@ -129,8 +119,6 @@ def _service(ctx: _Context, *, audited: bool) -> Iterator[Approvals]:
         if notifier is not None:
             notifier.close(timeout=30)
         store.close()
-        if audit_store is not None:
-            audit_store.close()
 
 
 def _age(seconds: float) -> str:

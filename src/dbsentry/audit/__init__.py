@@ -1,9 +1,11 @@
 """The tamper-evident audit trail: records, hash-chained stores, group commit, verify, query.
 
-The proxy uses ``AuditWriter`` with a store from ``open_store``; the CLI uses ``audit`` and
+The proxy appends to this node's log with ``AuditLog`` (``audit.appender``); the store from
+``open_store`` is the search index built from the logs; the CLI uses ``audit`` and
 ``report`` from ``dbsentry.audit.cli``.
 """
 
+from dbsentry.audit.appender import AuditLog, AuditUnavailable
 from dbsentry.audit.config import AuditConfig
 from dbsentry.audit.keys import (
     Checkpoint,
@@ -26,22 +28,26 @@ from dbsentry.audit.records import (
 from dbsentry.audit.store import AuditStore, AuditStoreError, SearchFilter, open_store
 from dbsentry.audit.verify import (
     ArchiveResult,
+    AuditVerification,
     Problem,
     VerifyResult,
     archive,
+    archive_log,
     verify,
+    verify_all,
     verify_archive,
+    verify_log,
 )
-from dbsentry.audit.writer import AuditUnavailable, AuditWriter
 
 __all__ = [
     "ApprovalRecord",
     "ArchiveResult",
     "AuditConfig",
+    "AuditLog",
     "AuditStore",
     "AuditStoreError",
     "AuditUnavailable",
-    "AuditWriter",
+    "AuditVerification",
     "Checkpoint",
     "CompletionRecord",
     "KeyRing",
@@ -54,6 +60,7 @@ __all__ = [
     "SystemEvent",
     "VerifyResult",
     "archive",
+    "archive_log",
     "extract_correlation",
     "load_or_create_signing_key",
     "load_public_key",
@@ -61,5 +68,7 @@ __all__ = [
     "prepare_params",
     "redact_literals",
     "verify",
+    "verify_all",
     "verify_archive",
+    "verify_log",
 ]

@@ -1,4 +1,4 @@
-"""``dbsentry audit ...`` and ``dbsentry report``: search, tail, export, verify, archive, report."""
+"""``dbsentry audit ...`` and ``dbsentry report``: search, tail, export, verify, archive, reindex, report."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from dbsentry.audit.config import AuditConfig
+from dbsentry.audit.index import catch_up_all, reindex
 from dbsentry.audit.keys import Signer, load_or_create_signing_key, load_public_key, public_key_path
 from dbsentry.audit.query import (
     export_csv,
@@ -32,7 +33,16 @@ from dbsentry.audit.query import (
 from dbsentry.audit.records import STATEMENT_DECISIONS
 from dbsentry.audit.redaction import LiteralRedactor, load_or_create_redaction_key
 from dbsentry.audit.store import AuditStore, AuditStoreError, SearchFilter, open_store
-from dbsentry.audit.verify import ArchiveError, archive, verify, verify_archive
+from dbsentry.audit.verify import (
+    ArchiveError,
+    AuditVerification,
+    VerifyResult,
+    archive,
+    archive_log,
+    log_nodes,
+    verify_all,
+    verify_archive,
+)
 from dbsentry.cli_options import config_option, full_path
 from dbsentry.config import ConfigError, load_config
 from dbsentry.masking.detect import detect_value
@@ -47,10 +57,17 @@ class AuditContext:
 
     @contextmanager
     def store(self) -> Iterator[AuditStore]:
+        """The search index, brought up to date with every node's log first (so what a
+        client has seen is found, even while the proxy's own indexer is a moment behind)."""
+        log_dir = self.audit.log_path(self.state_dir)
         try:
-            store = open_store(self.audit, self.state_dir, create=False)
+            store = open_store(self.audit, self.state_dir, create=log_dir.is_dir())
         except (AuditStoreError, ValueError) as err:
             raise click.ClickException(str(err)) from None
+        try:
+            catch_up_all(store, log_dir)
+        except (AuditStoreError, OSError) as err:
+            click.echo(f"warning: the audit index may be behind the log: {err}", err=True)
         try:
             yield store
         except AuditStoreError as err:
@@ -289,15 +306,26 @@ def token_cmd(obj: AuditContext, /, values: tuple[str, ...]) -> None:
     "--archive",
     "archive_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Verify this archive file instead of the store.",
+    help="Verify this archive file of the store's own chain instead.",
+)
+@click.option(
+    "--archive-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Also verify the archived log segments in DIR/<node>/, from each chain's start.",
 )
 @click.option("--json", "as_json", is_flag=True)
 @_with_audit
 def verify_cmd(
-    obj: AuditContext, public_keys: tuple[Path, ...], archive_file: Path | None, as_json: bool
+    obj: AuditContext,
+    public_keys: tuple[Path, ...],
+    archive_file: Path | None,
+    archive_dir: Path | None,
+    as_json: bool,
 ) -> None:
-    """Check the hash chain and signed checkpoints; exit 1 naming the first bad record."""
+    """Check every chain (the store's own, each node's log) and that the index agrees with
+    the logs; exit 1 naming the first bad record (node and seq)."""
     keys = obj.public_keys(public_keys)
+    result: VerifyResult | AuditVerification
     if archive_file is not None:
         try:
             result = verify_archive(archive_file, keys)
@@ -305,7 +333,10 @@ def verify_cmd(
             raise click.ClickException(f"cannot read {archive_file}: {err}") from None
     else:
         with obj.store() as store:
-            result = verify(store, keys)
+            try:
+                result = verify_all(store, obj.audit.log_path(obj.state_dir), keys, archive_dir=archive_dir)
+            except OSError as err:
+                raise click.ClickException(f"cannot read the audit log: {err}") from None
     if as_json:
         click.echo(orjson.dumps(result.to_dict()).decode())
     else:
@@ -318,31 +349,99 @@ def verify_cmd(
 @audit.command("archive")
 @click.option("--before", required=True, help="Archive records older than this (ISO time or 90d).")
 @click.option(
-    "-o", "--out", type=click.Path(dir_okay=False, path_type=Path), help="Archive file (JSONL)."
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Archive directory [default: archive/ in the state directory]: log segments go to "
+    "OUT/<node>/, the store's own records to OUT/audit-<time>.jsonl (a path ending in .jsonl: "
+    "that file, for the store's own records).",
 )
+@click.option("--node", help="Only this node's log (default: every log).")
 @_with_audit
-def archive_cmd(obj: AuditContext, before: str, out: Path | None) -> None:
-    """Move old records to a JSONL file; the remaining chain stays verifiable."""
+def archive_cmd(obj: AuditContext, before: str, out: Path | None, node: str | None) -> None:
+    """Move old records out: each log's sealed segments whose records are all older than
+    --before, and the store's own old records; what stays keeps verifying."""
     ts = _when(before)
     assert ts is not None
     signer = obj.signer(create=True)
     assert signer is not None
-    if out is None:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        out = obj.state_dir / "archive" / f"audit-{stamp}.jsonl"
-        out.parent.mkdir(parents=True, exist_ok=True)
+    out_dir = obj.state_dir / "archive"
+    legacy_file: Path | None = None
+    if out is not None and out.suffix == ".jsonl":
+        legacy_file = out
+    elif out is not None:
+        out_dir = out
+    log_dir = obj.audit.log_path(obj.state_dir)
+    nodes = [node] if node is not None else log_nodes(log_dir)
+    if node is not None and node not in log_nodes(log_dir):
+        raise click.ClickException(f"no log of node {node} under {log_dir}")
+    done = 0
+    keys = obj.public_keys()
     with obj.store() as store:
-        try:
-            res = archive(store, ts, out, signer, public_keys=obj.public_keys())
-        except ArchiveError as err:
-            raise click.ClickException(str(err)) from None
-    if res is None:
+        if store.head().seq > store.anchor().seq:  # the store's own chain (before the log)
+            if legacy_file is None:
+                stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+                legacy_file = out_dir / f"audit-{stamp}.jsonl"
+            legacy_file.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                res = archive(store, ts, legacy_file, signer, public_keys=keys)
+            except ArchiveError as err:
+                raise click.ClickException(str(err)) from None
+            if res is not None:
+                done += 1
+                click.echo(
+                    f"archived {res.records} records of the store's own chain (seq {res.first_seq}..{res.last_seq}) "
+                    f"to {res.path}; new anchor {res.checkpoint.hash[:16]}… signed by key {res.checkpoint.key_id}"
+                )
+        for n in nodes:
+            try:
+                lres = archive_log(
+                    log_dir, n, ts, out_dir, signer, public_keys=keys, indexed_through=store.index_cursor(n)
+                )
+            except ArchiveError as err:
+                raise click.ClickException(str(err)) from None
+            except (OSError, ValueError) as err:
+                raise click.ClickException(f"node {n}: {err}") from None
+            if lres is not None:
+                done += 1
+                segs = lres.segments
+                click.echo(
+                    f"node {n}: archived {len(segs)} segment{'s' if len(segs) > 1 else ''} "
+                    f"({segs[0].segment}..{segs[-1].segment}, {lres.records} records, seq ..{segs[-1].last_seq}) "
+                    f"to {lres.archive_dir}; manifest signed by key {lres.manifest.key_id}"
+                )
+    if not done:
         click.echo(f"nothing older than {iso(ts)} to archive")
-        return
-    click.echo(
-        f"archived {res.records} records (seq {res.first_seq}..{res.last_seq}) to {res.path}; "
-        f"new anchor {res.checkpoint.hash[:16]}… signed by key {res.checkpoint.key_id}"
-    )
+
+
+@audit.command("reindex")
+@click.option("--node", help="Only this node's log (default: every log under the log directory).")
+@_with_audit
+def reindex_cmd(obj: AuditContext, node: str | None) -> None:
+    """Rebuild the search index from the logs (rows of nodes whose log is not here stay)."""
+    log_dir = obj.audit.log_path(obj.state_dir)
+    nodes = log_nodes(log_dir)
+    if node is not None:
+        if node not in nodes:
+            raise click.ClickException(f"no log of node {node} under {log_dir}")
+        nodes = [node]
+    try:
+        store = open_store(obj.audit, obj.state_dir)
+    except (AuditStoreError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
+    try:
+        for n in nodes:
+            dropped, indexed = reindex(store, log_dir, n)
+            click.echo(f"node {n}: {dropped} rows dropped, {indexed} records indexed")
+        others = [n for n in store.index_nodes() if n not in nodes]
+    except (AuditStoreError, OSError) as err:
+        raise click.ClickException(str(err)) from None
+    finally:
+        store.close()
+    if not nodes:
+        click.echo(f"no logs under {log_dir}")
+    if others and node is None:
+        click.echo(f"left as they are (no log here): {', '.join(others)}")
 
 
 @click.command("report")
@@ -358,6 +457,11 @@ def archive_cmd(obj: AuditContext, before: str, out: Path | None) -> None:
 )
 @click.option("--title", default="Database access review", show_default=True)
 @click.option("--organisation", help="Shown under the title.")
+@click.option(
+    "--archive-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Archived log segments (DIR/<node>/): verify them too, so their records count.",
+)
 def report(
     config_path: Path,
     since: str,
@@ -365,6 +469,7 @@ def report(
     out: Path | None,
     title: str,
     organisation: str | None,
+    archive_dir: Path | None,
 ) -> None:
     """Write a compliance report (HTML and CSV) for a period of the audit trail."""
     from dbsentry.audit.report import build_report
@@ -378,7 +483,10 @@ def report(
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         out = obj.state_dir / "reports" / f"report-{stamp}"
     with obj.store() as store:
-        result = verify(store, obj.public_keys())
+        try:
+            result = verify_all(store, obj.audit.log_path(obj.state_dir), obj.public_keys(), archive_dir=archive_dir)
+        except OSError as err:
+            raise click.ClickException(f"cannot read the audit log: {err}") from None
         rep = build_report(
             store,
             since=start,
@@ -392,6 +500,8 @@ def report(
     click.echo(
         f"report for {iso(start)} .. {iso(end)}: {rep.statements} statements, chain {'intact' if rep.verification_ok else 'BROKEN'}"
     )
+    if rep.left_out:
+        click.echo(f"{rep.left_out} records after a chain's first break are left out (see audit verify)", err=True)
     click.echo(
         f"wrote {full_path(rep.out_dir / 'report.html')} and {len(rep.files) - 1} more files"
     )

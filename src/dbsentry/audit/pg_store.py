@@ -14,8 +14,8 @@ import threading
 import time as _time
 import uuid
 import zlib
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -28,9 +28,12 @@ from dbsentry.audit.store import (
     ChainPoint,
     Dialect,
     EncodedRecord,
+    IndexRow,
     StoredRecord,
     link,
 )
+
+_T = TypeVar("_T")
 
 # Each entry migrates from version i to i+1.  "@S" is the schema name (validated identifier).
 _MIGRATIONS: list[list[str]] = [
@@ -72,11 +75,21 @@ _MIGRATIONS: list[list[str]] = [
         """CREATE TRIGGER records_append_only BEFORE UPDATE ON @S.records
             FOR EACH ROW EXECUTE FUNCTION @S.forbid_update()""",
     ],
+    # The store is also the search index of the nodes' audit logs: their rows are numbered
+    # by a sequence (each node's chain lives in its log), one cursor row per node.
+    [
+        "ALTER TABLE @S.records ADD COLUMN node text, ADD COLUMN node_seq bigint",
+        "CREATE UNIQUE INDEX records_node_seq ON @S.records (node, node_seq) WHERE node IS NOT NULL",
+        "CREATE SEQUENCE @S.records_seq",
+        "SELECT setval('@S.records_seq', GREATEST((SELECT max(seq) FROM @S.records), 0) + 1, false)",
+        "ALTER TABLE @S.records ALTER COLUMN seq SET DEFAULT nextval('@S.records_seq')",
+        "CREATE TABLE @S.log_cursor (node text PRIMARY KEY, seq bigint NOT NULL)",
+    ],
 ]
 
 _COLUMNS = (
     "seq, prev_hash, hash, id, time, type, session_id, identity, identity_kind, connection, "
-    "environment, decision, command, ref, tables, payload"
+    "environment, decision, command, ref, tables, payload, node, node_seq"
 )
 
 
@@ -100,6 +113,8 @@ def _row_to_stored(row: Sequence[Any]) -> StoredRecord:
             ref=row[13],
             tables=tuple(row[14] or ()),
         ),
+        node=row[16],
+        node_seq=int(row[17]) if row[17] is not None else None,
     )
 
 
@@ -110,6 +125,7 @@ _DIALECT = Dialect(
     table_clause="(s.tables @> ARRAY[%s]::text[] OR EXISTS (SELECT 1 FROM unnest(s.tables) t WHERE t LIKE %s))",
     text_clause="(s.payload::jsonb ->> 'statement') ILIKE %s",
     types_clause=lambda types: ("type = ANY(%s)", [list(types)]),
+    cursors="@S.log_cursor",
 )
 
 
@@ -269,6 +285,81 @@ class PostgresStore(AuditStore):
                 self._drop_writer()
                 raise AuditStoreError(f"audit append failed ({self.describe()}): {err}") from err
         return [x[0] for x in linked]
+
+    def _transaction(self, work: Callable[[psycopg.Cursor[Any]], _T], what: str) -> _T:
+        with self._lock:
+            try:
+                conn = self._writer()
+                with conn.transaction(), conn.cursor() as cur:
+                    return work(cur)
+            except (psycopg.Error, OSError) as err:
+                self._drop_writer()
+                raise AuditStoreError(f"audit {what} failed ({self.describe()}): {err}") from err
+
+    def index_cursor(self, node: str) -> int:
+        self.migrate()
+        row = self._one("SELECT seq FROM @S.log_cursor WHERE node = %s", (node,))
+        return int(row[0]) if row is not None else 0
+
+    def index_batch(self, node: str, rows: Sequence[IndexRow]) -> int:
+        def work(cur: psycopg.Cursor[Any]) -> int:
+            # One row per node: indexers of different nodes never wait for each other.
+            cur.execute(self._sql("INSERT INTO @S.log_cursor VALUES (%s, 0) ON CONFLICT DO NOTHING"), (node,))
+            cur.execute(self._sql("SELECT seq FROM @S.log_cursor WHERE node = %s FOR UPDATE"), (node,))
+            got = cur.fetchone()
+            cursor = int(got[0]) if got is not None else 0
+            todo = [r for r in rows if r.node_seq > cursor]
+            if not todo:
+                return cursor
+            cur.executemany(
+                self._sql(
+                    "INSERT INTO @S.records (prev_hash, hash, id, time, type, session_id, identity, "
+                    "identity_kind, connection, environment, decision, command, ref, tables, payload, "
+                    "node, node_seq) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s::text[],%s,%s,%s)"
+                ),
+                [
+                    (
+                        x.prev_hash,
+                        x.hash,
+                        r.id,
+                        r.time,
+                        r.type,
+                        r.session_id,
+                        r.identity,
+                        r.identity_kind,
+                        r.connection,
+                        r.environment,
+                        r.decision,
+                        r.command,
+                        r.ref,
+                        list(r.tables),
+                        r.payload.decode("utf-8"),
+                        node,
+                        x.node_seq,
+                    )
+                    for x in todo
+                    for r in (x.record,)
+                ],
+            )
+            last = todo[-1].node_seq
+            cur.execute(self._sql("UPDATE @S.log_cursor SET seq = %s WHERE node = %s"), (last, node))
+            return last
+
+        return self._transaction(work, "index")
+
+    def drop_index(self, node: str | None = None) -> int:
+        def work(cur: psycopg.Cursor[Any]) -> int:
+            if node is None:
+                cur.execute(self._sql("DELETE FROM @S.records WHERE node IS NOT NULL"))
+                n = cur.rowcount
+                cur.execute(self._sql("DELETE FROM @S.log_cursor"))
+            else:
+                cur.execute(self._sql("DELETE FROM @S.records WHERE node = %s"), (node,))
+                n = cur.rowcount
+                cur.execute(self._sql("DELETE FROM @S.log_cursor WHERE node = %s"), (node,))
+            return int(n)
+
+        return self._transaction(work, "reindex")
 
     def add_checkpoint(self, signer: Signer, kind: str = "periodic") -> Checkpoint | None:
         with self._lock:

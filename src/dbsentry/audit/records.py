@@ -393,7 +393,7 @@ _SORT = orjson.OPT_SORT_KEYS
 R = TypeVar("R", bound=_Record)
 
 
-def payload_bytes(record: Record) -> bytes:
+def payload_bytes(record: _Record) -> bytes:
     """The canonical payload of ``record``: exactly
     ``orjson.dumps(record.canonical_mapping(), option=orjson.OPT_SORT_KEYS)``, the bytes
     that are stored and hashed.

@@ -3,7 +3,9 @@
 One pass over the period's records builds: a summary, who used which connections, who
 touched which sensitive data classes (masked or not), every denied attempt, every approval,
 what AI agents did, privileged statements (DDL, roles and grants, high risk), and the chain
-verification status.  The HTML is self-contained (no external assets); every table is also
+verification status.  It is built only from verified records: each chain (the store's own,
+each node's log) up to its first break; records after it, and index rows of logs that were
+not verified, are left out and counted.  The HTML is self-contained (no external assets); every table is also
 written as CSV, and ``manifest.json`` lists the files' SHA-256 (signed with the audit key
 when one is given) so the evidence itself can be checked later.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import time as _time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -24,8 +26,8 @@ import orjson
 import dbsentry
 from dbsentry.audit.keys import Signer
 from dbsentry.audit.query import csv_safe, iso
-from dbsentry.audit.store import AuditStore
-from dbsentry.audit.verify import VerifyResult
+from dbsentry.audit.store import AuditStore, StoredRecord
+from dbsentry.audit.verify import AuditVerification, VerifyResult, verified_through
 
 PRIVILEGED_CLASSES = frozenset({"ddl", "dcl", "role", "admin"})
 PRIVILEGED_COMMANDS = (
@@ -102,6 +104,7 @@ class ReportResult:
     files: tuple[Path, ...]
     statements: int
     verification_ok: bool
+    left_out: int = 0  # records in the period that are not verified (after a chain's break)
 
 
 class _Table:
@@ -199,7 +202,7 @@ class _Collector:
         for tbl in (self.denied, self.approvals, self.privileged, self.system):
             tbl.close()
 
-    def add(self, seq: int, d: dict[str, Any]) -> None:
+    def add(self, seq: int | str, d: dict[str, Any]) -> None:
         t = d.get("type")
         when = float(d.get("time", 0.0))
         if t == "session" and d.get("event") == "opened":
@@ -224,7 +227,7 @@ class _Collector:
         if d.get("connection"):
             who.connections.add(d["connection"])
 
-    def _statement(self, seq: int, d: dict[str, Any], when: float) -> None:
+    def _statement(self, seq: int | str, d: dict[str, Any], when: float) -> None:
         totals = self.totals
         totals.statements += 1
         ident = d.get("identity") or "?"
@@ -271,7 +274,7 @@ class _Collector:
         a.first = when if a.first is None else min(a.first, when)
         a.last = when if a.last is None else max(a.last, when)
 
-    def _approval(self, seq: int, d: dict[str, Any], when: float) -> None:
+    def _approval(self, seq: int | str, d: dict[str, Any], when: float) -> None:
         ev = d.get("event")
         if ev == "requested":
             self.totals.approvals_requested += 1
@@ -310,8 +313,57 @@ def _people_tables(out_dir: Path, c: _Collector) -> tuple[_Table, _Table, _Table
     return identities, agents, sensitive
 
 
+Verification = AuditVerification | VerifyResult
+
+
+def _verified(verification: Verification | None) -> Callable[[StoredRecord], bool]:
+    """Whether a stored record is verified: the store's own records up to its chain's
+    first break, a log's records up to its node's first break.  Without a verification
+    every record counts (the report then says NOT VERIFIED)."""
+    if verification is None:
+        return lambda r: True
+    if isinstance(verification, VerifyResult):  # the store's own chain alone
+        through = verified_through(verification)
+        return lambda r: r.node is None and r.seq <= through
+    legacy = verification.legacy_through()
+    nodes = verification.node_ranges()
+
+    def verified(r: StoredRecord) -> bool:
+        if r.node is None:
+            return r.seq <= legacy
+        first, last = nodes.get(r.node, (0, 0))
+        return r.node_seq is not None and first < r.node_seq <= last
+
+    return verified
+
+
+def _verified_ranges(verification: Verification | None) -> str:
+    if verification is None:
+        return "not run"
+    if isinstance(verification, VerifyResult):
+        verification = AuditVerification(verification, ())
+    parts = []
+    lg = verification.legacy
+    if lg is not None and (lg.records or lg.anchor_seq):
+        parts.append(f"store's own chain {lg.anchor_seq + 1}..{verification.legacy_through()}")
+    parts += [f"node {n.node} {n.chain.anchor_seq + 1}..{n.verified_through}" for n in verification.nodes]
+    return "; ".join(parts) or "none"
+
+
+def _record_label(r: StoredRecord) -> int | str:
+    """How the report names a record: its node and seq in that node's log, or its seq in
+    the store's own chain."""
+    return f"{r.node}:{r.node_seq}" if r.node is not None else r.seq
+
+
 def _summary_rows(
-    store: AuditStore, since: float, until: float, generated: float, verification: VerifyResult | None, c: _Collector
+    store: AuditStore,
+    since: float,
+    until: float,
+    generated: float,
+    verification: Verification | None,
+    c: _Collector,
+    left_out: int,
 ) -> list[tuple[str, Any]]:
     totals, people = c.totals, c.people
     chain = "intact" if verification and verification.ok else ("BROKEN" if verification else "not run")
@@ -322,6 +374,8 @@ def _summary_rows(
         ("generated_by", f"dbsentry {dbsentry.__version__}"),
         ("audit_store", store.describe()),
         ("chain_verification", chain),
+        ("verified_records", _verified_ranges(verification)),
+        ("records_left_out", left_out),
         ("identities", len(people)),
         ("human_identities", sum(1 for w in people.values() if w.kind != "agent")),
         ("agent_identities", sum(1 for w in people.values() if w.kind == "agent")),
@@ -339,7 +393,7 @@ def _summary_rows(
 
 
 def _write_manifest(
-    out_dir: Path, since: float, until: float, generated: float, verification: VerifyResult | None, signer: Signer | None
+    out_dir: Path, since: float, until: float, generated: float, verification: Verification | None, signer: Signer | None
 ) -> list[Path]:
     """manifest.json (a SHA-256 per file, the chain's verification), signed when a key is
     given; the files of the report."""
@@ -365,24 +419,30 @@ def build_report(
     since: float,
     until: float | None = None,
     out_dir: Path,
-    verification: VerifyResult | None = None,
+    verification: Verification | None = None,
     signer: Signer | None = None,
     title: str = "Database access review",
     organisation: str | None = None,
 ) -> ReportResult:
-    """Write ``report.html``, the CSV tables and ``manifest.json`` into ``out_dir``."""
+    """Write ``report.html``, the CSV tables and ``manifest.json`` into ``out_dir``, from
+    the records ``verification`` verified (see :func:`_verified`)."""
     until = _time.time() if until is None else until
     out_dir.mkdir(parents=True, exist_ok=True)
     c = _Collector(out_dir)
+    verified = _verified(verification)
+    left_out = 0
     try:
         for r in store.iter_records(since=since, until=until):
-            c.add(r.seq, r.data())
+            if verified(r):
+                c.add(_record_label(r), r.data())
+            else:
+                left_out += 1
     finally:
         c.close()
     identities, agents, sensitive = _people_tables(out_dir, c)
 
     generated = _time.time()
-    summary_rows = _summary_rows(store, since, until, generated, verification, c)
+    summary_rows = _summary_rows(store, since, until, generated, verification, c, left_out)
     with open(out_dir / "summary.csv", "w", newline="", encoding="utf-8") as f:
         sw = csv.writer(f)
         sw.writerow(["key", "value"])
@@ -396,6 +456,7 @@ def build_report(
         totals=c.totals,
         verification=verification,
         verification_text=verification.describe() if verification is not None else "not run",
+        left_out=left_out,
         period=(iso(since), iso(until)),
         generated=iso(generated),
         sections=[
@@ -412,7 +473,7 @@ def build_report(
     )
     (out_dir / "report.html").write_text(html, encoding="utf-8")
     files = _write_manifest(out_dir, since, until, generated, verification, signer)
-    return ReportResult(out_dir, tuple(files), c.totals.statements, bool(verification and verification.ok))
+    return ReportResult(out_dir, tuple(files), c.totals.statements, bool(verification and verification.ok), left_out)
 
 
 _TEMPLATE = """<!doctype html>
@@ -452,6 +513,8 @@ footer { margin-top: 40px; color: var(--muted); font-size: 12px; }
   <dt>Audit chain</dt><dd>{% if verification is none %}<span class="badge bad">NOT VERIFIED</span>
     {% elif verification.ok %}<span class="badge ok">INTACT</span>{% else %}<span class="badge bad">BROKEN</span>{% endif %}</dd>
 </dl>
+{% if left_out %}<p class="lead"><span class="badge bad">NOT COMPLETE</span> {{ left_out }} records of the period are left out of this report:
+they come after a chain's first break, or from a log that was not verified (see Chain verification).</p>{% endif %}
 <nav>{% for key, heading, _, _ in sections %}<a href="#{{ key }}">{{ heading }}</a>{% endfor %}<a href="#chain">Chain verification</a></nav>
 
 <h2 id="summary">Summary</h2>

@@ -12,9 +12,9 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time as _time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -26,9 +26,12 @@ from dbsentry.audit.store import (
     ChainPoint,
     Dialect,
     EncodedRecord,
+    IndexRow,
     StoredRecord,
     link,
 )
+
+_T = TypeVar("_T")
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -76,11 +79,20 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 CREATE INDEX IF NOT EXISTS checkpoints_seq ON checkpoints (seq);
 CREATE TRIGGER IF NOT EXISTS records_append_only BEFORE UPDATE ON records
 BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+CREATE TABLE IF NOT EXISTS log_cursor (node TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+"""
+
+# Version 2: the store is also the search index of the nodes' audit logs.
+_V2 = """
+ALTER TABLE records ADD COLUMN node TEXT;
+ALTER TABLE records ADD COLUMN node_seq INTEGER;
+CREATE UNIQUE INDEX IF NOT EXISTS records_node_seq ON records (node, node_seq) WHERE node IS NOT NULL;
+UPDATE meta SET value = '2' WHERE key = 'schema_version';
 """
 
 _COLUMNS = (
     "seq, prev_hash, hash, id, time, type, session_id, identity, identity_kind, connection, "
-    "environment, decision, command, ref, tables, payload"
+    "environment, decision, command, ref, tables, payload, node, node_seq"
 )
 
 
@@ -105,6 +117,8 @@ def _row_to_stored(row: Sequence[Any]) -> StoredRecord:
             ref=row[13],
             tables=tuple(tables) if isinstance(tables, list) else (),
         ),
+        node=row[16],
+        node_seq=row[17],
     )
 
 
@@ -115,6 +129,7 @@ _DIALECT = Dialect(
     table_clause="EXISTS (SELECT 1 FROM json_each(s.tables) t WHERE t.value = ? OR t.value LIKE ? ESCAPE '\\')",
     text_clause="json_extract(s.payload, '$.statement') LIKE ? ESCAPE '\\'",
     types_clause=lambda types: (f"type IN ({','.join('?' * len(types))})", list(types)),
+    cursors="log_cursor",
 )
 
 
@@ -131,6 +146,9 @@ class SQLiteStore(AuditStore):
             self._conn = self._connect()
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.executescript(_SCHEMA)
+            columns = {r[1] for r in self._conn.execute("PRAGMA table_info(records)")}
+            if "node" not in columns:
+                self._conn.executescript("BEGIN IMMEDIATE;" + _V2 + "COMMIT;")
         except sqlite3.Error as err:
             raise AuditStoreError(f"cannot open audit database {self.path}: {err}") from err
 
@@ -204,6 +222,82 @@ class SQLiteStore(AuditStore):
             except sqlite3.Error as err:
                 raise AuditStoreError(f"audit append failed ({self.describe()}): {err}") from err
         return [x[0] for x in linked]
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], _T], what: str) -> _T:
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = work(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as err:
+                raise AuditStoreError(f"audit {what} failed ({self.describe()}): {err}") from err
+        return result
+
+    def index_cursor(self, node: str) -> int:
+        row = self._one("SELECT seq FROM log_cursor WHERE node = ?", (node,))
+        return int(row[0]) if row is not None else 0
+
+    def index_batch(self, node: str, rows: Sequence[IndexRow]) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            got = conn.execute("SELECT seq FROM log_cursor WHERE node = ?", (node,)).fetchone()
+            cursor = int(got[0]) if got is not None else 0
+            todo = [r for r in rows if r.node_seq > cursor]
+            if not todo:
+                return cursor
+            conn.executemany(
+                "INSERT INTO records (prev_hash, hash, id, time, type, session_id, identity, "
+                "identity_kind, connection, environment, decision, command, ref, tables, payload, "
+                "node, node_seq) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        x.prev_hash,
+                        x.hash,
+                        r.id,
+                        r.time,
+                        r.type,
+                        r.session_id,
+                        r.identity,
+                        r.identity_kind,
+                        r.connection,
+                        r.environment,
+                        r.decision,
+                        r.command,
+                        r.ref,
+                        orjson.dumps(r.tables).decode(),
+                        r.payload.decode("utf-8"),
+                        node,
+                        x.node_seq,
+                    )
+                    for x in todo
+                    for r in (x.record,)
+                ],
+            )
+            last = todo[-1].node_seq
+            conn.execute(
+                "INSERT INTO log_cursor VALUES (?, ?) ON CONFLICT (node) DO UPDATE SET seq = excluded.seq",
+                (node, last),
+            )
+            return last
+
+        return self._transaction(work, "index")
+
+    def drop_index(self, node: str | None = None) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            if node is None:
+                n = conn.execute("DELETE FROM records WHERE node IS NOT NULL").rowcount
+                conn.execute("DELETE FROM log_cursor")
+            else:
+                n = conn.execute("DELETE FROM records WHERE node = ?", (node,)).rowcount
+                conn.execute("DELETE FROM log_cursor WHERE node = ?", (node,))
+            return int(n)
+
+        return self._transaction(work, "reindex")
 
     def add_checkpoint(self, signer: Signer, kind: str = "periodic") -> Checkpoint | None:
         with self._lock:

@@ -135,6 +135,11 @@ class StoredRecord:
     prev_hash: str
     hash: str
     record: EncodedRecord
+    # Records indexed from a node's audit log: the node and the record's seq in its chain
+    # (``seq`` is then only the index's row number).  None for records of the store's own
+    # chain (written before the audit log existed).
+    node: str | None = None
+    node_seq: int | None = None
 
     @property
     def payload(self) -> bytes:
@@ -199,6 +204,16 @@ def filter_clauses(flt: SearchFilter, mark: str) -> tuple[list[str], list[Any]]:
 
 
 @dataclass(frozen=True, slots=True)
+class IndexRow:
+    """One log record as the index stores it."""
+
+    node_seq: int
+    prev_hash: str
+    hash: str
+    record: EncodedRecord
+
+
+@dataclass(frozen=True, slots=True)
 class Dialect:
     """What the SQLite and PostgreSQL stores spell differently in the queries they share."""
 
@@ -209,6 +224,7 @@ class Dialect:
     table_clause: str
     text_clause: str  # statement text LIKE/ILIKE the parameter
     types_clause: Callable[[Sequence[str]], tuple[str, list[Any]]]
+    cursors: str  # the table of each node's indexed position
 
 
 def records_query(
@@ -221,11 +237,18 @@ def records_query(
     types: Sequence[str] | None,
     descending: bool,
     limit: int | None,
+    legacy: bool = False,
+    node: str | None = None,
 ) -> tuple[str, list[Any]]:
     """The query of :meth:`AuditStore.iter_records`, in dialect ``d``."""
     m = d.mark
     where = [f"seq > {m}"]
     params: list[Any] = [after_seq]
+    if legacy:
+        where.append("node IS NULL")
+    if node is not None:
+        where.append(f"node = {m}")
+        params.append(node)
     for clause, value in ((f"seq <= {m}", through_seq), (f"time >= {m}", since), (f"time < {m}", until)):
         if value is not None:
             where.append(clause)
@@ -328,8 +351,9 @@ class AuditStore(abc.ABC):
         types: Sequence[str] | None = None,
         descending: bool = False,
         limit: int | None = None,
+        legacy: bool = False,
     ) -> Iterator[StoredRecord]:
-        """Records in seq order, streamed."""
+        """Records in seq order, streamed (``legacy``: only the store's own chain)."""
         sql, params = records_query(
             self.dialect,
             after_seq=after_seq,
@@ -339,6 +363,7 @@ class AuditStore(abc.ABC):
             types=types,
             descending=descending,
             limit=limit,
+            legacy=legacy,
         )
         for row in self._query(sql, params):
             yield self._stored(row)
@@ -352,6 +377,31 @@ class AuditStore(abc.ABC):
         for row in self._query(sql, params):
             completion = row[width]
             yield self._stored(row), completion.encode("utf-8") if completion is not None else None
+
+    def iter_index(self, node: str) -> Iterator[StoredRecord]:
+        """The rows indexed from ``node``'s log, in the log's order."""
+        sql = f"SELECT {self.dialect.columns} FROM {self.dialect.records} WHERE node = {self.dialect.mark} ORDER BY node_seq"
+        for row in self._query(sql, [node]):
+            yield self._stored(row)
+
+    def index_nodes(self) -> list[str]:
+        """Nodes whose logs have rows or a cursor in this index."""
+        sql = f"SELECT node FROM {self.dialect.cursors} UNION SELECT DISTINCT node FROM {self.dialect.records} WHERE node IS NOT NULL"
+        return sorted({str(r[0]) for r in self._query(sql)})
+
+    @abc.abstractmethod
+    def index_cursor(self, node: str) -> int:
+        """The last seq of ``node``'s log that is indexed (0: none)."""
+
+    @abc.abstractmethod
+    def index_batch(self, node: str, rows: Sequence[IndexRow]) -> int:
+        """Index ``rows`` (records of ``node``'s log, in order) in one transaction, skipping
+        those another indexer has indexed meanwhile; returns the new cursor."""
+
+    @abc.abstractmethod
+    def drop_index(self, node: str | None = None) -> int:
+        """Delete the rows indexed from ``node``'s log (every log: None) and their cursors;
+        how many rows.  The store's own chain is not touched."""
 
     @abc.abstractmethod
     def last_seq_before(self, time: float) -> int:
@@ -385,11 +435,13 @@ def open_store(config: AuditConfig, state_dir: Path, *, create: bool = True) -> 
         from dbsentry.audit.pg_store import PostgresStore
 
         return PostgresStore(
-            config.resolve_dsn(), schema=config.pg_schema, fsync=config.durability != "write"
+            config.resolve_dsn(), schema=config.pg_schema, fsync=False
         )
     from dbsentry.audit.sqlite_store import SQLiteStore
 
     path = config.sqlite_path(state_dir)
     if not create and not path.exists():
         raise AuditStoreError(f"no audit database at {path}")
-    return SQLiteStore(path, fsync=config.durability != "write")
+    # The store is the search index of the audit logs: derived data, rebuilt from the
+    # logs by ``dbsentry audit reindex``, so its commits need not wait for the disk.
+    return SQLiteStore(path, fsync=False)

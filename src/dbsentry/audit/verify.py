@@ -1,6 +1,13 @@
-"""Checking the chain, and moving old records to an archive file without breaking it.
+"""Checking the chains, and moving old records to an archive without breaking them.
 
-``verify`` walks every stored record in seq order and every checkpoint:
+``verify_all`` (``audit verify``) checks the store's own chain (``verify``: the records
+written before the audit log existed), every node's log (``verify_log``: frames, segments,
+the chain from the node's genesis or its archive manifest, checkpoints signed for that
+node) and that the store's index rows agree with the logs.  ``archive`` moves the oldest
+records of the store's own chain to a JSONL file; ``archive_log`` moves a log's oldest
+sealed segments to an archive directory under a signed manifest.
+
+Each chain is walked in seq order with its checkpoints (``_Walk``):
 
 - a record whose payload does not give its hash was **changed** (if it gives it under a
   neighbouring seq, records were **removed** or **inserted** before it and the rest renumbered);
@@ -18,6 +25,8 @@ to the store could append forged ones there.  ``VerifyResult.unsigned_tail`` say
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import time as _time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -30,11 +39,24 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from dbsentry.audit.keys import Checkpoint, KeyRing, Signer
+from dbsentry.audit.log import (
+    FORMAT,
+    KIND_CHECKPOINT,
+    KIND_HEADER,
+    KIND_RECORD,
+    Frame,
+    genesis,
+    list_nodes,
+    list_segments,
+    parse_frames,
+    scan_segment,
+)
 from dbsentry.audit.records import canonical_json
 from dbsentry.audit.store import (
     GENESIS_HASH,
     AuditStore,
     ChainPoint,
+    EncodedRecord,
     StoredRecord,
     chain_hash,
     index_from_payload,
@@ -44,10 +66,16 @@ ProblemKind = Literal[
     "changed",
     "removed",
     "inserted",
+    "unreadable",
+    "segment",
     "checkpoint_signature",
     "checkpoint_unknown_key",
     "checkpoint_mismatch",
     "anchor_unsigned",
+    "index_changed",
+    "index_added",
+    "index_missing",
+    "unverifiable",
 ]
 
 _INDEX_NAMES = (
@@ -71,10 +99,16 @@ class Problem:
     kind: ProblemKind
     seq: int | None
     message: str
+    node: str | None = None  # a node's log (None: the store's own chain)
 
     def __str__(self) -> str:
-        where = f"record {self.seq}: " if self.seq is not None else ""
-        return f"{self.kind}: {where}{self.message}"
+        where = [f"node {self.node}"] if self.node is not None else []
+        if self.seq is not None:
+            where.append(f"record {self.seq}")
+        return f"{self.kind}: {' '.join(where)}{': ' if where else ''}{self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "node": self.node, "seq": self.seq, "message": self.message}
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,14 +134,23 @@ class VerifyResult:
         lines = [
             f"chain: {'INTACT' if self.ok else 'BROKEN'}",
             f"records: {self.records} (seq {span}, anchor {self.anchor_seq})",
-            f"checkpoints: {self.valid_checkpoints} of {self.checkpoints} valid, "
-            f"last signed seq {self.last_checkpoint_seq if self.last_checkpoint_seq is not None else 'none'}, "
-            f"{self.unsigned_tail} records after it",
+            self.checkpoint_line(),
+            *self.problem_lines(),
         ]
-        lines += [f"  {p}" for p in self.problems]
+        return "\n".join(lines)
+
+    def checkpoint_line(self) -> str:
+        last = self.last_checkpoint_seq if self.last_checkpoint_seq is not None else "none"
+        return (
+            f"checkpoints: {self.valid_checkpoints} of {self.checkpoints} valid, "
+            f"last signed seq {last}, {self.unsigned_tail} records after it"
+        )
+
+    def problem_lines(self) -> list[str]:
+        lines = [f"  {p}" for p in self.problems]
         if self.truncated_problems:
             lines.append("  ... (more problems not listed)")
-        return "\n".join(lines)
+        return lines
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -120,9 +163,7 @@ class VerifyResult:
             "valid_checkpoints": self.valid_checkpoints,
             "last_checkpoint_seq": self.last_checkpoint_seq,
             "unsigned_tail": self.unsigned_tail,
-            "problems": [
-                {"kind": p.kind, "seq": p.seq, "message": p.message} for p in self.problems
-            ],
+            "problems": [p.to_dict() for p in self.problems],
         }
 
 
@@ -134,10 +175,13 @@ class _Walk:
     max_problems: int
     problems: list[Problem] = field(default_factory=list)
     dropped: bool = False
+    node: str | None = None  # named in every problem
+    anchor_trusted: bool = False  # the anchor is vouched for elsewhere (a signed log manifest)
+    check_columns: bool = True  # compare the indexed columns with the payload (stored rows)
 
     def add(self, kind: ProblemKind, seq: int | None, message: str) -> None:
         if len(self.problems) < self.max_problems:
-            self.problems.append(Problem(kind, seq, message))
+            self.problems.append(Problem(kind, seq, message, self.node))
         else:
             self.dropped = True
 
@@ -150,7 +194,7 @@ class _Walk:
         anchor = self.anchor
         by_seq: dict[int, list[Checkpoint]] = {}
         valid_seqs: list[int] = []
-        anchor_signed = anchor.seq == 0
+        anchor_signed = anchor.seq == 0 or self.anchor_trusted
         for cp in self.checkpoints:
             status = self.ring.check(cp)
             if status == "unknown_key":
@@ -203,7 +247,7 @@ class _Walk:
                 )
                 explained = True
             elif r.seq < expected:
-                self.add("inserted", r.seq, "record out of sequence (duplicate seq)")
+                self.add("inserted", r.seq, "record out of sequence (a duplicate seq, or records reordered)")
                 explained = True
             if chain_hash(r.prev_hash, r.seq, r.payload) != r.hash:
                 delta = None
@@ -235,7 +279,10 @@ class _Walk:
                 else:
                     explained = True  # renumbered, already reported
             if r.prev_hash != prev_hash and not explained:
-                if prev2_hash is not None and r.prev_hash == prev2_hash:
+                if r.seq == anchor.seq + 1 and prev_hash == anchor.hash:
+                    start = "genesis" if anchor.seq == 0 else f"the anchor (seq {anchor.seq})"
+                    self.add("changed", r.seq, f"does not link to the chain's start ({start})")
+                elif prev2_hash is not None and r.prev_hash == prev2_hash:
                     self.add(
                         "inserted",
                         r.seq - 1,
@@ -247,17 +294,7 @@ class _Walk:
                         r.seq - 1,
                         f"replaced or changed and re-hashed: record {r.seq} links to a different hash",
                     )
-            try:
-                idx = index_from_payload(r.payload)
-                bad = [
-                    n
-                    for n, a, b in zip(
-                        _INDEX_NAMES, idx.index_tuple(), r.record.index_tuple(), strict=True
-                    )
-                    if a != b
-                ]
-            except ValueError:
-                bad = ["payload"]
+            bad = _column_differences(r) if self.check_columns else []
             if bad:
                 self.add(
                     "changed",
@@ -326,7 +363,20 @@ class _Walk:
         )
 
 
-_RECORD_KINDS = ("changed", "removed", "inserted")
+def _column_differences(r: StoredRecord) -> list[str]:
+    """The indexed columns of ``r`` that disagree with its payload."""
+    try:
+        idx = index_from_payload(r.payload)
+    except ValueError:
+        return ["payload"]
+    return [
+        n
+        for n, a, b in zip(_INDEX_NAMES, idx.index_tuple(), r.record.index_tuple(), strict=True)
+        if a != b
+    ]
+
+
+_RECORD_KINDS = ("changed", "removed", "inserted", "unreadable")
 
 
 def _problem_order(p: Problem) -> tuple[int, int]:
@@ -348,12 +398,14 @@ def verify(
     *,
     max_problems: int = 100,
 ) -> VerifyResult:
-    """Walk the whole stored chain and its checkpoints (streaming; memory ~ checkpoints)."""
+    """Walk the store's own chain (the records written before the audit log existed; rows
+    indexed from the logs are checked by :func:`verify_all`) and its checkpoints
+    (streaming; memory ~ checkpoints).  An empty chain is intact."""
     head_before = store.head()
     anchor = store.anchor()
     checkpoints = list(store.iter_checkpoints())
     walk = _Walk(anchor, checkpoints, _ring(public_keys), max_problems)
-    return walk.run(store.iter_records(after_seq=0), head_before, store.head)
+    return walk.run(store.iter_records(after_seq=0, legacy=True), head_before, store.head)
 
 
 def _replace_problems(result: VerifyResult, problems: tuple[Problem, ...]) -> VerifyResult:
@@ -428,7 +480,9 @@ def archive(
     if out_path.exists():
         raise ArchiveError(f"{out_path} exists; archives are never overwritten")
     anchor = store.anchor()
-    through = store.last_seq_before(ts)
+    # Only the store's own chain: rows indexed from the logs come after it (and are
+    # archived with their segments, see archive_log).
+    through = min(store.last_seq_before(ts), store.head().seq)
     if through <= anchor.seq:
         return None
     result = verify(store, [signer.public_key, *public_keys])
@@ -450,7 +504,7 @@ def archive(
                 "last_seq": through,
             },
         )
-        for r in store.iter_records(after_seq=anchor.seq, through_seq=through):
+        for r in store.iter_records(after_seq=anchor.seq, through_seq=through, legacy=True):
             line: dict[str, Any] = {
                 "kind": "record",
                 "seq": r.seq,
@@ -535,3 +589,890 @@ def verify_archive(
             result, tuple(sorted((*result.problems, extra), key=_problem_order))
         )
     return result
+
+
+# --- the nodes' audit logs --------------------------------------------------------------------
+
+MANIFEST_NAME = "archive-manifest.json"
+MANIFEST_FORMAT = "dbsentry-audit-log-archive/1"
+_SEAL_KINDS = ("seal", "close")  # a checkpoint that ends a segment the writer left
+_KIND_BYTES = frozenset((KIND_RECORD, KIND_CHECKPOINT, KIND_HEADER))
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivedSegment:
+    """One segment moved to the archive, as its node's manifest lists it."""
+
+    segment: int
+    first_seq: int
+    last_seq: int  # first_seq - 1 when it holds no record
+    last_hash: str  # the chain's hash at last_seq
+    sha256: str
+    bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "segment": self.segment,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "last_hash": self.last_hash,
+            "sha256": self.sha256,
+            "bytes": self.bytes,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class LogManifest:
+    """``<log_dir>/<node>/archive-manifest.json``: the segments archived so far and where
+    the live log starts (the last archived record), signed with the audit key."""
+
+    node: str
+    segments: tuple[ArchivedSegment, ...]
+    last_segment: int
+    last_seq: int
+    last_hash: str
+    time: float
+    archive_dir: str
+    key_id: str = ""
+    signature: str = ""
+
+    def body(self) -> bytes:
+        return canonical_json(
+            {
+                "format": MANIFEST_FORMAT,
+                "node": self.node,
+                "segments": [s.to_dict() for s in self.segments],
+                "last_segment": self.last_segment,
+                "last_seq": self.last_seq,
+                "last_hash": self.last_hash,
+                "time": self.time,
+                "archive_dir": self.archive_dir,
+            }
+        )
+
+    def checkpoint(self) -> Checkpoint:
+        """The signed statement: (last seq, SHA-256 of the body, time, ``archive-manifest:<node>``)."""
+        digest = hashlib.sha256(self.body()).hexdigest()
+        return Checkpoint(
+            self.last_seq, digest, self.time, f"archive-manifest:{self.node}", self.key_id, self.signature
+        )
+
+    def signed(self, signer: Signer) -> LogManifest:
+        cp = signer.sign(self.last_seq, hashlib.sha256(self.body()).hexdigest(), self.time, f"archive-manifest:{self.node}")
+        return dataclasses.replace(self, key_id=cp.key_id, signature=cp.signature)
+
+    def to_json(self) -> bytes:
+        data = orjson.loads(self.body())
+        data["key_id"] = self.key_id
+        data["signature"] = self.signature
+        return orjson.dumps(data, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
+
+
+def read_manifest(node_dir: Path) -> LogManifest | None:
+    """The node's archive manifest (None: nothing archived); ``ValueError`` if unreadable."""
+    path = Path(node_dir) / MANIFEST_NAME
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        d = orjson.loads(raw)
+        if not isinstance(d, dict) or d.get("format") != MANIFEST_FORMAT:
+            raise ValueError("not a dbsentry audit log archive manifest")
+        return LogManifest(
+            node=str(d["node"]),
+            segments=tuple(
+                ArchivedSegment(
+                    int(s["segment"]),
+                    int(s["first_seq"]),
+                    int(s["last_seq"]),
+                    str(s["last_hash"]),
+                    str(s["sha256"]),
+                    int(s["bytes"]),
+                )
+                for s in d["segments"]
+            ),
+            last_segment=int(d["last_segment"]),
+            last_seq=int(d["last_seq"]),
+            last_hash=str(d["last_hash"]),
+            time=float(d["time"]),
+            archive_dir=str(d.get("archive_dir", "")),
+            key_id=str(d["key_id"]),
+            signature=str(d["signature"]),
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+@dataclass(slots=True)
+class _Segment:
+    """What the first pass over a segment found (its records are read again by the walk)."""
+
+    number: int
+    path: Path
+    archived: bool
+    size: int = 0
+    header: dict[str, Any] | None = None
+    records: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    last_hash: str | None = None
+    # the last frame, when it is a checkpoint: (kind, seq)
+    end_checkpoint: tuple[str, int] | None = None
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    damage: list[tuple[int, str, int | None]] = field(default_factory=list)  # (offset, error, resumed at)
+    torn_tail: tuple[int, str] | None = None  # (offset, error): the end of the last segment
+
+
+def _read_frames(data: bytes, tolerate_tail: bool) -> tuple[list[Frame], list[tuple[int, str, int | None]], tuple[int, str] | None]:
+    """Every readable frame of a segment, reading on past damaged ones: (frames, damage,
+    torn tail).  A damaged stretch with no whole frame after it is, in the last segment
+    (``tolerate_tail``), a torn tail: a write in progress, or a crash the writer's next
+    start cuts off."""
+    frames: list[Frame] = []
+    damage: list[tuple[int, str, int | None]] = []
+    pos = 0
+    while True:
+        got, end, error = parse_frames(data, pos)
+        frames += got
+        if error is None:
+            return frames, damage, None
+        resume = _resync(data, end)
+        if resume is None and tolerate_tail:
+            return frames, damage, (end, error)
+        damage.append((end, error, resume))
+        if resume is None:
+            return frames, damage, None
+        pos = resume
+
+
+def _resync(data: bytes, pos: int) -> int | None:
+    """Where the first whole, valid frame after a damaged one at ``pos`` starts, if any."""
+    size = len(data)
+    if size - pos >= 5:  # first try the damaged frame's own length
+        end = pos + 5 + int.from_bytes(data[pos + 1 : pos + 5], "big") + 4
+        if end < size and parse_frames(data, end)[0]:
+            return end
+    for start in range(pos + 1, size - 8):
+        if data[start] in _KIND_BYTES and parse_frames(data, start)[0]:
+            return start
+    return None
+
+
+def _first_pass(node: str, number: int, path: Path, archived: bool, last: bool) -> _Segment:
+    seg = _Segment(number, path, archived)
+    data = path.read_bytes()
+    seg.size = len(data)
+    frames, seg.damage, seg.torn_tail = _read_frames(data, last and not archived)
+    if frames and frames[0].kind == KIND_HEADER:
+        seg.header = frames[0].meta
+    for f in frames:
+        if f.kind == KIND_RECORD:
+            seg.records += 1
+            seg.first_seq = f.seq if seg.first_seq is None else seg.first_seq
+            seg.last_seq, seg.last_hash = f.seq, f.hash.hex()
+        elif f.kind == KIND_CHECKPOINT:
+            seg.checkpoints.append(f.meta)
+    if frames and frames[-1].kind == KIND_CHECKPOINT:
+        meta = frames[-1].meta
+        if isinstance(meta.get("seq"), int):
+            seg.end_checkpoint = (str(meta.get("kind")), int(meta["seq"]))
+    return seg
+
+
+def _log_checkpoint(meta: dict[str, Any], node: str) -> Checkpoint | None:
+    """A checkpoint frame as the checkpoint its signature covers: the kind is signed as
+    ``<kind>:<node>``, with the node of the directory being verified, so a checkpoint
+    copied from another node's log does not verify."""
+    try:
+        return Checkpoint(
+            int(meta["seq"]),
+            str(meta["hash"]),
+            float(meta["time"]),
+            f"{meta['kind']}:{node}",
+            str(meta["key_id"]),
+            str(meta["signature"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _encoded(payload: bytes) -> EncodedRecord:
+    try:
+        return index_from_payload(payload)
+    except ValueError:
+        return EncodedRecord(payload, "", 0.0, "", None, None, None, None, None, None, None, None, ())
+
+
+@dataclass(slots=True)
+class IndexCheck:
+    """How the index's rows of one node compare with its log."""
+
+    rows: int = 0
+    agree: int = 0
+    cursor: int = 0
+    not_indexed: int = 0  # log records past the cursor: not indexed yet
+    archived_rows: int = 0  # rows of archived records (their segments are not here)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "agree": self.agree,
+            "cursor": self.cursor,
+            "not_indexed": self.not_indexed,
+            "archived_rows": self.archived_rows,
+        }
+
+
+class _IndexCompare:
+    """Compares a node's index rows (in node_seq order) with its log records as the walk
+    reads them."""
+
+    def __init__(self, store: AuditStore, node: str, walk: _Walk, anchor_seq: int) -> None:
+        self.walk = walk
+        self.check = IndexCheck(cursor=store.index_cursor(node))
+        self._rows = store.iter_index(node)
+        self._anchor_seq = anchor_seq
+        self._row: StoredRecord | None = None
+        self._done = False
+        self._advance()
+
+    def _advance(self) -> None:
+        self._row = next(self._rows, None)
+        if self._row is not None:
+            self.check.rows += 1
+
+    def _seq(self, row: StoredRecord) -> int:
+        return row.node_seq if row.node_seq is not None else 0
+
+    def see(self, rec: StoredRecord) -> None:
+        """The next log record (in order)."""
+        row = self._row
+        while row is not None and self._seq(row) < rec.seq:
+            self._no_record(row)
+            self._advance()
+            row = self._row
+        if row is not None and self._seq(row) == rec.seq:
+            self._compare(row, rec)
+            self._advance()
+        elif rec.seq <= self.check.cursor:
+            self.walk.add("index_missing", rec.seq, "the log has this record but the index has no row for it")
+        else:
+            self.check.not_indexed += 1
+
+    def _no_record(self, row: StoredRecord) -> None:
+        seq = self._seq(row)
+        if seq <= self._anchor_seq:
+            self.check.archived_rows += 1
+        else:
+            self.walk.add("index_added", seq, "the index has a row the log does not have (added to the index, or removed from the log)")
+
+    def _compare(self, row: StoredRecord, rec: StoredRecord) -> None:
+        diff = [n for n, a, b in (("payload", row.payload, rec.payload), ("hash", row.hash, rec.hash), ("prev_hash", row.prev_hash, rec.prev_hash)) if a != b]
+        if not diff:
+            diff = [
+                n
+                for n, a, b in zip(_INDEX_NAMES, row.record.index_tuple(), rec.record.index_tuple(), strict=True)
+                if a != b
+            ]
+        if diff:
+            self.walk.add("index_changed", rec.seq, f"the index row differs from the log ({', '.join(diff)})")
+        else:
+            self.check.agree += 1
+
+    def finish(self, end: StoredRecord | None, end_seq: int) -> None:
+        """After the log's last record (``end``, seq ``end_seq``): rows beyond it."""
+        rows: list[StoredRecord] = []
+        while self._row is not None:
+            if self._seq(self._row) <= self._anchor_seq:
+                self.check.archived_rows += 1
+            else:
+                if len(rows) < 2:
+                    rows.append(self._row)
+                extra = self._row
+            self._advance()
+        if not rows:
+            return
+        first = rows[0]
+        n = self._seq(extra) - self._seq(first) + 1
+        # Rows that continue the log's chain: the log's tail was cut.
+        links = (
+            self._seq(first) == end_seq + 1
+            and (end is None or first.prev_hash == end.hash)
+            and chain_hash(first.prev_hash, self._seq(first), first.payload) == first.hash
+        )
+        if links:
+            self.walk.add(
+                "removed",
+                end_seq + 1,
+                f"the log ends at seq {end_seq} but the index holds records {end_seq + 1}..{self._seq(extra)} "
+                "that continue its chain: the log's tail was cut",
+            )
+        else:
+            self.walk.add(
+                "index_added",
+                self._seq(first),
+                f"the index has {n if n > 1 else 'a'} row{'s' if n > 1 else ''} beyond the log's end (seq {end_seq}) that do not continue its chain",
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class LogResult:
+    """The verification of one node's log (and of the index's rows of it)."""
+
+    node: str
+    chain: VerifyResult  # its problems are every problem found for this node
+    segments: tuple[int, ...]  # the segments read, in order (archived ones too, with --archive-dir)
+    archived_segments: int  # segments the manifest says were archived
+    index: IndexCheck | None
+    info: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.chain.ok
+
+    @property
+    def problems(self) -> tuple[Problem, ...]:
+        return self.chain.problems
+
+    @property
+    def verified_through(self) -> int:
+        """The last seq before the first problem: the records up to it are verified."""
+        return verified_through(self.chain)
+
+    def describe(self) -> str:
+        c = self.chain
+        span = f"seq {c.first_seq}..{c.last_seq}" if c.records else "none"
+        segs = (
+            f"segment{'s' if len(self.segments) > 1 else ''} {self.segments[0]}..{self.segments[-1]}"
+            if self.segments
+            else "no segments"
+        )
+        lines = [
+            f"node {self.node} chain: {'INTACT' if self.ok else 'BROKEN'}",
+            f"  records: {c.records} ({span}, anchor {c.anchor_seq}), {segs}"
+            + (f", {self.archived_segments} archived" if self.archived_segments else ""),
+            f"  {c.checkpoint_line()}",
+        ]
+        if self.index is not None:
+            i = self.index
+            more = [f"cursor {i.cursor}"]
+            if i.not_indexed:
+                more.append(f"{i.not_indexed} records not indexed yet")
+            if i.archived_rows:
+                more.append(f"{i.archived_rows} rows of archived records not checked")
+            lines.append(f"  index: {i.agree} of {i.rows} rows agree with the log ({', '.join(more)})")
+        lines += [f"  note: {n}" for n in self.info]
+        return "\n".join(lines + c.problem_lines())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "ok": self.ok,
+            "verified_through": self.verified_through,
+            "segments": list(self.segments),
+            "archived_segments": self.archived_segments,
+            "chain": self.chain.to_dict(),
+            "index": self.index.to_dict() if self.index is not None else None,
+            "info": list(self.info),
+            "problems": [p.to_dict() for p in self.problems],
+        }
+
+
+def verified_through(result: VerifyResult) -> int:
+    """The last seq of ``result``'s chain before its first problem (records up to it are
+    verified)."""
+    seqs = [p.seq for p in result.problems if p.seq is not None]
+    if result.truncated_problems or len(seqs) < len(result.problems):
+        return result.anchor_seq  # too many problems to know the first, or one without a seq
+    if seqs:
+        return max(result.anchor_seq, min(seqs) - 1)
+    return result.last_seq if result.last_seq is not None else result.anchor_seq
+
+
+def _node_segments(node_dir: Path, archive_dir: Path | None, manifest: LogManifest | None) -> tuple[list[tuple[int, Path, bool]], list[str]]:
+    """The segments to walk, in order: (number, path, archived), and notes."""
+    notes: list[str] = []
+    live = list_segments(node_dir)
+    if archive_dir is not None:
+        archived = list_segments(archive_dir / node_dir.name)
+        top = archived[-1][0] if archived else 0
+        if manifest is not None:
+            top = max(top, manifest.last_segment)
+        out = [(n, p, True) for n, p in archived]
+        for n, p in live:
+            if n > top:
+                out.append((n, p, False))
+            else:
+                notes.append(f"segment {n} is archived but still in the log directory (read from the archive)")
+        return out, notes
+    if manifest is not None:
+        for n, _ in live:
+            if n <= manifest.last_segment:
+                notes.append(f"segment {n} is archived but still in the log directory (not read)")
+        live = [(n, p) for n, p in live if n > manifest.last_segment]
+    return [(n, p, False) for n, p in live], notes
+
+
+def verify_log(
+    log_dir: Path,
+    node: str,
+    public_keys: Ed25519PublicKey | Sequence[Ed25519PublicKey] | KeyRing,
+    *,
+    store: AuditStore | None = None,
+    archive_dir: Path | None = None,
+    max_problems: int = 100,
+) -> LogResult:
+    """Check ``node``'s log under ``log_dir``: its frames, segments, hash chain and signed
+    checkpoints, and, with ``store``, that the index's rows of it agree with it.
+
+    The chain starts at ``genesis(node)``, or where the signed archive manifest says the
+    archived segments end; with ``archive_dir`` the archived segments
+    (``<archive_dir>/<node>/``) are read too, from genesis.  Streaming: the segments are
+    read twice (their structure and checkpoints, then the records), one at a time.
+    """
+    ring = _ring(public_keys)
+    node_dir = Path(log_dir) / node
+    notes: list[str] = []
+    early: list[tuple[ProblemKind, int | None, str]] = []
+    manifest: LogManifest | None = None
+    try:
+        manifest = read_manifest(node_dir)
+    except ValueError as err:
+        early.append(("anchor_unsigned", None, f"the archive manifest cannot be read: {err}"))
+    anchor = ChainPoint(0, genesis(node))
+    first_segment = 1
+    if manifest is not None:
+        status = ring.check(manifest.checkpoint()) if manifest.node == node else "bad_signature"
+        if status != "ok":
+            why = "is signed by an unknown key" if status == "unknown_key" else "signature does not verify"
+            early.append(("anchor_unsigned", manifest.last_seq, f"the archive manifest {why}: where the log starts is not vouched for"))
+        if archive_dir is None:
+            anchor = ChainPoint(manifest.last_seq, manifest.last_hash)
+            first_segment = manifest.last_segment + 1
+    segments, more_notes = _node_segments(node_dir, archive_dir, manifest)
+    notes += more_notes
+    if archive_dir is not None and manifest is not None:
+        listed = {s.segment: s for s in manifest.segments}
+        for number, path, archived in segments:
+            entry = listed.get(number)
+            if archived and entry is not None and _sha256_file(path) != entry.sha256:
+                early.append(("changed", entry.first_seq, f"archived segment {number} is not the file the manifest lists (SHA-256 differs)"))
+    for p in sorted(node_dir.glob("*.seg.torn-*")) if node_dir.is_dir() else []:
+        notes.append(f"{p.name}: {p.stat().st_size} bytes of a torn write, cut off when the proxy restarted after a crash")
+
+    # Pass 1: structure and checkpoints.
+    scans: list[_Segment] = []
+    for i, (number, path, archived) in enumerate(segments):
+        scans.append(_first_pass(node, number, path, archived, i == len(segments) - 1))
+    checkpoints: list[Checkpoint] = []
+    for s in scans:
+        for meta in s.checkpoints:
+            cp = _log_checkpoint(meta, node)
+            if cp is None:
+                early.append(("checkpoint_signature", None, f"segment {s.number}: a checkpoint frame without its fields"))
+                continue
+            if meta.get("node") != node:
+                early.append(("checkpoint_mismatch", cp.seq, f"segment {s.number}: a checkpoint names node {meta.get('node')!r}"))
+            checkpoints.append(cp)
+    walk = _Walk(anchor, checkpoints, ring, max_problems, node=node, anchor_trusted=True, check_columns=False)
+    for kind, seq, message in early:
+        walk.add(kind, seq, message)
+    _check_structure(
+        walk,
+        node,
+        scans,
+        anchor,
+        first_segment,
+        manifest if archive_dir is None else None,
+        notes,
+        f"neither in the log nor in {archive_dir / node}" if archive_dir is not None else None,
+    )
+
+    # Pass 2: the records, through the walk (and the index comparison).
+    compare = _IndexCompare(store, node, walk, anchor.seq) if store is not None else None
+    manifest_end = manifest if archive_dir is not None else None
+
+    def records() -> Iterator[StoredRecord]:
+        last: StoredRecord | None = None
+        for s in scans:
+            frames, _, _ = _read_frames(s.path.read_bytes(), s.torn_tail is not None)
+            for f in frames:
+                if f.kind != KIND_RECORD:
+                    continue
+                rec = StoredRecord(f.seq, f.prev_hash.hex(), f.hash.hex(), _encoded(f.payload), node, f.seq)
+                if not rec.record.id:
+                    walk.add("changed", f.seq, "the payload is not a record (not a JSON object)")
+                if manifest_end is not None and f.seq == manifest_end.last_seq and rec.hash != manifest_end.last_hash:
+                    walk.add("checkpoint_mismatch", f.seq, "the archive manifest names a different hash for this record")
+                if compare is not None:
+                    compare.see(rec)
+                last = rec
+                yield rec
+        if compare is not None:
+            compare.finish(last, last.seq if last is not None else anchor.seq)
+
+    chain = walk.run(records(), None, None)
+    return LogResult(
+        node=node,
+        chain=chain,
+        segments=tuple(s.number for s in scans),
+        archived_segments=len(manifest.segments) if manifest is not None else 0,
+        index=compare.check if compare is not None else None,
+        info=tuple(notes),
+    )
+
+
+def _check_structure(
+    walk: _Walk,
+    node: str,
+    scans: Sequence[_Segment],
+    anchor: ChainPoint,
+    first_segment: int,
+    manifest: LogManifest | None,
+    notes: list[str],
+    coverage: str | None = None,
+) -> None:
+    """Segment numbers, headers continuing each other, seals, damaged frames."""
+    seq, last_hash = anchor.seq, anchor.hash
+    expected = first_segment
+    if not scans:
+        walk.add("removed", anchor.seq + 1, "the log has no segments")
+        return
+    for i, s in enumerate(scans):
+        is_last = i == len(scans) - 1
+        where = f"segment {s.number}"
+        gap = s.number != expected
+        if gap:
+            missing = f"{expected}..{s.number - 1}" if s.number - 1 > expected else str(expected)
+            cover = (
+                coverage
+                if coverage is not None
+                else "no archive manifest covers them"
+                if manifest is None
+                else f"the archive manifest ends at segment {manifest.last_segment}"
+            )
+            walk.add("removed", seq + 1, f"segment{'s' if s.number - 1 > expected else ''} {missing} missing ({cover})")
+        h = s.header
+        if h is None:
+            walk.add("segment", seq + 1, f"{where} has no header")
+        else:
+            if h.get("format") != FORMAT:
+                walk.add("segment", seq + 1, f"{where}: unknown format {h.get('format')!r}")
+            if h.get("node") != node:
+                walk.add("segment", seq + 1, f"{where} belongs to node {h.get('node')!r}, not {node!r}")
+            if h.get("segment") != s.number:
+                walk.add("segment", seq + 1, f"{where}: its header says it is segment {h.get('segment')!r}")
+            if not gap and (h.get("first_seq") != seq + 1 or h.get("prev_hash") != last_hash):
+                walk.add(
+                    "segment",
+                    seq + 1,
+                    f"{where}'s header does not continue the chain (first seq {h.get('first_seq')!r}, expected {seq + 1})",
+                )
+        for offset, error, resumed in s.damage:
+            lost = f"read on at offset {resumed}" if resumed is not None else "the rest of the segment cannot be read"
+            after = s.last_seq if s.last_seq is not None else seq
+            walk.add("unreadable", _seq_at(s, offset, seq), f"{where}: {error} ({lost}; last readable record {after})")
+        if s.torn_tail is not None:
+            offset, error = s.torn_tail
+            notes.append(
+                f"{where}: {error}; its last {s.size - offset} bytes are not a whole frame: a write in progress, "
+                "or a crash (the next start cuts them off and keeps them as .torn-<time>)"
+            )
+        if s.last_seq is not None and s.last_hash is not None:
+            seq, last_hash = s.last_seq, s.last_hash
+        end = s.end_checkpoint
+        if is_last:
+            if end is not None and end[0] == "seal" and not s.archived:
+                walk.add("removed", seq + 1, f"{where} is sealed but segment {s.number + 1}, which must follow it, is missing")
+            elif end is None or end[1] != seq:
+                notes.append(
+                    "the log does not end with a checkpoint on its last record: the proxy is running, or was "
+                    "killed, or its end was cut off (index rows beyond the end would show that)"
+                )
+        elif end is None or end[0] not in _SEAL_KINDS or end[1] != seq:
+            notes.append(
+                f"{where} ends without a checkpoint on its last record (the proxy was killed, crashed or "
+                "could not write; the next segment continues the chain)"
+            )
+        expected = s.number + 1
+
+
+def _seq_at(s: _Segment, offset: int, before: int) -> int:
+    """The seq of the record a damaged frame at ``offset`` most likely held: one after
+    the last readable record before it."""
+    data = s.path.read_bytes()[:offset]
+    frames, _, _ = _read_frames(data, True)
+    seqs = [f.seq for f in frames if f.kind == KIND_RECORD]
+    return (seqs[-1] if seqs else before) + 1
+
+
+@dataclass(frozen=True, slots=True)
+class AuditVerification:
+    """``audit verify``: the store's own (legacy) chain, every node's log, and the index."""
+
+    legacy: VerifyResult | None
+    nodes: tuple[LogResult, ...]
+    unverifiable: tuple[Problem, ...] = ()  # index rows of nodes whose logs are not here
+
+    @property
+    def ok(self) -> bool:
+        return (self.legacy is None or self.legacy.ok) and all(n.ok for n in self.nodes) and not self.unverifiable
+
+    @property
+    def problems(self) -> tuple[Problem, ...]:
+        out: list[Problem] = list(self.legacy.problems) if self.legacy is not None else []
+        for n in self.nodes:
+            out += n.problems
+        return (*out, *self.unverifiable)
+
+    @property
+    def first_problem(self) -> Problem | None:
+        if self.legacy is not None and not self.legacy.ok:
+            return self.legacy.first_problem or Problem("changed", None, "too many problems")
+        for n in self.nodes:
+            if not n.ok:
+                return n.chain.first_problem or Problem("changed", None, "too many problems", n.node)
+        return self.unverifiable[0] if self.unverifiable else None
+
+    def legacy_through(self) -> int:
+        """The store's own chain is verified up to this seq."""
+        return verified_through(self.legacy) if self.legacy is not None else 0
+
+    def node_ranges(self) -> dict[str, tuple[int, int]]:
+        """Each node's verified records: seq in (first, last] (nodes not listed: not
+        verified; records before ``first`` were archived and not read)."""
+        return {n.node: (n.chain.anchor_seq, n.verified_through) for n in self.nodes}
+
+    def describe(self) -> str:
+        blocks: list[str] = []
+        lg = self.legacy
+        if lg is not None and (lg.records or lg.anchor_seq or lg.checkpoints or not lg.ok):
+            text = lg.describe().replace("chain: ", "legacy chain (the audit store's records from before the log): ", 1)
+            blocks.append(text)
+        elif lg is not None:
+            blocks.append("legacy chain (the audit store's records from before the log): none")
+        blocks += [n.describe() for n in self.nodes]
+        if not self.nodes:
+            blocks.append("node logs: none")
+        if self.unverifiable:
+            blocks.append("index rows that cannot be checked:\n" + "\n".join(f"  {p}" for p in self.unverifiable))
+        return "\n".join(blocks)
+
+    def chains(self) -> list[tuple[str, VerifyResult]]:
+        """(name, result) of every chain: the store's own (if it has records), each node's."""
+        out = [(f"node {n.node}", n.chain) for n in self.nodes]
+        lg = self.legacy
+        if lg is not None and (lg.records or lg.anchor_seq or not lg.ok):
+            out.insert(0, ("store (before the log)", lg))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        first = self.first_problem
+        chains = self.chains()
+        return {
+            "ok": self.ok,
+            "records": sum(c.records for _, c in chains),
+            "checkpoints": sum(c.checkpoints for _, c in chains),
+            "valid_checkpoints": sum(c.valid_checkpoints for _, c in chains),
+            "unsigned_tail": sum(c.unsigned_tail for _, c in chains),
+            "chains": [
+                {
+                    "name": name,
+                    "ok": c.ok,
+                    "records": c.records,
+                    "first_seq": c.first_seq,
+                    "last_seq": c.last_seq,
+                    "last_checkpoint_seq": c.last_checkpoint_seq,
+                }
+                for name, c in chains
+            ],
+            "legacy": self.legacy.to_dict() if self.legacy is not None else None,
+            "nodes": [n.to_dict() for n in self.nodes],
+            "unverifiable": [p.to_dict() for p in self.unverifiable],
+            "first_problem": first.to_dict() if first is not None else None,
+            "problems": [p.to_dict() for p in self.problems],
+        }
+
+
+def log_nodes(log_dir: Path) -> list[str]:
+    """The nodes with a log (segments, or an archive manifest) under ``log_dir``."""
+    log_dir = Path(log_dir)
+    found = set(list_nodes(log_dir))
+    if log_dir.is_dir():
+        found |= {p.name for p in log_dir.iterdir() if (p / MANIFEST_NAME).is_file()}
+    return sorted(found)
+
+
+def verify_all(
+    store: AuditStore | None,
+    log_dir: Path,
+    public_keys: Ed25519PublicKey | Sequence[Ed25519PublicKey] | KeyRing,
+    *,
+    archive_dir: Path | None = None,
+    max_problems: int = 100,
+) -> AuditVerification:
+    """Verify the store's own chain, every node's log under ``log_dir``, and that the
+    store's index rows agree with the logs."""
+    ring = _ring(public_keys)
+    legacy = verify(store, ring, max_problems=max_problems) if store is not None else None
+    nodes = log_nodes(log_dir)
+    results = tuple(
+        verify_log(log_dir, n, ring, store=store, archive_dir=archive_dir, max_problems=max_problems) for n in nodes
+    )
+    orphans: list[Problem] = []
+    if store is not None:
+        for n in store.index_nodes():
+            if n in nodes:
+                continue
+            count = sum(1 for _ in store.iter_index(n))
+            if count:
+                orphans.append(
+                    Problem(
+                        "unverifiable",
+                        None,
+                        f"{count} index row{'s' if count > 1 else ''} of node {n}, whose log is not under {log_dir}: "
+                        "they cannot be checked (copy that node's log directory there)",
+                        n,
+                    )
+                )
+    return AuditVerification(legacy, results, tuple(orphans))
+
+
+# --- archiving a node's sealed segments ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LogArchiveResult:
+    node: str
+    archive_dir: Path
+    segments: tuple[ArchivedSegment, ...]  # archived by this call
+    manifest: LogManifest
+
+    @property
+    def records(self) -> int:
+        return sum(s.last_seq - s.first_seq + 1 for s in self.segments)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _copy_durably(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` (a new file, or an identical one already there), fsync'd."""
+    if dst.exists():
+        if _sha256_file(dst) != _sha256_file(src):
+            raise ArchiveError(f"{dst} exists and differs; archives are never overwritten")
+        return
+    tmp = dst.with_name(dst.name + ".partial")
+    with open(src, "rb") as fin, open(tmp, "wb") as fout:
+        for block in iter(lambda: fin.read(1 << 20), b""):
+            fout.write(block)
+        fout.flush()
+        os.fsync(fout.fileno())
+    os.replace(tmp, dst)
+
+
+def archive_log(
+    log_dir: Path,
+    node: str,
+    before: datetime | float,
+    out_dir: Path,
+    signer: Signer,
+    *,
+    public_keys: Sequence[Ed25519PublicKey] = (),
+    indexed_through: int | None = None,
+) -> LogArchiveResult | None:
+    """Move ``node``'s oldest segments whose records are all older than ``before`` to
+    ``<out_dir>/<node>/`` and list them in the node's signed archive manifest.
+
+    Only whole segments the writer has left (every one but the last) are moved, oldest
+    first, and none after a segment that must stay; with ``indexed_through`` (the index's
+    cursor for the node) only segments the index has caught up with.  The log is verified
+    first: nothing is archived from a broken chain.  The copies are fsync'd, then the
+    manifest is written (the anchor the remaining log verifies from), then the segments
+    are removed from the log directory.  None when there is nothing to archive.
+    """
+    ts = before.timestamp() if isinstance(before, datetime) else float(before)
+    node_dir = Path(log_dir) / node
+    ring = [signer.public_key, *public_keys]
+    checked = verify_log(log_dir, node, ring)
+    if not checked.ok:
+        raise ArchiveError(f"node {node}'s log does not verify, nothing archived: {checked.chain.first_problem}")
+    manifest = read_manifest(node_dir)
+    done_through = manifest.last_segment if manifest is not None else 0
+    if manifest is not None:
+        _remove_leftovers(node_dir, manifest)
+    live = [(n, p) for n, p in list_segments(node_dir) if n > done_through]
+    seq = manifest.last_seq if manifest is not None else 0
+    last_hash = manifest.last_hash if manifest is not None else genesis(node)
+    chosen: list[tuple[Path, ArchivedSegment]] = []
+    for number, path in live[:-1]:
+        first, records, newest = seq + 1, 0, 0.0
+        for f in scan_segment(path, number).records:
+            records += 1
+            seq, last_hash = f.seq, f.hash.hex()
+            newest = max(newest, _record_time(f.payload))
+        if records and (newest >= ts or (indexed_through is not None and seq > indexed_through)):
+            break
+        chosen.append((path, ArchivedSegment(number, first, seq, last_hash, _sha256_file(path), path.stat().st_size)))
+    if not chosen:
+        return None
+    target = Path(out_dir) / node
+    target.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for path, _ in chosen:
+        _copy_durably(path, target / path.name)
+    _fsync_dir(target)
+    end = chosen[-1][1]
+    new = LogManifest(
+        node=node,
+        segments=(*(manifest.segments if manifest is not None else ()), *(a for _, a in chosen)),
+        last_segment=end.segment,
+        last_seq=end.last_seq,
+        last_hash=end.last_hash,
+        time=_time.time(),
+        archive_dir=str(target),
+    ).signed(signer)
+    tmp = node_dir / (MANIFEST_NAME + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(new.to_json())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, node_dir / MANIFEST_NAME)
+    _fsync_dir(node_dir)
+    for path, _ in chosen:
+        path.unlink()
+    _fsync_dir(node_dir)
+    return LogArchiveResult(node, target, tuple(a for _, a in chosen), new)
+
+
+def _remove_leftovers(node_dir: Path, manifest: LogManifest) -> None:
+    """Segments an interrupted archive listed and copied but did not remove yet."""
+    listed = {a.segment: a for a in manifest.segments}
+    for number, path in list_segments(node_dir):
+        entry = listed.get(number)
+        copy = Path(manifest.archive_dir) / path.name
+        if entry is None or not copy.is_file():
+            continue
+        if _sha256_file(copy) == entry.sha256 == _sha256_file(path):
+            path.unlink()
+
+
+def _record_time(payload: bytes) -> float:
+    try:
+        value = orjson.loads(payload).get("time", 0.0)
+        return float(value) if isinstance(value, int | float) else float("inf")
+    except (orjson.JSONDecodeError, AttributeError):
+        return float("inf")  # not a record: never older than anything

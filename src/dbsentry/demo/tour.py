@@ -20,7 +20,8 @@ import psycopg
 
 from dbsentry.approvals import Approvals, open_approval_store
 from dbsentry.approvals.audit import append_records
-from dbsentry.audit import ApprovalRecord, VerifyResult, open_store, verify
+from dbsentry.audit import ApprovalRecord, AuditVerification, open_store, verify_all
+from dbsentry.audit.index import catch_up_all
 from dbsentry.audit.keys import (
     Signer,
     load_or_create_signing_key,
@@ -212,10 +213,9 @@ class Tour:
         if reviewer is None:
             raise TourFailed("the DBA's token is not valid")
         store = open_approval_store(config.audit, config.state_dir)
-        audit_store = open_store(config.audit, config.state_dir)
 
         def sink(record: ApprovalRecord) -> None:
-            append_records(audit_store, [record])
+            append_records(config.audit, config.state_dir, [record])
 
         try:
             service = Approvals(config.approvals, store, audit=sink)
@@ -224,7 +224,6 @@ class Tour:
             )
         finally:
             store.close()
-            audit_store.close()
         if result.request.status != "approved":
             raise TourFailed(f"{request_id} is {result.request.status} after the DBA's approval")
 
@@ -240,11 +239,13 @@ class Tour:
         keys.extend(load_public_key(p) for p in acfg.trusted_public_keys)
         return keys
 
-    def _verify(self) -> VerifyResult:
+    def _verify(self) -> AuditVerification:
+        """What ``audit verify`` checks: every node's log, and the index against them."""
         config = self.loaded.config
         store = open_store(config.audit, config.state_dir, create=False)
         try:
-            return verify(store, self._public_keys())
+            catch_up_all(store, config.audit.log_path(config.state_dir))
+            return verify_all(store, config.audit.log_path(config.state_dir), self._public_keys())
         finally:
             store.close()
 
@@ -253,16 +254,20 @@ class Tour:
         if not result.ok:
             raise TourFailed(f"the audit chain is broken: {result.first_problem}")
         acfg = self.loaded.config.audit
+        records = sum(n.chain.records for n in result.nodes)
+        checkpoints = sum(n.chain.checkpoints for n in result.nodes)
+        valid = sum(n.chain.valid_checkpoints for n in result.nodes)
         signed = (
-            f"{result.valid_checkpoints} of {result.checkpoints} signed checkpoints valid"
-            if result.checkpoints
+            f"{valid} of {checkpoints} signed checkpoints valid"
+            if checkpoints
             else (
                 f"no signed checkpoint yet (one is signed every {acfg.checkpoint_every} records "
                 f"or {acfg.checkpoint_seconds:g}s)"
             )
         )
+        logs = len(result.nodes)
         return [
-            f"{result.records} records, chain intact; {signed}",
+            f"{records} records in {logs} log{'s' if logs != 1 else ''}, every chain intact, the index agrees; {signed}",
             f"(what `{dbsentry_command()} audit verify -c {path_arg(self.workspace.config_path)}`"
             " checks)",
         ]

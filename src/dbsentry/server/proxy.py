@@ -23,8 +23,8 @@ from dbsentry import metrics
 from dbsentry.approvals import Approvals, ApprovalStoreError
 from dbsentry.approvals.model import ApprovalRequest, statement_key
 from dbsentry.approvals.service import Gate
+from dbsentry.audit.appender import AuditLog, AuditUnavailable, resolves
 from dbsentry.audit.records import CompletionRecord, Record, SessionEvent, StatementRecord
-from dbsentry.audit.writer import AuditUnavailable, AuditWriter
 from dbsentry.config import Config, ConfigError, ConnectionConfig
 from dbsentry.governance.admission import approvals_by_record, stamp_approved
 from dbsentry.identity.model import Identity
@@ -34,6 +34,7 @@ from dbsentry.server import tls
 from dbsentry.server.catalogs import CatalogError, CatalogLoader
 from dbsentry.session import commands as c
 from dbsentry.session.governance import Governor
+from dbsentry.session.hold import ResultHold
 from dbsentry.session.pg import ClientInfo, Session
 from dbsentry.session.server_params import ServerParams
 from dbsentry.session.upstream import UpstreamHandshake, UpstreamReady
@@ -57,7 +58,7 @@ class ProxyServer:
         config: Config,
         authenticator: Authenticator,
         governor: Governor | None = None,
-        audit_writer: AuditWriter | None = None,
+        audit_writer: AuditLog | None = None,
         catalogs: CatalogLoader | None = None,
         approvals: Approvals | None = None,
         *,
@@ -67,6 +68,8 @@ class ProxyServer:
         self.config = config
         self.governor = governor
         self.audit_writer = audit_writer
+        # audit.durability "effect": what a statement produces waits for its record
+        self.hold_results = audit_writer is not None and audit_writer.durability == "effect"
         self.catalogs = catalogs
         self.authenticator = authenticator
         self.auth_needs_io = auth_needs_io
@@ -140,10 +143,11 @@ _NO_GATE: deque[_GateEntry] = deque(maxlen=0)
 class _GateEntry:
     """Client chunks waiting for their audit records to commit, in arrival order."""
 
-    __slots__ = ("after", "cancel", "cmd", "done", "ok", "refusal")
+    __slots__ = ("after", "cancel", "cmd", "done", "last", "ok", "refusal")
 
     def __init__(self, cmd: c.AuditGate) -> None:
         self.cmd = cmd
+        self.last = 0  # the seq of its last record in the audit log
         self.after: list[c.Command] = []
         self.done = False
         self.ok = False
@@ -159,6 +163,7 @@ class ClientConnection(asyncio.Protocol):
         "_backend",
         "_gate",
         "_grants_for",
+        "_hold_results",
         "_timer",
         "_wait",
         "address",
@@ -178,6 +183,8 @@ class ClientConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._wait: asyncio.TimerHandle | None = None  # waiting for another session's login
         self._gate: deque[_GateEntry] = _NO_GATE
+        # audit.durability "effect": client-bound commands wait for the session's records
+        self._hold_results: ResultHold[c.SendClient | c.CloseClient] | None = None
         self._grants_for: str | None = None
         self._backend: tuple[str, int] | None = None  # (connection, upstream backend pid)
         self.session: Session
@@ -235,7 +242,8 @@ class ClientConnection(asyncio.Protocol):
             self.upstream.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.upstream is not None and self.upstream.transport is not None:
+        held = self._hold_results is not None and self._hold_results.held is not None
+        if self.upstream is not None and self.upstream.transport is not None and not held:
             self.upstream.transport.resume_reading()
 
     # ------------------------------------------------------------------ commands
@@ -259,15 +267,21 @@ class ClientConnection(asyncio.Protocol):
                 if up is not None and up.transport is not None and not up.transport.is_closing():
                     up.transport.write(data)
             case c.SendClient(data=data):
+                hold = self._hold_results
+                if hold is not None and hold.must_hold(self._durable_seq()):
+                    self._hold(cmd)
                 # (a transport closing already, say after a start-up timeout, refuses writes)
-                if not self.closed and self.transport is not None and not self.transport.is_closing():
+                elif not self.closed and self.transport is not None and not self.transport.is_closing():
                     self.transport.write(data)
             case c.Log():
                 log.log(cmd.level, cmd.event, extra={"fields": {"session": self.session.session_id, **cmd.fields}})
                 if cmd.event == "session.refused" and str(cmd.fields.get("sqlstate", "")).startswith("28"):
                     metrics.login_failed("password" if cmd.fields["sqlstate"] == "28P01" else "refused")
             case c.CloseClient():
-                self._close_client()
+                if self._hold_results is not None and self._hold_results.held is not None:
+                    self._hold(cmd)
+                else:
+                    self._close_client()
             case c.CloseUpstream():
                 self._close_upstream()
             case c.StartClientTLS():
@@ -351,12 +365,64 @@ class ClientConnection(asyncio.Protocol):
         if cmd.approvals or writer is None:
             spawn(self._commit(entry), name="audit-commit")
             return
-        # The hot path: no task per statement; the writer calls back once committed.
-        writer.submit(cmd.records, functools.partial(self._committed, entry))
+        # The hot path: no task per statement; the log calls back once written (or durable).
+        entry.last = writer.submit(cmd.records, functools.partial(self._committed, entry), durable=cmd.durable)
+
+    def _held_by(self, seq: int) -> None:
+        hold = self._hold_results
+        if hold is None:
+            hold = self._hold_results = ResultHold()
+        hold.statement(seq)
+
+    # ------------------------------------------------------------------ effect durability
+
+    def _durable_seq(self) -> int:
+        writer = self.proxy.audit_writer
+        return writer.durable_seq if writer is not None else 0
+
+    def _hold(self, cmd: c.SendClient | c.CloseClient) -> None:
+        """Keep ``cmd`` until the log is durable up to this session's last statement record
+        (nothing a statement produced leaves before its record is durable)."""
+        hold = self._hold_results
+        writer = self.proxy.audit_writer
+        assert hold is not None and writer is not None
+        if hold.hold(cmd):
+            writer.when_durable(hold.seq, self._release)
+            up = self.upstream
+            if up is not None and up.transport is not None:
+                up.transport.pause_reading()  # backpressure: the server waits, not our memory
+
+    def _release(self, error: AuditUnavailable | None) -> None:
+        hold = self._hold_results
+        writer = self.proxy.audit_writer
+        if hold is None or writer is None or hold.held is None:
+            return
+        if error is not None:
+            # The statement ran but its record may not be durable: its results never leave.
+            log.error("results withheld: audit log unavailable", extra={"fields": {"error": str(error)}})
+            hold.drop()
+            if not self.closed and self.transport is not None and not self.transport.is_closing():
+                self.transport.write(codec.error_response("58000", f"dbsentry: {error}; the results were withheld", severity="FATAL"))
+            self.abort()
+            return
+        for cmd in hold.release(writer.durable_seq):
+            if isinstance(cmd, c.CloseClient):
+                self._close_client()
+            elif not self.closed and self.transport is not None and not self.transport.is_closing():
+                self.transport.write(cmd.data)
+        waiting = hold.waiting_for()
+        if waiting is not None:
+            writer.when_durable(waiting, self._release)
+            return
+        up = self.upstream
+        if up is not None and up.transport is not None and not self.closed:
+            up.transport.resume_reading()
 
     def _committed(self, entry: _GateEntry, error: AuditUnavailable | None) -> None:
         if error is None:
             entry.ok = True
+            if self.proxy.hold_results:
+                self._held_by(entry.last)  # what the statements produce waits for these records
         else:
             log.error("statement refused: audit unavailable", extra={"fields": {"error": str(error)}})
         entry.done = True
@@ -378,7 +444,13 @@ class ClientConnection(asyncio.Protocol):
             if records:
                 if writer is None:
                     raise AuditUnavailable("audit is not configured")
-                await asyncio.gather(*(writer.append(r) for r in records))
+                done: asyncio.Future[AuditUnavailable | None] = asyncio.get_running_loop().create_future()
+                last = writer.submit(records, resolves(done), durable=entry.cmd.durable)
+                failed = await done
+                if failed is not None:
+                    raise failed
+                if self.proxy.hold_results:
+                    self._held_by(last)
             entry.ok = True
         except AuditUnavailable as err:
             log.error("statement refused: audit unavailable", extra={"fields": {"error": str(err)}})

@@ -9,8 +9,15 @@ import sys
 import threading
 from collections.abc import Callable
 
+import orjson
+
 from dbsentry.approvals import Approvals, ApprovalStoreError, Notifier, open_approval_store
-from dbsentry.audit import AuditStoreError, AuditWriter, Signer, open_store, redaction
+from dbsentry.audit import AuditStoreError, Signer, open_store, redaction
+from dbsentry.audit.appender import AuditLog
+from dbsentry.audit.helper import ProcessSyncer
+from dbsentry.audit.index import CatchUp
+from dbsentry.audit.log import node_id
+from dbsentry.audit.logwriter import LogFile
 from dbsentry.audit.redaction import redactor_from_config
 from dbsentry.config import Config, ConfigError, LoadedConfig, check_environments
 from dbsentry.identity import Authenticator
@@ -38,29 +45,43 @@ async def _watch_policy(governor: Governor, stop: asyncio.Event) -> None:
             governor.reload_if_changed()
 
 
-def open_writer(config: Config) -> AuditWriter:
-    """The audit store and its group-commit writer, started."""
+def open_audit(config: Config) -> AuditLog:
+    """This node's audit log, open, with its helper process (fsync and the search index)."""
     acfg = config.audit
-    key = acfg.signing_key_path(config.state_dir)
-    signer = Signer.from_path(key)
+    state = config.state_dir
     try:
-        store = open_store(acfg, config.state_dir)
+        open_store(acfg, state).close()  # the index opens (and its schema is made) now
     except AuditStoreError as err:
-        log.error("cannot open the audit store; not starting", extra={"fields": {"reason": str(err)}})
+        log.error("cannot open the audit index; not starting", extra={"fields": {"reason": str(err)}})
         sys.exit(2)
-    writer = AuditWriter(
-        store,
-        acfg.durability,
-        signer=signer,
-        checkpoint_every=acfg.checkpoint_every,
-        checkpoint_seconds=acfg.checkpoint_seconds,
-        async_flush_ms=acfg.async_flush_ms,
-        sync_timeout=acfg.sync_timeout_seconds,
-        max_batch=acfg.max_batch,
-        max_queue=acfg.max_queue,
-    )
-    writer.start()
+    try:
+        signer = Signer.from_path(acfg.signing_key_path(state))
+        node = node_id(acfg.node, state)
+        index = orjson.dumps({"audit": acfg.model_dump(mode="json"), "state_dir": str(state)}).decode()
+        lazy = acfg.durability in ("write", "async")
+        syncer = ProcessSyncer(
+            acfg.log_path(state) / node, _unset, _unset, index=index, min_interval=acfg.fsync_interval_ms / 1000 if lazy else 0.0
+        )
+        file = LogFile(
+            acfg.log_path(state),
+            node,
+            signer=signer,
+            segment_bytes=acfg.segment_mb * 1024 * 1024,
+            segment_seconds=acfg.segment_seconds,
+            checkpoint_every=acfg.checkpoint_every,
+            checkpoint_seconds=acfg.checkpoint_seconds,
+            syncer=syncer,
+        )
+        writer = AuditLog(file, acfg.durability, async_flush_ms=acfg.async_flush_ms, max_queue=acfg.max_queue)
+        writer.start()
+    except (OSError, ValueError) as err:
+        log.error("cannot open the audit log; not starting", extra={"fields": {"reason": str(err)}})
+        sys.exit(2)
     return writer
+
+
+def _unset(_: object) -> None:
+    raise AssertionError("set by AuditLog")
 
 
 async def run_server(
@@ -76,7 +97,7 @@ async def run_server(
     config = loaded.config
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     governor: Governor | None = None
-    writer: AuditWriter | None = None
+    writer: AuditLog | None = None
     if config.passthrough:
         log.warning("passthrough: statements are neither checked nor audited (benchmarking only)")
     else:
@@ -90,7 +111,7 @@ async def run_server(
         except ConfigError as err:
             log.error("invalid configuration; not starting", extra={"fields": {"reason": str(err)}})
             sys.exit(2)
-        writer = open_writer(config)
+        writer = open_audit(config)
     catalogs: CatalogLoader | None = None
     if not config.passthrough:
         # The catalog serves masking and tells which functions may change data.
@@ -140,6 +161,11 @@ async def run_server(
             audit_store=lambda: open_store(config.audit, config.state_dir),
             governor=governor,
             audit_writer=writer,
+            index_catch_up=(
+                CatchUp(config.audit.log_path(config.state_dir), writer.node, lambda: writer.durable_seq)
+                if writer is not None
+                else None
+            ),
             approvals=approvals,
             live_sessions=lambda: list(proxy.sessions.values()),
             listener_up=proxy.listening,

@@ -114,6 +114,9 @@ class AuditGate:
     frames: tuple[bytes, list[tuple[int, int, int]]]
     # Statements that need an approval first (the shell resolves them before committing).
     approvals: list[ApprovalAsk] = field(default_factory=list)
+    # Some statement may change data: with audit durability "effect", forward only once
+    # the records are durable (otherwise once written).
+    durable: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,7 @@ from typing import Protocol
 from dbsentry.audit.config import AuditConfig
 from dbsentry.audit.records import CompletionRecord, Record, extract_correlation
 from dbsentry.config import Config, ConnectionConfig
+from dbsentry.governance.durability import changes_data
 from dbsentry.identity.model import Identity
 from dbsentry.identity.ratelimit import LoginThrottled
 from dbsentry.policy.engine import Decision
@@ -224,14 +225,34 @@ def _refusal(check: Check, rule: str, message: str) -> Check:
     return Check(Verdict(verdict.facts, tuple(decision for _ in verdict.facts), decision, verdict.parse_error))
 
 
-def _binds_masked_value(check: Check, buf: bytes, start: int, end: int, enc: str) -> bool:
-    """Whether a Bind of a writing statement carries a mask placeholder as a parameter."""
+def _binds_masked_value(check: Check, buf: bytes, start: int, end: int, enc: str, types: Sequence[int] = ()) -> bool:
+    """Whether a Bind of a writing statement carries a mask placeholder as a parameter
+    (``types``: the parameter type OIDs its Parse declared)."""
     if not any(f.statement_class == "WRITE" for f in check.verdict.facts):
         return False
     bind = codec.decode_bind(buf, start, end, enc)
-    # Text travels in the client encoding in both formats; other binary values cannot
-    # hold a placeholder.
-    return any(v is not None and looks_masked(v.decode(enc, "replace")) for v in bind.params)
+    fmts = bind.param_formats
+    for i, v in enumerate(bind.params):
+        if v is None:
+            continue
+        if (fmts[i] if len(fmts) > 1 else fmts[0]) == 1 if fmts else False:
+            # Binary: text travels in the client encoding; a number's bytes can look like
+            # ``**`` or ``<..>`` (the int2 10794 is 0x2a2a), so only values declared as
+            # text (or undeclared), and readable, count.
+            oid = types[i] if i < len(types) else 0
+            if oid and oid not in _BINARY_TEXTS:
+                continue
+            try:
+                text = v.decode(enc)
+            except UnicodeDecodeError:
+                continue
+            if not text.isprintable():
+                continue
+        else:
+            text = v.decode(enc, "replace")
+        if looks_masked(text):
+            return True
+    return False
 
 
 _I16 = struct.Struct("!h")
@@ -398,12 +419,16 @@ def _exact_params(bind: m.Bind) -> tuple[str | None, ...]:
 class _Chunk:
     """One chunk of frames on its way through: replaced frames, commands, records to commit."""
 
-    __slots__ = ("_last", "_pieces", "_stop", "approvals", "buf", "commands", "extra", "gated", "guarded", "names", "plans")
+    __slots__ = (
+        "_last", "_pieces", "_stop", "approvals", "buf", "commands", "durable", "extra", "gated", "guarded", "names", "plans",
+    )  # fmt: skip
 
     def __init__(self, buf: bytes) -> None:
         self.buf = buf
         self.commands: list[c.Command] = []
         self.gated: list[Record] = []
+        # A gated statement may change data: forward only once its record is durable.
+        self.durable = False
         self.plans: tuple[StatementPlan | None, ...] = ()  # of the Query being handled
         self.approvals: list[c.ApprovalAsk] = []
         # The frame being handled runs under the row guard: how (see Session._wrap_guarded).
@@ -508,7 +533,9 @@ class _ShapeRuling:
     behind but what is replayed here are kept: one plain SELECT, allowed, no approval, not
     under the row guard, no change to the session's search path."""
 
-    __slots__ = ("check", "kinds", "masks", "parts", "plans", "redaction", "settings", "source", "span", "stamp", "strict")
+    __slots__ = (
+        "check", "durable", "kinds", "masks", "parts", "plans", "redaction", "settings", "source", "span", "stamp", "strict",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -532,6 +559,10 @@ class _ShapeRuling:
         # what SessionMasking.plan left: (strict, settings, whether it left its source)
         self.strict, self.settings, self.source = planned if planned is not None else ((), (), False)
         self.redaction = redaction  # see SessionAudit.shape_statement
+        # whether it may change data (see governance.durability): never for a plain SELECT
+        # today, but decided as for any statement
+        facts = check.verdict.facts[0]
+        self.durable = changes_data(facts.command, facts.classes, facts.flags)
 
 
 _MAX_SHAPES = 128
@@ -1311,7 +1342,7 @@ class Session:
             self._busy = True
             send = c.SendUpstream(out)
             if chunk.approvals or (chunk.gated and self.audit is not None and self.audit.wait):
-                cmds.append(c.AuditGate(chunk.gated, [send], (buf, sent), chunk.approvals))
+                cmds.append(c.AuditGate(chunk.gated, [send], (buf, sent), chunk.approvals, chunk.durable))
             else:
                 cmds.extend(c.Audit(r) for r in chunk.gated)
                 cmds.append(send)
@@ -1583,6 +1614,7 @@ class Session:
                     plan = plans[i] if masked and i < len(plans) else None
                     rec = audit.statement(facts.text, facts, decision, correlation=correlation, masks=plan)
                     chunk.gated.append(rec)
+                    chunk.durable = chunk.durable or changes_data(facts.command, facts.classes, facts.flags)
                     audit.expect(rec, self._cycles_sent)
                     ids.append(rec.id)
             if approvable:
@@ -1671,6 +1703,7 @@ class Session:
                 text = sql[start : len(sql) - tail].strip()
                 rec = audit.statement(text, facts, decision, correlation=extract_correlation(sql), masks=ruling.masks)
             chunk.gated.append(rec)
+            chunk.durable = chunk.durable or ruling.durable
             audit.expect(rec, self._cycles_sent)
 
     # ------------------------------------------------------------------ the row guard
@@ -2105,7 +2138,9 @@ class Session:
                 chunk.replace(start, end, codec.encode_bind(m.Bind(portal, marker), self.enc))
                 self._audit_denied(chunk, known[0], bound)
                 return
-        if known is not None and self.masking_service is not None and _binds_masked_value(known[2], buf, start, end, self.enc):
+        if known is not None and self.masking_service is not None and _binds_masked_value(
+            known[2], buf, start, end, self.enc, self._param_types.get(name, ())
+        ):
             # The SQL text was checked at Parse; a masked value can also come as a parameter.
             check = _refusal(known[2], "masking.write_back", "writing a masked value back is refused")
             marker = self._deny(check, known[0], chunk.commands)
@@ -2146,6 +2181,7 @@ class Session:
             oid = int.from_bytes(chunk.buf[start : start + 4], "big")
             rec = self.audit.statement(f"<FunctionCall oid={oid}>", None, ALLOWED, command="FUNCTION CALL")
             chunk.gated.append(rec)
+            chunk.durable = True
             self.audit.expect(rec, self._cycles_sent)
 
     def _deny(self, check: Check, sql: str, commands: list[c.Command]) -> str:
@@ -2252,6 +2288,7 @@ class Session:
             plan = masking.statement(bound.statement) if masking is not None and not masking.exempt() else None
             rec = self.audit.statement(sql, facts, check.decision, params=bound.readable, masks=plan)
             chunk.gated.append(rec)
+            chunk.durable = chunk.durable or facts is None or changes_data(facts.command, facts.classes, facts.flags)
             self.audit.expect(rec, self._cycles_sent + 1)  # answered before the next Sync's ReadyForQuery
             ids = (rec.id,)
         if self._approvable(check):

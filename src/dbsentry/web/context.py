@@ -12,7 +12,7 @@ from dbsentry.webconfig import WebConfig
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    from dbsentry.audit import AuditStore, AuditWriter
+    from dbsentry.audit import AuditLog, AuditStore
     from dbsentry.config import Config
     from dbsentry.identity import Authenticator
     from dbsentry.session.governance import Governor
@@ -49,7 +49,7 @@ class WebContext:
     authenticator: Authenticator
     audit_store: Callable[[], AuditStore]
     governor: Governor | None = None
-    audit_writer: AuditWriter | None = None
+    audit_writer: AuditLog | None = None
     approvals: Any | None = None
     live_sessions: Callable[[], Iterable[Any]] = _no_sessions
     web: WebConfig | None = None
@@ -57,6 +57,8 @@ class WebContext:
     upstreams: Callable[[], Mapping[str, UpstreamState]] | None = None
     classification: Callable[[], Mapping[str, Any]] | None = None
     public_keys: Callable[[], Sequence[Ed25519PublicKey]] | None = None
+    # brings the index up to date with the logs before a read (the proxy passes one)
+    index_catch_up: Callable[[AuditStore], None] | None = None
     clock: Callable[[], float] = field(default=time.time)
 
     @property

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     from starlette.types import Scope
 
-    from dbsentry.audit import AuditStore, VerifyResult
+    from dbsentry.audit import AuditStore
+    from dbsentry.audit.verify import AuditVerification
     from dbsentry.web.context import WebContext
 
 log = logging.getLogger("dbsentry.web")
@@ -46,7 +47,7 @@ class WebServices:
         self._store_lock = threading.Lock()
         self._recent_reads: dict[str, float] = {}
         self._reads_lock = threading.Lock()
-        self._verify: tuple[float, VerifyResult] | None = None
+        self._verify: tuple[float, AuditVerification] | None = None
         self._verify_lock = threading.Lock()
 
     # --- the read store ------------------------------------------------------------------
@@ -57,6 +58,8 @@ class WebServices:
             with self._store_lock:
                 if self._store is None:
                     self._store = self.ctx.audit_store()
+        if self.ctx.index_catch_up is not None:
+            self.ctx.index_catch_up(self._store)  # what clients have seen is found
         return self._store
 
     def close(self) -> None:
@@ -159,9 +162,10 @@ class WebServices:
         paths = [own, *cfg.trusted_public_keys] if own.exists() else list(cfg.trusted_public_keys)
         return [load_public_key(p) for p in paths]
 
-    def verify(self, *, fresh: bool = False) -> tuple[float, VerifyResult]:
-        """The chain's verification, at most VERIFY_CACHE_SECONDS old unless ``fresh``."""
-        from dbsentry.audit.verify import verify
+    def verify(self, *, fresh: bool = False) -> tuple[float, AuditVerification]:
+        """The trail's verification (the store's own chain, every node's log, the index),
+        at most VERIFY_CACHE_SECONDS old unless ``fresh``."""
+        from dbsentry.audit.verify import verify_all
 
         with self._verify_lock:
             now = self.ctx.clock()
@@ -171,6 +175,7 @@ class WebServices:
                 and now - self._verify[0] < VERIFY_CACHE_SECONDS
             ):
                 return self._verify
-            result = verify(self.store, list(self.public_keys()))
+            cfg = self.ctx.config.audit
+            result = verify_all(self.store, cfg.log_path(Path(self.ctx.config.state_dir)), list(self.public_keys()))
             self._verify = (now, result)
             return self._verify

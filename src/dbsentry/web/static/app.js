@@ -886,35 +886,34 @@
   // --- audit chain ------------------------------------------------------------------------
 
   pages.audit = async (view, _arg, params) => {
-    // The head is read after the verification, so it is never behind what was verified.
+    // One chain per node's log (and the store's own, from before the log, if it has one).
     const v = await api(`/audit/verify${query({ fresh: params.get("fresh") ? "true" : "" })}`);
     const status = await api("/audit/status");
-    const newer = v.last_seq !== null ? Math.max(0, status.head.seq - v.last_seq) : 0;
+    const n = v.chains.length;
     view.append(h("section", { class: `card chain ${v.ok ? "ok" : "bad"}` },
       h("div", { class: "seal" }, v.ok ? "✓" : "!"),
       h("div", {},
         h("div", { class: "title" }, v.ok ? "Chain intact" : "Chain broken"),
-        h("div", { class: "muted", id: "chain-summary" }, `${fmtNum(v.records)} records verified${v.last_seq !== null ? `, up to #${v.last_seq}` : ""} · ${v.valid_checkpoints} of ${v.checkpoints} signed checkpoints valid · checked ${fmtAgo(v.checked_at)}`),
-        newer ? h("div", { class: "muted" }, `${fmtNum(newer)} ${newer === 1 ? "record" : "records"} written since the check (Verify now includes them)`) : null,
+        h("div", { class: "muted", id: "chain-summary" }, `${fmtNum(v.records)} records verified in ${n} ${n === 1 ? "chain" : "chains"} · ${v.valid_checkpoints} of ${v.checkpoints} signed checkpoints valid · checked ${fmtAgo(v.checked_at)}`),
         v.unsigned_tail ? h("div", { class: "muted" }, `${fmtNum(v.unsigned_tail)} records after the last signed checkpoint (chained, signed at the next checkpoint)`) : null),
       h("span", { class: "spacer" }),
       h("button", { class: "btn", type: "button", onclick: () => { location.hash = `#/audit?fresh=${Date.now()}`; } }, "Verify now")));
     if (!v.ok) {
       view.append(card("Problems", "The first one is where tampering or loss begins",
-        h("ul", { class: "problems" }, v.problems.map((p) => h("li", {}, `${p.kind}${p.seq !== null ? ` at record ${p.seq}` : ""}: ${p.message}`)))));
+        h("ul", { class: "problems" }, v.problems.map((p) => h("li", {}, `${p.kind}${p.node ? ` in node ${p.node}` : ""}${p.seq !== null ? ` at record ${p.seq}` : ""}: ${p.message}`)))));
     }
     const w = status.writer;
     view.append(h("div", { class: "grid-2" },
-      card("Chain", null, h("div", { class: "card-body" }, h("dl", { class: "kv" },
-        h("dt", {}, "Verified"), h("dd", { class: "mono", id: "chain-verified" }, v.last_seq !== null ? `#${v.first_seq} … #${v.last_seq} (${fmtNum(v.records)} records)` : "no records"),
-        h("dt", {}, "Head now"), h("dd", { class: "mono", id: "chain-head" }, `#${status.head.seq} ${status.head.hash.slice(0, 24)}…`),
-        h("dt", {}, "Anchor"), h("dd", { class: "mono" }, `#${status.anchor.seq}`),
-        h("dt", {}, "Last signed"), h("dd", {}, v.last_checkpoint_seq !== null ? `#${v.last_checkpoint_seq}` : "none yet")))),
+      card("Chains", null, h("div", { class: "card-body" }, h("dl", { class: "kv", id: "chains" },
+        n ? v.chains.map((c) => [
+          h("dt", {}, c.name),
+          h("dd", { class: "mono chain-verified" }, c.last_seq !== null ? `#${c.first_seq} … #${c.last_seq} (${fmtNum(c.records)} records), last signed ${c.last_checkpoint_seq !== null ? `#${c.last_checkpoint_seq}` : "none yet"}${c.ok ? "" : " · BROKEN"}` : "no records"),
+        ]) : [h("dt", {}, "Chains"), h("dd", {}, "no records yet")]))),
       card("Writer", null, h("div", { class: "card-body" }, w ? h("dl", { class: "kv" },
         h("dt", {}, "Status"), h("dd", {}, w.healthy ? h("span", { class: "badge allow" }, "healthy") : h("span", { class: "badge deny" }, "failing")),
         w.last_error ? [h("dt", {}, "Last error"), h("dd", {}, w.last_error)] : null,
         h("dt", {}, "Durability"), h("dd", {}, w.durability),
-        h("dt", {}, "Committed"), h("dd", {}, `${fmtNum(w.stats.records)} records in ${fmtNum(w.stats.batches)} transactions`),
+        h("dt", {}, "Written"), h("dd", {}, `${fmtNum(w.stats.records)} records in ${fmtNum(w.stats.batches)} writes, ${fmtNum(w.stats.fsyncs)} fsyncs`),
         h("dt", {}, "Refused"), h("dd", {}, fmtNum(w.stats.refused)),
         h("dt", {}, "Dropped"), h("dd", {}, fmtNum(w.stats.dropped))) : empty("No writer in this process")))));
   };

@@ -1,0 +1,367 @@
+"""The audit log: each node's append-only, hash-chained, segmented file of records.
+
+The log is the source of truth; the search index (``audit.index``) is derived from it.
+
+Layout: ``<log_dir>/<node>/<segment:010d>.seg``.  A segment is a sequence of frames::
+
+    kind (1 byte) | body length (4, big-endian) | body | CRC-32 of kind+length+body (4)
+
+``H`` the segment header (JSON: format, node, segment, first_seq, prev_hash, created);
+``R`` a record: seq (8) | prev_hash (32) | hash (32) | payload (canonical JSON);
+``C`` a signed checkpoint (JSON: node, segment, seq, hash, time, kind, key_id, signature).
+
+``hash = SHA-256(prev_hash || seq (8, big-endian) || payload)``, the formula of the
+stores' chain; the first record's ``prev_hash`` is :func:`genesis`, which is derived from
+the node id, so every record's hash commits to the node that wrote it and a chain cannot
+be passed off as another node's.  The CRC only finds torn or garbled frames (a crash in
+the middle of a write); tampering is found by the hashes and the signed checkpoints.
+
+A segment is sealed by a ``seal`` checkpoint when it reaches ``segment_bytes`` or
+``segment_seconds``; the next segment's header names the seq and hash it continues
+from.  Every start opens a new segment after cutting a torn tail off the last one (the
+cut bytes are kept next to it, ``.torn``, and the cut is recorded as a ``system`` record).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+FORMAT = "dbsentry-audit-log-1"
+KIND_HEADER = 0x48  # "H"
+KIND_RECORD = 0x52  # "R"
+KIND_CHECKPOINT = 0x43  # "C"
+_KINDS = (KIND_HEADER, KIND_RECORD, KIND_CHECKPOINT)
+_HEAD = struct.Struct(">BI")
+_SEQ = struct.Struct(">Q")
+_CRC = struct.Struct(">I")
+MAX_FRAME = 64 * 1024 * 1024  # larger lengths are garbage, not records
+SEGMENT_SUFFIX = ".seg"
+_NODE_ALLOWED = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+class LogFormatError(Exception):
+    """A segment that is not a dbsentry audit log, or whose frames cannot be read."""
+
+
+def check_node_id(node: str) -> str:
+    """``node`` if it is a valid node id (a directory name: letters, digits, ``-_.``)."""
+    if not node or len(node) > 64 or not set(node) <= _NODE_ALLOWED or node.startswith("."):
+        raise ValueError(f"invalid audit node id {node!r}: 1-64 letters, digits, '-', '_' or '.'")
+    return node
+
+
+def node_id(configured: str | None, state_dir: Path) -> str:
+    """This node's id: ``audit.node``, or one made on first use (host name and a random
+    suffix) and kept in ``<state_dir>/audit-node``."""
+    if configured is not None:
+        return check_node_id(configured)
+    path = Path(state_dir) / "audit-node"
+    try:
+        return check_node_id(path.read_text().strip())
+    except FileNotFoundError:
+        pass
+    import secrets
+    import socket
+
+    host = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in socket.gethostname())[:40] or "node"
+    node = f"{host}-{secrets.token_hex(3)}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(node + "\n")
+    tmp.replace(path)
+    return node
+
+
+def genesis(node: str) -> str:
+    """The ``prev_hash`` of a node's first record (hex)."""
+    return hashlib.sha256(b"dbsentry-audit-log-genesis\x00" + node.encode()).hexdigest()
+
+
+def frame(kind: int, body: bytes) -> bytes:
+    head = _HEAD.pack(kind, len(body))
+    return head + body + _CRC.pack(zlib.crc32(body, zlib.crc32(head)))
+
+
+def record_frame(seq: int, prev: bytes, digest: bytes, payload: bytes) -> bytes:
+    return frame(KIND_RECORD, _SEQ.pack(seq) + prev + digest + payload)
+
+
+def link_hash(prev: bytes, seq: int, payload: bytes) -> bytes:
+    """The chain hash (raw 32 bytes) of a record after ``prev`` (raw)."""
+    h = hashlib.sha256(prev)
+    h.update(_SEQ.pack(seq))
+    h.update(payload)
+    return h.digest()
+
+
+def json_frame(kind: int, data: dict[str, Any]) -> bytes:
+    return frame(kind, orjson.dumps(data, option=orjson.OPT_SORT_KEYS))
+
+
+def segment_name(number: int) -> str:
+    return f"{number:010d}{SEGMENT_SUFFIX}"
+
+
+def segment_number(path: Path) -> int | None:
+    if path.suffix != SEGMENT_SUFFIX or not path.stem.isdigit():
+        return None
+    return int(path.stem)
+
+
+def list_segments(node_dir: Path) -> list[tuple[int, Path]]:
+    """A node's segments, in order."""
+    if not node_dir.is_dir():
+        return []
+    out = []
+    for p in node_dir.iterdir():
+        n = segment_number(p)
+        if n is not None and p.is_file():
+            out.append((n, p))
+    out.sort()
+    return out
+
+
+def list_nodes(log_dir: Path) -> list[str]:
+    """The node ids with a log under ``log_dir``."""
+    if not log_dir.is_dir():
+        return []
+    return sorted(p.name for p in log_dir.iterdir() if p.is_dir() and list_segments(p))
+
+
+@dataclass(slots=True)
+class Frame:
+    kind: int
+    offset: int  # where the frame starts in its segment
+    end: int  # where the next one starts
+    seq: int = 0  # records
+    prev_hash: bytes = b""
+    hash: bytes = b""
+    payload: bytes = b""
+    meta: dict[str, Any] = field(default_factory=dict)  # header and checkpoint frames
+
+
+@dataclass(slots=True)
+class SegmentScan:
+    """What reading one segment found: its frames up to the first bad one."""
+
+    path: Path
+    number: int
+    frames: list[Frame]
+    valid_end: int  # bytes of whole, readable frames
+    size: int
+    error: str | None = None  # why reading stopped before ``size`` (torn or garbled)
+
+    @property
+    def header(self) -> dict[str, Any] | None:
+        if self.frames and self.frames[0].kind == KIND_HEADER:
+            return self.frames[0].meta
+        return None
+
+    @property
+    def records(self) -> Iterator[Frame]:
+        return (f for f in self.frames if f.kind == KIND_RECORD)
+
+
+def parse_frames(data: bytes | memoryview, start: int = 0) -> tuple[list[Frame], int, str | None]:
+    """Frames of ``data`` from ``start``: (frames, end of the last whole frame, error)."""
+    frames: list[Frame] = []
+    pos = start
+    size = len(data)
+    mv = memoryview(data)
+    while pos < size:
+        if size - pos < _HEAD.size + _CRC.size:
+            return frames, pos, f"partial frame at offset {pos} ({size - pos} bytes)"
+        kind, length = _HEAD.unpack_from(mv, pos)
+        if kind not in _KINDS or length > MAX_FRAME:
+            return frames, pos, f"not a frame at offset {pos}"
+        body_start = pos + _HEAD.size
+        end = body_start + length + _CRC.size
+        if end > size:
+            return frames, pos, f"partial frame at offset {pos} ({size - pos} of {end - pos} bytes)"
+        body = bytes(mv[body_start : body_start + length])
+        (crc,) = _CRC.unpack_from(mv, body_start + length)
+        if zlib.crc32(body, zlib.crc32(bytes(mv[pos:body_start]))) != crc:
+            return frames, pos, f"checksum mismatch at offset {pos}"
+        if kind == KIND_RECORD:
+            if length < 72:
+                return frames, pos, f"record frame too short at offset {pos}"
+            (seq,) = _SEQ.unpack_from(body, 0)
+            frames.append(Frame(kind, pos, end, seq, body[8:40], body[40:72], body[72:]))
+        else:
+            try:
+                meta = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                return frames, pos, f"unreadable {chr(kind)} frame at offset {pos}"
+            if not isinstance(meta, dict):
+                return frames, pos, f"unreadable {chr(kind)} frame at offset {pos}"
+            frames.append(Frame(kind, pos, end, meta=meta))
+        pos = end
+    return frames, pos, None
+
+
+def scan_segment(path: Path, number: int | None = None) -> SegmentScan:
+    data = path.read_bytes()
+    frames, valid_end, error = parse_frames(data)
+    n = number if number is not None else (segment_number(path) or 0)
+    return SegmentScan(path, n, frames, valid_end, len(data), error)
+
+
+@dataclass(slots=True)
+class LogRecord:
+    """One record as read back from a node's log."""
+
+    node: str
+    seq: int
+    prev_hash: str  # hex
+    hash: str  # hex
+    payload: bytes
+    segment: int
+
+
+def iter_log(node_dir: Path, after_seq: int = 0) -> Iterator[LogRecord]:
+    """A node's records with seq > ``after_seq``, in order, stopping at the first unreadable
+    frame of a segment (the rest of that segment is not trusted; later segments are read)."""
+    node = node_dir.name
+    segments = list_segments(node_dir)
+    # Skip segments that end before after_seq: the next segment's header says where it starts.
+    start = 0
+    for i, (_, path) in enumerate(segments):
+        first = _first_seq(path)
+        if first is not None and first <= after_seq + 1:
+            start = i
+    for number, path in segments[start:]:
+        scan = scan_segment(path, number)
+        for f in scan.records:
+            if f.seq > after_seq:
+                yield LogRecord(node, f.seq, f.prev_hash.hex(), f.hash.hex(), f.payload, number)
+
+
+def _first_seq(path: Path) -> int | None:
+    """The first seq a segment holds, read from its header alone."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(_HEAD.size)
+            if len(head) < _HEAD.size:
+                return None
+            kind, length = _HEAD.unpack(head)
+            if kind != KIND_HEADER or length > 65536:
+                return None
+            meta = orjson.loads(fh.read(length))
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    value = meta.get("first_seq") if isinstance(meta, dict) else None
+    return value if isinstance(value, int) else None
+
+
+@dataclass(slots=True)
+class Tail:
+    """Where a node's log ends, found when a writer opens it."""
+
+    seq: int
+    hash: bytes  # raw
+    next_segment: int
+    cut_bytes: int = 0  # a torn tail cut off the last segment
+    cut_segment: int | None = None
+    cut_reason: str | None = None
+    kept_as: Path | None = None
+
+
+def recover(node_dir: Path, node: str, *, now: float | None = None) -> Tail:
+    """Find the end of ``node``'s log; cut a torn tail off its last segment (the cut bytes
+    are kept in ``<segment>.torn-<time>``).  Earlier segments are not touched: damage
+    there is for ``verify`` to report, not for a writer to repair."""
+    segments = list_segments(node_dir)
+    seq, last_hash = 0, bytes.fromhex(genesis(node))
+    if not segments:
+        return Tail(seq, last_hash, 1)
+    # The chain's end: the last record of the last segment that has one.
+    tail = Tail(seq, last_hash, segments[-1][0] + 1)
+    last_number, last_path = segments[-1]
+    scan = scan_segment(last_path, last_number)
+    if scan.error is not None:
+        when = int(now if now is not None else time.time())
+        kept = last_path.with_name(f"{last_path.name}.torn-{when}")
+        with last_path.open("r+b") as fh:
+            fh.seek(scan.valid_end)
+            cut = fh.read()
+            kept.write_bytes(cut)
+            fh.truncate(scan.valid_end)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tail.cut_bytes = len(cut)
+        tail.cut_segment = last_number
+        tail.cut_reason = scan.error
+        tail.kept_as = kept
+    for number, path in reversed(segments):
+        s = scan if number == last_number else scan_segment(path, number)
+        records = [f for f in s.frames if f.kind == KIND_RECORD]
+        if records:
+            tail.seq, tail.hash = records[-1].seq, records[-1].hash
+            return tail
+        header = s.header
+        if header is not None and isinstance(header.get("first_seq"), int):
+            # An empty segment continues from what its header names.
+            tail.seq = int(header["first_seq"]) - 1
+            tail.hash = bytes.fromhex(str(header.get("prev_hash", genesis(node))))
+            return tail
+    return tail
+
+
+class LogTailer:
+    """Reads a node's log incrementally: each ``read`` continues where the last stopped
+    (when asked for what follows it), so following a growing log costs what is new."""
+
+    def __init__(self, node_dir: Path) -> None:
+        self.dir = Path(node_dir)
+        self.node = self.dir.name
+        self._segment: int | None = None
+        self._offset = 0
+        self._seq = -1
+
+    def _locate(self, after_seq: int) -> None:
+        segments = list_segments(self.dir)
+        self._segment = segments[0][0] if segments else None
+        for number, path in segments:
+            first = _first_seq(path)
+            if first is not None and first <= after_seq + 1:
+                self._segment = number
+        self._offset = 0
+        self._seq = after_seq
+
+    def read(self, after_seq: int, upto: int | None = None) -> Iterator[LogRecord]:
+        """Records with ``after_seq < seq <= upto``, in order."""
+        if self._segment is None or after_seq != self._seq:
+            self._locate(after_seq)
+        while self._segment is not None:
+            path = self.dir / segment_name(self._segment)
+            try:
+                with path.open("rb") as fh:
+                    fh.seek(self._offset)
+                    data = fh.read()
+            except FileNotFoundError:
+                return
+            frames, _, _ = parse_frames(data)
+            base = self._offset
+            for f in frames:
+                if f.kind == KIND_RECORD:
+                    if upto is not None and f.seq > upto:
+                        return
+                    if f.seq > after_seq:
+                        yield LogRecord(self.node, f.seq, f.prev_hash.hex(), f.hash.hex(), f.payload, self._segment)
+                        after_seq = f.seq
+                    self._seq = max(self._seq, f.seq)
+                self._offset = base + f.end
+            if not (self.dir / segment_name(self._segment + 1)).exists():
+                return  # the open segment: the rest is not written yet
+            self._segment += 1
+            self._offset = 0
