@@ -304,3 +304,25 @@ def test_index_follows_the_log_and_rebuilds(tmp_path: Path) -> None:
         assert reindex(store, tmp_path / "log") == (30, 30)
     finally:
         store.close()
+
+
+def test_write_durability_never_waits_for_fsync(tmp_path: Path) -> None:
+    """``durable`` (a statement that changes data) means fsync'd only under ``effect``;
+    ``write`` promises the OS, and an fsync at least every fsync_interval_ms."""
+    gate = threading.Event()
+
+    class NoSync(OsFileOps):
+        def fdatasync(self, fd: int) -> None:
+            gate.wait(5)
+            super().fdatasync(fd)
+
+    async def run() -> None:
+        audit = AuditLog(LogFile(tmp_path, "n1", ops=NoSync()), "write")
+        audit.start()
+        done = asyncio.get_running_loop().create_future()
+        audit.submit([stmt(1)], lambda err: done.set_result(err), durable=True)
+        assert await asyncio.wait_for(done, 2) is None  # no fsync happened meanwhile
+        gate.set()
+        audit.close()
+
+    asyncio.run(run())

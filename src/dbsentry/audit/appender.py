@@ -213,8 +213,8 @@ class AuditLog:
 
     def submit(self, records: Sequence[Record], callback: Callback, *, durable: bool = False) -> int:
         """Append ``records``; call ``callback(None)`` on this loop once they are written
-        (``durable``, or ``sync`` durability: once fsync'd), or ``callback(error)`` when
-        they cannot be.  Never calls back before returning.  Returns the last seq (0 when
+        (``sync`` durability, or ``durable`` under ``effect``: once fsync'd), or
+        ``callback(error)`` when they cannot be.  Never calls back before returning.  Returns the last seq (0 when
         nothing was appended)."""
         loop = self._loop_for_call()
         if not self._healthy or self._closed:
@@ -226,7 +226,7 @@ class AuditLog:
         last = self.file.seq
         if self.durability == "async" or last < first:
             loop.call_soon(callback, None)
-        elif durable or self.durability == "sync":
+        elif self.durability == "sync" or (durable and self.durability == "effect"):
             heapq.heappush(self._durable_waiters, (last, next(self._tie), first, callback, records))
         else:
             self._written_waiters.append((first, last, callback, records))
