@@ -1210,9 +1210,13 @@ class SessionMasking:
                 self._described_sources[source] = fields
         else:
             self.portal_fields[item.name] = fields
+            # The Executes of this portal up to its next Describe (which answers for the
+            # ones after it): stopping there keeps a pipeline of N statements linear.
             for pending in self.expect:
                 if isinstance(pending, _Execute) and pending.portal == item.name and not pending.compiled:
                     pending.fields = fields
+                elif isinstance(pending, _Describe) and pending.kind != "S" and pending.name == item.name:
+                    break
 
     def _rows(self, head: _Item | None) -> RowMasker | None:
         if isinstance(head, _Query):
