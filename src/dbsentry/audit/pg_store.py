@@ -259,19 +259,7 @@ class PostgresStore(AuditStore):
                                 seq,
                                 prev,
                                 h,
-                                r.id,
-                                r.time,
-                                r.type,
-                                r.session_id,
-                                r.identity,
-                                r.identity_kind,
-                                r.connection,
-                                r.environment,
-                                r.decision,
-                                r.command,
-                                r.ref,
-                                list(r.tables),
-                                r.payload.decode("utf-8"),
+                        *r.row(list(r.tables)),
                             )
                             for seq, prev, h, r in linked
                         ],
@@ -321,24 +309,11 @@ class PostgresStore(AuditStore):
                     (
                         x.prev_hash,
                         x.hash,
-                        r.id,
-                        r.time,
-                        r.type,
-                        r.session_id,
-                        r.identity,
-                        r.identity_kind,
-                        r.connection,
-                        r.environment,
-                        r.decision,
-                        r.command,
-                        r.ref,
-                        list(r.tables),
-                        r.payload.decode("utf-8"),
+                        *x.record.row(list(x.record.tables)),
                         node,
                         x.node_seq,
                     )
                     for x in todo
-                    for r in (x.record,)
                 ],
             )
             last = todo[-1].node_seq

@@ -193,19 +193,7 @@ class SQLiteStore(AuditStore):
                                 seq,
                                 prev,
                                 h,
-                                r.id,
-                                r.time,
-                                r.type,
-                                r.session_id,
-                                r.identity,
-                                r.identity_kind,
-                                r.connection,
-                                r.environment,
-                                r.decision,
-                                r.command,
-                                r.ref,
-                                orjson.dumps(list(r.tables)).decode(),
-                                r.payload.decode("utf-8"),
+                        *r.row(orjson.dumps(list(r.tables)).decode()),
                             )
                             for seq, prev, h, r in linked
                         ],
@@ -258,24 +246,11 @@ class SQLiteStore(AuditStore):
                     (
                         x.prev_hash,
                         x.hash,
-                        r.id,
-                        r.time,
-                        r.type,
-                        r.session_id,
-                        r.identity,
-                        r.identity_kind,
-                        r.connection,
-                        r.environment,
-                        r.decision,
-                        r.command,
-                        r.ref,
-                        orjson.dumps(r.tables).decode(),
-                        r.payload.decode("utf-8"),
+                        *x.record.row(orjson.dumps(x.record.tables).decode()),
                         node,
                         x.node_seq,
                     )
                     for x in todo
-                    for r in (x.record,)
                 ],
             )
             last = todo[-1].node_seq

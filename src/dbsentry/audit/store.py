@@ -67,6 +67,15 @@ class EncodedRecord:
     ref: str | None  # completion: statement_id; approval: approval_id
     tables: tuple[str, ...]
 
+    def row(self, tables: Any) -> tuple[Any, ...]:
+        """The stored columns from ``id`` to ``payload``, with ``tables`` as the store
+        keeps them (JSON text, an array)."""
+        return (
+            self.id, self.time, self.type, self.session_id, self.identity, self.identity_kind,
+            self.connection, self.environment, self.decision, self.command, self.ref,
+            tables, self.payload.decode("utf-8"),
+        )  # fmt: skip
+
     def index_tuple(self) -> tuple[Any, ...]:
         return (
             self.id,
