@@ -96,6 +96,7 @@ def test_catalog_tables() -> None:
     assert is_catalog_table("pg_attribute")
     assert not is_catalog_table("public.customers")
     assert not is_catalog_table("app.pg_notes")  # a schema of one's own
+    assert not is_catalog_table("pg_pipeline")  # no such relation in pg_catalog: a user's table
 
 
 def test_data_access_and_agents_leave_catalog_queries_out_unless_asked() -> None:

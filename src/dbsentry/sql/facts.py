@@ -43,6 +43,7 @@ import orjson
 from pglast import parser as _pg
 
 from dbsentry.sql import parse
+from dbsentry.sql.system_relations import CATALOG_RELATIONS
 from dbsentry.sql.fold import UNKNOWN, UNKNOWN_PARAM, as_bool, bind, const, parse_bool, truth
 from dbsentry.sql.fold import strings as _strings
 from dbsentry.sql.fold import unwrap as _unwrap
@@ -414,12 +415,13 @@ def _alias(body: Any) -> str | None:
 
 def _is_catalog(rv: dict[str, Any]) -> bool:
     """A relation in the system catalogs: pg_catalog, information_schema, pg_toast*, or an
-    unqualified pg_* name (pg_catalog comes first on every search path)."""
+    unqualified name of one of pg_catalog's relations (pg_catalog comes first on every
+    search path; any other ``pg_*`` name is a user's table)."""
     schema = rv.get("schemaname")
     if schema:
         s = str(schema).lower()
         return s in ("pg_catalog", "information_schema") or s.startswith("pg_toast")
-    return str(rv.get("relname", "")).lower().startswith("pg_")
+    return str(rv.get("relname", "")).lower() in CATALOG_RELATIONS
 
 
 def _is_pg_settings(rv: dict[str, Any]) -> bool:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dbsentry.audit.query import iso
+from dbsentry.sql.system_relations import CATALOG_RELATIONS
 
 _REFUSED = frozenset({"deny", "require_approval", "pending_approval", "refused"})
 _CATALOG_SCHEMAS = ("pg_catalog.", "information_schema.", "pg_toast.")
@@ -19,10 +20,10 @@ _CATALOG_SCHEMAS = ("pg_catalog.", "information_schema.", "pg_toast.")
 
 def is_catalog_table(table: str) -> bool:
     """A system catalog or information_schema view: what psql's ``\\d``, drivers and ORMs
-    read to learn the schema.  Unqualified ``pg_*`` names are PostgreSQL's catalogs too
+    read to learn the schema.  Unqualified names of pg_catalog's relations are too
     (pg_catalog comes first on every search_path)."""
     name = table.replace('"', "").lower()
-    return name.startswith(_CATALOG_SCHEMAS) or ("." not in name and name.startswith("pg_"))
+    return name.startswith(_CATALOG_SCHEMAS) or ("." not in name and name in CATALOG_RELATIONS)
 
 
 def _user_tables(row: Mapping[str, Any], include_catalog: bool) -> tuple[str, ...] | None:
