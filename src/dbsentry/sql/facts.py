@@ -43,7 +43,6 @@ import orjson
 from pglast import parser as _pg
 
 from dbsentry.sql import parse
-from dbsentry.sql.system_relations import CATALOG_RELATIONS
 from dbsentry.sql.fold import UNKNOWN, UNKNOWN_PARAM, as_bool, bind, const, parse_bool, truth
 from dbsentry.sql.fold import strings as _strings
 from dbsentry.sql.fold import unwrap as _unwrap
@@ -57,6 +56,7 @@ from dbsentry.sql.nodes import (
     first_unsupported,
     tags_of,
 )
+from dbsentry.sql.system_relations import CATALOG_RELATIONS
 
 __all__ = [
     "FLAGS",

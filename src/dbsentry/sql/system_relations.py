@@ -11,8 +11,7 @@ Indexes are left out: no statement writes one by name.
 
 from __future__ import annotations
 
-CATALOG_RELATIONS: frozenset[str] = frozenset(
-    """
+_NAMES = """
     pg_aggregate pg_aios pg_am pg_amop pg_amproc pg_attrdef pg_attribute pg_auth_members
     pg_authid pg_autovacuum pg_available_extension_versions pg_available_extensions
     pg_backend_memory_contexts pg_cast pg_class pg_collation pg_config pg_constraint
@@ -46,7 +45,8 @@ CATALOG_RELATIONS: frozenset[str] = frozenset(
     pg_timezone_names pg_transform pg_trigger pg_ts_config pg_ts_config_map pg_ts_dict
     pg_ts_parser pg_ts_template pg_type pg_user pg_user_mapping pg_user_mappings pg_views
     pg_wait_events
-    """.split()
-)
+"""
+
+CATALOG_RELATIONS: frozenset[str] = frozenset(_NAMES.split())
 
 __all__ = ["CATALOG_RELATIONS"]
