@@ -20,10 +20,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dbsentry import __version__ as _version
 from dbsentry import metrics
 from dbsentry.web.access import Capability, require
-from dbsentry.web.api import GATE_ERRORS, ErrorBody, build_router, errors
+from dbsentry.web.api import GATE_ERRORS, ErrorBody, errors
 from dbsentry.web.auth import AuthError
 from dbsentry.web.context import WebContext
 from dbsentry.web.gate import Gate, error_headers
+from dbsentry.web.routes import build_router
 from dbsentry.web.service import WebServices
 
 log = logging.getLogger("dbsentry.web")
