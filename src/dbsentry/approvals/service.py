@@ -36,9 +36,9 @@ from dbsentry.approvals.notify import Notifier
 from dbsentry.approvals.store import ApprovalStore
 from dbsentry.audit.records import ApprovalRecord
 from dbsentry.audit.redaction import current as current_redactor
+from dbsentry.governance.facts import StatementFacts
 from dbsentry.identity.model import Identity
 from dbsentry.policy.engine import Decision
-from dbsentry.sql.facts import StatementFacts
 
 log = logging.getLogger("dbsentry.approvals")
 

@@ -27,9 +27,9 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from dbsentry.governance.facts import StatementFacts
 from dbsentry.identity.model import Identity
 from dbsentry.policy.model import Action, Match, Rule, TimeWindow
-from dbsentry.sql.facts import StatementFacts
 
 # Bump when the baseline or matching semantics change, so cached decisions expire.
 ENGINE_REVISION = "3"

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from dbsentry.sql.facts import FLAGS
+from dbsentry.governance.facts import FLAGS
 
 Action = Literal["allow", "deny", "require_approval", "mask"]
 ClassName = Literal["READ", "WRITE", "FUNCTION", "ROLE", "DDL", "MISC", "MISC_SET"]

@@ -27,6 +27,7 @@ from dbsentry.audit.appender import AuditLog, AuditUnavailable, resolves
 from dbsentry.audit.records import CompletionRecord, Record, SessionEvent, StatementRecord
 from dbsentry.config import Config, ConfigError, ConnectionConfig
 from dbsentry.governance.admission import approvals_by_record, stamp_approved
+from dbsentry.governance.facts import StatementFacts
 from dbsentry.identity.model import Identity
 from dbsentry.identity.ratelimit import login
 from dbsentry.policy.engine import Decision
@@ -38,7 +39,6 @@ from dbsentry.session.hold import ResultHold
 from dbsentry.session.pg import ClientInfo, Session
 from dbsentry.session.server_params import ServerParams
 from dbsentry.session.upstream import UpstreamHandshake, UpstreamReady
-from dbsentry.sql.facts import StatementFacts
 from dbsentry.tasks import spawn
 from dbsentry.wire.pg import codec
 from dbsentry.wire.pg.auth import AuthError, tls_server_end_point_hash

@@ -36,12 +36,13 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from pglast import parser as _pg
 
+from dbsentry.governance.facts import FLAGS, CopyFacts, Risk, StatementClass, StatementFacts
 from dbsentry.sql import parse
 from dbsentry.sql.fold import UNKNOWN, UNKNOWN_PARAM, as_bool, bind, const, parse_bool, truth
 from dbsentry.sql.fold import strings as _strings
@@ -51,7 +52,6 @@ from dbsentry.sql.nodes import (
     RANGEVAR_PLACES,
     STATEMENTS,
     STRUCT_FIELDS,
-    StatementClass,
     construct_name,
     first_unsupported,
     tags_of,
@@ -74,31 +74,6 @@ __all__ = [
     "where_true_with",
 ]
 
-Risk = Literal["low", "moderate", "high"]
-
-#: Every flag ``analyze`` can set, and what it means.
-FLAGS: dict[str, str] = {
-    "no_where": "an UPDATE or DELETE without a WHERE clause",
-    "always_true_where": "an UPDATE/DELETE WHERE (or a MERGE ON that updates or deletes) that is always true",
-    "drop": "drops an object (DROP ..., ALTER TABLE ... DROP COLUMN/CONSTRAINT)",
-    "truncate": "TRUNCATE",
-    "alter_system": "ALTER SYSTEM",
-    "copy_program": "COPY to or from a server-side program",
-    "copy_server_file": "COPY to or from a file on the database server",
-    "file_access": "calls a server-file or large-object function",
-    "remote_connection": "opens or configures connections to other servers (dblink, FDW servers and user mappings, subscriptions)",
-    "role_switch": "SET/RESET ROLE, SET/RESET SESSION AUTHORIZATION, set_config of those",
-    "dynamic_sql": "runs SQL text the parser cannot see (DO blocks, query_to_xml(), dblink_exec()...)",
-    "side_effect_function": "calls a function with side effects (nextval, pg_terminate_backend, advisory locks...)",
-    "row_lock": "SELECT ... FOR UPDATE/SHARE, or LOCK TABLE",
-    "temporary": "creates only temporary objects (CREATE TEMP TABLE, SELECT INTO TEMP)",
-    "load": "LOAD of a shared library",
-    "catalog_write": "INSERT/UPDATE/DELETE/MERGE/TRUNCATE/COPY FROM into a system catalog (pg_catalog, information_schema, pg_toast*, an unqualified pg_* relation)",
-    "read_write_transaction": "makes a transaction read-write or turns read-only off (BEGIN/SET TRANSACTION ... READ WRITE, SET [default_]transaction_read_only = off, set_config of those or of a setting whose name is not a constant)",
-    "disruptive_maintenance": "LOCK in ACCESS EXCLUSIVE mode, VACUUM FULL, CLUSTER, REINDEX DATABASE/SYSTEM",
-    "hold_cursor": "DECLARE ... WITH HOLD: a cursor that outlives its transaction",
-    "volatile_function": "runs code that may change data: a VOLATILE or writing user function (or one the catalog does not know), a view over one, a trigger, rule, default or check of a written table (set from the connection's catalog)",
-}
 
 # Functions that read or write files on the database server or move large objects.
 FILE_ACCESS_FUNCTIONS: tuple[str, ...] = (
@@ -229,60 +204,6 @@ class SQLAnalysisError(SQLParseError):
     sqlstate = "XX000"
 
 
-@dataclass(frozen=True, slots=True)
-class CopyFacts:
-    """What a COPY moves and where."""
-
-    direction: Literal["from", "to"]  # "from": into the database
-    program: bool  # COPY ... PROGRAM 'cmd'
-    server_file: bool  # a file on the server, not STDIN/STDOUT
-    target: str | None  # the file name or program text, None for STDIN/STDOUT
-
-
-@dataclass(frozen=True, slots=True)
-class StatementFacts:
-    """What one SQL statement does.  Hash and equality ignore the text, its span and the
-    predicate trees kept for :func:`where_true_with`, so two statements with equal facts
-    get the same policy decision."""
-
-    command: str
-    statement_class: StatementClass
-    commands: tuple[str, ...]
-    classes: tuple[StatementClass, ...]
-    tables_read: tuple[str, ...]
-    tables_written: tuple[str, ...]
-    columns_read: tuple[str, ...]
-    functions: tuple[str, ...]
-    has_where: bool  # meaningful for UPDATE and DELETE
-    where_trivially_true: bool
-    flags: frozenset[str]
-    risk: Risk
-    copy: CopyFacts | None = None
-    prepared_name: str | None = None  # PREPARE / EXECUTE / DEALLOCATE name
-    inner: StatementFacts | None = None  # EXPLAIN, PREPARE, CREATE TABLE AS, COPY (query)...
-    # lower-case names of the settings the statement changes, "?" for a name not known
-    settings: tuple[str, ...] = ()
-    # an UPDATE/DELETE WHERE (or a destructive MERGE condition) that mentions $n and is
-    # not always true as written: bind the parameters and ask where_true_with()
-    where_params: bool = False
-    # EXECUTE name(args): each argument as text, None for NULL, UNKNOWN_PARAM if not constant
-    execute_params: tuple[object, ...] | None = None
-    span: tuple[int, int] = field(default=(0, 0), compare=False)  # [start, end) in the input
-    text: str = field(default="", compare=False, repr=False)
-    # the conditions behind where_params: each a tuple of parse trees that must all be true
-    where_predicates: tuple[tuple[Any, ...], ...] = field(default=(), compare=False, repr=False)
-    _fingerprint: list[str] = field(default_factory=list, compare=False, repr=False)
-
-    @property
-    def dynamic_sql(self) -> bool:
-        return "dynamic_sql" in self.flags
-
-    @property
-    def fingerprint(self) -> str:
-        """libpg_query's fingerprint (constants ignored), computed on first use."""
-        if not self._fingerprint:
-            self._fingerprint.append(parse.fingerprint(self.text))
-        return self._fingerprint[0]
 
 
 def where_true_with(facts: StatementFacts, params: Sequence[object]) -> bool:
@@ -1417,6 +1338,7 @@ def _facts(stmt: Any, text: str, span: tuple[int, int], has_params: bool) -> Sta
         span=span,
         text=text,
         where_predicates=preds,
+        fingerprinter=parse.fingerprint,
     )
 
 

@@ -27,6 +27,8 @@ from __future__ import annotations
 import re
 from typing import Literal
 
+from dbsentry.governance.facts import StatementClass
+
 __all__ = [
     "ALLOWED",
     "CLAUSES",
@@ -40,7 +42,6 @@ __all__ = [
     "tags_of",
 ]
 
-StatementClass = Literal["READ", "WRITE", "FUNCTION", "ROLE", "DDL", "MISC", "MISC_SET"]
 
 #: Statement tag -> (command tag, class).  Every statement pglast knows is here or in
 #: :data:`REFUSED` (``PLAssignStmt``, ``SetOperationStmt``).
