@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 from dbsentry.config import Config, parse_config
 from dbsentry.identity.model import Identity
 from dbsentry.session import commands as c
-from dbsentry.session.pg import ClientInfo, Session, State, split_options
+from dbsentry.session.pg import (
+    TRANSITIONS,
+    ClientInfo,
+    Session,
+    SessionStateError,
+    State,
+    split_options,
+)
 from dbsentry.session.upstream import UpstreamReady
 from dbsentry.wire.pg import codec
 from dbsentry.wire.pg import messages as m
@@ -816,3 +823,23 @@ def test_split_options_agrees_with_postgresql(pairs: list[tuple[str, str]]) -> N
     assert ours == expected_ours
     # What the upstream will read from the forwarded string is exactly the other settings.
     assert pg_split_opts(rest) == expected_rest
+
+
+def test_the_transition_table_names_every_state_and_a_closed_session_stays_closed() -> None:
+    assert set(TRANSITIONS) == set(State)
+    for state, targets in TRANSITIONS.items():
+        assert State.CLOSED in targets, state  # every state can end
+    assert TRANSITIONS[State.CLOSED] == {State.CLOSED}
+    assert TRANSITIONS[State.READY] == {State.CLOSED}  # a logged-in session never logs in again
+
+
+@pytest.mark.parametrize(
+    ("start", "target"),
+    [(State.STARTUP, State.READY), (State.AUTH, State.CONNECTING), (State.READY, State.AUTH), (State.CLOSED, State.READY)],
+)
+def test_a_transition_outside_the_table_raises_and_closes_the_session(start: State, target: State) -> None:
+    session = new_session()
+    session.state = start
+    with pytest.raises(SessionStateError, match=f"{start.value} -> {target.value} is not a transition"):
+        session._enter(target)
+    assert session.state is State.CLOSED

@@ -108,6 +108,29 @@ class State(Enum):
     CLOSED = "closed"
 
 
+#: Every state a session may move to from each state; anything else is a bug in the session,
+#: and :meth:`Session._enter` raises instead of going on (the shell then drops the
+#: connection: it fails closed).  The login paths: a password (AUTH, VERIFYING); then an
+#: upstream login of the session's own (CONNECTING), or the wait for another session's login
+#: of the same settings (WAITING), or a greeting from known server parameters with the
+#: upstream opened at the first statement (GREETED, OPENING).
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.STARTUP: frozenset({State.AUTH, State.CLOSED}),
+    State.AUTH: frozenset({State.VERIFYING, State.CLOSED}),
+    State.VERIFYING: frozenset({State.CONNECTING, State.WAITING, State.GREETED, State.CLOSED}),
+    State.WAITING: frozenset({State.WAITING, State.CONNECTING, State.GREETED, State.CLOSED}),
+    State.CONNECTING: frozenset({State.READY, State.CLOSED}),
+    State.GREETED: frozenset({State.OPENING, State.CLOSED}),
+    State.OPENING: frozenset({State.READY, State.CLOSED}),
+    State.READY: frozenset({State.CLOSED}),
+    State.CLOSED: frozenset({State.CLOSED}),
+}
+
+
+class SessionStateError(RuntimeError):
+    """A session tried a transition :data:`TRANSITIONS` does not allow (a bug)."""
+
+
 def fatal(sqlstate: str, message: str, hint: str | None = None) -> bytes:
     return codec.error_response(sqlstate, message, severity="FATAL", hint=hint)
 
@@ -673,7 +696,7 @@ class Session:
 
     def _fail(self, sqlstate: str, message: str, hint: str | None = None, **log: object) -> list[c.Command]:
         flight = self._leave_flight()
-        self.state = State.CLOSED
+        self._enter(State.CLOSED)
         return [
             *flight,
             *self._closing(message),
@@ -684,6 +707,13 @@ class Session:
         ]
 
     # ------------------------------------------------------------------ client events
+
+    def _enter(self, state: State) -> None:
+        if state not in TRANSITIONS[self.state]:
+            old = self.state
+            self.state = State.CLOSED
+            raise SessionStateError(f"session {self.session_id}: {old.value} -> {state.value} is not a transition")
+        self.state = state
 
     def client_data(self, data: bytes) -> list[c.Command]:
         try:
@@ -702,7 +732,7 @@ class Session:
             return self._client_early(data)
         except codec.NotAStartupPacket as err:
             # PostgreSQL logs these and closes: the peer does not speak the protocol yet.
-            self.state = State.CLOSED
+            self._enter(State.CLOSED)
             return [
                 *self._closing(str(err)),
                 c.Log(logging.INFO, "session.invalid_startup", {"reason": str(err), "client": self.client.address}),
@@ -733,7 +763,7 @@ class Session:
             out: list[c.Command] = [c.SendClient(b"N")]
             return out + (self._client_startup(rest) if rest else [])
         if isinstance(packet, m.CancelRequest):
-            self.state = State.CLOSED
+            self._enter(State.CLOSED)
             return [c.ForwardCancel(packet.pid, packet.secret), c.CloseClient()]
         return self._on_startup_message(packet, rest)
 
@@ -768,7 +798,7 @@ class Session:
             self.settings = ours
         self._forward_options = rest_options
         self.connection_name = msg.get("database") or user
-        self.state = State.AUTH
+        self._enter(State.AUTH)
         out.append(c.SendClient(codec.AUTH_CLEARTEXT_FRAME))
         if rest:
             out.extend(self._client_auth(rest))
@@ -779,7 +809,7 @@ class Session:
         for t, start, end in spans:
             if t != m.Q_PASSWORD:
                 if t == m.Q_TERMINATE:
-                    self.state = State.CLOSED
+                    self._enter(State.CLOSED)
                     return [c.CloseClient()]
                 raise codec.ProtocolError(f"expected a password message, got {chr(t)!r}")
             pw = buf[start:end]
@@ -789,7 +819,7 @@ class Session:
                 password = pw.decode("utf-8")
             except UnicodeDecodeError:
                 password = ""
-            self.state = State.VERIFYING
+            self._enter(State.VERIFYING)
             assert self.startup is not None
             # A client may pipeline its first queries behind the password: keep them for later.
             self._early = bytes(buf[end:]) + self._client_frames.take_pending()
@@ -879,7 +909,7 @@ class Session:
                     return self._wait_for_login()
                 # No greeting is known and no login is under way to learn it: this one is,
                 # and the clients with the same settings wait for it.
-        self.state = State.CONNECTING
+        self._enter(State.CONNECTING)
         return [c.OpenUpstream(name, self._upstream_startup())]
 
     def _wait_for_login(self) -> list[c.Command]:
@@ -889,7 +919,7 @@ class Session:
             conn = self.connection
             assert conn is not None and self.connection_name is not None
             out.append(c.WaitForLogin(self.connection_name, conn.connect_timeout_seconds))
-        self.state = State.WAITING
+        self._enter(State.WAITING)
         return out
 
     def waited_login_ended(self) -> list[c.Command]:
@@ -1048,7 +1078,7 @@ class Session:
 
     def _greet_without_upstream(self, greeting: Greeting) -> list[c.Command]:
         assert self.startup is not None
-        self.state = State.GREETED
+        self._enter(State.GREETED)
         self._told = greeting
         self.txn_status = greeting.status
         settings = self._startup_settings() or ()
@@ -1077,12 +1107,12 @@ class Session:
             elif t == m.Q_TERMINATE:
                 if replies:
                     out.append(c.SendClient(b"".join(replies)))
-                self.state = State.CLOSED
+                self._enter(State.CLOSED)
                 return [*out, *self._closing("client terminated"), c.CloseClient()]
             else:
                 # Kept as it came; processed exactly as in a ready session once it is.
                 self._early = bytes(buf[start - 5 :]) + self._client_frames.take_pending()
-                self.state = State.OPENING
+                self._enter(State.OPENING)
                 assert self.connection_name is not None
                 if replies:
                     out.append(c.SendClient(b"".join(replies)))
@@ -1117,7 +1147,7 @@ class Session:
                 out.append(c.SendClient(news))
         else:
             return [c.CloseUpstream()]
-        self.state = State.READY
+        self._enter(State.READY)
         if self.server_params is not None and self.connection_name is not None:
             settings = self._startup_settings()
             if settings is not None:
@@ -1347,7 +1377,7 @@ class Session:
                 cmds.extend(c.Audit(r) for r in chunk.gated)
                 cmds.append(send)
         if terminate:
-            self.state = State.CLOSED
+            self._enter(State.CLOSED)
             # CloseUpstream says goodbye to the upstream with its own Terminate.
             cmds.extend(self._closing("client terminated"))
             cmds.extend((c.CloseUpstream(), c.CloseClient()))
@@ -2490,7 +2520,7 @@ class Session:
         was_busy = self.state is State.READY and (self.pending_syncs > 0 or self._busy)
         out: list[c.Command] = [c.Log(logging.DEBUG, "session.client_closed", {"busy": was_busy})]
         out.extend(self._leave_flight())
-        self.state = State.CLOSED
+        self._enter(State.CLOSED)
         out.extend(self._closing("client disconnected while a statement was running" if was_busy else "client disconnected"))
         if was_busy:
             # PostgreSQL would only notice the vanished client when it next writes; a
@@ -2504,7 +2534,7 @@ class Session:
             return []
         out: list[c.Command] = [c.Log(logging.INFO, "session.upstream_closed", {"connection": self.connection_name})]
         out.extend(self._leave_flight())
-        self.state = State.CLOSED
+        self._enter(State.CLOSED)
         out.extend(self._closing("upstream closed the connection"))
         if not self._upstream_fatal:
             out.append(c.SendClient(fatal("08006", "dbsentry: the upstream server closed the connection unexpectedly")))
