@@ -13,6 +13,7 @@ from dbsentry.masking import rows
 from dbsentry.masking.catalog import SourceColumn
 from dbsentry.masking.classes import DataClass
 from dbsentry.masking.lineage import ColumnMask, CopyOptions, MaskPlan, StatementLineage
+from dbsentry.masking.pg_values import OP_EMAIL, OP_KEEP_LAST, OP_SCAN, BytePartial, _partial_bytes
 from dbsentry.masking.rows import (
     OP_CALL,
     OP_CONST,
@@ -23,13 +24,6 @@ from dbsentry.masking.rows import (
     encode_row_description,
     mask_data_row,
     mask_data_rows,
-)
-from dbsentry.masking.strategies import (
-    OP_EMAIL,
-    OP_KEEP_LAST,
-    OP_SCAN,
-    BytePartial,
-    _partial_bytes,
 )
 from dbsentry.session.masking import MaskingService, SessionMasking, StatementPlan, _Query
 from dbsentry.wire.pg import codec

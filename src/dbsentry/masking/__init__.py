@@ -27,6 +27,7 @@ from dbsentry.masking.lineage import (
     lineage_of_tree,
     plan_masks,
 )
+from dbsentry.masking.pg_values import make_masker
 from dbsentry.masking.rows import (
     CopyMasker,
     Field,
@@ -40,13 +41,7 @@ from dbsentry.masking.rows import (
     encode_row_description,
     mask_data_row,
 )
-from dbsentry.masking.strategies import (
-    DEFAULT_STRATEGIES,
-    PLACEHOLDERS,
-    STRATEGIES,
-    make_masker,
-    mask_text,
-)
+from dbsentry.masking.strategies import DEFAULT_STRATEGIES, PLACEHOLDERS, STRATEGIES, mask_text
 
 __all__ = [
     "DEFAULT_STRATEGIES",

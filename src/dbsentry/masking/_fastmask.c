@@ -225,7 +225,7 @@ fail:
 }
 
 /* Where the kept tail of a value starts: its digits (or letters and digits)
-   before that become "*" (strategies._keep_last_bytes with the thresholds of
+   before that become "*" (pg_values._keep_last_bytes with the thresholds of
    _partial_bytes). */
 static Py_ssize_t
 keep_last_from(const Op *op, const unsigned char *v, Py_ssize_t n)

@@ -25,8 +25,7 @@ from dbsentry.errors import ProtocolError
 from dbsentry.masking.catalog import Catalog, ClassMap
 from dbsentry.masking.classes import DataClass
 from dbsentry.masking.lineage import ColumnMask, CopyOptions, MaskPlan
-from dbsentry.masking.strategies import (
-    DEFAULT_STRATEGIES,
+from dbsentry.masking.pg_values import (
     OP_EMAIL,
     OP_KEEP_LAST,
     OP_SCAN,
@@ -37,8 +36,8 @@ from dbsentry.masking.strategies import (
     make_detect_masker,
     make_masker,
     make_safety_net_masker,
-    may_hold_sensitive,
 )
+from dbsentry.masking.strategies import DEFAULT_STRATEGIES, may_hold_sensitive
 
 _fastmask: ModuleType | None
 if os.environ.get("DBSENTRY_MASKING_NO_EXTENSION"):
@@ -246,7 +245,7 @@ def _keep_last_split(
     shape: bytes, marker: bytes, t1: int, k1: int, t2: int, k2: int
 ) -> tuple[bytes, int]:
     """For a value of this shape: the masked head and where the kept tail starts (the
-    result of strategies._keep_last_bytes is ``head + value[start:]``)."""
+    result of pg_values._keep_last_bytes is ``head + value[start:]``)."""
     n = shape.count(marker)
     keep = k1 if n >= t1 else k2 if n >= t2 else 0
     mark = marker[0]

@@ -487,7 +487,7 @@ def _may_scan(fields: Sequence[Field] | None) -> bool:
 
 
 # text, varchar, bpchar, name, unknown, json, jsonb: what the safety net scans (with the
-# extension types); see strategies.make_safety_net_masker
+# extension types); see pg_values.make_safety_net_masker
 _NET_OIDS = frozenset({25, 1043, 1042, 19, 705, 114, 3802})
 # What a result without a plan is compiled against: the safety net alone.
 _NO_PLAN = StatementPlan(StatementLineage("SELECT", (), frozenset(), True), MaskPlan(()))
