@@ -14,6 +14,7 @@ import argparse
 import time
 from collections.abc import Callable
 
+from dbsentry.engines.postgres.wire import codec
 from dbsentry.masking import rows
 from dbsentry.masking.catalog import Catalog, SourceColumn, classify_catalog
 from dbsentry.masking.classes import DataClass
@@ -32,7 +33,6 @@ from dbsentry.masking.rows import (
     encode_data_row,
     mask_data_row,
 )
-from dbsentry.wire.pg import codec
 
 KEY = b"bench-key"
 SRC = frozenset({SourceColumn("public", "customers", "x")})

@@ -16,9 +16,9 @@ from functools import partial
 
 from pglast import parser
 
+from dbsentry.engines.postgres.sql.facts import StatementFacts, analyze
 from dbsentry.identity.model import Identity
 from dbsentry.policy import EvalContext, Policy, default_policy, evaluate
-from dbsentry.sql.facts import StatementFacts, analyze
 
 STATEMENTS = {
     "select-150": (

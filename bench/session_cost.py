@@ -2,7 +2,7 @@
 
     python bench/session_cost.py [--statements 20000] [--mode prepared|simple]
 
-Drives one :class:`~dbsentry.session.pg.Session` through the messages of pgbench's
+Drives one :class:`~dbsentry.engines.postgres.session.pg.Session` through the messages of pgbench's
 ``-S`` transaction (``SELECT abalance FROM pgbench_accounts WHERE aid = $1``) and the
 server's answers, in one thread, and reports the process CPU time per statement in four
 set-ups: passthrough (no governance), policy only, policy + audit records (built and
@@ -26,15 +26,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from dbsentry.audit.config import AuditConfig
 from dbsentry.audit.records import payload_bytes
 from dbsentry.config import parse_config
+from dbsentry.engines.postgres.session import commands as c
+from dbsentry.engines.postgres.session.governance import Governor
+from dbsentry.engines.postgres.session.masking import MaskingService, MaskingView
+from dbsentry.engines.postgres.session.pg import ClientInfo, Session
+from dbsentry.engines.postgres.session.upstream import UpstreamReady
+from dbsentry.engines.postgres.wire import codec
+from dbsentry.engines.postgres.wire import messages as m
 from dbsentry.identity.model import Identity
 from dbsentry.masking.catalog import Catalog, ClassMap
-from dbsentry.session import commands as c
-from dbsentry.session.governance import Governor
-from dbsentry.session.masking import MaskingService, MaskingView
-from dbsentry.session.pg import ClientInfo, Session
-from dbsentry.session.upstream import UpstreamReady
-from dbsentry.wire.pg import codec
-from dbsentry.wire.pg import messages as m
 
 SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
 

@@ -1,4 +1,4 @@
-"""The throwaway AuthCluster really demands passwords, and dbsentry.wire.pg.auth logs in to it.
+"""The throwaway AuthCluster really demands passwords, and dbsentry.engines.postgres.wire.auth logs in to it.
 
 The first half uses psycopg (libpq) directly to prove the fixture; the second half drives
 the sans-IO md5 / SCRAM code over a raw socket with a minimal hand-written startup
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import psycopg
 import pytest
 
-from dbsentry.wire.pg.auth import (
+from dbsentry.engines.postgres.wire.auth import (
     SCRAM_SHA_256,
     SCRAM_SHA_256_PLUS,
     AuthError,
@@ -214,7 +214,7 @@ def login(
     hide_plus: bool = False,
     binding_override: bytes | None = None,
 ) -> LoginResult:
-    """Log in with dbsentry.wire.pg.auth doing the cryptography; raise ServerError on refusal."""
+    """Log in with dbsentry.engines.postgres.wire.auth doing the cryptography; raise ServerError on refusal."""
     cafile = str(cluster.ca_path) if tls else None
     conn = RawConnection(cluster.host, cluster.port, cafile=cafile)
     result = LoginResult(tls=tls)

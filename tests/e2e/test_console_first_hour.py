@@ -25,8 +25,8 @@ from dbsentry.audit import StatementRecord
 from dbsentry.audit.sqlite_store import SQLiteStore
 from dbsentry.audit.store import encode
 from dbsentry.config import parse_config
+from dbsentry.engines.postgres.session.governance import Governor
 from dbsentry.identity import Identity, TokenStore
-from dbsentry.session.governance import Governor
 from support.approvals import add_pending
 from support.console import CHROMIUM, launch_chromium, serve_console
 

@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dbsentry.sql.facts import SQLParseError, analyze
-from dbsentry.wire.pg import codec, encodings
+from dbsentry.engines.postgres.sql.facts import SQLParseError, analyze
+from dbsentry.engines.postgres.wire import codec, encodings
 from support.pg import PgServer
 
 pytestmark = pytest.mark.e2e

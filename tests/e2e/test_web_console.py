@@ -20,8 +20,8 @@ from dbsentry.audit import CompletionRecord, SessionEvent, StatementRecord
 from dbsentry.audit.sqlite_store import SQLiteStore
 from dbsentry.audit.store import encode
 from dbsentry.config import Config, parse_config
+from dbsentry.engines.postgres.session.governance import Governor
 from dbsentry.identity import TokenStore
-from dbsentry.session.governance import Governor
 from support.approvals import add_pending
 from support.auditlog import append
 from support.console import CHROMIUM, launch_chromium, serve_console

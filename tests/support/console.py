@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from dbsentry.config import Config
+from dbsentry.engines.postgres.session.governance import Governor
 from dbsentry.identity import Authenticator, TokenStore
-from dbsentry.session.governance import Governor
 from dbsentry.web import WebConfig, WebContext, bind_http, create_app, serve_http
 
 from .auditlog import Indexer, fresh_store, open_log

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from dbsentry.engines.postgres.session.pg import Session
+from dbsentry.engines.postgres.session.upstream import UpstreamReady
+from dbsentry.engines.postgres.wire import codec
 from dbsentry.identity.model import Identity
-from dbsentry.session.pg import Session
-from dbsentry.session.upstream import UpstreamReady
-from dbsentry.wire.pg import codec
 
 
 def logged_in(session: Session, identity: Identity, database: str) -> Session:

@@ -1,6 +1,6 @@
 """A small Playbook DSL for the sans-IO session, after mitmproxy's ``tutils.Playbook``.
 
-A playbook feeds events to a :class:`~dbsentry.session.pg.Session` and compares the
+A playbook feeds events to a :class:`~dbsentry.engines.postgres.session.pg.Session` and compares the
 commands it returns with the ones a test expects, step by step::
 
     pb = Playbook(session)
@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dbsentry.session import commands as c
-from dbsentry.session.pg import Session
-from dbsentry.wire.pg import codec
-from dbsentry.wire.pg import messages as m
+from dbsentry.engines.postgres.session import commands as c
+from dbsentry.engines.postgres.session.pg import Session
+from dbsentry.engines.postgres.wire import codec
+from dbsentry.engines.postgres.wire import messages as m
 
 
 def frames(data: bytes) -> list[tuple[str, bytes]]:

@@ -31,8 +31,8 @@ from dbsentry.approvals.rules import (
     review_refusal,
     withdraw,
 )
+from dbsentry.engines.postgres.sql.facts import analyze
 from dbsentry.identity.model import Identity
-from dbsentry.sql.facts import analyze
 
 T0 = 1_700_000_000.0
 

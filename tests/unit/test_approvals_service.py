@@ -17,9 +17,9 @@ from dbsentry.approvals.rules import ReviewRefused
 from dbsentry.approvals.service import Approvals, Gate
 from dbsentry.approvals.sqlite_store import SQLiteApprovalStore
 from dbsentry.audit.records import ApprovalRecord
+from dbsentry.engines.postgres.sql.facts import analyze
 from dbsentry.identity.model import Identity
 from dbsentry.policy.engine import Decision
-from dbsentry.sql.facts import analyze
 
 ALICE = Identity("alice@example.com", frozenset({"dev"}), "human", "t", "token")
 BOB = Identity("bob@example.com", frozenset({"dba"}), "human", "t", "token")

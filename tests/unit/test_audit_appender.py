@@ -29,7 +29,7 @@ from dbsentry.audit.log import (
 from dbsentry.audit.logwriter import LogFile, OsFileOps
 from dbsentry.audit.records import CompletionRecord, StatementRecord, payload_bytes
 from dbsentry.audit.sqlite_store import SQLiteStore
-from dbsentry.session.hold import ResultHold
+from dbsentry.governance.hold import ResultHold
 
 
 def stmt(i: int) -> StatementRecord:

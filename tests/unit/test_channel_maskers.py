@@ -8,6 +8,8 @@ import hashlib
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dbsentry.engines.postgres.wire import codec
+from dbsentry.engines.postgres.wire import messages as m
 from dbsentry.masking.catalog import Classification, ClassMap, SourceColumn
 from dbsentry.masking.channels import (
     REDACTED,
@@ -20,8 +22,6 @@ from dbsentry.masking.channels import (
     redact_quoted,
 )
 from dbsentry.masking.classes import DataClass
-from dbsentry.wire.pg import codec
-from dbsentry.wire.pg import messages as m
 
 NAME = "Ada Lovelace"
 EMAIL = "ada.lovelace@example.com"

@@ -12,15 +12,15 @@ from hypothesis import strategies as st
 
 from dbsentry.audit.config import AuditConfig
 from dbsentry.config import parse_config
+from dbsentry.engines.postgres.session import commands as c
+from dbsentry.engines.postgres.session.governance import Governor
+from dbsentry.engines.postgres.session.pg import ClientInfo, Session
+from dbsentry.engines.postgres.session.upstream import UpstreamReady
+from dbsentry.engines.postgres.sql.facts import analyze
+from dbsentry.engines.postgres.wire import codec
+from dbsentry.engines.postgres.wire import messages as m
 from dbsentry.governance.durability import changes_data
 from dbsentry.identity.model import Identity
-from dbsentry.session import commands as c
-from dbsentry.session.governance import Governor
-from dbsentry.session.pg import ClientInfo, Session
-from dbsentry.session.upstream import UpstreamReady
-from dbsentry.sql.facts import analyze
-from dbsentry.wire.pg import codec
-from dbsentry.wire.pg import messages as m
 
 WRITES = [
     "insert into t values (1)",

@@ -9,9 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dbsentry.masking.rows import decode_data_row
-from dbsentry.session.exchange import CLIENT, Exchange
-from dbsentry.session.guard import (
+from dbsentry.engines.postgres.session.exchange import CLIENT, Exchange
+from dbsentry.engines.postgres.session.guard import (
     FAIL_SQL,
     STATS_SQL,
     Effect,
@@ -24,9 +23,10 @@ from dbsentry.session.guard import (
     judge,
     parse_counts,
 )
-from dbsentry.session.rowcap import RowCap
-from dbsentry.wire.pg import codec
-from dbsentry.wire.pg import messages as m
+from dbsentry.engines.postgres.session.rowcap import RowCap
+from dbsentry.engines.postgres.wire import codec
+from dbsentry.engines.postgres.wire import messages as m
+from dbsentry.masking.rows import decode_data_row
 from support.playbook import frames
 
 LIMITS = Limits(max_rows=1000, max_fraction=0.5, min_rows_for_fraction=10)

@@ -9,6 +9,7 @@ import pytest
 from test_masking_lineage import CATALOG, CLASSMAP  # type: ignore[import-not-found]
 
 from dbsentry.config import MaskingConfig
+from dbsentry.engines.postgres.sql.facts import analyze
 from dbsentry.identity.model import Identity
 from dbsentry.masking.inference import (
     StatementClasses,
@@ -19,7 +20,6 @@ from dbsentry.masking.inference import (
 )
 from dbsentry.masking.lineage import PredicateUse, analyze_lineage
 from dbsentry.policy import EvalContext, evaluate, parse_policy
-from dbsentry.sql.facts import analyze
 
 
 def uses(sql: str) -> set[tuple[str, str, str]]:

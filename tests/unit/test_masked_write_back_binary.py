@@ -8,9 +8,9 @@ import struct
 from types import SimpleNamespace
 from typing import Any
 
-from dbsentry.session.pg import _binds_masked_value
-from dbsentry.wire.pg import codec
-from dbsentry.wire.pg import messages as m
+from dbsentry.engines.postgres.session.pg import _binds_masked_value
+from dbsentry.engines.postgres.wire import codec
+from dbsentry.engines.postgres.wire import messages as m
 
 WRITE: Any = SimpleNamespace(verdict=SimpleNamespace(facts=[SimpleNamespace(statement_class="WRITE")]))
 

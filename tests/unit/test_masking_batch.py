@@ -9,6 +9,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dbsentry.config import MaskingConfig
+from dbsentry.engines.postgres.session.masking import (
+    MaskingService,
+    SessionMasking,
+    StatementPlan,
+    _Query,
+)
+from dbsentry.engines.postgres.wire import codec
+from dbsentry.engines.postgres.wire.codec import ProtocolError
 from dbsentry.masking import rows
 from dbsentry.masking.catalog import SourceColumn
 from dbsentry.masking.classes import DataClass
@@ -25,9 +33,6 @@ from dbsentry.masking.rows import (
     mask_data_row,
     mask_data_rows,
 )
-from dbsentry.session.masking import MaskingService, SessionMasking, StatementPlan, _Query
-from dbsentry.wire.pg import codec
-from dbsentry.wire.pg.codec import ProtocolError
 
 D = DataClass
 KEY = b"k"

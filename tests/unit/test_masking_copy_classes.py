@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from test_masking_lineage import FUNCTIONS, ROWS, VIEWS, _rel
 
+from dbsentry.engines.postgres.session.masking import looks_masked, writes_masked_literal
 from dbsentry.masking.catalog import Catalog, SourceColumn, classify_catalog
 from dbsentry.masking.classes import Classification, DataClass
 from dbsentry.masking.copies import DerivedClassFile, copied_classes, with_derived
 from dbsentry.masking.lineage import analyze_lineage
-from dbsentry.session.masking import looks_masked, writes_masked_literal
 
 T = 25
 CATALOG = Catalog.from_rows(
@@ -137,9 +137,9 @@ def test_masked_literals_in_sql() -> None:
 def test_plans_are_not_shared_between_connections() -> None:
     """Two connections whose catalogs differ: the same text gets each one's plan."""
     from dbsentry.config import MaskingConfig
+    from dbsentry.engines.postgres.session.masking import MaskingService
+    from dbsentry.engines.postgres.sql.facts import analyze
     from dbsentry.policy.engine import Decision
-    from dbsentry.session.masking import MaskingService
-    from dbsentry.sql.facts import analyze
 
     service = MaskingService(MaskingConfig(), b"k" * 32)
     other = Catalog.from_rows(_rel(100, "public", "customers", "r", [("id", 23, "integer"), ("email", T, "text")]), (), (), ("public",))

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dbsentry.engines.postgres.wire.codec import ProtocolError
 from dbsentry.masking.catalog import ClassMap, SourceColumn
 from dbsentry.masking.classes import Classification, DataClass
 from dbsentry.masking.lineage import ColumnMask, CopyOptions, MaskPlan
@@ -23,7 +24,6 @@ from dbsentry.masking.rows import (
     encode_row_description,
     mask_data_row,
 )
-from dbsentry.wire.pg.codec import ProtocolError
 
 D = DataClass
 KEY = b"k"

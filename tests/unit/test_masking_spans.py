@@ -340,7 +340,7 @@ def test_config() -> None:
 
 
 def test_service_flag() -> None:
-    from dbsentry.session.masking import MaskingService
+    from dbsentry.engines.postgres.session.masking import MaskingService
 
     for mode, production, expected in (
         ("production", True, True),
@@ -382,7 +382,7 @@ def test_escaped_copy_lines_are_scanned_too() -> None:
     # a backslash escape sends the line through the decoding path
     line = b"a\\tb ada@example.com\tx\\\\y 536-22-8714\n"
     assert masker.mask(line) == b"a\\tb ****@example.com\tx\\\\y ***-**-8714\n"
-    from dbsentry.wire.pg import codec
+    from dbsentry.engines.postgres.wire import codec
 
     out, count, _ = masker.mask_frames(codec.frame(b"d", line), 0)
     assert count == 1 and out == codec.frame(b"d", b"a\\tb ****@example.com\tx\\\\y ***-**-8714\n")

@@ -1,4 +1,4 @@
-"""Unit tests for dbsentry.wire.pg.auth: md5, SCRAM-SHA-256(-PLUS), channel binding."""
+"""Unit tests for dbsentry.engines.postgres.wire.auth: md5, SCRAM-SHA-256(-PLUS), channel binding."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from dbsentry.wire.pg.auth import (
+from dbsentry.engines.postgres.wire.auth import (
     SCRAM_SHA_256,
     SCRAM_SHA_256_PLUS,
     AuthError,

@@ -8,9 +8,9 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dbsentry.session.pg import _decode_bind
-from dbsentry.wire.pg import codec
-from dbsentry.wire.pg import messages as m
+from dbsentry.engines.postgres.session.pg import _decode_bind
+from dbsentry.engines.postgres.wire import codec
+from dbsentry.engines.postgres.wire import messages as m
 
 names = st.text(max_size=6).map(lambda s: s.replace("\x00", ""))
 binds = st.builds(

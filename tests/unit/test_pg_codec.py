@@ -1,4 +1,4 @@
-"""Unit tests for dbsentry.wire.pg.codec: round trips, framing, caps and fuzzing."""
+"""Unit tests for dbsentry.engines.postgres.wire.codec: round trips, framing, caps and fuzzing."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dbsentry.wire.pg import codec
-from dbsentry.wire.pg import messages as m
+from dbsentry.engines.postgres.wire import codec
+from dbsentry.engines.postgres.wire import messages as m
 
 # ---------------------------------------------------------------------------------------
 # strategies

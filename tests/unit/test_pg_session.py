@@ -11,9 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dbsentry.config import Config, parse_config
-from dbsentry.identity.model import Identity
-from dbsentry.session import commands as c
-from dbsentry.session.pg import (
+from dbsentry.engines.postgres.session import commands as c
+from dbsentry.engines.postgres.session.pg import (
     TRANSITIONS,
     ClientInfo,
     Session,
@@ -21,9 +20,10 @@ from dbsentry.session.pg import (
     State,
     split_options,
 )
-from dbsentry.session.upstream import UpstreamReady
-from dbsentry.wire.pg import codec
-from dbsentry.wire.pg import messages as m
+from dbsentry.engines.postgres.session.upstream import UpstreamReady
+from dbsentry.engines.postgres.wire import codec
+from dbsentry.engines.postgres.wire import messages as m
+from dbsentry.identity.model import Identity
 from support.playbook import Fatal, Playbook, error_fields, frames
 
 PROXY_PID = 4242

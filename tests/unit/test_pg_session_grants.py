@@ -6,14 +6,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from dbsentry.config import parse_config
+from dbsentry.engines.postgres.session import commands as c
+from dbsentry.engines.postgres.session.governance import Governor
+from dbsentry.engines.postgres.session.pg import ClientInfo, Session
+from dbsentry.engines.postgres.session.upstream import UpstreamReady
+from dbsentry.engines.postgres.wire import codec
+from dbsentry.engines.postgres.wire import messages as m
 from dbsentry.identity.model import Identity
 from dbsentry.policy import parse_policy
-from dbsentry.session import commands as c
-from dbsentry.session.governance import Governor
-from dbsentry.session.pg import ClientInfo, Session
-from dbsentry.session.upstream import UpstreamReady
-from dbsentry.wire.pg import codec
-from dbsentry.wire.pg import messages as m
 
 CONFIG = parse_config(
     {"connections": {"app": {"database": "app_db", "user": "svc", "environment": "staging"}}},

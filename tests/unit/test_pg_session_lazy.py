@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 from dbsentry.audit.config import AuditConfig
 from dbsentry.audit.records import SessionEvent
 from dbsentry.config import Config, parse_config
+from dbsentry.engines.postgres.session import commands as c
+from dbsentry.engines.postgres.session.pg import ClientInfo, Session, State
+from dbsentry.engines.postgres.session.server_params import ServerParams
+from dbsentry.engines.postgres.session.upstream import UpstreamReady
+from dbsentry.engines.postgres.wire import codec
+from dbsentry.engines.postgres.wire import messages as m
 from dbsentry.identity.model import Identity
-from dbsentry.session import commands as c
-from dbsentry.session.pg import ClientInfo, Session, State
-from dbsentry.session.server_params import ServerParams
-from dbsentry.session.upstream import UpstreamReady
-from dbsentry.wire.pg import codec
-from dbsentry.wire.pg import messages as m
 from support.playbook import Fatal, Playbook, frames
 
 PROXY_PID = 4242

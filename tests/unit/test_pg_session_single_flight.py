@@ -11,12 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dbsentry.config import Config, parse_config
+from dbsentry.engines.postgres.session import commands as c
+from dbsentry.engines.postgres.session.pg import ClientInfo, Session, State
+from dbsentry.engines.postgres.session.server_params import ServerParams
+from dbsentry.engines.postgres.session.upstream import UpstreamReady
+from dbsentry.engines.postgres.wire import codec
 from dbsentry.identity.model import Identity
-from dbsentry.session import commands as c
-from dbsentry.session.pg import ClientInfo, Session, State
-from dbsentry.session.server_params import ServerParams
-from dbsentry.session.upstream import UpstreamReady
-from dbsentry.wire.pg import codec
 from support.playbook import Fatal, Playbook
 
 ALICE = Identity("alice@example.com", frozenset({"dev"}), "human", "tok-1", "token")

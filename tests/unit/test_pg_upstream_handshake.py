@@ -13,9 +13,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dbsentry.session.upstream import HandshakeStep, UpstreamHandshake, UpstreamReady
-from dbsentry.wire.pg import codec
-from dbsentry.wire.pg import messages as m
+from dbsentry.engines.postgres.session.upstream import (
+    HandshakeStep,
+    UpstreamHandshake,
+    UpstreamReady,
+)
+from dbsentry.engines.postgres.wire import codec
+from dbsentry.engines.postgres.wire import messages as m
 
 USER = "svc_app"
 PASSWORD = "correct horse battery staple"

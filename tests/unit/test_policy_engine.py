@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dbsentry.engines.postgres.sql.facts import analyze
 from dbsentry.identity.model import Identity
 from dbsentry.policy import (
     DecisionCache,
@@ -23,7 +24,6 @@ from dbsentry.policy import (
     parse_policy,
 )
 from dbsentry.policy.model import PolicyFile, json_schema_text
-from dbsentry.sql.facts import analyze
 
 MONDAY_NOON = datetime(2025, 1, 6, 12, 0, tzinfo=UTC)
 

@@ -14,10 +14,10 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dbsentry.engines.postgres.session.governance import Governor
 from dbsentry.policy import PolicyError, parse_policy
 from dbsentry.policy.cli import policy
 from dbsentry.policy.yamlsafe import MAX_ALIASES, MAX_DEPTH, MAX_NODES, load_bounded
-from dbsentry.session.governance import Governor
 
 GOOD = """
 version: 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dbsentry.session.server_params import (
+from dbsentry.engines.postgres.session.server_params import (
     MAX_SETTINGS,
     ServerParams,
     given_application_name,

@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dbsentry.sql.facts import FLAGS, SQLParseError, StatementFacts, analyze, split_statement_spans
+from dbsentry.engines.postgres.sql.facts import (
+    FLAGS,
+    SQLParseError,
+    StatementFacts,
+    analyze,
+    split_statement_spans,
+)
 
 
 def one(sql: str) -> StatementFacts:

@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pglast import parser
 
-from dbsentry.sql import facts as F
-from dbsentry.sql import nodes as N
-from dbsentry.sql.facts import SQLUnsupported, analyze
+from dbsentry.engines.postgres.sql import facts as F
+from dbsentry.engines.postgres.sql import nodes as N
+from dbsentry.engines.postgres.sql.facts import SQLUnsupported, analyze
 
 PGLAST_NODES = sorted(
     name

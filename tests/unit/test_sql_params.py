@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dbsentry.sql import UNKNOWN_PARAM, StatementFacts, analyze, where_true_with
+from dbsentry.engines.postgres.sql import UNKNOWN_PARAM, StatementFacts, analyze, where_true_with
 
 
 def one(sql: str) -> StatementFacts:

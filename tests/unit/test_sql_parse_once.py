@@ -15,16 +15,16 @@ from test_masking_lineage import FUNCTIONS, ROWS, VIEWS
 
 from dbsentry.audit.config import AuditConfig
 from dbsentry.config import parse_config
+from dbsentry.engines.postgres.session import commands as c
+from dbsentry.engines.postgres.session.governance import Governor
+from dbsentry.engines.postgres.session.masking import MaskingService
+from dbsentry.engines.postgres.session.pg import ClientInfo, Session
+from dbsentry.engines.postgres.session.upstream import UpstreamReady
+from dbsentry.engines.postgres.sql import parse
+from dbsentry.engines.postgres.wire import codec
+from dbsentry.engines.postgres.wire import messages as m
 from dbsentry.identity.model import Identity
 from dbsentry.masking.catalog import Catalog, classify_catalog
-from dbsentry.session import commands as c
-from dbsentry.session.governance import Governor
-from dbsentry.session.masking import MaskingService
-from dbsentry.session.pg import ClientInfo, Session
-from dbsentry.session.upstream import UpstreamReady
-from dbsentry.sql import parse
-from dbsentry.wire.pg import codec
-from dbsentry.wire.pg import messages as m
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "dbsentry"
 
@@ -150,7 +150,7 @@ def test_multi_statement_string_is_parsed_once(counting: Counting) -> None:
     ],
 )
 def test_a_statements_share_of_the_parse_is_its_own_parse(sql: str) -> None:
-    from dbsentry.sql.facts import analyze
+    from dbsentry.engines.postgres.sql.facts import analyze
 
     parse.clear()
     facts = analyze(sql)

@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pglast import parser
 
-from dbsentry.sql import facts as F
-from dbsentry.sql import nodes as N
-from dbsentry.sql.facts import (
+from dbsentry.engines.postgres.sql import facts as F
+from dbsentry.engines.postgres.sql import nodes as N
+from dbsentry.engines.postgres.sql.facts import (
     SQLAnalysisError,
     SQLParseError,
     SQLTooComplex,

@@ -1,4 +1,4 @@
-"""Shapes (dbsentry.sql.shape): a ruling kept for a Query's shape is the ruling its own
+"""Shapes (dbsentry.engines.postgres.sql.shape): a ruling kept for a Query's shape is the ruling its own
 text gets.
 
 Three levels: the lexical subset agrees with PostgreSQL's scanner; a certified shape has
@@ -20,15 +20,15 @@ from test_masking_lineage import FUNCTIONS, ROWS, VIEWS
 
 from dbsentry.audit.config import AuditConfig
 from dbsentry.config import parse_config
+from dbsentry.engines.postgres.session import commands as c
+from dbsentry.engines.postgres.session.governance import Governor
+from dbsentry.engines.postgres.session.masking import MaskingService
+from dbsentry.engines.postgres.session.pg import ClientInfo, Session
+from dbsentry.engines.postgres.sql import parse, shape
+from dbsentry.engines.postgres.sql.facts import SQLParseError, analyze
+from dbsentry.engines.postgres.wire import codec
 from dbsentry.identity.model import Identity
 from dbsentry.masking.catalog import Catalog, classify_catalog
-from dbsentry.session import commands as c
-from dbsentry.session.governance import Governor
-from dbsentry.session.masking import MaskingService
-from dbsentry.session.pg import ClientInfo, Session
-from dbsentry.sql import parse, shape
-from dbsentry.sql.facts import SQLParseError, analyze
-from dbsentry.wire.pg import codec
 from support.login import logged_in
 
 # The always-true-WHERE corpus of test_sql_facts (tautologies, then real conditions).

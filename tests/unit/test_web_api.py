@@ -19,9 +19,9 @@ from dbsentry.audit.records import CompletionRecord
 from dbsentry.audit.sqlite_store import SQLiteStore
 from dbsentry.audit.store import encode
 from dbsentry.config import Config, parse_config
+from dbsentry.engines.postgres.session.governance import Governor
 from dbsentry.identity import Authenticator, Identity, TokenStore
 from dbsentry.policy import parse_policy
-from dbsentry.session.governance import Governor
 from dbsentry.web import WebConfig, WebContext, create_app
 from support.auditlog import fresh_store, open_log
 

@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 import orjson
 
+from dbsentry.engines.postgres.sql import parse as sqlparse
 from dbsentry.identity.model import Identity
-from dbsentry.sql import parse as sqlparse
 
 RequestKind = Literal["statement", "access"]
 Status = Literal["pending", "approved", "denied", "expired", "withdrawn", "used"]

@@ -23,8 +23,8 @@ from urllib.parse import unquote
 
 import orjson
 
+from dbsentry.engines.postgres.sql import parse as sqlparse
 from dbsentry.identity.model import Identity
-from dbsentry.sql import parse as sqlparse
 
 if TYPE_CHECKING:
     from dbsentry.audit.redaction import LiteralRedactor

@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from dbsentry.audit.records import redact_literals
+from dbsentry.engines.postgres.sql import parse as sqlparse
 from dbsentry.masking.catalog import Catalog, ClassMap
 from dbsentry.masking.classes import DataClass
 from dbsentry.masking.detect import detect_value, find_sensitive
 from dbsentry.masking.literals import LiteralMeets, Meets, find_literal_meets, meets_values_only
-from dbsentry.sql import parse as sqlparse
 
 __all__ = [
     "TOKEN_RE",

@@ -1,6 +1,6 @@
 """What a statement does, in an engine-neutral vocabulary: the facts governance rules on.
 
-An engine's SQL analysis (PostgreSQL: :mod:`dbsentry.sql.facts`, with libpg_query) turns a
+An engine's SQL analysis (PostgreSQL: :mod:`dbsentry.engines.postgres.sql.facts`, with libpg_query) turns a
 statement's text into :class:`StatementFacts`; policy, approvals, masking decisions and the
 audit read only these. ``statement_class`` follows pgAudit's classes, ``flags`` the risk
 markers in :data:`FLAGS`, and ``risk`` sums them up.

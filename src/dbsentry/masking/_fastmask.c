@@ -31,7 +31,7 @@
 #define CACHE_SIZE 4096
 #define MAX_FRAME 0xFFFFFFFFu
 
-static PyObject *ProtocolError; /* dbsentry.wire.pg.codec.ProtocolError */
+static PyObject *ProtocolError; /* dbsentry.engines.postgres.wire.codec.ProtocolError */
 static unsigned char IS_DIGIT[256];
 static unsigned char IS_ALNUM[256];
 static uint16_t CLS[256]; /* prefilter classes, C_* below */
@@ -1014,7 +1014,7 @@ PyInit__fastmask(void)
                                         ? C_RUN
                                         : 0));
     }
-    PyObject *codec = PyImport_ImportModule("dbsentry.wire.pg.codec");
+    PyObject *codec = PyImport_ImportModule("dbsentry.engines.postgres.wire.codec");
     if (codec == NULL)
         return NULL;
     ProtocolError = PyObject_GetAttrString(codec, "ProtocolError");

@@ -1,7 +1,7 @@
 """Column lineage: which source columns each output column of a statement derives from.
 
 The statement is parsed by PostgreSQL's own parser (pglast ``parse_sql_json``, loaded with
-orjson) and walked as plain dicts, like :mod:`dbsentry.sql.facts`.  The rules, in one place:
+orjson) and walked as plain dicts, like :mod:`dbsentry.engines.postgres.sql.facts`.  The rules, in one place:
 
 - A column reference derives from the column it names, resolved through table aliases,
   schema qualification and the search path, and through subqueries, CTEs (recursive ones to
@@ -37,11 +37,11 @@ from typing import Any, Literal, NamedTuple
 import orjson
 from pglast import parser as _pg
 
+from dbsentry.engines.postgres.sql import parse as sqlparse
+from dbsentry.engines.postgres.sql.facts import DYNAMIC_SQL_FUNCTIONS, OUTSIDE_DATA_FUNCTIONS
 from dbsentry.masking.catalog import Catalog, ClassMap, Function, Relation, SourceColumn
 from dbsentry.masking.classes import DataClass, most_sensitive
 from dbsentry.masking.strategies import DEFAULT_STRATEGIES, STRATEGIES
-from dbsentry.sql import parse as sqlparse
-from dbsentry.sql.facts import DYNAMIC_SQL_FUNCTIONS, OUTSIDE_DATA_FUNCTIONS
 
 __all__ = [
     "MAX_DEPTH",
@@ -69,7 +69,7 @@ class LineageError(ValueError):
     the caller fails closed."""
 
 
-MAX_TREE_NODES = 250_000  # like dbsentry.sql.facts: larger trees are not analysed
+MAX_TREE_NODES = 250_000  # like dbsentry.engines.postgres.sql.facts: larger trees are not analysed
 
 
 @dataclass(frozen=True, slots=True)

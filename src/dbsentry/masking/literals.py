@@ -27,10 +27,10 @@ from typing import Any
 
 import orjson
 
+from dbsentry.engines.postgres.sql import parse as sqlparse
 from dbsentry.masking.catalog import Catalog, ClassMap
 from dbsentry.masking.classes import DataClass, most_sensitive
 from dbsentry.masking.detect import classify_column
-from dbsentry.sql import parse as sqlparse
 
 __all__ = ["LiteralMeets", "Meets", "find_literal_meets"]
 

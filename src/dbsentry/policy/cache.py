@@ -24,8 +24,8 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
+from dbsentry.engines.postgres.sql.facts import StatementFacts, analyze
 from dbsentry.policy.engine import Decision, EvalContext, Policy, evaluate
-from dbsentry.sql.facts import StatementFacts, analyze
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dbsentry.engines.postgres.sql.facts import (
+    SQLParseError,
+    SQLTooComplex,
+    SQLUnsupported,
+    StatementFacts,
+    analyze,
+)
 from dbsentry.policy.cache import DecisionCache, FactsCache
 from dbsentry.policy.engine import (
     Decision,
@@ -14,13 +21,6 @@ from dbsentry.policy.engine import (
     too_complex_decision,
     unparsable_decision,
     unsupported_decision,
-)
-from dbsentry.sql.facts import (
-    SQLParseError,
-    SQLTooComplex,
-    SQLUnsupported,
-    StatementFacts,
-    analyze,
 )
 
 
@@ -45,7 +45,7 @@ class Verdict:
 
 
 def parse_error_decision(err: SQLParseError) -> Decision:
-    """The ``baseline.unparsable`` deny for an error of :func:`dbsentry.sql.facts.analyze`."""
+    """The ``baseline.unparsable`` deny for an error of :func:`dbsentry.engines.postgres.sql.facts.analyze`."""
     if isinstance(err, SQLTooComplex):
         return too_complex_decision(err.detail)
     if isinstance(err, SQLUnsupported):

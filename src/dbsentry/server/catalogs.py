@@ -20,10 +20,10 @@ from typing import Any
 import psycopg
 
 from dbsentry.config import Config, ConnectionConfig, MaskingConfig
+from dbsentry.engines.postgres.session.masking import MaskingService
 from dbsentry.masking import Catalog, classify_catalog, fetch_catalog
 from dbsentry.masking.catalog import SampleReport, fetch_samples
 from dbsentry.masking.sampling import SampledColumn, ValueFinding, classify_table_sample
-from dbsentry.session.masking import MaskingService
 from dbsentry.tasks import spawn
 
 log = logging.getLogger("dbsentry.masking")

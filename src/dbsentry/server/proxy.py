@@ -1,6 +1,6 @@
 """The thin asyncio shell: sockets, TLS and timers around the session state machines.
 
-No protocol rule lives here.  Bytes go into a :class:`~dbsentry.session.pg.Session`,
+No protocol rule lives here.  Bytes go into a :class:`~dbsentry.engines.postgres.session.pg.Session`,
 commands come out and are carried out in order.  Forwarding uses asyncio protocols (not
 streams) so a chunk read from one socket is written to the other without extra copies
 or task switches.
@@ -26,22 +26,22 @@ from dbsentry.approvals.service import Gate
 from dbsentry.audit.appender import AuditLog, AuditUnavailable, resolves
 from dbsentry.audit.records import CompletionRecord, Record, SessionEvent, StatementRecord
 from dbsentry.config import Config, ConfigError, ConnectionConfig
+from dbsentry.engines.postgres.session import commands as c
+from dbsentry.engines.postgres.session.governance import Governor
+from dbsentry.engines.postgres.session.pg import ClientInfo, Session
+from dbsentry.engines.postgres.session.server_params import ServerParams
+from dbsentry.engines.postgres.session.upstream import UpstreamHandshake, UpstreamReady
+from dbsentry.engines.postgres.wire import codec
+from dbsentry.engines.postgres.wire.auth import AuthError, tls_server_end_point_hash
 from dbsentry.governance.admission import approvals_by_record, stamp_approved
 from dbsentry.governance.facts import StatementFacts
+from dbsentry.governance.hold import ResultHold
 from dbsentry.identity.model import Identity
 from dbsentry.identity.ratelimit import login
 from dbsentry.policy.engine import Decision
 from dbsentry.server import tls
 from dbsentry.server.catalogs import CatalogError, CatalogLoader
-from dbsentry.session import commands as c
-from dbsentry.session.governance import Governor
-from dbsentry.session.hold import ResultHold
-from dbsentry.session.pg import ClientInfo, Session
-from dbsentry.session.server_params import ServerParams
-from dbsentry.session.upstream import UpstreamHandshake, UpstreamReady
 from dbsentry.tasks import spawn
-from dbsentry.wire.pg import codec
-from dbsentry.wire.pg.auth import AuthError, tls_server_end_point_hash
 
 log = logging.getLogger("dbsentry.proxy")
 

@@ -21,6 +21,8 @@ from dbsentry.audit.log import node_id
 from dbsentry.audit.logwriter import LogFile
 from dbsentry.audit.redaction import redactor_from_config
 from dbsentry.config import Config, ConfigError, LoadedConfig, check_environments
+from dbsentry.engines.postgres.session.governance import Governor
+from dbsentry.engines.postgres.session.masking import MaskingService, load_or_create_key
 from dbsentry.identity import Authenticator
 from dbsentry.masking.copies import DerivedClassFile
 from dbsentry.policy import PolicyError
@@ -29,8 +31,6 @@ from dbsentry.server.catalogs import CatalogLoader
 from dbsentry.server.proxy import ProxyServer
 from dbsentry.server.roles import log_production_roles
 from dbsentry.server.upstream_health import UpstreamHealth
-from dbsentry.session.governance import Governor
-from dbsentry.session.masking import MaskingService, load_or_create_key
 from dbsentry.tasks import spawn
 from dbsentry.web import WebContext, bind_http, create_app, serve_http
 

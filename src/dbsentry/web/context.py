@@ -14,8 +14,8 @@ if TYPE_CHECKING:
 
     from dbsentry.audit import AuditLog, AuditStore
     from dbsentry.config import Config
+    from dbsentry.engines.postgres.session.governance import Governor
     from dbsentry.identity import Authenticator
-    from dbsentry.session.governance import Governor
 
 
 class UpstreamState(Protocol):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dbsentry.audit.query import iso
-from dbsentry.sql.system_relations import CATALOG_RELATIONS
+from dbsentry.engines.postgres.sql.system_relations import CATALOG_RELATIONS
 
 _REFUSED = frozenset({"deny", "require_approval", "pending_approval", "refused"})
 _CATALOG_SCHEMAS = ("pg_catalog.", "information_schema.", "pg_toast.")

@@ -30,6 +30,11 @@ import orjson
 from pglast import parser as pg_parser
 
 from dbsentry.config import MaskingConfig
+from dbsentry.engines.postgres.session.functions import FunctionSafety
+from dbsentry.engines.postgres.sql import parse as sqlparse
+from dbsentry.engines.postgres.sql.facts import StatementFacts, setting_values
+from dbsentry.engines.postgres.wire import codec, encodings
+from dbsentry.engines.postgres.wire import messages as m
 from dbsentry.identity.model import Identity
 from dbsentry.masking import (
     Catalog,
@@ -66,11 +71,6 @@ from dbsentry.masking.rows import (
 from dbsentry.masking.strategies import PLACEHOLDERS
 from dbsentry.policy.cache import LRU
 from dbsentry.policy.engine import Decision
-from dbsentry.session.functions import FunctionSafety
-from dbsentry.sql import parse as sqlparse
-from dbsentry.sql.facts import StatementFacts, setting_values
-from dbsentry.wire.pg import codec, encodings
-from dbsentry.wire.pg import messages as m
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ estimated from the statistics otherwise.  A measurement that fails refuses the s
 
 Every request of the bracket is sent in one write with the statement, so a guarded
 statement costs no extra round trip inside a transaction; outside one, ``COMMIT`` is one.
-:class:`~dbsentry.session.exchange.Exchange` tells which upstream message answers which
+:class:`~dbsentry.engines.postgres.session.exchange.Exchange` tells which upstream message answers which
 request, so the bracket's own answers never reach the client, and the statement's answers
 are held until the decision (a refused statement's ``RETURNING`` rows never leave).
 """
@@ -40,10 +40,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from dbsentry.engines.postgres.session.exchange import CLIENT, Exchange
+from dbsentry.engines.postgres.wire import codec
+from dbsentry.engines.postgres.wire import messages as m
 from dbsentry.masking.rows import decode_data_row
-from dbsentry.session.exchange import CLIENT, Exchange
-from dbsentry.wire.pg import codec
-from dbsentry.wire.pg import messages as m
 
 RULE_ROWS = "guardrails.max_rows_changed"
 RULE_FRACTION = "guardrails.max_fraction_changed"

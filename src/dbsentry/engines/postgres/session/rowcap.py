@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dbsentry.wire.pg import codec
-from dbsentry.wire.pg import messages as m
+from dbsentry.engines.postgres.wire import codec
+from dbsentry.engines.postgres.wire import messages as m
 
 _ROW = frozenset({m.R_DATA_ROW, m.COPY_DATA})
 _END_OF_RESULT = frozenset({m.R_COMMAND_COMPLETE, m.R_EMPTY_QUERY, m.R_ERROR, m.R_PORTAL_SUSPENDED})

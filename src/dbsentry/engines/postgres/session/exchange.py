@@ -7,14 +7,14 @@ requests), and matches every server message against the head of that queue, foll
 the protocol's rules: a Query or FunctionCall is answered up to its ReadyForQuery; an
 extended-protocol error fails its request and makes the server skip everything up to the
 next Sync.  With it the session can run statements of its own in between the client's and
-take their answers out of the stream (see :mod:`dbsentry.session.guard`).
+take their answers out of the stream (see :mod:`dbsentry.engines.postgres.session.guard`).
 """
 
 from __future__ import annotations
 
 from collections import deque
 
-from dbsentry.wire.pg import messages as m
+from dbsentry.engines.postgres.wire import messages as m
 
 # Kinds of request, by how the server answers them.
 QUERY = 0  # Query or FunctionCall: everything up to ReadyForQuery

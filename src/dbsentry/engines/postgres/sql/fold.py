@@ -61,7 +61,7 @@ class _UnknownParam:
 #: The result of folding something that is not a constant.
 UNKNOWN: Final = _Unknown()
 #: A parameter value that is not known; use it in the ``params`` of
-#: :func:`dbsentry.sql.facts.where_true_with`.
+#: :func:`dbsentry.engines.postgres.sql.facts.where_true_with`.
 UNKNOWN_PARAM: Final = _UnknownParam()
 
 

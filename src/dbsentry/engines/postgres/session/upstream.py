@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dbsentry.wire.pg import codec
-from dbsentry.wire.pg import messages as m
-from dbsentry.wire.pg.auth import AuthError, ScramClient, md5_password_message
+from dbsentry.engines.postgres.wire import codec
+from dbsentry.engines.postgres.wire import messages as m
+from dbsentry.engines.postgres.wire.auth import AuthError, ScramClient, md5_password_message
 
 _UNSUPPORTED_AUTH = {2: "Kerberos V5", 6: "SCM credentials", 7: "GSSAPI", 9: "SSPI"}
 

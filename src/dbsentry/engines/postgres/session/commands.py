@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dbsentry.audit.records import Record
+from dbsentry.engines.postgres.sql.facts import StatementFacts
 from dbsentry.policy.engine import Decision
-from dbsentry.sql.facts import StatementFacts
 
 
 @dataclass(slots=True)

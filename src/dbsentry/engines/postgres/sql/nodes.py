@@ -1,7 +1,7 @@
 """The allow-list: every node tag of PostgreSQL's raw parse tree, and what dbsentry does
 with it.
 
-"Enforce by construction, not by enumeration": :func:`dbsentry.sql.facts.analyze` reads
+"Enforce by construction, not by enumeration": :func:`dbsentry.engines.postgres.sql.facts.analyze` reads
 only trees whose every node tag is in :data:`STATEMENTS` or :data:`CLAUSES`.  A tag in
 :data:`REFUSED`, or in no table at all (a node a newer parser invented), makes the
 statement unsupported, so a construct the walk does not understand is refused instead of

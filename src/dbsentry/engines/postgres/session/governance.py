@@ -14,6 +14,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from dbsentry.engines.postgres.session.functions import FunctionSafety
+from dbsentry.engines.postgres.sql.facts import StatementFacts
 from dbsentry.identity.model import Identity
 from dbsentry.masking.catalog import Catalog, ClassMap
 from dbsentry.masking.inference import StatementClasses, statement_classes
@@ -31,8 +33,6 @@ from dbsentry.policy import (
 )
 from dbsentry.policy.baseline import setting_allowed
 from dbsentry.policy.engine import Decision
-from dbsentry.session.functions import FunctionSafety
-from dbsentry.sql.facts import StatementFacts
 
 #: The data classes each statement of a query string reads and writes (one per facts).
 ClassSource = Callable[[str, Sequence[StatementFacts]], Sequence[StatementClasses]]

@@ -1,6 +1,6 @@
 """SQL parsing into facts for governance."""
 
-from dbsentry.sql.facts import (
+from dbsentry.engines.postgres.sql.facts import (
     FLAGS,
     UNKNOWN_PARAM,
     CopyFacts,

@@ -14,8 +14,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 
+from dbsentry.engines.postgres.wire import messages as m
 from dbsentry.errors import ProtocolError as ProtocolError  # the codec raises it (re-exported)
-from dbsentry.wire.pg import messages as m
 
 MAX_STARTUP_PACKET = 10_000
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024

@@ -25,13 +25,13 @@ has an always-true WHERE; ``set_config('role', ...)`` names its setting by a con
    same tree for every text of the shape but for the constants' values;
 3. its facts show nothing read from a constant: only SELECT runs (no data-modifying CTE:
    no WHERE is folded), no ``set_config``, no settings, no parameters; the facts walk
-   reads constant values nowhere else (``dbsentry.sql.facts``: constants are leaves of
+   reads constant values nowhere else (``dbsentry.engines.postgres.sql.facts``: constants are leaves of
    the expression walk), column lineage only at ordinal positions (excluded above);
 4. and, as a check of all of the above at the time the shape is first seen, the same
    text with other constants has equal facts.
 
 Everything else is judged by its exact text, as before.  The caller keeps what it knows
-per shape (see ``dbsentry.session.pg``); this module says what a shape is and when one
+per shape (see ``dbsentry.engines.postgres.session.pg``); this module says what a shape is and when one
 may be used.
 """
 
@@ -42,8 +42,8 @@ from typing import Any
 
 import orjson
 
-from dbsentry.sql import parse
-from dbsentry.sql.facts import StatementFacts, analyze
+from dbsentry.engines.postgres.sql import parse
+from dbsentry.engines.postgres.sql.facts import StatementFacts, analyze
 
 # Constants: a digit run that starts a word (never inside a name: ``t1``), or a plain
 # string.  What separates them is the shape's text, checked once per shape (kinds()).

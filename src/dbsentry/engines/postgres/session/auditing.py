@@ -24,11 +24,11 @@ from dbsentry.audit.records import (
     statement_parts,
 )
 from dbsentry.audit.redaction import LiteralRedactor, current
+from dbsentry.engines.postgres.session.masking import StatementPlan
+from dbsentry.engines.postgres.sql import shape
+from dbsentry.engines.postgres.sql.facts import StatementFacts
 from dbsentry.identity.model import Identity
 from dbsentry.policy.engine import Decision
-from dbsentry.session.masking import StatementPlan
-from dbsentry.sql import shape
-from dbsentry.sql.facts import StatementFacts
 
 
 def rows_from_tag(tag: str) -> int | None:
@@ -157,7 +157,7 @@ class SessionAudit:
     ) -> StatementRecord | None:
         """The record :meth:`statement` makes of the statement ``sql[start:len(sql) -
         tail].strip()`` (``span`` is ``(start, tail)``), a text of a shape (``parts``
-        between its ``constants``, see :mod:`dbsentry.sql.shape`) whose every constant is
+        between its ``constants``, see :mod:`dbsentry.engines.postgres.sql.shape`) whose every constant is
         redacted by its value alone (``redaction``: the catalog version for which
         :meth:`values_only` said so).  None when that does not hold now, or redaction is
         ``true`` (every constant ``?``): then :meth:`statement`."""

@@ -2,7 +2,7 @@
 
 Events come in as method calls (bytes from the client, bytes from the upstream, "the
 token was checked", "the upstream is ready", ...); commands come out
-(:mod:`dbsentry.session.commands`).  Every rule of the session lives here, so it is
+(:mod:`dbsentry.engines.postgres.session.commands`).  Every rule of the session lives here, so it is
 tested without sockets.
 
 States::
@@ -11,7 +11,7 @@ States::
       --identity ok--> CONNECTING --upstream ready--> READY <--> (query cycles) --> CLOSED
 
 With a lazy upstream (``limits.lazy_upstream``), once the connection's server parameters
-are known (:mod:`dbsentry.session.server_params`), the client is logged in without one::
+are known (:mod:`dbsentry.engines.postgres.session.server_params`), the client is logged in without one::
 
     VERIFYING --identity ok--> GREETED --first message that needs the database--> OPENING
       --upstream ready--> READY
@@ -44,17 +44,17 @@ from typing import Protocol
 from dbsentry.audit.config import AuditConfig
 from dbsentry.audit.records import CompletionRecord, Record, extract_correlation
 from dbsentry.config import Config, ConnectionConfig
-from dbsentry.governance.durability import changes_data
-from dbsentry.identity.model import Identity
-from dbsentry.identity.ratelimit import LoginThrottled
-from dbsentry.policy.engine import Decision
-from dbsentry.policy.verdict import Verdict
-from dbsentry.session import commands as c
-from dbsentry.session.auditing import SessionAudit
-from dbsentry.session.governance import Check, Governor, classes_from, denial_message
-from dbsentry.session.guard import Guard, Limits, Mode, Out
-from dbsentry.session.guard import Statement as GuardedStatement
-from dbsentry.session.masking import (
+from dbsentry.engines.postgres.session import commands as c
+from dbsentry.engines.postgres.session.auditing import SessionAudit
+from dbsentry.engines.postgres.session.governance import (
+    Check,
+    Governor,
+    classes_from,
+    denial_message,
+)
+from dbsentry.engines.postgres.session.guard import Guard, Limits, Mode, Out
+from dbsentry.engines.postgres.session.guard import Statement as GuardedStatement
+from dbsentry.engines.postgres.session.masking import (
     MaskingService,
     MaskingView,
     SessionMasking,
@@ -62,19 +62,29 @@ from dbsentry.session.masking import (
     looks_masked,
     writes_masked_literal,
 )
-from dbsentry.session.rowcap import RowCap
-from dbsentry.session.server_params import (
+from dbsentry.engines.postgres.session.rowcap import RowCap
+from dbsentry.engines.postgres.session.server_params import (
     Greeting,
     LoginKey,
     ServerParams,
     Setting,
     given_application_name,
 )
-from dbsentry.session.upstream import UpstreamReady
-from dbsentry.sql import shape as _shape
-from dbsentry.sql.facts import SQLParseError, StatementFacts, setting_values, where_true_with
-from dbsentry.wire.pg import codec, encodings
-from dbsentry.wire.pg import messages as m
+from dbsentry.engines.postgres.session.upstream import UpstreamReady
+from dbsentry.engines.postgres.sql import shape as _shape
+from dbsentry.engines.postgres.sql.facts import (
+    SQLParseError,
+    StatementFacts,
+    setting_values,
+    where_true_with,
+)
+from dbsentry.engines.postgres.wire import codec, encodings
+from dbsentry.engines.postgres.wire import messages as m
+from dbsentry.governance.durability import changes_data
+from dbsentry.identity.model import Identity
+from dbsentry.identity.ratelimit import LoginThrottled
+from dbsentry.policy.engine import Decision
+from dbsentry.policy.verdict import Verdict
 
 # Startup parameters the proxy sets or refuses itself rather than forwarding.
 _NOT_FORWARDED = frozenset({"user", "database", "options", "replication"})
@@ -517,7 +527,7 @@ class _Portal:
 
 @dataclass(frozen=True, slots=True)
 class _Guarded:
-    """A frame that runs under the row guard (see :mod:`dbsentry.session.guard`)."""
+    """A frame that runs under the row guard (see :mod:`dbsentry.engines.postgres.session.guard`)."""
 
     mode: Mode
     statement: GuardedStatement
@@ -550,7 +560,7 @@ _DEFINES_ONLY = frozenset({"PREPARE", "EXPLAIN", "CREATE RULE", "CREATE FUNCTION
 
 class _ShapeRuling:
     """The ruling of an allowed Query, kept for every text of its shape (see
-    :mod:`dbsentry.sql.shape`): a text of the shape with constants of the same kinds gets
+    :mod:`dbsentry.engines.postgres.sql.shape`): a text of the shape with constants of the same kinds gets
     the same check and masking plans, while nothing it depends on in the session has
     changed (``stamp``: see ``Session._shape_stamp``).  Only rulings that leave nothing
     behind but what is replayed here are kept: one plain SELECT, allowed, no approval, not
@@ -923,7 +933,7 @@ class Session:
         return out
 
     def waited_login_ended(self) -> list[c.Command]:
-        """The login this session waited for ended (:class:`~dbsentry.session.commands.WakeWaiting`):
+        """The login this session waited for ended (:class:`~dbsentry.engines.postgres.session.commands.WakeWaiting`):
         greet the client from what it taught; else (it failed) log in upstream, or wait
         again when another woken session already does."""
         if self.state is not State.WAITING:
@@ -1683,7 +1693,7 @@ class Session:
         plans: tuple[StatementPlan | None, ...],
     ) -> None:
         """Keep the ruling of an allowed Query for its shape, when it may be (see
-        _ShapeRuling and dbsentry.sql.shape)."""
+        _ShapeRuling and dbsentry.engines.postgres.sql.shape)."""
         facts = check.verdict.facts
         if len(facts) != 1 or len(check.verdict.decisions) != 1 or self._shape_stamp(gov) != stamp:
             return
@@ -1994,7 +2004,7 @@ class Session:
         return cmds
 
     def guard_approval(self, approved: bool, message: str | None) -> list[c.Command]:
-        """The answer to :class:`~dbsentry.session.commands.GuardApproval`."""
+        """The answer to :class:`~dbsentry.engines.postgres.session.commands.GuardApproval`."""
         guard = self.guard
         if guard is None or self.state is not State.READY:
             return []

@@ -27,9 +27,14 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import replace
 
+from dbsentry.engines.postgres.sql.facts import (
+    SQLParseError,
+    StatementFacts,
+    analyze,
+    operators_and_types,
+)
 from dbsentry.masking.catalog import Catalog, Function, Relation
 from dbsentry.policy.cache import LRU
-from dbsentry.sql.facts import SQLParseError, StatementFacts, analyze, operators_and_types
 
 FLAG = "volatile_function"
 SIDE_EFFECT = "side_effect_function"

@@ -1,7 +1,7 @@
 """PostgreSQL protocol 3.0 messages as frozen, typed values.
 
 Only the messages dbsentry has to understand are decoded; everything else travels as
-raw frames (see :mod:`dbsentry.wire.pg.codec`).
+raw frames (see :mod:`dbsentry.engines.postgres.wire.codec`).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ identifiers, dollar quoting and stacked statements are already resolved when the
 walk starts: obfuscation has nothing to hide behind.  Anything the parser rejects
 raises :class:`SQLParseError`, and callers deny it (fail closed).
 
-Unknown means no: the walk is built on an allow-list (:mod:`dbsentry.sql.nodes`).  A
+Unknown means no: the walk is built on an allow-list (:mod:`dbsentry.engines.postgres.sql.nodes`).  A
 statement holding any node the allow-list does not name, anywhere in its tree, raises
 :class:`SQLUnsupported`; a tree too deep or too large to analyse quickly raises
 :class:`SQLTooComplex`; any other failure inside the analysis raises
@@ -42,12 +42,19 @@ from typing import Any
 import orjson
 from pglast import parser as _pg
 
-from dbsentry.governance.facts import FLAGS, CopyFacts, Risk, StatementClass, StatementFacts
-from dbsentry.sql import parse
-from dbsentry.sql.fold import UNKNOWN, UNKNOWN_PARAM, as_bool, bind, const, parse_bool, truth
-from dbsentry.sql.fold import strings as _strings
-from dbsentry.sql.fold import unwrap as _unwrap
-from dbsentry.sql.nodes import (
+from dbsentry.engines.postgres.sql import parse
+from dbsentry.engines.postgres.sql.fold import (
+    UNKNOWN,
+    UNKNOWN_PARAM,
+    as_bool,
+    bind,
+    const,
+    parse_bool,
+    truth,
+)
+from dbsentry.engines.postgres.sql.fold import strings as _strings
+from dbsentry.engines.postgres.sql.fold import unwrap as _unwrap
+from dbsentry.engines.postgres.sql.nodes import (
     ALLOWED,
     RANGEVAR_PLACES,
     STATEMENTS,
@@ -56,7 +63,8 @@ from dbsentry.sql.nodes import (
     first_unsupported,
     tags_of,
 )
-from dbsentry.sql.system_relations import CATALOG_RELATIONS
+from dbsentry.engines.postgres.sql.system_relations import CATALOG_RELATIONS
+from dbsentry.governance.facts import FLAGS, CopyFacts, Risk, StatementClass, StatementFacts
 
 __all__ = [
     "FLAGS",

@@ -1,0 +1,1 @@
+"""The PostgreSQL session: the per-connection state machine and what it uses."""

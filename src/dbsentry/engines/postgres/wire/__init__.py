@@ -1,0 +1,1 @@
+"""The PostgreSQL wire protocol: codec, messages, authentication, client encodings."""
