@@ -15,11 +15,16 @@ from .pg import free_port
 
 
 class TcpForwarder:
-    def __init__(self, target_host: str, target_port: int, host: str = "127.0.0.1", *, record: bool = False) -> None:
+    def __init__(
+        self, target_host: str, target_port: int, host: str = "127.0.0.1", *, record: bool = False, record_back: bool = False
+    ) -> None:
         self.target = (target_host, target_port)
-        # With ``record``: every byte sent towards the target, in order per connection.
+        # With ``record``: every byte sent towards the target, in order per connection;
+        # with ``record_back``: every byte the target sent back.
         self.sent = bytearray()
+        self.received = bytearray()
         self._record = record
+        self._record_back = record_back
         self.host = host
         self.port = free_port(host)
         self._listener: socket.socket | None = None
@@ -76,14 +81,14 @@ class TcpForwarder:
                 server.close()
                 return
             threading.Thread(target=self._pipe, args=(client, server, self._record), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, client), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, self._record_back, True), daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, record: bool = False) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, record: bool = False, back: bool = False) -> None:
         try:
             while data := src.recv(65536):
                 if record:
                     with self._lock:
-                        self.sent += data
+                        (self.received if back else self.sent).extend(data)
                 dst.sendall(data)
         except OSError:
             pass

@@ -136,6 +136,9 @@ class ProxyServer:
 
 
 MAX_GATED_CHUNKS = 64
+#: The most plaintext one TLS record to a client carries (see ``ClientConnection._write``).
+TLS_PIECE = 8192
+
 # Most connections never hold a statement back: they share this empty queue until one does.
 _NO_GATE: deque[_GateEntry] = deque(maxlen=0)
 
@@ -170,6 +173,7 @@ class ClientConnection(asyncio.Protocol):
         "closed",
         "proxy",
         "session",
+        "tls",
         "transport",
         "upstream",
     )
@@ -177,6 +181,7 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, proxy: ProxyServer) -> None:
         self.proxy = proxy
         self.transport: asyncio.Transport | None = None
+        self.tls = False  # the client's transport is TLS (its writes go in records of TLS_PIECE)
         self.upstream: UpstreamConnection | None = None
         self.closed = False
         self.address = "?"
@@ -272,7 +277,7 @@ class ClientConnection(asyncio.Protocol):
                     self._hold(cmd)
                 # (a transport closing already, say after a start-up timeout, refuses writes)
                 elif not self.closed and self.transport is not None and not self.transport.is_closing():
-                    self.transport.write(data)
+                    self._write(data)
             case c.Log():
                 log.log(cmd.level, cmd.event, extra={"fields": {"session": self.session.session_id, **cmd.fields}})
                 if cmd.event == "session.refused" and str(cmd.fields.get("sqlstate", "")).startswith("28"):
@@ -285,6 +290,12 @@ class ClientConnection(asyncio.Protocol):
             case c.CloseUpstream():
                 self._close_upstream()
             case c.StartClientTLS():
+                # Nothing more is read as plaintext: the client's TLS handshake follows the
+                # "S" at once, and bytes read before start_tls takes the socket over would
+                # reach the session as a start-up packet (and its error go back in
+                # plaintext). start_tls resumes reading for the TLS layer itself.
+                if self.transport is not None:
+                    self.transport.pause_reading()
                 spawn(self._start_tls(), name="client-tls")
             case c.VerifyPassword():
                 self._verify(cmd)
@@ -409,7 +420,7 @@ class ClientConnection(asyncio.Protocol):
             if isinstance(cmd, c.CloseClient):
                 self._close_client()
             elif not self.closed and self.transport is not None and not self.transport.is_closing():
-                self.transport.write(cmd.data)
+                self._write(cmd.data)
         waiting = hold.waiting_for()
         if waiting is not None:
             writer.when_durable(waiting, self._release)
@@ -640,6 +651,21 @@ class ClientConnection(asyncio.Protocol):
             return
         spawn(self.proxy.send_cancel(self.session.connection, up.backend_pid, up.backend_secret), name="cancel")
 
+    def _write(self, data: bytes) -> None:
+        """Send ``data`` to the client.  Over TLS, in pieces of at most
+        :data:`TLS_PIECE` bytes, each its own TLS record, as PostgreSQL sends: libpq reads
+        8 KiB at a time, and a bigger record leaves the rest decrypted inside OpenSSL where
+        a driver that waits on the socket (psycopg) never sees it, so the end of a large
+        result could hang until more data came."""
+        transport = self.transport
+        assert transport is not None
+        if not self.tls or len(data) <= TLS_PIECE:
+            transport.write(data)
+            return
+        view = memoryview(data)
+        for i in range(0, len(data), TLS_PIECE):
+            transport.write(view[i : i + TLS_PIECE])
+
     async def _start_tls(self) -> None:
         assert self.transport is not None
         loop = asyncio.get_running_loop()
@@ -654,6 +680,7 @@ class ClientConnection(asyncio.Protocol):
         if new is None:
             return
         self.transport = new
+        self.tls = True
         ssl_obj = new.get_extra_info("ssl_object")
         self.run(self.session.client_tls_started(ssl_obj.version() if ssl_obj is not None else None))
 
