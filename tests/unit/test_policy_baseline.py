@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from dbsentry.engines.postgres.sql.verdict import evaluate_sql
 from dbsentry.identity.model import Identity
-from dbsentry.policy import EvalContext, Policy, default_policy, evaluate_sql, parse_policy
+from dbsentry.policy import EvalContext, Policy, default_policy, parse_policy
 
 
 def ctx(env: str = "production", agent: bool = False, groups: tuple[str, ...] = ()) -> EvalContext:

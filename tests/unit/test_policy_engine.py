@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from dbsentry.engines.postgres.sql.facts import analyze
+from dbsentry.engines.postgres.sql.verdict import evaluate_sql
 from dbsentry.identity.model import Identity
 from dbsentry.policy import (
     DecisionCache,
@@ -19,7 +20,6 @@ from dbsentry.policy import (
     combine,
     decision_key,
     evaluate,
-    evaluate_sql,
     load_policy,
     parse_policy,
 )
@@ -270,7 +270,7 @@ def test_decision_key_includes_identity_only_when_rules_use_it() -> None:
 
 def test_cache_agrees_with_evaluate_and_is_bounded() -> None:
     pol = parse_policy(POLICY)
-    cache, facts_cache = DecisionCache(maxsize=4), FactsCache(maxsize=4)
+    cache, facts_cache = DecisionCache(maxsize=4), FactsCache(analyze, maxsize=4)
     sqls = ["select * from users", "delete from t where id = 1", "select * from hr.salaries", "select 1", "drop table t"]
     for c in (ctx(), ctx(agent=True), ctx(connection="prod-1"), ctx(env="production")):
         for sql in sqls * 2:
@@ -280,7 +280,7 @@ def test_cache_agrees_with_evaluate_and_is_bounded() -> None:
 
 
 def test_facts_cache_returns_the_same_facts() -> None:
-    fc = FactsCache(maxsize=2)
+    fc = FactsCache(analyze, maxsize=2)
     first = fc.analyze("select 1; select 2")
     assert fc.analyze("select 1; select 2") is first
 

@@ -8,11 +8,11 @@ markers in :data:`FLAGS`, and ``risk`` sums them up.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["FLAGS", "CopyFacts", "Risk", "StatementClass", "StatementFacts"]
+__all__ = ["FLAGS", "AnalysisRefused", "Analyzer", "CopyFacts", "Risk", "StatementClass", "StatementFacts"]
 
 StatementClass = Literal["READ", "WRITE", "FUNCTION", "ROLE", "DDL", "MISC", "MISC_SET"]
 Risk = Literal["low", "moderate", "high"]
@@ -100,3 +100,23 @@ class StatementFacts:
             fp = self.fingerprinter
             self._fingerprint.append(fp(self.text) if fp is not None else self.text)
         return self._fingerprint[0]
+
+
+class AnalysisRefused(ValueError):
+    """An engine's analysis gives no facts for a text, and every caller denies it (fail
+    closed).  ``sqlstate`` says why: ``42601`` the engine's parser rejected the text
+    (``position``: where, in characters from 0; None: at the end), ``0A000`` it holds a
+    construct the analysis does not understand, ``54001`` it is too complex to analyse
+    (``detail`` says how), ``XX000`` the analysis itself failed."""
+
+    sqlstate = "42601"
+    detail: str | None = None
+
+    def __init__(self, message: str, position: int | None = None) -> None:
+        super().__init__(message)
+        self.position = position
+
+
+#: An engine's analysis: a text (one or several statements) in, their facts out; raises
+#: :class:`AnalysisRefused`.
+Analyzer = Callable[[str], Sequence[StatementFacts]]

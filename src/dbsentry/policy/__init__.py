@@ -12,7 +12,7 @@ from dbsentry.policy.engine import (
     unparsable_decision,
 )
 from dbsentry.policy.loader import PolicyError, default_policy, load_policy, parse_policy
-from dbsentry.policy.verdict import Verdict, evaluate_sql
+from dbsentry.policy.verdict import Verdict, evaluate_text
 
 __all__ = [
     "Decision",
@@ -29,7 +29,7 @@ __all__ = [
     "decision_key",
     "default_policy",
     "evaluate",
-    "evaluate_sql",
+    "evaluate_text",
     "load_policy",
     "parse_policy",
     "unparsable_decision",

@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
-from dbsentry.engines.postgres.sql.facts import StatementFacts, analyze
+from dbsentry.governance.facts import Analyzer, StatementFacts
 from dbsentry.policy.engine import Decision, EvalContext, Policy, evaluate
 
 K = TypeVar("K", bound=Hashable)
@@ -66,9 +66,10 @@ class LRU(Generic[K, V]):
 
 
 class FactsCache:
-    """``analyze`` memoized by exact text.  Parse errors are not cached."""
+    """An engine's ``analyze`` memoized by exact text.  Refusals are not cached."""
 
-    def __init__(self, maxsize: int = 4096, max_text: int = 16384) -> None:
+    def __init__(self, analyze: Analyzer, maxsize: int = 4096, max_text: int = 16384) -> None:
+        self._analyze = analyze
         self._lru: LRU[str, tuple[StatementFacts, ...]] = LRU(maxsize)
         self._max_text = max_text  # huge one-off statements would just evict useful entries
 
@@ -76,7 +77,7 @@ class FactsCache:
         hit = self._lru.get(sql)
         if hit is not None:
             return hit
-        facts = tuple(analyze(sql))
+        facts = tuple(self._analyze(sql))
         if len(sql) <= self._max_text:
             self._lru.put(sql, facts)
         return facts

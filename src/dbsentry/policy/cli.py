@@ -15,12 +15,13 @@ import yaml
 
 from dbsentry.cli_options import config_option, full_path
 from dbsentry.config import ConfigError, LoadedConfig, load_config
+from dbsentry.engines.postgres.sql.verdict import evaluate_sql
 from dbsentry.governance.facts import StatementFacts
 from dbsentry.identity.model import Identity
 from dbsentry.policy.engine import Decision, EvalContext, Policy, combine, evaluate
 from dbsentry.policy.loader import PolicyError, default_policy, load_policy
 from dbsentry.policy.model import DataClassName, json_schema_text
-from dbsentry.policy.verdict import Verdict, evaluate_sql
+from dbsentry.policy.verdict import Verdict
 from dbsentry.policy.yamlsafe import load_bounded
 
 #: Data classes per statement: (read, written).

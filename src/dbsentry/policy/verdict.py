@@ -1,17 +1,14 @@
-"""From SQL text to one decision: analyze every statement, evaluate each, combine."""
+"""From SQL text to one decision: analyze every statement, evaluate each, combine.
+
+The analysis is the engine's (an :data:`~dbsentry.governance.facts.Analyzer`); PostgreSQL's
+text goes through :func:`dbsentry.engines.postgres.sql.verdict.evaluate_sql`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dbsentry.engines.postgres.sql.facts import (
-    SQLParseError,
-    SQLTooComplex,
-    SQLUnsupported,
-    StatementFacts,
-    analyze,
-)
-from dbsentry.policy.cache import DecisionCache, FactsCache
+from dbsentry.governance.facts import AnalysisRefused, Analyzer, StatementFacts
+from dbsentry.policy.cache import DecisionCache
 from dbsentry.policy.engine import (
     Decision,
     EvalContext,
@@ -44,28 +41,28 @@ class Verdict:
         return self.decision.sqlstate
 
 
-def parse_error_decision(err: SQLParseError) -> Decision:
-    """The ``baseline.unparsable`` deny for an error of :func:`dbsentry.engines.postgres.sql.facts.analyze`."""
-    if isinstance(err, SQLTooComplex):
-        return too_complex_decision(err.detail)
-    if isinstance(err, SQLUnsupported):
+def parse_error_decision(err: AnalysisRefused) -> Decision:
+    """The ``baseline.unparsable`` deny for a text the engine's analysis refused."""
+    if err.sqlstate == "54001":
+        return too_complex_decision(err.detail or str(err))
+    if err.sqlstate == "0A000":
         return unsupported_decision(str(err))
     return unparsable_decision(str(err))
 
 
-def evaluate_sql(
+def evaluate_text(
     policy: Policy,
     sql: str,
     ctx: EvalContext,
-    facts_cache: FactsCache | None = None,
+    analyze: Analyzer,
     decision_cache: DecisionCache | None = None,
 ) -> Verdict:
     """Unparsable text is denied by ``baseline.unparsable`` (fail closed), and so is text
     with a construct dbsentry does not analyse or too complex to analyse (SQLSTATE 54001)."""
     try:
-        facts = facts_cache.analyze(sql) if facts_cache is not None else tuple(analyze(sql))
-    except SQLParseError as err:
-        syntax = type(err) is SQLParseError
+        facts = tuple(analyze(sql))
+    except AnalysisRefused as err:
+        syntax = err.sqlstate == "42601"
         return Verdict((), (), parse_error_decision(err), str(err), syntax, err.position if syntax else None)
     if decision_cache is not None:
         decisions = tuple(decision_cache.evaluate(policy, f, ctx) for f in facts)

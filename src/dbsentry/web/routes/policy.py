@@ -100,7 +100,8 @@ def add_routes(r: APIRouter, svc: WebServices) -> None:
         responses=errors(404),
     )
     def policy_explain(request: Request, who: PolicyReader, body: ExplainBody) -> dict[str, Any]:
-        from dbsentry.policy import EvalContext, evaluate_sql
+        from dbsentry.engines.postgres.sql.verdict import evaluate_sql
+        from dbsentry.policy import EvalContext
         from dbsentry.policy.cli import verdict_to_dict
 
         gov = governor()

@@ -16,19 +16,18 @@ from pathlib import Path
 
 from dbsentry.engines.postgres.session.functions import FunctionSafety
 from dbsentry.engines.postgres.sql.facts import StatementFacts
+from dbsentry.engines.postgres.sql.verdict import evaluate_sql, facts_cache
 from dbsentry.identity.model import Identity
 from dbsentry.masking.catalog import Catalog, ClassMap
 from dbsentry.masking.inference import StatementClasses, statement_classes
 from dbsentry.policy import (
     DecisionCache,
     EvalContext,
-    FactsCache,
     Policy,
     PolicyError,
     Verdict,
     combine,
     default_policy,
-    evaluate_sql,
     load_policy,
 )
 from dbsentry.policy.baseline import setting_allowed
@@ -70,7 +69,7 @@ class Governor:
     def __init__(self, policy: Policy, path: Path | None = None) -> None:
         self.policy = policy
         self.path = path
-        self.facts_cache = FactsCache()
+        self.facts_cache = facts_cache()
         self.decision_cache = DecisionCache()
         self._mtime = self._stat()
 

@@ -64,7 +64,14 @@ from dbsentry.engines.postgres.sql.nodes import (
     tags_of,
 )
 from dbsentry.engines.postgres.sql.system_relations import CATALOG_RELATIONS
-from dbsentry.governance.facts import FLAGS, CopyFacts, Risk, StatementClass, StatementFacts
+from dbsentry.governance.facts import (
+    FLAGS,
+    AnalysisRefused,
+    CopyFacts,
+    Risk,
+    StatementClass,
+    StatementFacts,
+)
 
 __all__ = [
     "FLAGS",
@@ -174,15 +181,11 @@ _SIDE_RE = _glob_re(SIDE_EFFECT_FUNCTIONS)
 MAX_TREE_NODES = 250_000
 
 
-class SQLParseError(ValueError):
+class SQLParseError(AnalysisRefused):
     """PostgreSQL's parser rejected the text, or dbsentry cannot analyse it; the caller
     must deny it."""
 
     sqlstate = "42601"
-
-    def __init__(self, message: str, position: int | None = None) -> None:
-        super().__init__(message)
-        self.position = position  # of the error, in characters from 0 (None: at the end)
 
 
 class SQLUnsupported(SQLParseError):
