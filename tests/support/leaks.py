@@ -47,23 +47,46 @@ def fragments(value: str, keep_last: int = 4) -> set[str]:
     return {f for f in out if len(f) >= 5}
 
 
+#: Fragments of digits shorter than this are looked for as numbers of their own: a run of
+#: five digits turns up by chance inside the hashes, ids, times and ports of a long output
+#: (an SSN's first five digits were found in an audit record's hashes); 8 and more do not.
+SHORT_DIGITS = 8
+
+
+def _digit_pattern(fragment: str) -> re.Pattern[str]:
+    """``fragment``'s digits, separators allowed between them, not inside a longer run of
+    hex digits (a hash, an id) on either side."""
+    return re.compile(r"(?<![0-9a-f])" + r"[^0-9a-z]*".join(fragment) + r"(?![0-9a-f])")
+
+
 @dataclass
 class Secrets:
     """The real values a test planted; :meth:`leaks` lists the fragments found in a blob."""
 
     values: Iterable[str]
     frags: tuple[str, ...] = field(init=False)
+    _short: dict[str, re.Pattern[str]] = field(init=False)
 
     def __post_init__(self) -> None:
         out: set[str] = set()
         for v in self.values:
             out |= fragments(v)
         self.frags = tuple(sorted(out))
+        self._short = {f: _digit_pattern(f) for f in self.frags if f.isdigit() and len(f) < SHORT_DIGITS}
 
     def leaks(self, *blobs: Any) -> list[str]:
-        text = norm(" ".join(str(b) for b in blobs))
-        rev = text[::-1]
-        return [f for f in self.frags if f in text or f in rev]
+        raw = " ".join(str(b) for b in blobs).lower()
+        text = norm(raw)
+        rev, raw_rev = text[::-1], raw[::-1]
+        found = []
+        for f in self.frags:
+            short = self._short.get(f)
+            if short is not None:
+                if short.search(raw) or short.search(raw_rev):
+                    found.append(f)
+            elif f in text or f in rev:
+                found.append(f)
+        return found
 
     def assert_no_leak(self, *blobs: Any, context: str = "") -> None:
         found = self.leaks(*blobs)
