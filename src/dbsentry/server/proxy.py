@@ -173,7 +173,6 @@ class ClientConnection(asyncio.Protocol):
         "closed",
         "proxy",
         "session",
-        "tls",
         "transport",
         "upstream",
     )
@@ -181,7 +180,6 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, proxy: ProxyServer) -> None:
         self.proxy = proxy
         self.transport: asyncio.Transport | None = None
-        self.tls = False  # the client's transport is TLS (its writes go in records of TLS_PIECE)
         self.upstream: UpstreamConnection | None = None
         self.closed = False
         self.address = "?"
@@ -659,7 +657,7 @@ class ClientConnection(asyncio.Protocol):
         result could hang until more data came."""
         transport = self.transport
         assert transport is not None
-        if not self.tls or len(data) <= TLS_PIECE:
+        if not self.session.client.tls or len(data) <= TLS_PIECE:
             transport.write(data)
             return
         view = memoryview(data)
@@ -680,7 +678,6 @@ class ClientConnection(asyncio.Protocol):
         if new is None:
             return
         self.transport = new
-        self.tls = True
         ssl_obj = new.get_extra_info("ssl_object")
         self.run(self.session.client_tls_started(ssl_obj.version() if ssl_obj is not None else None))
 
