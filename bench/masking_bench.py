@@ -14,18 +14,15 @@ import argparse
 import time
 from collections.abc import Callable
 
-from dbsentry.engines.postgres.wire import codec
-from dbsentry.masking import rows
-from dbsentry.masking.catalog import Catalog, SourceColumn, classify_catalog
-from dbsentry.masking.classes import DataClass
-from dbsentry.masking.lineage import (
+from dbsentry.engines.postgres.masking import rows
+from dbsentry.engines.postgres.masking.lineage import (
     ColumnMask,
     CopyOptions,
     MaskPlan,
     analyze_lineage,
     plan_masks,
 )
-from dbsentry.masking.rows import (
+from dbsentry.engines.postgres.masking.rows import (
     Field,
     RowMasker,
     compile_copy_masker,
@@ -33,6 +30,9 @@ from dbsentry.masking.rows import (
     encode_data_row,
     mask_data_row,
 )
+from dbsentry.engines.postgres.wire import codec
+from dbsentry.masking.catalog import Catalog, SourceColumn, classify_catalog
+from dbsentry.masking.classes import DataClass
 
 KEY = b"bench-key"
 SRC = frozenset({SourceColumn("public", "customers", "x")})

@@ -23,17 +23,18 @@ from psycopg.adapt import Transformer  # noqa: E402
 from psycopg.conninfo import conninfo_to_dict  # noqa: E402
 from psycopg.pq import Format  # noqa: E402
 
-from dbsentry.masking.catalog import Catalog, SourceColumn, classify_catalog, fetch_catalog  # noqa: E402
-from dbsentry.masking.classes import DataClass  # noqa: E402
-from dbsentry.masking.cli import classify  # noqa: E402
-from dbsentry.masking.lineage import analyze_lineage, plan_masks  # noqa: E402
-from dbsentry.masking.rows import (  # noqa: E402
+from dbsentry.engines.postgres.catalog import fetch_catalog  # noqa: E402
+from dbsentry.engines.postgres.masking.lineage import analyze_lineage, plan_masks  # noqa: E402
+from dbsentry.engines.postgres.masking.rows import (  # noqa: E402
     Field,
     compile_row_masker,
     decode_data_row,
     encode_data_row,
     mask_data_row,
 )
+from dbsentry.masking.catalog import Catalog, SourceColumn, classify_catalog  # noqa: E402
+from dbsentry.masking.classes import DataClass  # noqa: E402
+from dbsentry.masking.cli import classify  # noqa: E402
 
 # The suite's PostgreSQL: the machine's on 127.0.0.1:5432, or an embedded one (tests/support/pg.py).
 from support.pg import find_postgres  # noqa: E402

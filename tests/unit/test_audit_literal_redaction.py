@@ -18,9 +18,9 @@ from dbsentry.audit.redaction import (
     redactor_from_config,
 )
 from dbsentry.audit.store import SearchFilter, filter_clauses
+from dbsentry.engines.postgres.masking.literals import find_literal_meets
 from dbsentry.masking import Catalog, classify_catalog
 from dbsentry.masking.classes import DataClass
-from dbsentry.masking.literals import find_literal_meets
 from support.leaks import Secrets
 
 # A comment's pii:none no longer declassifies a column; only the policy's overrides do.

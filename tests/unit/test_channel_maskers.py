@@ -8,10 +8,7 @@ import hashlib
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dbsentry.engines.postgres.wire import codec
-from dbsentry.engines.postgres.wire import messages as m
-from dbsentry.masking.catalog import Classification, ClassMap, SourceColumn
-from dbsentry.masking.channels import (
+from dbsentry.engines.postgres.masking.channels import (
     REDACTED,
     WITHHELD_NOTICE,
     WITHHELD_RAISE,
@@ -21,6 +18,9 @@ from dbsentry.masking.channels import (
     redact_detail,
     redact_quoted,
 )
+from dbsentry.engines.postgres.wire import codec
+from dbsentry.engines.postgres.wire import messages as m
+from dbsentry.masking.catalog import Classification, ClassMap, SourceColumn
 from dbsentry.masking.classes import DataClass
 
 NAME = "Ada Lovelace"

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dbsentry.engines.postgres.masking.rows import decode_data_row
 from dbsentry.engines.postgres.session.exchange import CLIENT, Exchange
 from dbsentry.engines.postgres.session.guard import (
     FAIL_SQL,
@@ -26,7 +27,6 @@ from dbsentry.engines.postgres.session.guard import (
 from dbsentry.engines.postgres.session.rowcap import RowCap
 from dbsentry.engines.postgres.wire import codec
 from dbsentry.engines.postgres.wire import messages as m
-from dbsentry.masking.rows import decode_data_row
 from support.playbook import frames
 
 LIMITS = Limits(max_rows=1000, max_fraction=0.5, min_rows_for_fraction=10)

@@ -9,16 +9,16 @@ import pytest
 from test_masking_lineage import CATALOG, CLASSMAP  # type: ignore[import-not-found]
 
 from dbsentry.config import MaskingConfig
-from dbsentry.engines.postgres.sql.facts import analyze
-from dbsentry.identity.model import Identity
-from dbsentry.masking.inference import (
+from dbsentry.engines.postgres.masking.inference import (
     StatementClasses,
     permitted,
     refusal_message,
     statement_classes,
     violation,
 )
-from dbsentry.masking.lineage import PredicateUse, analyze_lineage
+from dbsentry.engines.postgres.masking.lineage import PredicateUse, analyze_lineage
+from dbsentry.engines.postgres.sql.facts import analyze
+from dbsentry.identity.model import Identity
 from dbsentry.policy import EvalContext, evaluate, parse_policy
 
 

@@ -9,20 +9,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dbsentry.config import MaskingConfig
-from dbsentry.engines.postgres.session.masking import (
-    MaskingService,
-    SessionMasking,
-    StatementPlan,
-    _Query,
+from dbsentry.engines.postgres.masking import rows
+from dbsentry.engines.postgres.masking.lineage import (
+    ColumnMask,
+    CopyOptions,
+    MaskPlan,
+    StatementLineage,
 )
-from dbsentry.engines.postgres.wire import codec
-from dbsentry.engines.postgres.wire.codec import ProtocolError
-from dbsentry.masking import rows
-from dbsentry.masking.catalog import SourceColumn
-from dbsentry.masking.classes import DataClass
-from dbsentry.masking.lineage import ColumnMask, CopyOptions, MaskPlan, StatementLineage
-from dbsentry.masking.pg_values import OP_EMAIL, OP_KEEP_LAST, OP_SCAN, BytePartial, _partial_bytes
-from dbsentry.masking.rows import (
+from dbsentry.engines.postgres.masking.rows import (
     OP_CALL,
     OP_CONST,
     Field,
@@ -33,6 +27,23 @@ from dbsentry.masking.rows import (
     mask_data_row,
     mask_data_rows,
 )
+from dbsentry.engines.postgres.masking.values import (
+    OP_EMAIL,
+    OP_KEEP_LAST,
+    OP_SCAN,
+    BytePartial,
+    _partial_bytes,
+)
+from dbsentry.engines.postgres.session.masking import (
+    MaskingService,
+    SessionMasking,
+    StatementPlan,
+    _Query,
+)
+from dbsentry.engines.postgres.wire import codec
+from dbsentry.engines.postgres.wire.codec import ProtocolError
+from dbsentry.masking.catalog import SourceColumn
+from dbsentry.masking.classes import DataClass
 
 D = DataClass
 KEY = b"k"

@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 from test_masking_lineage import FUNCTIONS, ROWS, VIEWS, _rel
 
+from dbsentry.engines.postgres.masking.copies import copied_classes
+from dbsentry.engines.postgres.masking.lineage import analyze_lineage
 from dbsentry.engines.postgres.session.masking import looks_masked, writes_masked_literal
 from dbsentry.masking.catalog import Catalog, SourceColumn, classify_catalog
 from dbsentry.masking.classes import Classification, DataClass
-from dbsentry.masking.copies import DerivedClassFile, copied_classes, with_derived
-from dbsentry.masking.lineage import analyze_lineage
+from dbsentry.masking.derived import DerivedClassFile, with_derived
 
 T = 25
 CATALOG = Catalog.from_rows(

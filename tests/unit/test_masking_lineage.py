@@ -7,9 +7,7 @@ from typing import Any
 
 import pytest
 
-from dbsentry.masking.catalog import Catalog, ClassMap, SourceColumn, classify_catalog
-from dbsentry.masking.classes import DataClass
-from dbsentry.masking.lineage import (
+from dbsentry.engines.postgres.masking.lineage import (
     LineageError,
     MaskSettings,
     StatementLineage,
@@ -17,6 +15,8 @@ from dbsentry.masking.lineage import (
     lineage_of_tree,
     plan_masks,
 )
+from dbsentry.masking.catalog import Catalog, ClassMap, SourceColumn, classify_catalog
+from dbsentry.masking.classes import DataClass
 
 D = DataClass
 T = 25  # text

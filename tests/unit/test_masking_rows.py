@@ -9,11 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dbsentry.engines.postgres.wire.codec import ProtocolError
-from dbsentry.masking.catalog import ClassMap, SourceColumn
-from dbsentry.masking.classes import Classification, DataClass
-from dbsentry.masking.lineage import ColumnMask, CopyOptions, MaskPlan
-from dbsentry.masking.rows import (
+from dbsentry.engines.postgres.masking.lineage import ColumnMask, CopyOptions, MaskPlan
+from dbsentry.engines.postgres.masking.rows import (
     Field,
     UnsupportedCopy,
     compile_copy_masker,
@@ -24,6 +21,9 @@ from dbsentry.masking.rows import (
     encode_row_description,
     mask_data_row,
 )
+from dbsentry.engines.postgres.wire.codec import ProtocolError
+from dbsentry.masking.catalog import ClassMap, SourceColumn
+from dbsentry.masking.classes import Classification, DataClass
 
 D = DataClass
 KEY = b"k"

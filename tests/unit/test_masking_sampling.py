@@ -11,16 +11,11 @@ import uuid
 import orjson
 import pytest
 
-from dbsentry.masking.catalog import (
-    Catalog,
-    SourceColumn,
-    classify_catalog,
-    sample_column,
-    sample_sql,
-)
+from dbsentry.engines.postgres.catalog import sample_column, sample_sql
+from dbsentry.engines.postgres.masking.lineage import analyze_lineage, plan_masks
+from dbsentry.masking.catalog import Catalog, SourceColumn, classify_catalog
 from dbsentry.masking.classes import DataClass
 from dbsentry.masking.detect import detect_value, luhn_ok
-from dbsentry.masking.lineage import analyze_lineage, plan_masks
 from dbsentry.masking.sampling import (
     SampledColumn,
     ValueFinding,
@@ -462,7 +457,7 @@ def _run(coro: object) -> object:
 
 
 def test_fetch_samples_reads_each_table_once_and_skips_failures() -> None:
-    from dbsentry.masking.catalog import fetch_samples
+    from dbsentry.engines.postgres.catalog import fetch_samples
 
     cat = _catalog()
     emails = [(f"x{i}@example.com",) for i in range(5)]
@@ -485,7 +480,7 @@ def test_fetch_samples_reads_each_table_once_and_skips_failures() -> None:
 
 
 def test_fetch_samples_budget_and_priority() -> None:
-    from dbsentry.masking.catalog import fetch_samples
+    from dbsentry.engines.postgres.catalog import fetch_samples
 
     cat = _catalog()
     conn = _FakeConn({1: 10, 2: 10, 3: 10, 5: 10}, {})
@@ -504,7 +499,7 @@ def test_fetch_samples_budget_and_priority() -> None:
 
 
 def test_fetch_samples_falls_back_when_tablesample_finds_nothing() -> None:
-    from dbsentry.masking.catalog import fetch_samples
+    from dbsentry.engines.postgres.catalog import fetch_samples
 
     cat = _catalog()
     rows = [("a1.b@example.com",), ("a2.b@example.com",)]

@@ -11,12 +11,16 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from dbsentry.config import MaskingConfig
-from dbsentry.masking import rows
+from dbsentry.engines.postgres.masking import rows
+from dbsentry.engines.postgres.masking.lineage import ColumnMask, CopyOptions, MaskPlan
+from dbsentry.engines.postgres.masking.rows import Field, compile_copy_masker, compile_row_masker
+from dbsentry.engines.postgres.masking.values import (
+    Scan,
+    make_detect_masker,
+    make_safety_net_masker,
+)
 from dbsentry.masking.classes import DataClass
 from dbsentry.masking.detect import detect_value, find_sensitive
-from dbsentry.masking.lineage import ColumnMask, CopyOptions, MaskPlan
-from dbsentry.masking.pg_values import Scan, make_detect_masker, make_safety_net_masker
-from dbsentry.masking.rows import Field, compile_copy_masker, compile_row_masker
 from dbsentry.masking.strategies import (
     DEFAULT_STRATEGIES,
     SAFETY_NET_CLASSES,

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from psycopg.adapt import Transformer
 from psycopg.pq import Format
 
+from dbsentry.engines.postgres.masking.values import TYPED_MASKS, make_detect_masker, make_masker
 from dbsentry.masking.classes import DataClass
-from dbsentry.masking.pg_values import TYPED_MASKS, make_detect_masker, make_masker
 from dbsentry.masking.strategies import (
     DEFAULT_STRATEGIES,
     PLACEHOLDERS,
@@ -367,8 +367,8 @@ def test_maskers_never_crash_on_any_bytes(raw: bytes, strategy: str, oid: int, f
 
 def test_json_values_that_are_not_utf8_are_masked_not_crashed_on() -> None:
     """A non-UTF-8 client_encoding can bring bytes no JSON string can hold: keep none of them."""
+    from dbsentry.engines.postgres.masking.values import make_masker
     from dbsentry.masking.classes import DataClass
-    from dbsentry.masking.pg_values import make_masker
 
     for cls in (DataClass.EMAIL, DataClass.PHONE, DataClass.PERSON_NAME):
         for strategy in ("partial", "redact", "hash"):

@@ -4,7 +4,7 @@ With ``audit.redact_literals: sensitive`` (the default) a constant or bound para
 replaced by a *token* when
 
 - it meets a column the catalog classifies (compared with, inserted into or assigned to
-  it: ``dbsentry.masking.literals``), or
+  it: ``dbsentry.engines.postgres.masking.literals``), or
 - value detection recognises it (``detect_value`` on the whole value; ``find_sensitive``
   inside longer text, where only the values found are replaced).
 
@@ -33,11 +33,16 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from dbsentry.audit.records import redact_literals
+from dbsentry.engines.postgres.masking.literals import (
+    LiteralMeets,
+    Meets,
+    find_literal_meets,
+    meets_values_only,
+)
 from dbsentry.engines.postgres.sql import parse as sqlparse
 from dbsentry.masking.catalog import Catalog, ClassMap
 from dbsentry.masking.classes import DataClass
 from dbsentry.masking.detect import detect_value, find_sensitive
-from dbsentry.masking.literals import LiteralMeets, Meets, find_literal_meets, meets_values_only
 
 __all__ = [
     "TOKEN_RE",
@@ -302,7 +307,7 @@ class LiteralRedactor:
 
     def values_only(self, sql: str, connection: str | None) -> int | None:
         """When every constant of ``sql`` is redacted by its value alone (it meets no
-        column: :func:`~dbsentry.masking.literals.meets_values_only`), the catalog
+        column: :func:`~dbsentry.engines.postgres.masking.literals.meets_values_only`), the catalog
         version that holds for; else None.  Then :meth:`constant` redacts each constant
         as :meth:`redact` would."""
         view = self.views(connection) if self.views is not None and connection is not None else None

@@ -12,14 +12,8 @@ import orjson
 
 from dbsentry.cli_options import config_option, full_path
 from dbsentry.config import ConfigError, ConnectionConfig, MaskingConfig, load_config
-from dbsentry.masking.catalog import (
-    Catalog,
-    ClassMap,
-    SampleReport,
-    classify_catalog,
-    fetch_catalog,
-    fetch_samples,
-)
+from dbsentry.engines.postgres.catalog import fetch_catalog, fetch_samples
+from dbsentry.masking.catalog import Catalog, ClassMap, SampleReport, classify_catalog
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:

@@ -364,7 +364,7 @@ def classify_table_sample(
     rows: Iterable[Sequence[Any]],
 ) -> dict[str, ValueFinding]:
     """Judge every column of one table's sample: ``rows`` hold the values of ``columns``
-    in order (the shape of :func:`dbsentry.masking.catalog.sample_sql`'s result)."""
+    in order (the shape of :func:`dbsentry.engines.postgres.catalog.sample_sql`'s result)."""
     rows = list(rows)
     out: dict[str, ValueFinding] = {}
     for i, col in enumerate(columns):

@@ -15,7 +15,7 @@ Strategies (from least to most destructive, :data:`STRATEGIES`):
 - ``null``: SQL NULL.
 
 They work on text and know no database: how a masked value is written back in a given
-engine's types and formats (PostgreSQL: :mod:`dbsentry.masking.pg_values`) is the
+engine's types and formats (PostgreSQL: :mod:`dbsentry.engines.postgres.masking.values`) is the
 engine's part.
 """
 

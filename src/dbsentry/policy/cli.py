@@ -145,10 +145,10 @@ def evaluate_with_classes(
 
 def _catalog_classes(loaded: LoadedConfig, connection: str, sql: str) -> list[Classes]:
     """The data classes of every statement, from the connection's live catalog."""
+    from dbsentry.engines.postgres.masking.inference import statement_classes
     from dbsentry.engines.postgres.sql.facts import SQLParseError, analyze
     from dbsentry.masking.catalog import classify_catalog
     from dbsentry.masking.cli import load_catalog
-    from dbsentry.masking.inference import statement_classes
 
     conn = loaded.config.connections[connection]
     masking = loaded.config.masking

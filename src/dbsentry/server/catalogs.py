@@ -1,7 +1,7 @@
 """Reads each connection's catalog for masking, on a side connection, and keeps it fresh.
 
 With ``masking.sample`` the same side connection then samples the rows of every table
-(:func:`dbsentry.masking.catalog.fetch_samples`) so that columns are classified from their
+(:func:`dbsentry.engines.postgres.catalog.fetch_samples`) so that columns are classified from their
 values as well as their names.  Sampling is bounded: one query per table under
 ``masking.sample_timeout_ms``, nothing started after ``masking.sample_budget_seconds``, the
 judgement of the values in a worker thread.  A table that errors, times out or is left out
@@ -20,9 +20,10 @@ from typing import Any
 import psycopg
 
 from dbsentry.config import Config, ConnectionConfig, MaskingConfig
+from dbsentry.engines.postgres.catalog import fetch_catalog, fetch_samples
 from dbsentry.engines.postgres.session.masking import MaskingService
-from dbsentry.masking import Catalog, classify_catalog, fetch_catalog
-from dbsentry.masking.catalog import SampleReport, fetch_samples
+from dbsentry.masking import Catalog, classify_catalog
+from dbsentry.masking.catalog import SampleReport
 from dbsentry.masking.sampling import SampledColumn, ValueFinding, classify_table_sample
 from dbsentry.tasks import spawn
 

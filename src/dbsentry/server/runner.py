@@ -24,7 +24,7 @@ from dbsentry.config import Config, ConfigError, LoadedConfig, check_environment
 from dbsentry.engines.postgres.session.governance import Governor
 from dbsentry.engines.postgres.session.masking import MaskingService, load_or_create_key
 from dbsentry.identity import Authenticator
-from dbsentry.masking.copies import DerivedClassFile
+from dbsentry.masking.derived import DerivedClassFile
 from dbsentry.policy import PolicyError
 from dbsentry.policy.loader import declared_environments
 from dbsentry.server.catalogs import CatalogLoader

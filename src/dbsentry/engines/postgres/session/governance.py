@@ -14,12 +14,12 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from dbsentry.engines.postgres.masking.inference import StatementClasses, statement_classes
 from dbsentry.engines.postgres.session.functions import FunctionSafety
 from dbsentry.engines.postgres.sql.facts import StatementFacts
 from dbsentry.engines.postgres.sql.verdict import evaluate_sql, facts_cache
 from dbsentry.identity.model import Identity
 from dbsentry.masking.catalog import Catalog, ClassMap
-from dbsentry.masking.inference import StatementClasses, statement_classes
 from dbsentry.policy import (
     DecisionCache,
     EvalContext,

@@ -40,10 +40,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from dbsentry.engines.postgres.masking.rows import decode_data_row
 from dbsentry.engines.postgres.session.exchange import CLIENT, Exchange
 from dbsentry.engines.postgres.wire import codec
 from dbsentry.engines.postgres.wire import messages as m
-from dbsentry.masking.rows import decode_data_row
 
 RULE_ROWS = "guardrails.max_rows_changed"
 RULE_FRACTION = "guardrails.max_fraction_changed"

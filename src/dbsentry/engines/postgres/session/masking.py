@@ -30,44 +30,48 @@ import orjson
 from pglast import parser as pg_parser
 
 from dbsentry.config import MaskingConfig
+from dbsentry.engines.postgres.masking.channels import (
+    ChannelMasker,
+    TouchedValues,
+    classified_columns,
+)
+from dbsentry.engines.postgres.masking.copies import copied_classes
+from dbsentry.engines.postgres.masking.inference import lineages_of
+from dbsentry.engines.postgres.masking.inference import refusal_message as predicate_refusal
+from dbsentry.engines.postgres.masking.inference import violation as predicate_violation
+from dbsentry.engines.postgres.masking.lineage import (
+    ANY_SCHEMA,
+    LineageError,
+    MaskPlan,
+    MaskSettings,
+    StatementLineage,
+    analyze_lineage,
+    plan_masks,
+)
+from dbsentry.engines.postgres.masking.rows import (
+    CopyMasker,
+    Field,
+    RowMasker,
+    UnsupportedCopy,
+    compile_copy_masker,
+    compile_row_masker,
+    decode_data_row,
+    decode_row_description,
+    encode_data_row,
+    mask_data_row,
+    mask_data_rows,
+    text_type_oids,
+)
 from dbsentry.engines.postgres.session.functions import FunctionSafety
 from dbsentry.engines.postgres.sql import parse as sqlparse
 from dbsentry.engines.postgres.sql.facts import StatementFacts, setting_values
 from dbsentry.engines.postgres.wire import codec, encodings
 from dbsentry.engines.postgres.wire import messages as m
 from dbsentry.identity.model import Identity
-from dbsentry.masking import (
-    Catalog,
-    ClassMap,
-    CopyMasker,
-    DataClass,
-    MaskPlan,
-    MaskSettings,
-    RowMasker,
-    StatementLineage,
-    analyze_lineage,
-    compile_copy_masker,
-    compile_row_masker,
-    decode_row_description,
-    mask_data_row,
-    plan_masks,
-)
+from dbsentry.masking import Catalog, ClassMap, DataClass
 from dbsentry.masking.catalog import SourceColumn, parse_search_path
-from dbsentry.masking.channels import ChannelMasker, TouchedValues, classified_columns
 from dbsentry.masking.classes import Classification, most_sensitive, parse_class
-from dbsentry.masking.copies import copied_classes, with_derived, with_new_tables
-from dbsentry.masking.inference import lineages_of
-from dbsentry.masking.inference import refusal_message as predicate_refusal
-from dbsentry.masking.inference import violation as predicate_violation
-from dbsentry.masking.lineage import ANY_SCHEMA, LineageError
-from dbsentry.masking.rows import (
-    Field,
-    UnsupportedCopy,
-    decode_data_row,
-    encode_data_row,
-    mask_data_rows,
-    text_type_oids,
-)
+from dbsentry.masking.derived import with_derived, with_new_tables
 from dbsentry.masking.strategies import PLACEHOLDERS
 from dbsentry.policy.cache import LRU
 from dbsentry.policy.engine import Decision

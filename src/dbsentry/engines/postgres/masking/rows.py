@@ -21,11 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from types import ModuleType
 
-from dbsentry.errors import ProtocolError
-from dbsentry.masking.catalog import Catalog, ClassMap
-from dbsentry.masking.classes import DataClass
-from dbsentry.masking.lineage import ColumnMask, CopyOptions, MaskPlan
-from dbsentry.masking.pg_values import (
+from dbsentry.engines.postgres.masking.lineage import ColumnMask, CopyOptions, MaskPlan
+from dbsentry.engines.postgres.masking.values import (
     OP_EMAIL,
     OP_KEEP_LAST,
     OP_SCAN,
@@ -37,6 +34,9 @@ from dbsentry.masking.pg_values import (
     make_masker,
     make_safety_net_masker,
 )
+from dbsentry.errors import ProtocolError
+from dbsentry.masking.catalog import Catalog, ClassMap
+from dbsentry.masking.classes import DataClass
 from dbsentry.masking.strategies import DEFAULT_STRATEGIES, may_hold_sensitive
 
 _fastmask: ModuleType | None
@@ -44,7 +44,7 @@ if os.environ.get("DBSENTRY_MASKING_NO_EXTENSION"):
     _fastmask = None
 else:
     try:
-        from dbsentry.masking import _fastmask
+        from dbsentry.engines.postgres.masking import _fastmask
     except ImportError:  # not built (no compiler at install): the Python loops below
         _fastmask = None
 

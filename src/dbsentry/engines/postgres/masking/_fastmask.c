@@ -1,7 +1,7 @@
 /*
  * _fastmask: the per-row loops of result masking, in C.
  *
- * An optional speed-up of dbsentry/masking/rows.py: mask_data_rows() and
+ * An optional speed-up of dbsentry/engines/postgres/masking/rows.py: mask_data_rows() and
  * mask_copy_rows() do what rows._py_mask_data_rows() and
  * CopyMasker._py_mask_frames() do, byte for byte (a property test compares
  * them).  They read the same plans: a tuple with, per column, None or an op
@@ -543,7 +543,7 @@ encode_row_field(PyObject *res, PyObject *raw, const void *ctx)
 PyDoc_STRVAR(mask_data_rows_doc,
 "mask_data_rows(buf, pos, width, plan) -> (bytes | None, count, end)\n\n"
 "Mask the DataRow frames that follow each other in buf from pos; see\n"
-"dbsentry.masking.rows.mask_data_rows.");
+"dbsentry.engines.postgres.masking.rows.mask_data_rows.");
 
 static PyObject *
 mask_data_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -808,7 +808,7 @@ copy_field(Out *out, const Op *op, const unsigned char *b, Py_ssize_t fs, Py_ssi
 PyDoc_STRVAR(mask_copy_rows_doc,
 "mask_copy_rows(buf, pos, delimiter, null, plan, fallback) -> (bytes | None, count, end)\n\n"
 "Mask the CopyData frames (text format) that follow each other in buf from pos;\n"
-"see dbsentry.masking.rows.CopyMasker.mask_frames.  A line with a backslash, or\n"
+"see dbsentry.engines.postgres.masking.rows.CopyMasker.mask_frames.  A line with a backslash, or\n"
 "that is not one line ending in its only newline, goes to fallback(line).");
 
 static PyObject *
@@ -976,8 +976,8 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
-    "dbsentry.masking._fastmask",
-    "The per-row loops of result masking in C (see dbsentry/masking/rows.py).",
+    "dbsentry.engines.postgres.masking._fastmask",
+    "The per-row loops of result masking in C (see dbsentry/engines/postgres/masking/rows.py).",
     -1,
     methods,
     NULL,

@@ -24,8 +24,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from dbsentry.engines.postgres.masking.lineage import (
+    LineageError,
+    PredicateUse,
+    StatementLineage,
+    analyze_lineage,
+)
 from dbsentry.masking.catalog import Catalog, ClassMap, SourceColumn
-from dbsentry.masking.lineage import LineageError, PredicateUse, StatementLineage, analyze_lineage
 
 __all__ = [
     "FILTERS",

@@ -1,15 +1,10 @@
-"""Copies of classified data: the columns a statement stores them in inherit their class.
+"""Classes that columns inherited from copies of classified data (an engine's analysis
+finds the copies: PostgreSQL's is ``dbsentry.engines.postgres.masking.copies``).
 
-``INSERT INTO log (msg) SELECT c::text FROM customers c``, ``CREATE TABLE t AS SELECT
-row_to_json(c) FROM customers c`` or ``UPDATE notes SET body = sql_email(id)`` store
-classified values in a column whose name says nothing.  Lineage tells what each stored
-value derives from (whole rows, ``*`` and SQL function bodies included); a value it cannot
-follow (an opaque function) in a statement that reads classified data may carry any class
-read there.  :func:`copied_classes` gives the classes the written columns inherit, and
 :func:`with_derived` adds them to a :class:`ClassMap`, so that later readers, in any
-session, see them masked.  Only the policy (``masking.overrides``) can take a class away.
-
-:class:`DerivedClassFile` keeps them across restarts (one JSON file in the state
+session, see them masked; only the policy (``masking.overrides``) can take a class away.
+:func:`with_new_tables` makes tables created by a copy known before the catalog is read
+again.  :class:`DerivedClassFile` keeps them across restarts (one JSON file in the state
 directory; the only I/O here, used by the shell).
 """
 
@@ -17,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,53 +25,7 @@ from dbsentry.masking.catalog import (
     _override_for,
     compile_overrides,
 )
-from dbsentry.masking.classes import Classification, DataClass, most_sensitive, parse_class
-from dbsentry.masking.lineage import StatementLineage
-
-
-def copied_classes(
-    lineages: Iterable[StatementLineage], classmap: ClassMap
-) -> dict[SourceColumn, Classification]:
-    """The columns ``lineages`` store classified values in, with the class each inherits
-    (the most sensitive of what it stores) and where it came from."""
-    out: dict[SourceColumn, Classification] = {}
-    for lin in lineages:
-        read_classes = _classes_read(lin, classmap)
-        for (schema, table), col in lin.writes:
-            classes: set[DataClass] = set()
-            origins: set[str] = set()
-            for src in col.sources:
-                found = classmap.get(src)
-                if found is not None:
-                    classes.add(found.data_class)
-                    origins.add(str(src))
-            if col.unknown and read_classes:
-                # An opaque value in a statement that reads classified data may be any of it.
-                classes |= read_classes
-                origins.add("a value the analysis cannot follow")
-            best = most_sensitive(classes)
-            if best is None:
-                continue
-            target = SourceColumn(schema, table, col.name)
-            if target in col.sources and len(origins) == 1 and str(target) in origins:
-                continue  # the column keeps its own value (UPDATE ... SET a = a)
-            evidence = "copied from " + ", ".join(sorted(origins))
-            if not (col.direct and len(classes) == 1):
-                # A whole row, a concatenation, a function's result: no partial mask of it
-                # is safe (it would show the other values), so it is redacted like a secret.
-                best, evidence = DataClass.SECRET, f"{evidence} (a composite of {', '.join(sorted(c.value for c in classes))})"
-            found = Classification(best, "copy", evidence)
-            old = out.get(target)
-            if old is None or most_sensitive({old.data_class, best}) != old.data_class:
-                out[target] = found
-    return out
-
-
-def _classes_read(lin: StatementLineage, classmap: ClassMap) -> set[DataClass]:
-    if lin.reads_unknown:
-        return {c.data_class for c in classmap.columns.values()}
-    read = lin.tables_read
-    return {c.data_class for src, c in classmap.columns.items() if (src.schema, src.table) in read}
+from dbsentry.masking.classes import Classification, most_sensitive, parse_class
 
 
 def with_derived(

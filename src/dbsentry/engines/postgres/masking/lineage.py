@@ -18,7 +18,7 @@ orjson) and walked as plain dicts, like :mod:`dbsentry.engines.postgres.sql.fact
   nothing: they reveal presence, not content.  WHERE, GROUP BY, ORDER BY, JOIN conditions
   and window definitions do not feed a column's value; every column they use (and every
   aggregate argument, CASE condition, set operation...) is recorded as a
-  :class:`PredicateUse`, for ``masking.predicates`` (see :mod:`dbsentry.masking.inference`).
+  :class:`PredicateUse`, for ``masking.predicates`` (see :mod:`dbsentry.engines.postgres.masking.inference`).
 - ``direct`` marks a column whose value *is* a source value (through aliases, casts,
   COALESCE, min/max, views, unions): a partial mask is only meaningful for those.
 - A ``*`` over a relation whose columns are unknown makes the positions of the output
