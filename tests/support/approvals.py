@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from dbsentry.approvals.model import ApprovalRequest, statement_request
+from dbsentry.engines.postgres.sql.parse import tokens
 from dbsentry.identity import Identity
 
 
@@ -34,6 +35,7 @@ def add_pending(
         ttl_seconds=3600,
         validity_seconds=3600,
         **extra,
+        lex=tokens,
     )
     stored, _ = store.create_or_get_pending(request, now)
     return stored  # type: ignore[no-any-return]

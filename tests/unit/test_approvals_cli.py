@@ -17,6 +17,7 @@ from dbsentry.audit.config import AuditConfig
 from dbsentry.audit.index import catch_up_all
 from dbsentry.audit.log import LogTailer
 from dbsentry.audit.sqlite_store import SQLiteStore
+from dbsentry.engines.postgres.sql.parse import tokens
 from dbsentry.identity import Identity, TokenStore
 
 CONFIG = """
@@ -54,6 +55,7 @@ class Env:
             ttl_seconds=3600,
             validity_seconds=3600,
             rules=["deletes-need-a-dba"],
+            lex=tokens,
         )
         s = self.store()
         try:

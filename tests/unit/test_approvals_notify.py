@@ -23,6 +23,7 @@ from dbsentry.approvals.notify import (
     verify_signature,
 )
 from dbsentry.approvals.rules import apply_review
+from dbsentry.engines.postgres.sql.parse import tokens
 from dbsentry.identity.model import Identity
 
 SECRET = "s3cret-for-tests"
@@ -44,6 +45,7 @@ def a_request(sql: str = "DELETE FROM orders WHERE id = $1") -> ApprovalRequest:
         validity_seconds=600,
         rules=["deletes-need-a-dba"],
         message="deletes in production need a DBA",
+        lex=tokens,
     )
 
 

@@ -32,6 +32,7 @@ from dbsentry.approvals.rules import (
     withdraw,
 )
 from dbsentry.engines.postgres.sql.facts import analyze
+from dbsentry.engines.postgres.sql.parse import tokens
 from dbsentry.identity.model import Identity
 
 T0 = 1_700_000_000.0
@@ -61,6 +62,7 @@ def request(min_approvals: int = 1, **kw: object) -> ApprovalRequest:
         ttl_seconds=3600,
         validity_seconds=600,
         rules=["deletes-need-a-dba"],
+        lex=tokens,
     )
     return replace(r, **kw)  # type: ignore[arg-type]
 
@@ -85,8 +87,8 @@ def test_request_ids_are_short_and_distinct() -> None:
     ],
 )
 def test_layout_and_comments_do_not_change_the_key(a: str, b: str) -> None:
-    assert normalize_statement(a) == normalize_statement(b)
-    assert statement_key("alice", "prod", a, None) == statement_key("alice", "prod", b, None)
+    assert normalize_statement(a, tokens) == normalize_statement(b, tokens)
+    assert statement_key("alice", "prod", a, None, tokens) == statement_key("alice", "prod", b, None, tokens)
 
 
 @pytest.mark.parametrize(
@@ -100,22 +102,22 @@ def test_layout_and_comments_do_not_change_the_key(a: str, b: str) -> None:
     ],
 )
 def test_different_statements_have_different_keys(a: str, b: str) -> None:
-    assert statement_key("alice", "prod", a, None) != statement_key("alice", "prod", b, None)
+    assert statement_key("alice", "prod", a, None, tokens) != statement_key("alice", "prod", b, None, tokens)
 
 
 def test_key_binds_identity_connection_and_parameters() -> None:
     sql = "DELETE FROM t WHERE id = $1"
-    base = statement_key("alice", "prod", sql, ["1"])
-    assert base == statement_key("alice", "prod", sql, ("1",))
-    assert base != statement_key("alice", "prod", sql, ["2"])
-    assert base != statement_key("alice", "prod", sql, [None])
-    assert base != statement_key("alice", "prod", sql, None)
-    assert base != statement_key("bob", "prod", sql, ["1"])
-    assert base != statement_key("alice", "staging", sql, ["1"])
+    base = statement_key("alice", "prod", sql, ["1"], tokens)
+    assert base == statement_key("alice", "prod", sql, ("1",), tokens)
+    assert base != statement_key("alice", "prod", sql, ["2"], tokens)
+    assert base != statement_key("alice", "prod", sql, [None], tokens)
+    assert base != statement_key("alice", "prod", sql, None, tokens)
+    assert base != statement_key("bob", "prod", sql, ["1"], tokens)
+    assert base != statement_key("alice", "staging", sql, ["1"], tokens)
 
 
 def test_unscannable_text_falls_back_to_collapsed_whitespace() -> None:
-    assert normalize_statement("select  'open \n ;") == "select 'open"
+    assert normalize_statement("select  'open \n ;", tokens) == "select 'open"
 
 
 def test_facts_summary() -> None:
@@ -163,6 +165,7 @@ def test_requester_in_approver_group_still_cannot_approve_own_request() -> None:
         now=T0,
         ttl_seconds=60,
         validity_seconds=60,
+        lex=tokens,
     )
     with pytest.raises(ReviewRefused) as err:
         apply_review(r, CAROL, True, None, T0 + 1)
@@ -233,7 +236,7 @@ def test_consume_exactly_once_same_identity_connection_and_key() -> None:
     assert can_consume(approved, ALICE.name, "prod", key, T0 + 6)
     assert not can_consume(approved, BOB.name, "prod", key, T0 + 6)
     assert not can_consume(approved, ALICE.name, "staging", key, T0 + 6)
-    other = statement_key(ALICE.name, "prod", "DELETE FROM orders WHERE id = 2", None)
+    other = statement_key(ALICE.name, "prod", "DELETE FROM orders WHERE id = 2", None, tokens)
     assert not can_consume(approved, ALICE.name, "prod", other, T0 + 6)
     assert not can_consume(approved, ALICE.name, "prod", key, T0 + 5 + 600)
     used = consume(approved, T0 + 6)
@@ -255,13 +258,14 @@ def test_changed_parameters_are_not_approved() -> None:
         now=T0,
         ttl_seconds=60,
         validity_seconds=60,
+        lex=tokens,
     )
     approved = apply_review(r, BOB, True, None, T0 + 1).request
     assert can_consume(
-        approved, ALICE.name, "prod", statement_key(ALICE.name, "prod", sql, ["1"]), T0 + 2
+        approved, ALICE.name, "prod", statement_key(ALICE.name, "prod", sql, ["1"], tokens), T0 + 2
     )
     assert not can_consume(
-        approved, ALICE.name, "prod", statement_key(ALICE.name, "prod", sql, ["2"]), T0 + 2
+        approved, ALICE.name, "prod", statement_key(ALICE.name, "prod", sql, ["2"], tokens), T0 + 2
     )
 
 

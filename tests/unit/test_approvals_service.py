@@ -18,6 +18,7 @@ from dbsentry.approvals.service import Approvals, Gate
 from dbsentry.approvals.sqlite_store import SQLiteApprovalStore
 from dbsentry.audit.records import ApprovalRecord
 from dbsentry.engines.postgres.sql.facts import analyze
+from dbsentry.engines.postgres.sql.parse import tokens
 from dbsentry.identity.model import Identity
 from dbsentry.policy.engine import Decision
 
@@ -67,6 +68,7 @@ class Harness:
             facts=analyze(sql),
             session_id="sess-1",
             client_mode=mode,
+            lex=tokens,
         )
 
     def events(self) -> list[str]:
@@ -195,6 +197,7 @@ def test_default_approvers_when_the_rule_names_none(h: Harness) -> None:
         sql=SQL,
         params=None,
         decision=Decision("require_approval", ("baseline.prod.ddl-approval",)),
+        lex=tokens,
     )
     assert gate.request.approvers == ("dba",) and gate.request.required_approvals == 1
 

@@ -26,6 +26,7 @@ from dbsentry.audit.config import AuditConfig
 from dbsentry.audit.records import StatementRecord
 from dbsentry.audit.sqlite_store import SQLiteStore
 from dbsentry.audit.store import encode
+from dbsentry.engines.postgres.sql.parse import tokens
 from dbsentry.identity.model import Identity
 
 T0 = 1_700_000_000.0
@@ -58,11 +59,12 @@ def new_request(
         ttl_seconds=3600,
         validity_seconds=600,
         rules=["deletes-need-a-dba"],
+        lex=tokens,
     )
 
 
 def key(params: list[str | None] | None = None, who: str = ALICE.name, conn: str = "prod") -> str:
-    return statement_key(who, conn, SQL, ["1"] if params is None else params)
+    return statement_key(who, conn, SQL, ["1"] if params is None else params, tokens)
 
 
 class StoreContract:

@@ -18,7 +18,7 @@ from dbsentry.audit.redaction import (
     redactor_from_config,
 )
 from dbsentry.audit.store import SearchFilter, filter_clauses
-from dbsentry.engines.postgres.masking.literals import find_literal_meets
+from dbsentry.engines.postgres.masking.literals import POSTGRES_LITERALS, find_literal_meets
 from dbsentry.masking import Catalog, classify_catalog
 from dbsentry.masking.classes import DataClass
 from support.leaks import Secrets
@@ -140,7 +140,7 @@ def _redactor() -> LiteralRedactor:
         classmap = cm
         version = 1
 
-    return LiteralRedactor(KEY, views=lambda _c: View())
+    return LiteralRedactor(KEY, views=lambda _c: View(), literals=POSTGRES_LITERALS)
 
 
 def test_tokens_are_keyed_and_deterministic() -> None:

@@ -17,6 +17,7 @@ from dbsentry.audit.records import (
     prepare_params,
     redact_literals,
 )
+from dbsentry.engines.postgres.sql.parse import tokens
 from dbsentry.identity.model import Identity
 
 TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -35,32 +36,32 @@ TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     ],
 )
 def test_redact_literals(sql: str, expected: str) -> None:
-    assert redact_literals(sql) == expected
+    assert redact_literals(sql, tokens) == expected
 
 
 def test_redact_drops_comments() -> None:
     sql = f"/* traceparent='{TP}' */ select 1 -- password hunter2\n"
-    out = redact_literals(sql)
+    out = redact_literals(sql, tokens)
     assert "hunter2" not in out and TP not in out
     assert out == "select ?"
 
 
 @pytest.mark.parametrize("sql", ["select 'unterminated", "select $$x", "select 1 /* open"])
 def test_redact_untokenizable_keeps_nothing(sql: str) -> None:
-    assert redact_literals(sql) == REDACTED_STATEMENT
+    assert redact_literals(sql, tokens) == REDACTED_STATEMENT
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=40).filter(lambda s: "'" not in s and "\\" not in s and "$" not in s))
 def test_redacted_string_never_leaks(secret: str) -> None:
     sql = f"SELECT * FROM users WHERE name = '{secret}xyzzy'"
-    out = redact_literals(sql)
+    out = redact_literals(sql, tokens)
     assert "xyzzy" not in out
 
 
 def test_redact_is_fast_enough() -> None:
     sql = "SELECT " + ", ".join(f"'v{i}'" for i in range(2000)) + " FROM t"
-    out = redact_literals(sql)
+    out = redact_literals(sql, tokens)
     assert out.count("?") == 2000
 
 
@@ -69,7 +70,7 @@ def test_correlation_traceparent_and_sqlcommenter() -> None:
         "SELECT * FROM orders "
         f"/*action='%2Fparam*d',controller='index',framework='spring',traceparent='{TP}',tracestate='congo%3Dt61rcWkgMzE'*/"
     )
-    c = extract_correlation(sql)
+    c = extract_correlation(sql, tokens)
     assert c["traceparent"] == TP
     assert c["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
     assert c["span_id"] == "b7ad6b7169203331"
@@ -79,21 +80,21 @@ def test_correlation_traceparent_and_sqlcommenter() -> None:
 
 
 def test_correlation_leading_comment_and_dash_comment() -> None:
-    assert extract_correlation(f"/* traceparent='{TP}' */ select 1")["trace_id"] == TP.split("-")[1]
-    assert extract_correlation(f"select 1 -- traceparent='{TP}'")["span_id"] == TP.split("-")[2]
+    assert extract_correlation(f"/* traceparent='{TP}' */ select 1", tokens)["trace_id"] == TP.split("-")[1]
+    assert extract_correlation(f"select 1 -- traceparent='{TP}'", tokens)["span_id"] == TP.split("-")[2]
 
 
 def test_correlation_ignores_strings_and_bad_traceparent() -> None:
-    assert extract_correlation(f"select 'traceparent=''{TP}'''") == {}
-    assert "traceparent" not in extract_correlation("/* traceparent='00-zz-yy-01' */ select 1")
+    assert extract_correlation(f"select 'traceparent=''{TP}'''", tokens) == {}
+    assert "traceparent" not in extract_correlation("/* traceparent='00-zz-yy-01' */ select 1", tokens)
     zero = "00-00000000000000000000000000000000-b7ad6b7169203331-01"
-    assert "traceparent" not in extract_correlation(f"/* traceparent='{zero}' */ select 1")
-    assert extract_correlation("select 1") == {}
+    assert "traceparent" not in extract_correlation(f"/* traceparent='{zero}' */ select 1", tokens)
+    assert extract_correlation("select 1", tokens) == {}
 
 
 def test_correlation_caps() -> None:
     pairs = ",".join(f"k{i}='{'v' * 400}'" for i in range(40))
-    c = extract_correlation(f"/*{pairs}*/ select 1")
+    c = extract_correlation(f"/*{pairs}*/ select 1", tokens)
     assert len(c) == 16
     assert all(len(v) <= 256 for v in c.values())
 

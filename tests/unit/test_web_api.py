@@ -713,6 +713,7 @@ def test_with_the_approvals_store(tmp_path: Path) -> None:
         now=now,
         ttl_seconds=3600,
         validity_seconds=3600,
+        lex=tokens,
     )
     store.create_or_get_pending(req)
     access = approvals.access_request(

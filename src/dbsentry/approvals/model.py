@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import orjson
 
-from dbsentry.engines.postgres.sql import parse as sqlparse
+from dbsentry.governance.text import Lexer, normalized
 from dbsentry.identity.model import Identity
 
 RequestKind = Literal["statement", "access"]
@@ -31,7 +31,6 @@ _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 _ID_CHARS = 10  # 50 bits
 ID_RE = re.compile(rf"^{ID_PREFIX}[{_ALPHABET}]{{{_ID_CHARS}}}$")
 _KEY_VERSION = "dbsentry.approval.v1"
-_COMMENTS = frozenset({"C_COMMENT", "SQL_COMMENT"})
 _WS = re.compile(r"\s+")
 
 
@@ -44,22 +43,18 @@ def new_grant_id() -> str:
     return GRANT_PREFIX + "".join(secrets.choice(_ALPHABET) for _ in range(_ID_CHARS))
 
 
-def normalize_statement(sql: str) -> str:
+def normalize_statement(sql: str, lex: Lexer) -> str:
     """The statement as its tokens, one space apart, without comments or trailing semicolons.
 
-    Built from PostgreSQL's own scanner, so the layout of the statement and its comments do
+    Built from the engine's own lexer, so the layout of the statement and its comments do
     not matter while every literal stays exactly as written (``'a  b'`` is not ``'a b'``),
     and unlike a fingerprint, constants are kept (``id = 1`` is not ``id = 2``).  Text the
-    scanner rejects falls back to collapsing whitespace runs.
+    lexer rejects falls back to collapsing whitespace runs.
     """
-    try:
-        tokens = sqlparse.scan(sql)
-    except Exception:
+    found = normalized(sql, lex)
+    if found is None:
         return _WS.sub(" ", sql).strip().rstrip("; ").strip()
-    parts = [sql[t.start : t.end + 1] for t in tokens if t.name not in _COMMENTS]
-    while parts and parts[-1] == ";":
-        parts.pop()
-    return " ".join(parts)
+    return found
 
 
 def _digest(parts: Sequence[Any]) -> str:
@@ -67,15 +62,16 @@ def _digest(parts: Sequence[Any]) -> str:
 
 
 def statement_key(
-    identity: str, connection: str, sql: str, params: Sequence[str | None] | None
+    identity: str, connection: str, sql: str, params: Sequence[str | None] | None, lex: Lexer
 ) -> str:
     """SHA-256 (hex) over the identity, the connection, the normalised text and the parameters.
 
     ``params`` are the bound values as the audit trail shows them (``prepare_params``);
-    None (simple protocol) and ``()`` (no parameters) differ on purpose.
+    None (simple protocol) and ``()`` (no parameters) differ on purpose.  ``lex`` is the
+    statement's engine's lexer (``dbsentry.governance.text``).
     """
     plist = None if params is None else list(params)
-    return _digest(["statement", identity, connection, normalize_statement(sql), plist])
+    return _digest(["statement", identity, connection, normalize_statement(sql, lex), plist])
 
 
 def access_key(identity: str, group: str | None, connection: str | None) -> str:
@@ -285,22 +281,26 @@ def statement_request(
     session_id: str | None = None,
     display_sql: str | None = None,
     request_key: str | None = None,
+    lex: Lexer | None = None,
 ) -> ApprovalRequest:
     """A new pending request for one statement.
 
-    ``sql`` and ``params`` are what the client sent (they make the key); ``display_sql`` is
-    what reviewers see, when it differs (the audit trail's redacted text, say).
+    ``sql`` and ``params`` are what the client sent (they make the key, read with the
+    engine's lexer ``lex``, unless ``request_key`` is given); ``display_sql`` is what
+    reviewers see, when it differs (the audit trail's redacted text, say).
     """
     params_tuple = None if params is None else tuple(params)
+    if request_key is None:
+        if lex is None:
+            raise TypeError("statement_request needs request_key or the engine's lexer")
+        request_key = statement_key(identity.name, connection, sql, params_tuple, lex)
     return ApprovalRequest(
         id=new_request_id(),
         kind="statement",
         requester=identity.name,
         requester_kind=identity.kind,
         requester_groups=tuple(sorted(identity.groups)),
-        request_key=request_key
-        if request_key is not None
-        else statement_key(identity.name, connection, sql, params_tuple),
+        request_key=request_key,
         created_at=now,
         expires_at=now + ttl_seconds,
         validity_seconds=validity_seconds,

@@ -37,6 +37,7 @@ from dbsentry.approvals.store import ApprovalStore
 from dbsentry.audit.records import ApprovalRecord
 from dbsentry.audit.redaction import current as current_redactor
 from dbsentry.governance.facts import StatementFacts
+from dbsentry.governance.text import Lexer
 from dbsentry.identity.model import Identity
 from dbsentry.policy.engine import Decision
 
@@ -128,18 +129,20 @@ class Approvals:
         display_sql: str | None = None,
         key_params: Sequence[str | None] | None = None,
         consume: bool = True,
+        lex: Lexer,
     ) -> Gate:
         """For a ``require_approval`` decision: use an approval, or make (or find) a request.
 
         ``params`` are the bound values as text, None for the simple protocol;
         ``key_params``, when given, are the exact values the approval is bound to (see
-        ``ApprovalAsk``).  The request stores and shows ``display_sql`` or, by default, the
+        ``ApprovalAsk``); ``lex`` is the statement's engine's lexer, for the approval key
+        (``statement_key``).  The request stores and shows ``display_sql`` or, by default, the
         statement and parameters with sensitive values as tokens (the process's
         ``LiteralRedactor``).  Blocking.
         """
         now = self._clock()
         key = statement_key(
-            identity.name, connection, sql, key_params if key_params is not None else params
+            identity.name, connection, sql, key_params if key_params is not None else params, lex
         )
         if consume:
             used = self.store.consume(identity.name, connection, key, now)

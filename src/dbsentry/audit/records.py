@@ -23,17 +23,15 @@ from urllib.parse import unquote
 
 import orjson
 
-from dbsentry.engines.postgres.sql import parse as sqlparse
+from dbsentry.governance.text import REDACTED_STATEMENT as REDACTED_STATEMENT
+from dbsentry.governance.text import Lexer, comment_texts, without_literals
 from dbsentry.identity.model import Identity
 
 if TYPE_CHECKING:
     from dbsentry.audit.redaction import LiteralRedactor
 
-REDACTED_STATEMENT = "<statement redacted: could not be tokenized>"
 """Stored instead of the text when redaction is on and the statement cannot be tokenized."""
 
-_LITERAL_TOKENS = frozenset({"SCONST", "USCONST", "ICONST", "FCONST", "BCONST", "XCONST"})
-_COMMENT_TOKENS = frozenset({"C_COMMENT", "SQL_COMMENT"})
 
 
 _id_prefix = secrets.token_hex(4)
@@ -254,7 +252,8 @@ class StatementRecord(_Record):
         and capped, and the parameters prepared with ``prepare_params``.  ``redact`` is the
         ``audit.redact_literals`` setting: ``"sensitive"`` replaces sensitive values with
         tokens of ``redactor`` (default: the process's, see ``dbsentry.audit.redaction``),
-        True every constant with ``?``, False nothing.
+        True every constant with ``?``, False nothing.  The redactor's engine lexer reads
+        the text (a redactor without one stores every statement redacted whole).
         """
         text, redacted, truncated, prepared, params_truncated, correlation = statement_parts(
             sql,
@@ -294,13 +293,13 @@ def statement_parts(
 ) -> StatementParts:
     """What :meth:`StatementRecord.create` stores of a statement: (text, statement_redacted,
     statement_truncated, params, params_truncated, correlation)."""
-    if correlation is None:
-        correlation = extract_correlation(sql)
-    if redact is not True and redact is not False:  # "sensitive" (see redaction_mode)
-        if redactor is None:
-            from dbsentry.audit.redaction import current  # it imports this module
+    if redactor is None:
+        from dbsentry.audit.redaction import current  # it imports this module
 
-            redactor = current()
+        redactor = current()
+    if correlation is None:
+        correlation = extract_correlation(sql, redactor.lex)
+    if redact is not True and redact is not False:  # "sensitive" (see redaction_mode)
         text, params, redacted = redactor.redact_sensitive(
             sql, None if params is None else [_param_text(p) for p in params], connection
         )
@@ -310,7 +309,7 @@ def statement_parts(
     else:
         mode = "all" if redact is True else "off"
         redacted = mode == "all"
-        text = redact_literals(sql) if redacted else sql
+        text = redact_literals(sql, redactor.lex) if redacted else sql
     truncated = len(text) > max_statement_chars
     if truncated:
         text = text[:max_statement_chars]
@@ -554,37 +553,17 @@ class _Values:
 # --- redaction -----------------------------------------------------------------------------
 
 
-def redact_literals(sql: str) -> str:
+def redact_literals(sql: str, lex: Lexer) -> str:
     """Replace every string, numeric, bit and hex constant with ``?`` and drop comments.
 
-    Uses PostgreSQL's own scanner (pglast), so quoting (``E'..'``, ``$tag$..$tag$``,
-    ``U&'..'``, doubled quotes) is handled exactly.  Comments are removed because they are
-    free text; correlation ids should be extracted first with ``extract_correlation``.
-    When the text cannot be tokenized (an unterminated quote, say) nothing of it is kept:
-    ``REDACTED_STATEMENT`` is returned.
+    ``lex`` is the statement's engine's own lexer (PostgreSQL's scanner, through
+    ``dbsentry.engines.postgres.sql.parse.tokens``), so quoting (``E'..'``,
+    ``$tag$..$tag$``, ``U&'..'``, doubled quotes) is handled exactly.  Comments are removed
+    because they are free text; correlation ids should be extracted first with
+    ``extract_correlation``.  When the text cannot be tokenized (an unterminated quote,
+    say) nothing of it is kept: ``REDACTED_STATEMENT`` is returned.
     """
-    try:
-        tokens = sqlparse.scan(sql)
-    except Exception:
-        return REDACTED_STATEMENT
-    out: list[str] = []
-    pos = 0
-    for tok in tokens:
-        name = tok.name
-        if name in _LITERAL_TOKENS:
-            out.append(sql[pos : tok.start])
-            out.append("?")
-            pos = tok.end + 1
-        elif name in _COMMENT_TOKENS:
-            out.append(sql[pos : tok.start])
-            out.append(" ")
-            pos = tok.end + 1
-    out.append(sql[pos:])
-    text = "".join(out)
-    # A literal the scanner did not see would be a scanner bug; quotes left over mean that.
-    if "'" in text or "$$" in text:
-        return REDACTED_STATEMENT
-    return text.strip()
+    return without_literals(sql, lex)
 
 
 def _param_text(value: str | bytes | None) -> str | None:
@@ -651,25 +630,26 @@ _MAX_PAIRS = 16
 _MAX_VALUE = 256
 
 
-def _comments(sql: str) -> list[str]:
+def _comments(sql: str, lex: Lexer) -> list[str]:
     try:
-        return [sql[t.start : t.end + 1] for t in sqlparse.scan(sql) if t.name in _COMMENT_TOKENS]
+        return comment_texts(sql, lex)
     except Exception:
         return [m.group(0) for m in _COMMENT_FALLBACK.finditer(sql)]
 
 
-def extract_correlation(sql: str) -> dict[str, str]:
+def extract_correlation(sql: str, lex: Lexer) -> dict[str, str]:
     """Correlation ids carried in the statement's comments.
 
     Reads sqlcommenter ``key='value'`` pairs (URL-encoded, ``\\'`` escapes) from ``/* */``
-    and ``--`` comments.  A ``traceparent`` is kept only if it is a valid W3C trace context,
+    and ``--`` comments (found by the engine's lexer ``lex``; by a plain pattern when it
+    cannot tokenize the text).  A ``traceparent`` is kept only if it is a valid W3C trace context,
     and then ``trace_id`` and ``span_id`` are added.  At most 16 pairs, values cut to 256
     characters.  No comments, no pairs: ``{}``.
     """
-    if "/*" not in sql and "--" not in sql:
-        return {}
+    if "/*" not in sql and "--" not in sql and "#" not in sql:
+        return {}  # no comment marker of any engine's SQL: nothing to read
     found: dict[str, str] = {}
-    for comment in _comments(sql):
+    for comment in _comments(sql, lex):
         for m in _PAIR.finditer(comment):
             if len(found) >= _MAX_PAIRS:
                 break

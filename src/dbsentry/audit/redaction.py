@@ -4,7 +4,8 @@ With ``audit.redact_literals: sensitive`` (the default) a constant or bound para
 replaced by a *token* when
 
 - it meets a column the catalog classifies (compared with, inserted into or assigned to
-  it: ``dbsentry.engines.postgres.masking.literals``), or
+  it: the engine's analysis, a :class:`StatementLiterals`; PostgreSQL's is
+  ``dbsentry.engines.postgres.masking.literals``), or
 - value detection recognises it (``detect_value`` on the whole value; ``find_sensitive``
   inside longer text, where only the values found are replaced).
 
@@ -27,22 +28,16 @@ import re
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from dbsentry.audit.records import redact_literals
-from dbsentry.engines.postgres.masking.literals import (
-    LiteralMeets,
-    Meets,
-    find_literal_meets,
-    meets_values_only,
-)
-from dbsentry.engines.postgres.sql import parse as sqlparse
+from dbsentry.governance.text import REDACTED_STATEMENT, Lexer, Token, without_literals
 from dbsentry.masking.catalog import Catalog, ClassMap
 from dbsentry.masking.classes import DataClass
 from dbsentry.masking.detect import detect_value, find_sensitive
+from dbsentry.masking.meets import UNPARSED, LiteralMeets, Meets
 
 __all__ = [
     "TOKEN_RE",
@@ -80,11 +75,15 @@ def redaction_mode(setting: bool | str) -> RedactMode:
 
 
 def redactor_from_config(
-    config: Any, state_dir: Path, views: Callable[[str], CatalogView | None] | None = None
+    config: Any,
+    state_dir: Path,
+    views: Callable[[str], CatalogView | None] | None = None,
+    literals: StatementLiterals | None = None,
 ) -> LiteralRedactor:
-    """The proxy's redactor: its key file (created on first use), the configured mode."""
+    """The proxy's redactor: its key file (created on first use), the configured mode, the
+    engine's statement analysis."""
     key = load_or_create_redaction_key(config.redaction_key_path(state_dir))
-    return LiteralRedactor(key, redaction_mode(config.redact_literals), views)
+    return LiteralRedactor(key, redaction_mode(config.redact_literals), views, literals=literals)
 
 
 def load_or_create_redaction_key(path: Path) -> bytes:
@@ -180,26 +179,32 @@ def _readings(value: str) -> list[str]:
     return out
 
 
-def _unquote(token: str) -> str:
-    """The value of a constant token when the parse tree did not give it (approximate:
-    it is only hashed and scanned)."""
-    t = token
-    if t[:1] in "eEbBxXnN" and t[1:2] == "'":
-        t = t[1:]
-    elif t[:3].upper() == "U&'":
-        t = t[2:]
-    if t.startswith("'") and t.endswith("'") and len(t) >= 2:
-        return t[1:-1].replace("''", "'")
-    if t.startswith("$"):
-        end = t.find("$", 1)
-        if end > 0:
-            tag = t[: end + 1]
-            if t.endswith(tag) and len(t) >= 2 * len(tag):
-                return t[len(tag) : -len(tag)]
-    return t
+class ConstantRedactor(Protocol):
+    """What an engine's statement rewriting asks of the redactor."""
+
+    def token(self, value: str, data_class: Meets) -> str: ...
+    def constant(self, value: str) -> str | None: ...
+    def text(self, text: str) -> str: ...
 
 
-def _detect_constant(value: str) -> DataClass | None:
+class StatementLiterals(Protocol):
+    """An engine's side of literal redaction: its lexer, which constants of a statement
+    meet which classified columns, and the statement rewritten with the sensitive ones as
+    tokens (spelled as the engine's string constants, so the text still parses)."""
+
+    def lex(self, sql: str) -> Sequence[Token]: ...
+    def meets(
+        self, sql: str, catalog: Catalog | None, classmap: ClassMap | None, search_path: Iterable[str] | None
+    ) -> LiteralMeets: ...
+    def values_only(self, sql: str, classmap: ClassMap | None) -> bool: ...
+    def rewrite(self, sql: str, meets: LiteralMeets, redactor: ConstantRedactor) -> tuple[str, bool]: ...
+
+
+def _no_lexer(sql: str) -> Sequence[Token]:
+    raise ValueError("no engine lexer: the statement cannot be tokenized")
+
+
+def detect_constant(value: str) -> DataClass | None:
     """``detect_value``, also for a signed number (``-4111111111111111``)."""
     found = detect_value(value)
     if found is None and value[:1] in "-+" and value[1:2].isdigit():
@@ -207,7 +212,7 @@ def _detect_constant(value: str) -> DataClass | None:
     return found
 
 
-def _quote(text: str) -> str:
+def quote_constant(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
@@ -224,9 +229,15 @@ class LiteralRedactor:
         mode: RedactMode = "sensitive",
         views: Callable[[str], CatalogView | None] | None = None,
         cache_size: int = 4096,
+        *,
+        literals: StatementLiterals | None = None,
     ) -> None:
         self._key = key
         self.mode = mode
+        # The engine's statement analysis; without one no statement text can be read, so
+        # every statement is stored redacted whole (fail closed).
+        self.literals = literals
+        self.lex: Lexer = literals.lex if literals is not None else _no_lexer
         self.views = views
         self._cache = _LRU(cache_size)
         self._last: tuple[tuple[str | None, int, str], _Analysed] | None = None
@@ -286,13 +297,15 @@ class LiteralRedactor:
             return last[1]  # the same statement again (a prepared statement's executions)
         hit = self._cache.get(key)
         if hit is None:
-            if view is not None:
-                meets = find_literal_meets(
-                    sql, view.catalog, view.classmap, view.catalog.search_path
-                )
+            literals = self.literals
+            if literals is None:
+                meets, text, changed = UNPARSED, REDACTED_STATEMENT, True
             else:
-                meets = find_literal_meets(sql)
-            text, changed = self._statement(sql, meets)
+                if view is not None:
+                    meets = literals.meets(sql, view.catalog, view.classmap, view.catalog.search_path)
+                else:
+                    meets = literals.meets(sql, None, None, None)
+                text, changed = literals.rewrite(sql, meets, self)
             hit = (meets, text, changed)
             if len(sql) <= _CACHE_MAX_CHARS:
                 self._cache.put(key, hit)
@@ -307,11 +320,12 @@ class LiteralRedactor:
 
     def values_only(self, sql: str, connection: str | None) -> int | None:
         """When every constant of ``sql`` is redacted by its value alone (it meets no
-        column: :func:`~dbsentry.engines.postgres.masking.literals.meets_values_only`), the catalog
-        version that holds for; else None.  Then :meth:`constant` redacts each constant
-        as :meth:`redact` would."""
+        column: the engine's ``StatementLiterals.values_only``), the catalog version that
+        holds for; else None.  Then :meth:`constant` redacts each constant as
+        :meth:`redact` would."""
         view = self.views(connection) if self.views is not None and connection is not None else None
-        if not meets_values_only(sql, view.classmap if view is not None else None):
+        literals = self.literals
+        if literals is None or not literals.values_only(sql, view.classmap if view is not None else None):
             return None
         return view.version if view is not None else 0
 
@@ -319,11 +333,11 @@ class LiteralRedactor:
         """The replacement of a constant (its value as the parse tree gives it) that meets
         no classified column: a token when value detection knows it, the value with what
         it finds inside replaced, or None to keep it."""
-        cls = _detect_constant(value)
+        cls = detect_constant(value)
         if cls is not None:
-            return _quote(self.token(value, cls))
+            return quote_constant(self.token(value, cls))
         scanned = self.text(value)
-        return _quote(scanned) if scanned != value else None
+        return quote_constant(scanned) if scanned != value else None
 
     def meets(self, sql: str, connection: str | None) -> LiteralMeets:
         return self._analysed(sql, connection)[0]
@@ -341,7 +355,7 @@ class LiteralRedactor:
         if mode == "off":
             return Redacted(sql, plist, False)
         if mode == "all":
-            text = redact_literals(sql)
+            text = without_literals(sql, self.lex)
             shown = None if plist is None else tuple(None if p is None else "?" for p in plist)
             return Redacted(text, shown, True)
         return Redacted(*self.redact_sensitive(sql, plist, connection))
@@ -389,95 +403,12 @@ class LiteralRedactor:
                 out.append(value)
         return tuple(out), changed
 
-    def _statement(self, sql: str, meets: LiteralMeets) -> tuple[str, bool]:
-        try:
-            tokens = sqlparse.scan(sql)
-        except Exception:
-            return _UNREDACTABLE, True
-        out: list[str] = []
-        pos = 0
-        changed = False
-        i = 0
-        n = len(tokens)
-        while i < n:
-            tok = tokens[i]
-            name = tok.name
-            start = tok.start
-            if name in _COMMENT_TOKENS:
-                comment = sql[tok.start : tok.end + 1]
-                scanned = self.text(comment)
-                if scanned != comment:
-                    out.append(sql[pos:start])
-                    out.append(scanned)
-                    pos = tok.end + 1
-                    changed = True
-                i += 1
-                continue
-            if name == "IDENT" and sql[start] == '"':
-                # a quoted identifier is free text too ("ada@example.com" as a name)
-                inner = sql[start + 1 : tok.end].replace('""', '"')
-                scanned = self.text(inner)
-                if scanned != inner:
-                    out.append(sql[pos:start])
-                    out.append('"' + scanned.replace('"', '""') + '"')
-                    pos = tok.end + 1
-                    changed = True
-                i += 1
-                continue
-            # A negative number is one constant: ``-`` then the number.
-            negative = (
-                name == "ASCII_45"
-                and start in meets.values
-                and i + 1 < n
-                and tokens[i + 1].name in ("ICONST", "FCONST")
-            )
-            if name not in _LITERAL_TOKENS and not negative:
-                i += 1
-                continue
-            j = i + 1 if negative else i
-            end = tokens[j].end
-            # 'abc'<newline>'def' is one constant in SQL: take the continuations with it.
-            while (
-                tokens[j].name == "SCONST"
-                and j + 1 < n
-                and tokens[j + 1].name == "SCONST"
-                and "\n" in sql[end + 1 : tokens[j + 1].start]
-                and not sql[end + 1 : tokens[j + 1].start].strip()
-            ):
-                j += 1
-                end = tokens[j].end
-            value = meets.values.get(start)
-            if value is None:
-                value = "".join(
-                    _unquote(sql[t.start : t.end + 1])
-                    for t in tokens[i + (1 if negative else 0) : j + 1]
-                )
-                if negative:
-                    value = "-" + value
-            replacement: str | None = None
-            if start in meets.literals or not meets.parsed:
-                cls = meets.literals.get(start)
-                if cls is None:
-                    cls = _detect_constant(value)
-                replacement = _quote(self.token(value, cls))
-            else:
-                replacement = self.constant(value)
-            if replacement is not None:
-                out.append(sql[pos:start])
-                out.append(replacement)
-                pos = end + 1
-                changed = True
-            i = j + 1
-        if not changed:
-            return sql, False
-        out.append(sql[pos:])
-        return "".join(out), True
-
 
 # -- the process's redactor -------------------------------------------------------------------
 
 _installed: LiteralRedactor | None = None
-_fallback: LiteralRedactor | None = None
+_fallback_key = secrets.token_bytes(32)
+_fallbacks: dict[int, LiteralRedactor] = {}
 _lock = threading.Lock()
 
 
@@ -488,15 +419,19 @@ def install(redactor: LiteralRedactor | None) -> None:
     _installed = redactor
 
 
-def current() -> LiteralRedactor:
+def current(literals: StatementLiterals | None = None) -> LiteralRedactor:
     """The installed redactor; without one (tests, tools), one with a key drawn for this
-    process, so values are still never stored in clear (but tokens do not survive it)."""
-    global _fallback
+    process, so values are still never stored in clear (but tokens do not survive it),
+    reading statements with ``literals`` (an engine asks with its own; without any, every
+    statement text is redacted whole)."""
     if _installed is not None:
         return _installed
-    if _fallback is not None:
-        return _fallback
+    key = id(literals)
+    found = _fallbacks.get(key)
+    if found is not None:
+        return found
     with _lock:
-        if _fallback is None:
-            _fallback = LiteralRedactor(secrets.token_bytes(32))
-        return _fallback
+        found = _fallbacks.get(key)
+        if found is None:
+            found = _fallbacks[key] = LiteralRedactor(_fallback_key, literals=literals)
+        return found

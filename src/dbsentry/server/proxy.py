@@ -31,6 +31,7 @@ from dbsentry.engines.postgres.session.governance import Governor
 from dbsentry.engines.postgres.session.pg import ClientInfo, Session
 from dbsentry.engines.postgres.session.server_params import ServerParams
 from dbsentry.engines.postgres.session.upstream import UpstreamHandshake, UpstreamReady
+from dbsentry.engines.postgres.sql import parse as sqlparse
 from dbsentry.engines.postgres.wire import codec
 from dbsentry.engines.postgres.wire.auth import AuthError, tls_server_end_point_hash
 from dbsentry.governance.admission import approvals_by_record, stamp_approved
@@ -478,7 +479,7 @@ class ClientConnection(asyncio.Protocol):
             entry.refusal = ("42501", "dbsentry: this statement requires approval")
             return None
         identity, connection = session.identity.name, session.connection_name
-        keys = [statement_key(identity, connection, a.sql, a.key_params if a.key_params is not None else a.params) for a in asks]
+        keys = [statement_key(identity, connection, a.sql, a.key_params if a.key_params is not None else a.params, sqlparse.tokens) for a in asks]
         loop = asyncio.get_running_loop()
         try:
             used = await loop.run_in_executor(None, svc.consume_all, identity, connection, keys)
@@ -539,6 +540,7 @@ class ClientConnection(asyncio.Protocol):
                 session_id=session.session_id,
                 client_mode=client_mode,
                 consume=consume,
+                lex=sqlparse.tokens,
             ),
         )
 

@@ -21,6 +21,7 @@ from dbsentry.audit.log import node_id
 from dbsentry.audit.logwriter import LogFile
 from dbsentry.audit.redaction import redactor_from_config
 from dbsentry.config import Config, ConfigError, LoadedConfig, check_environments
+from dbsentry.engines.postgres.masking.literals import POSTGRES_LITERALS
 from dbsentry.engines.postgres.session.governance import Governor
 from dbsentry.engines.postgres.session.masking import MaskingService, load_or_create_key
 from dbsentry.identity import Authenticator
@@ -121,7 +122,9 @@ async def run_server(
         service = MaskingService(config.masking, load_or_create_key(key_path), derived.load(), derived.save)
         catalogs = CatalogLoader(config, service)
         try:  # sensitive values in audit records and approval requests become keyed tokens
-            redaction.install(redactor_from_config(config.audit, config.state_dir, catalogs.service.current))
+            redaction.install(
+                redactor_from_config(config.audit, config.state_dir, catalogs.service.current, POSTGRES_LITERALS)
+            )
         except (OSError, ValueError) as err:
             log.error("cannot load the audit redaction key; not starting", extra={"fields": {"reason": str(err)}})
             sys.exit(2)

@@ -21,45 +21,26 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
+from dbsentry.audit.redaction import ConstantRedactor, detect_constant, quote_constant
 from dbsentry.engines.postgres.sql import parse as sqlparse
+from dbsentry.governance.text import REDACTED_STATEMENT
 from dbsentry.masking.catalog import Catalog, ClassMap
 from dbsentry.masking.classes import DataClass, most_sensitive
 from dbsentry.masking.detect import classify_column
+from dbsentry.masking.meets import NOTHING_MEETS, LiteralMeets, Meets
 
-__all__ = ["LiteralMeets", "Meets", "find_literal_meets"]
-
-# A class, or None for "sensitive, class unknown" (the arguments of SQL EXECUTE).
-Meets = DataClass | None
+__all__ = ["POSTGRES_LITERALS", "LiteralMeets", "Meets", "PostgresLiterals", "find_literal_meets", "meets_values_only"]
 
 _MAX_DEPTH = 400  # the facts walk refuses deeper trees long before this
 _SHORT_TREE = 8192  # characters of JSON: too few for a tree too deep to load
 
 
-@dataclass(frozen=True, slots=True)
-class LiteralMeets:
-    """What ``find_literal_meets`` found.
-
-    ``literals``: character offset in the text of each constant that meets a sensitive
-    column (the offset of its first token: a negative number's ``-``), with the class.
-    ``params``: ``$n`` -> class.  ``values``: the value of every constant (numbers as
-    written, strings unquoted), by the same offsets.  ``parsed`` is False when the text
-    could not be parsed: nothing is known then, and callers should treat every constant
-    as sensitive.
-    """
-
-    literals: Mapping[int, Meets] = field(default_factory=dict)
-    params: Mapping[int, Meets] = field(default_factory=dict)
-    values: Mapping[int, str] = field(default_factory=dict)
-    parsed: bool = True
-
-
-_NOTHING = LiteralMeets()
+_NOTHING = NOTHING_MEETS
 
 
 def _byte_to_char(sql: str) -> Any:
@@ -570,3 +551,133 @@ def find_literal_meets(
     except RecursionError:
         return LiteralMeets(parsed=False)
     return LiteralMeets(finder.literals, finder.params, finder.values)
+
+
+_LITERAL_TOKENS = frozenset({"SCONST", "USCONST", "ICONST", "FCONST", "BCONST", "XCONST"})
+_COMMENT_TOKENS = frozenset({"C_COMMENT", "SQL_COMMENT"})
+
+
+def _unquote(token: str) -> str:
+    """The value of a constant token when the parse tree did not give it (approximate:
+    it is only hashed and scanned)."""
+    t = token
+    if t[:1] in "eEbBxXnN" and t[1:2] == "'":
+        t = t[1:]
+    elif t[:3].upper() == "U&'":
+        t = t[2:]
+    if t.startswith("'") and t.endswith("'") and len(t) >= 2:
+        return t[1:-1].replace("''", "'")
+    if t.startswith("$"):
+        end = t.find("$", 1)
+        if end > 0:
+            tag = t[: end + 1]
+            if t.endswith(tag) and len(t) >= 2 * len(tag):
+                return t[len(tag) : -len(tag)]
+    return t
+
+
+class PostgresLiterals:
+    """PostgreSQL's side of the audit's literal redaction
+    (``dbsentry.audit.redaction.StatementLiterals``): its lexer, which constants meet
+    which columns, and the statement text with the sensitive ones replaced, spelled as
+    PostgreSQL string constants (so the stored text still parses)."""
+
+    lex = staticmethod(sqlparse.tokens)
+
+    def meets(
+        self, sql: str, catalog: Catalog | None, classmap: ClassMap | None, search_path: Iterable[str] | None
+    ) -> LiteralMeets:
+        return find_literal_meets(sql, catalog, classmap, search_path)
+
+    def values_only(self, sql: str, classmap: ClassMap | None) -> bool:
+        return meets_values_only(sql, classmap)
+
+    def rewrite(self, sql: str, meets: LiteralMeets, redactor: ConstantRedactor) -> tuple[str, bool]:
+        """``sql`` with each constant that meets a classified column (or that value
+        detection knows) replaced by its token, and detected values in comments and quoted
+        identifiers replaced; (text, changed).  Text the scanner rejects is not kept."""
+        try:
+            tokens = sqlparse.scan(sql)
+        except Exception:
+            return REDACTED_STATEMENT, True
+        out: list[str] = []
+        pos = 0
+        changed = False
+        i = 0
+        n = len(tokens)
+        while i < n:
+            tok = tokens[i]
+            name = tok.name
+            start = tok.start
+            if name in _COMMENT_TOKENS:
+                comment = sql[tok.start : tok.end + 1]
+                scanned = redactor.text(comment)
+                if scanned != comment:
+                    out.append(sql[pos:start])
+                    out.append(scanned)
+                    pos = tok.end + 1
+                    changed = True
+                i += 1
+                continue
+            if name == "IDENT" and sql[start] == '"':
+                # a quoted identifier is free text too ("ada@example.com" as a name)
+                inner = sql[start + 1 : tok.end].replace('""', '"')
+                scanned = redactor.text(inner)
+                if scanned != inner:
+                    out.append(sql[pos:start])
+                    out.append('"' + scanned.replace('"', '""') + '"')
+                    pos = tok.end + 1
+                    changed = True
+                i += 1
+                continue
+            # A negative number is one constant: ``-`` then the number.
+            negative = (
+                name == "ASCII_45"
+                and start in meets.values
+                and i + 1 < n
+                and tokens[i + 1].name in ("ICONST", "FCONST")
+            )
+            if name not in _LITERAL_TOKENS and not negative:
+                i += 1
+                continue
+            j = i + 1 if negative else i
+            end = tokens[j].end
+            # 'abc'<newline>'def' is one constant in SQL: take the continuations with it.
+            while (
+                tokens[j].name == "SCONST"
+                and j + 1 < n
+                and tokens[j + 1].name == "SCONST"
+                and "\n" in sql[end + 1 : tokens[j + 1].start]
+                and not sql[end + 1 : tokens[j + 1].start].strip()
+            ):
+                j += 1
+                end = tokens[j].end
+            value = meets.values.get(start)
+            if value is None:
+                value = "".join(
+                    _unquote(sql[t.start : t.end + 1])
+                    for t in tokens[i + (1 if negative else 0) : j + 1]
+                )
+                if negative:
+                    value = "-" + value
+            replacement: str | None = None
+            if start in meets.literals or not meets.parsed:
+                cls = meets.literals.get(start)
+                if cls is None:
+                    cls = detect_constant(value)
+                replacement = quote_constant(redactor.token(value, cls))
+            else:
+                replacement = redactor.constant(value)
+            if replacement is not None:
+                out.append(sql[pos:start])
+                out.append(replacement)
+                pos = end + 1
+                changed = True
+            i = j + 1
+        if not changed:
+            return sql, False
+        out.append(sql[pos:])
+        return "".join(out), True
+
+
+POSTGRES_LITERALS = PostgresLiterals()

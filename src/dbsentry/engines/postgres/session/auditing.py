@@ -24,9 +24,11 @@ from dbsentry.audit.records import (
     statement_parts,
 )
 from dbsentry.audit.redaction import LiteralRedactor, current
+from dbsentry.engines.postgres.masking.literals import POSTGRES_LITERALS
 from dbsentry.engines.postgres.session.masking import StatementPlan
 from dbsentry.engines.postgres.sql import shape
 from dbsentry.engines.postgres.sql.facts import StatementFacts
+from dbsentry.engines.postgres.sql.parse import tokens
 from dbsentry.identity.model import Identity
 from dbsentry.policy.engine import Decision
 
@@ -77,7 +79,7 @@ class SessionAudit:
     _completions: RecordTemplate[CompletionRecord] | None = None
 
     def _redactor(self) -> LiteralRedactor:
-        return self.redactor if self.redactor is not None else current()
+        return self.redactor if self.redactor is not None else current(POSTGRES_LITERALS)
 
     def _error_text(self, message: str) -> str:
         """An error text as stored: PostgreSQL quotes values in errors (``invalid input
@@ -133,7 +135,7 @@ class SessionAudit:
                 cfg.max_statement_chars,
                 cfg.max_param_chars,
                 cfg.max_params_chars,
-                self._redactor() if redact == "sensitive" else None,
+                self._redactor(),
             )
         )
         return record
@@ -183,7 +185,7 @@ class SessionAudit:
             shown = "".join(out) if changed else sql
         else:
             return None
-        if extract_correlation(sql):
+        if extract_correlation(sql, tokens):
             return None
         text = shown[start : len(shown) - tail].strip()
         truncated = len(text) > cfg.max_statement_chars

@@ -78,6 +78,7 @@ from dbsentry.engines.postgres.sql.facts import (
     setting_values,
     where_true_with,
 )
+from dbsentry.engines.postgres.sql.parse import tokens
 from dbsentry.engines.postgres.wire import codec, encodings
 from dbsentry.engines.postgres.wire import messages as m
 from dbsentry.governance.durability import changes_data
@@ -1648,7 +1649,7 @@ class Session:
             ids: list[str] = []
             if audit is not None:
                 verdict = check.verdict
-                correlation = extract_correlation(sql)
+                correlation = extract_correlation(sql, tokens)
                 masked = self.masking is not None and not self.masking.exempt()
                 for i, (facts, decision) in enumerate(zip(verdict.facts, verdict.decisions, strict=True)):
                     plan = plans[i] if masked and i < len(plans) else None
@@ -1741,7 +1742,7 @@ class Session:
             if rec is None:
                 start, tail = ruling.span
                 text = sql[start : len(sql) - tail].strip()
-                rec = audit.statement(text, facts, decision, correlation=extract_correlation(sql), masks=ruling.masks)
+                rec = audit.statement(text, facts, decision, correlation=extract_correlation(sql, tokens), masks=ruling.masks)
             chunk.gated.append(rec)
             chunk.durable = chunk.durable or ruling.durable
             audit.expect(rec, self._cycles_sent)
@@ -2302,7 +2303,7 @@ class Session:
         if not verdict.facts:
             chunk.commands.append(c.Audit(audit.statement(sql, None, check.decision, command="UNPARSABLE")))
             return
-        correlation = extract_correlation(sql)
+        correlation = extract_correlation(sql, tokens)
         for facts in verdict.facts:
             chunk.commands.append(
                 c.Audit(audit.statement(facts.text, facts, check.decision, correlation=correlation))

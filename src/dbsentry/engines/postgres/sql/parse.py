@@ -22,6 +22,8 @@ from typing import Any
 import orjson
 from pglast import parser as _pg
 
+from dbsentry.governance.text import COMMENT, LITERAL, OTHER, QUOTED_IDENT, Token
+
 ParseError = _pg.ParseError
 
 MAX_ENTRIES = 128
@@ -58,6 +60,7 @@ class _Recent:
 
 _trees = _Recent()
 _scans = _Recent()
+_tokens = _Recent()
 _fingerprints = _Recent()
 
 
@@ -119,6 +122,37 @@ def scan(sql: str) -> list[Any]:
     return got  # type: ignore[no-any-return]
 
 
+_KINDS = {
+    "SCONST": LITERAL,
+    "USCONST": LITERAL,
+    "ICONST": LITERAL,
+    "FCONST": LITERAL,
+    "BCONST": LITERAL,
+    "XCONST": LITERAL,
+    "C_COMMENT": COMMENT,
+    "SQL_COMMENT": COMMENT,
+}
+
+
+def tokens(sql: str) -> tuple[Token, ...]:
+    """:func:`scan` in the engine-neutral terms of ``dbsentry.governance.text`` (the
+    :data:`~dbsentry.governance.text.Lexer` of PostgreSQL); raises as :func:`scan` does."""
+    got = _tokens._data.get(sql)
+    if got is not None:
+        return got  # type: ignore[no-any-return]
+    kinds = _KINDS
+    out = tuple(
+        Token(
+            kinds.get(t.name) or (QUOTED_IDENT if t.name == "IDENT" and sql[t.start] == '"' else OTHER),
+            t.start,
+            t.end + 1,
+        )
+        for t in scan(sql)
+    )
+    _tokens.put(sql, out)
+    return out
+
+
 # Constants and parameters (objects at most two levels deep; strings with their escapes),
 # and locations: what a fingerprint leaves out.
 _STRING = r'"(?:[^"\\]|\\.)*"'
@@ -168,4 +202,5 @@ def clear() -> None:
     """Forget everything (tests)."""
     _trees.clear()
     _scans.clear()
+    _tokens.clear()
     _fingerprints.clear()
