@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dbsentry.approvals.config import ApprovalsConfig
-from dbsentry.approvals.model import access_request
+from dbsentry.approvals.model import access_request, statement_key
 from dbsentry.approvals.notify import Notifier
 from dbsentry.approvals.rules import ReviewRefused
 from dbsentry.approvals.service import Approvals, Gate
@@ -68,7 +68,7 @@ class Harness:
             facts=analyze(sql),
             session_id="sess-1",
             client_mode=mode,
-            lex=tokens,
+            key=statement_key(ALICE.name, "prod", sql, params, tokens),
         )
 
     def events(self) -> list[str]:
@@ -197,7 +197,7 @@ def test_default_approvers_when_the_rule_names_none(h: Harness) -> None:
         sql=SQL,
         params=None,
         decision=Decision("require_approval", ("baseline.prod.ddl-approval",)),
-        lex=tokens,
+        key=statement_key(ALICE.name, "prod", SQL, None, tokens),
     )
     assert gate.request.approvers == ("dba",) and gate.request.required_approvals == 1
 

@@ -27,7 +27,6 @@ from dbsentry.approvals.model import (
     Grant,
     Reviewed,
     granted_connections,
-    statement_key,
     statement_request,
     summarize_facts,
     with_grants,
@@ -37,7 +36,6 @@ from dbsentry.approvals.store import ApprovalStore
 from dbsentry.audit.records import ApprovalRecord
 from dbsentry.audit.redaction import current as current_redactor
 from dbsentry.governance.facts import StatementFacts
-from dbsentry.governance.text import Lexer
 from dbsentry.identity.model import Identity
 from dbsentry.policy.engine import Decision
 
@@ -127,23 +125,18 @@ class Approvals:
         session_id: str | None = None,
         client_mode: str | None = None,
         display_sql: str | None = None,
-        key_params: Sequence[str | None] | None = None,
         consume: bool = True,
-        lex: Lexer,
+        key: str,
     ) -> Gate:
         """For a ``require_approval`` decision: use an approval, or make (or find) a request.
 
-        ``params`` are the bound values as text, None for the simple protocol;
-        ``key_params``, when given, are the exact values the approval is bound to (see
-        ``ApprovalAsk``); ``lex`` is the statement's engine's lexer, for the approval key
-        (``statement_key``).  The request stores and shows ``display_sql`` or, by default, the
+        ``params`` are the bound values as text, None for the simple protocol; ``key`` is
+        the approval key the engine's session computed (``approvals.model.statement_key``:
+        the statement as its lexer reads it and the exact bound values).  The request stores and shows ``display_sql`` or, by default, the
         statement and parameters with sensitive values as tokens (the process's
         ``LiteralRedactor``).  Blocking.
         """
         now = self._clock()
-        key = statement_key(
-            identity.name, connection, sql, key_params if key_params is not None else params, lex
-        )
         if consume:
             used = self.store.consume(identity.name, connection, key, now)
         else:  # several statements: consume_all uses their approvals together

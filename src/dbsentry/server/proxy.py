@@ -21,7 +21,7 @@ from typing import Any, Protocol, assert_never, cast
 
 from dbsentry import metrics
 from dbsentry.approvals import Approvals, ApprovalStoreError
-from dbsentry.approvals.model import ApprovalRequest, statement_key
+from dbsentry.approvals.model import ApprovalRequest
 from dbsentry.approvals.service import Gate
 from dbsentry.audit.appender import AuditLog, AuditUnavailable, resolves
 from dbsentry.audit.records import CompletionRecord, Record, SessionEvent, StatementRecord
@@ -31,7 +31,6 @@ from dbsentry.engines.postgres.session.governance import Governor
 from dbsentry.engines.postgres.session.pg import ClientInfo, Session
 from dbsentry.engines.postgres.session.server_params import ServerParams
 from dbsentry.engines.postgres.session.upstream import UpstreamHandshake, UpstreamReady
-from dbsentry.engines.postgres.sql import parse as sqlparse
 from dbsentry.engines.postgres.wire import codec
 from dbsentry.engines.postgres.wire.auth import AuthError, tls_server_end_point_hash
 from dbsentry.governance.admission import approvals_by_record, stamp_approved
@@ -479,7 +478,7 @@ class ClientConnection(asyncio.Protocol):
             entry.refusal = ("42501", "dbsentry: this statement requires approval")
             return None
         identity, connection = session.identity.name, session.connection_name
-        keys = [statement_key(identity, connection, a.sql, a.key_params if a.key_params is not None else a.params, sqlparse.tokens) for a in asks]
+        keys = [a.key for a in asks]
         loop = asyncio.get_running_loop()
         try:
             used = await loop.run_in_executor(None, svc.consume_all, identity, connection, keys)
@@ -489,7 +488,7 @@ class ClientConnection(asyncio.Protocol):
                 refused: list[Gate] = []
                 for ask in asks:
                     gate = await self._statement_gate(
-                        svc, ask.sql, ask.params, ask.key_params, ask.decision, ask.facts, session.settings.get("approval"), consume=False
+                        svc, ask.sql, ask.params, ask.key, ask.decision, ask.facts, session.settings.get("approval"), consume=False
                     )
                     if gate.outcome == "refuse":
                         refused.append(gate)  # every statement's request is made, for one review
@@ -515,7 +514,7 @@ class ClientConnection(asyncio.Protocol):
         svc: Approvals,
         sql: str,
         params: tuple[str | None, ...] | None,
-        key_params: tuple[str | None, ...] | None,
+        key: str,
         decision: Decision,
         facts: tuple[StatementFacts, ...],
         client_mode: str | None,
@@ -534,13 +533,12 @@ class ClientConnection(asyncio.Protocol):
                 environment=session.connection.environment if session.connection else None,
                 sql=sql,
                 params=params,
-                key_params=key_params,
+                key=key,
                 decision=decision,
                 facts=facts,
                 session_id=session.session_id,
                 client_mode=client_mode,
                 consume=consume,
-                lex=sqlparse.tokens,
             ),
         )
 
@@ -555,10 +553,8 @@ class ClientConnection(asyncio.Protocol):
 
         async def ask() -> None:
             try:
-                # bound to the exact values and to the effect seen now; the transaction is
-                # open, so never wait for a person
-                key = (*(cmd.key_params or ()), f"effect:{cmd.effect}")
-                gate = await self._statement_gate(svc, cmd.sql, cmd.params, key, decision, cmd.facts, "fail")
+                # the transaction is open, so never wait for a person
+                gate = await self._statement_gate(svc, cmd.sql, cmd.params, cmd.key, decision, cmd.facts, "fail")
             except (ApprovalStoreError, OSError) as err:
                 log.error("approvals unavailable", extra={"fields": {"error": str(err)}})
                 if not self.closed:

@@ -127,10 +127,11 @@ class ApprovalAsk:
     params: tuple[str | None, ...] | None
     decision: Decision
     facts: tuple[StatementFacts, ...]
-    # What the approval is keyed on: the exact format and bytes of each bound value.
-    # ``params`` (the audit trail's text) is for people and may show different values
-    # the same way (invalid UTF-8 replaced, binary values as hex).
-    key_params: tuple[str | None, ...] | None = None
+    # The approval key (``approvals.model.statement_key``: identity, connection, the
+    # statement as the engine's lexer reads it, and the exact format and bytes of each
+    # bound value; ``params``, the audit trail's text, is for people and may show
+    # different values the same way).
+    key: str = ""
     # the ids of the audit records of this statement (they name the approval it runs under)
     records: tuple[str, ...] = ()
 
@@ -147,11 +148,10 @@ class GuardApproval:
 
     sql: str
     params: tuple[str | None, ...] | None
-    key_params: tuple[str | None, ...] | None
+    key: str  # the approval key: the statement, its exact values and what it changed
     facts: tuple[StatementFacts, ...]
     message: str
     rule: str
-    effect: str = ""  # what it changed: the approval is bound to it as well
 
 
 @dataclass(slots=True)

@@ -41,6 +41,7 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Protocol
 
+from dbsentry.approvals.model import statement_key
 from dbsentry.audit.config import AuditConfig
 from dbsentry.audit.records import CompletionRecord, Record, extract_correlation
 from dbsentry.config import Config, ConnectionConfig
@@ -1592,6 +1593,12 @@ class Session:
         """Whether the statement may run once approved (rather than being refused now)."""
         return self.approvals is not None and check.decision.action == "require_approval"
 
+    def _approval_key(self, sql: str, params: Sequence[str | None] | None) -> str:
+        """The key an approval of ``sql`` with ``params`` (the exact bound values; None
+        for the simple protocol) is stored under, for this identity and connection."""
+        assert self.identity is not None and self.connection_name is not None
+        return statement_key(self.identity.name, self.connection_name, sql, params, tokens)
+
     def _too_long(self, sql_bytes: int) -> str | None:
         limit = self.config.limits.max_statement_bytes
         if sql_bytes > limit:
@@ -1659,7 +1666,9 @@ class Session:
                     audit.expect(rec, self._cycles_sent)
                     ids.append(rec.id)
             if approvable:
-                chunk.approvals.append(c.ApprovalAsk(sql, None, check.decision, check.verdict.facts, records=tuple(ids)))
+                chunk.approvals.append(
+                    c.ApprovalAsk(sql, None, check.decision, check.verdict.facts, self._approval_key(sql, None), tuple(ids))
+                )
             elif shaped is not None and check.allowed and chunk.guarded is None:
                 self._remember_shape(gov, sql, shaped, stamp, source, check, plans)
             return
@@ -1996,9 +2005,9 @@ class Session:
         if out.ask is not None:
             ask = out.ask
             st = ask.statement
-            cmds.append(
-                c.GuardApproval(st.sql, st.params, st.key_params, tuple(st.facts), ask.message, ask.rule, ask.effect)
-            )
+            # bound to the exact values and to the effect seen now
+            key = self._approval_key(st.sql, (*(st.key_params or ()), f"effect:{ask.effect}"))
+            cmds.append(c.GuardApproval(st.sql, st.params, key, tuple(st.facts), ask.message, ask.rule))
         if out.finished:
             self._armed = None
             cmds.extend(self._release_held())
@@ -2334,7 +2343,9 @@ class Session:
             ids = (rec.id,)
         if self._approvable(check):
             chunk.approvals.append(
-                c.ApprovalAsk(sql, bound.readable, check.decision, check.verdict.facts, key_params=bound.exact, records=ids)
+                c.ApprovalAsk(
+                    sql, bound.readable, check.decision, check.verdict.facts, self._approval_key(sql, bound.exact), ids
+                )
             )
 
     # ------------------------------------------------------------------ from the upstream
