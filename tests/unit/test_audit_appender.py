@@ -326,3 +326,41 @@ def test_write_durability_never_waits_for_fsync(tmp_path: Path) -> None:
         audit.close()
 
     asyncio.run(run())
+
+
+def test_an_outcome_rides_with_the_next_write_and_waits_at_most_later_s(tmp_path: Path) -> None:
+    """One write per statement at one client: the completion record of statement n goes
+    out with statement n+1's record; the last one within LATER_S; order is kept."""
+    from dbsentry.audit.appender import LATER_S
+
+    class Counting(OsFileOps):
+        writes = 0
+
+        def write(self, fd: int, data: bytes) -> int:
+            Counting.writes += 1
+            return super().write(fd, data)
+
+    async def run() -> None:
+        log = LogFile(tmp_path, "n1", ops=Counting())
+        audit = AuditLog(log, "write")
+        audit.start()
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(0)
+        before = Counting.writes
+        for i in range(20):
+            done = loop.create_future()
+            rec = stmt(i)
+            audit.submit([rec], lambda err, d=done: d.set_result(err))
+            assert await done is None
+            audit.append_later(CompletionRecord(session_id="s1", statement_id=rec.id, rows=1))
+            await asyncio.sleep(0)  # the next client message comes in a later loop iteration
+        assert Counting.writes - before == 20  # 20 statements, 20 completions: 20 writes
+        assert log.written_seq == log.seq - 1  # the last completion is still buffered
+        await asyncio.sleep(LATER_S * 4)
+        assert log.written_seq == log.seq  # ... and written within LATER_S
+        audit.close()
+
+    asyncio.run(run())
+    kinds = [orjson.loads(p)["type"] for _, p in records_of(tmp_path / "n1")]
+    data = [k for k in kinds if k in ("statement", "completion")]
+    assert data == ["statement", "completion"] * 20

@@ -39,6 +39,9 @@ from dbsentry.audit.logwriter import LogFile
 from dbsentry.audit.records import CompletionRecord, Record, SystemEvent, payload_bytes
 
 log = logging.getLogger("dbsentry.audit")
+# A record nobody waits for (a statement's outcome) is written with the next write, or
+# after this long at the latest.
+LATER_S = 0.005
 
 Durability = Literal["effect", "sync", "write", "async"]
 DURABILITIES: tuple[Durability, ...] = ("effect", "sync", "write", "async")
@@ -113,6 +116,7 @@ class AuditLog:
         self._unrecorded: dict[str, None] = {}  # statement ids refused: skip their completions
         self._retry: asyncio.TimerHandle | None = None
         self._tick: asyncio.TimerHandle | None = None
+        self._later: asyncio.TimerHandle | None = None  # the bound on a lazy record's wait
         self._closed = False
         self._lock = threading.Lock()  # appends from other threads
         self.index_wakeup = threading.Event()  # set when closing: index the rest now
@@ -239,6 +243,24 @@ class AuditLog:
         self._schedule(self._loop_for_call())
         return seq
 
+    def append_later(self, record: Record) -> int:
+        """Append a record nobody waits for, on the loop's thread: a statement's outcome
+        (``CompletionRecord``).  It rides with the next write (the next statement's
+        record, usually in the same or the next loop iteration), and is written within
+        :data:`LATER_S` at the latest; its seq.  Records keep their order in the log, so
+        a COMMIT that waits for its own record to be durable waits for this one too."""
+        seq = self._append(record)
+        if self.durability == "async":
+            self._schedule(self._loop_for_call())
+        elif not self._flush_pending and self._later is None and not self._closed:
+            self._later = self._loop_for_call().call_later(LATER_S, self._flush_later)
+        return seq
+
+    def _flush_later(self) -> None:
+        self._later = None
+        if not self._flush_pending and not self._closed:
+            self._flush()
+
     def append_nowait(self, record: Record) -> None:
         """Append without waiting, from any thread (approvals, the console)."""
         if self._loop is not None and threading.get_ident() == self._thread_id:
@@ -273,6 +295,9 @@ class AuditLog:
             heapq.heappush(self._durable_waiters, (seq, next(self._tie), seq, callback, ()))
 
     def _loop_for_call(self) -> asyncio.AbstractEventLoop:
+        bound = self._loop
+        if bound is not None and self._thread_id == threading.get_ident() and bound.is_running():
+            return bound  # the one loop running on this thread (asking asyncio costs a getpid())
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             if self._tick is not None:

@@ -357,7 +357,10 @@ class ClientConnection(asyncio.Protocol):
         if writer is None:
             return
         try:
-            writer.append_soon(cmd.record)
+            if type(cmd.record) is CompletionRecord:
+                writer.append_later(cmd.record)  # an outcome: it rides with the next write
+            else:
+                writer.append_soon(cmd.record)
         except AuditUnavailable as err:
             log.error("audit record dropped", extra={"fields": {"error": str(err), "type": cmd.record.TYPE}})
 
