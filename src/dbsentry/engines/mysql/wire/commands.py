@@ -162,6 +162,10 @@ class StmtExecute:
     def types(self) -> tuple[ParamType, ...]:
         return tuple(param.type for param in self.params)
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(param.name for param in self.params)
+
 
 @dataclass(frozen=True, slots=True)
 class StmtSendLongData:
@@ -287,6 +291,7 @@ def _read_bound(
     types: Sequence[ParamType] | None,
     names: bool,
     long_data: frozenset[int] = frozenset(),
+    bound_names: Sequence[str] | None = None,
 ) -> tuple[tuple[Param, ...], bool]:
     """A null bitmap, the new-params-bound flag, types (and names) and values."""
     bitmap = read_null_bitmap(r, count)
@@ -294,6 +299,8 @@ def _read_bound(
     if bound > 1:
         raise ProtocolError(f"invalid new-params-bound flag {bound}")
     names_: list[str] = [""] * count
+    if not bound and bound_names is not None and len(bound_names) == count:
+        names_ = list(bound_names)
     if bound:
         new_types = []
         for i in range(count):
@@ -345,11 +352,13 @@ def decode_stmt_execute(
     num_params: int,
     types: Sequence[ParamType] | None = None,
     long_data: frozenset[int] = frozenset(),
+    names: Sequence[str] | None = None,
 ) -> StmtExecute:
     """COM_STMT_EXECUTE for a statement of ``num_params`` parameters (from its
-    COM_STMT_PREPARE_OK); ``types``: those bound by its last execution, used when the
-    client does not send them again; ``long_data``: parameters sent with
-    COM_STMT_SEND_LONG_DATA since the last execution or reset."""
+    COM_STMT_PREPARE_OK); ``types`` and ``names``: those bound by its last execution
+    (:attr:`StmtExecute.types`, :attr:`StmtExecute.names`), used when the client does not
+    send them again; ``long_data``: parameters sent with COM_STMT_SEND_LONG_DATA since the
+    last execution or reset."""
     r = p.Reader(payload)
     if r.int1() != Command.STMT_EXECUTE:
         raise ProtocolError("not a COM_STMT_EXECUTE packet")
@@ -360,7 +369,7 @@ def decode_stmt_execute(
     if num_params > 0 or (attrs and flags & c.PARAMETER_COUNT_AVAILABLE):
         count = r.lenenc_int() if attrs else num_params
         if count:
-            params, bound = _read_bound(r, count, types, names=attrs, long_data=long_data)
+            params, bound = _read_bound(r, count, types, names=attrs, long_data=long_data, bound_names=names)
     r.done("COM_STMT_EXECUTE")
     return StmtExecute(stmt, params, flags, iterations, bound)
 
