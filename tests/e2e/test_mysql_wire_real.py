@@ -191,7 +191,7 @@ class Wire:
                 case res.BinaryRow():
                     assert res.encode_binary_row(event, res.column_types(reader.columns)) == payload
                     current.rows.append(event.values)
-                case g.EOF() if before == "columns_eof":
+                case g.EOF() if before == "columns_eof" and not reader.done:
                     assert g.encode_eof(event) == payload
                 case g.OK() | g.EOF():
                     encoded = g.encode_ok(event, self.caps) if isinstance(event, g.OK) else g.encode_eof(event)
@@ -548,8 +548,9 @@ def test_insert_with_typed_parameters_stores_what_pymysql_reads(wire: Wire, type
     assert list(stored) == [expected for _, _, expected in values]
 
 
-def test_long_data_cursor_fetch_and_reset() -> None:
-    w = Wire(deprecate_eof=False)
+@pytest.mark.parametrize("deprecate_eof", [True, False])
+def test_long_data_cursor_fetch_and_reset(deprecate_eof: bool) -> None:
+    w = Wire(deprecate_eof=deprecate_eof)
     try:
         prepared = w.prepare("SELECT CONCAT(?, '!') AS v UNION ALL SELECT 'second' UNION ALL SELECT 'third'")
         assert prepared.ok is not None
@@ -562,22 +563,18 @@ def test_long_data_cursor_fetch_and_reset() -> None:
         assert cmd.decode_stmt_execute(payload, w.caps, 1, long_data=frozenset({0})) == execute
         w.command(execute, num_params=1)
         # With a cursor open, the answer is the metadata only.
-        reader = res.ResultReader(w.caps, binary=True)
-        columns = []
-        while not reader.done:
-            event = reader.feed(w.read())
-            if isinstance(event, res.ColumnDefinition):
-                columns.append(event)
-            if isinstance(event, g.EOF):
-                assert event.status & c.SERVER_STATUS_CURSOR_EXISTS
-                break
+        [opened] = w.results(binary=True)
+        assert opened.rows == []
+        assert opened.end is not None
+        assert opened.end.status & c.SERVER_STATUS_CURSOR_EXISTS
+        columns = opened.columns
         w.command(cmd.StmtFetch(stmt, 2))
         [first] = w.results(columns=columns)
         assert [row[0] for row in first.rows] == [b"long data!", b"second"]
         w.command(cmd.StmtFetch(stmt, 2))
         [second] = w.results(columns=columns)
         assert [row[0] for row in second.rows] == [b"third"]
-        assert isinstance(second.end, g.EOF)
+        assert second.end is not None
         assert second.end.status & c.SERVER_STATUS_LAST_ROW_SENT
         w.command(cmd.StmtReset(stmt))
         assert isinstance(g.decode_ok(w.read(), w.caps), g.OK)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import socket
+import threading
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -16,6 +18,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dbsentry.engines.mysql.wire import auth, ed25519
+from dbsentry.engines.mysql.wire import commands as cmd
+from dbsentry.engines.mysql.wire import constants as c
+from dbsentry.engines.mysql.wire import generic as g
+from dbsentry.engines.mysql.wire import handshake as hs
+from dbsentry.engines.mysql.wire import results as res
+from dbsentry.engines.mysql.wire.packets import PacketSplitter, encode_packet, encode_packets
 from dbsentry.errors import ProtocolError
 
 pymysql_auth = pytest.importorskip("pymysql._auth")
@@ -167,3 +175,169 @@ def test_ed25519_signatures_verify(password: bytes, nonce: bytes) -> None:
 def test_ed25519_needs_the_32_byte_nonce() -> None:
     with pytest.raises(auth.AuthError, match="32-byte nonce"):
         auth.ed25519_response("pw", NONCE)
+
+
+# ---------------------------------------------------------------------- the proxy's side, with a real client
+
+
+class TinyServer:
+    """A one-connection MySQL server made of the codec, for PyMySQL to log in to: it checks
+    the password the way the proxy will (full authentication for caching_sha2, the clear
+    password for mysql_clear_password, the scramble for mysql_native_password) and answers
+    every query with the user name."""
+
+    CAPS = (
+        c.CLIENT_LONG_PASSWORD | c.CLIENT_PROTOCOL_41 | c.CLIENT_SECURE_CONNECTION | c.CLIENT_PLUGIN_AUTH
+        | c.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA | c.CLIENT_CONNECT_WITH_DB | c.CLIENT_CONNECT_ATTRS
+        | c.CLIENT_TRANSACTIONS | c.CLIENT_MULTI_RESULTS | c.CLIENT_DEPRECATE_EOF
+    )  # fmt: skip
+
+    def __init__(self, plugin: str, token: str, key: rsa.RSAPrivateKey | None, switch_to: str | None = None) -> None:
+        self.plugin, self.token, self.key, self.switch_to = plugin, token, key, switch_to
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.seen: list[str] = []
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+            with conn:
+                conn.settimeout(10)
+                self._serve(conn)
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+        finally:
+            self.listener.close()
+
+    def _serve(self, conn: socket.socket) -> None:
+        splitter = PacketSplitter(first_seq=1)
+        queue: list[bytes] = []
+        seq = 0
+
+        def read() -> bytes:
+            nonlocal seq
+            while not queue:
+                data = conn.recv(65536)
+                if not data:
+                    raise ConnectionError("client went away")
+                for pk in splitter.feed(data):
+                    queue.append(pk.payload)
+                    seq = (pk.last_seq + 1) & 0xFF
+            return queue.pop(0)
+
+        def send(payload: bytes) -> None:
+            nonlocal seq
+            data, seq = encode_packet(payload, seq)
+            splitter.expect(seq)
+            conn.sendall(data)
+
+        nonce = auth.new_nonce()
+        send(hs.encode_handshake(hs.Handshake("8.0.99-dbsentry", 1234, nonce, self.CAPS, 255, 2, self.plugin)))
+        login = hs.decode_client_handshake(read())
+        assert isinstance(login, hs.HandshakeResponse)
+        caps = login.capabilities & self.CAPS
+        self.seen.append(f"login {login.user} {login.auth_plugin_name} db={login.database}")
+        password: str | None = None
+        answer = login.auth_response
+        plugin = self.plugin
+        if self.switch_to is not None:
+            plugin = self.switch_to
+            send(hs.encode_auth_switch_request(hs.AuthSwitchRequest(plugin, nonce + b"\x00" if plugin != auth.CLEAR_PASSWORD else b"")))
+            answer = hs.decode_auth_switch_response(read()).data
+        if plugin == auth.CACHING_SHA2_PASSWORD:
+            server = auth.CachingSha2Server(nonce, secure=False, private_key=self.key)
+            ask = server.start(answer)
+            assert ask is not None
+            send(ask)
+            while password is None:
+                reply, password = server.client_data(read())
+                self.seen.append("public key" if reply else "password")
+                if reply is not None:
+                    send(reply)
+        elif plugin == auth.CLEAR_PASSWORD:
+            password = auth.read_clear_password(answer)
+        elif plugin == auth.NATIVE_PASSWORD:
+            password = self.token if auth.check_native_scramble(answer, nonce, self.token) else ""
+        if password != self.token:
+            send(g.encode_err(g.ERR(1045, f"dbsentry: access denied for {login.user}", "28000")))
+            return
+        send(g.encode_ok(g.OK(status=c.SERVER_STATUS_AUTOCOMMIT), caps))
+        splitter.expect(0)  # the command phase: every command starts a new sequence
+        while True:
+            command = cmd.decode_command(read(), caps)
+            self.seen.append(type(command).__name__)
+            if isinstance(command, cmd.Quit):
+                return
+            seq = 1
+            col = res.ColumnDefinition("who", c.ColumnType.VAR_STRING, charset=255, length=400)
+            packets = [res.encode_column_count(res.ColumnCount(1), caps), res.encode_column_definition(col)]
+            if not caps & c.CLIENT_DEPRECATE_EOF:
+                packets.append(g.encode_eof(g.EOF(0, 2)))
+            packets.append(res.encode_text_row(res.TextRow((login.user.encode(),))))
+            end = g.OK(status=2, header=0xFE) if caps & c.CLIENT_DEPRECATE_EOF else None
+            packets.append(g.encode_ok(end, caps) if end else g.encode_eof(g.EOF(0, 2)))
+            if isinstance(command, cmd.Query) and command.sql.upper().startswith(b"SET "):
+                packets = [g.encode_ok(g.OK(status=2), caps)]  # PyMySQL reads one packet
+            data, seq = encode_packets(packets, seq)
+            splitter.expect(0)
+            conn.sendall(data)
+
+
+@pytest.mark.parametrize(
+    ("plugin", "switch_to", "steps"),
+    [
+        (auth.CACHING_SHA2_PASSWORD, None, ["public key", "password"]),
+        (auth.NATIVE_PASSWORD, auth.CLEAR_PASSWORD, []),
+        (auth.NATIVE_PASSWORD, None, []),
+        (auth.NATIVE_PASSWORD, auth.CACHING_SHA2_PASSWORD, ["public key", "password"]),
+    ],
+)
+def test_pymysql_logs_in_to_the_codec(plugin: str, switch_to: str | None, steps: list[str], key: rsa.RSAPrivateKey) -> None:
+    import pymysql
+
+    server = TinyServer(plugin, "tok-123_ABC.x", key, switch_to)  # PyMySQL sends passwords as latin-1
+    conn = pymysql.connect(host="127.0.0.1", port=server.port, user="alice@example.com", password="tok-123_ABC.x", database="prod")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT who")
+            assert cur.fetchall() == (("alice@example.com",),)
+    finally:
+        conn.close()
+    server.thread.join(5)
+    assert server.error is None, server.error
+    assert server.seen[0] == f"login alice@example.com {plugin} db=prod"
+    assert server.seen[1 : 1 + len(steps)] == steps
+    assert server.seen[-1] == "Quit"
+
+
+def test_wrong_token_gets_access_denied(key: rsa.RSAPrivateKey) -> None:
+    import pymysql
+
+    server = TinyServer(auth.CACHING_SHA2_PASSWORD, "right", key)
+    with pytest.raises(pymysql.err.OperationalError) as info:
+        pymysql.connect(host="127.0.0.1", port=server.port, user="bob", password="wrong")
+    assert info.value.args == (1045, "dbsentry: access denied for bob")
+    server.thread.join(5)
+    assert server.error is None
+
+
+def test_caching_sha2_server_refusals(key: rsa.RSAPrivateKey) -> None:
+    plain = auth.CachingSha2Server(NONCE, secure=False)
+    with pytest.raises(auth.AuthError, match="before the client's scramble"):
+        plain.client_data(b"x")
+    assert plain.start(b"") is None  # empty password: the caller refuses
+    assert plain.start(b"s" * 32) == b"\x01\x04"
+    with pytest.raises(auth.AuthError, match="no RSA key for caching_sha2_password: connect with TLS"):
+        plain.client_data(auth.REQUEST_PUBLIC_KEY)
+    with pytest.raises(auth.AuthError, match=r"cannot be sent without TLS: connect with TLS \(--ssl\)"):
+        plain.client_data(b"x" * 256)
+    tls = auth.CachingSha2Server(NONCE, secure=True)
+    tls.start(b"s" * 32)
+    assert tls.client_data(b"token\x00") == (None, "token")
+    keyed = auth.CachingSha2Server(NONCE, secure=False, private_key=key)
+    keyed.start(b"s" * 32)
+    with pytest.raises(auth.AuthError, match="does not match the proxy's RSA key"):
+        keyed.client_data(b"short")

@@ -476,6 +476,26 @@ def test_column_definition_with_field_list_default_and_mariadb_extended_metadata
         res.decode_column_definition(bytes.fromhex("03646566" "0000000000" "0b") + bytes(11))
 
 
+@pytest.mark.parametrize("deprecate_eof", [True, False])
+def test_execute_that_opens_a_cursor_ends_after_the_metadata(deprecate_eof: bool) -> None:
+    caps = P41 | (c.CLIENT_DEPRECATE_EOF if deprecate_eof else 0)
+    status = c.SERVER_STATUS_AUTOCOMMIT | c.SERVER_STATUS_CURSOR_EXISTS
+    col = res.ColumnDefinition("v", T.LONGLONG, charset=63)
+    end = g.encode_ok(g.OK(status=status, header=0xFE), caps) if deprecate_eof else g.encode_eof(g.EOF(0, status))
+    reader = res.ResultReader(caps, binary=True)
+    for packet in (res.encode_column_count(res.ColumnCount(1), caps), res.encode_column_definition(col), end):
+        assert not reader.done
+        reader.feed(packet)
+    assert reader.done
+    assert reader.columns == [col]
+    # COM_STMT_FETCH: binary rows of those columns, then the end.
+    fetch = res.ResultReader(caps, columns=[col], cursor=True)
+    assert fetch.feed(res.encode_binary_row(res.BinaryRow((7,)), [(int(T.LONGLONG), False)])) == res.BinaryRow((7,))
+    last = c.SERVER_STATUS_AUTOCOMMIT | c.SERVER_STATUS_LAST_ROW_SENT
+    fetch.feed(g.encode_ok(g.OK(status=last, header=0xFE), caps) if deprecate_eof else g.encode_eof(g.EOF(0, last)))
+    assert fetch.done
+
+
 def test_local_infile_request_and_its_answer() -> None:
     reader = res.ResultReader(P41)
     assert reader.feed(b"\xfb/etc/passwd") == res.LocalInfileRequest("/etc/passwd")
@@ -491,6 +511,10 @@ def test_column_count_caps() -> None:
     with pytest.raises(ProtocolError, match="invalid column count"):
         res.decode_column_count(b"\xfe" + p.int8(2**63), P41)
     assert res.decode_column_count(b"\x02\x01", P41 | c.CLIENT_OPTIONAL_RESULTSET_METADATA) == res.ColumnCount(2, 1)
+    assert res.decode_column_count(b"\x02\x00", P41 | c.MARIADB_CLIENT_CACHE_METADATA) == res.ColumnCount(2, 0)
+    reader = res.ResultReader(P41 | c.MARIADB_CLIENT_CACHE_METADATA)
+    with pytest.raises(ProtocolError, match="without metadata"):
+        reader.feed(b"\x02\x00")
 
 
 def test_huge_auth_response_is_refused() -> None:

@@ -43,6 +43,7 @@ __all__ = [
     "REQUEST_PUBLIC_KEY",
     "AuthError",
     "CachingSha2Client",
+    "CachingSha2Server",
     "caching_sha2_scramble",
     "check_caching_sha2_scramble",
     "check_native_scramble",
@@ -237,3 +238,59 @@ class CachingSha2Client:
             self.public_key_pem = data
             return rsa_encrypt_password(self.password, self.nonce, data)
         raise AuthError("unexpected caching_sha2_password data from the server")
+
+
+# ----------------------------------------------------------------- caching_sha2_password, server side
+
+
+class CachingSha2Server:
+    """The proxy's side of caching_sha2_password towards a client, always asking for full
+    authentication: the proxy checks tokens, so it needs the password itself, not a scramble.
+
+    ``start(scramble)`` answers the client's first answer (from the HandshakeResponse or an
+    AuthSwitchResponse) with the AuthMoreData payload asking for full authentication, or
+    None for an empty one (an empty password: the caller refuses the login, since the client
+    expects OK or ERR then). ``client_data(data)`` takes each later packet of the client and
+    gives ``(reply, password)``: the AuthMoreData payload to send (the proxy's public key when
+    the client asks for it), or the clear password once it has arrived.
+
+    ``secure``: the client connection is TLS, so the password comes in the clear.
+    ``private_key``: the proxy's RSA key for clients on plaintext; without one, full
+    authentication on plaintext is refused (an :class:`AuthError` saying TLS is needed).
+    """
+
+    __slots__ = ("_started", "nonce", "private_key", "secure")
+
+    def __init__(self, nonce: bytes, *, secure: bool, private_key: RSAPrivateKey | None = None) -> None:
+        self.nonce = nonce[:NONCE_LENGTH]
+        self.secure = secure
+        self.private_key = private_key
+        self._started = False
+
+    def start(self, scramble: bytes) -> bytes | None:
+        self._started = True
+        if not scramble:
+            return None
+        return b"\x01" + PERFORM_FULL_AUTHENTICATION
+
+    def public_key_pem(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
+        if self.private_key is None:
+            raise AuthError("the proxy has no RSA key for caching_sha2_password: connect with TLS")
+        return self.private_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    def client_data(self, data: bytes) -> tuple[bytes | None, str | None]:
+        if not self._started:
+            raise AuthError("caching_sha2_password data before the client's scramble")
+        if data == REQUEST_PUBLIC_KEY:
+            return b"\x01" + self.public_key_pem(), None
+        if self.secure:
+            return None, read_clear_password(data)
+        if self.private_key is None:
+            raise AuthError("the password cannot be sent without TLS: connect with TLS (--ssl)")
+        if len(data) != self.private_key.key_size // 8:
+            raise AuthError("the encrypted password does not match the proxy's RSA key")
+        return None, rsa_decrypt_password(data, self.nonce, self.private_key)

@@ -21,17 +21,20 @@ from dbsentry.errors import ProtocolError
 __all__ = [
     "AuthMoreData",
     "AuthSwitchRequest",
+    "AuthSwitchResponse",
     "Handshake",
     "HandshakeResponse",
     "SSLRequest",
     "decode_auth_more_data",
     "decode_auth_reply",
     "decode_auth_switch_request",
+    "decode_auth_switch_response",
     "decode_client_handshake",
     "decode_handshake",
     "decode_server_greeting",
     "encode_auth_more_data",
     "encode_auth_switch_request",
+    "encode_auth_switch_response",
     "encode_handshake",
     "encode_handshake_response",
     "encode_ssl_request",
@@ -108,6 +111,14 @@ class AuthSwitchRequest:
     @property
     def nonce(self) -> bytes:
         return self.data[:-1] if self.data.endswith(b"\x00") else self.data
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSwitchResponse:
+    """The client's answer to an AuthSwitchRequest (and any later authentication packet
+    of the client): the plugin's data, the whole payload."""
+
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +302,14 @@ def decode_auth_switch_request(payload: bytes) -> AuthSwitchRequest:
 
 def encode_auth_switch_request(a: AuthSwitchRequest) -> bytes:
     return b"\xfe" + p.cstr(a.plugin) + a.data
+
+
+def decode_auth_switch_response(payload: bytes) -> AuthSwitchResponse:
+    return AuthSwitchResponse(payload)
+
+
+def encode_auth_switch_response(a: AuthSwitchResponse) -> bytes:
+    return a.data
 
 
 def decode_auth_more_data(payload: bytes) -> AuthMoreData:

@@ -64,7 +64,9 @@ MAX_COLUMNS = 4096  # MySQL's own limit on a table's columns; a result set gets 
 @dataclass(frozen=True, slots=True)
 class ColumnCount:
     count: int
-    metadata_follows: int = 1  # on the wire only with CLIENT_OPTIONAL_RESULTSET_METADATA
+    # On the wire only with CLIENT_OPTIONAL_RESULTSET_METADATA (MySQL) or
+    # MARIADB_CLIENT_CACHE_METADATA; 0: the columns are not sent again.
+    metadata_follows: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +134,7 @@ def decode_column_count(payload: bytes, capabilities: int) -> ColumnCount:
     if count == 0 or count > MAX_COLUMNS:
         raise ProtocolError(f"invalid column count {count}")
     follows = 1
-    if capabilities & c.CLIENT_OPTIONAL_RESULTSET_METADATA:
+    if capabilities & (c.CLIENT_OPTIONAL_RESULTSET_METADATA | c.MARIADB_CLIENT_CACHE_METADATA):
         follows = r.int1()
     r.done("column count")
     return ColumnCount(count, follows)
@@ -140,7 +142,7 @@ def decode_column_count(payload: bytes, capabilities: int) -> ColumnCount:
 
 def encode_column_count(cc: ColumnCount, capabilities: int) -> bytes:
     out = p.lenenc_int(cc.count)
-    if capabilities & c.CLIENT_OPTIONAL_RESULTSET_METADATA:
+    if capabilities & (c.CLIENT_OPTIONAL_RESULTSET_METADATA | c.MARIADB_CLIENT_CACHE_METADATA):
         out += bytes((cc.metadata_follows,))
     return out
 
@@ -280,8 +282,10 @@ class ResultReader:
     EOF after them, rows (:class:`TextRow`, or :class:`BinaryRow` with ``binary``; the raw
     payload with ``decode_rows=False``) and the OK/EOF ending the rows. ``done`` turns true
     after the last packet (no ``SERVER_MORE_RESULTS_EXISTS``); the columns of the current
-    result are in ``columns``. ``cursor=True`` reads the answer to COM_STMT_FETCH: rows of
-    ``columns`` and an EOF/OK, no metadata.
+    result are in ``columns``. When COM_STMT_EXECUTE opens a cursor the answer ends after
+    the metadata (its EOF, or OK under ``CLIENT_DEPRECATE_EOF``, has
+    ``SERVER_STATUS_CURSOR_EXISTS``); ``cursor=True`` reads the answer to COM_STMT_FETCH:
+    rows of ``columns`` and an EOF/OK, no metadata.
     """
 
     __slots__ = ("_capabilities", "_count", "_state", "binary", "columns", "decode_rows", "done")
@@ -352,6 +356,9 @@ class ResultReader:
         if state == "columns_eof":
             eof = decode_eof(payload, caps)
             self._state = "rows"
+            if eof.status & c.SERVER_STATUS_CURSOR_EXISTS:
+                # COM_STMT_EXECUTE opened a cursor: the rows come with COM_STMT_FETCH.
+                self._end(eof.status)
             return eof
         if state == "rows":
             if is_result_end(payload, caps):
