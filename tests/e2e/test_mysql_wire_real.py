@@ -669,3 +669,13 @@ def test_ping_init_db_statistics_field_list_set_option_reset(wire: Wire, types_t
     assert isinstance(g.decode_ok(wire.read(), wire.caps), g.OK)
     [result] = wire.query("SELECT @dbs_marker")
     assert result.rows == [(None,)]
+
+
+def test_every_collation_of_the_server_has_its_charset(wire: Wire) -> None:
+    from dbsentry.engines.mysql.wire.charsets import charset
+
+    [result] = wire.query("SELECT id, character_set_name FROM information_schema.collations WHERE id IS NOT NULL")
+    assert len(result.rows) > 100
+    for raw_id, name in result.rows:
+        cs = charset(int(raw_id))
+        assert cs is not None and cs.name.encode() == name, (raw_id, name)
