@@ -1,0 +1,1 @@
+"""MySQL and MariaDB: the wire codec and authentication (``wire``), beside PostgreSQL's."""

@@ -1,0 +1,205 @@
+"""Numbers of the MySQL/MariaDB protocol: capability flags, server status, commands,
+column types and flags.
+
+The capability set is carried as one 64-bit int: the lower 32 bits are MySQL's flags,
+the upper 32 MariaDB's extended capabilities (sent in the handshake's filler bytes when
+the server clears ``CLIENT_MYSQL``), so ``MARIADB_CLIENT_*`` below are shifted by 32.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+# ----------------------------------------------------------------- capability flags
+
+CLIENT_MYSQL = 1  # CLIENT_LONG_PASSWORD; MariaDB servers clear it to announce extended caps
+CLIENT_LONG_PASSWORD = 1
+CLIENT_FOUND_ROWS = 1 << 1
+CLIENT_LONG_FLAG = 1 << 2
+CLIENT_CONNECT_WITH_DB = 1 << 3
+CLIENT_NO_SCHEMA = 1 << 4
+CLIENT_COMPRESS = 1 << 5
+CLIENT_ODBC = 1 << 6
+CLIENT_LOCAL_FILES = 1 << 7
+CLIENT_IGNORE_SPACE = 1 << 8
+CLIENT_PROTOCOL_41 = 1 << 9
+CLIENT_INTERACTIVE = 1 << 10
+CLIENT_SSL = 1 << 11
+CLIENT_IGNORE_SIGPIPE = 1 << 12
+CLIENT_TRANSACTIONS = 1 << 13
+CLIENT_RESERVED = 1 << 14
+CLIENT_SECURE_CONNECTION = 1 << 15  # CLIENT_RESERVED2
+CLIENT_MULTI_STATEMENTS = 1 << 16
+CLIENT_MULTI_RESULTS = 1 << 17
+CLIENT_PS_MULTI_RESULTS = 1 << 18
+CLIENT_PLUGIN_AUTH = 1 << 19
+CLIENT_CONNECT_ATTRS = 1 << 20
+CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA = 1 << 21
+CLIENT_CAN_HANDLE_EXPIRED_PASSWORDS = 1 << 22
+CLIENT_SESSION_TRACK = 1 << 23
+CLIENT_DEPRECATE_EOF = 1 << 24
+CLIENT_OPTIONAL_RESULTSET_METADATA = 1 << 25
+CLIENT_ZSTD_COMPRESSION_ALGORITHM = 1 << 26
+CLIENT_QUERY_ATTRIBUTES = 1 << 27
+MULTI_FACTOR_AUTHENTICATION = 1 << 28
+CLIENT_CAPABILITY_EXTENSION = 1 << 29
+CLIENT_SSL_VERIFY_SERVER_CERT = 1 << 30
+CLIENT_REMEMBER_OPTIONS = 1 << 31
+
+MARIADB_CLIENT_PROGRESS = 1 << 32
+MARIADB_CLIENT_COM_MULTI = 1 << 33
+MARIADB_CLIENT_STMT_BULK_OPERATIONS = 1 << 34
+MARIADB_CLIENT_EXTENDED_METADATA = 1 << 35
+MARIADB_CLIENT_CACHE_METADATA = 1 << 36
+MARIADB_CLIENT_BULK_UNIT_RESULTS = 1 << 37
+
+# ----------------------------------------------------------------- server status
+
+SERVER_STATUS_IN_TRANS = 1
+SERVER_STATUS_AUTOCOMMIT = 1 << 1
+SERVER_MORE_RESULTS_EXISTS = 1 << 3
+SERVER_QUERY_NO_GOOD_INDEX_USED = 1 << 4
+SERVER_QUERY_NO_INDEX_USED = 1 << 5
+SERVER_STATUS_CURSOR_EXISTS = 1 << 6
+SERVER_STATUS_LAST_ROW_SENT = 1 << 7
+SERVER_STATUS_DB_DROPPED = 1 << 8
+SERVER_STATUS_NO_BACKSLASH_ESCAPES = 1 << 9
+SERVER_STATUS_METADATA_CHANGED = 1 << 10
+SERVER_QUERY_WAS_SLOW = 1 << 11
+SERVER_PS_OUT_PARAMS = 1 << 12
+SERVER_STATUS_IN_TRANS_READONLY = 1 << 13
+SERVER_SESSION_STATE_CHANGED = 1 << 14
+
+# ----------------------------------------------------------------- session state tracking
+
+SESSION_TRACK_SYSTEM_VARIABLES = 0
+SESSION_TRACK_SCHEMA = 1
+SESSION_TRACK_STATE_CHANGE = 2
+SESSION_TRACK_GTIDS = 3
+SESSION_TRACK_TRANSACTION_CHARACTERISTICS = 4
+SESSION_TRACK_TRANSACTION_STATE = 5
+
+# ----------------------------------------------------------------- commands
+
+
+class Command(IntEnum):
+    SLEEP = 0x00
+    QUIT = 0x01
+    INIT_DB = 0x02
+    QUERY = 0x03
+    FIELD_LIST = 0x04
+    CREATE_DB = 0x05
+    DROP_DB = 0x06
+    REFRESH = 0x07
+    SHUTDOWN = 0x08
+    STATISTICS = 0x09
+    PROCESS_INFO = 0x0A
+    CONNECT = 0x0B
+    PROCESS_KILL = 0x0C
+    DEBUG = 0x0D
+    PING = 0x0E
+    TIME = 0x0F
+    DELAYED_INSERT = 0x10
+    CHANGE_USER = 0x11
+    BINLOG_DUMP = 0x12
+    TABLE_DUMP = 0x13
+    CONNECT_OUT = 0x14
+    REGISTER_SLAVE = 0x15
+    STMT_PREPARE = 0x16
+    STMT_EXECUTE = 0x17
+    STMT_SEND_LONG_DATA = 0x18
+    STMT_CLOSE = 0x19
+    STMT_RESET = 0x1A
+    SET_OPTION = 0x1B
+    STMT_FETCH = 0x1C
+    DAEMON = 0x1D
+    BINLOG_DUMP_GTID = 0x1E
+    RESET_CONNECTION = 0x1F
+    CLONE = 0x20
+    SUBSCRIBE_GROUP_REPLICATION_STREAM = 0x21
+    STMT_BULK_EXECUTE = 0xFA  # MariaDB
+
+
+# COM_SET_OPTION values
+MYSQL_OPTION_MULTI_STATEMENTS_ON = 0
+MYSQL_OPTION_MULTI_STATEMENTS_OFF = 1
+
+# COM_STMT_EXECUTE flags (enum_cursor_type), and the query-attributes bit
+CURSOR_TYPE_NO_CURSOR = 0
+CURSOR_TYPE_READ_ONLY = 1
+CURSOR_TYPE_FOR_UPDATE = 2
+CURSOR_TYPE_SCROLLABLE = 4
+PARAMETER_COUNT_AVAILABLE = 8
+
+# ----------------------------------------------------------------- column types and flags
+
+
+class ColumnType(IntEnum):
+    DECIMAL = 0
+    TINY = 1
+    SHORT = 2
+    LONG = 3
+    FLOAT = 4
+    DOUBLE = 5
+    NULL = 6
+    TIMESTAMP = 7
+    LONGLONG = 8
+    INT24 = 9
+    DATE = 10
+    TIME = 11
+    DATETIME = 12
+    YEAR = 13
+    NEWDATE = 14
+    VARCHAR = 15
+    BIT = 16
+    TIMESTAMP2 = 17
+    DATETIME2 = 18
+    TIME2 = 19
+    TYPED_ARRAY = 20
+    VECTOR = 242
+    INVALID = 243
+    BOOL = 244
+    JSON = 245
+    NEWDECIMAL = 246
+    ENUM = 247
+    SET = 248
+    TINY_BLOB = 249
+    MEDIUM_BLOB = 250
+    LONG_BLOB = 251
+    BLOB = 252
+    VAR_STRING = 253
+    STRING = 254
+    GEOMETRY = 255
+
+
+NOT_NULL_FLAG = 1
+PRI_KEY_FLAG = 2
+UNIQUE_KEY_FLAG = 4
+MULTIPLE_KEY_FLAG = 8
+BLOB_FLAG = 16
+UNSIGNED_FLAG = 32
+ZEROFILL_FLAG = 64
+BINARY_FLAG = 128
+ENUM_FLAG = 256
+AUTO_INCREMENT_FLAG = 512
+TIMESTAMP_FLAG = 1024
+SET_FLAG = 2048
+NO_DEFAULT_VALUE_FLAG = 4096
+ON_UPDATE_NOW_FLAG = 8192
+NUM_FLAG = 32768
+
+# The flag byte of a parameter type in COM_STMT_EXECUTE / query attributes.
+PARAM_UNSIGNED = 0x80
+
+BINARY_CHARSET = 63  # the collation id of binary strings
+
+# ----------------------------------------------------------------- packet headers
+
+OK_HEADER = 0x00
+AUTH_MORE_DATA_HEADER = 0x01
+LOCAL_INFILE_HEADER = 0xFB
+EOF_HEADER = 0xFE
+AUTH_SWITCH_HEADER = 0xFE
+ERR_HEADER = 0xFF
+
+MAX_PACKET_PAYLOAD = 0xFFFFFF  # a physical packet of this length continues in the next one
