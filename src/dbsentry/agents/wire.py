@@ -1,0 +1,170 @@
+"""The tools' way to the database: dbsentry's own PostgreSQL listener, as the agent.
+
+Each agent (by token) gets one connection per dbsentry connection name, opened on first
+use with ``user=<identity>`` and ``password=<token>``: the proxy authenticates it, judges
+every statement, masks results, asks for approvals and audits, exactly as for psql.
+Values come back as PostgreSQL's text (what psql prints), never as Python objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg.postgres import types as pg_types
+from psycopg.types.string import TextLoader
+
+from dbsentry.agents.errors import ToolRefused
+from dbsentry.agents.limits import ResultCollector
+
+log = logging.getLogger("dbsentry.agents")
+
+_APPROVAL_ID = re.compile(r"\b(apr_[a-z0-9]{6,32})\b")
+#: After the statement timeout, how long the client waits before it cancels itself.
+CANCEL_GRACE_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyAddress:
+    host: str
+    port: int
+    sslmode: str = "require"
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one statement did: its columns and rows (cut by the collector), or its status."""
+
+    columns: list[dict[str, str]] = field(default_factory=list)
+    rows: list[list[str | None]] = field(default_factory=list)
+    row_count: int = 0
+    truncated: bool = False
+    truncated_by: str | None = None
+    status: str | None = None
+
+
+def refusal(err: psycopg.Error, what: str = "the statement") -> ToolRefused:
+    """A database error as a tool error: SQLSTATE, the message, the approval it names."""
+    diag = err.diag
+    state = diag.sqlstate or getattr(err, "sqlstate", None) or "?"
+    message = (diag.message_primary or str(err)).strip()
+    details: dict[str, object] = {"sqlstate": state, "database_message": message}
+    found = _APPROVAL_ID.search(message)
+    if found is not None:
+        details["approval_request_id"] = found.group(1)
+    if state == "57014":
+        return ToolRefused(f"{what} was cancelled: it ran past the statement timeout ({message})", **details)
+    return ToolRefused(f"{what} was refused or failed: ERROR {state}: {message}", **details)
+
+
+def _text_everything(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Every built-in type loads as its text (types without a loader already do)."""
+    for info in pg_types:
+        conn.adapters.register_loader(info.oid, TextLoader)
+        if info.array_oid:
+            conn.adapters.register_loader(info.array_oid, TextLoader)
+
+
+class Wire:
+    """Connections to the proxy, per (token, connection); closed by :meth:`close`."""
+
+    def __init__(self, address: ProxyAddress, connect_timeout: float = 10.0) -> None:
+        self.address = address
+        self.connect_timeout = connect_timeout
+        self._conns: dict[tuple[str, str], psycopg.AsyncConnection[Any]] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def lock(self, token: str, connection: str) -> asyncio.Lock:
+        key = (hashlib.sha256(token.encode()).hexdigest(), connection)
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    async def connection(
+        self, identity: str, token: str, connection: str, application_name: str, timeout_seconds: float
+    ) -> psycopg.AsyncConnection[Any]:
+        key = (hashlib.sha256(token.encode()).hexdigest(), connection)
+        conn = self._conns.get(key)
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                host=self.address.host,
+                port=self.address.port,
+                dbname=connection,
+                user=identity,
+                password=token,
+                sslmode=self.address.sslmode,
+                connect_timeout=max(1, int(self.connect_timeout)),
+                application_name=application_name,
+                options="-c dbsentry.approval=fail",
+                autocommit=True,
+            )
+        except psycopg.OperationalError as err:
+            text = str(err).strip().splitlines()[-1] if str(err).strip() else "connection failed"
+            raise ToolRefused(f"cannot connect to {connection!r} through dbsentry: {text}") from None
+        _text_everything(conn)
+        ms = int(timeout_seconds * 1000)
+        try:  # the proxy may already force a lower one for agents (it refuses raising it)
+            await conn.execute(f"SET statement_timeout = {ms}")
+        except psycopg.Error as err:
+            log.info("statement_timeout not lowered for MCP", extra={"fields": {"connection": connection, "error": str(err)}})
+        self._conns[key] = conn
+        return conn
+
+    async def run(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        text: str,
+        params: Sequence[str | None] | None,
+        collector: ResultCollector,
+        timeout_seconds: float,
+    ) -> Outcome:
+        """Run ``text`` (one statement) and read its rows into ``collector``; a statement
+        past ``timeout_seconds`` is cancelled upstream (the server's own statement_timeout
+        first; if it does not answer, a cancel request through the proxy)."""
+        out = Outcome()
+        cur = psycopg.AsyncRawCursor(conn)
+        try:
+            async with asyncio.timeout(timeout_seconds + CANCEL_GRACE_SECONDS):
+                async for row in cur.stream(text, params):
+                    if not out.columns and cur.description is not None:
+                        out.columns = _columns(cur)
+                    if not collector.add(row):
+                        break
+        except TimeoutError:
+            await conn.cancel_safe()
+            raise ToolRefused(
+                f"the statement was cancelled: it ran past the statement timeout of {timeout_seconds:g} s"
+            ) from None
+        except psycopg.Error as err:
+            raise refusal(err) from None
+        finally:
+            await cur.close()
+        if not out.columns and cur.description is not None:
+            out.columns = _columns(cur)
+        out.rows = collector.rows
+        out.truncated, out.truncated_by = collector.truncated, collector.truncated_by
+        out.status = cur.statusmessage
+        out.row_count = len(out.rows) if cur.description is not None else max(cur.rowcount, 0)
+        return out
+
+    async def close(self) -> None:
+        for conn in list(self._conns.values()):
+            try:
+                await conn.close()
+            except Exception as err:  # closing is best effort
+                log.debug("MCP wire connection close failed: %s", err)
+        self._conns.clear()
+
+
+def _columns(cur: psycopg.AsyncRawCursor[Any]) -> list[dict[str, str]]:
+    out = []
+    for col in cur.description or ():
+        info = pg_types.get(col.type_code)
+        out.append({"name": col.name, "type": info.name if info is not None else str(col.type_code)})
+    return out
