@@ -68,3 +68,20 @@ def explain_text(sql: str) -> str:
     if names != ["format"]:
         raise ToolRefused("the SQL cannot be explained on its own")
     return text
+
+
+_ROWS = frozenset({"SelectStmt", "ExplainStmt", "VariableShowStmt", "FetchStmt"})
+_RETURNING = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
+
+
+def returns_rows(sql: str) -> bool:
+    """Whether the one statement in ``sql`` answers with rows (read as a stream, cut at the
+    caps) rather than a command tag (a statement with comments before it included)."""
+    try:
+        stmt = _statements(sql)[0].get("stmt", {})
+    except (ToolRefused, IndexError):
+        return True
+    kind = next(iter(stmt), "?")
+    if kind in _ROWS:
+        return True
+    return kind in _RETURNING and bool(stmt[kind].get("returningList"))

@@ -25,7 +25,7 @@ from dbsentry.agents.limits import (
     rows_for_call,
 )
 from dbsentry.agents.runs import RunContext
-from dbsentry.agents.statements import explain_text, one_statement
+from dbsentry.agents.statements import explain_text, one_statement, returns_rows
 from dbsentry.agents.wire import Outcome, Wire, refusal
 from dbsentry.approvals.model import ApprovalRequest, granted_connections, with_grants
 from dbsentry.identity.model import Identity
@@ -291,7 +291,12 @@ class Tools:
             conn = await self._conn(agent, name, run, limits)
             try:
                 got = await self.wire.run(
-                    conn, run.comment() + text, values, ResultCollector(rows, limits.max_bytes), limits.timeout_seconds
+                    conn,
+                    run.comment() + text,
+                    values,
+                    ResultCollector(rows, limits.max_bytes),
+                    limits.timeout_seconds,
+                    stream=returns_rows(text),
                 )
             except ToolRefused as refused:
                 refused.details.setdefault("run_id", run.run_id)
@@ -383,7 +388,9 @@ class Tools:
             try:
                 await conn.execute("BEGIN READ ONLY")
                 try:
-                    await self.wire.run(conn, comment + text, None, ResultCollector(1, 1024), limits.timeout_seconds)
+                    await self.wire.run(
+                        conn, comment + text, None, ResultCollector(1, 1024), limits.timeout_seconds, stream=returns_rows(text)
+                    )
                 finally:
                     await conn.execute("ROLLBACK")
             except ToolRefused as refused:

@@ -123,19 +123,33 @@ class Wire:
         params: Sequence[str | None] | None,
         collector: ResultCollector,
         timeout_seconds: float,
+        *,
+        stream: bool = True,
     ) -> Outcome:
         """Run ``text`` (one statement) and read its rows into ``collector``; a statement
         past ``timeout_seconds`` is cancelled upstream (the server's own statement_timeout
         first; if it does not answer, a cancel request through the proxy)."""
         out = Outcome()
         cur = psycopg.AsyncRawCursor(conn)
+        returns_rows = False
         try:
             async with asyncio.timeout(timeout_seconds + CANCEL_GRACE_SECONDS):
-                async for row in cur.stream(text, params):
-                    if not out.columns and cur.description is not None:
-                        out.columns = _columns(cur)
-                    if not collector.add(row):
-                        break
+                if stream:
+                    async for row in cur.stream(text, params):
+                        if not returns_rows and cur.description is not None:
+                            out.columns, returns_rows = _columns(cur), True
+                        if not collector.add(row):
+                            break
+                else:  # a command tag: nothing to stream (a stray row set is still capped)
+                    await cur.execute(text, params)
+                    if cur.description is not None:
+                        for row in await cur.fetchmany(collector.max_rows + 1):
+                            if not collector.add(row):
+                                break
+                if not returns_rows and cur.description is not None:
+                    out.columns, returns_rows = _columns(cur), True
+                out.status = cur.statusmessage
+                changed = cur.rowcount
         except TimeoutError:
             await conn.cancel_safe()
             raise ToolRefused(
@@ -145,12 +159,9 @@ class Wire:
             raise refusal(err) from None
         finally:
             await cur.close()
-        if not out.columns and cur.description is not None:
-            out.columns = _columns(cur)
         out.rows = collector.rows
         out.truncated, out.truncated_by = collector.truncated, collector.truncated_by
-        out.status = cur.statusmessage
-        out.row_count = len(out.rows) if cur.description is not None else max(cur.rowcount, 0)
+        out.row_count = len(out.rows) if returns_rows else max(changed, 0)
         return out
 
     async def close(self) -> None:
