@@ -147,7 +147,7 @@ def test_refusals_nothing_runs(setup: McpSetup, pg_server: PgServer) -> None:
             assert data["sqlstate"] in ("42501", "25006"), (what, data)
             # psql through the proxy, as the same agent, is refused the same way
             done = psql(setup.proxy.dsn(AGENT, token=setup.agent_token()), "-c", sql)
-            assert done.returncode != 0 and data["sqlstate"] in done.stderr or "ERROR" in done.stderr, (what, done.stderr)
+            assert (done.returncode != 0 and data["sqlstate"] in done.stderr) or "ERROR" in done.stderr, (what, done.stderr)
         for sql in (f"SELECT 1; DELETE FROM {s}.customers", f"SELECT 1 /* ; */ ; DROP TABLE {s}.customers", "SELECT 1;;SELECT 2"):
             err, data, _ = await call(client, "query", "run-refuse", connection="prod", sql=sql)
             assert err and "one statement per call" in data["error"], sql
@@ -177,7 +177,7 @@ def test_row_cap_and_timeout(setup: McpSetup, pg_server: PgServer) -> None:
         deadline = time.monotonic() + 5
         while direct(pg_server, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%mcp-timeout-probe%' AND state = 'active' AND pid <> pg_backend_pid()") != [(0,)]:
             assert time.monotonic() < deadline, "the slow statement still runs upstream"
-            time.sleep(0.1)
+            await anyio.sleep(0.1)
         err, data, _ = await call(client, "query", "run-cap", connection="staging", sql="SELECT 1")
         assert not err and data["rows"] == [["1"]]  # the connection is usable again
 

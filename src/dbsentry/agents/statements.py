@@ -84,4 +84,6 @@ def returns_rows(sql: str) -> bool:
     kind = next(iter(stmt), "?")
     if kind in _ROWS:
         return True
-    return kind in _RETURNING and bool(stmt[kind].get("returningList"))
+    node = stmt[kind] if kind in _RETURNING else {}
+    # PostgreSQL 18 parses RETURNING into a clause; older parsers into a list
+    return bool(node.get("returningList") or (node.get("returningClause") or {}).get("exprs"))
