@@ -13,7 +13,7 @@ from pydantic import Field
 
 from dbsentry import __version__
 from dbsentry.agents.errors import ToolRefused
-from dbsentry.agents.render import untrusted_rows
+from dbsentry.agents.render import untrusted_message, untrusted_rows
 from dbsentry.agents.runs import RunContext, run_context
 from dbsentry.agents.tools import Agent, Tools
 
@@ -75,7 +75,9 @@ def _refused(err: ToolRefused, run: RunContext | None) -> CallToolResult:
     data: dict[str, Any] = {"error": err.message, **{k: v for k, v in err.details.items() if _jsonable(v)}}
     if run is not None:
         data.setdefault("run_id", run.run_id)
-    return CallToolResult(content=[TextContent(type="text", text=f"error: {err.message}")], structured_content=data, is_error=True)
+    db = err.details.get("database_message")
+    text = untrusted_message(err.message, db) if isinstance(db, str) else f"error: {err.message}"
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data, is_error=True)
 
 
 def _jsonable(v: object) -> bool:

@@ -42,6 +42,13 @@ def one_statement(sql: object, max_bytes: int) -> str:
             f"one statement per call: the SQL holds {len(stmts)} statements; nothing ran. "
             "Send each statement in its own call."
         )
+    kind = next(iter(stmts[0].get("stmt", {})), "?")
+    if kind == "CopyStmt":
+        raise ToolRefused("COPY is not taken through MCP: read with SELECT (rows come back capped); nothing ran")
+    if kind == "TransactionStmt":
+        raise ToolRefused(
+            "each call runs in a transaction of its own: BEGIN, COMMIT, ROLLBACK and SAVEPOINT are not taken; nothing ran"
+        )
     return sql
 
 

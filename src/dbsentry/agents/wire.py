@@ -156,13 +156,27 @@ class Wire:
                 f"the statement was cancelled: it ran past the statement timeout of {timeout_seconds:g} s"
             ) from None
         except psycopg.Error as err:
+            if err.diag.sqlstate is None:  # not the server's answer: the client's state is unknown
+                await self.discard(conn)
             raise refusal(err) from None
         finally:
-            await cur.close()
+            if not conn.closed:
+                await cur.close()
+                await _end_transaction(conn)
         out.rows = collector.rows
         out.truncated, out.truncated_by = collector.truncated, collector.truncated_by
         out.row_count = len(out.rows) if returns_rows else max(changed, 0)
         return out
+
+    async def discard(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Close ``conn`` and forget it: the next call logs in afresh."""
+        for key, held in list(self._conns.items()):
+            if held is conn:
+                del self._conns[key]
+        try:
+            await conn.close()
+        except Exception as err:  # closing is best effort
+            log.debug("MCP wire connection close failed: %s", err)
 
     async def close(self) -> None:
         for conn in list(self._conns.values()):
@@ -171,6 +185,20 @@ class Wire:
             except Exception as err:  # closing is best effort
                 log.debug("MCP wire connection close failed: %s", err)
         self._conns.clear()
+
+
+async def _end_transaction(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Leave nothing open between calls (a DECLARE, a statement that began a block)."""
+    from psycopg.pq import TransactionStatus
+
+    if conn.closed or conn.broken or conn.info.transaction_status == TransactionStatus.IDLE:
+        return
+    if conn.info.transaction_status == TransactionStatus.ACTIVE:
+        return  # still busy (a cancel is on its way); the next call waits for it
+    try:
+        await conn.execute("ROLLBACK")
+    except psycopg.Error as err:
+        log.info("MCP wire: rollback failed: %s", err)
 
 
 def _columns(cur: psycopg.AsyncRawCursor[Any]) -> list[dict[str, str]]:
