@@ -117,6 +117,9 @@ def test_query_masked_like_psql_and_untrusted_text(setup: McpSetup) -> None:
         assert data["rows"] == expected
         assert [c["name"] for c in data["columns"]] == ["id", "full_name", "email", "ssn", "note"]
         assert data["row_count"] == 3 and data["truncated"] is False
+        # the proxy's own decision, from the statement's audit record
+        assert data["decision"]["action"] == "mask" and len(data["audit"]["record_id"]) == 32
+        assert set(data["audit"]["masked_columns"]) >= {"email", "ssn"} or any("email" in c for c in data["audit"]["masked_columns"])
         # the text rendering keeps the rows inside a boundary the data cannot close
         tag = text.split("<untrusted-data-", 1)[1].split(">", 1)[0]
         assert text.count(f"<untrusted-data-{tag}>") == 1 and text.count(f"</untrusted-data-{tag}>") == 1
@@ -145,6 +148,7 @@ def test_refusals_nothing_runs(setup: McpSetup, pg_server: PgServer) -> None:
             err, data, _ = await call(client, "query", "run-refuse", connection="prod", sql=sql)
             assert err, what
             assert data["sqlstate"] in ("42501", "25006"), (what, data)
+            assert data["audit"]["decision"] == "deny" and data["audit"]["record_id"], (what, data)
             # psql through the proxy, as the same agent, is refused the same way
             done = psql(setup.proxy.dsn(AGENT, token=setup.agent_token()), "-c", sql)
             assert (done.returncode != 0 and data["sqlstate"] in done.stderr) or "ERROR" in done.stderr, (what, done.stderr)

@@ -117,11 +117,12 @@ def test_returns_rows() -> None:
 def test_run_context_and_its_comment() -> None:
     meta = {"io.dbsentry/run_id": "run-42", "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
     run = run_context(meta, session_id="abc123", client_name="Claude Code", client_version="2.1", fallback_run_id="fb")
-    assert run == RunContext("run-42", "abc123", "Claude_Code/2.1", meta["traceparent"])
+    assert run.call_id is not None and len(run.call_id) == 16
+    assert run == RunContext("run-42", "abc123", "Claude_Code/2.1", meta["traceparent"], run.call_id)
     # the proxy's audit reads the comment into the record's correlation
     found = extract_correlation(run.comment() + "SELECT 1")
     assert found["run_id"] == "run-42" and found["mcp_session"] == "abc123" and found["mcp_client"] == "Claude_Code/2.1"
-    assert found["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
+    assert found["trace_id"] == "0af7651916cd43dd8448eb211c80319c" and found["mcp_call"] == run.call_id
     # a traceparent alone names the run; then the session; then the fallback
     assert run_context({"traceparent": meta["traceparent"]}, session_id=None, client_name=None, client_version=None, fallback_run_id="fb").run_id == "0af7651916cd43dd8448eb211c80319c"
     assert run_context({"traceparent": "garbage"}, session_id="s1", client_name=None, client_version=None, fallback_run_id="fb").run_id == "s1"

@@ -24,6 +24,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import Receive, Scope, Send
 
+from dbsentry.agents.auditref import AuditLookup
 from dbsentry.agents.errors import ToolRefused
 from dbsentry.agents.runs import new_run_id
 from dbsentry.agents.server import build_server
@@ -104,6 +105,8 @@ class McpHttp:
                 yield
             finally:
                 await self.tools.wire.close()
+                if self.tools.audit is not None:
+                    self.tools.audit.close()
 
     def _authenticate(self, scope: Scope) -> Agent | Refusal:
         from dbsentry.web.auth import AuthError, authenticate, bearer_token
@@ -156,10 +159,11 @@ def build_http(
     governor: Any,
     approvals: Callable[[], Any],
     views: Callable[[str], Any] | None,
+    audit: AuditLookup | None = None,
 ) -> McpHttp:
     """The ``/mcp`` endpoint of a running proxy (built by the runner, mounted by the web app)."""
     from dbsentry.agents.local import proxy_address
     from dbsentry.agents.wire import Wire
 
-    tools = Tools(config, Wire(proxy_address(config)), governor=governor, approvals=approvals, views=views)
+    tools = Tools(config, Wire(proxy_address(config)), governor=governor, approvals=approvals, views=views, audit=audit)
     return McpHttp(config, authenticator, tools)

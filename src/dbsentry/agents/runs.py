@@ -39,10 +39,17 @@ class RunContext:
     session: str | None = None
     client: str | None = None
     traceparent: str | None = None
+    call_id: str | None = None  # this tool call's, to find its own audit record
 
     def comment(self) -> str:
         """The sqlcommenter comment that carries this run onto the statement's audit record."""
-        pairs = {"run_id": self.run_id, "mcp_session": self.session, "mcp_client": self.client, "traceparent": self.traceparent}
+        pairs = {
+            "run_id": self.run_id,
+            "mcp_session": self.session,
+            "mcp_client": self.client,
+            "traceparent": self.traceparent,
+            "mcp_call": self.call_id,
+        }
         body = ",".join(f"{k}='{quote(v, safe='')}'" for k, v in pairs.items() if v)
         return f"/* {body} */\n"
 
@@ -85,4 +92,4 @@ def run_context(
     client = None
     if client_name:
         client = _PRINTABLE.sub("_", f"{client_name}/{client_version or '?'}")[:128]
-    return RunContext(run_id, session, client, traceparent)
+    return RunContext(run_id, session, client, traceparent, uuid.uuid4().hex[:16])

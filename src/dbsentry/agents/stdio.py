@@ -84,8 +84,14 @@ def run_stdio(loaded: LoadedConfig, token: str) -> int:
             log.warning("MCP: catalog of %s not read: %s", name, err)
         return service.current(name)
 
+    from dbsentry.agents.auditref import AuditLookup
+    from dbsentry.audit import open_store
+    from dbsentry.audit.index import catch_up_all
+
+    log_dir = config.audit.log_path(config.state_dir)
+    audit = AuditLookup(lambda: open_store(config.audit, config.state_dir), lambda store: catch_up_all(store, log_dir))
     wire = Wire(proxy_address(config))
-    tools = Tools(config, wire, governor=governor, approvals=approvals, views=views)  # type: ignore[arg-type]
+    tools = Tools(config, wire, governor=governor, approvals=approvals, views=views, audit=audit)  # type: ignore[arg-type]
     run_id = new_run_id()
 
     async def agent_of(ctx: object) -> Agent:
@@ -107,6 +113,7 @@ def run_stdio(loaded: LoadedConfig, token: str) -> int:
     try:
         anyio.run(main)
     finally:
+        audit.close()
         close_approvals()
         authenticator.close()
     return 0

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import psycopg
 
+from dbsentry.agents.auditref import AuditLookup
 from dbsentry.agents.errors import ToolRefused
 from dbsentry.agents.limits import (
     Limits,
@@ -93,6 +95,7 @@ class Tools:
         approvals: Callable[[], ApprovalStore | None],
         views: ViewSource | None = None,
         rate: RateLimiter | None = None,
+        audit: AuditLookup | None = None,
     ) -> None:
         self.config = config
         self.cfg = config.mcp
@@ -101,6 +104,7 @@ class Tools:
         self._approvals = approvals
         self.views = views
         self.rate = rate if rate is not None else RateLimiter()
+        self.audit = audit
 
     # --- shared --------------------------------------------------------------------------------
 
@@ -278,15 +282,10 @@ class Tools:
     async def query(
         self, agent: Agent, run: RunContext, connection: object, sql: object, params: object = None, max_rows: object = None
     ) -> dict[str, Any]:
-        name, identity, limits = self._start(agent, connection)
+        name, _, limits = self._start(agent, connection)
         rows = rows_for_call(limits, max_rows)
         text = one_statement(sql, self.cfg.max_sql_bytes)
         values = _params(params, self.cfg.max_sql_bytes)
-        view = await self._view(name)
-        try:
-            ruling = self._verdict(text, identity, name, view)["decision"]
-        except ToolRefused:
-            ruling = None
         async with self.wire.lock(agent.token, name):
             conn = await self._conn(agent, name, run, limits)
             try:
@@ -300,6 +299,8 @@ class Tools:
                 )
             except ToolRefused as refused:
                 refused.details.setdefault("run_id", run.run_id)
+                if "sqlstate" in refused.details:  # the proxy judged it: its record says how
+                    refused.details["audit"] = await self._record(agent, run)
                 if "approval_request_id" in refused.details:
                     refused.message += (
                         " -- call approval_status with this request id; once approved, send the same sql "
@@ -315,9 +316,20 @@ class Tools:
             **({"truncated_by": got.truncated_by} if got.truncated else {}),
             "max_rows": rows,
             "status": got.status,
-            "decision": ruling,
-            "audit": {"run_id": run.run_id, "search": f"dbsentry audit search --run {run.run_id}"},
+            **(await self._decision(agent, run)),
         }
+
+    async def _record(self, agent: Agent, run: RunContext) -> dict[str, Any]:
+        found = None
+        if self.audit is not None and run.call_id is not None:
+            found = await anyio.to_thread.run_sync(self.audit.find, agent.identity.name, run.run_id, run.call_id)
+        return {**(found or {"record_id": None}), "run_id": run.run_id, "search": f"dbsentry audit search --run {run.run_id}"}
+
+    async def _decision(self, agent: Agent, run: RunContext) -> dict[str, Any]:
+        """The proxy's decision on the call's statement, from its audit record."""
+        record = await self._record(agent, run)
+        decision = {"action": record["decision"], "rules": record["rules"]} if record.get("decision") else None
+        return {"decision": decision, "audit": record}
 
     async def explain(self, agent: Agent, run: RunContext, connection: object, sql: object) -> dict[str, Any]:
         name, identity, limits = self._start(agent, connection)

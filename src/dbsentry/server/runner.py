@@ -83,7 +83,12 @@ def open_audit(config: Config) -> AuditLog:
 
 
 def _mcp_endpoint(
-    config: Config, authenticator: Authenticator, governor: Governor, approvals: Approvals | None, catalogs: CatalogLoader | None
+    config: Config,
+    authenticator: Authenticator,
+    governor: Governor,
+    approvals: Approvals | None,
+    catalogs: CatalogLoader | None,
+    writer: AuditLog | None,
 ) -> object:
     """The MCP server at /mcp (docs/mcp.md): its tools log in to this proxy's own listener."""
     from dbsentry.agents.http import build_http
@@ -97,7 +102,13 @@ def _mcp_endpoint(
             log.warning("MCP: catalog of %s not read: %s", name, err)
         return catalogs.service.current(name)
 
-    return build_http(config, authenticator, governor, lambda: approvals.store if approvals is not None else None, views)
+    from dbsentry.agents.auditref import AuditLookup
+
+    audit = None
+    if writer is not None:  # the call's statement record, as the console reads it
+        catch_up = CatchUp(config.audit.log_path(config.state_dir), writer.node, lambda: writer.durable_seq)
+        audit = AuditLookup(lambda: open_store(config.audit, config.state_dir), catch_up)
+    return build_http(config, authenticator, governor, lambda: approvals.store if approvals is not None else None, views, audit)
 
 
 def _unset(_: object) -> None:
@@ -199,7 +210,7 @@ async def run_server(
             ),
         )
         if config.mcp.http and governor is not None:
-            ctx.mcp = _mcp_endpoint(config, authenticator, governor, approvals, catalogs)
+            ctx.mcp = _mcp_endpoint(config, authenticator, governor, approvals, catalogs, writer)
         http_task = spawn(serve_http(create_app(ctx), *http_addr, stop, sock=sock), name="http")
     loop = asyncio.get_running_loop()
     if threading.current_thread() is threading.main_thread():
