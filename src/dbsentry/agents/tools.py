@@ -28,7 +28,7 @@ from dbsentry.agents.limits import (
 )
 from dbsentry.agents.runs import RunContext
 from dbsentry.agents.statements import explain_text, one_statement, returns_rows
-from dbsentry.agents.wire import Outcome, Wire, refusal
+from dbsentry.agents.wire import Outcome, Wire, end_transaction, refusal
 from dbsentry.approvals.model import ApprovalRequest, granted_connections, with_grants
 from dbsentry.identity.model import Identity
 from dbsentry.masking.catalog import SourceColumn
@@ -357,11 +357,11 @@ class Tools:
             conn = await self._conn(agent, name, run, limits)
             collector = ResultCollector(1, limits.max_bytes)
             try:
-                await conn.execute("BEGIN READ ONLY")
+                await conn.execute(run.comment() + "BEGIN READ ONLY")
                 try:
                     got = await self.wire.run(conn, run.comment() + explain, None, collector, limits.timeout_seconds)
                 finally:
-                    await conn.execute("ROLLBACK")
+                    await end_transaction(conn)
             except ToolRefused as refused:
                 return None, f"the database did not explain it: {refused.message}"
             except psycopg.Error as err:
@@ -398,13 +398,13 @@ class Tools:
         async with self.wire.lock(agent.token, name):
             conn = await self._conn(agent, name, run, limits)
             try:
-                await conn.execute("BEGIN READ ONLY")
+                await conn.execute(run.comment() + "BEGIN READ ONLY")
                 try:
                     await self.wire.run(
                         conn, comment + text, None, ResultCollector(1, 1024), limits.timeout_seconds, stream=returns_rows(text)
                     )
                 finally:
-                    await conn.execute("ROLLBACK")
+                    await end_transaction(conn)
             except ToolRefused as refused:
                 request_id = refused.details.get("approval_request_id")
                 if not isinstance(request_id, str):

@@ -90,7 +90,12 @@ class Wire:
         key = (hashlib.sha256(token.encode()).hexdigest(), connection)
         conn = self._conns.get(key)
         if conn is not None and not conn.closed and not conn.broken:
-            return conn
+            from psycopg.pq import TransactionStatus
+
+            if conn.info.transaction_status != TransactionStatus.ACTIVE:
+                await end_transaction(conn)  # what a cancelled call may have left open
+                return conn
+            await self.discard(conn)  # still busy with a cancelled statement: start afresh
         try:
             conn = await psycopg.AsyncConnection.connect(
                 host=self.address.host,
@@ -162,7 +167,7 @@ class Wire:
         finally:
             if not conn.closed:
                 await cur.close()
-                await _end_transaction(conn)
+                await end_transaction(conn)
         out.rows = collector.rows
         out.truncated, out.truncated_by = collector.truncated, collector.truncated_by
         out.row_count = len(out.rows) if returns_rows else max(changed, 0)
@@ -187,7 +192,7 @@ class Wire:
         self._conns.clear()
 
 
-async def _end_transaction(conn: psycopg.AsyncConnection[Any]) -> None:
+async def end_transaction(conn: psycopg.AsyncConnection[Any]) -> None:
     """Leave nothing open between calls (a DECLARE, a statement that began a block)."""
     from psycopg.pq import TransactionStatus
 
