@@ -15,13 +15,14 @@ from typing import Any
 
 import anyio
 import httpx2
+import psycopg
 import pytest
 from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from support.audit import search
-from support.mcp import AGENT, RUN_META_KEY, McpSetup, mcp_proxy, structured
+from support.mcp import AGENT, DBA, RUN_META_KEY, McpSetup, mcp_proxy, structured
 from support.pg import PgServer
 
 pytestmark = pytest.mark.e2e
@@ -62,6 +63,40 @@ def test_http_tools_with_bearer_token(setup: McpSetup) -> None:
         time.sleep(0.3)
     assert len(rows) == 1 and rows[0]["identity"] == AGENT and rows[0]["correlation"]["run_id"] == run
     assert rows[0]["correlation"].get("mcp_session")  # the HTTP session id rides along
+    # the console's filter: the API's run= parameter
+    auditor = setup.proxy.token("sec@example.com", ("security",))
+    with httpx2.Client(timeout=10) as http:
+        got = http.get(setup.http_url.removesuffix("/mcp") + "/api/v1/statements", params={"run": run}, headers={"Authorization": f"Bearer {auditor}"})
+    assert got.status_code == 200, got.text
+    assert [i["id"] for i in got.json()["items"]] == [rows[0]["id"]]
+
+
+def test_http_approval_granted_through_the_console_api(setup: McpSetup, pg_server: PgServer) -> None:
+    token = setup.agent_token()
+    sql = f"DELETE FROM {setup.schema}.mcp_orders WHERE id = 4"
+    base = setup.http_url.removesuffix("/mcp")
+    dba = setup.proxy.token(*DBA)
+
+    async def main() -> None:
+        http = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+        async with http, Client(streamable_http_client(setup.http_url, http_client=http)) as client:
+            req = structured(await client.call_tool("request_approval", {"connection": "staging", "sql": sql, "reason": "OPS-7"}))
+            rid = req["request_id"]
+            async with httpx2.AsyncClient(timeout=10) as api:  # what the console's Approve button sends
+                got = await api.post(f"{base}/api/v1/approvals/{rid}/approve", json={"comment": "ok"}, headers={"Authorization": f"Bearer {dba}"})
+                assert got.status_code == 200, got.text
+            deadline = time.monotonic() + 10
+            while (st := structured(await client.call_tool("approval_status", {"request_id": rid})))["status"] != "approved":
+                assert time.monotonic() < deadline, st
+                await anyio.sleep(0.2)
+            done = await client.call_tool("query", {"connection": "staging", "sql": sql})
+            assert not done.is_error and structured(done)["audit"]["approval_id"] == rid
+            again = await client.call_tool("query", {"connection": "staging", "sql": sql})
+            assert again.is_error and structured(again)["approval_request_id"] != rid
+
+    anyio.run(main)
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        assert conn.execute(f"SELECT count(*) FROM {setup.schema}.mcp_orders WHERE id = 4").fetchall() == [(0,)]
 
 
 def test_http_refuses_bad_tokens_with_www_authenticate(setup: McpSetup) -> None:
