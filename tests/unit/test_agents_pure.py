@@ -164,3 +164,32 @@ def test_mcp_section_of_the_configuration(tmp_path: object) -> None:
         parse_config({"mcp": {"max_rows": 0}}, Path("/tmp"))
     with pytest.raises(ConfigError, match=r"mcp\.nope"):
         parse_config({"mcp": {"nope": 1}}, Path("/tmp"))
+
+
+def test_wire_closes_idle_and_least_recently_used_connections() -> None:
+    import anyio
+
+    from dbsentry.agents.wire import ProxyAddress, Wire
+
+    class FakeConn:
+        def __init__(self) -> None:
+            self.closed = False
+
+        async def close(self) -> None:
+            self.closed = True
+
+    now = [0.0]
+    wire = Wire(ProxyAddress("127.0.0.1", 1), idle_seconds=100, max_connections=2, clock=lambda: now[0])
+    conns = {("a", "prod"): FakeConn(), ("b", "prod"): FakeConn(), ("c", "prod"): FakeConn()}
+    for i, (key, conn) in enumerate(conns.items()):
+        wire._conns[key] = conn  # type: ignore[assignment]
+        wire._used[key] = float(i)
+
+    async def main() -> None:
+        await wire._sweep(("c", "prod"))  # over the cap of 2: the least recently used goes
+        assert conns[("a", "prod")].closed and not conns[("b", "prod")].closed
+        now[0] = 150.0
+        await wire._sweep(("c", "prod"))  # idle past 100 s
+        assert conns[("b", "prod")].closed and not conns[("c", "prod")].closed
+
+    anyio.run(main)

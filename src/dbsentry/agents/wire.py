@@ -12,7 +12,8 @@ import asyncio
 import hashlib
 import logging
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,13 +73,45 @@ def _text_everything(conn: psycopg.AsyncConnection[Any]) -> None:
 
 
 class Wire:
-    """Connections to the proxy, per (token, connection); closed by :meth:`close`."""
+    """Connections to the proxy, per (token, connection); closed by :meth:`close`.
 
-    def __init__(self, address: ProxyAddress, connect_timeout: float = 10.0) -> None:
+    Each holds a proxy session (and, once used, an upstream connection), so one unused for
+    ``idle_seconds`` is closed, and beyond ``max_connections`` the least recently used goes.
+    """
+
+    def __init__(
+        self,
+        address: ProxyAddress,
+        connect_timeout: float = 10.0,
+        *,
+        idle_seconds: float = 300.0,
+        max_connections: int = 64,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.address = address
         self.connect_timeout = connect_timeout
+        self.idle_seconds = idle_seconds
+        self.max_connections = max_connections
+        self._clock = clock
         self._conns: dict[tuple[str, str], psycopg.AsyncConnection[Any]] = {}
+        self._used: dict[tuple[str, str], float] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    async def _sweep(self, keep: tuple[str, str]) -> None:
+        now = self._clock()
+        old = [k for k, at in self._used.items() if k != keep and now - at > self.idle_seconds]
+        by_age = sorted((at, k) for k, at in self._used.items() if k != keep and k not in old)
+        excess = len(by_age) - (self.max_connections - 1)  # room for ``keep``
+        old.extend(k for _, k in by_age[: max(0, excess)])
+        for key in old:
+            lock = self._locks.get(key)
+            if lock is not None and lock.locked():
+                continue  # in use right now
+            conn = self._conns.get(key)
+            self._used.pop(key, None)
+            self._locks.pop(key, None)
+            if conn is not None:
+                await self.discard(conn)
 
     def lock(self, token: str, connection: str) -> asyncio.Lock:
         key = (hashlib.sha256(token.encode()).hexdigest(), connection)
@@ -88,6 +121,8 @@ class Wire:
         self, identity: str, token: str, connection: str, application_name: str, timeout_seconds: float
     ) -> psycopg.AsyncConnection[Any]:
         key = (hashlib.sha256(token.encode()).hexdigest(), connection)
+        await self._sweep(key)
+        self._used[key] = self._clock()
         conn = self._conns.get(key)
         if conn is not None and not conn.closed and not conn.broken:
             from psycopg.pq import TransactionStatus
@@ -190,6 +225,7 @@ class Wire:
             except Exception as err:  # closing is best effort
                 log.debug("MCP wire connection close failed: %s", err)
         self._conns.clear()
+        self._used.clear()
 
 
 async def end_transaction(conn: psycopg.AsyncConnection[Any]) -> None:
