@@ -15,8 +15,11 @@ from typing import Any
 
 import anyio
 import httpx2
+import jwt
 import psycopg
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
 from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -30,10 +33,48 @@ pytestmark = pytest.mark.e2e
 INSPECTOR_DIR = Path(__file__).resolve().parents[1] / "mcp-inspector"
 
 
+ISSUER = "https://idp.example.com"
+AUDIENCE = "dbsentry"
+OIDC_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+def oidc_token(subject: str, *, agent: bool = True, lifetime: float = 300) -> str:
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "email": subject, "groups": ["agents"], "iat": now, "exp": now + int(lifetime)}
+    if agent:
+        claims["dbsentry_kind"] = "agent"
+    return jwt.encode(claims, OIDC_KEY, algorithm="ES256", headers={"kid": "k1"})
+
+
 @pytest.fixture(scope="module")
 def setup(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpSetup]:
-    with mcp_proxy(pg_server, tmp_path_factory.mktemp("mcp-http")) as s:
+    directory = tmp_path_factory.mktemp("mcp-http")
+    jwk = ECAlgorithm.to_jwk(OIDC_KEY.public_key(), as_dict=True)
+    (directory / "jwks.json").write_text(json.dumps({"keys": [{**jwk, "kid": "k1", "alg": "ES256", "use": "sig"}]}))
+    oidc = {"issuer": ISSUER, "audience": AUDIENCE, "jwks_file": str(directory / "jwks.json")}
+    with mcp_proxy(pg_server, directory, extra={"identity": {"oidc": oidc}}) as s:
         yield s
+
+
+def test_http_with_an_oidc_jwt(setup: McpSetup) -> None:
+    token = oidc_token("oidc-bot@example.com")
+
+    async def main() -> dict[str, Any]:
+        http = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+        async with http, Client(streamable_http_client(setup.http_url, http_client=http)) as client:
+            result = await client.call_tool("query", {"connection": "prod", "sql": f"SELECT email FROM {setup.schema}.customers WHERE id = 1"})
+            assert not result.is_error, result
+            return structured(result)
+
+    data = anyio.run(main)
+    assert data["rows"] == [["****@example.com"]] and data["audit"]["decision"] == "mask"
+    with httpx2.Client(timeout=10) as http:
+        doc = http.get(setup.http_url.removesuffix("/mcp") + "/.well-known/oauth-protected-resource/mcp").json()
+        assert doc["authorization_servers"] == [ISSUER]
+        expired = oidc_token("oidc-bot@example.com", lifetime=-600)
+        got = http.post(setup.http_url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                        headers={"Authorization": f"Bearer {expired}", "Accept": "application/json, text/event-stream"})
+        assert got.status_code == 401 and 'error="invalid_token"' in got.headers["www-authenticate"]
 
 
 def test_http_tools_with_bearer_token(setup: McpSetup) -> None:

@@ -76,7 +76,7 @@ def drop_schema(pg: PgServer, schema: str) -> None:
 
 
 @contextmanager
-def mcp_proxy(pg: PgServer, directory: Path, **mcp: Any) -> Iterator[McpSetup]:
+def mcp_proxy(pg: PgServer, directory: Path, extra: dict[str, Any] | None = None, **mcp: Any) -> Iterator[McpSetup]:
     schema = make_schema(pg)
     policy = directory / "policy.yaml"
     policy.write_text(
@@ -95,6 +95,7 @@ def mcp_proxy(pg: PgServer, directory: Path, **mcp: Any) -> Iterator[McpSetup]:
             "policy": str(policy),
             "approvals": {"poll_interval_seconds": 0.2},
             "mcp": {"max_rows": 20, "statement_timeout_seconds": 1.5, **mcp},
+            **(extra or {}),
         },
     )
     data = yaml.safe_load(path.read_text())
