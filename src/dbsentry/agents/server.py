@@ -86,6 +86,8 @@ def _jsonable(v: object) -> bool:
 
 def build_server(tools: Tools, agent_of: AgentOf, fallback_run: Callable[[], str]) -> MCPServer:
     """The MCP server over ``tools``; ``agent_of`` says who calls (and refuses whoever may not)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     srv: MCPServer = MCPServer(
         "dbsentry",
         title="dbsentry governed database access",
@@ -94,6 +96,9 @@ def build_server(tools: Tools, agent_of: AgentOf, fallback_run: Callable[[], str
         log_level="WARNING",
         warn_on_duplicate_tools=True,
     )
+    # The SDK configures the root logger (logging.basicConfig); the proxy's logging is its own.
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
     async def call(ctx: Context, fn: Callable[[Agent, RunContext], Awaitable[dict[str, Any]]], rows: bool = False) -> CallToolResult:
         run = None
