@@ -22,6 +22,7 @@ from dbsentry.agents.statements import explain_text, one_statement, returns_rows
 from dbsentry.audit.records import extract_correlation
 from dbsentry.audit.store import SearchFilter, filter_clauses
 from dbsentry.config import ConfigError, parse_config
+from dbsentry.engines.postgres.sql.parse import tokens
 
 LIMITS = Limits(max_rows=100, max_bytes=10_000, timeout_seconds=5, rate_per_minute=60)
 
@@ -120,7 +121,7 @@ def test_run_context_and_its_comment() -> None:
     assert run.call_id is not None and len(run.call_id) == 16
     assert run == RunContext("run-42", "abc123", "Claude_Code/2.1", meta["traceparent"], run.call_id)
     # the proxy's audit reads the comment into the record's correlation
-    found = extract_correlation(run.comment() + "SELECT 1")
+    found = extract_correlation(run.comment() + "SELECT 1", tokens)
     assert found["run_id"] == "run-42" and found["mcp_session"] == "abc123" and found["mcp_client"] == "Claude_Code/2.1"
     assert found["trace_id"] == "0af7651916cd43dd8448eb211c80319c" and found["mcp_call"] == run.call_id
     # a traceparent alone names the run; then the session; then the fallback
@@ -136,7 +137,7 @@ def test_hostile_run_ids_cannot_break_the_comment() -> None:
         run = run_context({"run_id": evil}, session_id=None, client_name="*/ DROP", client_version="'", fallback_run_id="fb")
         sql = run.comment() + "SELECT 1"
         assert one_statement(sql, 10_000) and statement_kind(sql) == "SelectStmt"
-        assert extract_correlation(sql)["run_id"] == rid
+        assert extract_correlation(sql, tokens)["run_id"] == rid
 
 
 def test_untrusted_rendering_cannot_be_closed_by_data() -> None:
