@@ -160,9 +160,21 @@ def test_refusals_nothing_runs(setup: McpSetup, pg_server: PgServer) -> None:
         for bad in (-1, 0):
             err, data, _ = await call(client, "query", "run-refuse", connection="prod", sql="SELECT 1", max_rows=bad)
             assert err and "max_rows" in data["error"]
+        # explain: the decision and facts without running; a plan only when allowed
+        err, data, _ = await call(client, "explain", "run-refuse", connection="prod", sql=f"DELETE FROM {s}.customers")
+        assert not err and data["decision"]["action"] == "deny" and data["plan"] is None
+        assert "baseline.prod.unbounded-write" in data["decision"]["rules"]
+        assert data["statements"][0]["facts"]["command"] == "DELETE"
+        err, data, _ = await call(client, "explain", "run-refuse", connection="prod", sql=f"SELECT id FROM {s}.customers WHERE id = 1")
+        assert not err and data["decision"]["action"] in ("allow", "mask") and data["plan"][0]["Plan"]["Node Type"]
+        err, data, _ = await call(client, "explain", "run-refuse", connection="staging", sql=f"DELETE FROM {s}.mcp_orders WHERE id = 5")
+        assert not err and data["decision"]["action"] == "require_approval" and data["plan"] is None
+        err, data, _ = await call(client, "explain", "run-refuse", connection="staging", sql="EXPLAIN ANALYZE DELETE FROM x")
+        assert err or data["plan"] is None
 
     with_client(setup, scenario)
     assert direct(pg_server, f"SELECT count(*) FROM {s}.customers") == [(3,)]
+    assert direct(pg_server, f"SELECT count(*) FROM {s}.mcp_orders WHERE id = 5") == [(1,)]
 
 
 def test_row_cap_and_timeout(setup: McpSetup, pg_server: PgServer) -> None:
