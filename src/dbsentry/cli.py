@@ -45,6 +45,32 @@ def serve(config_path: Path, log_format: str, log_level: str) -> None:
     asyncio.run(run_server(loaded))
 
 
+@main.command("mcp")
+@config_option
+@click.option(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Read the agent's token from this file (default: the DBSENTRY_TOKEN environment variable).",
+)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="warning", show_default=True)
+def mcp_cmd(config_path: Path, token_file: Path | None, log_level: str) -> None:
+    """Serve the MCP tools on stdin/stdout for a local AI agent (docs/mcp.md)."""
+    import os
+
+    setup_logging("text", log_level)  # on stderr: stdout carries the protocol
+    loaded = load_or_exit(config_path)
+    if token_file is not None:
+        token = token_file.read_text().strip()
+    else:
+        token = os.environ.get("DBSENTRY_TOKEN", "").strip()
+    if not token:
+        click.echo("dbsentry mcp: no token: set DBSENTRY_TOKEN or pass --token-file", err=True)
+        sys.exit(2)
+    from dbsentry.agents.stdio import run_stdio
+
+    sys.exit(run_stdio(loaded, token))
+
+
 @main.group()
 def token() -> None:
     """Create, list and revoke dbsentry access tokens."""

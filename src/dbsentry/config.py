@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dbsentry.agents.settings import McpConfig
 from dbsentry.approvals.config import ApprovalsConfig
 from dbsentry.audit.config import AuditConfig
 from dbsentry.webconfig import WebConfig
@@ -371,6 +372,7 @@ class Config(_Model):
     approvals: ApprovalsConfig = ApprovalsConfig()
     guardrails: GuardrailsConfig = GuardrailsConfig()
     web: WebConfig = WebConfig()
+    mcp: McpConfig = McpConfig()  # the MCP server for AI agents (docs/mcp.md)
     # Forward without policy or audit: for measuring the proxy itself, never for real use.
     passthrough: bool = False
 

@@ -150,6 +150,7 @@ def _filter_options(f: F) -> F:
             help="What the proxy did with the statement.",
         ),
         click.option("--session", "session_id", help="Session id."),
+        click.option("--run", help="An AI agent's run id (the MCP server's run_id, docs/mcp.md)."),
         click.option("--since", help="ISO time or 30m / 12h / 7d ago."),
         click.option("--until", help="ISO time or 30m / 12h / 7d ago."),
         click.option("--text", help="Substring of the statement text (case-insensitive)."),
@@ -185,6 +186,7 @@ def _make_filter(kw: dict[str, Any], obj: AuditContext | None = None) -> SearchF
         since=_when(kw.get("since")),
         until=_when(kw.get("until")),
         text=kw.get("text"),
+        run=kw.get("run"),
     )
 
 

@@ -177,7 +177,12 @@ class SearchFilter:
     # digests of redaction tokens (``<class:hmac:digest>``): the statement or its
     # parameters hold one of them (see dbsentry.audit.redaction)
     digests: tuple[str, ...] = ()
+    # an agent run (the ``run_id`` correlation pair the MCP server puts on its statements)
+    run: str | None = None
 
+
+#: What a run id may hold, so that it is matched literally (no LIKE wildcard but ``_``).
+RUN_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.:-")
 
 _EQUAL_COLUMNS = (
     "identity",
@@ -209,6 +214,14 @@ def filter_clauses(flt: SearchFilter, mark: str) -> tuple[list[str], list[Any]]:
         # hex digits only: nothing to escape in the pattern
         where.append("(" + " OR ".join(f"s.payload LIKE {mark}" for _ in flt.digests) + ")")
         params.extend(f"%:hmac:{d}>%" for d in flt.digests)
+    if flt.run is not None:
+        if not flt.run or not set(flt.run) <= RUN_ID_CHARS:
+            where.append("1 = 0")  # no run id has other characters (dbsentry.agents.runs)
+        else:
+            # canonical JSON: the pair appears as written only inside ``correlation``
+            # (statement text and parameters are JSON strings, their quotes escaped)
+            where.append(f"s.payload LIKE {mark}")
+            params.append(f'%"run_id":"{flt.run}"%')
     return where, params
 
 

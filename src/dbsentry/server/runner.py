@@ -82,6 +82,35 @@ def open_audit(config: Config) -> AuditLog:
     return writer
 
 
+def _mcp_endpoint(
+    config: Config,
+    authenticator: Authenticator,
+    governor: Governor,
+    approvals: Approvals | None,
+    catalogs: CatalogLoader | None,
+    writer: AuditLog | None,
+) -> object:
+    """The MCP server at /mcp (docs/mcp.md): its tools log in to this proxy's own listener."""
+    from dbsentry.agents.http import build_http
+
+    async def views(name: str) -> object:
+        if catalogs is None:
+            return None
+        try:
+            await catalogs.ensure(name)
+        except Exception as err:  # list_tables then says the classes are unknown
+            log.warning("MCP: catalog of %s not read: %s", name, err)
+        return catalogs.service.current(name)
+
+    from dbsentry.agents.auditref import AuditLookup
+
+    audit = None
+    if writer is not None:  # the call's statement record, as the console reads it
+        catch_up = CatchUp(config.audit.log_path(config.state_dir), writer.node, lambda: writer.durable_seq)
+        audit = AuditLookup(lambda: open_store(config.audit, config.state_dir), catch_up)
+    return build_http(config, authenticator, governor, lambda: approvals.store if approvals is not None else None, views, audit)
+
+
 def _unset(_: object) -> None:
     raise AssertionError("set by AuditLog")
 
@@ -180,6 +209,8 @@ async def run_server(
                 else None
             ),
         )
+        if config.mcp.http and governor is not None:
+            ctx.mcp = _mcp_endpoint(config, authenticator, governor, approvals, catalogs, writer)
         http_task = spawn(serve_http(create_app(ctx), *http_addr, stop, sock=sock), name="http")
     loop = asyncio.get_running_loop()
     if threading.current_thread() is threading.main_thread():

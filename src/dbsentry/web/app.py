@@ -82,7 +82,11 @@ def create_app(ctx: WebContext) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
-            yield
+            if ctx.mcp is not None:
+                async with ctx.mcp.lifespan():
+                    yield
+            else:
+                yield
         finally:
             svc.stopping.set()
             await anyio.to_thread.run_sync(svc.close)
@@ -212,6 +216,9 @@ def create_app(ctx: WebContext) -> FastAPI:
         return await console()
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    if ctx.mcp is not None:  # streamable HTTP for AI agents and its metadata (docs/mcp.md)
+        for path in ctx.mcp.paths:
+            app.router.routes.append(Route(path, endpoint=ctx.mcp, include_in_schema=False))
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -59,6 +59,9 @@ class WebContext:
     public_keys: Callable[[], Sequence[Ed25519PublicKey]] | None = None
     # brings the index up to date with the logs before a read (the proxy passes one)
     index_catch_up: Callable[[AuditStore], None] | None = None
+    # the MCP endpoint (dbsentry.agents.http.McpHttp): an ASGI app for its ``paths``, with
+    # a ``lifespan()`` the app runs
+    mcp: Any | None = None
     clock: Callable[[], float] = field(default=time.time)
 
     @property

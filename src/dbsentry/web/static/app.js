@@ -441,7 +441,7 @@
 
   const SEARCH_FIELDS = [
     ["identity", "Identity"], ["kind", "Kind", ["", "human", "agent"]], ["connection", "Connection"],
-    ["environment", "Environment"], ["table", "Table"],
+    ["environment", "Environment"], ["table", "Table"], ["run", "Agent run", null, "MCP run id"],
     ["decision", "Decision", ["", "allow", "mask", "deny", "require_approval", "pending_approval"]],
     ["since", "Since", null, "24h, 7d or ISO time"], ["until", "Until", null, "ISO time"],
     ["text", "Statement contains", null, "text", true],
