@@ -38,6 +38,7 @@ FLAGS: dict[str, str] = {
     "read_write_transaction": "makes a transaction read-write or turns read-only off (BEGIN/SET TRANSACTION ... READ WRITE, SET [default_]transaction_read_only = off, set_config of those or of a setting whose name is not a constant)",
     "disruptive_maintenance": "LOCK in ACCESS EXCLUSIVE mode, VACUUM FULL, CLUSTER, REINDEX DATABASE/SYSTEM",
     "hold_cursor": "DECLARE ... WITH HOLD: a cursor that outlives its transaction",
+    "local_infile": "LOAD DATA/XML LOCAL INFILE (MySQL): the server reads a file from the client's machine, and may ask for any file",
     "volatile_function": "runs code that may change data: a VOLATILE or writing user function (or one the catalog does not know), a view over one, a trigger, rule, default or check of a written table (set from the connection's catalog)",
 }
 

@@ -79,6 +79,27 @@ ALLOWED_SETTINGS: tuple[str, ...] = (
     "gin_fuzzy_search_limit",
     "array_nulls",
     "backslash_quote",
+    # MySQL / MariaDB session settings of the same kinds (character sets are checked by
+    # the MySQL analysis: only ASCII-compatible ones without quote-hiding bytes pass)
+    "autocommit",
+    "names",
+    "character_set_client",
+    "character_set_connection",
+    "character_set_results",
+    "collation_connection",
+    "time_zone",
+    "tx_isolation",
+    "tx_read_only",
+    "max_execution_time",
+    "lock_wait_timeout",
+    "innodb_lock_wait_timeout",
+    "net_read_timeout",
+    "net_write_timeout",
+    "wait_timeout",
+    "interactive_timeout",
+    "group_concat_max_len",
+    "sql_select_limit",
+    "session_track_*",
 )
 
 
@@ -206,6 +227,7 @@ _APPROVAL: list[tuple[str, str, dict[str, Any], dict[str, Any] | None]] = [
 
 SETTINGS_RULE = "baseline.prod.settings"
 CATALOG_APPROVAL_RULE = "baseline.catalog-write"
+LOCAL_INFILE_RULE = "baseline.local-infile"
 
 
 def baseline_rule_names() -> list[str]:
@@ -215,6 +237,7 @@ def baseline_rule_names() -> list[str]:
         SETTINGS_RULE,
         *(n for n, _, _, _ in _APPROVAL),
         CATALOG_APPROVAL_RULE,
+        LOCAL_INFILE_RULE,
     ]
 
 
@@ -277,6 +300,20 @@ def baseline_rules(settings: BaselineSettings, production_environments: list[str
             message=(
                 f"writing the system catalogs (pg_catalog, information_schema) needs approval by "
                 f"{settings.approver_group} ({CATALOG_APPROVAL_RULE})"
+            ),
+        )
+    )
+    # LOAD DATA LOCAL INFILE lets the server ask the client for any file: refused in every
+    # environment unless a policy disables this rule.
+    rules.append(
+        Rule(
+            name=LOCAL_INFILE_RULE,
+            description="LOAD DATA/XML LOCAL INFILE (MySQL), in every environment",
+            match=Match.model_validate({"flags": ["local_infile"]}),
+            action="deny",
+            message=(
+                "LOAD DATA LOCAL INFILE is not allowed: the server may ask the client for any file "
+                f"(a policy allows it with baseline.disable: [{LOCAL_INFILE_RULE}]) ({LOCAL_INFILE_RULE})"
             ),
         )
     )

@@ -1,1 +1,1 @@
-"""MySQL and MariaDB: the wire codec and authentication (``wire``), beside PostgreSQL's."""
+"""MySQL and MariaDB: the wire codec and authentication (``wire``) and the SQL analysis (``sql``), beside PostgreSQL's."""
