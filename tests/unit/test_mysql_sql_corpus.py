@@ -22,7 +22,9 @@ BASE: Policy = default_policy()
 
 def ctx(env: str = "production", agent: bool = False) -> EvalContext:
     return EvalContext(
-        identity=Identity("alice@example.com", frozenset(), "agent" if agent else "human", "t1", "token"),
+        identity=Identity(
+            "alice@example.com", frozenset(), "agent" if agent else "human", "t1", "token"
+        ),
         connection="main",
         environment=env,
         now=datetime(2025, 1, 6, 12, 0, tzinfo=UTC),
@@ -55,7 +57,10 @@ HUMAN_PRODUCTION: list[tuple[str, str]] = [
     ("SELECT * FROM t1 NATURAL JOIN t2", "allow"),
     ("SELECT * FROM (SELECT a FROM t) AS d WHERE d.a > 1", "allow"),
     ("WITH c AS (SELECT a FROM t) SELECT * FROM c", "allow"),
-    ("WITH RECURSIVE r AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM r WHERE n < 5) SELECT * FROM r", "allow"),
+    (
+        "WITH RECURSIVE r AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM r WHERE n < 5) SELECT * FROM r",
+        "allow",
+    ),
     ("SELECT a FROM t UNION SELECT a FROM u", "allow"),
     ("(SELECT a FROM t) UNION (SELECT a FROM u) ORDER BY a LIMIT 5", "allow"),
     ("SELECT * FROM t WHERE a IN (SELECT a FROM u)", "allow"),
@@ -65,7 +70,10 @@ HUMAN_PRODUCTION: list[tuple[str, str]] = [
     ("SELECT * FROM t LIMIT 10 OFFSET 20", "allow"),
     ("SELECT * FROM t LIMIT 20, 10", "allow"),
     ("SELECT `select`, `a``b` FROM `my table`", "allow"),
-    ("SELECT 'it''s', \"dq\", 'a\\'b', N'nat', _utf8mb4'x', x'41', b'01', 0x41, 0b01 FROM t", "allow"),
+    (
+        "SELECT 'it''s', \"dq\", 'a\\'b', N'nat', _utf8mb4'x', x'41', b'01', 0x41, 0b01 FROM t",
+        "allow",
+    ),
     ("SELECT a->>'$.name', JSON_EXTRACT(doc, '$.x') FROM t", "allow"),
     ("SELECT CAST(a AS CHAR(10)), CONVERT(b, SIGNED) FROM t", "allow"),
     ("SELECT IF(a > 1, 'x', 'y'), IFNULL(b, 0), COALESCE(c, d) FROM t", "allow"),
@@ -209,7 +217,10 @@ HUMAN_PRODUCTION: list[tuple[str, str]] = [
     ("SELECT 1 # '\n; DROP TABLE t", DROP),
     ("SELECT '--'; DROP TABLE t", DROP),
     ("SELECT 'a\\'; DROP TABLE t; -- '", "allow"),  # one string: the backslash escapes the quote
-    ("CREATE TABLE t (id INT PRIMARY KEY AUTO_INCREMENT, a VARCHAR(10) NOT NULL DEFAULT 'x')", "approve:baseline.prod.ddl-approval"),  # fmt: skip
+    (
+        "CREATE TABLE t (id INT PRIMARY KEY AUTO_INCREMENT, a VARCHAR(10) NOT NULL DEFAULT 'x')",
+        "approve:baseline.prod.ddl-approval",
+    ),
     ("CREATE TABLE t2 AS SELECT * FROM t", "approve:baseline.prod.ddl-approval"),
     ("CREATE TABLE t3 LIKE t", "approve:baseline.prod.ddl-approval"),
     ("CREATE VIEW v AS SELECT a FROM t", "approve:baseline.prod.ddl-approval"),
@@ -221,12 +232,43 @@ HUMAN_PRODUCTION: list[tuple[str, str]] = [
     # -- files, plugins, server settings, dynamic SQL
     ("SELECT LOAD_FILE('/etc/passwd')", "deny:baseline.prod.file-access"),
     ("SELECT load_file(0x2f6574632f706173737764)", "deny:baseline.prod.file-access"),
+    (
+        "SELECT `load_file`('/etc/passwd')",
+        "deny:baseline.prod.file-access",
+    ),  # quoted: still the built-in
+    ("SELECT LOAD_FILE /* x */ ('/etc/passwd')", "deny:baseline.prod.file-access"),
+    ("SET @a = LOAD_FILE('/etc/passwd')", "deny:baseline.prod.file-access"),
+    ("INSERT INTO t VALUES (LOAD_FILE('/etc/passwd'))", "deny:baseline.prod.file-access"),
+    ("PREPARE s FROM 'SELECT LOAD_FILE(''/etc/passwd'')'", "deny:baseline.prod.file-access"),
+    ("DELETE FROM t WHERE id = 5 < 10", "refuse"),  # MySQL: (id = 5) < 10, true for every row
+    ("DELETE FROM t WHERE a = b = c < 2", "refuse"),
+    ("WITH x AS (SELECT 1) DELETE FROM t", "refuse"),
+    # a WHERE that names no column of the target is the same for every one of its rows
+    ("DELETE t1 FROM t1 JOIN t2 ON 1 = 1 WHERE t2.x = 1", UNBOUNDED),
+    ("DELETE FROM t1 USING t1, t2 WHERE t2.b = 3", UNBOUNDED),
+    ("UPDATE t1 JOIN t2 ON t2.a = 1 SET t1.x = 1 WHERE t2.b = 2", UNBOUNDED),
+    ("DELETE FROM t WHERE EXISTS (SELECT 1 FROM u)", UNBOUNDED),
+    ("DELETE FROM t WHERE (SELECT COUNT(*) FROM u) > 0", UNBOUNDED),
+    ("DELETE FROM t WHERE @x", UNBOUNDED),
+    ("DELETE FROM t WHERE id = 5 OR @x", UNBOUNDED),
+    ("DELETE FROM t WHERE id = 5 AND @x", "allow"),
+    ("DELETE FROM t WHERE ? = ?", UNBOUNDED),
+    ("DELETE FROM t WHERE id = ?", "allow"),
+    ("DELETE FROM t WHERE my_func()", UNBOUNDED),
+    ("DELETE FROM t WHERE NOW() > '2000-01-01'", UNBOUNDED),
+    ("DELETE FROM t WHERE 1 & 1", UNBOUNDED),
     ("SELECT * FROM t INTO OUTFILE '/tmp/x'", "deny:baseline.prod.copy-server-file"),
-    ("SELECT * INTO OUTFILE '/tmp/x' FIELDS TERMINATED BY ',' ENCLOSED BY '\"' LINES TERMINATED BY '\\n' FROM t", "deny:baseline.prod.copy-server-file"),  # fmt: skip
+    (
+        "SELECT * INTO OUTFILE '/tmp/x' FIELDS TERMINATED BY ',' ENCLOSED BY '\"' LINES TERMINATED BY '\\n' FROM t",
+        "deny:baseline.prod.copy-server-file",
+    ),
     ("SELECT a FROM t INTO DUMPFILE '/tmp/x'", "deny:baseline.prod.copy-server-file"),
     ("LOAD DATA INFILE '/tmp/x' INTO TABLE t", "deny:baseline.prod.copy-server-file"),
     ("LOAD DATA LOCAL INFILE '/etc/passwd' INTO TABLE t", "deny:baseline.local-infile"),
-    ("LOAD DATA LOW_PRIORITY LOCAL INFILE 'x' REPLACE INTO TABLE t FIELDS TERMINATED BY ','", "deny:baseline.local-infile"),  # fmt: skip
+    (
+        "LOAD DATA LOW_PRIORITY LOCAL INFILE 'x' REPLACE INTO TABLE t FIELDS TERMINATED BY ','",
+        "deny:baseline.local-infile",
+    ),
     ("LOAD XML LOCAL INFILE 'x.xml' INTO TABLE t", "deny:baseline.local-infile"),
     ("INSTALL PLUGIN x SONAME 'x.so'", "deny:baseline.prod.load"),
     ("INSTALL COMPONENT 'file://component_x'", "deny:baseline.prod.load"),
@@ -302,8 +344,14 @@ HUMAN_PRODUCTION: list[tuple[str, str]] = [
     ("KILL QUERY 42", "approve:baseline.prod.disruptive-maintenance"),
     ("LOCK TABLES t WRITE", "approve:baseline.prod.disruptive-maintenance"),
     ("INSERT INTO mysql.user (user) VALUES ('x')", "deny:baseline.prod.catalog-write"),
-    ("UPDATE mysql.user SET authentication_string = '' WHERE user = 'root'", "deny:baseline.prod.catalog-write"),
-    ("DELETE FROM performance_schema.setup_consumers WHERE name = 'x'", "deny:baseline.prod.catalog-write"),
+    (
+        "UPDATE mysql.user SET authentication_string = '' WHERE user = 'root'",
+        "deny:baseline.prod.catalog-write",
+    ),
+    (
+        "DELETE FROM performance_schema.setup_consumers WHERE name = 'x'",
+        "deny:baseline.prod.catalog-write",
+    ),
     # -- refused everywhere: lexical traps, client commands, what is not analysed
     ("/*!DROP TABLE t*/", "refuse"),
     ("SELECT 1 /*! , SLEEP(10) */", "refuse"),

@@ -42,7 +42,7 @@ from sqlglot import TokenType, exp
 from sqlglot.dialects.mysql import MySQL
 from sqlglot.errors import SqlglotError
 
-from dbsentry.engines.mysql.sql.fold import always_true
+from dbsentry.engines.mysql.sql.fold import always_true, never_true
 from dbsentry.engines.mysql.sql.functions import (
     BUILTIN_FUNCTIONS,
     FILE_ACCESS_FUNCTIONS,
@@ -57,6 +57,7 @@ from dbsentry.engines.mysql.sql.lexing import (
     split,
     tokens,
 )
+from dbsentry.engines.mysql.sql.precedence import Misgrouped, check
 from dbsentry.governance.facts import (
     AnalysisRefused,
     CopyFacts,
@@ -425,12 +426,15 @@ def _function_flags(f: _Facts, st: _Stmt) -> None:
     for name in _calls(st):
         f.functions.add(name)
         base = name.rsplit(".", 1)[-1]
-        if "." in name or name.startswith("`") or base not in BUILTIN_FUNCTIONS:
+        # a quoted name still calls a native function (`load_file`(...) reads a file), but
+        # not one the grammar knows by keyword (`count`(*)): only an unquoted name is trusted
+        bare = base.strip("`").replace("``", "`")
+        if "." in name or base.startswith("`") or base not in BUILTIN_FUNCTIONS:
             # a stored or loadable function: its body is out of sight, so it may write
             f.flags.update(("volatile_function", "side_effect_function"))
-        if base in FILE_ACCESS_FUNCTIONS and "." not in name:
+        if bare in FILE_ACCESS_FUNCTIONS:
             f.flags.add("file_access")
-        if base in SIDE_EFFECT_FUNCTIONS and "." not in name:
+        if bare in SIDE_EFFECT_FUNCTIONS:
             f.flags.add("side_effect_function")
 
 
@@ -719,6 +723,10 @@ class _Walk:
             if isinstance(n, (exp.Func, *_PLAIN)):
                 if isinstance(n, _OPAQUE):
                     continue
+                try:
+                    check(n)
+                except Misgrouped as err:
+                    raise MySQLUnsupported(f"dbsentry cannot analyse {err}") from None
                 for v in n.args.values():
                     if isinstance(v, exp.Expression | list):
                         stack.append(v)
@@ -751,8 +759,17 @@ class _Walk:
         self.f.columns.add(col)
 
     # -- writes
-    def bound(self, where: exp.Expression | None) -> None:
-        """The WHERE of an UPDATE or DELETE: missing, or always true, is flagged."""
+    def bound(
+        self,
+        where: exp.Expression | None,
+        targets: Iterable[str] = (),
+        joins: Sequence[exp.Expression] = (),
+    ) -> None:
+        """The WHERE of an UPDATE or DELETE: missing, or always true, is flagged; so is one
+        that (with the joins' conditions) names no column of a target table at all, such as
+        ``DELETE t1 FROM t1 JOIN t2 ON 1=1 WHERE t2.x = 1`` or ``WHERE EXISTS (SELECT 1
+        FROM u)``: it is the same for every row of the target.  ``targets``: the names and
+        aliases a target's columns may be qualified with."""
         f = self.f
         if where is None:
             f.flags.add("no_where")
@@ -764,6 +781,18 @@ class _Walk:
             true = always_true(cond)
         except RecursionError:
             raise MySQLTooComplex("WHERE nested too deeply") from None
+        names = {t.lower() for t in targets}
+        if not true and names:
+            mentioned = False
+            for node in (cond, *joins):
+                for col in node.find_all(exp.Column):
+                    q = col.table.lower()
+                    if not q or q in names:
+                        mentioned = True  # an unqualified column may be the target's
+                        break
+                if mentioned:
+                    break
+            true = not mentioned and not never_true(cond)
         if true:
             f.flags.add("always_true_where")
             f.where_true = True
@@ -996,7 +1025,13 @@ def _t_update(st: _Stmt, f: _Facts) -> None:
             f.flags.add("catalog_write")
     f.reads.difference_update(targets)
     w.expr([a.expression for a in tree.expressions])
-    w.bound(tree.args.get("where"))
+    aliases = (
+        {k for k, v in scope.items() if v in targets}
+        | targets
+        | {t.rsplit(".", 1)[-1] for t in targets}
+    )
+    ons = [j.args["on"] for j in joins if isinstance(j, exp.Join) and j.args.get("on") is not None]
+    w.bound(tree.args.get("where"), aliases, ons)
     for k in ("order", "limit"):
         if tree.args.get(k) is not None:
             w.expr(tree.args[k])
@@ -1042,7 +1077,13 @@ def _t_delete(st: _Stmt, f: _Facts) -> None:
         if w.is_catalog(str(name)):
             f.flags.add("catalog_write")
     f.reads.difference_update(f.writes)
-    w.bound(tree.args.get("where"))
+    aliases = (
+        {k for k, v in scope.items() if v in f.writes}
+        | f.writes
+        | {t.rsplit(".", 1)[-1] for t in f.writes}
+    )
+    ons = [j.args["on"] for j in tree.find_all(exp.Join) if j.args.get("on") is not None]
+    w.bound(tree.args.get("where"), aliases, ons)
     for k in ("order", "limit"):
         if tree.args.get(k) is not None:
             w.expr(tree.args[k])

@@ -14,12 +14,19 @@ MySQL's conversions, as the server does them:
   collation, which the analysis does not know: both a binary and a case- and
   accent-insensitive, trailing-space-insensitive reading are tried;
 - a hex or bit literal (``x'41'``, ``0x41``, ``b'1'``) is a binary string or a number
-  depending on its context: both readings are tried;
+  depending on its context (MySQL and MariaDB differ): it is never folded, it "may be
+  true" (below);
+- a string in a numeric context, and an approximate literal (``1e0``), is a DOUBLE:
+  compared as doubles, never used in folded arithmetic;
 - ``||`` and ``&&`` are OR and AND, ``<=>`` is NULL-safe equality, TRUE is 1;
 - division has four more decimal digits than its dividend (``1/3 = 0.3333`` is true).
 
-The condition is folded once per reading ("world"); it is always true if it is in any
-world, so an unknown collation or literal type can only make the answer stricter.
+The condition is folded once per collation reading; it is always true if it is in any,
+so an unknown collation can only make the answer stricter.  **A part of the condition
+that does not depend on the row but cannot be folded** (an operator or function the
+folding does not evaluate, a variable, a parameter, a hex literal, readings that
+disagree) "may be true": the condition counts as always true when such a part could
+make it so (``WHERE id = 5 OR @x`` does, ``WHERE id = 5 AND @x`` does not).
 A column compared with itself (``id = id``, ``id <=> id``, ``id >= id``, ``id IN (id)``,
 ``id LIKE '%'``) counts as true, as on the PostgreSQL side.
 """
@@ -34,7 +41,7 @@ from typing import Any, Final
 
 from sqlglot import exp
 
-__all__ = ["UNKNOWN", "always_true", "mysql_number"]
+__all__ = ["MAYBE", "UNKNOWN", "always_true", "mysql_number", "never_true"]
 
 
 class _Unknown:
@@ -45,6 +52,19 @@ class _Unknown:
 
 
 UNKNOWN: Final = _Unknown()
+
+
+class _Maybe:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MAYBE"
+
+
+#: A value that is the same for every row but that the folding cannot compute (a function
+#: it does not evaluate, a variable, a parameter, an operator it does not fold): it may be
+#: true, so a condition that is MAYBE counts as always true.
+MAYBE: Final = _Maybe()
 
 
 class _Bin(str):
@@ -69,33 +89,43 @@ def mysql_number(text: str) -> Decimal:
 
 
 class _World:
-    __slots__ = ("ci", "hex_number", "params")
+    __slots__ = ("ci", "hex_number", "memo", "params")
 
-    def __init__(self, ci: bool, hex_number: bool, params: Sequence[object] | None) -> None:
+    def __init__(
+        self, ci: bool, hex_number: bool, params: Sequence[object] | None, memo: dict[int, bool]
+    ) -> None:
         self.ci = ci
         self.hex_number = hex_number
         self.params = params
+        self.memo = memo
+
+
+def _unk(v: Any) -> bool:
+    return v is UNKNOWN or v is MAYBE
 
 
 def _num(v: Any) -> Any:
-    if v is None or v is UNKNOWN:
+    if v is None or _unk(v):
         return v
-    if isinstance(v, Decimal):
+    if isinstance(v, Decimal | float):
         return v
+    if isinstance(v, _Bin):
+        return Decimal(int.from_bytes(v.encode("latin-1"), "big"))
     if isinstance(v, str):
-        return mysql_number(v)
+        # a string in a numeric context is a DOUBLE
+        return float(mysql_number(v))
     return UNKNOWN
 
 
 def _truthy(v: Any) -> Any:
     n = _num(v)
-    if n is None or n is UNKNOWN:
+    if n is None or _unk(n):
         return n
     return n != 0
 
 
 def _bool(b: Any) -> Any:
-    if b is None or b is UNKNOWN:
+    if b is None or _unk(b):
         return b
     return Decimal(1) if b else Decimal(0)
 
@@ -112,23 +142,30 @@ def _same_column(a: exp.Expression, b: exp.Expression) -> bool:
     return isinstance(a, exp.Column) and isinstance(b, exp.Column) and a == b
 
 
-def _cmp(op: type[exp.Expression], a: Any, b: Any, w: _World) -> Any:
+def _cmp(op: type[exp.Expression], a: Any, b: Any, w: _World, numeric: bool = False) -> Any:
+    if _unk(a) or _unk(b):
+        return UNKNOWN
+    if a is MAYBE or b is MAYBE:
+        return MAYBE
     if op is exp.NullSafeEQ:
-        if a is UNKNOWN or b is UNKNOWN:
+        if _unk(a) or _unk(b):
             return UNKNOWN
         if a is None or b is None:
             return a is None and b is None
         op = exp.EQ
-    if a is UNKNOWN or b is UNKNOWN:
+    if _unk(a) or _unk(b):
         return UNKNOWN
     if a is None or b is None:
         return None
     x: Any
     y: Any
-    if isinstance(a, str) and isinstance(b, str):
+    if isinstance(a, str) and isinstance(b, str) and not numeric:
         x, y = _fold_text(a, w.ci), _fold_text(b, w.ci)
     else:
         x, y = _num(a), _num(b)
+        if isinstance(x, float) or isinstance(y, float):
+            # a DOUBLE on either side: both compare as DOUBLE
+            x, y = float(x), float(y)
     if op is exp.EQ:
         return x == y
     if op is exp.NEQ:
@@ -167,10 +204,14 @@ def _like(value: str, pattern: str, escape: str, ci: bool) -> bool:
 
 def _arith(node: exp.Expression, a: Any, b: Any) -> Any:
     a, b = _num(a), _num(b)
-    if a is UNKNOWN or b is UNKNOWN:
+    if _unk(a) or _unk(b):
         return UNKNOWN
+    if a is MAYBE or b is MAYBE:
+        return MAYBE
     if a is None or b is None:
         return None
+    if isinstance(a, float) or isinstance(b, float):
+        return MAYBE  # DOUBLE arithmetic: its rounding is the server's, not folded here
     with localcontext() as ctx:
         ctx.prec = _MAX_DIGITS
         if isinstance(node, exp.Add):
@@ -188,21 +229,54 @@ def _arith(node: exp.Expression, a: Any, b: Any) -> Any:
                 return a % b
             exponent = a.as_tuple().exponent
             scale = -exponent if isinstance(exponent, int) and exponent < 0 else 0
-            return (a / b).quantize(Decimal(1).scaleb(-(scale + 4)), rounding=ROUND_HALF_UP)
+            exact = a / b
+            rounded = exact.quantize(Decimal(1).scaleb(-(scale + 4)), rounding=ROUND_HALF_UP)
+            # MySQL's division keeps 4 more digits; past that its rounding is its own
+            return rounded if rounded == exact else MAYBE
     return UNKNOWN
+
+
+def _row_dependent(node: exp.Expression, memo: dict[int, bool]) -> bool:
+    """Whether ``node`` may differ from row to row: it names a column or reads a table."""
+    key = id(node)
+    got = memo.get(key)
+    if got is None:
+        if isinstance(node, exp.Column | exp.Star) or (
+            isinstance(node, exp.Select) and not _constant_select(node)
+        ):
+            got = True
+        else:
+            got = any(
+                _row_dependent(v, memo)
+                for arg in node.args.values()
+                for v in (arg if isinstance(arg, list) else [arg])
+                if isinstance(v, exp.Expression)
+            )
+        memo[key] = got
+    return got
 
 
 def _value(node: exp.Expression, w: _World, depth: int = 0) -> Any:
     if depth > 200:
         raise RecursionError("condition nested too deeply")
+    v = _fold(node, w, depth)
+    if v is UNKNOWN and not _row_dependent(node, w.memo):
+        return MAYBE
+    return v
+
+
+def _fold(node: exp.Expression, w: _World, depth: int) -> Any:
     d = depth + 1
     if isinstance(node, exp.Paren):
         return _value(node.this, w, d)
     if isinstance(node, exp.Literal):
         if node.is_string:
             return str(node.this)
+        text = str(node.this)
+        if "e" in text.lower():
+            return float(text)  # an approximate-value literal is a DOUBLE
         try:
-            return Decimal(str(node.this))
+            return Decimal(text)
         except InvalidOperation:
             return UNKNOWN
     if isinstance(node, exp.Boolean):
@@ -214,14 +288,9 @@ def _value(node: exp.Expression, w: _World, depth: int = 0) -> Any:
     if isinstance(node, exp.Introducer):
         return _value(node.expression, w, d)
     if isinstance(node, exp.HexString | exp.BitString):
-        try:
-            number = int(str(node.this), 16 if isinstance(node, exp.HexString) else 2)
-        except ValueError:
-            return UNKNOWN
-        if w.hex_number:
-            return Decimal(number)
-        raw = number.to_bytes((number.bit_length() + 7) // 8 or 1, "big")
-        return _Bin(raw.decode("latin-1"))
+        # a binary string or a number depending on its context, and MySQL and MariaDB do
+        # not agree on every context: never folded
+        return MAYBE
     if isinstance(node, exp.Placeholder):
         return UNKNOWN
     if isinstance(node, _CMP):
@@ -235,8 +304,10 @@ def _value(node: exp.Expression, w: _World, depth: int = 0) -> Any:
         a, b = _truthy(_value(node.this, w, d)), _truthy(_value(node.expression, w, d))
         if a is False or b is False:
             return Decimal(0)
-        if a is UNKNOWN or b is UNKNOWN:
+        if _unk(a) or _unk(b):
             return UNKNOWN
+        if a is MAYBE or b is MAYBE:
+            return MAYBE
         if a is None or b is None:
             return None
         return Decimal(1)
@@ -244,42 +315,46 @@ def _value(node: exp.Expression, w: _World, depth: int = 0) -> Any:
         a, b = _truthy(_value(node.this, w, d)), _truthy(_value(node.expression, w, d))
         if a is True or b is True:
             return Decimal(1)
-        if a is UNKNOWN or b is UNKNOWN:
+        if a is MAYBE or b is MAYBE:
+            return MAYBE  # it may be true, and then so is the OR
+        if _unk(a) or _unk(b):
             return UNKNOWN
         if a is None or b is None:
             return None
         return Decimal(0)
     if isinstance(node, exp.Xor):
         a, b = _truthy(_value(node.this, w, d)), _truthy(_value(node.expression, w, d))
-        if a is UNKNOWN or b is UNKNOWN:
+        if _unk(a) or _unk(b):
             return UNKNOWN
+        if a is MAYBE or b is MAYBE:
+            return MAYBE
         if a is None or b is None:
             return None
         return _bool(a != b)
     if isinstance(node, exp.Not):
         v = _truthy(_value(node.this, w, d))
-        return v if v is None or v is UNKNOWN else _bool(not v)
+        return v if v is None or _unk(v) else _bool(not v)
     if isinstance(node, exp.Is):
         v = _value(node.this, w, d)
         target = node.expression
         if isinstance(target, exp.Null):
-            if v is UNKNOWN:
+            if _unk(v):
                 return UNKNOWN
             return _bool(v is None)
         if isinstance(target, exp.Boolean):
             t = _truthy(v)
-            if t is UNKNOWN:
+            if _unk(t):
                 return UNKNOWN
             return _bool(t is bool(target.this))
         return UNKNOWN
     if isinstance(node, exp.Neg):
         v = _num(_value(node.this, w, d))
-        return v if v is None or v is UNKNOWN else -v
+        return v if v is None or _unk(v) else -v
     if isinstance(node, exp.Add | exp.Sub | exp.Mul | exp.Div | exp.IntDiv | exp.Mod):
         return _arith(node, _value(node.this, w, d), _value(node.expression, w, d))
     if isinstance(node, exp.BitwiseNot):
         v = _num(_value(node.this, w, d))
-        if v is None or v is UNKNOWN:
+        if v is None or _unk(v):
             return v
         return Decimal(~int(v) & 0xFFFFFFFFFFFFFFFF)
     if isinstance(node, exp.In):
@@ -290,56 +365,40 @@ def _value(node: exp.Expression, w: _World, depth: int = 0) -> Any:
         if any(_same_column(left, i) for i in items):
             return Decimal(1)
         lv = _value(left, w, d)
-        results = [_cmp(exp.EQ, lv, _value(i, w, d), w) for i in items]
-        if any(r is True for r in results):
-            return Decimal(1)
-        if any(r is UNKNOWN for r in results):
-            return UNKNOWN
-        if any(r is None for r in results):
-            return None
-        return Decimal(0)
+        values = [_value(i, w, d) for i in items]
+        # mixed types: MySQL may compare all as numbers or pair by pair; both are tried
+        readings = [[_cmp(exp.EQ, lv, v, w, numeric) for v in values] for numeric in (False, True)]
+        out: list[Any] = []
+        for results in readings:
+            if any(r is True for r in results):
+                out.append(Decimal(1))
+            elif any(_unk(r) for r in results):
+                out.append(UNKNOWN)
+            elif any(r is None for r in results):
+                out.append(None)
+            else:
+                out.append(Decimal(0))
+        return _either(out)
     if isinstance(node, exp.Between):
         v = _value(node.this, w, d)
-        lo = _cmp(exp.GTE, v, _value(node.args["low"], w, d), w)
-        hi = _cmp(exp.LTE, v, _value(node.args["high"], w, d), w)
-        if lo is False or hi is False:
-            return Decimal(0)
-        if lo is UNKNOWN or hi is UNKNOWN:
-            return UNKNOWN
-        if lo is None or hi is None:
-            return None
-        return Decimal(1)
+        low, high = _value(node.args["low"], w, d), _value(node.args["high"], w, d)
+        ranged: list[Any] = []
+        for numeric in (False, True):
+            lo = _cmp(exp.GTE, v, low, w, numeric)
+            hi = _cmp(exp.LTE, v, high, w, numeric)
+            if lo is False or hi is False:
+                ranged.append(Decimal(0))
+            elif _unk(lo) or _unk(hi):
+                ranged.append(UNKNOWN)
+            elif lo is None or hi is None:
+                ranged.append(None)
+            else:
+                ranged.append(Decimal(1))
+        return _either(ranged)
     if isinstance(node, exp.Like | exp.Escape):
         return _like_value(node, w, d)
-    if isinstance(node, exp.If):
-        c = _truthy(_value(node.this, w, d))
-        if c is UNKNOWN:
-            return UNKNOWN
-        branch = node.args.get("true") if c is True else node.args.get("false")
-        return None if branch is None else _value(branch, w, d)
-    if isinstance(node, exp.Case):
-        if node.this is not None:
-            return UNKNOWN
-        for branch in node.args.get("ifs") or []:
-            c = _truthy(_value(branch.this, w, d))
-            if c is UNKNOWN:
-                return UNKNOWN
-            if c is True:
-                return _value(branch.args["true"], w, d)
-        default = node.args.get("default")
-        return None if default is None else _value(default, w, d)
-    if isinstance(node, exp.Coalesce):
-        for item in [node.this, *node.expressions]:
-            v = _value(item, w, d)
-            if v is UNKNOWN or v is not None:
-                return v
-        return None
-    if isinstance(node, exp.Nullif):
-        a, b = _value(node.this, w, d), _value(node.expression, w, d)
-        eq = _cmp(exp.EQ, a, b, w)
-        if eq is UNKNOWN:
-            return UNKNOWN
-        return None if eq is True else a
+    if isinstance(node, exp.If | exp.Case | exp.Coalesce | exp.Nullif):
+        return _typed_result(_choice(node, w, d), node, w, d)
     if isinstance(node, exp.Exists):
         q = node.this
         if isinstance(q, exp.Select) and _constant_select(q):
@@ -353,6 +412,77 @@ def _value(node: exp.Expression, w: _World, depth: int = 0) -> Any:
     if isinstance(node, exp.Cast):
         return _cast(_value(node.this, w, d), node.to)
     return UNKNOWN
+
+
+def _branches(node: exp.Expression) -> list[exp.Expression]:
+    """The expressions IF, CASE, COALESCE/IFNULL and NULLIF may return."""
+    if isinstance(node, exp.If):
+        out = [node.args.get("true"), node.args.get("false")]
+    elif isinstance(node, exp.Case):
+        out = [b.args.get("true") for b in node.args.get("ifs") or []] + [node.args.get("default")]
+    elif isinstance(node, exp.Coalesce):
+        out = [node.this, *node.expressions]
+    else:
+        out = [node.this]
+    return [b for b in out if isinstance(b, exp.Expression)]
+
+
+def _choice(node: exp.Expression, w: _World, d: int) -> Any:
+    if isinstance(node, exp.If):
+        c = _truthy(_value(node.this, w, d))
+        if _unk(c):
+            return UNKNOWN
+        branch = node.args.get("true") if c is True else node.args.get("false")
+        return None if branch is None else _value(branch, w, d)
+    if isinstance(node, exp.Case):
+        if node.this is not None:
+            return UNKNOWN
+        for branch in node.args.get("ifs") or []:
+            c = _truthy(_value(branch.this, w, d))
+            if _unk(c):
+                return UNKNOWN
+            if c is True:
+                return _value(branch.args["true"], w, d)
+        default = node.args.get("default")
+        return None if default is None else _value(default, w, d)
+    if isinstance(node, exp.Coalesce):
+        for item in [node.this, *node.expressions]:
+            v = _value(item, w, d)
+            if _unk(v) or v is not None:
+                return v
+        return None
+    a, b = _value(node.this, w, d), _value(node.expression, w, d)
+    eq = _cmp(exp.EQ, a, b, w)
+    if _unk(eq):
+        return UNKNOWN
+    return None if eq is True else a
+
+
+def _typed_result(value: Any, node: exp.Expression, w: _World, d: int) -> Any:
+    """The value of IF/CASE/COALESCE/NULLIF has the type of all its branches together: a
+    number among strings is returned as a string, so when the branches mix kinds (or one
+    is not a constant) the value's kind is not known."""
+    if value is None or _unk(value):
+        return value
+    kinds = set()
+    for b in _branches(node):
+        v = _value(b, w, d)
+        if _unk(v):
+            return MAYBE
+        if v is not None:
+            kinds.add(str if isinstance(v, str) else Decimal if isinstance(v, Decimal) else float)
+    return value if len(kinds) <= 1 else MAYBE
+
+
+def _either(readings: list[Any]) -> Any:
+    """One value from several readings of the same constants: the value they agree on,
+    else MAYBE (it may be true), UNKNOWN if one depends on the row."""
+    first = readings[0]
+    if any(_unk(r) for r in readings):
+        return UNKNOWN
+    if all(r == first and (r is None) == (first is None) for r in readings):
+        return first
+    return MAYBE
 
 
 def _like_value(node: exp.Expression, w: _World, d: int) -> Any:
@@ -376,10 +506,12 @@ def _like_value(node: exp.Expression, w: _World, d: int) -> Any:
     ):
         return Decimal(0) if negate else Decimal(1)
     value = _value(like.this, w, d)
-    if value is UNKNOWN or pattern is UNKNOWN:
+    if _unk(value) or _unk(pattern):
         return UNKNOWN
     if value is None or pattern is None:
         return None
+    if isinstance(value, float) or isinstance(pattern, float):
+        return MAYBE  # a DOUBLE's text is the server's
     text = value if isinstance(value, str) else _number_text(value)
     pat = pattern if isinstance(pattern, str) else _number_text(pattern)
     matched = _like(text, pat, escape, w.ci)
@@ -405,7 +537,7 @@ def _constant_select(q: exp.Select) -> bool:
 
 
 def _cast(v: Any, to: Any) -> Any:
-    if v is UNKNOWN or v is None or not isinstance(to, exp.DataType):
+    if _unk(v) or v is None or not isinstance(to, exp.DataType):
         return v if v is None else UNKNOWN
     t = to.this
     T = exp.DataType.Type
@@ -413,19 +545,31 @@ def _cast(v: Any, to: Any) -> Any:
         return v if isinstance(v, str) else _number_text(v)
     if t in (T.BIGINT, T.INT, T.UBIGINT, T.UINT, T.SMALLINT, T.TINYINT):
         n = _num(v)
-        return n if n is UNKNOWN else Decimal(int(n))
+        return n if _unk(n) else Decimal(int(n))
     if t in (T.DECIMAL, T.DOUBLE, T.FLOAT):
         return _num(v)
     return UNKNOWN
 
 
-_WORLDS = ((False, False), (True, False), (False, True), (True, True))
+_WORLDS = ((False, False), (True, False))
 
 
 def always_true(cond: exp.Expression) -> bool:
     """Whether ``cond`` is true for every row, in any reading of its collation and literal
     types.  Raises RecursionError for conditions nested too deeply."""
+    memo: dict[int, bool] = {}
     for ci, hex_number in _WORLDS:
-        if _truthy(_value(cond, _World(ci, hex_number, None))) is True:
+        t = _truthy(_value(cond, _World(ci, hex_number, None, memo)))
+        if t is True or t is MAYBE:
             return True
     return False
+
+
+def never_true(cond: exp.Expression) -> bool:
+    """Whether ``cond`` is false or NULL for every row, in every collation reading."""
+    memo: dict[int, bool] = {}
+    for ci, hex_number in _WORLDS:
+        t = _truthy(_value(cond, _World(ci, hex_number, None, memo)))
+        if t is not False and t is not None:
+            return False
+    return True

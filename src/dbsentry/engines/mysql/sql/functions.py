@@ -190,5 +190,7 @@ NOT_CALLS = frozenset(
         "LONGBLOB",
         "GEOMETRY",
         "POINT",
+        "DO",
+        "CALL",
     ]
 )
