@@ -257,6 +257,19 @@ HUMAN_PRODUCTION: list[tuple[str, str]] = [
     ("DELETE FROM t WHERE my_func()", UNBOUNDED),
     ("DELETE FROM t WHERE NOW() > '2000-01-01'", UNBOUNDED),
     ("DELETE FROM t WHERE 1 & 1", UNBOUNDED),
+    ("DELETE FROM t WHERE @a := 1", "refuse"),
+    # MariaDB's EXECUTE IMMEDIATE: the text is analysed, or it is dynamic SQL
+    ("EXECUTE IMMEDIATE 'DROP TABLE t'", DROP),
+    ("EXECUTE IMMEDIATE 'SELECT 1'", "allow"),
+    ("EXECUTE IMMEDIATE @q", "deny:baseline.prod.dynamic-sql"),
+    ("EXECUTE IMMEDIATE CONCAT('DROP', ' TABLE t')", "deny:baseline.prod.dynamic-sql"),
+    ("PREPARE s FROM 'SELECT 1' 'DROP TABLE t'", "deny:baseline.prod.dynamic-sql"),
+    ("PREPARE s FROM 'SELECT 1; DROP TABLE t'", "refuse"),
+    ("PREPARE s FROM 'DELETE FROM t WHERE 1 /*!=0*/'", "refuse"),
+    ("INSERT INTO t SELECT 1 INTO OUTFILE '/tmp/x'", "refuse"),
+    ("SELECT (SELECT a FROM t INTO OUTFILE '/tmp/y')", "deny:baseline.prod.copy-server-file"),
+    ("SELECT a FROM t UNION SELECT a FROM u INTO OUTFILE '/tmp/x'", "deny:baseline.prod.copy-server-file"),
+    ("ANALYZE DELETE FROM t", UNBOUNDED),  # MariaDB: runs the statement
     ("SELECT * FROM t INTO OUTFILE '/tmp/x'", "deny:baseline.prod.copy-server-file"),
     (
         "SELECT * INTO OUTFILE '/tmp/x' FIELDS TERMINATED BY ',' ENCLOSED BY '\"' LINES TERMINATED BY '\\n' FROM t",
@@ -458,6 +471,13 @@ def test_local_infile_allowed_when_the_policy_disables_its_rule() -> None:
     policy = parse_policy("version: 1\nbaseline:\n  disable: [baseline.local-infile]\n")
     assert decide("LOAD DATA LOCAL INFILE 'x.csv' INTO TABLE t", policy, env="staging") == "allow"
     assert decide("LOAD DATA LOCAL INFILE 'x.csv' INTO TABLE t", policy) == "allow"
+
+
+def test_statements_too_long_for_the_parser_are_refused_as_too_complex() -> None:
+    sql = "INSERT INTO t (a) VALUES " + ",".join(f"({i})" for i in range(100_000))
+    with pytest.raises(AnalysisRefused) as err:
+        analyze(sql)
+    assert err.value.sqlstate == "54001"
 
 
 def test_facts_cache_and_refusal_types() -> None:

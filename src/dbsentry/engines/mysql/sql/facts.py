@@ -102,7 +102,11 @@ SAFE_CHARSETS = frozenset(
         "default",
     }
 )
-MAX_NODES = 50_000
+MAX_NODES = 100_000
+#: Characters of one statement given to sqlglot (pure Python, about 8 microseconds a
+#: character): a longer statement is refused as too complex (54001) rather than hold the
+#: session for seconds.
+MAX_STATEMENT = 512 * 1024
 
 
 class MySQLUnsupported(AnalysisRefused):
@@ -825,6 +829,8 @@ def _glot(
             continue
         mine.append(Token(t.kind, t.start + shift, t.end + shift))
     text = prefix + _edit(st.text, edits)
+    if len(text) > MAX_STATEMENT:
+        raise MySQLTooComplex(f"a statement of more than {MAX_STATEMENT} characters")
     _agree(text, mine, st.mode)
     return _parse(text, st.mode)
 
@@ -1657,7 +1663,14 @@ def _t_prepare(st: _Stmt, f: _Facts) -> None:
     f.prepared = name
     if st.word(i) != "FROM":
         raise MySQLSyntaxError("PREPARE without FROM")
-    i += 1
+    _prepared_text(st, f, i + 1)
+
+
+def _prepared_text(st: _Stmt, f: _Facts, i: int) -> None:
+    """The statement text at code token ``i``: a string literal is analysed (its facts
+    merged), anything else is SQL text the analysis cannot see."""
+    if i >= len(st.code):
+        raise MySQLSyntaxError(f"{st.word(0)} without a statement")
     if i + 1 == len(st.code) and st.code[i].kind == LITERAL and st.raw(i)[:1] in "'\"_Nn":
         raw = st.raw(i)
         if raw[:1] in "xXbB" or raw[0].isdigit():
@@ -1674,6 +1687,12 @@ def _t_prepare(st: _Stmt, f: _Facts) -> None:
 
 
 def _t_execute(st: _Stmt, f: _Facts) -> None:
+    if st.word(1) == "IMMEDIATE":
+        # MariaDB's EXECUTE IMMEDIATE 'text' / @var: PREPARE and EXECUTE in one
+        _prepared_text(st, f, 2)
+        f.command = "EXECUTE IMMEDIATE"
+        f.prepared = None
+        return
     name, i = _qualified_name(st, 1)
     f.command = "EXECUTE"
     f.prepared = name
@@ -1959,6 +1978,8 @@ _WITH_EXPRESSIONS: frozenset[_Handler] = frozenset(
 
 def _statement_facts(st: _Stmt, span: tuple[int, int], text: str = "") -> StatementFacts:
     command, klass, handler = _dispatch(st)
+    if handler is not _t_query and {"OUTFILE", "DUMPFILE"} & set(st.words()):
+        raise _unsupported(f"INTO OUTFILE/DUMPFILE in {command}")
     f = _Facts(command, klass)
     handler(st, f)
     if handler in _WITH_EXPRESSIONS:
