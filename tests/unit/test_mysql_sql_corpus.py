@@ -268,7 +268,10 @@ HUMAN_PRODUCTION: list[tuple[str, str]] = [
     ("PREPARE s FROM 'DELETE FROM t WHERE 1 /*!=0*/'", "refuse"),
     ("INSERT INTO t SELECT 1 INTO OUTFILE '/tmp/x'", "refuse"),
     ("SELECT (SELECT a FROM t INTO OUTFILE '/tmp/y')", "deny:baseline.prod.copy-server-file"),
-    ("SELECT a FROM t UNION SELECT a FROM u INTO OUTFILE '/tmp/x'", "deny:baseline.prod.copy-server-file"),
+    (
+        "SELECT a FROM t UNION SELECT a FROM u INTO OUTFILE '/tmp/x'",
+        "deny:baseline.prod.copy-server-file",
+    ),
     ("ANALYZE DELETE FROM t", UNBOUNDED),  # MariaDB: runs the statement
     ("SELECT * FROM t INTO OUTFILE '/tmp/x'", "deny:baseline.prod.copy-server-file"),
     (
