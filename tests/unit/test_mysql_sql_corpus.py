@@ -229,6 +229,15 @@ HUMAN_PRODUCTION: list[tuple[str, str]] = [
     ("ALTER TABLE t ADD COLUMN b INT", "approve:baseline.prod.ddl-approval"),
     ("ALTER TABLE t MODIFY a BIGINT", "approve:baseline.prod.ddl-approval"),
     ("CREATE TEMPORARY TABLE tt (a INT)", "allow"),
+    (
+        'CREATE TABLE s (a INT) ENGINE=SPIDER COMMENT=\'wrapper "mysql", host "h"\'',
+        "deny:baseline.prod.remote-connection",
+    ),
+    ("CREATE TABLE f (a INT) ENGINE=FEDERATED CONNECTION='mysql://u:p@h/db/t'", "refuse"),
+    ("CREATE SERVER s FOREIGN DATA WRAPPER mysql OPTIONS (HOST 'h')", "refuse"),
+    ("CREATE TABLE t (a INT DEFAULT (my_func()))", "approve:baseline.prod.ddl-approval"),
+    ("SELECT a FROM t GROUP BY a WITH ROLLUP", "allow"),
+    ("SELECT JSON_OBJECT('a', 1), JSON_ARRAYAGG(a) FROM t", "allow"),
     # -- files, plugins, server settings, dynamic SQL
     ("SELECT LOAD_FILE('/etc/passwd')", "deny:baseline.prod.file-access"),
     ("SELECT load_file(0x2f6574632f706173737764)", "deny:baseline.prod.file-access"),

@@ -525,6 +525,8 @@ _PLAIN: tuple[type[exp.Expression], ...] = (
     exp.Columns,
     exp.Slice,
     exp.CharacterSet,
+    exp.Rollup,
+    exp.JSONKeyValue,
     exp.Kwarg,
 )
 # Types that are never walked (their content is not an expression dbsentry must see).
@@ -1281,6 +1283,9 @@ _DDL_PLAIN: tuple[type[exp.Expression], ...] = (
 )
 
 
+_REMOTE_ENGINES = frozenset({"FEDERATED", "FEDERATEDX", "SPIDER", "CONNECT"})
+
+
 def _ddl_walk(node: exp.Expression | list[exp.Expression], f: _Facts, w: _Walk) -> None:
     """The parts of a CREATE/ALTER: known DDL types, expressions inside them (defaults,
     checks, generated columns), table references named by REFERENCES and LIKE."""
@@ -1315,6 +1320,10 @@ def _ddl_walk(node: exp.Expression | list[exp.Expression], f: _Facts, w: _Walk) 
             exp.ComputedColumnConstraint | exp.CheckColumnConstraint | exp.DefaultColumnConstraint,
         ):
             w.expr([v for v in n.args.values() if isinstance(v, exp.Expression)])
+            continue
+        if isinstance(n, exp.EngineProperty) and n.name.upper() in _REMOTE_ENGINES:
+            # tables whose rows live on another server (or, for CONNECT, in any file)
+            f.flags.add("remote_connection")
             continue
         if isinstance(n, exp.Column):
             continue  # a column being defined or indexed, not read
