@@ -492,6 +492,14 @@ def test_statements_too_long_for_the_parser_are_refused_as_too_complex() -> None
     assert err.value.sqlstate == "54001"
 
 
+def test_fingerprints_ignore_constants_layout_and_comments() -> None:
+    (a,) = analyze("SELECT * FROM t WHERE id = 1 AND name = 'x'")
+    (b,) = analyze("select *  from t /* c */ where id = 42 and name = 'y';")
+    (c,) = analyze("SELECT * FROM t WHERE id = 1 OR name = 'x'")
+    assert a.fingerprint == b.fingerprint != c.fingerprint
+    assert len(a.fingerprint) == 16
+
+
 def test_facts_cache_and_refusal_types() -> None:
     cache = facts_cache()
     first = cache.analyze("SELECT 1")

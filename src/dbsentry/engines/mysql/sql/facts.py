@@ -31,6 +31,7 @@ write (``volatile_function`` and ``side_effect_function``).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -74,6 +75,7 @@ __all__ = [
     "MySQLUnsupported",
     "analyze",
     "analyzer",
+    "fingerprint",
 ]
 
 # sqlglot logs a warning for every statement it falls back to Command on; those are refused
@@ -190,6 +192,8 @@ class _Stmt:
         return self.text[t.start : t.end].upper() if t.kind == OTHER else ""
 
     def raw(self, i: int) -> str:
+        if not 0 <= i < len(self.code):
+            return ""
         t = self.code[i]
         return self.text[t.start : t.end]
 
@@ -1116,7 +1120,7 @@ def _clearly_on(value: exp.Expression) -> bool:
 
 def _t_set(st: _Stmt, f: _Facts) -> None:
     tree = _glot(st)
-    if not isinstance(tree, exp.Set) or tree.args.get("unset") or tree.args.get("tag"):
+    if not isinstance(tree, exp.Set) or tree.args.get("unset") or tree.args.get("tag") or not tree.expressions:
         raise _unsupported("SET of this form")
     w = _Walk(f)
     for item in tree.expressions:
@@ -1600,9 +1604,9 @@ def _t_role(st: _Stmt, f: _Facts) -> None:
     if w[0] in ("GRANT", "REVOKE"):
         f.command = w[0]
     elif w[0] == "SET":
-        f.command = "SET PASSWORD" if w[1] == "PASSWORD" else "SET DEFAULT ROLE"
+        f.command = "SET PASSWORD" if st.word(1) == "PASSWORD" else "SET DEFAULT ROLE"
     else:
-        f.command = f"{w[0]} {w[1]}"
+        f.command = f"{w[0]} {st.word(1)}"
         if w[0] == "DROP":
             f.flags.add("drop")
     f.klass = "ROLE"
@@ -1765,7 +1769,7 @@ def _t_handler(st: _Stmt, f: _Facts) -> None:
 
 def _t_load(st: _Stmt, f: _Facts) -> None:
     w = st.words()
-    kind = w[1]
+    kind = st.word(1)
     if kind not in ("DATA", "XML"):
         raise _unsupported(f"LOAD {kind}")
     f.command = f"LOAD {kind}"
@@ -2018,7 +2022,28 @@ def _statement_facts(st: _Stmt, span: tuple[int, int], text: str = "") -> Statem
         settings=tuple(sorted(f.settings)),
         span=span,
         text=text,
+        fingerprinter=partial(fingerprint, mode=st.mode),
     )
+
+
+def fingerprint(sql: str, mode: SqlMode = DEFAULT_MODE) -> str:
+    """16 hex digits that statements differing only in constants, layout, comments and
+    keyword case share (from the MySQL lexer's tokens; a text it refuses is its own)."""
+    try:
+        toks = tokens(sql, mode)
+    except AnalysisRefused:
+        return hashlib.blake2b(sql.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+    parts = []
+    for t in toks:
+        if t.kind == COMMENT:
+            continue
+        piece = sql[t.start : t.end]
+        parts.append("?" if t.kind == LITERAL else piece.lower() if t.kind == OTHER else piece)
+    while parts and parts[-1] == ";":
+        parts.pop()
+    return hashlib.blake2b(
+        " ".join(parts).encode("utf-8", "surrogatepass"), digest_size=8
+    ).hexdigest()
 
 
 def _blanked(sql: str, toks: Sequence[Token]) -> str:
