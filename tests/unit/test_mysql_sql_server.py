@@ -246,6 +246,8 @@ def _expression(rng: random.Random, depth: int) -> str:
         return f"{_expression(rng, depth - 1)} IN ({_expression(rng, depth - 1)}, {_expression(rng, depth - 1)})"
     if r < 0.6:
         return f"({_expression(rng, depth - 1)})"
+    if r < 0.62:
+        return f"CAST({_expression(rng, depth - 1)} AS {rng.choice(['SIGNED', 'UNSIGNED', 'CHAR', 'DECIMAL(5,2)'])})"
     if r < 0.65:
         fn = rng.choice(["IF", "COALESCE", "IFNULL", "NULLIF"])
         args = [_expression(rng, depth - 1) for _ in range(3 if fn == "IF" else 2)]

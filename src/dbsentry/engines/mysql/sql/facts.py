@@ -1120,7 +1120,12 @@ def _clearly_on(value: exp.Expression) -> bool:
 
 def _t_set(st: _Stmt, f: _Facts) -> None:
     tree = _glot(st)
-    if not isinstance(tree, exp.Set) or tree.args.get("unset") or tree.args.get("tag") or not tree.expressions:
+    if (
+        not isinstance(tree, exp.Set)
+        or tree.args.get("unset")
+        or tree.args.get("tag")
+        or not tree.expressions
+    ):
         raise _unsupported("SET of this form")
     w = _Walk(f)
     for item in tree.expressions:

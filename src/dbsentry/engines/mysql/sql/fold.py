@@ -356,6 +356,8 @@ def _fold(node: exp.Expression, w: _World, depth: int) -> Any:
         v = _num(_value(node.this, w, d))
         if v is None or _unk(v):
             return v
+        if isinstance(v, float) or v != v.to_integral_value() or not -(2**63) <= v < 2**64:
+            return MAYBE  # MySQL rounds (and clamps) to a 64-bit integer first, its own way
         return Decimal(~int(v) & 0xFFFFFFFFFFFFFFFF)
     if isinstance(node, exp.In):
         if node.args.get("query") is not None or node.args.get("unnest") is not None:
@@ -542,13 +544,17 @@ def _cast(v: Any, to: Any) -> Any:
     t = to.this
     T = exp.DataType.Type
     if t in (T.CHAR, T.VARCHAR, T.TEXT, T.NCHAR, T.NVARCHAR, T.BINARY, T.VARBINARY):
+        if to.expressions or isinstance(v, float):
+            return MAYBE  # a length may cut it; a DOUBLE's text is the server's
         return v if isinstance(v, str) else _number_text(v)
     if t in (T.BIGINT, T.INT, T.UBIGINT, T.UINT, T.SMALLINT, T.TINYINT):
         n = _num(v)
-        return n if _unk(n) else Decimal(int(n))
-    if t in (T.DECIMAL, T.DOUBLE, T.FLOAT):
-        return _num(v)
-    return UNKNOWN
+        if _unk(n) or isinstance(n, float) or n != n.to_integral_value():
+            return MAYBE  # MySQL rounds to an integer its own way
+        if t in (T.UBIGINT, T.UINT) and n < 0:
+            return MAYBE  # wraps around to a huge number
+        return Decimal(int(n))
+    return MAYBE  # DECIMAL(m, d), DOUBLE, dates...: rounded or converted the server's way
 
 
 _WORLDS = ((False, False), (True, False))
