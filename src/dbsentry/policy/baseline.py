@@ -99,6 +99,7 @@ ALLOWED_SETTINGS: tuple[str, ...] = (
     "interactive_timeout",
     "group_concat_max_len",
     "sql_select_limit",
+    "sql_auto_is_null",
     "session_track_*",
 )
 
