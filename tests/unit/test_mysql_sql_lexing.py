@@ -267,3 +267,7 @@ def test_sql_mode_parse() -> None:
     assert m == SqlMode(no_backslash_escapes=True, ansi_quotes=True)
     assert SqlMode.parse("ANSI").pipes_as_concat
     assert SqlMode.parse("").no_backslash_escapes is False
+    oracle = SqlMode.parse("ORACLE,STRICT_TRANS_TABLES")
+    assert oracle.unsupported == "ORACLE"
+    with pytest.raises(AnalysisRefused):
+        analyze("SELECT 1", oracle)

@@ -538,6 +538,15 @@ _OPAQUE: tuple[type[exp.Expression], ...] = (exp.DataType, exp.Var, exp.Identifi
 _QUERIES = (exp.Select, exp.Union, exp.Intersect, exp.Except)
 
 
+def _only(node: exp.Expression, allowed: set[str]) -> None:
+    """Refuse a node with an argument the walk does not read."""
+    extra = sorted(
+        k for k, v in node.args.items() if v not in (None, False, []) and k not in allowed
+    )
+    if extra:
+        raise _unsupported(f"{type(node).__name__} with {', '.join(extra)}")
+
+
 class _Walk:
     """Collects tables, columns and flags from a sqlglot tree, allow-list only."""
 
@@ -583,6 +592,7 @@ class _Walk:
     def query(self, q: exp.Expression) -> None:
         self.count()
         if isinstance(q, exp.Subquery):
+            _only(q, {"this", "alias", "order", "limit", "offset", "joins"})
             self.query(q.this)
             for k in ("order", "limit", "offset"):
                 if q.args.get(k) is not None:
@@ -591,6 +601,21 @@ class _Walk:
         if isinstance(q, exp.Select):
             self.select(q)
         elif isinstance(q, exp.Union | exp.Intersect | exp.Except):
+            _only(
+                q,
+                {
+                    "this",
+                    "expression",
+                    "distinct",
+                    "by_name",
+                    "side",
+                    "kind",
+                    "with_",
+                    "order",
+                    "limit",
+                    "offset",
+                },
+            )
             pushed = self.with_(q.args.get("with_") or q.args.get("with"))
             self.query(q.this)
             self.query(q.expression)
@@ -697,6 +722,7 @@ class _Walk:
             for j in item.args.get("joins") or []:
                 self.join(j, scope)
         elif isinstance(item, exp.Subquery):
+            _only(item, {"this", "alias", "joins"})
             self.query(item.this)
             if item.alias:
                 scope[item.alias] = None

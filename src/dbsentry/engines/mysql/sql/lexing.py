@@ -91,12 +91,18 @@ class SqlMode:
     ansi_quotes: bool = False
     pipes_as_concat: bool = False
     high_not_precedence: bool = False
+    # a mode that changes the grammar itself (MariaDB's ORACLE, the old MSSQL, DB2,
+    # POSTGRESQL, MAXDB): nothing is analysed under it
+    unsupported: str | None = None
 
     @classmethod
     def parse(cls, sql_mode: str) -> SqlMode:
         """From the value of ``@@sql_mode`` (comma-separated names; ``ANSI`` implies
         ``ANSI_QUOTES`` and ``PIPES_AS_CONCAT``, as in MySQL and MariaDB)."""
         names = {n.strip().upper() for n in sql_mode.split(",") if n.strip()}
+        other = sorted(names & {"ORACLE", "MSSQL", "DB2", "POSTGRESQL", "MAXDB"})
+        if other:
+            return cls(True, True, True, True, unsupported=other[0])
         ansi = "ANSI" in names
         return cls(
             no_backslash_escapes="NO_BACKSLASH_ESCAPES" in names,
@@ -165,6 +171,8 @@ def tokens(sql: str, mode: SqlMode = DEFAULT_MODE) -> list[Token]:
     :class:`MySQLSyntaxError`."""
     if len(sql) > MAX_TEXT:
         raise MySQLLexRefused(f"statement text longer than {MAX_TEXT} characters")
+    if mode.unsupported:
+        raise MySQLLexRefused(f"sql_mode {mode.unsupported} changes MySQL's grammar: not analysed")
     out: list[Token] = []
     append = out.append
     n = len(sql)
