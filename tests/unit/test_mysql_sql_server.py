@@ -316,3 +316,85 @@ def test_backslash_escapes_as_the_server_reads_them(server: Any) -> None:
     cur.execute("SELECT 'a\\'b', 'c''d', \"e\\\"f\"")
     assert cur.fetchall()[0] == ("a'b", "c'd", 'e"f')
     assert len(analyze("SELECT 'a\\'b', 'c''d', \"e\\\"f\"")) == 1
+
+
+_LITS = [
+    "'a;b'",
+    "'a\\';b'",
+    "'a'';b'",
+    '"c;d"',
+    '"c\\";d"',
+    "(SELECT 1 AS `e;f`)",
+    "'\\\\'",
+    "x'41'",
+    "N'x;'",
+    "_utf8mb4'y;'",
+    "1",
+    "'#'",
+    "'--'",
+    "'/*'",
+    "'*/'",
+]
+_SEPS = [" ", "/* ; */", "/* ' */", "# ;'\n", "-- ;'\n", "-- \n", "#\n", "/**/", "\n"]
+
+
+def test_statement_boundaries_are_the_servers(server: Any) -> None:
+    # random multi-statement texts with quotes, escapes and comments holding ';': as many
+    # statements for the analysis as result sets from the server
+    from pymysql.constants import CLIENT
+
+    conn = pymysql.connect(
+        host="127.0.0.1",
+        user="root",
+        password="",
+        database="test",
+        client_flag=CLIENT.MULTI_STATEMENTS,
+    )
+    cur = conn.cursor()
+    rng = random.Random(7)
+    checked = 0
+    try:
+        for _ in range(300):
+            parts = [
+                "SELECT "
+                + ", ".join(rng.choice(_LITS) for _ in range(rng.randint(1, 3)))
+                + rng.choice(_SEPS)
+                for _ in range(rng.randint(1, 3))
+            ]
+            sql = ";".join(parts)
+            try:
+                mine = len(analyze(sql))
+            except AnalysisRefused:
+                continue
+            cur.execute(sql)
+            count = 1
+            while cur.nextset():
+                count += 1
+            assert count == mine, sql
+            checked += 1
+    finally:
+        conn.close()
+    assert checked > 200
+
+
+@pytest.mark.parametrize(
+    "lit",
+    [
+        "'a\\'b'",
+        "'a''b'",
+        "'\\\\n'",
+        "'\\n\\t\\0x'",
+        "'\\%\\_'",
+        '"q\\"q"',
+        "N'n'",
+        "_utf8mb4'u\\''",
+    ],
+)
+def test_string_values_are_the_servers(server: Any, lit: str) -> None:
+    # PREPARE ... FROM 'text' analyses the text the server will prepare
+    from dbsentry.engines.mysql.sql.facts import _string_value
+    from dbsentry.engines.mysql.sql.lexing import SqlMode
+
+    cur = server.cursor()
+    cur.execute(f"SELECT {lit}")
+    assert cur.fetchall()[0][0] == _string_value(lit, SqlMode())
