@@ -116,8 +116,9 @@ def test_what_is_not_an_event_is_not_handled() -> None:
 
 
 @pytest.mark.parametrize("cls", get_args(Event), ids=lambda cls: cls.__name__)
-def test_events_are_frozen_and_slotted(cls: type[Any]) -> None:
+def test_events_are_frozen_slotted_and_final(cls: type[Any]) -> None:
     assert cls.__dataclass_params__.frozen
+    assert getattr(cls, "__final__", False)  # Session.handle tells the hot ones by exact type
     assert "__slots__" in cls.__dict__
     event = SAMPLES[cls]
     assert not hasattr(event, "__dict__")

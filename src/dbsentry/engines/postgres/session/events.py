@@ -6,14 +6,16 @@ command) into one of these and calls :meth:`Session.handle
 out (:mod:`dbsentry.engines.postgres.session.commands`).  ``Session.handle`` matches on
 :data:`Event` exhaustively: an event added here and not handled there is a type error.
 
-Events are frozen: the session never changes what it was told.  (``AuditFailed`` and
-``HeldRefused`` carry the frames and records of the ``AuditGate`` they answer as they are.)
+Events are frozen (the session never changes what it was told; ``AuditFailed`` and
+``HeldRefused`` carry the frames and records of the ``AuditGate`` they answer as they are)
+and final (``handle`` tells the hot ones by their exact type).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import final
 
 from dbsentry.audit.records import Record
 from dbsentry.identity.model import Identity
@@ -22,6 +24,7 @@ from dbsentry.identity.ratelimit import LoginThrottled
 # ---------------------------------------------------------------- bytes (the hot path)
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class ClientData:
     """Bytes read from the client."""
@@ -29,6 +32,7 @@ class ClientData:
     data: bytes
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class UpstreamData:
     """Bytes read from the upstream after its login."""
@@ -39,6 +43,7 @@ class UpstreamData:
 # ---------------------------------------------------------------- the client's login
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class ClientTLSStarted:
     """The client's TLS handshake (after ``StartClientTLS``) completed."""
@@ -46,6 +51,7 @@ class ClientTLSStarted:
     version: str | None
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class PasswordVerified:
     """The answer to ``VerifyPassword``: who the token names, ``None`` for a bad token, or
@@ -54,17 +60,20 @@ class PasswordVerified:
     identity: Identity | LoginThrottled | None
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class WaitedLoginEnded:
     """The login this session waited for (``WaitForLogin``) ended: sent by the shell to every
     session that ``WakeWaiting`` names."""
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class LoginWaitTimedOut:
     """``WaitForLogin.seconds`` passed before the session was logged in."""
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class StartupTimedOut:
     """``limits.startup_timeout_seconds`` passed before ``LoginComplete``."""
@@ -73,6 +82,7 @@ class StartupTimedOut:
 # ---------------------------------------------------------------- the upstream's login
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class UpstreamReady:
     """The upstream accepted the login (``OpenUpstream``) and is ready for queries.
@@ -89,6 +99,7 @@ class UpstreamReady:
     leftover: bytes = b""  # what the upstream sent after its ReadyForQuery
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class UpstreamFailed:
     """The upstream could not be connected or logged in to (or its catalog not read): the
@@ -101,6 +112,7 @@ class UpstreamFailed:
 # ---------------------------------------------------------------- answers about held statements
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class AuditFailed:
     """The records of an ``AuditGate`` could not be committed: none of its statements runs."""
@@ -109,6 +121,7 @@ class AuditFailed:
     records: Sequence[Record] = ()
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class HeldRefused:
     """The statements of an ``AuditGate`` will not run after all (an approval refused,
@@ -121,6 +134,7 @@ class HeldRefused:
     message: str
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class GuardApprovalAnswered:
     """The answer to ``GuardApproval``: may the statement over the row limit commit, and
@@ -133,11 +147,13 @@ class GuardApprovalAnswered:
 # ---------------------------------------------------------------- endings
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class ClientClosed:
     """The client's connection is gone."""
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class UpstreamClosed:
     """The upstream's connection closed after its login."""
