@@ -27,6 +27,7 @@ from dbsentry.audit.config import AuditConfig
 from dbsentry.audit.records import payload_bytes
 from dbsentry.config import parse_config
 from dbsentry.engines.postgres.session import commands as c
+from dbsentry.engines.postgres.session.events import ClientData, PasswordVerified, UpstreamData
 from dbsentry.engines.postgres.session.governance import Governor
 from dbsentry.engines.postgres.session.masking import MaskingService, MaskingView
 from dbsentry.engines.postgres.session.pg import ClientInfo, Session
@@ -96,11 +97,11 @@ def new_session(governed: bool, audit: bool, masking: bool, safety_net: str = "p
         audit_config=AuditConfig() if audit else None,
         masking_service=service,
     )
-    session.client_data(codec.encode_startup((("user", "bench@example.com"), ("database", "bench"))))
-    session.client_data(codec.encode_password("token"))
-    session.password_verified(Identity("bench@example.com", frozenset({"bench"}), "human", "t", "token"))
+    session.handle(ClientData(codec.encode_startup((("user", "bench@example.com"), ("database", "bench")))))
+    session.handle(ClientData(codec.encode_password("token")))
+    session.handle(PasswordVerified(Identity("bench@example.com", frozenset({"bench"}), "human", "t", "token")))
     ready = UpstreamReady(b"", {}, 42, b"abcd", "I")
-    session.upstream_ready(ready)
+    session.handle(ready)
     return session
 
 
@@ -112,7 +113,7 @@ def run(session: Session, mode: str, n: int) -> float:
     encoded = 0
     started = time.process_time()
     for client, server in traffic:
-        sink.extend(session.client_data(client))
+        sink.extend(session.handle(ClientData(client)))
         for cmd in sink:
             if type(cmd) is c.AuditGate:
                 for record in cmd.records:
@@ -121,7 +122,7 @@ def run(session: Session, mode: str, n: int) -> float:
             elif type(cmd) is c.Audit:
                 encoded += len(payload_bytes(cmd.record))
         sink.clear()
-        sink.extend(session.upstream_data(server))
+        sink.extend(session.handle(UpstreamData(server)))
         for cmd in sink:
             if type(cmd) is c.Audit:
                 encoded += len(payload_bytes(cmd.record))

@@ -1,11 +1,12 @@
 """A small Playbook DSL for the sans-IO session, after mitmproxy's ``tutils.Playbook``.
 
-A playbook feeds events to a :class:`~dbsentry.engines.postgres.session.pg.Session` and compares the
-commands it returns with the ones a test expects, step by step::
+A playbook feeds events (:mod:`dbsentry.engines.postgres.session.events`) to a
+:class:`~dbsentry.engines.postgres.session.pg.Session` through ``Session.handle`` and compares
+the commands it returns with the ones a test expects, step by step::
 
     pb = Playbook(session)
     pb.client(ssl_request()).expect(c.SendClient(b"S"), c.StartClientTLS())
-    pb.event("startup_timeout").expect(Fatal("08P01"), c.CloseClient(), c.CloseUpstream())
+    pb.event(StartupTimedOut()).expect(Fatal("08P01"), c.CloseClient(), c.CloseUpstream())
 
 ``Log`` commands are dropped unless the playbook is built with ``logs=True``: they are
 diagnostics, not behaviour the client or the upstream sees.  Matchers such as
@@ -15,11 +16,10 @@ expectation can say "a FATAL with SQLSTATE 28000" without spelling out the messa
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from dbsentry.engines.postgres.session import commands as c
+from dbsentry.engines.postgres.session.events import ClientData, Event, UpstreamData
 from dbsentry.engines.postgres.session.pg import Session
 from dbsentry.engines.postgres.wire import codec
 from dbsentry.engines.postgres.wire import messages as m
@@ -75,9 +75,9 @@ class Playbook:
     pending: list[c.Command] = field(default_factory=list)
     history: list[tuple[str, list[c.Command]]] = field(default_factory=list)
 
-    def event(self, name: str, *args: Any) -> Playbook:
-        handler: Callable[..., list[c.Command]] = getattr(self.session, name)
-        got = handler(*args)
+    def event(self, event: Event) -> Playbook:
+        got = self.session.handle(event)
+        name = type(event).__name__
         assert isinstance(got, list), f"{name} returned {got!r}, not a list of commands"
         if not self.logs:
             got = [cmd for cmd in got if not isinstance(cmd, c.Log)]
@@ -86,10 +86,10 @@ class Playbook:
         return self
 
     def client(self, data: bytes) -> Playbook:
-        return self.event("client_data", data)
+        return self.event(ClientData(data))
 
     def upstream(self, data: bytes) -> Playbook:
-        return self.event("upstream_data", data)
+        return self.event(UpstreamData(data))
 
     def take(self) -> list[c.Command]:
         """The commands returned since the last ``expect``/``take``, and forget them."""

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from dbsentry.audit.config import AuditConfig
 from dbsentry.config import parse_config
 from dbsentry.engines.postgres.session import commands as c
+from dbsentry.engines.postgres.session.events import ClientData, PasswordVerified, UpstreamData
 from dbsentry.engines.postgres.session.governance import Governor
 from dbsentry.engines.postgres.session.pg import ClientInfo, Session
 from dbsentry.engines.postgres.session.upstream import UpstreamReady
@@ -60,10 +61,10 @@ def _session() -> Session:
         governor=Governor.from_path(None),
         audit_config=AuditConfig(durability="effect"),
     )
-    session.client_data(codec.encode_startup((("user", "ann@example.com"), ("database", "app"))))
-    session.client_data(codec.encode_password("token"))
-    session.password_verified(Identity("ann@example.com", frozenset({"eng"}), "human", "t", "token"))
-    session.upstream_ready(UpstreamReady(b"", {}, 42, b"abcd", "I"))
+    session.handle(ClientData(codec.encode_startup((("user", "ann@example.com"), ("database", "app")))))
+    session.handle(ClientData(codec.encode_password("token")))
+    session.handle(PasswordVerified(Identity("ann@example.com", frozenset({"eng"}), "human", "t", "token")))
+    session.handle(UpstreamReady(b"", {}, 42, b"abcd", "I"))
     return session
 
 
@@ -88,7 +89,7 @@ def test_the_oracle_agrees_with_the_lists() -> None:
 
 
 def _reply(session: Session) -> None:
-    session.upstream_data(codec.frame(b"C", b"OK\x00") + codec.encode_ready("I"))
+    session.handle(UpstreamData(codec.frame(b"C", b"OK\x00") + codec.encode_ready("I")))
 
 
 @settings(max_examples=60, deadline=None)
@@ -105,7 +106,7 @@ def test_no_change_runs_before_its_record_is_durable(statements: list[tuple[str,
             )
         else:
             data = codec.encode_query(sql)
-        forwarded = _forwarded(session.client_data(data))
+        forwarded = _forwarded(session.handle(ClientData(data)))
         carrying = [(d, gate) for d, gate in forwarded if sql.encode() in d]
         if sql in WRITES:
             for _, gate in carrying:  # a write that goes upstream at all waits for durability

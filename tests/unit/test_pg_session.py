@@ -12,6 +12,14 @@ from hypothesis import strategies as st
 
 from dbsentry.config import Config, parse_config
 from dbsentry.engines.postgres.session import commands as c
+from dbsentry.engines.postgres.session.events import (
+    ClientClosed,
+    ClientTLSStarted,
+    PasswordVerified,
+    StartupTimedOut,
+    UpstreamClosed,
+    UpstreamFailed,
+)
 from dbsentry.engines.postgres.session.pg import (
     TRANSITIONS,
     ClientInfo,
@@ -90,8 +98,8 @@ def logged_in(session: Session | None = None) -> Playbook:
     pb = Playbook(session or new_session())
     pb.client(ALICE_APP).expect(c.SendClient(codec.AUTH_CLEARTEXT_FRAME))
     pb.client(codec.encode_password("tok")).expect(c.VerifyPassword("alice", "tok"))
-    pb.event("password_verified", ALICE).expect(open_upstream())
-    pb.event("upstream_ready", UPSTREAM_READY).expect(c.LoginComplete(), c.SendClient(GREETING))
+    pb.event(PasswordVerified(ALICE)).expect(open_upstream())
+    pb.event(UPSTREAM_READY).expect(c.LoginComplete(), c.SendClient(GREETING))
     assert pb.session.state is State.READY
     return pb
 
@@ -110,7 +118,7 @@ def state_of(pb: Playbook) -> State:
 def test_ssl_request_starts_tls() -> None:
     pb = Playbook(new_session(tls=False))
     pb.client(codec.encode_ssl_request()).expect(c.SendClient(b"S"), c.StartClientTLS())
-    pb.event("client_tls_started", "TLSv1.3").expect_nothing()
+    pb.event(ClientTLSStarted("TLSv1.3")).expect_nothing()
     pb.client(ALICE_APP).expect(c.SendClient(codec.AUTH_CLEARTEXT_FRAME))
     assert pb.session.client.tls_version == "TLSv1.3"
 
@@ -263,21 +271,21 @@ def test_huge_password_message_is_refused_from_its_header() -> None:
 def test_unknown_token_is_refused_28p01() -> None:
     pb = Playbook(new_session())
     pb.client(ALICE_APP + codec.encode_password("bad")).take()
-    pb.event("password_verified", None).expect(Fatal("28P01", 'user "alice"'), *CLOSE)
+    pb.event(PasswordVerified(None)).expect(Fatal("28P01", 'user "alice"'), *CLOSE)
     assert pb.session.identity is None
 
 
 def test_unknown_connection_is_refused_3d000() -> None:
     pb = Playbook(new_session())
     pb.client(startup(("user", "alice"), ("database", "nope")) + codec.encode_password("t")).take()
-    pb.event("password_verified", ALICE).expect(Fatal("3D000", '"nope"'), *CLOSE)
+    pb.event(PasswordVerified(ALICE)).expect(Fatal("3D000", '"nope"'), *CLOSE)
 
 
 def test_connection_defaults_to_the_user_name() -> None:
     # libpq's rule: no database means database = user.
     pb = Playbook(new_session())
     pb.client(startup(("user", "alice")) + codec.encode_password("t")).take()
-    pb.event("password_verified", ALICE).expect(
+    pb.event(PasswordVerified(ALICE)).expect(
         c.OpenUpstream("alice", (("database", "alice_db"),))
     )
 
@@ -287,14 +295,14 @@ def test_allow_groups_mismatch_is_refused_42501() -> None:
     pb.client(
         startup(("user", "alice"), ("database", "finance")) + codec.encode_password("t")
     ).take()
-    pb.event("password_verified", ALICE).expect(Fatal("42501"), *CLOSE)
+    pb.event(PasswordVerified(ALICE)).expect(Fatal("42501"), *CLOSE)
 
 
 def test_allow_groups_match_opens_the_upstream() -> None:
     bob = Identity("bob@example.com", frozenset({"finance", "dev"}), "human", "tok-2", "token")
     pb = Playbook(new_session())
     pb.client(startup(("user", "bob"), ("database", "finance")) + codec.encode_password("t")).take()
-    pb.event("password_verified", bob).expect(c.OpenUpstream("finance", (("database", "fin_db"),)))
+    pb.event(PasswordVerified(bob)).expect(c.OpenUpstream("finance", (("database", "fin_db"),)))
     assert pb.session.identity == bob
     assert pb.session.state is State.CONNECTING
 
@@ -302,8 +310,8 @@ def test_allow_groups_match_opens_the_upstream() -> None:
 def test_verification_result_after_close_is_ignored() -> None:
     pb = Playbook(new_session())
     pb.client(ALICE_APP + codec.encode_password("t")).take()
-    pb.event("startup_timeout").take()
-    pb.event("password_verified", ALICE).expect_nothing()
+    pb.event(StartupTimedOut()).take()
+    pb.event(PasswordVerified(ALICE)).expect_nothing()
 
 
 def test_client_data_while_verifying_is_kept_for_later() -> None:
@@ -336,7 +344,7 @@ def test_upstream_parameters_are_rewritten() -> None:
     )
     assert pb.session.settings == {"approval": "wait", "reason": "INC 42", "ticket": "T-1"}
     pb.client(codec.encode_password("tok")).take()
-    pb.event("password_verified", ALICE).expect(
+    pb.event(PasswordVerified(ALICE)).expect(
         c.OpenUpstream(
             "app",
             (
@@ -353,7 +361,7 @@ def test_user_is_never_forwarded() -> None:
     # The shell logs in as the configured upstream user; the client's name is an identity.
     pb = Playbook(new_session())
     pb.client(ALICE_APP + codec.encode_password("t")).take()
-    (cmd,) = pb.event("password_verified", ALICE).take()
+    (cmd,) = pb.event(PasswordVerified(ALICE)).take()
     assert isinstance(cmd, c.OpenUpstream)
     assert [k for k, _ in cmd.params] == ["database"]
 
@@ -364,7 +372,7 @@ def test_options_with_only_dbsentry_settings_are_not_forwarded() -> None:
     pb.client(
         startup(("user", "alice"), ("database", "app"), opts) + codec.encode_password("t")
     ).take()
-    pb.event("password_verified", ALICE).expect(open_upstream())
+    pb.event(PasswordVerified(ALICE)).expect(open_upstream())
     assert pb.session.settings == {"approval": "wait"}
 
 
@@ -406,9 +414,9 @@ def test_greeting_uses_the_proxy_backend_key() -> None:
 def test_greeting_reports_the_upstream_transaction_status() -> None:
     pb = Playbook(new_session())
     pb.client(ALICE_APP + codec.encode_password("t")).take()
-    pb.event("password_verified", ALICE).take()
+    pb.event(PasswordVerified(ALICE)).take()
     ready = UpstreamReady(b"", {}, UPSTREAM_PID, UPSTREAM_SECRET, "I")
-    pb.event("upstream_ready", ready).expect(
+    pb.event(ready).expect(
         c.LoginComplete(),
         c.SendClient(
             codec.AUTH_OK_FRAME
@@ -421,24 +429,24 @@ def test_greeting_reports_the_upstream_transaction_status() -> None:
 def test_leftover_upstream_bytes_follow_the_greeting() -> None:
     pb = Playbook(new_session())
     pb.client(ALICE_APP + codec.encode_password("t")).take()
-    pb.event("password_verified", ALICE).take()
+    pb.event(PasswordVerified(ALICE)).take()
     notice = codec.notice_response("hello")
     ready = UpstreamReady(PARAM_FRAMES, {}, UPSTREAM_PID, UPSTREAM_SECRET, "I", leftover=notice)
-    pb.event("upstream_ready", ready).expect(c.LoginComplete(), c.SendClient(GREETING), c.SendClient(notice))
+    pb.event(ready).expect(c.LoginComplete(), c.SendClient(GREETING), c.SendClient(notice))
 
 
 def test_upstream_ready_in_the_wrong_state_closes_that_upstream() -> None:
     pb = Playbook(new_session())
-    pb.event("upstream_ready", UPSTREAM_READY).expect(c.CloseUpstream())
+    pb.event(UPSTREAM_READY).expect(c.CloseUpstream())
     assert pb.session.state is State.STARTUP
 
 
 def test_upstream_failure_during_login() -> None:
     pb = Playbook(new_session())
     pb.client(ALICE_APP + codec.encode_password("t")).take()
-    pb.event("password_verified", ALICE).take()
-    pb.event("upstream_failed", "28P01", "upstream refused").expect(Fatal("28P01"), *CLOSE)
-    pb.event("upstream_failed", "08006", "again").expect_nothing()
+    pb.event(PasswordVerified(ALICE)).take()
+    pb.event(UpstreamFailed("28P01", "upstream refused")).expect(Fatal("28P01"), *CLOSE)
+    pb.event(UpstreamFailed("08006", "again")).expect_nothing()
 
 
 # ---------------------------------------------------------------------------------------
@@ -600,7 +608,7 @@ def test_terminate_split_across_chunks() -> None:
 def test_client_vanishing_mid_query_cancels_it() -> None:
     pb = logged_in()
     pb.client(codec.encode_query("select pg_sleep(3600)")).take()
-    pb.event("client_closed").expect(c.CancelUpstream(), c.CloseUpstream())
+    pb.event(ClientClosed()).expect(c.CancelUpstream(), c.CloseUpstream())
     assert pb.session.state is State.CLOSED
 
 
@@ -608,21 +616,21 @@ def test_client_vanishing_while_idle_only_closes() -> None:
     pb = logged_in()
     pb.client(codec.encode_query("select 1")).take()
     pb.upstream(codec.encode_command_complete("SELECT 1") + codec.encode_ready("I")).take()
-    pb.event("client_closed").expect(c.CloseUpstream())
+    pb.event(ClientClosed()).expect(c.CloseUpstream())
 
 
 def test_client_vanishing_during_login_only_closes() -> None:
     pb = Playbook(new_session())
     pb.client(ALICE_APP + codec.encode_password("t")).take()
-    pb.event("password_verified", ALICE).take()
-    pb.event("client_closed").expect(c.CloseUpstream())
+    pb.event(PasswordVerified(ALICE)).take()
+    pb.event(ClientClosed()).expect(c.CloseUpstream())
 
 
 def test_upstream_closing_unexpectedly_tells_the_client() -> None:
     pb = logged_in()
-    pb.event("upstream_closed").expect(Fatal("08006"), c.CloseClient())
+    pb.event(UpstreamClosed()).expect(Fatal("08006"), c.CloseClient())
     assert pb.session.state is State.CLOSED
-    pb.event("upstream_closed").expect_nothing()
+    pb.event(UpstreamClosed()).expect_nothing()
 
 
 def test_upstream_fatal_is_not_followed_by_a_second_error() -> None:
@@ -631,13 +639,13 @@ def test_upstream_fatal_is_not_followed_by_a_second_error() -> None:
         "57P01", "terminating connection due to administrator command", severity="FATAL"
     )
     pb.upstream(shutdown).expect(c.SendClient(shutdown))
-    pb.event("upstream_closed").expect(c.CloseClient())
+    pb.event(UpstreamClosed()).expect(c.CloseClient())
 
 
 def test_upstream_non_fatal_error_still_gets_08006_on_close() -> None:
     pb = logged_in()
     pb.upstream(codec.error_response("42P01", "no such table") + codec.encode_ready("I")).take()
-    pb.event("upstream_closed").expect(Fatal("08006"), c.CloseClient())
+    pb.event(UpstreamClosed()).expect(Fatal("08006"), c.CloseClient())
 
 
 @pytest.mark.parametrize("stage", ["startup", "auth", "verifying", "connecting"])
@@ -648,15 +656,15 @@ def test_startup_timeout_before_ready(stage: str) -> None:
     if stage in ("verifying", "connecting"):
         pb.client(codec.encode_password("t"))
     if stage == "connecting":
-        pb.event("password_verified", ALICE)
+        pb.event(PasswordVerified(ALICE))
     pb.take()
-    pb.event("startup_timeout").expect(Fatal("08P01"), *CLOSE)
+    pb.event(StartupTimedOut()).expect(Fatal("08P01"), *CLOSE)
     assert pb.session.state is State.CLOSED
 
 
 def test_startup_timeout_after_ready_does_nothing() -> None:
     pb = logged_in()
-    pb.event("startup_timeout").expect_nothing()
+    pb.event(StartupTimedOut()).expect_nothing()
     assert pb.session.state is State.READY
 
 

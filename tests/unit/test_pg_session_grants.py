@@ -7,6 +7,7 @@ from pathlib import Path
 
 from dbsentry.config import parse_config
 from dbsentry.engines.postgres.session import commands as c
+from dbsentry.engines.postgres.session.events import ClientData, PasswordVerified, UpstreamData
 from dbsentry.engines.postgres.session.governance import Governor
 from dbsentry.engines.postgres.session.pg import ClientInfo, Session
 from dbsentry.engines.postgres.session.upstream import UpstreamReady
@@ -52,10 +53,10 @@ def ready_session(grants: Grants) -> Session:
         governor=Governor(parse_policy(POLICY)),
         approvals=grants,
     )
-    session.client_data(codec.encode_startup((("user", CAROL.name), ("database", "app"))))
-    session.client_data(codec.encode_password("tok"))
-    session.password_verified(CAROL)
-    session.upstream_ready(UpstreamReady(b"", {}, 1, b"up!!", "I"))
+    session.handle(ClientData(codec.encode_startup((("user", CAROL.name), ("database", "app")))))
+    session.handle(ClientData(codec.encode_password("tok")))
+    session.handle(PasswordVerified(CAROL))
+    session.handle(UpstreamReady(b"", {}, 1, b"up!!", "I"))
     return session
 
 
@@ -67,18 +68,18 @@ def test_prepared_statement_is_judged_again_when_a_grant_expires() -> None:
     grants = Grants()
     session = ready_session(grants)
     parse = codec.encode_parse(m.Parse("s1", "select * from vault"))
-    out = sent_upstream(session.client_data(parse + codec.SYNC))
+    out = sent_upstream(session.handle(ClientData(parse + codec.SYNC)))
     assert out == parse + codec.SYNC  # granted: forwarded as sent
-    session.upstream_data(codec.frame(b"1") + codec.encode_ready("I"))
+    session.handle(UpstreamData(codec.frame(b"1") + codec.encode_ready("I")))
 
     bind = codec.encode_bind(m.Bind("", "s1")) + codec.encode_execute(m.Execute("")) + codec.SYNC
-    assert sent_upstream(session.client_data(bind)) == bind  # still granted
-    session.upstream_data(
-        codec.frame(b"2") + codec.encode_command_complete("SELECT 0") + codec.encode_ready("I")
+    assert sent_upstream(session.handle(ClientData(bind))) == bind  # still granted
+    session.handle(
+        UpstreamData(codec.frame(b"2") + codec.encode_command_complete("SELECT 0") + codec.encode_ready("I"))
     )
 
     grants.active = False  # the grant expired
-    out = sent_upstream(session.client_data(bind))
+    out = sent_upstream(session.handle(ClientData(bind)))
     assert b"dbsentry refused statement " in out  # the Bind now names a statement that cannot exist
     assert out != bind
 
@@ -87,7 +88,7 @@ def test_simple_query_follows_the_grant() -> None:
     grants = Grants()
     session = ready_session(grants)
     query = codec.encode_query("select * from vault")
-    assert sent_upstream(session.client_data(query)) == query
-    session.upstream_data(codec.encode_command_complete("SELECT 0") + codec.encode_ready("I"))
+    assert sent_upstream(session.handle(ClientData(query))) == query
+    session.handle(UpstreamData(codec.encode_command_complete("SELECT 0") + codec.encode_ready("I")))
     grants.active = False
-    assert b"dbsentry refused statement " in sent_upstream(session.client_data(query))
+    assert b"dbsentry refused statement " in sent_upstream(session.handle(ClientData(query)))

@@ -13,6 +13,12 @@ from dbsentry.audit.config import AuditConfig
 from dbsentry.audit.records import SessionEvent
 from dbsentry.config import Config, parse_config
 from dbsentry.engines.postgres.session import commands as c
+from dbsentry.engines.postgres.session.events import (
+    ClientClosed,
+    PasswordVerified,
+    StartupTimedOut,
+    UpstreamFailed,
+)
 from dbsentry.engines.postgres.session.pg import ClientInfo, Session, State
 from dbsentry.engines.postgres.session.server_params import ServerParams
 from dbsentry.engines.postgres.session.upstream import UpstreamReady
@@ -74,7 +80,7 @@ def login(pb: Playbook, *params: tuple[str, str]) -> list[c.Command]:
     """Startup and token; what the session answers once the identity is verified."""
     startup = codec.encode_startup((("user", "alice"), ("database", "app"), *params))
     pb.client(startup + codec.encode_password("tok")).take()
-    return pb.event("password_verified", ALICE).take()
+    return pb.event(PasswordVerified(ALICE)).take()
 
 
 def known_cache() -> ServerParams:
@@ -82,7 +88,7 @@ def known_cache() -> ServerParams:
     cache = ServerParams()
     pb = Playbook(session(cache))
     assert login(pb) == [c.OpenUpstream("app", (("database", "app_db"),))]
-    pb.event("upstream_ready", upstream_ready()).expect(c.LoginComplete(), c.SendClient(greeting()))
+    pb.event(upstream_ready()).expect(c.LoginComplete(), c.SendClient(greeting()))
     return cache
 
 
@@ -99,7 +105,7 @@ def test_the_first_client_of_a_connection_logs_in_upstream_and_fills_the_cache()
     pb = Playbook(session(cache))
     assert login(pb) == [c.OpenUpstream("app", (("database", "app_db"),))]
     assert pb.session.state is State.CONNECTING
-    pb.event("upstream_ready", upstream_ready()).expect(c.LoginComplete(), c.SendClient(greeting()))
+    pb.event(upstream_ready()).expect(c.LoginComplete(), c.SendClient(greeting()))
     assert cache.known("app")
 
 
@@ -129,7 +135,7 @@ def test_startup_settings_are_reflected_as_the_server_reports_them() -> None:
     # server spells it.
     first = Playbook(session(cache))
     assert isinstance(login(first, ("client_encoding", "latin1"))[-1], c.OpenUpstream)
-    first.event("upstream_ready", upstream_ready({**SERVER, "client_encoding": "LATIN1"})).take()
+    first.event(upstream_ready({**SERVER, "client_encoding": "LATIN1"})).take()
     pb = Playbook(session(cache))
     got = login(pb, ("client_encoding", "latin1"), ("application_name", "billing"))
     assert got == [
@@ -158,7 +164,7 @@ def test_settings_in_options_count_too() -> None:
     cache = known_cache()
     first = Playbook(session(cache))
     login(first, ("options", "-c search_path=app -c TimeZone=europe/paris"))
-    first.event("upstream_ready", upstream_ready({**SERVER, "TimeZone": "Europe/Paris"})).take()
+    first.event(upstream_ready({**SERVER, "TimeZone": "Europe/Paris"})).take()
     pb = Playbook(session(cache))
     assert login(pb, ("options", "-c search_path=app --timezone=europe/paris")) == [
         c.LoginComplete(),
@@ -206,7 +212,7 @@ def test_the_first_query_opens_the_upstream_and_runs_once_it_is_ready() -> None:
     # More messages wait with it, in order.
     q2 = codec.encode_query("select 2")
     pb.client(q2[:3]).client(q2[3:]).expect_nothing()
-    pb.event("upstream_ready", upstream_ready({**SERVER, "application_name": "app1"})).expect(
+    pb.event(upstream_ready({**SERVER, "application_name": "app1"})).expect(
         c.SendUpstream(q + q2)
     )
     assert pb.session.state is State.READY
@@ -225,7 +231,7 @@ def test_any_message_that_needs_the_database_opens_the_upstream(first: bytes) ->
     pb = greeted()
     got = pb.client(first).take()
     assert got == [c.OpenUpstream("app", (("database", "app_db"),))]
-    pb.event("upstream_ready", upstream_ready()).expect(c.SendUpstream(first))
+    pb.event(upstream_ready()).expect(c.SendUpstream(first))
 
 
 def test_a_query_split_across_chunks_opens_the_upstream_when_complete() -> None:
@@ -233,7 +239,7 @@ def test_a_query_split_across_chunks_opens_the_upstream_when_complete() -> None:
     q = codec.encode_query("select 1")
     pb.client(q[:4]).expect_nothing()
     pb.client(q[4:]).expect(c.OpenUpstream("app", (("database", "app_db"),)))
-    pb.event("upstream_ready", upstream_ready()).expect(c.SendUpstream(q))
+    pb.event(upstream_ready()).expect(c.SendUpstream(q))
 
 
 def test_a_query_pipelined_behind_the_password_opens_the_upstream_at_once() -> None:
@@ -241,10 +247,10 @@ def test_a_query_pipelined_behind_the_password_opens_the_upstream_at_once() -> N
     q = codec.encode_query("select 1")
     startup = codec.encode_startup((("user", "alice"), ("database", "app")))
     pb.client(startup + codec.encode_password("tok") + q).take()
-    pb.event("password_verified", ALICE).expect(
+    pb.event(PasswordVerified(ALICE)).expect(
         c.LoginComplete(), c.SendClient(greeting()), c.OpenUpstream("app", (("database", "app_db"),))
     )
-    pb.event("upstream_ready", upstream_ready()).expect(c.SendUpstream(q))
+    pb.event(upstream_ready()).expect(c.SendUpstream(q))
 
 
 def test_parameters_that_changed_since_the_greeting_are_sent_before_anything_else() -> None:
@@ -253,7 +259,7 @@ def test_parameters_that_changed_since_the_greeting_are_sent_before_anything_els
     pb.client(q).take()
     notice = codec.notice_response("the server is shutting down soon")
     moved = {**SERVER, "server_version": "16.3", "in_hot_standby": "off"}
-    pb.event("upstream_ready", upstream_ready(moved, notice)).expect(
+    pb.event(upstream_ready(moved, notice)).expect(
         c.SendClient(
             codec.encode_parameter_status("server_version", "16.3")
             + codec.encode_parameter_status("in_hot_standby", "off")
@@ -268,7 +274,7 @@ def test_the_client_was_told_its_own_application_name() -> None:
     pb = greeted(None, ("application_name", "report"))
     pb.client(codec.encode_query("select 1")).take()
     # The server reports the same: nothing new for the client.
-    pb.event("upstream_ready", upstream_ready({**SERVER, "application_name": "report"})).expect(
+    pb.event(upstream_ready({**SERVER, "application_name": "report"})).expect(
         c.SendUpstream(codec.encode_query("select 1"))
     )
 
@@ -276,13 +282,13 @@ def test_the_client_was_told_its_own_application_name() -> None:
 def test_an_unreachable_upstream_fails_the_first_query() -> None:
     pb = greeted(audit=True)
     pb.client(codec.encode_query("select 1")).take()
-    got = pb.event("upstream_failed", "08001", "dbsentry: could not connect").take()
+    got = pb.event(UpstreamFailed("08001", "dbsentry: could not connect")).take()
     assert Fatal("08001", "could not connect") in got
     assert c.CloseClient() in got
     closed = [cmd.record for cmd in got if isinstance(cmd, c.Audit)]
     assert [r.event for r in closed if isinstance(r, SessionEvent)] == ["closed"]
     assert pb.session.state is State.CLOSED
-    pb.event("upstream_ready", upstream_ready()).expect(c.CloseUpstream())
+    pb.event(upstream_ready()).expect(c.CloseUpstream())
 
 
 def test_the_session_is_audited_as_opened_at_login() -> None:
@@ -295,21 +301,21 @@ def test_the_session_is_audited_as_opened_at_login() -> None:
     assert (event.event, event.application_name, event.connection) == ("opened", "nightly", "app")
     # Opening the upstream later adds no second "opened".
     pb.client(codec.encode_query("select 1")).take()
-    got = pb.event("upstream_ready", upstream_ready({**SERVER, "application_name": "nightly"})).take()
+    got = pb.event(upstream_ready({**SERVER, "application_name": "nightly"})).take()
     assert not any(isinstance(cmd, c.Audit) and isinstance(cmd.record, SessionEvent) for cmd in got)
 
 
 def test_the_startup_timeout_no_longer_applies_once_greeted() -> None:
     pb = greeted()
-    pb.event("startup_timeout").expect_nothing()
+    pb.event(StartupTimedOut()).expect_nothing()
     pb.client(codec.encode_query("select 1")).take()
-    pb.event("startup_timeout").expect_nothing()
+    pb.event(StartupTimedOut()).expect_nothing()
 
 
 def test_client_leaving_while_the_upstream_opens_closes_it() -> None:
     pb = greeted()
     pb.client(codec.encode_query("select 1")).take()
-    got = pb.event("client_closed").take()
+    got = pb.event(ClientClosed()).take()
     assert got[-1] == c.CloseUpstream()
     assert c.CancelUpstream() not in got
 
@@ -318,7 +324,7 @@ def test_the_upstream_login_teaches_the_cache_too() -> None:
     cache = known_cache()
     pb = greeted(cache)
     pb.client(codec.encode_query("select 1")).take()
-    pb.event("upstream_ready", upstream_ready({**SERVER, "server_version": "17.0"})).take()
+    pb.event(upstream_ready({**SERVER, "server_version": "17.0"})).take()
     later = Playbook(session(cache))
     assert login(later) == [c.LoginComplete(), c.SendClient(greeting({**SERVER, "server_version": "17.0"}))]
 

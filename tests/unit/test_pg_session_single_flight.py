@@ -12,6 +12,17 @@ from hypothesis import strategies as st
 
 from dbsentry.config import Config, parse_config
 from dbsentry.engines.postgres.session import commands as c
+from dbsentry.engines.postgres.session.events import (
+    ClientClosed,
+    ClientData,
+    Event,
+    LoginWaitTimedOut,
+    PasswordVerified,
+    StartupTimedOut,
+    UpstreamClosed,
+    UpstreamFailed,
+    WaitedLoginEnded,
+)
 from dbsentry.engines.postgres.session.pg import ClientInfo, Session, State
 from dbsentry.engines.postgres.session.server_params import ServerParams
 from dbsentry.engines.postgres.session.upstream import UpstreamReady
@@ -63,7 +74,7 @@ def client(
     pb = Playbook(Session(config, ClientInfo(f"203.0.113.7:{50000 + pid}", tls=True), pid, SECRET, server_params=cache))
     startup = codec.encode_startup((("user", "alice"), ("database", database), *params))
     pb.client(startup + codec.encode_password("tok")).take()
-    return pb, pb.event("password_verified", ALICE).take()
+    return pb, pb.event(PasswordVerified(ALICE)).take()
 
 
 def wait(seconds: float = 10.0) -> c.WaitForLogin:
@@ -82,13 +93,13 @@ def test_clients_arriving_during_the_first_login_wait_for_it_then_are_greeted() 
     # first login teaches the default of those that set none.
     third, got = client(cache, 3, ("application_name", "report"))
     assert got == [wait()]
-    first.event("upstream_ready", upstream_ready()).expect(
+    first.event(upstream_ready()).expect(
         c.LoginComplete(), c.SendClient(greeting(1)), c.WakeWaiting((2, 3))
     )
     assert cache.logins_in_flight() == 0
-    second.event("waited_login_ended").expect(c.LoginComplete(), c.SendClient(greeting(2)))
+    second.event(WaitedLoginEnded()).expect(c.LoginComplete(), c.SendClient(greeting(2)))
     assert second.session.state is State.GREETED
-    third.event("waited_login_ended").expect(
+    third.event(WaitedLoginEnded()).expect(
         c.LoginComplete(), c.SendClient(greeting(3, {**SERVER, "application_name": "report"}))
     )
     # Later clients are greeted at once, as before.
@@ -107,7 +118,7 @@ def test_the_wait_is_bounded_by_the_connections_connect_timeout() -> None:
 def test_the_first_login_alone_waits_for_nothing_and_wakes_nobody() -> None:
     cache = ServerParams()
     first, _ = client(cache, 1)
-    first.event("upstream_ready", upstream_ready()).expect(c.LoginComplete(), c.SendClient(greeting(1)))
+    first.event(upstream_ready()).expect(c.LoginComplete(), c.SendClient(greeting(1)))
     assert cache.logins_in_flight() == 0
 
 
@@ -147,10 +158,10 @@ def test_a_login_that_set_application_name_does_not_teach_clients_that_set_none(
     assert got == [OPEN]  # its greeting needs the default application_name
     also_named, got = client(cache, 3, ("application_name", "b"))
     assert got == [wait()]
-    named.event("upstream_ready", upstream_ready({**SERVER, "application_name": "a"})).expect(
+    named.event(upstream_ready({**SERVER, "application_name": "a"})).expect(
         c.LoginComplete(), c.SendClient(greeting(1, {**SERVER, "application_name": "a"})), c.WakeWaiting((3,))
     )
-    also_named.event("waited_login_ended").expect(
+    also_named.event(WaitedLoginEnded()).expect(
         c.LoginComplete(), c.SendClient(greeting(3, {**SERVER, "application_name": "b"}))
     )
     assert plain.session.state is State.CONNECTING
@@ -159,13 +170,13 @@ def test_a_login_that_set_application_name_does_not_teach_clients_that_set_none(
 def test_a_client_with_new_settings_leads_the_clients_with_the_same() -> None:
     cache = ServerParams()
     first, _ = client(cache, 1)
-    first.event("upstream_ready", upstream_ready()).take()
+    first.event(upstream_ready()).take()
     latin, got = client(cache, 2, ("client_encoding", "latin1"))
     assert got == [c.OpenUpstream("app", (("database", "app_db"), ("client_encoding", "latin1")))]
     other, got = client(cache, 3, ("client_encoding", "latin1"))
     assert got == [wait()]
-    latin.event("upstream_ready", upstream_ready({**SERVER, "client_encoding": "LATIN1"})).take()
-    other.event("waited_login_ended").expect(
+    latin.event(upstream_ready({**SERVER, "client_encoding": "LATIN1"})).take()
+    other.event(WaitedLoginEnded()).expect(
         c.LoginComplete(), c.SendClient(greeting(3, {**SERVER, "client_encoding": "LATIN1"}))
     )
 
@@ -175,36 +186,36 @@ def test_when_the_login_fails_one_waiting_client_logs_in_and_the_others_wait_for
     first, _ = client(cache, 1)
     second, _ = client(cache, 2)
     third, _ = client(cache, 3)
-    got = first.event("upstream_failed", "53300", "dbsentry: upstream refused the connection: too many").take()
+    got = first.event(UpstreamFailed("53300", "dbsentry: upstream refused the connection: too many")).take()
     assert Fatal("53300") in got
     assert got[0] == c.WakeWaiting((2, 3))
     # Nothing was learned: the first one woken logs in itself ...
-    second.event("waited_login_ended").expect(OPEN)
+    second.event(WaitedLoginEnded()).expect(OPEN)
     assert second.session.state is State.CONNECTING
     # ... and the next waits for it, within its first deadline (no new timer).
-    third.event("waited_login_ended").expect_nothing()
+    third.event(WaitedLoginEnded()).expect_nothing()
     assert third.session.state is State.WAITING
-    second.event("upstream_ready", upstream_ready()).expect(
+    second.event(upstream_ready()).expect(
         c.LoginComplete(), c.SendClient(greeting(2)), c.WakeWaiting((3,))
     )
-    third.event("waited_login_ended").expect(c.LoginComplete(), c.SendClient(greeting(3)))
+    third.event(WaitedLoginEnded()).expect(c.LoginComplete(), c.SendClient(greeting(3)))
     assert cache.logins_in_flight() == 0
 
 
 @pytest.mark.parametrize(
     "ending",
     [
-        ("client_closed",),
-        ("startup_timeout",),
-        ("upstream_closed",),  # the upstream went away while the masking catalog was read
-        ("upstream_failed", "08001", "dbsentry: could not connect"),
+        ClientClosed(),
+        StartupTimedOut(),
+        UpstreamClosed(),  # the upstream went away while the masking catalog was read
+        UpstreamFailed("08001", "dbsentry: could not connect"),
     ],
 )
-def test_a_login_that_ends_without_teaching_wakes_the_waiting_clients(ending: tuple[str, ...]) -> None:
+def test_a_login_that_ends_without_teaching_wakes_the_waiting_clients(ending: Event) -> None:
     cache = ServerParams()
     first, _ = client(cache, 1)
     client(cache, 2)
-    got = first.event(*ending).take()
+    got = first.event(ending).take()
     assert c.WakeWaiting((2,)) in got
     assert first.session.state is State.CLOSED
     assert cache.logins_in_flight() == 0
@@ -215,14 +226,14 @@ def test_a_waiting_client_gives_up_after_the_timeout_and_logs_in_itself() -> Non
     first, _ = client(cache, 1)
     second, _ = client(cache, 2)
     third, _ = client(cache, 3)
-    second.event("login_wait_timed_out").expect(OPEN)
+    second.event(LoginWaitTimedOut()).expect(OPEN)
     assert second.session.state is State.CONNECTING
     # It no longer waits, and its own login is nobody's to wait for.
-    first.event("upstream_ready", upstream_ready()).expect(
+    first.event(upstream_ready()).expect(
         c.LoginComplete(), c.SendClient(greeting(1)), c.WakeWaiting((3,))
     )
-    second.event("upstream_ready", upstream_ready()).expect(c.LoginComplete(), c.SendClient(greeting(2)))
-    third.event("waited_login_ended").expect(c.LoginComplete(), c.SendClient(greeting(3)))
+    second.event(upstream_ready()).expect(c.LoginComplete(), c.SendClient(greeting(2)))
+    third.event(WaitedLoginEnded()).expect(c.LoginComplete(), c.SendClient(greeting(3)))
     assert cache.logins_in_flight() == 0
 
 
@@ -231,36 +242,36 @@ def test_a_waiting_client_greeted_by_the_time_it_gives_up() -> None:
     cache = ServerParams()
     first, _ = client(cache, 1)
     second, _ = client(cache, 2)
-    first.event("upstream_ready", upstream_ready()).take()
-    second.event("waited_login_ended").take()
-    second.event("login_wait_timed_out").expect_nothing()
-    second.event("waited_login_ended").expect_nothing()
+    first.event(upstream_ready()).take()
+    second.event(WaitedLoginEnded()).take()
+    second.event(LoginWaitTimedOut()).expect_nothing()
+    second.event(WaitedLoginEnded()).expect_nothing()
     assert second.session.state is State.GREETED
 
 
 @pytest.mark.parametrize(
     "ending",
     [
-        ("client_closed",),
-        ("startup_timeout",),
-        ("client_data", codec.frame(b"Q", b"x" * 5000)),  # too much pipelined before login
+        ClientClosed(),
+        StartupTimedOut(),
+        ClientData(codec.frame(b"Q", b"x" * 5000)),  # too much pipelined before login
     ],
 )
-def test_a_waiting_client_that_goes_away_waits_no_more(ending: tuple[object, ...]) -> None:
+def test_a_waiting_client_that_goes_away_waits_no_more(ending: Event) -> None:
     cache = ServerParams()
     first, _ = client(cache, 1)
     second, _ = client(cache, 2)
     client(cache, 3)
-    got = second.event(*ending).take()
+    got = second.event(ending).take()
     assert not any(isinstance(cmd, c.WakeWaiting | c.OpenUpstream) for cmd in got)
     assert second.session.state is State.CLOSED
-    if ending[0] == "startup_timeout":
+    if isinstance(ending, StartupTimedOut):
         assert Fatal("08P01") in got
-    first.event("upstream_ready", upstream_ready()).expect(
+    first.event(upstream_ready()).expect(
         c.LoginComplete(), c.SendClient(greeting(1)), c.WakeWaiting((3,))
     )
-    second.event("waited_login_ended").expect_nothing()
-    second.event("login_wait_timed_out").expect_nothing()
+    second.event(WaitedLoginEnded()).expect_nothing()
+    second.event(LoginWaitTimedOut()).expect_nothing()
 
 
 def test_queries_pipelined_behind_the_password_run_once_the_waiting_client_is_in() -> None:
@@ -270,11 +281,11 @@ def test_queries_pipelined_behind_the_password_run_once_the_waiting_client_is_in
     q = codec.encode_query("select 1")
     startup = codec.encode_startup((("user", "alice"), ("database", "app")))
     pb.client(startup + codec.encode_password("tok") + q[:3]).take()
-    pb.event("password_verified", ALICE).expect(wait())
+    pb.event(PasswordVerified(ALICE)).expect(wait())
     pb.client(q[3:]).expect_nothing()
-    first.event("upstream_ready", upstream_ready()).take()
-    pb.event("waited_login_ended").expect(c.LoginComplete(), c.SendClient(greeting(2)), OPEN)
-    pb.event("upstream_ready", upstream_ready()).expect(c.SendUpstream(q))
+    first.event(upstream_ready()).take()
+    pb.event(WaitedLoginEnded()).expect(c.LoginComplete(), c.SendClient(greeting(2)), OPEN)
+    pb.event(upstream_ready()).expect(c.SendUpstream(q))
 
 
 # ---------------------------------------------------------------------------------------
@@ -302,7 +313,7 @@ def test_at_most_one_login_per_key_is_in_flight_but_for_clients_that_gave_up(ste
             if isinstance(cmd, c.WakeWaiting):
                 for waiting in cmd.sessions:
                     assert sessions[waiting].state is State.WAITING
-                    run(waiting, sessions[waiting].waited_login_ended())
+                    run(waiting, sessions[waiting].handle(WaitedLoginEnded()))
             elif isinstance(cmd, c.WaitForLogin):
                 assert sessions[pid].state is State.WAITING
 
@@ -321,20 +332,20 @@ def test_at_most_one_login_per_key_is_in_flight_but_for_clients_that_gave_up(ste
             pid = pick(State.WAITING, n)
             if pid is not None:
                 gave_up.add(pid)
-                run(pid, sessions[pid].login_wait_timed_out())
+                run(pid, sessions[pid].handle(LoginWaitTimedOut()))
         elif action == "leave":
             pid = pick(State.WAITING if n % 2 else State.CONNECTING, n // 2)
             if pid is not None:
-                run(pid, sessions[pid].client_closed())
+                run(pid, sessions[pid].handle(ClientClosed()))
         else:
             pid = pick(State.CONNECTING, n)
             if pid is not None:
                 s = sessions[pid]
-                run(pid, s.upstream_ready(upstream_ready()) if action == "ready" else s.upstream_failed("08001", "x"))
+                run(pid, s.handle(upstream_ready()) if action == "ready" else s.handle(UpstreamFailed("08001", "x")))
         leading = [keys[pid] for pid, s in sessions.items() if s.state is State.CONNECTING and pid not in gave_up]
         assert len(leading) == len(set(leading))
     # Let every login in flight complete: nobody is left waiting.
     while (pid := pick(State.CONNECTING, 0)) is not None:
-        run(pid, sessions[pid].upstream_ready(upstream_ready()))
+        run(pid, sessions[pid].handle(upstream_ready()))
     assert not any(s.state is State.WAITING for s in sessions.values())
     assert cache.logins_in_flight() == 0

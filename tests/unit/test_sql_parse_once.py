@@ -16,6 +16,7 @@ from test_masking_lineage import FUNCTIONS, ROWS, VIEWS
 from dbsentry.audit.config import AuditConfig
 from dbsentry.config import parse_config
 from dbsentry.engines.postgres.session import commands as c
+from dbsentry.engines.postgres.session.events import ClientData, PasswordVerified
 from dbsentry.engines.postgres.session.governance import Governor
 from dbsentry.engines.postgres.session.masking import MaskingService
 from dbsentry.engines.postgres.session.pg import ClientInfo, Session
@@ -78,10 +79,10 @@ def _session() -> Session:
         masking_service=service,
         catalog_service=service,
     )
-    session.client_data(codec.encode_startup((("user", "ann@example.com"), ("database", "app"))))
-    session.client_data(codec.encode_password("token"))
-    session.password_verified(Identity("ann@example.com", frozenset({"eng"}), "human", "t", "token"))
-    session.upstream_ready(UpstreamReady(b"", {}, 42, b"abcd", "I"))
+    session.handle(ClientData(codec.encode_startup((("user", "ann@example.com"), ("database", "app")))))
+    session.handle(ClientData(codec.encode_password("token")))
+    session.handle(PasswordVerified(Identity("ann@example.com", frozenset({"eng"}), "human", "t", "token")))
+    session.handle(UpstreamReady(b"", {}, 42, b"abcd", "I"))
     return session
 
 
@@ -106,7 +107,7 @@ def _assert_once(counting: Counting) -> None:
 def test_simple_query_is_parsed_once(counting: Counting) -> None:
     session = _session()
     sql = "/* traceparent='00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01' */ select email, name from customers where email = 'ann@example.com';"
-    records = _records(session.client_data(codec.encode_query(sql)))
+    records = _records(session.handle(ClientData(codec.encode_query(sql))))
     assert records and records[0].fingerprint
     _assert_once(counting)
     assert sum(n for (name, _), n in counting.calls.items() if name == "parse_sql_json") == 1
@@ -121,7 +122,7 @@ def test_parse_bind_execute_is_parsed_once(counting: Counting) -> None:
         + codec.encode_execute(m.Execute("", 0))
         + codec.frame(b"S", b"")
     )
-    records = _records(session.client_data(frames))
+    records = _records(session.handle(ClientData(frames)))
     assert records
     _assert_once(counting)
     assert sum(n for (name, _), n in counting.calls.items() if name == "parse_sql_json") == 1
@@ -130,7 +131,7 @@ def test_parse_bind_execute_is_parsed_once(counting: Counting) -> None:
 def test_multi_statement_string_is_parsed_once(counting: Counting) -> None:
     session = _session()
     sql = "select email from customers where id = 1;\n  select name from customers where email = 'x@example.com'; select 1"
-    records = _records(session.client_data(codec.encode_query(sql)))
+    records = _records(session.handle(ClientData(codec.encode_query(sql))))
     assert len([r for r in records if getattr(r, "statement", None)]) == 3
     _assert_once(counting)
     # the whole string once; each statement's text reuses its part of that parse

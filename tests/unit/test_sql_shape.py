@@ -21,6 +21,7 @@ from test_masking_lineage import FUNCTIONS, ROWS, VIEWS
 from dbsentry.audit.config import AuditConfig
 from dbsentry.config import parse_config
 from dbsentry.engines.postgres.session import commands as c
+from dbsentry.engines.postgres.session.events import ClientData, UpstreamData
 from dbsentry.engines.postgres.session.governance import Governor
 from dbsentry.engines.postgres.session.masking import MaskingService
 from dbsentry.engines.postgres.session.pg import ClientInfo, Session
@@ -291,7 +292,7 @@ def _frames(data: bytes) -> list[tuple[int, str]]:
 def exchange(session: Session, sql: str) -> dict[str, Any]:
     """What the session does with one Query and its answer, without what differs between
     sessions (ids, times, marker numbers)."""
-    cmds = session.client_data(codec.encode_query(sql))
+    cmds = session.handle(ClientData(codec.encode_query(sql)))
     then = [x for cmd in cmds if isinstance(cmd, c.AuditGate) for x in cmd.then]
     upstream = b"".join(x.data for x in [*cmds, *then] if isinstance(x, c.SendUpstream))
     marker = _MARKER.search(upstream.decode("utf-8", "replace"))
@@ -299,7 +300,7 @@ def exchange(session: Session, sql: str) -> dict[str, Any]:
         answer = codec.error_response("22P02", f'invalid input syntax for type integer: "{marker.group(0)}"')
     else:
         answer = _ROWS
-    back = session.upstream_data(answer + codec.encode_ready("I"))
+    back = session.handle(UpstreamData(answer + codec.encode_ready("I")))
     client = b"".join(x.data for x in back if isinstance(x, c.SendClient))
     logs = sorted(str(x.event) for x in [*cmds, *back] if isinstance(x, c.Log))
     return {

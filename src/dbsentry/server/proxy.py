@@ -1,7 +1,8 @@
 """The thin asyncio shell: sockets, TLS and timers around the session state machines.
 
-No protocol rule lives here.  Bytes go into a :class:`~dbsentry.engines.postgres.session.pg.Session`,
-commands come out and are carried out in order.  Forwarding uses asyncio protocols (not
+No protocol rule lives here.  What the shell learns (bytes read, a timer fired, the answer
+to a command) goes into a :class:`~dbsentry.engines.postgres.session.pg.Session` as an event
+(``Session.handle``), commands come out and are carried out in order.  Forwarding uses asyncio protocols (not
 streams) so a chunk read from one socket is written to the other without extra copies
 or task switches.
 """
@@ -27,6 +28,21 @@ from dbsentry.audit.appender import AuditLog, AuditUnavailable, resolves
 from dbsentry.audit.records import CompletionRecord, Record, SessionEvent, StatementRecord
 from dbsentry.config import Config, ConfigError, ConnectionConfig
 from dbsentry.engines.postgres.session import commands as c
+from dbsentry.engines.postgres.session.events import (
+    AuditFailed,
+    ClientClosed,
+    ClientData,
+    ClientTLSStarted,
+    GuardApprovalAnswered,
+    HeldRefused,
+    LoginWaitTimedOut,
+    PasswordVerified,
+    StartupTimedOut,
+    UpstreamClosed,
+    UpstreamData,
+    UpstreamFailed,
+    WaitedLoginEnded,
+)
 from dbsentry.engines.postgres.session.governance import Governor
 from dbsentry.engines.postgres.session.pg import ClientInfo, Session
 from dbsentry.engines.postgres.session.server_params import ServerParams
@@ -221,7 +237,7 @@ class ClientConnection(asyncio.Protocol):
         self._timer = loop.call_later(self.proxy.config.limits.startup_timeout_seconds, self._startup_timeout)
 
     def data_received(self, data: bytes) -> None:
-        self.run(self.session.client_data(data))
+        self.run(self.session.handle(ClientData(data)))
 
     def eof_received(self) -> bool:
         return False
@@ -238,7 +254,7 @@ class ClientConnection(asyncio.Protocol):
         if self._grants_for is not None and self.proxy.approvals is not None:
             self.proxy.approvals.release_grants(self._grants_for)
             self._grants_for = None
-        self.run(self.session.client_closed())
+        self.run(self.session.handle(ClientClosed()))
 
     def pause_writing(self) -> None:
         if self.upstream is not None and self.upstream.transport is not None:
@@ -330,7 +346,7 @@ class ClientConnection(asyncio.Protocol):
                 for pid in cmd.sessions:
                     waiting = sessions.get(pid)
                     if waiting is not None:
-                        waiting.run(waiting.session.waited_login_ended())
+                        waiting.run(waiting.session.handle(WaitedLoginEnded()))
             case _:
                 assert_never(cmd)
 
@@ -550,7 +566,7 @@ class ClientConnection(asyncio.Protocol):
         svc = self.proxy.approvals
         session = self.session
         if svc is None or session.identity is None or session.connection_name is None:
-            self.run(session.guard_approval(False, None))
+            self.run(session.handle(GuardApprovalAnswered(False, None)))
             return
         decision = Decision("require_approval", (cmd.rule,), cmd.message, min_approvals=1)
 
@@ -561,13 +577,13 @@ class ClientConnection(asyncio.Protocol):
             except (ApprovalStoreError, OSError) as err:
                 log.error("approvals unavailable", extra={"fields": {"error": str(err)}})
                 if not self.closed:
-                    self.run(session.guard_approval(False, None))
+                    self.run(session.handle(GuardApprovalAnswered(False, None)))
                 return
             if not self.closed:
                 # A pending request for the same text may carry an older message: say what
                 # this run would have done.
                 message = svc.refusal_message(dataclasses.replace(gate.request, message=cmd.message))
-                self.run(session.guard_approval(gate.outcome == "run", message))
+                self.run(session.handle(GuardApprovalAnswered(gate.outcome == "run", message)))
 
         spawn(ask(), name="guard-approval")
 
@@ -604,9 +620,9 @@ class ClientConnection(asyncio.Protocol):
             if entry.ok:
                 todo = entry.cmd.then
             elif entry.refusal is not None:
-                todo = self.session.refuse_held(entry.cmd.frames, entry.cmd.records, *entry.refusal)
+                todo = self.session.handle(HeldRefused(entry.cmd.frames, entry.cmd.records, *entry.refusal))
             else:
-                todo = self.session.audit_failed(entry.cmd.frames, entry.cmd.records)
+                todo = self.session.handle(AuditFailed(entry.cmd.frames, entry.cmd.records))
             for cmd in [*todo, *entry.after]:
                 if self.closed and type(cmd) is c.SendUpstream:
                     # The client left while its statement waited for its audit record (or
@@ -634,11 +650,11 @@ class ClientConnection(asyncio.Protocol):
             up.transport.close()
 
     def _startup_timeout(self) -> None:
-        self.run(self.session.startup_timeout())
+        self.run(self.session.handle(StartupTimedOut()))
 
     def _login_wait_timed_out(self) -> None:
         self._wait = None
-        self.run(self.session.login_wait_timed_out())
+        self.run(self.session.handle(LoginWaitTimedOut()))
 
     def cancel_upstream(self) -> None:
         for entry in self._gate:
@@ -680,13 +696,13 @@ class ClientConnection(asyncio.Protocol):
             return
         self.transport = new
         ssl_obj = new.get_extra_info("ssl_object")
-        self.run(self.session.client_tls_started(ssl_obj.version() if ssl_obj is not None else None))
+        self.run(self.session.handle(ClientTLSStarted(ssl_obj.version() if ssl_obj is not None else None)))
 
     def _verify(self, cmd: c.VerifyPassword) -> None:
         auth = self.proxy.authenticator
         source = self.address.rsplit(":", 1)[0]
         if not self.proxy.auth_needs_io and self.proxy.approvals is None:
-            self.run(self.session.password_verified(login(auth.authenticate, cmd.user, cmd.password, source)))
+            self.run(self.session.handle(PasswordVerified(login(auth.authenticate, cmd.user, cmd.password, source))))
             return
 
         async def verify() -> None:
@@ -700,7 +716,7 @@ class ClientConnection(asyncio.Protocol):
                 except (ApprovalStoreError, OSError) as err:
                     log.error("cannot read access grants", extra={"fields": {"error": str(err)}})
             if not self.closed:
-                self.run(self.session.password_verified(identity))
+                self.run(self.session.handle(PasswordVerified(identity)))
 
         spawn(verify(), name="verify")
 
@@ -710,7 +726,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             password = conn.resolve_password()
         except (ConfigError, OSError) as err:
-            self.run(self.session.upstream_failed("08004", f"dbsentry: connection {cmd.connection!r} is misconfigured: {err}"))
+            self.run(self.session.handle(UpstreamFailed("08004", f"dbsentry: connection {cmd.connection!r} is misconfigured: {err}")))
             return
         where = f'the upstream of connection "{cmd.connection}"'
         try:
@@ -721,7 +737,7 @@ class ClientConnection(asyncio.Protocol):
         except (OSError, TimeoutError) as err:
             reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
             self._log_upstream_failure(cmd.connection, conn, f"could not connect: {reason}")
-            self.run(self.session.upstream_failed("08001", f"dbsentry: could not connect to {where}: {reason}"))
+            self.run(self.session.handle(UpstreamFailed("08001", f"dbsentry: could not connect to {where}: {reason}")))
             return
         self.upstream = proto
         if self.closed:
@@ -752,7 +768,7 @@ class ClientConnection(asyncio.Protocol):
             except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as err:
                 transport.close()
                 self._log_upstream_failure(cmd.connection, conn, f"TLS failed: {err}")
-                self.run(self.session.upstream_failed("08001", f"dbsentry: TLS to {where} failed: {err}"))
+                self.run(self.session.handle(UpstreamFailed("08001", f"dbsentry: TLS to {where} failed: {err}")))
                 return
         proto.start_handshake(
             UpstreamHandshake(conn.user, password, cmd.params, binding, self.proxy.config.limits.max_message_bytes)
@@ -789,8 +805,10 @@ class ClientConnection(asyncio.Protocol):
                     self._ready(ready)
                 return
             self.run(
-                self.session.upstream_failed(
-                    "08004", f'dbsentry: cannot read the schema of connection "{name}" to classify sensitive data: {err}'
+                self.session.handle(
+                    UpstreamFailed(
+                        "08004", f'dbsentry: cannot read the schema of connection "{name}" to classify sensitive data: {err}'
+                    )
                 )
             )
             return
@@ -802,7 +820,7 @@ class ClientConnection(asyncio.Protocol):
         if name is not None and ready.backend_pid:
             self._backend = (name, ready.backend_pid)
             self.proxy.backend_pids[self._backend] = self.session.proxy_pid
-        self.run(self.session.upstream_ready(ready))
+        self.run(self.session.handle(ready))
 
     def _forget_backend(self) -> None:
         if self._backend is not None:
@@ -820,7 +838,7 @@ class ClientConnection(asyncio.Protocol):
             sqlstate, message = "08004", f'dbsentry: the upstream of connection "{name}" rejected the proxy\'s credentials'
         elif from_server:
             message = f"dbsentry: upstream refused the connection: {message}"
-        self.run(self.session.upstream_failed(sqlstate, message))
+        self.run(self.session.handle(UpstreamFailed(sqlstate, message)))
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -858,7 +876,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.ready:
-            self.client.run(self.client.session.upstream_data(data))
+            self.client.run(self.client.session.handle(UpstreamData(data)))
             return
         if self.tls_answer is not None and not self.tls_answer.done():
             if len(data) != 1:
@@ -911,7 +929,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.tls_answer.set_exception(ConnectionError("connection closed during TLS negotiation"))
         if self.ready:
             self.ready = False
-            self.client.run(self.client.session.upstream_closed())
+            self.client.run(self.client.session.handle(UpstreamClosed()))
         elif self.handshake is not None:
             self.handshake = None
             self.client.on_upstream_failed("08006", "dbsentry: the upstream closed the connection during login", False)

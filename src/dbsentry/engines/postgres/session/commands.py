@@ -1,7 +1,9 @@
 """What a session asks its I/O shell to do.
 
 The session state machines never perform I/O: they return these commands, and the
-asyncio shell (``dbsentry.server``) carries them out in order.
+asyncio shell (``dbsentry.server``) carries them out in order.  A command that needs an
+answer names the event (:mod:`dbsentry.engines.postgres.session.events`) the shell feeds
+back through ``Session.handle``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class StartClientTLS:
 
 @dataclass(slots=True)
 class VerifyPassword:
-    """Check the token the client sent; answer with ``Session.password_verified``."""
+    """Check the token the client sent; answer with ``PasswordVerified``."""
 
     user: str
     password: str
@@ -44,7 +46,7 @@ class LoginComplete:
 
 @dataclass(slots=True)
 class OpenUpstream:
-    """Connect and log in to the upstream; answer with ``upstream_ready`` or ``upstream_failed``."""
+    """Connect and log in to the upstream; answer with ``UpstreamReady`` or ``UpstreamFailed``."""
 
     connection: str
     params: tuple[tuple[str, str], ...]
@@ -54,7 +56,7 @@ class OpenUpstream:
 class WaitForLogin:
     """Another session's upstream login will tell how to greet this client: it waits.
 
-    Call ``Session.login_wait_timed_out`` after ``seconds`` unless the client is logged in
+    Send ``LoginWaitTimedOut`` after ``seconds`` unless the client is logged in
     (``LoginComplete``) or gone by then.  Sent once per session.
     """
 
@@ -64,8 +66,8 @@ class WaitForLogin:
 
 @dataclass(slots=True)
 class WakeWaiting:
-    """This session's upstream login ended (in success or failure): call
-    ``Session.waited_login_ended`` of each session that waited for it (proxy backend pids)."""
+    """This session's upstream login ended (in success or failure): send ``WaitedLoginEnded``
+    to each session that waited for it (proxy backend pids)."""
 
     sessions: tuple[int, ...]
 
@@ -105,8 +107,9 @@ class AuditGate:
     """Commit ``records`` durably, then carry out ``then``.
 
     Commands after this one that send to the upstream wait their turn behind it.  If the
-    store cannot commit, the shell calls ``Session.audit_failed(frames)`` instead of
-    carrying out ``then``, and carries out what that returns.
+    store cannot commit, the shell sends ``AuditFailed(frames, records)`` instead of
+    carrying out ``then`` (``HeldRefused`` when an approval is refused), and carries out
+    what that returns.
     """
 
     records: list[Record]
@@ -141,7 +144,7 @@ class GuardApproval:
     """A statement changed more rows than the guard allows: may an approval let it commit?
 
     Ask the approvals service as for ``ApprovalAsk`` (an approved request for the same
-    statement is used up), then answer with ``Session.guard_approval(approved, message)``;
+    statement is used up), then answer with ``GuardApprovalAnswered(approved, message)``;
     without approvals, answer ``(False, None)`` at once.  The statement's transaction stays
     open meanwhile, so the shell never waits for a person here.
     """

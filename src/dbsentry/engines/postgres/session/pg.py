@@ -1,7 +1,8 @@
 """The per-connection PostgreSQL session: a state machine with no awaits.
 
-Events come in as method calls (bytes from the client, bytes from the upstream, "the
-token was checked", "the upstream is ready", ...); commands come out
+Events come in through one entry point, :meth:`Session.handle` (bytes from the client,
+bytes from the upstream, "the token was checked", "the upstream is ready", ...:
+:mod:`dbsentry.engines.postgres.session.events`); commands come out
 (:mod:`dbsentry.engines.postgres.session.commands`).  Every rule of the session lives here, so it is
 tested without sockets.
 
@@ -39,7 +40,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
-from typing import Protocol
+from typing import Protocol, assert_never
 
 from dbsentry.approvals.model import statement_key
 from dbsentry.audit.config import AuditConfig
@@ -47,6 +48,23 @@ from dbsentry.audit.records import CompletionRecord, Record, extract_correlation
 from dbsentry.config import Config, ConnectionConfig
 from dbsentry.engines.postgres.session import commands as c
 from dbsentry.engines.postgres.session.auditing import SessionAudit
+from dbsentry.engines.postgres.session.events import (
+    AuditFailed,
+    ClientClosed,
+    ClientData,
+    ClientTLSStarted,
+    Event,
+    GuardApprovalAnswered,
+    HeldRefused,
+    LoginWaitTimedOut,
+    PasswordVerified,
+    StartupTimedOut,
+    UpstreamClosed,
+    UpstreamData,
+    UpstreamFailed,
+    UpstreamReady,
+    WaitedLoginEnded,
+)
 from dbsentry.engines.postgres.session.governance import (
     Check,
     Governor,
@@ -71,7 +89,6 @@ from dbsentry.engines.postgres.session.server_params import (
     Setting,
     given_application_name,
 )
-from dbsentry.engines.postgres.session.upstream import UpstreamReady
 from dbsentry.engines.postgres.sql import shape as _shape
 from dbsentry.engines.postgres.sql.facts import (
     SQLParseError,
@@ -718,8 +735,6 @@ class Session:
             c.CloseUpstream(),
         ]
 
-    # ------------------------------------------------------------------ client events
-
     def _enter(self, state: State) -> None:
         if state not in TRANSITIONS[self.state]:
             old = self.state
@@ -727,7 +742,53 @@ class Session:
             raise SessionStateError(f"session {self.session_id}: {old.value} -> {state.value} is not a transition")
         self.state = state
 
-    def client_data(self, data: bytes) -> list[c.Command]:
+    # ------------------------------------------------------------------ events in
+
+    def handle(self, event: Event) -> list[c.Command]:
+        """Feed the session one event; the commands to carry out, in order.
+
+        The session's only entry point.  The match is exhaustive (mypy checks
+        ``assert_never``): an event added to :data:`~dbsentry.engines.postgres.session.events.Event`
+        and not handled here is a type error, not a silent drop.
+        """
+        # The two events of every network read come first, by exact type: in CPython 3.11 a
+        # class pattern that matches allocates (a set, a list and a tuple), which the hot
+        # path need not pay.  Events are final, so mypy narrows them out of the match.
+        if type(event) is ClientData:
+            return self._on_client_data(event.data)
+        if type(event) is UpstreamData:
+            return self._on_upstream_data(event.data)
+        match event:
+            case PasswordVerified():
+                return self._on_password_verified(event.identity)
+            case UpstreamReady():
+                return self._on_upstream_ready(event)
+            case UpstreamFailed():
+                return self._on_upstream_failed(event.sqlstate, event.message)
+            case AuditFailed():
+                return self._refuse_held(event.frames, event.records, "58000", AUDIT_UNAVAILABLE)
+            case HeldRefused():
+                return self._refuse_held(event.frames, event.records, event.sqlstate, event.message)
+            case GuardApprovalAnswered():
+                return self._on_guard_approval(event.approved, event.message)
+            case ClientTLSStarted():
+                return self._on_client_tls_started(event.version)
+            case WaitedLoginEnded():
+                return self._on_waited_login_ended()
+            case LoginWaitTimedOut():
+                return self._on_login_wait_timed_out()
+            case StartupTimedOut():
+                return self._on_startup_timed_out()
+            case ClientClosed():
+                return self._on_client_closed()
+            case UpstreamClosed():
+                return self._on_upstream_closed()
+            case _:
+                assert_never(event)
+
+    # ------------------------------------------------------------------ client events
+
+    def _on_client_data(self, data: bytes) -> list[c.Command]:
         try:
             if self.state is State.READY:
                 return self._client_ready(data)
@@ -779,7 +840,7 @@ class Session:
             return [c.ForwardCancel(packet.pid, packet.secret), c.CloseClient()]
         return self._on_startup_message(packet, rest)
 
-    def client_tls_started(self, version: str | None) -> list[c.Command]:
+    def _on_client_tls_started(self, version: str | None) -> list[c.Command]:
         self.client.tls = True
         self.client.tls_version = version
         return []
@@ -846,7 +907,7 @@ class Session:
             raise codec.MessageTooLarge("too much data sent before authentication completed")
         return []
 
-    def password_verified(self, identity: Identity | LoginThrottled | None) -> list[c.Command]:
+    def _on_password_verified(self, identity: Identity | LoginThrottled | None) -> list[c.Command]:
         if self.state is not State.VERIFYING:
             return []
         assert self.startup is not None
@@ -934,7 +995,7 @@ class Session:
         self._enter(State.WAITING)
         return out
 
-    def waited_login_ended(self) -> list[c.Command]:
+    def _on_waited_login_ended(self) -> list[c.Command]:
         """The login this session waited for ended (:class:`~dbsentry.engines.postgres.session.commands.WakeWaiting`):
         greet the client from what it taught; else (it failed) log in upstream, or wait
         again when another woken session already does."""
@@ -943,7 +1004,7 @@ class Session:
         self._flight = None  # it left the registry with the login that ended
         return self._log_in(wait=True)
 
-    def login_wait_timed_out(self) -> list[c.Command]:
+    def _on_login_wait_timed_out(self) -> list[c.Command]:
         """Waited ``connect_timeout_seconds`` for another session's login: log in upstream."""
         if self.state is not State.WAITING:
             return []
@@ -1137,7 +1198,7 @@ class Session:
 
     # ------------------------------------------------------------------ upstream login
 
-    def upstream_ready(self, ready: UpstreamReady) -> list[c.Command]:
+    def _on_upstream_ready(self, ready: UpstreamReady) -> list[c.Command]:
         if self.state is State.CONNECTING:
             out = self._logged_in(ready.params.get("application_name"))
             out.append(
@@ -1187,10 +1248,10 @@ class Session:
             users = [conn.user, *(v for k, v in self._forced_settings() if k == "role")] if conn is not None else []
             self.masking.start_search_path(self._client_settings(), users)
         if ready.leftover:
-            out.extend(self.upstream_data(ready.leftover))
+            out.extend(self._on_upstream_data(ready.leftover))
         if self._early:
             early, self._early = self._early, b""
-            out.extend(self.client_data(early))
+            out.extend(self._on_client_data(early))
         return out
 
     def _start_guard(self) -> None:
@@ -1240,7 +1301,7 @@ class Session:
             news.append(buf[start - 5 : end])
         return b"".join(news)
 
-    def upstream_failed(self, sqlstate: str, message: str) -> list[c.Command]:
+    def _on_upstream_failed(self, sqlstate: str, message: str) -> list[c.Command]:
         if self.state is State.CLOSED:
             return []
         return self._fail(sqlstate, message, connection=self.connection_name)
@@ -1276,13 +1337,7 @@ class Session:
         buf, spans = self._client_frames.split(held)
         return self._process(buf, spans, None) if spans else []
 
-    def audit_failed(
-        self, frames: tuple[bytes, list[tuple[int, int, int]]], records: Sequence[Record] = ()
-    ) -> list[c.Command]:
-        """The records of these frames could not be committed: none of their statements runs."""
-        return self.refuse_held(frames, records, "58000", AUDIT_UNAVAILABLE)
-
-    def refuse_held(
+    def _refuse_held(
         self,
         frames: tuple[bytes, list[tuple[int, int, int]]],
         records: Sequence[Record],
@@ -2013,7 +2068,7 @@ class Session:
             cmds.extend(self._release_held())
         return cmds
 
-    def guard_approval(self, approved: bool, message: str | None) -> list[c.Command]:
+    def _on_guard_approval(self, approved: bool, message: str | None) -> list[c.Command]:
         """The answer to :class:`~dbsentry.engines.postgres.session.commands.GuardApproval`."""
         guard = self.guard
         if guard is None or self.state is not State.READY:
@@ -2279,7 +2334,7 @@ class Session:
         portal) called after a fresh marker, which cannot exist: PostgreSQL itself fails it
         at the right point of the pipeline, moves the transaction to the failed state
         exactly as for any error, and skips to the next Sync.  Its ErrorResponse carries
-        the marker, and :meth:`upstream_data` replaces it with this message.
+        the marker, and :meth:`_on_upstream_data` replaces it with this message.
         """
         self._marker_seq += 1
         if not self._marker_prefix:
@@ -2350,7 +2405,7 @@ class Session:
 
     # ------------------------------------------------------------------ from the upstream
 
-    def upstream_data(self, data: bytes) -> list[c.Command]:
+    def _on_upstream_data(self, data: bytes) -> list[c.Command]:
         if self.state is not State.READY:
             return []
         try:
@@ -2537,7 +2592,7 @@ class Session:
 
     # ------------------------------------------------------------------ endings
 
-    def client_closed(self) -> list[c.Command]:
+    def _on_client_closed(self) -> list[c.Command]:
         # Busy: a query may be running (a Flush without Sync leaves no ReadyForQuery owed).
         was_busy = self.state is State.READY and (self.pending_syncs > 0 or self._busy)
         out: list[c.Command] = [c.Log(logging.DEBUG, "session.client_closed", {"busy": was_busy})]
@@ -2551,7 +2606,7 @@ class Session:
         out.append(c.CloseUpstream())
         return out
 
-    def upstream_closed(self) -> list[c.Command]:
+    def _on_upstream_closed(self) -> list[c.Command]:
         if self.state is State.CLOSED:
             return []
         out: list[c.Command] = [c.Log(logging.INFO, "session.upstream_closed", {"connection": self.connection_name})]
@@ -2563,7 +2618,7 @@ class Session:
         out.append(c.CloseClient())
         return out
 
-    def startup_timeout(self) -> list[c.Command]:
+    def _on_startup_timed_out(self) -> list[c.Command]:
         if self.state in (State.READY, State.GREETED, State.OPENING, State.CLOSED):
             return []
         return self._fail("08P01", "dbsentry: timeout waiting for startup and authentication", client=self.client.address)

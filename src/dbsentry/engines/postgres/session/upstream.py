@@ -9,23 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# The login's result is the session's event as it is (``Session.handle(ready)``).
+from dbsentry.engines.postgres.session.events import UpstreamReady as UpstreamReady
 from dbsentry.engines.postgres.wire import codec
 from dbsentry.engines.postgres.wire import messages as m
 from dbsentry.engines.postgres.wire.auth import AuthError, ScramClient, md5_password_message
 
 _UNSUPPORTED_AUTH = {2: "Kerberos V5", 6: "SCM credentials", 7: "GSSAPI", 9: "SSPI"}
-
-
-@dataclass(slots=True)
-class UpstreamReady:
-    """The upstream accepted the login and is ready for queries."""
-
-    parameter_frames: bytes  # ParameterStatus and NoticeResponse frames, as received
-    params: dict[str, str]
-    backend_pid: int
-    backend_secret: bytes
-    status: str
-    leftover: bytes = b""
 
 
 @dataclass(slots=True)
