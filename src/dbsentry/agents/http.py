@@ -105,6 +105,7 @@ class McpHttp:
                 yield
             finally:
                 await self.tools.wire.close()
+                self.tools.waits.close()
                 if self.tools.audit is not None:
                     self.tools.audit.close()
 

@@ -37,6 +37,9 @@ class McpConfig(_Model):
     statement_timeout_seconds: float = Field(default=15.0, gt=0, le=3600)
     rate_per_minute: int = Field(default=120, ge=1)
     max_sql_bytes: int = Field(default=32 * 1024, ge=64, le=1024 * 1024)
+    # How long request_approval / approval_status hold a call open for a reviewer's decision
+    # when the client asked for progress notifications (0: never; the agent polls).
+    approval_wait_seconds: float = Field(default=300.0, ge=0, le=3600)
     connections: dict[str, McpLimits] = Field(default_factory=dict)
     identities: dict[str, McpLimits] = Field(default_factory=dict)
     # The address the tools connect to; default: listen.postgres (0.0.0.0 -> 127.0.0.1).

@@ -114,6 +114,7 @@ def run_stdio(loaded: LoadedConfig, token: str) -> int:
         anyio.run(main)
     finally:
         audit.close()
+        tools.waits.close()
         close_approvals()
         authenticator.close()
     return 0

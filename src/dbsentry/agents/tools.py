@@ -28,6 +28,7 @@ from dbsentry.agents.limits import (
 )
 from dbsentry.agents.runs import RunContext
 from dbsentry.agents.statements import explain_text, one_statement, returns_rows
+from dbsentry.agents.waiting import Tick, Waits
 from dbsentry.agents.wire import Outcome, Wire, end_transaction, refusal
 from dbsentry.approvals.model import ApprovalRequest, granted_connections, with_grants
 from dbsentry.identity.model import Identity
@@ -105,6 +106,7 @@ class Tools:
         self.views = views
         self.rate = rate if rate is not None else RateLimiter()
         self.audit = audit
+        self.waits = Waits(config.approvals, approvals)
 
     # --- shared --------------------------------------------------------------------------------
 
@@ -430,6 +432,20 @@ class Tools:
         if req is None or req.requester != agent.identity.name:
             raise ToolRefused(f"no approval request {request_id} of {agent.identity.name}")
         return _request_dict(req, self.config.approvals.console_url)
+
+    async def wait_for_decision(self, agent: Agent, status: dict[str, Any], tick: Tick) -> dict[str, Any]:
+        """``status`` (of one of ``agent``'s requests) once a reviewer has decided, or still
+        pending after ``mcp.approval_wait_seconds``; the caller ends the wait by cancelling."""
+        if status.get("status") != "pending" or self.cfg.approval_wait_seconds <= 0:
+            return status
+        request_id = str(status["request_id"])
+        started = time.monotonic()
+        await self.waits.until_decided(request_id, self.cfg.approval_wait_seconds, tick)
+        waited = round(time.monotonic() - started, 1)
+        now = self.approval_status(agent, request_id, rate=False)
+        if now["status"] == "pending":
+            now["next"] = f"still pending after waiting {waited:g}s for a reviewer; call approval_status again later"
+        return {**status, **now, "waited_seconds": waited}
 
 
 def _quote(value: str) -> str:
