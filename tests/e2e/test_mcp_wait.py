@@ -45,10 +45,11 @@ def stdio(setup: McpSetup, scenario: Callable[[Client], Awaitable[None]]) -> Non
     anyio.run(main)
 
 
-def http(setup: McpSetup, scenario: Callable[[Client], Awaitable[None]]) -> None:
+def http(setup: McpSetup, scenario: Callable[[Client], Awaitable[None]], *, legacy: bool = False) -> None:
     async def main() -> None:
         h = create_mcp_http_client(headers={"Authorization": f"Bearer {setup.agent_token()}"})
-        async with h, Client(streamable_http_client(setup.http_url, http_client=h)) as client:
+        transport = streamable_http_client(setup.http_url, http_client=h)
+        async with h, (Client(transport, mode="legacy") if legacy else Client(transport)) as client:
             await scenario(client)
 
     anyio.run(main)
@@ -150,6 +151,31 @@ def test_http_approval_status_wait_ends_with_a_denial(setup: McpSetup, pg_server
 
     http(setup, scenario)
     assert count(pg_server, f"SELECT count(*) FROM {setup.schema}.mcp_orders WHERE id = 2") == 1
+
+
+def test_http_legacy_handshake_waits_too(setup: McpSetup) -> None:
+    """The 2025-11-25 initialize handshake (what most clients speak today), not 2026-07-28."""
+    sql = f"DELETE FROM {setup.schema}.mcp_orders WHERE id = 4"
+    base = setup.http_url.removesuffix("/mcp")
+
+    def approve(rid: str) -> None:  # what the console's Approve button sends
+        got = httpx2.post(
+            f"{base}/api/v1/approvals/{rid}/approve", json={"comment": "ok"}, headers={"Authorization": f"Bearer {setup.proxy.token(*DBA)}"}, timeout=10
+        )
+        assert got.status_code == 200, got.text
+
+    reviewer = Reviewer(approve, delay=0.5)
+
+    async def scenario(client: Client) -> None:
+        assert client.protocol_version == "2025-11-25", client.protocol_version
+        result = await client.call_tool(
+            "request_approval", {"connection": "staging", "sql": sql, "reason": "OPS-13"}, progress_callback=reviewer.progress
+        )
+        reviewer.join()
+        data = structured(result)
+        assert not result.is_error and data["status"] == "approved" and data["waited_seconds"] < MAX_WAIT, data
+
+    http(setup, scenario, legacy=True)
 
 
 def test_the_wait_is_bounded_and_returns_pending(setup: McpSetup) -> None:
