@@ -8,11 +8,20 @@ markers in :data:`FLAGS`, and ``risk`` sums them up.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["FLAGS", "AnalysisRefused", "Analyzer", "CopyFacts", "Risk", "StatementClass", "StatementFacts"]
+__all__ = [
+    "FLAGS",
+    "AnalysisRefused",
+    "Analyzer",
+    "CopyFacts",
+    "Risk",
+    "StatementClass",
+    "StatementFacts",
+    "risk_of",
+]
 
 StatementClass = Literal["READ", "WRITE", "FUNCTION", "ROLE", "DDL", "MISC", "MISC_SET"]
 Risk = Literal["low", "moderate", "high"]
@@ -121,3 +130,35 @@ class AnalysisRefused(ValueError):
 #: An engine's analysis: a text (one or several statements) in, their facts out; raises
 #: :class:`AnalysisRefused`.
 Analyzer = Callable[[str], Sequence[StatementFacts]]
+
+
+# Flags that make a statement high risk whatever else it does, and moderate ones.
+_HIGH_FLAGS = frozenset(
+    {
+        "no_where",
+        "always_true_where",
+        "drop",
+        "truncate",
+        "alter_system",
+        "copy_program",
+        "copy_server_file",
+        "file_access",
+        "remote_connection",
+        "role_switch",
+        "dynamic_sql",
+        "load",
+        "catalog_write",
+        "local_infile",
+    }
+)
+_MODERATE_FLAGS = frozenset({"side_effect_function", "read_write_transaction", "disruptive_maintenance"})
+
+
+def risk_of(classes: Iterable[str], flags: frozenset[str]) -> Risk:
+    """A statement's risk from its classes and flags, the same for every engine."""
+    classes = tuple(classes)
+    if flags & _HIGH_FLAGS or "ROLE" in classes:
+        return "high"
+    if any(c in ("WRITE", "DDL", "FUNCTION") for c in classes) or flags & _MODERATE_FLAGS:
+        return "moderate"
+    return "low"

@@ -62,9 +62,9 @@ from dbsentry.engines.mysql.sql.precedence import Misgrouped, check
 from dbsentry.governance.facts import (
     AnalysisRefused,
     CopyFacts,
-    Risk,
     StatementClass,
     StatementFacts,
+    risk_of,
 )
 from dbsentry.governance.text import COMMENT, LITERAL, OTHER, QUOTED_IDENT, Token
 
@@ -231,38 +231,6 @@ class _Facts:
         if not bounds:
             flags -= {"no_where", "always_true_where"}
         self.flags.update(flags)
-
-
-_HIGH_FLAGS = frozenset(
-    {
-        "no_where",
-        "always_true_where",
-        "drop",
-        "truncate",
-        "alter_system",
-        "copy_program",
-        "copy_server_file",
-        "file_access",
-        "remote_connection",
-        "role_switch",
-        "dynamic_sql",
-        "load",
-        "catalog_write",
-        "local_infile",
-    }
-)
-_MODERATE_FLAGS = frozenset(
-    {"side_effect_function", "read_write_transaction", "disruptive_maintenance"}
-)
-
-
-def _risk(classes: Iterable[str], flags: frozenset[str]) -> Risk:
-    classes = tuple(classes)
-    if flags & _HIGH_FLAGS or "ROLE" in classes:
-        return "high"
-    if any(c in ("WRITE", "DDL", "FUNCTION") for c in classes) or flags & _MODERATE_FLAGS:
-        return "moderate"
-    return "low"
 
 
 def _unsupported(what: str, position: int | None = None) -> MySQLUnsupported:
@@ -2050,7 +2018,7 @@ def _statement_facts(st: _Stmt, span: tuple[int, int], text: str = "") -> Statem
         has_where=f.has_where,
         where_trivially_true=f.where_true,
         flags=flags,
-        risk=_risk(classes, flags),
+        risk=risk_of(classes, flags),
         copy=f.copy,
         prepared_name=f.prepared,
         inner=f.inner,

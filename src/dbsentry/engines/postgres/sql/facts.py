@@ -68,9 +68,9 @@ from dbsentry.governance.facts import (
     FLAGS,
     AnalysisRefused,
     CopyFacts,
-    Risk,
     StatementClass,
     StatementFacts,
+    risk_of,
 )
 
 __all__ = [
@@ -272,24 +272,6 @@ _RELATION_OBJECTS = {
     "OBJECT_INDEX",
 }
 _DROP_SUBTYPES = {"AT_DropColumn", "AT_DropConstraint", "AT_DetachPartition"}
-_HIGH_FLAGS = frozenset(
-    {
-        "no_where",
-        "always_true_where",
-        "drop",
-        "truncate",
-        "alter_system",
-        "copy_program",
-        "copy_server_file",
-        "file_access",
-        "remote_connection",
-        "role_switch",
-        "dynamic_sql",
-        "load",
-        "catalog_write",
-    }
-)
-_MODERATE_FLAGS = frozenset({"side_effect_function", "read_write_transaction", "disruptive_maintenance"})
 # Flags a statement kind always has.
 _STATEMENT_FLAGS: dict[str, frozenset[str]] = {
     **{
@@ -1296,14 +1278,6 @@ _TOP: dict[str, _Handler] = {
 }
 
 
-def _risk(classes: Iterable[str], flags: frozenset[str]) -> Risk:
-    if flags & _HIGH_FLAGS or "ROLE" in classes:
-        return "high"
-    if any(c in ("WRITE", "DDL", "FUNCTION") for c in classes) or flags & _MODERATE_FLAGS:
-        return "moderate"
-    return "low"
-
-
 def _facts(stmt: Any, text: str, span: tuple[int, int], has_params: bool) -> StatementFacts:
     kind, body = _unwrap(stmt)
     if kind not in STATEMENTS:
@@ -1339,7 +1313,7 @@ def _facts(stmt: Any, text: str, span: tuple[int, int], has_params: bool) -> Sta
         has_where=top.has_where,
         where_trivially_true=top.where_true,
         flags=flags,
-        risk=_risk(unique_classes, flags),
+        risk=risk_of(unique_classes, flags),
         copy=top.copy,
         prepared_name=top.prepared,
         inner=top.inner,
