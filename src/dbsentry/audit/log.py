@@ -175,36 +175,51 @@ class SegmentScan:
 def parse_frames(data: bytes | memoryview, start: int = 0) -> tuple[list[Frame], int, str | None]:
     """Frames of ``data`` from ``start``: (frames, end of the last whole frame, error)."""
     frames: list[Frame] = []
+    append = frames.append
     pos = start
     size = len(data)
     mv = memoryview(data)
+    head_unpack = _HEAD.unpack_from
+    crc_unpack = _CRC.unpack_from
+    seq_unpack = _SEQ.unpack_from
+    crc32 = zlib.crc32
+    overhead = _HEAD.size + _CRC.size
     while pos < size:
-        if size - pos < _HEAD.size + _CRC.size:
+        if size - pos < overhead:
             return frames, pos, f"partial frame at offset {pos} ({size - pos} bytes)"
-        kind, length = _HEAD.unpack_from(mv, pos)
+        kind, length = head_unpack(mv, pos)
         if kind not in _KINDS or length > MAX_FRAME:
             return frames, pos, f"not a frame at offset {pos}"
         body_start = pos + _HEAD.size
-        end = body_start + length + _CRC.size
+        body_end = body_start + length
+        end = body_end + _CRC.size
         if end > size:
             return frames, pos, f"partial frame at offset {pos} ({size - pos} of {end - pos} bytes)"
-        body = bytes(mv[body_start : body_start + length])
-        (crc,) = _CRC.unpack_from(mv, body_start + length)
-        if zlib.crc32(body, zlib.crc32(bytes(mv[pos:body_start]))) != crc:
+        # the CRC of kind, length and body, read in place (crc32 chains: one call)
+        if crc32(mv[pos:body_end]) != crc_unpack(mv, body_end)[0]:
             return frames, pos, f"checksum mismatch at offset {pos}"
         if kind == KIND_RECORD:
             if length < 72:
                 return frames, pos, f"record frame too short at offset {pos}"
-            (seq,) = _SEQ.unpack_from(body, 0)
-            frames.append(Frame(kind, pos, end, seq, body[8:40], body[40:72], body[72:]))
+            append(
+                Frame(
+                    kind,
+                    pos,
+                    end,
+                    seq_unpack(mv, body_start)[0],
+                    bytes(mv[body_start + 8 : body_start + 40]),
+                    bytes(mv[body_start + 40 : body_start + 72]),
+                    bytes(mv[body_start + 72 : body_end]),
+                )
+            )
         else:
             try:
-                meta = orjson.loads(body)
+                meta = orjson.loads(mv[body_start:body_end])
             except orjson.JSONDecodeError:
                 return frames, pos, f"unreadable {chr(kind)} frame at offset {pos}"
             if not isinstance(meta, dict):
                 return frames, pos, f"unreadable {chr(kind)} frame at offset {pos}"
-            frames.append(Frame(kind, pos, end, meta=meta))
+            append(Frame(kind, pos, end, meta=meta))
         pos = end
     return frames, pos, None
 
