@@ -314,3 +314,21 @@ def test_types_decide_classes_and_samples() -> None:
     assert sql.endswith("FROM `s`.`t` LIMIT 200")
     mysql_sql, _ = sample_sql(rel, 10, 500, mariadb=False) or ("", ())
     assert "MAX_EXECUTION_TIME(500)" in mysql_sql and "lock_wait_timeout=1" in mysql_sql
+
+
+def test_variables_hold_copies() -> None:
+    assert isinstance(plan("SELECT @x := email FROM people"), Refusal)
+    assert isinstance(plan("SELECT @x := city FROM people"), MysqlMaskPlan)
+    r = plan("SET @x = (SELECT notes FROM people LIMIT 1)")
+    assert isinstance(r, Refusal) and r.rule == "masking.copy_out"
+    assert isinstance(plan("DO @x := (SELECT ssn FROM people LIMIT 1)"), Refusal)
+    assert isinstance(plan("SET @x = 1"), MysqlMaskPlan)
+
+
+def test_plans_are_cached_per_catalog() -> None:
+    sql = "SELECT email FROM people"
+    first = plan_for(sql, CATALOG, CLASSMAP, database="app")
+    assert plan_for(sql, CATALOG, CLASSMAP, database="app") is first
+    other = catalog_from_rows(_rows(), VIEWS, "app")
+    again = plan_for(sql, other, classify_catalog(other), database="app")
+    assert again is not first and again == first

@@ -75,6 +75,9 @@ class StatementLineage:
     exact: bool = True
     reads_unknown: bool = False
     predicates: tuple[PredicateUse, ...] = ()
+    #: What ``@v := expr`` stores in user variables (a copy that outlives the statement).
+    copied: frozenset[SourceColumn] = frozenset()
+    copied_unknown: bool = False
 
 
 class _L(NamedTuple):
@@ -163,6 +166,8 @@ class _Walk:
     opaque_reads: bool = False
     opaque_calls: bool = False  # the statement calls stored functions (from the tokens)
     uses: dict[PredicateUse, None] = field(default_factory=dict)
+    copied: set[SourceColumn] = field(default_factory=set)
+    copied_unknown: bool = False
     clause: str | None = None
     shape: Shape = "other"
     nodes: int = 0
@@ -251,11 +256,13 @@ class _Walk:
                     and not node.table
                     and isinstance(node.this, exp.Identifier)
                     and node.name.lower() in names
-                    and self.resolve(node.name, scope, quiet=True) is None
                 ):
+                    # an output alias, or a column of the same name: MySQL's choice
+                    # depends on the clause; both count
                     for c in names[node.name.lower()]:
                         self.note(c)
-                    continue
+                    if self.resolve(node.name, scope, quiet=True) is None:
+                        continue
                 self.expr(node, scope)
 
     def clauses(self, q: exp.Expression, scope: _Scope, out: Cols) -> None:
@@ -617,6 +624,12 @@ class _Walk:
             return self.expr(node.this, scope)
         if isinstance(node, exp.Alias):
             return self.expr(node.this, scope)
+        if isinstance(node, exp.PropertyEQ):  # @v := expr: stored in the variable too
+            value = self.expr(node.expression, scope)
+            self.copied |= value.sources
+            self.copied_unknown = self.copied_unknown or value.unknown
+            self.opaque_reads = True
+            return _union([value, _UNKNOWN])
         if isinstance(node, exp.SessionParameter):
             return _EMPTY  # @@settings: the server's, not table data
         if isinstance(node, exp.Parameter):
@@ -768,4 +781,6 @@ def lineage_of_query(
         w.exact,
         w.opaque_reads,
         tuple(w.uses),
+        frozenset(w.copied),
+        w.copied_unknown,
     )

@@ -16,8 +16,10 @@ refused under ``deny``.  Statements that return no rows get :data:`NO_ROWS`.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from dbsentry.engines.mysql.masking.lineage import LineageError, StatementLineage, lineage_of_query
 from dbsentry.engines.mysql.sql.facts import ParsedQuery, analyze, parse_queries
@@ -112,6 +114,13 @@ def _other_statement(
     database: str | None,
 ) -> MysqlMaskPlan | Refusal:
     sensitive = bool(classmap.columns) or bool(classmap.scan)
+    if facts.command in ("SET", "DO") and _table_classes(facts.tables_read, catalog, classmap, database):
+        return Refusal(
+            "42501",
+            f"dbsentry: a masked identity may not copy classified values into variables ({facts.command}"
+            " reading a table with classified columns; masking.copy_out)",
+            "masking.copy_out",
+        )
     if facts.command in _METADATA:
         return MysqlMaskPlan((), _detect(), False, False)
     if facts.command == "HANDLER":
@@ -156,11 +165,14 @@ def _query_plan(
                 "masking.unresolved",
             )
         return MysqlMaskPlan((), _detect(), False, True)
-    if q.into and (lin.reads_unknown or not lin.tables_read.isdisjoint(classmap.tables)):
-        copied = sorted(
-            str(s) for c in lin.columns for s in c.sources if s in classmap.columns or s in classmap.scan
-        )
-        if copied or any(c.unknown for c in lin.columns):
+    if lin.reads_unknown or not lin.tables_read.isdisjoint(classmap.tables):
+        stored = set(lin.copied)
+        unknown = lin.copied_unknown
+        if q.into:
+            stored.update(s for c in lin.columns for s in c.sources)
+            unknown = unknown or any(c.unknown for c in lin.columns)
+        copied = sorted(str(s) for s in stored if s in classmap.columns or s in classmap.scan)
+        if copied or unknown:
             what = ", ".join(copied) or "columns that cannot be traced"
             return Refusal(
                 "42501",
@@ -197,8 +209,38 @@ def plan_for(
     unqualified table may be in any schema and is masked by every candidate);
     ``predicates``: the identity's ``masking.predicates``; ``mode``: the session's
     ``sql_mode``; ``facts``: the statements' facts if the session has them (else they are
-    analysed again).  A text the analysis refuses gives a single :class:`Refusal`."""
-    settings = settings or MaskSettings()
+    analysed again).  A text the analysis refuses gives a single :class:`Refusal`.
+
+    Plans are cached per text, catalog, classification, settings, mode, database and
+    predicates mode (the same objects: a new catalog read is a new cache key)."""
+    settings = settings or _DEFAULT_SETTINGS
+    key = (sql, id(catalog), id(classmap), id(settings), predicates, database, mode)
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0] is catalog and hit[1] is classmap and hit[2] is settings:
+        _CACHE.move_to_end(key)
+        return hit[3]
+    result = _plan_for(sql, catalog, classmap, settings, predicates, database, mode, facts)
+    _CACHE[key] = (catalog, classmap, settings, result)
+    if len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return result
+
+
+_CACHE: OrderedDict[tuple[Any, ...], tuple[Catalog, ClassMap, MaskSettings, tuple[MysqlMaskPlan | Refusal, ...]]] = OrderedDict()
+_CACHE_SIZE = 2048
+_DEFAULT_SETTINGS = MaskSettings()
+
+
+def _plan_for(
+    sql: str,
+    catalog: Catalog,
+    classmap: ClassMap,
+    settings: MaskSettings,
+    predicates: PredicateMode,
+    database: str | None,
+    mode: SqlMode,
+    facts: Sequence[StatementFacts] | None,
+) -> tuple[MysqlMaskPlan | Refusal, ...]:
     try:
         queries = parse_queries(sql, mode)
         all_facts = tuple(facts) if facts is not None else analyze(sql, mode)
