@@ -332,3 +332,11 @@ def test_plans_are_cached_per_catalog() -> None:
     other = catalog_from_rows(_rows(), VIEWS, "app")
     again = plan_for(sql, other, classify_catalog(other), database="app")
     assert again is not first and again == first
+
+
+def test_what_exists_selects_is_not_looked_at() -> None:
+    got = uses("SELECT id FROM orders WHERE EXISTS (SELECT email FROM (SELECT email, id FROM people) d WHERE d.id = orders.person_id)")
+    assert ("app.people.email", "WHERE", "other") not in got
+    assert ("app.people.id", "WHERE", "other") in got
+    assert isinstance(plan("SELECT * FROM people NATURAL JOIN orders"), MysqlMaskPlan)
+    assert lineage("SELECT * FROM people NATURAL JOIN orders").exact is False

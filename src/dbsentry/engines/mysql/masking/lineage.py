@@ -168,6 +168,7 @@ class _Walk:
     uses: dict[PredicateUse, None] = field(default_factory=dict)
     copied: set[SourceColumn] = field(default_factory=set)
     copied_unknown: bool = False
+    exists: bool = False  # the next SELECT is an EXISTS's: what it selects is never looked at
     clause: str | None = None
     shape: Shape = "other"
     nodes: int = 0
@@ -322,10 +323,11 @@ class _Walk:
                 raise LineageError(type(cte).__name__)
             name = cte.alias
             names = [c.name for c in (cte.args["alias"].columns if cte.args.get("alias") else [])]
-            if recursive:
-                ctes[name] = self._recursive(name, names, cte.this, parent, ctes)
-            else:
-                ctes[name] = _rename(self.query(cte.this, parent, ctes), names)
+            with self.within(None):  # a CTE's values are used where referenced
+                if recursive:
+                    ctes[name] = self._recursive(name, names, cte.this, parent, ctes)
+                else:
+                    ctes[name] = _rename(self.query(cte.this, parent, ctes), names)
         return ctes
 
     def _recursive(
@@ -351,6 +353,8 @@ class _Walk:
         return [(n, _UNKNOWN._replace(sources=c.sources)) for n, c in cols]
 
     def select(self, s: exp.Select, parent: _Scope | None, ctes: dict[str, Cols | None]) -> Cols:
+        quiet = self.exists
+        self.exists = False
         ctes = self.with_(s.args.get("with_") or s.args.get("with"), parent, ctes)
         scope = _Scope([], parent, ctes)
         frm = s.args.get("from_") or s.args.get("from")
@@ -359,15 +363,8 @@ class _Walk:
         for j in s.args.get("joins") or []:
             self.join(j, scope)
         out: Cols = []
-        for item in s.expressions:
-            if isinstance(item, exp.Star):
-                out.extend(self.star(None, scope))
-            elif isinstance(item, exp.Column) and isinstance(item.this, exp.Star):
-                out.extend(self.star(item, scope))
-            else:
-                name = item.alias_or_name if isinstance(item, exp.Alias | exp.Column) else item.sql("mysql")
-                node = item.this if isinstance(item, exp.Alias) else item
-                out.append((name, self.expr(node, scope)))
+        with self.within(None) if quiet else contextlib.nullcontext():
+            self.projections(s, scope, out)
         scope.outputs = out
         where = s.args.get("where")
         if isinstance(where, exp.Where):
@@ -393,6 +390,17 @@ class _Walk:
                 self.note(c, "DISTINCT")
         self.clauses(s, scope, out)
         return out
+
+    def projections(self, s: exp.Select, scope: _Scope, out: Cols) -> None:
+        for item in s.expressions:
+            if isinstance(item, exp.Star):
+                out.extend(self.star(None, scope))
+            elif isinstance(item, exp.Column) and isinstance(item.this, exp.Star):
+                out.extend(self.star(item, scope))
+            else:
+                name = item.alias_or_name if isinstance(item, exp.Alias | exp.Column) else item.sql("mysql")
+                node = item.this if isinstance(item, exp.Alias) else item
+                out.append((name, self.expr(node, scope)))
 
     def star(self, col: exp.Column | None, scope: _Scope) -> Cols:
         if col is None:
@@ -421,7 +429,8 @@ class _Walk:
             for j in item.args.get("joins") or []:
                 self.join(j, scope)
         elif isinstance(item, exp.Subquery):
-            cols = self.query(item.this, scope.parent, scope.ctes)
+            with self.within(None):  # a derived table's values are used where referenced
+                cols = self.query(item.this, scope.parent, scope.ctes)
             alias = item.args.get("alias")
             names = [c.name for c in alias.columns] if isinstance(alias, exp.TableAlias) else []
             scope.entries.append(_Entry(item.alias, None, _rename(cols, names)))
@@ -644,7 +653,9 @@ class _Walk:
             return value._replace(bare=False)
         if isinstance(node, exp.Exists):
             with self.within(self.clause or "EXISTS"):
+                self.exists = True
                 self.query(node.this, scope, scope.ctes)
+                self.exists = False
             return _EMPTY
         if isinstance(node, exp.In):
             parts = [self.expr(node.this, scope), *self.exprs(node.expressions, scope)]
