@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -74,7 +76,8 @@ def _sql_rows() -> list[str]:
             f"INSERT INTO {DB}.people VALUES ({i}, '{e}', '{ssn}', '{ph}', '{contact}', '{notes}',"
             f" '{city}', {card}, '1980-0{i}-1{i}', {i % 2})"
         )
-        out.append(f"INSERT INTO {DB}.orders VALUES ({i}, {i}, {i}0.50, 'order {i} of {city}')")
+        memo = f"order {i} of {city}" if i != 2 else f"order {i}, call {e} back"
+        out.append(f"INSERT INTO {DB}.orders VALUES ({i}, {i}, {i}0.50, '{memo}')")
     return out
 
 
@@ -162,6 +165,7 @@ QUERIES = [
     "SELECT COALESCE(NULL, contact), CASE WHEN id > 1 THEN notes ELSE city END, CAST(card AS CHAR) FROM people",
     "SELECT GROUP_CONCAT(email), MAX(ssn), COUNT(*) FROM people",
     "SELECT memo FROM orders",
+    "SELECT UPPER(memo), id FROM orders ORDER BY id",
 ]
 
 
@@ -190,6 +194,31 @@ def test_no_pii_survives(conn: Any, classified: tuple[Catalog, ClassMap], sql: s
         for i, (a, b) in enumerate(zip(before, masked, strict=True)):
             if masker.masks[i] is None:
                 assert a == b
+
+
+def test_show_processlist_is_scanned(conn: Any, classified: tuple[Catalog, ClassMap]) -> None:
+    """Another session's statement text, with an email in it, as SHOW FULL PROCESSLIST
+    shows it: value-scanned."""
+    catalog, classmap = classified
+    other = pymysql.connect(host=HOST, port=PORT, user="root", password="", autocommit=True)
+    worker = threading.Thread(target=lambda: other.cursor().execute("SELECT SLEEP(1), 'ada@example.com'"))
+    worker.start()
+    try:
+        (plan,) = plan_for("SHOW FULL PROCESSLIST", catalog, classmap, database=DB)
+        assert isinstance(plan, MysqlMaskPlan)
+        deadline = time.monotonic() + 0.9
+        while True:
+            columns, rows = _text_result(conn, "SHOW FULL PROCESSLIST")
+            raw = b"".join(rows)
+            if b"ada@example.com" in raw or time.monotonic() > deadline:
+                break
+        assert b"ada@example.com" in raw
+        masker = MysqlRowMasker(plan, columns)
+        masked = b"".join(masker.text_row(r) for r in rows)
+        assert b"ada@example.com" not in masked and b"****@example.com" in masked
+    finally:
+        worker.join()
+        other.close()
 
 
 def test_predicates_and_copies_are_refused(classified: tuple[Catalog, ClassMap]) -> None:

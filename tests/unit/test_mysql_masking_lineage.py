@@ -255,6 +255,7 @@ def plan_lineage(sql: str) -> StatementLineage:
 def test_other_statements() -> None:
     show = plan("SHOW TABLES")
     assert isinstance(show, MysqlMaskPlan) and show.rest is not None and show.rest.strategy == "detect"
+    assert show.rest.reason == "safety-net"
     handler = plan("HANDLER people READ FIRST")
     assert isinstance(handler, MysqlMaskPlan) and handler.rest is not None
     assert handler.rest.data_class is DataClass.NATIONAL_ID and handler.rest.strategy == "redact"

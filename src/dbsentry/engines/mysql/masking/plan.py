@@ -122,7 +122,9 @@ def _other_statement(
             "masking.copy_out",
         )
     if facts.command in _METADATA:
-        return MysqlMaskPlan((), _detect(), False, False)
+        # settings, plans, statement texts: scanned like the safety net (no IP addresses,
+        # which server settings are full of)
+        return MysqlMaskPlan((), ColumnMask(-1, None, "detect", frozenset(), "safety-net"), False, False)
     if facts.command == "HANDLER":
         found = _table_classes(facts.tables_read, catalog, classmap, database)
         if found:
