@@ -53,10 +53,18 @@ def test_text_rows() -> None:
     assert out == (b"1", b"****@example.com", b"<national_id>", b"London")
     with_null = encode_text_row(TextRow((b"2", None, None, b"Paris")))
     assert m.text_row(with_null) is with_null  # nothing to mask: the same bytes
+    # values are read up to the last masked column, and checked against the packet's end
     with pytest.raises(ProtocolError):
-        m.text_row(row + b"\x01x")
+        m.text_row(row[:12])
     with pytest.raises(ProtocolError):
-        m.text_row(row[:-2])
+        m.text_row(b"\x30" + row[1:])
+    last = MysqlRowMasker(MysqlMaskPlan((None, None, None, mask(3, None, "detect"))), cols)
+    with pytest.raises(ProtocolError):
+        last.text_row(row + b"\x01x")
+    with pytest.raises(ProtocolError):
+        last.text_row(row[:-2])
+    with pytest.raises(ProtocolError):
+        last.text_row(b"\xff" + row[1:])
 
 
 def test_masked_strings_fit_the_column() -> None:

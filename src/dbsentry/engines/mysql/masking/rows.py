@@ -50,7 +50,7 @@ class MysqlRowMasker:
     When the plan's positions are exact but its width is not the result's (a table
     altered since the catalog was read), every column is value-scanned."""
 
-    __slots__ = ("_maskers", "_types", "columns", "masks")
+    __slots__ = ("_last", "_maskers", "_types", "columns", "masks")
 
     def __init__(
         self,
@@ -99,6 +99,7 @@ class MysqlRowMasker:
             for m, col in zip(self.masks, columns, strict=True)
         )
         self._types = tuple((col.type, col.unsigned) for col in columns)
+        self._last = max((i for i, m in enumerate(self._maskers) if m is not None), default=-1)
 
     @property
     def active(self) -> bool:
@@ -110,29 +111,58 @@ class MysqlRowMasker:
         return frozenset(m.data_class for m in self.masks if m is not None and m.data_class is not None)
 
     def text_row(self, payload: bytes) -> bytes:
-        """A text-protocol row, masked."""
+        """A text-protocol row, masked.  Values are read up to the last masked column; the
+        rest of the row is copied as it came."""
         maskers = self._maskers
-        r = p.Reader(payload)
-        values: list[bytes | None] = []
-        changed = False
-        for m in maskers:
-            raw = r.lenenc_bytes_or_null("column value")
-            if m is not None and raw is not None:
+        last = self._last
+        end = len(payload)
+        pos = 0
+        parts: list[bytes] = []
+        copied = 0  # payload[:copied] is in parts
+        for i, m in enumerate(maskers):
+            if i > last:
+                break
+            if pos >= end:
+                raise ProtocolError("text row: a value past the end of the packet")
+            head = payload[pos]
+            if head == 0xFB:
+                pos += 1
+                continue
+            if head < 0xFB:
+                start, size = pos + 1, head
+            elif head == 0xFC:
+                start, size = pos + 3, int.from_bytes(payload[pos + 1 : pos + 3], "little")
+            elif head == 0xFD:
+                start, size = pos + 4, int.from_bytes(payload[pos + 1 : pos + 4], "little")
+            elif head == 0xFE:
+                start, size = pos + 9, int.from_bytes(payload[pos + 1 : pos + 9], "little")
+            else:
+                raise ProtocolError("text row: invalid length-encoded value")
+            stop = start + size
+            if start > end or stop > end:
+                raise ProtocolError("text row: a value past the end of the packet")
+            if m is not None:
+                raw = payload[start:stop]
                 out = m.text(raw)
                 if out is not raw:
-                    changed = True
-                    raw = out
-            values.append(raw)
-        r.done("text row")
-        if not changed:
+                    parts.append(payload[copied:pos])
+                    parts.append(b"\xfb" if out is None else p.lenenc_bytes(out))
+                    copied = stop
+            pos = stop
+        if last == len(maskers) - 1 and pos != end:
+            raise ProtocolError("text row: bytes after the last value")
+        if not parts:
             return payload
-        return b"".join(b"\xfb" if v is None else p.lenenc_bytes(v) for v in values)
+        parts.append(payload[copied:])
+        return b"".join(parts)
 
     def binary_row(self, payload: bytes) -> bytes:
-        """A binary-protocol row, masked."""
+        """A binary-protocol row, masked.  Values are read up to the last masked column;
+        the rest of the row is copied as it came."""
         maskers = self._maskers
         types = self._types
         n = len(types)
+        last = self._last
         r = p.Reader(payload)
         if r.int1() != 0x00:
             raise ProtocolError("binary row without its 0x00 header")
@@ -140,11 +170,12 @@ class MysqlRowMasker:
         spans: list[tuple[int, int] | None] = []
         new: dict[int, Value] = {}
         for i, (type_, unsigned) in enumerate(types):
+            if i > last:
+                break
             if is_null(bitmap, i, 2):
                 spans.append(None)
                 continue
             start = r.pos
-            m = maskers[i]
             try:
                 value = decode_binary_value(r, type_, unsigned)
             except ProtocolError:
@@ -152,18 +183,20 @@ class MysqlRowMasker:
             except Exception as err:  # an unknown type: the codec says so
                 raise ProtocolError(f"binary row: {err}") from None
             spans.append((start, r.pos))
+            m = maskers[i]
             if m is not None:
                 out = m.binary(value)
                 if out is not value:
                     new[i] = out
-        r.done("binary row")
+        if last == n - 1:
+            r.done("binary row")
         if not new:
             return payload
         nulls = [
-            (new[i] is None) if i in new else spans[i] is None for i in range(n)
+            (new[i] is None) if i in new else is_null(bitmap, i, 2) for i in range(n)
         ]
         parts = [b"\x00", null_bitmap(nulls, 2)]
-        for i, (type_, unsigned) in enumerate(types):
+        for i, (type_, unsigned) in enumerate(types[: last + 1]):
             if i in new:
                 v = new[i]
                 if v is not None:
@@ -172,4 +205,5 @@ class MysqlRowMasker:
             span = spans[i]
             if span is not None:
                 parts.append(payload[span[0] : span[1]])
+        parts.append(payload[r.pos :])
         return b"".join(parts)

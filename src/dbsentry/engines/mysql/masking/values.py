@@ -105,7 +105,7 @@ class ValueMasker:
     ``strategy`` (``partial``, ``hash``, ``redact``, ``null``), or by value detection
     (``strategy="detect"``, looking for ``classes``, None: all)."""
 
-    __slots__ = ("_cache", "_class", "_classes", "_codec", "_col", "_detect", "_ip", "_key", "_kind", "_limit", "_strategies", "_strategy")  # fmt: skip
+    __slots__ = ("_cache", "_class", "_classes", "_codec", "_col", "_constant", "_detect", "_ip", "_key", "_kind", "_limit", "_strategies", "_strategy")  # fmt: skip
 
     def __init__(
         self,
@@ -131,6 +131,7 @@ class ValueMasker:
         per = _BYTES_PER_CHAR.get(cs.name, 1) if cs is not None else 1
         self._limit = col.length // per if col.length and self._kind == "string" else 0
         self._cache: dict[bytes, bytes | None] = {}
+        self._constant: dict[str, bytes | None] = {}
 
     @property
     def kind(self) -> str:
@@ -171,6 +172,14 @@ class ValueMasker:
         return out
 
     def _string(self, raw: bytes) -> bytes | None:
+        if not self._detect and self._strategy in ("redact", "null"):
+            # the same for every value: made once
+            if "" not in self._constant:
+                masked = mask_text("", self._class, self._strategy, self._key)
+                if masked is not None and self._limit:
+                    masked = masked[: self._limit]
+                self._constant[""] = None if masked is None else self._encode(masked)
+            return self._constant[""]
         text = self._decode(raw)
         masked = self._mask(text)
         if masked is None:
