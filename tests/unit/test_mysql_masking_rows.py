@@ -122,6 +122,8 @@ def test_json_values() -> None:
     assert got is not None
     parsed = orjson.loads(got)
     assert parsed["note"] == "call ****@example.com" and parsed["n"] == 1 and "4539148803436467" not in got.decode()
+    deep = b"[" * 1000 + b"]" * 1000
+    assert decode_text_row(scan.text_row(encode_text_row(TextRow((deep,)))), 1).values == (None,)
     plain = b'{"a": 1}'
     assert scan.text_row(encode_text_row(TextRow((plain,)))) == encode_text_row(TextRow((plain,)))
 
@@ -136,6 +138,8 @@ def test_value_detection_and_the_safety_net() -> None:
     assert out == (b"card **** **** **** 6467, thanks", 0, DateTime(2020, 1, 1))
     harmless = encode_binary_row(BinaryRow((b"order 12 shipped", 42, DateTime(2020, 1, 1))), types)
     assert m.binary_row(harmless) is harmless
+    again = encode_binary_row(BinaryRow((b"order 12 shipped", 42, DateTime(2020, 1, 1))), types)
+    assert m.binary_row(again) is again  # remembered as left alone
     # the safety net: unmasked string columns are scanned (without IP addresses)
     net = MysqlRowMasker(MysqlMaskPlan((None,)), [col("c1", ColumnType.VAR_STRING)], safety_net=True)
     assert net.masks[0] is not None and net.masks[0].reason == "safety-net"

@@ -94,6 +94,9 @@ def kind_of(col: ColumnDefinition) -> str:
     return "string"
 
 
+_UNCHANGED = b"\x00unchanged"  # compared by identity only
+
+
 def _fraction(col: ColumnDefinition) -> str:
     return "." + "0" * col.decimals if 0 < col.decimals <= 6 else ""
 
@@ -164,11 +167,14 @@ class ValueMasker:
         return text.encode("utf-8", "surrogateescape")
 
     def _cached(self, raw: bytes, fn: Callable[[bytes], bytes | None]) -> bytes | None:
+        """``fn(raw)``, remembered for the column's first 4,096 distinct values; a value
+        left alone comes back as ``raw`` itself."""
         if raw in self._cache:
-            return self._cache[raw]
+            hit = self._cache[raw]
+            return raw if hit is _UNCHANGED else hit
         out = fn(raw)
         if len(self._cache) < 4096:
-            self._cache[raw] = out
+            self._cache[raw] = _UNCHANGED if out is raw else out
         return out
 
     def _string(self, raw: bytes) -> bytes | None:
@@ -223,7 +229,10 @@ class ValueMasker:
                 return {walk(k): walk(x) for k, x in v.items()}
             return v
 
-        out = walk(doc)
+        try:
+            out = walk(doc)
+        except RecursionError:
+            return None  # nested too deeply to scan: withheld
         return orjson.dumps(out) if changed else raw
 
     def _number_hit(self, text: str) -> bool:
