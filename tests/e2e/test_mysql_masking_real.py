@@ -11,6 +11,7 @@ it is not there.  Works in a database of its own, dropped afterwards.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import struct
 import threading
@@ -27,7 +28,7 @@ from dbsentry.masking.catalog import Catalog, ClassMap, SourceColumn, classify_c
 from dbsentry.masking.classes import DataClass
 
 HOST, PORT = "127.0.0.1", 3306
-DB = "dbsentry_masking_e2e"
+DB = f"dbsentry_masking_e2e_{os.getpid()}"  # its own, so that runs side by side do not meet
 
 
 def _server_reason() -> str | None:
