@@ -341,3 +341,24 @@ def test_what_exists_selects_is_not_looked_at() -> None:
     assert ("app.people.id", "WHERE", "other") in got
     assert isinstance(plan("SELECT * FROM people NATURAL JOIN orders"), MysqlMaskPlan)
     assert lineage("SELECT * FROM people NATURAL JOIN orders").exact is False
+
+
+@pytest.mark.parametrize(
+    ("sql", "refused"),
+    [
+        ("INSERT INTO t2 SELECT email FROM people", True),
+        ("CREATE TABLE t3 AS SELECT email FROM people", True),
+        ("REPLACE INTO t2 SELECT p.* FROM people p", True),
+        ("INSERT INTO t2 VALUES ((SELECT email FROM people LIMIT 1))", True),
+        ("UPDATE orders o JOIN people p ON p.id = o.person_id SET o.total = p.ssn", True),
+        ("INSERT INTO t2 SELECT phone FROM hr.people", True),
+        ("INSERT INTO t2 SELECT id, city FROM people", False),
+        ("INSERT INTO t2 (a) VALUES (1)", False),
+        ("UPDATE people SET city = 'x' WHERE email = 'a'", False),
+    ],
+)
+def test_writes_copying_classified_values_are_refused(sql: str, refused: bool) -> None:
+    r = plan(sql)
+    assert isinstance(r, Refusal) is refused
+    if refused:
+        assert isinstance(r, Refusal) and r.rule == "masking.copy_out"

@@ -12,6 +12,12 @@ class of ``t`` (redacted), or value-scanned when ``t`` has none.  ``CALL`` (a pr
 result sets) and ``EXECUTE`` (the plan of its ``PREPARE``, which only the session knows)
 return rows dbsentry cannot trace: value-scanned under ``masking.unresolved: detect``,
 refused under ``deny``.  Statements that return no rows get :data:`NO_ROWS`.
+
+Writes that read a classified column of another table (``INSERT ... SELECT``,
+``REPLACE``, ``CREATE TABLE ... AS SELECT``, ``UPDATE ... JOIN``, a subquery in
+``VALUES``) are refused (``masking.copy_out``): a masked identity may not store classified
+values elsewhere.  Coarse: a column read only in the statement's WHERE or ON counts too,
+and a copy inside the same table is not seen.
 """
 
 from __future__ import annotations
@@ -106,6 +112,38 @@ def _table_classes(
     return out
 
 
+_WRITES = frozenset({"INSERT", "REPLACE", "UPDATE", "CREATE TABLE AS"})
+
+
+def _split(name: str, database: str | None) -> tuple[str, str]:
+    schema, _, table = name.rpartition(".")
+    return (schema or database or "").lower(), table.lower()
+
+
+def _copied_columns(
+    facts: StatementFacts, classmap: ClassMap, database: str | None
+) -> list[SourceColumn]:
+    """Classified columns of tables other than the written ones that a write reads: what
+    it may store elsewhere (coarse: a column read only in a WHERE counts too)."""
+    written = {_split(t, database) for t in facts.tables_written}
+    read = {_split(t, database) for t in facts.tables_read}
+    sensitive = [*classmap.columns, *classmap.scan]
+
+    out: list[SourceColumn] = []
+    for ref in facts.columns_read:
+        parts = ref.split(".")
+        col = parts[-1].lower()
+        tables = [_split(".".join(parts[:-1]), database)] if len(parts) > 1 else list(read)
+        for src in sensitive:
+            key = (src.schema.lower(), src.table.lower())
+            if col not in ("*", src.column.lower()):
+                continue
+            for schema, table in tables:
+                if key[1] == table and (not schema or key[0] == schema) and key not in written:
+                    out.append(src)
+    return sorted(set(out))
+
+
 def _other_statement(
     facts: StatementFacts,
     catalog: Catalog,
@@ -114,6 +152,15 @@ def _other_statement(
     database: str | None,
 ) -> MysqlMaskPlan | Refusal:
     sensitive = bool(classmap.columns) or bool(classmap.scan)
+    if facts.command in _WRITES and facts.tables_read:
+        copied = _copied_columns(facts, classmap, database)
+        if copied:
+            return Refusal(
+                "42501",
+                f"dbsentry: a masked identity may not copy classified values into other tables"
+                f" ({', '.join(map(str, copied))}; masking.copy_out)",
+                "masking.copy_out",
+            )
     if facts.command in ("SET", "DO") and _table_classes(facts.tables_read, catalog, classmap, database):
         return Refusal(
             "42501",
