@@ -37,6 +37,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TypeVar
 
 from sqlglot import Token as GlotToken
 from sqlglot import TokenType, exp
@@ -73,9 +74,11 @@ __all__ = [
     "MySQLAnalysisError",
     "MySQLTooComplex",
     "MySQLUnsupported",
+    "ParsedQuery",
     "analyze",
     "analyzer",
     "fingerprint",
+    "parse_queries",
 ]
 
 # sqlglot logs a warning for every statement it falls back to Command on; those are refused
@@ -2065,6 +2068,17 @@ def analyze(sql: str, mode: SqlMode = DEFAULT_MODE) -> tuple[StatementFacts, ...
     """The facts of every statement of ``sql`` (MySQL 8 / MariaDB 10.11 under ``mode``).
     Raises :class:`~dbsentry.governance.facts.AnalysisRefused` (``42601`` not valid,
     ``0A000`` not understood, ``54001`` too complex, ``XX000`` the analysis failed)."""
+    return _each_statement(sql, mode, lambda st, span: _statement_facts(st, span, sql[span[0] : span[1]]))
+
+
+_T = TypeVar("_T")
+
+
+def _each_statement(
+    sql: str, mode: SqlMode, read: Callable[[_Stmt, tuple[int, int]], _T]
+) -> tuple[_T, ...]:
+    """``read`` of every statement of ``sql`` (its text with comments blanked, its code
+    tokens, its span), failing closed: any error but a refusal is ``XX000``."""
     try:
         toks = tokens(sql, mode)
         blank = _blanked(sql, toks)
@@ -2073,8 +2087,7 @@ def analyze(sql: str, mode: SqlMode = DEFAULT_MODE) -> tuple[StatementFacts, ...
             code = [
                 Token(t.kind, t.start - start, t.end - start) for t in stoks if t.kind != COMMENT
             ]
-            st = _Stmt(blank[start:end], code, mode)
-            out.append(_statement_facts(st, (start, end), sql[start:end]))
+            out.append(read(_Stmt(blank[start:end], code, mode), (start, end)))
         return tuple(out)
     except AnalysisRefused:
         raise
@@ -2082,6 +2095,41 @@ def analyze(sql: str, mode: SqlMode = DEFAULT_MODE) -> tuple[StatementFacts, ...
         raise MySQLTooComplex("nested too deeply") from None
     except Exception as err:
         raise MySQLAnalysisError(f"the MySQL analysis failed: {type(err).__name__}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedQuery:
+    """A query statement as masking reads it: sqlglot's tree, checked against the lexer and
+    walked on the allow-list exactly as :func:`analyze` does, and its function calls."""
+
+    tree: exp.Expression
+    #: Every function call as written (``name`` or ``db.name``, lower case, from the tokens).
+    calls: tuple[str, ...]
+    #: It calls a stored or loadable function (not a built-in both servers share).
+    opaque_calls: bool
+    #: ``SELECT ... INTO @var`` or ``INTO OUTFILE/DUMPFILE``: no rows go to the client.
+    into: bool
+
+
+def parse_queries(sql: str, mode: SqlMode = DEFAULT_MODE) -> tuple[ParsedQuery | None, ...]:
+    """Per statement of ``sql``: its :class:`ParsedQuery` when it is a query (``SELECT``,
+    ``WITH``, a set operation, a parenthesised query), else None.  Refuses what
+    :func:`analyze` refuses (raises :class:`~dbsentry.governance.facts.AnalysisRefused`)."""
+    return _each_statement(sql, mode, _parsed_query)
+
+
+def _parsed_query(st: _Stmt, span: tuple[int, int]) -> ParsedQuery | None:
+    command, klass, handler = _dispatch(st)
+    if handler is not _t_query:
+        return None
+    f = _Facts(command, klass)
+    edits = _into_clause(st, f)
+    tree = _glot(st, edits)
+    if not isinstance(tree, (exp.Subquery, *_QUERIES)):
+        raise _unsupported(f"{type(tree).__name__} as a query")
+    _Walk(f).query(tree)
+    _function_flags(f, st)
+    return ParsedQuery(tree, tuple(_calls(st)), "volatile_function" in f.flags, bool(edits))
 
 
 def analyzer(mode: SqlMode = DEFAULT_MODE) -> Callable[[str], tuple[StatementFacts, ...]]:

@@ -22,15 +22,20 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from dbsentry.engines.postgres.masking.lineage import (
     LineageError,
-    PredicateUse,
     StatementLineage,
     analyze_lineage,
 )
 from dbsentry.masking.catalog import Catalog, ClassMap, SourceColumn
+from dbsentry.masking.plans import (
+    FILTERS,
+    PredicateMode,
+    permitted,
+    refusal_message,
+    violation,
+)
 
 __all__ = [
     "FILTERS",
@@ -42,46 +47,6 @@ __all__ = [
     "statement_classes",
     "violation",
 ]
-
-PredicateMode = Literal["deny", "equality", "allow"]
-
-#: Conditions that filter rows, where ``equality`` allows point lookups.
-FILTERS = frozenset(
-    {"WHERE", "JOIN ... ON", "FILTER", "MERGE ... ON", "MERGE ... WHEN", "ON CONFLICT"}
-)
-
-
-def permitted(use: PredicateUse, mode: PredicateMode) -> bool:
-    """Whether ``mode`` lets a masked column be used this way."""
-    if mode == "allow":
-        return True
-    if mode == "deny":
-        return False
-    if use.shape == "presence":
-        return True
-    return use.shape == "equality" and use.clause in FILTERS
-
-
-def violation(
-    lineages: Iterable[StatementLineage], classmap: ClassMap, mode: PredicateMode
-) -> PredicateUse | None:
-    """The first use of a sensitive column that ``mode`` does not permit, or None."""
-    if mode == "allow" or not classmap.columns:
-        return None
-    for lin in lineages:
-        for use in lin.predicates:
-            if use.column in classmap.columns and not permitted(use, mode):
-                return use
-    return None
-
-
-def refusal_message(use: PredicateUse, mode: PredicateMode) -> str:
-    """``masked column public.customers.ssn may not be used in ORDER BY (masking.predicates
-    = equality)`` (the session adds the ``dbsentry:`` prefix)."""
-    return (
-        f"masked column {use.column} may not be used in {use.clause} (masking.predicates = {mode})"
-    )
-
 
 # -- data classes as facts for the policy ------------------------------------------------
 

@@ -1,0 +1,306 @@
+"""What the MySQL session asks masking before it forwards a statement: per statement, a
+:class:`MysqlMaskPlan` (which output column is masked how) or a :class:`Refusal`.
+
+``plan_for`` runs the lineage of every query (:mod:`~dbsentry.engines.mysql.masking.
+lineage`), the neutral :func:`~dbsentry.masking.plans.plan_masks` and the
+``masking.predicates`` rules.  Pure: the catalog and classification come in.
+
+Statements other than queries: ``SHOW``, ``EXPLAIN``, ``DESCRIBE``, ``ANALYZE`` return
+metadata, not table rows: whatever rows they return are value-scanned (``detect``).
+``HANDLER t READ`` returns rows of ``t``: every column is masked with the most sensitive
+class of ``t`` (redacted), or value-scanned when ``t`` has none.  ``CALL`` (a procedure's
+result sets) and ``EXECUTE`` (the plan of its ``PREPARE``, which only the session knows)
+return rows dbsentry cannot trace: value-scanned under ``masking.unresolved: detect``,
+refused under ``deny``.  Statements that return no rows get :data:`NO_ROWS`.
+
+Writes that read a classified column of another table (``INSERT ... SELECT``,
+``REPLACE``, ``CREATE TABLE ... AS SELECT``, ``UPDATE ... JOIN``, a subquery in
+``VALUES``) are refused (``masking.copy_out``): a masked identity may not store classified
+values elsewhere.  Coarse: a column read only in the statement's WHERE or ON counts too,
+and a copy inside the same table is not seen.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dbsentry.engines.mysql.masking.lineage import LineageError, StatementLineage, lineage_of_query
+from dbsentry.engines.mysql.sql.facts import ParsedQuery, analyze, parse_queries
+from dbsentry.engines.mysql.sql.lexing import DEFAULT_MODE, SqlMode
+from dbsentry.governance.facts import AnalysisRefused, StatementFacts
+from dbsentry.masking.catalog import Catalog, ClassMap, SourceColumn
+from dbsentry.masking.classes import DataClass, most_sensitive
+from dbsentry.masking.plans import (
+    ColumnMask,
+    MaskSettings,
+    PredicateMode,
+    plan_masks,
+    refusal_message,
+    violation,
+)
+
+__all__ = ["NO_ROWS", "MysqlMaskPlan", "Refusal", "plan_for"]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The statement may not run for this identity.  ``sqlstate`` for the ERR packet
+    (``42501``; MySQL error 1142 fits it), ``message`` with the ``dbsentry:`` prefix,
+    ``rule`` for the audit record."""
+
+    sqlstate: str
+    message: str
+    rule: str
+
+
+@dataclass(frozen=True, slots=True)
+class MysqlMaskPlan:
+    """How to mask the rows of one statement's result sets.
+
+    ``columns``: one :class:`~dbsentry.masking.plans.ColumnMask` (or None) per output
+    column; ``rest`` the mask of any column past them (statements whose result columns
+    are not known in advance, inexact positions).  ``exact``: the positions are known (a
+    result of another width is then value-scanned whole).  ``reads_sensitive``: the
+    statement may read a table with classified or value-scanned columns."""
+
+    columns: tuple[ColumnMask | None, ...] = ()
+    rest: ColumnMask | None = None
+    exact: bool = True
+    reads_sensitive: bool = False
+    lineage: StatementLineage | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.rest is not None or any(c is not None for c in self.columns)
+
+    @property
+    def data_classes(self) -> frozenset[DataClass]:
+        out = {c.data_class for c in (*self.columns, self.rest) if c is not None and c.data_class is not None}
+        return frozenset(out)
+
+    @property
+    def masked_columns(self) -> frozenset[SourceColumn]:
+        """Source columns masked (for the audit record's ``masked_columns``)."""
+        return frozenset(
+            s for c in (*self.columns, self.rest) if c is not None and c.data_class is not None for s in c.sources
+        )
+
+
+NO_ROWS = MysqlMaskPlan()
+
+_METADATA = frozenset({"SHOW", "EXPLAIN", "EXPLAIN ANALYZE", "ANALYZE", "USE", "SET"})
+_OPAQUE_ROWS = frozenset({"CALL", "EXECUTE", "EXECUTE IMMEDIATE"})
+
+
+def _detect() -> ColumnMask:
+    return ColumnMask(-1, None, "detect", frozenset(), "unresolved")
+
+
+def _table_classes(
+    tables: Sequence[str], catalog: Catalog, classmap: ClassMap, database: str | None
+) -> dict[SourceColumn, DataClass]:
+    out: dict[SourceColumn, DataClass] = {}
+    for t in tables:
+        schema, _, name = t.rpartition(".")
+        schema = schema or database or ""
+        for src, c in classmap.columns.items():
+            if src.table.lower() == name.lower() and (not schema or src.schema.lower() == schema.lower()):
+                out[src] = c.data_class
+    return out
+
+
+_WRITES = frozenset({"INSERT", "REPLACE", "UPDATE", "CREATE TABLE AS"})
+
+
+def _split(name: str, database: str | None) -> tuple[str, str]:
+    schema, _, table = name.rpartition(".")
+    return (schema or database or "").lower(), table.lower()
+
+
+def _copied_columns(
+    facts: StatementFacts, classmap: ClassMap, database: str | None
+) -> list[SourceColumn]:
+    """Classified columns of tables other than the written ones that a write reads: what
+    it may store elsewhere (coarse: a column read only in a WHERE counts too)."""
+    written = {_split(t, database) for t in facts.tables_written}
+    read = {_split(t, database) for t in facts.tables_read}
+    sensitive = [*classmap.columns, *classmap.scan]
+
+    out: list[SourceColumn] = []
+    for ref in facts.columns_read:
+        parts = ref.split(".")
+        col = parts[-1].lower()
+        tables = [_split(".".join(parts[:-1]), database)] if len(parts) > 1 else list(read)
+        for src in sensitive:
+            key = (src.schema.lower(), src.table.lower())
+            if col not in ("*", src.column.lower()):
+                continue
+            for schema, table in tables:
+                if key[1] == table and (not schema or key[0] == schema) and key not in written:
+                    out.append(src)
+    return sorted(set(out))
+
+
+def _other_statement(
+    facts: StatementFacts,
+    catalog: Catalog,
+    classmap: ClassMap,
+    settings: MaskSettings,
+    database: str | None,
+) -> MysqlMaskPlan | Refusal:
+    sensitive = bool(classmap.columns) or bool(classmap.scan)
+    if facts.command in _WRITES and facts.tables_read:
+        copied = _copied_columns(facts, classmap, database)
+        if copied:
+            return Refusal(
+                "42501",
+                f"dbsentry: a masked identity may not copy classified values into other tables"
+                f" ({', '.join(map(str, copied))}; masking.copy_out)",
+                "masking.copy_out",
+            )
+    if facts.command in ("SET", "DO") and _table_classes(facts.tables_read, catalog, classmap, database):
+        return Refusal(
+            "42501",
+            f"dbsentry: a masked identity may not copy classified values into variables ({facts.command}"
+            " reading a table with classified columns; masking.copy_out)",
+            "masking.copy_out",
+        )
+    if facts.command in _METADATA:
+        # settings, plans, statement texts: scanned like the safety net (no IP addresses,
+        # which server settings are full of)
+        return MysqlMaskPlan((), ColumnMask(-1, None, "detect", frozenset(), "safety-net"), False, False)
+    if facts.command == "HANDLER":
+        found = _table_classes(facts.tables_read, catalog, classmap, database)
+        if found:
+            cls = most_sensitive(list(found.values()))
+            assert cls is not None
+            strategy = settings.strategy_for(cls, found)
+            strategy = "redact" if strategy == "partial" else strategy
+            return MysqlMaskPlan((), ColumnMask(-1, cls, strategy, frozenset(found), "inexact"), False, True)
+        return MysqlMaskPlan((), _detect(), False, sensitive)
+    if facts.command in _OPAQUE_ROWS or "volatile_function" in facts.flags:
+        if sensitive and settings.unresolved == "deny":
+            return Refusal(
+                "42501",
+                f"dbsentry: the rows of {facts.command} cannot be traced to their columns"
+                " (masking.unresolved = deny)",
+                "masking.unresolved",
+            )
+        return MysqlMaskPlan((), _detect(), False, sensitive)
+    return NO_ROWS
+
+
+def _query_plan(
+    q: ParsedQuery,
+    catalog: Catalog,
+    classmap: ClassMap,
+    settings: MaskSettings,
+    predicates: PredicateMode,
+    database: str | None,
+) -> MysqlMaskPlan | Refusal:
+    sensitive = bool(classmap.tables)
+    try:
+        lin = lineage_of_query(q.tree, catalog, database, opaque_calls=q.opaque_calls, into=q.into)
+    except LineageError as err:
+        if not sensitive:
+            return MysqlMaskPlan((), _detect(), False, False)
+        if settings.unresolved == "deny" or predicates != "allow":
+            return Refusal(
+                "42501",
+                f"dbsentry: the statement's columns cannot be traced ({err}); it may read masked data",
+                "masking.unresolved",
+            )
+        return MysqlMaskPlan((), _detect(), False, True)
+    if lin.reads_unknown or not lin.tables_read.isdisjoint(classmap.tables):
+        stored = set(lin.copied)
+        unknown = lin.copied_unknown
+        if q.into:
+            stored.update(s for c in lin.columns for s in c.sources)
+            unknown = unknown or any(c.unknown for c in lin.columns)
+        copied = sorted(str(s) for s in stored if s in classmap.columns or s in classmap.scan)
+        if copied or unknown:
+            what = ", ".join(copied) or "columns that cannot be traced"
+            return Refusal(
+                "42501",
+                f"dbsentry: a masked identity may not copy classified values ({what})"
+                " into variables or files (masking.copy_out)",
+                "masking.copy_out",
+            )
+    use = violation((lin,), classmap, predicates)
+    if use is not None:
+        return Refusal("42501", f"dbsentry: {refusal_message(use, predicates)}", "masking.predicates")
+    plan = plan_masks(lin, classmap, settings)
+    if plan.deny:
+        return Refusal("42501", f"dbsentry: {plan.reason} (masking.unresolved = deny)", "masking.unresolved")
+    rest = None
+    if not lin.exact and plan.reads_sensitive:
+        rest = next((c for c in plan.columns if c is not None), None)
+    return MysqlMaskPlan(plan.columns, rest, lin.exact, plan.reads_sensitive, lin)
+
+
+def plan_for(
+    sql: str,
+    catalog: Catalog,
+    classmap: ClassMap,
+    *,
+    settings: MaskSettings | None = None,
+    predicates: PredicateMode = "allow",
+    database: str | None = None,
+    mode: SqlMode = DEFAULT_MODE,
+    facts: Sequence[StatementFacts] | None = None,
+) -> tuple[MysqlMaskPlan | Refusal, ...]:
+    """One plan or refusal per statement of ``sql`` for an identity under masking.
+
+    ``database``: the session's current database (``USE``; None: not known, an
+    unqualified table may be in any schema and is masked by every candidate);
+    ``predicates``: the identity's ``masking.predicates``; ``mode``: the session's
+    ``sql_mode``; ``facts``: the statements' facts if the session has them (else they are
+    analysed again).  A text the analysis refuses gives a single :class:`Refusal`.
+
+    Plans are cached per text, catalog, classification, settings, mode, database and
+    predicates mode (the same objects: a new catalog read is a new cache key)."""
+    settings = settings or _DEFAULT_SETTINGS
+    key = (sql, id(catalog), id(classmap), id(settings), predicates, database, mode)
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0] is catalog and hit[1] is classmap and hit[2] is settings:
+        _CACHE.move_to_end(key)
+        return hit[3]
+    result = _plan_for(sql, catalog, classmap, settings, predicates, database, mode, facts)
+    _CACHE[key] = (catalog, classmap, settings, result)
+    if len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return result
+
+
+_CACHE: OrderedDict[tuple[Any, ...], tuple[Catalog, ClassMap, MaskSettings, tuple[MysqlMaskPlan | Refusal, ...]]] = OrderedDict()
+_CACHE_SIZE = 2048
+_DEFAULT_SETTINGS = MaskSettings()
+
+
+def _plan_for(
+    sql: str,
+    catalog: Catalog,
+    classmap: ClassMap,
+    settings: MaskSettings,
+    predicates: PredicateMode,
+    database: str | None,
+    mode: SqlMode,
+    facts: Sequence[StatementFacts] | None,
+) -> tuple[MysqlMaskPlan | Refusal, ...]:
+    try:
+        queries = parse_queries(sql, mode)
+        all_facts = tuple(facts) if facts is not None else analyze(sql, mode)
+    except AnalysisRefused as err:
+        return (Refusal(err.sqlstate, f"dbsentry: {err}", "masking.analysis"),)
+    if len(all_facts) != len(queries):
+        return (Refusal("XX000", "dbsentry: the statements could not be matched", "masking.analysis"),)
+    out: list[MysqlMaskPlan | Refusal] = []
+    for q, f in zip(queries, all_facts, strict=True):
+        if q is None:
+            out.append(_other_statement(f, catalog, classmap, settings, database))
+        else:
+            out.append(_query_plan(q, catalog, classmap, settings, predicates, database))
+    return tuple(out)

@@ -1,0 +1,364 @@
+"""Lineage of MySQL queries and the plans made of it (engines/mysql/masking/lineage.py,
+plan.py), on a catalog built from information_schema-shaped rows; pure."""
+
+from __future__ import annotations
+
+import pytest
+
+from dbsentry.engines.mysql.catalog import catalog_from_rows, neutral_type, sample_sql
+from dbsentry.engines.mysql.masking import MysqlMaskPlan, Refusal, plan_for
+from dbsentry.engines.mysql.masking.lineage import StatementLineage, lineage_of_query
+from dbsentry.engines.mysql.sql.facts import parse_queries
+from dbsentry.masking.catalog import SourceColumn, classify_catalog
+from dbsentry.masking.classes import DataClass
+from dbsentry.masking.plans import MaskSettings
+
+TABLES = {
+    ("app", "people"): [("id", "int"), ("email", "varchar"), ("ssn", "char"), ("contact", "varchar"), ("city", "varchar"), ("notes", "text")],
+    ("app", "orders"): [("id", "int"), ("person_id", "int"), ("total", "decimal")],
+    ("app", "v"): [("id", "int"), ("mail", "varchar")],
+    ("app", "vv"): [("m", "varchar")],
+    ("hr", "people"): [("id", "int"), ("phone", "varchar")],
+}
+COMMENTS = {("app", "people", "notes"): "pii:person_name"}
+VIEWS = [
+    ("app", "v", "select `app`.`people`.`id` AS `id`,ucase(`app`.`people`.`email`) AS `mail` from `app`.`people`"),
+    ("app", "vv", "select `app`.`v`.`mail` AS `m` from `app`.`v`"),
+]
+
+
+def _rows() -> list[tuple[object, ...]]:
+    out: list[tuple[object, ...]] = []
+    for (schema, table), cols in TABLES.items():
+        kind = "VIEW" if table.startswith("v") else "BASE TABLE"
+        for i, (name, dt) in enumerate(cols, start=1):
+            out.append((schema, table, kind, i, name, dt, dt, COMMENTS.get((schema, table, name), ""), ""))
+    return out
+
+
+CATALOG = catalog_from_rows(_rows(), VIEWS, "app")
+CLASSMAP = classify_catalog(CATALOG)
+
+
+def S(table: str, column: str, schema: str = "app") -> SourceColumn:
+    return SourceColumn(schema, table, column)
+
+
+def lineage(sql: str, database: str | None = "app") -> StatementLineage:
+    (q,) = parse_queries(sql)
+    assert q is not None
+    return lineage_of_query(q.tree, CATALOG, database, opaque_calls=q.opaque_calls, into=q.into)
+
+
+def sources(sql: str) -> list[frozenset[SourceColumn]]:
+    return [c.sources for c in lineage(sql).columns]
+
+
+def test_classification_of_the_catalog() -> None:
+    assert CLASSMAP.columns[S("people", "email")].data_class is DataClass.EMAIL
+    assert CLASSMAP.columns[S("people", "ssn")].data_class is DataClass.NATIONAL_ID
+    assert CLASSMAP.columns[S("people", "notes")].data_class is DataClass.PERSON_NAME
+    assert CLASSMAP.columns[S("people", "phone", "hr")].data_class is DataClass.PHONE
+    assert S("people", "city") not in CLASSMAP.columns
+
+
+def test_columns_aliases_and_qualification() -> None:
+    lin = lineage("SELECT p.email AS e, `ssn`, app.people.city, EMAIL FROM people p")
+    assert [c.name for c in lin.columns] == ["e", "ssn", "city", "EMAIL"]
+    assert [c.sources for c in lin.columns] == [
+        {S("people", "email")}, {S("people", "ssn")}, {S("people", "city")}, {S("people", "email")}
+    ]
+    assert all(c.direct for c in lin.columns)
+    assert lin.tables_read == {("app", "people")}
+    assert sources("SELECT phone FROM hr.people") == [{S("people", "phone", "hr")}]
+
+
+def test_star_and_table_star() -> None:
+    lin = lineage("SELECT *, o.* FROM people JOIN orders o ON o.person_id = people.id")
+    names = [c.name for c in lin.columns]
+    assert names == ["id", "email", "ssn", "contact", "city", "notes", "id", "person_id", "total", "id", "person_id", "total"]
+    assert lin.exact
+    assert lineage("SELECT * FROM people JOIN orders USING (id)").exact is False  # merged columns move
+    assert lineage("SELECT * FROM nowhere").exact is False
+    assert lineage("SELECT id FROM nowhere").columns[0].unknown
+
+
+def test_subqueries_ctes_and_set_operations() -> None:
+    assert sources("SELECT x FROM (SELECT email AS x FROM people) d") == [{S("people", "email")}]
+    assert sources("SELECT b FROM (SELECT email, ssn FROM people) AS d (a, b)") == [{S("people", "ssn")}]
+    assert sources("WITH c (m) AS (SELECT contact FROM people) SELECT UPPER(m) FROM c") == [{S("people", "contact")}]
+    assert sources("SELECT id, (SELECT MAX(ssn) FROM people q WHERE q.id = o.person_id) FROM orders o")[1] == {S("people", "ssn")}
+    union = lineage("SELECT city FROM people UNION ALL SELECT email FROM people")
+    assert union.columns[0].sources == {S("people", "city"), S("people", "email")}
+    assert union.columns[0].direct
+    rec = lineage(
+        "WITH RECURSIVE r (n, e) AS (SELECT 1, email FROM people UNION ALL SELECT n + 1, e FROM r WHERE n < 3) SELECT n, e FROM r"
+    )
+    assert rec.columns[0].sources == frozenset() and rec.columns[1].sources == {S("people", "email")}
+
+
+def test_views_expand_to_their_tables() -> None:
+    lin = lineage("SELECT mail FROM v")
+    assert lin.columns[0].sources == {S("v", "mail"), S("people", "email")}
+    assert not lin.columns[0].direct  # ucase()
+    assert ("app", "people") in lin.tables_read
+    assert lineage("SELECT m FROM vv").columns[0].sources == {S("vv", "m"), S("v", "mail"), S("people", "email")}
+
+
+@pytest.mark.parametrize(
+    ("expr", "columns", "direct"),
+    [
+        ("CONCAT(email, ssn)", "email ssn", False),
+        ("SUBSTRING(ssn, 1, 3)", "ssn", False),
+        ("LOWER(email)", "email", False),
+        ("COALESCE(email, ssn)", "email ssn", True),
+        ("IFNULL(email, ssn)", "email ssn", True),
+        ("CASE WHEN id > 1 THEN email ELSE ssn END", "id email ssn", False),
+        ("IF(id > 1, email, ssn)", "id email ssn", False),
+        ("CAST(email AS CHAR(10))", "email", True),
+        ("CONVERT(email USING latin1)", "email", True),
+        ("GROUP_CONCAT(email, ssn)", "email ssn", False),
+        ("MAX(email)", "email", True),
+        ("email || ssn", "email ssn", False),
+    ],
+)
+def test_expressions_derive_from_every_column(expr: str, columns: str, direct: bool) -> None:
+    lin = lineage(f"SELECT {expr} FROM people")
+    assert lin.columns[0].sources == {S("people", c) for c in columns.split()}
+    assert lin.columns[0].direct is direct
+
+
+def test_presence_derives_from_nothing() -> None:
+    assert sources("SELECT COUNT(*), COUNT(email), email IS NULL, EXISTS (SELECT 1 FROM people) FROM people") == [frozenset()] * 4
+    assert sources("SELECT ROW_NUMBER() OVER (ORDER BY id) FROM people") == [frozenset()]
+
+
+def test_what_cannot_be_traced_is_unknown() -> None:
+    lin = lineage("SELECT my_func(email), @v, app.f(id) FROM people")
+    assert [c.unknown for c in lin.columns] == [True, True, True]
+    assert lin.reads_unknown
+    # a stored function anywhere in the statement: sqlglot may have read its name as
+    # another dialect's built-in, so every function's value is unknown
+    (q,) = parse_queries("SELECT to_char(email), LOWER(ssn) FROM people")
+    assert q is not None and q.opaque_calls
+    lin = lineage_of_query(q.tree, CATALOG, "app", opaque_calls=True)
+    assert all(c.unknown for c in lin.columns)
+    assert not lineage("SELECT @@version, LOWER(email) FROM people").reads_unknown
+
+
+def test_names_without_a_database_match_every_schema() -> None:
+    lin = lineage("SELECT id FROM people", database=None)
+    assert lin.columns[0].sources == {S("people", "id"), S("people", "id", "hr")}
+    assert lineage("SELECT ID FROM PEOPLE").columns[0].sources == {S("people", "id")}
+
+
+def uses(sql: str) -> set[tuple[str, str, str]]:
+    return {(str(u.column), u.clause, u.shape) for u in lineage(sql).predicates}
+
+
+def test_predicate_uses() -> None:
+    assert uses("SELECT id FROM people WHERE email = 'a@b.c' AND ssn IN ('1', ?) OR NOT city <=> 'x'") == {
+        ("app.people.email", "WHERE", "equality"),
+        ("app.people.ssn", "WHERE", "equality"),
+        ("app.people.city", "WHERE", "equality"),
+    }
+    assert ("app.people.ssn", "WHERE", "other") in uses("SELECT id FROM people WHERE ssn LIKE '5%'")
+    assert ("app.people.ssn", "WHERE", "other") in uses("SELECT id FROM people WHERE LOWER(ssn) = 'x'")
+    assert ("app.people.email", "WHERE", "presence") in uses("SELECT id FROM people WHERE email IS NULL")
+    assert ("app.people.ssn", "ORDER BY", "other") in uses("SELECT ssn FROM people ORDER BY 1")
+    assert ("app.people.ssn", "ORDER BY", "other") in uses("SELECT ssn AS s FROM people ORDER BY s")
+    assert ("app.people.email", "GROUP BY", "other") in uses("SELECT COUNT(*) FROM people GROUP BY SUBSTRING(email, 1, 1)")
+    assert ("app.people.ssn", "HAVING", "other") in uses("SELECT city FROM people GROUP BY city HAVING MIN(ssn) > '5'")
+    assert ("app.people.email", "DISTINCT", "other") in uses("SELECT DISTINCT email FROM people")
+    assert ("app.people.email", "UNION", "other") in uses("SELECT email FROM people UNION SELECT city FROM people")
+    assert not {u for u in uses("SELECT email FROM people UNION ALL SELECT city FROM people") if u[1] == "UNION"}
+    assert ("app.people.ssn", "OVER (PARTITION BY)", "other") in uses("SELECT SUM(id) OVER (PARTITION BY ssn) FROM people")
+    assert ("app.people.ssn", "an aggregate", "other") in uses("SELECT MAX(ssn) FROM people")
+    assert ("app.people.email", "an aggregate", "presence") in uses("SELECT COUNT(email) FROM people")
+    assert ("app.people.email", "an aggregate", "other") in uses("SELECT COUNT(DISTINCT email) FROM people")
+    assert ("app.people.ssn", "WHERE", "other") in uses(
+        "SELECT id FROM orders o WHERE EXISTS (SELECT 1 FROM people p WHERE p.id = o.person_id AND p.ssn LIKE '1%')"
+    )
+    assert ("app.people.email", "JOIN ... ON", "other") in uses("SELECT o.id FROM orders o JOIN people p ON p.email > 'm'")
+    assert ("app.people.ssn", "CASE", "other") in uses("SELECT CASE WHEN ssn LIKE '5%' THEN 1 END FROM people")
+    assert ("app.people.ssn", "LIMIT/OFFSET", "other") not in uses("SELECT id FROM people LIMIT 1")
+    # a view's own WHERE is its owner's business; a predicate on its output is not
+    assert ("app.people.email", "WHERE", "other") in uses("SELECT id FROM v WHERE mail LIKE 'A%'")
+
+
+# -- plans ------------------------------------------------------------------------------------
+
+
+def plan(sql: str, **kw: object) -> MysqlMaskPlan | Refusal:
+    (p,) = plan_for(sql, CATALOG, CLASSMAP, database="app", **kw)  # type: ignore[arg-type]
+    return p
+
+
+def test_plan_strategies() -> None:
+    p = plan("SELECT id, email, LOWER(email), ssn, notes, city FROM people")
+    assert isinstance(p, MysqlMaskPlan) and p.exact and p.reads_sensitive
+    got = [(c.data_class, c.strategy) if c else None for c in p.columns]
+    assert got == [
+        None,
+        (DataClass.EMAIL, "partial"),
+        (DataClass.EMAIL, "redact"),  # partial only on direct values
+        (DataClass.NATIONAL_ID, "partial"),
+        (DataClass.PERSON_NAME, "redact"),
+        None,
+    ]
+    assert p.data_classes == {DataClass.EMAIL, DataClass.NATIONAL_ID, DataClass.PERSON_NAME}
+    hashed = plan("SELECT email FROM people", settings=MaskSettings(strategies={DataClass.EMAIL: "hash"}))
+    assert isinstance(hashed, MysqlMaskPlan) and hashed.columns[0] is not None
+    assert hashed.columns[0].strategy == "hash"
+
+
+def test_unresolved_columns_detect_or_deny() -> None:
+    p = plan("SELECT my_func(id), city FROM people")
+    assert isinstance(p, MysqlMaskPlan)
+    assert p.columns[0] is not None and p.columns[0].strategy == "detect"
+    r = plan("SELECT my_func(id) FROM people", settings=MaskSettings(unresolved="deny"))
+    assert isinstance(r, Refusal) and r.sqlstate == "42501"
+    inexact = plan("SELECT * FROM people JOIN orders USING (id)")
+    assert isinstance(inexact, MysqlMaskPlan) and not inexact.exact
+    assert inexact.rest is not None and inexact.rest.data_class is DataClass.NATIONAL_ID
+    assert inexact.rest.strategy == "redact"
+    assert plan("SELECT @v") == plan("SELECT @v")
+    var = plan("SELECT @v")
+    assert isinstance(var, MysqlMaskPlan) and var.columns[0] is not None and var.columns[0].strategy == "detect"
+    # nothing sensitive read: nothing masked
+    quiet = plan("SELECT id, total FROM orders")
+    assert isinstance(quiet, MysqlMaskPlan) and not quiet.active
+
+
+def test_predicates_refuse_by_mode() -> None:
+    sql = "SELECT id FROM people ORDER BY ssn"
+    assert isinstance(plan(sql), MysqlMaskPlan)
+    r = plan(sql, predicates="equality")
+    assert isinstance(r, Refusal) and r.rule == "masking.predicates"
+    assert r.message == "dbsentry: masked column app.people.ssn may not be used in ORDER BY (masking.predicates = equality)"
+    assert isinstance(plan("SELECT id FROM people WHERE email = 'x'", predicates="equality"), MysqlMaskPlan)
+    assert isinstance(plan("SELECT id FROM people WHERE email = 'x'", predicates="deny"), Refusal)
+    assert isinstance(plan("SELECT COUNT(email) FROM people", predicates="equality"), MysqlMaskPlan)
+
+
+def test_copies_into_variables_and_files_are_refused() -> None:
+    r = plan("SELECT notes INTO @n FROM people LIMIT 1")
+    assert isinstance(r, Refusal) and r.rule == "masking.copy_out" and "app.people.notes" in r.message
+    assert plan("SELECT city INTO @c FROM people LIMIT 1") == MysqlMaskPlan((), None, True, True, plan_lineage("SELECT city INTO @c FROM people LIMIT 1"))
+    assert isinstance(plan("SELECT email FROM people INTO OUTFILE '/tmp/x'"), Refusal)
+
+
+def plan_lineage(sql: str) -> StatementLineage:
+    return lineage(sql)
+
+
+def test_other_statements() -> None:
+    show = plan("SHOW TABLES")
+    assert isinstance(show, MysqlMaskPlan) and show.rest is not None and show.rest.strategy == "detect"
+    assert show.rest.reason == "safety-net"
+    handler = plan("HANDLER people READ FIRST")
+    assert isinstance(handler, MysqlMaskPlan) and handler.rest is not None
+    assert handler.rest.data_class is DataClass.NATIONAL_ID and handler.rest.strategy == "redact"
+    call = plan("CALL p()")
+    assert isinstance(call, MysqlMaskPlan) and call.rest is not None and call.rest.strategy == "detect"
+    assert isinstance(plan("CALL p()", settings=MaskSettings(unresolved="deny")), Refusal)
+    insert = plan("INSERT INTO orders VALUES (1, 2, 3)")
+    assert isinstance(insert, MysqlMaskPlan) and not insert.active
+    refused = plan_for("SELECT 1 /*! , email */ FROM people", CATALOG, CLASSMAP)
+    assert len(refused) == 1 and isinstance(refused[0], Refusal)
+    several = plan_for("SELECT email FROM people; SELECT id FROM orders", CATALOG, CLASSMAP, database="app")
+    assert len(several) == 2
+
+
+# -- the catalog reader's pure part -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data_type", "column_type", "neutral"),
+    [
+        ("varchar", "varchar(255)", "text"),
+        ("tinyint", "tinyint(1)", "boolean"),
+        ("tinyint", "tinyint(4)", "smallint"),
+        ("int", "int(10) unsigned", "integer"),
+        ("bigint", "bigint(20)", "bigint"),
+        ("datetime", "datetime(3)", "timestamp"),
+        ("longblob", "longblob", "bytea"),
+        ("json", "json", "json"),
+        ("inet6", "inet6", "inet"),
+        ("somethingnew", "somethingnew", "text"),
+    ],
+)
+def test_neutral_types(data_type: str, column_type: str, neutral: str) -> None:
+    assert neutral_type(data_type, column_type) == neutral
+
+
+def test_types_decide_classes_and_samples() -> None:
+    rows = [
+        ("s", "t", "BASE TABLE", 1, "email_verified", "tinyint", "tinyint(1)", "", ""),
+        ("s", "t", "BASE TABLE", 2, "email", "datetime", "datetime", "", ""),
+        ("s", "t", "BASE TABLE", 3, "phone", "bigint", "bigint", "", ""),
+        ("s", "t", "BASE TABLE", 4, "misc", "mediumtext", "mediumtext", "", ""),
+        ("s", "t", "BASE TABLE", 5, "doc", "json", "json", "", ""),
+        ("s", "t", "BASE TABLE", 6, "n", "int", "int", "", ""),
+        ("mysql", "user", "BASE TABLE", 1, "authentication_string", "text", "text", "", ""),
+    ]
+    cat = catalog_from_rows(rows, (), "s")
+    cm = classify_catalog(cat)
+    assert {s.column for s in cm.columns} == {"phone", "authentication_string"}
+    rel = cat.relation("s", "t")
+    assert rel is not None
+    built = sample_sql(rel, 200, 2000, mariadb=True)
+    assert built is not None
+    sql, cols = built
+    assert [c.name for c in cols] == ["phone", "misc", "doc"]
+    assert sql.startswith("SET STATEMENT max_statement_time=2.000, lock_wait_timeout=2 FOR SELECT")
+    assert sql.endswith("FROM `s`.`t` LIMIT 200")
+    mysql_sql, _ = sample_sql(rel, 10, 500, mariadb=False) or ("", ())
+    assert "MAX_EXECUTION_TIME(500)" in mysql_sql and "lock_wait_timeout=1" in mysql_sql
+
+
+def test_variables_hold_copies() -> None:
+    assert isinstance(plan("SELECT @x := email FROM people"), Refusal)
+    assert isinstance(plan("SELECT @x := city FROM people"), MysqlMaskPlan)
+    r = plan("SET @x = (SELECT notes FROM people LIMIT 1)")
+    assert isinstance(r, Refusal) and r.rule == "masking.copy_out"
+    assert isinstance(plan("DO @x := (SELECT ssn FROM people LIMIT 1)"), Refusal)
+    assert isinstance(plan("SET @x = 1"), MysqlMaskPlan)
+
+
+def test_plans_are_cached_per_catalog() -> None:
+    sql = "SELECT email FROM people"
+    first = plan_for(sql, CATALOG, CLASSMAP, database="app")
+    assert plan_for(sql, CATALOG, CLASSMAP, database="app") is first
+    other = catalog_from_rows(_rows(), VIEWS, "app")
+    again = plan_for(sql, other, classify_catalog(other), database="app")
+    assert again is not first and again == first
+
+
+def test_what_exists_selects_is_not_looked_at() -> None:
+    got = uses("SELECT id FROM orders WHERE EXISTS (SELECT email FROM (SELECT email, id FROM people) d WHERE d.id = orders.person_id)")
+    assert ("app.people.email", "WHERE", "other") not in got
+    assert ("app.people.id", "WHERE", "other") in got
+    assert isinstance(plan("SELECT * FROM people NATURAL JOIN orders"), MysqlMaskPlan)
+    assert lineage("SELECT * FROM people NATURAL JOIN orders").exact is False
+
+
+@pytest.mark.parametrize(
+    ("sql", "refused"),
+    [
+        ("INSERT INTO t2 SELECT email FROM people", True),
+        ("CREATE TABLE t3 AS SELECT email FROM people", True),
+        ("REPLACE INTO t2 SELECT p.* FROM people p", True),
+        ("INSERT INTO t2 VALUES ((SELECT email FROM people LIMIT 1))", True),
+        ("UPDATE orders o JOIN people p ON p.id = o.person_id SET o.total = p.ssn", True),
+        ("INSERT INTO t2 SELECT phone FROM hr.people", True),
+        ("INSERT INTO t2 SELECT id, city FROM people", False),
+        ("INSERT INTO t2 (a) VALUES (1)", False),
+        ("UPDATE people SET city = 'x' WHERE email = 'a'", False),
+    ],
+)
+def test_writes_copying_classified_values_are_refused(sql: str, refused: bool) -> None:
+    r = plan(sql)
+    assert isinstance(r, Refusal) is refused
+    if refused:
+        assert isinstance(r, Refusal) and r.rule == "masking.copy_out"
