@@ -164,6 +164,7 @@ class SessionEvent(_Record):
     database: str | None = None
     duration_ms: float | None = None  # closed only
     end_reason: str | None = None  # closed only: "client_terminate", "idle_timeout", "error: ..."
+    engine: str = "postgres"  # the listener's protocol: "postgres" or "mysql"
     time: float = field(default_factory=_time.time)
     id: str = field(default_factory=new_record_id)
 
@@ -230,6 +231,7 @@ class StatementRecord(_Record):
     masked_classes: tuple[str, ...] = ()
     correlation: Mapping[str, str] = field(default_factory=dict)
     application_name: str | None = None
+    engine: str = "postgres"  # the listener's protocol: "postgres" or "mysql"
     time: float = field(default_factory=_time.time)
     id: str = field(default_factory=new_record_id)
 
