@@ -22,6 +22,7 @@ place where a row rewriter (masking) plugs in. Commands that arrive meanwhile wa
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from collections import deque
 from collections.abc import Sequence
@@ -227,6 +228,9 @@ class _Held:
     verdict: Verdict | None
     params: tuple[str | None, ...] | None
     exchange: _Exchange
+
+
+_SESSION_SETUP = re.compile(r"\s*SET\s+(NAMES\s+'?\w+'?(\s+COLLATE\s+'?\w+'?)?|AUTOCOMMIT\s*=\s*[01])\s*;?\s*\Z", re.IGNORECASE)
 
 
 def _kill_target(sql: str) -> tuple[int, bool] | None:
@@ -758,6 +762,10 @@ class Session:
             kill = _kill_target(sql) if sql is not None else None
             if sql is not None and kill is not None:
                 return self._kill(payload, sql, kill[0], kill[1])
+            if sql is not None and _SESSION_SETUP.match(sql):
+                # what drivers send at connect (SET NAMES utf8mb4, SET autocommit=0): no
+                # upstream here, nothing to set
+                return [c.SendClient(self._packet(encode_ok(OK(0, 0, self._status, 0), self._caps)))]
         usable = ", ".join(sorted(n for n, known in self.config.connections.items() if known.engine == "mysql"))
         return self._reply_error(
             ER_NO_DB,
@@ -803,7 +811,7 @@ class Session:
                         f"dbsentry: one connection per session: USE {target} is refused "
                         f"(connect with the connection's name as the database to use another)"
                     )
-        if verdict.decision.action == "mask" and verdict.decision.masks:
+        if verdict.decision.allowed and verdict.decision.action == "mask" and verdict.decision.masks:
             return (
                 "dbsentry: this statement's results must be masked (rule: "
                 + ", ".join(verdict.decision.rules)
@@ -845,13 +853,13 @@ class Session:
     ) -> list[c.Command]:
         """Audit and forward (or refuse, or ask for approval) one statement command."""
         if verdict is not None:
+            refusal = self._refusal(verdict, sql)
+            if refusal is not None:
+                return self._refused(sql, refusal, verdict)
             if not verdict.decision.allowed:
                 if verdict.decision.action == "require_approval" and verdict.facts and self.approvals:
                     return self._ask_approval(packet, sql, verdict, exchange, params)
                 return self._denied(verdict, sql, params)
-            refusal = self._refusal(verdict, sql)
-            if refusal is not None:
-                return self._refused(sql, refusal, verdict)
             exchange.refresh = any(f.settings or f.command in ("SET", "CALL") for f in verdict.facts)
         return self._audited_forward(packet, sql, verdict, exchange, params)
 
@@ -904,11 +912,11 @@ class Session:
             return self._refused(sql[:1000], f"dbsentry: statement of {len(raw)} bytes exceeds limits.max_statement_bytes")
         verdict = self._check(sql)
         if verdict is not None:
-            if not verdict.decision.allowed and verdict.decision.action != "require_approval":
-                return self._denied(verdict, sql)
             refusal = self._refusal(verdict, sql)
             if refusal is not None:
                 return self._refused(sql, refusal, verdict)
+            if not verdict.decision.allowed and verdict.decision.action != "require_approval":
+                return self._denied(verdict, sql)
             if len(verdict.facts) != 1:
                 return self._refused(sql, "dbsentry: a prepared statement holds exactly one statement")
         # Audited when it is executed, with its parameters (require_approval: then too).

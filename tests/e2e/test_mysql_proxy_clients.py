@@ -1,0 +1,243 @@
+"""Real MySQL clients through a running dbsentry to the real MariaDB: PyMySQL,
+mysql-connector-python (pure and C, text and prepared = binary protocol), the mariadb
+command-line client; guardrails (42000 ``dbsentry:``), transactions, the audit trail
+(engine mysql), KILL routing. One proxy for the module, TLS required (the default)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from support.mysql import MySQLProxy, run_mysql_proxy, server_reason
+from support.proxy import dbsentry_cli
+
+_REASON = server_reason()
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
+pymysql = pytest.importorskip("pymysql")
+
+ALICE = "alice@example.com"
+_NO_VERIFY = {"check_hostname": False, "verify_mode": ssl.CERT_NONE}
+
+
+@pytest.fixture(scope="module")
+def mysql_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MySQLProxy]:
+    with run_mysql_proxy(tmp_path_factory.mktemp("mysql-proxy")) as running:
+        yield running
+
+
+def connect(mp: MySQLProxy, database: str | None = "dev", *, user: str = ALICE, password: str | None = None, **kw: Any) -> Any:
+    return pymysql.connect(
+        host="127.0.0.1",
+        port=mp.port,
+        user=user,
+        password=mp.token(user) if password is None else password,
+        database=database,
+        ssl=_NO_VERIFY,
+        connect_timeout=10,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def table(mysql_proxy: MySQLProxy) -> str:
+    with connect(mysql_proxy) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS dbs_proxy_t (id INT PRIMARY KEY, v VARCHAR(40), d DATETIME, n DECIMAL(8,2))")
+        cur.execute("DELETE FROM dbs_proxy_t WHERE id > 0")
+        cur.execute("INSERT INTO dbs_proxy_t VALUES (1, 'one', '2024-01-02 03:04:05', 1.50), (2, 'two', NULL, NULL)")
+        conn.commit()
+    return "dbs_proxy_t"
+
+
+def test_pymysql_select_insert_update_and_transaction_status(mysql_proxy: MySQLProxy, table: str) -> None:
+    with connect(mysql_proxy) as conn, conn.cursor() as cur:
+        assert conn.get_server_info().endswith("MariaDB-0+deb12u1") or conn.get_server_info()
+        cur.execute("SELECT id, v FROM dbs_proxy_t ORDER BY id")
+        assert cur.fetchall() == ((1, "one"), (2, "two"))
+        cur.execute("INSERT INTO dbs_proxy_t VALUES (%s, %s, NULL, NULL)", (3, "three"))
+        assert conn.server_status & 1  # SERVER_STATUS_IN_TRANS: PyMySQL runs with autocommit off
+        cur.execute("UPDATE dbs_proxy_t SET v = %s WHERE id = %s", ("THREE", 3))
+        assert cur.rowcount == 1
+        conn.rollback()
+        assert not conn.server_status & 1
+        cur.execute("SELECT COUNT(*) FROM dbs_proxy_t WHERE id = 3")
+        assert cur.fetchone() == (0,)
+        cur.execute("SELECT DATABASE()")
+        assert cur.fetchone() == ("test",)  # the connection's database, whatever its name
+        # multi-statements: each judged, each result forwarded
+        conn.autocommit(True)
+        assert conn.thread_id() != 0
+
+
+def test_drop_table_in_production_is_blocked_and_session_stays_usable(mysql_proxy: MySQLProxy, table: str) -> None:
+    with connect(mysql_proxy, "prod") as conn, conn.cursor() as cur:
+        with pytest.raises(pymysql.err.OperationalError) as err:
+            cur.execute("DROP TABLE dbs_proxy_t")
+        code, message = err.value.args
+        assert code == 1227
+        assert message.startswith("dbsentry:") and "baseline." in message
+        with pytest.raises(pymysql.err.OperationalError) as err:
+            cur.execute("DELETE FROM dbs_proxy_t")
+        assert err.value.args[0] == 1227
+        assert err.value.args[1].startswith("dbsentry:") and "baseline.prod.unbounded-write" in err.value.args[1]
+        cur.execute("SELECT COUNT(*) FROM dbs_proxy_t")
+        assert cur.fetchone()[0] >= 2
+    # the SQLSTATE on the wire, as the mariadb client shows it
+    if shutil.which("mariadb"):
+        out = _cli(mysql_proxy, "prod", "DROP TABLE dbs_proxy_t", check=False)
+        assert "ERROR 1227 (42000)" in out.stderr and "dbsentry:" in out.stderr
+
+
+def test_unparsable_statement_is_refused_fail_closed(mysql_proxy: MySQLProxy) -> None:
+    with connect(mysql_proxy) as conn, conn.cursor() as cur:
+        with pytest.raises(pymysql.err.MySQLError) as err:
+            cur.execute("SELECT /*!50000 1 */")
+        assert err.value.args[1].startswith("dbsentry:")
+        with pytest.raises(pymysql.err.MySQLError) as err:
+            cur.execute("USE mysql")
+        assert "one connection per session" in err.value.args[1]
+        cur.execute("SELECT 1")
+        assert cur.fetchone() == (1,)
+
+
+def test_connector_pure_and_c_text_and_prepared(mysql_proxy: MySQLProxy, table: str) -> None:
+    connector = pytest.importorskip("mysql.connector")
+    kinds = [True]
+    if connector.HAVE_CEXT:
+        kinds.append(False)
+    for pure in kinds:
+        conn = connector.connect(
+            host="127.0.0.1", port=mysql_proxy.port, user=ALICE, password=mysql_proxy.token(), database="dev",
+            use_pure=pure, ssl_verify_cert=False, connection_timeout=10,
+        )
+        try:
+            cur = conn.cursor(prepared=True)
+            cur.execute("SELECT id, v, d, n FROM dbs_proxy_t WHERE id = ?", (1,))
+            row = cur.fetchall()[0]
+            assert (row[0], row[1], str(row[2]), str(row[3])) == (1, "one", "2024-01-02 03:04:05", "1.50")
+            cur.execute("UPDATE dbs_proxy_t SET v = ? WHERE id = ?", ("uno", 1))
+            conn.rollback()
+            text = conn.cursor()
+            text.execute("SELECT v FROM dbs_proxy_t WHERE id = 1")
+            assert text.fetchall() == [("one",)]
+        finally:
+            conn.close()
+    if not connector.HAVE_CEXT:
+        pytest.skip("mysql-connector-python's C extension does not load here; the pure one passed")
+
+
+def _cli(mp: MySQLProxy, database: str, sql: str, *, check: bool = True, args: tuple[str, ...] = ("--ssl", "--ssl-verify-server-cert=0")) -> subprocess.CompletedProcess[str]:
+    cmd = ["mariadb", "-h", "127.0.0.1", "-P", str(mp.port), "-u", ALICE, f"-p{mp.token()}", *args, "-D", database, "-e", sql]
+    return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=30)
+
+
+@pytest.mark.skipif(shutil.which("mariadb") is None, reason="the mariadb command-line client is not installed")
+def test_mariadb_cli_batch_and_vertical(mysql_proxy: MySQLProxy, table: str) -> None:
+    out = _cli(mysql_proxy, "dev", "SELECT id, v FROM dbs_proxy_t ORDER BY id")
+    assert out.stdout.splitlines() == ["id\tv", "1\tone", "2\ttwo"]
+    out = _cli(mysql_proxy, "dev", "SELECT id, v FROM dbs_proxy_t WHERE id = 2\\G")
+    assert "*************************** 1. row ***************************" in out.stdout
+    assert "v: two" in out.stdout
+    out = _cli(mysql_proxy, "dev", "status")
+    assert "Cipher in use" in out.stdout
+
+
+def test_bad_token_and_plaintext_refused(mysql_proxy: MySQLProxy) -> None:
+    with pytest.raises(pymysql.err.OperationalError) as err:
+        connect(mysql_proxy, password="not-a-token")
+    assert err.value.args[0] == 1045
+    assert err.value.args[1].startswith("dbsentry: access denied for user 'alice@example.com'")
+    with pytest.raises(pymysql.err.OperationalError) as err:
+        pymysql.connect(host="127.0.0.1", port=mysql_proxy.port, user=ALICE, password=mysql_proxy.token(), database="dev", ssl_disabled=True)
+    assert err.value.args[0] == 3159
+    assert err.value.args[1].startswith("dbsentry: TLS is required")
+    with pytest.raises(pymysql.err.OperationalError) as err:
+        connect(mysql_proxy, "restricted")
+    assert err.value.args[1] == "dbsentry: identity 'alice@example.com' is not allowed to use connection 'restricted'"
+    with pytest.raises(pymysql.err.OperationalError) as err:
+        connect(mysql_proxy, "nope")
+    assert err.value.args[0] == 1049
+    assert "connection 'nope' does not exist" in err.value.args[1] and "dev, prod" in err.value.args[1]
+
+
+def test_init_db_change_user_and_commands(mysql_proxy: MySQLProxy) -> None:
+    with connect(mysql_proxy) as conn:
+        conn.ping()
+        conn.select_db("dev")  # the same connection: fine
+        with pytest.raises(pymysql.err.OperationalError) as err:
+            conn.select_db("mysql")
+        assert err.value.args == (1227, "dbsentry: one connection per session: cannot change to 'mysql'; connect again with it as the database")
+        with conn.cursor() as cur:
+            cur.execute("SELECT 2")
+            assert cur.fetchone() == (2,)
+
+
+def test_kill_query_cancels_sleep_within_a_second(mysql_proxy: MySQLProxy) -> None:
+    victim = connect(mysql_proxy)
+    bob = connect(mysql_proxy, None, user="bob@example.com")
+    # without a database: a session for KILL only, as the mariadb client's Ctrl-C opens
+    killer = connect(mysql_proxy, None)
+    result: dict[str, Any] = {}
+
+    def sleep() -> None:
+        started = time.monotonic()
+        try:
+            with victim.cursor() as cur:
+                cur.execute("SELECT SLEEP(30)")
+                result["rows"] = cur.fetchall()
+        except pymysql.err.MySQLError as exc:
+            result["error"] = exc.args
+        result["seconds"] = time.monotonic() - started
+        result["ended"] = time.monotonic()
+
+    thread = threading.Thread(target=sleep)
+    thread.start()
+    time.sleep(0.5)
+    with pytest.raises(pymysql.err.OperationalError) as err:
+        bob.cursor().execute(f"KILL QUERY {victim.thread_id()}")
+    assert err.value.args[0] == 1095  # not bob's session
+    bob.close()
+    with killer.cursor() as cur:
+        killed_at = time.monotonic()
+        cur.execute(f"KILL QUERY {victim.thread_id()}")
+        thread.join(5)
+        with pytest.raises(pymysql.err.OperationalError) as err:
+            cur.execute("KILL QUERY 999999999")
+        assert err.value.args == (1094, "dbsentry: unknown thread id: 999999999")
+    killer.close()
+    assert result["ended"] - killed_at < 1.0, result
+    assert result.get("error", (0,))[0] == 1317 or result.get("rows") == ((1,),)
+    with victim.cursor() as cur:
+        cur.execute("SELECT 3")
+        assert cur.fetchone() == (3,)
+    victim.close()
+
+
+def test_audit_records_name_the_engine(mysql_proxy: MySQLProxy, table: str) -> None:
+    marker = f"audit_marker_{time.time_ns()}"
+    with connect(mysql_proxy, "prod") as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT '{marker}' AS m, COUNT(*) FROM dbs_proxy_t")
+        cur.fetchall()
+        with pytest.raises(pymysql.err.OperationalError):
+            cur.execute(f"DELETE FROM dbs_proxy_t /* {marker} */")
+    rows: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        out = dbsentry_cli("audit", "search", "--connection", "prod", "--json", config=mysql_proxy.proxy.config_path)
+        rows = [json.loads(line) for line in out.stdout.splitlines() if marker in line]
+        if len(rows) >= 2 and all(r.get("rows") is not None or r["decision"] == "deny" for r in rows):
+            break
+        time.sleep(0.3)
+    by_decision = {r["decision"]: r for r in rows}
+    assert set(by_decision) == {"allow", "deny"}, rows
+    assert all(r["engine"] == "mysql" for r in rows)
+    assert by_decision["allow"]["rows"] == 1
+    assert by_decision["deny"]["rules"] == ["baseline.prod.unbounded-write"]
+    assert by_decision["allow"]["identity"] == ALICE
