@@ -427,7 +427,7 @@ class Session:
             code = ER_ACCESS_DENIED
         else:
             code = ER_HANDSHAKE if self.state in (State.GREETED, State.AUTH) else ER_UNKNOWN_COM
-        sqlstate = getattr(err, "sqlstate", None) or "08S01"
+        sqlstate = "28000" if isinstance(err, auth.AuthError) else "08S01"
         return self._fail(code, sqlstate, f"dbsentry: {err}")
 
     # ------------------------------------------------------------------ login

@@ -1,0 +1,167 @@
+"""Bad input at the MySQL listener, each with its exact error: malformed packets, wrong
+sequence ids, oversized lengths, a client that never finishes the handshake, an upstream
+that is down; and the logins that are fine without TLS being required (the token
+RSA-encrypted with the proxy's key) or with mysql_clear_password over TLS. One proxy."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import ssl
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from dbsentry.engines.mysql.wire import constants as c
+from dbsentry.engines.mysql.wire import generic as g
+from dbsentry.engines.mysql.wire import handshake as hs
+from dbsentry.engines.mysql.wire.packets import PacketSplitter, encode_packet
+from support.mysql import MySQLProxy, run_mysql_proxy, server_reason
+from support.pg import free_port
+
+_REASON = server_reason()
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
+pymysql = pytest.importorskip("pymysql")
+
+ALICE = "alice@example.com"
+CAPS = (
+    c.CLIENT_LONG_PASSWORD | c.CLIENT_LONG_FLAG | c.CLIENT_PROTOCOL_41 | c.CLIENT_TRANSACTIONS
+    | c.CLIENT_SECURE_CONNECTION | c.CLIENT_PLUGIN_AUTH | c.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA
+    | c.CLIENT_CONNECT_WITH_DB | c.CLIENT_DEPRECATE_EOF
+)
+
+
+@pytest.fixture(scope="module")
+def mysql_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MySQLProxy]:
+    extra = {"tls": {"require_client_tls": False}, "limits": {"upstream_check_seconds": 0, "startup_timeout_seconds": 1}}
+    down = {"engine": "mysql", "host": "127.0.0.1", "port": free_port(), "database": "test", "user": "root", "environment": "development"}
+    with run_mysql_proxy(tmp_path_factory.mktemp("mysql-bad"), extra=extra, connections={"down": down}) as running:
+        yield running
+
+
+class Raw:
+    """A client speaking the protocol by hand (the codec's encoders)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock: Any = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.splitter = PacketSplitter(first_seq=0)
+        self.greeting = hs.decode_handshake(self.read())
+
+    def __enter__(self) -> Raw:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def read(self) -> bytes:
+        while True:
+            self.splitter.expect(None)
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed")
+            packets = self.splitter.feed(data)
+            if packets:
+                return packets[0].payload
+
+    def send(self, payload: bytes, seq: int) -> None:
+        self.sock.sendall(encode_packet(payload, seq)[0])
+
+    def error(self) -> tuple[int, str | None, str]:
+        err = g.decode_err(self.read())
+        return err.code, err.sqlstate, err.message
+
+    def closed(self) -> bool:
+        try:
+            return self.sock.recv(1) == b""
+        except OSError:
+            return True
+
+    def login_tls(self, token: str, database: str = "dev") -> None:
+        """SSLRequest, TLS, then mysql_clear_password with the token."""
+        self.send(hs.encode_ssl_request(hs.SSLRequest(CAPS | c.CLIENT_SSL)), 1)
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        self.sock = ctx.wrap_socket(self.sock, server_hostname="localhost")
+        response = hs.HandshakeResponse(CAPS | c.CLIENT_SSL, ALICE, token.encode() + b"\x00", database=database, auth_plugin_name="mysql_clear_password")
+        self.send(hs.encode_handshake_response(response), 2)
+        ok = self.read()
+        assert ok[:1] == b"\x00", g.decode_err(ok)
+
+
+def test_malformed_handshake_response(mysql_proxy: MySQLProxy) -> None:
+    with Raw(mysql_proxy.port) as raw:
+        raw.send(b"hello", 1)
+        assert raw.error() == (1043, "08S01", "dbsentry: the client speaks a protocol older than 4.1 (HandshakeResponse320)")
+        assert raw.closed()
+
+
+def test_wrong_sequence_id(mysql_proxy: MySQLProxy) -> None:
+    with Raw(mysql_proxy.port) as raw:
+        raw.send(hs.encode_handshake_response(hs.HandshakeResponse(CAPS, ALICE, b"x" * 32, database="dev")), 5)
+        assert raw.error() == (1156, "08S01", "dbsentry: got packet sequence id 5, expected 1")
+        assert raw.closed()
+
+
+def test_oversized_length_before_login(mysql_proxy: MySQLProxy) -> None:
+    with Raw(mysql_proxy.port) as raw:
+        raw.sock.sendall(b"\xff\xff\xff\x01")  # a 16 MiB - 1 payload announced, nothing sent
+        assert raw.error() == (1153, "08S01", "dbsentry: packet of more than 16777215 bytes exceeds the limit of 65536")
+        assert raw.closed()
+
+
+def test_handshake_never_finished_times_out(mysql_proxy: MySQLProxy) -> None:
+    with Raw(mysql_proxy.port) as raw:
+        assert raw.error() == (1043, "08S01", "dbsentry: the login did not complete within 1s")
+        assert raw.closed()
+
+
+def test_upstream_down_is_a_clear_error(mysql_proxy: MySQLProxy) -> None:
+    with pytest.raises(pymysql.err.OperationalError) as err:
+        pymysql.connect(host="127.0.0.1", port=mysql_proxy.port, user=ALICE, password=mysql_proxy.token(), database="down", ssl_disabled=True)
+    assert err.value.args == (2003, 'dbsentry: could not connect to the upstream of connection "down": Connection refused')
+
+
+def test_token_rsa_encrypted_on_plaintext_when_tls_is_not_required(mysql_proxy: MySQLProxy) -> None:
+    # PyMySQL asks for the proxy's public key and encrypts the token with it
+    with pymysql.connect(host="127.0.0.1", port=mysql_proxy.port, user=ALICE, password=mysql_proxy.token(), database="dev", ssl_disabled=True) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 40 + 2")
+        assert cur.fetchone() == (42,)
+
+
+def test_commands_after_login_with_bad_input(mysql_proxy: MySQLProxy) -> None:
+    with Raw(mysql_proxy.port) as raw:
+        raw.login_tls(mysql_proxy.token())
+        raw.send(b"\x17" + (12345).to_bytes(4, "little") + b"\x00\x01\x00\x00\x00", 0)  # COM_STMT_EXECUTE, no such statement
+        assert raw.error() == (1243, "HY000", "dbsentry: unknown prepared statement handler (12345) given to COM_STMT_EXECUTE")
+        raw.send(b"\x11" + b"bob\x00\x00", 0)  # COM_CHANGE_USER
+        assert raw.error() == (1235, "42000", "dbsentry: COM_CHANGE_USER is not supported: one identity per connection; connect again as the other user")
+        assert raw.closed()
+    with Raw(mysql_proxy.port) as raw:
+        raw.login_tls(mysql_proxy.token())
+        raw.send(b"\x08", 0)  # COM_SHUTDOWN
+        assert raw.error() == (1047, "08S01", "dbsentry: COM_SHUTDOWN is not allowed through the proxy")
+        raw.send(b"\x03SELECT 1", 3)  # a command must start at sequence id 0
+        assert raw.error() == (1156, "08S01", "dbsentry: got packet sequence id 3, expected 0")
+        assert raw.closed()
+
+
+def test_without_a_connection_only_kill_works(mysql_proxy: MySQLProxy) -> None:
+    with Raw(mysql_proxy.port) as raw:
+        raw.login_tls(mysql_proxy.token(), database="")
+        raw.send(b"\x03SELECT 1", 0)
+        code, state, message = raw.error()
+        assert (code, state) == (1046, "3D000")
+        assert message.startswith("dbsentry: no connection chosen: the database name picks the connection (mariadb -D <name>)")
+
+
+@pytest.mark.skipif(shutil.which("mariadb") is None, reason="the mariadb command-line client is not installed")
+def test_mariadb_cli_clear_password_over_tls(mysql_proxy: MySQLProxy) -> None:
+    cmd = [
+        "mariadb", "-h", "127.0.0.1", "-P", str(mysql_proxy.port), "-u", ALICE, f"-p{mysql_proxy.token()}",
+        "--ssl", "--ssl-verify-server-cert=0", "--default-auth=mysql_clear_password", "-D", "dev", "-N", "-e", "SELECT 7",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "7", out.stderr
