@@ -241,3 +241,82 @@ def test_audit_records_name_the_engine(mysql_proxy: MySQLProxy, table: str) -> N
     assert by_decision["allow"]["rows"] == 1
     assert by_decision["deny"]["rules"] == ["baseline.prod.unbounded-write"]
     assert by_decision["allow"]["identity"] == ALICE
+
+
+def test_multi_statements_on_and_off(mysql_proxy: MySQLProxy, table: str) -> None:
+    from pymysql.constants import CLIENT
+
+    with connect(mysql_proxy, "prod", client_flag=CLIENT.MULTI_STATEMENTS) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1; SELECT 2")
+        assert cur.fetchall() == ((1,),)
+        assert cur.nextset() and cur.fetchall() == ((2,),)
+        # one statement the policy refuses refuses the whole string: nothing of it runs
+        with pytest.raises(pymysql.err.OperationalError) as err:
+            cur.execute("SELECT 1; DROP TABLE dbs_proxy_t")
+        assert err.value.args[0] == 1227 and err.value.args[1].startswith("dbsentry:")
+        cur.execute("SELECT COUNT(*) FROM dbs_proxy_t")
+        assert cur.fetchone()[0] >= 2
+    with connect(mysql_proxy, "dev") as conn, conn.cursor() as cur:  # off: the server refuses the second
+        with pytest.raises(pymysql.err.ProgrammingError) as perr:
+            cur.execute("SELECT 1; SELECT 2")
+        assert perr.value.args[0] == 1064
+        cur.execute("SELECT 5")
+        assert cur.fetchone() == (5,)
+
+
+@pytest.mark.skipif(shutil.which("mariadb") is None, reason="the mariadb command-line client is not installed")
+def test_ctrl_c_in_the_mariadb_client_cancels_sleep(mysql_proxy: MySQLProxy) -> None:
+    import os
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.execvp("mariadb", ["mariadb", "-h", "127.0.0.1", "-P", str(mysql_proxy.port), "-u", ALICE, f"-p{mysql_proxy.token()}", "--ssl", "--ssl-verify-server-cert=0", "prod"])
+
+    def read_until(marker: bytes, seconds: float) -> bytes:
+        out = b""
+        deadline = time.monotonic() + seconds
+        while marker not in out and time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.05)
+            if ready:
+                try:
+                    out += os.read(fd, 4096)
+                except OSError:
+                    break
+        return out
+
+    try:
+        assert b"MariaDB [prod]>" in read_until(b"MariaDB [prod]>", 10)
+        os.write(fd, b"SELECT SLEEP(30);\n")
+        read_until(b"SLEEP", 1)
+        time.sleep(0.5)
+        started = time.monotonic()
+        os.write(fd, b"\x03")
+        out = read_until(b"MariaDB [prod]>", 5)
+        assert time.monotonic() - started < 1.0, out
+        assert b"query killed" in out and b"ERROR 1317" in out
+    finally:
+        os.write(fd, b"quit\n")
+        os.close(fd)
+        os.waitpid(pid, 0)
+
+
+def test_a_client_leaving_mid_statement_kills_it_upstream(mysql_proxy: MySQLProxy) -> None:
+    marker = f"leave_{time.time_ns()}"
+    conn = connect(mysql_proxy)
+    conn._sock.settimeout(0.3)  # type: ignore[attr-defined]
+    with pytest.raises(pymysql.err.OperationalError), conn.cursor() as cur:
+        cur.execute(f"SELECT SLEEP(30) AS `{marker}`")
+    conn._force_close()  # type: ignore[attr-defined]
+    running = -1
+    with pymysql.connect(host="127.0.0.1", port=3306, user="root", database="test") as direct, direct.cursor() as cur:
+        deadline = time.monotonic() + 3
+        while running != 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            cur.execute(
+                "SELECT COUNT(*) FROM information_schema.processlist WHERE info LIKE %s AND info NOT LIKE %s",
+                (f"%{marker}%", "%processlist%"),
+            )
+            running = cur.fetchone()[0]
+    assert running == 0  # killed, not left running for 30 s

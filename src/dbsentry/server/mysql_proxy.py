@@ -243,7 +243,6 @@ class MySQLProxyServer:
         """KILL [QUERY] with a proxy connection id: routed to that session's upstream
         connection id, on a side connection with the connection's credentials."""
         target = self.sessions.get(cmd.target)
-        what = "query" if cmd.query_only else "connection"
         if target is None:
             return f"dbsentry: unknown thread id: {cmd.target}"
         session = target.session
@@ -254,13 +253,18 @@ class MySQLProxyServer:
             if not cmd.query_only:
                 target.abort()
             return None  # nothing runs upstream
+        return await self.kill_upstream(conn, name, upstream_id, cmd.query_only)
+
+    async def kill_upstream(self, conn: ConnectionConfig, name: str, upstream_id: int, query_only: bool) -> str | None:
+        """``KILL [QUERY]`` of an upstream connection id, on a side connection."""
+        what = "query" if query_only else "connection"
         try:
             login_ = _new_login(conn, name, k.CLIENT_PROTOCOL_41, 45)
             reader, writer, _ = await _connect(conn, name, login_)
         except (UpstreamError, ConfigError, OSError) as err:
             return f"dbsentry: cannot reach the upstream to kill the {what}: {err}"
         try:
-            sql = f"KILL {'QUERY' if cmd.query_only else 'CONNECTION'} {upstream_id}".encode()
+            sql = f"KILL {'QUERY' if query_only else 'CONNECTION'} {upstream_id}".encode()
             writer.write(encode_packet(b"\x03" + sql, 0)[0])
             splitter = PacketSplitter(1 << 20, first_seq=1)
             while True:
@@ -457,6 +461,10 @@ class MySQLClient(asyncio.Protocol):
                 spawn(self._approve(cmd), name="mysql-approval")
             case c.Kill():
                 spawn(self._kill(cmd), name="mysql-kill")
+            case c.CancelUpstream():
+                s = self.session
+                if s.connection is not None and s.connection_name is not None and s.upstream_id is not None:
+                    spawn(self.proxy.kill_upstream(s.connection, s.connection_name, s.upstream_id, True), name="mysql-cancel")
             case c.Log():
                 log.log(cmd.level, cmd.event, extra={"fields": {"session": self.session.session_id, **cmd.fields}})
             case _:

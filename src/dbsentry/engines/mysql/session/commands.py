@@ -111,6 +111,12 @@ class Kill:
 
 
 @dataclass(slots=True)
+class CancelUpstream:
+    """Kill the statement this session's upstream connection runs (``KILL QUERY`` on a
+    side connection): its client left while it ran."""
+
+
+@dataclass(slots=True)
 class Log:
     level: int
     event: str
@@ -130,5 +136,6 @@ Command = (
     | AuditGate
     | AskApproval
     | Kill
+    | CancelUpstream
     | Log
 )

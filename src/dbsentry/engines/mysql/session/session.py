@@ -1159,8 +1159,11 @@ class Session:
     def _on_client_closed(self) -> list[c.Command]:
         if self.state is State.CLOSED:
             return []
+        running = self.state is State.BUSY and self._exchange is not None and self._exchange.kind == "result"
         self._enter(State.CLOSED)
-        return [*self._audit_end("client_terminate"), c.CloseUpstream()]
+        # A statement still running upstream is killed: nobody reads its result, and the
+        # server would only notice the closed socket when it writes.
+        return [*self._audit_end("client_terminate"), *([c.CancelUpstream()] if running else []), c.CloseUpstream()]
 
     def _on_upstream_closed(self) -> list[c.Command]:
         if self.state is State.CLOSED:
