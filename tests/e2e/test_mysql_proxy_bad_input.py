@@ -18,6 +18,7 @@ from dbsentry.engines.mysql.wire import constants as c
 from dbsentry.engines.mysql.wire import generic as g
 from dbsentry.engines.mysql.wire import handshake as hs
 from dbsentry.engines.mysql.wire.packets import PacketSplitter, encode_packet
+from dbsentry.engines.mysql.wire.results import decode_column_definition
 from support.mysql import MySQLProxy, run_mysql_proxy, server_reason
 from support.pg import free_port
 
@@ -38,6 +39,7 @@ def mysql_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MySQLProxy
     extra = {"tls": {"require_client_tls": False}, "limits": {"upstream_check_seconds": 0, "startup_timeout_seconds": 1}}
     down = {"engine": "mysql", "host": "127.0.0.1", "port": free_port(), "database": "test", "user": "root", "environment": "development"}
     with run_mysql_proxy(tmp_path_factory.mktemp("mysql-bad"), extra=extra, connections={"down": down}) as running:
+        running.token()  # made now: the start-up timeout (1 s) is shorter than the token CLI
         yield running
 
 
@@ -165,3 +167,38 @@ def test_mariadb_cli_clear_password_over_tls(mysql_proxy: MySQLProxy) -> None:
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     assert out.stdout.strip() == "7", out.stderr
+
+
+def test_ping_statistics_field_list_reset_set_option_quit(mysql_proxy: MySQLProxy) -> None:
+    with Raw(mysql_proxy.port) as raw:
+        raw.login_tls(mysql_proxy.token())
+        raw.send(b"\x0e", 0)  # COM_PING
+        assert raw.read()[:1] == b"\x00"
+        raw.send(b"\x09", 0)  # COM_STATISTICS: one string
+        assert raw.read().startswith(b"Uptime: ")
+        raw.send(b"\x03CREATE TABLE IF NOT EXISTS dbs_proxy_fields (id INT, name VARCHAR(10))", 0)
+        assert raw.read()[:1] == b"\x00"
+        raw.send(b"\x04dbs_proxy_fields\x00", 0)  # COM_FIELD_LIST: definitions, then EOF
+        names = []
+        while True:
+            payload = raw.read()
+            if payload[:1] == b"\xfe":
+                break
+            names.append(decode_column_definition(payload, field_list=True).name)
+        assert names == ["id", "name"]
+        raw.send(b"\x03SET autocommit = 0", 0)
+        ok = g.decode_ok(raw.read(), CAPS)
+        raw.send(b"\x03INSERT INTO dbs_proxy_fields VALUES (1, 'x')", 0)
+        ok = g.decode_ok(raw.read(), CAPS)
+        assert ok.affected_rows == 1 and ok.status & c.SERVER_STATUS_IN_TRANS  # status flags forwarded
+        raw.send(b"\x1f", 0)  # COM_RESET_CONNECTION: the transaction is rolled back
+        ok = g.decode_ok(raw.read(), CAPS)
+        assert not ok.status & c.SERVER_STATUS_IN_TRANS and ok.status & c.SERVER_STATUS_AUTOCOMMIT
+        raw.send(b"\x1b\x00\x00", 0)  # COM_SET_OPTION multi-statements on: EOF
+        assert raw.read()[:1] == b"\xfe"
+        raw.send(b"\x03SELECT COUNT(*) FROM dbs_proxy_fields; SELECT 2", 0)
+        assert raw.read()[:1] == b"\x01"  # one column: the first result set of two
+    with Raw(mysql_proxy.port) as raw:
+        raw.login_tls(mysql_proxy.token())
+        raw.send(b"\x01", 0)  # COM_QUIT
+        assert raw.closed()

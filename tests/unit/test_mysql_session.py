@@ -276,3 +276,27 @@ def test_mysql_literals_redact_by_value() -> None:
     text = r.redact("SELECT * FROM u WHERE email = 'alice@example.com' AND id = 3").text
     assert "alice@example.com" not in text and "id = 3" in text
     assert r.redact("SELECT /*! 1 */").text.startswith("<statement redacted")
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chunks=st.lists(st.binary(max_size=80), max_size=4))
+def test_random_bytes_never_crash_a_session(tmp_path: Path, chunks: list[bytes]) -> None:
+    """Before login and after it, any bytes from the client give commands (an error and a
+    close for garbage), never an exception."""
+    s = Session(config(tmp_path), ClientInfo("x"), 1)
+    s.greeting()
+    for chunk in chunks:
+        assert isinstance(s.handle(e.ClientData(chunk)), list)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(payloads=st.lists(st.binary(min_size=1, max_size=60), min_size=1, max_size=3), upstream=st.binary(max_size=60))
+def test_random_commands_and_answers_never_crash_a_logged_in_session(tmp_path: Path, payloads: list[bytes], upstream: bytes) -> None:
+    s, _ = logged_in(tmp_path)
+    for payload in payloads:
+        assert isinstance(s.handle(e.ClientData(encode_packet(payload, 0)[0])), list)
+        assert isinstance(s.handle(answer([upstream or b"\x00"])), list)

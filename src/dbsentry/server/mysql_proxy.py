@@ -29,6 +29,7 @@ from dbsentry.engines.mysql.session.events import (
     ClientClosed,
     ClientData,
     ClientTLSStarted,
+    Event,
     KillAnswered,
     PasswordVerified,
     StartupTimedOut,
@@ -371,7 +372,7 @@ class MySQLClient(asyncio.Protocol):
         if self._tls is not None:
             self._tls_data(data)
             return
-        self.run(self.session.handle(ClientData(data)))
+        self.feed(ClientData(data))
 
     def _tls_data(self, data: bytes) -> None:
         tls_ = self._tls
@@ -385,9 +386,9 @@ class MySQLClient(asyncio.Protocol):
         if out:
             self.transport.write(out)
         if started:
-            self.run(self.session.handle(ClientTLSStarted(tls_.obj.version())))
+            self.feed(ClientTLSStarted(tls_.obj.version()))
         if plain and not self.closed:
-            self.run(self.session.handle(ClientData(plain)))
+            self.feed(ClientData(plain))
 
     def eof_received(self) -> bool:
         return False
@@ -399,7 +400,7 @@ class MySQLClient(asyncio.Protocol):
         if self.proxy.sessions.get(self.session.proxy_id) is self:
             del self.proxy.sessions[self.session.proxy_id]
         self._writable.set()
-        self.run(self.session.handle(ClientClosed()))
+        self.feed(ClientClosed())
 
     def pause_writing(self) -> None:
         self._writable.clear()  # the upstream reader waits: the client reads slowly
@@ -409,9 +410,21 @@ class MySQLClient(asyncio.Protocol):
 
     def _startup_timeout(self) -> None:
         self._timer = None
-        self.run(self.session.handle(StartupTimedOut()))
+        self.feed(StartupTimedOut())
 
     # ------------------------------------------------------------------ commands
+
+    def feed(self, event: Event) -> None:
+        """Hand ``event`` to the session and carry out its commands. A failure inside the
+        session is a bug: that connection alone is dropped (fail closed), the others go on."""
+        try:
+            commands = self.session.handle(event)
+        except Exception:
+            log.exception("MySQL session failed; closing its connection", extra={"fields": {"session": self.session.session_id, "client": self.address}})
+            self.closed = True
+            self.abort()
+            return
+        self.run(commands)
 
     def run(self, commands: list[c.Command]) -> None:
         for cmd in commands:
@@ -498,7 +511,7 @@ class MySQLClient(asyncio.Protocol):
                 self.run(cmd.then)
             else:
                 log.error("statement refused: audit unavailable", extra={"fields": {"error": str(error)}})
-                self.run(self.session.handle(AuditFailed(str(error))))
+                self.feed(AuditFailed(str(error)))
 
         fut.add_done_callback(done)
 
@@ -506,7 +519,7 @@ class MySQLClient(asyncio.Protocol):
         auth = self.proxy.authenticator
         source = self.address.rsplit(":", 1)[0]
         if not self.proxy.auth_needs_io and self.proxy.approvals is None:
-            self.run(self.session.handle(PasswordVerified(login(auth.authenticate, cmd.user, cmd.password, source))))
+            self.feed(PasswordVerified(login(auth.authenticate, cmd.user, cmd.password, source)))
             return
 
         async def verify() -> None:
@@ -519,7 +532,7 @@ class MySQLClient(asyncio.Protocol):
                 except (ApprovalStoreError, OSError) as err:
                     log.error("cannot read access grants", extra={"fields": {"error": str(err)}})
             if not self.closed:
-                self.run(self.session.handle(PasswordVerified(identity)))
+                self.feed(PasswordVerified(identity))
 
         spawn(verify(), name="mysql-verify")
 
@@ -529,20 +542,20 @@ class MySQLClient(asyncio.Protocol):
             login_ = _new_login(conn, cmd.connection, cmd.capabilities, cmd.charset, cmd.attributes)
             reader, writer, ready = await _connect(conn, cmd.connection, login_)
         except (ConfigError, OSError) as err:
-            self.run(self.session.handle(UpstreamFailed(2003, "08004", f"dbsentry: connection {cmd.connection!r} is misconfigured: {err}")))
+            self.feed(UpstreamFailed(2003, "08004", f"dbsentry: connection {cmd.connection!r} is misconfigured: {err}"))
             return
         except UpstreamError as err:
             log.warning(
                 "upstream failed",
                 extra={"fields": {"session": self.session.session_id, "connection": cmd.connection, "address": f"{conn.host}:{conn.port}", "error": err.message}},
             )
-            self.run(self.session.handle(UpstreamFailed(err.code, err.sqlstate, err.message)))
+            self.feed(UpstreamFailed(err.code, err.sqlstate, err.message))
             return
         if self.closed:
             writer.close()
             return
         self.up_writer = writer
-        self.run(self.session.handle(ready))
+        self.feed(ready)
         self._up_task = spawn(self._read_upstream(reader), name="mysql-upstream-read")
 
     async def _read_upstream(self, reader: asyncio.StreamReader) -> None:
@@ -552,17 +565,17 @@ class MySQLClient(asyncio.Protocol):
                 data = await reader.read(_READ)
                 if not data:
                     break
-                self.run(self.session.handle(UpstreamData(data)))
+                self.feed(UpstreamData(data))
         except (OSError, ssl.SSLError, ConnectionError):
             pass
         if not self.closed:
-            self.run(self.session.handle(UpstreamClosed()))
+            self.feed(UpstreamClosed())
 
     async def _approve(self, cmd: c.AskApproval) -> None:
         svc = self.proxy.approvals
         session = self.session
         if svc is None or session.identity is None or session.connection_name is None or session.connection is None:
-            self.run(session.handle(ApprovalAnswered(None, "dbsentry: this statement requires approval")))
+            self.feed(ApprovalAnswered(None, "dbsentry: this statement requires approval"))
             return
         loop = asyncio.get_running_loop()
         try:
@@ -595,12 +608,12 @@ class MySQLClient(asyncio.Protocol):
             else:
                 answer = ApprovalAnswered(None, gate.message)
         if not self.closed:
-            self.run(session.handle(answer))
+            self.feed(answer)
 
     async def _kill(self, cmd: c.Kill) -> None:
         error = await self.proxy.kill(cmd)
         if not self.closed:
-            self.run(self.session.handle(KillAnswered(error)))
+            self.feed(KillAnswered(error))
 
 
 async def start_mysql_listener(
