@@ -320,3 +320,28 @@ def test_a_client_leaving_mid_statement_kills_it_upstream(mysql_proxy: MySQLProx
             )
             running = cur.fetchone()[0]
     assert running == 0  # killed, not left running for 30 s
+
+
+def test_statement_needing_approval_fails_with_how_to_then_runs_once_approved(mysql_proxy: MySQLProxy) -> None:
+    import re
+
+    name = f"dbs_proxy_appr_{time.time_ns() % 10**9}"
+    sql = f"CREATE TABLE {name} (id INT)"
+    with connect(mysql_proxy, "prod") as conn, conn.cursor() as cur:
+        with pytest.raises(pymysql.err.OperationalError) as err:
+            cur.execute(sql)
+        code, message = err.value.args
+        assert code == 1227 and message.startswith("dbsentry: ") and "(baseline.prod.ddl-approval)" in message
+        assert "send the same statement again; it runs once" in message
+        found = re.search(r"Approval request (apr_\w+) is pending review by dba", message)
+        assert found is not None, message
+        reviewer = mysql_proxy.token("dana@example.com", ("dba",))
+        dbsentry_cli("approvals", "approve", found.group(1), "--token", reviewer, "--comment", "ok", config=mysql_proxy.proxy.config_path)
+        cur.execute(sql)  # approved: runs once
+        with pytest.raises(pymysql.err.OperationalError) as err:
+            cur.execute(f"DROP TABLE IF EXISTS {name}")  # prod: a DROP is denied outright
+    with connect(mysql_proxy, "dev") as conn, conn.cursor() as cur:
+        cur.execute(f"DROP TABLE {name}")
+    out = dbsentry_cli("audit", "search", "--connection", "prod", "--json", config=mysql_proxy.proxy.config_path)
+    approved = [json.loads(line) for line in out.stdout.splitlines() if name in line and '"approved"' in line]
+    assert approved and approved[0]["approval_id"] == found.group(1) and approved[0]["engine"] == "mysql"
