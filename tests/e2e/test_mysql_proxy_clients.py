@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from support.mysql import MySQLProxy, run_mysql_proxy, server_reason
+from support.pg import free_port
 from support.proxy import dbsentry_cli
 
 _REASON = server_reason()
@@ -29,7 +30,17 @@ _NO_VERIFY = {"check_hostname": False, "verify_mode": ssl.CERT_NONE}
 
 @pytest.fixture(scope="module")
 def mysql_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MySQLProxy]:
-    with run_mysql_proxy(tmp_path_factory.mktemp("mysql-proxy")) as running:
+    directory = tmp_path_factory.mktemp("mysql-proxy")
+    port = free_port()
+    # "chain": the proxy as its own upstream, over TLS checked against its own certificate,
+    # logging in as alice with her token (caching_sha2_password, full authentication).
+    chain = {
+        "engine": "mysql", "host": "127.0.0.1", "port": port, "database": "dev", "user": ALICE,
+        "password_file": str(directory / "alice.token"), "environment": "development",
+        "upstream_tls": "verify-full", "upstream_ca": str(directory / "state" / "tls" / "server.crt"),
+    }
+    with run_mysql_proxy(directory, port=port, connections={"chain": chain}) as running:
+        (directory / "alice.token").write_text(running.token())
         yield running
 
 
@@ -345,3 +356,21 @@ def test_statement_needing_approval_fails_with_how_to_then_runs_once_approved(my
     out = dbsentry_cli("audit", "search", "--connection", "prod", "--json", config=mysql_proxy.proxy.config_path)
     approved = [json.loads(line) for line in out.stdout.splitlines() if name in line and '"approved"' in line]
     assert approved and approved[0]["approval_id"] == found.group(1) and approved[0]["engine"] == "mysql"
+
+
+def test_upstream_tls_verify_full_and_caching_sha2_full_authentication(mysql_proxy: MySQLProxy) -> None:
+    """The proxy as the upstream of its own connection "chain": the login upstream goes
+    over TLS (verify-full) and answers caching_sha2_password's full authentication."""
+    with connect(mysql_proxy, "chain") as conn, conn.cursor() as cur:
+        cur.execute("SELECT 6 * 7, DATABASE()")
+        assert cur.fetchone() == (42, "test")
+
+
+def test_agents_are_read_only_in_production(mysql_proxy: MySQLProxy, table: str) -> None:
+    token = mysql_proxy.token("bot@example.com", (), agent=True)
+    with connect(mysql_proxy, "prod", user="bot@example.com", password=token) as conn, conn.cursor() as cur:
+        cur.execute("SELECT COUNT(*) FROM dbs_proxy_t")
+        assert cur.fetchone()[0] >= 2
+        with pytest.raises(pymysql.err.OperationalError) as err:
+            cur.execute("UPDATE dbs_proxy_t SET v = 'x' WHERE id = 1")
+        assert err.value.args[0] == 1227 and err.value.args[1].startswith("dbsentry:") and "agent" in err.value.args[1]

@@ -48,10 +48,13 @@ def _connection(environment: str, **extra: Any) -> dict[str, Any]:
 
 
 @contextmanager
-def run_mysql_proxy(directory: Path, *, extra: Mapping[str, Any] | None = None, connections: Mapping[str, Any] | None = None) -> Iterator[MySQLProxy]:
-    """dbsentry with ``listen.mysql`` and the connections prod (production), dev
-    (development) and restricted (allow_groups: dba), all to the test MariaDB."""
-    port = free_port()
+def run_mysql_proxy(
+    directory: Path, *, extra: Mapping[str, Any] | None = None, connections: Mapping[str, Any] | None = None, port: int | None = None
+) -> Iterator[MySQLProxy]:
+    """dbsentry with ``listen.mysql`` (on ``port``, default a free one) and the
+    connections prod (production), dev (development) and restricted (allow_groups: dba),
+    all to the test MariaDB."""
+    port = port or free_port()
     conns: dict[str, Any] = {
         "prod": _connection("production"),
         "dev": _connection("development"),
