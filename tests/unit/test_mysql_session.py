@@ -300,3 +300,13 @@ def test_random_commands_and_answers_never_crash_a_logged_in_session(tmp_path: P
     for payload in payloads:
         assert isinstance(s.handle(e.ClientData(encode_packet(payload, 0)[0])), list)
         assert isinstance(s.handle(answer([upstream or b"\x00"])), list)
+
+
+def test_ssl_request_split_across_reads_keeps_the_tls_bytes(tmp_path: Path) -> None:
+    s = Session(config(tmp_path), ClientInfo("x"), 1)
+    s.greeting()
+    wire = encode_packet(hs.encode_ssl_request(hs.SSLRequest(CAPS | k.CLIENT_SSL)), 1)[0] + b"\x16\x03\x01\x02\x00"
+    assert s.handle(e.ClientData(wire[:2])) == []
+    assert s.handle(e.ClientData(wire[2:20])) == []
+    assert s.handle(e.ClientData(wire[20:])) == [c.StartClientTLS(b"\x16\x03\x01\x02\x00")]
+    assert s.state is State.TLS

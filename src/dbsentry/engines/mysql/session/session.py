@@ -317,6 +317,7 @@ class Session:
         self._pending_prepare: tuple[str, Verdict] | None = None
         self.audit: MySQLAudit | None = None
         self._closed_audited = False
+        self._first: bytearray | None = bytearray()  # the client's first packet, until read
 
     # ------------------------------------------------------------------ helpers
 
@@ -434,10 +435,21 @@ class Session:
 
     def _on_client_data(self, data: bytes) -> list[c.Command]:
         state = self.state
-        if state is State.GREETED and not self._tls and not self._client.pending:
-            ssl_request = self._ssl_request(data)
+        if state is State.GREETED and self._first is not None:
+            # The client's first packet: an SSLRequest is followed by the client's TLS
+            # handshake at once (without waiting for an answer), so it is cut off here
+            # before anything reads those bytes as packets.
+            self._first += data
+            if len(self._first) < 4:
+                return []
+            size = 4 + int.from_bytes(self._first[:3], "little")
+            if size == 36 and len(self._first) < size:
+                return []
+            first, self._first = bytes(self._first), None
+            ssl_request = self._ssl_request(first)
             if ssl_request is not None:
                 return ssl_request
+            data = first
         if state in (State.GREETED, State.AUTH):
             packets = self._client.feed(data)
             out: list[c.Command] = []
@@ -466,7 +478,7 @@ class Session:
     def _ssl_request(self, data: bytes) -> list[c.Command] | None:
         """An SSLRequest first: TLS starts, and the bytes after it (the client's TLS
         handshake, sent without waiting) belong to TLS, not to the packet stream."""
-        if len(data) < 36 or data[:4] != b"\x20\x00\x00\x01":
+        if len(data) < 36 or data[:4] != b"\x20\x00\x00\x01" or not data[5] & (k.CLIENT_SSL >> 8):
             return None
         msg = decode_client_handshake(data[4:36])
         if not isinstance(msg, SSLRequest):
