@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, assert_never, cast
 
+from dbsentry import metrics
 from dbsentry.approvals import Approvals, ApprovalStoreError
 from dbsentry.audit.appender import AuditLog, AuditUnavailable, resolves
 from dbsentry.audit.redaction import LiteralRedactor, redactor_from_config
@@ -462,6 +463,7 @@ class MySQLClient(asyncio.Protocol):
             case c.CloseUpstream():
                 self._close_upstream()
             case c.Audit(record=record):
+                metrics.observe(record, self.session.connection_name)
                 writer = self.proxy.audit_writer
                 if writer is not None:
                     try:
@@ -496,6 +498,8 @@ class MySQLClient(asyncio.Protocol):
         self.up_writer = None
 
     def _gate(self, cmd: c.AuditGate) -> None:
+        for record in cmd.records:
+            metrics.observe(record, self.session.connection_name)
         writer = self.proxy.audit_writer
         if writer is None:
             self.run(cmd.then)
