@@ -17,7 +17,7 @@ import pytest
 from dbsentry.engines.mysql.wire import constants as c
 from dbsentry.engines.mysql.wire import generic as g
 from dbsentry.engines.mysql.wire import handshake as hs
-from dbsentry.engines.mysql.wire.packets import PacketSplitter, encode_packet
+from dbsentry.engines.mysql.wire.packets import encode_packet
 from dbsentry.engines.mysql.wire.results import decode_column_definition
 from support.mysql import MySQLProxy, run_mysql_proxy, server_reason
 from support.pg import free_port
@@ -48,7 +48,7 @@ class Raw:
 
     def __init__(self, port: int) -> None:
         self.sock: Any = socket.create_connection(("127.0.0.1", port), timeout=5)
-        self.splitter = PacketSplitter(first_seq=0)
+        self.buf = bytearray()
         self.greeting = hs.decode_handshake(self.read())
 
     def __enter__(self) -> Raw:
@@ -58,14 +58,18 @@ class Raw:
         self.sock.close()
 
     def read(self) -> bytes:
+        """The next packet's payload (sequence ids are not checked here)."""
         while True:
-            self.splitter.expect(None)
+            if len(self.buf) >= 4:
+                size = int.from_bytes(self.buf[:3], "little")
+                if len(self.buf) >= 4 + size:
+                    payload = bytes(self.buf[4 : 4 + size])
+                    del self.buf[: 4 + size]
+                    return payload
             data = self.sock.recv(65536)
             if not data:
                 raise ConnectionError("closed")
-            packets = self.splitter.feed(data)
-            if packets:
-                return packets[0].payload
+            self.buf += data
 
     def send(self, payload: bytes, seq: int) -> None:
         self.sock.sendall(encode_packet(payload, seq)[0])

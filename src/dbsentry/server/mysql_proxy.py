@@ -328,6 +328,31 @@ class _ServerTLS:
         return self.outgoing.read()
 
 
+class _Upstream(asyncio.Protocol):
+    """The upstream connection of a logged-in session."""
+
+    def __init__(self, client: MySQLClient) -> None:
+        self.client = client
+
+    def data_received(self, data: bytes) -> None:
+        self.client.feed(UpstreamData(data))
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.client.closed:
+            self.client.feed(UpstreamClosed())
+
+    def pause_writing(self) -> None:
+        if self.client.transport is not None:
+            self.client.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.client.transport is not None:
+            self.client.transport.resume_reading()
+
+
 class MySQLClient(asyncio.Protocol):
     """One client socket and, once logged in, its upstream connection."""
 
@@ -336,11 +361,9 @@ class MySQLClient(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.address = "?"
         self.closed = False
-        self.up_writer: asyncio.StreamWriter | None = None
-        self._up_task: asyncio.Task[None] | None = None
+        self.upstream: asyncio.Transport | None = None
+        self._keep: asyncio.StreamWriter | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._writable = asyncio.Event()
-        self._writable.set()
         self._tls: _ServerTLS | None = None
         self.session: Session
 
@@ -400,14 +423,15 @@ class MySQLClient(asyncio.Protocol):
         self.closed = True
         if self.proxy.sessions.get(self.session.proxy_id) is self:
             del self.proxy.sessions[self.session.proxy_id]
-        self._writable.set()
         self.feed(ClientClosed())
 
     def pause_writing(self) -> None:
-        self._writable.clear()  # the upstream reader waits: the client reads slowly
+        if self.upstream is not None:
+            self.upstream.pause_reading()  # the client reads slowly: so does the proxy
 
     def resume_writing(self) -> None:
-        self._writable.set()
+        if self.upstream is not None:
+            self.upstream.resume_reading()
 
     def _startup_timeout(self) -> None:
         self._timer = None
@@ -438,9 +462,9 @@ class MySQLClient(asyncio.Protocol):
                 if not self.closed and self.transport is not None and not self.transport.is_closing():
                     self.transport.write(self._tls.wrap(data) if self._tls is not None else data)
             case c.SendUpstream(data=data):
-                w = self.up_writer
-                if w is not None and not w.is_closing():
-                    w.write(data)
+                up = self.upstream
+                if up is not None and not up.is_closing():
+                    up.write(data)
             case c.StartClientTLS(early=early):
                 self._tls = _ServerTLS(self.proxy.server_ssl)
                 if early:
@@ -491,11 +515,12 @@ class MySQLClient(asyncio.Protocol):
         self._close_upstream()
 
     def _close_upstream(self) -> None:
-        w = self.up_writer
-        if w is not None and not w.is_closing():
-            w.write(encode_packet(b"\x01", 0)[0])  # COM_QUIT
-            w.close()
-        self.up_writer = None
+        up = self.upstream
+        if up is not None and not up.is_closing():
+            up.write(encode_packet(b"\x01", 0)[0])  # COM_QUIT
+            up.close()
+        self.upstream = None
+        self._keep = None
 
     def _gate(self, cmd: c.AuditGate) -> None:
         for record in cmd.records:
@@ -544,7 +569,7 @@ class MySQLClient(asyncio.Protocol):
         conn = self.proxy.config.connections[cmd.connection]
         try:
             login_ = _new_login(conn, cmd.connection, cmd.capabilities, cmd.charset, cmd.attributes)
-            reader, writer, ready = await _connect(conn, cmd.connection, login_)
+            _, writer, ready = await _connect(conn, cmd.connection, login_)
         except (ConfigError, OSError) as err:
             self.feed(UpstreamFailed(2003, "08004", f"dbsentry: connection {cmd.connection!r} is misconfigured: {err}"))
             return
@@ -558,22 +583,14 @@ class MySQLClient(asyncio.Protocol):
         if self.closed:
             writer.close()
             return
-        self.up_writer = writer
+        # From here on the upstream's bytes go straight to the session (a protocol, not a
+        # stream: no task switch per read). Nothing is buffered: the server sends nothing
+        # after its login OK until it gets a command.
+        transport = cast(asyncio.Transport, writer.transport)
+        transport.set_protocol(_Upstream(self))
+        self.upstream = transport
+        self._keep = writer  # a StreamWriter closes its transport when collected
         self.feed(ready)
-        self._up_task = spawn(self._read_upstream(reader), name="mysql-upstream-read")
-
-    async def _read_upstream(self, reader: asyncio.StreamReader) -> None:
-        try:
-            while not self.closed:
-                await self._writable.wait()
-                data = await reader.read(_READ)
-                if not data:
-                    break
-                self.feed(UpstreamData(data))
-        except (OSError, ssl.SSLError, ConnectionError):
-            pass
-        if not self.closed:
-            self.feed(UpstreamClosed())
 
     async def _approve(self, cmd: c.AskApproval) -> None:
         svc = self.proxy.approvals

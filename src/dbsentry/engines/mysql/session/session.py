@@ -1052,7 +1052,7 @@ class Session:
             if ex is None:
                 raise ProtocolError("the server sent more than the answer to the command")
             out += self._answer_packet(ex, packet.payload)
-        return out
+        return _joined(out)
 
     def result_row(self, payload: bytes, columns: Sequence[ColumnDefinition], binary: bool) -> bytes:
         """A result row on its way to the client, as the server sent it (text protocol, or
@@ -1187,6 +1187,23 @@ class Session:
             return []
         seconds = self.config.limits.startup_timeout_seconds
         return self._fail(ER_HANDSHAKE, "08S01", f"dbsentry: the login did not complete within {seconds:g}s")
+
+
+def _joined(commands: list[c.Command]) -> list[c.Command]:
+    """Consecutive ``SendClient`` as one (one write for the packets of one read)."""
+    out: list[c.Command] = []
+    pending: list[bytes] = []
+    for cmd in commands:
+        if isinstance(cmd, c.SendClient):
+            pending.append(cmd.data)
+            continue
+        if pending:
+            out.append(c.SendClient(b"".join(pending)))
+            pending = []
+        out.append(cmd)
+    if pending:
+        out.append(c.SendClient(b"".join(pending)))
+    return out
 
 
 def _codecs() -> dict[str, str]:
