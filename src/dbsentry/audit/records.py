@@ -189,6 +189,33 @@ class SessionEvent(_Record):
         )
 
 
+def session_record(
+    event: str,
+    identity: Identity,
+    *,
+    session_id: str,
+    opened_at: float,
+    reason: str | None = None,
+    tls_version: str | None = None,
+    **kwargs: Any,
+) -> SessionEvent:
+    """A session's ``opened`` or ``closed`` record (anything else counts as closed), as
+    every engine's session writes it: ``opened_at`` is ``time.monotonic()`` at the start
+    (a closed record gets the duration), ``reason`` why it ended; ``kwargs``: the other
+    fields (client_addr, connection, environment, database, application_name, engine)."""
+    closed = event != "opened"
+    return SessionEvent.for_identity(
+        "closed" if closed else "opened",
+        identity,
+        session_id=session_id,
+        tls=tls_version is not None,
+        tls_version=tls_version,
+        duration_ms=round((_time.monotonic() - opened_at) * 1000, 3) if closed else None,
+        end_reason=reason if closed else None,
+        **kwargs,
+    )
+
+
 #: Every ``decision`` a statement record holds: allowed, allowed with its results masked,
 #: denied, held for approval, run after an approval.
 STATEMENT_DECISIONS: tuple[str, ...] = ("allow", "mask", "deny", "require_approval", "approved")

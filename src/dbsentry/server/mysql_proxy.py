@@ -16,7 +16,7 @@ import secrets
 import ssl
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, assert_never, cast
+from typing import TYPE_CHECKING, assert_never, cast
 
 from dbsentry import metrics
 from dbsentry.approvals import Approvals, ApprovalStoreError
@@ -52,6 +52,7 @@ from dbsentry.identity.model import Identity
 from dbsentry.identity.ratelimit import login
 from dbsentry.policy.engine import Policy
 from dbsentry.server import tls
+from dbsentry.server.proxy import Authenticator
 from dbsentry.tasks import spawn
 
 if TYPE_CHECKING:
@@ -61,10 +62,6 @@ log = logging.getLogger("dbsentry.mysql")
 
 FALLBACK_VERSION = "8.0.0-dbsentry"
 _READ = 65536
-
-
-class Authenticator(Protocol):
-    def authenticate(self, user: str, password: str, source: str) -> Identity | None: ...
 
 
 def load_or_create_rsa_key(path: Path) -> RSAPrivateKey:

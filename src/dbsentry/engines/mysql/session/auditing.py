@@ -9,7 +9,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from dbsentry.audit.config import AuditConfig
-from dbsentry.audit.records import CompletionRecord, SessionEvent, StatementRecord
+from dbsentry.audit.records import CompletionRecord, SessionEvent, StatementRecord, session_record
 from dbsentry.audit.redaction import LiteralRedactor, current
 from dbsentry.engines.mysql.session.literals import MYSQL_LITERALS
 from dbsentry.governance.facts import StatementFacts
@@ -44,20 +44,18 @@ class MySQLAudit:
         return self.config.durability != "async"
 
     def session_event(self, event: str, reason: str | None = None) -> SessionEvent:
-        closed = event == "closed"
-        return SessionEvent.for_identity(
-            "closed" if closed else "opened",
+        return session_record(
+            event,
             self.identity,
             session_id=self.session_id,
+            opened_at=self.opened_at,
+            reason=reason,
+            tls_version=self.tls_version,
             client_addr=self.client_addr,
             application_name=self.application_name,
-            tls=self.tls_version is not None,
-            tls_version=self.tls_version,
             connection=self.connection,
             environment=self.environment,
             database=self.database,
-            duration_ms=round((time.monotonic() - self.opened_at) * 1000, 3) if closed else None,
-            end_reason=reason if closed else None,
             engine=ENGINE,
         )
 
