@@ -310,3 +310,42 @@ def test_ssl_request_split_across_reads_keeps_the_tls_bytes(tmp_path: Path) -> N
     assert s.handle(e.ClientData(wire[2:20])) == []
     assert s.handle(e.ClientData(wire[20:])) == [c.StartClientTLS(b"\x16\x03\x01\x02\x00")]
     assert s.state is State.TLS
+
+
+def test_a_statement_that_cannot_be_audited_does_not_run(tmp_path: Path) -> None:
+    s, _ = logged_in(tmp_path)
+    out = s.handle(e.ClientData(encode_packet(b"\x03UPDATE t SET a = 1 WHERE id = 2", 0)[0]))
+    gate = out[0]
+    assert isinstance(gate, c.AuditGate) and gate.durable  # it may change data: waits for durability
+    out = s.handle(e.AuditFailed("disk full"))
+    err = g.decode_err(packets(out)[-1])
+    assert (err.code, err.sqlstate) == (3098, "58000") and "was not run" in err.message
+    assert not upstream_sent(out) and s.state is State.READY
+    done = [cmd.record for cmd in out if isinstance(cmd, c.Audit) and isinstance(cmd.record, CompletionRecord)]
+    assert done and done[0].error is not None and "not executed" in done[0].error
+
+
+def test_approval_asked_then_refused_or_run(tmp_path: Path) -> None:
+    s, _ = logged_in(tmp_path)
+    s.approvals = True
+    query = encode_packet(b"\x03CREATE TABLE t9 (id INT)", 0)[0]
+    out = s.handle(e.ClientData(query))
+    asks = [cmd for cmd in out if isinstance(cmd, c.AskApproval)]
+    assert len(asks) == 1 and asks[0].decision.action == "require_approval" and asks[0].key
+    out = s.handle(e.ApprovalAnswered(None, "dbsentry: needs approval: request apr_x is pending"))
+    err = g.decode_err(packets(out)[-1])
+    assert (err.code, err.sqlstate, err.message) == (1227, "42000", "dbsentry: needs approval: request apr_x is pending")
+    s.handle(e.ClientData(query))
+    out = s.handle(e.ApprovalAnswered("apr_x"))
+    gate = out[0]
+    assert isinstance(gate, c.AuditGate) and gate.then == [c.SendUpstream(query)]
+    record = gate.records[0]
+    assert isinstance(record, StatementRecord) and record.decision == "approved" and record.approval_id == "apr_x"
+
+
+def test_statement_over_the_size_limit_is_refused(tmp_path: Path) -> None:
+    s, _ = logged_in(tmp_path)
+    sql = b"SELECT '" + b"x" * (s.config.limits.max_statement_bytes + 1) + b"'"
+    out = s.handle(e.ClientData(encode_packet(b"\x03" + sql, 0)[0]))
+    err = g.decode_err(packets(out)[-1])
+    assert err.sqlstate == "42000" and "exceeds limits.max_statement_bytes" in err.message and not upstream_sent(out)
