@@ -45,7 +45,7 @@ from dbsentry.engines.mysql.session.session import ClientInfo, Session
 from dbsentry.engines.mysql.session.upstream import LoginStep, UpstreamLogin
 from dbsentry.engines.mysql.wire import constants as k
 from dbsentry.engines.mysql.wire.generic import decode_err
-from dbsentry.engines.mysql.wire.handshake import decode_server_greeting
+from dbsentry.engines.mysql.wire.handshake import Handshake, decode_server_greeting
 from dbsentry.engines.mysql.wire.packets import PacketSplitter, encode_packet
 from dbsentry.errors import ProtocolError
 from dbsentry.identity.model import Identity
@@ -192,32 +192,36 @@ class MySQLProxyServer:
         return sock[0], sock[1]
 
     async def _probe_version(self) -> str:
-        """The version the first answering MySQL connection's server gives (clients read
-        the greeting's version before they say which connection they want)."""
-        for conn in self.config.connections.values():
-            if conn.engine != "mysql":
-                continue
-            try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(conn.host, conn.port), 2)
-            except (OSError, TimeoutError):
-                continue
-            try:
-                splitter = PacketSplitter(1 << 16)
+        """The version the MySQL connections' servers give (the first that answers, in
+        configuration order): clients read the greeting's version before they say which
+        connection they want. All are asked at once, for two seconds at most."""
+        conns = [conn for conn in self.config.connections.values() if conn.engine == "mysql"]
+        if not conns:
+            return FALLBACK_VERSION
+        results = await asyncio.gather(*(self._greeting_version(conn) for conn in conns))
+        return next((v for v in results if v is not None), FALLBACK_VERSION)
+
+    @staticmethod
+    async def _greeting_version(conn: ConnectionConfig) -> str | None:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(conn.host, conn.port), 2)
+        except (OSError, TimeoutError):
+            return None
+        try:
+            splitter = PacketSplitter(1 << 16)
+            async with asyncio.timeout(2):
                 while True:
-                    data = await asyncio.wait_for(reader.read(_READ), 2)
+                    data = await reader.read(_READ)
                     if not data:
-                        break
+                        return None
                     packets = splitter.feed(data)
                     if packets:
                         greeting = decode_server_greeting(packets[0].payload)
-                        if not hasattr(greeting, "server_version"):
-                            break
-                        return str(greeting.server_version)
-            except (OSError, TimeoutError, ProtocolError):
-                pass
-            finally:
-                writer.close()
-        return FALLBACK_VERSION
+                        return greeting.server_version if isinstance(greeting, Handshake) else None
+        except (OSError, TimeoutError, ProtocolError):
+            return None
+        finally:
+            writer.close()
 
     def listening(self) -> bool:
         return self._server is not None and self._server.is_serving()
