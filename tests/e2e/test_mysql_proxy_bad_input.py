@@ -36,7 +36,11 @@ CAPS = (
 
 @pytest.fixture(scope="module")
 def mysql_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MySQLProxy]:
-    extra = {"tls": {"require_client_tls": False}, "limits": {"upstream_check_seconds": 0, "startup_timeout_seconds": 1}}
+    extra = {
+        "tls": {"require_client_tls": False},
+        "limits": {"upstream_check_seconds": 0, "startup_timeout_seconds": 1},
+        "approvals": {"modes": [{"connections": ["prod"], "mode": "wait"}]},
+    }
     down = {"engine": "mysql", "host": "127.0.0.1", "port": free_port(), "database": "test", "user": "root", "environment": "development"}
     with run_mysql_proxy(tmp_path_factory.mktemp("mysql-bad"), extra=extra, connections={"down": down}) as running:
         running.token()  # made now: the start-up timeout (1 s) is shorter than the token CLI
@@ -206,3 +210,63 @@ def test_ping_statistics_field_list_reset_set_option_quit(mysql_proxy: MySQLProx
         raw.login_tls(mysql_proxy.token())
         raw.send(b"\x01", 0)  # COM_QUIT
         assert raw.closed()
+
+
+def _pending(mp: MySQLProxy, text: str, seconds: float = 10) -> str:
+    """The id of the pending request whose statement holds ``text`` (read from the store)."""
+    import time
+
+    from dbsentry.approvals.store import open_approval_store
+    from dbsentry.config import load_config
+
+    config = load_config(mp.proxy.config_path).config
+    store = open_approval_store(config.audit, config.state_dir)
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for request in store.list(status="pending"):
+                if text in (request.statement or ""):
+                    return request.id
+            time.sleep(0.1)
+    finally:
+        store.close()
+    raise AssertionError(f"no pending request for {text}")
+
+
+def test_wait_mode_runs_the_statement_once_approved_and_kill_withdraws_it(mysql_proxy: MySQLProxy) -> None:
+    import threading
+    import time
+
+    from support.proxy import dbsentry_cli
+
+    token = mysql_proxy.token()
+    reviewer = mysql_proxy.token("dana@example.com", ("dba",))
+    name = f"dbs_wait_{time.time_ns() % 10**9}"
+    result: dict[str, Any] = {}
+
+    def run(sql: str, key: str) -> None:
+        try:
+            with pymysql.connect(host="127.0.0.1", port=mysql_proxy.port, user=ALICE, password=token, database="prod", ssl_disabled=True) as conn:
+                result[f"{key}_id"] = conn.thread_id()
+                with conn.cursor() as cur:
+                    cur.execute(sql)
+                    result[key] = "ran"
+        except pymysql.err.MySQLError as exc:
+            result[key] = exc.args
+
+    waiting = threading.Thread(target=run, args=(f"CREATE TABLE {name} (id INT)", "create"))
+    waiting.start()
+    request = _pending(mysql_proxy, name)
+    assert waiting.is_alive()  # it waits for the reviewer
+    dbsentry_cli("approvals", "approve", request, "--token", reviewer, "--comment", "ok", config=mysql_proxy.proxy.config_path)
+    waiting.join(10)
+    assert result["create"] == "ran"
+    killed = threading.Thread(target=run, args=(f"CREATE TABLE {name}_2 (id INT)", "second"))
+    killed.start()
+    _pending(mysql_proxy, f"{name}_2")
+    with pymysql.connect(host="127.0.0.1", port=mysql_proxy.port, user=ALICE, password=token, ssl_disabled=True) as conn, conn.cursor() as cur:
+        cur.execute(f"KILL QUERY {result['second_id']}")
+    killed.join(10)
+    assert result["second"][0] == 1227 and "withdrawn: the statement was killed" in result["second"][1]
+    with pymysql.connect(host="127.0.0.1", port=3306, user="root", database="test") as direct, direct.cursor() as cur:
+        cur.execute(f"DROP TABLE {name}")

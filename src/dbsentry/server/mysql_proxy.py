@@ -16,10 +16,11 @@ import secrets
 import ssl
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, assert_never, cast
+from typing import TYPE_CHECKING, Any, assert_never, cast
 
 from dbsentry import metrics
 from dbsentry.approvals import Approvals, ApprovalStoreError
+from dbsentry.approvals.service import Gate
 from dbsentry.audit.appender import AuditLog, AuditUnavailable, resolves
 from dbsentry.audit.redaction import LiteralRedactor, redactor_from_config
 from dbsentry.config import Config, ConfigError, ConnectionConfig
@@ -251,6 +252,9 @@ class MySQLProxyServer:
         session = target.session
         if session.identity is None or (session.identity.name != cmd.identity and not cmd.reviewer):
             return f"dbsentry: you are not owner of thread {cmd.target} (KILL works on your own sessions)"
+        if target.approval_wait is not None and not target.approval_wait.done():
+            target.approval_wait.set_result(None)  # its statement waits for approval: withdrawn
+            return None
         conn, name, upstream_id = session.connection, session.connection_name, session.upstream_id
         if conn is None or name is None or upstream_id is None:
             if not cmd.query_only:
@@ -363,6 +367,7 @@ class MySQLClient(asyncio.Protocol):
         self.address = "?"
         self.closed = False
         self.upstream: asyncio.Transport | None = None
+        self.approval_wait: asyncio.Future[None] | None = None  # set while a statement waits for approval
         self._keep: asyncio.StreamWriter | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._tls: _ServerTLS | None = None
@@ -623,14 +628,47 @@ class MySQLClient(asyncio.Protocol):
             if gate.outcome == "run":
                 answer = ApprovalAnswered(gate.request.id)
             elif gate.outcome == "wait":
-                answer = ApprovalAnswered(
-                    None,
-                    f"{gate.message}; MySQL sessions do not wait for approvals: once it is approved, send the same statement again (it runs once)",
-                )
+                answer = await self._wait_for_approval(svc, gate, cmd.key)
             else:
                 answer = ApprovalAnswered(None, gate.message)
         if not self.closed:
             self.feed(answer)
+
+    async def _wait_for_approval(self, svc: Approvals, gate: Gate, key: str) -> ApprovalAnswered:
+        """Wait mode: the statement waits (the client sees it running) until a reviewer
+        decides, ``approvals.wait_timeout_seconds`` pass, or a KILL QUERY withdraws it."""
+        loop = asyncio.get_running_loop()
+        request = gate.request
+        session = self.session
+        who = session.identity.name if session.identity is not None else None
+        log.info("statement waits for approval", extra={"fields": {"session": session.session_id, "request": request.id}})
+        fut = svc.watch(request.id)
+        watched = asyncio.wrap_future(fut)
+        self.approval_wait = loop.create_future()
+        try:
+            waits: set[asyncio.Future[Any]] = {watched, self.approval_wait}
+            done, _ = await asyncio.wait(waits, timeout=svc.config.wait_timeout_seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cancelled = self.approval_wait.done()
+            self.approval_wait = None
+        try:
+            if watched not in done:
+                svc.unwatch(request.id, fut)
+                await loop.run_in_executor(None, svc.withdraw, request.id, who)
+                if cancelled:
+                    return ApprovalAnswered(None, f"dbsentry: approval request {request.id} withdrawn: the statement was killed")
+                return ApprovalAnswered(None, svc.timeout_message(request))
+            decided = watched.result()
+            if decided.status != "approved":
+                return ApprovalAnswered(None, svc.outcome_message(decided))
+            assert session.identity is not None and session.connection_name is not None
+            used = await loop.run_in_executor(None, svc.consume_all, session.identity.name, session.connection_name, [key])
+        except (ApprovalStoreError, OSError) as err:
+            log.error("approvals unavailable", extra={"fields": {"error": str(err)}})
+            return ApprovalAnswered(None, "dbsentry: approvals are unavailable, so the statement was not run")
+        if not used:
+            return ApprovalAnswered(None, "dbsentry: the approval this statement needs was used meanwhile; send it again")
+        return ApprovalAnswered(used[0].id)
 
     async def _kill(self, cmd: c.Kill) -> None:
         error = await self.proxy.kill(cmd)
