@@ -512,6 +512,8 @@ class MySQLClient(asyncio.Protocol):
                     spawn(self.proxy.kill_upstream(s.connection, s.connection_name, s.upstream_id, True), name="mysql-cancel")
             case c.Log():
                 log.log(cmd.level, cmd.event, extra={"fields": {"session": self.session.session_id, **cmd.fields}})
+                if cmd.event == "session.refused" and str(cmd.fields.get("sqlstate", "")).startswith("28"):
+                    metrics.login_failed("password")
             case _:
                 assert_never(cmd)
 

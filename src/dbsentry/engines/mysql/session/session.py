@@ -113,10 +113,8 @@ ER_HANDSHAKE = 1043
 ER_SECURE_TRANSPORT_REQUIRED = 3159
 ER_NO_SUCH_THREAD = 1094
 ER_KILL_DENIED = 1095
-ER_CONNECT = 2003
-ER_AUDIT = 3098  # ER_TRANSACTION_ROLLBACK_DURING_COMMIT's neighbour: a plugin refused it
+ER_AUDIT = 3098  # "the table does not comply with the requirements by an external plugin"
 ER_UNKNOWN_STMT = 1243
-ER_TIMEOUT = 1205
 
 #: What the proxy's greeting offers. Not offered: compression (refused cleanly: a client
 #: asking for it gets no compression), LOCAL INFILE (the server could ask the client for
@@ -145,7 +143,6 @@ OFFERED = (
 MAX_AUTH_PACKET = 1 << 16
 #: The settings a session re-reads after a statement that may change them.
 _MODE_QUERY = b"\x03SELECT @@sql_mode, @@character_set_client"
-_NO_CURSOR_RESULT = "rows"
 
 
 class State(Enum):
