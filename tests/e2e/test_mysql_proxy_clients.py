@@ -374,3 +374,10 @@ def test_agents_are_read_only_in_production(mysql_proxy: MySQLProxy, table: str)
         with pytest.raises(pymysql.err.OperationalError) as err:
             cur.execute("UPDATE dbs_proxy_t SET v = 'x' WHERE id = 1")
         assert err.value.args[0] == 1227 and err.value.args[1].startswith("dbsentry:") and "agent" in err.value.args[1]
+        # and the server itself holds the session read-only (defence in depth)
+        cur.execute("SELECT @@tx_read_only")
+        assert cur.fetchone() == (1,)
+        conn.ping()
+        with pytest.raises(pymysql.err.OperationalError) as err:
+            cur.execute("SET SESSION TRANSACTION READ WRITE")
+        assert "baseline.prod.agent-read-write" in err.value.args[1]

@@ -349,3 +349,18 @@ def test_statement_over_the_size_limit_is_refused(tmp_path: Path) -> None:
     out = s.handle(e.ClientData(encode_packet(b"\x03" + sql, 0)[0]))
     err = g.decode_err(packets(out)[-1])
     assert err.sqlstate == "42000" and "exceeds limits.max_statement_bytes" in err.message and not upstream_sent(out)
+
+
+def test_agents_in_production_get_read_only_transactions_upstream(tmp_path: Path) -> None:
+    s = Session(config(tmp_path), ClientInfo("x"), 1, governor=MySQLGovernor(default_policy))
+    s.greeting()
+    response = hs.HandshakeResponse(CAPS, "bot", b"tok\x00", database="prod", auth_plugin_name="mysql_clear_password")
+    s._tls = True  # as after ClientTLSStarted
+    assert s.handle(e.ClientData(encode_packet(hs.encode_handshake_response(response), 1)[0])) == [c.VerifyPassword("bot", "tok")]
+    s.handle(e.PasswordVerified(Identity("bot", frozenset(), "agent", "t", "token")))
+    out = s.handle(e.UpstreamReady(5, "v", CAPS, 2))
+    assert upstream_sent(out) == [encode_packet(b"\x03SET SESSION TRANSACTION READ ONLY", 0)[0]]
+    out = s.handle(answer([g.encode_ok(g.OK(status=2), CAPS)]))
+    assert upstream_sent(out) == [encode_packet(b"\x03SELECT @@sql_mode, @@character_set_client", 0)[0]]
+    s.handle(settings_answer())
+    assert s.state is State.READY

@@ -143,6 +143,7 @@ OFFERED = (
 MAX_AUTH_PACKET = 1 << 16
 #: The settings a session re-reads after a statement that may change them.
 _MODE_QUERY = b"\x03SELECT @@sql_mode, @@character_set_client"
+_READ_ONLY = b"\x03SET SESSION TRANSACTION READ ONLY"
 
 
 class State(Enum):
@@ -640,10 +641,27 @@ class Session:
         return self._read_settings()
 
     def _read_settings(self) -> list[c.Command]:
-        """Ask the server for the session's sql_mode and character set (not forwarded)."""
+        """Ask the server for the session's sql_mode and character set (not forwarded).
+        An agent on a production connection gets read-only transactions from the server
+        first (defence in depth: its statements are judged read-only by their facts, and
+        the baseline refuses switching back to read-write)."""
+        if self._agent_read_only():
+            self._exchange = _Exchange("internal", ResultReader(self._up_caps), sql="read-only")
+            self._upstream.expect(1)
+            return [c.SendUpstream(encode_packet(_READ_ONLY, 0)[0])]
         self._exchange = _Exchange("internal", ResultReader(self._up_caps))
         self._upstream.expect(1)
         return [c.SendUpstream(encode_packet(_MODE_QUERY, 0)[0])]
+
+    def _agent_read_only(self) -> bool:
+        conn = self.connection
+        return (
+            self.identity is not None
+            and self.identity.is_agent
+            and conn is not None
+            and self.governor is not None
+            and conn.environment in self.governor.policy.production_environments
+        )
 
     def _settings_read(self, row: TextRow | None) -> list[c.Command]:
         if row is None or len(row.values) != 2 or row.values[0] is None or row.values[1] is None:
@@ -1150,8 +1168,13 @@ class Session:
         assert isinstance(reader, ResultReader)
         if payload[:1] == b"\xff" and reader.state in ("start", "rows"):
             err = decode_err(payload, self._up_caps)
-            raise ProtocolError(f"the server refused to tell the session's settings: {err.message}")
+            raise ProtocolError(f"the server refused the session's settings: {err.message}")
         event = reader.feed(payload)
+        if ex.sql == "read-only" and reader.done:
+            # read-only transactions are set: now the settings
+            self._exchange = _Exchange("internal", ResultReader(self._up_caps))
+            self._upstream.expect(1)
+            return [c.SendUpstream(encode_packet(_MODE_QUERY, 0)[0])]
         if isinstance(event, TextRow) and ex.internal_row is None:
             ex.internal_row = event
         if not reader.done:
