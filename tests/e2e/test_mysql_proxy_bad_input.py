@@ -42,7 +42,8 @@ def mysql_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MySQLProxy
         "approvals": {"modes": [{"connections": ["prod"], "mode": "wait"}]},
     }
     down = {"engine": "mysql", "host": "127.0.0.1", "port": free_port(), "database": "test", "user": "root", "environment": "development"}
-    with run_mysql_proxy(tmp_path_factory.mktemp("mysql-bad"), extra=extra, connections={"down": down}) as running:
+    badcreds = {**down, "port": 3306, "user": "dbsentry_no_such_user", "password": "wrong"}
+    with run_mysql_proxy(tmp_path_factory.mktemp("mysql-bad"), extra=extra, connections={"down": down, "badcreds": badcreds}) as running:
         running.token()  # made now: the start-up timeout (1 s) is shorter than the token CLI
         yield running
 
@@ -132,6 +133,13 @@ def test_upstream_down_is_a_clear_error(mysql_proxy: MySQLProxy) -> None:
     with pytest.raises(pymysql.err.OperationalError) as err:
         pymysql.connect(host="127.0.0.1", port=mysql_proxy.port, user=ALICE, password=mysql_proxy.token(), database="down", ssl_disabled=True)
     assert err.value.args == (2003, 'dbsentry: could not connect to the upstream of connection "down": Connection refused')
+
+
+def test_upstream_rejecting_the_proxys_credentials_is_not_the_clients_fault(mysql_proxy: MySQLProxy) -> None:
+    with pytest.raises(pymysql.err.OperationalError) as err:
+        pymysql.connect(host="127.0.0.1", port=mysql_proxy.port, user=ALICE, password=mysql_proxy.token(), database="badcreds", ssl_disabled=True)
+    assert err.value.args == (1045, 'dbsentry: the upstream of connection "badcreds": the server rejected the proxy\'s credentials')
+    assert "dbsentry_no_such_user" in mysql_proxy.proxy.log_text()  # the operator's log has the server's words
 
 
 def test_token_rsa_encrypted_on_plaintext_when_tls_is_not_required(mysql_proxy: MySQLProxy) -> None:

@@ -584,7 +584,7 @@ class MySQLClient(asyncio.Protocol):
         except UpstreamError as err:
             log.warning(
                 "upstream failed",
-                extra={"fields": {"session": self.session.session_id, "connection": cmd.connection, "address": f"{conn.host}:{conn.port}", "error": err.message}},
+                extra={"fields": {"session": self.session.session_id, "connection": cmd.connection, "address": f"{conn.host}:{conn.port}", "error": err.message, "server": login_.detail}},
             )
             self.feed(UpstreamFailed(err.code, err.sqlstate, err.message))
             return

@@ -103,6 +103,7 @@ class UpstreamLogin:
         self._plugin = ""
         self._sha2: auth.CachingSha2Client | None = None
         self._done = False
+        self.detail: str | None = None  # what the server said when it refused the login
 
     def _refuse(self, message: str, code: int = 2013, sqlstate: str = "08S01") -> LoginStep:
         self._done = True
@@ -200,7 +201,10 @@ class UpstreamLogin:
             assert g is not None
             return LoginStep(ready=UpstreamReady(g.connection_id, g.server_version, self.capabilities, reply.status))
         if isinstance(reply, ERR):
-            return self._refuse(f"the server refused the proxy's login: {reply.message}", reply.code, reply.sqlstate or "28000")
+            # The client's token was fine: the proxy's own credentials were not. The client
+            # is not told the server's words (they name the upstream account); the log is.
+            self.detail = f"ERROR {reply.code} ({reply.sqlstate}): {reply.message}"
+            return self._refuse("the server rejected the proxy's credentials", 1045, "08004")
         if isinstance(reply, AuthSwitchRequest):
             answer = self._answer(reply.plugin, reply.nonce)
             if isinstance(answer, LoginStep):
