@@ -168,6 +168,10 @@ def test_denied_statement_gets_42000_and_the_session_goes_on(tmp_path: Path) -> 
     out = s.handle(e.ClientData(encode_packet(b"\x03SELECT /*! 1 */", 0)[0]))
     err = g.decode_err(packets(out)[0])
     assert err.sqlstate == "42000" and err.message.startswith("dbsentry:") and not upstream_sent(out)
+    out = s.handle(e.ClientData(encode_packet(b"\x03select 'unterminated", 0)[0]))
+    err = g.decode_err(packets(out)[0])
+    assert (err.code, err.sqlstate) == (1064, "42000")
+    assert err.message == "dbsentry: statement rejected: it is not valid MySQL (unterminated string at character 7) (rule: baseline.unparsable)"
 
 
 def test_commands_wait_for_the_answer_in_flight(tmp_path: Path) -> None:

@@ -848,9 +848,14 @@ class Session:
 
     def _denied(self, verdict: Verdict, sql: str, params: tuple[str | None, ...] | None = None) -> list[c.Command]:
         decision = verdict.decision
-        message = denial_message(decision)
-        if verdict.parse_error is not None and verdict.parse_error not in message:
-            message = f"{message}: {verdict.parse_error}"
+        if verdict.syntax_error and verdict.parse_error is not None:
+            # (the neutral refusal's text speaks of PostgreSQL's parser)
+            rules = ", ".join(decision.rules)
+            message = f"dbsentry: statement rejected: it is not valid MySQL ({verdict.parse_error}) (rule: {rules})"
+        else:
+            message = denial_message(decision)
+            if verdict.parse_error is not None and verdict.parse_error not in message:
+                message = f"{message}: {verdict.parse_error}"
         out: list[c.Command] = []
         if self.audit is not None:
             facts = verdict.facts[0] if verdict.facts else None
