@@ -267,6 +267,16 @@ def test_multi_statements_on_and_off(mysql_proxy: MySQLProxy, table: str) -> Non
         assert err.value.args[0] == 1227 and err.value.args[1].startswith("dbsentry:")
         cur.execute("SELECT COUNT(*) FROM dbs_proxy_t")
         assert cur.fetchone()[0] >= 2
+    with connect(mysql_proxy, "prod") as conn, conn.cursor() as cur:  # SQL-level PREPARE / EXECUTE
+        cur.execute("PREPARE p1 FROM 'SELECT 41 + 1'")
+        cur.execute("EXECUTE p1")
+        assert cur.fetchall() == ((42,),)
+        with pytest.raises(pymysql.err.OperationalError) as err:
+            cur.execute("PREPARE p2 FROM 'DELETE FROM dbs_proxy_t'")
+        assert "baseline.prod.unbounded-write" in err.value.args[1]
+        with pytest.raises(pymysql.err.OperationalError) as err:
+            cur.execute("EXECUTE p2")
+        assert err.value.args[1] == "dbsentry: EXECUTE p2: no statement of that name was prepared through dbsentry in this session"
     with connect(mysql_proxy, "dev") as conn, conn.cursor() as cur:  # off: the server refuses the second
         with pytest.raises(pymysql.err.ProgrammingError) as perr:
             cur.execute("SELECT 1; SELECT 2")

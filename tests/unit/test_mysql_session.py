@@ -368,3 +368,29 @@ def test_agents_in_production_get_read_only_transactions_upstream(tmp_path: Path
     assert upstream_sent(out) == [encode_packet(b"\x03SELECT @@sql_mode, @@character_set_client", 0)[0]]
     s.handle(settings_answer())
     assert s.state is State.READY
+
+
+def test_sql_execute_is_judged_by_what_its_prepare_runs(tmp_path: Path) -> None:
+    s, _ = logged_in(tmp_path)
+    s.approvals = True
+    ok = answer([g.encode_ok(g.OK(status=2), CAPS)])
+    out = s.handle(e.ClientData(encode_packet(b"\x03PREPARE s FROM 'SELECT 1'", 0)[0]))
+    assert isinstance(out[0], c.AuditGate)
+    s.handle(ok)
+    out = s.handle(e.ClientData(encode_packet(b"\x03EXECUTE s", 0)[0]))
+    assert isinstance(out[0], c.AuditGate)  # runs what it prepared: a SELECT
+    s.handle(ok)
+    out = s.handle(e.ClientData(encode_packet(b"\x03EXECUTE nope", 0)[0]))
+    assert "no statement of that name was prepared" in g.decode_err(packets(out)[-1]).message
+    # an approval for the PREPARE does not let later EXECUTEs run it again and again
+    s.handle(e.ClientData(encode_packet(b"\x03PREPARE c FROM 'CREATE TABLE x (id INT)'", 0)[0]))
+    out = s.handle(e.ApprovalAnswered("apr_1"))
+    assert isinstance(out[0], c.AuditGate)
+    s.handle(ok)
+    out = s.handle(e.ClientData(encode_packet(b"\x03EXECUTE c", 0)[0]))
+    err = g.decode_err(packets(out)[-1])
+    assert err.sqlstate == "42000" and "EXECUTE c runs a statement that needs approval" in err.message
+    assert not upstream_sent(out)
+    # one string: PREPARE then EXECUTE of a statement the baseline denies
+    out = s.handle(e.ClientData(encode_packet(b"\x03DEALLOCATE PREPARE s; PREPARE s FROM 'SELECT 2'; EXECUTE s", 0)[0]))
+    assert isinstance(out[0], c.AuditGate)

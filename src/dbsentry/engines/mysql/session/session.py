@@ -26,7 +26,7 @@ import re
 import secrets
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol, assert_never
 
@@ -91,7 +91,7 @@ from dbsentry.governance.facts import StatementFacts
 from dbsentry.governance.text import COMMENT, LITERAL
 from dbsentry.identity.model import Identity
 from dbsentry.identity.ratelimit import LoginThrottled
-from dbsentry.policy.engine import Decision
+from dbsentry.policy.engine import Decision, combine
 from dbsentry.policy.verdict import Verdict, denial_message
 
 if TYPE_CHECKING:
@@ -214,6 +214,8 @@ class _Exchange:
     statement_id: int = 0
     rows: int = 0  # rows of the current result
     refresh: bool = False  # re-read sql_mode and the charset after the answer
+    # SQL-level prepared statements once this command is forwarded (None: unchanged)
+    prepared_names: dict[str, str | None] | None = None
     internal_row: TextRow | None = None
 
 
@@ -312,6 +314,9 @@ class Session:
         self._exchange: _Exchange | None = None
         self._held: _Held | None = None
         self._prepared: dict[int, _Prepared] = {}
+        # SQL-level PREPARE name FROM '...': name (lower case) -> the text it runs (None:
+        # prepared from a variable, judged as dynamic SQL when it was prepared)
+        self._sql_prepared: dict[str, str | None] = {}
         self._pending_prepare: tuple[str, Verdict] | None = None
         self.audit: MySQLAudit | None = None
         self._closed_audited = False
@@ -753,6 +758,7 @@ class Session:
                 return self._forward(payload, _Exchange("fields"))
             case w.ResetConnection():
                 self._prepared.clear()
+                self._sql_prepared = {}
                 return self._forward(payload, _Exchange("simple", refresh=True))
             case w.InitDB(schema=schema):
                 return self._init_db(schema)
@@ -846,6 +852,40 @@ class Session:
             )
         return None
 
+    def _judge_executes(self, verdict: Verdict) -> tuple[Verdict, dict[str, str | None] | None] | str:
+        """``EXECUTE name`` judged by what ``PREPARE name`` gave it to run, as the policy
+        rules now (an approval or a policy that allowed the PREPARE does not let later
+        EXECUTEs run what it would refuse); with the prepared names the string leaves. A
+        string: why it is refused."""
+        commands = {f.command for f in verdict.facts}
+        if not commands & {"PREPARE", "EXECUTE", "DEALLOCATE"}:
+            return verdict, None
+        known = dict(self._sql_prepared)
+        decisions = list(verdict.decisions)
+        for i, facts in enumerate(verdict.facts):
+            name = (facts.prepared_name or "").lower()
+            if not name:
+                continue
+            if facts.command == "PREPARE":
+                known[name] = facts.inner.text if facts.inner is not None and facts.inner.text else None
+            elif facts.command == "DEALLOCATE":
+                known.pop(name, None)
+            elif facts.command == "EXECUTE":
+                if name not in known:
+                    return f"dbsentry: EXECUTE {facts.prepared_name}: no statement of that name was prepared through dbsentry in this session"
+                text = known[name]
+                inner = self._check(text) if text is not None else None
+                if inner is not None:
+                    if inner.decision.action == "require_approval":
+                        return (
+                            f"dbsentry: EXECUTE {facts.prepared_name} runs a statement that needs approval "
+                            f"({', '.join(inner.decision.rules)}): send that statement itself to request it"
+                        )
+                    decisions[i] = combine((decisions[i], inner.decision))
+        if decisions != list(verdict.decisions):
+            verdict = replace(verdict, decisions=tuple(decisions), decision=combine(decisions))
+        return verdict, known
+
     def _denied(self, verdict: Verdict, sql: str, params: tuple[str | None, ...] | None = None) -> list[c.Command]:
         decision = verdict.decision
         if verdict.syntax_error and verdict.parse_error is not None:
@@ -888,6 +928,10 @@ class Session:
             refusal = self._refusal(verdict, sql)
             if refusal is not None:
                 return self._refused(sql, refusal, verdict)
+            judged = self._judge_executes(verdict)
+            if isinstance(judged, str):
+                return self._refused(sql, judged, verdict)
+            verdict, exchange.prepared_names = judged
             if not verdict.decision.allowed:
                 if verdict.decision.action == "require_approval" and verdict.facts and self.approvals:
                     return self._ask_approval(packet, sql, verdict, exchange, params)
@@ -904,6 +948,8 @@ class Session:
         params: tuple[str | None, ...] | None = None,
         approval_id: str | None = None,
     ) -> list[c.Command]:
+        if exchange.prepared_names is not None:
+            self._sql_prepared = exchange.prepared_names  # what PREPARE/DEALLOCATE leave
         audit = self.audit
         if audit is None or verdict is None:
             return self._forward(packet, exchange)
