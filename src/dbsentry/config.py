@@ -42,8 +42,10 @@ def _split_hostport(value: str, key: str) -> tuple[str, int]:
 class ListenConfig(_Model):
     postgres: str = "127.0.0.1:6432"
     http: str | None = "127.0.0.1:8080"
+    # MySQL/MariaDB clients (docs/mysql.md); absent: no MySQL listener.
+    mysql: str | None = None
 
-    @field_validator("postgres", "http")
+    @field_validator("postgres", "http", "mysql")
     @classmethod
     def _hostport(cls, v: str | None) -> str | None:
         if v is not None:
@@ -57,6 +59,10 @@ class ListenConfig(_Model):
     @property
     def http_addr(self) -> tuple[str, int] | None:
         return None if self.http is None else _split_hostport(self.http, "listen.http")
+
+    @property
+    def mysql_addr(self) -> tuple[str, int] | None:
+        return None if self.mysql is None else _split_hostport(self.mysql, "listen.mysql")
 
 
 class TLSConfig(_Model):
@@ -211,8 +217,13 @@ class RolesConfig(_Model):
         return sorted({r for r in named if r})
 
 
+#: The default port of each engine's server.
+DEFAULT_PORTS: dict[str, int] = {"postgres": 5432, "mysql": 3306}
+
+
 class ConnectionConfig(_Model):
-    engine: Literal["postgres"] = "postgres"
+    # postgres: served by listen.postgres; mysql (MySQL or MariaDB): by listen.mysql.
+    engine: Literal["postgres", "mysql"] = "postgres"
     host: str = "127.0.0.1"
     port: int = Field(default=5432, ge=1, le=65535)
     database: str
@@ -231,6 +242,13 @@ class ConnectionConfig(_Model):
     roles: RolesConfig | None = None
     guardrails: ConnectionGuardrails | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_port(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "port" not in data and data.get("engine") in DEFAULT_PORTS:
+            data = {**data, "port": DEFAULT_PORTS[data["engine"]]}
+        return data
+
     @field_validator("environment")
     @classmethod
     def _environment(cls, v: str) -> str:
@@ -243,6 +261,11 @@ class ConnectionConfig(_Model):
         given = [k for k in ("password", "password_env", "password_file") if getattr(self, k) is not None]
         if len(given) > 1:
             raise ValueError(f"give at most one of password, password_env, password_file (got {', '.join(given)})")
+        if self.engine == "mysql":
+            # What the PostgreSQL listener does for its sessions; the MySQL one does not.
+            pg_only = [k for k in ("roles", "guardrails", "lazy_upstream") if getattr(self, k) is not None]
+            if pg_only:
+                raise ValueError(f"{', '.join(pg_only)}: not supported for engine mysql yet")
         return self
 
     def libpq_kwargs(self, application_name: str) -> dict[str, object]:

@@ -28,6 +28,8 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from dbsentry.audit.records import CompletionRecord, Record, SessionEvent, StatementRecord
+
 REGISTRY: Final = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
@@ -160,6 +162,23 @@ def masked(count: int, data_class: str | None) -> None:
     """``count`` values of ``data_class`` were masked in a result."""
     if count > 0:
         _child(MASKED_VALUES, _label(data_class)).inc(count)
+
+
+def observe(record: Record, connection: str | None) -> None:
+    """The metrics an audit record of a session tells (every engine's shell calls it with
+    the records it writes): statements by decision, durations, masked values, sessions."""
+    if isinstance(record, StatementRecord):
+        statement(record.decision, record.statement_class, record.connection)
+        for cls in record.masked_classes:
+            masked(1, cls)
+    elif isinstance(record, CompletionRecord):
+        if record.duration_ms is not None:
+            statement_duration(record.duration_ms / 1000, connection)
+    elif isinstance(record, SessionEvent):
+        if record.event == "opened":
+            session_opened(record.connection)
+        else:
+            session_closed(record.connection)
 
 
 def set_pending_approvals(count: int) -> None:

@@ -91,6 +91,7 @@ def statement_row(stored: StoredRecord, completion: bytes | None) -> dict[str, A
         "connection": d.get("connection"),
         "environment": d.get("environment"),
         "database": d.get("database"),
+        "engine": d.get("engine", "postgres"),  # records older than the field are PostgreSQL's
         "application_name": d.get("application_name"),
         "statement": d.get("statement"),
         "params": d.get("params"),

@@ -164,6 +164,7 @@ class SessionEvent(_Record):
     database: str | None = None
     duration_ms: float | None = None  # closed only
     end_reason: str | None = None  # closed only: "client_terminate", "idle_timeout", "error: ..."
+    engine: str = "postgres"  # the listener's protocol: "postgres" or "mysql"
     time: float = field(default_factory=_time.time)
     id: str = field(default_factory=new_record_id)
 
@@ -186,6 +187,33 @@ class SessionEvent(_Record):
             token_id=identity.token_id,
             **kwargs,
         )
+
+
+def session_record(
+    event: str,
+    identity: Identity,
+    *,
+    session_id: str,
+    opened_at: float,
+    reason: str | None = None,
+    tls_version: str | None = None,
+    **kwargs: Any,
+) -> SessionEvent:
+    """A session's ``opened`` or ``closed`` record (anything else counts as closed), as
+    every engine's session writes it: ``opened_at`` is ``time.monotonic()`` at the start
+    (a closed record gets the duration), ``reason`` why it ended; ``kwargs``: the other
+    fields (client_addr, connection, environment, database, application_name, engine)."""
+    closed = event != "opened"
+    return SessionEvent.for_identity(
+        "closed" if closed else "opened",
+        identity,
+        session_id=session_id,
+        tls=tls_version is not None,
+        tls_version=tls_version,
+        duration_ms=round((_time.monotonic() - opened_at) * 1000, 3) if closed else None,
+        end_reason=reason if closed else None,
+        **kwargs,
+    )
 
 
 #: Every ``decision`` a statement record holds: allowed, allowed with its results masked,
@@ -230,6 +258,7 @@ class StatementRecord(_Record):
     masked_classes: tuple[str, ...] = ()
     correlation: Mapping[str, str] = field(default_factory=dict)
     application_name: str | None = None
+    engine: str = "postgres"  # the listener's protocol: "postgres" or "mysql"
     time: float = field(default_factory=_time.time)
     id: str = field(default_factory=new_record_id)
 

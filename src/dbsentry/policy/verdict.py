@@ -69,3 +69,16 @@ def evaluate_text(
     else:
         decisions = tuple(evaluate(policy, f, ctx) for f in facts)
     return Verdict(facts, decisions, combine(decisions))
+
+
+def denial_message(decision: Decision) -> str:
+    """The error text of a refused statement: ``dbsentry:`` and the rule that refused it."""
+    rules = ", ".join(decision.rules) or "policy"
+    if decision.action == "require_approval":
+        who = ", ".join(decision.approvers) or "an approver"
+        text = decision.message or f"this statement requires approval by {who}"
+    else:
+        text = decision.message or "statement denied by policy"
+    if decision.rules and all(r in text for r in decision.rules):
+        return f"dbsentry: {text}"  # the rule's message already names it
+    return f"dbsentry: {text} (rule: {rules})"

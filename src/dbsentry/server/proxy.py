@@ -25,7 +25,7 @@ from dbsentry.approvals import Approvals, ApprovalStoreError
 from dbsentry.approvals.model import ApprovalRequest
 from dbsentry.approvals.service import Gate
 from dbsentry.audit.appender import AuditLog, AuditUnavailable, resolves
-from dbsentry.audit.records import CompletionRecord, Record, SessionEvent, StatementRecord
+from dbsentry.audit.records import CompletionRecord, Record
 from dbsentry.config import Config, ConfigError, ConnectionConfig
 from dbsentry.engines.postgres.session import commands as c
 from dbsentry.engines.postgres.session.events import (
@@ -354,18 +354,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _observe(self, record: Record) -> None:
         """Prometheus metrics, read off the audit records as they pass."""
-        if isinstance(record, StatementRecord):
-            metrics.statement(record.decision, record.statement_class, record.connection)
-            for cls in record.masked_classes:
-                metrics.masked(1, cls)
-        elif isinstance(record, CompletionRecord):
-            if record.duration_ms is not None:
-                metrics.statement_duration(record.duration_ms / 1000, self.session.connection_name)
-        elif isinstance(record, SessionEvent):
-            if record.event == "opened":
-                metrics.session_opened(record.connection)
-            else:
-                metrics.session_closed(record.connection)
+        metrics.observe(record, self.session.connection_name)
 
     def _audit_nowait(self, cmd: c.Audit) -> None:
         self._observe(cmd.record)

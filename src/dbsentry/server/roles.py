@@ -59,7 +59,7 @@ async def check_production_roles(config: Config, production: Iterable[str]) -> l
     """``(level, message)`` for every production connection: warnings, or why it could not
     be checked."""
     envs = set(production)
-    names = [n for n, c in config.connections.items() if c.environment in envs]
+    names = [n for n, c in config.connections.items() if c.environment in envs and c.engine == "postgres"]
     results = await asyncio.gather(
         *(check_connection(n, config.connections[n]) for n in names), return_exceptions=True
     )

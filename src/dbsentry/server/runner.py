@@ -29,6 +29,7 @@ from dbsentry.masking.derived import DerivedClassFile
 from dbsentry.policy import PolicyError
 from dbsentry.policy.loader import declared_environments
 from dbsentry.server.catalogs import CatalogLoader
+from dbsentry.server.mysql_proxy import start_mysql_listener
 from dbsentry.server.proxy import ProxyServer
 from dbsentry.server.roles import log_production_roles
 from dbsentry.server.upstream_health import UpstreamHealth
@@ -175,6 +176,10 @@ async def run_server(
         config, authenticator, governor, writer, catalogs, approvals, auth_needs_io=authenticator.needs_io
     )
     await proxy.start()
+    mysql = await start_mysql_listener(  # listen.mysql (docs/mysql.md); None when not set
+        config, authenticator, (lambda: governor.policy) if governor is not None else None, writer, approvals,
+        auth_needs_io=authenticator.needs_io,
+    )
     stop = stop if stop is not None else asyncio.Event()
     health: UpstreamHealth | None = None
     if config.limits.upstream_check_seconds > 0 and config.connections:
@@ -264,6 +269,8 @@ async def run_server(
         if http_task is not None:
             await http_task
         await proxy.close()
+        if mysql is not None:
+            await mysql.close()
         if approvals is not None:
             approvals.close()
         if writer is not None:

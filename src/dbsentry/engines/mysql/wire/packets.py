@@ -68,12 +68,15 @@ class PacketSplitter:
     "any id" for the next packet, continuation packets are still checked.
     """
 
-    __slots__ = ("_buf", "_next_seq", "_parts", "_parts_len", "_start_seq", "max_payload")
+    __slots__ = ("_buf", "_next_seq", "_parts", "_parts_len", "_start_seq", "commands", "max_payload")
 
     def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD, first_seq: int | None = 0) -> None:
         if max_payload < 0:
             raise ValueError("max_payload must not be negative")
         self.max_payload = max_payload
+        # Command phase of a client's stream: every logical packet is a command that
+        # starts its own exchange, so the next one must carry sequence id 0 again.
+        self.commands = False
         self._buf = bytearray()
         self._next_seq = first_seq
         self._parts: list[bytes] = []  # continuation packets of a payload not finished yet
@@ -145,6 +148,8 @@ class PacketSplitter:
             else:
                 payload = body
             out.append(Packet(self._start_seq, payload, seq))
+            if self.commands:
+                self._next_seq = 0
         if pos:
             del buf[:pos]
         return out

@@ -21,6 +21,7 @@ from dbsentry.audit.records import (
     SessionEvent,
     StatementRecord,
     extract_correlation,
+    session_record,
     statement_parts,
 )
 from dbsentry.audit.redaction import LiteralRedactor, current
@@ -94,20 +95,18 @@ class SessionAudit:
         return self.config.durability != "async"
 
     def session_event(self, event: str, reason: str | None = None) -> SessionEvent:
-        closed = event == "closed"
-        return SessionEvent.for_identity(
-            "closed" if closed else "opened",
+        return session_record(
+            event,
             self.identity,
             session_id=self.session_id,
+            opened_at=self.opened_at,
+            reason=reason,
+            tls_version=self.tls_version,
             client_addr=self.client_addr,
             application_name=self.application_name,
-            tls=self.tls_version is not None,
-            tls_version=self.tls_version,
             connection=self.connection,
             environment=self.environment,
             database=self.database,
-            duration_ms=round((time.monotonic() - self.opened_at) * 1000, 3) if closed else None,
-            end_reason=reason if closed else None,
         )
 
     def statement(

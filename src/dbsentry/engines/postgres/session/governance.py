@@ -32,6 +32,7 @@ from dbsentry.policy import (
 )
 from dbsentry.policy.baseline import setting_allowed
 from dbsentry.policy.engine import Decision
+from dbsentry.policy.verdict import denial_message as denial_message  # shared by every engine
 
 #: The data classes each statement of a query string reads and writes (one per facts).
 ClassSource = Callable[[str, Sequence[StatementFacts]], Sequence[StatementClasses]]
@@ -146,15 +147,3 @@ class Governor:
         except OSError:
             return None
         return (st.st_mtime, st.st_size)
-
-
-def denial_message(decision: Decision) -> str:
-    rules = ", ".join(decision.rules) or "policy"
-    if decision.action == "require_approval":
-        who = ", ".join(decision.approvers) or "an approver"
-        text = decision.message or f"this statement requires approval by {who}"
-    else:
-        text = decision.message or "statement denied by policy"
-    if decision.rules and all(r in text for r in decision.rules):
-        return f"dbsentry: {text}"  # the rule's message already names it
-    return f"dbsentry: {text} (rule: {rules})"

@@ -721,7 +721,9 @@ class Session:
     def connection(self) -> ConnectionConfig | None:
         if self.connection_name is None:
             return None
-        return self.config.connections.get(self.connection_name)
+        conn = self.config.connections.get(self.connection_name)
+        # A MySQL connection is served by the MySQL listener, not this one.
+        return conn if conn is not None and conn.engine == "postgres" else None
 
     def _fail(self, sqlstate: str, message: str, hint: str | None = None, **log: object) -> list[c.Command]:
         flight = self._leave_flight()
@@ -925,9 +927,10 @@ class Session:
             usable = [
                 name
                 for name, known in sorted(self.config.connections.items())
-                if known.allow_groups is None
+                if known.engine == "postgres"
+                and (known.allow_groups is None
                 or effective.groups & set(known.allow_groups)
-                or (self.approvals is not None and self.approvals.connection_granted(identity.name, name))
+                or (self.approvals is not None and self.approvals.connection_granted(identity.name, name)))
             ]
             return self._fail(
                 "3D000",

@@ -1,0 +1,1292 @@
+"""One MySQL/MariaDB client connection as a sans-IO state machine.
+
+``Session.handle(event)`` is the only entry point: events in (bytes from either side, the
+answers to commands), commands out (:mod:`~dbsentry.engines.mysql.session.commands`). The
+states and every allowed transition are in :data:`TRANSITIONS`; any other transition
+raises :class:`SessionStateError` and the connection is dropped.
+
+The proxy speaks the server's side of the handshake to the client (its own connection id
+and nonce, ``caching_sha2_password`` asking for full authentication so that the token
+itself arrives: in the clear inside TLS, or RSA-encrypted with the proxy's key;
+``mysql_clear_password`` over TLS), checks the token, then logs in upstream with the
+connection's credentials and the client's protocol capabilities, so that the server's
+answers are forwarded as they are.
+
+The command phase is one exchange at a time, as the protocol is: a command is read,
+governed, audited, forwarded; the server's answer is followed packet by packet
+(:mod:`~dbsentry.engines.mysql.wire.results`) to its end, and re-framed towards the client
+(:meth:`Session._to_client`); result rows pass through :meth:`Session.result_row`, the one
+place where a row rewriter (masking) plugs in. Commands that arrive meanwhile wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import TYPE_CHECKING, Protocol, assert_never
+
+from dbsentry.audit.config import AuditConfig
+from dbsentry.audit.records import Record, StatementRecord
+from dbsentry.audit.redaction import LiteralRedactor
+from dbsentry.config import Config, ConnectionConfig
+from dbsentry.engines.mysql.session import commands as c
+from dbsentry.engines.mysql.session.auditing import MySQLAudit
+from dbsentry.engines.mysql.session.events import (
+    ApprovalAnswered,
+    AuditFailed,
+    ClientClosed,
+    ClientData,
+    ClientTLSStarted,
+    Event,
+    KillAnswered,
+    PasswordVerified,
+    StartupTimedOut,
+    UpstreamClosed,
+    UpstreamData,
+    UpstreamFailed,
+    UpstreamReady,
+)
+from dbsentry.engines.mysql.session.governance import MySQLGovernor
+from dbsentry.engines.mysql.sql.lexing import DEFAULT_MODE, SqlMode, lexer, tokens
+from dbsentry.engines.mysql.wire import auth
+from dbsentry.engines.mysql.wire import commands as w
+from dbsentry.engines.mysql.wire import constants as k
+from dbsentry.engines.mysql.wire.charsets import charset as charset_of
+from dbsentry.engines.mysql.wire.generic import (
+    ERR,
+    OK,
+    decode_eof,
+    decode_err,
+    decode_ok,
+    encode_err,
+    encode_ok,
+)
+from dbsentry.engines.mysql.wire.handshake import (
+    AuthSwitchRequest,
+    Handshake,
+    HandshakeResponse,
+    SSLRequest,
+    decode_client_handshake,
+    encode_auth_switch_request,
+    encode_handshake,
+)
+from dbsentry.engines.mysql.wire.packets import Packet, PacketSplitter, encode_packet
+from dbsentry.engines.mysql.wire.results import (
+    ColumnCount,
+    ColumnDefinition,
+    PrepareReader,
+    ResultReader,
+    StmtPrepareOK,
+    TextRow,
+)
+from dbsentry.engines.mysql.wire.values import ParamType, value_text
+from dbsentry.errors import ProtocolError
+from dbsentry.governance.durability import changes_data
+from dbsentry.governance.facts import StatementFacts
+from dbsentry.governance.text import COMMENT, LITERAL
+from dbsentry.identity.model import Identity
+from dbsentry.identity.ratelimit import LoginThrottled
+from dbsentry.policy.engine import Decision, combine
+from dbsentry.policy.verdict import Verdict, denial_message
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
+__all__ = ["OFFERED", "ClientInfo", "Session", "SessionStateError", "State"]
+
+# Error codes (MySQL's numbering) of the errors the proxy makes itself.
+ER_ACCESS_DENIED = 1045
+ER_BAD_DB = 1049
+ER_NO_DB = 1046
+ER_SPECIFIC_ACCESS_DENIED = 1227
+ER_PARSE = 1064
+ER_NOT_SUPPORTED = 1235
+ER_UNKNOWN_COM = 1047
+ER_NET_PACKETS_OUT_OF_ORDER = 1156
+ER_NET_PACKET_TOO_LARGE = 1153
+ER_HANDSHAKE = 1043
+ER_SECURE_TRANSPORT_REQUIRED = 3159
+ER_NO_SUCH_THREAD = 1094
+ER_KILL_DENIED = 1095
+ER_AUDIT = 3098  # "the table does not comply with the requirements by an external plugin"
+ER_UNKNOWN_STMT = 1243
+
+#: What the proxy's greeting offers. Not offered: compression (refused cleanly: a client
+#: asking for it gets no compression), LOCAL INFILE (the server could ask the client for
+#: any file), IGNORE_SPACE and ODBC (they change how the text reads), query attributes,
+#: optional metadata, and MariaDB's extended capabilities.
+OFFERED = (
+    k.CLIENT_LONG_PASSWORD
+    | k.CLIENT_FOUND_ROWS
+    | k.CLIENT_LONG_FLAG
+    | k.CLIENT_CONNECT_WITH_DB
+    | k.CLIENT_PROTOCOL_41
+    | k.CLIENT_INTERACTIVE
+    | k.CLIENT_SSL
+    | k.CLIENT_IGNORE_SIGPIPE
+    | k.CLIENT_TRANSACTIONS
+    | k.CLIENT_SECURE_CONNECTION
+    | k.CLIENT_MULTI_STATEMENTS
+    | k.CLIENT_MULTI_RESULTS
+    | k.CLIENT_PS_MULTI_RESULTS
+    | k.CLIENT_PLUGIN_AUTH
+    | k.CLIENT_CONNECT_ATTRS
+    | k.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA
+    | k.CLIENT_SESSION_TRACK
+    | k.CLIENT_DEPRECATE_EOF
+)
+MAX_AUTH_PACKET = 1 << 16
+#: The settings a session re-reads after a statement that may change them.
+_MODE_QUERY = b"\x03SELECT @@sql_mode, @@character_set_client"
+_READ_ONLY = b"\x03SET SESSION TRANSACTION READ ONLY"
+
+
+class State(Enum):
+    GREETED = "greeted"  # the greeting was sent: SSLRequest or HandshakeResponse next
+    TLS = "tls"  # the client's TLS handshake is under way
+    AUTH = "auth"  # authentication exchange with the client
+    VERIFYING = "verifying"  # the token is being checked
+    CONNECTING = "connecting"  # logging in upstream
+    INIT = "init"  # reading the upstream session's settings (internal query)
+    READY = "ready"  # waiting for the client's next command
+    GATED = "gated"  # a command waits for its audit record, an approval or a KILL
+    BUSY = "busy"  # a command was forwarded: its answer is being read
+    CLOSED = "closed"
+
+
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.GREETED: frozenset({State.TLS, State.AUTH, State.VERIFYING, State.CLOSED}),
+    State.TLS: frozenset({State.GREETED, State.CLOSED}),
+    State.AUTH: frozenset({State.AUTH, State.VERIFYING, State.CLOSED}),
+    State.VERIFYING: frozenset({State.CONNECTING, State.READY, State.CLOSED}),
+    State.CONNECTING: frozenset({State.INIT, State.CLOSED}),
+    State.INIT: frozenset({State.READY, State.CLOSED}),
+    State.READY: frozenset({State.GATED, State.BUSY, State.CLOSED}),
+    State.GATED: frozenset({State.READY, State.BUSY, State.CLOSED}),
+    State.BUSY: frozenset({State.READY, State.BUSY, State.CLOSED}),
+    State.CLOSED: frozenset({State.CLOSED}),
+}
+
+
+class SessionStateError(RuntimeError):
+    """A transition :data:`TRANSITIONS` does not allow: a bug, the connection is dropped."""
+
+
+class GrantSource(Protocol):
+    """Just-in-time access (the approvals service)."""
+
+    def effective_identity(self, identity: Identity) -> Identity: ...
+
+    def connection_granted(self, identity: str, connection: str) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    address: str
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """A statement the server prepared for this client (by the server's statement id)."""
+
+    sql: str
+    num_params: int
+    verdict: Verdict
+    types: tuple[ParamType, ...] | None = None
+    names: tuple[str, ...] | None = None
+    long_data: set[int] = field(default_factory=set)
+    cursor: list[ColumnDefinition] | None = None  # columns of an open cursor
+
+
+@dataclass(slots=True)
+class _Exchange:
+    """The command whose answer is being read."""
+
+    kind: str  # "result", "prepare", "fetch", "simple", "statistics", "fields", "internal"
+    reader: ResultReader | PrepareReader | None = None
+    sql: str = ""
+    statement: _Prepared | None = None
+    statement_id: int = 0
+    rows: int = 0  # rows of the current result
+    refresh: bool = False  # re-read sql_mode and the charset after the answer
+    # SQL-level prepared statements once this command is forwarded (None: unchanged)
+    prepared_names: dict[str, str | None] | None = None
+    internal_row: TextRow | None = None
+
+
+@dataclass(slots=True)
+class _Held:
+    """A command waiting for an approval or a KILL's answer."""
+
+    packet: bytes  # the command as the client sent it
+    sql: str
+    verdict: Verdict | None
+    params: tuple[str | None, ...] | None
+    exchange: _Exchange
+
+
+_SESSION_SETUP = re.compile(r"\s*SET\s+(NAMES\s+'?\w+'?(\s+COLLATE\s+'?\w+'?)?|AUTOCOMMIT\s*=\s*[01])\s*;?\s*\Z", re.IGNORECASE)
+
+
+def _kill_target(sql: str) -> tuple[int, bool] | None:
+    """``KILL [QUERY | CONNECTION] id`` exactly (comments and one ``;`` allowed): (id,
+    query only); None for any other text."""
+    try:
+        toks = [t for t in tokens(sql) if t.kind != COMMENT]
+    except Exception:
+        return None
+    words = [sql[t.start : t.end] for t in toks]
+    if words and words[-1] == ";":
+        words.pop()
+        toks.pop()
+    if not words or words[0].upper() != "KILL":
+        return None
+    query_only = False
+    rest = words[1:]
+    if rest and rest[0].upper() in ("QUERY", "CONNECTION"):
+        query_only = rest[0].upper() == "QUERY"
+        rest = rest[1:]
+    if len(rest) != 1 or not rest[0].isdigit() or toks[-1].kind != LITERAL:
+        return None
+    return int(rest[0]), query_only
+
+
+def _use_target(sql: str, facts: StatementFacts) -> str | None:
+    """The database a ``USE`` statement names."""
+    try:
+        toks = [t for t in tokens(facts.text or sql) if t.kind != COMMENT]
+    except Exception:
+        return None
+    text = facts.text or sql
+    words = [text[t.start : t.end] for t in toks]
+    if len(words) < 2:
+        return None
+    name = words[1]
+    if name.startswith("`") and name.endswith("`"):
+        name = name[1:-1].replace("``", "`")
+    return name
+
+
+@dataclass(eq=False)
+class Session:
+    """One client connection. ``proxy_id``: the connection id the proxy gave the client."""
+
+    config: Config
+    client: ClientInfo
+    proxy_id: int
+    governor: MySQLGovernor | None = None
+    audit_config: AuditConfig | None = None
+    redactor: LiteralRedactor | None = None
+    grants: GrantSource | None = None
+    approvals: bool = False
+    rsa_key: RSAPrivateKey | None = None
+    server_version: str = "8.0.0-dbsentry"
+    nonce: bytes = field(default_factory=auth.new_nonce)
+    state: State = State.GREETED
+    session_id: str = field(default_factory=lambda: secrets.token_hex(8))
+    identity: Identity | None = None
+    connection_name: str | None = None
+    tls_version: str | None = None
+    upstream_id: int | None = None
+
+    def __post_init__(self) -> None:
+        self._client = PacketSplitter(MAX_AUTH_PACKET, first_seq=1)
+        self._upstream = PacketSplitter(self.config.limits.max_message_bytes, first_seq=1)
+        self._tls = False
+        self._caps = 0  # what the client and the proxy agreed on
+        self._up_caps = 0
+        self._charset = 45
+        self._codec = "utf-8"
+        self._mode: SqlMode = DEFAULT_MODE
+        self._user = ""
+        self._attributes: tuple[tuple[str, str], ...] = ()
+        self._seq = 0  # the sequence id of the next packet to the client
+        self._sha2: auth.CachingSha2Server | None = None
+        self._clear = False  # the client answers mysql_clear_password
+        self._status = k.SERVER_STATUS_AUTOCOMMIT
+        self._queue: deque[Packet] = deque()  # commands that wait for the one in flight
+        self._queued_bytes = 0
+        self._exchange: _Exchange | None = None
+        self._held: _Held | None = None
+        self._prepared: dict[int, _Prepared] = {}
+        # SQL-level PREPARE name FROM '...': name (lower case) -> the text it runs (None:
+        # prepared from a variable, judged as dynamic SQL when it was prepared)
+        self._sql_prepared: dict[str, str | None] = {}
+        self._pending_prepare: tuple[str, Verdict] | None = None
+        self.audit: MySQLAudit | None = None
+        self._closed_audited = False
+        self._first: bytearray | None = bytearray()  # the client's first packet, until read
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def connection(self) -> ConnectionConfig | None:
+        if self.connection_name is None:
+            return None
+        conn = self.config.connections.get(self.connection_name)
+        return conn if conn is not None and conn.engine == "mysql" else None
+
+    def _enter(self, state: State) -> None:
+        if state not in TRANSITIONS[self.state]:
+            raise SessionStateError(f"MySQL session: {self.state.value} -> {state.value} is not allowed")
+        self.state = state
+
+    def _packet(self, payload: bytes) -> bytes:
+        data, self._seq = encode_packet(payload, self._seq)
+        return data
+
+    def _err(self, code: int, sqlstate: str, message: str) -> bytes:
+        return self._packet(encode_err(ERR(code, message, sqlstate), self._caps or k.CLIENT_PROTOCOL_41))
+
+    def _fail(self, code: int, sqlstate: str, message: str, **fields: object) -> list[c.Command]:
+        """Send the error and end the session."""
+        out: list[c.Command] = [
+            c.SendClient(self._err(code, sqlstate, message)),
+            c.Log(logging.INFO, "session.refused", {"sqlstate": sqlstate, "reason": message, "client": self.client.address, **fields}),
+        ]
+        return out + self._closing(f"error: {message}")
+
+    def _closing(self, reason: str) -> list[c.Command]:
+        out: list[c.Command] = []
+        if self.state is not State.CLOSED:
+            self._enter(State.CLOSED)
+        out += self._audit_end(reason)
+        return [*out, c.CloseUpstream(), c.CloseClient()]
+
+    def _audit_end(self, reason: str) -> list[c.Command]:
+        if self.audit is None or self._closed_audited:
+            return []
+        self._closed_audited = True
+        out: list[c.Command] = [c.Audit(r) for r in self.audit.rest("session ended before the statement completed")]
+        out.append(c.Audit(self.audit.session_event("closed", reason)))
+        return out
+
+    # ------------------------------------------------------------------ the entry point
+
+    def greeting(self) -> bytes:
+        """The proxy's Handshake v10 (sequence id 0), sent when the client connects."""
+        hello = Handshake(
+            self.server_version,
+            self.proxy_id,
+            self.nonce,
+            OFFERED,
+            45,
+            k.SERVER_STATUS_AUTOCOMMIT,
+            auth.CACHING_SHA2_PASSWORD,
+        )
+        data, self._seq = encode_packet(encode_handshake(hello), 0)
+        return data
+
+    def handle(self, event: Event) -> list[c.Command]:
+        """Feed one event; the commands to carry out, in order."""
+        if self.state is State.CLOSED and not isinstance(event, ClientClosed | UpstreamClosed):
+            return []
+        try:
+            match event:
+                case ClientData(data=data):
+                    return self._on_client_data(data)
+                case UpstreamData(data=data):
+                    return self._on_upstream_data(data)
+                case ClientTLSStarted(version=version):
+                    return self._on_tls(version)
+                case PasswordVerified(identity=identity):
+                    return self._on_password_verified(identity)
+                case UpstreamReady():
+                    return self._on_upstream_ready(event)
+                case UpstreamFailed(code=code, sqlstate=sqlstate, message=message):
+                    if self.state is not State.CONNECTING:
+                        return []
+                    return self._fail(code, sqlstate, message)
+                case AuditFailed(message=message):
+                    return self._on_audit_failed(message)
+                case ApprovalAnswered(approval_id=approval_id, message=message):
+                    return self._on_approval(approval_id, message)
+                case KillAnswered(error=error):
+                    return self._on_kill_answered(error)
+                case ClientClosed():
+                    return self._on_client_closed()
+                case UpstreamClosed():
+                    return self._on_upstream_closed()
+                case StartupTimedOut():
+                    return self._on_startup_timed_out()
+                case _:
+                    assert_never(event)
+        except ProtocolError as err:
+            return self._protocol_error(err)
+
+    def _protocol_error(self, err: ProtocolError) -> list[c.Command]:
+        if self.state is State.CLOSED:
+            return []
+        name = type(err).__name__
+        if name == "PacketOutOfOrder":
+            code = ER_NET_PACKETS_OUT_OF_ORDER
+        elif name == "PacketTooLarge":
+            code = ER_NET_PACKET_TOO_LARGE
+        elif isinstance(err, auth.AuthError):
+            code = ER_ACCESS_DENIED
+        else:
+            code = ER_HANDSHAKE if self.state in (State.GREETED, State.AUTH) else ER_UNKNOWN_COM
+        sqlstate = "28000" if isinstance(err, auth.AuthError) else "08S01"
+        return self._fail(code, sqlstate, f"dbsentry: {err}")
+
+    # ------------------------------------------------------------------ login
+
+    def _on_client_data(self, data: bytes) -> list[c.Command]:
+        state = self.state
+        if state is State.GREETED and self._first is not None:
+            # The client's first packet: an SSLRequest is followed by the client's TLS
+            # handshake at once (without waiting for an answer), so it is cut off here
+            # before anything reads those bytes as packets.
+            self._first += data
+            if len(self._first) < 4:
+                return []
+            size = 4 + int.from_bytes(self._first[:3], "little")
+            if size == 36 and len(self._first) < size:
+                return []
+            first, self._first = bytes(self._first), None
+            ssl_request = self._ssl_request(first)
+            if ssl_request is not None:
+                return ssl_request
+            data = first
+        if state in (State.GREETED, State.AUTH):
+            packets = self._client.feed(data)
+            out: list[c.Command] = []
+            for packet in packets:
+                if self.state not in (State.GREETED, State.AUTH):
+                    raise ProtocolError("data after the authentication answer")
+                self._seq = (packet.last_seq + 1) & 0xFF
+                out += self._on_login_packet(packet.payload)
+                if self.state in (State.GREETED, State.AUTH):
+                    self._client.expect(self._seq)  # the client answers what the proxy sent
+            return out
+        if state is State.TLS:
+            raise ProtocolError("plaintext data during the TLS handshake")
+        packets = self._client.feed(data)
+        for packet in packets:
+            if packet.seq != 0:
+                raise ProtocolError(f"a command with sequence id {packet.seq} (commands start at 0)")
+            self._queue.append(packet)
+            self._queued_bytes += len(packet.payload)
+        if self._queued_bytes > self.config.limits.max_message_bytes:
+            raise ProtocolError("too many commands sent without waiting for their answers")
+        if state in (State.VERIFYING, State.CONNECTING, State.INIT) and self._queue:
+            raise ProtocolError("a command before the login completed")
+        return self._next_commands()
+
+    def _ssl_request(self, data: bytes) -> list[c.Command] | None:
+        """An SSLRequest first: TLS starts, and the bytes after it (the client's TLS
+        handshake, sent without waiting) belong to TLS, not to the packet stream."""
+        if len(data) < 36 or data[:4] != b"\x20\x00\x00\x01" or not data[5] & (k.CLIENT_SSL >> 8):
+            return None
+        msg = decode_client_handshake(data[4:36])
+        if not isinstance(msg, SSLRequest):
+            return None
+        self._caps = msg.capabilities & OFFERED
+        self._seq = 2
+        self._client.expect(2)
+        self._enter(State.TLS)
+        return [c.StartClientTLS(data[36:])]
+
+    def _on_login_packet(self, payload: bytes) -> list[c.Command]:
+        if self.state is State.AUTH:
+            return self._on_auth_data(payload)
+        msg = decode_client_handshake(payload)
+        if isinstance(msg, SSLRequest):
+            if self._tls:
+                raise ProtocolError("a second SSLRequest")
+            self._caps = msg.capabilities & OFFERED
+            self._enter(State.TLS)
+            return [c.StartClientTLS(self._client.take_pending())]
+        return self._on_handshake_response(msg)
+
+    def _on_tls(self, version: str | None) -> list[c.Command]:
+        if self.state is not State.TLS:
+            return []
+        self._tls = True
+        self.tls_version = version or "TLS"
+        self._enter(State.GREETED)
+        return []
+
+    def _on_handshake_response(self, msg: HandshakeResponse) -> list[c.Command]:
+        self._caps = msg.capabilities & (OFFERED | k.CLIENT_SSL)
+        self._user = msg.user
+        self.connection_name = msg.database or None
+        self._attributes = msg.attributes
+        self._charset = msg.charset
+        cs = charset_of(msg.charset)
+        if cs is None or cs.codec is None or not cs.client_ok or not cs.backslash_safe:
+            name = cs.name if cs is not None else str(msg.charset)
+            return self._fail(ER_HANDSHAKE, "08004", f"dbsentry: character set {name} is not supported for statements; use utf8mb4")
+        self._codec = cs.codec
+        if msg.capabilities & k.CLIENT_COMPRESS:
+            self._caps &= ~k.CLIENT_COMPRESS  # never offered: the client goes on without it
+        if self.config.tls.require_client_tls and not self._tls:
+            return self._fail(
+                ER_SECURE_TRANSPORT_REQUIRED,
+                "08004",
+                "dbsentry: TLS is required (tls.require_client_tls): connect with TLS (mariadb/mysql --ssl, ssl=True); "
+                "the password is a dbsentry token and never crosses the network in plaintext",
+                user=msg.user,
+            )
+        plugin = msg.auth_plugin_name
+        if plugin == auth.CLEAR_PASSWORD and self._tls:
+            return self._verify(auth.read_clear_password(msg.auth_response))
+        if plugin == auth.CACHING_SHA2_PASSWORD:
+            return self._sha2_start(msg.auth_response)
+        # Any other plugin (mysql_native_password, client_ed25519, none): switch, so that
+        # the token itself arrives (a scramble of it cannot be checked).
+        self._enter(State.AUTH)
+        self._sha2 = None
+        switch = AuthSwitchRequest(auth.CACHING_SHA2_PASSWORD, self.nonce + b"\x00")
+        return [c.SendClient(self._packet(encode_auth_switch_request(switch)))]
+
+    def _sha2_start(self, scramble: bytes) -> list[c.Command]:
+        self._sha2 = auth.CachingSha2Server(self.nonce, secure=self._tls, private_key=self.rsa_key)
+        more = self._sha2.start(scramble)
+        if more is None:
+            return self._fail(
+                ER_ACCESS_DENIED, "28000", f"dbsentry: access denied for user '{self._user}': the password must be a dbsentry token"
+            )
+        if self.state is not State.AUTH:
+            self._enter(State.AUTH)
+        return [c.SendClient(self._packet(more))]
+
+    def _on_auth_data(self, payload: bytes) -> list[c.Command]:
+        if self._sha2 is None:
+            # the answer to the auth switch: caching_sha2_password's scramble
+            return self._sha2_start(payload)
+        reply, password = self._sha2.client_data(payload)
+        if password is not None:
+            return self._verify(password)
+        assert reply is not None
+        return [c.SendClient(self._packet(reply))]
+
+    def _verify(self, password: str) -> list[c.Command]:
+        if not password:
+            return self._fail(
+                ER_ACCESS_DENIED, "28000", f"dbsentry: access denied for user '{self._user}': the password must be a dbsentry token"
+            )
+        self._enter(State.VERIFYING)
+        self._client.max_payload = self.config.limits.max_message_bytes
+        self._client.commands = True
+        self._client.expect(0)
+        return [c.VerifyPassword(self._user, password)]
+
+    def _on_password_verified(self, identity: Identity | LoginThrottled | None) -> list[c.Command]:
+        if self.state is not State.VERIFYING:
+            return []
+        user = self._user
+        if isinstance(identity, LoginThrottled):
+            return self._fail(ER_ACCESS_DENIED, "28000", f"dbsentry: {identity.message}", user=user)
+        if identity is None:
+            return self._fail(
+                ER_ACCESS_DENIED,
+                "28000",
+                f"dbsentry: access denied for user '{user}': the password must be a valid dbsentry token (or OIDC token) for it",
+                user=user,
+            )
+        self.identity = identity
+        effective = self.grants.effective_identity(identity) if self.grants is not None else identity
+
+        def may_use(name: str, conn: ConnectionConfig) -> bool:
+            return (
+                conn.allow_groups is None
+                or bool(effective.groups & set(conn.allow_groups))
+                or (self.grants is not None and self.grants.connection_granted(identity.name, name))
+            )
+
+        conn = self.connection
+        if self.connection_name is None:
+            # No database: a control session, without upstream, for KILL (the mariadb
+            # client's Ctrl-C connects so to kill the running statement).
+            self._enter(State.READY)
+            return [
+                c.LoginComplete(),
+                c.Log(logging.INFO, "session.control", {"identity": identity.name, "engine": "mysql"}),
+                c.SendClient(self._packet(encode_ok(OK(0, 0, self._status, 0), self._caps))),
+                *self._next_commands(),
+            ]
+        if conn is None:
+            usable = [n for n, known in sorted(self.config.connections.items()) if known.engine == "mysql" and may_use(n, known)]
+            return self._fail(
+                ER_BAD_DB,
+                "42000",
+                f"dbsentry: connection '{self.connection_name}' does not exist; the database name picks the connection (mariadb -D <name>); "
+                + (f"connections you can use: {', '.join(usable)}" if usable else "no connection is open to you"),
+                user=user,
+            )
+        assert self.connection_name is not None
+        if not may_use(self.connection_name, conn):
+            return self._fail(
+                ER_ACCESS_DENIED,
+                "42000",
+                f"dbsentry: identity '{identity.name}' is not allowed to use connection '{self.connection_name}'",
+                user=user,
+            )
+        self._enter(State.CONNECTING)
+        attrs = tuple((k_, v) for k_, v in self._attributes if not k_.startswith("_dbsentry"))
+        attrs += (("_dbsentry_identity", identity.name), ("_dbsentry_session", self.session_id))
+        return [
+            c.Log(logging.INFO, "session.authenticated", {"identity": identity.name, "kind": identity.kind, "connection": self.connection_name, "engine": "mysql"}),
+            c.OpenUpstream(self.connection_name, self._caps & ~k.CLIENT_SSL, self._charset, attrs),
+        ]
+
+    def _on_upstream_ready(self, ready: UpstreamReady) -> list[c.Command]:
+        if self.state is not State.CONNECTING:
+            return []
+        self.upstream_id = ready.connection_id
+        self._up_caps = ready.capabilities
+        self._status = ready.status
+        self._enter(State.INIT)
+        return self._read_settings()
+
+    def _read_settings(self) -> list[c.Command]:
+        """Ask the server for the session's sql_mode and character set (not forwarded).
+        An agent on a production connection gets read-only transactions from the server
+        first (defence in depth: its statements are judged read-only by their facts, and
+        the baseline refuses switching back to read-write)."""
+        if self._agent_read_only():
+            self._exchange = _Exchange("internal", ResultReader(self._up_caps), sql="read-only")
+            self._upstream.expect(1)
+            return [c.SendUpstream(encode_packet(_READ_ONLY, 0)[0])]
+        self._exchange = _Exchange("internal", ResultReader(self._up_caps))
+        self._upstream.expect(1)
+        return [c.SendUpstream(encode_packet(_MODE_QUERY, 0)[0])]
+
+    def _agent_read_only(self) -> bool:
+        conn = self.connection
+        return (
+            self.identity is not None
+            and self.identity.is_agent
+            and conn is not None
+            and self.governor is not None
+            and conn.environment in self.governor.policy.production_environments
+        )
+
+    def _settings_read(self, row: TextRow | None) -> list[c.Command]:
+        if row is None or len(row.values) != 2 or row.values[0] is None or row.values[1] is None:
+            raise ProtocolError("the server did not tell its sql_mode and character set")
+        self._mode = SqlMode.parse(row.values[0].decode("ascii", "replace"))
+        name = row.values[1].decode("ascii", "replace")
+        codec = _CODECS.get(name)
+        if codec is None:
+            # An unknown or quote-hiding character set: nothing more is analysed.
+            self._codec = ""
+        else:
+            self._codec = codec
+        out: list[c.Command] = []
+        if self.state is State.INIT:
+            out = self._logged_in()
+        return out
+
+    def _logged_in(self) -> list[c.Command]:
+        conn = self.connection
+        assert conn is not None and self.identity is not None and self.connection_name is not None
+        self._enter(State.READY)
+        out: list[c.Command] = [c.LoginComplete()]
+        if self.audit_config is not None and self.governor is not None:
+            self.audit = MySQLAudit(
+                self.audit_config,
+                self.session_id,
+                self.identity,
+                self.connection_name,
+                conn.environment,
+                conn.database,
+                self.client.address,
+                self.tls_version,
+                dict(self._attributes).get("program_name"),
+                self.redactor,
+            )
+            out.append(c.Audit(self.audit.session_event("opened")))
+        ok = OK(0, 0, self._status, 0)
+        out.append(c.SendClient(self._packet(encode_ok(ok, self._caps))))
+        out.append(c.Log(logging.INFO, "session.ready", {"connection": self.connection_name, "upstream_id": self.upstream_id}))
+        return out + self._next_commands()
+
+    # ------------------------------------------------------------------ commands
+
+    def _next_commands(self) -> list[c.Command]:
+        out: list[c.Command] = []
+        while self.state is State.READY and self._queue:
+            packet = self._queue.popleft()
+            self._queued_bytes -= len(packet.payload)
+            self._seq = (packet.last_seq + 1) & 0xFF
+            out += self._command(packet.payload)
+        return out
+
+    def _command(self, payload: bytes) -> list[c.Command]:
+        cmd = w.decode_command(payload, self._caps)
+        if self.connection is None:
+            return self._control_command(payload, cmd)
+        match cmd:
+            case w.Query(sql=raw):
+                return self._query(payload, raw)
+            case w.StmtPrepare(sql=raw):
+                return self._prepare(payload, raw)
+            case w.StmtExecuteHead(statement_id=sid):
+                return self._execute(payload, sid)
+            case w.StmtSendLongData(statement_id=sid, param_id=pid):
+                stmt = self._prepared.get(sid)
+                if stmt is not None:
+                    stmt.long_data.add(pid)
+                return [c.SendUpstream(encode_packet(payload, 0)[0])]  # no answer
+            case w.StmtClose(statement_id=sid):
+                self._prepared.pop(sid, None)
+                return [c.SendUpstream(encode_packet(payload, 0)[0])]  # no answer
+            case w.StmtReset(statement_id=sid):
+                stmt = self._prepared.get(sid)
+                if stmt is not None:
+                    stmt.long_data.clear()
+                    stmt.cursor = None
+                return self._forward(payload, _Exchange("simple"))
+            case w.StmtFetch(statement_id=sid):
+                stmt = self._prepared.get(sid)
+                if stmt is None or stmt.cursor is None:
+                    return self._forward(payload, _Exchange("simple"))  # the server answers the error
+                reader = ResultReader(self._up_caps, cursor=True, columns=stmt.cursor, decode_rows=False)
+                return self._forward(payload, _Exchange("fetch", reader, statement=stmt))
+            case w.Ping() | w.SetOption():
+                return self._forward(payload, _Exchange("simple"))
+            case w.Statistics():
+                return self._forward(payload, _Exchange("statistics"))
+            case w.FieldList():
+                return self._forward(payload, _Exchange("fields"))
+            case w.ResetConnection():
+                self._prepared.clear()
+                self._sql_prepared = {}
+                return self._forward(payload, _Exchange("simple", refresh=True))
+            case w.InitDB(schema=schema):
+                return self._init_db(schema)
+            case w.Quit():
+                return self._closing("client_terminate")
+            case w.ProcessKill(connection_id=target):
+                return self._kill(payload, f"KILL {target}", target, False)
+            case w.ChangeUser():
+                return self._fail(
+                    ER_NOT_SUPPORTED,
+                    "42000",
+                    "dbsentry: COM_CHANGE_USER is not supported: one identity per connection; connect again as the other user",
+                )
+            case w.Debug() | w.StmtExecute() | w.OtherCommand():
+                code = payload[0]
+                try:
+                    name = "COM_" + k.Command(code).name
+                except ValueError:
+                    name = f"command 0x{code:02x}"
+                return self._reply_error(ER_UNKNOWN_COM, "08S01", f"dbsentry: {name} is not allowed through the proxy")
+            case _:
+                assert_never(cmd)
+
+    def _control_command(self, payload: bytes, cmd: w.AnyCommand) -> list[c.Command]:
+        """A session without a connection answers KILL, PING and QUIT only."""
+        if isinstance(cmd, w.Quit):
+            return self._closing("client_terminate")
+        if isinstance(cmd, w.Ping):
+            return [c.SendClient(self._packet(encode_ok(OK(0, 0, self._status, 0), self._caps)))]
+        if isinstance(cmd, w.ProcessKill):
+            return self._kill(payload, f"KILL {cmd.connection_id}", cmd.connection_id, False)
+        if isinstance(cmd, w.Query):
+            sql = self._decode_text(cmd.sql)
+            kill = _kill_target(sql) if sql is not None else None
+            if sql is not None and kill is not None:
+                return self._kill(payload, sql, kill[0], kill[1])
+            if sql is not None and _SESSION_SETUP.match(sql):
+                # what drivers send at connect (SET NAMES utf8mb4, SET autocommit=0): no
+                # upstream here, nothing to set
+                return [c.SendClient(self._packet(encode_ok(OK(0, 0, self._status, 0), self._caps)))]
+        usable = ", ".join(sorted(n for n, known in self.config.connections.items() if known.engine == "mysql"))
+        return self._reply_error(
+            ER_NO_DB,
+            "3D000",
+            "dbsentry: no connection chosen: the database name picks the connection (mariadb -D <name>); "
+            f"without one only KILL works (connections: {usable or 'none'})",
+        )
+
+    def _reply_error(self, code: int, sqlstate: str, message: str) -> list[c.Command]:
+        """Answer the current command with an error; the session stays usable."""
+        return [c.SendClient(self._err(code, sqlstate, message))]
+
+    def _forward(self, payload: bytes, exchange: _Exchange) -> list[c.Command]:
+        self._exchange = exchange
+        self._enter(State.BUSY)
+        self._upstream.expect(1)
+        return [c.SendUpstream(encode_packet(payload, 0)[0])]
+
+    def _decode_text(self, raw: bytes) -> str | None:
+        if not self._codec:
+            return None
+        try:
+            return raw.decode(self._codec)
+        except UnicodeDecodeError:
+            return None
+
+    def _check(self, sql: str) -> Verdict | None:
+        conn = self.connection
+        assert conn is not None and self.identity is not None and self.connection_name is not None
+        if self.governor is None:
+            return None
+        return self.governor.check(sql, self.identity, self.connection_name, conn.environment, self._mode)
+
+    def _refusal(self, verdict: Verdict, sql: str) -> str | None:
+        """Why a statement the policy allows still does not run here; None: it runs."""
+        conn = self.connection
+        assert conn is not None
+        for facts in verdict.facts:
+            if facts.command == "USE":
+                target = _use_target(sql, facts)
+                if target != conn.database:
+                    return (
+                        f"dbsentry: one connection per session: USE {target} is refused "
+                        f"(connect with the connection's name as the database to use another)"
+                    )
+        if verdict.decision.allowed and verdict.decision.action == "mask" and verdict.decision.masks:
+            return (
+                "dbsentry: this statement's results must be masked (rule: "
+                + ", ".join(verdict.decision.rules)
+                + "), and masking is not available for MySQL connections yet: it was not run"
+            )
+        return None
+
+    def _judge_executes(self, verdict: Verdict) -> tuple[Verdict, dict[str, str | None] | None] | str:
+        """``EXECUTE name`` judged by what ``PREPARE name`` gave it to run, as the policy
+        rules now (an approval or a policy that allowed the PREPARE does not let later
+        EXECUTEs run what it would refuse); with the prepared names the string leaves. A
+        string: why it is refused."""
+        commands = {f.command for f in verdict.facts}
+        if not commands & {"PREPARE", "EXECUTE", "DEALLOCATE"}:
+            return verdict, None
+        known = dict(self._sql_prepared)
+        decisions = list(verdict.decisions)
+        for i, facts in enumerate(verdict.facts):
+            name = (facts.prepared_name or "").lower()
+            if not name:
+                continue
+            if facts.command == "PREPARE":
+                known[name] = facts.inner.text if facts.inner is not None and facts.inner.text else None
+            elif facts.command == "DEALLOCATE":
+                known.pop(name, None)
+            elif facts.command == "EXECUTE":
+                if name not in known:
+                    return f"dbsentry: EXECUTE {facts.prepared_name}: no statement of that name was prepared through dbsentry in this session"
+                text = known[name]
+                inner = self._check(text) if text is not None else None
+                if inner is not None:
+                    if inner.decision.action == "require_approval":
+                        return (
+                            f"dbsentry: EXECUTE {facts.prepared_name} runs a statement that needs approval "
+                            f"({', '.join(inner.decision.rules)}): send that statement itself to request it"
+                        )
+                    decisions[i] = combine((decisions[i], inner.decision))
+        if decisions != list(verdict.decisions):
+            verdict = replace(verdict, decisions=tuple(decisions), decision=combine(decisions))
+        return verdict, known
+
+    def _denied(self, verdict: Verdict, sql: str, params: tuple[str | None, ...] | None = None) -> list[c.Command]:
+        decision = verdict.decision
+        if verdict.syntax_error and verdict.parse_error is not None:
+            # (the neutral refusal's text speaks of PostgreSQL's parser)
+            rules = ", ".join(decision.rules)
+            message = f"dbsentry: statement rejected: it is not valid MySQL ({verdict.parse_error}) (rule: {rules})"
+        else:
+            message = denial_message(decision)
+            if verdict.parse_error is not None and verdict.parse_error not in message:
+                message = f"{message}: {verdict.parse_error}"
+        out: list[c.Command] = []
+        if self.audit is not None:
+            facts = verdict.facts[0] if verdict.facts else None
+            out.append(c.Audit(self.audit.statement(sql, facts, decision, params)))
+        out.append(
+            c.Log(
+                logging.WARNING,
+                "statement.denied",
+                {"identity": self.identity.name if self.identity else None, "connection": self.connection_name, "engine": "mysql",
+                 "action": decision.action, "rules": list(decision.rules), "statement": sql[:200]},
+            )
+        )
+        code = ER_PARSE if verdict.syntax_error else ER_SPECIFIC_ACCESS_DENIED
+        return out + self._reply_error(code, "42000", message)
+
+    def _refused(self, sql: str, message: str, verdict: Verdict | None = None) -> list[c.Command]:
+        out: list[c.Command] = []
+        if self.audit is not None:
+            decision = Decision("deny", ("dbsentry.mysql",), message)
+            facts = verdict.facts[0] if verdict is not None and verdict.facts else None
+            out.append(c.Audit(self.audit.statement(sql, facts, decision)))
+        out.append(c.Log(logging.WARNING, "statement.refused", {"reason": message, "engine": "mysql"}))
+        return out + self._reply_error(ER_SPECIFIC_ACCESS_DENIED, "42000", message)
+
+    def _govern(
+        self, packet: bytes, sql: str, verdict: Verdict | None, exchange: _Exchange, params: tuple[str | None, ...] | None = None
+    ) -> list[c.Command]:
+        """Audit and forward (or refuse, or ask for approval) one statement command."""
+        if verdict is not None:
+            refusal = self._refusal(verdict, sql)
+            if refusal is not None:
+                return self._refused(sql, refusal, verdict)
+            judged = self._judge_executes(verdict)
+            if isinstance(judged, str):
+                return self._refused(sql, judged, verdict)
+            verdict, exchange.prepared_names = judged
+            if not verdict.decision.allowed:
+                if verdict.decision.action == "require_approval" and verdict.facts and self.approvals:
+                    return self._ask_approval(packet, sql, verdict, exchange, params)
+                return self._denied(verdict, sql, params)
+            exchange.refresh = any(f.settings or f.command in ("SET", "CALL") for f in verdict.facts)
+        return self._audited_forward(packet, sql, verdict, exchange, params)
+
+    def _audited_forward(
+        self,
+        packet: bytes,
+        sql: str,
+        verdict: Verdict | None,
+        exchange: _Exchange,
+        params: tuple[str | None, ...] | None = None,
+        approval_id: str | None = None,
+    ) -> list[c.Command]:
+        if exchange.prepared_names is not None:
+            self._sql_prepared = exchange.prepared_names  # what PREPARE/DEALLOCATE leave
+        audit = self.audit
+        if audit is None or verdict is None:
+            return self._forward(packet, exchange)
+        records: list[Record] = []
+        durable = False
+        for facts, decision in zip(verdict.facts, verdict.decisions, strict=True):
+            text = facts.text or sql
+            rec = audit.statement(text if len(verdict.facts) > 1 else sql, facts, decision, params, approval_id=approval_id)
+            records.append(rec)
+            durable = durable or changes_data(facts.command, facts.classes, facts.flags)
+        expect: list[StatementRecord] = [r for r in records if isinstance(r, StatementRecord)]
+        if exchange.kind == "prepare":
+            expect = []  # a PREPARE has no rows nor effect: its records are complete as written
+        forward = self._forward(packet, exchange)
+        for rec in expect:
+            audit.expect(rec)
+        if not audit.wait:
+            return [*(c.Audit(r) for r in records), *forward]
+        return [c.AuditGate(records, forward, durable=durable)]
+
+    def _query(self, packet: bytes, raw: bytes) -> list[c.Command]:
+        sql = self._decode_text(raw)
+        if sql is None:
+            return self._refused("<undecodable statement>", f"dbsentry: the statement is not valid {self._codec or 'text in a supported character set'}: it was not run")
+        if len(raw) > self.config.limits.max_statement_bytes:
+            return self._refused(sql[:1000], f"dbsentry: statement of {len(raw)} bytes exceeds limits.max_statement_bytes")
+        kill = _kill_target(sql)
+        if kill is not None:
+            return self._kill(packet, sql, kill[0], kill[1])
+        verdict = self._check(sql)
+        return self._govern(packet, sql, verdict, _Exchange("result", ResultReader(self._up_caps, decode_rows=False), sql=sql))
+
+    def _prepare(self, packet: bytes, raw: bytes) -> list[c.Command]:
+        sql = self._decode_text(raw)
+        if sql is None:
+            return self._refused("<undecodable statement>", "dbsentry: the statement is not valid text in the connection's character set")
+        if len(raw) > self.config.limits.max_statement_bytes:
+            return self._refused(sql[:1000], f"dbsentry: statement of {len(raw)} bytes exceeds limits.max_statement_bytes")
+        verdict = self._check(sql)
+        if verdict is not None:
+            refusal = self._refusal(verdict, sql)
+            if refusal is not None:
+                return self._refused(sql, refusal, verdict)
+            if not verdict.decision.allowed and verdict.decision.action != "require_approval":
+                return self._denied(verdict, sql)
+            if len(verdict.facts) != 1:
+                return self._refused(sql, "dbsentry: a prepared statement holds exactly one statement")
+        # Audited when it is executed, with its parameters (require_approval: then too).
+        exchange = _Exchange("prepare", PrepareReader(self._up_caps), sql=sql)
+        self._pending_prepare = (sql, verdict if verdict is not None else _NO_VERDICT)
+        return self._forward(packet, exchange)
+
+    def _execute(self, packet: bytes, sid: int) -> list[c.Command]:
+        stmt = self._prepared.get(sid)
+        if stmt is None:
+            return self._reply_error(ER_UNKNOWN_STMT, "HY000", f"dbsentry: unknown prepared statement handler ({sid}) given to COM_STMT_EXECUTE")
+        try:
+            execute = w.decode_stmt_execute(
+                packet, self._caps, stmt.num_params, stmt.types, frozenset(stmt.long_data), stmt.names
+            )
+        except (ProtocolError, ValueError) as err:
+            return self._refused(stmt.sql, f"dbsentry: the parameters of COM_STMT_EXECUTE cannot be read ({err}): it was not run")
+        stmt.types = execute.types or stmt.types
+        stmt.names = execute.names or stmt.names
+        params = tuple(None if p.long_data else value_text(p.value) for p in execute.params)
+        stmt.long_data.clear()
+        verdict = self._check(stmt.sql)  # again: the policy may have been reloaded since
+        cursor = execute.flags & k.CURSOR_TYPE_READ_ONLY
+        reader = ResultReader(self._up_caps, binary=True, decode_rows=False)
+        exchange = _Exchange("result", reader, sql=stmt.sql, statement=stmt if cursor else None, statement_id=sid)
+        stmt.cursor = None
+        return self._govern(packet, stmt.sql, verdict, exchange, params)
+
+    def _init_db(self, schema: str) -> list[c.Command]:
+        conn = self.connection
+        assert conn is not None
+        if schema in (self.connection_name, conn.database):
+            ok = OK(0, 0, self._status, 0)
+            return [c.SendClient(self._packet(encode_ok(ok, self._caps)))]
+        return self._reply_error(
+            ER_SPECIFIC_ACCESS_DENIED,
+            "42000",
+            f"dbsentry: one connection per session: cannot change to '{schema}'; connect again with it as the database",
+        )
+
+    # ------------------------------------------------------------------ approvals and KILL
+
+    def _ask_approval(
+        self, packet: bytes, sql: str, verdict: Verdict, exchange: _Exchange, params: tuple[str | None, ...] | None
+    ) -> list[c.Command]:
+        from dbsentry.approvals.model import statement_key
+
+        assert self.identity is not None and self.connection_name is not None and self.audit is not None
+        key = statement_key(self.identity.name, self.connection_name, sql, params, lexer(self._mode))
+        self._held = _Held(packet, sql, verdict, params, exchange)
+        self._enter(State.GATED)
+        display = self.audit.display(sql, params)
+        return [c.AskApproval(sql, display, params, verdict.decision, verdict.facts, key)]
+
+    def _on_approval(self, approval_id: str | None, message: str) -> list[c.Command]:
+        held = self._held
+        if self.state is not State.GATED or held is None or held.verdict is None:
+            return []
+        self._held = None
+        self._enter(State.READY)
+        if approval_id is None:
+            out: list[c.Command] = []
+            if self.audit is not None:
+                facts = held.verdict.facts[0] if held.verdict.facts else None
+                out.append(c.Audit(self.audit.statement(held.sql, facts, held.verdict.decision, held.params)))
+            return out + self._reply_error(ER_SPECIFIC_ACCESS_DENIED, "42000", message) + self._next_commands()
+        return self._audited_forward(held.packet, held.sql, held.verdict, held.exchange, held.params, approval_id)
+
+    def _kill(self, packet: bytes, sql: str, target: int, query_only: bool) -> list[c.Command]:
+        assert self.identity is not None
+        out: list[c.Command] = []
+        if self.audit is not None:
+            decision = Decision("allow", ("dbsentry.kill",))
+            rec = self.audit.statement(sql, None, decision, command="KILL QUERY" if query_only else "KILL")
+            self.audit.expect(rec)
+            out.append(c.Audit(rec))
+        reviewer = bool(self.identity.groups & set(self.config.approvals.default_approvers))
+        self._held = _Held(packet, sql, None, None, _Exchange("kill"))
+        self._enter(State.GATED)
+        out.append(c.Kill(target, query_only, self.identity.name, reviewer))
+        return out
+
+    def _on_kill_answered(self, error: str | None) -> list[c.Command]:
+        if self.state is not State.GATED or self._held is None or self._held.exchange.kind != "kill":
+            return []
+        self._held = None
+        self._enter(State.READY)
+        out: list[c.Command] = []
+        if self.audit is not None:
+            rec = self.audit.complete(sqlstate="HY000" if error else None, error=error, rows=None if error else 0)
+            if rec is not None:
+                out.append(c.Audit(rec))
+        if error is None:
+            out.append(c.SendClient(self._packet(encode_ok(OK(0, 0, self._status, 0), self._caps))))
+        else:
+            code = ER_KILL_DENIED if "not owner" in error else ER_NO_SUCH_THREAD
+            out += self._reply_error(code, "HY000", error)
+        return out + self._next_commands()
+
+    def _on_audit_failed(self, message: str) -> list[c.Command]:
+        if self.state is not State.BUSY or self._exchange is None:
+            return []
+        self._exchange = None
+        self._enter(State.READY)
+        out: list[c.Command] = []
+        if self.audit is not None:
+            out += [c.Audit(r) for r in self.audit.rest(f"not executed: {message}")]
+        out += self._reply_error(ER_AUDIT, "58000", f"dbsentry: the audit trail cannot record the statement, so it was not run ({message})")
+        return out + self._next_commands()
+
+    # ------------------------------------------------------------------ answers
+
+    def _on_upstream_data(self, data: bytes) -> list[c.Command]:
+        if self.state not in (State.BUSY, State.INIT) or self._exchange is None:
+            if data and self.state is not State.CLOSED:
+                raise ProtocolError("the server sent data while no command was in flight")
+            return []
+        out: list[c.Command] = []
+        for packet in self._upstream.feed(data):
+            ex = self._exchange
+            if ex is None:
+                raise ProtocolError("the server sent more than the answer to the command")
+            out += self._answer_packet(ex, packet.payload)
+        return _joined(out)
+
+    def result_row(self, payload: bytes, columns: Sequence[ColumnDefinition], binary: bool) -> bytes:
+        """A result row on its way to the client, as the server sent it (text protocol, or
+        binary with ``binary``), with its result's ``columns``. This is where a row
+        rewriter plugs in (masking, ``engines/mysql/masking``): it returns the row to
+        send instead. Rows pass unchanged for now."""
+        return payload
+
+    def _to_client(self, payload: bytes) -> c.Command:
+        return c.SendClient(self._packet(payload))
+
+    def _answer_packet(self, ex: _Exchange, payload: bytes) -> list[c.Command]:
+        kind = ex.kind
+        if kind == "internal":
+            return self._internal_packet(ex, payload)
+        if kind in ("simple", "statistics"):
+            if payload[:1] == b"\x00" or payload[:1] == b"\xfe":
+                self._status_from(payload)
+            return [self._to_client(payload), *self._done(ex)]
+        if kind == "fields":
+            out = [self._to_client(payload)]
+            if payload[:1] in (b"\xff", b"\xfe"):  # a column definition starts with "def"
+                out += self._done(ex)
+            return out
+        reader = ex.reader
+        if kind == "prepare":
+            assert isinstance(reader, PrepareReader)
+            event = reader.feed(payload)
+            out = [self._to_client(payload)]
+            if isinstance(event, StmtPrepareOK) and self._pending_prepare is not None:
+                sql, verdict = self._pending_prepare
+                self._prepared[event.statement_id] = _Prepared(sql, event.num_params, verdict)
+            if reader.done:
+                self._pending_prepare = None
+                out += self._done(ex)
+            return out
+        assert isinstance(reader, ResultReader)
+        if payload[:1] == b"\xff" and reader.state in ("rows", "start"):
+            # an ERR: the answer (or what remains of a multi-result answer) ends here
+            err = decode_err(payload, self._up_caps)
+            return [self._to_client(payload), *self._complete(sqlstate=err.sqlstate, error=err.message), *self._done(ex)]
+        state = reader.state
+        ev = reader.feed(payload)
+        out = []
+        if isinstance(ev, bytes):
+            ex.rows += 1
+            out.append(self._to_client(self.result_row(ev, reader.columns, reader.binary)))
+            return out
+        out.append(self._to_client(payload))
+        if isinstance(ev, ColumnCount):
+            ex.rows = 0
+        elif isinstance(ev, OK) and state == "start":
+            self._status = ev.status
+            out += self._complete(rows=ev.affected_rows)
+        elif (state == "rows" or (state == "columns_eof" and reader.state != "rows")) and payload[:1] == b"\xfe":
+            status = decode_ok(payload, self._up_caps).status if self._up_caps & k.CLIENT_DEPRECATE_EOF else decode_eof(payload, self._up_caps).status
+            self._status = status
+            if kind == "fetch":
+                pass  # the rows of a cursor: its statement was completed when it opened
+            elif status & k.SERVER_STATUS_CURSOR_EXISTS:
+                if ex.statement is not None:
+                    ex.statement.cursor = list(reader.columns)
+                out += self._complete()
+            else:
+                out += self._complete(rows=ex.rows)
+        if reader.done:
+            out += self._done(ex)
+        return out
+
+    def _status_from(self, payload: bytes) -> None:
+        try:
+            if payload[:1] == b"\x00":
+                self._status = decode_ok(payload, self._up_caps).status
+            elif len(payload) < 9:
+                self._status = decode_eof(payload, self._up_caps).status
+        except ProtocolError:
+            pass
+
+    def _complete(self, rows: int | None = None, sqlstate: str | None = None, error: str | None = None) -> list[c.Command]:
+        if self.audit is None:
+            return []
+        rec = self.audit.complete(rows, sqlstate, error)
+        return [c.Audit(rec)] if rec is not None else []
+
+    def _done(self, ex: _Exchange) -> list[c.Command]:
+        """The answer to the command ended."""
+        out: list[c.Command] = []
+        if self.audit is not None and ex.kind == "result":
+            out += [c.Audit(r) for r in self.audit.rest("not executed: an earlier statement of the string failed")]
+        self._exchange = None
+        if ex.refresh:
+            return [*out, *self._read_settings()]
+        self._enter(State.READY)
+        return out + self._next_commands()
+
+    def _internal_packet(self, ex: _Exchange, payload: bytes) -> list[c.Command]:
+        reader = ex.reader
+        assert isinstance(reader, ResultReader)
+        if payload[:1] == b"\xff" and reader.state in ("start", "rows"):
+            err = decode_err(payload, self._up_caps)
+            raise ProtocolError(f"the server refused the session's settings: {err.message}")
+        event = reader.feed(payload)
+        if ex.sql == "read-only" and reader.done:
+            # read-only transactions are set: now the settings
+            self._exchange = _Exchange("internal", ResultReader(self._up_caps))
+            self._upstream.expect(1)
+            return [c.SendUpstream(encode_packet(_MODE_QUERY, 0)[0])]
+        if isinstance(event, TextRow) and ex.internal_row is None:
+            ex.internal_row = event
+        if not reader.done:
+            return []
+        self._exchange = None
+        out = self._settings_read(ex.internal_row)
+        if self.state is State.BUSY:
+            self._enter(State.READY)
+            out += self._next_commands()
+        return out
+
+    # ------------------------------------------------------------------ endings
+
+    def _on_client_closed(self) -> list[c.Command]:
+        if self.state is State.CLOSED:
+            return []
+        running = self.state is State.BUSY and self._exchange is not None and self._exchange.kind == "result"
+        self._enter(State.CLOSED)
+        # A statement still running upstream is killed: nobody reads its result, and the
+        # server would only notice the closed socket when it writes.
+        return [*self._audit_end("client_terminate"), *([c.CancelUpstream()] if running else []), c.CloseUpstream()]
+
+    def _on_upstream_closed(self) -> list[c.Command]:
+        if self.state is State.CLOSED:
+            return []
+        return self._fail(2013, "08S01", "dbsentry: the upstream server closed the connection")
+
+    def _on_startup_timed_out(self) -> list[c.Command]:
+        if self.state not in (State.GREETED, State.TLS, State.AUTH, State.VERIFYING, State.CONNECTING, State.INIT):
+            return []
+        seconds = self.config.limits.startup_timeout_seconds
+        return self._fail(ER_HANDSHAKE, "08S01", f"dbsentry: the login did not complete within {seconds:g}s")
+
+
+def _joined(commands: list[c.Command]) -> list[c.Command]:
+    """Consecutive ``SendClient`` as one (one write for the packets of one read)."""
+    out: list[c.Command] = []
+    pending: list[bytes] = []
+    for cmd in commands:
+        if isinstance(cmd, c.SendClient):
+            pending.append(cmd.data)
+            continue
+        if pending:
+            out.append(c.SendClient(b"".join(pending)))
+            pending = []
+        out.append(cmd)
+    if pending:
+        out.append(c.SendClient(b"".join(pending)))
+    return out
+
+
+def _codecs() -> dict[str, str]:
+    """Character set name -> Python codec, for the charsets statements may be read in."""
+    out: dict[str, str] = {}
+    for cid in range(1, 400):
+        cs = charset_of(cid)
+        if cs is not None and cs.codec is not None and cs.client_ok and cs.backslash_safe:
+            out[cs.name] = cs.codec
+    return out
+
+
+_CODECS = _codecs()
+_NO_VERDICT = Verdict((), (), Decision("allow", ()))
+

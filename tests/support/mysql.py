@@ -1,0 +1,75 @@
+"""MySQL/MariaDB end-to-end support: the real server the tests need (127.0.0.1:3306,
+root without a password, database ``test``; the reason to skip when it is not there) and
+a running dbsentry with a MySQL listener in front of it."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .pg import free_port
+from .proxy import RunningProxy, run_proxy, wait_port
+
+HOST, PORT, DATABASE = "127.0.0.1", 3306, "test"
+
+
+def server_reason() -> str | None:
+    """Why the MySQL tests cannot run here (None: a server answers)."""
+    try:
+        with socket.create_connection((HOST, PORT), timeout=2) as s:
+            s.settimeout(2)
+            first = s.recv(4)
+    except OSError as exc:
+        return f"no MariaDB/MySQL server on {HOST}:{PORT} ({exc}); the MySQL proxy tests need one (root, empty password, database 'test')"
+    if len(first) < 4:
+        return f"the server on {HOST}:{PORT} sent no MySQL greeting"
+    return None
+
+
+@dataclass
+class MySQLProxy:
+    """A running dbsentry and its MySQL listener's port."""
+
+    proxy: RunningProxy
+    port: int
+
+    def token(self, identity: str = "alice@example.com", groups: tuple[str, ...] = ("eng",), agent: bool = False) -> str:
+        return self.proxy.token(identity, groups, agent)
+
+
+def _connection(environment: str, **extra: Any) -> dict[str, Any]:
+    return {"engine": "mysql", "host": HOST, "port": PORT, "database": DATABASE, "user": "root", "environment": environment, **extra}
+
+
+@contextmanager
+def run_mysql_proxy(
+    directory: Path, *, extra: Mapping[str, Any] | None = None, connections: Mapping[str, Any] | None = None, port: int | None = None
+) -> Iterator[MySQLProxy]:
+    """dbsentry with ``listen.mysql`` (on ``port``, default a free one) and the
+    connections prod (production), dev (development) and restricted (allow_groups: dba),
+    all to the test MariaDB."""
+    port = port or free_port()
+    conns: dict[str, Any] = {
+        "prod": _connection("production"),
+        "dev": _connection("development"),
+        "restricted": _connection("development", allow_groups=["dba"]),
+    }
+    conns.update(connections or {})
+    data: dict[str, Any] = {
+        "state_dir": str(directory / "state"),
+        "listen": {"postgres": f"127.0.0.1:{free_port()}", "http": None, "mysql": f"127.0.0.1:{port}"},
+        "connections": conns,
+        "limits": {"upstream_check_seconds": 0},
+        **(extra or {}),
+    }
+    path = directory / "dbsentry.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with run_proxy(path) as running:
+        wait_port("127.0.0.1", port, running.process, running.log_path)
+        yield MySQLProxy(running, port)
