@@ -14,6 +14,7 @@ proxy never holds the administrator's credentials), loads a smaller copy of the 
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import secrets
 from dataclasses import dataclass
@@ -70,6 +71,7 @@ _SCHEMA = (
     "CREATE VIEW customer_contacts AS SELECT full_name, email, phone FROM customers",
     "CREATE TABLE demo_marker (marker VARCHAR(200) NOT NULL)",
 )
+_ORDERS_START = dt.datetime(2020, 1, 1)
 _STATUSES = ("delivered", "delivered", "delivered", "shipped", "paid", "pending", "refunded", "cancelled")
 
 
@@ -155,26 +157,33 @@ def _loaded(cur: Any) -> bool:
     return row is not None and row[0] == _MARKER
 
 
+_HOSTS = ("%", "localhost")  # MariaDB matches 'localhost' before '%' for local clients
+
+
+def _grant(cur: Any) -> None:
+    for host in _HOSTS:
+        cur.execute(f"GRANT ALL PRIVILEGES ON `{DATABASE}`.* TO '{ACCOUNT}'@'{host}'")
+
+
 def ensure_mysql_data(server: MySQLServer, password_path: Path, progress: Any = None) -> bool:
     """The account and the loaded database; True when it was (re)loaded now."""
     password = account_password(password_path)
     with server.connect() as conn, conn.cursor() as cur:
         # The proxy's own account: this database only, never the administrator's.
-        cur.execute(f"CREATE USER IF NOT EXISTS '{ACCOUNT}'@'%' IDENTIFIED BY %s", (password,))
-        cur.execute(f"ALTER USER '{ACCOUNT}'@'%' IDENTIFIED BY %s", (password,))
-        cur.execute(f"CREATE USER IF NOT EXISTS '{ACCOUNT}'@'localhost' IDENTIFIED BY %s", (password,))
-        cur.execute(f"ALTER USER '{ACCOUNT}'@'localhost' IDENTIFIED BY %s", (password,))
+        for host in _HOSTS:
+            account = f"'{ACCOUNT}'@'{host.replace('%', '%%')}'"  # (% is PyMySQL's placeholder sign)
+            cur.execute(f"CREATE USER IF NOT EXISTS {account} IDENTIFIED BY %s", (password,))
+            cur.execute(f"ALTER USER {account} IDENTIFIED BY %s", (password,))
         if _loaded(cur):
-            for host in ("%", "localhost"):
-                cur.execute(f"GRANT ALL PRIVILEGES ON `{DATABASE}`.* TO '{ACCOUNT}'@'{host}'")
+            _grant(cur)
             return False
         if progress is not None:
             progress(f"loading {DATABASE} on MySQL: {MYSQL_SHOP.customers:,} customers, {MYSQL_SHOP.orders:,} orders")
         cur.execute(f"DROP DATABASE IF EXISTS `{DATABASE}`")
         cur.execute(f"CREATE DATABASE `{DATABASE}` CHARACTER SET utf8mb4")
-        for host in ("%", "localhost"):
-            cur.execute(f"GRANT ALL PRIVILEGES ON `{DATABASE}`.* TO '{ACCOUNT}'@'{host}'")
+        _grant(cur)
         cur.execute(f"USE `{DATABASE}`")
+        conn.autocommit(False)  # one transaction for the rows: a commit per row is slow
         for statement in _SCHEMA:
             cur.execute(statement)
         rows = [
@@ -194,17 +203,17 @@ def ensure_mysql_data(server: MySQLServer, password_path: Path, progress: Any = 
                 1 + (g * 7919 + g // 3) % MYSQL_SHOP.customers,
                 f"{5 + (g * 7919) % 49500 / 100:.2f}",
                 _STATUSES[(g * 13) % 8],
-                (g * 104729) % 189216000,
+                _ORDERS_START + dt.timedelta(seconds=(g * 104729) % 189216000),
             )
             for g in range(1, MYSQL_SHOP.orders + 1)
         ]
         for i in range(0, len(orders), 2000):
             cur.executemany(
-                "INSERT INTO orders (id, customer_id, amount, status, created_at) "
-                "VALUES (%s, %s, %s, %s, TIMESTAMP '2020-01-01 00:00:00' + INTERVAL %s SECOND)",
+                "INSERT INTO orders (id, customer_id, amount, status, created_at) VALUES (%s, %s, %s, %s, %s)",
                 orders[i : i + 2000],
             )
         cur.execute("INSERT INTO demo_marker VALUES (%s)", (_MARKER,))
+        conn.commit()
     return True
 
 
