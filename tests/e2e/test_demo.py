@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from dbsentry.demo.embedded import find_bindir
-from dbsentry.demo.tour import STEPS
+from dbsentry.demo.tour import MYSQL_STEPS, STEPS
 from support.demo import CLUSTER, Clusters
 from support.processes import interrupt
 
@@ -66,14 +66,31 @@ def _run_tour(
     return proc, time.monotonic() - started
 
 
+def _mysql_reachable() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 3306), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def _assert_tour_passed(proc: subprocess.CompletedProcess[str]) -> None:
     out = proc.stdout
     assert proc.returncode == 0, f"exit {proc.returncode}\n{out}\n{proc.stderr}"
-    for number, title in enumerate(STEPS, start=1):
-        assert f"✓ {number}/{len(STEPS)} {title}" in out, out
+    # The MySQL leg runs when a MySQL/MariaDB server answers (root on 127.0.0.1:3306 here).
+    mysql = _mysql_reachable()
+    steps = STEPS + (MYSQL_STEPS if mysql else ())
+    for number, title in enumerate(steps, start=1):
+        assert f"✓ {number}/{len(steps)} {title}" in out, out
     assert "✗" not in out, out
-    assert "tour passed: all 5 steps behaved" in out
+    assert f"tour passed: all {len(steps)} steps behaved" in out
     assert "PostgreSQL stopped" in out
+    if mysql:
+        assert re.search(r"^MySQL/MariaDB \S+ on 127\.0\.0\.1:3306$", out, re.M), out
+        assert re.search(r"ERROR 1\d{3}: dbsentry: ", out), out
+        assert re.search(r"the agent receives: \S.* \| .*\*.*", out.split("MySQL: the agent's SELECT")[1]), out
+    else:
+        assert "MySQL leg skipped: no MySQL/MariaDB server answered" in out, out
 
 
 def _cluster_stopped(output: str, cwd: Path) -> bool:
@@ -204,6 +221,21 @@ def test_demo_prints_connection_strings_serves_psql_and_stops_on_sigint(
             assert row[0].startswith("****@") and row[1].startswith("***-**-"), row
             # dbsentry logs in upstream with its own role; the analyst never sees its password.
             assert conn.execute("SELECT current_user").fetchone() == ("shop",)
+
+        # The MySQL leg's printed command works as printed (the mariadb client, a token as
+        # the password, TLS), and the connection's account is dbsentry's, not the client's.
+        mysql_lines = re.findall(r"^    (mariadb -h 127\.0\.0\.1 -P \d+ -u (\S+) -p\S+ .*prod_mysql)$", banner, re.M)
+        if _mysql_reachable() and shutil.which("mariadb"):
+            assert {user for _, user in mysql_lines} == {"ai-agent", "analyst@example.com"}, banner
+            command = dict((user, line) for line, user in mysql_lines)["analyst@example.com"]
+            done = subprocess.run(
+                [*command.split(), "-N", "-B", "-e", "SELECT COUNT(*), CURRENT_USER() FROM orders"],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.split() == ["20000", "dbsentry_shop@localhost"], done.stdout
+        elif not _mysql_reachable():
+            assert mysql_lines == [] and "MySQL leg skipped" in banner, banner
 
         with urllib.request.urlopen(console.group(1) + "healthz", timeout=10) as resp:
             assert resp.status == 200

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dbsentry.config import LoadedConfig
+from dbsentry.demo.mysql_leg import MYSQL_CONNECTION, mysql_command
 from dbsentry.demo.output import Printer
 from dbsentry.demo.workspace import (
     PROD_DATABASE,
@@ -134,6 +135,20 @@ def print_banner(
         out.line(f"  {out.cyan(ident.name)}  {ident.kind}, groups {groups}: {ident.description}")
         out.line(f"    {psql_command(proxy_port, 'prod', issued)}")
     out.line(f"  (dbname=staging reaches the staging copy; tokens are kept in {ws.tokens_path})")
+    mysql_addr = config.listen.mysql_addr
+    if mysql_addr is not None and MYSQL_CONNECTION in config.connections:
+        mysql_conn = config.connections[MYSQL_CONNECTION]
+        out.line()
+        out.line(
+            out.bold("MySQL:") + f" the shop on {mysql_conn.host}:{mysql_conn.port} (database "
+            f"{mysql_conn.database}, production) behind dbsentry's MySQL listener {mysql_addr[0]}:{mysql_addr[1]}:"
+        )
+        for key in ("agent", "analyst"):
+            issued = tokens[key]
+            out.line(f"  {out.cyan(issued.identity.name)}")
+            out.line(f"    {mysql_command(mysql_addr[0], mysql_addr[1], issued.identity.name, issued.token)}")
+        out.line("  then, as the agent: SELECT full_name, email, ssn FROM customers LIMIT 3;  -- masked")
+        out.line("                      DROP TABLE orders;                                 -- blocked")
     if shutil.which("psql") is None:
         out.line(
             "  psql is not installed here: install it (Debian and Ubuntu: apt-get install "

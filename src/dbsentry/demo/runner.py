@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 from dbsentry.config import ConfigError, LoadedConfig
 from dbsentry.demo.banner import dbsentry_command, path_arg, print_banner
 from dbsentry.demo.embedded import EmbeddedPostgres, EmbeddedPostgresError, free_port, port_is_free
+from dbsentry.demo.mysql_leg import DATABASE as MYSQL_DATABASE
+from dbsentry.demo.mysql_leg import MySQLServer, ensure_mysql_data, find_mysql
 from dbsentry.demo.output import Printer
 from dbsentry.demo.workspace import (
     DemoLocked,
@@ -37,6 +39,7 @@ __all__ = ["DemoOptions", "run_demo"]
 
 DEFAULT_PROXY_PORT = 6432
 DEFAULT_HTTP_PORT = 8080
+DEFAULT_MYSQL_PORT = 3307
 HOST = "127.0.0.1"
 # How long a tour waits for a demo that is still starting in another process.
 ATTACH_WAIT_SECONDS = 120.0
@@ -119,7 +122,8 @@ def run_demo(options: DemoOptions, out: Printer | None = None) -> int:
             out.line("dataset already loaded (databases shop and shop_staging)")
         proxy_port = _pick_port(options.port, DEFAULT_PROXY_PORT, {pg.port})
         http_port = _pick_port(options.http_port, DEFAULT_HTTP_PORT, {pg.port, proxy_port})
-        loaded = ws.write_config(pg, proxy_port, http_port)
+        mysql = _mysql_leg(out, ws, {pg.port, proxy_port, http_port})
+        loaded = ws.write_config(pg, proxy_port, http_port, mysql)
         tokens = ws.ensure_tokens(loaded)
         setup_seconds = time.monotonic() - started
         if options.tour:
@@ -145,6 +149,25 @@ def run_demo(options: DemoOptions, out: Printer | None = None) -> int:
         if main_thread and previous is not None:
             signal.signal(signal.SIGTERM, previous)
         ws.unlock()
+
+
+def _mysql_leg(out: Printer, ws: Workspace, taken: set[int]) -> tuple[MySQLServer, int] | None:
+    """The MySQL leg's server (loaded) and the port of dbsentry's MySQL listener, or None
+    (said in one line) when no server is reachable or it cannot be set up."""
+    import pymysql
+
+    server, line = find_mysql()
+    out.line(line)
+    if server is None:
+        return None
+    try:
+        started = time.monotonic()
+        if ensure_mysql_data(server, ws.mysql_password_path, progress=lambda msg: out.line(f"  {msg} ...")):
+            out.line(f"  MySQL dataset loaded in {time.monotonic() - started:.1f}s")
+    except pymysql.MySQLError as err:
+        out.line(f"MySQL leg skipped: could not set up {MYSQL_DATABASE} on {server.host}:{server.port}: {err}")
+        return None
+    return server, _pick_port(None, DEFAULT_MYSQL_PORT, taken | {server.port})
 
 
 def _run_foreground(
@@ -246,22 +269,20 @@ def _tour_outcome(out: Printer, tour: Tour) -> int:
         tour.cancelled.set()
         out.line("tour interrupted")
         return EXIT_INTERRUPTED
-    return _verdict(out, failed, None)
+    return _verdict(out, failed, None, tour.titles())
 
 
-def _verdict(out: Printer, failed: list[int], crashed: BaseException | None) -> int:
+def _verdict(out: Printer, failed: list[int], crashed: BaseException | None, titles: tuple[str, ...]) -> int:
     """Say how the tour went; the exit code."""
-    from dbsentry.demo.tour import STEPS
-
     out.line()
     if crashed is not None:
         out.fail(f"the tour crashed: {type(crashed).__name__}: {crashed}")
         return EXIT_FAILED
     if failed:
-        names = "; ".join(f"step {n} ({STEPS[n - 1]})" for n in failed)
+        names = "; ".join(f"step {n} ({titles[n - 1]})" for n in failed)
         out.fail(f"tour failed: {names}")
         return EXIT_FAILED
-    out.ok(out.bold(f"tour passed: all {len(STEPS)} steps behaved"))
+    out.ok(out.bold(f"tour passed: all {len(titles)} steps behaved"))
     return 0
 
 
@@ -314,4 +335,4 @@ def _run_tour(
         finished.wait(5)
         out.line("tour interrupted")
         return EXIT_INTERRUPTED
-    return _verdict(out, failed, crashed[0] if crashed else None)
+    return _verdict(out, failed, crashed[0] if crashed else None, tour.titles())

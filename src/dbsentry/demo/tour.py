@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import queue
 import re
+import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -31,11 +32,13 @@ from dbsentry.audit.keys import (
 from dbsentry.audit.report import build_report
 from dbsentry.config import LoadedConfig
 from dbsentry.demo.banner import dbsentry_command, path_arg
+from dbsentry.demo.mysql_leg import DATABASE as MYSQL_DATABASE
+from dbsentry.demo.mysql_leg import MYSQL_CONNECTION, MySQLServer
 from dbsentry.demo.output import Printer
 from dbsentry.demo.workspace import PROD_DATABASE, IssuedToken, Upstream, Workspace
 from dbsentry.identity import Authenticator
 
-__all__ = ["STEPS", "Tour", "TourFailed"]
+__all__ = ["MYSQL_STEPS", "STEPS", "Tour", "TourFailed"]
 
 MASKED_SELECT = "SELECT full_name, email, ssn, card_number FROM customers LIMIT 3"
 AGENT_DROP = "DROP TABLE orders"
@@ -51,6 +54,13 @@ STEPS: tuple[str, ...] = (
     "the audit chain verifies",
     "the compliance report is written",
 )
+# With the MySQL leg (a MySQL/MariaDB server was reachable): the same guardrails there.
+MYSQL_STEPS: tuple[str, ...] = (
+    "MySQL: the agent's SELECT returns masked PII",
+    "MySQL: the agent's DROP TABLE is blocked",
+)
+MYSQL_MASKED_SELECT = "SELECT full_name, email, ssn, card_number FROM customers ORDER BY id LIMIT 3"
+_NO_VERIFY = {"check_hostname": False, "verify_mode": ssl.CERT_NONE}  # the demo's self-signed certificate
 
 
 class TourFailed(Exception):
@@ -305,19 +315,90 @@ class Tour:
             f"report: {html}",
         ]
 
+    # --- the MySQL leg ---------------------------------------------------------------------
+
+    @property
+    def mysql(self) -> bool:
+        """Whether this demo has the MySQL leg (a listener and the ``prod_mysql`` connection)."""
+        config = self.loaded.config
+        return config.listen.mysql_addr is not None and MYSQL_CONNECTION in config.connections
+
+    def mysql_proxy_connect(self, who: str) -> Any:
+        import pymysql
+
+        host, port = self.loaded.config.listen.mysql_addr or ("127.0.0.1", 0)
+        issued = self.tokens[who]
+        return pymysql.connect(
+            host=host,
+            port=port,
+            user=issued.identity.name,
+            password=issued.token,
+            database=MYSQL_CONNECTION,
+            ssl=_NO_VERIFY,
+            connect_timeout=10,
+            autocommit=True,
+        )
+
+    def mysql_direct(self) -> Any:
+        """Straight to MySQL as the proxy's own account (to check what really happened)."""
+        conn = self.loaded.config.connections[MYSQL_CONNECTION]
+        password = self.workspace.mysql_password_path.read_text().strip()
+        return MySQLServer(conn.host, conn.port, conn.user or "", password).connect(MYSQL_DATABASE)
+
+    def step_mysql_masked_select(self) -> list[str]:
+        with self.mysql_direct() as conn, conn.cursor() as cur:
+            cur.execute(MYSQL_MASKED_SELECT)
+            real = cur.fetchall()
+        with self.mysql_proxy_connect("agent") as conn, conn.cursor() as cur:
+            cur.execute(MYSQL_MASKED_SELECT)
+            seen = cur.fetchall()
+        if len(seen) != len(real) or len(seen) != 3:
+            raise TourFailed(f"expected 3 rows, got {len(seen)}")
+        for got, want in zip(seen, real, strict=True):
+            for value, truth in zip(got, want, strict=True):
+                if value == truth:
+                    raise TourFailed(f"the agent saw a real value through MySQL: {value!r}")
+        return [
+            f"in MySQL:           {' | '.join(str(v) for v in real[0])}",
+            f"the agent receives: {' | '.join(str(v) for v in seen[0])}",
+        ]
+
+    def step_mysql_blocked_drop(self) -> list[str]:
+        import pymysql
+
+        with self.mysql_proxy_connect("agent") as conn, conn.cursor() as cur:
+            try:
+                cur.execute(AGENT_DROP)
+            except pymysql.MySQLError as err:
+                code, message = err.args[0], str(err.args[1]) if len(err.args) > 1 else str(err)
+            else:
+                raise TourFailed("DROP TABLE orders was not refused through MySQL")
+            cur.execute("SELECT 1")  # the session stays usable after a refusal
+        if not message.startswith("dbsentry:"):
+            raise TourFailed(f"refused with error {code} but not by dbsentry: {message}")
+        with self.mysql_direct() as conn, conn.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM orders")
+            row = cur.fetchone()
+        return [f"ERROR {code}: {message}", f"orders is still there ({row[0] if row else '?':,} rows)"]
+
     # --- running -------------------------------------------------------------------------
 
+    def titles(self) -> tuple[str, ...]:
+        return STEPS + (MYSQL_STEPS if self.mysql else ())
+
     def run(self) -> list[int]:
-        steps: Sequence[Callable[[], list[str]]] = (
+        steps: list[Callable[[], list[str]]] = [
             self.step_masked_select,
             self.step_blocked_drop,
             self.step_approval,
             self.step_verify,
             self.step_report,
-        )
+        ]
+        if self.mysql:
+            steps += [self.step_mysql_masked_select, self.step_mysql_blocked_drop]
         failed: list[int] = []
         total = len(steps)
-        for number, (title, step) in enumerate(zip(STEPS, steps, strict=True), start=1):
+        for number, (title, step) in enumerate(zip(self.titles(), steps, strict=True), start=1):
             if self.cancelled.is_set():
                 break
             label = f"{number}/{total} {title}"
@@ -336,4 +417,3 @@ class Tour:
             for detail in details:
                 self.out.line(f"    {detail}")
         return failed
-

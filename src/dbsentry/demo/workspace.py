@@ -28,6 +28,7 @@ from psycopg import sql
 from dbsentry.config import LoadedConfig, load_config
 from dbsentry.demo.dataset import Shop, load_shop, shop_is_loaded
 from dbsentry.demo.embedded import EmbeddedPostgres, UpstreamAddress
+from dbsentry.demo.mysql_leg import MYSQL_CONNECTION, MySQLServer, connection_config
 from dbsentry.identity import TokenStore
 
 __all__ = [
@@ -133,6 +134,7 @@ class Workspace:
         self.policy_path = self.dir / "policy.yaml"
         self.tokens_path = self.dir / "tokens.json"
         self.upstream_password_path = self.dir / "upstream.password"
+        self.mysql_password_path = self.dir / "mysql-upstream.password"
         self.state_dir = self.dir / "state"
         self.reports_dir = self.dir / "reports"
         self.lock_path = self.dir / "demo.lock"
@@ -234,8 +236,15 @@ class Workspace:
 
     # --- configuration -------------------------------------------------------------------
 
-    def write_config(self, pg: EmbeddedPostgres, proxy_port: int, http_port: int) -> LoadedConfig:
-        """Write ``dbsentry.yaml`` for these ports and load it."""
+    def write_config(
+        self,
+        pg: EmbeddedPostgres,
+        proxy_port: int,
+        http_port: int,
+        mysql: tuple[MySQLServer, int] | None = None,
+    ) -> LoadedConfig:
+        """Write ``dbsentry.yaml`` for these ports and load it; ``mysql``: the MySQL leg's
+        server and the port of dbsentry's MySQL listener."""
         console = f"http://127.0.0.1:{http_port}"
 
         def connection(database: str, environment: str) -> dict[str, Any]:
@@ -261,6 +270,10 @@ class Workspace:
             "masking": {"enabled": True},
             "approvals": {"default_mode": "fail", "console_url": console},
         }
+        if mysql is not None:
+            server, mysql_port = mysql
+            data["listen"]["mysql"] = f"127.0.0.1:{mysql_port}"
+            data["connections"][MYSQL_CONNECTION] = connection_config(server, self.mysql_password_path.name)
         if self.policy_path.exists():
             data["policy"] = self.policy_path.name
         header = (
