@@ -81,6 +81,9 @@ class Endpoint:
     database: str
     tls: bool
     service: Service | None = None
+    # sysbench's --mysql-ssl=on reads cacert.pem, client-cert.pem and client-key.pem from
+    # its working directory (names built in): this directory holds them
+    tls_dir: Path | None = None
 
 
 @dataclass
@@ -210,7 +213,13 @@ def start_dbsentry(
     service = Service(name, [*cli, "serve", "-c", str(path), "--log-level", "warning"], port, log=log, stdout_log=log)
     stack.callback(service.stop)
     service.start()
-    return Endpoint(name, "127.0.0.1", port, IDENTITY, token, CONNECTION_NAME, True, service)
+    tls_dir = directory / "sysbench-tls"
+    tls_dir.mkdir()
+    (tls_dir / "cacert.pem").write_bytes(cert.read_bytes())  # the proxy's own certificate
+    client_cert, client_key = write_self_signed(tls_dir)  # offered to nobody: the proxy asks for none
+    client_cert.rename(tls_dir / "client-cert.pem")
+    client_key.rename(tls_dir / "client-key.pem")
+    return Endpoint(name, "127.0.0.1", port, IDENTITY, token, CONNECTION_NAME, True, service, tls_dir)
 
 
 _TPS = re.compile(r"transactions:\s+(\d+)\s+\(([\d.]+) per sec")
@@ -224,7 +233,7 @@ def one_run(ep: Endpoint, args: argparse.Namespace, workload: str, threads: int,
     cmd = [*sysbench_base(ep, args, workload), f"--threads={threads}", f"--time={args.time}", "--report-interval=0", "run"]
     pids = process_tree(ep.service.pid) if ep.service is not None and ep.service.pid else []
     before = sum(cpu_seconds(p) or 0.0 for p in pids)
-    proc = run(cmd, timeout=args.time + 120, check=False)
+    proc = run(cmd, timeout=args.time + 120, check=False, cwd=ep.tls_dir)
     after = sum(cpu_seconds(p) or 0.0 for p in pids)
     out = proc.stdout
     tps, qps = _TPS.search(out), _QPS.search(out)
