@@ -159,6 +159,19 @@ def test_select_into_variable_is_refused(env: Env) -> None:
         assert cur.fetchall() == ((1,),)
 
 
+def test_sql_prepare_and_execute_keep_the_plan(env: Env) -> None:
+    with connect(env.mp, PERSON) as conn, conn.cursor() as cur:
+        cur.execute(f"PREPARE s1 FROM 'SELECT email, label, city FROM {env.t} WHERE id = ?'")
+        cur.execute("SET @i = 2")
+        cur.execute("EXECUTE s1 USING @i")
+        rows = cur.fetchall()
+        _no_secret(rows)
+        assert rows[0][2] == "City2"
+        with pytest.raises(pymysql.err.OperationalError) as err:
+            cur.execute(f"PREPARE s2 FROM 'SELECT ssn INTO @x FROM {env.t} WHERE id = 1'")
+        assert err.value.args[0] == 1142
+
+
 def test_column_added_through_the_proxy_is_masked_after_refresh(env: Env) -> None:
     with connect(env.mp, READER) as conn, conn.cursor() as cur:
         cur.execute(f"ALTER TABLE {env.t} ADD COLUMN email2 VARCHAR(80)")
@@ -192,9 +205,15 @@ def test_audit_records_masked_classes_and_redact_literals(env: Env) -> None:
     with connect(env.mp, PERSON) as conn, conn.cursor() as cur:
         cur.execute(f"SELECT email, ssn, city /* {marker} */ FROM {env.t} WHERE ssn = '123-45-6789'")
         cur.fetchall()
-    rows = [r for r in _records(env, marker, 1) if r.get("statement")]
-    assert rows, "no statement record"
-    rec = rows[0]
+        # no value detection knows 'Nick7': the catalog (a column comment) says what it meets
+        cur.execute(f"SELECT id /* {marker}-2 */ FROM {env.t} WHERE nickname = 'Nick7' AND city = 'City7'")
+        assert cur.fetchall() == ((7,),)
+    rows = [r for r in _records(env, marker, 2) if r.get("statement")]
+    assert len(rows) >= 2, rows
+    rec = next(r for r in rows if f"{marker}-2" not in r["statement"])
+    by_comment = next(r for r in rows if f"{marker}-2" in r["statement"])
+    assert "Nick7" not in by_comment["statement"] and "<person_name:hmac:" in by_comment["statement"], by_comment
+    assert "'City7'" in by_comment["statement"]
     assert rec["decision"] == "mask", rec
     assert set(rec["masked_classes"]) == {"email", "national_id"}, rec
     assert any(c.endswith(".ssn") for c in rec["masked_columns"]), rec
