@@ -183,3 +183,45 @@ def test_ddl_asks_for_the_catalog_again(tmp_path: Path) -> None:
     assert any(isinstance(cmd, c.SendUpstream) for cmd in out)
     out = s.handle(answer([g.encode_ok(g.OK(status=k.SERVER_STATUS_AUTOCOMMIT), CAPS)]))
     assert c.SchemaChanged("prod") in out
+
+
+MASK_POLICY = """
+rules:
+  - name: redact-customer-emails
+    match: {tables: ["customers"], classes: [READ]}
+    action: mask
+    mask: {strategy: redact, columns: [shop.customers.email]}
+"""
+
+
+def test_a_policy_mask_rule_runs_masked_with_its_strategy(tmp_path: Path) -> None:
+    from dbsentry.engines.mysql.session.governance import MySQLGovernor
+    from dbsentry.policy.loader import parse_policy
+
+    s = _masked(tmp_path)
+    policy = parse_policy(MASK_POLICY)
+    s.governor = MySQLGovernor(lambda: policy)
+    out = _run(s, b"SELECT id, email, city FROM customers")
+    gate = next(cmd for cmd in out if isinstance(cmd, c.AuditGate))  # not refused any more
+    rec = gate.records[0]
+    assert isinstance(rec, StatementRecord) and rec.decision == "mask" and rec.rules == ("redact-customer-emails",)
+    out = s.handle(answer(_text_result([(b"1", EMAIL.encode(), b"Paris")])))
+    row = res.decode_text_row(packets(out)[4], 3)
+    assert row.values[1] == b"<email>" and row.values[2] == b"Paris"  # redact, not the default partial
+
+
+def test_sql_execute_runs_with_its_prepare_plan_even_under_unresolved_deny(tmp_path: Path) -> None:
+    s = _masked(tmp_path)
+    assert s.masking is not None
+    s.masking.settings = MaskSettings(unresolved="deny")
+    out = _run(s, b"PREPARE s FROM 'SELECT id, email, city FROM customers'")
+    assert any(isinstance(cmd, c.SendUpstream) for cmd in out)
+    s.handle(answer([g.encode_ok(g.OK(status=k.SERVER_STATUS_AUTOCOMMIT), CAPS)]))
+    out = _run(s, b"EXECUTE s")
+    assert any(isinstance(cmd, c.SendUpstream) for cmd in out), packets(out)
+    out = s.handle(answer(_text_result([(b"1", EMAIL.encode(), b"Paris")], org=False)))
+    row = res.decode_text_row(packets(out)[4], 3)
+    assert row.values[2] == b"Paris" and EMAIL.encode() not in (row.values[1] or b"")
+    # what nothing traces is refused under deny
+    out = _run(s, b"CALL some_procedure()")
+    assert g.decode_err(packets(out)[0], CAPS).code == 1142

@@ -97,6 +97,7 @@ class CatalogLoader:
         self._loaded_at: dict[str, float] = {}
         self._stale: set[str] = set()
         self._values: dict[str, ValueMemory] = {}
+        self._oids: dict[str, _StableOids] = {}  # MySQL connections' relation numbers
 
     async def ensure(self, name: str) -> None:
         """The catalog of ``name`` is loaded (reading it now if it never was)."""
@@ -131,7 +132,8 @@ class CatalogLoader:
             for attempt in range(_CONCURRENT_DDL_RETRIES + 1):
                 try:
                     if conn.engine == "mysql":
-                        catalog = await _read_mysql(conn, self.config.masking, name, memory)
+                        oids = self._oids.setdefault(name, _StableOids())
+                        catalog = await _read_mysql(conn, self.config.masking, name, memory, oids)
                     else:
                         catalog = await _read(conn, self.config.masking, name, memory)
                     break
@@ -257,17 +259,16 @@ class _StableOids:
         return replace(catalog, relations=relations)
 
 
-_MYSQL_OIDS: dict[str, _StableOids] = {}
-
-
-async def _read_mysql(conn: ConnectionConfig, masking: MaskingConfig, name: str, memory: ValueMemory) -> Catalog:
-    # The MySQL shell's side connection (imported here: the shell imports this module).
+async def _read_mysql(
+    conn: ConnectionConfig, masking: MaskingConfig, name: str, memory: ValueMemory, oids: _StableOids
+) -> Catalog:
+    # The MySQL shell's side connection (imported here: the shells import this module).
     from dbsentry.server.mysql_proxy import SideQueryError, side_connection
 
     try:
         async with side_connection(conn, name) as run:
             catalog = await mysql_catalog.fetch_catalog(run)
-            catalog = _MYSQL_OIDS.setdefault(name, _StableOids()).renumber(catalog)
+            catalog = oids.renumber(catalog)
             if masking.sample:
                 await sample(run, catalog, masking, name, memory, mysql_catalog.fetch_samples, (SideQueryError, OSError))
             return catalog

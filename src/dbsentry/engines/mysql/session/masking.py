@@ -10,7 +10,7 @@ shell (``server/catalogs.py``) and given through :class:`MaskingSource`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from dbsentry.audit.redaction import CatalogView
@@ -67,8 +67,6 @@ class ResultMasking:
     safety_net: bool
     part: int = 0
     masker: MysqlRowMasker | None = None
-    # values masked per class, for the record's completion and metrics
-    classes: set[str] = field(default_factory=set)
 
     def plan(self) -> MysqlMaskPlan:
         return self.plans[self.part] if self.part < len(self.plans) else DETECT_ALL
@@ -82,7 +80,6 @@ class ResultMasking:
             masker = self.masker = MysqlRowMasker(
                 self.plan(), columns, key=self.key, settings=self.settings, safety_net=self.safety_net, classmap=self.classmap
             )
-            self.classes.update(str(c.value) for c in masker.data_classes)
         if not masker.active:
             return payload
         return masker.binary_row(payload) if binary else masker.text_row(payload)

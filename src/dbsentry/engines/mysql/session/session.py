@@ -962,10 +962,10 @@ class Session:
             masked = self._mask_exchange(sql, verdict, exchange, prepared)
             if masked is not None:
                 return self._mask_refused(sql, masked, verdict, params)
+            exchange.refresh = any(f.settings or f.command in ("SET", "CALL") for f in verdict.facts)
+            exchange.ddl = any("DDL" in f.classes for f in verdict.facts)  # also once approved
             if not verdict.decision.allowed:
                 return self._ask_approval(packet, sql, verdict, exchange, params)
-            exchange.refresh = any(f.settings or f.command in ("SET", "CALL") for f in verdict.facts)
-            exchange.ddl = any("DDL" in f.classes for f in verdict.facts)
         elif self._masked():
             # no policy (passthrough): nothing judged, but masking still holds
             mask = self._result_masking((DETECT_ALL,), ())
@@ -999,16 +999,23 @@ class Session:
     ) -> tuple[MysqlMaskPlan, ...] | Refusal:
         """The mask plan of each statement of ``sql`` for this (masked) identity, or why
         it may not run."""
+        return _first_refusal(self._plans_or_refusals(sql, facts, verdict))
+
+    def _plans_or_refusals(
+        self, sql: str, facts: Sequence[StatementFacts] | None, verdict: Verdict | None
+    ) -> tuple[MysqlMaskPlan | Refusal, ...]:
+        """``plan_for`` with the session's catalog, database, ``sql_mode`` and the
+        identity's predicates mode and strategies."""
         assert self.masking is not None and self.identity is not None and self.connection_name is not None
         conn = self.connection
         assert conn is not None
         view = self.masking.current(self.connection_name)
         if view is None:
-            return Refusal("42501", self._no_catalog_message(), "masking.catalog")
+            return (Refusal("42501", self._no_catalog_message(), "masking.catalog"),)
         identity = self.grants.effective_identity(self.identity) if self.grants is not None else self.identity
         mode = self.masking.config.predicates.mode_for(identity.kind, identity.groups, conn.environment, self._production())
         decision = verdict.decision if verdict is not None else _NO_VERDICT.decision
-        out = plan_for(
+        return plan_for(
             sql,
             view.catalog,
             view.classmap,
@@ -1018,12 +1025,6 @@ class Session:
             mode=self._mode,
             facts=facts,
         )
-        plans: list[MysqlMaskPlan] = []
-        for p in out:
-            if isinstance(p, Refusal):
-                return p
-            plans.append(p)
-        return tuple(plans)
 
     def _result_masking(
         self, plans: tuple[MysqlMaskPlan, ...], commands: tuple[str, ...], decision: Decision = ALLOWED
@@ -1057,12 +1058,14 @@ class Session:
                 plan = prepared.plan = planned[0] if len(planned) == 1 else DETECT_ALL
             plans: tuple[MysqlMaskPlan, ...] = (plan,)
         else:
-            planned = self._plan_text(sql, verdict.facts, verdict)
-            if isinstance(planned, Refusal):
-                return planned
-            if len(planned) != len(verdict.facts):
-                planned = tuple(DETECT_ALL for _ in verdict.facts)
-            named = self._sql_level_plans(planned, verdict, exchange)
+            raw = self._plans_or_refusals(sql, verdict.facts, verdict)
+            if len(raw) != len(verdict.facts):
+                refused = _first_refusal(raw)
+                if isinstance(refused, Refusal):
+                    return refused
+                raw = tuple(DETECT_ALL for _ in verdict.facts)
+            # EXECUTE s: the plan of PREPARE s (before its own fallback may refuse)
+            named = _first_refusal(self._sql_level_plans(raw, verdict, exchange))
             if isinstance(named, Refusal):
                 return named
             plans = named
@@ -1074,8 +1077,8 @@ class Session:
         return None
 
     def _sql_level_plans(
-        self, plans: tuple[MysqlMaskPlan, ...], verdict: Verdict, exchange: _Exchange
-    ) -> tuple[MysqlMaskPlan, ...] | Refusal:
+        self, plans: tuple[MysqlMaskPlan | Refusal, ...], verdict: Verdict, exchange: _Exchange
+    ) -> tuple[MysqlMaskPlan | Refusal, ...]:
         """SQL ``PREPARE s FROM '...'`` plans the text it prepares (a refusal refuses the
         whole string); ``EXECUTE s`` gets that plan."""
         if not {f.command for f in verdict.facts} & {"PREPARE", "EXECUTE", "DEALLOCATE"}:
@@ -1092,7 +1095,7 @@ class Session:
                 if text:
                     inner = self._plan_text(text, None, verdict)
                     if isinstance(inner, Refusal):
-                        return inner
+                        return (inner,)
                     known[name] = inner[0] if len(inner) == 1 else DETECT_ALL
             elif facts.command == "DEALLOCATE":
                 known.pop(name, None)
@@ -1495,5 +1498,15 @@ def _codecs() -> dict[str, str]:
 
 
 _CODECS = _codecs()
+
+
+def _first_refusal(plans: Sequence[MysqlMaskPlan | Refusal]) -> tuple[MysqlMaskPlan, ...] | Refusal:
+    """The first refusal among ``plans``, or the plans."""
+    out: list[MysqlMaskPlan] = []
+    for p in plans:
+        if isinstance(p, Refusal):
+            return p
+        out.append(p)
+    return tuple(out)
 _NO_VERDICT = Verdict((), (), ALLOWED)
 
