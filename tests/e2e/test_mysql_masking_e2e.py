@@ -78,10 +78,6 @@ def connect(mp: MySQLProxy, who: tuple[str, tuple[str, ...], bool], database: st
     )
 
 
-def _values(rows: Any) -> set[str]:
-    return {str(x) for r in rows for x in r}
-
-
 def _no_secret(rows: Any) -> None:
     text = repr(rows)
     leaked = [s for s in SECRETS if s in text]
@@ -104,20 +100,21 @@ def test_text_protocol_masks_classified_columns(env: Env, who: Any) -> None:
         assert [r[2] for r in rows] == [r[7] for r in ROWS]
 
 
-def test_binary_protocol_prepared_cursor_masks(env: Env) -> None:
+@pytest.mark.parametrize("who", [PERSON, AGENT], ids=["person", "agent"])
+def test_binary_protocol_prepared_cursor_masks(env: Env, who: Any) -> None:
     connector = pytest.importorskip("mysql.connector")
-    name, groups, agent = PERSON
+    name, groups, agent = who
     conn = connector.connect(
         host="127.0.0.1", port=env.mp.port, user=name, password=env.mp.token(name, groups, agent), database="dev",
         use_pure=True, ssl_verify_cert=False, connection_timeout=10,
     )
     try:
         cur = conn.cursor(prepared=True)
-        cur.execute(f"SELECT id, email, ssn, card_number, nickname, label, city FROM {env.t} WHERE id > ? ORDER BY id", (0,))
+        cur.execute(f"SELECT id, email, ssn, phone, card_number, nickname, label, city FROM {env.t} WHERE id > ? ORDER BY id", (0,))
         rows = cur.fetchall()
         assert len(rows) == len(ROWS)
         _no_secret(rows)
-        assert [(r[0], r[6]) for r in rows] == [(r[0], r[7]) for r in ROWS]
+        assert [(r[0], r[7]) for r in rows] == [(r[0], r[7]) for r in ROWS]
         cur.execute(f"SELECT mail, city FROM {env.v} WHERE id = ?", (3,))
         rows = cur.fetchall()
         _no_secret(rows)
