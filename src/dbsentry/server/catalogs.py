@@ -1,5 +1,10 @@
 """Reads each connection's catalog for masking, on a side connection, and keeps it fresh.
 
+PostgreSQL connections are read with psycopg (:mod:`dbsentry.engines.postgres.catalog`),
+MySQL/MariaDB ones over the MySQL shell's own side connection
+(:func:`dbsentry.server.mysql_proxy.side_connection`, :mod:`dbsentry.engines.mysql.catalog`);
+both with the connection's own credentials, both classified and installed alike.
+
 With ``masking.sample`` the same side connection then samples the rows of every table
 (:func:`dbsentry.engines.postgres.catalog.fetch_samples`) so that columns are classified from their
 values as well as their names.  Sampling is bounded: one query per table under
@@ -13,17 +18,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
 
 from dbsentry.config import Config, ConnectionConfig, MaskingConfig
+from dbsentry.engines.mysql import catalog as mysql_catalog
 from dbsentry.engines.postgres.catalog import fetch_catalog, fetch_samples
 from dbsentry.engines.postgres.session.masking import MaskingService
 from dbsentry.masking import Catalog, classify_catalog
-from dbsentry.masking.catalog import SampleReport
+from dbsentry.masking.catalog import Relation, SampleReport
 from dbsentry.masking.sampling import SampledColumn, ValueFinding, classify_table_sample
 from dbsentry.tasks import spawn
 
@@ -91,6 +97,7 @@ class CatalogLoader:
         self._loaded_at: dict[str, float] = {}
         self._stale: set[str] = set()
         self._values: dict[str, ValueMemory] = {}
+        self._oids: dict[str, _StableOids] = {}  # MySQL connections' relation numbers
 
     async def ensure(self, name: str) -> None:
         """The catalog of ``name`` is loaded (reading it now if it never was)."""
@@ -124,7 +131,11 @@ class CatalogLoader:
             memory = self._values.setdefault(name, ValueMemory())
             for attempt in range(_CONCURRENT_DDL_RETRIES + 1):
                 try:
-                    catalog = await _read(conn, self.config.masking, name, memory)
+                    if conn.engine == "mysql":
+                        oids = self._oids.setdefault(name, _StableOids())
+                        catalog = await _read_mysql(conn, self.config.masking, name, memory, oids)
+                    else:
+                        catalog = await _read(conn, self.config.masking, name, memory)
                     break
                 except psycopg.Error as err:
                     if attempt < _CONCURRENT_DDL_RETRIES and _dropped_meanwhile(err):
@@ -134,7 +145,9 @@ class CatalogLoader:
                 except OSError as err:
                     raise CatalogError(_first_line(err)) from None
             classmap = classify_catalog(catalog, self.config.masking.overrides, memory.findings(catalog))
-            self.service.install(name, catalog, classmap)
+            # MySQL has no OIDs nor attribute numbers that survive a change: a column is
+            # not followed across renames there (by position it could be another one).
+            self.service.install(name, catalog, classmap, follow_renames=conn.engine != "mysql")
             self._loaded_at[name] = time.monotonic()
             log.info(
                 "catalog loaded",
@@ -162,11 +175,21 @@ async def _judge(table: str, columns: Sequence[SampledColumn], rows: list[Any]) 
     return await asyncio.to_thread(classify_table_sample, table, columns, rows)
 
 
-async def sample(aconn: Any, catalog: Catalog, masking: MaskingConfig, name: str, memory: ValueMemory) -> None:
-    """Sample ``catalog``'s tables on ``aconn`` into ``memory``; never raises for what one
-    table does, and gives up (keeping what was read) when the budget is spent."""
+async def sample(
+    aconn: Any,
+    catalog: Catalog,
+    masking: MaskingConfig,
+    name: str,
+    memory: ValueMemory,
+    fetch: Callable[..., Awaitable[SampleReport]] = fetch_samples,
+    errors: tuple[type[Exception], ...] = (psycopg.Error, OSError),
+) -> None:
+    """Sample ``catalog``'s tables on ``aconn`` (a psycopg connection, or a MySQL query
+    runner with ``fetch`` MySQL's ``fetch_samples``) into ``memory``; never raises for
+    what one table does (nor for ``errors``), and gives up (keeping what was read) when
+    the budget is spent."""
     report = SampleReport()
-    run = fetch_samples(
+    run = fetch(
         aconn,
         catalog,
         rows=masking.sample_rows,
@@ -182,7 +205,7 @@ async def sample(aconn: Any, catalog: Catalog, masking: MaskingConfig, name: str
         await asyncio.wait_for(run, limit)
     except TimeoutError:
         failed = f"sampling took longer than {limit:g}s"
-    except (psycopg.Error, OSError) as err:
+    except errors as err:
         failed = _first_line(err)
     memory.update(catalog, report, time.monotonic())
     for oid, why in sorted(report.skipped.items()):
@@ -213,3 +236,41 @@ async def _read(conn: ConnectionConfig, masking: MaskingConfig, name: str, memor
         if masking.sample:
             await sample(aconn, catalog, masking, name, memory)
         return catalog
+
+
+class _StableOids:
+    """MySQL relations are numbered in the order one read returns them: renumbered here
+    so that a table keeps its number across reads (what the value memory and cached
+    plans key on), by schema and name."""
+
+    def __init__(self) -> None:
+        self.known: dict[tuple[str, str], int] = {}
+        self.next = 1
+
+    def renumber(self, catalog: Catalog) -> Catalog:
+        relations: dict[int, Relation] = {}
+        for rel in catalog.relations.values():
+            key = (rel.schema, rel.name)
+            oid = self.known.get(key)
+            if oid is None:
+                oid = self.known[key] = self.next
+                self.next += 1
+            relations[oid] = replace(rel, oid=oid)
+        return replace(catalog, relations=relations)
+
+
+async def _read_mysql(
+    conn: ConnectionConfig, masking: MaskingConfig, name: str, memory: ValueMemory, oids: _StableOids
+) -> Catalog:
+    # The MySQL shell's side connection (imported here: the shells import this module).
+    from dbsentry.server.mysql_proxy import SideQueryError, side_connection
+
+    try:
+        async with side_connection(conn, name) as run:
+            catalog = await mysql_catalog.fetch_catalog(run)
+            catalog = oids.renumber(catalog)
+            if masking.sample:
+                await sample(run, catalog, masking, name, memory, mysql_catalog.fetch_samples, (SideQueryError, OSError))
+            return catalog
+    except SideQueryError as err:
+        raise CatalogError(_first_line(err)) from None

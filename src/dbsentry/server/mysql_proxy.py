@@ -14,7 +14,7 @@ import contextlib
 import logging
 import secrets
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, assert_never, cast
 
@@ -45,9 +45,10 @@ from dbsentry.engines.mysql.session.literals import MYSQL_LITERALS
 from dbsentry.engines.mysql.session.session import ClientInfo, Session
 from dbsentry.engines.mysql.session.upstream import LoginStep, UpstreamLogin
 from dbsentry.engines.mysql.wire import constants as k
-from dbsentry.engines.mysql.wire.generic import decode_err
+from dbsentry.engines.mysql.wire.generic import ERR, decode_err
 from dbsentry.engines.mysql.wire.handshake import Handshake, decode_server_greeting
 from dbsentry.engines.mysql.wire.packets import PacketSplitter, encode_packet
+from dbsentry.engines.mysql.wire.results import ResultReader, TextRow
 from dbsentry.errors import ProtocolError
 from dbsentry.identity.model import Identity
 from dbsentry.identity.ratelimit import login
@@ -58,6 +59,8 @@ from dbsentry.tasks import spawn
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
+    from dbsentry.server.catalogs import CatalogLoader
 
 log = logging.getLogger("dbsentry.mysql")
 
@@ -152,6 +155,72 @@ def _new_login(conn: ConnectionConfig, name: str, caps: int, charset: int, attri
     )
 
 
+class SideQueryError(Exception):
+    """A query on a side connection failed (the server's error, or the connection's)."""
+
+
+#: How long one query of a side connection may take (the catalog's; samples have their own
+#: statement time limit).
+SIDE_QUERY_SECONDS = 60.0
+
+
+@contextlib.asynccontextmanager
+async def side_connection(conn: ConnectionConfig, name: str) -> AsyncIterator[Callable[[str], Awaitable[list[tuple[Any, ...]]]]]:
+    """A side connection to a MySQL connection's server with its own credentials (the
+    shell's login, as for KILL), as a query runner: ``await run(sql)`` gives the rows of
+    one statement (text as ``str``, binary-collation values as ``bytes``, NULL as None)
+    and raises :class:`SideQueryError` on a server error. For the catalog reader
+    (``engines/mysql/catalog``)."""
+    try:
+        login_ = _new_login(conn, name, k.CLIENT_PROTOCOL_41 | k.CLIENT_MULTI_RESULTS, 45, (("program_name", "dbsentry-catalog"),))
+        reader, writer, ready = await _connect(conn, name, login_)
+    except UpstreamError as err:
+        raise SideQueryError(err.message) from None
+    except ConfigError as err:
+        raise SideQueryError(str(err)) from None
+    caps = ready.capabilities
+    splitter = PacketSplitter(1 << 30, first_seq=1)
+
+    async def run(sql: str) -> list[tuple[Any, ...]]:
+        splitter.expect(1)
+        writer.write(encode_packet(b"\x03" + sql.encode("utf-8"), 0)[0])
+        answer = ResultReader(caps)
+        rows: list[tuple[Any, ...]] = []
+        error: str | None = None
+        try:
+            async with asyncio.timeout(SIDE_QUERY_SECONDS):
+                while not answer.done:
+                    data = await reader.read(_READ)
+                    if not data:
+                        raise SideQueryError("the server closed the side connection")
+                    for packet in splitter.feed(data):
+                        ev = answer.feed(packet.payload)
+                        if isinstance(ev, ERR):
+                            error = f"{ev.code} ({ev.sqlstate}): {ev.message}"
+                        elif isinstance(ev, TextRow):
+                            binary = [col.charset == 63 for col in answer.columns]
+                            rows.append(
+                                tuple(
+                                    v if v is None or binary[i] else v.decode("utf-8", "replace")
+                                    for i, v in enumerate(ev.values)
+                                )
+                            )
+        except TimeoutError:
+            raise SideQueryError(f"the query took longer than {SIDE_QUERY_SECONDS:g}s") from None
+        except ProtocolError as err:
+            raise SideQueryError(f"the server's answer cannot be read: {err}") from None
+        if error is not None:
+            raise SideQueryError(error)
+        return rows
+
+    try:
+        yield run
+    finally:
+        with contextlib.suppress(OSError, RuntimeError):
+            writer.write(encode_packet(b"\x01", 0)[0])  # COM_QUIT
+        writer.close()
+
+
 class MySQLProxyServer:
     """Listens for MySQL/MariaDB clients and runs one session per connection."""
 
@@ -165,8 +234,12 @@ class MySQLProxyServer:
         redactor: LiteralRedactor | None = None,
         *,
         auth_needs_io: bool = False,
+        catalogs: CatalogLoader | None = None,
     ) -> None:
         self.config = config
+        # Each connection's classified catalog (shared with the PostgreSQL listener);
+        # masking applies when masking.enabled.
+        self.catalogs = catalogs
         self.authenticator = authenticator
         self.governor = governor
         self.audit_writer = audit_writer
@@ -391,6 +464,7 @@ class MySQLClient(asyncio.Protocol):
             grants=proxy.approvals,
             approvals=proxy.approvals is not None,
             rsa_key=proxy.rsa_key,
+            masking=proxy.catalogs.service if proxy.catalogs is not None and proxy.config.masking.enabled else None,
             server_version=proxy.server_version,
         )
         proxy.sessions[cid] = self
@@ -510,6 +584,9 @@ class MySQLClient(asyncio.Protocol):
                 s = self.session
                 if s.connection is not None and s.connection_name is not None and s.upstream_id is not None:
                     spawn(self.proxy.kill_upstream(s.connection, s.connection_name, s.upstream_id, True), name="mysql-cancel")
+            case c.SchemaChanged(connection=name):
+                if self.proxy.catalogs is not None:
+                    self.proxy.catalogs.refresh(name)
             case c.Log():
                 log.log(cmd.level, cmd.event, extra={"fields": {"session": self.session.session_id, **cmd.fields}})
                 if cmd.event == "session.refused" and str(cmd.fields.get("sqlstate", "")).startswith("28"):
@@ -588,6 +665,27 @@ class MySQLClient(asyncio.Protocol):
             )
             self.feed(UpstreamFailed(err.code, err.sqlstate, err.message))
             return
+        catalogs = self.proxy.catalogs
+        if catalogs is not None:
+            # Masking must know the schema before the first statement: fail closed
+            # otherwise (read on the first session, then every masking.refresh_seconds).
+            from dbsentry.server.catalogs import CatalogError
+
+            try:
+                await catalogs.ensure(cmd.connection)
+            except CatalogError as err:
+                if self.proxy.config.masking.enabled:
+                    writer.close()
+                    log.error("cannot read the catalog", extra={"fields": {"connection": cmd.connection, "error": str(err)}})
+                    self.feed(
+                        UpstreamFailed(
+                            2003,
+                            "08004",
+                            f'dbsentry: cannot read the schema of connection "{cmd.connection}" to classify sensitive data: {err}',
+                        )
+                    )
+                    return
+                log.warning("cannot read the catalog", extra={"fields": {"connection": cmd.connection, "error": str(err)}})
         if self.closed:
             writer.close()
             return
@@ -686,15 +784,25 @@ async def start_mysql_listener(
     approvals: Approvals | None,
     *,
     auth_needs_io: bool = False,
+    catalogs: CatalogLoader | None = None,
 ) -> MySQLProxyServer | None:
     """The MySQL listener when ``listen.mysql`` is set (None otherwise), started.
     ``policy``: the current policy (None: passthrough, nothing checked or audited)."""
     if config.listen.mysql is None:
         return None
     governor = MySQLGovernor(policy) if policy is not None else None
-    redactor = redactor_from_config(config.audit, config.state_dir, None, MYSQL_LITERALS) if governor is not None else None
+    # Constants compared with (or stored in) classified columns are redacted by the catalog.
+    views = catalogs.service.current if catalogs is not None else None
+    redactor = redactor_from_config(config.audit, config.state_dir, views, MYSQL_LITERALS) if governor is not None else None
     server = MySQLProxyServer(
-        config, authenticator, governor, writer if governor is not None else None, approvals, redactor, auth_needs_io=auth_needs_io
+        config,
+        authenticator,
+        governor,
+        writer if governor is not None else None,
+        approvals,
+        redactor,
+        auth_needs_io=auth_needs_io,
+        catalogs=catalogs,
     )
     await server.start()
     return server

@@ -178,7 +178,7 @@ async def run_server(
     await proxy.start()
     mysql = await start_mysql_listener(  # listen.mysql (docs/mysql.md); None when not set
         config, authenticator, (lambda: governor.policy) if governor is not None else None, writer, approvals,
-        auth_needs_io=authenticator.needs_io,
+        auth_needs_io=authenticator.needs_io, catalogs=catalogs,
     )
     stop = stop if stop is not None else asyncio.Event()
     health: UpstreamHealth | None = None

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from dbsentry.audit.config import AuditConfig
 from dbsentry.audit.records import CompletionRecord, SessionEvent, StatementRecord, session_record
 from dbsentry.audit.redaction import LiteralRedactor, current
+from dbsentry.engines.mysql.masking import MysqlMaskPlan
 from dbsentry.engines.mysql.session.literals import MYSQL_LITERALS
 from dbsentry.governance.facts import StatementFacts
 from dbsentry.identity.model import Identity
@@ -67,7 +68,10 @@ class MySQLAudit:
         params: tuple[str | None, ...] | None = None,
         command: str | None = None,
         approval_id: str | None = None,
+        masks: MysqlMaskPlan | None = None,
     ) -> StatementRecord:
+        """``masks``: the statement's mask plan (its masked columns and classes are
+        recorded; an allowed statement whose results are masked is recorded ``mask``)."""
         cfg = self.config
         extra: dict[str, object] = {}
         if facts is not None:
@@ -81,6 +85,14 @@ class MySQLAudit:
             }
         elif command is not None:
             extra = {"command": command}
+        action = "approved" if approval_id is not None else decision.action
+        if masks is not None:
+            classes = tuple(sorted(str(d.value) for d in masks.data_classes))
+            extra["masked_columns"] = tuple(sorted(str(s) for s in masks.masked_columns))
+            extra["masked_classes"] = classes
+            extra["data_classes"] = classes
+            if action == "allow" and masks.masked_columns:
+                action = "mask"  # allowed by policy, its results masked
         return StatementRecord.create(
             sql=sql,
             params=params,
@@ -92,7 +104,7 @@ class MySQLAudit:
             session_id=self.session_id,
             identity=self.identity.name,
             identity_kind=self.identity.kind,
-            decision="approved" if approval_id is not None else decision.action,
+            decision=action,
             rules=decision.rules,
             approval_id=approval_id,
             connection=self.connection,

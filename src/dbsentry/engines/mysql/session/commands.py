@@ -116,6 +116,14 @@ class CancelUpstream:
     side connection): its client left while it ran."""
 
 
+@dataclass(frozen=True, slots=True)
+class SchemaChanged:
+    """A statement that may change the schema (DDL) ran: read ``connection``'s catalog
+    again (masking; in the background, sessions keep the current one meanwhile)."""
+
+    connection: str
+
+
 @dataclass(slots=True)
 class Log:
     level: int
@@ -137,5 +145,6 @@ Command = (
     | AskApproval
     | Kill
     | CancelUpstream
+    | SchemaChanged
     | Log
 )

@@ -34,6 +34,7 @@ from dbsentry.audit.config import AuditConfig
 from dbsentry.audit.records import Record, StatementRecord
 from dbsentry.audit.redaction import LiteralRedactor
 from dbsentry.config import Config, ConnectionConfig
+from dbsentry.engines.mysql.masking import MysqlMaskPlan, Refusal, plan_for
 from dbsentry.engines.mysql.session import commands as c
 from dbsentry.engines.mysql.session.auditing import MySQLAudit
 from dbsentry.engines.mysql.session.events import (
@@ -52,6 +53,12 @@ from dbsentry.engines.mysql.session.events import (
     UpstreamReady,
 )
 from dbsentry.engines.mysql.session.governance import MySQLGovernor
+from dbsentry.engines.mysql.session.masking import (
+    DETECT_ALL,
+    MaskingSource,
+    ResultMasking,
+    settings_for,
+)
 from dbsentry.engines.mysql.sql.lexing import DEFAULT_MODE, SqlMode, lexer, tokens
 from dbsentry.engines.mysql.wire import auth
 from dbsentry.engines.mysql.wire import commands as w
@@ -115,6 +122,8 @@ ER_NO_SUCH_THREAD = 1094
 ER_KILL_DENIED = 1095
 ER_AUDIT = 3098  # "the table does not comply with the requirements by an external plugin"
 ER_UNKNOWN_STMT = 1243
+ER_TABLEACCESS_DENIED = 1142  # a masking refusal (docs/mysql.md "Masking")
+ALLOWED = Decision("allow", ())
 
 #: What the proxy's greeting offers. Not offered: compression (refused cleanly: a client
 #: asking for it gets no compression), LOCAL INFILE (the server could ask the client for
@@ -201,6 +210,7 @@ class _Prepared:
     names: tuple[str, ...] | None = None
     long_data: set[int] = field(default_factory=set)
     cursor: list[ColumnDefinition] | None = None  # columns of an open cursor
+    plan: MysqlMaskPlan | None = None  # its mask plan (None: planned for no masked identity)
 
 
 @dataclass(slots=True)
@@ -217,6 +227,10 @@ class _Exchange:
     # SQL-level prepared statements once this command is forwarded (None: unchanged)
     prepared_names: dict[str, str | None] | None = None
     internal_row: TextRow | None = None
+    mask: ResultMasking | None = None  # the identity's results are masked
+    # SQL-level prepared statements' plans once this command is forwarded (None: unchanged)
+    sql_plans: dict[str, MysqlMaskPlan] | None = None
+    ddl: bool = False  # the schema may change: the catalog is read again after the answer
 
 
 @dataclass(slots=True)
@@ -285,6 +299,7 @@ class Session:
     grants: GrantSource | None = None
     approvals: bool = False
     rsa_key: RSAPrivateKey | None = None
+    masking: MaskingSource | None = None  # None: masking is off (masking.enabled)
     server_version: str = "8.0.0-dbsentry"
     nonce: bytes = field(default_factory=auth.new_nonce)
     state: State = State.GREETED
@@ -317,7 +332,8 @@ class Session:
         # SQL-level PREPARE name FROM '...': name (lower case) -> the text it runs (None:
         # prepared from a variable, judged as dynamic SQL when it was prepared)
         self._sql_prepared: dict[str, str | None] = {}
-        self._pending_prepare: tuple[str, Verdict] | None = None
+        self._sql_plans: dict[str, MysqlMaskPlan] = {}  # their mask plans, by name
+        self._pending_prepare: tuple[str, Verdict, MysqlMaskPlan | None] | None = None
         self.audit: MySQLAudit | None = None
         self._closed_audited = False
         self._first: bytearray | None = bytearray()  # the client's first packet, until read
@@ -749,7 +765,13 @@ class Session:
                 if stmt is None or stmt.cursor is None:
                     return self._forward(payload, _Exchange("simple"))  # the server answers the error
                 reader = ResultReader(self._up_caps, cursor=True, columns=stmt.cursor, decode_rows=False)
-                return self._forward(payload, _Exchange("fetch", reader, statement=stmt))
+                fetch = _Exchange("fetch", reader, statement=stmt)
+                if self._masked():
+                    mask = self._result_masking((stmt.plan or DETECT_ALL,), ("SELECT",))
+                    if mask is None:
+                        return self._reply_error(ER_TABLEACCESS_DENIED, "42501", self._no_catalog_message())
+                    fetch.mask = mask
+                return self._forward(payload, fetch)
             case w.Ping() | w.SetOption():
                 return self._forward(payload, _Exchange("simple"))
             case w.Statistics():
@@ -759,6 +781,7 @@ class Session:
             case w.ResetConnection():
                 self._prepared.clear()
                 self._sql_prepared = {}
+                self._sql_plans = {}
                 return self._forward(payload, _Exchange("simple", refresh=True))
             case w.InitDB(schema=schema):
                 return self._init_db(schema)
@@ -844,12 +867,6 @@ class Session:
                         f"dbsentry: one connection per session: USE {target} is refused "
                         f"(connect with the connection's name as the database to use another)"
                     )
-        if verdict.decision.allowed and verdict.decision.action == "mask" and verdict.decision.masks:
-            return (
-                "dbsentry: this statement's results must be masked (rule: "
-                + ", ".join(verdict.decision.rules)
-                + "), and masking is not available for MySQL connections yet: it was not run"
-            )
         return None
 
     def _judge_executes(self, verdict: Verdict) -> tuple[Verdict, dict[str, str | None] | None] | str:
@@ -921,9 +938,16 @@ class Session:
         return out + self._reply_error(ER_SPECIFIC_ACCESS_DENIED, "42000", message)
 
     def _govern(
-        self, packet: bytes, sql: str, verdict: Verdict | None, exchange: _Exchange, params: tuple[str | None, ...] | None = None
+        self,
+        packet: bytes,
+        sql: str,
+        verdict: Verdict | None,
+        exchange: _Exchange,
+        params: tuple[str | None, ...] | None = None,
+        prepared: _Prepared | None = None,
     ) -> list[c.Command]:
-        """Audit and forward (or refuse, or ask for approval) one statement command."""
+        """Audit and forward (or refuse, or ask for approval) one statement command.
+        ``prepared``: the statement COM_STMT_EXECUTE runs (its PREPARE's mask plan)."""
         if verdict is not None:
             refusal = self._refusal(verdict, sql)
             if refusal is not None:
@@ -932,12 +956,175 @@ class Session:
             if isinstance(judged, str):
                 return self._refused(sql, judged, verdict)
             verdict, exchange.prepared_names = judged
-            if not verdict.decision.allowed:
-                if verdict.decision.action == "require_approval" and verdict.facts and self.approvals:
-                    return self._ask_approval(packet, sql, verdict, exchange, params)
+            approval = verdict.decision.action == "require_approval" and bool(verdict.facts) and self.approvals
+            if not verdict.decision.allowed and not approval:
                 return self._denied(verdict, sql, params)
+            masked = self._mask_exchange(sql, verdict, exchange, prepared)
+            if masked is not None:
+                return self._mask_refused(sql, masked, verdict, params)
             exchange.refresh = any(f.settings or f.command in ("SET", "CALL") for f in verdict.facts)
+            exchange.ddl = any("DDL" in f.classes for f in verdict.facts)  # also once approved
+            if not verdict.decision.allowed:
+                return self._ask_approval(packet, sql, verdict, exchange, params)
+        elif self._masked():
+            # no policy (passthrough): nothing judged, but masking still holds
+            mask = self._result_masking((DETECT_ALL,), ())
+            if mask is None:
+                return self._reply_error(ER_TABLEACCESS_DENIED, "42501", self._no_catalog_message())
+            exchange.mask = mask
         return self._audited_forward(packet, sql, verdict, exchange, params)
+
+    # ------------------------------------------------------------------ masking
+
+    def _masked(self) -> bool:
+        """Whether the identity's results are masked now (masking on, and none of its
+        groups, with live grants, in ``masking.exempt_groups``)."""
+        if self.masking is None or self.identity is None:
+            return False
+        identity = self.grants.effective_identity(self.identity) if self.grants is not None else self.identity
+        return not identity.groups & self.masking.exempt_groups
+
+    def _production(self) -> bool:
+        conn = self.connection
+        return conn is not None and self.governor is not None and conn.environment in self.governor.policy.production_environments
+
+    def _no_catalog_message(self) -> str:
+        return (
+            f"dbsentry: the schema of connection '{self.connection_name}' has not been read, so masking cannot be"
+            " guaranteed: the statement was not run"
+        )
+
+    def _plan_text(
+        self, sql: str, facts: Sequence[StatementFacts] | None, verdict: Verdict | None
+    ) -> tuple[MysqlMaskPlan, ...] | Refusal:
+        """The mask plan of each statement of ``sql`` for this (masked) identity, or why
+        it may not run."""
+        return _first_refusal(self._plans_or_refusals(sql, facts, verdict))
+
+    def _plans_or_refusals(
+        self, sql: str, facts: Sequence[StatementFacts] | None, verdict: Verdict | None
+    ) -> tuple[MysqlMaskPlan | Refusal, ...]:
+        """``plan_for`` with the session's catalog, database, ``sql_mode`` and the
+        identity's predicates mode and strategies."""
+        assert self.masking is not None and self.identity is not None and self.connection_name is not None
+        conn = self.connection
+        assert conn is not None
+        view = self.masking.current(self.connection_name)
+        if view is None:
+            return (Refusal("42501", self._no_catalog_message(), "masking.catalog"),)
+        identity = self.grants.effective_identity(self.identity) if self.grants is not None else self.identity
+        mode = self.masking.config.predicates.mode_for(identity.kind, identity.groups, conn.environment, self._production())
+        decision = verdict.decision if verdict is not None else _NO_VERDICT.decision
+        return plan_for(
+            sql,
+            view.catalog,
+            view.classmap,
+            settings=settings_for(self.masking.settings, decision),
+            predicates=mode,
+            database=conn.database,
+            mode=self._mode,
+            facts=facts,
+        )
+
+    def _result_masking(
+        self, plans: tuple[MysqlMaskPlan, ...], commands: tuple[str, ...], decision: Decision = ALLOWED
+    ) -> ResultMasking | None:
+        assert self.masking is not None and self.connection_name is not None
+        view = self.masking.current(self.connection_name)
+        if view is None:
+            return None
+        return ResultMasking(
+            plans,
+            commands,
+            view.classmap,
+            settings_for(self.masking.settings, decision),
+            self.masking.key,
+            self.masking.safety_net_for(self._production()),
+        )
+
+    def _mask_exchange(self, sql: str, verdict: Verdict, exchange: _Exchange, prepared: _Prepared | None) -> Refusal | None:
+        """Plan the masking of the command's results (a masked identity); a refusal when a
+        statement may not run for it."""
+        if not self._masked():
+            return None
+        if prepared is not None:
+            # COM_STMT_EXECUTE: its PREPARE's plan (made now if it was prepared while the
+            # identity was exempt)
+            plan = prepared.plan
+            if plan is None:
+                planned = self._plan_text(prepared.sql, verdict.facts, verdict)
+                if isinstance(planned, Refusal):
+                    return planned
+                plan = prepared.plan = planned[0] if len(planned) == 1 else DETECT_ALL
+            plans: tuple[MysqlMaskPlan, ...] = (plan,)
+        else:
+            raw = self._plans_or_refusals(sql, verdict.facts, verdict)
+            if len(raw) != len(verdict.facts):
+                refused = _first_refusal(raw)
+                if isinstance(refused, Refusal):
+                    return refused
+                raw = tuple(DETECT_ALL for _ in verdict.facts)
+            # EXECUTE s: the plan of PREPARE s (before its own fallback may refuse)
+            named = _first_refusal(self._sql_level_plans(raw, verdict, exchange))
+            if isinstance(named, Refusal):
+                return named
+            plans = named
+        commands = tuple(f.command for f in verdict.facts) if prepared is None else ("SELECT",)
+        mask = self._result_masking(plans, commands, verdict.decision)
+        if mask is None:
+            return Refusal("42501", self._no_catalog_message(), "masking.catalog")
+        exchange.mask = mask
+        return None
+
+    def _sql_level_plans(
+        self, plans: tuple[MysqlMaskPlan | Refusal, ...], verdict: Verdict, exchange: _Exchange
+    ) -> tuple[MysqlMaskPlan | Refusal, ...]:
+        """SQL ``PREPARE s FROM '...'`` plans the text it prepares (a refusal refuses the
+        whole string); ``EXECUTE s`` gets that plan."""
+        if not {f.command for f in verdict.facts} & {"PREPARE", "EXECUTE", "DEALLOCATE"}:
+            return plans
+        known = dict(self._sql_plans)
+        out = list(plans)
+        for i, facts in enumerate(verdict.facts):
+            name = (facts.prepared_name or "").lower()
+            if not name:
+                continue
+            if facts.command == "PREPARE":
+                known.pop(name, None)
+                text = facts.inner.text if facts.inner is not None else None
+                if text:
+                    inner = self._plan_text(text, None, verdict)
+                    if isinstance(inner, Refusal):
+                        return (inner,)
+                    known[name] = inner[0] if len(inner) == 1 else DETECT_ALL
+            elif facts.command == "DEALLOCATE":
+                known.pop(name, None)
+            elif facts.command == "EXECUTE":
+                found = known.get(name)
+                if found is not None:
+                    out[i] = found
+        exchange.sql_plans = known
+        return tuple(out)
+
+    def _mask_refused(
+        self, sql: str, refusal: Refusal, verdict: Verdict | None, params: tuple[str | None, ...] | None = None
+    ) -> list[c.Command]:
+        """A statement masking refuses: ERR 1142 with the refusal's SQLSTATE and words,
+        audited as denied by its rule."""
+        out: list[c.Command] = []
+        if self.audit is not None:
+            decision = Decision("deny", (refusal.rule,), refusal.message)
+            facts = verdict.facts[0] if verdict is not None and verdict.facts else None
+            out.append(c.Audit(self.audit.statement(sql, facts, decision, params)))
+        out.append(
+            c.Log(
+                logging.WARNING,
+                "statement.denied",
+                {"identity": self.identity.name if self.identity else None, "connection": self.connection_name, "engine": "mysql",
+                 "action": "deny", "rules": [refusal.rule], "statement": sql[:200]},
+            )
+        )
+        return out + self._reply_error(ER_TABLEACCESS_DENIED, refusal.sqlstate, refusal.message)
 
     def _audited_forward(
         self,
@@ -950,14 +1137,20 @@ class Session:
     ) -> list[c.Command]:
         if exchange.prepared_names is not None:
             self._sql_prepared = exchange.prepared_names  # what PREPARE/DEALLOCATE leave
+        if exchange.sql_plans is not None:
+            self._sql_plans = exchange.sql_plans
         audit = self.audit
         if audit is None or verdict is None:
             return self._forward(packet, exchange)
         records: list[Record] = []
         durable = False
-        for facts, decision in zip(verdict.facts, verdict.decisions, strict=True):
+        mask = exchange.mask
+        for i, (facts, decision) in enumerate(zip(verdict.facts, verdict.decisions, strict=True)):
             text = facts.text or sql
-            rec = audit.statement(text if len(verdict.facts) > 1 else sql, facts, decision, params, approval_id=approval_id)
+            masks = mask.plans[i] if mask is not None and i < len(mask.plans) else None
+            rec = audit.statement(
+                text if len(verdict.facts) > 1 else sql, facts, decision, params, approval_id=approval_id, masks=masks
+            )
             records.append(rec)
             durable = durable or changes_data(facts.command, facts.classes, facts.flags)
         expect: list[StatementRecord] = [r for r in records if isinstance(r, StatementRecord)]
@@ -997,9 +1190,15 @@ class Session:
                 return self._denied(verdict, sql)
             if len(verdict.facts) != 1:
                 return self._refused(sql, "dbsentry: a prepared statement holds exactly one statement")
+        plan: MysqlMaskPlan | None = None
+        if self._masked():
+            planned = self._plan_text(sql, verdict.facts if verdict is not None else None, verdict)
+            if isinstance(planned, Refusal):
+                return self._mask_refused(sql, planned, verdict)
+            plan = planned[0] if len(planned) == 1 else DETECT_ALL
         # Audited when it is executed, with its parameters (require_approval: then too).
         exchange = _Exchange("prepare", PrepareReader(self._up_caps), sql=sql)
-        self._pending_prepare = (sql, verdict if verdict is not None else _NO_VERDICT)
+        self._pending_prepare = (sql, verdict if verdict is not None else _NO_VERDICT, plan)
         return self._forward(packet, exchange)
 
     def _execute(self, packet: bytes, sid: int) -> list[c.Command]:
@@ -1021,7 +1220,7 @@ class Session:
         reader = ResultReader(self._up_caps, binary=True, decode_rows=False)
         exchange = _Exchange("result", reader, sql=stmt.sql, statement=stmt if cursor else None, statement_id=sid)
         stmt.cursor = None
-        return self._govern(packet, stmt.sql, verdict, exchange, params)
+        return self._govern(packet, stmt.sql, verdict, exchange, params, prepared=stmt)
 
     def _init_db(self, schema: str) -> list[c.Command]:
         conn = self.connection
@@ -1124,8 +1323,11 @@ class Session:
         """A result row on its way to the client, as the server sent it (text protocol, or
         binary with ``binary``), with its result's ``columns``. This is where a row
         rewriter plugs in (masking, ``engines/mysql/masking``): it returns the row to
-        send instead. Rows pass unchanged for now."""
-        return payload
+        send instead (masked when the identity's results are)."""
+        ex = self._exchange
+        if ex is None or ex.mask is None:
+            return payload
+        return ex.mask.row(payload, columns, binary)
 
     def _to_client(self, payload: bytes) -> c.Command:
         return c.SendClient(self._packet(payload))
@@ -1149,8 +1351,8 @@ class Session:
             event = reader.feed(payload)
             out = [self._to_client(payload)]
             if isinstance(event, StmtPrepareOK) and self._pending_prepare is not None:
-                sql, verdict = self._pending_prepare
-                self._prepared[event.statement_id] = _Prepared(sql, event.num_params, verdict)
+                sql, verdict, plan = self._pending_prepare
+                self._prepared[event.statement_id] = _Prepared(sql, event.num_params, verdict, plan=plan)
             if reader.done:
                 self._pending_prepare = None
                 out += self._done(ex)
@@ -1170,12 +1372,18 @@ class Session:
         out.append(self._to_client(payload))
         if isinstance(ev, ColumnCount):
             ex.rows = 0
+            if ex.mask is not None:
+                ex.mask.new_result()
         elif isinstance(ev, OK) and state == "start":
             self._status = ev.status
+            if ex.mask is not None:
+                ex.mask.statement_ended()
             out += self._complete(rows=ev.affected_rows)
         elif (state == "rows" or (state == "columns_eof" and reader.state != "rows")) and payload[:1] == b"\xfe":
             status = decode_ok(payload, self._up_caps).status if self._up_caps & k.CLIENT_DEPRECATE_EOF else decode_eof(payload, self._up_caps).status
             self._status = status
+            if ex.mask is not None and state == "rows":
+                ex.mask.result_ended()
             if kind == "fetch":
                 pass  # the rows of a cursor: its statement was completed when it opened
             elif status & k.SERVER_STATUS_CURSOR_EXISTS:
@@ -1209,6 +1417,8 @@ class Session:
         if self.audit is not None and ex.kind == "result":
             out += [c.Audit(r) for r in self.audit.rest("not executed: an earlier statement of the string failed")]
         self._exchange = None
+        if ex.ddl and self.connection_name is not None:
+            out.append(c.SchemaChanged(self.connection_name))
         if ex.refresh:
             return [*out, *self._read_settings()]
         self._enter(State.READY)
@@ -1288,5 +1498,15 @@ def _codecs() -> dict[str, str]:
 
 
 _CODECS = _codecs()
-_NO_VERDICT = Verdict((), (), Decision("allow", ()))
+
+
+def _first_refusal(plans: Sequence[MysqlMaskPlan | Refusal]) -> tuple[MysqlMaskPlan, ...] | Refusal:
+    """The first refusal among ``plans``, or the plans."""
+    out: list[MysqlMaskPlan] = []
+    for p in plans:
+        if isinstance(p, Refusal):
+            return p
+        out.append(p)
+    return tuple(out)
+_NO_VERDICT = Verdict((), (), ALLOWED)
 

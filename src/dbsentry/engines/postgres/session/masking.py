@@ -341,10 +341,13 @@ class MaskingService:
         mode = self.config.safety_net
         return mode == "always" or (mode == "production" and production)
 
-    def install(self, connection: str, catalog: Catalog, classmap: ClassMap) -> MaskingView:
+    def install(self, connection: str, catalog: Catalog, classmap: ClassMap, *, follow_renames: bool = True) -> MaskingView:
+        """Install a connection's catalog read.  ``follow_renames``: a column renamed (same
+        relation oid and attribute number) keeps its class; off where those numbers do not
+        name the same column across reads (MySQL)."""
         self._base[connection] = (catalog, classmap)
         old = self.views.get(connection)
-        if old is not None:
+        if old is not None and follow_renames:
             self._keep_lost_classes(connection, old, catalog, classmap)
         merged = with_derived(catalog, classmap, self.derived.get(connection, {}), self.config.overrides)
         # Versions are unique across connections: plans are cached by version and text.

@@ -1,0 +1,218 @@
+"""Zero-config masking for MySQL clients, through a running dbsentry to the real MariaDB:
+PyMySQL (text protocol) and mysql-connector-python with a prepared cursor (binary
+protocol). Columns classified by name, by comment and by sampled values, a view over
+them; an exempt identity (``pii-readers``) sees real values; the predicate oracle as
+PostgreSQL refuses it; ``SELECT ... INTO @v`` refused; a column added through the proxy
+masked after the catalog refresh; audit records with masked classes and redacted
+literals. One proxy for the module."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from support.mysql import DATABASE, HOST, PORT, MySQLProxy, run_mysql_proxy, server_reason
+from support.proxy import dbsentry_cli
+
+_REASON = server_reason()
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
+pymysql = pytest.importorskip("pymysql")
+
+PERSON = ("eve@example.com", ("eng",), False)
+AGENT = ("bot@example.com", ("eng",), True)
+READER = ("rita@example.com", ("eng", "pii-readers"), False)
+_NO_VERIFY = {"check_hostname": False, "verify_mode": ssl.CERT_NONE}
+
+ROWS = [
+    (i, f"user{i}.real@example.com", f"5{i:02d}-22-87{i:02d}", f"+1 415 555 {1000 + i}", "4539 1488 0343 6467",
+     f"Nick{i}", f"contact.{i}@corp.example.org", f"City{i}")
+    for i in range(1, 13)
+]
+SECRETS = {v for r in ROWS for v in (r[1], r[2], r[3], r[4], r[5], r[6])}
+
+
+@dataclass(frozen=True)
+class Env:
+    mp: MySQLProxy
+    t: str
+    v: str
+
+
+def _root() -> Any:
+    return pymysql.connect(host=HOST, port=PORT, user="root", password="", database=DATABASE, autocommit=True)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    s = uuid.uuid4().hex[:8]
+    t, v = f"mcust_{s}", f"mcust_v_{s}"
+    with _root() as conn, conn.cursor() as cur:
+        cur.execute(
+            f"CREATE TABLE {t} (id INT PRIMARY KEY, email VARCHAR(80), ssn VARCHAR(20), phone VARCHAR(30),"
+            " card_number VARCHAR(30), nickname VARCHAR(40) COMMENT 'pii:person_name', label VARCHAR(80), city VARCHAR(40))"
+        )
+        cur.executemany(f"INSERT INTO {t} VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", ROWS)
+        cur.execute(f"CREATE VIEW {v} AS SELECT id, email AS mail, label, city FROM {t}")
+    directory = tmp_path_factory.mktemp("mysql-masking")
+    try:
+        with run_mysql_proxy(directory, extra={"masking": {"sample_budget_seconds": 5}}) as mp:
+            yield Env(mp, t, v)
+    finally:
+        with _root() as conn, conn.cursor() as cur:
+            cur.execute(f"DROP VIEW IF EXISTS {v}")
+            cur.execute(f"DROP TABLE IF EXISTS {t}")
+
+
+def connect(mp: MySQLProxy, who: tuple[str, tuple[str, ...], bool], database: str = "dev") -> Any:
+    name, groups, agent = who
+    return pymysql.connect(
+        host="127.0.0.1", port=mp.port, user=name, password=mp.token(name, groups, agent), database=database,
+        ssl=_NO_VERIFY, connect_timeout=10, autocommit=True,
+    )
+
+
+def _no_secret(rows: Any) -> None:
+    text = repr(rows)
+    leaked = [s for s in SECRETS if s in text]
+    assert not leaked, (leaked, rows)
+
+
+@pytest.mark.parametrize("who", [PERSON, AGENT], ids=["person", "agent"])
+def test_text_protocol_masks_classified_columns(env: Env, who: Any) -> None:
+    with connect(env.mp, who) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT id, email, ssn, phone, card_number, nickname, label, city FROM {env.t} ORDER BY id")
+        rows = cur.fetchall()
+        assert len(rows) == len(ROWS)
+        _no_secret(rows)
+        assert [(r[0], r[7]) for r in rows] == [(r[0], r[7]) for r in ROWS]  # unclassified: unchanged
+        cur.execute(f"SELECT * FROM {env.t} ORDER BY id")
+        _no_secret(cur.fetchall())
+        cur.execute(f"SELECT mail, label, city FROM {env.v} ORDER BY id")
+        rows = cur.fetchall()
+        _no_secret(rows)
+        assert [r[2] for r in rows] == [r[7] for r in ROWS]
+
+
+@pytest.mark.parametrize("who", [PERSON, AGENT], ids=["person", "agent"])
+def test_binary_protocol_prepared_cursor_masks(env: Env, who: Any) -> None:
+    connector = pytest.importorskip("mysql.connector")
+    name, groups, agent = who
+    conn = connector.connect(
+        host="127.0.0.1", port=env.mp.port, user=name, password=env.mp.token(name, groups, agent), database="dev",
+        use_pure=True, ssl_verify_cert=False, connection_timeout=10,
+    )
+    try:
+        cur = conn.cursor(prepared=True)
+        cur.execute(f"SELECT id, email, ssn, phone, card_number, nickname, label, city FROM {env.t} WHERE id > ? ORDER BY id", (0,))
+        rows = cur.fetchall()
+        assert len(rows) == len(ROWS)
+        _no_secret(rows)
+        assert [(r[0], r[7]) for r in rows] == [(r[0], r[7]) for r in ROWS]
+        cur.execute(f"SELECT mail, city FROM {env.v} WHERE id = ?", (3,))
+        rows = cur.fetchall()
+        _no_secret(rows)
+        assert rows[0][1] == "City3"
+    finally:
+        conn.close()
+
+
+def test_exempt_identity_sees_real_values(env: Env) -> None:
+    with connect(env.mp, READER) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT id, email, ssn, nickname, label FROM {env.t} ORDER BY id")
+        assert cur.fetchall() == tuple((r[0], r[1], r[2], r[5], r[6]) for r in ROWS)
+
+
+def test_predicate_oracle_is_refused_in_production(env: Env) -> None:
+    with connect(env.mp, PERSON, "prod") as conn, conn.cursor() as cur:
+        with pytest.raises(pymysql.err.OperationalError) as err:
+            cur.execute(f"SELECT id FROM {env.t} WHERE ssn LIKE '501%'")
+        code, message = err.value.args
+        assert code == 1142 and message.startswith("dbsentry:"), message
+        assert "ssn" in message and "masking.predicates = equality" in message
+        cur.execute(f"SELECT id FROM {env.t} WHERE ssn = %s", ("123-45-6789",))  # a point lookup: allowed
+        assert cur.fetchall() == ()
+    with connect(env.mp, AGENT, "prod") as conn, conn.cursor() as cur:
+        with pytest.raises(pymysql.err.OperationalError) as err:
+            cur.execute(f"SELECT id FROM {env.t} WHERE ssn = '123-45-6789'")
+        assert err.value.args[0] == 1142 and "masking.predicates = deny" in err.value.args[1]
+    with connect(env.mp, READER, "prod") as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT id FROM {env.t} WHERE ssn LIKE '501%'")
+        assert cur.fetchall() == ((1,),)
+
+
+def test_select_into_variable_is_refused(env: Env) -> None:
+    with connect(env.mp, PERSON) as conn, conn.cursor() as cur:
+        with pytest.raises(pymysql.err.OperationalError) as err:
+            cur.execute(f"SELECT ssn INTO @v FROM {env.t} WHERE id = 1")
+        assert err.value.args[0] == 1142 and "masking.copy_out" in err.value.args[1]
+        cur.execute("SELECT 1")
+        assert cur.fetchall() == ((1,),)
+
+
+def test_sql_prepare_and_execute_keep_the_plan(env: Env) -> None:
+    with connect(env.mp, PERSON) as conn, conn.cursor() as cur:
+        cur.execute(f"PREPARE s1 FROM 'SELECT email, label, city FROM {env.t} WHERE id = ?'")
+        cur.execute("SET @i = 2")
+        cur.execute("EXECUTE s1 USING @i")
+        rows = cur.fetchall()
+        _no_secret(rows)
+        assert rows[0][2] == "City2"
+        with pytest.raises(pymysql.err.OperationalError) as err:
+            cur.execute(f"PREPARE s2 FROM 'SELECT ssn INTO @x FROM {env.t} WHERE id = 1'")
+        assert err.value.args[0] == 1142
+
+
+def test_column_added_through_the_proxy_is_masked_after_refresh(env: Env) -> None:
+    with connect(env.mp, READER) as conn, conn.cursor() as cur:
+        cur.execute(f"ALTER TABLE {env.t} ADD COLUMN email2 VARCHAR(80)")
+        cur.execute(f"UPDATE {env.t} SET email2 = 'second.real@example.com' WHERE id = 1")
+    deadline = time.monotonic() + 15
+    rows: Any = None
+    while time.monotonic() < deadline:
+        with connect(env.mp, PERSON) as conn, conn.cursor() as cur:
+            cur.execute(f"SELECT id, email2 FROM {env.t} WHERE id = 1")
+            rows = cur.fetchall()
+        if "second.real@example.com" not in repr(rows):
+            break
+        time.sleep(0.3)
+    assert rows is not None and "second.real@example.com" not in repr(rows), rows
+
+
+def _records(env: Env, marker: str, want: int) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        out = dbsentry_cli("audit", "search", "--json", config=env.mp.proxy.config_path)
+        rows = [json.loads(line) for line in out.stdout.splitlines() if marker in line]
+        if len(rows) >= want:
+            break
+        time.sleep(0.3)
+    return rows
+
+
+def test_audit_records_masked_classes_and_redact_literals(env: Env) -> None:
+    marker = f"m{uuid.uuid4().hex[:10]}"
+    with connect(env.mp, PERSON) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT email, ssn, city /* {marker} */ FROM {env.t} WHERE ssn = '123-45-6789'")
+        cur.fetchall()
+        # no value detection knows 'Nick7': the catalog (a column comment) says what it meets
+        cur.execute(f"SELECT id /* {marker}-2 */ FROM {env.t} WHERE nickname = 'Nick7' AND city = 'City7'")
+        assert cur.fetchall() == ((7,),)
+    rows = [r for r in _records(env, marker, 2) if r.get("statement")]
+    assert len(rows) >= 2, rows
+    rec = next(r for r in rows if f"{marker}-2" not in r["statement"])
+    by_comment = next(r for r in rows if f"{marker}-2" in r["statement"])
+    assert "Nick7" not in by_comment["statement"] and "<person_name:hmac:" in by_comment["statement"], by_comment
+    assert "'City7'" in by_comment["statement"]
+    assert rec["decision"] == "mask", rec
+    assert set(rec["masked_classes"]) == {"email", "national_id"}, rec
+    assert any(c.endswith(".ssn") for c in rec["masked_columns"]), rec
+    assert "123-45-6789" not in json.dumps(rows)
+    assert "<national_id:hmac:" in rec["statement"], rec["statement"]
