@@ -234,7 +234,7 @@ def test_demo_prints_connection_strings_serves_psql_and_stops_on_sigint(
             )  # fmt: skip
             assert done.returncode == 0, done.stderr
             count, account = done.stdout.split()
-            assert count == "20000" and account.startswith("dbsentry_shop@"), done.stdout
+            assert count == "20000" and account.startswith("dbsentry_demo_"), done.stdout
         elif not _mysql_reachable():
             assert mysql_lines == [] and "MySQL leg skipped" in banner, banner
 

@@ -5,9 +5,9 @@ It runs when a MySQL or MariaDB server is reachable: ``DBSENTRY_DEMO_MYSQL``
 or else ``root`` without a password on 127.0.0.1:3306, the way a fresh local MariaDB is set
 up.  Nothing reachable: the demo says so in one line and runs without it.
 
-The leg creates the database ``dbsentry_demo_shop`` and the account ``dbsentry_shop`` (a
-generated password, kept in the demo directory, privileges on that database only: the
-proxy never holds the administrator's credentials), loads a smaller copy of the shop
+The leg creates the database ``dbsentry_demo_shop`` and an account ``dbsentry_demo_<8 hex>``
+for the demo's directory (a generated password, kept in that directory, privileges on that
+database only: the proxy never holds the administrator's credentials), loads a smaller copy of the shop
 (the same generated customers as PostgreSQL's) and adds the connection ``prod_mysql``
 (production) served by ``listen.mysql``.
 """
@@ -15,6 +15,7 @@ proxy never holds the administrator's credentials), loads a smaller copy of the 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import secrets
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ __all__ = [
 ENV = "DBSENTRY_DEMO_MYSQL"
 DEFAULT_URL = "mysql://root@127.0.0.1:3306"
 DATABASE = "dbsentry_demo_shop"
-ACCOUNT = "dbsentry_shop"
+ACCOUNT_PREFIX = "dbsentry_demo_"
 MYSQL_CONNECTION = "prod_mysql"
 MYSQL_SHOP = Shop(customers=5_000, orders=20_000)
 _MARKER = f"dbsentry demo dataset v{DATASET_VERSION}: {MYSQL_SHOP.customers} customers, {MYSQL_SHOP.orders} orders"
@@ -160,28 +161,36 @@ def _loaded(cur: Any) -> bool:
 _HOSTS = ("%", "localhost")  # MariaDB matches 'localhost' before '%' for local clients
 
 
-def _grant(cur: Any) -> None:
+def account_for(directory: Path) -> str:
+    """The proxy's MySQL account for the demo in ``directory``: one per demo directory, so
+    that two demos on one server never reset each other's password."""
+    return ACCOUNT_PREFIX + hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:8]
+
+
+def _grant(cur: Any, account: str) -> None:
     for host in _HOSTS:
-        cur.execute(f"GRANT ALL PRIVILEGES ON `{DATABASE}`.* TO '{ACCOUNT}'@'{host}'")
+        cur.execute(f"GRANT ALL PRIVILEGES ON `{DATABASE}`.* TO '{account}'@'{host}'")
 
 
 def ensure_mysql_data(server: MySQLServer, password_path: Path, progress: Any = None) -> bool:
-    """The account and the loaded database; True when it was (re)loaded now."""
+    """The account of the demo whose password file is ``password_path`` and the loaded
+    database; True when it was (re)loaded now."""
     password = account_password(password_path)
+    user = account_for(password_path.parent)
     with server.connect() as conn, conn.cursor() as cur:
         # The proxy's own account: this database only, never the administrator's.
         for host in _HOSTS:
-            account = f"'{ACCOUNT}'@'{host.replace('%', '%%')}'"  # (% is PyMySQL's placeholder sign)
+            account = f"'{user}'@'{host.replace('%', '%%')}'"  # (% is PyMySQL's placeholder sign)
             cur.execute(f"CREATE USER IF NOT EXISTS {account} IDENTIFIED BY %s", (password,))
             cur.execute(f"ALTER USER {account} IDENTIFIED BY %s", (password,))
         if _loaded(cur):
-            _grant(cur)
+            _grant(cur, user)
             return False
         if progress is not None:
             progress(f"loading {DATABASE} on MySQL: {MYSQL_SHOP.customers:,} customers, {MYSQL_SHOP.orders:,} orders")
         cur.execute(f"DROP DATABASE IF EXISTS `{DATABASE}`")
         cur.execute(f"CREATE DATABASE `{DATABASE}` CHARACTER SET utf8mb4")
-        _grant(cur)
+        _grant(cur, user)
         cur.execute(f"USE `{DATABASE}`")
         conn.autocommit(False)  # one transaction for the rows: a commit per row is slow
         for statement in _SCHEMA:
@@ -217,15 +226,16 @@ def ensure_mysql_data(server: MySQLServer, password_path: Path, progress: Any = 
     return True
 
 
-def connection_config(server: MySQLServer, password_file: str) -> dict[str, Any]:
-    """The ``prod_mysql`` connection of the demo's configuration."""
+def connection_config(server: MySQLServer, password_file: Path) -> dict[str, Any]:
+    """The ``prod_mysql`` connection of the demo's configuration (``password_file`` is
+    next to it)."""
     return {
         "engine": "mysql",
         "host": server.host,
         "port": server.port,
         "database": DATABASE,
-        "user": ACCOUNT,
-        "password_file": password_file,
+        "user": account_for(password_file.parent),
+        "password_file": password_file.name,
         "environment": "production",
     }
 

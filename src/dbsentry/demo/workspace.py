@@ -273,7 +273,7 @@ class Workspace:
         if mysql is not None:
             server, mysql_port = mysql
             data["listen"]["mysql"] = f"127.0.0.1:{mysql_port}"
-            data["connections"][MYSQL_CONNECTION] = connection_config(server, self.mysql_password_path.name)
+            data["connections"][MYSQL_CONNECTION] = connection_config(server, self.mysql_password_path)
         if self.policy_path.exists():
             data["policy"] = self.policy_path.name
         header = (
