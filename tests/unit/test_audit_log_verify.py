@@ -174,6 +174,36 @@ def test_a_log_after_a_kill_continues_in_a_new_segment(tmp_path: Path, signer: S
     assert any("ends without a checkpoint" in n for n in result.nodes[0].info)
 
 
+def test_a_node_that_served_nothing_and_stopped_verifies_and_goes_on(tmp_path: Path, signer: Signer) -> None:
+    """A proxy started and stopped before its first record leaves a checkpoint at seq 0
+    (the chain's start); that is no problem, now or once records follow."""
+    d = tmp_path / "log"
+    empty = LogFile(d, NODE, signer=signer)
+    empty.open()
+    empty.close()
+    assert [f.meta["seq"] for f in frames(segs(d)[0]) if f.kind == KIND_CHECKPOINT] == [0]
+    result = check(d, signer)
+    assert result.ok, result.describe()
+    write_log(d, signer, n=5)
+    result = check(d, signer)
+    assert result.ok, result.describe()
+    assert result.nodes[0].chain.records == 5
+
+
+def test_a_checkpoint_at_seq_0_naming_another_start_is_named(tmp_path: Path, signer: Signer) -> None:
+    d = tmp_path / "log"
+    empty = LogFile(d, NODE, signer=signer)
+    empty.open()
+    empty.close()
+    path = segs(d)[0]
+    cp = next(f for f in frames(path) if f.kind == KIND_CHECKPOINT)
+    forged = signer.sign(0, "00" * 32, cp.meta["time"], f"{cp.meta['kind']}:{NODE}")
+    body = {**cp.meta, "hash": forged.hash, "signature": forged.signature}
+    splice(path, cp.offset, cp.end, json_frame(KIND_CHECKPOINT, body))
+    problem = first(check(d, signer))
+    assert (problem.kind, problem.seq) == ("checkpoint_mismatch", 0)
+
+
 def test_a_tools_log_verifies(tmp_path: Path, signer: Signer) -> None:
     """Records a command-line tool appended, a few at a time, to ``<node>-tools``."""
     from dbsentry.audit.logwriter import append_from_tool

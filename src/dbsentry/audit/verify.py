@@ -218,6 +218,14 @@ class _Walk:
                     anchor_signed = True
                     valid_seqs.append(cp.seq)
                 continue
+            if cp.seq == 0 == anchor.seq:
+                # A checkpoint before any record (a node that served nothing, then stopped):
+                # it must name the chain's start.
+                if cp.hash != anchor.hash:
+                    self.add("checkpoint_mismatch", 0, "a checkpoint before any record names another chain's start")
+                else:
+                    valid_seqs.append(0)
+                continue
             if cp.seq < anchor.seq:
                 continue  # covers archived records
             by_seq.setdefault(cp.seq, []).append(cp)
