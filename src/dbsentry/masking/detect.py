@@ -373,6 +373,11 @@ def _numeric_windows(text: str, start: int) -> list[Span]:
 def _candidate_spans(text: str) -> list[Span]:
     out: list[Span] = []
     for kind, pattern in _CANDIDATES:
+        # Patterns that need a character the text lacks find nothing: skip their scan (the
+        # e-mail pattern backtracks over every word character before each position when
+        # there is no "@": 67 us for a 120-character run of digits, 1 us with this test).
+        if (kind == "email" and "@" not in text) or (kind == "pem" and "-----BEGIN" not in text):
+            continue
         for m in pattern.finditer(text):
             start, end = m.span()
             if kind == "pem":
