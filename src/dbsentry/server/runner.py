@@ -205,7 +205,8 @@ async def run_server(
                 else None
             ),
             approvals=approvals,
-            live_sessions=lambda: list(proxy.sessions.values()),
+            # both listeners' sessions: the console shows MySQL ones as PostgreSQL ones
+            live_sessions=lambda: [*proxy.sessions.values(), *(mysql.sessions.values() if mysql is not None else ())],
             listener_up=proxy.listening,
             upstreams=health.snapshot if health is not None else None,
             classification=(

@@ -347,6 +347,29 @@ class Session:
         conn = self.config.connections.get(self.connection_name)
         return conn if conn is not None and conn.engine == "mysql" else None
 
+    # -- what the console's live sessions show (web/views.live_session_row) --
+
+    engine = "mysql"
+
+    @property
+    def environment(self) -> str | None:
+        conn = self.connection
+        return conn.environment if conn is not None else None
+
+    @property
+    def database(self) -> str | None:
+        conn = self.connection
+        return conn.database if conn is not None else None
+
+    @property
+    def tls(self) -> bool:
+        return self._tls
+
+    @property
+    def txn_status(self) -> str:
+        """PostgreSQL's letters, as the console reads them: I idle, T in a transaction."""
+        return "T" if self._status & k.SERVER_STATUS_IN_TRANS else "I"
+
     def _enter(self, state: State) -> None:
         if state not in TRANSITIONS[self.state]:
             raise SessionStateError(f"MySQL session: {self.state.value} -> {state.value} is not allowed")
