@@ -9,9 +9,11 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 
+from dbsentry import metrics
 from dbsentry.approvals import Approvals, ApprovalStoreError, Notifier, open_approval_store
 from dbsentry.audit import AuditStoreError, Signer, open_store, redaction
 from dbsentry.audit.appender import AuditLog
@@ -32,6 +34,7 @@ from dbsentry.server.catalogs import CatalogLoader
 from dbsentry.server.proxy import ProxyServer
 from dbsentry.server.roles import log_production_roles
 from dbsentry.server.upstream_health import UpstreamHealth
+from dbsentry.server.workerproto import WorkerInfo
 from dbsentry.tasks import spawn
 from dbsentry.web import WebContext, bind_http, create_app, serve_http
 
@@ -47,8 +50,9 @@ async def _watch_policy(governor: Governor, stop: asyncio.Event) -> None:
             governor.reload_if_changed()
 
 
-def open_audit(config: Config) -> AuditLog:
-    """This node's audit log, open, with its helper process (fsync and the search index)."""
+def open_audit(config: Config, worker: WorkerInfo | None = None) -> AuditLog:
+    """This node's audit log, open, with its helper process (fsync and the search index);
+    a worker's own (``<node>-w<k>``) when ``worker`` is given."""
     acfg = config.audit
     state = config.state_dir
     try:
@@ -59,6 +63,10 @@ def open_audit(config: Config) -> AuditLog:
     try:
         signer = Signer.from_path(acfg.signing_key_path(state))
         node = node_id(acfg.node, state)
+        if worker is not None:
+            from dbsentry.server.workers import worker_node
+
+            node = worker_node(node, worker.index)
         index = orjson.dumps({"audit": acfg.model_dump(mode="json"), "state_dir": str(state)}).decode()
         lazy = acfg.durability in ("write", "async")
         syncer = ProcessSyncer(
@@ -76,6 +84,7 @@ def open_audit(config: Config) -> AuditLog:
         )
         writer = AuditLog(file, acfg.durability, async_flush_ms=acfg.async_flush_ms, max_queue=acfg.max_queue)
         writer.start()
+        metrics.set_audit_healthy(True)  # with workers, /metrics shows the lowest of theirs
     except (OSError, ValueError) as err:
         log.error("cannot open the audit log; not starting", extra={"fields": {"reason": str(err)}})
         sys.exit(2)
@@ -111,6 +120,13 @@ def _mcp_endpoint(
     return build_http(config, authenticator, governor, lambda: approvals.store if approvals is not None else None, views, audit)
 
 
+def _every_worker_sessions(proxy: ProxyServer) -> Callable[[], list[dict[str, Any]]]:
+    """The console's live sessions with workers: this worker's and every other's."""
+    from dbsentry.server.workers import sessions_everywhere
+
+    return lambda: sessions_everywhere(proxy)
+
+
 def _unset(_: object) -> None:
     raise AssertionError("set by AuditLog")
 
@@ -120,10 +136,12 @@ async def run_server(
     *,
     stop: asyncio.Event | None = None,
     on_ready: Callable[[], None] | None = None,
+    worker: WorkerInfo | None = None,
 ) -> None:
     """Run until SIGINT/SIGTERM (or ``stop`` is set); ``on_ready`` is called once serving.
 
-    Signal handlers are installed only in the main thread.
+    Signal handlers are installed only in the main thread.  ``worker``: this process is one
+    of the node's workers (``server/workers.py``).
     """
     config = loaded.config
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -142,7 +160,7 @@ async def run_server(
         except ConfigError as err:
             log.error("invalid configuration; not starting", extra={"fields": {"reason": str(err)}})
             sys.exit(2)
-        writer = open_audit(config)
+        writer = open_audit(config, worker)
     catalogs: CatalogLoader | None = None
     if not config.passthrough:
         # The catalog serves masking and tells which functions may change data.
@@ -170,9 +188,14 @@ async def run_server(
             acfg = acfg.model_copy(update={"console_url": f"http://{config.listen.http}"})
         approvals = Approvals(acfg, store, notifier=Notifier(acfg), audit=writer.append_nowait)
         approvals.start()
-    authenticator = Authenticator(config)
+    if worker is not None:
+        from dbsentry.server.workers import shared_authenticator
+
+        authenticator = shared_authenticator(config)  # failed logins counted across the workers
+    else:
+        authenticator = Authenticator(config)
     proxy = ProxyServer(
-        config, authenticator, governor, writer, catalogs, approvals, auth_needs_io=authenticator.needs_io
+        config, authenticator, governor, writer, catalogs, approvals, auth_needs_io=authenticator.needs_io, worker=worker
     )
     await proxy.start()
     stop = stop if stop is not None else asyncio.Event()
@@ -181,7 +204,7 @@ async def run_server(
         health = UpstreamHealth(config.connections, config.limits.upstream_check_seconds)
         await health.check_all()  # so "ready" says whether the upstreams answer
     http_task = None
-    http_addr = config.listen.http_addr
+    http_addr = config.listen.http_addr if worker is None or worker.index == 0 else None  # one HTTP listener a node
     if http_addr is not None:
         try:
             sock = bind_http(*http_addr)
@@ -200,7 +223,9 @@ async def run_server(
                 else None
             ),
             approvals=approvals,
-            live_sessions=lambda: list(proxy.sessions.values()),
+            live_sessions=(
+                (lambda: list(proxy.sessions.values())) if worker is None else _every_worker_sessions(proxy)
+            ),
             listener_up=proxy.listening,
             upstreams=health.snapshot if health is not None else None,
             classification=(
@@ -263,7 +288,7 @@ async def run_server(
             health_task.cancel()
         if http_task is not None:
             await http_task
-        await proxy.close()
+        await proxy.close(config.limits.drain_seconds if worker is not None else 0.0)
         if approvals is not None:
             approvals.close()
         if writer is not None:
