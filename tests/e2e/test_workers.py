@@ -292,6 +292,10 @@ def test_audit_verify_covers_every_workers_chain(workers: tuple[RunningProxy, st
     # worker 1 was killed by the test before: its chain stays intact (the new one continues it)
     assert all(state == "INTACT" for _, state in nodes), done.stdout
     assert done.returncode == 0, done.stdout + done.stderr
+    # search reads every worker's records: the spread sessions were on both
+    found = dbsentry_cli("audit", "search", "--json", "--limit", "0", "--identity", "alice@example.com", config=proxy.config_path)
+    apps = {json.loads(line)["application_name"] for line in found.stdout.splitlines()}
+    assert {f"spread-{i}" for i in range(12)} <= apps, sorted(a for a in apps if a)
 
 
 def test_sigterm_drains_the_sessions_then_stops(workers: tuple[RunningProxy, str]) -> None:

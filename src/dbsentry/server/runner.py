@@ -259,7 +259,7 @@ async def run_server(
                 "policy": governor.version if governor else "passthrough",
                 "audit": f"{config.audit.store}/{config.audit.durability}" if writer else "off",
                 "masking": "on" if catalogs else "off",
-                "http": config.listen.http or "off",
+                "http": config.listen.http if http_addr is not None else "off",
             }
         },
     )

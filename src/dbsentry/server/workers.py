@@ -146,8 +146,9 @@ def _worker_main(loaded: LoadedConfig, info: WorkerInfo) -> int:
     from dbsentry.server.proxy import install_uvloop
     from dbsentry.server.runner import run_server
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_DFL)  # run_server installs its own
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)  # run_server installs its own once it serves
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload asked for while starting: nothing to do
     # This worker's metrics go to the files (prometheus_client chose that at import); the
     # processes it starts itself (the audit helper) keep theirs out of the sums (metrics.py).
     os.environ["DBSENTRY_METRICS_PID"] = str(os.getpid())
