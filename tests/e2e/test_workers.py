@@ -298,6 +298,26 @@ def test_audit_verify_covers_every_workers_chain(workers: tuple[RunningProxy, st
     assert {f"spread-{i}" for i in range(12)} <= apps, sorted(a for a in apps if a)
 
 
+def test_a_node_whose_worker_cannot_start_does_not_start(pg_server: PgServer, tmp_path: Path) -> None:
+    taken = socket.create_server(("127.0.0.1", 0))  # the HTTP port, taken: worker 0 cannot serve
+    path = write_config(tmp_path, pg_server)
+    data = yaml.safe_load(path.read_text())
+    data["listen"]["http"] = f"127.0.0.1:{taken.getsockname()[1]}"
+    data["workers"] = 2
+    path.write_text(yaml.safe_dump(data))
+    with taken:
+        done = dbsentry_cli("serve", config=path, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "a worker cannot start; stopping" in done.stderr
+    assert "worker died; starting it again" not in done.stderr
+    (tmp_path / "policy.yaml").write_text("version: 1\nrules: [\n")  # and a broken policy: no worker at all
+    data["policy"] = str(tmp_path / "policy.yaml")
+    path.write_text(yaml.safe_dump(data))
+    done = dbsentry_cli("serve", config=path, check=False)
+    assert done.returncode == 2 and "cannot start the workers" in done.stderr, done.stderr
+    assert "worker started" not in done.stderr
+
+
 def test_sigterm_drains_the_sessions_then_stops(workers: tuple[RunningProxy, str]) -> None:
     """Last: it stops the module's proxy."""
     proxy, _ = workers

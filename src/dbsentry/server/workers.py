@@ -139,8 +139,9 @@ class _WorkerTag(logging.Filter):
         return True
 
 
-def _worker_main(loaded: LoadedConfig, info: WorkerInfo) -> int:
-    """A forked worker: the proxy, until it is told to stop."""
+def _worker_main(loaded: LoadedConfig, info: WorkerInfo, ready_fd: int) -> int:
+    """A forked worker: the proxy, until it is told to stop; a byte on ``ready_fd`` tells
+    the supervisor it serves."""
     import asyncio
 
     from dbsentry.server.proxy import install_uvloop
@@ -156,13 +157,19 @@ def _worker_main(loaded: LoadedConfig, info: WorkerInfo) -> int:
         handler.addFilter(_WorkerTag(info.index))
     install_uvloop()
     try:
-        asyncio.run(run_server(loaded, worker=info))
+        asyncio.run(run_server(loaded, worker=info, on_ready=lambda: _tell_ready(ready_fd)))
     except SystemExit as done:
         return done.code if isinstance(done.code, int) else 1
     except BaseException:
         log.exception("worker failed")
         return 1
     return 0
+
+
+def _tell_ready(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.write(fd, b"r")
+        os.close(fd)
 
 
 class Supervisor:
@@ -174,6 +181,8 @@ class Supervisor:
         self.children: dict[int, int] = {}  # pid -> worker index
         self.started: dict[int, float] = {}  # worker index -> when it was last started
         self.backoff: dict[int, float] = {}  # worker index -> wait before its next start
+        self.ready_fds: dict[int, int] = {}  # worker index -> the pipe its readiness comes on
+        self.served: set[int] = set()  # workers that have served at least once
         self.stopping = False
         self.exit_code = 0
         self._hup = False
@@ -182,17 +191,42 @@ class Supervisor:
         info = WorkerInfo(index, self.count, self.key, run_dir(self.config))
         sys.stdout.flush()
         sys.stderr.flush()
+        read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
             try:
-                code = _worker_main(self.loaded, info)
+                os.close(read_fd)
+                for fd in self.ready_fds.values():
+                    os.close(fd)
+                code = _worker_main(self.loaded, info, write_fd)
             finally:
                 logging.shutdown()
                 os._exit(code)
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        self._forget_ready_fd(index)
+        self.ready_fds[index] = read_fd
         self.children[pid] = index
         self.started[index] = time.monotonic()
         log.info("worker started", extra={"fields": {"worker": index, "pid": pid}})
+
+    def _forget_ready_fd(self, index: int) -> None:
+        fd = self.ready_fds.pop(index, None)
+        if fd is not None:
+            os.close(fd)
+
+    def _check_ready(self) -> None:
+        for index, fd in list(self.ready_fds.items()):
+            try:
+                got = os.read(fd, 1)
+            except BlockingIOError:
+                continue
+            self._forget_ready_fd(index)
+            if got:
+                if not self.served:
+                    log.info("first worker ready")
+                self.served.add(index)
 
     def _on_stop(self, signum: int, _frame: Any) -> None:
         self.stopping = True
@@ -206,9 +240,9 @@ class Supervisor:
                 os.kill(pid, sig)
 
     def _reap(self) -> list[int]:
-        """The workers that exited since the last call (their indexes).  One that exits with
-        status 2 (cannot start: configuration, policy, stores) right after its start stops
-        them all: starting it again would not help."""
+        """The workers that exited since the last call (their indexes).  A worker that dies
+        before it ever served (configuration, policy, stores, a port taken) stops the node,
+        as one process would not start; one that served before is started again."""
         gone = []
         while self.children:
             try:
@@ -221,16 +255,15 @@ class Supervisor:
             if index is None:
                 continue  # not a worker (an audit helper is its worker's child, not ours)
             _process_dead(pid)
-            lived = time.monotonic() - self.started.get(index, 0.0)
-            if not self.stopping and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 2 and lived < _STABLE_SECONDS:
-                log.error("a worker cannot start; stopping", extra={"fields": {"worker": index, "pid": pid}})
+            self._check_ready()
+            how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit status {os.waitstatus_to_exitcode(status)}"
+            fields = {"worker": index, "pid": pid, "how": how}
+            if not self.stopping and index not in self.served:
+                log.error("a worker cannot start; stopping", extra={"fields": fields})
                 self.stopping = True
                 self.exit_code = 2
-            if not self.stopping:
-                how = (
-                    f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit status {os.waitstatus_to_exitcode(status)}"
-                )
-                log.error("worker died; starting it again", extra={"fields": {"worker": index, "pid": pid, "how": how}})
+            elif not self.stopping:
+                log.error("worker died; starting it again", extra={"fields": fields})
             gone.append(index)
         return gone
 
@@ -248,6 +281,7 @@ class Supervisor:
         pending: dict[int, float] = {}  # worker index -> when to start it again
         while not self.stopping:
             time.sleep(_POLL_SECONDS)
+            self._check_ready()
             if self._hup:
                 self._hup = False
                 log.info("SIGHUP: every worker reloads its policy")
