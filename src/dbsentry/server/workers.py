@@ -96,10 +96,15 @@ def prepare_run_dir(config: Config) -> None:
 
 
 def prepare(config: Config) -> None:
-    """Make once, before any worker starts, what they would otherwise race to create."""
+    """Make once, before any worker starts, what they would otherwise race to create (two
+    workers generating the TLS pair at once would each keep the other's certificate)."""
     from dbsentry.identity import TokenStore
+    from dbsentry.identity.shared_limit import SharedLoginLimiter
+    from dbsentry.server.tls import ensure_certificate
 
+    ensure_certificate(config)
     TokenStore(config.state_dir).close()
+    SharedLoginLimiter(config.state_dir / "logins.db").close()
     if config.passthrough:
         return
     from dbsentry.audit import Signer, open_store
@@ -114,6 +119,9 @@ def prepare(config: Config) -> None:
     check_environments(config, declared_environments(governor.policy))
     acfg = config.audit
     open_store(acfg, config.state_dir).close()
+    from dbsentry.approvals import open_approval_store
+
+    open_approval_store(acfg, config.state_dir).close()
     Signer.from_path(acfg.signing_key_path(config.state_dir))
     load_or_create_redaction_key(acfg.redaction_key_path(config.state_dir))
     load_or_create_key(config.masking.hash_key_file or config.state_dir / "masking.key")
