@@ -232,6 +232,35 @@ def test_ddl_seen_by_one_worker_refreshes_the_catalog_of_both(workers: tuple[Run
             c.close()
 
 
+def test_a_class_inherited_through_one_worker_is_known_to_both(workers: tuple[RunningProxy, str], pg_server: PgServer) -> None:
+    proxy, base = workers
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as direct:
+        direct.execute("drop table if exists public.workers_people, public.workers_labels")
+    reader = proxy.token("rita@example.com", ("eng", "pii-readers"))
+    masked = proxy.token("eve@example.com", ("eng",))
+    conns = {f"inherit-{i}": psycopg.connect(proxy.dsn("eve@example.com", token=masked, dbname="staging", application_name=f"inherit-{i}"), autocommit=True) for i in range(8)}
+    copier = psycopg.connect(proxy.dsn("rita@example.com", token=reader, dbname="staging", application_name="inherit-copier"), autocommit=True)
+    try:
+        for c in [*conns.values(), copier]:
+            c.execute("select 1")
+        where = _live_by_app(base, proxy)
+        others = [app for app in conns if where[app] != where["inherit-copier"]]
+        assert others, where
+        copier.execute("create table public.workers_people (id int, full_name text)")  # DDL: both read it
+        copier.execute("insert into public.workers_people values (1, 'Ada Lovelace')")
+        time.sleep(1.0)
+        # someone who may see names copies them under another column name
+        copier.execute("create table public.workers_labels as select id, full_name as label from public.workers_people")
+        time.sleep(1.0)
+        for app in others:  # sessions of the other worker see the copy masked
+            (label,) = conns[app].execute("select label from public.workers_labels").fetchone()  # type: ignore[misc]
+            assert label != "Ada Lovelace", app
+    finally:
+        copier.close()
+        for c in conns.values():
+            c.close()
+
+
 def _catalog_loads(proxy: RunningProxy, worker: int) -> int:
     return len(re.findall(rf"catalog loaded connection=staging .*worker={worker}\b", proxy.log_text()))
 

@@ -108,7 +108,12 @@ class ProxyServer:
         self.channel: WorkerChannel | None = (
             WorkerChannel(
                 worker,
-                {"cancel": self._cancel_message, "catalog": self._catalog_message, "sessions": self._sessions_message},
+                {
+                    "cancel": self._cancel_message,
+                    "catalog": self._catalog_message,
+                    "derived": self._derived_message,
+                    "sessions": self._sessions_message,
+                },
             )
             if worker is not None
             else None
@@ -185,6 +190,22 @@ class ProxyServer:
         name = body.get("connection")
         if self.catalogs is not None and isinstance(name, str) and name in self.config.connections:
             self.catalogs.refresh(name)
+
+    def derived_changed(self) -> None:
+        """Copies made through this worker made columns inherit classes (saved in the state
+        directory): the other workers take them up too."""
+        if self.channel is not None:
+            spawn(self.channel.broadcast("derived"), name="derived-broadcast")
+
+    async def _derived_message(self, body: dict[str, Any]) -> None:
+        if self.catalogs is None:
+            return
+        from dbsentry.masking.derived import DerivedClassFile
+
+        service = self.catalogs.service
+        for connection, copies in DerivedClassFile(self.config.state_dir / "masking-derived-classes.json").load().items():
+            if connection in self.config.connections:
+                service.inherit(connection, copies)  # saves (the union) only when it learnt something
 
     async def _sessions_message(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         return self.session_rows()

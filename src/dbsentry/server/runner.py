@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -27,6 +27,8 @@ from dbsentry.engines.postgres.masking.literals import POSTGRES_LITERALS
 from dbsentry.engines.postgres.session.governance import Governor
 from dbsentry.engines.postgres.session.masking import MaskingService, load_or_create_key
 from dbsentry.identity import Authenticator
+from dbsentry.masking.catalog import SourceColumn
+from dbsentry.masking.classes import Classification
 from dbsentry.masking.derived import DerivedClassFile
 from dbsentry.policy import PolicyError
 from dbsentry.policy.loader import declared_environments
@@ -127,6 +129,18 @@ def _every_worker_sessions(proxy: ProxyServer) -> Callable[[], list[dict[str, An
     return lambda: sessions_everywhere(proxy)
 
 
+DerivedSet = Mapping[str, Mapping[SourceColumn, Classification]]
+
+
+def _tell_workers(save: Callable[[DerivedSet], None], proxies: list[ProxyServer]) -> Callable[[DerivedSet], None]:
+    def saved(derived: DerivedSet) -> None:
+        save(derived)
+        for proxy in proxies:
+            proxy.derived_changed()
+
+    return saved
+
+
 def _unset(_: object) -> None:
     raise AssertionError("set by AuditLog")
 
@@ -162,11 +176,14 @@ async def run_server(
             sys.exit(2)
         writer = open_audit(config, worker)
     catalogs: CatalogLoader | None = None
+    proxies: list[ProxyServer] = []  # the proxy, once made (for _tell_workers)
     if not config.passthrough:
         # The catalog serves masking and tells which functions may change data.
         key_path = config.masking.hash_key_file or config.state_dir / "masking.key"
         derived = DerivedClassFile(config.state_dir / "masking-derived-classes.json")
-        service = MaskingService(config.masking, load_or_create_key(key_path), derived.load(), derived.save)
+        # With workers, a class one worker's sessions made a copy inherit reaches the others.
+        save = derived.save if worker is None else _tell_workers(derived.save, proxies)
+        service = MaskingService(config.masking, load_or_create_key(key_path), derived.load(), save)
         catalogs = CatalogLoader(config, service)
         try:  # sensitive values in audit records and approval requests become keyed tokens
             redaction.install(
@@ -197,6 +214,7 @@ async def run_server(
     proxy = ProxyServer(
         config, authenticator, governor, writer, catalogs, approvals, auth_needs_io=authenticator.needs_io, worker=worker
     )
+    proxies.append(proxy)
     await proxy.start()
     stop = stop if stop is not None else asyncio.Event()
     health: UpstreamHealth | None = None
