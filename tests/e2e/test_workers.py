@@ -347,6 +347,27 @@ def test_a_node_whose_worker_cannot_start_does_not_start(pg_server: PgServer, tm
     assert "worker started" not in done.stderr
 
 
+def test_workers_do_not_outlive_a_killed_supervisor(pg_server: PgServer, tmp_path: Path) -> None:
+    path = write_config(tmp_path, pg_server)
+    data = yaml.safe_load(path.read_text())
+    data["workers"] = 2
+    path.write_text(yaml.safe_dump(data))
+    with run_proxy(path) as proxy:
+        _wait_for(lambda: _log_count(proxy, "dbsentry ready") >= 2, "both workers ready")
+        pids = _worker_pids(proxy)
+        proxy.process.kill()
+        proxy.process.wait(5)
+
+        def gone(pid: int) -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+
+        _wait_for(lambda: all(gone(p) for p in pids.values()), "the workers gone", timeout=10)
+
+
 def test_sigterm_drains_the_sessions_then_stops(workers: tuple[RunningProxy, str]) -> None:
     """Last: it stops the module's proxy."""
     proxy, _ = workers

@@ -174,6 +174,23 @@ def _worker_main(loaded: LoadedConfig, info: WorkerInfo, ready_fd: int) -> int:
     return 0
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> None:
+    """SIGTERM this worker when the supervisor dies (``kill -9`` of the supervisor must not
+    leave workers serving unsupervised); Linux's prctl, nothing elsewhere."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the prctl
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _tell_ready(fd: int) -> None:
     with contextlib.suppress(OSError):
         os.write(fd, b"r")
@@ -200,10 +217,12 @@ class Supervisor:
         sys.stdout.flush()
         sys.stderr.flush()
         read_fd, write_fd = os.pipe()
+        supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
             try:
+                _die_with(supervisor)
                 os.close(read_fd)
                 for fd in self.ready_fds.values():
                     os.close(fd)
