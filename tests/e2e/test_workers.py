@@ -345,6 +345,17 @@ def test_a_node_whose_worker_cannot_start_does_not_start(pg_server: PgServer, tm
     done = dbsentry_cli("serve", config=path, check=False)
     assert done.returncode == 2 and "cannot start the workers" in done.stderr, done.stderr
     assert "worker started" not in done.stderr
+    # a proxy (or anything) already listening on the port: not shared through SO_REUSEPORT
+    (tmp_path / "policy.yaml").write_text("version: 1\nrules: []\n")
+    host, _, port = data["listen"]["postgres"].rpartition(":")
+    other = socket.socket()
+    other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    other.bind((host, int(port)))
+    other.listen()
+    with other:
+        done = dbsentry_cli("serve", config=path, check=False)
+    assert done.returncode == 2 and f"cannot listen on {host}:{port}" in done.stderr, done.stderr
 
 
 def test_workers_do_not_outlive_a_killed_supervisor(pg_server: PgServer, tmp_path: Path) -> None:

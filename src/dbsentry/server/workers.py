@@ -95,6 +95,25 @@ def prepare_run_dir(config: Config) -> None:
     metrics_dir(config).mkdir(mode=0o700)
 
 
+def check_listen_free(config: Config) -> None:
+    """Raise ValueError when ``listen.postgres`` is taken.  The workers bind it with
+    SO_REUSEPORT, which another process of the same user (say, a dbsentry not yet stopped)
+    could share without an error, splitting the clients between two proxies; a plain bind
+    fails on any listener there."""
+    host, port = config.listen.postgres_addr
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as err:
+        raise ValueError(f"listen.postgres {host}:{port}: {err}") from None
+    for family, kind, proto, _, addr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(addr)
+            except OSError as err:
+                raise ValueError(f"cannot listen on {host}:{port}: {err.strerror}") from None
+
+
 def prepare(config: Config) -> None:
     """Make once, before any worker starts, what they would otherwise race to create (two
     workers generating the TLS pair at once would each keep the other's certificate)."""
@@ -102,6 +121,7 @@ def prepare(config: Config) -> None:
     from dbsentry.identity.shared_limit import SharedLoginLimiter
     from dbsentry.server.tls import ensure_certificate
 
+    check_listen_free(config)
     ensure_certificate(config)
     TokenStore(config.state_dir).close()
     SharedLoginLimiter(config.state_dir / "logins.db").close()
