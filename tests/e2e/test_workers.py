@@ -246,15 +246,20 @@ def test_a_class_inherited_through_one_worker_is_known_to_both(workers: tuple[Ru
         where = _live_by_app(base, proxy)
         others = [app for app in conns if where[app] != where["inherit-copier"]]
         assert others, where
+        assert {where[app] for app in conns} == {0, 1}, where
         copier.execute("create table public.workers_people (id int, full_name text)")  # DDL: both read it
         copier.execute("insert into public.workers_people values (1, 'Ada Lovelace')")
-        time.sleep(1.0)
+
+        def masked(sql: str, apps: list[str]) -> bool:
+            return all(conns[app].execute(sql).fetchone() != ("Ada Lovelace",) for app in apps)
+
+        # both workers' catalogs know the names (a catalog read samples every table: seconds)
+        _wait_for(lambda: masked("select full_name from public.workers_people", list(conns)), "both catalogs", timeout=20)
         # someone who may see names copies them under another column name
         copier.execute("create table public.workers_labels as select id, full_name as label from public.workers_people")
-        time.sleep(1.0)
-        for app in others:  # sessions of the other worker see the copy masked
-            (label,) = conns[app].execute("select label from public.workers_labels").fetchone()  # type: ignore[misc]
-            assert label != "Ada Lovelace", app
+        start = time.monotonic()
+        _wait_for(lambda: masked("select label from public.workers_labels", others), "the other worker", timeout=10)
+        assert time.monotonic() - start < 2.0  # the message, not a catalog read's value sample
     finally:
         copier.close()
         for c in conns.values():
