@@ -367,12 +367,28 @@ def test_workers_do_not_outlive_a_killed_supervisor(pg_server: PgServer, tmp_pat
     path = write_config(tmp_path, pg_server)
     data = yaml.safe_load(path.read_text())
     data["workers"] = 2
+    data["limits"] = {"drain_seconds": 6}
     path.write_text(yaml.safe_dump(data))
     with run_proxy(path) as proxy:
         _wait_for(lambda: _log_count(proxy, "dbsentry ready") >= 2, "both workers ready")
         pids = _worker_pids(proxy)
+        held = [_connect(proxy, f"held-{i}") for i in range(6)]  # the workers drain them
+        for c in held:
+            c.execute("select 1")
         proxy.process.kill()
         proxy.process.wait(5)
+        # started again at once (as systemd would): its workers wait for the old ones'
+        # audit chains instead of writing them at the same time
+        path.with_suffix(".log").rename(tmp_path / "first.log")
+        with run_proxy(path) as again:
+            _wait_for(lambda: _log_count(again, "dbsentry ready") >= 2, "the new workers ready", timeout=20)
+            assert "another process still writes this audit chain" in again.log_text()
+            with _connect(again, "after") as c:
+                c.execute("select 1")
+        for c in held:
+            c.close()
+        verify = dbsentry_cli("audit", "verify", config=path, check=False)
+        assert verify.returncode == 0, verify.stdout
 
         def gone(pid: int) -> bool:
             try:

@@ -66,9 +66,10 @@ def open_audit(config: Config, worker: WorkerInfo | None = None) -> AuditLog:
         signer = Signer.from_path(acfg.signing_key_path(state))
         node = node_id(acfg.node, state)
         if worker is not None:
-            from dbsentry.server.workers import worker_node
+            from dbsentry.server.workers import lock_node_dir, worker_node
 
             node = worker_node(node, worker.index)
+            lock_node_dir(acfg.log_path(state) / node)
         index = orjson.dumps({"audit": acfg.model_dump(mode="json"), "state_dir": str(state)}).decode()
         lazy = acfg.durability in ("write", "async")
         syncer = ProcessSyncer(

@@ -149,6 +149,26 @@ def prepare(config: Config) -> None:
     check_node_id(worker_node(base, MAX_WORKERS - 1))
 
 
+_node_locks: list[int] = []  # held for the life of the worker
+
+
+def lock_node_dir(node_dir: Path) -> None:
+    """Hold ``node_dir/.writer.lock`` (flock) while this worker lives: a worker of a
+    supervisor started again while the previous one's workers are still draining (the
+    supervisor was killed) waits here until the previous writer of the chain has exited,
+    instead of appending to it at the same time."""
+    import fcntl
+
+    node_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(node_dir / ".writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.warning("another process still writes this audit chain; waiting for it to exit", extra={"fields": {"node_dir": str(node_dir)}})
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    _node_locks.append(fd)
+
+
 def worker_node(base: str, index: int) -> str:
     """The audit node id of worker ``index``: each worker has its own chain and directory."""
     return f"{base}-w{index}"
