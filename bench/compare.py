@@ -31,6 +31,7 @@ Usage::
     python bench/compare.py --workloads select --modes prepared --clients 8 --tls
     python bench/compare.py --targets pgbouncer,governed --json out.json
     python bench/compare.py --profile                     # also py-spy the dbsentry processes
+    python bench/compare.py --workers 2 --targets passthrough,governed   # two worker processes each
 
 PostgreSQL: ``$BENCH_PG_DSN`` (a libpq connection string), else 127.0.0.1:5432 as user
 ``postgres``, database ``test`` when that answers, else an embedded server started by
@@ -207,6 +208,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         'e.g. \'{"audit": {"durability": "async"}}\'',
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes of each dbsentry target (workers: N, docs/deployment.md; default 1)",
+    )
+    p.add_argument(
         "--json",
         type=Path,
         help="where to write the JSON results (default bench/results/<timestamp>.json)",
@@ -234,6 +241,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error(f"--dbsentry-config is not JSON: {exc}")
     if not isinstance(args.dbsentry_extra, dict):
         p.error("--dbsentry-config must be a JSON object")
+    if args.workers < 1:
+        p.error("--workers must be at least 1")
+    args.dbsentry_extra.setdefault("workers", args.workers)
 
     def choose(option: str, given: str, allowed: Sequence[str]) -> list[str]:
         chosen = csv(given)

@@ -324,6 +324,7 @@ def run_dbsentry(args: argparse.Namespace, up: dict[str, Any], results: Path) ->
         data: dict[str, Any] = {
             "state_dir": str(Path(tmp) / "state"),
             "listen": {"postgres": f"127.0.0.1:{port}", "http": None},
+            "workers": 1,  # one process, as the suite's recorded results were made with
             "tls": {"require_client_tls": args.require_client_tls},
             # psycopg's suite logs in with wrong credentials on purpose: no lockout.
             "identity": {"max_failures": 1_000_000},

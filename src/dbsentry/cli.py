@@ -34,10 +34,21 @@ def main() -> None:
 @config_option
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
-def serve(config_path: Path, log_format: str, log_level: str) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Worker processes sharing the listeners (default: the configuration's workers, else one per CPU).",
+)
+def serve(config_path: Path, log_format: str, log_level: str, workers: int | None) -> None:
     """Run the proxy."""
     setup_logging(log_format, log_level)
     loaded = load_or_exit(config_path)
+    from dbsentry.server.workers import effective_workers, serve_workers
+
+    count = effective_workers(loaded.config, workers)
+    if count > 1:
+        sys.exit(serve_workers(loaded, count))
     from dbsentry.server.proxy import install_uvloop
     from dbsentry.server.runner import run_server
 

@@ -380,6 +380,10 @@ class LimitsConfig(_Model):
     # How often every connection's upstream is probed (a TCP connect) for /readyz and the
     # log; 0 turns the probe off.
     upstream_check_seconds: float = Field(default=10.0, ge=0)
+    # With workers > 1: on SIGTERM a worker stops accepting and lets its open sessions end
+    # by themselves for up to this long before closing the rest (one worker closes them at
+    # once, as it always did).
+    drain_seconds: float = Field(default=30.0, ge=0)
 
 
 class Config(_Model):
@@ -398,6 +402,9 @@ class Config(_Model):
     mcp: McpConfig = McpConfig()  # the MCP server for AI agents (docs/mcp.md)
     # Forward without policy or audit: for measuring the proxy itself, never for real use.
     passthrough: bool = False
+    # Worker processes sharing the listeners (docs/deployment.md); absent: one per CPU.
+    # 1 runs everything in one process.
+    workers: int | None = Field(default=None, ge=1, le=64)
 
     def lazy_upstream(self, connection: str) -> bool:
         """Whether sessions of ``connection`` open their upstream at their first statement."""

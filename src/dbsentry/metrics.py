@@ -15,6 +15,7 @@ fixed sets, connections come from the configuration, data classes from the maski
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any, Final, TypeVar, cast
 
@@ -30,6 +31,18 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from dbsentry.audit.records import CompletionRecord, Record, SessionEvent, StatementRecord
 
+# Set (by the supervisor of ``workers: N``) before prometheus_client was imported: every
+# process writes its values to files there, and render() sums them.
+# A process that a worker starts (the audit helper) inherits the variable but is no worker
+# (DBSENTRY_METRICS_PID names the process it is meant for): its metrics stay in memory.
+MULTIPROCESS_DIR: Final = (
+    os.environ.get("PROMETHEUS_MULTIPROC_DIR") if os.environ.get("DBSENTRY_METRICS_PID") == str(os.getpid()) else None
+) or None
+if MULTIPROCESS_DIR is None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    from prometheus_client import values as _values
+
+    _values.ValueClass = _values.MutexValue
+
 REGISTRY: Final = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
@@ -44,6 +57,7 @@ SESSIONS_ACTIVE: Final = Gauge(
     "Client sessions currently open (authenticated and connected upstream)",
     ["connection"],
     registry=REGISTRY,
+    multiprocess_mode="livesum",
 )
 SESSIONS_TOTAL: Final = Counter(
     "dbsentry_sessions",
@@ -80,6 +94,7 @@ PENDING_APPROVALS: Final = Gauge(
     "dbsentry_pending_approvals",
     "Approval requests waiting for a reviewer",
     registry=REGISTRY,
+    multiprocess_mode="livemax",  # every worker reads the same shared store
 )
 AUDIT_COMMIT_SECONDS: Final = Histogram(
     "dbsentry_audit_commit_seconds",
@@ -96,6 +111,7 @@ AUDIT_HEALTHY: Final = Gauge(
     "dbsentry_audit_healthy",
     "1 while the audit trail accepts records, 0 during an outage (statements are refused)",
     registry=REGISTRY,
+    multiprocess_mode="livemin",  # 0 while any worker's trail is down
 )
 AUDIT_ERRORS: Final = Counter(
     "dbsentry_audit_errors",
@@ -205,5 +221,16 @@ def api_request(status: int) -> None:
 
 
 def render() -> tuple[bytes, str]:
-    """The exposition text of every dbsentry metric and its content type."""
+    """The exposition text of every dbsentry metric and its content type.
+
+    With several workers (``PROMETHEUS_MULTIPROC_DIR`` set by the supervisor) it is the sum
+    over the workers' metric files, dead workers' counters included, so totals never go back
+    when a worker is restarted; the process collectors are left out there.
+    """
+    if MULTIPROCESS_DIR is not None:
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=MULTIPROCESS_DIR)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -98,6 +98,7 @@ def write_config(directory: Path, upstream: PgServer, *, extra: Mapping[str, Any
         "state_dir": str(directory / "state"),
         "listen": {"postgres": f"127.0.0.1:{port}", "http": None},
         "connections": conns,
+        "workers": 1,  # one process, as before workers existed; tests of workers say how many
     }
     if extra:
         data.update(extra)

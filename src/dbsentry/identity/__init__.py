@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from dbsentry.identity.model import Identity, Kind
 from dbsentry.identity.oidc import OIDCVerifier
-from dbsentry.identity.ratelimit import LoginLimiter, LoginThrottled
+from dbsentry.identity.ratelimit import Limits, LoginLimiter, LoginThrottled
 from dbsentry.identity.tokens import TOKEN_PREFIX, TokenInfo, TokenStore, parse_duration
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class Authenticator:
         *,
         tokens: TokenStore | None = None,
         oidc: OIDCVerifier | None = None,
-        limiter: LoginLimiter | None = None,
+        limiter: Limits | None = None,
         fetch: Callable[[str], bytes] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -70,7 +70,7 @@ class Authenticator:
         if oidc is None and ident.oidc is not None:
             oidc = OIDCVerifier(ident.oidc, fetch, clock=clock)
         self.oidc = oidc
-        self.limiter = (
+        self.limiter: Limits = (
             limiter
             if limiter is not None
             else LoginLimiter(

@@ -55,7 +55,36 @@ class _Pair:
     until: float  # refused before this time (0: not refused)
 
 
-class LoginLimiter:
+class Limits:
+    """The limits of a failed-login limiter, checked, and the check every limiter makes."""
+
+    def __init__(self, max_failures: int, window_seconds: float, max_failures_per_address: int, max_backoff_seconds: float) -> None:
+        if max_failures < 1 or max_failures_per_address < 1:
+            raise ValueError("the failure limits must be at least 1")
+        if window_seconds <= 0 or max_backoff_seconds < window_seconds:
+            raise ValueError("need 0 < window_seconds <= max_backoff_seconds")
+        self.max_failures = max_failures
+        self.window_seconds = float(window_seconds)
+        self.max_failures_per_address = max_failures_per_address
+        self.max_backoff_seconds = float(max_backoff_seconds)
+
+    def retry_after(self, address: str, identity: str) -> int | None:
+        raise NotImplementedError
+
+    def failure(self, address: str, identity: str) -> None:
+        raise NotImplementedError
+
+    def success(self, address: str, identity: str) -> None:
+        raise NotImplementedError
+
+    def check(self, address: str, identity: str) -> None:
+        """Raise :class:`LoginThrottled` if the attempt must be refused unchecked."""
+        wait = self.retry_after(address, identity)
+        if wait is not None:
+            raise LoginThrottled(wait)
+
+
+class LoginLimiter(Limits):
     """Thread-safe; ``address`` is the client's address without the port."""
 
     def __init__(
@@ -68,16 +97,9 @@ class LoginLimiter:
         clock: Callable[[], float] = time.monotonic,
         max_keys: int = DEFAULT_MAX_KEYS,
     ) -> None:
-        if max_failures < 1 or max_failures_per_address < 1:
-            raise ValueError("the failure limits must be at least 1")
-        if window_seconds <= 0 or max_backoff_seconds < window_seconds:
-            raise ValueError("need 0 < window_seconds <= max_backoff_seconds")
+        super().__init__(max_failures, window_seconds, max_failures_per_address, max_backoff_seconds)
         if max_keys < 1:
             raise ValueError("max_keys must be at least 1")
-        self.max_failures = max_failures
-        self.window_seconds = float(window_seconds)
-        self.max_failures_per_address = max_failures_per_address
-        self.max_backoff_seconds = float(max_backoff_seconds)
         self.max_keys = max_keys
         self._clock = clock
         self._lock = threading.Lock()
@@ -101,12 +123,6 @@ class LoginLimiter:
             if pair is not None:
                 wait = max(wait, pair.until - now)
         return math.ceil(wait) if wait > 0 else None
-
-    def check(self, address: str, identity: str) -> None:
-        """Raise :class:`LoginThrottled` if the attempt must be refused unchecked."""
-        wait = self.retry_after(address, identity)
-        if wait is not None:
-            raise LoginThrottled(wait)
 
     def failure(self, address: str, identity: str) -> None:
         now = self._clock()

@@ -118,6 +118,8 @@ class CatalogLoader:
     async def _refresh(self, name: str) -> None:
         try:
             await self._load(name)
+            while name in self._stale:  # DDL while it was being read: read it again
+                await self._load(name)
         except CatalogError as err:
             log.error("catalog refresh failed; keeping the previous one", extra={"fields": {"connection": name, "error": str(err)}})
 

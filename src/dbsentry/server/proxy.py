@@ -10,6 +10,7 @@ or task switches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import hmac
@@ -57,6 +58,7 @@ from dbsentry.identity.ratelimit import login
 from dbsentry.policy.engine import Decision
 from dbsentry.server import tls
 from dbsentry.server.catalogs import CatalogError, CatalogLoader
+from dbsentry.server.workerproto import WorkerChannel, WorkerInfo, new_pid, pid_worker
 from dbsentry.tasks import spawn
 
 log = logging.getLogger("dbsentry.proxy")
@@ -79,6 +81,7 @@ class ProxyServer:
         approvals: Approvals | None = None,
         *,
         auth_needs_io: bool = False,
+        worker: WorkerInfo | None = None,
     ) -> None:
         self.approvals = approvals
         self.config = config
@@ -98,6 +101,23 @@ class ProxyServer:
         # their upstream connection exists (limits.lazy_upstream).
         self.server_params = ServerParams()
         self._server: asyncio.Server | None = None
+        # workers: N (server/workers.py): the listener is shared with the node's other
+        # workers (SO_REUSEPORT); cancels and DDL reach them over this worker's channel.
+        self.worker = worker
+        self.drained: asyncio.Event | None = None  # set when the last session ends (a drain)
+        self.channel: WorkerChannel | None = (
+            WorkerChannel(
+                worker,
+                {
+                    "cancel": self._cancel_message,
+                    "catalog": self._catalog_message,
+                    "derived": self._derived_message,
+                    "sessions": self._sessions_message,
+                },
+            )
+            if worker is not None
+            else None
+        )
         if not config.tls.require_client_tls:
             log.warning(
                 "tls.require_client_tls is false: tokens may cross the network in plaintext",
@@ -107,8 +127,11 @@ class ProxyServer:
     async def start(self) -> tuple[str, int]:
         host, port = self.config.listen.postgres_addr
         loop = asyncio.get_running_loop()
+        if self.channel is not None:
+            await self.channel.start()
         self._server = await loop.create_server(
-            lambda: ClientConnection(self), host, port, reuse_address=True, backlog=2048
+            lambda: ClientConnection(self), host, port, reuse_address=True, backlog=2048,
+            reuse_port=self.worker is not None,
         )
         sock = self._server.sockets[0].getsockname()
         log.info("listening", extra={"fields": {"postgres": f"{sock[0]}:{sock[1]}"}})
@@ -117,15 +140,98 @@ class ProxyServer:
     def listening(self) -> bool:
         return self._server is not None and self._server.is_serving()
 
-    async def close(self) -> None:
+    async def close(self, drain_seconds: float = 0.0) -> None:
+        """Stop listening; with ``drain_seconds``, let open sessions end by themselves for
+        up to that long before closing the rest."""
         if self._server is not None:
             self._server.close()
+        if drain_seconds > 0 and self.sessions:
+            log.info("draining sessions", extra={"fields": {"sessions": len(self.sessions), "seconds": drain_seconds}})
+            self.drained = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.drained.wait(), drain_seconds)
+            if self.sessions:
+                log.warning("sessions still open after the drain: closed", extra={"fields": {"sessions": len(self.sessions)}})
         for conn in list(self.sessions.values()):
             conn.abort()
         if self._server is not None:
             await self._server.wait_closed()
+        if self.channel is not None:
+            await self.channel.close()
+
+    def cancel(self, pid: int, secret: bytes, source: str) -> None:
+        """A client's CancelRequest for ``pid``: cancel its statement here, or hand it to the
+        worker that holds the session."""
+        if self.worker is not None and self.channel is not None and not self.worker.owns(pid):
+            owner = pid_worker(pid)
+            if owner < self.worker.count:
+                log.debug("cancel request forwarded", extra={"fields": {"to_worker": owner, "client": source}})
+                spawn(self.channel.send(owner, "cancel", pid=pid, secret=secret.hex(), source=source), name="cancel-forward")
+                return
+        target = self.sessions.get(pid)
+        if target is not None and hmac.compare_digest(target.session.proxy_secret, secret):
+            target.cancel_upstream()
+        else:
+            log.info("cancel request with an unknown key ignored", extra={"fields": {"client": source}})
+
+    async def _cancel_message(self, body: dict[str, Any]) -> None:
+        pid, secret = body.get("pid"), body.get("secret")
+        if not isinstance(pid, int) or not isinstance(secret, str) or self.worker is None or not self.worker.owns(pid):
+            log.warning("malformed cancel from another worker ignored")
+            return
+        try:
+            key = bytes.fromhex(secret)
+        except ValueError:
+            log.warning("malformed cancel from another worker ignored")
+            return
+        self.cancel(pid, key, str(body.get("source", "?"))[:80])
+
+    async def _catalog_message(self, body: dict[str, Any]) -> None:
+        name = body.get("connection")
+        if self.catalogs is not None and isinstance(name, str) and name in self.config.connections:
+            self.catalogs.refresh(name)
+
+    def derived_changed(self) -> None:
+        """Copies made through this worker made columns inherit classes (saved in the state
+        directory): the other workers take them up too."""
+        if self.channel is not None:
+            spawn(self.channel.broadcast("derived"), name="derived-broadcast")
+
+    async def _derived_message(self, body: dict[str, Any]) -> None:
+        if self.catalogs is None:
+            return
+        from dbsentry.masking.derived import DerivedClassFile
+
+        service = self.catalogs.service
+        for connection, copies in DerivedClassFile(self.config.state_dir / "masking-derived-classes.json").load().items():
+            if connection in self.config.connections:
+                service.inherit(connection, copies)  # saves (the union) only when it learnt something
+
+    async def _sessions_message(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.session_rows()
+
+    def session_rows(self) -> list[dict[str, Any]]:
+        """This worker's live sessions as the console shows them, each with its worker."""
+        from dbsentry.web.views import live_session_row
+
+        index = self.worker.index if self.worker is not None else 0
+        rows = []
+        for conn in list(self.sessions.values()):
+            row = live_session_row(conn)
+            if row is not None:
+                rows.append({**row, "worker": index})
+        return rows
+
+    def schema_changed(self, connection: str) -> None:
+        """DDL ran on ``connection``: its catalog is read again here and in the other workers."""
+        if self.catalogs is not None:
+            self.catalogs.refresh(connection)
+            if self.channel is not None:
+                spawn(self.channel.broadcast("catalog", connection=connection), name="catalog-broadcast")
 
     def new_backend_key(self) -> tuple[int, bytes]:
+        if self.worker is not None:  # the pid names this worker, for cancels (workerproto)
+            return new_pid(self.worker.index, self.sessions), secrets.token_bytes(4)
         while True:
             pid = secrets.randbelow(2**31 - 1) + 1
             if pid not in self.sessions:
@@ -249,7 +355,10 @@ class ClientConnection(asyncio.Protocol):
             self._wait.cancel()
             self._wait = None
         self.closed = True
-        self.proxy.sessions.pop(self.session.proxy_pid, None)
+        sessions = self.proxy.sessions
+        sessions.pop(self.session.proxy_pid, None)
+        if not sessions and self.proxy.drained is not None:
+            self.proxy.drained.set()
         self._forget_backend()
         if self._grants_for is not None and self.proxy.approvals is not None:
             self.proxy.approvals.release_grants(self._grants_for)
@@ -329,16 +438,11 @@ class ClientConnection(asyncio.Protocol):
             case c.GuardApproval():
                 self._guard_approval(cmd)
             case c.SchemaChanged():
-                if self.proxy.catalogs is not None:
-                    self.proxy.catalogs.refresh(cmd.connection)
+                self.proxy.schema_changed(cmd.connection)
             case c.CancelUpstream():
                 self.cancel_upstream()
             case c.ForwardCancel():
-                target = self.proxy.sessions.get(cmd.pid)
-                if target is not None and hmac.compare_digest(target.session.proxy_secret, cmd.secret):
-                    target.cancel_upstream()
-                else:
-                    log.info("cancel request with an unknown key ignored", extra={"fields": {"client": self.address}})
+                self.proxy.cancel(cmd.pid, cmd.secret, self.address)
             case c.WaitForLogin():
                 self._wait = asyncio.get_running_loop().call_later(cmd.seconds, self._login_wait_timed_out)
             case c.WakeWaiting():

@@ -8,10 +8,12 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import orjson
 
+from dbsentry import metrics
 from dbsentry.approvals import Approvals, ApprovalStoreError, Notifier, open_approval_store
 from dbsentry.audit import AuditStoreError, Signer, open_store, redaction
 from dbsentry.audit.appender import AuditLog
@@ -25,6 +27,8 @@ from dbsentry.engines.postgres.masking.literals import POSTGRES_LITERALS
 from dbsentry.engines.postgres.session.governance import Governor
 from dbsentry.engines.postgres.session.masking import MaskingService, load_or_create_key
 from dbsentry.identity import Authenticator
+from dbsentry.masking.catalog import SourceColumn
+from dbsentry.masking.classes import Classification
 from dbsentry.masking.derived import DerivedClassFile
 from dbsentry.policy import PolicyError
 from dbsentry.policy.loader import declared_environments
@@ -33,6 +37,7 @@ from dbsentry.server.mysql_proxy import start_mysql_listener
 from dbsentry.server.proxy import ProxyServer
 from dbsentry.server.roles import log_production_roles
 from dbsentry.server.upstream_health import UpstreamHealth
+from dbsentry.server.workerproto import WorkerInfo
 from dbsentry.tasks import spawn
 from dbsentry.web import WebContext, bind_http, create_app, serve_http
 
@@ -48,8 +53,9 @@ async def _watch_policy(governor: Governor, stop: asyncio.Event) -> None:
             governor.reload_if_changed()
 
 
-def open_audit(config: Config) -> AuditLog:
-    """This node's audit log, open, with its helper process (fsync and the search index)."""
+def open_audit(config: Config, worker: WorkerInfo | None = None) -> AuditLog:
+    """This node's audit log, open, with its helper process (fsync and the search index);
+    a worker's own (``<node>-w<k>``) when ``worker`` is given."""
     acfg = config.audit
     state = config.state_dir
     try:
@@ -60,6 +66,11 @@ def open_audit(config: Config) -> AuditLog:
     try:
         signer = Signer.from_path(acfg.signing_key_path(state))
         node = node_id(acfg.node, state)
+        if worker is not None:
+            from dbsentry.server.workers import lock_node_dir, worker_node
+
+            node = worker_node(node, worker.index)
+            lock_node_dir(acfg.log_path(state) / node)
         index = orjson.dumps({"audit": acfg.model_dump(mode="json"), "state_dir": str(state)}).decode()
         lazy = acfg.durability in ("write", "async")
         syncer = ProcessSyncer(
@@ -77,6 +88,7 @@ def open_audit(config: Config) -> AuditLog:
         )
         writer = AuditLog(file, acfg.durability, async_flush_ms=acfg.async_flush_ms, max_queue=acfg.max_queue)
         writer.start()
+        metrics.set_audit_healthy(True)  # with workers, /metrics shows the lowest of theirs
     except (OSError, ValueError) as err:
         log.error("cannot open the audit log; not starting", extra={"fields": {"reason": str(err)}})
         sys.exit(2)
@@ -112,6 +124,30 @@ def _mcp_endpoint(
     return build_http(config, authenticator, governor, lambda: approvals.store if approvals is not None else None, views, audit)
 
 
+def _every_worker_sessions(proxy: ProxyServer) -> Callable[[], list[dict[str, Any]]]:
+    """The console's live sessions with workers: this worker's and every other's."""
+    from dbsentry.server.workers import sessions_everywhere
+
+    return lambda: sessions_everywhere(proxy)
+
+
+def _with_mysql(rows: Callable[[], list[dict[str, Any]]], mysql: Any) -> Callable[[], list[Any]]:
+    """``rows`` and the MySQL listener's sessions (worker 0's, when it runs one)."""
+    return lambda: [*rows(), *(mysql.sessions.values() if mysql is not None else ())]
+
+
+DerivedSet = Mapping[str, Mapping[SourceColumn, Classification]]
+
+
+def _tell_workers(save: Callable[[DerivedSet], None], proxies: list[ProxyServer]) -> Callable[[DerivedSet], None]:
+    def saved(derived: DerivedSet) -> None:
+        save(derived)
+        for proxy in proxies:
+            proxy.derived_changed()
+
+    return saved
+
+
 def _unset(_: object) -> None:
     raise AssertionError("set by AuditLog")
 
@@ -121,10 +157,12 @@ async def run_server(
     *,
     stop: asyncio.Event | None = None,
     on_ready: Callable[[], None] | None = None,
+    worker: WorkerInfo | None = None,
 ) -> None:
     """Run until SIGINT/SIGTERM (or ``stop`` is set); ``on_ready`` is called once serving.
 
-    Signal handlers are installed only in the main thread.
+    Signal handlers are installed only in the main thread.  ``worker``: this process is one
+    of the node's workers (``server/workers.py``).
     """
     config = loaded.config
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -143,13 +181,16 @@ async def run_server(
         except ConfigError as err:
             log.error("invalid configuration; not starting", extra={"fields": {"reason": str(err)}})
             sys.exit(2)
-        writer = open_audit(config)
+        writer = open_audit(config, worker)
     catalogs: CatalogLoader | None = None
+    proxies: list[ProxyServer] = []  # the proxy, once made (for _tell_workers)
     if not config.passthrough:
         # The catalog serves masking and tells which functions may change data.
         key_path = config.masking.hash_key_file or config.state_dir / "masking.key"
         derived = DerivedClassFile(config.state_dir / "masking-derived-classes.json")
-        service = MaskingService(config.masking, load_or_create_key(key_path), derived.load(), derived.save)
+        # With workers, a class one worker's sessions made a copy inherit reaches the others.
+        save = derived.save if worker is None else _tell_workers(derived.save, proxies)
+        service = MaskingService(config.masking, load_or_create_key(key_path), derived.load(), save)
         catalogs = CatalogLoader(config, service)
         try:  # sensitive values in audit records and approval requests become keyed tokens
             redaction.install(
@@ -171,14 +212,26 @@ async def run_server(
             acfg = acfg.model_copy(update={"console_url": f"http://{config.listen.http}"})
         approvals = Approvals(acfg, store, notifier=Notifier(acfg), audit=writer.append_nowait)
         approvals.start()
-    authenticator = Authenticator(config)
+    if worker is not None:
+        from dbsentry.server.workers import shared_authenticator
+
+        authenticator = shared_authenticator(config)  # failed logins counted across the workers
+    else:
+        authenticator = Authenticator(config)
     proxy = ProxyServer(
-        config, authenticator, governor, writer, catalogs, approvals, auth_needs_io=authenticator.needs_io
+        config, authenticator, governor, writer, catalogs, approvals, auth_needs_io=authenticator.needs_io, worker=worker
     )
+    proxies.append(proxy)
     await proxy.start()
-    mysql = await start_mysql_listener(  # listen.mysql (docs/mysql.md); None when not set
-        config, authenticator, (lambda: governor.policy) if governor is not None else None, writer, approvals,
-        auth_needs_io=authenticator.needs_io, catalogs=catalogs,
+    # listen.mysql (docs/mysql.md); None when not set. With workers only worker 0 serves it
+    # (as HTTP): its KILL routing finds sessions by the ids its one process gave out.
+    mysql = (
+        await start_mysql_listener(
+            config, authenticator, (lambda: governor.policy) if governor is not None else None, writer, approvals,
+            auth_needs_io=authenticator.needs_io, catalogs=catalogs,
+        )
+        if worker is None or worker.index == 0
+        else None
     )
     stop = stop if stop is not None else asyncio.Event()
     health: UpstreamHealth | None = None
@@ -186,7 +239,7 @@ async def run_server(
         health = UpstreamHealth(config.connections, config.limits.upstream_check_seconds)
         await health.check_all()  # so "ready" says whether the upstreams answer
     http_task = None
-    http_addr = config.listen.http_addr
+    http_addr = config.listen.http_addr if worker is None or worker.index == 0 else None  # one HTTP listener a node
     if http_addr is not None:
         try:
             sock = bind_http(*http_addr)
@@ -205,8 +258,13 @@ async def run_server(
                 else None
             ),
             approvals=approvals,
-            # both listeners' sessions: the console shows MySQL ones as PostgreSQL ones
-            live_sessions=lambda: [*proxy.sessions.values(), *(mysql.sessions.values() if mysql is not None else ())],
+            # both listeners' sessions (with workers: every worker's PostgreSQL sessions, and the
+            # MySQL listener's, which only worker 0 runs)
+            live_sessions=(
+                (lambda: [*proxy.sessions.values(), *(mysql.sessions.values() if mysql is not None else ())])
+                if worker is None
+                else _with_mysql(_every_worker_sessions(proxy), mysql)
+            ),
             listener_up=proxy.listening,
             upstreams=health.snapshot if health is not None else None,
             classification=(
@@ -240,7 +298,7 @@ async def run_server(
                 "policy": governor.version if governor else "passthrough",
                 "audit": f"{config.audit.store}/{config.audit.durability}" if writer else "off",
                 "masking": "on" if catalogs else "off",
-                "http": config.listen.http or "off",
+                "http": config.listen.http if http_addr is not None else "off",
             }
         },
     )
@@ -269,7 +327,7 @@ async def run_server(
             health_task.cancel()
         if http_task is not None:
             await http_task
-        await proxy.close()
+        await proxy.close(config.limits.drain_seconds if worker is not None else 0.0)
         if mysql is not None:
             await mysql.close()
         if approvals is not None:

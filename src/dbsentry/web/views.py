@@ -50,8 +50,11 @@ def _attr(obj: Any, *path: str) -> Any:
 def live_session_row(obj: Any) -> dict[str, Any] | None:
     """A live session (a ``ClientConnection`` or its ``Session``) as a JSON dict.
 
-    Sessions still authenticating have no identity yet and are left out (None).
+    Sessions still authenticating have no identity yet and are left out (None).  A mapping is
+    a row already (another worker's session, made by this function there).
     """
+    if isinstance(obj, Mapping):
+        return dict(obj)
     session = getattr(obj, "session", obj)
     identity = getattr(session, "identity", None)
     if identity is None:
