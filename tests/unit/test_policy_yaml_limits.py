@@ -75,6 +75,19 @@ def test_deep_nesting_refused() -> None:
     assert f"deeper than {MAX_DEPTH} levels" in err.value.reason
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["rules: &x [*x]", "&x {a: *x}", "baseline: &x\n  disable: *x", "rules:\n  - &x\n    match: [*x]"],
+    ids=["list", "mapping", "nested mapping", "inside a rule"],
+)
+def test_an_alias_inside_the_node_it_names_is_refused(text: str) -> None:
+    """A cycle: anything that walked it would recurse forever (a RecursionError before)."""
+    with pytest.raises(PolicyError, match=r"refused: a YAML alias \(\*x\) inside the node it names"):
+        parse_policy(text)
+    with pytest.raises(Exception, match="inside the node it names"):
+        load_bounded(text)
+
+
 def test_too_many_aliases_refused() -> None:
     text = "x: &x 1\nys: [" + ", ".join(["*x"] * (MAX_ALIASES + 1)) + "]\n"
     with pytest.raises(PolicyError) as err:

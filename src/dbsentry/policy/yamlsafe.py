@@ -49,6 +49,10 @@ class _BoundedLoader(yaml.SafeLoader):
             self._aliases += 1
             if self._aliases > MAX_ALIASES:
                 self._refuse(event, f"more than {MAX_ALIASES} YAML aliases (the limit)")
+            if any(o.anchor is not None and o.anchor == event.anchor for o in self._open):
+                # an alias inside the node it names: a cycle, infinitely deep to anything
+                # that walks it (line numbers, validation, every consumer of the value)
+                self._refuse(event, f"a YAML alias (*{event.anchor}) inside the node it names (a cycle)")
             self._add(event, self._sizes.get(event.anchor or "", 1))
         elif isinstance(event, yaml.ScalarEvent):
             if event.anchor is not None:
