@@ -216,3 +216,43 @@ def test_audit_records_masked_classes_and_redact_literals(env: Env) -> None:
     assert any(c.endswith(".ssn") for c in rec["masked_columns"]), rec
     assert "123-45-6789" not in json.dumps(rows)
     assert "<national_id:hmac:" in rec["statement"], rec["statement"]
+
+
+def test_server_errors_and_warnings_do_not_quote_masked_values(env: Env) -> None:
+    """The server quotes the values a statement read in its errors ("Incorrect integer
+    value: 'Nick1'") and warnings ("Truncated incorrect INTEGER value: 'Nick1'"): for a
+    masked identity the error's text is withheld and SHOW WARNINGS after such a statement
+    is refused; an exempt reader sees both (the channel is real)."""
+    update = f"UPDATE {env.t} SET id = nickname WHERE id = 1"  # strict mode: an error naming the value
+    cast = f"SELECT CAST(nickname AS SIGNED) AS n FROM {env.t} WHERE id = 1"  # a warning naming it
+    with connect(env.mp, READER) as conn, conn.cursor() as cur:
+        with pytest.raises(pymysql.MySQLError) as real:
+            cur.execute(update)
+        assert "Nick1" in str(real.value.args[1])
+        cur.execute(cast)
+        cur.execute("SHOW WARNINGS")
+        assert "Nick1" in repr(cur.fetchall())
+    with connect(env.mp, PERSON) as conn, conn.cursor() as cur:
+        with pytest.raises(pymysql.MySQLError) as masked:
+            cur.execute(update)
+        code, message = masked.value.args[0], str(masked.value.args[1])
+        assert code == real.value.args[0] and "Nick1" not in message, message
+        assert message.startswith("dbsentry: the server's message") and "withheld" in message, message
+        cur.execute(cast)
+        cur.fetchall()
+        for show in ("SHOW WARNINGS", "show /* c */ errors"):
+            with pytest.raises(pymysql.MySQLError) as refused:
+                cur.execute(show)
+            assert "warnings of the previous statement are withheld" in str(refused.value.args[1]), show
+        cur.execute("SELECT 1")  # uses no table: the server keeps the warnings, and so the refusal
+        cur.fetchall()
+        with pytest.raises(pymysql.MySQLError):
+            cur.execute("SHOW WARNINGS")
+        # a statement that uses a table with nothing classified: the warnings are its own
+        cur.execute("SELECT COUNT(*) FROM information_schema.CHARACTER_SETS")
+        cur.fetchall()
+        cur.execute("SHOW WARNINGS")
+        assert "Nick1" not in repr(cur.fetchall())
+    with _root() as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT id FROM {env.t} WHERE id = 1")
+        assert cur.fetchone() == (1,)  # neither UPDATE changed anything

@@ -67,6 +67,9 @@ class ResultMasking:
     safety_net: bool
     part: int = 0
     masker: MysqlRowMasker | None = None
+    # the command touches a table with classified or value-scanned columns: the server's
+    # error texts, which quote values, are withheld
+    withhold_errors: bool = False
 
     def plan(self) -> MysqlMaskPlan:
         return self.plans[self.part] if self.part < len(self.plans) else DETECT_ALL

@@ -98,6 +98,8 @@ from dbsentry.governance.facts import StatementFacts
 from dbsentry.governance.text import COMMENT, LITERAL
 from dbsentry.identity.model import Identity
 from dbsentry.identity.ratelimit import LoginThrottled
+from dbsentry.masking.catalog import ClassMap
+from dbsentry.masking.strategies import DEFAULT_STRATEGIES, scan_text
 from dbsentry.policy.engine import Decision, combine
 from dbsentry.policy.verdict import Verdict, denial_message
 
@@ -270,6 +272,35 @@ def _kill_target(sql: str) -> tuple[int, bool] | None:
     return int(rest[0]), query_only
 
 
+def _touches(facts: Sequence[StatementFacts], classmap: ClassMap) -> bool:
+    """Whether the statements read or write a table with classified or value-scanned
+    columns, by table name in any schema (an unqualified or unknown schema counts: more
+    withheld, never less)."""
+    sensitive = {table.lower() for _, table in classmap.tables}
+    if not sensitive:
+        return False
+    for f in facts:
+        for name in (*f.tables_read, *f.tables_written):
+            if name.rsplit(".", 1)[-1].strip("`").lower() in sensitive:
+                return True
+    return False
+
+
+def _reads_diagnostics(sql: str) -> bool:
+    """``SHOW WARNINGS``, ``SHOW ERRORS`` or ``SHOW COUNT(*) WARNINGS|ERRORS`` (texts the
+    lexer refuses count: the statement is refused anyway)."""
+    try:
+        words = [sql[t.start : t.end].upper() for t in tokens(sql) if t.kind != COMMENT][:6]
+    except Exception:
+        return True
+    if words[:1] != ["SHOW"]:
+        return False
+    rest = words[1:]
+    if rest[:4] == ["COUNT", "(", "*", ")"]:
+        rest = rest[4:]
+    return rest[:1] in (["WARNINGS"], ["ERRORS"])
+
+
 def _use_target(sql: str, facts: StatementFacts) -> str | None:
     """The database a ``USE`` statement names."""
     try:
@@ -333,6 +364,9 @@ class Session:
         # prepared from a variable, judged as dynamic SQL when it was prepared)
         self._sql_prepared: dict[str, str | None] = {}
         self._sql_plans: dict[str, MysqlMaskPlan] = {}  # their mask plans, by name
+        # The server's warnings are of a statement that read masked data (a masked
+        # identity's): SHOW WARNINGS/ERRORS would quote its values, and are refused.
+        self._diagnostics_withheld = False
         self._pending_prepare: tuple[str, Verdict, MysqlMaskPlan | None] | None = None
         self.audit: MySQLAudit | None = None
         self._closed_audited = False
@@ -1096,8 +1130,40 @@ class Session:
         mask = self._result_masking(plans, commands, verdict.decision)
         if mask is None:
             return Refusal("42501", self._no_catalog_message(), "masking.catalog")
+        # The server's warnings quote the values a statement read ("Truncated incorrect
+        # INTEGER value: 'Ada Lovelace'"): after one that read masked data they are not shown.
+        if self._diagnostics_withheld and prepared is None and any(_reads_diagnostics(f.text or sql) for f in verdict.facts):
+            return Refusal(
+                "42501",
+                "dbsentry: the warnings of the previous statement are withheld: it read masked data",
+                "masking.diagnostics",
+            )
+        touched = _touches(verdict.facts, mask.classmap)
+        mask.withhold_errors = touched
+        # The server resets its warnings at each statement that uses a table (not at
+        # SELECT 1, not at SHOW WARNINGS): so does this.
+        uses_tables = any(f.tables_read or f.tables_written for f in verdict.facts)
+        sensitive = touched or any(p.reads_sensitive or p.active for p in plans) or not plans
+        self._diagnostics_withheld = sensitive or (self._diagnostics_withheld and not uses_tables)
         exchange.mask = mask
         return None
+
+    def _client_error(self, ex: _Exchange, payload: bytes, err: ERR) -> bytes:
+        """The server's error as a masked identity may see it. Errors quote values (a
+        duplicate key, a failed conversion): when the statement read masked data the text is
+        withheld whole (its code and SQLSTATE stay); otherwise what the value detectors find
+        in it is masked in place."""
+        mask = ex.mask
+        if mask is None:
+            return payload
+        if mask.withhold_errors or not mask.plans or any(p.reads_sensitive or p.active for p in mask.plans):
+            message = f"dbsentry: the server's message (error {err.code}) was withheld because the statement reads masked data"
+        else:
+            scanned = scan_text(err.message, dict(DEFAULT_STRATEGIES), mask.key)
+            message = scanned if scanned is not None else f"dbsentry: the server's message (error {err.code}) was withheld"
+        if message == err.message:
+            return payload
+        return encode_err(ERR(err.code, message, err.sqlstate), self._caps or k.CLIENT_PROTOCOL_41)
 
     def _sql_level_plans(
         self, plans: tuple[MysqlMaskPlan | Refusal, ...], verdict: Verdict, exchange: _Exchange
@@ -1384,7 +1450,8 @@ class Session:
         if payload[:1] == b"\xff" and reader.state in ("rows", "start"):
             # an ERR: the answer (or what remains of a multi-result answer) ends here
             err = decode_err(payload, self._up_caps)
-            return [self._to_client(payload), *self._complete(sqlstate=err.sqlstate, error=err.message), *self._done(ex)]
+            shown = self._client_error(ex, payload, err)
+            return [self._to_client(shown), *self._complete(sqlstate=err.sqlstate, error=err.message), *self._done(ex)]
         state = reader.state
         ev = reader.feed(payload)
         out = []
