@@ -27,7 +27,7 @@ from support.disk import fill, small_disk
 from support.pg import PgServer
 from support.proxy import RunningProxy, dbsentry_cli, run_proxy, write_config
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]  # the outage fixture times the proxy
 
 UNAVAILABLE = "the audit trail is unavailable"
 RECOVERY_SECONDS = 15
