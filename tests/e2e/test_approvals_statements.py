@@ -603,6 +603,7 @@ def test_wait_mode_client_cancel_withdraws(
     )
 
 
+@pytest.mark.serial
 def test_wait_mode_times_out(
     pg_server: PgServer, tmp_path: Path, direct: psycopg.Connection[Any], table: str
 ) -> None:

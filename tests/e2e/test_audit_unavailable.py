@@ -147,10 +147,12 @@ def outage(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Ite
         )
 
 
+@pytest.mark.serial  # the outage fixture times the proxy
 def test_refused_statements_did_not_run_and_accepted_ones_did(outage: Outage) -> None:
     assert outage.stored == outage.accepted
 
 
+@pytest.mark.serial  # the outage fixture times the proxy
 def test_accepted_statements_are_recorded(outage: Outage) -> None:
     t = outage.table
     ran = [r for r in outage.rows if r["rows"] is not None]
@@ -166,6 +168,7 @@ def test_accepted_statements_are_recorded(outage: Outage) -> None:
     assert all(r["rows"] == 1 and r["error"] is None for r in ran)
 
 
+@pytest.mark.serial  # the outage fixture times the proxy
 def test_refused_statements_are_not_recorded_as_run(outage: Outage) -> None:
     """A statement the proxy refused may be missing (the store was down) or recorded, but
     never with an outcome that says it ran."""
@@ -174,11 +177,13 @@ def test_refused_statements_are_not_recorded_as_run(outage: Outage) -> None:
             assert row["error"], {k: row[k] for k in ("statement", "params", "rows", "error", "sqlstate", "decision")}
 
 
+@pytest.mark.serial  # the outage fixture times the proxy
 def test_chain_verifies_after_outage(outage: Outage) -> None:
     assert outage.verified.returncode == 0, outage.verified.stdout + outage.verified.stderr
     assert "chain: INTACT" in outage.verified.stdout
 
 
+@pytest.mark.serial  # the outage fixture times the proxy
 def test_outage_is_recorded(outage: Outage) -> None:
     """The trail says that it was unavailable, since when, why, and how much it refused."""
     events = outage.recovered_events()
@@ -188,6 +193,7 @@ def test_outage_is_recorded(outage: Outage) -> None:
     assert detail["refused_appends"] >= 4
 
 
+@pytest.mark.serial  # the outage fixture times the proxy
 def test_every_completion_has_its_statement(outage: Outage) -> None:
     statements = {i["record"]["id"] for i in outage.raw if i["record"]["type"] == "statement"}
     orphans = [
@@ -200,12 +206,14 @@ def test_every_completion_has_its_statement(outage: Outage) -> None:
     )
 
 
+@pytest.mark.serial  # the outage fixture times the proxy
 def test_refused_statement_leaves_no_record(outage: Outage) -> None:
     """The write of a refused statement's record failed: the trail does not claim it."""
     late = [r for r in outage.rows if r["statement"] == f"insert into {outage.table} values (2)"]
     assert late == []
 
 
+@pytest.mark.serial  # the outage fixture times the proxy
 def test_log_continues_in_a_new_segment(outage: Outage) -> None:
     log_dir = next(p for p in (outage.config.parent / "log").iterdir() if p.is_dir())
     assert len(list(log_dir.glob("*.seg"))) == 2

@@ -9,7 +9,6 @@ the effect checked directly on the server.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import ssl
 import subprocess
@@ -24,12 +23,13 @@ import pytest
 
 from support.guard_clients import AGENT, MODES, PARAM_MODES, Login, refused, run
 from support.pg import PgServer
+from support.pgbench import ENV as _ENV
+from support.pgbench import ensure_pgbench_tables
 from support.proxy import RunningProxy, run_proxy, write_config
 
 pytestmark = pytest.mark.e2e
 
 ACCOUNTS = 1000
-_ENV = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
 
 
 @dataclass(frozen=True)
@@ -676,37 +676,7 @@ def test_staging_is_not_limited(env: Env, accounts: str) -> None:
 
 @pytest.fixture(scope="module")
 def pgbench_tables(pg_server: PgServer) -> None:
-    with psycopg.connect(pg_server.dsn()) as direct:
-        ready = direct.execute(
-            "select to_regclass('public.pgbench_accounts') is not null and to_regclass('public.pgbench_branches')"
-            " is not null and to_regclass('public.pgbench_tellers') is not null"
-            " and to_regclass('public.pgbench_history') is not null"
-        ).fetchone()
-        if ready == (True,) and direct.execute(
-            "select count(*) from pgbench_branches"
-        ).fetchone() == (1,):
-            return
-    done = subprocess.run(
-        [
-            "pgbench",
-            "-i",
-            "-q",
-            "-s",
-            "1",
-            "-h",
-            pg_server.host,
-            "-p",
-            str(pg_server.port),
-            "-U",
-            pg_server.user,
-            pg_server.dbname,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**_ENV, **({"PGPASSWORD": pg_server.password} if pg_server.password else {})},
-    )
-    assert done.returncode == 0, done.stderr
+    ensure_pgbench_tables(pg_server)
 
 
 @pytest.mark.usefixtures("pgbench_tables")

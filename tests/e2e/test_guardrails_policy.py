@@ -18,6 +18,9 @@ import psycopg
 import pytest
 from psycopg import errors
 
+from support.clock import ENTRY as CLOCK_ENTRY
+from support.clock import ENV as CLOCK_ENV
+from support.clock import set_clock
 from support.pg import PgServer
 from support.proxy import RunningProxy, dbsentry_cli, run_proxy, write_config
 
@@ -397,11 +400,13 @@ def test_prepared_statements_rechecked_when_a_time_window_opens(
     """A deny rule with a time window: statements prepared before it opens are judged at
     execution, like any other statement (no policy reload involved).
 
-    Waits for the next minute boundary (up to about a minute).
+    The proxy's policy clock is the test's (support/clock.py): a minute before the window,
+    then inside it, where the wall clock would take up to a minute to get there.
     """
-    now = datetime.now(UTC)
-    start = (now + timedelta(minutes=1 if now.second < 50 else 2)).replace(second=0, microsecond=0)
+    start = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
     end = start + timedelta(minutes=1)
+    clock = tmp_path / "clock"
+    set_clock(clock, start - timedelta(seconds=30))
     path = tmp_path / "policy.yaml"
     path.write_text(
         "version: 1\n"
@@ -413,15 +418,15 @@ def test_prepared_statements_rechecked_when_a_time_window_opens(
         "    message: secrets are closed now\n"
     )
     query = f"select codename from {secrets} where id = %s"
+    config = write_config(tmp_path, pg_server, extra={"policy": str(path)})
     with (
-        run_proxy(write_config(tmp_path, pg_server, extra={"policy": str(path)})) as running,
+        run_proxy(config, env={CLOCK_ENV: str(clock)}, entry=CLOCK_ENTRY) as running,
         connect(running, ENGINEER) as conn,
     ):
         assert conn.execute(query, (1,), prepare=True).fetchone() == ("hunter2",)
         conn.execute(f"prepare g_closed as select codename from {secrets} where id = 1")
         assert conn.execute("execute g_closed").fetchone() == ("hunter2",)
-        time.sleep(max(0.0, (start - datetime.now(UTC)).total_seconds()) + 1)
-        assert datetime.now(UTC) < end
+        set_clock(clock, start + timedelta(seconds=1))
 
         def outcome(
             sql: str, params: tuple[Any, ...] | None = None, prepare: bool | None = None

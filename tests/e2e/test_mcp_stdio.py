@@ -177,6 +177,7 @@ def test_refusals_nothing_runs(setup: McpSetup, pg_server: PgServer) -> None:
     assert direct(pg_server, f"SELECT count(*) FROM {s}.mcp_orders WHERE id = 5") == [(1,)]
 
 
+@pytest.mark.serial
 def test_row_cap_and_timeout(setup: McpSetup, pg_server: PgServer) -> None:
     async def scenario(client: Client) -> None:
         sql = "SELECT g FROM generate_series(1, 1000) g"

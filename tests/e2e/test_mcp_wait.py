@@ -122,6 +122,7 @@ def test_stdio_request_approval_waits_until_approved_then_runs_once(setup: McpSe
     assert count(pg_server, f"SELECT count(*) FROM {setup.schema}.mcp_orders WHERE id = 1") == 0
 
 
+@pytest.mark.serial
 def test_http_approval_status_wait_ends_with_a_denial(setup: McpSetup, pg_server: PgServer) -> None:
     sql = f"DELETE FROM {setup.schema}.mcp_orders WHERE id = 2"
     base = setup.http_url.removesuffix("/mcp")
@@ -200,6 +201,7 @@ def test_the_wait_is_bounded_and_returns_pending(setup: McpSetup) -> None:
     http(setup, scenario)
 
 
+@pytest.mark.serial
 def test_a_client_without_progress_polls(setup: McpSetup) -> None:
     sql = f"DELETE FROM {setup.schema}.mcp_orders WHERE id = 5"
 

@@ -151,6 +151,7 @@ def test_executemany_and_copy_records(proxy: RunningProxy, pg_server: PgServer) 
     run(proxy, body, database="staging")
 
 
+@pytest.mark.serial
 def test_timeout_cancels_query(proxy: RunningProxy, pg_server: PgServer) -> None:
     marker = f"apg-timeout-{uuid.uuid4().hex[:8]}"
 

@@ -634,6 +634,7 @@ def test_message_over_cap_after_login(small_limits: RunningProxy) -> None:
     assert small_limits.alive()
 
 
+@pytest.mark.serial
 def test_slow_loris_is_disconnected(small_limits: RunningProxy) -> None:
     with psycopg.connect(small_limits.dsn(), autocommit=True) as other:
         packet = startup_packet(user=ALICE, database="prod")
@@ -651,6 +652,7 @@ def test_slow_loris_is_disconnected(small_limits: RunningProxy) -> None:
         assert other.execute("select 'still here'").fetchone() == ("still here",)
 
 
+@pytest.mark.serial
 def test_stall_after_tls_before_password_is_disconnected(small_limits: RunningProxy) -> None:
     with tls_client(small_limits) as client:
         start = time.monotonic()
@@ -732,6 +734,7 @@ def test_upstream_rejects_proxy_credentials(
 # A client that vanishes mid-query
 
 
+@pytest.mark.serial
 def test_client_killed_mid_query_stops_the_query(
     lenient: RunningProxy, pg_server: PgServer, before: psycopg.Connection[Any]
 ) -> None:
@@ -748,6 +751,7 @@ def test_client_killed_mid_query_stops_the_query(
     assert_serving(lenient, before)
 
 
+@pytest.mark.serial
 def test_client_killed_mid_extended_query_stops_the_query(
     lenient: RunningProxy, pg_server: PgServer
 ) -> None:
@@ -767,6 +771,7 @@ def test_client_killed_mid_extended_query_stops_the_query(
     assert elapsed < 2.0
 
 
+@pytest.mark.serial
 def test_client_killed_after_execute_with_flush_stops_the_query(
     lenient: RunningProxy, pg_server: PgServer
 ) -> None:
@@ -878,6 +883,7 @@ def test_garbage_instead_of_tls_handshake(
     assert_serving(lenient, before)
 
 
+@pytest.mark.serial
 def test_stall_after_ssl_answer_is_disconnected(small_limits: RunningProxy) -> None:
     with RawClient(small_limits.host, small_limits.port) as client:
         start = time.monotonic()

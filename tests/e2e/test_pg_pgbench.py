@@ -3,56 +3,24 @@ and a new connection per transaction."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 
-import psycopg
 import pytest
 
 from support.pg import PgServer
+from support.pgbench import ENV as _ENV
+from support.pgbench import ensure_pgbench_tables
 from support.proxy import RunningProxy
 
 pytestmark = pytest.mark.e2e
 
-_ENV = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
 
 
 @pytest.fixture(scope="module")
 def pgbench_data(pg_server: PgServer) -> None:
     """pgbench's tables at scale 1 in the test database, made directly (not through the proxy)."""
-    with psycopg.connect(pg_server.dsn()) as direct:
-        ready = direct.execute(
-            "select to_regclass('public.pgbench_accounts') is not null"
-            " and to_regclass('public.pgbench_branches') is not null"
-            " and to_regclass('public.pgbench_tellers') is not null"
-            " and to_regclass('public.pgbench_history') is not null"
-        ).fetchone()
-        if ready == (True,):
-            count = direct.execute("select count(*) from pgbench_branches").fetchone()
-            if count == (1,):
-                return
-    done = subprocess.run(
-        [
-            "pgbench",
-            "-i",
-            "-q",
-            "-s",
-            "1",
-            "-h",
-            pg_server.host,
-            "-p",
-            str(pg_server.port),
-            "-U",
-            pg_server.user,
-            pg_server.dbname,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**_ENV, **({"PGPASSWORD": pg_server.password} if pg_server.password else {})},
-    )
-    assert done.returncode == 0, done.stderr
+    ensure_pgbench_tables(pg_server)
 
 
 def pgbench(

@@ -165,6 +165,7 @@ def test_listen_receives_notify_from_other_session(
     assert done.stdout.strip().endswith("done")
 
 
+@pytest.mark.serial
 def test_ctrl_c_cancels_running_query(proxy: RunningProxy) -> None:
     proc = subprocess.Popen(
         ["psql", proxy.dsn(), "-X", "-c", "select pg_sleep(30)"],

@@ -156,6 +156,7 @@ def test_listen_notify_between_sessions(proxy: RunningProxy) -> None:
         assert sender.info.backend_pid != upstream_pid(sender)
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("how", ["cancel", "cancel_safe"])
 def test_cancel_from_another_thread(proxy: RunningProxy, how: str) -> None:
     with psycopg.connect(proxy.dsn(), autocommit=True) as c:

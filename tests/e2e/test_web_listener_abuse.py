@@ -60,6 +60,7 @@ def closed_by_server(s: socket.socket) -> bool:
         return True
 
 
+@pytest.mark.serial
 def test_trickling_headers_are_cut_off(server: Server) -> None:
     clients = [connect(server.port) for _ in range(200)]
     start = time.monotonic()
@@ -87,6 +88,7 @@ def test_trickling_headers_are_cut_off(server: Server) -> None:
         assert s.recv(65536).startswith(b"HTTP/1.1 200")
 
 
+@pytest.mark.serial
 def test_silent_client_is_closed(server: Server) -> None:
     with connect(server.port) as s:
         s.settimeout(HEADER_TIMEOUT + 10)

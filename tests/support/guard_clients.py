@@ -301,6 +301,7 @@ async def _run_asyncpg(
     settings = dict(login.startup)
     if login.options is not None:
         settings["options"] = login.options
+    refused: ConnectFailed | None = None
     try:
         conn = await asyncpg.connect(
             host=proxy.host,
@@ -314,7 +315,12 @@ async def _run_asyncpg(
             server_settings=settings or None,
         )
     except asyncpg.PostgresError as err:
-        raise ConnectFailed(err.sqlstate, str(err)) from None
+        refused = ConnectFailed(err.sqlstate, str(err))
+    if refused is not None:
+        # Raised outside the except clause: asyncpg's error (whose traceback holds the
+        # refused login's transport) is not kept as the context of ConnectFailed, so
+        # _collect_client_leaks can collect the transport now, not a later test.
+        raise refused
     out: list[Outcome] = []
     try:
         for st in statements:

@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,13 +121,16 @@ def wait_port(host: str, port: int, proc: subprocess.Popen[bytes], log: Path, ti
 
 
 @contextmanager
-def run_proxy(config_path: Path, env: Mapping[str, str] | None = None) -> Iterator[RunningProxy]:
+def run_proxy(
+    config_path: Path, env: Mapping[str, str] | None = None, entry: Sequence[str] = ("-m", "dbsentry")
+) -> Iterator[RunningProxy]:
+    """``entry``: what runs the CLI (``python ENTRY serve ...``), e.g. support/clock.py."""
     data = yaml.safe_load(config_path.read_text())
     host, _, port = data["listen"]["postgres"].rpartition(":")
     log_path = config_path.with_suffix(".log")
     with open(log_path, "wb") as logf:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dbsentry", "serve", "-c", str(config_path), "--log-level", "debug"],
+            [sys.executable, *entry, "serve", "-c", str(config_path), "--log-level", "debug"],
             stdout=logf,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},

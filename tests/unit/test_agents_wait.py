@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import pytest
 
 from dbsentry.agents.waiting import Waits
 from dbsentry.approvals.config import ApprovalsConfig
@@ -76,6 +77,7 @@ def test_a_decision_ends_the_wait_with_progress_ticks() -> None:
     assert store.expired == 0
 
 
+@pytest.mark.serial
 def test_the_bound_ends_the_wait() -> None:
     store = _Store()
     waits = _waits(store)
@@ -92,6 +94,7 @@ def test_the_bound_ends_the_wait() -> None:
     assert 0.4 < time.monotonic() - started < 3
 
 
+@pytest.mark.serial
 def test_a_cancelled_call_drops_its_watch() -> None:
     store = _Store()
     waits = _waits(store)

@@ -165,6 +165,7 @@ def test_gives_up_quietly(receiver: Receiver) -> None:
     assert notifier.failed == 1
 
 
+@pytest.mark.serial
 def test_unreachable_receiver_never_raises() -> None:
     cfg = ApprovalsConfig.model_validate(
         {

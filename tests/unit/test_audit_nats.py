@@ -228,6 +228,7 @@ def test_an_unreachable_server_is_retried_and_nothing_is_lost(tmp_path: Path, st
     assert len([r for r in caplog.records if "not published to NATS" in r.getMessage()]) == 2
 
 
+@pytest.mark.serial
 def test_stop_publishes_what_is_left_and_does_not_wait_out_an_outage(tmp_path: Path, stream: TestStream) -> None:
     records = write_records(tmp_path, 3000)
     pub = NatsPublisher(NatsConfig.model_validate(stream.settings()), tmp_path, NODE, Durable(records[-1].seq))

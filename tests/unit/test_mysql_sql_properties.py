@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -135,6 +136,7 @@ def test_accepted_text_round_trips_its_token_spans(sql: str, mode: SqlMode) -> N
         assert all(start <= x.start and x.end <= end for x in part if x.kind != COMMENT)
 
 
+@pytest.mark.serial
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sql=SQLISH | st.text(max_size=300), mode=MODES)
 def test_analysis_gives_facts_or_refuses_and_is_fast(sql: str, mode: SqlMode) -> None:
@@ -194,6 +196,7 @@ def test_an_or_true_tail_is_always_flagged(where: str) -> None:
     assert "always_true_where" in facts[0].flags
 
 
+@pytest.mark.serial
 def test_deep_nesting_is_refused_quickly() -> None:
     began = time.perf_counter()
     for sql in (
@@ -207,6 +210,7 @@ def test_deep_nesting_is_refused_quickly() -> None:
     assert time.perf_counter() - began < 10
 
 
+@pytest.mark.serial
 def test_long_statement_lists_are_fast() -> None:
     sql = ";".join(f"SELECT a, b FROM t WHERE id = {i}" for i in range(300))
     began = time.perf_counter()

@@ -137,6 +137,7 @@ def test_take_pending_and_expect_inside_a_continuation() -> None:
         splitter.take_pending()
 
 
+@pytest.mark.serial
 def test_dribbled_large_packet_costs_linear_time() -> None:
     payload = bytes(2_000_000)
     data, _ = encode_packet(payload, 0)
@@ -211,6 +212,7 @@ def test_truncated_lenenc_int(truncated: str) -> None:
         p.Reader(bytes.fromhex(truncated)).lenenc_int()
 
 
+@pytest.mark.serial
 def test_lenenc_string_claiming_a_huge_length_is_refused_without_allocating() -> None:
     start = time.perf_counter()
     for claim in (b"\xfe" + (2**63).to_bytes(8, "little"), b"\xfd\xff\xff\xff", b"\xfc\xff\xff"):

@@ -370,6 +370,7 @@ def test_frame_too_large_is_refused_when_the_header_arrives_in_pieces() -> None:
         splitter.split(header[-1:])
 
 
+@pytest.mark.serial
 def test_splitting_one_big_frame_in_small_chunks_is_linear() -> None:
     # A client (or upstream) that dribbles a large message must not make the proxy copy
     # the pending bytes again for every chunk: that is O(n^2) and a cheap CPU attack.

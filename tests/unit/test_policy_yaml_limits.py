@@ -58,6 +58,7 @@ def test_anchors_within_limits_still_work() -> None:
     assert [cr.rule.name for cr in pol.rules if not cr.baseline] == ["no-drop", "no-truncate"]
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("levels", [20, 24, 40])
 def test_alias_bomb_refused_naming_the_limit(levels: int) -> None:
     text = alias_bomb(levels)
@@ -69,6 +70,7 @@ def test_alias_bomb_refused_naming_the_limit(levels: int) -> None:
     assert err.value.line is not None and err.value.line <= levels + 2
 
 
+@pytest.mark.serial
 def test_deep_nesting_refused() -> None:
     with bounded(), pytest.raises(PolicyError) as err:
         parse_policy("rules: " + "[" * 200_000, "deep.yaml")
@@ -88,6 +90,7 @@ def test_an_alias_inside_the_node_it_names_is_refused(text: str) -> None:
         load_bounded(text)
 
 
+@pytest.mark.serial
 def test_too_many_aliases_refused() -> None:
     text = "x: &x 1\nys: [" + ", ".join(["*x"] * (MAX_ALIASES + 1)) + "]\n"
     with pytest.raises(PolicyError) as err:
@@ -98,6 +101,7 @@ def test_too_many_aliases_refused() -> None:
     assert load_bounded(ok)["ys"] == [1] * MAX_ALIASES
 
 
+@pytest.mark.serial
 def test_reload_keeps_the_policy_in_force(tmp_path: Path) -> None:
     path = tmp_path / "policy.yaml"
     path.write_text(GOOD)
@@ -109,6 +113,7 @@ def test_reload_keeps_the_policy_in_force(tmp_path: Path) -> None:
     assert gov.version == before
 
 
+@pytest.mark.serial
 def test_policy_check_cli_refuses_a_bomb(tmp_path: Path) -> None:
     (tmp_path / "policy.yaml").write_text(alias_bomb(30))
     cfg = tmp_path / "dbsentry.yaml"
@@ -122,6 +127,7 @@ def test_policy_check_cli_refuses_a_bomb(tmp_path: Path) -> None:
     assert "policy.yaml:" in result.output and f"more than {MAX_NODES} nodes" in result.output
 
 
+@pytest.mark.serial
 def test_policy_test_cases_file_is_bounded_too(tmp_path: Path) -> None:
     (tmp_path / "cases.yaml").write_text(alias_bomb(30))
     cfg = tmp_path / "dbsentry.yaml"
@@ -162,6 +168,7 @@ def hostile_yaml(draw: st.DrawFn) -> str:
     return "\n".join(lines) + "\n"
 
 
+@pytest.mark.serial
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(hostile_yaml())
 def test_fuzz_structured_hostile_yaml(text: str) -> None:
@@ -169,6 +176,7 @@ def test_fuzz_structured_hostile_yaml(text: str) -> None:
         parse_policy(text, "fuzz.yaml")
 
 
+@pytest.mark.serial
 @settings(max_examples=150, deadline=None)
 @given(st.text(alphabet=st.sampled_from(list("&*ab[]{}:,- \n'\"!|>#<")), max_size=400))
 def test_fuzz_any_text(text: str) -> None:

@@ -846,6 +846,7 @@ def test_untyped_literals_that_are_not_true(where: str) -> None:
     assert "always_true_where" not in one("delete from t where " + where).flags
 
 
+@pytest.mark.serial
 def test_like_is_linear() -> None:
     import time
 

@@ -65,6 +65,7 @@ DEEP = {
 }
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("sql", DEEP.values(), ids=DEEP.keys())
 def test_too_deep_or_too_large_is_refused_quickly(sql: str) -> None:
     result = timed(sql)
@@ -73,6 +74,7 @@ def test_too_deep_or_too_large_is_refused_quickly(sql: str) -> None:
     assert result.sqlstate == "54001"
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize(
     "sql",
     [
@@ -201,6 +203,7 @@ _STATEMENTS = [
 ]
 
 
+@pytest.mark.serial
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(_STATEMENTS), EXPRS, st.integers(0, 400), st.sampled_from(["not ", "lower(", "(select ", "-", "(", "array["]))
 def test_random_nested_sql(template: str, expr: str, depth: int, wrapper: str) -> None:
@@ -264,6 +267,7 @@ def _positions(node: Any, out: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
     return out
 
 
+@pytest.mark.serial
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, len(_TREES) - 1), st.lists(st.tuples(st.integers(0, 10_000), _NODES), min_size=1, max_size=4))
 def test_random_tree_mutations(which: int, mutations: list[tuple[int, Any]]) -> None:

@@ -66,7 +66,16 @@ class Check:
         return self.verdict.decision.allowed
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 class Governor:
+    #: The time a statement is judged at (the policy's time windows).  The wall clock;
+    #: replaceable so that a test can open a time window without waiting for it
+    #: (tests/support/clock.py).
+    clock: Callable[[], datetime] = staticmethod(_utc_now)
+
     def __init__(self, policy: Policy, path: Path | None = None) -> None:
         self.policy = policy
         self.path = path
@@ -95,7 +104,7 @@ class Governor:
         """``functions``: the connection's catalog, to mark calls of functions that may
         change data (``volatile_function``).  ``classes``: the data classes each statement
         reads and writes, asked only when a rule matches on them."""
-        ctx = EvalContext(identity, connection, environment, datetime.now(UTC))
+        ctx = EvalContext(identity, connection, environment, self.clock())
         verdict = evaluate_sql(self.policy, sql, ctx, self.facts_cache, self.decision_cache)
         if not verdict.facts:
             return Check(verdict)
