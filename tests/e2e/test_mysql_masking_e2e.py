@@ -138,6 +138,10 @@ def test_predicate_oracle_is_refused_in_production(env: Env) -> None:
         assert "ssn" in message and "masking.predicates = equality" in message
         cur.execute(f"SELECT id FROM {env.t} WHERE ssn = %s", ("123-45-6789",))  # a point lookup: allowed
         assert cur.fetchall() == ()
+        # the argument GREATEST picks shows in the masked value's shape ('*' or '***-**-6789')
+        with pytest.raises(pymysql.err.OperationalError) as err:
+            cur.execute(f"SELECT id, GREATEST(ssn, '5') FROM {env.t}")
+        assert err.value.args[0] == 1142 and "used in GREATEST" in err.value.args[1]
     with connect(env.mp, AGENT, "prod") as conn, conn.cursor() as cur:
         with pytest.raises(pymysql.err.OperationalError) as err:
             cur.execute(f"SELECT id FROM {env.t} WHERE ssn = '123-45-6789'")

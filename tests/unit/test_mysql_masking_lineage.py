@@ -181,6 +181,14 @@ def test_predicate_uses() -> None:
     )
     assert ("app.people.email", "JOIN ... ON", "other") in uses("SELECT o.id FROM orders o JOIN people p ON p.email > 'm'")
     assert ("app.people.ssn", "CASE", "other") in uses("SELECT CASE WHEN ssn LIKE '5%' THEN 1 END FROM people")
+    # the argument chosen shows in the masked value's shape: an order question
+    assert ("app.people.ssn", "GREATEST", "other") in uses("SELECT GREATEST(ssn, '5') FROM people")
+    assert ("app.people.email", "LEAST", "other") in uses("SELECT id, LEAST(email, 'm') FROM people")
+    assert ("app.people.ssn", "WHERE", "other") in uses("SELECT id FROM people WHERE GREATEST(ssn, '5') = '5'")
+    # NULL exactly when equal: a lookup against a constant, else a question
+    assert ("app.people.email", "NULLIF", "equality") in uses("SELECT NULLIF(email, '') FROM people")
+    assert ("app.people.ssn", "NULLIF", "other") in uses("SELECT NULLIF(ssn, city) FROM people")
+    assert ("app.people.ssn", "NULLIF", "other") in uses("SELECT NULLIF(LEFT(ssn, 1), '5') FROM people")
     assert ("app.people.ssn", "LIMIT/OFFSET", "other") not in uses("SELECT id FROM people LIMIT 1")
     # a view's own WHERE is its owner's business; a predicate on its output is not
     assert ("app.people.email", "WHERE", "other") in uses("SELECT id FROM v WHERE mail LIKE 'A%'")

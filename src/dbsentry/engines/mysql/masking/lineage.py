@@ -131,7 +131,7 @@ class _Scope:
 
 
 # Functions whose value is one of their arguments as is.
-_TRANSPARENT = (exp.Coalesce, exp.Nullif, exp.Max, exp.Min, exp.Greatest, exp.Least)
+_TRANSPARENT = (exp.Coalesce, exp.Max, exp.Min)
 # Window functions that number rows: presence, not content.
 _RANKING = (exp.RowNumber, exp.Rank, exp.DenseRank, exp.PercentRank, exp.CumeDist, exp.Ntile)
 _CONSTANTS = (exp.Literal, exp.Null, exp.Boolean, exp.Placeholder)
@@ -741,6 +741,29 @@ class _Walk:
                 for a in args:
                     self.note(a)
             return _union(args, transparent=isinstance(node, _TRANSPARENT))
+        if isinstance(node, exp.Greatest | exp.Least):
+            # the value is the argument that sorts last (first); which one it is, and so the
+            # shape of its masked value (GREATEST(ssn, '5') gives '*' or '***-**-1234'),
+            # answers an order question about each argument: a use, like CASE
+            with self.within(self.clause or node.key.upper()):
+                args = self.exprs(self.children(node), scope)
+                for a in args:
+                    self.note(a)
+            return _union(args, transparent=True)
+        if isinstance(node, exp.Nullif):
+            # NULL exactly when the two are equal: a lookup of a stored value by a constant,
+            # anything else an unrestricted question about the value
+            left, right = node.this, node.expression
+            with self.within(self.clause or "NULLIF"):
+                if _bare_column(left) and _constant(right):
+                    a, b = self.shaped(left, scope, "equality"), self.expr(right, scope)
+                elif _bare_column(right) and _constant(left):
+                    a, b = self.expr(left, scope), self.shaped(right, scope, "equality")
+                else:
+                    a, b = self.expr(left, scope), self.expr(right, scope)
+                    self.note(a)
+                    self.note(b)
+            return _union([a, b], transparent=True)
         if isinstance(node, exp.Func):
             args = self.exprs(self.children(node), scope)
             value = _union(args, transparent=isinstance(node, _TRANSPARENT))

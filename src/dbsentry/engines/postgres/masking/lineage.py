@@ -1307,10 +1307,28 @@ def _transparent(w: _Walk, body: Any, scope: _Scope) -> _L:
     return w.generic(body, scope, transparent=True)
 
 
+def _min_max(w: _Walk, body: dict[str, Any], scope: _Scope) -> _L:
+    """GREATEST/LEAST: the value is the argument that sorts last (first).  Which argument
+    it is, and so the shape of its masked value (``greatest(ssn, '5')`` gives ``*`` or
+    ``***-**-1234``), answers an order question about each argument: a use, like CASE."""
+    name = "GREATEST" if body.get("op") == "IS_GREATEST" else "LEAST"
+    with w.within(w.clause or name):
+        args = [w.expr(a, scope) for a in body.get("args") or ()]
+    return _union(args, transparent=True)
+
+
 def _a_expr(w: _Walk, body: dict[str, Any], scope: _Scope) -> _L:
     if body.get("kind") == "AEXPR_NULLIF":
-        left = w.expr(body.get("lexpr"), scope)
-        right = w.expr(body.get("rexpr"), scope)
+        # NULL exactly when the two are equal: a lookup of a stored value by a constant,
+        # anything else an unrestricted question about the value
+        lexpr, rexpr = body.get("lexpr"), body.get("rexpr")
+        with w.within(w.clause or "NULLIF"):
+            if _kind(lexpr) == "ColumnRef" and _constant(rexpr):
+                left, right = w.shaped(lexpr, scope, "equality"), w.expr(rexpr, scope)
+            elif _kind(rexpr) == "ColumnRef" and _constant(lexpr):
+                left, right = w.expr(lexpr, scope), w.shaped(rexpr, scope, "equality")
+            else:
+                left, right = w.expr(lexpr, scope), w.expr(rexpr, scope)
         return _union([left, _indirect(right)], transparent=True)
     return _indirect(w.generic(body, scope))
 
@@ -1393,7 +1411,7 @@ _EXPR: dict[str, Any] = {
     "TypeCast": _transparent,
     "CollateClause": _transparent,
     "CoalesceExpr": _transparent,
-    "MinMaxExpr": _transparent,
+    "MinMaxExpr": _min_max,
     "A_Expr": _a_expr,
     "CaseExpr": _case,
     "SortBy": lambda w, b, s: w.expr(b.get("node"), s),
