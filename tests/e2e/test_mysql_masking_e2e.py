@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -260,3 +261,44 @@ def test_server_errors_and_warnings_do_not_quote_masked_values(env: Env) -> None
     with _root() as conn, conn.cursor() as cur:
         cur.execute(f"SELECT id FROM {env.t} WHERE id = 1")
         assert cur.fetchone() == (1,)  # neither UPDATE changed anything
+
+
+def test_other_sessions_statement_texts_are_redacted(env: Env) -> None:
+    """SHOW PROCESSLIST shows the text of every session the upstream account can see,
+    literals included (a name is nothing a value scan finds): redacted whole for a masked
+    identity, as information_schema.PROCESSLIST.INFO is; an exempt reader sees it."""
+    marker = "Zebediah Quarrington-Fotheringay"
+
+    def sleeper() -> None:
+        with _root() as conn, conn.cursor() as cur:
+            cur.execute(f"SELECT SLEEP(4), '{marker}'")
+
+    t = threading.Thread(target=sleeper)
+    t.start()
+    try:
+        seen_by_reader = ""
+        deadline = time.monotonic() + 3
+        while marker not in seen_by_reader and time.monotonic() < deadline:
+            with connect(env.mp, READER) as conn, conn.cursor() as cur:
+                cur.execute("SHOW FULL PROCESSLIST")
+                seen_by_reader = repr(cur.fetchall())
+        assert marker in seen_by_reader  # the channel is real
+        with connect(env.mp, PERSON) as conn, conn.cursor() as cur:
+            for sql in (
+                "SHOW PROCESSLIST",
+                "SHOW FULL PROCESSLIST",
+                "SELECT * FROM information_schema.PROCESSLIST",  # INFO and INFO_BINARY
+                "SELECT * FROM sys.session",
+                "SELECT p.* FROM information_schema.PROCESSLIST p JOIN sys.processlist s ON s.conn_id = p.ID",
+            ):
+                cur.execute(sql)
+                rows = cur.fetchall()
+                assert marker not in repr(rows), (sql, rows)
+                assert rows or "sys." in sql, sql  # (sys views are empty without performance_schema)
+            cur.execute("SHOW FULL PROCESSLIST")
+            rows = cur.fetchall()
+            # the rest stays readable: ids, commands; the texts are redacted, not dropped
+            assert all(isinstance(r[0], int) for r in rows) and "Query" in {r[4] for r in rows}
+            assert any(r[7] is not None and "secret" in r[7] for r in rows), rows
+    finally:
+        t.join()
