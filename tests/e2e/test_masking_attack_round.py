@@ -270,6 +270,32 @@ def test_attack_pg_stat_activity_query_of_other_session(env: Env) -> None:
     assert_no_leak(blob)
 
 
+def test_attack_statistics_functions_behind_pg_stat_activity(env: Env) -> None:
+    """WAS A LEAK: the functions behind the view return the same texts, unclassified."""
+    dsn = env.proxy.dsn(READER.identity, groups=READER.groups, agent=False, dbname="prod")
+    with psycopg.connect(dsn, autocommit=True) as reader:
+        reader.execute(env.q(
+            "select count(*) from {S}.customers where full_name = 'Ada Lovelace' and ssn = '536-22-8714'"
+        )).fetchall()
+        time.sleep(0.3)
+        for sql in (
+            "select a.query, a.pid from pg_stat_get_activity(NULL) a",
+            "select (pg_catalog.pg_stat_get_activity(NULL)).query",
+            "select pg_stat_get_backend_activity(b) from pg_stat_get_backend_idset() b",
+            # names are the client's: the text under another name is still the text
+            "select a.* from pg_stat_get_activity(NULL) a(datid, pid, usesysid, application_name, query, state)",
+        ):
+            blob = capture(env, AGENT_PROD, [sql])
+            assert "<secret>" in blob, (sql, blob)  # the other session's row was there, redacted
+            assert_no_leak(blob)
+        # without the view's column names every column of the function counts as the text:
+        # a condition on one is a use (more than needed, never less)
+        blob = capture(env, AGENT_PROD, [
+            "select a.query from pg_stat_get_activity(NULL) a where a.pid <> pg_backend_pid()"
+        ])
+        assert "42501" in blob and "pg_stat_activity.query" in blob, blob
+
+
 # 4. Side channels that the statement writes and a later statement reads back.
 
 

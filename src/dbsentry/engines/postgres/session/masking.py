@@ -47,6 +47,7 @@ from dbsentry.engines.postgres.masking.lineage import (
     StatementLineage,
     analyze_lineage,
     plan_masks,
+    returns_statement_texts,
 )
 from dbsentry.engines.postgres.masking.rows import (
     CopyMasker,
@@ -173,7 +174,11 @@ class MaskingView:
         for table in facts.tables_read:
             if table.rpartition(".")[2].strip('"').lower() in self.sensitive_relnames:
                 return True
-        return any(fn.rpartition(".")[2] in self.user_functions for fn in facts.functions)
+        return any(
+            (name := fn.rpartition(".")[2]) in self.user_functions
+            or returns_statement_texts(fn.rpartition(".")[0] or None, name)
+            for fn in facts.functions
+        )
 
 
 # Statements whose results come from elsewhere: a cursor, a prepared statement, a table copy.
