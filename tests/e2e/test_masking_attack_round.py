@@ -296,6 +296,24 @@ def test_attack_statistics_functions_behind_pg_stat_activity(env: Env) -> None:
         assert "42501" in blob and "pg_stat_activity.query" in blob, blob
 
 
+def test_attack_truncating_casts_and_partial_masks(env: Env) -> None:
+    """WAS A LEAK: a partial mask shows the last characters of the value it is given; of
+    ssn::varchar(8) those are the SSN's 5th to 8th ('***-*2-8'), and card_number::char(n)
+    for n = 1..19 gave the whole card four digits at a time."""
+    for login in (HUMAN_PROD, AGENT_PROD):
+        blob = capture(env, login, [
+            "select ssn::varchar(8), card_number::char(12), cast(ssn as character(6)),"
+            " ssn::char, card_number::varchar(8) from {S}.customers where id = 1",
+        ])
+        assert blob.startswith("OK"), blob
+        row = blob.splitlines()[0]
+        # redacted (placeholders, cut to the type's length): not one digit of either value
+        assert not any(ch.isdigit() for ch in row), row
+        # the whole value keeps its partial mask: the last four, as before
+        blob = capture(env, login, ["select ssn, ssn::text, card_number::varchar from {S}.customers where id = 1"])
+        assert blob.count("8714") == 2 and "6467" in blob, blob
+
+
 # 4. Side channels that the statement writes and a later statement reads back.
 
 

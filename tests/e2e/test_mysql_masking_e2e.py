@@ -302,3 +302,19 @@ def test_other_sessions_statement_texts_are_redacted(env: Env) -> None:
             assert any(r[7] is not None and "secret" in r[7] for r in rows), rows
     finally:
         t.join()
+
+
+def test_truncating_casts_are_redacted_not_partially_masked(env: Env) -> None:
+    """A partial mask shows the last characters of the value it is given: of
+    CAST(ssn AS CHAR(8)) those are the SSN's 5th to 8th, of CAST(card AS CHAR(n)) the
+    card four digits at a time.  A cast that may cut the value is redacted."""
+    with connect(env.mp, PERSON) as conn, conn.cursor() as cur:
+        cur.execute(
+            f"SELECT CAST(ssn AS CHAR(8)), CONVERT(card_number, CHAR(12)), CAST(ssn AS BINARY(6)),"
+            f" CAST(card_number AS NCHAR(9)) FROM {env.t} WHERE id = 1"
+        )
+        row = cur.fetchall()[0]
+        assert not any(ch.isdigit() for v in row for ch in (v.decode() if isinstance(v, bytes) else v)), row
+        cur.execute(f"SELECT ssn, CAST(ssn AS CHAR) FROM {env.t} WHERE id = 1")
+        whole = cur.fetchall()[0]
+        assert whole[0] == whole[1] and whole[0].endswith("8701"), whole  # partial, as before

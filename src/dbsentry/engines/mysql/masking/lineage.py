@@ -138,6 +138,21 @@ _CONSTANTS = (exp.Literal, exp.Null, exp.Boolean, exp.Placeholder)
 _QUERIES = (exp.Select, exp.Union, exp.Intersect, exp.Except)
 
 
+# Casts that keep the whole value (no length, no precision): text, binary, integers, dates,
+# JSON, another character set.
+_WHOLE_VALUE_TYPES = frozenset({
+    exp.DataType.Type.CHAR, exp.DataType.Type.NCHAR, exp.DataType.Type.VARCHAR,
+    exp.DataType.Type.NVARCHAR, exp.DataType.Type.TEXT, exp.DataType.Type.BINARY,
+    exp.DataType.Type.VARBINARY, exp.DataType.Type.CHARACTER_SET, exp.DataType.Type.BIGINT,
+    exp.DataType.Type.UBIGINT, exp.DataType.Type.DATE, exp.DataType.Type.DATETIME,
+    exp.DataType.Type.JSON,
+})  # fmt: skip
+
+
+def _whole_value_cast(to: object) -> bool:
+    return isinstance(to, exp.DataType) and not to.expressions and to.this in _WHOLE_VALUE_TYPES
+
+
 def _constant(node: exp.Expression | None) -> bool:
     if node is None:
         return False
@@ -724,7 +739,11 @@ class _Walk:
             v = self.expr(node.this, scope)
             for extra in self.children(node)[1:]:
                 self.expr(extra, scope)
-            return v._replace(bare=False)
+            if isinstance(node, exp.Collate) or _whole_value_cast(node.args.get("to")):
+                return v._replace(bare=False)
+            # CAST(ssn AS CHAR(8)): the value is cut, and a partial mask of the cut value
+            # would show characters the whole value's mask hides: derived, not direct
+            return v._replace(bare=False, direct=False)
         if isinstance(node, exp.Anonymous):
             args = self.exprs(node.expressions, scope)
             if node.name.lower() not in BUILTIN_FUNCTIONS:

@@ -1364,6 +1364,27 @@ def _min_max(w: _Walk, body: dict[str, Any], scope: _Scope) -> _L:
     return _union(args, transparent=True)
 
 
+# Casts that keep the whole value, given without a length or precision (``::text``,
+# ``::varchar``, ``::int8``, ``::date``): the value stays direct (partially maskable).
+_WHOLE_VALUE_TYPES = frozenset({
+    "text", "varchar", "bpchar", "bytea", "citext", "int2", "int4", "int8", "numeric",
+    "date", "timestamp", "timestamptz", "json", "jsonb", "unknown",
+})  # fmt: skip
+
+
+def _type_cast(w: _Walk, body: dict[str, Any], scope: _Scope) -> _L:
+    """A cast is the value it casts, unless it may cut it: ``ssn::varchar(8)``,
+    ``ssn::char`` (one character), ``"char"``, ``name``, a domain: a partial mask of a cut
+    value would show characters the whole value's mask hides (``***-*1-3``), so those are
+    derived values (redacted)."""
+    value = _transparent(w, body, scope)
+    type_name = body.get("typeName") or {}
+    names = _strings(type_name.get("names"))
+    if not type_name.get("typmods") and names and names[-1].lower() in _WHOLE_VALUE_TYPES:
+        return value
+    return _indirect(value)
+
+
 def _a_expr(w: _Walk, body: dict[str, Any], scope: _Scope) -> _L:
     if body.get("kind") == "AEXPR_NULLIF":
         # NULL exactly when the two are equal: a lookup of a stored value by a constant,
@@ -1455,7 +1476,7 @@ _EXPR: dict[str, Any] = {
     "NullTest": _null_test,
     "BooleanTest": _boolean_test,
     "GroupingFunc": _presence,
-    "TypeCast": _transparent,
+    "TypeCast": _type_cast,
     "CollateClause": _transparent,
     "CoalesceExpr": _transparent,
     "MinMaxExpr": _min_max,
