@@ -117,8 +117,10 @@ class Node:
         wait_until(ready, f"{self.name}'s /readyz", timeout)
 
     def kill9(self) -> None:
+        """``kill -9`` of the whole node (its supervisor, workers and audit helpers), as when
+        its machine dies."""
         assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
+        os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(10)
 
     def stop(self) -> None:
@@ -135,17 +137,16 @@ class Node:
 
 
 def make_node(
-    directory: Path, name: str, upstream: PgServer, *, audit_dsn: str, workers: int = 1
+    directory: Path, name: str, upstream: PgServer, *, audit_dsn: str
 ) -> Node:
     """A node configured by deploy/dbsentry.yaml: loopback ports instead of the recipe's,
-    this machine's databases instead of its hosts, ``workers`` processes (the recipe says 2),
-    and without MySQL when no MariaDB answers here."""
+    this machine's databases instead of its hosts, and without MySQL when no MariaDB
+    answers here."""
     data = yaml.safe_load((DEPLOY / "dbsentry.yaml").read_text())
     directory.mkdir(parents=True, exist_ok=True)
     with_mysql = mysql_reason() is None
     ports = {k: free_port() for k in ("postgres", "mysql", "http")}
     data["state_dir"] = str(directory / "state")
-    data["workers"] = workers
     data["listen"] = {k: f"127.0.0.1:{p}" for k, p in ports.items() if k != "mysql" or with_mysql}
     data["audit"]["node"] = name
     prod = data["connections"]["prod"]
