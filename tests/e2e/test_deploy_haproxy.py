@@ -174,7 +174,7 @@ def test_pgbench_through_haproxy_survives_a_node_killed_with_kill_9(
     on_victim = current_before + (down_started[victim.name] - started_before[victim.name]) - (
         redispatched - redispatched_before
     )
-    assert 1 <= len(aborted) <= on_victim < CLIENTS, (aborted, on_victim, err)
+    assert len(aborted) <= on_victim < CLIENTS, (aborted, on_victim, err)
     lost = re.compile(
         r"pgbench: error: (client \d+ aborted (in command \d+ \(SQL\) of script 0; perhaps the backend died"
         r"|while establishing connection)|connection to server .* failed: (server closed the connection"

@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,6 @@ class Node:
     http: int
     env: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
-    starts: int = field(default=0)
 
     @property
     def config(self) -> Path:
@@ -97,7 +96,6 @@ class Node:
     def start(self) -> None:
         """``dbsentry serve`` in a session of its own (so a kill reaches only it)."""
         assert self.process is None or self.process.poll() is not None
-        self.starts += 1
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "dbsentry", "serve", "-c", str(self.config)],
