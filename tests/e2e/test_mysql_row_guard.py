@@ -9,7 +9,6 @@ Every refusal is checked directly on the server: nothing changed.
 
 from __future__ import annotations
 
-import json
 import os
 import ssl
 import time
@@ -18,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from support.mysql import MySQLProxy, run_mysql_proxy, server_reason
-from support.proxy import dbsentry_cli
+from support.mysql import MySQLProxy, audit_rows, run_mysql_proxy, server_reason
 
 _REASON = server_reason()
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
@@ -220,14 +218,8 @@ def test_refusal_is_audited_as_deny_with_the_rule(fresh: MySQLProxy) -> None:
     marker = f"rg_marker_{time.time_ns()}"
     with connect(fresh, autocommit=True) as conn, conn.cursor() as cur:
         refused(cur, f"UPDATE {BIG} SET v = 1 WHERE id > -1 /* {marker} */")
-    rows: list[dict[str, Any]] = []
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        out = dbsentry_cli("audit", "search", "--connection", "prod", "--json", config=fresh.proxy.config_path)
-        rows = [json.loads(line) for line in out.stdout.splitlines() if marker in line]
-        if any(r["decision"] == "deny" for r in rows):
-            break
-        time.sleep(0.3)
+    rows = audit_rows(fresh, marker, lambda rows: any(r["decision"] == "deny" for r in rows), "--connection", "prod")
     denied = [r for r in rows if r["decision"] == "deny"]
     assert denied and denied[0]["rules"] == ["guardrails.max_rows_changed"], rows
     assert denied[0]["engine"] == "mysql"
+

@@ -129,12 +129,14 @@ ER_KILL_DENIED = 1095
 ER_AUDIT = 3098  # "the table does not comply with the requirements by an external plugin"
 ER_UNKNOWN_STMT = 1243
 ER_TABLEACCESS_DENIED = 1142  # a masking refusal (docs/mysql.md "Masking")
+ER_MALFORMED_PACKET = 1835
 ALLOWED = Decision("allow", ())
 
 #: What the proxy's greeting offers. Not offered: compression (refused cleanly: a client
 #: asking for it gets no compression), LOCAL INFILE (the server could ask the client for
-#: any file), IGNORE_SPACE and ODBC (they change how the text reads), query attributes,
-#: optional metadata, and MariaDB's extended capabilities.
+#: any file), IGNORE_SPACE and ODBC (they change how the text reads), optional metadata,
+#: and MariaDB's extended capabilities. Query attributes are read, audited, and stripped
+#: when the server does not read them.
 OFFERED = (
     k.CLIENT_LONG_PASSWORD
     | k.CLIENT_FOUND_ROWS
@@ -154,6 +156,7 @@ OFFERED = (
     | k.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA
     | k.CLIENT_SESSION_TRACK
     | k.CLIENT_DEPRECATE_EOF
+    | k.CLIENT_QUERY_ATTRIBUTES
 )
 MAX_AUTH_PACKET = 1 << 16
 #: The settings a session re-reads after a statement that may change them.
@@ -379,6 +382,7 @@ class Session:
         self._tls = False
         self._caps = 0  # what the client and the proxy agreed on
         self._up_caps = 0
+        self._up_version = ""  # the upstream server's own version
         self._charset = 45
         self._codec = "utf-8"
         self._mode: SqlMode = DEFAULT_MODE
@@ -393,6 +397,8 @@ class Session:
         self._exchange: _Exchange | None = None
         self._bracket: _Bracket | None = None  # the row guard's bracket in flight
         self._limits: g.Limits | None = None  # the row guard's (production sessions of people)
+        # LOCK TABLES may be in effect (START TRANSACTION would release its locks)
+        self._tables_locked = False
         self._held: _Held | None = None
         self._prepared: dict[int, _Prepared] = {}
         # SQL-level PREPARE name FROM '...': name (lower case) -> the text it runs (None:
@@ -748,6 +754,7 @@ class Session:
         if self.state is not State.CONNECTING:
             return []
         self.upstream_id = ready.connection_id
+        self._up_version = ready.server_version
         self._up_caps = ready.capabilities
         self._status = ready.status
         self._enter(State.INIT)
@@ -829,11 +836,27 @@ class Session:
         return out
 
     def _command(self, payload: bytes) -> list[c.Command]:
-        cmd = w.decode_command(payload, self._caps)
+        if self.audit is not None:
+            self.audit.attributes = ()
+        try:
+            cmd = w.decode_command(payload, self._caps)
+        except w.MalformedAttributes as err:
+            # the packet is whole: this command is refused, the session goes on
+            return [
+                c.Log(logging.WARNING, "statement.refused", {"reason": str(err), "engine": "mysql"}),
+                *self._reply_error(ER_MALFORMED_PACKET, "HY000", f"dbsentry: {err}"),
+            ]
         if self.connection is None:
             return self._control_command(payload, cmd)
         match cmd:
-            case w.Query(sql=raw):
+            case w.Query(sql=raw, attributes=attributes, parameter_set_count=sets):
+                if sets != 1:
+                    return self._reply_error(
+                        ER_MALFORMED_PACKET, "HY000", f"dbsentry: COM_QUERY: parameter set count {sets} (only 1 is defined)"
+                    )
+                if self._caps & k.CLIENT_QUERY_ATTRIBUTES and not self._up_caps & k.CLIENT_QUERY_ATTRIBUTES:
+                    payload = w.encode_command(w.Query(raw), self._up_caps)  # the server does not read them
+                self._audit_attributes(attributes)
                 return self._query(payload, raw)
             case w.StmtPrepare(sql=raw):
                 return self._prepare(payload, raw)
@@ -872,6 +895,7 @@ class Session:
             case w.FieldList():
                 return self._forward(payload, _Exchange("fields"))
             case w.ResetConnection():
+                self._tables_locked = False
                 self._prepared.clear()
                 self._sql_prepared = {}
                 self._sql_plans = {}
@@ -1279,6 +1303,12 @@ class Session:
             self._sql_prepared = exchange.prepared_names  # what PREPARE/DEALLOCATE leave
         if exchange.sql_plans is not None:
             self._sql_plans = exchange.sql_plans
+        if verdict is not None:
+            for f in verdict.facts:
+                if f.command == "LOCK TABLE":
+                    self._tables_locked = True
+                elif f.command in ("UNLOCK TABLES", "START TRANSACTION", "BEGIN"):
+                    self._tables_locked = False
         audit = self.audit
         if audit is None or verdict is None:
             return self._forward(packet, exchange)
@@ -1353,7 +1383,17 @@ class Session:
             return self._refused(stmt.sql, f"dbsentry: the parameters of COM_STMT_EXECUTE cannot be read ({err}): it was not run")
         stmt.types = execute.types or stmt.types
         stmt.names = execute.names or stmt.names
-        params = tuple(None if p.long_data else value_text(p.value) for p in execute.params)
+        if len(execute.params) < stmt.num_params:
+            return self._refused(
+                stmt.sql, f"dbsentry: COM_STMT_EXECUTE sent {len(execute.params)} parameters for a statement of {stmt.num_params}: it was not run"
+            )
+        # Query attributes follow the statement's own parameters.
+        own, attributes = execute.params[: stmt.num_params], execute.params[stmt.num_params :]
+        self._audit_attributes(attributes)
+        if self._caps & k.CLIENT_QUERY_ATTRIBUTES and not self._up_caps & k.CLIENT_QUERY_ATTRIBUTES:
+            stripped = replace(execute, params=own, flags=execute.flags & ~k.PARAMETER_COUNT_AVAILABLE)
+            packet = w.encode_stmt_execute(stripped, self._up_caps, stmt.num_params)
+        params = tuple(None if p.long_data else value_text(p.value) for p in own)
         stmt.long_data.clear()
         verdict = self._check(stmt.sql)  # again: the policy may have been reloaded since
         cursor = execute.flags & k.CURSOR_TYPE_READ_ONLY
@@ -1361,6 +1401,11 @@ class Session:
         exchange = _Exchange("result", reader, sql=stmt.sql, statement=stmt if cursor else None, statement_id=sid)
         stmt.cursor = None
         return self._govern(packet, stmt.sql, verdict, exchange, params, prepared=stmt)
+
+    def _audit_attributes(self, attributes: Sequence[w.Param]) -> None:
+        """The command's query attributes, for its audit records."""
+        if self.audit is not None and attributes:
+            self.audit.attributes = tuple((a.name, None if a.long_data else value_text(a.value)) for a in attributes)
 
     def _init_db(self, schema: str) -> list[c.Command]:
         conn = self.connection
@@ -1500,6 +1545,11 @@ class Session:
         written = tuple(dict.fromkeys(g.split_name(t, database) for f in ran for t in f.tables_written))
         inside = self._status & k.SERVER_STATUS_IN_TRANS or not self._status & k.SERVER_STATUS_AUTOCOMMIT
         mode = g.Mode.SAVEPOINT if inside else g.Mode.TRANSACTION
+        if mode is g.Mode.TRANSACTION and self._tables_locked:
+            return (
+                f"{head}, which would open a transaction and so release the session's LOCK TABLES: "
+                "lock the tables inside a transaction (SET autocommit = 0; LOCK TABLES ...), or UNLOCK TABLES first"
+            )
         return _Bracket(mode, limits, written, tuple(ran), sql, params, binary)
 
     def _bracket_send(self, sql: bytes) -> list[c.Command]:
@@ -1651,7 +1701,7 @@ class Session:
         return out + self._done(ex)
 
     def _mariadb(self) -> bool:
-        return "mariadb" in self.server_version.lower()
+        return "mariadb" in self._up_version.lower()
 
     # ------------------------------------------------------------------ answers
 

@@ -3,10 +3,20 @@ what it refuses before a statement runs, and its decision on what a statement ch
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
+from dbsentry.engines.mysql.session import commands as c
+from dbsentry.engines.mysql.session import events as e
 from dbsentry.engines.mysql.session import guard as g
+from dbsentry.engines.mysql.session.session import State
 from dbsentry.engines.mysql.sql.facts import analyze
+from dbsentry.engines.mysql.wire import constants as k
+from dbsentry.engines.mysql.wire import generic as gw
+from dbsentry.engines.mysql.wire import results as res
+from dbsentry.engines.mysql.wire.packets import encode_packet
 
 LIMITS = g.Limits(20, 0.5)
 T = ("shop", "orders")
@@ -15,8 +25,8 @@ T = ("shop", "orders")
 def catalog(**kw: object) -> g.Catalog:
     cat = g.Catalog()
     cat.tables[T] = (True, "BASE TABLE")
-    for k, v in kw.items():
-        setattr(cat, k, v)
+    for name, value in kw.items():
+        setattr(cat, name, value)
     return cat
 
 
@@ -125,3 +135,96 @@ def test_parse_info_and_snapshot_fail_on_surprises() -> None:
 def test_end_commands() -> None:
     assert g.end_sql(g.Mode.TRANSACTION, True) == (b"COMMIT",)
     assert g.end_sql(g.Mode.SAVEPOINT, False) == (b"ROLLBACK TO SAVEPOINT dbsentry_row_guard", b"RELEASE SAVEPOINT dbsentry_row_guard")
+
+
+# ---------------------------------------------------------------- the bracket, without sockets
+
+
+def _result(rows: list[tuple[bytes | None, ...]], width: int) -> Any:
+    from test_mysql_session import CAPS, answer
+
+    col = res.ColumnDefinition("c", k.ColumnType.VAR_STRING, charset=45, length=100)
+    return answer([
+        res.encode_column_count(res.ColumnCount(width), CAPS),
+        *(res.encode_column_definition(col) for _ in range(width)),
+        *(res.encode_text_row(res.TextRow(r)) for r in rows),
+        gw.encode_ok(gw.OK(status=k.SERVER_STATUS_AUTOCOMMIT | k.SERVER_STATUS_IN_TRANS, header=0xFE), CAPS),
+    ])  # fmt: skip
+
+
+def _ok(status: int, affected: int = 0) -> Any:
+    from test_mysql_session import CAPS, answer
+
+    return answer([gw.encode_ok(gw.OK(affected, 0, status), CAPS)])
+
+
+def _sent_sql(out: list[Any]) -> list[bytes]:
+    from test_mysql_session import upstream_sent
+
+    return [d[5:] for d in upstream_sent(out)]
+
+
+@pytest.mark.parametrize("updated", [3, 2000])
+def test_bracket_hides_its_own_answers_and_fixes_the_status(tmp_path: Path, updated: int) -> None:
+    from test_mysql_session import CAPS, logged_in, packets
+
+    s, _ = logged_in(tmp_path)
+    out = s.handle(e.ClientData(encode_packet(b"\x03UPDATE t SET v = 1 WHERE id > -1", 0)[0]))
+    assert len(out) == 1 and isinstance(out[0], c.AuditGate)
+    assert _sent_sql(out[0].then)[0].startswith(b"SELECT 'table'")  # the catalog first
+    out = s.handle(_result([(b"table", b"shop", b"t", b"YES", b"BASE TABLE")], 5))
+    assert _sent_sql(out) == [b"START TRANSACTION"] and packets(out) == []
+    out = s.handle(_ok(k.SERVER_STATUS_AUTOCOMMIT | k.SERVER_STATUS_IN_TRANS))
+    assert _sent_sql(out)[0].startswith(b"SELECT (SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS")
+    out = s.handle(_result([(b"10", b"5", b"41", b"5000")], 4))
+    assert _sent_sql(out) == [b"UPDATE t SET v = 1 WHERE id > -1"]
+    out = s.handle(_ok(k.SERVER_STATUS_AUTOCOMMIT | k.SERVER_STATUS_IN_TRANS, affected=updated))
+    assert _sent_sql(out)[0].startswith(b"SELECT (SELECT") and packets(out) == []
+    out = s.handle(_result([(str(10 + updated).encode(), b"5")], 2))
+    assert _sent_sql(out) == ([b"COMMIT"] if updated < 1000 else [b"ROLLBACK"])
+    out = s.handle(_ok(k.SERVER_STATUS_AUTOCOMMIT))
+    (only,) = packets(out)  # the client sees one answer: its statement's, or the refusal
+    if updated < 1000:
+        ok = gw.decode_ok(only, CAPS)
+        assert ok.affected_rows == 3 and ok.status & k.SERVER_STATUS_AUTOCOMMIT and not ok.status & k.SERVER_STATUS_IN_TRANS
+    else:
+        err = gw.decode_err(only)
+        assert (err.code, err.sqlstate) == (1227, "42000")
+        assert err.message == "dbsentry: this statement would have changed 2000 rows (limit 1000, guardrails.max_rows_changed); it was rolled back"
+        denied = [cmd.record for cmd in out if isinstance(cmd, c.Audit) and getattr(cmd.record, "decision", "") == "deny"]
+        assert denied and denied[0].rules == ("guardrails.max_rows_changed",)
+    assert s.state is State.READY
+    sent = b"".join(cmd.data for cmd in out if isinstance(cmd, c.SendClient))
+    assert sent[3] == 1  # the answer's sequence id follows the client's command
+
+
+def test_reads_are_not_bracketed(tmp_path: Path) -> None:
+    from test_mysql_session import logged_in
+
+    s, _ = logged_in(tmp_path)
+    query = encode_packet(b"\x03SELECT v FROM t WHERE id > -1", 0)[0]
+    out = s.handle(e.ClientData(query))
+    assert isinstance(out[0], c.AuditGate) and out[0].then == [c.SendUpstream(query)]
+
+
+def test_lock_tables_is_not_released_by_the_guards_transaction(tmp_path: Path) -> None:
+    """START TRANSACTION would release LOCK TABLES: outside a transaction a guarded write
+    is refused while they may be held; UNLOCK TABLES lifts that."""
+    from test_mysql_session import logged_in, packets
+
+    s, _ = logged_in(tmp_path)
+    s.approvals = True
+    lock = encode_packet(b"\x03LOCK TABLES t WRITE", 0)[0]
+    s.handle(e.ClientData(lock))  # in production it needs an approval
+    out = s.handle(e.ApprovalAnswered("apr_lock"))
+    assert isinstance(out[0], c.AuditGate) and out[0].then == [c.SendUpstream(lock)]
+    s.handle(_ok(k.SERVER_STATUS_AUTOCOMMIT))
+    out = s.handle(e.ClientData(encode_packet(b"\x03UPDATE t SET v = 1 WHERE id = 1", 0)[0]))
+    err = gw.decode_err(packets(out)[-1])
+    assert err.code == 1227 and "release the session's LOCK TABLES" in err.message
+    unlock = encode_packet(b"\x03UNLOCK TABLES", 0)[0]
+    out = s.handle(e.ClientData(unlock))
+    assert isinstance(out[0], c.AuditGate) and out[0].then == [c.SendUpstream(unlock)]
+    s.handle(_ok(k.SERVER_STATUS_AUTOCOMMIT))
+    out = s.handle(e.ClientData(encode_packet(b"\x03UPDATE t SET v = 1 WHERE id = 1", 0)[0]))
+    assert isinstance(out[0], c.AuditGate) and _sent_sql(out[0].then)[0].startswith(b"SELECT 'table'")
