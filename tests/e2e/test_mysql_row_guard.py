@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from support.mysql import MySQLProxy, audit_rows, run_mysql_proxy, server_reason
+from support.mysql import MySQLProxy, audit_rows, connector_connect, run_mysql_proxy, server_reason
 
 _REASON = server_reason()
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
@@ -161,10 +161,7 @@ def test_autocommit_off_keeps_the_change_for_the_clients_rollback(fresh: MySQLPr
 
 def test_prepared_binary_execute_is_guarded(fresh: MySQLProxy) -> None:
     connector = pytest.importorskip("mysql.connector")
-    conn = connector.connect(
-        host="127.0.0.1", port=fresh.port, user=ALICE, password=fresh.token(), database="prod",
-        use_pure=True, ssl_verify_cert=False, connection_timeout=10, autocommit=True,
-    )
+    conn = connector_connect(fresh, database="prod")
     try:
         cur = conn.cursor(prepared=True)
         with pytest.raises(connector.Error) as err:

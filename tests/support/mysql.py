@@ -89,3 +89,13 @@ def audit_rows(mp: MySQLProxy, marker: str, ready: Any = None, *search: str) -> 
             break
         time.sleep(0.3)
     return rows
+
+
+def connector_connect(mp: MySQLProxy, user: str = "alice@example.com", database: str = "dev", **kw: Any) -> Any:
+    """mysql-connector-python (pure Python) to the proxy as ``user`` with a token, over TLS."""
+    import mysql.connector
+
+    return mysql.connector.connect(
+        host="127.0.0.1", port=mp.port, user=user, password=mp.token(user), database=database,
+        use_pure=True, ssl_verify_cert=False, connection_timeout=10, autocommit=True, **kw,
+    )  # fmt: skip

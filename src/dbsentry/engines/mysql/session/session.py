@@ -181,10 +181,11 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.GREETED: frozenset({State.TLS, State.AUTH, State.VERIFYING, State.CLOSED}),
     State.TLS: frozenset({State.GREETED, State.CLOSED}),
     State.AUTH: frozenset({State.AUTH, State.VERIFYING, State.CLOSED}),
-    State.VERIFYING: frozenset({State.CONNECTING, State.READY, State.CLOSED}),
+    State.VERIFYING: frozenset({State.CONNECTING, State.READY, State.INIT, State.CLOSED}),
     State.CONNECTING: frozenset({State.INIT, State.CLOSED}),
     State.INIT: frozenset({State.READY, State.CLOSED}),
-    State.READY: frozenset({State.GATED, State.BUSY, State.CLOSED}),
+    # (READY -> AUTH / VERIFYING: COM_CHANGE_USER authenticates again; then INIT)
+    State.READY: frozenset({State.GATED, State.BUSY, State.AUTH, State.VERIFYING, State.CLOSED}),
     State.GATED: frozenset({State.READY, State.BUSY, State.CLOSED}),
     State.BUSY: frozenset({State.READY, State.BUSY, State.CLOSED}),
     State.CLOSED: frozenset({State.CLOSED}),
@@ -742,6 +743,8 @@ class Session:
                 f"dbsentry: identity '{identity.name}' is not allowed to use connection '{self.connection_name}'",
                 user=user,
             )
+        if self.upstream_id is not None:
+            return self._changed_user()  # COM_CHANGE_USER: the upstream session exists
         self._enter(State.CONNECTING)
         attrs = tuple((k_, v) for k_, v in self._attributes if not k_.startswith("_dbsentry"))
         attrs += (("_dbsentry_identity", identity.name), ("_dbsentry_session", self.session_id))
@@ -907,11 +910,7 @@ class Session:
             case w.ProcessKill(connection_id=target):
                 return self._kill(payload, f"KILL {target}", target, False)
             case w.ChangeUser():
-                return self._fail(
-                    ER_NOT_SUPPORTED,
-                    "42000",
-                    "dbsentry: COM_CHANGE_USER is not supported: one identity per connection; connect again as the other user",
-                )
+                return self._change_user(cmd)
             case w.Debug() | w.StmtExecute() | w.OtherCommand():
                 code = payload[0]
                 try:
@@ -1402,6 +1401,57 @@ class Session:
         stmt.cursor = None
         return self._govern(packet, stmt.sql, verdict, exchange, params, prepared=stmt)
 
+    def _change_user(self, cmd: w.ChangeUser) -> list[c.Command]:
+        """COM_CHANGE_USER: the client logs in again, with a token, as at login (the same
+        plugins and rules); the upstream session is reset (COM_RESET_CONNECTION: nothing
+        of the previous identity's session survives) and the session goes on as the new
+        identity, audited as a new session. It stays on its connection; anything refused
+        ends the session, as a failed login does."""
+        conn = self.connection
+        assert conn is not None
+        if cmd.database and cmd.database not in (self.connection_name, conn.database):
+            return self._fail(
+                ER_NOT_SUPPORTED, "42000", f"dbsentry: COM_CHANGE_USER to '{cmd.database}': one connection per session; connect again with it as the database"
+            )
+        if cmd.charset and cmd.charset != self._charset:
+            return self._fail(ER_NOT_SUPPORTED, "42000", "dbsentry: COM_CHANGE_USER with another character set is not supported; connect again")
+        if self._bracket is not None or self._held is not None:
+            raise ProtocolError("COM_CHANGE_USER while a command is in flight")
+        self._user = cmd.user
+        self._client.commands = False  # the authentication exchange continues the command's sequence
+        plugin = cmd.auth_plugin_name
+        if plugin == auth.CLEAR_PASSWORD and self._tls:
+            return self._verify(auth.read_clear_password(cmd.auth_response))
+        if plugin == auth.CACHING_SHA2_PASSWORD:
+            out = self._sha2_start(cmd.auth_response)
+        else:
+            self._enter(State.AUTH)
+            self._sha2 = None
+            switch = AuthSwitchRequest(auth.CACHING_SHA2_PASSWORD, self.nonce + b"\x00")
+            out = [c.SendClient(self._packet(encode_auth_switch_request(switch)))]
+        if self.state is State.AUTH:
+            self._client.expect(self._seq)
+        return out
+
+    def _changed_user(self) -> list[c.Command]:
+        """The token of COM_CHANGE_USER was accepted: the previous identity's session ends
+        (audited), the upstream session is reset, its settings read again."""
+        assert self.identity is not None
+        out: list[c.Command] = self._audit_end(f"change_user: {self.identity.name}")
+        self.audit = None
+        self._closed_audited = False
+        self.session_id = secrets.token_hex(8)
+        self._prepared.clear()
+        self._sql_prepared = {}
+        self._sql_plans = {}
+        self._tables_locked = False
+        self._diagnostics_withheld = False
+        self._enter(State.INIT)
+        self._exchange = _Exchange("internal", ResultReader(self._up_caps), sql="reset")
+        self._upstream.expect(1)
+        out.append(c.Log(logging.INFO, "session.change_user", {"identity": self.identity.name, "connection": self.connection_name}))
+        return [*out, c.SendUpstream(encode_packet(bytes((k.Command.RESET_CONNECTION,)), 0)[0])]
+
     def _audit_attributes(self, attributes: Sequence[w.Param]) -> None:
         """The command's query attributes, for its audit records."""
         if self.audit is not None and attributes:
@@ -1834,6 +1884,11 @@ class Session:
             err = decode_err(payload, self._up_caps)
             raise ProtocolError(f"the server refused the session's settings: {err.message}")
         event = reader.feed(payload)
+        if ex.sql == "reset" and reader.done:
+            if isinstance(event, OK):
+                self._status = event.status
+            self._exchange = None
+            return self._read_settings()  # then the session goes on as the new identity
         if ex.sql == "read-only" and reader.done:
             # read-only transactions are set: now the settings
             self._exchange = _Exchange("internal", ResultReader(self._up_caps))
