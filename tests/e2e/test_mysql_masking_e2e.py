@@ -19,8 +19,15 @@ from typing import Any
 
 import pytest
 
-from support.mysql import DATABASE, HOST, PORT, MySQLProxy, run_mysql_proxy, server_reason
-from support.proxy import dbsentry_cli
+from support.mysql import (
+    DATABASE,
+    HOST,
+    PORT,
+    MySQLProxy,
+    audit_rows,
+    run_mysql_proxy,
+    server_reason,
+)
 
 _REASON = server_reason()
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
@@ -191,15 +198,7 @@ def test_column_added_through_the_proxy_is_masked_after_refresh(env: Env) -> Non
 
 
 def _records(env: Env, marker: str, want: int) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        out = dbsentry_cli("audit", "search", "--json", config=env.mp.proxy.config_path)
-        rows = [json.loads(line) for line in out.stdout.splitlines() if marker in line]
-        if len(rows) >= want:
-            break
-        time.sleep(0.3)
-    return rows
+    return audit_rows(env.mp, marker, lambda rows: len(rows) >= want)
 
 
 def test_audit_records_masked_classes_and_redact_literals(env: Env) -> None:
