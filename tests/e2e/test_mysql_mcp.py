@@ -252,7 +252,7 @@ def test_asyncmy_through_the_listener(env: Env) -> None:
                 assert (await cur.fetchone()) == (1,)
             return rows, refused.value
         finally:
-            conn.close()
+            await conn.ensure_closed()
 
     rows, refused = anyio.run(main)
     assert [r[0] for r in rows] == [1, 2, 3]

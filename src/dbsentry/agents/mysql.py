@@ -24,21 +24,12 @@ import pymysql
 import pymysql.cursors
 from pymysql.constants import FIELD_TYPE, SERVER_STATUS
 
-from dbsentry.agents import statements
+from dbsentry.agents import statements, wire
 from dbsentry.agents.errors import ToolRefused
 from dbsentry.agents.limits import ResultCollector
-from dbsentry.agents.wire import (
-    CANCEL_GRACE_SECONDS,
-    Catalog,
-    Outcome,
-    ProxyAddress,
-    database_refusal,
-    timed_out,
-)
 
 if TYPE_CHECKING:
     from dbsentry.engines.postgres.session.governance import Governor
-    from dbsentry.identity.model import Identity
 
 log = logging.getLogger("dbsentry.agents")
 
@@ -86,7 +77,7 @@ def _split_table(table: str) -> list[str | None]:
     return [parts[0], parts[1]] if len(parts) == 2 else [None, parts[0]]
 
 
-CATALOG = Catalog(
+CATALOG = wire.Catalog(
     tables=_TABLES_SQL,
     resolve=_RESOLVE_SQL,
     columns=_COLUMNS_SQL,
@@ -103,7 +94,7 @@ def _refusal(err: pymysql.err.MySQLError) -> ToolRefused:
     code = err.args[0] if err.args and isinstance(err.args[0], int) else None
     message = str(err.args[1]) if len(err.args) > 1 else str(err)
     state = getattr(err, "sqlstate", None) or "HY000"
-    return database_refusal(state, message, error_code=code)
+    return wire.database_refusal(state, message, error_code=code)
 
 
 def _client_side(err: pymysql.err.MySQLError) -> bool:
@@ -137,7 +128,8 @@ def _tls(sslmode: str) -> ssl.SSLContext | None:
     return ctx
 
 
-def _login(address: ProxyAddress, identity: str, token: str, database: str | None, program: str, timeout: float) -> pymysql.Connection[Any]:
+def _login(login: wire.Login, database: str | None, program: str) -> pymysql.Connection[Any]:
+    address = login.address
     if address.mysql_port is None:
         raise ToolRefused("this proxy has no MySQL listener (listen.mysql): MySQL connections are not served")
     tls = _tls(address.sslmode)
@@ -145,11 +137,11 @@ def _login(address: ProxyAddress, identity: str, token: str, database: str | Non
         conn = pymysql.connect(
             host=address.host,
             port=address.mysql_port,
-            user=identity,
-            password=token,
+            user=login.identity,
+            password=login.token,
             database=database,
             ssl=tls,
-            connect_timeout=max(1.0, timeout),
+            connect_timeout=max(1.0, login.connect_timeout),
             program_name=program,
             charset="utf8mb4",
             autocommit=True,
@@ -188,9 +180,9 @@ def bind(conn: pymysql.Connection[Any], sql: str, params: Sequence[str | None] |
 class MySQLSession:
     """One PyMySQL connection to the proxy's MySQL listener."""
 
-    def __init__(self, conn: pymysql.Connection[Any], address: ProxyAddress, identity: str, token: str) -> None:
+    def __init__(self, conn: pymysql.Connection[Any], login: wire.Login) -> None:
         self.conn = conn
-        self._kill_as = (address, identity, token)
+        self._login = login  # the side connection of a KILL QUERY logs in the same way
         self._busy: asyncio.Future[Any] | None = None  # a cancelled statement's thread, still running
 
     @property
@@ -201,32 +193,23 @@ class MySQLSession:
         # every call ends its own transaction (``_execute``); only a statement still running stops reuse
         return self._busy is None or self._busy.done()
 
-    async def run(
-        self,
-        text: str,
-        params: Sequence[str | None] | None,
-        collector: ResultCollector,
-        timeout_seconds: float,
-        *,
-        stream: bool = True,
-        read_only: str | None = None,
-    ) -> Outcome:
-        sql = bind(self.conn, text, params)
+    async def run(self, stmt: wire.Statement) -> wire.Outcome:
+        sql = bind(self.conn, stmt.text, stmt.params)
         loop = asyncio.get_running_loop()
-        work = loop.run_in_executor(None, self._execute, sql, collector, read_only)
+        work = loop.run_in_executor(None, self._execute, sql, stmt.collector, stmt.read_only)
         try:
-            return await asyncio.wait_for(asyncio.shield(work), timeout_seconds)
+            return await asyncio.wait_for(asyncio.shield(work), stmt.timeout_seconds)
         except TimeoutError:
             await self._cancel(work)
-            raise timed_out(timeout_seconds) from None
+            raise wire.timed_out(stmt.timeout_seconds) from None
         except pymysql.err.MySQLError as err:
             if _client_side(err):
                 await self.close()
             raise _refusal(err) from None
 
-    def _execute(self, sql: str, collector: ResultCollector, read_only: str | None) -> Outcome:
+    def _execute(self, sql: str, collector: ResultCollector, read_only: str | None) -> wire.Outcome:
         conn = self.conn
-        out = Outcome()
+        out = wire.Outcome()
         try:
             if read_only is not None:
                 conn.query(read_only + "START TRANSACTION READ ONLY")
@@ -249,14 +232,13 @@ class MySQLSession:
         out.truncated, out.truncated_by = collector.truncated, collector.truncated_by
         return out
 
-    async def _cancel(self, work: asyncio.Future[Outcome]) -> None:
+    async def _cancel(self, work: asyncio.Future[wire.Outcome]) -> None:
         """KILL QUERY of this session's proxy connection id, on a side connection of the same
         agent; a statement that does not stop leaves the session to be discarded."""
-        address, identity, token = self._kill_as
         thread_id = int(self.conn.thread_id())  # type: ignore[no-untyped-call]
 
         def kill() -> None:
-            side = _login(address, identity, token, None, "dbsentry-mcp cancel", 5.0)
+            side = _login(self._login, None, "dbsentry-mcp cancel")
             try:
                 side.query(f"KILL QUERY {int(thread_id)}")
             finally:
@@ -267,7 +249,7 @@ class MySQLSession:
         except (ToolRefused, pymysql.err.MySQLError, OSError) as err:
             log.warning("MCP wire: KILL QUERY failed: %s", getattr(err, "message", err))
         try:
-            await asyncio.wait_for(asyncio.shield(work), CANCEL_GRACE_SECONDS)
+            await asyncio.wait_for(asyncio.shield(work), wire.CANCEL_GRACE_SECONDS)
         except TimeoutError:
             self._busy = work
             work.add_done_callback(lambda f: f.cancelled() or f.exception())  # its error is not wanted
@@ -292,18 +274,9 @@ class MySQLDriver:
     catalog = CATALOG
     placeholders = "?"
 
-    async def connect(
-        self,
-        address: ProxyAddress,
-        identity: str,
-        token: str,
-        connection: str,
-        application_name: str,
-        timeout_seconds: float,
-        connect_timeout: float,
-    ) -> MySQLSession:
-        conn = await asyncio.to_thread(_login, address, identity, token, connection, application_name, connect_timeout)
-        return MySQLSession(conn, address, identity, token)
+    async def connect(self, login: wire.Login) -> MySQLSession:
+        conn = await asyncio.to_thread(_login, login, login.connection, login.application_name)
+        return MySQLSession(conn, login)
 
     def one_statement(self, sql: object, max_bytes: int) -> str:
         text = statements.checked_text(sql, max_bytes)
@@ -328,14 +301,12 @@ class MySQLDriver:
             raise ToolRefused("the SQL cannot be explained on its own")
         return text
 
-    def verdict(
-        self, governor: Governor, sql: str, identity: Identity, connection: str, environment: str, view: object | None
-    ) -> dict[str, object]:
+    def verdict(self, governor: Governor, sql: str, who: wire.Where, view: object | None) -> dict[str, object]:
         from dbsentry.engines.mysql.sql.verdict import evaluate_sql
         from dbsentry.policy.cli import verdict_to_dict
         from dbsentry.policy.engine import EvalContext
 
-        ctx = EvalContext(identity, connection, environment, governor.clock())
+        ctx = EvalContext(who.identity, who.connection, who.environment, governor.clock())
         return dict(verdict_to_dict(evaluate_sql(governor.policy, sql, ctx)))
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -14,19 +13,19 @@ from psycopg.types.string import TextLoader
 
 from dbsentry.agents import statements
 from dbsentry.agents.errors import ToolRefused
-from dbsentry.agents.limits import ResultCollector
 from dbsentry.agents.wire import (
     CANCEL_GRACE_SECONDS,
     Catalog,
+    Login,
     Outcome,
-    ProxyAddress,
+    Statement,
+    Where,
     database_refusal,
     timed_out,
 )
 
 if TYPE_CHECKING:
     from dbsentry.engines.postgres.session.governance import Governor
-    from dbsentry.identity.model import Identity
 
 log = logging.getLogger("dbsentry.agents")
 
@@ -104,40 +103,28 @@ class PostgresSession:
         await end_transaction(self.conn)  # what a cancelled call may have left open
         return True
 
-    async def run(
-        self,
-        text: str,
-        params: Sequence[str | None] | None,
-        collector: ResultCollector,
-        timeout_seconds: float,
-        *,
-        stream: bool = True,
-        read_only: str | None = None,
-    ) -> Outcome:
-        conn = self.conn
-        if read_only is None:
-            return await self._run(text, params, collector, timeout_seconds, stream)
+    async def run(self, stmt: Statement) -> Outcome:
+        if stmt.read_only is None:
+            return await self._run(stmt)
         try:
-            await conn.execute(read_only + "BEGIN READ ONLY")
+            await self.conn.execute(stmt.read_only + "BEGIN READ ONLY")
         except psycopg.Error as err:
             raise refusal(err) from None
         try:
-            return await self._run(text, params, collector, timeout_seconds, stream)
+            return await self._run(stmt)
         finally:
-            await end_transaction(conn)
+            await end_transaction(self.conn)
 
-    async def _run(
-        self, text: str, params: Sequence[str | None] | None, collector: ResultCollector, timeout_seconds: float, stream: bool
-    ) -> Outcome:
+    async def _run(self, stmt: Statement) -> Outcome:
         """The server's own statement_timeout first; if it does not answer, a cancel
         request through the proxy."""
-        conn = self.conn
+        conn, text, params, collector = self.conn, stmt.text, stmt.params, stmt.collector
         out = Outcome()
         cur = psycopg.AsyncRawCursor(conn)
         returns_rows = False
         try:
-            async with asyncio.timeout(timeout_seconds + CANCEL_GRACE_SECONDS):
-                if stream:
+            async with asyncio.timeout(stmt.timeout_seconds + CANCEL_GRACE_SECONDS):
+                if stmt.stream:
                     async for row in cur.stream(text, params):
                         if not returns_rows and cur.description is not None:
                             out.columns, returns_rows = _columns(cur), True
@@ -155,7 +142,7 @@ class PostgresSession:
                 changed = cur.rowcount
         except TimeoutError:
             await conn.cancel_safe()
-            raise timed_out(timeout_seconds) from None
+            raise timed_out(stmt.timeout_seconds) from None
         except psycopg.Error as err:
             if err.diag.sqlstate is None:  # not the server's answer: the client's state is unknown
                 await self.close()
@@ -202,26 +189,18 @@ class PostgresDriver:
     catalog = CATALOG
     placeholders = "$1, $2, ..."
 
-    async def connect(
-        self,
-        address: ProxyAddress,
-        identity: str,
-        token: str,
-        connection: str,
-        application_name: str,
-        timeout_seconds: float,
-        connect_timeout: float,
-    ) -> PostgresSession:
+    async def connect(self, login: Login) -> PostgresSession:
+        address, connection = login.address, login.connection
         try:
             conn = await psycopg.AsyncConnection.connect(
                 host=address.host,
                 port=address.port,
                 dbname=connection,
-                user=identity,
-                password=token,
+                user=login.identity,
+                password=login.token,
                 sslmode=address.sslmode,
-                connect_timeout=max(1, int(connect_timeout)),
-                application_name=application_name,
+                connect_timeout=max(1, int(login.connect_timeout)),
+                application_name=login.application_name,
                 options="-c dbsentry.approval=fail",
                 autocommit=True,
             )
@@ -229,7 +208,7 @@ class PostgresDriver:
             text = str(err).strip().splitlines()[-1] if str(err).strip() else "connection failed"
             raise ToolRefused(f"cannot connect to {connection!r} through dbsentry: {text}") from None
         _text_everything(conn)
-        ms = int(timeout_seconds * 1000)
+        ms = int(login.timeout_seconds * 1000)
         try:  # the proxy may already force a lower one for agents (it refuses raising it)
             await conn.execute(f"SET statement_timeout = {ms}")
         except psycopg.Error as err:
@@ -245,9 +224,7 @@ class PostgresDriver:
     def explain_text(self, sql: str) -> str:
         return statements.explain_text(sql)
 
-    def verdict(
-        self, governor: Governor, sql: str, identity: Identity, connection: str, environment: str, view: object | None
-    ) -> dict[str, object]:
+    def verdict(self, governor: Governor, sql: str, who: Where, view: object | None) -> dict[str, object]:
         from dbsentry.engines.postgres.session.governance import classes_from
         from dbsentry.engines.postgres.session.masking import MaskingView
         from dbsentry.policy.cli import verdict_to_dict
@@ -255,9 +232,9 @@ class PostgresDriver:
         known = view if isinstance(view, MaskingView) else None
         check = governor.check(
             sql,
-            identity,
-            connection,
-            environment,
+            who.identity,
+            who.connection,
+            who.environment,
             functions=known.functions if known is not None else None,
             classes=classes_from(known.catalog, known.classmap) if known is not None else None,
         )

@@ -28,7 +28,7 @@ from dbsentry.agents.limits import (
 )
 from dbsentry.agents.runs import RunContext
 from dbsentry.agents.waiting import Tick, Waits
-from dbsentry.agents.wire import Driver, Outcome, Session, Wire
+from dbsentry.agents.wire import Driver, Outcome, Session, Statement, Where, Wire
 from dbsentry.approvals.model import ApprovalRequest, granted_connections, with_grants
 from dbsentry.identity.model import Identity
 from dbsentry.masking.catalog import SourceColumn
@@ -128,7 +128,7 @@ class Tools:
         async with self.wire.lock(agent.token, name):
             conn = await self._conn(agent, name, run, limits)
             collector = ResultCollector(MAX_CATALOG_ROWS, max(limits.max_bytes, 4 * 1024 * 1024))
-            return await conn.run(run.comment() + sql, params, collector, limits.timeout_seconds)
+            return await conn.run(Statement(run.comment() + sql, params, collector, limits.timeout_seconds))
 
     async def _view(self, name: str) -> MaskingView | None:
         return await self.views(name) if self.views is not None else None
@@ -146,7 +146,7 @@ class Tools:
         if self.governor is None:
             raise ToolRefused("no policy is loaded (passthrough): explain has nothing to say")
         env, _ = self._environment(name)
-        return self._driver(name).verdict(self.governor, sql, identity, name, env, view)
+        return self._driver(name).verdict(self.governor, sql, Where(identity, name, env), view)
 
     # --- the tools -----------------------------------------------------------------------------
 
@@ -260,11 +260,13 @@ class Tools:
             conn = await self._conn(agent, name, run, limits)
             try:
                 got = await conn.run(
-                    run.comment() + text,
-                    values,
-                    ResultCollector(rows, limits.max_bytes),
-                    limits.timeout_seconds,
-                    stream=driver.returns_rows(text),
+                    Statement(
+                        run.comment() + text,
+                        values,
+                        ResultCollector(rows, limits.max_bytes),
+                        limits.timeout_seconds,
+                        stream=driver.returns_rows(text),
+                    )
                 )
             except ToolRefused as refused:
                 refused.details.setdefault("run_id", run.run_id)
@@ -334,7 +336,7 @@ class Tools:
             collector = ResultCollector(1, limits.max_bytes)
             try:
                 got = await conn.run(
-                    run.comment() + explain, None, collector, limits.timeout_seconds, read_only=run.comment()
+                    Statement(run.comment() + explain, None, collector, limits.timeout_seconds, read_only=run.comment())
                 )
             except ToolRefused as refused:
                 return None, f"the database did not explain it: {refused.message}"
@@ -372,12 +374,14 @@ class Tools:
             conn = await self._conn(agent, name, run, limits)
             try:
                 await conn.run(
-                    comment + text,
-                    None,
-                    ResultCollector(1, 1024),
-                    limits.timeout_seconds,
-                    stream=driver.returns_rows(text),
-                    read_only=run.comment(),
+                    Statement(
+                        comment + text,
+                        None,
+                        ResultCollector(1, 1024),
+                        limits.timeout_seconds,
+                        stream=driver.returns_rows(text),
+                        read_only=run.comment(),
+                    )
                 )
             except ToolRefused as refused:
                 request_id = refused.details.get("approval_request_id")

@@ -71,6 +71,42 @@ def database_refusal(state: str, message: str, what: str = "the statement", **mo
     return ToolRefused(f"{what} was refused or failed: ERROR {state}: {message}", **details)
 
 
+@dataclass(frozen=True, slots=True)
+class Where:
+    """Who runs a statement on which connection, in which environment."""
+
+    identity: Identity
+    connection: str
+    environment: str
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    """Who logs in to which connection through which listener."""
+
+    address: ProxyAddress
+    identity: str
+    token: str
+    connection: str
+    application_name: str
+    timeout_seconds: float  # the statement timeout the session should keep
+    connect_timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """One statement to run: its text (one statement), params, where its rows go, and how
+    long it may take; with ``read_only`` (the comment that tags its BEGIN) inside a
+    read-only transaction that is rolled back."""
+
+    text: str
+    params: Sequence[str | None] | None
+    collector: ResultCollector
+    timeout_seconds: float
+    stream: bool = True
+    read_only: str | None = None
+
+
 def timed_out(timeout_seconds: float) -> ToolRefused:
     return ToolRefused(f"the statement was cancelled: it ran past the statement timeout of {timeout_seconds:g} s")
 
@@ -86,21 +122,9 @@ class Session(Protocol):
         """Between calls: end what a cancelled call left open; False when it cannot be
         reused (still busy with a cancelled statement)."""
 
-    async def run(
-        self,
-        text: str,
-        params: Sequence[str | None] | None,
-        collector: ResultCollector,
-        timeout_seconds: float,
-        *,
-        stream: bool = True,
-        read_only: str | None = None,
-    ) -> Outcome:
-        """Run ``text`` (one statement) and read its rows into ``collector``; with
-        ``read_only`` (the comment that tags its BEGIN) inside a read-only transaction that
-        is rolled back.  A statement past
-        ``timeout_seconds`` is cancelled upstream; the database's error is a ToolRefused
-        (:func:`database_refusal`)."""
+    async def run(self, stmt: Statement) -> Outcome:
+        """Run ``stmt`` and read its rows into its collector.  A statement past its timeout
+        is cancelled upstream; the database's error is a ToolRefused (:func:`database_refusal`)."""
 
     async def close(self) -> None: ...
 
@@ -134,16 +158,7 @@ class Driver(Protocol):
     #: what ``params`` fill in the tools' description ("$1, $2, ..." or "?")
     placeholders: str
 
-    async def connect(
-        self,
-        address: ProxyAddress,
-        identity: str,
-        token: str,
-        connection: str,
-        application_name: str,
-        timeout_seconds: float,
-        connect_timeout: float,
-    ) -> Session: ...
+    async def connect(self, login: Login) -> Session: ...
 
     def one_statement(self, sql: object, max_bytes: int) -> str:
         """``sql`` if it is text within ``max_bytes`` holding exactly one statement the tools
@@ -154,9 +169,8 @@ class Driver(Protocol):
     def explain_text(self, sql: str) -> str:
         """The EXPLAIN (JSON format, nothing run) of one explainable statement."""
 
-    def verdict(self, governor: Governor, sql: str, identity: Identity, connection: str, environment: str,
-                view: object | None) -> dict[str, object]:
-        """The in-process policy's verdict on ``sql`` (``policy.cli.verdict_to_dict``)."""
+    def verdict(self, governor: Governor, sql: str, who: Where, view: object | None) -> dict[str, object]:
+        """The in-process policy's verdict on ``sql`` run by ``who`` (``policy.cli.verdict_to_dict``)."""
 
 
 class Wire:
@@ -223,9 +237,8 @@ class Wire:
             if conn.usable and await conn.ready():
                 return conn
             await self.discard(conn)  # broken, or still busy with a cancelled statement: start afresh
-        conn = await self.driver(engine).connect(
-            self.address, identity, token, connection, application_name, timeout_seconds, self.connect_timeout
-        )
+        login = Login(self.address, identity, token, connection, application_name, timeout_seconds, self.connect_timeout)
+        conn = await self.driver(engine).connect(login)
         self._conns[key] = conn
         return conn
 
