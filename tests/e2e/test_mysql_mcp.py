@@ -201,11 +201,13 @@ def test_approval_request_id_then_approved_runs_once(env: Env) -> None:
 
 def test_statement_timeout_kills_the_query_and_the_session_goes_on(env: Env) -> None:
     started = time.monotonic()
-    (e1, slow), (e2, after) = call(
-        env, ("query", {"connection": "dev", "sql": "SELECT SLEEP(20)"}), ("query", {"connection": "dev", "sql": "SELECT 41 + 1"})
-    )
+    [(e1, slow)] = call(env, ("query", {"connection": "dev", "sql": "SELECT SLEEP(20) AS mmcp_sleeper"}))
     assert e1 and "statement timeout" in slow["error"], slow
     assert time.monotonic() - started < 15
+    with _root() as conn, conn.cursor() as cur:  # the KILL QUERY reached the server: nothing sleeps on
+        cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE '%SLEEP(20) AS mmcp_sleeper%' AND INFO NOT LIKE '%PROCESSLIST%'")
+        assert cur.fetchone()[0] == 0
+    [(e2, after)] = call(env, ("query", {"connection": "dev", "sql": "SELECT 41 + 1"}))
     assert not e2 and after["rows"] == [["42"]]
 
 
