@@ -9,9 +9,11 @@ listener: asyncmy (token over TLS) and the mariadb command-line client's ``sourc
 
 from __future__ import annotations
 
+import re
 import shutil
 import ssl
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -191,12 +193,47 @@ def test_approval_request_id_then_approved_runs_once(env: Env) -> None:
     (e1, ran), (e2, again) = call(env, ("query", {"connection": "dev", "sql": sql}), ("query", {"connection": "dev", "sql": sql}))
     assert not e1 and ran["row_count"] == 1 and ran["audit"]["approval_id"] == rid, ran
     assert e2 and again["approval_request_id"] != rid  # used up: a new request
-    # request_approval asks for one itself (inside a read-only transaction: nothing runs)
-    [(err, asked)] = call(env, ("request_approval", {"connection": "dev", "sql": f"DELETE FROM {env.orders} WHERE id = 5", "reason": "cleanup"}))
-    assert not err and asked["status"] == "pending" and asked["request_id"].startswith("apr_"), asked
     with _root() as conn, conn.cursor() as cur:
         cur.execute(f"SELECT id FROM {env.orders} ORDER BY id")
-        assert [r[0] for r in cur.fetchall()] == [1, 2, 3, 5]
+        ids = {r[0] for r in cur.fetchall()}
+        assert 4 not in ids and {1, 2, 3} <= ids  # deleted once, nothing else
+
+
+def test_request_approval_waits_for_the_reviewer_then_runs_once(env: Env) -> None:
+    """Wait mode as on PostgreSQL: a client that takes progress notifications is held by
+    request_approval (the proxy made the request, inside a read-only transaction) until a
+    reviewer decides; then the same sql runs once with query."""
+    sql = f"DELETE FROM {env.orders} WHERE id = 5"
+    seen: list[str] = []
+    decided: list[str] = []
+
+    def approve(rid: str) -> None:
+        time.sleep(0.5)
+        done = dbsentry_cli("approvals", "approve", rid, "--token", env.mp.token(*DBA), "--comment", "ok", config=env.config)
+        decided.append(done.stdout + done.stderr)
+
+    async def progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append(message or "")
+        if len(seen) == 1 and message and (m := re.search(r"apr_[a-z0-9]+", message)):
+            threading.Thread(target=approve, args=(m.group(0),), daemon=True).start()
+
+    async def main() -> tuple[dict[str, Any], dict[str, Any]]:
+        http = create_mcp_http_client(headers={"Authorization": f"Bearer {env.mp.token(*AGENT)}"})
+        async with http, Client(streamable_http_client(env.url, http_client=http)) as client:
+            asked = await client.call_tool(
+                "request_approval", {"connection": "dev", "sql": sql, "reason": "cleanup"}, progress_callback=progress
+            )
+            ran = await client.call_tool("query", {"connection": "dev", "sql": sql})
+            assert isinstance(asked.structured_content, dict) and isinstance(ran.structured_content, dict)
+            return asked.structured_content, ran.structured_content
+
+    asked, ran = anyio.run(main)
+    assert asked["status"] == "approved" and asked["waited_seconds"] > 0.2, (asked, seen, decided)
+    assert ran["row_count"] == 1 and ran["audit"]["approval_id"] == asked["request_id"], ran
+    with _root() as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT id FROM {env.orders} ORDER BY id")
+        ids = {r[0] for r in cur.fetchall()}
+        assert 5 not in ids and {1, 2, 3} <= ids
 
 
 def test_statement_timeout_kills_the_query_and_the_session_goes_on(env: Env) -> None:
