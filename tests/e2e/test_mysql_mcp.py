@@ -314,3 +314,15 @@ def test_mariadb_cli_source_file(env: Env, tmp_path: Path) -> None:
     assert lines[0] == "id\temail" and lines[1].startswith("1\t") and EMAILS[0] not in out.stdout
     assert "ERROR 1227 (42000) at line 3 in file" in out.stderr and "baseline.prod.drop" in out.stderr, out.stderr
     assert lines[2:] == ["n", "12", "after", "still here"]  # the client goes on with the file, the session with it
+
+
+def test_the_tools_do_not_log_in_without_tls() -> None:
+    """A listener that offers no TLS (here the test MariaDB itself) never gets the token."""
+    from dbsentry.agents.errors import ToolRefused
+    from dbsentry.agents.mysql import MySQLDriver
+    from dbsentry.agents.wire import Login, ProxyAddress
+
+    login = Login(ProxyAddress("127.0.0.1", 1, "require", PORT), "root", "dbs_not_a_token", "test", "dbsentry-mcp", 1.5, 5)
+    with pytest.raises(ToolRefused) as refused:
+        anyio.run(MySQLDriver().connect, login)
+    assert "TLS" in refused.value.message

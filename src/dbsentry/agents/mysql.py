@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import pymysql
 import pymysql.cursors
-from pymysql.constants import FIELD_TYPE, SERVER_STATUS
+from pymysql.constants import CLIENT, FIELD_TYPE, SERVER_STATUS
 
 from dbsentry.agents import statements, wire
 from dbsentry.agents.errors import ToolRefused
@@ -128,13 +128,23 @@ def _tls(sslmode: str) -> ssl.SSLContext | None:
     return ctx
 
 
+class _TlsFirst(pymysql.connections.Connection):
+    """A PyMySQL connection that, asked for TLS, refuses a listener not offering it before
+    anything secret is sent (PyMySQL before 1.2 would go on in plaintext)."""
+
+    def _request_authentication(self) -> None:
+        if getattr(self, "ctx", None) is not None and not int(getattr(self, "server_capabilities", 0)) & CLIENT.SSL:
+            raise pymysql.err.OperationalError(2026, "the proxy's MySQL listener does not offer TLS")
+        super()._request_authentication()  # type: ignore[misc]
+
+
 def _login(login: wire.Login, database: str | None, program: str) -> pymysql.Connection[Any]:
     address = login.address
     if address.mysql_port is None:
         raise ToolRefused("this proxy has no MySQL listener (listen.mysql): MySQL connections are not served")
     tls = _tls(address.sslmode)
     try:
-        conn = pymysql.connect(
+        conn = _TlsFirst(
             host=address.host,
             port=address.mysql_port,
             user=login.identity,
@@ -146,6 +156,7 @@ def _login(login: wire.Login, database: str | None, program: str) -> pymysql.Con
             charset="utf8mb4",
             autocommit=True,
             conv=_ENCODERS_ONLY,  # no decoders: values stay the server's text
+            ssl_disabled=tls is None,
         )
     except pymysql.err.MySQLError as err:
         text = str(err.args[1]) if len(err.args) > 1 else str(err)
