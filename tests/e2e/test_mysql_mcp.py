@@ -298,6 +298,7 @@ def test_asyncmy_through_the_listener(env: Env) -> None:
     assert not {r[1] for r in rows} & set(EMAILS) and all("@" in r[1] for r in rows)
     code, message = refused.args[:2]
     assert code == 1227 and message.startswith("dbsentry:") and "baseline.prod.drop" in message
+    assert getattr(refused, "sqlstate", "42000") == "42000"  # asyncmy 0.2.18+ keeps the ERR packet's SQLSTATE
 
 
 @pytest.mark.skipif(shutil.which("mariadb") is None, reason="the mariadb command-line client is not installed")
