@@ -33,7 +33,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dbsentry.agents")
 
-_TYPE_NAMES = {v: k.lower() for k, v in vars(FIELD_TYPE).items() if k.isupper() and isinstance(v, int)}
+# The protocol's type names (the first of aliases: TINY before CHAR, ENUM before INTERVAL).
+_TYPE_NAMES: dict[int, str] = {}
+for _name, _code in vars(FIELD_TYPE).items():
+    if _name.isupper() and isinstance(_code, int):
+        _TYPE_NAMES.setdefault(_code, _name.lower())
 # A connection's other statements of these kinds would leave state behind the call.
 _TRANSACTION_WORDS = frozenset({"BEGIN", "START", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "XA", "LOCK", "UNLOCK"})
 _ENCODERS_ONLY: dict[Any, Any] = dict(pymysql.converters.encoders)
@@ -210,6 +214,9 @@ class MySQLSession:
         work = loop.run_in_executor(None, self._execute, sql, stmt.collector, stmt.read_only)
         try:
             return await asyncio.wait_for(asyncio.shield(work), stmt.timeout_seconds)
+        except asyncio.CancelledError:  # the call was cancelled: the thread still owns the connection
+            self._abandon(work)
+            raise
         except TimeoutError:
             await self._cancel(work)
             raise wire.timed_out(stmt.timeout_seconds) from None
@@ -262,10 +269,14 @@ class MySQLSession:
         try:
             await asyncio.wait_for(asyncio.shield(work), wire.CANCEL_GRACE_SECONDS)
         except TimeoutError:
-            self._busy = work
-            work.add_done_callback(lambda f: f.cancelled() or f.exception())  # its error is not wanted
+            self._abandon(work)
         except Exception as err:  # the statement's own error (1317 interrupted): it stopped
             log.debug("MCP wire: cancelled statement ended: %s", err)
+
+    def _abandon(self, work: asyncio.Future[wire.Outcome]) -> None:
+        """Leave ``work`` running in its thread; the session is not reused (``ready``) but closed."""
+        self._busy = work
+        work.add_done_callback(lambda f: f.cancelled() or f.exception())  # its error is not wanted
 
     async def close(self) -> None:
         if self._busy is not None and not self._busy.done():
@@ -283,7 +294,6 @@ class MySQLDriver:
 
     engine = "mysql"
     catalog = CATALOG
-    placeholders = "?"
 
     async def connect(self, login: wire.Login) -> MySQLSession:
         conn = await asyncio.to_thread(_login, login, login.connection, login.application_name)

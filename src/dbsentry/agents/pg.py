@@ -187,7 +187,6 @@ class PostgresDriver:
 
     engine = "postgres"
     catalog = CATALOG
-    placeholders = "$1, $2, ..."
 
     async def connect(self, login: Login) -> PostgresSession:
         address, connection = login.address, login.connection

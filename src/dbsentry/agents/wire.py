@@ -155,8 +155,6 @@ class Driver(Protocol):
 
     engine: str
     catalog: Catalog
-    #: what ``params`` fill in the tools' description ("$1, $2, ..." or "?")
-    placeholders: str
 
     async def connect(self, login: Login) -> Session: ...
 
