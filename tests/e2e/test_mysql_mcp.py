@@ -327,3 +327,15 @@ def test_the_tools_do_not_log_in_without_tls() -> None:
     with pytest.raises(ToolRefused) as refused:
         anyio.run(MySQLDriver().connect, login)
     assert "TLS" in refused.value.message
+
+
+def test_explain_in_production(env: Env) -> None:
+    """The plan runs inside START TRANSACTION READ ONLY on the agent's read-only production session."""
+    (e1, plan), (e2, dropped) = call(
+        env,
+        ("explain", {"connection": "prod", "sql": f"SELECT note FROM {env.t} WHERE id = 2"}),
+        ("explain", {"connection": "prod", "sql": f"DROP TABLE {env.t}"}),
+    )
+    assert not e1 and isinstance(plan["plan"], dict) and "query_block" in plan["plan"], plan
+    assert not e2 and dropped["decision"]["action"] == "deny" and "baseline.prod.drop" in dropped["decision"]["rules"], dropped
+    assert dropped["plan"] is None and "nothing was sent" in dropped["plan_note"]
