@@ -339,3 +339,25 @@ def test_explain_in_production(env: Env) -> None:
     assert not e1 and isinstance(plan["plan"], dict) and "query_block" in plan["plan"], plan
     assert not e2 and dropped["decision"]["action"] == "deny" and "baseline.prod.drop" in dropped["decision"]["rules"], dropped
     assert dropped["plan"] is None and "nothing was sent" in dropped["plan_note"]
+
+
+def test_a_result_cut_at_its_cap_is_not_read_to_the_end(env: Env) -> None:
+    """A hundred million rows, capped at 5: the rows come back at once; the rest is not read
+    (the tools leave the connection, the proxy kills the statement); the next call goes on."""
+    started = time.monotonic()
+    (e1, cut), (e2, after) = call(
+        env,
+        ("query", {"connection": "dev", "sql": "SELECT seq AS mmcp_many FROM seq_1_to_100000000", "max_rows": 5}),
+        ("query", {"connection": "dev", "sql": "SELECT 6 * 7"}),
+    )
+    assert not e1 and cut["rows"] == [["1"], ["2"], ["3"], ["4"], ["5"]] and cut["truncated_by"] == "max_rows", cut
+    assert time.monotonic() - started < 10
+    assert not e2 and after["rows"] == [["42"]]
+    deadline = time.monotonic() + 10
+    while True:  # the server stops the rest (not at once: the proxy notices the client left)
+        with _root() as conn, conn.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE '%AS mmcp_many FROM%' AND INFO NOT LIKE '%PROCESSLIST%'")
+            if cur.fetchone()[0] == 0:
+                break
+        assert time.monotonic() < deadline, "the capped statement still runs on the server"
+        time.sleep(0.2)

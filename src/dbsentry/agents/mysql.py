@@ -231,18 +231,23 @@ class MySQLSession:
         try:
             if read_only is not None:
                 conn.query(read_only + "START TRANSACTION READ ONLY")
-            with conn.cursor(pymysql.cursors.SSCursor) as cur:  # unbuffered: rows read as kept
-                cur.execute(sql)
-                if cur.description is not None:
-                    out.columns = [{"name": d[0], "type": _TYPE_NAMES.get(int(d[1]), str(d[1]))} for d in cur.description]
-                    while (row := cur.fetchone()) is not None:
-                        if not collector.add([_text(v) for v in row]):
-                            break  # closing the cursor reads (and drops) the rest
-                    out.row_count = len(collector.rows)
-                    out.status = f"{out.row_count} rows in set"
-                else:
-                    out.row_count = max(cur.rowcount, 0)
-                    out.status = f"Query OK, {out.row_count} rows affected"
+            cur = conn.cursor(pymysql.cursors.SSCursor)  # unbuffered: rows read as kept
+            cur.execute(sql)
+            if cur.description is not None:
+                out.columns = [{"name": d[0], "type": _TYPE_NAMES.get(int(d[1]), str(d[1]))} for d in cur.description]
+                while (row := cur.fetchone()) is not None and collector.add([_text(v) for v in row]):
+                    pass
+                out.row_count = len(collector.rows)
+                out.status = f"{out.row_count} rows in set"
+            else:
+                out.row_count = max(cur.rowcount, 0)
+                out.status = f"Query OK, {out.row_count} rows affected"
+            if collector.truncated:
+                # The rest is not read: the connection is closed under it (the proxy kills the
+                # statement of a client that leaves), and the next call logs in afresh.
+                conn._force_close()  # type: ignore[attr-defined]
+            else:
+                cur.close()
         finally:
             if conn.open and int(getattr(conn, "server_status", 0)) & SERVER_STATUS.SERVER_STATUS_IN_TRANS:
                 conn.rollback()  # nothing stays open between calls (autocommit=0, a read-only block)
