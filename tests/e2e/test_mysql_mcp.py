@@ -361,3 +361,4 @@ def test_a_result_cut_at_its_cap_is_not_read_to_the_end(env: Env) -> None:
                 break
         assert time.monotonic() < deadline, "the capped statement still runs on the server"
         time.sleep(0.2)
+    assert "Exception ignored" not in Path(env.mp.proxy.log_path).read_text()  # the dropped result is not read when collected

@@ -245,6 +245,9 @@ class MySQLSession:
             if collector.truncated:
                 # The rest is not read: the connection is closed under it (the proxy kills the
                 # statement of a client that leaves), and the next call logs in afresh.
+                result = getattr(cur, "_result", None)
+                if result is not None:
+                    result.unbuffered_active = False  # nothing more is read from it (not even when collected)
                 conn._force_close()  # type: ignore[attr-defined]
             else:
                 cur.close()
