@@ -85,7 +85,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         "listen": {"postgres": f"127.0.0.1:{free_port()}", "http": f"127.0.0.1:{http}", "mysql": f"127.0.0.1:{port}"},
         "policy": str(policy),
         "approvals": {"poll_interval_seconds": 0.2},
-        "mcp": {"max_rows": 20, "statement_timeout_seconds": 1.5},
+        "mcp": {"max_rows": 20, "statement_timeout_seconds": 4},  # room for a loaded machine
         "masking": {"sample_budget_seconds": 5},
     }
     try:
