@@ -114,6 +114,7 @@ __all__ = ["OFFERED", "ClientInfo", "Session", "SessionStateError", "State"]
 
 # Error codes (MySQL's numbering) of the errors the proxy makes itself.
 ER_ACCESS_DENIED = 1045
+ER_DBACCESS_DENIED = 1044  # the server's own code for a database the account may not use
 ER_BAD_DB = 1049
 ER_NO_DB = 1046
 ER_SPECIFIC_ACCESS_DENIED = 1227
@@ -738,7 +739,7 @@ class Session:
         assert self.connection_name is not None
         if not may_use(self.connection_name, conn):
             return self._fail(
-                ER_ACCESS_DENIED,
+                ER_DBACCESS_DENIED,
                 "42000",
                 f"dbsentry: identity '{identity.name}' is not allowed to use connection '{self.connection_name}'",
                 user=user,
