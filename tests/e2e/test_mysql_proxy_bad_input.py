@@ -278,5 +278,15 @@ def test_wait_mode_runs_the_statement_once_approved_and_kill_withdraws_it(mysql_
         cur.execute(f"KILL QUERY {result['second_id']}")
     killed.join(10)
     assert result["second"][0] == 1227 and "withdrawn: the statement was killed" in result["second"][1]
+    # The client's own choice wins, as -c dbsentry.approval=fail for PostgreSQL: the
+    # connection attribute dbsentry.approval=fail gets the request id at once.
+    chooser = pymysql.connect(host="127.0.0.1", port=mysql_proxy.port, user=ALICE, password=token, database="prod", ssl_disabled=True, defer_connect=True)
+    chooser._connect_attrs["dbsentry.approval"] = "fail"  # type: ignore[attr-defined]
+    chooser.connect()
+    with chooser, chooser.cursor() as cur:
+        started = time.monotonic()
+        with pytest.raises(pymysql.err.OperationalError) as at_once:
+            cur.execute(f"CREATE TABLE {name}_3 (id INT)")
+        assert time.monotonic() - started < 5 and "apr_" in at_once.value.args[1], at_once.value.args
     with pymysql.connect(host="127.0.0.1", port=3306, user="root", database="test") as direct, direct.cursor() as cur:
         cur.execute(f"DROP TABLE {name}")

@@ -161,7 +161,13 @@ def _login(login: wire.Login, database: str | None, program: str) -> pymysql.Con
             autocommit=True,
             conv=_ENCODERS_ONLY,  # no decoders: values stay the server's text
             ssl_disabled=tls is None,
+            defer_connect=True,
         )
+        # A statement that needs approval fails at once with its request id (the tools wait
+        # for reviewers themselves, in request_approval), as the PostgreSQL path asks with
+        # -c dbsentry.approval=fail.
+        conn._connect_attrs["dbsentry.approval"] = "fail"  # type: ignore[attr-defined]
+        conn.connect()
     except pymysql.err.MySQLError as err:
         text = str(err.args[1]) if len(err.args) > 1 else str(err)
         raise ToolRefused(f"cannot connect to {database or 'the MySQL listener'!r} through dbsentry: {text}") from None

@@ -719,6 +719,7 @@ class MySQLClient(asyncio.Protocol):
                     session_id=session.session_id,
                     display_sql=cmd.display_sql,
                     key=cmd.key,
+                    client_mode=cmd.client_mode,
                 ),
             )
         except (ApprovalStoreError, OSError) as err:

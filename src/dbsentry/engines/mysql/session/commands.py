@@ -96,6 +96,10 @@ class AskApproval:
     decision: Decision
     facts: tuple[StatementFacts, ...]
     key: str
+    #: The client's choice, from its connection attribute ``dbsentry.approval`` (``fail``
+    #: or ``wait``; anything else: the configuration's mode), as PostgreSQL clients give
+    #: ``-c dbsentry.approval=...``.
+    client_mode: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1482,7 +1482,8 @@ class Session:
         self._held = _Held(packet, sql, verdict, params, exchange)
         self._enter(State.GATED)
         display = self.audit.display(sql, params)
-        return [c.AskApproval(sql, display, params, verdict.decision, verdict.facts, key)]
+        mode = dict(self._attributes).get("dbsentry.approval")
+        return [c.AskApproval(sql, display, params, verdict.decision, verdict.facts, key, mode)]
 
     def _on_approval(self, approval_id: str | None, message: str) -> list[c.Command]:
         held = self._held
