@@ -16,7 +16,8 @@ The command phase is one exchange at a time, as the protocol is: a command is re
 governed, audited, forwarded; the server's answer is followed packet by packet
 (:mod:`~dbsentry.engines.mysql.wire.results`) to its end, and re-framed towards the client
 (:meth:`Session._to_client`); result rows pass through :meth:`Session.result_row`, the one
-place where a row rewriter (masking) plugs in. Commands that arrive meanwhile wait.
+place where a row rewriter (masking) plugs in; rows nobody rewrites are re-framed in bulk,
+consecutive ones of one read in one go. Commands that arrive meanwhile wait.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ from dbsentry.engines.mysql.wire.generic import (
     decode_ok,
     encode_err,
     encode_ok,
+    is_result_end,
 )
 from dbsentry.engines.mysql.wire.handshake import (
     AuthSwitchRequest,
@@ -85,7 +87,12 @@ from dbsentry.engines.mysql.wire.handshake import (
     encode_auth_switch_request,
     encode_handshake,
 )
-from dbsentry.engines.mysql.wire.packets import Packet, PacketSplitter, encode_packet
+from dbsentry.engines.mysql.wire.packets import (
+    Packet,
+    PacketSplitter,
+    encode_packet,
+    encode_packets,
+)
 from dbsentry.engines.mysql.wire.results import (
     ColumnCount,
     ColumnDefinition,
@@ -1763,14 +1770,38 @@ class Session:
                 raise ProtocolError("the server sent data while no command was in flight")
             return []
         out: list[c.Command] = []
+        rows: list[bytes] = []  # consecutive rows forwarded as they are, framed in one go
         for packet in self._upstream.feed(data):
             ex = self._exchange
             if ex is None:
                 raise ProtocolError("the server sent more than the answer to the command")
+            payload = packet.payload
             if self._bracket is not None:
-                out += self._bracket_packet(ex, self._bracket, packet.payload)
-            else:
-                out += self._answer_packet(ex, packet.payload)
+                out += self._bracket_packet(ex, self._bracket, payload)
+                continue
+            reader = ex.reader
+            if (
+                ex.mask is None
+                and type(reader) is ResultReader
+                and reader.state == "rows"
+                and not reader.decode_rows
+                and payload[:1] != b"\xff"
+                and ex.kind != "internal"
+                and not is_result_end(payload, self._up_caps)
+            ):
+                # A row nobody rewrites (no masking): what _answer_packet would do to it,
+                # without an event, a command and a frame per row.
+                ex.rows += 1
+                rows.append(payload)
+                continue
+            if rows:
+                framed, self._seq = encode_packets(rows, self._seq)
+                out.append(c.SendClient(framed))
+                rows = []
+            out += self._answer_packet(ex, payload)
+        if rows:
+            framed, self._seq = encode_packets(rows, self._seq)
+            out.append(c.SendClient(framed))
         return _joined(out)
 
     def result_row(self, payload: bytes, columns: Sequence[ColumnDefinition], binary: bool) -> bytes:
