@@ -359,6 +359,12 @@ class Approvals:
             self._wake.wait(self.config.poll_interval_seconds)
             self._wake.clear()
 
+    def changed(self) -> None:
+        """Something changed in the store (another node announced it): look now rather
+        than at the next poll (non-blocking)."""
+        self._version = -1
+        self._wake.set()
+
     def poll(self) -> None:
         """One round of the background thread's polling (blocking; public for tests)."""
         version = self.store.version()
