@@ -22,12 +22,15 @@ import socket
 import struct
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
+import yaml
 
 from support.pg import PgServer, free_port
 from support.proxy import RunningProxy, dbsentry_cli, run_proxy, write_config
@@ -45,6 +48,18 @@ POLICY = (
     "    approvers: [dba]\n"
     "    message: account updates need a DBA\n"
 )
+
+
+HTTP = [f"127.0.0.1:{free_port()}"]
+
+
+def _http(path: str, token: str | None = None) -> tuple[int, Any]:
+    req = urllib.request.Request(f"http://{HTTP[0]}{path}", headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
 
 
 class Relay:
@@ -148,6 +163,10 @@ def nodes(
                 "approvals": {"poll_interval_seconds": 30, "access": {"approvers": ["dba"]}},
             }
             path = write_config(directory, pg_server, extra=extra)
+            if name == "a":  # node A serves the console and API
+                data = yaml.safe_load(path.read_text())
+                data["listen"]["http"] = HTTP[0]
+                path.write_text(yaml.safe_dump(data))
             proxy = stack.enter_context(run_proxy(path))
             _wait(lambda p=proxy, n=workers: p.log_text().count("dbsentry ready") >= n, f"node {name} ready")  # type: ignore[misc]
             running.append(proxy)
@@ -207,13 +226,18 @@ def _approve(node: RunningProxy, rid: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_nodes_register_in_the_control_plane(nodes: tuple[RunningProxy, RunningProxy], pg_server: PgServer, control_db: str) -> None:
-    with psycopg.connect(pg_server.dsn(dbname=control_db), autocommit=True) as cp:
-        rows = cp.execute("select node, worker, slot, address from dbsentry_control.nodes order by node, worker").fetchall()
+def test_nodes_register_and_the_console_lists_them(nodes: tuple[RunningProxy, RunningProxy]) -> None:
+    a, _ = nodes
+    status, body = _http("/api/v1/nodes", a.token("auditor@example.com", ("security",)))
+    assert status == 200, body
+    rows = body["nodes"]
     assert len(rows) == 3, rows  # node A's worker and node B's two
-    slots = {node: slot for node, _, slot, _ in rows}
-    assert len(set(slots.values())) == 2  # one slot per node, shared by its workers
-    assert len({address for *_, address in rows}) == 3
+    slots = {r["node"]: r["slot"] for r in rows}
+    assert len(slots) == 2 and len(set(slots.values())) == 2  # one slot per node, shared by its workers
+    assert len({r["address"] for r in rows}) == 3
+    assert all(r["heartbeat_age_seconds"] < 3 for r in rows)
+    status, ready = _http("/readyz")
+    assert status == 200 and ready["checks"]["control_plane"] is True
 
 
 def test_token_revoked_through_one_node_is_refused_at_the_other(nodes: tuple[RunningProxy, RunningProxy]) -> None:
@@ -369,11 +393,14 @@ def test_control_plane_down_fails_closed_and_recovers(
             with pytest.raises(psycopg.OperationalError) as refused:
                 _connect(a, ALICE, token).close()
             assert "dbsentry: the control plane is unavailable" in str(refused.value)
+            _wait(lambda: _http("/readyz")[0] == 503, "readyz to say the control plane is down", timeout=5)
+            assert _http("/readyz")[1]["checks"]["control_plane"] is False
         finally:
             relay.restore()
         _wait(lambda: _logs_in(a, token), "logins after the control plane is back", timeout=15)
         assert held.execute("select 3").fetchone() == (3,)
         _wait(lambda: "control plane reachable again" in a.log_text(), "the listener back", timeout=15)
+        assert _http("/readyz")[0] == 200
     finally:
         held.close()
     assert _balance(pg_server, acct) == 100

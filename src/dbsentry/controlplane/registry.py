@@ -95,6 +95,7 @@ class NodeAgent:
                 (self.node, self.worker, slot, self.address, os.getpid()),
             )
         self.slot = slot
+        self.up = True
         self._refresh()
         log.info("registered in the control plane", extra={"fields": {"node": self.node, "slot": slot, "address": self.address}})
         return slot

@@ -156,6 +156,17 @@ def _unset(_: object) -> None:
     raise AssertionError("set by AuditLog")
 
 
+def _node_rows(agent: NodeAgent) -> Callable[[], list[dict[str, Any]]]:
+    def rows() -> list[dict[str, Any]]:
+        return [
+            {"node": n.node, "worker": n.worker, "slot": n.slot, "address": n.address, "pid": n.pid,
+             "started_at": n.started_at, "heartbeat_age_seconds": round(n.age, 3), "this_node": n.node == agent.node}
+            for n in agent.live_nodes()
+        ]
+
+    return rows
+
+
 async def _join_control_plane(
     config: Config, proxy: ProxyServer, approvals: Approvals | None, worker: WorkerInfo | None
 ) -> NodeAgent | None:
@@ -308,6 +319,8 @@ async def run_server(
                 if catalogs is not None
                 else None
             ),
+            nodes=_node_rows(agent) if agent is not None else None,
+            control_plane_up=(lambda: agent.up) if agent is not None else None,
         )
         if config.mcp.http and governor is not None:
             ctx.mcp = _mcp_endpoint(config, authenticator, governor, approvals, catalogs, writer)

@@ -170,6 +170,8 @@ def create_app(ctx: WebContext) -> FastAPI:
                 checks["audit_store"] = False
         if ctx.listener_up is not None:
             checks["listener"] = bool(ctx.listener_up())
+        if ctx.control_plane_up is not None:
+            checks["control_plane"] = bool(ctx.control_plane_up())
         body: dict[str, Any] = {"checks": checks}
         if ctx.upstreams is not None:
             upstreams = ctx.upstreams()
