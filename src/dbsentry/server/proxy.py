@@ -194,6 +194,14 @@ class ProxyServer:
         else:
             log.info("cancel request with an unknown key ignored", extra={"fields": {"client": source}})
 
+    def cancel_from_node(self, pid: int, secret: bytes, source: str) -> None:
+        """A CancelRequest another node forwarded: only for this node's sessions (a pid of
+        another slot is not passed on again, so no two nodes can bounce one)."""
+        if self.node is None or pid_slot(pid) != self.node.slot:
+            log.warning("cancel from another node for a session not of this node ignored", extra={"fields": {"client": source}})
+            return
+        self.cancel(pid, secret, source)
+
     async def _cancel_message(self, body: dict[str, Any]) -> None:
         pid, secret = body.get("pid"), body.get("secret")
         if not isinstance(pid, int) or not isinstance(secret, str) or self.worker is None or not self.worker.owns(pid):

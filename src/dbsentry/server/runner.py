@@ -183,7 +183,7 @@ async def _join_control_plane(
         await loop.run_in_executor(None, plane.migrate)
         key = await loop.run_in_executor(None, plane.secret)
         host, port = cp.listen_addr
-        channel = NodeChannel(key, host, port + index if port else 0, proxy.cancel)
+        channel = NodeChannel(key, host, port + index if port else 0, proxy.cancel_from_node)
         bound_host, bound_port = await channel.start()
         agent = NodeAgent(plane, node_id(config.audit.node, config.state_dir), index, f"{cp.advertise_host or bound_host}:{bound_port}")
         slot = await loop.run_in_executor(None, agent.register)
