@@ -291,6 +291,18 @@ def test_token_revoked_through_one_node_is_refused_at_the_other(nodes: tuple[Run
     _within_a_second(refused)
 
 
+def test_failed_logins_count_over_every_node(nodes: tuple[RunningProxy, RunningProxy]) -> None:
+    a, b = nodes
+    who = (f"guesser-{uuid.uuid4().hex[:6]}@example.com", ("eng",))
+    good = a.token(who[0], who[1])
+    bad = good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB")
+    for node in (a, b, a, b, a):  # identity.max_failures (5), spread over both nodes
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            _connect(node, who, bad).close()
+    with pytest.raises(psycopg.OperationalError, match="too many failed logins"):
+        _connect(b, who, good).close()  # even the right token, unchecked
+
+
 def test_approval_granted_through_b_is_usable_on_a_fail_mode(
     nodes: tuple[RunningProxy, RunningProxy], acct: str, pg_server: PgServer
 ) -> None:
