@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 from typing import Any, Final, TypeVar, cast
 
 from prometheus_client import (
@@ -209,6 +210,25 @@ def audit_commit(seconds: float, records: int = 1) -> None:
 
 def set_audit_healthy(healthy: bool) -> None:
     AUDIT_HEALTHY.set(1 if healthy else 0)
+
+
+def workers_audit_healthy() -> bool | None:
+    """With workers: whether the audit trail of every live worker accepts records (the
+    lowest of their ``dbsentry_audit_healthy``, read from their metric files), so that
+    worker 0's ``/readyz`` speaks for the node. None with one process, or before any
+    worker set it."""
+    if MULTIPROCESS_DIR is None:
+        return None
+    from prometheus_client import multiprocess
+
+    # Only the live-min gauges' files: the supervisor removes a dead worker's.
+    files = [str(p) for p in Path(MULTIPROCESS_DIR).glob("gauge_livemin_*.db")]
+    merged = multiprocess.MultiProcessCollector.merge(files, accumulate=False)  # type: ignore[no-untyped-call]
+    for family in merged:
+        if family.name == "dbsentry_audit_healthy":
+            values = [sample.value for sample in family.samples]
+            return min(values) >= 1 if values else None
+    return None
 
 
 def audit_error(kind: str = "commit") -> None:

@@ -270,6 +270,50 @@ def test_attack_pg_stat_activity_query_of_other_session(env: Env) -> None:
     assert_no_leak(blob)
 
 
+def test_attack_statistics_functions_behind_pg_stat_activity(env: Env) -> None:
+    """WAS A LEAK: the functions behind the view return the same texts, unclassified."""
+    dsn = env.proxy.dsn(READER.identity, groups=READER.groups, agent=False, dbname="prod")
+    with psycopg.connect(dsn, autocommit=True) as reader:
+        reader.execute(env.q(
+            "select count(*) from {S}.customers where full_name = 'Ada Lovelace' and ssn = '536-22-8714'"
+        )).fetchall()
+        time.sleep(0.3)
+        for sql in (
+            "select a.query, a.pid from pg_stat_get_activity(NULL) a",
+            "select (pg_catalog.pg_stat_get_activity(NULL)).query",
+            "select pg_stat_get_backend_activity(b) from pg_stat_get_backend_idset() b",
+            # names are the client's: the text under another name is still the text
+            "select a.* from pg_stat_get_activity(NULL) a(datid, pid, usesysid, application_name, query, state)",
+        ):
+            blob = capture(env, AGENT_PROD, [sql])
+            assert "<secret>" in blob, (sql, blob)  # the other session's row was there, redacted
+            assert_no_leak(blob)
+        # without the view's column names every column of the function counts as the text:
+        # a condition on one is a use (more than needed, never less)
+        blob = capture(env, AGENT_PROD, [
+            "select a.query from pg_stat_get_activity(NULL) a where a.pid <> pg_backend_pid()"
+        ])
+        assert "42501" in blob and "pg_stat_activity.query" in blob, blob
+
+
+def test_attack_truncating_casts_and_partial_masks(env: Env) -> None:
+    """WAS A LEAK: a partial mask shows the last characters of the value it is given; of
+    ssn::varchar(8) those are the SSN's 5th to 8th ('***-*2-8'), and card_number::char(n)
+    for n = 1..19 gave the whole card four digits at a time."""
+    for login in (HUMAN_PROD, AGENT_PROD):
+        blob = capture(env, login, [
+            "select ssn::varchar(8), card_number::char(12), cast(ssn as character(6)),"
+            " ssn::char, card_number::varchar(8) from {S}.customers where id = 1",
+        ])
+        assert blob.startswith("OK"), blob
+        row = blob.splitlines()[0]
+        # redacted (placeholders, cut to the type's length): not one digit of either value
+        assert not any(ch.isdigit() for ch in row), row
+        # the whole value keeps its partial mask: the last four, as before
+        blob = capture(env, login, ["select ssn, ssn::text, card_number::varchar from {S}.customers where id = 1"])
+        assert blob.count("8714") == 2 and "6467" in blob, blob
+
+
 # 4. Side channels that the statement writes and a later statement reads back.
 
 

@@ -179,6 +179,8 @@ PROBES: list[tuple[str, str, str]] = [
     ("update {T} set city = city where ssn like '5%'", "ssn", "WHERE"),
     ("select count(*) filter (where ssn like '5%') from {T}", "ssn", "FILTER"),
     ("select case when ssn like '5%' then 'yes' end, count(*) from {T} group by 1", "ssn", "CASE"),
+    ("select id, greatest(ssn, '5') from {T}", "ssn", "GREATEST"),
+    ("select id, nullif(left(ssn, 1), '5') from {T}", "ssn", "NULLIF"),
     ("select ssn from {T} intersect select guess from {G}", "ssn", "INTERSECT"),
     (
         "select id from {T} where id in (select c.id from {T} c where c.ssn like '5%')",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,8 +19,15 @@ from typing import Any
 
 import pytest
 
-from support.mysql import DATABASE, HOST, PORT, MySQLProxy, run_mysql_proxy, server_reason
-from support.proxy import dbsentry_cli
+from support.mysql import (
+    DATABASE,
+    HOST,
+    PORT,
+    MySQLProxy,
+    audit_rows,
+    run_mysql_proxy,
+    server_reason,
+)
 
 _REASON = server_reason()
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
@@ -138,6 +146,10 @@ def test_predicate_oracle_is_refused_in_production(env: Env) -> None:
         assert "ssn" in message and "masking.predicates = equality" in message
         cur.execute(f"SELECT id FROM {env.t} WHERE ssn = %s", ("123-45-6789",))  # a point lookup: allowed
         assert cur.fetchall() == ()
+        # the argument GREATEST picks shows in the masked value's shape ('*' or '***-**-6789')
+        with pytest.raises(pymysql.err.OperationalError) as err:
+            cur.execute(f"SELECT id, GREATEST(ssn, '5') FROM {env.t}")
+        assert err.value.args[0] == 1142 and "used in GREATEST" in err.value.args[1]
     with connect(env.mp, AGENT, "prod") as conn, conn.cursor() as cur:
         with pytest.raises(pymysql.err.OperationalError) as err:
             cur.execute(f"SELECT id FROM {env.t} WHERE ssn = '123-45-6789'")
@@ -186,15 +198,7 @@ def test_column_added_through_the_proxy_is_masked_after_refresh(env: Env) -> Non
 
 
 def _records(env: Env, marker: str, want: int) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        out = dbsentry_cli("audit", "search", "--json", config=env.mp.proxy.config_path)
-        rows = [json.loads(line) for line in out.stdout.splitlines() if marker in line]
-        if len(rows) >= want:
-            break
-        time.sleep(0.3)
-    return rows
+    return audit_rows(env.mp, marker, lambda rows: len(rows) >= want)
 
 
 def test_audit_records_masked_classes_and_redact_literals(env: Env) -> None:
@@ -256,3 +260,60 @@ def test_server_errors_and_warnings_do_not_quote_masked_values(env: Env) -> None
     with _root() as conn, conn.cursor() as cur:
         cur.execute(f"SELECT id FROM {env.t} WHERE id = 1")
         assert cur.fetchone() == (1,)  # neither UPDATE changed anything
+
+
+def test_other_sessions_statement_texts_are_redacted(env: Env) -> None:
+    """SHOW PROCESSLIST shows the text of every session the upstream account can see,
+    literals included (a name is nothing a value scan finds): redacted whole for a masked
+    identity, as information_schema.PROCESSLIST.INFO is; an exempt reader sees it."""
+    marker = "Zebediah Quarrington-Fotheringay"
+
+    def sleeper() -> None:
+        with _root() as conn, conn.cursor() as cur:
+            cur.execute(f"SELECT SLEEP(4), '{marker}'")
+
+    t = threading.Thread(target=sleeper)
+    t.start()
+    try:
+        seen_by_reader = ""
+        deadline = time.monotonic() + 3
+        while marker not in seen_by_reader and time.monotonic() < deadline:
+            with connect(env.mp, READER) as conn, conn.cursor() as cur:
+                cur.execute("SHOW FULL PROCESSLIST")
+                seen_by_reader = repr(cur.fetchall())
+        assert marker in seen_by_reader  # the channel is real
+        with connect(env.mp, PERSON) as conn, conn.cursor() as cur:
+            for sql in (
+                "SHOW PROCESSLIST",
+                "SHOW FULL PROCESSLIST",
+                "SELECT * FROM information_schema.PROCESSLIST",  # INFO and INFO_BINARY
+                "SELECT * FROM sys.session",
+                "SELECT p.* FROM information_schema.PROCESSLIST p JOIN sys.processlist s ON s.conn_id = p.ID",
+            ):
+                cur.execute(sql)
+                rows = cur.fetchall()
+                assert marker not in repr(rows), (sql, rows)
+                assert rows or "sys." in sql, sql  # (sys views are empty without performance_schema)
+            cur.execute("SHOW FULL PROCESSLIST")
+            rows = cur.fetchall()
+            # the rest stays readable: ids, commands; the texts are redacted, not dropped
+            assert all(isinstance(r[0], int) for r in rows) and "Query" in {r[4] for r in rows}
+            assert any(r[7] is not None and "secret" in r[7] for r in rows), rows
+    finally:
+        t.join()
+
+
+def test_truncating_casts_are_redacted_not_partially_masked(env: Env) -> None:
+    """A partial mask shows the last characters of the value it is given: of
+    CAST(ssn AS CHAR(8)) those are the SSN's 5th to 8th, of CAST(card AS CHAR(n)) the
+    card four digits at a time.  A cast that may cut the value is redacted."""
+    with connect(env.mp, PERSON) as conn, conn.cursor() as cur:
+        cur.execute(
+            f"SELECT CAST(ssn AS CHAR(8)), CONVERT(card_number, CHAR(12)), CAST(ssn AS BINARY(6)),"
+            f" CAST(card_number AS NCHAR(9)) FROM {env.t} WHERE id = 1"
+        )
+        row = cur.fetchall()[0]
+        assert not any(ch.isdigit() for v in row for ch in (v.decode() if isinstance(v, bytes) else v)), row
+        cur.execute(f"SELECT ssn, CAST(ssn AS CHAR) FROM {env.t} WHERE id = 1")
+        whole = cur.fetchall()[0]
+        assert whole[0] == whole[1] and whole[0].endswith("8701"), whole  # partial, as before

@@ -154,8 +154,10 @@ def test_commands_after_login_with_bad_input(mysql_proxy: MySQLProxy) -> None:
         raw.login_tls(mysql_proxy.token())
         raw.send(b"\x17" + (12345).to_bytes(4, "little") + b"\x00\x01\x00\x00\x00", 0)  # COM_STMT_EXECUTE, no such statement
         assert raw.error() == (1243, "HY000", "dbsentry: unknown prepared statement handler (12345) given to COM_STMT_EXECUTE")
-        raw.send(b"\x11" + b"bob\x00\x00", 0)  # COM_CHANGE_USER
-        assert raw.error() == (1235, "42000", "dbsentry: COM_CHANGE_USER is not supported: one identity per connection; connect again as the other user")
+        raw.send(b"\x11" + b"bob\x00\x00other\x00", 0)  # COM_CHANGE_USER to another connection
+        assert raw.error() == (
+            1235, "42000", "dbsentry: COM_CHANGE_USER to 'other': one connection per session; connect again with it as the database"
+        )
         assert raw.closed()
     with Raw(mysql_proxy.port) as raw:
         raw.login_tls(mysql_proxy.token())

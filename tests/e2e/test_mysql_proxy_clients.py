@@ -171,6 +171,7 @@ def test_bad_token_and_plaintext_refused(mysql_proxy: MySQLProxy) -> None:
     assert err.value.args[1].startswith("dbsentry: TLS is required")
     with pytest.raises(pymysql.err.OperationalError) as err:
         connect(mysql_proxy, "restricted")
+    assert err.value.args[0] == 1044  # ER_DBACCESS_DENIED_ERROR, as the server says it
     assert err.value.args[1] == "dbsentry: identity 'alice@example.com' is not allowed to use connection 'restricted'"
     with pytest.raises(pymysql.err.OperationalError) as err:
         connect(mysql_proxy, "nope")

@@ -4,7 +4,9 @@ a running dbsentry with a MySQL listener in front of it."""
 
 from __future__ import annotations
 
+import json
 import socket
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,7 +16,7 @@ from typing import Any
 import yaml
 
 from .pg import free_port
-from .proxy import RunningProxy, run_proxy, wait_port
+from .proxy import RunningProxy, dbsentry_cli, run_proxy, wait_port
 
 HOST, PORT, DATABASE = "127.0.0.1", 3306, "test"
 
@@ -73,3 +75,27 @@ def run_mysql_proxy(
     with run_proxy(path) as running:
         wait_port("127.0.0.1", port, running.process, running.log_path)
         yield MySQLProxy(running, port)
+
+
+def audit_rows(mp: MySQLProxy, marker: str, ready: Any = None, *search: str) -> list[dict[str, Any]]:
+    """The audit records (``dbsentry audit search --json``, with ``search`` options) whose
+    line holds ``marker``, polled for up to 10 s until ``ready(rows)`` (default: any row)."""
+    rows: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        out = dbsentry_cli("audit", "search", *search, "--json", config=mp.proxy.config_path)
+        rows = [json.loads(line) for line in out.stdout.splitlines() if marker in line]
+        if rows and (ready is None or ready(rows)):
+            break
+        time.sleep(0.3)
+    return rows
+
+
+def connector_connect(mp: MySQLProxy, user: str = "alice@example.com", database: str = "dev", **kw: Any) -> Any:
+    """mysql-connector-python (pure Python) to the proxy as ``user`` with a token, over TLS."""
+    import mysql.connector
+
+    return mysql.connector.connect(
+        host="127.0.0.1", port=mp.port, user=user, password=mp.token(user), database=database,
+        use_pure=True, ssl_verify_cert=False, connection_timeout=10, autocommit=True, **kw,
+    )  # fmt: skip

@@ -86,6 +86,9 @@ LOOKUPS = [
     "SELECT e FROM customers c, unnest(ARRAY[c.id]) e",
     "SELECT k FROM customers c, json_each_text(c.email) k",
     "SELECT unnest(email) FROM customers",
+    # NULL exactly when equal to a constant: a lookup
+    "SELECT nullif(email, '') FROM customers",
+    "SELECT nullif('', ssn) FROM customers",
 ]
 
 
@@ -192,6 +195,15 @@ PROBES = [
     ("SELECT num_nulls(nullif(substr(ssn, 1, 1), '5')) FROM customers", "ssn in num_nulls()"),
     ("SELECT (ssn LIKE '5%') IS TRUE FROM customers", "ssn in IS TRUE / IS FALSE"),
     ("WITH x AS (SELECT nullif(ssn, '1') s FROM customers) SELECT s IS NULL FROM x", "ssn in IS NULL"),
+    # the argument chosen shows in the masked value's shape (greatest(ssn, '5') is '*' when
+    # the SSN sorts first, '***-**-1234' otherwise): an order question, among output values too
+    ("SELECT greatest(ssn, '5') FROM customers", "ssn in GREATEST"),
+    ("SELECT least(email, 'm'), id FROM customers", "email in LEAST"),
+    ("SELECT greatest(upper(ssn), notes) FROM customers", "ssn in GREATEST"),
+    ("SELECT id FROM customers WHERE greatest(ssn, '5') = '5'", "ssn in WHERE"),
+    # NULL when equal: anything but a stored value against a constant is a question
+    ("SELECT nullif(ssn, notes) FROM customers", "ssn in NULLIF"),
+    ("SELECT nullif(substr(ssn, 1, 1), '5') FROM customers", "ssn in NULLIF"),
     # a set-returning function among output values filters rows
     ("SELECT regexp_matches(ssn, '^5') FROM customers", "ssn in a set-returning function"),
     ("SELECT id, unnest(string_to_array(email, '@')) FROM customers", "email in a set-returning function"),
@@ -266,6 +278,7 @@ def test_deny_refuses_even_lookups_and_presence() -> None:
     assert verdict("SELECT id FROM customers WHERE ssn IS NULL", "deny") == "ssn in WHERE"
     assert verdict("SELECT count(ssn) FROM customers", "deny") == "ssn in an aggregate"
     assert verdict("SELECT ssn IS NULL FROM customers", "deny") == "ssn in IS NULL"
+    assert verdict("SELECT nullif(ssn, '1') FROM customers", "deny") == "ssn in NULLIF"
     # output values, masked, are always fine
     assert verdict("SELECT id, email, upper(ssn), ssn = 'x' FROM customers", "deny") is None
     assert verdict("SELECT id FROM customers WHERE id = 1 AND notes LIKE 'x%'", "deny") is None

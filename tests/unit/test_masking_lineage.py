@@ -142,7 +142,24 @@ def test_casts_do_not_unmask() -> None:
         "SELECT email::text, email::varchar(3), CAST(ssn AS bytea), ssn::int8 FROM customers"
     ) == [
         ("email", "partial"),
-        ("email", "partial"),
+        ("email", "redact"),  # cut: see below
+        ("national_id", "partial"),
+        ("national_id", "partial"),
+    ]
+    # A cast that may cut the value is derived: a partial mask of ssn::varchar(8) would
+    # show two of the digits the whole value's mask hides (***-*1-3), card_number::char(12)
+    # the four before the last four.
+    assert classes(
+        "SELECT ssn::varchar(8), card_number::char(12), CAST(ssn AS character(7)), ssn::char,"
+        ' ssn::"char", ssn::name, card_number::numeric(20, 0), ssn::varchar, ssn::bpchar FROM customers'
+    ) == [
+        ("national_id", "redact"),
+        ("payment_card", "redact"),
+        ("national_id", "redact"),
+        ("national_id", "redact"),
+        ("national_id", "redact"),
+        ("national_id", "redact"),
+        ("payment_card", "redact"),
         ("national_id", "partial"),
         ("national_id", "partial"),
     ]
@@ -568,3 +585,22 @@ def test_recursion_in_the_walk_raises_lineage_error() -> None:
 def test_malformed_trees_raise_lineage_error(tree: Any) -> None:
     with contextlib.suppress(LineageError):
         lineage_of_tree(tree, CATALOG)
+
+
+def test_functions_behind_pg_stat_activity_return_statement_texts() -> None:
+    """The statistics functions the pg_stat_activity view is built on return the same
+    texts: their values are pg_stat_activity.query's, and they read that view in effect.
+    Column names a client gives them prove nothing (the text may be called ``state``)."""
+    text = SourceColumn("pg_catalog", "pg_stat_activity", "query")
+    for sql in (
+        "SELECT pg_stat_get_backend_activity(1)",
+        "SELECT (pg_catalog.pg_stat_get_activity(NULL)).query",
+        "SELECT a.pid FROM pg_stat_get_activity(NULL) a",
+        "SELECT a.state FROM pg_stat_get_activity(NULL) a(datid, pid, usesysid, application_name, query, state)",
+        "SELECT query FROM pg_stat_statements(true)",
+    ):
+        (lin,) = analyze_lineage(sql, CATALOG)
+        assert all(text in c.sources for c in lin.columns), sql
+        assert ("pg_catalog", "pg_stat_activity") in lin.tables_read, sql
+    (lin,) = analyze_lineage("SELECT pg_stat_get_backend_pid(1), pg_backend_pid()", CATALOG)
+    assert all(not c.sources for c in lin.columns)

@@ -390,3 +390,27 @@ def test_escaped_copy_lines_are_scanned_too() -> None:
 
     out, count, _ = masker.mask_frames(codec.frame(b"d", line), 0)
     assert count == 1 and out == codec.frame(b"d", b"a\\tb ****@example.com\tx\\\\y ***-**-8714\n")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="0123456789-@. abcXYZ+()", min_size=0, max_size=80), st.integers(1, 64))
+def test_find_sensitive_remembers_exactly_what_it_found(text: str, limit: int) -> None:
+    """The memo (by a keyed hash of the text and the limit) answers what a scan would."""
+    from dbsentry.masking import detect
+
+    fresh = detect._find(text, limit) if len(text) >= 7 and detect._MAYBE_RE.search(text) else []
+    assert detect.find_sensitive(text, limit) == fresh
+    assert detect.find_sensitive(text, limit) == fresh  # from the memo
+    assert detect.find_sensitive(text, 1) == fresh[:1]  # another limit is another entry
+
+
+def test_the_memo_holds_no_text_and_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dbsentry.masking import detect
+
+    monkeypatch.setattr(detect, "_MEMO", {})
+    monkeypatch.setattr(detect, "_MEMO_SIZE", 8)
+    for i in range(20):
+        detect.find_sensitive(f"card 4539 1488 0343 {6400 + i} here")
+    assert len(detect._MEMO) == 8
+    assert all(isinstance(k, bytes) and len(k) == 16 for k in detect._MEMO)
+    assert "4539" not in repr(detect._MEMO)

@@ -115,7 +115,14 @@ def test_views_expand_to_their_tables() -> None:
         ("IFNULL(email, ssn)", "email ssn", True),
         ("CASE WHEN id > 1 THEN email ELSE ssn END", "id email ssn", False),
         ("IF(id > 1, email, ssn)", "id email ssn", False),
-        ("CAST(email AS CHAR(10))", "email", True),
+        # a cast that may cut the value is derived: a partial mask of the cut value would
+        # show characters the whole value's mask hides
+        ("CAST(email AS CHAR(10))", "email", False),
+        ("CONVERT(ssn, CHAR(6))", "ssn", False),
+        ("CAST(ssn AS BINARY(8))", "ssn", False),
+        ("CAST(email AS CHAR)", "email", True),
+        ("CAST(email AS BINARY)", "email", True),
+        ("email COLLATE utf8mb4_bin", "email", True),
         ("CONVERT(email USING latin1)", "email", True),
         ("GROUP_CONCAT(email, ssn)", "email ssn", False),
         ("MAX(email)", "email", True),
@@ -181,6 +188,14 @@ def test_predicate_uses() -> None:
     )
     assert ("app.people.email", "JOIN ... ON", "other") in uses("SELECT o.id FROM orders o JOIN people p ON p.email > 'm'")
     assert ("app.people.ssn", "CASE", "other") in uses("SELECT CASE WHEN ssn LIKE '5%' THEN 1 END FROM people")
+    # the argument chosen shows in the masked value's shape: an order question
+    assert ("app.people.ssn", "GREATEST", "other") in uses("SELECT GREATEST(ssn, '5') FROM people")
+    assert ("app.people.email", "LEAST", "other") in uses("SELECT id, LEAST(email, 'm') FROM people")
+    assert ("app.people.ssn", "WHERE", "other") in uses("SELECT id FROM people WHERE GREATEST(ssn, '5') = '5'")
+    # NULL exactly when equal: a lookup against a constant, else a question
+    assert ("app.people.email", "NULLIF", "equality") in uses("SELECT NULLIF(email, '') FROM people")
+    assert ("app.people.ssn", "NULLIF", "other") in uses("SELECT NULLIF(ssn, city) FROM people")
+    assert ("app.people.ssn", "NULLIF", "other") in uses("SELECT NULLIF(LEFT(ssn, 1), '5') FROM people")
     assert ("app.people.ssn", "LIMIT/OFFSET", "other") not in uses("SELECT id FROM people LIMIT 1")
     # a view's own WHERE is its owner's business; a predicate on its output is not
     assert ("app.people.email", "WHERE", "other") in uses("SELECT id FROM v WHERE mail LIKE 'A%'")
@@ -256,6 +271,19 @@ def test_other_statements() -> None:
     show = plan("SHOW TABLES")
     assert isinstance(show, MysqlMaskPlan) and show.rest is not None and show.rest.strategy == "detect"
     assert show.rest.reason == "safety-net"
+    # other sessions' statement texts are redacted whole, whatever literal they hold
+    for sql, index in (
+        ("SHOW PROCESSLIST", 7),
+        ("SHOW FULL PROCESSLIST", 7),
+        ("SHOW BINLOG EVENTS", 5),
+        ("SHOW RELAYLOG EVENTS IN 'r.000001'", 5),
+        ("SHOW ENGINE INNODB STATUS", 2),
+    ):
+        texts = plan(sql)
+        assert isinstance(texts, MysqlMaskPlan) and len(texts.columns) == index + 1, sql
+        assert texts.columns[index] is not None and texts.columns[index].data_class is DataClass.SECRET
+        assert texts.columns[index].strategy == "redact" and texts.rest is not None
+        assert all(c is not None and c.strategy == "detect" for c in texts.columns[:index])
     handler = plan("HANDLER people READ FIRST")
     assert isinstance(handler, MysqlMaskPlan) and handler.rest is not None
     assert handler.rest.data_class is DataClass.NATIONAL_ID and handler.rest.strategy == "redact"
@@ -315,6 +343,31 @@ def test_types_decide_classes_and_samples() -> None:
     assert sql.endswith("FROM `s`.`t` LIMIT 200")
     mysql_sql, _ = sample_sql(rel, 10, 500, mariadb=False) or ("", ())
     assert "MAX_EXECUTION_TIME(500)" in mysql_sql and "lock_wait_timeout=1" in mysql_sql
+
+
+def test_statement_texts_of_the_server_are_secrets_wherever_it_keeps_them() -> None:
+    """Not only the listed tables: a system table's text column named like a statement text
+    (MariaDB's PROCESSLIST.INFO_BINARY, INNODB_TRX.trx_query, the sys views) is a secret."""
+    rows = [
+        ("information_schema", "PROCESSLIST", "SYSTEM VIEW", 8, "INFO", "longtext", "longtext", "", ""),
+        ("information_schema", "PROCESSLIST", "SYSTEM VIEW", 17, "INFO_BINARY", "blob", "blob", "", ""),
+        ("information_schema", "INNODB_TRX", "SYSTEM VIEW", 6, "trx_query", "varchar", "varchar(1024)", "", ""),
+        ("sys", "session", "VIEW", 7, "current_statement", "longtext", "longtext", "", ""),
+        ("sys", "session", "VIEW", 8, "statement_latency", "varchar", "varchar(11)", "", ""),
+        ("performance_schema", "events_statements_history", "BASE TABLE", 9, "MESSAGE_TEXT", "varchar", "varchar(128)", "", ""),
+        ("information_schema", "TRIGGERS", "SYSTEM VIEW", 10, "ACTION_STATEMENT", "longtext", "longtext", "", ""),
+        ("information_schema", "INNODB_TRX", "SYSTEM VIEW", 7, "trx_tables_locked", "bigint", "bigint", "", ""),
+        ("s", "t", "BASE TABLE", 1, "query", "text", "text", "", ""),  # not a system schema
+    ]
+    cm = classify_catalog(catalog_from_rows(rows, (), "s"))
+    secrets = {(c.table, c.column) for c, k in cm.columns.items() if k.data_class is DataClass.SECRET}
+    assert secrets == {
+        ("PROCESSLIST", "INFO"),
+        ("PROCESSLIST", "INFO_BINARY"),
+        ("INNODB_TRX", "trx_query"),
+        ("session", "current_statement"),
+        ("events_statements_history", "MESSAGE_TEXT"),
+    }
 
 
 def test_variables_hold_copies() -> None:

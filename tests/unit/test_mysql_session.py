@@ -208,8 +208,32 @@ def test_kill_init_db_change_user(tmp_path: Path) -> None:
     assert packets(out)[0][:1] == b"\x00" and not upstream_sent(out)
     out = s.handle(e.ClientData(encode_packet(b"\x02mysql", 0)[0]))
     assert "one connection per session" in g.decode_err(packets(out)[0]).message
-    out = s.handle(e.ClientData(encode_packet(b"\x11bob\x00\x00", 0)[0]))
+    out = s.handle(e.ClientData(encode_packet(b"\x11bob\x00\x00mysql\x00", 0)[0]))  # COM_CHANGE_USER elsewhere
     assert g.decode_err(packets(out)[0]).code == 1235 and s.state is State.CLOSED
+
+
+def test_change_user_logs_in_again_and_resets_the_upstream_session(tmp_path: Path) -> None:
+    s, _ = logged_in(tmp_path)
+    bob = Identity("bob@example.com", frozenset({"eng"}), "human", "tok2", "token")
+    out = s.handle(e.ClientData(encode_packet(b"\x11bob@example.com\x00\x00\x00", 0)[0]))
+    switch = packets(out)[0]
+    assert switch[:1] == b"\xfe" and b"caching_sha2_password" in switch and s.state is State.AUTH
+    out = s.handle(e.ClientData(encode_packet(b"\x00" * 32, 2)[0]))  # the scramble: full authentication asked
+    assert packets(out) == [b"\x01\x04"]
+    out = s.handle(e.ClientData(encode_packet(b"tok2\x00", 4)[0]))
+    assert out == [c.VerifyPassword("bob@example.com", "tok2")]
+    out = s.handle(e.PasswordVerified(bob))
+    assert upstream_sent(out) == [encode_packet(b"\x1f", 0)[0]]  # COM_RESET_CONNECTION
+    closed = [cmd.record for cmd in out if isinstance(cmd, c.Audit) and isinstance(cmd.record, SessionEvent)]
+    assert closed and closed[0].event == "closed" and closed[0].identity == "alice@example.com"
+    out = s.handle(answer([g.encode_ok(g.OK(status=k.SERVER_STATUS_AUTOCOMMIT), CAPS)]))
+    assert upstream_sent(out) == [encode_packet(b"\x03SELECT @@sql_mode, @@character_set_client", 0)[0]]
+    out = s.handle(settings_answer())
+    assert s.state is State.READY and s.identity == bob
+    sent = b"".join(cmd.data for cmd in out if isinstance(cmd, c.SendClient))
+    assert sent[3] == 5 and sent[4:5] == b"\x00"  # the OK ends the exchange at sequence id 5
+    opened = [cmd.record for cmd in out if isinstance(cmd, c.Audit) and isinstance(cmd.record, SessionEvent)]
+    assert opened and opened[0].event == "opened" and opened[0].identity == "bob@example.com"
 
 
 def test_plaintext_refused_when_tls_required(tmp_path: Path) -> None:

@@ -858,3 +858,35 @@ def test_mutated_payloads_never_crash_a_decoder(payload: bytes, pos: int, byte: 
         payload = payload[:i] if cut else payload[:i] + bytes((byte,)) + payload[i + 1 :]
     with contextlib.suppress(ProtocolError):
         decoder(payload)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"\x03", "packet is shorter than its value"),
+        (b"\x03\x01", "packet is shorter than its value"),
+        (b"\x03\x01\x01", "packet is shorter than its NULL bitmap"),
+        (b"\x03\x01\x01\x00\x00SELECT 1", "parameters sent without their types, and none were bound before"),
+        (b"\x03\x01\x01\x00\x05", "invalid new-params-bound flag 5"),
+        (b"\x03\x01\x01\x00\x01\xfe\x00\x05ab", "packet is shorter than its parameter name"),
+        (b"\x03\x01\x01\x00\x01\x03\x00\x01a\x01\x02", "packet is shorter than its integer value"),
+        # a huge count costs nothing: its NULL bitmap alone would outgrow the packet
+        (b"\x03\xfe" + (1 << 40).to_bytes(8, "little") + b"\x01", "packet is shorter than its NULL bitmap"),
+    ],
+)
+def test_malformed_query_attributes_are_refused_with_exact_errors(raw: bytes, reason: str) -> None:
+    caps = P41 | c.CLIENT_QUERY_ATTRIBUTES
+    with pytest.raises(cmd.MalformedAttributes) as err:
+        cmd.decode_command(raw, caps)
+    assert str(err.value) == f"COM_QUERY: the query attributes cannot be read: {reason}"
+    assert isinstance(err.value, ProtocolError)
+    # without the capability the same bytes are plain SQL text
+    assert cmd.decode_command(raw, P41) == cmd.Query(raw[1:])
+
+
+def test_query_attributes_stripped_for_a_server_without_them() -> None:
+    caps = P41 | c.CLIENT_QUERY_ATTRIBUTES
+    q = cmd.Query(b"SELECT 1", (cmd.Param(ParamType(T.VAR_STRING), b"00-ab-01", "traceparent"), cmd.Param(ParamType(T.NULL), None, "n")))
+    raw = cmd.encode_command(q, caps)
+    assert cmd.decode_command(raw, caps) == q
+    assert cmd.encode_command(cmd.Query(cmd.decode_command(raw, caps).sql), P41) == b"\x03SELECT 1"

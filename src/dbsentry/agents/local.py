@@ -15,11 +15,15 @@ if TYPE_CHECKING:
 
 
 def proxy_address(config: Config) -> ProxyAddress:
-    """Where the tools connect: ``mcp.proxy_host``/``proxy_port``, else ``listen.postgres``."""
+    """Where the tools connect: ``mcp.proxy_host``/``proxy_port``, else ``listen.postgres``;
+    MySQL connections to the same host at ``listen.mysql``'s port (None: not served)."""
     host, port = config.listen.postgres_addr
     if host in ("0.0.0.0", "", "::"):
         host = "127.0.0.1"
-    return ProxyAddress(config.mcp.proxy_host or host, config.mcp.proxy_port or port, "require")
+    mysql = config.listen.mysql_addr
+    return ProxyAddress(
+        config.mcp.proxy_host or host, config.mcp.proxy_port or port, "require", mysql[1] if mysql is not None else None
+    )
 
 
 def lazy_approval_store(config: Config) -> tuple[Callable[[], ApprovalStore | None], Callable[[], None]]:

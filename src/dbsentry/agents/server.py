@@ -35,7 +35,7 @@ _MAY_WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempo
 _REQUEST = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 
 Connection = Annotated[str, Field(description="a connection name from list_connections", max_length=63)]
-Sql = Annotated[str, Field(description="exactly one SQL statement; $1, $2... for params")]
+Sql = Annotated[str, Field(description="exactly one SQL statement; $1, $2... for params (? on MySQL connections)")]
 
 
 def _meta_of(ctx: Context) -> dict[str, Any]:
@@ -185,7 +185,7 @@ def build_server(tools: Tools, agent_of: AgentOf, fallback_run: Callable[[], str
         sql: Sql,
         ctx: Context,
         params: Annotated[
-            list[str | int | float | bool | None] | None, Field(description="values for $1, $2, ...", max_length=100)
+            list[str | int | float | bool | None] | None, Field(description="values for $1, $2, ... (? on MySQL connections)", max_length=100)
         ] = None,
         max_rows: Annotated[int | None, Field(description="return at most this many rows (only lowers the cap)")] = None,
     ) -> CallToolResult:

@@ -1,6 +1,6 @@
 """What the MCP layer checks in SQL text before anything runs: its size, that it is one
-statement, and the EXPLAIN it builds.  The proxy still judges every statement it is sent;
-these checks only ever refuse more."""
+statement, and the EXPLAIN it builds (PostgreSQL's here; ``agents/mysql.py`` has MySQL's).
+The proxy still judges every statement it is sent; these checks only ever refuse more."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ def _statements(sql: str) -> list[dict[str, Any]]:
     return stmts
 
 
-def one_statement(sql: object, max_bytes: int) -> str:
-    """``sql`` if it is text within ``max_bytes`` holding exactly one statement."""
+def checked_text(sql: object, max_bytes: int) -> str:
+    """``sql`` if it is text within ``max_bytes`` without NUL (any engine)."""
     if not isinstance(sql, str):
         raise ToolRefused("sql must be a string holding one SQL statement")
     size = len(sql.encode("utf-8", "surrogatepass"))
@@ -34,21 +34,35 @@ def one_statement(sql: object, max_bytes: int) -> str:
         raise ToolRefused(f"the SQL is {size} bytes; the limit is {max_bytes} bytes (mcp.max_sql_bytes)")
     if "\x00" in sql:
         raise ToolRefused("the SQL holds a NUL character")
-    stmts = _statements(sql)
-    if not stmts:
+    return sql
+
+
+def check_count(count: int) -> None:
+    """Refuse a text of ``count`` statements unless it is exactly one (any engine)."""
+    if not count:
         raise ToolRefused("the SQL holds no statement")
-    if len(stmts) > 1:
+    if count > 1:
         raise ToolRefused(
-            f"one statement per call: the SQL holds {len(stmts)} statements; nothing ran. "
+            f"one statement per call: the SQL holds {count} statements; nothing ran. "
             "Send each statement in its own call."
         )
+
+
+TRANSACTION_CONTROL = (
+    "each call runs in a transaction of its own: BEGIN, COMMIT, ROLLBACK and SAVEPOINT are not taken; nothing ran"
+)
+
+
+def one_statement(sql: object, max_bytes: int) -> str:
+    """``sql`` if it is text within ``max_bytes`` holding exactly one statement."""
+    sql = checked_text(sql, max_bytes)
+    stmts = _statements(sql)
+    check_count(len(stmts))
     kind = next(iter(stmts[0].get("stmt", {})), "?")
     if kind == "CopyStmt":
         raise ToolRefused("COPY is not taken through MCP: read with SELECT (rows come back capped); nothing ran")
     if kind == "TransactionStmt":
-        raise ToolRefused(
-            "each call runs in a transaction of its own: BEGIN, COMMIT, ROLLBACK and SAVEPOINT are not taken; nothing ran"
-        )
+        raise ToolRefused(TRANSACTION_CONTROL)
     return sql
 
 

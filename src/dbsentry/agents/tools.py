@@ -1,7 +1,8 @@
 """The tools, apart from any transport: what each does for one agent.
 
 Everything that reads or runs SQL goes through :class:`~dbsentry.agents.wire.Wire` (the
-proxy's own listener, as the agent); the in-process policy is asked only to explain, and
+proxy's own listener for the connection's engine, as the agent; what differs per engine is
+its :class:`~dbsentry.agents.wire.Driver`); the in-process policy is asked only to explain, and
 to refuse a request for approval of a statement that needs none.  Nothing here can allow
 what the proxy refuses.
 """
@@ -15,7 +16,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import psycopg
 
 from dbsentry.agents.auditref import AuditLookup
 from dbsentry.agents.errors import ToolRefused
@@ -27,9 +27,8 @@ from dbsentry.agents.limits import (
     rows_for_call,
 )
 from dbsentry.agents.runs import RunContext
-from dbsentry.agents.statements import explain_text, one_statement, returns_rows
 from dbsentry.agents.waiting import Tick, Waits
-from dbsentry.agents.wire import Outcome, Wire, end_transaction, refusal
+from dbsentry.agents.wire import Driver, Outcome, Session, Statement, Where, Wire
 from dbsentry.approvals.model import ApprovalRequest, granted_connections, with_grants
 from dbsentry.identity.model import Identity
 from dbsentry.masking.catalog import SourceColumn
@@ -43,6 +42,8 @@ if TYPE_CHECKING:
 MAX_PARAMS = 100
 MAX_REASON_CHARS = 500
 MAX_CATALOG_ROWS = 5000
+#: Pauses between looks for a call's audit record (about 1.5 s in all).
+RECORD_RETRIES = (0.05, 0.1, 0.2, 0.4, 0.75, 0.0)
 
 ViewSource = Callable[[str], Awaitable["MaskingView | None"]]
 
@@ -53,35 +54,6 @@ class Agent:
 
     identity: Identity
     token: str
-
-
-_TABLES_SQL = """SELECT n.nspname, c.relname, CASE c.relkind WHEN 'r' THEN 'table' WHEN 'p' THEN 'table'
- WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view' WHEN 'f' THEN 'foreign table' END,
- a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull::text
-FROM pg_catalog.pg_class c
-JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
-  AND ($1::text IS NULL OR n.nspname = $1::text)
-ORDER BY n.nspname, c.relname, a.attnum"""
-
-_RESOLVE_SQL = """SELECT c.oid::text, n.nspname, c.relname, c.relkind::text, c.reltuples::bigint::text
-FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE c.oid = pg_catalog.to_regclass($1::text)"""
-
-_COLUMNS_SQL = """SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull::text,
- pg_catalog.pg_get_expr(d.adbin, d.adrelid)
-FROM pg_catalog.pg_attribute a
-LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"""
-
-_INDEXES_SQL = """SELECT i.relname, x.indisprimary::text, x.indisunique::text, pg_catalog.pg_get_indexdef(x.indexrelid)
-FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
-WHERE x.indrelid = $1::oid ORDER BY i.relname"""
-
-_KEYS_SQL = """SELECT conname, contype::text, pg_catalog.pg_get_constraintdef(oid)
-FROM pg_catalog.pg_constraint WHERE conrelid = $1::oid AND contype IN ('p', 'u', 'f') ORDER BY conname"""
 
 
 class Tools:
@@ -141,9 +113,13 @@ class Tools:
         self.rate.take(agent.identity.name, limits.rate_per_minute)
         return name, identity, limits
 
-    async def _conn(self, agent: Agent, name: str, run: RunContext, limits: Limits) -> psycopg.AsyncConnection[Any]:
+    def _driver(self, name: str) -> Driver:
+        return self.wire.driver(self.config.connections[name].engine)
+
+    async def _conn(self, agent: Agent, name: str, run: RunContext, limits: Limits) -> Session:
         app = f"dbsentry-mcp {run.client or ''}".strip()[:63]
-        return await self.wire.connection(agent.identity.name, agent.token, name, app, limits.timeout_seconds)
+        engine = self.config.connections[name].engine
+        return await self.wire.connection(engine, agent.identity.name, agent.token, name, app, limits.timeout_seconds)
 
     async def _catalog(
         self, agent: Agent, name: str, run: RunContext, limits: Limits, sql: str, params: Sequence[str | None]
@@ -152,7 +128,7 @@ class Tools:
         async with self.wire.lock(agent.token, name):
             conn = await self._conn(agent, name, run, limits)
             collector = ResultCollector(MAX_CATALOG_ROWS, max(limits.max_bytes, 4 * 1024 * 1024))
-            return await self.wire.run(conn, run.comment() + sql, params, collector, limits.timeout_seconds)
+            return await conn.run(Statement(run.comment() + sql, params, collector, limits.timeout_seconds))
 
     async def _view(self, name: str) -> MaskingView | None:
         return await self.views(name) if self.views is not None else None
@@ -167,21 +143,10 @@ class Tools:
         return env, prod
 
     def _verdict(self, sql: str, identity: Identity, name: str, view: MaskingView | None) -> dict[str, Any]:
-        from dbsentry.engines.postgres.session.governance import classes_from
-        from dbsentry.policy.cli import verdict_to_dict
-
         if self.governor is None:
             raise ToolRefused("no policy is loaded (passthrough): explain has nothing to say")
         env, _ = self._environment(name)
-        check = self.governor.check(
-            sql,
-            identity,
-            name,
-            env,
-            functions=view.functions if view is not None else None,
-            classes=classes_from(view.catalog, view.classmap) if view is not None else None,
-        )
-        return verdict_to_dict(check.verdict)
+        return self._driver(name).verdict(self.governor, sql, Where(identity, name, env), view)
 
     # --- the tools -----------------------------------------------------------------------------
 
@@ -213,7 +178,7 @@ class Tools:
         name, identity, limits = self._start(agent, connection)
         if schema is not None and (not isinstance(schema, str) or len(schema) > 63):
             raise ToolRefused("schema must be a schema name (up to 63 characters)")
-        got = await self._catalog(agent, name, run, limits, _TABLES_SQL, [schema])
+        got = await self._catalog(agent, name, run, limits, self._driver(name).catalog.tables, [schema])
         view = await self._view(name)
         masked = self._masked_for(identity)
         tables: dict[tuple[str, str], dict[str, Any]] = {}
@@ -252,14 +217,16 @@ class Tools:
         name, identity, limits = self._start(agent, connection)
         if not isinstance(table, str) or not table or len(table) > 200:
             raise ToolRefused("table must be a table name, optionally schema-qualified (schema.table)")
-        found = await self._catalog(agent, name, run, limits, _RESOLVE_SQL, [table])
+        catalog = self._driver(name).catalog
+        found = await self._catalog(agent, name, run, limits, catalog.resolve, catalog.resolve_params(table))
         if not found.rows:
             raise ToolRefused(f"no table or view {table!r} on {name} (list_tables shows them)")
-        oid, nsp, rel, kind, estimate = found.rows[0]
-        assert oid is not None and nsp is not None and rel is not None
-        cols = await self._catalog(agent, name, run, limits, _COLUMNS_SQL, [oid])
-        idx = await self._catalog(agent, name, run, limits, _INDEXES_SQL, [oid])
-        keys = await self._catalog(agent, name, run, limits, _KEYS_SQL, [oid])
+        _, nsp, rel, kind, estimate = found.rows[0]
+        assert nsp is not None and rel is not None
+        key = catalog.key_params(found.rows[0])
+        cols = await self._catalog(agent, name, run, limits, catalog.columns, key)
+        idx = await self._catalog(agent, name, run, limits, catalog.indexes, key)
+        keys = await self._catalog(agent, name, run, limits, catalog.keys, key)
         view = await self._view(name)
         masked = self._masked_for(identity)
         columns = []
@@ -271,7 +238,7 @@ class Tools:
             "connection": name,
             "schema": nsp,
             "name": rel,
-            "kind": {"r": "table", "p": "partitioned table", "v": "view", "m": "materialized view", "f": "foreign table"}.get(kind or "", kind),
+            "kind": catalog.kinds.get(kind or "", kind),
             "row_estimate": int(estimate) if estimate is not None and estimate.lstrip("-").isdigit() and int(estimate) >= 0 else None,
             "columns": columns,
             "keys": [{"name": k, "type": kinds.get(t or "", t), "definition": d} for k, t, d in keys.rows],
@@ -286,18 +253,20 @@ class Tools:
     ) -> dict[str, Any]:
         name, _, limits = self._start(agent, connection)
         rows = rows_for_call(limits, max_rows)
-        text = one_statement(sql, self.cfg.max_sql_bytes)
+        driver = self._driver(name)
+        text = driver.one_statement(sql, self.cfg.max_sql_bytes)
         values = _params(params, self.cfg.max_sql_bytes)
         async with self.wire.lock(agent.token, name):
             conn = await self._conn(agent, name, run, limits)
             try:
-                got = await self.wire.run(
-                    conn,
-                    run.comment() + text,
-                    values,
-                    ResultCollector(rows, limits.max_bytes),
-                    limits.timeout_seconds,
-                    stream=returns_rows(text),
+                got = await conn.run(
+                    Statement(
+                        run.comment() + text,
+                        values,
+                        ResultCollector(rows, limits.max_bytes),
+                        limits.timeout_seconds,
+                        stream=driver.returns_rows(text),
+                    )
                 )
             except ToolRefused as refused:
                 refused.details.setdefault("run_id", run.run_id)
@@ -324,7 +293,13 @@ class Tools:
     async def _record(self, agent: Agent, run: RunContext) -> dict[str, Any]:
         found = None
         if self.audit is not None and run.call_id is not None:
-            found = await anyio.to_thread.run_sync(self.audit.find, agent.identity.name, run.run_id, run.call_id)
+            # The proxy answered after writing the record; the log may not yet show it to
+            # another process's reader (a read the proxy does not wait to make durable).
+            for delay in RECORD_RETRIES:
+                found = await anyio.to_thread.run_sync(self.audit.find, agent.identity.name, run.run_id, run.call_id)
+                if found is not None:
+                    break
+                await anyio.sleep(delay)
         return {**(found or {"record_id": None}), "run_id": run.run_id, "search": f"dbsentry audit search --run {run.run_id}"}
 
     async def _decision(self, agent: Agent, run: RunContext) -> dict[str, Any]:
@@ -335,7 +310,8 @@ class Tools:
 
     async def explain(self, agent: Agent, run: RunContext, connection: object, sql: object) -> dict[str, Any]:
         name, identity, limits = self._start(agent, connection)
-        text = one_statement(sql, self.cfg.max_sql_bytes)
+        driver = self._driver(name)
+        text = driver.one_statement(sql, self.cfg.max_sql_bytes)
         view = await self._view(name)
         verdict = self._verdict(text, identity, name, view)
         action = verdict["decision"].get("action")
@@ -343,7 +319,7 @@ class Tools:
         plan_note = None
         if action in ("allow", "mask"):
             try:
-                explain = explain_text(text)
+                explain = driver.explain_text(text)
             except ToolRefused as refused:
                 plan_note = refused.message
             else:
@@ -359,15 +335,11 @@ class Tools:
             conn = await self._conn(agent, name, run, limits)
             collector = ResultCollector(1, limits.max_bytes)
             try:
-                await conn.execute(run.comment() + "BEGIN READ ONLY")
-                try:
-                    got = await self.wire.run(conn, run.comment() + explain, None, collector, limits.timeout_seconds)
-                finally:
-                    await end_transaction(conn)
+                got = await conn.run(
+                    Statement(run.comment() + explain, None, collector, limits.timeout_seconds, read_only=run.comment())
+                )
             except ToolRefused as refused:
                 return None, f"the database did not explain it: {refused.message}"
-            except psycopg.Error as err:
-                return None, f"the database did not explain it: {refusal(err).message}"
         if not got.rows or got.rows[0][0] is None:
             return None, "the database returned no plan"
         try:
@@ -379,7 +351,8 @@ class Tools:
         self, agent: Agent, run: RunContext, connection: object, sql: object, reason: object
     ) -> dict[str, Any]:
         name, identity, limits = self._start(agent, connection)
-        text = one_statement(sql, self.cfg.max_sql_bytes)
+        driver = self._driver(name)
+        text = driver.one_statement(sql, self.cfg.max_sql_bytes)
         if not isinstance(reason, str) or not reason.strip():
             raise ToolRefused("reason must say why the statement should run (for the reviewers)")
         reason = " ".join(reason.split())[:MAX_REASON_CHARS]
@@ -400,19 +373,20 @@ class Tools:
         async with self.wire.lock(agent.token, name):
             conn = await self._conn(agent, name, run, limits)
             try:
-                await conn.execute(run.comment() + "BEGIN READ ONLY")
-                try:
-                    await self.wire.run(
-                        conn, comment + text, None, ResultCollector(1, 1024), limits.timeout_seconds, stream=returns_rows(text)
+                await conn.run(
+                    Statement(
+                        comment + text,
+                        None,
+                        ResultCollector(1, 1024),
+                        limits.timeout_seconds,
+                        stream=driver.returns_rows(text),
+                        read_only=run.comment(),
                     )
-                finally:
-                    await end_transaction(conn)
+                )
             except ToolRefused as refused:
                 request_id = refused.details.get("approval_request_id")
                 if not isinstance(request_id, str):
                     raise
-            except psycopg.Error as err:
-                raise refusal(err) from None
             else:
                 raise ToolRefused(
                     "the proxy ran this statement without asking for approval (it was rolled back); run it with query",
@@ -458,7 +432,7 @@ def _params(params: object, max_bytes: int) -> list[str | None] | None:
     if params is None:
         return None
     if not isinstance(params, list):
-        raise ToolRefused("params must be a list of values for $1, $2, ...")
+        raise ToolRefused("params must be a list of values for the placeholders ($1, $2, ... or ? on MySQL)")
     if len(params) > MAX_PARAMS:
         raise ToolRefused(f"at most {MAX_PARAMS} params")
     out: list[str | None] = []
@@ -472,12 +446,12 @@ def _params(params: object, max_bytes: int) -> list[str | None] | None:
         elif isinstance(value, int | float | str):
             text = str(value)
         else:
-            raise ToolRefused(f"param ${i} must be a string, number, boolean or null")
+            raise ToolRefused(f"param {i} must be a string, number, boolean or null")
         total += len(text.encode("utf-8", "surrogatepass"))
         if total > max_bytes:
             raise ToolRefused(f"the params are over {max_bytes} bytes (mcp.max_sql_bytes)")
         if "\x00" in text:
-            raise ToolRefused(f"param ${i} holds a NUL character")
+            raise ToolRefused(f"param {i} holds a NUL character")
         out.append(text)
     return out
 

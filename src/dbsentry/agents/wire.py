@@ -1,9 +1,15 @@
-"""The tools' way to the database: dbsentry's own PostgreSQL listener, as the agent.
+"""The tools' way to the database: dbsentry's own listener for the connection's engine, as
+the agent.
 
 Each agent (by token) gets one connection per dbsentry connection name, opened on first
-use with ``user=<identity>`` and ``password=<token>``: the proxy authenticates it, judges
-every statement, masks results, asks for approvals and audits, exactly as for psql.
-Values come back as PostgreSQL's text (what psql prints), never as Python objects.
+use with the agent's identity as the user and its token as the password: the proxy
+authenticates it, judges every statement, masks results, asks for approvals and audits,
+exactly as for psql or the mysql client.  Values come back as the database's text (what
+psql or the mysql client prints), never as Python objects.
+
+What differs per engine (the client library, the SQL the tools send, how a statement is
+cancelled) is a :class:`Driver` (``agents/pg.py``, ``agents/mysql.py``); this module and
+the tools are the same for every engine.
 """
 
 from __future__ import annotations
@@ -13,16 +19,16 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import psycopg
-from psycopg.postgres import types as pg_types
-from psycopg.types.string import TextLoader
+from typing import TYPE_CHECKING, Protocol
 
 from dbsentry.agents.errors import ToolRefused
 from dbsentry.agents.limits import ResultCollector
+
+if TYPE_CHECKING:
+    from dbsentry.engines.postgres.session.governance import Governor
+    from dbsentry.identity.model import Identity
 
 log = logging.getLogger("dbsentry.agents")
 
@@ -33,9 +39,12 @@ CANCEL_GRACE_SECONDS = 1.0
 
 @dataclass(frozen=True, slots=True)
 class ProxyAddress:
+    """The proxy's listeners the tools log in to: PostgreSQL's, and MySQL's when it runs."""
+
     host: str
     port: int
     sslmode: str = "require"
+    mysql_port: int | None = None
 
 
 @dataclass(slots=True)
@@ -50,26 +59,116 @@ class Outcome:
     status: str | None = None
 
 
-def refusal(err: psycopg.Error, what: str = "the statement") -> ToolRefused:
-    """A database error as a tool error: SQLSTATE, the message, the approval it names."""
-    diag = err.diag
-    state = diag.sqlstate or getattr(err, "sqlstate", None) or "?"
-    message = (diag.message_primary or str(err)).strip()
-    details: dict[str, object] = {"sqlstate": state, "database_message": message}
+def database_refusal(state: str, message: str, what: str = "the statement", **more: object) -> ToolRefused:
+    """The database's (or the proxy's) error as a tool error: SQLSTATE, the message, and the
+    approval request it names."""
+    details: dict[str, object] = {"sqlstate": state, "database_message": message, **more}
     found = _APPROVAL_ID.search(message)
     if found is not None:
         details["approval_request_id"] = found.group(1)
-    if state == "57014":
+    if state in ("57014", "70100"):
         return ToolRefused(f"{what} was cancelled: it ran past the statement timeout ({message})", **details)
     return ToolRefused(f"{what} was refused or failed: ERROR {state}: {message}", **details)
 
 
-def _text_everything(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Every built-in type loads as its text (types without a loader already do)."""
-    for info in pg_types:
-        conn.adapters.register_loader(info.oid, TextLoader)
-        if info.array_oid:
-            conn.adapters.register_loader(info.array_oid, TextLoader)
+@dataclass(frozen=True, slots=True)
+class Where:
+    """Who runs a statement on which connection, in which environment."""
+
+    identity: Identity
+    connection: str
+    environment: str
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    """Who logs in to which connection through which listener."""
+
+    address: ProxyAddress
+    identity: str
+    token: str
+    connection: str
+    application_name: str
+    timeout_seconds: float  # the statement timeout the session should keep
+    connect_timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """One statement to run: its text (one statement), params, where its rows go, and how
+    long it may take; with ``read_only`` (the comment that tags its BEGIN) inside a
+    read-only transaction that is rolled back."""
+
+    text: str
+    params: Sequence[str | None] | None
+    collector: ResultCollector
+    timeout_seconds: float
+    stream: bool = True
+    read_only: str | None = None
+
+
+def timed_out(timeout_seconds: float) -> ToolRefused:
+    return ToolRefused(f"the statement was cancelled: it ran past the statement timeout of {timeout_seconds:g} s")
+
+
+class Session(Protocol):
+    """One connection to the proxy's listener, as one agent, for one connection name."""
+
+    @property
+    def usable(self) -> bool:
+        """Still open and not broken."""
+
+    async def ready(self) -> bool:
+        """Between calls: end what a cancelled call left open; False when it cannot be
+        reused (still busy with a cancelled statement)."""
+
+    async def run(self, stmt: Statement) -> Outcome:
+        """Run ``stmt`` and read its rows into its collector.  A statement past its timeout
+        is cancelled upstream; the database's error is a ToolRefused (:func:`database_refusal`)."""
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """The SQL the tools send to describe a connection's tables, for one engine; every
+    query's parameters are text, and each returns the columns the tools read.
+
+    - ``tables`` (schema or None) -> schema, table, kind, column, type, not null ('true')
+    - ``resolve`` (``resolve_params(table)``) -> key, schema, table, kind, row estimate
+    - ``columns``/``indexes``/``keys`` (``key_params(resolved row)``) -> name, type, not
+      null, default / name, primary, unique, definition / name, kind (p, u, f), definition
+    """
+
+    tables: str
+    resolve: str
+    columns: str
+    indexes: str
+    keys: str
+    resolve_params: Callable[[str], list[str | None]]
+    key_params: Callable[[Sequence[str | None]], list[str | None]]
+    kinds: Mapping[str, str]
+
+
+class Driver(Protocol):
+    """One engine: how to log in to its listener, and the SQL the tools speak to it."""
+
+    engine: str
+    catalog: Catalog
+
+    async def connect(self, login: Login) -> Session: ...
+
+    def one_statement(self, sql: object, max_bytes: int) -> str:
+        """``sql`` if it is text within ``max_bytes`` holding exactly one statement the tools
+        take, else ToolRefused."""
+
+    def returns_rows(self, sql: str) -> bool: ...
+
+    def explain_text(self, sql: str) -> str:
+        """The EXPLAIN (JSON format, nothing run) of one explainable statement."""
+
+    def verdict(self, governor: Governor, sql: str, who: Where, view: object | None) -> dict[str, object]:
+        """The in-process policy's verdict on ``sql`` run by ``who`` (``policy.cli.verdict_to_dict``)."""
 
 
 class Wire:
@@ -87,15 +186,23 @@ class Wire:
         idle_seconds: float = 300.0,
         max_connections: int = 64,
         clock: Callable[[], float] = time.monotonic,
+        drivers: Mapping[str, Driver] | None = None,
     ) -> None:
         self.address = address
         self.connect_timeout = connect_timeout
         self.idle_seconds = idle_seconds
         self.max_connections = max_connections
         self._clock = clock
-        self._conns: dict[tuple[str, str], psycopg.AsyncConnection[Any]] = {}
+        self._drivers = dict(drivers) if drivers is not None else default_drivers()
+        self._conns: dict[tuple[str, str], Session] = {}
         self._used: dict[tuple[str, str], float] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def driver(self, engine: str) -> Driver:
+        found = self._drivers.get(engine)
+        if found is None:
+            raise ToolRefused(f"the tools do not serve engine {engine!r}")
+        return found
 
     async def _sweep(self, keep: tuple[str, str]) -> None:
         now = self._clock()
@@ -118,97 +225,22 @@ class Wire:
         return self._locks.setdefault(key, asyncio.Lock())
 
     async def connection(
-        self, identity: str, token: str, connection: str, application_name: str, timeout_seconds: float
-    ) -> psycopg.AsyncConnection[Any]:
+        self, engine: str, identity: str, token: str, connection: str, application_name: str, timeout_seconds: float
+    ) -> Session:
         key = (hashlib.sha256(token.encode()).hexdigest(), connection)
         await self._sweep(key)
         self._used[key] = self._clock()
         conn = self._conns.get(key)
-        if conn is not None and not conn.closed and not conn.broken:
-            from psycopg.pq import TransactionStatus
-
-            if conn.info.transaction_status != TransactionStatus.ACTIVE:
-                await end_transaction(conn)  # what a cancelled call may have left open
+        if conn is not None:
+            if conn.usable and await conn.ready():
                 return conn
-            await self.discard(conn)  # still busy with a cancelled statement: start afresh
-        try:
-            conn = await psycopg.AsyncConnection.connect(
-                host=self.address.host,
-                port=self.address.port,
-                dbname=connection,
-                user=identity,
-                password=token,
-                sslmode=self.address.sslmode,
-                connect_timeout=max(1, int(self.connect_timeout)),
-                application_name=application_name,
-                options="-c dbsentry.approval=fail",
-                autocommit=True,
-            )
-        except psycopg.OperationalError as err:
-            text = str(err).strip().splitlines()[-1] if str(err).strip() else "connection failed"
-            raise ToolRefused(f"cannot connect to {connection!r} through dbsentry: {text}") from None
-        _text_everything(conn)
-        ms = int(timeout_seconds * 1000)
-        try:  # the proxy may already force a lower one for agents (it refuses raising it)
-            await conn.execute(f"SET statement_timeout = {ms}")
-        except psycopg.Error as err:
-            log.info("statement_timeout not lowered for MCP", extra={"fields": {"connection": connection, "error": str(err)}})
+            await self.discard(conn)  # broken, or still busy with a cancelled statement: start afresh
+        login = Login(self.address, identity, token, connection, application_name, timeout_seconds, self.connect_timeout)
+        conn = await self.driver(engine).connect(login)
         self._conns[key] = conn
         return conn
 
-    async def run(
-        self,
-        conn: psycopg.AsyncConnection[Any],
-        text: str,
-        params: Sequence[str | None] | None,
-        collector: ResultCollector,
-        timeout_seconds: float,
-        *,
-        stream: bool = True,
-    ) -> Outcome:
-        """Run ``text`` (one statement) and read its rows into ``collector``; a statement
-        past ``timeout_seconds`` is cancelled upstream (the server's own statement_timeout
-        first; if it does not answer, a cancel request through the proxy)."""
-        out = Outcome()
-        cur = psycopg.AsyncRawCursor(conn)
-        returns_rows = False
-        try:
-            async with asyncio.timeout(timeout_seconds + CANCEL_GRACE_SECONDS):
-                if stream:
-                    async for row in cur.stream(text, params):
-                        if not returns_rows and cur.description is not None:
-                            out.columns, returns_rows = _columns(cur), True
-                        if not collector.add(row):
-                            break
-                else:  # a command tag: nothing to stream (a stray row set is still capped)
-                    await cur.execute(text, params)
-                    if cur.description is not None:
-                        for row in await cur.fetchmany(collector.max_rows + 1):
-                            if not collector.add(row):
-                                break
-                if not returns_rows and cur.description is not None:
-                    out.columns, returns_rows = _columns(cur), True
-                out.status = cur.statusmessage
-                changed = cur.rowcount
-        except TimeoutError:
-            await conn.cancel_safe()
-            raise ToolRefused(
-                f"the statement was cancelled: it ran past the statement timeout of {timeout_seconds:g} s"
-            ) from None
-        except psycopg.Error as err:
-            if err.diag.sqlstate is None:  # not the server's answer: the client's state is unknown
-                await self.discard(conn)
-            raise refusal(err) from None
-        finally:
-            if not conn.closed:
-                await cur.close()
-                await end_transaction(conn)
-        out.rows = collector.rows
-        out.truncated, out.truncated_by = collector.truncated, collector.truncated_by
-        out.row_count = len(out.rows) if returns_rows else max(changed, 0)
-        return out
-
-    async def discard(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    async def discard(self, conn: Session) -> None:
         """Close ``conn`` and forget it: the next call logs in afresh."""
         for key, held in list(self._conns.items()):
             if held is conn:
@@ -228,23 +260,8 @@ class Wire:
         self._used.clear()
 
 
-async def end_transaction(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Leave nothing open between calls (a DECLARE, a statement that began a block)."""
-    from psycopg.pq import TransactionStatus
+def default_drivers() -> dict[str, Driver]:
+    from dbsentry.agents.mysql import MySQLDriver
+    from dbsentry.agents.pg import PostgresDriver
 
-    if conn.closed or conn.broken or conn.info.transaction_status == TransactionStatus.IDLE:
-        return
-    if conn.info.transaction_status == TransactionStatus.ACTIVE:
-        return  # still busy (a cancel is on its way); the next call waits for it
-    try:
-        await conn.execute("ROLLBACK")
-    except psycopg.Error as err:
-        log.info("MCP wire: rollback failed: %s", err)
-
-
-def _columns(cur: psycopg.AsyncRawCursor[Any]) -> list[dict[str, str]]:
-    out = []
-    for col in cur.description or ():
-        info = pg_types.get(col.type_code)
-        out.append({"name": col.name, "type": info.name if info is not None else str(col.type_code)})
-    return out
+    return {"postgres": PostgresDriver(), "mysql": MySQLDriver()}

@@ -67,6 +67,7 @@ class _Totals:
     approvals_granted: int = 0
     approvals_denied: int = 0
     outages: int = 0
+    by_engine: dict[str, int] = field(default_factory=dict)  # statements per protocol
 
 
 @dataclass
@@ -161,13 +162,15 @@ def _short(text: Any, n: int = 300) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
-_DENIED_COLUMNS = ["time", "identity", "kind", "connection", "environment", "command", "tables", "rules", "statement", "seq"]
+_DENIED_COLUMNS = [
+    "time", "identity", "kind", "connection", "engine", "environment", "command", "tables", "rules", "statement", "seq",
+]  # fmt: skip
 _APPROVAL_COLUMNS = [
     "time", "approval_id", "event", "requester", "reviewer", "requested_at", "decided_at", "decision",
     "reason", "review_comment", "connection", "environment", "statement", "seq",
 ]  # fmt: skip
 _PRIVILEGED_COLUMNS = [
-    "time", "identity", "kind", "connection", "environment", "command", "class", "risk", "decision",
+    "time", "identity", "kind", "connection", "engine", "environment", "command", "class", "risk", "decision",
     "approval_id", "statement", "seq",
 ]  # fmt: skip
 _IDENTITY_COLUMNS = [
@@ -230,6 +233,8 @@ class _Collector:
     def _statement(self, seq: int | str, d: dict[str, Any], when: float) -> None:
         totals = self.totals
         totals.statements += 1
+        engine = d.get("engine") or "postgres"
+        totals.by_engine[engine] = totals.by_engine.get(engine, 0) + 1
         ident = d.get("identity") or "?"
         kind = d.get("identity_kind") or "human"
         who = self.people.setdefault(ident, _Who(kind))
@@ -251,14 +256,14 @@ class _Collector:
             totals.denied += 1
             who.denied += 1
             self.denied.add(
-                [iso(when), ident, kind, conn, d.get("environment"), d.get("command"), d.get("tables"),
-                 d.get("rules"), _short(d.get("statement")), seq]
+                [iso(when), ident, kind, conn, engine, d.get("environment"),
+                 d.get("command"), d.get("tables"), d.get("rules"), _short(d.get("statement")), seq]
             )  # fmt: skip
         if _is_privileged(d):
             totals.privileged += 1
             who.privileged += 1
             self.privileged.add(
-                [iso(when), ident, kind, conn, d.get("environment"), d.get("command"), d.get("class"),
+                [iso(when), ident, kind, conn, engine, d.get("environment"), d.get("command"), d.get("class"),
                  d.get("risk"), d.get("decision"), d.get("approval_id"), _short(d.get("statement")), seq]
             )  # fmt: skip
 
@@ -381,6 +386,7 @@ def _summary_rows(
         ("agent_identities", sum(1 for w in people.values() if w.kind == "agent")),
         ("sessions", totals.sessions),
         ("statements", totals.statements),
+        ("statements_by_engine", ", ".join(f"{e} {n}" for e, n in sorted(totals.by_engine.items())) or "-"),
         ("denied_statements", totals.denied),
         ("masked_statements", totals.masked),
         ("privileged_statements", totals.privileged),

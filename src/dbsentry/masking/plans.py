@@ -224,8 +224,10 @@ def plan_masks(
 PredicateMode = Literal["deny", "equality", "allow"]
 
 #: Conditions that filter rows, where ``equality`` allows point lookups.
+# Where a lookup by value may be: conditions that filter rows, and NULLIF (NULL exactly
+# when the stored value equals the constant tells as much as ``WHERE col = constant``).
 FILTERS = frozenset(
-    {"WHERE", "JOIN ... ON", "FILTER", "MERGE ... ON", "MERGE ... WHEN", "ON CONFLICT"}
+    {"WHERE", "JOIN ... ON", "FILTER", "MERGE ... ON", "MERGE ... WHEN", "ON CONFLICT", "NULLIF"}
 )
 
 

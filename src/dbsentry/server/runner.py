@@ -313,6 +313,7 @@ async def run_server(
                 else _with_mysql(_every_worker_sessions(proxy), mysql)
             ),
             listener_up=proxy.listening,
+            mysql_listener_up=mysql.listening if mysql is not None else None,
             upstreams=health.snapshot if health is not None else None,
             classification=(
                 (lambda: {name: view.classmap for name, view in catalogs.service.views.items()})

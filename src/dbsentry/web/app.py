@@ -149,15 +149,16 @@ def create_app(ctx: WebContext) -> FastAPI:
     @app.get(
         "/readyz",
         tags=["health"],
-        summary="Readiness: the audit trail, the listener and every upstream work",
+        summary="Readiness: the audit trail (every worker's), the listeners and every upstream work",
         dependencies=public,
         responses={
             **errors(*GATE_ERRORS),
-            503: {"description": "not ready: the failing checks, and which upstream fails"},
+            503: {"description": "not ready: the checks, and `failing`: which parts fail (an upstream with its address and error)"},
         },
     )
     def readyz() -> JSONResponse:
         checks: dict[str, Any] = {}
+        failing: list[str] = []
         writer = ctx.audit_writer
         if writer is not None:
             checks["audit_writer"] = writer.healthy
@@ -168,17 +169,29 @@ def create_app(ctx: WebContext) -> FastAPI:
             except Exception as err:
                 log.warning("readiness: audit store unreadable: %s", err)
                 checks["audit_store"] = False
+        # With workers this is worker 0; the others' audit trails count too (their lowest).
+        every_worker = metrics.workers_audit_healthy()
+        if every_worker is not None:
+            checks["audit_workers"] = every_worker
         if ctx.listener_up is not None:
             checks["listener"] = bool(ctx.listener_up())
+        if ctx.mysql_listener_up is not None:
+            checks["listener:mysql"] = bool(ctx.mysql_listener_up())
         if ctx.control_plane_up is not None:
             checks["control_plane"] = bool(ctx.control_plane_up())
+        failing += [name for name, ok in checks.items() if not ok]
         body: dict[str, Any] = {"checks": checks}
         if ctx.upstreams is not None:
             upstreams = ctx.upstreams()
             for name, up in upstreams.items():
                 checks[f"upstream:{name}"] = up.reachable is not False  # unknown until probed
+                if up.reachable is False:
+                    d = up.to_dict()
+                    failing.append(f"upstream:{name} ({d['address']}): {d['error']}")
             body["upstreams"] = {name: up.to_dict() for name, up in upstreams.items()}
-        ready = all(checks.values())
+        ready = not failing
+        if failing:
+            body["failing"] = failing
         return JSONResponse(
             {"status": "ready" if ready else "not ready", **body},
             status_code=200 if ready else 503,

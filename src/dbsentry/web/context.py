@@ -41,7 +41,8 @@ class WebContext:
     proxy's open client connections (objects with a ``.session``) or the sessions
     themselves.  ``approvals`` is the approvals store when that feature is present;
     ``classification`` returns each connection's classification map when masking is.
-    ``listener_up`` says whether the PostgreSQL listener accepts connections and
+    ``listener_up`` says whether the PostgreSQL listener accepts connections (and
+    ``mysql_listener_up`` the MySQL one, when there is one) and
     ``upstreams`` what the last probe of each connection's upstream found (readiness).
     """
 
@@ -54,6 +55,7 @@ class WebContext:
     live_sessions: Callable[[], Iterable[Any]] = _no_sessions
     web: WebConfig | None = None
     listener_up: Callable[[], bool] | None = None
+    mysql_listener_up: Callable[[], bool] | None = None
     upstreams: Callable[[], Mapping[str, UpstreamState]] | None = None
     classification: Callable[[], Mapping[str, Any]] | None = None
     # with control_plane: the live nodes' workers (rows), and whether it is reachable

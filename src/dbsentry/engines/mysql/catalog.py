@@ -100,6 +100,24 @@ BUILTIN_SECRETS: dict[tuple[str, str], dict[str, str]] = {
 }
 
 
+#: In the system schemas, a column of text named like these holds statement texts (or
+#: messages and traces quoting their values): ``PROCESSLIST.INFO_BINARY``,
+#: ``INNODB_TRX.trx_query``, ``sys.session.current_statement``, ``MESSAGE_TEXT``,
+#: ``OPTIMIZER_TRACE.TRACE``... : a secret wherever the server adds one.
+STATEMENT_TEXT_NAMES = re.compile(
+    r"(^|_)(info|info_binary|query|sql_text|message_text|trace|sample_text)$|^(current_|last_)statement$|^argument$"
+)
+_TEXT_TYPES = frozenset({"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "blob", "longblob", "mediumblob"})
+
+
+def _statement_text(schema: str, col: str, data_type: str) -> bool:
+    return (
+        schema.lower() in SYSTEM_SCHEMAS
+        and data_type.lower() in _TEXT_TYPES
+        and STATEMENT_TEXT_NAMES.search(col.lower()) is not None
+    )
+
+
 def _quote_text(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
@@ -112,7 +130,7 @@ _SYSTEM_LIST = ", ".join(_quote_text(s) for s in SYSTEM_SCHEMAS)
 #: One row per column: schema, table, table type (``BASE TABLE``, ``VIEW``, ``SYSTEM
 #: VIEW``, ``SYSTEM VERSIONED``, ``SEQUENCE``...), position, column name, ``DATA_TYPE``,
 #: ``COLUMN_TYPE``, column comment, table comment.  User schemas, plus the server's own
-#: tables of :data:`BUILTIN_SECRETS`.
+#: tables of :data:`BUILTIN_SECRETS` and those with a column of :data:`STATEMENT_TEXT_NAMES`.
 RELATIONS_SQL = f"""
 SELECT c.TABLE_SCHEMA, c.TABLE_NAME, t.TABLE_TYPE, c.ORDINAL_POSITION, c.COLUMN_NAME,
        c.DATA_TYPE, c.COLUMN_TYPE, c.COLUMN_COMMENT, t.TABLE_COMMENT
@@ -121,6 +139,10 @@ JOIN information_schema.TABLES t
   ON t.TABLE_SCHEMA = c.TABLE_SCHEMA AND t.TABLE_NAME = c.TABLE_NAME
 WHERE c.TABLE_SCHEMA NOT IN ({_SYSTEM_LIST})
    OR (c.TABLE_SCHEMA, c.TABLE_NAME) IN ({_BUILTIN_PAIRS})
+   OR (c.TABLE_SCHEMA, c.TABLE_NAME) IN (
+        SELECT s.TABLE_SCHEMA, s.TABLE_NAME FROM information_schema.COLUMNS s
+        WHERE s.TABLE_SCHEMA IN ({_SYSTEM_LIST})
+          AND LOWER(s.COLUMN_NAME) REGEXP '{STATEMENT_TEXT_NAMES.pattern}')
 ORDER BY c.TABLE_SCHEMA, c.TABLE_NAME, c.ORDINAL_POSITION
 """
 
@@ -202,6 +224,8 @@ def catalog_from_rows(
         key = (schema, name)
         heads.setdefault(key, _KINDS.get(ttype.upper(), "r"))
         builtin = BUILTIN_SECRETS.get(key, {}).get(col)
+        if builtin is None and _statement_text(schema, col, data_type):
+            builtin = "statement texts and messages of the server's sessions"
         note = _SECRET.format(builtin) if builtin else comment
         if builtin and comment:
             note = f"{note}; {comment}"

@@ -131,11 +131,26 @@ class _Scope:
 
 
 # Functions whose value is one of their arguments as is.
-_TRANSPARENT = (exp.Coalesce, exp.Nullif, exp.Max, exp.Min, exp.Greatest, exp.Least)
+_TRANSPARENT = (exp.Coalesce, exp.Max, exp.Min)
 # Window functions that number rows: presence, not content.
 _RANKING = (exp.RowNumber, exp.Rank, exp.DenseRank, exp.PercentRank, exp.CumeDist, exp.Ntile)
 _CONSTANTS = (exp.Literal, exp.Null, exp.Boolean, exp.Placeholder)
 _QUERIES = (exp.Select, exp.Union, exp.Intersect, exp.Except)
+
+
+# Casts that keep the whole value (no length, no precision): text, binary, integers, dates,
+# JSON, another character set.
+_WHOLE_VALUE_TYPES = frozenset({
+    exp.DataType.Type.CHAR, exp.DataType.Type.NCHAR, exp.DataType.Type.VARCHAR,
+    exp.DataType.Type.NVARCHAR, exp.DataType.Type.TEXT, exp.DataType.Type.BINARY,
+    exp.DataType.Type.VARBINARY, exp.DataType.Type.CHARACTER_SET, exp.DataType.Type.BIGINT,
+    exp.DataType.Type.UBIGINT, exp.DataType.Type.DATE, exp.DataType.Type.DATETIME,
+    exp.DataType.Type.JSON,
+})  # fmt: skip
+
+
+def _whole_value_cast(to: object) -> bool:
+    return isinstance(to, exp.DataType) and not to.expressions and to.this in _WHOLE_VALUE_TYPES
 
 
 def _constant(node: exp.Expression | None) -> bool:
@@ -724,7 +739,11 @@ class _Walk:
             v = self.expr(node.this, scope)
             for extra in self.children(node)[1:]:
                 self.expr(extra, scope)
-            return v._replace(bare=False)
+            if isinstance(node, exp.Collate) or _whole_value_cast(node.args.get("to")):
+                return v._replace(bare=False)
+            # CAST(ssn AS CHAR(8)): the value is cut, and a partial mask of the cut value
+            # would show characters the whole value's mask hides: derived, not direct
+            return v._replace(bare=False, direct=False)
         if isinstance(node, exp.Anonymous):
             args = self.exprs(node.expressions, scope)
             if node.name.lower() not in BUILTIN_FUNCTIONS:
@@ -741,6 +760,29 @@ class _Walk:
                 for a in args:
                     self.note(a)
             return _union(args, transparent=isinstance(node, _TRANSPARENT))
+        if isinstance(node, exp.Greatest | exp.Least):
+            # the value is the argument that sorts last (first); which one it is, and so the
+            # shape of its masked value (GREATEST(ssn, '5') gives '*' or '***-**-1234'),
+            # answers an order question about each argument: a use, like CASE
+            with self.within(self.clause or node.key.upper()):
+                args = self.exprs(self.children(node), scope)
+                for a in args:
+                    self.note(a)
+            return _union(args, transparent=True)
+        if isinstance(node, exp.Nullif):
+            # NULL exactly when the two are equal: a lookup of a stored value by a constant,
+            # anything else an unrestricted question about the value
+            left, right = node.this, node.expression
+            with self.within(self.clause or "NULLIF"):
+                if _bare_column(left) and _constant(right):
+                    a, b = self.shaped(left, scope, "equality"), self.expr(right, scope)
+                elif _bare_column(right) and _constant(left):
+                    a, b = self.expr(left, scope), self.shaped(right, scope, "equality")
+                else:
+                    a, b = self.expr(left, scope), self.expr(right, scope)
+                    self.note(a)
+                    self.note(b)
+            return _union([a, b], transparent=True)
         if isinstance(node, exp.Func):
             args = self.exprs(self.children(node), scope)
             value = _union(args, transparent=isinstance(node, _TRANSPARENT))

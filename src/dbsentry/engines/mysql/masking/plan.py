@@ -7,6 +7,9 @@ lineage`), the neutral :func:`~dbsentry.masking.plans.plan_masks` and the
 
 Statements other than queries: ``SHOW``, ``EXPLAIN``, ``DESCRIBE``, ``ANALYZE`` return
 metadata, not table rows: whatever rows they return are value-scanned (``detect``).
+The statement texts of other sessions in ``SHOW [FULL] PROCESSLIST``, ``SHOW BINLOG|RELAYLOG
+EVENTS`` and ``SHOW ENGINE ... STATUS`` are redacted whole, like
+``information_schema.PROCESSLIST.INFO``.
 ``HANDLER t READ`` returns rows of ``t``: every column is masked with the most sensitive
 class of ``t`` (redacted), or value-scanned when ``t`` has none.  ``CALL`` (a procedure's
 result sets) and ``EXECUTE`` (the plan of its ``PREPARE``, which only the session knows)
@@ -93,6 +96,10 @@ NO_ROWS = MysqlMaskPlan()
 
 _METADATA = frozenset({"SHOW", "EXPLAIN", "EXPLAIN ANALYZE", "ANALYZE", "USE", "SET"})
 _OPAQUE_ROWS = frozenset({"CALL", "EXECUTE", "EXECUTE IMMEDIATE"})
+# SHOW forms whose rows carry statement texts: the column that does (SHOW [FULL]
+# PROCESSLIST's Info, SHOW BINLOG|RELAYLOG EVENTS' Info, SHOW ENGINE ... STATUS's Status,
+# where InnoDB prints the statements of the last deadlock).
+_STATEMENT_TEXTS = {"show_processlist": 7, "show_log_events": 5, "show_engine_status": 2}
 
 
 def _detect() -> ColumnMask:
@@ -169,9 +176,17 @@ def _other_statement(
             "masking.copy_out",
         )
     if facts.command in _METADATA:
-        # settings, plans, statement texts: scanned like the safety net (no IP addresses,
-        # which server settings are full of)
-        return MysqlMaskPlan((), ColumnMask(-1, None, "detect", frozenset(), "safety-net"), False, False)
+        # settings, plans: scanned like the safety net (no IP addresses, which server
+        # settings are full of)
+        scan = ColumnMask(-1, None, "detect", frozenset(), "safety-net")
+        text = next((i for flag, i in _STATEMENT_TEXTS.items() if flag in facts.flags), None)
+        if text is None:
+            return MysqlMaskPlan((), scan, False, False)
+        # other sessions' statement texts: redacted whole, as information_schema.PROCESSLIST.INFO
+        # (a name or an address in a literal is nothing a value scan finds)
+        before = (ColumnMask(i, None, "detect", frozenset(), "safety-net") for i in range(text))
+        secret = ColumnMask(text, DataClass.SECRET, "redact", frozenset(), "inexact")
+        return MysqlMaskPlan((*before, secret), scan, False, True)
     if facts.command == "HANDLER":
         found = _table_classes(facts.tables_read, catalog, classmap, database)
         if found:

@@ -9,7 +9,13 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from dbsentry.audit.config import AuditConfig
-from dbsentry.audit.records import CompletionRecord, SessionEvent, StatementRecord, session_record
+from dbsentry.audit.records import (
+    CompletionRecord,
+    SessionEvent,
+    StatementRecord,
+    extract_correlation,
+    session_record,
+)
 from dbsentry.audit.redaction import LiteralRedactor, current
 from dbsentry.engines.mysql.masking import MysqlMaskPlan
 from dbsentry.engines.mysql.session.literals import MYSQL_LITERALS
@@ -35,6 +41,8 @@ class MySQLAudit:
     opened_at: float = field(default_factory=time.monotonic)
     # statements forwarded and not answered yet: (record id, when forwarded)
     pending: deque[tuple[str, float]] = field(default_factory=deque)
+    # the query attributes of the command being handled (CLIENT_QUERY_ATTRIBUTES)
+    attributes: tuple[tuple[str, str | None], ...] = ()
 
     def _redactor(self) -> LiteralRedactor:
         return self.redactor if self.redactor is not None else current(MYSQL_LITERALS)
@@ -85,6 +93,8 @@ class MySQLAudit:
             }
         elif command is not None:
             extra = {"command": command}
+        if self.attributes:
+            extra["correlation"] = self._correlation(sql)
         action = "approved" if approval_id is not None else decision.action
         if masks is not None:
             classes = tuple(sorted(str(d.value) for d in masks.data_classes))
@@ -114,6 +124,17 @@ class MySQLAudit:
             engine=ENGINE,
             **extra,
         )
+
+    def _correlation(self, sql: str) -> dict[str, str]:
+        """What the statement's comments carry (sqlcommenter, ``traceparent``) and its query
+        attributes, as ``query_attribute.<name>`` (a NULL as ``NULL``). Under
+        ``audit.redact_literals: true`` an attribute's value is kept only for trace ids."""
+        out = dict(extract_correlation(sql, self._redactor().lex))
+        hide = self.config.redact_literals is True
+        for name, value in self.attributes:
+            shown = "NULL" if value is None else value[: self.config.max_param_chars]
+            out[f"query_attribute.{name}"] = "?" if hide and name.lower() not in ("traceparent", "tracestate") else shown
+        return out
 
     def display(self, sql: str, params: tuple[str | None, ...] | None) -> str:
         """The statement as reviewers may see it (sensitive values as tokens)."""

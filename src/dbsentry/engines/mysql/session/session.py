@@ -36,6 +36,7 @@ from dbsentry.audit.redaction import LiteralRedactor
 from dbsentry.config import Config, ConnectionConfig
 from dbsentry.engines.mysql.masking import MysqlMaskPlan, Refusal, plan_for
 from dbsentry.engines.mysql.session import commands as c
+from dbsentry.engines.mysql.session import guard as g
 from dbsentry.engines.mysql.session.auditing import MySQLAudit
 from dbsentry.engines.mysql.session.events import (
     ApprovalAnswered,
@@ -53,6 +54,7 @@ from dbsentry.engines.mysql.session.events import (
     UpstreamReady,
 )
 from dbsentry.engines.mysql.session.governance import MySQLGovernor
+from dbsentry.engines.mysql.session.literals import constant_value
 from dbsentry.engines.mysql.session.masking import (
     DETECT_ALL,
     MaskingSource,
@@ -65,6 +67,7 @@ from dbsentry.engines.mysql.wire import commands as w
 from dbsentry.engines.mysql.wire import constants as k
 from dbsentry.engines.mysql.wire.charsets import charset as charset_of
 from dbsentry.engines.mysql.wire.generic import (
+    EOF,
     ERR,
     OK,
     decode_eof,
@@ -98,6 +101,7 @@ from dbsentry.governance.facts import StatementFacts
 from dbsentry.governance.text import COMMENT, LITERAL
 from dbsentry.identity.model import Identity
 from dbsentry.identity.ratelimit import LoginThrottled
+from dbsentry.masking import writeback
 from dbsentry.masking.catalog import ClassMap
 from dbsentry.masking.strategies import DEFAULT_STRATEGIES, scan_text
 from dbsentry.policy.engine import Decision, combine
@@ -110,6 +114,7 @@ __all__ = ["OFFERED", "ClientInfo", "Session", "SessionStateError", "State"]
 
 # Error codes (MySQL's numbering) of the errors the proxy makes itself.
 ER_ACCESS_DENIED = 1045
+ER_DBACCESS_DENIED = 1044  # the server's own code for a database the account may not use
 ER_BAD_DB = 1049
 ER_NO_DB = 1046
 ER_SPECIFIC_ACCESS_DENIED = 1227
@@ -125,12 +130,14 @@ ER_KILL_DENIED = 1095
 ER_AUDIT = 3098  # "the table does not comply with the requirements by an external plugin"
 ER_UNKNOWN_STMT = 1243
 ER_TABLEACCESS_DENIED = 1142  # a masking refusal (docs/mysql.md "Masking")
+ER_MALFORMED_PACKET = 1835
 ALLOWED = Decision("allow", ())
 
 #: What the proxy's greeting offers. Not offered: compression (refused cleanly: a client
 #: asking for it gets no compression), LOCAL INFILE (the server could ask the client for
-#: any file), IGNORE_SPACE and ODBC (they change how the text reads), query attributes,
-#: optional metadata, and MariaDB's extended capabilities.
+#: any file), IGNORE_SPACE and ODBC (they change how the text reads), optional metadata,
+#: and MariaDB's extended capabilities. Query attributes are read, audited, and stripped
+#: when the server does not read them.
 OFFERED = (
     k.CLIENT_LONG_PASSWORD
     | k.CLIENT_FOUND_ROWS
@@ -150,6 +157,7 @@ OFFERED = (
     | k.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA
     | k.CLIENT_SESSION_TRACK
     | k.CLIENT_DEPRECATE_EOF
+    | k.CLIENT_QUERY_ATTRIBUTES
 )
 MAX_AUTH_PACKET = 1 << 16
 #: The settings a session re-reads after a statement that may change them.
@@ -174,10 +182,11 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.GREETED: frozenset({State.TLS, State.AUTH, State.VERIFYING, State.CLOSED}),
     State.TLS: frozenset({State.GREETED, State.CLOSED}),
     State.AUTH: frozenset({State.AUTH, State.VERIFYING, State.CLOSED}),
-    State.VERIFYING: frozenset({State.CONNECTING, State.READY, State.CLOSED}),
+    State.VERIFYING: frozenset({State.CONNECTING, State.READY, State.INIT, State.CLOSED}),
     State.CONNECTING: frozenset({State.INIT, State.CLOSED}),
     State.INIT: frozenset({State.READY, State.CLOSED}),
-    State.READY: frozenset({State.GATED, State.BUSY, State.CLOSED}),
+    # (READY -> AUTH / VERIFYING: COM_CHANGE_USER authenticates again; then INIT)
+    State.READY: frozenset({State.GATED, State.BUSY, State.AUTH, State.VERIFYING, State.CLOSED}),
     State.GATED: frozenset({State.READY, State.BUSY, State.CLOSED}),
     State.BUSY: frozenset({State.READY, State.BUSY, State.CLOSED}),
     State.CLOSED: frozenset({State.CLOSED}),
@@ -233,6 +242,35 @@ class _Exchange:
     # SQL-level prepared statements' plans once this command is forwarded (None: unchanged)
     sql_plans: dict[str, MysqlMaskPlan] | None = None
     ddl: bool = False  # the schema may change: the catalog is read again after the answer
+    guard: _Bracket | None = None  # it runs under the row guard (production)
+
+
+@dataclass(slots=True)
+class _Bracket:
+    """A statement running under the row guard (:mod:`~dbsentry.engines.mysql.session.guard`):
+    where the bracket is, what it measured, and the statement's answer, held."""
+
+    mode: g.Mode
+    limits: g.Limits
+    written: tuple[tuple[str, str], ...]
+    facts: tuple[StatementFacts, ...]
+    sql: str
+    params: tuple[str | None, ...] | None
+    binary: bool
+    step: str = "info"  # info, begin, before, statement, after, end
+    reader: ResultReader | None = None  # follows the answer of the current step
+    rows: list[TextRow] = field(default_factory=list)
+    error: ERR | None = None  # of the current step
+    plan: g.Plan | None = None
+    before: g.Snapshot | None = None
+    held: list[bytes] = field(default_factory=list)  # the statement's answer
+    held_bytes: int = 0
+    status_at: list[int] = field(default_factory=list)  # held packets that carry status flags
+    stmt_failed: bool = False
+    reported: int = 0  # rows an UPDATE/DELETE's OK reported
+    refusal: tuple[str, str] | None = None  # (message, rule): rolled back and refused
+    ends: list[bytes] = field(default_factory=list)  # end commands still to send
+    commit: bool = False
 
 
 @dataclass(slots=True)
@@ -346,6 +384,7 @@ class Session:
         self._tls = False
         self._caps = 0  # what the client and the proxy agreed on
         self._up_caps = 0
+        self._up_version = ""  # the upstream server's own version
         self._charset = 45
         self._codec = "utf-8"
         self._mode: SqlMode = DEFAULT_MODE
@@ -358,6 +397,10 @@ class Session:
         self._queue: deque[Packet] = deque()  # commands that wait for the one in flight
         self._queued_bytes = 0
         self._exchange: _Exchange | None = None
+        self._bracket: _Bracket | None = None  # the row guard's bracket in flight
+        self._limits: g.Limits | None = None  # the row guard's (production sessions of people)
+        # LOCK TABLES may be in effect (START TRANSACTION would release its locks)
+        self._tables_locked = False
         self._held: _Held | None = None
         self._prepared: dict[int, _Prepared] = {}
         # SQL-level PREPARE name FROM '...': name (lower case) -> the text it runs (None:
@@ -696,11 +739,13 @@ class Session:
         assert self.connection_name is not None
         if not may_use(self.connection_name, conn):
             return self._fail(
-                ER_ACCESS_DENIED,
+                ER_DBACCESS_DENIED,
                 "42000",
                 f"dbsentry: identity '{identity.name}' is not allowed to use connection '{self.connection_name}'",
                 user=user,
             )
+        if self.upstream_id is not None:
+            return self._changed_user()  # COM_CHANGE_USER: the upstream session exists
         self._enter(State.CONNECTING)
         attrs = tuple((k_, v) for k_, v in self._attributes if not k_.startswith("_dbsentry"))
         attrs += (("_dbsentry_identity", identity.name), ("_dbsentry_session", self.session_id))
@@ -713,6 +758,7 @@ class Session:
         if self.state is not State.CONNECTING:
             return []
         self.upstream_id = ready.connection_id
+        self._up_version = ready.server_version
         self._up_caps = ready.capabilities
         self._status = ready.status
         self._enter(State.INIT)
@@ -761,6 +807,7 @@ class Session:
         conn = self.connection
         assert conn is not None and self.identity is not None and self.connection_name is not None
         self._enter(State.READY)
+        self._limits = self._guard_limits()
         out: list[c.Command] = [c.LoginComplete()]
         if self.audit_config is not None and self.governor is not None:
             self.audit = MySQLAudit(
@@ -793,11 +840,27 @@ class Session:
         return out
 
     def _command(self, payload: bytes) -> list[c.Command]:
-        cmd = w.decode_command(payload, self._caps)
+        if self.audit is not None:
+            self.audit.attributes = ()
+        try:
+            cmd = w.decode_command(payload, self._caps)
+        except w.MalformedAttributes as err:
+            # the packet is whole: this command is refused, the session goes on
+            return [
+                c.Log(logging.WARNING, "statement.refused", {"reason": str(err), "engine": "mysql"}),
+                *self._reply_error(ER_MALFORMED_PACKET, "HY000", f"dbsentry: {err}"),
+            ]
         if self.connection is None:
             return self._control_command(payload, cmd)
         match cmd:
-            case w.Query(sql=raw):
+            case w.Query(sql=raw, attributes=attributes, parameter_set_count=sets):
+                if sets != 1:
+                    return self._reply_error(
+                        ER_MALFORMED_PACKET, "HY000", f"dbsentry: COM_QUERY: parameter set count {sets} (only 1 is defined)"
+                    )
+                if self._caps & k.CLIENT_QUERY_ATTRIBUTES and not self._up_caps & k.CLIENT_QUERY_ATTRIBUTES:
+                    payload = w.encode_command(w.Query(raw), self._up_caps)  # the server does not read them
+                self._audit_attributes(attributes)
                 return self._query(payload, raw)
             case w.StmtPrepare(sql=raw):
                 return self._prepare(payload, raw)
@@ -836,6 +899,7 @@ class Session:
             case w.FieldList():
                 return self._forward(payload, _Exchange("fields"))
             case w.ResetConnection():
+                self._tables_locked = False
                 self._prepared.clear()
                 self._sql_prepared = {}
                 self._sql_plans = {}
@@ -847,11 +911,7 @@ class Session:
             case w.ProcessKill(connection_id=target):
                 return self._kill(payload, f"KILL {target}", target, False)
             case w.ChangeUser():
-                return self._fail(
-                    ER_NOT_SUPPORTED,
-                    "42000",
-                    "dbsentry: COM_CHANGE_USER is not supported: one identity per connection; connect again as the other user",
-                )
+                return self._change_user(cmd)
             case w.Debug() | w.StmtExecute() | w.OtherCommand():
                 code = payload[0]
                 try:
@@ -895,6 +955,12 @@ class Session:
         self._exchange = exchange
         self._enter(State.BUSY)
         self._upstream.expect(1)
+        bracket = exchange.guard
+        if bracket is not None:
+            # the row guard's bracket first; the statement when its turn comes
+            self._bracket = bracket
+            bracket.held = [payload]
+            return self._bracket_send(g.info_sql(bracket.written).encode())
         return [c.SendUpstream(encode_packet(payload, 0)[0])]
 
     def _decode_text(self, raw: bytes) -> str | None:
@@ -985,10 +1051,10 @@ class Session:
         code = ER_PARSE if verdict.syntax_error else ER_SPECIFIC_ACCESS_DENIED
         return out + self._reply_error(code, "42000", message)
 
-    def _refused(self, sql: str, message: str, verdict: Verdict | None = None) -> list[c.Command]:
+    def _refused(self, sql: str, message: str, verdict: Verdict | None = None, rule: str = "dbsentry.mysql") -> list[c.Command]:
         out: list[c.Command] = []
         if self.audit is not None:
-            decision = Decision("deny", ("dbsentry.mysql",), message)
+            decision = Decision("deny", (rule,), message)
             facts = verdict.facts[0] if verdict is not None and verdict.facts else None
             out.append(c.Audit(self.audit.statement(sql, facts, decision)))
         out.append(c.Log(logging.WARNING, "statement.refused", {"reason": message, "engine": "mysql"}))
@@ -1016,11 +1082,20 @@ class Session:
             approval = verdict.decision.action == "require_approval" and bool(verdict.facts) and self.approvals
             if not verdict.decision.allowed and not approval:
                 return self._denied(verdict, sql, params)
+            if self.masking is not None and _writes_masked(sql, verdict, params, self._mode):
+                write_back = Refusal("42501", f"dbsentry: writing a masked value back is refused ({writeback.RULE})", writeback.RULE)
+                return self._mask_refused(sql, write_back, verdict, params)
             masked = self._mask_exchange(sql, verdict, exchange, prepared)
             if masked is not None:
                 return self._mask_refused(sql, masked, verdict, params)
             exchange.refresh = any(f.settings or f.command in ("SET", "CALL") for f in verdict.facts)
             exchange.ddl = any("DDL" in f.classes for f in verdict.facts)  # also once approved
+            if verdict.decision.allowed:
+                # (an approval, once given, covers the statement: it runs unguarded)
+                bracket = self._guard_for(sql, verdict, params, prepared is not None)
+                if isinstance(bracket, str):
+                    return self._refused(sql, bracket, verdict, rule=g.RULE_ROWS)
+                exchange.guard = bracket
             if not verdict.decision.allowed:
                 return self._ask_approval(packet, sql, verdict, exchange, params)
         elif self._masked():
@@ -1228,6 +1303,12 @@ class Session:
             self._sql_prepared = exchange.prepared_names  # what PREPARE/DEALLOCATE leave
         if exchange.sql_plans is not None:
             self._sql_plans = exchange.sql_plans
+        if verdict is not None:
+            for f in verdict.facts:
+                if f.command == "LOCK TABLE":
+                    self._tables_locked = True
+                elif f.command in ("UNLOCK TABLES", "START TRANSACTION", "BEGIN"):
+                    self._tables_locked = False
         audit = self.audit
         if audit is None or verdict is None:
             return self._forward(packet, exchange)
@@ -1302,7 +1383,17 @@ class Session:
             return self._refused(stmt.sql, f"dbsentry: the parameters of COM_STMT_EXECUTE cannot be read ({err}): it was not run")
         stmt.types = execute.types or stmt.types
         stmt.names = execute.names or stmt.names
-        params = tuple(None if p.long_data else value_text(p.value) for p in execute.params)
+        if len(execute.params) < stmt.num_params:
+            return self._refused(
+                stmt.sql, f"dbsentry: COM_STMT_EXECUTE sent {len(execute.params)} parameters for a statement of {stmt.num_params}: it was not run"
+            )
+        # Query attributes follow the statement's own parameters.
+        own, attributes = execute.params[: stmt.num_params], execute.params[stmt.num_params :]
+        self._audit_attributes(attributes)
+        if self._caps & k.CLIENT_QUERY_ATTRIBUTES and not self._up_caps & k.CLIENT_QUERY_ATTRIBUTES:
+            stripped = replace(execute, params=own, flags=execute.flags & ~k.PARAMETER_COUNT_AVAILABLE)
+            packet = w.encode_stmt_execute(stripped, self._up_caps, stmt.num_params)
+        params = tuple(None if p.long_data else value_text(p.value) for p in own)
         stmt.long_data.clear()
         verdict = self._check(stmt.sql)  # again: the policy may have been reloaded since
         cursor = execute.flags & k.CURSOR_TYPE_READ_ONLY
@@ -1310,6 +1401,62 @@ class Session:
         exchange = _Exchange("result", reader, sql=stmt.sql, statement=stmt if cursor else None, statement_id=sid)
         stmt.cursor = None
         return self._govern(packet, stmt.sql, verdict, exchange, params, prepared=stmt)
+
+    def _change_user(self, cmd: w.ChangeUser) -> list[c.Command]:
+        """COM_CHANGE_USER: the client logs in again, with a token, as at login (the same
+        plugins and rules); the upstream session is reset (COM_RESET_CONNECTION: nothing
+        of the previous identity's session survives) and the session goes on as the new
+        identity, audited as a new session. It stays on its connection; anything refused
+        ends the session, as a failed login does."""
+        conn = self.connection
+        assert conn is not None
+        if cmd.database and cmd.database not in (self.connection_name, conn.database):
+            return self._fail(
+                ER_NOT_SUPPORTED, "42000", f"dbsentry: COM_CHANGE_USER to '{cmd.database}': one connection per session; connect again with it as the database"
+            )
+        if cmd.charset and cmd.charset != self._charset:
+            return self._fail(ER_NOT_SUPPORTED, "42000", "dbsentry: COM_CHANGE_USER with another character set is not supported; connect again")
+        if self._bracket is not None or self._held is not None:
+            raise ProtocolError("COM_CHANGE_USER while a command is in flight")
+        self._user = cmd.user
+        self._client.commands = False  # the authentication exchange continues the command's sequence
+        plugin = cmd.auth_plugin_name
+        if plugin == auth.CLEAR_PASSWORD and self._tls:
+            return self._verify(auth.read_clear_password(cmd.auth_response))
+        if plugin == auth.CACHING_SHA2_PASSWORD:
+            out = self._sha2_start(cmd.auth_response)
+        else:
+            self._enter(State.AUTH)
+            self._sha2 = None
+            switch = AuthSwitchRequest(auth.CACHING_SHA2_PASSWORD, self.nonce + b"\x00")
+            out = [c.SendClient(self._packet(encode_auth_switch_request(switch)))]
+        if self.state is State.AUTH:
+            self._client.expect(self._seq)
+        return out
+
+    def _changed_user(self) -> list[c.Command]:
+        """The token of COM_CHANGE_USER was accepted: the previous identity's session ends
+        (audited), the upstream session is reset, its settings read again."""
+        assert self.identity is not None
+        out: list[c.Command] = self._audit_end(f"change_user: {self.identity.name}")
+        self.audit = None
+        self._closed_audited = False
+        self.session_id = secrets.token_hex(8)
+        self._prepared.clear()
+        self._sql_prepared = {}
+        self._sql_plans = {}
+        self._tables_locked = False
+        self._diagnostics_withheld = False
+        self._enter(State.INIT)
+        self._exchange = _Exchange("internal", ResultReader(self._up_caps), sql="reset")
+        self._upstream.expect(1)
+        out.append(c.Log(logging.INFO, "session.change_user", {"identity": self.identity.name, "connection": self.connection_name}))
+        return [*out, c.SendUpstream(encode_packet(bytes((k.Command.RESET_CONNECTION,)), 0)[0])]
+
+    def _audit_attributes(self, attributes: Sequence[w.Param]) -> None:
+        """The command's query attributes, for its audit records."""
+        if self.audit is not None and attributes:
+            self.audit.attributes = tuple((a.name, None if a.long_data else value_text(a.value)) for a in attributes)
 
     def _init_db(self, schema: str) -> list[c.Command]:
         conn = self.connection
@@ -1386,12 +1533,226 @@ class Session:
         if self.state is not State.BUSY or self._exchange is None:
             return []
         self._exchange = None
+        self._bracket = None  # nothing of it was sent
         self._enter(State.READY)
         out: list[c.Command] = []
         if self.audit is not None:
             out += [c.Audit(r) for r in self.audit.rest(f"not executed: {message}")]
         out += self._reply_error(ER_AUDIT, "58000", f"dbsentry: the audit trail cannot record the statement, so it was not run ({message})")
         return out + self._next_commands()
+
+    # ------------------------------------------------------------------ the row guard
+
+    def _guard_limits(self) -> g.Limits | None:
+        """The row guard's limits: production sessions of people (agents change nothing:
+        their upstream sessions are read-only), when a limit is configured."""
+        if not self._production() or self.identity is None or self.identity.is_agent:
+            return None
+        cfg = self.config.guardrails
+        limits = cfg.limits_for(None, self.identity.kind, self.identity.groups)
+        if limits.max_rows_changed is None and limits.max_fraction_changed is None:
+            return None
+        return g.Limits(limits.max_rows_changed, limits.max_fraction_changed, cfg.min_rows_for_fraction)
+
+    def _run_facts(self, facts: StatementFacts) -> tuple[StatementFacts, ...] | None:
+        """What running ``facts`` runs: SQL ``EXECUTE name`` runs what ``PREPARE name``
+        gave it (None: not known, so it may change anything)."""
+        if facts.command != "EXECUTE":
+            return (facts,)
+        text = self._sql_prepared.get((facts.prepared_name or "").lower())
+        if text is None:
+            return None
+        inner = self._check(text)
+        return tuple(inner.facts) if inner is not None and inner.facts else None
+
+    def _guard_for(
+        self, sql: str, verdict: Verdict, params: tuple[str | None, ...] | None, binary: bool
+    ) -> _Bracket | str | None:
+        """The bracket an allowed statement runs in, when it may change rows under a
+        limit; a message when the guard cannot hold it (it is refused); None: no guard."""
+        limits = self._limits
+        if limits is None:
+            return None
+        ran: list[StatementFacts] = []
+        unknown = False
+        for f in verdict.facts:
+            facts = self._run_facts(f)
+            if facts is None:
+                unknown = True
+            else:
+                ran.extend(facts)
+        guarded = unknown or any(g.changes_rows(f) for f in ran)
+        if not guarded:
+            return None
+        head = "dbsentry: in production a statement that changes rows runs under a row limit (guardrails.max_rows_changed)"
+        if unknown:
+            return f"{head}, and what this EXECUTE runs is not known: PREPARE it through dbsentry in this session"
+        if len(verdict.facts) > 1:
+            return f"{head}, which cannot hold it with other statements in the same query string: send them one at a time"
+        if any(f.command == "CALL" or "CALL" in f.commands for f in ran):
+            return f"{head}, which cannot hold CALL: a procedure may COMMIT by itself, and nothing could undo what it did"
+        assert self.connection is not None
+        database = self.connection.database
+        written = tuple(dict.fromkeys(g.split_name(t, database) for f in ran for t in f.tables_written))
+        inside = self._status & k.SERVER_STATUS_IN_TRANS or not self._status & k.SERVER_STATUS_AUTOCOMMIT
+        mode = g.Mode.SAVEPOINT if inside else g.Mode.TRANSACTION
+        if mode is g.Mode.TRANSACTION and self._tables_locked:
+            return (
+                f"{head}, which would open a transaction and so release the session's LOCK TABLES: "
+                "lock the tables inside a transaction (SET autocommit = 0; LOCK TABLES ...), or UNLOCK TABLES first"
+            )
+        return _Bracket(mode, limits, written, tuple(ran), sql, params, binary)
+
+    def _bracket_send(self, sql: bytes) -> list[c.Command]:
+        """One of the bracket's own commands, its answer read by the session."""
+        b = self._bracket
+        assert b is not None
+        b.reader = ResultReader(self._up_caps)
+        b.rows = []
+        b.error = None
+        self._upstream.expect(1)
+        return [c.SendUpstream(encode_packet(b"\x03" + sql, 0)[0])]
+
+    def _bracket_packet(self, ex: _Exchange, b: _Bracket, payload: bytes) -> list[c.Command]:
+        reader = b.reader
+        assert reader is not None
+        if b.step == "statement":
+            if payload[:1] == b"\xff" and reader.state in ("rows", "start"):
+                b.stmt_failed = True
+                ev: object = reader.feed(payload)
+            else:
+                state = reader.state
+                ev = reader.feed(payload)
+                if isinstance(ev, OK | EOF) and not isinstance(ev, bytes):
+                    b.status_at.append(len(b.held))
+                    if isinstance(ev, OK) and state == "start" and {"UPDATE", "DELETE"} & {c_ for f in b.facts for c_ in f.commands}:
+                        b.reported = ev.affected_rows
+            b.held.append(payload)
+            b.held_bytes += len(payload)
+            if b.held_bytes > self.config.limits.max_message_bytes and b.refusal is None:
+                b.refusal = ("dbsentry: the statement's answer is too large to hold under the row limit (guardrails.max_rows_changed); it was rolled back", g.RULE_ROWS)
+            if not reader.done:
+                return []
+            return self._bracket_next(ex, b)
+        if payload[:1] == b"\xff" and reader.state in ("rows", "start"):
+            b.error = decode_err(payload, self._up_caps)
+            reader.feed(payload)
+        else:
+            ev = reader.feed(payload)
+            if isinstance(ev, TextRow):
+                b.rows.append(ev)
+            elif isinstance(ev, OK | EOF) and reader.done:
+                self._status = ev.status
+        if not reader.done:
+            return []
+        return self._bracket_next(ex, b)
+
+    def _bracket_next(self, ex: _Exchange, b: _Bracket) -> list[c.Command]:
+        """The current step's answer is complete: the next step."""
+        step = b.step
+        if step == "info":
+            if b.error is not None:
+                return self._bracket_refuse(ex, b, f"dbsentry: the row guard could not read the catalog ({b.error.message}): the statement was not run")
+            try:
+                measured = g.plan(g.parse_info([r.values for r in b.rows]), b.written, b.facts)
+            except ValueError as err:
+                return self._bracket_refuse(ex, b, f"dbsentry: the row guard could not read the catalog ({err}): the statement was not run")
+            if isinstance(measured, str):
+                return self._bracket_refuse(
+                    ex, b, f"dbsentry: in production a statement that changes rows runs under a row limit (guardrails.max_rows_changed), which cannot hold this one: {measured}"
+                )
+            b.plan = measured
+            b.step = "begin"
+            return self._bracket_send(g.begin_sql(b.mode))
+        if step == "begin":
+            if b.error is not None:
+                return self._bracket_refuse(ex, b, f"dbsentry: the row guard could not open its transaction ({b.error.message}): the statement was not run")
+            b.step = "before"
+            assert b.plan is not None
+            return self._bracket_send(g.snapshot_sql(b.plan, self._mariadb(), b.limits, before=True).encode())
+        if step == "before":
+            assert b.plan is not None
+            try:
+                if b.error is not None:
+                    raise ValueError(b.error.message)
+                b.before = g.parse_snapshot(b.rows[0].values if len(b.rows) == 1 else None, b.plan, before=True)
+            except ValueError as err:
+                b.refusal = (f"dbsentry: the row guard could not measure ({err}): the statement was not run", g.RULE_ROWS)
+                return self._bracket_end(b, commit=False)
+            b.step = "statement"
+            b.reader = ResultReader(self._up_caps, binary=b.binary, decode_rows=False)
+            self._upstream.expect(1)
+            return [c.SendUpstream(encode_packet(b.held.pop(), 0)[0])]
+        if step == "statement":
+            if b.stmt_failed or b.refusal is not None:
+                return self._bracket_end(b, commit=False)
+            b.step = "after"
+            assert b.plan is not None
+            return self._bracket_send(g.snapshot_sql(b.plan, self._mariadb(), b.limits, before=False).encode())
+        if step == "after":
+            assert b.plan is not None and b.before is not None
+            try:
+                if b.error is not None:
+                    raise ValueError(b.error.message)
+                after = g.parse_snapshot(b.rows[0].values if len(b.rows) == 1 else None, b.plan, before=False)
+                judged = g.judge(b.limits, b.plan, b.before, after, b.reported)
+            except ValueError as err:
+                b.refusal = (f"dbsentry: the row guard could not measure what the statement changed ({err}); it was rolled back", g.RULE_ROWS)
+                return self._bracket_end(b, commit=False)
+            if not judged.ok:
+                b.refusal = (f"dbsentry: {judged.message}", judged.rule)
+            return self._bracket_end(b, commit=judged.ok)
+        # step == "end"
+        if b.error is not None and not b.stmt_failed:
+            # A COMMIT or ROLLBACK that fails leaves the transaction in a state the proxy
+            # does not know: the session ends (the server rolls back what is open).
+            raise ProtocolError(f"the row guard could not end its transaction: {b.error.message}")
+        if b.ends:
+            return self._bracket_send(b.ends.pop(0))
+        return self._bracket_finish(ex, b)
+
+    def _bracket_end(self, b: _Bracket, commit: bool) -> list[c.Command]:
+        b.step = "end"
+        b.commit = commit
+        first, *rest = g.end_sql(b.mode, commit)
+        b.ends = rest
+        return self._bracket_send(first)
+
+    def _bracket_refuse(self, ex: _Exchange, b: _Bracket, message: str) -> list[c.Command]:
+        b.refusal = (message, g.RULE_ROWS)
+        return self._bracket_finish(ex, b)
+
+    def _bracket_finish(self, ex: _Exchange, b: _Bracket) -> list[c.Command]:
+        """The bracket is over: the statement's answer goes to the client (its status flags
+        as they are now), or the refusal."""
+        self._bracket = None
+        ex.guard = None
+        if b.refusal is None:
+            out: list[c.Command] = []
+            for i, payload in enumerate(b.held):
+                if i in b.status_at and b.mode is g.Mode.TRANSACTION:
+                    payload = _with_status(payload, self._status, self._up_caps)
+                out += self._answer_packet(ex, payload)
+            return out
+        message, rule = b.refusal
+        out = []
+        if self.audit is not None:
+            facts = b.facts[0] if b.facts else None
+            out.append(c.Audit(self.audit.statement(b.sql, facts, Decision("deny", (rule,), message), b.params)))
+        out.append(
+            c.Log(
+                logging.WARNING,
+                "statement.denied",
+                {"identity": self.identity.name if self.identity else None, "connection": self.connection_name, "engine": "mysql",
+                 "action": "deny", "rules": [rule], "statement": b.sql[:200]},
+            )
+        )
+        out += self._complete(sqlstate="42000", error=message)
+        out += self._reply_error(ER_SPECIFIC_ACCESS_DENIED, "42000", message)
+        return out + self._done(ex)
+
+    def _mariadb(self) -> bool:
+        return "mariadb" in self._up_version.lower()
 
     # ------------------------------------------------------------------ answers
 
@@ -1405,7 +1766,10 @@ class Session:
             ex = self._exchange
             if ex is None:
                 raise ProtocolError("the server sent more than the answer to the command")
-            out += self._answer_packet(ex, packet.payload)
+            if self._bracket is not None:
+                out += self._bracket_packet(ex, self._bracket, packet.payload)
+            else:
+                out += self._answer_packet(ex, packet.payload)
         return _joined(out)
 
     def result_row(self, payload: bytes, columns: Sequence[ColumnDefinition], binary: bool) -> bytes:
@@ -1521,6 +1885,11 @@ class Session:
             err = decode_err(payload, self._up_caps)
             raise ProtocolError(f"the server refused the session's settings: {err.message}")
         event = reader.feed(payload)
+        if ex.sql == "reset" and reader.done:
+            if isinstance(event, OK):
+                self._status = event.status
+            self._exchange = None
+            return self._read_settings()  # then the session goes on as the new identity
         if ex.sql == "read-only" and reader.done:
             # read-only transactions are set: now the settings
             self._exchange = _Exchange("internal", ResultReader(self._up_caps))
@@ -1558,6 +1927,44 @@ class Session:
             return []
         seconds = self.config.limits.startup_timeout_seconds
         return self._fail(ER_HANDSHAKE, "08S01", f"dbsentry: the login did not complete within {seconds:g}s")
+
+
+def _writes_masked(sql: str, verdict: Verdict, params: Sequence[str | None] | None, mode: SqlMode) -> bool:
+    """Whether a write carries, as a string constant or a parameter, what the proxy emits
+    for a masked value (``masking.write_back``): it would replace real data with its mask.
+    The text a ``PREPARE`` prepares is read too."""
+    if not any("WRITE" in f.classes for f in verdict.facts):
+        return False
+    if params is not None and any(p is not None and writeback.looks_masked(p) for p in params):
+        return True
+    texts = [sql, *(f.inner.text for f in verdict.facts if f.inner is not None and f.inner.text)]
+    for text in texts:
+        if "*" not in text and "<" not in text and ".invalid" not in text:
+            continue
+        try:
+            toks = tokens(text, mode)
+        except Exception:
+            return True  # cannot tell: refused (the analysis refuses such text anyway)
+        for t in toks:
+            if t.kind == LITERAL and writeback.looks_masked(constant_value(text[t.start : t.end])):
+                return True
+    return False
+
+
+def _with_status(payload: bytes, status: int, caps: int) -> bytes:
+    """An OK or EOF of the guarded statement with the transaction flags of ``status`` (the
+    bracket's COMMIT or ROLLBACK ended the transaction the statement ran in)."""
+    keep = k.SERVER_STATUS_IN_TRANS | k.SERVER_STATUS_AUTOCOMMIT
+    if payload[:1] == b"\xfe" and len(payload) < 9 and not caps & k.CLIENT_DEPRECATE_EOF:
+        at = 3  # EOF: header, warnings, status
+    else:
+        at = 1
+        for _ in range(2):  # affected rows, last insert id (length-encoded)
+            first = payload[at]
+            at += 1 + {0xFC: 2, 0xFD: 3, 0xFE: 8}.get(first, 0)
+    old = int.from_bytes(payload[at : at + 2], "little")
+    new = (old & ~keep) | (status & keep)
+    return payload[:at] + new.to_bytes(2, "little") + payload[at + 2 :]
 
 
 def _joined(commands: list[c.Command]) -> list[c.Command]:

@@ -148,6 +148,8 @@ class UpstreamLogin:
         caps = (REQUIRED | (self.client_caps & PROTOCOL_CAPABILITIES)) & (server | c.CLIENT_LONG_PASSWORD)
         if not server & c.CLIENT_MYSQL:
             caps &= ~c.CLIENT_MYSQL  # a MariaDB server: no extended capabilities asked for
+        # Query attributes go upstream when the server reads them; else the session strips them.
+        caps |= self.client_caps & server & c.CLIENT_QUERY_ATTRIBUTES
         if self.tls:
             if not server & c.CLIENT_SSL:
                 return self._refuse("the server does not accept TLS connections (upstream_tls)")

@@ -1630,6 +1630,13 @@ def _t_show(st: _Stmt, f: _Facts) -> None:
         raise _unsupported("SHOW ... WHERE (its condition is not analysed)")
     f.command = "SHOW"
     f.klass = "MISC"
+    # forms whose rows carry the text of other sessions' statements (their literals)
+    if "PROCESSLIST" in words:
+        f.flags.add("show_processlist")
+    elif "EVENTS" in words and ("BINLOG" in words or "RELAYLOG" in words):
+        f.flags.add("show_log_events")
+    elif "ENGINE" in words and "STATUS" in words:
+        f.flags.add("show_engine_status")
 
 
 def _t_use(st: _Stmt, f: _Facts) -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "Debug",
     "FieldList",
     "InitDB",
+    "MalformedAttributes",
     "OtherCommand",
     "Param",
     "Ping",
@@ -285,6 +286,10 @@ def decode_command(payload: bytes, capabilities: int) -> AnyCommand:
 # ----------------------------------------------------------------- bound values
 
 
+class MalformedAttributes(ProtocolError):
+    """The query attributes of a COM_QUERY cannot be read (the packet itself is whole)."""
+
+
 def _read_bound(
     r: p.Reader,
     count: int,
@@ -338,11 +343,14 @@ def _write_bound(params: Sequence[Param], bound: bool, names: bool) -> bytes:
 def _decode_query(r: p.Reader, capabilities: int) -> Query:
     if not capabilities & c.CLIENT_QUERY_ATTRIBUTES:
         return Query(r.rest())
-    count = r.lenenc_int()
-    set_count = r.lenenc_int()
-    attributes: tuple[Param, ...] = ()
-    if count:
-        attributes, _ = _read_bound(r, count, None, names=True)
+    try:
+        count = r.lenenc_int()
+        set_count = r.lenenc_int()
+        attributes: tuple[Param, ...] = ()
+        if count:
+            attributes, _ = _read_bound(r, count, None, names=True)
+    except ProtocolError as err:
+        raise MalformedAttributes(f"COM_QUERY: the query attributes cannot be read: {err}") from err
     return Query(r.rest(), attributes, set_count)
 
 

@@ -247,6 +247,22 @@ _DYNAMIC_RE = re.compile("|".join(fnmatch.translate(p) for p in (*DYNAMIC_SQL_FU
 # Functions whose value reveals presence or size, not content.
 _NO_LINEAGE = frozenset({"count", "pg_typeof", "pg_column_size", "num_nulls", "num_nonnulls", "row_number", "rank", "dense_rank", "percent_rank", "cume_dist", "ntile", "grouping"})  # fmt: skip
 # Functions that return one of their arguments' values unchanged.
+# Built-in functions that return other sessions' statement texts (what pg_stat_activity's
+# query column shows, and is classified for): their values are that column's.  The
+# statistics functions behind the view, and pg_stat_statements (in whatever schema the
+# extension is: it keeps utility statements, passwords included, as they were written).
+_STATEMENT_TEXT_FUNCTIONS = frozenset({"pg_stat_get_activity", "pg_stat_get_backend_activity"})
+_STATEMENT_TEXT = _L(frozenset({SourceColumn("pg_catalog", "pg_stat_activity", "query")}), False, True)
+
+
+def returns_statement_texts(schema: str | None, name: str) -> bool:
+    """Whether calling ``schema.name`` returns other sessions' statement texts."""
+    name = name.lower()
+    return name == "pg_stat_statements" or (
+        name in _STATEMENT_TEXT_FUNCTIONS and schema in (None, "pg_catalog")
+    )
+
+
 _TRANSPARENT = frozenset({"min", "max", "any_value", "first_value", "last_value", "nth_value", "lag", "lead", "mode", "nullif", "coalesce", "greatest", "least"})  # fmt: skip
 # Set-returning built-ins and how many columns they yield.
 _SRF_WIDTH = {
@@ -318,6 +334,9 @@ class _Walk:
     reads: set[TableName] = field(default_factory=set)
     exact: bool = True
     opaque_reads: bool = False  # ran code that may read any table (dynamic SQL, PL/pgSQL)
+    # Walking the definition of one of the server's own views (pg_catalog): its column
+    # names are the server's, not a client's (see statement_text_columns).
+    system_view: bool = False
     # What the statement stores: (table, column, the lineage of the value written).
     writes: list[tuple[TableName, str, _L]] = field(default_factory=list)
     # Source columns used other than as output values, in order (see PredicateUse).
@@ -771,6 +790,7 @@ class _Walk:
             if len(stmts) == 1:
                 # views resolve names with the search path they were read with
                 sub = _Walk(self.catalog, self.catalog.search_path, self.depth + 1)
+                sub.system_view = rel.schema == "pg_catalog"
                 inner_cols = sub.statement(stmts[0].get("stmt"), None)
                 reads = sub.reads
                 if not sub.exact:
@@ -830,6 +850,10 @@ class _Walk:
         self, body: dict[str, Any], scope: _Scope
     ) -> tuple[list[_Entry], Cols | None]:
         inner = _lateral(scope)
+        alias = body.get("alias") or {}
+        texts = self.statement_text_columns(body, _strings(alias.get("colnames")), inner)
+        if texts is not None:
+            return [_Entry(alias.get("aliasname"), None, texts)], list(texts)
         cols: Cols | None = []
         first_name = "?column?"
         for item in body.get("functions", ()):
@@ -864,6 +888,26 @@ class _Walk:
             cols = [(name, cols[0][1])]
         cols = _rename(cols, colnames)
         return [_Entry(name, None, cols)], list(cols)
+
+    def statement_text_columns(
+        self, body: dict[str, Any], colnames: list[str], scope: _Scope
+    ) -> Cols | None:
+        """``pg_stat_get_activity(NULL) s(datid, pid, ..., query, ...)`` in the definition
+        of pg_stat_activity (or another pg_catalog view): only ``query`` is the statement
+        text.  Anywhere else the names are a client's to choose (``a(datid, pid, usesysid,
+        application_name, query, state)`` would call the text ``state``): every column is
+        the text (the generic path), which is more than needed but never less."""
+        functions = body.get("functions", ())
+        if not self.system_view or len(functions) != 1 or not colnames or body.get("ordinality"):
+            return None
+        parts = functions[0].get("List", {}).get("items", []) if isinstance(functions[0], dict) else []
+        kind, call = _unwrap(parts[0]) if parts else (None, {})
+        if kind != "FuncCall" or not returns_statement_texts(*_func_name(call.get("funcname"))):
+            return None
+        args = _indirect(self.exprs_union(call.get("args", []), scope))
+        self.reads.add(("pg_catalog", "pg_stat_activity"))
+        text = _union([args, _STATEMENT_TEXT], True)
+        return [(n, text if n.lower() == "query" else args) for n in colnames]
 
     def function_cols(self, call: Any, coldef: Any, scope: _Scope) -> Cols | None:
         """The columns a function in FROM yields, or None when their number is unknown."""
@@ -1241,6 +1285,9 @@ class _Walk:
 
     def _func_call(self, body: dict[str, Any], scope: _Scope, schema: str | None, name: str) -> _L:
         args = body.get("args", [])
+        if returns_statement_texts(schema, name):
+            self.reads.add(("pg_catalog", "pg_stat_activity"))  # what it reads, in effect
+            return _union([_indirect(self.exprs_union(args, scope)), _STATEMENT_TEXT], True)
         if _DYNAMIC_RE.fullmatch(name):
             self.opaque_reads = True
             return _union([_UNKNOWN, _indirect(self.exprs_union(args, scope))])
@@ -1307,10 +1354,49 @@ def _transparent(w: _Walk, body: Any, scope: _Scope) -> _L:
     return w.generic(body, scope, transparent=True)
 
 
+def _min_max(w: _Walk, body: dict[str, Any], scope: _Scope) -> _L:
+    """GREATEST/LEAST: the value is the argument that sorts last (first).  Which argument
+    it is, and so the shape of its masked value (``greatest(ssn, '5')`` gives ``*`` or
+    ``***-**-1234``), answers an order question about each argument: a use, like CASE."""
+    name = "GREATEST" if body.get("op") == "IS_GREATEST" else "LEAST"
+    with w.within(w.clause or name):
+        args = [w.expr(a, scope) for a in body.get("args") or ()]
+    return _union(args, transparent=True)
+
+
+# Casts that keep the whole value, given without a length or precision (``::text``,
+# ``::varchar``, ``::int8``, ``::date``): the value stays direct (partially maskable).
+_WHOLE_VALUE_TYPES = frozenset({
+    "text", "varchar", "bpchar", "bytea", "citext", "int2", "int4", "int8", "numeric",
+    "date", "timestamp", "timestamptz", "json", "jsonb", "unknown",
+})  # fmt: skip
+
+
+def _type_cast(w: _Walk, body: dict[str, Any], scope: _Scope) -> _L:
+    """A cast is the value it casts, unless it may cut it: ``ssn::varchar(8)``,
+    ``ssn::char`` (one character), ``"char"``, ``name``, a domain: a partial mask of a cut
+    value would show characters the whole value's mask hides (``***-*1-3``), so those are
+    derived values (redacted)."""
+    value = _transparent(w, body, scope)
+    type_name = body.get("typeName") or {}
+    names = _strings(type_name.get("names"))
+    if not type_name.get("typmods") and names and names[-1].lower() in _WHOLE_VALUE_TYPES:
+        return value
+    return _indirect(value)
+
+
 def _a_expr(w: _Walk, body: dict[str, Any], scope: _Scope) -> _L:
     if body.get("kind") == "AEXPR_NULLIF":
-        left = w.expr(body.get("lexpr"), scope)
-        right = w.expr(body.get("rexpr"), scope)
+        # NULL exactly when the two are equal: a lookup of a stored value by a constant,
+        # anything else an unrestricted question about the value
+        lexpr, rexpr = body.get("lexpr"), body.get("rexpr")
+        with w.within(w.clause or "NULLIF"):
+            if _kind(lexpr) == "ColumnRef" and _constant(rexpr):
+                left, right = w.shaped(lexpr, scope, "equality"), w.expr(rexpr, scope)
+            elif _kind(rexpr) == "ColumnRef" and _constant(lexpr):
+                left, right = w.expr(lexpr, scope), w.shaped(rexpr, scope, "equality")
+            else:
+                left, right = w.expr(lexpr, scope), w.expr(rexpr, scope)
         return _union([left, _indirect(right)], transparent=True)
     return _indirect(w.generic(body, scope))
 
@@ -1390,10 +1476,10 @@ _EXPR: dict[str, Any] = {
     "NullTest": _null_test,
     "BooleanTest": _boolean_test,
     "GroupingFunc": _presence,
-    "TypeCast": _transparent,
+    "TypeCast": _type_cast,
     "CollateClause": _transparent,
     "CoalesceExpr": _transparent,
-    "MinMaxExpr": _transparent,
+    "MinMaxExpr": _min_max,
     "A_Expr": _a_expr,
     "CaseExpr": _case,
     "SortBy": lambda w, b, s: w.expr(b.get("node"), s),

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import secrets
 import struct
 from collections import deque
@@ -47,6 +46,7 @@ from dbsentry.engines.postgres.masking.lineage import (
     StatementLineage,
     analyze_lineage,
     plan_masks,
+    returns_statement_texts,
 )
 from dbsentry.engines.postgres.masking.rows import (
     CopyMasker,
@@ -72,7 +72,7 @@ from dbsentry.masking import Catalog, ClassMap, DataClass
 from dbsentry.masking.catalog import SourceColumn, parse_search_path
 from dbsentry.masking.classes import Classification, most_sensitive, parse_class
 from dbsentry.masking.derived import with_derived, with_new_tables
-from dbsentry.masking.strategies import PLACEHOLDERS
+from dbsentry.masking.writeback import looks_masked as looks_masked  # (pg.py imports it from here)
 from dbsentry.policy.cache import LRU
 from dbsentry.policy.engine import Decision
 
@@ -173,7 +173,11 @@ class MaskingView:
         for table in facts.tables_read:
             if table.rpartition(".")[2].strip('"').lower() in self.sensitive_relnames:
                 return True
-        return any(fn.rpartition(".")[2] in self.user_functions for fn in facts.functions)
+        return any(
+            (name := fn.rpartition(".")[2]) in self.user_functions
+            or returns_statement_texts(fn.rpartition(".")[0] or None, name)
+            for fn in facts.functions
+        )
 
 
 # Statements whose results come from elsewhere: a cursor, a prepared statement, a table copy.
@@ -234,34 +238,6 @@ def _may_set_path(view: MaskingView, facts: StatementFacts) -> bool:
         if fn.rpartition(".")[2] in view.user_functions and view.functions.function(fn)[1]:
             return True
     return False
-
-
-# The shapes the proxy's masks have (strategies.py), whole values only: a placeholder, a
-# partial email, card, phone or id (stars, separators, at most the last four digits), a
-# partial IBAN, name or date of birth, a hashed email.  Hashes of other classes look like
-# real values on purpose and cannot be told apart.
-_MASK_SHAPES = re.compile(
-    r"(?:"
-    + "|".join(re.escape(v) for v in PLACEHOLDERS.values())
-    + r"|\*+@\S+"
-    + r"|[0-9a-f]{10}@[0-9a-f]{8}\.invalid"
-    + r"|[+(]?[*\s()-]*\*[*\s()-]*\*[\d\s-]*"
-    + r"|[A-Z]{2}\*\*[*\s]*[\d\s]*"
-    + r"|[^\W\d_]\*+(?:\s[^\W\d_]\*+)*"
-    + r"|\d{4}-\*\*-\*\*"
-    + r")"
-)
-
-
-def looks_masked(value: str) -> bool:
-    """Whether ``value`` is, as a whole, what the proxy emits for a masked value (writing
-    one back would corrupt data); text that merely contains ``****`` or ``<email>`` is not."""
-    value = value.strip()
-    if "*" not in value and "<" not in value and not value.endswith(".invalid"):
-        return False
-    if _MASK_SHAPES.fullmatch(value) is None:
-        return False
-    return sum(c.isdigit() for c in value) <= 4 or value.endswith(".invalid")
 
 
 def writes_masked_literal(sql: str) -> bool:
