@@ -8,7 +8,7 @@ that others cache (approvals, grants) are announced with ``NOTIFY`` on :attr:`Co
 :mod:`.registry` listens, heartbeats and keeps the list of live nodes.
 
 Without ``control_plane`` every store stays the embedded SQLite of ``state_dir``:
-:func:`token_store`, :func:`login_limiter` and :func:`approval_store` choose.
+:func:`token_store`, :func:`login_limiter` and ``approvals.open_approval_store`` choose.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from dbsentry.approvals.store import ApprovalStore
     from dbsentry.config import Config, ControlPlaneConfig, IdentityConfig
 
-__all__ = ["ControlPlane", "ControlPlaneUnavailable", "approval_store", "login_limiter", "token_store"]
+__all__ = ["ControlPlane", "ControlPlaneUnavailable", "login_limiter", "token_store"]
 
 SCHEMA_VERSION = 1
 _SECRET_BYTES = 32
@@ -174,10 +174,3 @@ def login_limiter(config: Config, shared_path: Path | None) -> Limits | None:
         max_failures_per_address=ident.max_failures_per_address,
         max_backoff_seconds=ident.max_backoff_seconds,
     )
-
-
-def approval_store(config: Config) -> ApprovalStore:
-    """The approvals store: the control plane's, or the audit database's (as before)."""
-    from dbsentry.approvals.store import open_approval_store
-
-    return open_approval_store(config.audit, config.state_dir, config.control_plane)
