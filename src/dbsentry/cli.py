@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,6 +17,9 @@ from dbsentry import __version__
 from dbsentry.cli_options import config_option, full_path
 from dbsentry.config import ConfigError, LoadedConfig, load_config
 from dbsentry.logs import setup_logging
+
+if TYPE_CHECKING:
+    from dbsentry.identity.tokens import TokenStoreBase
 
 
 def load_or_exit(path: Path) -> LoadedConfig:
@@ -82,6 +88,23 @@ def mcp_cmd(config_path: Path, token_file: Path | None, log_level: str) -> None:
     sys.exit(run_stdio(loaded, token))
 
 
+@contextlib.contextmanager
+def _tokens(loaded: LoadedConfig) -> Iterator[TokenStoreBase]:
+    """The token store of ``loaded``'s configuration (the control plane's when there is
+    one); exits with status 2 and a message when the control plane cannot be reached."""
+    from dbsentry.controlplane import ControlPlane, token_store
+    from dbsentry.identity.ratelimit import ControlPlaneUnavailable
+
+    try:
+        if loaded.config.control_plane is not None:
+            ControlPlane(loaded.config.control_plane).migrate()  # before any node started
+        with token_store(loaded.config) as store:
+            yield store
+    except (ControlPlaneUnavailable, ConfigError) as err:
+        click.echo(str(err) if str(err).startswith("dbsentry:") else f"dbsentry: {err}", err=True)
+        sys.exit(2)
+
+
 @main.group()
 def token() -> None:
     """Create, list and revoke dbsentry access tokens."""
@@ -95,14 +118,14 @@ def token() -> None:
 @click.option("--ttl", default="8h", show_default=True, help="Lifetime: 30m, 8h, 7d, 1h30m, or 'never'.")
 def token_create(config_path: Path, identity: str, groups: tuple[str, ...], agent: bool, ttl: str) -> None:
     """Create a token; prints only the token on stdout (it is not stored)."""
-    from dbsentry.identity import TokenStore, parse_duration
+    from dbsentry.identity import parse_duration
 
     loaded = load_or_exit(config_path)
     try:
         seconds = None if ttl == "never" else parse_duration(ttl)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--ttl") from None
-    with TokenStore(loaded.config.state_dir) as store:
+    with _tokens(loaded) as store:
         plaintext, info = store.create(identity, list(groups), "agent" if agent else "human", seconds)
     click.echo(plaintext)
     click.echo(f"created token {info.id} for {identity}", err=True)
@@ -114,10 +137,8 @@ def token_create(config_path: Path, identity: str, groups: tuple[str, ...], agen
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def token_list(config_path: Path, include_revoked: bool, as_json: bool) -> None:
     """List tokens (never their secrets)."""
-    from dbsentry.identity import TokenStore
-
     loaded = load_or_exit(config_path)
-    with TokenStore(loaded.config.state_dir) as store:
+    with _tokens(loaded) as store:
         infos = store.list(include_revoked=include_revoked)
     now = time.time()
 
@@ -155,10 +176,8 @@ def token_list(config_path: Path, include_revoked: bool, as_json: bool) -> None:
 @click.argument("token_id")
 def token_revoke(config_path: Path, token_id: str) -> None:
     """Revoke a token by its id; sessions using it cannot log in again."""
-    from dbsentry.identity import TokenStore
-
     loaded = load_or_exit(config_path)
-    with TokenStore(loaded.config.state_dir) as store:
+    with _tokens(loaded) as store:
         if not store.revoke(token_id):
             click.echo(f"dbsentry: no active token {token_id}", err=True)
             sys.exit(1)

@@ -386,6 +386,82 @@ class LimitsConfig(_Model):
     drain_seconds: float = Field(default=30.0, ge=0)
 
 
+class ControlPlanePostgres(_Model):
+    """``control_plane.postgres``: the database every node shares (give dsn or dsn_env)."""
+
+    dsn: str | None = None
+    dsn_env: str | None = None
+    schema_: str = Field(default="dbsentry_control", alias="schema", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _one_dsn(self) -> ControlPlanePostgres:
+        if (self.dsn is None) == (self.dsn_env is None):
+            raise ValueError("control_plane.postgres takes exactly one of dsn and dsn_env")
+        return self
+
+    def resolve_dsn(self) -> str:
+        if self.dsn is not None:
+            return self.dsn
+        assert self.dsn_env is not None
+        value = os.environ.get(self.dsn_env)
+        if not value:
+            raise ConfigError(f"environment variable {self.dsn_env} (control_plane.postgres.dsn_env) is not set")
+        return value
+
+
+class ControlPlaneConfig(_Model):
+    """``control_plane``: what several nodes share (docs/deployment.md, "Several nodes")."""
+
+    postgres: ControlPlanePostgres
+    # Where this node's workers listen for the other nodes (forwarded cancels): worker k on
+    # port + k; port 0 picks a free port per worker (registered in the control plane).
+    listen: str = "127.0.0.1:0"
+    # The host the other nodes reach this one at (default: listen's host).
+    advertise_host: str | None = None
+    # The secret that authenticates messages between nodes (HMAC-SHA256): from an
+    # environment variable or a file; neither: one drawn once and kept in the control plane.
+    secret_env: str | None = None
+    secret_file: Path | None = None
+    heartbeat_seconds: float = Field(default=1.0, gt=0, le=30)
+    # A node whose last heartbeat is older than this is dead (left out, its slot reusable).
+    node_ttl_seconds: float = Field(default=5.0, gt=0, le=600)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        _split_hostport(v, "control_plane.listen")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> ControlPlaneConfig:
+        if self.secret_env is not None and self.secret_file is not None:
+            raise ValueError("control_plane takes at most one of secret_env and secret_file")
+        if self.node_ttl_seconds < 2 * self.heartbeat_seconds:
+            raise ValueError("control_plane.node_ttl_seconds must be at least twice heartbeat_seconds")
+        return self
+
+    @property
+    def listen_addr(self) -> tuple[str, int]:
+        return _split_hostport(self.listen, "control_plane.listen")
+
+    def resolve_secret(self) -> bytes | None:
+        """The configured inter-node secret, or None (the control plane keeps one)."""
+        if self.secret_env is not None:
+            value = os.environ.get(self.secret_env)
+            if not value:
+                raise ConfigError(f"environment variable {self.secret_env} (control_plane.secret_env) is not set")
+            text = value
+        elif self.secret_file is not None:
+            text = self.secret_file.read_text().strip()
+        else:
+            return None
+        if len(text) < 16:
+            raise ConfigError("control_plane: the inter-node secret must be at least 16 characters")
+        return text.encode()
+
+
 class Config(_Model):
     state_dir: Path = Path("./.dbsentry")
     listen: ListenConfig = ListenConfig()
@@ -405,6 +481,9 @@ class Config(_Model):
     # Worker processes sharing the listeners (docs/deployment.md); absent: one per CPU.
     # 1 runs everything in one process.
     workers: int | None = Field(default=None, ge=1, le=64)
+    # Tokens, approvals, grants, login limits and the node registry shared by several
+    # nodes in one PostgreSQL database (docs/deployment.md); absent: SQLite in state_dir.
+    control_plane: ControlPlaneConfig | None = None
 
     def lazy_upstream(self, connection: str) -> bool:
         """Whether sessions of ``connection`` open their upstream at their first statement."""
@@ -477,6 +556,9 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
             audit["trusted_public_keys"] = [
                 str(base / k) if isinstance(k, str) and not os.path.isabs(k) else k for k in keys
             ]
+    cp = data.get("control_plane")
+    if isinstance(cp, dict):
+        fix(cp, "secret_file")
     conns = data.get("connections")
     if isinstance(conns, dict):
         for c in conns.values():

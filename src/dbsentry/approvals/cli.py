@@ -100,7 +100,7 @@ def _who(ctx: _Context, token: str) -> Identity:
 def _service(ctx: _Context, *, audited: bool) -> Iterator[Approvals]:
     """The approvals service over the shared store; with ``audited``, records go to the trail."""
     try:
-        store = open_approval_store(ctx.audit, ctx.config.state_dir)
+        store = open_approval_store(ctx.audit, ctx.config.state_dir, ctx.config.control_plane)
     except (ApprovalStoreError, ValueError) as err:
         _fail(str(err))
 

@@ -100,7 +100,10 @@ class PostgresApprovalStore(ApprovalStore):
         connect_timeout: int = 5,
         statement_timeout_ms: int = 10_000,
         clock: Callable[[], float] = time.time,
+        notify_channel: str | None = None,
     ) -> None:
+        """``notify_channel``: every change is announced there (``NOTIFY``, at commit), so
+        that other nodes look at once instead of at their next poll (the control plane)."""
         super().__init__(clock=clock)
         if not _SCHEMA_NAME.match(schema):
             raise ValueError("the schema must be a lower-case SQL identifier")
@@ -111,6 +114,14 @@ class PostgresApprovalStore(ApprovalStore):
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
         self._migrated = False
+        if notify_channel is not None and not _SCHEMA_NAME.match(notify_channel):
+            raise ValueError("the notification channel must be a lower-case SQL identifier")
+        self._notify_channel = notify_channel
+
+    def _bump(self, tx: Any) -> None:
+        super()._bump(tx)
+        if self._notify_channel is not None:
+            tx.run("SELECT pg_notify(?, 'approvals')", (self._notify_channel,))
 
     def describe(self) -> str:
         return pgconn.describe(self._dsn, self.schema)

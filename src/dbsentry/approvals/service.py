@@ -348,16 +348,27 @@ class Approvals:
 
     def _run(self) -> None:
         next_expiry = 0.0
+        failing = False  # an outage is logged once, and its end
         while not self._stop.is_set():
             try:
                 if time.monotonic() >= next_expiry:
                     next_expiry = time.monotonic() + self._expire_interval
                     self.expire_due()
                 self.poll()
+                if failing:
+                    log.warning("approvals: the store answers again")
+                    failing = False
             except Exception as err:
-                log.warning("approvals: store poll failed: %s", err)
+                log.log(logging.DEBUG if failing else logging.WARNING, "approvals: store poll failed: %s", err)
+                failing = True
             self._wake.wait(self.config.poll_interval_seconds)
             self._wake.clear()
+
+    def changed(self) -> None:
+        """Something changed in the store (another node announced it): look now rather
+        than at the next poll (non-blocking)."""
+        self._version = -1
+        self._wake.set()
 
     def poll(self) -> None:
         """One round of the background thread's polling (blocking; public for tests)."""

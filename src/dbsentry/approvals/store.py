@@ -31,6 +31,7 @@ from dbsentry.identity.model import Identity
 
 if TYPE_CHECKING:
     from dbsentry.audit.config import AuditConfig
+    from dbsentry.config import ControlPlaneConfig
 
 
 class ApprovalStoreError(Exception):
@@ -210,8 +211,7 @@ class ApprovalStore(abc.ABC):
 
     # --- writing -------------------------------------------------------------------------------
 
-    @staticmethod
-    def _bump(tx: _Tx) -> None:
+    def _bump(self, tx: _Tx) -> None:
         tx.run("UPDATE @Tapproval_meta SET version = version + 1 WHERE id = 1")
 
     @staticmethod
@@ -428,8 +428,18 @@ class ApprovalStore(abc.ABC):
         return expired
 
 
-def open_approval_store(audit: AuditConfig, state_dir: Path) -> ApprovalStore:
-    """The approval store in the same database as the audit trail ``audit`` describes."""
+def open_approval_store(
+    audit: AuditConfig, state_dir: Path, control_plane: ControlPlaneConfig | None = None
+) -> ApprovalStore:
+    """The approval store in the shared control plane when there is one (``control_plane``),
+    else in the same database as the audit trail ``audit`` describes."""
+    if control_plane is not None:
+        from dbsentry.controlplane import ControlPlane
+
+        try:
+            return ControlPlane(control_plane).approval_store()
+        except Exception as err:  # the control plane unreachable, its DSN unset
+            raise ApprovalStoreError(f"approvals in the control plane: {err}") from err
     if audit.store == "postgres":
         from dbsentry.approvals.pg_store import PostgresApprovalStore
 

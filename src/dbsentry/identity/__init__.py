@@ -4,7 +4,7 @@ A client connects with ``user=<identity>`` and ``password=<token>``, where the t
 dbsentry token (``dbs_...``) or a JWT from the configured OIDC provider.
 :meth:`Authenticator.authenticate` turns that pair into an :class:`Identity`, or None.
 
-It is synchronous.  It touches the local SQLite token store, and, only when OIDC is configured
+It is synchronous.  It touches the token store (local SQLite, or the shared control plane), and, only when OIDC is configured
 with ``jwks_url`` and the keys need refreshing, the network (up to ten seconds).  So the shell
 calls it directly when :attr:`Authenticator.needs_io` is false and in a thread executor
 (``loop.run_in_executor``) when it is true; everything here is thread-safe.
@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING
 from dbsentry.identity.model import Identity, Kind
 from dbsentry.identity.oidc import OIDCVerifier
 from dbsentry.identity.ratelimit import Limits, LoginLimiter, LoginThrottled
-from dbsentry.identity.tokens import TOKEN_PREFIX, TokenInfo, TokenStore, parse_duration
+from dbsentry.identity.tokens import (
+    TOKEN_PREFIX,
+    TokenInfo,
+    TokenStore,
+    TokenStoreBase,
+    parse_duration,
+)
 
 if TYPE_CHECKING:
     from dbsentry.config import Config
@@ -55,7 +61,7 @@ class Authenticator:
         self,
         config: Config,
         *,
-        tokens: TokenStore | None = None,
+        tokens: TokenStoreBase | None = None,
         oidc: OIDCVerifier | None = None,
         limiter: Limits | None = None,
         fetch: Callable[[str], bytes] | None = None,
@@ -66,7 +72,11 @@ class Authenticator:
         ``fetch`` and ``clock`` go to the OIDC verifier and the failure limiter it builds.
         """
         ident = config.identity
-        self.tokens = tokens if tokens is not None else TokenStore(config.state_dir)
+        if tokens is None:
+            from dbsentry.controlplane import token_store  # the control plane's, if configured
+
+            tokens = token_store(config)
+        self.tokens: TokenStoreBase = tokens
         if oidc is None and ident.oidc is not None:
             oidc = OIDCVerifier(ident.oidc, fetch, clock=clock)
         self.oidc = oidc

@@ -48,6 +48,19 @@ class LoginThrottled(Exception):
         return f"too many failed logins from this address; retry in {self.retry_after} s"
 
 
+class ControlPlaneUnavailable(LoginThrottled):
+    """The shared control plane (``control_plane:``) cannot be reached: logins, and what
+    else needs it, are refused (fail closed) until it is back."""
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(1)
+
+    @property
+    def message(self) -> str:
+        return f"dbsentry: the control plane is unavailable ({self.detail}); try again shortly"
+
+
 @dataclass(slots=True)
 class _Pair:
     failures: int

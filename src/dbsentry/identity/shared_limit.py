@@ -15,8 +15,10 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any, Protocol
 
 from dbsentry.identity.ratelimit import Limits
 
@@ -32,7 +34,108 @@ CREATE INDEX IF NOT EXISTS address_failures_by_address ON address_failures (addr
 _PRUNE_EVERY = 64
 
 
-class SharedLoginLimiter(Limits):
+class _Tx(Protocol):
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]: ...
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> int: ...
+
+
+class SqlLoginLimiter(Limits):
+    """The limiter's rules over two tables (``@Ppairs``, ``@Paddress_failures``); the
+    SQLite and PostgreSQL stores give the transactions."""
+
+    _PREFIX = ""
+    _GREATEST = "max"
+
+    def __init__(
+        self,
+        max_failures: int,
+        window_seconds: float,
+        *,
+        max_failures_per_address: int,
+        max_backoff_seconds: float,
+        clock: Callable[[], float],
+    ) -> None:
+        super().__init__(max_failures, window_seconds, max_failures_per_address, max_backoff_seconds)
+        self._clock = clock
+        self._failures = 0
+
+    def _tx(self, *, write: bool, key: str = "") -> AbstractContextManager[_Tx]:
+        """A transaction; ``write`` ones are serialised (per ``key`` where the store can)."""
+        raise NotImplementedError
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("@P", self._PREFIX)
+
+    def retry_after(self, address: str, identity: str) -> int | None:
+        """Seconds until ``identity`` may try again from ``address``; None if it may now."""
+        now = self._clock()
+        with self._tx(write=False) as tx:
+            wait = 0.0
+            times = tx.rows(
+                self._sql("SELECT at FROM @Paddress_failures WHERE address = ? ORDER BY at DESC LIMIT ?"),
+                (address, self.max_failures_per_address),
+            )
+            if len(times) >= self.max_failures_per_address:
+                wait = times[-1][0] + self.window_seconds - now
+            row = tx.rows(self._sql("SELECT until FROM @Ppairs WHERE address = ? AND identity = ?"), (address, identity))
+            if row:
+                wait = max(wait, row[0][0] - now)
+        return math.ceil(wait) if wait > 0 else None
+
+    def failure(self, address: str, identity: str) -> None:
+        now = self._clock()
+        with self._tx(write=True, key=address) as tx:
+            row = tx.rows(
+                self._sql("SELECT failures, last, until FROM @Ppairs WHERE address = ? AND identity = ?"), (address, identity)
+            )
+            failures = 0
+            if row and now < max(row[0][2], row[0][1]) + self.window_seconds:
+                failures = row[0][0]  # not quiet yet: the count goes on
+            failures += 1
+            over = failures - self.max_failures
+            until = 0.0
+            if over >= 0:
+                until = now + min(self.max_backoff_seconds, self.window_seconds * 2.0 ** min(over, 32))
+            tx.run(
+                self._sql(
+                    "INSERT INTO @Ppairs (address, identity, failures, last, until) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (address, identity) DO UPDATE SET failures = excluded.failures, "
+                    "last = excluded.last, until = excluded.until"
+                ),
+                (address, identity, failures, now, until),
+            )
+            tx.run(self._sql("INSERT INTO @Paddress_failures (address, at) VALUES (?, ?)"), (address, now))
+            self._failures += 1
+            if self._failures % _PRUNE_EVERY == 0:
+                # Forget quiet pairs and address failures older than the window.
+                tx.run(
+                    self._sql(f"DELETE FROM @Ppairs WHERE {self._GREATEST}(until, last) + ? <= ?"),
+                    (self.window_seconds, now),
+                )
+                tx.run(self._sql("DELETE FROM @Paddress_failures WHERE at <= ?"), (now - self.window_seconds,))
+
+    def success(self, address: str, identity: str) -> None:
+        """``identity`` proved itself from ``address``: forget that pair, and only it."""
+        with self._tx(write=False) as tx:
+            known = tx.rows(self._sql("SELECT 1 FROM @Ppairs WHERE address = ? AND identity = ?"), (address, identity))
+        if known:  # most logins have no failures behind them: no write
+            with self._tx(write=True, key=address) as tx:
+                tx.run(self._sql("DELETE FROM @Ppairs WHERE address = ? AND identity = ?"), (address, identity))
+
+
+class _SQLiteTx:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        return list(self._db.execute(sql, params).fetchall())
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self._db.execute(sql, params).rowcount
+
+
+class SharedLoginLimiter(SqlLoginLimiter):
     """Thread- and process-safe; ``address`` is the client's address without the port."""
 
     def __init__(
@@ -46,10 +149,11 @@ class SharedLoginLimiter(Limits):
         clock: Callable[[], float] = time.time,
         busy_timeout_ms: int = 5000,
     ) -> None:
-        super().__init__(max_failures, window_seconds, max_failures_per_address, max_backoff_seconds)
-        self._clock = clock
+        super().__init__(
+            max_failures, window_seconds, max_failures_per_address=max_failures_per_address,
+            max_backoff_seconds=max_backoff_seconds, clock=clock,
+        )
         self._lock = threading.Lock()
-        self._failures = 0
         fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)  # -wal and -shm inherit the mode
         os.close(fd)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=busy_timeout_ms / 1000)
@@ -63,64 +167,16 @@ class SharedLoginLimiter(Limits):
         with self._lock:
             self._db.close()
 
-    def retry_after(self, address: str, identity: str) -> int | None:
-        """Seconds until ``identity`` may try again from ``address``; None if it may now."""
-        now = self._clock()
+    @contextmanager
+    def _tx(self, *, write: bool, key: str = "") -> Iterator[_Tx]:
         with self._lock:
-            wait = 0.0
-            times = self._db.execute(
-                "SELECT at FROM address_failures WHERE address = ? ORDER BY at DESC LIMIT ?",
-                (address, self.max_failures_per_address),
-            ).fetchall()
-            if len(times) >= self.max_failures_per_address:
-                wait = times[-1][0] + self.window_seconds - now
-            row = self._db.execute(
-                "SELECT until FROM pairs WHERE address = ? AND identity = ?", (address, identity)
-            ).fetchone()
-            if row is not None:
-                wait = max(wait, row[0] - now)
-        return math.ceil(wait) if wait > 0 else None
-
-    def failure(self, address: str, identity: str) -> None:
-        now = self._clock()
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
+            if not write:
+                yield _SQLiteTx(self._db)
+                return
+            self._db.execute("BEGIN IMMEDIATE")
             try:
-                row = db.execute(
-                    "SELECT failures, last, until FROM pairs WHERE address = ? AND identity = ?", (address, identity)
-                ).fetchone()
-                failures = 0
-                if row is not None and now < max(row[2], row[1]) + self.window_seconds:
-                    failures = row[0]  # not quiet yet: the count goes on
-                failures += 1
-                over = failures - self.max_failures
-                until = 0.0
-                if over >= 0:
-                    until = now + min(self.max_backoff_seconds, self.window_seconds * 2.0 ** min(over, 32))
-                db.execute(
-                    "INSERT OR REPLACE INTO pairs (address, identity, failures, last, until) VALUES (?, ?, ?, ?, ?)",
-                    (address, identity, failures, now, until),
-                )
-                db.execute("INSERT INTO address_failures (address, at) VALUES (?, ?)", (address, now))
-                self._failures += 1
-                if self._failures % _PRUNE_EVERY == 0:
-                    self._prune(now)
-                db.execute("COMMIT")
+                yield _SQLiteTx(self._db)
+                self._db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                self._db.execute("ROLLBACK")
                 raise
-
-    def _prune(self, now: float) -> None:
-        """Forget quiet pairs and address failures older than the window."""
-        self._db.execute("DELETE FROM pairs WHERE max(until, last) + ? <= ?", (self.window_seconds, now))
-        self._db.execute("DELETE FROM address_failures WHERE at <= ?", (now - self.window_seconds,))
-
-    def success(self, address: str, identity: str) -> None:
-        """``identity`` proved itself from ``address``: forget that pair, and only it."""
-        with self._lock:
-            known = self._db.execute(
-                "SELECT 1 FROM pairs WHERE address = ? AND identity = ?", (address, identity)
-            ).fetchone()
-            if known is not None:  # most logins have no failures behind them: no write
-                self._db.execute("DELETE FROM pairs WHERE address = ? AND identity = ?", (address, identity))

@@ -126,7 +126,118 @@ def _open_private_file(path: Path) -> None:
     os.chmod(path, 0o600)
 
 
-class TokenStore:
+class DuplicateTokenId(Exception):
+    """The drawn token id exists already (draw again)."""
+
+
+class TokenStoreBase:
+    """What a token store does, over four small storage operations (SQL with ``?``
+    placeholders) that the SQLite and PostgreSQL stores implement."""
+
+    _clock: Callable[[], float]
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> builtins.list[Sequence[Any]]:
+        raise NotImplementedError
+
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run a write; the number of rows it changed."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> TokenStoreBase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def create(
+        self,
+        identity: str,
+        groups: Sequence[str],
+        kind: Kind,
+        ttl_seconds: float | None,
+    ) -> tuple[str, TokenInfo]:
+        """Make a token; returns its plaintext (shown once, never stored) and its info."""
+        if not identity or "\x00" in identity:
+            raise ValueError("identity must be a non-empty string without NUL characters")
+        if isinstance(groups, str):
+            raise TypeError("groups must be a sequence of group names, not one string")
+        if any(not isinstance(g, str) or not g for g in groups):
+            raise ValueError("groups must be non-empty strings")
+        if kind not in get_args(Kind):
+            raise ValueError(f"kind must be one of {', '.join(get_args(Kind))}, got {kind!r}")
+        if ttl_seconds is not None and not ttl_seconds > 0:
+            raise ValueError(
+                "ttl_seconds must be positive (or None for a token that never expires)"
+            )
+        group_tuple = tuple(sorted(set(groups)))
+        secret = secrets.token_bytes(_SECRET_BYTES)
+        secret_text = base64.urlsafe_b64encode(secret).rstrip(b"=").decode("ascii")
+        now = self._clock()
+        expires_at = None if ttl_seconds is None else now + ttl_seconds
+        for attempt in range(5):
+            token_id = secrets.token_hex(_ID_BYTES)
+            inserted = self._run(
+                "INSERT INTO tokens (id, secret_hash, identity, groups_json, kind, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                (token_id, _hash_secret(secret), identity, json.dumps(group_tuple), kind, now, expires_at),
+            )
+            if inserted == 1:
+                break
+            if attempt == 4:
+                raise DuplicateTokenId(token_id)
+            # the id collided with an existing one: draw again
+        info = TokenInfo(token_id, identity, group_tuple, kind, now, expires_at, None, None)
+        return f"{TOKEN_PREFIX}{token_id}_{secret_text}", info
+
+    def get(self, token_id: str) -> TokenInfo | None:
+        rows = self._rows(f"SELECT {_COLUMNS} FROM tokens WHERE id = ?", (token_id,))
+        return _info(rows[0]) if rows else None
+
+    def list(self, include_revoked: bool = False) -> builtins.list[TokenInfo]:
+        """All tokens, oldest first; expired ones included, revoked ones only if asked."""
+        where = "" if include_revoked else " WHERE revoked_at IS NULL"
+        return [_info(r) for r in self._rows(f"SELECT {_COLUMNS} FROM tokens{where} ORDER BY created_at, id")]
+
+    def revoke(self, token_id: str) -> bool:
+        """Revoke a token; False if there is no such token or it was already revoked."""
+        changed = self._run(
+            "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (self._clock(), token_id)
+        )
+        return changed == 1
+
+    def verify(self, token: str) -> Identity | None:
+        """The identity a token proves, or None if it is malformed, unknown, expired or revoked."""
+        parsed = _parse_token(token)
+        if parsed is None:
+            return None
+        token_id, secret = parsed
+        presented = _hash_secret(secret)
+        rows = self._rows(f"SELECT secret_hash, {_COLUMNS} FROM tokens WHERE id = ?", (token_id,))
+        if not rows:
+            return None
+        row = rows[0]
+        if not hmac.compare_digest(presented, bytes(row[0])):
+            return None
+        info = _info(row[1:])
+        now = self._clock()
+        if not info.active(now):
+            return None
+        if info.last_used_at is None or now - info.last_used_at >= _LAST_USED_GRANULARITY:
+            self._run("UPDATE tokens SET last_used_at = ? WHERE id = ?", (now, token_id))
+        return Identity(
+            name=info.identity,
+            groups=frozenset(info.groups),
+            kind=info.kind,
+            token_id=info.id,
+            source="token",
+            expires_at=info.expires_at,
+        )
+
+
+class TokenStore(TokenStoreBase):
     """dbsentry tokens in ``<state_dir>/tokens.db``.
 
     Safe to share between threads (the shell may verify in an executor): one connection,
@@ -164,114 +275,13 @@ class TokenStore:
     def __enter__(self) -> TokenStore:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def create(
-        self,
-        identity: str,
-        groups: Sequence[str],
-        kind: Kind,
-        ttl_seconds: float | None,
-    ) -> tuple[str, TokenInfo]:
-        """Make a token; returns its plaintext (shown once, never stored) and its info."""
-        if not identity or "\x00" in identity:
-            raise ValueError("identity must be a non-empty string without NUL characters")
-        if isinstance(groups, str):
-            raise TypeError("groups must be a sequence of group names, not one string")
-        if any(not isinstance(g, str) or not g for g in groups):
-            raise ValueError("groups must be non-empty strings")
-        if kind not in get_args(Kind):
-            raise ValueError(f"kind must be one of {', '.join(get_args(Kind))}, got {kind!r}")
-        if ttl_seconds is not None and not ttl_seconds > 0:
-            raise ValueError(
-                "ttl_seconds must be positive (or None for a token that never expires)"
-            )
-        group_tuple = tuple(sorted(set(groups)))
-        secret = secrets.token_bytes(_SECRET_BYTES)
-        secret_text = base64.urlsafe_b64encode(secret).rstrip(b"=").decode("ascii")
-        now = self._clock()
-        expires_at = None if ttl_seconds is None else now + ttl_seconds
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> builtins.list[Sequence[Any]]:
         with self._lock:
-            for attempt in range(5):
-                token_id = secrets.token_hex(_ID_BYTES)
-                try:
-                    self._db.execute(
-                        "INSERT INTO tokens (id, secret_hash, identity, groups_json, kind, created_at, expires_at)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            token_id,
-                            _hash_secret(secret),
-                            identity,
-                            json.dumps(group_tuple),
-                            kind,
-                            now,
-                            expires_at,
-                        ),
-                    )
-                except sqlite3.IntegrityError:
-                    if attempt == 4:
-                        raise
-                    continue  # the id collided with an existing one: draw again
-                break
-        info = TokenInfo(token_id, identity, group_tuple, kind, now, expires_at, None, None)
-        return f"{TOKEN_PREFIX}{token_id}_{secret_text}", info
+            return list(self._db.execute(sql, params).fetchall())
 
-    def get(self, token_id: str) -> TokenInfo | None:
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> int:
         with self._lock:
-            row = self._db.execute(
-                f"SELECT {_COLUMNS} FROM tokens WHERE id = ?", (token_id,)
-            ).fetchone()
-        return None if row is None else _info(row)
-
-    def list(self, include_revoked: bool = False) -> builtins.list[TokenInfo]:
-        """All tokens, oldest first; expired ones included, revoked ones only if asked."""
-        where = "" if include_revoked else " WHERE revoked_at IS NULL"
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM tokens{where} ORDER BY created_at, id"
-            ).fetchall()
-        return [_info(r) for r in rows]
-
-    def revoke(self, token_id: str) -> bool:
-        """Revoke a token; False if there is no such token or it was already revoked."""
-        with self._lock:
-            cur = self._db.execute(
-                "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-                (self._clock(), token_id),
-            )
-        return cur.rowcount == 1
-
-    def verify(self, token: str) -> Identity | None:
-        """The identity a token proves, or None if it is malformed, unknown, expired or revoked."""
-        parsed = _parse_token(token)
-        if parsed is None:
-            return None
-        token_id, secret = parsed
-        presented = _hash_secret(secret)
-        with self._lock:
-            row = self._db.execute(
-                f"SELECT secret_hash, {_COLUMNS} FROM tokens WHERE id = ?", (token_id,)
-            ).fetchone()
-        if row is None:
-            return None
-        if not hmac.compare_digest(presented, bytes(row[0])):
-            return None
-        info = _info(row[1:])
-        now = self._clock()
-        if not info.active(now):
-            return None
-        if info.last_used_at is None or now - info.last_used_at >= _LAST_USED_GRANULARITY:
-            with self._lock:
-                self._db.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", (now, token_id))
-        return Identity(
-            name=info.identity,
-            groups=frozenset(info.groups),
-            kind=info.kind,
-            token_id=info.id,
-            source="token",
-            expires_at=info.expires_at,
-        )
+            return self._db.execute(sql, params).rowcount
 
 
 def _info(row: Any) -> TokenInfo:

@@ -58,7 +58,15 @@ from dbsentry.identity.ratelimit import login
 from dbsentry.policy.engine import Decision
 from dbsentry.server import tls
 from dbsentry.server.catalogs import CatalogError, CatalogLoader
-from dbsentry.server.workerproto import WorkerChannel, WorkerInfo, new_pid, pid_worker
+from dbsentry.server.internode import NodeLink
+from dbsentry.server.workerproto import (
+    WorkerChannel,
+    WorkerInfo,
+    new_node_pid,
+    new_pid,
+    pid_slot,
+    pid_worker,
+)
 from dbsentry.tasks import spawn
 
 log = logging.getLogger("dbsentry.proxy")
@@ -105,6 +113,9 @@ class ProxyServer:
         # workers (SO_REUSEPORT); cancels and DDL reach them over this worker's channel.
         self.worker = worker
         self.drained: asyncio.Event | None = None  # set when the last session ends (a drain)
+        # control_plane (several nodes): backend pids name the node too, and a cancel for
+        # another node's session goes there (server/internode.py); set by the runner.
+        self.node: NodeLink | None = None
         self.channel: WorkerChannel | None = (
             WorkerChannel(
                 worker,
@@ -161,7 +172,16 @@ class ProxyServer:
 
     def cancel(self, pid: int, secret: bytes, source: str) -> None:
         """A client's CancelRequest for ``pid``: cancel its statement here, or hand it to the
-        worker that holds the session."""
+        worker (or node) that holds the session."""
+        if self.node is not None and pid_slot(pid) != self.node.slot:
+            slot, owner = pid_slot(pid), pid_worker(pid)
+            address = self.node.address_of(slot, owner)
+            if address is None:
+                log.info("cancel request for no live node ignored", extra={"fields": {"slot": slot, "client": source}})
+                return
+            log.info("cancel request forwarded to another node", extra={"fields": {"slot": slot, "worker": owner, "client": source}})
+            spawn(self.node.channel.send_cancel(address, pid, secret, source), name="cancel-forward-node")
+            return
         if self.worker is not None and self.channel is not None and not self.worker.owns(pid):
             owner = pid_worker(pid)
             if owner < self.worker.count:
@@ -173,6 +193,14 @@ class ProxyServer:
             target.cancel_upstream()
         else:
             log.info("cancel request with an unknown key ignored", extra={"fields": {"client": source}})
+
+    def cancel_from_node(self, pid: int, secret: bytes, source: str) -> None:
+        """A CancelRequest another node forwarded: only for this node's sessions (a pid of
+        another slot is not passed on again, so no two nodes can bounce one)."""
+        if self.node is None or pid_slot(pid) != self.node.slot:
+            log.warning("cancel from another node for a session not of this node ignored", extra={"fields": {"client": source}})
+            return
+        self.cancel(pid, secret, source)
 
     async def _cancel_message(self, body: dict[str, Any]) -> None:
         pid, secret = body.get("pid"), body.get("secret")
@@ -230,6 +258,9 @@ class ProxyServer:
                 spawn(self.channel.broadcast("catalog", connection=connection), name="catalog-broadcast")
 
     def new_backend_key(self) -> tuple[int, bytes]:
+        if self.node is not None:  # the pid names this node and worker (workerproto)
+            index = self.worker.index if self.worker is not None else 0
+            return new_node_pid(self.node.slot, index, self.sessions), secrets.token_bytes(4)
         if self.worker is not None:  # the pid names this worker, for cancels (workerproto)
             return new_pid(self.worker.index, self.sessions), secrets.token_bytes(4)
         while True:
@@ -617,7 +648,8 @@ class ClientConnection(asyncio.Protocol):
                     return None
         except (ApprovalStoreError, OSError) as err:
             log.error("approvals unavailable", extra={"fields": {"error": str(err)}})
-            entry.refusal = ("58000", "dbsentry: approvals are unavailable, so the statement was not run")
+            where = " (the control plane cannot be reached)" if self.proxy.config.control_plane is not None else ""
+            entry.refusal = ("58000", f"dbsentry: approvals are unavailable{where}, so the statement was not run")
             return None
         return approvals_by_record([a.records for a in asks], [r.id for r in used])
 

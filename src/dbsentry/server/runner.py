@@ -23,16 +23,20 @@ from dbsentry.audit.log import node_id
 from dbsentry.audit.logwriter import LogFile
 from dbsentry.audit.redaction import redactor_from_config
 from dbsentry.config import Config, ConfigError, LoadedConfig, check_environments
+from dbsentry.controlplane import ControlPlane
+from dbsentry.controlplane.registry import NodeAgent
 from dbsentry.engines.postgres.masking.literals import POSTGRES_LITERALS
 from dbsentry.engines.postgres.session.governance import Governor
 from dbsentry.engines.postgres.session.masking import MaskingService, load_or_create_key
 from dbsentry.identity import Authenticator
+from dbsentry.identity.ratelimit import ControlPlaneUnavailable
 from dbsentry.masking.catalog import SourceColumn
 from dbsentry.masking.classes import Classification
 from dbsentry.masking.derived import DerivedClassFile
 from dbsentry.policy import PolicyError
 from dbsentry.policy.loader import declared_environments
 from dbsentry.server.catalogs import CatalogLoader
+from dbsentry.server.internode import NodeChannel, NodeLink
 from dbsentry.server.mysql_proxy import start_mysql_listener
 from dbsentry.server.proxy import ProxyServer
 from dbsentry.server.roles import log_production_roles
@@ -152,6 +156,47 @@ def _unset(_: object) -> None:
     raise AssertionError("set by AuditLog")
 
 
+def _node_rows(agent: NodeAgent) -> Callable[[], list[dict[str, Any]]]:
+    def rows() -> list[dict[str, Any]]:
+        return [
+            {"node": n.node, "worker": n.worker, "slot": n.slot, "address": n.address, "pid": n.pid,
+             "started_at": n.started_at, "heartbeat_age_seconds": round(n.age, 3), "this_node": n.node == agent.node}
+            for n in agent.live_nodes()
+        ]
+
+    return rows
+
+
+async def _join_control_plane(
+    config: Config, proxy: ProxyServer, approvals: Approvals | None, worker: WorkerInfo | None
+) -> NodeAgent | None:
+    """With ``control_plane``: listen for the other nodes, register this worker, and follow
+    the control plane's changes (docs/deployment.md, "Several nodes").  Exits when the
+    control plane cannot be reached at start."""
+    if config.control_plane is None:
+        return None
+    cp = config.control_plane
+    loop = asyncio.get_running_loop()
+    index = worker.index if worker is not None else 0
+    try:
+        plane = ControlPlane(cp)
+        await loop.run_in_executor(None, plane.migrate)
+        key = await loop.run_in_executor(None, plane.secret)
+        host, port = cp.listen_addr
+        channel = NodeChannel(key, host, port + index if port else 0, proxy.cancel_from_node)
+        bound_host, bound_port = await channel.start()
+        agent = NodeAgent(plane, node_id(config.audit.node, config.state_dir), index, f"{cp.advertise_host or bound_host}:{bound_port}")
+        slot = await loop.run_in_executor(None, agent.register)
+    except (ControlPlaneUnavailable, ConfigError, ApprovalStoreError, OSError) as err:
+        log.error("cannot join the control plane; not starting", extra={"fields": {"reason": str(err)}})
+        sys.exit(2)
+    proxy.node = NodeLink(slot, channel, agent.address_of)
+    if approvals is not None:
+        agent.on("approvals", approvals.changed)
+    agent.start()
+    return agent
+
+
 async def run_server(
     loaded: LoadedConfig,
     *,
@@ -202,7 +247,7 @@ async def run_server(
     approvals: Approvals | None = None
     if writer is not None:
         try:
-            store = open_approval_store(config.audit, config.state_dir)
+            store = open_approval_store(config.audit, config.state_dir, config.control_plane)
         except ApprovalStoreError as err:
             log.error("cannot open the approvals store; not starting", extra={"fields": {"reason": str(err)}})
             sys.exit(2)
@@ -212,16 +257,18 @@ async def run_server(
             acfg = acfg.model_copy(update={"console_url": f"http://{config.listen.http}"})
         approvals = Approvals(acfg, store, notifier=Notifier(acfg), audit=writer.append_nowait)
         approvals.start()
-    if worker is not None:
+    if worker is not None or config.control_plane is not None:
         from dbsentry.server.workers import shared_authenticator
 
-        authenticator = shared_authenticator(config)  # failed logins counted across the workers
+        # failed logins counted across the workers (and the nodes, with a control plane)
+        authenticator = shared_authenticator(config)
     else:
         authenticator = Authenticator(config)
     proxy = ProxyServer(
         config, authenticator, governor, writer, catalogs, approvals, auth_needs_io=authenticator.needs_io, worker=worker
     )
     proxies.append(proxy)
+    agent = await _join_control_plane(config, proxy, approvals, worker)
     await proxy.start()
     # listen.mysql (docs/mysql.md); None when not set. With workers only worker 0 serves it
     # (as HTTP): its KILL routing finds sessions by the ids its one process gave out.
@@ -273,6 +320,8 @@ async def run_server(
                 if catalogs is not None
                 else None
             ),
+            nodes=_node_rows(agent) if agent is not None else None,
+            control_plane_up=(lambda: agent.up) if agent is not None else None,
         )
         if config.mcp.http and governor is not None:
             ctx.mcp = _mcp_endpoint(config, authenticator, governor, approvals, catalogs, writer)
@@ -331,6 +380,10 @@ async def run_server(
         await proxy.close(config.limits.drain_seconds if worker is not None else 0.0)
         if mysql is not None:
             await mysql.close()
+        if agent is not None:
+            await asyncio.get_running_loop().run_in_executor(None, agent.close)
+        if proxy.node is not None:
+            await proxy.node.channel.close()
         if approvals is not None:
             approvals.close()
         if writer is not None:

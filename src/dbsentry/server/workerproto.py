@@ -61,6 +61,36 @@ def worker_pid(worker: int, rand: int) -> int:
     return (rand << WORKER_BITS) | worker
 
 
+#: With a control plane (several nodes) the next bits name the node's slot (controlplane.registry).
+NODE_BITS = 8
+MAX_NODES = 1 << NODE_BITS
+_NODE_RANDOM_LIMIT = (2**31 - 1) >> (WORKER_BITS + NODE_BITS)
+
+
+def node_worker_pid(slot: int, worker: int, rand: int) -> int:
+    """A backend pid for a client of ``worker`` of the node in ``slot``: ``rand`` (1 ..
+    2**17-1) above the slot, above the worker; the secret key's 32 random bits stay the
+    guard against guessing."""
+    if not 0 <= slot < MAX_NODES:
+        raise ValueError(f"node slot {slot} out of range 0..{MAX_NODES - 1}")
+    if not 1 <= rand <= _NODE_RANDOM_LIMIT:
+        raise ValueError("rand out of range")
+    return worker_pid(worker, (rand << NODE_BITS) | slot)
+
+
+def pid_slot(pid: int) -> int:
+    """The node slot a backend pid made by :func:`node_worker_pid` belongs to."""
+    return (pid >> WORKER_BITS) & (MAX_NODES - 1)
+
+
+def new_node_pid(slot: int, worker: int, taken: Mapping[int, object]) -> int:
+    """A fresh backend pid of ``worker`` of the node in ``slot``, not in ``taken``."""
+    while True:
+        pid = node_worker_pid(slot, worker, secrets.randbelow(_NODE_RANDOM_LIMIT) + 1)
+        if pid not in taken:
+            return pid
+
+
 def pid_worker(pid: int) -> int:
     """The worker a backend pid made by :func:`worker_pid` belongs to."""
     return pid & (MAX_WORKERS - 1)
@@ -124,7 +154,7 @@ class WorkerInfo:
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
-async def _read_frame(reader: asyncio.StreamReader) -> bytes | None:
+async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
     try:
         head = await reader.readexactly(_LEN.size)
         (size,) = _LEN.unpack(head)
@@ -159,7 +189,7 @@ class WorkerChannel:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            frame = await asyncio.wait_for(_read_frame(reader), ASK_TIMEOUT_SECONDS * 5)
+            frame = await asyncio.wait_for(read_frame(reader), ASK_TIMEOUT_SECONDS * 5)
             body = unseal(self.info.key, frame) if frame is not None else None
             if body is None:
                 log.warning("forged or stale message between workers ignored", extra={"fields": {"worker": self.info.index}})

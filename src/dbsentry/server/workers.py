@@ -123,8 +123,13 @@ def prepare(config: Config) -> None:
 
     check_listen_free(config)
     ensure_certificate(config)
-    TokenStore(config.state_dir).close()
-    SharedLoginLimiter(config.state_dir / "logins.db").close()
+    if config.control_plane is not None:
+        from dbsentry.controlplane import ControlPlane
+
+        ControlPlane(config.control_plane).migrate()  # ControlPlaneUnavailable: not starting
+    else:
+        TokenStore(config.state_dir).close()
+        SharedLoginLimiter(config.state_dir / "logins.db").close()
     if config.passthrough:
         return
     from dbsentry.audit import Signer, open_store
@@ -141,7 +146,7 @@ def prepare(config: Config) -> None:
     open_store(acfg, config.state_dir).close()
     from dbsentry.approvals import open_approval_store
 
-    open_approval_store(acfg, config.state_dir).close()
+    open_approval_store(acfg, config.state_dir, config.control_plane).close()
     Signer.from_path(acfg.signing_key_path(config.state_dir))
     load_or_create_redaction_key(acfg.redaction_key_path(config.state_dir))
     load_or_create_key(config.masking.hash_key_file or config.state_dir / "masking.key")
@@ -397,7 +402,9 @@ def _process_dead(pid: int) -> None:
 
 def serve_workers(loaded: LoadedConfig, count: int) -> int:
     """Run ``count`` workers until SIGTERM; the exit status."""
+    from dbsentry.approvals import ApprovalStoreError
     from dbsentry.config import ConfigError
+    from dbsentry.identity.ratelimit import ControlPlaneUnavailable
     from dbsentry.policy import PolicyError
 
     # /metrics sums the workers' metric files (prometheus_client's multiprocess mode), which
@@ -421,25 +428,18 @@ def serve_workers(loaded: LoadedConfig, count: int) -> int:
         os.execv(sys.executable, [sys.executable, "-m", "dbsentry", *sys.argv[1:]])
     try:
         return Supervisor(loaded, count).run()
-    except (OSError, ValueError, ConfigError, PolicyError) as err:
+    except (OSError, ValueError, ConfigError, PolicyError, ControlPlaneUnavailable, ApprovalStoreError) as err:
         log.error("cannot start the workers", extra={"fields": {"reason": str(err)}})
         return 2
 
 
 def shared_authenticator(config: Config) -> Any:
-    """An Authenticator whose failed-login limiter is shared by the node's workers."""
+    """An Authenticator whose failed-login limiter is shared by the node's workers (by
+    every node, with a control plane)."""
+    from dbsentry.controlplane import login_limiter, token_store
     from dbsentry.identity import Authenticator
-    from dbsentry.identity.shared_limit import SharedLoginLimiter
 
-    ident = config.identity
-    limiter = SharedLoginLimiter(
-        config.state_dir / "logins.db",
-        ident.max_failures,
-        ident.failure_window_seconds,
-        max_failures_per_address=ident.max_failures_per_address,
-        max_backoff_seconds=ident.max_backoff_seconds,
-    )
-    return Authenticator(config, limiter=limiter)
+    return Authenticator(config, tokens=token_store(config), limiter=login_limiter(config, config.state_dir / "logins.db"))
 
 
 def sessions_everywhere(proxy: Any) -> list[dict[str, Any]]:

@@ -177,6 +177,8 @@ def create_app(ctx: WebContext) -> FastAPI:
             checks["listener"] = bool(ctx.listener_up())
         if ctx.mysql_listener_up is not None:
             checks["listener:mysql"] = bool(ctx.mysql_listener_up())
+        if ctx.control_plane_up is not None:
+            checks["control_plane"] = bool(ctx.control_plane_up())
         failing += [name for name, ok in checks.items() if not ok]
         body: dict[str, Any] = {"checks": checks}
         if ctx.upstreams is not None:

@@ -58,6 +58,9 @@ class WebContext:
     mysql_listener_up: Callable[[], bool] | None = None
     upstreams: Callable[[], Mapping[str, UpstreamState]] | None = None
     classification: Callable[[], Mapping[str, Any]] | None = None
+    # with control_plane: the live nodes' workers (rows), and whether it is reachable
+    nodes: Callable[[], list[dict[str, Any]]] | None = None
+    control_plane_up: Callable[[], bool] | None = None
     public_keys: Callable[[], Sequence[Ed25519PublicKey]] | None = None
     # brings the index up to date with the logs before a read (the proxy passes one)
     index_catch_up: Callable[[AuditStore], None] | None = None

@@ -68,6 +68,14 @@ def add_routes(r: APIRouter, svc: WebServices) -> None:
         audit(request, who, "sessions.list", identity=identity)
         return {"live": live, "recent": recent[:limit]}
 
+    @r.get("/nodes", tags=["sessions"], summary="The live nodes and workers of the control plane")
+    def nodes(request: Request, who: AnyRole) -> dict[str, Any]:
+        """Every live worker of every node sharing this node's control plane (a node not
+        heard of for ``control_plane.node_ttl_seconds`` is left out); empty without one."""
+        found = svc.ctx.nodes() if svc.ctx.nodes is not None else []
+        audit(request, who, "nodes.list")
+        return {"nodes": found}
+
     def find_session(session_id: str) -> dict[str, Any] | None:
         for row in live_rows(svc):
             if row["session_id"] == session_id:

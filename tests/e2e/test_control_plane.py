@@ -1,0 +1,454 @@
+"""Several nodes on one control plane (``control_plane: {postgres: ...}``), on loopback.
+
+Two ``dbsentry serve`` processes (node A with one worker, node B with two), each with its
+own ports and state directory, share a control-plane database made for this module (and
+dropped after).  The control plane is reached through a TCP relay that the last test cuts
+and restores.  The approvals poll is set to 30 s, so what reaches the other node within a
+second came by LISTEN/NOTIFY (or a direct read), not by polling.
+
+Clients reach the nodes through a second relay as through a load balancer: the test chooses
+which node it forwards new connections to, so a cancel (a new connection) lands on the
+other node than the session it names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import re
+import socket
+import struct
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+
+from support.pg import PgServer, free_port
+from support.proxy import RunningProxy, dbsentry_cli, run_proxy, write_config
+
+APR = re.compile(r"\bapr_[0-9abcdefghjkmnpqrstvwxyz]{10}\b")
+ALICE = ("alice@example.com", ("eng",))
+BOB_DBA = ("bob@example.com", ("dba",))
+CAROL = ("carol@example.com", ("eng",))
+POLICY = (
+    "version: 1\n"
+    "rules:\n"
+    "  - name: cp-updates-need-dba\n"
+    "    match: {commands: [UPDATE], tables: [cp_acct_*], environments: [production]}\n"
+    "    action: require_approval\n"
+    "    approvers: [dba]\n"
+    "    message: account updates need a DBA\n"
+)
+
+
+HTTP = [f"127.0.0.1:{free_port()}"]
+
+
+def _http(path: str, token: str | None = None) -> tuple[int, Any]:
+    req = urllib.request.Request(f"http://{HTTP[0]}{path}", headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+class Relay:
+    """A TCP relay on a port of its own to ``target`` (changeable); ``cut`` closes the
+    listener and every relayed connection, ``restore`` listens again on the same port."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = free_port()
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        sock.listen(64)
+        self._listener = sock
+        threading.Thread(target=self._accept, args=(sock,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for s in conns:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+
+@pytest.fixture(scope="module")
+def control_db(pg_server: PgServer) -> Iterator[str]:
+    name = f"dbs_cp_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server.dsn(dbname="postgres"), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield name
+    finally:
+        with psycopg.connect(pg_server.dsn(dbname="postgres"), autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="module")
+def relay(pg_server: PgServer) -> Iterator[Relay]:
+    r = Relay((pg_server.host, pg_server.port))
+    yield r
+    r.cut()
+
+
+@pytest.fixture(scope="module")
+def nodes(
+    pg_server: PgServer, control_db: str, relay: Relay, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[RunningProxy, RunningProxy]]:
+    base = tmp_path_factory.mktemp("cp")
+    (base / "policy.yaml").write_text(POLICY)
+    with contextlib.ExitStack() as stack:
+        running = []
+        for name, workers in (("a", 1), ("b", 2)):
+            path = _node_config(base, name, workers, pg_server, control_db, relay)
+            if name == "a":  # node A serves the console and API
+                data = yaml.safe_load(path.read_text())
+                data["listen"]["http"] = HTTP[0]
+                path.write_text(yaml.safe_dump(data))
+            running.append(stack.enter_context(_start(path, workers)))
+        yield running[0], running[1]
+
+
+def _node_config(base: Path, name: str, workers: int, pg_server: PgServer, control_db: str, relay: Relay) -> Path:
+    directory = base / name
+    directory.mkdir()
+    extra = {
+        "policy": str(base / "policy.yaml"),
+        "workers": workers,
+        "control_plane": {
+            "postgres": {"dsn": pg_server.dsn(host="127.0.0.1", port=relay.port, dbname=control_db)},
+            "heartbeat_seconds": 0.5,
+            "node_ttl_seconds": 3,
+        },
+        "approvals": {"poll_interval_seconds": 30, "access": {"approvers": ["dba"]}},
+    }
+    return write_config(directory, pg_server, extra=extra)
+
+
+@contextlib.contextmanager
+def _start(path: Path, workers: int) -> Iterator[RunningProxy]:
+    with run_proxy(path) as proxy:
+        _wait(lambda: proxy.log_text().count("dbsentry ready") >= workers, f"{path.parent.name} ready")
+        yield proxy
+
+
+def _wait(check: Any, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _token(node: RunningProxy, who: tuple[str, tuple[str, ...]]) -> str:
+    return node.token(who[0], who[1])
+
+
+def _connect(node: RunningProxy, who: tuple[str, tuple[str, ...]], token: str, **kw: Any) -> psycopg.Connection[Any]:
+    return psycopg.connect(node.dsn(who[0], token=token, **kw), autocommit=True)
+
+
+def _within_a_second(check: Any) -> float:
+    """How long until ``check()`` holds (it must within a second)."""
+    start = time.monotonic()
+    while True:
+        try:
+            if check():
+                return time.monotonic() - start
+        except psycopg.Error:
+            pass
+        if time.monotonic() - start > 1.0:
+            raise AssertionError("not within a second")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def acct(pg_server: PgServer) -> Iterator[str]:
+    name = f"cp_acct_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as direct:
+        direct.execute(f"create table {name} (id int primary key, balance int)")
+        direct.execute(f"insert into {name} values (1, 100)")
+        yield name
+        direct.execute(f"drop table if exists {name}")
+
+
+def _balance(pg_server: PgServer, table: str) -> int:
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as direct:
+        row = direct.execute(f"select balance from {table} where id = 1").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _approve(node: RunningProxy, rid: str) -> None:
+    done = dbsentry_cli("approvals", "approve", rid, "--token", _token(node, BOB_DBA), "--reason", "ok", config=node.config_path, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_nodes_register_and_the_console_lists_them(nodes: tuple[RunningProxy, RunningProxy]) -> None:
+    a, _ = nodes
+    status, body = _http("/api/v1/nodes", a.token("auditor@example.com", ("security",)))
+    assert status == 200, body
+    rows = body["nodes"]
+    assert len(rows) == 3, rows  # node A's worker and node B's two
+    slots = {r["node"]: r["slot"] for r in rows}
+    assert len(slots) == 2 and len(set(slots.values())) == 2  # one slot per node, shared by its workers
+    assert len({r["address"] for r in rows}) == 3
+    assert all(r["heartbeat_age_seconds"] < 3 for r in rows)
+    status, ready = _http("/readyz")
+    assert status == 200 and ready["checks"]["control_plane"] is True
+
+
+def test_a_killed_node_leaves_the_list_within_seconds(
+    nodes: tuple[RunningProxy, RunningProxy], pg_server: PgServer, control_db: str, relay: Relay,
+    tmp_path: Path,
+) -> None:
+    a, _ = nodes
+    auditor = a.token("auditor@example.com", ("security",))
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    with _start(_node_config(tmp_path, "c", 1, pg_server, control_db, relay), 1) as c:
+        # node A reads the registry at each of its heartbeats
+        _wait(lambda: len(_http("/api/v1/nodes", auditor)[1]["nodes"]) == 4, "node C listed", timeout=5)
+        c.process.kill()  # kill -9: no goodbye
+        c.process.wait()
+        killed = time.monotonic()
+        _wait(lambda: len(_http("/api/v1/nodes", auditor)[1]["nodes"]) == 3, "the dead node to expire", timeout=10)
+        assert time.monotonic() - killed < 3 + 1.5  # node_ttl_seconds, and a heartbeat of A's
+
+
+def test_token_revoked_through_one_node_is_refused_at_the_other(nodes: tuple[RunningProxy, RunningProxy]) -> None:
+    a, b = nodes
+    token = a.token("revoked@example.com", ("eng",), ttl="2h")  # made through node A's CLI
+    with _connect(b, ("revoked@example.com", ()), token) as conn:  # valid on node B
+        assert conn.execute("select 1").fetchone() == (1,)
+    token_id = token.split("_")[1]
+    listed = dbsentry_cli("token", "list", "--json", config=b.config_path).stdout
+    assert token_id in listed  # B's CLI lists A's token: one store
+    dbsentry_cli("token", "revoke", token_id, config=a.config_path)
+
+    def refused() -> bool:
+        try:
+            _connect(b, ("revoked@example.com", ()), token).close()
+        except psycopg.OperationalError as err:
+            assert "password authentication failed" in str(err)
+            return True
+        return False
+
+    _within_a_second(refused)
+
+
+def test_failed_logins_count_over_every_node(nodes: tuple[RunningProxy, RunningProxy]) -> None:
+    a, b = nodes
+    who = (f"guesser-{uuid.uuid4().hex[:6]}@example.com", ("eng",))
+    good = a.token(who[0], who[1])
+    bad = good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB")
+    for node in (a, b, a, b, a):  # identity.max_failures (5), spread over both nodes
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            _connect(node, who, bad).close()
+    with pytest.raises(psycopg.OperationalError, match="too many failed logins"):
+        _connect(b, who, good).close()  # even the right token, unchecked
+
+
+def test_approval_granted_through_b_is_usable_on_a_fail_mode(
+    nodes: tuple[RunningProxy, RunningProxy], acct: str, pg_server: PgServer
+) -> None:
+    a, b = nodes
+    sql = f"update {acct} set balance = balance + 1 where id = 1"
+    with _connect(a, ALICE, _token(a, ALICE)) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as refused:
+            conn.execute(sql)
+        (rid,) = set(APR.findall(str(refused.value)))
+        _approve(b, rid)  # through node B
+        _within_a_second(lambda: conn.execute(sql) is not None)
+    assert _balance(pg_server, acct) == 101
+
+
+def test_wait_mode_statement_on_a_runs_when_approved_through_b(
+    nodes: tuple[RunningProxy, RunningProxy], acct: str, pg_server: PgServer
+) -> None:
+    a, b = nodes
+    sql = f"update {acct} set balance = balance + 10 where id = 1"
+    notices: list[str] = []
+    done: dict[str, float] = {}
+    with _connect(a, ALICE, _token(a, ALICE), options="-c dbsentry.approval=wait") as conn:
+        conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+
+        def run() -> None:
+            conn.execute(sql)
+            done["at"] = time.monotonic()
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        _wait(lambda: any(APR.search(n) for n in notices), "the wait notice")
+        (rid,) = {m for n in notices for m in APR.findall(n)}
+        _approve(b, rid)
+        approved = time.monotonic()
+        worker.join(10)
+        assert "at" in done, "the statement did not run"
+        # the approvals poll is 30 s: only the notification can wake node A this soon
+        assert done["at"] - approved < 1.0
+    assert _balance(pg_server, acct) == 110
+
+
+def test_jit_grant_through_b_is_visible_on_a(nodes: tuple[RunningProxy, RunningProxy]) -> None:
+    a, b = nodes
+    carol = _token(a, CAROL)
+    with pytest.raises(psycopg.OperationalError):
+        _connect(a, CAROL, carol, dbname="restricted").close()
+    asked = dbsentry_cli(
+        "access", "request", "--token", carol, "--connection", "restricted", "--for", "10m", "--reason", "incident",
+        config=a.config_path, check=False,
+    )  # fmt: skip
+    assert asked.returncode == 0, asked.stderr
+    rid = asked.stdout.strip()
+    _approve(b, rid)
+
+    def usable() -> bool:
+        with _connect(a, CAROL, carol, dbname="restricted") as conn:
+            return conn.execute("select 1").fetchone() == (1,)
+
+    _within_a_second(usable)
+
+
+def test_cancel_sent_to_b_cancels_a_statement_on_a(nodes: tuple[RunningProxy, RunningProxy], pg_server: PgServer) -> None:
+    a, b = nodes
+    lb = Relay((a.host, a.port))  # a load balancer: this session goes to node A
+    try:
+        token = _token(a, ALICE)
+        dsn = psycopg.conninfo.make_conninfo(a.dsn(ALICE[0], token=token), host="127.0.0.1", port=lb.port)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            lb.target = (b.host, b.port)  # the cancel's new connection lands on node B
+            forwarded = b.log_text().count("cancel request forwarded to another node")
+            # cancel_safe waits without holding the GIL (the relay is a thread of this process)
+            timer = threading.Timer(0.5, conn.cancel_safe, kwargs={"timeout": 5})
+            timer.start()
+            start = time.monotonic()
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                conn.execute("select pg_sleep(30)")
+            assert time.monotonic() - start < 1.5  # sent at 0.5 s, done within a second
+            timer.join()
+            assert b.log_text().count("cancel request forwarded to another node") > forwarded
+            assert conn.execute("select 1").fetchone() == (1,)
+    finally:
+        lb.cut()
+
+
+def test_forged_cancel_between_nodes_is_ignored_and_logged(nodes: tuple[RunningProxy, RunningProxy]) -> None:
+    a, _ = nodes
+    listed = _http("/api/v1/nodes", a.token("auditor@example.com", ("security",)))[1]["nodes"]
+    rows = [(n["address"],) for n in listed]  # every live worker of both nodes
+    with _connect(a, ALICE, _token(a, ALICE)) as conn:
+        pid = conn.info.backend_pid
+        payload = json.dumps({"op": "cancel", "pid": pid, "secret": "00000000", "ts": time.time()}).encode()
+        frame = hmac.new(b"not the cluster secret", payload, hashlib.sha256).digest() + payload
+
+        def forge() -> None:
+            time.sleep(0.3)
+            for (address,) in rows:
+                host, _, port = address.rpartition(":")
+                with socket.create_connection((host, int(port)), timeout=2) as s:
+                    s.sendall(struct.pack(">I", len(frame)) + frame)
+
+        forger = threading.Thread(target=forge)
+        forger.start()
+        start = time.monotonic()
+        conn.execute("select pg_sleep(1.5)")  # runs to its end, uncancelled
+        forger.join()
+        assert time.monotonic() - start >= 1.5
+    _wait(lambda: "forged or stale message from another node ignored" in a.log_text(), "the forged cancel logged")
+
+
+def test_control_plane_down_fails_closed_and_recovers(
+    nodes: tuple[RunningProxy, RunningProxy], relay: Relay, acct: str, pg_server: PgServer
+) -> None:
+    a, _ = nodes
+    token = _token(a, ALICE)
+    held = _connect(a, ALICE, token)
+    try:
+        assert held.execute("select 1").fetchone() == (1,)
+        relay.cut()
+        try:
+            # a session that needs nothing new goes on
+            assert held.execute("select 2").fetchone() == (2,)
+            # a statement that needs an approval fails closed
+            with pytest.raises(psycopg.Error) as failed:
+                held.execute(f"update {acct} set balance = 0 where id = 1")
+            assert failed.value.sqlstate == "58000"
+            assert "control plane" in str(failed.value)
+            # a login fails closed, saying why
+            with pytest.raises(psycopg.OperationalError) as refused:
+                _connect(a, ALICE, token).close()
+            assert "dbsentry: the control plane is unavailable" in str(refused.value)
+            _wait(lambda: _http("/readyz")[0] == 503, "readyz to say the control plane is down", timeout=5)
+            assert _http("/readyz")[1]["checks"]["control_plane"] is False
+        finally:
+            relay.restore()
+        _wait(lambda: _logs_in(a, token), "logins after the control plane is back", timeout=15)
+        assert held.execute("select 3").fetchone() == (3,)
+        _wait(lambda: "control plane reachable again" in a.log_text(), "the listener back", timeout=15)
+        assert _http("/readyz")[0] == 200
+    finally:
+        held.close()
+    assert _balance(pg_server, acct) == 100
+
+
+def _logs_in(node: RunningProxy, token: str) -> bool:
+    try:
+        _connect(node, ALICE, token).close()
+    except psycopg.OperationalError:
+        return False
+    return True
