@@ -12,6 +12,7 @@ whole segment is admitted.
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +21,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dbsentry.audit.config import AuditConfig
+from dbsentry.audit.records import CompletionRecord, StatementRecord
 from dbsentry.config import parse_config
 from dbsentry.engines.postgres.session import commands as c
-from dbsentry.engines.postgres.session.events import ClientData, HeldRefused, PasswordVerified
+from dbsentry.engines.postgres.session.events import (
+    ClientClosed,
+    ClientData,
+    HeldRefused,
+    PasswordVerified,
+)
 from dbsentry.engines.postgres.session.governance import Governor
 from dbsentry.engines.postgres.session.pg import ClientInfo, Session
 from dbsentry.engines.postgres.session.upstream import UpstreamReady
@@ -30,6 +37,7 @@ from dbsentry.engines.postgres.wire import codec
 from dbsentry.engines.postgres.wire import messages as m
 from dbsentry.identity.model import Identity
 from dbsentry.policy import parse_policy
+from support.playbook import frames
 
 POLICY = """
 rules:
@@ -157,6 +165,14 @@ def test_in_one_piece_the_segment_is_one_gate() -> None:
     admitted = ONE_PIECE[frozenset({FIRST, SECOND})]
     assert admitted.used == [FIRST, SECOND] and admitted.gates == [((FIRST, SECOND), None)]
     assert b"".join(admitted.sent) == PIPELINE  # forwarded as sent, once
+    refused_executes = [body for t, body in upstream(refused) if t == "E"]
+    assert all(body.startswith(b"<refused>") for body in refused_executes)  # none runs
+
+
+def upstream(shell: Shell) -> list[tuple[str, bytes]]:
+    """What reached the upstream, frame by frame; a refused statement's marker (named
+    after a random prefix and a counter) as the same word."""
+    return [(t, re.sub(rb"dbsentry refused statement [0-9a-f]+-[0-9]+", b"<refused>", body)) for t, body in frames(b"".join(shell.sent))]
 
 
 def assert_same_outcome(pieces: list[bytes]) -> None:
@@ -164,8 +180,13 @@ def assert_same_outcome(pieces: list[bytes]) -> None:
         got = admit(pieces, set(approved))
         assert got.gates == whole.gates, pieces
         assert got.used == whole.used, pieces
-        if approved == {FIRST, SECOND}:
-            assert b"".join(got.sent) == PIPELINE
+        # The same frames reach the upstream, each once, and the Executes that need approval
+        # the same way: as sent when admitted, as markers that fail when refused.  (The
+        # SELECT before them may run when it arrived apart: it needs no approval, and the
+        # refusal after it rolls its implicit transaction back.)
+        sent, expected = upstream(got), upstream(whole)
+        assert [t for t, _ in sent] == [t for t, _ in expected], pieces
+        assert [b for t, b in sent if t == "E"][1:] == [b for t, b in expected if t == "E"][1:], pieces
 
 
 @pytest.mark.parametrize("at", range(1, len(PIPELINE)))
@@ -218,3 +239,19 @@ def test_what_is_held_is_bounded() -> None:
     assert b"54000" in fatal.data and b"Sync" in fatal.data
     assert any(isinstance(cmd, c.CloseClient) for cmd in got)
     assert shell.used == [] and not any(isinstance(cmd, c.AuditGate) for cmd in got)
+
+
+@pytest.mark.parametrize("goodbye", ["terminate", "close"])
+def test_a_segment_the_client_leaves_unfinished_never_runs(goodbye: str) -> None:
+    """Terminate or a closed socket before the Sync: what was held is not forwarded, no
+    approval is used, and the audit trail records the held statement as not executed."""
+    shell = Shell(ready_session(), {FIRST})
+    shell.feed(statement(FIRST))
+    got = shell.session.handle(ClientData(codec.TERMINATE) if goodbye == "terminate" else ClientClosed())
+    records = [cmd.record for cmd in got if isinstance(cmd, c.Audit)]
+    (statement_record,) = [r for r in records if isinstance(r, StatementRecord)]
+    assert statement_record.statement == FIRST
+    (completion,) = [r for r in records if isinstance(r, CompletionRecord) and r.statement_id == statement_record.id]
+    assert completion.error is not None and "not executed" in completion.error and "Sync" in completion.error
+    assert shell.used == [] and shell.gates == []
+    assert not any(isinstance(cmd, c.SendUpstream | c.AuditGate) for cmd in got)

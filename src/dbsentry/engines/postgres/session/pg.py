@@ -1453,6 +1453,7 @@ class Session:
             elif t == m.Q_TERMINATE:
                 chunk.cut(start - 5)
                 terminate = True
+                sent = spans[:i]
                 break
             if refuse is not None:
                 self._refuse_frame(chunk, t, start, end, refuse, refuse_state)
@@ -1494,9 +1495,10 @@ class Session:
                 sent = spans[: i + 1]
                 break
         frames = (buf, sent)
-        if hold is not None and (terminate or self._held is not None):
-            # The client said goodbye, or a guarded statement (or a Query waiting for the
-            # upstream to be idle, behind a Flush of ours) ends what can go now: it goes.
+        if hold is not None and self._held is not None:
+            # A guarded statement (or a Query waiting for the upstream to be idle, behind a
+            # Flush of ours) ends what can go now: it goes.  (After a Terminate, what is
+            # held stays unrun: the session ends, see _closing.)
             hold = None
         if carry is not None or hold is not None:
             out, frames = self._hold_segment(chunk, sent, carry, hold)
@@ -2702,7 +2704,16 @@ class Session:
         if audit is None:
             return []
         self.audit = None
-        return [*(c.Audit(r) for r in audit.abandoned()), c.Audit(audit.session_event("closed", reason))]
+        out: list[c.Command] = []
+        held, self._segment = self._segment, None
+        if held is not None and held.gated:
+            # A segment that waited for its Sync never ran: its records say so.
+            out.extend(c.Audit(r) for r in held.gated)
+            message = f"the session ended before the pipeline's Sync ({reason})"
+            out.extend(c.Audit(r) for r in audit.refused((r.id for r in held.gated), "08006", message))
+        out.extend(c.Audit(r) for r in audit.abandoned())
+        out.append(c.Audit(audit.session_event("closed", reason)))
+        return out
 
     # ------------------------------------------------------------------ endings
 
