@@ -1465,7 +1465,7 @@ class Session:
             chunk.names = None
             if gov is not None:
                 gated = len(chunk.gated)
-                asks = len(chunk.approvals)
+                asks = len(chunk.approvals) if asking and t == m.Q_EXECUTE else 0
                 self._in_flight = self._busy or i > 0 or carry is not None
                 try:
                     self._govern_frame(gov, chunk, t, start, end)
