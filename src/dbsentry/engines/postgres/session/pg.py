@@ -532,26 +532,28 @@ class _Segment:
     """Governed frames held back: a pipeline segment with a statement that needs approval
     waits for the Sync or Flush that ends it, to be admitted whole (see Session._process).
     ``raw`` and ``spans`` are the client's frames (for a second pass that refuses them),
-    ``out`` what is forwarded of them."""
+    ``out`` what is forwarded of them; both kept in pieces, so that a segment arriving in
+    many reads costs what it holds, not that times the reads."""
 
-    raw: bytes
+    raw: list[bytes]
+    size: int  # of raw
     spans: list[tuple[int, int, int]]
-    out: bytes
+    out: list[bytes]
     gated: list[Record]
     approvals: list[c.ApprovalAsk]
     durable: bool
 
     def then(self, more: _Segment) -> _Segment:
-        """These frames, followed by ``more``."""
-        n = len(self.raw)
-        return _Segment(
-            self.raw + more.raw,
-            self.spans + [(t, s + n, e + n) for t, s, e in more.spans],
-            self.out + more.out,
-            self.gated + more.gated,
-            self.approvals + more.approvals,
-            self.durable or more.durable,
-        )
+        """These frames, followed by ``more`` (taken into this one)."""
+        n = self.size
+        self.raw.extend(more.raw)
+        self.size += more.size
+        self.spans.extend((t, s + n, e + n) for t, s, e in more.spans)
+        self.out.extend(more.out)
+        self.gated.extend(more.gated)
+        self.approvals.extend(more.approvals)
+        self.durable = self.durable or more.durable
+        return self
 
 
 # A prepared statement as the session knows it: SQL, what it was judged under, the check.
@@ -1534,15 +1536,17 @@ class Session:
         buf = chunk.buf
         self._segment = None
         if hold is None:
-            now = _Segment(bytes(buf), sent, chunk.assemble(), chunk.gated, chunk.approvals, chunk.durable)
+            stop = sent[-1][2] if sent else 0
+            now = _Segment([bytes(buf[:stop])], stop, list(sent), [chunk.assemble()], chunk.gated, chunk.approvals, chunk.durable)
         else:
             k, pos, gi, ai = hold
             assert not chunk.extra  # only a guarded Query adds frames, and it ends the segment
             stop = sent[-1][2] if sent else 0
             later = _Segment(
-                bytes(buf[pos:stop]),
+                [bytes(buf[pos:stop])],
+                stop - pos,
                 [(t, s - pos, e - pos) for t, s, e in sent[k:]],
-                chunk.part(pos, stop),
+                [chunk.part(pos, stop)],
                 chunk.gated[gi:],
                 chunk.approvals[ai:],
                 chunk.durable,
@@ -1551,20 +1555,23 @@ class Session:
                 later = carry.then(later)  # nothing ended in this read
                 carry = None
             self._segment = later
-            if len(later.raw) > self.config.limits.max_message_bytes:
+            if later.size > self.config.limits.max_message_bytes:
                 raise codec.MessageTooLarge(
                     f"a pipeline segment with a statement that needs approval exceeds limits.max_message_bytes "
                     f"({self.config.limits.max_message_bytes} bytes) before its Sync or Flush; nothing of it was run"
                 )
-            now = _Segment(bytes(buf[:pos]), sent[:k], chunk.part(0, pos), chunk.gated[:gi], chunk.approvals[:ai], chunk.durable)
+            now = _Segment(
+                [bytes(buf[:pos])], pos, sent[:k], [chunk.part(0, pos)], chunk.gated[:gi], chunk.approvals[:ai], chunk.durable
+            )
         if carry is not None:
             now = carry.then(now)
         chunk.gated = now.gated
         chunk.approvals = now.approvals
         chunk.durable = now.durable
+        raw = b"".join(now.raw)
         if self._armed is buf:
-            self._armed = now.raw  # the guard knows its chunk by its frames (see _refuse_held)
-        return now.out, (now.raw, now.spans)
+            self._armed = raw  # the guard knows its chunk by its frames (see _refuse_held)
+        return b"".join(now.out), (raw, now.spans)
 
     def _analysis_failed(self, chunk: _Chunk, t: int, start: int, end: int, err: Exception, gated: int) -> None:
         """Analysing the frame's statement raised: refuse it (fail closed), keep the session."""
