@@ -8,7 +8,8 @@ server's answers, in one thread, and reports the process CPU time per statement 
 set-ups: passthrough (no governance), policy only, policy + audit records (built and
 encoded with ``payload_bytes``, as the audit log encodes them, not written), and policy +
 audit + masking tracking (with the safety net,
-on by default in production, and without it).  The audit writer is
+on by default in production, and without it), and policy + audit with approvals on
+(the statements need none).  The audit writer is
 left out on purpose (its cost is measured by ``bench/audit_bench.py``): this is what the
 event loop's thread pays per statement.  CPU time of one thread is far steadier on a
 loaded machine than throughput.
@@ -74,7 +75,19 @@ def messages(mode: str, i: int, first: bool) -> tuple[bytes, bytes]:
     return client, server
 
 
-def new_session(governed: bool, audit: bool, masking: bool, safety_net: str = "production") -> Session:
+class NoGrants:
+    """Approvals on (what the session asks of the approvals service), no grants."""
+
+    def effective_identity(self, identity: Identity) -> Identity:
+        return identity
+
+    def connection_granted(self, identity: str, connection: str) -> bool:
+        return False
+
+
+def new_session(
+    governed: bool, audit: bool, masking: bool, safety_net: str = "production", approvals: bool = False
+) -> Session:
     config = parse_config(
         {
             "tls": {"require_client_tls": False},
@@ -96,6 +109,7 @@ def new_session(governed: bool, audit: bool, masking: bool, safety_net: str = "p
         governor=Governor.from_path(None) if governed else None,
         audit_config=AuditConfig() if audit else None,
         masking_service=service,
+        approvals=NoGrants() if approvals else None,
     )
     session.handle(ClientData(codec.encode_startup((("user", "bench@example.com"), ("database", "bench")))))
     session.handle(ClientData(codec.encode_password("token")))
@@ -136,12 +150,14 @@ def main() -> int:
     ap.add_argument("--mode", choices=("simple", "extended", "prepared"), default="prepared")
     ap.add_argument("--repeat", type=int, default=3, help="runs per set-up; the fastest is shown")
     args = ap.parse_args()
-    setups = {
+    setups: dict[str, tuple[bool, bool, bool, str] | tuple[bool, bool, bool, str, bool]] = {
         "passthrough": (False, False, False, "production"),
         "policy": (True, False, False, "production"),
         "policy+audit": (True, True, False, "production"),
         "policy+audit+masking": (True, True, True, "production"),  # with the safety net
         "...safety net off": (True, True, True, "off"),
+        # approvals on; the statement needs none (the admission of pipelines is not in its way)
+        "policy+audit+approvals": (True, True, False, "production", True),
     }
     print(f"session CPU per statement, pgbench -S -M {args.mode}, {args.statements} statements")
     for name, flags in setups.items():

@@ -247,6 +247,8 @@ _MARKER_BYTES = _MARKER.encode()
 _RESERVED_PREFIX = ("dbsentry_", "dbsentry ")
 _RESERVED_MESSAGE = 'dbsentry: names starting with "dbsentry_" or "dbsentry " are the proxy\'s own; use another name'
 _NAMED_FRAMES = frozenset({m.Q_PARSE, m.Q_BIND, m.Q_DESCRIBE, m.Q_CLOSE, m.Q_EXECUTE})
+# What ends a pipeline segment: the unit a batch of statements is admitted in.
+_SEGMENT_ENDS = frozenset({m.Q_SYNC, m.Q_FLUSH, m.Q_QUERY, m.Q_FUNCTION_CALL})
 _UNBOUNDED_RULE = "baseline.prod.unbounded-write"
 
 
@@ -472,7 +474,7 @@ class _Chunk:
     """One chunk of frames on its way through: replaced frames, commands, records to commit."""
 
     __slots__ = (
-        "_last", "_pieces", "_stop", "approvals", "buf", "commands", "durable", "extra", "gated", "guarded", "names", "plans",
+        "_stop", "_swaps", "approvals", "buf", "commands", "durable", "extra", "gated", "guarded", "names", "plans",
     )  # fmt: skip
 
     def __init__(self, buf: bytes) -> None:
@@ -488,28 +490,70 @@ class _Chunk:
         self.extra = b""  # frames of the proxy's own, sent after what is forwarded
         # The names of the frame being handled, once read (see Session._frame_names).
         self.names: tuple[str, str] | None = None
-        self._pieces: list[bytes] | None = None
-        self._last = 0
+        # Frames sent instead of the client's: (frame start, frame end, replacement), in order.
+        self._swaps: list[tuple[int, int, bytes]] | None = None
         self._stop = len(buf)
 
     def replace(self, body_start: int, end: int, frame: bytes) -> None:
         """Send ``frame`` instead of the frame whose body starts at ``body_start``."""
-        if self._pieces is None:
-            self._pieces = []
-        self._pieces.append(self.buf[self._last : body_start - 5])
-        self._pieces.append(frame)
-        self._last = end
+        if self._swaps is None:
+            self._swaps = []
+        self._swaps.append((body_start - 5, end, frame))
 
     def cut(self, stop: int) -> None:
         """Forward nothing from ``stop`` on."""
         self._stop = stop
 
+    def part(self, lo: int, hi: int) -> bytes:
+        """What is forwarded of the frames from ``lo`` to ``hi`` (both frame boundaries)."""
+        buf = self.buf
+        if self._swaps is None:
+            return buf if lo == 0 and hi == len(buf) else buf[lo:hi]
+        pieces: list[bytes] = []
+        at = lo
+        for start, end, frame in self._swaps:
+            if start >= lo and end <= hi:
+                pieces.append(buf[at:start])
+                pieces.append(frame)
+                at = max(at, end)
+        pieces.append(buf[at:hi])
+        return b"".join(pieces)
+
     def assemble(self) -> bytes:
-        if self._pieces is None:
+        if self._swaps is None:
             out = self.buf if self._stop == len(self.buf) else self.buf[: self._stop]
         else:
-            out = b"".join([*self._pieces, self.buf[self._last : self._stop]])
+            out = self.part(0, self._stop)
         return out + self.extra if self.extra else out
+
+
+@dataclass(slots=True)
+class _Segment:
+    """Governed frames held back: a pipeline segment with a statement that needs approval
+    waits for the Sync or Flush that ends it, to be admitted whole (see Session._process).
+    ``raw`` and ``spans`` are the client's frames (for a second pass that refuses them),
+    ``out`` what is forwarded of them; both kept in pieces, so that a segment arriving in
+    many reads costs what it holds, not that times the reads."""
+
+    raw: list[bytes]
+    size: int  # of raw
+    spans: list[tuple[int, int, int]]
+    out: list[bytes]
+    gated: list[Record]
+    approvals: list[c.ApprovalAsk]
+    durable: bool
+
+    def then(self, more: _Segment) -> _Segment:
+        """These frames, followed by ``more`` (taken into this one)."""
+        n = self.size
+        self.raw.extend(more.raw)
+        self.size += more.size
+        self.spans.extend((t, s + n, e + n) for t, s, e in more.spans)
+        self.out.extend(more.out)
+        self.gated.extend(more.gated)
+        self.approvals.extend(more.approvals)
+        self.durable = self.durable or more.durable
+        return self
 
 
 # A prepared statement as the session knows it: SQL, what it was judged under, the check.
@@ -686,6 +730,8 @@ class Session:
     _limits: Limits | None = None
     # Client bytes held while a guarded statement runs (or waits for the upstream to be idle).
     _held: bytes | None = None
+    # A pipeline segment with a statement that needs approval, held until its Sync or Flush.
+    _segment: _Segment | None = None
     _await_idle: bool = False
     _armed: bytes | None = None  # the client chunk whose guarded statement the guard runs
     # Parse messages sent, oldest first: (name, the entry before, the entry it made), so a
@@ -1379,6 +1425,13 @@ class Session:
             chunk.cut(spans[-1][2])  # a second pass over the frames a held chunk sent
         terminate = False
         sent = spans
+        # The unit of all-or-none admission is the pipeline segment up to its Sync or Flush
+        # (or a Query, a FunctionCall), not what one read holds: from the first Execute that
+        # needs approval in a segment, the frames wait for the segment's end.  ``hold`` is
+        # where they start: (span index, frame start, gated records, approval asks) before it.
+        asking = refuse is None and self.approvals is not None
+        carry = self._segment if asking else None
+        hold: tuple[int, int, int, int] | None = None if carry is None else (0, 0, 0, 0)
         for i, (t, start, end) in enumerate(spans):
             if (
                 guard is not None
@@ -1402,6 +1455,7 @@ class Session:
             elif t == m.Q_TERMINATE:
                 chunk.cut(start - 5)
                 terminate = True
+                sent = spans[:i]
                 break
             if refuse is not None:
                 self._refuse_frame(chunk, t, start, end, refuse, refuse_state)
@@ -1413,11 +1467,17 @@ class Session:
             chunk.names = None
             if gov is not None:
                 gated = len(chunk.gated)
-                self._in_flight = self._busy or i > 0
+                asks = len(chunk.approvals) if asking and t == m.Q_EXECUTE else 0
+                self._in_flight = self._busy or i > 0 or carry is not None
                 try:
                     self._govern_frame(gov, chunk, t, start, end)
                 except Exception as err:  # fail closed, and keep the session
                     self._analysis_failed(chunk, t, start, end, err, gated)
+                if asking:
+                    if t in _SEGMENT_ENDS:
+                        hold = None
+                    elif hold is None and t == m.Q_EXECUTE and len(chunk.approvals) > asks:
+                        hold = (i, start - 5, gated, asks)
             if self.masking is not None:
                 self.masking.sent(t, buf, start, end, chunk.plans, chunk.names)
                 chunk.plans = ()
@@ -1436,13 +1496,22 @@ class Session:
                 self._hold_rest(chunk, buf, end)
                 sent = spans[: i + 1]
                 break
-        out = chunk.assemble()
+        frames = (buf, sent)
+        if hold is not None and self._held is not None:
+            # A guarded statement (or a Query waiting for the upstream to be idle, behind a
+            # Flush of ours) ends what can go now: it goes.  (After a Terminate, what is
+            # held stays unrun: the session ends, see _closing.)
+            hold = None
+        if carry is not None or hold is not None:
+            out, frames = self._hold_segment(chunk, sent, carry, hold)
+        else:
+            out = chunk.assemble()
         cmds = chunk.commands
         if out:
             self._busy = True
             send = c.SendUpstream(out)
             if chunk.approvals or (chunk.gated and self.audit is not None and self.audit.wait):
-                cmds.append(c.AuditGate(chunk.gated, [send], (buf, sent), chunk.approvals, chunk.durable))
+                cmds.append(c.AuditGate(chunk.gated, [send], frames, chunk.approvals, chunk.durable))
             else:
                 cmds.extend(c.Audit(r) for r in chunk.gated)
                 cmds.append(send)
@@ -1452,6 +1521,57 @@ class Session:
             cmds.extend(self._closing("client terminated"))
             cmds.extend((c.CloseUpstream(), c.CloseClient()))
         return cmds
+
+    def _hold_segment(
+        self,
+        chunk: _Chunk,
+        sent: list[tuple[int, int, int]],
+        carry: _Segment | None,
+        hold: tuple[int, int, int, int] | None,
+    ) -> tuple[bytes, tuple[bytes, list[tuple[int, int, int]]]]:
+        """Keep the frames from ``hold`` on (an unfinished segment) for later, and put the
+        frames held before (``carry``) in front of the rest: what to forward now and the
+        frames it comes from.  ``chunk.gated`` and ``chunk.approvals`` are left with
+        those of what is forwarded now."""
+        buf = chunk.buf
+        self._segment = None
+        if hold is None:
+            stop = sent[-1][2] if sent else 0
+            now = _Segment([bytes(buf[:stop])], stop, list(sent), [chunk.assemble()], chunk.gated, chunk.approvals, chunk.durable)
+        else:
+            k, pos, gi, ai = hold
+            assert not chunk.extra  # only a guarded Query adds frames, and it ends the segment
+            stop = sent[-1][2] if sent else 0
+            later = _Segment(
+                [bytes(buf[pos:stop])],
+                stop - pos,
+                [(t, s - pos, e - pos) for t, s, e in sent[k:]],
+                [chunk.part(pos, stop)],
+                chunk.gated[gi:],
+                chunk.approvals[ai:],
+                chunk.durable,
+            )
+            if carry is not None and pos == 0:
+                later = carry.then(later)  # nothing ended in this read
+                carry = None
+            self._segment = later
+            if later.size > self.config.limits.max_message_bytes:
+                raise codec.MessageTooLarge(
+                    f"a pipeline segment with a statement that needs approval exceeds limits.max_message_bytes "
+                    f"({self.config.limits.max_message_bytes} bytes) before its Sync or Flush; nothing of it was run"
+                )
+            now = _Segment(
+                [bytes(buf[:pos])], pos, sent[:k], [chunk.part(0, pos)], chunk.gated[:gi], chunk.approvals[:ai], chunk.durable
+            )
+        if carry is not None:
+            now = carry.then(now)
+        chunk.gated = now.gated
+        chunk.approvals = now.approvals
+        chunk.durable = now.durable
+        raw = b"".join(now.raw)
+        if self._armed is buf:
+            self._armed = raw  # the guard knows its chunk by its frames (see _refuse_held)
+        return b"".join(now.out), (raw, now.spans)
 
     def _analysis_failed(self, chunk: _Chunk, t: int, start: int, end: int, err: Exception, gated: int) -> None:
         """Analysing the frame's statement raised: refuse it (fail closed), keep the session."""
@@ -2591,7 +2711,16 @@ class Session:
         if audit is None:
             return []
         self.audit = None
-        return [*(c.Audit(r) for r in audit.abandoned()), c.Audit(audit.session_event("closed", reason))]
+        out: list[c.Command] = []
+        held, self._segment = self._segment, None
+        if held is not None and held.gated:
+            # A segment that waited for its Sync never ran: its records say so.
+            out.extend(c.Audit(r) for r in held.gated)
+            message = f"the session ended before the pipeline's Sync ({reason})"
+            out.extend(c.Audit(r) for r in audit.refused((r.id for r in held.gated), "08006", message))
+        out.extend(c.Audit(r) for r in audit.abandoned())
+        out.append(c.Audit(audit.session_event("closed", reason)))
+        return out
 
     # ------------------------------------------------------------------ endings
 
