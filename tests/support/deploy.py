@@ -147,6 +147,9 @@ def make_node(
     data["state_dir"] = str(directory / "state")
     data["listen"] = {k: f"127.0.0.1:{p}" for k, p in ports.items() if k != "mysql" or with_mysql}
     data["audit"]["node"] = name
+    cp = data["control_plane"]
+    cp["listen"] = "127.0.0.1:0"
+    cp["advertise_host"] = "127.0.0.1"
     prod = data["connections"]["prod"]
     del prod["password_env"]
     prod.update(host=upstream.host, port=upstream.port, database=upstream.dbname, user=upstream.user)
@@ -159,28 +162,24 @@ def make_node(
         data["connections"]["shop"] = shop
     node = Node(
         name, directory, ports["postgres"], ports["mysql"] if with_mysql else None, ports["http"],
-        env={data["audit"]["dsn_env"]: audit_dsn},
+        env={
+            data["audit"]["dsn_env"]: audit_dsn,
+            cp["postgres"]["dsn_env"]: audit_dsn,  # the control plane's schema in the same database
+            cp["secret_env"]: "recipe-test-node-secret-0123456789abcdef",
+        },
     )  # fmt: skip
     node.config.write_text(yaml.safe_dump(data))
     return node
 
 
 def same_token_on_every_node(nodes: list[Node], identity: str, groups: tuple[str, ...]) -> str:
-    """One token every node accepts. Until the shared control plane (tokens in PostgreSQL)
-    exists, the first node's token store is copied to the others before they start; with
-    it, this creates the token once in the control plane."""
+    """One token every node accepts: created once, through the first node's configuration,
+    in the control plane they share."""
     first = nodes[0]
     args = ["token", "create", "--identity", identity, "--ttl", "1h"]
     for g in groups:
         args += ["--group", g]
-    token = dbsentry_cli(*args, config=first.config, env=first.env).stdout.strip()
-    for node in nodes[1:]:
-        node.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for suffix in ("", "-wal", "-shm"):
-            source = first.state_dir / f"tokens.db{suffix}"
-            if source.exists():
-                shutil.copy2(source, node.state_dir / source.name)
-    return token
+    return dbsentry_cli(*args, config=first.config, env=first.env).stdout.strip()
 
 
 @dataclass

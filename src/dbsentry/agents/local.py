@@ -37,7 +37,7 @@ def lazy_approval_store(config: Config) -> tuple[Callable[[], ApprovalStore | No
         with lock:
             if not held:
                 try:
-                    held.append(open_approval_store(config.audit, config.state_dir))
+                    held.append(open_approval_store(config.audit, config.state_dir, config.control_plane))
                 except ApprovalStoreError:
                     return None
             return held[0]

@@ -222,7 +222,7 @@ class Tour:
             auth.close()
         if reviewer is None:
             raise TourFailed("the DBA's token is not valid")
-        store = open_approval_store(config.audit, config.state_dir)
+        store = open_approval_store(config.audit, config.state_dir, config.control_plane)
 
         def sink(record: ApprovalRecord) -> None:
             append_records(config.audit, config.state_dir, [record])
