@@ -452,3 +452,33 @@ def _logs_in(node: RunningProxy, token: str) -> bool:
     except psycopg.OperationalError:
         return False
     return True
+
+
+def test_ddl_through_one_node_reaches_the_masking_of_the_other(
+    nodes: tuple[RunningProxy, RunningProxy], pg_server: PgServer
+) -> None:
+    """A column classified through node A (a comment that says "person's name"): node B
+    reads its catalog again at once (the announcement), so ``select *`` in a session open
+    there since before masks it as soon as the catalog is read (no value scan finds a name,
+    and nothing in the result's shape changed), not after masking.refresh_seconds."""
+    a, b = nodes
+    table = f"cp_people_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as direct:
+        direct.execute(f"create table {table} (id int primary key, nick text)")
+        direct.execute(f"insert into {table} values (1, 'Zebediah Quarrington')")
+    try:
+        with _connect(b, CAROL, _token(b, CAROL), dbname="staging") as open_on_b:
+
+            def on_b() -> str:
+                row = open_on_b.execute(f"select * from {table}").fetchone()
+                assert row is not None
+                return str(row[1])
+
+            _wait(lambda: on_b() == "Zebediah Quarrington", "node B to know the table")  # nothing to mask yet
+            with _connect(a, CAROL, _token(a, CAROL), dbname="staging") as conn:
+                conn.execute(f"comment on column {table}.nick is 'pii:person_name'")
+            # at once: the announcement; then the time a catalog read takes (not 300 s)
+            _wait(lambda: "Zebediah" not in on_b(), "node B to mask the newly classified column", timeout=10)
+    finally:
+        with psycopg.connect(pg_server.dsn(), autocommit=True) as direct:
+            direct.execute(f"drop table if exists {table}")

@@ -10,6 +10,7 @@ the proxy, sees it masked.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -190,3 +191,48 @@ def test_a_renamed_or_recommented_column_keeps_its_class(env: Env, tmp_path: Pat
             (seen,) = run(mode, proxy, [f"select {cols} from {table}"], Login(MASKED.identity, MASKED.groups, dbname="staging"))
             assert seen.ok, str(seen)
             SECRETS.assert_no_leak(seen.rows, context=f"{change}, {mode}")
+
+
+def test_a_statement_prepared_before_a_classification_is_planned_again(env: Env, proxy: RunningProxy) -> None:
+    """A column classified (a comment) after a client prepared a statement that reads it:
+    the next execution of that prepared statement is masked, as the server re-plans it too.
+    Planned once at Parse, it kept returning the column unmasked until a reconnect."""
+    table = f"{env.s}.staff_{uuid.uuid4().hex[:6]}"
+    env.direct(f"create table {table} (id int primary key, nick text)")
+    env.direct(f"insert into {table} values (1, '{NAME}')")
+    dsn = proxy.dsn(MASKED.identity, groups=MASKED.groups, dbname="staging")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        query = f"select nick from {table} where id = %s"
+        assert conn.execute(query, (1,), prepare=True).fetchone() == (NAME,)  # nothing classified yet
+        with psycopg.connect(proxy.dsn(READER.identity, groups=READER.groups, dbname="staging"), autocommit=True) as other:
+            other.execute(f"comment on column {table}.nick is 'pii:person_name'")
+        deadline = time.monotonic() + 10
+        while True:  # the catalog is read again in the background
+            row = conn.execute(query, (1,), prepare=True).fetchone()
+            assert row is not None
+            if NAME not in str(row[0]) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        SECRETS.assert_no_leak(repr(row), context="the prepared statement after the comment")
+
+
+def test_ddl_in_a_transaction_is_read_once_it_commits(env: Env, proxy: RunningProxy) -> None:
+    """DDL inside BEGIN ... COMMIT: the catalog is read again when the transaction ends. Read
+    at the DDL's own completion, it saw the catalog as it was and kept it (300 s)."""
+    table = f"{env.s}.crew_{uuid.uuid4().hex[:6]}"
+    env.direct(f"create table {table} (id int primary key, nick text)")
+    env.direct(f"insert into {table} values (1, '{NAME}')")
+    masked = psycopg.connect(proxy.dsn(MASKED.identity, groups=MASKED.groups, dbname="staging"), autocommit=True)
+    with masked, psycopg.connect(proxy.dsn(READER.identity, groups=READER.groups, dbname="staging")) as reader:
+        assert masked.execute(f"select nick from {table}").fetchone() == (NAME,)  # nothing classified yet
+        reader.execute(f"comment on column {table}.nick is 'pii:person_name'")  # psycopg opened a transaction
+        time.sleep(1.5)  # a catalog read started now would see the old comment
+        reader.commit()
+        deadline = time.monotonic() + 10
+        while True:
+            row = masked.execute(f"select nick from {table}").fetchone()
+            assert row is not None
+            if NAME not in str(row[0]) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        SECRETS.assert_no_leak(repr(row), context="after the transaction's COMMIT")

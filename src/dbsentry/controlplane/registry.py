@@ -125,6 +125,12 @@ class NodeAgent:
         with contextlib.suppress(ControlPlaneUnavailable), self._conn.transaction() as tx:
             tx.run("DELETE FROM nodes WHERE node = ? AND worker = ?", (self.node, self.worker))
 
+    def announce(self, topic: str) -> None:
+        """Tell every worker of every node (this one too) about ``topic`` (blocking: call
+        it off the event loop).  Raises ControlPlaneUnavailable."""
+        with self._conn.transaction() as tx:
+            tx.run("SELECT pg_notify(?, ?)", (self.plane.channel, topic))
+
     # --- what the rest of the process asks (non-blocking) -----------------------------------
 
     def live_nodes(self) -> list[NodeRow]:

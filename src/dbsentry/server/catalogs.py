@@ -98,6 +98,9 @@ class CatalogLoader:
         self._stale: set[str] = set()
         self._values: dict[str, ValueMemory] = {}
         self._oids: dict[str, _StableOids] = {}  # MySQL connections' relation numbers
+        # Set with a control plane: tells every node that DDL ran on a connection (they read
+        # its catalog again, ``refresh``).
+        self.announce: Callable[[str], None] | None = None
 
     async def ensure(self, name: str) -> None:
         """The catalog of ``name`` is loaded (reading it now if it never was)."""
@@ -107,6 +110,14 @@ class CatalogLoader:
                 self.refresh(name)
             return
         await self._load(name)
+
+    def schema_changed(self, name: str) -> None:
+        """DDL ran on ``name`` here: read its catalog again, and with a control plane tell
+        every node (off the event loop; a failure is logged, the periodic refresh remains)."""
+        self.refresh(name)
+        announce = self.announce
+        if announce is not None:
+            spawn(asyncio.to_thread(_announce, announce, name), name="catalog-announce")
 
     def refresh(self, name: str) -> None:
         """Read the catalog again in the background; sessions keep the old one meanwhile."""
@@ -276,3 +287,10 @@ async def _read_mysql(
             return catalog
     except SideQueryError as err:
         raise CatalogError(_first_line(err)) from None
+
+
+def _announce(announce: Callable[[str], None], name: str) -> None:
+    try:
+        announce(name)
+    except Exception as err:  # the control plane is down: its own warning says so
+        log.warning("could not tell the other nodes about DDL", extra={"fields": {"connection": name, "error": str(err)[:200]}})

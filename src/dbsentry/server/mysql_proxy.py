@@ -586,7 +586,7 @@ class MySQLClient(asyncio.Protocol):
                     spawn(self.proxy.kill_upstream(s.connection, s.connection_name, s.upstream_id, True), name="mysql-cancel")
             case c.SchemaChanged(connection=name):
                 if self.proxy.catalogs is not None:
-                    self.proxy.catalogs.refresh(name)
+                    self.proxy.catalogs.schema_changed(name)
             case c.Log():
                 log.log(cmd.level, cmd.event, extra={"fields": {"session": self.session.session_id, **cmd.fields}})
                 if cmd.event == "session.refused" and str(cmd.fields.get("sqlstate", "")).startswith("28"):

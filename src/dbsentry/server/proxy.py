@@ -253,7 +253,7 @@ class ProxyServer:
     def schema_changed(self, connection: str) -> None:
         """DDL ran on ``connection``: its catalog is read again here and in the other workers."""
         if self.catalogs is not None:
-            self.catalogs.refresh(connection)
+            self.catalogs.schema_changed(connection)
             if self.channel is not None:
                 spawn(self.channel.broadcast("catalog", connection=connection), name="catalog-broadcast")
 

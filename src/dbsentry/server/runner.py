@@ -193,6 +193,18 @@ async def _join_control_plane(
     proxy.node = NodeLink(slot, channel, agent.address_of)
     if approvals is not None:
         agent.on("approvals", approvals.changed)
+    catalogs = proxy.catalogs
+    if catalogs is not None:
+        # DDL seen by any worker of any node: every node reads that catalog again
+        catalogs.announce = lambda name: agent.announce(f"catalog:{name}")
+        def refresher(name: str) -> Callable[[], None]:
+            def refresh() -> None:  # in the agent's thread: the refresh runs in the loop
+                loop.call_soon_threadsafe(catalogs.refresh, name)
+
+            return refresh
+
+        for name in config.connections:
+            agent.on(f"catalog:{name}", refresher(name))
     agent.start()
     return agent
 

@@ -627,6 +627,10 @@ class SessionMasking:
     _sources: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)
     _decoded: dict[bytes, tuple[Field, ...]] = field(default_factory=dict)
     _described_sources: dict[tuple[str, tuple[int, ...]], tuple[Field, ...]] = field(default_factory=dict)
+    # The catalog version the prepared statements' plans were made against: a newer one
+    # (DDL, a classification, a comment, through any session, worker or node) plans them
+    # again, as PostgreSQL itself re-plans them.
+    _statements_version: int = 0
 
     # -------------------------------------------------------------- client side
 
@@ -704,6 +708,15 @@ class SessionMasking:
 
     def statement(self, name: str) -> StatementPlan | None:
         """The plan of prepared statement ``name`` as the server will run it next."""
+        view = self.service.current(self.connection)
+        if view is not None and view.version != self._statements_version:
+            self._statements_version = view.version
+            # planned against an older catalog: again (a statement whose text is not
+            # known keeps its plan: judging it by values instead could show less)
+            for known in (self.statements, self.pending):
+                for n in known:
+                    if n in self.sources:
+                        known[n] = self._replan(n)
         if name in self.pending:
             return self.pending[name]
         return self.statements.get(name)

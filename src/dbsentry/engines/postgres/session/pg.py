@@ -695,6 +695,9 @@ class Session:
     session_id: str = field(default_factory=lambda: secrets.token_hex(8))
     _cycles_sent: int = 0
     _cycles_done: int = 0
+    # DDL completed in the open transaction: the catalog is read again once it ends (a
+    # read before the COMMIT would see the old catalog, and keep it)
+    _schema_pending: bool = False
     _startup_buf: bytes = b""
     _client_frames: codec.FrameSplitter = field(init=False)
     _upstream_frames: codec.FrameSplitter = field(init=False)
@@ -2597,6 +2600,10 @@ class Session:
                     self._marker_cycles.clear()
                 if audit is not None:
                     chunk.commands.extend(c.Audit(r) for r in audit.ready(self._cycles_done))
+                if self._schema_pending and self.txn_status == "I":
+                    self._schema_pending = False
+                    assert self.connection_name is not None
+                    chunk.commands.append(c.SchemaChanged(self.connection_name))
             elif t == m.R_ERROR:
                 if b"VFATAL\x00" in buf[start:end] or b"VPANIC\x00" in buf[start:end]:
                     self._upstream_fatal = True
@@ -2618,8 +2625,7 @@ class Session:
                     audit.application_name = ps.value
             elif t == m.R_COMMAND_COMPLETE:
                 if self.catalog_service is not None and buf[start : start + 6] in _SCHEMA_TAGS:
-                    assert self.connection_name is not None
-                    chunk.commands.append(c.SchemaChanged(self.connection_name))
+                    self._schema_pending = True  # announced at the ReadyForQuery that ends the transaction
                 if audit is not None:
                     tag = codec.read_cstr(buf, start, end)[0]  # what decode_command_complete reads
                     self._audit_done(chunk, audit.command_complete(tag))
