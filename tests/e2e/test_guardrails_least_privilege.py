@@ -161,8 +161,20 @@ def state(env: Env) -> State:
                 "select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = %s",
                 (env.s,),
             ).fetchone()[0],  # type: ignore[index]
-            c.execute("select count(*) from pg_description").fetchone()[0],  # type: ignore[index]
+            c.execute(_DESCRIPTIONS, {"s": env.s}).fetchone()[0],  # type: ignore[index]
         )
+
+
+# Comments on the test's own schema and what is in it (other tests add and drop commented
+# tables of their own in the same database meanwhile).
+_DESCRIPTIONS = """
+select count(*) from pg_description d
+where (d.classoid = 'pg_namespace'::regclass and d.objoid = to_regnamespace(%(s)s))
+   or (d.classoid = 'pg_class'::regclass and d.objoid in (select oid from pg_class where relnamespace = to_regnamespace(%(s)s)))
+   or (d.classoid = 'pg_proc'::regclass and d.objoid in (select oid from pg_proc where pronamespace = to_regnamespace(%(s)s)))
+   or (d.classoid = 'pg_type'::regclass and d.objoid in (select oid from pg_type where typnamespace = to_regnamespace(%(s)s)))
+   or (d.classoid = 'pg_operator'::regclass and d.objoid in (select oid from pg_operator where oprnamespace = to_regnamespace(%(s)s)))
+"""
 
 
 def intact(env: Env) -> None:
