@@ -462,6 +462,14 @@ def test_ddl_through_one_node_reaches_the_masking_of_the_other(
     there since before masks it as soon as the catalog is read (no value scan finds a name,
     and nothing in the result's shape changed), not after masking.refresh_seconds."""
     a, b = nodes
+
+    def both_log_in() -> bool:  # (a test before this one may have cut the control plane)
+        try:
+            return _logs_in(a, _token(a, ALICE)) and _logs_in(b, _token(b, ALICE))
+        except Exception:
+            return False
+
+    _wait(both_log_in, "logins on both nodes", timeout=20)
     table = f"cp_people_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(pg_server.dsn(), autocommit=True) as direct:
         direct.execute(f"create table {table} (id int primary key, nick text)")
