@@ -1,6 +1,8 @@
-"""Classes that columns inherited from copies of classified data (an engine's analysis
-finds the copies: PostgreSQL's is ``dbsentry.engines.postgres.masking.copies``).
+"""Classes that columns inherited from copies of classified data (an engine's lineage
+finds what each write stores: PostgreSQL's ``engines/postgres/masking/lineage.py``, MySQL's
+``engines/mysql/masking/lineage.py``).
 
+:func:`copied_classes` gives the classes the written columns inherit.
 :func:`with_derived` adds them to a :class:`ClassMap`, so that later readers, in any
 session, see them masked; only the policy (``masking.overrides``) can take a class away.
 :func:`with_new_tables` makes tables created by a copy known before the catalog is read
@@ -12,9 +14,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import replace
 from pathlib import Path
+from typing import Protocol
 
 from dbsentry.masking.catalog import (
     Catalog,
@@ -25,7 +28,65 @@ from dbsentry.masking.catalog import (
     _override_for,
     compile_overrides,
 )
-from dbsentry.masking.classes import Classification, most_sensitive, parse_class
+from dbsentry.masking.classes import Classification, DataClass, most_sensitive, parse_class
+from dbsentry.masking.plans import ColumnLineage
+
+
+class WriteLineage(Protocol):
+    """What a statement stores: per written column ``((schema, table), lineage)``, and
+    what it reads."""
+
+    @property
+    def writes(self) -> Sequence[tuple[tuple[str, str], ColumnLineage]]: ...
+
+    @property
+    def tables_read(self) -> Set[tuple[str, str]]: ...
+
+    @property
+    def reads_unknown(self) -> bool: ...
+
+
+def copied_classes(lineages: Iterable[WriteLineage], classmap: ClassMap) -> dict[SourceColumn, Classification]:
+    """The columns ``lineages`` store classified values in, with the class each inherits
+    (the most sensitive of what it stores) and where it came from."""
+    out: dict[SourceColumn, Classification] = {}
+    for lin in lineages:
+        read_classes = _classes_read(lin, classmap)
+        for (schema, table), col in lin.writes:
+            classes: set[DataClass] = set()
+            origins: set[str] = set()
+            for src in col.sources:
+                found = classmap.get(src)
+                if found is not None:
+                    classes.add(found.data_class)
+                    origins.add(str(src))
+            if col.unknown and read_classes:
+                # An opaque value in a statement that reads classified data may be any of it.
+                classes |= read_classes
+                origins.add("a value the analysis cannot follow")
+            best = most_sensitive(classes)
+            if best is None:
+                continue
+            target = SourceColumn(schema, table, col.name)
+            if target in col.sources and len(origins) == 1 and str(target) in origins:
+                continue  # the column keeps its own value (UPDATE ... SET a = a)
+            evidence = "copied from " + ", ".join(sorted(origins))
+            if not (col.direct and len(classes) == 1):
+                # A whole row, a concatenation, a function's result: no partial mask of it
+                # is safe (it would show the other values), so it is redacted like a secret.
+                best, evidence = DataClass.SECRET, f"{evidence} (a composite of {', '.join(sorted(c.value for c in classes))})"
+            found = Classification(best, "copy", evidence)
+            old = out.get(target)
+            if old is None or most_sensitive({old.data_class, best}) != old.data_class:
+                out[target] = found
+    return out
+
+
+def _classes_read(lin: WriteLineage, classmap: ClassMap) -> set[DataClass]:
+    if lin.reads_unknown:
+        return {c.data_class for c in classmap.columns.values()}
+    read = lin.tables_read
+    return {c.data_class for src, c in classmap.columns.items() if (src.schema, src.table) in read}
 
 
 def with_derived(
