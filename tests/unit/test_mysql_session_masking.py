@@ -259,3 +259,14 @@ def test_a_failed_copy_classifies_nothing(tmp_path: Path) -> None:
         g.encode_err(g.ERR(1062, "Duplicate entry '1' for key 'PRIMARY'", "23000"), CAPS),
     ]))
     assert [sorted(str(src) for src in cmd.copies) for cmd in _inherited(out)] == [["shop.customers.city"]]
+
+
+def test_sql_execute_copies_what_its_prepare_does(tmp_path: Path) -> None:
+    s = _masked(tmp_path, exempt=True)
+    s._limits = None
+    _run(s, b"PREPARE s FROM 'UPDATE customers SET city = email WHERE id = 1'")
+    out = s.handle(answer([g.encode_ok(g.OK(status=k.SERVER_STATUS_AUTOCOMMIT), CAPS)]))
+    assert not _inherited(out)
+    _run(s, b"EXECUTE s")
+    out = s.handle(answer([g.encode_ok(g.OK(affected_rows=1, status=k.SERVER_STATUS_AUTOCOMMIT), CAPS)]))
+    assert [sorted(str(src) for src in cmd.copies) for cmd in _inherited(out)] == [["shop.customers.city"]]

@@ -1239,18 +1239,43 @@ class Session:
     def _inheritance(self, sql: str, verdict: Verdict, prepared: bool) -> Inheritance | None:
         """What the statements of ``sql`` copy from classified columns (any identity:
         exempt ones may copy into other tables, masked ones within a table): the columns
-        they store the values in inherit the class once the statement succeeded."""
-        if self.masking is None or self.connection_name is None or not any(f.command in _COPYING for f in verdict.facts):
+        they store the values in inherit the class once the statement succeeded.  SQL
+        ``EXECUTE s`` copies what the text of ``PREPARE s`` does."""
+        if (
+            self.masking is None
+            or self.connection_name is None
+            or not any(f.command in _COPYING or f.command == "EXECUTE" for f in verdict.facts)
+        ):
             return None
         view = self.masking.current(self.connection_name)
         if view is None:
             return None
         conn = self.connection
-        found = copies_of(sql, view.catalog, view.classmap, conn.database if conn is not None else None, self._mode)
-        if found is None or not any(found):
+        database = conn.database if conn is not None else None
+
+        def copies(text: str) -> list[Mapping[SourceColumn, Classification]]:
+            found = copies_of(text, view.catalog, view.classmap, database, self._mode)
+            return [f or {} for f in found or ()]
+
+        out = copies(sql)
+        if len(out) != len(verdict.facts):
+            out = [{} for _ in verdict.facts]
+        known = dict(self._sql_prepared)
+        for i, f in enumerate(verdict.facts):
+            name = (f.prepared_name or "").lower()
+            if not name or prepared:
+                continue
+            if f.command == "PREPARE":
+                known[name] = f.inner.text if f.inner is not None and f.inner.text else None
+            elif f.command == "DEALLOCATE":
+                known.pop(name, None)
+            elif f.command == "EXECUTE" and known.get(name):
+                inner = copies(known[name] or "")
+                out[i] = inner[0] if len(inner) == 1 else {}
+        if not any(out):
             return None
         commands = ("EXECUTE",) if prepared else tuple(f.command for f in verdict.facts)
-        return Inheritance(tuple(f or {} for f in found), commands)
+        return Inheritance(tuple(out), commands)
 
     def _inherited(self, copies: Mapping[SourceColumn, Classification]) -> list[c.Command]:
         if not copies or self.connection_name is None:
