@@ -270,3 +270,17 @@ def test_sql_execute_copies_what_its_prepare_does(tmp_path: Path) -> None:
     _run(s, b"EXECUTE s")
     out = s.handle(answer([g.encode_ok(g.OK(affected_rows=1, status=k.SERVER_STATUS_AUTOCOMMIT), CAPS)]))
     assert [sorted(str(src) for src in cmd.copies) for cmd in _inherited(out)] == [["shop.customers.city"]]
+
+
+def test_values_are_followed_only_where_they_may_copy(tmp_path: Path) -> None:
+    s = _masked(tmp_path, exempt=True)
+    s._limits = None
+    ok = g.encode_ok(g.OK(affected_rows=1, status=k.SERVER_STATUS_AUTOCOMMIT), CAPS)
+    for sql, inherited in [
+        (b"INSERT INTO customers (id, city) VALUES (7, CONCAT('a', 'b'))", []),
+        (b"INSERT INTO customers (id, city) VALUES (8, (SELECT email FROM customers WHERE id = 1))", [["shop.customers.city"]]),
+        (b"INSERT INTO customers (id) VALUES (9) ON DUPLICATE KEY UPDATE city = email", [["shop.customers.city"]]),
+    ]:
+        _run(s, sql)
+        out = s.handle(answer([ok]))
+        assert [sorted(str(src) for src in cmd.copies) for cmd in _inherited(out)] == inherited, sql

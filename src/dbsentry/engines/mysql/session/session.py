@@ -1244,11 +1244,11 @@ class Session:
         if (
             self.masking is None
             or self.connection_name is None
-            or not any(f.command in _COPYING or f.command == "EXECUTE" for f in verdict.facts)
+            or not any(_may_copy(f, sql) for f in verdict.facts)
         ):
             return None
         view = self.masking.current(self.connection_name)
-        if view is None:
+        if view is None or not view.classmap.columns:
             return None
         conn = self.connection
         database = conn.database if conn is not None else None
@@ -2015,6 +2015,23 @@ class Session:
             return []
         seconds = self.config.limits.startup_timeout_seconds
         return self._fail(ER_HANDSHAKE, "08S01", f"dbsentry: the login did not complete within {seconds:g}s")
+
+
+def _may_copy(facts: StatementFacts, sql: str) -> bool:
+    """Whether the statement may store a copy of a table's values (an ``INSERT`` of
+    constants and built-in functions of them does not: not worth its lineage)."""
+    if facts.command == "EXECUTE":
+        return True
+    if facts.command not in _COPYING:
+        return False
+    return bool(
+        facts.command not in ("INSERT", "REPLACE")
+        or facts.tables_read
+        or facts.columns_read
+        or "UPDATE" in facts.commands
+        or "volatile_function" in facts.flags
+        or "@" in (facts.text or sql)
+    )
 
 
 def _writes_masked(sql: str, verdict: Verdict, params: Sequence[str | None] | None, mode: SqlMode) -> bool:
