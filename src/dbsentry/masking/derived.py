@@ -12,6 +12,7 @@ directory; the only I/O here, used by the shell).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence, Set
@@ -142,7 +143,8 @@ def with_new_tables(catalog: Catalog, copies: Mapping[SourceColumn, Classificati
 
 class DerivedClassFile:
     """The inherited classes of every connection, in one JSON file (written whole, then
-    renamed over the old one, so a crash leaves the old or the new file)."""
+    renamed over the old one, so a crash leaves the old or the new file; saves add to
+    what it holds)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -166,6 +168,25 @@ class DerivedClassFile:
         return out
 
     def save(self, derived: Mapping[str, Mapping[SourceColumn, Classification]]) -> None:
+        """Add ``derived`` to the file: what it holds already stays (the most sensitive
+        class of a column wins), so that processes saving at once (workers) lose nothing
+        the other saved; under a lock file."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = os.open(self.path.with_suffix(".lock"), os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            merged = self.load()
+            for connection, columns in derived.items():
+                known = merged.setdefault(connection, {})
+                for src, found in columns.items():
+                    old = known.get(src)
+                    if old is None or most_sensitive({old.data_class, found.data_class}) != old.data_class:
+                        known[src] = found
+            self._write(merged)
+        finally:
+            os.close(lock)  # releases the lock
+
+    def _write(self, derived: Mapping[str, Mapping[SourceColumn, Classification]]) -> None:
         data = {
             connection: {
                 json.dumps([s.schema, s.table, s.column]): {
@@ -176,7 +197,6 @@ class DerivedClassFile:
             }
             for connection, columns in derived.items()
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = self.path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
