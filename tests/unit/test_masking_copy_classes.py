@@ -99,6 +99,18 @@ def test_the_file_keeps_them(tmp_path: Path) -> None:
     assert (tmp_path / "state" / "derived.json").stat().st_mode & 0o777 == 0o600
 
 
+def test_a_save_keeps_what_another_process_saved(tmp_path: Path) -> None:
+    # Two workers: each saves what it knows; a save from one that has not heard of the
+    # other's copy yet must not take it away (a restart would read the copy unmasked).
+    path = tmp_path / "state" / "derived.json"
+    other = SourceColumn("public", "notes", "body")
+    DerivedClassFile(path).save({"prod": {MSG: Classification(DataClass.EMAIL, "copy", "a")}})
+    DerivedClassFile(path).save({"prod": {other: Classification(DataClass.PERSON_NAME, "copy", "b")}})
+    DerivedClassFile(path).save({"prod": {MSG: Classification(DataClass.NATIONAL_ID, "copy", "c")}})
+    found = {k: v.data_class for k, v in DerivedClassFile(path).load()["prod"].items()}
+    assert found == {MSG: DataClass.NATIONAL_ID, other: DataClass.PERSON_NAME}
+
+
 @pytest.mark.parametrize(
     "value",
     [

@@ -225,3 +225,62 @@ def test_sql_execute_runs_with_its_prepare_plan_even_under_unresolved_deny(tmp_p
     # what nothing traces is refused under deny
     out = _run(s, b"CALL some_procedure()")
     assert g.decode_err(packets(out)[0], CAPS).code == 1142
+
+
+def _inherited(out: list[c.Command]) -> list[c.InheritClasses]:
+    return [cmd for cmd in out if isinstance(cmd, c.InheritClasses)]
+
+
+def test_a_successful_copy_makes_its_columns_inherit_the_class(tmp_path: Path) -> None:
+    from dbsentry.masking.catalog import SourceColumn
+    from dbsentry.masking.classes import DataClass
+
+    s = _masked(tmp_path, exempt=True)  # an exempt identity may copy
+    s._limits = None  # no row guard around the writes
+    _run(s, b"INSERT INTO customers (id, city) SELECT id + 100, email FROM customers")
+    out = s.handle(answer([g.encode_ok(g.OK(affected_rows=1, status=k.SERVER_STATUS_AUTOCOMMIT), CAPS)]))
+    (inherited,) = _inherited(out)
+    assert inherited.connection == "prod"
+    assert {src: cls.data_class for src, cls in inherited.copies.items()} == {SourceColumn("shop", "customers", "city"): DataClass.EMAIL}
+
+
+def test_a_failed_copy_classifies_nothing(tmp_path: Path) -> None:
+    s = _masked(tmp_path, exempt=True)
+    s._limits = None
+    _run(s, b"INSERT INTO customers (id, city) SELECT id, email FROM customers")
+    out = s.handle(answer([g.encode_err(g.ERR(1062, "Duplicate entry '1' for key 'PRIMARY'", "23000"), CAPS)]))
+    assert not _inherited(out)
+    # a multi-statement string: the statement after a failed one never ran
+    _run(s, b"UPDATE customers SET city = email WHERE id = 1; SELECT 1; INSERT INTO customers (id, city) SELECT id, email FROM customers")
+    more = k.SERVER_STATUS_AUTOCOMMIT | k.SERVER_MORE_RESULTS_EXISTS
+    out = s.handle(answer([
+        g.encode_ok(g.OK(affected_rows=1, status=more), CAPS),
+        *_text_result([(b"1",)], more, ("id",), org=False),
+        g.encode_err(g.ERR(1062, "Duplicate entry '1' for key 'PRIMARY'", "23000"), CAPS),
+    ]))
+    assert [sorted(str(src) for src in cmd.copies) for cmd in _inherited(out)] == [["shop.customers.city"]]
+
+
+def test_sql_execute_copies_what_its_prepare_does(tmp_path: Path) -> None:
+    s = _masked(tmp_path, exempt=True)
+    s._limits = None
+    _run(s, b"PREPARE s FROM 'UPDATE customers SET city = email WHERE id = 1'")
+    out = s.handle(answer([g.encode_ok(g.OK(status=k.SERVER_STATUS_AUTOCOMMIT), CAPS)]))
+    assert not _inherited(out)
+    _run(s, b"EXECUTE s")
+    out = s.handle(answer([g.encode_ok(g.OK(affected_rows=1, status=k.SERVER_STATUS_AUTOCOMMIT), CAPS)]))
+    assert [sorted(str(src) for src in cmd.copies) for cmd in _inherited(out)] == [["shop.customers.city"]]
+
+
+def test_values_are_followed_only_where_they_may_copy(tmp_path: Path) -> None:
+    s = _masked(tmp_path, exempt=True)
+    s._limits = None
+    ok = g.encode_ok(g.OK(affected_rows=1, status=k.SERVER_STATUS_AUTOCOMMIT), CAPS)
+    for sql, inherited in [
+        (b"INSERT INTO customers (id, city) VALUES (7, CONCAT('a', 'b'))", []),
+        (b"INSERT INTO customers (id, city) VALUES (8, (SELECT email FROM customers WHERE id = 1))", [["shop.customers.city"]]),
+        (b"INSERT INTO customers (id) VALUES (9) ON DUPLICATE KEY UPDATE city = email", [["shop.customers.city"]]),
+    ]:
+        _run(s, sql)
+        out = s.handle(answer([ok]))
+        assert [sorted(str(src) for src in cmd.copies) for cmd in _inherited(out)] == inherited, sql

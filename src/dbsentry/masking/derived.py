@@ -1,6 +1,8 @@
-"""Classes that columns inherited from copies of classified data (an engine's analysis
-finds the copies: PostgreSQL's is ``dbsentry.engines.postgres.masking.copies``).
+"""Classes that columns inherited from copies of classified data (an engine's lineage
+finds what each write stores: PostgreSQL's ``engines/postgres/masking/lineage.py``, MySQL's
+``engines/mysql/masking/lineage.py``).
 
+:func:`copied_classes` gives the classes the written columns inherit.
 :func:`with_derived` adds them to a :class:`ClassMap`, so that later readers, in any
 session, see them masked; only the policy (``masking.overrides``) can take a class away.
 :func:`with_new_tables` makes tables created by a copy known before the catalog is read
@@ -10,11 +12,13 @@ directory; the only I/O here, used by the shell).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import replace
 from pathlib import Path
+from typing import Protocol
 
 from dbsentry.masking.catalog import (
     Catalog,
@@ -25,7 +29,65 @@ from dbsentry.masking.catalog import (
     _override_for,
     compile_overrides,
 )
-from dbsentry.masking.classes import Classification, most_sensitive, parse_class
+from dbsentry.masking.classes import Classification, DataClass, most_sensitive, parse_class
+from dbsentry.masking.plans import ColumnLineage
+
+
+class WriteLineage(Protocol):
+    """What a statement stores: per written column ``((schema, table), lineage)``, and
+    what it reads."""
+
+    @property
+    def writes(self) -> Sequence[tuple[tuple[str, str], ColumnLineage]]: ...
+
+    @property
+    def tables_read(self) -> Set[tuple[str, str]]: ...
+
+    @property
+    def reads_unknown(self) -> bool: ...
+
+
+def copied_classes(lineages: Iterable[WriteLineage], classmap: ClassMap) -> dict[SourceColumn, Classification]:
+    """The columns ``lineages`` store classified values in, with the class each inherits
+    (the most sensitive of what it stores) and where it came from."""
+    out: dict[SourceColumn, Classification] = {}
+    for lin in lineages:
+        read_classes = _classes_read(lin, classmap)
+        for (schema, table), col in lin.writes:
+            classes: set[DataClass] = set()
+            origins: set[str] = set()
+            for src in col.sources:
+                found = classmap.get(src)
+                if found is not None:
+                    classes.add(found.data_class)
+                    origins.add(str(src))
+            if col.unknown and read_classes:
+                # An opaque value in a statement that reads classified data may be any of it.
+                classes |= read_classes
+                origins.add("a value the analysis cannot follow")
+            best = most_sensitive(classes)
+            if best is None:
+                continue
+            target = SourceColumn(schema, table, col.name)
+            if target in col.sources and len(origins) == 1 and str(target) in origins:
+                continue  # the column keeps its own value (UPDATE ... SET a = a)
+            evidence = "copied from " + ", ".join(sorted(origins))
+            if not (col.direct and len(classes) == 1):
+                # A whole row, a concatenation, a function's result: no partial mask of it
+                # is safe (it would show the other values), so it is redacted like a secret.
+                best, evidence = DataClass.SECRET, f"{evidence} (a composite of {', '.join(sorted(c.value for c in classes))})"
+            found = Classification(best, "copy", evidence)
+            old = out.get(target)
+            if old is None or most_sensitive({old.data_class, best}) != old.data_class:
+                out[target] = found
+    return out
+
+
+def _classes_read(lin: WriteLineage, classmap: ClassMap) -> set[DataClass]:
+    if lin.reads_unknown:
+        return {c.data_class for c in classmap.columns.values()}
+    read = lin.tables_read
+    return {c.data_class for src, c in classmap.columns.items() if (src.schema, src.table) in read}
 
 
 def with_derived(
@@ -81,7 +143,8 @@ def with_new_tables(catalog: Catalog, copies: Mapping[SourceColumn, Classificati
 
 class DerivedClassFile:
     """The inherited classes of every connection, in one JSON file (written whole, then
-    renamed over the old one, so a crash leaves the old or the new file)."""
+    renamed over the old one, so a crash leaves the old or the new file; saves add to
+    what it holds)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -105,6 +168,25 @@ class DerivedClassFile:
         return out
 
     def save(self, derived: Mapping[str, Mapping[SourceColumn, Classification]]) -> None:
+        """Add ``derived`` to the file: what it holds already stays (the most sensitive
+        class of a column wins), so that processes saving at once (workers) lose nothing
+        the other saved; under a lock file."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = os.open(self.path.with_suffix(".lock"), os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            merged = self.load()
+            for connection, columns in derived.items():
+                known = merged.setdefault(connection, {})
+                for src, found in columns.items():
+                    old = known.get(src)
+                    if old is None or most_sensitive({old.data_class, found.data_class}) != old.data_class:
+                        known[src] = found
+            self._write(merged)
+        finally:
+            os.close(lock)  # releases the lock
+
+    def _write(self, derived: Mapping[str, Mapping[SourceColumn, Classification]]) -> None:
         data = {
             connection: {
                 json.dumps([s.schema, s.table, s.column]): {
@@ -115,7 +197,6 @@ class DerivedClassFile:
             }
             for connection, columns in derived.items()
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = self.path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:

@@ -587,6 +587,9 @@ class MySQLClient(asyncio.Protocol):
             case c.SchemaChanged(connection=name):
                 if self.proxy.catalogs is not None:
                     self.proxy.catalogs.schema_changed(name)
+            case c.InheritClasses(connection=name, copies=copies):
+                if self.proxy.catalogs is not None:
+                    self.proxy.catalogs.service.inherit(name, copies)
             case c.Log():
                 log.log(cmd.level, cmd.event, extra={"fields": {"session": self.session.session_id, **cmd.fields}})
                 if cmd.event == "session.refused" and str(cmd.fields.get("sqlstate", "")).startswith("28"):

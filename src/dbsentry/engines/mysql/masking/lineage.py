@@ -51,7 +51,7 @@ from dbsentry.engines.mysql.sql.functions import BUILTIN_FUNCTIONS
 from dbsentry.masking.catalog import Catalog, Relation, SourceColumn
 from dbsentry.masking.plans import ColumnLineage, PredicateUse, Shape
 
-__all__ = ["MAX_DEPTH", "LineageError", "StatementLineage", "lineage_of_query"]
+__all__ = ["MAX_DEPTH", "LineageError", "StatementLineage", "WriteLineage", "lineage_of_query", "lineage_of_write"]
 
 MAX_DEPTH = 12  # nested views
 _MAX_CTE_ROUNDS = 10
@@ -78,6 +78,19 @@ class StatementLineage:
     #: What ``@v := expr`` stores in user variables (a copy that outlives the statement).
     copied: frozenset[SourceColumn] = frozenset()
     copied_unknown: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WriteLineage:
+    """What a write stores: per written column ``((schema, table), lineage)`` (the table as
+    the catalog names it, or as written when the catalog does not know it yet), for
+    :func:`dbsentry.masking.derived.copied_classes`.  ``temporary``: the table is the
+    session's own (``CREATE TEMPORARY TABLE``)."""
+
+    writes: tuple[tuple[TableName, ColumnLineage], ...]
+    tables_read: frozenset[TableName]
+    reads_unknown: bool = False
+    temporary: bool = False
 
 
 class _L(NamedTuple):
@@ -794,9 +807,144 @@ class _Walk:
             return value
         return _union(self.exprs(self.children(node), scope))
 
+    # ---- writes (what each written column stores)
+
+    def written(self, t: exp.Expression) -> tuple[TableName, list[str] | None]:
+        """A written table as the catalog names it, with its columns in order (None: a
+        table the catalog does not know, named as written)."""
+        if not isinstance(t, exp.Table):
+            raise LineageError(f"{type(t).__name__} as a written table")
+        db = t.args.get("db")
+        dbname = db.name if isinstance(db, exp.Identifier) else None
+        rels = self.relations(dbname, t.name)
+        if len(rels) > 1:
+            raise LineageError(f"the written table {t.name} may be any of {len(rels)} tables")
+        if rels:
+            rel = rels[0]
+            return (rel.schema, rel.name), [c.name for c in sorted(rel.columns, key=lambda c: c.attnum)]
+        schema = dbname or self.database
+        if not schema:
+            raise LineageError(f"the database of the written table {t.name} is not known")
+        return (schema, t.name), None
+
+    def insert(self, tree: exp.Insert) -> list[tuple[TableName, str, _L]]:
+        """INSERT / REPLACE: VALUES rows (subqueries in them, ``SET a = ...``), a query,
+        and what ``ON DUPLICATE KEY UPDATE`` assigns."""
+        ctes = self.with_(tree.args.get("with_") or tree.args.get("with"), None, {})
+        target = tree.this
+        listed: list[str] | None = None
+        if isinstance(target, exp.Schema):
+            listed = [c.name for c in target.expressions]
+            target = target.this
+        table, known = self.written(target)
+        if listed is None and known is None:
+            raise LineageError("an INSERT without a column list into a table the catalog does not know")
+        names = [_spelled(n, known) for n in listed] if listed is not None else list(known or ())
+        source = tree.args.get("expression")
+        scope = _Scope([], None, ctes)
+        values: list[_L]
+        if isinstance(source, exp.Values):
+            values = [_EMPTY for _ in names]
+            for row in source.expressions:
+                items = row.expressions if isinstance(row, exp.Tuple) else [row]
+                if len(items) != len(names):
+                    raise LineageError("a VALUES row of another width than its column list")
+                values = [_union((v, self.expr(e, scope)), transparent=True) for v, e in zip(values, items, strict=True)]
+        elif isinstance(source, exp.Expression):
+            values = [c for _, c in self.query(source, None, ctes)]
+        else:
+            raise LineageError("an INSERT without values")
+        if not self.exact:
+            # positions not known for sure: any column may hold any value read
+            anything = _union(values)
+            values = [anything for _ in names]
+        if len(values) != len(names):
+            raise LineageError("an INSERT of another width than its column list")
+        out = [(table, n, v) for n, v in zip(names, values, strict=True)]
+        conflict = tree.args.get("conflict")
+        if isinstance(conflict, exp.OnConflict):
+            # ON DUPLICATE KEY UPDATE: the row's own columns, VALUES(col) and the new
+            # row's alias (``AS new``) are the values being inserted; anything else unknown
+            new = list(zip(names, values, strict=True))
+            entries = [self.table(target, scope), _Entry(_NEW_ROW, None, new)]
+            alias = source.args.get("alias") if isinstance(source, exp.Values) else None
+            if isinstance(alias, exp.TableAlias):
+                entries.append(_Entry(alias.name, None, _rename(new, [c.name for c in alias.columns])))
+            upd = _Scope(entries, None, ctes)
+            for a in conflict.expressions:
+                col = _assigned(a)
+                value = self.expr(a.expression.transform(_values_ref), upd)
+                out.append((table, _spelled(col.name, known), value))
+        return out
+
+    def update(self, tree: exp.Update) -> list[tuple[TableName, str, _L]]:
+        """UPDATE t [JOIN u ...] SET col = expr: each assigned column stores its value."""
+        ctes = self.with_(tree.args.get("with_") or tree.args.get("with"), None, {})
+        top = tree.this
+        if not isinstance(top, exp.Table):
+            raise LineageError(f"{type(top).__name__} as an UPDATE target")
+        scope = _Scope([], None, ctes)
+        self.from_item(top, scope)
+        tables: dict[str, tuple[TableName, list[str] | None]] = {}
+        for t in [top, *(j.this for j in top.args.get("joins") or [] if isinstance(j, exp.Join))]:
+            if isinstance(t, exp.Table) and t.name not in ctes:
+                tables[t.alias or t.name] = self.written(t)
+        out: list[tuple[TableName, str, _L]] = []
+        for a in tree.expressions:
+            col = _assigned(a)
+            value = self.expr(a.expression, scope)
+            if col.table:
+                hits = [tables[col.table]] if col.table in tables else []
+            else:
+                hits = [t for t in tables.values() if t[1] is not None and _spelled(col.name, t[1]) in t[1]]
+            for table, known in hits or list(tables.values()):  # unclear: every table
+                out.append((table, _spelled(col.name, known), value))
+        return out
+
+    def create(self, tree: exp.Create) -> list[tuple[TableName, str, _L]]:
+        """CREATE TABLE ... [AS] SELECT: each column of the query, by its name."""
+        query = tree.args.get("expression")
+        if str(tree.args.get("kind") or "").upper() != "TABLE" or query is None:
+            return []
+        this = tree.this
+        target = this.this if isinstance(this, exp.Schema) else this
+        table, known = self.written(target)
+        cols = self.query(query, None, {})
+        if not self.exact:
+            anything = _union(c for _, c in cols)
+            cols = [(n, anything) for n, _ in cols]
+        return [(table, _spelled(n, known), c) for n, c in cols if n != "*"]
+
     def window_spec(self, w: exp.Expression, scope: _Scope) -> None:
         with self.within("OVER (PARTITION BY)"):
             self.exprs(self.children(w), scope)
+
+
+_NEW_ROW = "\x00values"  # the entry VALUES(col) reads in ON DUPLICATE KEY UPDATE
+
+
+def _values_ref(node: exp.Expression) -> exp.Expression:
+    """``VALUES(col)``: the value being inserted into ``col``."""
+    if isinstance(node, exp.Anonymous) and node.name.upper() == "VALUES" and len(node.expressions) == 1:
+        arg = node.expressions[0]
+        name = arg.name if isinstance(arg, exp.Identifier | exp.Column) else ""
+        if name:
+            return exp.column(name, table=_NEW_ROW)
+    return node
+
+
+def _assigned(a: exp.Expression) -> exp.Column:
+    if not isinstance(a, exp.EQ) or not isinstance(a.this, exp.Column) or not isinstance(a.this.this, exp.Identifier):
+        raise LineageError("an assignment of another form than col = value")
+    return a.this
+
+
+def _spelled(name: str, known: list[str] | None) -> str:
+    """``name`` as the catalog spells the column (names match without regard to case)."""
+    for n in known or ():
+        if n.lower() == name.lower():
+            return n
+    return name
 
 
 def _rename(cols: Cols, names: list[str]) -> Cols:
@@ -805,6 +953,18 @@ def _rename(cols: Cols, names: list[str]) -> Cols:
     if len(names) != len(cols):
         raise LineageError("a column list of another width than its query")
     return [(n, c) for n, (_, c) in zip(names, cols, strict=True)]
+
+
+@contextlib.contextmanager
+def _failing_closed(what: str) -> Iterator[None]:
+    """Any error of the analysis is a :class:`LineageError` (the caller fails closed)."""
+    try:
+        yield
+    except Exception as err:
+        if isinstance(err, LineageError):
+            raise
+        deep = isinstance(err, RecursionError)
+        raise LineageError("nested too deeply" if deep else f"could not analyse {what} ({type(err).__name__}: {err})") from err
 
 
 def lineage_of_query(
@@ -819,14 +979,8 @@ def lineage_of_query(
     ``database`` (None: not known, every schema is a candidate).  Raises
     :class:`LineageError` when it cannot be analysed."""
     w = _Walk(catalog, database, opaque_calls=opaque_calls)
-    try:
+    with _failing_closed("the query"):
         cols = w.query(tree, None, {})
-    except LineageError:
-        raise
-    except RecursionError:
-        raise LineageError("nested too deeply") from None
-    except Exception as err:
-        raise LineageError(f"could not analyse the query ({type(err).__name__}: {err})") from err
     return StatementLineage(
         tuple(ColumnLineage(n, c.sources, c.unknown, c.direct) for n, c in cols),
         frozenset(w.reads),
@@ -836,4 +990,33 @@ def lineage_of_query(
         tuple(w.uses),
         frozenset(w.copied),
         w.copied_unknown,
+    )
+
+
+def lineage_of_write(parsed: ParsedQuery, catalog: Catalog, database: str | None) -> WriteLineage:
+    """What an ``INSERT``, ``REPLACE``, ``UPDATE`` or ``CREATE TABLE ... SELECT`` (from
+    :func:`dbsentry.engines.mysql.sql.facts.parse_writes`) stores in each written column,
+    unqualified names in ``database``.  Raises :class:`LineageError` when it cannot be
+    analysed."""
+    tree = parsed.tree
+    w = _Walk(catalog, database, opaque_calls=parsed.opaque_calls)
+    temporary = False
+    with _failing_closed("the statement"):
+        if isinstance(tree, exp.Insert):
+            writes = w.insert(tree)
+        elif isinstance(tree, exp.Update):
+            writes = w.update(tree)
+        elif isinstance(tree, exp.Create):
+            props = tree.args.get("properties")
+            temporary = isinstance(props, exp.Properties) and any(
+                isinstance(p, exp.TemporaryProperty) for p in props.expressions
+            )
+            writes = w.create(tree)
+        else:
+            raise LineageError(f"{type(tree).__name__} as a write")
+    return WriteLineage(
+        tuple((t, ColumnLineage(n, c.sources, c.unknown, c.direct)) for t, n, c in writes),
+        frozenset(w.reads),
+        w.opaque_reads,
+        temporary,
     )

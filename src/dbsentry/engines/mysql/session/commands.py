@@ -4,11 +4,14 @@ in order). A command that needs an answer names the event the shell feeds back t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from dbsentry.audit.records import Record
 from dbsentry.governance.facts import StatementFacts
+from dbsentry.masking.catalog import SourceColumn
+from dbsentry.masking.classes import Classification
 from dbsentry.policy.engine import Decision
 
 
@@ -128,6 +131,16 @@ class SchemaChanged:
     connection: str
 
 
+@dataclass(frozen=True, slots=True)
+class InheritClasses:
+    """A statement that copied classified values succeeded: the columns it stored them in
+    keep their class (``MaskingService.inherit``: for every session, and saved for after a
+    restart)."""
+
+    connection: str
+    copies: Mapping[SourceColumn, Classification]
+
+
 @dataclass(slots=True)
 class Log:
     level: int
@@ -150,5 +163,6 @@ Command = (
     | Kill
     | CancelUpstream
     | SchemaChanged
+    | InheritClasses
     | Log
 )

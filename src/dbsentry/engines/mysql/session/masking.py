@@ -9,7 +9,7 @@ shell (``server/catalogs.py``) and given through :class:`MaskingSource`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,11 +17,12 @@ from dbsentry.audit.redaction import CatalogView
 from dbsentry.config import MaskingConfig
 from dbsentry.engines.mysql.masking import MysqlMaskPlan, MysqlRowMasker
 from dbsentry.engines.mysql.wire.results import ColumnDefinition
-from dbsentry.masking.catalog import ClassMap
+from dbsentry.masking.catalog import ClassMap, SourceColumn
+from dbsentry.masking.classes import Classification
 from dbsentry.masking.plans import ColumnMask, MaskSettings
 from dbsentry.policy.engine import Decision
 
-__all__ = ["DETECT_ALL", "MaskingSource", "ResultMasking", "settings_for"]
+__all__ = ["DETECT_ALL", "Inheritance", "MaskingSource", "ResultMasking", "settings_for"]
 
 
 class MaskingSource(Protocol):
@@ -98,3 +99,24 @@ class ResultMasking:
         """An OK in place of a result set: that statement's part ended."""
         self.masker = None
         self.part += 1
+
+
+@dataclass(slots=True)
+class Inheritance:
+    """The classes the columns each statement of one command copies classified values
+    into inherit, given out as that statement succeeds (its OK, or the end of its result
+    set; a CALL's part ends at its OK).  An error ends the answer: what follows never ran."""
+
+    copies: tuple[Mapping[SourceColumn, Classification], ...]
+    commands: tuple[str, ...]
+    part: int = 0
+
+    def result_ended(self) -> Mapping[SourceColumn, Classification]:
+        if self.part < len(self.commands) and self.commands[self.part] == "CALL":
+            return {}
+        return self.statement_ended()
+
+    def statement_ended(self) -> Mapping[SourceColumn, Classification]:
+        part = self.part
+        self.part += 1
+        return self.copies[part] if part < len(self.copies) else {}

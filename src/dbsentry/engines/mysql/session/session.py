@@ -26,7 +26,7 @@ import logging
 import re
 import secrets
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol, assert_never
@@ -35,7 +35,7 @@ from dbsentry.audit.config import AuditConfig
 from dbsentry.audit.records import Record, StatementRecord
 from dbsentry.audit.redaction import LiteralRedactor
 from dbsentry.config import Config, ConnectionConfig
-from dbsentry.engines.mysql.masking import MysqlMaskPlan, Refusal, plan_for
+from dbsentry.engines.mysql.masking import MysqlMaskPlan, Refusal, copies_of, plan_for
 from dbsentry.engines.mysql.session import commands as c
 from dbsentry.engines.mysql.session import guard as g
 from dbsentry.engines.mysql.session.auditing import MySQLAudit
@@ -58,6 +58,7 @@ from dbsentry.engines.mysql.session.governance import MySQLGovernor
 from dbsentry.engines.mysql.session.literals import constant_value
 from dbsentry.engines.mysql.session.masking import (
     DETECT_ALL,
+    Inheritance,
     MaskingSource,
     ResultMasking,
     settings_for,
@@ -109,7 +110,8 @@ from dbsentry.governance.text import COMMENT, LITERAL
 from dbsentry.identity.model import Identity
 from dbsentry.identity.ratelimit import LoginThrottled
 from dbsentry.masking import writeback
-from dbsentry.masking.catalog import ClassMap
+from dbsentry.masking.catalog import ClassMap, SourceColumn
+from dbsentry.masking.classes import Classification
 from dbsentry.masking.strategies import DEFAULT_STRATEGIES, scan_text
 from dbsentry.policy.engine import Decision, combine
 from dbsentry.policy.verdict import Verdict, denial_message
@@ -137,6 +139,8 @@ ER_KILL_DENIED = 1095
 ER_AUDIT = 3098  # "the table does not comply with the requirements by an external plugin"
 ER_UNKNOWN_STMT = 1243
 ER_TABLEACCESS_DENIED = 1142  # a masking refusal (docs/mysql.md "Masking")
+# statements that may store copies of classified values (their columns inherit the class)
+_COPYING = frozenset({"INSERT", "REPLACE", "UPDATE", "CREATE TABLE AS"})
 ER_MALFORMED_PACKET = 1835
 ALLOWED = Decision("allow", ())
 
@@ -250,6 +254,7 @@ class _Exchange:
     sql_plans: dict[str, MysqlMaskPlan] | None = None
     ddl: bool = False  # the schema may change: the catalog is read again after the answer
     guard: _Bracket | None = None  # it runs under the row guard (production)
+    inherit: Inheritance | None = None  # copies of classified values, kept as statements succeed
 
 
 @dataclass(slots=True)
@@ -1095,6 +1100,7 @@ class Session:
             masked = self._mask_exchange(sql, verdict, exchange, prepared)
             if masked is not None:
                 return self._mask_refused(sql, masked, verdict, params)
+            exchange.inherit = self._inheritance(sql, verdict, prepared is not None)
             exchange.refresh = any(f.settings or f.command in ("SET", "CALL") for f in verdict.facts)
             exchange.ddl = any("DDL" in f.classes for f in verdict.facts)  # also once approved
             if verdict.decision.allowed:
@@ -1229,6 +1235,52 @@ class Session:
         self._diagnostics_withheld = sensitive or (self._diagnostics_withheld and not uses_tables)
         exchange.mask = mask
         return None
+
+    def _inheritance(self, sql: str, verdict: Verdict, prepared: bool) -> Inheritance | None:
+        """What the statements of ``sql`` copy from classified columns (any identity:
+        exempt ones may copy into other tables, masked ones within a table): the columns
+        they store the values in inherit the class once the statement succeeded.  SQL
+        ``EXECUTE s`` copies what the text of ``PREPARE s`` does."""
+        if (
+            self.masking is None
+            or self.connection_name is None
+            or not any(_may_copy(f, sql) for f in verdict.facts)
+        ):
+            return None
+        view = self.masking.current(self.connection_name)
+        if view is None or not view.classmap.columns:
+            return None
+        conn = self.connection
+        database = conn.database if conn is not None else None
+
+        def copies(text: str) -> list[Mapping[SourceColumn, Classification]]:
+            found = copies_of(text, view.catalog, view.classmap, database, self._mode)
+            return [f or {} for f in found or ()]
+
+        out = copies(sql)
+        if len(out) != len(verdict.facts):
+            out = [{} for _ in verdict.facts]
+        known = dict(self._sql_prepared)
+        for i, f in enumerate(verdict.facts):
+            name = (f.prepared_name or "").lower()
+            if not name or prepared:
+                continue
+            if f.command == "PREPARE":
+                known[name] = f.inner.text if f.inner is not None and f.inner.text else None
+            elif f.command == "DEALLOCATE":
+                known.pop(name, None)
+            elif f.command == "EXECUTE" and known.get(name):
+                inner = copies(known[name] or "")
+                out[i] = inner[0] if len(inner) == 1 else {}
+        if not any(out):
+            return None
+        commands = ("EXECUTE",) if prepared else tuple(f.command for f in verdict.facts)
+        return Inheritance(tuple(out), commands)
+
+    def _inherited(self, copies: Mapping[SourceColumn, Classification]) -> list[c.Command]:
+        if not copies or self.connection_name is None:
+            return []
+        return [c.InheritClasses(self.connection_name, dict(copies))]
 
     def _client_error(self, ex: _Exchange, payload: bytes, err: ERR) -> bytes:
         """The server's error as a masked identity may see it. Errors quote values (a
@@ -1864,12 +1916,16 @@ class Session:
             self._status = ev.status
             if ex.mask is not None:
                 ex.mask.statement_ended()
+            if ex.inherit is not None:
+                out += self._inherited(ex.inherit.statement_ended())
             out += self._complete(rows=ev.affected_rows)
         elif (state == "rows" or (state == "columns_eof" and reader.state != "rows")) and payload[:1] == b"\xfe":
             status = decode_ok(payload, self._up_caps).status if self._up_caps & k.CLIENT_DEPRECATE_EOF else decode_eof(payload, self._up_caps).status
             self._status = status
             if ex.mask is not None and state == "rows":
                 ex.mask.result_ended()
+            if ex.inherit is not None and kind != "fetch":
+                out += self._inherited(ex.inherit.result_ended())
             if kind == "fetch":
                 pass  # the rows of a cursor: its statement was completed when it opened
             elif status & k.SERVER_STATUS_CURSOR_EXISTS:
@@ -1959,6 +2015,23 @@ class Session:
             return []
         seconds = self.config.limits.startup_timeout_seconds
         return self._fail(ER_HANDSHAKE, "08S01", f"dbsentry: the login did not complete within {seconds:g}s")
+
+
+def _may_copy(facts: StatementFacts, sql: str) -> bool:
+    """Whether the statement may store a copy of a table's values (an ``INSERT`` of
+    constants and built-in functions of them does not: not worth its lineage)."""
+    if facts.command == "EXECUTE":
+        return True
+    if facts.command not in _COPYING:
+        return False
+    return bool(
+        facts.command not in ("INSERT", "REPLACE")
+        or facts.tables_read
+        or facts.columns_read
+        or "UPDATE" in facts.commands
+        or "volatile_function" in facts.flags
+        or "@" in (facts.text or sql)
+    )
 
 
 def _writes_masked(sql: str, verdict: Verdict, params: Sequence[str | None] | None, mode: SqlMode) -> bool:

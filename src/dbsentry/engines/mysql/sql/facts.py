@@ -926,13 +926,22 @@ def _strip_modifiers(st: _Stmt, words: Iterable[str]) -> list[tuple[int, int, st
     return edits
 
 
-def _t_insert(st: _Stmt, f: _Facts) -> None:
-    replace = st.word(0) == "REPLACE"
+def _insert_tree(st: _Stmt) -> exp.Expression:
+    """sqlglot's tree of an INSERT or REPLACE (read as an INSERT)."""
     edits = _strip_modifiers(st, ("LOW_PRIORITY", "DELAYED", "HIGH_PRIORITY"))
-    if replace:
+    if st.word(0) == "REPLACE":
         t = st.code[0]
         edits.append((t.start, t.end, "INSERT "[: t.end - t.start]))
-    tree = _glot(st, edits)
+    return _glot(st, edits)
+
+
+def _update_tree(st: _Stmt) -> exp.Expression:
+    return _glot(st, _strip_modifiers(st, ("LOW_PRIORITY", "IGNORE")))
+
+
+def _t_insert(st: _Stmt, f: _Facts) -> None:
+    replace = st.word(0) == "REPLACE"
+    tree = _insert_tree(st)
     if not isinstance(tree, exp.Insert):
         raise _unsupported(f"{type(tree).__name__} as an INSERT")
     allowed = {
@@ -991,7 +1000,7 @@ def _t_insert(st: _Stmt, f: _Facts) -> None:
 
 
 def _t_update(st: _Stmt, f: _Facts) -> None:
-    tree = _glot(st, _strip_modifiers(st, ("LOW_PRIORITY", "IGNORE")))
+    tree = _update_tree(st)
     if not isinstance(tree, exp.Update):
         raise _unsupported(f"{type(tree).__name__} as an UPDATE")
     allowed = {"this", "expressions", "where", "order", "limit", "with_"}
@@ -2137,6 +2146,29 @@ def _parsed_query(st: _Stmt, span: tuple[int, int]) -> ParsedQuery | None:
     _Walk(f).query(tree)
     _function_flags(f, st)
     return ParsedQuery(tree, tuple(_calls(st)), "volatile_function" in f.flags, bool(edits))
+
+
+def parse_writes(sql: str, mode: SqlMode = DEFAULT_MODE) -> tuple[ParsedQuery | None, ...]:
+    """Per statement of ``sql``: its :class:`ParsedQuery` (sqlglot's tree, as :func:`analyze`
+    reads it) when it is an ``INSERT``, ``REPLACE``, ``UPDATE`` or ``CREATE TABLE``, else
+    None.  What masking reads to find copies of classified values.  Refuses what
+    :func:`analyze` refuses."""
+    return _each_statement(sql, mode, _parsed_write)
+
+
+def _parsed_write(st: _Stmt, span: tuple[int, int]) -> ParsedQuery | None:
+    command, klass, handler = _dispatch(st)
+    if handler is _t_insert:
+        tree = _insert_tree(st)
+    elif handler is _t_update:
+        tree = _update_tree(st)
+    elif handler is _t_create:
+        tree = _glot(st)
+    else:
+        return None
+    f = _Facts(command, klass)
+    _function_flags(f, st)
+    return ParsedQuery(tree, tuple(_calls(st)), "volatile_function" in f.flags, False)
 
 
 def analyzer(mode: SqlMode = DEFAULT_MODE) -> Callable[[str], tuple[StatementFacts, ...]]:
