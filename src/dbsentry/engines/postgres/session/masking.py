@@ -631,6 +631,11 @@ class SessionMasking:
     # (DDL, a classification, a comment, through any session, worker or node) plans them
     # again, as PostgreSQL itself re-plans them.
     _statements_version: int = 0
+    # What each statement the server confirmed was planned from (``sources`` also holds
+    # the text of a PREPARE that then failed, which must not replace the server's one).
+    _confirmed_sources: dict[str, tuple[str, tuple[StatementFacts, ...], Decision, int] | None] = field(
+        default_factory=dict
+    )
 
     # -------------------------------------------------------------- client side
 
@@ -710,13 +715,15 @@ class SessionMasking:
         """The plan of prepared statement ``name`` as the server will run it next."""
         view = self.service.current(self.connection)
         if view is not None and view.version != self._statements_version:
+            if self._statements_version:
+                # planned against an older catalog: again, from what the server has (a
+                # statement whose text is not known keeps its plan: judging it by values
+                # instead could show less)
+                for n in self.statements:
+                    source = self._confirmed_sources.get(n)
+                    if source is not None:
+                        self.statements[n] = self._plans(view, *source[:3])[source[3]]
             self._statements_version = view.version
-            # planned against an older catalog: again (a statement whose text is not
-            # known keeps its plan: judging it by values instead could show less)
-            for known in (self.statements, self.pending):
-                for n in known:
-                    if n in self.sources:
-                        known[n] = self._replan(n)
         if name in self.pending:
             return self.pending[name]
         return self.statements.get(name)
@@ -935,6 +942,7 @@ class SessionMasking:
         if self.pending.get(name, plan) is plan:
             self.pending.pop(name, None)
         self.statements[name] = plan
+        self._confirmed_sources[name] = self.sources.get(name)
 
     # -------------------------------------------------------------- server side
 
