@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import select
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -56,6 +57,17 @@ class Sql:
             return cur.rowcount
 
 
+def _hung_up(conn: psycopg.Connection[Any]) -> bool:
+    """An idle connection with something to read: the server closed it (or said why before
+    closing), e.g. after a restart or a network cut.  One poll, no round trip; otherwise the
+    first use after an outage would fail although the database is back."""
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
 class SharedConnection:
     """One connection shared by threads (a lock), opened on first use and opened again
     after an error: a database that was down is used again once it is back, with no
@@ -81,6 +93,8 @@ class SharedConnection:
         self._conn: psycopg.Connection[Any] | None = None
 
     def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is not None and not self._conn.closed and _hung_up(self._conn):
+            self._drop()  # the server went away while it was idle: open a new one now
         if self._conn is None or self._conn.closed:
             self._conn = connect(
                 self._dsn, self._app, connect_timeout=self._connect_timeout,
