@@ -35,6 +35,7 @@ import yaml
 
 from support.pg import PgServer, free_port
 from support.proxy import RunningProxy, dbsentry_cli, run_proxy, write_config
+from support.tcpproxy import TcpForwarder
 
 APR = re.compile(r"\bapr_[0-9abcdefghjkmnpqrstvwxyz]{10}\b")
 ALICE = ("alice@example.com", ("eng",))
@@ -63,69 +64,6 @@ def _http(path: str, token: str | None = None) -> tuple[int, Any]:
         return err.code, json.loads(err.read())
 
 
-class Relay:
-    """A TCP relay on a port of its own to ``target`` (changeable); ``cut`` closes the
-    listener and every relayed connection, ``restore`` listens again on the same port."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = free_port()
-        self._conns: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._listener: socket.socket | None = None
-        self.restore()
-
-    def restore(self) -> None:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
-        sock.listen(64)
-        self._listener = sock
-        threading.Thread(target=self._accept, args=(sock,), daemon=True).start()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (a, b):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        if self._listener is not None:
-            with contextlib.suppress(OSError):
-                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
-            self._listener.close()
-            self._listener = None
-        with self._lock:
-            conns, self._conns = self._conns, []
-        for s in conns:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
-
-
 @pytest.fixture(scope="module")
 def control_db(pg_server: PgServer) -> Iterator[str]:
     name = f"dbs_cp_{uuid.uuid4().hex[:12]}"
@@ -139,15 +77,16 @@ def control_db(pg_server: PgServer) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def relay(pg_server: PgServer) -> Iterator[Relay]:
-    r = Relay((pg_server.host, pg_server.port))
-    yield r
-    r.cut()
+def relay(pg_server: PgServer) -> Iterator[TcpForwarder]:
+    """The control plane's database behind a relay the tests can cut (``down``) and
+    restore (``up``)."""
+    with TcpForwarder(pg_server.host, pg_server.port) as r:
+        yield r
 
 
 @pytest.fixture(scope="module")
 def nodes(
-    pg_server: PgServer, control_db: str, relay: Relay, tmp_path_factory: pytest.TempPathFactory
+    pg_server: PgServer, control_db: str, relay: TcpForwarder, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[RunningProxy, RunningProxy]]:
     base = tmp_path_factory.mktemp("cp")
     (base / "policy.yaml").write_text(POLICY)
@@ -163,7 +102,7 @@ def nodes(
         yield running[0], running[1]
 
 
-def _node_config(base: Path, name: str, workers: int, pg_server: PgServer, control_db: str, relay: Relay) -> Path:
+def _node_config(base: Path, name: str, workers: int, pg_server: PgServer, control_db: str, relay: TcpForwarder) -> Path:
     directory = base / name
     directory.mkdir()
     extra = {
@@ -254,7 +193,7 @@ def test_nodes_register_and_the_console_lists_them(nodes: tuple[RunningProxy, Ru
 
 
 def test_a_killed_node_leaves_the_list_within_seconds(
-    nodes: tuple[RunningProxy, RunningProxy], pg_server: PgServer, control_db: str, relay: Relay,
+    nodes: tuple[RunningProxy, RunningProxy], pg_server: PgServer, control_db: str, relay: TcpForwarder,
     tmp_path: Path,
 ) -> None:
     a, _ = nodes
@@ -366,8 +305,7 @@ def test_jit_grant_through_b_is_visible_on_a(nodes: tuple[RunningProxy, RunningP
 
 def test_cancel_sent_to_b_cancels_a_statement_on_a(nodes: tuple[RunningProxy, RunningProxy], pg_server: PgServer) -> None:
     a, b = nodes
-    lb = Relay((a.host, a.port))  # a load balancer: this session goes to node A
-    try:
+    with TcpForwarder(a.host, a.port) as lb:  # a load balancer: this session goes to node A
         token = _token(a, ALICE)
         dsn = psycopg.conninfo.make_conninfo(a.dsn(ALICE[0], token=token), host="127.0.0.1", port=lb.port)
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -383,8 +321,6 @@ def test_cancel_sent_to_b_cancels_a_statement_on_a(nodes: tuple[RunningProxy, Ru
             timer.join()
             assert b.log_text().count("cancel request forwarded to another node") > forwarded
             assert conn.execute("select 1").fetchone() == (1,)
-    finally:
-        lb.cut()
 
 
 def test_forged_cancel_between_nodes_is_ignored_and_logged(nodes: tuple[RunningProxy, RunningProxy]) -> None:
@@ -413,14 +349,14 @@ def test_forged_cancel_between_nodes_is_ignored_and_logged(nodes: tuple[RunningP
 
 
 def test_control_plane_down_fails_closed_and_recovers(
-    nodes: tuple[RunningProxy, RunningProxy], relay: Relay, acct: str, pg_server: PgServer
+    nodes: tuple[RunningProxy, RunningProxy], relay: TcpForwarder, acct: str, pg_server: PgServer
 ) -> None:
     a, _ = nodes
     token = _token(a, ALICE)
     held = _connect(a, ALICE, token)
     try:
         assert held.execute("select 1").fetchone() == (1,)
-        relay.cut()
+        relay.down()
         try:
             # a session that needs nothing new goes on
             assert held.execute("select 2").fetchone() == (2,)
@@ -436,7 +372,7 @@ def test_control_plane_down_fails_closed_and_recovers(
             _wait(lambda: _http("/readyz")[0] == 503, "readyz to say the control plane is down", timeout=5)
             assert _http("/readyz")[1]["checks"]["control_plane"] is False
         finally:
-            relay.restore()
+            relay.up()
         _wait(lambda: _logs_in(a, token), "logins after the control plane is back", timeout=15)
         assert held.execute("select 3").fetchone() == (3,)
         _wait(lambda: "control plane reachable again" in a.log_text(), "the listener back", timeout=15)
