@@ -220,3 +220,59 @@ def test_a_worker_answers_another_nodes_question_once_and_never_a_forged_one() -
             await there.close()
 
     asyncio.run(main())
+
+
+def test_the_console_lists_the_sessions_of_the_workers_that_answer_and_names_the_others() -> None:
+    """ClusterView against a registry of three workers of two other nodes: two answer over
+    loopback, one is dead (nothing listens at its address)."""
+    import asyncio
+    import threading
+    from types import SimpleNamespace
+    from typing import cast
+
+    from dbsentry.controlplane.registry import NodeAgent, NodeRow
+    from dbsentry.server.cluster import ClusterView
+    from dbsentry.server.internode import NodeChannel
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    def on_loop(coro: object) -> object:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(5)  # type: ignore[arg-type]
+
+    channels = []
+    registry = [NodeRow("node-a", 0, 0, "127.0.0.1:1", 1, 0.0, 0.1)]  # this node: not asked for sessions
+    try:
+        for name, worker, sessions in (("node-b", 0, ["b0"]), ("node-b", 1, ["b1a", "b1b"]), ("node-c", 0, ["c0"])):
+            ch = NodeChannel(KEY, "127.0.0.1", 0, lambda *_: None)
+            ch.node, ch.worker = name, worker
+            ch.status = (lambda ids: lambda: ([_row(i) for i in ids], {"listener": True}))(sessions)
+            host, port = cast(tuple[str, int], on_loop(ch.start()))
+            channels.append(ch)
+            registry.append(NodeRow(name, worker, 1, f"{host}:{port}", 2, 0.0, 0.2))
+        on_loop(channels.pop().close())  # node C dies: nothing listens at its address
+        here = NodeChannel(KEY, "127.0.0.1", 0, lambda *_: None)
+        agent = cast(NodeAgent, SimpleNamespace(node="node-a", live_nodes=lambda: registry))
+        view = ClusterView(agent, here, loop)
+        rows, missing = view.remote_sessions()
+        assert sorted((r["session_id"], r["node"], r["worker"]) for r in rows) == [
+            ("b0", "node-b", 0), ("b1a", "node-b", 1), ("b1b", "node-b", 1),
+        ]  # fmt: skip
+        assert [(m["node"], m["worker"], m["answered"]) for m in missing] == [("node-c", 0, False)]
+        by_worker = {(w["node"], w["worker"]): w for w in view.node_rows()}
+        assert by_worker[("node-b", 1)]["sessions"] == 2 and by_worker[("node-b", 1)]["ready"] is True
+        assert by_worker[("node-c", 0)]["answered"] is False and by_worker[("node-c", 0)]["sessions"] is None
+        assert by_worker[("node-a", 0)]["this_node"] is True
+        with pytest.raises(RuntimeError):  # never from the loop it needs
+            on_loop(_ask_on_loop(view))
+    finally:
+        for ch in channels:
+            on_loop(ch.close())
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+async def _ask_on_loop(view: object) -> object:
+    return view.ask(other_nodes_only=True)  # type: ignore[attr-defined]

@@ -32,6 +32,12 @@ class ClusterView:
     def ask(self, *, other_nodes_only: bool) -> list[tuple[NodeRow, WorkerStatus]]:
         """Every live worker (of the other nodes only, with ``other_nodes_only``) and what it
         answered."""
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:  # it would wait for itself: every worker "not answering"
+            raise RuntimeError("ClusterView.ask blocks: call it from a thread, not from its event loop")
         rows = [r for r in self.agent.live_nodes() if not (other_nodes_only and r.node == self.agent.node)]
         if not rows:
             return []
