@@ -37,6 +37,10 @@ import pytest
 import yaml
 
 from support.console import CHROMIUM, launch_chromium
+from support.mysql import DATABASE as MYSQL_DB
+from support.mysql import HOST as MYSQL_HOST
+from support.mysql import PORT as MYSQL_PORT
+from support.mysql import server_reason
 from support.pg import PgServer, free_port
 from support.proxy import RunningProxy, dbsentry_cli, run_proxy, write_config
 from support.tcpproxy import TcpForwarder
@@ -57,6 +61,8 @@ POLICY = (
 
 
 HTTP = [f"127.0.0.1:{free_port()}"]
+MYSQL = f"127.0.0.1:{free_port()}"  # node A's MySQL listener, when a MariaDB answers here
+MYSQL_MISSING = server_reason()
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "control-plane"
 
 
@@ -99,9 +105,14 @@ def nodes(
         running = []
         for name, workers in (("a", 1), ("b", 2)):
             path = _node_config(base, name, workers, pg_server, control_db, relay)
-            if name == "a":  # node A serves the console and API
+            if name == "a":  # node A serves the console and API (and MySQL clients)
                 data = yaml.safe_load(path.read_text())
                 data["listen"]["http"] = HTTP[0]
+                if MYSQL_MISSING is None:
+                    data["listen"]["mysql"] = MYSQL
+                    data["connections"]["shop"] = {
+                        "engine": "mysql", "host": MYSQL_HOST, "port": MYSQL_PORT, "database": MYSQL_DB, "user": "root", "environment": "staging",
+                    }  # fmt: skip
                 path.write_text(yaml.safe_dump(data))
             running.append(stack.enter_context(_start(path, workers)))
         yield running[0], running[1]
@@ -478,6 +489,9 @@ def test_control_plane_down_fails_closed_and_recovers(
             with pytest.raises(asyncpg.exceptions.CannotConnectNowError) as not_now:
                 asyncio.run(_asyncpg_login(a, ALICE[0], token))
             assert not_now.value.sqlstate == "57P03" and "the control plane is unavailable" in str(not_now.value)
+            if MYSQL_MISSING is None:  # and the MySQL listener with the server's "cannot serve now"
+                code, message = _mysql_login_error(token)
+                assert code == 1053 and message.startswith("dbsentry: the control plane is unavailable"), (code, message)
             _wait(lambda: _http("/readyz")[0] == 503, "readyz to say the control plane is down", timeout=5)
             assert _http("/readyz")[1]["checks"]["control_plane"] is False
         finally:
@@ -489,6 +503,19 @@ def test_control_plane_down_fails_closed_and_recovers(
     finally:
         held.close()
     assert _balance(pg_server, acct) == 100
+
+
+def _mysql_login_error(token: str) -> tuple[int, str]:
+    pymysql = pytest.importorskip("pymysql")
+    host, _, port = MYSQL.rpartition(":")
+    try:
+        pymysql.connect(
+            host=host, port=int(port), user=ALICE[0], password=token, database="shop",
+            ssl={"check_hostname": False, "verify_mode": ssl.CERT_NONE}, connect_timeout=10,
+        ).close()  # fmt: skip
+    except pymysql.err.MySQLError as err:
+        return int(err.args[0]), str(err.args[1])
+    raise AssertionError("a MySQL login went through while the control plane was down")
 
 
 async def _asyncpg_login(node: RunningProxy, user: str, token: str) -> None:
