@@ -133,7 +133,8 @@ class NodeLink:
 
 
 class NodeChannel:
-    """This worker's inter-node listener, and the sender of forwarded cancels."""
+    """This worker's inter-node listener (cancels; questions from other nodes' consoles), and
+    the sender of forwarded cancels and of those questions."""
 
     def __init__(self, key: bytes, host: str, port: int, on_cancel: Cancel) -> None:
         self.key = key
