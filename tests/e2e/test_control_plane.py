@@ -13,12 +13,14 @@ other node than the session it names.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
 import json
 import re
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -29,10 +31,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import psycopg
 import pytest
 import yaml
 
+from support.console import CHROMIUM, launch_chromium
+from support.mysql import DATABASE as MYSQL_DB
+from support.mysql import HOST as MYSQL_HOST
+from support.mysql import PORT as MYSQL_PORT
+from support.mysql import server_reason
 from support.pg import PgServer, free_port
 from support.proxy import RunningProxy, dbsentry_cli, run_proxy, write_config
 from support.tcpproxy import TcpForwarder
@@ -53,6 +61,9 @@ POLICY = (
 
 
 HTTP = [f"127.0.0.1:{free_port()}"]
+MYSQL = f"127.0.0.1:{free_port()}"  # node A's MySQL listener, when a MariaDB answers here
+MYSQL_MISSING = server_reason()
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "control-plane"
 
 
 def _http(path: str, token: str | None = None) -> tuple[int, Any]:
@@ -94,9 +105,14 @@ def nodes(
         running = []
         for name, workers in (("a", 1), ("b", 2)):
             path = _node_config(base, name, workers, pg_server, control_db, relay)
-            if name == "a":  # node A serves the console and API
+            if name == "a":  # node A serves the console and API (and MySQL clients)
                 data = yaml.safe_load(path.read_text())
                 data["listen"]["http"] = HTTP[0]
+                if MYSQL_MISSING is None:
+                    data["listen"]["mysql"] = MYSQL
+                    data["connections"]["shop"] = {
+                        "engine": "mysql", "host": MYSQL_HOST, "port": MYSQL_PORT, "database": MYSQL_DB, "user": "root", "environment": "staging",
+                    }  # fmt: skip
                 path.write_text(yaml.safe_dump(data))
             running.append(stack.enter_context(_start(path, workers)))
         yield running[0], running[1]
@@ -192,21 +208,121 @@ def test_nodes_register_and_the_console_lists_them(nodes: tuple[RunningProxy, Ru
     assert status == 200 and ready["checks"]["control_plane"] is True
 
 
+def _live(token: str, app: str) -> list[dict[str, Any]]:
+    """The live sessions that node A's API lists with application_name ``app``."""
+    status, body = _http("/api/v1/sessions?limit=1", token)
+    assert status == 200, body
+    return [s for s in body["live"] if s.get("application_name") == app]
+
+
+def _by_node(token: str) -> dict[str, dict[str, Any]]:
+    status, body = _http("/api/v1/nodes", token)
+    assert status == 200, body
+    return {n["node"]: n for n in body["by_node"]}
+
+
+def test_every_nodes_sessions_are_listed_by_the_console_of_one(nodes: tuple[RunningProxy, RunningProxy]) -> None:
+    a, b = nodes
+    auditor = a.token("auditor@example.com", ("security",))
+    app = f"cp-where-{uuid.uuid4().hex[:8]}"
+    on_b = [_connect(b, ALICE, _token(b, ALICE), application_name=app) for _ in range(3)]  # spread over B's workers
+    on_a = _connect(a, CAROL, _token(a, CAROL), application_name=app)
+    try:
+        found = _live(auditor, app)
+        here = [s for s in found if s["identity"] == CAROL[0]]
+        there = [s for s in found if s["identity"] == ALICE[0]]
+        assert len(here) == 1 and len(there) == 3, found
+        summary = _by_node(auditor)
+        (node_a,) = [n for n, v in summary.items() if v["this_node"]]
+        (node_b,) = [n for n, v in summary.items() if not v["this_node"]]
+        assert here[0]["node"] == node_a and here[0]["worker"] == 0
+        assert {s["node"] for s in there} == {node_b} and {s["worker"] for s in there} <= {0, 1}
+        # and one of them, found by its id through node A
+        status, one = _http(f"/api/v1/sessions/{there[0]['session_id']}", auditor)
+        assert status == 200 and one["live"] is True and one["node"] == node_b
+        assert summary[node_b]["workers"] == [0, 1] and len(summary[node_b]["addresses"]) == 2
+        assert summary[node_b]["ready"] is True and summary[node_b]["sessions"] >= 3
+        assert summary[node_a]["workers"] == [0] and summary[node_a]["ready"] is True and summary[node_a]["sessions"] >= 1
+        assert all(0 <= v["heartbeat_age_seconds"] < 3 for v in summary.values())
+    finally:
+        for conn in [*on_b, on_a]:
+            conn.close()
+    _wait(lambda: not _live(auditor, app), "the closed sessions to leave the list", timeout=5)
+
+
+def test_the_console_shows_the_nodes_and_where_each_session_runs(nodes: tuple[RunningProxy, RunningProxy]) -> None:
+    """Node A's console in a real browser (Debian's Chromium, as tests/e2e/test_web_console.py):
+    the Nodes page lists both nodes, ready; the Sessions page shows a session held by node B
+    with B's name."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's chromium: apt-get install -y chromium")
+    a, b = nodes
+    auditor = a.token("auditor@example.com", ("security",))
+    app = f"cp-page-{uuid.uuid4().hex[:8]}"
+    summary = _by_node(auditor)
+    (node_b,) = [n for n, v in summary.items() if not v["this_node"]]
+    with _connect(b, ALICE, _token(b, ALICE), application_name=app), sync_api.sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            problems: list[str] = []
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            expect = sync_api.expect
+            page.goto(f"http://{HTTP[0]}/")
+            page.fill("#token-input", auditor)
+            page.click("#login-form button[type=submit]")
+            expect(page.locator("#who-name")).to_have_text("auditor@example.com")
+            page.click("#nav a[data-route=nodes]")
+            rows = page.locator("#nodes-table tbody tr")
+            expect(rows).to_have_count(2)
+            expect(page.locator("#nodes-table tbody tr", has_text="this node")).to_have_count(1)
+            row_b = page.locator(f'#nodes-table tbody tr[data-node="{node_b}"]')
+            expect(row_b).to_contain_text("ready")
+            expect(row_b.locator("td").nth(2)).to_contain_text("w0 w1")
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "nodes.png"))
+            page.click("#nav a[data-route=sessions]")
+            mine = page.locator("tr", has_text=app)
+            expect(mine).to_have_count(1)
+            expect(mine).to_contain_text(node_b)
+            page.screenshot(path=str(ARTIFACTS / "sessions-of-every-node.png"))
+            assert not problems, problems
+        finally:
+            browser.close()
+
+
 def test_a_killed_node_leaves_the_list_within_seconds(
     nodes: tuple[RunningProxy, RunningProxy], pg_server: PgServer, control_db: str, relay: TcpForwarder,
     tmp_path: Path,
 ) -> None:
     a, _ = nodes
     auditor = a.token("auditor@example.com", ("security",))
+    app = f"cp-doomed-{uuid.uuid4().hex[:8]}"
     (tmp_path / "policy.yaml").write_text(POLICY)
     with _start(_node_config(tmp_path, "c", 1, pg_server, control_db, relay), 1) as c:
         # node A reads the registry at each of its heartbeats
         _wait(lambda: len(_http("/api/v1/nodes", auditor)[1]["nodes"]) == 4, "node C listed", timeout=5)
+        on_c = _connect(c, ALICE, _token(c, ALICE), application_name=app)
+        (row,) = _live(auditor, app)
+        summary = _by_node(auditor)
+        assert len(summary) == 3 and summary[row["node"]]["sessions"] == 1 and summary[row["node"]]["ready"] is True
         c.process.kill()  # kill -9: no goodbye
         c.process.wait()
         killed = time.monotonic()
+        # its sessions go at once: a node that does not answer shows none, and is named
+        _wait(lambda: not _live(auditor, app), "the dead node's session to leave the list", timeout=3)
+        body = _http("/api/v1/sessions?limit=1", auditor)[1]
+        summary = _by_node(auditor)
+        # its last heartbeat was at most 0.5 s before the kill: it stays registered 2.5 s more
+        assert time.monotonic() - killed < 2.0, "too slow to see the dead node still registered"
+        assert [m["node"] for m in body["unanswered"]] == [row["node"]], body["unanswered"]
+        assert summary[row["node"]]["ready"] is False and summary[row["node"]]["sessions"] is None
         _wait(lambda: len(_http("/api/v1/nodes", auditor)[1]["nodes"]) == 3, "the dead node to expire", timeout=10)
         assert time.monotonic() - killed < 3 + 1.5  # node_ttl_seconds, and a heartbeat of A's
+        assert len(_by_node(auditor)) == 2 and _http("/api/v1/sessions?limit=1", auditor)[1]["unanswered"] == []
+        with contextlib.suppress(psycopg.Error):
+            on_c.close()
 
 
 def test_token_revoked_through_one_node_is_refused_at_the_other(nodes: tuple[RunningProxy, RunningProxy]) -> None:
@@ -369,6 +485,13 @@ def test_control_plane_down_fails_closed_and_recovers(
             with pytest.raises(psycopg.OperationalError) as refused:
                 _connect(a, ALICE, token).close()
             assert "dbsentry: the control plane is unavailable" in str(refused.value)
+            # with cannot_connect_now (psycopg keeps no SQLSTATE for a failed connection; asyncpg does)
+            with pytest.raises(asyncpg.exceptions.CannotConnectNowError) as not_now:
+                asyncio.run(_asyncpg_login(a, ALICE[0], token))
+            assert not_now.value.sqlstate == "57P03" and "the control plane is unavailable" in str(not_now.value)
+            if MYSQL_MISSING is None:  # and the MySQL listener with the server's "cannot serve now"
+                code, message = _mysql_login_error(token)
+                assert code == 1053 and message.startswith("dbsentry: the control plane is unavailable"), (code, message)
             _wait(lambda: _http("/readyz")[0] == 503, "readyz to say the control plane is down", timeout=5)
             assert _http("/readyz")[1]["checks"]["control_plane"] is False
         finally:
@@ -380,6 +503,26 @@ def test_control_plane_down_fails_closed_and_recovers(
     finally:
         held.close()
     assert _balance(pg_server, acct) == 100
+
+
+def _mysql_login_error(token: str) -> tuple[int, str]:
+    pymysql = pytest.importorskip("pymysql")
+    host, _, port = MYSQL.rpartition(":")
+    try:
+        pymysql.connect(
+            host=host, port=int(port), user=ALICE[0], password=token, database="shop",
+            ssl={"check_hostname": False, "verify_mode": ssl.CERT_NONE}, connect_timeout=10,
+        ).close()  # fmt: skip
+    except pymysql.err.MySQLError as err:
+        return int(err.args[0]), str(err.args[1])
+    raise AssertionError("a MySQL login went through while the control plane was down")
+
+
+async def _asyncpg_login(node: RunningProxy, user: str, token: str) -> None:
+    tls = ssl.create_default_context()
+    tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE  # the proxy's certificate is self-signed
+    conn = await asyncpg.connect(host=node.host, port=node.port, user=user, password=token, database="prod", ssl=tls, timeout=10)
+    await conn.close()
 
 
 def _logs_in(node: RunningProxy, token: str) -> bool:

@@ -246,6 +246,24 @@ def test_plaintext_refused_when_tls_required(tmp_path: Path) -> None:
     assert isinstance(out[-1], c.CloseClient)
 
 
+def test_login_while_the_control_plane_is_down_is_refused_1053(tmp_path: Path) -> None:
+    """Not the credentials' fault: the server's "cannot serve now" code, naming the control plane."""
+    from dbsentry.identity.ratelimit import ControlPlaneUnavailable
+
+    s = Session(config(tmp_path), ClientInfo("10.0.0.1:5000"), 7, governor=MySQLGovernor(default_policy))
+    s.greeting()
+    s.handle(e.ClientData(encode_packet(hs.encode_ssl_request(hs.SSLRequest(CAPS | k.CLIENT_SSL)), 1)[0]))
+    s.handle(e.ClientTLSStarted("TLSv1.3"))
+    response = hs.HandshakeResponse(CAPS | k.CLIENT_SSL, "alice@example.com", b"x" * 32, database="prod", auth_plugin_name="caching_sha2_password")
+    s.handle(e.ClientData(encode_packet(hs.encode_handshake_response(response), 2)[0]))
+    assert s.handle(e.ClientData(encode_packet(b"tok\x00", 4)[0])) == [c.VerifyPassword("alice@example.com", "tok")]
+    out = s.handle(e.PasswordVerified(ControlPlaneUnavailable("cp.example:5432/dbsentry_control: refused")))
+    err = g.decode_err(packets(out)[0])
+    assert (err.code, err.sqlstate) == (1053, "08S01")
+    assert err.message.startswith("dbsentry: the control plane is unavailable (cp.example")
+    assert isinstance(out[-1], c.CloseClient) and s.state is State.CLOSED
+
+
 def test_every_event_is_handled_and_transitions_are_checked(tmp_path: Path) -> None:
     for event_type in typing.get_args(e.Event):
         s = Session(config(tmp_path), ClientInfo("x"), 1)

@@ -32,6 +32,7 @@ from dbsentry.engines.postgres.session.upstream import UpstreamReady
 from dbsentry.engines.postgres.wire import codec
 from dbsentry.engines.postgres.wire import messages as m
 from dbsentry.identity.model import Identity
+from dbsentry.identity.ratelimit import ControlPlaneUnavailable
 from support.playbook import Fatal, Playbook, error_fields, frames
 
 PROXY_PID = 4242
@@ -272,6 +273,18 @@ def test_unknown_token_is_refused_28p01() -> None:
     pb = Playbook(new_session())
     pb.client(ALICE_APP + codec.encode_password("bad")).take()
     pb.event(PasswordVerified(None)).expect(Fatal("28P01", 'user "alice"'), *CLOSE)
+    assert pb.session.identity is None
+
+
+def test_login_while_the_control_plane_is_down_is_refused_57p03() -> None:
+    """Not the credentials' fault: cannot_connect_now, naming the control plane."""
+    pb = Playbook(new_session())
+    pb.client(ALICE_APP + codec.encode_password("tok")).take()
+    (fatal, *rest) = pb.event(PasswordVerified(ControlPlaneUnavailable("cp.example:5432/dbsentry_control: refused"))).take()
+    assert rest == [*CLOSE]
+    err = error_fields(fatal.data)  # type: ignore[attr-defined]
+    assert err.get("C") == "57P03"
+    assert "the control plane is unavailable" in err.message and "cp.example" in err.message
     assert pb.session.identity is None
 
 

@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -36,7 +36,8 @@ from dbsentry.masking.derived import DerivedClassFile
 from dbsentry.policy import PolicyError
 from dbsentry.policy.loader import declared_environments
 from dbsentry.server.catalogs import CatalogLoader
-from dbsentry.server.internode import NodeChannel, NodeLink
+from dbsentry.server.cluster import ClusterView
+from dbsentry.server.internode import NodeChannel, NodeLink, Status
 from dbsentry.server.mysql_proxy import start_mysql_listener
 from dbsentry.server.proxy import ProxyServer
 from dbsentry.server.roles import log_production_roles
@@ -156,15 +157,45 @@ def _unset(_: object) -> None:
     raise AssertionError("set by AuditLog")
 
 
-def _node_rows(agent: NodeAgent) -> Callable[[], list[dict[str, Any]]]:
-    def rows() -> list[dict[str, Any]]:
-        return [
-            {"node": n.node, "worker": n.worker, "slot": n.slot, "address": n.address, "pid": n.pid,
-             "started_at": n.started_at, "heartbeat_age_seconds": round(n.age, 3), "this_node": n.node == agent.node}
-            for n in agent.live_nodes()
-        ]
+def _on_node(rows: Callable[[], Iterable[Any]], node: str) -> Callable[[], list[dict[str, Any]]]:
+    """``rows`` (live sessions, or rows of them) as console rows, each naming its node (and
+    its worker: 0 when the node has one process)."""
+    from dbsentry.web.views import live_session_row
 
-    return rows
+    def tagged() -> list[dict[str, Any]]:
+        out = []
+        for obj in rows():
+            row = live_session_row(obj)
+            if row is not None:
+                out.append({"worker": 0, **row, "node": node})
+        return out
+
+    return tagged
+
+
+def _worker_status(
+    proxy: ProxyServer, mysql: Any, writer: AuditLog | None, health: UpstreamHealth | None, agent: NodeAgent
+) -> Status:
+    """What this worker tells another node's console: its own live sessions (PostgreSQL, and
+    MySQL on the worker that runs that listener) and its readiness checks."""
+    from dbsentry.web.views import live_session_row
+
+    index = proxy.worker.index if proxy.worker is not None else 0
+
+    def status() -> tuple[list[dict[str, Any]], dict[str, bool]]:
+        rows = proxy.session_rows()
+        if mysql is not None:
+            rows += [{**r, "worker": index} for r in map(live_session_row, list(mysql.sessions.values())) if r is not None]
+        checks = {"listener": proxy.listening(), "control_plane": agent.up}
+        if mysql is not None:
+            checks["listener:mysql"] = mysql.listening()
+        if writer is not None:
+            checks["audit_writer"] = writer.healthy
+        if health is not None:
+            checks.update({f"upstream:{name}": up.reachable is not False for name, up in health.snapshot().items()})
+        return rows, checks
+
+    return status
 
 
 async def _join_control_plane(
@@ -191,6 +222,7 @@ async def _join_control_plane(
         log.error("cannot join the control plane; not starting", extra={"fields": {"reason": str(err)}})
         sys.exit(2)
     proxy.node = NodeLink(slot, channel, agent.address_of)
+    channel.node, channel.worker = agent.node, index  # what it answers as (its status: later)
     if approvals is not None:
         agent.on("approvals", approvals.changed)
     catalogs = proxy.catalogs
@@ -297,6 +329,9 @@ async def run_server(
     if config.limits.upstream_check_seconds > 0 and config.connections:
         health = UpstreamHealth(config.connections, config.limits.upstream_check_seconds)
         await health.check_all()  # so "ready" says whether the upstreams answer
+    if agent is not None and proxy.node is not None:  # other nodes' consoles may ask now
+        proxy.node.channel.status = _worker_status(proxy, mysql, writer, health, agent)
+    cluster = ClusterView(agent, proxy.node.channel, asyncio.get_running_loop()) if agent is not None and proxy.node is not None else None
     http_task = None
     http_addr = config.listen.http_addr if worker is None or worker.index == 0 else None  # one HTTP listener a node
     if http_addr is not None:
@@ -318,12 +353,15 @@ async def run_server(
             ),
             approvals=approvals,
             # both listeners' sessions (with workers: every worker's PostgreSQL sessions, and the
-            # MySQL listener's, which only worker 0 runs)
-            live_sessions=(
+            # MySQL listener's, which only worker 0 runs), each with its node and worker
+            live_sessions=_on_node(
                 (lambda: [*proxy.sessions.values(), *(mysql.sessions.values() if mysql is not None else ())])
                 if worker is None
-                else _with_mysql(_every_worker_sessions(proxy), mysql)
+                else _with_mysql(_every_worker_sessions(proxy), mysql),
+                agent.node if agent is not None else node_id(config.audit.node, config.state_dir),
             ),
+            # with a control plane: the other nodes' sessions, asked at each look
+            remote_sessions=cluster.remote_sessions if cluster is not None else None,
             listener_up=proxy.listening,
             mysql_listener_up=mysql.listening if mysql is not None else None,
             upstreams=health.snapshot if health is not None else None,
@@ -332,7 +370,7 @@ async def run_server(
                 if catalogs is not None
                 else None
             ),
-            nodes=_node_rows(agent) if agent is not None else None,
+            nodes=cluster.node_rows if cluster is not None else None,
             control_plane_up=(lambda: agent.up) if agent is not None else None,
         )
         if config.mcp.http and governor is not None:

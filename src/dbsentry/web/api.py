@@ -262,9 +262,19 @@ def auditor(svc: WebServices) -> Callable[..., None]:
 
 def live_rows(svc: WebServices) -> list[dict[str, Any]]:
     """The sessions open now, as rows for the sessions list and the agents view."""
+    return cluster_live_rows(svc)[0]
+
+
+def cluster_live_rows(svc: WebServices) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The sessions open now on this node and, with a control plane, on every other node
+    (asked now); and the workers of other nodes whose sessions are missing (not answering)."""
     rows = []
     for obj in list(svc.ctx.live_sessions()):
         row = live_session_row(obj)
         if row is not None:
             rows.append(row)
-    return rows
+    missing: list[dict[str, Any]] = []
+    if svc.ctx.remote_sessions is not None:
+        remote, missing = svc.ctx.remote_sessions()
+        rows.extend(r for r in map(live_session_row, remote) if r is not None)
+    return rows, missing

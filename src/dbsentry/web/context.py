@@ -58,7 +58,10 @@ class WebContext:
     mysql_listener_up: Callable[[], bool] | None = None
     upstreams: Callable[[], Mapping[str, UpstreamState]] | None = None
     classification: Callable[[], Mapping[str, Any]] | None = None
-    # with control_plane: the live nodes' workers (rows), and whether it is reachable
+    # with control_plane: the other nodes' live sessions (rows) and the workers whose sessions
+    # are missing (they did not answer); the live nodes' workers (rows, with their answer);
+    # whether the control plane is reachable
+    remote_sessions: Callable[[], tuple[list[dict[str, Any]], list[dict[str, Any]]]] | None = None
     nodes: Callable[[], list[dict[str, Any]]] | None = None
     control_plane_up: Callable[[], bool] | None = None
     public_keys: Callable[[], Sequence[Ed25519PublicKey]] | None = None

@@ -91,6 +91,39 @@ def live_session_row(obj: Any) -> dict[str, Any] | None:
     }
 
 
+def node_summaries(workers: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of ``/nodes`` (one a live worker, with what it answered) grouped by node:
+    its addresses and workers, its freshest heartbeat, its live sessions (None when a worker
+    did not answer: the count would be wrong), and readiness (every worker answered and is
+    ready).  This node first, then by name."""
+    by_node: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for w in workers:
+        by_node[str(w.get("node"))].append(w)
+    out = []
+    for node, rows in by_node.items():
+        rows = sorted(rows, key=lambda w: int(w.get("worker") or 0))
+        answered = all(w.get("answered") for w in rows)
+        ages = [float(w["heartbeat_age_seconds"]) for w in rows if isinstance(w.get("heartbeat_age_seconds"), int | float)]
+        out.append(
+            {
+                "node": node,
+                "this_node": any(w.get("this_node") for w in rows),
+                "slot": rows[0].get("slot"),
+                "addresses": [w.get("address") for w in rows],
+                "workers": [w.get("worker") for w in rows],
+                "heartbeat_age_seconds": min(ages) if ages else None,
+                "sessions": sum(int(w.get("sessions") or 0) for w in rows) if answered else None,
+                "answered": answered,
+                "ready": answered and all(w.get("ready") is True for w in rows),
+                "not_answering": [w.get("worker") for w in rows if not w.get("answered")],
+                "not_ready": sorted(
+                    {f"w{w.get('worker')}: {name}" for w in rows for name, ok in (w.get("checks") or {}).items() if ok is False}
+                ),
+            }
+        )
+    return sorted(out, key=lambda n: (not n["this_node"], n["node"]))
+
+
 def sessions_from_events(events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Session rows from ``session`` records (opened and closed), newest opening first.
 

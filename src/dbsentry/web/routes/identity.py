@@ -48,6 +48,7 @@ def add_routes(r: APIRouter, svc: WebServices) -> None:
                 "classification": ctx.classification is not None,
                 "policy": gov is not None,
                 "oidc": getattr(ctx.authenticator, "oidc", None) is not None,
+                "nodes": ctx.nodes is not None,  # several nodes on one control plane
             },
             "connections": [
                 {"name": name, "environment": c.environment}

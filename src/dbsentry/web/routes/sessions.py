@@ -25,6 +25,7 @@ from dbsentry.web.api import (
     StatementPage,
     When,
     auditor,
+    cluster_live_rows,
     errors,
     live_rows,
     record_event,
@@ -33,6 +34,7 @@ from dbsentry.web.api import (
 )
 from dbsentry.web.service import WebServices
 from dbsentry.web.views import (
+    node_summaries,
     sessions_from_events,
 )
 
@@ -53,7 +55,7 @@ def add_routes(r: APIRouter, svc: WebServices) -> None:
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
         identity: str | None = None,
     ) -> dict[str, Any]:
-        live = live_rows(svc)
+        live, unanswered = cluster_live_rows(svc)
         events = [
             rec.data()
             for rec in svc.store.iter_records(types=["session"], descending=True, limit=limit * 2)
@@ -66,15 +68,18 @@ def add_routes(r: APIRouter, svc: WebServices) -> None:
             live = [s for s in live if s["identity"] == identity]
             recent = [s for s in recent if s.get("identity") == identity]
         audit(request, who, "sessions.list", identity=identity)
-        return {"live": live, "recent": recent[:limit]}
+        # unanswered: workers of other nodes whose live sessions are not in "live"
+        return {"live": live, "recent": recent[:limit], "unanswered": unanswered}
 
     @r.get("/nodes", tags=["sessions"], summary="The live nodes and workers of the control plane")
     def nodes(request: Request, who: AnyRole) -> dict[str, Any]:
         """Every live worker of every node sharing this node's control plane (a node not
-        heard of for ``control_plane.node_ttl_seconds`` is left out); empty without one."""
+        heard of for ``control_plane.node_ttl_seconds`` is left out), each asked now for its
+        readiness and live sessions (``nodes``), and the same by node (``by_node``); empty
+        without a control plane."""
         found = svc.ctx.nodes() if svc.ctx.nodes is not None else []
         audit(request, who, "nodes.list")
-        return {"nodes": found}
+        return {"nodes": found, "by_node": node_summaries(found)}
 
     def find_session(session_id: str) -> dict[str, Any] | None:
         for row in live_rows(svc):

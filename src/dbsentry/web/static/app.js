@@ -388,18 +388,35 @@
     state.cleanups.push(stop);
   };
 
+  // Where a live session runs: its node (with several nodes) and worker.
+  function whereCell(s) {
+    const worker = s.worker === undefined || s.worker === null ? "" : `worker ${s.worker}`;
+    return state.me.features.nodes
+      ? h("td", { class: "mono" }, s.node || "–", h("div", { class: "sub-line" }, worker))
+      : h("td", { class: "mono" }, worker || "–");
+  }
+
+  // Workers of other nodes whose sessions are missing: said, not hidden.
+  function unansweredNote(missing) {
+    if (!missing || !missing.length) return null;
+    const names = missing.map((m) => `${m.node} worker ${m.worker}${m.answered ? ` (${m.left_off} sessions left off)` : " (not answering)"}`);
+    return h("div", { class: "card-body", role: "alert" },
+      h("span", { class: "badge pending" }, "incomplete"), " Sessions not shown from: ", names.join(", "), ".");
+  }
+
   pages.sessions = async (view) => {
     const data = await api("/sessions?limit=100");
     const liveRows = data.live.map((s) => h("tr", {},
       h("td", { class: "nowrap" }, who(s.identity, s.identity_kind)),
+      whereCell(s),
       h("td", {}, s.connection || "–", h("div", { class: "sub-line" }, s.environment || "")),
       h("td", { class: "mono" }, s.client_addr || "–", h("div", { class: "sub-line" }, s.tls ? `TLS ${s.tls_version || ""}` : "no TLS")),
       h("td", {}, s.application_name || "–"),
       h("td", {}, h("span", { class: `badge ${s.txn_status === "idle" ? "" : "pending"}` }, s.txn_status || s.state || "–")),
       h("td", {}, h("a", { href: `#/session/${encodeURIComponent(s.session_id)}` }, "Statements →"))));
-    view.append(card("Live sessions", `${data.live.length} open now`,
-      h("div", { class: "card-body flush" }, liveRows.length
-        ? h("div", { class: "table-wrap" }, h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Identity"), h("th", {}, "Connection"), h("th", {}, "Client"), h("th", {}, "Application"), h("th", {}, "State"), h("th", {}, ""))), h("tbody", {}, liveRows)))
+    view.append(card("Live sessions", `${data.live.length} open now${state.me.features.nodes ? " on every node" : ""}`,
+      h("div", { class: "card-body flush" }, unansweredNote(data.unanswered), liveRows.length
+        ? h("div", { class: "table-wrap" }, h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Identity"), h("th", {}, state.me.features.nodes ? "Node" : "Worker"), h("th", {}, "Connection"), h("th", {}, "Client"), h("th", {}, "Application"), h("th", {}, "State"), h("th", {}, ""))), h("tbody", {}, liveRows)))
         : empty("No open sessions", "Sessions appear here while clients are connected."))));
     const recentRows = data.recent.map((s) => h("tr", {},
       h("td", { class: "time" }, fmtTime(s.opened_at || s.closed_at, true)),
@@ -413,6 +430,25 @@
       h("div", { class: "card-body flush" }, recentRows.length
         ? h("div", { class: "table-wrap" }, h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Opened"), h("th", {}, "Identity"), h("th", {}, "Connection"), h("th", {}, "Client"), h("th", {}, "Status"), h("th", {}, ""))), h("tbody", {}, recentRows)))
         : empty("No sessions recorded yet"))));
+  };
+
+  pages.nodes = async (view) => {
+    const data = await api("/nodes");
+    const yesNo = (ok, yes, no) => h("span", { class: `badge ${ok ? "allow" : "deny"}` }, ok ? yes : no);
+    const rows = data.by_node.map((n) => h("tr", { dataset: { node: n.node } },
+      h("td", { class: "mono" }, n.node, n.this_node ? h("div", { class: "sub-line" }, "this node") : null),
+      h("td", { class: "mono" }, n.addresses.join(", ")),
+      h("td", {}, String(n.workers.length), h("div", { class: "sub-line" }, n.workers.map((w) => `w${w}`).join(" "))),
+      h("td", { class: "nowrap" }, n.heartbeat_age_seconds === null ? "–" : `${n.heartbeat_age_seconds.toFixed(1)} s ago`),
+      h("td", {}, fmtNum(n.sessions)),
+      h("td", {}, !n.answered
+        ? yesNo(false, "", `not answering (${n.not_answering.map((w) => `w${w}`).join(" ")})`)
+        : yesNo(n.ready, "ready", "not ready"),
+        n.not_ready.length ? h("div", { class: "sub-line" }, n.not_ready.join(", ")) : null)));
+    view.append(card("Nodes", `${data.by_node.length} live on this control plane; a node leaves the list when its heartbeat is older than control_plane.node_ttl_seconds`,
+      h("div", { class: "card-body flush" }, rows.length
+        ? h("div", { class: "table-wrap" }, h("table", { id: "nodes-table" }, h("thead", {}, h("tr", {}, h("th", {}, "Node"), h("th", {}, "Address"), h("th", {}, "Workers"), h("th", {}, "Last heartbeat"), h("th", {}, "Live sessions"), h("th", {}, "Readiness"))), h("tbody", {}, rows)))
+        : empty("No live nodes", "The control plane lists none: is it reachable?"))));
   };
 
   pages.session = async (view, id) => {
@@ -988,6 +1024,7 @@
   const ICONS = {
     live: "M1 8h3l2-5 4 10 2-5h3",
     sessions: "M2 5h10l-3-3M14 11H4l3 3",
+    nodes: "M2 2.5h12v4H2zM2 9.5h12v4H2zM4.5 4.5h.01M4.5 11.5h.01",
     search: "M7 12A5 5 0 1 0 7 2a5 5 0 0 0 0 10zM10.5 10.5 14 14",
     blocked: "M8 14.5A6.5 6.5 0 1 0 8 1.5a6.5 6.5 0 0 0 0 13zM3.5 3.5l9 9",
     approvals: "M8 14.5A6.5 6.5 0 1 0 8 1.5a6.5 6.5 0 0 0 0 13zM5 8.2l2 2 4-4.2",
@@ -1005,6 +1042,7 @@
     { group: "Monitor" },
     { route: "live", label: "Live activity", icon: "◉", roles: ["admin", "auditor", "reviewer"] },
     { route: "sessions", label: "Sessions", icon: "⇄", roles: ["admin", "auditor", "reviewer"] },
+    { route: "nodes", label: "Nodes", icon: "▤", roles: ["admin", "auditor", "reviewer"], feature: "nodes" },
     { route: "search", label: "Search", icon: "⌕", roles: ["admin", "auditor", "reviewer"] },
     { route: "blocked", label: "Blocked attempts", icon: "⊘", roles: ["admin", "auditor", "reviewer"] },
     { group: "Govern" },

@@ -108,7 +108,7 @@ from dbsentry.governance.durability import changes_data
 from dbsentry.governance.facts import StatementFacts
 from dbsentry.governance.text import COMMENT, LITERAL
 from dbsentry.identity.model import Identity
-from dbsentry.identity.ratelimit import LoginThrottled
+from dbsentry.identity.ratelimit import ControlPlaneUnavailable, LoginThrottled
 from dbsentry.masking import writeback
 from dbsentry.masking.catalog import ClassMap, SourceColumn
 from dbsentry.masking.classes import Classification
@@ -142,6 +142,9 @@ ER_TABLEACCESS_DENIED = 1142  # a masking refusal (docs/mysql.md "Masking")
 # statements that may store copies of classified values (their columns inherit the class)
 _COPYING = frozenset({"INSERT", "REPLACE", "UPDATE", "CREATE TABLE AS"})
 ER_MALFORMED_PACKET = 1835
+# "Server shutdown in progress" (08S01): the server's own answer when it cannot serve a
+# login now for a reason of its own; drivers and pools retry it (docs/mysql.md)
+ER_SERVER_SHUTDOWN = 1053
 ALLOWED = Decision("allow", ())
 
 #: What the proxy's greeting offers. Not offered: compression (refused cleanly: a client
@@ -709,6 +712,8 @@ class Session:
         if self.state is not State.VERIFYING:
             return []
         user = self._user
+        if isinstance(identity, ControlPlaneUnavailable):
+            return self._fail(ER_SERVER_SHUTDOWN, "08S01", identity.message, user=user)
         if isinstance(identity, LoginThrottled):
             return self._fail(ER_ACCESS_DENIED, "28000", f"dbsentry: {identity.message}", user=user)
         if identity is None:

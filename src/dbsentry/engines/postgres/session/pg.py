@@ -101,7 +101,7 @@ from dbsentry.engines.postgres.wire import codec, encodings
 from dbsentry.engines.postgres.wire import messages as m
 from dbsentry.governance.durability import changes_data
 from dbsentry.identity.model import Identity
-from dbsentry.identity.ratelimit import LoginThrottled
+from dbsentry.identity.ratelimit import ControlPlaneUnavailable, LoginThrottled
 from dbsentry.policy.engine import Decision
 from dbsentry.policy.verdict import Verdict
 
@@ -963,6 +963,10 @@ class Session:
             return []
         assert self.startup is not None
         user = self.startup.get("user") or ""
+        if isinstance(identity, ControlPlaneUnavailable):
+            # cannot_connect_now, as PostgreSQL says while it starts up: not the client's
+            # credentials, try again (docs/deployment.md "Several nodes")
+            return self._fail("57P03", identity.message, client=self.client.address, user=user)
         if isinstance(identity, LoginThrottled):
             return self._fail("28000", identity.message, client=self.client.address, user=user)
         if identity is None:
