@@ -99,3 +99,52 @@ def connector_connect(mp: MySQLProxy, user: str = "alice@example.com", database:
         host="127.0.0.1", port=mp.port, user=user, password=mp.token(user), database=database,
         use_pure=True, ssl_verify_cert=False, connection_timeout=10, autocommit=True, **kw,
     )  # fmt: skip
+
+
+def pymysql_connect(port: int, user: str, token: str, database: str | None = "dev", **kw: Any) -> Any:
+    """PyMySQL to a dbsentry MySQL listener on ``port`` as ``user`` with ``token``, over TLS
+    (the proxy's certificate not checked)."""
+    import ssl
+
+    import pymysql
+
+    return pymysql.connect(
+        host="127.0.0.1", port=port, user=user, password=token, database=database,
+        ssl={"check_hostname": False, "verify_mode": ssl.CERT_NONE}, connect_timeout=10, **kw,
+    )  # fmt: skip
+
+
+class SleepingQuery:
+    """``SELECT SLEEP(seconds)`` on ``conn`` in a thread: what it ended with (``rows`` or the
+    client's ``error`` args) and when (``ended``, monotonic)."""
+
+    def __init__(self, conn: Any, seconds: int = 30) -> None:
+        import threading
+
+        self.conn = conn
+        self.rows: Any = None
+        self.error: tuple[Any, ...] | None = None
+        self.ended: float | None = None
+        self._thread = threading.Thread(target=self._run, args=(seconds,), daemon=True)
+        self._thread.start()
+        time.sleep(0.5)  # the statement reaches the server
+
+    def _run(self, seconds: int) -> None:
+        import pymysql
+
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute(f"SELECT SLEEP({seconds})")
+                self.rows = cur.fetchall()
+        except pymysql.err.MySQLError as exc:
+            self.error = exc.args
+        self.ended = time.monotonic()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+        assert self.ended is not None, "the statement still runs"
+
+    @property
+    def interrupted(self) -> bool:
+        """It ended early: MariaDB ends a killed SLEEP with 1 (or ER_QUERY_INTERRUPTED, 1317)."""
+        return self.rows == ((1,),) or (self.error is not None and self.error[0] == 1317)

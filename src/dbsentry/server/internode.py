@@ -1,12 +1,14 @@
 """Messages between nodes of one control plane (``control_plane:``, docs/deployment.md
-"Several nodes"): today the CancelRequests that a client sent to another node than the one
-holding its session.
+"Several nodes"): the CancelRequests that a client sent to another node than the one
+holding its session (``cancel``, not answered), and the MySQL ``KILL`` of a session another
+node holds (``mysql-kill``, answered with the error the asking client gets, or None).
 
 Every worker listens on TCP (``control_plane.listen``, worker k on port + k, or a free port)
 and registers that address in the control plane.  A message is one frame of
 :mod:`.workerproto` (length, HMAC-SHA256 of the body, the body with a time stamp) under the
 cluster's secret (``control_plane.secret_env``/``secret_file``, or the one the control plane
-keeps).  A frame that does not verify, or is stale, is ignored and logged with its peer.
+keeps).  A frame that does not verify, or is stale, is ignored and logged with its peer;
+an answer is one frame of the same kind, under the same key.
 """
 
 from __future__ import annotations
@@ -15,8 +17,16 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from dbsentry.server.workerproto import ASK_TIMEOUT_SECONDS, read_frame, seal, unseal
+from dbsentry.server.workerproto import (
+    ASK_TIMEOUT_SECONDS,
+    Handler,
+    ask_stream,
+    read_frame,
+    seal,
+    unseal,
+)
 
 log = logging.getLogger("dbsentry.internode")
 
@@ -40,7 +50,12 @@ class NodeChannel:
         self.host = host
         self.port = port
         self.on_cancel = on_cancel
+        self.handlers: dict[str, Handler] = {}  # the messages answered (``on``)
         self._server: asyncio.Server | None = None
+
+    def on(self, op: str, handler: Handler) -> None:
+        """Answer ``op`` with ``handler`` (the MySQL listener's ``mysql-kill``)."""
+        self.handlers[op] = handler
 
     async def start(self) -> tuple[str, int]:
         """Listen; the address bound (the port chosen when ``port`` is 0)."""
@@ -62,6 +77,12 @@ class NodeChannel:
             if body is None:
                 log.warning("forged or stale message from another node ignored", extra={"fields": {"peer": where}})
                 return
+            handler = self.handlers.get(str(body.get("op")))
+            if handler is not None:
+                answer = await handler(body)
+                writer.write(seal(self.key, {"answer": answer}))
+                await writer.drain()
+                return
             pid, secret = body.get("pid"), body.get("secret")
             if body.get("op") != "cancel" or not isinstance(pid, int) or not isinstance(secret, str):
                 log.warning("malformed message from another node ignored", extra={"fields": {"peer": where}})
@@ -77,6 +98,13 @@ class NodeChannel:
             log.debug("message from another node dropped: %s", err)
         finally:
             writer.close()
+
+    async def ask(self, address: str, op: str, **fields: Any) -> Any:
+        """The answer of the worker at ``address`` to ``op``; raises OSError (or ValueError for
+        an address that is no host:port) when it cannot be had (the caller bounds the wait)."""
+        host, _, port = address.rpartition(":")
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), ASK_TIMEOUT_SECONDS)
+        return await ask_stream(reader, writer, self.key, {"op": op, **fields})
 
     async def send_cancel(self, address: str, pid: int, secret: bytes, source: str) -> bool:
         """Hand a CancelRequest to the worker at ``address``; False when it cannot be reached."""
