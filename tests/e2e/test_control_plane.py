@@ -8,7 +8,9 @@ second came by LISTEN/NOTIFY (or a direct read), not by polling.
 
 Clients reach the nodes through a second relay as through a load balancer: the test chooses
 which node it forwards new connections to, so a cancel (a new connection) lands on the
-other node than the session it names.
+other node than the session it names.  Both nodes serve MySQL too (``listen.mysql``, a
+connection ``my`` to the test MariaDB): a ``KILL`` sent to one node reaches the other's
+session.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import psycopg
 import pytest
 import yaml
 
+from support.mysql import SleepingQuery, pymysql_connect, server_reason
 from support.pg import PgServer, free_port
 from support.proxy import RunningProxy, dbsentry_cli, run_proxy, write_config
 from support.tcpproxy import TcpForwarder
@@ -53,6 +56,8 @@ POLICY = (
 
 
 HTTP = [f"127.0.0.1:{free_port()}"]
+MYSQL = {"a": free_port(), "b": free_port()}  # each node's MySQL listener
+MYSQL_REASON = server_reason()
 
 
 def _http(path: str, token: str | None = None) -> tuple[int, Any]:
@@ -115,7 +120,14 @@ def _node_config(base: Path, name: str, workers: int, pg_server: PgServer, contr
         },
         "approvals": {"poll_interval_seconds": 30, "access": {"approvers": ["dba"]}},
     }
-    return write_config(directory, pg_server, extra=extra)
+    if name not in MYSQL:
+        return write_config(directory, pg_server, extra=extra)
+    my = {"engine": "mysql", "host": "127.0.0.1", "port": 3306, "database": "test", "user": "root", "environment": "development"}
+    path = write_config(directory, pg_server, extra=extra, connections={"my": my})
+    data = yaml.safe_load(path.read_text())
+    data["listen"]["mysql"] = f"127.0.0.1:{MYSQL[name]}"
+    path.write_text(yaml.safe_dump(data))
+    return path
 
 
 @contextlib.contextmanager
@@ -346,6 +358,50 @@ def test_forged_cancel_between_nodes_is_ignored_and_logged(nodes: tuple[RunningP
         forger.join()
         assert time.monotonic() - start >= 1.5
     _wait(lambda: "forged or stale message from another node ignored" in a.log_text(), "the forged cancel logged")
+
+
+@pytest.mark.skipif(MYSQL_REASON is not None, reason=MYSQL_REASON or "")
+def test_mysql_kill_sent_to_b_kills_a_statement_on_a(nodes: tuple[RunningProxy, RunningProxy]) -> None:
+    pymysql = pytest.importorskip("pymysql")
+    a, b = nodes
+    token = _token(a, ALICE)
+    victim = pymysql_connect(MYSQL["a"], ALICE[0], token, "my", autocommit=True)
+    killer = pymysql_connect(MYSQL["b"], ALICE[0], token, None, autocommit=True)  # a session for KILL only
+    carol = pymysql_connect(MYSQL["b"], CAROL[0], _token(b, CAROL), None, autocommit=True)
+    try:
+        sleeping = SleepingQuery(victim)
+        target = victim.thread_id()
+        # A forged KILL between nodes (not under the cluster secret) is ignored and logged.
+        listed = _http("/api/v1/nodes", a.token("auditor@example.com", ("security",)))[1]["nodes"]
+        payload = json.dumps({"op": "mysql-kill", "target": target, "query_only": True, "identity": ALICE[0], "reviewer": True, "ts": time.time()}).encode()
+        frame = hmac.new(b"not the cluster secret", payload, hashlib.sha256).digest() + payload
+        forged = a.log_text().count("forged or stale message from another node ignored")
+        for address in [n["address"] for n in listed]:  # every live worker of both nodes
+            host, _, port = address.rpartition(":")
+            with socket.create_connection((host, int(port)), timeout=2) as s:
+                s.sendall(struct.pack(">I", len(frame)) + frame)
+                assert s.recv(1) == b""  # no answer: closed
+        _wait(lambda: a.log_text().count("forged or stale message from another node ignored") > forged, "the forged KILL logged")
+        assert sleeping.ended is None  # still sleeping
+        # Another identity's KILL through node B: refused as on one node.
+        with pytest.raises(pymysql.err.OperationalError) as err, carol.cursor() as cur:
+            cur.execute(f"KILL QUERY {target}")
+        assert err.value.args == (1095, f"dbsentry: you are not owner of thread {target} (KILL works on your own sessions)")
+        forwarded = b.log_text().count("KILL forwarded to another node")
+        with killer.cursor() as cur:
+            killed_at = time.monotonic()
+            cur.execute(f"KILL QUERY {target}")
+        sleeping.join(10)
+        assert sleeping.ended is not None and sleeping.ended - killed_at < 5.0
+        assert sleeping.interrupted, (sleeping.rows, sleeping.error)
+        assert b.log_text().count("KILL forwarded to another node") > forwarded
+        assert "KILL from another node" in a.log_text()
+        with victim.cursor() as cur:  # KILL QUERY leaves the session
+            cur.execute("SELECT 5")
+            assert cur.fetchone() == (5,)
+    finally:
+        for conn in (victim, killer, carol):
+            conn.close()
 
 
 def test_control_plane_down_fails_closed_and_recovers(
