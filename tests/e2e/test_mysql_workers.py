@@ -108,12 +108,14 @@ def test_kill_query_from_the_other_worker_cancels_within_seconds(mp: tuple[MySQL
             cur.execute(f"KILL QUERY {target}")
         assert err.value.args == (1095, f"dbsentry: you are not owner of thread {target} (KILL works on your own sessions)")
         assert sleeping.ended is None  # still sleeping
+        forwarded = proxy.proxy.log_text().count("KILL from another worker")
         with killers[1].cursor() as cur:
             killed_at = time.monotonic()
             cur.execute(f"KILL QUERY {target}")
             sleeping.join(10)
             assert sleeping.ended is not None and sleeping.ended - killed_at < 5.0, sleeping.error
             assert sleeping.interrupted, (sleeping.rows, sleeping.error)
+            assert proxy.proxy.log_text().count("KILL from another worker") > forwarded  # worker 0 did it
             # An id of worker 0 that no session has: unknown, as on one worker.
             unknown = ((target >> WORKER_BITS) ^ 1) << WORKER_BITS
             with pytest.raises(pymysql.err.OperationalError) as err:

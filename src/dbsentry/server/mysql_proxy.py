@@ -361,6 +361,7 @@ class MySQLProxyServer:
             async with asyncio.timeout(KILL_ANSWER_SECONDS):
                 if owner.slot is None:
                     assert self.channel is not None  # owner_of gives a worker only with workers
+                    log.debug("KILL forwarded to another worker", extra={"fields": {"worker": index}})
                     answer = await self.channel.ask(index, "mysql-kill", **fields)
                 else:
                     node = self.node
@@ -379,23 +380,21 @@ class MySQLProxyServer:
         return f"dbsentry: the process holding thread {cmd.target} gave no answer to read; try again"
 
     async def _kill_message(self, body: dict[str, Any]) -> dict[str, Any]:
-        """``mysql-kill`` from another worker of this node: only for this worker's sessions
-        (never passed on again)."""
-        cmd = _kill_of(body)
-        if cmd is None:
-            log.warning("malformed KILL from another worker ignored")
-            return {"error": "dbsentry: malformed KILL"}
-        if self.worker is None or not self.worker.owns(cmd.target):
-            return {"error": _unknown_thread(cmd.target)}
-        return {"error": await self.kill_here(cmd)}
+        """``mysql-kill`` from another worker of this node."""
+        return await self._kill_forwarded(body, "another worker")
 
     async def _kill_from_node(self, body: dict[str, Any]) -> dict[str, Any]:
-        """``mysql-kill`` another node forwarded: only for this worker's sessions."""
+        """``mysql-kill`` another node forwarded."""
+        return await self._kill_forwarded(body, "another node")
+
+    async def _kill_forwarded(self, body: dict[str, Any], source: str) -> dict[str, Any]:
+        """A KILL forwarded here: done only for this worker's own sessions (never passed on
+        again, so no two processes can bounce one); the answer is the asking client's."""
         cmd = _kill_of(body)
         if cmd is None:
-            log.warning("malformed KILL from another node ignored")
+            log.warning(f"malformed KILL from {source} ignored")
             return {"error": "dbsentry: malformed KILL"}
-        log.info("KILL from another node", extra={"fields": {"target": cmd.target}})
+        log.info(f"KILL from {source}", extra={"fields": {"target": cmd.target, "query_only": cmd.query_only}})
         if not owner_of(cmd.target, self.node.slot if self.node is not None else None, self.worker).here:
             return {"error": _unknown_thread(cmd.target)}
         return {"error": await self.kill_here(cmd)}
