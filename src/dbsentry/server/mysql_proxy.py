@@ -374,9 +374,8 @@ class MySQLProxyServer:
         except (OSError, ValueError) as err:
             log.warning("the worker holding a MySQL session did not answer a KILL", extra={"fields": {"slot": owner.slot, "worker": index, "error": str(err)}})
             return f"dbsentry: the process holding thread {cmd.target} did not answer; try again"
-        error = answer.get("error") if isinstance(answer, dict) else "?"
-        if error is None or isinstance(error, str):
-            return error
+        if isinstance(answer, dict) and "error" in answer and (answer["error"] is None or isinstance(answer["error"], str)):
+            return answer["error"]
         return f"dbsentry: the process holding thread {cmd.target} gave no answer to read; try again"
 
     async def _kill_message(self, body: dict[str, Any]) -> dict[str, Any]:
