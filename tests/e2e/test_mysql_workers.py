@@ -6,6 +6,7 @@ through a running dbsentry to the real MariaDB; one proxy for the module."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -14,7 +15,14 @@ from typing import Any
 import pytest
 
 from support.deploy import get_json, wait_until
-from support.mysql import MySQLProxy, SleepingQuery, pymysql_connect, run_mysql_proxy, server_reason
+from support.mysql import (
+    MySQLProxy,
+    SleepingQuery,
+    mariadb_cli,
+    pymysql_connect,
+    run_mysql_proxy,
+    server_reason,
+)
 from support.pg import free_port
 
 _REASON = server_reason()
@@ -147,3 +155,27 @@ def test_kill_connection_from_the_other_worker(mp: tuple[MySQLProxy, str]) -> No
             assert cur.fetchone() == (4,)
     finally:
         close_all(*alice.values(), *spare)
+
+
+@pytest.mark.skipif(shutil.which("mariadb") is None, reason="the mariadb command-line client is not installed")
+def test_ctrl_c_in_the_mariadb_client_kills_wherever_its_kill_lands(mp: tuple[MySQLProxy, str]) -> None:
+    """The client's Ctrl-C sends ``KILL QUERY`` on a new connection, which the kernel gives
+    either worker: both ways end the statement."""
+    proxy, _ = mp
+    log = proxy.proxy.log_text
+    with mariadb_cli(proxy.port, ALICE, proxy.token(ALICE), "dev") as cli:
+        before = log().count("KILL from another worker")
+        for attempt in range(16):  # each KILL lands on the other worker with odds 1/2
+            cli.send(b"SELECT SLEEP(30);\n")
+            cli.read_until(b"SLEEP", 1)
+            time.sleep(0.5)
+            started = time.monotonic()
+            cli.send(b"\x03")
+            out = cli.read_until(b"MariaDB [dev]>", 10)
+            assert time.monotonic() - started < 5.0, out
+            assert b"query killed" in out and b"ERROR 1317" in out, out
+            forwarded = log().count("KILL from another worker") - before
+            if attempt >= 1 and 0 < forwarded < attempt + 1:
+                break  # some went to the other worker, some not: both paths work
+        else:
+            raise AssertionError("every Ctrl-C's KILL landed on the same side")

@@ -148,3 +148,52 @@ class SleepingQuery:
     def interrupted(self) -> bool:
         """It ended early: MariaDB ends a killed SLEEP with 1 (or ER_QUERY_INTERRUPTED, 1317)."""
         return self.rows == ((1,),) or (self.error is not None and self.error[0] == 1317)
+
+
+class MariadbCli:
+    """The mariadb command-line client on a pseudo-terminal (so Ctrl-C reaches it as a
+    keystroke), logged in to a dbsentry MySQL listener over TLS."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def send(self, data: bytes) -> None:
+        import os
+
+        os.write(self.fd, data)
+
+    def read_until(self, marker: bytes, seconds: float) -> bytes:
+        """What it printed until ``marker`` (or ``seconds`` passed)."""
+        import os
+        import select
+
+        out = b""
+        deadline = time.monotonic() + seconds
+        while marker not in out and time.monotonic() < deadline:
+            ready, _, _ = select.select([self.fd], [], [], 0.05)
+            if ready:
+                try:
+                    out += os.read(self.fd, 4096)
+                except OSError:
+                    break
+        return out
+
+
+@contextmanager
+def mariadb_cli(port: int, user: str, token: str, database: str) -> Iterator[MariadbCli]:
+    """``mariadb`` at its prompt (``MariaDB [database]>``); quits it after."""
+    import os
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.execvp("mariadb", ["mariadb", "-h", "127.0.0.1", "-P", str(port), "-u", user, f"-p{token}", "--ssl", "--ssl-verify-server-cert=0", database])
+    cli = MariadbCli(fd)
+    try:
+        prompt = f"MariaDB [{database}]>".encode()
+        assert prompt in cli.read_until(prompt, 10)
+        yield cli
+    finally:
+        os.write(fd, b"quit\n")
+        os.close(fd)
+        os.waitpid(pid, 0)
