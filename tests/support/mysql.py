@@ -154,8 +154,20 @@ class MariadbCli:
     """The mariadb command-line client on a pseudo-terminal (so Ctrl-C reaches it as a
     keystroke), logged in to a dbsentry MySQL listener over TLS."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, prompt: bytes) -> None:
         self.fd = fd
+        self.prompt = prompt
+
+    def ctrl_c_a_sleep(self) -> tuple[float, bytes]:
+        """Run ``SELECT SLEEP(30)``, press Ctrl-C half a second in: how long until the prompt
+        came back, and what it printed meanwhile."""
+        self.send(b"SELECT SLEEP(30);\n")
+        self.read_until(b"SLEEP", 1)
+        time.sleep(0.5)
+        started = time.monotonic()
+        self.send(b"\x03")
+        out = self.read_until(self.prompt, 10)
+        return time.monotonic() - started, out
 
     def send(self, data: bytes) -> None:
         import os
@@ -188,10 +200,9 @@ def mariadb_cli(port: int, user: str, token: str, database: str) -> Iterator[Mar
     pid, fd = pty.fork()
     if pid == 0:  # pragma: no cover - the child
         os.execvp("mariadb", ["mariadb", "-h", "127.0.0.1", "-P", str(port), "-u", user, f"-p{token}", "--ssl", "--ssl-verify-server-cert=0", database])
-    cli = MariadbCli(fd)
+    cli = MariadbCli(fd, f"MariaDB [{database}]>".encode())
     try:
-        prompt = f"MariaDB [{database}]>".encode()
-        assert prompt in cli.read_until(prompt, 10)
+        assert cli.prompt in cli.read_until(cli.prompt, 10)
         yield cli
     finally:
         os.write(fd, b"quit\n")
