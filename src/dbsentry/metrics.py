@@ -114,6 +114,13 @@ AUDIT_HEALTHY: Final = Gauge(
     registry=REGISTRY,
     multiprocess_mode="livemin",  # 0 while any worker's trail is down
 )
+LISTENER_UP: Final = Gauge(
+    "dbsentry_listener_up",
+    "1 while this process's client listener accepts connections",
+    ["listener"],
+    registry=REGISTRY,
+    multiprocess_mode="liveall",  # one sample per live worker: /readyz counts them
+)
 AUDIT_ERRORS: Final = Counter(
     "dbsentry_audit_errors",
     "Audit failures: failed commits, and statements refused because the audit was down",
@@ -229,6 +236,32 @@ def workers_audit_healthy() -> bool | None:
             values = [sample.value for sample in family.samples]
             return min(values) >= 1 if values else None
     return None
+
+
+def set_listener_up(listener: str, up: bool) -> None:
+    """``listener`` (``postgres``, ``mysql``) of this process accepts clients, or no longer."""
+    _child(LISTENER_UP, listener).set(1 if up else 0)
+
+
+def workers_listening(listener: str) -> tuple[int, int] | None:
+    """With workers: how many live workers' ``listener`` accepts clients, of how many that
+    said (their ``dbsentry_listener_up``, read from their metric files), so that worker 0's
+    ``/readyz`` counts every worker's. None with one process."""
+    if MULTIPROCESS_DIR is None:
+        return None
+    from prometheus_client import multiprocess
+
+    # Only the live gauges' files: the supervisor removes a dead worker's.
+    files = [str(p) for p in Path(MULTIPROCESS_DIR).glob("gauge_liveall_*.db")]
+    merged = multiprocess.MultiProcessCollector.merge(files, accumulate=False)  # type: ignore[no-untyped-call]
+    values = [
+        sample.value
+        for family in merged
+        if family.name == "dbsentry_listener_up"
+        for sample in family.samples
+        if sample.labels.get("listener") == listener
+    ]
+    return sum(1 for v in values if v >= 1), len(values)
 
 
 def audit_error(kind: str = "commit") -> None:

@@ -8,7 +8,9 @@ second came by LISTEN/NOTIFY (or a direct read), not by polling.
 
 Clients reach the nodes through a second relay as through a load balancer: the test chooses
 which node it forwards new connections to, so a cancel (a new connection) lands on the
-other node than the session it names.
+other node than the session it names.  Both nodes serve MySQL too (``listen.mysql``, a
+connection ``my`` to the test MariaDB): a ``KILL`` sent to one node reaches the other's
+session.
 """
 
 from __future__ import annotations
@@ -37,10 +39,7 @@ import pytest
 import yaml
 
 from support.console import CHROMIUM, launch_chromium
-from support.mysql import DATABASE as MYSQL_DB
-from support.mysql import HOST as MYSQL_HOST
-from support.mysql import PORT as MYSQL_PORT
-from support.mysql import server_reason
+from support.mysql import SleepingQuery, pymysql_connect, server_reason
 from support.pg import PgServer, free_port
 from support.proxy import RunningProxy, dbsentry_cli, run_proxy, write_config
 from support.tcpproxy import TcpForwarder
@@ -61,8 +60,8 @@ POLICY = (
 
 
 HTTP = [f"127.0.0.1:{free_port()}"]
-MYSQL = f"127.0.0.1:{free_port()}"  # node A's MySQL listener, when a MariaDB answers here
-MYSQL_MISSING = server_reason()
+MYSQL = {"a": free_port(), "b": free_port()}  # each node's MySQL listener
+MYSQL_REASON = server_reason()
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "control-plane"
 
 
@@ -105,14 +104,9 @@ def nodes(
         running = []
         for name, workers in (("a", 1), ("b", 2)):
             path = _node_config(base, name, workers, pg_server, control_db, relay)
-            if name == "a":  # node A serves the console and API (and MySQL clients)
+            if name == "a":  # node A serves the console and API
                 data = yaml.safe_load(path.read_text())
                 data["listen"]["http"] = HTTP[0]
-                if MYSQL_MISSING is None:
-                    data["listen"]["mysql"] = MYSQL
-                    data["connections"]["shop"] = {
-                        "engine": "mysql", "host": MYSQL_HOST, "port": MYSQL_PORT, "database": MYSQL_DB, "user": "root", "environment": "staging",
-                    }  # fmt: skip
                 path.write_text(yaml.safe_dump(data))
             running.append(stack.enter_context(_start(path, workers)))
         yield running[0], running[1]
@@ -131,7 +125,14 @@ def _node_config(base: Path, name: str, workers: int, pg_server: PgServer, contr
         },
         "approvals": {"poll_interval_seconds": 30, "access": {"approvers": ["dba"]}},
     }
-    return write_config(directory, pg_server, extra=extra)
+    if name not in MYSQL:
+        return write_config(directory, pg_server, extra=extra)
+    my = {"engine": "mysql", "host": "127.0.0.1", "port": 3306, "database": "test", "user": "root", "environment": "development"}
+    path = write_config(directory, pg_server, extra=extra, connections={"my": my})
+    data = yaml.safe_load(path.read_text())
+    data["listen"]["mysql"] = f"127.0.0.1:{MYSQL[name]}"
+    path.write_text(yaml.safe_dump(data))
+    return path
 
 
 @contextlib.contextmanager
@@ -464,6 +465,50 @@ def test_forged_cancel_between_nodes_is_ignored_and_logged(nodes: tuple[RunningP
     _wait(lambda: "forged or stale message from another node ignored" in a.log_text(), "the forged cancel logged")
 
 
+@pytest.mark.skipif(MYSQL_REASON is not None, reason=MYSQL_REASON or "")
+def test_mysql_kill_sent_to_b_kills_a_statement_on_a(nodes: tuple[RunningProxy, RunningProxy]) -> None:
+    pymysql = pytest.importorskip("pymysql")
+    a, b = nodes
+    token = _token(a, ALICE)
+    victim = pymysql_connect(MYSQL["a"], ALICE[0], token, "my", autocommit=True)
+    killer = pymysql_connect(MYSQL["b"], ALICE[0], token, None, autocommit=True)  # a session for KILL only
+    carol = pymysql_connect(MYSQL["b"], CAROL[0], _token(b, CAROL), None, autocommit=True)
+    try:
+        sleeping = SleepingQuery(victim)
+        target = victim.thread_id()
+        # A forged KILL between nodes (not under the cluster secret) is ignored and logged.
+        listed = _http("/api/v1/nodes", a.token("auditor@example.com", ("security",)))[1]["nodes"]
+        payload = json.dumps({"op": "mysql-kill", "target": target, "query_only": True, "identity": ALICE[0], "reviewer": True, "ts": time.time()}).encode()
+        frame = hmac.new(b"not the cluster secret", payload, hashlib.sha256).digest() + payload
+        forged = a.log_text().count("forged or stale message from another node ignored")
+        for address in [n["address"] for n in listed]:  # every live worker of both nodes
+            host, _, port = address.rpartition(":")
+            with socket.create_connection((host, int(port)), timeout=2) as s:
+                s.sendall(struct.pack(">I", len(frame)) + frame)
+                assert s.recv(1) == b""  # no answer: closed
+        _wait(lambda: a.log_text().count("forged or stale message from another node ignored") > forged, "the forged KILL logged")
+        assert sleeping.ended is None  # still sleeping
+        # Another identity's KILL through node B: refused as on one node.
+        with pytest.raises(pymysql.err.OperationalError) as err, carol.cursor() as cur:
+            cur.execute(f"KILL QUERY {target}")
+        assert err.value.args == (1095, f"dbsentry: you are not owner of thread {target} (KILL works on your own sessions)")
+        forwarded = b.log_text().count("KILL forwarded to another node")
+        with killer.cursor() as cur:
+            killed_at = time.monotonic()
+            cur.execute(f"KILL QUERY {target}")
+        sleeping.join(10)
+        assert sleeping.ended is not None and sleeping.ended - killed_at < 5.0
+        assert sleeping.interrupted, (sleeping.rows, sleeping.error)
+        assert b.log_text().count("KILL forwarded to another node") > forwarded
+        assert "KILL from another node" in a.log_text()
+        with victim.cursor() as cur:  # KILL QUERY leaves the session
+            cur.execute("SELECT 5")
+            assert cur.fetchone() == (5,)
+    finally:
+        for conn in (victim, killer, carol):
+            conn.close()
+
+
 def test_control_plane_down_fails_closed_and_recovers(
     nodes: tuple[RunningProxy, RunningProxy], relay: TcpForwarder, acct: str, pg_server: PgServer
 ) -> None:
@@ -489,7 +534,7 @@ def test_control_plane_down_fails_closed_and_recovers(
             with pytest.raises(asyncpg.exceptions.CannotConnectNowError) as not_now:
                 asyncio.run(_asyncpg_login(a, ALICE[0], token))
             assert not_now.value.sqlstate == "57P03" and "the control plane is unavailable" in str(not_now.value)
-            if MYSQL_MISSING is None:  # and the MySQL listener with the server's "cannot serve now"
+            if MYSQL_REASON is None:  # and the MySQL listener with the server's "cannot serve now"
                 code, message = _mysql_login_error(token)
                 assert code == 1053 and message.startswith("dbsentry: the control plane is unavailable"), (code, message)
             _wait(lambda: _http("/readyz")[0] == 503, "readyz to say the control plane is down", timeout=5)
@@ -507,10 +552,9 @@ def test_control_plane_down_fails_closed_and_recovers(
 
 def _mysql_login_error(token: str) -> tuple[int, str]:
     pymysql = pytest.importorskip("pymysql")
-    host, _, port = MYSQL.rpartition(":")
     try:
         pymysql.connect(
-            host=host, port=int(port), user=ALICE[0], password=token, database="shop",
+            host="127.0.0.1", port=MYSQL["a"], user=ALICE[0], password=token, database="my",
             ssl={"check_hostname": False, "verify_mode": ssl.CERT_NONE}, connect_timeout=10,
         ).close()  # fmt: skip
     except pymysql.err.MySQLError as err:

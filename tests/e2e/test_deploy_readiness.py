@@ -50,6 +50,8 @@ def test_readyz_speaks_for_the_node_with_two_workers(pg_server: PgServer, tmp_pa
         assert body["checks"]["upstream:prod"] is True
         assert body["checks"]["listener"] is True and body["checks"]["listener:mysql"] is True
         assert body["checks"]["audit_workers"] is True
+        # every worker's listeners count: both serve PostgreSQL and MySQL
+        assert body["workers_listening"] == {"postgres": {"workers": 2, "listening": 2}, "mysql": {"workers": 2, "listening": 2}}
         assert body["failing"] == [f"upstream:shop (127.0.0.1:{down}): Connection refused"]
         assert get_json(f"{base}/healthz") == (200, {"status": "ok"})  # liveness only
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from support.mysql import MySQLProxy, run_mysql_proxy, server_reason
+from support.mysql import MySQLProxy, mariadb_cli, run_mysql_proxy, server_reason
 from support.pg import free_port
 from support.proxy import dbsentry_cli
 
@@ -288,40 +288,10 @@ def test_multi_statements_on_and_off(mysql_proxy: MySQLProxy, table: str) -> Non
 
 @pytest.mark.skipif(shutil.which("mariadb") is None, reason="the mariadb command-line client is not installed")
 def test_ctrl_c_in_the_mariadb_client_cancels_sleep(mysql_proxy: MySQLProxy) -> None:
-    import os
-    import pty
-    import select
-
-    pid, fd = pty.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.execvp("mariadb", ["mariadb", "-h", "127.0.0.1", "-P", str(mysql_proxy.port), "-u", ALICE, f"-p{mysql_proxy.token()}", "--ssl", "--ssl-verify-server-cert=0", "prod"])
-
-    def read_until(marker: bytes, seconds: float) -> bytes:
-        out = b""
-        deadline = time.monotonic() + seconds
-        while marker not in out and time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.05)
-            if ready:
-                try:
-                    out += os.read(fd, 4096)
-                except OSError:
-                    break
-        return out
-
-    try:
-        assert b"MariaDB [prod]>" in read_until(b"MariaDB [prod]>", 10)
-        os.write(fd, b"SELECT SLEEP(30);\n")
-        read_until(b"SLEEP", 1)
-        time.sleep(0.5)
-        started = time.monotonic()
-        os.write(fd, b"\x03")
-        out = read_until(b"MariaDB [prod]>", 5)
-        assert time.monotonic() - started < 1.0, out
+    with mariadb_cli(mysql_proxy.port, ALICE, mysql_proxy.token(), "prod") as cli:
+        seconds, out = cli.ctrl_c_a_sleep()
+        assert seconds < 1.0, out
         assert b"query killed" in out and b"ERROR 1317" in out
-    finally:
-        os.write(fd, b"quit\n")
-        os.close(fd)
-        os.waitpid(pid, 0)
 
 
 def test_a_client_leaving_mid_statement_kills_it_upstream(mysql_proxy: MySQLProxy) -> None:

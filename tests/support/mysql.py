@@ -99,3 +99,112 @@ def connector_connect(mp: MySQLProxy, user: str = "alice@example.com", database:
         host="127.0.0.1", port=mp.port, user=user, password=mp.token(user), database=database,
         use_pure=True, ssl_verify_cert=False, connection_timeout=10, autocommit=True, **kw,
     )  # fmt: skip
+
+
+def pymysql_connect(port: int, user: str, token: str, database: str | None = "dev", **kw: Any) -> Any:
+    """PyMySQL to a dbsentry MySQL listener on ``port`` as ``user`` with ``token``, over TLS
+    (the proxy's certificate not checked)."""
+    import ssl
+
+    import pymysql
+
+    return pymysql.connect(
+        host="127.0.0.1", port=port, user=user, password=token, database=database,
+        ssl={"check_hostname": False, "verify_mode": ssl.CERT_NONE}, connect_timeout=10, **kw,
+    )  # fmt: skip
+
+
+class SleepingQuery:
+    """``SELECT SLEEP(seconds)`` on ``conn`` in a thread: what it ended with (``rows`` or the
+    client's ``error`` args) and when (``ended``, monotonic)."""
+
+    def __init__(self, conn: Any, seconds: int = 30) -> None:
+        import threading
+
+        self.conn = conn
+        self.rows: Any = None
+        self.error: tuple[Any, ...] | None = None
+        self.ended: float | None = None
+        self._thread = threading.Thread(target=self._run, args=(seconds,), daemon=True)
+        self._thread.start()
+        time.sleep(0.5)  # the statement reaches the server
+
+    def _run(self, seconds: int) -> None:
+        import pymysql
+
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute(f"SELECT SLEEP({seconds})")
+                self.rows = cur.fetchall()
+        except pymysql.err.MySQLError as exc:
+            self.error = exc.args
+        self.ended = time.monotonic()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+        assert self.ended is not None, "the statement still runs"
+
+    @property
+    def interrupted(self) -> bool:
+        """It ended early: MariaDB ends a killed SLEEP with 1 (or ER_QUERY_INTERRUPTED, 1317)."""
+        return self.rows == ((1,),) or (self.error is not None and self.error[0] == 1317)
+
+
+class MariadbCli:
+    """The mariadb command-line client on a pseudo-terminal (so Ctrl-C reaches it as a
+    keystroke), logged in to a dbsentry MySQL listener over TLS."""
+
+    def __init__(self, fd: int, prompt: bytes) -> None:
+        self.fd = fd
+        self.prompt = prompt
+
+    def ctrl_c_a_sleep(self) -> tuple[float, bytes]:
+        """Run ``SELECT SLEEP(30)``, press Ctrl-C half a second in: how long until the prompt
+        came back, and what it printed meanwhile."""
+        self.send(b"SELECT SLEEP(30);\n")
+        self.read_until(b"SLEEP", 1)
+        time.sleep(0.5)
+        started = time.monotonic()
+        self.send(b"\x03")
+        out = self.read_until(self.prompt, 10)
+        return time.monotonic() - started, out
+
+    def send(self, data: bytes) -> None:
+        import os
+
+        os.write(self.fd, data)
+
+    def read_until(self, marker: bytes, seconds: float) -> bytes:
+        """What it printed until ``marker`` (or ``seconds`` passed)."""
+        import os
+        import select
+
+        out = b""
+        deadline = time.monotonic() + seconds
+        while marker not in out and time.monotonic() < deadline:
+            ready, _, _ = select.select([self.fd], [], [], 0.05)
+            if ready:
+                try:
+                    out += os.read(self.fd, 4096)
+                except OSError:
+                    break
+        return out
+
+
+@contextmanager
+def mariadb_cli(port: int, user: str, token: str, database: str) -> Iterator[MariadbCli]:
+    """``mariadb`` at its prompt (``MariaDB [database]>``); quits it after."""
+    import os
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.execvp("mariadb", ["mariadb", "-h", "127.0.0.1", "-P", str(port), "-u", user, f"-p{token}", "--ssl", "--ssl-verify-server-cert=0", database])
+    cli = MariadbCli(fd, f"MariaDB [{database}]>".encode())
+    try:
+        assert cli.prompt in cli.read_until(cli.prompt, 10)
+        yield cli
+    finally:
+        os.write(fd, b"quit\n")
+        os.close(fd)
+        os.waitpid(pid, 0)

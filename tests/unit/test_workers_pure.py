@@ -1,5 +1,6 @@
-"""The pure parts of ``workers: N``: backend keys that name their worker, the authenticated
-messages between workers, the failed-login limiter the workers share."""
+"""The pure parts of ``workers: N``: backend keys (and MySQL connection ids) that name their
+worker and node, where a cancel or KILL for one goes, the authenticated messages between
+workers, the failed-login limiter the workers share."""
 
 from __future__ import annotations
 
@@ -13,8 +14,12 @@ from dbsentry.identity.shared_limit import SharedLoginLimiter
 from dbsentry.server.workerproto import (
     MAC_BYTES,
     MAX_WORKERS,
+    Owner,
     WorkerInfo,
     new_pid,
+    new_session_id,
+    owner_of,
+    pid_slot,
     pid_worker,
     seal,
     unseal,
@@ -51,6 +56,45 @@ def test_worker_info_owns_its_pids() -> None:
     assert info.owns(worker_pid(1, 99)) and not info.owns(worker_pid(2, 99))
     assert info.others() == [0, 2]
     assert info.socket_path(2).name == "w2.sock"
+
+
+@pytest.mark.parametrize(("slot", "worker"), [(None, None), (None, 0), (None, 5), (0, None), (3, 1), (255, 63)])
+def test_a_session_id_names_its_node_and_worker_and_fits_both_protocols(slot: int | None, worker: int | None) -> None:
+    from dbsentry.engines.mysql.wire import constants as k
+    from dbsentry.engines.mysql.wire.handshake import Handshake, decode_handshake, encode_handshake
+
+    caps = k.CLIENT_PROTOCOL_41 | k.CLIENT_SECURE_CONNECTION | k.CLIENT_PLUGIN_AUTH
+
+    taken: dict[int, object] = {}
+    for _ in range(300):
+        sid = new_session_id(slot, worker, taken)
+        assert sid not in taken and 0 < sid < 2**31  # a positive int32: PostgreSQL's pid, MySQL's id
+        taken[sid] = object()
+        if worker is not None or slot is not None:
+            assert pid_worker(sid) == (worker or 0)
+        if slot is not None:
+            assert pid_slot(sid) == slot
+        # MySQL's greeting carries it in 4 bytes, unchanged.
+        greeting = Handshake("10.11.6-MariaDB", sid, b"n" * 20, caps, auth_plugin_name="mysql_native_password")
+        assert decode_handshake(encode_handshake(greeting)).connection_id == sid
+
+
+def test_a_cancel_or_kill_goes_to_the_worker_and_node_its_id_names() -> None:
+    w0, w1 = WorkerInfo(0, 2, KEY, Path("/run")), WorkerInfo(1, 2, KEY, Path("/run"))
+    mine, theirs = worker_pid(0, 77), worker_pid(1, 77)
+    assert owner_of(mine, None, w0).here and owner_of(theirs, None, w1).here
+    assert owner_of(theirs, None, w0) == Owner(None, 1)
+    assert owner_of(mine, None, w1) == Owner(None, 0)
+    assert owner_of(worker_pid(5, 77), None, w0).here  # no such worker: unknown here
+    assert owner_of(theirs, None, None).here  # one process: everything is here
+    # With a control plane: another slot is another node, whichever worker.
+    there = new_session_id(7, 1, {})
+    assert owner_of(there, 2, w0) == Owner(7, 1)
+    assert owner_of(there, 2, None) == Owner(7, 1)
+    assert owner_of(there, 7, w1).here and owner_of(there, 7, w0) == Owner(None, 1)
+    # What no process gives out (a KILL takes any number) stays here, as unknown.
+    for sid in (0, -1, 2**31, 2**40 + 1):
+        assert owner_of(sid, 2, w0).here
 
 
 def test_a_sealed_message_opens_with_the_key() -> None:

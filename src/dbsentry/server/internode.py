@@ -1,6 +1,8 @@
 """Messages between nodes of one control plane (``control_plane:``, docs/deployment.md
 "Several nodes"): the CancelRequests that a client sent to another node than the one holding
-its session, and the console's questions about each worker's live sessions and readiness.
+its session (``cancel``, not answered), the MySQL ``KILL`` of a session another node holds
+(``mysql-kill``, answered with the error the asking client gets, or None), and the console's
+questions about each worker's live sessions and readiness (``status``).
 
 Every worker listens on TCP (``control_plane.listen``, worker k on port + k, or a free port)
 and registers that address in the control plane.  A message is one frame of
@@ -11,6 +13,7 @@ keeps).  A frame that does not verify, or is stale, is ignored and logged with i
 The messages:
 
 - ``cancel`` ``{pid, secret, source}``: no answer;
+- ``mysql-kill``: answered ``{answer}`` in one frame under the same key (``NodeChannel.on``);
 - ``status`` ``{nonce}``: the worker answers with one frame, sealed the same way,
   ``{op: "status.answer", nonce, node, worker, ready, checks, sessions, left_off}``: its live
   sessions as console rows (each with its node and worker) and its readiness checks (names
@@ -31,6 +34,8 @@ from typing import Any
 from dbsentry.server.workerproto import (
     ASK_TIMEOUT_SECONDS,
     MAX_SKEW_SECONDS,
+    Handler,
+    ask_stream,
     read_frame,
     seal,
     unseal,
@@ -147,7 +152,12 @@ class NodeChannel:
         self.worker = 0
         self.status: Status | None = None
         self._seen = SeenNonces()
+        self.handlers: dict[str, Handler] = {}  # other messages answered (``on``)
         self._server: asyncio.Server | None = None
+
+    def on(self, op: str, handler: Handler) -> None:
+        """Answer ``op`` with ``handler`` (the MySQL listener's ``mysql-kill``)."""
+        self.handlers[op] = handler
 
     async def start(self) -> tuple[str, int]:
         """Listen; the address bound (the port chosen when ``port`` is 0)."""
@@ -171,6 +181,12 @@ class NodeChannel:
                 return
             if body.get("op") == "status":
                 await self._answer_status(body, writer, where)
+                return
+            handler = self.handlers.get(str(body.get("op")))
+            if handler is not None:
+                answer = await handler(body)
+                writer.write(seal(self.key, {"answer": answer}))
+                await writer.drain()
                 return
             pid, secret = body.get("pid"), body.get("secret")
             if body.get("op") != "cancel" or not isinstance(pid, int) or not isinstance(secret, str):
@@ -217,6 +233,13 @@ class NodeChannel:
             if writer is not None:
                 writer.close()
         return read_status(unseal(self.key, frame) if frame is not None else None, nonce, node, worker, address)
+
+    async def ask(self, address: str, op: str, **fields: Any) -> Any:
+        """The answer of the worker at ``address`` to ``op``; raises OSError (or ValueError for
+        an address that is no host:port) when it cannot be had (the caller bounds the wait)."""
+        host, _, port = address.rpartition(":")
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), ASK_TIMEOUT_SECONDS)
+        return await ask_stream(reader, writer, self.key, {"op": op, **fields})
 
     async def send_cancel(self, address: str, pid: int, secret: bytes, source: str) -> bool:
         """Hand a CancelRequest to the worker at ``address``; False when it cannot be reached."""

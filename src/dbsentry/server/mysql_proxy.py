@@ -5,6 +5,12 @@ command) goes into a :class:`~dbsentry.engines.mysql.session.session.Session` as
 and the commands it returns are carried out in order (:meth:`MySQLClient._execute`, an
 exhaustive match). Sockets, TLS, timers, the audit log, the approvals service and KILL
 routing are here.
+
+With ``workers: N`` every worker serves the listener (``SO_REUSEPORT``, as PostgreSQL's);
+the connection ids it gives out name its worker and, with a control plane, its node's slot
+(``workerproto.new_session_id``, as PostgreSQL backend pids do), so a ``KILL`` that reaches
+another worker or node is forwarded to the owner over the workers' sockets or the
+inter-node channel, which checks and kills as for its own clients and answers.
 """
 
 from __future__ import annotations
@@ -12,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -54,7 +59,15 @@ from dbsentry.identity.model import Identity
 from dbsentry.identity.ratelimit import login
 from dbsentry.policy.engine import Policy
 from dbsentry.server import tls
+from dbsentry.server.internode import NodeLink
 from dbsentry.server.proxy import Authenticator
+from dbsentry.server.workerproto import (
+    KILL_ANSWER_SECONDS,
+    WorkerChannel,
+    WorkerInfo,
+    new_session_id,
+    owner_of,
+)
 from dbsentry.tasks import spawn
 
 if TYPE_CHECKING:
@@ -235,6 +248,9 @@ class MySQLProxyServer:
         *,
         auth_needs_io: bool = False,
         catalogs: CatalogLoader | None = None,
+        worker: WorkerInfo | None = None,
+        channel: WorkerChannel | None = None,
+        node: NodeLink | None = None,
     ) -> None:
         self.config = config
         # Each connection's classified catalog (shared with the PostgreSQL listener);
@@ -251,7 +267,16 @@ class MySQLProxyServer:
         self.server_version = FALLBACK_VERSION
         self.sessions: dict[int, MySQLClient] = {}
         self._server: asyncio.Server | None = None
-        self._next_id = secrets.randbelow(1 << 20) + 1
+        # workers: N: the listener is shared with the node's other workers; KILLs of their
+        # sessions go over the workers' channel, of other nodes' over the inter-node one
+        # (both the PostgreSQL listener's, which answer this listener's messages too).
+        self.worker = worker
+        self.channel = channel
+        self.node = node
+        if channel is not None:
+            channel.on("mysql-kill", self._kill_message)
+        if node is not None:
+            node.channel.on("mysql-kill", self._kill_from_node)
 
     async def start(self) -> tuple[str, int]:
         addr = self.config.listen.mysql_addr
@@ -260,7 +285,10 @@ class MySQLProxyServer:
             self.rsa_key = load_or_create_rsa_key(self.config.state_dir / "tls" / "mysql-rsa.key")
         self.server_version = await self._probe_version()
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: MySQLClient(self), addr[0], addr[1], reuse_address=True, backlog=2048)
+        self._server = await loop.create_server(
+            lambda: MySQLClient(self), addr[0], addr[1], reuse_address=True, backlog=2048, reuse_port=self.worker is not None
+        )
+        metrics.set_listener_up("mysql", True)
         sock = self._server.sockets[0].getsockname()
         log.info("listening", extra={"fields": {"mysql": f"{sock[0]}:{sock[1]}", "server_version": self.server_version}})
         return sock[0], sock[1]
@@ -300,28 +328,82 @@ class MySQLProxyServer:
     def listening(self) -> bool:
         return self._server is not None and self._server.is_serving()
 
-    async def close(self) -> None:
+    def stop_listening(self) -> None:
+        """Accept no new client (the sessions open go on)."""
         if self._server is not None:
             self._server.close()
+            metrics.set_listener_up("mysql", False)
+
+    async def close(self) -> None:
+        self.stop_listening()
         for client in list(self.sessions.values()):
             client.abort()
         if self._server is not None:
             await self._server.wait_closed()
 
     def new_id(self) -> int:
-        """A connection id for a new client: the proxy's own, never an upstream's."""
-        while True:
-            cid = self._next_id
-            self._next_id = self._next_id + 1 if self._next_id < 0x7FFFFFFF else 1
-            if cid not in self.sessions:
-                return cid
+        """A connection id for a new client: the proxy's own, never an upstream's; it names
+        this worker and node (``workerproto.new_session_id``), for KILL routing."""
+        return new_session_id(
+            self.node.slot if self.node is not None else None, self.worker.index if self.worker is not None else None, self.sessions
+        )
 
     async def kill(self, cmd: c.Kill) -> str | None:
-        """KILL [QUERY] with a proxy connection id: routed to that session's upstream
+        """KILL [QUERY] with a proxy connection id: done here when this worker holds that
+        session, else asked of the worker (or node) that does; the error for the client, or
+        None when done."""
+        owner = owner_of(cmd.target, self.node.slot if self.node is not None else None, self.worker)
+        if owner.here:
+            return await self.kill_here(cmd)
+        fields = {"target": cmd.target, "query_only": cmd.query_only, "identity": cmd.identity, "reviewer": cmd.reviewer}
+        index = owner.worker or 0
+        try:
+            async with asyncio.timeout(KILL_ANSWER_SECONDS):
+                if owner.slot is None:
+                    assert self.channel is not None  # owner_of gives a worker only with workers
+                    log.debug("KILL forwarded to another worker", extra={"fields": {"worker": index}})
+                    answer = await self.channel.ask(index, "mysql-kill", **fields)
+                else:
+                    node = self.node
+                    assert node is not None  # owner_of gives a slot only with a control plane
+                    address = node.address_of(owner.slot, index)
+                    if address is None:  # no live node holds that slot
+                        return _unknown_thread(cmd.target)
+                    log.info("KILL forwarded to another node", extra={"fields": {"slot": owner.slot, "worker": index}})
+                    answer = await node.channel.ask(address, "mysql-kill", **fields)
+        except (OSError, ValueError) as err:
+            log.warning("the worker holding a MySQL session did not answer a KILL", extra={"fields": {"slot": owner.slot, "worker": index, "error": str(err)}})
+            return f"dbsentry: the process holding thread {cmd.target} did not answer; try again"
+        if isinstance(answer, dict) and "error" in answer and (answer["error"] is None or isinstance(answer["error"], str)):
+            return answer["error"]
+        return f"dbsentry: the process holding thread {cmd.target} gave no answer to read; try again"
+
+    async def _kill_message(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``mysql-kill`` from another worker of this node."""
+        return await self._kill_forwarded(body, "another worker")
+
+    async def _kill_from_node(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``mysql-kill`` another node forwarded."""
+        return await self._kill_forwarded(body, "another node")
+
+    async def _kill_forwarded(self, body: dict[str, Any], source: str) -> dict[str, Any]:
+        """A KILL forwarded here: done only for this worker's own sessions (never passed on
+        again, so no two processes can bounce one); the answer is the asking client's."""
+        cmd = _kill_of(body)
+        if cmd is None:
+            log.warning(f"malformed KILL from {source} ignored")
+            return {"error": "dbsentry: malformed KILL"}
+        log.info(f"KILL from {source}", extra={"fields": {"target": cmd.target, "query_only": cmd.query_only}})
+        if not owner_of(cmd.target, self.node.slot if self.node is not None else None, self.worker).here:
+            return {"error": _unknown_thread(cmd.target)}
+        return {"error": await self.kill_here(cmd)}
+
+    async def kill_here(self, cmd: c.Kill) -> str | None:
+        """KILL [QUERY] of a session of this worker: routed to that session's upstream
         connection id, on a side connection with the connection's credentials."""
         target = self.sessions.get(cmd.target)
         if target is None:
-            return f"dbsentry: unknown thread id: {cmd.target}"
+            return _unknown_thread(cmd.target)
         session = target.session
         if session.identity is None or (session.identity.name != cmd.identity and not cmd.reviewer):
             return f"dbsentry: you are not owner of thread {cmd.target} (KILL works on your own sessions)"
@@ -334,6 +416,13 @@ class MySQLProxyServer:
                 target.abort()
             return None  # nothing runs upstream
         return await self.kill_upstream(conn, name, upstream_id, cmd.query_only)
+
+    def session_rows(self) -> list[dict[str, Any]]:
+        """This worker's live MySQL sessions as the console shows them, each with its worker."""
+        from dbsentry.web.views import live_session_row
+
+        index = self.worker.index if self.worker is not None else 0
+        return [{**row, "worker": index} for client in list(self.sessions.values()) if (row := live_session_row(client)) is not None]
 
     async def kill_upstream(self, conn: ConnectionConfig, name: str, upstream_id: int, query_only: bool) -> str | None:
         """``KILL [QUERY]`` of an upstream connection id, on a side connection."""
@@ -362,6 +451,20 @@ class MySQLProxyServer:
             return f"dbsentry: killing the {what} failed: {err}"
         finally:
             writer.close()
+
+
+def _unknown_thread(target: int) -> str:
+    return f"dbsentry: unknown thread id: {target}"
+
+
+def _kill_of(body: dict[str, Any]) -> c.Kill | None:
+    """The ``Kill`` a forwarded ``mysql-kill`` message carries (None: malformed)."""
+    target, query_only, identity, reviewer = (body.get(f) for f in ("target", "query_only", "identity", "reviewer"))
+    if not isinstance(target, int) or isinstance(target, bool) or not isinstance(identity, str):
+        return None
+    if not isinstance(query_only, bool) or not isinstance(reviewer, bool):
+        return None
+    return c.Kill(target, query_only, identity, reviewer)
 
 
 class _ServerTLS:
@@ -789,9 +892,14 @@ async def start_mysql_listener(
     *,
     auth_needs_io: bool = False,
     catalogs: CatalogLoader | None = None,
+    worker: WorkerInfo | None = None,
+    channel: WorkerChannel | None = None,
+    node: NodeLink | None = None,
 ) -> MySQLProxyServer | None:
     """The MySQL listener when ``listen.mysql`` is set (None otherwise), started.
-    ``policy``: the current policy (None: passthrough, nothing checked or audited)."""
+    ``policy``: the current policy (None: passthrough, nothing checked or audited);
+    ``worker``, ``channel``, ``node``: this worker's, with workers and a control plane
+    (the PostgreSQL listener's channels, which then carry KILLs too)."""
     if config.listen.mysql is None:
         return None
     governor = MySQLGovernor(policy) if policy is not None else None
@@ -807,6 +915,9 @@ async def start_mysql_listener(
         redactor,
         auth_needs_io=auth_needs_io,
         catalogs=catalogs,
+        worker=worker,
+        channel=channel,
+        node=node,
     )
     await server.start()
     return server

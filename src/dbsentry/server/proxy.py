@@ -62,10 +62,9 @@ from dbsentry.server.internode import NodeLink
 from dbsentry.server.workerproto import (
     WorkerChannel,
     WorkerInfo,
-    new_node_pid,
-    new_pid,
+    new_session_id,
+    owner_of,
     pid_slot,
-    pid_worker,
 )
 from dbsentry.tasks import spawn
 
@@ -116,6 +115,9 @@ class ProxyServer:
         # control_plane (several nodes): backend pids name the node too, and a cancel for
         # another node's session goes there (server/internode.py); set by the runner.
         self.node: NodeLink | None = None
+        # The other listeners' live sessions as console rows (the MySQL listener's, set by
+        # the runner): what this worker answers when asked for its sessions.
+        self.more_rows: list[Callable[[], list[dict[str, Any]]]] = []
         self.channel: WorkerChannel | None = (
             WorkerChannel(
                 worker,
@@ -144,6 +146,7 @@ class ProxyServer:
             lambda: ClientConnection(self), host, port, reuse_address=True, backlog=2048,
             reuse_port=self.worker is not None,
         )
+        metrics.set_listener_up("postgres", True)
         sock = self._server.sockets[0].getsockname()
         log.info("listening", extra={"fields": {"postgres": f"{sock[0]}:{sock[1]}"}})
         return sock[0], sock[1]
@@ -156,6 +159,7 @@ class ProxyServer:
         up to that long before closing the rest."""
         if self._server is not None:
             self._server.close()
+            metrics.set_listener_up("postgres", False)
         if drain_seconds > 0 and self.sessions:
             log.info("draining sessions", extra={"fields": {"sessions": len(self.sessions), "seconds": drain_seconds}})
             self.drained = asyncio.Event()
@@ -173,21 +177,20 @@ class ProxyServer:
     def cancel(self, pid: int, secret: bytes, source: str) -> None:
         """A client's CancelRequest for ``pid``: cancel its statement here, or hand it to the
         worker (or node) that holds the session."""
-        if self.node is not None and pid_slot(pid) != self.node.slot:
-            slot, owner = pid_slot(pid), pid_worker(pid)
-            address = self.node.address_of(slot, owner)
+        owner = owner_of(pid, self.node.slot if self.node is not None else None, self.worker)
+        if owner.slot is not None and self.node is not None:
+            slot, index = owner.slot, owner.worker or 0
+            address = self.node.address_of(slot, index)
             if address is None:
                 log.info("cancel request for no live node ignored", extra={"fields": {"slot": slot, "client": source}})
                 return
-            log.info("cancel request forwarded to another node", extra={"fields": {"slot": slot, "worker": owner, "client": source}})
+            log.info("cancel request forwarded to another node", extra={"fields": {"slot": slot, "worker": index, "client": source}})
             spawn(self.node.channel.send_cancel(address, pid, secret, source), name="cancel-forward-node")
             return
-        if self.worker is not None and self.channel is not None and not self.worker.owns(pid):
-            owner = pid_worker(pid)
-            if owner < self.worker.count:
-                log.debug("cancel request forwarded", extra={"fields": {"to_worker": owner, "client": source}})
-                spawn(self.channel.send(owner, "cancel", pid=pid, secret=secret.hex(), source=source), name="cancel-forward")
-                return
+        if owner.worker is not None and self.channel is not None:
+            log.debug("cancel request forwarded", extra={"fields": {"to_worker": owner.worker, "client": source}})
+            spawn(self.channel.send(owner.worker, "cancel", pid=pid, secret=secret.hex(), source=source), name="cancel-forward")
+            return
         target = self.sessions.get(pid)
         if target is not None and hmac.compare_digest(target.session.proxy_secret, secret):
             target.cancel_upstream()
@@ -239,7 +242,8 @@ class ProxyServer:
         return self.session_rows()
 
     def session_rows(self) -> list[dict[str, Any]]:
-        """This worker's live sessions as the console shows them, each with its worker."""
+        """This worker's live sessions (of every listener) as the console shows them, each
+        with its worker."""
         from dbsentry.web.views import live_session_row
 
         index = self.worker.index if self.worker is not None else 0
@@ -248,6 +252,8 @@ class ProxyServer:
             row = live_session_row(conn)
             if row is not None:
                 rows.append({**row, "worker": index})
+        for more in self.more_rows:
+            rows.extend(more())
         return rows
 
     def schema_changed(self, connection: str) -> None:
@@ -258,15 +264,10 @@ class ProxyServer:
                 spawn(self.channel.broadcast("catalog", connection=connection), name="catalog-broadcast")
 
     def new_backend_key(self) -> tuple[int, bytes]:
-        if self.node is not None:  # the pid names this node and worker (workerproto)
-            index = self.worker.index if self.worker is not None else 0
-            return new_node_pid(self.node.slot, index, self.sessions), secrets.token_bytes(4)
-        if self.worker is not None:  # the pid names this worker, for cancels (workerproto)
-            return new_pid(self.worker.index, self.sessions), secrets.token_bytes(4)
-        while True:
-            pid = secrets.randbelow(2**31 - 1) + 1
-            if pid not in self.sessions:
-                return pid, secrets.token_bytes(4)
+        """A backend pid naming this node and worker (workerproto), and a random secret."""
+        slot = self.node.slot if self.node is not None else None
+        index = self.worker.index if self.worker is not None else None
+        return new_session_id(slot, index, self.sessions), secrets.token_bytes(4)
 
     async def send_cancel(self, conn: ConnectionConfig, pid: int, secret: bytes) -> None:
         """Open a fresh connection to the upstream and send a CancelRequest with its real key."""

@@ -136,11 +136,6 @@ def _every_worker_sessions(proxy: ProxyServer) -> Callable[[], list[dict[str, An
     return lambda: sessions_everywhere(proxy)
 
 
-def _with_mysql(rows: Callable[[], list[dict[str, Any]]], mysql: Any) -> Callable[[], list[Any]]:
-    """``rows`` and the MySQL listener's sessions (worker 0's, when it runs one)."""
-    return lambda: [*rows(), *(mysql.sessions.values() if mysql is not None else ())]
-
-
 DerivedSet = Mapping[str, Mapping[SourceColumn, Classification]]
 
 
@@ -314,16 +309,15 @@ async def run_server(
     proxies.append(proxy)
     agent = await _join_control_plane(config, proxy, approvals, worker)
     await proxy.start()
-    # listen.mysql (docs/mysql.md); None when not set. With workers only worker 0 serves it
-    # (as HTTP): its KILL routing finds sessions by the ids its one process gave out.
-    mysql = (
-        await start_mysql_listener(
-            config, authenticator, (lambda: governor.policy) if governor is not None else None, writer, approvals,
-            auth_needs_io=authenticator.needs_io, catalogs=catalogs,
-        )
-        if worker is None or worker.index == 0
-        else None
+    # listen.mysql (docs/mysql.md); None when not set. With workers every worker serves it
+    # (SO_REUSEPORT); KILLs of another worker's or node's sessions go over the PostgreSQL
+    # listener's channels.
+    mysql = await start_mysql_listener(
+        config, authenticator, (lambda: governor.policy) if governor is not None else None, writer, approvals,
+        auth_needs_io=authenticator.needs_io, catalogs=catalogs, worker=worker, channel=proxy.channel, node=proxy.node,
     )
+    if mysql is not None:
+        proxy.more_rows.append(mysql.session_rows)
     stop = stop if stop is not None else asyncio.Event()
     health: UpstreamHealth | None = None
     if config.limits.upstream_check_seconds > 0 and config.connections:
@@ -352,12 +346,12 @@ async def run_server(
                 else None
             ),
             approvals=approvals,
-            # both listeners' sessions (with workers: every worker's PostgreSQL sessions, and the
-            # MySQL listener's, which only worker 0 runs), each with its node and worker
+            # both listeners' sessions (with workers: every worker's, asked over their
+            # sockets), each with its node and worker
             live_sessions=_on_node(
                 (lambda: [*proxy.sessions.values(), *(mysql.sessions.values() if mysql is not None else ())])
                 if worker is None
-                else _with_mysql(_every_worker_sessions(proxy), mysql),
+                else _every_worker_sessions(proxy),
                 agent.node if agent is not None else node_id(config.audit.node, config.state_dir),
             ),
             # with a control plane: the other nodes' sessions, asked at each look
@@ -427,6 +421,8 @@ async def run_server(
             health_task.cancel()
         if http_task is not None:
             await http_task
+        if mysql is not None:
+            mysql.stop_listening()  # neither listener takes new clients while the sessions drain
         await proxy.close(config.limits.drain_seconds if worker is not None else 0.0)
         if mysql is not None:
             await mysql.close()

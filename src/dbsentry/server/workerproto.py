@@ -13,7 +13,10 @@ The messages:
   worker than the one holding the session (the worker is in the pid: :func:`pid_worker`);
 - ``catalog`` ``{connection}``: a worker saw DDL on ``connection``: read its catalog again;
 - ``sessions``: the worker answers with its live sessions as console rows (one frame, the
-  same framing, MAC'd too).
+  same framing, MAC'd too);
+- ``mysql-kill`` ``{target, query_only, identity, reviewer}``: a MySQL ``KILL`` of a
+  session this worker holds (its connection id names the worker, as a backend pid does);
+  the worker answers ``{error}`` (None: killed), the answer the asking client gets.
 
 The key encoding and the framing are pure functions, tested without sockets.
 """
@@ -91,6 +94,47 @@ def new_node_pid(slot: int, worker: int, taken: Mapping[int, object]) -> int:
             return pid
 
 
+def new_session_id(slot: int | None, worker: int | None, taken: Mapping[int, object]) -> int:
+    """A fresh id for a client's session (a PostgreSQL backend pid, a MySQL connection id),
+    not in ``taken``: it names the node's ``slot`` (with a control plane) and the ``worker``
+    (with workers), so a cancel or KILL that reaches another process finds its owner; a
+    positive int32 either way, which both protocols carry."""
+    if slot is not None:
+        return new_node_pid(slot, worker or 0, taken)
+    if worker is not None:
+        return new_pid(worker, taken)
+    while True:
+        pid = secrets.randbelow(2**31 - 1) + 1
+        if pid not in taken:
+            return pid
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who holds the session an id names, seen from one worker: this worker (both None),
+    ``worker`` of this node (``slot`` None), or ``worker`` of the node in ``slot``."""
+
+    slot: int | None = None
+    worker: int | None = None
+
+    @property
+    def here(self) -> bool:
+        return self.slot is None and self.worker is None
+
+
+def owner_of(pid: int, slot: int | None, info: WorkerInfo | None) -> Owner:
+    """Where the session ``pid`` (made by :func:`new_session_id`) lives, asked by worker
+    ``info`` of the node in ``slot``.  An id no process can have given out (out of range, a
+    worker index beyond the node's) is answered here, as an unknown one."""
+    if not 1 <= pid <= 2**31 - 1:
+        return Owner()
+    if slot is not None and pid_slot(pid) != slot:
+        return Owner(pid_slot(pid), pid_worker(pid))
+    if info is not None and not info.owns(pid) and pid_worker(pid) < info.count:
+        return Owner(None, pid_worker(pid))
+    return Owner()
+
+
 def pid_worker(pid: int) -> int:
     """The worker a backend pid made by :func:`worker_pid` belongs to."""
     return pid & (MAX_WORKERS - 1)
@@ -153,6 +197,28 @@ class WorkerInfo:
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
+#: How long a KILL forwarded to another worker or node may take to be answered (the owner
+#: logs in upstream and kills there: its own time limits are shorter).
+KILL_ANSWER_SECONDS = 30.0
+
+
+async def ask_stream(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, key: bytes, body: Mapping[str, Any]
+) -> Any:
+    """Send one sealed message on a fresh connection and read the sealed answer's
+    ``answer``; raises OSError when it cannot be had or does not verify (the caller bounds
+    the wait).  Closes the connection."""
+    try:
+        writer.write(seal(key, body))
+        await writer.drain()
+        frame = await read_frame(reader)
+    finally:
+        writer.close()
+    answer = unseal(key, frame) if frame is not None else None
+    if answer is None:
+        raise OSError("no answer, or one that does not verify")
+    return answer.get("answer")
+
 
 async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
     try:
@@ -172,6 +238,10 @@ class WorkerChannel:
         self.info = info
         self.handlers = dict(handlers)
         self._server: asyncio.AbstractServer | None = None
+
+    def on(self, op: str, handler: Handler) -> None:
+        """Answer ``op`` with ``handler`` from now on (the MySQL listener's messages)."""
+        self.handlers[op] = handler
 
     async def start(self) -> None:
         path = self.info.socket_path(self.info.index)
@@ -220,6 +290,14 @@ class WorkerChannel:
         except (OSError, TimeoutError) as err:
             log.warning("worker not reachable", extra={"fields": {"worker": index, "op": op, "error": str(err)}})
             return False
+
+    async def ask(self, index: int, op: str, **fields: Any) -> Any:
+        """Worker ``index``'s answer to ``op``; raises OSError when it cannot be had (the
+        caller bounds the wait)."""
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_unix_connection(str(self.info.socket_path(index))), ASK_TIMEOUT_SECONDS
+        )
+        return await ask_stream(reader, writer, self.info.key, {"op": op, **fields})
 
     async def broadcast(self, op: str, **fields: Any) -> None:
         await asyncio.gather(*(self.send(k, op, **fields) for k in self.info.others()))

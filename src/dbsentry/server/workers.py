@@ -3,10 +3,11 @@
 The supervisor prepares what the workers share (the state directory and its keys, the
 audit node id, the metrics directory), forks N workers and watches them.  Each worker is a
 whole proxy (``runner.run_server``) whose PostgreSQL listener is bound with
-``SO_REUSEPORT``, so the kernel spreads new connections over them; worker 0 alone serves the
-HTTP listener (console, API, ``/metrics``, MCP) and asks the others for their live sessions.
-A worker has its own audit chain (node ``<node>-w<k>``, its own log directory) and its own
-channel (``workerproto``) on which cancels and catalog changes reach it.
+``SO_REUSEPORT`` (so is the MySQL one, ``listen.mysql``), so the kernel spreads new
+connections over them; worker 0 alone serves the HTTP listener (console, API,
+``/metrics``, MCP) and asks the others for their live sessions.  A worker has its own audit
+chain (node ``<node>-w<k>``, its own log directory) and its own channel (``workerproto``)
+on which cancels, MySQL KILLs and catalog changes reach it.
 
 Signals: SIGTERM or SIGINT to the supervisor is passed to every worker, which stops
 accepting, lets its sessions end for up to ``limits.drain_seconds`` and exits; a worker
@@ -96,22 +97,25 @@ def prepare_run_dir(config: Config) -> None:
 
 
 def check_listen_free(config: Config) -> None:
-    """Raise ValueError when ``listen.postgres`` is taken.  The workers bind it with
-    SO_REUSEPORT, which another process of the same user (say, a dbsentry not yet stopped)
-    could share without an error, splitting the clients between two proxies; a plain bind
-    fails on any listener there."""
-    host, port = config.listen.postgres_addr
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError as err:
-        raise ValueError(f"listen.postgres {host}:{port}: {err}") from None
-    for family, kind, proto, _, addr in infos:
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(addr)
-            except OSError as err:
-                raise ValueError(f"cannot listen on {host}:{port}: {err.strerror}") from None
+    """Raise ValueError when ``listen.postgres`` (or ``listen.mysql``) is taken.  The workers
+    bind them with SO_REUSEPORT, which another process of the same user (say, a dbsentry
+    not yet stopped) could share without an error, splitting the clients between two
+    proxies; a plain bind fails on any listener there."""
+    addrs = [("listen.postgres", config.listen.postgres_addr)]
+    if config.listen.mysql_addr is not None:
+        addrs.append(("listen.mysql", config.listen.mysql_addr))
+    for setting, (host, port) in addrs:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except OSError as err:
+            raise ValueError(f"{setting} {host}:{port}: {err}") from None
+        for family, kind, proto, _, addr in infos:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind(addr)
+                except OSError as err:
+                    raise ValueError(f"cannot listen on {host}:{port}: {err.strerror}") from None
 
 
 def prepare(config: Config) -> None:

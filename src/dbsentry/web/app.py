@@ -173,14 +173,25 @@ def create_app(ctx: WebContext) -> FastAPI:
         every_worker = metrics.workers_audit_healthy()
         if every_worker is not None:
             checks["audit_workers"] = every_worker
-        if ctx.listener_up is not None:
-            checks["listener"] = bool(ctx.listener_up())
-        if ctx.mysql_listener_up is not None:
-            checks["listener:mysql"] = bool(ctx.mysql_listener_up())
+        # With workers, a listener counts when every live worker's accepts clients (their
+        # dbsentry_listener_up), this one's included; how many do is in the body.
+        listening: dict[str, dict[str, int]] = {}
+        for name, check, own in (("postgres", "listener", ctx.listener_up), ("mysql", "listener:mysql", ctx.mysql_listener_up)):
+            if own is None:
+                continue
+            ok = bool(own())
+            workers = metrics.workers_listening(name)
+            if workers is not None:
+                serving, reported = workers
+                listening[name] = {"workers": reported, "listening": serving}
+                ok = ok and serving == reported
+            checks[check] = ok
         if ctx.control_plane_up is not None:
             checks["control_plane"] = bool(ctx.control_plane_up())
         failing += [name for name, ok in checks.items() if not ok]
         body: dict[str, Any] = {"checks": checks}
+        if listening:
+            body["workers_listening"] = listening
         if ctx.upstreams is not None:
             upstreams = ctx.upstreams()
             for name, up in upstreams.items():
