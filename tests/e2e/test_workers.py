@@ -238,11 +238,18 @@ def test_a_class_inherited_through_one_worker_is_known_to_both(workers: tuple[Ru
         direct.execute("drop table if exists public.workers_people, public.workers_labels")
     reader = proxy.token("rita@example.com", ("eng", "pii-readers"))
     masked = proxy.token("eve@example.com", ("eng",))
-    conns = {f"inherit-{i}": psycopg.connect(proxy.dsn("eve@example.com", token=masked, dbname="staging", application_name=f"inherit-{i}"), autocommit=True) for i in range(8)}
     copier = psycopg.connect(proxy.dsn("rita@example.com", token=reader, dbname="staging", application_name="inherit-copier"), autocommit=True)
+    conns: dict[str, psycopg.Connection[Any]] = {}
     try:
-        for c in [*conns.values(), copier]:
-            c.execute("select 1")
+        copier.execute("select 1")
+        # the kernel spreads connections over the workers at random (SO_REUSEPORT): open
+        # them until both workers hold some
+        for i in range(40):
+            app = f"inherit-{i}"
+            conns[app] = psycopg.connect(proxy.dsn("eve@example.com", token=masked, dbname="staging", application_name=app), autocommit=True)
+            conns[app].execute("select 1")
+            if i >= 7 and {w for a, w in _live_by_app(base, proxy).items() if a in conns} == {0, 1}:
+                break
         where = _live_by_app(base, proxy)
         others = [app for app in conns if where[app] != where["inherit-copier"]]
         assert others, where
