@@ -101,6 +101,7 @@ def test_roles_from_groups() -> None:
 
 
 def _sample(name: str, **labels: str) -> float:
+    metrics.flush()  # what was counted since the last flush
     value = metrics.REGISTRY.get_sample_value(name, labels)
     return 0.0 if value is None else value
 
@@ -138,6 +139,48 @@ def test_metrics_functions() -> None:
     assert _sample("dbsentry_audit_errors_total", kind="refused") >= 1
     body, content_type = metrics.render()
     assert b"dbsentry_sessions_active" in body and content_type.startswith("text/plain")
+
+
+def _histogram_samples(registry: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for m in registry.collect() for s in m.samples if not s.name.endswith("_created")}
+
+
+def test_batched_histogram_and_counter_equal_prometheus_own() -> None:
+    """What flush() adds equals Histogram.observe / Counter.inc value by value, bucket
+    bounds included (a value equal to a bound counts in that bucket)."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    values = [0.0, 0.0005, 0.00051, 0.001, 0.0024, 0.0025, 0.7, 1.0, 29.9, 30.0, 31.0, 1e9]
+    direct_reg, batched_reg = CollectorRegistry(), CollectorRegistry()
+    buckets = (0.0005, 0.001, 0.0025, 0.5, 1.0, 30.0)
+    direct = Histogram("h", "h", ["c"], buckets=buckets, registry=direct_reg)
+    batched = Histogram("h", "h", ["c"], buckets=buckets, registry=batched_reg)
+    direct_n = Counter("n", "n", registry=direct_reg)
+    batched_n = Counter("n", "n", registry=batched_reg)
+    for v in values:
+        direct.labels("x").observe(v)
+        metrics._observe(batched.labels("x"), v)
+        direct_n.inc(2)
+        metrics._add(batched_n, 2)
+    assert _histogram_samples(batched_reg) != _histogram_samples(direct_reg)  # not added yet
+    metrics.flush()
+    assert _histogram_samples(batched_reg) == _histogram_samples(direct_reg)
+    metrics.flush()  # nothing twice
+    assert _histogram_samples(batched_reg) == _histogram_samples(direct_reg)
+
+
+def test_flush_every_flushes_on_the_loop_and_once_more_when_stopped() -> None:
+    async def main() -> float:
+        stop = metrics.flush_every(asyncio.get_running_loop(), 0.01)
+        metrics.masked(2, "loop-test")
+        await asyncio.sleep(0.1)
+        seen = metrics.REGISTRY.get_sample_value("dbsentry_masked_values_total", {"data_class": "loop-test"})
+        metrics.masked(1, "loop-test")
+        stop()
+        assert seen == 2
+        return metrics.REGISTRY.get_sample_value("dbsentry_masked_values_total", {"data_class": "loop-test"}) or 0.0
+
+    assert asyncio.run(main()) == 3
 
 
 # --- the approvals adapter ------------------------------------------------------------------------

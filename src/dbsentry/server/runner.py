@@ -407,6 +407,7 @@ async def run_server(
         else None
     )
     health_task = spawn(health.run(stop), name="upstream-health") if health is not None else None
+    stop_metrics = metrics.flush_every(asyncio.get_running_loop())  # per-statement counts, in batches
     if on_ready is not None:
         on_ready()
     try:
@@ -434,4 +435,5 @@ async def run_server(
             approvals.close()
         if writer is not None:
             await writer.aclose()
+        stop_metrics()
         authenticator.close()
