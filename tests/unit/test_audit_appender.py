@@ -29,7 +29,7 @@ from dbsentry.audit.log import (
 from dbsentry.audit.logwriter import LogFile, OsFileOps
 from dbsentry.audit.records import CompletionRecord, StatementRecord, payload_bytes
 from dbsentry.audit.sqlite_store import SQLiteStore
-from dbsentry.governance.hold import ResultHold
+from dbsentry.governance.hold import PAUSE_BYTES, ResultHold
 
 
 def stmt(i: int) -> StatementRecord:
@@ -260,6 +260,7 @@ def test_result_hold_releases_nothing_early_and_everything_in_order(events: list
     appended = 0
     sent: list[tuple[int, int]] = []  # (command number, seq it needed)
     made: list[tuple[int, int]] = []
+    sizes: dict[tuple[int, int], int] = {}
     waiting: int | None = None
     for kind, n in events:
         if kind == "stmt":
@@ -269,8 +270,9 @@ def test_result_hold_releases_nothing_early_and_everything_in_order(events: list
             cmd = (len(made), hold.seq)  # a result of what was forwarded so far
             made.append(cmd)
             if hold.must_hold(durable):
-                if hold.hold(cmd):
+                if hold.hold(cmd, n * 40_000):
                     waiting = hold.waiting_for()
+                sizes[cmd] = n * 40_000
             else:
                 sent.append(cmd)
         else:
@@ -280,6 +282,10 @@ def test_result_hold_releases_nothing_early_and_everything_in_order(events: list
                 assert all(needed <= durable for _, needed in out)  # nothing before its record
                 sent.extend(out)
                 waiting = hold.waiting_for()
+        # the bytes held are counted exactly: the shell pauses the server on them
+        still = [cmd for cmd in made if cmd not in sent and cmd in sizes]
+        assert hold.held_bytes == sum(sizes[cmd] for cmd in still)
+        assert hold.should_pause() == (hold.held_bytes > PAUSE_BYTES)
     durable = appended
     sent.extend(hold.release(durable))
     assert sent == made  # nothing lost, nothing reordered

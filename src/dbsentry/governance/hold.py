@@ -4,6 +4,9 @@ Pure bookkeeping for the shell: each statement record appended to the log has a 
 whatever goes to the client after that statement was forwarded (rows, CommandComplete,
 ReadyForQuery, CopyOut data, errors, the close of the connection) is tagged with the
 session's last statement seq and leaves only once the log is durable up to it, in order.
+It also counts the bytes held, so that the shell stops reading the server only when a
+result held is large (``PAUSE_BYTES``), not for each small one (a pause and a resume are
+two system calls per statement).
 """
 
 from __future__ import annotations
@@ -13,15 +16,20 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
+#: Held bytes over which the shell stops reading the server until they are released.
+PAUSE_BYTES = 256 * 1024
+
 
 class ResultHold(Generic[T]):
     """Client-bound commands held until the audit log is durable far enough."""
 
-    __slots__ = ("held", "seq")
+    __slots__ = ("held", "held_bytes", "paused", "seq")
 
     def __init__(self) -> None:
         self.seq = 0  # the last statement record of the session
-        self.held: deque[tuple[int, T]] | None = None
+        self.held: deque[tuple[int, T, int]] | None = None
+        self.held_bytes = 0
+        self.paused = False  # the shell stopped reading the server for this hold
 
     def statement(self, seq: int) -> None:
         """A statement record with ``seq`` was appended; the statement may now be forwarded."""
@@ -32,15 +40,20 @@ class ResultHold(Generic[T]):
         """Whether a command for the client must wait (rather than go now)."""
         return self.held is not None or self.seq > durable_seq
 
-    def hold(self, cmd: T) -> bool:
-        """Keep ``cmd``; True if it is the first held (the caller then waits for
-        ``waiting_for()``)."""
+    def hold(self, cmd: T, size: int = 0) -> bool:
+        """Keep ``cmd`` (``size`` bytes); True if it is the first held (the caller then
+        waits for ``waiting_for()``)."""
         first = self.held is None
         if first:
             self.held = deque()
         assert self.held is not None
-        self.held.append((self.seq, cmd))
+        self.held.append((self.seq, cmd, size))
+        self.held_bytes += size
         return first
+
+    def should_pause(self) -> bool:
+        """Whether the shell should stop reading the server now (it then sets ``paused``)."""
+        return not self.paused and self.held_bytes > PAUSE_BYTES
 
     def waiting_for(self) -> int | None:
         """The seq the oldest held command waits for (None: nothing held)."""
@@ -53,7 +66,9 @@ class ResultHold(Generic[T]):
         if held is None:
             return out
         while held and held[0][0] <= durable_seq:
-            out.append(held.popleft()[1])
+            _, cmd, size = held.popleft()
+            self.held_bytes -= size
+            out.append(cmd)
         if not held:
             self.held = None
         return out
@@ -61,4 +76,5 @@ class ResultHold(Generic[T]):
     def drop(self) -> list[T]:
         """Everything held, given up (the log failed: the results never leave)."""
         held, self.held = self.held, None
-        return [cmd for _, cmd in held] if held else []
+        self.held_bytes = 0
+        return [cmd for _, cmd, _ in held] if held else []

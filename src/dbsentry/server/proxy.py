@@ -402,7 +402,7 @@ class ClientConnection(asyncio.Protocol):
             self.upstream.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        held = self._hold_results is not None and self._hold_results.held is not None
+        held = self._hold_results is not None and self._hold_results.paused
         if self.upstream is not None and self.upstream.transport is not None and not held:
             self.upstream.transport.resume_reading()
 
@@ -539,8 +539,10 @@ class ClientConnection(asyncio.Protocol):
         hold = self._hold_results
         writer = self.proxy.audit_writer
         assert hold is not None and writer is not None
-        if hold.hold(cmd):
+        if hold.hold(cmd, len(cmd.data) if type(cmd) is c.SendClient else 0):
             writer.when_durable(hold.seq, self._release)
+        if hold.should_pause():
+            hold.paused = True
             up = self.upstream
             if up is not None and up.transport is not None:
                 up.transport.pause_reading()  # backpressure: the server waits, not our memory
@@ -567,9 +569,11 @@ class ClientConnection(asyncio.Protocol):
         if waiting is not None:
             writer.when_durable(waiting, self._release)
             return
-        up = self.upstream
-        if up is not None and up.transport is not None and not self.closed:
-            up.transport.resume_reading()
+        if hold.paused:
+            hold.paused = False
+            up = self.upstream
+            if up is not None and up.transport is not None and not self.closed:
+                up.transport.resume_reading()
 
     def _committed(self, entry: _GateEntry, error: AuditUnavailable | None) -> None:
         if error is None:
