@@ -1,7 +1,7 @@
 """CPU of the audit helper process per record: fsync answers and the search index.
 
     python bench/audit_index_bench.py [--statements 20000] [--rate 1500] [--per-write 2]
-                                      [--durability effect|write] [--mode helper|index]
+                                      [--durability effect|write] [--mode helper|index|wakeups]
 
 ``helper`` (default): a log in a temporary directory, written from an asyncio loop the way
 a proxy worker writes it (``--per-write`` statements per loop iteration, each a statement
@@ -12,6 +12,9 @@ indexing it.  ``effect`` asks for an fsync after every write, ``write`` at most 
 rest and exits) and its CPU (user + system, ``getrusage`` of the reaped child) is divided
 by the records.  Also printed: how long a record took to become searchable (the index's
 cursor polled every 20 ms) and whether every record is in the index.
+
+``wakeups``: the helper without an index, asked for one fsync at a time and answering
+each (what a client at ``-c 1`` costs it under ``effect``); its CPU per request.
 
 ``index``: the index alone, in this process: the log grows by ``--batch`` records, then
 ``catch_up`` indexes them, as the helper's index thread does; the CPU of that thread only.
@@ -28,6 +31,7 @@ import os
 import resource
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -87,10 +91,15 @@ async def run_helper(statements: int, rate: float, per_write: int, durability: s
     spec = orjson.dumps({"audit": config.model_dump(mode="json"), "state_dir": str(state)}).decode()
     lazy = durability in ("write", "async")
     durable = 0
+    flushed: list[tuple[float, int]] = []  # (when written, last seq), waiting for "durable"
+    waits: list[float] = []
 
     def on_durable(seq: int) -> None:
         nonlocal durable
         durable = max(durable, seq)
+        now = time.monotonic()
+        while flushed and flushed[0][1] <= seq:
+            waits.append(now - flushed.pop(0)[0])
 
     def on_error(err: OSError) -> None:
         raise err
@@ -127,6 +136,7 @@ async def run_helper(statements: int, rate: float, per_write: int, durability: s
             file.append(c)
         seq = file.flush()
         written.append((time.monotonic(), seq))
+        flushed.append(written[-1])
         due = start + (i + per_write) / rate
         await asyncio.sleep(max(0.0, due - time.monotonic()))
     elapsed = time.monotonic() - start
@@ -160,6 +170,12 @@ async def run_helper(statements: int, rate: float, per_write: int, durability: s
         f"{(steady_user + steady_system) / records * 1e6:.1f} us per record "
         f"(user {steady_user / records * 1e6:.1f}, system {steady_system / records * 1e6:.1f})"
     )
+    if waits:
+        waits.sort()
+        print(
+            f"  durable answer after a write: p50 {statistics.median(waits) * 1000:.2f} ms, "
+            f"p99 {waits[len(waits) * 99 // 100] * 1000:.2f} ms"
+        )
     if lags:
         lags.sort()
         print(
@@ -190,9 +206,39 @@ def run_index(statements: int, batch: int) -> None:
     print(f"index alone, batches of {batch}: {cursor} records, {cpu / cursor * 1e6:.1f} us CPU per record")
 
 
+def run_wakeups(count: int) -> None:
+    """The helper without an index, asked for one fsync at a time (a client at ``-c 1``
+    under ``effect``): its CPU per request."""
+    tmp = Path(tempfile.mkdtemp(prefix="dbsentry-audit-index-bench-"))
+    file = LogFile(tmp, NODE)  # its own fsync thread makes the segment durable too; not counted
+    file.open()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dbsentry.audit.helper", str(tmp / NODE)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    payload = pair(0)[0]
+    proc.stdin.write(b"S 1 0\n")
+    proc.stdin.flush()
+    proc.stdout.readline()  # started
+    user0, system0 = _proc_cpu(proc.pid)
+    for _ in range(count):
+        file.append(payload)
+        proc.stdin.write(b"S 1 %d\n" % file.flush())
+        proc.stdin.flush()
+        proc.stdout.readline()
+    user1, system1 = _proc_cpu(proc.pid)
+    proc.stdin.close()
+    proc.wait()
+    file.close()
+    print(
+        f"helper without index, one fsync request at a time: {count} requests, per request "
+        f"user {(user1 - user0) / count * 1e6:.1f} us, system {(system1 - system0) / count * 1e6:.1f} us"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--mode", choices=["helper", "index"], default="helper")
+    ap.add_argument("--mode", choices=["helper", "index", "wakeups"], default="helper")
     ap.add_argument("--statements", type=int, default=20000)
     ap.add_argument("--rate", type=float, default=1500.0, help="statements a second (helper)")
     ap.add_argument("--per-write", type=int, default=2, help="statements per write (helper)")
@@ -201,6 +247,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.mode == "index":
         run_index(args.statements, args.batch)
+    elif args.mode == "wakeups":
+        run_wakeups(args.statements)
     else:
         asyncio.run(run_helper(args.statements, args.rate, args.per_write, args.durability))
 
