@@ -250,3 +250,22 @@ def test_the_stores_own_chain_still_refuses_a_record_id_twice(store: SQLiteStore
     assert store.existing_ids([rec.id, "nope"]) == {rec.id}
     with pytest.raises(Exception, match="UNIQUE"):
         store.append_batch([encode(rec)])
+
+
+def test_opening_waits_for_a_migration_in_another_process_rather_than_fail(tmp_path: Path) -> None:
+    import threading
+
+    db = tmp_path / "audit.db"
+    SQLiteStore(db, fsync=False).close()
+    other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # what a migration building indexes holds
+    other.execute("UPDATE meta SET value = value WHERE key = 'schema_version'")
+    holding = threading.Timer(1.0, lambda: other.execute("COMMIT"))
+    holding.start()
+    try:
+        store = SQLiteStore(db, busy_timeout_ms=100, fsync=False)  # 100 ms is not enough to wait for it
+        assert store.index_cursor(NODE) == 0
+        store.close()
+    finally:
+        holding.join()
+        other.close()

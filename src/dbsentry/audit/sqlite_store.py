@@ -105,6 +105,7 @@ DROP INDEX IF EXISTS records_session;
 UPDATE meta SET value = '3' WHERE key = 'schema_version';
 """
 _V3_NAMES = frozenset({"records_chain_id", "records_type_time_nc", "records_identity_nn", "records_statement_session"})
+_MIGRATION_WAIT_MS = 120_000
 _V2_NAMES = frozenset({"records_id", "records_type_time", "records_identity", "records_session"})
 
 _COLUMNS = (
@@ -168,6 +169,9 @@ class SQLiteStore(AuditStore):
         self._lock = threading.Lock()
         try:
             self._conn = self._connect()
+            # Another process may be building the indexes of a migration (seconds on a
+            # large index): wait for it rather than fail to open.
+            self._conn.execute(f"PRAGMA busy_timeout={max(int(busy_timeout_ms), _MIGRATION_WAIT_MS)}")
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.executescript(_SCHEMA)
             columns = {r[1] for r in self._conn.execute("PRAGMA table_info(records)")}
@@ -176,6 +180,7 @@ class SQLiteStore(AuditStore):
             indexes = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
             if not indexes >= _V3_NAMES or indexes & _V2_NAMES:
                 self._conn.executescript("BEGIN IMMEDIATE;" + _V3_INDEXES + "COMMIT;")
+            self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         except sqlite3.Error as err:
             raise AuditStoreError(f"cannot open audit database {self.path}: {err}") from err
 
