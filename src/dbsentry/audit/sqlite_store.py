@@ -153,7 +153,7 @@ _DIALECT = Dialect(
     columns=_COLUMNS,
     table_clause="EXISTS (SELECT 1 FROM json_each(s.tables) t WHERE t.value = ? OR t.value LIKE ? ESCAPE '\\')",
     text_clause="json_extract(s.payload, '$.statement') LIKE ? ESCAPE '\\'",
-    types_clause=lambda types: _types_clause(types),
+    types_clause=_types_clause,
     cursors="log_cursor",
 )
 
