@@ -10,7 +10,8 @@ record and its completion, ``--rate`` statements a second), with the real helper
 indexing it.  ``effect`` asks for an fsync after every write, ``write`` at most every
 ``fsync_interval_ms`` (20 ms).  After the last write the helper is closed (it indexes the
 rest and exits) and its CPU (user + system, ``getrusage`` of the reaped child) is divided
-by the records.  Also printed: how long a record took to become searchable (the index's
+by the records; so is its CPU while it writes and indexes (``/proc``, from a second after
+its start to the end of indexing: its start and exit left out).  Also printed: how long a record took to become searchable (the index's
 cursor polled every 20 ms) and whether every record is in the index.
 
 ``wakeups``: the helper without an index, asked for one fsync at a time and answering
@@ -82,8 +83,7 @@ def _index_cursor(db: Path) -> int:
     return int(row[0]) if row else 0
 
 
-async def run_helper(statements: int, rate: float, per_write: int, durability: str) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="dbsentry-audit-index-bench-"))
+async def run_helper(tmp: Path, statements: int, rate: float, per_write: int, durability: str) -> None:
     state = tmp / "state"
     config = AuditConfig.model_validate({"durability": durability})
     db = config.sqlite_path(state)
@@ -185,8 +185,7 @@ async def run_helper(statements: int, rate: float, per_write: int, durability: s
     print(f"  index: cursor {indexed}, rows {rows} (of {records})")
 
 
-def run_index(statements: int, batch: int) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="dbsentry-audit-index-bench-"))
+def run_index(tmp: Path, statements: int, batch: int) -> None:
     store = SQLiteStore(tmp / "audit.db", fsync=False)
     file = LogFile(tmp / "log", NODE)
     file.open()
@@ -206,10 +205,9 @@ def run_index(statements: int, batch: int) -> None:
     print(f"index alone, batches of {batch}: {cursor} records, {cpu / cursor * 1e6:.1f} us CPU per record")
 
 
-def run_wakeups(count: int) -> None:
+def run_wakeups(tmp: Path, count: int) -> None:
     """The helper without an index, asked for one fsync at a time (a client at ``-c 1``
     under ``effect``): its CPU per request."""
-    tmp = Path(tempfile.mkdtemp(prefix="dbsentry-audit-index-bench-"))
     file = LogFile(tmp, NODE)  # its own fsync thread makes the segment durable too; not counted
     file.open()
     proc = subprocess.Popen(
@@ -245,12 +243,13 @@ def main() -> None:
     ap.add_argument("--durability", choices=["effect", "write"], default="effect")
     ap.add_argument("--batch", type=int, default=500, help="records per catch_up (index)")
     args = ap.parse_args()
-    if args.mode == "index":
-        run_index(args.statements, args.batch)
-    elif args.mode == "wakeups":
-        run_wakeups(args.statements)
-    else:
-        asyncio.run(run_helper(args.statements, args.rate, args.per_write, args.durability))
+    with tempfile.TemporaryDirectory(prefix="dbsentry-audit-index-bench-") as tmp:
+        if args.mode == "index":
+            run_index(Path(tmp), args.statements, args.batch)
+        elif args.mode == "wakeups":
+            run_wakeups(Path(tmp), args.statements)
+        else:
+            asyncio.run(run_helper(Path(tmp), args.statements, args.rate, args.per_write, args.durability))
 
 
 if __name__ == "__main__":
