@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dbsentry.audit.log import LogRecord, LogTailer, list_nodes
-from dbsentry.audit.store import AuditStore, AuditStoreError, IndexRow, index_from_payload
+from dbsentry.audit.store import AuditStore, AuditStoreError, IndexRow, columns_from_payload
 
 log = logging.getLogger("dbsentry.audit")
 BATCH = 1000
@@ -27,11 +27,11 @@ def _rows(records: Iterator[LogRecord]) -> Iterator[list[IndexRow]]:
     batch: list[IndexRow] = []
     for r in records:
         try:
-            encoded = index_from_payload(r.payload)
+            columns = columns_from_payload(r.payload)
         except ValueError as err:  # verify reports it; the index cannot show it
             log.error("audit log record %s/%d cannot be indexed: %s", r.node, r.seq, err)
             continue
-        batch.append(IndexRow(r.seq, r.prev_hash, r.hash, encoded))
+        batch.append(IndexRow(r.seq, r.prev_hash, r.hash, r.payload, columns))
         if len(batch) >= BATCH:
             yield batch
             batch = []

@@ -305,16 +305,7 @@ class PostgresStore(AuditStore):
                     "identity_kind, connection, environment, decision, command, ref, tables, payload, "
                     "node, node_seq) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s::text[],%s,%s,%s)"
                 ),
-                [
-                    (
-                        x.prev_hash,
-                        x.hash,
-                        *x.record.row(list(x.record.tables)),
-                        node,
-                        x.node_seq,
-                    )
-                    for x in todo
-                ],
+                [x.values(node, list(x.columns[11])) for x in todo],
             )
             last = todo[-1].node_seq
             cur.execute(self._sql("UPDATE @S.log_cursor SET seq = %s WHERE node = %s"), (last, node))

@@ -53,11 +53,7 @@ CREATE TABLE IF NOT EXISTS records (
     prev_hash TEXT NOT NULL,
     hash TEXT NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS records_id ON records (id);
 CREATE INDEX IF NOT EXISTS records_time ON records (time);
-CREATE INDEX IF NOT EXISTS records_type_time ON records (type, time);
-CREATE INDEX IF NOT EXISTS records_identity ON records (identity, time);
-CREATE INDEX IF NOT EXISTS records_session ON records (session_id);
 CREATE INDEX IF NOT EXISTS records_ref ON records (ref) WHERE ref IS NOT NULL;
 CREATE TABLE IF NOT EXISTS chain_head (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -89,6 +85,28 @@ ALTER TABLE records ADD COLUMN node_seq INTEGER;
 CREATE UNIQUE INDEX IF NOT EXISTS records_node_seq ON records (node, node_seq) WHERE node IS NOT NULL;
 UPDATE meta SET value = '2' WHERE key = 'schema_version';
 """
+
+# Version 3: the index follower inserts thousands of rows a second, and each index of the
+# table costs every insert; half the rows are completions, which searches find only
+# through ``ref``.  So an index leaves out the rows no query asks it for: completions
+# have no identity (``identity = ?`` implies IS NOT NULL), sessions are searched for
+# statements only (``s.type = 'statement'`` is in every search), a type is looked up for
+# other types than completions (``types_clause`` repeats the WHERE below when it can), and
+# record ids are looked up (``existing_ids``) in the store's own chain only.
+_V3_INDEXES = """
+CREATE UNIQUE INDEX IF NOT EXISTS records_chain_id ON records (id) WHERE node IS NULL;
+CREATE INDEX IF NOT EXISTS records_type_time_nc ON records (type, time) WHERE type <> 'completion';
+CREATE INDEX IF NOT EXISTS records_identity_nn ON records (identity, time) WHERE identity IS NOT NULL;
+CREATE INDEX IF NOT EXISTS records_statement_session ON records (session_id) WHERE type = 'statement';
+DROP INDEX IF EXISTS records_id;
+DROP INDEX IF EXISTS records_type_time;
+DROP INDEX IF EXISTS records_identity;
+DROP INDEX IF EXISTS records_session;
+UPDATE meta SET value = '3' WHERE key = 'schema_version';
+"""
+_V3_NAMES = frozenset({"records_chain_id", "records_type_time_nc", "records_identity_nn", "records_statement_session"})
+_MIGRATION_WAIT_MS = 120_000
+_V2_NAMES = frozenset({"records_id", "records_type_time", "records_identity", "records_session"})
 
 _COLUMNS = (
     "seq, prev_hash, hash, id, time, type, session_id, identity, identity_kind, connection, "
@@ -122,13 +140,20 @@ def _row_to_stored(row: Sequence[Any]) -> StoredRecord:
     )
 
 
+def _types_clause(types: Sequence[str]) -> tuple[str, list[Any]]:
+    clause = f"type IN ({','.join('?' * len(types))})"
+    if "completion" not in types:
+        clause += " AND type <> 'completion'"  # the WHERE of records_type_time_nc, word for word
+    return clause, list(types)
+
+
 _DIALECT = Dialect(
     mark="?",
     records="records",
     columns=_COLUMNS,
     table_clause="EXISTS (SELECT 1 FROM json_each(s.tables) t WHERE t.value = ? OR t.value LIKE ? ESCAPE '\\')",
     text_clause="json_extract(s.payload, '$.statement') LIKE ? ESCAPE '\\'",
-    types_clause=lambda types: (f"type IN ({','.join('?' * len(types))})", list(types)),
+    types_clause=_types_clause,
     cursors="log_cursor",
 )
 
@@ -144,11 +169,18 @@ class SQLiteStore(AuditStore):
         self._lock = threading.Lock()
         try:
             self._conn = self._connect()
+            # Another process may be building the indexes of a migration (seconds on a
+            # large index): wait for it rather than fail to open.
+            self._conn.execute(f"PRAGMA busy_timeout={max(int(busy_timeout_ms), _MIGRATION_WAIT_MS)}")
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.executescript(_SCHEMA)
             columns = {r[1] for r in self._conn.execute("PRAGMA table_info(records)")}
             if "node" not in columns:
                 self._conn.executescript("BEGIN IMMEDIATE;" + _V2 + "COMMIT;")
+            indexes = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+            if not indexes >= _V3_NAMES or indexes & _V2_NAMES:
+                self._conn.executescript("BEGIN IMMEDIATE;" + _V3_INDEXES + "COMMIT;")
+            self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         except sqlite3.Error as err:
             raise AuditStoreError(f"cannot open audit database {self.path}: {err}") from err
 
@@ -238,20 +270,12 @@ class SQLiteStore(AuditStore):
             todo = [r for r in rows if r.node_seq > cursor]
             if not todo:
                 return cursor
+            dumps = orjson.dumps
             conn.executemany(
                 "INSERT INTO records (prev_hash, hash, id, time, type, session_id, identity, "
                 "identity_kind, connection, environment, decision, command, ref, tables, payload, "
                 "node, node_seq) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        x.prev_hash,
-                        x.hash,
-                        *x.record.row(orjson.dumps(x.record.tables).decode()),
-                        node,
-                        x.node_seq,
-                    )
-                    for x in todo
-                ],
+                [x.values(node, dumps(x.columns[11]).decode()) for x in todo],
             )
             last = todo[-1].node_seq
             conn.execute(
@@ -375,7 +399,7 @@ class SQLiteStore(AuditStore):
             chunk = list(ids[i : i + 500])
             marks = ",".join("?" * len(chunk))
             found.update(
-                r[0] for r in self._query(f"SELECT id FROM records WHERE id IN ({marks})", chunk)
+                r[0] for r in self._query(f"SELECT id FROM records WHERE id IN ({marks}) AND node IS NULL", chunk)
             )
         return found
 
