@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -43,7 +45,7 @@ def mp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MySQLProxy, s
     directory = tmp_path_factory.mktemp("mysql-workers")
     port, http = free_port(), f"127.0.0.1:{free_port()}"
     listen = {"postgres": f"127.0.0.1:{free_port()}", "http": http, "mysql": f"127.0.0.1:{port}"}
-    extra = {"workers": 2, "listen": listen, "limits": {"upstream_check_seconds": 0, "drain_seconds": 1}}
+    extra = {"workers": 2, "listen": listen, "limits": {"upstream_check_seconds": 0, "drain_seconds": 3}}
     with run_mysql_proxy(directory, port=port, extra=extra) as running:
         wait_until(lambda: running.proxy.log_text().count("dbsentry ready") >= 2, "both workers ready")
         wait_until(lambda: get_json(f"http://{http}/healthz")[0] == 200, "the HTTP listener")
@@ -174,3 +176,43 @@ def test_ctrl_c_in_the_mariadb_client_kills_wherever_its_kill_lands(mp: tuple[My
                 break  # some went to the other worker, some not: both paths work
         else:
             raise AssertionError("every Ctrl-C's KILL landed on the same side")
+
+
+def test_sigterm_drains_the_mysql_sessions_then_stops(mp: tuple[MySQLProxy, str]) -> None:
+    """Last: it stops the module's proxy. A statement running when SIGTERM comes finishes
+    (the drain), the session ends by itself, and the node stops without waiting out the
+    drain; a new client is refused meanwhile."""
+    proxy, _ = mp
+    conn = connect(proxy)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+        with ThreadPoolExecutor(1) as pool:
+
+            def run() -> Any:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT SLEEP(1.5), 42")
+                    return cur.fetchone()
+
+            running = pool.submit(run)
+            time.sleep(0.4)
+            proxy.proxy.process.send_signal(signal.SIGTERM)
+            wait_until(lambda: "draining MySQL sessions" in proxy.proxy.log_text(), "the drain to start", timeout=5)
+
+
+            def refused() -> bool:
+                try:
+                    connect(proxy).close()
+                except pymysql.err.OperationalError:
+                    return True
+                return False
+
+            # no new client while draining (once every worker has had its SIGTERM)
+            wait_until(refused, "new clients refused", timeout=1)
+            assert not running.done()  # while the statement still runs
+            assert running.result(timeout=10) == (0, 42)  # the running statement finished
+    finally:
+        conn.close()  # the session ends: its worker may exit now
+    proxy.proxy.process.wait(15)
+    assert proxy.proxy.process.returncode == 0
+    assert "MySQL sessions still open after the drain" not in proxy.proxy.log_text()

@@ -266,6 +266,7 @@ class MySQLProxyServer:
         self.rsa_key: RSAPrivateKey | None = None
         self.server_version = FALLBACK_VERSION
         self.sessions: dict[int, MySQLClient] = {}
+        self.drained: asyncio.Event | None = None  # set when the last session ends (close)
         self._server: asyncio.Server | None = None
         # workers: N: the listener is shared with the node's other workers; KILLs of their
         # sessions go over the workers' channel, of other nodes' over the inter-node one
@@ -334,8 +335,17 @@ class MySQLProxyServer:
             self._server.close()
             metrics.set_listener_up("mysql", False)
 
-    async def close(self) -> None:
+    async def close(self, drain_seconds: float = 0.0) -> None:
+        """Stop listening; with ``drain_seconds``, let open sessions end by themselves for
+        up to that long (as the PostgreSQL listener's ``close``) before closing the rest."""
         self.stop_listening()
+        if drain_seconds > 0 and self.sessions:
+            log.info("draining MySQL sessions", extra={"fields": {"sessions": len(self.sessions), "seconds": drain_seconds}})
+            self.drained = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.drained.wait(), drain_seconds)
+            if self.sessions:
+                log.warning("MySQL sessions still open after the drain: closed", extra={"fields": {"sessions": len(self.sessions)}})
         for client in list(self.sessions.values()):
             client.abort()
         if self._server is not None:
@@ -606,6 +616,8 @@ class MySQLClient(asyncio.Protocol):
         self.closed = True
         if self.proxy.sessions.get(self.session.proxy_id) is self:
             del self.proxy.sessions[self.session.proxy_id]
+            if not self.proxy.sessions and self.proxy.drained is not None:
+                self.proxy.drained.set()
         self.feed(ClientClosed())
 
     def pause_writing(self) -> None:

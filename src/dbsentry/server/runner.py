@@ -422,11 +422,12 @@ async def run_server(
             health_task.cancel()
         if http_task is not None:
             await http_task
+        drain = config.limits.drain_seconds if worker is not None else 0.0
         if mysql is not None:
             mysql.stop_listening()  # neither listener takes new clients while the sessions drain
-        await proxy.close(config.limits.drain_seconds if worker is not None else 0.0)
-        if mysql is not None:
-            await mysql.close()
+            await asyncio.gather(proxy.close(drain), mysql.close(drain))  # both drain at once
+        else:
+            await proxy.close(drain)
         if agent is not None:
             await asyncio.get_running_loop().run_in_executor(None, agent.close)
         if proxy.node is not None:
