@@ -60,7 +60,7 @@ from dbsentry.identity.ratelimit import login
 from dbsentry.policy.engine import Policy
 from dbsentry.server import tls
 from dbsentry.server.internode import NodeLink
-from dbsentry.server.proxy import Authenticator
+from dbsentry.server.proxy import Authenticator, drain
 from dbsentry.server.workerproto import (
     KILL_ANSWER_SECONDS,
     WorkerChannel,
@@ -339,13 +339,7 @@ class MySQLProxyServer:
         """Stop listening; with ``drain_seconds``, let open sessions end by themselves for
         up to that long (as the PostgreSQL listener's ``close``) before closing the rest."""
         self.stop_listening()
-        if drain_seconds > 0 and self.sessions:
-            log.info("draining MySQL sessions", extra={"fields": {"sessions": len(self.sessions), "seconds": drain_seconds}})
-            self.drained = asyncio.Event()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.drained.wait(), drain_seconds)
-            if self.sessions:
-                log.warning("MySQL sessions still open after the drain: closed", extra={"fields": {"sessions": len(self.sessions)}})
+        await drain(self, drain_seconds, "MySQL sessions")
         for client in list(self.sessions.values()):
             client.abort()
         if self._server is not None:

@@ -18,7 +18,7 @@ import logging
 import secrets
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, assert_never, cast
 
 from dbsentry import metrics
@@ -160,13 +160,7 @@ class ProxyServer:
         if self._server is not None:
             self._server.close()
             metrics.set_listener_up("postgres", False)
-        if drain_seconds > 0 and self.sessions:
-            log.info("draining sessions", extra={"fields": {"sessions": len(self.sessions), "seconds": drain_seconds}})
-            self.drained = asyncio.Event()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.drained.wait(), drain_seconds)
-            if self.sessions:
-                log.warning("sessions still open after the drain: closed", extra={"fields": {"sessions": len(self.sessions)}})
+        await drain(self, drain_seconds, "sessions")
         for conn in list(self.sessions.values()):
             conn.abort()
         if self._server is not None:
@@ -287,6 +281,26 @@ class ProxyServer:
             writer.close()
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ssl.SSLError) as err:
             log.warning("cancel could not reach the upstream", extra={"fields": {"error": str(err)}})
+
+
+class _Draining(Protocol):
+    drained: asyncio.Event | None  # set by whoever removes the last session
+
+    @property
+    def sessions(self) -> Mapping[int, Any]: ...
+
+
+async def drain(listener: _Draining, seconds: float, what: str) -> None:
+    """Let ``listener``'s open sessions end by themselves for up to ``seconds`` (SIGTERM with
+    workers); the caller closes what is left."""
+    if seconds <= 0 or not listener.sessions:
+        return
+    log.info(f"draining {what}", extra={"fields": {"sessions": len(listener.sessions), "seconds": seconds}})
+    listener.drained = asyncio.Event()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(listener.drained.wait(), seconds)
+    if listener.sessions:
+        log.warning(f"{what} still open after the drain: closed", extra={"fields": {"sessions": len(listener.sessions)}})
 
 
 MAX_GATED_CHUNKS = 64
