@@ -415,3 +415,90 @@ def test_writes_copying_classified_values_are_refused(sql: str, refused: bool) -
     assert isinstance(r, Refusal) is refused
     if refused:
         assert isinstance(r, Refusal) and r.rule == "masking.copy_out"
+
+
+# -- statements that hold another statement (attack round 3) -----------------------------------
+
+
+def test_a_stored_function_of_a_database_derives_from_its_arguments() -> None:
+    # sys.quote_identifier(notes) is the name, quoted: unknown, and a person name too
+    p = plan("SELECT sys.quote_identifier(notes), id FROM people")
+    assert isinstance(p, MysqlMaskPlan) and p.columns[0] is not None
+    assert p.columns[0].data_class is DataClass.PERSON_NAME and p.columns[0].strategy == "redact"
+    assert p.columns[1] is None
+
+
+def test_execute_immediate_is_planned_by_its_text() -> None:
+    direct = plan("SELECT CONCAT(notes, 1) FROM people")
+    immediate = plan("EXECUTE IMMEDIATE 'SELECT CONCAT(notes, 1) FROM people'")
+    assert isinstance(immediate, MysqlMaskPlan) and isinstance(direct, MysqlMaskPlan)
+    assert immediate.columns == direct.columns and immediate.columns[0] is not None
+    assert immediate.columns[0].data_class is DataClass.PERSON_NAME
+    # its predicates count as the statement's own
+    r = plan("EXECUTE IMMEDIATE 'SELECT id FROM people WHERE notes LIKE ''A%'''", predicates="equality")
+    assert isinstance(r, Refusal) and r.rule == "masking.predicates"
+    assert isinstance(plan("EXECUTE IMMEDIATE 'SELECT 1'"), MysqlMaskPlan)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "PREPARE s FROM @q",
+        "PREPARE s FROM CONCAT('SELECT notes FROM peo', 'ple')",
+        "EXECUTE IMMEDIATE @q",
+        "EXECUTE IMMEDIATE CONCAT('SELECT notes FROM peo', 'ple')",
+        "EXECUTE IMMEDIATE 'SELECT notes FROM people WHERE id = ?' USING 1",
+    ],
+)
+def test_sql_text_built_at_run_time_is_refused(sql: str) -> None:
+    r = plan(sql)
+    assert isinstance(r, Refusal) and r.rule == "masking.dynamic_sql" and r.sqlstate == "42501"
+    # nothing classified: nothing to hide
+    empty = classify_catalog(catalog_from_rows([], [], "app"))
+    (p,) = plan_for(sql, CATALOG, empty, database="app")
+    assert isinstance(p, MysqlMaskPlan)
+
+
+@pytest.mark.parametrize("sql", ["PREPARE s FROM 'SHOW WARNINGS'", "EXECUTE IMMEDIATE 'SHOW ERRORS'", "PREPARE s FROM 'show warnings limit 1'"])
+def test_diagnostics_through_a_prepared_text_are_refused(sql: str) -> None:
+    r = plan(sql)
+    assert isinstance(r, Refusal) and r.rule == "masking.diagnostics"
+
+
+def test_explain_answers_the_predicates_of_its_statement() -> None:
+    # row estimates (EXPLAIN) and counts (ANALYZE) answer the WHERE as the rows would
+    for sql in (
+        "EXPLAIN SELECT id FROM people WHERE notes LIKE 'A%'",
+        "ANALYZE SELECT id FROM people WHERE notes LIKE 'A%'",
+        "EXPLAIN FORMAT=JSON SELECT id FROM people WHERE notes LIKE 'A%'",
+    ):
+        r = plan(sql, predicates="equality")
+        assert isinstance(r, Refusal) and r.rule == "masking.predicates", sql
+        assert isinstance(plan(sql), MysqlMaskPlan), sql  # allowed where the predicate is
+    # what ANALYZE runs is a write like any other
+    r = plan("ANALYZE INSERT INTO orders (id) SELECT LENGTH(notes) FROM people")
+    assert isinstance(r, Refusal) and r.rule == "masking.copy_out"
+
+
+def test_a_plan_printed_as_text_is_redacted_when_the_statement_reads_classified_data() -> None:
+    # a row read by its primary key while planning becomes constants in the printed
+    # conditions ("attached_condition": "o.x = 'Ada Lovelace'")
+    sql = "SELECT o.total FROM people p JOIN orders o ON o.person_id = LENGTH(p.notes) WHERE p.id = 1"
+    for form in ("EXPLAIN FORMAT=JSON", "ANALYZE FORMAT=JSON", "EXPLAIN FORMAT=TREE", "EXPLAIN ANALYZE"):
+        p = plan(f"{form} {sql}")
+        assert isinstance(p, MysqlMaskPlan) and p.rest is not None, form
+        assert p.rest.strategy == "redact" and p.rest.data_class is DataClass.NATIONAL_ID, form
+    tabular = plan(f"EXPLAIN {sql}")
+    assert isinstance(tabular, MysqlMaskPlan) and tabular.rest is not None and tabular.rest.strategy == "detect"
+    quiet = plan("EXPLAIN FORMAT=JSON SELECT total FROM orders WHERE id = 1")
+    assert isinstance(quiet, MysqlMaskPlan) and quiet.rest is not None and quiet.rest.strategy == "detect"
+
+
+def test_a_write_to_a_classified_table_counts_as_reading_it() -> None:
+    # no rows, but its errors quote the values it read ("Incorrect integer value: 'Ada'"):
+    # the plan that SQL EXECUTE s uses says so
+    for sql in ("UPDATE people SET id = notes WHERE id = 1", "DELETE FROM people WHERE id = 1", "INSERT INTO people (id) VALUES (1)"):
+        p = plan(sql)
+        assert isinstance(p, MysqlMaskPlan) and p.reads_sensitive and not p.active, sql
+    quiet = plan("UPDATE orders SET total = 1 WHERE id = 1")
+    assert isinstance(quiet, MysqlMaskPlan) and not quiet.reads_sensitive

@@ -764,9 +764,11 @@ class _Walk:
                 return _union([*args, _UNKNOWN])
             return _union(args)
         if isinstance(node, exp.Dot):
-            self.exprs(self.children(node), scope)
+            # db.f(args): a stored function; its value is unknown, and derives from its
+            # arguments too (sys.quote_identifier(name) is the name, quoted)
+            args = self.exprs(self.children(node), scope)
             self.opaque_reads = True
-            return _UNKNOWN
+            return _union([*args, _UNKNOWN])
         if isinstance(node, exp.AggFunc | exp.GroupConcat):
             with self.within(self.clause or "an aggregate"):
                 args = self.exprs(self.children(node), scope)

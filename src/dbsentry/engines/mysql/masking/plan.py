@@ -205,7 +205,20 @@ def _other_statement(
                 "masking.unresolved",
             )
         return MysqlMaskPlan((), _detect(), False, sensitive)
+    if _touches(facts, classmap):
+        # no rows, but the server's errors and warnings quote the values it read or wrote
+        # ("Incorrect integer value: 'Ada' for column ..."), also when it runs as EXECUTE s
+        return MysqlMaskPlan(reads_sensitive=True)
     return NO_ROWS
+
+
+def _touches(facts: StatementFacts, classmap: ClassMap) -> bool:
+    """The statement reads or writes a table with classified or value-scanned columns, by
+    table name in any schema (more, never less)."""
+    sensitive = {table.lower() for _, table in classmap.tables}
+    return any(
+        name.rsplit(".", 1)[-1].strip("`").lower() in sensitive for name in (*facts.tables_read, *facts.tables_written)
+    )
 
 
 def _query_plan(
@@ -314,8 +327,79 @@ def _plan_for(
         return (Refusal("XX000", "dbsentry: the statements could not be matched", "masking.analysis"),)
     out: list[MysqlMaskPlan | Refusal] = []
     for q, f in zip(queries, all_facts, strict=True):
-        if q is None:
-            out.append(_other_statement(f, catalog, classmap, settings, database))
-        else:
+        if q is not None:
             out.append(_query_plan(q, catalog, classmap, settings, predicates, database))
+        elif f.command in _RUNS_TEXT or f.command in _EXPLAINS:
+            ctx = _Context(catalog, classmap, settings, predicates, database, mode)
+            out.append(_statement_inside(f, ctx))
+        else:
+            out.append(_other_statement(f, catalog, classmap, settings, database))
     return tuple(out)
+
+
+# Statements that hold another statement: the text they run (PREPARE, EXECUTE IMMEDIATE)
+# and the statement whose plan they show (EXPLAIN, ANALYZE).
+_RUNS_TEXT = frozenset({"PREPARE", "EXECUTE IMMEDIATE"})
+_EXPLAINS = frozenset({"EXPLAIN", "EXPLAIN ANALYZE"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """What a plan is made with (``plan_for``'s arguments)."""
+
+    catalog: Catalog
+    classmap: ClassMap
+    settings: MaskSettings
+    predicates: PredicateMode
+    database: str | None
+    mode: SqlMode
+
+
+def _statement_inside(f: StatementFacts, ctx: _Context) -> MysqlMaskPlan | Refusal:
+    """The plan of a statement that holds another one: the inner statement is planned as
+    if it were sent itself (its predicates, copies and columns), so that wrapping it
+    changes nothing a masked identity may learn."""
+    catalog, classmap, settings, database = ctx.catalog, ctx.classmap, ctx.settings, ctx.database
+    sensitive = bool(classmap.columns) or bool(classmap.scan)
+    inner = f.inner
+    if inner is None or not inner.text or "dynamic_sql" in f.flags:
+        if f.command in _EXPLAINS:  # EXPLAIN of a table (DESCRIBE): its columns
+            return _other_statement(f, catalog, classmap, settings, database)
+        if not sensitive:
+            return MysqlMaskPlan((), _detect(), False, False) if f.command == "EXECUTE IMMEDIATE" else NO_ROWS
+        # PREPARE s FROM @v, EXECUTE IMMEDIATE CONCAT(...), ... USING: text built at run
+        # time, which no plan can follow (value detection cannot find what a column's
+        # name or comment classifies)
+        return Refusal(
+            "42501",
+            f"dbsentry: a masked identity may not run SQL text built at run time ({f.command} of"
+            " anything but one string constant): what it reads cannot be traced (masking.dynamic_sql)",
+            "masking.dynamic_sql",
+        )
+    if f.command in _RUNS_TEXT and "show_diagnostics" in inner.flags and sensitive:
+        # the session withholds SHOW WARNINGS/ERRORS after a statement that read masked data
+        # when they are sent themselves; prepared, they would show what it quoted
+        return Refusal(
+            "42501",
+            f"dbsentry: a masked identity may not read the server's warnings through {f.command}"
+            " (send SHOW WARNINGS itself; masking.diagnostics)",
+            "masking.diagnostics",
+        )
+    planned = _plan_for(inner.text, catalog, classmap, settings, ctx.predicates, database, ctx.mode, (inner,))
+    if len(planned) != 1:
+        return Refusal("XX000", "dbsentry: the statements could not be matched", "masking.analysis")
+    plan = planned[0]
+    if isinstance(plan, Refusal) or f.command == "EXECUTE IMMEDIATE":
+        return plan
+    if f.command == "PREPARE":
+        return NO_ROWS  # its rows come at EXECUTE, with the plan of this text (the session's)
+    # EXPLAIN / ANALYZE: the plan of the statement, not its rows.  Its row counts and
+    # estimates answer the statement's predicates (checked above); the plan printed as
+    # text (FORMAT=JSON/TREE) carries the values of rows the optimizer read while
+    # planning: redacted whole, with the most sensitive class the statement reads.
+    scan = ColumnMask(-1, None, "detect", frozenset(), "safety-net")
+    if "plan_text" in f.flags and plan.reads_sensitive:
+        found = _table_classes(f.tables_read, catalog, classmap, database)
+        cls = most_sensitive(list(found.values())) if found else None
+        return MysqlMaskPlan((), ColumnMask(-1, cls or DataClass.SECRET, "redact", frozenset(found), "inexact"), False, True)
+    return MysqlMaskPlan((), scan, False, plan.reads_sensitive)

@@ -1439,13 +1439,21 @@ def _t_explain(st: _Stmt, f: _Facts) -> None:
     not run, except EXPLAIN ANALYZE (and MariaDB's ANALYZE <statement>), which does."""
     i = 1
     analyze_ = st.word(0) == "ANALYZE"
+    formats: list[str] = []
     if st.word(i) == "FORMAT" and st.raw(i + 1) == "=":
+        formats.append(st.word(i + 2))
         i += 3
     if st.word(i) == "ANALYZE":
         analyze_ = True
         i += 1
         if st.word(i) == "FORMAT" and st.raw(i + 1) == "=":
+            formats.append(st.word(i + 2))
             i += 3
+    if any(w != "TRADITIONAL" for w in formats) or (analyze_ and st.word(0) != "ANALYZE"):
+        # FORMAT=JSON/TREE and MySQL's EXPLAIN ANALYZE print the plan's conditions, where
+        # the optimizer writes the stored values of the rows it read while planning
+        # (a table read by its primary key becomes constants)
+        f.flags.add("plan_text")
     first = st.word(i)
     if (
         first in ("SELECT", "WITH", "INSERT", "REPLACE", "UPDATE", "DELETE", "TABLE")
@@ -1488,7 +1496,7 @@ def _sub_statement(st: _Stmt, i: int) -> StatementFacts:
     start = st.code[i].start
     text = " " * start + st.text[start:]
     sub = _Stmt(text, st.code[i:], st.mode)
-    return _statement_facts(sub, (start, len(st.text)))
+    return _statement_facts(sub, (start, len(st.text)), st.text[start:])
 
 
 def _qualified_name(st: _Stmt, i: int) -> tuple[str, int]:
@@ -1646,6 +1654,10 @@ def _t_show(st: _Stmt, f: _Facts) -> None:
         f.flags.add("show_log_events")
     elif "ENGINE" in words and "STATUS" in words:
         f.flags.add("show_engine_status")
+    # SHOW [COUNT(*)] WARNINGS|ERRORS: the server's diagnostics of an earlier statement,
+    # which quote the values it read
+    if words[1:2] in (["WARNINGS"], ["ERRORS"], ["COUNT"]):
+        f.flags.add("show_diagnostics")
 
 
 def _t_use(st: _Stmt, f: _Facts) -> None:
