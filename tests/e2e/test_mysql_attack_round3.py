@@ -206,3 +206,36 @@ def test_execute_of_a_prepared_write_withholds_the_servers_error(env: Env) -> No
         cur.execute("SET SESSION sql_mode = ''")
         cur.execute("EXECUTE u")
         _refused(cur, "SHOW WARNINGS", "warnings of the previous statement are withheld")
+
+
+def test_handler_reads_by_key_answer_no_predicate(env: Env) -> None:
+    """HANDLER t READ index >= ('M'): whether a row comes back is a range question on the
+    indexed name (binary search spells every name), refused as a WHERE is; a HANDLER
+    opened under another name is refused (its reads name no table)."""
+    with _root() as conn, conn.cursor() as cur:
+        cur.execute(f"ALTER TABLE {env.t} ADD INDEX by_holder (holder)")
+    with connect(env.mp, AGENT, "prod") as conn, conn.cursor() as cur:
+        cur.execute(f"HANDLER {env.t} OPEN")
+        for read in ("by_holder >= ('Quill')", "by_holder = ('Quillibrand1')", "by_holder < ('R') LIMIT 10"):
+            _refused(cur, f"HANDLER {env.t} READ {read}", "masking.predicates")
+        cur.execute(f"HANDLER {env.t} READ by_holder FIRST")
+        _no_name(cur.fetchall())
+        cur.execute(f"HANDLER {env.t} CLOSE")
+        _refused(cur, f"HANDLER {env.t} OPEN AS h", "masking.handler")
+        # a table without masked columns: as before
+        cur.execute(f"HANDLER {env.o} OPEN AS h")
+        cur.execute("HANDLER h READ `PRIMARY` >= (2)")
+        assert [r[0] for r in cur.fetchall()] == [2]
+        cur.execute("HANDLER h CLOSE")
+
+
+def test_writes_answer_no_predicate_the_statement_may_not_ask(env: Env) -> None:
+    """UPDATE t SET id = id WHERE holder LIKE 'Q%' changes nothing, and its OK says
+    "Rows matched: 6": the LIKE a SELECT may not ask in production, answered."""
+    with connect(env.mp, PERSON, "prod") as conn, conn.cursor() as cur:
+        _refused(cur, f"UPDATE {env.t} SET score = score WHERE holder LIKE 'Quill%'", "masking.predicates")
+        _refused(cur, f"DELETE FROM {env.t} WHERE holder > 'zzz'", "masking.predicates")
+        # a point lookup, as a SELECT may make
+        cur.execute(f"UPDATE {env.t} SET score = score WHERE holder = 'Nobody'")
+        assert cur.rowcount == 0
+        cur.execute(f"UPDATE {env.t} SET city = city WHERE id = 1")

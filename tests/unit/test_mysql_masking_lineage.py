@@ -490,8 +490,13 @@ def test_a_plan_printed_as_text_is_redacted_when_the_statement_reads_classified_
         assert p.rest.strategy == "redact" and p.rest.data_class is DataClass.NATIONAL_ID, form
     tabular = plan(f"EXPLAIN {sql}")
     assert isinstance(tabular, MysqlMaskPlan) and tabular.rest is not None and tabular.rest.strategy == "detect"
-    quiet = plan("EXPLAIN FORMAT=JSON SELECT total FROM orders WHERE id = 1")
-    assert isinstance(quiet, MysqlMaskPlan) and quiet.rest is not None and quiet.rest.strategy == "detect"
+    # conditions on other columns print no classified value: the plan stays readable
+    for quiet_sql in ("SELECT total FROM orders WHERE id = 1", "SELECT notes, email FROM people WHERE id = 2"):
+        quiet = plan(f"EXPLAIN FORMAT=JSON {quiet_sql}")
+        assert isinstance(quiet, MysqlMaskPlan) and quiet.rest is not None and quiet.rest.strategy == "detect"
+    # a view's own conditions are printed too
+    viewed = plan("EXPLAIN FORMAT=JSON SELECT id FROM v WHERE id = 2")
+    assert isinstance(viewed, MysqlMaskPlan) and viewed.rest is not None and viewed.rest.strategy == "redact"
 
 
 def test_a_write_to_a_classified_table_counts_as_reading_it() -> None:
@@ -502,3 +507,52 @@ def test_a_write_to_a_classified_table_counts_as_reading_it() -> None:
         assert isinstance(p, MysqlMaskPlan) and p.reads_sensitive and not p.active, sql
     quiet = plan("UPDATE orders SET total = 1 WHERE id = 1")
     assert isinstance(quiet, MysqlMaskPlan) and not quiet.reads_sensitive
+
+
+def test_handler_reads_by_key_are_predicates() -> None:
+    # READ index >= (value) LIMIT 1: whether a row comes back answers a range question
+    for mode in ("equality", "deny"):
+        r = plan("HANDLER people READ by_notes >= ('M')", predicates=mode)
+        assert isinstance(r, Refusal) and r.rule == "masking.predicates", mode
+    assert isinstance(plan("HANDLER people READ by_notes = ('Ada')", predicates="equality"), MysqlMaskPlan)
+    assert isinstance(plan("HANDLER people READ by_notes = ('Ada')", predicates="deny"), Refusal)
+    assert isinstance(plan("HANDLER people READ by_notes >= ('M')"), MysqlMaskPlan)  # allow
+    assert isinstance(plan("HANDLER people READ by_notes NEXT", predicates="deny"), MysqlMaskPlan)
+    assert isinstance(plan("HANDLER orders READ PRIMARY >= (1)", predicates="deny"), MysqlMaskPlan)
+    # the table read under another name: refused (the alias names no table a plan knows)
+    r = plan("HANDLER people OPEN AS h")
+    assert isinstance(r, Refusal) and r.rule == "masking.handler"
+    assert isinstance(plan("HANDLER app.people OPEN"), MysqlMaskPlan)
+    assert isinstance(plan("HANDLER orders OPEN AS o"), MysqlMaskPlan)
+    # a table of another schema, opened qualified, reads under its own name
+    (other,) = plan_for("HANDLER people READ FIRST", CATALOG, CLASSMAP, database="elsewhere")
+    assert isinstance(other, MysqlMaskPlan) and other.rest is not None and other.rest.strategy == "redact"
+
+
+@pytest.mark.parametrize(
+    ("sql", "refused"),
+    [
+        # the OK's count of matched rows answers the condition, as SELECT COUNT(*) would
+        ("UPDATE people SET id = id WHERE notes LIKE 'A%'", True),
+        ("UPDATE people SET city = 'x' WHERE id > 0 AND ssn > '5'", True),
+        ("DELETE FROM people WHERE notes LIKE 'zz%'", True),
+        ("DELETE FROM people WHERE id = 3 ORDER BY email LIMIT 1", True),
+        ("UPDATE orders o JOIN people p ON p.notes > 'M' SET o.total = 0 WHERE o.id = 1", True),
+        ("DELETE o FROM orders o JOIN people p ON p.id = o.person_id WHERE p.ssn LIKE '1%'", True),
+        ("INSERT INTO people (id) SELECT id + 100 FROM people WHERE notes LIKE 'A%'", True),
+        ("UPDATE orders SET total = 0 WHERE person_id IN (SELECT id FROM people WHERE email LIKE 'a%')", True),
+        # point lookups, and conditions on other columns
+        ("UPDATE people SET city = 'x' WHERE email = 'a@example.com'", False),
+        ("DELETE FROM people WHERE id = 3", False),
+        ("UPDATE people SET notes = email WHERE id = 1", False),
+        ("UPDATE orders SET total = 0 WHERE total > 5", False),
+        ("INSERT INTO people (id, notes) VALUES (7, 'x')", False),
+    ],
+)
+def test_writes_answer_no_predicate_the_identity_may_not_ask(sql: str, refused: bool) -> None:
+    r = plan(sql, predicates="equality")
+    assert isinstance(r, Refusal) == refused, (sql, r)
+    if refused:  # (a read of another table's classified column is a copy_out anyway)
+        assert isinstance(r, Refusal) and r.rule in ("masking.predicates", "masking.copy_out"), r
+    allowed = plan(sql)  # predicates: allow
+    assert not isinstance(allowed, Refusal) or allowed.rule == "masking.copy_out"

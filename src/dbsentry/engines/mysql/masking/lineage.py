@@ -51,7 +51,15 @@ from dbsentry.engines.mysql.sql.functions import BUILTIN_FUNCTIONS
 from dbsentry.masking.catalog import Catalog, Relation, SourceColumn
 from dbsentry.masking.plans import ColumnLineage, PredicateUse, Shape
 
-__all__ = ["MAX_DEPTH", "LineageError", "StatementLineage", "WriteLineage", "lineage_of_query", "lineage_of_write"]
+__all__ = [
+    "MAX_DEPTH",
+    "LineageError",
+    "StatementLineage",
+    "WriteLineage",
+    "lineage_of_query",
+    "lineage_of_write",
+    "predicates_of_write",
+]
 
 MAX_DEPTH = 12  # nested views
 _MAX_CTE_ROUNDS = 10
@@ -903,6 +911,21 @@ class _Walk:
                 out.append((table, _spelled(col.name, known), value))
         return out
 
+    def matched(self, tree: exp.Update | exp.Delete) -> None:
+        """The conditions of the rows an UPDATE or DELETE matches (its tables and joins,
+        USING, WHERE, ORDER BY): the count its OK reports answers them."""
+        ctes = self.with_(tree.args.get("with_") or tree.args.get("with"), None, {})
+        scope = _Scope([], None, ctes)
+        self.from_item(tree.this, scope)
+        for u in tree.args.get("using") or []:
+            self.from_item(u, scope)
+        where = tree.args.get("where")
+        if isinstance(where, exp.Where):
+            self.filter(where.this, scope, "WHERE")
+        order = tree.args.get("order")
+        if isinstance(order, exp.Order):
+            self.ordering(order.expressions, scope, [], "ORDER BY")
+
     def create(self, tree: exp.Create) -> list[tuple[TableName, str, _L]]:
         """CREATE TABLE ... [AS] SELECT: each column of the query, by its name."""
         query = tree.args.get("expression")
@@ -1022,3 +1045,20 @@ def lineage_of_write(parsed: ParsedQuery, catalog: Catalog, database: str | None
         w.opaque_reads,
         temporary,
     )
+
+
+def predicates_of_write(parsed: ParsedQuery, catalog: Catalog, database: str | None) -> tuple[PredicateUse, ...]:
+    """Where an ``INSERT ... SELECT``, ``UPDATE`` or ``DELETE`` (from
+    ``parse_writes(..., deletes=True)``) uses source columns other than as values: the
+    rows it matches, which the affected rows of its OK count, answer them.  Raises
+    :class:`LineageError` when it cannot be analysed."""
+    tree = parsed.tree
+    w = _Walk(catalog, database, opaque_calls=parsed.opaque_calls)
+    with _failing_closed("the statement"):
+        if isinstance(tree, exp.Insert):
+            w.insert(tree)
+        elif isinstance(tree, exp.Update | exp.Delete):
+            w.matched(tree)
+        else:
+            raise LineageError(f"{type(tree).__name__} as a write")
+    return tuple(w.uses)
