@@ -239,3 +239,15 @@ def test_writes_answer_no_predicate_the_statement_may_not_ask(env: Env) -> None:
         cur.execute(f"UPDATE {env.t} SET score = score WHERE holder = 'Nobody'")
         assert cur.rowcount == 0
         cur.execute(f"UPDATE {env.t} SET city = city WHERE id = 1")
+
+
+def test_create_or_replace_table_is_a_drop(env: Env) -> None:
+    """MariaDB's CREATE OR REPLACE TABLE drops the table there first, rows and all: in
+    production it was a DDL to approve, not the drop the baseline denies."""
+    with connect(env.mp, PERSON, "prod") as conn, conn.cursor() as cur:
+        with pytest.raises(pymysql.err.MySQLError) as info:
+            cur.execute(f"CREATE OR REPLACE TABLE {env.o} (id INT)")
+        assert info.value.args[0] == 1227 and "baseline.prod.drop" in info.value.args[1], info.value.args
+    with _root() as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT COUNT(*) FROM {env.o}")
+        assert cur.fetchone()[0] == 3

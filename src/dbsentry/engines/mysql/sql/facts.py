@@ -1407,6 +1407,9 @@ def _t_create(st: _Stmt, f: _Facts) -> None:
         pass
     else:
         f.flags.discard("temporary")
+    if tree.args.get("replace") and kind in ("TABLE", "DATABASE", "SCHEMA") and "temporary" not in f.flags:
+        # MariaDB's CREATE OR REPLACE TABLE/DATABASE drops what is there first, rows and all
+        f.flags.add("drop")
 
 
 def _t_alter(st: _Stmt, f: _Facts) -> None:
