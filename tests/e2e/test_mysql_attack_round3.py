@@ -251,3 +251,21 @@ def test_create_or_replace_table_is_a_drop(env: Env) -> None:
     with _root() as conn, conn.cursor() as cur:
         cur.execute(f"SELECT COUNT(*) FROM {env.o}")
         assert cur.fetchone()[0] == 3
+
+
+def test_views_and_computed_columns_over_names_are_copies(env: Env) -> None:
+    """A view over a name column, read before the catalog is read again, was a relation
+    no plan knew: value-scanned only.  A generated column computed from it stayed
+    unclassified for good (its name classifies nothing, values of names no scan finds)."""
+    view = f"{env.t}_v"
+    try:
+        with connect(env.mp, PERSON, "dev") as conn, conn.cursor() as cur:
+            _refused(cur, f"CREATE VIEW {view} AS SELECT id, CONCAT(holder, 1) AS x FROM {env.t}", "masking.copy_out")
+            _refused(cur, f"ALTER TABLE {env.t} ADD COLUMN h2 VARCHAR(50) AS (CONCAT(holder, 1)) VIRTUAL", "masking.copy_out")
+            _refused(cur, f"ALTER TABLE {env.t} ADD COLUMN h3 VARCHAR(50) DEFAULT (holder)", "masking.copy_out")
+            cur.execute(f"SELECT * FROM {env.t} ORDER BY id")
+            _no_name(cur.fetchall())
+    finally:
+        with _root() as conn, conn.cursor() as cur:
+            cur.execute(f"DROP VIEW IF EXISTS {view}")
+            cur.execute(f"ALTER TABLE {env.t} DROP COLUMN IF EXISTS h2, DROP COLUMN IF EXISTS h3")

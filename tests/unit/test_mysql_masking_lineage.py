@@ -556,3 +556,32 @@ def test_writes_answer_no_predicate_the_identity_may_not_ask(sql: str, refused: 
         assert isinstance(r, Refusal) and r.rule in ("masking.predicates", "masking.copy_out"), r
     allowed = plan(sql)  # predicates: allow
     assert not isinstance(allowed, Refusal) or allowed.rule == "masking.copy_out"
+
+
+def test_a_view_over_classified_columns_is_a_copy() -> None:
+    # until the catalog is read again the view is a relation no plan knows: its rows
+    # would be value-scanned only, and a name is nothing a scan finds
+    for sql in ("CREATE VIEW w AS SELECT id, CONCAT(notes, 1) AS x FROM people", "CREATE OR REPLACE VIEW w AS SELECT email FROM people"):
+        r = plan(sql)
+        assert isinstance(r, Refusal) and r.rule == "masking.copy_out", sql
+    assert isinstance(plan("CREATE VIEW w AS SELECT id, city FROM people"), MysqlMaskPlan)
+    assert isinstance(plan("CREATE VIEW w AS SELECT id, total FROM orders"), MysqlMaskPlan)
+
+
+@pytest.mark.parametrize(
+    ("sql", "refused"),
+    [
+        ("ALTER TABLE people ADD COLUMN n2 VARCHAR(50) AS (CONCAT(notes, 1)) VIRTUAL", True),
+        ("ALTER TABLE people ADD COLUMN n2 VARCHAR(50) GENERATED ALWAYS AS (ssn) STORED", True),
+        ("ALTER TABLE people ADD COLUMN n2 VARCHAR(50) DEFAULT (email)", True),
+        ("ALTER TABLE people MODIFY COLUMN city VARCHAR(50) AS (notes)", True),
+        ("ALTER TABLE people ADD COLUMN n2 VARCHAR(50) AS (UPPER(city))", False),
+        ("ALTER TABLE people ADD COLUMN n2 INT DEFAULT 0", False),
+        ("ALTER TABLE orders ADD COLUMN t2 DECIMAL(10, 2) AS (total * 2)", False),
+    ],
+)
+def test_columns_computed_from_classified_ones_are_copies(sql: str, refused: bool) -> None:
+    r = plan(sql)
+    assert isinstance(r, Refusal) == refused, (sql, r)
+    if isinstance(r, Refusal):
+        assert r.rule == "masking.copy_out"

@@ -130,7 +130,10 @@ def _table_classes(
     return out
 
 
-_WRITES = frozenset({"INSERT", "REPLACE", "UPDATE", "CREATE TABLE AS"})
+# Statements that store what they read elsewhere.  A view stores no rows, but until the
+# catalog is read again it is a relation no plan knows, whose rows are value-scanned only
+# (a name classified by its column's name or comment is nothing a scan finds).
+_WRITES = frozenset({"INSERT", "REPLACE", "UPDATE", "CREATE TABLE AS", "CREATE VIEW"})
 
 
 def _split(name: str, database: str | None) -> tuple[str, str]:
@@ -176,8 +179,21 @@ def _other_statement(
         if copied:
             return Refusal(
                 "42501",
-                f"dbsentry: a masked identity may not copy classified values into other tables"
+                f"dbsentry: a masked identity may not copy classified values into other tables or views"
                 f" ({', '.join(map(str, copied))}; masking.copy_out)",
+                "masking.copy_out",
+            )
+    if facts.command in ("CREATE TABLE", "ALTER TABLE") and facts.columns_read:
+        # a generated column or a DEFAULT (expr) reading a classified column of its own
+        # table stores the value in a column whose name classifies nothing
+        named = {c.rsplit(".", 1)[-1].strip("`").lower() for c in facts.columns_read}
+        found = _table_classes(facts.tables_written, catalog, classmap, database)
+        stored = sorted(str(src) for src in found if src.column.lower() in named)
+        if stored:
+            return Refusal(
+                "42501",
+                "dbsentry: a masked identity may not define columns computed from classified ones"
+                f" ({', '.join(stored)}; masking.copy_out)",
                 "masking.copy_out",
             )
     if facts.command in ("SET", "DO") and _table_classes(facts.tables_read, catalog, classmap, database):
