@@ -269,3 +269,17 @@ def test_views_and_computed_columns_over_names_are_copies(env: Env) -> None:
         with _root() as conn, conn.cursor() as cur:
             cur.execute(f"DROP VIEW IF EXISTS {view}")
             cur.execute(f"ALTER TABLE {env.t} DROP COLUMN IF EXISTS h2, DROP COLUMN IF EXISTS h3")
+
+
+def test_the_count_of_changed_rows_answers_no_question(env: Env) -> None:
+    """UPDATE t SET score = score + (holder > 'M') WHERE id = 1 said "Changed: 1" exactly
+    when the name sorts after M (and back with -): one bit a statement, any name spelled."""
+    with connect(env.mp, PERSON, "prod") as conn, conn.cursor() as cur:
+        _refused(cur, f"UPDATE {env.t} SET score = score + (holder > 'M') WHERE id = 1", "masking.predicates")
+        _refused(cur, f"UPDATE {env.t} SET city = IF(holder LIKE 'Q%', city, 'x') WHERE id = 1", "masking.predicates")
+        _refused(
+            cur,
+            f"INSERT INTO {env.t} (id) VALUES (1) ON DUPLICATE KEY UPDATE score = score + (holder > 'M')",
+            "masking.predicates",
+        )
+        cur.execute(f"UPDATE {env.t} SET score = score + 0 WHERE id = 1")

@@ -541,6 +541,12 @@ def test_handler_reads_by_key_are_predicates() -> None:
         ("DELETE o FROM orders o JOIN people p ON p.id = o.person_id WHERE p.ssn LIKE '1%'", True),
         ("INSERT INTO people (id) SELECT id + 100 FROM people WHERE notes LIKE 'A%'", True),
         ("UPDATE orders SET total = 0 WHERE person_id IN (SELECT id FROM people WHERE email LIKE 'a%')", True),
+        # the count of changed rows answers a value computed from a masked column
+        ("UPDATE people SET id = id + (notes > 'M') WHERE id = 1", True),
+        ("UPDATE people SET city = IF(ssn LIKE '5%', city, 'x') WHERE id = 1", True),
+        ("INSERT INTO people (id) VALUES (1) ON DUPLICATE KEY UPDATE id = id + (notes > 'M')", True),
+        ("INSERT INTO people (id) VALUES (1) ON DUPLICATE KEY UPDATE city = VALUES(city)", False),
+        ("UPDATE people SET city = UPPER(city) WHERE id = 1", False),
         # point lookups, and conditions on other columns
         ("UPDATE people SET city = 'x' WHERE email = 'a@example.com'", False),
         ("DELETE FROM people WHERE id = 3", False),

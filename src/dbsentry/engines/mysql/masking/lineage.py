@@ -884,8 +884,16 @@ class _Walk:
             for a in conflict.expressions:
                 col = _assigned(a)
                 value = self.expr(a.expression.transform(_values_ref), upd)
+                self.changed(value, "ON DUPLICATE KEY UPDATE")
                 out.append((table, _spelled(col.name, known), value))
         return out
+
+    def changed(self, value: _L, clause: str) -> None:
+        """An assigned value computed from columns: the affected rows of the OK count the
+        rows where it differs from the stored one (``SET n = n + (name > 'M')`` changes
+        exactly the rows whose name sorts after M), a question about each column."""
+        if not value.direct:
+            self.note(value, clause)
 
     def update(self, tree: exp.Update) -> list[tuple[TableName, str, _L]]:
         """UPDATE t [JOIN u ...] SET col = expr: each assigned column stores its value."""
@@ -913,12 +921,16 @@ class _Walk:
 
     def matched(self, tree: exp.Update | exp.Delete) -> None:
         """The conditions of the rows an UPDATE or DELETE matches (its tables and joins,
-        USING, WHERE, ORDER BY): the count its OK reports answers them."""
+        USING, WHERE, ORDER BY) and the values an UPDATE computes: the counts its OK
+        reports answer them."""
         ctes = self.with_(tree.args.get("with_") or tree.args.get("with"), None, {})
         scope = _Scope([], None, ctes)
         self.from_item(tree.this, scope)
         for u in tree.args.get("using") or []:
             self.from_item(u, scope)
+        if isinstance(tree, exp.Update):
+            for a in tree.expressions:
+                self.changed(self.expr(a.expression if isinstance(a, exp.EQ) else a, scope), "UPDATE ... SET")
         where = tree.args.get("where")
         if isinstance(where, exp.Where):
             self.filter(where.this, scope, "WHERE")
