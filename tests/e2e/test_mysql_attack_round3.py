@@ -283,3 +283,14 @@ def test_the_count_of_changed_rows_answers_no_question(env: Env) -> None:
             "masking.predicates",
         )
         cur.execute(f"UPDATE {env.t} SET score = score + 0 WHERE id = 1")
+
+
+def test_a_number_is_no_point_lookup_of_text(env: Env) -> None:
+    """MySQL compares text with a number as numbers, the text's numeric prefix: WHERE
+    holder = 0 matched every name (ssn = 501 every ssn that starts 501-), a question
+    about a part of the value that production refuses as a LIKE."""
+    with connect(env.mp, PERSON, "prod") as conn, conn.cursor() as cur:
+        _refused(cur, f"SELECT id FROM {env.t} WHERE holder = 0", "masking.predicates")
+        _refused(cur, f"SELECT id FROM {env.t} WHERE holder IN (0, 1)", "masking.predicates")
+        cur.execute(f"SELECT id FROM {env.t} WHERE holder = 'Quillibrand2' AND score = 2")
+        assert cur.fetchall() == ((2,),)

@@ -591,3 +591,18 @@ def test_columns_computed_from_classified_ones_are_copies(sql: str, refused: boo
     assert isinstance(r, Refusal) == refused, (sql, r)
     if isinstance(r, Refusal):
         assert r.rule == "masking.copy_out"
+
+
+def test_a_number_compared_with_text_is_no_point_lookup() -> None:
+    # MySQL compares a string with a number as numbers: the string's numeric prefix
+    # (ssn = 501 matches every ssn that starts 501-), a question about part of the value
+    for sql in (
+        "SELECT id FROM people WHERE ssn = 501",
+        "SELECT id FROM people WHERE ssn IN ('1', 501)",
+        "SELECT id FROM people WHERE -5 = ssn",
+        "SELECT id FROM people WHERE notes = TRUE",
+    ):
+        r = plan(sql, predicates="equality")
+        assert isinstance(r, Refusal) and r.rule == "masking.predicates", sql
+    assert isinstance(plan("SELECT id FROM people WHERE ssn = '501-22-8701'", predicates="equality"), MysqlMaskPlan)
+    assert isinstance(plan("SELECT total FROM orders WHERE person_id = 5", predicates="equality"), MysqlMaskPlan)

@@ -186,6 +186,16 @@ def _constant(node: exp.Expression | None) -> bool:
     return isinstance(node, _CONSTANTS)
 
 
+_NUMERIC_TYPES = frozenset({"smallint", "integer", "bigint", "numeric", "real", "double precision", "boolean"})
+
+
+def _numeric_constant(node: exp.Expression) -> bool:
+    """A number (or TRUE/FALSE), which makes MySQL compare as numbers."""
+    while isinstance(node, exp.Paren | exp.Neg):
+        node = node.this
+    return isinstance(node, exp.Boolean) or (isinstance(node, exp.Literal) and not node.is_string)
+
+
 def _bare_column(node: exp.Expression | None) -> bool:
     while isinstance(node, exp.Paren):
         node = node.this
@@ -247,10 +257,10 @@ class _Walk:
         if isinstance(node, exp.EQ | exp.NEQ | exp.NullSafeEQ | exp.NullSafeNEQ):
             left, right = node.this, node.expression
             if _bare_column(left) and _constant(right):
-                self.shaped(left, scope, "equality")
+                self.point(left, [right], scope)
                 return
             if _bare_column(right) and _constant(left):
-                self.shaped(right, scope, "equality")
+                self.point(right, [left], scope)
                 return
         if (
             isinstance(node, exp.In)
@@ -259,9 +269,31 @@ class _Walk:
             and node.expressions
             and all(_constant(e) for e in node.expressions)
         ):
-            self.shaped(node.this, scope, "equality")
+            self.point(node.this, node.expressions, scope)
             return
         self.expr(node, scope)
+
+    def point(self, column: exp.Expression, constants: list[exp.Expression], scope: _Scope) -> None:
+        """``col = constant``, ``col IN (constants)``: a lookup of the stored value, unless
+        MySQL compares them as numbers while the column holds text: a string is then its
+        numeric prefix (``ssn = 501`` matches every ssn that starts ``501-``), and the
+        question is about a part of the value."""
+        value = self.shaped(column, scope, "equality")
+        if any(_numeric_constant(c) for c in constants) and not self.numeric(value):
+            self.note(value)
+
+    def numeric(self, value: _L) -> bool:
+        """Every column ``value`` comes from is of a numeric type."""
+        for src in value.sources:
+            types = [
+                c.type_name
+                for r in self.relations(src.schema, src.table)
+                for c in r.columns
+                if c.name.lower() == src.column.lower()
+            ]
+            if not types or any(t not in _NUMERIC_TYPES for t in types):
+                return False
+        return True
 
     def shaped(self, node: exp.Expression, scope: _Scope, shape: Shape) -> _L:
         self.shape = shape
