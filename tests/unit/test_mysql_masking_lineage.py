@@ -601,6 +601,7 @@ def test_a_number_compared_with_text_is_no_point_lookup() -> None:
         "SELECT id FROM people WHERE ssn IN ('1', 501)",
         "SELECT id FROM people WHERE -5 = ssn",
         "SELECT id FROM people WHERE notes = TRUE",
+        "SELECT NULLIF(ssn, 501) FROM people",
     ):
         r = plan(sql, predicates="equality")
         assert isinstance(r, Refusal) and r.rule == "masking.predicates", sql

@@ -273,7 +273,7 @@ class _Walk:
             return
         self.expr(node, scope)
 
-    def point(self, column: exp.Expression, constants: list[exp.Expression], scope: _Scope) -> None:
+    def point(self, column: exp.Expression, constants: list[exp.Expression], scope: _Scope) -> _L:
         """``col = constant``, ``col IN (constants)``: a lookup of the stored value, unless
         MySQL compares them as numbers while the column holds text: a string is then its
         numeric prefix (``ssn = 501`` matches every ssn that starts ``501-``), and the
@@ -281,6 +281,7 @@ class _Walk:
         value = self.shaped(column, scope, "equality")
         if any(_numeric_constant(c) for c in constants) and not self.numeric(value):
             self.note(value)
+        return value
 
     def numeric(self, value: _L) -> bool:
         """Every column ``value`` comes from is of a numeric type."""
@@ -830,9 +831,9 @@ class _Walk:
             left, right = node.this, node.expression
             with self.within(self.clause or "NULLIF"):
                 if _bare_column(left) and _constant(right):
-                    a, b = self.shaped(left, scope, "equality"), self.expr(right, scope)
+                    a, b = self.point(left, [right], scope), self.expr(right, scope)
                 elif _bare_column(right) and _constant(left):
-                    a, b = self.expr(left, scope), self.shaped(right, scope, "equality")
+                    a, b = self.expr(left, scope), self.point(right, [left], scope)
                 else:
                     a, b = self.expr(left, scope), self.expr(right, scope)
                     self.note(a)
