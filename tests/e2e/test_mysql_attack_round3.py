@@ -16,7 +16,15 @@ from typing import Any
 
 import pytest
 
-from support.mysql import DATABASE, HOST, PORT, MySQLProxy, run_mysql_proxy, server_reason
+from support.mysql import (
+    DATABASE,
+    HOST,
+    PORT,
+    MySQLProxy,
+    audit_rows,
+    run_mysql_proxy,
+    server_reason,
+)
 
 _REASON = server_reason()
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
@@ -294,3 +302,20 @@ def test_a_number_is_no_point_lookup_of_text(env: Env) -> None:
         _refused(cur, f"SELECT id FROM {env.t} WHERE holder IN (0, 1)", "masking.predicates")
         cur.execute(f"SELECT id FROM {env.t} WHERE holder = 'Quillibrand2' AND score = 2")
         assert cur.fetchall() == ((2,),)
+
+
+def test_the_audit_redacts_constants_of_a_prepared_text(env: Env) -> None:
+    """The constants of the text of PREPARE s FROM '...' / EXECUTE IMMEDIATE '...' met a
+    name column, but the audit saw one string constant, which no value detection
+    finds a name in: the name was stored as it was."""
+    marker = f"m{uuid.uuid4().hex[:10]}"
+    with connect(env.mp, PERSON, "dev") as conn, conn.cursor() as cur:
+        cur.execute(f"EXECUTE IMMEDIATE /* {marker} */ 'SELECT id FROM {env.t} WHERE holder = ''{NAMES[2]}'''")
+        assert cur.fetchall() == ((3,),)
+        cur.execute(f"PREPARE p3 /* {marker}-2 */ FROM 'SELECT id FROM {env.t} WHERE holder = ''{NAMES[3]}'''")
+        cur.execute("EXECUTE p3")
+        assert cur.fetchall() == ((4,),)
+    rows = [r for r in audit_rows(env.mp, marker, lambda rows: len(rows) >= 2) if r.get("statement")]
+    assert len(rows) >= 2, rows
+    _no_name(rows)
+    assert all("<person_name:hmac:" in r["statement"] for r in rows), rows
