@@ -16,15 +16,8 @@ from typing import Any
 
 import pytest
 
-from support.mysql import (
-    DATABASE,
-    HOST,
-    PORT,
-    MySQLProxy,
-    audit_rows,
-    run_mysql_proxy,
-    server_reason,
-)
+from support import mysql as server
+from support.mysql import MySQLProxy, audit_rows, run_mysql_proxy, server_reason
 
 _REASON = server_reason()
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
@@ -45,7 +38,9 @@ class Env:
 
 
 def _root() -> Any:
-    return pymysql.connect(host=HOST, port=PORT, user="root", password="", database=DATABASE, autocommit=True)
+    return pymysql.connect(
+        host=server.HOST, port=server.PORT, user="root", password="", database=server.DATABASE, autocommit=True
+    )
 
 
 @pytest.fixture(scope="module")
