@@ -53,3 +53,24 @@ def test_values_only_when_no_sensitive_column_is_named() -> None:
     assert not MYSQL_LITERALS.values_only("SELECT ssn FROM anything", None)  # the name classifies
     assert find_literal_meets("SELECT 'ada@example.com'", CLASSMAP).literals == {}
     assert not find_literal_meets("SELECT 'unterminated", CLASSMAP).parsed
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "EXECUTE IMMEDIATE 'SELECT id FROM cust WHERE nick = ''Bobby'''",
+        "EXECUTE IMMEDIATE 'SELECT id FROM cust WHERE nick = ''Bobby''' USING 1",
+        "PREPARE s FROM 'UPDATE cust SET nick = ''Bobby'' WHERE id = 1'",
+        'PREPARE s /* c */ FROM "SELECT id FROM cust WHERE nick = \'Bobby\'"',
+    ],
+)
+def test_the_constants_of_a_prepared_text_are_redacted_with_it(sql: str) -> None:
+    # the statement is one string constant: when its own constants meet a classified
+    # column, the whole text becomes a token of that class
+    text = _redact(sql)
+    assert "Bobby" not in text and "<person_name:hmac:" in text, text
+
+
+def test_a_prepared_text_of_harmless_constants_stays() -> None:
+    sql = "PREPARE s FROM 'SELECT id FROM cust WHERE city = ''Paris'''"
+    assert _redact(sql) == sql

@@ -415,3 +415,195 @@ def test_writes_copying_classified_values_are_refused(sql: str, refused: bool) -
     assert isinstance(r, Refusal) is refused
     if refused:
         assert isinstance(r, Refusal) and r.rule == "masking.copy_out"
+
+
+# -- statements that hold another statement (attack round 3) -----------------------------------
+
+
+def test_a_stored_function_of_a_database_derives_from_its_arguments() -> None:
+    # sys.quote_identifier(notes) is the name, quoted: unknown, and a person name too
+    p = plan("SELECT sys.quote_identifier(notes), id FROM people")
+    assert isinstance(p, MysqlMaskPlan) and p.columns[0] is not None
+    assert p.columns[0].data_class is DataClass.PERSON_NAME and p.columns[0].strategy == "redact"
+    assert p.columns[1] is None
+
+
+def test_execute_immediate_is_planned_by_its_text() -> None:
+    direct = plan("SELECT CONCAT(notes, 1) FROM people")
+    immediate = plan("EXECUTE IMMEDIATE 'SELECT CONCAT(notes, 1) FROM people'")
+    assert isinstance(immediate, MysqlMaskPlan) and isinstance(direct, MysqlMaskPlan)
+    assert immediate.columns == direct.columns and immediate.columns[0] is not None
+    assert immediate.columns[0].data_class is DataClass.PERSON_NAME
+    # its predicates count as the statement's own
+    r = plan("EXECUTE IMMEDIATE 'SELECT id FROM people WHERE notes LIKE ''A%'''", predicates="equality")
+    assert isinstance(r, Refusal) and r.rule == "masking.predicates"
+    assert isinstance(plan("EXECUTE IMMEDIATE 'SELECT 1'"), MysqlMaskPlan)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "PREPARE s FROM @q",
+        "PREPARE s FROM CONCAT('SELECT notes FROM peo', 'ple')",
+        "EXECUTE IMMEDIATE @q",
+        "EXECUTE IMMEDIATE CONCAT('SELECT notes FROM peo', 'ple')",
+        "EXECUTE IMMEDIATE 'SELECT notes FROM people WHERE id = ?' USING 1",
+    ],
+)
+def test_sql_text_built_at_run_time_is_refused(sql: str) -> None:
+    r = plan(sql)
+    assert isinstance(r, Refusal) and r.rule == "masking.dynamic_sql" and r.sqlstate == "42501"
+    # nothing classified: nothing to hide
+    empty = classify_catalog(catalog_from_rows([], [], "app"))
+    (p,) = plan_for(sql, CATALOG, empty, database="app")
+    assert isinstance(p, MysqlMaskPlan)
+
+
+@pytest.mark.parametrize("sql", ["PREPARE s FROM 'SHOW WARNINGS'", "EXECUTE IMMEDIATE 'SHOW ERRORS'", "PREPARE s FROM 'show warnings limit 1'"])
+def test_diagnostics_through_a_prepared_text_are_refused(sql: str) -> None:
+    r = plan(sql)
+    assert isinstance(r, Refusal) and r.rule == "masking.diagnostics"
+
+
+def test_explain_answers_the_predicates_of_its_statement() -> None:
+    # row estimates (EXPLAIN) and counts (ANALYZE) answer the WHERE as the rows would
+    for sql in (
+        "EXPLAIN SELECT id FROM people WHERE notes LIKE 'A%'",
+        "ANALYZE SELECT id FROM people WHERE notes LIKE 'A%'",
+        "EXPLAIN FORMAT=JSON SELECT id FROM people WHERE notes LIKE 'A%'",
+    ):
+        r = plan(sql, predicates="equality")
+        assert isinstance(r, Refusal) and r.rule == "masking.predicates", sql
+        assert isinstance(plan(sql), MysqlMaskPlan), sql  # allowed where the predicate is
+    # what ANALYZE runs is a write like any other
+    r = plan("ANALYZE INSERT INTO orders (id) SELECT LENGTH(notes) FROM people")
+    assert isinstance(r, Refusal) and r.rule == "masking.copy_out"
+
+
+def test_a_plan_printed_as_text_is_redacted_when_the_statement_reads_classified_data() -> None:
+    # a row read by its primary key while planning becomes constants in the printed
+    # conditions ("attached_condition": "o.x = 'Ada Lovelace'")
+    sql = "SELECT o.total FROM people p JOIN orders o ON o.person_id = LENGTH(p.notes) WHERE p.id = 1"
+    for form in ("EXPLAIN FORMAT=JSON", "ANALYZE FORMAT=JSON", "EXPLAIN FORMAT=TREE", "EXPLAIN ANALYZE"):
+        p = plan(f"{form} {sql}")
+        assert isinstance(p, MysqlMaskPlan) and p.rest is not None, form
+        assert p.rest.strategy == "redact" and p.rest.data_class is DataClass.NATIONAL_ID, form
+    tabular = plan(f"EXPLAIN {sql}")
+    assert isinstance(tabular, MysqlMaskPlan) and tabular.rest is not None and tabular.rest.strategy == "detect"
+    # conditions on other columns print no classified value: the plan stays readable
+    for quiet_sql in ("SELECT total FROM orders WHERE id = 1", "SELECT notes, email FROM people WHERE id = 2"):
+        quiet = plan(f"EXPLAIN FORMAT=JSON {quiet_sql}")
+        assert isinstance(quiet, MysqlMaskPlan) and quiet.rest is not None and quiet.rest.strategy == "detect"
+    # a view's own conditions are printed too
+    viewed = plan("EXPLAIN FORMAT=JSON SELECT id FROM v WHERE id = 2")
+    assert isinstance(viewed, MysqlMaskPlan) and viewed.rest is not None and viewed.rest.strategy == "redact"
+
+
+def test_a_write_to_a_classified_table_counts_as_reading_it() -> None:
+    # no rows, but its errors quote the values it read ("Incorrect integer value: 'Ada'"):
+    # the plan that SQL EXECUTE s uses says so
+    for sql in ("UPDATE people SET id = notes WHERE id = 1", "DELETE FROM people WHERE id = 1", "INSERT INTO people (id) VALUES (1)"):
+        p = plan(sql)
+        assert isinstance(p, MysqlMaskPlan) and p.reads_sensitive and not p.active, sql
+    quiet = plan("UPDATE orders SET total = 1 WHERE id = 1")
+    assert isinstance(quiet, MysqlMaskPlan) and not quiet.reads_sensitive
+
+
+def test_handler_reads_by_key_are_predicates() -> None:
+    # READ index >= (value) LIMIT 1: whether a row comes back answers a range question
+    for mode in ("equality", "deny"):
+        r = plan("HANDLER people READ by_notes >= ('M')", predicates=mode)
+        assert isinstance(r, Refusal) and r.rule == "masking.predicates", mode
+    assert isinstance(plan("HANDLER people READ by_notes = ('Ada')", predicates="equality"), MysqlMaskPlan)
+    assert isinstance(plan("HANDLER people READ by_notes = ('Ada')", predicates="deny"), Refusal)
+    assert isinstance(plan("HANDLER people READ by_notes >= ('M')"), MysqlMaskPlan)  # allow
+    assert isinstance(plan("HANDLER people READ by_notes NEXT", predicates="deny"), MysqlMaskPlan)
+    assert isinstance(plan("HANDLER orders READ PRIMARY >= (1)", predicates="deny"), MysqlMaskPlan)
+    # the table read under another name: refused (the alias names no table a plan knows)
+    r = plan("HANDLER people OPEN AS h")
+    assert isinstance(r, Refusal) and r.rule == "masking.handler"
+    assert isinstance(plan("HANDLER app.people OPEN"), MysqlMaskPlan)
+    assert isinstance(plan("HANDLER orders OPEN AS o"), MysqlMaskPlan)
+    # a table of another schema, opened qualified, reads under its own name
+    (other,) = plan_for("HANDLER people READ FIRST", CATALOG, CLASSMAP, database="elsewhere")
+    assert isinstance(other, MysqlMaskPlan) and other.rest is not None and other.rest.strategy == "redact"
+
+
+@pytest.mark.parametrize(
+    ("sql", "refused"),
+    [
+        # the OK's count of matched rows answers the condition, as SELECT COUNT(*) would
+        ("UPDATE people SET id = id WHERE notes LIKE 'A%'", True),
+        ("UPDATE people SET city = 'x' WHERE id > 0 AND ssn > '5'", True),
+        ("DELETE FROM people WHERE notes LIKE 'zz%'", True),
+        ("DELETE FROM people WHERE id = 3 ORDER BY email LIMIT 1", True),
+        ("UPDATE orders o JOIN people p ON p.notes > 'M' SET o.total = 0 WHERE o.id = 1", True),
+        ("DELETE o FROM orders o JOIN people p ON p.id = o.person_id WHERE p.ssn LIKE '1%'", True),
+        ("INSERT INTO people (id) SELECT id + 100 FROM people WHERE notes LIKE 'A%'", True),
+        ("UPDATE orders SET total = 0 WHERE person_id IN (SELECT id FROM people WHERE email LIKE 'a%')", True),
+        # the count of changed rows answers a value computed from a masked column
+        ("UPDATE people SET id = id + (notes > 'M') WHERE id = 1", True),
+        ("UPDATE people SET city = IF(ssn LIKE '5%', city, 'x') WHERE id = 1", True),
+        ("INSERT INTO people (id) VALUES (1) ON DUPLICATE KEY UPDATE id = id + (notes > 'M')", True),
+        ("INSERT INTO people (id) VALUES (1) ON DUPLICATE KEY UPDATE city = VALUES(city)", False),
+        ("UPDATE people SET city = UPPER(city) WHERE id = 1", False),
+        # point lookups, and conditions on other columns
+        ("UPDATE people SET city = 'x' WHERE email = 'a@example.com'", False),
+        ("DELETE FROM people WHERE id = 3", False),
+        ("UPDATE people SET notes = email WHERE id = 1", False),
+        ("UPDATE orders SET total = 0 WHERE total > 5", False),
+        ("INSERT INTO people (id, notes) VALUES (7, 'x')", False),
+    ],
+)
+def test_writes_answer_no_predicate_the_identity_may_not_ask(sql: str, refused: bool) -> None:
+    r = plan(sql, predicates="equality")
+    assert isinstance(r, Refusal) == refused, (sql, r)
+    if refused:  # (a read of another table's classified column is a copy_out anyway)
+        assert isinstance(r, Refusal) and r.rule in ("masking.predicates", "masking.copy_out"), r
+    allowed = plan(sql)  # predicates: allow
+    assert not isinstance(allowed, Refusal) or allowed.rule == "masking.copy_out"
+
+
+def test_a_view_over_classified_columns_is_a_copy() -> None:
+    # until the catalog is read again the view is a relation no plan knows: its rows
+    # would be value-scanned only, and a name is nothing a scan finds
+    for sql in ("CREATE VIEW w AS SELECT id, CONCAT(notes, 1) AS x FROM people", "CREATE OR REPLACE VIEW w AS SELECT email FROM people"):
+        r = plan(sql)
+        assert isinstance(r, Refusal) and r.rule == "masking.copy_out", sql
+    assert isinstance(plan("CREATE VIEW w AS SELECT id, city FROM people"), MysqlMaskPlan)
+    assert isinstance(plan("CREATE VIEW w AS SELECT id, total FROM orders"), MysqlMaskPlan)
+
+
+@pytest.mark.parametrize(
+    ("sql", "refused"),
+    [
+        ("ALTER TABLE people ADD COLUMN n2 VARCHAR(50) AS (CONCAT(notes, 1)) VIRTUAL", True),
+        ("ALTER TABLE people ADD COLUMN n2 VARCHAR(50) GENERATED ALWAYS AS (ssn) STORED", True),
+        ("ALTER TABLE people ADD COLUMN n2 VARCHAR(50) DEFAULT (email)", True),
+        ("ALTER TABLE people MODIFY COLUMN city VARCHAR(50) AS (notes)", True),
+        ("ALTER TABLE people ADD COLUMN n2 VARCHAR(50) AS (UPPER(city))", False),
+        ("ALTER TABLE people ADD COLUMN n2 INT DEFAULT 0", False),
+        ("ALTER TABLE orders ADD COLUMN t2 DECIMAL(10, 2) AS (total * 2)", False),
+    ],
+)
+def test_columns_computed_from_classified_ones_are_copies(sql: str, refused: bool) -> None:
+    r = plan(sql)
+    assert isinstance(r, Refusal) == refused, (sql, r)
+    if isinstance(r, Refusal):
+        assert r.rule == "masking.copy_out"
+
+
+def test_a_number_compared_with_text_is_no_point_lookup() -> None:
+    # MySQL compares a string with a number as numbers: the string's numeric prefix
+    # (ssn = 501 matches every ssn that starts 501-), a question about part of the value
+    for sql in (
+        "SELECT id FROM people WHERE ssn = 501",
+        "SELECT id FROM people WHERE ssn IN ('1', 501)",
+        "SELECT id FROM people WHERE -5 = ssn",
+        "SELECT id FROM people WHERE notes = TRUE",
+        "SELECT NULLIF(ssn, 501) FROM people",
+    ):
+        r = plan(sql, predicates="equality")
+        assert isinstance(r, Refusal) and r.rule == "masking.predicates", sql
+    assert isinstance(plan("SELECT id FROM people WHERE ssn = '501-22-8701'", predicates="equality"), MysqlMaskPlan)
+    assert isinstance(plan("SELECT total FROM orders WHERE person_id = 5", predicates="equality"), MysqlMaskPlan)

@@ -210,6 +210,13 @@ HUMAN_PRODUCTION: list[tuple[str, str]] = [
     ("ALTER TABLE t RENAME TO t2", DROP),
     ("RENAME TABLE a TO b", DROP),
     ("RENAME TABLE a TO b, c TO d", DROP),
+    # MariaDB's CREATE OR REPLACE drops what is there first, rows and all
+    ("CREATE OR REPLACE TABLE t (id INT)", DROP),
+    ("CREATE OR REPLACE TABLE t AS SELECT 1 AS id", DROP),
+    ("create or replace database app", DROP),
+    ("CREATE OR REPLACE SCHEMA app", "refuse"),
+    ("CREATE OR REPLACE TEMPORARY TABLE tt (a INT)", "allow"),  # the session's own
+    ("CREATE OR REPLACE VIEW v AS SELECT a FROM t", "approve:baseline.prod.ddl-approval"),
     ("TRUNCATE t", "deny:baseline.prod.truncate"),
     ("TRUNCATE TABLE app.t", "deny:baseline.prod.truncate"),
     ("SELECT 1; DROP TABLE t", DROP),

@@ -51,7 +51,15 @@ from dbsentry.engines.mysql.sql.functions import BUILTIN_FUNCTIONS
 from dbsentry.masking.catalog import Catalog, Relation, SourceColumn
 from dbsentry.masking.plans import ColumnLineage, PredicateUse, Shape
 
-__all__ = ["MAX_DEPTH", "LineageError", "StatementLineage", "WriteLineage", "lineage_of_query", "lineage_of_write"]
+__all__ = [
+    "MAX_DEPTH",
+    "LineageError",
+    "StatementLineage",
+    "WriteLineage",
+    "lineage_of_query",
+    "lineage_of_write",
+    "predicates_of_write",
+]
 
 MAX_DEPTH = 12  # nested views
 _MAX_CTE_ROUNDS = 10
@@ -178,6 +186,16 @@ def _constant(node: exp.Expression | None) -> bool:
     return isinstance(node, _CONSTANTS)
 
 
+_NUMERIC_TYPES = frozenset({"smallint", "integer", "bigint", "numeric", "real", "double precision", "boolean"})
+
+
+def _numeric_constant(node: exp.Expression) -> bool:
+    """A number (or TRUE/FALSE), which makes MySQL compare as numbers."""
+    while isinstance(node, exp.Paren | exp.Neg):
+        node = node.this
+    return isinstance(node, exp.Boolean) or (isinstance(node, exp.Literal) and not node.is_string)
+
+
 def _bare_column(node: exp.Expression | None) -> bool:
     while isinstance(node, exp.Paren):
         node = node.this
@@ -239,10 +257,10 @@ class _Walk:
         if isinstance(node, exp.EQ | exp.NEQ | exp.NullSafeEQ | exp.NullSafeNEQ):
             left, right = node.this, node.expression
             if _bare_column(left) and _constant(right):
-                self.shaped(left, scope, "equality")
+                self.point(left, [right], scope)
                 return
             if _bare_column(right) and _constant(left):
-                self.shaped(right, scope, "equality")
+                self.point(right, [left], scope)
                 return
         if (
             isinstance(node, exp.In)
@@ -251,9 +269,32 @@ class _Walk:
             and node.expressions
             and all(_constant(e) for e in node.expressions)
         ):
-            self.shaped(node.this, scope, "equality")
+            self.point(node.this, node.expressions, scope)
             return
         self.expr(node, scope)
+
+    def point(self, column: exp.Expression, constants: list[exp.Expression], scope: _Scope) -> _L:
+        """``col = constant``, ``col IN (constants)``: a lookup of the stored value, unless
+        MySQL compares them as numbers while the column holds text: a string is then its
+        numeric prefix (``ssn = 501`` matches every ssn that starts ``501-``), and the
+        question is about a part of the value."""
+        value = self.shaped(column, scope, "equality")
+        if any(_numeric_constant(c) for c in constants) and not self.numeric(value):
+            self.note(value)
+        return value
+
+    def numeric(self, value: _L) -> bool:
+        """Every column ``value`` comes from is of a numeric type."""
+        for src in value.sources:
+            types = [
+                c.type_name
+                for r in self.relations(src.schema, src.table)
+                for c in r.columns
+                if c.name.lower() == src.column.lower()
+            ]
+            if not types or any(t not in _NUMERIC_TYPES for t in types):
+                return False
+        return True
 
     def shaped(self, node: exp.Expression, scope: _Scope, shape: Shape) -> _L:
         self.shape = shape
@@ -764,9 +805,11 @@ class _Walk:
                 return _union([*args, _UNKNOWN])
             return _union(args)
         if isinstance(node, exp.Dot):
-            self.exprs(self.children(node), scope)
+            # db.f(args): a stored function; its value is unknown, and derives from its
+            # arguments too (sys.quote_identifier(name) is the name, quoted)
+            args = self.exprs(self.children(node), scope)
             self.opaque_reads = True
-            return _UNKNOWN
+            return _union([*args, _UNKNOWN])
         if isinstance(node, exp.AggFunc | exp.GroupConcat):
             with self.within(self.clause or "an aggregate"):
                 args = self.exprs(self.children(node), scope)
@@ -788,9 +831,9 @@ class _Walk:
             left, right = node.this, node.expression
             with self.within(self.clause or "NULLIF"):
                 if _bare_column(left) and _constant(right):
-                    a, b = self.shaped(left, scope, "equality"), self.expr(right, scope)
+                    a, b = self.point(left, [right], scope), self.expr(right, scope)
                 elif _bare_column(right) and _constant(left):
-                    a, b = self.expr(left, scope), self.shaped(right, scope, "equality")
+                    a, b = self.expr(left, scope), self.point(right, [left], scope)
                 else:
                     a, b = self.expr(left, scope), self.expr(right, scope)
                     self.note(a)
@@ -874,8 +917,16 @@ class _Walk:
             for a in conflict.expressions:
                 col = _assigned(a)
                 value = self.expr(a.expression.transform(_values_ref), upd)
+                self.changed(value, "ON DUPLICATE KEY UPDATE")
                 out.append((table, _spelled(col.name, known), value))
         return out
+
+    def changed(self, value: _L, clause: str) -> None:
+        """An assigned value computed from columns: the affected rows of the OK count the
+        rows where it differs from the stored one (``SET n = n + (name > 'M')`` changes
+        exactly the rows whose name sorts after M), a question about each column."""
+        if not value.direct:
+            self.note(value, clause)
 
     def update(self, tree: exp.Update) -> list[tuple[TableName, str, _L]]:
         """UPDATE t [JOIN u ...] SET col = expr: each assigned column stores its value."""
@@ -900,6 +951,25 @@ class _Walk:
             for table, known in hits or list(tables.values()):  # unclear: every table
                 out.append((table, _spelled(col.name, known), value))
         return out
+
+    def matched(self, tree: exp.Update | exp.Delete) -> None:
+        """The conditions of the rows an UPDATE or DELETE matches (its tables and joins,
+        USING, WHERE, ORDER BY) and the values an UPDATE computes: the counts its OK
+        reports answer them."""
+        ctes = self.with_(tree.args.get("with_") or tree.args.get("with"), None, {})
+        scope = _Scope([], None, ctes)
+        self.from_item(tree.this, scope)
+        for u in tree.args.get("using") or []:
+            self.from_item(u, scope)
+        if isinstance(tree, exp.Update):
+            for a in tree.expressions:
+                self.changed(self.expr(a.expression if isinstance(a, exp.EQ) else a, scope), "UPDATE ... SET")
+        where = tree.args.get("where")
+        if isinstance(where, exp.Where):
+            self.filter(where.this, scope, "WHERE")
+        order = tree.args.get("order")
+        if isinstance(order, exp.Order):
+            self.ordering(order.expressions, scope, [], "ORDER BY")
 
     def create(self, tree: exp.Create) -> list[tuple[TableName, str, _L]]:
         """CREATE TABLE ... [AS] SELECT: each column of the query, by its name."""
@@ -1020,3 +1090,20 @@ def lineage_of_write(parsed: ParsedQuery, catalog: Catalog, database: str | None
         w.opaque_reads,
         temporary,
     )
+
+
+def predicates_of_write(parsed: ParsedQuery, catalog: Catalog, database: str | None) -> tuple[PredicateUse, ...]:
+    """Where an ``INSERT ... SELECT``, ``UPDATE`` or ``DELETE`` (from
+    ``parse_writes(..., deletes=True)``) uses source columns other than as values: the
+    rows it matches, which the affected rows of its OK count, answer them.  Raises
+    :class:`LineageError` when it cannot be analysed."""
+    tree = parsed.tree
+    w = _Walk(catalog, database, opaque_calls=parsed.opaque_calls)
+    with _failing_closed("the statement"):
+        if isinstance(tree, exp.Insert):
+            w.insert(tree)
+        elif isinstance(tree, exp.Update | exp.Delete):
+            w.matched(tree)
+        else:
+            raise LineageError(f"{type(tree).__name__} as a write")
+    return tuple(w.uses)

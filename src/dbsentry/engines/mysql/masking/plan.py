@@ -11,7 +11,10 @@ The statement texts of other sessions in ``SHOW [FULL] PROCESSLIST``, ``SHOW BIN
 EVENTS`` and ``SHOW ENGINE ... STATUS`` are redacted whole, like
 ``information_schema.PROCESSLIST.INFO``.
 ``HANDLER t READ`` returns rows of ``t``: every column is masked with the most sensitive
-class of ``t`` (redacted), or value-scanned when ``t`` has none.  ``CALL`` (a procedure's
+class of ``t`` (redacted), or value-scanned when ``t`` has none; its reads by key values
+are predicates, and ``HANDLER t OPEN AS h`` of such a table is refused.  Statements that
+hold another one (``EXECUTE IMMEDIATE 'text'``, ``PREPARE``, ``EXPLAIN``, ``ANALYZE``) are
+planned by it; SQL text built at run time is refused.  ``CALL`` (a procedure's
 result sets) and ``EXECUTE`` (the plan of its ``PREPARE``, which only the session knows)
 return rows dbsentry cannot trace: value-scanned under ``masking.unresolved: detect``,
 refused under ``deny``.  Statements that return no rows get :data:`NO_ROWS`.
@@ -20,7 +23,9 @@ Writes that read a classified column of another table (``INSERT ... SELECT``,
 ``REPLACE``, ``CREATE TABLE ... AS SELECT``, ``UPDATE ... JOIN``, a subquery in
 ``VALUES``) are refused (``masking.copy_out``): a masked identity may not store classified
 values elsewhere.  Coarse: a column read only in the statement's WHERE or ON counts too,
-and a copy inside the same table is not seen.
+and a copy inside the same table is not seen.  The conditions of the rows a write
+matches (``UPDATE``/``DELETE``/``INSERT ... SELECT``), which its OK counts, are
+predicates like a query's.
 """
 
 from __future__ import annotations
@@ -30,8 +35,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dbsentry.engines.mysql.masking.lineage import LineageError, StatementLineage, lineage_of_query
-from dbsentry.engines.mysql.sql.facts import ParsedQuery, analyze, parse_queries
+from dbsentry.engines.mysql.masking.lineage import (
+    LineageError,
+    StatementLineage,
+    lineage_of_query,
+    predicates_of_write,
+)
+from dbsentry.engines.mysql.sql.facts import ParsedQuery, analyze, parse_queries, parse_writes
 from dbsentry.engines.mysql.sql.lexing import DEFAULT_MODE, SqlMode
 from dbsentry.governance.facts import AnalysisRefused, StatementFacts
 from dbsentry.masking.catalog import Catalog, ClassMap, SourceColumn
@@ -40,6 +50,7 @@ from dbsentry.masking.plans import (
     ColumnMask,
     MaskSettings,
     PredicateMode,
+    permitted,
     plan_masks,
     refusal_message,
     violation,
@@ -119,7 +130,10 @@ def _table_classes(
     return out
 
 
-_WRITES = frozenset({"INSERT", "REPLACE", "UPDATE", "CREATE TABLE AS"})
+# Statements that store what they read elsewhere.  A view stores no rows, but until the
+# catalog is read again it is a relation no plan knows, whose rows are value-scanned only
+# (a name classified by its column's name or comment is nothing a scan finds).
+_WRITES = frozenset({"INSERT", "REPLACE", "UPDATE", "CREATE TABLE AS", "CREATE VIEW"})
 
 
 def _split(name: str, database: str | None) -> tuple[str, str]:
@@ -157,6 +171,7 @@ def _other_statement(
     classmap: ClassMap,
     settings: MaskSettings,
     database: str | None,
+    predicates: PredicateMode = "allow",
 ) -> MysqlMaskPlan | Refusal:
     sensitive = bool(classmap.columns) or bool(classmap.scan)
     if facts.command in _WRITES and facts.tables_read:
@@ -164,8 +179,21 @@ def _other_statement(
         if copied:
             return Refusal(
                 "42501",
-                f"dbsentry: a masked identity may not copy classified values into other tables"
+                f"dbsentry: a masked identity may not copy classified values into other tables or views"
                 f" ({', '.join(map(str, copied))}; masking.copy_out)",
+                "masking.copy_out",
+            )
+    if facts.command in ("CREATE TABLE", "ALTER TABLE") and facts.columns_read:
+        # a generated column or a DEFAULT (expr) reading a classified column of its own
+        # table stores the value in a column whose name classifies nothing
+        named = {c.rsplit(".", 1)[-1].strip("`").lower() for c in facts.columns_read}
+        found = _table_classes(facts.tables_written, catalog, classmap, database)
+        stored = sorted(str(src) for src in found if src.column.lower() in named)
+        if stored:
+            return Refusal(
+                "42501",
+                "dbsentry: a masked identity may not define columns computed from classified ones"
+                f" ({', '.join(stored)}; masking.copy_out)",
                 "masking.copy_out",
             )
     if facts.command in ("SET", "DO") and _table_classes(facts.tables_read, catalog, classmap, database):
@@ -188,7 +216,26 @@ def _other_statement(
         secret = ColumnMask(text, DataClass.SECRET, "redact", frozenset(), "inexact")
         return MysqlMaskPlan((*before, secret), scan, False, True)
     if facts.command == "HANDLER":
-        found = _table_classes(facts.tables_read, catalog, classmap, database)
+        # by the table's name in any schema: HANDLER db.t OPEN reads as t
+        found = _table_classes(facts.tables_read, catalog, classmap, None)
+        if found and "handler_alias" in facts.flags:
+            # its reads would name the alias, which no plan can tie to the table
+            return Refusal(
+                "42501",
+                "dbsentry: a masked identity opens a HANDLER on a table with masked columns under"
+                " the table's own name (masking.handler)",
+                "masking.handler",
+            )
+        lookup = "handler_key_lookup" in facts.flags and predicates == "deny"
+        if found and predicates != "allow" and (lookup or "handler_key_range" in facts.flags):
+            # READ index >= (value): a row or none answers a question about the index's
+            # columns, as a WHERE would
+            return Refusal(
+                "42501",
+                "dbsentry: HANDLER ... READ by key values may look up masked columns of"
+                f" {', '.join(sorted(facts.tables_read))} (masking.predicates = {predicates})",
+                "masking.predicates",
+            )
         if found:
             cls = most_sensitive(list(found.values()))
             assert cls is not None
@@ -205,7 +252,20 @@ def _other_statement(
                 "masking.unresolved",
             )
         return MysqlMaskPlan((), _detect(), False, sensitive)
+    if _touches(facts, classmap):
+        # no rows, but the server's errors and warnings quote the values it read or wrote
+        # ("Incorrect integer value: 'Ada' for column ..."), also when it runs as EXECUTE s
+        return MysqlMaskPlan(reads_sensitive=True)
     return NO_ROWS
+
+
+def _touches(facts: StatementFacts, classmap: ClassMap) -> bool:
+    """The statement reads or writes a table with classified or value-scanned columns, by
+    table name in any schema (more, never less)."""
+    sensitive = {table.lower() for _, table in classmap.tables}
+    return any(
+        name.rsplit(".", 1)[-1].strip("`").lower() in sensitive for name in (*facts.tables_read, *facts.tables_written)
+    )
 
 
 def _query_plan(
@@ -314,8 +374,122 @@ def _plan_for(
         return (Refusal("XX000", "dbsentry: the statements could not be matched", "masking.analysis"),)
     out: list[MysqlMaskPlan | Refusal] = []
     for q, f in zip(queries, all_facts, strict=True):
-        if q is None:
-            out.append(_other_statement(f, catalog, classmap, settings, database))
-        else:
+        if q is not None:
             out.append(_query_plan(q, catalog, classmap, settings, predicates, database))
+        elif f.command in _RUNS_TEXT or f.command in _EXPLAINS:
+            ctx = _Context(catalog, classmap, settings, predicates, database, mode)
+            out.append(_statement_inside(f, ctx))
+        else:
+            planned = _other_statement(f, catalog, classmap, settings, database, predicates)
+            if f.command in _MATCHING and predicates != "allow" and isinstance(planned, MysqlMaskPlan):
+                planned = _matched_rows(f, planned, _Context(catalog, classmap, settings, predicates, database, mode))
+            out.append(planned)
     return tuple(out)
+
+
+# Writes whose OK counts the rows their conditions matched ("Rows matched: 4")
+_MATCHING = frozenset({"UPDATE", "DELETE", "INSERT", "REPLACE"})
+
+
+def _matched_rows(f: StatementFacts, planned: MysqlMaskPlan, ctx: _Context) -> MysqlMaskPlan | Refusal:
+    """``planned``, or a refusal when the write's conditions use a masked column as
+    ``masking.predicates`` does not permit: ``UPDATE t SET id = id WHERE name LIKE 'A%'``
+    answers the LIKE by its count of matched rows, as ``SELECT COUNT(*)`` would."""
+    if not _touches(f, ctx.classmap):
+        return planned
+    try:
+        (parsed,) = parse_writes(f.text or "", ctx.mode, deletes=True)
+        uses = predicates_of_write(parsed, ctx.catalog, ctx.database) if parsed is not None else ()
+    except (AnalysisRefused, LineageError, ValueError) as err:
+        return Refusal(
+            "42501",
+            f"dbsentry: the conditions of the write cannot be traced ({err}); it may use masked data",
+            "masking.unresolved",
+        )
+    for use in uses:
+        if use.column in ctx.classmap.columns and not permitted(use, ctx.predicates):
+            return Refusal("42501", f"dbsentry: {refusal_message(use, ctx.predicates)}", "masking.predicates")
+    return planned
+
+
+# Statements that hold another statement: the text they run (PREPARE, EXECUTE IMMEDIATE)
+# and the statement whose plan they show (EXPLAIN, ANALYZE).
+_RUNS_TEXT = frozenset({"PREPARE", "EXECUTE IMMEDIATE"})
+_EXPLAINS = frozenset({"EXPLAIN", "EXPLAIN ANALYZE"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """What a plan is made with (``plan_for``'s arguments)."""
+
+    catalog: Catalog
+    classmap: ClassMap
+    settings: MaskSettings
+    predicates: PredicateMode
+    database: str | None
+    mode: SqlMode
+
+
+def _statement_inside(f: StatementFacts, ctx: _Context) -> MysqlMaskPlan | Refusal:
+    """The plan of a statement that holds another one: the inner statement is planned as
+    if it were sent itself (its predicates, copies and columns), so that wrapping it
+    changes nothing a masked identity may learn."""
+    catalog, classmap, settings, database = ctx.catalog, ctx.classmap, ctx.settings, ctx.database
+    sensitive = bool(classmap.columns) or bool(classmap.scan)
+    inner = f.inner
+    if inner is None or not inner.text or "dynamic_sql" in f.flags:
+        if f.command in _EXPLAINS:  # EXPLAIN of a table (DESCRIBE): its columns
+            return _other_statement(f, catalog, classmap, settings, database, ctx.predicates)
+        if not sensitive:
+            return MysqlMaskPlan((), _detect(), False, False) if f.command == "EXECUTE IMMEDIATE" else NO_ROWS
+        # PREPARE s FROM @v, EXECUTE IMMEDIATE CONCAT(...), ... USING: text built at run
+        # time, which no plan can follow (value detection cannot find what a column's
+        # name or comment classifies)
+        return Refusal(
+            "42501",
+            f"dbsentry: a masked identity may not run SQL text built at run time ({f.command} of"
+            " anything but one string constant): what it reads cannot be traced (masking.dynamic_sql)",
+            "masking.dynamic_sql",
+        )
+    if f.command in _RUNS_TEXT and "show_diagnostics" in inner.flags and sensitive:
+        # the session withholds SHOW WARNINGS/ERRORS after a statement that read masked data
+        # when they are sent themselves; prepared, they would show what it quoted
+        return Refusal(
+            "42501",
+            f"dbsentry: a masked identity may not read the server's warnings through {f.command}"
+            " (send SHOW WARNINGS itself; masking.diagnostics)",
+            "masking.diagnostics",
+        )
+    planned = _plan_for(inner.text, catalog, classmap, settings, ctx.predicates, database, ctx.mode, (inner,))
+    if len(planned) != 1:
+        return Refusal("XX000", "dbsentry: the statements could not be matched", "masking.analysis")
+    plan = planned[0]
+    if isinstance(plan, Refusal) or f.command == "EXECUTE IMMEDIATE":
+        return plan
+    if f.command == "PREPARE":
+        return NO_ROWS  # its rows come at EXECUTE, with the plan of this text (the session's)
+    # EXPLAIN / ANALYZE: the plan of the statement, not its rows.  Its row counts and
+    # estimates answer the statement's predicates (checked above); the plan printed as
+    # text (FORMAT=JSON/TREE) carries the values of rows the optimizer read while
+    # planning (a row found by its primary key becomes constants in the conditions that
+    # name its columns): redacted whole, with the most sensitive class the statement reads.
+    scan = ColumnMask(-1, None, "detect", frozenset(), "safety-net")
+    if "plan_text" in f.flags and plan.reads_sensitive and _prints_values(plan, catalog, classmap):
+        found = _table_classes(f.tables_read, catalog, classmap, database)
+        cls = most_sensitive(list(found.values())) if found else None
+        return MysqlMaskPlan((), ColumnMask(-1, cls or DataClass.SECRET, "redact", frozenset(found), "inexact"), False, True)
+    return MysqlMaskPlan((), scan, False, plan.reads_sensitive)
+
+
+def _prints_values(plan: MysqlMaskPlan, catalog: Catalog, classmap: ClassMap) -> bool:
+    """Whether a printed plan of the statement may show stored values of classified
+    columns: its conditions (WHERE, ON, HAVING...) name one, or those of a view it reads
+    may, or the statement cannot be traced."""
+    lin = plan.lineage
+    if lin is None or lin.reads_unknown:
+        return True
+    sensitive = {*classmap.columns, *classmap.scan}
+    if any(u.column in sensitive for u in lin.predicates):
+        return True
+    views = {(r.schema, r.name) for r in catalog.relations.values() if r.kind == "v"}
+    return not views.isdisjoint(lin.tables_read)

@@ -229,6 +229,20 @@ def _insert_columns(toks: Sequence[Token], sql: str, cols: _Columns) -> dict[int
     return out
 
 
+def _statement_text(toks: Sequence[Token], sql: str) -> Token | None:
+    """The string constant that is a statement: ``PREPARE s FROM '...'``, ``EXECUTE
+    IMMEDIATE '...' [USING ...]``."""
+    words = [sql[t.start : t.end].upper() if t.kind != LITERAL else "" for t in toks[:4]]
+    if words[:1] == ["PREPARE"] and words[2:3] == ["FROM"] and len(toks) > 3:
+        at = 3
+    elif words[:2] == ["EXECUTE", "IMMEDIATE"] and len(toks) > 2:
+        at = 2
+    else:
+        return None
+    t = toks[at]
+    return t if t.kind == LITERAL and sql[t.start : t.end][-1:] in ("'", '"') else None
+
+
 def find_literal_meets(sql: str, classmap: ClassMap | None) -> LiteralMeets:
     """Which constants (by offset) and ``?`` parameters (by number, from 1) of ``sql``
     meet a classified column, with the values of every constant. Unparsed when the
@@ -238,6 +252,14 @@ def find_literal_meets(sql: str, classmap: ClassMap | None) -> LiteralMeets:
     except Exception:
         return UNPARSED
     values = {t.start: constant_value(sql[t.start : t.end]) for t in toks if t.kind == LITERAL}
+    text = _statement_text(toks, sql)
+    if text is not None:
+        # PREPARE s FROM '...', EXECUTE IMMEDIATE '...': the constant is a statement, whose
+        # own constants may meet classified columns; then it is one (stored as a token)
+        inner = find_literal_meets(values[text.start], classmap)
+        if not inner.parsed or inner.literals:
+            classes = [c for c in inner.literals.values() if c is not None]
+            return LiteralMeets({text.start: most_sensitive(classes) if classes else None}, {}, values)
     names = {_name(sql, t) for t in toks if _is_name(sql, t)}
     cols = _Columns(classmap, names)
     if not any(cols.sensitive(n) for n in names):

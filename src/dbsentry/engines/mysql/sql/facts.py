@@ -1058,8 +1058,12 @@ def _t_update(st: _Stmt, f: _Facts) -> None:
         w.ctes.pop()
 
 
+def _delete_tree(st: _Stmt) -> exp.Expression:
+    return _glot(st, _strip_modifiers(st, ("LOW_PRIORITY", "QUICK", "IGNORE")))
+
+
 def _t_delete(st: _Stmt, f: _Facts) -> None:
-    tree = _glot(st, _strip_modifiers(st, ("LOW_PRIORITY", "QUICK", "IGNORE")))
+    tree = _delete_tree(st)
     if not isinstance(tree, exp.Delete):
         raise _unsupported(f"{type(tree).__name__} as a DELETE")
     allowed = {"this", "tables", "using", "where", "order", "limit", "with_", "cluster"}
@@ -1403,6 +1407,9 @@ def _t_create(st: _Stmt, f: _Facts) -> None:
         pass
     else:
         f.flags.discard("temporary")
+    if tree.args.get("replace") and kind in ("TABLE", "DATABASE", "SCHEMA") and "temporary" not in f.flags:
+        # MariaDB's CREATE OR REPLACE TABLE/DATABASE drops what is there first, rows and all
+        f.flags.add("drop")
 
 
 def _t_alter(st: _Stmt, f: _Facts) -> None:
@@ -1439,13 +1446,21 @@ def _t_explain(st: _Stmt, f: _Facts) -> None:
     not run, except EXPLAIN ANALYZE (and MariaDB's ANALYZE <statement>), which does."""
     i = 1
     analyze_ = st.word(0) == "ANALYZE"
+    formats: list[str] = []
     if st.word(i) == "FORMAT" and st.raw(i + 1) == "=":
+        formats.append(st.word(i + 2))
         i += 3
     if st.word(i) == "ANALYZE":
         analyze_ = True
         i += 1
         if st.word(i) == "FORMAT" and st.raw(i + 1) == "=":
+            formats.append(st.word(i + 2))
             i += 3
+    if any(w != "TRADITIONAL" for w in formats) or (analyze_ and st.word(0) != "ANALYZE"):
+        # FORMAT=JSON/TREE and MySQL's EXPLAIN ANALYZE print the plan's conditions, where
+        # the optimizer writes the stored values of the rows it read while planning
+        # (a table read by its primary key becomes constants)
+        f.flags.add("plan_text")
     first = st.word(i)
     if (
         first in ("SELECT", "WITH", "INSERT", "REPLACE", "UPDATE", "DELETE", "TABLE")
@@ -1488,7 +1503,7 @@ def _sub_statement(st: _Stmt, i: int) -> StatementFacts:
     start = st.code[i].start
     text = " " * start + st.text[start:]
     sub = _Stmt(text, st.code[i:], st.mode)
-    return _statement_facts(sub, (start, len(st.text)))
+    return _statement_facts(sub, (start, len(st.text)), st.text[start:])
 
 
 def _qualified_name(st: _Stmt, i: int) -> tuple[str, int]:
@@ -1646,6 +1661,10 @@ def _t_show(st: _Stmt, f: _Facts) -> None:
         f.flags.add("show_log_events")
     elif "ENGINE" in words and "STATUS" in words:
         f.flags.add("show_engine_status")
+    # SHOW [COUNT(*)] WARNINGS|ERRORS: the server's diagnostics of an earlier statement,
+    # which quote the values it read
+    if words[1:2] in (["WARNINGS"], ["ERRORS"], ["COUNT"]):
+        f.flags.add("show_diagnostics")
 
 
 def _t_use(st: _Stmt, f: _Facts) -> None:
@@ -1769,6 +1788,8 @@ def _t_handler(st: _Stmt, f: _Facts) -> None:
             j += 1
         if j < len(st.code):
             _, j = _qualified_name(st, j)
+            # HANDLER h READ then reads the table under another name
+            f.flags.add("handler_alias")
         _expect_end(st, j, "HANDLER OPEN")
     elif action == "CLOSE":
         _expect_end(st, i + 1, "HANDLER CLOSE")
@@ -1785,6 +1806,11 @@ def _t_handler(st: _Stmt, f: _Facts) -> None:
                 raise _unsupported("HANDLER ... READ with a function call")
             if st.raw(j) in ("@", "@@", "?"):
                 raise _unsupported("HANDLER ... READ with variables")
+        # READ index = (values): a lookup by the index's columns; <, <=, >, >=: a range
+        rest = [st.raw(j) for j in range(i + 1, len(st.code))]
+        if "(" in rest:
+            op = "".join(rest[1 : rest.index("(")])
+            f.flags.add("handler_key_lookup" if op == "=" else "handler_key_range")
     else:
         raise _unsupported("HANDLER of this form")
 
@@ -2148,20 +2174,23 @@ def _parsed_query(st: _Stmt, span: tuple[int, int]) -> ParsedQuery | None:
     return ParsedQuery(tree, tuple(_calls(st)), "volatile_function" in f.flags, bool(edits))
 
 
-def parse_writes(sql: str, mode: SqlMode = DEFAULT_MODE) -> tuple[ParsedQuery | None, ...]:
+def parse_writes(sql: str, mode: SqlMode = DEFAULT_MODE, *, deletes: bool = False) -> tuple[ParsedQuery | None, ...]:
     """Per statement of ``sql``: its :class:`ParsedQuery` (sqlglot's tree, as :func:`analyze`
-    reads it) when it is an ``INSERT``, ``REPLACE``, ``UPDATE`` or ``CREATE TABLE``, else
-    None.  What masking reads to find copies of classified values.  Refuses what
+    reads it) when it is an ``INSERT``, ``REPLACE``, ``UPDATE`` or ``CREATE TABLE`` (and a
+    ``DELETE`` with ``deletes``), else None.  What masking reads to find copies of
+    classified values, and the conditions of the rows a write matches.  Refuses what
     :func:`analyze` refuses."""
-    return _each_statement(sql, mode, _parsed_write)
+    return _each_statement(sql, mode, partial(_parsed_write, deletes=deletes))
 
 
-def _parsed_write(st: _Stmt, span: tuple[int, int]) -> ParsedQuery | None:
+def _parsed_write(st: _Stmt, span: tuple[int, int], deletes: bool = False) -> ParsedQuery | None:
     command, klass, handler = _dispatch(st)
     if handler is _t_insert:
         tree = _insert_tree(st)
     elif handler is _t_update:
         tree = _update_tree(st)
+    elif handler is _t_delete and deletes:
+        tree = _delete_tree(st)
     elif handler is _t_create:
         tree = _glot(st)
     else:
