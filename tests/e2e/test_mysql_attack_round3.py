@@ -142,12 +142,6 @@ def test_warnings_are_not_read_through_a_prepared_text(env: Env) -> None:
         _refused(cur, "SHOW WARNINGS", "warnings of the previous statement are withheld")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="COM_STMT_PREPARE/EXECUTE of SHOW WARNINGS is not gated: the session checks the "
-    "diagnostics only for COM_QUERY text (engines/mysql/session/session.py, _reads_diagnostics "
-    "under `prepared is None`), a file another change holds",
-)
 def test_warnings_are_not_read_through_the_binary_protocol(env: Env) -> None:
     connector = pytest.importorskip("mysql.connector")
     name, groups, agent = PERSON

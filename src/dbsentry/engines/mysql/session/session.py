@@ -1225,7 +1225,9 @@ class Session:
             return Refusal("42501", self._no_catalog_message(), "masking.catalog")
         # The server's warnings quote the values a statement read ("Truncated incorrect
         # INTEGER value: 'Ada Lovelace'"): after one that read masked data they are not shown.
-        if self._diagnostics_withheld and prepared is None and any(_reads_diagnostics(f.text or sql) for f in verdict.facts):
+        # (COM_STMT_EXECUTE of a prepared SHOW WARNINGS too: its text is the PREPARE's)
+        texts = (prepared.sql,) if prepared is not None else tuple(f.text or sql for f in verdict.facts)
+        if self._diagnostics_withheld and any(_reads_diagnostics(t) for t in texts):
             return Refusal(
                 "42501",
                 "dbsentry: the warnings of the previous statement are withheld: it read masked data",
