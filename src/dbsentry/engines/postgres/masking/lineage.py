@@ -525,8 +525,38 @@ class _Walk:
                 else:
                     cols = self.statement(query, inner) or []
                     cols = _rename(cols, aliases)
-            ctes[name] = cols
+            ctes[name] = self._search_cycle(cte, cols)
         return ctes
+
+    def _search_cycle(self, cte: dict[str, Any], cols: Cols) -> Cols:
+        """The columns ``SEARCH ... SET seq`` and ``CYCLE ... SET mark USING path`` add to a
+        recursive CTE, after its own, in that order.  The sequence column is a record (or
+        an array of records) of the searched columns' values, the path an array of records
+        of the cycle columns' values: both derive from them.  The mark says whether a row
+        repeats an earlier one, which compares the cycle columns like DISTINCT does."""
+        search = cte.get("search_clause")
+        cycle = cte.get("cycle_clause")
+        if not search and not cycle:
+            return cols
+        names: dict[str, list[_L]] = {}
+        for n, c in cols:
+            names.setdefault(n, []).append(c)
+
+        def named(items: Any) -> _L:
+            found: list[_L] = []
+            for n in _strings(items):
+                found.extend(names.get(n) or [_UNKNOWN])  # PostgreSQL would refuse it
+            return _indirect(_union(found))
+
+        out = list(cols)
+        if search:
+            out.append((str(search.get("search_seq_column", "?column?")), named(search.get("search_col_list"))))
+        if cycle:
+            compared = named(cycle.get("cycle_col_list"))
+            self.note(compared, "CYCLE")
+            out.append((str(cycle.get("cycle_mark_column", "?column?")), _EMPTY))
+            out.append((str(cycle.get("cycle_path_column", "?column?")), compared))
+        return out
 
     def _recursive_cte(self, name: str, aliases: list[str], query: Any, scope: _Scope) -> Cols:
         kind, body = _unwrap(query)
@@ -1257,6 +1287,14 @@ class _Walk:
         with self.within(clause):
             return self._func_call(body, scope, schema, name)
 
+    def _unknown_function(self, schema: str | None, name: str) -> bool:
+        """A function the catalog does not hold that is not built in.  (A catalog without
+        the names of the built-in functions judges none.)"""
+        builtins = self.catalog.builtin_functions
+        if not builtins:
+            return False
+        return schema not in (None, "pg_catalog") or name not in builtins
+
     def _returns_set(self, schema: str | None, name: str) -> bool:
         fns = self.catalog.functions_named(schema, name, self.search_path)
         if fns:
@@ -1307,6 +1345,11 @@ class _Walk:
             for part in parts[1:]:
                 self.note(part)  # a SQL function's value compared: its body's columns count
             return _union(parts)
+        if self._unknown_function(schema, name):
+            # Created since the catalog was read, or where the catalog does not look (a
+            # temporary function in pg_temp): its body may read anything.
+            self.opaque_reads = True
+            return _union([_UNKNOWN, _indirect(self.exprs_union(args, scope))])
         if name in _NO_LINEAGE and schema in (None, "pg_catalog"):
             presence = name in _PRESENCE and not body.get("agg_distinct")
             for a in args:

@@ -173,7 +173,9 @@ class MaskingView:
         for table in facts.tables_read:
             if table.rpartition(".")[2].strip('"').lower() in self.sensitive_relnames:
                 return True
-        return any(
+        # A function that is not built in may read anything: one of the catalog's, or one
+        # created since it was read (a temporary function is never in it).
+        return self.functions.calls_user_code(facts) or any(
             (name := fn.rpartition(".")[2]) in self.user_functions
             or returns_statement_texts(fn.rpartition(".")[0] or None, name)
             for fn in facts.functions
