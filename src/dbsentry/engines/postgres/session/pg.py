@@ -261,11 +261,20 @@ class GrantSource(Protocol):
 
 
 _COPYING = frozenset(
-    {"CREATE TABLE AS", "SELECT INTO", "CREATE VIEW", "CREATE MATERIALIZED VIEW", "INSERT", "UPDATE", "MERGE"}
+    {"CREATE TABLE AS", "SELECT INTO", "CREATE VIEW", "CREATE MATERIALIZED VIEW", "CREATE RULE", "INSERT", "UPDATE", "MERGE"}
 )
 
 
-_VIEWS = frozenset({"CREATE VIEW", "CREATE MATERIALIZED VIEW"})
+# Statements that keep a query to run later, for whoever reads or writes the relation: a
+# rule's actions are a view's query (a rule DO INSTEAD SELECT answers an INSERT with rows
+# no mask plan follows).
+_VIEWS = frozenset({"CREATE VIEW", "CREATE MATERIALIZED VIEW", "CREATE RULE"})
+
+
+def _keeps_a_query(facts: StatementFacts) -> bool:
+    """Whether the statement, or one inside it (``CREATE SCHEMA s CREATE VIEW ...``),
+    defines a view or a rule."""
+    return facts.command in _VIEWS or any(cmd in _VIEWS for cmd in facts.commands)
 
 
 def _copies_data(facts: StatementFacts) -> bool:
@@ -2217,7 +2226,7 @@ class Session:
         if view is not None and any(_copies_data(f) for f in verdict.facts):
             copies = masking.copies(sql)
             if not exempt and (
-                copies is None or copies or any(f.command in _VIEWS and view.copies_sensitive_columns(f) for f in verdict.facts)
+                copies is None or copies or any(_keeps_a_query(f) and view.copies_sensitive_columns(f) for f in verdict.facts)
             ):
                 # Copying classified values elsewhere (a table, a view, another column)
                 # would let a masked identity read them unmasked from there.
