@@ -137,34 +137,59 @@ def test_attack_recursive_cte_search_and_cycle_columns(env: Env, variant: str, w
 #    catalog), or one created in the open transaction.  The cheap "may this read anything
 #    sensitive?" test only looked for the catalog's user functions, and lineage took an
 #    unknown name for a built-in that derives from its arguments: nothing was masked, not
-#    even by value.
+#    even by value.  And a SQL function's body is a query kept to run later, like a view's,
+#    which a masked identity may not create over classified columns (its results would
+#    run before the catalog is read again, or never be in it).
 
 
 def test_attack_temporary_function_returns_raw_values(env: Env) -> None:
-    """WAS A LEAK (person, staging): `select pg_temp.f()` returned every email and SSN raw."""
+    """WAS A LEAK (person, staging): `select pg_temp.f()` returned every email and SSN raw
+    (and every name: `... language sql as $$select full_name from customers$$`)."""
     blob = capture(env, HUMAN_STAGING, [
         "create function pg_temp.zz_f() returns setof text language sql as"
-        " $$select email || ' / ' || ssn from {S}.customers$$",
+        " $$select full_name || ' / ' || email || ' / ' || ssn from {S}.customers$$",
         "select pg_temp.zz_f()",
-        "select * from pg_temp.zz_f()",
-        "select x from pg_temp.zz_f() x",
+        "create function pg_temp.zz_p() returns setof text language plpgsql as"
+        " $$begin return query select email || ' / ' || ssn from {S}.customers; end$$",
+        "select pg_temp.zz_p()",
+        "select * from pg_temp.zz_p()",
+        "select x from pg_temp.zz_p() x",
     ])  # fmt: skip
-    assert "****@example.com" in blob, blob  # masked by value, the rest of the text kept
-    assert_no_leak(blob, secrets=DETECTABLE)
+    lines = blob.splitlines()
+    assert "masking.copy_out" in lines[0], blob  # the SQL function over names is refused
+    # the PL/pgSQL one is opaque: masked by value, the rest of the text kept
+    assert lines[2].startswith("OK") and "****@example.com" in lines[3], blob
+    assert_no_leak(blob)
 
 
 def test_attack_function_created_in_the_open_transaction(env: Env) -> None:
     """WAS A LEAK (person, staging): the catalog is read again after COMMIT; until then
-    the new function's results passed raw."""
+    the new function's results passed raw, names included."""
     blob = capture(env, HUMAN_STAGING, [
         "begin",
         "create function {S}.zz_g(i int) returns text language sql as"
-        " $$select ssn || ' ' || email from {S}.customers where id = i$$",
+        " $$select full_name || ' ' || ssn from {S}.customers where id = i$$",
         "select {S}.zz_g(1), {S}.zz_g(2)",
         "rollback",
+        "begin",
+        "create function {S}.zz_h(i int) returns text language plpgsql as"
+        " $$begin return (select ssn || ' ' || email from {S}.customers where id = i); end$$",
+        "select {S}.zz_h(1), {S}.zz_h(2)",
+        "rollback",
     ])  # fmt: skip
+    assert "masking.copy_out" in blob.splitlines()[1], blob
     assert "***-**-8714" in blob, blob
-    assert_no_leak(blob, secrets=DETECTABLE)
+    assert_no_leak(blob)
+
+
+def test_sql_functions_over_harmless_columns_are_created(env: Env) -> None:
+    """A lookup by a classified column returns none of its values: ordinary DDL."""
+    blob = capture(env, HUMAN_STAGING, [
+        "create function pg_temp.zz_id(e text) returns int language sql as"
+        " $$select id from {S}.customers where email = e$$",
+        "select pg_temp.zz_id('nobody@example.com')",
+    ])  # fmt: skip
+    assert "ERR" not in blob, blob
 
 
 # 3. A rule is a view's query that runs when the table is written: `DO INSTEAD SELECT`

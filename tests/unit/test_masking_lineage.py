@@ -12,6 +12,7 @@ from dbsentry.engines.postgres.masking.lineage import (
     MaskSettings,
     StatementLineage,
     analyze_lineage,
+    created_function_sources,
     lineage_of_tree,
     plan_masks,
 )
@@ -327,6 +328,27 @@ def test_search_and_cycle_columns_of_a_recursive_cte_carry_its_values() -> None:
     uses = {(u.column.column, u.clause) for u in lin(cyc + "SELECT n FROM w").predicates}
     assert ("name", "CYCLE") in uses
     assert classes(cyc + "SELECT path FROM w") == [("person_name", "redact")]
+
+
+def test_sources_of_the_sql_functions_a_statement_creates() -> None:
+    """A SQL function's body is a query kept to run later, like a view's: what it returns
+    or stores counts (a masked identity may not create one over classified columns)."""
+
+    def sources(sql: str) -> set[str]:
+        return {str(s) for s in created_function_sources(sql, CATALOG, ("public",))}
+
+    assert sources("CREATE FUNCTION pg_temp.f() RETURNS SETOF text LANGUAGE sql AS $$SELECT name FROM customers$$") == {"public.customers.name"}
+    assert sources("CREATE FUNCTION f() RETURNS text LANGUAGE sql RETURN (SELECT ssn FROM customers LIMIT 1)") == {"public.customers.ssn"}
+    assert sources("CREATE FUNCTION f() RETURNS text LANGUAGE sql BEGIN ATOMIC; SELECT phone FROM customers LIMIT 1; END") == {"public.customers.phone"}
+    assert sources("CREATE PROCEDURE p() LANGUAGE sql AS $$INSERT INTO orders (total) SELECT length(ssn) FROM customers$$") == {"public.customers.ssn"}
+    assert sources("CREATE FUNCTION f() RETURNS text LANGUAGE sql SET search_path = hr AS $$SELECT salary::text FROM customers$$") == {"hr.customers.salary"}
+    # a lookup by a classified column returns none of its values
+    assert sources("CREATE FUNCTION f(e text) RETURNS int LANGUAGE sql AS $$SELECT id FROM customers WHERE email = e$$") == {"public.customers.id"}
+    # other languages are opaque; other statements create no function
+    assert sources("CREATE FUNCTION f() RETURNS text LANGUAGE plpgsql AS $$BEGIN RETURN (SELECT ssn FROM customers LIMIT 1); END$$") == set()
+    assert sources("SELECT ssn FROM customers") == set()
+    with pytest.raises(LineageError):
+        sources("CREATE FUNCTION f() RETURNS text LANGUAGE sql AS $$SELECT FROM WHERE$$")
 
 
 def test_views_expand_recursively() -> None:

@@ -61,6 +61,7 @@ __all__ = [
     "PredicateUse",
     "StatementLineage",
     "analyze_lineage",
+    "created_function_sources",
     "lineage_of_tree",
     "plan_masks",
 ]
@@ -1766,6 +1767,54 @@ def _lineage_of_tree(
             w.into(body.get("into") or {}, cols)  # a materialized view is read through its definition
         return done("CREATE TABLE AS", None)
     return done(kind.removesuffix("Stmt").upper() or "EMPTY", None)
+
+
+def created_function_sources(
+    sql: str, catalog: Catalog, search_path: Iterable[str], candidates: frozenset[str] = frozenset()
+) -> frozenset[SourceColumn]:
+    """The source columns that the LANGUAGE sql functions and procedures ``sql`` creates
+    return or store: their bodies are queries kept to run later, like a view's, and run
+    before the catalog is read again (a temporary function, in ``pg_temp``, never is).
+    Other languages are opaque (their results are masked by value detection).  Raises
+    :class:`LineageError` when a body cannot be analysed."""
+    out: set[SourceColumn] = set()
+    with _failing_closed():
+        for s in _parse(sql):
+            kind, body = _unwrap(s.get("stmt"))
+            if kind != "CreateFunctionStmt" or not isinstance(body, dict):
+                continue
+            options: dict[str, Any] = {}
+            for o in body.get("options") or ():
+                d = o.get("DefElem", {}) if isinstance(o, dict) else {}
+                options[str(d.get("defname"))] = d.get("arg")
+            stmts = _sql_function_body(body, options)
+            path: Iterable[str] = search_path
+            own = _unwrap(options.get("set"))[1] if options.get("set") else None
+            if isinstance(own, dict) and own.get("name") == "search_path":
+                path = [str(_unwrap(a)[1].get("sval", {}).get("sval", "")) for a in own.get("args", ())]
+            w = _Walk(catalog, _effective_path(path, None), candidates=candidates)
+            fscope = _Scope([], [], None, {}, params=True)
+            for st in stmts:
+                for _, c in w.statement(st, fscope) or ():
+                    out |= c.sources
+            out |= {src for _, _, c in w.writes for src in c.sources}
+    return frozenset(out)
+
+
+def _sql_function_body(body: dict[str, Any], options: Mapping[str, Any]) -> list[Any]:
+    """The statements of a CREATE FUNCTION's body when its language is sql (none else):
+    ``RETURN expr`` as a SELECT, ``BEGIN ATOMIC ... END``, or the ``AS`` string parsed."""
+    sql_body = body.get("sql_body")
+    if sql_body is not None:
+        kind, ret = _unwrap(sql_body)
+        if kind == "ReturnStmt":
+            return [{"SelectStmt": {"targetList": [{"ResTarget": {"val": ret.get("returnval")}}]}}]
+        return [st for lst in ret.get("items", ()) for st in _unwrap(lst)[1].get("items", ())]
+    language = _strings([options["language"]]) if options.get("language") else []
+    if [x.lower() for x in language] != ["sql"]:
+        return []
+    text = " ".join(_strings(_unwrap(options.get("as"))[1].get("items", ())[:1]))
+    return [st.get("stmt") for st in _parse(text)] if text.strip() else []
 
 
 def _asdict(opts: CopyOptions) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from dbsentry.engines.postgres.masking.lineage import (
     MaskSettings,
     StatementLineage,
     analyze_lineage,
+    created_function_sources,
     plan_masks,
     returns_statement_texts,
 )
@@ -737,6 +738,21 @@ class SessionMasking:
             return {}
         path = self.search_path if self.search_path is not None else view.catalog.search_path
         return self.service.copies(view, sql, path, self.path_candidates - set(path))
+
+    def creates_classified_function(self, facts: StatementFacts) -> bool:
+        """Whether the statement creates a LANGUAGE sql function or procedure whose body
+        returns or stores values of classified columns (True when it cannot tell)."""
+        if facts.command != "CREATE FUNCTION":  # (CREATE PROCEDURE too)
+            return False
+        view = self.service.current(self.connection)
+        if view is None:
+            return False
+        path = self.search_path if self.search_path is not None else view.catalog.search_path
+        try:
+            sources = created_function_sources(facts.text, view.catalog, path, self.path_candidates - set(path))
+        except LineageError:
+            return True
+        return any(src in view.classmap.columns for src in sources)
 
     def plan(self, sql: str, facts: Sequence[StatementFacts], decision: Decision) -> tuple[StatementPlan | None, ...]:
         view = self.service.current(self.connection)
