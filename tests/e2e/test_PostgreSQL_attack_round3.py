@@ -11,6 +11,7 @@ read (and value sampling) knows it.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 
+from support.audit import raw_records
 from support.guard_clients import Login
 from support.leaks import Secrets
 from support.pg import PgServer
@@ -255,3 +257,31 @@ def test_harmless_parser_errors_keep_their_text(env: Env) -> None:
     """A statement that reads nothing classified sees PostgreSQL's own text."""
     blob = capture(env, AGENT_PROD, ["select '[Hello'::json", "select xmlparse(document 'Hello')"])
     assert "JSON data, line 1: [Hello" in blob and "not found\nHello\n^" in blob, blob
+
+
+# 5. The audit: literals that meet a classified column are hashed before they are stored.
+#    Two spellings reached the audit log in clear: a JSON document compared with a whole
+#    row (`to_jsonb(c) @> '{"full_name": ...}'`) and a CTE's VALUES compared with the
+#    column through the CTE's name.
+
+AUDITED = {
+    "whole-row-json": "select id from {S}.customers c where to_jsonb(c) @> '{\"full_name\": \"Zelda Quuxwhole\"}'",
+    "whole-row-compare": "select id from {S}.customers c where c = row(9, 'Zelda Quuxrow', 'x', 'y', null)",
+    "cte-values": "with v(n) as (values ('Zelda Quuxcte')) select id from {S}.customers c, v where c.full_name = v.n",
+    "from-values": "select c.id from {S}.customers c, (values ('Zelda Quuxfrom')) v(n) where v.n = c.full_name",
+}
+
+
+@pytest.mark.parametrize("variant", sorted(AUDITED))
+def test_attack_audit_keeps_literals_compared_through_rows_and_ctes(env: Env, variant: str) -> None:
+    """WAS A LEAK: the audit record (log and index) held the searched name in clear."""
+    reader = Login("rita@example.com", ("eng", "pii-readers"), dbname="staging")
+    needle = AUDITED[variant].split("Zelda ")[1].split("'")[0].split('"')[0]
+    capture(env, reader, [AUDITED[variant]])
+    texts = [json.dumps(r) for r in raw_records(env.proxy.config_path)]
+    leaked = [t for t in texts if needle in t]
+    assert not leaked, f"{needle} in the audit: {leaked[0][:600]}"
+    # the statement was recorded, its literal hashed
+    assert any(env.s in t and "customers c" in t and ":hmac:" in t for t in texts), texts[-1][:600]
+    log = b"".join(p.read_bytes() for p in (env.proxy.state_dir / "audit-log").rglob("*") if p.is_file())
+    assert needle.encode() not in log

@@ -120,6 +120,31 @@ def test_literal_meets(sql: str, expected: dict[str, DataClass | None]) -> None:
     assert _meets(sql) == expected
 
 
+def test_values_that_meet_a_column_through_a_whole_row_or_a_cte() -> None:
+    """An attacker's literals reached the audit in clear: a JSON document compared with a
+    whole row, and a CTE's VALUES compared with a classified column through its name."""
+    assert set(_meets("SELECT id FROM customers c WHERE to_jsonb(c) @> '{\"email\": \"j@k.io\"}'")) == {
+        '{"email": "j@k.io"}'
+    }
+    assert set(_meets("SELECT id FROM customers c WHERE c.* = ROW(1, 'x')")) == {"1", "x"}
+    assert _meets("WITH v(n) AS (VALUES ('y@z.io')) SELECT id FROM customers c, v WHERE c.email = v.n") == {
+        "y@z.io": DataClass.EMAIL
+    }
+    assert _meets("SELECT c.id FROM customers c, (VALUES ($1)) v(n) WHERE v.n = c.ssn") == {
+        "$1": DataClass.NATIONAL_ID
+    }
+    assert set(_meets(  # through a chain of CTEs, and an unqualified column (coarsely)
+        "WITH a AS (VALUES ('q@r.io')), b AS (SELECT * FROM a) SELECT 1 FROM customers c, b WHERE email = column1"
+    )) == {"q@r.io"}
+    # a CTE of a classified column compared by its own name
+    assert _meets("WITH v(m) AS (SELECT email FROM customers) SELECT 1 FROM v WHERE m = 'w@x.io'") == {
+        "w@x.io": DataClass.EMAIL
+    }
+    # what meets no classified column stays
+    assert _meets("WITH v(n) AS (VALUES ('open')) SELECT id FROM customers c, v WHERE c.status = v.n") == {}
+    assert _meets("SELECT c.id FROM customers c WHERE c.id = 4") == {}
+
+
 def test_offsets_are_characters_and_unparsable_is_unknown() -> None:
     sql = "SELECT 'é' FROM customers WHERE email = 'ä@b.io'"
     m = find_literal_meets(sql, _catalog(), classify_catalog(_catalog(), _OVERRIDES))
