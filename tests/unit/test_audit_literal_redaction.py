@@ -140,6 +140,13 @@ def test_values_that_meet_a_column_through_a_whole_row_or_a_cte() -> None:
     assert _meets("WITH v(m) AS (SELECT email FROM customers) SELECT 1 FROM v WHERE m = 'w@x.io'") == {
         "w@x.io": DataClass.EMAIL
     }
+    # stored into one through a CTE or a subquery in FROM
+    assert _meets("WITH v(n) AS (VALUES ('i@j.io')) INSERT INTO customers (email) SELECT n FROM v") == {
+        "i@j.io": DataClass.EMAIL
+    }
+    assert _meets("UPDATE customers c SET ssn = v.n FROM (VALUES ('u')) v(n) WHERE c.id = 1") == {
+        "u": DataClass.NATIONAL_ID
+    }
     # what meets no classified column stays
     assert _meets("WITH v(n) AS (VALUES ('open')) SELECT id FROM customers c, v WHERE c.status = v.n") == {}
     assert _meets("SELECT c.id FROM customers c WHERE c.id = 4") == {}

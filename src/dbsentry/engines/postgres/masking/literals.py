@@ -374,11 +374,15 @@ class _Finder:
         lcls = most_sensitive(self.classes(left)) if left is not None else None
         rcls = most_sensitive(self.classes(right)) if right is not None else None
         if lcls is not None and right is not None:
-            self.mark(right, lcls)
-            self._mark_derived(right, lcls, set())
+            self.meet(right, lcls)
         if rcls is not None and left is not None:
-            self.mark(left, rcls)
-            self._mark_derived(left, rcls, set())
+            self.meet(left, rcls)
+
+    def meet(self, node: Any, cls: DataClass) -> None:
+        """Every constant and parameter that reaches ``node`` meets ``cls``: its own, and
+        those of the CTEs and subqueries in FROM whose columns it uses."""
+        self.mark(node, cls)
+        self._mark_derived(node, cls, set())
 
     def _mark_derived(self, node: Any, cls: DataClass, seen: set[str]) -> None:
         """The constants that reach ``node`` through the columns of a CTE or a subquery
@@ -429,9 +433,9 @@ class _Finder:
                 if isinstance(row, dict) and isinstance(colno, int):
                     args = row.get("args") or []
                     if 0 < colno <= len(args):
-                        self.mark(args[colno - 1], cls)
+                        self.meet(args[colno - 1], cls)
                 continue
-            self.mark(val, cls)
+            self.meet(val, cls)
 
     def _insert(self, stmt: dict[str, Any]) -> None:
         relation = stmt.get("relation")
@@ -465,12 +469,12 @@ class _Finder:
         for row in sel.get("valuesLists") or []:
             items = (row.get("List") or {}).get("items") if isinstance(row, dict) else None
             for i, item in enumerate(items or []):
-                if i < len(classes) and classes[i] is not None:
-                    self.mark(item, classes[i])
+                if i < len(classes) and (cls := classes[i]) is not None:
+                    self.meet(item, cls)
         for i, t in enumerate(sel.get("targetList") or []):
             rt = t.get("ResTarget") if isinstance(t, dict) else None
-            if isinstance(rt, dict) and i < len(classes) and classes[i] is not None:
-                self.mark(rt.get("val"), classes[i])
+            if isinstance(rt, dict) and i < len(classes) and (cls := classes[i]) is not None:
+                self.meet(rt.get("val"), cls)
 
     def _merge(self, stmt: dict[str, Any]) -> None:
         relation = stmt.get("relation")
@@ -492,7 +496,7 @@ class _Finder:
                     if i < len(cols):
                         cls = self._column_class(relation, cols[i])
                         if cls is not None:
-                            self.mark(values, cls)
+                            self.meet(values, cls)
             else:
                 self._assignments(relation, targets)
 
