@@ -147,9 +147,26 @@ def test_values_that_meet_a_column_through_a_whole_row_or_a_cte() -> None:
     assert _meets("UPDATE customers c SET ssn = v.n FROM (VALUES ('u')) v(n) WHERE c.id = 1") == {
         "u": DataClass.NATIONAL_ID
     }
+    # a scalar or ARRAY subquery that selects the value
+    assert _meets("SELECT id FROM customers WHERE email = (SELECT (SELECT 'a@b.io'))") == {"a@b.io": DataClass.EMAIL}
+    assert _meets("SELECT id FROM customers WHERE ssn = (VALUES ($3))") == {"$3": DataClass.NATIONAL_ID}
+    assert _meets("SELECT id FROM customers WHERE email = ANY(ARRAY(SELECT 'c@d.io'))") == {"c@d.io": DataClass.EMAIL}
     # what meets no classified column stays
     assert _meets("WITH v(n) AS (VALUES ('open')) SELECT id FROM customers c, v WHERE c.status = v.n") == {}
     assert _meets("SELECT c.id FROM customers c WHERE c.id = 4") == {}
+
+
+def test_many_ctes_and_comparisons_are_followed_once_each() -> None:
+    """Each derived relation is judged and marked once per statement: 300 CTEs that each
+    select every column of the ones before, compared 300 times, would otherwise take
+    exponential time."""
+    ctes = ", ".join(
+        f"a{i} AS (SELECT * FROM a0, a1, a2, a3)" if i > 3 else f"a{i} AS (VALUES ('v{i}'))" for i in range(300)
+    )
+    sql = f"WITH {ctes} SELECT 1 FROM customers c, a299 WHERE " + " AND ".join(
+        f"c.email = a{i}.column1" for i in range(300)
+    )
+    assert set(_meets(sql)) == {"v0", "v1", "v2", "v3"}
 
 
 def test_offsets_are_characters_and_unparsable_is_unknown() -> None:

@@ -110,6 +110,7 @@ class _Resolver:
         for name, query in _derived_relations(tree):
             self.derived.setdefault(name, []).append(query)
 
+    @functools.cache  # noqa: B019 (one resolver per statement)
     def whole(self, name: str) -> DataClass | None:
         """The most sensitive class of the columns of the catalog relation(s) ``name``
         means (a whole-row reference: ``to_jsonb(c)``, ``c.*``)."""
@@ -183,6 +184,18 @@ def _tagged(node: Any, depth: int = 0) -> Iterator[tuple[str, dict[str, Any]]]:
             yield from _tagged(v, depth + 1)
 
 
+def _sublinks(node: Any, depth: int = 0) -> Iterator[dict[str, Any]]:
+    """The SubLinks of an expression, not those inside them (each is walked on its own)."""
+    if depth > _MAX_DEPTH:
+        return
+    items = node.items() if type(node) is dict else enumerate(node) if type(node) is list else ()
+    for k, v in items:
+        if k == "SubLink" and type(v) is dict:
+            yield v
+        elif k != "SelectStmt" and (type(v) is dict or type(v) is list):
+            yield from _sublinks(v, depth + 1)
+
+
 def _derived_relations(tree: Any) -> list[tuple[str, Any]]:
     """``(name, query)`` of every CTE and aliased subquery in FROM (VALUES included)."""
     out: list[tuple[str, Any]] = []
@@ -194,9 +207,16 @@ def _derived_relations(tree: Any) -> list[tuple[str, Any]]:
     return out
 
 
-def _column_refs(node: Any) -> Iterator[list[Any]]:
-    """The ``fields`` of every ColumnRef in ``node``."""
-    return (list(v.get("fields") or ()) for k, v in _tagged(node) if k == "ColumnRef")
+def _column_refs(node: Any, depth: int = 0) -> Iterator[list[Any]]:
+    """The ``fields`` of every ColumnRef of an expression, not inside its subqueries."""
+    if depth > _MAX_DEPTH:
+        return
+    items = node.items() if type(node) is dict else enumerate(node) if type(node) is list else ()
+    for k, v in items:
+        if k == "ColumnRef" and type(v) is dict:
+            yield list(v.get("fields") or ())
+        elif k not in ("SubLink", "SelectStmt") and (type(v) is dict or type(v) is list):
+            yield from _column_refs(v, depth + 1)
 
 
 def _range_vars(node: Any, depth: int, out: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -224,6 +244,8 @@ class _Finder:
         self.literals: dict[int, Meets] = {}
         self.params: dict[int, Meets] = {}
         self.values: dict[int, str] = {}
+        self._derived_memo: dict[str, set[DataClass]] = {}
+        self._derived_marked: set[tuple[str, DataClass]] = set()
 
     # -- marking --------------------------------------------------------------------------
 
@@ -293,15 +315,26 @@ class _Finder:
                 if cls is None:  # a whole row (``c``, ``c.*``), or a column of a CTE...
                     whole, derived = self._relations_of(list(v.get("fields") or ()))
                     found = {c for c in map(self.r.whole, whole) if c is not None}
-                    for relation in derived if depth < _MAX_DEPTH // 2 else ():
-                        for query in self.r.derived.get(relation, ()):
-                            found |= self.classes(_target_values(query), depth + 8)
+                    for relation in derived:
+                        found |= self._derived_classes(relation)
                     cls = most_sensitive(found)
                 if cls is not None:
                     out.add(cls)
             elif type(v) is dict or type(v) is list:
                 out |= self.classes(v, depth + 1)
         return out
+
+    def _derived_classes(self, relation: str) -> set[DataClass]:
+        """The classes of what a CTE or subquery in FROM selects, once per statement."""
+        memo = self._derived_memo
+        found = memo.get(relation)
+        if found is None:
+            memo[relation] = set()  # a cycle (a recursive CTE) adds nothing more
+            found = set()
+            for query in self.r.derived.get(relation, ()):
+                found |= self.classes(_target_values(query))
+            memo[relation] = found
+        return found
 
     def _relations_of(self, fields: list[Any]) -> tuple[list[str], list[str]]:
         """What a ColumnRef may take its value from besides a catalog column: the catalog
@@ -382,20 +415,25 @@ class _Finder:
         """Every constant and parameter that reaches ``node`` meets ``cls``: its own, and
         those of the CTEs and subqueries in FROM whose columns it uses."""
         self.mark(node, cls)
-        self._mark_derived(node, cls, set())
+        self._mark_derived(node, cls)
+        for sub in _sublinks(node):  # = (SELECT 'x'), = (VALUES ('x')), ARRAY(SELECT ...)
+            if sub.get("subLinkType") in ("EXPR_SUBLINK", "ARRAY_SUBLINK"):
+                for value in _target_values(sub.get("subselect")):
+                    self.meet(value, cls)
 
-    def _mark_derived(self, node: Any, cls: DataClass, seen: set[str]) -> None:
+    def _mark_derived(self, node: Any, cls: DataClass) -> None:
         """The constants that reach ``node`` through the columns of a CTE or a subquery
-        in FROM (``WITH v(n) AS (VALUES ('Ada')) ... WHERE c.name = v.n``) meet ``cls``."""
+        in FROM (``WITH v(n) AS (VALUES ('Ada')) ... WHERE c.name = v.n``) meet ``cls``
+        (each relation once per class and statement)."""
         for fields in _column_refs(node):
             for relation in self._relations_of(fields)[1]:
-                if relation in seen or relation not in self.r.derived:
+                if (relation, cls) in self._derived_marked or relation not in self.r.derived:
                     continue
-                seen.add(relation)
+                self._derived_marked.add((relation, cls))
                 for query in self.r.derived[relation]:
                     for value in _target_values(query):
                         self.mark(value, cls)
-                        self._mark_derived(value, cls, seen)
+                        self._mark_derived(value, cls)
 
     def _siblings(self, args: list[Any], strings_only: bool = True) -> None:
         """In ``f(email, 'ada@...')`` the string meets the column it is handled with."""
