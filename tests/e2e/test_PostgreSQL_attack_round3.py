@@ -229,6 +229,26 @@ def test_attack_view_created_inside_create_schema(env: Env) -> None:
     assert "masking.copy_out" in blob, blob
 
 
+def test_attack_create_table_as_execute_copies_a_prepared_read(env: Env) -> None:
+    """WAS A LEAK (person, staging): `prepare p as select full_name, ssn, email ...;
+    create temp table t as execute p; select * from t` returned everything raw: the copy
+    check saw no query in CREATE TABLE AS EXECUTE, and a temporary table is never in the
+    catalog."""
+    blob = capture(env, HUMAN_STAGING, [
+        "prepare zz_p as select full_name, ssn, email from {S}.customers",
+        "create temp table zz_ct as execute zz_p",
+        "select * from zz_ct",
+        "create temp table zz_ct2 as execute zz_unknown",  # not known: refused too
+        "prepare zz_q as select id from {S}.customers",
+        "create temp table zz_ct3 as execute zz_q",  # nothing classified: ordinary
+        "select count(*) from zz_ct3",
+    ])  # fmt: skip
+    lines = blob.splitlines()
+    assert "masking.copy_out" in lines[1] and "masking.copy_out" in lines[3], blob
+    assert lines[5].startswith("OK") and "(2,)" in lines[6], blob
+    assert_no_leak(blob)
+
+
 # 4. Errors of parsers that echo their input without quotes: JSON's CONTEXT
 #    (`JSON data, line 1: [AdaLovelace...`) and libxml's DETAIL (the input line under the
 #    message).  Quoted values were redacted, these were not.

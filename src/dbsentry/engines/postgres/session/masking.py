@@ -739,6 +739,21 @@ class SessionMasking:
         path = self.search_path if self.search_path is not None else view.catalog.search_path
         return self.service.copies(view, sql, path, self.path_candidates - set(path))
 
+    def stores_prepared(self, facts: StatementFacts) -> bool:
+        """Whether ``CREATE TABLE t AS EXECUTE name`` stores what the prepared statement
+        returns of classified (or unknown) columns; True when the statement is unknown."""
+        inner = facts.inner
+        if facts.command != "CREATE TABLE AS" or inner is None or inner.command != "EXECUTE":
+            return False
+        view = self.service.current(self.connection)
+        name = inner.prepared_name
+        if view is None or name is None or (name not in self.statements and name not in self.pending):
+            return view is not None
+        plan = self.statement(name)
+        if plan is None:
+            return False  # it reads nothing sensitive
+        return any(c.unknown or any(s in view.classmap.columns for s in c.sources) for c in plan.lineage.columns)
+
     def creates_classified_function(self, facts: StatementFacts) -> bool:
         """Whether the statement creates a LANGUAGE sql function or procedure whose body
         returns or stores values of classified columns (True when it cannot tell)."""

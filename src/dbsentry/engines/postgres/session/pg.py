@@ -2234,7 +2234,7 @@ class Session:
             if copies:
                 # Whoever reads the copies later sees them masked like the originals.
                 masking.service.inherit(masking.connection, copies)
-        if not exempt and any(masking.creates_classified_function(f) for f in verdict.facts):
+        if not exempt and any(masking.creates_classified_function(f) or masking.stores_prepared(f) for f in verdict.facts):
             # A SQL function's body is a query kept to run later, like a view's; it runs
             # before the catalog is read again (a temporary function: always).
             return _refusal(check, "masking.copy_out", "a masked identity may not copy sensitive columns"), ()
