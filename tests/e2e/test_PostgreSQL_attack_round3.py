@@ -249,6 +249,25 @@ def test_attack_create_table_as_execute_copies_a_prepared_read(env: Env) -> None
     assert_no_leak(blob)
 
 
+def test_attack_alter_table_copies_a_column(env: Env) -> None:
+    """WAS A LEAK (person, staging): `alter table customers add column zz text generated
+    always as (full_name) stored` and `alter table customers alter column c1 type text
+    using full_name` copied the names into columns nothing classified; `select zz, c1`
+    returned them raw."""
+    blob = capture(env, HUMAN_STAGING, [
+        "alter table {S}.customers add column zz_g text generated always as (full_name || ' ' || ssn) stored",
+        "alter table {S}.customers add column zz_c text",
+        "alter table {S}.customers alter column zz_c type varchar using full_name",
+        "select * from {S}.customers",
+        "alter table {S}.customers alter column id type bigint using id::bigint",  # its own value
+        "alter table {S}.customers drop column zz_c",
+    ])  # fmt: skip
+    lines = blob.splitlines()
+    assert "masking.copy_out" in lines[0] and "masking.copy_out" in lines[2], blob
+    assert lines[1].startswith("OK") and lines[4].startswith("OK"), blob
+    assert_no_leak(blob)
+
+
 # 4. Errors of parsers that echo their input without quotes: JSON's CONTEXT
 #    (`JSON data, line 1: [AdaLovelace...`) and libxml's DETAIL (the input line under the
 #    message).  Quoted values were redacted, these were not.

@@ -351,6 +351,23 @@ def test_sources_of_the_sql_functions_a_statement_creates() -> None:
         sources("CREATE FUNCTION f() RETURNS text LANGUAGE sql AS $$SELECT FROM WHERE$$")
 
 
+def test_alter_table_stores_generated_and_using_expressions() -> None:
+    """A generated column and ALTER COLUMN ... TYPE ... USING store an expression over
+    the row in a column: copies, like an UPDATE (an attacker read names from both)."""
+
+    def writes(sql: str) -> dict[str, set[str]]:
+        return {f"{t[1]}.{c.name}": {s.column for s in c.sources} for t, c in lin(sql).writes}
+
+    assert writes("ALTER TABLE customers ADD COLUMN zz text GENERATED ALWAYS AS (name || ssn) STORED") == {
+        "customers.zz": {"name", "ssn"}
+    }
+    assert writes("ALTER TABLE customers ALTER COLUMN notes TYPE text USING name") == {"customers.notes": {"name"}}
+    assert writes("ALTER TABLE customers ALTER COLUMN email TYPE text USING lower(email)") == {
+        "customers.email": {"email"}  # keeps its own value: no copy
+    }
+    assert writes("ALTER TABLE customers ADD COLUMN n int DEFAULT 0, ALTER COLUMN id TYPE bigint") == {"customers.n": set()}
+
+
 def test_views_expand_recursively() -> None:
     assert classes("SELECT * FROM v_contacts") == [("person_name", "redact"), ("email", "partial")]
     assert classes("SELECT x FROM v_nested") == [("email", "redact")]

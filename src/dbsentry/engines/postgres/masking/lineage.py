@@ -1761,6 +1761,9 @@ def _lineage_of_tree(
         lin = w.expr({"FuncCall": call}, _Scope([], [], None, {}))
         # a procedure with OUT parameters returns one row; its width is not known here
         return done("CALL", [("*", _union([lin, _UNKNOWN]))], exact=False)
+    if kind == "AlterTableStmt" and body.get("relation"):
+        w._wrote(*_stored_expressions(w, body))
+        return done("ALTER TABLE", None)
     if kind == "CreateTableAsStmt":
         cols = w.statement(body.get("query"), None)
         if body.get("objtype") != "OBJECT_MATVIEW" and cols is not None:
@@ -1815,6 +1818,31 @@ def _sql_function_body(body: dict[str, Any], options: Mapping[str, Any]) -> list
         return []
     text = " ".join(_strings(_unwrap(options.get("as"))[1].get("items", ())[:1]))
     return [st.get("stmt") for st in _parse(text)] if text.strip() else []
+
+
+def _stored_expressions(w: _Walk, body: dict[str, Any]) -> tuple[_Entry, dict[str, _L]]:
+    """What an ALTER TABLE stores in the table's columns from expressions over its rows:
+    a generated column (``ADD COLUMN x text GENERATED ALWAYS AS (name) STORED``) and a
+    column rewritten by ``ALTER COLUMN x TYPE t USING name``."""
+    target = w.range_var(body["relation"], _Scope([], [], None, {}))
+    scope = _Scope([target], None, None, {})
+    values: dict[str, _L] = {}
+    for item in body.get("cmds") or ():
+        cmd = item.get("AlterTableCmd", {}) if isinstance(item, dict) else {}
+        kind, d = _unwrap(cmd.get("def")) if cmd.get("def") else ("", {})
+        if not isinstance(d, dict):
+            continue
+        subtype = cmd.get("subtype")
+        if subtype == "AT_AddColumn" and kind == "ColumnDef":
+            for con in d.get("constraints") or ():
+                expr = _unwrap(con)[1].get("raw_expr") if isinstance(con, dict) else None
+                if expr is not None:
+                    values[str(d.get("colname", ""))] = w.expr(expr, scope)
+        elif subtype == "AT_AlterColumnType" and kind == "ColumnDef" and d.get("raw_default") is not None:
+            values[str(cmd.get("name", ""))] = w.expr(d["raw_default"], scope)
+        elif subtype == "AT_SetExpression":  # PostgreSQL 17: ALTER COLUMN x SET EXPRESSION AS (...)
+            values[str(cmd.get("name", ""))] = w.expr(cmd.get("def"), scope)
+    return target, values
 
 
 def _asdict(opts: CopyOptions) -> dict[str, Any]:
