@@ -268,6 +268,19 @@ def test_attack_alter_table_copies_a_column(env: Env) -> None:
     assert_no_leak(blob)
 
 
+def test_attack_merge_into_a_temporary_table(env: Env) -> None:
+    """WAS A LEAK (person, staging): `merge into tmp using customers c on false when not
+    matched then insert values (c.full_name)` copied the names (INSERT ... SELECT was
+    refused): a target unknown to the catalog had no columns to record a copy in."""
+    blob = capture(env, HUMAN_STAGING, [
+        "create temp table zz_m (x text)",
+        "merge into zz_m using {S}.customers c on false when not matched then insert values (c.full_name)",
+        "select * from zz_m",
+    ])  # fmt: skip
+    assert "masking.copy_out" in blob.splitlines()[1], blob
+    assert_no_leak(blob)
+
+
 # 4. Errors of parsers that echo their input without quotes: JSON's CONTEXT
 #    (`JSON data, line 1: [AdaLovelace...`) and libxml's DETAIL (the input line under the
 #    message).  Quoted values were redacted, these were not.

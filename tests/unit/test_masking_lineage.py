@@ -368,6 +368,16 @@ def test_alter_table_stores_generated_and_using_expressions() -> None:
     assert writes("ALTER TABLE customers ADD COLUMN n int DEFAULT 0, ALTER COLUMN id TYPE bigint") == {"customers.n": set()}
 
 
+def test_merge_into_a_table_the_catalog_does_not_know_stores_its_source() -> None:
+    """``MERGE INTO tmp USING customers c ON false WHEN NOT MATCHED THEN INSERT VALUES
+    (c.name)``: a temporary target has no known columns, but what it stores is known."""
+    (write,) = lin("MERGE INTO tmp USING customers c ON false WHEN NOT MATCHED THEN INSERT VALUES (c.name)").writes
+    assert write[0][1] == "tmp" and "name" in {s.column for s in write[1].sources}
+    assert lin("MERGE INTO tmp USING orders o ON false WHEN NOT MATCHED THEN INSERT VALUES (o.id)").writes[0][1].sources == {
+        SourceColumn("public", "orders", c) for c in ("id", "customer_id", "total")
+    }
+
+
 def test_views_expand_recursively() -> None:
     assert classes("SELECT * FROM v_contacts") == [("person_name", "redact"), ("email", "partial")]
     assert classes("SELECT x FROM v_nested") == [("email", "redact")]

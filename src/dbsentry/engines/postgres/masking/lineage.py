@@ -1112,7 +1112,9 @@ class _Walk:
                 self._written(stored, list(stored), (e.whole() for e in scope.entries[1:]))
                 merged = _indirect(_union(e.whole() for e in scope.entries[1:]))
                 target.cols = [(n, _union([c, merged])) for n, c in target.cols]
-                self._wrote(target, {n: merged for n, _ in target.cols})
+                # (a target the catalog does not know, such as a temporary table: its
+                # columns are not known, what it may store is)
+                self._wrote(target, {n: merged for n, _ in target.cols} if not target.opaque else {"?column?": merged})
                 for clause in body.get("mergeWhenClauses") or ():
                     mw = _unwrap(clause)[1]
                     if isinstance(mw, dict) and mw.get("condition"):
