@@ -120,6 +120,55 @@ def test_literal_meets(sql: str, expected: dict[str, DataClass | None]) -> None:
     assert _meets(sql) == expected
 
 
+def test_values_that_meet_a_column_through_a_whole_row_or_a_cte() -> None:
+    """An attacker's literals reached the audit in clear: a JSON document compared with a
+    whole row, and a CTE's VALUES compared with a classified column through its name."""
+    assert set(_meets("SELECT id FROM customers c WHERE to_jsonb(c) @> '{\"email\": \"j@k.io\"}'")) == {
+        '{"email": "j@k.io"}'
+    }
+    assert set(_meets("SELECT id FROM customers c WHERE c.* = ROW(1, 'x')")) == {"1", "x"}
+    assert _meets("WITH v(n) AS (VALUES ('y@z.io')) SELECT id FROM customers c, v WHERE c.email = v.n") == {
+        "y@z.io": DataClass.EMAIL
+    }
+    assert _meets("SELECT c.id FROM customers c, (VALUES ($1)) v(n) WHERE v.n = c.ssn") == {
+        "$1": DataClass.NATIONAL_ID
+    }
+    assert set(_meets(  # through a chain of CTEs, and an unqualified column (coarsely)
+        "WITH a AS (VALUES ('q@r.io')), b AS (SELECT * FROM a) SELECT 1 FROM customers c, b WHERE email = column1"
+    )) == {"q@r.io"}
+    # a CTE of a classified column compared by its own name
+    assert _meets("WITH v(m) AS (SELECT email FROM customers) SELECT 1 FROM v WHERE m = 'w@x.io'") == {
+        "w@x.io": DataClass.EMAIL
+    }
+    # stored into one through a CTE or a subquery in FROM
+    assert _meets("WITH v(n) AS (VALUES ('i@j.io')) INSERT INTO customers (email) SELECT n FROM v") == {
+        "i@j.io": DataClass.EMAIL
+    }
+    assert _meets("UPDATE customers c SET ssn = v.n FROM (VALUES ('u')) v(n) WHERE c.id = 1") == {
+        "u": DataClass.NATIONAL_ID
+    }
+    # a scalar or ARRAY subquery that selects the value
+    assert _meets("SELECT id FROM customers WHERE email = (SELECT (SELECT 'a@b.io'))") == {"a@b.io": DataClass.EMAIL}
+    assert _meets("SELECT id FROM customers WHERE ssn = (VALUES ($3))") == {"$3": DataClass.NATIONAL_ID}
+    assert _meets("SELECT id FROM customers WHERE email = ANY(ARRAY(SELECT 'c@d.io'))") == {"c@d.io": DataClass.EMAIL}
+    # what meets no classified column stays
+    assert _meets("WITH v(n) AS (VALUES ('open')) SELECT id FROM customers c, v WHERE c.status = v.n") == {}
+    assert _meets("SELECT c.id FROM customers c WHERE c.id = 4") == {}
+
+
+def test_many_ctes_and_comparisons_are_followed_once_each() -> None:
+    """Each derived relation is judged and marked once per statement: 300 CTEs that each
+    select every column of the ones before, compared 300 times, would otherwise take
+    exponential time."""
+    ctes = ", ".join(
+        f"a{i} AS (SELECT * FROM a0, a1, a2, a3)" if i > 3 else f"a{i} AS (VALUES ('v{i}'))" for i in range(300)
+    )
+    sql = f"WITH {ctes} SELECT 1 FROM customers c, a299 WHERE " + " AND ".join(
+        f"c.email = a{i}.column1" for i in range(300)
+    )
+    assert set(_meets(sql)) == {"v0", "v1", "v2", "v3"}
+
+
 def test_offsets_are_characters_and_unparsable_is_unknown() -> None:
     sql = "SELECT 'é' FROM customers WHERE email = 'ä@b.io'"
     m = find_literal_meets(sql, _catalog(), classify_catalog(_catalog(), _OVERRIDES))

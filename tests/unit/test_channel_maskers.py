@@ -146,6 +146,40 @@ def test_strict_data_errors_redact_quoted_values_and_keep_sqlstate() -> None:
     )
 
 
+def test_parsers_that_echo_their_input_in_context_or_detail() -> None:
+    """JSON's CONTEXT and libxml's DETAIL show the input without quotes: an attacker read
+    names through ``('[' || full_name || ']')::json`` and ``xmlparse(document full_name)``."""
+    c = _masker()
+    json_error = _fields(
+        "22P02",
+        "invalid input syntax for type json",
+        D='Token "AdaLovelace" is invalid.',
+        W="JSON data, line 1: [AdaLovelace...",
+    )
+    out = dict(c.fields(json_error, notice=False, strict=True) or ())
+    assert "Lovelace" not in repr(out) and out["W"] == REDACTED, out
+    xml_error = _fields(
+        "2200M",
+        "invalid XML document",
+        D=f"line 1: Start tag expected, '<' not found\n{NAME}\n^",
+    )
+    out = dict(c.fields(xml_error, notice=False, strict=True) or ())
+    assert "Lovelace" not in repr(out) and REDACTED in out["D"] and "\n" not in out["D"], out
+    # where the error happened stays, line by line; a value's line does not
+    nested = _fields(
+        "22P02",
+        "invalid input syntax for type json",
+        W="JSON data, line 1: Ada...\nPL/pgSQL function f(text) line 3 at assignment\n"
+        'SQL function "g" statement 1',
+    )
+    out = dict(c.fields(nested, notice=False, strict=True) or ())
+    lines = out["W"].split("\n")
+    assert lines[:2] == [REDACTED, "PL/pgSQL function f(text) line 3 at assignment"], lines
+    assert lines[2].startswith("SQL function ") and lines[2].endswith(" statement 1"), lines
+    # a statement that reads nothing classified keeps the server's text
+    assert c.fields(json_error, notice=False, strict=False) is None
+
+
 def test_raise_in_a_statement_reading_classified_columns_is_withheld() -> None:
     c = _masker()
     f = _fields(

@@ -12,6 +12,7 @@ from dbsentry.engines.postgres.masking.lineage import (
     MaskSettings,
     StatementLineage,
     analyze_lineage,
+    created_function_sources,
     lineage_of_tree,
     plan_masks,
 )
@@ -308,6 +309,73 @@ def test_recursive_cte_reaches_a_fixpoint() -> None:
         ) SELECT a, b, n FROM r
     """
     assert cols(sql) == [{"email"}, {"email"}, set()]
+
+
+def test_search_and_cycle_columns_of_a_recursive_cte_carry_its_values() -> None:
+    """``SEARCH ... SET seq`` is a record of the searched columns' values, ``CYCLE ...
+    USING path`` an array of records of the cycle columns': an attacker read names
+    through both (``SELECT seq FROM w``)."""
+    base = "WITH RECURSIVE w(x, n) AS (SELECT name, id FROM customers UNION ALL SELECT x, n FROM w WHERE false) "
+    assert cols(base + "SEARCH BREADTH FIRST BY x SET o SELECT o FROM w") == [{"name"}]
+    assert cols(base + "SEARCH DEPTH FIRST BY n, x SET o SELECT o, n FROM w") == [{"name", "id"}, {"id"}]
+    cyc = base + "CYCLE x SET is_cycle USING path "
+    assert cols(cyc + "SELECT path, is_cycle FROM w") == [{"name"}, set()]
+    assert cols(cyc + "SELECT * FROM w") == [{"name"}, {"id"}, set(), {"name"}]
+    assert cols(base + "SEARCH DEPTH FIRST BY x SET o CYCLE n SET m TO 'y' DEFAULT 'n' USING p SELECT * FROM w") == [
+        {"name"}, {"id"}, {"name"}, set(), {"id"}
+    ]  # fmt: skip
+    # the mark compares the cycle columns between rows, as DISTINCT would
+    uses = {(u.column.column, u.clause) for u in lin(cyc + "SELECT n FROM w").predicates}
+    assert ("name", "CYCLE") in uses
+    assert classes(cyc + "SELECT path FROM w") == [("person_name", "redact")]
+
+
+def test_sources_of_the_sql_functions_a_statement_creates() -> None:
+    """A SQL function's body is a query kept to run later, like a view's: what it returns
+    or stores counts (a masked identity may not create one over classified columns)."""
+
+    def sources(sql: str) -> set[str]:
+        return {str(s) for s in created_function_sources(sql, CATALOG, ("public",))}
+
+    assert sources("CREATE FUNCTION pg_temp.f() RETURNS SETOF text LANGUAGE sql AS $$SELECT name FROM customers$$") == {"public.customers.name"}
+    assert sources("CREATE FUNCTION f() RETURNS text LANGUAGE sql RETURN (SELECT ssn FROM customers LIMIT 1)") == {"public.customers.ssn"}
+    assert sources("CREATE FUNCTION f() RETURNS text LANGUAGE sql BEGIN ATOMIC; SELECT phone FROM customers LIMIT 1; END") == {"public.customers.phone"}
+    assert sources("CREATE PROCEDURE p() LANGUAGE sql AS $$INSERT INTO orders (total) SELECT length(ssn) FROM customers$$") == {"public.customers.ssn"}
+    assert sources("CREATE FUNCTION f() RETURNS text LANGUAGE sql SET search_path = hr AS $$SELECT salary::text FROM customers$$") == {"hr.customers.salary"}
+    # a lookup by a classified column returns none of its values
+    assert sources("CREATE FUNCTION f(e text) RETURNS int LANGUAGE sql AS $$SELECT id FROM customers WHERE email = e$$") == {"public.customers.id"}
+    # other languages are opaque; other statements create no function
+    assert sources("CREATE FUNCTION f() RETURNS text LANGUAGE plpgsql AS $$BEGIN RETURN (SELECT ssn FROM customers LIMIT 1); END$$") == set()
+    assert sources("SELECT ssn FROM customers") == set()
+    with pytest.raises(LineageError):
+        sources("CREATE FUNCTION f() RETURNS text LANGUAGE sql AS $$SELECT FROM WHERE$$")
+
+
+def test_alter_table_stores_generated_and_using_expressions() -> None:
+    """A generated column and ALTER COLUMN ... TYPE ... USING store an expression over
+    the row in a column: copies, like an UPDATE (an attacker read names from both)."""
+
+    def writes(sql: str) -> dict[str, set[str]]:
+        return {f"{t[1]}.{c.name}": {s.column for s in c.sources} for t, c in lin(sql).writes}
+
+    assert writes("ALTER TABLE customers ADD COLUMN zz text GENERATED ALWAYS AS (name || ssn) STORED") == {
+        "customers.zz": {"name", "ssn"}
+    }
+    assert writes("ALTER TABLE customers ALTER COLUMN notes TYPE text USING name") == {"customers.notes": {"name"}}
+    assert writes("ALTER TABLE customers ALTER COLUMN email TYPE text USING lower(email)") == {
+        "customers.email": {"email"}  # keeps its own value: no copy
+    }
+    assert writes("ALTER TABLE customers ADD COLUMN n int DEFAULT 0, ALTER COLUMN id TYPE bigint") == {"customers.n": set()}
+
+
+def test_merge_into_a_table_the_catalog_does_not_know_stores_its_source() -> None:
+    """``MERGE INTO tmp USING customers c ON false WHEN NOT MATCHED THEN INSERT VALUES
+    (c.name)``: a temporary target has no known columns, but what it stores is known."""
+    (write,) = lin("MERGE INTO tmp USING customers c ON false WHEN NOT MATCHED THEN INSERT VALUES (c.name)").writes
+    assert write[0][1] == "tmp" and "name" in {s.column for s in write[1].sources}
+    assert lin("MERGE INTO tmp USING orders o ON false WHEN NOT MATCHED THEN INSERT VALUES (o.id)").writes[0][1].sources == {
+        SourceColumn("public", "orders", c) for c in ("id", "customer_id", "total")
+    }
 
 
 def test_views_expand_recursively() -> None:

@@ -224,6 +224,27 @@ def redact_tail(message: str) -> str:
     return f"{head}{sep}{REDACTED}"
 
 
+# The lines of a CONTEXT (``W``) that say where an error happened, in code the statement
+# ran: function names, line numbers, statement numbers, the quoted text of a statement or
+# expression (quotes are redacted on their own).  Any other line, such as the input JSON
+# echoes (``JSON data, line 1: [Ada...``), is text PostgreSQL took from a value.
+_FRAME_LINES = re.compile(
+    r"PL/pgSQL function [^\n]*"
+    r'|SQL function "[^"\n]*"(?: statement \d+| during inlining| during startup)?'
+    r'|(?:SQL statement|SQL expression|PL/pgSQL expression|PL/pgSQL assignment) "[^\n]*"?'
+    r'|COPY [^,\n]+, line \d+(?:, column [^:\n]+)?(?:: "[^\n]*"?)?'
+    r"|parallel worker"
+    r"|(?:unnamed portal|portal \"[^\"\n]*\"|extended query) with parameters: [^\n]*"
+)
+
+
+def redact_context(context: str) -> str:
+    """A CONTEXT with every line that is not a known frame redacted (see _FRAME_LINES)."""
+    return "\n".join(
+        line if _FRAME_LINES.fullmatch(line) else REDACTED for line in context.split("\n")
+    )
+
+
 def redact_detail(detail: str) -> str:
     """A constraint violation's DETAIL with the key values or the failing row redacted."""
     if detail.startswith(_FAILING_ROW):
@@ -326,6 +347,13 @@ class ChannelMasker:
                     ):
                         new = redact_detail(new)
                     elif quoted:
+                        if code == "W":
+                            new = redact_context(new)
+                        elif code in "DH" and "\n" in new:
+                            # PostgreSQL's own details are a sentence; several lines are
+                            # a parser's report echoing its input (libxml's: the message,
+                            # the input line, a caret)
+                            new = REDACTED
                         # (a statement that was analysed parsed: a syntax error now comes
                         # from text parsed at run time, such as a value cast to regtype)
                         new = redact_quoted(new, keep)

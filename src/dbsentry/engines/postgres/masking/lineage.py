@@ -61,6 +61,7 @@ __all__ = [
     "PredicateUse",
     "StatementLineage",
     "analyze_lineage",
+    "created_function_sources",
     "lineage_of_tree",
     "plan_masks",
 ]
@@ -525,8 +526,38 @@ class _Walk:
                 else:
                     cols = self.statement(query, inner) or []
                     cols = _rename(cols, aliases)
-            ctes[name] = cols
+            ctes[name] = self._search_cycle(cte, cols)
         return ctes
+
+    def _search_cycle(self, cte: dict[str, Any], cols: Cols) -> Cols:
+        """The columns ``SEARCH ... SET seq`` and ``CYCLE ... SET mark USING path`` add to a
+        recursive CTE, after its own, in that order.  The sequence column is a record (or
+        an array of records) of the searched columns' values, the path an array of records
+        of the cycle columns' values: both derive from them.  The mark says whether a row
+        repeats an earlier one, which compares the cycle columns like DISTINCT does."""
+        search = cte.get("search_clause")
+        cycle = cte.get("cycle_clause")
+        if not search and not cycle:
+            return cols
+        names: dict[str, list[_L]] = {}
+        for n, c in cols:
+            names.setdefault(n, []).append(c)
+
+        def named(items: Any) -> _L:
+            found: list[_L] = []
+            for n in _strings(items):
+                found.extend(names.get(n) or [_UNKNOWN])  # PostgreSQL would refuse it
+            return _indirect(_union(found))
+
+        out = list(cols)
+        if search:
+            out.append((str(search.get("search_seq_column", "?column?")), named(search.get("search_col_list"))))
+        if cycle:
+            compared = named(cycle.get("cycle_col_list"))
+            self.note(compared, "CYCLE")
+            out.append((str(cycle.get("cycle_mark_column", "?column?")), _EMPTY))
+            out.append((str(cycle.get("cycle_path_column", "?column?")), compared))
+        return out
 
     def _recursive_cte(self, name: str, aliases: list[str], query: Any, scope: _Scope) -> Cols:
         kind, body = _unwrap(query)
@@ -1081,7 +1112,9 @@ class _Walk:
                 self._written(stored, list(stored), (e.whole() for e in scope.entries[1:]))
                 merged = _indirect(_union(e.whole() for e in scope.entries[1:]))
                 target.cols = [(n, _union([c, merged])) for n, c in target.cols]
-                self._wrote(target, {n: merged for n, _ in target.cols})
+                # (a target the catalog does not know, such as a temporary table: its
+                # columns are not known, what it may store is)
+                self._wrote(target, {n: merged for n, _ in target.cols} if not target.opaque else {"?column?": merged})
                 for clause in body.get("mergeWhenClauses") or ():
                     mw = _unwrap(clause)[1]
                     if isinstance(mw, dict) and mw.get("condition"):
@@ -1257,6 +1290,14 @@ class _Walk:
         with self.within(clause):
             return self._func_call(body, scope, schema, name)
 
+    def _unknown_function(self, schema: str | None, name: str) -> bool:
+        """A function the catalog does not hold that is not built in.  (A catalog without
+        the names of the built-in functions judges none.)"""
+        builtins = self.catalog.builtin_functions
+        if not builtins:
+            return False
+        return schema not in (None, "pg_catalog") or name not in builtins
+
     def _returns_set(self, schema: str | None, name: str) -> bool:
         fns = self.catalog.functions_named(schema, name, self.search_path)
         if fns:
@@ -1307,6 +1348,11 @@ class _Walk:
             for part in parts[1:]:
                 self.note(part)  # a SQL function's value compared: its body's columns count
             return _union(parts)
+        if self._unknown_function(schema, name):
+            # Created since the catalog was read, or where the catalog does not look (a
+            # temporary function in pg_temp): its body may read anything.
+            self.opaque_reads = True
+            return _union([_UNKNOWN, _indirect(self.exprs_union(args, scope))])
         if name in _NO_LINEAGE and schema in (None, "pg_catalog"):
             presence = name in _PRESENCE and not body.get("agg_distinct")
             for a in args:
@@ -1717,12 +1763,88 @@ def _lineage_of_tree(
         lin = w.expr({"FuncCall": call}, _Scope([], [], None, {}))
         # a procedure with OUT parameters returns one row; its width is not known here
         return done("CALL", [("*", _union([lin, _UNKNOWN]))], exact=False)
+    if kind == "AlterTableStmt" and body.get("relation"):
+        w._wrote(*_stored_expressions(w, body))
+        return done("ALTER TABLE", None)
     if kind == "CreateTableAsStmt":
         cols = w.statement(body.get("query"), None)
         if body.get("objtype") != "OBJECT_MATVIEW" and cols is not None:
             w.into(body.get("into") or {}, cols)  # a materialized view is read through its definition
         return done("CREATE TABLE AS", None)
     return done(kind.removesuffix("Stmt").upper() or "EMPTY", None)
+
+
+def created_function_sources(
+    sql: str, catalog: Catalog, search_path: Iterable[str], candidates: frozenset[str] = frozenset()
+) -> frozenset[SourceColumn]:
+    """The source columns that the LANGUAGE sql functions and procedures ``sql`` creates
+    return or store: their bodies are queries kept to run later, like a view's, and run
+    before the catalog is read again (a temporary function, in ``pg_temp``, never is).
+    Other languages are opaque (their results are masked by value detection).  Raises
+    :class:`LineageError` when a body cannot be analysed."""
+    out: set[SourceColumn] = set()
+    with _failing_closed():
+        for s in _parse(sql):
+            kind, body = _unwrap(s.get("stmt"))
+            if kind != "CreateFunctionStmt" or not isinstance(body, dict):
+                continue
+            options: dict[str, Any] = {}
+            for o in body.get("options") or ():
+                d = o.get("DefElem", {}) if isinstance(o, dict) else {}
+                options[str(d.get("defname"))] = d.get("arg")
+            stmts = _sql_function_body(body, options)
+            path: Iterable[str] = search_path
+            own = _unwrap(options.get("set"))[1] if options.get("set") else None
+            if isinstance(own, dict) and own.get("name") == "search_path":
+                path = [str(_unwrap(a)[1].get("sval", {}).get("sval", "")) for a in own.get("args", ())]
+            w = _Walk(catalog, _effective_path(path, None), candidates=candidates)
+            fscope = _Scope([], [], None, {}, params=True)
+            for st in stmts:
+                for _, c in w.statement(st, fscope) or ():
+                    out |= c.sources
+            out |= {src for _, _, c in w.writes for src in c.sources}
+    return frozenset(out)
+
+
+def _sql_function_body(body: dict[str, Any], options: Mapping[str, Any]) -> list[Any]:
+    """The statements of a CREATE FUNCTION's body when its language is sql (none else):
+    ``RETURN expr`` as a SELECT, ``BEGIN ATOMIC ... END``, or the ``AS`` string parsed."""
+    sql_body = body.get("sql_body")
+    if sql_body is not None:
+        kind, ret = _unwrap(sql_body)
+        if kind == "ReturnStmt":
+            return [{"SelectStmt": {"targetList": [{"ResTarget": {"val": ret.get("returnval")}}]}}]
+        return [st for lst in ret.get("items", ()) for st in _unwrap(lst)[1].get("items", ())]
+    language = _strings([options["language"]]) if options.get("language") else []
+    if [x.lower() for x in language] != ["sql"]:
+        return []
+    text = " ".join(_strings(_unwrap(options.get("as"))[1].get("items", ())[:1]))
+    return [st.get("stmt") for st in _parse(text)] if text.strip() else []
+
+
+def _stored_expressions(w: _Walk, body: dict[str, Any]) -> tuple[_Entry, dict[str, _L]]:
+    """What an ALTER TABLE stores in the table's columns from expressions over its rows:
+    a generated column (``ADD COLUMN x text GENERATED ALWAYS AS (name) STORED``) and a
+    column rewritten by ``ALTER COLUMN x TYPE t USING name``."""
+    target = w.range_var(body["relation"], _Scope([], [], None, {}))
+    scope = _Scope([target], None, None, {})
+    values: dict[str, _L] = {}
+    for item in body.get("cmds") or ():
+        cmd = item.get("AlterTableCmd", {}) if isinstance(item, dict) else {}
+        kind, d = _unwrap(cmd.get("def")) if cmd.get("def") else ("", {})
+        if not isinstance(d, dict):
+            continue
+        subtype = cmd.get("subtype")
+        if subtype == "AT_AddColumn" and kind == "ColumnDef":
+            for con in d.get("constraints") or ():
+                expr = _unwrap(con)[1].get("raw_expr") if isinstance(con, dict) else None
+                if expr is not None:
+                    values[str(d.get("colname", ""))] = w.expr(expr, scope)
+        elif subtype == "AT_AlterColumnType" and kind == "ColumnDef" and d.get("raw_default") is not None:
+            values[str(cmd.get("name", ""))] = w.expr(d["raw_default"], scope)
+        elif subtype == "AT_SetExpression":  # PostgreSQL 17: ALTER COLUMN x SET EXPRESSION AS (...)
+            values[str(cmd.get("name", ""))] = w.expr(cmd.get("def"), scope)
+    return target, values
 
 
 def _asdict(opts: CopyOptions) -> dict[str, Any]:

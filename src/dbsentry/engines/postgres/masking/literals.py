@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -104,6 +104,23 @@ class _Resolver:
                 if rel not in bucket:
                     bucket.append(rel)
         self._cache: dict[tuple[str | None, str], DataClass | None] = {}
+        # relations the statement makes itself (CTEs, subqueries in FROM, VALUES lists):
+        # name -> their queries.  A constant in one meets what its column is compared with.
+        self.derived: dict[str, list[Any]] = {}
+        for name, query in _derived_relations(tree):
+            self.derived.setdefault(name, []).append(query)
+
+    @functools.cache  # noqa: B019 (one resolver per statement)
+    def whole(self, name: str) -> DataClass | None:
+        """The most sensitive class of the columns of the catalog relation(s) ``name``
+        means (a whole-row reference: ``to_jsonb(c)``, ``c.*``)."""
+        classes = set()
+        for rel in self.names.get(name) or ():
+            for col in self.relation_columns(rel) or ():
+                cls = self.in_relation(rel, col)[1]
+                if cls is not None:
+                    classes.add(cls)
+        return most_sensitive(classes)
 
     def relation_columns(self, rel: tuple[str | None, str]) -> list[str] | None:
         if self.catalog is None:
@@ -155,6 +172,53 @@ class _Resolver:
         return result
 
 
+def _tagged(node: Any, depth: int = 0) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every ``(key, node)`` of a parse tree whose node is a dict, depth first."""
+    if depth > _MAX_DEPTH:
+        return
+    items = node.items() if type(node) is dict else enumerate(node) if type(node) is list else ()
+    for k, v in items:
+        if type(v) is dict:
+            yield str(k), v
+        if type(v) is dict or type(v) is list:
+            yield from _tagged(v, depth + 1)
+
+
+def _sublinks(node: Any, depth: int = 0) -> Iterator[dict[str, Any]]:
+    """The SubLinks of an expression, not those inside them (each is walked on its own)."""
+    if depth > _MAX_DEPTH:
+        return
+    items = node.items() if type(node) is dict else enumerate(node) if type(node) is list else ()
+    for k, v in items:
+        if k == "SubLink" and type(v) is dict:
+            yield v
+        elif k != "SelectStmt" and (type(v) is dict or type(v) is list):
+            yield from _sublinks(v, depth + 1)
+
+
+def _derived_relations(tree: Any) -> list[tuple[str, Any]]:
+    """``(name, query)`` of every CTE and aliased subquery in FROM (VALUES included)."""
+    out: list[tuple[str, Any]] = []
+    for k, v in _tagged(tree):
+        if k == "CommonTableExpr" and v.get("ctename"):
+            out.append((str(v["ctename"]), v.get("ctequery")))
+        elif k == "RangeSubselect" and (v.get("alias") or {}).get("aliasname"):
+            out.append((str(v["alias"]["aliasname"]), v.get("subquery")))
+    return out
+
+
+def _column_refs(node: Any, depth: int = 0) -> Iterator[list[Any]]:
+    """The ``fields`` of every ColumnRef of an expression, not inside its subqueries."""
+    if depth > _MAX_DEPTH:
+        return
+    items = node.items() if type(node) is dict else enumerate(node) if type(node) is list else ()
+    for k, v in items:
+        if k == "ColumnRef" and type(v) is dict:
+            yield list(v.get("fields") or ())
+        elif k not in ("SubLink", "SelectStmt") and (type(v) is dict or type(v) is list):
+            yield from _column_refs(v, depth + 1)
+
+
 def _range_vars(node: Any, depth: int, out: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if depth > _MAX_DEPTH:
         return out
@@ -180,6 +244,8 @@ class _Finder:
         self.literals: dict[int, Meets] = {}
         self.params: dict[int, Meets] = {}
         self.values: dict[int, str] = {}
+        self._derived_memo: dict[str, set[DataClass]] = {}
+        self._derived_marked: set[tuple[str, DataClass]] = set()
 
     # -- marking --------------------------------------------------------------------------
 
@@ -242,14 +308,50 @@ class _Finder:
         for k, v in node.items():
             if k == "ColumnRef" and isinstance(v, dict):
                 names = _strings(v.get("fields"))
+                cls = None
                 if names:
                     qualifier = names[-2] if len(names) >= 2 else None
                     cls = self.r.column(qualifier, names[-1])
-                    if cls is not None:
-                        out.add(cls)
+                if cls is None:  # a whole row (``c``, ``c.*``), or a column of a CTE...
+                    whole, derived = self._relations_of(list(v.get("fields") or ()))
+                    found = {c for c in map(self.r.whole, whole) if c is not None}
+                    for relation in derived:
+                        found |= self._derived_classes(relation)
+                    cls = most_sensitive(found)
+                if cls is not None:
+                    out.add(cls)
             elif type(v) is dict or type(v) is list:
                 out |= self.classes(v, depth + 1)
         return out
+
+    def _derived_classes(self, relation: str) -> set[DataClass]:
+        """The classes of what a CTE or subquery in FROM selects, once per statement."""
+        memo = self._derived_memo
+        found = memo.get(relation)
+        if found is None:
+            memo[relation] = set()  # a cycle (a recursive CTE) adds nothing more
+            found = set()
+            for query in self.r.derived.get(relation, ()):
+                found |= self.classes(_target_values(query))
+            memo[relation] = found
+        return found
+
+    def _relations_of(self, fields: list[Any]) -> tuple[list[str], list[str]]:
+        """What a ColumnRef may take its value from besides a catalog column: the catalog
+        relations it names as a whole row (``c``, ``c.*``, ``*``), and the relations the
+        statement makes whose output it may be (``v.n``; an unqualified ``n``: any)."""
+        names = [str((f.get("String") or {}).get("sval", "")) if isinstance(f, dict) else "" for f in fields]
+        derived = self.r.derived
+        if bool(fields) and isinstance(fields[-1], dict) and "A_Star" in fields[-1]:
+            if len(names) >= 2:
+                return [names[-2]], [names[-2]]
+            return list(self.r.names), list(derived)
+        if len(names) >= 2:
+            return [], [names[-2]]
+        if not names:
+            return [], []
+        whole = [names[0]] if names[0] in self.r.names else []
+        return whole, [names[0]] if names[0] in derived else list(derived)
 
     def walk(self, node: Any, depth: int = 0) -> None:
         if depth > _MAX_DEPTH:
@@ -305,9 +407,33 @@ class _Finder:
         lcls = most_sensitive(self.classes(left)) if left is not None else None
         rcls = most_sensitive(self.classes(right)) if right is not None else None
         if lcls is not None and right is not None:
-            self.mark(right, lcls)
+            self.meet(right, lcls)
         if rcls is not None and left is not None:
-            self.mark(left, rcls)
+            self.meet(left, rcls)
+
+    def meet(self, node: Any, cls: DataClass) -> None:
+        """Every constant and parameter that reaches ``node`` meets ``cls``: its own, and
+        those of the CTEs and subqueries in FROM whose columns it uses."""
+        self.mark(node, cls)
+        self._mark_derived(node, cls)
+        for sub in _sublinks(node):  # = (SELECT 'x'), = (VALUES ('x')), ARRAY(SELECT ...)
+            if sub.get("subLinkType") in ("EXPR_SUBLINK", "ARRAY_SUBLINK"):
+                for value in _target_values(sub.get("subselect")):
+                    self.meet(value, cls)
+
+    def _mark_derived(self, node: Any, cls: DataClass) -> None:
+        """The constants that reach ``node`` through the columns of a CTE or a subquery
+        in FROM (``WITH v(n) AS (VALUES ('Ada')) ... WHERE c.name = v.n``) meet ``cls``
+        (each relation once per class and statement)."""
+        for fields in _column_refs(node):
+            for relation in self._relations_of(fields)[1]:
+                if (relation, cls) in self._derived_marked or relation not in self.r.derived:
+                    continue
+                self._derived_marked.add((relation, cls))
+                for query in self.r.derived[relation]:
+                    for value in _target_values(query):
+                        self.mark(value, cls)
+                        self._mark_derived(value, cls)
 
     def _siblings(self, args: list[Any], strings_only: bool = True) -> None:
         """In ``f(email, 'ada@...')`` the string meets the column it is handled with."""
@@ -345,9 +471,9 @@ class _Finder:
                 if isinstance(row, dict) and isinstance(colno, int):
                     args = row.get("args") or []
                     if 0 < colno <= len(args):
-                        self.mark(args[colno - 1], cls)
+                        self.meet(args[colno - 1], cls)
                 continue
-            self.mark(val, cls)
+            self.meet(val, cls)
 
     def _insert(self, stmt: dict[str, Any]) -> None:
         relation = stmt.get("relation")
@@ -381,12 +507,12 @@ class _Finder:
         for row in sel.get("valuesLists") or []:
             items = (row.get("List") or {}).get("items") if isinstance(row, dict) else None
             for i, item in enumerate(items or []):
-                if i < len(classes) and classes[i] is not None:
-                    self.mark(item, classes[i])
+                if i < len(classes) and (cls := classes[i]) is not None:
+                    self.meet(item, cls)
         for i, t in enumerate(sel.get("targetList") or []):
             rt = t.get("ResTarget") if isinstance(t, dict) else None
-            if isinstance(rt, dict) and i < len(classes) and classes[i] is not None:
-                self.mark(rt.get("val"), classes[i])
+            if isinstance(rt, dict) and i < len(classes) and (cls := classes[i]) is not None:
+                self.meet(rt.get("val"), cls)
 
     def _merge(self, stmt: dict[str, Any]) -> None:
         relation = stmt.get("relation")
@@ -408,7 +534,7 @@ class _Finder:
                     if i < len(cols):
                         cls = self._column_class(relation, cols[i])
                         if cls is not None:
-                            self.mark(values, cls)
+                            self.meet(values, cls)
             else:
                 self._assignments(relation, targets)
 
@@ -426,6 +552,7 @@ def _const_value(node: dict[str, Any]) -> str | None:
 
 _COLUMN_REF_RE = re.compile(r'"ColumnRef":\{"fields":\[([^\]]*)\]')
 _SVAL_RE = re.compile(r'"sval":"((?:[^"\\]|\\.)*)"')
+_RELATION_NAME_RE = re.compile(r'"(?:relname|aliasname|ctename)":"((?:[^"\\]|\\.)*)"')
 _TARGET_NAME_RE = re.compile(r'"ResTarget":\{"name":"((?:[^"\\]|\\.)*)"')
 # Statements whose values meet columns the text does not name (INSERT without a column
 # list, MERGE ... INSERT VALUES) or any column at all (EXECUTE).
@@ -453,8 +580,13 @@ def _may_meet(raw: str, classmap: ClassMap | None) -> bool:
         return True
     known = _sensitive_names(classmap)
     names = set(_TARGET_NAME_RE.findall(raw))
-    for fields in _COLUMN_REF_RE.findall(raw):
+    refs = _COLUMN_REF_RE.findall(raw)
+    for fields in refs:
         names.update(_SVAL_RE.findall(fields))
+    # a whole row (``to_jsonb(c)``, ``c.*``) holds every column of its relation; the
+    # columns of a CTE or a subquery in FROM hold what their queries select
+    if any('"A_Star"' in fields for fields in refs) or names & set(_RELATION_NAME_RE.findall(raw)):
+        return True
     # "customers": a people-ish table, so that a bare ``name`` counts too
     return any("\\" in n or n in known or _class_by_name("customers", n) is not None for n in names)
 

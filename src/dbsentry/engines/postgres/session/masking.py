@@ -45,6 +45,7 @@ from dbsentry.engines.postgres.masking.lineage import (
     MaskSettings,
     StatementLineage,
     analyze_lineage,
+    created_function_sources,
     plan_masks,
     returns_statement_texts,
 )
@@ -173,7 +174,9 @@ class MaskingView:
         for table in facts.tables_read:
             if table.rpartition(".")[2].strip('"').lower() in self.sensitive_relnames:
                 return True
-        return any(
+        # A function that is not built in may read anything: one of the catalog's, or one
+        # created since it was read (a temporary function is never in it).
+        return self.functions.calls_user_code(facts) or any(
             (name := fn.rpartition(".")[2]) in self.user_functions
             or returns_statement_texts(fn.rpartition(".")[0] or None, name)
             for fn in facts.functions
@@ -735,6 +738,36 @@ class SessionMasking:
             return {}
         path = self.search_path if self.search_path is not None else view.catalog.search_path
         return self.service.copies(view, sql, path, self.path_candidates - set(path))
+
+    def stores_prepared(self, facts: StatementFacts) -> bool:
+        """Whether ``CREATE TABLE t AS EXECUTE name`` stores what the prepared statement
+        returns of classified (or unknown) columns; True when the statement is unknown."""
+        inner = facts.inner
+        if facts.command != "CREATE TABLE AS" or inner is None or inner.command != "EXECUTE":
+            return False
+        view = self.service.current(self.connection)
+        name = inner.prepared_name
+        if view is None or name is None or (name not in self.statements and name not in self.pending):
+            return view is not None
+        plan = self.statement(name)
+        if plan is None:
+            return False  # it reads nothing sensitive
+        return any(c.unknown or any(s in view.classmap.columns for s in c.sources) for c in plan.lineage.columns)
+
+    def creates_classified_function(self, facts: StatementFacts) -> bool:
+        """Whether the statement creates a LANGUAGE sql function or procedure whose body
+        returns or stores values of classified columns (True when it cannot tell)."""
+        if facts.command != "CREATE FUNCTION":  # (CREATE PROCEDURE too)
+            return False
+        view = self.service.current(self.connection)
+        if view is None:
+            return False
+        path = self.search_path if self.search_path is not None else view.catalog.search_path
+        try:
+            sources = created_function_sources(facts.text, view.catalog, path, self.path_candidates - set(path))
+        except LineageError:
+            return True
+        return any(src in view.classmap.columns for src in sources)
 
     def plan(self, sql: str, facts: Sequence[StatementFacts], decision: Decision) -> tuple[StatementPlan | None, ...]:
         view = self.service.current(self.connection)

@@ -261,11 +261,20 @@ class GrantSource(Protocol):
 
 
 _COPYING = frozenset(
-    {"CREATE TABLE AS", "SELECT INTO", "CREATE VIEW", "CREATE MATERIALIZED VIEW", "INSERT", "UPDATE", "MERGE"}
+    {"CREATE TABLE AS", "SELECT INTO", "CREATE VIEW", "CREATE MATERIALIZED VIEW", "CREATE RULE", "INSERT", "UPDATE", "MERGE", "ALTER TABLE"}
 )
 
 
-_VIEWS = frozenset({"CREATE VIEW", "CREATE MATERIALIZED VIEW"})
+# Statements that keep a query to run later, for whoever reads or writes the relation: a
+# rule's actions are a view's query (a rule DO INSTEAD SELECT answers an INSERT with rows
+# no mask plan follows).
+_VIEWS = frozenset({"CREATE VIEW", "CREATE MATERIALIZED VIEW", "CREATE RULE"})
+
+
+def _keeps_a_query(facts: StatementFacts) -> bool:
+    """Whether the statement, or one inside it (``CREATE SCHEMA s CREATE VIEW ...``),
+    defines a view or a rule."""
+    return facts.command in _VIEWS or any(cmd in _VIEWS for cmd in facts.commands)
 
 
 def _copies_data(facts: StatementFacts) -> bool:
@@ -2221,7 +2230,7 @@ class Session:
         if view is not None and any(_copies_data(f) for f in verdict.facts):
             copies = masking.copies(sql)
             if not exempt and (
-                copies is None or copies or any(f.command in _VIEWS and view.copies_sensitive_columns(f) for f in verdict.facts)
+                copies is None or copies or any(_keeps_a_query(f) and view.copies_sensitive_columns(f) for f in verdict.facts)
             ):
                 # Copying classified values elsewhere (a table, a view, another column)
                 # would let a masked identity read them unmasked from there.
@@ -2229,6 +2238,10 @@ class Session:
             if copies:
                 # Whoever reads the copies later sees them masked like the originals.
                 masking.service.inherit(masking.connection, copies)
+        if not exempt and any(masking.creates_classified_function(f) or masking.stores_prepared(f) for f in verdict.facts):
+            # A SQL function's body is a query kept to run later, like a view's; it runs
+            # before the catalog is read again (a temporary function: always).
+            return _refusal(check, "masking.copy_out", "a masked identity may not copy sensitive columns"), ()
         if exempt:
             # Plans are still made (and kept for prepared statements and cursors): whether
             # results are masked is decided when they arrive, grants may expire meanwhile.
