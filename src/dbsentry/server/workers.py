@@ -360,7 +360,7 @@ class Supervisor:
             self._check_ready()
             if self._hup:
                 self._hup = False
-                log.info("SIGHUP: every worker reloads its policy")
+                log.info("SIGHUP: every worker reloads its policy and its connections")
                 self._signal_all(signal.SIGHUP)
             now = time.monotonic()
             for index in self._reap():
