@@ -146,7 +146,13 @@ def test_an_added_connection_is_usable_and_a_removed_one_refuses_new_sessions(
     assert missing in _refusal(proxy, "added")
     with _edited(proxy) as data:
         data["connections"]["added"] = {**data["connections"]["staging"]}
+        # logs in upstream as the test server's superuser, as "prod" does
+        data["connections"]["added_prod"] = {**data["connections"]["prod"]}
     _hup(proxy, APPLIED)
+    # the start-up check of production upstream roles, for the added one only
+    warning = "production connection {!r} logs in upstream as"
+    wait_until(lambda: proxy.log_text().count(warning.format("added_prod")) >= 2, "both workers' role check")
+    assert proxy.log_text().count(warning.format("prod")) == 2  # at start, not again
     assert len(_sessions(proxy, base, "added", "added")) == SESSIONS
     # its catalog (masking) was read at its first use, in each worker
     assert len(re.findall(r"catalog loaded connection=added\b", proxy.log_text())) >= 2

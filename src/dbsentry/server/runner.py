@@ -224,14 +224,21 @@ def _reload_targets(
     catalogs: CatalogLoader | None,
     health: UpstreamHealth | None,
     agent: NodeAgent | None,
+    governor: Governor | None,
 ) -> None:
     """The parts that read the configuration's connections take a SIGHUP reload's: the
     listeners (for their new sessions), the catalogs, the readiness probes, and with a
-    control plane the other nodes' DDL announcements of an added connection."""
+    control plane the other nodes' DDL announcements of an added connection.  Added and
+    changed production connections get the start-up check of their upstream role."""
     loop = asyncio.get_running_loop()
     subscribed = set(reloader.config.connections)
 
     def apply(config: Config) -> None:
+        before = proxy.config.connections
+        if governor is not None:
+            fresh = {n: c for n, c in config.connections.items() if before.get(n) != c}
+            check = config.model_copy(update={"connections": fresh})
+            spawn(log_production_roles(check, governor.policy.production_environments), name="role-check-reload")
         proxy.config = config
         if mysql is not None:
             mysql.config = config
@@ -373,7 +380,7 @@ async def run_server(
     if config.limits.upstream_check_seconds > 0 and config.connections:
         health = UpstreamHealth(config.connections, config.limits.upstream_check_seconds)
         await health.check_all()  # so "ready" says whether the upstreams answer
-    _reload_targets(reloader, proxy, mysql, catalogs, health, agent)
+    _reload_targets(reloader, proxy, mysql, catalogs, health, agent, governor)
     if agent is not None and proxy.node is not None:  # other nodes' consoles may ask now
         proxy.node.channel.status = _worker_status(proxy, mysql, writer, health, agent)
     cluster = ClusterView(agent, proxy.node.channel, asyncio.get_running_loop()) if agent is not None and proxy.node is not None else None
