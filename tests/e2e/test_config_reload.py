@@ -153,6 +153,11 @@ def test_an_added_connection_is_usable_and_a_removed_one_refuses_new_sessions(
     warning = "production connection {!r} logs in upstream as"
     wait_until(lambda: proxy.log_text().count(warning.format("added_prod")) >= 2, "both workers' role check")
     assert proxy.log_text().count(warning.format("prod")) == 2  # at start, not again
+    # a worker started again after the reload serves the reloaded connections too
+    pid = max(int(p) for p in re.findall(r"worker started worker=1 pid=(\d+)", proxy.log_text()))
+    ready = proxy.log_text().count("dbsentry ready")
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: proxy.log_text().count("dbsentry ready") > ready, "worker 1 started again")
     assert len(_sessions(proxy, base, "added", "added")) == SESSIONS
     # its catalog (masking) was read at its first use, in each worker
     assert len(re.findall(r"catalog loaded connection=added\b", proxy.log_text())) >= 2

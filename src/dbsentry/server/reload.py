@@ -5,7 +5,7 @@ restart; a file that does not load changes nothing."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from dbsentry.config import (
@@ -22,6 +22,14 @@ from dbsentry.policy.loader import declared_environments
 log = logging.getLogger("dbsentry")
 
 
+def read_new(path: Path, declared: Iterable[str] = ()) -> Config:
+    """The configuration file read again, its environments checked against ``declared``
+    (the policy's); raises ConfigError."""
+    new = load_config(path).config
+    check_environments(new, declared)
+    return new
+
+
 class ConfigReloader:
     """The running configuration, and the parts that read its connections: each ``target``
     is given the new configuration (the running one with the file's connections) when they
@@ -35,10 +43,8 @@ class ConfigReloader:
 
     def reload(self) -> bool:
         """Read the file again; True when its connections were applied."""
-        try:
-            new = load_config(self.path).config
-            if self.governor is not None:  # the environments the (just reloaded) policy declares
-                check_environments(new, declared_environments(self.governor.policy))
+        try:  # the environments the (just reloaded) policy declares
+            new = read_new(self.path, declared_environments(self.governor.policy) if self.governor is not None else ())
         except ConfigError as err:
             log.error(
                 "configuration reload rejected; nothing changed",
