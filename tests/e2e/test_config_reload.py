@@ -16,6 +16,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -212,3 +213,30 @@ def test_a_changed_listen_section_logs_that_it_needs_a_restart(
     _hup(proxy, "configuration reloaded: connections unchanged")
     assert proxy.log_text().count(warning) >= before + 2
     assert len(_sessions(proxy, base, "staging", "listen")) == SESSIONS  # still on the old port
+
+
+def test_one_process_started_without_connections_takes_them_up_and_probes_them(
+    pg_server: PgServer, tmp_path: Path
+) -> None:
+    path = write_config(tmp_path, pg_server)
+    data = yaml.safe_load(path.read_text())
+    staging = data["connections"]["staging"]
+    http = f"127.0.0.1:{free_port()}"
+    data["listen"]["http"] = http
+    data["connections"] = {}
+    path.write_text(yaml.safe_dump(data))
+    with run_proxy(path) as proxy:
+        proxy.token("alice@example.com", ("eng",))
+        wait_until(lambda: get_json(f"http://{http}/readyz", timeout=1)[0] == 200, "ready")
+        assert get_json(f"http://{http}/readyz")[1]["upstreams"] == {}
+        data["connections"] = {"late": staging}
+        path.write_text(yaml.safe_dump(data))
+        before = proxy.log_text().count(APPLIED)
+        os.kill(proxy.process.pid, signal.SIGHUP)
+        wait_until(lambda: proxy.log_text().count(APPLIED) > before, "the reload")
+        with psycopg.connect(proxy.dsn(dbname="late"), autocommit=True) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+        wait_until(
+            lambda: get_json(f"http://{http}/readyz")[1]["upstreams"].get("late", {}).get("reachable") is True,
+            "the readiness probe of the added connection",
+        )

@@ -377,7 +377,7 @@ async def run_server(
         proxy.more_rows.append(mysql.session_rows)
     stop = stop if stop is not None else asyncio.Event()
     health: UpstreamHealth | None = None
-    if config.limits.upstream_check_seconds > 0 and config.connections:
+    if config.limits.upstream_check_seconds > 0:  # with none yet: a SIGHUP reload may add some
         health = UpstreamHealth(config.connections, config.limits.upstream_check_seconds)
         await health.check_all()  # so "ready" says whether the upstreams answer
     _reload_targets(reloader, proxy, mysql, catalogs, health, agent, governor)
