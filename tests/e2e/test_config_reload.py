@@ -1,5 +1,6 @@
 """SIGHUP reloads the configuration's connections in every worker (``workers: 2``), end to
-end: real clients through a running dbsentry to real PostgreSQL servers.
+end: real clients through a running dbsentry to real PostgreSQL servers (and MariaDB, for
+the MySQL listener; one process).
 
 A connection's upstream demands a password (the ``auth_cluster`` fixture); the others are
 the trust-auth test server.  Each test changes the configuration file, signals the
@@ -24,6 +25,7 @@ import pytest
 import yaml
 
 from support.deploy import get_json, wait_until
+from support.mysql import pymysql_connect, run_mysql_proxy, server_reason
 from support.pg import AuthCluster, PgServer, free_port
 from support.proxy import RunningProxy, run_proxy, write_config
 
@@ -240,3 +242,39 @@ def test_one_process_started_without_connections_takes_them_up_and_probes_them(
             lambda: get_json(f"http://{http}/readyz")[1]["upstreams"].get("late", {}).get("reachable") is True,
             "the readiness probe of the added connection",
         )
+
+
+def test_the_mysql_listener_takes_up_added_and_removed_connections(tmp_path: Path) -> None:
+    if (reason := server_reason()) is not None:
+        pytest.skip(reason)
+    pymysql = pytest.importorskip("pymysql")
+
+    with run_mysql_proxy(tmp_path, extra={"workers": 1}) as mp:
+        path = mp.proxy.config_path
+        data = yaml.safe_load(path.read_text())
+        token = mp.token()
+
+        def hup() -> None:
+            path.write_text(yaml.safe_dump(data))
+            before = mp.proxy.log_text().count(APPLIED)
+            os.kill(mp.proxy.process.pid, signal.SIGHUP)
+            wait_until(lambda: mp.proxy.log_text().count(APPLIED) > before, "the reload")
+
+        with pytest.raises(pymysql.err.OperationalError, match="'dev2' does not exist"):
+            pymysql_connect(mp.port, "alice@example.com", token, "dev2")
+        data["connections"]["dev2"] = data["connections"]["dev"]
+        hup()
+        opened = pymysql_connect(mp.port, "alice@example.com", token, "dev2", autocommit=True)
+        try:
+            with opened.cursor() as cur:
+                cur.execute("select 1")
+                assert cur.fetchone() == (1,)
+            del data["connections"]["dev2"]
+            hup()
+            with pytest.raises(pymysql.err.OperationalError, match="'dev2' does not exist"):
+                pymysql_connect(mp.port, "alice@example.com", token, "dev2")
+            with opened.cursor() as cur:  # the open session goes on
+                cur.execute("select 2")
+                assert cur.fetchone() == (2,)
+        finally:
+            opened.close()
