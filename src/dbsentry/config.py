@@ -516,6 +516,41 @@ def check_environments(config: Config, declared: Iterable[str] = ()) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class ReloadPlan:
+    """What a SIGHUP reload does with a new file (:func:`plan_reload`): the connections
+    added, changed and removed (applied), and the other sections that differ (not applied:
+    they take effect after a restart)."""
+
+    added: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    restart_sections: tuple[str, ...] = ()
+
+    @property
+    def connections_changed(self) -> bool:
+        return bool(self.added or self.changed or self.removed)
+
+
+def plan_reload(running: Config, new: Config) -> ReloadPlan:
+    """Compare the running configuration with a newly read one: only ``connections`` are
+    reloaded at run time, every other top-level section that differs is named."""
+    old_c, new_c = running.connections, new.connections
+    return ReloadPlan(
+        added=tuple(sorted(n for n in new_c if n not in old_c)),
+        changed=tuple(sorted(n for n in new_c if n in old_c and new_c[n] != old_c[n])),
+        removed=tuple(sorted(n for n in old_c if n not in new_c)),
+        restart_sections=tuple(
+            name for name in Config.model_fields if name != "connections" and getattr(running, name) != getattr(new, name)
+        ),
+    )
+
+
+def with_connections(running: Config, new: Config) -> Config:
+    """The running configuration with ``new``'s connections (the rest as it is)."""
+    return running.model_copy(update={"connections": dict(new.connections)})
+
+
+@dataclass(frozen=True, slots=True)
 class LoadedConfig:
     """A validated config and the file it came from (relative paths resolve against it)."""
 

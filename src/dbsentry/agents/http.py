@@ -98,6 +98,11 @@ class McpHttp:
             security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
         )
 
+    def reconfigure(self, config: Config) -> None:
+        """A SIGHUP reload's connections (the rest of ``config`` is as it was)."""
+        self.config = config
+        self.tools.config = config
+
     @asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
         async with self.manager.run():

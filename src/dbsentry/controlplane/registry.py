@@ -145,8 +145,10 @@ class NodeAgent:
         return None
 
     def on(self, topic: str, callback: Callable[[], None]) -> None:
-        """Call ``callback`` (in this agent's thread) when ``topic`` is announced."""
-        self._callbacks.setdefault(topic, []).append(callback)
+        """Call ``callback`` (in this agent's thread) when ``topic`` is announced.  May be
+        called once the thread runs (a SIGHUP reload's added connections): the mapping is
+        replaced, never changed while that thread reads it."""
+        self._callbacks = {**self._callbacks, topic: [*self._callbacks.get(topic, ()), callback]}
 
     # --- the thread -------------------------------------------------------------------------
 

@@ -102,6 +102,15 @@ class CatalogLoader:
         # its catalog again, ``refresh``).
         self.announce: Callable[[str], None] | None = None
 
+    def reconfigure(self, config: Config) -> None:
+        """A SIGHUP reload's connections: a changed one's catalog is read again at its next
+        use, an added one's at its first; a removed one's stays for the sessions still open
+        on it, and is no longer refreshed."""
+        before, self.config = self.config.connections, config
+        for name in self._loaded_at:
+            if name in config.connections and config.connections[name] != before.get(name):
+                self._stale.add(name)
+
     async def ensure(self, name: str) -> None:
         """The catalog of ``name`` is loaded (reading it now if it never was)."""
         if name in self._loaded_at:
@@ -127,6 +136,9 @@ class CatalogLoader:
             spawn(self._refresh(name), name="catalog-refresh")
 
     async def _refresh(self, name: str) -> None:
+        if name not in self.config.connections:  # removed by a reload: kept as it was
+            self._stale.discard(name)
+            return
         try:
             await self._load(name)
             while name in self._stale:  # DDL while it was being read: read it again
@@ -140,7 +152,9 @@ class CatalogLoader:
             if name in self._loaded_at and name not in self._stale:
                 return
             self._stale.discard(name)
-            conn = self.config.connections[name]
+            conn = self.config.connections.get(name)
+            if conn is None:  # removed by a reload since the session asking for it started
+                raise CatalogError(f"connection {name!r} is no longer configured")
             memory = self._values.setdefault(name, ValueMemory())
             for attempt in range(_CONCURRENT_DDL_RETRIES + 1):
                 try:

@@ -763,7 +763,7 @@ class MySQLClient(asyncio.Protocol):
         spawn(verify(), name="mysql-verify")
 
     async def _open_upstream(self, cmd: c.OpenUpstream) -> None:
-        conn = self.proxy.config.connections[cmd.connection]
+        conn = self.session.config.connections[cmd.connection]  # as it was when the session started
         try:
             login_ = _new_login(conn, cmd.connection, cmd.capabilities, cmd.charset, cmd.attributes)
             _, writer, ready = await _connect(conn, cmd.connection, login_)

@@ -865,7 +865,9 @@ class ClientConnection(asyncio.Protocol):
         spawn(verify(), name="verify")
 
     async def _open_upstream(self, cmd: c.OpenUpstream) -> None:
-        conn = self.proxy.config.connections[cmd.connection]
+        # the connection as it was when the session started (a SIGHUP reload changes the
+        # proxy's, for the sessions after it)
+        conn = self.session.config.connections[cmd.connection]
         loop = asyncio.get_running_loop()
         try:
             password = conn.resolve_password()
@@ -976,7 +978,7 @@ class ClientConnection(asyncio.Protocol):
         name = self.session.connection_name
         if from_server and sqlstate.startswith("28"):
             # The upstream refused the proxy's own credentials: the client's token was fine.
-            conn = self.proxy.config.connections.get(name or "")
+            conn = self.session.config.connections.get(name or "")
             if conn is not None and name is not None:
                 self._log_upstream_failure(name, conn, f"the upstream rejected the proxy's credentials: {message}")
             sqlstate, message = "08004", f'dbsentry: the upstream of connection "{name}" rejected the proxy\'s credentials'

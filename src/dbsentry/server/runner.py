@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import signal
@@ -40,6 +41,7 @@ from dbsentry.server.cluster import ClusterView
 from dbsentry.server.internode import NodeChannel, NodeLink, Status
 from dbsentry.server.mysql_proxy import start_mysql_listener
 from dbsentry.server.proxy import ProxyServer
+from dbsentry.server.reload import ConfigReloader
 from dbsentry.server.roles import log_production_roles
 from dbsentry.server.upstream_health import UpstreamHealth
 from dbsentry.server.workerproto import WorkerInfo
@@ -107,6 +109,7 @@ def _mcp_endpoint(
     approvals: Approvals | None,
     catalogs: CatalogLoader | None,
     writer: AuditLog | None,
+    reloader: ConfigReloader,
 ) -> object:
     """The MCP server at /mcp (docs/mcp.md): its tools log in to this proxy's own listener."""
     from dbsentry.agents.http import build_http
@@ -126,7 +129,9 @@ def _mcp_endpoint(
     if writer is not None:  # the call's statement record, as the console reads it
         catch_up = CatchUp(config.audit.log_path(config.state_dir), writer.node, lambda: writer.durable_seq)
         audit = AuditLookup(lambda: open_store(config.audit, config.state_dir), catch_up)
-    return build_http(config, authenticator, governor, lambda: approvals.store if approvals is not None else None, views, audit)
+    endpoint = build_http(config, authenticator, governor, lambda: approvals.store if approvals is not None else None, views, audit)
+    reloader.targets.append(endpoint.reconfigure)  # its tools list and use the connections
+    return endpoint
 
 
 def _every_worker_sessions(proxy: ProxyServer) -> Callable[[], list[dict[str, Any]]]:
@@ -146,6 +151,18 @@ def _tell_workers(save: Callable[[DerivedSet], None], proxies: list[ProxyServer]
             proxy.derived_changed()
 
     return saved
+
+
+def _on_hup(governor: Governor | None, reloader: ConfigReloader) -> Callable[[], None]:
+    """SIGHUP: the policy file, then the configuration's connections (checked against the
+    environments the new policy declares)."""
+
+    def reload() -> None:
+        if governor is not None:
+            governor.reload()
+        reloader.reload()
+
+    return reload
 
 
 def _unset(_: object) -> None:
@@ -193,6 +210,51 @@ def _worker_status(
     return status
 
 
+def _refresher(catalogs: CatalogLoader, loop: asyncio.AbstractEventLoop, name: str) -> Callable[[], None]:
+    def refresh() -> None:  # in the agent's thread: the refresh runs in the loop
+        loop.call_soon_threadsafe(catalogs.refresh, name)
+
+    return refresh
+
+
+def _reload_targets(
+    reloader: ConfigReloader,
+    proxy: ProxyServer,
+    mysql: Any,
+    catalogs: CatalogLoader | None,
+    health: UpstreamHealth | None,
+    agent: NodeAgent | None,
+    governor: Governor | None,
+) -> None:
+    """The parts that read the configuration's connections take a SIGHUP reload's: the
+    listeners (for their new sessions), the catalogs, the readiness probes, and with a
+    control plane the other nodes' DDL announcements of an added connection.  Added and
+    changed production connections get the start-up check of their upstream role."""
+    loop = asyncio.get_running_loop()
+    subscribed = set(reloader.config.connections)
+
+    def apply(config: Config) -> None:
+        before = proxy.config.connections
+        if governor is not None:
+            fresh = {n: c for n, c in config.connections.items() if before.get(n) != c}
+            check = config.model_copy(update={"connections": fresh})
+            spawn(log_production_roles(check, governor.policy.production_environments), name="role-check-reload")
+        proxy.config = config
+        if mysql is not None:
+            mysql.config = config
+        if catalogs is not None:
+            catalogs.reconfigure(config)
+            if agent is not None:
+                for name in sorted(set(config.connections) - subscribed):
+                    agent.on(f"catalog:{name}", _refresher(catalogs, loop, name))
+                    subscribed.add(name)
+        if health is not None:
+            health.reconfigure(config.connections)
+            spawn(health.check_all(), name="upstream-health-reload")
+
+    reloader.targets.append(apply)
+
+
 async def _join_control_plane(
     config: Config, proxy: ProxyServer, approvals: Approvals | None, worker: WorkerInfo | None
 ) -> NodeAgent | None:
@@ -224,14 +286,8 @@ async def _join_control_plane(
     if catalogs is not None:
         # DDL seen by any worker of any node: every node reads that catalog again
         catalogs.announce = lambda name: agent.announce(f"catalog:{name}")
-        def refresher(name: str) -> Callable[[], None]:
-            def refresh() -> None:  # in the agent's thread: the refresh runs in the loop
-                loop.call_soon_threadsafe(catalogs.refresh, name)
-
-            return refresh
-
         for name in config.connections:
-            agent.on(f"catalog:{name}", refresher(name))
+            agent.on(f"catalog:{name}", _refresher(catalogs, loop, name))
     agent.start()
     return agent
 
@@ -303,6 +359,7 @@ async def run_server(
         authenticator = shared_authenticator(config)
     else:
         authenticator = Authenticator(config)
+    reloader = ConfigReloader(loaded.path, config, governor)
     proxy = ProxyServer(
         config, authenticator, governor, writer, catalogs, approvals, auth_needs_io=authenticator.needs_io, worker=worker
     )
@@ -320,9 +377,10 @@ async def run_server(
         proxy.more_rows.append(mysql.session_rows)
     stop = stop if stop is not None else asyncio.Event()
     health: UpstreamHealth | None = None
-    if config.limits.upstream_check_seconds > 0 and config.connections:
+    if config.limits.upstream_check_seconds > 0:  # with none yet: a SIGHUP reload may add some
         health = UpstreamHealth(config.connections, config.limits.upstream_check_seconds)
         await health.check_all()  # so "ready" says whether the upstreams answer
+    _reload_targets(reloader, proxy, mysql, catalogs, health, agent, governor)
     if agent is not None and proxy.node is not None:  # other nodes' consoles may ask now
         proxy.node.channel.status = _worker_status(proxy, mysql, writer, health, agent)
     cluster = ClusterView(agent, proxy.node.channel, asyncio.get_running_loop()) if agent is not None and proxy.node is not None else None
@@ -368,14 +426,14 @@ async def run_server(
             control_plane_up=(lambda: agent.up) if agent is not None else None,
         )
         if config.mcp.http and governor is not None:
-            ctx.mcp = _mcp_endpoint(config, authenticator, governor, approvals, catalogs, writer)
+            ctx.mcp = _mcp_endpoint(config, authenticator, governor, approvals, catalogs, writer, reloader)
+        reloader.targets.append(functools.partial(setattr, ctx, "config"))  # the console's lists
         http_task = spawn(serve_http(create_app(ctx), *http_addr, stop, sock=sock), name="http")
     loop = asyncio.get_running_loop()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        if governor is not None:
-            loop.add_signal_handler(signal.SIGHUP, governor.reload)
+        loop.add_signal_handler(signal.SIGHUP, _on_hup(governor, reloader))
         # The process is ours (not a test's thread): what start-up loaded (modules, policy,
         # catalogs) lives for good, so the collector's full passes no longer walk it; a
         # statement that builds a large tree then costs its own objects, not the heap's.

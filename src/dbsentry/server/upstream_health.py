@@ -83,6 +83,17 @@ class UpstreamHealth:
             for name, conn in self._connections.items()
         }
 
+    def reconfigure(self, connections: Mapping[str, ConnectionConfig]) -> None:
+        """A SIGHUP reload's connections: added ones are probed from now on (their state
+        unknown until then), removed ones no longer; a changed address starts unknown."""
+        self._connections = dict(connections)
+        old = self._status
+        self._status = {}
+        for name, conn in self._connections.items():
+            address = f"{conn.host}:{conn.port}"
+            before = old.get(name)
+            self._status[name] = before if before is not None and before.address == address else UpstreamStatus(name, address)
+
     def snapshot(self) -> dict[str, UpstreamStatus]:
         return dict(self._status)
 
@@ -120,7 +131,8 @@ class UpstreamHealth:
                     "upstream reachable again",
                     extra={"fields": {"connection": name, "address": before.address}},
                 )
-        self._status[name] = now
+        if self._connections.get(name) is conn:  # not removed nor changed by a reload meanwhile
+            self._status[name] = now
 
     async def run(self, stop: asyncio.Event) -> None:
         """Probe every ``interval`` seconds until ``stop`` is set (the first round is

@@ -261,6 +261,23 @@ class Supervisor:
         self.exit_code = 0
         self._hup = False
 
+    def _reload_connections(self) -> None:
+        """SIGHUP: the connections the workers take up (server/reload.py) are also those of
+        a worker started again later.  A file they reject (and log) changes nothing here."""
+        from dbsentry.config import ConfigError, with_connections
+        from dbsentry.engines.postgres.session.governance import Governor
+        from dbsentry.policy import PolicyError
+        from dbsentry.policy.loader import declared_environments
+        from dbsentry.server.reload import read_new
+
+        config = self.loaded.config
+        try:
+            declared = () if config.passthrough else declared_environments(Governor.from_path(config.policy).policy)
+            new = read_new(self.loaded.path, declared)
+        except (ConfigError, PolicyError):
+            return
+        self.loaded = LoadedConfig(with_connections(config, new), self.loaded.path)
+
     def _spawn(self, index: int) -> None:
         info = WorkerInfo(index, self.count, self.key, run_dir(self.config))
         sys.stdout.flush()
@@ -360,8 +377,9 @@ class Supervisor:
             self._check_ready()
             if self._hup:
                 self._hup = False
-                log.info("SIGHUP: every worker reloads its policy")
+                log.info("SIGHUP: every worker reloads its policy and its connections")
                 self._signal_all(signal.SIGHUP)
+                self._reload_connections()
             now = time.monotonic()
             for index in self._reap():
                 if self.stopping:
