@@ -60,7 +60,7 @@ def test_a_node_answers_what_another_asks_and_ignores_a_forged_frame() -> None:
                 await NodeChannel(b"x" * 32, "127.0.0.1", 0, lambda *_: None).ask(f"{host}:{port}", "mysql-kill", target=7)
             # A frame not under the cluster key: the connection is closed without an answer.
             reader, writer = await asyncio.open_connection(host, port)
-            writer.write(seal(b"x" * 32, {"op": "mysql-kill", "target": 7, "identity": "alice@example.com"}))
+            writer.write(seal(b"x" * 32, {"op": "mysql-kill", "nonce": "n" * 32, "target": 7, "identity": "alice@example.com"}))
             await writer.drain()
             assert await reader.read() == b""  # closed without an answer
             writer.close()
@@ -94,5 +94,41 @@ def test_an_answer_that_does_not_verify_is_refused(tmp_path: Path) -> None:
         finally:
             server.close()
             await server.wait_closed()
+
+    asyncio.run(run())
+
+
+def test_a_recorded_cancel_or_kill_sent_again_is_ignored() -> None:
+    """A frame is fresh for half a minute; within it, the same message replayed (the nonce
+    already seen) does nothing, and one without a nonce is refused."""
+
+    async def run() -> None:
+        seen: list[dict[str, Any]] = []
+        cancels: list[int] = []
+        owner = NodeChannel(KEY, "127.0.0.1", 0, lambda pid, secret, source: cancels.append(pid))
+        owner.on("mysql-kill", _kill_handler(seen))
+        host, port = await owner.start()
+
+        async def send(frame: bytes) -> bytes:
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(frame)
+            await writer.drain()
+            got = await reader.read()
+            writer.close()
+            return got
+
+        try:
+            kill = seal(KEY, {"op": "mysql-kill", "nonce": "a" * 32, "target": 7, "identity": "alice@example.com"})
+            assert await send(kill) != b""  # answered
+            assert await send(kill) == b""  # the same frame again: no answer, nothing done
+            assert len(seen) == 1
+            cancel = seal(KEY, {"op": "cancel", "nonce": "b" * 32, "pid": 1234, "secret": "00" * 4, "source": "t"})
+            await send(cancel)
+            await send(cancel)
+            await send(seal(KEY, {"op": "cancel", "pid": 1235, "secret": "00" * 4, "source": "t"}))  # no nonce
+            await asyncio.sleep(0.05)
+            assert cancels == [1234]
+        finally:
+            await owner.close()
 
     asyncio.run(run())

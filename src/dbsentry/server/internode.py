@@ -179,8 +179,17 @@ class NodeChannel:
             if body is None:
                 log.warning("forged or stale message from another node ignored", extra={"fields": {"peer": where}})
                 return
+            # Every message carries a nonce: one already seen within the time a frame stays
+            # fresh is a replay (a recorded cancel or KILL sent again) and is ignored.
+            nonce = body.get("nonce")
+            if not isinstance(nonce, str) or not 16 <= len(nonce) <= 64:
+                log.warning("malformed message from another node ignored", extra={"fields": {"peer": where}})
+                return
+            if not self._seen.first_time(nonce, time.time()):
+                log.warning("replayed message from another node ignored", extra={"fields": {"peer": where, "op": str(body.get("op"))[:20]}})
+                return
             if body.get("op") == "status":
-                await self._answer_status(body, writer, where)
+                await self._answer_status(nonce, writer)
                 return
             handler = self.handlers.get(str(body.get("op")))
             if handler is not None:
@@ -204,14 +213,7 @@ class NodeChannel:
         finally:
             writer.close()
 
-    async def _answer_status(self, body: dict[str, Any], writer: asyncio.StreamWriter, where: str) -> None:
-        nonce = body.get("nonce")
-        if not isinstance(nonce, str) or not 16 <= len(nonce) <= 64:
-            log.warning("malformed message from another node ignored", extra={"fields": {"peer": where}})
-            return
-        if not self._seen.first_time(nonce, time.time()):
-            log.warning("replayed question from another node ignored", extra={"fields": {"peer": where}})
-            return
+    async def _answer_status(self, nonce: str, writer: asyncio.StreamWriter) -> None:
         writer.write(seal(self.key, status_answer(self.node, self.worker, nonce, self.status)))
         await asyncio.wait_for(writer.drain(), ASK_TIMEOUT_SECONDS)
 
@@ -239,14 +241,15 @@ class NodeChannel:
         an address that is no host:port) when it cannot be had (the caller bounds the wait)."""
         host, _, port = address.rpartition(":")
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), ASK_TIMEOUT_SECONDS)
-        return await ask_stream(reader, writer, self.key, {"op": op, **fields})
+        return await ask_stream(reader, writer, self.key, {"op": op, "nonce": secrets.token_hex(16), **fields})
 
     async def send_cancel(self, address: str, pid: int, secret: bytes, source: str) -> bool:
         """Hand a CancelRequest to the worker at ``address``; False when it cannot be reached."""
         host, _, port = address.rpartition(":")
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), ASK_TIMEOUT_SECONDS)
-            writer.write(seal(self.key, {"op": "cancel", "pid": pid, "secret": secret.hex(), "source": source}))
+            body = {"op": "cancel", "nonce": secrets.token_hex(16), "pid": pid, "secret": secret.hex(), "source": source}
+            writer.write(seal(self.key, body))
             await writer.drain()
             writer.close()
             return True
