@@ -45,13 +45,19 @@ def test_a_worker_answers_what_another_asks(tmp_path: Path) -> None:
     asyncio.run(run())
 
 
+async def _node_owner() -> tuple[NodeChannel, list[dict[str, Any]], list[int], str, int]:
+    """A node's channel that answers KILLs (recorded in the list) and takes cancels (their pids)."""
+    seen: list[dict[str, Any]] = []
+    cancels: list[int] = []
+    owner = NodeChannel(KEY, "127.0.0.1", 0, lambda pid, secret, source: cancels.append(pid))
+    owner.on("mysql-kill", _kill_handler(seen))
+    host, port = await owner.start()
+    return owner, seen, cancels, host, port
+
+
 def test_a_node_answers_what_another_asks_and_ignores_a_forged_frame() -> None:
     async def run() -> None:
-        seen: list[dict[str, Any]] = []
-        cancels: list[int] = []
-        owner = NodeChannel(KEY, "127.0.0.1", 0, lambda pid, secret, source: cancels.append(pid))
-        owner.on("mysql-kill", _kill_handler(seen))
-        host, port = await owner.start()
+        owner, seen, cancels, host, port = await _node_owner()
         asker = NodeChannel(KEY, "127.0.0.1", 0, lambda *_: None)
         try:
             answer = await asker.ask(f"{host}:{port}", "mysql-kill", target=7, identity="alice@example.com")
@@ -103,11 +109,7 @@ def test_a_recorded_cancel_or_kill_sent_again_is_ignored() -> None:
     already seen) does nothing, and one without a nonce is refused."""
 
     async def run() -> None:
-        seen: list[dict[str, Any]] = []
-        cancels: list[int] = []
-        owner = NodeChannel(KEY, "127.0.0.1", 0, lambda pid, secret, source: cancels.append(pid))
-        owner.on("mysql-kill", _kill_handler(seen))
-        host, port = await owner.start()
+        owner, seen, cancels, host, port = await _node_owner()
 
         async def send(frame: bytes) -> bytes:
             reader, writer = await asyncio.open_connection(host, port)
