@@ -16,8 +16,7 @@ from typing import Any
 
 import pytest
 
-from support import mysql as server
-from support.mysql import MySQLProxy, audit_rows, run_mysql_proxy, server_reason
+from support.mysql import MySQLProxy, audit_rows, root_connect, run_mysql_proxy, server_reason
 
 _REASON = server_reason()
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
@@ -37,17 +36,11 @@ class Env:
     o: str  # id, label: a table without classified columns
 
 
-def _root() -> Any:
-    return pymysql.connect(
-        host=server.HOST, port=server.PORT, user="root", password="", database=server.DATABASE, autocommit=True
-    )
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     s = uuid.uuid4().hex[:8]
     t, o = f"ar3_people_{s}", f"ar3_other_{s}"
-    with _root() as conn, conn.cursor() as cur:
+    with root_connect() as conn, conn.cursor() as cur:
         cur.execute(
             f"CREATE TABLE {t} (id INT PRIMARY KEY, holder VARCHAR(40) COMMENT 'pii:person_name',"
             " score INT, city VARCHAR(40))"
@@ -60,7 +53,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         with run_mysql_proxy(directory, extra={"masking": {"sample_budget_seconds": 5}}) as mp:
             yield Env(mp, t, o)
     finally:
-        with _root() as conn, conn.cursor() as cur:
+        with root_connect() as conn, conn.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS {t}")
             cur.execute(f"DROP TABLE IF EXISTS {o}")
 
@@ -104,7 +97,7 @@ def test_execute_immediate_is_masked_as_its_text(env: Env, who: Any) -> None:
 def test_sys_schema_functions_derive_from_their_arguments(env: Env) -> None:
     """sys.quote_identifier(holder) (MariaDB ships the sys schema) was an unknown value
     with no source: value-scanned, and a name is nothing a scan finds."""
-    with _root() as conn, conn.cursor() as cur:
+    with root_connect() as conn, conn.cursor() as cur:
         cur.execute("SELECT COUNT(*) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = 'sys' AND ROUTINE_NAME = 'quote_identifier'")
         if cur.fetchone()[0] == 0:
             pytest.skip("this server has no sys.quote_identifier")
@@ -209,7 +202,7 @@ def test_handler_reads_by_key_answer_no_predicate(env: Env) -> None:
     """HANDLER t READ index >= ('M'): whether a row comes back is a range question on the
     indexed name (binary search spells every name), refused as a WHERE is; a HANDLER
     opened under another name is refused (its reads name no table)."""
-    with _root() as conn, conn.cursor() as cur:
+    with root_connect() as conn, conn.cursor() as cur:
         cur.execute(f"ALTER TABLE {env.t} ADD INDEX by_holder (holder)")
     with connect(env.mp, AGENT, "prod") as conn, conn.cursor() as cur:
         cur.execute(f"HANDLER {env.t} OPEN")
@@ -245,7 +238,7 @@ def test_create_or_replace_table_is_a_drop(env: Env) -> None:
         with pytest.raises(pymysql.err.MySQLError) as info:
             cur.execute(f"CREATE OR REPLACE TABLE {env.o} (id INT)")
         assert info.value.args[0] == 1227 and "baseline.prod.drop" in info.value.args[1], info.value.args
-    with _root() as conn, conn.cursor() as cur:
+    with root_connect() as conn, conn.cursor() as cur:
         cur.execute(f"SELECT COUNT(*) FROM {env.o}")
         assert cur.fetchone()[0] == 3
 
@@ -263,7 +256,7 @@ def test_views_and_computed_columns_over_names_are_copies(env: Env) -> None:
             cur.execute(f"SELECT * FROM {env.t} ORDER BY id")
             _no_name(cur.fetchall())
     finally:
-        with _root() as conn, conn.cursor() as cur:
+        with root_connect() as conn, conn.cursor() as cur:
             cur.execute(f"DROP VIEW IF EXISTS {view}")
             cur.execute(f"ALTER TABLE {env.t} DROP COLUMN IF EXISTS h2, DROP COLUMN IF EXISTS h3")
 

@@ -13,7 +13,12 @@ from typing import Any
 
 import pytest
 
-from support.mysql import DATABASE, HOST, PORT, MySQLProxy, run_mysql_proxy, server_reason
+from support.mysql import (
+    MySQLProxy,
+    root_connect,
+    run_mysql_proxy,
+    server_reason,
+)
 
 _REASON = server_reason()
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
@@ -23,10 +28,6 @@ MASKED = ("eve@example.com", ("eng",), False)
 EXEMPT = ("rita@example.com", ("eng", "pii-readers"), False)
 NAMES = ["Ada Lovelace", "Grace Hopper", "Alan Turing", "Edsger Dijkstra"]
 CITIES = ["London", "Arlington", "Wilmslow", "Nuenen"]
-
-
-def _root() -> Any:
-    return pymysql.connect(host=HOST, port=PORT, user="root", password="", database=DATABASE, autocommit=True)
 
 
 def connect(mp: MySQLProxy, who: tuple[str, tuple[str, ...], bool]) -> Any:
@@ -47,14 +48,14 @@ def tables() -> Iterator[dict[str, str]]:
         f"CREATE TABLE {names['dup']} (id INT PRIMARY KEY, txt VARCHAR(60))",
         f"INSERT INTO {names['dup']} VALUES (1, 'plain words')",
     ]
-    with _root() as conn, conn.cursor() as cur:
+    with root_connect() as conn, conn.cursor() as cur:
         for sql in setup:
             cur.execute(sql)
         cur.executemany(f"INSERT INTO {names['src']} VALUES (%s, %s, %s)", list(zip(range(1, 5), NAMES, CITIES, strict=True)))
     try:
         yield names
     finally:
-        with _root() as conn, conn.cursor() as cur:
+        with root_connect() as conn, conn.cursor() as cur:
             for t in names.values():
                 cur.execute(f"DROP TABLE IF EXISTS {t}")
 

@@ -20,11 +20,9 @@ from typing import Any
 import pytest
 
 from support.mysql import (
-    DATABASE,
-    HOST,
-    PORT,
     MySQLProxy,
     audit_rows,
+    root_connect,
     run_mysql_proxy,
     server_reason,
 )
@@ -53,15 +51,11 @@ class Env:
     v: str
 
 
-def _root() -> Any:
-    return pymysql.connect(host=HOST, port=PORT, user="root", password="", database=DATABASE, autocommit=True)
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     s = uuid.uuid4().hex[:8]
     t, v = f"mcust_{s}", f"mcust_v_{s}"
-    with _root() as conn, conn.cursor() as cur:
+    with root_connect() as conn, conn.cursor() as cur:
         cur.execute(
             f"CREATE TABLE {t} (id INT PRIMARY KEY, email VARCHAR(80), ssn VARCHAR(20), phone VARCHAR(30),"
             " card_number VARCHAR(30), nickname VARCHAR(40) COMMENT 'pii:person_name', label VARCHAR(80), city VARCHAR(40))"
@@ -73,7 +67,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         with run_mysql_proxy(directory, extra={"masking": {"sample_budget_seconds": 5}}) as mp:
             yield Env(mp, t, v)
     finally:
-        with _root() as conn, conn.cursor() as cur:
+        with root_connect() as conn, conn.cursor() as cur:
             cur.execute(f"DROP VIEW IF EXISTS {v}")
             cur.execute(f"DROP TABLE IF EXISTS {t}")
 
@@ -257,7 +251,7 @@ def test_server_errors_and_warnings_do_not_quote_masked_values(env: Env) -> None
         cur.fetchall()
         cur.execute("SHOW WARNINGS")
         assert "Nick1" not in repr(cur.fetchall())
-    with _root() as conn, conn.cursor() as cur:
+    with root_connect() as conn, conn.cursor() as cur:
         cur.execute(f"SELECT id FROM {env.t} WHERE id = 1")
         assert cur.fetchone() == (1,)  # neither UPDATE changed anything
 
@@ -269,7 +263,7 @@ def test_other_sessions_statement_texts_are_redacted(env: Env) -> None:
     marker = "Zebediah Quarrington-Fotheringay"
 
     def sleeper() -> None:
-        with _root() as conn, conn.cursor() as cur:
+        with root_connect() as conn, conn.cursor() as cur:
             cur.execute(f"SELECT SLEEP(4), '{marker}'")
 
     t = threading.Thread(target=sleeper)

@@ -25,7 +25,14 @@ import anyio
 import pytest
 
 from support.audit import search
-from support.mysql import DATABASE, HOST, PORT, MySQLProxy, run_mysql_proxy, server_reason
+from support.mysql import (
+    DATABASE,
+    PORT,
+    MySQLProxy,
+    root_connect,
+    run_mysql_proxy,
+    server_reason,
+)
 from support.pg import free_port
 from support.proxy import dbsentry_cli
 
@@ -56,15 +63,11 @@ class Env:
         return self.mp.proxy.config_path
 
 
-def _root() -> Any:
-    return pymysql.connect(host=HOST, port=PORT, user="root", password="", database=DATABASE, autocommit=True)
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     s = uuid.uuid4().hex[:8]
     t, orders = f"mmcp_{s}", f"mmcp_orders_{s}"
-    with _root() as conn, conn.cursor() as cur:
+    with root_connect() as conn, conn.cursor() as cur:
         cur.execute(f"CREATE TABLE {t} (id INT PRIMARY KEY, email VARCHAR(80) NOT NULL, note VARCHAR(80), KEY email_idx (email))")
         cur.executemany(f"INSERT INTO {t} VALUES (%s, %s, %s)", [(i, e, f"note {i}") for i, e in enumerate(EMAILS, 1)])
         cur.execute(f"CREATE TABLE {orders} (id INT PRIMARY KEY, item VARCHAR(40))")
@@ -92,7 +95,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         with run_mysql_proxy(directory, port=port, extra=extra) as mp:
             yield Env(mp, f"http://127.0.0.1:{http}/mcp", t, orders)
     finally:
-        with _root() as conn, conn.cursor() as cur:
+        with root_connect() as conn, conn.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS {t}")
             cur.execute(f"DROP TABLE IF EXISTS {orders}")
 
@@ -162,7 +165,7 @@ def test_production_refuses_drop_and_agent_writes(env: Env) -> None:
     assert drop["audit"]["decision"] == "deny"
     assert e2 and write["sqlstate"] == "42000" and "dbsentry:" in write["database_message"], write
     assert not e3 and after["rows"] == [["note 1"]]  # the session goes on; nothing changed
-    with _root() as conn, conn.cursor() as cur:
+    with root_connect() as conn, conn.cursor() as cur:
         cur.execute(f"SELECT COUNT(*) FROM {env.t}")
         assert cur.fetchone()[0] == 12
 
@@ -193,7 +196,7 @@ def test_approval_request_id_then_approved_runs_once(env: Env) -> None:
     (e1, ran), (e2, again) = call(env, ("query", {"connection": "dev", "sql": sql}), ("query", {"connection": "dev", "sql": sql}))
     assert not e1 and ran["row_count"] == 1 and ran["audit"]["approval_id"] == rid, ran
     assert e2 and again["approval_request_id"] != rid  # used up: a new request
-    with _root() as conn, conn.cursor() as cur:
+    with root_connect() as conn, conn.cursor() as cur:
         cur.execute(f"SELECT id FROM {env.orders} ORDER BY id")
         ids = {r[0] for r in cur.fetchall()}
         assert 4 not in ids and {1, 2, 3} <= ids  # deleted once, nothing else
@@ -230,7 +233,7 @@ def test_request_approval_waits_for_the_reviewer_then_runs_once(env: Env) -> Non
     asked, ran = anyio.run(main)
     assert asked["status"] == "approved" and asked["waited_seconds"] > 0.2, (asked, seen, decided)
     assert ran["row_count"] == 1 and ran["audit"]["approval_id"] == asked["request_id"], ran
-    with _root() as conn, conn.cursor() as cur:
+    with root_connect() as conn, conn.cursor() as cur:
         cur.execute(f"SELECT id FROM {env.orders} ORDER BY id")
         ids = {r[0] for r in cur.fetchall()}
         assert 5 not in ids and {1, 2, 3} <= ids
@@ -241,7 +244,7 @@ def test_statement_timeout_kills_the_query_and_the_session_goes_on(env: Env) -> 
     [(e1, slow)] = call(env, ("query", {"connection": "dev", "sql": "SELECT SLEEP(20) AS mmcp_sleeper"}))
     assert e1 and "statement timeout" in slow["error"], slow
     assert time.monotonic() - started < 15
-    with _root() as conn, conn.cursor() as cur:  # the KILL QUERY reached the server: nothing sleeps on
+    with root_connect() as conn, conn.cursor() as cur:  # the KILL QUERY reached the server: nothing sleeps on
         cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE '%SLEEP(20) AS mmcp_sleeper%' AND INFO NOT LIKE '%PROCESSLIST%'")
         assert cur.fetchone()[0] == 0
     [(e2, after)] = call(env, ("query", {"connection": "dev", "sql": "SELECT 41 + 1"}))
@@ -355,7 +358,7 @@ def test_a_result_cut_at_its_cap_is_not_read_to_the_end(env: Env) -> None:
     assert not e2 and after["rows"] == [["42"]]
     deadline = time.monotonic() + 10
     while True:  # the server stops the rest (not at once: the proxy notices the client left)
-        with _root() as conn, conn.cursor() as cur:
+        with root_connect() as conn, conn.cursor() as cur:
             cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE '%AS mmcp_many FROM%' AND INFO NOT LIKE '%PROCESSLIST%'")
             if cur.fetchone()[0] == 0:
                 break

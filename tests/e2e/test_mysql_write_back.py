@@ -8,11 +8,15 @@ from __future__ import annotations
 import ssl
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from support.mysql import DATABASE, HOST, PORT, MySQLProxy, run_mysql_proxy, server_reason
+from support.mysql import (
+    MySQLProxy,
+    root_connect,
+    run_mysql_proxy,
+    server_reason,
+)
 
 _REASON = server_reason()
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
@@ -23,26 +27,22 @@ REAL = "eve.real@example.com"
 _NO_VERIFY = {"check_hostname": False, "verify_mode": ssl.CERT_NONE}
 
 
-def _root() -> Any:
-    return pymysql.connect(host=HOST, port=PORT, user="root", password="", database=DATABASE, autocommit=True)
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MySQLProxy, str]]:
     t = f"mwb_{uuid.uuid4().hex[:8]}"
-    with _root() as conn, conn.cursor() as cur:
+    with root_connect() as conn, conn.cursor() as cur:
         cur.execute(f"CREATE TABLE {t} (id INT PRIMARY KEY, email VARCHAR(80), note VARCHAR(80))")
         cur.execute(f"INSERT INTO {t} VALUES (1, %s, 'n'), (2, 'bob.real@example.org', 'n')", (REAL,))
     try:
         with run_mysql_proxy(tmp_path_factory.mktemp("mysql-write-back"), extra={"masking": {"sample_budget_seconds": 5}}) as mp:
             yield mp, t
     finally:
-        with _root() as conn, conn.cursor() as cur:
+        with root_connect() as conn, conn.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS {t}")
 
 
 def _email(t: str) -> str:
-    with _root() as conn, conn.cursor() as cur:
+    with root_connect() as conn, conn.cursor() as cur:
         cur.execute(f"SELECT email FROM {t} WHERE id = 1")
         return str(cur.fetchone()[0])
 

@@ -21,6 +21,13 @@ from .proxy import RunningProxy, dbsentry_cli, run_proxy, wait_port
 HOST, PORT, DATABASE = "127.0.0.1", 3306, "test"
 
 
+def root_connect() -> Any:
+    """PyMySQL straight to the server as root (set-up and checks behind the proxy's back)."""
+    import pymysql
+
+    return pymysql.connect(host=HOST, port=PORT, user="root", password="", database=DATABASE, autocommit=True)
+
+
 def server_reason() -> str | None:
     """Why the MySQL tests cannot run here (None: a server answers)."""
     try:
