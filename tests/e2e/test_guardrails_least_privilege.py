@@ -31,7 +31,7 @@ from support.guard_clients import (
     run,
     run_one,
 )
-from support.pg import PgServer
+from support.pg import LARGE_OBJECTS, PgServer, exclusive
 from support.proxy import RunningProxy, run_proxy, write_config
 
 pytestmark = pytest.mark.e2e
@@ -122,7 +122,9 @@ def env(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         extra={"guardrails": {"agent_statement_timeout": AGENT_TIMEOUT}},
     )
     try:
-        with run_proxy(config) as proxy:
+        # The tests count the database's large objects before and after each attempt: no
+        # other module makes or removes one meanwhile (test_masking_attack_round.py's do).
+        with exclusive(pg_server, LARGE_OBJECTS), run_proxy(config) as proxy:
             yield Env(proxy, pg_server, s, *roles)
     finally:
         with psycopg.connect(pg_server.dsn(), autocommit=True) as c:

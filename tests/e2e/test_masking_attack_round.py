@@ -26,7 +26,7 @@ import pytest
 
 from support.guard_clients import Login, run
 from support.leaks import Secrets
-from support.pg import PgServer
+from support.pg import LARGE_OBJECTS, PgServer, exclusive
 from support.proxy import RunningProxy, run_proxy, write_config
 
 pytestmark = pytest.mark.e2e
@@ -112,6 +112,7 @@ def _create(pg: PgServer, s: str) -> None:
 def _drop(pg: PgServer, s: str) -> None:
     with psycopg.connect(pg.dsn(), autocommit=True) as conn:
         conn.execute(f"drop schema if exists {s} cascade")
+    with exclusive(pg, LARGE_OBJECTS), psycopg.connect(pg.dsn(), autocommit=True) as conn:
         conn.execute(
             "select lo_unlink(oid) from pg_largeobject_metadata where oid between 777000 and 777999"
         )
@@ -333,11 +334,12 @@ def test_attack_advisory_locks_in_pg_locks(env: Env) -> None:
 def test_attack_large_object_copy_staging(env: Env) -> None:
     """WAS A LEAK (human, staging): lo_from_bytea stores a copy (not refused as a
     copy_out), lo_get reads it back raw."""
-    blob = capture(env, HUMAN_STAGING, [
-        "select lo_from_bytea(777001, convert_to(full_name || ' ' || email, 'UTF8')) from {S}.customers where id = 1",
-        "select convert_from(lo_get(777001), 'UTF8')",
-        "select lo_unlink(777001)",
-    ])
+    with exclusive(env.pg, LARGE_OBJECTS):  # test_guardrails_least_privilege.py counts them
+        blob = capture(env, HUMAN_STAGING, [
+            "select lo_from_bytea(777001, convert_to(full_name || ' ' || email, 'UTF8')) from {S}.customers where id = 1",
+            "select convert_from(lo_get(777001), 'UTF8')",
+            "select lo_unlink(777001)",
+        ])
     assert_no_leak(blob)
 
 

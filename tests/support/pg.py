@@ -30,7 +30,8 @@ import socket
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -101,6 +102,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+#: What ``exclusive`` names for the tests that make, remove or count large objects.
+LARGE_OBJECTS = "large objects"
+
+
+@contextmanager
+def exclusive(server: PgServer, what: str) -> Iterator[None]:
+    """Hold a PostgreSQL advisory lock named ``what`` on ``server`` for the block: tests
+    that run at the same time (pytest-xdist workers, other checkouts) and touch the same
+    database-wide thing (large objects, say) take turns."""
+    with psycopg.connect(server.dsn(), autocommit=True) as conn:
+        conn.execute("select pg_advisory_lock(hashtext(%s))", (f"dbsentry-tests: {what}",))
+        yield
 
 
 def _tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -12,7 +12,12 @@ import orjson
 
 from dbsentry.cli_options import config_option, full_path
 from dbsentry.config import ConfigError, ConnectionConfig, MaskingConfig, load_config
-from dbsentry.engines.postgres.catalog import fetch_catalog, fetch_samples
+from dbsentry.engines.postgres.catalog import (
+    CONCURRENT_DDL_RETRIES,
+    dropped_meanwhile,
+    fetch_catalog,
+    fetch_samples,
+)
 from dbsentry.masking.catalog import Catalog, ClassMap, SampleReport, classify_catalog
 
 
@@ -51,7 +56,15 @@ async def load_catalog(
 
     async with await psycopg.AsyncConnection.connect(**conninfo(conn)) as aconn:
         await aconn.set_read_only(True)
-        catalog = await fetch_catalog(aconn)
+        for attempt in range(CONCURRENT_DDL_RETRIES + 1):
+            try:
+                catalog = await fetch_catalog(aconn)
+                break
+            except psycopg.Error as err:  # a table dropped while it was read: read it again
+                await aconn.rollback()
+                if attempt == CONCURRENT_DDL_RETRIES or not dropped_meanwhile(err):
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
         await aconn.rollback()
         if not sample:
             return catalog, None

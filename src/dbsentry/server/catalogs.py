@@ -26,7 +26,12 @@ import psycopg
 
 from dbsentry.config import Config, ConnectionConfig, MaskingConfig
 from dbsentry.engines.mysql import catalog as mysql_catalog
-from dbsentry.engines.postgres.catalog import fetch_catalog, fetch_samples
+from dbsentry.engines.postgres.catalog import (
+    CONCURRENT_DDL_RETRIES,
+    dropped_meanwhile,
+    fetch_catalog,
+    fetch_samples,
+)
 from dbsentry.engines.postgres.session.masking import MaskingService
 from dbsentry.masking import Catalog, classify_catalog
 from dbsentry.masking.catalog import Relation, SampleReport
@@ -156,7 +161,7 @@ class CatalogLoader:
             if conn is None:  # removed by a reload since the session asking for it started
                 raise CatalogError(f"connection {name!r} is no longer configured")
             memory = self._values.setdefault(name, ValueMemory())
-            for attempt in range(_CONCURRENT_DDL_RETRIES + 1):
+            for attempt in range(CONCURRENT_DDL_RETRIES + 1):
                 try:
                     if conn.engine == "mysql":
                         oids = self._oids.setdefault(name, _StableOids())
@@ -165,7 +170,7 @@ class CatalogLoader:
                         catalog = await _read(conn, self.config.masking, name, memory)
                     break
                 except psycopg.Error as err:
-                    if attempt < _CONCURRENT_DDL_RETRIES and _dropped_meanwhile(err):
+                    if attempt < CONCURRENT_DDL_RETRIES and dropped_meanwhile(err):
                         await asyncio.sleep(0.05 * (attempt + 1))
                         continue
                     raise CatalogError(_first_line(err)) from None
@@ -182,19 +187,9 @@ class CatalogLoader:
             )
 
 
-# Reading the catalog while another session drops a table can fail on the vanished object
-# ("could not open relation with OID", "cache lookup failed"): read it again.
-_CONCURRENT_DDL_RETRIES = 3
-
-
 def _first_line(err: Exception) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
-
-
-def _dropped_meanwhile(err: psycopg.Error) -> bool:
-    text = str(err)
-    return "could not open relation with OID" in text or "cache lookup failed" in text
 
 
 async def _judge(table: str, columns: Sequence[SampledColumn], rows: list[Any]) -> dict[str, ValueFinding]:

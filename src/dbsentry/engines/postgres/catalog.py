@@ -24,6 +24,7 @@ __all__ = [
     "BUILTIN_FUNCTIONS_SQL",
     "CODE_SQL",
     "COMPOSITES_SQL",
+    "CONCURRENT_DDL_RETRIES",
     "FUNCTIONS_SQL",
     "FUNCTIONS_SQL_PRE14",
     "INHERITS_SQL",
@@ -33,6 +34,7 @@ __all__ = [
     "SEARCH_PATH_SQL",
     "TYPES_SQL",
     "VIEWS_SQL",
+    "dropped_meanwhile",
     "fetch_catalog",
     "fetch_samples",
     "functions_sql",
@@ -247,6 +249,17 @@ WHERE c.relkind IN ('r', 'm') AND c.relispopulated
 
 def functions_sql(server_version_num: int) -> str:
     return FUNCTIONS_SQL if server_version_num >= 140000 else FUNCTIONS_SQL_PRE14
+
+
+# Reading the catalog while another session drops a table can fail on the vanished object
+# ("could not open relation with OID", "cache lookup failed"): the reader reads it again.
+CONCURRENT_DDL_RETRIES = 3
+
+
+def dropped_meanwhile(err: Exception) -> bool:
+    """Whether ``err`` (a psycopg error) says an object vanished while the catalog was read."""
+    text = str(err)
+    return "could not open relation with OID" in text or "cache lookup failed" in text
 
 
 async def fetch_catalog(conn: Any) -> Catalog:
