@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import sys
 import time
@@ -30,7 +31,33 @@ def load_or_exit(path: Path) -> LoadedConfig:
         sys.exit(2)
 
 
-@click.group()
+class _Commands(click.Group):
+    """The top-level group: the groups of other packages are imported only when run (or
+    listed by ``--help``), so a command pays for its own imports, not for every command's."""
+
+    elsewhere = {
+        "access": "dbsentry.approvals.cli",
+        "approvals": "dbsentry.approvals.cli",
+        "audit": "dbsentry.audit.cli",
+        "classify": "dbsentry.masking.cli",
+        "demo": "dbsentry.demo.cli",
+        "policy": "dbsentry.policy.cli",
+        "report": "dbsentry.audit.cli",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.elsewhere})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = self.elsewhere.get(cmd_name)
+        if module is None:
+            return super().get_command(ctx, cmd_name)
+        command = getattr(importlib.import_module(module), cmd_name)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=_Commands)
 @click.version_option(__version__, prog_name="dbsentry")
 def main() -> None:
     """dbsentry: an identity-aware database proxy."""
@@ -221,24 +248,6 @@ def check_config(config_path: Path, offline: bool, strict: bool) -> None:
     if strict and warnings:
         sys.exit(1)
 
-
-def _register() -> None:
-    from dbsentry.approvals.cli import access, approvals
-    from dbsentry.audit.cli import audit, report
-    from dbsentry.demo.cli import demo
-    from dbsentry.masking.cli import classify
-    from dbsentry.policy.cli import policy
-
-    main.add_command(policy)
-    main.add_command(approvals)
-    main.add_command(access)
-    main.add_command(classify)
-    main.add_command(audit)
-    main.add_command(report)
-    main.add_command(demo)
-
-
-_register()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

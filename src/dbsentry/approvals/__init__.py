@@ -5,31 +5,37 @@ The proxy uses :class:`Approvals` (``service.py``) over a store from
 from ``dbsentry.approvals.cli``.  The rules of review and use live in ``rules.py``.
 """
 
-from dbsentry.approvals.config import (
-    AccessConfig,
-    AccessRoute,
-    ApprovalsConfig,
-    ModeOverride,
-    WebhookConfig,
-)
-from dbsentry.approvals.model import (
-    ApprovalRequest,
-    FactsSummary,
-    Grant,
-    Review,
-    Reviewed,
-    access_request,
-    granted_connections,
-    normalize_statement,
-    statement_key,
-    statement_request,
-    summarize_facts,
-    with_grants,
-)
-from dbsentry.approvals.notify import Notifier, sign, verify_signature
-from dbsentry.approvals.rules import ReviewRefused
-from dbsentry.approvals.service import Approvals, Gate
-from dbsentry.approvals.store import ApprovalStore, ApprovalStoreError, open_approval_store
+from typing import TYPE_CHECKING
+
+from dbsentry.lazy import exports
+
+if TYPE_CHECKING:
+    from dbsentry.approvals.config import (
+        AccessConfig,
+        AccessRoute,
+        ApprovalsConfig,
+        ModeOverride,
+        WebhookConfig,
+    )
+    from dbsentry.approvals.model import (
+        ApprovalRequest,
+        FactsSummary,
+        Grant,
+        Review,
+        Reviewed,
+        access_request,
+        granted_connections,
+        normalize_statement,
+        statement_key,
+        statement_request,
+        summarize_facts,
+        with_grants,
+    )
+    from dbsentry.approvals.notify import Notifier, sign, verify_signature
+    from dbsentry.approvals.rules import ReviewRefused
+    from dbsentry.approvals.service import Approvals, Gate
+    from dbsentry.approvals.store import ApprovalStore, ApprovalStoreError, open_approval_store
+
 
 __all__ = [
     "AccessConfig",
@@ -59,3 +65,46 @@ __all__ = [
     "verify_signature",
     "with_grants",
 ]
+
+if not TYPE_CHECKING:  # imported when first used (dbsentry/lazy.py)
+    __getattr__ = exports(
+        __name__,
+        {
+            "config": (
+                "AccessConfig",
+                "AccessRoute",
+                "ApprovalsConfig",
+                "ModeOverride",
+                "WebhookConfig",
+            ),
+            "model": (
+                "ApprovalRequest",
+                "FactsSummary",
+                "Grant",
+                "Review",
+                "Reviewed",
+                "access_request",
+                "granted_connections",
+                "normalize_statement",
+                "statement_key",
+                "statement_request",
+                "summarize_facts",
+                "with_grants",
+            ),
+            "notify": (
+                "Notifier",
+                "sign",
+                "verify_signature",
+            ),
+            "rules": ("ReviewRefused",),
+            "service": (
+                "Approvals",
+                "Gate",
+            ),
+            "store": (
+                "ApprovalStore",
+                "ApprovalStoreError",
+                "open_approval_store",
+            ),
+        },
+    )

@@ -5,39 +5,45 @@ The proxy appends to this node's log with ``AuditLog`` (``audit.appender``); the
 ``report`` from ``dbsentry.audit.cli``.
 """
 
-from dbsentry.audit.appender import AuditLog, AuditUnavailable
-from dbsentry.audit.config import AuditConfig
-from dbsentry.audit.keys import (
-    Checkpoint,
-    KeyRing,
-    Signer,
-    load_or_create_signing_key,
-    load_public_key,
-)
-from dbsentry.audit.records import (
-    ApprovalRecord,
-    CompletionRecord,
-    Record,
-    SessionEvent,
-    StatementRecord,
-    SystemEvent,
-    extract_correlation,
-    prepare_params,
-    redact_literals,
-)
-from dbsentry.audit.store import AuditStore, AuditStoreError, SearchFilter, open_store
-from dbsentry.audit.verify import (
-    ArchiveResult,
-    AuditVerification,
-    Problem,
-    VerifyResult,
-    archive,
-    archive_log,
-    verify,
-    verify_all,
-    verify_archive,
-    verify_log,
-)
+from typing import TYPE_CHECKING
+
+from dbsentry.lazy import exports
+
+if TYPE_CHECKING:
+    from dbsentry.audit.appender import AuditLog, AuditUnavailable
+    from dbsentry.audit.config import AuditConfig
+    from dbsentry.audit.keys import (
+        Checkpoint,
+        KeyRing,
+        Signer,
+        load_or_create_signing_key,
+        load_public_key,
+    )
+    from dbsentry.audit.records import (
+        ApprovalRecord,
+        CompletionRecord,
+        Record,
+        SessionEvent,
+        StatementRecord,
+        SystemEvent,
+        extract_correlation,
+        prepare_params,
+        redact_literals,
+    )
+    from dbsentry.audit.store import AuditStore, AuditStoreError, SearchFilter, open_store
+    from dbsentry.audit.verify import (
+        ArchiveResult,
+        AuditVerification,
+        Problem,
+        VerifyResult,
+        archive,
+        archive_log,
+        verify,
+        verify_all,
+        verify_archive,
+        verify_log,
+    )
+
 
 __all__ = [
     "ApprovalRecord",
@@ -72,3 +78,51 @@ __all__ = [
     "verify_archive",
     "verify_log",
 ]
+
+if not TYPE_CHECKING:  # imported when first used (dbsentry/lazy.py)
+    __getattr__ = exports(
+        __name__,
+        {
+            "appender": (
+                "AuditLog",
+                "AuditUnavailable",
+            ),
+            "config": ("AuditConfig",),
+            "keys": (
+                "Checkpoint",
+                "KeyRing",
+                "Signer",
+                "load_or_create_signing_key",
+                "load_public_key",
+            ),
+            "records": (
+                "ApprovalRecord",
+                "CompletionRecord",
+                "Record",
+                "SessionEvent",
+                "StatementRecord",
+                "SystemEvent",
+                "extract_correlation",
+                "prepare_params",
+                "redact_literals",
+            ),
+            "store": (
+                "AuditStore",
+                "AuditStoreError",
+                "SearchFilter",
+                "open_store",
+            ),
+            "verify": (
+                "ArchiveResult",
+                "AuditVerification",
+                "Problem",
+                "VerifyResult",
+                "archive",
+                "archive_log",
+                "verify",
+                "verify_all",
+                "verify_archive",
+                "verify_log",
+            ),
+        },
+    )

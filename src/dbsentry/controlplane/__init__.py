@@ -18,11 +18,11 @@ import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dbsentry import pgconn
 from dbsentry.identity.ratelimit import ControlPlaneUnavailable, Limits
 from dbsentry.identity.tokens import TokenStoreBase
 
 if TYPE_CHECKING:
+    from dbsentry import pgconn
     from dbsentry.approvals.store import ApprovalStore
     from dbsentry.config import Config, ControlPlaneConfig, IdentityConfig
 
@@ -75,16 +75,22 @@ class ControlPlane:
         self.channel = f"{self.schema}_changes"
 
     def describe(self) -> str:
+        from dbsentry import pgconn  # psycopg: only with a control plane
+
         return pgconn.describe(self.dsn, self.schema)
 
     def fail(self, err: Exception) -> ControlPlaneUnavailable:
         return ControlPlaneUnavailable(f"{self.describe()}: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}")
 
     def connection(self, application_name: str) -> pgconn.SharedConnection:
+        from dbsentry import pgconn
+
         return pgconn.SharedConnection(self.dsn, application_name, search_path=self.schema, fail=self.fail)
 
     def connect(self, application_name: str) -> Any:
         """A plain autocommit connection (psycopg) in the control-plane schema."""
+        from dbsentry import pgconn
+
         return pgconn.connect(self.dsn, application_name, connect_timeout=3, statement_timeout_ms=5000, search_path=self.schema)
 
     def migrate(self) -> None:

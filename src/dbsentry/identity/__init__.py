@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from dbsentry.identity.model import Identity, Kind
-from dbsentry.identity.oidc import OIDCVerifier
 from dbsentry.identity.ratelimit import Limits, LoginLimiter, LoginThrottled
 from dbsentry.identity.tokens import (
     TOKEN_PREFIX,
@@ -27,9 +26,11 @@ from dbsentry.identity.tokens import (
     TokenStoreBase,
     parse_duration,
 )
+from dbsentry.lazy import exports
 
 if TYPE_CHECKING:
     from dbsentry.config import Config
+    from dbsentry.identity.oidc import OIDCVerifier
 
 __all__ = [
     "Authenticator",
@@ -78,6 +79,8 @@ class Authenticator:
             tokens = token_store(config)
         self.tokens: TokenStoreBase = tokens
         if oidc is None and ident.oidc is not None:
+            from dbsentry.identity.oidc import OIDCVerifier  # JWT and cryptography: only when used
+
             oidc = OIDCVerifier(ident.oidc, fetch, clock=clock)
         self.oidc = oidc
         self.limiter: Limits = (
@@ -156,3 +159,7 @@ class Authenticator:
         if self.oidc is not None and _looks_like_jwt(password):
             return self.oidc.verify(password)
         return None
+
+
+if not TYPE_CHECKING:  # imported when first used (dbsentry/lazy.py)
+    __getattr__ = exports(__name__, {"oidc": ("OIDCVerifier",)})
