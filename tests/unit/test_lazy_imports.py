@@ -59,3 +59,8 @@ def test_every_command_is_listed_and_runs_its_help() -> None:
         shown = CliRunner().invoke(main, [name, "--help"])
         assert shown.exit_code == 0 and "Usage:" in shown.output, (name, shown.output)
     assert CliRunner().invoke(main, ["nope"]).exit_code == 2
+
+
+def test_the_proxy_imports_the_web_framework_and_the_mysql_engine_only_when_it_serves_them() -> None:
+    loaded = _modules_after("import dbsentry.server.runner, dbsentry.server.proxy, dbsentry.server.workers")
+    assert not {"fastapi", "dbsentry.web.app", "dbsentry.server.mysql_proxy", "dbsentry.engines.mysql.session.session"} & loaded

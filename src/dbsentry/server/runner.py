@@ -39,14 +39,12 @@ from dbsentry.policy.loader import declared_environments
 from dbsentry.server.catalogs import CatalogLoader
 from dbsentry.server.cluster import ClusterView
 from dbsentry.server.internode import NodeChannel, NodeLink, Status
-from dbsentry.server.mysql_proxy import start_mysql_listener
 from dbsentry.server.proxy import ProxyServer
 from dbsentry.server.reload import ConfigReloader
 from dbsentry.server.roles import log_production_roles
 from dbsentry.server.upstream_health import UpstreamHealth
 from dbsentry.server.workerproto import WorkerInfo
 from dbsentry.tasks import spawn
-from dbsentry.web import WebContext, bind_http, create_app, serve_http
 
 log = logging.getLogger("dbsentry")
 POLICY_POLL_SECONDS = 2.0
@@ -369,10 +367,14 @@ async def run_server(
     # listen.mysql (docs/mysql.md); None when not set. With workers every worker serves it
     # (SO_REUSEPORT); KILLs of another worker's or node's sessions go over the PostgreSQL
     # listener's channels.
-    mysql = await start_mysql_listener(
-        config, authenticator, (lambda: governor.policy) if governor is not None else None, writer, approvals,
-        auth_needs_io=authenticator.needs_io, catalogs=catalogs, worker=worker, channel=proxy.channel, node=proxy.node,
-    )
+    mysql = None
+    if config.listen.mysql is not None:  # the MySQL engine is imported only when it serves
+        from dbsentry.server.mysql_proxy import start_mysql_listener
+
+        mysql = await start_mysql_listener(
+            config, authenticator, (lambda: governor.policy) if governor is not None else None, writer, approvals,
+            auth_needs_io=authenticator.needs_io, catalogs=catalogs, worker=worker, channel=proxy.channel, node=proxy.node,
+        )
     if mysql is not None:
         proxy.more_rows.append(mysql.session_rows)
     stop = stop if stop is not None else asyncio.Event()
@@ -387,6 +389,9 @@ async def run_server(
     http_task = None
     http_addr = config.listen.http_addr if worker is None or worker.index == 0 else None  # one HTTP listener a node
     if http_addr is not None:
+        # the web framework is imported only when it serves
+        from dbsentry.web import WebContext, bind_http, create_app, serve_http
+
         try:
             sock = bind_http(*http_addr)
         except OSError as err:
