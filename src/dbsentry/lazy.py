@@ -15,15 +15,16 @@ from collections.abc import Callable, Mapping, Sequence
 
 
 def exports(package: str, where: Mapping[str, Sequence[str]]) -> Callable[[str], object]:
-    """A module ``__getattr__`` for ``package``: ``where`` maps a submodule to the names it
-    gives; a name is imported from its submodule when first asked for, then kept."""
+    """A module ``__getattr__`` for ``package``: ``where`` maps a submodule (or a module's
+    full dotted name) to the names it gives; a name is imported from there when first asked
+    for, then kept."""
     index = {name: module for module, names in where.items() for name in names}
 
     def __getattr__(name: str) -> object:
         module = index.get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(f"{package}.{module}"), name)
+        value = getattr(importlib.import_module(module if "." in module else f"{package}.{module}"), name)
         setattr(sys.modules[package], name, value)
         return value
 

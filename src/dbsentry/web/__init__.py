@@ -9,8 +9,9 @@ imported on first use, so reading the configuration does not load the web framew
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from dbsentry.lazy import exports
 
 if TYPE_CHECKING:
     from dbsentry.web.app import create_app
@@ -18,18 +19,10 @@ if TYPE_CHECKING:
     from dbsentry.web.serve import bind_http, serve_http
     from dbsentry.webconfig import WebConfig
 
-_WHERE = {
-    "create_app": "dbsentry.web.app",
-    "WebConfig": "dbsentry.webconfig",
-    "WebContext": "dbsentry.web.context",
-    "bind_http": "dbsentry.web.serve",
-    "serve_http": "dbsentry.web.serve",
-}
-
 __all__ = ["WebConfig", "WebContext", "bind_http", "create_app", "serve_http"]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(name)
+if not TYPE_CHECKING:  # imported when first used (dbsentry/lazy.py)
+    __getattr__ = exports(
+        __name__,
+        {"app": ("create_app",), "context": ("WebContext",), "serve": ("bind_http", "serve_http"), "dbsentry.webconfig": ("WebConfig",)},
+    )
