@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,21 +84,36 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         "    approvers: [dba]\n"
         "    message: order deletes need a DBA\n"
     )
-    port, http = free_port(), free_port()
-    extra = {
-        "listen": {"postgres": f"127.0.0.1:{free_port()}", "http": f"127.0.0.1:{http}", "mysql": f"127.0.0.1:{port}"},
-        "policy": str(policy),
-        "approvals": {"poll_interval_seconds": 0.2},
-        "mcp": {"max_rows": 20, "statement_timeout_seconds": 4},  # room for a loaded machine
-        "masking": {"sample_budget_seconds": 5},
-    }
+    extra = {"policy": str(policy), "approvals": {"poll_interval_seconds": 0.2}}
     try:
-        with run_mysql_proxy(directory, port=port, extra=extra) as mp:
-            yield Env(mp, f"http://127.0.0.1:{http}/mcp", t, orders)
+        with _serving(directory, t, orders, extra) as served:
+            yield served
     finally:
         with root_connect() as conn, conn.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS {t}")
             cur.execute(f"DROP TABLE IF EXISTS {orders}")
+
+
+@contextmanager
+def _serving(directory: Path, t: str, orders: str, extra: dict[str, Any]) -> Iterator[Env]:
+    """dbsentry with the MCP endpoint and ``listen.mysql`` (``extra``: more settings)."""
+    port, http = free_port(), free_port()
+    settings = {
+        "listen": {"postgres": f"127.0.0.1:{free_port()}", "http": f"127.0.0.1:{http}", "mysql": f"127.0.0.1:{port}"},
+        "mcp": {"max_rows": 20, "statement_timeout_seconds": 4},  # room for a loaded machine
+        "masking": {"sample_budget_seconds": 5},
+        **extra,
+    }
+    with run_mysql_proxy(directory, port=port, extra=settings) as mp:
+        yield Env(mp, f"http://127.0.0.1:{http}/mcp", t, orders)
+
+
+@pytest.fixture(scope="module")
+def one_worker(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    """The same tables behind a dbsentry with one worker: the MCP tools and the proxy
+    sessions they log in to share one event loop."""
+    with _serving(tmp_path_factory.mktemp("mysql-mcp-one"), env.t, env.orders, {"workers": 1}) as served:
+        yield served
 
 
 def call(env: Env, *calls: tuple[str, dict[str, Any]], meta: dict[str, Any] | None = None) -> list[tuple[bool, dict[str, Any]]]:
@@ -365,3 +381,21 @@ def test_a_result_cut_at_its_cap_is_not_read_to_the_end(env: Env) -> None:
         assert time.monotonic() < deadline, "the capped statement still runs on the server"
         time.sleep(0.2)
     assert "Exception ignored" not in Path(env.mp.proxy.log_path).read_text()  # the dropped result is not read when collected
+
+
+def test_five_rows_of_a_huge_result_come_back_at_once_whatever_came_before(one_worker: Env) -> None:
+    """An explain, then 5 rows of a hundred million, on the one worker that also runs the
+    tools: the rows come back at once, every time. The proxy relays the upstream one read
+    per turn of the event loop and stops at the first write to a client that has left,
+    instead of masking megabytes of rows for nobody while the tool call (its rows read
+    long ago) waits for the loop, and runs past its statement timeout."""
+    explain = ("explain", {"connection": "dev", "sql": f"SELECT email FROM {one_worker.t} WHERE id = 2"})
+    cut = ("query", {"connection": "dev", "sql": "SELECT seq AS mmcp_many FROM seq_1_to_100000000", "max_rows": 5})
+    for _ in range(3):
+        [(e1, plan)] = call(one_worker, explain)
+        assert not e1, plan
+        started = time.monotonic()
+        [(e2, rows)] = call(one_worker, cut)
+        took = time.monotonic() - started
+        assert not e2 and rows["rows"] == [["1"], ["2"], ["3"], ["4"], ["5"]], rows
+        assert took < 2.5, f"5 rows took {took:.1f} s"

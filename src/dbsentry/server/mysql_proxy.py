@@ -79,6 +79,8 @@ log = logging.getLogger("dbsentry.mysql")
 
 FALLBACK_VERSION = "8.0.0-dbsentry"
 _READ = 65536
+# An upstream read this large leaves the next one for the loop's next turn (upstream_data).
+_TURN_BYTES = 65536
 
 
 def load_or_create_rsa_key(path: Path) -> RSAPrivateKey:
@@ -520,7 +522,7 @@ class _Upstream(asyncio.Protocol):
         self.client = client
 
     def data_received(self, data: bytes) -> None:
-        self.client.feed(UpstreamData(data))
+        self.client.upstream_data(data)
 
     def eof_received(self) -> bool:
         return False
@@ -547,6 +549,8 @@ class MySQLClient(asyncio.Protocol):
         self.address = "?"
         self.closed = False
         self.upstream: asyncio.Transport | None = None
+        self._slow_client = False  # the client's buffer is full (pause_writing): the upstream waits
+        self._next_read: asyncio.Handle | None = None  # the upstream's next read waits for the loop's next turn
         self.approval_wait: asyncio.Future[None] | None = None  # set while a statement waits for approval
         self._keep: asyncio.StreamWriter | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -615,12 +619,40 @@ class MySQLClient(asyncio.Protocol):
         self.feed(ClientClosed())
 
     def pause_writing(self) -> None:
+        self._slow_client = True
         if self.upstream is not None:
             self.upstream.pause_reading()  # the client reads slowly: so does the proxy
 
     def resume_writing(self) -> None:
-        if self.upstream is not None:
+        self._slow_client = False
+        if self.upstream is not None and self._next_read is None:
             self.upstream.resume_reading()
+
+    def upstream_data(self, data: bytes) -> None:
+        """The upstream's bytes, one read per turn of the event loop.
+
+        uvloop reads a busy socket up to 32 times (256 KiB each) before it looks at
+        anything else: 8 MiB of rows to relay and mask in one go, seconds in which
+        nothing else in this worker runs (other sessions, the MCP tools, the timers, the
+        news that this client has left). After a large read the next one waits for the
+        loop's next turn. A client already gone (a write to it failed; its
+        ``connection_lost`` comes on a later turn) ends the session now: the rest of the
+        result is not read, relayed to nobody and masked for nothing."""
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
+            self.feed(ClientClosed())  # the session cancels the statement and closes the upstream
+            return
+        self.feed(UpstreamData(data))
+        up = self.upstream
+        if len(data) >= _TURN_BYTES and up is not None and not up.is_closing() and self._next_read is None:
+            up.pause_reading()
+            self._next_read = asyncio.get_running_loop().call_soon(self._read_on)
+
+    def _read_on(self) -> None:
+        self._next_read = None
+        up = self.upstream
+        if up is not None and not up.is_closing() and not self._slow_client:
+            up.resume_reading()
 
     def _startup_timeout(self) -> None:
         self._timer = None
