@@ -980,11 +980,12 @@ def hanging_upstream(pg_server: PgServer, tmp_path: Path) -> Iterator[RunningPro
 
 
 def test_upstream_that_never_answers(hanging_upstream: RunningProxy) -> None:
+    token = hanging_upstream.token(ALICE, ("eng",))  # a CLI run: not inside the 3 s startup timeout
     with tls_client(hanging_upstream) as client:
         client.send(startup_packet(user=ALICE, database="hang"))
         client.read_message()
         start = time.monotonic()
-        client.send(typed(b"p", hanging_upstream.token(ALICE, ("eng",)).encode() + b"\0"))
+        client.send(typed(b"p", token.encode() + b"\0"))
         client.sock.settimeout(10)
         fields = client.expect_fatal()
         elapsed = time.monotonic() - start

@@ -274,7 +274,9 @@ def limited(pg_server: PgServer, tmp_path: Path) -> Iterator[tuple[RunningProxy,
             "password": password,
             "environment": "staging",
         }
-        config = write_config(tmp_path, pg_server, connections={"limited": conn})
+        # A hundred TLS handshakes at once on a loaded 2-CPU machine can take longer than the
+        # default 10 s startup timeout, which is not what this test is about.
+        config = write_config(tmp_path, pg_server, connections={"limited": conn}, extra={"limits": {"startup_timeout_seconds": 60}})
         with run_proxy(config) as proxy:
             yield proxy, role
     finally:
