@@ -141,6 +141,26 @@ class Exchange:
             return owner, True
         return owner, False
 
+    def received_all(self, spans: list[tuple[int, int, int]]) -> None:
+        """:meth:`received` for each of these server messages but result rows (which
+        answer nothing and end nothing), in order, the answers not wanted.  The client's
+        BindComplete, RowDescription, CommandComplete... (every statement's) are matched
+        here, inline; anything else goes through :meth:`received`."""
+        items = self._items
+        for t, _, _ in spans:
+            if t == m.R_DATA_ROW or t == m.COPY_DATA:
+                continue
+            if items and t != m.R_READY and t != m.R_ERROR:
+                kind, owner = items[0]
+                if owner == CLIENT and (
+                    (kind == ONE and t in _ONE_DONE)
+                    or (kind == EXECUTE and t in _EXECUTE_DONE)
+                    or (kind == DESCRIBE and t in _DESCRIBE_DONE)
+                ):
+                    items.popleft()  # what _pop does for them
+                    continue
+            self.received(t)
+
     @property
     def runs_pending(self) -> bool:
         """Whether a request that runs statements (and may change the transaction state)
