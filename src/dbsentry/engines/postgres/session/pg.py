@@ -1854,7 +1854,7 @@ class Session:
             self._audit_refused(chunk, bytes(buf[start : min(end, start + 4096)]).decode(self.enc, "replace"), too_long)
             return
         unsure = self._unreadable(buf, start, end)
-        sql = codec.decode_query(buf, start, end, self.enc).sql
+        sql = codec.query_sql(buf, start, end, self.enc)
         if unsure is None and self._in_flight and not buf[start:end].isascii():
             unsure = self._reads_alike(gov, bytes(buf[start : end - 1]), sql)
         if unsure:
