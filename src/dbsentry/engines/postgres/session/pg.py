@@ -355,7 +355,7 @@ def _decode_bind(buf: bytes, start: int, end: int, enc: str) -> _BindParts:
     pos += 2
     if nf < 0 or pos + 2 * nf + 2 > end:
         return _bind_parts(codec.decode_bind(buf, start, end, enc))
-    fmts = _shorts(nf).unpack_from(buf, pos) if nf else ()
+    fmts = (_SHORTS.get(nf) or _shorts(nf)).unpack_from(buf, pos) if nf else ()
     pos += 2 * nf
     (count,) = _I16.unpack_from(buf, pos)
     pos += 2
@@ -613,7 +613,7 @@ class _Portal:
 class _CheckFacts:
     """What the Binds and Executes of a prepared statement ask of its check, read once."""
 
-    __slots__ = ("durable", "first", "plans_opaque")
+    __slots__ = ("durable", "first", "plans_opaque", "where_params")
 
     def __init__(self, check: Check) -> None:
         facts = check.verdict.facts
@@ -624,6 +624,8 @@ class _CheckFacts:
         )
         # Whether planning it at Bind may run opaque code (see _guard_bind).
         self.plans_opaque = any("volatile_function" in f.flags and (f.functions or f.tables_read) for f in facts)
+        # Whether a WHERE reads parameters (folded with the values bound, see _govern_bind).
+        self.where_params = any(f.where_params for f in facts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -2432,7 +2434,7 @@ class Session:
             if bind is None:
                 bind = _decode_bind(buf, start, end, self.enc)
             self._portals[portal] = _Portal(name, bind[2], bind[3], self.enc, known)
-        if known is not None and any(f.where_params for f in known[2].verdict.facts):
+        if known is not None and self._facts_of(known[2]).where_params:
             if bind is None:
                 bind = _bind_parts(codec.decode_bind(buf, start, end, self.enc))
             values = _param_values(bind[2], bind[3], self.enc, self._param_types.get(name, ()))
