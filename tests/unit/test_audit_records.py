@@ -225,3 +225,15 @@ def test_record_ids_are_unique_and_increase_within_a_process() -> None:
     assert len(set(ids)) == len(ids)
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
     assert ids == sorted(ids)
+
+
+def test_a_record_id_is_time_then_process_then_counter_in_hex(monkeypatch: pytest.MonkeyPatch) -> None:
+    import itertools
+
+    from dbsentry.audit import records
+
+    for ns in (0, 1_765_000_000_123_456_789, (1 << 64) + 5):
+        assert records._record_id(ns)[:24] == f"{ns & ((1 << 64) - 1):016x}{records._id_prefix}"
+    # then a 32-bit counter, which wraps
+    monkeypatch.setattr(records, "_id_counter", itertools.count(0xFFFFFFFF))
+    assert [records._record_id(0)[24:] for _ in range(2)] == ["ffffffff", "00000000"]

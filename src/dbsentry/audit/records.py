@@ -15,6 +15,7 @@ import itertools
 import os
 import re
 import secrets
+import struct
 import time as _time
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
@@ -63,10 +64,13 @@ def new_record_id() -> str:
     return _record_id(_time.time_ns())
 
 
+_ID_PARTS = struct.Struct(">QII").pack
+
+
 def _record_id(ns: int) -> str:
     """:func:`new_record_id` for a time already read (in nanoseconds)."""
-    # the same 32 hex digits as "%016x%s%08x" (time, prefix, counter), a third faster
-    return ((ns & _U64) << 64 | _id_number << 32 | (next(_id_counter) & 0xFFFFFFFF)).to_bytes(16, "big").hex()
+    # the same 32 hex digits as "%016x%s%08x" (time, prefix, counter), in a third of the time
+    return _ID_PARTS(ns & _U64, _id_number, next(_id_counter) & 0xFFFFFFFF).hex()
 
 
 _FIELD_KEYS: dict[type, tuple[tuple[str, str], ...]] = {}
@@ -476,12 +480,18 @@ def _generated(cls: type[_Record], variable: tuple[str, ...]) -> tuple[Any, Any]
             items.append(f"{key!r}: _m(r.{names[key].name})")
         else:
             items.append(f"{key!r}: r.{names[key].name}")
-    assigned = "".join(f"{name!r}: {name}, " for name in variable)
+    # A copy of the template's every key (the varying ones as placeholders), the varying
+    # values then set in place: the dict is made at its size, not grown.
+    assigned = "".join(f"    d[{name!r}] = {name}\n" for name in variable)
     source = (
         f"def make(t, {', '.join(variable)}):\n"
         "    r = _new(_cls)\n"
         "    ns = _ns()\n"
-        f"    _set(r, '__dict__', {{**t.static, {assigned}'time': ns / 1e9, 'id': _id(ns), '_template': t}})\n"
+        "    d = t._base.copy()\n"
+        f"{assigned}"
+        "    d['time'] = ns / 1e9\n"
+        "    d['id'] = _id(ns)\n"
+        "    _set(r, '__dict__', d)\n"
         "    return r\n"
         "def encode(r, s):\n"
         f"    return _d({{{', '.join(items)}}}, option=_o)\n"
@@ -518,7 +528,7 @@ class RecordTemplate(Generic[R]):
     be changed: the values a record holds are the ones its template encoded.
     """
 
-    __slots__ = ("_encode", "_fragments", "cls", "make", "static", "variable")
+    __slots__ = ("_base", "_encode", "_fragments", "cls", "make", "static", "variable")
 
     def __init__(self, cls: type[R], static: Mapping[str, Any], variable: Sequence[str] = ()) -> None:
         by_name = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
@@ -543,6 +553,8 @@ class RecordTemplate(Generic[R]):
         self.cls = cls
         self.static = values
         self.variable = variable
+        # a record's __dict__, but the values make sets (keys in the order they always had)
+        self._base: dict[str, Any] = {**values, **dict.fromkeys(variable), "time": None, "id": None, "_template": self}
         make, self._encode = _generated(cls, variable)
         self.make: Any = make.__get__(self)
         canonical = _builder(cls)(_Values(values))

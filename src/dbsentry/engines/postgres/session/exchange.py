@@ -39,6 +39,12 @@ _KIND_OF_REQUEST = {
 _ONE_DONE = frozenset({ord("1"), ord("2"), ord("3")})
 _EXECUTE_DONE = frozenset({m.R_COMMAND_COMPLETE, m.R_EMPTY_QUERY, m.R_PORTAL_SUSPENDED})
 _DESCRIBE_DONE = frozenset({m.R_ROW_DESCRIPTION, m.R_NO_DATA})
+# For Exchange.received_all: the kinds answered up to a ReadyForQuery, and by kind, what
+# ends a request of the client's (a Parse's end is reported: left to received).
+_WHOLE = frozenset({QUERY, SYNC})
+_ENDS: dict[int, frozenset[int]] = {
+    ONE: _ONE_DONE, DESCRIBE: _DESCRIBE_DONE, EXECUTE: _EXECUTE_DONE, PARSE: frozenset(), QUERY: frozenset(), SYNC: frozenset()
+}
 
 
 def request_kind(t: int) -> int | None:
@@ -140,6 +146,28 @@ class Exchange:
             self._pop()
             return owner, True
         return owner, False
+
+    def received_all(self, spans: list[tuple[int, int, int]]) -> None:
+        """:meth:`received` for each of these server messages but result rows (which
+        answer nothing and end nothing), in order, the answers not wanted.  The client's
+        BindComplete, RowDescription, CommandComplete... (every statement's) are matched
+        here, inline; anything else goes through :meth:`received`."""
+        items = self._items
+        for t, _, _ in spans:
+            if t == m.R_DATA_ROW or t == m.COPY_DATA:
+                continue
+            if items and t != m.R_ERROR:
+                kind, owner = items[0]
+                if owner == CLIENT:  # what received and _pop do for them
+                    if kind in _WHOLE:  # a Query's or a Sync's answers, up to its ReadyForQuery
+                        if t == m.R_READY:
+                            self.skipping = False
+                            items.popleft()
+                        continue
+                    if t in _ENDS[kind]:
+                        items.popleft()
+                        continue
+            self.received(t)
 
     @property
     def runs_pending(self) -> bool:

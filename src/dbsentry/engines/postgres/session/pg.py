@@ -249,6 +249,8 @@ _RESERVED_MESSAGE = 'dbsentry: names starting with "dbsentry_" or "dbsentry " ar
 _NAMED_FRAMES = frozenset({m.Q_PARSE, m.Q_BIND, m.Q_DESCRIBE, m.Q_CLOSE, m.Q_EXECUTE})
 # What ends a pipeline segment: the unit a batch of statements is admitted in.
 _SEGMENT_ENDS = frozenset({m.Q_SYNC, m.Q_FLUSH, m.Q_QUERY, m.Q_FUNCTION_CALL})
+# The frames Session._govern_frame looks at (a Sync, a Flush, COPY data: nothing to govern).
+_GOVERNED_FRAMES = _NAMED_FRAMES | {m.Q_QUERY, m.Q_FUNCTION_CALL}
 _UNBOUNDED_RULE = "baseline.prod.unbounded-write"
 
 
@@ -330,58 +332,66 @@ def _shorts(n: int) -> struct.Struct:
     return got
 
 
-def _decode_bind(buf: bytes, start: int, end: int, enc: str) -> m.Bind:
-    """``codec.decode_bind``, about twice as fast for a well-formed Bind (the extended
-    protocol's every statement); anything else is left to it, and to its errors."""
+# What the session reads of a Bind: (portal, statement, parameter formats, parameters).
+# A tuple: every extended-protocol statement makes one, and a frozen m.Bind costs four
+# times as much to make.
+_BindParts = tuple[str, str, tuple[int, ...], tuple[bytes | None, ...]]
+
+
+def _bind_parts(bind: m.Bind) -> _BindParts:
+    return bind.portal, bind.statement, bind.param_formats, bind.params
+
+
+def _decode_bind(buf: bytes, start: int, end: int, enc: str) -> _BindParts:
+    """``codec.decode_bind`` (but the result formats), several times as fast for a
+    well-formed Bind (the extended protocol's every statement); anything else is left to
+    it, and to its errors."""
     z = buf.find(b"\x00", start, end)
     z2 = buf.find(b"\x00", z + 1, end) if z >= 0 else -1
     pos = z2 + 1
     if z2 < 0 or pos + 2 > end:
-        return codec.decode_bind(buf, start, end, enc)
+        return _bind_parts(codec.decode_bind(buf, start, end, enc))
     (nf,) = _I16.unpack_from(buf, pos)
     pos += 2
     if nf < 0 or pos + 2 * nf + 2 > end:
-        return codec.decode_bind(buf, start, end, enc)
-    fmts = _shorts(nf).unpack_from(buf, pos) if nf else ()
+        return _bind_parts(codec.decode_bind(buf, start, end, enc))
+    fmts = (_SHORTS.get(nf) or _shorts(nf)).unpack_from(buf, pos) if nf else ()
     pos += 2 * nf
     (count,) = _I16.unpack_from(buf, pos)
     pos += 2
     if count < 0:
-        return codec.decode_bind(buf, start, end, enc)
+        return _bind_parts(codec.decode_bind(buf, start, end, enc))
     params: list[bytes | None] = []
     for _ in range(count):
         if pos + 4 > end:
-            return codec.decode_bind(buf, start, end, enc)
+            return _bind_parts(codec.decode_bind(buf, start, end, enc))
         (size,) = _I32.unpack_from(buf, pos)
         pos += 4
         if size == -1:
             params.append(None)
         elif size < 0 or pos + size > end:
-            return codec.decode_bind(buf, start, end, enc)
+            return _bind_parts(codec.decode_bind(buf, start, end, enc))
         else:
             params.append(bytes(buf[pos : pos + size]))
             pos += size
     if pos + 2 > end:
-        return codec.decode_bind(buf, start, end, enc)
+        return _bind_parts(codec.decode_bind(buf, start, end, enc))
     (nr,) = _I16.unpack_from(buf, pos)
     pos += 2
     if nr < 0 or pos + 2 * nr != end:
-        return codec.decode_bind(buf, start, end, enc)
-    results = _shorts(nr).unpack_from(buf, pos) if nr else ()
-    return m.Bind(
+        return _bind_parts(codec.decode_bind(buf, start, end, enc))
+    return (
         buf[start:z].decode(enc, "surrogateescape"),
         buf[z + 1 : z2].decode(enc, "surrogateescape"),
         fmts,
         tuple(params),
-        results,
     )
 
 
-def _readable_params(bind: m.Bind, enc: str) -> tuple[str | None, ...]:
+def _readable_params(fmts: tuple[int, ...], params: tuple[bytes | None, ...], enc: str) -> tuple[str | None, ...]:
     """Bind parameters for the audit: text-format ones as text, binary ones as ``\\x`` hex."""
-    fmts = bind.param_formats
     out: list[str | None] = []
-    for i, value in enumerate(bind.params):
+    for i, value in enumerate(params):
         if value is None:
             out.append(None)
             continue
@@ -419,12 +429,13 @@ def _binary_text(value: bytes, oid: int, enc: str) -> str:
     return "\\x" + value.hex()
 
 
-def _param_values(bind: m.Bind, enc: str, types: tuple[int, ...] = ()) -> tuple[str | None, ...]:
+def _param_values(
+    fmts: tuple[int, ...], params: tuple[bytes | None, ...], enc: str, types: tuple[int, ...] = ()
+) -> tuple[str | None, ...]:
     """Bind parameters as the WHERE folding reads them: text-format ones as text, binary
     ones decoded by the types the Parse declared (see :func:`_binary_text`)."""
-    fmts = bind.param_formats
     out: list[str | None] = []
-    for i, value in enumerate(bind.params):
+    for i, value in enumerate(params):
         binary = (fmts[i] if len(fmts) > 1 else fmts[0]) == 1 if fmts else False
         if value is None:
             out.append(None)
@@ -466,11 +477,10 @@ def _executed(facts: StatementFacts) -> StatementFacts | None:
     return None
 
 
-def _exact_params(bind: m.Bind) -> tuple[str | None, ...]:
+def _exact_params(fmts: tuple[int, ...], params: tuple[bytes | None, ...]) -> tuple[str | None, ...]:
     """Bind parameters exactly (format code and bytes): different values never compare equal."""
-    fmts = bind.param_formats
     out: list[str | None] = []
-    for i, value in enumerate(bind.params):
+    for i, value in enumerate(params):
         if value is None:
             out.append(None)
             continue
@@ -574,11 +584,14 @@ class _Portal:
     to (an Execute runs that one, whatever the name means by then), and its parameters,
     read from the Bind when asked: as audited (``readable``) and exactly (``exact``)."""
 
-    __slots__ = ("_exact", "_readable", "bind", "enc", "prepared", "statement")
+    __slots__ = ("_exact", "_readable", "enc", "formats", "params", "prepared", "statement")
 
-    def __init__(self, statement: str, bind: m.Bind, enc: str, prepared: _Prepared | None) -> None:
+    def __init__(
+        self, statement: str, formats: tuple[int, ...], params: tuple[bytes | None, ...], enc: str, prepared: _Prepared | None
+    ) -> None:
         self.statement = statement
-        self.bind = bind
+        self.formats = formats
+        self.params = params
         self.enc = enc  # the client encoding at Bind
         self.prepared = prepared
         self._readable: tuple[str | None, ...] | None = None
@@ -587,14 +600,32 @@ class _Portal:
     @property
     def readable(self) -> tuple[str | None, ...]:
         if self._readable is None:
-            self._readable = _readable_params(self.bind, self.enc)
+            self._readable = _readable_params(self.formats, self.params, self.enc)
         return self._readable
 
     @property
     def exact(self) -> tuple[str | None, ...]:
         if self._exact is None:
-            self._exact = _exact_params(self.bind)
+            self._exact = _exact_params(self.formats, self.params)
         return self._exact
+
+
+class _CheckFacts:
+    """What the Binds and Executes of a prepared statement ask of its check, read once."""
+
+    __slots__ = ("durable", "first", "plans_opaque", "where_params")
+
+    def __init__(self, check: Check) -> None:
+        facts = check.verdict.facts
+        self.first = facts[0] if facts else None
+        # Whether running it must wait for its record to be durable (see _execute_frame).
+        self.durable = (
+            self.first is None or changes_data(self.first.command, self.first.classes, self.first.flags)
+        )
+        # Whether planning it at Bind may run opaque code (see _guard_bind).
+        self.plans_opaque = any("volatile_function" in f.flags and (f.functions or f.tables_read) for f in facts)
+        # Whether a WHERE reads parameters (folded with the values bound, see _govern_bind).
+        self.where_params = any(f.where_params for f in facts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -769,6 +800,9 @@ class Session:
     # Checks whose statements run without the guard, by id, with the catalog view (see
     # _runs_quietly).
     _quiet: dict[int, tuple[Check, MaskingView | None]] | None = None
+    # What every Bind and Execute of a prepared statement asks of its check, by the
+    # check's id, with the check (see _facts_of).
+    _known: dict[int, tuple[Check, _CheckFacts]] | None = None
 
     def __post_init__(self) -> None:
         self._client_frames = codec.FrameSplitter(MAX_AUTH_MESSAGE)
@@ -1481,7 +1515,7 @@ class Session:
                 parse_name, _ = codec.read_cstr(buf, start, end, self.enc)
                 before = self._prepared.get(parse_name)
             chunk.names = None
-            if gov is not None:
+            if gov is not None and t in _GOVERNED_FRAMES:
                 gated = len(chunk.gated)
                 asks = len(chunk.approvals) if asking and t == m.Q_EXECUTE else 0
                 self._in_flight = self._busy or i > 0 or carry is not None
@@ -1494,6 +1528,8 @@ class Session:
                         hold = None
                     elif hold is None and t == m.Q_EXECUTE and len(chunk.approvals) > asks:
                         hold = (i, start - 5, gated, asks)
+            elif asking and gov is not None and t in _SEGMENT_ENDS:
+                hold = None
             if self.masking is not None:
                 self.masking.sent(t, buf, start, end, chunk.plans, chunk.names)
                 chunk.plans = ()
@@ -1529,7 +1565,8 @@ class Session:
             if chunk.approvals or (chunk.gated and self.audit is not None and self.audit.wait):
                 cmds.append(c.AuditGate(chunk.gated, [send], frames, chunk.approvals, chunk.durable))
             else:
-                cmds.extend(c.Audit(r) for r in chunk.gated)
+                if chunk.gated:
+                    cmds.extend(c.Audit(r) for r in chunk.gated)
                 cmds.append(send)
         if terminate:
             self._enter(State.CLOSED)
@@ -1646,12 +1683,12 @@ class Session:
     def _govern_frame(self, gov: Governor, chunk: _Chunk, t: int, start: int, end: int) -> None:
         buf = chunk.buf
         names = ("", "")
-        bind: m.Bind | None = None
+        bind: _BindParts | None = None
         if t in _NAMED_FRAMES:
             if t == m.Q_BIND and (self.audit is not None or self.approvals is not None or self.guard is not None):
                 try:
                     bind = _decode_bind(buf, start, end, self.enc)  # needed below: read once
-                    names = (bind.portal, bind.statement)
+                    names = (bind[0], bind[1])
                 except codec.ProtocolError:
                     names = self._frame_names(t, buf, start, end)  # the names first, as always
             else:
@@ -1700,8 +1737,16 @@ class Session:
             portal, pos = codec.read_cstr(buf, start, end, self.enc)
             return portal, codec.read_cstr(buf, pos, end, self.enc)[0]
         if t == m.Q_DESCRIBE or t == m.Q_CLOSE:
-            return codec.decode_describe_or_close(buf, start, end, self.enc)
-        name = codec.read_cstr(buf, start, end, self.enc)[0]  # Parse, Execute: the name comes first
+            # codec.decode_describe_or_close inline for a well-formed one (every statement
+            # of pgbench -M prepared has its Describe); anything else is left to it.
+            kind = buf[start] if start < end else 0
+            z = buf.find(b"\x00", start + 1, end) if kind == 83 or kind == 80 else -1  # S, P
+            if z < 0:
+                return codec.decode_describe_or_close(buf, start, end, self.enc)
+            return "S" if kind == 83 else "P", buf[start + 1 : z].decode(self.enc, "surrogateescape")
+        # Parse, Execute: the name comes first (codec.read_cstr inline: every Execute has one)
+        z = buf.find(b"\x00", start, end)
+        name = buf[start:z].decode(self.enc, "surrogateescape") if z >= 0 else codec.read_cstr(buf, start, end, self.enc)[0]
         return name, name
 
     # ------------------------------------------------------------------ governance
@@ -1811,7 +1856,7 @@ class Session:
             self._audit_refused(chunk, bytes(buf[start : min(end, start + 4096)]).decode(self.enc, "replace"), too_long)
             return
         unsure = self._unreadable(buf, start, end)
-        sql = codec.decode_query(buf, start, end, self.enc).sql
+        sql = codec.query_sql(buf, start, end, self.enc)
         if unsure is None and self._in_flight and not buf[start:end].isascii():
             unsure = self._reads_alike(gov, bytes(buf[start : end - 1]), sql)
         if unsure:
@@ -2133,15 +2178,28 @@ class Session:
         quiet[id(check)] = (check, view)
         return True
 
+    def _facts_of(self, check: Check) -> _CheckFacts:
+        """What Binds and Executes ask of a prepared statement's check, kept per check
+        (a statement prepared once is bound and executed many times)."""
+        known = self._known
+        got = known.get(id(check)) if known is not None else None
+        if got is not None and got[0] is check:
+            return got[1]
+        if known is None:
+            known = self._known = {}
+        elif len(known) >= _MAX_SHAPES:
+            known.clear()
+        facts = _CheckFacts(check)
+        known[id(check)] = (check, facts)
+        return facts
+
     def _guard_bind(self, chunk: _Chunk, portal: str, name: str) -> None:
         """Planning runs non-volatile functions (constant folding, estimates) at Bind: a
         Bind of a statement that calls opaque code runs under the guard too."""
         if self.guard is None or self.guard.exchange.skipping:
             return
         prepared = self._prepared.get(name)
-        if prepared is not None and not any(
-            "volatile_function" in f.flags and (f.functions or f.tables_read) for f in prepared[2].verdict.facts
-        ):
+        if prepared is not None and not self._facts_of(prepared[2]).plans_opaque:
             return  # only what it calls (or the views it reads call) can run at planning
         if prepared is not None and (self._approvable(prepared[2]) or not prepared[2].allowed):
             return
@@ -2367,7 +2425,7 @@ class Session:
         self._audit_denied(chunk, parse.sql, check)
 
     def _govern_bind(
-        self, gov: Governor, chunk: _Chunk, start: int, end: int, portal: str, name: str, bind: m.Bind | None
+        self, gov: Governor, chunk: _Chunk, start: int, end: int, portal: str, name: str, bind: _BindParts | None
     ) -> None:
         """``bind``: the Bind, when read already."""
         buf = chunk.buf
@@ -2375,11 +2433,11 @@ class Session:
         if self.audit is not None or self.approvals is not None or self.guard is not None:
             if bind is None:
                 bind = _decode_bind(buf, start, end, self.enc)
-            self._portals[portal] = _Portal(name, bind, self.enc, known)
-        if known is not None and any(f.where_params for f in known[2].verdict.facts):
+            self._portals[portal] = _Portal(name, bind[2], bind[3], self.enc, known)
+        if known is not None and self._facts_of(known[2]).where_params:
             if bind is None:
-                bind = codec.decode_bind(buf, start, end, self.enc)
-            values = _param_values(bind, self.enc, self._param_types.get(name, ()))
+                bind = _bind_parts(codec.decode_bind(buf, start, end, self.enc))
+            values = _param_values(bind[2], bind[3], self.enc, self._param_types.get(name, ()))
             bound = self._bound_always_true(gov, known[2], values)
             if bound is not None:
                 marker = self._deny(bound, known[0], chunk.commands)
@@ -2531,12 +2589,12 @@ class Session:
         sql, _, check = prepared
         ids: tuple[str, ...] = ()
         if self.audit is not None:
-            facts = check.verdict.facts[0] if check.verdict.facts else None
+            known = self._facts_of(check)
             masking = self.masking
             plan = masking.statement(bound.statement) if masking is not None and not masking.exempt() else None
-            rec = self.audit.statement(sql, facts, check.decision, params=bound.readable, masks=plan)
+            rec = self.audit.statement(sql, known.first, check.decision, params=bound.readable, masks=plan)
             chunk.gated.append(rec)
-            chunk.durable = chunk.durable or facts is None or changes_data(facts.command, facts.classes, facts.flags)
+            chunk.durable = chunk.durable or known.durable
             self.audit.expect(rec, self._cycles_sent + 1)  # answered before the next Sync's ReadyForQuery
             ids = (rec.id,)
         if self._approvable(check):
@@ -2580,15 +2638,16 @@ class Session:
         """``tracked``: the guard has followed these frames already (or there is none)."""
         audit = self.audit
         masking = self.masking
-        exchange = None if tracked or self.guard is None else self.guard.exchange
+        if not tracked and self.guard is not None:
+            # Which request each message answers: nothing below depends on it, and a
+            # protocol error below ends the session.
+            self.guard.exchange.received_all(spans)
         chunk = _Chunk(buf)
         i = 0
         n = len(spans)
         while i < n:
             t, start, end = spans[i]
             i += 1
-            if exchange is not None and t != m.R_DATA_ROW and t != m.COPY_DATA:
-                exchange.received(t)
             masked: bytes | None = None
             if masking is not None:
                 if t == m.R_DATA_ROW or t == m.COPY_DATA:
@@ -2616,7 +2675,9 @@ class Session:
                     self._refusals.clear()
                     self._marker_cycles.clear()
                 if audit is not None:
-                    chunk.commands.extend(c.Audit(r) for r in audit.ready(self._cycles_done))
+                    skipped = audit.ready(self._cycles_done)
+                    if skipped:
+                        chunk.commands.extend(c.Audit(r) for r in skipped)
                 if self._schema_pending and self.txn_status == "I":
                     self._schema_pending = False
                     assert self.connection_name is not None

@@ -239,10 +239,15 @@ def _need(pos: int, size: int, end: int) -> None:
 
 
 def decode_query(buf: bytes, start: int, end: int, enc: str = "utf-8") -> m.Query:
+    return m.Query(query_sql(buf, start, end, enc))
+
+
+def query_sql(buf: bytes, start: int, end: int, enc: str = "utf-8") -> str:
+    """The SQL text of a Query (:func:`decode_query` without making the message)."""
     sql, pos = _sql(buf, start, end, enc)
     if pos != end:
         raise ProtocolError("trailing bytes in Query")
-    return m.Query(sql)
+    return sql
 
 
 def decode_parse(buf: bytes, start: int, end: int, enc: str = "utf-8") -> m.Parse:
