@@ -675,6 +675,21 @@ def test_startup_timeout_before_ready(stage: str) -> None:
     assert pb.session.state is State.CLOSED
 
 
+def test_startup_timeout_during_the_tls_handshake_closes_without_a_word_in_clear() -> None:
+    """Bytes in clear in the middle of the client's TLS handshake are garbage to it (the
+    client reported "wrong version number"): the connection is closed, nothing is written."""
+    pb = Playbook(new_session(tls=False))
+    pb.client(codec.encode_ssl_request()).expect(c.SendClient(b"S"), c.StartClientTLS())
+    out = pb.session.handle(StartupTimedOut())
+    assert not [cmd for cmd in out if isinstance(cmd, c.SendClient)], out
+    assert c.CloseClient() in out and pb.session.state is State.CLOSED
+    # after the handshake, the timeout is said over TLS as before
+    pb = Playbook(new_session(tls=False))
+    pb.client(codec.encode_ssl_request()).take()
+    pb.event(ClientTLSStarted("TLSv1.3")).take()
+    pb.event(StartupTimedOut()).expect(Fatal("08P01"), *CLOSE)
+
+
 def test_startup_timeout_after_ready_does_nothing() -> None:
     pb = logged_in()
     pb.event(StartupTimedOut()).expect_nothing()

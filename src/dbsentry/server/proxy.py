@@ -830,7 +830,11 @@ class ClientConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         try:
             new = await loop.start_tls(
-                self.transport, self, self.proxy.server_ssl, server_side=True, ssl_handshake_timeout=10
+                self.transport,
+                self,
+                self.proxy.server_ssl,
+                server_side=True,
+                ssl_handshake_timeout=self.proxy.config.limits.startup_timeout_seconds,  # part of the startup
             )
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as err:
             log.info("client TLS handshake failed", extra={"fields": {"client": self.address, "error": str(err)}})

@@ -739,6 +739,7 @@ class Session:
     # read before the COMMIT would see the old catalog, and keep it)
     _schema_pending: bool = False
     _startup_buf: bytes = b""
+    _tls_starting: bool = False  # "S" sent to an SSLRequest, the handshake not done yet
     _client_frames: codec.FrameSplitter = field(init=False)
     _upstream_frames: codec.FrameSplitter = field(init=False)
     _upstream_fatal: bool = False
@@ -925,6 +926,7 @@ class Session:
                 # Bytes sent before the TLS handshake could be injected by a man in the
                 # middle (CVE-2021-23214): never treat them as part of the session.
                 raise codec.ProtocolError("unencrypted data after SSLRequest")
+            self._tls_starting = True
             return [c.SendClient(b"S"), c.StartClientTLS()]
         if isinstance(packet, m.GSSENCRequest):
             out: list[c.Command] = [c.SendClient(b"N")]
@@ -935,6 +937,7 @@ class Session:
         return self._on_startup_message(packet, rest)
 
     def _on_client_tls_started(self, version: str | None) -> list[c.Command]:
+        self._tls_starting = False
         self.client.tls = True
         self.client.tls_version = version
         return []
@@ -2837,4 +2840,8 @@ class Session:
     def _on_startup_timed_out(self) -> list[c.Command]:
         if self.state in (State.READY, State.GREETED, State.OPENING, State.CLOSED):
             return []
+        if self._tls_starting:  # mid-handshake: an error in clear would be garbage to the client's TLS
+            self._enter(State.CLOSED)
+            reason = "dbsentry: timeout waiting for the TLS handshake"
+            return [c.Log(logging.INFO, "session.refused", {"sqlstate": "08P01", "reason": reason, "client": self.client.address}), c.CloseClient()]
         return self._fail("08P01", "dbsentry: timeout waiting for startup and authentication", client=self.client.address)
