@@ -61,6 +61,7 @@ from dbsentry.policy.engine import Policy
 from dbsentry.server import tls
 from dbsentry.server.internode import NodeLink
 from dbsentry.server.proxy import Authenticator, drain
+from dbsentry.server.reading import TURN_BYTES, UpstreamReading, client_gone
 from dbsentry.server.workerproto import (
     KILL_ANSWER_SECONDS,
     WorkerChannel,
@@ -79,8 +80,6 @@ log = logging.getLogger("dbsentry.mysql")
 
 FALLBACK_VERSION = "8.0.0-dbsentry"
 _READ = 65536
-# An upstream read this large leaves the next one for the loop's next turn (upstream_data).
-_TURN_BYTES = 65536
 
 
 def load_or_create_rsa_key(path: Path) -> RSAPrivateKey:
@@ -549,8 +548,7 @@ class MySQLClient(asyncio.Protocol):
         self.address = "?"
         self.closed = False
         self.upstream: asyncio.Transport | None = None
-        self._slow_client = False  # the client's buffer is full (pause_writing): the upstream waits
-        self._next_read: asyncio.Handle | None = None  # the upstream's next read waits for the loop's next turn
+        self._reading = UpstreamReading()
         self.approval_wait: asyncio.Future[None] | None = None  # set while a statement waits for approval
         self._keep: asyncio.StreamWriter | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -619,40 +617,23 @@ class MySQLClient(asyncio.Protocol):
         self.feed(ClientClosed())
 
     def pause_writing(self) -> None:
-        self._slow_client = True
-        if self.upstream is not None:
-            self.upstream.pause_reading()  # the client reads slowly: so does the proxy
+        self._reading.client_slow(self.upstream, True)  # the client reads slowly: so does the proxy
 
     def resume_writing(self) -> None:
-        self._slow_client = False
-        if self.upstream is not None and self._next_read is None:
-            self.upstream.resume_reading()
+        self._reading.client_slow(self.upstream, False)
 
     def upstream_data(self, data: bytes) -> None:
-        """The upstream's bytes, one read per turn of the event loop.
-
-        uvloop reads a busy socket up to 32 times (256 KiB each) before it looks at
-        anything else: 8 MiB of rows to relay and mask in one go, seconds in which
-        nothing else in this worker runs (other sessions, the MCP tools, the timers, the
-        news that this client has left). After a large read the next one waits for the
-        loop's next turn. A client already gone (a write to it failed; its
+        """The upstream's bytes, a large read at most per turn of the event loop
+        (server/reading.py). A client already gone (a write to it failed; its
         ``connection_lost`` comes on a later turn) ends the session now: the rest of the
         result is not read, relayed to nobody and masked for nothing."""
-        transport = self.transport
-        if self.closed or transport is None or transport.is_closing():
+        if self.closed or client_gone(self.transport):
             self.feed(ClientClosed())  # the session cancels the statement and closes the upstream
             return
         self.feed(UpstreamData(data))
         up = self.upstream
-        if len(data) >= _TURN_BYTES and up is not None and not up.is_closing() and self._next_read is None:
-            up.pause_reading()
-            self._next_read = asyncio.get_running_loop().call_soon(self._read_on)
-
-    def _read_on(self) -> None:
-        self._next_read = None
-        up = self.upstream
-        if up is not None and not up.is_closing() and not self._slow_client:
-            up.resume_reading()
+        if len(data) >= TURN_BYTES and up is not None:
+            self._reading.large_read(up)
 
     def _startup_timeout(self) -> None:
         self._timer = None

@@ -59,6 +59,7 @@ from dbsentry.policy.engine import Decision
 from dbsentry.server import tls
 from dbsentry.server.catalogs import CatalogError, CatalogLoader
 from dbsentry.server.internode import NodeLink
+from dbsentry.server.reading import TURN_BYTES, UpstreamReading, client_gone
 from dbsentry.server.workerproto import (
     WorkerChannel,
     WorkerInfo,
@@ -335,6 +336,7 @@ class ClientConnection(asyncio.Protocol):
         "_gate",
         "_grants_for",
         "_hold_results",
+        "_socket",
         "_timer",
         "_wait",
         "address",
@@ -348,6 +350,9 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, proxy: ProxyServer) -> None:
         self.proxy = proxy
         self.transport: asyncio.Transport | None = None
+        # The socket's own transport: under TLS, ``transport`` is a layer over it that
+        # learns of a failed write only on the loop's next turn.
+        self._socket: asyncio.BaseTransport | None = None
         self.upstream: UpstreamConnection | None = None
         self.closed = False
         self.address = "?"
@@ -364,6 +369,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self._socket = transport
         peer = transport.get_extra_info("peername")
         self.address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         pid, secret = self.proxy.new_backend_key()
@@ -400,6 +406,7 @@ class ClientConnection(asyncio.Protocol):
         if self._wait is not None:
             self._wait.cancel()
             self._wait = None
+        left = self.closed  # the session knows already (upstream_data)
         self.closed = True
         sessions = self.proxy.sessions
         sessions.pop(self.session.proxy_pid, None)
@@ -409,16 +416,35 @@ class ClientConnection(asyncio.Protocol):
         if self._grants_for is not None and self.proxy.approvals is not None:
             self.proxy.approvals.release_grants(self._grants_for)
             self._grants_for = None
-        self.run(self.session.handle(ClientClosed()))
+        if not left:
+            self.run(self.session.handle(ClientClosed()))
 
     def pause_writing(self) -> None:
-        if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.pause_reading()
+        up = self.upstream
+        if up is not None:
+            up.reading.client_slow(up.transport, True)  # the client reads slowly: so does the proxy
 
     def resume_writing(self) -> None:
-        held = self._hold_results is not None and self._hold_results.paused
-        if self.upstream is not None and self.upstream.transport is not None and not held:
-            self.upstream.transport.resume_reading()
+        up = self.upstream
+        if up is not None:
+            up.reading.client_slow(up.transport, False)
+
+    def upstream_data(self, data: bytes) -> None:
+        """The logged-in upstream's bytes, a large read at most per turn of the event loop
+        (server/reading.py). For a client that has left (a write to it failed; its
+        ``connection_lost`` comes on a later turn) the session ends now: it cancels the
+        statement and closes the upstream, and the rest is not relayed for nobody."""
+        if self.closed:
+            return
+        if client_gone(self._socket):
+            self.closed = True
+            self.run(self.session.handle(ClientClosed()))
+            return
+        self.run(self.session.handle(UpstreamData(data)))
+        if len(data) >= TURN_BYTES:
+            up = self.upstream
+            if up is not None and up.transport is not None:
+                up.reading.large_read(up.transport)
 
     # ------------------------------------------------------------------ commands
 
@@ -558,8 +584,8 @@ class ClientConnection(asyncio.Protocol):
         if hold.should_pause():
             hold.paused = True
             up = self.upstream
-            if up is not None and up.transport is not None:
-                up.transport.pause_reading()  # backpressure: the server waits, not our memory
+            if up is not None:
+                up.reading.results_held(up.transport, True)  # backpressure: the server waits, not our memory
 
     def _release(self, error: AuditUnavailable | None) -> None:
         hold = self._hold_results
@@ -586,8 +612,8 @@ class ClientConnection(asyncio.Protocol):
         if hold.paused:
             hold.paused = False
             up = self.upstream
-            if up is not None and up.transport is not None and not self.closed:
-                up.transport.resume_reading()
+            if up is not None and not self.closed:
+                up.reading.results_held(up.transport, False)
 
     def _committed(self, entry: _GateEntry, error: AuditUnavailable | None) -> None:
         if error is None:
@@ -999,6 +1025,7 @@ class UpstreamConnection(asyncio.Protocol):
         "client",
         "handshake",
         "login_timer",
+        "reading",
         "ready",
         "tls_answer",
         "transport",
@@ -1014,6 +1041,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.backend_secret = b""
         self._on_data: Callable[[bytes], Any] = self._ignore
         self.login_timer: asyncio.TimerHandle | None = None
+        self.reading = UpstreamReading()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -1026,7 +1054,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.ready:
-            self.client.run(self.client.session.handle(UpstreamData(data)))
+            self.client.upstream_data(data)
             return
         if self.tls_answer is not None and not self.tls_answer.done():
             if len(data) != 1:
