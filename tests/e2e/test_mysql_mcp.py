@@ -383,6 +383,7 @@ def test_a_result_cut_at_its_cap_is_not_read_to_the_end(env: Env) -> None:
     assert "Exception ignored" not in Path(env.mp.proxy.log_path).read_text()  # the dropped result is not read when collected
 
 
+@pytest.mark.serial  # bounds each call to 2.5 s: run alone after the others
 def test_five_rows_of_a_huge_result_come_back_at_once_whatever_came_before(one_worker: Env) -> None:
     """An explain, then 5 rows of a hundred million, on the one worker that also runs the
     tools: the rows come back at once, every time. The proxy relays the upstream one read

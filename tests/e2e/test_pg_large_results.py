@@ -22,7 +22,8 @@ import pytest
 from support.pg import PgServer
 from support.proxy import RunningProxy, run_proxy, write_config
 
-pytestmark = pytest.mark.e2e
+# Both bound a duration (a few seconds): run alone after the others (docs/testing.md).
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 
 # Rows as fast as the server makes them (a set-returning function in the select list
 # streams; in FROM it is materialized first).

@@ -137,6 +137,10 @@ def run_proxy(
         )
     try:
         wait_port(host, int(port), proc, log_path)
+        http = data["listen"].get("http")
+        if http:  # the console, the API and MCP start after the database listeners
+            http_host, _, http_port = http.rpartition(":")
+            wait_port(http_host.strip("[]"), int(http_port), proc, log_path)
         yield RunningProxy(host, int(port), config_path, Path(data["state_dir"]), log_path, proc)
     finally:
         proc.terminate()
