@@ -144,7 +144,7 @@ def run(
         try:
             return asyncio.run(_run_asyncpg(proxy, statements, login))
         except ConnectFailed:
-            _collect_client_leaks()
+            collect_client_leaks()
             raise
     raise ValueError(f"unknown client mode {mode!r}")
 
@@ -271,7 +271,7 @@ def _run_psycopg(
 # ---------------------------------------------------------------------------- asyncpg
 
 
-def _collect_client_leaks() -> None:
+def collect_client_leaks() -> None:
     """asyncpg sometimes leaves the transport of a refused login for the garbage collector,
     which then warns (ResourceWarning) during whichever test runs next.  Collect it now and
     drop that one warning: it is the client library's, not the proxy's."""
@@ -319,7 +319,7 @@ async def _run_asyncpg(
     if refused is not None:
         # Raised outside the except clause: asyncpg's error (whose traceback holds the
         # refused login's transport) is not kept as the context of ConnectFailed, so
-        # _collect_client_leaks can collect the transport now, not a later test.
+        # collect_client_leaks can collect the transport now, not a later test.
         raise refused
     out: list[Outcome] = []
     try:
