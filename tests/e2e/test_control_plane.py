@@ -439,6 +439,11 @@ def test_cancel_sent_to_b_cancels_a_statement_on_a(nodes: tuple[RunningProxy, Ru
             timer.join()
             assert b.log_text().count("cancel request forwarded to another node") > forwarded
             assert conn.execute("select 1").fetchone() == (1,)
+            # Through node B while nothing runs: delivered before the cancel returns, so
+            # it never stops the next statement.
+            for attempt in range(3):
+                conn.cancel_safe(timeout=10)
+                assert conn.execute("select pg_sleep(0.2), 'ran'").fetchone() == ("", "ran"), attempt
 
 
 def test_forged_cancel_between_nodes_is_ignored_and_logged(nodes: tuple[RunningProxy, RunningProxy]) -> None:

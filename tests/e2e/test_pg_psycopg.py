@@ -175,6 +175,17 @@ def test_cancel_from_another_thread(proxy: RunningProxy, how: str) -> None:
         assert c.execute("select 'usable'").fetchone() == ("usable",)
 
 
+def test_a_cancel_returns_once_delivered_so_it_never_hits_the_next_statement(proxy: RunningProxy) -> None:
+    """libpq's cancel returns when the server closes the cancel connection, after it has
+    signalled the backend: a cancel sent while nothing runs cancels nothing. The proxy closes
+    the client's cancel connection only once the upstream has the request, or a late cancel
+    would stop the statement the client sends next."""
+    with psycopg.connect(proxy.dsn(), autocommit=True) as c:
+        for attempt in range(8):
+            c.cancel_safe(timeout=10)
+            assert c.execute("select pg_sleep(0.2), 'ran'").fetchone() == ("", "ran"), attempt
+
+
 def test_transaction_status_after_error(proxy: RunningProxy) -> None:
     with psycopg.connect(proxy.dsn()) as c:
         assert c.info.transaction_status == TransactionStatus.IDLE

@@ -169,6 +169,21 @@ def test_cancel_lands_on_any_worker_and_cancels_within_a_second(workers: tuple[R
         assert conn.execute("select 2").fetchone() == (2,)
 
 
+def test_a_cancel_through_the_other_worker_is_delivered_before_it_returns(workers: tuple[RunningProxy, str]) -> None:
+    """A cancel sent while nothing runs cancels nothing, whichever worker it lands on: the
+    client's cancel connection is closed only once the upstream has the request."""
+    proxy, _ = workers
+    forwarded_before = _log_count(proxy, "cancel request forwarded")
+    with _connect(proxy, "idle-cancel") as conn:
+        for attempt in range(40):
+            conn.cancel_safe(timeout=10)
+            assert conn.execute("select pg_sleep(0.2), 'ran'").fetchone() == ("", "ran"), attempt
+            if attempt >= 3 and _log_count(proxy, "cancel request forwarded") > forwarded_before:
+                break  # one went through the other worker
+        else:
+            raise AssertionError("every cancel landed on the same worker")
+
+
 def test_a_forged_cancel_between_workers_is_ignored_and_logged(workers: tuple[RunningProxy, str]) -> None:
     proxy, _ = workers
     with _connect(proxy, "forged") as conn:

@@ -18,6 +18,10 @@ from dbsentry.server.workerproto import (
 )
 
 
+async def _no_cancel(pid: int, secret: bytes, source: str) -> None:
+    """A node channel's cancel handler for tests that send none."""
+
+
 @pytest.mark.parametrize(("slot", "worker"), [(0, 0), (1, 0), (0, 63), (255, 63), (17, 5)])
 def test_a_backend_pid_names_its_node_slot_and_worker(slot: int, worker: int) -> None:
     for rand in (1, 2, 12345, (2**31 - 1) >> 14):
@@ -52,7 +56,9 @@ def test_control_plane_section(tmp_path: Path) -> None:
     assert parse_config({}, tmp_path).control_plane is None  # absent: SQLite in state_dir
     secret = tmp_path / "secret"
     secret.write_text("a-long-enough-shared-secret\n")
-    cp = parse_config({"control_plane": {"postgres": {"dsn": "x"}, "secret_file": "secret"}}, tmp_path).control_plane
+    cp = parse_config(
+        {"control_plane": {"postgres": {"dsn": "x"}, "secret_file": "secret"}}, tmp_path
+    ).control_plane
     assert cp is not None and cp.resolve_secret() == b"a-long-enough-shared-secret"
 
 
@@ -67,13 +73,20 @@ def test_control_plane_section(tmp_path: Path) -> None:
         ({"postgres": {"dsn": "x"}, "secret_env": "A", "secret_file": "b"}, "at most one"),
     ],
 )
-def test_bad_control_plane_sections_are_refused(tmp_path: Path, section: dict[str, object], says: str) -> None:
+def test_bad_control_plane_sections_are_refused(
+    tmp_path: Path, section: dict[str, object], says: str
+) -> None:
     with pytest.raises(ConfigError, match=says):
         parse_config({"control_plane": section}, tmp_path)
 
 
-def test_a_short_or_missing_secret_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cp = parse_config({"control_plane": {"postgres": {"dsn_env": "CP_DSN_UNSET"}, "secret_env": "CP_SECRET"}}, tmp_path).control_plane
+def test_a_short_or_missing_secret_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cp = parse_config(
+        {"control_plane": {"postgres": {"dsn_env": "CP_DSN_UNSET"}, "secret_env": "CP_SECRET"}},
+        tmp_path,
+    ).control_plane
     assert cp is not None
     with pytest.raises(ConfigError, match="CP_SECRET"):
         cp.resolve_secret()
@@ -87,7 +100,9 @@ def test_a_short_or_missing_secret_is_refused(tmp_path: Path, monkeypatch: pytes
 def test_an_unreachable_control_plane_refuses_logins_saying_why() -> None:
     refused = ControlPlaneUnavailable("postgres:127.0.0.1:1/cp schema s: connection refused")
     assert isinstance(refused, LoginThrottled)  # the sessions answer it as a refused login
-    assert refused.message.startswith("dbsentry: the control plane is unavailable (postgres:127.0.0.1:1/cp")
+    assert refused.message.startswith(
+        "dbsentry: the control plane is unavailable (postgres:127.0.0.1:1/cp"
+    )
 
 
 # --- the console's questions to other nodes (server/internode.py, web/views.py) ------------
@@ -96,24 +111,46 @@ KEY = b"k" * 32
 
 
 def _row(session_id: str) -> dict[str, object]:
-    return {"session_id": session_id, "live": True, "identity": "alice@example.com", "identity_kind": "human"}
+    return {
+        "session_id": session_id,
+        "live": True,
+        "identity": "alice@example.com",
+        "identity_kind": "human",
+    }
 
 
 def test_a_status_answer_round_trips_and_names_its_node_and_worker() -> None:
     from dbsentry.server.internode import read_status, status_answer
     from dbsentry.server.workerproto import seal, unseal
 
-    body = status_answer("node-a", 1, "n" * 32, lambda: ([_row("s1"), {**_row("s2"), "node": "forged"}], {"listener": True, "audit_writer": True}))
+    body = status_answer(
+        "node-a",
+        1,
+        "n" * 32,
+        lambda: (
+            [_row("s1"), {**_row("s2"), "node": "forged"}],
+            {"listener": True, "audit_writer": True},
+        ),
+    )
     frame = seal(KEY, body)[4:]
     got = read_status(unseal(KEY, frame), "n" * 32, "node-a", 1, "10.0.0.1:7001")
     assert got.answered and got.ready and got.checks == {"listener": True, "audit_writer": True}
-    assert [(r["session_id"], r["node"], r["worker"]) for r in got.sessions] == [("s1", "node-a", 1), ("s2", "node-a", 1)]
+    assert [(r["session_id"], r["node"], r["worker"]) for r in got.sessions] == [
+        ("s1", "node-a", 1),
+        ("s2", "node-a", 1),
+    ]
 
 
 def test_a_worker_not_ready_says_which_check_fails() -> None:
     from dbsentry.server.internode import read_status, status_answer
 
-    got = read_status(status_answer("a", 0, "n" * 32, lambda: ([], {"listener": True, "control_plane": False})), "n" * 32, "a", 0, "x:1")
+    got = read_status(
+        status_answer("a", 0, "n" * 32, lambda: ([], {"listener": True, "control_plane": False})),
+        "n" * 32,
+        "a",
+        0,
+        "x:1",
+    )
     assert got.answered and got.ready is False and got.checks["control_plane"] is False
     starting = read_status(status_answer("a", 0, "n" * 32, None), "n" * 32, "a", 0, "x:1")
     assert starting.answered and starting.ready is False and starting.sessions == []
@@ -154,7 +191,16 @@ def test_a_question_is_answered_once() -> None:
     assert not seen.first_time("b", later)  # "b" (seen a second after "a") still remembered
 
 
-def _worker(node: str, worker: int, *, answered: bool = True, ready: bool = True, sessions: int = 0, age: float = 0.2, this: bool = False) -> dict[str, object]:
+def _worker(
+    node: str,
+    worker: int,
+    *,
+    answered: bool = True,
+    ready: bool = True,
+    sessions: int = 0,
+    age: float = 0.2,
+    this: bool = False,
+) -> dict[str, object]:
     return {
         "node": node, "worker": worker, "slot": 3, "address": f"10.0.0.{worker}:7000", "this_node": this,
         "heartbeat_age_seconds": age, "answered": answered, "ready": ready if answered else None,
@@ -175,7 +221,11 @@ def test_nodes_are_summarised_from_their_workers() -> None:
     assert zeta["workers"] == [0, 1] and zeta["addresses"] == ["10.0.0.0:7000", "10.0.0.1:7000"]
     assert zeta["sessions"] == 5 and zeta["ready"] is True and zeta["heartbeat_age_seconds"] == 0.1
     assert beta["sessions"] is None and beta["ready"] is False and beta["not_answering"] == [0]
-    assert omega["ready"] is False and omega["not_ready"] == ["w1: listener"] and omega["sessions"] == 1
+    assert (
+        omega["ready"] is False
+        and omega["not_ready"] == ["w1: listener"]
+        and omega["sessions"] == 1
+    )
     assert node_summaries([]) == []
 
 
@@ -189,11 +239,11 @@ def test_a_worker_answers_another_nodes_question_once_and_never_a_forged_one() -
     from dbsentry.server.workerproto import seal
 
     async def main() -> None:
-        there = NodeChannel(KEY, "127.0.0.1", 0, lambda *_: None)
+        there = NodeChannel(KEY, "127.0.0.1", 0, _no_cancel)
         there.node, there.worker = "node-b", 1
         there.status = lambda: ([_row("s9")], {"listener": True})
         host, port = await there.start()
-        here = NodeChannel(KEY, "127.0.0.1", 0, lambda *_: None)
+        here = NodeChannel(KEY, "127.0.0.1", 0, _no_cancel)
         try:
             got = await here.ask_status(f"{host}:{port}", "node-b", 1)
             assert got.answered and got.ready and [r["session_id"] for r in got.sessions] == ["s9"]
@@ -211,7 +261,9 @@ def test_a_worker_answers_another_nodes_question_once_and_never_a_forged_one() -
             assert struct.unpack(">I", first[:4])[0] == len(first) - 4 and b'"s9"' in first
             assert await raw(question) == b""  # replayed: no answer
             assert await raw(seal(b"x" * 32, {"op": "status", "nonce": "f" * 32})) == b""
-            wrong = await NodeChannel(b"x" * 32, "127.0.0.1", 0, lambda *_: None).ask_status(f"{host}:{port}", "node-b", 1)
+            wrong = await NodeChannel(b"x" * 32, "127.0.0.1", 0, _no_cancel).ask_status(
+                f"{host}:{port}", "node-b", 1
+            )
             assert not wrong.answered and wrong.sessions == []
             await there.close()
             gone = await here.ask_status(f"{host}:{port}", "node-b", 1)  # a dead worker
@@ -242,17 +294,23 @@ def test_the_console_lists_the_sessions_of_the_workers_that_answer_and_names_the
         return asyncio.run_coroutine_threadsafe(coro, loop).result(5)  # type: ignore[arg-type]
 
     channels = []
-    registry = [NodeRow("node-a", 0, 0, "127.0.0.1:1", 1, 0.0, 0.1)]  # this node: not asked for sessions
+    registry = [
+        NodeRow("node-a", 0, 0, "127.0.0.1:1", 1, 0.0, 0.1)
+    ]  # this node: not asked for sessions
     try:
-        for name, worker, sessions in (("node-b", 0, ["b0"]), ("node-b", 1, ["b1a", "b1b"]), ("node-c", 0, ["c0"])):
-            ch = NodeChannel(KEY, "127.0.0.1", 0, lambda *_: None)
+        for name, worker, sessions in (
+            ("node-b", 0, ["b0"]),
+            ("node-b", 1, ["b1a", "b1b"]),
+            ("node-c", 0, ["c0"]),
+        ):
+            ch = NodeChannel(KEY, "127.0.0.1", 0, _no_cancel)
             ch.node, ch.worker = name, worker
             ch.status = (lambda ids: lambda: ([_row(i) for i in ids], {"listener": True}))(sessions)
             host, port = cast(tuple[str, int], on_loop(ch.start()))
             channels.append(ch)
             registry.append(NodeRow(name, worker, 1, f"{host}:{port}", 2, 0.0, 0.2))
         on_loop(channels.pop().close())  # node C dies: nothing listens at its address
-        here = NodeChannel(KEY, "127.0.0.1", 0, lambda *_: None)
+        here = NodeChannel(KEY, "127.0.0.1", 0, _no_cancel)
         agent = cast(NodeAgent, SimpleNamespace(node="node-a", live_nodes=lambda: registry))
         view = ClusterView(agent, here, loop)
         rows, missing = view.remote_sessions()
@@ -261,8 +319,13 @@ def test_the_console_lists_the_sessions_of_the_workers_that_answer_and_names_the
         ]  # fmt: skip
         assert [(m["node"], m["worker"], m["answered"]) for m in missing] == [("node-c", 0, False)]
         by_worker = {(w["node"], w["worker"]): w for w in view.node_rows()}
-        assert by_worker[("node-b", 1)]["sessions"] == 2 and by_worker[("node-b", 1)]["ready"] is True
-        assert by_worker[("node-c", 0)]["answered"] is False and by_worker[("node-c", 0)]["sessions"] is None
+        assert (
+            by_worker[("node-b", 1)]["sessions"] == 2 and by_worker[("node-b", 1)]["ready"] is True
+        )
+        assert (
+            by_worker[("node-c", 0)]["answered"] is False
+            and by_worker[("node-c", 0)]["sessions"] is None
+        )
         assert by_worker[("node-a", 0)]["this_node"] is True
         with pytest.raises(RuntimeError):  # never from the loop it needs
             on_loop(_ask_on_loop(view))

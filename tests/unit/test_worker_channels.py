@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,25 @@ from dbsentry.server.workerproto import WorkerChannel, WorkerInfo, seal
 KEY = b"k" * 32
 
 
+async def _no_cancel(pid: int, secret: bytes, source: str) -> None:
+    """A node channel's cancel handler for tests that send none."""
+
+
+def _recording(cancels: list[int]) -> Callable[[int, bytes, str], Awaitable[None]]:
+    async def cancel(pid: int, secret: bytes, source: str) -> None:
+        cancels.append(pid)
+
+    return cancel
+
+
 def _kill_handler(seen: list[dict[str, Any]]) -> Any:
     async def handler(body: dict[str, Any]) -> dict[str, Any]:
         seen.append(body)
-        return {"error": None if body.get("identity") == "alice@example.com" else "dbsentry: you are not owner of thread 7"}
+        return {
+            "error": None
+            if body.get("identity") == "alice@example.com"
+            else "dbsentry: you are not owner of thread 7"
+        }
 
     return handler
 
@@ -34,8 +50,12 @@ def test_a_worker_answers_what_another_asks(tmp_path: Path) -> None:
         asker = WorkerChannel(WorkerInfo(1, 2, KEY, tmp_path), {})
         forger = WorkerChannel(WorkerInfo(1, 2, b"x" * 32, tmp_path), {})
         try:
-            assert await asker.ask(0, "mysql-kill", target=7, identity="alice@example.com") == {"error": None}
-            assert await asker.ask(0, "mysql-kill", target=7, identity="bob@example.com") == {"error": "dbsentry: you are not owner of thread 7"}
+            assert await asker.ask(0, "mysql-kill", target=7, identity="alice@example.com") == {
+                "error": None
+            }
+            assert await asker.ask(0, "mysql-kill", target=7, identity="bob@example.com") == {
+                "error": "dbsentry: you are not owner of thread 7"
+            }
             with pytest.raises(OSError):  # not under the node's key: ignored, no answer
                 await forger.ask(0, "mysql-kill", target=7, identity="alice@example.com")
             assert [b["identity"] for b in seen] == ["alice@example.com", "bob@example.com"]
@@ -49,7 +69,7 @@ async def _node_owner() -> tuple[NodeChannel, list[dict[str, Any]], list[int], s
     """A node's channel that answers KILLs (recorded in the list) and takes cancels (their pids)."""
     seen: list[dict[str, Any]] = []
     cancels: list[int] = []
-    owner = NodeChannel(KEY, "127.0.0.1", 0, lambda pid, secret, source: cancels.append(pid))
+    owner = NodeChannel(KEY, "127.0.0.1", 0, _recording(cancels))
     owner.on("mysql-kill", _kill_handler(seen))
     host, port = await owner.start()
     return owner, seen, cancels, host, port
@@ -58,15 +78,29 @@ async def _node_owner() -> tuple[NodeChannel, list[dict[str, Any]], list[int], s
 def test_a_node_answers_what_another_asks_and_ignores_a_forged_frame() -> None:
     async def run() -> None:
         owner, seen, cancels, host, port = await _node_owner()
-        asker = NodeChannel(KEY, "127.0.0.1", 0, lambda *_: None)
+        asker = NodeChannel(KEY, "127.0.0.1", 0, _no_cancel)
         try:
-            answer = await asker.ask(f"{host}:{port}", "mysql-kill", target=7, identity="alice@example.com")
+            answer = await asker.ask(
+                f"{host}:{port}", "mysql-kill", target=7, identity="alice@example.com"
+            )
             assert answer == {"error": None}
             with pytest.raises(OSError):
-                await NodeChannel(b"x" * 32, "127.0.0.1", 0, lambda *_: None).ask(f"{host}:{port}", "mysql-kill", target=7)
+                await NodeChannel(b"x" * 32, "127.0.0.1", 0, _no_cancel).ask(
+                    f"{host}:{port}", "mysql-kill", target=7
+                )
             # A frame not under the cluster key: the connection is closed without an answer.
             reader, writer = await asyncio.open_connection(host, port)
-            writer.write(seal(b"x" * 32, {"op": "mysql-kill", "nonce": "n" * 32, "target": 7, "identity": "alice@example.com"}))
+            writer.write(
+                seal(
+                    b"x" * 32,
+                    {
+                        "op": "mysql-kill",
+                        "nonce": "n" * 32,
+                        "target": 7,
+                        "identity": "alice@example.com",
+                    },
+                )
+            )
             await writer.drain()
             assert await reader.read() == b""  # closed without an answer
             writer.close()
@@ -96,7 +130,9 @@ def test_an_answer_that_does_not_verify_is_refused(tmp_path: Path) -> None:
         server = await asyncio.start_unix_server(serve, path=str(tmp_path / "w0.sock"))
         try:
             with pytest.raises(OSError):
-                await WorkerChannel(WorkerInfo(1, 2, KEY, tmp_path), {}).ask(0, "mysql-kill", target=7)
+                await WorkerChannel(WorkerInfo(1, 2, KEY, tmp_path), {}).ask(
+                    0, "mysql-kill", target=7
+                )
         finally:
             server.close()
             await server.wait_closed()
@@ -120,14 +156,27 @@ def test_a_recorded_cancel_or_kill_sent_again_is_ignored() -> None:
             return got
 
         try:
-            kill = seal(KEY, {"op": "mysql-kill", "nonce": "a" * 32, "target": 7, "identity": "alice@example.com"})
+            kill = seal(
+                KEY,
+                {
+                    "op": "mysql-kill",
+                    "nonce": "a" * 32,
+                    "target": 7,
+                    "identity": "alice@example.com",
+                },
+            )
             assert await send(kill) != b""  # answered
             assert await send(kill) == b""  # the same frame again: no answer, nothing done
             assert len(seen) == 1
-            cancel = seal(KEY, {"op": "cancel", "nonce": "b" * 32, "pid": 1234, "secret": "00" * 4, "source": "t"})
+            cancel = seal(
+                KEY,
+                {"op": "cancel", "nonce": "b" * 32, "pid": 1234, "secret": "00" * 4, "source": "t"},
+            )
             await send(cancel)
             await send(cancel)
-            await send(seal(KEY, {"op": "cancel", "pid": 1235, "secret": "00" * 4, "source": "t"}))  # no nonce
+            await send(
+                seal(KEY, {"op": "cancel", "pid": 1235, "secret": "00" * 4, "source": "t"})
+            )  # no nonce
             await asyncio.sleep(0.05)
             assert cancels == [1234]
         finally:

@@ -27,7 +27,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +43,8 @@ from dbsentry.server.workerproto import (
 
 log = logging.getLogger("dbsentry.internode")
 
-Cancel = Callable[[int, bytes, str], None]
+#: Cancel a session's statement; returns once the upstream has the request.
+Cancel = Callable[[int, bytes, str], Awaitable[None]]
 #: This worker's status for another node's console: (live session rows, readiness checks).
 Status = Callable[[], tuple[list[dict[str, Any]], dict[str, bool]]]
 #: At most this many session rows in one answer (the frame stays far below MAX_FRAME).
@@ -207,7 +208,8 @@ class NodeChannel:
                 log.warning("malformed message from another node ignored", extra={"fields": {"peer": where}})
                 return
             log.info("cancel request from another node", extra={"fields": {"peer": where}})
-            self.on_cancel(pid, key, str(body.get("source", "?"))[:80])
+            # closing the connection after this tells the sender the upstream has it
+            await self.on_cancel(pid, key, str(body.get("source", "?"))[:80])
         except (OSError, TimeoutError) as err:
             log.debug("message from another node dropped: %s", err)
         finally:
@@ -244,13 +246,16 @@ class NodeChannel:
         return await ask_stream(reader, writer, self.key, {"op": op, "nonce": secrets.token_hex(16), **fields})
 
     async def send_cancel(self, address: str, pid: int, secret: bytes, source: str) -> bool:
-        """Hand a CancelRequest to the worker at ``address``; False when it cannot be reached."""
+        """Hand a CancelRequest to the worker at ``address`` and wait until it closes the
+        connection (it has passed the request on upstream); False when it cannot be reached.
+        The caller bounds the wait."""
         host, _, port = address.rpartition(":")
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), ASK_TIMEOUT_SECONDS)
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), ASK_TIMEOUT_SECONDS)
             body = {"op": "cancel", "nonce": secrets.token_hex(16), "pid": pid, "secret": secret.hex(), "source": source}
             writer.write(seal(self.key, body))
             await writer.drain()
+            await reader.read()
             writer.close()
             return True
         except (OSError, TimeoutError, ValueError) as err:

@@ -169,9 +169,12 @@ class ProxyServer:
         if self.channel is not None:
             await self.channel.close()
 
-    def cancel(self, pid: int, secret: bytes, source: str) -> None:
+    async def cancel(self, pid: int, secret: bytes, source: str) -> None:
         """A client's CancelRequest for ``pid``: cancel its statement here, or hand it to the
-        worker (or node) that holds the session."""
+        worker (or node) that holds the session.  Returns once the upstream has the request
+        (or it could not be delivered): the client's cancel connection is closed after that,
+        as PostgreSQL closes it only once the backend is signalled, so a cancel that finds
+        nothing running never stops the statement the client sends next."""
         owner = owner_of(pid, self.node.slot if self.node is not None else None, self.worker)
         if owner.slot is not None and self.node is not None:
             slot, index = owner.slot, owner.worker or 0
@@ -180,37 +183,43 @@ class ProxyServer:
                 log.info("cancel request for no live node ignored", extra={"fields": {"slot": slot, "client": source}})
                 return
             log.info("cancel request forwarded to another node", extra={"fields": {"slot": slot, "worker": index, "client": source}})
-            spawn(self.node.channel.send_cancel(address, pid, secret, source), name="cancel-forward-node")
+            await self.node.channel.send_cancel(address, pid, secret, source)
             return
         if owner.worker is not None and self.channel is not None:
             log.debug("cancel request forwarded", extra={"fields": {"to_worker": owner.worker, "client": source}})
-            spawn(self.channel.send(owner.worker, "cancel", pid=pid, secret=secret.hex(), source=source), name="cancel-forward")
+            try:
+                await self.channel.ask(owner.worker, "cancel", pid=pid, secret=secret.hex(), source=source)
+            except OSError as err:
+                log.warning("worker not reachable", extra={"fields": {"worker": owner.worker, "op": "cancel", "error": str(err)}})
             return
         target = self.sessions.get(pid)
         if target is not None and hmac.compare_digest(target.session.proxy_secret, secret):
-            target.cancel_upstream()
+            await target.cancel_statement()
         else:
             log.info("cancel request with an unknown key ignored", extra={"fields": {"client": source}})
 
-    def cancel_from_node(self, pid: int, secret: bytes, source: str) -> None:
+    async def cancel_from_node(self, pid: int, secret: bytes, source: str) -> None:
         """A CancelRequest another node forwarded: only for this node's sessions (a pid of
         another slot is not passed on again, so no two nodes can bounce one)."""
         if self.node is None or pid_slot(pid) != self.node.slot:
             log.warning("cancel from another node for a session not of this node ignored", extra={"fields": {"client": source}})
             return
-        self.cancel(pid, secret, source)
+        await self.cancel(pid, secret, source)
 
-    async def _cancel_message(self, body: dict[str, Any]) -> None:
+    async def _cancel_message(self, body: dict[str, Any]) -> bool:
+        """Another worker's client asked to cancel a session of this worker; the answer (once
+        the upstream has the request) lets that worker close its client's cancel connection."""
         pid, secret = body.get("pid"), body.get("secret")
         if not isinstance(pid, int) or not isinstance(secret, str) or self.worker is None or not self.worker.owns(pid):
             log.warning("malformed cancel from another worker ignored")
-            return
+            return False
         try:
             key = bytes.fromhex(secret)
         except ValueError:
             log.warning("malformed cancel from another worker ignored")
-            return
-        self.cancel(pid, key, str(body.get("source", "?"))[:80])
+            return False
+        await self.cancel(pid, key, str(body.get("source", "?"))[:80])
+        return True
 
     async def _catalog_message(self, body: dict[str, Any]) -> None:
         name = body.get("connection")
@@ -305,6 +314,8 @@ async def drain(listener: _Draining, seconds: float, what: str) -> None:
 
 
 MAX_GATED_CHUNKS = 64
+#: The longest a client's cancel connection stays open waiting for its request to be delivered.
+CANCEL_DELIVERY_SECONDS = 10.0
 #: The most plaintext one TLS record to a client carries (see ``ClientConnection._write``).
 TLS_PIECE = 8192
 
@@ -514,7 +525,7 @@ class ClientConnection(asyncio.Protocol):
             case c.CancelUpstream():
                 self.cancel_upstream()
             case c.ForwardCancel():
-                self.proxy.cancel(cmd.pid, cmd.secret, self.address)
+                spawn(self._forward_cancel(cmd), name="cancel-forward")
             case c.WaitForLogin():
                 self._wait = asyncio.get_running_loop().call_later(cmd.seconds, self._login_wait_timed_out)
             case c.WakeWaiting():
@@ -827,6 +838,11 @@ class ClientConnection(asyncio.Protocol):
         self.run(self.session.handle(LoginWaitTimedOut()))
 
     def cancel_upstream(self) -> None:
+        spawn(self.cancel_statement(), name="cancel")
+
+    async def cancel_statement(self) -> None:
+        """Withdraw the approval request the session waits for, or cancel its upstream
+        statement; returns once the upstream has the CancelRequest."""
         for entry in self._gate:
             if entry.cancel is not None and not entry.cancel.done():
                 entry.cancel.set_result(None)  # a client cancel withdraws the approval request
@@ -834,7 +850,18 @@ class ClientConnection(asyncio.Protocol):
         up = self.upstream
         if up is None or up.backend_pid is None or self.session.connection is None:
             return
-        spawn(self.proxy.send_cancel(self.session.connection, up.backend_pid, up.backend_secret), name="cancel")
+        await self.proxy.send_cancel(self.session.connection, up.backend_pid, up.backend_secret)
+
+    async def _forward_cancel(self, cmd: c.ForwardCancel) -> None:
+        """This connection is a CancelRequest: close it once the request is delivered (what
+        libpq waits for before its cancel returns), or after CANCEL_DELIVERY_SECONDS."""
+        try:
+            async with asyncio.timeout(CANCEL_DELIVERY_SECONDS):
+                await self.proxy.cancel(cmd.pid, cmd.secret, self.address)
+        except TimeoutError:
+            log.warning("cancel request not delivered in time", extra={"fields": {"client": self.address}})
+        finally:
+            self._close_client()
 
     def _write(self, data: bytes) -> None:
         """Send ``data`` to the client.  Over TLS, in pieces of at most

@@ -79,7 +79,9 @@ class CancelUpstream:
 
 @dataclass(slots=True)
 class ForwardCancel:
-    """A client asked to cancel the session holding proxy backend key (pid, secret)."""
+    """A client asked to cancel the session holding proxy backend key (pid, secret).  The
+    shell closes this client connection once the upstream has the request, as PostgreSQL
+    does (libpq's cancel returns then), or a late cancel could stop the next statement."""
 
     pid: int
     secret: bytes

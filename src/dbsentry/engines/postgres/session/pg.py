@@ -933,7 +933,7 @@ class Session:
             return out + (self._client_startup(rest) if rest else [])
         if isinstance(packet, m.CancelRequest):
             self._enter(State.CLOSED)
-            return [c.ForwardCancel(packet.pid, packet.secret), c.CloseClient()]
+            return [c.ForwardCancel(packet.pid, packet.secret)]
         return self._on_startup_message(packet, rest)
 
     def _on_client_tls_started(self, version: str | None) -> list[c.Command]:
