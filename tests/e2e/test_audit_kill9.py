@@ -2,7 +2,8 @@
 and write durability: each writes a record to the OS before its statement runs).
 
 Eight sessions insert rows with unique ids as fast as they can, half with literal SQL
-(simple protocol), half with parameters (extended protocol).  The proxy is killed with
+(simple protocol), half with parameters (extended protocol); half commit each INSERT by
+itself, half two INSERTs at a time in an explicit transaction block.  The proxy is killed with
 SIGKILL in the middle.  Every row the database committed must have its statement record
 in the log the proxy left behind, and the log must verify.
 """
@@ -52,17 +53,26 @@ def test_kill9_under_load_loses_no_statement_record(
     def worker(w: int, dsn: str) -> None:
         try:
             with psycopg.connect(dsn, autocommit=True) as conn:
-                n = 0
-                while not stop.is_set():
-                    n += 1
-                    row_id = w * 10_000_000 + n
-                    sent[w] = n
+
+                def insert() -> None:
+                    sent[w] += 1
+                    row_id = w * 10_000_000 + sent[w]
                     if w % 2:
                         conn.execute(
                             f"insert into {table} (id, worker) values (%t, %t)", (row_id, w)
                         )
                     else:
                         conn.execute(f"insert into {table} (id, worker) values ({row_id}, {w})")
+
+                while not stop.is_set():
+                    if w < WORKERS // 2:
+                        insert()  # autocommit: each INSERT commits by itself
+                    else:
+                        # In a block, an INSERT goes once its record is written (its COMMIT
+                        # waits for durability under effect).
+                        with conn.transaction():
+                            insert()
+                            insert()
         except psycopg.Error as err:
             ended_by[w] = err
 

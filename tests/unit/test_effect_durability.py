@@ -20,7 +20,7 @@ from dbsentry.engines.postgres.session.upstream import UpstreamReady
 from dbsentry.engines.postgres.sql.facts import analyze
 from dbsentry.engines.postgres.wire import codec
 from dbsentry.engines.postgres.wire import messages as m
-from dbsentry.governance.durability import changes_data
+from dbsentry.governance.durability import changes_data, transactional_only
 from dbsentry.identity.model import Identity
 
 WRITES = [
@@ -42,14 +42,25 @@ WRITES = [
     "select set_config('transaction_read_only', 'off', false)",
 ]
 # (a setting is session state, as SET is: it commits no data)
-READS = ["select set_config('x.y', '1', false)", "select 1", "select a from t where id = 5", "show work_mem", "begin", "rollback", "explain select 1", "fetch 1 from c"]
+READS = [
+    "select set_config('x.y', '1', false)",
+    "select 1",
+    "select a from t where id = 5",
+    "show work_mem",
+    "begin",
+    "rollback",
+    "explain select 1",
+    "fetch 1 from c",
+]
 
 
 def _session() -> Session:
     config = parse_config(
         {
             "tls": {"require_client_tls": False},
-            "connections": {"app": {"database": "app", "user": "postgres", "environment": "staging"}},
+            "connections": {
+                "app": {"database": "app", "user": "postgres", "environment": "staging"}
+            },
         },
         Path("."),
     )
@@ -61,9 +72,13 @@ def _session() -> Session:
         governor=Governor.from_path(None),
         audit_config=AuditConfig(durability="effect"),
     )
-    session.handle(ClientData(codec.encode_startup((("user", "ann@example.com"), ("database", "app")))))
+    session.handle(
+        ClientData(codec.encode_startup((("user", "ann@example.com"), ("database", "app"))))
+    )
     session.handle(ClientData(codec.encode_password("token")))
-    session.handle(PasswordVerified(Identity("ann@example.com", frozenset({"eng"}), "human", "t", "token")))
+    session.handle(
+        PasswordVerified(Identity("ann@example.com", frozenset({"eng"}), "human", "t", "token"))
+    )
     session.handle(UpstreamReady(b"", {}, 42, b"abcd", "I"))
     return session
 
@@ -86,6 +101,12 @@ def test_the_oracle_agrees_with_the_lists() -> None:
     for sql in READS:
         f = analyze(sql)[0]
         assert not changes_data(f.command, f.classes, f.flags), sql
+    for sql in IN_BLOCK:
+        f = analyze(sql)[0]
+        assert transactional_only(f.command, f.commands, f.classes, f.flags, f.functions), sql
+    for sql in NOT_IN_BLOCK:
+        f = analyze(sql)[0]
+        assert not transactional_only(f.command, f.commands, f.classes, f.flags, f.functions), sql
 
 
 def _reply(session: Session) -> None:
@@ -115,3 +136,122 @@ def test_no_change_runs_before_its_record_is_durable(statements: list[tuple[str,
             for _, gate in carrying:
                 assert gate is not None and not gate.durable, (sql, extended)
         _reply(session)
+
+
+def _reply_in(session: Session, status: str) -> None:
+    session.handle(UpstreamData(codec.frame(b"C", b"OK\x00") + codec.encode_ready(status)))
+
+
+def _message(sql: str, extended: bool) -> bytes:
+    if not extended:
+        return codec.encode_query(sql)
+    return (
+        codec.encode_parse(m.Parse("", sql, ()))
+        + codec.encode_bind(m.Bind("", "", (), (), ()))
+        + codec.encode_execute(m.Execute("", 0))
+        + codec.SYNC
+    )
+
+
+# Statements a ROLLBACK undoes entirely (no function, no side effect): inside the client's
+# open block they go once their record is written; their COMMIT waits for durability.
+IN_BLOCK = [
+    "insert into t values (1)",
+    "update t set a = a + 1 where id = 2",
+    "delete from t where id = 3",
+    "with d as (delete from t where id = 4 returning *) select * from d",
+    "merge into t using u on t.id = u.id when matched then update set a = 1",
+]
+# Still wait in a block: what may act outside the transaction, or end it.
+NOT_IN_BLOCK = [
+    "commit", "end", "prepare transaction 'p1'", "select nextval('s')", "update t set a = f(1)",
+    "update t set a = lower(b)", "select 1 from t for update", "create table x (a int)", "call p()",
+    "do $$ begin perform 1; end $$", "copy t from stdin", "notify ch",
+]  # fmt: skip
+
+
+def _gates(session: Session, data: bytes) -> list[c.AuditGate]:
+    return [cmd for cmd in session.handle(ClientData(data)) if isinstance(cmd, c.AuditGate)]
+
+
+def test_in_an_open_block_a_statement_a_rollback_undoes_goes_once_written() -> None:
+    for extended in (False, True):
+        for sql in IN_BLOCK:
+            session = _session()
+            _gates(session, codec.encode_query("begin"))
+            _reply_in(session, "T")
+            (gate,) = _gates(session, _message(sql, extended))
+            assert not gate.durable, (sql, extended)  # its results still wait (the shell's hold)
+            _reply_in(session, "T")
+            (commit,) = _gates(session, _message("commit", extended))
+            assert commit.durable, extended  # the COMMIT waits for every record before it
+        for sql in NOT_IN_BLOCK:
+            session = _session()
+            _gates(session, codec.encode_query("begin"))
+            _reply_in(session, "T")
+            gates = _gates(session, _message(sql, extended))
+            assert all(g.durable for g in gates) and gates, (sql, extended)
+
+
+def test_outside_a_block_or_behind_what_may_end_it_a_write_waits() -> None:
+    session = _session()  # idle: an UPDATE commits by itself
+    (gate,) = _gates(session, codec.encode_query("update t set a = 1 where id = 2"))
+    assert gate.durable
+    session = _session()
+    _gates(session, codec.encode_query("begin"))
+    _reply_in(session, "T")
+    # In one read, a ROLLBACK (or COMMIT) before the UPDATE: it runs in autocommit.
+    for ender in ("rollback", "commit", "savepoint s", "rollback to savepoint s"):
+        gates = _gates(
+            session,
+            codec.encode_query(ender) + codec.encode_query("update t set a = 1 where id = 2"),
+        )
+        assert gates and all(g.durable for g in gates), ender
+        _reply_in(session, "T")
+        _reply_in(session, "T")
+    # Sent before the block's BEGIN was answered: the session does not count on it yet.
+    session = _session()
+    _gates(session, codec.encode_query("begin"))
+    (gate,) = _gates(session, codec.encode_query("update t set a = 1 where id = 2"))
+    assert gate.durable
+    # A failed block ('E'): no exception.
+    session = _session()
+    _gates(session, codec.encode_query("begin"))
+    _reply_in(session, "E")
+    (gate,) = _gates(session, codec.encode_query("update t set a = 1 where id = 2"))
+    assert gate.durable
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(WRITES + READS + IN_BLOCK), st.booleans(), st.sampled_from("ITE")
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_no_commit_and_nothing_outside_a_block_runs_before_durable(
+    statements: list[tuple[str, bool, str]],
+) -> None:
+    """Whatever the transaction states: a statement goes without waiting for durability
+    only when it is read-only, or when the upstream reported an open block, nothing was in
+    flight, and the statement only changes rows of that transaction."""
+    session = _session()
+    status = "I"
+    for sql, extended, reply in statements:
+        forwarded = _forwarded(session.handle(ClientData(_message(sql, extended))))
+        facts = analyze(sql)[0]
+        for data, gate in forwarded:
+            if sql.encode() not in data:
+                continue
+            assert gate is not None
+            may_wait_less = not changes_data(facts.command, facts.classes, facts.flags) or (
+                status == "T"
+                and transactional_only(facts.command, facts.commands, facts.classes, facts.flags, facts.functions)
+            )
+            if not may_wait_less:
+                assert gate.durable, (sql, extended, status)
+        _reply_in(session, reply)
+        status = reply

@@ -19,6 +19,7 @@ import struct
 import time as _time
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 from urllib.parse import unquote
 
@@ -456,6 +457,19 @@ def _runs(cls: type[_Record], variable: tuple[str, ...]) -> list[tuple[str, list
 
 
 _GENERATED: dict[tuple[type, tuple[str, ...]], tuple[Any, Any]] = {}
+_LAYOUTS: dict[tuple[type, tuple[str, ...]], tuple[dict[str, Any], tuple[tuple[tuple[str, ...], int], ...]]] = {}
+
+
+def _layout(cls: type[_Record], variable: tuple[str, ...]) -> tuple[dict[str, Any], tuple[tuple[tuple[str, ...], int], ...]]:
+    """A record class's fields by name, and each run of static keys (see :func:`_runs`)
+    with the length of ``{"first key":`` that starts its encoding: computed once per class
+    and set of varying fields (a template is made for every new statement)."""
+    got = _LAYOUTS.get((cls, variable))
+    if got is None:
+        by_name = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+        runs = tuple((tuple(run), len(_dumps(run[0])) + 2) for _, run in _runs(cls, variable) if run)
+        got = _LAYOUTS[(cls, variable)] = (by_name, runs)
+    return got
 
 
 def _generated(cls: type[_Record], variable: tuple[str, ...]) -> tuple[Any, Any]:
@@ -531,8 +545,8 @@ class RecordTemplate(Generic[R]):
     __slots__ = ("_base", "_encode", "_fragments", "cls", "make", "static", "variable")
 
     def __init__(self, cls: type[R], static: Mapping[str, Any], variable: Sequence[str] = ()) -> None:
-        by_name = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
         variable = tuple(variable)
+        by_name, static_runs = _layout(cls, variable)
         unknown = (set(static) | set(variable)) - set(by_name)
         if unknown:
             raise ValueError(f"{cls.__name__} has no field {sorted(unknown)[0]!r}")
@@ -557,14 +571,12 @@ class RecordTemplate(Generic[R]):
         self._base: dict[str, Any] = {**values, **dict.fromkeys(variable), "time": None, "id": None, "_template": self}
         make, self._encode = _generated(cls, variable)
         self.make: Any = make.__get__(self)
-        canonical = _builder(cls)(_Values(values))
+        # every field readable as an attribute (the varying ones, id and time as None)
+        canonical = _builder(cls)(SimpleNamespace(**{**dict.fromkeys(by_name), **values}))
         fragments = []
-        for _, run in _runs(cls, variable):
-            if run:
-                body = _dumps({k: canonical[k] for k in run}, option=_SORT)  # {"k1":v1,"k2":v2}
-                first = _dumps(run[0]) + b":"
-                assert body.startswith(b"{" + first)
-                fragments.append(orjson.Fragment(body[len(first) + 1 : -1]))
+        for run, skip in static_runs:
+            body = _dumps({k: canonical[k] for k in run}, option=_SORT)  # {"k1":v1,"k2":v2}
+            fragments.append(orjson.Fragment(body[skip:-1]))  # without '{"k1":'
         self._fragments = tuple(fragments)
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -574,21 +586,6 @@ class RecordTemplate(Generic[R]):
         """The canonical payload of a record this template made (see :func:`payload_bytes`)."""
         result: bytes = self._encode(record, self._fragments)
         return result
-
-
-class _Values:
-    """Attribute access to a dict (to give a template's static values to ``_builder``)."""
-
-    __slots__ = ("_values",)
-
-    def __init__(self, values: Mapping[str, Any]) -> None:
-        self._values = values
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self._values[name]
-        except KeyError:
-            return None  # id and time: varying, not in any static run
 
 
 # --- redaction -----------------------------------------------------------------------------

@@ -5,6 +5,12 @@ to the OS, and its results are held until the record is durable; a statement tha
 change data (or that ends a transaction) is forwarded only once its record is durable, so
 no change is ever committed without a durable record.  Unknown means it may change data:
 only commands that provably change nothing persistent by themselves go early.
+
+One exception, where waiting buys nothing: inside the client's open transaction block, a
+statement that only changes rows of that transaction (:func:`transactional_only`) goes
+once its record is written, as a read does; its fsync overlaps its execution, its results
+wait for it, and nothing it changed is permanent before the COMMIT, which waits for every
+record before it.
 """
 
 from __future__ import annotations
@@ -40,3 +46,23 @@ def changes_data(command: str | None, classes: Iterable[str], flags: Iterable[st
     if any(k not in ("READ", "MISC", "MISC_SET") for k in classes):
         return True
     return not _EFFECT_FLAGS.isdisjoint(flags)
+
+
+# Commands whose only effect is on rows, inside the transaction that runs them.
+_ROW_COMMANDS = frozenset({"SELECT", "VALUES", "TABLE", "INSERT", "UPDATE", "DELETE", "MERGE"})
+
+
+def transactional_only(
+    command: str | None, commands: Iterable[str], classes: Iterable[str], flags: Iterable[str], functions: Iterable[str]
+) -> bool:
+    """Whether a statement's effects are all undone by a ROLLBACK of the transaction it runs
+    in: plain reads and INSERT/UPDATE/DELETE/MERGE (in CTEs too), calling no function (a
+    function may act outside the transaction: a sequence, a file, another server) and
+    with no flag of code with side effects.  Inside an open transaction block such a
+    statement need not wait for its record to be durable before it runs: nothing it does
+    is permanent before the COMMIT, which does wait."""
+    if command is None or command not in _ROW_COMMANDS or not _ROW_COMMANDS.issuperset(commands):
+        return False
+    if any(k not in ("READ", "WRITE") for k in classes) or any(True for _ in functions):
+        return False
+    return _EFFECT_FLAGS.isdisjoint(flags)

@@ -99,7 +99,7 @@ from dbsentry.engines.postgres.sql.facts import (
 from dbsentry.engines.postgres.sql.parse import tokens
 from dbsentry.engines.postgres.wire import codec, encodings
 from dbsentry.engines.postgres.wire import messages as m
-from dbsentry.governance.durability import changes_data
+from dbsentry.governance.durability import changes_data, transactional_only
 from dbsentry.identity.model import Identity
 from dbsentry.identity.ratelimit import ControlPlaneUnavailable, LoginThrottled
 from dbsentry.policy.engine import Decision
@@ -493,7 +493,8 @@ class _Chunk:
     """One chunk of frames on its way through: replaced frames, commands, records to commit."""
 
     __slots__ = (
-        "_stop", "_swaps", "approvals", "buf", "commands", "durable", "extra", "gated", "guarded", "names", "plans",
+        "_stop", "_swaps", "approvals", "block", "buf", "commands", "durable", "extra", "gated", "guarded", "names",
+        "plans",
     )  # fmt: skip
 
     def __init__(self, buf: bytes) -> None:
@@ -502,6 +503,9 @@ class _Chunk:
         self.gated: list[Record] = []
         # A gated statement may change data: forward only once its record is durable.
         self.durable = False
+        # The statements so far run inside the client's open transaction block, where one
+        # that only changes this transaction's rows need not wait (see _gate_durable).
+        self.block = False
         self.plans: tuple[StatementPlan | None, ...] = ()  # of the Query being handled
         self.approvals: list[c.ApprovalAsk] = []
         # The frame being handled runs under the row guard: how (see Session._wrap_guarded).
@@ -613,15 +617,15 @@ class _Portal:
 class _CheckFacts:
     """What the Binds and Executes of a prepared statement ask of its check, read once."""
 
-    __slots__ = ("durable", "first", "plans_opaque", "where_params")
+    __slots__ = ("durable", "first", "plans_opaque", "transactional", "where_params")
 
     def __init__(self, check: Check) -> None:
         facts = check.verdict.facts
-        self.first = facts[0] if facts else None
-        # Whether running it must wait for its record to be durable (see _execute_frame).
-        self.durable = (
-            self.first is None or changes_data(self.first.command, self.first.classes, self.first.flags)
-        )
+        self.first = first = facts[0] if facts else None
+        # Whether running it must wait for its record to be durable (see _execute_frame),
+        # and whether a ROLLBACK undoes all it does (see _gate_durable).
+        self.durable = first is None or changes_data(first.command, first.classes, first.flags)
+        self.transactional = first is not None and _transactional(first)
         # Whether planning it at Bind may run opaque code (see _guard_bind).
         self.plans_opaque = any("volatile_function" in f.flags and (f.functions or f.tables_read) for f in facts)
         # Whether a WHERE reads parameters (folded with the values bound, see _govern_bind).
@@ -671,6 +675,7 @@ class _ShapeRuling:
 
     __slots__ = (
         "check", "durable", "kinds", "masks", "parts", "plans", "redaction", "settings", "source", "span", "stamp", "strict",
+        "transactional",
     )  # fmt: skip
 
     def __init__(
@@ -699,9 +704,25 @@ class _ShapeRuling:
         # today, but decided as for any statement
         facts = check.verdict.facts[0]
         self.durable = changes_data(facts.command, facts.classes, facts.flags)
+        self.transactional = _transactional(facts)
 
 
 _MAX_SHAPES = 128
+
+
+def _transactional(facts: StatementFacts) -> bool:
+    return transactional_only(facts.command, facts.commands, facts.classes, facts.flags, facts.functions)
+
+
+def _gate_durable(chunk: _Chunk, durable: bool, transactional: bool) -> None:
+    """A statement of ``chunk`` is forwarded: does the chunk wait for its record to be
+    durable (``durable``: it may change data, see governance.durability)?  Not inside the
+    client's open transaction block when a ROLLBACK undoes all it does (``transactional``):
+    its COMMIT waits.  Any other statement may end the block: those after it wait."""
+    if not (chunk.block and transactional):
+        chunk.durable = chunk.durable or durable
+    if not transactional:
+        chunk.block = False
 
 
 @dataclass(slots=True)
@@ -1474,6 +1495,8 @@ class Session:
         gov = self.governor
         guard = self.guard if refuse is None else None
         chunk = _Chunk(buf)
+        # In the client's open transaction block, with nothing in flight that could end it.
+        chunk.block = self.txn_status == "T" and not self._busy and self._cycles_sent == self._cycles_done
         if spans and spans[-1][2] < len(buf):
             chunk.cut(spans[-1][2])  # a second pass over the frames a held chunk sent
         terminate = False
@@ -1904,7 +1927,7 @@ class Session:
                     plan = plans[i] if masked and i < len(plans) else None
                     rec = audit.statement(facts.text, facts, decision, correlation=correlation, masks=plan)
                     chunk.gated.append(rec)
-                    chunk.durable = chunk.durable or changes_data(facts.command, facts.classes, facts.flags)
+                    _gate_durable(chunk, changes_data(facts.command, facts.classes, facts.flags), _transactional(facts))
                     audit.expect(rec, self._cycles_sent)
                     ids.append(rec.id)
             if approvable:
@@ -1995,7 +2018,7 @@ class Session:
                 text = sql[start : len(sql) - tail].strip()
                 rec = audit.statement(text, facts, decision, correlation=extract_correlation(sql, tokens), masks=ruling.masks)
             chunk.gated.append(rec)
-            chunk.durable = chunk.durable or ruling.durable
+            _gate_durable(chunk, ruling.durable, ruling.transactional)
             audit.expect(rec, self._cycles_sent)
 
     # ------------------------------------------------------------------ the row guard
@@ -2490,7 +2513,7 @@ class Session:
             oid = int.from_bytes(chunk.buf[start : start + 4], "big")
             rec = self.audit.statement(f"<FunctionCall oid={oid}>", None, ALLOWED, command="FUNCTION CALL")
             chunk.gated.append(rec)
-            chunk.durable = True
+            _gate_durable(chunk, True, False)
             self.audit.expect(rec, self._cycles_sent)
 
     def _deny(self, check: Check, sql: str, commands: list[c.Command]) -> str:
@@ -2597,7 +2620,7 @@ class Session:
             plan = masking.statement(bound.statement) if masking is not None and not masking.exempt() else None
             rec = self.audit.statement(sql, known.first, check.decision, params=bound.readable, masks=plan)
             chunk.gated.append(rec)
-            chunk.durable = chunk.durable or known.durable
+            _gate_durable(chunk, known.durable, known.transactional)
             self.audit.expect(rec, self._cycles_sent + 1)  # answered before the next Sync's ReadyForQuery
             ids = (rec.id,)
         if self._approvable(check):
