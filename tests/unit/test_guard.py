@@ -3,6 +3,7 @@ and whole brackets driven message by message."""
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import pytest
@@ -454,3 +455,38 @@ def test_row_cap_counts_the_pages_of_a_cursor_until_the_transaction_ends() -> No
     # a new transaction starts counting again
     _cap(cap, cc("COMMIT") + READY_I)
     assert [t for t, _ in _cap(cap, page)] == ["D", "D", "C", "Z"]
+
+
+def _run_block(cuts: list[int], deleted: int) -> tuple[list[tuple[str, bytes]], list[bytes], bool, bool]:
+    """A guarded DELETE in the client's block, its answers fed in pieces cut at ``cuts``
+    (frame indexes): what reached the client, what went upstream, asked, finished."""
+    guard = Guard(1 << 20)
+    sql = "SELECT 1; DELETE FROM acc"
+    guard.wrap_query(codec.encode_query(sql), Mode.BLOCK, 1, Statement(sql), LIMITS)
+    answer = stats_answer(stats_row(1, 0, 2, 0), first=True) + ROW_DESC + data_row("1") + cc("SELECT 1")
+    answer += data_row("x") + cc(f"DELETE {deleted}") + READY_T
+    answer += stats_answer(stats_row(1, 0, 2 + deleted, 0, size=10**9, reltuples=10**6))
+    whole = [codec.frame(t.encode(), body) for t, body in frames(answer)]
+    to_client: list[tuple[str, bytes]] = []
+    upstream: list[bytes] = []
+    asked = finished = False
+    bounds = sorted({0, len(whole), *(c % (len(whole) + 1) for c in cuts)})
+    for lo, hi in itertools.pairwise(bounds):
+        got, up, out = feed(guard, b"".join(whole[lo:hi]))
+        to_client += got
+        upstream += up
+        asked = asked or out.ask is not None  # type: ignore[attr-defined]
+        finished = finished or out.finished  # type: ignore[attr-defined]
+    return to_client, upstream, asked, finished
+
+
+@given(st.lists(st.integers(min_value=0, max_value=40), max_size=12), st.sampled_from([1, 5000]))
+def test_answers_in_any_pieces_give_what_one_piece_gives(cuts: list[int], deleted: int) -> None:
+    """The bracket moves on only when a request ends: however the server's answers are
+    cut into reads, the client gets the same frames and the same decision."""
+    assert _run_block(cuts, deleted) == _run_block([], deleted)
+    to_client, _, asked, finished = _run_block(cuts, deleted)
+    if deleted == 1:
+        assert finished and not asked and [t for t, _ in to_client] == ["T", "D", "C", "D", "C", "Z"]
+    else:
+        assert asked and not finished and [t for t, _ in to_client] == ["T", "D", "C"]

@@ -560,7 +560,9 @@ class Guard:
             elif b is not None and b.base < owner < b.base + _STEP:
                 pieces.extend(self._frame(b, owner - b.base, t, frame, ends, out))
             # else: an answer to a request of a bracket that is over (its failing statement)
-            if b is not None and self.bracket is b:
+            # What the bracket waits for changes only when a request ends (an answer, an
+            # error skipping the rest, a ReadyForQuery): only then can it move on.
+            if ends and b is not None and self.bracket is b:
                 pieces.extend(self._advance(b, out))
         frames = b"".join(pieces)
         _, new_spans = codec.FrameSplitter().split(frames) if frames else (b"", [])
