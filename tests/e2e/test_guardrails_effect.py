@@ -424,6 +424,34 @@ def test_over_max_rows_changed(env: Env, big: str, mode: str) -> None:
     intact(env, big, BIG_ROWS)
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("between", ["select 1", "select count(*) from {big}", "savepoint s", "select now()"])
+def test_each_statement_of_a_block_is_measured_alone(env: Env, big: str, mode: str, between: str) -> None:
+    """Inside one block the guard reads the counters once between two statements when only
+    plain reads ran between them (anything else: it reads them again): 700, 500 and 600
+    rows pass one by one (1,800 in the transaction, each under half the table), 1,500 by
+    one statement does not."""
+    out = run(
+        mode,
+        env.proxy,
+        [
+            "begin",
+            f"update {big} set note = 'a' where id <= 700",
+            between.format(big=big),
+            f"update {big} set note = 'b' where id > 700 and id <= 1200",
+            f"update {big} set note = 'c' where id > 900",
+            f"update {big} set note = 'd' where id > 0",
+            "rollback",
+        ],
+    )
+    assert all(o.ok for o in out[:5]), [str(o) for o in out]
+    assert [o.tag for o in (out[1], out[3], out[4])] == ["UPDATE 700", "UPDATE 500", "UPDATE 600"], [str(o) for o in out]
+    row_guard_refused(out[5], BIG_ROWS)
+    in_failed_block(out[5])
+    assert out[6].ok and out[6].tag == "ROLLBACK", str(out[6])
+    intact(env, big, BIG_ROWS)
+
+
 def test_absolute_limit_counts_every_table_of_a_statement(env: Env, big: str, victim: str) -> None:
     """600 rows of one table and 600 of another: 1,200 rows by one statement."""
     sql = (
@@ -816,6 +844,21 @@ def test_guard_bypass_attempt(env: Env, victim: str, mode: str, steps: list[str]
     assert any(o.sqlstate is not None and o.message.startswith("dbsentry:") for o in out), (
         "no step was refused: " + " | ".join(str(o) for o in out)
     )
+    intact(env)
+
+
+@pytest.mark.parametrize("steps", [b[1] for b in BYPASSES] + [[w[1]] for w in WIPES], ids=[b[0] for b in BYPASSES] + [w[0] for w in WIPES])
+@pytest.mark.parametrize("mode", ["psycopg", "asyncpg"])
+def test_guard_bypass_attempt_after_a_measured_statement(env: Env, victim: str, mode: str, steps: list[str]) -> None:
+    """The same attempts inside a block whose last statement the guard measured (the next
+    one may start from that reading): still refused, the table intact."""
+    first = ["begin", f"update {env.v} set note = note where id = 1", "select 1"]
+    out = run(mode, env.proxy, [*first, *(st.format(v=env.v, s=env.s) for st in steps), "rollback"])
+    assert out[1].ok and out[1].tag == "UPDATE 1", str(out[1])
+    # refused by the proxy, or never run (an earlier step of the attempt failed the block)
+    assert any(
+        o.sqlstate is not None and (o.message.startswith("dbsentry:") or o.sqlstate == "25P02") for o in out[3:]
+    ), "no step was refused: " + " | ".join(str(o) for o in out)
     intact(env)
 
 

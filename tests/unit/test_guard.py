@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import struct
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -436,8 +437,10 @@ def test_statistics_query_is_prepared_once_and_again_after_deallocate() -> None:
     assert run() == "CPBECSQBECS"
     feed(guard, stats_answer(first=True) + cc("UPDATE 1") + READY_T + stats_answer(stats_row(1, 1, 0, 0)))
     assert not guard.active
+    guard.forget_baseline()  # (something else ran between: the counters are read again)
     assert run() == "BECSQBECS"
     feed(guard, stats_answer() + cc("UPDATE 1") + READY_T + stats_answer(stats_row(1, 1, 0, 0)))
+    guard.forget_baseline()
     guard.statements_dropped()
     assert run() == "CPBECSQBECS"
     # its Parse fails (the transaction had failed): the next bracket parses again
@@ -490,3 +493,74 @@ def test_answers_in_any_pieces_give_what_one_piece_gives(cuts: list[int], delete
         assert finished and not asked and [t for t, _ in to_client] == ["T", "D", "C", "D", "C", "Z"]
     else:
         assert asked and not finished and [t for t, _ in to_client] == ["T", "D", "C"]
+
+
+def _block_update(guard: Guard, sql: str = "UPDATE acc SET v = 2 WHERE id = 3") -> str:
+    sent = guard.wrap_query(codec.encode_query(sql), Mode.BLOCK, 0, Statement(sql), LIMITS)
+    return "".join(t for t, _ in frames(sent))
+
+
+BIG: dict[str, Any] = {"size": 10**9, "reltuples": 10**6, "can": False}  # estimated, not counted
+
+
+def test_the_next_statement_of_a_block_reuses_the_counters_read_after_the_last() -> None:
+    guard = Guard(1 << 20)
+    assert _block_update(guard) == "CPBECSQBECS"
+    feed(guard, stats_answer(first=True) + cc("UPDATE 1") + READY_T + stats_answer(stats_row(1, 1, 0, 0, **BIG)))
+    assert not guard.active
+    # Nothing ran between: the counters are read once, after the statement...
+    assert _block_update(guard) == "QBECS"
+    # ...and measured from the last reading: 1001 updated so far, 1000 by this statement,
+    # within max_rows (1000); counted from zero it would be 1001, over it.
+    to_client, _, out = feed(guard, cc("UPDATE 1000") + READY_T + stats_answer(stats_row(1, 1001, 0, 0, **BIG)))
+    assert [t for t, _ in to_client] == ["C", "Z"] and out.finished and out.ask is None  # type: ignore[attr-defined]
+    # and again from that reading: 1 more row over the limit is refused.
+    assert _block_update(guard) == "QBECS"
+    _, _, out = feed(guard, cc("UPDATE 1001") + READY_T + stats_answer(stats_row(1, 2002, 0, 0, **BIG)))
+    assert out.ask is not None  # type: ignore[attr-defined]
+
+
+def _guard_after_one_statement() -> Guard:
+    guard = Guard(1 << 20)
+    _block_update(guard)
+    feed(guard, stats_answer(first=True) + cc("UPDATE 1") + READY_T + stats_answer(stats_row(1, 1, 0, 0)))
+    assert not guard.active
+    return guard
+
+
+def test_the_counters_are_read_again_once_anything_may_have_changed_them() -> None:
+    for between in (
+        cc("COMMIT") + READY_I,  # the transaction ended: the counters restart
+        codec.error_response("25P02", "aborted") + READY_E,  # it failed
+        codec.error_response("42P01", "no such table"),  # an error, before its ReadyForQuery
+    ):
+        guard = _guard_after_one_statement()
+        guard.exchange.sent(m.Q_QUERY)
+        feed(guard, between)
+        assert _block_update(guard) == "BECSQBECS", between
+    guard = _guard_after_one_statement()
+    guard.forget_baseline()  # the session forwarded something but a plain read
+    assert _block_update(guard) == "BECSQBECS"
+    guard = _guard_after_one_statement()
+    # the guard's own block (autocommit) never reuses, and ends the reuse
+    sent = guard.wrap_query(codec.encode_query("DELETE FROM acc"), Mode.AUTOCOMMIT, 0, Statement("x"), LIMITS)
+    assert "".join(t for t, _ in frames(sent)) == "QBECSQBECS"
+
+
+def test_a_refused_or_failed_statement_leaves_no_counters_to_reuse() -> None:
+    guard = _guard_after_one_statement()
+    assert _block_update(guard) == "QBECS"
+    feed(guard, codec.error_response("23505", "duplicate") + READY_E + stats_answer())
+    assert not guard.active and _block_update(guard) == "BECSQBECS"
+    guard = _guard_after_one_statement()
+    _block_update(guard)
+    _, _, out = feed(guard, cc("DELETE 5000") + READY_T + stats_answer(stats_row(1, 1, 5000, 0, **BIG)))
+    assert out.ask is not None  # type: ignore[attr-defined]
+    guard.approval(False, None)
+    assert _block_update(guard) == "BECSQBECS"
+
+
+def test_an_execute_after_a_statement_of_the_block_reuses_the_counters() -> None:
+    guard = _guard_after_one_statement()
+    wrapped = guard.wrap_execute(codec.encode_execute(m.Execute("")), Statement("UPDATE acc SET v = 1"), LIMITS)
+    assert "".join(t for t, _ in frames(wrapped)) == "EBECH"  # the statement, the counters after, Flush

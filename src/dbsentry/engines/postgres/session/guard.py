@@ -26,6 +26,9 @@ estimated from the statistics otherwise.  A measurement that fails refuses the s
 
 Every request of the bracket is sent in one write with the statement, so a guarded
 statement costs no extra round trip inside a transaction; outside one, ``COMMIT`` is one.
+Inside the client's transaction the counters read after one guarded statement are the next
+one's "before" when nothing but plain reads went upstream in between (the session says so:
+:meth:`Guard.forget_baseline`), and no error or end of transaction came back.
 :class:`~dbsentry.engines.postgres.session.exchange.Exchange` tells which upstream message answers which
 request, so the bracket's own answers never reach the client, and the statement's answers
 are held until the decision (a refused statement's ``RETURNING`` rows never leave).
@@ -420,7 +423,7 @@ def _written(b: _Bracket) -> tuple[str, ...]:
 class Guard:
     """The guard of one session: follows the exchange, runs at most one bracket at a time."""
 
-    __slots__ = ("_error", "_names", "_parse_owner", "_prepared", "_seq", "bracket", "exchange", "max_held")
+    __slots__ = ("_baseline", "_error", "_names", "_parse_owner", "_prepared", "_seq", "bracket", "exchange", "max_held")
 
     def __init__(self, max_held: int, error: Callable[[str], bytes] | None = None) -> None:
         """``error``: the ErrorResponse frame that refuses a statement with a message (the
@@ -435,6 +438,11 @@ class Guard:
         # it costs more than running it.
         self._prepared = False
         self._parse_owner: int | None = None  # the owner whose request carries its Parse
+        # The counters the last bracket read after its statement, while they still hold: the
+        # client's transaction is open and nothing sent since can have changed them (see
+        # forget_baseline).  The next bracket in that transaction then reads them only after
+        # its statement (TPC-B's second and third UPDATE).
+        self._baseline: list[list[bytes | None]] | None = None
 
     @property
     def active(self) -> bool:
@@ -499,6 +507,21 @@ class Guard:
         """The client ran DEALLOCATE ALL or DISCARD ALL: the statistics query is gone too."""
         self._prepared = False
 
+    def forget_baseline(self) -> None:
+        """Something went upstream that may change the row counters (anything but a plain
+        read, or a message that runs nothing): the next bracket reads them before its
+        statement again."""
+        self._baseline = None
+
+    def _reuse(self, b: _Bracket) -> bool:
+        """Take the last bracket's counters as this one's "before", when they still hold."""
+        rows = self._baseline
+        if rows is None:
+            return False
+        self._baseline = None
+        b.rows[_BEFORE] = rows
+        return True
+
     def wrap_query(self, frame: bytes, mode: Mode, hold_from: int, statement: Statement, limits: Limits) -> bytes:
         """The bytes to send instead of the guarded Query ``frame``."""
         b = self._new(mode, statement, limits, hold_from)
@@ -506,8 +529,10 @@ class Guard:
         if mode is Mode.AUTOCOMMIT:
             # The snapshot is taken inside the block: statistics are only reported (and the
             # counters reset) between transactions.
+            self._baseline = None
             parts.append(self._query("BEGIN", b.owner(_BEFORE)))
-        parts.append(self._stats(b.owner(_BEFORE), sync=True))
+        if mode is Mode.AUTOCOMMIT or not self._reuse(b):
+            parts.append(self._stats(b.owner(_BEFORE), sync=True))
         self.exchange.sent(m.Q_QUERY, b.owner(_STMT))
         parts.append(frame)
         parts.append(self._stats(b.owner(_AFTER), sync=True))
@@ -518,7 +543,7 @@ class Guard:
         answers come now; the client's next messages wait for :attr:`Out.finished`).  A
         Bind can be guarded the same way (``t``): planning runs non-volatile functions."""
         b = self._new(Mode.EXTENDED, statement, limits, 0)
-        before = self._stats(b.owner(_BEFORE), sync=False)
+        before = b"" if self._reuse(b) else self._stats(b.owner(_BEFORE), sync=False)
         self.exchange.sent(t, b.owner(_STMT))
         after = self._stats(b.owner(_AFTER), sync=False)
         return before + frame + after + codec.FLUSH
@@ -551,6 +576,8 @@ class Guard:
         pieces: list[bytes] = []
         for t, start, end in spans:
             frame = buf[start - 5 : end]
+            if t == m.R_ERROR or (t == m.R_READY and buf[start : start + 1] != b"T"):
+                self._baseline = None  # the transaction ended or failed: the counters restart
             owner, ends = exchange.received(t)
             b = self.bracket
             if owner == CLIENT:
@@ -729,6 +756,10 @@ class Guard:
         return self._end_as_is(b, out, "ROLLBACK")
 
     def _commit(self, b: _Bracket, out: Out) -> list[bytes]:
+        if b.mode is not Mode.AUTOCOMMIT:
+            # The statement stays in the client's open transaction: what the counters were
+            # after it is what they are before the next statement, until something else runs.
+            self._baseline = b.rows.get(_AFTER, [])
         return self._end_as_is(b, out, "COMMIT")
 
     def _end_as_is(self, b: _Bracket, out: Out, ending: str) -> list[bytes]:

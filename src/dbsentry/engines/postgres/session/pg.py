@@ -251,6 +251,10 @@ _NAMED_FRAMES = frozenset({m.Q_PARSE, m.Q_BIND, m.Q_DESCRIBE, m.Q_CLOSE, m.Q_EXE
 _SEGMENT_ENDS = frozenset({m.Q_SYNC, m.Q_FLUSH, m.Q_QUERY, m.Q_FUNCTION_CALL})
 # The frames Session._govern_frame looks at (a Sync, a Flush, COPY data: nothing to govern).
 _GOVERNED_FRAMES = _NAMED_FRAMES | {m.Q_QUERY, m.Q_FUNCTION_CALL}
+# Client messages that run no statement (a Bind plans, and planning runs no volatile code).
+_RUNS_NOTHING = frozenset({m.Q_PARSE, m.Q_BIND, m.Q_DESCRIBE, m.Q_CLOSE, m.Q_SYNC, m.Q_FLUSH})
+# Commands that only read: between two guarded statements they leave the row counters alone.
+_PLAIN_READS = frozenset({"SELECT", "VALUES", "TABLE", "SHOW"})
 _UNBOUNDED_RULE = "baseline.prod.unbounded-write"
 
 
@@ -494,7 +498,7 @@ class _Chunk:
 
     __slots__ = (
         "_stop", "_swaps", "approvals", "block", "buf", "commands", "durable", "extra", "gated", "guarded", "names",
-        "plans",
+        "plans", "reads",
     )  # fmt: skip
 
     def __init__(self, buf: bytes) -> None:
@@ -506,6 +510,8 @@ class _Chunk:
         # The statements so far run inside the client's open transaction block, where one
         # that only changes this transaction's rows need not wait (see _gate_durable).
         self.block = False
+        # The frame being handled runs plain reads only (the row counters stay as they are).
+        self.reads = False
         self.plans: tuple[StatementPlan | None, ...] = ()  # of the Query being handled
         self.approvals: list[c.ApprovalAsk] = []
         # The frame being handled runs under the row guard: how (see Session._wrap_guarded).
@@ -617,7 +623,7 @@ class _Portal:
 class _CheckFacts:
     """What the Binds and Executes of a prepared statement ask of its check, read once."""
 
-    __slots__ = ("durable", "first", "plans_opaque", "transactional", "where_params")
+    __slots__ = ("durable", "first", "plans_opaque", "reads", "transactional", "where_params")
 
     def __init__(self, check: Check) -> None:
         facts = check.verdict.facts
@@ -626,6 +632,7 @@ class _CheckFacts:
         # and whether a ROLLBACK undoes all it does (see _gate_durable).
         self.durable = first is None or changes_data(first.command, first.classes, first.flags)
         self.transactional = first is not None and _transactional(first)
+        self.reads = first is not None and len(facts) == 1 and _plain_read(first)
         # Whether planning it at Bind may run opaque code (see _guard_bind).
         self.plans_opaque = any("volatile_function" in f.flags and (f.functions or f.tables_read) for f in facts)
         # Whether a WHERE reads parameters (folded with the values bound, see _govern_bind).
@@ -674,8 +681,8 @@ class _ShapeRuling:
     under the row guard, no change to the session's search path."""
 
     __slots__ = (
-        "check", "durable", "kinds", "masks", "parts", "plans", "redaction", "settings", "source", "span", "stamp", "strict",
-        "transactional",
+        "check", "durable", "kinds", "masks", "parts", "plans", "reads", "redaction", "settings", "source", "span", "stamp",
+        "strict", "transactional",
     )  # fmt: skip
 
     def __init__(
@@ -705,9 +712,21 @@ class _ShapeRuling:
         facts = check.verdict.facts[0]
         self.durable = changes_data(facts.command, facts.classes, facts.flags)
         self.transactional = _transactional(facts)
+        self.reads = _plain_read(facts)
 
 
 _MAX_SHAPES = 128
+
+
+def _plain_read(facts: StatementFacts) -> bool:
+    """A read that changes no row counter: no function at all (even a builtin), nothing
+    but SELECT/VALUES/TABLE/SHOW, no flag of code with effects."""
+    return (
+        facts.command in _PLAIN_READS
+        and _PLAIN_READS.issuperset(facts.commands)
+        and not facts.functions
+        and not changes_data(facts.command, facts.classes, facts.flags)
+    )
 
 
 def _transactional(facts: StatementFacts) -> bool:
@@ -1494,6 +1513,8 @@ class Session:
         """
         gov = self.governor
         guard = self.guard if refuse is None else None
+        if refuse is not None and self.guard is not None:
+            self.guard.forget_baseline()  # what this pass sends is not followed
         chunk = _Chunk(buf)
         # In the client's open transaction block, with nothing in flight that could end it.
         chunk.block = self.txn_status == "T" and not self._busy and self._cycles_sent == self._cycles_done
@@ -1541,6 +1562,7 @@ class Session:
                 parse_name, _ = codec.read_cstr(buf, start, end, self.enc)
                 before = self._prepared.get(parse_name)
             chunk.names = None
+            chunk.reads = False
             if gov is not None and t in _GOVERNED_FRAMES:
                 gated = len(chunk.gated)
                 asks = len(chunk.approvals) if asking and t == m.Q_EXECUTE else 0
@@ -1568,6 +1590,8 @@ class Session:
                 if guarded is None:
                     if not discarded:
                         guard.exchange.sent(t)
+                        if not chunk.reads and t not in _RUNS_NOTHING:
+                            guard.forget_baseline()  # it may change the row counters
                     continue
                 chunk.guarded = None
                 self._wrap_guarded(guard, chunk, guarded, start, end)
@@ -1918,6 +1942,7 @@ class Session:
         audit = self.audit
         if check.allowed or approvable:
             chunk.plans = plans
+            chunk.reads = all(_plain_read(f) for f in check.verdict.facts)
             ids: list[str] = []
             if audit is not None:
                 verdict = check.verdict
@@ -2020,6 +2045,7 @@ class Session:
             chunk.gated.append(rec)
             _gate_durable(chunk, ruling.durable, ruling.transactional)
             audit.expect(rec, self._cycles_sent)
+        chunk.reads = ruling.reads
 
     # ------------------------------------------------------------------ the row guard
 
@@ -2621,6 +2647,7 @@ class Session:
             rec = self.audit.statement(sql, known.first, check.decision, params=bound.readable, masks=plan)
             chunk.gated.append(rec)
             _gate_durable(chunk, known.durable, known.transactional)
+            chunk.reads = known.reads
             self.audit.expect(rec, self._cycles_sent + 1)  # answered before the next Sync's ReadyForQuery
             ids = (rec.id,)
         if self._approvable(check):
