@@ -452,6 +452,33 @@ def test_each_statement_of_a_block_is_measured_alone(env: Env, big: str, mode: s
     intact(env, big, BIG_ROWS)
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("between", [[], ["select 1"]], ids=["next", "read-between"])
+def test_a_transaction_that_ended_leaves_no_counters_to_start_from(
+    env: Env, mode: str, between: list[str]
+) -> None:
+    """Each statement in a transaction of its own (autocommit, and the extended protocol's
+    implicit transaction ended by Sync): 900 rows, then 1,800 of a 4,000-row table. The
+    counters restart with each transaction; measured from the first one's reading, the
+    second would count 900 and pass."""
+    table = f"{env.s}.huge"
+    with env.direct() as c:
+        c.execute(f"create table if not exists {table} (id int primary key, note text)")
+        _fill(c, table, 4000)
+        c.execute(f"analyze {table}")
+    out = run(
+        mode,
+        env.proxy,
+        [f"update {table} set note = 'a' where id <= 900", *between, f"update {table} set note = 'b' where id <= 1800"],
+    )
+    assert out[0].ok and out[0].tag == "UPDATE 900", str(out[0])
+    row_guard_refused(out[-1], 1800)
+    assert "limit 1000" in out[-1].message, str(out[-1])
+    with env.direct() as c:
+        notes = dict(c.execute(f"select note, count(*) from {table} group by note").fetchall())
+    assert notes.get("b") is None and notes.get("a") == 900, notes
+
+
 def test_absolute_limit_counts_every_table_of_a_statement(env: Env, big: str, victim: str) -> None:
     """600 rows of one table and 600 of another: 1,200 rows by one statement."""
     sql = (

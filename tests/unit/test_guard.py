@@ -560,7 +560,13 @@ def test_a_refused_or_failed_statement_leaves_no_counters_to_reuse() -> None:
     assert _block_update(guard) == "BECSQBECS"
 
 
-def test_an_execute_after_a_statement_of_the_block_reuses_the_counters() -> None:
+def test_an_execute_reads_the_counters_before_it_and_ends_the_reuse() -> None:
+    """An Execute does not wait for the answers before it (a Sync or Query among them may
+    have ended an implicit transaction, and the counters restarted): it reads them first,
+    and the next guarded Query reads them again too."""
     guard = _guard_after_one_statement()
     wrapped = guard.wrap_execute(codec.encode_execute(m.Execute("")), Statement("UPDATE acc SET v = 1"), LIMITS)
-    assert "".join(t for t, _ in frames(wrapped)) == "EBECH"  # the statement, the counters after, Flush
+    assert "".join(t for t, _ in frames(wrapped)) == "BECEBECH"  # counters, the statement, counters, Flush
+    feed(guard, BIND_DONE + cc("SELECT 0") + CLOSE_DONE + cc("UPDATE 1") + BIND_DONE + stats_row(1, 2, 0, 0) + cc("SELECT 1") + CLOSE_DONE)
+    assert not guard.active
+    assert _block_update(guard) == "BECSQBECS"

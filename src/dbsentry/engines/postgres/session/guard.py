@@ -26,9 +26,12 @@ estimated from the statistics otherwise.  A measurement that fails refuses the s
 
 Every request of the bracket is sent in one write with the statement, so a guarded
 statement costs no extra round trip inside a transaction; outside one, ``COMMIT`` is one.
-Inside the client's transaction the counters read after one guarded statement are the next
-one's "before" when nothing but plain reads went upstream in between (the session says so:
-:meth:`Guard.forget_baseline`), and no error or end of transaction came back.
+Inside the client's transaction block the counters read after one guarded Query are the
+next guarded Query's "before" when nothing but plain reads went upstream in between (the
+session says so: :meth:`Guard.forget_baseline`) and every answer since said the block is
+open (a guarded Query waits until the upstream has answered everything before it).  An
+Execute always reads them before: it goes without waiting, and a Sync or a Query ahead of it
+may have ended an implicit transaction (PostgreSQL then reports and resets its counters).
 :class:`~dbsentry.engines.postgres.session.exchange.Exchange` tells which upstream message answers which
 request, so the bracket's own answers never reach the client, and the statement's answers
 are held until the decision (a refused statement's ``RETURNING`` rows never leave).
@@ -543,7 +546,10 @@ class Guard:
         answers come now; the client's next messages wait for :attr:`Out.finished`).  A
         Bind can be guarded the same way (``t``): planning runs non-volatile functions."""
         b = self._new(Mode.EXTENDED, statement, limits, 0)
-        before = b"" if self._reuse(b) else self._stats(b.owner(_BEFORE), sync=False)
+        # Never from an earlier reading: an Execute goes without waiting for the answers
+        # before it, and a Sync or Query among them may have ended the transaction.
+        self._baseline = None
+        before = self._stats(b.owner(_BEFORE), sync=False)
         self.exchange.sent(t, b.owner(_STMT))
         after = self._stats(b.owner(_AFTER), sync=False)
         return before + frame + after + codec.FLUSH
@@ -756,9 +762,11 @@ class Guard:
         return self._end_as_is(b, out, "ROLLBACK")
 
     def _commit(self, b: _Bracket, out: Out) -> list[bytes]:
-        if b.mode is not Mode.AUTOCOMMIT:
-            # The statement stays in the client's open transaction: what the counters were
-            # after it is what they are before the next statement, until something else runs.
+        if b.mode is Mode.BLOCK:
+            # The statement stays in the client's open block: what the counters were after
+            # it is what they are before the next guarded Query, which waits until every
+            # answer before it came (the session forgets this on an error, on a
+            # ReadyForQuery other than "T", and on anything sent but plain reads).
             self._baseline = b.rows.get(_AFTER, [])
         return self._end_as_is(b, out, "COMMIT")
 

@@ -2719,6 +2719,10 @@ class Session:
                 continue
             if t == m.R_READY:
                 self.txn_status = chr(buf[start]) if end - start == 1 else codec.decode_ready(buf, start, end).status
+                if self.txn_status != "T" and self.guard is not None:
+                    # The transaction ended or failed: the row counters restart (the guard
+                    # does not see these answers when no bracket runs).
+                    self.guard.forget_baseline()
                 if self._cycles_done < self._cycles_sent:
                     self._cycles_done += 1
                 if self._cycles_done == self._cycles_sent:
@@ -2736,6 +2740,8 @@ class Session:
                     assert self.connection_name is not None
                     chunk.commands.append(c.SchemaChanged(self.connection_name))
             elif t == m.R_ERROR:
+                if self.guard is not None:
+                    self.guard.forget_baseline()
                 if b"VFATAL\x00" in buf[start:end] or b"VPANIC\x00" in buf[start:end]:
                     self._upstream_fatal = True
                 if self._refusals:
