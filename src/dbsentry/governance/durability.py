@@ -15,7 +15,7 @@ record before it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 # Commands that change no data by themselves (a FETCH runs its cursor's query, but that
 # query's functions ran under a transaction whose COMMIT waits; WITH HOLD cursors are
@@ -53,7 +53,7 @@ _ROW_COMMANDS = frozenset({"SELECT", "VALUES", "TABLE", "INSERT", "UPDATE", "DEL
 
 
 def transactional_only(
-    command: str | None, commands: Iterable[str], classes: Iterable[str], flags: Iterable[str], functions: Iterable[str]
+    command: str | None, commands: Iterable[str], classes: Iterable[str], flags: Iterable[str], functions: Collection[str]
 ) -> bool:
     """Whether a statement's effects are all undone by a ROLLBACK of the transaction it runs
     in: plain reads and INSERT/UPDATE/DELETE/MERGE (in CTEs too), calling no function (a
@@ -63,6 +63,6 @@ def transactional_only(
     is permanent before the COMMIT, which does wait."""
     if command is None or command not in _ROW_COMMANDS or not _ROW_COMMANDS.issuperset(commands):
         return False
-    if any(k not in ("READ", "WRITE") for k in classes) or any(True for _ in functions):
+    if any(k not in ("READ", "WRITE") for k in classes) or functions:
         return False
     return _EFFECT_FLAGS.isdisjoint(flags)

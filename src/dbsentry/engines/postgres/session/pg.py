@@ -1942,7 +1942,8 @@ class Session:
         audit = self.audit
         if check.allowed or approvable:
             chunk.plans = plans
-            chunk.reads = all(_plain_read(f) for f in check.verdict.facts)
+            # (only the row guard asks: see Guard.forget_baseline)
+            chunk.reads = self.guard is not None and all(_plain_read(f) for f in check.verdict.facts)
             ids: list[str] = []
             if audit is not None:
                 verdict = check.verdict
@@ -1952,7 +1953,8 @@ class Session:
                     plan = plans[i] if masked and i < len(plans) else None
                     rec = audit.statement(facts.text, facts, decision, correlation=correlation, masks=plan)
                     chunk.gated.append(rec)
-                    _gate_durable(chunk, changes_data(facts.command, facts.classes, facts.flags), _transactional(facts))
+                    durable = changes_data(facts.command, facts.classes, facts.flags)
+                    _gate_durable(chunk, durable, chunk.block and _transactional(facts))  # asked in a block only
                     audit.expect(rec, self._cycles_sent)
                     ids.append(rec.id)
             if approvable:
