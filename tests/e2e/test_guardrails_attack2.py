@@ -31,7 +31,7 @@ import psycopg
 import pytest
 
 from support.guard_clients import AGENT, HUMAN, Login, refused, run
-from support.pg import PgServer
+from support.pg import PgServer, ensure_postgres_fdw
 from support.proxy import RunningProxy, run_proxy, write_config
 
 pytestmark = pytest.mark.e2e
@@ -113,11 +113,8 @@ def _objects(s: str, role: str) -> str:
 
 
 def _foreign_table(c: psycopg.Connection[Any], s: str, pg: PgServer) -> bool:
-    if c.execute(
-        "select count(*) from pg_available_extensions where name = 'postgres_fdw'"
-    ).fetchone() != (1,):
+    if not ensure_postgres_fdw(c, pg):
         return False
-    c.execute(f"create extension if not exists postgres_fdw schema {s}")
     opts = f"host '{pg.host}', port '{pg.port}', dbname '{pg.dbname}'"
     c.execute(f"create server {s}_loop foreign data wrapper postgres_fdw options ({opts})")
     password = f", password '{pg.password}'" if pg.password else ""

@@ -37,7 +37,7 @@ from support.guard_clients import (
     run,
     run_one,
 )
-from support.pg import PgServer
+from support.pg import PgServer, ensure_postgres_fdw
 from support.proxy import RunningProxy, dbsentry_cli, run_proxy, write_config
 
 pytestmark = pytest.mark.e2e
@@ -184,11 +184,8 @@ def env(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 def _foreign_table(c: psycopg.Connection[Any], s: str, pg: PgServer) -> bool:
     """A postgres_fdw foreign table {s}.remote over {s}.remote_rows, through a loopback
     server; False when postgres_fdw is not installed with this PostgreSQL."""
-    if c.execute(
-        "select count(*) from pg_available_extensions where name = 'postgres_fdw'"
-    ).fetchone() != (1,):
+    if not ensure_postgres_fdw(c, pg):
         return False
-    c.execute(f"create extension if not exists postgres_fdw schema {s}")
     opts = f"host '{pg.host}', port '{pg.port}', dbname '{pg.dbname}'"
     c.execute(f"create server {s}_loop foreign data wrapper postgres_fdw options ({opts})")
     password = f", password '{pg.password}'" if pg.password else ""

@@ -118,6 +118,20 @@ def exclusive(server: PgServer, what: str) -> Iterator[None]:
         yield
 
 
+def ensure_postgres_fdw(conn: psycopg.Connection[Any], server: PgServer) -> bool:
+    """postgres_fdw installed in ``public`` (database-wide, never dropped: modules that run
+    at the same time each make a loopback server with it, and one module dropping the
+    extension with its schema would take the others' servers along); False when this
+    PostgreSQL does not have it.  Created under a lock: two ``CREATE EXTENSION IF NOT
+    EXISTS`` at once fail one of them."""
+    available = conn.execute("select count(*) from pg_available_extensions where name = 'postgres_fdw'").fetchone()
+    if available != (1,):
+        return False
+    with exclusive(server, "postgres_fdw"):
+        conn.execute("create extension if not exists postgres_fdw schema public")
+    return True
+
+
 def _tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
