@@ -47,13 +47,13 @@ def data_row(*values: str | None) -> bytes:
 
 def stats_row(
     oid: int, upd: int, dele: int, ins: int, size: int = 8192, reltuples: float = -1, live: int = 0,
-    can: bool = True, name: str = "acc", root: int | None = None, root_name: str = "",
+    can: bool = True, name: str = "acc", root: int | None = None, root_name: str = "", deferred: bool = False,
 ) -> bytes:  # fmt: skip
     root = oid if root is None else root
     flag = "t" if can else "f"
     return data_row(
         str(oid), str(upd), str(dele), str(ins), str(size), str(reltuples), str(live), flag, "public", name,
-        str(root), "public", root_name or name, flag, "f",
+        str(root), "public", root_name or name, flag, "f", "t" if deferred else "f",
     )  # fmt: skip
 
 
@@ -380,12 +380,27 @@ def test_effect_dataclass_is_plain() -> None:
 
 
 def test_judge_refuses_catalog_changes_but_not_temporary_tables() -> None:
-    row = data_row("1259", "1", "0", "0", "0", "0", "0", "t", "pg_catalog", "pg_class", "1259", "pg_catalog", "pg_class", "t", "f")
+    row = data_row("1259", "1", "0", "0", "0", "0", "0", "t", "pg_catalog", "pg_class", "1259", "pg_catalog", "pg_class", "t", "f", "f")
     truncate = [Effect(parse_counts([decode(row)])[1259], 1, 0, 0)]
     v = judge(LIMITS, truncate)
     assert not v.ok and v.rule == "guardrails.catalog_changes" and "pg_catalog.pg_class" in v.message
     created = [Effect(parse_counts([decode(row)])[1259], 0, 3, 0)]
     assert judge(LIMITS, created).ok
+
+
+def test_judge_refuses_rows_changed_in_a_table_with_deferrable_triggers() -> None:
+    """What the database says at the measurement, not what the catalog read earlier: a
+    deferrable trigger's work comes at COMMIT, after the measurement."""
+    one = effects({}, table(1, 1, 0, 0, deferred=True, name="audit_me"))
+    v = judge(LIMITS, one)
+    assert not v.ok and v.rule == "guardrails.deferred_triggers" and "public.audit_me" in v.message
+    temp = effects({}, table(2, 0, 0, 1, deferred=True, name="tt"))
+    assert not judge(Limits(None, None), temp).ok  # a temporary table's triggers too, and with no limits
+    # a table with such triggers that this statement did not change does not matter
+    assert judge(LIMITS, effects(table(1, 1, 0, 0, deferred=True), table(1, 1, 0, 0, deferred=True))).ok
+    assert judge(LIMITS, effects({}, table(1, 1, 0, 0))).ok
+    with pytest.raises(ValueError):
+        parse_counts([decode(stats_row(1, 1, 0, 0))[:15]])  # the old shape is not read
 
 
 # ---------------------------------------------------------------------------- the agent row cap

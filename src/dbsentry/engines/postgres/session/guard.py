@@ -54,6 +54,7 @@ from dbsentry.engines.postgres.wire import messages as m
 RULE_ROWS = "guardrails.max_rows_changed"
 RULE_FRACTION = "guardrails.max_fraction_changed"
 RULE_CATALOG = "guardrails.catalog_changes"
+RULE_DEFERRED = "guardrails.deferred_triggers"
 _CATALOG_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
 
 # Everything is qualified with pg_catalog (operators too), so that no search_path and no
@@ -69,7 +70,9 @@ STATS_SQL = """SELECT c.oid::pg_catalog.int8,
   n.nspname::pg_catalog.text, c.relname::pg_catalog.text,
   r.oid::pg_catalog.int8, rn.nspname::pg_catalog.text, r.relname::pg_catalog.text,
   pg_catalog.has_table_privilege(r.oid, 'SELECT'),
-  c.relpersistence OPERATOR(pg_catalog.=) 't'::pg_catalog."char"
+  c.relpersistence OPERATOR(pg_catalog.=) 't'::pg_catalog."char",
+  EXISTS (SELECT FROM pg_catalog.pg_trigger tg WHERE tg.tgrelid OPERATOR(pg_catalog.=) c.oid
+    AND tg.tgdeferrable AND NOT tg.tgisinternal)
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
 JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) (
   WITH RECURSIVE up(rel, depth) AS (
@@ -120,6 +123,8 @@ class TableCounts:
     root_name: str = ""
     root_can_count: bool = False
     temporary: bool = False  # the session's own scratch space: no limit applies
+    # It has deferrable user triggers: their effects come at COMMIT, after any measurement.
+    deferred: bool = False
 
     @property
     def display(self) -> str:
@@ -141,13 +146,13 @@ class TableCounts:
 def parse_counts(rows: list[list[bytes | None]]) -> dict[int, TableCounts]:
     out: dict[int, TableCounts] = {}
     for r in rows:
-        if len(r) != 15 or any(v is None for v in r[:8]) or any(v is None for v in r[10:]):
+        if len(r) != 16 or any(v is None for v in r[:8]) or any(v is None for v in r[10:]):
             raise ValueError("unexpected row from the statistics query")
         text = [v.decode() if v is not None else "" for v in r]
         t = TableCounts(
             int(text[0]), int(text[1]), int(text[2]), int(text[3]), int(text[4]),
             float(text[5]), int(text[6]), text[7] == "t", text[8], text[9],
-            int(text[10]), text[11], text[12], text[13] == "t", text[14] == "t",
+            int(text[10]), text[11], text[12], text[13] == "t", text[14] == "t", text[15] == "t",
         )  # fmt: skip
         out[t.oid] = t
     return out
@@ -273,6 +278,16 @@ def judge(
             f"this statement changed the system catalogs ({names}): DDL or catalog writes ran inside it, "
             f"which need an approval in production ({RULE_CATALOG}); it was rolled back",
             RULE_CATALOG,
+        )
+    deferred = sorted({e.table.display for e in found if e.table.deferred})
+    if deferred:
+        # The database says so at the measurement, whatever the catalog read earlier: rows
+        # changed in a table with deferrable triggers queue work that runs at COMMIT.
+        return Verdict(
+            False,
+            f"this statement changed rows of {', '.join(deferred)}, whose deferrable triggers would run at COMMIT, "
+            f"after the row limit measured ({RULE_DEFERRED}); it was rolled back",
+            RULE_DEFERRED,
         )
     # What the counters did not see (a foreign table's rows change on another server), as
     # the statement's CommandComplete reports it.
@@ -731,7 +746,8 @@ class Guard:
             return []
         if verdict.ok:
             return self._commit(b, out)
-        return self._refuse(b, verdict.message, verdict.rule, out)
+        # No approval can cover what no measurement sees.
+        return self._refuse(b, verdict.message, verdict.rule, out, ask=verdict.rule != RULE_DEFERRED)
 
     def _refuse(self, b: _Bracket, message: str, rule: str, out: Out, ask: bool = True) -> list[bytes]:
         if ask and not b.stmt_failed:
