@@ -175,6 +175,8 @@ class SessionAudit:
             changed = False
             for constant, part in zip(constants, parts[1:], strict=True):
                 replacement = r.constant(shape.value(constant))
+                if out[-1].endswith("-") and (replacement is not None or r.constant("-" + shape.value(constant))):
+                    return None  # ``-5``: the minus may be the constant's own (see shape.certified)
                 if replacement is None:
                     out.append(constant)
                 else:

@@ -677,12 +677,14 @@ class _ShapeRuling:
     :mod:`dbsentry.engines.postgres.sql.shape`): a text of the shape with constants of the same kinds gets
     the same check and masking plans, while nothing it depends on in the session has
     changed (``stamp``: see ``Session._shape_stamp``).  Only rulings that leave nothing
-    behind but what is replayed here are kept: one plain SELECT, allowed, no approval, not
-    under the row guard, no change to the session's search path."""
+    behind but what is replayed here are kept: one plain SELECT, INSERT, UPDATE or DELETE,
+    allowed, no approval, no copy of classified values, no change to the session's search
+    path.  A statement the row guard held is held again (``guarded``); a write is checked
+    again for masked values written back (``writes``)."""
 
     __slots__ = (
-        "check", "durable", "kinds", "masks", "parts", "plans", "reads", "redaction", "settings", "source", "span", "stamp",
-        "strict", "transactional",
+        "check", "durable", "guarded", "kinds", "masks", "parts", "plans", "reads", "redaction", "settings", "source",
+        "span", "stamp", "strict", "transactional", "writes",
     )  # fmt: skip
 
     def __init__(
@@ -696,8 +698,10 @@ class _ShapeRuling:
         span: tuple[int, int],
         planned: tuple[tuple[bool, ...], tuple[bool, ...], bool] | None,
         redaction: int | None,
+        guarded: bool = False,
     ) -> None:
         self.kinds = kinds
+        self.guarded = guarded
         self.parts = parts  # the text between the constants
         self.stamp = stamp
         self.check = check
@@ -713,6 +717,7 @@ class _ShapeRuling:
         self.durable = changes_data(facts.command, facts.classes, facts.flags)
         self.transactional = _transactional(facts)
         self.reads = _plain_read(facts)
+        self.writes = any(f.statement_class == "WRITE" for f in check.verdict.facts)
 
 
 _MAX_SHAPES = 128
@@ -1920,8 +1925,12 @@ class Session:
         if shaped is not None:
             stamp = self._shape_stamp(gov)
             ruling = self._shapes.get(shaped[0]) if self._shapes is not None else None
-            if ruling is not None and ruling.stamp == stamp and _shape.same_kinds(shaped[1], ruling.kinds):
-                self._apply_shape(chunk, sql, shaped[1], ruling)
+            if (
+                ruling is not None
+                and ruling.stamp == stamp
+                and _shape.same_kinds(shaped[1], ruling.kinds)
+                and self._apply_shape(chunk, sql, shaped[1], ruling)
+            ):
                 return
             source = self.masking.planned_state()[2] if self.masking is not None else None
         check = self._check(gov, sql)
@@ -1961,7 +1970,7 @@ class Session:
                 chunk.approvals.append(
                     c.ApprovalAsk(sql, None, check.decision, check.verdict.facts, self._approval_key(sql, None), tuple(ids))
                 )
-            elif shaped is not None and check.allowed and chunk.guarded is None:
+            elif shaped is not None and check.allowed:
                 self._remember_shape(gov, sql, shaped, stamp, source, check, plans)
             return
         marker = self._deny(check, sql, chunk.commands)
@@ -2004,6 +2013,11 @@ class Session:
             return
         f = facts[0]
         masking = self.masking
+        if masking is not None and _copies_data(f):
+            view = masking.service.current(masking.connection)
+            copies = masking.copies(sql) if view is not None else {}
+            if copies is None or copies:
+                return  # a copy of classified values: judged (and inherited) per text
         masked = masking is not None and not masking.exempt()
         planned = None
         if masking is not None:
@@ -2025,12 +2039,18 @@ class Session:
             (f.span[0], len(sql) - f.span[1]),
             planned,
             redaction,
+            self.guard is not None and any(self._changes_rows(x) for x in facts),
         )
 
-    def _apply_shape(self, chunk: _Chunk, sql: str, constants: list[str], ruling: _ShapeRuling) -> None:
-        """What _govern_query does for an allowed Query, from the ruling of its shape."""
+    def _apply_shape(self, chunk: _Chunk, sql: str, constants: list[str], ruling: _ShapeRuling) -> bool:
+        """What _govern_query does for an allowed Query, from the ruling of its shape;
+        False (nothing done) when this text must be judged by itself."""
         check = ruling.check
         verdict = check.verdict
+        if ruling.writes and writes_masked_literal(sql):
+            return False  # refused by its text (masking.write_back)
+        if ruling.guarded and self.guard is not None and self._guard_query(chunk, check, sql) is not None:
+            return False  # (not for a text of a shape the guard held; judged by its text)
         chunk.plans = ruling.plans
         masking = self.masking
         if masking is not None:
@@ -2048,6 +2068,7 @@ class Session:
             _gate_durable(chunk, ruling.durable, ruling.transactional)
             audit.expect(rec, self._cycles_sent)
         chunk.reads = ruling.reads
+        return True
 
     # ------------------------------------------------------------------ the row guard
 

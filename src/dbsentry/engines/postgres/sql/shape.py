@@ -17,16 +17,23 @@ has an always-true WHERE; ``set_config('role', ...)`` names its setting by a con
    numbers and plain ``'...'`` strings; so that PostgreSQL's scanner sees the same tokens
    in every text of the shape, constants of the same kinds (ICONST, FCONST, SCONST) at
    the same places, whatever their values;
-2. its parse (:func:`certified`) is a single plain ``SELECT`` (no INTO), in which every
-   constant of the text became one constant of the tree at its own place (none consumed
-   by the grammar, like ``float(10)``'s precision; none folded with a sign, none merged
-   with the next string), and no constant stands where a position is read from it
+2. its parse (:func:`certified`) is a single plain ``SELECT`` (no INTO), or an ``INSERT``,
+   ``UPDATE`` or ``DELETE`` without a WITH clause, in which every constant of the text
+   became one constant of the tree at its own place (none consumed by the grammar, like
+   ``float(10)``'s precision; none merged with the next string; a minus written right
+   before a number, ``-5``, is folded into it by the grammar whatever the number is, and
+   stays in the shape's text), and no constant stands where a position is read from it
    (``ORDER BY 2``, ``GROUP BY 2``, ``DISTINCT ON (2)``); the grammar then builds the
    same tree for every text of the shape but for the constants' values;
-3. its facts show nothing read from a constant: only SELECT runs (no data-modifying CTE:
-   no WHERE is folded), no ``set_config``, no settings, no parameters; the facts walk
-   reads constant values nowhere else (``dbsentry.engines.postgres.sql.facts``: constants are leaves of
-   the expression walk), column lineage only at ordinal positions (excluded above);
+3. its facts show nothing read from a constant: only one of those commands runs (no
+   data-modifying CTE), no ``set_config``, no settings, no parameters, no always-true
+   WHERE; the facts walk reads constant values nowhere else than in the WHERE of a write
+   (``dbsentry.engines.postgres.sql.facts``: constants are leaves of the expression walk;
+   the always-true question folds the WHERE, ``dbsentry.engines.postgres.sql.fold``), and
+   in a write every constant of every WHERE must be compared with a bare column (``aid =
+   5``, ``id IN (1, 2)``, ``id BETWEEN 1 AND 9``), which folds to "unknown" whatever its
+   value, so ``id = 1 OR 1 = 2`` keeps its statement to its text; column lineage reads
+   constants only at ordinal positions (excluded above);
 4. and, as a check of all of the above at the time the shape is first seen, the same
    text with other constants has equal facts.
 
@@ -38,6 +45,7 @@ may be used.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -167,8 +175,13 @@ def certified(sql: str, key: str, constants: list[str], kinds_: tuple[str, ...])
         return False
     top = stmts[0].get("stmt") or {}
     select = top.get("SelectStmt")
-    if type(select) is not dict or select.get("intoClause") is not None:
-        return False
+    if type(select) is dict:
+        if select.get("intoClause") is not None:
+            return False
+    else:
+        write = next((top.get(k) for k in _WRITES if k in top), None)
+        if type(write) is not dict or write.get("withClause") is not None or not _wheres_compare_columns(write):
+            return False
     # The places of the constants in the text (ASCII: characters are bytes).
     wanted: dict[int, str] = {}
     pos = 0
@@ -178,14 +191,7 @@ def certified(sql: str, key: str, constants: list[str], kinds_: tuple[str, ...])
         wanted[pos] = kinds_[i]
         pos += len(constant)
     found: dict[int, str] = {}
-    stack: list[Any] = [tree]
-    while stack:
-        node = stack.pop()
-        if type(node) is list:
-            stack.extend(node)
-            continue
-        if type(node) is not dict:
-            continue
+    for node in _nodes(tree):
         for clause in _ORDINAL_CLAUSES:
             items = node.get(clause)
             for item in items if type(items) is list else ():
@@ -202,19 +208,91 @@ def certified(sql: str, key: str, constants: list[str], kinds_: tuple[str, ...])
                 return False
             loc = const.get("location")
             kind_ = {"ival": INT, "fval": NUMERIC, "sval": STRING}[kinds_here[0]]
-            if type(loc) is not int or loc in found:
+            if type(loc) is not int:
+                return False
+            if kind_ != STRING and sql[loc : loc + 1] == "-" and loc + 1 in wanted:
+                # ``-5``: the grammar folds the minus (in the shape's text) into the
+                # number (its value), whatever the number is
+                loc += 1
+            if loc in found:
                 return False
             found[loc] = kind_
-            continue
-        stack.extend(v for v in node.values() if type(v) in (dict, list))
     return found == wanted
+
+
+_WRITES = ("InsertStmt", "UpdateStmt", "DeleteStmt")
+_COMPARE = frozenset({"=", "<>", "!=", "<", ">", "<=", ">="})
+_SHAPED_COMMANDS = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"})
+
+
+def _is(node: Any, kind: str) -> bool:
+    return type(node) is dict and kind in node
+
+
+def _compared_with_a_column(expr: dict[str, Any]) -> list[Any]:
+    """The constants an ``A_Expr`` compares with a bare column (``id = 5``, ``id IN (1,
+    2)``, ``id BETWEEN 1 AND 9``): folding it gives "unknown" whatever their values."""
+    kind = expr.get("kind")
+    left, right = expr.get("lexpr"), expr.get("rexpr")
+    if kind == "AEXPR_OP":
+        names = expr.get("name") or []
+        op = (names[-1].get("String") or {}).get("sval") if len(names) == 1 and type(names[-1]) is dict else None
+        if op not in _COMPARE:
+            return []
+        if _is(left, "ColumnRef") and _is(right, "A_Const"):
+            return [right]
+        if _is(right, "ColumnRef") and _is(left, "A_Const"):
+            return [left]
+        return []
+    if kind in ("AEXPR_IN", "AEXPR_BETWEEN", "AEXPR_NOT_BETWEEN") and _is(left, "ColumnRef") and _is(right, "List"):
+        body = right.get("List") if type(right) is dict else None
+        items = (body.get("items") if type(body) is dict else None) or []
+        if items and all(_is(item, "A_Const") for item in items):
+            return list(items)
+    return []
+
+
+def _nodes(root: Any) -> Iterator[dict[str, Any]]:
+    """Every node (dict) of a parse tree (pglast's JSON), in no particular order."""
+    stack: list[Any] = [root]
+    while stack:
+        node = stack.pop()
+        if type(node) is list:
+            stack.extend(node)
+        elif type(node) is dict:
+            yield node
+            stack.extend(v for v in node.values() if type(v) in (dict, list))
+
+
+def _wheres_compare_columns(write: dict[str, Any]) -> bool:
+    """Rule 2 for a write: every constant in any WHERE of it is compared with a bare
+    column, so the always-true-WHERE question (the only place the analysis reads a
+    constant's value: ``dbsentry.engines.postgres.sql.fold``) has the same answer for every
+    text of the shape."""
+    for node in _nodes(write):
+        where = node.get("whereClause")
+        if where is None:
+            continue
+        allowed: set[int] = set()
+        constants: list[int] = []
+        for inner in _nodes(where):
+            expr = inner.get("A_Expr")
+            if type(expr) is dict:
+                allowed.update(id(c) for c in _compared_with_a_column(expr))
+            body = inner.get("A_Const")
+            if type(body) is dict and any(k in body for k in ("ival", "fval", "sval", "bsval")):
+                constants.append(id(inner))
+        if not allowed.issuperset(constants):
+            return False
+    return True
 
 
 def constant_free(facts: StatementFacts) -> bool:
     """Rule 3 of the module docstring: facts in which nothing was read from a constant."""
     return (
-        facts.command == "SELECT"
-        and facts.commands == ("SELECT",)
+        facts.command in _SHAPED_COMMANDS
+        and facts.commands == (facts.command,)
+        and "always_true_where" not in facts.flags
         and not facts.settings
         and not facts.where_params
         and facts.execute_params is None
