@@ -113,11 +113,34 @@ def test_catalog_fixture() -> None:
         ("SELECT strpos(email, 'needle'), substr(ssn, 1, 3) FROM customers", {"needle": DataClass.EMAIL}),
         ("SELECT 1 FROM customers WHERE email = -7", {"-7": DataClass.EMAIL}),
         ("EXECUTE q('a', 42)", {"a": None, "42": None}),
+        (  # an INSERT in a CTE, no column list: the catalog's order, as at the top
+            "WITH x AS (INSERT INTO customers VALUES (1, 'e', 'c') RETURNING id) SELECT 1 FROM x",
+            {"e": DataClass.EMAIL, "c": DataClass.PAYMENT_CARD},
+        ),
+        (  # a column list naming nothing sensitive, beside one without a list
+            "WITH x AS (INSERT INTO customers (status) VALUES ('s') RETURNING id) INSERT INTO customers VALUES (2, 'e2')",
+            {"e2": DataClass.EMAIL},
+        ),
+        ("INSERT INTO customers (id, status) VALUES (7, 'open')", {}),
         ("SELECT status FROM customers WHERE id = 42 AND status = 'open'", {}),
     ],
 )
 def test_literal_meets(sql: str, expected: dict[str, DataClass | None]) -> None:
     assert _meets(sql) == expected
+
+
+def test_an_insert_that_names_its_columns_is_redacted_by_its_values_alone() -> None:
+    """pgbench's INSERT: no column it names is sensitive, so each constant is redacted by
+    its value alone (a shape's texts then need no walk of their own); without a column list
+    the table's columns count, which the text does not name."""
+    from dbsentry.engines.postgres.masking.literals import meets_values_only
+
+    cm = classify_catalog(_catalog(), _OVERRIDES)
+    assert meets_values_only("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (5, 1, 4, -3, CURRENT_TIMESTAMP)", cm)
+    assert meets_values_only("INSERT INTO customers (id, status) VALUES (7, 'open')", cm)
+    assert not meets_values_only("INSERT INTO customers (id, email) VALUES (7, 'x')", cm)
+    assert not meets_values_only("INSERT INTO customers VALUES (7, 'x')", cm)
+    assert not meets_values_only("WITH x AS (INSERT INTO customers VALUES (1, 'e') RETURNING id) SELECT 1 FROM x", cm)
 
 
 def test_values_that_meet_a_column_through_a_whole_row_or_a_cte() -> None:

@@ -554,9 +554,9 @@ _COLUMN_REF_RE = re.compile(r'"ColumnRef":\{"fields":\[([^\]]*)\]')
 _SVAL_RE = re.compile(r'"sval":"((?:[^"\\]|\\.)*)"')
 _RELATION_NAME_RE = re.compile(r'"(?:relname|aliasname|ctename)":"((?:[^"\\]|\\.)*)"')
 _TARGET_NAME_RE = re.compile(r'"ResTarget":\{"name":"((?:[^"\\]|\\.)*)"')
-# Statements whose values meet columns the text does not name (INSERT without a column
-# list, MERGE ... INSERT VALUES) or any column at all (EXECUTE).
-_ALWAYS_WALK = ('"InsertStmt"', '"MergeStmt"', '"ExecuteStmt"')
+# Statements whose values meet columns the text does not name (MERGE ... INSERT VALUES)
+# or any column at all (EXECUTE); an INSERT without a column list too (_insert_names_all).
+_ALWAYS_WALK = ('"MergeStmt"', '"ExecuteStmt"')
 _SENSITIVE_NAMES: dict[int, frozenset[str]] = {}
 
 
@@ -572,11 +572,34 @@ def _sensitive_names(classmap: ClassMap | None) -> frozenset[str]:
     return names
 
 
+def _inserts_name_their_columns(raw: str) -> bool:
+    """Whether every INSERT of the parse lists its columns (``INSERT INTO t (a, b) ...``):
+    then the columns its values meet are named in the text (``ResTarget`` names, read as
+    any other target's); without a list they are the table's, which the text does not name."""
+    try:
+        tree = orjson.loads(raw)
+    except (orjson.JSONDecodeError, RecursionError):
+        return False
+    stack: list[Any] = [tree]
+    while stack:
+        node = stack.pop()
+        if type(node) is list:
+            stack.extend(node)
+        elif type(node) is dict:
+            insert = node.get("InsertStmt")
+            if insert is not None and not (type(insert) is dict and insert.get("cols")):
+                return False
+            stack.extend(v for v in node.values() if type(v) in (dict, list))
+    return True
+
+
 def _may_meet(raw: str, classmap: ClassMap | None) -> bool:
     """Whether any column the parse names may be sensitive (the catalog's classified
     names, or a name that classifies by itself), read from the JSON text: a cheap test
     that lets most statements skip the walk."""
     if any(marker in raw for marker in _ALWAYS_WALK):
+        return True
+    if '"InsertStmt"' in raw and not _inserts_name_their_columns(raw):
         return True
     known = _sensitive_names(classmap)
     names = set(_TARGET_NAME_RE.findall(raw))
