@@ -28,6 +28,7 @@ import orjson
 
 from dbsentry.audit.redaction import ConstantRedactor, detect_constant, quote_constant
 from dbsentry.engines.postgres.sql import parse as sqlparse
+from dbsentry.engines.postgres.sql.nodes import objects
 from dbsentry.governance.text import REDACTED_STATEMENT
 from dbsentry.masking.catalog import Catalog, ClassMap
 from dbsentry.masking.classes import DataClass, most_sensitive
@@ -580,16 +581,10 @@ def _inserts_name_their_columns(raw: str) -> bool:
         tree = orjson.loads(raw)
     except (orjson.JSONDecodeError, RecursionError):
         return False
-    stack: list[Any] = [tree]
-    while stack:
-        node = stack.pop()
-        if type(node) is list:
-            stack.extend(node)
-        elif type(node) is dict:
-            insert = node.get("InsertStmt")
-            if insert is not None and not (type(insert) is dict and insert.get("cols")):
-                return False
-            stack.extend(v for v in node.values() if type(v) in (dict, list))
+    for node in objects(tree):
+        insert = node.get("InsertStmt")
+        if insert is not None and not (type(insert) is dict and insert.get("cols")):
+            return False
     return True
 
 

@@ -25,7 +25,8 @@ else is refused.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from collections.abc import Iterator
+from typing import Any, Literal
 
 from dbsentry.governance.facts import StatementClass
 
@@ -553,3 +554,16 @@ def first_unsupported(tree_json: str, tags: set[str] | None = None) -> str | Non
 def construct_name(tag: str) -> str:
     """What a refusal calls ``tag``: ``JSON_TABLE`` for ``JsonTable``."""
     return REFUSED.get(tag) or "an unknown construct"
+
+
+def objects(root: Any) -> Iterator[dict[str, Any]]:
+    """Every JSON object of a loaded parse tree (nodes and their field dicts), in no
+    particular order."""
+    stack: list[Any] = [root]
+    while stack:
+        node = stack.pop()
+        if type(node) is list:
+            stack.extend(node)
+        elif type(node) is dict:
+            yield node
+            stack.extend(v for v in node.values() if type(v) in (dict, list))

@@ -45,13 +45,13 @@ may be used.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
 
 from dbsentry.engines.postgres.sql import parse
 from dbsentry.engines.postgres.sql.facts import StatementFacts, analyze
+from dbsentry.engines.postgres.sql.nodes import objects
 
 # Constants: a digit run that starts a word (never inside a name: ``t1``), or a plain
 # string.  What separates them is the shape's text, checked once per shape (kinds()).
@@ -191,7 +191,7 @@ def certified(sql: str, key: str, constants: list[str], kinds_: tuple[str, ...])
         wanted[pos] = kinds_[i]
         pos += len(constant)
     found: dict[int, str] = {}
-    for node in _nodes(tree):
+    for node in objects(tree):
         for clause in _ORDINAL_CLAUSES:
             items = node.get(clause)
             for item in items if type(items) is list else ():
@@ -252,30 +252,18 @@ def _compared_with_a_column(expr: dict[str, Any]) -> list[Any]:
     return []
 
 
-def _nodes(root: Any) -> Iterator[dict[str, Any]]:
-    """Every node (dict) of a parse tree (pglast's JSON), in no particular order."""
-    stack: list[Any] = [root]
-    while stack:
-        node = stack.pop()
-        if type(node) is list:
-            stack.extend(node)
-        elif type(node) is dict:
-            yield node
-            stack.extend(v for v in node.values() if type(v) in (dict, list))
-
-
 def _wheres_compare_columns(write: dict[str, Any]) -> bool:
     """Rule 2 for a write: every constant in any WHERE of it is compared with a bare
     column, so the always-true-WHERE question (the only place the analysis reads a
     constant's value: ``dbsentry.engines.postgres.sql.fold``) has the same answer for every
     text of the shape."""
-    for node in _nodes(write):
+    for node in objects(write):
         where = node.get("whereClause")
         if where is None:
             continue
         allowed: set[int] = set()
         constants: list[int] = []
-        for inner in _nodes(where):
+        for inner in objects(where):
             expr = inner.get("A_Expr")
             if type(expr) is dict:
                 allowed.update(id(c) for c in _compared_with_a_column(expr))
