@@ -72,6 +72,20 @@ _MAX_CTE_ROUNDS = 10
 TableName = tuple[str, str]  # (schema, relation); schema "" when the relation is not in the catalog
 
 
+
+def _grouping_items(items: Iterable[Any], inside: bool = False) -> Iterator[Any]:
+    """The items of an ORDER BY, GROUP BY or DISTINCT ON, with ROLLUP, CUBE and GROUPING
+    SETS opened: PostgreSQL reads a number inside them as a position too (``GROUP BY
+    ROLLUP (1)`` groups by the first output column), and ``(1, 2)`` inside them as a list."""
+    for item in items:
+        kind, body = _unwrap(item)
+        if kind == "GroupingSet":
+            yield from _grouping_items(body.get("content") or (), True)
+        elif kind == "RowExpr" and inside:
+            yield from _grouping_items(body.get("args") or (), True)
+        else:
+            yield item
+
 class LineageError(ValueError):
     """The SQL could not be parsed or analysed (too deep, too large, an unexpected tree);
     the caller fails closed."""
@@ -446,7 +460,7 @@ class _Walk:
         for n, c in out:
             names.setdefault(n, []).append(c)
         with self.within(clause):
-            for item in items:
+            for item in _grouping_items(items):
                 kind, body = _unwrap(item)
                 node = body.get("node") if kind == "SortBy" else item
                 nkind, nbody = _unwrap(node)

@@ -192,6 +192,8 @@ def certified(sql: str, key: str, constants: list[str], kinds_: tuple[str, ...])
         pos += len(constant)
     found: dict[int, str] = {}
     for node in objects(tree):
+        if "GroupingSet" in node:
+            return False  # ROLLUP (1): a position too, wherever it stands in the set
         for clause in _ORDINAL_CLAUSES:
             items = node.get(clause)
             for item in items if type(items) is list else ():
