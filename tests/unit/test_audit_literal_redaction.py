@@ -358,3 +358,18 @@ def test_a_tree_too_deep_to_read_redacts_every_constant() -> None:
     not raise, and says it could not read the statement (every constant is then redacted)."""
     meets = find_literal_meets("select " + "not " * 2001 + "true and 'ada@example.com' = 'x'")
     assert not meets.parsed
+
+
+@pytest.mark.parametrize(
+    "written",
+    ["4111111111111111.0", "04111111111111111", "4111111111111111.000", "4.111111111111111e15", "-0004111111111111111.0"],
+)
+def test_a_card_number_written_as_another_number_is_still_a_card(written: str) -> None:
+    """Found by an attack round: the value detection saw the text of a number, so a card
+    number written with a zero fraction, leading zeros or an exponent went into the audit
+    trail in clear."""
+    from dbsentry.audit.redaction import detect_constant
+
+    assert detect_constant(written) == DataClass.PAYMENT_CARD
+    assert detect_constant("4111111111111111.5") is None  # not the same integer
+    assert detect_constant("1234567.0") is None

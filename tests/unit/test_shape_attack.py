@@ -351,11 +351,11 @@ def test_a_warmed_shape_is_recorded_as_its_text(redact: Any, warm: list[str], ta
     got = assert_judged_alike(_plain, warm, target, redact)
     if redact is not False:
         # and a value that is sensitive as written never shows (a card number written as
-        # a decimal, 4111111111111111.0, or with leading zeros is not redacted by the text
-        # path either: the comparison above covers those)
+        # a decimal, 4111111111111111.0, or with leading zeros included: found by this
+        # round, redacted since)
         shown = " ".join(str(r.get("statement")) for r in got["records"])
         for secret in ("4111111111111111", "123-45-6789", "ann@example.com", "DE89370400440532013000"):
-            if secret in target and f"{secret}." not in target and f"0{secret}" not in target:
+            if secret in target:
                 assert secret not in shown, shown
 
 

@@ -30,6 +30,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -204,11 +205,26 @@ def _no_lexer(sql: str) -> Sequence[Token]:
     raise ValueError("no engine lexer: the statement cannot be tokenized")
 
 
+_NUMERIC = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
 def detect_constant(value: str) -> DataClass | None:
-    """``detect_value``, also for a signed number (``-4111111111111111``)."""
+    """``detect_value``, also for a number however it is written: signed
+    (``-4111111111111111``), with leading zeros, a fraction of zeros or an exponent
+    (``4111111111111111.0``, ``04111111111111111``, ``4.111111111111111e15``): the same
+    integer."""
     found = detect_value(value)
     if found is None and value[:1] in "-+" and value[1:2].isdigit():
         found = detect_value(value[1:])
+    if found is None and 7 <= len(value) <= 64 and _NUMERIC.fullmatch(value):
+        try:
+            number = abs(Decimal(value))
+        except InvalidOperation:
+            return None
+        if number == number.to_integral_value() and 10**6 <= number < 10**20:
+            digits = str(int(number))
+            if digits != value.lstrip("+-"):
+                found = detect_value(digits)
     return found
 
 
