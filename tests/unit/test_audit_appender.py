@@ -23,6 +23,7 @@ from dbsentry.audit.log import (
     genesis,
     link_hash,
     list_segments,
+    parse_frames,
     recover,
     scan_segment,
 )
@@ -377,3 +378,109 @@ def test_an_outcome_rides_with_the_next_write_and_waits_at_most_later_s(
     kinds = [orjson.loads(p)["type"] for _, p in records_of(tmp_path / "n1")]
     data = [k for k in kinds if k in ("statement", "completion")]
     assert data == ["statement", "completion"] * 20
+
+
+# ---------------------------------------------------------------- space allocated ahead
+
+
+def _crash_copy(src: Path, dst: Path) -> Path:
+    """The node directory as a crash would leave it (the writer still open)."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_the_open_segment_is_allocated_ahead_and_a_crash_leaves_nothing_to_cut(tmp_path: Path) -> None:
+    """The open segment's file holds zeros past what is written (an fdatasync of written
+    blocks costs less than one that grows the file); readers stop at them, a crash leaves
+    them behind, and the next writer takes them as the end, not as a torn tail."""
+    from dbsentry.audit.verify import verify_all
+
+    signer = Signer(Ed25519PrivateKey.generate())
+    log = LogFile(tmp_path / "live", "n1", signer=signer, checkpoint_every=3)
+    log.open()
+    payloads = [payload_bytes(stmt(i)) for i in range(7)]
+    for p in payloads:
+        log.append(p)
+    log.flush()
+    seg = list_segments(tmp_path / "live" / "n1")[-1][1]
+    data = seg.read_bytes()
+    written = len(data.rstrip(b"\x00"))
+    assert len(data) > written + 64 * 1024  # zeros ahead of the end
+    assert [p for _, p in records_of(tmp_path / "live" / "n1")] == payloads  # read while open
+    crashed = _crash_copy(tmp_path / "live", tmp_path / "crashed")
+    tail = recover(crashed / "n1", "n1")
+    assert (tail.seq, tail.cut_bytes, tail.kept_as) == (7, 0, None)
+    result = verify_all(None, crashed, [signer.public_key])
+    assert result.ok, result.describe()
+    # the next writer continues the chain after the zeros, in the same segment or a new one
+    for continue_last in (True, False):
+        again = _crash_copy(crashed, tmp_path / f"again-{continue_last}")
+        nxt = LogFile(again, "n1", signer=signer)
+        assert nxt.open(continue_last=continue_last).cut_bytes == 0
+        nxt.append(payload_bytes(stmt(99)))
+        nxt.flush()
+        nxt.close()
+        assert [s for s, _ in records_of(again / "n1")] == list(range(1, 9))
+        assert verify_all(None, again, [signer.public_key]).ok
+        for _, path in list_segments(again / "n1"):
+            assert not path.read_bytes().endswith(b"\x00" * 8)  # closed: cut to its size
+    log.close()
+    assert seg.read_bytes() == seg.read_bytes().rstrip(b"\x00") and len(seg.read_bytes()) > written
+
+
+def test_a_sealed_segment_ends_with_its_seal(tmp_path: Path) -> None:
+    signer = Signer(Ed25519PrivateKey.generate())
+    log = LogFile(tmp_path, "n1", signer=signer, segment_bytes=2048)
+    log.open()
+    for i in range(30):
+        log.append(payload_bytes(stmt(i)))
+        log.flush()
+    log.close()
+    segments = list_segments(tmp_path / "n1")
+    assert len(segments) > 3
+    for _, path in segments:
+        frames, end, error = parse_frames(path.read_bytes())
+        assert error is None and end == path.stat().st_size and frames[-1].kind == KIND_CHECKPOINT
+
+
+def test_a_torn_record_before_the_zeros_is_cut_and_only_it_is_reported(tmp_path: Path) -> None:
+    log = LogFile(tmp_path / "live", "n1")
+    log.open()
+    for i in range(3):
+        log.append(payload_bytes(stmt(i)))
+    log.flush()
+    crashed = _crash_copy(tmp_path / "live", tmp_path / "crashed")
+    log.close()
+    seg = list_segments(crashed / "n1")[-1][1]
+    data = seg.read_bytes()
+    end = len(data.rstrip(b"\x00"))
+    torn = b"R\x00\x00\x02\x00" + b"x" * 100  # a record whose write a crash cut short
+    seg.write_bytes(data[:end] + torn + data[end + len(torn) :])
+    tail = recover(crashed / "n1", "n1")
+    assert (tail.seq, tail.cut_bytes) == (3, 105)
+    assert tail.kept_as is not None and tail.kept_as.read_bytes() == torn
+    assert seg.stat().st_size == end
+
+
+def test_a_failed_write_leaves_no_gap_before_the_next_one(tmp_path: Path) -> None:
+    """A write that fails half way is cut off; the next write goes where it started (the
+    file is no longer opened for appending: it writes at its position)."""
+    ops = FailingOps()
+    log = LogFile(tmp_path, "n1", ops=ops)
+    log.open()
+    log.append(payload_bytes(stmt(1)))
+    log.flush()
+    ops.fail_write = True
+    log.append(payload_bytes(stmt(2)))
+    with pytest.raises(OSError):
+        log.flush()
+    ops.fail_write = False
+    third = payload_bytes(stmt(3))
+    log.append(third)
+    log.flush()
+    log.close()
+    got = records_of(tmp_path / "n1")
+    assert [s for s, _ in got] == [1, 2] and got[1][1] == third
+    assert parse_frames(list_segments(tmp_path / "n1")[-1][1].read_bytes())[2] is None

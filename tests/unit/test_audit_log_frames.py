@@ -50,7 +50,7 @@ def test_reading_from_an_offset() -> None:
     [
         (lambda d, at: d[: at + 5] + bytes([d[at + 5] ^ 1]) + d[at + 6 :], "checksum mismatch"),
         (lambda d, at: d[: at + 7], "partial frame"),
-        (lambda d, at: d[:at] + b"\x00" * 12, "not a frame"),
+        (lambda d, at: d[:at] + b"\x00" * 12 + b"\x01", "not a frame"),  # zeros, then something
         (lambda d, at: d[: len(d) - 1], "partial frame"),
     ],
     ids=["flipped bit", "torn header", "zeroes", "torn body"],
@@ -62,6 +62,17 @@ def test_damage_stops_at_the_first_bad_frame(damage, message) -> None:  # type: 
     frames, end, error = parse_frames(damage(data, at))
     assert error is not None and error.startswith(message) and f"offset {at}" in error
     assert end == at and [f.seq for f in frames[1:]] == [1, 2]
+
+
+@pytest.mark.parametrize("zeros", [1, 8, 9, 4096])
+def test_zeros_after_the_last_frame_are_the_end(zeros: int) -> None:
+    """The writer allocates the open segment ahead with zeros (no frame starts with a zero
+    byte): they end the frames, they are no damage; anything else after them is."""
+    data = _records(3)
+    frames, end, error = parse_frames(data + bytes(zeros))
+    assert error is None and end == len(data) and [f.seq for f in frames[1:]] == [1, 2, 3]
+    frames, end, error = parse_frames(data + bytes(zeros) + b"R")
+    assert error is not None and end == len(data) and len(frames) == 4
 
 
 def test_a_record_frame_too_short_for_its_hashes() -> None:

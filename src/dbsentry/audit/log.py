@@ -172,8 +172,16 @@ class SegmentScan:
         return (f for f in self.frames if f.kind == KIND_RECORD)
 
 
+def unused_from(data: bytes | memoryview, pos: int) -> bool:
+    """Whether everything from ``pos`` on is zero bytes: space the writer allocated ahead
+    (see ``logwriter.LogFile``), not yet written.  No frame starts with a zero byte."""
+    rest = memoryview(data)[pos:]
+    return rest.tobytes().count(0) == len(rest)
+
+
 def parse_frames(data: bytes | memoryview, start: int = 0) -> tuple[list[Frame], int, str | None]:
-    """Frames of ``data`` from ``start``: (frames, end of the last whole frame, error)."""
+    """Frames of ``data`` from ``start``: (frames, end of the last whole frame, error).
+    Zero bytes after the last frame are the end (allocated ahead), not an error."""
     frames: list[Frame] = []
     append = frames.append
     pos = start
@@ -185,6 +193,8 @@ def parse_frames(data: bytes | memoryview, start: int = 0) -> tuple[list[Frame],
     crc32 = zlib.crc32
     overhead = _HEAD.size + _CRC.size
     while pos < size:
+        if mv[pos] == 0 and unused_from(mv, pos):
+            return frames, pos, None
         if size - pos < overhead:
             return frames, pos, f"partial frame at offset {pos} ({size - pos} bytes)"
         kind, length = head_unpack(mv, pos)
@@ -308,7 +318,8 @@ def recover(node_dir: Path, node: str, *, now: float | None = None) -> Tail:
         kept = last_path.with_name(f"{last_path.name}.torn-{when}")
         with last_path.open("r+b") as fh:
             fh.seek(scan.valid_end)
-            cut = fh.read()
+            # (what follows the torn frame may be space allocated ahead: zeros)
+            cut = fh.read().rstrip(b"\x00")
             kept.write_bytes(cut)
             fh.truncate(scan.valid_end)
             fh.flush()
@@ -317,6 +328,11 @@ def recover(node_dir: Path, node: str, *, now: float | None = None) -> Tail:
         tail.cut_segment = last_number
         tail.cut_reason = scan.error
         tail.kept_as = kept
+    elif scan.valid_end < scan.size:
+        # zeros a writer allocated ahead before it stopped (a crash): nothing to keep
+        with last_path.open("r+b") as fh:
+            fh.truncate(scan.valid_end)
+            os.fsync(fh.fileno())
     for number, path in reversed(segments):
         s = scan if number == last_number else scan_segment(path, number)
         records = [f for f in s.frames if f.kind == KIND_RECORD]
