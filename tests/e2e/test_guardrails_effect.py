@@ -986,3 +986,31 @@ def test_foreign_table_wiped(env: Env, mode: str) -> None:
     o = run_one(mode, env.proxy, f"delete from {env.s}.remote where id > -1")
     assert o.sqlstate is not None, f"a foreign table was wiped: {o}"
     intact(env, table)
+
+
+@pytest.mark.parametrize("mode", ["psycopg-binary", "asyncpg"])
+def test_executes_in_an_open_block_read_the_counters_once_between_them(env: Env, big: str, mode: str) -> None:
+    """pgbench -M prepared's TPC-B: parameterised UPDATEs in an explicit block, each sent
+    when the last one's answers came.  The block is known open, nothing is in flight, and a
+    Sync cannot end an explicit block: each Execute starts from the last one's reading.
+    Three UPDATEs with a read between: 4 readings, not 6 (the guard's statistics statement
+    as pg_prepared_statements counts its runs); and each is still measured alone."""
+    stats_runs = "select coalesce(sum(generic_plans + custom_plans), 0)::int from pg_prepared_statements where name like 'dbsentry%'"
+    out = run(
+        mode,
+        env.proxy,
+        [
+            "begin",
+            (f"update {big} set note = %s where id <= %s", ("a", 700)),
+            ("select %s::int", (1,)),
+            (f"update {big} set note = %s where id > %s and id <= %s", ("b", 700, 1200)),
+            (f"update {big} set note = %s where id > %s", ("c", 900)),
+            stats_runs,
+            (f"update {big} set note = %s where id > %s", ("d", 0)),
+            "rollback",
+        ],
+    )
+    assert [o.tag for o in (out[1], out[3], out[4])] == ["UPDATE 700", "UPDATE 500", "UPDATE 600"], [str(o) for o in out]
+    assert [str(r[0]) for r in out[5].rows] == ["4"], [str(o) for o in out]
+    row_guard_refused(out[6], BIG_ROWS)
+    intact(env, big, BIG_ROWS)

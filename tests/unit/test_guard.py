@@ -575,6 +575,28 @@ def test_a_refused_or_failed_statement_leaves_no_counters_to_reuse() -> None:
     assert _block_update(guard) == "BECSQBECS"
 
 
+def test_an_execute_in_an_open_block_starts_from_the_last_reading_and_leaves_its_own() -> None:
+    """When the session knows the client's explicit block is open and nothing is in flight
+    (``in_block``), an Execute starts from the last reading (a Sync cannot end an explicit
+    block) and leaves its "after" for the next guarded statement."""
+    guard = _guard_after_one_statement()
+    update = codec.encode_execute(m.Execute(""))
+    wrapped = guard.wrap_execute(update, Statement("UPDATE acc SET v = 1"), LIMITS, in_block=True)
+    assert "".join(t for t, _ in frames(wrapped)) == "EBECH"  # the statement, counters, Flush
+    feed(guard, cc("UPDATE 1") + BIND_DONE + stats_row(1, 2, 0, 0) + cc("SELECT 1") + CLOSE_DONE)
+    assert not guard.active
+    wrapped = guard.wrap_execute(update, Statement("UPDATE acc SET v = 2"), LIMITS, in_block=True)
+    assert "".join(t for t, _ in frames(wrapped)) == "EBECH"
+    # measured from the last reading: 2 -> 1500 rows updated is 1,498, over the limit
+    _, _, out = feed(guard, cc("UPDATE 1498") + BIND_DONE + stats_row(1, 1500, 0, 0, **BIG) + cc("SELECT 1") + CLOSE_DONE)
+    assert out.ask is not None  # type: ignore[attr-defined]
+    guard.approval(False, None)
+    # not known to be in a block: it reads first, whatever was read before
+    guard = _guard_after_one_statement()
+    wrapped = guard.wrap_execute(update, Statement("UPDATE acc SET v = 1"), LIMITS)
+    assert "".join(t for t, _ in frames(wrapped)) == "BECEBECH"
+
+
 def test_an_execute_reads_the_counters_before_it_and_ends_the_reuse() -> None:
     """An Execute does not wait for the answers before it (a Sync or Query among them may
     have ended an implicit transaction, and the counters restarted): it reads them first,

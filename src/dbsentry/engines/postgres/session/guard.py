@@ -428,6 +428,7 @@ class _Bracket:
     verdict: Verdict | None = None
     end_frames: list[bytes] = field(default_factory=list)  # answers to COMMIT/ROLLBACK
     reported: int = 0  # rows changed as the statement's CommandComplete reports them
+    in_block: bool = False  # an Execute known to run in the client's open explicit block
 
     def owner(self, offset: int) -> int:
         return self.base + offset
@@ -567,15 +568,25 @@ class Guard:
         parts.append(self._stats(b.owner(_AFTER), sync=True))
         return b"".join(parts)
 
-    def wrap_execute(self, frame: bytes, statement: Statement, limits: Limits, t: int = m.Q_EXECUTE) -> bytes:
+    def wrap_execute(
+        self, frame: bytes, statement: Statement, limits: Limits, t: int = m.Q_EXECUTE, in_block: bool = False
+    ) -> bytes:
         """The bytes to send instead of the guarded Execute ``frame`` (and a Flush, so the
         answers come now; the client's next messages wait for :attr:`Out.finished`).  A
-        Bind can be guarded the same way (``t``): planning runs non-volatile functions."""
+        Bind can be guarded the same way (``t``): planning runs non-volatile functions.
+
+        ``in_block``: the session knows the client's explicit transaction block is open and
+        will be when this runs (the server said so, and every request before this one has
+        its answer: nothing in flight can end it, and a Sync does not end an explicit
+        block).  Only then may the last reading be this statement's "before": an Execute
+        goes without waiting, and in an implicit transaction a Sync ahead of it ends the
+        transaction and lets PostgreSQL restart its counters (an attack round found that)."""
         b = self._new(Mode.EXTENDED, statement, limits, 0)
-        # Never from an earlier reading: an Execute goes without waiting for the answers
-        # before it, and a Sync or Query among them may have ended the transaction.
-        self._baseline = None
-        before = self._stats(b.owner(_BEFORE), sync=False)
+        b.in_block = in_block
+        before = b""
+        if not (in_block and self._reuse(b)):
+            self._baseline = None
+            before = self._stats(b.owner(_BEFORE), sync=False)
         self.exchange.sent(t, b.owner(_STMT))
         after = self._stats(b.owner(_AFTER), sync=False)
         return before + frame + after + codec.FLUSH
@@ -791,11 +802,13 @@ class Guard:
         return self._end_as_is(b, out, "ROLLBACK")
 
     def _commit(self, b: _Bracket, out: Out) -> list[bytes]:
-        if b.mode is Mode.BLOCK:
-            # The statement stays in the client's open block: what the counters were after
-            # it is what they are before the next guarded Query, which waits until every
-            # answer before it came (the session forgets this on an error, on a
-            # ReadyForQuery other than "T", and on anything sent but plain reads).
+        if b.mode is Mode.BLOCK or b.in_block:
+            # The statement stays in the client's transaction: what the counters were after
+            # it is what they are before the next guarded statement, if that one can know
+            # the transaction is still open when it runs (a Query waits for every answer
+            # before it; an Execute only reuses it in_block).  The session forgets this on
+            # an error, on a ReadyForQuery other than "T", and on anything sent but plain
+            # reads.
             self._baseline = b.after
         return self._end_as_is(b, out, "COMMIT")
 

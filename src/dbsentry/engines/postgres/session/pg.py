@@ -497,8 +497,8 @@ class _Chunk:
     """One chunk of frames on its way through: replaced frames, commands, records to commit."""
 
     __slots__ = (
-        "_stop", "_swaps", "approvals", "block", "buf", "commands", "durable", "extra", "gated", "guarded", "names",
-        "plans", "reads",
+        "_stop", "_swaps", "approvals", "block", "buf", "commands", "durable", "extra", "gated", "guarded", "in_block",
+        "names", "plans", "reads",
     )  # fmt: skip
 
     def __init__(self, buf: bytes) -> None:
@@ -510,6 +510,10 @@ class _Chunk:
         # The statements so far run inside the client's open transaction block, where one
         # that only changes this transaction's rows need not wait (see _gate_durable).
         self.block = False
+        # The client's explicit block was open at the chunk's start, with no statement in
+        # flight that could end it (the row guard's Executes may start from its last
+        # reading: see Guard.wrap_execute; what the chunk runs before them forgets it).
+        self.in_block = False
         # The frame being handled runs plain reads only (the row counters stay as they are).
         self.reads = False
         self.plans: tuple[StatementPlan | None, ...] = ()  # of the Query being handled
@@ -1523,6 +1527,7 @@ class Session:
         chunk = _Chunk(buf)
         # In the client's open transaction block, with nothing in flight that could end it.
         chunk.block = self.txn_status == "T" and not self._busy and self._cycles_sent == self._cycles_done
+        chunk.in_block = self.txn_status == "T" and guard is not None and not guard.exchange.runs_pending
         if spans and spans[-1][2] < len(buf):
             chunk.cut(spans[-1][2])  # a second pass over the frames a held chunk sent
         terminate = False
@@ -2292,7 +2297,7 @@ class Session:
         assert limits is not None
         frame = bytes(chunk.buf[start - 5 : end])
         if guarded.mode is Mode.EXTENDED:
-            wrapped = guard.wrap_execute(frame, guarded.statement, limits, guarded.frame)
+            wrapped = guard.wrap_execute(frame, guarded.statement, limits, guarded.frame, chunk.in_block)
         else:
             wrapped = guard.wrap_query(frame, guarded.mode, guarded.hold_from, guarded.statement, limits)
         chunk.replace(start, end, wrapped)
