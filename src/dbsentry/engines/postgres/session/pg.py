@@ -795,6 +795,11 @@ class Session:
     _forward_options: str = ""
     _early: bytes = b""  # client bytes that arrived before the session was ready
     _busy: bool = False  # forwarded something the upstream has not answered with an idle Z
+    # A statement that may have ended the transaction went upstream since the last
+    # ReadyForQuery (an Execute of COMMIT answers before the Sync that reports the new
+    # state): txn_status "T" may be stale.  Only the row guard asks (an attack round found
+    # an Execute's COMMIT, then writes measured from a reading of the ended block).
+    _block_unsure: bool = False
     governor: Governor | None = None
     masking_service: MaskingService | None = None
     # Each connection's catalog (functions that may change data), with or without masking.
@@ -1527,7 +1532,9 @@ class Session:
         chunk = _Chunk(buf)
         # In the client's open transaction block, with nothing in flight that could end it.
         chunk.block = self.txn_status == "T" and not self._busy and self._cycles_sent == self._cycles_done
-        chunk.in_block = self.txn_status == "T" and guard is not None and not guard.exchange.runs_pending
+        chunk.in_block = (
+            self.txn_status == "T" and guard is not None and not guard.exchange.runs_pending and not self._block_unsure
+        )
         if spans and spans[-1][2] < len(buf):
             chunk.cut(spans[-1][2])  # a second pass over the frames a held chunk sent
         terminate = False
@@ -1602,6 +1609,8 @@ class Session:
                         guard.exchange.sent(t)
                         if not chunk.reads and t not in _RUNS_NOTHING:
                             guard.forget_baseline()  # it may change the row counters
+                            self._block_unsure = True  # ... or end the transaction
+                            chunk.in_block = False
                     continue
                 chunk.guarded = None
                 self._wrap_guarded(guard, chunk, guarded, start, end)
@@ -2174,6 +2183,13 @@ class Session:
                 f"(guardrails.max_rows_changed), which cannot hold it with {problem} in the same query "
                 "string; send them as separate queries"
             )
+        if self._block_unsure:
+            return (
+                "dbsentry: in production a statement that changes rows runs under a row limit "
+                "(guardrails.max_rows_changed), which must know whether a transaction block is open: a statement "
+                "sent since the server last said so (an Execute without its Sync) may have begun or ended one; "
+                "send a Sync first"
+            )
         mode = Mode.AUTOCOMMIT if self.txn_status == "I" else Mode.BLOCK
         chunk.guarded = _Guarded(mode, GuardedStatement(sql, facts=facts), first)
         return None
@@ -2218,7 +2234,9 @@ class Session:
         if prepared is not None and not any(self._changes_rows(f) for f in facts):
             return None
         if any("CALL" in f.commands for f in facts) and (
-            self.txn_status != "T" or (self.guard is not None and self.guard.exchange.runs_pending)
+            self.txn_status != "T"
+            or self._block_unsure
+            or (self.guard is not None and self.guard.exchange.runs_pending)
         ):
             # Outside a transaction block a procedure may COMMIT by itself: nothing could
             # undo it.  In a block it cannot.
@@ -2747,6 +2765,7 @@ class Session:
                 continue
             if t == m.R_READY:
                 self.txn_status = chr(buf[start]) if end - start == 1 else codec.decode_ready(buf, start, end).status
+                self._block_unsure = False
                 if self.txn_status != "T" and self.guard is not None:
                     # The transaction ended or failed: the row counters restart (the guard
                     # does not see these answers when no bracket runs).
