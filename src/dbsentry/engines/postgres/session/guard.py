@@ -30,8 +30,10 @@ Inside the client's transaction block the counters read after one guarded Query 
 next guarded Query's "before" when nothing but plain reads went upstream in between (the
 session says so: :meth:`Guard.forget_baseline`) and every answer since said the block is
 open (a guarded Query waits until the upstream has answered everything before it).  An
-Execute always reads them before: it goes without waiting, and a Sync or a Query ahead of it
-may have ended an implicit transaction (PostgreSQL then reports and resets its counters).
+Execute goes without waiting: it starts from them only when the session knows the client's
+explicit block is open (``in_block``: see :meth:`Guard.wrap_execute`); otherwise it reads
+them first, since a Sync or a Query ahead of it may have ended an implicit transaction
+(PostgreSQL then reports and resets its counters).
 :class:`~dbsentry.engines.postgres.session.exchange.Exchange` tells which upstream message answers which
 request, so the bracket's own answers never reach the client, and the statement's answers
 are held until the decision (a refused statement's ``RETURNING`` rows never leave).
