@@ -15,6 +15,7 @@ from dbsentry.engines.postgres.masking.rows import decode_data_row
 from dbsentry.engines.postgres.session.exchange import CLIENT, Exchange
 from dbsentry.engines.postgres.session.guard import (
     FAIL_SQL,
+    LOCKED_STATS_SQL,
     STATS_SQL,
     Effect,
     Guard,
@@ -229,8 +230,9 @@ def begin_autocommit(guard: Guard, sql: str = "DELETE FROM acc WHERE id > -1") -
     sent = guard.wrap_query(codec.encode_query(sql), Mode.AUTOCOMMIT, 0, Statement(sql), LIMITS)
     assert sent_queries(sent) == ["BEGIN", sql]
     kinds = "".join(t for t, _ in frames(sent))
-    assert kinds == "QCPBECSQBECS"  # BEGIN, statistics (prepared first), the statement, statistics
-    assert any(t == "P" and STATS_SQL.encode() in body for t, body in frames(sent))
+    assert kinds == "QCPBECSQCPBECS"  # BEGIN, statistics (prepared first), the statement, statistics (of the locked tables)
+    parsed = [body for t, body in frames(sent) if t == "P"]
+    assert STATS_SQL.encode() in parsed[0] and LOCKED_STATS_SQL.encode() in parsed[1]
     return sent
 
 
@@ -238,7 +240,7 @@ def test_autocommit_over_the_limit_rolls_back_and_tells_the_client() -> None:
     guard = Guard(1 << 20)
     begin_autocommit(guard)
     answer = cc("BEGIN") + READY_T + stats_answer(first=True) + cc("DELETE 40") + READY_T
-    answer += stats_answer(stats_row(1, 0, 40, 0, size=8192))
+    answer += stats_answer(stats_row(1, 0, 40, 0, size=8192), first=True)
     to_client, upstream, out = feed(guard, answer)
     assert to_client == [] and sent_queries(b"".join(upstream)) == [
         'SELECT (SELECT pg_catalog.count(*) FROM (SELECT 1 FROM ONLY "public"."acc" LIMIT 41) s)'
@@ -258,7 +260,7 @@ def test_autocommit_within_limits_commits_and_reports_idle() -> None:
     guard = Guard(1 << 20)
     begin_autocommit(guard, "DELETE FROM acc WHERE id = 1")
     answer = cc("BEGIN") + READY_T + stats_answer(stats_row(1, 0, 3, 0), first=True) + cc("DELETE 1") + READY_T
-    to_client, upstream, _ = feed(guard, answer + stats_answer(stats_row(1, 0, 4, 0)))
+    to_client, upstream, _ = feed(guard, answer + stats_answer(stats_row(1, 0, 4, 0), first=True))
     assert to_client == [] and sent_queries(b"".join(upstream)) == ["COMMIT"]
     to_client, _, out = feed(guard, cc("COMMIT") + READY_I)
     assert to_client == [("C", b"DELETE 1\x00"), ("Z", b"I")] and out.finished  # type: ignore[attr-defined]
@@ -267,7 +269,7 @@ def test_autocommit_within_limits_commits_and_reports_idle() -> None:
 def test_autocommit_commit_failure_replaces_the_statement_result() -> None:
     guard = Guard(1 << 20)
     begin_autocommit(guard, "UPDATE acc SET v = 1 WHERE id = 1")
-    answer = cc("BEGIN") + READY_T + stats_answer(first=True) + cc("UPDATE 1") + READY_T + stats_answer(stats_row(1, 1, 0, 0))
+    answer = cc("BEGIN") + READY_T + stats_answer(first=True) + cc("UPDATE 1") + READY_T + stats_answer(stats_row(1, 1, 0, 0), first=True)
     feed(guard, answer)
     commit_error = codec.error_response("23503", "deferred constraint")
     to_client, _, _ = feed(guard, commit_error + READY_I)
@@ -294,7 +296,7 @@ def test_block_refusal_fails_the_block() -> None:
     to_client, _, _ = feed(guard, answer)
     # the SELECT's answers pass at once; the DELETE's RETURNING row is held
     assert [t for t, _ in to_client] == ["T", "D", "C"]
-    to_client, _, out = feed(guard, stats_answer(stats_row(1, 0, 5000, 0, size=10**9, reltuples=10**6)))
+    to_client, _, out = feed(guard, stats_answer(stats_row(1, 0, 5000, 0, size=10**9, reltuples=10**6), first=True))
     assert out.ask is not None  # type: ignore[attr-defined]
     result = guard.approval(False, "dbsentry: refused, request apr_1")
     assert sent_queries(b"".join(result.upstream)) == [FAIL_SQL]
@@ -310,7 +312,7 @@ def test_block_approved_statement_goes_through() -> None:
     sql = "DELETE FROM acc"
     guard.wrap_query(codec.encode_query(sql), Mode.BLOCK, 0, Statement(sql), LIMITS)
     feed(guard, stats_answer(first=True) + cc("DELETE 5000") + READY_T)
-    _, _, out = feed(guard, stats_answer(stats_row(1, 0, 5000, 0, size=10**9, reltuples=10**6)))
+    _, _, out = feed(guard, stats_answer(stats_row(1, 0, 5000, 0, size=10**9, reltuples=10**6), first=True))
     assert out.ask is not None  # type: ignore[attr-defined]
     result = guard.approval(True, None)
     assert result.upstream == [] and [f[:1] for f in result.client] == [b"C", b"Z"] and result.finished
@@ -323,11 +325,11 @@ def test_extended_refusal_fails_the_batch_before_its_sync() -> None:
         guard.exchange.sent(t)
     sent = guard.wrap_execute(execute, Statement("DELETE FROM acc WHERE id > $1", ("-1",)), LIMITS)
     kinds = [t for t, _ in frames(sent)]
-    assert kinds == ["C", "P", "B", "E", "C", "E", "B", "E", "C", "H"]
+    assert kinds == ["C", "P", "B", "E", "C", "E", "C", "P", "B", "E", "C", "H"]
     answer = codec.frame(b"1") + codec.frame(b"2")  # the client's Parse and Bind
     answer += stats_answer(stats_row(1, 0, 2, 0), ready=None, first=True)
     answer += data_row("7") + cc("DELETE 1500")
-    answer += stats_answer(stats_row(1, 0, 1502, 0, size=10**9, reltuples=10**7), ready=None)
+    answer += stats_answer(stats_row(1, 0, 1502, 0, size=10**9, reltuples=10**7), ready=None, first=True)
     to_client, _, out = feed(guard, answer)
     assert [t for t, _ in to_client] == ["1", "2"] and out.ask is not None  # type: ignore[attr-defined]
     result = guard.approval(False, None)
@@ -360,7 +362,7 @@ def test_held_answers_over_the_cap_refuse_without_asking() -> None:
     sql = "UPDATE acc SET v = v RETURNING *"
     guard.wrap_query(codec.encode_query(sql), Mode.BLOCK, 0, Statement(sql), LIMITS)
     rows = b"".join(data_row("x" * 40) for _ in range(5))
-    to_client, upstream, out = feed(guard, stats_answer(first=True) + rows + cc("UPDATE 5") + READY_T + stats_answer(stats_row(1, 5, 0, 0)))
+    to_client, upstream, out = feed(guard, stats_answer(first=True) + rows + cc("UPDATE 5") + READY_T + stats_answer(stats_row(1, 5, 0, 0), first=True))
     assert out.ask is None and out.finished  # type: ignore[attr-defined]
     assert [t for t, _ in to_client] == ["E", "Z"] and b"more than the proxy holds" in to_client[0][1]
     assert sent_queries(b"".join(upstream)) == [FAIL_SQL]
@@ -449,20 +451,20 @@ def test_statistics_query_is_prepared_once_and_again_after_deallocate() -> None:
         sent = guard.wrap_query(codec.encode_query(sql), Mode.BLOCK, 0, Statement(sql), LIMITS)
         return "".join(t for t, _ in frames(sent))
 
-    assert run() == "CPBECSQBECS"
-    feed(guard, stats_answer(first=True) + cc("UPDATE 1") + READY_T + stats_answer(stats_row(1, 1, 0, 0)))
+    assert run() == "CPBECSQCPBECS"
+    feed(guard, stats_answer(first=True) + cc("UPDATE 1") + READY_T + stats_answer(stats_row(1, 1, 0, 0), first=True))
     assert not guard.active
     guard.forget_baseline()  # (something else ran between: the counters are read again)
     assert run() == "BECSQBECS"
     feed(guard, stats_answer() + cc("UPDATE 1") + READY_T + stats_answer(stats_row(1, 1, 0, 0)))
     guard.forget_baseline()
     guard.statements_dropped()
-    assert run() == "CPBECSQBECS"
+    assert run() == "CPBECSQCPBECS"
     # its Parse fails (the transaction had failed): the next bracket parses again
     feed(guard, CLOSE_DONE + codec.error_response("25P02", "aborted") + READY_E)
     feed(guard, codec.error_response("25P02", "aborted") + READY_E + codec.error_response("25P02", "aborted") + READY_E)
     assert not guard.active
-    assert run() == "CPBECSQBECS"
+    assert run() == "CPBECSQCPBECS"
 
 
 def test_row_cap_counts_the_pages_of_a_cursor_until_the_transaction_ends() -> None:
@@ -483,7 +485,7 @@ def _run_block(cuts: list[int], deleted: int) -> tuple[list[tuple[str, bytes]], 
     guard.wrap_query(codec.encode_query(sql), Mode.BLOCK, 1, Statement(sql), LIMITS)
     answer = stats_answer(stats_row(1, 0, 2, 0), first=True) + ROW_DESC + data_row("1") + cc("SELECT 1")
     answer += data_row("x") + cc(f"DELETE {deleted}") + READY_T
-    answer += stats_answer(stats_row(1, 0, 2 + deleted, 0, size=10**9, reltuples=10**6))
+    answer += stats_answer(stats_row(1, 0, 2 + deleted, 0, size=10**9, reltuples=10**6), first=True)
     whole = [codec.frame(t.encode(), body) for t, body in frames(answer)]
     to_client: list[tuple[str, bytes]] = []
     upstream: list[bytes] = []
@@ -520,8 +522,8 @@ BIG: dict[str, Any] = {"size": 10**9, "reltuples": 10**6, "can": False}  # estim
 
 def test_the_next_statement_of_a_block_reuses_the_counters_read_after_the_last() -> None:
     guard = Guard(1 << 20)
-    assert _block_update(guard) == "CPBECSQBECS"
-    feed(guard, stats_answer(first=True) + cc("UPDATE 1") + READY_T + stats_answer(stats_row(1, 1, 0, 0, **BIG)))
+    assert _block_update(guard) == "CPBECSQCPBECS"
+    feed(guard, stats_answer(first=True) + cc("UPDATE 1") + READY_T + stats_answer(stats_row(1, 1, 0, 0, **BIG), first=True))
     assert not guard.active
     # Nothing ran between: the counters are read once, after the statement...
     assert _block_update(guard) == "QBECS"
@@ -535,10 +537,30 @@ def test_the_next_statement_of_a_block_reuses_the_counters_read_after_the_last()
     assert out.ask is not None  # type: ignore[attr-defined]
 
 
+
+def test_a_table_the_reading_after_did_not_see_keeps_the_count_the_reading_before_saw() -> None:
+    """The reading after a statement sees only the tables the backend holds a lock on (the
+    statement's); a table an earlier transaction changed (its counts are not reset until
+    the backend reports them) is seen only by the reading before.  When the block's next
+    statement changes that table, it is measured from that count, not from zero."""
+    guard = Guard(1 << 20)
+    _block_update(guard)
+    stale = stats_row(2, 0, 950, 0, name="other", **BIG)  # deleted by an earlier transaction
+    feed(guard, stats_answer(stale, first=True) + cc("UPDATE 1") + READY_T + stats_answer(stats_row(1, 1, 0, 0), first=True))
+    assert not guard.active
+    assert _block_update(guard, "DELETE FROM other WHERE id < 100") == "QBECS"
+    # 99 more rows deleted in "other": within the limit (1000); from zero it would be 1049...
+    to_client, _, out = feed(guard, cc("DELETE 99") + READY_T + stats_answer(stats_row(2, 0, 1049, 0, name="other", **BIG)))
+    assert [t for t, _ in to_client] == ["C", "Z"] and out.finished and out.ask is None  # type: ignore[attr-defined]
+    # ...and the third statement starts from 1049: 2 more rows are 2, not 1051.
+    assert _block_update(guard, "DELETE FROM other WHERE id < 102") == "QBECS"
+    _, _, out = feed(guard, cc("DELETE 2") + READY_T + stats_answer(stats_row(2, 0, 1051, 0, name="other", **BIG)))
+    assert out.finished and out.ask is None  # type: ignore[attr-defined]
+
 def _guard_after_one_statement() -> Guard:
     guard = Guard(1 << 20)
     _block_update(guard)
-    feed(guard, stats_answer(first=True) + cc("UPDATE 1") + READY_T + stats_answer(stats_row(1, 1, 0, 0)))
+    feed(guard, stats_answer(first=True) + cc("UPDATE 1") + READY_T + stats_answer(stats_row(1, 1, 0, 0), first=True))
     assert not guard.active
     return guard
 

@@ -61,16 +61,29 @@ _CATALOG_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
 
 # Everything is qualified with pg_catalog (operators too), so that no search_path and no
 # object of the client's can change what these statements do.
-# The tables changed in the transaction are found first (a scan of pg_class calling the
-# counters' functions); the root of each one's partition or inheritance tree is found for
-# those few tables at once, and what the guard needs to know of a root is looked up by oid.
-# The planner must not think this costly: past jit_above_cost every reading would be
-# compiled first (20-30 ms).  A first version ran the roots' recursive query once per row
-# the planner expected (a third of pg_class) and crossed it on a database with a few
-# hundred relations; before that, a join with all of pg_class cost twice the time.
-STATS_SQL = """WITH RECURSIVE changed AS MATERIALIZED (
+# The tables with counters above zero are found first, in one of two ways:
+#
+# - all of them (STATS_SQL), a scan of pg_class calling the counters' functions: its cost
+#   grows with the database (3 ms per reading with 3,000 tables).  The counters are not
+#   reset between transactions until the backend reports them (at most once a second,
+#   when idle), so a transaction starts with the counts of earlier ones: the first reading
+#   of a transaction must see every table;
+# - those this backend holds a lock on (LOCKED_STATS_SQL), through pg_locks and an index
+#   of pg_class (0.2 ms however large the database): a statement that changes a table's
+#   rows locks it (RowExclusiveLock or stronger) until the transaction ends, through
+#   triggers, cascades and functions too, and a subtransaction hands its locks to its
+#   parent when it commits.  Only a rolled-back subtransaction's locks go, with the rows
+#   it changed: those are unchanged.  So the reading after a statement sees every table
+#   the statement changed, and the tables it does not see kept their earlier counts.
+#
+# The root of each changed table's partition or inheritance tree is found for those few
+# tables at once, and what the guard needs to know of a root is looked up by oid.  The
+# planner must not think this costly: past jit_above_cost every reading would be compiled
+# first (20-30 ms).  A first version ran the roots' recursive query once per row the
+# planner expected and crossed it on a database with a few hundred relations.
+_STATS_SQL = """WITH RECURSIVE changed AS MATERIALIZED (
   SELECT x.oid, x.relname, x.relnamespace, x.reltuples, x.relpersistence FROM pg_catalog.pg_class x
-  WHERE x.relkind OPERATOR(pg_catalog.=) ANY ('{r,f}'::pg_catalog."char"[])
+  WHERE {among}x.relkind OPERATOR(pg_catalog.=) ANY ('{r,f}'::pg_catalog."char"[])
     AND pg_catalog.pg_stat_get_xact_tuples_updated(x.oid) OPERATOR(pg_catalog.+)
         pg_catalog.pg_stat_get_xact_tuples_deleted(x.oid) OPERATOR(pg_catalog.+)
         pg_catalog.pg_stat_get_xact_tuples_inserted(x.oid) OPERATOR(pg_catalog.>) 0
@@ -104,6 +117,18 @@ FROM changed c
 JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
 JOIN root ON root.rel OPERATOR(pg_catalog.=) c.oid
 WHERE n.nspname OPERATOR(pg_catalog.<>) 'pg_toast'::pg_catalog.name"""
+#: Every table of the database with counters above zero (a scan of pg_class).
+STATS_SQL = _STATS_SQL.replace("{among}", "")
+#: Those of the tables this backend holds a lock on (found through an index of pg_class).
+LOCKED_STATS_SQL = _STATS_SQL.replace(
+    "{among}",
+    """x.oid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT l.relation FROM pg_catalog.pg_locks l
+      WHERE l.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()
+        AND l.locktype OPERATOR(pg_catalog.=) 'relation'::pg_catalog.text))
+    AND """
+)
+_FULL, _LOCKED = 0, 1
+_STATS = (STATS_SQL, LOCKED_STATS_SQL)
 # Always fails, whatever the client created: fails the transaction of a refused statement.
 FAIL_SQL = "SELECT 'dbsentry: refused by the row limit'::pg_catalog.int4"
 
@@ -470,10 +495,10 @@ class Guard:
         self._error = error or (lambda message: codec.error_response("42501", message))
         self._seq = 0
         self._names = f"dbsentry_guard_{secrets.token_hex(4)}"
-        # The statistics query is prepared once per session (a named statement): planning
-        # it costs more than running it.
-        self._prepared = False
-        self._parse_owner: int | None = None  # the owner whose request carries its Parse
+        # The statistics queries (all tables, locked tables) are prepared once per session
+        # (named statements): planning them costs more than running them.
+        self._prepared = [False, False]
+        self._parse_owner: list[int | None] = [None, None]  # the owners whose requests carry their Parse
         # The counters the last bracket read after its statement, while they still hold: the
         # client's transaction is open and nothing sent since can have changed them (see
         # forget_baseline).  The next bracket in that transaction then reads them only after
@@ -513,22 +538,24 @@ class Guard:
             )
         )
 
-    def _stats(self, owner: int, sync: bool) -> bytes:
-        """Run the statistics query: the prepared statement (parsed first if it is not yet),
-        in a portal of the guard's own; ``sync`` ends it as a cycle of its own."""
-        name = f"{self._names}_stats"
+    def _stats(self, owner: int, sync: bool, kind: int = _FULL) -> bytes:
+        """Run a statistics query (``kind``: every table, or the locked ones): its prepared
+        statement (parsed first if it is not yet), in a portal of the guard's own; ``sync``
+        ends it as a cycle of its own."""
+        name = f"{self._names}_stats{kind}"
         portal = f"{self._names}_p"
         parts = []
-        if self._parse_owner is not None and self.exchange.outstanding(self._parse_owner) == 0:
-            self._parse_owner = None  # that Parse failed or was skipped
-        if not self._prepared and self._parse_owner is None:
+        parsing = self._parse_owner[kind]
+        if parsing is not None and self.exchange.outstanding(parsing) == 0:
+            parsing = self._parse_owner[kind] = None  # that Parse failed or was skipped
+        if not self._prepared[kind] and parsing is None:
             # Closing a statement that does not exist is no error: whatever the client did
             # to the session's prepared statements, the Parse then succeeds.
-            self._parse_owner = owner
+            self._parse_owner[kind] = owner
             self.exchange.sent(m.Q_CLOSE, owner)
             self.exchange.sent(m.Q_PARSE, owner)
             parts.append(codec.encode_close("S", name))
-            parts.append(codec.encode_parse(m.Parse(name, STATS_SQL)))
+            parts.append(codec.encode_parse(m.Parse(name, _STATS[kind])))
         for t in (m.Q_BIND, m.Q_EXECUTE, m.Q_CLOSE):
             self.exchange.sent(t, owner)
         parts.append(codec.encode_bind(m.Bind(portal, name)))
@@ -540,8 +567,8 @@ class Guard:
         return b"".join(parts)
 
     def statements_dropped(self) -> None:
-        """The client ran DEALLOCATE ALL or DISCARD ALL: the statistics query is gone too."""
-        self._prepared = False
+        """The client ran DEALLOCATE ALL or DISCARD ALL: the statistics queries are gone too."""
+        self._prepared = [False, False]
 
     def forget_baseline(self) -> None:
         """Something went upstream that may change the row counters (anything but a plain
@@ -571,7 +598,7 @@ class Guard:
             parts.append(self._stats(b.owner(_BEFORE), sync=True))
         self.exchange.sent(m.Q_QUERY, b.owner(_STMT))
         parts.append(frame)
-        parts.append(self._stats(b.owner(_AFTER), sync=True))
+        parts.append(self._stats(b.owner(_AFTER), sync=True, kind=_LOCKED))
         return b"".join(parts)
 
     def wrap_execute(
@@ -594,7 +621,7 @@ class Guard:
             self._baseline = None
             before = self._stats(b.owner(_BEFORE), sync=False)
         self.exchange.sent(t, b.owner(_STMT))
-        after = self._stats(b.owner(_AFTER), sync=False)
+        after = self._stats(b.owner(_AFTER), sync=False, kind=_LOCKED)
         return before + frame + after + codec.FLUSH
 
     def cancel(self) -> None:
@@ -602,8 +629,9 @@ class Guard:
         b = self.bracket
         if b is None:
             return
-        if self._parse_owner is not None and b.base < self._parse_owner < b.base + _STEP:
-            self._parse_owner = None
+        for kind, parsing in enumerate(self._parse_owner):
+            if parsing is not None and b.base < parsing < b.base + _STEP:
+                self._parse_owner[kind] = None
         for offset in range(1, _STEP):
             if offset == _STMT:
                 self.exchange.reown(b.owner(offset))  # sent all the same, refused by a marker
@@ -650,9 +678,10 @@ class Guard:
             return self._statement_frame(b, t, frame, ends)
         if t == m.R_DATA_ROW:
             b.rows.setdefault(offset, []).append(decode_data_row(frame[5:]))
-        elif t == _PARSE_COMPLETE and b.owner(offset) == self._parse_owner:
-            self._prepared = True
-            self._parse_owner = None
+        elif t == _PARSE_COMPLETE and b.owner(offset) in self._parse_owner:
+            kind = self._parse_owner.index(b.owner(offset))
+            self._prepared[kind] = True
+            self._parse_owner[kind] = None
         elif t == m.R_ERROR:
             fields = codec.decode_error_fields(frame, 5, len(frame))
             if offset not in b.failed:
@@ -814,8 +843,10 @@ class Guard:
             # the transaction is still open when it runs (a Query waits for every answer
             # before it; an Execute only reuses it in_block).  The session forgets this on
             # an error, on a ReadyForQuery other than "T", and on anything sent but plain
-            # reads.
-            self._baseline = b.after
+            # reads.  The reading after it saw the tables the statement changed (they are
+            # locked); the others kept the counts the reading before it saw.
+            assert b.before is not None and b.after is not None
+            self._baseline = {**b.before, **b.after}
         return self._end_as_is(b, out, "COMMIT")
 
     def _end_as_is(self, b: _Bracket, out: Out, ending: str) -> list[bytes]:
