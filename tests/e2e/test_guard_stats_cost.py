@@ -7,7 +7,8 @@ row the planner expected and crossed that threshold on the test database (a few 
 relations), making every guarded INSERT take 45 ms.  Here: a schema with many tables, an
 inheritance tree and a partitioned table, rows changed in several of them, and the query
 as the guard prepares it must be estimated below the threshold, run without JIT, and
-still name each changed table's root.
+still name each changed table's root.  The reading of the tables the backend holds a lock
+on (after a statement) must not scan pg_class at all, and find the same tables.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import orjson
 import psycopg
 import pytest
 
-from dbsentry.engines.postgres.session.guard import STATS_SQL
+from dbsentry.engines.postgres.session.guard import LOCKED_STATS_SQL, STATS_SQL
 from support.pg import PgServer
 
 pytestmark = pytest.mark.e2e
@@ -44,20 +45,28 @@ def test_the_statistics_query_is_never_worth_compiling(pg_server: PgServer) -> N
                     conn.execute(f"insert into {s}.t{i} values (1)")
                 conn.execute(f"insert into {s}.grandchild values (1)")
                 conn.execute(f"insert into {s}.part values (15), (25)")
-                plan: Any = conn.execute(f"explain (format json) {STATS_SQL}").fetchone()
-                cost = (orjson.loads(plan[0]) if isinstance(plan[0], str) else plan[0])[0]["Plan"]["Total Cost"]
                 jit_above = float(conn.execute("select setting from pg_settings where name = 'jit_above_cost'").fetchone()[0])  # type: ignore[index]
-                assert cost < min(jit_above, 100_000) / 5, f"estimated at {cost}: every reading would be JIT-compiled"
-                analyzed = "\n".join(r[0] for r in conn.execute(f"explain (analyze, costs off) {STATS_SQL}"))
-                assert "JIT:" not in analyzed, analyzed
-                rows = conn.execute(STATS_SQL).fetchall()
-                roots = {r[9]: r[12] for r in rows if r[8] == s}
-                assert roots == {
-                    **{f"t{i}": f"t{i}" for i in range(5)},
-                    "grandchild": "parent",
-                    "part1": "part",
-                    "part2": "part",
-                }, roots
+                found = {}
+                for sql in (STATS_SQL, LOCKED_STATS_SQL):
+                    plan: Any = conn.execute(f"explain (format json) {sql}").fetchone()
+                    tree = (orjson.loads(plan[0]) if isinstance(plan[0], str) else plan[0])[0]["Plan"]
+                    cost = tree["Total Cost"]
+                    assert cost < min(jit_above, 100_000) / 5, f"estimated at {cost}: every reading would be JIT-compiled"
+                    analyzed = "\n".join(r[0] for r in conn.execute(f"explain (analyze, costs off) {sql}"))
+                    assert "JIT:" not in analyzed, analyzed
+                    rows = conn.execute(sql).fetchall()
+                    found[sql] = {r[0]: r[1:] for r in rows if r[8] == s}
+                    roots = {r[9]: r[12] for r in rows if r[8] == s}
+                    assert roots == {
+                        **{f"t{i}": f"t{i}" for i in range(5)},
+                        "grandchild": "parent",
+                        "part1": "part",
+                        "part2": "part",
+                    }, roots
+                assert found[STATS_SQL] == found[LOCKED_STATS_SQL]
+                assert "Seq Scan on pg_class" in "\n".join(r[0] for r in conn.execute(f"explain {STATS_SQL}"))
+                locked_plan = "\n".join(r[0] for r in conn.execute(f"explain {LOCKED_STATS_SQL}"))
+                assert "Seq Scan on pg_class" not in locked_plan and "pg_class_oid_index" in locked_plan, locked_plan
                 raise psycopg.Rollback
         finally:
             conn.execute(f"drop schema {s} cascade")
