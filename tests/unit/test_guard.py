@@ -49,12 +49,13 @@ def data_row(*values: str | None) -> bytes:
 def stats_row(
     oid: int, upd: int, dele: int, ins: int, size: int = 8192, reltuples: float = -1, live: int = 0,
     can: bool = True, name: str = "acc", root: int | None = None, root_name: str = "", deferred: bool = False,
+    user_code: bool = False,
 ) -> bytes:  # fmt: skip
     root = oid if root is None else root
     flag = "t" if can else "f"
     return data_row(
         str(oid), str(upd), str(dele), str(ins), str(size), str(reltuples), str(live), flag, "public", name,
-        str(root), "public", root_name or name, flag, "f", "t" if deferred else "f",
+        str(root), "public", root_name or name, flag, "f", "t" if deferred else "f", "t" if user_code else "f",
     )  # fmt: skip
 
 
@@ -382,7 +383,7 @@ def test_effect_dataclass_is_plain() -> None:
 
 
 def test_judge_refuses_catalog_changes_but_not_temporary_tables() -> None:
-    row = data_row("1259", "1", "0", "0", "0", "0", "0", "t", "pg_catalog", "pg_class", "1259", "pg_catalog", "pg_class", "t", "f", "f")
+    row = data_row("1259", "1", "0", "0", "0", "0", "0", "t", "pg_catalog", "pg_class", "1259", "pg_catalog", "pg_class", "t", "f", "f", "f")
     truncate = [Effect(parse_counts([decode(row)])[1259], 1, 0, 0)]
     v = judge(LIMITS, truncate)
     assert not v.ok and v.rule == "guardrails.catalog_changes" and "pg_catalog.pg_class" in v.message
@@ -556,6 +557,48 @@ def test_a_table_the_reading_after_did_not_see_keeps_the_count_the_reading_befor
     assert _block_update(guard, "DELETE FROM other WHERE id < 102") == "QBECS"
     _, _, out = feed(guard, cc("DELETE 2") + READY_T + stats_answer(stats_row(2, 0, 1051, 0, name="other", **BIG)))
     assert out.finished and out.ask is None  # type: ignore[attr-defined]
+
+
+def _before_reading(sent: bytes) -> bytes:
+    """The Bind of the first statistics reading in ``sent``."""
+    return next(body for t, body in frames(sent) if t == "B")
+
+
+def test_the_reading_before_a_statement_asks_for_the_tables_the_last_reading_saw() -> None:
+    """Counts of earlier transactions linger until the backend reports them: the reading
+    before an autocommit statement looks at every table, unless the session knows which
+    tables have counts (the last bracket read them, and nothing unmeasured ran since)."""
+    guard = Guard(1 << 20)
+    first = begin_autocommit(guard)
+    assert b"_stats0\x00" in _before_reading(first)  # every table
+    stale = stats_row(2, 0, 950, 0, name="other")
+    answer = cc("BEGIN") + READY_T + stats_answer(stale, first=True) + cc("DELETE 3") + READY_T
+    feed(guard, answer + stats_answer(stats_row(1, 0, 3, 0), first=True) + cc("COMMIT") + READY_I)
+    assert not guard.active
+    sql = "DELETE FROM acc WHERE id = 9"
+    second = guard.wrap_query(codec.encode_query(sql), Mode.AUTOCOMMIT, 0, Statement(sql), LIMITS)
+    bind = _before_reading(second)
+    assert b"_stats1\x00" in bind and b"{1,2}" in bind  # the locked tables and those two
+    # measured from those counts: 1 row, not 951
+    answer = cc("BEGIN") + READY_T + stats_answer(stale, stats_row(1, 0, 3, 0)) + cc("DELETE 1") + READY_T
+    _, _, out = feed(guard, answer + stats_answer(stats_row(2, 0, 951, 0, name="other")) + cc("COMMIT") + READY_I)
+    assert out.finished and out.ask is None  # type: ignore[attr-defined]
+    # something unmeasured went upstream: every table again
+    guard.unseen_changes()
+    third = guard.wrap_query(codec.encode_query(sql), Mode.AUTOCOMMIT, 0, Statement(sql), LIMITS)
+    assert b"_stats0\x00" in _before_reading(third)
+
+
+def test_a_statement_that_failed_leaves_counts_no_reading_saw() -> None:
+    guard = Guard(1 << 20)
+    begin_autocommit(guard)
+    err = codec.error_response("23503", "violates foreign key constraint")
+    answer = cc("BEGIN") + READY_T + stats_answer(first=True) + err + READY_E
+    feed(guard, answer + codec.error_response("25P02", "aborted") + READY_E + cc("ROLLBACK") + READY_I)
+    assert not guard.active
+    sql = "DELETE FROM acc WHERE id = 9"
+    sent = guard.wrap_query(codec.encode_query(sql), Mode.AUTOCOMMIT, 0, Statement(sql), LIMITS)
+    assert b"_stats0\x00" in _before_reading(sent)  # the failed DELETE's attempts count
 
 def _guard_after_one_statement() -> Guard:
     guard = Guard(1 << 20)

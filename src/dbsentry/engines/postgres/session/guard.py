@@ -66,27 +66,36 @@ _CATALOG_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
 # - all of them (STATS_SQL), a scan of pg_class calling the counters' functions: its cost
 #   grows with the database (3 ms per reading with 3,000 tables).  The counters are not
 #   reset between transactions until the backend reports them (at most once a second,
-#   when idle), so a transaction starts with the counts of earlier ones: the first reading
-#   of a transaction must see every table;
-# - those this backend holds a lock on (LOCKED_STATS_SQL), through pg_locks and an index
-#   of pg_class (0.2 ms however large the database): a statement that changes a table's
-#   rows locks it (RowExclusiveLock or stronger) until the transaction ends, through
-#   triggers, cascades and functions too, and a subtransaction hands its locks to its
-#   parent when it commits.  Only a rolled-back subtransaction's locks go, with the rows
-#   it changed: those are unchanged.  So the reading after a statement sees every table
-#   the statement changed, and the tables it does not see kept their earlier counts.
+#   when idle), so a transaction starts with the counts of earlier ones: a reading before a
+#   statement must see every table with counts, unless the session knows them all;
+# - the system catalogs (oids below FirstNormalObjectId, 16384, a range of pg_class's
+#   index) and the tables this backend holds a lock on (LOCKED_STATS_SQL, through
+#   pg_locks and that index: 0.2 ms however large the database).  A statement that
+#   changes a table's rows locks it (RowExclusiveLock or stronger) until the transaction
+#   ends, through triggers, cascades and functions too, and a subtransaction hands its
+#   locks to its parent when it commits.  PostgreSQL releases its locks on system
+#   catalogs as soon as it has written them (DDL run inside a function changed
+#   pg_attribute unseen: an attack round found it), hence the range.  A rolled-back
+#   subtransaction's locks go too, with the rows it changed: those are unchanged.  So the
+#   reading after a statement sees every table the statement changed, and the tables it
+#   does not see kept their earlier counts, unless a subtransaction was rolled back
+#   (PostgreSQL counts its attempts): see Guard._carry.  With the tables the last reading
+#   saw, it is also the reading before the next statement, even in a new transaction,
+#   while the session knows that nothing but plain reads and measured statements went
+#   upstream since (Guard.unseen_changes): only those tables can have counts then.
 #
 # The root of each changed table's partition or inheritance tree is found for those few
 # tables at once, and what the guard needs to know of a root is looked up by oid.  The
 # planner must not think this costly: past jit_above_cost every reading would be compiled
 # first (20-30 ms).  A first version ran the roots' recursive query once per row the
 # planner expected and crossed it on a database with a few hundred relations.
-_STATS_SQL = """WITH RECURSIVE changed AS MATERIALIZED (
-  SELECT x.oid, x.relname, x.relnamespace, x.reltuples, x.relpersistence FROM pg_catalog.pg_class x
+_CHANGED = """
+  SELECT x.oid, x.relname, x.relnamespace, x.reltuples, x.relpersistence, x.relhasrules FROM pg_catalog.pg_class x
   WHERE {among}x.relkind OPERATOR(pg_catalog.=) ANY ('{r,f}'::pg_catalog."char"[])
     AND pg_catalog.pg_stat_get_xact_tuples_updated(x.oid) OPERATOR(pg_catalog.+)
         pg_catalog.pg_stat_get_xact_tuples_deleted(x.oid) OPERATOR(pg_catalog.+)
-        pg_catalog.pg_stat_get_xact_tuples_inserted(x.oid) OPERATOR(pg_catalog.>) 0
+        pg_catalog.pg_stat_get_xact_tuples_inserted(x.oid) OPERATOR(pg_catalog.>) 0"""
+_STATS_SQL = """WITH RECURSIVE changed AS MATERIALIZED ({changed}
 ), up(rel, top, depth) AS (
   SELECT changed.oid, changed.oid, 0 FROM changed
   UNION ALL
@@ -112,20 +121,30 @@ SELECT c.oid::pg_catalog.int8,
   pg_catalog.has_table_privilege(root.top, 'SELECT'),
   c.relpersistence OPERATOR(pg_catalog.=) 't'::pg_catalog."char",
   EXISTS (SELECT FROM pg_catalog.pg_trigger tg WHERE tg.tgrelid OPERATOR(pg_catalog.=) c.oid
-    AND tg.tgdeferrable AND NOT tg.tgisinternal)
+    AND tg.tgdeferrable AND NOT tg.tgisinternal),
+  c.relhasrules OR EXISTS (SELECT FROM pg_catalog.pg_trigger tg WHERE tg.tgrelid OPERATOR(pg_catalog.=) c.oid
+    AND NOT tg.tgisinternal)
 FROM changed c
 JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
 JOIN root ON root.rel OPERATOR(pg_catalog.=) c.oid
 WHERE n.nspname OPERATOR(pg_catalog.<>) 'pg_toast'::pg_catalog.name"""
 #: Every table of the database with counters above zero (a scan of pg_class).
-STATS_SQL = _STATS_SQL.replace("{among}", "")
-#: Those of the tables this backend holds a lock on (found through an index of pg_class).
+STATS_SQL = _STATS_SQL.replace("{changed}", _CHANGED.replace("{among}", ""))
+#: The system catalogs, the tables this backend holds a lock on, and those of $1 (the
+#: tables the last reading saw): each part through an index of pg_class.
 LOCKED_STATS_SQL = _STATS_SQL.replace(
-    "{among}",
-    """x.oid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT l.relation FROM pg_catalog.pg_locks l
+    "{changed}",
+    _CHANGED.replace("{among}", "x.oid OPERATOR(pg_catalog.<) 16384::pg_catalog.oid\n    AND ")
+    + "\n  UNION ALL"
+    + _CHANGED.replace(
+        "{among}",
+        """x.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid
+    AND x.oid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT l.relation FROM pg_catalog.pg_locks l
       WHERE l.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()
-        AND l.locktype OPERATOR(pg_catalog.=) 'relation'::pg_catalog.text))
-    AND """
+        AND l.locktype OPERATOR(pg_catalog.=) 'relation'::pg_catalog.text)
+      OPERATOR(pg_catalog.||) $1::pg_catalog.oid[])
+    AND """,
+    ),
 )
 _FULL, _LOCKED = 0, 1
 _STATS = (STATS_SQL, LOCKED_STATS_SQL)
@@ -166,6 +185,8 @@ class TableCounts:
     temporary: bool = False  # the session's own scratch space: no limit applies
     # It has deferrable user triggers: their effects come at COMMIT, after any measurement.
     deferred: bool = False
+    # It has rules or user triggers: code of the client's may have run with the statement.
+    user_code: bool = False
 
     @property
     def display(self) -> str:
@@ -187,13 +208,14 @@ class TableCounts:
 def parse_counts(rows: list[list[bytes | None]]) -> dict[int, TableCounts]:
     out: dict[int, TableCounts] = {}
     for r in rows:
-        if len(r) != 16 or any(v is None for v in r[:8]) or any(v is None for v in r[10:]):
+        if len(r) != 17 or any(v is None for v in r[:8]) or any(v is None for v in r[10:]):
             raise ValueError("unexpected row from the statistics query")
         text = [v.decode() if v is not None else "" for v in r]
         t = TableCounts(
             int(text[0]), int(text[1]), int(text[2]), int(text[3]), int(text[4]),
             float(text[5]), int(text[6]), text[7] == "t", text[8], text[9],
             int(text[10]), text[11], text[12], text[13] == "t", text[14] == "t", text[15] == "t",
+            text[16] == "t",
         )  # fmt: skip
         out[t.oid] = t
     return out
@@ -460,6 +482,7 @@ class _Bracket:
     end_frames: list[bytes] = field(default_factory=list)  # answers to COMMIT/ROLLBACK
     reported: int = 0  # rows changed as the statement's CommandComplete reports them
     in_block: bool = False  # an Execute known to run in the client's open explicit block
+    known: frozenset[int] | None = None  # the tables with counts the reading before asks for
 
     def owner(self, offset: int) -> int:
         return self.base + offset
@@ -484,7 +507,9 @@ def _written(b: _Bracket) -> tuple[str, ...]:
 class Guard:
     """The guard of one session: follows the exchange, runs at most one bracket at a time."""
 
-    __slots__ = ("_baseline", "_error", "_names", "_parse_owner", "_prepared", "_seq", "bracket", "exchange", "max_held")
+    __slots__ = (
+        "_baseline", "_error", "_known", "_names", "_parse_owner", "_prepared", "_seq", "bracket", "exchange", "max_held",
+    )  # fmt: skip
 
     def __init__(self, max_held: int, error: Callable[[str], bytes] | None = None) -> None:
         """``error``: the ErrorResponse frame that refuses a statement with a message (the
@@ -504,6 +529,10 @@ class Guard:
         # forget_baseline).  The next bracket in that transaction then reads them only after
         # its statement (TPC-B's second and third UPDATE).
         self._baseline: dict[int, TableCounts] | None = None
+        # The tables with counts above zero as the last bracket read them, while they are
+        # all the tables with counts (see unseen_changes); None: unknown, the reading
+        # before the next statement looks at every table.
+        self._known: frozenset[int] | None = None
 
     @property
     def active(self) -> bool:
@@ -515,8 +544,19 @@ class Guard:
         assert self.bracket is None
         self._seq += 1
         b = _Bracket(self._seq * _STEP, mode, statement, limits, hold_from)
+        b.known = self._known
+        # Known again only once both readings of this bracket are read (a statement that
+        # failed, or a reading that did, leaves counts no reading saw).
+        self._known = None
         self.bracket = b
         return b
+
+    def _before(self, b: _Bracket, sync: bool) -> bytes:
+        """The reading before the statement: of the locked tables and those the session
+        knows to have counts, or of every table when it does not know."""
+        if b.known is None:
+            return self._stats(b.owner(_BEFORE), sync)
+        return self._stats(b.owner(_BEFORE), sync, _LOCKED, b.known)
 
     def _query(self, sql: str, owner: int) -> bytes:
         self.exchange.sent(m.Q_QUERY, owner)
@@ -538,10 +578,10 @@ class Guard:
             )
         )
 
-    def _stats(self, owner: int, sync: bool, kind: int = _FULL) -> bytes:
-        """Run a statistics query (``kind``: every table, or the locked ones): its prepared
-        statement (parsed first if it is not yet), in a portal of the guard's own; ``sync``
-        ends it as a cycle of its own."""
+    def _stats(self, owner: int, sync: bool, kind: int = _FULL, known: frozenset[int] = frozenset()) -> bytes:
+        """Run a statistics query (``kind``: every table, or the locked ones and ``known``):
+        its prepared statement (parsed first if it is not yet), in a portal of the guard's
+        own; ``sync`` ends it as a cycle of its own."""
         name = f"{self._names}_stats{kind}"
         portal = f"{self._names}_p"
         parts = []
@@ -558,7 +598,11 @@ class Guard:
             parts.append(codec.encode_parse(m.Parse(name, _STATS[kind])))
         for t in (m.Q_BIND, m.Q_EXECUTE, m.Q_CLOSE):
             self.exchange.sent(t, owner)
-        parts.append(codec.encode_bind(m.Bind(portal, name)))
+        if kind == _LOCKED:
+            oids = "{" + ",".join(map(str, sorted(known))) + "}"
+            parts.append(codec.encode_bind(m.Bind(portal, name, (0,), (oids.encode(),))))
+        else:
+            parts.append(codec.encode_bind(m.Bind(portal, name)))
         parts.append(codec.encode_execute(m.Execute(portal)))
         parts.append(codec.encode_close("P", portal))
         if sync:
@@ -569,6 +613,26 @@ class Guard:
     def statements_dropped(self) -> None:
         """The client ran DEALLOCATE ALL or DISCARD ALL: the statistics queries are gone too."""
         self._prepared = [False, False]
+        self._known = None
+
+    @staticmethod
+    def _carry(b: _Bracket) -> bool:
+        """May the counts this bracket read stand for every table with counts (the next
+        reading before a statement asks only for those)?  Not when code of the client's
+        can have run with the statement: a function or a trigger that changed a table in
+        a subtransaction it then rolled back left counts (PostgreSQL counts attempts) in
+        a table it no longer locks, which the reading after did not see.  (Counting them
+        later would refuse a statement the limits allow.)"""
+        assert b.after is not None
+        if any(t.user_code for t in b.after.values()):
+            return False
+        return not any(getattr(f, "functions", ()) for f in b.statement.facts)
+
+    def unseen_changes(self) -> None:
+        """Something went upstream that may change row counts and that no reading follows
+        (anything but a plain read, a message that runs nothing, or a guarded statement):
+        the reading before the next statement looks at every table again."""
+        self._known = None
 
     def forget_baseline(self) -> None:
         """Something went upstream that may change the row counters (anything but a plain
@@ -595,7 +659,7 @@ class Guard:
             self._baseline = None
             parts.append(self._query("BEGIN", b.owner(_BEFORE)))
         if mode is Mode.AUTOCOMMIT or not self._reuse(b):
-            parts.append(self._stats(b.owner(_BEFORE), sync=True))
+            parts.append(self._before(b, sync=True))
         self.exchange.sent(m.Q_QUERY, b.owner(_STMT))
         parts.append(frame)
         parts.append(self._stats(b.owner(_AFTER), sync=True, kind=_LOCKED))
@@ -619,7 +683,7 @@ class Guard:
         before = b""
         if not (in_block and self._reuse(b)):
             self._baseline = None
-            before = self._stats(b.owner(_BEFORE), sync=False)
+            before = self._before(b, sync=False)
         self.exchange.sent(t, b.owner(_STMT))
         after = self._stats(b.owner(_AFTER), sync=False, kind=_LOCKED)
         return before + frame + after + codec.FLUSH
@@ -779,6 +843,8 @@ class Guard:
                 b.before = parse_counts(b.rows.get(_BEFORE, []))
             b.after = parse_counts(b.rows.get(_AFTER, []))
             b.found = effects(b.before, b.after)
+            if self._carry(b):
+                self._known = frozenset(b.before) | frozenset(b.after)
         except (ValueError, codec.ProtocolError) as err:
             return self._refuse(b, f"the effect of this statement could not be measured ({err}); it was rolled back", RULE_ROWS, out)
         return self._decided(b, judge(b.limits, b.found, None, b.reported, _written(b)), out)
@@ -846,7 +912,7 @@ class Guard:
             # reads.  The reading after it saw the tables the statement changed (they are
             # locked); the others kept the counts the reading before it saw.
             assert b.before is not None and b.after is not None
-            self._baseline = {**b.before, **b.after}
+            self._baseline = {**b.before, **b.after} if self._carry(b) else None
         return self._end_as_is(b, out, "COMMIT")
 
     def _end_as_is(self, b: _Bracket, out: Out, ending: str) -> list[bytes]:

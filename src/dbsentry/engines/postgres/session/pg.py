@@ -498,7 +498,7 @@ class _Chunk:
 
     __slots__ = (
         "_stop", "_swaps", "approvals", "block", "buf", "commands", "durable", "extra", "gated", "guarded", "in_block",
-        "names", "plans", "reads",
+        "names", "plans", "quiet", "reads",
     )  # fmt: skip
 
     def __init__(self, buf: bytes) -> None:
@@ -516,6 +516,8 @@ class _Chunk:
         self.in_block = False
         # The frame being handled runs plain reads only (the row counters stay as they are).
         self.reads = False
+        # ... or changes no row counter at all (see Guard.unseen_changes).
+        self.quiet = False
         self.plans: tuple[StatementPlan | None, ...] = ()  # of the Query being handled
         self.approvals: list[c.ApprovalAsk] = []
         # The frame being handled runs under the row guard: how (see Session._wrap_guarded).
@@ -627,7 +629,7 @@ class _Portal:
 class _CheckFacts:
     """What the Binds and Executes of a prepared statement ask of its check, read once."""
 
-    __slots__ = ("durable", "first", "plans_opaque", "reads", "transactional", "where_params")
+    __slots__ = ("durable", "first", "plans_opaque", "quiet", "reads", "transactional", "where_params")
 
     def __init__(self, check: Check) -> None:
         facts = check.verdict.facts
@@ -637,6 +639,7 @@ class _CheckFacts:
         self.durable = first is None or changes_data(first.command, first.classes, first.flags)
         self.transactional = first is not None and _transactional(first)
         self.reads = first is not None and len(facts) == 1 and _plain_read(first)
+        self.quiet = first is not None and len(facts) == 1 and _quiet(first)
         # Whether planning it at Bind may run opaque code (see _guard_bind).
         self.plans_opaque = any("volatile_function" in f.flags and (f.functions or f.tables_read) for f in facts)
         # Whether a WHERE reads parameters (folded with the values bound, see _govern_bind).
@@ -687,7 +690,7 @@ class _ShapeRuling:
     again for masked values written back (``writes``)."""
 
     __slots__ = (
-        "check", "durable", "guarded", "kinds", "masks", "parts", "plans", "reads", "redaction", "settings", "source",
+        "check", "durable", "guarded", "kinds", "masks", "parts", "plans", "quiet", "reads", "redaction", "settings", "source",
         "span", "stamp", "strict", "transactional", "writes",
     )  # fmt: skip
 
@@ -721,6 +724,7 @@ class _ShapeRuling:
         self.durable = changes_data(facts.command, facts.classes, facts.flags)
         self.transactional = _transactional(facts)
         self.reads = _plain_read(facts)
+        self.quiet = _quiet(facts)
         self.writes = any(f.statement_class == "WRITE" for f in check.verdict.facts)
 
 
@@ -736,6 +740,23 @@ def _plain_read(facts: StatementFacts) -> bool:
         and not facts.functions
         and not changes_data(facts.command, facts.classes, facts.flags)
     )
+
+
+# Transaction control and settings: they change no row of any table.  (A COMMIT runs the
+# deferred triggers of the tables changed in the transaction: the row guard refuses changes
+# to a table with deferrable triggers, and a change it did not measure makes the session
+# forget what it knew of the row counters anyway.)
+_QUIET = frozenset(
+    {"BEGIN", "START TRANSACTION", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "ROLLBACK TO SAVEPOINT", "SET", "RESET"}
+)
+
+
+def _quiet(facts: StatementFacts) -> bool:
+    """Changes no row counter and runs no code of the client's: a plain read, transaction
+    control, a setting (see Guard.unseen_changes)."""
+    if _plain_read(facts):
+        return True
+    return facts.command in _QUIET and _QUIET.issuperset(facts.commands) and not facts.functions and not facts.flags
 
 
 def _transactional(facts: StatementFacts) -> bool:
@@ -1529,6 +1550,7 @@ class Session:
         guard = self.guard if refuse is None else None
         if refuse is not None and self.guard is not None:
             self.guard.forget_baseline()  # what this pass sends is not followed
+            self.guard.unseen_changes()
         chunk = _Chunk(buf)
         # In the client's open transaction block, with nothing in flight that could end it.
         chunk.block = self.txn_status == "T" and not self._busy and self._cycles_sent == self._cycles_done
@@ -1579,7 +1601,7 @@ class Session:
                 parse_name, _ = codec.read_cstr(buf, start, end, self.enc)
                 before = self._prepared.get(parse_name)
             chunk.names = None
-            chunk.reads = False
+            chunk.reads = chunk.quiet = False
             if gov is not None and t in _GOVERNED_FRAMES:
                 gated = len(chunk.gated)
                 asks = len(chunk.approvals) if asking and t == m.Q_EXECUTE else 0
@@ -1611,6 +1633,8 @@ class Session:
                             guard.forget_baseline()  # it may change the row counters
                             self._block_unsure = True  # ... or end the transaction
                             chunk.in_block = False
+                            if not chunk.quiet:
+                                guard.unseen_changes()  # ... unmeasured
                     continue
                 chunk.guarded = None
                 self._wrap_guarded(guard, chunk, guarded, start, end)
@@ -1967,6 +1991,7 @@ class Session:
             chunk.plans = plans
             # (only the row guard asks: see Guard.forget_baseline)
             chunk.reads = self.guard is not None and all(_plain_read(f) for f in check.verdict.facts)
+            chunk.quiet = self.guard is not None and all(_quiet(f) for f in check.verdict.facts)
             ids: list[str] = []
             if audit is not None:
                 verdict = check.verdict
@@ -2082,6 +2107,7 @@ class Session:
             _gate_durable(chunk, ruling.durable, ruling.transactional)
             audit.expect(rec, self._cycles_sent)
         chunk.reads = ruling.reads
+        chunk.quiet = ruling.quiet
         return True
 
     # ------------------------------------------------------------------ the row guard
@@ -2694,6 +2720,7 @@ class Session:
             chunk.gated.append(rec)
             _gate_durable(chunk, known.durable, known.transactional)
             chunk.reads = known.reads
+            chunk.quiet = known.quiet
             self.audit.expect(rec, self._cycles_sent + 1)  # answered before the next Sync's ReadyForQuery
             ids = (rec.id,)
         if self._approvable(check):
