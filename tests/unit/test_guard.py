@@ -391,6 +391,20 @@ def test_judge_refuses_catalog_changes_but_not_temporary_tables() -> None:
     assert judge(LIMITS, created).ok
 
 
+def test_judge_refuses_rows_added_to_catalogs_of_code_rules_and_access() -> None:
+    """Creating a (temporary) table adds rows to pg_class, pg_attribute, pg_type...: fine.
+    A function, trigger, rule, policy or role created inside a statement adds rows to
+    pg_proc, pg_trigger, pg_rewrite, pg_policy, pg_authid: DDL, refused."""
+    for name, ok in (("pg_class", True), ("pg_attribute", True), ("pg_depend", True), ("pg_statistic", True),
+                     ("pg_proc", False), ("pg_trigger", False), ("pg_rewrite", False), ("pg_policy", False),
+                     ("pg_authid", False), ("pg_user_mapping", False), ("pg_event_trigger", False)):  # fmt: skip
+        row = data_row("99", "0", "0", "2", "0", "0", "0", "t", "pg_catalog", name, "99", "pg_catalog", name, "t", "f", "f", "f")
+        v = judge(LIMITS, [Effect(parse_counts([decode(row)])[99], 0, 2, 0)])
+        assert v.ok is ok, name
+        if not ok:
+            assert v.rule == "guardrails.catalog_changes" and f"pg_catalog.{name}" in v.message
+
+
 def test_judge_refuses_rows_changed_in_a_table_with_deferrable_triggers() -> None:
     """What the database says at the measurement, not what the catalog read earlier: a
     deferrable trigger's work comes at COMMIT, after the measurement."""

@@ -58,6 +58,18 @@ RULE_FRACTION = "guardrails.max_fraction_changed"
 RULE_CATALOG = "guardrails.catalog_changes"
 RULE_DEFERRED = "guardrails.deferred_triggers"
 _CATALOG_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
+# The catalogs a statement may add rows to without an approval: what creating a table (a
+# temporary one, typically), its columns, types, constraints, indexes and sequences, its
+# statistics, a comment or a large object adds.  Rows added to any other catalog (pg_proc,
+# pg_trigger, pg_rewrite, pg_policy, pg_authid, pg_user_mapping ...) create code, rules
+# or access: DDL that needs an approval in production, here run inside the statement.
+_CATALOG_INSERTS = frozenset(
+    {
+        "pg_class", "pg_type", "pg_attribute", "pg_attrdef", "pg_constraint", "pg_index", "pg_inherits",
+        "pg_partitioned_table", "pg_depend", "pg_shdepend", "pg_namespace", "pg_sequence", "pg_statistic",
+        "pg_statistic_ext", "pg_statistic_ext_data", "pg_description", "pg_largeobject", "pg_largeobject_metadata",
+    }
+)  # fmt: skip
 
 # Everything is qualified with pg_catalog (operators too), so that no search_path and no
 # object of the client's can change what these statements do.
@@ -330,10 +342,14 @@ def judge(
 
     Changed rows of the system catalogs mean DDL (TRUNCATE, DROP, ALTER, GRANT...) or
     catalog writes ran inside the statement, typically in a function: refused, as DDL
-    needs an approval in production (creating temporary tables only inserts).  Counts are
+    needs an approval in production; so do rows added to a catalog but those creating a
+    (temporary) table adds (:data:`_CATALOG_INSERTS`: a function, a trigger, a rule, a
+    policy, a role would be added).  Counts are
     bounded (``LIMIT``): a large table answers as soon as it shows enough rows, so the
     statistics, which can be made to lie, are used only when the table cannot be read."""
-    catalog = [e for e in found if e.table.catalog and e.changed]
+    catalog = [
+        e for e in found if e.table.catalog and (e.changed or (e.inserted and e.table.name not in _CATALOG_INSERTS))
+    ]
     if catalog:
         names = ", ".join(sorted(e.table.display for e in catalog))
         return Verdict(
