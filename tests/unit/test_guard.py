@@ -603,6 +603,17 @@ def test_the_reading_before_a_statement_asks_for_the_tables_the_last_reading_saw
     assert b"_stats0\x00" in _before_reading(third)
 
 
+
+def test_a_fresh_backend_needs_no_reading_of_every_table() -> None:
+    """A session's upstream connection is opened for it: no table has counts yet, so even
+    its first statement reads only the locked tables (and none known)."""
+    guard = Guard(1 << 20, fresh=True)
+    sql = "DELETE FROM acc WHERE id = 9"
+    sent = guard.wrap_query(codec.encode_query(sql), Mode.AUTOCOMMIT, 0, Statement(sql), LIMITS)
+    assert "".join(t for t, _ in frames(sent)) == "QCPBECSQBECS"  # one Parse, of the locked reading
+    bind = _before_reading(sent)
+    assert b"_stats1\x00" in bind and b"{}" in bind
+
 def test_a_statement_that_failed_leaves_counts_no_reading_saw() -> None:
     guard = Guard(1 << 20)
     begin_autocommit(guard)

@@ -527,7 +527,7 @@ class Guard:
         "_baseline", "_error", "_known", "_names", "_parse_owner", "_prepared", "_seq", "bracket", "exchange", "max_held",
     )  # fmt: skip
 
-    def __init__(self, max_held: int, error: Callable[[str], bytes] | None = None) -> None:
+    def __init__(self, max_held: int, error: Callable[[str], bytes] | None = None, *, fresh: bool = False) -> None:
         """``error``: the ErrorResponse frame that refuses a statement with a message (the
         session marks its own, so that nothing downstream mistakes it for the server's)."""
         self.exchange = Exchange()
@@ -547,8 +547,10 @@ class Guard:
         self._baseline: dict[int, TableCounts] | None = None
         # The tables with counts above zero as the last bracket read them, while they are
         # all the tables with counts (see unseen_changes); None: unknown, the reading
-        # before the next statement looks at every table.
-        self._known: frozenset[int] | None = None
+        # before the next statement looks at every table.  ``fresh``: the backend has
+        # changed no rows yet (a connection opened for the session; had it changed some,
+        # the error would be towards counting too much, never too little).
+        self._known: frozenset[int] | None = frozenset() if fresh else None
 
     @property
     def active(self) -> bool:

@@ -1450,7 +1450,9 @@ class Session:
         self._limits = Limits(
             limits.max_rows_changed, limits.max_fraction_changed, cfg.min_rows_for_fraction
         )
-        self.guard = Guard(self.config.limits.max_message_bytes, self._guard_error)
+        # The upstream connection is the session's own, opened for it (no pool hands
+        # backends on): nothing it ran so far changed rows.
+        self.guard = Guard(self.config.limits.max_message_bytes, self._guard_error, fresh=True)
 
     def _guard_error(self, message: str) -> bytes:
         return self._marked_error("42501", message)
