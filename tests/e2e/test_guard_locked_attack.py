@@ -404,25 +404,6 @@ def test_create_function_inside_a_function_is_refused(filled: Env) -> None:
     assert _refused(out), _show(out)
 
 
-def test_a_function_that_builds_a_temporary_table_is_not_refused(filled: Env) -> None:
-    """What a function may create without an approval: a temporary table (rows added to
-    pg_class, pg_attribute, pg_type, pg_depend), then rows in it.  (A text column, a
-    default, a check, an index, a comment or statistics also update pg_class, pg_attribute
-    or pg_description: DDL the catalog rule refuses, as it did before.)"""
-    s = filled.s
-    with filled.direct() as c:
-        c.execute(
-            f"""create or replace function {s}.scratch() returns int language plpgsql as $$
-            begin
-              create temp table if not exists scratch (id int, n int);
-              insert into scratch (id, n) select g, g from generate_series(1, 50) g;
-              return (select count(*) from scratch);
-            end $$"""
-        )
-    out = run("psycopg", filled.proxy, [f"select {s}.scratch()", "begin", f"select {s}.scratch()", "commit"])
-    assert all(o.ok for o in out), _show(out)
-
-
 def test_large_objects_unlinked_inside_a_function_are_refused(filled: Env) -> None:
     """lo_unlink deletes rows of pg_largeobject_metadata and pg_largeobject; inv_drop
     releases both locks at once."""

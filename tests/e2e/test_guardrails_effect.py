@@ -995,7 +995,7 @@ def test_executes_in_an_open_block_read_the_counters_once_between_them(env: Env,
     Sync cannot end an explicit block: each Execute starts from the last one's reading.
     Three UPDATEs with a read between: 4 readings, not 6 (the guard's statistics statement
     as pg_prepared_statements counts its runs); and each is still measured alone."""
-    stats_runs = "select coalesce(sum(generic_plans + custom_plans), 0)::int from pg_prepared_statements where name like 'dbsentry%'"
+    stats_runs = "select coalesce(sum(generic_plans + custom_plans), 0)::int from pg_prepared_statements where name like 'dbsentry%_stats_'"
     out = run(
         mode,
         env.proxy,

@@ -58,18 +58,6 @@ RULE_FRACTION = "guardrails.max_fraction_changed"
 RULE_CATALOG = "guardrails.catalog_changes"
 RULE_DEFERRED = "guardrails.deferred_triggers"
 _CATALOG_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
-# The catalogs a statement may add rows to without an approval: what creating a table (a
-# temporary one, typically), its columns, types, constraints, indexes and sequences, its
-# statistics, a comment or a large object adds.  Rows added to any other catalog (pg_proc,
-# pg_trigger, pg_rewrite, pg_policy, pg_authid, pg_user_mapping ...) create code, rules
-# or access: DDL that needs an approval in production, here run inside the statement.
-_CATALOG_INSERTS = frozenset(
-    {
-        "pg_class", "pg_type", "pg_attribute", "pg_attrdef", "pg_constraint", "pg_index", "pg_inherits",
-        "pg_partitioned_table", "pg_depend", "pg_shdepend", "pg_namespace", "pg_sequence", "pg_statistic",
-        "pg_statistic_ext", "pg_statistic_ext_data", "pg_description", "pg_largeobject", "pg_largeobject_metadata",
-    }
-)  # fmt: skip
 
 # Everything is qualified with pg_catalog (operators too), so that no search_path and no
 # object of the client's can change what these statements do.
@@ -160,6 +148,17 @@ LOCKED_STATS_SQL = _STATS_SQL.replace(
 )
 _FULL, _LOCKED = 0, 1
 _STATS = (STATS_SQL, LOCKED_STATS_SQL)
+# How many of the guard's statistics statements were replaced by SQL PREPARE: code the
+# client's statement ran (a function's dynamic SQL) can DEALLOCATE them and PREPARE others
+# under their names, which would answer what it likes (an attack round did).  Only the
+# client's own protocol messages make statements that are not from SQL, and the session
+# refuses the guard's names in them; so this, parsed afresh after every guarded statement,
+# tells whether the readings can be trusted.  {names}: the statements' names.
+CHECK_SQL = (
+    "SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements p"
+    " WHERE p.name OPERATOR(pg_catalog.=) ANY ('{names}'::pg_catalog.text[]) AND p.from_sql"
+)
+RULE_MEASUREMENT = "guardrails.measurement"
 # Always fails, whatever the client created: fails the transaction of a refused statement.
 FAIL_SQL = "SELECT 'dbsentry: refused by the row limit'::pg_catalog.int4"
 
@@ -342,14 +341,12 @@ def judge(
 
     Changed rows of the system catalogs mean DDL (TRUNCATE, DROP, ALTER, GRANT...) or
     catalog writes ran inside the statement, typically in a function: refused, as DDL
-    needs an approval in production; so do rows added to a catalog but those creating a
-    (temporary) table adds (:data:`_CATALOG_INSERTS`: a function, a trigger, a rule, a
-    policy, a role would be added).  Counts are
+    needs an approval in production; so do rows added to them (a function, a trigger, a
+    policy, an index, a table, a temporary one too: an attack round added unique indexes,
+    domain checks and children of a table from inside a function).  Counts are
     bounded (``LIMIT``): a large table answers as soon as it shows enough rows, so the
     statistics, which can be made to lie, are used only when the table cannot be read."""
-    catalog = [
-        e for e in found if e.table.catalog and (e.changed or (e.inserted and e.table.name not in _CATALOG_INSERTS))
-    ]
+    catalog = [e for e in found if e.table.catalog and (e.changed or e.inserted)]
     if catalog:
         names = ", ".join(sorted(e.table.display for e in catalog))
         return Verdict(
@@ -468,7 +465,7 @@ class _Phase(Enum):
 _PARSE_COMPLETE = ord("1")
 
 # Owner offsets of a bracket's requests (its base owner number plus these).
-_BEFORE, _STMT, _AFTER, _COUNT, _END, _FAIL = range(1, 7)
+_BEFORE, _STMT, _AFTER, _COUNT, _END, _FAIL, _CHECK = range(1, 8)
 _STEP = 8
 
 
@@ -596,6 +593,26 @@ class Guard:
             )
         )
 
+    def _check(self, owner: int, sync: bool) -> bytes:
+        """Whether the statistics statements are still the guard's own (see CHECK_SQL):
+        a statement parsed afresh, which nothing the client ran before can have replaced."""
+        name = f"{self._names}_chk"
+        portal = f"{self._names}_cp"
+        names = ",".join(f"{self._names}_stats{kind}" for kind in (_FULL, _LOCKED))
+        for t in (m.Q_CLOSE, m.Q_PARSE, m.Q_BIND, m.Q_EXECUTE, m.Q_CLOSE):
+            self.exchange.sent(t, owner)
+        parts = [
+            codec.encode_close("S", name),
+            codec.encode_parse(m.Parse(name, CHECK_SQL.replace("{names}", "{" + names + "}"))),
+            codec.encode_bind(m.Bind(portal, name)),
+            codec.encode_execute(m.Execute(portal)),
+            codec.encode_close("P", portal),
+        ]
+        if sync:
+            self.exchange.sent(m.Q_SYNC, owner)
+            parts.append(codec.SYNC)
+        return b"".join(parts)
+
     def _stats(self, owner: int, sync: bool, kind: int = _FULL, known: frozenset[int] = frozenset()) -> bytes:
         """Run a statistics query (``kind``: every table, or the locked ones and ``known``):
         its prepared statement (parsed first if it is not yet), in a portal of the guard's
@@ -681,6 +698,7 @@ class Guard:
         self.exchange.sent(m.Q_QUERY, b.owner(_STMT))
         parts.append(frame)
         parts.append(self._stats(b.owner(_AFTER), sync=True, kind=_LOCKED))
+        parts.append(self._check(b.owner(_CHECK), sync=True))
         return b"".join(parts)
 
     def wrap_execute(
@@ -703,7 +721,7 @@ class Guard:
             self._baseline = None
             before = self._before(b, sync=False)
         self.exchange.sent(t, b.owner(_STMT))
-        after = self._stats(b.owner(_AFTER), sync=False, kind=_LOCKED)
+        after = self._stats(b.owner(_AFTER), sync=False, kind=_LOCKED) + self._check(b.owner(_CHECK), sync=False)
         return before + frame + after + codec.FLUSH
 
     def cancel(self) -> None:
@@ -820,7 +838,7 @@ class Guard:
     def _advance(self, b: _Bracket, out: Out) -> list[bytes]:
         """Move the bracket on once what it waits for has arrived."""
         if b.phase is _Phase.RUNNING:
-            if not (self._answered(b, _BEFORE) and self._answered(b, _STMT) and self._answered(b, _AFTER)):
+            if not all(self._answered(b, o) for o in (_BEFORE, _STMT, _AFTER, _CHECK)):
                 return []
             if b.mode is not Mode.EXTENDED and not b.stmt_done:
                 return []
@@ -853,9 +871,20 @@ class Guard:
             return self._pass(b, out)
         if b.stmt_failed:
             return self._pass(b, out)  # it failed by itself: nothing to limit
-        if _BEFORE in b.failed or _AFTER in b.failed:
-            reason = b.failed.get(_AFTER) or b.failed.get(_BEFORE, "")
+        if _BEFORE in b.failed or _AFTER in b.failed or _CHECK in b.failed:
+            reason = b.failed.get(_AFTER) or b.failed.get(_BEFORE) or b.failed.get(_CHECK, "")
             return self._refuse(b, f"the effect of this statement could not be measured ({reason}); it was rolled back", RULE_ROWS, out)
+        if b.rows.get(_CHECK) != [[b"0"]]:
+            self._prepared = [False, False]  # parsed again (Close first) by the next bracket
+            self._known = None
+            return self._refuse(
+                b,
+                "the guard's own statements were replaced while this statement ran (a DEALLOCATE and PREPARE "
+                f"in code it called), so its effect cannot be measured ({RULE_MEASUREMENT}); it was rolled back",
+                RULE_MEASUREMENT,
+                out,
+                ask=False,
+            )
         try:
             if b.before is None:
                 b.before = parse_counts(b.rows.get(_BEFORE, []))
