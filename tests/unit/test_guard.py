@@ -90,8 +90,9 @@ def check_answer(ready: bytes | None = READY_T, replaced: int = 0) -> bytes:
 
 
 def after_answer(*rows: bytes, ready: bytes | None = READY_T, first: bool = False) -> bytes:
-    """The answers to the reading after the statement, and to the check after it."""
-    return stats_answer(*rows, ready=ready, first=first) + check_answer(ready)
+    """The answers to the reading after the statement and to the check after it (one cycle:
+    a ReadyForQuery for both in the simple protocol)."""
+    return stats_answer(*rows, ready=None, first=first) + check_answer(ready)
 
 
 def feed(guard: Guard, data: bytes) -> tuple[list[tuple[str, bytes]], list[bytes], object]:
@@ -243,7 +244,7 @@ def begin_autocommit(guard: Guard, sql: str = "DELETE FROM acc WHERE id > -1") -
     sent = guard.wrap_query(codec.encode_query(sql), Mode.AUTOCOMMIT, 0, Statement(sql), LIMITS)
     assert sent_queries(sent) == ["BEGIN", sql]
     kinds = "".join(t for t, _ in frames(sent))
-    assert kinds == "QCPBECSQCPBECSCPBECS"  # BEGIN, statistics (prepared first), the statement, statistics (of the locked tables)
+    assert kinds == "QCPBECSQCPBECCPBECS"  # BEGIN, statistics (prepared first), the statement, statistics (of the locked tables)
     parsed = [body for t, body in frames(sent) if t == "P"]
     assert STATS_SQL.encode() in parsed[0] and LOCKED_STATS_SQL.encode() in parsed[1]
     return sent
@@ -294,7 +295,7 @@ def test_statement_error_passes_and_autocommit_block_is_rolled_back() -> None:
     begin_autocommit(guard)
     err = codec.error_response("23503", "violates foreign key")
     answer = cc("BEGIN") + READY_T + stats_answer(first=True) + err + READY_E + codec.error_response("25P02", "aborted") + READY_E
-    to_client, upstream, out = feed(guard, answer + codec.error_response("25P02", "aborted") + READY_E)  # the check too
+    to_client, upstream, out = feed(guard, answer)  # (the reading after and the check: one error, one ReadyForQuery)
     assert to_client == [] and sent_queries(b"".join(upstream)) == ["ROLLBACK"] and out.ask is None  # type: ignore[attr-defined]
     to_client, _, _ = feed(guard, cc("ROLLBACK") + READY_I)
     assert [t for t, _ in to_client] == ["E", "Z"] and b"violates foreign key" in to_client[0][1] and to_client[1][1] == b"I"
@@ -383,10 +384,10 @@ def test_statistics_statements_replaced_by_the_statement_refuse_it() -> None:
     check = [body for t, body in frames(sent) if t == "P"][-1]
     assert b"from_sql" in check and b"_stats0" in check and b"_stats1" in check
     answer = stats_answer(first=True) + ROW_DESC + data_row("1") + cc("SELECT 1") + READY_T
-    to_client, _, out = feed(guard, answer + after_answer(first=True)[: -len(check_answer())] + check_answer(replaced=1))
+    to_client, _, out = feed(guard, answer + stats_answer(ready=None, first=True) + check_answer(replaced=1))
     assert out.ask is None and out.finished  # type: ignore[attr-defined]
     assert [t for t, _ in to_client] == ["E", "Z"] and b"guardrails.measurement" in to_client[0][1]
-    assert _block_update(guard).startswith("CPBECSQCPBECS")  # both readings parsed again
+    assert _block_update(guard) == "CPBECSQCPBECCPBECS"  # both readings parsed again
 
 def test_held_answers_over_the_cap_refuse_without_asking() -> None:
     guard = Guard(100)
@@ -491,20 +492,20 @@ def test_statistics_query_is_prepared_once_and_again_after_deallocate() -> None:
         sent = guard.wrap_query(codec.encode_query(sql), Mode.BLOCK, 0, Statement(sql), LIMITS)
         return "".join(t for t, _ in frames(sent))
 
-    assert run() == "CPBECSQCPBECSCPBECS"
+    assert run() == "CPBECSQCPBECCPBECS"
     feed(guard, stats_answer(first=True) + cc("UPDATE 1") + READY_T + after_answer(stats_row(1, 1, 0, 0), first=True))
     assert not guard.active
     guard.forget_baseline()  # (something else ran between: the counters are read again)
-    assert run() == "BECSQBECSCPBECS"
+    assert run() == "BECSQBECCPBECS"
     feed(guard, stats_answer() + cc("UPDATE 1") + READY_T + after_answer(stats_row(1, 1, 0, 0)))
     guard.forget_baseline()
     guard.statements_dropped()
-    assert run() == "CPBECSQCPBECSCPBECS"
+    assert run() == "CPBECSQCPBECCPBECS"
     # its Parse fails (the transaction had failed): the next bracket parses again
     feed(guard, CLOSE_DONE + codec.error_response("25P02", "aborted") + READY_E)
     feed(guard, (codec.error_response("25P02", "aborted") + READY_E) * 3)
     assert not guard.active
-    assert run() == "CPBECSQCPBECSCPBECS"
+    assert run() == "CPBECSQCPBECCPBECS"
 
 
 def test_row_cap_counts_the_pages_of_a_cursor_until_the_transaction_ends() -> None:
@@ -562,17 +563,17 @@ BIG: dict[str, Any] = {"size": 10**9, "reltuples": 10**6, "can": False}  # estim
 
 def test_the_next_statement_of_a_block_reuses_the_counters_read_after_the_last() -> None:
     guard = Guard(1 << 20)
-    assert _block_update(guard) == "CPBECSQCPBECSCPBECS"
+    assert _block_update(guard) == "CPBECSQCPBECCPBECS"
     feed(guard, stats_answer(first=True) + cc("UPDATE 1") + READY_T + after_answer(stats_row(1, 1, 0, 0, **BIG), first=True))
     assert not guard.active
     # Nothing ran between: the counters are read once, after the statement...
-    assert _block_update(guard) == "QBECSCPBECS"
+    assert _block_update(guard) == "QBECCPBECS"
     # ...and measured from the last reading: 1001 updated so far, 1000 by this statement,
     # within max_rows (1000); counted from zero it would be 1001, over it.
     to_client, _, out = feed(guard, cc("UPDATE 1000") + READY_T + after_answer(stats_row(1, 1001, 0, 0, **BIG)))
     assert [t for t, _ in to_client] == ["C", "Z"] and out.finished and out.ask is None  # type: ignore[attr-defined]
     # and again from that reading: 1 more row over the limit is refused.
-    assert _block_update(guard) == "QBECSCPBECS"
+    assert _block_update(guard) == "QBECCPBECS"
     _, _, out = feed(guard, cc("UPDATE 1001") + READY_T + after_answer(stats_row(1, 2002, 0, 0, **BIG)))
     assert out.ask is not None  # type: ignore[attr-defined]
 
@@ -588,12 +589,12 @@ def test_a_table_the_reading_after_did_not_see_keeps_the_count_the_reading_befor
     stale = stats_row(2, 0, 950, 0, name="other", **BIG)  # deleted by an earlier transaction
     feed(guard, stats_answer(stale, first=True) + cc("UPDATE 1") + READY_T + after_answer(stats_row(1, 1, 0, 0), first=True))
     assert not guard.active
-    assert _block_update(guard, "DELETE FROM other WHERE id < 100") == "QBECSCPBECS"
+    assert _block_update(guard, "DELETE FROM other WHERE id < 100") == "QBECCPBECS"
     # 99 more rows deleted in "other": within the limit (1000); from zero it would be 1049...
     to_client, _, out = feed(guard, cc("DELETE 99") + READY_T + after_answer(stats_row(2, 0, 1049, 0, name="other", **BIG)))
     assert [t for t, _ in to_client] == ["C", "Z"] and out.finished and out.ask is None  # type: ignore[attr-defined]
     # ...and the third statement starts from 1049: 2 more rows are 2, not 1051.
-    assert _block_update(guard, "DELETE FROM other WHERE id < 102") == "QBECSCPBECS"
+    assert _block_update(guard, "DELETE FROM other WHERE id < 102") == "QBECCPBECS"
     _, _, out = feed(guard, cc("DELETE 2") + READY_T + after_answer(stats_row(2, 0, 1051, 0, name="other", **BIG)))
     assert out.finished and out.ask is None  # type: ignore[attr-defined]
 
@@ -635,7 +636,7 @@ def test_a_fresh_backend_needs_no_reading_of_every_table() -> None:
     guard = Guard(1 << 20, fresh=True)
     sql = "DELETE FROM acc WHERE id = 9"
     sent = guard.wrap_query(codec.encode_query(sql), Mode.AUTOCOMMIT, 0, Statement(sql), LIMITS)
-    assert "".join(t for t, _ in frames(sent)) == "QCPBECSQBECSCPBECS"  # one Parse, of the locked reading
+    assert "".join(t for t, _ in frames(sent)) == "QCPBECSQBECCPBECS"  # one Parse, of the locked reading
     bind = _before_reading(sent)
     assert b"_stats1\x00" in bind and b"{}" in bind
 
@@ -667,27 +668,27 @@ def test_the_counters_are_read_again_once_anything_may_have_changed_them() -> No
         guard = _guard_after_one_statement()
         guard.exchange.sent(m.Q_QUERY)
         feed(guard, between)
-        assert _block_update(guard) == "BECSQBECSCPBECS", between
+        assert _block_update(guard) == "BECSQBECCPBECS", between
     guard = _guard_after_one_statement()
     guard.forget_baseline()  # the session forwarded something but a plain read
-    assert _block_update(guard) == "BECSQBECSCPBECS"
+    assert _block_update(guard) == "BECSQBECCPBECS"
     guard = _guard_after_one_statement()
     # the guard's own block (autocommit) never reuses, and ends the reuse
     sent = guard.wrap_query(codec.encode_query("DELETE FROM acc"), Mode.AUTOCOMMIT, 0, Statement("x"), LIMITS)
-    assert "".join(t for t, _ in frames(sent)) == "QBECSQBECSCPBECS"
+    assert "".join(t for t, _ in frames(sent)) == "QBECSQBECCPBECS"
 
 
 def test_a_refused_or_failed_statement_leaves_no_counters_to_reuse() -> None:
     guard = _guard_after_one_statement()
-    assert _block_update(guard) == "QBECSCPBECS"
+    assert _block_update(guard) == "QBECCPBECS"
     feed(guard, codec.error_response("23505", "duplicate") + READY_E + stats_answer() + check_answer())
-    assert not guard.active and _block_update(guard) == "BECSQBECSCPBECS"
+    assert not guard.active and _block_update(guard) == "BECSQBECCPBECS"
     guard = _guard_after_one_statement()
     _block_update(guard)
     _, _, out = feed(guard, cc("DELETE 5000") + READY_T + after_answer(stats_row(1, 1, 5000, 0, **BIG)))
     assert out.ask is not None  # type: ignore[attr-defined]
     guard.approval(False, None)
-    assert _block_update(guard) == "BECSQBECSCPBECS"
+    assert _block_update(guard) == "BECSQBECCPBECS"
 
 
 def test_an_execute_in_an_open_block_starts_from_the_last_reading_and_leaves_its_own() -> None:
@@ -721,4 +722,4 @@ def test_an_execute_reads_the_counters_before_it_and_ends_the_reuse() -> None:
     assert "".join(t for t, _ in frames(wrapped)) == "BECEBECCPBECH"  # counters, the statement, counters, Flush
     feed(guard, BIND_DONE + cc("SELECT 0") + CLOSE_DONE + cc("UPDATE 1") + BIND_DONE + stats_row(1, 2, 0, 0) + cc("SELECT 1") + CLOSE_DONE + check_answer(None))
     assert not guard.active
-    assert _block_update(guard) == "BECSQBECSCPBECS"
+    assert _block_update(guard) == "BECSQBECCPBECS"

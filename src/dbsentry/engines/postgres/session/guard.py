@@ -697,8 +697,8 @@ class Guard:
             parts.append(self._before(b, sync=True))
         self.exchange.sent(m.Q_QUERY, b.owner(_STMT))
         parts.append(frame)
-        parts.append(self._stats(b.owner(_AFTER), sync=True, kind=_LOCKED))
-        parts.append(self._check(b.owner(_CHECK), sync=True))
+        parts.append(self._stats(b.owner(_AFTER), sync=False, kind=_LOCKED))
+        parts.append(self._check(b.owner(_CHECK), sync=True))  # one cycle with the reading
         return b"".join(parts)
 
     def wrap_execute(
@@ -838,7 +838,8 @@ class Guard:
     def _advance(self, b: _Bracket, out: Out) -> list[bytes]:
         """Move the bracket on once what it waits for has arrived."""
         if b.phase is _Phase.RUNNING:
-            if not all(self._answered(b, o) for o in (_BEFORE, _STMT, _AFTER, _CHECK)):
+            answered = self._answered
+            if not (answered(b, _CHECK) and answered(b, _AFTER) and answered(b, _STMT) and answered(b, _BEFORE)):
                 return []
             if b.mode is not Mode.EXTENDED and not b.stmt_done:
                 return []
