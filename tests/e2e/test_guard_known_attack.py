@@ -293,6 +293,35 @@ def test_guard_statistics_statements_replaced_by_a_function(filled: Env, mode: s
     assert _refused(out), _show(out)
 
 
+_DROP_THEM = """create or replace function {s}.drop_them() returns int language plpgsql as $$
+declare r record;
+begin
+  for r in select name from pg_catalog.pg_prepared_statements where name like 'dbsentry%' loop
+    execute format('deallocate %I', r.name);
+  end loop;
+  return 1;
+end $$"""
+
+
+@pytest.mark.parametrize("mode", ["psycopg", "asyncpg"])
+def test_guard_statistics_statements_dropped_by_a_function(filled: Env, mode: str) -> None:
+    """``select drop_them()`` deallocates the guard's readings while it runs: it is refused
+    (not measured), and the session's next writes are measured again, not all refused."""
+    s = filled.s
+    with filled.direct() as c:
+        c.execute(_DROP_THEM.format(s=s))
+    steps = [
+        f"update {s}.small set note = note where id = 1",
+        f"select {s}.drop_them()",
+        f"update {s}.small set note = note where id = 2",
+        f"select {s}.wipe_big()",
+    ]
+    out = run(mode, filled.proxy, steps)
+    assert out[0].ok and not out[1].ok and "could not be measured" in str(out[1]), _show(out)
+    assert out[2].ok, _show(out)
+    assert not out[3].ok and _big(filled) == BIG, _show(out)
+
+
 # ================================================================ the catalog rule
 
 

@@ -389,6 +389,21 @@ def test_statistics_statements_replaced_by_the_statement_refuse_it() -> None:
     assert [t for t, _ in to_client] == ["E", "Z"] and b"guardrails.measurement" in to_client[0][1]
     assert _block_update(guard) == "CPBECSQCPBECCPBECS"  # both readings parsed again
 
+
+def test_statistics_statements_dropped_by_the_statement_are_prepared_again() -> None:
+    """A function's DEALLOCATE of the reading after: its Bind fails (26000), the statement
+    is refused as not measured, and the next bracket prepares both readings again instead
+    of failing every guarded statement of the session from then on."""
+    guard = Guard(1 << 20)
+    sql = "SELECT s.drop_them()"
+    guard.wrap_query(codec.encode_query(sql), Mode.BLOCK, 0, Statement(sql), LIMITS)
+    gone = codec.error_response("26000", 'prepared statement "dbsentry_guard_x_stats1" does not exist')
+    answer = stats_answer(first=True) + ROW_DESC + data_row("1") + cc("SELECT 1") + READY_T
+    _, _, out = feed(guard, answer + CLOSE_DONE + PARSE_DONE + gone + READY_E)
+    assert out.ask is not None and "could not be measured" in out.ask.message  # type: ignore[attr-defined]
+    guard.approval(False, None)
+    assert _block_update(guard) == "CPBECSQCPBECCPBECS"
+
 def test_held_answers_over_the_cap_refuse_without_asking() -> None:
     guard = Guard(100)
     sql = "UPDATE acc SET v = v RETURNING *"

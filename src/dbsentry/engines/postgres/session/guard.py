@@ -784,6 +784,10 @@ class Guard:
             self._parse_owner[kind] = None
         elif t == m.R_ERROR:
             fields = codec.decode_error_fields(frame, 5, len(frame))
+            if fields.sqlstate == "26000" and offset in (_BEFORE, _AFTER):
+                # A reading's statement is gone (a function's dynamic SQL can DEALLOCATE it):
+                # the statement is refused, and the next bracket prepares the readings again.
+                self._prepared = [False, False]
             if offset not in b.failed:
                 b.failed[offset] = f"{fields.sqlstate}: {fields.message}"
                 b.errors[offset] = frame
