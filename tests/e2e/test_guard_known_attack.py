@@ -32,7 +32,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from support.guard_clients import Outcome, run
+from support.guard_clients import any_refused, run, scalar, shown
 from support.pg import PgServer
 from support.proxy import RunningProxy, run_proxy, write_config
 
@@ -103,18 +103,7 @@ def filled(env: Env) -> Env:
 
 
 def _count(env: Env, sql: str) -> int:
-    with env.direct() as c:
-        row = c.execute(sql).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-def _refused(out: list[Outcome]) -> bool:
-    return any(o.sqlstate is not None and o.message.startswith("dbsentry:") for o in out)
-
-
-def _show(out: list[Outcome]) -> str:
-    return " | ".join(str(o) for o in out)
+    return scalar(env.direct, sql)
 
 
 def _big(env: Env) -> int:
@@ -142,8 +131,8 @@ QUIET: list[tuple[str, list[str]]] = [
 def test_wipe_after_quiet_statements_is_refused(filled: Env, mode: str, steps: list[str]) -> None:
     s = filled.s
     out = run(mode, filled.proxy, [f"update {s}.big set note = note where id <= 700", *(st.format(s=s) for st in steps)])
-    assert _refused(out), _show(out)
-    assert _big(filled) == BIG, "wiped: " + _show(out)
+    assert any_refused(out), shown(out)
+    assert _big(filled) == BIG, "wiped: " + shown(out)
 
 
 CURSORS: list[tuple[str, list[str]]] = [
@@ -159,7 +148,7 @@ CURSORS: list[tuple[str, list[str]]] = [
 def test_cursor_of_a_writing_function(filled: Env, mode: str, steps: list[str]) -> None:
     """The function runs at FETCH/MOVE (or at COMMIT for WITH HOLD): unguarded statements."""
     out = run(mode, filled.proxy, [st.format(s=filled.s) for st in steps])
-    assert _big(filled) == BIG, "wiped: " + _show(out)
+    assert _big(filled) == BIG, "wiped: " + shown(out)
 
 
 @pytest.mark.parametrize("block", [False, True], ids=["autocommit", "block"])
@@ -215,7 +204,7 @@ def test_autocommit_stream_of_small_changes_is_not_refused(filled: Env, mode: st
         ]
     out = run(mode, filled.proxy, steps)
     bad = [o for o in out if not o.ok]
-    assert not bad, _show(bad)
+    assert not bad, shown(bad)
 
 
 @pytest.mark.parametrize("mode", ["psycopg", "asyncpg", "psycopg-pipeline"])
@@ -239,7 +228,7 @@ def test_orm_savepoints_and_copy_then_update_are_not_refused(filled: Env, mode: 
         ]
     out = run(mode, filled.proxy, steps)
     bad = [o for o in out if not o.ok]
-    assert not bad, _show(bad)
+    assert not bad, shown(bad)
 
 
 def test_copy_then_update_is_not_refused(filled: Env) -> None:
@@ -288,9 +277,9 @@ def test_guard_statistics_statements_replaced_by_a_function(filled: Env, mode: s
     if not column:
         with filled.direct() as c:
             c.execute(f"alter table {s}.small add column note text")
-    assert _big(filled) == BIG, "wiped: " + _show(out)
-    assert column == 1, "column dropped: " + _show(out)
-    assert _refused(out), _show(out)
+    assert _big(filled) == BIG, "wiped: " + shown(out)
+    assert column == 1, "column dropped: " + shown(out)
+    assert any_refused(out), shown(out)
 
 
 _DROP_THEM = """create or replace function {s}.drop_them() returns int language plpgsql as $$
@@ -317,9 +306,9 @@ def test_guard_statistics_statements_dropped_by_a_function(filled: Env, mode: st
         f"select {s}.wipe_big()",
     ]
     out = run(mode, filled.proxy, steps)
-    assert out[0].ok and not out[1].ok and "could not be measured" in str(out[1]), _show(out)
-    assert out[2].ok, _show(out)
-    assert not out[3].ok and _big(filled) == BIG, _show(out)
+    assert out[0].ok and not out[1].ok and "could not be measured" in str(out[1]), shown(out)
+    assert out[2].ok, shown(out)
+    assert not out[3].ok and _big(filled) == BIG, shown(out)
 
 
 # ================================================================ the catalog rule
@@ -376,9 +365,9 @@ def test_insert_only_ddl_inside_a_function_is_refused(filled: Env, ddl: str) -> 
     out = run("psycopg", filled.proxy, [f"select {s}.ddl('{q}')"])
     after = _ddl_state(filled)
     _undo_ddl(filled)
-    assert _refused(direct), "sent directly it needs an approval: " + _show(direct)
-    assert after == state, "the DDL was committed: " + _show(out)
-    assert _refused(out), _show(out)
+    assert any_refused(direct), "sent directly it needs an approval: " + shown(direct)
+    assert after == state, "the DDL was committed: " + shown(out)
+    assert any_refused(out), shown(out)
 
 
 # Functions that build scratch objects: DDL run inside a statement, which needs an approval
@@ -401,4 +390,4 @@ def test_function_building_temporary_objects_needs_an_approval(filled: Env, body
     with filled.direct() as c:
         c.execute(f"create function {s}.{name}() returns int language plpgsql as $$ begin {body}; return 1; end $$")
     out = run("psycopg", filled.proxy, [f"select {s}.{name}()"] * calls)
-    assert out[0].sqlstate == "42501" and "guardrails.catalog_changes" in str(out[0]), _show(out)
+    assert out[0].sqlstate == "42501" and "guardrails.catalog_changes" in str(out[0]), shown(out)

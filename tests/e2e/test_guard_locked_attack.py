@@ -27,7 +27,7 @@ import psycopg
 import pytest
 
 from dbsentry.engines.postgres.session import guard
-from support.guard_clients import Outcome, run
+from support.guard_clients import any_refused, run, scalar, shown
 from support.pg import PgServer
 from support.proxy import RunningProxy, run_proxy, write_config
 
@@ -147,18 +147,7 @@ def filled(env: Env) -> Env:
 
 
 def _count(env: Env, sql: str) -> int:
-    with env.direct() as c:
-        row = c.execute(sql).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-def _refused(out: list[Outcome]) -> bool:
-    return any(o.sqlstate is not None and o.message.startswith("dbsentry:") for o in out)
-
-
-def _show(out: list[Outcome]) -> str:
-    return " | ".join(str(o) for o in out)
+    return scalar(env.direct, sql)
 
 
 def _intact(env: Env) -> None:
@@ -266,8 +255,8 @@ def test_wipe_after_a_measured_statement_in_a_block(filled: Env, mode: str, sql:
         "commit",
     ]
     out = run(mode, filled.proxy, steps)
-    assert out[1].ok, _show(out)
-    assert _refused(out), "no step was refused: " + _show(out)
+    assert out[1].ok, shown(out)
+    assert any_refused(out), "no step was refused: " + shown(out)
     _intact(filled)
 
 
@@ -285,7 +274,7 @@ def test_earlier_subtransaction_rollback_does_not_hide_a_later_wipe(filled: Env)
         "commit",
     ]
     out = run("psycopg", filled.proxy, steps)
-    assert _refused(out), _show(out)
+    assert any_refused(out), shown(out)
     _intact(filled)
 
 
@@ -301,8 +290,8 @@ def test_wipe_spread_over_statements_each_under_the_limit_is_not_a_hole(filled: 
         "rollback",
     ]
     out = run("psycopg", filled.proxy, steps)
-    assert out[1].ok and out[2].ok, _show(out)
-    assert out[3].sqlstate is not None and out[3].message.startswith("dbsentry:"), _show(out)
+    assert out[1].ok and out[2].ok, shown(out)
+    assert out[3].sqlstate is not None and out[3].message.startswith("dbsentry:"), shown(out)
     _intact(filled)
 
 
@@ -311,7 +300,7 @@ def test_commit_inside_a_query_string_after_a_wipe(filled: Env) -> None:
     end it, and the locked reading after it sees nothing locked."""
     s = filled.s
     out = run("psycopg", filled.proxy, [f"delete from {s}.big where id > 0; commit; select 1"])
-    assert _refused(out), _show(out)
+    assert any_refused(out), shown(out)
     _intact(filled)
 
 
@@ -386,8 +375,8 @@ def test_ddl_inside_a_function_is_refused(filled: Env, target: str, ddl: str, bl
     if block:
         steps = ["begin", f"update {s}.small set note = note where id = 1", *steps, "commit"]
     out = run("psycopg", filled.proxy, steps)
-    assert _shape(filled) == shape, "the DDL was committed: " + _show(out)
-    assert _refused(out), _show(out)
+    assert _shape(filled) == shape, "the DDL was committed: " + shown(out)
+    assert any_refused(out), shown(out)
 
 
 def test_create_function_inside_a_function_is_refused(filled: Env) -> None:
@@ -400,8 +389,8 @@ def test_create_function_inside_a_function_is_refused(filled: Env) -> None:
     if made:
         with filled.direct() as c:
             c.execute(f"drop function {s}.planted()")
-    assert made == 0, "a function was created: " + _show(out)
-    assert _refused(out), _show(out)
+    assert made == 0, "a function was created: " + shown(out)
+    assert any_refused(out), shown(out)
 
 
 def test_large_objects_unlinked_inside_a_function_are_refused(filled: Env) -> None:
@@ -420,8 +409,8 @@ def test_large_objects_unlinked_inside_a_function_are_refused(filled: Env) -> No
     arr = "array[" + ",".join(map(str, los)) + "]::oid[]"
     out = run("psycopg", filled.proxy, ["begin", f"update {s}.small set note = note where id = 1", f"select {s}.unlink_all({arr})", "commit"])
     left = _count(filled, count_sql)
-    assert left == had, f"{had - left} large objects unlinked: " + _show(out)
-    assert _refused(out), _show(out)
+    assert left == had, f"{had - left} large objects unlinked: " + shown(out)
+    assert any_refused(out), shown(out)
 
 
 # ================================================================ false refusals
@@ -451,7 +440,7 @@ def test_tpcb_blocks_in_a_row_are_not_refused(filled: Env, mode: str) -> None:
         ]
     out = run(mode, filled.proxy, steps)
     bad = [o for o in out if not o.ok]
-    assert not bad, _show(bad)
+    assert not bad, shown(bad)
     assert _count(filled, f"select bal from {s}.branch where id = 1") == 40
 
 
@@ -471,7 +460,7 @@ def test_table_changed_earlier_then_again_in_a_block(filled: Env, mode: str) -> 
     ]
     out = run(mode, filled.proxy, steps)
     bad = [o for o in out if not o.ok]
-    assert not bad, _show(bad)
+    assert not bad, shown(bad)
 
 
 @pytest.mark.parametrize("trigger", [False, True], ids=["called", "trigger"])
@@ -494,7 +483,7 @@ def test_rolled_back_attempt_in_a_function_then_a_small_change(filled: Env, bloc
     if block:
         steps = ["begin", *steps, "rollback"]
     out = run("psycopg", filled.proxy, steps)
-    assert all(o.ok for o in out), _show(out)
+    assert all(o.ok for o in out), shown(out)
 
 
 @pytest.mark.parametrize(
@@ -510,10 +499,10 @@ def test_rollback_to_savepoint_in_the_guarded_query_releases_the_catalog_locks(f
     q = ddl.format(s=s, t=target).replace("'", "''")
     steps = ["begin", "savepoint a", f"update {s}.small set note = note where id = 1", f"rollback to a; select {s}.ddl('{q}')", "commit"]
     out = run("psycopg", filled.proxy, steps)
-    assert _count(filled, f"select count(*) from pg_class where oid = to_regclass('{target}') and relrowsecurity") == 1, _show(out)
-    assert _count(filled, f"select count(*) from {target}") == rows, _show(out)
-    assert _shape(filled) == shape, "the DDL was committed: " + _show(out)
-    assert _refused(out), _show(out)
+    assert _count(filled, f"select count(*) from pg_class where oid = to_regclass('{target}') and relrowsecurity") == 1, shown(out)
+    assert _count(filled, f"select count(*) from {target}") == rows, shown(out)
+    assert _shape(filled) == shape, "the DDL was committed: " + shown(out)
+    assert any_refused(out), shown(out)
 
 
 def test_plain_lo_unlink_in_a_block(filled: Env) -> None:
@@ -526,4 +515,4 @@ def test_plain_lo_unlink_in_a_block(filled: Env) -> None:
     left = _count(filled, f"select count(*) from pg_largeobject_metadata where oid in ({lst})")
     with filled.direct() as c:
         c.execute(f"select lo_unlink(oid) from pg_largeobject_metadata where oid in ({lst})")
-    assert left == len(los), "unlinked: " + _show(out)
+    assert left == len(los), "unlinked: " + shown(out)

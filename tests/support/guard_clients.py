@@ -27,7 +27,7 @@ import re
 import ssl
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -353,6 +353,24 @@ async def _run_asyncpg(
 
 
 # ---------------------------------------------------------------------------- checks
+
+
+def any_refused(out: Sequence[Outcome]) -> bool:
+    """Whether dbsentry refused any of the outcomes (its own error, not the server's)."""
+    return any(o.sqlstate is not None and o.message.startswith("dbsentry:") for o in out)
+
+
+def shown(out: Sequence[Outcome]) -> str:
+    """The outcomes on one line, for an assertion's message."""
+    return " | ".join(str(o) for o in out)
+
+
+def scalar(connect: Callable[[], Any], sql: str) -> int:
+    """The integer ``sql`` answers on a connection of ``connect`` (a direct one, say)."""
+    with connect() as c:
+        row = c.execute(sql).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def refused(o: Outcome, *needles: str, sqlstate: str = "42501") -> None:

@@ -496,6 +496,7 @@ class _Bracket:
     reported: int = 0  # rows changed as the statement's CommandComplete reports them
     in_block: bool = False  # an Execute known to run in the client's open explicit block
     known: frozenset[int] | None = None  # the tables with counts the reading before asks for
+    carry: bool = False  # its readings stand for every table with counts (see Guard._carry)
 
     def owner(self, offset: int) -> int:
         return self.base + offset
@@ -521,7 +522,8 @@ class Guard:
     """The guard of one session: follows the exchange, runs at most one bracket at a time."""
 
     __slots__ = (
-        "_baseline", "_error", "_known", "_names", "_parse_owner", "_prepared", "_seq", "bracket", "exchange", "max_held",
+        "_baseline", "_check_frames", "_error", "_known", "_names", "_parse_owner", "_prepared", "_seq", "bracket",
+        "exchange", "max_held",
     )  # fmt: skip
 
     def __init__(self, max_held: int, error: Callable[[str], bytes] | None = None, *, fresh: bool = False) -> None:
@@ -533,6 +535,18 @@ class Guard:
         self._error = error or (lambda message: codec.error_response("42501", message))
         self._seq = 0
         self._names = f"dbsentry_guard_{secrets.token_hex(4)}"
+        # The check after each reading (see CHECK_SQL), the same bytes every time.
+        names = ",".join(f"{self._names}_stats{kind}" for kind in (_FULL, _LOCKED))
+        check = f"{self._names}_chk"
+        self._check_frames = b"".join(
+            (
+                codec.encode_close("S", check),
+                codec.encode_parse(m.Parse(check, CHECK_SQL.replace("{names}", "{" + names + "}"))),
+                codec.encode_bind(m.Bind(f"{self._names}_cp", check)),
+                codec.encode_execute(m.Execute(f"{self._names}_cp")),
+                codec.encode_close("P", f"{self._names}_cp"),
+            )
+        )
         # The statistics queries (all tables, locked tables) are prepared once per session
         # (named statements): planning them costs more than running them.
         self._prepared = [False, False]
@@ -596,22 +610,12 @@ class Guard:
     def _check(self, owner: int, sync: bool) -> bytes:
         """Whether the statistics statements are still the guard's own (see CHECK_SQL):
         a statement parsed afresh, which nothing the client ran before can have replaced."""
-        name = f"{self._names}_chk"
-        portal = f"{self._names}_cp"
-        names = ",".join(f"{self._names}_stats{kind}" for kind in (_FULL, _LOCKED))
         for t in (m.Q_CLOSE, m.Q_PARSE, m.Q_BIND, m.Q_EXECUTE, m.Q_CLOSE):
             self.exchange.sent(t, owner)
-        parts = [
-            codec.encode_close("S", name),
-            codec.encode_parse(m.Parse(name, CHECK_SQL.replace("{names}", "{" + names + "}"))),
-            codec.encode_bind(m.Bind(portal, name)),
-            codec.encode_execute(m.Execute(portal)),
-            codec.encode_close("P", portal),
-        ]
-        if sync:
-            self.exchange.sent(m.Q_SYNC, owner)
-            parts.append(codec.SYNC)
-        return b"".join(parts)
+        if not sync:
+            return self._check_frames
+        self.exchange.sent(m.Q_SYNC, owner)
+        return self._check_frames + codec.SYNC
 
     def _stats(self, owner: int, sync: bool, kind: int = _FULL, known: frozenset[int] = frozenset()) -> bytes:
         """Run a statistics query (``kind``: every table, or the locked ones and ``known``):
@@ -895,7 +899,8 @@ class Guard:
                 b.before = parse_counts(b.rows.get(_BEFORE, []))
             b.after = parse_counts(b.rows.get(_AFTER, []))
             b.found = effects(b.before, b.after)
-            if self._carry(b):
+            b.carry = self._carry(b)
+            if b.carry:
                 self._known = frozenset(b.before) | frozenset(b.after)
         except (ValueError, codec.ProtocolError) as err:
             return self._refuse(b, f"the effect of this statement could not be measured ({err}); it was rolled back", RULE_ROWS, out)
@@ -964,7 +969,7 @@ class Guard:
             # reads.  The reading after it saw the tables the statement changed (they are
             # locked); the others kept the counts the reading before it saw.
             assert b.before is not None and b.after is not None
-            self._baseline = {**b.before, **b.after} if self._carry(b) else None
+            self._baseline = {**b.before, **b.after} if b.carry else None
         return self._end_as_is(b, out, "COMMIT")
 
     def _end_as_is(self, b: _Bracket, out: Out, ending: str) -> list[bytes]:
