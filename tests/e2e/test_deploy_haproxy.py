@@ -10,8 +10,9 @@ import re
 import shutil
 import ssl
 import subprocess
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -97,15 +98,35 @@ def cluster(pg_server: PgServer, audit_dsn: str, tmp_path: Path) -> Iterator[tup
             node.stop()
 
 
-def _pgbench(lb: HAProxy, token: str, script: Path, *args: str) -> subprocess.Popen[str]:
-    env = {**PGBENCH_ENV, "PGPASSWORD": token, "PGSSLMODE": "require", "PGCONNECT_TIMEOUT": "10"}
-    return subprocess.Popen(
-        ["pgbench", "-h", "127.0.0.1", "-p", str(lb.postgres), "-U", IDENTITY, "-n", "-f", str(script), *args, "prod"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+@pytest.fixture
+def pgbench() -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Starts pgbench through HAProxy; a run still going when the test ends (it failed
+    early) is killed and reaped, so nothing outlives the test."""
+    runs: list[subprocess.Popen[str]] = []
+
+    def start(lb: HAProxy, token: str, script: Path, *args: str) -> subprocess.Popen[str]:
+        env = {**PGBENCH_ENV, "PGPASSWORD": token, "PGSSLMODE": "require", "PGCONNECT_TIMEOUT": "10"}
+        run = subprocess.Popen(
+            ["pgbench", "-h", "127.0.0.1", "-p", str(lb.postgres), "-U", IDENTITY, "-n", "-f", str(script), *args, "prod"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        runs.append(run)
+        return run
+
+    yield start
+    for run in runs:
+        if run.poll() is None:
+            run.kill()
+        run.communicate()
+
+
+def _live_checks(lb: HAProxy) -> dict[str, tuple[str, str]]:
+    """Each server's last finished health check: (status, HTTP code). HAProxy marks a check
+    in progress with ``* `` and shows no code for it yet."""
+    return {n: (r["check_status"], r["check_code"]) for n, r in lb.servers("dbsentry_postgres").items()}
 
 
 def _processed(out: str) -> int:
@@ -133,7 +154,12 @@ def _audited_keys(node: Node, table: str) -> dict[int, str]:
 
 
 def test_pgbench_through_haproxy_survives_a_node_killed_with_kill_9(
-    cluster: tuple[list[Node], HAProxy, str], table: str, pg_server: PgServer, audit_dsn: str, tmp_path: Path
+    cluster: tuple[list[Node], HAProxy, str],
+    table: str,
+    pg_server: PgServer,
+    audit_dsn: str,
+    tmp_path: Path,
+    pgbench: Callable[..., subprocess.Popen[str]],
 ) -> None:
     nodes, lb, token = cluster
     victim = nodes[0]
@@ -146,7 +172,7 @@ def test_pgbench_through_haproxy_survives_a_node_killed_with_kill_9(
             assert cur.fetchone() == (2,)
     script = tmp_path / "insert.sql"
     script.write_text(f"\\set k random(1, 1000000000000)\ninsert into {table} (k) values (:k);\n")
-    run = _pgbench(lb, token, script, "-C", "-c", str(CLIENTS), "-j", "2", "-T", "8")
+    run = pgbench(lb, token, script, "-C", "-c", str(CLIENTS), "-j", "2", "-T", "8")
 
     # Load on every node, then the victim dies with kill -9.
     wait_until(lambda: min(_sessions(lb, "stot").values()) >= 5, "sessions on every node", 20)
@@ -161,8 +187,12 @@ def test_pgbench_through_haproxy_survives_a_node_killed_with_kill_9(
     wait_until(lambda: lb.status("dbsentry_postgres")[victim.name].startswith("DOWN"), "the dead node DOWN (two failed checks a second apart)", 10)
     assert lb.status("dbsentry_postgres") == {"node1": "DOWN", "node2": "UP", "node3": "UP"}
     # The live ones pass an HTTP check (/readyz answered 200), not a mere TCP connect.
-    checks = {n: (r["check_status"], r["check_code"]) for n, r in lb.servers("dbsentry_postgres").items()}
-    assert checks["node2"] == checks["node3"] == ("L7OK", "200"), checks
+    # (A check in progress shows as "* L7OK" with no code: wait for it to finish.)
+    ok = ("L7OK", "200")
+    deadline = time.monotonic() + 5
+    while ((checks := _live_checks(lb))["node2"] != ok or checks["node3"] != ok) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert checks["node2"] == checks["node3"] == ok, checks
     down_started = _sessions(lb, "stot")
 
     out, err = run.communicate(timeout=60)
@@ -195,7 +225,7 @@ def test_pgbench_through_haproxy_survives_a_node_killed_with_kill_9(
     assert len(rows) >= processed  # every transaction pgbench saw committed is there
 
     # A client that connects now reaches the two live nodes, without a failure.
-    fresh = _pgbench(lb, token, script, "-C", "-c", "2", "-j", "2", "-t", "10")
+    fresh = pgbench(lb, token, script, "-C", "-c", "2", "-j", "2", "-t", "10")
     out2, err2 = fresh.communicate(timeout=60)
     assert fresh.returncode == 0 and "number of failed transactions: 0 " in out2, out2 + err2
 
