@@ -645,15 +645,103 @@ def test_the_reading_before_a_statement_asks_for_the_tables_the_last_reading_saw
 
 
 
-def test_a_fresh_backend_needs_no_reading_of_every_table() -> None:
-    """A session's upstream connection is opened for it: no table has counts yet, so even
-    its first statement reads only the locked tables (and none known)."""
+def test_a_fresh_backend_needs_no_reading_before_its_first_statement() -> None:
+    """A session's upstream connection is opened for it: no table has counts yet, so its
+    first statement is measured from zero, with only the reading after it."""
     guard = Guard(1 << 20, fresh=True)
     sql = "DELETE FROM acc WHERE id = 9"
     sent = guard.wrap_query(codec.encode_query(sql), Mode.AUTOCOMMIT, 0, Statement(sql), LIMITS)
-    assert "".join(t for t, _ in frames(sent)) == "QCPBECSQBECCPBECS"  # one Parse, of the locked reading
-    bind = _before_reading(sent)
-    assert b"_stats1\x00" in bind and b"{}" in bind
+    assert "".join(t for t, _ in frames(sent)) == "QQCPBECCPBECS"  # BEGIN, the statement, the reading after, the check
+    parsed = [body for t, body in frames(sent) if t == "P"]
+    assert LOCKED_STATS_SQL.encode() in parsed[0]
+    answer = cc("BEGIN") + READY_T + cc("DELETE 3") + READY_T + after_answer(stats_row(1, 0, 3, 0), first=True)
+    _, upstream, out = feed(guard, answer)
+    assert sent_queries(b"".join(upstream)) == ["COMMIT"] and out.ask is None  # type: ignore[attr-defined]
+    # Over the limit from zero: 1,001 rows are 1,001.
+    guard = Guard(1 << 20, fresh=True)
+    guard.wrap_query(codec.encode_query(sql), Mode.AUTOCOMMIT, 0, Statement(sql), LIMITS)
+    answer = cc("BEGIN") + READY_T + cc("DELETE 1001") + READY_T
+    _, _, out = feed(guard, answer + after_answer(stats_row(1, 0, 1001, 0, size=8 << 20), first=True))
+    assert out.ask is not None  # type: ignore[attr-defined]
+
+
+def _autocommit(guard: Guard, sql: str = "DELETE FROM acc WHERE id = 9") -> bytes:
+    return guard.wrap_query(codec.encode_query(sql), Mode.AUTOCOMMIT, 0, Statement(sql), LIMITS)
+
+
+def _run_autocommit(guard: Guard, after: bytes, before: bytes | None = None, first: bool = False) -> None:
+    """Answers to an autocommit bracket (with a reading before it when ``before``), its
+    COMMIT, and the ReadyForQuery "I" after it."""
+    answer = cc("BEGIN") + READY_T
+    if before is not None:
+        answer += stats_answer(before, first=first)
+    answer += cc("DELETE 3") + READY_T + after_answer(after, first=first and before is None)
+    _, upstream, out = feed(guard, answer)
+    assert sent_queries(b"".join(upstream)) == ["COMMIT"], upstream
+    _, _, out = feed(guard, cc("COMMIT") + READY_I)
+    assert out.finished  # type: ignore[attr-defined]
+
+
+def test_the_check_asks_the_backend_to_report_its_counters_from_postgresql_15() -> None:
+    """From PostgreSQL 15 the check after each reading calls pg_stat_force_next_flush():
+    the backend reports (and so zeroes) every counter at its next idle moment."""
+    for flush in (True, False):
+        sent = _autocommit(Guard(1 << 20, fresh=True, flush=flush))
+        check = [body for t, body in frames(sent) if t == "P"][-1]
+        assert b"pg_prepared_statements" in check
+        assert (b"pg_catalog.pg_stat_force_next_flush()" in check) is flush
+
+
+def test_after_a_reported_transaction_the_next_statement_needs_no_reading_before_it() -> None:
+    """Once the check asked for a report and the server said it is idle with nothing else
+    asked of it, every counter is zero: the next statement is measured from zero.  Without
+    the report asked (PostgreSQL 14), or after something unmeasured went upstream, it reads
+    them before the statement as before."""
+    guard = Guard(1 << 20, fresh=True, flush=True)
+    _autocommit(guard)
+    _run_autocommit(guard, stats_row(1, 0, 3, 0), first=True)
+    guard.idle_ready()
+    assert "".join(t for t, _ in frames(_autocommit(guard))) == "QQBECCPBECS"  # no reading before it
+    _run_autocommit(guard, stats_row(1, 0, 3, 0))
+    # Without a report asked: a reading before the statement (of the tables it knows).
+    guard = Guard(1 << 20, fresh=True, flush=False)
+    _autocommit(guard)
+    _run_autocommit(guard, stats_row(1, 0, 3, 0), first=True)
+    guard.idle_ready()
+    sent = _autocommit(guard)
+    assert "".join(t for t, _ in frames(sent)) == "QBECSQBECCPBECS"
+    assert b"{1}" in _before_reading(sent)
+    # A report asked, then something unmeasured sent after the idle moment: every table.
+    guard = Guard(1 << 20, fresh=True, flush=True)
+    _autocommit(guard)
+    _run_autocommit(guard, stats_row(1, 0, 3, 0), first=True)
+    guard.idle_ready()
+    guard.unseen_changes()
+    assert b"_stats0\x00" in _before_reading(_autocommit(guard))
+
+
+def test_a_report_is_used_once() -> None:
+    """The backend reports at its first idle moment after the check; a later idle moment
+    (after statements no check followed) says nothing about the counters."""
+    guard = Guard(1 << 20, fresh=True, flush=True)
+    _autocommit(guard)
+    _run_autocommit(guard, stats_row(1, 0, 3, 0), first=True)
+    guard.idle_ready()
+    guard.unseen_changes()  # say, a function call nobody measured, in its own transaction
+    guard.idle_ready()  # ... which ended: not reported (no check asked it)
+    assert b"_stats0\x00" in _before_reading(_autocommit(guard))
+
+
+def test_counts_left_by_a_wrong_zero_are_counted_too_much_never_too_little() -> None:
+    """Were some counter not zero after all, the reading after would count it as the
+    statement's: a refusal the limits did not call for, never a change let through."""
+    guard = Guard(1 << 20, fresh=True, flush=True)
+    _autocommit(guard)
+    answer = cc("BEGIN") + READY_T + cc("DELETE 3") + READY_T
+    # 998 rows left over by an earlier transaction, and 3 of this statement: 1,001.
+    _, _, out = feed(guard, answer + after_answer(stats_row(1, 0, 1001, 0, size=8 << 20), first=True))
+    assert out.ask is not None  # type: ignore[attr-defined]
+
 
 def test_a_statement_that_failed_leaves_counts_no_reading_saw() -> None:
     guard = Guard(1 << 20)

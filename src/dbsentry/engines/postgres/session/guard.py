@@ -155,9 +155,16 @@ _STATS = (STATS_SQL, LOCKED_STATS_SQL)
 # refuses the guard's names in them; so this, parsed afresh after every guarded statement,
 # tells whether the readings can be trusted.  {names}: the statements' names.
 CHECK_SQL = (
-    "SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements p"
+    "SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements p{flush}"
     " WHERE p.name OPERATOR(pg_catalog.=) ANY ('{names}'::pg_catalog.text[]) AND p.from_sql"
 )
+# PostgreSQL 15 and later: the check also asks the backend to report its counters at its
+# next idle moment, all of them, whatever other backends do (pg_stat_force_next_flush():
+# pgstat_report_stat(force), which waits for its locks and leaves nothing pending).  That
+# moment comes before the ReadyForQuery that says the transaction is over, and only then
+# (stats are reported outside transactions only): from it, every counter of the backend is
+# zero, and the next guarded statement needs no reading before it (Guard.idle_ready).
+FLUSH_CHECK = ", pg_catalog.pg_stat_force_next_flush() f"
 RULE_MEASUREMENT = "guardrails.measurement"
 # Always fails, whatever the client created: fails the transaction of a refused statement.
 FAIL_SQL = "SELECT 'dbsentry: refused by the row limit'::pg_catalog.int4"
@@ -496,6 +503,7 @@ class _Bracket:
     reported: int = 0  # rows changed as the statement's CommandComplete reports them
     in_block: bool = False  # an Execute known to run in the client's open explicit block
     known: frozenset[int] | None = None  # the tables with counts the reading before asks for
+    zero: bool = False  # every counter was zero when it was sent: no reading before it
     carry: bool = False  # its readings stand for every table with counts (see Guard._carry)
 
     def owner(self, offset: int) -> int:
@@ -522,13 +530,17 @@ class Guard:
     """The guard of one session: follows the exchange, runs at most one bracket at a time."""
 
     __slots__ = (
-        "_baseline", "_check_frames", "_error", "_known", "_names", "_parse_owner", "_prepared", "_seq", "bracket",
-        "exchange", "max_held",
+        "_baseline", "_check_frames", "_error", "_flush", "_flush_asked", "_known", "_names", "_parse_owner",
+        "_prepared", "_seq", "_zero", "bracket", "exchange", "max_held",
     )  # fmt: skip
 
-    def __init__(self, max_held: int, error: Callable[[str], bytes] | None = None, *, fresh: bool = False) -> None:
+    def __init__(
+        self, max_held: int, error: Callable[[str], bytes] | None = None, *, fresh: bool = False, flush: bool = False
+    ) -> None:
         """``error``: the ErrorResponse frame that refuses a statement with a message (the
-        session marks its own, so that nothing downstream mistakes it for the server's)."""
+        session marks its own, so that nothing downstream mistakes it for the server's).
+        ``flush``: the server has pg_stat_force_next_flush() (PostgreSQL 15 and later; see
+        FLUSH_CHECK)."""
         self.exchange = Exchange()
         self.bracket: _Bracket | None = None
         self.max_held = max_held
@@ -541,7 +553,9 @@ class Guard:
         self._check_frames = b"".join(
             (
                 codec.encode_close("S", check),
-                codec.encode_parse(m.Parse(check, CHECK_SQL.replace("{names}", "{" + names + "}"))),
+                codec.encode_parse(
+                    m.Parse(check, CHECK_SQL.replace("{names}", "{" + names + "}").replace("{flush}", FLUSH_CHECK if flush else ""))
+                ),
                 codec.encode_bind(m.Bind(f"{self._names}_cp", check)),
                 codec.encode_execute(m.Execute(f"{self._names}_cp")),
                 codec.encode_close("P", f"{self._names}_cp"),
@@ -562,6 +576,14 @@ class Guard:
         # changed no rows yet (a connection opened for the session; had it changed some,
         # the error would be towards counting too much, never too little).
         self._known: frozenset[int] | None = frozenset() if fresh else None
+        # Every counter of the backend is zero, and nothing sent since can have changed one
+        # (a new backend; or see idle_ready): the next bracket needs no reading before its
+        # statement.  Were some not zero after all, the reading after would count them as
+        # the statement's: too much, never too little.
+        self._zero = fresh
+        self._flush = flush
+        # A check asked the backend to report its counters at its next idle moment.
+        self._flush_asked = False
 
     @property
     def active(self) -> bool:
@@ -574,9 +596,11 @@ class Guard:
         self._seq += 1
         b = _Bracket(self._seq * _STEP, mode, statement, limits, hold_from)
         b.known = self._known
+        b.zero = self._zero
         # Known again only once both readings of this bracket are read (a statement that
         # failed, or a reading that did, leaves counts no reading saw).
         self._known = None
+        self._zero = False
         self.bracket = b
         return b
 
@@ -672,6 +696,16 @@ class Guard:
         (anything but a plain read, a message that runs nothing, or a guarded statement):
         the reading before the next statement looks at every table again."""
         self._known = None
+        self._zero = False
+
+    def idle_ready(self) -> None:
+        """The server said it is idle outside a transaction (ReadyForQuery "I"), and
+        nothing was sent after what that answered.  If a check asked for a report since the
+        last such moment, the backend made it before saying so: every counter is zero."""
+        if self._flush_asked:
+            self._flush_asked = False
+            self._zero = True
+            self._known = frozenset()
 
     def forget_baseline(self) -> None:
         """Something went upstream that may change the row counters (anything but a plain
@@ -697,7 +731,9 @@ class Guard:
             # counters reset) between transactions.
             self._baseline = None
             parts.append(self._query("BEGIN", b.owner(_BEFORE)))
-        if mode is Mode.AUTOCOMMIT or not self._reuse(b):
+        if b.zero:
+            b.before = {}  # every counter is zero (see idle_ready)
+        elif mode is Mode.AUTOCOMMIT or not self._reuse(b):
             parts.append(self._before(b, sync=True))
         self.exchange.sent(m.Q_QUERY, b.owner(_STMT))
         parts.append(frame)
@@ -721,7 +757,10 @@ class Guard:
         b = self._new(Mode.EXTENDED, statement, limits, 0)
         b.in_block = in_block
         before = b""
-        if not (in_block and self._reuse(b)):
+        if b.zero:
+            self._baseline = None
+            b.before = {}  # every counter is zero (see idle_ready)
+        elif not (in_block and self._reuse(b)):
             self._baseline = None
             before = self._before(b, sync=False)
         self.exchange.sent(t, b.owner(_STMT))
@@ -782,6 +821,8 @@ class Guard:
             return self._statement_frame(b, t, frame, ends)
         if t == m.R_DATA_ROW:
             b.rows.setdefault(offset, []).append(decode_data_row(frame[5:]))
+            if offset == _CHECK and self._flush:
+                self._flush_asked = True  # the check ran: so did its pg_stat_force_next_flush()
         elif t == _PARSE_COMPLETE and b.owner(offset) in self._parse_owner:
             kind = self._parse_owner.index(b.owner(offset))
             self._prepared[kind] = True

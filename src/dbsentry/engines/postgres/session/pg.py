@@ -252,6 +252,13 @@ _SEGMENT_ENDS = frozenset({m.Q_SYNC, m.Q_FLUSH, m.Q_QUERY, m.Q_FUNCTION_CALL})
 # The frames Session._govern_frame looks at (a Sync, a Flush, COPY data: nothing to govern).
 _GOVERNED_FRAMES = _NAMED_FRAMES | {m.Q_QUERY, m.Q_FUNCTION_CALL}
 # Client messages that run no statement (a Bind plans, and planning runs no volatile code).
+def _major_version(server_version: str) -> int:
+    """PostgreSQL's major version from its ``server_version`` ("15.20 (Debian ...)",
+    "17devel"); 0 when it does not start with one."""
+    digits = re.match(r"\d+", server_version)
+    return int(digits.group()) if digits else 0
+
+
 _RUNS_NOTHING = frozenset({m.Q_PARSE, m.Q_BIND, m.Q_DESCRIBE, m.Q_CLOSE, m.Q_SYNC, m.Q_FLUSH})
 # Commands that only read: between two guarded statements they leave the row counters alone.
 _PLAIN_READS = frozenset({"SELECT", "VALUES", "TABLE", "SHOW"})
@@ -1452,7 +1459,8 @@ class Session:
         )
         # The upstream connection is the session's own, opened for it (no pool hands
         # backends on): nothing it ran so far changed rows.
-        self.guard = Guard(self.config.limits.max_message_bytes, self._guard_error, fresh=True)
+        flush = _major_version(self.upstream_params.get("server_version", "")) >= 15
+        self.guard = Guard(self.config.limits.max_message_bytes, self._guard_error, fresh=True, flush=flush)
 
     def _guard_error(self, message: str) -> bytes:
         return self._marked_error("42501", message)
@@ -2799,6 +2807,10 @@ class Session:
                     # The transaction ended or failed: the row counters restart (the guard
                     # does not see these answers when no bracket runs).
                     self.guard.forget_baseline()
+                    if self.txn_status == "I" and i == n and self.guard.exchange.idle:
+                        # Idle, and nothing asked of the server since (the last answer of
+                        # this read, and no request left unanswered).
+                        self.guard.idle_ready()
                 if self._cycles_done < self._cycles_sent:
                     self._cycles_done += 1
                 if self._cycles_done == self._cycles_sent:
