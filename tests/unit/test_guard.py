@@ -8,7 +8,7 @@ import struct
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from dbsentry.engines.postgres.masking.rows import decode_data_row
@@ -23,6 +23,7 @@ from dbsentry.engines.postgres.session.guard import (
     Mode,
     Statement,
     TableCounts,
+    Verdict,
     effects,
     judge,
     parse_counts,
@@ -826,3 +827,48 @@ def test_an_execute_reads_the_counters_before_it_and_ends_the_reuse() -> None:
     feed(guard, BIND_DONE + cc("SELECT 0") + CLOSE_DONE + cc("UPDATE 1") + BIND_DONE + stats_row(1, 2, 0, 0) + cc("SELECT 1") + CLOSE_DONE + check_answer(None))
     assert not guard.active
     assert _block_update(guard) == "BECSQBECCPBECS"
+
+
+@given(
+    changes=st.lists(st.tuples(st.integers(0, 12), st.integers(0, 12), st.integers(0, 12)), min_size=1, max_size=4),
+    reported=st.integers(0, 30),
+)
+@example(changes=[(10, 0, 0)], reported=0)  # exactly min_rows_for_fraction: looked at
+@example(changes=[(0, 0, 0)], reported=10)
+@example(changes=[(9, 0, 0)], reported=0)
+def test_fewer_rows_than_the_share_limit_looks_at_pass_without_counting(
+    changes: list[tuple[int, int, int]], reported: int
+) -> None:
+    """judge's shortcut: when the statement changed fewer rows in all than
+    min_rows_for_fraction, no table can reach the share limit, so nothing is counted and it
+    passes; from that many rows on, the share limit is looked at as before (the written
+    table counted first, a table of unknown size refused)."""
+    found = [
+        Effect(table(i + 1, upd, dele, ins, reltuples=-1, can=False)[i + 1], upd + dele, ins, dele)
+        for i, (upd, dele, ins) in enumerate(changes)
+    ]
+    seen = sum(e.changed for e in found)
+    unseen = max(reported - seen, 0)  # rows the counters missed: the written table's
+    verdict = judge(LIMITS, found, reported=reported, written=("public.acc",))
+    if seen + unseen < LIMITS.min_rows_for_fraction:
+        assert verdict == Verdict(True)
+    elif unseen >= LIMITS.min_rows_for_fraction:
+        assert verdict.counts_needed  # the written table is counted first
+    elif any(e.changed >= LIMITS.min_rows_for_fraction for e in found):
+        assert not verdict.ok  # a table of unknown size: refused
+
+
+def test_statistics_rows_are_parsed_once_per_bytes() -> None:
+    """The reading's rows are remembered parsed by their bytes (a table's row comes back
+    unchanged in each reading of a transaction): the same bytes give the same counts, other
+    bytes their own, and the memory stays bounded."""
+    guard = Guard(1 << 20)
+    first = stats_row(1, 3, 0, 0)[5:]
+    again = guard._counts([first, stats_row(2, 1, 0, 0)[5:]])
+    assert guard._counts([first])[1] is again[1] and again[1].updated == 3 and again[2].updated == 1
+    assert guard._counts([stats_row(1, 4, 0, 0)[5:]])[1].updated == 4
+    for oid in range(1000):
+        guard._counts([stats_row(oid, 1, 0, 0)[5:]])
+    assert len(guard._rows) <= 256
+    with pytest.raises(ValueError):
+        guard._counts([data_row("1", "2")[5:]])

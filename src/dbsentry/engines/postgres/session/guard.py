@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -223,6 +223,10 @@ class TableCounts:
         return self.root not in (0, self.oid)
 
 
+#: How many rows of the statistics readings a guard remembers parsed (see Guard._counts).
+ROW_CACHE = 256
+
+
 def parse_counts(rows: list[list[bytes | None]]) -> dict[int, TableCounts]:
     out: dict[int, TableCounts] = {}
     for r in rows:
@@ -386,7 +390,8 @@ def judge(
             RULE_ROWS,
         )
     fraction = limits.max_fraction
-    if fraction is None:
+    if fraction is None or total < limits.min_rows_for_fraction:
+        # (every unit changed at most ``total`` rows: none can reach the share limit)
         return Verdict(True)
     candidates = [
         u for u in units(found, unseen, written) if u.changed >= limits.min_rows_for_fraction and u.need(fraction) > 0
@@ -493,6 +498,7 @@ class _Bracket:
     last_complete: int | None = None  # index in held of the last CommandComplete
     stmt_ready: bytes | None = None  # the guarded Query's ReadyForQuery, held
     rows: dict[int, list[list[bytes | None]]] = field(default_factory=dict)
+    readings: dict[int, list[bytes]] = field(default_factory=dict)  # the statistics rows, as sent
     failed: dict[int, str] = field(default_factory=dict)  # our request -> error message
     errors: dict[int, bytes] = field(default_factory=dict)  # our request -> its ErrorResponse
     before: dict[int, TableCounts] | None = None  # set when sent: the last bracket's "after"
@@ -531,7 +537,7 @@ class Guard:
 
     __slots__ = (
         "_baseline", "_check_frames", "_error", "_flush", "_flush_asked", "_known", "_names", "_parse_owner",
-        "_prepared", "_seq", "_zero", "bracket", "exchange", "max_held",
+        "_prepared", "_rows", "_runs", "_seq", "_zero", "bracket", "exchange", "max_held",
     )  # fmt: skip
 
     def __init__(
@@ -584,6 +590,11 @@ class Guard:
         self._flush = flush
         # A check asked the backend to report its counters at its next idle moment.
         self._flush_asked = False
+        # Statistics rows parsed, by their bytes: a table's row comes back unchanged in
+        # every reading of a transaction after the statement that changed it.
+        self._rows: dict[bytes, TableCounts] = {}
+        # The Bind, Execute and Close of a statistics reading, by kind and tables asked for.
+        self._runs: dict[tuple[int, frozenset[int]], bytes] = {}
 
     @property
     def active(self) -> bool:
@@ -661,13 +672,18 @@ class Guard:
             parts.append(codec.encode_parse(m.Parse(name, _STATS[kind])))
         for t in (m.Q_BIND, m.Q_EXECUTE, m.Q_CLOSE):
             self.exchange.sent(t, owner)
-        if kind == _LOCKED:
-            oids = "{" + ",".join(map(str, sorted(known))) + "}"
-            parts.append(codec.encode_bind(m.Bind(portal, name, (0,), (oids.encode(),))))
-        else:
-            parts.append(codec.encode_bind(m.Bind(portal, name)))
-        parts.append(codec.encode_execute(m.Execute(portal)))
-        parts.append(codec.encode_close("P", portal))
+        run = self._runs.get((kind, known))
+        if run is None:
+            if kind == _LOCKED:
+                oids = "{" + ",".join(map(str, sorted(known))) + "}"
+                bind = codec.encode_bind(m.Bind(portal, name, (0,), (oids.encode(),)))
+            else:
+                bind = codec.encode_bind(m.Bind(portal, name))
+            run = bind + codec.encode_execute(m.Execute(portal)) + codec.encode_close("P", portal)
+            if len(self._runs) >= ROW_CACHE:
+                self._runs.clear()
+            self._runs[(kind, known)] = run
+        parts.append(run)
         if sync:
             self.exchange.sent(m.Q_SYNC, owner)
             parts.append(codec.SYNC)
@@ -820,7 +836,10 @@ class Guard:
         if offset == _STMT:
             return self._statement_frame(b, t, frame, ends)
         if t == m.R_DATA_ROW:
-            b.rows.setdefault(offset, []).append(decode_data_row(frame[5:]))
+            if offset in (_BEFORE, _AFTER):
+                b.readings.setdefault(offset, []).append(frame[5:])  # parsed when measured
+            else:
+                b.rows.setdefault(offset, []).append(decode_data_row(frame[5:]))
             if offset == _CHECK and self._flush:
                 self._flush_asked = True  # the check ran: so did its pg_stat_force_next_flush()
         elif t == _PARSE_COMPLETE and b.owner(offset) in self._parse_owner:
@@ -937,8 +956,8 @@ class Guard:
             )
         try:
             if b.before is None:
-                b.before = parse_counts(b.rows.get(_BEFORE, []))
-            b.after = parse_counts(b.rows.get(_AFTER, []))
+                b.before = self._counts(b.readings.get(_BEFORE, ()))
+            b.after = self._counts(b.readings.get(_AFTER, ()))
             b.found = effects(b.before, b.after)
             b.carry = self._carry(b)
             if b.carry:
@@ -946,6 +965,20 @@ class Guard:
         except (ValueError, codec.ProtocolError) as err:
             return self._refuse(b, f"the effect of this statement could not be measured ({err}); it was rolled back", RULE_ROWS, out)
         return self._decided(b, judge(b.limits, b.found, None, b.reported, _written(b)), out)
+
+    def _counts(self, bodies: Iterable[bytes]) -> dict[int, TableCounts]:
+        """The rows of a statistics reading (DataRow bodies), parsed (see parse_counts)."""
+        cache = self._rows
+        out: dict[int, TableCounts] = {}
+        for body in bodies:
+            t = cache.get(body)
+            if t is None:
+                (t,) = parse_counts([decode_data_row(body)]).values()
+                if len(cache) >= ROW_CACHE:
+                    cache.clear()
+                cache[body] = t
+            out[t.oid] = t
+        return out
 
     def _decided(self, b: _Bracket, verdict: Verdict, out: Out) -> list[bytes]:
         b.verdict = verdict
