@@ -28,18 +28,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from session_cost import logged_in
+
 from dbsentry.audit.config import AuditConfig
 from dbsentry.audit.records import payload_bytes
 from dbsentry.config import parse_config
 from dbsentry.engines.postgres.session import commands as c
-from dbsentry.engines.postgres.session.events import ClientData, PasswordVerified, UpstreamData
+from dbsentry.engines.postgres.session.events import ClientData, UpstreamData
 from dbsentry.engines.postgres.session.governance import Governor
 from dbsentry.engines.postgres.session.guard import CHECK_SQL, STATS_SQL
 from dbsentry.engines.postgres.session.masking import MaskingService, MaskingView
 from dbsentry.engines.postgres.session.pg import ClientInfo, Session
-from dbsentry.engines.postgres.session.upstream import UpstreamReady
 from dbsentry.engines.postgres.wire import codec
-from dbsentry.identity.model import Identity
 from dbsentry.masking.catalog import Catalog, ClassMap
 
 TABLES = {"pgbench_accounts": 16529, "pgbench_tellers": 16526, "pgbench_branches": 16532, "pgbench_history": 16523}
@@ -183,11 +183,7 @@ def new_session(environment: str, server_version: str, guard: bool = True) -> Se
         audit_config=AuditConfig(),
         masking_service=service,
     )
-    session.handle(ClientData(codec.encode_startup((("user", "bench@example.com"), ("database", "bench")))))
-    session.handle(ClientData(codec.encode_password("token")))
-    session.handle(PasswordVerified(Identity("bench@example.com", frozenset({"bench"}), "human", "t", "token")))
-    session.handle(UpstreamReady(b"", {"server_version": server_version}, 42, b"abcd", "I"))
-    return session
+    return logged_in(session, {"server_version": server_version})
 
 
 def _settle(session: Session, server: FakeServer, cmds: list[c.Command], sink: list[bytes]) -> None:

@@ -111,11 +111,15 @@ def new_session(
         masking_service=service,
         approvals=NoGrants() if approvals else None,
     )
+    return logged_in(session)
+
+
+def logged_in(session: Session, server_params: dict[str, str] | None = None) -> Session:
+    """``session`` after a client's login as bench@example.com and the upstream's."""
     session.handle(ClientData(codec.encode_startup((("user", "bench@example.com"), ("database", "bench")))))
     session.handle(ClientData(codec.encode_password("token")))
     session.handle(PasswordVerified(Identity("bench@example.com", frozenset({"bench"}), "human", "t", "token")))
-    ready = UpstreamReady(b"", {}, 42, b"abcd", "I")
-    session.handle(ready)
+    session.handle(UpstreamReady(b"", server_params or {}, 42, b"abcd", "I"))
     return session
 
 
