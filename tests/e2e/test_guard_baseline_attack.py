@@ -21,10 +21,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import pq
 from test_guardrails_effect import BIG_ROWS, VICTIM_ROWS, Env, big, env, intact, snapshot, victim  # noqa: F401
 
-from support.guard_clients import run
+from support.guard_clients import libpq_pipeline, msg, raw_session, read_until, run
 
 pytestmark = pytest.mark.e2e
 
@@ -38,31 +37,10 @@ def _pipeline(env: Env, batches: list[list[str]], pause: float = 1.2) -> list[tu
     Sync, all batches back to back without waiting for any answer; return
     (status, command tag, error) for every result, Syncs included.  ``pause`` first: the
     backend reports its statistics at most once a second."""
-    out: list[tuple[str, str, str]] = []
     with _connect(env) as conn:
-        pg = conn.pgconn
         conn.execute("select 1")  # the upstream session is up and has reported its statistics
         time.sleep(pause)
-        pg.enter_pipeline_mode()
-        for batch in batches:
-            for sql in batch:
-                pg.send_query_params(sql.encode(), None)
-            pg.pipeline_sync()
-        syncs = 0
-        while syncs < len(batches):
-            r = pg.get_result()
-            if r is None:
-                continue
-            status = pq.ExecStatus(r.status).name
-            if r.status == pq.ExecStatus.PIPELINE_SYNC:
-                syncs += 1
-            tag = (r.command_status or b"").decode()
-            if r.status == pq.ExecStatus.TUPLES_OK and r.ntuples:
-                tag += " " + repr([(r.get_value(i, 0) or b"").decode() for i in range(r.ntuples)])
-            err = (r.error_message or b"").decode().strip()
-            out.append((status, tag, err))
-        pg.exit_pipeline_mode()
-    return out
+        return libpq_pipeline(conn, batches)
 
 
 def _refused_somewhere(out: list[tuple[str, str, str]]) -> bool:
@@ -346,33 +324,10 @@ def test_deferred_trigger_on_a_temp_table_created_through_the_proxy(env: Env, vi
 
 
 def _raw_session(env: Env) -> Any:
-    """A TLS socket through the proxy, logged in, at ReadyForQuery."""
-    import socket
-    import ssl
-    import struct
-
-    p = env.proxy
-    ident = "alice@example.com"
-    sock = socket.create_connection((p.host, p.port), timeout=10)
-    sock.sendall(struct.pack("!ii", 8, 80877103))
-    assert sock.recv(1) == b"S"
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    tls = ctx.wrap_socket(sock)
-    body = struct.pack("!i", 196608) + b"user\0" + ident.encode() + b"\0database\0prod\0\0"
-    tls.sendall(struct.pack("!i", len(body) + 4) + body)
-    _read_until(tls, b"R")
-    token = p.token(ident, ("eng",), False).encode() + b"\0"
-    tls.sendall(b"p" + struct.pack("!i", len(token) + 4) + token)
-    _read_until(tls, b"Z")
-    return tls
+    return raw_session(env.proxy)
 
 
-def _msg(t: bytes, body: bytes) -> bytes:
-    import struct
-
-    return t + struct.pack("!i", len(body) + 4) + body
+_msg = msg
 
 
 def _extended(sql: str) -> bytes:
@@ -383,27 +338,6 @@ def _extended(sql: str) -> bytes:
     )
 
 
-def _read_until(tls: Any, last: bytes, count: int = 1) -> list[tuple[bytes, bytes]]:
-    import struct
-
-    out: list[tuple[bytes, bytes]] = []
-    buf = b""
-    seen = 0
-    while True:
-        while len(buf) >= 5:
-            n = struct.unpack("!i", buf[1:5])[0]
-            if len(buf) < n + 1:
-                break
-            t, body, buf = buf[:1], buf[5 : n + 1], buf[n + 1 :]
-            out.append((t, body))
-            if t == last:
-                seen += 1
-                if seen == count:
-                    return out
-        chunk = tls.recv(65536)
-        if not chunk:
-            return out
-        buf += chunk
 
 
 @pytest.mark.parametrize("between", ["query", "none"])
@@ -415,14 +349,14 @@ def test_plain_read_query_commits_the_implicit_transaction(env: Env, victim: str
     tls = _raw_session(env)
     try:
         tls.sendall(_msg(b"Q", b"select 1\0"))
-        _read_until(tls, b"Z")
+        read_until(tls, b"Z")
         time.sleep(1.2)
         batch = b"".join(_extended(f"update {v} set note = note where id between {a} and {a + 8}") for a in (1, 10, 19))
         if between == "query":
             batch += _msg(b"Q", b"select 1\0")
         batch += _extended(f"update {v} set note = 'pwned' where id > -1") + _msg(b"S", b"")
         tls.sendall(batch)
-        answers = _read_until(tls, b"Z", 2 if between == "query" else 1)
+        answers = read_until(tls, b"Z", 2 if between == "query" else 1)
     finally:
         tls.close()
     errors = [body for t, body in answers if t == b"E"]

@@ -18,18 +18,15 @@ Every test checks the database directly, not only what the client was told.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 import pytest
 
 from dbsentry.engines.postgres.session import guard
-from support.guard_clients import any_refused, run, scalar, shown
+from support.guard_clients import SchemaEnv, any_refused, run, scalar, schema_and_proxy, shown
 from support.pg import PgServer
-from support.proxy import RunningProxy, run_proxy, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -37,14 +34,7 @@ BIG = 1500  # above max_rows_changed (1000)
 SMALL = 40  # the fraction limit (half of a table) catches a wipe
 
 
-@dataclass(frozen=True)
-class Env:
-    proxy: RunningProxy
-    pg: PgServer
-    s: str
-
-    def direct(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(self.pg.dsn(), autocommit=True)
+Env = SchemaEnv
 
 
 def _objects(s: str) -> str:
@@ -127,17 +117,10 @@ def _fill(env: Env) -> None:
 
 @pytest.fixture(scope="module")
 def env(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    s = f"gl_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
-        c.execute(_objects(s))
-    config = write_config(tmp_path_factory.mktemp("guard_locked"), pg_server)
-    try:
-        with run_proxy(config) as proxy:
-            yield Env(proxy, pg_server, s)
-    finally:
-        with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
-            c.execute(f"drop schema if exists {s} cascade")
-            c.execute(f"select lo_unlink(objoid) from pg_description where description = '{s}' and classoid = 'pg_largeobject'::regclass")
+    with schema_and_proxy(pg_server, tmp_path_factory.mktemp("guard_locked"), "gl", _objects, (
+        "select lo_unlink(objoid) from pg_description where description = '{s}' and classoid = 'pg_largeobject'::regclass",
+    )) as e:
+        yield e
 
 
 @pytest.fixture

@@ -20,22 +20,64 @@ Statements are plain SQL or ``(sql, params)`` with psycopg's ``%s`` placeholders
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import io
 import os
 import re
+import socket
 import ssl
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import psycopg
-from psycopg.pq import TransactionStatus
+from psycopg.pq import ExecStatus, TransactionStatus
 
-from .proxy import RunningProxy
+from .pg import PgServer
+from .proxy import RunningProxy, run_proxy, write_config
+
+
+@dataclass(frozen=True)
+class SchemaEnv:
+    """A running proxy (production, default limits) and a schema of the test's own on the
+    real PostgreSQL behind it."""
+
+    proxy: RunningProxy
+    pg: PgServer
+    s: str  # the schema
+
+    def direct(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.pg.dsn(), autocommit=True)
+
+    def through(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.proxy.dsn(), autocommit=True)
+
+
+@contextlib.contextmanager
+def schema_and_proxy(
+    pg: PgServer, directory: Path, prefix: str, objects: Callable[[str], str], cleanup: Sequence[str] = ()
+) -> Iterator[SchemaEnv]:
+    """``objects(schema)`` run directly in a new schema ``<prefix>_<random>``, and a proxy in
+    front; at the end the schema is dropped, then ``cleanup`` run (``{s}``: the schema)."""
+    s = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg.dsn(), autocommit=True) as c:
+        c.execute(objects(s))
+    config = write_config(directory, pg)
+    try:
+        with run_proxy(config) as proxy:
+            yield SchemaEnv(proxy, pg, s)
+    finally:
+        with psycopg.connect(pg.dsn(), autocommit=True) as c:
+            c.execute(f"drop schema if exists {s} cascade")
+            for sql in cleanup:
+                c.execute(sql.replace("{s}", s))
+
 
 MODES: tuple[str, ...] = ("psql", "psycopg", "psycopg-binary", "psycopg-pipeline", "asyncpg")
 #: The modes that can bind parameters (the extended protocol).
@@ -404,3 +446,75 @@ def failed_block_answer(o: Outcome) -> None:
 
 def idle(o: Outcome) -> None:
     assert o.status in ("I", None), str(o)
+
+
+def read_until(sock: Any, last: bytes, count: int = 1) -> list[tuple[bytes, bytes]]:
+    """(type, body) of the server's messages on a raw socket, up to the ``count``-th
+    message of type ``last`` (or the end of the stream)."""
+    out: list[tuple[bytes, bytes]] = []
+    buf = b""
+    seen = 0
+    while True:
+        while len(buf) >= 5:
+            n = int.from_bytes(buf[1:5], "big", signed=True)
+            if len(buf) < n + 1:
+                break
+            t, body, buf = buf[:1], buf[5 : n + 1], buf[n + 1 :]
+            out.append((t, body))
+            if t == last:
+                seen += 1
+                if seen == count:
+                    return out
+        chunk = sock.recv(65536)
+        if not chunk:
+            return out
+        buf += chunk
+
+
+def msg(t: bytes, body: bytes = b"") -> bytes:
+    """A protocol message of type ``t``."""
+    return t + (len(body) + 4).to_bytes(4, "big") + body
+
+
+def raw_session(proxy: RunningProxy, identity: str = "alice@example.com", timeout: float = 15) -> ssl.SSLSocket:
+    """A TLS socket through the proxy, logged in as ``identity`` (group eng), at
+    ReadyForQuery: for tests that write the protocol themselves."""
+    sock = socket.create_connection((proxy.host, proxy.port), timeout=timeout)
+    sock.sendall((8).to_bytes(4, "big") + (80877103).to_bytes(4, "big"))
+    assert sock.recv(1) == b"S"
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    tls = ctx.wrap_socket(sock)
+    body = (196608).to_bytes(4, "big") + b"user\0" + identity.encode() + b"\0database\0prod\0\0"
+    tls.sendall((len(body) + 4).to_bytes(4, "big") + body)
+    read_until(tls, b"R")
+    tls.sendall(msg(b"p", proxy.token(identity, ("eng",), False).encode() + b"\0"))
+    read_until(tls, b"Z")
+    return tls
+
+
+def libpq_pipeline(conn: psycopg.Connection[Any], batches: Sequence[Sequence[str]]) -> list[tuple[str, str, str]]:
+    """Each batch of statements (extended protocol, unnamed statements) and a Sync, all
+    batches sent before any answer is read (libpq's pipeline mode); (status, command tag
+    with a SELECT's first column, error) for every result, the Syncs' too."""
+    out: list[tuple[str, str, str]] = []
+    pg = conn.pgconn
+    pg.enter_pipeline_mode()
+    for batch in batches:
+        for sql in batch:
+            pg.send_query_params(sql.encode(), None)
+        pg.pipeline_sync()
+    syncs = 0
+    while syncs < len(batches):
+        r = pg.get_result()
+        if r is None:
+            continue
+        if r.status == ExecStatus.PIPELINE_SYNC:
+            syncs += 1
+        tag = (r.command_status or b"").decode()
+        if r.status == ExecStatus.TUPLES_OK and r.ntuples:
+            tag += " " + repr([(r.get_value(i, 0) or b"").decode() for i in range(r.ntuples)])
+        out.append((ExecStatus(r.status).name, tag, (r.error_message or b"").decode().strip()))
+    pg.exit_pipeline_mode()
+    return out

@@ -83,11 +83,13 @@ def stats_answer(*rows: bytes, ready: bytes | None = READY_T, first: bool = Fals
     return head + BIND_DONE + b"".join(rows) + cc(f"SELECT {len(rows)}") + CLOSE_DONE + tail
 
 
-def check_answer(ready: bytes | None = READY_T, replaced: int = 0) -> bytes:
+def check_answer(ready: bytes | None = READY_T, replaced: int = 0, counting: str = "on") -> bytes:
     """The answers to the guard's check that its statistics statements are its own (parsed
-    afresh each time): Close, Parse, Bind, the count of replaced ones, Close."""
+    afresh each time): Close, Parse, Bind, the count of replaced ones and track_counts,
+    Close."""
     tail = ready if ready is not None else b""
-    return CLOSE_DONE + PARSE_DONE + BIND_DONE + data_row(str(replaced)) + cc("SELECT 1") + CLOSE_DONE + tail
+    row = data_row(str(replaced), counting)
+    return CLOSE_DONE + PARSE_DONE + BIND_DONE + row + cc("SELECT 1") + CLOSE_DONE + tail
 
 
 def after_answer(*rows: bytes, ready: bytes | None = READY_T, first: bool = False) -> bytes:
@@ -701,14 +703,14 @@ def test_after_a_reported_transaction_the_next_statement_needs_no_reading_before
     guard = Guard(1 << 20, fresh=True, flush=True)
     _autocommit(guard)
     _run_autocommit(guard, stats_row(1, 0, 3, 0), first=True)
-    guard.idle_ready()
+    guard.idle_ready(True)
     assert "".join(t for t, _ in frames(_autocommit(guard))) == "QQBECCPBECS"  # no reading before it
     _run_autocommit(guard, stats_row(1, 0, 3, 0))
     # Without a report asked: a reading before the statement (of the tables it knows).
     guard = Guard(1 << 20, fresh=True, flush=False)
     _autocommit(guard)
     _run_autocommit(guard, stats_row(1, 0, 3, 0), first=True)
-    guard.idle_ready()
+    guard.idle_ready(True)
     sent = _autocommit(guard)
     assert "".join(t for t, _ in frames(sent)) == "QBECSQBECCPBECS"
     assert b"{1}" in _before_reading(sent)
@@ -716,7 +718,7 @@ def test_after_a_reported_transaction_the_next_statement_needs_no_reading_before
     guard = Guard(1 << 20, fresh=True, flush=True)
     _autocommit(guard)
     _run_autocommit(guard, stats_row(1, 0, 3, 0), first=True)
-    guard.idle_ready()
+    guard.idle_ready(True)
     guard.unseen_changes()
     assert b"_stats0\x00" in _before_reading(_autocommit(guard))
 
@@ -727,9 +729,9 @@ def test_a_report_is_used_once() -> None:
     guard = Guard(1 << 20, fresh=True, flush=True)
     _autocommit(guard)
     _run_autocommit(guard, stats_row(1, 0, 3, 0), first=True)
-    guard.idle_ready()
+    guard.idle_ready(True)
     guard.unseen_changes()  # say, a function call nobody measured, in its own transaction
-    guard.idle_ready()  # ... which ended: not reported (no check asked it)
+    guard.idle_ready(True)  # ... which ended: not reported (no check asked it)
     assert b"_stats0\x00" in _before_reading(_autocommit(guard))
 
 
@@ -872,3 +874,29 @@ def test_statistics_rows_are_parsed_once_per_bytes() -> None:
     assert len(guard._rows) <= 256
     with pytest.raises(ValueError):
         guard._counts([data_row("1", "2")[5:]])
+
+
+def test_counting_turned_off_refuses_the_statement() -> None:
+    """The check also reads track_counts: off (code the session ran turned it off), the
+    backend counted nothing, and the statement is rolled back, with no approval asked."""
+    guard = Guard(1 << 20, fresh=True, flush=True)
+    _autocommit(guard)
+    answer = cc("BEGIN") + READY_T + cc("DELETE 3") + READY_T
+    answer += stats_answer(ready=None, first=True) + check_answer(counting="off")
+    _, upstream, out = feed(guard, answer)
+    assert sent_queries(b"".join(upstream)) == ["ROLLBACK"] and out.ask is None  # type: ignore[attr-defined]
+    to_client, _, out = feed(guard, cc("ROLLBACK") + READY_I)
+    assert out.finished  # type: ignore[attr-defined]
+    assert b"track_counts is off" in to_client[0][1] and b"guardrails.measurement" in to_client[0][1]
+
+
+def test_an_idle_moment_with_more_sent_behind_it_spends_the_report() -> None:
+    """The backend reports at its first idle moment after the check.  When more was sent
+    behind what that moment answered (a pipeline), those statements may leave counts the
+    next idle moment does not report: no zero then, nor later."""
+    guard = Guard(1 << 20, fresh=True, flush=True)
+    _autocommit(guard)
+    _run_autocommit(guard, stats_row(1, 0, 3, 0), first=True)
+    guard.idle_ready(False)  # a failed UPDATE was pipelined behind it
+    guard.idle_ready(True)
+    assert "".join(t for t, _ in frames(_autocommit(guard))).startswith("QBECS")  # read before it

@@ -92,6 +92,7 @@ class Function:
     kind: str = "f"
     volatility: str = "v"  # i immutable, s stable, v volatile (the worst when unknown)
     search_path: tuple[str, ...] | None = None  # its own ``SET search_path`` clause
+    settings: tuple[str, ...] = ()  # the settings its SET clause sets (lower case)
 
     @property
     def out_names(self) -> tuple[str, ...]:
@@ -196,14 +197,16 @@ class Catalog:
             oid, schema, name, lang, body, retset, nargs, argnames, argmodes, relid, kind = row[:11]
             volatility = row[11] if len(row) > 11 and row[11] else "v"
             path = None
+            keys = []
             for setting in (row[12] if len(row) > 12 and row[12] else ()):
                 key, _, value = str(setting).partition("=")
+                keys.append(key.lower())
                 if key.lower() == "search_path":
                     path = parse_search_path(value)
             functions[int(oid)] = Function(
                 int(oid), schema, name, lang, body, bool(retset), int(nargs),
                 tuple(a or "" for a in argnames or ()), tuple(argmodes or ()), int(relid or 0), kind or "f",
-                volatility, path,
+                volatility, path, tuple(keys),
             )  # fmt: skip
         return cls(relations, functions, tuple(search_path), frozenset(builtin_functions))
 

@@ -44,6 +44,8 @@ _WRITING_FLAGS = frozenset(
     {SIDE_EFFECT, "dynamic_sql", "file_access", "remote_connection", "row_lock", "read_write_transaction", "role_switch"}
 )
 
+# The setting without which PostgreSQL counts no changed rows (the row guard's measure).
+_COUNTING = "track_counts"
 # Maintenance runs the code of a table's indexes, not its triggers.
 _MAINTENANCE = frozenset({"VACUUM", "ANALYZE", "REINDEX", "CLUSTER"})
 # Statements whose CommandComplete reports the rows they changed.
@@ -244,9 +246,22 @@ class FunctionSafety:
                 return True
         return False
 
+    def _named(self, name: str) -> list[Function]:
+        """The functions a call of ``name`` may run (any overload, any schema it may be in)."""
+        parts = name.split(".")
+        schema = parts[-2] if len(parts) >= 2 else None
+        return [f for f in self._by_name.get(parts[-1], ()) if schema is None or f.schema == schema]
+
     def unguardable(self, facts: StatementFacts) -> str | None:
         """Why the row guard could not hold this statement (it is then refused), or None."""
         written = [r for t in facts.tables_written for r in self._relations_named(t)]
+        # A function whose SET clause turns track_counts off changes rows PostgreSQL does
+        # not count (an attack round wiped a table through one), and the setting is back
+        # when it returns, where the guard's check could see it.
+        called = [fn for name in facts.functions for fn in self._named(name)]
+        fired = [self._catalog.functions.get(oid) for r in written for oid in self._catalog.code.get(r.oid, ())]
+        if any(fn is not None and _COUNTING in fn.settings for fn in (*called, *fired)):
+            return "it calls a function that turns row counting off while it runs (SET track_counts), out of the row limit's reach"
         if any(r.oid in self._catalog.deferred for r in written):
             return "it writes a table with deferrable triggers, which fire at COMMIT, out of the row limit's reach"
         if facts.copy is not None and facts.copy.direction == "from":

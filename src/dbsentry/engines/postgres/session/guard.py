@@ -154,8 +154,12 @@ _STATS = (STATS_SQL, LOCKED_STATS_SQL)
 # client's own protocol messages make statements that are not from SQL, and the session
 # refuses the guard's names in them; so this, parsed afresh after every guarded statement,
 # tells whether the readings can be trusted.  {names}: the statements' names.
+# It also says whether the backend counts rows at all: code the client ran can turn
+# track_counts off for the session (a function's dynamic set_config, with a superuser
+# upstream: an attack round did), and nothing is counted then.
 CHECK_SQL = (
-    "SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements p{flush}"
+    "SELECT pg_catalog.count(*), pg_catalog.current_setting('track_counts')"
+    " FROM pg_catalog.pg_prepared_statements p{flush}"
     " WHERE p.name OPERATOR(pg_catalog.=) ANY ('{names}'::pg_catalog.text[]) AND p.from_sql"
 )
 # PostgreSQL 15 and later: the check also asks the backend to report its counters at its
@@ -714,14 +718,18 @@ class Guard:
         self._known = None
         self._zero = False
 
-    def idle_ready(self) -> None:
-        """The server said it is idle outside a transaction (ReadyForQuery "I"), and
-        nothing was sent after what that answered.  If a check asked for a report since the
-        last such moment, the backend made it before saying so: every counter is zero."""
+    def idle_ready(self, last: bool) -> None:
+        """The server said it is idle outside a transaction (ReadyForQuery "I").  If a check
+        asked for a report since the last such moment, the backend made it before saying
+        so, and the request is spent.  ``last``: nothing was sent after what this answered
+        (then every counter is zero; otherwise what was sent after may have left counts,
+        and the next idle moment reports nothing unless a check asks again: an attack
+        round pipelined a failed UPDATE and ANALYZE behind a Sync)."""
         if self._flush_asked:
             self._flush_asked = False
-            self._zero = True
-            self._known = frozenset()
+            if last:
+                self._zero = True
+                self._known = frozenset()
 
     def forget_baseline(self) -> None:
         """Something went upstream that may change the row counters (anything but a plain
@@ -943,7 +951,18 @@ class Guard:
         if _BEFORE in b.failed or _AFTER in b.failed or _CHECK in b.failed:
             reason = b.failed.get(_AFTER) or b.failed.get(_BEFORE) or b.failed.get(_CHECK, "")
             return self._refuse(b, f"the effect of this statement could not be measured ({reason}); it was rolled back", RULE_ROWS, out)
-        if b.rows.get(_CHECK) != [[b"0"]]:
+        check = b.rows.get(_CHECK)
+        if check is not None and len(check) == 1 and len(check[0]) == 2 and check[0][1] != b"on":
+            self._known = None
+            return self._refuse(
+                b,
+                "the backend does not count rows (track_counts is off: code the session ran turned it off), so "
+                f"the effect of this statement cannot be measured ({RULE_MEASUREMENT}); it was rolled back",
+                RULE_MEASUREMENT,
+                out,
+                ask=False,
+            )
+        if check != [[b"0", b"on"]]:
             self._prepared = [False, False]  # parsed again (Close first) by the next bracket
             self._known = None
             return self._refuse(

@@ -2807,10 +2807,10 @@ class Session:
                     # The transaction ended or failed: the row counters restart (the guard
                     # does not see these answers when no bracket runs).
                     self.guard.forget_baseline()
-                    if self.txn_status == "I" and i == n and self.guard.exchange.idle:
-                        # Idle, and nothing asked of the server since (the last answer of
-                        # this read, and no request left unanswered).
-                        self.guard.idle_ready()
+                    if self.txn_status == "I":
+                        # Idle; with nothing asked of the server since if it is the last
+                        # answer of this read and no request is left unanswered.
+                        self.guard.idle_ready(i == n and self.guard.exchange.idle)
                 if self._cycles_done < self._cycles_sent:
                     self._cycles_done += 1
                 if self._cycles_done == self._cycles_sent:
