@@ -108,7 +108,7 @@ class FakeServer:
             return _row_description() + _data_row("42") + codec.encode_command_complete("SELECT 1")
         if sql.startswith(_CHECK_HEAD):
             self.flush_asked = self.flush_asked or "force_next_flush" in sql
-            return _data_row("0") + codec.encode_command_complete("SELECT 1")
+            return _data_row("0", "on") + codec.encode_command_complete("SELECT 1")
         if sql.startswith(STATS_SQL[:40]):
             rows = [_stats_row(TABLES[t], t, *n) for t, n in self.counts.items()]
             return b"".join(rows) + codec.encode_command_complete(f"SELECT {len(rows)}")
