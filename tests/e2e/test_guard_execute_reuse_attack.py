@@ -24,8 +24,10 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import pq
-from test_guard_baseline_attack import _extended, _msg, _notes, _raw_session, _read_until
+from test_guard_baseline_attack import _extended, _msg, _notes, _raw_session
 from test_guardrails_effect import BIG_ROWS, VICTIM_ROWS, Env, big, env, intact, victim  # noqa: F401
+
+from support.guard_clients import read_until as _read_until
 
 pytestmark = pytest.mark.e2e
 
