@@ -4,6 +4,7 @@ and whole brackets driven message by message."""
 from __future__ import annotations
 
 import itertools
+import re
 import struct
 from typing import Any
 
@@ -900,3 +901,24 @@ def test_an_idle_moment_with_more_sent_behind_it_spends_the_report() -> None:
     guard.idle_ready(False)  # a failed UPDATE was pipelined behind it
     guard.idle_ready(True)
     assert "".join(t for t, _ in frames(_autocommit(guard))).startswith("QBECS")  # read before it
+
+
+def test_a_revoked_report_function_refuses_once_then_the_check_asks_for_none() -> None:
+    """EXECUTE on pg_stat_force_next_flush() revoked from the upstream role: the check
+    fails (42501), so that statement is not measured and is refused; the next checks do
+    not call the function (and the readings before statements come back)."""
+    guard = Guard(1 << 20, fresh=True, flush=True)
+    _autocommit(guard)
+    denied = codec.error_response("42501", "permission denied for function pg_stat_force_next_flush")
+    answer = cc("BEGIN") + READY_T + cc("DELETE 3") + READY_T
+    answer += stats_answer(stats_row(1, 0, 3, 0), ready=None, first=True) + CLOSE_DONE + PARSE_DONE + BIND_DONE
+    _, upstream, out = feed(guard, answer + denied + READY_E)
+    assert upstream == [] and out.ask is not None and "could not be measured" in out.ask.message  # type: ignore[attr-defined]
+    assert sent_queries(b"".join(guard.approval(False, None).upstream)) == ["ROLLBACK"]  # no approval
+    _, _, out = feed(guard, cc("ROLLBACK") + READY_I)
+    assert out.finished  # type: ignore[attr-defined]
+    guard.idle_ready(True)  # no report was made: no zero
+    sent = _autocommit(guard)
+    check = [body for t, body in frames(sent) if t == "P"][-1]
+    assert b"pg_prepared_statements" in check and b"force_next_flush" not in check
+    assert re.match(r"Q(CP)?BECSQ", "".join(t for t, _ in frames(sent)))  # a reading before it again

@@ -557,20 +557,8 @@ class Guard:
         self._error = error or (lambda message: codec.error_response("42501", message))
         self._seq = 0
         self._names = f"dbsentry_guard_{secrets.token_hex(4)}"
-        # The check after each reading (see CHECK_SQL), the same bytes every time.
-        names = ",".join(f"{self._names}_stats{kind}" for kind in (_FULL, _LOCKED))
-        check = f"{self._names}_chk"
-        self._check_frames = b"".join(
-            (
-                codec.encode_close("S", check),
-                codec.encode_parse(
-                    m.Parse(check, CHECK_SQL.replace("{names}", "{" + names + "}").replace("{flush}", FLUSH_CHECK if flush else ""))
-                ),
-                codec.encode_bind(m.Bind(f"{self._names}_cp", check)),
-                codec.encode_execute(m.Execute(f"{self._names}_cp")),
-                codec.encode_close("P", f"{self._names}_cp"),
-            )
-        )
+        self._flush = flush
+        self._check_frames = self._build_check()
         # The statistics queries (all tables, locked tables) are prepared once per session
         # (named statements): planning them costs more than running them.
         self._prepared = [False, False]
@@ -591,7 +579,6 @@ class Guard:
         # statement.  Were some not zero after all, the reading after would count them as
         # the statement's: too much, never too little.
         self._zero = fresh
-        self._flush = flush
         # A check asked the backend to report its counters at its next idle moment.
         self._flush_asked = False
         # Statistics rows parsed, by their bytes: a table's row comes back unchanged in
@@ -599,6 +586,21 @@ class Guard:
         self._rows: dict[bytes, TableCounts] = {}
         # The Bind, Execute and Close of a statistics reading, by kind and tables asked for.
         self._runs: dict[tuple[int, frozenset[int]], bytes] = {}
+
+    def _build_check(self) -> bytes:
+        """The check after each reading (see CHECK_SQL), the same bytes every time."""
+        names = ",".join(f"{self._names}_stats{kind}" for kind in (_FULL, _LOCKED))
+        check = f"{self._names}_chk"
+        sql = CHECK_SQL.replace("{names}", "{" + names + "}").replace("{flush}", FLUSH_CHECK if self._flush else "")
+        return b"".join(
+            (
+                codec.encode_close("S", check),
+                codec.encode_parse(m.Parse(check, sql)),
+                codec.encode_bind(m.Bind(f"{self._names}_cp", check)),
+                codec.encode_execute(m.Execute(f"{self._names}_cp")),
+                codec.encode_close("P", f"{self._names}_cp"),
+            )
+        )
 
     @property
     def active(self) -> bool:
@@ -860,6 +862,11 @@ class Guard:
                 # A reading's statement is gone (a function's dynamic SQL can DEALLOCATE it):
                 # the statement is refused, and the next bracket prepares the readings again.
                 self._prepared = [False, False]
+            if fields.sqlstate == "42501" and offset == _CHECK and self._flush:
+                # EXECUTE on pg_stat_force_next_flush() revoked from the upstream role: this
+                # statement is refused (not measured), the next checks ask for no report.
+                self._flush = False
+                self._check_frames = self._build_check()
             if offset not in b.failed:
                 b.failed[offset] = f"{fields.sqlstate}: {fields.message}"
                 b.errors[offset] = frame
