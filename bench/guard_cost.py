@@ -28,19 +28,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from session_cost import logged_in
+import session_cost
 
-from dbsentry.audit.config import AuditConfig
 from dbsentry.audit.records import payload_bytes
-from dbsentry.config import parse_config
 from dbsentry.engines.postgres.session import commands as c
 from dbsentry.engines.postgres.session.events import ClientData, UpstreamData
-from dbsentry.engines.postgres.session.governance import Governor
 from dbsentry.engines.postgres.session.guard import CHECK_SQL, STATS_SQL
-from dbsentry.engines.postgres.session.masking import MaskingService, MaskingView
-from dbsentry.engines.postgres.session.pg import ClientInfo, Session
+from dbsentry.engines.postgres.session.pg import Session
 from dbsentry.engines.postgres.wire import codec
-from dbsentry.masking.catalog import Catalog, ClassMap
 
 TABLES = {"pgbench_accounts": 16529, "pgbench_tellers": 16526, "pgbench_branches": 16532, "pgbench_history": 16523}
 _CHECK_HEAD = CHECK_SQL.split("{", 1)[0]
@@ -164,26 +159,13 @@ def transaction(i: int) -> list[bytes]:
     ]
 
 
-def new_session(environment: str, server_version: str, guard: bool = True) -> Session:
-    raw: dict[str, object] = {
-        "tls": {"require_client_tls": False},
-        "connections": {"bench": {"database": "bench", "user": "postgres", "environment": environment}},
-    }
-    if not guard:
-        raw["guardrails"] = {"max_rows_changed": None, "max_fraction_changed": None}
-    config = parse_config(raw, Path("."))
-    service = MaskingService(config.masking, b"k" * 32)
-    service.views["bench"] = MaskingView.build(Catalog({}, {}), ClassMap({}), 1)
-    session = Session(
-        config,
-        ClientInfo("127.0.0.1:5000"),
-        1,
-        b"1234",
-        governor=Governor.from_path(None),
-        audit_config=AuditConfig(),
-        masking_service=service,
+def new_session(server_version: str, guard: bool = True) -> Session:
+    """A production session (policy, audit, masking) whose upstream is ``server_version``;
+    ``guard``: with the default row limits, else none."""
+    unlimited = {"guardrails": {"max_rows_changed": None, "max_fraction_changed": None}}
+    return session_cost.new_session(
+        True, True, True, settings=None if guard else unlimited, server_params={"server_version": server_version}
     )
-    return logged_in(session, {"server_version": server_version})
 
 
 def _settle(session: Session, server: FakeServer, cmds: list[c.Command], sink: list[bytes]) -> None:
@@ -229,13 +211,13 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="runs per set-up; the fastest is shown")
     args = ap.parse_args()
     setups = {
-        "guard off (no limits)": ("production", "16.4", False),
-        "guard on, PostgreSQL 16": ("production", "16.4", True),
-        "guard on, PostgreSQL 14": ("production", "14.12", True),
+        "guard off (no limits)": ("16.4", False),
+        "guard on, PostgreSQL 16": ("16.4", True),
+        "guard on, PostgreSQL 14": ("14.12", True),
     }
     print(f"session CPU per TPC-B transaction (-M simple), {args.transactions} transactions")
-    for name, (environment, version, guard) in setups.items():
-        best = min(run(new_session(environment, version, guard), args.transactions) for _ in range(args.repeat))
+    for name, (version, guard) in setups.items():
+        best = min(run(new_session(version, guard), args.transactions) for _ in range(args.repeat))
         print(f"  {name:26s} {best:8.1f} us")
     return 0
 

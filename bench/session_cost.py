@@ -86,13 +86,23 @@ class NoGrants:
 
 
 def new_session(
-    governed: bool, audit: bool, masking: bool, safety_net: str = "production", approvals: bool = False
+    governed: bool,
+    audit: bool,
+    masking: bool,
+    safety_net: str = "production",
+    approvals: bool = False,
+    *,
+    settings: dict[str, object] | None = None,
+    server_params: dict[str, str] | None = None,
 ) -> Session:
+    """A logged-in production session; ``settings``: more of the configuration,
+    ``server_params``: what the upstream reported at login."""
     config = parse_config(
         {
             "tls": {"require_client_tls": False},
             "connections": {"bench": {"database": "bench", "user": "postgres", "environment": "production"}},
             "masking": {"safety_net": safety_net},
+            **(settings or {}),
         },
         Path("."),
     )
@@ -111,7 +121,7 @@ def new_session(
         masking_service=service,
         approvals=NoGrants() if approvals else None,
     )
-    return logged_in(session)
+    return logged_in(session, server_params)
 
 
 def logged_in(session: Session, server_params: dict[str, str] | None = None) -> Session:

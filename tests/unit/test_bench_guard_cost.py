@@ -28,7 +28,7 @@ def guard_cost():  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize(("version", "guard"), [("16.4", True), ("14.12", True), ("16.4", False)])
 def test_tpcb_transactions_run_through_the_guard(guard_cost, version: str, guard: bool) -> None:  # type: ignore[no-untyped-def]
-    session = guard_cost.new_session("production", version, guard)
+    session = guard_cost.new_session(version, guard)
     assert guard_cost.run(session, 30) > 0
     assert (session.guard is not None) is guard
 
@@ -47,7 +47,7 @@ def test_the_report_spares_the_reading_before_each_transaction(guard_cost, monke
     counts = {}
     for version in ("16.4", "14.12"):
         sent.clear()
-        guard_cost.run(guard_cost.new_session("production", version), 20)
+        guard_cost.run(guard_cost.new_session(version), 20)
         binds = [buf[a:b] for d in sent for buf, spans in [codec.FrameSplitter().split(d)] for t, a, b in spans if t == ord("B")]
         counts[version] = sum(b"_stats" in body for body in binds)
     assert counts == {"16.4": 80, "14.12": 99}, counts

@@ -110,18 +110,17 @@ class FunctionSafety:
         if hit is not None:
             return hit
         parts = name.split(".")
-        base = parts[-1]
         schema = parts[-2] if len(parts) >= 2 else None
         if schema == "pg_catalog":
             verdict = _SAFE
         else:
-            candidates = [f for f in self._by_name.get(base, ()) if schema is None or f.schema == schema]
+            candidates = self._named(name)
             if candidates:
                 # Any overload, or a same-named function in any schema, could be the one called.
                 verdict = _SAFE
                 for fn in candidates:
                     verdict = _worst(verdict, self._function(fn, depth))
-            elif schema is None and base in self._catalog.builtin_functions:
+            elif schema is None and parts[-1] in self._catalog.builtin_functions:
                 verdict = _SAFE
             else:
                 verdict = _CHANGES  # not known: created since the catalog was read
