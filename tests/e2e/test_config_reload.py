@@ -36,7 +36,7 @@ PASSWORD_A = "reload-A-S3cret"
 PASSWORD_B = "reload-B-S3cret"
 APPLIED = "configuration reloaded: connections applied to new sessions"
 REJECTED = "configuration reload rejected; nothing changed"
-SESSIONS = 12  # held open at once: both workers get some (2**-11 to fail)
+SESSIONS = 12  # held open at once: both workers get some (2**-11 to miss one)
 
 
 @pytest.fixture(scope="module")
@@ -96,18 +96,27 @@ def _hup(proxy: RunningProxy, expect: str = "configuration reload") -> None:
 
 
 def _sessions(proxy: RunningProxy, base: str, dbname: str, tag: str) -> list[str]:
-    """``SESSIONS`` new sessions of ``dbname`` held open at once, each asked for its upstream
-    role; asserts that both workers served some."""
-    conns = [psycopg.connect(proxy.dsn(dbname=dbname, application_name=f"{tag}-{i}"), autocommit=True) for i in range(SESSIONS)]
+    """New sessions of ``dbname`` held open at once (``SESSIONS``, and as many again, twice
+    at most, until both workers served some), each asked for its upstream role; asserts that
+    both workers served some.  The kernel picks the worker of each connection by a hash, and
+    a busy worker may not answer the console's question in time: one batch can miss one."""
+    conns: list[psycopg.Connection[Any]] = []
     try:
-        users = [str(c.execute("select current_user::text").fetchone()[0]) for c in conns]  # type: ignore[index]
-        auditor = proxy.token("auditor@example.com", ("security",))
-        req = urllib.request.Request(base + "/api/v1/sessions", headers={"Authorization": f"Bearer {auditor}"})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            rows = json.loads(r.read())["live"]
-        served = {row["worker"] for row in rows if str(row.get("application_name", "")).startswith(f"{tag}-")}
-        assert served == {0, 1}, rows
-        return users
+        for _ in range(3):
+            batch = len(conns)
+            conns += [
+                psycopg.connect(proxy.dsn(dbname=dbname, application_name=f"{tag}-{batch + i}"), autocommit=True)
+                for i in range(SESSIONS)
+            ]
+            users = [str(c.execute("select current_user::text").fetchone()[0]) for c in conns]  # type: ignore[index]
+            auditor = proxy.token("auditor@example.com", ("security",))
+            req = urllib.request.Request(base + "/api/v1/sessions", headers={"Authorization": f"Bearer {auditor}"})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                rows = json.loads(r.read())["live"]
+            served = {row["worker"] for row in rows if str(row.get("application_name", "")).startswith(f"{tag}-")}
+            if served == {0, 1}:
+                return users
+        raise AssertionError(f"one worker served all of {len(conns)} sessions: {rows}")
     finally:
         for c in conns:
             c.close()
@@ -134,7 +143,7 @@ def test_a_rotated_upstream_password_applies_to_new_sessions_after_sighup(
             assert 'the upstream of connection "rotating" rejected the proxy\'s credentials' in _refusal(proxy, "rotating")
         _hup(proxy, APPLIED)
         assert re.search(r"configuration reloaded: connections applied to new sessions .*changed=\['rotating'\]", proxy.log_text())
-        assert _sessions(proxy, base, "rotating", "rotated") == [ROLE] * SESSIONS
+        assert set(_sessions(proxy, base, "rotating", "rotated")) == {ROLE}
         assert early.execute("select current_user::text").fetchone() == (ROLE,)  # its upstream went on
     finally:
         early.close()
@@ -161,7 +170,7 @@ def test_an_added_connection_is_usable_and_a_removed_one_refuses_new_sessions(
     ready = proxy.log_text().count("dbsentry ready")
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: proxy.log_text().count("dbsentry ready") > ready, "worker 1 started again")
-    assert len(_sessions(proxy, base, "added", "added")) == SESSIONS
+    assert len(_sessions(proxy, base, "added", "added")) >= SESSIONS
     # its catalog (masking) was read at its first use, in each worker
     assert len(re.findall(r"catalog loaded connection=added\b", proxy.log_text())) >= 2
     opened = psycopg.connect(proxy.dsn(dbname="added", application_name="opened"), autocommit=True)
@@ -197,11 +206,11 @@ def test_an_invalid_file_is_rejected_and_logged_and_nothing_changes(
         data["connections"]["staging"]["host"] = "192.0.2.1"  # would break staging if applied
     _hup(proxy, REJECTED)
     assert re.search(r"configuration reload rejected; nothing changed .*connections\.rotating\.port", proxy.log_text())
-    assert len(_sessions(proxy, base, "staging", "invalid")) == SESSIONS
+    assert len(_sessions(proxy, base, "staging", "invalid")) >= SESSIONS
     proxy.config_path.write_text("connections: [unclosed\n")
     _hup(proxy, REJECTED)
     assert "not valid YAML" in proxy.log_text()
-    assert len(_sessions(proxy, base, "staging", "invalid-yaml")) == SESSIONS
+    assert len(_sessions(proxy, base, "staging", "invalid-yaml")) >= SESSIONS
 
 
 def test_a_changed_listen_section_logs_that_it_needs_a_restart(
@@ -214,7 +223,7 @@ def test_a_changed_listen_section_logs_that_it_needs_a_restart(
     before = proxy.log_text().count(warning)
     _hup(proxy, "configuration reloaded: connections unchanged")
     assert proxy.log_text().count(warning) >= before + 2
-    assert len(_sessions(proxy, base, "staging", "listen")) == SESSIONS  # still on the old port
+    assert len(_sessions(proxy, base, "staging", "listen")) >= SESSIONS  # still on the old port
 
 
 def test_one_process_started_without_connections_takes_them_up_and_probes_them(

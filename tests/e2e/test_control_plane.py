@@ -60,8 +60,11 @@ POLICY = (
 )
 
 
-HTTP = [f"127.0.0.1:{free_port()}"]
-MYSQL = {"a": free_port(), "b": free_port()}  # each node's MySQL listener
+# Chosen by the ``nodes`` fixture just before the nodes start: a port chosen when the module
+# is imported can be handed out as an ephemeral port (a node's own listener took one) by the
+# time this module runs, minutes later under xdist.
+HTTP = [""]
+MYSQL: dict[str, int] = {}  # each node's MySQL listener
 MYSQL_REASON = server_reason()
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "control-plane"
 
@@ -101,6 +104,8 @@ def nodes(
 ) -> Iterator[tuple[RunningProxy, RunningProxy]]:
     base = tmp_path_factory.mktemp("cp")
     (base / "policy.yaml").write_text(POLICY)
+    HTTP[0] = f"127.0.0.1:{free_port()}"
+    MYSQL.update(a=free_port(), b=free_port())
     with contextlib.ExitStack() as stack:
         running = []
         for name, workers in (("a", 1), ("b", 2)):
