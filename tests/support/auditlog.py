@@ -1,5 +1,6 @@
 """An audit log for tests that run the console without a proxy: records appended through
-``AuditLog`` (no event loop: each append is written at once), the index caught up on read."""
+``AuditLog`` (no event loop: each append is written at once), the index caught up on read.
+Signed with the state directory's key, as the proxy signs (``audit verify`` requires it)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import threading
 from pathlib import Path
 
 from dbsentry.audit.appender import AuditLog
+from dbsentry.audit.config import AuditConfig
 from dbsentry.audit.index import catch_up_all
+from dbsentry.audit.keys import Signer
 from dbsentry.audit.logwriter import LogFile, append_from_tool
 from dbsentry.audit.records import Record, payload_bytes
 from dbsentry.audit.sqlite_store import SQLiteStore
@@ -17,9 +20,13 @@ NODE = "test-node"
 
 def open_log(state_dir: Path) -> AuditLog:
     """A started ``AuditLog`` over ``state_dir``/audit-log/test-node (sync durability)."""
-    audit = AuditLog(LogFile(state_dir / "audit-log", NODE), "sync")
+    audit = AuditLog(LogFile(state_dir / "audit-log", NODE, signer=_signer(state_dir)), "sync")
     audit.start()
     return audit
+
+
+def _signer(state_dir: Path) -> Signer:
+    return Signer.from_path(AuditConfig().signing_key_path(state_dir))
 
 
 def fresh_store(store_path: Path, state_dir: Path) -> SQLiteStore:
@@ -57,4 +64,4 @@ class Indexer:
 
 def append(state_dir: Path, *records: Record) -> None:
     """Append records as a command-line tool does (to the tools log), durable at return."""
-    append_from_tool(state_dir / "audit-log", NODE, [payload_bytes(r) for r in records])
+    append_from_tool(state_dir / "audit-log", NODE, [payload_bytes(r) for r in records], _signer(state_dir))

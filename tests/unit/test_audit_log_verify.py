@@ -41,7 +41,7 @@ from dbsentry.audit.verify import (
 
 T0 = 1_714_560_000.0
 NODE = "alpha"
-N = 38  # records: nine segments of four, and a last one with two
+N = 37  # records: a first segment of three (the start checkpoint takes room), eight of four, a last one of two
 
 
 def stmt(i: int) -> bytes:
@@ -175,13 +175,17 @@ def test_a_log_after_a_kill_continues_in_a_new_segment(tmp_path: Path, signer: S
 
 
 def test_a_node_that_served_nothing_and_stopped_verifies_and_goes_on(tmp_path: Path, signer: Signer) -> None:
-    """A proxy started and stopped before its first record leaves a checkpoint at seq 0
-    (the chain's start); that is no problem, now or once records follow."""
+    """A proxy started and stopped before its first record leaves checkpoints at seq 0
+    (the chain's start: the writer's start and its close); that is no problem, now or once
+    records follow."""
     d = tmp_path / "log"
     empty = LogFile(d, NODE, signer=signer)
     empty.open()
     empty.close()
-    assert [f.meta["seq"] for f in frames(segs(d)[0]) if f.kind == KIND_CHECKPOINT] == [0]
+    assert [(f.meta["kind"], f.meta["seq"]) for f in frames(segs(d)[0]) if f.kind == KIND_CHECKPOINT] == [
+        ("start", 0),
+        ("close", 0),
+    ]
     result = check(d, signer)
     assert result.ok, result.describe()
     write_log(d, signer, n=5)
@@ -416,8 +420,10 @@ def test_segment_moved_to_another_node_is_named(tmp_path: Path, signer: Signer) 
     write_log(d, signer, n=10, node="alpha")
     shutil.copytree(d / "alpha", d / "beta")
     result = check(d, signer)
-    p = next(q for q in result.problems if q.node == "beta")
-    assert (p.kind, p.seq) == ("changed", 1) and "does not link to the chain's start (genesis)" in p.message
+    p = next(q for q in result.problems if q.node == "beta" and q.kind == "changed")
+    assert p.seq == 1 and "does not link to the chain's start (genesis)" in p.message
+    # (and alpha's start checkpoint names alpha's chain start, not beta's)
+    assert any(q.node == "beta" and (q.kind, q.seq) == ("checkpoint_mismatch", 0) for q in result.problems)
     assert any(q.kind == "segment" and "belongs to node 'alpha'" in q.message for q in result.problems)
 
 

@@ -152,6 +152,19 @@ class AuditLog:
                 )
             )
 
+        if tail.damaged_segment is not None:
+            log.error(
+                "audit log: a damaged segment, whole records after the damage: left as it is for verify",
+                extra={"fields": {"segment": tail.damaged_segment, "reason": tail.damage_reason}},
+            )
+            self.append_nowait(
+                SystemEvent(
+                    event="audit_log_damaged",
+                    node=self.node,
+                    detail={"segment": tail.damaged_segment, "reason": tail.damage_reason, "last_seq": tail.seq},
+                )
+            )
+
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._thread_id = threading.get_ident()

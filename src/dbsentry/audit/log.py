@@ -113,9 +113,12 @@ def segment_name(number: int) -> str:
 
 
 def segment_number(path: Path) -> int | None:
-    if path.suffix != SEGMENT_SUFFIX or not path.stem.isdigit():
+    """The number a segment's file name gives, None for any other name (ASCII digits
+    only: ``str.isdigit`` takes "²" too, which ``int`` refuses)."""
+    stem = path.stem
+    if path.suffix != SEGMENT_SUFFIX or not (stem.isascii() and stem.isdigit()):
         return None
-    return int(path.stem)
+    return int(stem)
 
 
 def list_segments(node_dir: Path) -> list[tuple[int, Path]]:
@@ -234,6 +237,41 @@ def parse_frames(data: bytes | memoryview, start: int = 0) -> tuple[list[Frame],
     return frames, pos, None
 
 
+_KIND_BYTES = frozenset((KIND_RECORD, KIND_CHECKPOINT, KIND_HEADER))
+
+
+def resync(data: bytes, pos: int) -> int | None:
+    """Where the first whole, valid frame after a damaged one at ``pos`` starts, if any."""
+    size = len(data)
+    if size - pos >= 5:  # first try the damaged frame's own length
+        end = pos + 5 + int.from_bytes(data[pos + 1 : pos + 5], "big") + 4
+        if end < size and parse_frames(data, end)[0]:
+            return end
+    for start in range(pos + 1, size - 8):
+        if data[start] in _KIND_BYTES and parse_frames(data, start)[0]:
+            return start
+    return None
+
+
+def read_past_damage(data: bytes) -> tuple[list[Frame], list[tuple[int, str, int | None]], tuple[int, str] | None]:
+    """Every readable frame of a segment, reading on past damaged ones: (frames, damage,
+    torn end).  Damage is (offset, error, where reading resumed); a damaged stretch with
+    no whole frame after it is the torn end: (offset, error)."""
+    frames: list[Frame] = []
+    damage: list[tuple[int, str, int | None]] = []
+    pos = 0
+    while True:
+        got, end, error = parse_frames(data, pos)
+        frames += got
+        if error is None:
+            return frames, damage, None
+        resume = resync(data, end)
+        if resume is None:
+            return frames, damage, (end, error)
+        damage.append((end, error, resume))
+        pos = resume
+
+
 def scan_segment(path: Path, number: int | None = None) -> SegmentScan:
     data = path.read_bytes()
     frames, valid_end, error = parse_frames(data)
@@ -299,12 +337,18 @@ class Tail:
     cut_segment: int | None = None
     cut_reason: str | None = None
     kept_as: Path | None = None
+    # damage whole frames follow in the last segment: left as it is (see recover)
+    damaged_segment: int | None = None
+    damage_reason: str | None = None
 
 
 def recover(node_dir: Path, node: str, *, now: float | None = None) -> Tail:
     """Find the end of ``node``'s log; cut a torn tail off its last segment (the cut bytes
-    are kept in ``<segment>.torn-<time>``).  Earlier segments are not touched: damage
-    there is for ``verify`` to report, not for a writer to repair."""
+    are kept in ``<segment>.torn-<time>``).  Only a torn *end* is cut: bytes that are not a
+    whole frame with no whole frame after them (a write a crash interrupted).  Damage that
+    whole frames follow is not a crash's: the segment is left as it is (``verify`` names
+    the damage), the chain continues from its last readable record, and
+    ``Tail.damaged_segment`` says so.  Earlier segments are never touched."""
     segments = list_segments(node_dir)
     seq, last_hash = 0, bytes.fromhex(genesis(node))
     if not segments:
@@ -314,20 +358,28 @@ def recover(node_dir: Path, node: str, *, now: float | None = None) -> Tail:
     last_number, last_path = segments[-1]
     scan = scan_segment(last_path, last_number)
     if scan.error is not None:
-        when = int(now if now is not None else time.time())
-        kept = last_path.with_name(f"{last_path.name}.torn-{when}")
-        with last_path.open("r+b") as fh:
-            fh.seek(scan.valid_end)
-            # (what follows the torn frame may be space allocated ahead: zeros)
-            cut = fh.read().rstrip(b"\x00")
-            kept.write_bytes(cut)
-            fh.truncate(scan.valid_end)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tail.cut_bytes = len(cut)
-        tail.cut_segment = last_number
-        tail.cut_reason = scan.error
-        tail.kept_as = kept
+        data = last_path.read_bytes()
+        frames, damage, torn = read_past_damage(data)
+        if damage:
+            tail.damaged_segment = last_number
+            tail.damage_reason = damage[0][1]
+            scan.frames = frames  # the records after the damage count: the chain goes on from them
+        if torn is not None and (not damage or torn[0] > damage[-1][0]):
+            when = int(now if now is not None else time.time())
+            kept = last_path.with_name(f"{last_path.name}.torn-{when}")
+            cut_at = torn[0]
+            with last_path.open("r+b") as fh:
+                fh.seek(cut_at)
+                # (what follows the torn frame may be space allocated ahead: zeros)
+                cut = fh.read().rstrip(b"\x00")
+                kept.write_bytes(cut)
+                fh.truncate(cut_at)
+                fh.flush()
+                os.fsync(fh.fileno())
+            tail.cut_bytes = len(cut)
+            tail.cut_segment = last_number
+            tail.cut_reason = torn[1]
+            tail.kept_as = kept
     elif scan.valid_end < scan.size:
         # zeros a writer allocated ahead before it stopped (a crash): nothing to keep
         with last_path.open("r+b") as fh:

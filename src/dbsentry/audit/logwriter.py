@@ -193,6 +193,11 @@ class LogFile:
             self._thread.start()
         if not (continue_last and self._reopen_last(tail)):
             self._open_segment(tail.next_segment)
+        with self._lock:
+            # Sign where the log stood when this writer found it (a new node: the chain's
+            # start): a segment a crash left unsealed is vouched for, and a node's log has a
+            # signed checkpoint from its first moment (verify requires both).
+            self._write_checkpoint_locked("start")
         return tail
 
     def _reopen_last(self, tail: Tail) -> bool:
@@ -382,6 +387,8 @@ class LogFile:
             },
         )
         try:
+            if self._segment_size + len(data) > self._allocated:
+                self._allocate_locked(self._segment_size + len(data))
             write_all(self._ops, self._fd, data)
         except OSError as err:  # records are safe; the checkpoint is retried later
             log.warning("audit checkpoint not written: %s", err)

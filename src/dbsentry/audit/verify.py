@@ -48,8 +48,9 @@ from dbsentry.audit.log import (
     genesis,
     list_nodes,
     list_segments,
-    parse_frames,
+    read_past_damage,
     scan_segment,
+    segment_number,
 )
 from dbsentry.audit.records import canonical_json
 from dbsentry.audit.store import (
@@ -76,6 +77,7 @@ ProblemKind = Literal[
     "index_added",
     "index_missing",
     "unverifiable",
+    "unsigned",
 ]
 
 _INDEX_NAMES = (
@@ -604,7 +606,6 @@ def verify_archive(
 MANIFEST_NAME = "archive-manifest.json"
 MANIFEST_FORMAT = "dbsentry-audit-log-archive/1"
 _SEAL_KINDS = ("seal", "close")  # a checkpoint that ends a segment the writer left
-_KIND_BYTES = frozenset((KIND_RECORD, KIND_CHECKPOINT, KIND_HEADER))
 
 
 def _sha256_file(path: Path) -> str:
@@ -738,41 +739,19 @@ class _Segment:
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
     damage: list[tuple[int, str, int | None]] = field(default_factory=list)  # (offset, error, resumed at)
     torn_tail: tuple[int, str] | None = None  # (offset, error): the end of the last segment
+    # the first record after a seal or close checkpoint: (its seq, the checkpoint's kind)
+    after_end: tuple[int, str] | None = None
 
 
 def _read_frames(data: bytes, tolerate_tail: bool) -> tuple[list[Frame], list[tuple[int, str, int | None]], tuple[int, str] | None]:
     """Every readable frame of a segment, reading on past damaged ones: (frames, damage,
     torn tail).  A damaged stretch with no whole frame after it is, in the last segment
     (``tolerate_tail``), a torn tail: a write in progress, or a crash the writer's next
-    start cuts off."""
-    frames: list[Frame] = []
-    damage: list[tuple[int, str, int | None]] = []
-    pos = 0
-    while True:
-        got, end, error = parse_frames(data, pos)
-        frames += got
-        if error is None:
-            return frames, damage, None
-        resume = _resync(data, end)
-        if resume is None and tolerate_tail:
-            return frames, damage, (end, error)
-        damage.append((end, error, resume))
-        if resume is None:
-            return frames, damage, None
-        pos = resume
-
-
-def _resync(data: bytes, pos: int) -> int | None:
-    """Where the first whole, valid frame after a damaged one at ``pos`` starts, if any."""
-    size = len(data)
-    if size - pos >= 5:  # first try the damaged frame's own length
-        end = pos + 5 + int.from_bytes(data[pos + 1 : pos + 5], "big") + 4
-        if end < size and parse_frames(data, end)[0]:
-            return end
-    for start in range(pos + 1, size - 8):
-        if data[start] in _KIND_BYTES and parse_frames(data, start)[0]:
-            return start
-    return None
+    start cuts off; elsewhere it is damage."""
+    frames, damage, torn = read_past_damage(data)
+    if torn is not None and not tolerate_tail:
+        return frames, [*damage, (torn[0], torn[1], None)], None
+    return frames, damage, torn
 
 
 def _first_pass(node: str, number: int, path: Path, archived: bool, last: bool) -> _Segment:
@@ -782,13 +761,18 @@ def _first_pass(node: str, number: int, path: Path, archived: bool, last: bool) 
     frames, seg.damage, seg.torn_tail = _read_frames(data, last and not archived)
     if frames and frames[0].kind == KIND_HEADER:
         seg.header = frames[0].meta
+    ended: str | None = None
     for f in frames:
         if f.kind == KIND_RECORD:
             seg.records += 1
             seg.first_seq = f.seq if seg.first_seq is None else seg.first_seq
             seg.last_seq, seg.last_hash = f.seq, f.hash.hex()
+            if ended is not None and seg.after_end is None:
+                seg.after_end = (f.seq, ended)
         elif f.kind == KIND_CHECKPOINT:
             seg.checkpoints.append(f.meta)
+            if f.meta.get("kind") in _SEAL_KINDS:
+                ended = str(f.meta.get("kind"))
     if frames and frames[-1].kind == KIND_CHECKPOINT:
         meta = frames[-1].meta
         if isinstance(meta.get("seq"), int):
@@ -1074,6 +1058,9 @@ def verify_log(
             entry = listed.get(number)
             if archived and entry is not None and _sha256_file(path) != entry.sha256:
                 early.append(("changed", entry.first_seq, f"archived segment {number} is not the file the manifest lists (SHA-256 differs)"))
+    for p in sorted(node_dir.glob("*.seg")) if node_dir.is_dir() else []:
+        if segment_number(p) is None:
+            early.append(("segment", None, f"{p.name!r}: a segment file whose name is not a segment number"))
     for p in sorted(node_dir.glob("*.seg.torn-*")) if node_dir.is_dir() else []:
         notes.append(f"{p.name}: {p.stat().st_size} bytes of a torn write, cut off when the proxy restarted after a crash")
 
@@ -1129,6 +1116,10 @@ def verify_log(
             compare.finish(last, last.seq if last is not None else anchor.seq)
 
     chain = walk.run(records(), None, None)
+    unsigned = _unsigned(node, scans, anchor, chain)
+    if unsigned is not None and not any(p.kind.startswith("checkpoint_") for p in chain.problems):
+        # (a checkpoint that does not verify, or names another hash, says more already)
+        chain = _replace_problems(chain, tuple(sorted((*chain.problems, unsigned), key=_problem_order)))
     return LogResult(
         node=node,
         chain=chain,
@@ -1137,6 +1128,43 @@ def verify_log(
         index=compare.check if compare is not None else None,
         info=tuple(notes),
     )
+
+
+def _unsigned(node: str, scans: Sequence[_Segment], anchor: ChainPoint, chain: VerifyResult) -> Problem | None:
+    """Records no signed checkpoint vouches for where the writer would have signed them.
+
+    A writer signs the last record of a segment when it seals or closes it, and the end of
+    the log it found when it starts (a new node: the chain's start), so only the records
+    after the last checkpoint of the last segment can be unsigned.  A log with unsigned
+    records further back had checkpoints removed, and one with records and no checkpoint at
+    all was not written by a writer holding a trusted key."""
+    covered = chain.last_checkpoint_seq
+    if covered is None and anchor.seq > 0:
+        covered = anchor.seq  # vouched for by the signed archive manifest
+    if covered is None:
+        if chain.records == 0:
+            return None
+        first = chain.first_seq if chain.first_seq is not None else anchor.seq + 1
+        return Problem(
+            "unsigned",
+            first,
+            f"no record of node {node} is covered by a checkpoint signed by a trusted key (a writer signs the "
+            "start of its log when it opens it): the log was not written by this node's writer, or its "
+            "checkpoints were removed (or it was written by a version before 2026-12-07 and never checkpointed)",
+            node,
+        )
+    for s in scans[:-1]:
+        if s.last_seq is not None and s.last_seq > covered:
+            return Problem(
+                "unsigned",
+                covered + 1,
+                f"records {covered + 1}..{s.last_seq} are covered by no signed checkpoint, yet segment "
+                f"{s.number} has ended (a writer signs a segment's last record when it seals it, or when it starts "
+                "again after a crash): checkpoints were removed and the records may have been rewritten (or the "
+                "log was written by a version before 2026-12-07 that crashed)",
+                node,
+            )
+    return None
 
 
 def _check_structure(
@@ -1194,6 +1222,12 @@ def _check_structure(
             notes.append(
                 f"{where}: {error}; its last {s.size - offset} bytes are not a whole frame: a write in progress, "
                 "or a crash (the next start cuts them off and keeps them as .torn-<time>)"
+            )
+        if s.after_end is not None:
+            walk.add(
+                "inserted",
+                s.after_end[0],
+                f"{where}: records after its {s.after_end[1]} checkpoint (a writer never writes past it in the same segment)",
             )
         if s.last_seq is not None and s.last_hash is not None:
             seq, last_hash = s.last_seq, s.last_hash
