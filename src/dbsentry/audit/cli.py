@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from dbsentry.audit.config import AuditConfig
 from dbsentry.audit.index import catch_up_all, reindex
-from dbsentry.audit.keys import Signer, load_or_create_signing_key, load_public_key, public_key_path
+from dbsentry.audit.keys import Signer, load_or_create_signing_key, verification_keys
 from dbsentry.audit.query import (
     export_csv,
     export_jsonl,
@@ -79,18 +79,10 @@ class AuditContext:
         return self.audit.signing_key_path(self.state_dir)
 
     def public_keys(self, extra: tuple[Path, ...] = ()) -> list[Ed25519PublicKey]:
-        keys: list[Ed25519PublicKey] = []
-        own = public_key_path(self.key_path())
         try:
-            if own.exists():
-                keys.append(load_public_key(own))
-            elif self.key_path().exists():
-                keys.append(load_or_create_signing_key(self.key_path()).public_key())
-            for p in [*self.audit.trusted_public_keys, *extra]:
-                keys.append(load_public_key(p))
+            return verification_keys(self.key_path(), [*self.audit.trusted_public_keys, *extra])
         except (OSError, ValueError) as err:
             raise click.ClickException(f"cannot load a public key: {err}") from None
-        return keys
 
     def redactor(self) -> LiteralRedactor:
         """The proxy's token key, to compute the token of a value (never created here)."""
@@ -507,3 +499,4 @@ def report(
     click.echo(
         f"wrote {full_path(rep.out_dir / 'report.html')} and {len(rep.files) - 1} more files"
     )
+

@@ -84,6 +84,38 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     return key
 
 
+def verification_keys(signing_key: Path, trusted: Iterable[Path] = ()) -> list[Ed25519PublicKey]:
+    """The keys ``verify`` trusts: this node's signing key and the ``trusted`` public keys.
+
+    The signing key's own public half when this user can read the private key, not the
+    ``.pub`` file beside it, which anyone who can write the state directory can replace
+    with a key of their own; ``ValueError`` when that file names another key.  Only when
+    the private key cannot be read is the ``.pub`` file what there is to trust."""
+    keys: list[Ed25519PublicKey] = []
+    own = public_key_path(signing_key)
+    signing: Ed25519PublicKey | None = None
+    try:
+        if signing_key.exists():
+            signing = load_or_create_signing_key(signing_key).public_key()
+    except PermissionError:
+        signing = None
+    if signing is not None:
+        if own.exists() and _raw(load_public_key(own)) != _raw(signing):
+            raise ValueError(
+                f"{own} does not match the signing key {signing_key}: the public key file was replaced "
+                "(or the key was); nothing is trusted from it"
+            )
+        keys.append(signing)
+    elif own.exists():
+        keys.append(load_public_key(own))
+    keys.extend(load_public_key(p) for p in trusted)
+    return keys
+
+
+def _raw(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """A signed statement that the chain had record ``seq`` with hash ``hash`` at ``time``."""

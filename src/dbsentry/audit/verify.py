@@ -860,7 +860,21 @@ class _IndexCompare:
         else:
             self.check.not_indexed += 1
 
+    def _unplaced(self, row: StoredRecord) -> bool:
+        """A row with no position in a log (``node_seq`` missing, zero or negative): no
+        writer made it, and it is no archived record either."""
+        if row.node_seq is not None and row.node_seq >= 1:
+            return False
+        self.walk.add(
+            "index_added",
+            None,
+            f"the index has a row of this node with no place in its log (node_seq {row.node_seq}, id {row.record.id})",
+        )
+        return True
+
     def _no_record(self, row: StoredRecord) -> None:
+        if self._unplaced(row):
+            return
         seq = self._seq(row)
         if seq <= self._anchor_seq:
             self.check.archived_rows += 1
@@ -884,7 +898,9 @@ class _IndexCompare:
         """After the log's last record (``end``, seq ``end_seq``): rows beyond it."""
         rows: list[StoredRecord] = []
         while self._row is not None:
-            if self._seq(self._row) <= self._anchor_seq:
+            if self._unplaced(self._row):
+                pass
+            elif self._seq(self._row) <= self._anchor_seq:
                 self.check.archived_rows += 1
             else:
                 if len(rows) < 2:
@@ -1366,6 +1382,27 @@ def verify_all(
     store's index rows agree with the logs."""
     ring = _ring(public_keys)
     legacy = verify(store, ring, max_problems=max_problems) if store is not None else None
+    if legacy is not None and legacy.records and legacy.last_checkpoint_seq is None and legacy.anchor_seq == 0:
+        # The store's own chain was signed by checkpoints as it was written, like a log:
+        # records no checkpoint covers at all were not written by a writer with a trusted key.
+        legacy = _replace_problems(
+            legacy,
+            tuple(
+                sorted(
+                    (
+                        *legacy.problems,
+                        Problem(
+                            "unsigned",
+                            legacy.first_seq,
+                            f"none of the {legacy.records} records of the store's own chain is covered by a checkpoint "
+                            "signed by a trusted key: they were not written by dbsentry's writer (or it never "
+                            "checkpointed them)",
+                        ),
+                    ),
+                    key=_problem_order,
+                )
+            ),
+        )
     nodes = log_nodes(log_dir)
     results = tuple(
         verify_log(log_dir, n, ring, store=store, archive_dir=archive_dir, max_problems=max_problems) for n in nodes

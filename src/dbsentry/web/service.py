@@ -155,17 +155,15 @@ class WebServices:
     def public_keys(self) -> Sequence[Ed25519PublicKey]:
         if self.ctx.public_keys is not None:
             return self.ctx.public_keys()
-        from dbsentry.audit.keys import load_public_key, public_key_path
+        from dbsentry.audit.keys import verification_keys
 
         cfg = self.ctx.config.audit
-        own = public_key_path(cfg.signing_key_path(Path(self.ctx.config.state_dir)))
-        paths = [own, *cfg.trusted_public_keys] if own.exists() else list(cfg.trusted_public_keys)
-        return [load_public_key(p) for p in paths]
+        return verification_keys(cfg.signing_key_path(Path(self.ctx.config.state_dir)), cfg.trusted_public_keys)
 
     def verify(self, *, fresh: bool = False) -> tuple[float, AuditVerification]:
         """The trail's verification (the store's own chain, every node's log, the index),
         at most VERIFY_CACHE_SECONDS old unless ``fresh``."""
-        from dbsentry.audit.verify import verify_all
+        from dbsentry.audit.verify import AuditVerification, Problem, verify_all
 
         with self._verify_lock:
             now = self.ctx.clock()
@@ -176,6 +174,11 @@ class WebServices:
             ):
                 return self._verify
             cfg = self.ctx.config.audit
-            result = verify_all(self.store, cfg.log_path(Path(self.ctx.config.state_dir)), list(self.public_keys()))
+            try:
+                keys = list(self.public_keys())
+            except ValueError as err:  # the public key file names another key than the signing key's
+                result = AuditVerification(None, (), (Problem("checkpoint_unknown_key", None, str(err)),))
+            else:
+                result = verify_all(self.store, cfg.log_path(Path(self.ctx.config.state_dir)), keys)
             self._verify = (now, result)
             return self._verify
