@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from dbsentry.approvals.sqlite_store import SQLiteApprovalStore
 from dbsentry.audit import CompletionRecord, StatementRecord
 from dbsentry.audit.config import AuditConfig
+from dbsentry.audit.keys import Signer
 from dbsentry.audit.sqlite_store import SQLiteStore
 from dbsentry.audit.store import encode
 from dbsentry.cli import main
@@ -44,6 +45,8 @@ def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     )
     done = CompletionRecord(statement_id=read.id, session_id="s1", rows=1, duration_ms=0.2)
     store.append_batch([encode(r) for r in (ddl, read, done)])
+    # the writer of the store's own chain signed it when it stopped (verify requires a checkpoint)
+    store.add_checkpoint(Signer.from_path(AuditConfig().signing_key_path(tmp_path / "state")), "close")
     store.close()
     monkeypatch.chdir(tmp_path)
     return tmp_path

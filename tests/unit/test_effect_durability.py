@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,6 +16,7 @@ from dbsentry.config import parse_config
 from dbsentry.engines.postgres.session import commands as c
 from dbsentry.engines.postgres.session.events import ClientData, PasswordVerified, UpstreamData
 from dbsentry.engines.postgres.session.governance import Governor
+from dbsentry.engines.postgres.session.masking import MaskingService
 from dbsentry.engines.postgres.session.pg import ClientInfo, Session
 from dbsentry.engines.postgres.session.upstream import UpstreamReady
 from dbsentry.engines.postgres.sql.facts import analyze
@@ -22,6 +24,7 @@ from dbsentry.engines.postgres.wire import codec
 from dbsentry.engines.postgres.wire import messages as m
 from dbsentry.governance.durability import changes_data, transactional_only
 from dbsentry.identity.model import Identity
+from dbsentry.masking.catalog import Catalog, classify_catalog
 
 WRITES = [
     "insert into t values (1)",
@@ -54,7 +57,32 @@ READS = [
 ]
 
 
-def _session() -> Session:
+# The connection's catalog: t a plain table; v a view of it; ft a foreign table; rls a table
+# with row-level security; f a user function the catalog says reads only (STABLE SQL).
+_REL = [
+    (1, "public", "t", "r", 1, "a", 23, "integer", -1, None, "N"),
+    (2, "public", "v", "v", 1, "a", 23, "integer", -1, None, "N"),
+    (3, "public", "ft", "f", 1, "a", 23, "integer", -1, None, "N"),
+    (4, "public", "rls", "r", 1, "a", 23, "integer", -1, None, "N", True),
+    (5, "public", "vft", "v", 1, "a", 23, "integer", -1, None, "N"),
+]
+_VIEWS = [(2, "SELECT t.a FROM public.t"), (5, "SELECT ft.a FROM public.ft")]
+_FUNCTIONS = [(10, "public", "f", "sql", "SELECT 1", False, 0, [], [], 0, "f", "s", [])]
+_BUILTINS = ["set_config", "nextval", "now", "count", "pg_notify"]
+# Reads the catalog says change nothing, that may all the same (FunctionSafety.reads_beyond):
+# they wait for durability like writes.
+READS_BEYOND = [
+    "select f()",  # a user function: replaced since the catalog was read, it may write
+    "select a from ft",  # a foreign table: the other side runs what it likes
+    "select a from rls",  # row-level security: its policies call functions
+    "select a from vft",  # a view over a foreign table
+    "select a from not_in_the_catalog",  # created since: could be any of these
+]
+# ... and reads that need not wait
+READS_KNOWN = ["select a from t", "select a from v", "select count(*) from t", "select now()"]
+
+
+def _session(catalog: bool = True) -> Session:
     config = parse_config(
         {
             "tls": {"require_client_tls": False},
@@ -64,6 +92,11 @@ def _session() -> Session:
         },
         Path("."),
     )
+    service = None
+    if catalog:
+        cat = Catalog.from_rows(_REL, _VIEWS, _FUNCTIONS, ("public",), _BUILTINS)
+        service = MaskingService(config.masking, b"k" * 32)
+        service.install("app", cat, classify_catalog(cat))
     session = Session(
         config,
         ClientInfo("127.0.0.1:5000"),
@@ -71,6 +104,7 @@ def _session() -> Session:
         b"1234",
         governor=Governor.from_path(None),
         audit_config=AuditConfig(durability="effect"),
+        catalog_service=service,
     )
     session.handle(
         ClientData(codec.encode_startup((("user", "ann@example.com"), ("database", "app"))))
@@ -255,3 +289,41 @@ def test_no_commit_and_nothing_outside_a_block_runs_before_durable(
                 assert gate.durable, (sql, extended, status)
         _reply_in(session, reply)
         status = reply
+
+
+def _gates_of(session: Session, sql: str, extended: bool) -> list[c.AuditGate | None]:
+    if extended:
+        data = (
+            codec.encode_parse(m.Parse("", sql, ()))
+            + codec.encode_bind(m.Bind("", "", (), (), ()))
+            + codec.encode_execute(m.Execute("", 0))
+            + codec.SYNC
+        )
+    else:
+        data = codec.encode_query(sql)
+    gates = [gate for d, gate in _forwarded(session.handle(ClientData(data))) if sql.encode() in d]
+    _reply(session)
+    return gates
+
+
+@pytest.mark.parametrize("extended", [False, True])
+def test_reads_that_may_reach_beyond_what_the_catalog_says_wait_for_durability(extended: bool) -> None:
+    """Found by an attack round that froze the fsync helper: a function replaced behind the
+    catalog, a row-level security policy, a foreign table each committed a write from a
+    SELECT forwarded before its record was durable."""
+    session = _session()
+    for sql in READS_BEYOND:
+        gates = _gates_of(session, sql, extended)
+        assert gates and all(g is not None and g.durable for g in gates), sql
+    for sql in READS_KNOWN:
+        gates = _gates_of(session, sql, extended)
+        assert gates and all(g is not None and not g.durable for g in gates), sql
+
+
+def test_without_a_catalog_yet_a_read_of_a_table_or_a_function_waits() -> None:
+    session = _session(catalog=False)
+    for sql in ("select a from t", "select now()"):
+        gates = _gates_of(session, sql, False)
+        assert gates and all(g is not None and g.durable for g in gates), sql
+    gates = _gates_of(session, "select 1", False)  # nothing it calls or reads
+    assert gates and all(g is not None and not g.durable for g in gates)

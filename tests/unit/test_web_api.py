@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from dbsentry import metrics
 from dbsentry.audit import SessionEvent, StatementRecord
 from dbsentry.audit.appender import AuditLog
+from dbsentry.audit.keys import Signer
 from dbsentry.audit.records import CompletionRecord
 from dbsentry.audit.sqlite_store import SQLiteStore
 from dbsentry.audit.store import encode
@@ -215,6 +216,8 @@ def env(tmp_path: Path) -> Iterator[Env]:
     store_path = tmp_path / "audit.db"
     seed = SQLiteStore(store_path)
     records = populate(seed)
+    # the writer of the store's own chain signed it when it stopped (verify requires a checkpoint)
+    seed.add_checkpoint(Signer.from_path(config.audit.signing_key_path(config.state_dir)), "close")
     seed.close()
     token_store = TokenStore(config.state_dir)
     tokens = {
@@ -581,7 +584,7 @@ def test_audit_status_and_verify(env: Env) -> None:
     status = env.get("/api/v1/audit/status", "auditor").json()
     assert status["head"]["seq"] >= len(env.records) and status["writer"]["healthy"] is True
     v = env.get("/api/v1/audit/verify", "auditor", params={"fresh": True}).json()
-    assert v["ok"] is True and v["records"] >= len(env.records), v["problems"] if "problems" in v else v["chains"]
+    assert v["ok"] is True and v["records"] >= len(env.records), v
     assert v["chains"][0]["name"] == "store (before the log)"
 
 

@@ -68,6 +68,7 @@ class Relation:
     kind: str  # r table, p partitioned table, v view, m materialized view, f foreign table
     columns: tuple[Column, ...]
     definition: str | None = None  # views and materialized views
+    row_security: bool = False  # row-level security on: its policies run when it is read
 
     @property
     def is_view(self) -> bool:
@@ -180,16 +181,19 @@ class Catalog:
         :data:`FUNCTIONS_SQL`, in the order those queries give their columns."""
         defs = {int(r[0]): r[1] for r in view_rows}
         heads: dict[int, tuple[str, str, str]] = {}
+        secured: set[int] = set()
         cols: dict[int, list[Column]] = {}
         for row in relation_rows:
             oid, schema, name, kind, attnum, attname, type_oid, type_name, typmod, comment = row[:10]
             category = str(row[10] or "") if len(row) > 10 else ""
+            if len(row) > 11 and row[11]:
+                secured.add(int(oid))
             heads[int(oid)] = (schema, name, kind)
             cols.setdefault(int(oid), []).append(
                 Column(int(attnum), attname, int(type_oid), type_name or "", int(typmod), comment, category)
             )
         relations = {
-            oid: Relation(oid, s, n, k, tuple(cols[oid]), defs.get(oid))
+            oid: Relation(oid, s, n, k, tuple(cols[oid]), defs.get(oid), oid in secured)
             for oid, (s, n, k) in heads.items()
         }
         functions = {}

@@ -58,7 +58,8 @@ _SCHEMA_FILTER = """(n.nspname NOT IN ('pg_catalog', 'information_schema')
 #: One row per column: relation oid, schema, name, relkind, attnum, column name, type oid
 #: (a domain's base type, as RowDescription reports it), ``format_type`` spelling (a domain
 #: keeps its own name), type modifier, column comment, the base type's ``typcategory``
-#: followed by its element's for arrays (``S`` text, ``AS`` text[], ``C`` composite...).
+#: followed by its element's for arrays (``S`` text, ``AS`` text[], ``C`` composite...),
+#: and whether row-level security is on for the relation (its policies run when it is read).
 RELATIONS_SQL = f"""
 SELECT c.oid::int8, n.nspname::text, c.relname::text, c.relkind::text,
        a.attnum::int4, a.attname::text,
@@ -66,7 +67,8 @@ SELECT c.oid::int8, n.nspname::text, c.relname::text, c.relkind::text,
        pg_catalog.format_type(a.atttypid, a.atttypmod),
        a.atttypmod::int4,
        pg_catalog.col_description(c.oid, a.attnum),
-       bt.typcategory::text || COALESCE(et.typcategory::text, '')
+       bt.typcategory::text || COALESCE(et.typcategory::text, ''),
+       c.relrowsecurity
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped

@@ -232,6 +232,38 @@ class FunctionSafety:
                         verdict = _worst(verdict, self._code(functions, depth))
         return verdict
 
+    def reads_beyond(self, facts: StatementFacts, depth: int = 0) -> bool:
+        """Whether a statement judged to change nothing may still do so by what it reads,
+        whatever the catalog said of the code (for ``audit.durability: effect``, which
+        forwards such a statement before its record is durable): it calls a function that
+        is not built in (replaced since the catalog was read, it may write), or reads a
+        relation that is not known (created since), a foreign table (the other side runs
+        what it likes), one with row-level security (its policies call functions), or a
+        view over any of these."""
+        if self.calls_user_code(facts):
+            return True
+        for table in facts.tables_read:
+            if table.startswith(("pg_catalog.", "information_schema.")):
+                continue
+            rels = self._relations_named(table)
+            if not rels:
+                return True
+            for rel in rels:
+                if rel.kind == "f" or rel.row_security:
+                    return True
+                if rel.is_view and self._view_reads_beyond(rel, depth):
+                    return True
+        return False
+
+    def _view_reads_beyond(self, view: Relation, depth: int) -> bool:
+        if view.definition is None or depth >= _MAX_DEPTH:
+            return True
+        try:
+            statements = analyze(view.definition)
+        except (SQLParseError, RecursionError):
+            return True
+        return not statements or any(self.reads_beyond(f, depth + 1) for f in statements)
+
     def calls_user_code(self, facts: StatementFacts) -> bool:
         """Whether the statement calls a function that is not built in, whatever the catalog
         last said of it (a direct connection may have replaced it since)."""

@@ -36,7 +36,7 @@ import re
 import secrets
 import struct
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
@@ -638,12 +638,12 @@ class _CheckFacts:
 
     __slots__ = ("durable", "first", "plans_opaque", "quiet", "reads", "transactional", "where_params")
 
-    def __init__(self, check: Check) -> None:
+    def __init__(self, check: Check, durable: Callable[[StatementFacts], bool]) -> None:
         facts = check.verdict.facts
         self.first = first = facts[0] if facts else None
-        # Whether running it must wait for its record to be durable (see _execute_frame),
-        # and whether a ROLLBACK undoes all it does (see _gate_durable).
-        self.durable = first is None or changes_data(first.command, first.classes, first.flags)
+        # Whether running it must wait for its record to be durable (see _execute_frame,
+        # Session._effect_durable), and whether a ROLLBACK undoes all it does (see _gate_durable).
+        self.durable = first is None or durable(first)
         self.transactional = first is not None and _transactional(first)
         self.reads = first is not None and len(facts) == 1 and _plain_read(first)
         self.quiet = first is not None and len(facts) == 1 and _quiet(first)
@@ -713,6 +713,7 @@ class _ShapeRuling:
         planned: tuple[tuple[bool, ...], tuple[bool, ...], bool] | None,
         redaction: int | None,
         guarded: bool = False,
+        durable: bool = True,
     ) -> None:
         self.kinds = kinds
         self.guarded = guarded
@@ -725,10 +726,10 @@ class _ShapeRuling:
         # what SessionMasking.plan left: (strict, settings, whether it left its source)
         self.strict, self.settings, self.source = planned if planned is not None else ((), (), False)
         self.redaction = redaction  # see SessionAudit.shape_statement
-        # whether it may change data (see governance.durability): never for a plain SELECT
-        # today, but decided as for any statement
+        # whether it must wait for its record to be durable (Session._effect_durable, with
+        # the catalog of the stamp)
         facts = check.verdict.facts[0]
-        self.durable = changes_data(facts.command, facts.classes, facts.flags)
+        self.durable = durable
         self.transactional = _transactional(facts)
         self.reads = _plain_read(facts)
         self.quiet = _quiet(facts)
@@ -885,7 +886,7 @@ class Session:
     _quiet: dict[int, tuple[Check, MaskingView | None]] | None = None
     # What every Bind and Execute of a prepared statement asks of its check, by the
     # check's id, with the check (see _facts_of).
-    _known: dict[int, tuple[Check, _CheckFacts]] | None = None
+    _known: dict[int, tuple[Check, _CheckFacts, MaskingView | None]] | None = None
 
     def __post_init__(self) -> None:
         self._client_frames = codec.FrameSplitter(MAX_AUTH_MESSAGE)
@@ -2011,7 +2012,7 @@ class Session:
                     plan = plans[i] if masked and i < len(plans) else None
                     rec = audit.statement(facts.text, facts, decision, correlation=correlation, masks=plan)
                     chunk.gated.append(rec)
-                    durable = changes_data(facts.command, facts.classes, facts.flags)
+                    durable = self._effect_durable(facts)
                     _gate_durable(chunk, durable, chunk.block and _transactional(facts))  # asked in a block only
                     audit.expect(rec, self._cycles_sent)
                     ids.append(rec.id)
@@ -2089,6 +2090,7 @@ class Session:
             planned,
             redaction,
             self.guard is not None and any(self._changes_rows(x) for x in facts),
+            self._effect_durable(check.verdict.facts[0]),
         )
 
     def _apply_shape(self, chunk: _Chunk, sql: str, constants: list[str], ruling: _ShapeRuling) -> bool:
@@ -2313,19 +2315,33 @@ class Session:
         return True
 
     def _facts_of(self, check: Check) -> _CheckFacts:
-        """What Binds and Executes ask of a prepared statement's check, kept per check
-        (a statement prepared once is bound and executed many times)."""
+        """What Binds and Executes ask of a prepared statement's check, kept per check and
+        catalog (a statement prepared once is bound and executed many times)."""
         known = self._known
+        view = self._catalog_view()
         got = known.get(id(check)) if known is not None else None
-        if got is not None and got[0] is check:
+        if got is not None and got[0] is check and got[2] is view:
             return got[1]
         if known is None:
             known = self._known = {}
         elif len(known) >= _MAX_SHAPES:
             known.clear()
-        facts = _CheckFacts(check)
-        known[id(check)] = (check, facts)
+        facts = _CheckFacts(check, self._effect_durable)
+        known[id(check)] = (check, facts, view)
         return facts
+
+    def _effect_durable(self, facts: StatementFacts) -> bool:
+        """Whether the statement must not run before its record is durable (``effect``): it
+        may change data (governance.durability), or what it calls or reads may, whatever the
+        catalog last said of that code (FunctionSafety.reads_beyond: a function replaced,
+        a row-level security policy, a foreign table).  No catalog yet: anything it calls or
+        reads may."""
+        if changes_data(facts.command, facts.classes, facts.flags):
+            return True
+        if not (facts.functions or facts.tables_read):
+            return False
+        view = self._catalog_view()
+        return view is None or view.functions.reads_beyond(facts)
 
     def _guard_bind(self, chunk: _Chunk, portal: str, name: str) -> None:
         """Planning runs non-volatile functions (constant folding, estimates) at Bind: a
