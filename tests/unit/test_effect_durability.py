@@ -143,6 +143,18 @@ def test_the_oracle_agrees_with_the_lists() -> None:
         assert not transactional_only(f.command, f.commands, f.classes, f.flags, f.functions), sql
 
 
+def _message(sql: str, extended: bool) -> bytes:
+    """``sql`` as a simple Query, or as Parse, Bind, Execute and Sync."""
+    if not extended:
+        return codec.encode_query(sql)
+    return (
+        codec.encode_parse(m.Parse("", sql, ()))
+        + codec.encode_bind(m.Bind("", "", (), (), ()))
+        + codec.encode_execute(m.Execute("", 0))
+        + codec.SYNC
+    )
+
+
 def _reply(session: Session) -> None:
     session.handle(UpstreamData(codec.frame(b"C", b"OK\x00") + codec.encode_ready("I")))
 
@@ -152,16 +164,7 @@ def _reply(session: Session) -> None:
 def test_no_change_runs_before_its_record_is_durable(statements: list[tuple[str, bool]]) -> None:
     session = _session()
     for sql, extended in statements:
-        if extended:
-            data = (
-                codec.encode_parse(m.Parse("", sql, ()))
-                + codec.encode_bind(m.Bind("", "", (), (), ()))
-                + codec.encode_execute(m.Execute("", 0))
-                + codec.SYNC
-            )
-        else:
-            data = codec.encode_query(sql)
-        forwarded = _forwarded(session.handle(ClientData(data)))
+        forwarded = _forwarded(session.handle(ClientData(_message(sql, extended))))
         carrying = [(d, gate) for d, gate in forwarded if sql.encode() in d]
         if sql in WRITES:
             for _, gate in carrying:  # a write that goes upstream at all waits for durability
@@ -292,16 +295,8 @@ def test_no_commit_and_nothing_outside_a_block_runs_before_durable(
 
 
 def _gates_of(session: Session, sql: str, extended: bool) -> list[c.AuditGate | None]:
-    if extended:
-        data = (
-            codec.encode_parse(m.Parse("", sql, ()))
-            + codec.encode_bind(m.Bind("", "", (), (), ()))
-            + codec.encode_execute(m.Execute("", 0))
-            + codec.SYNC
-        )
-    else:
-        data = codec.encode_query(sql)
-    gates = [gate for d, gate in _forwarded(session.handle(ClientData(data))) if sql.encode() in d]
+    forwarded = _forwarded(session.handle(ClientData(_message(sql, extended))))
+    gates = [gate for d, gate in forwarded if sql.encode() in d]
     _reply(session)
     return gates
 
