@@ -419,6 +419,22 @@ def test_another_nodes_key_cannot_sign_this_nodes_log(here: Path) -> None:
     assert res.exit_code == 1, res.output
 
 
+def test_a_restart_after_checkpoints_were_stripped_does_not_whitewash_them(here: Path) -> None:
+    """The rewrite above, then the proxy starts again: its start checkpoint signs the log
+    as it finds it (which vouches for every record before it), so the start says in the
+    log what it found unvouched, and verify names that for good."""
+    rewrite_log(here, lambda s, p: forge(s, p, 5), drop_checkpoints_after=4)
+    restarted = AuditLog(new_log(here))
+    restarted.start()
+    restarted.close()
+    res = run("audit", "verify")
+    assert res.exit_code == 1, res.output
+    _, data = verify_json()
+    problems = [p for n in data["nodes"] for p in n["chain"]["problems"]] if "nodes" in data else data["problems"]
+    assert any(p["kind"] == "unsigned" and "the writer that started here found records" in p["message"] for p in problems)
+
+
+
 def test_forged_node_directory_without_any_signature_is_named(here: Path) -> None:
     fake = LogFile(log_dir(here), f"{NODE}-w1", signer=None)
     fake.open()

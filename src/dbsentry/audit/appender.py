@@ -152,6 +152,19 @@ class AuditLog:
                 )
             )
 
+        if tail.unvouched is not None:
+            segment, first, last = tail.unvouched
+            log.error(
+                "audit log: records no signed checkpoint vouches for (checkpoints removed?); recorded for verify",
+                extra={"fields": {"segment": segment, "first_seq": first, "last_seq": last}},
+            )
+            self.append_nowait(
+                SystemEvent(
+                    event="audit_log_unvouched",
+                    node=self.node,
+                    detail={"segment": segment, "first_seq": first, "last_seq": last},
+                )
+            )
         if tail.damaged_segment is not None:
             log.error(
                 "audit log: a damaged segment, whole records after the damage: left as it is for verify",

@@ -36,6 +36,8 @@ from typing import Any
 
 import orjson
 
+from dbsentry.audit.keys import Checkpoint, KeyRing
+
 FORMAT = "dbsentry-audit-log-1"
 KIND_HEADER = 0x48  # "H"
 KIND_RECORD = 0x52  # "R"
@@ -340,6 +342,9 @@ class Tail:
     # damage whole frames follow in the last segment: left as it is (see recover)
     damaged_segment: int | None = None
     damage_reason: str | None = None
+    # (segment, first seq, last seq): records no signed checkpoint vouched for when the
+    # writer started (see unvouched_end); its start checkpoint signs them all the same
+    unvouched: tuple[int, int, int] | None = None
 
 
 def recover(node_dir: Path, node: str, *, now: float | None = None) -> Tail:
@@ -448,3 +453,52 @@ class LogTailer:
                 return  # the open segment: the rest is not written yet
             self._segment += 1
             self._offset = 0
+
+
+def checkpoint_of(meta: dict[str, Any], node: str) -> Checkpoint | None:
+    """A checkpoint frame as the checkpoint its signature covers: the kind is signed as
+    ``<kind>:<node>``, with the node of the log being read, so a checkpoint copied from
+    another node's log does not verify."""
+    try:
+        return Checkpoint(
+            int(meta["seq"]),
+            str(meta["hash"]),
+            float(meta["time"]),
+            f"{meta['kind']}:{node}",
+            str(meta["key_id"]),
+            str(meta["signature"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def unvouched_end(node_dir: Path, node: str, ring: KeyRing) -> tuple[int, int, int] | None:
+    """Whether the last record of the segment before the last is vouched for by a signed
+    checkpoint, as a writer leaves every segment it moves on from: that segment's own
+    seal or close, or the next writer's start checkpoint at the beginning of the last
+    segment.  (segment, its first seq, its last seq) when it is not: its checkpoints were
+    removed and its records may have been rewritten (or a version before 2026-12-07
+    crashed there).  A writer that starts says so in the log (``audit_log_unvouched``)
+    before its own start checkpoint signs what it found."""
+    segments = list_segments(node_dir)
+    if len(segments) < 2:
+        return None
+    (n1, p1), (_, p2) = segments[-2], segments[-1]
+    frames, _, _ = read_past_damage(p1.read_bytes())
+    records = [f for f in frames if f.kind == KIND_RECORD]
+    if not records:
+        return None
+    last = records[-1]
+
+    def vouches(f: Frame) -> bool:
+        if f.kind != KIND_CHECKPOINT or f.meta.get("seq") != last.seq or f.meta.get("hash") != last.hash.hex():
+            return False
+        cp = checkpoint_of(f.meta, node)
+        return cp is not None and ring.check(cp) == "ok"
+
+    if vouches(frames[-1]):
+        return None
+    following, _, _ = read_past_damage(p2.read_bytes())
+    if len(following) > 1 and vouches(following[1]):
+        return None
+    return n1, records[0].seq, last.seq

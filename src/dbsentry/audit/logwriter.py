@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from dbsentry.audit.keys import Signer
+from dbsentry.audit.keys import KeyRing, Signer
 from dbsentry.audit.log import (
     FORMAT,
     KIND_CHECKPOINT,
@@ -37,6 +37,7 @@ from dbsentry.audit.log import (
     recover,
     scan_segment,
     segment_name,
+    unvouched_end,
 )
 
 log = logging.getLogger("dbsentry.audit")
@@ -183,6 +184,8 @@ class LogFile:
         one if it is not sealed), start the fsync thread."""
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         tail = recover(self.dir, self.node)
+        if self._signer is not None:
+            tail.unvouched = unvouched_end(self.dir, self.node, KeyRing([self._signer.public_key]))
         self.tail = tail
         self.seq = self.written_seq = self.durable_seq = tail.seq
         self._hash = self._written_hash = tail.hash

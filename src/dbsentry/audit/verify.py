@@ -45,6 +45,7 @@ from dbsentry.audit.log import (
     KIND_HEADER,
     KIND_RECORD,
     Frame,
+    checkpoint_of,
     genesis,
     list_nodes,
     list_segments,
@@ -781,20 +782,7 @@ def _first_pass(node: str, number: int, path: Path, archived: bool, last: bool) 
 
 
 def _log_checkpoint(meta: dict[str, Any], node: str) -> Checkpoint | None:
-    """A checkpoint frame as the checkpoint its signature covers: the kind is signed as
-    ``<kind>:<node>``, with the node of the directory being verified, so a checkpoint
-    copied from another node's log does not verify."""
-    try:
-        return Checkpoint(
-            int(meta["seq"]),
-            str(meta["hash"]),
-            float(meta["time"]),
-            f"{meta['kind']}:{node}",
-            str(meta["key_id"]),
-            str(meta["signature"]),
-        )
-    except (KeyError, TypeError, ValueError):
-        return None
+    return checkpoint_of(meta, node)
 
 
 def _encoded(payload: bytes) -> EncodedRecord:
@@ -1122,6 +1110,8 @@ def verify_log(
                 rec = StoredRecord(f.seq, f.prev_hash.hex(), f.hash.hex(), _encoded(f.payload), node, f.seq)
                 if not rec.record.id:
                     walk.add("changed", f.seq, "the payload is not a record (not a JSON object)")
+                elif rec.record.type == "system" and b"audit_log_unvouched" in f.payload:
+                    _unvouched_record(walk, f.seq, f.payload)
                 if manifest_end is not None and f.seq == manifest_end.last_seq and rec.hash != manifest_end.last_hash:
                     walk.add("checkpoint_mismatch", f.seq, "the archive manifest names a different hash for this record")
                 if compare is not None:
@@ -1143,6 +1133,22 @@ def verify_log(
         archived_segments=len(manifest.segments) if manifest is not None else 0,
         index=compare.check if compare is not None else None,
         info=tuple(notes),
+    )
+
+
+def _unvouched_record(walk: _Walk, seq: int, payload: bytes) -> None:
+    """The writer that started here found records no signed checkpoint vouched for (see
+    ``log.unvouched_end``): its start checkpoint signs them, so this record is what says so."""
+    data = orjson.loads(payload)
+    detail = data.get("detail") if isinstance(data, dict) and data.get("event") == "audit_log_unvouched" else None
+    if not isinstance(detail, dict):
+        return
+    walk.add(
+        "unsigned",
+        seq,
+        f"the writer that started here found records {detail.get('first_seq')}..{detail.get('last_seq')} (segment "
+        f"{detail.get('segment')}) vouched for by no signed checkpoint: checkpoints had been removed and the records "
+        "may have been rewritten (or a version before 2026-12-07 crashed there); its start checkpoint signed them",
     )
 
 
