@@ -22,6 +22,7 @@ from dbsentry.approvals import Approvals, open_approval_store
 from dbsentry.approvals.config import ApprovalsConfig
 from dbsentry.approvals.model import FactsSummary, access_request
 from dbsentry.audit import StatementRecord
+from dbsentry.audit.keys import Signer
 from dbsentry.audit.sqlite_store import SQLiteStore
 from dbsentry.audit.store import encode
 from dbsentry.config import parse_config
@@ -124,6 +125,8 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     store_path = config.audit.sqlite_path(config.state_dir)
     seed = SQLiteStore(store_path)
     seed.append_batch([encode(r) for r in _records()])
+    # its writer signed the store's own chain when it stopped (verify requires a checkpoint)
+    seed.add_checkpoint(Signer.from_path(config.audit.signing_key_path(config.state_dir)), "close")
     seed.close()
     tokens = TokenStore(config.state_dir)
     issued = {

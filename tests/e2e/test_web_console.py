@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from dbsentry.audit import CompletionRecord, SessionEvent, StatementRecord
+from dbsentry.audit.keys import Signer
 from dbsentry.audit.sqlite_store import SQLiteStore
 from dbsentry.audit.store import encode
 from dbsentry.config import Config, parse_config
@@ -289,6 +290,8 @@ def console(tmp_path: Path) -> Iterator[Console]:
     store_path = config.audit.sqlite_path(config.state_dir)
     seed = SQLiteStore(store_path)
     seed.append_batch([encode(r) for r in demo_records(time.time())])
+    # its writer signed the store's own chain when it stopped (verify requires a checkpoint)
+    seed.add_checkpoint(Signer.from_path(config.audit.signing_key_path(config.state_dir)), "close")
     seed.close()
     tokens = TokenStore(config.state_dir)
     issued = {

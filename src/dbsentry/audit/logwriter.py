@@ -390,8 +390,6 @@ class LogFile:
             },
         )
         try:
-            if self._segment_size + len(data) > self._allocated:
-                self._allocate_locked(self._segment_size + len(data))
             write_all(self._ops, self._fd, data)
         except OSError as err:  # records are safe; the checkpoint is retried later
             log.warning("audit checkpoint not written: %s", err)
@@ -400,6 +398,9 @@ class LogFile:
             self._allocated = self._segment_size
             return
         self._segment_size += len(data)
+        # Past the space written ahead (the start checkpoint of a new segment is): the file
+        # is that long now, and the next allocation starts after it, not over it.
+        self._allocated = max(self._allocated, self._segment_size)
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
 
