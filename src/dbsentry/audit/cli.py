@@ -328,7 +328,10 @@ def verify_cmd(
     else:
         with obj.store() as store:
             try:
-                result = verify_all(store, obj.audit.log_path(obj.state_dir), keys, archive_dir=archive_dir)
+                result = verify_all(
+                    store, obj.audit.log_path(obj.state_dir), keys, archive_dir=archive_dir,
+                    max_unsigned=2 * obj.audit.checkpoint_every,
+                )
             except OSError as err:
                 raise click.ClickException(f"cannot read the audit log: {err}") from None
     if as_json:
@@ -478,7 +481,10 @@ def report(
         out = obj.state_dir / "reports" / f"report-{stamp}"
     with obj.store() as store:
         try:
-            result = verify_all(store, obj.audit.log_path(obj.state_dir), obj.public_keys(), archive_dir=archive_dir)
+            result = verify_all(
+                store, obj.audit.log_path(obj.state_dir), obj.public_keys(), archive_dir=archive_dir,
+                max_unsigned=2 * obj.audit.checkpoint_every,
+            )
         except OSError as err:
             raise click.ClickException(f"cannot read the audit log: {err}") from None
         rep = build_report(

@@ -472,33 +472,47 @@ def checkpoint_of(meta: dict[str, Any], node: str) -> Checkpoint | None:
         return None
 
 
-def unvouched_end(node_dir: Path, node: str, ring: KeyRing) -> tuple[int, int, int] | None:
-    """Whether the last record of the segment before the last is vouched for by a signed
-    checkpoint, as a writer leaves every segment it moves on from: that segment's own
-    seal or close, or the next writer's start checkpoint at the beginning of the last
-    segment.  (segment, its first seq, its last seq) when it is not: its checkpoints were
-    removed and its records may have been rewritten (or a version before 2026-12-07
-    crashed there).  A writer that starts says so in the log (``audit_log_unvouched``)
-    before its own start checkpoint signs what it found."""
+def unvouched_end(
+    node_dir: Path, node: str, ring: KeyRing, max_tail: int | None = None
+) -> tuple[int, int, int] | None:
+    """The records a writer would vouch for by signing where the log stands, though no
+    signed checkpoint vouches for them now and a writer would have: (segment of the first,
+    first seq, last seq), or None.
+
+    A writer signs a segment's last record when it seals or closes it, and where the log
+    stood when it starts; so only records after the last valid checkpoint (signed by
+    ``ring``, naming the hash the record has) in the last segment are unsigned, and no more
+    than ``max_tail`` of them.  More, or any in an earlier segment: checkpoints were removed
+    and the records may have been rewritten (or a version before 2026-12-07 crashed
+    there).  Read backwards from the last segment until such a checkpoint is found.  A
+    writer that starts says so in the log (``audit_log_unvouched``) before its own start
+    checkpoint signs what it found."""
     segments = list_segments(node_dir)
-    if len(segments) < 2:
+    hashes: dict[int, bytes] = {}
+    candidates: list[tuple[int, str]] = []  # (seq, hash) of checkpoints whose signature verifies
+    newest_first: list[tuple[int, list[int]]] = []  # (segment, its record seqs)
+    covered: int | None = None
+    for number, path in reversed(segments):
+        frames, _, _ = read_past_damage(path.read_bytes())
+        seqs = [f.seq for f in frames if f.kind == KIND_RECORD]
+        newest_first.append((number, seqs))
+        for f in frames:
+            if f.kind == KIND_RECORD:
+                hashes[f.seq] = f.hash
+            elif f.kind == KIND_CHECKPOINT:
+                cp = checkpoint_of(f.meta, node)
+                if cp is not None and ring.check(cp) == "ok":
+                    candidates.append((cp.seq, cp.hash))
+        good = [seq for seq, h in candidates if seq == 0 or (seq in hashes and hashes[seq].hex() == h)]
+        if good:
+            covered = max(good)
+            if seqs and covered >= min(seqs) - 1:
+                break  # what earlier segments hold comes before: covered through the chain
+    after = [(number, seq) for number, seqs in newest_first for seq in seqs if covered is None or seq > covered]
+    if not after:
         return None
-    (n1, p1), (_, p2) = segments[-2], segments[-1]
-    frames, _, _ = read_past_damage(p1.read_bytes())
-    records = [f for f in frames if f.kind == KIND_RECORD]
-    if not records:
+    last_segment = segments[-1][0] if segments else 0
+    if all(number == last_segment for number, _ in after) and (max_tail is None or len(after) <= max_tail):
         return None
-    last = records[-1]
-
-    def vouches(f: Frame) -> bool:
-        if f.kind != KIND_CHECKPOINT or f.meta.get("seq") != last.seq or f.meta.get("hash") != last.hash.hex():
-            return False
-        cp = checkpoint_of(f.meta, node)
-        return cp is not None and ring.check(cp) == "ok"
-
-    if vouches(frames[-1]):
-        return None
-    following, _, _ = read_past_damage(p2.read_bytes())
-    if len(following) > 1 and vouches(following[1]):
-        return None
-    return n1, records[0].seq, last.seq
+    first = min(after, key=lambda x: x[1])
+    return first[0], first[1], max(seq for _, seq in after)

@@ -185,7 +185,10 @@ class LogFile:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         tail = recover(self.dir, self.node)
         if self._signer is not None:
-            tail.unvouched = unvouched_end(self.dir, self.node, KeyRing([self._signer.public_key]))
+            # (twice the checkpoint interval: a crash between a flush's records and its
+            # checkpoint leaves up to one batch more than the interval unsigned)
+            ring = KeyRing([self._signer.public_key])
+            tail.unvouched = unvouched_end(self.dir, self.node, ring, 2 * self._checkpoint_every)
         self.tail = tail
         self.seq = self.written_seq = self.durable_seq = tail.seq
         self._hash = self._written_hash = tail.hash

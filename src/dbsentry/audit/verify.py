@@ -742,6 +742,9 @@ class _Segment:
     torn_tail: tuple[int, str] | None = None  # (offset, error): the end of the last segment
     # the first record after a seal or close checkpoint: (its seq, the checkpoint's kind)
     after_end: tuple[int, str] | None = None
+    # a seal or close checkpoint that does not name the record just before it: (that
+    # record's seq, the checkpoint's kind)
+    short_end: tuple[int, str] | None = None
 
 
 def _read_frames(data: bytes, tolerate_tail: bool) -> tuple[list[Frame], list[tuple[int, str, int | None]], tuple[int, str] | None]:
@@ -774,6 +777,10 @@ def _first_pass(node: str, number: int, path: Path, archived: bool, last: bool) 
             seg.checkpoints.append(f.meta)
             if f.meta.get("kind") in _SEAL_KINDS:
                 ended = str(f.meta.get("kind"))
+                if seg.last_seq is not None and f.meta.get("seq") != seg.last_seq and seg.short_end is None:
+                    # A writer seals or closes a segment on its last record: records before
+                    # such a checkpoint that it does not name were put there.
+                    seg.short_end = (seg.last_seq, ended)
     if frames and frames[-1].kind == KIND_CHECKPOINT:
         meta = frames[-1].meta
         if isinstance(meta.get("seq"), int):
@@ -1026,6 +1033,7 @@ def verify_log(
     store: AuditStore | None = None,
     archive_dir: Path | None = None,
     max_problems: int = 100,
+    max_unsigned: int | None = None,
 ) -> LogResult:
     """Check ``node``'s log under ``log_dir``: its frames, segments, hash chain and signed
     checkpoints, and, with ``store``, that the index's rows of it agree with it.
@@ -1122,9 +1130,8 @@ def verify_log(
             compare.finish(last, last.seq if last is not None else anchor.seq)
 
     chain = walk.run(records(), None, None)
-    unsigned = _unsigned(node, scans, anchor, chain)
-    if unsigned is not None and not any(p.kind.startswith("checkpoint_") for p in chain.problems):
-        # (a checkpoint that does not verify, or names another hash, says more already)
+    unsigned = _unsigned(node, scans, anchor, chain, max_unsigned)
+    if unsigned is not None:
         chain = _replace_problems(chain, tuple(sorted((*chain.problems, unsigned), key=_problem_order)))
     return LogResult(
         node=node,
@@ -1143,16 +1150,19 @@ def _unvouched_record(walk: _Walk, seq: int, payload: bytes) -> None:
     detail = data.get("detail") if isinstance(data, dict) and data.get("event") == "audit_log_unvouched" else None
     if not isinstance(detail, dict):
         return
+    first = detail.get("first_seq")
     walk.add(
         "unsigned",
-        seq,
-        f"the writer that started here found records {detail.get('first_seq')}..{detail.get('last_seq')} (segment "
+        first if isinstance(first, int) and 0 < first < seq else seq,
+        f"the writer that started at record {seq} found records {detail.get('first_seq')}..{detail.get('last_seq')} (segment "
         f"{detail.get('segment')}) vouched for by no signed checkpoint: checkpoints had been removed and the records "
         "may have been rewritten (or a version before 2026-12-07 crashed there); its start checkpoint signed them",
     )
 
 
-def _unsigned(node: str, scans: Sequence[_Segment], anchor: ChainPoint, chain: VerifyResult) -> Problem | None:
+def _unsigned(
+    node: str, scans: Sequence[_Segment], anchor: ChainPoint, chain: VerifyResult, max_unsigned: int | None = None
+) -> Problem | None:
     """Records no signed checkpoint vouches for where the writer would have signed them.
 
     A writer signs the last record of a segment when it seals or closes it, and the end of
@@ -1173,6 +1183,15 @@ def _unsigned(node: str, scans: Sequence[_Segment], anchor: ChainPoint, chain: V
             f"no record of node {node} is covered by a checkpoint signed by a trusted key (a writer signs the "
             "start of its log when it opens it): the log was not written by this node's writer, or its "
             "checkpoints were removed (or it was written by a version before 2026-12-07 and never checkpointed)",
+            node,
+        )
+    if max_unsigned is not None and chain.unsigned_tail > max_unsigned:
+        return Problem(
+            "unsigned",
+            covered + 1,
+            f"records {covered + 1}..{chain.last_seq} ({chain.unsigned_tail}) are covered by no signed checkpoint: more "
+            f"than a writer leaves unsigned ({max_unsigned}, twice audit.checkpoint_every): checkpoints were removed and "
+            "the records may have been rewritten",
             node,
         )
     for s in scans[:-1]:
@@ -1244,6 +1263,13 @@ def _check_structure(
             notes.append(
                 f"{where}: {error}; its last {s.size - offset} bytes are not a whole frame: a write in progress, "
                 "or a crash (the next start cuts them off and keeps them as .torn-<time>)"
+            )
+        if s.short_end is not None:
+            walk.add(
+                "inserted",
+                s.short_end[0],
+                f"{where}: its {s.short_end[1]} checkpoint does not name the record just before it (a writer seals or "
+                "closes a segment on its last record): records were put before it",
             )
         if s.after_end is not None:
             walk.add(
@@ -1383,6 +1409,7 @@ def verify_all(
     *,
     archive_dir: Path | None = None,
     max_problems: int = 100,
+    max_unsigned: int | None = None,
 ) -> AuditVerification:
     """Verify the store's own chain, every node's log under ``log_dir``, and that the
     store's index rows agree with the logs."""
@@ -1411,7 +1438,10 @@ def verify_all(
         )
     nodes = log_nodes(log_dir)
     results = tuple(
-        verify_log(log_dir, n, ring, store=store, archive_dir=archive_dir, max_problems=max_problems) for n in nodes
+        verify_log(
+            log_dir, n, ring, store=store, archive_dir=archive_dir, max_problems=max_problems, max_unsigned=max_unsigned
+        )
+        for n in nodes
     )
     orphans: list[Problem] = []
     if store is not None:

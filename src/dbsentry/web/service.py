@@ -179,6 +179,8 @@ class WebServices:
             except ValueError as err:  # the public key file names another key than the signing key's
                 result = AuditVerification(None, (), (Problem("checkpoint_unknown_key", None, str(err)),))
             else:
-                result = verify_all(self.store, cfg.log_path(Path(self.ctx.config.state_dir)), keys)
+                result = verify_all(
+                    self.store, cfg.log_path(Path(self.ctx.config.state_dir)), keys, max_unsigned=2 * cfg.checkpoint_every
+                )
             self._verify = (now, result)
             return self._verify

@@ -57,6 +57,56 @@ _OPAQUE = (False, True)
 _CHANGES = (True, True)
 
 
+# Operators and types a statement may name without running user code (as the parser gives
+# them: a type written as a keyword, int or varchar, comes as pg_catalog.int4 ...).  Any
+# other name may be a user's, created since the catalog was read (effect durability, see
+# FunctionSafety.reads_beyond); a built-in one not listed only makes a read wait.
+_BUILTIN_OPERATORS = frozenset(
+    [
+        "=", "<>", "!=", "<", ">", "<=", ">=", "+", "-", "*", "/", "%", "^", "||", "~~", "!~~", "~~*", "!~~*",
+        "~", "!~", "~*", "!~*", "@>", "<@", "&&", "->", "->>", "#>", "#>>", "?", "?|", "?&", "@@", "@?", "<<",
+        ">>", "&", "|", "#", "@", "|/", "||/", "<->", "-|-", "&<", "&>", "^@", "!!",
+    ]
+)
+_BUILTIN_TYPES = frozenset(
+    [
+        "text", "varchar", "char", "bpchar", "name", "int2", "int4", "int8", "smallint", "integer", "bigint",
+        "int", "numeric", "decimal", "real", "float4", "float8", "bool", "boolean", "date", "time", "timetz",
+        "timestamp", "timestamptz", "interval", "uuid", "json", "jsonb", "bytea", "inet", "cidr", "macaddr",
+        "macaddr8", "oid", "regclass", "regtype", "regproc", "regprocedure", "regoper", "regnamespace",
+        "regrole", "money", "xml", "bit", "varbit", "tsvector", "tsquery", "point", "line", "lseg", "box",
+        "path", "polygon", "circle", "record", "void", "anyelement", "unknown", "int4range", "int8range",
+        "numrange", "tsrange", "tstzrange", "daterange", "pg_lsn", "txid_snapshot", "pg_snapshot", "xid", "xid8",
+        "cid", "tid",
+    ]
+)
+
+
+def names_user_code(text: str, catalog: Catalog | None = None) -> bool:
+    """Whether ``text`` names an operator or a type that is not built in (a user's operator
+    runs its function; a cast runs a type's input or a cast function, a domain its CHECK),
+    or one ``catalog`` knows runs code; a text that does not parse: yes."""
+    if not text:
+        return False
+    try:
+        operators, types = operators_and_types(text)
+    except (SQLParseError, RecursionError):
+        return True
+    for names, builtin, code in (
+        (operators, _BUILTIN_OPERATORS, catalog.operator_code if catalog is not None else {}),
+        (types, _BUILTIN_TYPES, catalog.type_code if catalog is not None else {}),
+    ):
+        for name in names:
+            schema, _, base = name.rpartition(".")
+            if schema and schema.split(".")[-1] != "pg_catalog":
+                return True
+            if not schema and base.lower() not in builtin:
+                return True
+            if any(n == base for (_, n) in code):
+                return True
+    return False
+
+
 def _worst(a: tuple[bool, bool], b: tuple[bool, bool]) -> tuple[bool, bool]:
     return (a[0] or b[0], a[1] or b[1])
 
@@ -64,7 +114,10 @@ def _worst(a: tuple[bool, bool], b: tuple[bool, bool]) -> tuple[bool, bool]:
 class FunctionSafety:
     """Judges what the statements of one catalog run; memoized, so build one per catalog."""
 
-    __slots__ = ("_by_name", "_catalog", "_fn_memo", "_marked", "_name_memo", "_relations", "_trusted", "_trusting", "_views")
+    __slots__ = (
+        "_beyond", "_by_name", "_catalog", "_fn_memo", "_marked", "_name_memo", "_relations", "_trusted", "_trusting",
+        "_views",
+    )  # fmt: skip
 
     def __init__(self, catalog: Catalog, trusted: frozenset[str] = frozenset()) -> None:
         self._catalog = catalog
@@ -80,6 +133,7 @@ class FunctionSafety:
         self._name_memo: dict[str, tuple[bool, bool]] = {}
         self._fn_memo: dict[int, tuple[bool, bool]] = {}
         self._views: dict[int, tuple[bool, bool]] = {}
+        self._beyond: dict[int, bool] = {}  # views: see reads_beyond
         # Statement text -> (facts, marked facts): the text decides the facts.
         self._marked: LRU[str, tuple[StatementFacts, StatementFacts]] = LRU(4096)
 
@@ -242,6 +296,10 @@ class FunctionSafety:
         view over any of these."""
         if self.calls_user_code(facts):
             return True
+        if facts.inner is not None and self.reads_beyond(facts.inner, depth):
+            return True  # EXPLAIN plans its statement: planning folds (runs) what it calls
+        if names_user_code(facts.text, self._catalog):
+            return True
         for table in facts.tables_read:
             if table.startswith(("pg_catalog.", "information_schema.")):
                 continue
@@ -256,13 +314,19 @@ class FunctionSafety:
         return False
 
     def _view_reads_beyond(self, view: Relation, depth: int) -> bool:
-        if view.definition is None or depth >= _MAX_DEPTH:
-            return True
-        try:
-            statements = analyze(view.definition)
-        except (SQLParseError, RecursionError):
-            return True
-        return not statements or any(self.reads_beyond(f, depth + 1) for f in statements)
+        hit = self._beyond.get(view.oid)
+        if hit is not None:
+            return hit
+        self._beyond[view.oid] = True  # a cycle, or a definition that cannot be read
+        verdict = True
+        if view.definition is not None and depth < _MAX_DEPTH:
+            try:
+                statements = analyze(view.definition)
+            except (SQLParseError, RecursionError):
+                statements = []
+            verdict = not statements or any(self.reads_beyond(f, depth + 1) for f in statements)
+        self._beyond[view.oid] = verdict
+        return verdict
 
     def calls_user_code(self, facts: StatementFacts) -> bool:
         """Whether the statement calls a function that is not built in, whatever the catalog

@@ -65,6 +65,7 @@ from dbsentry.engines.postgres.session.events import (
     UpstreamReady,
     WaitedLoginEnded,
 )
+from dbsentry.engines.postgres.session.functions import names_user_code
 from dbsentry.engines.postgres.session.governance import (
     Check,
     Governor,
@@ -2338,10 +2339,10 @@ class Session:
         reads may."""
         if changes_data(facts.command, facts.classes, facts.flags):
             return True
-        if not (facts.functions or facts.tables_read):
-            return False
         view = self._catalog_view()
-        return view is None or view.functions.reads_beyond(facts)
+        if view is None:
+            return bool(facts.functions or facts.tables_read or facts.inner) or names_user_code(facts.text)
+        return view.functions.reads_beyond(facts)
 
     def _guard_bind(self, chunk: _Chunk, portal: str, name: str) -> None:
         """Planning runs non-volatile functions (constant folding, estimates) at Bind: a
