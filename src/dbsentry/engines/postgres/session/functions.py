@@ -82,6 +82,16 @@ _BUILTIN_TYPES = frozenset(
 )
 
 
+def _definition(view: Relation, depth: int) -> list[StatementFacts]:
+    """The statements of a view's definition ([]: none, unreadable, or nested too deep)."""
+    if view.definition is None or depth >= _MAX_DEPTH:
+        return []
+    try:
+        return analyze(view.definition)
+    except (SQLParseError, RecursionError):
+        return []
+
+
 def names_user_code(text: str, catalog: Catalog | None = None) -> bool:
     """Whether ``text`` names an operator or a type that is not built in (a user's operator
     runs its function; a cast runs a type's input or a cast function, a domain its CHECK),
@@ -230,15 +240,11 @@ class FunctionSafety:
             return hit
         self._views[view.oid] = _CHANGES  # a cycle, or a definition that cannot be read
         verdict = _CHANGES
-        if view.definition is not None and depth < _MAX_DEPTH:
-            try:
-                statements = analyze(view.definition)
-            except (SQLParseError, RecursionError):
-                statements = []
-            if statements:
-                verdict = _SAFE
-                for f in statements:
-                    verdict = _worst(verdict, self._runs(f, depth + 1))
+        statements = _definition(view, depth)
+        if statements:
+            verdict = _SAFE
+            for f in statements:
+                verdict = _worst(verdict, self._runs(f, depth + 1))
         self._views[view.oid] = verdict
         return verdict
 
@@ -318,13 +324,8 @@ class FunctionSafety:
         if hit is not None:
             return hit
         self._beyond[view.oid] = True  # a cycle, or a definition that cannot be read
-        verdict = True
-        if view.definition is not None and depth < _MAX_DEPTH:
-            try:
-                statements = analyze(view.definition)
-            except (SQLParseError, RecursionError):
-                statements = []
-            verdict = not statements or any(self.reads_beyond(f, depth + 1) for f in statements)
+        statements = _definition(view, depth)
+        verdict = not statements or any(self.reads_beyond(f, depth + 1) for f in statements)
         self._beyond[view.oid] = verdict
         return verdict
 
