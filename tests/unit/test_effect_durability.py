@@ -143,18 +143,6 @@ def test_the_oracle_agrees_with_the_lists() -> None:
         assert not transactional_only(f.command, f.commands, f.classes, f.flags, f.functions), sql
 
 
-def _message(sql: str, extended: bool) -> bytes:
-    """``sql`` as a simple Query, or as Parse, Bind, Execute and Sync."""
-    if not extended:
-        return codec.encode_query(sql)
-    return (
-        codec.encode_parse(m.Parse("", sql, ()))
-        + codec.encode_bind(m.Bind("", "", (), (), ()))
-        + codec.encode_execute(m.Execute("", 0))
-        + codec.SYNC
-    )
-
-
 def _reply(session: Session) -> None:
     session.handle(UpstreamData(codec.frame(b"C", b"OK\x00") + codec.encode_ready("I")))
 

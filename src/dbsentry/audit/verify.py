@@ -788,10 +788,6 @@ def _first_pass(node: str, number: int, path: Path, archived: bool, last: bool) 
     return seg
 
 
-def _log_checkpoint(meta: dict[str, Any], node: str) -> Checkpoint | None:
-    return checkpoint_of(meta, node)
-
-
 def _encoded(payload: bytes) -> EncodedRecord:
     try:
         return index_from_payload(payload)
@@ -1083,7 +1079,7 @@ def verify_log(
     checkpoints: list[Checkpoint] = []
     for s in scans:
         for meta in s.checkpoints:
-            cp = _log_checkpoint(meta, node)
+            cp = checkpoint_of(meta, node)
             if cp is None:
                 early.append(("checkpoint_signature", None, f"segment {s.number}: a checkpoint frame without its fields"))
                 continue

@@ -2339,6 +2339,8 @@ class Session:
         reads may."""
         if changes_data(facts.command, facts.classes, facts.flags):
             return True
+        if self.audit is None or self.audit.config.durability != "effect":
+            return False  # only effect forwards a statement before its record is durable
         view = self._catalog_view()
         if view is None:
             return bool(facts.functions or facts.tables_read or facts.inner) or names_user_code(facts.text)
