@@ -591,6 +591,10 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
             audit["trusted_public_keys"] = [
                 str(base / k) if isinstance(k, str) and not os.path.isabs(k) else k for k in keys
             ]
+        node_keys = audit.get("trusted_node_keys")
+        if isinstance(node_keys, dict):
+            for node in node_keys:
+                fix(node_keys, node)
     cp = data.get("control_plane")
     if isinstance(cp, dict):
         fix(cp, "secret_file")

@@ -263,7 +263,7 @@ def test_pgbench_through_haproxy_survives_a_node_killed_with_kill_9(
     data = yaml.safe_load(nodes[1].config.read_text())
     data["audit"]["log_dir"] = str(gathered)
     verifier.write_text(yaml.safe_dump(data))
-    keys = [a for n in nodes for a in ("--public-key", str(n.state_dir / "audit_signing.pub"))]
+    keys = [a for i, n in enumerate(nodes, 1) for a in ("--node-key", f"node{i}={n.state_dir / 'audit_signing.pub'}")]
     done = dbsentry_cli("audit", "verify", "--json", *keys, config=verifier, env=nodes[1].env, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads(done.stdout)

@@ -117,6 +117,8 @@ def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     checkpoint), and the
     index caught up by a first ``audit verify``."""
     (tmp_path / "dbsentry.yaml").write_text(CONFIG)
+    state_dir(tmp_path).mkdir()
+    (state_dir(tmp_path) / "audit-node").write_text(NODE + "\n")  # as the proxy keeps it
     lf = new_log(tmp_path)
     lf.open()
     for i in range(1, FIRST_RUN + 1):
@@ -398,12 +400,10 @@ def test_swapped_public_key_file_in_the_state_dir_is_not_trusted(here: Path) -> 
     assert "does not match the signing key" in res.output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: trusted keys are not bound to nodes; the key of node-b (trusted for "
-    "node-b's log) re-signs a rewritten log of node-a and it verifies",
-)
 def test_another_nodes_key_cannot_sign_this_nodes_log(here: Path) -> None:
+    """Trusted keys are bound to nodes: this node's own logs verify from its own key only,
+    so the key of node-b (trusted for node-b's log) cannot re-sign a rewritten log of
+    node-a (this node)."""
     other = Ed25519PrivateKey.generate()
     lf = new_log(here, "node-b", signer=Signer(other))
     lf.open()
@@ -421,6 +421,104 @@ def test_another_nodes_key_cannot_sign_this_nodes_log(here: Path) -> None:
     rewrite_log(here, lambda s, p: forge(s, p, 5), resign=Signer(other))
     res = run("audit", "verify", "--public-key", str(other_pub))
     assert res.exit_code == 1, res.output
+
+
+def _other_node(here: Path, node: str, records: int = 4) -> tuple[Ed25519PrivateKey, Path]:
+    """A log of ``node`` signed by a key of its own; the key and its public key file."""
+    key = Ed25519PrivateKey.generate()
+    lf = new_log(here, node, signer=Signer(key))
+    lf.open()
+    for i in range(1, records + 1):
+        lf.append(stmt(i, "carol@example.com"))
+        lf.flush()
+    lf.close()
+    pub = here / f"{node}.pub"
+    pub.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return key, pub
+
+
+@pytest.mark.parametrize("target", [NODE, f"{NODE}-w1", f"{NODE}-tools"])
+def test_a_trusted_key_cannot_sign_any_log_of_this_node(here: Path, target: str) -> None:
+    """This node's worker and tools logs are its logs too: only its own key signs them."""
+    if target != NODE:
+        lf = new_log(here, target)
+        lf.open()
+        for i in range(1, 7):
+            lf.append(stmt(i))
+            lf.flush()
+        lf.close()
+    other, pub = _other_node(here, "node-b")
+    assert run("audit", "verify", "--public-key", str(pub)).exit_code == 0
+    rewrite_log(here, lambda s, p: forge(s, p, 2), node=target, resign=Signer(other))
+    code, data = verify_json("--public-key", str(pub))
+    assert code == 1
+    problems = [(p["kind"], p["node"]) for p in data["problems"]]
+    assert ("checkpoint_unknown_key", target) in problems, problems
+    assert any("trusted for another node's log" in p["message"] for p in data["problems"])
+
+
+def test_a_node_key_signs_for_its_node_only(here: Path) -> None:
+    """``--node-key node-b=FILE``: node-b's key is trusted for node-b's log, not for a
+    node-c log it re-signed (which an unbound ``--public-key`` would let through)."""
+    other, pub = _other_node(here, "node-b")
+    _, pub_c = _other_node(here, "node-c")
+    assert run("audit", "verify", "--node-key", f"node-b={pub}", "--node-key", f"node-c={pub_c}").exit_code == 0
+    rewrite_log(here, lambda s, p: forge(s, p, 2), node="node-c", resign=Signer(other))
+    assert run("audit", "verify", "--public-key", str(pub)).exit_code == 0  # unbound: the hole
+    code, data = verify_json("--node-key", f"node-b={pub}")
+    assert code == 1
+    assert ("checkpoint_unknown_key", "node-c") in [(p["kind"], p["node"]) for p in data["problems"]]
+
+
+def test_a_pinned_node_verifies_from_its_key_only(here: Path) -> None:
+    """node-b pinned to its key: this node's own key (which may sign this state
+    directory's earlier node ids) cannot re-sign node-b's log; and the pin can be written
+    in the configuration (relative to it)."""
+    _other_node(here, "node-b")
+    (here / "dbsentry.yaml").write_text(
+        CONFIG.replace("audit: {", "audit: {trusted_node_keys: {node-b: node-b.pub}, ")
+    )
+    assert run("audit", "verify").exit_code == 0
+    rewrite_log(here, lambda s, p: forge(s, p, 2), node="node-b", resign=real_signer(here))
+    code, data = verify_json()
+    assert code == 1
+    assert ("checkpoint_unknown_key", "node-b") in [(p["kind"], p["node"]) for p in data["problems"]]
+
+
+def test_an_earlier_node_id_of_this_state_directory_still_verifies(here: Path) -> None:
+    """The node was renamed (``audit.node`` set after it ran under its made-up id): the
+    old id's log, signed by this node's key, still verifies."""
+    lf = new_log(here, "host-abc123")
+    lf.open()
+    for i in range(1, 5):
+        lf.append(stmt(i))
+        lf.flush()
+    lf.close()
+    assert run("audit", "verify").exit_code == 0
+
+
+def test_the_configured_node_id_pins_even_when_the_state_file_is_changed(here: Path) -> None:
+    """With ``audit.node`` in the configuration, editing the state directory's
+    ``audit-node`` does not unpin this node's logs."""
+    (here / "dbsentry.yaml").write_text(CONFIG.replace("audit: {", f"audit: {{node: {NODE}, "))
+    (state_dir(here) / "audit-node").write_text("somebody-else\n")
+    other, pub = _other_node(here, "node-b")
+    rewrite_log(here, lambda s, p: forge(s, p, 2), resign=Signer(other))
+    assert run("audit", "verify", "--public-key", str(pub)).exit_code == 1
+
+
+@pytest.mark.parametrize("value", ["node-b", "no such node!=x.pub", "node-b=missing.pub"])
+def test_a_bad_node_key_is_refused(here: Path, value: str) -> None:
+    res = run("audit", "verify", "--node-key", value)
+    assert res.exit_code == 2 and "--node-key" in res.output, res.output
+
+
+def test_a_bad_node_id_in_the_configuration_is_refused(here: Path) -> None:
+    (here / "dbsentry.yaml").write_text(CONFIG.replace("audit: {", "audit: {trusted_node_keys: {'a b': x.pub}, "))
+    res = run("audit", "verify")
+    assert res.exit_code != 0 and "trusted_node_keys" in res.output, res.output
 
 
 def test_a_restart_after_checkpoints_were_stripped_does_not_whitewash_them(here: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 import time as _time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,11 +14,11 @@ from typing import Any, TypeVar
 
 import click
 import orjson
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from dbsentry.audit.config import AuditConfig
 from dbsentry.audit.index import catch_up_all, reindex
-from dbsentry.audit.keys import Signer, load_or_create_signing_key, verification_keys
+from dbsentry.audit.keys import KeyRing, Signer, load_or_create_signing_key
+from dbsentry.audit.log import check_node_id
 from dbsentry.audit.query import (
     export_csv,
     export_jsonl,
@@ -78,9 +78,9 @@ class AuditContext:
     def key_path(self) -> Path:
         return self.audit.signing_key_path(self.state_dir)
 
-    def public_keys(self, extra: tuple[Path, ...] = ()) -> list[Ed25519PublicKey]:
+    def public_keys(self, extra: tuple[Path, ...] = (), node_keys: Mapping[str, Path] | None = None) -> KeyRing:
         try:
-            return verification_keys(self.key_path(), [*self.audit.trusted_public_keys, *extra])
+            return self.audit.verification_keys(self.state_dir, extra, node_keys)
         except (OSError, ValueError) as err:
             raise click.ClickException(f"cannot load a public key: {err}") from None
 
@@ -288,6 +288,20 @@ def token_cmd(obj: AuditContext, /, values: tuple[str, ...]) -> None:
         click.echo(r.token(v, cls))
 
 
+def _node_keys(values: tuple[str, ...]) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for value in values:
+        node, sep, path = value.partition("=")
+        try:
+            check_node_id(node)
+        except ValueError as err:
+            raise click.BadParameter(f"{value!r}: {err}", param_hint="--node-key") from None
+        if not sep or not Path(path).is_file():
+            raise click.BadParameter(f"{value!r}: give NODE=FILE, FILE a public key file", param_hint="--node-key")
+        out[node] = Path(path)
+    return out
+
+
 @audit.command("verify")
 @click.option(
     "--public-key",
@@ -295,6 +309,14 @@ def token_cmd(obj: AuditContext, /, values: tuple[str, ...]) -> None:
     multiple=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="More trusted public keys (other nodes).",
+)
+@click.option(
+    "--node-key",
+    "node_keys",
+    multiple=True,
+    metavar="NODE=FILE",
+    callback=lambda _ctx, _param, values: _node_keys(values),
+    help="A node's public key, trusted for that node's logs only (and the only key trusted for them).",
 )
 @click.option(
     "--archive",
@@ -312,13 +334,14 @@ def token_cmd(obj: AuditContext, /, values: tuple[str, ...]) -> None:
 def verify_cmd(
     obj: AuditContext,
     public_keys: tuple[Path, ...],
+    node_keys: dict[str, Path],
     archive_file: Path | None,
     archive_dir: Path | None,
     as_json: bool,
 ) -> None:
     """Check every chain (the store's own, each node's log) and that the index agrees with
     the logs; exit 1 naming the first bad record (node and seq)."""
-    keys = obj.public_keys(public_keys)
+    keys = obj.public_keys(public_keys, node_keys)
     result: VerifyResult | AuditVerification
     if archive_file is not None:
         try:

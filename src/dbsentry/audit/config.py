@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+if TYPE_CHECKING:
+    from dbsentry.audit.keys import KeyRing
+
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_NODE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 # A NATS subject: dot-separated tokens without wildcards or white space ({node} is replaced).
 _NATS_SUBJECT = re.compile(r"^[^.*>\s]+(\.[^.*>\s]+)*$")
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -126,7 +131,7 @@ class AuditConfig(BaseModel):
     log_dir: Path | None = None
     # this node's id (letters, digits, - _ .); default: made once and kept in
     # <state_dir>/audit-node
-    node: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+    node: str | None = Field(default=None, pattern=_NODE_ID.pattern)
     segment_mb: int = Field(default=64, ge=1, le=4096)
     segment_seconds: float = Field(default=3600.0, gt=0)
     # What statement texts, parameters and error texts keep of the values in them:
@@ -149,6 +154,9 @@ class AuditConfig(BaseModel):
     signing_key: Path | None = None
     # more public keys (PEM) whose checkpoints verify accepts: other proxy nodes' keys
     trusted_public_keys: list[Path] = Field(default_factory=list)
+    # other nodes' public keys, each bound to its node (node id -> PEM file): trusted for
+    # that node's logs (its workers' and tools' too) only, and the only keys that are
+    trusted_node_keys: dict[str, Path] = Field(default_factory=dict)
     # publish every record to NATS JetStream too (absent: no publishing); see NatsConfig
     nats: NatsConfig | None = None
 
@@ -160,6 +168,9 @@ class AuditConfig(BaseModel):
             )
         if not _SCHEMA_NAME.match(self.pg_schema):
             raise ValueError("audit.pg_schema must be a lower-case SQL identifier")
+        for node in self.trusted_node_keys:
+            if not _NODE_ID.match(node):
+                raise ValueError(f"audit.trusted_node_keys: {node!r} is not a node id (1-64 letters, digits, '-', '_' or '.')")
         return self
 
     def resolve_dsn(self) -> str:
@@ -177,6 +188,20 @@ class AuditConfig(BaseModel):
 
     def sqlite_path(self, state_dir: Path) -> Path:
         return self.path if self.path is not None else state_dir / "audit.db"
+
+    def verification_keys(self, state_dir: Path, extra: Sequence[Path] = (), node_keys: Mapping[str, Path] | None = None) -> KeyRing:
+        """The keys ``verify`` trusts for this configuration (see ``keys.verification_keys``):
+        this node's signing key, bound to this node when it has an id, the trusted keys and
+        ``extra``, and the node-bound keys with ``node_keys``."""
+        from dbsentry.audit.keys import verification_keys
+        from dbsentry.audit.log import known_node_id
+
+        return verification_keys(
+            self.signing_key_path(state_dir),
+            [*self.trusted_public_keys, *extra],
+            own_node=known_node_id(self.node, state_dir),
+            node_keys={**self.trusted_node_keys, **(node_keys or {})},
+        )
 
     def signing_key_path(self, state_dir: Path) -> Path:
         return self.signing_key if self.signing_key is not None else state_dir / "audit_signing.key"
@@ -203,6 +228,9 @@ class AuditConfig(BaseModel):
                 "trusted_public_keys": [
                     base / p if not p.is_absolute() else p for p in self.trusted_public_keys
                 ],
+                "trusted_node_keys": {
+                    n: base / p if not p.is_absolute() else p for n, p in self.trusted_node_keys.items()
+                },
                 "nats": self.nats.with_base_dir(base) if self.nats is not None else None,
             }
         )

@@ -84,13 +84,23 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     return key
 
 
-def verification_keys(signing_key: Path, trusted: Iterable[Path] = ()) -> list[Ed25519PublicKey]:
-    """The keys ``verify`` trusts: this node's signing key and the ``trusted`` public keys.
+def verification_keys(
+    signing_key: Path,
+    trusted: Iterable[Path] = (),
+    *,
+    own_node: str | None = None,
+    node_keys: Mapping[str, Path] | None = None,
+) -> KeyRing:
+    """The keys ``verify`` trusts: this node's signing key, the ``trusted`` public keys,
+    and ``node_keys`` (node -> public key file), each key bound to the node it signs for.
 
     The signing key's own public half when this user can read the private key, not the
     ``.pub`` file beside it, which anyone who can write the state directory can replace
     with a key of their own; ``ValueError`` when that file names another key.  Only when
-    the private key cannot be read is the ``.pub`` file what there is to trust."""
+    the private key cannot be read is the ``.pub`` file what there is to trust.  With
+    ``own_node`` (this node's id), this node's logs verify from the signing key only (it
+    signs for other nodes' too: the logs of this state directory under an earlier node
+    id); a key of ``node_keys`` signs for its node's logs only, and only it does."""
     keys: list[Ed25519PublicKey] = []
     own = public_key_path(signing_key)
     signing: Ed25519PublicKey | None = None
@@ -107,9 +117,19 @@ def verification_keys(signing_key: Path, trusted: Iterable[Path] = ()) -> list[E
             )
         keys.append(signing)
     elif own.exists():
-        keys.append(load_public_key(own))
+        signing = load_public_key(own)
+        keys.append(signing)
     keys.extend(load_public_key(p) for p in trusted)
-    return keys
+    nodes: dict[str, set[str]] = {}
+    if own_node is not None and signing is not None:
+        nodes[own_node] = {key_id(signing)}
+    restricted: set[str] = set()
+    for node, path in (node_keys or {}).items():
+        key = load_public_key(path)
+        keys.append(key)
+        nodes.setdefault(node, set()).add(key_id(key))
+        restricted.add(key_id(key))
+    return KeyRing(keys, nodes, restricted)
 
 
 def _raw(key: Ed25519PublicKey) -> bytes:
@@ -155,15 +175,49 @@ class Signer:
 
 
 class KeyRing:
-    """The public keys whose checkpoint signatures are trusted, by key id."""
+    """The public keys whose checkpoint signatures are trusted, by key id, and which of
+    them may sign which node's logs.  A node's logs are those of the node itself, of its
+    workers (``<node>-w<k>``) and of its tools (``<node>-tools``).  ``nodes`` pins nodes
+    to their keys (node -> key ids): a pinned node's logs verify from those keys only.
+    A ``restricted`` key signs for the nodes it is pinned to only; every other key for any
+    node that is not pinned."""
 
-    def __init__(self, keys: Iterable[Ed25519PublicKey]) -> None:
+    def __init__(
+        self,
+        keys: Iterable[Ed25519PublicKey],
+        nodes: Mapping[str, Iterable[str]] | None = None,
+        restricted: Iterable[str] = (),
+    ) -> None:
         self.keys: Mapping[str, Ed25519PublicKey] = {key_id(k): k for k in keys}
+        self.nodes: Mapping[str, frozenset[str]] = {n: frozenset(v) for n, v in (nodes or {}).items()}
+        self.restricted = frozenset(restricted)
 
-    def check(self, cp: Checkpoint) -> Literal["ok", "bad_signature", "unknown_key"]:
+    def including(self, key: Ed25519PublicKey) -> KeyRing:
+        """This ring and ``key`` (with what this ring says of it, if anything)."""
+        return KeyRing([*self.keys.values(), key], self.nodes, self.restricted)
+
+    def owner(self, node: str) -> str | None:
+        """The pinned node whose log ``node`` is (its own, a worker's, its tools'), if any."""
+        if node in self.nodes:
+            return node
+        for base in self.nodes:
+            rest = node[len(base) :] if node.startswith(base) else ""
+            if (rest.startswith("-w") and rest[2:].isascii() and rest[2:].isdigit()) or node == f"{base}-tools"[:64]:
+                return base
+        return None
+
+    def signs_for(self, kid: str, node: str) -> bool:
+        """Whether key ``kid`` may sign ``node``'s log."""
+        owner = self.owner(node) if self.nodes else None
+        return kid not in self.restricted if owner is None else kid in self.nodes[owner]
+
+    def check(self, cp: Checkpoint, node: str | None = None) -> Literal["ok", "bad_signature", "unknown_key", "other_node"]:
+        """Whether ``cp`` is signed by a trusted key (for ``node``'s log, when given)."""
         key = self.keys.get(cp.key_id)
         if key is None:
             return "unknown_key"
+        if node is not None and not self.signs_for(cp.key_id, node):
+            return "other_node"
         try:
             key.verify(
                 bytes.fromhex(cp.signature), checkpoint_message(cp.seq, cp.hash, cp.time, cp.kind)

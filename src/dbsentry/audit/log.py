@@ -62,6 +62,17 @@ def check_node_id(node: str) -> str:
     return node
 
 
+def known_node_id(configured: str | None, state_dir: Path) -> str | None:
+    """This node's id when it has one (``audit.node``, or the id kept in the state
+    directory), without making one."""
+    if configured is not None:
+        return check_node_id(configured)
+    try:
+        return check_node_id((Path(state_dir) / "audit-node").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def node_id(configured: str | None, state_dir: Path) -> str:
     """This node's id: ``audit.node``, or one made on first use (host name and a random
     suffix) and kept in ``<state_dir>/audit-node``."""

@@ -199,12 +199,14 @@ class _Walk:
         valid_seqs: list[int] = []
         anchor_signed = anchor.seq == 0 or self.anchor_trusted
         for cp in self.checkpoints:
-            status = self.ring.check(cp)
-            if status == "unknown_key":
+            status = self.ring.check(cp, self.node)
+            if status == "unknown_key" or status == "other_node":
                 self.add(
                     "checkpoint_unknown_key",
                     cp.seq,
-                    f"checkpoint signed by unknown key {cp.key_id}",
+                    f"checkpoint signed by unknown key {cp.key_id}"
+                    if status == "unknown_key"
+                    else f"checkpoint signed by key {cp.key_id}, which is trusted for another node's log, not for {self.node}'s",
                 )
                 continue
             if status == "bad_signature":
@@ -476,7 +478,7 @@ def archive(
     out_path: Path,
     signer: Signer,
     *,
-    public_keys: Sequence[Ed25519PublicKey] = (),
+    public_keys: Sequence[Ed25519PublicKey] | KeyRing = (),
 ) -> ArchiveResult | None:
     """Move the records older than ``before`` (a prefix of the chain) to a JSONL file.
 
@@ -496,7 +498,7 @@ def archive(
     through = min(store.last_seq_before(ts), store.head().seq)
     if through <= anchor.seq:
         return None
-    result = verify(store, [signer.public_key, *public_keys])
+    result = verify(store, _ring(public_keys).including(signer.public_key))
     if not result.ok:
         raise ArchiveError(f"the chain does not verify, nothing archived: {result.first_problem}")
     anchor_cps = [cp for cp in store.iter_checkpoints() if anchor.seq <= cp.seq <= through]
@@ -1051,9 +1053,12 @@ def verify_log(
     anchor = ChainPoint(0, genesis(node))
     first_segment = 1
     if manifest is not None:
-        status = ring.check(manifest.checkpoint()) if manifest.node == node else "bad_signature"
+        status = ring.check(manifest.checkpoint(), node) if manifest.node == node else "bad_signature"
         if status != "ok":
-            why = "is signed by an unknown key" if status == "unknown_key" else "signature does not verify"
+            why = {
+                "unknown_key": "is signed by an unknown key",
+                "other_node": "is signed by a key trusted for another node",
+            }.get(status, "signature does not verify")
             early.append(("anchor_unsigned", manifest.last_seq, f"the archive manifest {why}: where the log starts is not vouched for"))
         if archive_dir is None:
             anchor = ChainPoint(manifest.last_seq, manifest.last_hash)
@@ -1503,7 +1508,7 @@ def archive_log(
     out_dir: Path,
     signer: Signer,
     *,
-    public_keys: Sequence[Ed25519PublicKey] = (),
+    public_keys: Sequence[Ed25519PublicKey] | KeyRing = (),
     indexed_through: int | None = None,
 ) -> LogArchiveResult | None:
     """Move ``node``'s oldest segments whose records are all older than ``before`` to
@@ -1518,8 +1523,7 @@ def archive_log(
     """
     ts = before.timestamp() if isinstance(before, datetime) else float(before)
     node_dir = Path(log_dir) / node
-    ring = [signer.public_key, *public_keys]
-    checked = verify_log(log_dir, node, ring)
+    checked = verify_log(log_dir, node, _ring(public_keys).including(signer.public_key))
     if not checked.ok:
         raise ArchiveError(f"node {node}'s log does not verify, nothing archived: {checked.chain.first_problem}")
     manifest = read_manifest(node_dir)

@@ -24,10 +24,9 @@ from dbsentry.approvals.audit import append_records
 from dbsentry.audit import ApprovalRecord, AuditVerification, open_store, verify_all
 from dbsentry.audit.index import catch_up_all
 from dbsentry.audit.keys import (
+    KeyRing,
     Signer,
     load_or_create_signing_key,
-    load_public_key,
-    public_key_path,
 )
 from dbsentry.audit.report import build_report
 from dbsentry.config import LoadedConfig
@@ -237,17 +236,9 @@ class Tour:
         if result.request.status != "approved":
             raise TourFailed(f"{request_id} is {result.request.status} after the DBA's approval")
 
-    def _public_keys(self) -> list[Any]:
-        acfg = self.loaded.config.audit
-        key_path = acfg.signing_key_path(self.loaded.config.state_dir)
-        own = public_key_path(key_path)
-        keys = [
-            load_public_key(own)
-            if own.exists()
-            else load_or_create_signing_key(key_path).public_key()
-        ]
-        keys.extend(load_public_key(p) for p in acfg.trusted_public_keys)
-        return keys
+    def _public_keys(self) -> KeyRing:
+        config = self.loaded.config
+        return config.audit.verification_keys(config.state_dir)
 
     def _verify(self) -> AuditVerification:
         """What ``audit verify`` checks: every node's log, and the index against them."""

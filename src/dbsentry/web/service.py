@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from starlette.types import Scope
 
     from dbsentry.audit import AuditStore
+    from dbsentry.audit.keys import KeyRing
     from dbsentry.audit.verify import AuditVerification
     from dbsentry.web.context import WebContext
 
@@ -152,13 +153,10 @@ class WebServices:
 
     # --- chain verification ----------------------------------------------------------------
 
-    def public_keys(self) -> Sequence[Ed25519PublicKey]:
+    def public_keys(self) -> Sequence[Ed25519PublicKey] | KeyRing:
         if self.ctx.public_keys is not None:
             return self.ctx.public_keys()
-        from dbsentry.audit.keys import verification_keys
-
-        cfg = self.ctx.config.audit
-        return verification_keys(cfg.signing_key_path(Path(self.ctx.config.state_dir)), cfg.trusted_public_keys)
+        return self.ctx.config.audit.verification_keys(Path(self.ctx.config.state_dir))
 
     def verify(self, *, fresh: bool = False) -> tuple[float, AuditVerification]:
         """The trail's verification (the store's own chain, every node's log, the index),
@@ -175,7 +173,7 @@ class WebServices:
                 return self._verify
             cfg = self.ctx.config.audit
             try:
-                keys = list(self.public_keys())
+                keys = self.public_keys()
             except ValueError as err:  # the public key file names another key than the signing key's
                 result = AuditVerification(None, (), (Problem("checkpoint_unknown_key", None, str(err)),))
             else:
