@@ -40,6 +40,7 @@ from dbsentry.audit.verify import (
     archive,
     archive_log,
     log_nodes,
+    trusted_keys,
     verify_all,
     verify_archive,
 )
@@ -80,7 +81,7 @@ class AuditContext:
 
     def public_keys(self, extra: tuple[Path, ...] = (), node_keys: Mapping[str, Path] | None = None) -> KeyRing:
         try:
-            return self.audit.verification_keys(self.state_dir, extra, node_keys)
+            return trusted_keys(self.audit, self.state_dir, extra, node_keys)
         except (OSError, ValueError) as err:
             raise click.ClickException(f"cannot load a public key: {err}") from None
 

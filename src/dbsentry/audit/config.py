@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-if TYPE_CHECKING:
-    from dbsentry.audit.keys import KeyRing
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _NODE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
@@ -188,20 +184,6 @@ class AuditConfig(BaseModel):
 
     def sqlite_path(self, state_dir: Path) -> Path:
         return self.path if self.path is not None else state_dir / "audit.db"
-
-    def verification_keys(self, state_dir: Path, extra: Sequence[Path] = (), node_keys: Mapping[str, Path] | None = None) -> KeyRing:
-        """The keys ``verify`` trusts for this configuration (see ``keys.verification_keys``):
-        this node's signing key, bound to this node when it has an id, the trusted keys and
-        ``extra``, and the node-bound keys with ``node_keys``."""
-        from dbsentry.audit.keys import verification_keys
-        from dbsentry.audit.log import known_node_id
-
-        return verification_keys(
-            self.signing_key_path(state_dir),
-            [*self.trusted_public_keys, *extra],
-            own_node=known_node_id(self.node, state_dir),
-            node_keys={**self.trusted_node_keys, **(node_keys or {})},
-        )
 
     def signing_key_path(self, state_dir: Path) -> Path:
         return self.signing_key if self.signing_key is not None else state_dir / "audit_signing.key"

@@ -29,7 +29,7 @@ import dataclasses
 import hashlib
 import os
 import time as _time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -38,7 +38,8 @@ from typing import IO, Any, Literal
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from dbsentry.audit.keys import Checkpoint, KeyRing, Signer
+from dbsentry.audit.config import AuditConfig
+from dbsentry.audit.keys import Checkpoint, KeyRing, Signer, verification_keys
 from dbsentry.audit.log import (
     FORMAT,
     KIND_CHECKPOINT,
@@ -47,6 +48,7 @@ from dbsentry.audit.log import (
     Frame,
     checkpoint_of,
     genesis,
+    known_node_id,
     list_nodes,
     list_segments,
     read_past_damage,
@@ -395,6 +397,20 @@ _RECORD_KINDS = ("changed", "removed", "inserted", "unreadable")
 def _problem_order(p: Problem) -> tuple[int, int]:
     """By seq; at one seq, what happened to the record before what it did to checkpoints."""
     return (p.seq if p.seq is not None else -1, 0 if p.kind in _RECORD_KINDS else 1)
+
+
+def trusted_keys(
+    config: AuditConfig, state_dir: Path, extra: Sequence[Path] = (), node_keys: Mapping[str, Path] | None = None
+) -> KeyRing:
+    """The keys ``verify`` trusts under ``config`` (see ``keys.verification_keys``): this
+    node's signing key, pinned to this node when it has an id, ``trusted_public_keys`` and
+    ``extra``, and ``trusted_node_keys`` with ``node_keys``, each pinned to its node."""
+    return verification_keys(
+        config.signing_key_path(state_dir),
+        [*config.trusted_public_keys, *extra],
+        own_node=known_node_id(config.node, state_dir),
+        node_keys={**config.trusted_node_keys, **(node_keys or {})},
+    )
 
 
 def _ring(public_keys: Ed25519PublicKey | Sequence[Ed25519PublicKey] | KeyRing) -> KeyRing:

@@ -29,6 +29,7 @@ from dbsentry.audit.keys import (
     load_or_create_signing_key,
 )
 from dbsentry.audit.report import build_report
+from dbsentry.audit.verify import trusted_keys
 from dbsentry.config import LoadedConfig
 from dbsentry.demo.banner import dbsentry_command, path_arg
 from dbsentry.demo.mysql_leg import DATABASE as MYSQL_DATABASE
@@ -238,7 +239,7 @@ class Tour:
 
     def _public_keys(self) -> KeyRing:
         config = self.loaded.config
-        return config.audit.verification_keys(config.state_dir)
+        return trusted_keys(config.audit, config.state_dir)
 
     def _verify(self) -> AuditVerification:
         """What ``audit verify`` checks: every node's log, and the index against them."""

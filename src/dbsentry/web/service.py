@@ -156,7 +156,9 @@ class WebServices:
     def public_keys(self) -> Sequence[Ed25519PublicKey] | KeyRing:
         if self.ctx.public_keys is not None:
             return self.ctx.public_keys()
-        return self.ctx.config.audit.verification_keys(Path(self.ctx.config.state_dir))
+        from dbsentry.audit.verify import trusted_keys
+
+        return trusted_keys(self.ctx.config.audit, Path(self.ctx.config.state_dir))
 
     def verify(self, *, fresh: bool = False) -> tuple[float, AuditVerification]:
         """The trail's verification (the store's own chain, every node's log, the index),
