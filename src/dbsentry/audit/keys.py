@@ -19,6 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from dbsentry.audit.nodes import log_of
 from dbsentry.audit.records import canonical_json
 
 CheckpointKind = Literal["periodic", "archive", "close"]
@@ -121,15 +122,24 @@ def verification_keys(
         keys.append(signing)
     keys.extend(load_public_key(p) for p in trusted)
     nodes: dict[str, set[str]] = {}
+    pin: tuple[str, str] | None = None
     if own_node is not None and signing is not None:
-        nodes[own_node] = {key_id(signing)}
+        pin = (own_node, key_id(signing))
+        nodes[own_node] = {pin[1]}
     restricted: set[str] = set()
     for node, path in (node_keys or {}).items():
         key = load_public_key(path)
         keys.append(key)
         nodes.setdefault(node, set()).add(key_id(key))
         restricted.add(key_id(key))
-    return KeyRing(keys, nodes, restricted)
+    for node in nodes:
+        base = next((b for b in nodes if b != node and log_of(node, b)), None)
+        if base is not None:
+            raise ValueError(
+                f"node {node} is pinned to a key, but its name is that of a log of node {base} "
+                f"(a worker's or its tools'): the logs of {base} verify from {base}'s keys"
+            )
+    return KeyRing(keys, nodes, restricted, pin)
 
 
 def _raw(key: Ed25519PublicKey) -> bytes:
@@ -176,47 +186,46 @@ class Signer:
 
 class KeyRing:
     """The public keys whose checkpoint signatures are trusted, by key id, and which of
-    them may sign which node's logs.  A node's logs are those of the node itself, of its
-    workers (``<node>-w<k>``) and of its tools (``<node>-tools``).  ``nodes`` pins nodes
-    to their keys (node -> key ids): a pinned node's logs verify from those keys only.
-    A ``restricted`` key signs for the nodes it is pinned to only; every other key for any
-    node that is not pinned."""
+    them may sign which node's logs (a node's logs: its own, its workers', its tools').
+    ``nodes`` pins nodes to their keys (node -> key ids): a pinned node's logs verify from
+    those keys only.  A ``restricted`` key signs for the nodes it is pinned to only; every
+    other key for any node that is not pinned, and for the store's own chain.  ``own``:
+    this node and its key, whose archive manifests vouch for any node's log."""
 
     def __init__(
         self,
         keys: Iterable[Ed25519PublicKey],
         nodes: Mapping[str, Iterable[str]] | None = None,
         restricted: Iterable[str] = (),
+        own: tuple[str, str] | None = None,
     ) -> None:
         self.keys: Mapping[str, Ed25519PublicKey] = {key_id(k): k for k in keys}
         self.nodes: Mapping[str, frozenset[str]] = {n: frozenset(v) for n, v in (nodes or {}).items()}
         self.restricted = frozenset(restricted)
+        self.own = own
 
     def including(self, key: Ed25519PublicKey) -> KeyRing:
         """This ring and ``key`` (with what this ring says of it, if anything)."""
-        return KeyRing([*self.keys.values(), key], self.nodes, self.restricted)
+        return KeyRing([*self.keys.values(), key], self.nodes, self.restricted, self.own)
 
     def owner(self, node: str) -> str | None:
         """The pinned node whose log ``node`` is (its own, a worker's, its tools'), if any."""
         if node in self.nodes:
             return node
-        for base in self.nodes:
-            rest = node[len(base) :] if node.startswith(base) else ""
-            if (rest.startswith("-w") and rest[2:].isascii() and rest[2:].isdigit()) or node == f"{base}-tools"[:64]:
-                return base
-        return None
+        return next((base for base in self.nodes if log_of(node, base)), None)
 
-    def signs_for(self, kid: str, node: str) -> bool:
-        """Whether key ``kid`` may sign ``node``'s log."""
-        owner = self.owner(node) if self.nodes else None
+    def signs_for(self, kid: str, node: str | None) -> bool:
+        """Whether key ``kid`` may sign ``node``'s log (None: the store's own chain)."""
+        owner = self.owner(node) if node is not None and self.nodes else None
         return kid not in self.restricted if owner is None else kid in self.nodes[owner]
 
     def check(self, cp: Checkpoint, node: str | None = None) -> Literal["ok", "bad_signature", "unknown_key", "other_node"]:
-        """Whether ``cp`` is signed by a trusted key (for ``node``'s log, when given)."""
+        """Whether ``cp`` is signed by a key trusted for ``node``'s log (None: the store's
+        own chain)."""
         key = self.keys.get(cp.key_id)
         if key is None:
             return "unknown_key"
-        if node is not None and not self.signs_for(cp.key_id, node):
+        if not self.signs_for(cp.key_id, node):
             return "other_node"
         try:
             key.verify(

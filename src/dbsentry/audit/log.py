@@ -148,10 +148,27 @@ def list_segments(node_dir: Path) -> list[tuple[int, Path]]:
 
 
 def list_nodes(log_dir: Path) -> list[str]:
-    """The node ids with a log under ``log_dir``."""
+    """The node ids with a log under ``log_dir`` (directories whose name is not a node id
+    are no node's: see :func:`stray_node_dirs`)."""
     if not log_dir.is_dir():
         return []
-    return sorted(p.name for p in log_dir.iterdir() if p.is_dir() and list_segments(p))
+    return sorted(p.name for p in log_dir.iterdir() if p.is_dir() and is_node_id(p.name) and list_segments(p))
+
+
+def stray_node_dirs(log_dir: Path) -> list[str]:
+    """Directories under ``log_dir`` holding segments whose name is not a node id: no
+    writer of dbsentry made them."""
+    if not log_dir.is_dir():
+        return []
+    return sorted(p.name for p in log_dir.iterdir() if p.is_dir() and not is_node_id(p.name) and list_segments(p))
+
+
+def is_node_id(name: str) -> bool:
+    try:
+        check_node_id(name)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(slots=True)

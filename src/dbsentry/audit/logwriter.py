@@ -39,6 +39,7 @@ from dbsentry.audit.log import (
     segment_name,
     unvouched_end,
 )
+from dbsentry.audit.nodes import tools_node
 
 log = logging.getLogger("dbsentry.audit")
 ALLOCATE_AHEAD = 1024 * 1024  # zeros written ahead of the open segment's end, a chunk at a time
@@ -506,7 +507,7 @@ def append_from_tool(log_dir: Path, node: str, payloads: list[bytes], signer: Si
     segment; durable when this returns.  The last seq."""
     import fcntl
 
-    tools = f"{node}-tools"[:64]
+    tools = tools_node(node)
     node_dir = Path(log_dir) / tools
     node_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     with open(node_dir / ".lock", "a+b") as lock:

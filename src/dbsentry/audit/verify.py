@@ -54,7 +54,9 @@ from dbsentry.audit.log import (
     read_past_damage,
     scan_segment,
     segment_number,
+    stray_node_dirs,
 )
+from dbsentry.audit.nodes import log_of
 from dbsentry.audit.records import canonical_json
 from dbsentry.audit.store import (
     GENESIS_HASH,
@@ -1070,6 +1072,8 @@ def verify_log(
     first_segment = 1
     if manifest is not None:
         status = ring.check(manifest.checkpoint(), node) if manifest.node == node else "bad_signature"
+        if status == "other_node" and ring.own is not None and manifest.key_id == ring.own[1]:
+            status = ring.check(manifest.checkpoint())  # this node archived it (audit archive)
         if status != "ok":
             why = {
                 "unknown_key": "is signed by an unknown key",
@@ -1454,13 +1458,32 @@ def verify_all(
             ),
         )
     nodes = log_nodes(log_dir)
+    orphans: list[Problem] = [
+        Problem(
+            "segment",
+            None,
+            f"{log_dir / name} holds segments, but its name is not a node id: no writer of dbsentry made it",
+            name,
+        )
+        for name in stray_node_dirs(log_dir)
+    ]
+    own = ring.own[0] if ring.own is not None else None
+    if own is not None and not any(log_of(n, own) for n in nodes):
+        orphans.append(
+            Problem(
+                "removed",
+                None,
+                f"this node ({own}, whose signing key is here) has no log under {log_dir}: its logs were removed "
+                "(or moved under another name), or log_dir is not where this node writes",
+                own,
+            )
+        )
     results = tuple(
         verify_log(
             log_dir, n, ring, store=store, archive_dir=archive_dir, max_problems=max_problems, max_unsigned=max_unsigned
         )
         for n in nodes
     )
-    orphans: list[Problem] = []
     if store is not None:
         for n in store.index_nodes():
             if n in nodes:
