@@ -242,9 +242,9 @@ def test_a_tool_record_of_a_64_character_node_is_kept(here: Path) -> None:
     assert any(b"token-tool@example.com" in payload for payload in kept)
 
 
-# FOUND (fixed): a log directory whose name is not a node id (node-a-w١, an Arabic-Indic one:
+# FOUND (fixed): a log directory whose name is not a node id (node-a-w\u0661, an Arabic-Indic one:
 # looks like this node's worker 1) is verified as an unpinned node, so an unbound --public-key
-# signs it: forged records show as 'node node-a-w١ chain: INTACT' beside this node's
+# signs it: forged records show as 'node node-a-w\u0661 chain: INTACT' beside this node's
 def test_a_log_directory_named_like_this_nodes_worker_is_not_a_node(here: Path) -> None:
     other, pub = _other_node(here, "node-b")
     write_log(here, f"{NODE}-w1")
