@@ -68,3 +68,20 @@ def test_the_configured_node_id_wins_over_the_state_file(state: Path, tmp_path: 
     other = _pub(tmp_path / "b.pub")
     ring = trusted_keys(AuditConfig(node="node-a", trusted_public_keys=[tmp_path / "b.pub"]), state)
     assert not ring.signs_for(other, "node-a-w1") and ring.signs_for(other, "somebody-else")
+
+
+def test_an_old_key_pinned_to_this_node_signs_its_logs_too(state: Path, tmp_path: Path) -> None:
+    """After a change of this node's signing key, the old public key pinned to this node
+    signs its logs (those written before), and for this node only."""
+    (state / "audit-node").write_text("node-a\n")
+    old = _pub(tmp_path / "old.pub")
+    ring = trusted_keys(AuditConfig(trusted_node_keys={"node-a": tmp_path / "old.pub"}), state)
+    assert ring.signs_for(old, "node-a-w1") and ring.signs_for(own_id(state), "node-a-w1")
+    assert not ring.signs_for(old, "node-b")
+
+
+def test_a_pin_on_another_pinned_nodes_log_is_refused(state: Path, tmp_path: Path) -> None:
+    (state / "audit-node").write_text("node-a\n")
+    _pub(tmp_path / "b.pub")
+    with pytest.raises(ValueError, match="node-a-w1"):
+        trusted_keys(AuditConfig(trusted_node_keys={"node-a-w1": tmp_path / "b.pub"}), state)
