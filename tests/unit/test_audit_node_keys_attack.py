@@ -285,3 +285,53 @@ def test_an_edited_audit_node_unpins_this_node_for_unbound_keys_only(here: Path)
     assert run("audit", "verify", "--public-key", str(pub)).exit_code == 0  # documented limit
     code, data = verify_json("--node-key", f"node-b={pub}")
     assert code == 1 and ("checkpoint_unknown_key", NODE) in problems(data)
+
+
+def test_pinned_nodes_with_prefix_ids_and_a_shared_key_verify(here: Path) -> None:
+    """No false alarm: node ids that start with this node's id (dots, underscores, other
+    letters) are separate nodes; two nodes may share a key; workers and tools of a pinned
+    node verify from its key; this node's workers and tools from its own key."""
+    key, pub = key_only(here)
+    signer = Signer(key)
+    for n in ("node-a.w1", "node-a_b", "node-aX", "node-aX-w3", "node-aX-tools"):
+        lf = new_log(here, n, signer=signer)
+        lf.open()
+        lf.append(stmt(1, "carol@example.com"))
+        lf.close()
+    write_log(here, f"{NODE}-w0", 2)
+    write_log(here, f"{NODE}-tools", 2)
+    args = [a for n in ("node-a.w1", "node-a_b", "node-aX") for a in ("--node-key", f"{n}={pub}")]
+    code, data = verify_json(*args)
+    assert code == 0, data["problems"]
+    # and that shared key still cannot sign this node's worker log
+    rewrite_log(here, lambda s, p: forge(s, p, 1), node=f"{NODE}-w0", resign=signer)
+    code, data = verify_json(*args)
+    assert code == 1 and ("checkpoint_unknown_key", f"{NODE}-w0") in problems(data)
+
+
+def test_a_renamed_pinned_node_verifies_when_its_earlier_id_is_pinned_too(here: Path) -> None:
+    """The multi-node recipe on a node that first ran under a made-up id: its earlier log
+    is signed by its key, which --node-key restricts to the new id; pinning the earlier id
+    to the same key too makes both verify."""
+    key, pub = key_only(here)
+    for n in ("host-abc123", "node-b"):
+        lf = new_log(here, n, signer=Signer(key))
+        lf.open()
+        lf.append(stmt(1, "carol@example.com"))
+        lf.close()
+    assert run("audit", "verify", "--node-key", f"node-b={pub}").exit_code == 1  # the earlier id: other node's key
+    assert run("audit", "verify", "--node-key", f"node-b={pub}", "--node-key", f"host-abc123={pub}").exit_code == 0
+
+
+def test_a_manifest_under_a_name_that_is_not_a_node_id_is_no_nodes(here: Path) -> None:
+    """A directory holding only an archive manifest, named like this node's worker with a
+    non-ASCII digit: named as no writer's, not verified as a node."""
+    from dbsentry.audit.verify import MANIFEST_NAME
+
+    stray = log_dir(here) / f"{NODE}-w\u0661"
+    stray.mkdir()
+    (stray / MANIFEST_NAME).write_text("{}")
+    code, data = verify_json()
+    assert code == 1
+    assert ("segment", f"{NODE}-w\u0661") in problems(data)
+    assert f"{NODE}-w\u0661" not in {n["node"] for n in data["nodes"]}

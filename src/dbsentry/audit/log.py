@@ -155,12 +155,16 @@ def list_nodes(log_dir: Path) -> list[str]:
     return sorted(p.name for p in log_dir.iterdir() if p.is_dir() and is_node_id(p.name) and list_segments(p))
 
 
-def stray_node_dirs(log_dir: Path) -> list[str]:
-    """Directories under ``log_dir`` holding segments whose name is not a node id: no
-    writer of dbsentry made them."""
+def stray_node_dirs(log_dir: Path, manifest: str | None = None) -> list[str]:
+    """Directories under ``log_dir`` holding segments (or a file named ``manifest``) whose
+    name is not a node id: no writer of dbsentry made them."""
     if not log_dir.is_dir():
         return []
-    return sorted(p.name for p in log_dir.iterdir() if p.is_dir() and not is_node_id(p.name) and list_segments(p))
+    return sorted(
+        p.name
+        for p in log_dir.iterdir()
+        if p.is_dir() and not is_node_id(p.name) and (list_segments(p) or (manifest is not None and (p / manifest).is_file()))
+    )
 
 
 def is_node_id(name: str) -> bool:

@@ -48,6 +48,7 @@ from dbsentry.audit.log import (
     Frame,
     checkpoint_of,
     genesis,
+    is_node_id,
     known_node_id,
     list_nodes,
     list_segments,
@@ -1419,7 +1420,7 @@ def log_nodes(log_dir: Path) -> list[str]:
     log_dir = Path(log_dir)
     found = set(list_nodes(log_dir))
     if log_dir.is_dir():
-        found |= {p.name for p in log_dir.iterdir() if (p / MANIFEST_NAME).is_file()}
+        found |= {p.name for p in log_dir.iterdir() if is_node_id(p.name) and (p / MANIFEST_NAME).is_file()}
     return sorted(found)
 
 
@@ -1465,7 +1466,7 @@ def verify_all(
             f"{log_dir / name} holds segments, but its name is not a node id: no writer of dbsentry made it",
             name,
         )
-        for name in stray_node_dirs(log_dir)
+        for name in stray_node_dirs(log_dir, MANIFEST_NAME)
     ]
     own = ring.own[0] if ring.own is not None else None
     if own is not None and not any(log_of(n, own) for n in nodes):
