@@ -22,6 +22,7 @@ from test_audit_tamper_attack import (  # type: ignore[import-not-found]
     T0,
     _other_node,
     forge,
+    forge_legacy_rows,
     frames_of,
     here,  # noqa: F401  (the fixture)
     index,
@@ -84,20 +85,7 @@ def forge_legacy_chain(here: Path, signer: Signer, n: int = 2) -> None:
     """Records of the store's own chain (node NULL) attributed to bob, and a checkpoint on
     the last one signed by ``signer``, written straight into the index file."""
     db = index(here)
-    db.execute("UPDATE records SET seq = seq + 1000 WHERE node IS NOT NULL")
-    prev = "0" * 64
-    for seq in range(1, n + 1):
-        payload = stmt(seq, "bob@example.com", "TRUNCATE users")
-        h = chain_hash(prev, seq, payload)
-        d = orjson.loads(payload)
-        db.execute(
-            "INSERT INTO records (seq, prev_hash, hash, id, time, type, session_id, identity, identity_kind, "
-            "connection, environment, decision, command, ref, tables, payload, node, node_seq) "
-            "VALUES (?,?,?,?,?,'statement','s1','bob@example.com','human','prod','production','allow',NULL,NULL,"
-            "'[\"public.users\"]',?,NULL,NULL)",
-            (seq, prev, h, d["id"], d["time"], payload.decode()),
-        )
-        prev = h
+    prev = forge_legacy_rows(db, n)
     cp = signer.sign(n, prev, T0 + n, "periodic")
     db.execute(
         "INSERT INTO checkpoints (seq, hash, time, kind, key_id, signature) VALUES (?,?,?,?,?,?)",

@@ -621,12 +621,13 @@ def test_restart_cut_of_signed_records_is_named(here: Path) -> None:
     assert max(x.seq for x in kept if x.kind == KIND_RECORD) == TOTAL
 
 
-def test_forged_legacy_chain_in_an_index_made_with_the_log_is_named(here: Path) -> None:
-    db = index(here)
-    # the rows' own numbers are not checked: make room for seq 1 and 2
+def forge_legacy_rows(db: sqlite3.Connection, n: int = 2) -> str:
+    """Records 1..n of the store's own chain (node NULL), attributed to bob, written into
+    the index file; the hash of the last."""
+    # the rows' own numbers are not checked: make room for seq 1..n
     db.execute("UPDATE records SET seq = seq + 1000 WHERE node IS NOT NULL")
     prev = "0" * 64
-    for seq in (1, 2):
+    for seq in range(1, n + 1):
         payload = stmt(seq, "bob@example.com", "TRUNCATE users")
         h = chain_hash(prev, seq, payload)
         d = orjson.loads(payload)
@@ -638,6 +639,12 @@ def test_forged_legacy_chain_in_an_index_made_with_the_log_is_named(here: Path) 
             (seq, prev, h, d["id"], d["time"], payload.decode()),
         )
         prev = h
+    return prev
+
+
+def test_forged_legacy_chain_in_an_index_made_with_the_log_is_named(here: Path) -> None:
+    db = index(here)
+    prev = forge_legacy_rows(db)
     db.execute("UPDATE chain_head SET seq = 2, hash = ? WHERE id = 1", (prev,))
     db.close()
     assert any("TRUNCATE users" in line for line in search_lines())

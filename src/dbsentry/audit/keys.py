@@ -216,7 +216,7 @@ class KeyRing:
 
     def signs_for(self, kid: str, node: str | None) -> bool:
         """Whether key ``kid`` may sign ``node``'s log (None: the store's own chain)."""
-        owner = self.owner(node) if node is not None and self.nodes else None
+        owner = self.owner(node) if node is not None else None
         return kid not in self.restricted if owner is None else kid in self.nodes[owner]
 
     def check(self, cp: Checkpoint, node: str | None = None) -> Literal["ok", "bad_signature", "unknown_key", "other_node"]:
