@@ -413,3 +413,35 @@ def ensure_pgbench_tables(up: Upstream, pgbench: str, scale: int) -> None:
     what = "missing" if rows is None else f"at another scale ({rows} accounts)"
     say(f"pgbench tables {what}: running pgbench -i -q -s {scale} (drops and recreates pgbench_*)")
     run([pgbench, "-i", "-q", "-s", str(scale), up.conninfo()], timeout=1800)
+
+
+def fdatasync_probe(directory: Path, count: int = 300, record_bytes: int = 800) -> dict[str, float]:
+    """What an ``fdatasync`` costs where the audit logs are: ``record_bytes`` written into
+    a file that holds zeros ahead of its end (as the audit log's open segment does), then
+    ``fdatasync``, ``count`` times; p50 and p99 of the fdatasync in ms, and its mean CPU in
+    µs.  Issue 17 bounds ``effect``'s added latency by this p50."""
+    path = Path(directory) / "fdatasync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.pwrite(fd, bytes(count * record_bytes + 4096), 0)
+        os.fsync(fd)
+        sync = getattr(os, "fdatasync", os.fsync)
+        record = b"r" * record_bytes
+        waits: list[float] = []
+        cpu = 0.0
+        for i in range(count):
+            os.pwrite(fd, record, i * record_bytes)
+            c0, t0 = time.process_time(), time.perf_counter()
+            sync(fd)
+            waits.append(time.perf_counter() - t0)
+            cpu += time.process_time() - c0
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+    waits.sort()
+    return {
+        "p50_ms": waits[len(waits) // 2] * 1000,
+        "p99_ms": waits[min(len(waits) - 1, int(len(waits) * 0.99))] * 1000,
+        "cpu_us": cpu / count * 1e6,
+        "count": count,
+    }

@@ -220,3 +220,77 @@ def render_ratios(summaries: list[Summary]) -> str:
             name = f"{workload} {mode} c{clients}{' tls' if tls else ''}"
             lines.append(f"{name:<30} " + "; ".join(parts))
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- issue 17's targets
+
+#: Issue 17's throughput targets: (workload, modes, target kind, least ratio to PgBouncer), at
+#: ``TARGET_CLIENTS`` clients.
+THROUGHPUT_TARGETS: tuple[tuple[str, tuple[str, ...], str, float], ...] = (
+    ("select", ("simple", "prepared"), "governed", 0.6),
+    ("select", ("simple", "prepared"), "governed-write", 0.7),
+    ("select", ("simple", "prepared"), "governed-sync", 0.3),
+    ("tpcb", (), "governed", 0.6),
+)
+TARGET_CLIENTS = 8
+#: ``-c 1`` added p50 over direct: ``write`` at most this; ``effect`` at most an fdatasync's
+#: p50 plus this (ms).
+WRITE_ADDED_P50_MS = 0.040
+EFFECT_ADDED_P50_MS = 0.050
+
+
+@dataclass(frozen=True)
+class TargetCheck:
+    """One of issue 17's "done when" figures, as one run measured it."""
+
+    cell: str  # "select prepared c8"
+    target: str  # "governed" ...
+    goal: str  # ">= 0.60x PgBouncer", "added p50 <= 40 us"
+    measured: str
+    met: bool
+
+    def row(self) -> dict[str, Any]:
+        return {"cell": self.cell, "target": self.target, "goal": self.goal, "measured": self.measured, "met": self.met}
+
+
+def check_targets(summaries: list[Summary], fsync_p50_ms: float | None) -> list[TargetCheck]:
+    """Issue 17's targets for the cells this run measured (plaintext only; a cell or target
+    it did not measure is left out)."""
+    rows = {(s.workload, s.mode, s.clients, s.target): s for s in summaries if not s.not_applicable}
+    checks: list[TargetCheck] = []
+    for workload, modes, kind, least in THROUGHPUT_TARGETS:
+        for (w, mode, clients, target), s in rows.items():
+            if w != workload or target != kind or clients != TARGET_CLIENTS or (modes and mode not in modes):
+                continue
+            if s.vs_pgbouncer is None:
+                continue
+            checks.append(
+                TargetCheck(
+                    f"{w} {mode} c{clients}", kind, f">= {least:.2f}x PgBouncer", _x(s.vs_pgbouncer), s.vs_pgbouncer >= least
+                )
+            )
+    for (w, mode, clients, target), s in rows.items():
+        if w != "select" or clients != 1 or target not in ("governed", "governed-write"):
+            continue
+        direct = rows.get((w, mode, clients, "direct"))
+        if s.p50_ms is None or direct is None or direct.p50_ms is None:
+            continue
+        added = s.p50_ms - direct.p50_ms
+        if target == "governed-write":
+            bound, goal = WRITE_ADDED_P50_MS, f"added p50 <= {WRITE_ADDED_P50_MS * 1000:.0f} us"
+        elif fsync_p50_ms is None:
+            continue
+        else:
+            bound = fsync_p50_ms + EFFECT_ADDED_P50_MS
+            goal = f"added p50 <= fdatasync p50 {fsync_p50_ms * 1000:.0f} + {EFFECT_ADDED_P50_MS * 1000:.0f} us"
+        checks.append(TargetCheck(f"{w} {mode} c{clients}", target, goal, f"{added * 1000:+.0f} us", added <= bound))
+    return checks
+
+
+def render_targets(checks: list[TargetCheck]) -> str:
+    if not checks:
+        return ""
+    lines = ["issue 17's targets (this run):"]
+    for c in checks:
+        lines.append(f"  {c.cell:<22} {c.target:<15} {c.goal:<40} {c.measured:>10}  {'met' if c.met else 'NOT met'}")
+    return "\n".join(lines)
