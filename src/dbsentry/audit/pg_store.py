@@ -126,6 +126,7 @@ _DIALECT = Dialect(
     text_clause="(s.payload::jsonb ->> 'statement') ILIKE %s",
     types_clause=lambda types: ("type = ANY(%s)", [list(types)]),
     cursors="@S.log_cursor",
+    checkpoints="@S.checkpoints",
 )
 
 
@@ -446,18 +447,7 @@ class PostgresStore(AuditStore):
     def _stored(row: Sequence[Any]) -> StoredRecord:
         return _row_to_stored(row)
 
-    def last_seq_before(self, time: float) -> int:
-        row = self._one("SELECT min(seq) FROM @S.records WHERE time >= %s", (time,))
-        anchor = self.anchor().seq
-        if row is None or row[0] is None:
-            return max(self.head().seq, anchor)
-        return max(int(row[0]) - 1, anchor)
 
-    def iter_checkpoints(self) -> Iterator[Checkpoint]:
-        for row in self._query(
-            "SELECT seq, hash, time, kind, key_id, signature FROM @S.checkpoints ORDER BY seq, id"
-        ):
-            yield Checkpoint(int(row[0]), row[1], float(row[2]), row[3], row[4], row[5])
 
     def drop_schema(self) -> None:
         """Remove the schema and everything in it (tests)."""

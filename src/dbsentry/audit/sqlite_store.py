@@ -155,6 +155,7 @@ _DIALECT = Dialect(
     text_clause="json_extract(s.payload, '$.statement') LIKE ? ESCAPE '\\'",
     types_clause=_types_clause,
     cursors="log_cursor",
+    checkpoints="checkpoints",
 )
 
 
@@ -407,15 +408,4 @@ class SQLiteStore(AuditStore):
     def _stored(row: Sequence[Any]) -> StoredRecord:
         return _row_to_stored(row)
 
-    def last_seq_before(self, time: float) -> int:
-        row = self._one("SELECT min(seq) FROM records WHERE time >= ?", (time,))
-        anchor = self.anchor().seq
-        if row is None or row[0] is None:
-            return max(self.head().seq, anchor)
-        return max(int(row[0]) - 1, anchor)
 
-    def iter_checkpoints(self) -> Iterator[Checkpoint]:
-        for row in self._query(
-            "SELECT seq, hash, time, kind, key_id, signature FROM checkpoints ORDER BY seq, id"
-        ):
-            yield Checkpoint(*row)

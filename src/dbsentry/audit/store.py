@@ -284,6 +284,7 @@ class Dialect:
     text_clause: str  # statement text LIKE/ILIKE the parameter
     types_clause: Callable[[Sequence[str]], tuple[str, list[Any]]]
     cursors: str  # the table of each node's indexed position
+    checkpoints: str  # the checkpoints table, as written in a query
 
 
 def records_query(
@@ -400,6 +401,10 @@ class AuditStore(abc.ABC):
     def _stored(row: Sequence[Any]) -> StoredRecord:
         """A row of ``dialect.columns`` as a stored record."""
 
+    @abc.abstractmethod
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> Sequence[Any] | None:
+        """The first row of a read-only query (None: none)."""
+
     def iter_records(
         self,
         *,
@@ -462,18 +467,25 @@ class AuditStore(abc.ABC):
         """Delete the rows indexed from ``node``'s log (every log: None) and their cursors;
         how many rows.  The store's own chain is not touched."""
 
-    @abc.abstractmethod
     def last_seq_before(self, time: float) -> int:
         """The largest seq such that it and every earlier stored record are older than ``time``
         (the anchor's seq if there is none)."""
+        d = self.dialect
+        row = self._one(f"SELECT min(seq) FROM {d.records} WHERE time >= {d.mark}", (time,))
+        anchor = self.anchor().seq
+        if row is None or row[0] is None:
+            return max(self.head().seq, anchor)
+        return max(int(row[0]) - 1, anchor)
 
     @abc.abstractmethod
     def add_checkpoint(self, signer: Signer, kind: str = "periodic") -> Checkpoint | None:
         """Sign the current head and store the checkpoint (None if the head is already signed)."""
 
-    @abc.abstractmethod
     def iter_checkpoints(self) -> Iterator[Checkpoint]:
         """All checkpoints, by seq."""
+        sql = f"SELECT seq, hash, time, kind, key_id, signature FROM {self.dialect.checkpoints} ORDER BY seq, id"
+        for row in self._query(sql):
+            yield Checkpoint(int(row[0]), row[1], float(row[2]), row[3], row[4], row[5])
 
     @abc.abstractmethod
     def truncate_prefix(self, checkpoint: Checkpoint) -> int:
