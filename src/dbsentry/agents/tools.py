@@ -42,8 +42,10 @@ if TYPE_CHECKING:
 MAX_PARAMS = 100
 MAX_REASON_CHARS = 500
 MAX_CATALOG_ROWS = 5000
-#: Pauses between looks for a call's audit record (about 1.5 s in all).
-RECORD_RETRIES = (0.05, 0.1, 0.2, 0.4, 0.75, 0.0)
+#: Pauses between looks for a call's audit record (5 s in all: the record is written before
+#: the answer, so only a loaded machine's index lag makes the later looks happen; with 1.5 s
+#: a test run beside another full run missed one).
+RECORD_RETRIES = (0.05, 0.1, 0.2, 0.4, 0.75, 1.0, 1.0, 1.5, 0.0)
 
 ViewSource = Callable[[str], Awaitable["MaskingView | None"]]
 
