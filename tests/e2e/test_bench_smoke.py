@@ -100,3 +100,21 @@ def test_every_target_has_a_result(
             ]
             assert run and all(r["transactions"] and r["failed"] == 0 for r in run), run
     assert not problems, "\n".join(problems)
+
+
+def test_fdatasync_and_the_targets_are_reported(smoke: tuple[subprocess.CompletedProcess[str], dict[str, Any]]) -> None:
+    """The fdatasync where the logs are, and the performance targets of the cells the run
+    measured (governed only here: one throughput ratio per select mode and TPC-B at 8
+    clients, one latency bound per select mode at 1 client), each said met or not."""
+    done, document = smoke
+    fsync = document["fdatasync"]
+    assert 0 < fsync["p50_ms"] <= fsync["p99_ms"] and fsync["count"] > 0
+    targets = document["targets"]
+    cells = {(t["cell"], t["target"]) for t in targets}
+    modes = {r["mode"] for r in document["summary"] if r["workload"] == "select"}
+    expected = {(f"select {m} c8", "governed") for m in modes & {"simple", "prepared"}}
+    expected |= {(f"select {m} c1", "governed") for m in modes}
+    expected |= {(f"tpcb {r['mode']} c8", "governed") for r in document["summary"] if r["workload"] == "tpcb"}
+    assert cells == expected, targets
+    assert all(isinstance(t["met"], bool) and t["measured"] for t in targets)
+    assert "issue 17's targets (this run):" in done.stdout
