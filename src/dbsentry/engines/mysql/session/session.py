@@ -258,6 +258,10 @@ class _Exchange:
     ddl: bool = False  # the schema may change: the catalog is read again after the answer
     guard: _Bracket | None = None  # it runs under the row guard (production)
     inherit: Inheritance | None = None  # copies of classified values, kept as statements succeed
+    # names an SQL PREPARE after the string's first statement prepares: MariaDB runs it only if
+    # every statement before it succeeded, so they are forgotten when the answer is an error
+    unsure_names: frozenset[str] = frozenset()
+    failed: bool = False  # the answer ended with an error
 
 
 @dataclass(slots=True)
@@ -493,7 +497,7 @@ class Session:
         if self.audit is None or self._closed_audited:
             return []
         self._closed_audited = True
-        out: list[c.Command] = [c.Audit(r) for r in self.audit.rest("session ended before the statement completed")]
+        out: list[c.Command] = [c.Audit(r) for r in self.audit.rest("outcome unknown: the session ended before the server answered (the statement may have run)")]
         out.append(c.Audit(self.audit.session_event("closed", reason)))
         return out
 
@@ -1367,6 +1371,10 @@ class Session:
     ) -> list[c.Command]:
         if exchange.prepared_names is not None:
             self._sql_prepared = exchange.prepared_names  # what PREPARE/DEALLOCATE leave
+            if verdict is not None:
+                exchange.unsure_names = frozenset(
+                    f.prepared_name.lower() for f in verdict.facts[1:] if f.command == "PREPARE" and f.prepared_name
+                )
         if exchange.sql_plans is not None:
             self._sql_plans = exchange.sql_plans
         if verdict is not None:
@@ -1905,6 +1913,7 @@ class Session:
         if payload[:1] == b"\xff" and reader.state in ("rows", "start"):
             # an ERR: the answer (or what remains of a multi-result answer) ends here
             err = decode_err(payload, self._up_caps)
+            ex.failed = True
             shown = self._client_error(ex, payload, err)
             return [self._to_client(shown), *self._complete(sqlstate=err.sqlstate, error=err.message), *self._done(ex)]
         state = reader.state
@@ -1963,6 +1972,13 @@ class Session:
     def _done(self, ex: _Exchange) -> list[c.Command]:
         """The answer to the command ended."""
         out: list[c.Command] = []
+        if ex.failed:
+            # A statement of the string failed: a PREPARE after the first may never have
+            # run, and the server still has what the name held before (or nothing): its
+            # EXECUTE is refused until the name is prepared again.
+            for name in ex.unsure_names:
+                self._sql_prepared.pop(name, None)
+                self._sql_plans.pop(name, None)
         if self.audit is not None and ex.kind == "result":
             out += [c.Audit(r) for r in self.audit.rest("not executed: an earlier statement of the string failed")]
         self._exchange = None

@@ -327,7 +327,7 @@ class SessionAudit:
         """The session ended with statements whose outcome never arrived."""
         out = []
         while self._pending:
-            rec = self._complete(error="session ended before the statement completed")
+            rec = self._complete(error="outcome unknown: the session ended before the server answered (the statement may have run)")
             if rec is not None:
                 out.append(rec)
         return out

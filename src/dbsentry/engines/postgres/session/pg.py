@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
-from typing import Protocol, assert_never
+from typing import NamedTuple, Protocol, assert_never
 
 from dbsentry.approvals.model import statement_key
 from dbsentry.audit.config import AuditConfig
@@ -295,9 +295,9 @@ def _copies_data(facts: StatementFacts) -> bool:
     return facts.command in _COPYING or any(cmd in _COPYING for cmd in facts.commands)
 
 
-def _refusal(check: Check, rule: str, message: str) -> Check:
-    """A deny decision made by the masking layer, in the shape the policy gives."""
-    decision = Decision("deny", (rule,), f"{message} ({rule})")
+def _refusal(check: Check, rule: str, message: str, sqlstate: str = "42501") -> Check:
+    """A deny decision made by the session (masking, prepared names), in the shape the policy gives."""
+    decision = Decision("deny", (rule,), f"{message} ({rule})", sqlstate=sqlstate)
     verdict = check.verdict
     return Check(Verdict(verdict.facts, tuple(decision for _ in verdict.facts), decision, verdict.parse_error))
 
@@ -599,8 +599,20 @@ class _Segment:
         return self
 
 
+# ParseComplete, BindComplete, CloseComplete
+_NAME_ANSWERS = frozenset((ord("1"), ord("2"), ord("3")))
+
 # A prepared statement as the session knows it: SQL, what it was judged under, the check.
 _Prepared = tuple[str, str, Check]
+
+
+class _Rename(NamedTuple):
+    """A change of server-side names waiting for the answer that says it was carried out."""
+
+    cycle: int  # the cycle of the request (its Sync's or its Query's)
+    portal: bool  # portal names, not statement names
+    names: tuple[str, ...]
+    confirm: bytes  # the answer's message type (b"1", b"2", b"3"), or b"C" + the command tag
 
 
 class _Portal:
@@ -865,6 +877,17 @@ class Session:
     # Parse messages sent, oldest first: (name, the entry before, the entry it made), so a
     # Parse the server did not carry out (failed, skipped) is undone here too.
     _parse_log: deque[tuple[str, _Prepared | None, _Prepared | None]] | None = None
+    # Server-side names a request changes (Parse, Close, SQL PREPARE, DEALLOCATE, DISCARD
+    # ALL: statements; Bind, Close: portals), oldest first, until the server's answer says it
+    # carried the request out (ParseComplete, BindComplete, CloseComplete, the CommandComplete
+    # of the SQL command).  The server answers in order, so an error of the request's cycle
+    # before that answer means it failed or was skipped: its names become unknown
+    # (_renames_failed), and are then neither bound, executed nor made again here.  (An
+    # attack round had a failed DEALLOCATE, re-Parse, PREPARE or re-Bind leave the server
+    # running one statement while the trail named another, or none.)
+    _renames: deque[_Rename] | None = None
+    _unknown_names: set[str] | None = None  # statement names that may or may not exist upstream
+    _frame_cycle: int = 0  # the cycle of the client message being governed
     _row_cap: RowCap | None = None  # agents in production: rows one result may return
     # SQL prepared statement names once prepared for a statement that changes rows.
     _risky_sql: set[str] = field(default_factory=set)
@@ -1618,6 +1641,8 @@ class Session:
                 gated = len(chunk.gated)
                 asks = len(chunk.approvals) if asking and t == m.Q_EXECUTE else 0
                 self._in_flight = self._busy or i > 0 or carry is not None
+                # (a Query's or Sync's cycle was counted above; other messages end with the next Sync)
+                self._frame_cycle = self._cycles_sent if t == m.Q_QUERY or t == m.Q_FUNCTION_CALL else self._cycles_sent + 1
                 try:
                     self._govern_frame(gov, chunk, t, start, end)
                 except Exception as err:  # fail closed, and keep the session
@@ -1756,7 +1781,7 @@ class Session:
         chunk.commands.append(c.Log(level, "statement.analysis_failed", {"error": repr(err)[:500], "sqlstate": sqlstate}))
         if t == m.Q_PARSE:
             name, _ = codec.read_cstr(chunk.buf, start, end, self.enc)
-            self._prepared.pop(name, None)
+            self._refused_parse(name)
             marker = self._refuse(message, sqlstate, chunk.commands, log=False, error=error)
             chunk.replace(start, end, codec.encode_parse(m.Parse(name, self._marker_sql(marker)), self.enc))
         elif t == m.Q_BIND:
@@ -1820,6 +1845,15 @@ class Session:
                 portal = names[0]
                 if buf.find(b"\x00", start, end) + 5 > end:
                     codec.decode_execute(buf, start, end, self.enc)  # too short: raises as it would
+                if portal not in self._portals:
+                    # Not bound through this session, or bound by a request that may have
+                    # failed: the server may hold another statement under the name.
+                    message = f'portal "{portal}" is not known to dbsentry in this session (its Bind failed or was never made); bind it again'
+                    marker = self._refuse(message, "34000", chunk.commands)
+                    chunk.replace(start, end, codec.encode_execute(m.Execute(marker), self.enc))
+                    if portal:  # (the unnamed one: after a refused Parse or Bind of the same pipeline)
+                        self._audit_refused(chunk, f"<Execute of portal {portal[:200]}>", message)
+                    return
                 if self.audit is not None or self.approvals is not None:
                     self._execute_frame(chunk, portal)
                 if self.guard is not None:
@@ -1834,6 +1868,7 @@ class Session:
                 self._prepared.pop(name, None)
             else:
                 self._portals.pop(name, None)
+            self._renamed(kind == "P", (name,), b"3")
 
     def _frame_names(self, t: int, buf: bytes, start: int, end: int) -> tuple[str, str]:
         """The names an extended-protocol message gives: (portal, statement) of a Bind,
@@ -2486,31 +2521,110 @@ class Session:
             identity = self.approvals.effective_identity(identity)
         return bool(identity.groups & self.masking_service.exempt_groups)
 
-    def _check_sql_prepared(self, gov: Governor, check: Check) -> Check:
+    # ------------------------------------------------------------------ server-side names
+
+    def _renamed(self, portal: bool, names: tuple[str, ...], confirm: bytes) -> None:
+        """The client message being governed changes ``names`` upstream once carried out."""
+        renames = self._renames
+        if renames is None:
+            renames = self._renames = deque()
+        renames.append(_Rename(self._frame_cycle, portal, names, confirm))
+
+    def _name_taken(self, name: str) -> str | None:
+        """Why no statement can be made under ``name`` (one exists, or may): None if one can.
+        PostgreSQL refuses a named statement's name twice; the unnamed one is replaced."""
+        if not name:
+            return None
+        if name in self._prepared:
+            return f'prepared statement "{name}" already exists'
+        if self._unknown_names and name in self._unknown_names:
+            return f'prepared statement "{name}" may still exist upstream (a request that changed it failed): use another name'
+        return None
+
+    def _refused_parse(self, name: str) -> None:
+        """A Parse refused here goes upstream as one that fails under the same name: a named
+        statement keeps what it held; the unnamed one is gone (PostgreSQL drops it first)."""
+        if not name:
+            self._prepared.pop(name, None)
+
+    def _dropped_all(self, confirm: bytes | None) -> None:
+        if self._prepared and confirm is not None:
+            self._renamed(False, tuple(self._prepared), confirm)
+        self._prepared.clear()
+        if self.guard is not None:
+            self.guard.statements_dropped()
+
+    def _rename_answered(self, answer: bytes) -> None:
+        """The server carried out the oldest request that changes names, if ``answer`` is
+        what it answers; anything else out of order makes what is pending unknown."""
+        renames = self._renames
+        assert renames
+        head = renames[0]
+        if head.confirm == answer:
+            renames.popleft()
+            unknown = self._unknown_names
+            if unknown and not head.portal:
+                unknown.difference_update(head.names)
+        elif answer[:1] != b"C":
+            self._renames_failed(self._cycles_done + 1)  # not the answer expected: fail closed
+
+    def _renames_failed(self, cycle: int) -> None:
+        """Cycle ``cycle`` failed (or ended) before the server answered the name changes of
+        its requests still pending: they may not have happened, so those names are unknown."""
+        renames = self._renames
+        while renames and renames[0].cycle <= cycle:
+            r = renames.popleft()
+            if r.portal:
+                for name in r.names:
+                    self._portals.pop(name, None)
+                continue
+            for name in r.names:
+                self._prepared.pop(name, None)
+                if name:
+                    if self._unknown_names is None:
+                        self._unknown_names = set()
+                    self._unknown_names.add(name)
+
+    def _check_sql_prepared(self, gov: Governor, check: Check, query: bool = True) -> Check:
         """Track SQL PREPARE, and judge SQL EXECUTE by the statement it runs, now.
 
-        Protocol-level and SQL prepared statements share one namespace upstream.
+        Protocol-level and SQL prepared statements share one namespace upstream.  ``query``:
+        the statement runs now, in a Query (what it changes waits for its CommandComplete,
+        see _renames); in a Parse it runs at an Execute that may never come, and its
+        changes are taken as they were, at once.
         """
         for facts in check.verdict.facts:
             name = facts.prepared_name
             if facts.command == "PREPARE" and name is not None:
+                taken = self._name_taken(name) if query else None
+                if taken is not None:
+                    return _refusal(check, "session.prepared_name", taken, "42P05")
                 self._prepared[name] = (facts.text, self._judged_under(gov), check)
+                if query:
+                    self._renamed(False, (name,), b"CPREPARE")
                 self._note_prepare(facts)
             elif facts.command in ("DEALLOCATE", "DEALLOCATE ALL"):
                 if name is None:
-                    self._prepared.clear()
-                    if self.guard is not None:
-                        self.guard.statements_dropped()
+                    self._dropped_all(b"CDEALLOCATE ALL" if query else None)
                 else:
                     self._prepared.pop(name, None)
+                    if query:
+                        self._renamed(False, (name,), b"CDEALLOCATE")
             elif facts.command == "DISCARD ALL":
-                self._prepared.clear()
-                if self.guard is not None:
-                    self.guard.statements_dropped()
+                self._dropped_all(b"CDISCARD ALL" if query else None)
             else:
                 executed = _executed(facts)
-                if executed is None or executed.prepared_name not in self._prepared:
+                if executed is None:
                     continue
+                if executed.prepared_name not in self._prepared:
+                    # Not prepared through this session, or by a request that may have
+                    # failed: the server may run another statement under the name.
+                    return _refusal(
+                        check,
+                        "session.prepared_name",
+                        f'prepared statement "{executed.prepared_name}" is not known to dbsentry in this session: prepare it again',
+                        "26000",
+                    )
                 inner = self._check(gov, self._prepared[executed.prepared_name][0])
                 if not inner.allowed:
                     return inner
@@ -2538,18 +2652,24 @@ class Session:
     def _govern_parse(self, gov: Governor, chunk: _Chunk, start: int, end: int) -> None:
         unsure = self._unreadable(chunk.buf, start, end)
         parse = codec.decode_parse(chunk.buf, start, end, self.enc)
+        taken = self._name_taken(parse.name)
+        if taken is not None:
+            marker = self._refuse(taken, "42P05", chunk.commands)
+            chunk.replace(start, end, codec.encode_parse(m.Parse(parse.name, self._marker_sql(marker)), self.enc))
+            self._audit_refused(chunk, parse.sql[:4096], taken)
+            return
         if unsure is None and self._in_flight and not chunk.buf[start:end].isascii():
             at = chunk.buf.find(b"\x00", start, end) + 1
             unsure = self._reads_alike(gov, bytes(chunk.buf[at : chunk.buf.find(b"\x00", at, end)]), parse.sql)
         if unsure:
-            self._prepared.pop(parse.name, None)
+            self._refused_parse(parse.name)
             marker = self._refuse(unsure, "55000", chunk.commands)
             chunk.replace(start, end, codec.encode_parse(m.Parse(parse.name, self._marker_sql(marker)), self.enc))
             self._audit_refused(chunk, parse.sql[:4096], unsure)
             return
         too_long = self._too_long(len(parse.sql))
         if too_long:
-            self._prepared.pop(parse.name, None)
+            self._refused_parse(parse.name)
             marker = self._refuse(too_long, "54000", chunk.commands)
             chunk.replace(start, end, codec.encode_parse(m.Parse(parse.name, self._marker_sql(marker)), self.enc))
             self._audit_refused(chunk, parse.sql[:4096], too_long)
@@ -2557,12 +2677,13 @@ class Session:
         check = self._check(gov, parse.sql)
         if check.allowed:
             # SQL PREPARE / EXECUTE sent with the extended protocol, as in a Query.
-            check = self._check_sql_prepared(gov, check)
+            check = self._check_sql_prepared(gov, check, query=False)
         plans: tuple[StatementPlan | None, ...] = ()
         if check.allowed or self._approvable(check):
             check, plans = self._mask_plans(parse.sql, check)
         if check.allowed or self._approvable(check):
             self._prepared[parse.name] = (parse.sql, self._judged_under(gov), check)
+            self._renamed(False, (parse.name,), b"1")
             if parse.param_types:
                 self._param_types[parse.name] = parse.param_types
             else:
@@ -2570,7 +2691,7 @@ class Session:
             if self.masking is not None:
                 self.masking.parsed(parse.name, plans[0] if plans else None, (parse.sql, parse.param_types))
             return
-        self._prepared.pop(parse.name, None)
+        self._refused_parse(parse.name)
         if self.masking is not None:
             self.masking.parsed(parse.name, None)
         marker = self._deny(check, parse.sql, chunk.commands)
@@ -2583,10 +2704,21 @@ class Session:
         """``bind``: the Bind, when read already."""
         buf = chunk.buf
         known = self._prepared.get(name)
+        if known is None:
+            # Not prepared through this session, or by a request that may have failed: the
+            # server may hold another statement under the name (or none).
+            self._portals.pop(portal, None)
+            message = f'prepared statement "{name}" is not known to dbsentry in this session: prepare it again'
+            marker = self._refuse(message, "26000", chunk.commands)
+            chunk.replace(start, end, codec.encode_bind(m.Bind(portal, marker), self.enc))
+            if name:
+                self._audit_refused(chunk, f"<Bind of prepared statement {name[:200]}>", message)
+            return
         if self.audit is not None or self.approvals is not None or self.guard is not None:
             if bind is None:
                 bind = _decode_bind(buf, start, end, self.enc)
             self._portals[portal] = _Portal(name, bind[2], bind[3], self.enc, known)
+        self._renamed(True, (portal,), b"2")
         if known is not None and self._facts_of(known[2]).where_params:
             if bind is None:
                 bind = _bind_parts(codec.decode_bind(buf, start, end, self.enc))
@@ -2832,6 +2964,8 @@ class Session:
                         self.guard.idle_ready(i == n and self.guard.exchange.idle)
                 if self._cycles_done < self._cycles_sent:
                     self._cycles_done += 1
+                if self._renames:
+                    self._renames_failed(self._cycles_done)  # (none is left unanswered by a cycle that ended well)
                 if self._cycles_done == self._cycles_sent:
                     self._busy = False
                 if self._refusals and self._cycles_done == self._cycles_sent:
@@ -2849,6 +2983,8 @@ class Session:
             elif t == m.R_ERROR:
                 if self.guard is not None:
                     self.guard.forget_baseline()
+                if self._renames:
+                    self._renames_failed(self._cycles_done + 1)
                 if b"VFATAL\x00" in buf[start:end] or b"VPANIC\x00" in buf[start:end]:
                     self._upstream_fatal = True
                 if self._refusals:
@@ -2868,11 +3004,15 @@ class Session:
                 elif ps.name == "application_name" and audit is not None:
                     audit.application_name = ps.value
             elif t == m.R_COMMAND_COMPLETE:
+                if self._renames and self._renames[0].confirm[:1] == b"C":
+                    self._rename_answered(b"C" + bytes(buf[start : end - 1]))
                 if self.catalog_service is not None and buf[start : start + 6] in _SCHEMA_TAGS:
                     self._schema_pending = True  # announced at the ReadyForQuery that ends the transaction
                 if audit is not None:
                     tag = codec.read_cstr(buf, start, end)[0]  # what decode_command_complete reads
                     self._audit_done(chunk, audit.command_complete(tag))
+            elif t in _NAME_ANSWERS and self._renames:
+                self._rename_answered(bytes((t,)))
             elif audit is not None and (t == m.R_EMPTY_QUERY or t == m.R_PORTAL_SUSPENDED):
                 self._audit_done(chunk, audit.empty_or_suspended())
         out = chunk.assemble()
