@@ -60,7 +60,8 @@ def messages(mode: str, i: int, first: bool) -> tuple[bytes, bytes]:
         client = codec.encode_query(SQL.replace("$1", aid))
         server = _row_description() + _data_row(i) + codec.frame(b"C", b"SELECT 1\x00") + codec.encode_ready("I")
         return client, server
-    bind = codec.encode_bind(m.Bind("", "P0_1", (0,), (aid.encode(),), (0,)))
+    # -M prepared binds its named statement; -M extended the unnamed one it parsed just before
+    bind = codec.encode_bind(m.Bind("", "P0_1" if mode == "prepared" else "", (0,), (aid.encode(),), (0,)))
     execute = codec.encode_execute(m.Execute("", 0))
     sync = codec.frame(b"S", b"")
     if mode == "prepared":
