@@ -224,6 +224,11 @@ class ClientInfo:
     address: str
 
 
+# Parameter types MariaDB binds as NULL without reading their bytes (MEDIUMINT, YEAR, BIT).
+_UNREAD_PARAM_TYPES = frozenset({0x09, 0x0D, 0x10})
+LONG_DATA_KEPT = 64 * 1024  # bytes of a long-data parameter kept for the record
+
+
 @dataclass(slots=True)
 class _Prepared:
     """A statement the server prepared for this client (by the server's statement id)."""
@@ -233,7 +238,9 @@ class _Prepared:
     verdict: Verdict
     types: tuple[ParamType, ...] | None = None
     names: tuple[str, ...] | None = None
-    long_data: set[int] = field(default_factory=set)
+    # parameters sent with COM_STMT_SEND_LONG_DATA since the last execute the server ran:
+    # their first LONG_DATA_KEPT bytes, for the record
+    long_data: dict[int, bytearray] = field(default_factory=dict)
     cursor: list[ColumnDefinition] | None = None  # columns of an open cursor
     plan: MysqlMaskPlan | None = None  # its mask plan (None: planned for no masked identity)
 
@@ -887,10 +894,11 @@ class Session:
                 return self._prepare(payload, raw)
             case w.StmtExecuteHead(statement_id=sid):
                 return self._execute(payload, sid)
-            case w.StmtSendLongData(statement_id=sid, param_id=pid):
+            case w.StmtSendLongData(statement_id=sid, param_id=pid, data=data):
                 stmt = self._prepared.get(sid)
                 if stmt is not None:
-                    stmt.long_data.add(pid)
+                    kept = stmt.long_data.setdefault(pid, bytearray())
+                    kept += data[: max(0, LONG_DATA_KEPT - len(kept))]
                 return [c.SendUpstream(encode_packet(payload, 0)[0])]  # no answer
             case w.StmtClose(statement_id=sid):
                 self._prepared.pop(sid, None)
@@ -1455,8 +1463,15 @@ class Session:
             )
         except (ProtocolError, ValueError) as err:
             return self._refused(stmt.sql, f"dbsentry: the parameters of COM_STMT_EXECUTE cannot be read ({err}): it was not run")
-        stmt.types = execute.types or stmt.types
-        stmt.names = execute.names or stmt.names
+        unread = [t for t in execute.types or stmt.types or () if t.type in _UNREAD_PARAM_TYPES]
+        if unread:
+            # MariaDB binds NULL for these and reads none of their bytes, so the parameters
+            # after them are read from other bytes than dbsentry reads (an attack round).
+            return self._refused(
+                stmt.sql,
+                f"dbsentry: COM_STMT_EXECUTE with a parameter of type {unread[0].type:#04x} (MEDIUMINT, YEAR or BIT) is "
+                "refused: the server may read it otherwise than dbsentry; send it as an integer or a string",
+            )
         if len(execute.params) < stmt.num_params:
             return self._refused(
                 stmt.sql, f"dbsentry: COM_STMT_EXECUTE sent {len(execute.params)} parameters for a statement of {stmt.num_params}: it was not run"
@@ -1467,14 +1482,24 @@ class Session:
         if self._caps & k.CLIENT_QUERY_ATTRIBUTES and not self._up_caps & k.CLIENT_QUERY_ATTRIBUTES:
             stripped = replace(execute, params=own, flags=execute.flags & ~k.PARAMETER_COUNT_AVAILABLE)
             packet = w.encode_stmt_execute(stripped, self._up_caps, stmt.num_params)
-        params = tuple(None if p.long_data else value_text(p.value) for p in own)
-        stmt.long_data.clear()
+        long_data = stmt.long_data
+        params = tuple(
+            value_text(bytes(long_data.get(i, b""))) if p.long_data else value_text(p.value) for i, p in enumerate(own)
+        )
         verdict = self._check(stmt.sql)  # again: the policy may have been reloaded since
         cursor = execute.flags & k.CURSOR_TYPE_READ_ONLY
         reader = ResultReader(self._up_caps, binary=True, decode_rows=False)
         exchange = _Exchange("result", reader, sql=stmt.sql, statement=stmt if cursor else None, statement_id=sid)
         stmt.cursor = None
-        return self._govern(packet, stmt.sql, verdict, exchange, params, prepared=stmt)
+        out = self._govern(packet, stmt.sql, verdict, exchange, params, prepared=stmt)
+        if self._exchange is exchange:
+            # Sent: the server binds these types from now on and has used up the long data.
+            # An execute refused here never reached it: it keeps both (an attack round had a
+            # refused execute's types and long data change what the next one recorded).
+            stmt.types = execute.types or stmt.types
+            stmt.names = execute.names or stmt.names
+            long_data.clear()
+        return out
 
     def _change_user(self, cmd: w.ChangeUser) -> list[c.Command]:
         """COM_CHANGE_USER: the client logs in again, with a token, as at login (the same
