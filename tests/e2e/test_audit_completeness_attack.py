@@ -316,7 +316,8 @@ def test_portal_executed_in_parts(env: Env) -> None:
 # --------------------------------------------------------------------------- outcomes
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING: an error of a Describe is taken as the next cycle's INSERT outcome: committed INSERT recorded as failed (26000)")
+# FINDING, fixed: an error of a Describe was taken as the next cycle's INSERT outcome (a committed INSERT
+# recorded as failed, 26000): an error completes a pending statement of its own cycle only.
 def test_pipeline_error_of_describe_is_not_the_next_cycles_outcome(env: Env) -> None:
     """A pipeline of two cycles: the first only Describes a statement that does not exist
     (an error that is no statement's), the second INSERTs.  The INSERT committed: its
@@ -331,7 +332,7 @@ def test_pipeline_error_of_describe_is_not_the_next_cycles_outcome(env: Env) -> 
     assert len(trail) == 1 and ok(trail[0][1]), trail
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING: an upstream Parse error is taken as the next cycle's INSERT outcome: committed INSERT recorded as failed (42P01)")
+# FINDING, fixed: an upstream Parse error was taken as the next cycle's INSERT outcome (42P01).
 def test_pipeline_parse_error_upstream_is_not_the_next_cycles_outcome(env: Env) -> None:
     """As above with a Parse the server refuses (a relation that does not exist)."""
     m1 = mark()
@@ -344,7 +345,7 @@ def test_pipeline_parse_error_upstream_is_not_the_next_cycles_outcome(env: Env) 
     assert len(trail) == 1 and ok(trail[0][1]), trail
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING: a COMMIT error at Sync is taken as the next cycle's outcome: rolled-back INSERT recorded ok, committed INSERT recorded failed")
+@pytest.mark.xfail(strict=True, reason="FINDING (half fixed: the next statement is recorded ok now): an INSERT rolled back by its implicit COMMIT failing at the Sync is recorded ok (its CommandComplete came first)")
 def test_deferred_constraint_failing_at_commit(env: Env) -> None:
     """An INSERT whose deferred constraint fails at the implicit COMMIT of its Query: the
     row is not committed; the next statement's completion must not take that error."""

@@ -290,7 +290,15 @@ class SessionAudit:
     def empty_or_suspended(self) -> CompletionRecord | None:
         return self._complete(rows=0)
 
-    def error(self, sqlstate: str, message: str) -> CompletionRecord | None:
+    def error(self, sqlstate: str, message: str, cycle: int) -> CompletionRecord | None:
+        """An ErrorResponse before ReadyForQuery number ``cycle``: the outcome of the oldest
+        pending statement if that is one of this cycle's.  Otherwise it answers something
+        else (a Describe, a Parse or Bind of its own cycle, a COMMIT at its Sync), and the
+        statements of later cycles are not its (an attack round had a Describe's error and a
+        failed implicit COMMIT recorded as the next statement's outcome)."""
+        pending = self._pending
+        if pending and pending[0][1] != cycle:
+            return None
         return self._complete(sqlstate=sqlstate, error=self._error_text(message))
 
     def ready(self, cycle: int) -> list[CompletionRecord]:

@@ -2996,7 +2996,7 @@ class Session:
                         chunk.replace(start, end, masked)
                 if audit is not None:
                     fields = codec.decode_error_fields(buf, start, end, self.enc)
-                    self._audit_done(chunk, audit.error(fields.sqlstate, fields.message))
+                    self._audit_done(chunk, audit.error(fields.sqlstate, fields.message, self._cycles_done + 1))
             elif t == m.R_PARAMETER_STATUS:
                 ps = codec.decode_parameter_status(buf, start, end, self.enc)
                 if ps.name == "client_encoding":
