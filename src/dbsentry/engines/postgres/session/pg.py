@@ -623,7 +623,7 @@ class _Portal:
     __slots__ = ("_exact", "_readable", "enc", "formats", "params", "prepared", "statement")
 
     def __init__(
-        self, statement: str, formats: tuple[int, ...], params: tuple[bytes | None, ...], enc: str, prepared: _Prepared | None
+        self, statement: str, formats: tuple[int, ...], params: tuple[bytes | None, ...], enc: str, prepared: _Prepared
     ) -> None:
         self.statement = statement
         self.formats = formats
@@ -2868,10 +2868,7 @@ class Session:
         bound = self._portals.get(portal)
         if bound is None:
             return
-        prepared = bound.prepared
-        if prepared is None:
-            return  # its Parse was refused: the upstream fails the Bind, nothing runs
-        sql, _, check = prepared
+        sql, _, check = bound.prepared
         ids: tuple[str, ...] = ()
         if self.audit is not None:
             known = self._facts_of(check)
