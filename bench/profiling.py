@@ -71,7 +71,8 @@ def profile_dbsentry(
     seconds = workload.duration
     if service.proc is None:
         return {"error": f"{service.name} is not running"}
-    record = [py_spy, "record", "--pid", str(service.proc.pid), "--rate", "250"]
+    # --subprocesses: with `workers: N` the pid is the supervisor; the sessions run in its children
+    record = [py_spy, "record", "--pid", str(service.proc.pid), "--rate", "250", "--subprocesses"]
     record += ["--duration", str(seconds), "--format", "raw", "--nonblocking", "--output", str(raw)]
     spy = subprocess.Popen(
         record,

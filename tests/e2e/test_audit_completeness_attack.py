@@ -345,7 +345,9 @@ def test_pipeline_parse_error_upstream_is_not_the_next_cycles_outcome(env: Env) 
     assert len(trail) == 1 and ok(trail[0][1]), trail
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING (half fixed: the next statement is recorded ok now): an INSERT rolled back by its implicit COMMIT failing at the Sync is recorded ok (its CommandComplete came first)")
+# FINDING, fixed: an INSERT rolled back by its implicit COMMIT failing at the Sync was recorded
+# ok (its CommandComplete came first); the completions of an implicit transaction now wait for
+# its ReadyForQuery.
 def test_deferred_constraint_failing_at_commit(env: Env) -> None:
     """An INSERT whose deferred constraint fails at the implicit COMMIT of its Query: the
     row is not committed; the next statement's completion must not take that error."""
@@ -370,6 +372,89 @@ def test_deferred_constraint_failing_at_commit(env: Env) -> None:
     assert len(trail) == 1 and ok(trail[0][1]), trail
     first = env.trail(f"VALUES ({abs(hash(m1)) % 10**8 + 1}, '{m1}')")
     assert len(first) == 1 and not ok(first[0][1]), first
+
+
+def rolled_back(completions: list[dict[str, Any]]) -> bool:
+    return (
+        len(completions) == 1
+        and completions[0].get("sqlstate") is not None
+        and "implicit transaction was rolled back" in (completions[0].get("error") or "")
+    )
+
+
+def test_query_string_whose_later_statement_fails_records_the_earlier_rolled_back(env: Env) -> None:
+    """One Query string is one implicit transaction: its second statement fails, so the
+    first one's INSERT is not committed, though its CommandComplete said INSERT 0 1."""
+    m1 = mark()
+    with raw_session(env.proxy, "staging") as client:
+        client.send(query(f"{ins(env, m1)}; SELECT 1/0"))
+        got = client.until_ready()
+    assert types(got).count(b"C") == 1 and types(got).count(b"E") == 1, got
+    assert env.ran(m1) == 0
+    trail = env.trail(m1)
+    assert len(trail) == 1 and rolled_back(trail[0][1]) and trail[0][1][0]["sqlstate"] == "22012", (
+        trail
+    )
+
+
+def test_pipeline_whose_later_parse_fails_records_the_insert_rolled_back(env: Env) -> None:
+    """Extended protocol: an INSERT runs, then a Parse the server refuses, before one Sync:
+    the implicit transaction aborts and the INSERT is rolled back."""
+    m1 = mark()
+    with raw_session(env.proxy, "staging") as client:
+        client.send(
+            parse(ins(env, m1))
+            + bind()
+            + execute()
+            + parse(f"SELECT * FROM {env.s}.nosuch_{m1}", "x")
+            + SYNC
+        )
+        got = client.until_ready()
+    assert types(got).count(b"E") == 1, got
+    assert env.ran(m1) == 0
+    trail = env.trail(m1)
+    assert len(trail) == 1 and rolled_back(trail[0][1]), trail
+
+
+def test_explicit_block_keeps_each_statements_own_outcome(env: Env) -> None:
+    """In an explicit block an error does not end the transaction: the INSERT's completion
+    stays as its CommandComplete said (the block's fate is its COMMIT's or ROLLBACK's)."""
+    m1 = mark()
+    with raw_session(env.proxy, "staging") as client:
+        client.send(query(f"BEGIN; {ins(env, m1)}; SELECT 1/0"))
+        client.until_ready()
+        client.send(query("ROLLBACK"))
+        client.until_ready()
+    assert env.ran(m1) == 0
+    trail = env.trail(m1)
+    assert len(trail) == 1 and ok(trail[0][1]), trail
+
+
+def test_commit_inside_the_string_leaves_the_earlier_statement_ok(env: Env) -> None:
+    """A COMMIT inside the string commits what ran before it: an error after it must not
+    make the INSERT look rolled back."""
+    m1 = mark()
+    with raw_session(env.proxy, "staging") as client:
+        client.send(query(f"{ins(env, m1)}; COMMIT; SELECT 1/0"))
+        client.until_ready()
+    assert env.ran(m1) == 1
+    trail = env.trail(m1)
+    assert len(trail) == 1 and ok(trail[0][1]), trail
+
+
+def test_autocommit_statements_that_commit_are_recorded_ok_at_their_ready(env: Env) -> None:
+    """The common case: each statement of a clean string, and a pipeline of two cycles,
+    completes ok (the completions waited only for their ReadyForQuery)."""
+    m1, m2, m3 = mark(), mark(), mark()
+    with raw_session(env.proxy, "staging") as client:
+        client.send(query(f"{ins(env, m1)}; {ins(env, m2)}"))
+        client.until_ready()
+        client.send(parse(ins(env, m3)) + bind() + execute() + SYNC + query("SELECT 1"))
+        client.until_ready(count=2)
+    for m in (m1, m2, m3):
+        assert env.ran(m) == 1
+        trail = env.trail(m)
+        assert len(trail) == 1 and ok(trail[0][1]), trail
 
 
 # --------------------------------------------------------------------------- simple protocol

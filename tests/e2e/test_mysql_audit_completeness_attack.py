@@ -9,8 +9,8 @@ direct root connection) and compares that with the audit trail (the raw records 
 log). Probes that found a hole are ``xfail(strict=True)`` asserting the secure behaviour;
 the others pass. One proxy for the module.
 
-Found (xfail): completions of a CALL that returns result sets (its own and the next
-statement's of the string); a parameter sent with COM_STMT_SEND_LONG_DATA recorded as
+Found (xfail until fixed): completions of a CALL that returns result sets (its own and the
+next statement's of the string); a parameter sent with COM_STMT_SEND_LONG_DATA recorded as
 null; parameter types taken from an execute the proxy refused; INT24/YEAR/BIT parameters,
 which MariaDB binds as NULL without reading their bytes; a SQL ``PREPARE`` after a failing
 statement of its string that the proxy believes ran (an approved-once DDL runs again
@@ -282,7 +282,8 @@ def test_one_failing_statement_ends_the_string_and_the_rest_is_not_claimed(env: 
 # ------------------------------------------------------------------ stored procedures
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING: a CALL that returns a result set and then fails (SIGNAL 45000) is completed as a success with rows 1")
+# FINDING, fixed: a CALL that returns a result set and then fails (SIGNAL 45000) was completed as a
+# success with rows 1 (a result set of a procedure is not the CALL's outcome)
 def test_call_whose_procedure_fails_after_a_result_set_is_completed_as_failed(env: Env) -> None:
     p = f"aca_p_sel_err_{env.s}"
     with root_connect() as conn, conn.cursor() as cur:
@@ -297,7 +298,8 @@ def test_call_whose_procedure_fails_after_a_result_set_is_completed_as_failed(en
     assert done["sqlstate"] == "45000", done
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING: after a CALL with a result set, the next statement of the string gets the CALL's OK as its completion (success) though it failed 42S02")
+# FINDING, fixed: after a CALL with a result set, the next statement of the string got the CALL's OK as
+# its completion (success) though it failed 42S02
 def test_call_then_a_statement_in_one_string_complete_in_order(env: Env) -> None:
     p = f"aca_p_sel_{env.s}"
     with root_connect() as conn, conn.cursor() as cur:
@@ -310,6 +312,23 @@ def test_call_then_a_statement_in_one_string_complete_in_order(env: Env) -> None
     (rec,) = got.statements
     done = got.completions[rec["id"]]
     assert done["sqlstate"] == "42S02", done
+
+
+def test_call_with_result_sets_then_a_statement_each_complete_ok(env: Env) -> None:
+    """A procedure that returns two result sets and writes, then an INSERT in the same
+    string: the CALL completes at its own OK, the INSERT at its own."""
+    p = f"aca_p_two_{env.s}"
+    with root_connect() as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE PROCEDURE {p}(IN v VARCHAR(100)) BEGIN SELECT 1; SELECT 2 UNION SELECT 3; INSERT INTO {env.t} (tag) VALUES (v); END")
+    m = marker()
+    with Raw(env) as raw:
+        answers = raw.query(f"CALL {p}('{m}a'); INSERT INTO {env.t} (tag) VALUES ('{m}b')")
+    assert all(a[0] != "err" for a in answers), answers
+    assert executed(env, m) == [f"{m}a", f"{m}b"]
+    got = trail(env, m, complete(2))
+    by_text = {("CALL" if s["statement"].startswith("CALL") else "INSERT"): got.completions[s["id"]] for s in got.statements}
+    assert by_text["CALL"]["error"] is None and by_text["CALL"]["sqlstate"] is None, by_text
+    assert by_text["INSERT"]["error"] is None and by_text["INSERT"]["rows"] == 1, by_text
 
 
 # ------------------------------------------------------------------ COM_STMT_*
@@ -687,7 +706,8 @@ def test_long_data_left_behind_by_a_refused_execute(env: Env) -> None:
         assert answers[0][0] == "err" and params == [], (answers, params)
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING: a statement pipelined after COM_CHANGE_USER runs (as the new identity), but its completion says its outcome is unknown (session ended) and the session dies with 1047")
+# FINDING, fixed: a statement pipelined after COM_CHANGE_USER ran (as the new identity), but its
+# completion said its outcome was unknown (session ended) and the session died with 1047
 def test_pipelined_change_user_records_each_statement_under_its_identity(env: Env) -> None:
     from dbsentry.engines.mysql.wire import commands as w
 

@@ -236,6 +236,29 @@ def test_change_user_logs_in_again_and_resets_the_upstream_session(tmp_path: Pat
     assert opened and opened[0].event == "opened" and opened[0].identity == "bob@example.com"
 
 
+def test_a_command_sent_while_change_user_verifies_runs_as_the_new_identity(tmp_path: Path) -> None:
+    """A client that pipelines a statement behind COM_CHANGE_USER (here arriving while the
+    token is verified): it waits for the new login, then runs, audited as the new identity;
+    the session goes on (it was forwarded and its answer taken for nobody's before)."""
+    s, _ = logged_in(tmp_path)
+    bob = Identity("bob@example.com", frozenset({"eng"}), "human", "tok2", "token")
+    s.handle(e.ClientData(encode_packet(b"\x11bob@example.com\x00\x00\x00", 0)[0]))
+    s.handle(e.ClientData(encode_packet(b"\x00" * 32, 2)[0]))
+    assert s.handle(e.ClientData(encode_packet(b"tok2\x00", 4)[0])) == [c.VerifyPassword("bob@example.com", "tok2")]
+    assert s.handle(e.ClientData(encode_packet(b"\x03SELECT 1", 0)[0])) == []  # waits
+    s.handle(e.PasswordVerified(bob))
+    s.handle(answer([g.encode_ok(g.OK(status=k.SERVER_STATUS_AUTOCOMMIT), CAPS)]))
+    out = s.handle(settings_answer())
+    (gate,) = [cmd for cmd in out if isinstance(cmd, c.AuditGate)]
+    assert gate.then == [c.SendUpstream(encode_packet(b"\x03SELECT 1", 0)[0])] and s.state is State.BUSY
+    (record,) = [r for r in gate.records if isinstance(r, StatementRecord)]
+    assert record.identity == "bob@example.com" and record.statement == "SELECT 1"
+    out = s.handle(answer([g.encode_ok(g.OK(affected_rows=0, status=k.SERVER_STATUS_AUTOCOMMIT), CAPS)]))
+    assert s.state is State.READY
+    (done,) = [cmd.record for cmd in out if isinstance(cmd, c.Audit) and isinstance(cmd.record, CompletionRecord)]
+    assert done.statement_id == record.id and done.error is None
+
+
 def test_plaintext_refused_when_tls_required(tmp_path: Path) -> None:
     s = Session(config(tmp_path, require_tls=True), ClientInfo("x"), 1)
     s.greeting()

@@ -40,7 +40,8 @@ class MySQLAudit:
     redactor: LiteralRedactor | None = None
     opened_at: float = field(default_factory=time.monotonic)
     # statements forwarded and not answered yet: (record id, when forwarded)
-    pending: deque[tuple[str, float]] = field(default_factory=deque)
+    # Statements forwarded and not answered yet: (record id, when forwarded, whether a CALL).
+    pending: deque[tuple[str, float, bool]] = field(default_factory=deque)
     # the query attributes of the command being handled (CLIENT_QUERY_ATTRIBUTES)
     attributes: tuple[tuple[str, str | None], ...] = ()
 
@@ -141,13 +142,23 @@ class MySQLAudit:
         return self._redactor().redact(sql, params, self.connection).text
 
     def expect(self, record: StatementRecord) -> None:
-        self.pending.append((record.id, time.monotonic()))
+        self.pending.append((record.id, time.monotonic(), record.command == "CALL"))
+
+    def result_ended(self, rows: int) -> CompletionRecord | None:
+        """A result set ended: the outcome of the next pending statement, unless that is a
+        CALL. A procedure's result sets come before the CALL's own answer (an OK, or an ERR
+        when it fails after them), which completes it; taking the first result set as its
+        outcome recorded a failing procedure as a success, and the next statement of the
+        string as completed by the CALL's OK (an attack round)."""
+        if self.pending and self.pending[0][2]:
+            return None
+        return self.complete(rows)
 
     def complete(self, rows: int | None = None, sqlstate: str | None = None, error: str | None = None) -> CompletionRecord | None:
         """The next pending statement's outcome (None when nothing is pending)."""
         if not self.pending:
             return None
-        record_id, started = self.pending.popleft()
+        record_id, started, _ = self.pending.popleft()
         if error is not None and self.config.redact_literals is not False:
             error = self._redactor().text(error[:4000])  # errors quote values
         return CompletionRecord(

@@ -616,7 +616,9 @@ class Session:
             self._queued_bytes += len(packet.payload)
         if self._queued_bytes > self.config.limits.max_message_bytes:
             raise ProtocolError("too many commands sent without waiting for their answers")
-        if state in (State.VERIFYING, State.CONNECTING, State.INIT) and self._queue:
+        if state in (State.VERIFYING, State.CONNECTING, State.INIT) and self._queue and self.upstream_id is None:
+            # (COM_CHANGE_USER keeps the upstream session: what the client pipelined after
+            # it waits for the new login, as the server would have it)
             raise ProtocolError("a command before the login completed")
         return self._next_commands()
 
@@ -1973,8 +1975,10 @@ class Session:
                 if ex.statement is not None:
                     ex.statement.cursor = list(reader.columns)
                 out += self._complete()
-            else:
-                out += self._complete(rows=ex.rows)
+            elif self.audit is not None:
+                rec = self.audit.result_ended(ex.rows)
+                if rec is not None:
+                    out.append(c.Audit(rec))
         if reader.done:
             out += self._done(ex)
         return out
@@ -2036,8 +2040,13 @@ class Session:
         if not reader.done:
             return []
         self._exchange = None
+        rereading = self.state is State.BUSY  # (else the login ends: commands queued go on there)
         out = self._settings_read(ex.internal_row)
-        if self.state is State.BUSY:
+        if rereading:
+            # A statement changed them: the commands that waited go on. (After a login,
+            # _logged_in has sent the next command already: the session is BUSY with it; an
+            # attack round had a statement pipelined after COM_CHANGE_USER forwarded and its
+            # answer then taken for nobody's, ending the session.)
             self._enter(State.READY)
             out += self._next_commands()
         return out

@@ -5,6 +5,13 @@ record is made when the statement is about to be forwarded (Query, Execute,
 FunctionCall); the server's answers (CommandComplete, ErrorResponse, EmptyQueryResponse,
 PortalSuspended) complete the statements in order, and ReadyForQuery closes every
 statement of its cycle that never ran (skipped after an earlier error).
+
+A cycle the server began idle runs as one implicit transaction (the statements of one
+Query string, or of the extended-protocol messages up to a Sync): an error anywhere in it,
+its COMMIT at the end included (a deferred constraint), rolls back what its statements did
+although each one's CommandComplete came first.  So the completions of its statements that
+are not reads wait for the cycle's ReadyForQuery, which tells whether the transaction
+committed (a read ran, and its rows left, either way).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from dbsentry.audit.redaction import LiteralRedactor, current
 from dbsentry.engines.postgres.masking.literals import POSTGRES_LITERALS
 from dbsentry.engines.postgres.session.masking import StatementPlan
 from dbsentry.engines.postgres.sql import shape
-from dbsentry.engines.postgres.sql.facts import StatementFacts
+from dbsentry.engines.postgres.sql.facts import TRANSACTION_COMMANDS, StatementFacts
 from dbsentry.engines.postgres.sql.parse import tokens
 from dbsentry.identity.model import Identity
 from dbsentry.policy.engine import Decision
@@ -46,8 +53,17 @@ _MAX_TEMPLATES = 256
 
 
 # A statement forwarded and not answered yet: (its record's id, the cycle whose
-# ReadyForQuery ends it, when it was forwarded).
-_Pending = tuple[str, int, float]
+# ReadyForQuery ends it, when it was forwarded, whether it may end or begin a transaction,
+# whether it only reads).
+_Pending = tuple[str, int, float, bool, bool]
+# A statement of an implicit transaction that succeeded: (its record's id, its rows, its
+# duration), until the cycle's ReadyForQuery.
+_Settling = tuple[str, int | None, float]
+
+# Commands that end or begin a transaction, or may (a procedure or a DO block commits by
+# itself): in a cycle with one of them, an error does not tell what was rolled back.  A
+# statement whose command is not known counts as one.
+_CONTROLS_TRANSACTION = TRANSACTION_COMMANDS | {"CALL", "DO"}
 
 
 # Sessions that have nothing pending share this empty queue (an idle one never has).
@@ -78,6 +94,15 @@ class SessionAudit:
     # what they were made from (the entry holds those objects, so the ids stay theirs).
     _templates: dict[tuple[object, ...], tuple[object, object, object, RecordTemplate[StatementRecord]]] | None = None
     _completions: RecordTemplate[CompletionRecord] | None = None
+    # The transaction status the server reported last (ReadyForQuery): "I" when the cycle
+    # now answered began idle, as one implicit transaction.
+    status: str = "I"
+    _settling: list[_Settling] | None = None
+    # The first error of the cycle now answered (sqlstate, message), if any.
+    _cycle_error: tuple[str, str] | None = None
+    # Whether a statement of the cycle now answered that ran (or failed) may have ended or
+    # begun a transaction.
+    _cycle_controls: bool = False
 
     def _redactor(self) -> LiteralRedactor:
         return self.redactor if self.redactor is not None else current(POSTGRES_LITERALS)
@@ -258,7 +283,34 @@ class SessionAudit:
         """``record`` was forwarded; its outcome arrives before ReadyForQuery number ``cycle``."""
         if self._pending is _NOTHING_PENDING:
             self._pending = deque()
-        self._pending.append((record.id, cycle, time.monotonic()))
+        command = record.command
+        controls = command is None or command in _CONTROLS_TRANSACTION
+        self._pending.append((record.id, cycle, time.monotonic(), controls, record.statement_class == "READ"))
+
+    def _succeeded(self, rows: int | None) -> CompletionRecord | None:
+        if self.status != "I" or not self._pending or self._pending[0][4]:
+            # In a block (its fate is its COMMIT's), or a read: it ran and its rows left,
+            # whatever becomes of the transaction.
+            return self._complete(rows=rows)
+        # An implicit transaction: the outcome of a write waits for its end (see ready).
+        p = self._pending.popleft()
+        if p[3]:
+            self._cycle_controls = True
+        if self._settling is None:
+            self._settling = []
+        self._settling.append((p[0], rows, round((time.monotonic() - p[2]) * 1000, 3)))
+        return None
+
+    def _ok(self, statement_id: str, rows: int | None, duration: float) -> CompletionRecord:
+        completions = self._completions
+        if completions is None:
+            completions = self._completions = RecordTemplate(
+                CompletionRecord,
+                {"session_id": self.session_id, "sqlstate": None, "error": None},
+                ("statement_id", "rows", "duration_ms"),
+            )
+        record: CompletionRecord = completions.make(statement_id, rows, duration)
+        return record
 
     def _complete(self, rows: int | None = None, sqlstate: str | None = None, error: str | None = None) -> CompletionRecord | None:
         if not self._pending:
@@ -266,15 +318,7 @@ class SessionAudit:
         p = self._pending.popleft()
         duration = round((time.monotonic() - p[2]) * 1000, 3)
         if sqlstate is None and error is None:
-            completions = self._completions
-            if completions is None:
-                completions = self._completions = RecordTemplate(
-                    CompletionRecord,
-                    {"session_id": self.session_id, "sqlstate": None, "error": None},
-                    ("statement_id", "rows", "duration_ms"),
-                )
-            record: CompletionRecord = completions.make(p[0], rows, duration)
-            return record
+            return self._ok(p[0], rows, duration)
         return CompletionRecord(
             statement_id=p[0],
             session_id=self.session_id,
@@ -285,30 +329,64 @@ class SessionAudit:
         )
 
     def command_complete(self, tag: str) -> CompletionRecord | None:
-        return self._complete(rows=rows_from_tag(tag))
+        return self._succeeded(rows_from_tag(tag))
 
     def empty_or_suspended(self) -> CompletionRecord | None:
-        return self._complete(rows=0)
+        return self._succeeded(0)
 
     def error(self, sqlstate: str, message: str, cycle: int) -> CompletionRecord | None:
         """An ErrorResponse before ReadyForQuery number ``cycle``: the outcome of the oldest
         pending statement if that is one of this cycle's.  Otherwise it answers something
         else (a Describe, a Parse or Bind of its own cycle, a COMMIT at its Sync), and the
         statements of later cycles are not its (an attack round had a Describe's error and a
-        failed implicit COMMIT recorded as the next statement's outcome)."""
+        failed implicit COMMIT recorded as the next statement's outcome).  Either way, in
+        an implicit transaction it rolls back what the cycle's statements did (see ready)."""
+        if self._cycle_error is None:
+            self._cycle_error = (sqlstate, message)
         pending = self._pending
-        if pending and pending[0][1] != cycle:
+        if not pending or pending[0][1] != cycle:
             return None
+        if pending[0][3]:
+            self._cycle_controls = True  # (a procedure may commit, then fail)
         return self._complete(sqlstate=sqlstate, error=self._error_text(message))
 
-    def ready(self, cycle: int) -> list[CompletionRecord]:
-        """ReadyForQuery number ``cycle`` arrived: what is still pending from it never ran."""
+    def ready(self, cycle: int, status: str = "I") -> list[CompletionRecord]:
+        """ReadyForQuery number ``cycle`` arrived, reporting transaction ``status``: what is
+        still pending from it never ran, and the statements of an implicit transaction that
+        succeeded are complete: rolled back when the cycle had an error and ended idle (the
+        transaction did not commit), unless a statement of the cycle may have ended or begun
+        a transaction itself (then each stays as its CommandComplete said)."""
         out = []
         while self._pending and self._pending[0][1] <= cycle:
             rec = self._complete(error="not executed: skipped after an earlier error")
             if rec is not None:
                 out.append(rec)
+        settling, failed = self._settling, self._cycle_error
+        if settling is not None:
+            self._settling = None
+            rolled_back = failed is not None and status == "I" and not self._cycle_controls
+            for settled in settling:
+                if rolled_back:
+                    assert failed is not None
+                    text = f"its implicit transaction was rolled back (the statement ran): {failed[1]}"
+                    out.append(self._settled(settled, self._error_text(text), failed[0]))
+                else:
+                    out.append(self._ok(*settled))
+        self._cycle_error = None
+        self._cycle_controls = False
+        self.status = status
         return out
+
+    def _settled(self, settled: _Settling, error: str, sqlstate: str | None = None) -> CompletionRecord:
+        statement_id, rows, duration = settled
+        return CompletionRecord(
+            statement_id=statement_id,
+            session_id=self.session_id,
+            rows=rows,
+            duration_ms=duration,
+            sqlstate=sqlstate,
+            error=error,
+        )
 
     def refused(self, record_ids: Iterable[str], sqlstate: str, message: str) -> list[CompletionRecord]:
         """These statements were refused after all (their records could not be committed)."""
@@ -333,7 +411,11 @@ class SessionAudit:
 
     def abandoned(self) -> list[CompletionRecord]:
         """The session ended with statements whose outcome never arrived."""
-        out = []
+        out: list[CompletionRecord] = []
+        if self._settling is not None:
+            unknown = "outcome unknown: the session ended before the server said whether its transaction committed"
+            out.extend(self._settled(settled, unknown) for settled in self._settling)
+            self._settling = None
         while self._pending:
             rec = self._complete(error="outcome unknown: the session ended before the server answered (the statement may have run)")
             if rec is not None:

@@ -92,6 +92,7 @@ from dbsentry.engines.postgres.session.server_params import (
 )
 from dbsentry.engines.postgres.sql import shape as _shape
 from dbsentry.engines.postgres.sql.facts import (
+    TRANSACTION_COMMANDS,
     SQLParseError,
     StatementFacts,
     setting_values,
@@ -678,20 +679,7 @@ class _Guarded:
 
 # Statements that end or begin transactions: around a guarded statement in one Query string,
 # they would commit (or move) the guard's block before it could decide.
-_TRANSACTION_CONTROL = frozenset(
-    {
-        "BEGIN",
-        "START TRANSACTION",
-        "COMMIT",
-        "ROLLBACK",
-        "SAVEPOINT",
-        "RELEASE",
-        "ROLLBACK TO SAVEPOINT",
-        "PREPARE TRANSACTION",
-        "COMMIT PREPARED",
-        "ROLLBACK PREPARED",
-    }
-)
+_TRANSACTION_CONTROL = TRANSACTION_COMMANDS
 # Commands that change rows (anywhere in a statement: CTEs, EXPLAIN ANALYZE, upserts) or run
 # code that may (CALL): in production they run under the row guard.
 _CHANGES_ROWS = frozenset({"UPDATE", "DELETE", "MERGE", "CALL"})
@@ -2970,7 +2958,7 @@ class Session:
                     self._refusals.clear()
                     self._marker_cycles.clear()
                 if audit is not None:
-                    skipped = audit.ready(self._cycles_done)
+                    skipped = audit.ready(self._cycles_done, self.txn_status)
                     if skipped:
                         chunk.commands.extend(c.Audit(r) for r in skipped)
                 if self._schema_pending and self.txn_status == "I":

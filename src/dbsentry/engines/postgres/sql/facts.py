@@ -262,6 +262,9 @@ _TRANSACTION = {
     "TRANS_STMT_ROLLBACK_PREPARED": "ROLLBACK PREPARED",
 }
 
+# The commands of transaction control.
+TRANSACTION_COMMANDS = frozenset(_TRANSACTION.values())
+
 # Object types whose names are relations (so a DROP of them writes a table-like thing).
 _RELATION_OBJECTS = {
     "OBJECT_TABLE",
