@@ -125,6 +125,7 @@ def env(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             create table {s}.t (id serial primary key, v text);
             create table {s}.d (id int primary key, v text,
               constraint d_fk unique (v) deferrable initially deferred);
+            create table {s}.keys (api_token text);
             create function {s}.ins(v text) returns int language sql volatile as
               $$ insert into {s}.t (v) values (v) returning 1 $$;
             """
@@ -254,6 +255,72 @@ def test_sql_prepare_that_failed_then_bind(env: Env, dbname: str) -> None:
     assert env.ran(m1) == 1
     trail = env.trail(m1)
     assert [ok(c) for r, c in trail if r["decision"] == "allow"] == [True], trail
+
+
+# FINDING, fixed: an SQL DEALLOCATE and PREPARE sent in Parse messages changed the proxy's names
+# at the Parse: a DEALLOCATE parsed and never executed, then a PREPARE of a decoy under the same
+# name that failed upstream (the name was still in use), left the proxy judging, masking and
+# recording EXECUTE by the decoy while the server ran the statement first prepared: a secret
+# column left unmasked.  The names change at each Execute now.
+@pytest.mark.parametrize("dbname", ["prod", "staging"])
+def test_sql_deallocate_and_prepare_in_parse_messages_change_names_when_executed(env: Env, dbname: str) -> None:
+    decoy = mark()
+    secret = uuid.uuid4().hex
+    name = f"x_{uuid.uuid4().hex[:10]}"
+    with env.direct() as conn:
+        conn.execute(f"insert into {env.s}.keys values (%s)", (secret,))
+    with raw_session(env.proxy, dbname) as client:
+        client.send(query(f"PREPARE {name} AS SELECT api_token FROM {env.s}.keys"))
+        assert not errors(client.until_ready())
+        client.send(parse(f"DEALLOCATE {name}", "d1") + SYNC)  # parsed, never executed
+        client.until_ready()
+        client.send(parse(f"PREPARE {name} AS SELECT '{decoy}'::text AS api_token", "p1") + bind("", "p1") + execute() + SYNC)
+        assert errors(client.until_ready())  # the name is in use, upstream and here
+        client.send(query(f"EXECUTE {name}"))
+        got = client.until_ready()
+    rows = [body for t, body in got if t == b"D"]
+    assert rows and not any(secret.encode() in body for body in rows), got
+    executes = [r for r, c in env.trail(f"EXECUTE {name}") if r["decision"] != "deny"]
+    assert executes and all(f"{env.s}.keys.api_token" in r["masked_columns"] for r in executes), executes
+
+
+def test_sql_execute_is_judged_by_the_statement_the_server_holds(env: Env) -> None:
+    """The same trick against the production rule on bound values: the server holds an
+    UPDATE whose WHERE compares its two parameters; ``EXECUTE x(1, 1)`` makes it always
+    true and is refused (baseline.prod.unbounded-write).  A DEALLOCATE parsed and never
+    executed, and a decoy PREPARE that failed upstream, must not make the proxy judge the
+    EXECUTE by the decoy."""
+    decoy = mark()
+    name = f"x_{uuid.uuid4().hex[:10]}"
+    with raw_session(env.proxy, "prod") as client:
+        client.send(query(f"PREPARE {name}(int, int) AS UPDATE {env.s}.t SET v = v WHERE $1 = $2"))
+        assert not errors(client.until_ready())
+        client.send(parse(f"DEALLOCATE {name}", "d2") + SYNC)
+        client.until_ready()
+        client.send(parse(f"PREPARE {name}(int, int) AS SELECT '{decoy}' WHERE $1 = $2", "p3") + bind("", "p3") + execute() + SYNC)
+        assert errors(client.until_ready())
+        client.send(query(f"EXECUTE {name}(1, 1)"))
+        got = client.until_ready()
+    assert errors(got), got
+    records = [r for r, _ in env.trail(f"EXECUTE {name}")]
+    assert records and all(r["decision"] == "deny" and "baseline.prod.unbounded-write" in r["rules"] for r in records), records
+
+
+def test_sql_prepare_in_a_parse_executed_twice(env: Env) -> None:
+    """The second Execute of a Parse of ``PREPARE x`` fails (x exists): the proxy keeps
+    the name as the first Execute made it, and EXECUTE runs and records that statement."""
+    m1 = mark()
+    name = f"x_{uuid.uuid4().hex[:10]}"
+    with raw_session(env.proxy, "staging") as client:
+        client.send(parse(f"PREPARE {name} AS {ins(env, m1)}", "p2") + bind("", "p2") + execute() + SYNC)
+        assert not errors(client.until_ready())
+        client.send(bind("", "p2") + execute() + SYNC)
+        assert errors(client.until_ready())
+        client.send(query(f"EXECUTE {name}"))
+        assert not errors(client.until_ready())
+    assert env.ran(m1) == 1
+    executes = [(r, c) for r, c in env.trail(f"EXECUTE {name}") if r["decision"] == "allow"]
+    assert len(executes) == 1 and ok(executes[0][1]), executes
 
 
 # --------------------------------------------------------------------------- portals

@@ -298,7 +298,11 @@ def _copies_data(facts: StatementFacts) -> bool:
 
 def _refusal(check: Check, rule: str, message: str, sqlstate: str = "42501") -> Check:
     """A deny decision made by the session (masking, prepared names), in the shape the policy gives."""
-    decision = Decision("deny", (rule,), f"{message} ({rule})", sqlstate=sqlstate)
+    return _decided(check, Decision("deny", (rule,), f"{message} ({rule})", sqlstate=sqlstate))
+
+
+def _decided(check: Check, decision: Decision) -> Check:
+    """``check``'s statements under ``decision``."""
     verdict = check.verdict
     return Check(Verdict(verdict.facts, tuple(decision for _ in verdict.facts), decision, verdict.parse_error))
 
@@ -478,6 +482,10 @@ def _catalog_schemas_in(search_path: str) -> bool:
         if name == "information_schema" or name.startswith("pg_toast"):
             return True
     return False
+
+
+# SQL commands that make or drop prepared statements (a name, or all of them).
+_SQL_NAMING = frozenset({"PREPARE", "DEALLOCATE", "DEALLOCATE ALL", "DISCARD ALL"})
 
 
 def _executed(facts: StatementFacts) -> StatementFacts | None:
@@ -876,6 +884,9 @@ class Session:
     _renames: deque[_Rename] | None = None
     _unknown_names: set[str] | None = None  # statement names that may or may not exist upstream
     _frame_cycle: int = 0  # the cycle of the client message being governed
+    # Whether a Parse of this session held an SQL PREPARE, DEALLOCATE or DISCARD ALL: its
+    # Executes change the names (see _check_sql_prepared).
+    _sql_naming_parsed: bool = False
     _row_cap: RowCap | None = None  # agents in production: rows one result may return
     # SQL prepared statement names once prepared for a statement that changes rows.
     _risky_sql: set[str] = field(default_factory=set)
@@ -1844,6 +1855,11 @@ class Session:
                     return
                 if self.audit is not None or self.approvals is not None:
                     self._execute_frame(chunk, portal)
+                if self._sql_naming_parsed:
+                    named = self._sql_naming_executed(gov, portal)
+                    if named is not None:
+                        self._refuse_frame(chunk, t, start, end, named.decision.message or "refused", named.decision.sqlstate)
+                        return
                 if self.guard is not None:
                     refused = self._guard_execute(chunk, portal)
                     if refused is not None:
@@ -2577,29 +2593,30 @@ class Session:
         """Track SQL PREPARE, and judge SQL EXECUTE by the statement it runs, now.
 
         Protocol-level and SQL prepared statements share one namespace upstream.  ``query``:
-        the statement runs now, in a Query (what it changes waits for its CommandComplete,
-        see _renames); in a Parse it runs at an Execute that may never come, and its
-        changes are taken as they were, at once.
+        the statement runs now (a Query, or the Execute of a portal): what it changes is
+        taken now and confirmed by its CommandComplete (see _renames).  In a Parse it runs
+        at each Execute, which may never come: the names change there (an attack round had
+        a PREPARE parsed and never executed make the trail name a statement the server did
+        not hold).
         """
         for facts in check.verdict.facts:
             name = facts.prepared_name
-            if facts.command == "PREPARE" and name is not None:
-                taken = self._name_taken(name) if query else None
-                if taken is not None:
-                    return _refusal(check, "session.prepared_name", taken, "42P05")
-                self._prepared[name] = (facts.text, self._judged_under(gov), check)
-                if query:
+            if facts.command in _SQL_NAMING:
+                if not query:
+                    self._sql_naming_parsed = True
+                    continue
+                if facts.command == "PREPARE" and name is not None:
+                    taken = self._name_taken(name)
+                    if taken is not None:
+                        return _refusal(check, "session.prepared_name", taken, "42P05")
+                    self._prepared[name] = (facts.text, self._judged_under(gov), check)
                     self._renamed(False, (name,), b"CPREPARE")
-                self._note_prepare(facts)
-            elif facts.command in ("DEALLOCATE", "DEALLOCATE ALL"):
-                if name is None:
-                    self._dropped_all(b"CDEALLOCATE ALL" if query else None)
+                    self._note_prepare(facts)
+                elif facts.command == "DISCARD ALL" or name is None:
+                    self._dropped_all(b"C" + facts.command.encode())
                 else:
                     self._prepared.pop(name, None)
-                    if query:
-                        self._renamed(False, (name,), b"CDEALLOCATE")
-            elif facts.command == "DISCARD ALL":
-                self._dropped_all(b"CDISCARD ALL" if query else None)
+                    self._renamed(False, (name,), b"CDEALLOCATE")
             else:
                 executed = _executed(facts)
                 if executed is None:
@@ -2613,14 +2630,28 @@ class Session:
                         f'prepared statement "{executed.prepared_name}" is not known to dbsentry in this session: prepare it again',
                         "26000",
                     )
+                # (a refusal names the EXECUTE the client sent, with its values: an earlier
+                # version recorded the PREPARE's text instead)
                 inner = self._check(gov, self._prepared[executed.prepared_name][0])
                 if not inner.allowed:
-                    return inner
+                    return _decided(check, inner.decision)
                 if executed.execute_params is not None:
                     bound = self._bound_always_true(gov, inner, executed.execute_params)
                     if bound is not None:
-                        return bound
+                        return _decided(check, bound.decision)
         return check
+
+    def _sql_naming_executed(self, gov: Governor, portal: str) -> Check | None:
+        """The Execute of a portal whose statement is an SQL PREPARE, DEALLOCATE or DISCARD
+        ALL: the names change now, as in a Query; the refusal if the name is taken."""
+        bound = self._portals.get(portal)
+        if bound is None:
+            return None
+        check = bound.prepared[2]
+        if not any(f.command in _SQL_NAMING for f in check.verdict.facts):
+            return None
+        after = self._check_sql_prepared(gov, check)
+        return None if after is check else after
 
     def _bound_always_true(self, gov: Governor, check: Check, params: Sequence[object]) -> Check | None:
         """A refusal when an UPDATE/DELETE's WHERE is always true with the values bound to
