@@ -141,8 +141,9 @@ class MySQLAudit:
         """The statement as reviewers may see it (sensitive values as tokens)."""
         return self._redactor().redact(sql, params, self.connection).text
 
-    def expect(self, record: StatementRecord) -> None:
-        self.pending.append((record.id, time.monotonic(), record.command == "CALL"))
+    def expect(self, record: StatementRecord, calls: bool | None = None) -> None:
+        """``record`` was forwarded; ``calls``: it runs a CALL (default: its command is one)."""
+        self.pending.append((record.id, time.monotonic(), record.command == "CALL" if calls is None else calls))
 
     def result_ended(self, rows: int) -> CompletionRecord | None:
         """A result set ended: the outcome of the next pending statement, unless that is a

@@ -596,16 +596,25 @@ class Session:
                 return ssl_request
             data = first
         if state in (State.GREETED, State.AUTH):
-            packets = self._client.feed(data)
+            # One packet at a time: what follows the last one of the login belongs to what
+            # comes after it (a command pipelined behind COM_CHANGE_USER: an attack round
+            # had one end the session when the login took several round trips).
             out: list[c.Command] = []
-            for packet in packets:
-                if self.state not in (State.GREETED, State.AUTH):
-                    raise ProtocolError("data after the authentication answer")
-                self._seq = (packet.last_seq + 1) & 0xFF
-                out += self._on_login_packet(packet.payload)
+            while True:
+                packets = self._client.feed(data, limit=1)
+                data = b""
+                if not packets:
+                    return out
+                self._seq = (packets[0].last_seq + 1) & 0xFF
+                out += self._on_login_packet(packets[0].payload)
                 if self.state in (State.GREETED, State.AUTH):
                     self._client.expect(self._seq)  # the client answers what the proxy sent
-            return out
+                    continue
+                if not self._client.pending or self.state is State.CLOSED:
+                    return out
+                if self.upstream_id is None or self.state is not State.VERIFYING:
+                    raise ProtocolError("data after the authentication answer")
+                return out + self._on_client_data(b"")  # commands: they wait for the new login
         if state is State.TLS:
             raise ProtocolError("plaintext data during the TLS handshake")
         packets = self._client.feed(data)
@@ -1407,12 +1416,11 @@ class Session:
             )
             records.append(rec)
             durable = durable or changes_data(facts.command, facts.classes, facts.flags)
-        expect: list[StatementRecord] = [r for r in records if isinstance(r, StatementRecord)]
-        if exchange.kind == "prepare":
-            expect = []  # a PREPARE has no rows nor effect: its records are complete as written
         forward = self._forward(packet, exchange)
-        for rec in expect:
-            audit.expect(rec)
+        if exchange.kind != "prepare":  # a PREPARE has no rows nor effect: its records are complete as written
+            for record, facts in zip(records, verdict.facts, strict=True):
+                if isinstance(record, StatementRecord):
+                    audit.expect(record, calls=self._runs_call(facts))
         if not audit.wait:
             return [*(c.Audit(r) for r in records), *forward]
         return [c.AuditGate(records, forward, durable=durable)]
@@ -1655,6 +1663,17 @@ class Session:
         if limits.max_rows_changed is None and limits.max_fraction_changed is None:
             return None
         return g.Limits(limits.max_rows_changed, limits.max_fraction_changed, cfg.min_rows_for_fraction)
+
+    def _runs_call(self, facts: StatementFacts) -> bool:
+        """Whether the statement runs a CALL (its result sets come before its own answer):
+        itself, through EXECUTE IMMEDIATE, or SQL EXECUTE of a prepared CALL (an attack
+        round had the later statements of the string take a procedure's result sets)."""
+        if facts.command == "CALL" or "CALL" in facts.commands:
+            return True
+        if facts.command == "EXECUTE":
+            ran = self._run_facts(facts)
+            return ran is not None and any(f.command == "CALL" or "CALL" in f.commands for f in ran)
+        return False
 
     def _run_facts(self, facts: StatementFacts) -> tuple[StatementFacts, ...] | None:
         """What running ``facts`` runs: SQL ``EXECUTE name`` runs what ``PREPARE name``

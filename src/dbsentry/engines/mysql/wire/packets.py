@@ -110,7 +110,9 @@ class PacketSplitter:
         self._buf = bytearray()
         return pending
 
-    def feed(self, data: bytes) -> list[Packet]:
+    def feed(self, data: bytes, limit: int | None = None) -> list[Packet]:
+        """The whole packets ``data`` completes (at most ``limit``: the rest stays
+        buffered, read by the next call)."""
         buf = self._buf
         buf += data
         out: list[Packet] = []
@@ -150,6 +152,8 @@ class PacketSplitter:
             out.append(Packet(self._start_seq, payload, seq))
             if self.commands:
                 self._next_seq = 0
+            if limit is not None and len(out) >= limit:
+                break
         if pos:
             del buf[:pos]
         return out

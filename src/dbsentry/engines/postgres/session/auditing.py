@@ -53,17 +53,25 @@ _MAX_TEMPLATES = 256
 
 
 # A statement forwarded and not answered yet: (its record's id, the cycle whose
-# ReadyForQuery ends it, when it was forwarded, whether it may end or begin a transaction,
-# whether it only reads).
-_Pending = tuple[str, int, float, bool, bool]
-# A statement of an implicit transaction that succeeded: (its record's id, its rows, its
-# duration), until the cycle's ReadyForQuery.
+# ReadyForQuery ends it, when it was forwarded, its kind (below), its command).
+_Pending = tuple[str, int, float, int, str | None]
+# A write of an implicit transaction that succeeded: (its record's id, its rows, its
+# duration), until the transaction's end is known.
 _Settling = tuple[str, int | None, float]
 
-# Commands that end or begin a transaction, or may (a procedure or a DO block commits by
-# itself): in a cycle with one of them, an error does not tell what was rolled back.  A
-# statement whose command is not known counts as one.
-_CONTROLS_TRANSACTION = TRANSACTION_COMMANDS | {"CALL", "DO"}
+# The kinds of statements, for what their outcome tells of the transaction around them.
+_READ = 0  # reads only: its rows left whatever becomes of the transaction
+_WRITE = 1  # may change data (itself or through what it calls)
+_TRANSACTION = 2  # transaction control: BEGIN, COMMIT, ROLLBACK, savepoints...
+_MAY_COMMIT = 3  # may commit by itself: a procedure or DO block on the extended protocol
+# (in a Query string of several statements PostgreSQL runs them as one block, in which a
+# procedure cannot commit), or a statement whose command is not known
+
+# Transaction control whose success ends the transaction: the one it committed, or (the
+# second set) rolled back.
+_ENDS_COMMITTED = frozenset({"COMMIT", "PREPARE TRANSACTION"})
+_ENDS_ROLLED_BACK = frozenset({"ROLLBACK"})
+_BEGINS = frozenset({"BEGIN", "START TRANSACTION"})
 
 
 # Sessions that have nothing pending share this empty queue (an idle one never has).
@@ -94,15 +102,16 @@ class SessionAudit:
     # what they were made from (the entry holds those objects, so the ids stay theirs).
     _templates: dict[tuple[object, ...], tuple[object, object, object, RecordTemplate[StatementRecord]]] | None = None
     _completions: RecordTemplate[CompletionRecord] | None = None
-    # The transaction status the server reported last (ReadyForQuery): "I" when the cycle
-    # now answered began idle, as one implicit transaction.
+    # The transaction status, as the server reported it last (ReadyForQuery) and as the
+    # transaction control of the cycle now answered changed it since: "I" in an implicit
+    # transaction.
     status: str = "I"
     _settling: list[_Settling] | None = None
     # The first error of the cycle now answered (sqlstate, message), if any.
     _cycle_error: tuple[str, str] | None = None
-    # Whether a statement of the cycle now answered that ran (or failed) may have ended or
-    # begun a transaction.
-    _cycle_controls: bool = False
+    # Whether a statement of the cycle now answered may have committed by itself (a
+    # procedure or DO block on the extended protocol, a statement of unknown command).
+    _cycle_unsure: bool = False
 
     def _redactor(self) -> LiteralRedactor:
         return self.redactor if self.redactor is not None else current(POSTGRES_LITERALS)
@@ -279,27 +288,60 @@ class SessionAudit:
 
     # ------------------------------------------------------------------ outcomes
 
-    def expect(self, record: StatementRecord, cycle: int) -> None:
-        """``record`` was forwarded; its outcome arrives before ReadyForQuery number ``cycle``."""
+    def expect(self, record: StatementRecord, cycle: int, *, writes: bool = True, extended: bool = False) -> None:
+        """``record`` was forwarded; its outcome arrives before ReadyForQuery number ``cycle``.
+        ``writes``: it may change data; ``extended``: it came in an Execute."""
         if self._pending is _NOTHING_PENDING:
             self._pending = deque()
         command = record.command
-        controls = command is None or command in _CONTROLS_TRANSACTION
-        self._pending.append((record.id, cycle, time.monotonic(), controls, record.statement_class == "READ"))
+        if command is None or (extended and command in ("CALL", "DO")):
+            kind = _MAY_COMMIT
+        elif command in TRANSACTION_COMMANDS:
+            kind = _TRANSACTION
+        else:
+            kind = _WRITE if writes else _READ
+        self._pending.append((record.id, cycle, time.monotonic(), kind, command))
 
-    def _succeeded(self, rows: int | None) -> CompletionRecord | None:
-        if self.status != "I" or not self._pending or self._pending[0][4]:
-            # In a block (its fate is its COMMIT's), or a read: it ran and its rows left,
-            # whatever becomes of the transaction.
-            return self._complete(rows=rows)
-        # An implicit transaction: the outcome of a write waits for its end (see ready).
-        p = self._pending.popleft()
-        if p[3]:
-            self._cycle_controls = True
-        if self._settling is None:
-            self._settling = []
-        self._settling.append((p[0], rows, round((time.monotonic() - p[2]) * 1000, 3)))
-        return None
+    def _succeeded(self, rows: int | None) -> list[CompletionRecord]:
+        pending = self._pending
+        if not pending:
+            return []
+        p = pending[0]
+        kind = p[3]
+        if kind == _WRITE and self.status == "I":
+            # An implicit transaction: the outcome of a write waits for its end.
+            pending.popleft()
+            if self._settling is None:
+                self._settling = []
+            self._settling.append((p[0], rows, round((time.monotonic() - p[2]) * 1000, 3)))
+            return []
+        out = []
+        done = self._complete(rows=rows)
+        if done is not None:
+            out.append(done)
+        if kind == _MAY_COMMIT:
+            self._cycle_unsure = True
+        elif kind == _TRANSACTION:
+            command = p[4]
+            if command in _ENDS_COMMITTED or command in _BEGINS:
+                # committed, or (BEGIN) part of the block it opened: its fate is its COMMIT's
+                out.extend(self._settle(None))
+                self.status = "T" if command in _BEGINS else "I"
+            elif command in _ENDS_ROLLED_BACK:
+                out.extend(self._settle((None, f"{command} rolled it back")))
+                self.status = "I"
+        return out
+
+    def _settle(self, failed: tuple[str | None, str] | None) -> list[CompletionRecord]:
+        """The writes of the implicit transaction are complete: rolled back (``failed``:
+        the sqlstate and what undid them) or not."""
+        settling, self._settling = self._settling, None
+        if settling is None:
+            return []
+        if failed is None:
+            return [self._ok(*settled) for settled in settling]
+        text = self._error_text(f"its implicit transaction was rolled back (the statement ran): {failed[1]}")
+        return [self._settled(settled, text, failed[0]) for settled in settling]
 
     def _ok(self, statement_id: str, rows: int | None, duration: float) -> CompletionRecord:
         completions = self._completions
@@ -328,52 +370,49 @@ class SessionAudit:
             error=error,
         )
 
-    def command_complete(self, tag: str) -> CompletionRecord | None:
+    def command_complete(self, tag: str) -> list[CompletionRecord]:
         return self._succeeded(rows_from_tag(tag))
 
-    def empty_or_suspended(self) -> CompletionRecord | None:
+    def empty_or_suspended(self) -> list[CompletionRecord]:
         return self._succeeded(0)
 
-    def error(self, sqlstate: str, message: str, cycle: int) -> CompletionRecord | None:
+    def error(self, sqlstate: str, message: str, cycle: int) -> list[CompletionRecord]:
         """An ErrorResponse before ReadyForQuery number ``cycle``: the outcome of the oldest
         pending statement if that is one of this cycle's.  Otherwise it answers something
         else (a Describe, a Parse or Bind of its own cycle, a COMMIT at its Sync), and the
         statements of later cycles are not its (an attack round had a Describe's error and a
         failed implicit COMMIT recorded as the next statement's outcome).  Either way, in
         an implicit transaction it rolls back what the cycle's statements did (see ready)."""
-        if self._cycle_error is None:
-            self._cycle_error = (sqlstate, message)
+        self.failed(sqlstate, message)
         pending = self._pending
         if not pending or pending[0][1] != cycle:
-            return None
-        if pending[0][3]:
-            self._cycle_controls = True  # (a procedure may commit, then fail)
-        return self._complete(sqlstate=sqlstate, error=self._error_text(message))
+            return []
+        if pending[0][3] == _MAY_COMMIT:
+            self._cycle_unsure = True  # (a procedure may commit, then fail)
+        done = self._complete(sqlstate=sqlstate, error=self._error_text(message))
+        return [done] if done is not None else []
+
+    def failed(self, sqlstate: str, message: str) -> None:
+        """An error of the cycle now answered, whether or not it is a statement's outcome
+        (the proxy's own refusals included: they fail upstream as any error does)."""
+        if self._cycle_error is None:
+            self._cycle_error = (sqlstate, message)
 
     def ready(self, cycle: int, status: str = "I") -> list[CompletionRecord]:
         """ReadyForQuery number ``cycle`` arrived, reporting transaction ``status``: what is
-        still pending from it never ran, and the statements of an implicit transaction that
+        still pending from it never ran, and the writes of an implicit transaction that
         succeeded are complete: rolled back when the cycle had an error and ended idle (the
-        transaction did not commit), unless a statement of the cycle may have ended or begun
-        a transaction itself (then each stays as its CommandComplete said)."""
+        transaction did not commit), unless a statement of the cycle may have committed by
+        itself (then each stays as its CommandComplete said)."""
         out = []
         while self._pending and self._pending[0][1] <= cycle:
             rec = self._complete(error="not executed: skipped after an earlier error")
             if rec is not None:
                 out.append(rec)
-        settling, failed = self._settling, self._cycle_error
-        if settling is not None:
-            self._settling = None
-            rolled_back = failed is not None and status == "I" and not self._cycle_controls
-            for settled in settling:
-                if rolled_back:
-                    assert failed is not None
-                    text = f"its implicit transaction was rolled back (the statement ran): {failed[1]}"
-                    out.append(self._settled(settled, self._error_text(text), failed[0]))
-                else:
-                    out.append(self._ok(*settled))
+        failed = self._cycle_error
+        out.extend(self._settle(failed if failed is not None and status == "I" and not self._cycle_unsure else None))
         self._cycle_error = None
-        self._cycle_controls = False
+        self._cycle_unsure = False
         self.status = status
         return out
 

@@ -658,14 +658,16 @@ class _Portal:
 class _CheckFacts:
     """What the Binds and Executes of a prepared statement ask of its check, read once."""
 
-    __slots__ = ("durable", "first", "plans_opaque", "quiet", "reads", "transactional", "where_params")
+    __slots__ = ("durable", "first", "plans_opaque", "quiet", "reads", "transactional", "where_params", "writes")
 
-    def __init__(self, check: Check, durable: Callable[[StatementFacts], bool]) -> None:
+    def __init__(self, check: Check, durable: Callable[[StatementFacts], bool], may_write: Callable[[StatementFacts], bool]) -> None:
         facts = check.verdict.facts
         self.first = first = facts[0] if facts else None
         # Whether running it must wait for its record to be durable (see _execute_frame,
         # Session._effect_durable), and whether a ROLLBACK undoes all it does (see _gate_durable).
         self.durable = first is None or durable(first)
+        # Whether it may change data, itself or through what it calls (see SessionAudit.expect).
+        self.writes = first is None or may_write(first)
         self.transactional = first is not None and _transactional(first)
         self.reads = first is not None and len(facts) == 1 and _plain_read(first)
         self.quiet = first is not None and len(facts) == 1 and _quiet(first)
@@ -706,8 +708,8 @@ class _ShapeRuling:
     again for masked values written back (``writes``)."""
 
     __slots__ = (
-        "check", "durable", "guarded", "kinds", "masks", "parts", "plans", "quiet", "reads", "redaction", "settings", "source",
-        "span", "stamp", "strict", "transactional", "writes",
+        "changes", "check", "durable", "guarded", "kinds", "masks", "parts", "plans", "quiet", "reads", "redaction", "settings",
+        "source", "span", "stamp", "strict", "transactional", "writes",
     )  # fmt: skip
 
     def __init__(
@@ -723,6 +725,7 @@ class _ShapeRuling:
         redaction: int | None,
         guarded: bool = False,
         durable: bool = True,
+        changes: bool = True,
     ) -> None:
         self.kinds = kinds
         self.guarded = guarded
@@ -739,6 +742,7 @@ class _ShapeRuling:
         # the catalog of the stamp)
         facts = check.verdict.facts[0]
         self.durable = durable
+        self.changes = changes  # whether it may change data (Session._may_write)
         self.transactional = _transactional(facts)
         self.reads = _plain_read(facts)
         self.quiet = _quiet(facts)
@@ -2054,7 +2058,7 @@ class Session:
                     chunk.gated.append(rec)
                     durable = self._effect_durable(facts)
                     _gate_durable(chunk, durable, chunk.block and _transactional(facts))  # asked in a block only
-                    audit.expect(rec, self._cycles_sent)
+                    audit.expect(rec, self._cycles_sent, writes=self._may_write(facts))
                     ids.append(rec.id)
             if approvable:
                 chunk.approvals.append(
@@ -2131,6 +2135,7 @@ class Session:
             redaction,
             self.guard is not None and any(self._changes_rows(x) for x in facts),
             self._effect_durable(check.verdict.facts[0]),
+            self._may_write(check.verdict.facts[0]),
         )
 
     def _apply_shape(self, chunk: _Chunk, sql: str, constants: list[str], ruling: _ShapeRuling) -> bool:
@@ -2157,7 +2162,7 @@ class Session:
                 rec = audit.statement(text, facts, decision, correlation=extract_correlation(sql, tokens), masks=ruling.masks)
             chunk.gated.append(rec)
             _gate_durable(chunk, ruling.durable, ruling.transactional)
-            audit.expect(rec, self._cycles_sent)
+            audit.expect(rec, self._cycles_sent, writes=ruling.changes)
         chunk.reads = ruling.reads
         chunk.quiet = ruling.quiet
         return True
@@ -2366,20 +2371,26 @@ class Session:
             known = self._known = {}
         elif len(known) >= _MAX_SHAPES:
             known.clear()
-        facts = _CheckFacts(check, self._effect_durable)
+        facts = _CheckFacts(check, self._effect_durable, self._may_write)
         known[id(check)] = (check, facts, view)
         return facts
 
     def _effect_durable(self, facts: StatementFacts) -> bool:
         """Whether the statement must not run before its record is durable (``effect``): it
-        may change data (governance.durability), or what it calls or reads may, whatever the
-        catalog last said of that code (FunctionSafety.reads_beyond: a function replaced,
-        a row-level security policy, a foreign table).  No catalog yet: anything it calls or
-        reads may."""
+        may change data (see _may_write)."""
         if changes_data(facts.command, facts.classes, facts.flags):
             return True
         if self.audit is None or self.audit.config.durability != "effect":
             return False  # only effect forwards a statement before its record is durable
+        return self._may_write(facts)
+
+    def _may_write(self, facts: StatementFacts) -> bool:
+        """Whether the statement may change data (governance.durability), or what it calls
+        or reads may, whatever the catalog last said of that code
+        (FunctionSafety.reads_beyond: a function replaced, a row-level security policy, a
+        foreign table).  No catalog yet: anything it calls or reads may."""
+        if changes_data(facts.command, facts.classes, facts.flags):
+            return True
         view = self._catalog_view()
         if view is None:
             return bool(facts.functions or facts.tables_read or facts.inner) or names_user_code(facts.text)
@@ -2898,7 +2909,8 @@ class Session:
             _gate_durable(chunk, known.durable, known.transactional)
             chunk.reads = known.reads
             chunk.quiet = known.quiet
-            self.audit.expect(rec, self._cycles_sent + 1)  # answered before the next Sync's ReadyForQuery
+            # answered before the next Sync's ReadyForQuery
+            self.audit.expect(rec, self._cycles_sent + 1, writes=known.writes, extended=True)
             ids = (rec.id,)
         if self._approvable(check):
             chunk.approvals.append(
@@ -3007,6 +3019,11 @@ class Session:
                     ours = self._our_error(buf, start, end)
                     if ours is not None:
                         chunk.replace(start, end, ours)
+                        if audit is not None:
+                            # it fails the transaction as any error does (an attack round had
+                            # a write before a refused statement recorded as committed)
+                            refused = codec.decode_error_fields(ours, 5, len(ours), self.enc)
+                            audit.failed(refused.sqlstate, refused.message)
                         continue
                     if masked is not None:  # the server's own error, masked
                         chunk.replace(start, end, masked)
@@ -3095,9 +3112,8 @@ class Session:
         return frame[:5] + struct.pack("!I", ours) + frame[9:]
 
     @staticmethod
-    def _audit_done(chunk: _Chunk, record: CompletionRecord | None) -> None:
-        if record is not None:
-            chunk.commands.append(c.Audit(record))
+    def _audit_done(chunk: _Chunk, records: list[CompletionRecord]) -> None:
+        chunk.commands.extend(c.Audit(r) for r in records)
 
     def _our_error(self, buf: bytes, start: int, end: int) -> bytes | None:
         cycle_marker = self._marker_cycles.pop(self._cycles_done + 1, None) if self._marker_cycles else None
