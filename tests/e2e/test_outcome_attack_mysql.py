@@ -185,6 +185,9 @@ def test_executable_comment_call(env: Env) -> None:
             f"/*!CALL oam_two_{env.s}('{m}a') */; INSERT INTO oam_no_such_{env.s} VALUES ('{m}b')"
         )
     ran = executed(env, m)
+    if not ran:
+        assert answers[0][0] == "err", answers
+        return  # refused (an executable comment is): nothing ran, nothing to attribute
     got = trail(
         env,
         m,
@@ -193,8 +196,6 @@ def test_executable_comment_call(env: Env) -> None:
             and all(s["id"] in t.completions or s["decision"] == "deny" for s in t.statements)
         ),
     )
-    if not ran:
-        return  # refused: nothing to attribute
     rec = [
         (s, got.completions.get(s["id"])) for s in got.statements if "oam_no_such" in s["statement"]
     ]
