@@ -1388,6 +1388,7 @@ class Session:
         params: tuple[str | None, ...] | None = None,
         approval_id: str | None = None,
     ) -> list[c.Command]:
+        prepared_before = self._sql_prepared
         if exchange.prepared_names is not None:
             self._sql_prepared = exchange.prepared_names  # what PREPARE/DEALLOCATE leave
             if verdict is not None:
@@ -1418,9 +1419,10 @@ class Session:
             durable = durable or changes_data(facts.command, facts.classes, facts.flags)
         forward = self._forward(packet, exchange)
         if exchange.kind != "prepare":  # a PREPARE has no rows nor effect: its records are complete as written
-            for record, facts in zip(records, verdict.facts, strict=True):
+            calls = self._calls(verdict, prepared_before)
+            for record, call in zip(records, calls, strict=True):
                 if isinstance(record, StatementRecord):
-                    audit.expect(record, calls=self._runs_call(facts))
+                    audit.expect(record, calls=call)
         if not audit.wait:
             return [*(c.Audit(r) for r in records), *forward]
         return [c.AuditGate(records, forward, durable=durable)]
@@ -1664,16 +1666,30 @@ class Session:
             return None
         return g.Limits(limits.max_rows_changed, limits.max_fraction_changed, cfg.min_rows_for_fraction)
 
-    def _runs_call(self, facts: StatementFacts) -> bool:
-        """Whether the statement runs a CALL (its result sets come before its own answer):
-        itself, through EXECUTE IMMEDIATE, or SQL EXECUTE of a prepared CALL (an attack
-        round had the later statements of the string take a procedure's result sets)."""
-        if facts.command == "CALL" or "CALL" in facts.commands:
-            return True
-        if facts.command == "EXECUTE":
-            ran = self._run_facts(facts)
-            return ran is not None and any(f.command == "CALL" or "CALL" in f.commands for f in ran)
-        return False
+    def _calls(self, verdict: Verdict, prepared: dict[str, str | None]) -> list[bool]:
+        """Which statements of the string run a CALL (its result sets come before its own
+        answer): itself, through EXECUTE IMMEDIATE, or SQL EXECUTE of a prepared CALL, by
+        what the name holds at that point of the string (``prepared``: at its start).  Two
+        attack rounds had the later statements of a string take a procedure's result sets.
+        A statement prepared from a variable is not known: taken for no CALL."""
+        known = dict(prepared)
+        out = []
+        for facts in verdict.facts:
+            name = (facts.prepared_name or "").lower()
+            command = facts.command
+            if command == "PREPARE" and name:
+                known[name] = facts.inner.text if facts.inner is not None and facts.inner.text else None
+                out.append(False)
+            elif command == "DEALLOCATE" and name:
+                known.pop(name, None)
+                out.append(False)
+            elif command == "EXECUTE":
+                text = known.get(name)
+                inner = self._check(text) if text is not None else None
+                out.append(inner is not None and any(f.command == "CALL" or "CALL" in f.commands for f in inner.facts))
+            else:
+                out.append(command == "CALL" or "CALL" in facts.commands)
+        return out
 
     def _run_facts(self, facts: StatementFacts) -> tuple[StatementFacts, ...] | None:
         """What running ``facts`` runs: SQL ``EXECUTE name`` runs what ``PREPARE name``

@@ -371,10 +371,21 @@ class SessionAudit:
         )
 
     def command_complete(self, tag: str) -> list[CompletionRecord]:
+        pending = self._pending
+        if pending and tag == "ROLLBACK" and pending[0][4] == "COMMIT":
+            # A COMMIT (or END) of a failed block: the server rolled it back (an attack
+            # round had it recorded as a COMMIT that succeeded, the block's writes with it)
+            done = self._complete(error="rolled back: the transaction had failed before its COMMIT (the server answered ROLLBACK)")
+            self.status = "I"
+            return [done] if done is not None else []
         return self._succeeded(rows_from_tag(tag))
 
     def empty_or_suspended(self) -> list[CompletionRecord]:
         return self._succeeded(0)
+
+    def function_called(self) -> list[CompletionRecord]:
+        """A FunctionCall's answer (FunctionCallResponse): it ran."""
+        return self._succeeded(None)
 
     def error(self, sqlstate: str, message: str, cycle: int) -> list[CompletionRecord]:
         """An ErrorResponse before ReadyForQuery number ``cycle``: the outcome of the oldest

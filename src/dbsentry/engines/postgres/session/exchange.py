@@ -147,6 +147,17 @@ class Exchange:
             return owner, True
         return owner, False
 
+    def syncs_ignored(self, count: int) -> None:
+        """The server reads a COPY's data and ignores the first ``count`` of the client's
+        Syncs sent since the COPY began: they get no answer."""
+        kept: deque[tuple[int, int]] = deque()
+        for kind, owner in self._items:
+            if count and kind == SYNC and owner == CLIENT:
+                count -= 1
+                continue
+            kept.append((kind, owner))
+        self._items = kept
+
     def received_all(self, spans: list[tuple[int, int, int]]) -> None:
         """:meth:`received` for each of these server messages but result rows (which
         answer nothing and end nothing), in order, the answers not wanted.  The client's

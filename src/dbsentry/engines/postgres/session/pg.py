@@ -514,8 +514,8 @@ class _Chunk:
     """One chunk of frames on its way through: replaced frames, commands, records to commit."""
 
     __slots__ = (
-        "_stop", "_swaps", "approvals", "block", "buf", "commands", "durable", "extra", "gated", "guarded", "in_block",
-        "names", "plans", "quiet", "reads",
+        "_stop", "_swaps", "approvals", "block", "buf", "commands", "copies_in", "durable", "extra", "gated", "guarded",
+        "in_block", "names", "plans", "quiet", "reads",
     )  # fmt: skip
 
     def __init__(self, buf: bytes) -> None:
@@ -539,6 +539,8 @@ class _Chunk:
         self.approvals: list[c.ApprovalAsk] = []
         # The frame being handled runs under the row guard: how (see Session._wrap_guarded).
         self.guarded: _Guarded | None = None
+        # The frame being handled runs a COPY FROM STDIN (see Session._copy_cycle).
+        self.copies_in = False
         self.extra = b""  # frames of the proxy's own, sent after what is forwarded
         # The names of the frame being handled, once read (see Session._frame_names).
         self.names: tuple[str, str] | None = None
@@ -658,7 +660,7 @@ class _Portal:
 class _CheckFacts:
     """What the Binds and Executes of a prepared statement ask of its check, read once."""
 
-    __slots__ = ("durable", "first", "plans_opaque", "quiet", "reads", "transactional", "where_params", "writes")
+    __slots__ = ("copies_in", "durable", "first", "plans_opaque", "quiet", "reads", "transactional", "where_params", "writes")
 
     def __init__(self, check: Check, durable: Callable[[StatementFacts], bool], may_write: Callable[[StatementFacts], bool]) -> None:
         facts = check.verdict.facts
@@ -668,6 +670,7 @@ class _CheckFacts:
         self.durable = first is None or durable(first)
         # Whether it may change data, itself or through what it calls (see SessionAudit.expect).
         self.writes = first is None or may_write(first)
+        self.copies_in = any(_copies_in(f) for f in facts)
         self.transactional = first is not None and _transactional(first)
         self.reads = first is not None and len(facts) == 1 and _plain_read(first)
         self.quiet = first is not None and len(facts) == 1 and _quiet(first)
@@ -750,6 +753,11 @@ class _ShapeRuling:
 
 
 _MAX_SHAPES = 128
+
+
+def _copies_in(facts: StatementFacts) -> bool:
+    """A COPY FROM STDIN: the server reads rows from the client."""
+    return facts.copy is not None and facts.copy.direction == "from" and facts.copy.target is None
 
 
 def _plain_read(facts: StatementFacts) -> bool:
@@ -888,6 +896,12 @@ class Session:
     _renames: deque[_Rename] | None = None
     _unknown_names: set[str] | None = None  # statement names that may or may not exist upstream
     _frame_cycle: int = 0  # the cycle of the client message being governed
+    # A COPY FROM STDIN forwarded (its cycle; 0: none) whose data has not ended yet: the
+    # Syncs sent meanwhile (counted in _copy_syncs, not as cycles) are ignored by the server
+    # once it reads the data (CopyInResponse: _copy_reading).
+    _copy_cycle: int = 0
+    _copy_syncs: int = 0
+    _copy_reading: bool = False
     # Whether a Parse of this session held an SQL PREPARE, DEALLOCATE or DISCARD ALL: its
     # Executes change the names (see _check_sql_prepared).
     _sql_naming_parsed: bool = False
@@ -1623,9 +1637,18 @@ class Session:
                 break
             # A Query sent while the server skips to Sync is discarded unanswered: it is no cycle.
             discarded = guard is not None and t == m.Q_QUERY and guard.exchange.skipping
-            if t == m.Q_QUERY or t == m.Q_SYNC or t == m.Q_FUNCTION_CALL:
+            if t == m.Q_SYNC and self._copy_cycle and refuse is None:
+                # The server ignores a Sync while a COPY reads the client's data (libpq sends
+                # one right behind the COPY's Execute): no cycle, unless the COPY fails first
+                # (see _copy_failed).  An attack round had the session's count shift by one
+                # there, every later outcome taken for the one before it.
+                self._copy_syncs += 1
+                discarded = self._copy_reading  # known to be ignored: not even asked of the guard
+            elif t == m.Q_QUERY or t == m.Q_SYNC or t == m.Q_FUNCTION_CALL:
                 if refuse is None and not discarded:
                     self._cycles_sent += 1
+            elif t == m.COPY_DONE or t == m.Q_COPY_FAIL:
+                self._copy_cycle = 0  # the COPY's data ends: Syncs count again
             elif t == m.Q_TERMINATE:
                 chunk.cut(start - 5)
                 terminate = True
@@ -1650,6 +1673,9 @@ class Session:
                     self._govern_frame(gov, chunk, t, start, end)
                 except Exception as err:  # fail closed, and keep the session
                     self._analysis_failed(chunk, t, start, end, err, gated)
+                if chunk.copies_in:
+                    chunk.copies_in = False
+                    self._copy_cycle, self._copy_syncs, self._copy_reading = self._frame_cycle, 0, False
                 if asking:
                     if t in _SEGMENT_ENDS:
                         hold = None
@@ -2044,6 +2070,7 @@ class Session:
         audit = self.audit
         if check.allowed or approvable:
             chunk.plans = plans
+            chunk.copies_in = check.allowed and any(_copies_in(f) for f in check.verdict.facts)
             # (only the row guard asks: see Guard.forget_baseline)
             chunk.reads = self.guard is not None and all(_plain_read(f) for f in check.verdict.facts)
             chunk.quiet = self.guard is not None and all(_quiet(f) for f in check.verdict.facts)
@@ -2905,6 +2932,7 @@ class Session:
             masking = self.masking
             plan = masking.statement(bound.statement) if masking is not None and not masking.exempt() else None
             rec = self.audit.statement(sql, known.first, check.decision, params=bound.readable, masks=plan)
+            chunk.copies_in = known.copies_in
             chunk.gated.append(rec)
             _gate_durable(chunk, known.durable, known.transactional)
             chunk.reads = known.reads
@@ -3009,6 +3037,8 @@ class Session:
                     assert self.connection_name is not None
                     chunk.commands.append(c.SchemaChanged(self.connection_name))
             elif t == m.R_ERROR:
+                if self._copy_cycle and self._copy_cycle <= self._cycles_done + 1:
+                    self._copy_failed()
                 if self.guard is not None:
                     self.guard.forget_baseline()
                 if self._renames:
@@ -3046,12 +3076,28 @@ class Session:
                     self._audit_done(chunk, audit.command_complete(tag))
             elif t in _NAME_ANSWERS and self._renames:
                 self._rename_answered(bytes((t,)))
+            elif t == m.R_COPY_IN and self._copy_cycle and not self._copy_reading:
+                # The server reads the COPY's data: the Syncs sent since it began are ignored
+                self._copy_reading = True
+                if self.guard is not None and self._copy_syncs:
+                    self.guard.exchange.syncs_ignored(self._copy_syncs)
             elif audit is not None and (t == m.R_EMPTY_QUERY or t == m.R_PORTAL_SUSPENDED):
                 self._audit_done(chunk, audit.empty_or_suspended())
+            elif audit is not None and t == m.R_FUNCTION_CALL_RESPONSE:
+                # a FunctionCall's answer (it was recorded as never run: an attack round)
+                self._audit_done(chunk, audit.function_called())
         out = chunk.assemble()
         if out:
             chunk.commands.append(c.SendClient(out))
         return chunk.commands
+
+    def _copy_failed(self) -> None:
+        """An error in the cycle of the COPY FROM STDIN: before it read any data (it never
+        ran, or an earlier statement failed) the Syncs sent since are answered after all;
+        while it read, the server stops reading and answers the Syncs from now on."""
+        if not self._copy_reading:
+            self._cycles_sent += self._copy_syncs
+        self._copy_cycle, self._copy_syncs, self._copy_reading = 0, 0, False
 
     def _set_encoding(self, name: str) -> None:
         """The server reported the session's client_encoding (at login, or after a SET,
