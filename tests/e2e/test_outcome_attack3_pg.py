@@ -9,7 +9,7 @@ own statement's.
 Each probe writes unique markers through the proxy, reads directly what PostgreSQL committed,
 and compares that with the completion records (helpers of the earlier rounds:
 test_outcome_attack_pg.py, test_audit_completeness_attack.py).  Probes that found a hole are
-``xfail(strict=True)`` asserting the secure behaviour until fixed (``FINDING, fixed``); the others are
+``xfail(strict=True, reason="FINDING: ...")`` asserting the secure behaviour; the others are
 plain tests.
 
 The proxy counts one cycle (one ReadyForQuery owed) per Query, Sync and FunctionCall it
@@ -52,7 +52,6 @@ from test_effect_freeze_attack import (  # type: ignore[import-not-found]
     query,
     raw_session,
 )
-from test_outcome_attack_pg import until_closed  # type: ignore[import-not-found]
 
 from support.pg import PgServer
 from support.proxy import run_proxy, write_config
@@ -215,23 +214,27 @@ def test_libpq_extended_copy_fail_then_later_statements(env: Env) -> None:
     assert good_m and good_n, (comp_m, comp_n)
 
 
-# FINDING, fixed (by refusing it): a Query sent while the server skips to the Sync after an
-# extended-protocol error is discarded unanswered; without the row guard (staging) the proxy
-# counted it as a cycle: the committed INSERT of a later Query was recorded as failed.  Whether
-# the server will run or discard a Query sent behind extended messages with no Sync is not
-# known when it is sent: the session ends (08P01, FATAL), nothing of it runs.
-@pytest.mark.parametrize("dbname", ["staging", "prod"])
-def test_query_behind_unsynced_extended_messages_ends_the_session(env: Env, dbname: str) -> None:
-    d, w = mark(), mark()
-    with raw_session(env.proxy, dbname) as client:
-        client.send(parse(ins(env, w)) + bind() + execute() + query(f"SELECT '{d}'") + SYNC)
-        got = until_closed(client)
-    fatal = [body for t, body in got if t == b"E" and b"08P01" in body]
-    assert fatal and b"Sync" in fatal[0], got
-    assert env.ran(w) == 0  # the INSERT's implicit transaction never got its Sync
-    refused = [r for r, _ in env.trail(d) if r["decision"] == "deny"]
-    assert refused, env.trail(d)
-    assert all(not ok(c) for c in completions_of(env, w))
+@pytest.mark.xfail(
+    strict=True,
+    reason="FINDING: a Query sent while the server skips to the Sync after an extended-protocol "
+    "error is discarded unanswered; without the row guard (staging) the proxy counts it as a "
+    "cycle: the committed INSERT of a later Query is recorded as failed (pg.py _process: "
+    "'discarded' only with a guard)",
+)
+def test_query_discarded_after_extended_error(env: Env) -> None:
+    d = mark()
+    with raw_session(env.proxy, "staging") as client:
+        client.send(parse("SELECT 1/0") + bind() + execute() + query(f"SELECT '{d}'") + SYNC)
+        got = client.until_ready(timeout=10)
+        assert errors(got), got
+        m, n = after_desync(env, client)
+    assert env.ran(m) == 1
+    good_m, _, comp_m = truthful(env, m)
+    good_n, _, comp_n = truthful(env, n)
+    assert good_m and good_n, (comp_m, comp_n)
+    # the discarded Query never ran: it must not be recorded ok either
+    discarded = completions_of(env, d)
+    assert discarded and all(not ok(c) for c in discarded), discarded
 
 
 # FINDING, fixed: a Sync (or Flush) sent during a simple-protocol COPY FROM STDIN is ignored by
@@ -352,9 +355,9 @@ def test_function_call_that_writes_is_recorded_as_run(env: Env) -> None:
 
 
 def test_execute_then_function_call_that_fails_rolls_back(env: Env) -> None:
-    """Execute INSERT m without Sync, then a FunctionCall: refused now (a Query or
-    FunctionCall behind unsynced extended messages ends the session); m never commits, and
-    the trail must not say it did."""
+    """Execute INSERT m without Sync, then a FunctionCall that fails (a NULL where the
+    function's insert is fine, but a wrong argument type: text for int4 oid of abs): the
+    FunctionCall ends the implicit transaction with its error; m is rolled back."""
     m = mark()
     oid = env.one("select 'pg_catalog.int4abs(int4)'::regprocedure::oid")
     client = login_exempt(env, "staging")
@@ -362,10 +365,10 @@ def test_execute_then_function_call_that_fails_rolls_back(env: Env) -> None:
         client.send(
             parse(ins(env, m)) + bind() + execute() + function_call(int(oid), "not-a-number")
         )
-        got = until_closed(client)
+        got = client.until_ready()
     finally:
         client.close()
-    assert any(t == b"E" and b"08P01" in body for t, body in got), got  # refused: see above
+    assert errors(got), got
     good, ran, comp = truthful(env, m)
     assert ran == 0 and good, comp
 
@@ -672,12 +675,13 @@ def test_proxy_refusal_after_commit_in_one_segment(env: Env) -> None:
 
 
 def test_execute_then_refused_query_share_the_transaction(env: Env) -> None:
-    """Execute INSERT m (no Sync), then a Query: refused now (see above); m never commits."""
+    """Execute INSERT m (no Sync), then a Query the proxy refuses (syntax): the marker Query
+    ends the implicit transaction with an error; m is rolled back."""
     m = mark()
     with raw_session(env.proxy, "staging") as client:
         client.send(parse(ins(env, m)) + bind() + execute() + query("SELEC 1"))
-        got = until_closed(client)
-    assert any(t == b"E" and b"08P01" in body for t, body in got), got  # refused: see above
+        got = client.until_ready()
+    assert errors(got), got
     good, ran, comp = truthful(env, m)
     assert ran == 0 and good, comp
 
@@ -776,6 +780,30 @@ def test_prod_guarded_insert_deferred_violation(env: Env) -> None:
     assert len(comps) == 1 and not ok(comps[0]), comps
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="FINDING: production too: a read Query pipelined behind an Execute that fails "
+    "(before the proxy knows the server skips) is counted as a cycle; the next writes' "
+    "completions are shifted",
+)
+def test_prod_query_discarded_after_extended_error(env: Env) -> None:
+    d = mark()
+    with raw_session(env.proxy, "prod") as client:
+        client.send(parse("SELECT 1/0") + bind() + execute() + query(f"SELECT '{d}'") + SYNC)
+        got = client.until_ready(timeout=10)
+        assert errors(got), got
+        m, n = after_desync(env, client)
+    assert env.ran(m) == 1
+    good_m, _, comp_m = truthful(env, m)
+    good_n, _, comp_n = truthful(env, n)
+    assert good_m and good_n, (comp_m, comp_n)
+
+
+# FINDING, fixed: production: after COPY FROM STDIN as libpq sends it on the extended protocol (a
+# Sync the server ignores during COPY), the row guard's exchange waits forever for a
+# ReadyForQuery: the next UPDATE (a guarded Query, held until the upstream is idle) is never
+# answered: the session hangs (exchange.py Exchange.sent counts the ignored Sync; pg.py
+# _await_idle)
 def test_prod_libpq_extended_copy_then_guarded_update(env: Env) -> None:
     """prod: COPY FROM STDIN as libpq sends it on the extended protocol (two Syncs, one
     ReadyForQuery), then an UPDATE (runs under the row guard, which waits for the upstream to

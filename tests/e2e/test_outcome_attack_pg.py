@@ -42,7 +42,6 @@ from test_audit_completeness_attack import (  # type: ignore[import-not-found]
 )
 from test_effect_freeze_attack import (  # type: ignore[import-not-found]
     SYNC,
-    Raw,
     bind,
     describe,
     execute,
@@ -114,16 +113,6 @@ def truthful(env: Env, m: str, timeout: float = 5) -> tuple[bool, int, list[dict
     ran = env.ran(m)
     comp = one_outcome(env, m, timeout)
     return (ok(comp) == bool(ran)), ran, comp
-
-
-def until_closed(client: Raw) -> list[tuple[bytes, bytes]]:
-    """Every message until the proxy closes the connection."""
-    got = []
-    try:
-        while True:
-            got.append(client.read(5))
-    except (ConnectionError, OSError):
-        return got
 
 
 def run(env: Env, dbname: str, data: bytes, count: int = 1) -> list[tuple[bytes, bytes]]:
@@ -345,19 +334,19 @@ def test_pipeline_of_three_syncs_middle_fails(env: Env) -> None:
     assert env.ran(m2) == 0 and rolled_back(one_outcome(env, m2))
 
 
-def test_execute_then_simple_query_ends_the_session(env: Env) -> None:
-    """An Execute without Sync (with or without a Flush), then a Query: whether the server
-    runs the Query or discards it (if the Execute failed) is not known when it is sent, so
-    the session ends (08P01, FATAL; round 3 found outcomes taken one for another when it was
-    forwarded), and the INSERT, which never got its Sync, does not commit."""
-    for data in (FLUSH + query("SELECT 1/0"), query("SELECT 1")):
-        m = mark()
-        with raw_session(env.proxy, "staging") as client:
-            client.send(parse(ins(env, m)) + bind() + execute() + data)
-            got = until_closed(client)
-        assert any(t == b"E" and b"08P01" in body for t, body in got), got
-        good, ran, comp = truthful(env, m)
-        assert ran == 0 and good, comp
+def test_execute_then_simple_query_share_the_transaction(env: Env) -> None:
+    """An Execute without Sync, then a Query: they run in one transaction that the Query ends
+    (committed when it succeeds, rolled back when it fails)."""
+    m1, m2 = mark(), mark()
+    got = run(
+        env, "staging", parse(ins(env, m1)) + bind() + execute() + FLUSH + query("SELECT 1/0")
+    )
+    assert errors(got), got
+    got = run(env, "staging", parse(ins(env, m2)) + bind() + execute() + query("SELECT 1"))
+    assert not errors(got), got
+    good1, ran1, comp1 = truthful(env, m1)
+    good2, ran2, comp2 = truthful(env, m2)
+    assert (ran1, ran2) == (0, 1) and good1 and good2, (comp1, comp2)
 
 
 def test_describe_error_after_execute_in_one_cycle(env: Env) -> None:

@@ -249,10 +249,6 @@ _MARKER_BYTES = _MARKER.encode()
 _RESERVED_PREFIX = ("dbsentry_", "dbsentry ")
 _RESERVED_MESSAGE = 'dbsentry: names starting with "dbsentry_" or "dbsentry " are the proxy\'s own; use another name'
 _NAMED_FRAMES = frozenset({m.Q_PARSE, m.Q_BIND, m.Q_DESCRIBE, m.Q_CLOSE, m.Q_EXECUTE})
-_MIXED_MESSAGE = (
-    "dbsentry: a Query or FunctionCall message sent after Parse/Bind/Describe/Execute/Close messages "
-    "with no Sync between them is not supported (send a Sync first); the session was closed"
-)
 # What ends a pipeline segment: the unit a batch of statements is admitted in.
 _SEGMENT_ENDS = frozenset({m.Q_SYNC, m.Q_FLUSH, m.Q_QUERY, m.Q_FUNCTION_CALL})
 # The frames Session._govern_frame looks at (a Sync, a Flush, COPY data: nothing to govern).
@@ -905,7 +901,6 @@ class Session:
     # once it reads the data (CopyInResponse: _copy_reading).
     _copy_cycle: int = 0
     _copy_syncs: int = 0
-    _ext_unsynced: bool = False  # extended-protocol requests forwarded since the last Sync
     _copy_reading: bool = False
     # Whether a Parse of this session held an SQL PREPARE, DEALLOCATE or DISCARD ALL: its
     # Executes change the names (see _check_sql_prepared).
@@ -1616,7 +1611,7 @@ class Session:
         )
         if spans and spans[-1][2] < len(buf):
             chunk.cut(spans[-1][2])  # a second pass over the frames a held chunk sent
-        terminate = mixed = False
+        terminate = False
         sent = spans
         # The unit of all-or-none admission is the pipeline segment up to its Sync or Flush
         # (or a Query, a FunctionCall), not what one read holds: from the first Execute that
@@ -1643,30 +1638,6 @@ class Session:
             # A Query (or FunctionCall) sent while the server skips to Sync is discarded
             # unanswered: it is no cycle.
             discarded = guard is not None and (t == m.Q_QUERY or t == m.Q_FUNCTION_CALL) and guard.exchange.skipping
-            if (
-                (t == m.Q_QUERY or t == m.Q_FUNCTION_CALL)
-                and self._ext_unsynced
-                and not discarded
-                and refuse is None
-                and (self.audit is not None or guard is not None)
-            ):
-                # Behind extended-protocol messages with no Sync: the server runs it, or
-                # discards it unanswered if one of them failed, which is not known yet; the
-                # session could not tell which ReadyForQuery answers what (an attack round
-                # had later outcomes taken one for another).  Fail closed: the session ends.
-                chunk.cut(start - 5)
-                try:
-                    text = codec.decode_query(buf, start, end, self.enc).sql[:4096] if t == m.Q_QUERY else "<FunctionCall>"
-                except codec.ProtocolError:
-                    text = "<Query>"
-                self._audit_refused(chunk, text, _MIXED_MESSAGE)
-                terminate = mixed = True
-                sent = spans[:i]
-                break
-            if t == m.Q_SYNC:
-                self._ext_unsynced = False
-            elif t in _NAMED_FRAMES and refuse is None:
-                self._ext_unsynced = True
             if t == m.Q_SYNC and self._copy_cycle and refuse is None:
                 # The server ignores a Sync while a COPY reads the client's data (libpq sends
                 # one right behind the COPY's Execute): no cycle, unless the COPY fails first
@@ -1759,10 +1730,8 @@ class Session:
                 cmds.append(send)
         if terminate:
             self._enter(State.CLOSED)
-            if mixed:
-                cmds.append(c.SendClient(codec.error_response("08P01", _MIXED_MESSAGE, severity="FATAL")))
             # CloseUpstream says goodbye to the upstream with its own Terminate.
-            cmds.extend(self._closing(_MIXED_MESSAGE if mixed else "client terminated"))
+            cmds.extend(self._closing("client terminated"))
             cmds.extend((c.CloseUpstream(), c.CloseClient()))
         return cmds
 
