@@ -42,6 +42,7 @@ from test_audit_completeness_attack import (  # type: ignore[import-not-found]
 )
 from test_effect_freeze_attack import (  # type: ignore[import-not-found]
     SYNC,
+    Raw,
     bind,
     describe,
     execute,
@@ -113,6 +114,16 @@ def truthful(env: Env, m: str, timeout: float = 5) -> tuple[bool, int, list[dict
     ran = env.ran(m)
     comp = one_outcome(env, m, timeout)
     return (ok(comp) == bool(ran)), ran, comp
+
+
+def until_closed(client: Raw) -> list[tuple[bytes, bytes]]:
+    """Every message until the proxy closes the connection."""
+    got = []
+    try:
+        while True:
+            got.append(client.read(5))
+    except (ConnectionError, OSError):
+        return got
 
 
 def run(env: Env, dbname: str, data: bytes, count: int = 1) -> list[tuple[bytes, bytes]]:

@@ -1046,6 +1046,12 @@ class Session:
             name = (facts.prepared_name or "").lower()
             if not name:
                 continue
+            if not (facts.prepared_name or "").isascii():
+                # MariaDB folds a name's case by its own tables (small and capital sigma, the micro sign and capital mu are one
+                # name, the Kelvin sign is not k), Python by Unicode's: a name the two could
+                # read apart is refused (an attack round ran a CALL past the row guard by an
+                # EXECUTE the proxy judged as the SELECT it thought the name held).
+                return f"dbsentry: prepared statement name {facts.prepared_name!r}: only ASCII names are supported"
             if facts.command == "PREPARE":
                 known[name] = facts.inner.text if facts.inner is not None and facts.inner.text else None
             elif facts.command == "DEALLOCATE":
