@@ -208,7 +208,10 @@ class UpstreamLogin:
             self.detail = f"ERROR {reply.code} ({reply.sqlstate}): {reply.message}"
             return self._refuse("the server rejected the proxy's credentials", 1045, "08004")
         if isinstance(reply, AuthSwitchRequest):
-            answer = self._answer(reply.plugin, reply.nonce)
+            # client_ed25519's nonce is 32 bytes with no NUL after it: one that ends in a zero
+            # byte is not to be cut (1 login in 256 failed so)
+            nonce = reply.data[:32] if reply.plugin == auth.ED25519 and len(reply.data) >= 32 else reply.nonce
+            answer = self._answer(reply.plugin, nonce)
             if isinstance(answer, LoginStep):
                 return answer
             return LoginStep(send=self._packet(answer))
