@@ -39,7 +39,6 @@ class MySQLAudit:
     application_name: str | None = None
     redactor: LiteralRedactor | None = None
     opened_at: float = field(default_factory=time.monotonic)
-    # statements forwarded and not answered yet: (record id, when forwarded)
     # Statements forwarded and not answered yet: (record id, when forwarded, whether a CALL).
     pending: deque[tuple[str, float, bool]] = field(default_factory=deque)
     # the query attributes of the command being handled (CLIENT_QUERY_ATTRIBUTES)
